@@ -1,0 +1,119 @@
+"""Where each hardware fact and rule comes from. Rules and profiles cite these ids; a test
+checks that every id cited anywhere is defined here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Source:
+    id: str
+    title: str
+    where: str  # URL, or repository path (repo:path), or shared/ reference
+    says: str = ""  # the line that grounds the rule, quoted or paraphrased
+
+
+SOURCES: dict[str, Source] = {s.id: s for s in (
+    Source("cuda-cc-table", "CUDA C++ Programming Guide, compute capabilities table",
+           "https://docs.nvidia.com/cuda/cuda-c-programming-guide/#compute-capabilities",
+           "per-architecture features: fp16 tensor cores sm70, int8 tensor cores sm75, bf16 sm80, fp8 sm89"),
+    Source("nvidia-datasheets", "NVIDIA product datasheets and architecture whitepapers",
+           "shared/hardware/README.md Table 1 [DS]",
+           "memory, bandwidth and dense tensor throughput per GPU"),
+    Source("amd-datasheets", "AMD Instinct datasheets (MI250X, MI300X)", "shared/hardware/README.md Table 1 [DS][S22]",
+           "MI300X: 192 GB HBM3, 5.3 TB/s, ~1.3 PF fp16 dense, FNUZ fp8"),
+    Source("apple-specs", "Apple M-series specifications (approximate; Apple publishes no TFLOPS)",
+           "shared/hardware/README.md Table 1 [DS]~", "unified memory, no tensor cores"),
+    Source("b200-specs", "HGX B200 figures", "https://www.glennklockwood.com/garden/processors/B200 ; shared/hardware [S19][S20]",
+           "sm_100, 180 GB usable HBM3e, ~8 TB/s, 2,250 TFLOPS bf16 dense"),
+    Source("rtx5090-specs", "RTX 5090 spec pages", "shared/hardware [S18]",
+           "GB202 sm_120, 32 GB GDDR7, 1,792 GB/s; sm_120 is not a superset of sm_100"),
+    Source("jetson-orin-brief", "Jetson AGX Orin technical brief", "shared/hardware [S21]",
+           "GA10B sm_87, 64 GB LPDDR5 unified, 204.8 GB/s"),
+    Source("pascal-fp16-rate", "GP10x fp16 throughput is 1/64 of fp32", "https://github.com/turboderp/exllama/issues/75 ; shared/hardware [S9]",
+           "'ExLlama relies heavily on FP16 math, and the P40 just has terrible FP16 performance'"),
+    Source("fa2-readme", "flash-attention README (FlashAttention-2 requirements)",
+           "https://github.com/Dao-AILab/flash-attention#installation-and-features",
+           "'FlashAttention-2 currently supports: Ampere, Ada, or Hopper GPUs'; head dims up to 256; "
+           "runtime error 'FlashAttention only supports Ampere GPUs or newer.'"),
+    Source("fa2-rocm", "flash-attention README, AMD ROCm support (CK and Triton backends)",
+           "https://github.com/Dao-AILab/flash-attention#amd-rocm-support",
+           "ROCm backend supports MI200 (gfx90a) and MI300 (gfx942), fp16/bf16"),
+    Source("fa3-readme", "flash-attention README, FlashAttention-3 (hopper/)",
+           "https://github.com/Dao-AILab/flash-attention#flashattention-3-beta-release",
+           "'optimized for Hopper GPUs (e.g. H100)... Requirements: H100 / H800 GPU, CUDA >= 12.3'"),
+    Source("fa4-pypi", "flash-attn-4 on PyPI", "https://pypi.org/project/flash-attn-4/",
+           "'a CuTeDSL-based implementation of FlashAttention for Hopper and Blackwell GPUs' (sm90, sm100)"),
+    Source("vllm-fa-utils", "vLLM get_flash_attn_version", "vllm-project/vllm:vllm/v1/attention/backends/fa_utils.py",
+           "FA3 on sm90, FA4 on sm100 for head_size <= 128, otherwise FA2"),
+    Source("transformers-fa3-gate", "transformers modeling_utils._flash_attn_3_can_dispatch",
+           "huggingface/transformers:src/transformers/modeling_utils.py",
+           "'Flash Attention 3 requires compute capability >= 9.0'"),
+    Source("transformers-fa2-nocheck", "transformers modeling_utils._flash_attn_2_can_dispatch",
+           "huggingface/transformers:src/transformers/modeling_utils.py",
+           "checks package, version, CUDA and dtype — not compute capability; pre-Ampere fails inside flash_attn"),
+    Source("torch-sdp-utils", "PyTorch SDPA backend checks",
+           "pytorch/pytorch:aten/src/ATen/native/transformers/cuda/sdp_utils.cpp",
+           "check_sm_version<sm80, sm121> for flash and cuDNN, <sm50, sm121> for mem-efficient; "
+           "bf16 only when major >= 8; flash takes no arbitrary attn_mask"),
+    Source("torch-sdpa-cpu", "PyTorch CPU flash attention kernel",
+           "pytorch/pytorch:aten/src/ATen/native/cpu/FlashAttentionKernel.cpp",
+           "_scaled_dot_product_flash_attention_cpu: fp32/bf16/fp16, any head size, used by SDPA on CPU"),
+    Source("torch-flex", "torch.nn.attention.flex_attention (PyTorch >= 2.5)",
+           "https://pytorch.org/docs/stable/nn.attention.flex_attention.html",
+           "compiled through Inductor: Triton on GPU (Inductor gate: CUDA capability >= 7.0), C++ on CPU"),
+    Source("inductor-triton-gate", "torch/_inductor GPUTooOldForTriton",
+           "pytorch/pytorch:torch/_inductor/scheduler.py",
+           "'Triton only supports devices of CUDA Capability >= 7.0'"),
+    Source("transformers-attn-interface", "transformers AttentionInterface / AttentionMaskInterface",
+           "huggingface/transformers:src/transformers/modeling_utils.py, masking_utils.py",
+           "registered implementations: flash_attention_2/3/4, flex_attention, sdpa, paged|eager, eager"),
+    Source("transformers-eager", "transformers eager_attention_forward",
+           "huggingface/transformers:src/transformers/models/llama/modeling_llama.py",
+           "matmul + softmax in the model dtype; the only implementation that returns attention weights"),
+    Source("torch-bf16-emulation", "torch.cuda.is_bf16_supported(including_emulation=True)",
+           "pytorch/pytorch:torch/cuda/__init__.py ; shared/hardware [S17]",
+           "answers True on Turing/Volta because a bf16 tensor can be created; native bf16 needs major >= 8"),
+    Source("vllm-dtype", "vLLM CudaPlatform.supported_dtypes / check_if_supports_dtype",
+           "vllm-project/vllm:vllm/platforms/cuda.py",
+           ">=8.0: bf16, fp16, fp32; >=6.0: fp16, fp32; 'Bfloat16 is only supported on GPUs with compute capability of at least 8.0'"),
+    Source("vllm-fp8", "vLLM FP8 docs", "https://docs.vllm.ai/en/latest/features/quantization/fp8.html",
+           "'FP8 computation is supported on NVIDIA GPUs with compute capability >= 8.9'"),
+    Source("torch-cpu-bf16", "oneDNN / PyTorch CPU bf16 matmul",
+           "https://www.intel.com/content/www/us/en/developer/articles/technical/pytorch-on-xeon-processors-with-bfloat16.html",
+           "bf16 GEMM runs natively with AVX512_BF16 or AMX-BF16; without them it is converted to fp32 and slower"),
+    Source("torch-mps-bf16", "PyTorch MPS backend notes", "https://pytorch.org/docs/stable/notes/mps.html",
+           "bf16 on MPS needs macOS 14 (Sonoma); fp16 is the native half type"),
+    Source("pytorch-wheel-archs", "PyTorch wheel arch lists (cuobjdump of official packages)",
+           "https://github.com/moi90/pytorch_compute_capabilities/blob/main/table.md ; shared/hardware [S4b]",
+           "2.6+ cu126 wheels: sm_50, 60, 70, 75, 80, 86, 90; 2.7 cu128: sm_75 ... sm_120"),
+    Source("pytorch-build-cuda-sh", "PyTorch .ci/manywheel/build_cuda.sh", "pytorch/pytorch:.ci/manywheel/build_cuda.sh ; shared/hardware [S4c]",
+           "2.8+cu126 '5.0;6.0;7.0;7.5;8.0;8.6;9.0' — 'Only 12.6 includes Legacy Maxwell/Pascal'"),
+    Source("pytorch-pr-158700", "pytorch/pytorch PR #158700", "https://github.com/pytorch/pytorch/pull/158700 ; shared/hardware [S4]",
+           "2.8/2.9 cu128 get_arch_list(): sm_70, 75, 80, 86, 90, 100, 120, compute_120; Maxwell/Pascal removed"),
+    Source("pytorch-rfc-172352", "pytorch/pytorch RFC #172352 (deprecate sm70 for CUDA 12.8)",
+           "https://github.com/pytorch/pytorch/issues/172352 ; shared/hardware [S4d]",
+           "12.6 = 5.0 ... 9.0; 12.8 = 7.5 ... 12.0; 13.0 = 7.5 ... 12.0+PTX"),
+    Source("cuda-binary-compat", "CUDA Programming Guide, binary compatibility",
+           "https://docs.nvidia.com/cuda/cuda-c-programming-guide/#binary-compatibility",
+           "a cubin for X.y runs on X.z with z >= y; PTX is JIT-compiled for newer devices"),
+    Source("hf-kv-cache", "KV cache size: 2 x layers x kv_heads x head_dim x tokens x bytes",
+           "https://huggingface.co/docs/transformers/main/en/kv_cache",
+           "keys and values per layer, per KV head (GQA shares them across query heads)"),
+    Source("accelerate-modeling", "accelerate utils/modeling.py compute_module_sizes",
+           "huggingface/accelerate:src/accelerate/utils/modeling.py",
+           "weight bytes = numel x dtype size, summed per module"),
+    Source("nvml", "probed through NVML on this machine", "nvidia-ml-py"),
+    Source("torch", "probed through torch on this machine", "torch"),
+    Source("platform", "probed through the OS on this machine", "platform / sysctl"),
+    Source("assumed", "an assumption stated by the profile (typical host, typical software install)",
+           "kernelfit profile", "override with --with/--without or a profile file of your own"),
+)}
+
+
+def cite(*ids: str) -> tuple[str, ...]:
+    missing = [i for i in ids if i not in SOURCES]
+    if missing:
+        raise KeyError(f"unknown source id(s): {missing}")
+    return ids

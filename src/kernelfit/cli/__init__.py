@@ -1,0 +1,208 @@
+"""The `kernelfit` command line. Planning commands import neither torch nor transformers.
+
+Every `UsageError` ends as one line on stderr and exit code 2; argparse errors too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+
+from ..errors import EXIT_USAGE, HealthCheckError, UsageError
+
+SIZE_UNITS = {"": 1.0, "gib": 1.0, "gb": 1e9 / 1024**3, "mib": 1 / 1024, "mb": 1e6 / 1024**3, "tib": 1024.0}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2 (argparse prints usage + message otherwise)
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+def positive_int(name: str):
+    def parse(text: str) -> int:
+        if not re.fullmatch(r"\s*\d+\s*", text or "") or int(text) < 1:
+            raise UsageError(f"{name} must be a positive whole number, not {text!r}")
+        return int(text)
+    return parse
+
+
+def parse_max_memory(text: str) -> dict[str, float]:
+    """'0=20GiB,1=20GiB,cpu=64GiB' -> {'0': 20.0, '1': 20.0, 'cpu': 64.0} (GiB)."""
+    out: dict[str, float] = {}
+    for part in (text or "").split(","):
+        m = re.fullmatch(r"\s*([\w:]+)\s*=\s*([\d.]+)\s*([A-Za-z]*)\s*", part)
+        if not m or m.group(3).lower() not in SIZE_UNITS:
+            raise UsageError(f"--max-memory {text!r}: expected DEVICE=SIZE pairs like 0=20GiB,cpu=64GiB")
+        value = float(m.group(2)) * SIZE_UNITS[m.group(3).lower()]
+        if value <= 0:
+            raise UsageError(f"--max-memory for {m.group(1)} must be positive")
+        out[m.group(1)] = value
+    return out
+
+
+def _add_machine_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--profile", metavar="NAME|FILE", help="plan for a reference machine or a saved profile instead of this one")
+    p.add_argument("--with", dest="with_", action="append", metavar="PKG[==VER]", help="assume this package is installed")
+    p.add_argument("--without", action="append", metavar="PKG", help="assume this package is not installed")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="kernelfit", description="Run any transformers model on the hardware it lands on.")
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
+
+    p = sub.add_parser("doctor", help="what this machine (or a profile) has, and what to fix")
+    _add_machine_args(p)
+    p.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    p.add_argument("--save", metavar="FILE", help="write the machine profile to FILE (.toml or .json)")
+
+    p = sub.add_parser("profiles", help="list the reference machines")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("plan", help="plan a model for this machine or a profile, with every reason")
+    p.add_argument("model", help="model dir, config.json, .gguf, `smollm2-135m`, or a cached hub id")
+    _add_machine_args(p)
+    p.add_argument("--context", type=positive_int("--context"), default=4096, help="tokens of context to budget for (default 4096)")
+    p.add_argument("--batch", type=positive_int("--batch"), default=1)
+    p.add_argument("--dtype", default="auto", help="auto, bfloat16, float16 or float32 (a preference)")
+    p.add_argument("--attn", default="auto", help="attention implementation preference (default: auto)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
+    p.add_argument("--max-memory", type=parse_max_memory, help="per-device budget, e.g. 0=20GiB,cpu=64GiB")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("matrix", help="the support matrix (every profile x attention/dtype), from the catalog")
+    p.add_argument("--markdown", action="store_true")
+
+    from .run_cmd import add_run_parser
+
+    add_run_parser(sub)
+    return parser
+
+
+def _machine(args) -> "Machine":  # noqa: F821
+    from ..profiles import apply_overrides, load_profile
+
+    if args.profile:
+        m = load_profile(args.profile)
+    else:
+        from ..probe import probe_machine
+
+        m = probe_machine()
+    return apply_overrides(m, args.with_, args.without)
+
+
+def _write_atomic(path: str, text: str) -> None:
+    """Nothing half-written: write a temp file beside the target, then rename."""
+    import tempfile
+
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise UsageError(f"cannot save to {path}: directory {directory} does not exist")
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".kernelfit-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def cmd_doctor(args) -> int:
+    from ..doctor import findings
+
+    m = _machine(args)
+    found = findings(m)
+    if args.save:
+        text = m.to_toml() if args.save.lower().endswith(".toml") else m.to_json() + "\n"
+        _write_atomic(args.save, text)
+    if args.json:
+        print(json.dumps({"machine": m.to_dict(), "findings": [f.to_dict() for f in found]}, indent=2))
+    else:
+        from .render import render_machine
+
+        print(render_machine(m, found))
+        if args.save:
+            print(f"\nsaved this machine's profile to {args.save} (use it with --profile {args.save})")
+    return 0
+
+
+def cmd_profiles(args) -> int:
+    from ..profiles import load_profile, profile_names
+
+    machines = [load_profile(n) for n in profile_names()]
+    if args.json:
+        print(json.dumps([{"name": m.name, "description": m.description,
+                           "devices": [{"kind": d.kind, "name": d.name, "compute_capability": d.compute_capability,
+                                        "memory_gib": d.memory_gib} for d in m.accelerators],
+                           "torch": m.software.torch} for m in machines], indent=2))
+    else:
+        from .render import render_profiles
+
+        print(render_profiles(machines))
+    return 0
+
+
+def make_plan(args):
+    from ..modelspec import load_model_spec
+    from ..plan import Preferences
+    from ..planner import plan
+
+    machine = _machine(args)
+    model = load_model_spec(args.model)
+    prefs = Preferences(dtype=args.dtype, attention=args.attn, context=args.context, batch=args.batch,
+                        device=args.device, max_memory=args.max_memory)
+    return plan(machine, model, prefs)
+
+
+def cmd_plan(args) -> int:
+    p = make_plan(args)
+    if args.json:
+        print(json.dumps(p.to_dict(), indent=2))
+    else:
+        from .render import render_plan
+
+        print(render_plan(p))
+    return 0
+
+
+def cmd_matrix(args) -> int:
+    from ..matrix import support_matrix
+
+    print(support_matrix(markdown=args.markdown))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if args.version:
+            from .. import __version__
+
+            print(f"kernelfit {__version__}")
+            return 0
+        if not args.command:
+            parser.print_help()
+            return EXIT_USAGE
+        handler = {"doctor": cmd_doctor, "profiles": cmd_profiles, "plan": cmd_plan, "matrix": cmd_matrix}.get(args.command)
+        if handler is None:
+            from .run_cmd import COMMANDS
+
+            handler = COMMANDS[args.command]
+        return handler(args)
+    except UsageError as exc:
+        print(f"kernelfit: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return exc.exit_code
+    except HealthCheckError as exc:
+        print(f"kernelfit: health check failed: {exc}", file=sys.stderr)
+        return 3
+    except KeyboardInterrupt:
+        print("kernelfit: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0

@@ -1,0 +1,105 @@
+"""Human-readable output for the CLI: small aligned tables, no dependencies."""
+
+from __future__ import annotations
+
+import textwrap
+
+from ..doctor import Finding
+from ..machine import Machine
+from ..plan import Choice, Plan
+
+
+def table(rows: list[list[str]], header: list[str] | None = None) -> str:
+    rows = [[str(c) for c in r] for r in rows]
+    if header:
+        rows = [header, ["-" * len(h) for h in header]] + rows
+    if not rows:
+        return ""
+    widths = [max(len(r[i]) for r in rows if i < len(r)) for i in range(max(len(r) for r in rows))]
+    return "\n".join("  ".join(c.ljust(widths[i]) for i, c in enumerate(r)).rstrip() for r in rows)
+
+
+def _wrap(text: str, indent: str, width: int = 100) -> str:
+    return textwrap.fill(text, width=width, initial_indent=indent, subsequent_indent=indent + "  ")
+
+
+def render_machine(m: Machine, found: list[Finding]) -> str:
+    out = [f"kernelfit doctor — {m.name} ({m.origin})", ""]
+    rows = []
+    for d in m.devices:
+        mem = f"{d.memory_gib:g} GiB" + (f" ({d.memory_free_gib:g} free)" if d.memory_free_gib is not None else "")
+        rows.append([d.torch_device, d.name, d.compute_capability or "-", d.arch or "-", mem])
+    out.append(table(rows, ["device", "name", "compute cap.", "arch", "memory"]))
+    c, sw = m.cpu, m.software
+    out += ["", f"CPU       {c.model} — {c.cores} cores / {c.threads} threads, {c.arch}",
+            f"ISA       {', '.join(c.isa) or '(none of interest)'}",
+            f"RAM       {m.memory_gib:g} GiB" + (f" ({m.memory_available_gib:g} available)" if m.memory_available_gib is not None else ""),
+            f"Python    {sw.python or '?'} on {sw.os or '?'}"]
+    torch = sw.torch or "not installed"
+    if sw.torch_cuda:
+        torch += f" (CUDA {sw.torch_cuda}; archs {' '.join(sw.torch_cuda_arch_list) or '?'} — {sw.torch_arch_list_source})"
+    elif sw.torch_hip:
+        torch += f" (ROCm/HIP {sw.torch_hip})"
+    elif sw.torch:
+        torch += " (CPU build)"
+    out.append(f"torch     {torch}")
+    if sw.nvidia_driver:
+        out.append(f"driver    NVIDIA {sw.nvidia_driver} (CUDA {sw.cuda_driver or '?'})")
+    pk = ", ".join(f"{k} {v}" for k, v in sorted(sw.packages.items()) if k != "torch")
+    out.append(_wrap(f"packages  {pk or '(none kernelfit knows)'}", "")[:2000])
+    out += ["", "Findings:"]
+    for f in found:
+        out.append(_wrap(f"[{f.level}] {f.message}", "  "))
+        if f.fix:
+            out.append(f"      fix: {f.fix}")
+    return "\n".join(out)
+
+
+def _choice_lines(title: str, c: Choice) -> list[str]:
+    lines = [_wrap(f"{title:<10}{c.value} — {c.reason}", "")]
+    for r in c.rejected:
+        lines.append(_wrap(f"✗ {r.name}: {r.reason}", "            "))
+    return lines
+
+
+def render_plan(p: Plan) -> str:
+    m, s = p.model, p.model.text
+    quant = ""
+    if m.quantization:
+        quant = f", {m.quantization.get('quant_method')} {m.quantization.get('file_type') or m.quantization.get('bits', '')}".rstrip()
+    out = [f"kernelfit plan — {m.name} on {p.machine.name} ({p.machine.origin})", "",
+           _wrap(f"Model     {m.architecture} ({m.model_type}), {m.params / 1e9:.3f} B params, {m.format}{quant}; "
+                 f"{s.num_layers} layers, {s.num_heads} heads / {s.num_kv_heads} KV heads, head_dim {s.head_dim}"
+                 + (f", sliding window {s.sliding_window}" if s.sliding_window else ""), "")]
+    for sub in m.sub_models[1:]:
+        out.append(_wrap(f"          + {sub.role} tower {sub.model_type}: {sub.params / 1e6:.0f} M params, "
+                         f"{sub.num_layers} layers, head_dim {sub.head_dim}", ""))
+    out.append(_wrap(f"Device    {', '.join(p.placement.devices)} — {p.placement.reason}", ""))
+    for r in p.placement.rejected:
+        out.append(_wrap(f"✗ {r.name}: {r.reason}", "            "))
+    out += _choice_lines("Dtype", p.dtype)
+    for sub in m.sub_models:
+        title = "Attention" if sub.role == "text" else f"  {sub.role}"
+        out += _choice_lines(title, p.attention[sub.role])
+    if p.text_attention.value == "sdpa" and "text" in p.sdpa_kernels:
+        ks = ", ".join(f"{k} {'✓' if not r else '✗'}" for k, r in p.sdpa_kernels["text"])
+        out.append(f"            SDPA kernels here: {ks}")
+    mem = p.memory.to_dict()
+    out.append(f"Memory    weights {mem['weights_gib']:.2f} + KV cache {mem['kv_cache_gib']:.2f} (context "
+               f"{p.preferences.context}, batch {p.preferences.batch}) + activations {mem['activations_gib']:.2f} + "
+               f"overhead {mem['overhead_gib']:.2f} = {mem['total_gib']:.2f} GiB of {mem['budget_gib']:.2f} GiB "
+               f"{'✓ fits' if mem['fits'] else '✗ does not fit'}")
+    kw = p.from_pretrained_kwargs()
+    out.append("Load      from_pretrained(" + ", ".join(f"{k}={v!r}" for k, v in kw.items()) + ")")
+    for w in p.warnings:
+        out.append(_wrap(f"warning: {w}", ""))
+    return "\n".join(out)
+
+
+def render_profiles(machines: list[Machine]) -> str:
+    rows = []
+    for m in machines:
+        acc = m.accelerators
+        devs = " + ".join(f"{d.name} ({d.compute_capability or d.arch}, {d.memory_gib:g} GiB)" for d in acc) or "CPU only"
+        rows.append([m.name, devs, m.software.torch or "-"])
+    return table(rows, ["profile", "devices", "assumed torch"])

