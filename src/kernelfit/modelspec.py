@@ -296,7 +296,8 @@ def load_model_spec(model: str) -> ModelSpec:
         if p.suffix == ".gguf":
             return spec_from_gguf(p, p.stem, model_dir=str(p.parent))
         parent = p.parent
-        return spec_from_config(_read_json(p), parent.name or p.stem, str(p),
+        name = (parent.resolve().name or p.stem) if p.name == "config.json" else p.stem
+        return spec_from_config(_read_json(p), name, str(p),
                                 fmt=checkpoint_format(parent), model_dir=str(parent))
     if re.fullmatch(r"[\w.-]+/[\w.-]+", key) and not key.startswith((".", "/")):
         snap = cached_hub_snapshot(key)

@@ -211,7 +211,8 @@ def _try(model: ModelSpec, machine: Machine, prefs: Preferences, devices: list[D
 
 
 def _first_fit(model, machine, prefs, devices, compute) -> tuple[Attempt | None, Attempt | None, DtypeCandidates]:
-    """First dtype (in preference order) that fits; also the smallest attempt, for error messages."""
+    """First dtype (in preference order) that fits; also the smallest attempt, for error messages.
+    Dtypes tried before the winner are recorded in `cands.rejected` with their figures."""
     cands = dtype_candidates(compute[-1] if len(compute) > 1 else compute[0], machine, model, prefs)
     if len(compute) > 1:  # a dtype must be native on every device used
         for d in compute[:-1]:
@@ -222,6 +223,8 @@ def _first_fit(model, machine, prefs, devices, compute) -> tuple[Attempt | None,
         att = _try(model, machine, prefs, devices, compute, dtype, why)
         if att.memory.fits:
             return att, att, cands
+        cands.rejected.setdefault(dtype, f"does not fit: needs {gib(att.memory.total):.2f} GiB, "
+                                         f"budget {gib(att.memory.budget):.2f} GiB")
         if smallest is None or att.memory.total < smallest.memory.total:
             smallest = att
     return None, smallest, cands
@@ -275,8 +278,8 @@ def plan(machine: Machine, model: ModelSpec, prefs: Preferences | None = None) -
 
 def _build_plan(machine, model, prefs, att: Attempt, why: str, cands: DtypeCandidates, rejected, place) -> Plan:
     dtype_rejected = [Rejected(t, r) for t, r in cands.rejected.items()]
-    dtype_rejected += [Rejected(t, "lower in the preference order" if i > 0 else r)
-                       for i, (t, r) in enumerate(cands.ordered) if t != att.dtype and t not in cands.rejected]
+    dtype_rejected += [Rejected(t, f"runs, but {att.dtype} comes first in the preference order")
+                       for t, _ in cands.ordered if t != att.dtype and t not in cands.rejected]
     seen, uniq = set(), []
     for r in dtype_rejected:
         if r.name not in seen:

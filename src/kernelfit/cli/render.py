@@ -66,9 +66,10 @@ def render_plan(p: Plan) -> str:
     m, s = p.model, p.model.text
     quant = ""
     if m.quantization:
-        quant = f", {m.quantization.get('quant_method')} {m.quantization.get('file_type') or m.quantization.get('bits', '')}".rstrip()
+        q = m.quantization
+        quant = f" {q.get('file_type') or str(q.get('bits', '')) + '-bit'} {q.get('quant_method')}"
     out = [f"kernelfit plan — {m.name} on {p.machine.name} ({p.machine.origin})", "",
-           _wrap(f"Model     {m.architecture} ({m.model_type}), {m.params / 1e9:.3f} B params, {m.format}{quant}; "
+           _wrap(f"Model     {m.architecture} ({m.model_type}), {m.params / 1e9:.3f} B params,{quant or ' ' + m.format}; "
                  f"{s.num_layers} layers, {s.num_heads} heads / {s.num_kv_heads} KV heads, head_dim {s.head_dim}"
                  + (f", sliding window {s.sliding_window}" if s.sliding_window else ""), "")]
     for sub in m.sub_models[1:]:

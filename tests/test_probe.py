@@ -1,0 +1,95 @@
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kernelfit.doctor import findings
+from kernelfit.machine import Machine
+from kernelfit.probe import probe_machine
+from kernelfit.probe.cpu import parse_cpuinfo
+from kernelfit.probe.nvml import probe_nvml
+
+from conftest import fake_nvml, run_json
+
+
+def test_no_driver_is_an_answer_not_a_crash():
+    r = probe_nvml(fake_nvml(None))
+    assert r.devices == [] and "no NVIDIA driver" in r.error
+
+
+def test_nvml_mixed_box(monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    r = probe_nvml(fake_nvml([("NVIDIA A100-SXM4-80GB", (8, 0), 80, 79.2), ("Tesla T4", (7, 5), 15, 14.6)]))
+    assert [d.compute_capability for d in r.devices] == ["8.0", "7.5"]
+    assert [d.torch_device for d in r.devices] == ["cuda:0", "cuda:1"]
+    assert r.devices[1].memory_free_gib == pytest.approx(14.6, abs=0.01)
+    assert r.driver == "550.54.15" and r.cuda_driver == "12.4"
+
+
+def test_cuda_visible_devices_renumbers(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+    r = probe_nvml(fake_nvml([("A", (8, 0), 80, 80), ("B", (7, 5), 16, 16)]))
+    assert [(d.name, d.torch_device) for d in r.devices] == [("B", "cuda:0")]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert "hides" in probe_nvml(fake_nvml([("A", (8, 0), 80, 80)])).error
+
+
+def test_probe_machine_with_fake_gtx1060_reports_the_build_not_the_chip(monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    m = probe_machine(nvml=fake_nvml([("NVIDIA GeForce GTX 1060 6GB", (6, 1), 6, 5.8)]))
+    assert m.devices[0].kind == "cuda" and m.devices[-1].kind == "cpu"
+    # this machine's torch is a CPU build: the doctor says so for the GPU, with the fix
+    found = findings(m)
+    gpu_errors = [f for f in found if f.level == "error" and "GTX 1060" in f.message]
+    assert gpu_errors and "CPU-only build" in gpu_errors[0].message and "whl/cu" in gpu_errors[0].fix
+
+
+def test_cpuinfo_parser_x86_and_arm():
+    x86 = "processor\t: 0\nmodel name\t: Intel Xeon\nphysical id\t: 0\ncore id\t: 0\nflags\t\t: fpu avx2 avx512f amx_bf16 amx_tile\n\n" \
+          "processor\t: 1\nmodel name\t: Intel Xeon\nphysical id\t: 0\ncore id\t: 0\nflags\t\t: fpu avx2 avx512f amx_bf16 amx_tile\n"
+    model, isa, cores = parse_cpuinfo(x86, "x86_64")
+    assert model == "Intel Xeon" and cores == 1
+    assert isa == ("amx_bf16", "amx_tile", "avx2", "avx512f")
+    arm = "processor\t: 0\nFeatures\t: fp asimd asimddp sve bf16 i8mm\n"
+    assert parse_cpuinfo(arm, "aarch64")[1] == ("bf16", "dotprod", "i8mm", "neon", "sve")
+
+
+def test_doctor_json_contract_and_isa_matches_proc_cpuinfo():
+    out = run_json("doctor")
+    m = out["machine"]
+    assert {"devices", "cpu", "memory_gib", "software"} <= set(m)
+    cpu_dev = [d for d in m["devices"] if d["kind"] == "cpu"]
+    assert cpu_dev and cpu_dev[0]["compute_capability"] is None
+    for d in m["devices"]:
+        assert {"kind", "name", "compute_capability", "memory_gib"} <= set(d)
+    assert {"model", "cores", "isa"} <= set(m["cpu"])
+    assert all({"level", "message", "fix"} <= set(f) for f in out["findings"])
+    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    flags = set(re.findall(r"^flags\s*:\s*(.*)$", text, re.M)[0].split()) if "flags" in text else set()
+    for flag in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "avx512_vnni", "avx512_fp16"):
+        assert (flag in m["cpu"]["isa"]) == (flag in flags), flag
+    assert m["software"]["torch"] and m["software"]["packages"].get("transformers")
+
+
+def test_probe_never_imports_torch_or_initialises_cuda():
+    code = ("import sys, kernelfit.probe as p; m = p.probe_machine(); "
+            "import kernelfit.doctor as d; d.findings(m); "
+            "bad = [k for k in ('torch', 'transformers', 'flash_attn', 'bitsandbytes') if k in sys.modules]; "
+            "print(bad)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"
+
+
+def test_probed_machine_round_trips_json_and_toml(tmp_path):
+    m = probe_machine()
+    assert Machine.from_dict(json.loads(m.to_json()), origin=m.origin) == m
+    from kernelfit.machine import load_machine_file
+
+    f = tmp_path / "me.toml"
+    f.write_text(m.to_toml())
+    back = load_machine_file(f)
+    assert back.devices == m.devices and back.cpu == m.cpu and back.software == m.software
