@@ -9,6 +9,13 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+import os as _os
+
+if _os.environ.get("KERNELFIT_GUARD") == "1":  # for code you cannot edit: KERNELFIT_GUARD=1 kernelfit exec ...
+    from .runtime.guard import guard as _guard
+
+    _guard()
+
 __all__ = ["__version__", "probe_machine", "load_profile", "load_model_spec", "plan", "Preferences", "load", "guard",
            "register"]
 

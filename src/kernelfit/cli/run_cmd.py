@@ -1,9 +1,124 @@
-"""`kernelfit run`: the main job (load with the plan, generate, report speed)."""
+"""`kernelfit run` (the main job) and `kernelfit exec` (run a script under the FA2 guard)."""
 
 from __future__ import annotations
 
-COMMANDS: dict = {}
+import json
+import os
+import sys
+
+from ..errors import UsageError
 
 
 def add_run_parser(sub) -> None:
-    pass
+    from . import positive_int
+
+    p = sub.add_parser("run", help="load a model with its plan and generate (default: the bundled SmolLM2)")
+    p.add_argument("model", nargs="?", default="smollm2-135m", help="model (default: smollm2-135m, bundled)")
+    p.add_argument("--prompt", required=True, help="the user message")
+    p.add_argument("--system", help="an optional system message")
+    p.add_argument("--max-new-tokens", type=positive_int("--max-new-tokens"), default=64)
+    p.add_argument("--attn", default="auto", help="attention preference (used when it can run here)")
+    p.add_argument("--dtype", default="auto", help="auto, bfloat16, float16 or float32 (a preference)")
+    p.add_argument("--context", type=positive_int("--context"), default=4096)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-chat-template", action="store_true", help="send the prompt as raw text")
+    p.add_argument("--no-health-check", action="store_true", help="skip the post-load health check")
+    p.add_argument("--no-dispatch", action="store_true", help="pass the plan's attention to transformers directly")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow the checkpoint's own Python code")
+    p.add_argument("--allow-pickle", action="store_true", help="allow pickle (.bin) weights")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of streaming")
+
+    p = sub.add_parser("exec", help="run a Python script with kernelfit.guard() active (FlashAttention-2 demands "
+                                    "are redirected where FA2 cannot run)")
+    p.add_argument("script", help="path of the Python script")
+    p.add_argument("args", nargs="*", help="arguments for the script (put them after --)")
+
+
+def _err(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _summary(plan) -> str:
+    mem = plan.memory.to_dict()
+    lines = [f"kernelfit plan: {plan.model.name} on {', '.join(plan.placement.devices)} "
+             f"({plan.placement.reason})",
+             f"  dtype      {plan.dtype.value}: {plan.dtype.reason}"]
+    for r in plan.dtype.rejected:
+        lines.append(f"    ✗ {r.name}: {r.reason}")
+    lines.append(f"  attention  {plan.text_attention.value}: {plan.text_attention.reason}")
+    for r in plan.text_attention.rejected:
+        if not r.reason.startswith("runs here"):
+            lines.append(f"    ✗ {r.name}: {r.reason}")
+    lines.append(f"  memory     {mem['total_gib']:.2f} GiB of {mem['budget_gib']:.2f} GiB "
+                 f"(weights {mem['weights_gib']:.2f}, KV cache {mem['kv_cache_gib']:.2f} at context "
+                 f"{plan.preferences.context})")
+    return "\n".join(lines)
+
+
+def cmd_run(args) -> int:
+    if not args.prompt or not args.prompt.strip():
+        raise UsageError("--prompt is empty; give the text to answer, e.g. --prompt \"What is the capital of France?\"")
+    from ..planner import attention_names
+
+    if args.attn not in attention_names():
+        raise UsageError(f"unknown attention implementation '{args.attn}'; choose one of {', '.join(attention_names())}")
+    quiet = args.json
+    say = (lambda m: None) if quiet else (lambda m: _err(f"kernelfit: {m}"))
+    from ..modelspec import load_model_spec
+    from ..plan import Preferences
+    from ..planner import plan as make_plan
+    from ..probe import probe_machine
+
+    machine = probe_machine()
+    spec = load_model_spec(args.model)  # bad model input fails here, before torch is imported
+    plan = make_plan(machine, spec, Preferences(dtype=args.dtype, attention=args.attn, context=args.context,
+                                               device=args.device))
+    if not quiet:
+        _err(_summary(plan))
+    if quiet:
+        os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    import warnings
+
+    from ..runtime.dispatch import fallbacks
+    from ..runtime.generate import generate
+    from ..runtime.load import load
+
+    with warnings.catch_warnings(record=quiet):
+        loaded = load(args.model, dtype=args.dtype, attention=args.attn, context=args.context, device=args.device,
+                      machine=machine, dispatch=not args.no_dispatch, health_check=not args.no_health_check,
+                      trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle, progress=say)
+        say(f"loaded in {loaded.load_seconds:.1f} s; generating")
+        stream = None if quiet else (lambda t: (sys.stdout.write(t), sys.stdout.flush()))
+        gen = generate(loaded.model, loaded.tokenizer, args.prompt, args.max_new_tokens, stream, args.system,
+                       chat=not args.no_chat_template)
+    events = loaded.fallbacks + [dict(e, stage="runtime") for e in fallbacks()]
+    if quiet:
+        print(json.dumps({"text": gen.text, "plan": loaded.plan.to_dict(), "fallbacks": events,
+                          "prompt_tokens": gen.prompt_tokens, "new_tokens": gen.new_tokens,
+                          "prefill_tokens_per_s": round(gen.prefill_tokens_per_s, 2),
+                          "decode_tokens_per_s": round(gen.decode_tokens_per_s, 2),
+                          "load_seconds": round(loaded.load_seconds, 2)}, indent=2))
+    else:
+        sys.stdout.write("\n")
+        for e in events:
+            _err(f"kernelfit: fallback ({e['stage']}): {e.get('backend') or e.get('attention')} failed — {e['error']}")
+        _err(f"kernelfit: prefill {gen.prompt_tokens} tokens at {gen.prefill_tokens_per_s:.1f} tokens/s, "
+             f"decode {gen.new_tokens} tokens at {gen.decode_tokens_per_s:.1f} tokens/s "
+             f"({loaded.dtype}, {loaded.plan.text_attention.value}, {', '.join(loaded.plan.placement.devices)})")
+    return 0
+
+
+def cmd_exec(args) -> int:
+    import runpy
+
+    if not os.path.isfile(args.script):
+        raise UsageError(f"no script at {args.script}")
+    from ..runtime.guard import guard
+
+    guard()
+    sys.argv = [args.script, *args.args]
+    runpy.run_path(args.script, run_name="__main__")
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "exec": cmd_exec}

@@ -1,0 +1,175 @@
+"""`attn_implementation="kernelfit"`: pick the attention kernel per call, fall back when one raises.
+
+Per call the dispatcher looks at the query's device (each layer on its own device in a mixed
+box), dtype, head_dim, sliding window, softcap and causality, asks the catalog which backends
+run there, and calls the first in priority order. When a backend raises an error that means
+"this kernel cannot run here" (catalog.kernel_errors), it is marked dead for that device, one
+warning is issued, and the call is redone with the next backend. Other errors propagate.
+
+Registered in both transformers registries (AttentionInterface and AttentionMaskInterface):
+a name missing from the mask registry would silently receive attention_mask=None.
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from ..catalog.attention import BACKENDS, NON_CAUSAL, OUTPUT_ATTENTIONS, SLIDING_WINDOW, SOFTCAP, AttentionQuery, priority_for, why_not
+from ..catalog.kernel_errors import cannot_run_here
+from ..machine import Device, Software
+from .kernels import KernelBackend, adapt_mask, default_backends
+
+NAME = "kernelfit"
+
+
+class KernelFallbackWarning(UserWarning):
+    """A kernel could not run on a device; the dispatcher used the next one."""
+
+
+def _torch_device_info(dev: torch.device) -> Device:
+    if dev.type == "cuda":
+        index = dev.index if dev.index is not None else torch.cuda.current_device()
+        major, minor = torch.cuda.get_device_capability(index)
+        kind = "rocm" if getattr(torch.version, "hip", None) else "cuda"
+        arch = getattr(torch.cuda.get_device_properties(index), "gcnArchName", "").split(":")[0] if kind == "rocm" else None
+        return Device(kind=kind, name=torch.cuda.get_device_name(index), index=index,
+                      compute_capability=f"{major}.{minor}" if kind == "cuda" else None,
+                      arch=arch or f"sm_{major}{minor}")
+    if dev.type == "mps":
+        return Device(kind="mps", name="Apple GPU (MPS)")
+    if dev.type == "xpu":
+        return Device(kind="xpu", name="Intel XPU", index=dev.index or 0)
+    return Device(kind="cpu", name="cpu")
+
+
+@dataclass
+class Dispatcher:
+    backends: dict[str, KernelBackend] = field(default_factory=dict)
+    software: Software | None = None
+    # (module, query) -> catalog Device; tests simulate devices per layer with this
+    resolve: Callable | None = None
+    preferred: tuple[str, ...] = ()  # tried first when they run (the plan's choice)
+    dead: set = field(default_factory=set)  # (device key, backend name)
+    events: list = field(default_factory=list)  # fallbacks that happened, for reports
+    _devices: dict = field(default_factory=dict)
+    _order: dict = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def device_for(self, module, query: torch.Tensor) -> Device:
+        if self.resolve is not None:
+            return self.resolve(module, query)
+        key = query.device
+        info = self._devices.get(key)
+        if info is None:
+            info = self._devices[key] = _torch_device_info(key)
+        return info
+
+    def order_for(self, device: Device, dtype: str, head_dim: int, features: frozenset) -> list[str]:
+        """Backends that the catalog says run here, best first (cached)."""
+        key = ((device.kind, device.index, device.compute_capability, device.name), dtype, head_dim, features,
+               self.preferred)
+        cached = self._order.get(key)
+        if cached is not None:
+            return cached
+        if self.software is None:
+            from ..probe.software import probe_software
+
+            self.software = probe_software()
+        names = [n for n in self.preferred if n in self.backends]
+        names += [n for n in priority_for(device) if n in self.backends and n not in names]
+        names += [n for n in self.backends if n not in names]  # backends the catalog does not rank
+        q = AttentionQuery(device, self.software, dtype, head_dim, features)
+        runnable = []
+        for n in names:
+            backend = self.backends[n]
+            reasons = why_not(BACKENDS[n], q) if n in BACKENDS else []
+            if backend.supports is not None:
+                reasons = reasons + list(backend.supports(device, dtype, head_dim, features))
+            if not reasons:
+                runnable.append(n)
+        self._order[key] = runnable
+        return runnable
+
+    def __call__(self, module, query, key, value, attention_mask, **kwargs):
+        device = self.device_for(module, query)
+        dtype = str(query.dtype).removeprefix("torch.")
+        window = kwargs.get("sliding_window") or getattr(module, "sliding_window", None)
+        causal = kwargs.get("is_causal")
+        causal = getattr(module, "is_causal", True) if causal is None else causal
+        features = frozenset(
+            f for f, on in ((SLIDING_WINDOW, bool(window)), (SOFTCAP, bool(kwargs.get("softcap"))),
+                            (NON_CAUSAL, not causal), (OUTPUT_ATTENTIONS, bool(kwargs.get("output_attentions"))))
+            if on)
+        dev_key = (device.kind, device.index, device.compute_capability)
+        last_error = None
+        for name in self.order_for(device, dtype, query.shape[-1], features):
+            if (dev_key, name) in self.dead:
+                continue
+            backend = self.backends[name]
+            mask = adapt_mask(attention_mask, backend.mask, query, key, causal, window)
+            try:
+                return backend.fn(module, query, key, value, mask, **kwargs)
+            except Exception as exc:  # noqa: BLE001 - classified below, re-raised unless "cannot run here"
+                if not cannot_run_here(exc):
+                    raise
+                last_error = exc
+                with self._lock:
+                    if (dev_key, name) in self.dead:
+                        continue
+                    self.dead.add((dev_key, name))
+                    first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                    self.events.append({"device": device.name, "device_index": device.index, "backend": name,
+                                        "error": f"{type(exc).__name__}: {first_line}"})
+                warnings.warn(f"kernelfit: {name} cannot run on {device.name} ({type(exc).__name__}: {first_line}); "
+                              f"using the next attention backend for this device from now on",
+                              KernelFallbackWarning, stacklevel=2)
+        raise RuntimeError(f"kernelfit: no attention backend could run on {device.name} for dtype {dtype}, "
+                           f"head_dim {query.shape[-1]}") from last_error
+
+    def reset(self) -> None:
+        self.dead.clear()
+        self.events.clear()
+        self._order.clear()
+
+
+_DISPATCHER: Dispatcher | None = None
+
+
+def dispatcher() -> Dispatcher:
+    global _DISPATCHER
+    if _DISPATCHER is None:
+        _DISPATCHER = Dispatcher(backends=default_backends())
+    return _DISPATCHER
+
+
+def kernelfit_attention_forward(module, query, key, value, attention_mask, **kwargs):
+    return dispatcher()(module, query, key, value, attention_mask, **kwargs)
+
+
+def register(name: str = NAME) -> str:
+    """Register the dispatcher under `name` in AttentionInterface and its mask function in
+    AttentionMaskInterface (idempotent). Returns the name to pass as attn_implementation."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(name, kernelfit_attention_forward)
+    # The dispatcher takes SDPA's mask (boolean 4D, or None when purely causal) and converts it
+    # for each backend (kernels.adapt_mask).
+    AttentionMaskInterface.register(name, sdpa_mask)
+    return name
+
+
+def register_backend(backend: KernelBackend) -> None:
+    """Add or replace a backend (tests register fake kernels that raise real error messages)."""
+    d = dispatcher()
+    d.backends[backend.name] = backend
+    d._order.clear()
+
+
+def fallbacks() -> list[dict]:
+    return list(dispatcher().events)

@@ -1,0 +1,86 @@
+"""Generation with streaming and honest timing: prefill (prompt -> first token) and decode
+(every later token) are measured separately."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+
+@dataclass
+class Generation:
+    text: str
+    prompt_tokens: int
+    new_tokens: int
+    prefill_seconds: float
+    decode_seconds: float
+
+    @property
+    def prefill_tokens_per_s(self) -> float:
+        return self.prompt_tokens / self.prefill_seconds if self.prefill_seconds > 0 else 0.0
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        n = self.new_tokens - 1  # the first new token belongs to prefill
+        return n / self.decode_seconds if n > 0 and self.decode_seconds > 0 else 0.0
+
+
+class _TimingStreamer:
+    """transformers BaseStreamer protocol: put() gets the prompt first, then each new token."""
+
+    def __init__(self, tokenizer, on_text: Callable[[str], None] | None):
+        self.tokenizer, self.on_text = tokenizer, on_text
+        self.prompt_seen = False
+        self.first_token_at: float | None = None
+        self.tokens: list[int] = []
+        self.printed = 0
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self.prompt_seen:
+            self.prompt_seen = True
+            return
+        if self.first_token_at is None:
+            self.first_token_at = time.perf_counter()
+        self.tokens.extend(int(t) for t in value.reshape(-1).tolist())
+        if self.on_text is not None:
+            text = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
+            # hold back an incomplete multi-byte character or word piece until it is complete
+            if not text.endswith("\ufffd"):
+                self.on_text(text[self.printed:])
+                self.printed = len(text)
+
+    def end(self) -> None:
+        if self.on_text is not None:
+            text = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
+            if len(text) > self.printed:
+                self.on_text(text[self.printed:])
+                self.printed = len(text)
+
+
+def encode_prompt(tokenizer, prompt: str, system: str | None = None, chat: bool = True) -> dict:
+    if chat and getattr(tokenizer, "chat_template", None):
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+        enc = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    else:
+        enc = tokenizer(prompt, return_tensors="pt")
+    return {"input_ids": enc["input_ids"], "attention_mask": enc.get("attention_mask")}
+
+
+def generate(model, tokenizer, prompt: str, max_new_tokens: int, on_text: Callable[[str], None] | None = None,
+             system: str | None = None, chat: bool = True) -> Generation:
+    enc = encode_prompt(tokenizer, prompt, system, chat)
+    device = next(p.device for p in model.parameters() if p.device.type != "meta")
+    inputs = {k: v.to(device) for k, v in enc.items() if v is not None}
+    streamer = _TimingStreamer(tokenizer, on_text)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, streamer=streamer, pad_token_id=pad)
+    t_end = time.perf_counter()
+    first = streamer.first_token_at or t_end
+    return Generation(text=tokenizer.decode(streamer.tokens, skip_special_tokens=True),
+                      prompt_tokens=int(inputs["input_ids"].shape[-1]), new_tokens=len(streamer.tokens),
+                      prefill_seconds=first - t0, decode_seconds=t_end - first)

@@ -1,0 +1,106 @@
+"""Post-load health check: a silently broken model is never returned.
+
+Checks: every tensor the checkpoint should provide was loaded (transformers' loading info:
+missing / unexpected / mismatched keys — a renamed tensor shows up as missing, i.e. randomly
+initialised), nothing left on the meta device, a quantized checkpoint really loaded into
+quantized modules, and a smoke forward pass gives finite logits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ..errors import HealthCheckError
+from ..modelspec import ModelSpec
+
+# Module class names that hold quantized weights, by quantization method (lower-case substrings).
+QUANTIZED_MODULES = {
+    "awq": ("awq", "wqlinear", "quantlinear", "marlin", "gemm", "gemv", "exllama"),
+    "gptq": ("quantlinear", "marlin", "exllama", "gptq", "triton", "torchquant"),
+    "bitsandbytes": ("linear8bitlt", "linear4bit"),
+    "quanto": ("qlinear",),
+    "gguf": ("gguf",),
+    "fp8": ("fp8",),
+}
+MAX_LISTED = 12
+
+
+@dataclass
+class HealthReport:
+    ok: bool
+    problems: list[str] = field(default_factory=list)
+    checked: list[str] = field(default_factory=list)
+
+
+def _listed(names, what: str) -> list[str]:
+    names = sorted(names)
+    more = f" (+{len(names) - MAX_LISTED} more)" if len(names) > MAX_LISTED else ""
+    return [f"{what}: {', '.join(names[:MAX_LISTED])}{more}"] if names else []
+
+
+def quantization_problems(model: torch.nn.Module, spec: ModelSpec, dequantized: bool) -> list[str]:
+    q = spec.quantization or {}
+    method = str(q.get("quant_method", "")).lower()
+    if not method or dequantized or method not in QUANTIZED_MODULES:
+        return []
+    needles = QUANTIZED_MODULES[method]
+    linears, quantized = [], 0
+    for name, module in model.named_modules():
+        cls = type(module).__name__.lower()
+        if any(n in cls for n in needles):
+            quantized += 1
+        elif isinstance(module, torch.nn.Linear) and "lm_head" not in name:
+            linears.append(name)
+    if quantized == 0 and linears:
+        return _listed(linears, f"checkpoint is {method}-quantized but these layers loaded as plain Linear "
+                                f"(quantized weights ignored, layers randomly initialised)")
+    return []
+
+
+def smoke_forward(model: torch.nn.Module) -> list[str]:
+    """One tiny forward pass; logits must be finite."""
+    cfg = getattr(model.config, "text_config", None) or model.config
+    vocab = int(getattr(cfg, "vocab_size", 0) or 0)
+    if vocab <= 0 or not hasattr(model, "generate"):
+        return []
+    device = next((p.device for p in model.parameters() if p.device.type != "meta"), torch.device("cpu"))
+    ids = torch.arange(1, 9, device=device).remainder(vocab).unsqueeze(0)
+    try:
+        with torch.inference_mode():
+            out = model(input_ids=ids) if not hasattr(model, "get_image_features") else model.language_model(input_ids=ids)
+    except Exception as exc:  # noqa: BLE001 - reported as a problem with its message
+        return [f"smoke forward pass raised {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"]
+    logits = getattr(out, "logits", None)
+    if logits is None:
+        logits = getattr(out, "last_hidden_state", None)
+    if logits is not None and not torch.isfinite(logits.float()).all():
+        bad = (~torch.isfinite(logits.float())).sum().item()
+        return [f"smoke forward pass produced {bad} non-finite values (NaN/inf): wrong dtype for this model or broken weights"]
+    return []
+
+
+def check_health(model: torch.nn.Module, spec: ModelSpec, loading_info: dict | None, smoke: bool = True,
+                 dequantized: bool = False) -> HealthReport:
+    problems: list[str] = []
+    checked = ["loading info", "meta tensors", "quantized modules"]
+    info = loading_info or {}
+    problems += _listed(info.get("missing_keys", ()), "missing from the checkpoint (randomly initialised)")
+    problems += _listed(info.get("unexpected_keys", ()), "in the checkpoint but not used by the model")
+    problems += _listed([str(m[0]) if isinstance(m, tuple) else str(m) for m in info.get("mismatched_keys", ())],
+                        "shape mismatch (randomly initialised)")
+    problems += [f"load error: {e}" for e in info.get("error_msgs", ())]
+    meta = [n for n, p in list(model.named_parameters()) + list(model.named_buffers()) if p.device.type == "meta"]
+    problems += _listed(meta, "left on the meta device (never loaded)")
+    problems += quantization_problems(model, spec, dequantized)
+    if smoke and not problems:
+        checked.append("smoke forward")
+        problems += smoke_forward(model)
+    return HealthReport(not problems, problems, checked)
+
+
+def raise_if_unhealthy(report: HealthReport, name: str) -> None:
+    if not report.ok:
+        raise HealthCheckError(f"{name} did not load correctly ({len(report.problems)} problem(s); "
+                               f"pass --no-health-check to load it anyway)", report.problems)

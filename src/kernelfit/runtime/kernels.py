@@ -1,0 +1,137 @@
+"""Attention kernels with transformers' shared signature, and the mask shapes each expects.
+
+Signature (transformers `integrations/*_attention.py`):
+    fn(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kw)
+    -> (attn_output (B, S, H, D), attn_weights | None)
+query/key/value are (B, H, S, D). Masks arrive in one of three forms and are converted here:
+    "bool4d"    (B, 1, Q, K) True = attend, or None for plain causal  (sdpa_mask)
+    "padding2d" (B, K) True/1 = real token, or None                    (flash_attention_mask)
+    "additive"  (B, 1, Q, K) float, 0 or a large negative               (eager_mask)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+
+@dataclass(frozen=True)
+class KernelBackend:
+    name: str  # catalog name when the catalog knows it (its rules then apply)
+    fn: Callable
+    mask: str  # "bool4d", "padding2d" or "additive"
+    supports: Callable | None = None  # extra predicate (device, dtype, head_dim, features) -> list[str]
+
+
+def causal_bool(q_len: int, k_len: int, device, window: int | None = None) -> torch.Tensor:
+    """(Q, K) causal mask aligned so the last query sees the last key (KV cache before the queries)."""
+    offset = k_len - q_len
+    i = torch.arange(q_len, device=device).unsqueeze(1) + offset
+    j = torch.arange(k_len, device=device).unsqueeze(0)
+    mask = j <= i
+    if window:
+        mask &= j > i - window
+    return mask
+
+
+def to_bool4d(mask, query: torch.Tensor, key: torch.Tensor, causal: bool, window: int | None) -> torch.Tensor | None:
+    if mask is None:
+        return None  # SDPA applies is_causal itself
+    if mask.dim() == 4:
+        return mask if mask.dtype == torch.bool else mask == 0
+    q_len, k_len = query.shape[2], key.shape[2]
+    pad = mask[:, -k_len:].to(torch.bool)[:, None, None, :]
+    if not causal:
+        return pad.expand(-1, 1, q_len, -1)
+    return pad & causal_bool(q_len, k_len, query.device, window)
+
+
+def to_padding2d(mask, key: torch.Tensor) -> torch.Tensor | None:
+    if mask is None or mask.dim() == 2:
+        return mask
+    keep = mask if mask.dtype == torch.bool else mask == 0
+    # a key is "real" when any query may attend to it (every real key sees at least its own query)
+    padding = keep.any(dim=-2)[:, 0, :]
+    return None if bool(padding.all()) else padding.to(torch.int32)
+
+
+def to_additive(mask, query: torch.Tensor, key: torch.Tensor, causal: bool, window: int | None) -> torch.Tensor | None:
+    if mask is not None and mask.dim() == 4 and mask.dtype != torch.bool:
+        return mask
+    b4 = to_bool4d(mask, query, key, causal, window)
+    if b4 is None:
+        if not causal or query.shape[2] == 1:
+            return None
+        b4 = causal_bool(query.shape[2], key.shape[2], query.device, window)[None, None]
+    zero = torch.zeros((), dtype=query.dtype, device=query.device)
+    return torch.where(b4, zero, torch.finfo(query.dtype).min)
+
+
+def adapt_mask(mask, form: str, query, key, causal: bool, window: int | None):
+    if form == "bool4d":
+        return to_bool4d(mask, query, key, causal, window)
+    if form == "padding2d":
+        return to_padding2d(mask, key)
+    return to_additive(mask, query, key, causal, window)
+
+
+def eager_attention_forward(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
+                            is_causal=None, **kwargs):
+    """transformers' eager attention (matmul, softmax in fp32), GQA-aware, with an additive mask."""
+    groups = query.shape[1] // key.shape[1]
+    if groups > 1:
+        key = key.repeat_interleave(groups, dim=1)
+        value = value.repeat_interleave(groups, dim=1)
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    weights = torch.matmul(query, key.transpose(2, 3)) * scale
+    softcap = kwargs.get("softcap")
+    if softcap:
+        weights = torch.tanh(weights / softcap) * softcap
+    if attention_mask is not None:
+        weights = weights + attention_mask[..., : key.shape[-2]]
+    weights = torch.softmax(weights, dim=-1, dtype=torch.float32).to(query.dtype)
+    if dropout and module is not None and module.training:
+        weights = torch.nn.functional.dropout(weights, p=dropout)
+    out = torch.matmul(weights, value).transpose(1, 2).contiguous()
+    return out, weights
+
+
+def default_backends() -> dict[str, KernelBackend]:
+    """The real kernels: transformers' own functions where it has them."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    backends = {
+        "sdpa": KernelBackend("sdpa", sdpa_attention_forward, "bool4d"),
+        "eager": KernelBackend("eager", eager_attention_forward, "additive"),
+    }
+    try:
+        from transformers.integrations.flash_attention import flash_attention_forward
+
+        for name in ("flash_attention_2", "flash_attention_3", "flash_attention_4"):
+            backends[name] = KernelBackend(name, _flash_with_version(flash_attention_forward, name), "padding2d")
+    except ImportError:
+        pass
+    return backends
+
+
+def _flash_with_version(fn: Callable, name: str) -> Callable:
+    """transformers' flash_attention_forward reads the FA version from
+    `module.config._attn_implementation`, which is "kernelfit" while dispatching: show it the
+    real name for the duration of the call (forward passes run one at a time)."""
+
+    def call(module, query, key, value, attention_mask, **kwargs):
+        from transformers.modeling_flash_attention_utils import lazy_import_flash_attention
+
+        lazy_import_flash_attention(name)  # raises ImportError when the package is missing
+        config = module.config
+        previous = config._attn_implementation_internal
+        config._attn_implementation_internal = name
+        try:
+            return fn(module, query, key, value, attention_mask, **kwargs)
+        finally:
+            config._attn_implementation_internal = previous
+
+    call.__name__ = f"{name}_forward"
+    return call

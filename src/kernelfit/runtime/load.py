@@ -1,0 +1,163 @@
+"""kernelfit.load: plan for this machine, apply the plan to from_pretrained, check the result.
+
+Attention goes through the "kernelfit" dispatcher by default (the plan's choice first, runtime
+fallback if a kernel raises); a load that fails because a kernel cannot run here is retried
+down a fallback chain (plan -> sdpa -> eager in float32), each step recorded.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from ..catalog.architectures import COMPOSITES
+from ..catalog.kernel_errors import cannot_run_here
+from ..errors import UsageError
+from ..modelspec import ModelSpec, load_model_spec
+from ..plan import Plan, Preferences
+from .health import HealthReport, check_health, raise_if_unhealthy
+
+
+@dataclass
+class Loaded:
+    model: Any
+    tokenizer: Any  # tokenizer, or processor for vision-language models
+    plan: Plan
+    attn_implementation: Any  # what from_pretrained finally got
+    dtype: str
+    load_seconds: float
+    health: HealthReport | None
+    fallbacks: list[dict] = field(default_factory=list)  # load-time fallbacks; runtime ones: dispatch.fallbacks()
+
+    def __iter__(self):  # model, tokenizer, plan = kernelfit.load(...)
+        return iter((self.model, self.tokenizer, self.plan))
+
+
+def _torch_dtype(name: str):
+    import torch
+
+    return getattr(torch, name)
+
+
+def _max_memory(plan: Plan):
+    mm = plan.placement.max_memory
+    if not mm:
+        return None
+    return {(int(k) if k.isdigit() else k): v for k, v in mm.items()}
+
+
+def _weights_dir(spec: ModelSpec, allow_pickle: bool, progress: Callable) -> tuple[str, dict]:
+    """Where from_pretrained reads, and format-specific keyword arguments."""
+    if spec.format == "gguf":
+        from .gguf_cache import materialise
+
+        return str(materialise(spec, progress)), {"use_safetensors": True}
+    if spec.format == "config-only" or not spec.model_dir:
+        raise UsageError(f"{spec.source} has a config but no weights (*.safetensors or *.gguf) beside it; "
+                         f"`kernelfit plan` works on it, loading needs the checkpoint")
+    if spec.format == "pytorch-pickle":
+        if not allow_pickle:
+            raise UsageError(f"{spec.model_dir} holds pickle weights (.bin/.pt), which can run arbitrary code when "
+                             f"loaded; convert them to safetensors, or pass --allow-pickle if you trust the source")
+        return spec.model_dir, {"use_safetensors": False}
+    return spec.model_dir, {"use_safetensors": True}
+
+
+def _model_class(spec: ModelSpec):
+    if spec.model_type in COMPOSITES:
+        from transformers import AutoModelForImageTextToText
+
+        return AutoModelForImageTextToText
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM
+
+
+def _tokenizer(spec: ModelSpec, directory: str, trust_remote_code: bool):
+    try:
+        if spec.model_type in COMPOSITES:
+            from transformers import AutoProcessor
+
+            return AutoProcessor.from_pretrained(directory, trust_remote_code=trust_remote_code)
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(directory, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot load the tokenizer from {directory}: {str(exc).splitlines()[0]}") from None
+
+
+def _attn_for(plan: Plan, name_or_none: str | None):
+    """attn_implementation for from_pretrained: one name, or one per sub-config."""
+    if len(plan.model.sub_models) == 1:
+        return name_or_none or plan.text_attention.value
+    return {(s.config_key or ""): (name_or_none or plan.attention[s.role].value) for s in plan.model.sub_models}
+
+
+def load(model: str = "smollm2-135m", *, dtype: str = "auto", attention: str = "auto", context: int = 4096,
+         batch: int = 1, device: str = "auto", max_memory: dict | None = None, machine=None, dispatch: bool = True,
+         health_check: bool = True, trust_remote_code: bool = False, allow_pickle: bool = False,
+         progress: Callable[[str], None] | None = None) -> Loaded:
+    """Load `model` with the fastest configuration this machine can run, and say why.
+
+    Returns a `Loaded` (unpacks as `model, tokenizer, plan`). Raises UsageError for bad input
+    and HealthCheckError when the loaded model does not match its checkpoint.
+    """
+    from ..planner import plan as make_plan
+
+    say = progress or (lambda _msg: None)
+    spec = load_model_spec(model)
+    if machine is None:
+        from ..probe import probe_machine
+
+        machine = probe_machine()
+    plan = make_plan(machine, spec, Preferences(dtype=dtype, attention=attention, context=context, batch=batch,
+                                                device=device, max_memory=max_memory))
+    t0 = time.perf_counter()
+    directory, fmt_kwargs = _weights_dir(spec, allow_pickle, say)
+    tokenizer = _tokenizer(spec, directory, trust_remote_code)
+    klass = _model_class(spec)
+
+    chain: list[tuple[Any, str]] = []
+    if dispatch:
+        from .dispatch import dispatcher, register
+
+        register()
+        chosen = [plan.attention[s.role].value for s in spec.sub_models]
+        dispatcher().preferred = tuple(dict.fromkeys(chosen))
+        dispatcher()._order.clear()
+        chain.append((_attn_for(plan, "kernelfit"), plan.dtype.value))
+    else:
+        chain.append((_attn_for(plan, None), plan.dtype.value))
+    chain += [(_attn_for(plan, "sdpa"), plan.dtype.value), (_attn_for(plan, "eager"), "float32")]
+    fallbacks: list[dict] = []
+    last = None
+    steps, seen = [], set()
+    for attn_value, dt in chain:
+        if (str(attn_value), dt) not in seen:
+            seen.add((str(attn_value), dt))
+            steps.append((attn_value, dt))
+    for attn_value, dt in steps:
+        attn = str(attn_value)
+        say(f"loading {spec.name} ({spec.params / 1e9:.2f} B params) as {dt} with attention {attn} "
+            f"on {', '.join(plan.placement.devices)}")
+        try:
+            loaded, info = klass.from_pretrained(
+                directory, dtype=_torch_dtype(dt), attn_implementation=attn_value, device_map=plan.placement.device_map,
+                max_memory=_max_memory(plan), trust_remote_code=trust_remote_code, output_loading_info=True,
+                **fmt_kwargs)
+        except Exception as exc:  # noqa: BLE001 - only "cannot run here" errors move down the chain
+            if not cannot_run_here(exc):
+                raise
+            last = exc
+            fallbacks.append({"stage": "load", "attention": attn, "dtype": dt,
+                              "error": f"{type(exc).__name__}: {str(exc).splitlines()[0]}"})
+            continue
+        loaded.eval()
+        health = None
+        if health_check:
+            say("health check: loading info, meta tensors, quantized modules, smoke forward")
+            health = check_health(loaded, spec, info, dequantized=spec.format == "gguf")
+            raise_if_unhealthy(health, spec.name)
+        return Loaded(loaded, tokenizer, plan, attn_value, dt, time.perf_counter() - t0, health, fallbacks)
+    raise RuntimeError(f"kernelfit: every configuration in the fallback chain failed to load {spec.name}") from last
