@@ -10,13 +10,14 @@ from .memory import MemoryEstimate
 from .modelspec import ModelSpec
 
 DTYPE_CHOICES = ("auto", "bfloat16", "float16", "float32")
+DEFAULT_CONTEXT = 4096
 
 
 @dataclass(frozen=True)
 class Preferences:
     dtype: str = "auto"
     attention: str = "auto"
-    context: int = 4096
+    context: int | None = None  # tokens to budget for; None: min(4096, the model's max positions)
     batch: int = 1
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", "mps"
     max_memory: dict[str, float] | None = None  # GiB by device key ("0", "cuda:0", "cpu")

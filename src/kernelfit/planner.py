@@ -8,7 +8,7 @@ with CPU offload, then the CPU alone.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .capability import build_covers
 from .catalog.attention import BACKENDS, AttentionQuery, priority_for, sdpa_kernels, why_not
@@ -18,13 +18,23 @@ from .errors import PlanError, UsageError
 from .machine import Device, Machine
 from .memory import device_budget, estimate, gib, materialises_scores
 from .modelspec import ModelSpec, SubModel
-from .plan import DTYPE_CHOICES, Choice, Placement, Plan, Preferences, Rejected
+from .plan import DEFAULT_CONTEXT, DTYPE_CHOICES, Choice, Placement, Plan, Preferences, Rejected
 
 MAX_CONTEXT = 10_000_000
 
 
 def attention_names() -> list[str]:
     return ["auto", *BACKENDS]
+
+
+def resolve(model: ModelSpec, prefs: Preferences) -> Preferences:
+    """Fill in defaults that depend on the model, then validate. Returns the effective preferences."""
+    if prefs.context is None:
+        limit = model.text.max_positions
+        prefs = replace(prefs, context=min(DEFAULT_CONTEXT, limit) if isinstance(limit, int) and limit > 0
+                        else DEFAULT_CONTEXT)
+    validate(model, prefs)
+    return prefs
 
 
 def validate(model: ModelSpec, prefs: Preferences) -> None:
@@ -239,8 +249,7 @@ def _mm(devices: list[Device], prefs: Preferences) -> dict[str, str]:
 
 
 def plan(machine: Machine, model: ModelSpec, prefs: Preferences | None = None) -> Plan:
-    prefs = prefs or Preferences()
-    validate(model, prefs)
+    prefs = resolve(model, prefs or Preferences())
     devices, rejected_devices = candidate_devices(machine, prefs)
     if not devices:
         raise PlanError(f"no device of {machine.name} can run torch: "

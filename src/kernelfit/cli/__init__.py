@@ -65,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plan", help="plan a model for this machine or a profile, with every reason")
     p.add_argument("model", help="model dir, config.json, .gguf, `smollm2-135m`, or a cached hub id")
     _add_machine_args(p)
-    p.add_argument("--context", type=positive_int("--context"), default=4096, help="tokens of context to budget for (default 4096)")
+    p.add_argument("--context", type=positive_int("--context"), default=None,
+                   help="tokens of context to budget for (default: 4096, or the model's maximum if smaller)")
     p.add_argument("--batch", type=positive_int("--batch"), default=1)
     p.add_argument("--dtype", default="auto", help="auto, bfloat16, float16 or float32 (a preference)")
     p.add_argument("--attn", default="auto", help="attention implementation preference (default: auto)")

@@ -19,7 +19,7 @@ def add_run_parser(sub) -> None:
     p.add_argument("--max-new-tokens", type=positive_int("--max-new-tokens"), default=64)
     p.add_argument("--attn", default="auto", help="attention preference (used when it can run here)")
     p.add_argument("--dtype", default="auto", help="auto, bfloat16, float16 or float32 (a preference)")
-    p.add_argument("--context", type=positive_int("--context"), default=4096)
+    p.add_argument("--context", type=positive_int("--context"), default=None)
     p.add_argument("--device", default="auto")
     p.add_argument("--no-chat-template", action="store_true", help="send the prompt as raw text")
     p.add_argument("--no-health-check", action="store_true", help="skip the post-load health check")

@@ -94,7 +94,7 @@ def _attn_for(plan: Plan, name_or_none: str | None):
     return {(s.config_key or ""): (name_or_none or plan.attention[s.role].value) for s in plan.model.sub_models}
 
 
-def load(model: str = "smollm2-135m", *, dtype: str = "auto", attention: str = "auto", context: int = 4096,
+def load(model: str = "smollm2-135m", *, dtype: str = "auto", attention: str = "auto", context: int | None = None,
          batch: int = 1, device: str = "auto", max_memory: dict | None = None, machine=None, dispatch: bool = True,
          health_check: bool = True, trust_remote_code: bool = False, allow_pickle: bool = False,
          progress: Callable[[str], None] | None = None) -> Loaded:
