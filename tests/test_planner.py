@@ -137,3 +137,9 @@ def test_property_every_profile_config_and_dtype(profile):
         assert p.memory.fits
         outcomes.add("ok")
     assert "ok" in outcomes  # every machine runs at least SmolLM2
+
+
+def test_paged_eager_is_known_but_not_for_plain_generate():
+    p = P("t4", attention="paged|eager")
+    assert p.text_attention.value == "sdpa"
+    assert "continuous batching" in p.text_attention.reason

@@ -93,3 +93,20 @@ def test_probed_machine_round_trips_json_and_toml(tmp_path):
     f.write_text(m.to_toml())
     back = load_machine_file(f)
     assert back.devices == m.devices and back.cpu == m.cpu and back.software == m.software
+
+
+def test_doctor_separates_the_torch_build_from_the_chip():
+    from dataclasses import replace
+
+    from kernelfit.profiles import load_profile
+
+    gtx = load_profile("gtx1060-6gb")
+    assert not [f for f in findings(gtx) if f.level == "error"]  # cu126 build: fine
+    t4sw = load_profile("t4").software
+    cu128 = replace(gtx, software=replace(gtx.software, torch="2.11.0+cu128",
+                                          torch_cuda_arch_list=t4sw.torch_cuda_arch_list))
+    errors = [f for f in findings(cu128) if f.level == "error"]
+    assert len(errors) == 1 and "not compiled for sm_61" in errors[0].message
+    assert errors[0].fix == "pip install torch==2.11.0 --index-url https://download.pytorch.org/whl/cu126"
+    # and the chip's own limits are reported as information, not as the build's fault
+    assert any("FlashAttention-2 needs compute capability 8.0" in f.message for f in findings(cu128))

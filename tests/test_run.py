@@ -65,3 +65,9 @@ def test_exec_runs_fa2_hardcoded_code_under_the_guard(tmp_path):
     r = run_cli("exec", str(script))
     assert r.returncode == 0, r.stderr
     assert "generated 7" in r.stdout and "flash_attention_2 cannot run here" in r.stderr
+    # KERNELFIT_GUARD=1: any script that imports kernelfit (here, before the model code) is guarded
+    guarded = tmp_path / "guarded.py"
+    guarded.write_text("import kernelfit\n" + script.read_text())
+    env = dict(__import__("os").environ, KERNELFIT_GUARD="1")
+    r = __import__("subprocess").run([sys.executable, str(guarded)], capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 0 and "generated 7" in r.stdout, r.stderr

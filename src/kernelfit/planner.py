@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from .capability import build_covers
-from .catalog.attention import BACKENDS, AttentionQuery, priority_for, sdpa_kernels, why_not
+from .catalog.attention import BACKENDS, PLAIN_GENERATE, AttentionQuery, priority_for, sdpa_kernels, why_not
 from .catalog.dtypes import BYTES, DtypeVerdict, dtype_verdicts
 from .catalog.torch_builds import legacy_install_command
 from .errors import PlanError, UsageError
@@ -157,7 +157,8 @@ def choose_attention(sub: SubModel, devices: list[Device], machine: Machine, dty
     for name in order:
         rs: list[str] = []
         for d in devices:
-            q = AttentionQuery(d, machine.software, dtype, sub.head_dim, frozenset(sub.features))
+            # a plan is for from_pretrained + generate: ordinary (non-paged) attention calls
+            q = AttentionQuery(d, machine.software, dtype, sub.head_dim, frozenset(sub.features) | {PLAIN_GENERATE})
             rs += [r for r in why_not(BACKENDS[name], q) if r not in rs]
         reasons[name] = rs
     valid = [n for n in order if not reasons[n]]

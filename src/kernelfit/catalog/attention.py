@@ -28,6 +28,7 @@ SLIDING_WINDOW = "sliding_window"
 SOFTCAP = "softcap"
 OUTPUT_ATTENTIONS = "output_attentions"
 NON_CAUSAL = "non_causal"  # vision towers, encoders
+PLAIN_GENERATE = "plain_generate"  # ordinary model.generate / forward (no paged cache)
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,14 @@ BACKENDS: dict[str, AttentionBackend] = {b.name: b for b in (
         min_cc=SM70_FP16_TENSOR_CORES, min_torch="2.5.0",
         unsupported=frozenset({OUTPUT_ATTENTIONS}),
         sources=("torch-flex", "inductor-triton-gate"),
+    ),
+    AttentionBackend(
+        name="paged|eager",
+        summary="eager over a paged KV cache (transformers continuous batching / generate_batch only)",
+        platforms=frozenset({"cuda", "rocm", "cpu", "mps", "xpu"}),
+        unsupported=frozenset({PLAIN_GENERATE}),
+        sources=("transformers-attn-interface",),
+        notes={PLAIN_GENERATE: "only for continuous batching (generate_batch / serving), not model.generate"},
     ),
     AttentionBackend(
         name="eager",
