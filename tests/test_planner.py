@@ -103,7 +103,9 @@ def test_eager_materialises_scores():
 def test_70b_on_a_t4_offloads_or_fails_cleanly():
     m = load_model_spec(config_path("llama-2-70b"))
     with pytest.raises(PlanError, match="does not fit"):
-        P("t4", m)
+        P("t4", m, max_memory={"0": 15.0, "cpu": 8.0})
+    p = P("t4", m)  # 64 GiB of host RAM: 4-bit on the CPU, never a choice that cannot run
+    assert p.memory.fits and p.quantization.bits == 4
     p = P("2x-rtx3090", load_model_spec(config_path("llama-3.1-8b")), context=65536)
     assert p.placement.device_map in ("auto", {"": "cuda:0"})
 

@@ -16,7 +16,14 @@ GIB = 1024**3
 
 # Fixed costs, measured rather than derived (each is a floor, not a fraction):
 CUDA_CONTEXT_BYTES = int(0.5 * GIB)  # CUDA context + cuBLAS/cuDNN workspaces on first matmul
-CPU_RUNTIME_BYTES = int(0.6 * GIB)  # python + torch + transformers resident set before weights
+# python + torch + transformers imported (0.23 GiB measured here) + tokenizer, generation state and
+# allocator arenas (~0.12 GiB): SmolLM2 runs on this 2-core CPU, see tests/test_memory.py
+CPU_RUNTIME_BYTES = int(0.35 * GIB)
+# Measured peak / the per-layer sum below, for SmolLM2 prefill at 1k and 4k tokens on CPU: the
+# sum counts the tensors a layer keeps; matmul outputs, norms and rotary copies live beside them
+# in glibc's arenas. Not measured on CUDA (no GPU here), where the caching allocator reuses
+# freed blocks: accelerators keep the plain sum until a GPU measurement says otherwise.
+CPU_ACTIVATION_FACTOR = 2.0
 # Fraction of nominal memory a device can really use when not probed: ECC reservation and
 # the driver take a few % (T4: 16 GB nominal, ~14.6-15 GiB usable; H100 80GB: ~79 GiB).
 NOMINAL_USABLE_FRACTION = 0.94
@@ -35,15 +42,41 @@ def weight_bytes(params: int, dtype: str) -> int:
     return params * BYTES[dtype]
 
 
-def kv_cache_bytes(sub: SubModel, context: int, batch: int, dtype: str) -> int:
+def unquantized_params(model: ModelSpec) -> int:
+    """Parameters that weight quantizers leave in the compute dtype: the input embedding and the
+    LM head (bitsandbytes skips lm_head; AWQ/GPTQ checkpoints keep both in fp16)."""
+    t = model.text
+    embedding = (t.vocab_size or 0) * t.hidden_size
+    return embedding if t.tie_embeddings else 2 * embedding
+
+
+def quantized_weight_bytes(model: ModelSpec, dtype: str, method: str, bits: int, group_size: int | None) -> int:
+    from .catalog.quantization import effective_bits
+
+    keep = unquantized_params(model)
+    quantized = max(model.params - keep, 0)
+    return int(quantized * effective_bits(method, bits, group_size) / 8) + keep * BYTES[dtype]
+
+
+# transformers' QuantizedCache keeps the newest tokens in full precision (residual_length=128)
+KV_RESIDUAL_TOKENS = 128
+
+
+def kv_cache_bytes(sub: SubModel, context: int, batch: int, dtype: str, kv_bits: int | None = None) -> int:
     """Keys and values for every layer, KV head and token (GQA-aware); sliding-window layers keep
-    at most `sliding_window` tokens (transformers' sliding caches)."""
+    at most `sliding_window` tokens (transformers' sliding caches). `kv_bits` (4 or 2): a
+    quantized cache, with a scale and zero point per group of 64 and a full-precision residual."""
     if not sub.causal:
         return 0
-    per_token_layer = 2 * sub.num_kv_heads * sub.head_dim * BYTES[dtype]
     full_layers = sub.num_layers - sub.sliding_layers
     window_tokens = min(context, sub.sliding_window) if sub.sliding_window else context
-    return batch * per_token_layer * (full_layers * context + sub.sliding_layers * window_tokens)
+    tokens = full_layers * context + sub.sliding_layers * window_tokens
+    values = 2 * sub.num_kv_heads * sub.head_dim * batch  # per token per layer
+    if kv_bits is None:
+        return values * tokens * BYTES[dtype]
+    residual = min(KV_RESIDUAL_TOKENS, context) * sub.num_layers
+    quantized = max(tokens - residual, 0)
+    return int(values * quantized * (kv_bits + 2 * 16 / 64) / 8) + values * residual * BYTES[dtype]
 
 
 def materialises_scores(attention: str, sdpa_kernel: str | None) -> bool:
@@ -51,7 +84,7 @@ def materialises_scores(attention: str, sdpa_kernel: str | None) -> bool:
     return attention == "eager" or (attention == "sdpa" and sdpa_kernel == "math")
 
 
-def activation_bytes(sub: SubModel, tokens: int, batch: int, dtype: str, scores: bool) -> int:
+def activation_bytes(sub: SubModel, tokens: int, batch: int, dtype: str, scores: bool, factor: float = 1.0) -> int:
     """Peak transient memory of one prefill of `tokens` tokens, one layer alive at a time."""
     b = BYTES[dtype]
     s = sub.seq_len or tokens
@@ -63,7 +96,7 @@ def activation_bytes(sub: SubModel, tokens: int, batch: int, dtype: str, scores:
         # eager upcasts softmax to float32: scores in dtype plus probabilities in fp32
         attn = batch * sub.num_heads * s * s * (b + 4)
     logits = batch * (sub.vocab_size or 0) * 4  # generate() keeps the last position's logits, in fp32
-    return hidden + qkv + max(mlp, attn) + logits
+    return int(factor * (hidden + qkv + max(mlp, attn))) + logits
 
 
 @dataclass(frozen=True)
@@ -73,10 +106,19 @@ class MemoryEstimate:
     activations: int
     overhead: int
     budget: int
+    # the memory-mapped checkpoint a dtype-converting load touches (host RAM only): resident while
+    # loading, but clean page cache the kernel can reclaim, so it counts in peak_rss, not in `fits`
+    mapped_checkpoint: int = 0
 
     @property
     def total(self) -> int:
         return self.weights + self.kv_cache + self.activations + self.overhead
+
+    @property
+    def peak_rss(self) -> int:
+        """Resident-set peak a process monitor would show: generating, or loading with the
+        mapped checkpoint resident, whichever is higher."""
+        return max(self.total, self.weights + self.mapped_checkpoint + self.overhead)
 
     @property
     def fits(self) -> bool:
@@ -88,6 +130,7 @@ class MemoryEstimate:
             "kv_cache_gib": gib(self.kv_cache),
             "activations_gib": gib(self.activations),
             "overhead_gib": gib(self.overhead),
+            "peak_rss_gib": gib(self.peak_rss),
             "total_gib": gib(self.total),
             "budget_gib": gib(self.budget),
             "fits": self.fits,
@@ -95,12 +138,21 @@ class MemoryEstimate:
 
 
 def estimate(model: ModelSpec, dtype: str, context: int, batch: int, scores_by_role: dict[str, bool],
-             budget: int, accelerator: bool) -> MemoryEstimate:
-    weights = weight_bytes(model.params, dtype)
-    kv = sum(kv_cache_bytes(s, context, batch, dtype) for s in model.sub_models)
-    acts = max(activation_bytes(s, context, batch, dtype, scores_by_role.get(s.role, False)) for s in model.sub_models)
+             budget: int, accelerator: bool, quant: tuple[str, int, int | None] | None = None,
+             kv_bits: int | None = None, storage_dtype: str | None = None) -> MemoryEstimate:
+    """quant: (method, bits, group_size) for quantized weights; None for dense weights in `dtype`.
+    storage_dtype: the checkpoint's on-disk dtype, when the load happens in host RAM (CPU
+    placement): converting it keeps the (memory-mapped) source resident until the load ends."""
+    weights = quantized_weight_bytes(model, dtype, *quant) if quant else weight_bytes(model.params, dtype)
+    kv = sum(kv_cache_bytes(s, context, batch, dtype, kv_bits) for s in model.sub_models)
+    factor = 1.0 if accelerator else CPU_ACTIVATION_FACTOR
+    acts = max(activation_bytes(s, context, batch, dtype, scores_by_role.get(s.role, False), factor)
+               for s in model.sub_models)
     overhead = CUDA_CONTEXT_BYTES if accelerator else CPU_RUNTIME_BYTES
-    return MemoryEstimate(weights, kv, acts, overhead, budget)
+    transient = 0
+    if not accelerator and storage_dtype in BYTES and (quant or storage_dtype != dtype):
+        transient = weight_bytes(model.params, storage_dtype)
+    return MemoryEstimate(weights, kv, acts, overhead, budget, transient)
 
 
 def device_budget(device: Device, override_gib: float | None = None) -> int:

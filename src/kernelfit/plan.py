@@ -21,6 +21,8 @@ class Preferences:
     batch: int = 1
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", "mps"
     max_memory: dict[str, float] | None = None  # GiB by device key ("0", "cuda:0", "cpu")
+    quantization: str = "auto"  # "auto" (only when needed), "none", "8bit", "4bit"
+    allow_dequantize: bool = False  # a quantized checkpoint no kernel here runs may be unpacked
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,9 @@ class Plan:
     sdpa_kernels: dict[str, list[tuple[str, list[str]]]]
     memory: MemoryEstimate
     warnings: tuple[str, ...] = ()
-    extra: dict = field(default_factory=dict)
+    quantization: "QuantOption | None" = None  # noqa: F821 - quantplan.QuantOption
+    quantization_rejected: tuple[Rejected, ...] = ()
+    offload: dict = field(default_factory=lambda: {"cpu_gib": 0.0, "disk_gib": 0.0})
 
     @property
     def text_attention(self) -> Choice:
@@ -105,9 +109,26 @@ class Plan:
             "device_map": self.placement.device_map,
             "max_memory": self.placement.max_memory,
             "memory": self.memory.to_dict(),
+            "quantization": self.quantization_dict(),
+            "offload": dict(self.offload),
             "from_pretrained": self.from_pretrained_kwargs(),
+            "generate": self.generate_kwargs(),
             "warnings": list(self.warnings),
         }
+
+    def quantization_dict(self) -> dict:
+        q = self.quantization
+        if q is None:
+            return {"method": "none", "bits": None, "backend": None, "kv_cache_bits": None, "reason": "", "rejected": []}
+        return {"method": q.method, "bits": q.bits, "backend": q.backend, "group_size": q.group_size,
+                "kv_cache_bits": q.kv_bits, "reason": q.reason, "install": q.install,
+                "rejected": [{"method": r.name.split(":")[0], "backend": (r.name.split(":") + [None])[1],
+                              "reason": r.reason} for r in self.quantization_rejected]}
+
+    def generate_kwargs(self) -> dict:
+        from .quantplan import generation_config
+
+        return generation_config(self.quantization) if self.quantization else {}
 
     def from_pretrained_kwargs(self) -> dict:
         """The arguments `kernelfit.load` passes to from_pretrained (JSON-friendly: dtype as a name)."""
@@ -117,4 +138,12 @@ class Plan:
             kw["max_memory"] = self.placement.max_memory
         if self.model.gguf_file:
             kw["gguf_file"] = self.model.gguf_file
+        if self.quantization is not None:
+            from .quantplan import quantization_config
+
+            # fp16 kept only for memory (consumer Pascal): let bitsandbytes compute in fp32
+            compute = "float32" if self.dtype.reason.startswith("memory fallback") else self.dtype.value
+            qc = quantization_config(self.quantization, compute)
+            if qc:
+                kw["quantization_config"] = qc
         return kw

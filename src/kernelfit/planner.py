@@ -16,7 +16,6 @@ from .catalog.dtypes import BYTES, DtypeVerdict, dtype_verdicts
 from .catalog.torch_builds import legacy_install_command
 from .errors import PlanError, UsageError
 from .machine import Device, Machine
-from .memory import device_budget, estimate, gib, materialises_scores
 from .modelspec import ModelSpec, SubModel
 from .plan import DEFAULT_CONTEXT, DTYPE_CHOICES, Choice, Placement, Plan, Preferences, Rejected
 
@@ -139,8 +138,9 @@ def dtype_candidates(device: Device, machine: Machine, model: ModelSpec, prefs: 
             why += "; the bf16 checkpoint is cast to fp16 (values beyond ±65504 would overflow — rare in inference)"
         ordered.append((t, why))
     # Memory fallbacks: runnable but slow, smallest first, used only if nothing native fits.
+    # fp16 before bf16 among equals: below sm80 bf16 is emulated, and SDPA's fused kernels refuse it
     slow = sorted((t for t in order if not verdicts[t].native and verdicts[t].runnable and t != prefs.dtype),
-                  key=lambda t: BYTES[t])
+                  key=lambda t: (BYTES[t], t != "float16"))
     for t in slow:
         if BYTES[t] < min(BYTES[n] for n, _ in ordered):
             ordered.append((t, f"memory fallback: {verdicts[t].reason}"))
@@ -182,132 +182,13 @@ def choose_attention(sub: SubModel, devices: list[Device], machine: Machine, dty
     return Choice(chosen, why, tuple(rejected), BACKENDS[chosen].sources)
 
 
-# -- placement ------------------------------------------------------------------------
-def _sdpa_kernel(sub: SubModel, device: Device, machine: Machine, dtype: str) -> list[tuple[str, list[str]]]:
-    return sdpa_kernels(AttentionQuery(device, machine.software, dtype, sub.head_dim, frozenset(sub.features)))
-
-
-def _override(prefs: Preferences, device: Device) -> float | None:
-    mm = prefs.max_memory or {}
-    for key in (device.torch_device, str(device.index) if device.is_accelerator else "cpu", device.kind):
-        if key in mm:
-            return mm[key]
-    return None
-
-
-@dataclass
-class Attempt:
-    devices: list[Device]
-    dtype: str
-    dtype_reason: str
-    attention: dict[str, Choice]
-    kernels: dict[str, list[tuple[str, list[str]]]]
-    memory: object
-
-
-def _try(model: ModelSpec, machine: Machine, prefs: Preferences, devices: list[Device], compute: list[Device],
-         dtype: str, why: str) -> Attempt:
-    attention = {s.role: choose_attention(s, compute, machine, dtype, prefs) for s in model.sub_models}
-    kernels = {s.role: _sdpa_kernel(s, compute[0], machine, dtype) for s in model.sub_models}
-    scores = {}
-    for s in model.sub_models:
-        usable = next((k for k, r in kernels[s.role] if not r), "math")
-        scores[s.role] = materialises_scores(attention[s.role].value, usable)
-    budget = sum(device_budget(d, _override(prefs, d)) for d in devices)
-    accel = any(d.is_accelerator for d in devices)
-    mem = estimate(model, dtype, prefs.context, prefs.batch, scores, budget, accel)
-    if len([d for d in devices if d.is_accelerator]) > 1:  # one CUDA context per GPU
-        mem = type(mem)(mem.weights, mem.kv_cache, mem.activations, mem.overhead * len(compute), mem.budget)
-    return Attempt(devices, dtype, why, attention, kernels, mem)
-
-
-def _first_fit(model, machine, prefs, devices, compute) -> tuple[Attempt | None, Attempt | None, DtypeCandidates]:
-    """First dtype (in preference order) that fits; also the smallest attempt, for error messages.
-    Dtypes tried before the winner are recorded in `cands.rejected` with their figures."""
-    cands = dtype_candidates(compute[-1] if len(compute) > 1 else compute[0], machine, model, prefs)
-    if len(compute) > 1:  # a dtype must be native on every device used
-        for d in compute[:-1]:
-            other = {t for t, _ in dtype_candidates(d, machine, model, prefs).ordered}
-            cands.ordered = [(t, r) for t, r in cands.ordered if t in other]
-    smallest = None
-    for dtype, why in cands.ordered:
-        att = _try(model, machine, prefs, devices, compute, dtype, why)
-        if att.memory.fits:
-            return att, att, cands
-        cands.rejected.setdefault(dtype, f"does not fit: needs {gib(att.memory.total):.2f} GiB, "
-                                         f"budget {gib(att.memory.budget):.2f} GiB")
-        if smallest is None or att.memory.total < smallest.memory.total:
-            smallest = att
-    return None, smallest, cands
-
-
-def _mm(devices: list[Device], prefs: Preferences) -> dict[str, str]:
-    out = {}
-    for d in devices:
-        key = str(d.index) if d.is_accelerator else "cpu"
-        out[key] = f"{gib(device_budget(d, _override(prefs, d))):.2f}GiB"
-    return out
-
-
 def plan(machine: Machine, model: ModelSpec, prefs: Preferences | None = None) -> Plan:
+    """The plan for `model` on `machine`: see placement.search for the order things are tried in."""
+    from .placement import search
+
     prefs = resolve(model, prefs or Preferences())
     devices, rejected_devices = candidate_devices(machine, prefs)
     if not devices:
         raise PlanError(f"no device of {machine.name} can run torch: "
                         + "; ".join(f"{r.name}: {r.reason}" for r in rejected_devices))
-    accels = [d for d in devices if d.is_accelerator]
-    cpu = [d for d in devices if not d.is_accelerator]
-    attempts: list[tuple[str, list[Device], list[Device]]] = []
-    attempts += [(f"fits on {d.torch_device} ({d.name})", [d], [d]) for d in accels]
-    same_kind = [d for d in accels if d.kind == accels[0].kind] if accels else []
-    if len(same_kind) > 1:
-        attempts.append((f"split across {len(same_kind)} GPUs by accelerate", same_kind, same_kind))
-    if accels and cpu:
-        attempts.append(("too big for GPU memory alone: the layers that do not fit are offloaded to CPU RAM and "
-                         "streamed to the GPU per forward (slow, but runs)", same_kind + cpu, same_kind))
-    if cpu:
-        attempts.append(("CPU" if not accels else "CPU only (GPU placements do not fit)", cpu, cpu))
-    tried: list[Rejected] = []
-    smallest_seen = None
-    for why, place, compute in attempts:
-        att, smallest, cands = _first_fit(model, machine, prefs, place, compute)
-        if att is None:
-            if smallest is not None:
-                tried.append(Rejected("+".join(d.torch_device for d in place),
-                                      f"needs {gib(smallest.memory.total):.2f} GiB in {smallest.dtype}, "
-                                      f"has {gib(smallest.memory.budget):.2f} GiB"))
-                if smallest_seen is None or smallest.memory.total < smallest_seen.memory.total:
-                    smallest_seen = smallest
-            continue
-        return _build_plan(machine, model, prefs, att, why, cands, rejected_devices + tried, place)
-    need = f"{gib(smallest_seen.memory.total):.1f} GiB" if smallest_seen else "more memory"
-    raise PlanError(f"{model.name} does not fit {machine.name} at context {prefs.context} (needs at least {need}; "
-                    + "; ".join(f"{r.name}: {r.reason}" for r in tried) + "). Ways out: a smaller --context, "
-                    "a quantized checkpoint (4-bit needs about a quarter of the fp16 weights), or a bigger machine")
-
-
-def _build_plan(machine, model, prefs, att: Attempt, why: str, cands: DtypeCandidates, rejected, place) -> Plan:
-    dtype_rejected = [Rejected(t, r) for t, r in cands.rejected.items()]
-    dtype_rejected += [Rejected(t, f"runs, but {att.dtype} comes first in the preference order")
-                       for t, _ in cands.ordered if t != att.dtype and t not in cands.rejected]
-    seen, uniq = set(), []
-    for r in dtype_rejected:
-        if r.name not in seen:
-            seen.add(r.name)
-            uniq.append(r)
-    names = tuple(d.torch_device for d in place)
-    if len(place) == 1:
-        device_map, max_memory = {"": names[0]}, None
-    else:
-        device_map, max_memory = "auto", _mm(place, prefs)
-    warnings = []
-    if att.dtype_reason.startswith("memory fallback"):
-        warnings.append(f"{att.dtype} chosen only to fit memory: {att.dtype_reason}")
-    if "CPU RAM" in why:
-        warnings.append("part of the model is offloaded to CPU RAM: expect decode to be limited by host-to-GPU transfers")
-    return Plan(
-        model=model, machine=machine, preferences=prefs,
-        placement=Placement(names, device_map, max_memory, why, tuple(rejected)),
-        dtype=Choice(att.dtype, att.dtype_reason, tuple(uniq), cands.sources.get(att.dtype, ())),
-        attention=att.attention, sdpa_kernels=att.kernels, memory=att.memory, warnings=tuple(warnings),
-    )
+    return search(machine, model, prefs, devices, rejected_devices)

@@ -49,6 +49,14 @@ def _add_machine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--without", action="append", metavar="PKG", help="assume this package is not installed")
 
 
+def _add_quant_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-memory", type=parse_max_memory, help="per-device budget, e.g. 0=20GiB,cpu=64GiB")
+    p.add_argument("--quantization", default="auto", choices=("auto", "none", "8bit", "4bit"),
+                   help="auto: only when the model does not fit (least quality loss first)")
+    p.add_argument("--allow-dequantize", action="store_true",
+                   help="unpack a quantized checkpoint when no kernel for it runs here")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="kernelfit", description="Run any transformers model on the hardware it lands on.")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
@@ -71,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="auto", help="auto, bfloat16, float16 or float32 (a preference)")
     p.add_argument("--attn", default="auto", help="attention implementation preference (default: auto)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
-    p.add_argument("--max-memory", type=parse_max_memory, help="per-device budget, e.g. 0=20GiB,cpu=64GiB")
+    _add_quant_args(p)
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("matrix", help="the support matrix (every profile x attention/dtype), from the catalog")
@@ -156,7 +164,8 @@ def make_plan(args):
     machine = _machine(args)
     model = load_model_spec(args.model)
     prefs = Preferences(dtype=args.dtype, attention=args.attn, context=args.context, batch=args.batch,
-                        device=args.device, max_memory=args.max_memory)
+                        device=args.device, max_memory=args.max_memory, quantization=args.quantization,
+                        allow_dequantize=args.allow_dequantize)
     return plan(machine, model, prefs)
 
 

@@ -9,6 +9,9 @@ from ..machine import Machine
 from ..plan import Choice, Plan
 
 
+MAX_REJECTED = 4
+
+
 def table(rows: list[list[str]], header: list[str] | None = None) -> str:
     rows = [[str(c) for c in r] for r in rows]
     if header:
@@ -76,8 +79,19 @@ def render_plan(p: Plan) -> str:
         out.append(_wrap(f"          + {sub.role} tower {sub.model_type}: {sub.params / 1e6:.0f} M params, "
                          f"{sub.num_layers} layers, head_dim {sub.head_dim}", ""))
     out.append(_wrap(f"Device    {', '.join(p.placement.devices)} — {p.placement.reason}", ""))
-    for r in p.placement.rejected:
+    shown = p.placement.rejected[:MAX_REJECTED]
+    for r in shown:
         out.append(_wrap(f"✗ {r.name}: {r.reason}", "            "))
+    if len(p.placement.rejected) > len(shown):
+        out.append(f"            ({len(p.placement.rejected) - len(shown)} more placements tried: see --json)")
+    q = p.quantization
+    if q is not None and (q.method != "none" or q.kv_bits):
+        label = f"{q.method} {q.bits}-bit ({q.backend})" if q.bits else q.method
+        out.append(_wrap(f"Quantize  {label}{' + int' + str(q.kv_bits) + ' KV cache' if q.kv_bits else ''} — {q.reason}", ""))
+        for r in [r for r in p.quantization_rejected if not r.reason.startswith("does not fit")][:MAX_REJECTED]:
+            out.append(_wrap(f"✗ {r.name}: {r.reason}", "            "))
+    if p.offload.get("cpu_gib"):
+        out.append(f"Offload   {p.offload['cpu_gib']:.2f} GiB to CPU RAM")
     out += _choice_lines("Dtype", p.dtype)
     for sub in m.sub_models:
         title = "Attention" if sub.role == "text" else f"  {sub.role}"

@@ -10,7 +10,7 @@ from ..errors import UsageError
 
 
 def add_run_parser(sub) -> None:
-    from . import positive_int
+    from . import _add_quant_args, positive_int
 
     p = sub.add_parser("run", help="load a model with its plan and generate (default: the bundled SmolLM2)")
     p.add_argument("model", nargs="?", default="smollm2-135m", help="model (default: smollm2-135m, bundled)")
@@ -21,6 +21,7 @@ def add_run_parser(sub) -> None:
     p.add_argument("--dtype", default="auto", help="auto, bfloat16, float16 or float32 (a preference)")
     p.add_argument("--context", type=positive_int("--context"), default=None)
     p.add_argument("--device", default="auto")
+    _add_quant_args(p)
     p.add_argument("--no-chat-template", action="store_true", help="send the prompt as raw text")
     p.add_argument("--no-health-check", action="store_true", help="skip the post-load health check")
     p.add_argument("--no-dispatch", action="store_true", help="pass the plan's attention to transformers directly")
@@ -71,8 +72,9 @@ def cmd_run(args) -> int:
 
     machine = probe_machine()
     spec = load_model_spec(args.model)  # bad model input fails here, before torch is imported
-    plan = make_plan(machine, spec, Preferences(dtype=args.dtype, attention=args.attn, context=args.context,
-                                               device=args.device))
+    prefs = dict(dtype=args.dtype, attention=args.attn, context=args.context, device=args.device,
+                 max_memory=args.max_memory, quantization=args.quantization, allow_dequantize=args.allow_dequantize)
+    plan = make_plan(machine, spec, Preferences(**prefs))
     if not quiet:
         _err(_summary(plan))
     if quiet:
@@ -84,13 +86,12 @@ def cmd_run(args) -> int:
     from ..runtime.load import load
 
     with warnings.catch_warnings(record=quiet):
-        loaded = load(args.model, dtype=args.dtype, attention=args.attn, context=args.context, device=args.device,
-                      machine=machine, dispatch=not args.no_dispatch, health_check=not args.no_health_check,
+        loaded = load(args.model, **prefs, machine=machine, dispatch=not args.no_dispatch, health_check=not args.no_health_check,
                       trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle, progress=say)
         say(f"loaded in {loaded.load_seconds:.1f} s; generating")
         stream = None if quiet else (lambda t: (sys.stdout.write(t), sys.stdout.flush()))
         gen = generate(loaded.model, loaded.tokenizer, args.prompt, args.max_new_tokens, stream, args.system,
-                       chat=not args.no_chat_template)
+                       chat=not args.no_chat_template, **loaded.plan.generate_kwargs())
     events = loaded.fallbacks + [dict(e, stage="runtime") for e in fallbacks()]
     if quiet:
         print(json.dumps({"text": gen.text, "plan": loaded.plan.to_dict(), "fallbacks": events,

@@ -70,7 +70,8 @@ def encode_prompt(tokenizer, prompt: str, system: str | None = None, chat: bool 
 
 
 def generate(model, tokenizer, prompt: str, max_new_tokens: int, on_text: Callable[[str], None] | None = None,
-             system: str | None = None, chat: bool = True) -> Generation:
+             system: str | None = None, chat: bool = True, **generate_kwargs) -> Generation:
+    """`generate_kwargs`: the plan's (e.g. a quantized KV cache), passed to model.generate."""
     enc = encode_prompt(tokenizer, prompt, system, chat)
     device = next(p.device for p in model.parameters() if p.device.type != "meta")
     inputs = {k: v.to(device) for k, v in enc.items() if v is not None}
@@ -78,7 +79,8 @@ def generate(model, tokenizer, prompt: str, max_new_tokens: int, on_text: Callab
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     t0 = time.perf_counter()
     with torch.inference_mode():
-        model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, streamer=streamer, pad_token_id=pad)
+        model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, streamer=streamer, pad_token_id=pad,
+                       **generate_kwargs)
     t_end = time.perf_counter()
     first = streamer.first_token_at or t_end
     return Generation(text=tokenizer.decode(streamer.tokens, skip_special_tokens=True),

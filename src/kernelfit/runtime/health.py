@@ -40,9 +40,11 @@ def _listed(names, what: str) -> list[str]:
     return [f"{what}: {', '.join(names[:MAX_LISTED])}{more}"] if names else []
 
 
-def quantization_problems(model: torch.nn.Module, spec: ModelSpec, dequantized: bool) -> list[str]:
+def quantization_problems(model: torch.nn.Module, spec: ModelSpec, dequantized: bool,
+                          quant_method: str | None = None) -> list[str]:
+    """`quant_method`: quantization applied at load (bitsandbytes, quanto); else the checkpoint's own."""
     q = spec.quantization or {}
-    method = str(q.get("quant_method", "")).lower()
+    method = (quant_method or str(q.get("quant_method", ""))).lower()
     if not method or dequantized or method not in QUANTIZED_MODULES:
         return []
     needles = QUANTIZED_MODULES[method]
@@ -82,7 +84,7 @@ def smoke_forward(model: torch.nn.Module) -> list[str]:
 
 
 def check_health(model: torch.nn.Module, spec: ModelSpec, loading_info: dict | None, smoke: bool = True,
-                 dequantized: bool = False) -> HealthReport:
+                 dequantized: bool = False, quant_method: str | None = None) -> HealthReport:
     problems: list[str] = []
     checked = ["loading info", "meta tensors", "quantized modules"]
     info = loading_info or {}
@@ -93,7 +95,7 @@ def check_health(model: torch.nn.Module, spec: ModelSpec, loading_info: dict | N
     problems += [f"load error: {e}" for e in info.get("error_msgs", ())]
     meta = [n for n, p in list(model.named_parameters()) + list(model.named_buffers()) if p.device.type == "meta"]
     problems += _listed(meta, "left on the meta device (never loaded)")
-    problems += quantization_problems(model, spec, dequantized)
+    problems += quantization_problems(model, spec, dequantized and quant_method is None, quant_method)
     if smoke and not problems:
         checked.append("smoke forward")
         problems += smoke_forward(model)

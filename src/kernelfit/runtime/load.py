@@ -64,6 +64,27 @@ def _weights_dir(spec: ModelSpec, allow_pickle: bool, progress: Callable) -> tup
     return spec.model_dir, {"use_safetensors": True}
 
 
+def _quantization_config(plan: Plan):
+    """transformers config object for the plan's quantization (None when dense)."""
+    qc = plan.from_pretrained_kwargs().get("quantization_config")
+    if not qc:
+        return None
+    import torch
+    from transformers import AwqConfig, BitsAndBytesConfig, GPTQConfig, QuantoConfig
+
+    method = qc["quant_method"]
+    if method == "bitsandbytes":
+        kw = {k: v for k, v in qc.items() if k != "quant_method"}
+        if "bnb_4bit_compute_dtype" in kw:
+            kw["bnb_4bit_compute_dtype"] = getattr(torch, kw["bnb_4bit_compute_dtype"])
+        return BitsAndBytesConfig(**kw)
+    if method == "quanto":
+        return QuantoConfig(weights=qc["weights"])
+    base = dict(plan.model.quantization or {})
+    base["backend"] = qc["backend"]  # the kernel the plan chose for this device
+    return (AwqConfig if method == "awq" else GPTQConfig).from_dict(base)
+
+
 def _model_class(spec: ModelSpec):
     if spec.model_type in COMPOSITES:
         from transformers import AutoModelForImageTextToText
@@ -95,7 +116,8 @@ def _attn_for(plan: Plan, name_or_none: str | None):
 
 
 def load(model: str = "smollm2-135m", *, dtype: str = "auto", attention: str = "auto", context: int | None = None,
-         batch: int = 1, device: str = "auto", max_memory: dict | None = None, machine=None, dispatch: bool = True,
+         batch: int = 1, device: str = "auto", max_memory: dict | None = None, quantization: str = "auto",
+         allow_dequantize: bool = False, machine=None, dispatch: bool = True,
          health_check: bool = True, trust_remote_code: bool = False, allow_pickle: bool = False,
          progress: Callable[[str], None] | None = None) -> Loaded:
     """Load `model` with the fastest configuration this machine can run, and say why.
@@ -112,7 +134,16 @@ def load(model: str = "smollm2-135m", *, dtype: str = "auto", attention: str = "
 
         machine = probe_machine()
     plan = make_plan(machine, spec, Preferences(dtype=dtype, attention=attention, context=context, batch=batch,
-                                                device=device, max_memory=max_memory))
+                                                device=device, max_memory=max_memory, quantization=quantization,
+                                                allow_dequantize=allow_dequantize))
+    q = plan.quantization
+    if q is not None and q.install:
+        raise UsageError(f"the plan for {spec.name} needs a package that is not installed: {q.install} "
+                         f"(or choose another way with --quantization / --context)")
+    if q is not None and q.method == "dequantize":
+        raise UsageError(f"dequantizing a {spec.quantization.get('quant_method')} checkpoint on load is planned but not "
+                         f"implemented in kernelfit.load yet; install a kernel that runs here instead")
+    quant_config = _quantization_config(plan)
     t0 = time.perf_counter()
     directory, fmt_kwargs = _weights_dir(spec, allow_pickle, say)
     tokenizer = _tokenizer(spec, directory, trust_remote_code)
@@ -145,7 +176,7 @@ def load(model: str = "smollm2-135m", *, dtype: str = "auto", attention: str = "
             loaded, info = klass.from_pretrained(
                 directory, dtype=_torch_dtype(dt), attn_implementation=attn_value, device_map=plan.placement.device_map,
                 max_memory=_max_memory(plan), trust_remote_code=trust_remote_code, output_loading_info=True,
-                **fmt_kwargs)
+                **({"quantization_config": quant_config} if quant_config is not None else {}), **fmt_kwargs)
         except Exception as exc:  # noqa: BLE001 - only "cannot run here" errors move down the chain
             if not cannot_run_here(exc):
                 raise
@@ -157,7 +188,8 @@ def load(model: str = "smollm2-135m", *, dtype: str = "auto", attention: str = "
         health = None
         if health_check:
             say("health check: loading info, meta tensors, quantized modules, smoke forward")
-            health = check_health(loaded, spec, info, dequantized=spec.format == "gguf")
+            health = check_health(loaded, spec, info, dequantized=spec.format == "gguf",
+                                  quant_method=q.method if q is not None and q.method != "none" else None)
             raise_if_unhealthy(health, spec.name)
         return Loaded(loaded, tokenizer, plan, attn_value, dt, time.perf_counter() - t0, health, fallbacks)
     raise RuntimeError(f"kernelfit: every configuration in the fallback chain failed to load {spec.name}") from last

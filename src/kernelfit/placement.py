@@ -1,0 +1,199 @@
+"""Where the model goes, in what dtype, and how much it is quantized: the first that fits wins.
+
+Search order (least quality loss first, then least speed loss):
+  for dtype tier in (native dtypes, memory-fallback dtypes such as fp16 on consumer Pascal):
+    for level in the quantization ladder (unquantized, int4 KV cache, 8-bit, 8-bit + int4 KV,
+                                          4-bit, 4-bit + int4 KV; or the checkpoint's own format):
+      for placement in (each accelerator, best first; all accelerators of one kind split):
+        for dtype in the placement's dtypes of that tier: estimate memory; fits -> plan
+  then accelerators + CPU RAM offload (unquantized), then the CPU alone (whole ladder).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .errors import PlanError
+from .machine import Device, Machine
+from .memory import MemoryEstimate, device_budget, estimate, gib, materialises_scores
+from .modelspec import ModelSpec
+from .plan import Choice, Placement, Plan, Preferences, Rejected
+from .catalog.attention import AttentionQuery, sdpa_kernels
+from .planner import DtypeCandidates, choose_attention, dtype_candidates
+from .quantplan import Level, QuantOption, ladder, resolve_level
+
+
+@dataclass
+class Place:
+    why: str
+    devices: list[Device]  # where weights live
+    compute: list[Device]  # where the math runs
+    offload: bool = False
+
+    @property
+    def name(self) -> str:
+        return "+".join(d.torch_device for d in self.devices)
+
+
+@dataclass
+class Attempt:
+    place: Place
+    dtype: str
+    dtype_reason: str
+    quant: QuantOption
+    attention: dict[str, Choice]
+    kernels: dict
+    memory: MemoryEstimate
+    cands: DtypeCandidates | None = None
+
+
+@dataclass
+class Log:
+    tried: list[Rejected] = field(default_factory=list)  # placements that did not fit, with figures
+    quant: list[Rejected] = field(default_factory=list)  # quantization levels passed over
+    smallest: Attempt | None = None
+
+    def miss(self, att: Attempt, level: Level) -> None:
+        why = (f"{level.label()} in {att.dtype} needs {gib(att.memory.total):.2f} GiB, "
+               f"budget {gib(att.memory.budget):.2f} GiB")
+        self.tried.append(Rejected(att.place.name, why))
+        self.quant.append(Rejected(f"{att.quant.method}:{att.quant.backend or '-'}", f"does not fit on {att.place.name}: {why}"))
+        if self.smallest is None or att.memory.total < self.smallest.memory.total:
+            self.smallest = att
+
+
+def _override(prefs: Preferences, device: Device) -> float | None:
+    mm = prefs.max_memory or {}
+    for key in (device.torch_device, str(device.index) if device.is_accelerator else "cpu", device.kind):
+        if key in mm:
+            return mm[key]
+    return None
+
+
+def _try(model: ModelSpec, machine: Machine, prefs: Preferences, place: Place, dtype: str, why: str,
+         quant: QuantOption) -> Attempt:
+    lead = place.compute[0]
+    attention = {s.role: choose_attention(s, place.compute, machine, dtype, prefs) for s in model.sub_models}
+    kernels = {s.role: sdpa_kernels(AttentionQuery(lead, machine.software, dtype, s.head_dim, frozenset(s.features)))
+               for s in model.sub_models}
+    scores = {s.role: materialises_scores(attention[s.role].value, next((k for k, r in kernels[s.role] if not r), "math"))
+              for s in model.sub_models}
+    budget = sum(device_budget(d, _override(prefs, d)) for d in place.devices)
+    accel = any(d.is_accelerator for d in place.devices)
+    # a GGUF file is dequantized into a float32 safetensors cache, which is what loads
+    storage = "float32" if model.format == "gguf" else (model.checkpoint_dtype or "float32")
+    mem = estimate(model, dtype, prefs.context, prefs.batch, scores, budget, accel, quant.memory_key, quant.kv_bits,
+                   storage_dtype=storage)
+    gpus = len([d for d in place.devices if d.is_accelerator])
+    if gpus > 1:  # one CUDA context per GPU
+        mem = MemoryEstimate(mem.weights, mem.kv_cache, mem.activations, mem.overhead * gpus, mem.budget,
+                             mem.mapped_checkpoint)
+    return Attempt(place, dtype, why, quant, attention, kernels, mem)
+
+
+def _tiers(cands: DtypeCandidates) -> tuple[list, list]:
+    native = [(t, w) for t, w in cands.ordered if not w.startswith("memory fallback")]
+    return native, [(t, w) for t, w in cands.ordered if w.startswith("memory fallback")]
+
+
+def _cands(place: Place, machine: Machine, model: ModelSpec, prefs: Preferences) -> DtypeCandidates:
+    cands = dtype_candidates(place.compute[0], machine, model, prefs)
+    for d in place.compute[1:]:  # a dtype must be usable on every device that computes
+        other = {t for t, _ in dtype_candidates(d, machine, model, prefs).ordered}
+        cands.ordered = [(t, r) for t, r in cands.ordered if t in other]
+    return cands
+
+
+def _places(devices: list[Device]) -> tuple[list[Place], Place | None, Place | None]:
+    accels = [d for d in devices if d.is_accelerator]
+    cpu = [d for d in devices if not d.is_accelerator]
+    gpu = [Place(f"fits on {d.torch_device} ({d.name})", [d], [d]) for d in accels]
+    same = [d for d in accels if accels and d.kind == accels[0].kind]
+    if len(same) > 1:
+        gpu.append(Place(f"split across {len(same)} GPUs by layer (accelerate device_map='auto')", same, same))
+    offload = (Place("too big for GPU memory: the layers that do not fit are offloaded to CPU RAM and streamed to "
+                     "the GPU each forward pass (slow, but runs)", same + cpu, same, offload=True)
+               if accels and cpu else None)
+    only_cpu = Place("CPU" if not accels else "CPU only (no GPU placement fits)", cpu, cpu) if cpu else None
+    return gpu, offload, only_cpu
+
+
+def _run(model, machine, prefs, places: list[Place], levels: list[Level], log: Log) -> Attempt | None:
+    cands = {id(p): _cands(p, machine, model, prefs) for p in places}
+    for tier in (0, 1):
+        for level in levels:
+            for place in places:
+                for dtype, why in _tiers(cands[id(place)])[tier]:
+                    q = resolve_level(level, model, place.compute, machine, dtype)
+                    if isinstance(q, Rejected):
+                        log.quant.append(q)
+                        continue
+                    att = _try(model, machine, prefs, place, dtype, why, q)
+                    if att.memory.fits:
+                        att.cands = cands[id(place)]
+                        return att
+                    log.miss(att, level)
+    return None
+
+
+def search(machine: Machine, model: ModelSpec, prefs: Preferences, devices: list[Device], rejected_devices) -> Plan:
+    levels = ladder(model, prefs.quantization, prefs.allow_dequantize)
+    gpu, offload, cpu = _places(devices)
+    log = Log()
+    att = _run(model, machine, prefs, gpu, levels, log) if gpu else None
+    if att is None and offload is not None:
+        att = _run(model, machine, prefs, [offload], levels[:1], log)
+    if att is None and cpu is not None:
+        att = _run(model, machine, prefs, [cpu], levels, log)
+    if att is None:
+        need = f"{gib(log.smallest.memory.total):.1f} GiB" if log.smallest else "more memory"
+        tried = "; ".join(dict.fromkeys(f"{r.name}: {r.reason}" for r in log.tried[-4:]))
+        raise PlanError(f"{model.name} does not fit {machine.name} at context {prefs.context} (the smallest "
+                        f"configuration needs {need}; {tried}). Ways out: a smaller --context, --quantization 4bit, "
+                        f"--max-memory with more CPU RAM, or a bigger machine")
+    return build(machine, model, prefs, att, rejected_devices, log)
+
+
+def _max_memory(place: Place, prefs: Preferences) -> dict[str, str]:
+    return {(str(d.index) if d.is_accelerator else "cpu"): f"{gib(device_budget(d, _override(prefs, d))):.2f}GiB"
+            for d in place.devices}
+
+
+def build(machine, model, prefs, att: Attempt, rejected_devices, log: Log) -> Plan:
+    cands = att.cands
+    order = [t for t, _ in cands.ordered]
+    dtype_rejected = {t: r for t, r in cands.rejected.items()}
+    for t in order:
+        if t == att.dtype or t in dtype_rejected:
+            continue
+        before = order.index(t) < order.index(att.dtype)
+        dtype_rejected[t] = ("does not fit at any quantization level tried before this one" if before
+                             else f"runs, but {att.dtype} comes first in the preference order")
+    place = att.place
+    names = tuple(d.torch_device for d in place.devices)
+    if len(place.devices) == 1:
+        device_map, max_memory = {"": names[0]}, None
+    else:
+        device_map, max_memory = "auto", _max_memory(place, prefs)
+    gpu_budget = sum(device_budget(d, _override(prefs, d)) for d in place.devices if d.is_accelerator)
+    offload = {"cpu_gib": gib(max(att.memory.total - gpu_budget, 0)) if place.offload else 0.0, "disk_gib": 0.0}
+    warnings = []
+    if att.dtype_reason.startswith("memory fallback"):
+        warnings.append(f"{att.dtype} chosen only to fit memory: {att.dtype_reason}")
+    if place.offload:
+        warnings.append(f"{offload['cpu_gib']:.1f} GiB of the model is offloaded to CPU RAM: expect decode to be "
+                        "limited by host-to-GPU transfers")
+    if att.quant.install:
+        warnings.append(f"this plan needs a package that is not installed: {att.quant.install}")
+    tried = [r for r in log.tried if r.name != place.name]
+    q = att.quant
+    quant_rejected = list(q.rejected) + list(log.quant)
+    return Plan(
+        model=model, machine=machine, preferences=prefs,
+        placement=Placement(names, device_map, max_memory, place.why, tuple(rejected_devices) + tuple(
+            dict.fromkeys(tried))),
+        dtype=Choice(att.dtype, att.dtype_reason, tuple(Rejected(t, r) for t, r in dtype_rejected.items()),
+                     cands.sources.get(att.dtype, ())),
+        attention=att.attention, sdpa_kernels=att.kernels, memory=att.memory, warnings=tuple(warnings),
+        quantization=q, quantization_rejected=tuple(dict.fromkeys(quant_rejected)), offload=offload,
+    )

@@ -1,0 +1,168 @@
+"""Quantization choices for a plan: which kernel runs a pre-quantized checkpoint on these devices,
+and which on-the-fly quantizer shrinks a model that does not fit — least quality loss first.
+
+Pure: no torch. Used by planner.py, one "level" at a time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .catalog.packages import install_hint
+from .catalog.quantization import ON_THE_FLY, PREQUANTIZED, why_not_backend
+from .errors import UsageError
+from .machine import Device, Machine
+from .modelspec import ModelSpec
+from .plan import Rejected
+
+QUANT_CHOICES = ("auto", "none", "8bit", "4bit")
+PREQUANTIZED_METHODS = ("awq", "gptq")
+KV_BITS = 4
+
+
+@dataclass(frozen=True)
+class Level:
+    """One rung of the ladder: how the weights are stored, and whether the KV cache is quantized."""
+
+    kind: str  # "none", "otf" (quantize on load), "pre" (pre-quantized checkpoint), "dequantize"
+    bits: int | None = None
+    kv_bits: int | None = None
+
+    def label(self) -> str:
+        w = {"none": "unquantized", "otf": f"{self.bits}-bit", "pre": f"pre-quantized {self.bits}-bit",
+             "dequantize": "dequantized"}[self.kind]
+        return w + (f" + int{self.kv_bits} KV cache" if self.kv_bits else "")
+
+
+@dataclass(frozen=True)
+class QuantOption:
+    method: str  # "none", "awq", "gptq", "bitsandbytes", "quanto", "dequantize"
+    bits: int | None
+    backend: str | None
+    group_size: int | None
+    kv_bits: int | None
+    reason: str
+    rejected: tuple[Rejected, ...] = ()
+    install: str | None = None
+
+    @property
+    def memory_key(self) -> tuple[str, int, int | None] | None:
+        return (self.method, self.bits, self.group_size) if self.method not in ("none", "dequantize") else None
+
+
+def prequantized(model: ModelSpec) -> dict | None:
+    """The checkpoint's own quantization (AWQ/GPTQ), normalised; None for dense or GGUF checkpoints."""
+    q = model.quantization or {}
+    method = str(q.get("quant_method", "")).lower()
+    if not method or method == "gguf":
+        return None
+    if method not in PREQUANTIZED_METHODS:
+        raise UsageError(f"{model.name} is quantized with '{method}', which kernelfit's planner does not handle yet "
+                         f"(it plans {', '.join(PREQUANTIZED_METHODS)} checkpoints and quantizes dense ones itself)")
+    return {"method": method, "bits": int(q.get("bits", 4)), "group_size": q.get("group_size"),
+            "sym": q.get("sym", not q.get("zero_point", False)) if method == "gptq" else None,
+            "format": str(q.get("version", "gemm")).lower() if method == "awq" else None}
+
+
+def ladder(model: ModelSpec, quantization: str, allow_dequantize: bool) -> list[Level]:
+    pre = prequantized(model)
+    if pre is not None:
+        levels = [Level("pre", pre["bits"]), Level("pre", pre["bits"], KV_BITS)]
+        return levels + ([Level("dequantize")] if allow_dequantize else [])
+    if quantization == "none":
+        return [Level("none")]
+    if quantization in ("8bit", "4bit"):
+        bits = int(quantization[0])
+        return [Level("otf", bits), Level("otf", bits, KV_BITS)]
+    return [Level("none"), Level("none", None, KV_BITS), Level("otf", 8), Level("otf", 8, KV_BITS),
+            Level("otf", 4), Level("otf", 4, KV_BITS)]
+
+
+def _pick(candidates, devices: list[Device], machine: Machine, dtype: str, bits: int, **shape):
+    """Best backend valid on every device: installed ones first, then by priority."""
+    rejected, runnable = [], []
+    for b in sorted(candidates, key=lambda b: -b.priority):
+        reasons: list[str] = []
+        for d in devices:
+            for r in why_not_backend(b, d, machine.software, dtype, bits, check_package=False, **shape):
+                if r not in reasons:
+                    reasons.append(r)
+        if reasons:
+            rejected.append(Rejected(f"{b.method}:{b.name}", "; ".join(reasons)))
+        else:
+            runnable.append(b)
+    installed = [b for b in runnable if machine.software.has_package(b.package)]
+    chosen = (installed or runnable or [None])[0]
+    for b in runnable:
+        if b is not chosen:
+            why = (f"package {b.package} is not installed" if not machine.software.has_package(b.package)
+                   else f"{chosen.name} comes first (priority {chosen.priority} > {b.priority})")
+            rejected.append(Rejected(f"{b.method}:{b.name}", f"runs here, but {why}"))
+    return chosen, rejected
+
+
+def _kv(level: Level, machine: Machine) -> tuple[str | None, list[str]]:
+    if not level.kv_bits:
+        return None, []
+    if machine.software.has_package("optimum-quanto"):
+        return None, [f"int{level.kv_bits} KV cache (transformers QuantizedCache, quanto backend)"]
+    return install_hint("optimum-quanto"), [f"int{level.kv_bits} KV cache (transformers QuantizedCache, needs optimum-quanto)"]
+
+
+def resolve_level(level: Level, model: ModelSpec, devices: list[Device], machine: Machine, dtype: str) -> QuantOption | Rejected:
+    """A concrete option for this level on these devices, or why there is none."""
+    kv_install, kv_note = _kv(level, machine)
+    where = "+".join(d.torch_device for d in devices)
+    if level.kind == "none":
+        return QuantOption("none", None, None, None, level.kv_bits,
+                           "; ".join(["dense weights in the compute dtype", *kv_note]), install=kv_install)
+    if level.kind == "dequantize":
+        pre = prequantized(model)
+        return QuantOption("dequantize", None, None, None, None,
+                           f"--allow-dequantize: the {pre['method']} weights are unpacked to {dtype} on load")
+    if level.kind == "pre":
+        pre = prequantized(model)
+        cands = [b for b in PREQUANTIZED if b.method == pre["method"]]
+        chosen, rejected = _pick(cands, devices, machine, dtype, pre["bits"], group_size=pre["group_size"],
+                                 sym=pre["sym"], fmt=pre["format"])
+        if chosen is None:
+            return Rejected(f"{pre['method']} on {where}", f"no {pre['method']} kernel runs on {where} in {dtype}: "
+                            + " | ".join(f"{r.name}: {r.reason}" for r in rejected))
+        install = None if machine.software.has_package(chosen.package) else install_hint(chosen.package)
+        why = (f"{pre['method']} {pre['bits']}-bit checkpoint: {chosen.name} is the fastest {pre['method']} kernel that "
+               f"runs on {where} in {dtype}")
+        if install:
+            why += f" (install it: {install})"
+        return QuantOption(pre["method"], pre["bits"], chosen.name, pre["group_size"], level.kv_bits,
+                           "; ".join([why, *kv_note]), tuple(rejected), install or kv_install)
+    cands = [b for b in ON_THE_FLY if level.bits in b.bits]
+    chosen, rejected = _pick(cands, devices, machine, dtype, level.bits)
+    if chosen is None:
+        return Rejected(f"{level.bits}-bit on {where}", "no quantizer runs here: "
+                        + " | ".join(f"{r.name}: {r.reason}" for r in rejected))
+    install = None if machine.software.has_package(chosen.package) else install_hint(chosen.package)
+    why = f"quantized on load to {level.bits}-bit with {chosen.method} {chosen.name}"
+    if install:
+        why += f" (install it: {install})"
+    return QuantOption(chosen.method, level.bits, chosen.name, 64 if chosen.method == "bitsandbytes" else 128,
+                       level.kv_bits, "; ".join([why, *kv_note]), tuple(rejected), install or kv_install)
+
+
+def quantization_config(q: QuantOption, dtype: str) -> dict | None:
+    """The quantization_config for from_pretrained, as plain data (runtime builds the objects)."""
+    if q.method == "bitsandbytes":
+        if q.bits == 8:
+            return {"quant_method": "bitsandbytes", "load_in_8bit": True}
+        return {"quant_method": "bitsandbytes", "load_in_4bit": True, "bnb_4bit_quant_type": "nf4",
+                "bnb_4bit_use_double_quant": True, "bnb_4bit_compute_dtype": dtype}
+    if q.method == "quanto":
+        return {"quant_method": "quanto", "weights": f"int{q.bits}"}
+    if q.method in PREQUANTIZED_METHODS:
+        return {"quant_method": q.method, "backend": q.backend}
+    return None
+
+
+def generation_config(q: QuantOption) -> dict:
+    if q.kv_bits:
+        return {"cache_implementation": "quantized", "cache_config": {"backend": "quanto", "nbits": q.kv_bits}}
+    return {}

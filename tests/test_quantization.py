@@ -1,0 +1,141 @@
+"""Quantized and too-big models: kernel choice by hardware, least-loss ladder, real CPU loads."""
+
+import pytest
+import torch
+
+from kernelfit.catalog.quantization import ON_THE_FLY, PREQUANTIZED, why_not_backend
+from kernelfit.errors import PlanError
+from kernelfit.modelspec import load_model_spec
+from kernelfit.plan import Preferences
+from kernelfit.planner import plan
+from kernelfit.profiles import load_profile, profile_names
+
+from conftest import CONFIGS, config_path
+
+CC = {"machete": 9.0, "marlin": 8.0, "exllama_v2": 6.0, "gemm": 7.5}
+
+
+def P(profile, name, **prefs):
+    return plan(load_profile(profile), load_model_spec(config_path(name)), Preferences(**prefs))
+
+
+def test_llama2_7b_on_gtx1060_is_4bit_and_fits_with_the_figures():
+    p = P("gtx1060-6gb", "llama-2-7b")
+    q = p.quantization
+    assert (q.method, q.bits) == ("bitsandbytes", 4) and p.memory.fits
+    assert p.placement.devices == ("cuda:0",)
+    assert p.from_pretrained_kwargs()["quantization_config"]["bnb_4bit_compute_dtype"] == "float32"  # not fp16 math on sm_61
+    d = p.to_dict()["quantization"]
+    assert any(r["method"] == "none" and "does not fit" in r["reason"] for r in d["rejected"])
+
+
+def test_llama2_7b_on_t4_at_4096_decided_by_the_memory_model():
+    p = P("t4", "llama-2-7b", context=4096)
+    dense = P("t4", "llama-2-7b", context=4096, quantization="none", device="cpu")  # figures for the dense weights
+    assert p.memory.fits and p.memory.total <= p.memory.budget
+    assert dense.memory.weights > p.memory.budget * 0.8  # fp16 weights alone nearly fill the T4
+    assert p.quantization.method != "none" or p.quantization.kv_bits == 4
+
+
+@pytest.mark.parametrize("profile,allowed", [("v100-16gb", {"exllama_v2", "torch"}), ("t4", {"exllama_v2", "gemm", "gemv", "torch"}),
+                                             ("a100-80gb", {"marlin", "machete"}), ("cpu-spr-amx", {"torch_fused", "torch"})])
+def test_awq_backend_by_hardware(profile, allowed):
+    p = P(profile, "llama-2-7b-awq")
+    q = p.quantization
+    assert q.method == "awq" and q.backend in allowed, q
+    assert "marlin" not in q.backend or profile == "a100-80gb"
+    assert q.install  # gptqmodel is not in these profiles' software sets: the plan says what to install
+
+
+def test_gptq_on_p100_and_a10_differs_where_faster_is_possible():
+    p100, a10 = P("p100-16gb", "mistral-7b-gptq"), P("a10", "mistral-7b-gptq")
+    assert p100.quantization.backend == "exllama_v2" and a10.quantization.backend == "marlin"
+    rejected = {r.name: r.reason for r in p100.quantization_rejected}
+    assert "7.5" in rejected["gptq:marlin"] and "6.0" in rejected["gptq:marlin"]
+
+
+def test_llama2_70b():
+    one = P("a100-80gb", "llama-2-70b")
+    assert one.quantization.method == "bitsandbytes" and one.quantization.bits in (8, 4) and one.memory.fits
+    two = P("2x-rtx3090", "llama-2-70b")
+    assert two.placement.device_map == "auto" and set(two.placement.devices) == {"cuda:0", "cuda:1"}
+    assert two.quantization.bits == 4 and two.memory.fits
+    with pytest.raises(PlanError, match="does not fit"):
+        P("t4", "llama-2-70b", max_memory={"0": 15.0, "cpu": 8.0})
+
+
+def test_quantization_preference_and_offload():
+    assert P("a100-80gb", "llama-2-7b", quantization="4bit").quantization.bits == 4
+    p = P("rtx3060-12gb", "llama-3.1-8b", quantization="none", context=8192)
+    assert p.offload["cpu_gib"] > 0 and p.placement.device_map == "auto" and "cpu" in p.placement.max_memory
+
+
+@pytest.mark.parametrize("profile", profile_names())
+def test_property_no_backend_the_catalog_rejects(profile):
+    m = load_profile(profile)
+    for c in CONFIGS:
+        for q in ("auto", "8bit", "4bit"):
+            try:
+                p = plan(m, load_model_spec(str(c)), Preferences(quantization=q))
+            except PlanError:
+                continue
+            qo = p.quantization
+            if qo.backend is None:
+                continue
+            backend = next(b for b in PREQUANTIZED + ON_THE_FLY if b.method == qo.method and b.name == qo.backend)
+            compute = [d for d in m.devices if d.torch_device in p.placement.devices and d.is_accelerator] or \
+                      [d for d in m.devices if d.torch_device in p.placement.devices]
+            for d in compute:
+                assert why_not_backend(backend, d, m.software, p.dtype.value, qo.bits, check_package=False) == [], \
+                    (profile, c.stem, q, d.name, qo)
+
+
+# -- real loads on this CPU ----------------------------------------------------------------
+def _tiny_dir(tmp_path):
+    from test_health import save_tiny
+
+    from tiny_models import tiny_llama
+
+    save_tiny(tmp_path)
+    tiny_llama(seed=3, hidden_size=256, intermediate_size=512).save_pretrained(tmp_path)  # wider: quantizers need >=128
+    return tmp_path
+
+
+@pytest.mark.parametrize("quantization,method,min_cosine", [("8bit", "bitsandbytes", 0.999), ("4bit", "bitsandbytes", 0.95)])
+def test_bitsandbytes_loads_agree_with_fp32(tmp_path, quantization, method, min_cosine):
+    pytest.importorskip("bitsandbytes")
+    from kernelfit.runtime.load import load
+
+    d = str(_tiny_dir(tmp_path))
+    ids = torch.tensor([[1, 5, 6, 7, 8, 9, 10, 11]])
+    ref = load(d, dtype="float32", quantization="none").model
+    q = load(d, dtype="float32", quantization=quantization)
+    assert q.plan.quantization.method == method
+    kinds = {type(m).__name__ for m in q.model.modules()}
+    assert kinds & {"Linear8bitLt", "Linear4bit"}
+    with torch.no_grad():
+        a, b = ref(ids).logits.flatten(), q.model(ids).logits.flatten()
+    assert torch.nn.functional.cosine_similarity(a, b, dim=0) > min_cosine
+
+
+def test_quanto_int8_agrees_with_fp32(tmp_path):
+    pytest.importorskip("optimum.quanto")
+    from kernelfit.catalog.quantization import ON_THE_FLY
+    from kernelfit.runtime.load import load
+
+    d = str(_tiny_dir(tmp_path))
+    ids = torch.tensor([[1, 5, 6, 7, 8, 9, 10, 11]])
+    ref = load(d, dtype="float32", quantization="none").model
+    from dataclasses import replace
+
+    from kernelfit.probe import probe_machine
+
+    machine = probe_machine()
+    machine = replace(machine, software=replace(machine.software, packages={
+        k: v for k, v in machine.software.packages.items() if k != "bitsandbytes"}))  # quanto is the fallback
+    q = load(d, dtype="float32", quantization="8bit", machine=machine)
+    assert (q.plan.quantization.method, q.plan.quantization.backend) == ("quanto", "int8")
+    with torch.no_grad():
+        a, b = ref(ids).logits.flatten(), q.model(ids).logits.flatten()
+    assert torch.nn.functional.cosine_similarity(a, b, dim=0) > 0.999
+
