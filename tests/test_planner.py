@@ -145,3 +145,30 @@ def test_paged_eager_is_known_but_not_for_plain_generate():
     p = P("t4", attention="paged|eager")
     assert p.text_attention.value == "sdpa"
     assert "continuous batching" in p.text_attention.reason
+
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+PROFILES = profile_names()
+MODELS = [load_model_spec(str(c)) for c in CONFIGS] + [SMOL]
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(profile=st.sampled_from(PROFILES), model=st.sampled_from(MODELS),
+       dtype=st.sampled_from(["auto", "bfloat16", "float16", "float32"]),
+       quant=st.sampled_from(["auto", "none", "8bit", "4bit"]),
+       context=st.integers(1, 32768), batch=st.integers(1, 8),
+       attention=st.sampled_from(["auto", "flash_attention_2", "sdpa", "eager", "flex_attention"]))
+def test_property_random_requests_never_choose_what_cannot_run(profile, model, dtype, quant, context, batch, attention):
+    machine = load_profile(profile)
+    limit = model.text.max_positions or context
+    try:
+        p = plan(machine, model, Preferences(dtype=dtype, quantization=quant, context=min(context, limit),
+                                             batch=batch, attention=attention))
+    except PlanError as exc:
+        assert "does not fit" in str(exc)
+        return
+    _runs(machine, p)
+    assert p.memory.fits and p.memory.total <= p.memory.budget
+    assert p.preferences.context == min(context, limit)

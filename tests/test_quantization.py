@@ -139,3 +139,9 @@ def test_quanto_int8_agrees_with_fp32(tmp_path):
         a, b = ref(ids).logits.flatten(), q.model(ids).logits.flatten()
     assert torch.nn.functional.cosine_similarity(a, b, dim=0) > 0.999
 
+
+
+def test_chosen_dtype_is_never_listed_as_rejected():
+    for profile, name in (("gtx1060-6gb", "llama-2-7b"), ("t4", "llama-2-7b"), ("a100-80gb", "llama-2-70b")):
+        p = P(profile, name)
+        assert p.dtype.value not in {r.name for r in p.dtype.rejected}

@@ -162,7 +162,7 @@ def _max_memory(place: Place, prefs: Preferences) -> dict[str, str]:
 def build(machine, model, prefs, att: Attempt, rejected_devices, log: Log) -> Plan:
     cands = att.cands
     order = [t for t, _ in cands.ordered]
-    dtype_rejected = {t: r for t, r in cands.rejected.items()}
+    dtype_rejected = {t: r for t, r in cands.rejected.items() if t != att.dtype}
     for t in order:
         if t == att.dtype or t in dtype_rejected:
             continue
