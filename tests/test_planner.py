@@ -5,7 +5,6 @@ import pytest
 from kernelfit.catalog.attention import BACKENDS, AttentionQuery, why_not
 from kernelfit.catalog.dtypes import dtype_verdicts
 from kernelfit.errors import PlanError, UsageError
-from kernelfit.machine import Device
 from kernelfit.modelspec import load_model_spec
 from kernelfit.plan import Preferences
 from kernelfit.planner import plan

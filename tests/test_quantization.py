@@ -120,7 +120,6 @@ def test_bitsandbytes_loads_agree_with_fp32(tmp_path, quantization, method, min_
 
 def test_quanto_int8_agrees_with_fp32(tmp_path):
     pytest.importorskip("optimum.quanto")
-    from kernelfit.catalog.quantization import ON_THE_FLY
     from kernelfit.runtime.load import load
 
     d = str(_tiny_dir(tmp_path))

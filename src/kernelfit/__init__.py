@@ -20,29 +20,22 @@ __all__ = ["__version__", "probe_machine", "load_profile", "load_model_spec", "p
            "register"]
 
 
+# public name -> module that defines it (imported on first use: `import kernelfit` stays cheap)
+_LAZY = {
+    "probe_machine": ".probe",
+    "load_profile": ".profiles",
+    "load_model_spec": ".modelspec",
+    "plan": ".planner",
+    "Preferences": ".plan",
+    "load": ".runtime.load",
+    "guard": ".runtime.guard",
+    "register": ".runtime.dispatch",
+}
+
+
 def __getattr__(name: str):
-    if name == "probe_machine":
-        from .probe import probe_machine
-        return probe_machine
-    if name == "load_profile":
-        from .profiles import load_profile
-        return load_profile
-    if name == "load_model_spec":
-        from .modelspec import load_model_spec
-        return load_model_spec
-    if name == "plan":
-        from .planner import plan
-        return plan
-    if name == "Preferences":
-        from .plan import Preferences
-        return Preferences
-    if name == "load":
-        from .runtime.load import load
-        return load
-    if name == "guard":
-        from .runtime.guard import guard
-        return guard
-    if name == "register":
-        from .runtime.dispatch import register
-        return register
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
     raise AttributeError(f"module 'kernelfit' has no attribute {name!r}")

@@ -11,13 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from .capability import build_covers
-from .catalog.attention import BACKENDS, PLAIN_GENERATE, AttentionQuery, priority_for, sdpa_kernels, why_not
+from .catalog.attention import BACKENDS, PLAIN_GENERATE, AttentionQuery, priority_for, why_not
 from .catalog.dtypes import BYTES, DtypeVerdict, dtype_verdicts
 from .catalog.torch_builds import legacy_install_command
 from .errors import PlanError, UsageError
 from .machine import Device, Machine
 from .modelspec import ModelSpec, SubModel
-from .plan import DEFAULT_CONTEXT, DTYPE_CHOICES, Choice, Placement, Plan, Preferences, Rejected
+from .plan import DEFAULT_CONTEXT, DTYPE_CHOICES, Choice, Plan, Preferences, Rejected
 
 MAX_CONTEXT = 10_000_000
 
@@ -133,7 +133,7 @@ def dtype_candidates(device: Device, machine: Machine, model: ModelSpec, prefs: 
     for t in native:
         why = verdicts[t].reason
         if t == model.checkpoint_dtype:
-            why += f"; the checkpoint's own dtype (no conversion)"
+            why += "; the checkpoint's own dtype (no conversion)"
         elif model.checkpoint_dtype == "bfloat16" and t == "float16":
             why += "; the bf16 checkpoint is cast to fp16 (values beyond ±65504 would overflow — rare in inference)"
         ordered.append((t, why))
