@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import tempfile
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -11,6 +13,9 @@ from types import SimpleNamespace
 import pytest
 
 DATA = Path(__file__).parent / "data"
+# Tests never read or write the user's autotune cache (a measured winner would change the plans
+# they assert on); subprocesses inherit this. The GGUF conversion cache stays shared: it is slow.
+os.environ["KERNELFIT_TUNE_CACHE"] = str(Path(tempfile.mkdtemp(prefix="kernelfit-tune-")) / "tune.json")
 CONFIGS = sorted((DATA / "model-configs").glob("*.json"))
 
 # Published parameter counts (shared/model-configs/README.md), in billions.

@@ -62,6 +62,7 @@ class Plan:
     quantization: "QuantOption | None" = None  # noqa: F821 - quantplan.QuantOption
     quantization_rejected: tuple[Rejected, ...] = ()
     offload: dict = field(default_factory=lambda: {"cpu_gib": 0.0, "disk_gib": 0.0})
+    tuned: dict | None = None  # a measured winner from the tune cache (tuning.apply_winner)
 
     @property
     def text_attention(self) -> Choice:
@@ -114,6 +115,7 @@ class Plan:
             "from_pretrained": self.from_pretrained_kwargs(),
             "generate": self.generate_kwargs(),
             "warnings": list(self.warnings),
+            "tuned": self.tuned,
         }
 
     def quantization_dict(self) -> dict:
@@ -128,7 +130,10 @@ class Plan:
     def generate_kwargs(self) -> dict:
         from .quantplan import generation_config
 
-        return generation_config(self.quantization) if self.quantization else {}
+        kw = generation_config(self.quantization) if self.quantization else {}
+        if self.tuned and self.tuned.get("cache") == "static" and "cache_implementation" not in kw:
+            kw["cache_implementation"] = "static"
+        return kw
 
     def from_pretrained_kwargs(self) -> dict:
         """The arguments `kernelfit.load` passes to from_pretrained (JSON-friendly: dtype as a name)."""

@@ -80,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attn", default="auto", help="attention implementation preference (default: auto)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
     _add_quant_args(p)
+    p.add_argument("--tune", action="store_true", help="measure candidates now (kernelfit bench) and use the winner")
+    p.add_argument("--no-cache", action="store_true", help="ignore a cached bench winner")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("matrix", help="the support matrix (every profile x attention/dtype), from the catalog")
@@ -171,6 +173,16 @@ def make_plan(args):
 
 def cmd_plan(args) -> int:
     p = make_plan(args)
+    if args.tune:
+        if args.profile:
+            raise UsageError("--tune measures this machine; it cannot be combined with --profile")
+        from .run_cmd import run_bench
+
+        p = run_bench(args.model, p, args.json, save=True)[2] or p
+    elif not args.no_cache and not args.profile:
+        from ..tuning import with_cached_winner
+
+        p = with_cached_winner(p)
     if args.json:
         print(json.dumps(p.to_dict(), indent=2))
     else:

@@ -106,6 +106,8 @@ def render_plan(p: Plan) -> str:
                f"{'✓ fits' if mem['fits'] else '✗ does not fit'}")
     kw = p.from_pretrained_kwargs()
     out.append("Load      from_pretrained(" + ", ".join(f"{k}={v!r}" for k, v in kw.items()) + ")")
+    if p.tuned:
+        out.append(_wrap(f"Tuned     {p.tuned['reason']}; KV cache {p.tuned['cache']} (--no-cache ignores it)", ""))
     for w in p.warnings:
         out.append(_wrap(f"warning: {w}", ""))
     return "\n".join(out)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 
 from ..errors import UsageError
 
@@ -28,6 +29,18 @@ def add_run_parser(sub) -> None:
     p.add_argument("--trust-remote-code", action="store_true", help="allow the checkpoint's own Python code")
     p.add_argument("--allow-pickle", action="store_true", help="allow pickle (.bin) weights")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of streaming")
+
+    p.add_argument("--tune", action="store_true", help="measure candidates now (kernelfit bench) and use the winner")
+    p.add_argument("--no-cache", action="store_true", help="ignore a cached bench winner")
+
+    p = sub.add_parser("bench", help="measure every runnable configuration here and cache the fastest")
+    p.add_argument("model", nargs="?", default="smollm2-135m")
+    p.add_argument("--context", type=positive_int("--context"), default=256, help="prompt tokens to time (default 256)")
+    p.add_argument("--new-tokens", type=positive_int("--new-tokens"), default=32, help="tokens to decode (default 32)")
+    p.add_argument("--trials", type=positive_int("--trials"), default=3)
+    p.add_argument("--compile", action="store_true", help="add torch.compile candidates (minutes on small CPUs)")
+    p.add_argument("--no-save", action="store_true", help="do not write the winner to the tune cache")
+    p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("exec", help="run a Python script with kernelfit.guard() active (FlashAttention-2 demands "
                                     "are redirected where FA2 cannot run)")
@@ -75,6 +88,12 @@ def cmd_run(args) -> int:
     prefs = dict(dtype=args.dtype, attention=args.attn, context=args.context, device=args.device,
                  max_memory=args.max_memory, quantization=args.quantization, allow_dequantize=args.allow_dequantize)
     plan = make_plan(machine, spec, Preferences(**prefs))
+    if args.tune:
+        plan = run_bench(args.model, plan, quiet, save=True)[2] or plan
+    elif not args.no_cache:
+        from ..tuning import with_cached_winner
+
+        plan = with_cached_winner(plan)
     if not quiet:
         _err(_summary(plan))
     if quiet:
@@ -85,16 +104,18 @@ def cmd_run(args) -> int:
     from ..runtime.generate import generate
     from ..runtime.load import load
 
+    if plan.tuned:  # load what the measurement chose
+        prefs.update(dtype=plan.dtype.value, attention=plan.text_attention.value)
     with warnings.catch_warnings(record=quiet):
         loaded = load(args.model, **prefs, machine=machine, dispatch=not args.no_dispatch, health_check=not args.no_health_check,
                       trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle, progress=say)
         say(f"loaded in {loaded.load_seconds:.1f} s; generating")
         stream = None if quiet else (lambda t: (sys.stdout.write(t), sys.stdout.flush()))
         gen = generate(loaded.model, loaded.tokenizer, args.prompt, args.max_new_tokens, stream, args.system,
-                       chat=not args.no_chat_template, **loaded.plan.generate_kwargs())
+                       chat=not args.no_chat_template, **plan.generate_kwargs())
     events = loaded.fallbacks + [dict(e, stage="runtime") for e in fallbacks()]
     if quiet:
-        print(json.dumps({"text": gen.text, "plan": loaded.plan.to_dict(), "fallbacks": events,
+        print(json.dumps({"text": gen.text, "plan": plan.to_dict(), "fallbacks": events,
                           "prompt_tokens": gen.prompt_tokens, "new_tokens": gen.new_tokens,
                           "prefill_tokens_per_s": round(gen.prefill_tokens_per_s, 2),
                           "decode_tokens_per_s": round(gen.decode_tokens_per_s, 2),
@@ -107,6 +128,64 @@ def cmd_run(args) -> int:
              f"decode {gen.new_tokens} tokens at {gen.decode_tokens_per_s:.1f} tokens/s "
              f"({loaded.dtype}, {loaded.plan.text_attention.value}, {', '.join(loaded.plan.placement.devices)})")
     return 0
+
+
+def run_bench(model: str, plan, quiet: bool, save: bool, context: int = 256, new_tokens: int = 32, trials: int = 3,
+              compile: bool = False):
+    """Measure, save the winner, return (results, winner, plan with the winner applied)."""
+    from ..runtime.bench import bench
+    from ..tuning import apply_winner, save_winner
+
+    say = (lambda m: None) if quiet else (lambda m: _err(f"kernelfit bench: {m}"))
+    results, winner = bench(model, plan, context, new_tokens, trials, compile, progress=say)
+    tuned = None
+    if winner is not None:
+        w = winner.to_dict()
+        if save:
+            path = save_winner(plan.machine, plan.model, plan.placement.devices, w, [r.to_dict() for r in results])
+            say(f"saved the winner to {path}")
+        tuned = apply_winner(plan, dict(w, measured_at="now"))
+    return results, winner, tuned
+
+
+def cmd_bench(args) -> int:
+    from ..modelspec import load_model_spec
+    from ..plan import Preferences
+    from ..planner import plan as make_plan
+    from ..probe import probe_machine
+
+    machine = probe_machine()
+    spec = load_model_spec(args.model)
+    plan = make_plan(machine, spec, Preferences())
+    t0 = time.perf_counter()
+    results, winner, tuned = run_bench(args.model, plan, args.json, not args.no_save, args.context, args.new_tokens,
+                                       args.trials, args.compile)
+    static = next((r for r in results if r.candidate.attention == plan.text_attention.value
+                   and r.candidate.dtype == plan.dtype.value and r.candidate.cache == "dynamic"
+                   and not r.candidate.compile), None)
+    if args.json:
+        print(json.dumps({"candidates": [r.to_dict() for r in results],
+                          "chosen": winner.to_dict() if winner else None,
+                          "static_plan": static.to_dict() if static else None,
+                          "seconds": round(time.perf_counter() - t0, 1)}, indent=2))
+        return 0 if winner else 1
+    from .render import table
+
+    rows = []
+    for r in results:
+        c = r.candidate
+        mark = "★" if r is winner else ("static plan" if r is static else "")
+        rows.append([c.attention, c.dtype, c.cache, "yes" if c.compile else "no",
+                     f"{r.prefill_tokens_per_s:.0f} ±{r.prefill_spread:.0%}" if r.prefill_tokens_per_s else "-",
+                     f"{r.decode_tokens_per_s:.1f} ±{r.decode_spread:.0%}" if r.decode_tokens_per_s else "-",
+                     r.error or mark])
+    print(table(rows, ["attention", "dtype", "cache", "compile", "prefill tok/s", "decode tok/s", ""]))
+    if winner and static:
+        ctx, n = args.context, args.new_tokens
+        print(f"\nwinner: {winner.candidate.attention}, {winner.candidate.dtype}, {winner.candidate.cache} cache — "
+              f"static plan reaches {winner.seconds(ctx, n) / static.seconds(ctx, n):.2f}x of the winner's speed "
+              f"({time.perf_counter() - t0:.0f} s)")
+    return 0 if winner else 1
 
 
 def cmd_exec(args) -> int:
@@ -122,4 +201,4 @@ def cmd_exec(args) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "exec": cmd_exec}
+COMMANDS = {"run": cmd_run, "exec": cmd_exec, "bench": cmd_bench}

@@ -1,0 +1,115 @@
+"""kernelfit bench: measure every configuration the catalog says runs here, keep the fastest.
+
+Candidates: attention implementation x dtype x KV cache (dynamic / static) x torch.compile (only
+with compile=True: on a 2-core CPU each compile costs minutes). Each is warmed up once, then
+timed `trials` times; prefill and decode are measured separately (decode from the streamer's
+first-token time) and reported as medians with their spread. A candidate that fails is reported
+with its error. The winner minimises the time of one request of the measured shape
+(context/prefill + new_tokens/decode) and is saved to the tune cache.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+
+from ..plan import Plan
+
+
+@dataclass(frozen=True)
+class Candidate:
+    attention: str
+    dtype: str
+    cache: str  # "dynamic" or "static"
+    compile: bool = False
+
+
+@dataclass
+class Result:
+    candidate: Candidate
+    prefill_tokens_per_s: float | None = None
+    prefill_spread: float | None = None  # (max - min) / median over the trials
+    decode_tokens_per_s: float | None = None
+    decode_spread: float | None = None
+    error: str | None = None
+
+    def seconds(self, context: int, new_tokens: int) -> float:
+        if self.error or not self.prefill_tokens_per_s or not self.decode_tokens_per_s:
+            return float("inf")
+        return context / self.prefill_tokens_per_s + new_tokens / self.decode_tokens_per_s
+
+    def to_dict(self) -> dict:
+        return {**asdict(self.candidate), "prefill_tokens_per_s": self.prefill_tokens_per_s,
+                "prefill_spread": self.prefill_spread, "decode_tokens_per_s": self.decode_tokens_per_s,
+                "decode_spread": self.decode_spread, "error": self.error}
+
+
+def candidates(plan: Plan, compile: bool = False) -> list[Candidate]:
+    """Every attention and dtype the static plan found runnable here (never one the catalog rejects)."""
+    attns = [plan.text_attention.value] + [r.name for r in plan.text_attention.rejected if r.reason.startswith("runs here")]
+    attns = [a for a in attns if a != "flex_attention" or compile]  # uncompiled flex is a slow reference path
+    dtypes = [plan.dtype.value] + [r.name for r in plan.dtype.rejected if r.reason.startswith("runs,")]
+    out = [Candidate(a, d, c, False) for d in dtypes for a in attns for c in ("dynamic", "static")]
+    if compile:
+        out += [Candidate(a, d, "static", True) for d in dtypes for a in attns if a != "eager"]
+    return out
+
+
+def _spread(values: list[float]) -> float:
+    med = statistics.median(values)
+    return round((max(values) - min(values)) / med, 3) if med else 0.0
+
+
+def _measure(model, cand: Candidate, ids: torch.Tensor, new_tokens: int, trials: int) -> Result:
+    from .generate import _TimingStreamer
+
+    model.set_attn_implementation(cand.attention)
+    forward = torch.compile(model.forward) if cand.compile else model.forward
+    prefill, decode = [], []
+    gen_kw = {"cache_implementation": "static"} if cand.cache == "static" else {}
+    prompt = ids[:, :16]
+    for i in range(trials + 1):  # the first round is warm-up
+        with torch.inference_mode():
+            t = time.perf_counter()
+            forward(input_ids=ids, use_cache=False)
+            p = time.perf_counter() - t
+            streamer = _TimingStreamer(None, None)
+            t = time.perf_counter()
+            model.generate(prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                           pad_token_id=0, streamer=streamer, **gen_kw)
+            end = time.perf_counter()
+        if i:
+            prefill.append(ids.shape[1] / p)
+            decode.append((new_tokens - 1) / max(end - (streamer.first_token_at or t), 1e-9))
+    return Result(cand, round(statistics.median(prefill), 1), _spread(prefill),
+                  round(statistics.median(decode), 2), _spread(decode))
+
+
+def bench(model_ref: str, plan: Plan, context: int = 256, new_tokens: int = 32, trials: int = 3,
+          compile: bool = False, progress=None) -> tuple[list[Result], Result | None]:
+    """Measure every candidate; returns (results, winner)."""
+    from .load import load
+
+    say = progress or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    cands = candidates(plan, compile)
+    vocab = plan.model.text.vocab_size or 1000
+    ids = torch.randint(min(100, vocab - 1), vocab, (1, context), generator=torch.Generator().manual_seed(0))
+    results: list[Result] = []
+    models: dict[str, object] = {}
+    for i, cand in enumerate(cands, 1):
+        say(f"[{i}/{len(cands)}] {cand.attention}, {cand.dtype}, {cand.cache} cache{', compiled' if cand.compile else ''}")
+        try:
+            if cand.dtype not in models:
+                models.clear()  # one model in memory at a time
+                models[cand.dtype] = load(model_ref, dtype=cand.dtype, machine=plan.machine, dispatch=False,
+                                          health_check=False, context=plan.preferences.context).model
+            results.append(_measure(models[cand.dtype], cand, ids, new_tokens, trials))
+        except Exception as exc:  # noqa: BLE001 - a failed candidate is a result, reported with its error
+            results.append(Result(cand, error=f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"))
+    ok = [r for r in results if r.error is None]
+    winner = min(ok, key=lambda r: r.seconds(context, new_tokens)) if ok else None
+    return results, winner

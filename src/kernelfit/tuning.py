@@ -1,0 +1,144 @@
+"""The autotune cache: the measured winner of `kernelfit bench`, per machine, software and model.
+
+Keyed by device identity (kind, name, compute capability, CPU model, threads, ISA), software
+versions (torch, transformers) and model shape, so a driver/torch upgrade or another model never
+reuses a measurement. Entries are validated on read; a stale or corrupt one is ignored with a
+warning, never trusted. Written atomically. No torch import.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+import warnings
+from dataclasses import replace
+from pathlib import Path
+
+from .catalog.attention import BACKENDS
+from .machine import Machine
+from .modelspec import ModelSpec
+from .plan import Choice, Plan, Rejected
+
+FORMAT = 1
+CACHES = ("dynamic", "static")
+
+
+class TuneCacheWarning(UserWarning):
+    """A tune-cache entry was unreadable or no longer valid and was ignored."""
+
+
+def cache_file() -> Path:
+    if os.environ.get("KERNELFIT_TUNE_CACHE"):
+        return Path(os.environ["KERNELFIT_TUNE_CACHE"])
+    env = os.environ.get("KERNELFIT_CACHE_DIR")
+    if env:
+        return Path(env) / "tune.json"
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("kernelfit")) / "tune.json"
+
+
+def tune_key(machine: Machine, model: ModelSpec, devices: tuple[str, ...]) -> str:
+    used = [d for d in machine.devices if d.torch_device in devices]
+    t = model.text
+    ident = {
+        "devices": [(d.kind, d.name, d.compute_capability, d.memory_gib) for d in used],
+        "cpu": (machine.cpu.model, machine.cpu.threads, list(machine.cpu.isa)),
+        "software": (machine.software.torch, machine.software.package_version("transformers"),
+                     machine.software.nvidia_driver),
+        "model": (model.model_type, model.params, t.num_layers, t.hidden_size, t.num_heads, t.num_kv_heads,
+                  t.head_dim, model.format),
+    }
+    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def _read_all(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("entries"), dict):
+            raise ValueError("unexpected layout")
+        return data["entries"]
+    except (OSError, ValueError) as exc:
+        warnings.warn(f"kernelfit: ignoring the tune cache {path} ({exc}); run `kernelfit bench` to rebuild it",
+                      TuneCacheWarning, stacklevel=3)
+        return {}
+
+
+def save_winner(machine: Machine, model: ModelSpec, devices: tuple[str, ...], winner: dict, results: list[dict]) -> Path:
+    path = cache_file()
+    entries = _read_all(path)
+    entries[tune_key(machine, model, devices)] = {"model": model.name, "winner": winner, "results": results,
+                                                  "measured_at": time.strftime("%Y-%m-%d %H:%M:%S")}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tune-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump({"format": FORMAT, "entries": entries}, f, indent=1)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def _valid(winner, plan: Plan) -> str | None:
+    """Why a cached winner cannot be applied to this plan (None if it can)."""
+    if not isinstance(winner, dict):
+        return "not an object"
+    attn, dtype, cache = winner.get("attention"), winner.get("dtype"), winner.get("cache")
+    if attn not in BACKENDS or cache not in CACHES or dtype not in ("float32", "float16", "bfloat16"):
+        return f"unknown choice {attn!r}/{dtype!r}/{cache!r}"
+    runnable_attn = {plan.text_attention.value} | {r.name for r in plan.text_attention.rejected
+                                                   if r.reason.startswith("runs here")}
+    if attn not in runnable_attn:
+        return f"{attn} no longer runs here per the catalog"
+    runnable_dtype = {plan.dtype.value} | {r.name for r in plan.dtype.rejected if r.reason.startswith("runs,")}
+    if dtype not in runnable_dtype:
+        return f"{dtype} is no longer a native dtype here"
+    return None
+
+
+def cached_winner(plan: Plan) -> dict | None:
+    entry = _read_all(cache_file()).get(tune_key(plan.machine, plan.model, plan.placement.devices))
+    if entry is None:
+        return None
+    why = _valid(entry.get("winner") if isinstance(entry, dict) else None, plan)
+    if why:
+        warnings.warn(f"kernelfit: ignoring the cached tune result for {plan.model.name}: {why}", TuneCacheWarning,
+                      stacklevel=3)
+        return None
+    return dict(entry["winner"], measured_at=entry.get("measured_at"))
+
+
+def apply_winner(plan: Plan, winner: dict) -> Plan:
+    """The plan with the measured winner's attention, dtype and KV cache; the static choices are
+    kept in the rejected lists with the measurement that beat them."""
+    measured = (f"measured fastest by `kernelfit bench` ({winner.get('measured_at', 'earlier')}): "
+                f"prefill {winner.get('prefill_tokens_per_s', 0):.0f} tok/s, decode {winner.get('decode_tokens_per_s', 0):.1f} tok/s")
+    attention = dict(plan.attention)
+    a = plan.text_attention
+    if winner["attention"] != a.value:
+        rejected = [r for r in a.rejected if r.name != winner["attention"]] + [Rejected(a.value, "static choice; slower when measured")]
+        attention["text"] = Choice(winner["attention"], measured, tuple(rejected), BACKENDS[winner["attention"]].sources)
+    d = plan.dtype
+    dtype = d
+    if winner["dtype"] != d.value:
+        rejected = [r for r in d.rejected if r.name != winner["dtype"]] + [Rejected(d.value, "static choice; slower when measured")]
+        dtype = Choice(winner["dtype"], measured, tuple(rejected), d.sources)
+    return replace(plan, attention=attention, dtype=dtype,
+                   tuned={"cache": winner["cache"], "reason": measured, **{k: winner.get(k) for k in (
+                       "prefill_tokens_per_s", "decode_tokens_per_s", "measured_at")}})
+
+
+def with_cached_winner(plan: Plan) -> Plan:
+    """Apply a matching measured winner, unless the user asked for a dtype or attention themselves."""
+    if plan.preferences.dtype != "auto" or plan.preferences.attention != "auto":
+        return plan
+    winner = cached_winner(plan)
+    return apply_winner(plan, winner) if winner else plan

@@ -1,0 +1,93 @@
+"""kernelfit bench and the autotune cache: measured winners, validated before they are trusted."""
+
+import json
+from dataclasses import replace
+
+import pytest
+
+from kernelfit.modelspec import load_model_spec
+from kernelfit.plan import Preferences
+from kernelfit.planner import plan
+from kernelfit.probe import probe_machine
+from kernelfit.tuning import TuneCacheWarning, cached_winner, save_winner, tune_key, with_cached_winner
+
+from conftest import run_cli
+from test_health import save_tiny
+
+
+@pytest.fixture
+def tune_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("KERNELFIT_TUNE_CACHE", str(tmp_path / "tune.json"))
+    return tmp_path / "tune.json"
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    return save_tiny(tmp_path_factory.mktemp("tiny"))
+
+
+def static_plan(model="smollm2-135m", **prefs):
+    return plan(probe_machine(), load_model_spec(model), Preferences(**prefs))
+
+
+WINNER = {"attention": "eager", "dtype": "float32", "cache": "static", "compile": False,
+          "prefill_tokens_per_s": 900.0, "decode_tokens_per_s": 30.0}
+
+
+def test_cached_winner_round_trip_and_apply(tune_cache):
+    p = static_plan()
+    assert cached_winner(p) is None
+    save_winner(p.machine, p.model, p.placement.devices, WINNER, [WINNER])
+    tuned = with_cached_winner(p)
+    assert (tuned.text_attention.value, tuned.dtype.value) == ("eager", "float32")
+    assert "measured fastest" in tuned.text_attention.reason
+    assert tuned.generate_kwargs()["cache_implementation"] == "static"
+    assert {r.name for r in tuned.text_attention.rejected} >= {p.text_attention.value}
+
+
+def test_explicit_preferences_are_not_overridden(tune_cache):
+    p = static_plan()
+    save_winner(p.machine, p.model, p.placement.devices, WINNER, [])
+    asked = static_plan(dtype="bfloat16")
+    assert with_cached_winner(asked).dtype.value == "bfloat16"
+
+
+def test_corrupt_cache_is_ignored_with_a_warning(tune_cache):
+    tune_cache.write_text("{not json")
+    with pytest.warns(TuneCacheWarning, match="ignoring the tune cache"):
+        assert cached_winner(static_plan()) is None
+
+
+def test_stale_winner_is_not_trusted(tune_cache):
+    p = static_plan()
+    save_winner(p.machine, p.model, p.placement.devices, dict(WINNER, attention="flash_attention_2"), [])
+    with pytest.warns(TuneCacheWarning, match="no longer runs here"):
+        assert with_cached_winner(p).text_attention.value == p.text_attention.value
+
+
+def test_key_changes_with_software_and_model():
+    p = static_plan()
+    m2 = replace(p.machine, software=replace(p.machine.software, torch="2.99.0+cpu"))
+    assert tune_key(p.machine, p.model, p.placement.devices) != tune_key(m2, p.model, p.placement.devices)
+    q = load_model_spec("tests/data/model-configs/qwen2.5-0.5b.json")
+    assert tune_key(p.machine, p.model, ("cpu",)) != tune_key(p.machine, q, ("cpu",))
+
+
+def test_bench_measures_only_runnable_candidates_and_caches_the_winner(tiny_dir, tune_cache):
+    r = run_cli("bench", str(tiny_dir), "--context", "16", "--new-tokens", "4", "--trials", "1", "--json", timeout=300)
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    names = {(c["attention"], c["dtype"], c["cache"]) for c in d["candidates"]}
+    assert all(a in ("sdpa", "eager") for a, _, _ in names)  # never a backend the catalog rejects on a CPU
+    assert {c for _, _, c in names} == {"dynamic", "static"}
+    ok = [c for c in d["candidates"] if c["error"] is None]
+    assert ok and all(c["prefill_tokens_per_s"] > 0 and c["decode_tokens_per_s"] > 0 for c in ok)
+    assert d["chosen"] in d["candidates"] and d["static_plan"]["cache"] == "dynamic"
+    saved = json.loads(tune_cache.read_text())
+    assert len(saved["entries"]) == 1
+    entry = next(iter(saved["entries"].values()))
+    assert entry["winner"]["attention"] == d["chosen"]["attention"]
+    p = run_cli("plan", str(tiny_dir), "--json")
+    assert json.loads(p.stdout)["tuned"]["cache"] == d["chosen"]["cache"]
+    p = run_cli("plan", str(tiny_dir), "--json", "--no-cache")
+    assert json.loads(p.stdout)["tuned"] is None
