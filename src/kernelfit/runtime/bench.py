@@ -5,7 +5,8 @@ with compile=True: on a 2-core CPU each compile costs minutes). Each is warmed u
 timed `trials` times; prefill and decode are measured separately (decode from the streamer's
 first-token time) and reported as medians with their spread. A candidate that fails is reported
 with its error. The winner minimises the time of one request of the measured shape
-(context/prefill + new_tokens/decode) and is saved to the tune cache.
+(context/prefill + new_tokens/decode) — but replaces the static plan only when its gain exceeds
+the measured spread — and is saved to the tune cache.
 """
 
 from __future__ import annotations
@@ -112,4 +113,14 @@ def bench(model_ref: str, plan: Plan, context: int = 256, new_tokens: int = 32, 
             results.append(Result(cand, error=f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"))
     ok = [r for r in results if r.error is None]
     winner = min(ok, key=lambda r: r.seconds(context, new_tokens)) if ok else None
+    static = next((r for r in ok if (r.candidate.attention, r.candidate.dtype, r.candidate.cache, r.candidate.compile)
+                   == (plan.text_attention.value, plan.dtype.value, "dynamic", False)), None)
+    if winner is not None and static is not None and winner is not static:
+        # replace the static choice only when the gain is larger than the measurement noise
+        noise = max(winner.prefill_spread, winner.decode_spread, static.prefill_spread, static.decode_spread)
+        gain = static.seconds(context, new_tokens) / winner.seconds(context, new_tokens) - 1
+        if gain <= noise:
+            say(f"best measured ({winner.candidate.attention}, {winner.candidate.dtype}, {winner.candidate.cache}) "
+                f"is {gain:.0%} faster, within the {noise:.0%} noise: keeping the static plan")
+            winner = static
     return results, winner
