@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 import warnings
 from dataclasses import replace
@@ -20,6 +19,7 @@ from pathlib import Path
 from .catalog.attention import BACKENDS
 from .machine import Machine
 from .modelspec import ModelSpec
+from .paths import cache_root, write_atomic
 from .plan import Choice, Plan, Rejected
 
 FORMAT = 1
@@ -33,12 +33,7 @@ class TuneCacheWarning(UserWarning):
 def cache_file() -> Path:
     if os.environ.get("KERNELFIT_TUNE_CACHE"):
         return Path(os.environ["KERNELFIT_TUNE_CACHE"])
-    env = os.environ.get("KERNELFIT_CACHE_DIR")
-    if env:
-        return Path(env) / "tune.json"
-    from platformdirs import user_cache_dir
-
-    return Path(user_cache_dir("kernelfit")) / "tune.json"
+    return cache_root() / "tune.json"
 
 
 def tune_key(machine: Machine, model: ModelSpec, devices: tuple[str, ...]) -> str:
@@ -75,15 +70,7 @@ def save_winner(machine: Machine, model: ModelSpec, devices: tuple[str, ...], wi
     entries[tune_key(machine, model, devices)] = {"model": model.name, "winner": winner, "results": results,
                                                   "measured_at": time.strftime("%Y-%m-%d %H:%M:%S")}
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tune-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump({"format": FORMAT, "entries": entries}, f, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_atomic(path, json.dumps({"format": FORMAT, "entries": entries}, indent=1))
     return path
 
 

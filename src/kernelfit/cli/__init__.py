@@ -107,20 +107,12 @@ def _machine(args) -> "Machine":  # noqa: F821
 
 def _write_atomic(path: str, text: str) -> None:
     """Nothing half-written: write a temp file beside the target, then rename."""
-    import tempfile
+    from ..paths import write_atomic
 
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise UsageError(f"cannot save to {path}: directory {directory} does not exist")
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".kernelfit-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_atomic(path, text)
 
 
 def cmd_doctor(args) -> int:

@@ -17,17 +17,9 @@ import tempfile
 from pathlib import Path
 
 from ..modelspec import ModelSpec
+from ..paths import cache_root
 
 FORMAT_VERSION = 1
-
-
-def cache_root() -> Path:
-    env = os.environ.get("KERNELFIT_CACHE_DIR")
-    if env:
-        return Path(env)
-    from platformdirs import user_cache_dir
-
-    return Path(user_cache_dir("kernelfit"))
 
 
 def _key(gguf: Path) -> str:
