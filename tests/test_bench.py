@@ -91,3 +91,16 @@ def test_bench_measures_only_runnable_candidates_and_caches_the_winner(tiny_dir,
     assert json.loads(p.stdout)["tuned"]["cache"] == d["chosen"]["cache"]
     p = run_cli("plan", str(tiny_dir), "--json", "--no-cache")
     assert json.loads(p.stdout)["tuned"] is None
+
+
+def test_run_loads_the_cached_winner_and_no_cache_really_ignores_it(tune_cache):
+    p = static_plan()
+    save_winner(p.machine, p.model, p.placement.devices, WINNER, [WINNER])
+    args = ("run", "--prompt", "What is the capital of France?", "--max-new-tokens", "4")
+    # the last stderr line names what was really loaded: (dtype, attention, devices)
+    tuned = run_cli(*args, timeout=300)
+    assert tuned.returncode == 0, tuned.stderr
+    assert "(float32, eager, cpu)" in tuned.stderr.splitlines()[-1]
+    plain = run_cli(*args, "--no-cache", timeout=300)
+    assert f"({p.dtype.value}, {p.text_attention.value}, cpu)" in plain.stderr.splitlines()[-1]
+    assert "measured fastest" not in plain.stderr

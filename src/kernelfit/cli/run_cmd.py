@@ -104,18 +104,16 @@ def cmd_run(args) -> int:
     from ..runtime.generate import generate
     from ..runtime.load import load
 
-    if plan.tuned:  # load what the measurement chose
-        prefs.update(dtype=plan.dtype.value, attention=plan.text_attention.value)
     with warnings.catch_warnings(record=quiet):
-        loaded = load(args.model, **prefs, machine=machine, dispatch=not args.no_dispatch, health_check=not args.no_health_check,
+        loaded = load(args.model, plan=plan, dispatch=not args.no_dispatch, health_check=not args.no_health_check,
                       trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle, progress=say)
         say(f"loaded in {loaded.load_seconds:.1f} s; generating")
         stream = None if quiet else (lambda t: (sys.stdout.write(t), sys.stdout.flush()))
         gen = generate(loaded.model, loaded.tokenizer, args.prompt, args.max_new_tokens, stream, args.system,
-                       chat=not args.no_chat_template, **plan.generate_kwargs())
+                       chat=not args.no_chat_template, **loaded.plan.generate_kwargs())
     events = loaded.fallbacks + [dict(e, stage="runtime") for e in fallbacks()]
     if quiet:
-        print(json.dumps({"text": gen.text, "plan": plan.to_dict(), "fallbacks": events,
+        print(json.dumps({"text": gen.text, "plan": loaded.plan.to_dict(), "fallbacks": events,
                           "prompt_tokens": gen.prompt_tokens, "new_tokens": gen.new_tokens,
                           "prefill_tokens_per_s": round(gen.prefill_tokens_per_s, 2),
                           "decode_tokens_per_s": round(gen.decode_tokens_per_s, 2),

@@ -117,29 +117,32 @@ def _attn_for(plan: Plan, name_or_none: str | None):
 
 def load(model: str = "smollm2-135m", *, dtype: str = "auto", attention: str = "auto", context: int | None = None,
          batch: int = 1, device: str = "auto", max_memory: dict | None = None, quantization: str = "auto",
-         allow_dequantize: bool = False, machine=None, dispatch: bool = True, use_tune_cache: bool = True,
+         allow_dequantize: bool = False, machine=None, plan: Plan | None = None, dispatch: bool = True,
+         use_tune_cache: bool = True,
          health_check: bool = True, trust_remote_code: bool = False, allow_pickle: bool = False,
          progress: Callable[[str], None] | None = None) -> Loaded:
     """Load `model` with the fastest configuration this machine can run, and say why.
 
+    `plan`: a plan already made for `model` (the preference arguments are then not used).
     Returns a `Loaded` (unpacks as `model, tokenizer, plan`). Raises UsageError for bad input
     and HealthCheckError when the loaded model does not match its checkpoint.
     """
     from ..planner import plan as make_plan
 
     say = progress or (lambda _msg: None)
-    spec = load_model_spec(model)
-    if machine is None:
-        from ..probe import probe_machine
+    spec = plan.model if plan is not None else load_model_spec(model)
+    if plan is None:  # callers that already planned (kernelfit run) pass theirs: no second plan
+        if machine is None:
+            from ..probe import probe_machine
 
-        machine = probe_machine()
-    plan = make_plan(machine, spec, Preferences(dtype=dtype, attention=attention, context=context, batch=batch,
-                                                device=device, max_memory=max_memory, quantization=quantization,
-                                                allow_dequantize=allow_dequantize))
-    if use_tune_cache:  # a `kernelfit bench` winner for this machine and model, if one is cached
-        from ..tuning import with_cached_winner
+            machine = probe_machine()
+        plan = make_plan(machine, spec, Preferences(dtype=dtype, attention=attention, context=context, batch=batch,
+                                                    device=device, max_memory=max_memory, quantization=quantization,
+                                                    allow_dequantize=allow_dequantize))
+        if use_tune_cache:  # a `kernelfit bench` winner for this machine and model, if one is cached
+            from ..tuning import with_cached_winner
 
-        plan = with_cached_winner(plan)
+            plan = with_cached_winner(plan)
     q = plan.quantization
     if q is not None and q.install:
         raise UsageError(f"the plan for {spec.name} needs a package that is not installed: {q.install} "
