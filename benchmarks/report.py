@@ -7,7 +7,7 @@ Writes benchmarks/results/<machine>-report.md, a PNG plot beside it (needs matpl
 Decode roofline: every generated token reads every weight once, so decode cannot beat
 (memory bandwidth) / (weight bytes per token); the bandwidth is measured here with a large copy.
 
-usage: python benchmarks/report.py [MODEL] [--context 256] [--new-tokens 32] [--trials 3]
+usage: python benchmarks/report.py [MODEL] [--context 256] [--new-tokens 32] [--trials 3] [--compile]
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ def main() -> int:
     ap.add_argument("--context", type=int, default=256)
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--trials", type=int, default=3)
+    ap.add_argument("--compile", action="store_true", help="also measure the static plan under torch.compile")
     args = ap.parse_args()
 
     from transformers import AutoModelForCausalLM
@@ -86,9 +87,31 @@ def main() -> int:
                  args.new_tokens, args.trials)
     rows["kernelfit tuned plan"] = {"config": f"{tuned.plan.text_attention.value} (dispatch), {tuned.plan.dtype.value}, "
                                               f"{tuned.plan.tuned['cache']}", "result": r}
+    if plan.decode_fastpath or args.compile:
+        static_model = load(args.model, plan=plan, dispatch=False, health_check=False).model
+        what = f"{plan.text_attention.value}, {plan.dtype.value}"
+        if plan.decode_fastpath:
+            print("static plan without the CPU decode fast path ...", file=sys.stderr)
+            from kernelfit.runtime.cpu_decode import install, uninstall
+
+            uninstall(static_model)
+            r = _measure(static_model, Candidate(plan.text_attention.value, plan.dtype.value, "dynamic"), ids,
+                         args.new_tokens, args.trials)
+            rows["static plan, oneDNN for decode (fast path off)"] = {"config": f"{what}, dynamic", "result": r}
+            install(static_model)
+        if args.compile:
+            print("static plan + torch.compile (the warm-up round compiles) ...", file=sys.stderr)
+            t = time.perf_counter()
+            r = _measure(static_model, Candidate(plan.text_attention.value, plan.dtype.value, "static", True), ids,
+                         args.new_tokens, args.trials)
+            rows["static plan + torch.compile"] = {
+                "config": f"{what}, static, compiled ({time.perf_counter() - t:.0f} s with compilation)", "result": r}
+            results.append(r)
+        del static_model
     best = min((x for x in results if x.error is None), key=lambda x: x.seconds(args.context, args.new_tokens))
     bc = best.candidate
-    rows["best of sweep"] = {"config": f"{bc.attention}, {bc.dtype}, {bc.cache}", "result": best}
+    rows["best of sweep"] = {"config": f"{bc.attention}, {bc.dtype}, {bc.cache}{', compiled' if bc.compile else ''}",
+                             "result": best}
 
     weight_bytes = spec.params * {"float32": 4, "bfloat16": 2, "float16": 2}[tuned.plan.dtype.value]
     roofline = bw * 1e9 / weight_bytes

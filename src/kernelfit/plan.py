@@ -65,6 +65,19 @@ class Plan:
     tuned: dict | None = None  # a measured winner from the tune cache (tuning.apply_winner)
 
     @property
+    def decode_fastpath(self) -> str | None:
+        """Why one-row decode steps bypass oneDNN (runtime/cpu_decode.py), or None. Derived, so
+        it follows a tuned dtype."""
+        from .catalog.dtypes import cpu_decode_gemv
+
+        if self.quantization is not None and self.quantization.method != "none":
+            return None
+        devices = [d for d in self.machine.devices if d.torch_device in self.placement.devices]
+        if "cpu" in self.placement.devices and not any(d.kind == "cpu" for d in devices):
+            devices.append(self.machine.cpu_device())
+        return cpu_decode_gemv(devices, self.machine.cpu, self.dtype.value)
+
+    @property
     def text_attention(self) -> Choice:
         return self.attention["text"]
 
@@ -116,6 +129,7 @@ class Plan:
             "generate": self.generate_kwargs(),
             "warnings": list(self.warnings),
             "tuned": self.tuned,
+            "decode_fastpath": {"enabled": self.decode_fastpath is not None, "reason": self.decode_fastpath},
         }
 
     def quantization_dict(self) -> dict:

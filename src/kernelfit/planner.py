@@ -122,12 +122,16 @@ def dtype_candidates(device: Device, machine: Machine, model: ModelSpec, prefs: 
     verdicts = {v.dtype: v for v in dtype_verdicts(device, machine.cpu, machine.software)}
     order = dtype_order(device, model, prefs, verdicts)
     native = [t for t in order if verdicts[t].native]
-    rejected = {t: verdicts[t].reason for t in order if not verdicts[t].native}
+    # a trade-off dtype (fast decode, slow prefill) "runs": `bench` measures it, a request is honoured
+    rejected = {t: (f"runs, but {verdicts[t].reason}" if verdicts[t].tradeoff else verdicts[t].reason)
+                for t in order if not verdicts[t].native}
     ordered: list[tuple[str, str]] = []
     if prefs.dtype != "auto":
-        if verdicts[prefs.dtype].native:
+        if verdicts[prefs.dtype].native or verdicts[prefs.dtype].tradeoff:
             ordered.append((prefs.dtype, f"requested; {verdicts[prefs.dtype].reason}"))
-            native.remove(prefs.dtype)
+            if prefs.dtype in native:
+                native.remove(prefs.dtype)
+            rejected.pop(prefs.dtype, None)
         else:
             rejected[prefs.dtype] = f"requested, but {verdicts[prefs.dtype].reason}"
     for t in native:

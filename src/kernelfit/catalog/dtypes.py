@@ -25,24 +25,56 @@ class DtypeVerdict:
     runnable: bool  # runs at all (possibly emulated or slow) — a memory fallback
     reason: str  # why not native, or what makes it good
     sources: tuple[str, ...] = ()
+    # Fast for some phases only (CPU fp16 with F16C: decode yes, prefill no): never chosen
+    # automatically over a native dtype, but honoured when asked for and measured by `bench`
+    tradeoff: bool = False
 
 
 def _cpu_verdicts(cpu: Cpu) -> list[DtypeVerdict]:
     bf16 = cpu.has("avx512_bf16", "amx_bf16", "bf16", "sve_bf16")
     fp16 = cpu.has("avx512_fp16", "amx_fp16", "neon_fp16")
     src = ("torch-cpu-bf16",)
+    if fp16:
+        fp16_verdict = DtypeVerdict(
+            "float16", True, True,
+            "native fp16 arithmetic (" + ", ".join(f for f in ("amx_fp16", "avx512_fp16", "neon_fp16") if cpu.has(f)) + ")",
+            src + ("aten-mkldnn-matmul",))
+    elif cpu.has("f16c"):
+        fp16_verdict = DtypeVerdict(
+            "float16", False, True,
+            f"{cpu.model} has no fp16 arithmetic (avx512_fp16/amx_fp16): one-row decode products run at memory "
+            "speed (ATen's fp16 GEMV converts with F16C), but prefill products are converted and slower than fp32",
+            ("aten-reduced-gemv", "kernelfit-cpu-gemv"), tradeoff=True)
+    else:
+        fp16_verdict = DtypeVerdict(
+            "float16", False, True,
+            f"{cpu.model} has no native fp16 arithmetic (avx512_fp16/amx_fp16): converted per op, slower than fp32",
+            src)
     return [
         DtypeVerdict("bfloat16", bf16, True,
                      ("native bf16 matmul (" + ", ".join(f for f in ("amx_bf16", "avx512_bf16", "bf16", "sve_bf16") if cpu.has(f)) + ")")
                      if bf16 else
                      f"{cpu.model} has no avx512_bf16/amx_bf16: bf16 matmuls are converted to fp32 and run slower than fp32",
                      src),
-        DtypeVerdict("float16", fp16, True,
-                     "native fp16 arithmetic (" + ", ".join(f for f in ("amx_fp16", "avx512_fp16", "neon_fp16") if cpu.has(f)) + ")"
-                     if fp16 else f"{cpu.model} has no native fp16 arithmetic (avx512_fp16/amx_fp16): converted per op, slower than fp32",
-                     src),
+        fp16_verdict,
         DtypeVerdict("float32", True, True, "always native on CPUs", src),
     ]
+
+
+# A decode step multiplies one row by each weight. oneDNN, which PyTorch uses for bf16 matmuls on
+# AVX-512 CPUs, repacks the weight on every call; for one row that costs more than the product.
+# ATen's bf16 GEMV reads the weight once. Measured: 1 row 1.8x faster without oneDNN, 2 rows even,
+# 3+ rows oneDNN faster (source: kernelfit-cpu-gemv) — so only single-row steps skip it.
+ONEDNN_BF16_MIN_ROWS = 2  # fewest rows per step for which oneDNN's bf16 matmul is worth its packing
+ONEDNN_BF16_ISA = ("avx512_bf16", "amx_bf16", "avx512bw")  # where use_mkldnn_bf16_matmul() picks oneDNN
+
+
+def cpu_decode_gemv(devices: list[Device], cpu: Cpu, dtype: str) -> str | None:
+    """Why single-row steps should bypass oneDNN here, or None when it does not apply."""
+    if dtype != "bfloat16" or not devices or any(d.kind != "cpu" for d in devices) or not cpu.has(*ONEDNN_BF16_ISA):
+        return None
+    return ("decode steps (one row) skip oneDNN: its bf16 matmul repacks each weight per call, ATen's bf16 GEMV "
+            "reads it once (1.8x on SmolLM2's decode products on a 2-thread EPYC); prefill keeps oneDNN")
 
 
 def _cuda_verdicts(d: Device, cap: Capability) -> list[DtypeVerdict]:

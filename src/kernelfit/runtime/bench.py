@@ -66,10 +66,20 @@ def _spread(values: list[float]) -> float:
 
 
 def _measure(model, cand: Candidate, ids: torch.Tensor, new_tokens: int, trials: int) -> Result:
+    model.set_attn_implementation(cand.attention)
+    if cand.compile:  # generate() calls self.forward, so the compiled one must replace it there
+        model.forward = torch.compile(type(model).forward.__get__(model), dynamic=False)
+    try:
+        return _trials(model, cand, ids, new_tokens, trials)
+    finally:
+        if cand.compile:
+            del model.forward
+
+
+def _trials(model, cand: Candidate, ids: torch.Tensor, new_tokens: int, trials: int) -> Result:
     from .generate import _TimingStreamer
 
-    model.set_attn_implementation(cand.attention)
-    forward = torch.compile(model.forward) if cand.compile else model.forward
+    forward = model.forward
     prefill, decode = [], []
     gen_kw = {"cache_implementation": "static"} if cand.cache == "static" else {}
     prompt = ids[:, :16]

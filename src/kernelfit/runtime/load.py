@@ -192,6 +192,10 @@ def load(model: str = "smollm2-135m", *, dtype: str = "auto", attention: str = "
                               "error": f"{type(exc).__name__}: {str(exc).splitlines()[0]}"})
             continue
         loaded.eval()
+        if plan.decode_fastpath and dt == plan.dtype.value:
+            from .cpu_decode import install
+
+            install(loaded)
         health = None
         if health_check:
             say("health check: loading info, meta tensors, quantized modules, smoke forward")
