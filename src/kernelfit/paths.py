@@ -29,3 +29,21 @@ def write_atomic(path: str | Path, text: str) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def files_key(files: list[Path], version: int) -> str:
+    """A cache key for derived data: each source file's resolved path, size and mtime."""
+    import hashlib
+
+    raw = "|".join(f"{f.resolve()}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in sorted(files)) + f"|v{version}"
+    return hashlib.sha256(raw.encode()).hexdigest()[:16]
+
+
+def publish_dir(tmp: Path, final: Path) -> None:
+    """Rename a fully written temporary directory into place; if another process won the race, keep theirs."""
+    import shutil
+
+    try:
+        os.replace(tmp, final)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)

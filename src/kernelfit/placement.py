@@ -125,6 +125,10 @@ def _run(model, machine, prefs, places: list[Place], levels: list[Level], log: L
             for place in places:
                 for dtype, why in _tiers(cands[id(place)])[tier]:
                     q = resolve_level(level, model, place.compute, machine, dtype)
+                    if not isinstance(q, Rejected) and q.install and level.kind == "pre" and prefs.allow_dequantize:
+                        # --allow-dequantize: what runs now beats a faster kernel that must be installed first
+                        q = Rejected(f"{q.method}:{q.backend}", f"runs here, but is not installed ({q.install}); "
+                                     "--allow-dequantize unpacks the weights instead")
                     if isinstance(q, Rejected):
                         log.quant.append(q)
                         continue
@@ -185,6 +189,15 @@ def build(machine, model, prefs, att: Attempt, rejected_devices, log: Log) -> Pl
                         "limited by host-to-GPU transfers")
     if att.quant.install:
         warnings.append(f"this plan needs a package that is not installed: {att.quant.install}")
+    if att.quant.method == "bitsandbytes" and att.quant.bits == 8 and any(d.kind == "cuda" for d in place.compute):
+        # least quality loss first, as asked; but say what the speed costs and how to trade it
+        warnings.append("8-bit (LLM.int8) stays closest to the checkpoint but decodes about 2x slower than 4-bit nf4 "
+                        "(bitsandbytes maintainers, bnb-int8-speed): --quantization 4bit trades a little quality "
+                        "for speed")
+    skipped = next((r for r in log.quant if "--allow-dequantize unpacks" in r.reason), None)
+    if skipped is not None and att.quant.method == "dequantize":
+        warnings.append(f"dequantized because {skipped.name} is not installed; it would run the checkpoint packed "
+                        f"(less memory, usually faster): {skipped.reason.split('(')[1].split(')')[0]}")
     tried = [r for r in log.tried if r.name != place.name]
     q = att.quant
     quant_rejected = list(q.rejected) + list(log.quant)

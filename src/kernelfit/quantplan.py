@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .catalog.packages import install_hint
-from .catalog.quantization import ON_THE_FLY, PREQUANTIZED, why_not_backend
+from .catalog.quantization import ON_THE_FLY, PREQUANTIZED, hf_backend_name, why_not_backend
 from .errors import UsageError
 from .machine import Device, Machine
 from .modelspec import ModelSpec
@@ -158,7 +158,7 @@ def quantization_config(q: QuantOption, dtype: str) -> dict | None:
     if q.method == "quanto":
         return {"quant_method": "quanto", "weights": f"int{q.bits}"}
     if q.method in PREQUANTIZED_METHODS:
-        return {"quant_method": q.method, "backend": q.backend}
+        return {"quant_method": q.method, "backend": hf_backend_name(q.method, q.backend)}
     return None
 
 

@@ -82,7 +82,7 @@ PREQUANTIZED: tuple[QuantBackend, ...] = (
 # BitsAndBytesConfig / QuantoConfig). Effective bits per weight include scales.
 ON_THE_FLY: tuple[QuantBackend, ...] = (
     QuantBackend("bitsandbytes", "int8", frozenset({"cuda", "rocm", "cpu", "xpu"}), frozenset({8}), 90,
-                 dtypes=ANY_DTYPE, package="bitsandbytes", sources=("bnb-readme", "bnb-multibackend"),
+                 dtypes=ANY_DTYPE, package="bitsandbytes", sources=("bnb-readme", "bnb-multibackend", "bnb-int8-speed"),
                  note="LLM.int8(); the fast int8 matmul needs compute capability >= 7.5, older GPUs dequantize"),
     QuantBackend("quanto", "int8", frozenset({"cuda", "rocm", "cpu", "mps", "xpu"}), frozenset({8}), 50,
                  dtypes=ANY_DTYPE, package="optimum-quanto", sources=("quanto-readme",)),
@@ -130,3 +130,14 @@ def why_not_backend(b: QuantBackend, device: Device, software: Software, dtype: 
     if check_package and not software.has_package(b.package):
         reasons.append(f"package {b.package} is not installed")
     return reasons
+
+
+# transformers' AwqConfig accepts only its AwqBackend values; the CPU kernels carry an _awq suffix
+# there (transformers utils/quantization_config.py AwqBackend; GPTQConfig passes gptqmodel's names).
+_HF_AWQ_NAMES = {"torch_fused": "torch_fused_awq", "torch": "torch_awq"}
+
+
+def hf_backend_name(method: str, name: str) -> str:
+    """The backend string from_pretrained's quantization config takes for this catalog backend."""
+    return _HF_AWQ_NAMES.get(name, name) if method == "awq" else name
+

@@ -9,23 +9,19 @@ and renamed into place, so an interrupted write leaves nothing half-written.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
 
 from ..modelspec import ModelSpec
-from ..paths import cache_root
+from ..paths import cache_root, files_key, publish_dir
 
 FORMAT_VERSION = 1
 
 
 def _key(gguf: Path) -> str:
-    st = gguf.stat()
-    raw = f"{gguf.resolve()}|{st.st_size}|{st.st_mtime_ns}|v{FORMAT_VERSION}"
-    return f"{gguf.stem}-{hashlib.sha256(raw.encode()).hexdigest()[:16]}"
+    return f"{gguf.stem}-{files_key([gguf], FORMAT_VERSION)}"
 
 
 def cached_dir(spec: ModelSpec) -> Path | None:
@@ -64,10 +60,7 @@ def materialise(spec: ModelSpec, progress=print) -> Path:
         (tmp / "kernelfit-cache.json").write_text(json.dumps({"source": str(gguf), "format": FORMAT_VERSION,
                                                               "gguf_quantization": spec.quantization}))
         del model
-        try:
-            os.replace(tmp, final)
-        except OSError:  # another process won the race: keep theirs
-            shutil.rmtree(tmp, ignore_errors=True)
+        publish_dir(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -81,7 +81,7 @@ def _quantization_config(plan: Plan):
     if method == "quanto":
         return QuantoConfig(weights=qc["weights"])
     base = dict(plan.model.quantization or {})
-    base["backend"] = qc["backend"]  # the kernel the plan chose for this device
+    base["backend"] = qc["backend"]  # the kernel the plan chose for this device, as transformers names it
     return (AwqConfig if method == "awq" else GPTQConfig).from_dict(base)
 
 
@@ -147,12 +147,13 @@ def load(model: str = "smollm2-135m", *, dtype: str = "auto", attention: str = "
     if q is not None and q.install:
         raise UsageError(f"the plan for {spec.name} needs a package that is not installed: {q.install} "
                          f"(or choose another way with --quantization / --context)")
-    if q is not None and q.method == "dequantize":
-        raise UsageError(f"dequantizing a {spec.quantization.get('quant_method')} checkpoint on load is planned but not "
-                         f"implemented in kernelfit.load yet; install a kernel that runs here instead")
     quant_config = _quantization_config(plan)
     t0 = time.perf_counter()
     directory, fmt_kwargs = _weights_dir(spec, allow_pickle, say)
+    if q is not None and q.method == "dequantize":
+        from .dequantize import dequantized_dir
+
+        directory = str(dequantized_dir(spec, say))
     tokenizer = _tokenizer(spec, directory, trust_remote_code)
     klass = _model_class(spec)
 

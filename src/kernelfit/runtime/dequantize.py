@@ -1,0 +1,148 @@
+"""`--allow-dequantize`: unpack an AWQ or GPTQ checkpoint into dense safetensors, in pure torch.
+
+For a device where no AWQ/GPTQ kernel runs, or where gptqmodel is not installed, the packed
+weights are turned back into the dense matrices they stand for, W = (q - zero) * scale per
+group, and the model then loads like any dense one (in a dtype the device runs). The result is
+cached like a GGUF conversion: keyed by the shards' path, size and mtime, written to a
+temporary directory and renamed into place.
+
+Layouts (as gptqmodel packs them, gptqmodel/quantization/awq/utils/packing_utils.py and
+nn_modules/qlinear): 4-bit AWQ "gemm" stores qweight [in, out/8] and qzeros [in/group, out/8],
+eight codes per int32 along the output axis in the interleaved order 0 2 4 6 1 3 5 7, and
+scales [in/group, out]. GPTQ stores qweight [in*bits/32, out] packed along the input axis,
+qzeros [groups, out*bits/32] along the output axis, scales [groups, out] and g_idx [in]; the
+original ("gptq", v1) format saves zero - 1, "gptq_v2" saves the zero itself.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from ..errors import UsageError
+from ..modelspec import ModelSpec
+from ..paths import cache_root, files_key, publish_dir
+
+FORMAT_VERSION = 1
+AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)  # nibble i of an AWQ int32 holds output column AWQ_ORDER[i] of its 8
+
+
+def _codes(packed: torch.Tensor, bits: int, dim: int) -> torch.Tensor:
+    """Unpack `bits`-bit codes stored 32//bits per int32 along `dim` (low bits first)."""
+    per = 32 // bits
+    shifts = torch.arange(0, 32, bits, dtype=torch.int32)
+    x = packed.to(torch.int32).unsqueeze(-1 if dim == 1 else 1)
+    shape = [1] * x.dim()
+    shape[-1 if dim == 1 else 1] = per
+    codes = torch.bitwise_right_shift(x, shifts.view(shape)) & ((1 << bits) - 1)
+    if dim == 1:
+        return codes.reshape(packed.shape[0], packed.shape[1] * per)
+    return codes.reshape(packed.shape[0] * per, packed.shape[1])
+
+
+def awq_gemm_weight(qweight, qzeros, scales, group_size: int, bits: int = 4) -> torch.Tensor:
+    """Dense [out, in] weight of a 4-bit AWQ GEMM layer."""
+    if bits != 4:
+        raise UsageError(f"dequantizing {bits}-bit AWQ is not supported (only the 4-bit GEMM layout)")
+    order = torch.tensor(AWQ_ORDER)
+    inverse = torch.argsort(order)
+
+    def unpack(t):
+        c = _codes(t, bits, dim=1)
+        return c.view(c.shape[0], -1, 8)[..., inverse].reshape(c.shape[0], -1)
+
+    w, z = unpack(qweight), unpack(qzeros)
+    g = group_size if group_size > 0 else w.shape[0]
+    s = scales.float().repeat_interleave(g, dim=0)[: w.shape[0]]
+    dense = (w - z.repeat_interleave(g, dim=0)[: w.shape[0]]).float() * s
+    return dense.t().contiguous().to(scales.dtype)
+
+
+def gptq_weight(qweight, qzeros, scales, g_idx, group_size: int, bits: int, v2: bool) -> torch.Tensor:
+    """Dense [out, in] weight of a GPTQ layer (v1 zeros are stored minus one)."""
+    if 32 % bits:
+        raise UsageError(f"dequantizing {bits}-bit GPTQ is not supported (bits must divide 32)")
+    w = _codes(qweight, bits, dim=0)  # [in, out]
+    z = _codes(qzeros, bits, dim=1)[:, : w.shape[1]] + (0 if v2 else 1)  # [groups, out]
+    if g_idx is None:
+        g = group_size if group_size > 0 else w.shape[0]
+        g_idx = torch.arange(w.shape[0]) // g
+    g_idx = g_idx.long()
+    dense = (w - z[g_idx]).float() * scales.float()[g_idx]
+    return dense.t().contiguous().to(scales.dtype)
+
+
+def _shards(model_dir: Path) -> list[Path]:
+    return sorted(model_dir.glob("*.safetensors"))
+
+
+def _convert_shard(path: Path, out: Path, q: dict) -> list[str]:
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    method, bits, group = q["quant_method"], int(q.get("bits", 4)), int(q.get("group_size", 128) or -1)
+    v2 = str(q.get("checkpoint_format", "gptq")).lower() == "gptq_v2"
+    if method == "awq" and str(q.get("version", "gemm")).lower() != "gemm":
+        raise UsageError(f"dequantizing AWQ '{q.get('version')}' checkpoints is not supported (only 'gemm')")
+    dense: dict[str, torch.Tensor] = {}
+    with safe_open(str(path), framework="pt") as f:
+        names = set(f.keys())
+        prefixes = {n[: -len(".qweight")] for n in names if n.endswith(".qweight")}
+        for name in sorted(names):
+            prefix, _, leaf = name.rpartition(".")
+            if prefix in prefixes:
+                if leaf == "qweight":
+                    t = {k: f.get_tensor(f"{prefix}.{k}") if f"{prefix}.{k}" in names else None
+                         for k in ("qweight", "qzeros", "scales", "g_idx")}
+                    dense[f"{prefix}.weight"] = (
+                        awq_gemm_weight(t["qweight"], t["qzeros"], t["scales"], group, bits) if method == "awq" else
+                        gptq_weight(t["qweight"], t["qzeros"], t["scales"], t["g_idx"], group, bits, v2))
+                elif leaf == "bias":
+                    dense[name] = f.get_tensor(name)
+                continue  # qzeros / scales / g_idx are folded into the weight
+            dense[name] = f.get_tensor(name)
+        meta = f.metadata() or {}
+    save_file(dense, str(out / path.name), metadata={**meta, "format": "pt"})
+    return list(dense)
+
+
+def dequantized_dir(spec: ModelSpec, progress=print) -> Path:
+    """A directory with the checkpoint's dense equivalent (config, tokenizer, weights)."""
+    q = dict(spec.quantization or {})
+    method = q.get("quant_method")
+    if method not in ("awq", "gptq"):
+        raise UsageError(f"--allow-dequantize handles AWQ and GPTQ checkpoints; {spec.name} is '{method}'")
+    src = Path(spec.model_dir or "")
+    shards = _shards(src)
+    if not shards:
+        raise UsageError(f"{src} has no *.safetensors shards to dequantize")
+    final = cache_root() / "dequantized" / f"{src.name}-{files_key(shards, FORMAT_VERSION)}"
+    if (final / "kernelfit-cache.json").is_file():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    progress(f"first load of {spec.name} with --allow-dequantize: unpacking {method} weights into {final} (once)")
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=".tmp-"))
+    try:
+        for f in src.iterdir():  # config, tokenizer, generation config, index: everything but the weights
+            if f.is_file() and f.suffix != ".safetensors":
+                shutil.copy2(f, tmp / f.name)
+        weight_map = {name: shard.name for shard in shards for name in _convert_shard(shard, tmp, q)}
+        index = tmp / "model.safetensors.index.json"
+        if index.is_file():  # the packed names (qweight, scales, ...) are gone: map the dense ones
+            data = json.loads(index.read_text())
+            data["weight_map"] = weight_map
+            index.write_text(json.dumps(data, indent=2))
+        cfg = json.loads((tmp / "config.json").read_text())
+        cfg.pop("quantization_config", None)
+        (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
+        (tmp / "kernelfit-cache.json").write_text(json.dumps({"source": str(src), "format": FORMAT_VERSION,
+                                                              "quantization": q}))
+        publish_dir(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
