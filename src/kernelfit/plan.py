@@ -70,8 +70,8 @@ class Plan:
         it follows a tuned dtype."""
         from .catalog.dtypes import cpu_decode_gemv
 
-        if self.quantization is not None and self.quantization.method != "none":
-            return None
+        if self.quantization is not None and self.quantization.method not in ("none", "dequantize"):
+            return None  # quantized linears do not go through torch's bf16 matmul
         devices = [d for d in self.machine.devices if d.torch_device in self.placement.devices]
         if "cpu" in self.placement.devices and not any(d.kind == "cpu" for d in devices):
             devices.append(self.machine.cpu_device())

@@ -64,7 +64,8 @@ def _cpu_verdicts(cpu: Cpu) -> list[DtypeVerdict]:
 # A decode step multiplies one row by each weight. oneDNN, which PyTorch uses for bf16 matmuls on
 # AVX-512 CPUs, repacks the weight on every call; for one row that costs more than the product.
 # ATen's bf16 GEMV reads the weight once. Measured: 1 row 1.8x faster without oneDNN, 2 rows even,
-# 3+ rows oneDNN faster (source: kernelfit-cpu-gemv) — so only single-row steps skip it.
+# 3+ rows oneDNN faster; whole-model decode 73 vs 50 tokens/s (source: kernelfit-cpu-gemv) — so only
+# single-row steps skip it.
 ONEDNN_BF16_MIN_ROWS = 2  # fewest rows per step for which oneDNN's bf16 matmul is worth its packing
 ONEDNN_BF16_ISA = ("avx512_bf16", "amx_bf16", "avx512bw")  # where use_mkldnn_bf16_matmul() picks oneDNN
 
@@ -74,7 +75,7 @@ def cpu_decode_gemv(devices: list[Device], cpu: Cpu, dtype: str) -> str | None:
     if dtype != "bfloat16" or not devices or any(d.kind != "cpu" for d in devices) or not cpu.has(*ONEDNN_BF16_ISA):
         return None
     return ("decode steps (one row) skip oneDNN: its bf16 matmul repacks each weight per call, ATen's bf16 GEMV "
-            "reads it once (1.8x on SmolLM2's decode products on a 2-thread EPYC); prefill keeps oneDNN")
+            "reads it once (SmolLM2 decodes about 1.5x faster on a 2-thread EPYC); prefill keeps oneDNN")
 
 
 def _cuda_verdicts(d: Device, cap: Capability) -> list[DtypeVerdict]:
