@@ -24,6 +24,9 @@ $(STAMP): pyproject.toml
 # release that accepts torch 2.13 (7.7 needs 2.14.1); BUILD_CUDA_EXT=0 builds it without CUDA.
 $(GPTQ): $(STAMP)
 	BUILD_CUDA_EXT=0 $(BIN)/pip install -q --no-build-isolation gptqmodel==7.6.0
+	# torchao comes with it, ships CUDA-only extensions that fail to load on CPU torch, and then
+	# transformers prints those failures on every from_pretrained; nothing here uses it.
+	$(BIN)/pip uninstall -q -y torchao
 	touch $(GPTQ)
 
 install: $(STAMP)
