@@ -94,6 +94,7 @@ class Machine:
     software: Software
     devices: tuple[Device, ...] = ()  # accelerators first, then the CPU device
     memory_available_gib: float | None = None
+    disk_free_gib: float | None = None  # free space where kernelfit caches (disk offload); None: unknown
     description: str = ""
     origin: str = "probe"  # "probe", "profile:t4", or a file path
     sources: tuple[str, ...] = ()

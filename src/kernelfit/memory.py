@@ -29,6 +29,9 @@ CPU_ACTIVATION_FACTOR = 2.0
 NOMINAL_USABLE_FRACTION = 0.94
 # Host RAM a plan may take when the free amount is unknown (the OS and other processes keep the rest).
 HOST_USABLE_FRACTION = 0.85
+# Free disk a plan may fill with offloaded weights (accelerate writes them under kernelfit's cache;
+# safetensors weights are read in place, but other formats and the OS need room too).
+DISK_USABLE_FRACTION = 0.8
 # Unified-memory GPUs (Apple, Jetson) share RAM with the OS; macOS caps a process's GPU working
 # set near 75% of RAM (MTLDevice.recommendedMaxWorkingSetSize).
 UNIFIED_USABLE_FRACTION = 0.75

@@ -6,7 +6,8 @@ Search order (least quality loss first, then least speed loss):
                                           4-bit, 4-bit + int4 KV; or the checkpoint's own format):
       for placement in (each accelerator, best first; all accelerators of one kind split):
         for dtype in the placement's dtypes of that tier: estimate memory; fits -> plan
-  then accelerators + CPU RAM offload (unquantized), then the CPU alone (whole ladder).
+  then accelerators + CPU RAM offload (unquantized), then the CPU alone (whole ladder), then, with
+  free disk, the weights that fit in neither spill to disk (unquantized; bitsandbytes cannot offload).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 
 from .errors import PlanError
 from .machine import Device, Machine
-from .memory import MemoryEstimate, device_budget, estimate, gib, materialises_scores
+from .memory import DISK_USABLE_FRACTION, GIB, MemoryEstimate, device_budget, estimate, gib, materialises_scores
 from .modelspec import ModelSpec
 from .plan import Choice, Placement, Plan, Preferences, Rejected
 from .catalog.attention import AttentionQuery, sdpa_kernels
@@ -29,6 +30,7 @@ class Place:
     devices: list[Device]  # where weights live
     compute: list[Device]  # where the math runs
     offload: bool = False
+    disk: bool = False  # weights that fit nowhere else stay on disk (accelerate disk offload)
 
     @property
     def name(self) -> str:
@@ -70,6 +72,23 @@ def _override(prefs: Preferences, device: Device) -> float | None:
     return None
 
 
+def _ram(place: Place, prefs: Preferences) -> int:
+    """Bytes of GPU memory and RAM the place may use."""
+    return sum(device_budget(d, _override(prefs, d)) for d in place.devices)
+
+
+def _disk_budget(machine: Machine, prefs: Preferences) -> int:
+    """Disk for offloaded weights: --max-memory disk=..., else a share of the probed free space."""
+    if "disk" in (prefs.max_memory or {}):
+        return int(prefs.max_memory["disk"] * GIB)
+    return int((machine.disk_free_gib or 0) * DISK_USABLE_FRACTION * GIB)
+
+
+def _fits(att: Attempt, prefs: Preferences) -> bool:
+    # only weights can live on disk: KV cache, activations and the runtime need RAM/GPU memory
+    return att.memory.fits and (not att.place.disk or att.memory.total - att.memory.weights <= _ram(att.place, prefs))
+
+
 def _try(model: ModelSpec, machine: Machine, prefs: Preferences, place: Place, dtype: str, why: str,
          quant: QuantOption) -> Attempt:
     lead = place.compute[0]
@@ -78,7 +97,7 @@ def _try(model: ModelSpec, machine: Machine, prefs: Preferences, place: Place, d
                for s in model.sub_models}
     scores = {s.role: materialises_scores(attention[s.role].value, next((k for k, r in kernels[s.role] if not r), "math"))
               for s in model.sub_models}
-    budget = sum(device_budget(d, _override(prefs, d)) for d in place.devices)
+    budget = _ram(place, prefs) + (_disk_budget(machine, prefs) if place.disk else 0)
     accel = any(d.is_accelerator for d in place.devices)
     # a GGUF file is dequantized into a float32 safetensors cache, which is what loads
     storage = "float32" if model.format == "gguf" else (model.checkpoint_dtype or "float32")
@@ -115,7 +134,10 @@ def _places(devices: list[Device]) -> tuple[list[Place], Place | None, Place | N
                      "the GPU each forward pass (slow, but runs)", same + cpu, same, offload=True)
                if accels and cpu else None)
     only_cpu = Place("CPU" if not accels else "CPU only (no GPU placement fits)", cpu, cpu) if cpu else None
-    return gpu, offload, only_cpu
+    disk = (Place("too big for GPU memory and RAM: the weights that fit nowhere else stay on disk (accelerate disk "
+                  "offload) and are read on every forward pass (expect seconds per token)", same + cpu, same or cpu,
+                  offload=True, disk=True) if cpu else None)
+    return gpu, offload, only_cpu, disk
 
 
 def _run(model, machine, prefs, places: list[Place], levels: list[Level], log: Log) -> Attempt | None:
@@ -133,7 +155,7 @@ def _run(model, machine, prefs, places: list[Place], levels: list[Level], log: L
                         log.quant.append(q)
                         continue
                     att = _try(model, machine, prefs, place, dtype, why, q)
-                    if att.memory.fits:
+                    if _fits(att, prefs):
                         att.cands = cands[id(place)]
                         return att
                     log.miss(att, level)
@@ -142,13 +164,15 @@ def _run(model, machine, prefs, places: list[Place], levels: list[Level], log: L
 
 def search(machine: Machine, model: ModelSpec, prefs: Preferences, devices: list[Device], rejected_devices) -> Plan:
     levels = ladder(model, prefs.quantization, prefs.allow_dequantize)
-    gpu, offload, cpu = _places(devices)
+    gpu, offload, cpu, disk = _places(devices)
     log = Log()
     att = _run(model, machine, prefs, gpu, levels, log) if gpu else None
     if att is None and offload is not None:
         att = _run(model, machine, prefs, [offload], levels[:1], log)
     if att is None and cpu is not None:
         att = _run(model, machine, prefs, [cpu], levels, log)
+    if att is None and disk is not None and _disk_budget(machine, prefs) > 0:
+        att = _run(model, machine, prefs, [disk], levels[:1], log)
     if att is None:
         need = f"{gib(log.smallest.memory.total):.1f} GiB" if log.smallest else "more memory"
         tried = "; ".join(dict.fromkeys(f"{r.name}: {r.reason}" for r in log.tried[-4:]))
@@ -175,16 +199,26 @@ def build(machine, model, prefs, att: Attempt, rejected_devices, log: Log) -> Pl
                              else f"runs, but {att.dtype} comes first in the preference order")
     place = att.place
     names = tuple(d.torch_device for d in place.devices)
-    if len(place.devices) == 1:
+    if len(place.devices) == 1 and not place.disk:
         device_map, max_memory = {"": names[0]}, None
     else:
         device_map, max_memory = "auto", _max_memory(place, prefs)
     gpu_budget = sum(device_budget(d, _override(prefs, d)) for d in place.devices if d.is_accelerator)
-    offload = {"cpu_gib": gib(max(att.memory.total - gpu_budget, 0)) if place.offload else 0.0, "disk_gib": 0.0}
+    on_disk = max(att.memory.total - _ram(place, prefs), 0) if place.disk else 0
+    offload = {"cpu_gib": gib(max(att.memory.total - on_disk - gpu_budget, 0)) if place.offload else 0.0,
+               "disk_gib": round(on_disk / GIB, 6)}  # not gib(): a small spill must not round to "no disk"
+    if place.disk:  # accelerate's max_memory counts weights only: leave the compute device room for the rest
+        lead = place.compute[0]
+        key = str(lead.index) if lead.is_accelerator else "cpu"
+        room = device_budget(lead, _override(prefs, lead)) - (att.memory.total - att.memory.weights)
+        max_memory = dict(max_memory, **{key: f"{gib(max(room, GIB // 100)):.2f}GiB"})
     warnings = []
     if att.dtype_reason.startswith("memory fallback"):
         warnings.append(f"{att.dtype} chosen only to fit memory: {att.dtype_reason}")
-    if place.offload:
+    if place.disk:
+        warnings.append(f"{offload['disk_gib']:.1f} GiB of weights stay on disk and are read on every forward pass: "
+                        "expect seconds per token (more RAM, --quantization 4bit on a GPU, or a smaller model avoid it)")
+    elif place.offload:
         warnings.append(f"{offload['cpu_gib']:.1f} GiB of the model is offloaded to CPU RAM: expect decode to be "
                         "limited by host-to-GPU transfers")
     if att.quant.install:

@@ -149,6 +149,12 @@ class Plan:
             kw["cache_implementation"] = "static"
         return kw
 
+    def offload_folder(self) -> str:
+        """Where accelerate writes offloaded weights that are not safetensors (kernelfit's cache)."""
+        from .paths import cache_root
+
+        return str(cache_root() / "offload" / self.model.name.replace("/", "--"))
+
     def from_pretrained_kwargs(self) -> dict:
         """The arguments `kernelfit.load` passes to from_pretrained (JSON-friendly: dtype as a name)."""
         kw: dict = {"dtype": self.dtype.value, "attn_implementation": self.attn_implementation(),
@@ -157,6 +163,8 @@ class Plan:
             kw["max_memory"] = self.placement.max_memory
         if self.model.gguf_file:
             kw["gguf_file"] = self.model.gguf_file
+        if self.offload.get("disk_gib"):
+            kw["offload_folder"] = self.offload_folder()
         if self.quantization is not None:
             from .quantplan import quantization_config
 

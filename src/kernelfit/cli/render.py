@@ -90,8 +90,9 @@ def render_plan(p: Plan) -> str:
         out.append(_wrap(f"Quantize  {label}{' + int' + str(q.kv_bits) + ' KV cache' if q.kv_bits else ''} — {q.reason}", ""))
         for r in [r for r in p.quantization_rejected if not r.reason.startswith("does not fit")][:MAX_REJECTED]:
             out.append(_wrap(f"✗ {r.name}: {r.reason}", "            "))
-    if p.offload.get("cpu_gib"):
-        out.append(f"Offload   {p.offload['cpu_gib']:.2f} GiB to CPU RAM")
+    if p.offload.get("cpu_gib") or p.offload.get("disk_gib"):
+        out.append(f"Offload   {p.offload['cpu_gib']:.2f} GiB to CPU RAM"
+                   + (f", {p.offload['disk_gib']:.2f} GiB on disk" if p.offload.get("disk_gib") else ""))
     out += _choice_lines("Dtype", p.dtype)
     for sub in m.sub_models:
         title = "Attention" if sub.role == "text" else f"  {sub.role}"

@@ -43,6 +43,21 @@ def _torch_devices(existing: list[Device]) -> tuple[list[Device], list[str]]:
     return found, notes
 
 
+def _disk_free_gib() -> float | None:
+    """Free space under kernelfit's cache dir (where disk offload and conversions are written)."""
+    import shutil
+
+    from ..paths import cache_root
+
+    p = cache_root()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        return round(shutil.disk_usage(p).free / 2**30, 1)
+    except OSError:
+        return None
+
+
 def probe_machine(nvml=None) -> Machine:
     """Probe this computer. `nvml` replaces the pynvml module (tests pass a fake)."""
     cpu = probe_cpu()
@@ -66,6 +81,7 @@ def probe_machine(nvml=None) -> Machine:
         cpu=cpu,
         memory_gib=total,
         memory_available_gib=available,
+        disk_free_gib=_disk_free_gib(),
         software=probe_software(gpus.driver, gpus.cuda_driver),
         devices=tuple(devices),
         origin="probe",

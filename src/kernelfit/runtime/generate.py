@@ -73,7 +73,7 @@ def generate(model, tokenizer, prompt: str, max_new_tokens: int, on_text: Callab
              system: str | None = None, chat: bool = True, **generate_kwargs) -> Generation:
     """`generate_kwargs`: the plan's (e.g. a quantized KV cache), passed to model.generate."""
     enc = encode_prompt(tokenizer, prompt, system, chat)
-    device = next(p.device for p in model.parameters() if p.device.type != "meta")
+    device = next((p.device for p in model.parameters() if p.device.type != "meta"), torch.device("cpu"))
     inputs = {k: v.to(device) for k, v in enc.items() if v is not None}
     streamer = _TimingStreamer(tokenizer, on_text)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

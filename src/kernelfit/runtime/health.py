@@ -93,7 +93,10 @@ def check_health(model: torch.nn.Module, spec: ModelSpec, loading_info: dict | N
     problems += _listed([str(m[0]) if isinstance(m, tuple) else str(m) for m in info.get("mismatched_keys", ())],
                         "shape mismatch (randomly initialised)")
     problems += [f"load error: {e}" for e in info.get("error_msgs", ())]
-    meta = [n for n, p in list(model.named_parameters()) + list(model.named_buffers()) if p.device.type == "meta"]
+    # accelerate keeps disk-offloaded weights on the meta device and loads them in its forward hooks
+    on_disk = tuple(k for k, v in (getattr(model, "hf_device_map", None) or {}).items() if v == "disk")
+    meta = [n for n, p in list(model.named_parameters()) + list(model.named_buffers()) if p.device.type == "meta"
+            and not any(k == "" or n == k or n.startswith(k + ".") for k in on_disk)]
     problems += _listed(meta, "left on the meta device (never loaded)")
     problems += quantization_problems(model, spec, dequantized and quant_method is None, quant_method)
     if smoke and not problems:

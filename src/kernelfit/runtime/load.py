@@ -184,6 +184,7 @@ def load(model: str = "smollm2-135m", *, dtype: str = "auto", attention: str = "
             loaded, info = klass.from_pretrained(
                 directory, dtype=_torch_dtype(dt), attn_implementation=attn_value, device_map=plan.placement.device_map,
                 max_memory=_max_memory(plan), trust_remote_code=trust_remote_code, output_loading_info=True,
+                **({"offload_folder": plan.offload_folder()} if plan.offload.get("disk_gib") else {}),
                 **({"quantization_config": quant_config} if quant_config is not None else {}), **fmt_kwargs)
         except Exception as exc:  # noqa: BLE001 - only "cannot run here" errors move down the chain
             if not cannot_run_here(exc):
