@@ -101,17 +101,21 @@ def pack_awq_cols_plain(codes: torch.Tensor) -> torch.Tensor:
     return _to_int32(out)
 
 
-def save_tiny_quantized(path: Path, method: str) -> dict[str, torch.Tensor]:
-    """A tiny Llama (tests' save_tiny) packed as `method` in `path`; returns the dense reference weights."""
+def save_tiny_quantized(path: Path, method: str, **model_kw) -> dict[str, torch.Tensor]:
+    """A tiny Llama (tests' save_tiny, or one of `model_kw`'s shape with its tokenizer) packed as
+    `method` in `path`; returns the dense reference weights."""
     from test_health import save_tiny
+    from tiny_models import tiny_llama
 
     save_tiny(path)
+    if model_kw:
+        tiny_llama(seed=3, **model_kw).save_pretrained(path)
     return _rewrite(path, method)
 
 
-def reference_model(reference: dict[str, torch.Tensor], dtype=torch.float32):
+def reference_model(reference: dict[str, torch.Tensor], dtype=torch.float32, **model_kw):
     from tiny_models import tiny_llama
 
-    model = tiny_llama(seed=3)
+    model = tiny_llama(seed=3, **model_kw)
     model.load_state_dict(reference)
     return model.to(dtype).eval()

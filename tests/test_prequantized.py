@@ -122,3 +122,44 @@ def test_awq_runs_packed_with_gptqmodel_and_agrees_with_the_reference(awq):
     assert cos > 0.9999, cos  # measured 0.99997 in bf16
     agree = (greedy(loaded.model) == greedy(ref)).float().mean().item()
     assert agree >= 0.9, agree  # greedy tokens: measured 12/12
+
+
+BIG = {"hidden_size": 512, "intermediate_size": 2048, "num_hidden_layers": 4}
+
+
+def test_allow_dequantize_requantizes_when_the_dense_model_does_not_fit(tmp_path):
+    from kernelfit.plan import Preferences
+    from kernelfit.planner import plan
+
+    reference = save_tiny_quantized(tmp_path, "awq", **BIG)
+    machine = machine_without("gptqmodel")
+    spec = load_model_spec(str(tmp_path))
+    dense = plan(machine, spec, Preferences(allow_dequantize=True, dtype="bfloat16"))
+    assert dense.quantization.method == "dequantize"
+    ram = (dense.memory.total - dense.memory.weights / 4) / 2**30  # the dense weights no longer fit; 8-bit does
+    loaded = load(str(tmp_path), machine=machine, allow_dequantize=True, dtype="bfloat16", max_memory={"cpu": ram},
+                  use_tune_cache=False)
+    q = loaded.plan.quantization
+    assert (q.method, q.bits, q.dequantize_first) == ("bitsandbytes", 8, True) and "unpacked, then" in q.reason
+    assert any("dequantized" in r.reason and "does not fit" in r.reason for r in loaded.plan.quantization_rejected)
+    assert loaded.health.ok  # bitsandbytes modules really replaced the linears
+    ref = reference_model(reference, torch.bfloat16, **BIG)
+    a, b = logits(loaded.model), logits(ref)
+    cos = torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0).item()
+    assert cos > 0.999, cos
+
+
+def test_awq_on_a_gtx1060_without_gptqmodel_is_requantized_for_the_gpu():
+    from kernelfit.plan import Preferences
+    from kernelfit.planner import plan
+    from kernelfit.profiles import load_profile
+
+    spec = load_model_spec("tests/data/model-configs/llama-2-7b-awq.json")
+    m = load_profile("gtx1060-6gb")
+    p = plan(m, spec, Preferences(allow_dequantize=True))
+    q = p.quantization
+    assert p.placement.devices == ("cuda:0",) and p.memory.fits
+    assert (q.method, q.bits, q.dequantize_first) == ("bitsandbytes", 4, True)
+    assert any("not installed" in r.reason for r in p.quantization_rejected)  # exllama_v2 would need gptqmodel
+    # without the flag the packed kernel is planned, with what to install
+    assert plan(m, spec, Preferences()).quantization.backend == "exllama_v2"

@@ -24,13 +24,15 @@ KV_BITS = 4
 class Level:
     """One rung of the ladder: how the weights are stored, and whether the KV cache is quantized."""
 
-    kind: str  # "none", "otf" (quantize on load), "pre" (pre-quantized checkpoint), "dequantize"
+    # "none", "otf" (quantize on load), "pre" (pre-quantized checkpoint), "dequantize", or
+    # "requant" (--allow-dequantize: unpack, then quantize on load with bitsandbytes/quanto)
+    kind: str
     bits: int | None = None
     kv_bits: int | None = None
 
     def label(self) -> str:
         w = {"none": "unquantized", "otf": f"{self.bits}-bit", "pre": f"pre-quantized {self.bits}-bit",
-             "dequantize": "dequantized"}[self.kind]
+             "dequantize": "dequantized", "requant": f"dequantized, re-quantized to {self.bits}-bit"}[self.kind]
         return w + (f" + int{self.kv_bits} KV cache" if self.kv_bits else "")
 
 
@@ -44,6 +46,7 @@ class QuantOption:
     reason: str
     rejected: tuple[Rejected, ...] = ()
     install: str | None = None
+    dequantize_first: bool = False  # load from the unpacked checkpoint (method "dequantize", or a re-quantization)
 
     @property
     def memory_key(self) -> tuple[str, int, int | None] | None:
@@ -68,7 +71,10 @@ def ladder(model: ModelSpec, quantization: str, allow_dequantize: bool) -> list[
     pre = prequantized(model)
     if pre is not None:
         levels = [Level("pre", pre["bits"]), Level("pre", pre["bits"], KV_BITS)]
-        return levels + ([Level("dequantize")] if allow_dequantize else [])
+        if allow_dequantize:  # unpacked, then the dense ladder: 8-bit, 4-bit, each with and without an int4 KV cache
+            levels += [Level("dequantize"), Level("requant", 8), Level("requant", 8, KV_BITS), Level("requant", 4),
+                       Level("requant", 4, KV_BITS)]
+        return levels
     if quantization == "none":
         return [Level("none")]
     if quantization in ("8bit", "4bit"):
@@ -119,7 +125,8 @@ def resolve_level(level: Level, model: ModelSpec, devices: list[Device], machine
     if level.kind == "dequantize":
         pre = prequantized(model)
         return QuantOption("dequantize", None, None, None, None,
-                           f"--allow-dequantize: the {pre['method']} weights are unpacked to {dtype} on load")
+                           f"--allow-dequantize: the {pre['method']} weights are unpacked to {dtype} on load",
+                           dequantize_first=True)
     if level.kind == "pre":
         pre = prequantized(model)
         cands = [b for b in PREQUANTIZED if b.method == pre["method"]]
@@ -142,10 +149,13 @@ def resolve_level(level: Level, model: ModelSpec, devices: list[Device], machine
                         + " | ".join(f"{r.name}: {r.reason}" for r in rejected))
     install = None if machine.software.has_package(chosen.package) else install_hint(chosen.package)
     why = f"quantized on load to {level.bits}-bit with {chosen.method} {chosen.name}"
+    if level.kind == "requant":
+        why = f"--allow-dequantize: the {prequantized(model)['method']} weights are unpacked, then {why}"
     if install:
         why += f" (install it: {install})"
     return QuantOption(chosen.method, level.bits, chosen.name, 64 if chosen.method == "bitsandbytes" else 128,
-                       level.kv_bits, "; ".join([why, *kv_note]), tuple(rejected), install or kv_install)
+                       level.kv_bits, "; ".join([why, *kv_note]), tuple(rejected), install or kv_install,
+                       dequantize_first=level.kind == "requant")
 
 
 def quantization_config(q: QuantOption, dtype: str) -> dict | None:

@@ -150,7 +150,7 @@ def load(model: str = "smollm2-135m", *, dtype: str = "auto", attention: str = "
     quant_config = _quantization_config(plan)
     t0 = time.perf_counter()
     directory, fmt_kwargs = _weights_dir(spec, allow_pickle, say)
-    if q is not None and q.method == "dequantize":
+    if q is not None and q.dequantize_first:
         from .dequantize import dequantized_dir
 
         directory = str(dequantized_dir(spec, say))
