@@ -104,3 +104,44 @@ def test_run_loads_the_cached_winner_and_no_cache_really_ignores_it(tune_cache):
     plain = run_cli(*args, "--no-cache", timeout=300)
     assert f"({p.dtype.value}, {p.text_attention.value}, cpu)" in plain.stderr.splitlines()[-1]
     assert "measured fastest" not in plain.stderr
+
+
+def test_a_model_that_must_be_quantized_sweeps_the_quantizers_and_the_winner_is_applied(tiny_dir, tune_cache):
+    from kernelfit.runtime.bench import bench, candidates, static_candidate
+    from kernelfit.tuning import apply_winner
+
+    spec = load_model_spec(str(tiny_dir))
+    p = plan(probe_machine(), spec, Preferences(quantization="8bit", dtype="float32"))
+    assert (p.quantization.method, p.quantization.bits) == ("bitsandbytes", 8)
+    cands = candidates(p)
+    quants = {c.quantization for c in cands}
+    assert quants == {"bitsandbytes-8bit", "quanto-8bit", "bitsandbytes-4bit", "quanto-4bit"}
+    assert static_candidate(p) in cands
+    results, winner = bench(str(tiny_dir), p, context=16, new_tokens=4, trials=1, progress=lambda m: None)
+    measured = {r.candidate.quantization: r for r in results}
+    assert all(measured[q].error is None and measured[q].decode_tokens_per_s > 0 for q in quants), \
+        {q: measured[q].error for q in quants}
+    # a winner with another quantizer re-plans with it (llama-2-7b must be quantized to fit an RTX 3060)...
+    from kernelfit.profiles import load_profile
+
+    auto = plan(load_profile("rtx3060-12gb"), load_model_spec("tests/data/model-configs/llama-2-7b.json"), Preferences())
+    assert auto.quantization.method == "bitsandbytes"
+    quanto = dict(WINNER, attention=auto.text_attention.value, dtype=auto.dtype.value, quantization="quanto-8bit")
+    tuned = apply_winner(auto, quanto)
+    assert (tuned.quantization.method, tuned.quantization.bits) == ("quanto", 8) and tuned.tuned["quantization"] == "quanto-8bit"
+    # ...but a model that fits unquantized is never quantized by a cached result
+    fits = static_plan(str(tiny_dir))
+    assert apply_winner(fits, dict(quanto, attention=fits.text_attention.value, dtype=fits.dtype.value)).quantization.method == "none"
+
+
+def test_a_compiled_winner_is_loaded_compiled(tiny_dir, tune_cache):
+    from kernelfit.runtime.load import load
+
+    p = static_plan(str(tiny_dir))
+    w = dict(WINNER, attention=p.text_attention.value, dtype=p.dtype.value, compile=True)
+    save_winner(p.machine, p.model, p.placement.devices, w, [w])
+    loaded = load(str(tiny_dir), health_check=False)
+    assert loaded.plan.tuned["compile"] is True
+    assert hasattr(loaded.model.forward, "_torchdynamo_orig_callable")  # what torch.compile returns
+    plain = load(str(tiny_dir), health_check=False, use_tune_cache=False)
+    assert not hasattr(plain.model.forward, "_torchdynamo_orig_callable")

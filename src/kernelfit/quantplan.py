@@ -15,7 +15,8 @@ from .machine import Device, Machine
 from .modelspec import ModelSpec
 from .plan import Rejected
 
-QUANT_CHOICES = ("auto", "none", "8bit", "4bit")
+# "8bit"/"4bit" let the catalog pick the quantizer; "METHOD-Nbit" names it (bench measures each)
+QUANT_CHOICES = ("auto", "none", "8bit", "4bit", "bitsandbytes-8bit", "bitsandbytes-4bit", "quanto-8bit", "quanto-4bit")
 PREQUANTIZED_METHODS = ("awq", "gptq")
 KV_BITS = 4
 
@@ -29,9 +30,10 @@ class Level:
     kind: str
     bits: int | None = None
     kv_bits: int | None = None
+    method: str | None = None  # an on-the-fly quantizer the user (or bench) named; None: the catalog's pick
 
     def label(self) -> str:
-        w = {"none": "unquantized", "otf": f"{self.bits}-bit", "pre": f"pre-quantized {self.bits}-bit",
+        w = {"none": "unquantized", "otf": f"{self.bits}-bit" + (f" {self.method}" if self.method else ""), "pre": f"pre-quantized {self.bits}-bit",
              "dequantize": "dequantized", "requant": f"dequantized, re-quantized to {self.bits}-bit"}[self.kind]
         return w + (f" + int{self.kv_bits} KV cache" if self.kv_bits else "")
 
@@ -77,9 +79,10 @@ def ladder(model: ModelSpec, quantization: str, allow_dequantize: bool) -> list[
         return levels
     if quantization == "none":
         return [Level("none")]
-    if quantization in ("8bit", "4bit"):
-        bits = int(quantization[0])
-        return [Level("otf", bits), Level("otf", bits, KV_BITS)]
+    if quantization in QUANT_CHOICES[2:]:
+        method, _, size = quantization.rpartition("-")
+        bits = int(size[0])
+        return [Level("otf", bits, None, method or None), Level("otf", bits, KV_BITS, method or None)]
     return [Level("none"), Level("none", None, KV_BITS), Level("otf", 8), Level("otf", 8, KV_BITS),
             Level("otf", 4), Level("otf", 4, KV_BITS)]
 
@@ -142,7 +145,7 @@ def resolve_level(level: Level, model: ModelSpec, devices: list[Device], machine
             why += f" (install it: {install})"
         return QuantOption(pre["method"], pre["bits"], chosen.name, pre["group_size"], level.kv_bits,
                            "; ".join([why, *kv_note]), tuple(rejected), install or kv_install)
-    cands = [b for b in ON_THE_FLY if level.bits in b.bits]
+    cands = [b for b in ON_THE_FLY if level.bits in b.bits and level.method in (None, b.method)]
     chosen, rejected = _pick(cands, devices, machine, dtype, level.bits)
     if chosen is None:
         return Rejected(f"{level.bits}-bit on {where}", "no quantizer runs here: "
@@ -176,3 +179,9 @@ def generation_config(q: QuantOption) -> dict:
     if q.kv_bits:
         return {"cache_implementation": "quantized", "cache_config": {"backend": "quanto", "nbits": q.kv_bits}}
     return {}
+
+
+def otf_choice(q: QuantOption | None) -> str:
+    """The --quantization value that reproduces an on-the-fly option ("none" when there is none)."""
+    return f"{q.method}-{q.bits}bit" if q is not None and q.method in ("bitsandbytes", "quanto") else "none"
+

@@ -21,6 +21,7 @@ from .machine import Machine
 from .modelspec import ModelSpec
 from .paths import cache_root, write_atomic
 from .plan import Choice, Plan, Rejected
+from .quantplan import QUANT_CHOICES, otf_choice
 
 FORMAT = 1
 CACHES = ("dynamic", "static")
@@ -88,6 +89,8 @@ def _valid(winner, plan: Plan) -> str | None:
     runnable_dtype = {plan.dtype.value} | {r.name for r in plan.dtype.rejected if r.reason.startswith("runs,")}
     if dtype not in runnable_dtype:
         return f"{dtype} is no longer a native dtype here"
+    if winner.get("quantization", "none") not in ("none", *QUANT_CHOICES[2:]):
+        return f"unknown quantization {winner.get('quantization')!r}"
     return None
 
 
@@ -103,9 +106,25 @@ def cached_winner(plan: Plan) -> dict | None:
     return dict(entry["winner"], measured_at=entry.get("measured_at"))
 
 
+def _with_quantization(plan: Plan, quantization: str) -> Plan:
+    """Re-plan with the measured quantizer, when the model needs one (a model that fits unquantized
+    is never quantized by a cached result) and the user did not choose one."""
+    if plan.preferences.quantization != "auto" or otf_choice(plan.quantization) in ("none", quantization) \
+            or quantization == "none":
+        return plan
+    from .errors import PlanError
+    from .planner import plan as make_plan
+
+    try:
+        return make_plan(plan.machine, plan.model, replace(plan.preferences, quantization=quantization))
+    except PlanError:
+        return plan
+
+
 def apply_winner(plan: Plan, winner: dict) -> Plan:
-    """The plan with the measured winner's attention, dtype and KV cache; the static choices are
-    kept in the rejected lists with the measurement that beat them."""
+    """The plan with the measured winner's quantizer, attention, dtype and KV cache (and torch.compile);
+    the static choices are kept in the rejected lists with the measurement that beat them."""
+    plan = _with_quantization(plan, winner.get("quantization", "none"))
     measured = (f"measured fastest by `kernelfit bench` ({winner.get('measured_at', 'earlier')}): "
                 f"prefill {winner.get('prefill_tokens_per_s', 0):.0f} tok/s, decode {winner.get('decode_tokens_per_s', 0):.1f} tok/s")
     attention = dict(plan.attention)
@@ -119,8 +138,9 @@ def apply_winner(plan: Plan, winner: dict) -> Plan:
         rejected = [r for r in d.rejected if r.name != winner["dtype"]] + [Rejected(d.value, "static choice; slower when measured")]
         dtype = Choice(winner["dtype"], measured, tuple(rejected), d.sources)
     return replace(plan, attention=attention, dtype=dtype,
-                   tuned={"cache": winner["cache"], "reason": measured, **{k: winner.get(k) for k in (
-                       "prefill_tokens_per_s", "decode_tokens_per_s", "measured_at")}})
+                   tuned={"cache": winner["cache"], "reason": measured, "compile": bool(winner.get("compile")),
+                          "quantization": otf_choice(plan.quantization), **{k: winner.get(k) for k in (
+                              "prefill_tokens_per_s", "decode_tokens_per_s", "measured_at")}})
 
 
 def with_cached_winner(plan: Plan) -> Plan:

@@ -50,8 +50,10 @@ def _add_machine_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_quant_args(p: argparse.ArgumentParser) -> None:
+    from ..quantplan import QUANT_CHOICES
+
     p.add_argument("--max-memory", type=parse_max_memory, help="per-device budget, e.g. 0=20GiB,cpu=64GiB")
-    p.add_argument("--quantization", default="auto", choices=("auto", "none", "8bit", "4bit"),
+    p.add_argument("--quantization", default="auto", choices=QUANT_CHOICES,
                    help="auto: only when the model does not fit (least quality loss first)")
     p.add_argument("--allow-dequantize", action="store_true",
                    help="unpack a quantized checkpoint when no kernel for it runs here")

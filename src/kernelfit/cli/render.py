@@ -110,7 +110,9 @@ def render_plan(p: Plan) -> str:
     kw = p.from_pretrained_kwargs()
     out.append("Load      from_pretrained(" + ", ".join(f"{k}={v!r}" for k, v in kw.items()) + ")")
     if p.tuned:
-        out.append(_wrap(f"Tuned     {p.tuned['reason']}; KV cache {p.tuned['cache']} (--no-cache ignores it)", ""))
+        extra = "".join([", torch.compile" if p.tuned.get("compile") else "",
+                         f", {p.tuned['quantization']}" if p.tuned.get("quantization", "none") != "none" else ""])
+        out.append(_wrap(f"Tuned     {p.tuned['reason']}; KV cache {p.tuned['cache']}{extra} (--no-cache ignores it)", ""))
     for w in p.warnings:
         out.append(_wrap(f"warning: {w}", ""))
     return "\n".join(out)

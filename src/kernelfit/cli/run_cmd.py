@@ -40,6 +40,7 @@ def add_run_parser(sub) -> None:
     p.add_argument("--trials", type=positive_int("--trials"), default=3)
     p.add_argument("--compile", action="store_true", help="add torch.compile candidates (minutes on small CPUs)")
     p.add_argument("--no-save", action="store_true", help="do not write the winner to the tune cache")
+    _add_quant_args(p)
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("exec", help="run a Python script with kernelfit.guard() active (FlashAttention-2 demands "
@@ -156,13 +157,14 @@ def cmd_bench(args) -> int:
 
     machine = probe_machine()
     spec = load_model_spec(args.model)
-    plan = make_plan(machine, spec, Preferences())
+    plan = make_plan(machine, spec, Preferences(max_memory=args.max_memory, quantization=args.quantization,
+                                                allow_dequantize=args.allow_dequantize))
     t0 = time.perf_counter()
     results, winner, tuned = run_bench(args.model, plan, args.json, not args.no_save, args.context, args.new_tokens,
                                        args.trials, args.compile)
-    static = next((r for r in results if r.candidate.attention == plan.text_attention.value
-                   and r.candidate.dtype == plan.dtype.value and r.candidate.cache == "dynamic"
-                   and not r.candidate.compile), None)
+    from ..runtime.bench import static_candidate
+
+    static = next((r for r in results if r.candidate == static_candidate(plan)), None)
     if args.json:
         print(json.dumps({"candidates": [r.to_dict() for r in results],
                           "chosen": winner.to_dict() if winner else None,
@@ -175,11 +177,11 @@ def cmd_bench(args) -> int:
     for r in results:
         c = r.candidate
         mark = "★" if r is winner else ("static plan" if r is static else "")
-        rows.append([c.attention, c.dtype, c.cache, "yes" if c.compile else "no",
+        rows.append([c.attention, c.dtype, c.cache, "yes" if c.compile else "no", c.quantization,
                      f"{r.prefill_tokens_per_s:.0f} ±{r.prefill_spread:.0%}" if r.prefill_tokens_per_s else "-",
                      f"{r.decode_tokens_per_s:.1f} ±{r.decode_spread:.0%}" if r.decode_tokens_per_s else "-",
                      r.error or mark])
-    print(table(rows, ["attention", "dtype", "cache", "compile", "prefill tok/s", "decode tok/s", ""]))
+    print(table(rows, ["attention", "dtype", "cache", "compile", "quantization", "prefill tok/s", "decode tok/s", ""]))
     if winner and static:
         ctx, n = args.context, args.new_tokens
         print(f"\nwinner: {winner.candidate.attention}, {winner.candidate.dtype}, {winner.candidate.cache} cache — "

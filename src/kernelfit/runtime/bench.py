@@ -1,7 +1,8 @@
 """kernelfit bench: measure every configuration the catalog says runs here, keep the fastest.
 
 Candidates: attention implementation x dtype x KV cache (dynamic / static) x torch.compile (only
-with compile=True: on a 2-core CPU each compile costs minutes). Each is warmed up once, then
+with compile=True: on a 2-core CPU each compile costs minutes), plus — when the model must be
+quantized to fit — every other installed quantizer at the same or fewer bits. Each is warmed up once, then
 timed `trials` times; prefill and decode are measured separately (decode from the streamer's
 first-token time) and reported as medians with their spread. A candidate that fails is reported
 with its error. The winner minimises the time of one request of the measured shape
@@ -27,6 +28,7 @@ class Candidate:
     dtype: str
     cache: str  # "dynamic" or "static"
     compile: bool = False
+    quantization: str = "none"  # a --quantization value: "none", or e.g. "bitsandbytes-8bit", "quanto-4bit"
 
 
 @dataclass
@@ -49,15 +51,47 @@ class Result:
                 "decode_spread": self.decode_spread, "error": self.error}
 
 
+def quantization_candidates(plan: Plan) -> list[str]:
+    """When the static plan quantizes on load (the model does not fit otherwise): every installed
+    on-the-fly quantizer that runs on the plan's devices, at its bits or fewer (fewer bits fit too)."""
+    from ..catalog.quantization import ON_THE_FLY, why_not_backend
+    from ..quantplan import otf_choice
+
+    static = otf_choice(plan.quantization)
+    if static == "none":
+        return []
+    devices = [d for d in plan.machine.devices if d.torch_device in plan.placement.devices]
+    out = []
+    for b in ON_THE_FLY:
+        for bits in sorted(b.bits, reverse=True):
+            name = f"{b.method}-{bits}bit"
+            if bits <= plan.quantization.bits and name != static and name not in out and not any(
+                    why_not_backend(b, d, plan.machine.software, plan.dtype.value, bits) for d in devices):
+                out.append(name)
+    return out
+
+
 def candidates(plan: Plan, compile: bool = False) -> list[Candidate]:
-    """Every attention and dtype the static plan found runnable here (never one the catalog rejects)."""
+    """Every attention and dtype the static plan found runnable here (never one the catalog rejects),
+    and, for a model that must be quantized to fit, the other quantizers with the static attention/dtype."""
+    from ..quantplan import otf_choice
+
     attns = [plan.text_attention.value] + [r.name for r in plan.text_attention.rejected if r.reason.startswith("runs here")]
     attns = [a for a in attns if a != "flex_attention" or compile]  # uncompiled flex is a slow reference path
     dtypes = [plan.dtype.value] + [r.name for r in plan.dtype.rejected if r.reason.startswith("runs,")]
-    out = [Candidate(a, d, c, False) for d in dtypes for a in attns for c in ("dynamic", "static")]
+    q = otf_choice(plan.quantization)
+    out = [Candidate(a, d, c, False, q) for d in dtypes for a in attns for c in ("dynamic", "static")]
     if compile:
-        out += [Candidate(a, d, "static", True) for d in dtypes for a in attns if a != "eager"]
+        out += [Candidate(a, d, "static", True, q) for d in dtypes for a in attns if a != "eager"]
+    out += [Candidate(plan.text_attention.value, plan.dtype.value, "dynamic", False, other)
+            for other in quantization_candidates(plan)]
     return out
+
+
+def static_candidate(plan: Plan) -> Candidate:
+    from ..quantplan import otf_choice
+
+    return Candidate(plan.text_attention.value, plan.dtype.value, "dynamic", False, otf_choice(plan.quantization))
 
 
 def _spread(values: list[float]) -> float:
@@ -77,14 +111,14 @@ def _measure(model, cand: Candidate, ids: torch.Tensor, new_tokens: int, trials:
 
 
 def _trials(model, cand: Candidate, ids: torch.Tensor, new_tokens: int, trials: int) -> Result:
-    from .generate import _TimingStreamer
+    from .generate import _TimingStreamer, no_grad_for
 
     forward = model.forward
     prefill, decode = [], []
     gen_kw = {"cache_implementation": "static"} if cand.cache == "static" else {}
     prompt = ids[:, :16]
     for i in range(trials + 1):  # the first round is warm-up
-        with torch.inference_mode():
+        with no_grad_for(model):
             t = time.perf_counter()
             forward(input_ids=ids, use_cache=False)
             p = time.perf_counter() - t
@@ -110,21 +144,26 @@ def bench(model_ref: str, plan: Plan, context: int = 256, new_tokens: int = 32, 
     vocab = plan.model.text.vocab_size or 1000
     ids = torch.randint(min(100, vocab - 1), vocab, (1, context), generator=torch.Generator().manual_seed(0))
     results: list[Result] = []
-    models: dict[str, object] = {}
+    models: dict[tuple[str, str], object] = {}
+    prefs = plan.preferences
     for i, cand in enumerate(cands, 1):
-        say(f"[{i}/{len(cands)}] {cand.attention}, {cand.dtype}, {cand.cache} cache{', compiled' if cand.compile else ''}")
+        say(f"[{i}/{len(cands)}] {cand.attention}, {cand.dtype}, {cand.cache} cache{', compiled' if cand.compile else ''}"
+            + (f", {cand.quantization}" if cand.quantization != "none" else ""))
         try:
-            if cand.dtype not in models:
+            key = (cand.dtype, cand.quantization)
+            if key not in models:
                 models.clear()  # one model in memory at a time
-                models[cand.dtype] = load(model_ref, dtype=cand.dtype, machine=plan.machine, dispatch=False,
-                                          health_check=False, context=plan.preferences.context).model
-            results.append(_measure(models[cand.dtype], cand, ids, new_tokens, trials))
+                models[key] = load(model_ref, dtype=cand.dtype, machine=plan.machine, dispatch=False,
+                                   health_check=False, context=prefs.context, batch=prefs.batch,
+                                   max_memory=prefs.max_memory, use_tune_cache=False,
+                                   quantization=prefs.quantization if cand.quantization == "none" else cand.quantization,
+                                   allow_dequantize=prefs.allow_dequantize).model
+            results.append(_measure(models[key], cand, ids, new_tokens, trials))
         except Exception as exc:  # noqa: BLE001 - a failed candidate is a result, reported with its error
             results.append(Result(cand, error=f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"))
     ok = [r for r in results if r.error is None]
     winner = min(ok, key=lambda r: r.seconds(context, new_tokens)) if ok else None
-    static = next((r for r in ok if (r.candidate.attention, r.candidate.dtype, r.candidate.cache, r.candidate.compile)
-                   == (plan.text_attention.value, plan.dtype.value, "dynamic", False)), None)
+    static = next((r for r in ok if r.candidate == static_candidate(plan)), None)
     if winner is not None and static is not None and winner is not static:
         # replace the static choice only when the gain is larger than the measurement noise
         noise = max(winner.prefill_spread, winner.decode_spread, static.prefill_spread, static.decode_spread)

@@ -60,6 +60,13 @@ class _TimingStreamer:
                 self.printed = len(text)
 
 
+def no_grad_for(model):
+    """torch.inference_mode(), or torch.no_grad() for models it breaks: optimum-quanto's int4
+    weights repack in their forward and raise "Cannot set version_counter for inference tensor"."""
+    quanto = any(type(m).__module__.startswith("optimum.quanto") for m in model.modules())
+    return torch.no_grad() if quanto else torch.inference_mode()
+
+
 def encode_prompt(tokenizer, prompt: str, system: str | None = None, chat: bool = True) -> dict:
     if chat and getattr(tokenizer, "chat_template", None):
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
@@ -78,7 +85,7 @@ def generate(model, tokenizer, prompt: str, max_new_tokens: int, on_text: Callab
     streamer = _TimingStreamer(tokenizer, on_text)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     t0 = time.perf_counter()
-    with torch.inference_mode():
+    with no_grad_for(model):
         model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, streamer=streamer, pad_token_id=pad,
                        **generate_kwargs)
     t_end = time.perf_counter()

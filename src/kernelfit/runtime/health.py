@@ -14,6 +14,7 @@ import torch
 
 from ..errors import HealthCheckError
 from ..modelspec import ModelSpec
+from .generate import no_grad_for
 
 # Module class names that hold quantized weights, by quantization method (lower-case substrings).
 QUANTIZED_MODULES = {
@@ -70,7 +71,7 @@ def smoke_forward(model: torch.nn.Module) -> list[str]:
     device = next((p.device for p in model.parameters() if p.device.type != "meta"), torch.device("cpu"))
     ids = torch.arange(1, 9, device=device).remainder(vocab).unsqueeze(0)
     try:
-        with torch.inference_mode():
+        with no_grad_for(model):
             out = model(input_ids=ids) if not hasattr(model, "get_image_features") else model.language_model(input_ids=ids)
     except Exception as exc:  # noqa: BLE001 - reported as a problem with its message
         return [f"smoke forward pass raised {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"]

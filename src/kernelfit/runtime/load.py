@@ -198,6 +198,11 @@ def load(model: str = "smollm2-135m", *, dtype: str = "auto", attention: str = "
             from .cpu_decode import install
 
             install(loaded)
+        if plan.tuned and plan.tuned.get("compile"):  # `kernelfit bench --compile` measured it fastest
+            import torch
+
+            say("torch.compile: the first generation compiles the forward (tens of seconds on a small CPU)")
+            loaded.forward = torch.compile(type(loaded).forward.__get__(loaded), dynamic=False)
         health = None
         if health_check:
             say("health check: loading info, meta tensors, quantized modules, smoke forward")
