@@ -107,7 +107,37 @@ def test_cpu_picks_sdpa_and_matches_direct_sdpa(smol, clean):
     model, tok = smol
     D.register()
     assert torch.equal(greedy(model, tok, "kernelfit"), greedy(model, tok, "sdpa"))
-    assert clean.order_for(Device(kind="cpu", name="cpu"), "float32", 64, frozenset())[0] == "sdpa"
+    order = clean.order_for(Device(kind="cpu", name="cpu"), "float32", 64, frozenset())
+    assert order[0] == "cpu_decode"  # a shape specialisation, tried only for long one-query calls
+    assert [n for n in order if clean.backends[n].applies is None][0] == "sdpa"
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_cpu_decode_kernel_matches_sdpa(padded):
+    from kernelfit.runtime.kernels import decode_attention_forward, to_additive
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, h, s, 64, generator=g) for h, s in ((9, 1), (3, 300), (3, 300)))
+    mask = None
+    if padded:  # the second sequence is left-padded by 40 keys
+        mask = torch.ones(2, 1, 1, 300, dtype=torch.bool)
+        mask[1, ..., :40] = False
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True).transpose(1, 2)
+    out, _ = decode_attention_forward(None, q, k, v, to_additive(mask, q, k, True, None))
+    assert torch.allclose(out, ref, atol=1e-5), (out - ref).abs().max()
+
+
+def test_long_cpu_decode_goes_through_the_decode_kernel_with_the_same_tokens(smol, clean):
+    model, tok = smol
+    D.register()
+    calls = []
+    real = clean.backends["cpu_decode"]
+    clean.backends["cpu_decode"] = replace(real, fn=lambda *a, **kw: calls.append(a[2].shape[2]) or real.fn(*a, **kw))
+    clean._order.clear()
+    long_prompt = [" ".join(["The printing press changed how Europe shared ideas."] * 16)]  # > 128 tokens
+    assert torch.equal(greedy(model, tok, "kernelfit", long_prompt, n=8), greedy(model, tok, "sdpa", long_prompt, n=8))
+    assert calls and min(calls) >= 128  # decode steps only (one query against >= 128 cached keys)
+    assert len(calls) == 7 * model.config.num_hidden_layers  # every decode step after the prefill, every layer
 
 
 def test_batched_left_padded_generation_matches_sdpa_and_needs_the_mask_registration(smol, clean):

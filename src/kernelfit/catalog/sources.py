@@ -96,6 +96,10 @@ SOURCES: dict[str, Source] = {s.id: s for s in (
            "SmolLM2's 210 decode GEMVs, 1 row: bf16 via oneDNN 17.5-19 GB/s, bf16 with oneDNN off 31-34 GB/s, "
            "fp16 38 GB/s; 2 rows: even; 3-4 rows: oneDNN faster. SmolLM2 bf16 decode 73.0 tok/s with one-row "
            "steps off oneDNN vs 49.6 on it; fp16 prefill 171 tok/s vs bf16 1576"),
+    Source("kernelfit-cpu-decode-attn", "kernelfit measurement: one-query attention on a 2-thread AMD EPYC",
+           "benchmarks/dispatch.py (long-context decode rows)",
+           "bf16, 9 query / 3 KV heads, head_dim 64: SDPA 33.6/58.7/83.9/1836 us at 64/128/192/4000 keys; grouped "
+           "matmul + fp32 softmax 52.5/56.7/59.6/159 us"),
     Source("torch-mps-bf16", "PyTorch MPS backend notes", "https://pytorch.org/docs/stable/notes/mps.html",
            "bf16 on MPS needs macOS 14 (Sonoma); fp16 is the native half type"),
     Source("pytorch-wheel-archs", "PyTorch wheel arch lists (cuobjdump of official packages)",

@@ -80,7 +80,8 @@ class Dispatcher:
             from ..probe.software import probe_software
 
             self.software = probe_software()
-        names = [n for n in self.preferred if n in self.backends]
+        names = [n for n, b in self.backends.items() if b.applies is not None]  # shape specialisations first
+        names += [n for n in self.preferred if n in self.backends and n not in names]
         names += [n for n in priority_for(device) if n in self.backends and n not in names]
         names += [n for n in self.backends if n not in names]  # backends the catalog does not rank
         q = AttentionQuery(device, self.software, dtype, head_dim, features)
@@ -111,6 +112,8 @@ class Dispatcher:
             if (dev_key, name) in self.dead:
                 continue
             backend = self.backends[name]
+            if backend.applies is not None and not backend.applies(query, key):
+                continue
             mask = adapt_mask(attention_mask, backend.mask, query, key, causal, window)
             try:
                 return backend.fn(module, query, key, value, mask, **kwargs)

@@ -16,6 +16,8 @@ from typing import Callable
 
 import torch
 
+from ..catalog.attention import CPU_DECODE_MATMUL_MIN_KEYS, OUTPUT_ATTENTIONS, SLIDING_WINDOW, SOFTCAP
+
 
 @dataclass(frozen=True)
 class KernelBackend:
@@ -23,6 +25,8 @@ class KernelBackend:
     fn: Callable
     mask: str  # "bool4d", "padding2d" or "additive"
     supports: Callable | None = None  # extra predicate (device, dtype, head_dim, features) -> list[str]
+    # a shape specialisation: tried before the ranked backends, for the calls it accepts (query, key) -> bool
+    applies: Callable | None = None
 
 
 def causal_bool(q_len: int, k_len: int, device, window: int | None = None) -> torch.Tensor:
@@ -98,6 +102,37 @@ def eager_attention_forward(module, query, key, value, attention_mask, dropout: 
     return out, weights
 
 
+def decode_attention_forward(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
+                            is_causal=None, **kwargs):
+    """One query token against the KV cache: the query heads of each KV head as one small matrix
+    (no repeat_kv copy), two matmuls and an fp32 softmax. Additive mask; no softcap or window."""
+    b, h, q_len, d = query.shape
+    kv_heads = key.shape[1]
+    scale = scaling if scaling is not None else d ** -0.5
+    # These products have a row per grouped head and a column per cached key: oneDNN's territory
+    # even inside a decode step whose one-row weight products skip it (runtime/cpu_decode.py).
+    onednn = torch._C._get_mkldnn_enabled()
+    torch._C._set_mkldnn_enabled(True)
+    try:
+        weights = torch.matmul(query.reshape(b, kv_heads, (h // kv_heads) * q_len, d), key.transpose(2, 3)) * scale
+        if attention_mask is not None:  # (B, 1, 1, K) broadcasts over the grouped heads
+            weights = weights + attention_mask[..., : key.shape[-2]]
+        weights = torch.softmax(weights, dim=-1, dtype=torch.float32).to(query.dtype)
+        out = torch.matmul(weights, value).reshape(b, h, q_len, d)
+    finally:
+        torch._C._set_mkldnn_enabled(onednn)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def _long_cpu_decode(query: torch.Tensor, key: torch.Tensor) -> bool:
+    return query.device.type == "cpu" and query.shape[2] == 1 and key.shape[2] >= CPU_DECODE_MATMUL_MIN_KEYS
+
+
+def _cpu_only(device, dtype, head_dim, features) -> list[str]:
+    reasons = [] if device.kind == "cpu" else ["CPU decode kernel"]
+    return reasons + [f"does not handle {f}" for f in features & {SLIDING_WINDOW, SOFTCAP, OUTPUT_ATTENTIONS}]
+
+
 def default_backends() -> dict[str, KernelBackend]:
     """The real kernels: transformers' own functions where it has them."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
@@ -105,6 +140,7 @@ def default_backends() -> dict[str, KernelBackend]:
     backends = {
         "sdpa": KernelBackend("sdpa", sdpa_attention_forward, "bool4d"),
         "eager": KernelBackend("eager", eager_attention_forward, "additive"),
+        "cpu_decode": KernelBackend("cpu_decode", decode_attention_forward, "additive", _cpu_only, _long_cpu_decode),
     }
     try:
         from transformers.integrations.flash_attention import flash_attention_forward
