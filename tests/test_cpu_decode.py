@@ -106,3 +106,11 @@ def test_load_installs_the_fast_path_the_plan_names(tmp_path):
     assert fast.plan.decode_fastpath and installed(fast.model)
     plain = load(str(d), machine=machine, dtype="float32", dispatch=False, use_tune_cache=False)
     assert plain.plan.decode_fastpath is None and not installed(plain.model)
+
+
+def test_the_plan_names_the_long_decode_attention_kernel_where_the_dispatcher_uses_it():
+    assert "grouped matmuls" in P("cpu-spr-amx").decode_attention
+    assert P("cpu-spr-amx").to_dict()["decode_fastpath"]["attention"]
+    assert P("t4").decode_attention is None
+    mistral = load_model_spec("tests/data/model-configs/mistral-7b-v0.1.json")  # sliding window: not handled
+    assert plan(load_profile("cpu-spr-amx"), mistral, Preferences()).decode_attention is None

@@ -78,6 +78,15 @@ class Plan:
         return cpu_decode_gemv(devices, self.machine.cpu, self.dtype.value)
 
     @property
+    def decode_attention(self) -> str | None:
+        """Why long one-query CPU attention calls are specialised (runtime/kernels.py), or None."""
+        from .catalog.attention import cpu_decode_attention
+
+        devices = [d for d in self.machine.devices if d.torch_device in self.placement.devices]
+        text = next(s for s in self.model.sub_models if s.role == "text")
+        return cpu_decode_attention(devices, text.features)
+
+    @property
     def text_attention(self) -> Choice:
         return self.attention["text"]
 
@@ -129,7 +138,8 @@ class Plan:
             "generate": self.generate_kwargs(),
             "warnings": list(self.warnings),
             "tuned": self.tuned,
-            "decode_fastpath": {"enabled": self.decode_fastpath is not None, "reason": self.decode_fastpath},
+            "decode_fastpath": {"enabled": self.decode_fastpath is not None, "reason": self.decode_fastpath,
+                                "attention": self.decode_attention},
         }
 
     def quantization_dict(self) -> dict:

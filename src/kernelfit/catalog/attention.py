@@ -126,6 +126,16 @@ BACKENDS: dict[str, AttentionBackend] = {b.name: b for b in (
 # 128 keys, the crossover) — source: kernelfit-cpu-decode-attn. The dispatcher switches at:
 CPU_DECODE_MATMUL_MIN_KEYS = 128
 
+
+
+def cpu_decode_attention(devices: list[Device], features) -> str | None:
+    """Why the dispatcher specialises long one-query CPU calls, or None where it does not."""
+    if not any(d.kind == "cpu" for d in devices) or set(features) & {SLIDING_WINDOW, SOFTCAP}:
+        return None
+    return (f"one-query steps over >= {CPU_DECODE_MATMUL_MIN_KEYS} cached keys use grouped matmuls instead of "
+            "SDPA's CPU flash kernel (11x faster at 4k keys; through the kernelfit dispatcher)")
+
+
 PRIORITY: dict[str, tuple[str, ...]] = {
     "cuda-sm100": ("flash_attention_4", "flash_attention_2", "sdpa", "flex_attention", "eager"),
     "cuda-sm90": ("flash_attention_3", "flash_attention_2", "flash_attention_4", "sdpa", "flex_attention", "eager"),

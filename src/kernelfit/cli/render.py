@@ -100,8 +100,9 @@ def render_plan(p: Plan) -> str:
     if p.text_attention.value == "sdpa" and "text" in p.sdpa_kernels:
         ks = ", ".join(f"{k} {'✓' if not r else '✗'}" for k, r in p.sdpa_kernels["text"])
         out.append(f"            SDPA kernels here: {ks}")
-    if p.decode_fastpath:
-        out.append(_wrap(f"Decode    {p.decode_fastpath}", ""))
+    notes = [n for n in (p.decode_fastpath, p.decode_attention) if n]
+    if notes:
+        out.append(_wrap(f"Decode    {'; '.join(notes)}", ""))
     mem = p.memory.to_dict()
     out.append(f"Memory    weights {mem['weights_gib']:.2f} + KV cache {mem['kv_cache_gib']:.2f} (context "
                f"{p.preferences.context}, batch {p.preferences.batch}) + activations {mem['activations_gib']:.2f} + "

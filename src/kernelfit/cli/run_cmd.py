@@ -64,8 +64,9 @@ def _summary(plan) -> str:
     for r in plan.text_attention.rejected:
         if not r.reason.startswith("runs here"):
             lines.append(f"    ✗ {r.name}: {r.reason}")
-    if plan.decode_fastpath:
-        lines.append(f"  decode     {plan.decode_fastpath}")
+    for note in (plan.decode_fastpath, plan.decode_attention):
+        if note:
+            lines.append(f"  decode     {note}")
     lines.append(f"  memory     {mem['total_gib']:.2f} GiB of {mem['budget_gib']:.2f} GiB "
                  f"(weights {mem['weights_gib']:.2f}, KV cache {mem['kv_cache_gib']:.2f} at context "
                  f"{plan.preferences.context})")
