@@ -22,8 +22,9 @@ $(STAMP): pyproject.toml
 
 # The tests also run a packed AWQ checkpoint on gptqmodel's CPU kernel. 7.6.0 is the newest
 # release that accepts torch 2.13 (7.7 needs 2.14.1); BUILD_CUDA_EXT=0 builds it without CUDA.
+# transformers' GPTQ loader also imports optimum.
 $(GPTQ): $(STAMP)
-	BUILD_CUDA_EXT=0 $(BIN)/pip install -q --no-build-isolation gptqmodel==7.6.0
+	BUILD_CUDA_EXT=0 $(BIN)/pip install -q --no-build-isolation gptqmodel==7.6.0 optimum
 	# torchao comes with it, ships CUDA-only extensions that fail to load on CPU torch, and then
 	# transformers prints those failures on every from_pretrained; nothing here uses it.
 	$(BIN)/pip uninstall -q -y torchao

@@ -22,6 +22,7 @@ from quantized_checkpoints import (GROUP, pack_awq_cols, pack_awq_cols_plain, pa
                                    reference_model, save_tiny_quantized)
 
 HAS_GPTQMODEL = find_spec("gptqmodel") is not None
+HAS_OPTIMUM = find_spec("optimum") is not None and find_spec("optimum.gptq") is not None
 IDS = torch.tensor([[5, 17, 33, 60, 8, 41]])
 
 
@@ -163,3 +164,28 @@ def test_awq_on_a_gtx1060_without_gptqmodel_is_requantized_for_the_gpu():
     assert any("not installed" in r.reason for r in p.quantization_rejected)  # exllama_v2 would need gptqmodel
     # without the flag the packed kernel is planned, with what to install
     assert plan(m, spec, Preferences()).quantization.backend == "exllama_v2"
+
+
+@pytest.mark.skipif(not (HAS_GPTQMODEL and HAS_OPTIMUM),
+                    reason="GPTQ loads need gptqmodel and optimum (pip install gptqmodel --no-build-isolation optimum)")
+def test_gptq_runs_packed_with_gptqmodel_and_agrees_with_the_reference(gptq):
+    d, reference = gptq
+    loaded = load(str(d), use_tune_cache=False)
+    q = loaded.plan.quantization
+    assert (q.method, q.backend) == ("gptq", "torch_fused")
+    layer = loaded.model.model.layers[0].self_attn.q_proj
+    assert type(layer).__module__.startswith("gptqmodel") and hasattr(layer, "qweight")
+    ref = reference_model(reference, loaded.model.dtype)
+    a, b = logits(loaded.model), logits(ref)
+    cos = torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0).item()
+    assert cos > 0.9999, cos  # measured 0.99998 in bf16
+
+
+def test_gptq_plan_asks_for_optimum_too():
+    from kernelfit.plan import Preferences
+    from kernelfit.planner import plan
+    from kernelfit.profiles import load_profile
+
+    spec = load_model_spec("tests/data/model-configs/mistral-7b-gptq.json")
+    p = plan(load_profile("a10"), spec, Preferences())
+    assert "gptqmodel" in p.quantization.install and "optimum" in p.quantization.install

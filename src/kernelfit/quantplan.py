@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .catalog.packages import install_hint
-from .catalog.quantization import ON_THE_FLY, PREQUANTIZED, hf_backend_name, why_not_backend
+from .catalog.quantization import ON_THE_FLY, PREQUANTIZED, hf_backend_name, missing_packages, why_not_backend
 from .errors import UsageError
 from .machine import Device, Machine
 from .modelspec import ModelSpec
@@ -100,14 +100,20 @@ def _pick(candidates, devices: list[Device], machine: Machine, dtype: str, bits:
             rejected.append(Rejected(f"{b.method}:{b.name}", "; ".join(reasons)))
         else:
             runnable.append(b)
-    installed = [b for b in runnable if machine.software.has_package(b.package)]
+    installed = [b for b in runnable if not missing_packages(b, machine.software)]
     chosen = (installed or runnable or [None])[0]
     for b in runnable:
         if b is not chosen:
-            why = (f"package {b.package} is not installed" if not machine.software.has_package(b.package)
+            why = (f"package {', '.join(missing_packages(b, machine.software))} is not installed"
+                   if missing_packages(b, machine.software)
                    else f"{chosen.name} comes first (priority {chosen.priority} > {b.priority})")
             rejected.append(Rejected(f"{b.method}:{b.name}", f"runs here, but {why}"))
     return chosen, rejected
+
+
+def _install(b, machine: Machine) -> str | None:
+    """The command(s) that install what `b` is missing here, or None."""
+    return " && ".join(install_hint(p) for p in missing_packages(b, machine.software)) or None
 
 
 def _kv(level: Level, machine: Machine) -> tuple[str | None, list[str]]:
@@ -138,7 +144,7 @@ def resolve_level(level: Level, model: ModelSpec, devices: list[Device], machine
         if chosen is None:
             return Rejected(f"{pre['method']} on {where}", f"no {pre['method']} kernel runs on {where} in {dtype}: "
                             + " | ".join(f"{r.name}: {r.reason}" for r in rejected))
-        install = None if machine.software.has_package(chosen.package) else install_hint(chosen.package)
+        install = _install(chosen, machine)
         why = (f"{pre['method']} {pre['bits']}-bit checkpoint: {chosen.name} is the fastest {pre['method']} kernel that "
                f"runs on {where} in {dtype}")
         if install:
@@ -150,7 +156,7 @@ def resolve_level(level: Level, model: ModelSpec, devices: list[Device], machine
     if chosen is None:
         return Rejected(f"{level.bits}-bit on {where}", "no quantizer runs here: "
                         + " | ".join(f"{r.name}: {r.reason}" for r in rejected))
-    install = None if machine.software.has_package(chosen.package) else install_hint(chosen.package)
+    install = _install(chosen, machine)
     why = f"quantized on load to {level.bits}-bit with {chosen.method} {chosen.name}"
     if level.kind == "requant":
         why = f"--allow-dequantize: the {prequantized(model)['method']} weights are unpacked, then {why}"

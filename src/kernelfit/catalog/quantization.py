@@ -37,6 +37,7 @@ class QuantBackend:
     package: str = "gptqmodel"
     sources: tuple[str, ...] = ()
     note: str = ""
+    also_needs: tuple[str, ...] = ()  # further packages the transformers loading path imports
 
 
 def _awq(name, platforms, priority, min_cc=None, max_cc=None, bits=(4,), groups=GROUPS_16, dtypes=HALF,
@@ -48,9 +49,10 @@ def _awq(name, platforms, priority, min_cc=None, max_cc=None, bits=(4,), groups=
 
 def _gptq(name, platforms, priority, min_cc=None, max_cc=None, bits=(4,), groups=GROUPS, sym_only=False,
           dtypes=HALF, sources=(), note="") -> QuantBackend:
+    # transformers' GPTQ quantizer also imports optimum ("Loading a GPTQ quantized model requires optimum")
     return QuantBackend("gptq", name, frozenset(platforms), frozenset(bits), priority, min_cc, max_cc,
-                        frozenset(groups), sym_only, frozenset(dtypes), None, "gptqmodel", ("gptqmodel-kernels", *sources),
-                        note)
+                        frozenset(groups), sym_only, frozenset(dtypes), None, "gptqmodel",
+                        ("gptqmodel-kernels", "hf-gptq-quantizer", *sources), note, ("optimum",))
 
 
 PREQUANTIZED: tuple[QuantBackend, ...] = (
@@ -127,8 +129,8 @@ def why_not_backend(b: QuantBackend, device: Device, software: Software, dtype: 
         reasons.append(f"kernel for AWQ {'/'.join(sorted(b.formats))} format, checkpoint is {fmt}")
     if dtype not in b.dtypes:
         reasons.append(f"computes in {'/'.join(sorted(b.dtypes))}, not {dtype}")
-    if check_package and not software.has_package(b.package):
-        reasons.append(f"package {b.package} is not installed")
+    if check_package and missing_packages(b, software):
+        reasons.append(f"package {', '.join(missing_packages(b, software))} is not installed")
     return reasons
 
 
@@ -140,4 +142,9 @@ _HF_AWQ_NAMES = {"torch_fused": "torch_fused_awq", "torch": "torch_awq"}
 def hf_backend_name(method: str, name: str) -> str:
     """The backend string from_pretrained's quantization config takes for this catalog backend."""
     return _HF_AWQ_NAMES.get(name, name) if method == "awq" else name
+
+
+def missing_packages(b: QuantBackend, software: Software) -> list[str]:
+    """The packages this backend's loading path needs that are not installed."""
+    return [p for p in (b.package, *b.also_needs) if not software.has_package(p)]
 

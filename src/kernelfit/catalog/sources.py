@@ -138,6 +138,8 @@ SOURCES: dict[str, Source] = {s.id: s for s in (
            "no hard capability gate; runs on sm_60/61, all math in fp16 (slow on P40/GTX 10xx)"),
     Source("bnb-readme", "bitsandbytes README and diagnostics", "bitsandbytes-foundation/bitsandbytes:bitsandbytes/cuda_specs.py ; shared/hardware [S10]",
            "int8 tensor-core matmul (igemmlt) needs compute capability >= 7.5; older GPUs fall back to dequantize + fp16 matmul"),
+    Source("hf-gptq-quantizer", "transformers GPTQ quantizer", "huggingface/transformers:src/transformers/quantizers/quantizer_gptq.py",
+           "validate_environment: 'Loading a GPTQ quantized model requires optimum (`pip install optimum`)' and gptqmodel"),
     Source("bnb-int8-speed", "bitsandbytes maintainers on LLM.int8() inference speed",
            "https://github.com/bitsandbytes-foundation/bitsandbytes/issues/490 ; https://github.com/bigscience-workshop/petals/pull/340",
            "'4-bit is faster now ... no plan to improve 8-bit inference performance' (T. Dettmers); "
