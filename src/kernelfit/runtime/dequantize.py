@@ -3,7 +3,7 @@
 For a device where no AWQ/GPTQ kernel runs, or where gptqmodel is not installed, the packed
 weights are turned back into the dense matrices they stand for, W = (q - zero) * scale per
 group, and the model then loads like any dense one (in a dtype the device runs). The result is
-cached like a GGUF conversion: keyed by the shards' path, size and mtime, written to a
+cached like a GGUF conversion: keyed by the shards' content (paths.files_key), written to a
 temporary directory and renamed into place.
 
 Layouts (as gptqmodel packs them, gptqmodel/quantization/awq/utils/packing_utils.py and

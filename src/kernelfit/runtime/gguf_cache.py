@@ -3,7 +3,8 @@
 Without the `kernels` package transformers dequantizes a GGUF file on every load, and its GGUF
 path re-parses the file's metadata several times (≈15 s for the 100 MB SmolLM2 file on 2 cores).
 The first load writes the dense model + tokenizer to the user cache dir; later loads read that
-(≈1 s). Entries are keyed by the file's path, size and mtime, written to a temporary directory
+(≈1 s). Entries are keyed by the file's content (paths.files_key: name, size, both ends hashed),
+so clones and venvs share one, and are written to a temporary directory
 and renamed into place, so an interrupted write leaves nothing half-written.
 """
 
