@@ -53,11 +53,14 @@ def smol_bf16():
 @pytest.fixture
 def clean():
     d = D.dispatcher()
-    saved = (dict(d.backends), d.software, d.resolve, d.preferred)
+    saved = (dict(d.backends), d.software, d.resolve, d.preferred, dict(d.by_config))
     d.reset()
-    d.preferred = ()  # load() put the plan's choice first; these tests exercise the catalog order
+    d.preferred = ()  # load() put each model's plan choice first; these tests exercise the catalog order
+    d.by_config.clear()
     yield d
     d.backends, d.software, d.resolve, d.preferred = saved[0], saved[1], saved[2], saved[3]
+    d.by_config.clear()
+    d.by_config.update(saved[4])
     d.reset()
 
 
@@ -217,3 +220,23 @@ def test_catalog_rules_apply_per_call(clean):
     assert "flash_attention_2" not in clean.order_for(T4, "float16", 128, frozenset())
     assert "flash_attention_2" not in clean.order_for(A100, "float16", 512, frozenset())  # head_dim > 256
     assert clean.order_for(A100, "float16", 64, frozenset({"output_attentions"})) == ["eager"]
+
+
+def test_each_loaded_model_keeps_its_own_plans_choice(tmp_path, clean):
+    from kernelfit.runtime.load import load
+    from test_health import save_tiny
+
+    d = save_tiny(tmp_path)
+    seen = []
+    for name in ("sdpa", "eager"):
+        real = clean.backends[name]
+        clean.backends[name] = replace(real, fn=lambda *a, _n=name, _f=real.fn, **kw: seen.append(_n) or _f(*a, **kw))
+    clean._order.clear()
+    first = load(str(d), attention="eager", dtype="float32", use_tune_cache=False).model
+    second = load(str(d), attention="sdpa", dtype="float32", use_tune_cache=False).model  # loaded later
+    ids = torch.tensor([[5, 6, 7]])
+    for model, want in ((first, "eager"), (second, "sdpa"), (first, "eager")):
+        seen.clear()
+        with torch.inference_mode():
+            model(ids)
+        assert set(seen) == {want}, (want, seen)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import threading
 import warnings
+import weakref
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -53,7 +54,10 @@ class Dispatcher:
     software: Software | None = None
     # (module, query) -> catalog Device; tests simulate devices per layer with this
     resolve: Callable | None = None
-    preferred: tuple[str, ...] = ()  # tried first when they run (the plan's choice)
+    preferred: tuple[str, ...] = ()  # tried first when they run, for modules without a plan of their own
+    # id(config) -> (weakref to the config, its plan's choice): each loaded model (and each
+    # sub-model of a VLM) keeps its own plan's preference, whatever was loaded after it
+    by_config: dict = field(default_factory=dict)
     dead: set = field(default_factory=set)  # (device key, backend name)
     events: list = field(default_factory=list)  # fallbacks that happened, for reports
     _devices: dict = field(default_factory=dict)
@@ -69,10 +73,23 @@ class Dispatcher:
             info = self._devices[key] = _torch_device_info(key)
         return info
 
-    def order_for(self, device: Device, dtype: str, head_dim: int, features: frozenset) -> list[str]:
+    def prefer(self, config, choice: tuple[str, ...]) -> None:
+        """Make `choice` the first backends tried for modules of this config."""
+        self.by_config[id(config)] = (weakref.ref(config), tuple(choice))
+
+    def preferred_for(self, module) -> tuple[str, ...]:
+        config = getattr(module, "config", None)
+        entry = self.by_config.get(id(config)) if config is not None else None
+        if entry is not None and entry[0]() is config:
+            return entry[1]
+        return self.preferred
+
+    def order_for(self, device: Device, dtype: str, head_dim: int, features: frozenset,
+                  preferred: tuple[str, ...] | None = None) -> list[str]:
         """Backends that the catalog says run here, best first (cached)."""
+        preferred = self.preferred if preferred is None else preferred
         key = ((device.kind, device.index, device.compute_capability, device.name), dtype, head_dim, features,
-               self.preferred)
+               preferred)
         cached = self._order.get(key)
         if cached is not None:
             return cached
@@ -81,7 +98,7 @@ class Dispatcher:
 
             self.software = probe_software()
         names = [n for n, b in self.backends.items() if b.applies is not None]  # shape specialisations first
-        names += [n for n in self.preferred if n in self.backends and n not in names]
+        names += [n for n in preferred if n in self.backends and n not in names]
         names += [n for n in priority_for(device) if n in self.backends and n not in names]
         names += [n for n in self.backends if n not in names]  # backends the catalog does not rank
         q = AttentionQuery(device, self.software, dtype, head_dim, features)
@@ -108,7 +125,7 @@ class Dispatcher:
             if on)
         dev_key = (device.kind, device.index, device.compute_capability)
         last_error = None
-        for name in self.order_for(device, dtype, query.shape[-1], features):
+        for name in self.order_for(device, dtype, query.shape[-1], features, self.preferred_for(module)):
             if (dev_key, name) in self.dead:
                 continue
             backend = self.backends[name]

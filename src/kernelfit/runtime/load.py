@@ -159,12 +159,9 @@ def load(model: str = "smollm2-135m", *, dtype: str = "auto", attention: str = "
 
     chain: list[tuple[Any, str]] = []
     if dispatch:
-        from .dispatch import dispatcher, register
+        from .dispatch import register
 
-        register()
-        chosen = [plan.attention[s.role].value for s in spec.sub_models]
-        dispatcher().preferred = tuple(dict.fromkeys(chosen))
-        dispatcher()._order.clear()
+        register()  # the plan's choice is registered per model config once it is loaded (below)
         chain.append((_attn_for(plan, "kernelfit"), plan.dtype.value))
     else:
         chain.append((_attn_for(plan, None), plan.dtype.value))
@@ -194,6 +191,13 @@ def load(model: str = "smollm2-135m", *, dtype: str = "auto", attention: str = "
                               "error": f"{type(exc).__name__}: {str(exc).splitlines()[0]}"})
             continue
         loaded.eval()
+        if dispatch:  # this model's layers try its own plan's choice first (other loaded models keep theirs)
+            from .dispatch import dispatcher
+
+            for sub in spec.sub_models:
+                cfg = getattr(loaded.config, sub.config_key, None) if sub.config_key else loaded.config
+                if cfg is not None:
+                    dispatcher().prefer(cfg, (plan.attention[sub.role].value,))
         if plan.decode_fastpath and dt == plan.dtype.value:
             from .cpu_decode import install
 
