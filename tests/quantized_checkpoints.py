@@ -59,10 +59,41 @@ def quantize(w: torch.Tensor, group: int = GROUP, sym: bool = False):
     return q.view(o, i).to(torch.int32), zero.to(torch.int32), scale.half(), dense
 
 
+FP8_BLOCK = (32, 32)
+FP8_MAX = 448.0  # largest float8_e4m3fn value
+
+
+def quantize_fp8(w: torch.Tensor, block=FP8_BLOCK):
+    """Block-wise fp8 (transformers' FineGrainedFP8 layout): weight [out, in] in float8_e4m3fn and
+    weight_scale_inv [out/b0, in/b1] fp32; returns (fp8 weight, scale_inv, dense equivalent)."""
+    o, i = w.shape
+    blocks = w.float().reshape(o // block[0], block[0], i // block[1], block[1])
+    scale = (blocks.abs().amax(dim=(1, 3)) / FP8_MAX).clamp(min=1e-12)  # [o/b0, i/b1]
+    full = scale.repeat_interleave(block[0], 0).repeat_interleave(block[1], 1)
+    q = (w.float() / full).to(torch.float8_e4m3fn)
+    return q, scale, q.float() * full
+
+
 def _rewrite(model_dir: Path, method: str) -> dict[str, torch.Tensor]:
     f = model_dir / "model.safetensors"
     sd = load_file(f)
     packed, reference = {}, {}
+    if method == "fp8":
+        for name, w in sd.items():
+            if name.endswith("_proj.weight"):
+                q, scale, dense = quantize_fp8(w)
+                packed[name], packed[name + "_scale_inv"] = q, scale
+                reference[name] = dense.to(torch.bfloat16).float()  # unpacked to bf16
+            else:
+                packed[name] = w.to(torch.bfloat16)
+                reference[name] = packed[name].float()
+        save_file(packed, f, metadata={"format": "pt"})
+        cfg = json.loads((model_dir / "config.json").read_text())
+        cfg["dtype"] = "bfloat16"
+        cfg["quantization_config"] = {"quant_method": "fp8", "activation_scheme": "dynamic",
+                                      "weight_block_size": list(FP8_BLOCK)}
+        (model_dir / "config.json").write_text(json.dumps(cfg, indent=2))
+        return reference
     for name, w in sd.items():
         if not name.endswith("_proj.weight"):
             packed[name] = w.half() if w.is_floating_point() else w

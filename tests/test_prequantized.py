@@ -189,3 +189,36 @@ def test_gptq_plan_asks_for_optimum_too():
     spec = load_model_spec("tests/data/model-configs/mistral-7b-gptq.json")
     p = plan(load_profile("a10"), spec, Preferences())
     assert "gptqmodel" in p.quantization.install and "optimum" in p.quantization.install
+
+
+
+def test_fp8_checkpoint_plans_native_fp8_only_from_sm89_and_dequantizes_elsewhere(tmp_path):
+    import json
+
+    from kernelfit.errors import PlanError
+    from kernelfit.plan import Preferences
+    from kernelfit.planner import plan
+    from kernelfit.profiles import load_profile
+
+    cfg = json.loads(open("tests/data/model-configs/llama-3.1-8b.json").read())
+    cfg["quantization_config"] = {"quant_method": "fp8", "activation_scheme": "dynamic", "weight_block_size": [128, 128]}
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    spec = load_model_spec(str(tmp_path / "config.json"))
+    h100 = plan(load_profile("h100-sxm"), spec, Preferences())
+    assert (h100.quantization.method, h100.quantization.backend) == ("fp8", "finegrained_fp8")
+    assert 7.5 < h100.memory.weights / 2**30 < 9  # one byte per weight (+ embeddings in bf16)
+    with pytest.raises(PlanError):  # an A100 has no fp8 tensor cores and nothing else runs fp8 weights
+        plan(load_profile("a100-80gb"), spec, Preferences())
+    a100 = plan(load_profile("a100-80gb"), spec, Preferences(allow_dequantize=True))
+    assert a100.quantization.method == "dequantize" and a100.dtype.value == "bfloat16"
+    why = next(r.reason for r in a100.quantization_rejected if r.name.startswith("fp8"))
+    assert "compute capability >= 8.9" in why
+
+
+def test_fp8_checkpoint_loads_dequantized_on_this_cpu(tmp_path):
+    reference = save_tiny_quantized(tmp_path, "fp8")
+    loaded = load(str(tmp_path), allow_dequantize=True, dtype="float32", use_tune_cache=False)
+    assert loaded.plan.quantization.method == "dequantize" and loaded.health.ok
+    ref = reference_model(reference)
+    assert torch.allclose(logits(loaded.model), logits(ref), atol=1e-4)
+    assert torch.equal(greedy(loaded.model), greedy(ref))

@@ -173,6 +173,16 @@ def search(machine: Machine, model: ModelSpec, prefs: Preferences, devices: list
         att = _run(model, machine, prefs, [cpu], levels, log)
     if att is None and disk is not None and _disk_budget(machine, prefs) > 0:
         att = _run(model, machine, prefs, [disk], levels[:1], log)
+    if att is None and log.smallest is None and log.quant:  # no kernel runs the checkpoint's format anywhere here
+        pre = levels[0].kind == "pre"
+        first = {}  # one reason per place: the best dtype's
+        for r in log.quant:
+            first.setdefault(r.name, r.reason)
+        why = "; ".join(first.values())
+        raise PlanError(f"nothing on {machine.name} runs {model.name}'s "
+                        f"{(model.quantization or {}).get('quant_method', 'quantized')} weights ({why})"
+                        + (". Pass --allow-dequantize to unpack them into a dtype this machine runs" if pre
+                           and not prefs.allow_dequantize else ""))
     if att is None:
         need = f"{gib(log.smallest.memory.total):.1f} GiB" if log.smallest else "more memory"
         tried = "; ".join(dict.fromkeys(f"{r.name}: {r.reason}" for r in log.tried[-4:]))

@@ -17,7 +17,7 @@ from .plan import Rejected
 
 # "8bit"/"4bit" let the catalog pick the quantizer; "METHOD-Nbit" names it (bench measures each)
 QUANT_CHOICES = ("auto", "none", "8bit", "4bit", "bitsandbytes-8bit", "bitsandbytes-4bit", "quanto-8bit", "quanto-4bit")
-PREQUANTIZED_METHODS = ("awq", "gptq")
+PREQUANTIZED_METHODS = ("awq", "gptq", "fp8")
 KV_BITS = 4
 
 
@@ -64,6 +64,9 @@ def prequantized(model: ModelSpec) -> dict | None:
     if method not in PREQUANTIZED_METHODS:
         raise UsageError(f"{model.name} is quantized with '{method}', which kernelfit's planner does not handle yet "
                          f"(it plans {', '.join(PREQUANTIZED_METHODS)} checkpoints and quantizes dense ones itself)")
+    if method == "fp8":
+        block = q.get("weight_block_size") or (128, 128)
+        return {"method": method, "bits": 8, "group_size": int(block[0]) * int(block[1]), "sym": None, "format": None}
     return {"method": method, "bits": int(q.get("bits", 4)), "group_size": q.get("group_size"),
             "sym": q.get("sym", not q.get("zero_point", False)) if method == "gptq" else None,
             "format": str(q.get("version", "gemm")).lower() if method == "awq" else None}
@@ -176,6 +179,8 @@ def quantization_config(q: QuantOption, dtype: str) -> dict | None:
                 "bnb_4bit_use_double_quant": True, "bnb_4bit_compute_dtype": dtype}
     if q.method == "quanto":
         return {"quant_method": "quanto", "weights": f"int{q.bits}"}
+    if q.method == "fp8":
+        return None  # the checkpoint's own quantization_config drives transformers' FP8Linear
     if q.method in PREQUANTIZED_METHODS:
         return {"quant_method": q.method, "backend": hf_backend_name(q.method, q.backend)}
     return None

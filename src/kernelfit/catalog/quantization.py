@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..capability import SM60_PASCAL, SM70_FP16_TENSOR_CORES, SM75_INT8_TENSOR_CORES, SM80_AMPERE, SM90_HOPPER, Capability
+from ..capability import (SM60_PASCAL, SM70_FP16_TENSOR_CORES, SM75_INT8_TENSOR_CORES, SM80_AMPERE, SM89_FP8, SM90_HOPPER,
+                          Capability)
 from ..machine import Device, Software
 
 HALF = frozenset({"float16", "bfloat16"})
@@ -78,6 +79,12 @@ PREQUANTIZED: tuple[QuantBackend, ...] = (
           sources=("inductor-triton-gate",)),
     _gptq("torch", {"cuda", "rocm", "cpu", "mps", "xpu"}, 20, bits=(2, 3, 4, 5, 6, 7, 8),
           groups=frozenset({-1, 16, 32, 64, 128, 256, 512, 1024})),
+    # fp8 checkpoints ("quant_method": "fp8", block-wise weight_scale_inv): transformers' FP8Linear
+    # runs the hub kernel kernels-community/finegrained-fp8 (via the `kernels` package) on fp8
+    # tensor cores; below sm89 transformers itself falls back to dequantizing to bf16.
+    QuantBackend("fp8", "finegrained_fp8", frozenset({"cuda", "xpu"}), frozenset({8}), 100, SM89_FP8, None, None,
+                 False, HALF, None, "kernels", ("vllm-fp8", "hf-fp8-quantizer"),
+                 "FP8Linear with kernels-community/finegrained-fp8 (fetched from the hub on first use)"),
 )
 
 # On-the-fly quantizers for unquantized checkpoints that do not fit (transformers
@@ -104,6 +111,8 @@ def effective_bits(method: str, bits: int, group_size: int | None) -> float:
         return 8.03 if bits == 8 else 4 + 8 / 64 + 32 / (64 * 256)  # int8 row scales; nf4 double-quant absmax
     if method == "quanto":
         return bits + (32 / 128 if bits == 4 else 16 / 4096)  # int4: scale+shift per group of 128
+    if method == "fp8":
+        return bits + 32 / (group_size or 128 * 128)  # one fp32 scale per weight block
     return float(bits)
 
 

@@ -140,6 +140,10 @@ SOURCES: dict[str, Source] = {s.id: s for s in (
            "int8 tensor-core matmul (igemmlt) needs compute capability >= 7.5; older GPUs fall back to dequantize + fp16 matmul"),
     Source("hf-gptq-quantizer", "transformers GPTQ quantizer", "huggingface/transformers:src/transformers/quantizers/quantizer_gptq.py",
            "validate_environment: 'Loading a GPTQ quantized model requires optimum (`pip install optimum`)' and gptqmodel"),
+    Source("hf-fp8-quantizer", "transformers fine-grained FP8 quantizer",
+           "huggingface/transformers:src/transformers/quantizers/quantizer_finegrained_fp8.py",
+           "'FP8 quantized models is only supported on GPUs with compute capability >= 8.9 (e.g 4090/H100) ... "
+           "We will default to dequantizing the model to bf16'; the matmul comes from kernels-community/finegrained-fp8"),
     Source("bnb-int8-speed", "bitsandbytes maintainers on LLM.int8() inference speed",
            "https://github.com/bitsandbytes-foundation/bitsandbytes/issues/490 ; https://github.com/bigscience-workshop/petals/pull/340",
            "'4-bit is faster now ... no plan to improve 8-bit inference performance' (T. Dettmers); "

@@ -1,4 +1,4 @@
-"""`--allow-dequantize`: unpack an AWQ or GPTQ checkpoint into dense safetensors, in pure torch.
+"""`--allow-dequantize`: unpack an AWQ, GPTQ or block-fp8 checkpoint into dense safetensors, in pure torch.
 
 For a device where no AWQ/GPTQ kernel runs, or where gptqmodel is not installed, the packed
 weights are turned back into the dense matrices they stand for, W = (q - zero) * scale per
@@ -11,7 +11,9 @@ nn_modules/qlinear): 4-bit AWQ "gemm" stores qweight [in, out/8] and qzeros [in/
 eight codes per int32 along the output axis in the interleaved order 0 2 4 6 1 3 5 7, and
 scales [in/group, out]. GPTQ stores qweight [in*bits/32, out] packed along the input axis,
 qzeros [groups, out*bits/32] along the output axis, scales [groups, out] and g_idx [in]; the
-original ("gptq", v1) format saves zero - 1, "gptq_v2" saves the zero itself.
+original ("gptq", v1) format saves zero - 1, "gptq_v2" saves the zero itself. fp8 ("quant_method":
+"fp8") stores float8_e4m3fn weights with one fp32 `weight_scale_inv` per weight_block_size block;
+they are unpacked to bf16.
 """
 
 from __future__ import annotations
@@ -76,6 +78,15 @@ def gptq_weight(qweight, qzeros, scales, g_idx, group_size: int, bits: int, v2: 
     return dense.t().contiguous().to(scales.dtype)
 
 
+def fp8_block_weight(weight: torch.Tensor, scale_inv: torch.Tensor, block: tuple[int, int],
+                     dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+    """Dense [out, in] weight of a block-wise fp8 layer: each block of `block` fp8 values times its
+    fp32 `weight_scale_inv` (transformers' FineGrainedFP8 layout)."""
+    out_f, in_f = weight.shape
+    s = scale_inv.float().repeat_interleave(block[0], 0).repeat_interleave(block[1], 1)[:out_f, :in_f]
+    return (weight.float() * s).to(dtype)
+
+
 def _shards(model_dir: Path) -> list[Path]:
     return sorted(model_dir.glob("*.safetensors"))
 
@@ -91,6 +102,17 @@ def _convert_shard(path: Path, out: Path, q: dict) -> list[str]:
     dense: dict[str, torch.Tensor] = {}
     with safe_open(str(path), framework="pt") as f:
         names = set(f.keys())
+        if method == "fp8":
+            block = tuple(q.get("weight_block_size") or (128, 128))
+            for name in sorted(names):
+                if name.endswith(".weight_scale_inv"):
+                    continue  # folded into its weight
+                t = f.get_tensor(name)
+                scale = name[: -len("weight")] + "weight_scale_inv" if name.endswith(".weight") else None
+                dense[name] = fp8_block_weight(t, f.get_tensor(scale), block) if scale in names else t
+            meta = f.metadata() or {}
+            save_file(dense, str(out / path.name), metadata={**meta, "format": "pt"})
+            return list(dense)
         prefixes = {n[: -len(".qweight")] for n in names if n.endswith(".qweight")}
         for name in sorted(names):
             prefix, _, leaf = name.rpartition(".")
@@ -114,8 +136,8 @@ def dequantized_dir(spec: ModelSpec, progress=print) -> Path:
     """A directory with the checkpoint's dense equivalent (config, tokenizer, weights)."""
     q = dict(spec.quantization or {})
     method = q.get("quant_method")
-    if method not in ("awq", "gptq"):
-        raise UsageError(f"--allow-dequantize handles AWQ and GPTQ checkpoints; {spec.name} is '{method}'")
+    if method not in ("awq", "gptq", "fp8"):
+        raise UsageError(f"--allow-dequantize handles AWQ, GPTQ and fp8 checkpoints; {spec.name} is '{method}'")
     src = Path(spec.model_dir or "")
     shards = _shards(src)
     if not shards:
