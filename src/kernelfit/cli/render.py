@@ -37,6 +37,7 @@ def render_machine(m: Machine, found: list[Finding]) -> str:
     out += ["", f"CPU       {c.model} — {c.cores} cores / {c.threads} threads, {c.arch}",
             f"ISA       {', '.join(c.isa) or '(none of interest)'}",
             f"RAM       {m.memory_gib:g} GiB" + (f" ({m.memory_available_gib:g} available)" if m.memory_available_gib is not None else ""),
+            f"Disk      {f'{m.disk_free_gib:g} GiB free in the cache dir (disk offload)' if m.disk_free_gib is not None else 'unknown'}",
             f"Python    {sw.python or '?'} on {sw.os or '?'}"]
     torch = sw.torch or "not installed"
     if sw.torch_cuda:
