@@ -109,22 +109,6 @@ def test_allow_dequantize_loads_and_matches_the_reference(method, awq, gptq):
     assert torch.equal(greedy(loaded.model), greedy(ref))
 
 
-@pytest.mark.skipif(not HAS_GPTQMODEL, reason="gptqmodel is not installed (pip install gptqmodel --no-build-isolation)")
-def test_awq_runs_packed_with_gptqmodel_and_agrees_with_the_reference(awq):
-    d, reference = awq
-    loaded = load(str(d), use_tune_cache=False)
-    q = loaded.plan.quantization
-    assert (q.method, q.backend) == ("awq", "torch_fused")
-    layer = loaded.model.model.layers[0].self_attn.q_proj
-    assert type(layer).__module__.startswith("gptqmodel") and hasattr(layer, "qweight")  # packed, not dense
-    ref = reference_model(reference, loaded.model.dtype)
-    a, b = logits(loaded.model), logits(ref)
-    cos = torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0).item()
-    assert cos > 0.9999, cos  # measured 0.99997 in bf16
-    agree = (greedy(loaded.model) == greedy(ref)).float().mean().item()
-    assert agree >= 0.9, agree  # greedy tokens: measured 12/12
-
-
 BIG = {"hidden_size": 512, "intermediate_size": 2048, "num_hidden_layers": 4}
 
 
@@ -166,19 +150,31 @@ def test_awq_on_a_gtx1060_without_gptqmodel_is_requantized_for_the_gpu():
     assert plan(m, spec, Preferences()).quantization.backend == "exllama_v2"
 
 
-@pytest.mark.skipif(not (HAS_GPTQMODEL and HAS_OPTIMUM),
-                    reason="GPTQ loads need gptqmodel and optimum (pip install gptqmodel --no-build-isolation optimum)")
-def test_gptq_runs_packed_with_gptqmodel_and_agrees_with_the_reference(gptq):
-    d, reference = gptq
+PACKED_NEEDS = {"awq": HAS_GPTQMODEL, "gptq": HAS_GPTQMODEL and HAS_OPTIMUM}
+
+
+@pytest.mark.parametrize("method", ["awq", "gptq"])
+def test_runs_packed_on_gptqmodel_and_agrees_with_the_reference(method, awq, gptq):
+    if not PACKED_NEEDS[method]:
+        pytest.skip("packed AWQ/GPTQ loads need gptqmodel (and optimum for GPTQ): "
+                    "pip install gptqmodel --no-build-isolation optimum")
+    d, reference = awq if method == "awq" else gptq
     loaded = load(str(d), use_tune_cache=False)
     q = loaded.plan.quantization
-    assert (q.method, q.backend) == ("gptq", "torch_fused")
+    assert (q.method, q.backend) == (method, "torch_fused")
     layer = loaded.model.model.layers[0].self_attn.q_proj
-    assert type(layer).__module__.startswith("gptqmodel") and hasattr(layer, "qweight")
+    assert type(layer).__module__.startswith("gptqmodel") and hasattr(layer, "qweight")  # packed, not dense
     ref = reference_model(reference, loaded.model.dtype)
     a, b = logits(loaded.model), logits(ref)
     cos = torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0).item()
-    assert cos > 0.9999, cos  # measured 0.99998 in bf16
+    assert cos > 0.9999, cos  # measured in bf16: AWQ 0.99997, GPTQ 0.99998
+    # greedy next-token agreement along the reference's own greedy continuation (teacher-forced, so
+    # one flipped near-tie in a random tiny model does not derail every later token)
+    seq = torch.cat([IDS, greedy(ref).unsqueeze(0)], dim=1)
+    with torch.inference_mode():
+        mine, theirs = loaded.model(seq).logits.argmax(-1), ref(seq).logits.argmax(-1)
+    agree = (mine[0, IDS.shape[1] - 1:] == theirs[0, IDS.shape[1] - 1:]).float().mean().item()
+    assert agree >= 0.9, agree  # measured in bf16: 12 of 13 positions for AWQ and for GPTQ
 
 
 def test_gptq_plan_asks_for_optimum_too():
