@@ -151,3 +151,16 @@ def test_chosen_dtype_is_never_listed_as_rejected():
     for profile, name in (("gtx1060-6gb", "llama-2-7b"), ("t4", "llama-2-7b"), ("a100-80gb", "llama-2-70b")):
         p = P(profile, name)
         assert p.dtype.value not in {r.name for r in p.dtype.rejected}
+
+
+def test_quantization_matrix_names_the_kernel_each_device_runs():
+    from kernelfit.matrix import quantization_matrix
+
+    rows = {line.split(" | ")[0].lstrip("| "): line.strip("| ").split(" | ") for line in
+            quantization_matrix(markdown=True).splitlines()[2:]}
+    # columns: profile, device, AWQ 4-bit, GPTQ 4-bit, fp8, bitsandbytes, quanto
+    assert rows["gtx1060-6gb"][2:5] == ["exllama_v2", "exllama_v2", "✗"]  # fp16 kept for memory on Pascal
+    assert rows["a100-80gb"][2:5] == ["marlin", "marlin", "✗"]  # fp8 needs sm89
+    assert rows["h100-sxm"][2:5] == ["machete", "machete", "finegrained_fp8"]
+    assert rows["t4"][2:4] == ["exllama_v2", "marlin"]  # AWQ Marlin sm80; gptqmodel's GPTQ Marlin check sm75
+    assert rows["cpu-spr-amx"][2:3] == ["torch_fused"] and rows["apple-m2"][5] == "✗"  # no bitsandbytes on MPS
