@@ -95,41 +95,47 @@ def _convert_shard(path: Path, out: Path, q: dict) -> list[str]:
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    method, bits, group = q["quant_method"], int(q.get("bits", 4)), int(q.get("group_size", 128) or -1)
-    v2 = str(q.get("checkpoint_format", "gptq")).lower() == "gptq_v2"
-    if method == "awq" and str(q.get("version", "gemm")).lower() != "gemm":
+    if q["quant_method"] == "awq" and str(q.get("version", "gemm")).lower() != "gemm":
         raise UsageError(f"dequantizing AWQ '{q.get('version')}' checkpoints is not supported (only 'gemm')")
-    dense: dict[str, torch.Tensor] = {}
     with safe_open(str(path), framework="pt") as f:
-        names = set(f.keys())
-        if method == "fp8":
-            block = tuple(q.get("weight_block_size") or (128, 128))
-            for name in sorted(names):
-                if name.endswith(".weight_scale_inv"):
-                    continue  # folded into its weight
-                t = f.get_tensor(name)
-                scale = name[: -len("weight")] + "weight_scale_inv" if name.endswith(".weight") else None
-                dense[name] = fp8_block_weight(t, f.get_tensor(scale), block) if scale in names else t
-            meta = f.metadata() or {}
-            save_file(dense, str(out / path.name), metadata={**meta, "format": "pt"})
-            return list(dense)
-        prefixes = {n[: -len(".qweight")] for n in names if n.endswith(".qweight")}
-        for name in sorted(names):
-            prefix, _, leaf = name.rpartition(".")
-            if prefix in prefixes:
-                if leaf == "qweight":
-                    t = {k: f.get_tensor(f"{prefix}.{k}") if f"{prefix}.{k}" in names else None
-                         for k in ("qweight", "qzeros", "scales", "g_idx")}
-                    dense[f"{prefix}.weight"] = (
-                        awq_gemm_weight(t["qweight"], t["qzeros"], t["scales"], group, bits) if method == "awq" else
-                        gptq_weight(t["qweight"], t["qzeros"], t["scales"], t["g_idx"], group, bits, v2))
-                elif leaf == "bias":
-                    dense[name] = f.get_tensor(name)
-                continue  # qzeros / scales / g_idx are folded into the weight
-            dense[name] = f.get_tensor(name)
+        dense = (_dense_fp8 if q["quant_method"] == "fp8" else _dense_packed)(f, set(f.keys()), q)
         meta = f.metadata() or {}
     save_file(dense, str(out / path.name), metadata={**meta, "format": "pt"})
     return list(dense)
+
+
+def _dense_fp8(f, names: set[str], q: dict) -> dict[str, torch.Tensor]:
+    block = tuple(q.get("weight_block_size") or (128, 128))
+    dense = {}
+    for name in sorted(names):
+        if name.endswith(".weight_scale_inv"):
+            continue  # folded into its weight
+        t = f.get_tensor(name)
+        scale = name[: -len("weight")] + "weight_scale_inv" if name.endswith(".weight") else None
+        dense[name] = fp8_block_weight(t, f.get_tensor(scale), block) if scale in names else t
+    return dense
+
+
+def _dense_packed(f, names: set[str], q: dict) -> dict[str, torch.Tensor]:
+    """AWQ / GPTQ: each layer's qweight, qzeros, scales (and g_idx) become one dense weight."""
+    method, bits, group = q["quant_method"], int(q.get("bits", 4)), int(q.get("group_size", 128) or -1)
+    v2 = str(q.get("checkpoint_format", "gptq")).lower() == "gptq_v2"
+    prefixes = {n[: -len(".qweight")] for n in names if n.endswith(".qweight")}
+    dense = {}
+    for name in sorted(names):
+        prefix, _, leaf = name.rpartition(".")
+        if prefix in prefixes:
+            if leaf == "qweight":
+                t = {k: f.get_tensor(f"{prefix}.{k}") if f"{prefix}.{k}" in names else None
+                     for k in ("qweight", "qzeros", "scales", "g_idx")}
+                dense[f"{prefix}.weight"] = (
+                    awq_gemm_weight(t["qweight"], t["qzeros"], t["scales"], group, bits) if method == "awq" else
+                    gptq_weight(t["qweight"], t["qzeros"], t["scales"], t["g_idx"], group, bits, v2))
+            elif leaf == "bias":
+                dense[name] = f.get_tensor(name)
+            continue  # qzeros / scales / g_idx are folded into the weight
+        dense[name] = f.get_tensor(name)
+    return dense
 
 
 def dequantized_dir(spec: ModelSpec, progress=print) -> Path:
