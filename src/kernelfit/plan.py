@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .machine import Machine
+from .machine import Device, Machine
 from .memory import MemoryEstimate
 from .modelspec import ModelSpec
 
@@ -65,6 +65,23 @@ class Plan:
     tuned: dict | None = None  # a measured winner from the tune cache (tuning.apply_winner)
 
     @property
+    def placement_devices(self) -> list[Device]:
+        """The machine's devices the plan places the model on."""
+        devices = [d for d in self.machine.devices if d.torch_device in self.placement.devices]
+        if "cpu" in self.placement.devices and not any(d.kind == "cpu" for d in devices):
+            devices.append(self.machine.cpu_device())
+        return devices
+
+    def runnable_attentions(self) -> list[str]:
+        """The chosen text attention, then every rejected one the catalog says runs here."""
+        a = self.text_attention
+        return [a.value] + [r.name for r in a.rejected if r.reason.startswith("runs here")]
+
+    def runnable_dtypes(self) -> list[str]:
+        """The chosen dtype, then every rejected one that runs here (slower or later in the order)."""
+        return [self.dtype.value] + [r.name for r in self.dtype.rejected if r.reason.startswith("runs,")]
+
+    @property
     def decode_fastpath(self) -> str | None:
         """Why one-row decode steps bypass oneDNN (runtime/cpu_decode.py), or None. Derived, so
         it follows a tuned dtype."""
@@ -72,19 +89,15 @@ class Plan:
 
         if self.quantization is not None and self.quantization.method not in ("none", "dequantize"):
             return None  # quantized linears do not go through torch's bf16 matmul
-        devices = [d for d in self.machine.devices if d.torch_device in self.placement.devices]
-        if "cpu" in self.placement.devices and not any(d.kind == "cpu" for d in devices):
-            devices.append(self.machine.cpu_device())
-        return cpu_decode_gemv(devices, self.machine.cpu, self.dtype.value)
+        return cpu_decode_gemv(self.placement_devices, self.machine.cpu, self.dtype.value)
 
     @property
     def decode_attention(self) -> str | None:
         """Why long one-query CPU attention calls are specialised (runtime/kernels.py), or None."""
         from .catalog.attention import cpu_decode_attention
 
-        devices = [d for d in self.machine.devices if d.torch_device in self.placement.devices]
         text = next(s for s in self.model.sub_models if s.role == "text")
-        return cpu_decode_attention(devices, text.features)
+        return cpu_decode_attention(self.placement_devices, text.features)
 
     @property
     def text_attention(self) -> Choice:

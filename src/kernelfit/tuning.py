@@ -82,12 +82,9 @@ def _valid(winner, plan: Plan) -> str | None:
     attn, dtype, cache = winner.get("attention"), winner.get("dtype"), winner.get("cache")
     if attn not in BACKENDS or cache not in CACHES or dtype not in ("float32", "float16", "bfloat16"):
         return f"unknown choice {attn!r}/{dtype!r}/{cache!r}"
-    runnable_attn = {plan.text_attention.value} | {r.name for r in plan.text_attention.rejected
-                                                   if r.reason.startswith("runs here")}
-    if attn not in runnable_attn:
+    if attn not in plan.runnable_attentions():
         return f"{attn} no longer runs here per the catalog"
-    runnable_dtype = {plan.dtype.value} | {r.name for r in plan.dtype.rejected if r.reason.startswith("runs,")}
-    if dtype not in runnable_dtype:
+    if dtype not in plan.runnable_dtypes():
         return f"{dtype} is no longer a native dtype here"
     if winner.get("quantization", "none") not in ("none", *QUANT_CHOICES[2:]):
         return f"unknown quantization {winner.get('quantization')!r}"

@@ -60,7 +60,7 @@ def quantization_candidates(plan: Plan) -> list[str]:
     static = otf_choice(plan.quantization)
     if static == "none":
         return []
-    devices = [d for d in plan.machine.devices if d.torch_device in plan.placement.devices]
+    devices = plan.placement_devices
     out = []
     for b in ON_THE_FLY:
         for bits in sorted(b.bits, reverse=True):
@@ -76,9 +76,8 @@ def candidates(plan: Plan, compile: bool = False) -> list[Candidate]:
     and, for a model that must be quantized to fit, the other quantizers with the static attention/dtype."""
     from ..quantplan import otf_choice
 
-    attns = [plan.text_attention.value] + [r.name for r in plan.text_attention.rejected if r.reason.startswith("runs here")]
-    attns = [a for a in attns if a != "flex_attention" or compile]  # uncompiled flex is a slow reference path
-    dtypes = [plan.dtype.value] + [r.name for r in plan.dtype.rejected if r.reason.startswith("runs,")]
+    attns = [a for a in plan.runnable_attentions() if a != "flex_attention" or compile]  # uncompiled flex is slow
+    dtypes = plan.runnable_dtypes()
     q = otf_choice(plan.quantization)
     out = [Candidate(a, d, c, False, q) for d in dtypes for a in attns for c in ("dynamic", "static")]
     if compile:
