@@ -125,12 +125,13 @@ BACKENDS: dict[str, AttentionBackend] = {b.name: b for b in (
 # longer than two grouped matmuls and a softmax (1,836 vs 159 us per SmolLM2 layer; 57 vs 59 us at
 # 128 keys, the crossover) — source: kernelfit-cpu-decode-attn. The dispatcher switches at:
 CPU_DECODE_MATMUL_MIN_KEYS = 128
+CPU_DECODE_UNHANDLED = frozenset({SLIDING_WINDOW, SOFTCAP, OUTPUT_ATTENTIONS})  # the grouped-matmul kernel's limits
 
 
 
 def cpu_decode_attention(devices: list[Device], features) -> str | None:
     """Why the dispatcher specialises long one-query CPU calls, or None where it does not."""
-    if not any(d.kind == "cpu" for d in devices) or set(features) & {SLIDING_WINDOW, SOFTCAP}:
+    if not any(d.kind == "cpu" for d in devices) or set(features) & CPU_DECODE_UNHANDLED:
         return None
     return (f"one-query steps over >= {CPU_DECODE_MATMUL_MIN_KEYS} cached keys use grouped matmuls instead of "
             "SDPA's CPU flash kernel (11x faster at 4k keys; through the kernelfit dispatcher)")

@@ -16,7 +16,7 @@ from typing import Callable
 
 import torch
 
-from ..catalog.attention import CPU_DECODE_MATMUL_MIN_KEYS, OUTPUT_ATTENTIONS, SLIDING_WINDOW, SOFTCAP
+from ..catalog.attention import CPU_DECODE_MATMUL_MIN_KEYS, CPU_DECODE_UNHANDLED
 
 
 @dataclass(frozen=True)
@@ -130,7 +130,7 @@ def _long_cpu_decode(query: torch.Tensor, key: torch.Tensor) -> bool:
 
 def _cpu_only(device, dtype, head_dim, features) -> list[str]:
     reasons = [] if device.kind == "cpu" else ["CPU decode kernel"]
-    return reasons + [f"does not handle {f}" for f in features & {SLIDING_WINDOW, SOFTCAP, OUTPUT_ATTENTIONS}]
+    return reasons + [f"does not handle {f}" for f in features & CPU_DECODE_UNHANDLED]
 
 
 def default_backends() -> dict[str, KernelBackend]:
