@@ -100,8 +100,10 @@ def _spread(values: list[float]) -> float:
 
 def _measure(model, cand: Candidate, ids: torch.Tensor, new_tokens: int, trials: int) -> Result:
     model.set_attn_implementation(cand.attention)
-    if cand.compile:  # generate() calls self.forward, so the compiled one must replace it there
-        model.forward = torch.compile(type(model).forward.__get__(model), dynamic=False)
+    if cand.compile:
+        from .generate import compile_forward
+
+        compile_forward(model)
     try:
         return _trials(model, cand, ids, new_tokens, trials)
     finally:

@@ -60,6 +60,12 @@ class _TimingStreamer:
                 self.printed = len(text)
 
 
+def compile_forward(model) -> None:
+    """torch.compile the forward that generate() calls (it calls self.forward, so the compiled one
+    must replace it there); `del model.forward` restores the class's."""
+    model.forward = torch.compile(type(model).forward.__get__(model), dynamic=False)
+
+
 def no_grad_for(model):
     """torch.inference_mode(), or torch.no_grad() for models it breaks: optimum-quanto's int4
     weights repack in their forward and raise "Cannot set version_counter for inference tensor"."""

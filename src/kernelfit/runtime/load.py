@@ -202,16 +202,17 @@ def load(model: str = "smollm2-135m", *, dtype: str = "auto", attention: str = "
             from .cpu_decode import install
 
             install(loaded)
-        if plan.tuned and plan.tuned.get("compile"):  # `kernelfit bench --compile` measured it fastest
-            import torch
-
-            say("torch.compile: the first generation compiles the forward (tens of seconds on a small CPU)")
-            loaded.forward = torch.compile(type(loaded).forward.__get__(loaded), dynamic=False)
         health = None
         if health_check:
             say("health check: loading info, meta tensors, quantized modules, smoke forward")
             health = check_health(loaded, spec, info, dequantized=spec.format == "gguf",
                                   quant_method=q.method if q is not None and q.method != "none" else None)
             raise_if_unhealthy(health, spec.name)
+        if plan.tuned and plan.tuned.get("compile"):  # `kernelfit bench --compile` measured it fastest
+            from .generate import compile_forward
+
+            # after the health check: its 8-token smoke forward would otherwise compile a graph of its own
+            say("torch.compile: the first generation compiles the forward (tens of seconds on a small CPU)")
+            compile_forward(loaded)
         return Loaded(loaded, tokenizer, plan, attn_value, dt, time.perf_counter() - t0, health, fallbacks)
     raise RuntimeError(f"kernelfit: every configuration in the fallback chain failed to load {spec.name}") from last
