@@ -54,6 +54,7 @@ class Log:
     tried: list[Rejected] = field(default_factory=list)  # placements that did not fit, with figures
     quant: list[Rejected] = field(default_factory=list)  # quantization levels passed over
     smallest: Attempt | None = None
+    uninstalled: QuantOption | None = None  # a packed kernel passed over for --allow-dequantize
 
     def miss(self, att: Attempt, level: Level) -> None:
         why = (f"{level.label()} in {att.dtype} needs {gib(att.memory.total):.2f} GiB, "
@@ -123,7 +124,8 @@ def _cands(place: Place, machine: Machine, model: ModelSpec, prefs: Preferences)
     return cands
 
 
-def _places(devices: list[Device]) -> tuple[list[Place], Place | None, Place | None]:
+def _places(devices: list[Device]) -> tuple[list[Place], Place | None, Place | None, Place | None]:
+    """GPU placements, GPU + CPU offload, CPU alone, and disk offload (None where impossible)."""
     accels = [d for d in devices if d.is_accelerator]
     cpu = [d for d in devices if not d.is_accelerator]
     gpu = [Place(f"fits on {d.torch_device} ({d.name})", [d], [d]) for d in accels]
@@ -149,6 +151,7 @@ def _run(model, machine, prefs, places: list[Place], levels: list[Level], log: L
                     q = resolve_level(level, model, place.compute, machine, dtype)
                     if not isinstance(q, Rejected) and q.install and level.kind == "pre" and prefs.allow_dequantize:
                         # --allow-dequantize: what runs now beats a faster kernel that must be installed first
+                        log.uninstalled = log.uninstalled or q
                         q = Rejected(f"{q.method}:{q.backend}", f"runs here, but is not installed ({q.install}); "
                                      "--allow-dequantize unpacks the weights instead")
                     if isinstance(q, Rejected):
@@ -238,10 +241,10 @@ def build(machine, model, prefs, att: Attempt, rejected_devices, log: Log) -> Pl
         warnings.append("8-bit (LLM.int8) stays closest to the checkpoint but decodes about 2x slower than 4-bit nf4 "
                         "(bitsandbytes maintainers, bnb-int8-speed): --quantization 4bit trades a little quality "
                         "for speed")
-    skipped = next((r for r in log.quant if "--allow-dequantize unpacks" in r.reason), None)
+    skipped = log.uninstalled
     if skipped is not None and att.quant.method == "dequantize":
-        warnings.append(f"dequantized because {skipped.name} is not installed; it would run the checkpoint packed "
-                        f"(less memory, usually faster): {skipped.reason.split('(')[1].split(')')[0]}")
+        warnings.append(f"dequantized because {skipped.method}:{skipped.backend} is not installed; it would run the "
+                        f"checkpoint packed (less memory, usually faster): {skipped.install}")
     tried = [r for r in log.tried if r.name != place.name]
     q = att.quant
     quant_rejected = list(q.rejected) + list(log.quant)

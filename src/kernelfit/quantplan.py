@@ -103,12 +103,12 @@ def _pick(candidates, devices: list[Device], machine: Machine, dtype: str, bits:
             rejected.append(Rejected(f"{b.method}:{b.name}", "; ".join(reasons)))
         else:
             runnable.append(b)
-    installed = [b for b in runnable if not missing_packages(b, machine.software)]
+    missing = {id(b): missing_packages(b, machine.software) for b in runnable}
+    installed = [b for b in runnable if not missing[id(b)]]
     chosen = (installed or runnable or [None])[0]
     for b in runnable:
         if b is not chosen:
-            why = (f"package {', '.join(missing_packages(b, machine.software))} is not installed"
-                   if missing_packages(b, machine.software)
+            why = (f"package {', '.join(missing[id(b)])} is not installed" if missing[id(b)]
                    else f"{chosen.name} comes first (priority {chosen.priority} > {b.priority})")
             rejected.append(Rejected(f"{b.method}:{b.name}", f"runs here, but {why}"))
     return chosen, rejected
