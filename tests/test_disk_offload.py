@@ -2,7 +2,6 @@
 on disk (accelerate) while the KV cache, activations and runtime must still fit in memory."""
 
 import json
-from dataclasses import replace
 
 import pytest
 import torch
