@@ -6,13 +6,14 @@ Search order (least quality loss first, then least speed loss):
                                           4-bit, 4-bit + int4 KV; or the checkpoint's own format):
       for placement in (each accelerator, best first; all accelerators of one kind split):
         for dtype in the placement's dtypes of that tier: estimate memory; fits -> plan
+          (an automatic 8-bit whose kernel decodes slower than nf4 there gives way to 4-bit if that fits)
   then accelerators + CPU RAM offload (unquantized), then the CPU alone (whole ladder), then, with
   free disk, the weights that fit in neither spill to disk (unquantized; bitsandbytes cannot offload).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .errors import PlanError
 from .machine import Device, Machine
@@ -20,8 +21,9 @@ from .memory import DISK_USABLE_FRACTION, GIB, MemoryEstimate, device_budget, es
 from .modelspec import ModelSpec
 from .plan import Choice, Placement, Plan, Preferences, Rejected
 from .catalog.attention import AttentionQuery, sdpa_kernels
+from .catalog.quantization import SLOW_8BIT_SOURCES, slow_8bit_decode
 from .planner import DtypeCandidates, choose_attention, dtype_candidates
-from .quantplan import Level, QuantOption, ladder, resolve_level
+from .quantplan import KV_BITS, Level, QuantOption, ladder, resolve_level
 
 
 @dataclass
@@ -160,8 +162,33 @@ def _run(model, machine, prefs, places: list[Place], levels: list[Level], log: L
                     att = _try(model, machine, prefs, place, dtype, why, q)
                     if _fits(att, prefs):
                         att.cands = cands[id(place)]
-                        return att
+                        return _faster_4bit(model, machine, prefs, att, level) or att
                     log.miss(att, level)
+    return None
+
+
+def _faster_4bit(model, machine, prefs, att: Attempt, level: Level) -> Attempt | None:
+    """The 4-bit attempt that replaces an automatic 8-bit choice whose kernel decodes slower than nf4 on
+    these devices (catalog SLOW_8BIT_DECODE), when 4-bit fits the same place and dtype; else None."""
+    q = att.quant
+    if (prefs.quantization != "auto" or level.kind not in ("otf", "requant") or level.bits != 8
+            or not slow_8bit_decode(q.method, q.backend, att.place.compute)):
+        return None
+    for kv_bits in (None, KV_BITS):
+        four = resolve_level(Level(level.kind, 4, kv_bits), model, att.place.compute, machine, att.dtype)
+        if isinstance(four, Rejected) or four.method != "bitsandbytes":
+            continue
+        alt = _try(model, machine, prefs, att.place, att.dtype, att.dtype_reason, four)
+        if not _fits(alt, prefs):
+            continue
+        slow = Rejected(f"{q.method}:{q.backend}", (
+            f"8-bit fits ({gib(att.memory.total):.2f} of {gib(att.memory.budget):.2f} GiB) and loses the least quality, "
+            f"but LLM.int8() decodes about 2x slower than nf4 here, whose batch-1 kernels beat fp16 "
+            f"({', '.join(SLOW_8BIT_SOURCES)}); --quantization 8bit keeps it"))
+        alt.quant = replace(four, reason=f"{four.reason}; preferred to 8-bit, which also fits, for decode speed",
+                            rejected=(slow, *four.rejected))
+        alt.cands = att.cands
+        return alt
     return None
 
 

@@ -102,6 +102,21 @@ ON_THE_FLY: tuple[QuantBackend, ...] = (
                  dtypes=ANY_DTYPE, package="optimum-quanto", sources=("quanto-readme",)),
 )
 
+# Where an 8-bit on-the-fly quantizer decodes slower than the 4-bit one, by platform. On CUDA,
+# LLM.int8() decodes slower than fp16 and about 2x slower than nf4, whose batch-1 kernels run 2.2-4x
+# faster than fp16 matmuls; 4-bit costs little zero-shot accuracy. So when both fit, the automatic
+# ladder takes nf4 for speed (--quantization 8bit keeps 8-bit). CPUs have no such measurement here:
+# there the ladder keeps least quality loss first.
+SLOW_8BIT_DECODE: dict[tuple[str, str], frozenset[str]] = {("bitsandbytes", "int8"): frozenset({"cuda"})}
+SLOW_8BIT_SOURCES = ("bnb-int8-speed", "bnb-4bit-inference", "kbit-scaling")
+
+
+def slow_8bit_decode(method: str, name: str, devices: list[Device]) -> bool:
+    """True when this 8-bit quantizer is known to decode slower than 4-bit nf4 on these devices."""
+    kinds = SLOW_8BIT_DECODE.get((method, name), frozenset())
+    return bool(devices) and all(d.kind in kinds for d in devices)
+
+
 # Effective storage bits per quantized weight, scales and zero points included.
 def effective_bits(method: str, bits: int, group_size: int | None) -> float:
     if method in ("awq", "gptq"):
