@@ -135,6 +135,38 @@ def test_bitsandbytes_loads_agree_with_fp32(tmp_path, quantization, method, min_
     assert torch.nn.functional.cosine_similarity(a, b, dim=0) > min_cosine
 
 
+def test_int4_kv_cache_rung_loads_and_generates_with_a_quantized_cache(tmp_path):
+    # The ladder's second rung (dense weights + int4 KV cache) must reach generate() as transformers'
+    # quanto QuantizedCache, not only appear in the plan.
+    pytest.importorskip("optimum.quanto")
+    from test_health import save_tiny
+
+    from kernelfit.runtime.load import load
+    from tiny_models import VOCAB, tiny_llama
+
+    save_tiny(tmp_path)
+    tiny_llama(seed=3, hidden_size=256, intermediate_size=512, max_position_embeddings=4096).save_pretrained(tmp_path)
+    d = str(tmp_path)
+    ref = load(d, quantization="none", context=4096)
+    dense = ref.plan.memory
+    # a budget 1 MiB short of the dense plan: the full-precision KV cache (4-8 MiB) no longer fits, an int4 one
+    # does; no smaller native dtype comes first (the plan's dtype is already this CPU's smallest native one)
+    tight = load(d, context=4096, max_memory={"cpu": (dense.total - 2**20) / 2**30})
+    q = tight.plan.quantization
+    assert (q.method, q.kv_bits) == ("none", 4) and tight.plan.memory.kv_cache < dense.kv_cache / 2
+    assert tight.plan.dtype.value == ref.plan.dtype.value
+    kwargs = tight.plan.generate_kwargs()
+    assert kwargs["cache_implementation"] == "quantized" and kwargs["cache_config"]["nbits"] == 4
+    ids = torch.randint(3, VOCAB, (1, 300), generator=torch.Generator().manual_seed(0))  # past the 128-token residual
+    with torch.no_grad():
+        want = ref.model.generate(ids, max_new_tokens=16, do_sample=False)
+        out = tight.model.generate(ids, max_new_tokens=16, do_sample=False, return_dict_in_generate=True, **kwargs)
+    layer = out.past_key_values.layers[0]
+    assert type(layer).__name__ == "QuantoQuantizedLayer" and layer._quantized_keys is not None
+    agree = (out.sequences[0, 300:] == want[0, 300:]).float().mean().item()
+    assert agree >= 0.75, agree  # int4 keys/values on a random tiny model: most greedy tokens survive
+
+
 def test_quanto_int8_agrees_with_fp32(tmp_path):
     pytest.importorskip("optimum.quanto")
     from kernelfit.runtime.load import load
