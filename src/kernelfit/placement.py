@@ -23,7 +23,7 @@ from .plan import Choice, Placement, Plan, Preferences, Rejected
 from .catalog.attention import AttentionQuery, sdpa_kernels
 from .catalog.quantization import SLOW_8BIT_SOURCES, slow_8bit_decode
 from .planner import DtypeCandidates, choose_attention, dtype_candidates
-from .quantplan import KV_BITS, Level, QuantOption, ladder, resolve_level
+from .quantplan import KV_BITS, Level, QuantOption, ladder, otf_choice, resolve_level
 
 
 @dataclass
@@ -186,7 +186,7 @@ def _faster_4bit(model, machine, prefs, att: Attempt, level: Level) -> Attempt |
             f"but LLM.int8() decodes about 2x slower than nf4 here, whose batch-1 kernels beat fp16 "
             f"({', '.join(SLOW_8BIT_SOURCES)}); --quantization 8bit keeps it"))
         alt.quant = replace(four, reason=f"{four.reason}; preferred to 8-bit, which also fits, for decode speed",
-                            rejected=(slow, *four.rejected))
+                            rejected=(slow, *four.rejected), also_fits=(otf_choice(q),))
         alt.cands = att.cands
         return alt
     return None

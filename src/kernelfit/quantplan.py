@@ -49,6 +49,7 @@ class QuantOption:
     rejected: tuple[Rejected, ...] = ()
     install: str | None = None
     dequantize_first: bool = False  # load from the unpacked checkpoint (method "dequantize", or a re-quantization)
+    also_fits: tuple[str, ...] = ()  # --quantization choices that fit too but were passed over for speed (bench measures them)
 
     @property
     def memory_key(self) -> tuple[str, int, int | None] | None:

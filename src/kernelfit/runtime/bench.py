@@ -2,7 +2,8 @@
 
 Candidates: attention implementation x dtype x KV cache (dynamic / static) x torch.compile (only
 with compile=True: on a 2-core CPU each compile costs minutes), plus — when the model must be
-quantized to fit — every other installed quantizer at the same or fewer bits. Each is warmed up once, then
+quantized to fit — every other installed quantizer at the same or fewer bits (and at 8 bits where the
+plan chose nf4 over an 8-bit that fits, for speed). Each is warmed up once, then
 timed `trials` times; prefill and decode are measured separately (decode from the streamer's
 first-token time) and reported as medians with their spread. A candidate that fails is reported
 with its error. The winner minimises the time of one request of the measured shape
@@ -53,7 +54,8 @@ class Result:
 
 def quantization_candidates(plan: Plan) -> list[str]:
     """When the static plan quantizes on load (the model does not fit otherwise): every installed
-    on-the-fly quantizer that runs on the plan's devices, at its bits or fewer (fewer bits fit too)."""
+    on-the-fly quantizer that runs on the plan's devices, at its bits or fewer (fewer bits fit too),
+    and at the bits it passed over for speed although they fit (CUDA's LLM.int8: measured, not assumed)."""
     from ..catalog.quantization import ON_THE_FLY, why_not_backend
     from ..quantplan import otf_choice
 
@@ -61,11 +63,12 @@ def quantization_candidates(plan: Plan) -> list[str]:
     if static == "none":
         return []
     devices = plan.placement_devices
+    fit = max([plan.quantization.bits, *(int(c.rpartition("-")[2][0]) for c in plan.quantization.also_fits)])
     out = []
     for b in ON_THE_FLY:
         for bits in sorted(b.bits, reverse=True):
             name = f"{b.method}-{bits}bit"
-            if bits <= plan.quantization.bits and name != static and name not in out and not any(
+            if bits <= fit and name != static and name not in out and not any(
                     why_not_backend(b, d, plan.machine.software, plan.dtype.value, bits) for d in devices):
                 out.append(name)
     return out
