@@ -112,10 +112,10 @@ def test_bench_measures_the_8bit_the_plan_passed_over_for_speed():
     from kernelfit.runtime.bench import quantization_candidates
 
     one = plan(load_profile("a100-80gb"), load_model_spec("tests/data/model-configs/llama-2-70b.json"), Preferences())
-    assert one.quantization.bits == 4 and one.quantization.also_fits == ("bitsandbytes-8bit",)
+    assert one.quantization.bits == 4 and one.quantization.passed_over_bits == 8
     assert quantization_candidates(one) == ["bitsandbytes-8bit"]  # quanto is not in the profile's software
     two = plan(load_profile("2x-rtx3090"), load_model_spec("tests/data/model-configs/llama-2-70b.json"), Preferences())
-    assert two.quantization.also_fits == () and quantization_candidates(two) == []  # 8-bit does not fit there
+    assert two.quantization.passed_over_bits is None and quantization_candidates(two) == []  # 8-bit does not fit there
 
 
 def test_a_model_that_must_be_quantized_sweeps_the_quantizers_and_the_winner_is_applied(tiny_dir, tune_cache):

@@ -23,7 +23,7 @@ from .plan import Choice, Placement, Plan, Preferences, Rejected
 from .catalog.attention import AttentionQuery, sdpa_kernels
 from .catalog.quantization import SLOW_8BIT_SOURCES, slow_8bit_decode
 from .planner import DtypeCandidates, choose_attention, dtype_candidates
-from .quantplan import KV_BITS, Level, QuantOption, ladder, otf_choice, resolve_level
+from .quantplan import KV_BITS, Level, QuantOption, ladder, resolve_level
 
 
 @dataclass
@@ -186,7 +186,7 @@ def _faster_4bit(model, machine, prefs, att: Attempt, level: Level) -> Attempt |
             f"but LLM.int8() decodes about 2x slower than nf4 here, whose batch-1 kernels beat fp16 "
             f"({', '.join(SLOW_8BIT_SOURCES)}); --quantization 8bit keeps it"))
         alt.quant = replace(four, reason=f"{four.reason}; preferred to 8-bit, which also fits, for decode speed",
-                            rejected=(slow, *four.rejected), also_fits=(otf_choice(q),))
+                            rejected=(slow, *four.rejected), passed_over_bits=q.bits)
         alt.cands = att.cands
         return alt
     return None
@@ -263,8 +263,8 @@ def build(machine, model, prefs, att: Attempt, rejected_devices, log: Log) -> Pl
                         "limited by host-to-GPU transfers")
     if att.quant.install:
         warnings.append(f"this plan needs a package that is not installed: {att.quant.install}")
-    if att.quant.method == "bitsandbytes" and att.quant.bits == 8 and any(d.kind == "cuda" for d in place.compute):
-        # least quality loss first, as asked; but say what the speed costs and how to trade it
+    if att.quant.bits == 8 and slow_8bit_decode(att.quant.method, att.quant.backend, place.compute):
+        # 8-bit as asked (the automatic ladder takes nf4 here); say what the speed costs and how to trade it
         warnings.append("8-bit (LLM.int8) stays closest to the checkpoint but decodes about 2x slower than 4-bit nf4 "
                         "(bitsandbytes maintainers, bnb-int8-speed): --quantization 4bit trades a little quality "
                         "for speed")

@@ -49,7 +49,7 @@ class QuantOption:
     rejected: tuple[Rejected, ...] = ()
     install: str | None = None
     dequantize_first: bool = False  # load from the unpacked checkpoint (method "dequantize", or a re-quantization)
-    also_fits: tuple[str, ...] = ()  # --quantization choices that fit too but were passed over for speed (bench measures them)
+    passed_over_bits: int | None = None  # more bits that fit too but decode slower here (bench measures them)
 
     @property
     def memory_key(self) -> tuple[str, int, int | None] | None:

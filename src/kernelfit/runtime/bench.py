@@ -63,7 +63,7 @@ def quantization_candidates(plan: Plan) -> list[str]:
     if static == "none":
         return []
     devices = plan.placement_devices
-    fit = max([plan.quantization.bits, *(int(c.rpartition("-")[2][0]) for c in plan.quantization.also_fits)])
+    fit = max(plan.quantization.bits, plan.quantization.passed_over_bits or 0)
     out = []
     for b in ON_THE_FLY:
         for bits in sorted(b.bits, reverse=True):
