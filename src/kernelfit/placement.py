@@ -21,7 +21,7 @@ from .memory import DISK_USABLE_FRACTION, GIB, MemoryEstimate, device_budget, es
 from .modelspec import ModelSpec
 from .plan import Choice, Placement, Plan, Preferences, Rejected
 from .catalog.attention import AttentionQuery, sdpa_kernels
-from .catalog.quantization import SLOW_8BIT_SOURCES, slow_8bit_decode
+from .catalog.quantization import SLOW_8BIT_WHY, slow_8bit_decode
 from .planner import DtypeCandidates, choose_attention, dtype_candidates
 from .quantplan import KV_BITS, Level, QuantOption, ladder, resolve_level
 
@@ -171,9 +171,8 @@ def _faster_4bit(model, machine, prefs, att: Attempt, level: Level) -> Attempt |
     """The 4-bit attempt that replaces an automatic 8-bit choice whose kernel decodes slower than nf4 on
     these devices (catalog SLOW_8BIT_DECODE), when 4-bit fits the same place and dtype; else None."""
     q = att.quant
-    if (prefs.quantization != "auto" or level.kind not in ("otf", "requant") or level.bits != 8
-            or not slow_8bit_decode(q.method, q.backend, att.place.compute)):
-        return None
+    if prefs.quantization != "auto" or not slow_8bit_decode(q.method, q.backend, att.place.compute):
+        return None  # (only an on-the-fly or re-quantized 8-bit level resolves to a slow 8-bit kernel)
     for kv_bits in (None, KV_BITS):
         four = resolve_level(Level(level.kind, 4, kv_bits), model, att.place.compute, machine, att.dtype)
         if isinstance(four, Rejected) or four.method != "bitsandbytes":
@@ -183,8 +182,7 @@ def _faster_4bit(model, machine, prefs, att: Attempt, level: Level) -> Attempt |
             continue
         slow = Rejected(f"{q.method}:{q.backend}", (
             f"8-bit fits ({gib(att.memory.total):.2f} of {gib(att.memory.budget):.2f} GiB) and loses the least quality, "
-            f"but LLM.int8() decodes about 2x slower than nf4 here, whose batch-1 kernels beat fp16 "
-            f"({', '.join(SLOW_8BIT_SOURCES)}); --quantization 8bit keeps it"))
+            f"but {SLOW_8BIT_WHY}; --quantization 8bit keeps it"))
         alt.quant = replace(four, reason=f"{four.reason}; preferred to 8-bit, which also fits, for decode speed",
                             rejected=(slow, *four.rejected), passed_over_bits=q.bits)
         alt.cands = att.cands
@@ -263,11 +261,10 @@ def build(machine, model, prefs, att: Attempt, rejected_devices, log: Log) -> Pl
                         "limited by host-to-GPU transfers")
     if att.quant.install:
         warnings.append(f"this plan needs a package that is not installed: {att.quant.install}")
-    if att.quant.bits == 8 and slow_8bit_decode(att.quant.method, att.quant.backend, place.compute):
+    if slow_8bit_decode(att.quant.method, att.quant.backend, place.compute):
         # 8-bit as asked (the automatic ladder takes nf4 here); say what the speed costs and how to trade it
-        warnings.append("8-bit (LLM.int8) stays closest to the checkpoint but decodes about 2x slower than 4-bit nf4 "
-                        "(bitsandbytes maintainers, bnb-int8-speed): --quantization 4bit trades a little quality "
-                        "for speed")
+        warnings.append(f"8-bit stays closest to the checkpoint, but {SLOW_8BIT_WHY}: --quantization 4bit trades "
+                        "a little quality for speed")
     skipped = log.uninstalled
     if skipped is not None and att.quant.method == "dequantize":
         warnings.append(f"dequantized because {skipped.method}:{skipped.backend} is not installed; it would run the "

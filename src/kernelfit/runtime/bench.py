@@ -16,11 +16,12 @@ from __future__ import annotations
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 
 from ..plan import Plan
+from ..quantplan import otf_choice
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,6 @@ def quantization_candidates(plan: Plan) -> list[str]:
     on-the-fly quantizer that runs on the plan's devices, at its bits or fewer (fewer bits fit too),
     and at the bits it passed over for speed although they fit (CUDA's LLM.int8: measured, not assumed)."""
     from ..catalog.quantization import ON_THE_FLY, why_not_backend
-    from ..quantplan import otf_choice
 
     static = otf_choice(plan.quantization)
     if static == "none":
@@ -77,22 +77,17 @@ def quantization_candidates(plan: Plan) -> list[str]:
 def candidates(plan: Plan, compile: bool = False) -> list[Candidate]:
     """Every attention and dtype the static plan found runnable here (never one the catalog rejects),
     and, for a model that must be quantized to fit, the other quantizers with the static attention/dtype."""
-    from ..quantplan import otf_choice
-
     attns = [a for a in plan.runnable_attentions() if a != "flex_attention" or compile]  # uncompiled flex is slow
     dtypes = plan.runnable_dtypes()
     q = otf_choice(plan.quantization)
     out = [Candidate(a, d, c, False, q) for d in dtypes for a in attns for c in ("dynamic", "static")]
     if compile:
         out += [Candidate(a, d, "static", True, q) for d in dtypes for a in attns if a != "eager"]
-    out += [Candidate(plan.text_attention.value, plan.dtype.value, "dynamic", False, other)
-            for other in quantization_candidates(plan)]
+    out += [replace(static_candidate(plan), quantization=other) for other in quantization_candidates(plan)]
     return out
 
 
 def static_candidate(plan: Plan) -> Candidate:
-    from ..quantplan import otf_choice
-
     return Candidate(plan.text_attention.value, plan.dtype.value, "dynamic", False, otf_choice(plan.quantization))
 
 
