@@ -47,8 +47,8 @@ def decode_fn(model, ids):
 def main() -> int:
     from transformers import AutoModelForCausalLM
 
-    from kernelfit.runtime.gguf_cache import materialise
-    from kernelfit.runtime.load import load
+    from kernelfit.loader.gguf_cache import materialise
+    from kernelfit.loader.load import load
 
     loaded = load("smollm2-135m")
     plan = loaded.plan
@@ -110,7 +110,7 @@ def main() -> int:
             m.generate(long_ids, max_new_tokens=LONG_DECODE, min_new_tokens=LONG_DECODE, do_sample=False,
                        pad_token_id=0, streamer=streamer)
 
-    from kernelfit.runtime.generate import _TimingStreamer
+    from kernelfit.loader.generate import _TimingStreamer
 
     for _ in range(3):
         for name, attn in cases.items():

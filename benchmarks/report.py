@@ -47,14 +47,14 @@ def main() -> int:
 
     from transformers import AutoModelForCausalLM
 
-    from kernelfit.modelspec import load_model_spec
-    from kernelfit.plan import Preferences
-    from kernelfit.planner import plan as make_plan
+    from kernelfit.model.spec import load_model_spec
+    from kernelfit.planner.types import Preferences
+    from kernelfit.planner.choose import plan as make_plan
     from kernelfit.probe import probe_machine
-    from kernelfit.runtime.bench import Candidate, _measure, bench
-    from kernelfit.runtime.gguf_cache import materialise
-    from kernelfit.runtime.load import load
-    from kernelfit.tuning import save_winner
+    from kernelfit.bench.measure import Candidate, _measure, bench
+    from kernelfit.loader.gguf_cache import materialise
+    from kernelfit.loader.load import load
+    from kernelfit.bench.cache import save_winner
 
     machine = probe_machine()
     spec = load_model_spec(args.model)
@@ -92,7 +92,7 @@ def main() -> int:
         what = f"{plan.text_attention.value}, {plan.dtype.value}"
         if plan.decode_fastpath:
             print("static plan without the CPU decode fast path ...", file=sys.stderr)
-            from kernelfit.runtime.cpu_decode import install, uninstall
+            from kernelfit.loader.cpu_decode import install, uninstall
 
             uninstall(static_model)
             r = _measure(static_model, Candidate(plan.text_attention.value, plan.dtype.value, "dynamic"), ids,

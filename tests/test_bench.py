@@ -5,11 +5,11 @@ from dataclasses import replace
 
 import pytest
 
-from kernelfit.modelspec import load_model_spec
-from kernelfit.plan import Preferences
-from kernelfit.planner import plan
+from kernelfit.model.spec import load_model_spec
+from kernelfit.planner.types import Preferences
+from kernelfit.planner.choose import plan
 from kernelfit.probe import probe_machine
-from kernelfit.tuning import TuneCacheWarning, cached_winner, save_winner, tune_key, with_cached_winner
+from kernelfit.bench.cache import TuneCacheWarning, cached_winner, save_winner, tune_key, with_cached_winner
 
 from conftest import run_cli
 from test_health import save_tiny
@@ -109,7 +109,7 @@ def test_run_loads_the_cached_winner_and_no_cache_really_ignores_it(tune_cache):
 def test_bench_measures_the_8bit_the_plan_passed_over_for_speed():
     # the plan prefers nf4 to LLM.int8 on CUDA from published figures; bench measures the 8-bit that also fits
     from kernelfit.profiles import load_profile
-    from kernelfit.runtime.bench import quantization_candidates
+    from kernelfit.bench.measure import quantization_candidates
 
     one = plan(load_profile("a100-80gb"), load_model_spec("tests/data/model-configs/llama-2-70b.json"), Preferences())
     assert one.quantization.bits == 4 and one.quantization.passed_over_bits == 8
@@ -119,8 +119,8 @@ def test_bench_measures_the_8bit_the_plan_passed_over_for_speed():
 
 
 def test_a_model_that_must_be_quantized_sweeps_the_quantizers_and_the_winner_is_applied(tiny_dir, tune_cache):
-    from kernelfit.runtime.bench import bench, candidates, static_candidate
-    from kernelfit.tuning import apply_winner
+    from kernelfit.bench.measure import bench, candidates, static_candidate
+    from kernelfit.bench.cache import apply_winner
 
     spec = load_model_spec(str(tiny_dir))
     p = plan(probe_machine(), spec, Preferences(quantization="8bit", dtype="float32"))
@@ -147,7 +147,7 @@ def test_a_model_that_must_be_quantized_sweeps_the_quantizers_and_the_winner_is_
 
 
 def test_a_compiled_winner_is_loaded_compiled(tiny_dir, tune_cache):
-    from kernelfit.runtime.load import load
+    from kernelfit.loader.load import load
 
     p = static_plan(str(tiny_dir))
     w = dict(WINNER, attention=p.text_attention.value, dtype=p.dtype.value, compile=True)

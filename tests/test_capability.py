@@ -1,6 +1,6 @@
 import pytest
 
-from kernelfit.capability import SM80_AMPERE, Capability, build_covers
+from kernelfit.hardware.capability import SM80_AMPERE, Capability, build_covers
 from kernelfit.catalog.torch_builds import known_arch_list
 
 

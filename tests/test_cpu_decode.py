@@ -5,12 +5,12 @@ from dataclasses import replace
 import pytest
 import torch
 
-from kernelfit.modelspec import load_model_spec
-from kernelfit.plan import Preferences
-from kernelfit.planner import plan
+from kernelfit.model.spec import load_model_spec
+from kernelfit.planner.types import Preferences
+from kernelfit.planner.choose import plan
 from kernelfit.profiles import load_profile
-from kernelfit.runtime.bench import candidates
-from kernelfit.runtime.cpu_decode import install, installed, uninstall
+from kernelfit.bench.measure import candidates
+from kernelfit.loader.cpu_decode import install, installed, uninstall
 
 from tiny_models import tiny_llama
 
@@ -96,7 +96,7 @@ def test_flag_is_restored_when_the_forward_raises():
 
 
 def test_load_installs_the_fast_path_the_plan_names(tmp_path):
-    from kernelfit.runtime.load import load
+    from kernelfit.loader.load import load
     from test_health import save_tiny
 
     machine = cpu_machine(EPYC_ISA)

@@ -7,12 +7,12 @@ import pytest
 import torch
 
 from kernelfit.errors import PlanError
-from kernelfit.modelspec import load_model_spec
-from kernelfit.plan import Preferences
-from kernelfit.planner import plan
+from kernelfit.model.spec import load_model_spec
+from kernelfit.planner.types import Preferences
+from kernelfit.planner.choose import plan
 from kernelfit.probe import probe_machine
 from kernelfit.profiles import load_profile
-from kernelfit.runtime.load import load
+from kernelfit.loader.load import load
 
 from conftest import run_cli
 from test_health import save_tiny

@@ -6,10 +6,10 @@ from dataclasses import replace
 import pytest
 import torch
 
-from kernelfit.machine import Device
+from kernelfit.hardware.machine import Device
 from kernelfit.probe.software import probe_software
-from kernelfit.runtime import dispatch as D
-from kernelfit.runtime.kernels import KernelBackend
+from kernelfit.dispatch import dispatcher as D
+from kernelfit.dispatch.kernels import KernelBackend
 
 A100 = Device(kind="cuda", name="Simulated A100", index=0, compute_capability="8.0", arch="sm_80")
 T4 = Device(kind="cuda", name="Simulated T4", index=1, compute_capability="7.5", arch="sm_75")
@@ -32,7 +32,7 @@ CANNOT_RUN = [
 
 @pytest.fixture(scope="module")
 def smol():
-    from kernelfit.runtime.load import load
+    from kernelfit.loader.load import load
 
     loaded = load("smollm2-135m", dtype="float32")
     tok = loaded.tokenizer
@@ -43,7 +43,7 @@ def smol():
 @pytest.fixture(scope="module")
 def smol_bf16():
     """FlashAttention is half-precision only: the catalog offers it for bf16/fp16 queries."""
-    from kernelfit.runtime.load import load
+    from kernelfit.loader.load import load
 
     loaded = load("smollm2-135m", dtype="bfloat16")
     loaded.tokenizer.padding_side = "left"
@@ -85,7 +85,7 @@ def fake(exc_type=None, message="", log=None):
             log.append((module.layer_idx, attention_mask if attention_mask is None else tuple(attention_mask.shape)))
         if exc_type is not None:
             raise exc_type(message)
-        from kernelfit.runtime.kernels import to_bool4d
+        from kernelfit.dispatch.kernels import to_bool4d
 
         mask = to_bool4d(attention_mask, query, key, True, None)
         return sdpa_attention_forward(module, query, key, value, mask, **kwargs)
@@ -117,7 +117,7 @@ def test_cpu_picks_sdpa_and_matches_direct_sdpa(smol, clean):
 
 @pytest.mark.parametrize("padded", [False, True])
 def test_cpu_decode_kernel_matches_sdpa(padded):
-    from kernelfit.runtime.kernels import decode_attention_forward, to_additive
+    from kernelfit.dispatch.kernels import decode_attention_forward, to_additive
 
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(2, h, s, 64, generator=g) for h, s in ((9, 1), (3, 300), (3, 300)))
@@ -223,7 +223,7 @@ def test_catalog_rules_apply_per_call(clean):
 
 
 def test_each_loaded_model_keeps_its_own_plans_choice(tmp_path, clean):
-    from kernelfit.runtime.load import load
+    from kernelfit.loader.load import load
     from test_health import save_tiny
 
     d = save_tiny(tmp_path)

@@ -5,7 +5,7 @@ import warnings
 import pytest
 import torch
 
-from kernelfit.runtime.guard import FlashAttentionGuardWarning, guard, unguard
+from kernelfit.dispatch.guard import FlashAttentionGuardWarning, guard, unguard
 from kernelfit.profiles import load_profile
 
 from tiny_models import FA2LlamaForCausalLM, LlavaForConditionalGeneration, llava_inputs, tiny_llama, tiny_llama_config, tiny_llava_config

@@ -2,7 +2,7 @@
 import pytest
 
 from kernelfit.errors import UsageError
-from kernelfit.modelspec import load_model_spec
+from kernelfit.model.spec import load_model_spec
 
 from conftest import CONFIGS, PUBLISHED_B
 

@@ -5,9 +5,9 @@ import pytest
 from kernelfit.catalog.attention import BACKENDS, AttentionQuery, why_not
 from kernelfit.catalog.dtypes import dtype_verdicts
 from kernelfit.errors import PlanError, UsageError
-from kernelfit.modelspec import load_model_spec
-from kernelfit.plan import Preferences
-from kernelfit.planner import plan
+from kernelfit.model.spec import load_model_spec
+from kernelfit.planner.types import Preferences
+from kernelfit.planner.choose import plan
 from kernelfit.profiles import apply_overrides, load_profile, profile_names
 
 from conftest import CONFIGS, config_path

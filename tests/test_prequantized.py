@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from kernelfit.errors import UsageError
-from kernelfit.modelspec import load_model_spec
+from kernelfit.model.spec import load_model_spec
 from kernelfit.probe import probe_machine
-from kernelfit.runtime.dequantize import awq_gemm_weight, gptq_weight
-from kernelfit.runtime.load import load
+from kernelfit.loader.dequantize import awq_gemm_weight, gptq_weight
+from kernelfit.loader.load import load
 
 from quantized_checkpoints import (GROUP, pack_awq_cols, pack_awq_cols_plain, pack_gptq_rows, quantize,
                                    reference_model, save_tiny_quantized)
@@ -85,8 +85,8 @@ def test_awq_plan_names_the_cpu_kernel_and_what_to_install(awq):
     d, _ = awq
     spec = load_model_spec(str(d))
     assert spec.quantization["quant_method"] == "awq"
-    from kernelfit.planner import plan
-    from kernelfit.plan import Preferences
+    from kernelfit.planner.choose import plan
+    from kernelfit.planner.types import Preferences
 
     p = plan(machine_without("gptqmodel"), spec, Preferences())
     assert p.quantization.backend == "torch_fused" and "gptqmodel" in p.quantization.install
@@ -113,8 +113,8 @@ BIG = {"hidden_size": 512, "intermediate_size": 2048, "num_hidden_layers": 4}
 
 
 def test_allow_dequantize_requantizes_when_the_dense_model_does_not_fit(tmp_path):
-    from kernelfit.plan import Preferences
-    from kernelfit.planner import plan
+    from kernelfit.planner.types import Preferences
+    from kernelfit.planner.choose import plan
 
     reference = save_tiny_quantized(tmp_path, "awq", **BIG)
     machine = machine_without("gptqmodel")
@@ -135,8 +135,8 @@ def test_allow_dequantize_requantizes_when_the_dense_model_does_not_fit(tmp_path
 
 
 def test_awq_on_a_gtx1060_without_gptqmodel_is_requantized_for_the_gpu():
-    from kernelfit.plan import Preferences
-    from kernelfit.planner import plan
+    from kernelfit.planner.types import Preferences
+    from kernelfit.planner.choose import plan
     from kernelfit.profiles import load_profile
 
     spec = load_model_spec("tests/data/model-configs/llama-2-7b-awq.json")
@@ -178,8 +178,8 @@ def test_runs_packed_on_gptqmodel_and_agrees_with_the_reference(method, awq, gpt
 
 
 def test_gptq_plan_asks_for_optimum_too():
-    from kernelfit.plan import Preferences
-    from kernelfit.planner import plan
+    from kernelfit.planner.types import Preferences
+    from kernelfit.planner.choose import plan
     from kernelfit.profiles import load_profile
 
     spec = load_model_spec("tests/data/model-configs/mistral-7b-gptq.json")
@@ -192,8 +192,8 @@ def test_fp8_checkpoint_plans_native_fp8_only_from_sm89_and_dequantizes_elsewher
     import json
 
     from kernelfit.errors import PlanError
-    from kernelfit.plan import Preferences
-    from kernelfit.planner import plan
+    from kernelfit.planner.types import Preferences
+    from kernelfit.planner.choose import plan
     from kernelfit.profiles import load_profile
 
     cfg = json.loads(open("tests/data/model-configs/llama-3.1-8b.json").read())

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from kernelfit.doctor import findings
-from kernelfit.machine import Machine
+from kernelfit.cli.doctor import findings
+from kernelfit.hardware.machine import Machine
 from kernelfit.probe import probe_machine
 from kernelfit.probe.cpu import parse_cpuinfo
 from kernelfit.probe.nvml import probe_nvml
@@ -76,7 +76,7 @@ def test_doctor_json_contract_and_isa_matches_proc_cpuinfo():
 
 def test_probe_never_imports_torch_or_initialises_cuda():
     code = ("import sys, kernelfit.probe as p; m = p.probe_machine(); "
-            "import kernelfit.doctor as d; d.findings(m); "
+            "import kernelfit.cli.doctor as d; d.findings(m); "
             "bad = [k for k in ('torch', 'transformers', 'flash_attn', 'bitsandbytes') if k in sys.modules]; "
             "print(bad)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
@@ -87,7 +87,7 @@ def test_probe_never_imports_torch_or_initialises_cuda():
 def test_probed_machine_round_trips_json_and_toml(tmp_path):
     m = probe_machine()
     assert Machine.from_dict(json.loads(m.to_json()), origin=m.origin) == m
-    from kernelfit.machine import load_machine_file
+    from kernelfit.hardware.machine import load_machine_file
 
     f = tmp_path / "me.toml"
     f.write_text(m.to_toml())

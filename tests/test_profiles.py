@@ -4,7 +4,7 @@ import pytest
 
 from kernelfit.catalog.sources import SOURCES
 from kernelfit.errors import UsageError
-from kernelfit.machine import Machine, load_machine_file
+from kernelfit.hardware.machine import Machine, load_machine_file
 from kernelfit.profiles import apply_overrides, load_profile, profile_names
 
 REQUIRED = {"gtx1060-6gb", "gtx1080ti", "p40", "p100-16gb", "v100-16gb", "v100-32gb", "t4", "rtx2080ti", "a10",

@@ -5,9 +5,9 @@ import torch
 
 from kernelfit.catalog.quantization import ON_THE_FLY, PREQUANTIZED, why_not_backend
 from kernelfit.errors import PlanError
-from kernelfit.modelspec import load_model_spec
-from kernelfit.plan import Preferences
-from kernelfit.planner import plan
+from kernelfit.model.spec import load_model_spec
+from kernelfit.planner.types import Preferences
+from kernelfit.planner.choose import plan
 from kernelfit.profiles import load_profile, profile_names
 
 from conftest import CONFIGS, config_path
@@ -121,7 +121,7 @@ def _tiny_dir(tmp_path):
 @pytest.mark.parametrize("quantization,method,min_cosine", [("8bit", "bitsandbytes", 0.999), ("4bit", "bitsandbytes", 0.95)])
 def test_bitsandbytes_loads_agree_with_fp32(tmp_path, quantization, method, min_cosine):
     pytest.importorskip("bitsandbytes")
-    from kernelfit.runtime.load import load
+    from kernelfit.loader.load import load
 
     d = str(_tiny_dir(tmp_path))
     ids = torch.tensor([[1, 5, 6, 7, 8, 9, 10, 11]])
@@ -141,7 +141,7 @@ def test_int4_kv_cache_rung_loads_and_generates_with_a_quantized_cache(tmp_path)
     pytest.importorskip("optimum.quanto")
     from test_health import save_tiny
 
-    from kernelfit.runtime.load import load
+    from kernelfit.loader.load import load
     from tiny_models import VOCAB, tiny_llama
 
     save_tiny(tmp_path)
@@ -169,7 +169,7 @@ def test_int4_kv_cache_rung_loads_and_generates_with_a_quantized_cache(tmp_path)
 
 def test_quanto_int8_agrees_with_fp32(tmp_path):
     pytest.importorskip("optimum.quanto")
-    from kernelfit.runtime.load import load
+    from kernelfit.loader.load import load
 
     d = str(_tiny_dir(tmp_path))
     ids = torch.tensor([[1, 5, 6, 7, 8, 9, 10, 11]])
@@ -196,7 +196,7 @@ def test_chosen_dtype_is_never_listed_as_rejected():
 
 
 def test_quantization_matrix_names_the_kernel_each_device_runs():
-    from kernelfit.matrix import quantization_matrix
+    from kernelfit.cli.matrix import quantization_matrix
 
     rows = {line.split(" | ")[0].lstrip("| "): line.strip("| ").split(" | ") for line in
             quantization_matrix(markdown=True).splitlines()[2:]}

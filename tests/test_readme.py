@@ -1,7 +1,7 @@
 import re
 from pathlib import Path
 
-from kernelfit.matrix import support_matrix
+from kernelfit.cli.matrix import support_matrix
 
 ROOT = Path(__file__).parent.parent
 

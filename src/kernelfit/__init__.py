@@ -12,7 +12,7 @@ __version__ = "0.1.0"
 import os as _os
 
 if _os.environ.get("KERNELFIT_GUARD") == "1":  # for code you cannot edit: KERNELFIT_GUARD=1 kernelfit exec ...
-    from .runtime.guard import guard as _guard
+    from .dispatch.guard import guard as _guard
 
     _guard()
 
@@ -24,12 +24,12 @@ __all__ = ["__version__", "probe_machine", "load_profile", "load_model_spec", "p
 _LAZY = {
     "probe_machine": ".probe",
     "load_profile": ".profiles",
-    "load_model_spec": ".modelspec",
-    "plan": ".planner",
-    "Preferences": ".plan",
-    "load": ".runtime.load",
-    "guard": ".runtime.guard",
-    "register": ".runtime.dispatch",
+    "load_model_spec": ".model.spec",
+    "plan": ".planner.choose",
+    "Preferences": ".planner.types",
+    "load": ".loader.load",
+    "guard": ".dispatch.guard",
+    "register": ".dispatch.dispatcher",
 }
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..capability import (
+from ..hardware.capability import (
     SM70_FP16_TENSOR_CORES,
     SM80_AMPERE,
     SM90_HOPPER,
@@ -17,7 +17,7 @@ from ..capability import (
     SM121_SDPA_MAX,
     Capability,
 )
-from ..machine import Device, Software
+from ..hardware.machine import Device, Software
 from .versions import version_at_least
 
 HALF = frozenset({"float16", "bfloat16"})

@@ -9,8 +9,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from ..capability import SM53_FP16_ARITH, SM60_PASCAL, SM70_FP16_TENSOR_CORES, SM80_AMPERE, SM89_FP8, Capability
-from ..machine import Cpu, Device, Software
+from ..hardware.capability import SM53_FP16_ARITH, SM60_PASCAL, SM70_FP16_TENSOR_CORES, SM80_AMPERE, SM89_FP8, Capability
+from ..hardware.machine import Cpu, Device, Software
 
 DTYPES = ("bfloat16", "float16", "float32")
 BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float8": 1, "int8": 1}

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..capability import (SM60_PASCAL, SM70_FP16_TENSOR_CORES, SM75_INT8_TENSOR_CORES, SM80_AMPERE, SM89_FP8, SM90_HOPPER,
+from ..hardware.capability import (SM60_PASCAL, SM70_FP16_TENSOR_CORES, SM75_INT8_TENSOR_CORES, SM80_AMPERE, SM89_FP8, SM90_HOPPER,
                           Capability)
-from ..machine import Device, Software
+from ..hardware.machine import Device, Software
 
 HALF = frozenset({"float16", "bfloat16"})
 ANY_DTYPE = frozenset({"float32", "float16", "bfloat16"})

@@ -50,7 +50,7 @@ def _add_machine_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_quant_args(p: argparse.ArgumentParser) -> None:
-    from ..quantplan import QUANT_CHOICES
+    from ..planner.quantization import QUANT_CHOICES
 
     p.add_argument("--max-memory", type=parse_max_memory, help="per-device budget, e.g. 0=20GiB,cpu=64GiB")
     p.add_argument("--quantization", default="auto", choices=QUANT_CHOICES,
@@ -118,7 +118,7 @@ def _write_atomic(path: str, text: str) -> None:
 
 
 def cmd_doctor(args) -> int:
-    from ..doctor import findings
+    from .doctor import findings
 
     m = _machine(args)
     found = findings(m)
@@ -153,9 +153,9 @@ def cmd_profiles(args) -> int:
 
 
 def make_plan(args):
-    from ..modelspec import load_model_spec
-    from ..plan import Preferences
-    from ..planner import plan
+    from ..model.spec import load_model_spec
+    from ..planner.types import Preferences
+    from ..planner.choose import plan
 
     machine = _machine(args)
     model = load_model_spec(args.model)
@@ -174,7 +174,7 @@ def cmd_plan(args) -> int:
 
         p = run_bench(args.model, p, args.json, save=True)[2] or p
     elif not args.no_cache and not args.profile:
-        from ..tuning import with_cached_winner
+        from ..bench.cache import with_cached_winner
 
         p = with_cached_winner(p)
     if args.json:
@@ -187,7 +187,7 @@ def cmd_plan(args) -> int:
 
 
 def cmd_matrix(args) -> int:
-    from ..matrix import support_matrix
+    from .matrix import support_matrix
 
     print(support_matrix(markdown=args.markdown))
     return 0

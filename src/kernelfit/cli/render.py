@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import textwrap
 
-from ..doctor import Finding
-from ..machine import Machine
-from ..plan import Choice, Plan
+from .doctor import Finding
+from ..hardware.machine import Machine
+from ..planner.types import Choice, Plan
 
 
 MAX_REJECTED = 4

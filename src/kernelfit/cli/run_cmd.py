@@ -76,15 +76,15 @@ def _summary(plan) -> str:
 def cmd_run(args) -> int:
     if not args.prompt or not args.prompt.strip():
         raise UsageError("--prompt is empty; give the text to answer, e.g. --prompt \"What is the capital of France?\"")
-    from ..planner import attention_names
+    from ..planner.choose import attention_names
 
     if args.attn not in attention_names():
         raise UsageError(f"unknown attention implementation '{args.attn}'; choose one of {', '.join(attention_names())}")
     quiet = args.json
     say = (lambda m: None) if quiet else (lambda m: _err(f"kernelfit: {m}"))
-    from ..modelspec import load_model_spec
-    from ..plan import Preferences
-    from ..planner import plan as make_plan
+    from ..model.spec import load_model_spec
+    from ..planner.types import Preferences
+    from ..planner.choose import plan as make_plan
     from ..probe import probe_machine
 
     machine = probe_machine()
@@ -95,7 +95,7 @@ def cmd_run(args) -> int:
     if args.tune:
         plan = run_bench(args.model, plan, quiet, save=True)[2] or plan
     elif not args.no_cache:
-        from ..tuning import with_cached_winner
+        from ..bench.cache import with_cached_winner
 
         plan = with_cached_winner(plan)
     if not quiet:
@@ -104,9 +104,9 @@ def cmd_run(args) -> int:
         os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     import warnings
 
-    from ..runtime.dispatch import fallbacks
-    from ..runtime.generate import generate
-    from ..runtime.load import load
+    from ..dispatch.dispatcher import fallbacks
+    from ..loader.generate import generate
+    from ..loader.load import load
 
     with warnings.catch_warnings(record=quiet):
         loaded = load(args.model, plan=plan, dispatch=not args.no_dispatch, health_check=not args.no_health_check,
@@ -135,8 +135,8 @@ def cmd_run(args) -> int:
 def run_bench(model: str, plan, quiet: bool, save: bool, context: int = 256, new_tokens: int = 32, trials: int = 3,
               compile: bool = False):
     """Measure, save the winner, return (results, winner, plan with the winner applied)."""
-    from ..runtime.bench import bench
-    from ..tuning import apply_winner, save_winner
+    from ..bench.measure import bench
+    from ..bench.cache import apply_winner, save_winner
 
     say = (lambda m: None) if quiet else (lambda m: _err(f"kernelfit bench: {m}"))
     results, winner = bench(model, plan, context, new_tokens, trials, compile, progress=say)
@@ -151,9 +151,9 @@ def run_bench(model: str, plan, quiet: bool, save: bool, context: int = 256, new
 
 
 def cmd_bench(args) -> int:
-    from ..modelspec import load_model_spec
-    from ..plan import Preferences
-    from ..planner import plan as make_plan
+    from ..model.spec import load_model_spec
+    from ..planner.types import Preferences
+    from ..planner.choose import plan as make_plan
     from ..probe import probe_machine
 
     machine = probe_machine()
@@ -163,7 +163,7 @@ def cmd_bench(args) -> int:
     t0 = time.perf_counter()
     results, winner, tuned = run_bench(args.model, plan, args.json, not args.no_save, args.context, args.new_tokens,
                                        args.trials, args.compile)
-    from ..runtime.bench import static_candidate
+    from ..bench.measure import static_candidate
 
     static = next((r for r in results if r.candidate == static_candidate(plan)), None)
     if args.json:
@@ -196,7 +196,7 @@ def cmd_exec(args) -> int:
 
     if not os.path.isfile(args.script):
         raise UsageError(f"no script at {args.script}")
-    from ..runtime.guard import guard
+    from ..dispatch.guard import guard
 
     guard()
     sys.argv = [args.script, *args.args]

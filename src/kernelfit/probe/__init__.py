@@ -11,7 +11,7 @@ import socket
 import sys
 from dataclasses import replace
 
-from ..machine import Device, Machine, cpu_device_for
+from ..hardware.machine import Device, Machine, cpu_device_for
 from .cpu import probe_cpu, probe_memory
 from .nvml import NvmlResult, probe_nvml
 from .software import probe_software

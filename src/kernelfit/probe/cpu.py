@@ -7,7 +7,7 @@ import platform
 import subprocess
 from pathlib import Path
 
-from ..machine import Cpu
+from ..hardware.machine import Cpu
 
 GIB = 1024**3
 

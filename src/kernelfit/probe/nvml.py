@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from ..machine import Device
+from ..hardware.machine import Device
 
 GIB = 1024**3
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..catalog.packages import PACKAGES
 from ..catalog.torch_builds import known_arch_list
-from ..machine import Software, normalise_dist
+from ..hardware.machine import Software, normalise_dist
 
 
 def installed_packages() -> dict[str, str]:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..catalog.packages import BY_DIST
 from ..errors import UsageError
-from ..machine import Machine, load_machine_file, normalise_dist, with_software
+from ..hardware.machine import Machine, load_machine_file, normalise_dist, with_software
 
 DATA = Path(__file__).parent / "data"
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from .capability import SM53_FP16_ARITH, SM60_PASCAL, SM70_FP16_TENSOR_CORES, SM80_AMPERE, SM90_HOPPER
-from .catalog.packages import install_hint
-from .catalog.versions import release
-from .machine import Machine
-from .planner import device_blockers
+from ..hardware.capability import SM53_FP16_ARITH, SM60_PASCAL, SM70_FP16_TENSOR_CORES, SM80_AMPERE, SM90_HOPPER
+from ..catalog.packages import install_hint
+from ..catalog.versions import release
+from ..hardware.machine import Machine
+from ..planner.choose import device_blockers
 
 LOW_RAM_GIB = 2.0
 

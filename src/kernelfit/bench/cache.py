@@ -16,12 +16,12 @@ import warnings
 from dataclasses import replace
 from pathlib import Path
 
-from .catalog.attention import BACKENDS
-from .machine import Machine
-from .modelspec import ModelSpec
-from .paths import cache_root, write_atomic
-from .plan import Choice, Plan, Rejected
-from .quantplan import QUANT_CHOICES, otf_choice
+from ..catalog.attention import BACKENDS
+from ..hardware.machine import Machine
+from ..model.spec import ModelSpec
+from ..paths import cache_root, write_atomic
+from ..planner.types import Choice, Plan, Rejected
+from ..planner.quantization import QUANT_CHOICES, otf_choice
 
 FORMAT = 1
 CACHES = ("dynamic", "static")
@@ -109,8 +109,8 @@ def _with_quantization(plan: Plan, quantization: str) -> Plan:
     if plan.preferences.quantization != "auto" or otf_choice(plan.quantization) in ("none", quantization) \
             or quantization == "none":
         return plan
-    from .errors import PlanError
-    from .planner import plan as make_plan
+    from ..errors import PlanError
+    from ..planner.choose import plan as make_plan
 
     try:
         return make_plan(plan.machine, plan.model, replace(plan.preferences, quantization=quantization))

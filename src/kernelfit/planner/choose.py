@@ -10,14 +10,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from .capability import build_covers
-from .catalog.attention import BACKENDS, PLAIN_GENERATE, AttentionQuery, priority_for, why_not
-from .catalog.dtypes import BYTES, DtypeVerdict, dtype_verdicts
-from .catalog.torch_builds import legacy_install_command
-from .errors import PlanError, UsageError
-from .machine import Device, Machine
-from .modelspec import ModelSpec, SubModel
-from .plan import DEFAULT_CONTEXT, DTYPE_CHOICES, Choice, Plan, Preferences, Rejected
+from ..hardware.capability import build_covers
+from ..catalog.attention import BACKENDS, PLAIN_GENERATE, AttentionQuery, priority_for, why_not
+from ..catalog.dtypes import BYTES, DtypeVerdict, dtype_verdicts
+from ..catalog.torch_builds import legacy_install_command
+from ..errors import PlanError, UsageError
+from ..hardware.machine import Device, Machine
+from ..model.spec import ModelSpec, SubModel
+from .types import DEFAULT_CONTEXT, DTYPE_CHOICES, Choice, Plan, Preferences, Rejected
 
 MAX_CONTEXT = 10_000_000
 
@@ -188,7 +188,7 @@ def choose_attention(sub: SubModel, devices: list[Device], machine: Machine, dty
 
 def plan(machine: Machine, model: ModelSpec, prefs: Preferences | None = None) -> Plan:
     """The plan for `model` on `machine`: see placement.search for the order things are tried in."""
-    from .placement import search
+    from .search import search
 
     prefs = resolve(model, prefs or Preferences())
     devices, rejected_devices = candidate_devices(machine, prefs)

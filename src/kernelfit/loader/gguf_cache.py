@@ -15,7 +15,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from ..modelspec import ModelSpec
+from ..model.spec import ModelSpec
 from ..paths import cache_root, files_key, publish_dir
 
 FORMAT_VERSION = 1

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .capability import Capability
-from .errors import UsageError
+from ..errors import UsageError
 
 DEVICE_KINDS = ("cuda", "rocm", "mps", "xpu", "cpu")
 

@@ -83,7 +83,7 @@ def guard(machine=None) -> list[str]:
         return []
     from transformers import AttentionInterface, PreTrainedModel
 
-    from .dispatch import Dispatcher, dispatcher, register
+    from .dispatcher import Dispatcher, dispatcher, register
 
     register()
     _state["installed"] = guarded

@@ -14,8 +14,8 @@ from typing import Any, Callable
 from ..catalog.architectures import COMPOSITES
 from ..catalog.kernel_errors import cannot_run_here
 from ..errors import UsageError
-from ..modelspec import ModelSpec, load_model_spec
-from ..plan import Plan, Preferences
+from ..model.spec import ModelSpec, load_model_spec
+from ..planner.types import Plan, Preferences
 from .health import HealthReport, check_health, raise_if_unhealthy
 
 
@@ -127,7 +127,7 @@ def load(model: str = "smollm2-135m", *, dtype: str = "auto", attention: str = "
     Returns a `Loaded` (unpacks as `model, tokenizer, plan`). Raises UsageError for bad input
     and HealthCheckError when the loaded model does not match its checkpoint.
     """
-    from ..planner import plan as make_plan
+    from ..planner.choose import plan as make_plan
 
     say = progress or (lambda _msg: None)
     spec = plan.model if plan is not None else load_model_spec(model)
@@ -140,7 +140,7 @@ def load(model: str = "smollm2-135m", *, dtype: str = "auto", attention: str = "
                                                     device=device, max_memory=max_memory, quantization=quantization,
                                                     allow_dequantize=allow_dequantize))
         if use_tune_cache:  # a `kernelfit bench` winner for this machine and model, if one is cached
-            from ..tuning import with_cached_winner
+            from ..bench.cache import with_cached_winner
 
             plan = with_cached_winner(plan)
     q = plan.quantization
@@ -159,7 +159,7 @@ def load(model: str = "smollm2-135m", *, dtype: str = "auto", attention: str = "
 
     chain: list[tuple[Any, str]] = []
     if dispatch:
-        from .dispatch import register
+        from ..dispatch.dispatcher import register
 
         register()  # the plan's choice is registered per model config once it is loaded (below)
         chain.append((_attn_for(plan, "kernelfit"), plan.dtype.value))
@@ -192,7 +192,7 @@ def load(model: str = "smollm2-135m", *, dtype: str = "auto", attention: str = "
             continue
         loaded.eval()
         if dispatch:  # this model's layers try its own plan's choice first (other loaded models keep theirs)
-            from .dispatch import dispatcher
+            from ..dispatch.dispatcher import dispatcher
 
             for sub in spec.sub_models:
                 cfg = getattr(loaded.config, sub.config_key, None) if sub.config_key else loaded.config

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import HealthCheckError
-from ..modelspec import ModelSpec
+from ..model.spec import ModelSpec
 from .generate import no_grad_for
 
 # Module class names that hold quantized weights, by quantization method (lower-case substrings).

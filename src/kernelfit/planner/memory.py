@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .catalog.dtypes import BYTES
-from .machine import Device
-from .modelspec import ModelSpec, SubModel
+from ..catalog.dtypes import BYTES
+from ..hardware.machine import Device
+from ..model.spec import ModelSpec, SubModel
 
 GIB = 1024**3
 
@@ -54,7 +54,7 @@ def unquantized_params(model: ModelSpec) -> int:
 
 
 def quantized_weight_bytes(model: ModelSpec, dtype: str, method: str, bits: int, group_size: int | None) -> int:
-    from .catalog.quantization import effective_bits
+    from ..catalog.quantization import effective_bits
 
     keep = unquantized_params(model)
     quantized = max(model.params - keep, 0)

@@ -22,7 +22,7 @@ import torch
 
 from ..catalog.attention import BACKENDS, NON_CAUSAL, OUTPUT_ATTENTIONS, SLIDING_WINDOW, SOFTCAP, AttentionQuery, priority_for, why_not
 from ..catalog.kernel_errors import cannot_run_here
-from ..machine import Device, Software
+from ..hardware.machine import Device, Software
 from .kernels import KernelBackend, adapt_mask, default_backends
 
 NAME = "kernelfit"

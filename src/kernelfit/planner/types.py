@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .machine import Device, Machine
+from ..hardware.machine import Device, Machine
 from .memory import MemoryEstimate
-from .modelspec import ModelSpec
+from ..model.spec import ModelSpec
 
 DTYPE_CHOICES = ("auto", "bfloat16", "float16", "float32")
 DEFAULT_CONTEXT = 4096
@@ -85,7 +85,7 @@ class Plan:
     def decode_fastpath(self) -> str | None:
         """Why one-row decode steps bypass oneDNN (runtime/cpu_decode.py), or None. Derived, so
         it follows a tuned dtype."""
-        from .catalog.dtypes import cpu_decode_gemv
+        from ..catalog.dtypes import cpu_decode_gemv
 
         if self.quantization is not None and self.quantization.method not in ("none", "dequantize"):
             return None  # quantized linears do not go through torch's bf16 matmul
@@ -94,7 +94,7 @@ class Plan:
     @property
     def decode_attention(self) -> str | None:
         """Why long one-query CPU attention calls are specialised (runtime/kernels.py), or None."""
-        from .catalog.attention import cpu_decode_attention
+        from ..catalog.attention import cpu_decode_attention
 
         text = next(s for s in self.model.sub_models if s.role == "text")
         return cpu_decode_attention(self.placement_devices, text.features)
@@ -165,7 +165,7 @@ class Plan:
                               "reason": r.reason} for r in self.quantization_rejected]}
 
     def generate_kwargs(self) -> dict:
-        from .quantplan import generation_config
+        from .quantization import generation_config
 
         kw = generation_config(self.quantization) if self.quantization else {}
         if self.tuned and self.tuned.get("cache") == "static" and "cache_implementation" not in kw:
@@ -174,7 +174,7 @@ class Plan:
 
     def offload_folder(self) -> str:
         """Where accelerate writes offloaded weights that are not safetensors (kernelfit's cache)."""
-        from .paths import cache_root
+        from ..paths import cache_root
 
         return str(cache_root() / "offload" / self.model.name.replace("/", "--"))
 
@@ -189,7 +189,7 @@ class Plan:
         if self.offload.get("disk_gib"):
             kw["offload_folder"] = self.offload_folder()
         if self.quantization is not None:
-            from .quantplan import quantization_config
+            from .quantization import quantization_config
 
             # fp16 kept only for memory (consumer Pascal): let bitsandbytes compute in fp32
             compute = "float32" if self.dtype.reason.startswith("memory fallback") else self.dtype.value

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .catalog.packages import install_hint
-from .catalog.quantization import ON_THE_FLY, PREQUANTIZED, hf_backend_name, missing_packages, why_not_backend
-from .errors import UsageError
-from .machine import Device, Machine
-from .modelspec import ModelSpec
-from .plan import Rejected
+from ..catalog.packages import install_hint
+from ..catalog.quantization import ON_THE_FLY, PREQUANTIZED, hf_backend_name, missing_packages, why_not_backend
+from ..errors import UsageError
+from ..hardware.machine import Device, Machine
+from ..model.spec import ModelSpec
+from .types import Rejected
 
 # "8bit"/"4bit" let the catalog pick the quantizer; "METHOD-Nbit" names it (bench measures each)
 QUANT_CHOICES = ("auto", "none", "8bit", "4bit", "bitsandbytes-8bit", "bitsandbytes-4bit", "quanto-8bit", "quanto-4bit")

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UsageError
-from ..modelspec import ModelSpec
+from ..model.spec import ModelSpec
 from ..paths import cache_root, files_key, publish_dir
 
 FORMAT_VERSION = 1

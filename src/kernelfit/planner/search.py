@@ -15,15 +15,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from .errors import PlanError
-from .machine import Device, Machine
+from ..errors import PlanError
+from ..hardware.machine import Device, Machine
 from .memory import DISK_USABLE_FRACTION, GIB, MemoryEstimate, device_budget, estimate, gib, materialises_scores
-from .modelspec import ModelSpec
-from .plan import Choice, Placement, Plan, Preferences, Rejected
-from .catalog.attention import AttentionQuery, sdpa_kernels
-from .catalog.quantization import SLOW_8BIT_WHY, slow_8bit_decode
-from .planner import DtypeCandidates, choose_attention, dtype_candidates
-from .quantplan import KV_BITS, Level, QuantOption, ladder, resolve_level
+from ..model.spec import ModelSpec
+from .types import Choice, Placement, Plan, Preferences, Rejected
+from ..catalog.attention import AttentionQuery, sdpa_kernels
+from ..catalog.quantization import SLOW_8BIT_WHY, slow_8bit_decode
+from .choose import DtypeCandidates, choose_attention, dtype_candidates
+from .quantization import KV_BITS, Level, QuantOption, ladder, resolve_level
 
 
 @dataclass

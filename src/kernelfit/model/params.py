@@ -6,7 +6,7 @@ against the published counts of the configs in shared/model-configs (within 2%).
 
 from __future__ import annotations
 
-from .catalog.architectures import COMPOSITES, DECODERS, VISION
+from ..catalog.architectures import COMPOSITES, DECODERS, VISION
 
 
 def head_dim_of(cfg: dict) -> int:

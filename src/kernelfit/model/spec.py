@@ -13,8 +13,8 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .catalog.architectures import COMPOSITES, DECODERS, GGUF_ARCH_TO_MODEL_TYPE, VISION, supported_model_types
-from .errors import UsageError
+from ..catalog.architectures import COMPOSITES, DECODERS, GGUF_ARCH_TO_MODEL_TYPE, VISION, supported_model_types
+from ..errors import UsageError
 from .gguf_header import read_gguf_header
 from .params import decoder_params, head_dim_of, projector_params, vision_params, vision_tokens
 

@@ -20,8 +20,8 @@ from dataclasses import asdict, dataclass, replace
 
 import torch
 
-from ..plan import Plan
-from ..quantplan import otf_choice
+from ..planner.types import Plan
+from ..planner.quantization import otf_choice
 
 
 @dataclass(frozen=True)
@@ -99,7 +99,7 @@ def _spread(values: list[float]) -> float:
 def _measure(model, cand: Candidate, ids: torch.Tensor, new_tokens: int, trials: int) -> Result:
     model.set_attn_implementation(cand.attention)
     if cand.compile:
-        from .generate import compile_forward
+        from ..loader.generate import compile_forward
 
         compile_forward(model)
     try:
@@ -110,7 +110,7 @@ def _measure(model, cand: Candidate, ids: torch.Tensor, new_tokens: int, trials:
 
 
 def _trials(model, cand: Candidate, ids: torch.Tensor, new_tokens: int, trials: int) -> Result:
-    from .generate import _TimingStreamer, no_grad_for
+    from ..loader.generate import _TimingStreamer, no_grad_for
 
     forward = model.forward
     prefill, decode = [], []
@@ -136,7 +136,7 @@ def _trials(model, cand: Candidate, ids: torch.Tensor, new_tokens: int, trials: 
 def bench(model_ref: str, plan: Plan, context: int = 256, new_tokens: int = 32, trials: int = 3,
           compile: bool = False, progress=None) -> tuple[list[Result], Result | None]:
     """Measure every candidate; returns (results, winner)."""
-    from .load import load
+    from ..loader.load import load
 
     say = progress or (lambda msg: print(msg, file=sys.stderr, flush=True))
     cands = candidates(plan, compile)

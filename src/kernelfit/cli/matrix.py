@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from .catalog.attention import BACKENDS, AttentionQuery, why_not
-from .catalog.dtypes import dtype_verdicts
-from .catalog.quantization import ON_THE_FLY, PREQUANTIZED, why_not_backend
-from .profiles import load_profile, profile_names
+from ..catalog.attention import BACKENDS, AttentionQuery, why_not
+from ..catalog.dtypes import dtype_verdicts
+from ..catalog.quantization import ON_THE_FLY, PREQUANTIZED, why_not_backend
+from ..profiles import load_profile, profile_names
 
 ATTENTION_COLUMNS = ("flash_attention_2", "flash_attention_3", "flash_attention_4", "sdpa", "flex_attention", "eager")
 
@@ -32,7 +32,7 @@ def _table(header: list[str], rows: list[list[str]], markdown: bool) -> str:
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(r) + " |" for r in rows]
         return "\n".join(lines)
-    from .cli.render import table
+    from .render import table
 
     return table(rows, header)
 

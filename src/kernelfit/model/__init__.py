@@ -1,0 +1,1 @@
+"""model: a model's shape from its config or GGUF header only (never its weights) -> `ModelSpec`."""
