@@ -48,7 +48,7 @@ def main() -> int:
     from transformers import AutoModelForCausalLM
 
     from kernelfit.loader.gguf_cache import materialise
-    from kernelfit.loader.load import load
+    from kernelfit.api import load
 
     loaded = load("smollm2-135m")
     plan = loaded.plan

@@ -49,11 +49,11 @@ def main() -> int:
 
     from kernelfit.model.spec import load_model_spec
     from kernelfit.planner.types import Preferences
-    from kernelfit.planner.choose import plan as make_plan
+    from kernelfit.planner.search import plan as make_plan
     from kernelfit.probe import probe_machine
     from kernelfit.bench.measure import Candidate, _measure, bench
     from kernelfit.loader.gguf_cache import materialise
-    from kernelfit.loader.load import load
+    from kernelfit.api import load
     from kernelfit.bench.cache import save_winner
 
     machine = probe_machine()

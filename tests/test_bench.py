@@ -5,9 +5,10 @@ from dataclasses import replace
 
 import pytest
 
+from kernelfit.planner.hf_args import from_pretrained_kwargs, generate_kwargs
 from kernelfit.model.spec import load_model_spec
 from kernelfit.planner.types import Preferences
-from kernelfit.planner.choose import plan
+from kernelfit.planner.search import plan
 from kernelfit.probe import probe_machine
 from kernelfit.bench.cache import TuneCacheWarning, cached_winner, save_winner, tune_key, with_cached_winner
 
@@ -41,7 +42,7 @@ def test_cached_winner_round_trip_and_apply(tune_cache):
     tuned = with_cached_winner(p)
     assert (tuned.text_attention.value, tuned.dtype.value) == ("eager", "float32")
     assert "measured fastest" in tuned.text_attention.reason
-    assert tuned.generate_kwargs()["cache_implementation"] == "static"
+    assert generate_kwargs(tuned)["cache_implementation"] == "static"
     assert {r.name for r in tuned.text_attention.rejected} >= {p.text_attention.value}
 
 
@@ -109,7 +110,7 @@ def test_run_loads_the_cached_winner_and_no_cache_really_ignores_it(tune_cache):
 def test_bench_measures_the_8bit_the_plan_passed_over_for_speed():
     # the plan prefers nf4 to LLM.int8 on CUDA from published figures; bench measures the 8-bit that also fits
     from kernelfit.profiles import load_profile
-    from kernelfit.bench.measure import quantization_candidates
+    from kernelfit.bench.candidates import quantization_candidates
 
     one = plan(load_profile("a100-80gb"), load_model_spec("tests/data/model-configs/llama-2-70b.json"), Preferences())
     assert one.quantization.bits == 4 and one.quantization.passed_over_bits == 8
@@ -119,7 +120,8 @@ def test_bench_measures_the_8bit_the_plan_passed_over_for_speed():
 
 
 def test_a_model_that_must_be_quantized_sweeps_the_quantizers_and_the_winner_is_applied(tiny_dir, tune_cache):
-    from kernelfit.bench.measure import bench, candidates, static_candidate
+    from kernelfit.bench.candidates import candidates, static_candidate
+    from kernelfit.bench.measure import bench
     from kernelfit.bench.cache import apply_winner
 
     spec = load_model_spec(str(tiny_dir))
@@ -129,7 +131,7 @@ def test_a_model_that_must_be_quantized_sweeps_the_quantizers_and_the_winner_is_
     quants = {c.quantization for c in cands}
     assert quants == {"bitsandbytes-8bit", "quanto-8bit", "bitsandbytes-4bit", "quanto-4bit"}
     assert static_candidate(p) in cands
-    results, winner = bench(str(tiny_dir), p, context=16, new_tokens=4, trials=1, progress=lambda m: None)
+    results, winner = bench(p, context=16, new_tokens=4, trials=1, progress=lambda m: None)
     measured = {r.candidate.quantization: r for r in results}
     assert all(measured[q].error is None and measured[q].decode_tokens_per_s > 0 for q in quants), \
         {q: measured[q].error for q in quants}
@@ -147,7 +149,7 @@ def test_a_model_that_must_be_quantized_sweeps_the_quantizers_and_the_winner_is_
 
 
 def test_a_compiled_winner_is_loaded_compiled(tiny_dir, tune_cache):
-    from kernelfit.loader.load import load
+    from kernelfit.api import load
 
     p = static_plan(str(tiny_dir))
     w = dict(WINNER, attention=p.text_attention.value, dtype=p.dtype.value, compile=True)

@@ -5,11 +5,12 @@ from dataclasses import replace
 import pytest
 import torch
 
+from kernelfit.planner.report import plan_dict
 from kernelfit.model.spec import load_model_spec
 from kernelfit.planner.types import Preferences
-from kernelfit.planner.choose import plan
+from kernelfit.planner.search import plan
 from kernelfit.profiles import load_profile
-from kernelfit.bench.measure import candidates
+from kernelfit.bench.candidates import candidates
 from kernelfit.loader.cpu_decode import install, installed, uninstall
 
 from tiny_models import tiny_llama
@@ -30,7 +31,7 @@ def cpu_machine(isa):
 def test_fast_path_is_planned_only_for_bf16_on_an_avx512_cpu():
     p = P("cpu-spr-amx")
     assert p.dtype.value == "bfloat16" and "skip oneDNN" in p.decode_fastpath
-    assert p.to_dict()["decode_fastpath"]["enabled"] is True
+    assert plan_dict(p)["decode_fastpath"]["enabled"] is True
     assert P("cpu-spr-amx", dtype="float32").decode_fastpath is None
     assert P("t4").decode_fastpath is None  # GPU plans: cuBLAS, no oneDNN
     avx2 = plan(cpu_machine(["avx", "avx2", "f16c", "fma"]), SMOL, Preferences(dtype="bfloat16"))
@@ -96,7 +97,7 @@ def test_flag_is_restored_when_the_forward_raises():
 
 
 def test_load_installs_the_fast_path_the_plan_names(tmp_path):
-    from kernelfit.loader.load import load
+    from kernelfit.api import load
     from test_health import save_tiny
 
     machine = cpu_machine(EPYC_ISA)
@@ -110,7 +111,7 @@ def test_load_installs_the_fast_path_the_plan_names(tmp_path):
 
 def test_the_plan_names_the_long_decode_attention_kernel_where_the_dispatcher_uses_it():
     assert "grouped matmuls" in P("cpu-spr-amx").decode_attention
-    assert P("cpu-spr-amx").to_dict()["decode_fastpath"]["attention"]
+    assert plan_dict(P("cpu-spr-amx"))["decode_fastpath"]["attention"]
     assert P("t4").decode_attention is None
     mistral = load_model_spec("tests/data/model-configs/mistral-7b-v0.1.json")  # sliding window: not handled
     assert plan(load_profile("cpu-spr-amx"), mistral, Preferences()).decode_attention is None

@@ -32,7 +32,7 @@ CANNOT_RUN = [
 
 @pytest.fixture(scope="module")
 def smol():
-    from kernelfit.loader.load import load
+    from kernelfit.api import load
 
     loaded = load("smollm2-135m", dtype="float32")
     tok = loaded.tokenizer
@@ -43,7 +43,7 @@ def smol():
 @pytest.fixture(scope="module")
 def smol_bf16():
     """FlashAttention is half-precision only: the catalog offers it for bf16/fp16 queries."""
-    from kernelfit.loader.load import load
+    from kernelfit.api import load
 
     loaded = load("smollm2-135m", dtype="bfloat16")
     loaded.tokenizer.padding_side = "left"
@@ -223,7 +223,7 @@ def test_catalog_rules_apply_per_call(clean):
 
 
 def test_each_loaded_model_keeps_its_own_plans_choice(tmp_path, clean):
-    from kernelfit.loader.load import load
+    from kernelfit.api import load
     from test_health import save_tiny
 
     d = save_tiny(tmp_path)

@@ -9,7 +9,7 @@ from safetensors.torch import load_file, save_file
 from kernelfit.errors import HealthCheckError
 from kernelfit.model.spec import load_model_spec
 from kernelfit.loader.health import check_health
-from kernelfit.loader.load import load
+from kernelfit.api import load
 
 from tiny_models import tiny_llama
 

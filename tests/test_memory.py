@@ -14,7 +14,7 @@ from conftest import config_path
 
 PEAK_SCRIPT = r"""
 import json, re, sys, torch
-from kernelfit.loader.load import load
+from kernelfit.api import load
 ctx, dtype = int(sys.argv[1]), sys.argv[2]
 loaded = load("smollm2-135m", dtype=dtype, context=ctx, health_check=False)
 ids = torch.randint(100, 40000, (1, ctx))

@@ -24,7 +24,7 @@ def test_shapes_from_config():
     q = load_model_spec(str(CONFIGS[0].parent / "qwen2.5-7b.json"))
     assert q.text.sliding_window is None  # use_sliding_window is false in Qwen2.5
     g = load_model_spec(str(CONFIGS[0].parent / "mistral-7b-gptq.json"))
-    assert g.quantization["quant_method"] == "gptq" and g.quantization["bits"] == 4
+    assert g.quantization.method == "gptq" and g.quantization.bits == 4
 
 
 def test_composite_vlm_has_a_vision_sub_model():
@@ -43,7 +43,7 @@ def test_bundled_smollm2_from_gguf_header():
     assert (t.num_layers, t.hidden_size, t.num_heads, t.num_kv_heads, t.head_dim, t.vocab_size) == (30, 576, 9, 3, 64, 49152)
     assert t.tie_embeddings and s.chat_template
     assert s.params == 134_515_008  # the file's own tensor table
-    assert s.quantization["file_type"] == "Q4_1"
+    assert s.quantization.format == "Q4_1"
 
 
 def test_model_dir_and_hub_cache(tmp_path, monkeypatch):

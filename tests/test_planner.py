@@ -7,7 +7,7 @@ from kernelfit.catalog.dtypes import dtype_verdicts
 from kernelfit.errors import PlanError, UsageError
 from kernelfit.model.spec import load_model_spec
 from kernelfit.planner.types import Preferences
-from kernelfit.planner.choose import plan
+from kernelfit.planner.search import plan
 from kernelfit.profiles import apply_overrides, load_profile, profile_names
 
 from conftest import CONFIGS, config_path

@@ -12,11 +12,12 @@ from importlib.util import find_spec
 import pytest
 import torch
 
+from kernelfit.planner.hf_args import from_pretrained_kwargs, generate_kwargs
 from kernelfit.errors import UsageError
 from kernelfit.model.spec import load_model_spec
 from kernelfit.probe import probe_machine
 from kernelfit.loader.dequantize import awq_gemm_weight, gptq_weight
-from kernelfit.loader.load import load
+from kernelfit.api import load
 
 from quantized_checkpoints import (GROUP, pack_awq_cols, pack_awq_cols_plain, pack_gptq_rows, quantize,
                                    reference_model, save_tiny_quantized)
@@ -84,13 +85,13 @@ def test_awq_unpacker_agrees_with_gptqmodel():
 def test_awq_plan_names_the_cpu_kernel_and_what_to_install(awq):
     d, _ = awq
     spec = load_model_spec(str(d))
-    assert spec.quantization["quant_method"] == "awq"
-    from kernelfit.planner.choose import plan
+    assert spec.quantization.method == "awq"
+    from kernelfit.planner.search import plan
     from kernelfit.planner.types import Preferences
 
     p = plan(machine_without("gptqmodel"), spec, Preferences())
     assert p.quantization.backend == "torch_fused" and "gptqmodel" in p.quantization.install
-    assert p.from_pretrained_kwargs()["quantization_config"]["backend"] == "torch_fused_awq"  # transformers' name
+    assert from_pretrained_kwargs(p)["quantization_config"]["backend"] == "torch_fused_awq"  # transformers' name
     with pytest.raises(UsageError, match="pip install gptqmodel"):
         load(str(d), machine=machine_without("gptqmodel"), use_tune_cache=False)
 
@@ -114,7 +115,7 @@ BIG = {"hidden_size": 512, "intermediate_size": 2048, "num_hidden_layers": 4}
 
 def test_allow_dequantize_requantizes_when_the_dense_model_does_not_fit(tmp_path):
     from kernelfit.planner.types import Preferences
-    from kernelfit.planner.choose import plan
+    from kernelfit.planner.search import plan
 
     reference = save_tiny_quantized(tmp_path, "awq", **BIG)
     machine = machine_without("gptqmodel")
@@ -136,7 +137,7 @@ def test_allow_dequantize_requantizes_when_the_dense_model_does_not_fit(tmp_path
 
 def test_awq_on_a_gtx1060_without_gptqmodel_is_requantized_for_the_gpu():
     from kernelfit.planner.types import Preferences
-    from kernelfit.planner.choose import plan
+    from kernelfit.planner.search import plan
     from kernelfit.profiles import load_profile
 
     spec = load_model_spec("tests/data/model-configs/llama-2-7b-awq.json")
@@ -179,7 +180,7 @@ def test_runs_packed_on_gptqmodel_and_agrees_with_the_reference(method, awq, gpt
 
 def test_gptq_plan_asks_for_optimum_too():
     from kernelfit.planner.types import Preferences
-    from kernelfit.planner.choose import plan
+    from kernelfit.planner.search import plan
     from kernelfit.profiles import load_profile
 
     spec = load_model_spec("tests/data/model-configs/mistral-7b-gptq.json")
@@ -193,7 +194,7 @@ def test_fp8_checkpoint_plans_native_fp8_only_from_sm89_and_dequantizes_elsewher
 
     from kernelfit.errors import PlanError
     from kernelfit.planner.types import Preferences
-    from kernelfit.planner.choose import plan
+    from kernelfit.planner.search import plan
     from kernelfit.profiles import load_profile
 
     cfg = json.loads(open("tests/data/model-configs/llama-3.1-8b.json").read())

@@ -23,7 +23,7 @@ def test_no_driver_is_an_answer_not_a_crash():
 def test_nvml_mixed_box(monkeypatch):
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     r = probe_nvml(fake_nvml([("NVIDIA A100-SXM4-80GB", (8, 0), 80, 79.2), ("Tesla T4", (7, 5), 15, 14.6)]))
-    assert [d.compute_capability for d in r.devices] == ["8.0", "7.5"]
+    assert [str(d.compute_capability) for d in r.devices] == ["8.0", "7.5"]
     assert [d.torch_device for d in r.devices] == ["cuda:0", "cuda:1"]
     assert r.devices[1].memory_free_gib == pytest.approx(14.6, abs=0.01)
     assert r.driver == "550.54.15" and r.cuda_driver == "12.4"

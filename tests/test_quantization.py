@@ -3,11 +3,13 @@
 import pytest
 import torch
 
+from kernelfit.planner.report import plan_dict
+from kernelfit.planner.hf_args import from_pretrained_kwargs, generate_kwargs
 from kernelfit.catalog.quantization import ON_THE_FLY, PREQUANTIZED, why_not_backend
 from kernelfit.errors import PlanError
 from kernelfit.model.spec import load_model_spec
 from kernelfit.planner.types import Preferences
-from kernelfit.planner.choose import plan
+from kernelfit.planner.search import plan
 from kernelfit.profiles import load_profile, profile_names
 
 from conftest import CONFIGS, config_path
@@ -24,8 +26,8 @@ def test_llama2_7b_on_gtx1060_is_4bit_and_fits_with_the_figures():
     q = p.quantization
     assert (q.method, q.bits) == ("bitsandbytes", 4) and p.memory.fits
     assert p.placement.devices == ("cuda:0",)
-    assert p.from_pretrained_kwargs()["quantization_config"]["bnb_4bit_compute_dtype"] == "float32"  # not fp16 math on sm_61
-    d = p.to_dict()["quantization"]
+    assert from_pretrained_kwargs(p)["quantization_config"]["bnb_4bit_compute_dtype"] == "float32"  # not fp16 math on sm_61
+    d = plan_dict(p)["quantization"]
     assert any(r["method"] == "none" and "does not fit" in r["reason"] for r in d["rejected"])
 
 
@@ -121,7 +123,7 @@ def _tiny_dir(tmp_path):
 @pytest.mark.parametrize("quantization,method,min_cosine", [("8bit", "bitsandbytes", 0.999), ("4bit", "bitsandbytes", 0.95)])
 def test_bitsandbytes_loads_agree_with_fp32(tmp_path, quantization, method, min_cosine):
     pytest.importorskip("bitsandbytes")
-    from kernelfit.loader.load import load
+    from kernelfit.api import load
 
     d = str(_tiny_dir(tmp_path))
     ids = torch.tensor([[1, 5, 6, 7, 8, 9, 10, 11]])
@@ -141,7 +143,7 @@ def test_int4_kv_cache_rung_loads_and_generates_with_a_quantized_cache(tmp_path)
     pytest.importorskip("optimum.quanto")
     from test_health import save_tiny
 
-    from kernelfit.loader.load import load
+    from kernelfit.api import load
     from tiny_models import VOCAB, tiny_llama
 
     save_tiny(tmp_path)
@@ -155,7 +157,7 @@ def test_int4_kv_cache_rung_loads_and_generates_with_a_quantized_cache(tmp_path)
     q = tight.plan.quantization
     assert (q.method, q.kv_bits) == ("none", 4) and tight.plan.memory.kv_cache < dense.kv_cache / 2
     assert tight.plan.dtype.value == ref.plan.dtype.value
-    kwargs = tight.plan.generate_kwargs()
+    kwargs = generate_kwargs(tight.plan)
     assert kwargs["cache_implementation"] == "quantized" and kwargs["cache_config"]["nbits"] == 4
     ids = torch.randint(3, VOCAB, (1, 300), generator=torch.Generator().manual_seed(0))  # past the 128-token residual
     with torch.no_grad():
@@ -169,7 +171,7 @@ def test_int4_kv_cache_rung_loads_and_generates_with_a_quantized_cache(tmp_path)
 
 def test_quanto_int8_agrees_with_fp32(tmp_path):
     pytest.importorskip("optimum.quanto")
-    from kernelfit.loader.load import load
+    from kernelfit.api import load
 
     d = str(_tiny_dir(tmp_path))
     ids = torch.tensor([[1, 5, 6, 7, 8, 9, 10, 11]])

@@ -1,8 +1,10 @@
 """kernelfit: run any transformers model on the hardware it lands on, with the fastest
 configuration that hardware can really execute — and say why.
 
-Pipeline: probe -> catalog -> plan -> load -> dispatch. Importing this package is cheap; the
-heavy parts (torch, transformers) load only when `load`, `guard` or the dispatcher is used.
+Pipeline: probe -> model -> catalog -> plan -> load -> dispatch -> bench. Importing this package is
+cheap; the heavy parts (torch, transformers) load only when `load`, `guard` or the dispatcher is used.
+No subpackage shares a name with a public function, so `kernelfit.plan(...)` stays a function whatever
+was imported before (tests/test_layout.py).
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ if _os.environ.get("KERNELFIT_GUARD") == "1":  # for code you cannot edit: KERNE
 
     _guard()
 
-__all__ = ["__version__", "probe_machine", "load_profile", "load_model_spec", "plan", "Preferences", "load", "guard",
-           "register"]
+__all__ = ["__version__", "probe_machine", "load_profile", "load_model_spec", "plan", "make_plan", "Preferences",
+           "load", "guard", "register"]
 
 
 # public name -> module that defines it (imported on first use: `import kernelfit` stays cheap)
@@ -25,9 +27,10 @@ _LAZY = {
     "probe_machine": ".probe",
     "load_profile": ".profiles",
     "load_model_spec": ".model.spec",
-    "plan": ".planner.choose",
+    "plan": ".planner.search",  # plan(machine, spec, prefs): the pure planner
+    "make_plan": ".api",  # make_plan(model, prefs): probe, spec, plan, tune cache
     "Preferences": ".planner.types",
-    "load": ".loader.load",
+    "load": ".api",
     "guard": ".dispatch.guard",
     "register": ".dispatch.dispatcher",
 }

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
+from typing import Callable
+
+# A cache entry is a directory that holds this file only once it is complete.
+CACHE_MARKER = "kernelfit-cache.json"
 
 
 def cache_root() -> Path:
@@ -55,9 +61,31 @@ def files_key(files: list[Path], version: int) -> str:
 
 def publish_dir(tmp: Path, final: Path) -> None:
     """Rename a fully written temporary directory into place; if another process won the race, keep theirs."""
-    import shutil
-
     try:
         os.replace(tmp, final)
     except OSError:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def complete_entry(final: Path) -> Path | None:
+    """`final` when it is a complete cache entry, else None."""
+    return final if (final / CACHE_MARKER).is_file() else None
+
+
+def build_entry(final: Path, build: Callable[[Path], dict]) -> Path:
+    """Return the cache entry `final`, building it first if needed: `build(tmp)` writes into a temporary
+    sibling directory and returns metadata; the marker file is written last and the directory renamed into
+    place, so an interrupted build leaves nothing that looks complete."""
+    hit = complete_entry(final)
+    if hit is not None:
+        return hit
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=".tmp-"))
+    try:
+        meta = build(tmp)
+        (tmp / CACHE_MARKER).write_text(json.dumps(meta))
+        publish_dir(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final

@@ -17,11 +17,14 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..catalog.attention import BACKENDS
+from ..catalog.dtypes import DTYPES
+from ..errors import PlanError
 from ..hardware.machine import Machine
 from ..model.spec import ModelSpec
 from ..paths import cache_root, write_atomic
-from ..planner.types import Choice, Plan, Rejected
 from ..planner.quantization import QUANT_CHOICES, otf_choice
+from ..planner.search import plan as make_plan
+from ..planner.types import Choice, ChoiceKind, Plan, RejectKind, Rejected
 
 FORMAT = 1
 CACHES = ("dynamic", "static")
@@ -41,7 +44,7 @@ def tune_key(machine: Machine, model: ModelSpec, devices: tuple[str, ...]) -> st
     used = [d for d in machine.devices if d.torch_device in devices]
     t = model.text
     ident = {
-        "devices": [(d.kind, d.name, d.compute_capability, d.memory_gib) for d in used],
+        "devices": [(d.kind, d.name, str(d.compute_capability or ""), d.memory_gib) for d in used],
         "cpu": (machine.cpu.model, machine.cpu.threads, list(machine.cpu.isa)),
         "software": (machine.software.torch, machine.software.package_version("transformers"),
                      machine.software.nvidia_driver),
@@ -80,7 +83,7 @@ def _valid(winner, plan: Plan) -> str | None:
     if not isinstance(winner, dict):
         return "not an object"
     attn, dtype, cache = winner.get("attention"), winner.get("dtype"), winner.get("cache")
-    if attn not in BACKENDS or cache not in CACHES or dtype not in ("float32", "float16", "bfloat16"):
+    if attn not in BACKENDS or cache not in CACHES or dtype not in DTYPES:
         return f"unknown choice {attn!r}/{dtype!r}/{cache!r}"
     if attn not in plan.runnable_attentions():
         return f"{attn} no longer runs here per the catalog"
@@ -103,38 +106,55 @@ def cached_winner(plan: Plan) -> dict | None:
     return dict(entry["winner"], measured_at=entry.get("measured_at"))
 
 
-def _with_quantization(plan: Plan, quantization: str) -> Plan:
-    """Re-plan with the measured quantizer, when the model needs one (a model that fits unquantized
-    is never quantized by a cached result) and the user did not choose one."""
-    if plan.preferences.quantization != "auto" or otf_choice(plan.quantization) in ("none", quantization) \
-            or quantization == "none":
+def _replan(plan: Plan, winner: dict) -> Plan | None:
+    """The plan made again for the winner's dtype — and its quantizer, when the model needs one (a model
+    that fits unquantized is never quantized by a cached result) and the user did not choose one — so the
+    memory estimate and placement are the winner's, not the static choice's. None when it no longer plans."""
+    prefs = plan.preferences
+    quantization = winner.get("quantization", "none")
+    if prefs.quantization == "auto" and otf_choice(plan.quantization) not in ("none", quantization) \
+            and quantization != "none":
+        prefs = replace(prefs, quantization=quantization)
+    if winner["dtype"] != plan.dtype.value:
+        prefs = replace(prefs, dtype=winner["dtype"])
+    if prefs == plan.preferences:
         return plan
-    from ..errors import PlanError
-    from ..planner.choose import plan as make_plan
-
     try:
-        return make_plan(plan.machine, plan.model, replace(plan.preferences, quantization=quantization))
+        return make_plan(plan.machine, plan.model, prefs)
     except PlanError:
-        return plan
+        return None
 
 
 def apply_winner(plan: Plan, winner: dict) -> Plan:
     """The plan with the measured winner's quantizer, attention, dtype and KV cache (and torch.compile);
-    the static choices are kept in the rejected lists with the measurement that beat them."""
-    plan = _with_quantization(plan, winner.get("quantization", "none"))
+    the static choices are kept in the rejected lists with the measurement that beat them. Re-planned for
+    the winner's dtype, so memory and placement follow it; a winner that no longer plans is not applied."""
+    static = plan
+    replanned = _replan(plan, winner)
+    if replanned is None:
+        warnings.warn(f"kernelfit: ignoring the cached tune result for {plan.model.name}: {winner['dtype']} no "
+                      "longer fits here", TuneCacheWarning, stacklevel=3)
+        return plan
+    plan = replanned
     measured = (f"measured fastest by `kernelfit bench` ({winner.get('measured_at', 'earlier')}): "
                 f"prefill {winner.get('prefill_tokens_per_s', 0):.0f} tok/s, decode {winner.get('decode_tokens_per_s', 0):.1f} tok/s")
+    slower = "static choice; slower when measured"
     attention = dict(plan.attention)
     a = plan.text_attention
     if winner["attention"] != a.value:
-        rejected = [r for r in a.rejected if r.name != winner["attention"]] + [Rejected(a.value, "static choice; slower when measured")]
-        attention["text"] = Choice(winner["attention"], measured, tuple(rejected), BACKENDS[winner["attention"]].sources)
-    d = plan.dtype
-    dtype = d
-    if winner["dtype"] != d.value:
-        rejected = [r for r in d.rejected if r.name != winner["dtype"]] + [Rejected(d.value, "static choice; slower when measured")]
-        dtype = Choice(winner["dtype"], measured, tuple(rejected), d.sources)
+        rejected = [r for r in a.rejected if r.name != winner["attention"]] + [
+            Rejected(a.value, RejectKind.MEASURED_SLOWER, slower)]
+        attention["text"] = Choice(winner["attention"], ChoiceKind.MEASURED, measured, tuple(rejected),
+                                   BACKENDS[winner["attention"]].sources)
+    dtype = plan.dtype
+    if winner["dtype"] != static.dtype.value:
+        d = static.dtype  # the static plan's alternatives, with its choice now among them
+        rejected = [r for r in d.rejected if r.name != winner["dtype"]] + [
+            Rejected(d.value, RejectKind.MEASURED_SLOWER, slower)]
+        dtype = Choice(winner["dtype"], ChoiceKind.MEASURED, measured, tuple(rejected), plan.dtype.sources)
+    # the dtype came from the measurement, not from the user: the preferences stay as they were asked
     return replace(plan, attention=attention, dtype=dtype,
+                   preferences=replace(plan.preferences, dtype=static.preferences.dtype),
                    tuned={"cache": winner["cache"], "reason": measured, "compile": bool(winner.get("compile")),
                           "quantization": otf_choice(plan.quantization), **{k: winner.get(k) for k in (
                               "prefill_tokens_per_s", "decode_tokens_per_s", "measured_at")}})

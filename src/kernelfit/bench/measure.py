@@ -16,79 +16,10 @@ from __future__ import annotations
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
-
 import torch
 
 from ..planner.types import Plan
-from ..planner.quantization import otf_choice
-
-
-@dataclass(frozen=True)
-class Candidate:
-    attention: str
-    dtype: str
-    cache: str  # "dynamic" or "static"
-    compile: bool = False
-    quantization: str = "none"  # a --quantization value: "none", or e.g. "bitsandbytes-8bit", "quanto-4bit"
-
-
-@dataclass
-class Result:
-    candidate: Candidate
-    prefill_tokens_per_s: float | None = None
-    prefill_spread: float | None = None  # (max - min) / median over the trials
-    decode_tokens_per_s: float | None = None
-    decode_spread: float | None = None
-    error: str | None = None
-
-    def seconds(self, context: int, new_tokens: int) -> float:
-        if self.error or not self.prefill_tokens_per_s or not self.decode_tokens_per_s:
-            return float("inf")
-        return context / self.prefill_tokens_per_s + new_tokens / self.decode_tokens_per_s
-
-    def to_dict(self) -> dict:
-        return {**asdict(self.candidate), "prefill_tokens_per_s": self.prefill_tokens_per_s,
-                "prefill_spread": self.prefill_spread, "decode_tokens_per_s": self.decode_tokens_per_s,
-                "decode_spread": self.decode_spread, "error": self.error}
-
-
-def quantization_candidates(plan: Plan) -> list[str]:
-    """When the static plan quantizes on load (the model does not fit otherwise): every installed
-    on-the-fly quantizer that runs on the plan's devices, at its bits or fewer (fewer bits fit too),
-    and at the bits it passed over for speed although they fit (CUDA's LLM.int8: measured, not assumed)."""
-    from ..catalog.quantization import ON_THE_FLY, why_not_backend
-
-    static = otf_choice(plan.quantization)
-    if static == "none":
-        return []
-    devices = plan.placement_devices
-    fit = max(plan.quantization.bits, plan.quantization.passed_over_bits or 0)
-    out = []
-    for b in ON_THE_FLY:
-        for bits in sorted(b.bits, reverse=True):
-            name = f"{b.method}-{bits}bit"
-            if bits <= fit and name != static and name not in out and not any(
-                    why_not_backend(b, d, plan.machine.software, plan.dtype.value, bits) for d in devices):
-                out.append(name)
-    return out
-
-
-def candidates(plan: Plan, compile: bool = False) -> list[Candidate]:
-    """Every attention and dtype the static plan found runnable here (never one the catalog rejects),
-    and, for a model that must be quantized to fit, the other quantizers with the static attention/dtype."""
-    attns = [a for a in plan.runnable_attentions() if a != "flex_attention" or compile]  # uncompiled flex is slow
-    dtypes = plan.runnable_dtypes()
-    q = otf_choice(plan.quantization)
-    out = [Candidate(a, d, c, False, q) for d in dtypes for a in attns for c in ("dynamic", "static")]
-    if compile:
-        out += [Candidate(a, d, "static", True, q) for d in dtypes for a in attns if a != "eager"]
-    out += [replace(static_candidate(plan), quantization=other) for other in quantization_candidates(plan)]
-    return out
-
-
-def static_candidate(plan: Plan) -> Candidate:
-    return Candidate(plan.text_attention.value, plan.dtype.value, "dynamic", False, otf_choice(plan.quantization))
+from .candidates import Candidate, Result, candidate_plan, candidates, static_candidate
 
 
 def _spread(values: list[float]) -> float:
@@ -133,10 +64,10 @@ def _trials(model, cand: Candidate, ids: torch.Tensor, new_tokens: int, trials: 
                   round(statistics.median(decode), 2), _spread(decode))
 
 
-def bench(model_ref: str, plan: Plan, context: int = 256, new_tokens: int = 32, trials: int = 3,
+def bench(plan: Plan, context: int = 256, new_tokens: int = 32, trials: int = 3,
           compile: bool = False, progress=None) -> tuple[list[Result], Result | None]:
-    """Measure every candidate; returns (results, winner)."""
-    from ..loader.load import load
+    """Measure every candidate of `plan` on the devices it places the model on; returns (results, winner)."""
+    from ..loader.load import load_plan
 
     say = progress or (lambda msg: print(msg, file=sys.stderr, flush=True))
     cands = candidates(plan, compile)
@@ -144,7 +75,6 @@ def bench(model_ref: str, plan: Plan, context: int = 256, new_tokens: int = 32, 
     ids = torch.randint(min(100, vocab - 1), vocab, (1, context), generator=torch.Generator().manual_seed(0))
     results: list[Result] = []
     models: dict[tuple[str, str], object] = {}
-    prefs = plan.preferences
     for i, cand in enumerate(cands, 1):
         say(f"[{i}/{len(cands)}] {cand.attention}, {cand.dtype}, {cand.cache} cache{', compiled' if cand.compile else ''}"
             + (f", {cand.quantization}" if cand.quantization != "none" else ""))
@@ -152,11 +82,7 @@ def bench(model_ref: str, plan: Plan, context: int = 256, new_tokens: int = 32, 
             key = (cand.dtype, cand.quantization)
             if key not in models:
                 models.clear()  # one model in memory at a time
-                models[key] = load(model_ref, dtype=cand.dtype, machine=plan.machine, dispatch=False,
-                                   health_check=False, context=prefs.context, batch=prefs.batch,
-                                   max_memory=prefs.max_memory, use_tune_cache=False,
-                                   quantization=prefs.quantization if cand.quantization == "none" else cand.quantization,
-                                   allow_dequantize=prefs.allow_dequantize).model
+                models[key] = load_plan(candidate_plan(plan, cand), dispatch=False, health_check=False).model
             results.append(_measure(models[key], cand, ids, new_tokens, trials))
         except Exception as exc:  # noqa: BLE001 - a failed candidate is a result, reported with its error
             results.append(Result(cand, error=f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..hardware.capability import (
+    SM50_MAXWELL,
     SM70_FP16_TENSOR_CORES,
     SM80_AMPERE,
     SM90_HOPPER,
@@ -18,10 +19,11 @@ from ..hardware.capability import (
     Capability,
 )
 from ..hardware.machine import Device, Software
+from .dtypes import DTYPES, HALF
+from .gates import hardware_gate
 from .versions import version_at_least
 
-HALF = frozenset({"float16", "bfloat16"})
-ALL_DTYPES = frozenset({"float32", "float16", "bfloat16"})
+ALL_DTYPES = frozenset(DTYPES)
 
 # Feature names a model can need (ModelSpec -> AttentionQuery.features).
 SLIDING_WINDOW = "sliding_window"
@@ -50,7 +52,6 @@ class AttentionBackend:
     max_cc: Capability | None = None  # inclusive
     rocm_archs: frozenset[str] | None = None  # None: any AMD arch
     max_head_dim: int | None = None
-    head_dim_multiple: int | None = None
     package: str | None = None  # distribution that must be installed
     min_package_version: str | None = None
     min_torch: str | None = None
@@ -149,7 +150,7 @@ PRIORITY: dict[str, tuple[str, ...]] = {
 
 
 def device_family(device: Device) -> str:
-    cap = device.capability
+    cap = device.compute_capability
     if device.kind == "cuda" and cap is not None:
         if SM100_BLACKWELL_DC <= cap < Capability(11, 0):
             return "cuda-sm100"
@@ -162,46 +163,44 @@ def priority_for(device: Device) -> tuple[str, ...]:
     return PRIORITY[device_family(device)]
 
 
-def why_not(backend: AttentionBackend, q: AttentionQuery) -> list[str]:
-    """Short reasons this backend cannot run the query; [] when it can."""
-    d, reasons = q.device, []
+def why_not(backend: AttentionBackend, q: AttentionQuery, check_package: bool = True) -> list[str]:
+    """Short reasons this backend cannot run the query; [] when it can. `check_package=False` leaves
+    out what an install would fix (the support matrix marks that apart)."""
+    d = q.device
+    reasons = hardware_gate(d, backend.platforms, backend.min_cc, backend.max_cc)
     if d.kind not in backend.platforms:
-        return [f"not available on {d.kind} devices (runs on {', '.join(sorted(backend.platforms))})"]
-    cap = d.capability
-    if d.kind == "cuda" and cap is not None:
-        if backend.min_cc and cap < backend.min_cc:
-            reasons.append(
-                f"needs compute capability >= {backend.min_cc}; {d.name} has compute capability {cap}"
-            )
-        elif backend.max_cc and cap > backend.max_cc:
-            reasons.append(
-                f"built for compute capability {backend.min_cc}..{backend.max_cc}; {d.name} has {cap}"
-            )
+        return reasons
     if d.kind == "rocm" and backend.rocm_archs is not None and d.arch not in backend.rocm_archs:
         reasons.append(f"ROCm build supports {', '.join(sorted(backend.rocm_archs))}; {d.name} is {d.arch}")
     if q.dtype not in backend.dtypes:
         reasons.append(f"supports {' and '.join(sorted(backend.dtypes))} only, not {q.dtype}")
     if backend.max_head_dim and q.head_dim > backend.max_head_dim:
         reasons.append(f"head_dim {q.head_dim} is over its maximum {backend.max_head_dim}")
-    if backend.head_dim_multiple and q.head_dim % backend.head_dim_multiple:
-        reasons.append(f"head_dim {q.head_dim} is not a multiple of {backend.head_dim_multiple}")
     for feature in sorted(q.features & backend.unsupported):
         reasons.append(backend.notes.get(feature, f"does not support {feature.replace('_', ' ')}"))
-    if backend.package:
-        version = q.software.package_version(backend.package)
-        if version is None:
-            reasons.append(f"package {backend.package} is not installed")
-        elif backend.min_package_version and not version_at_least(version, backend.min_package_version):
-            reasons.append(f"needs {backend.package} >= {backend.min_package_version}, found {version}")
+    if check_package:
+        reasons += [why for _, why in package_gaps(backend, q.software, d.kind)]
     if backend.min_torch:
         tv = q.software.torch
         if tv is None:
             reasons.append("torch is not installed")
         elif not version_at_least(tv, backend.min_torch):
             reasons.append(f"needs torch >= {backend.min_torch}, found {tv}")
-    if backend.name == "flex_attention" and d.kind == "cuda" and not q.software.has_package("triton"):
-        reasons.append("package triton is not installed (flex_attention compiles to Triton on GPUs)")
     return reasons
+
+
+def package_gaps(backend: AttentionBackend, software: Software, device_kind: str) -> list[tuple[str, str]]:
+    """(distribution, why) for each package the backend needs here that is missing or too old."""
+    gaps = []
+    if backend.package:
+        version = software.package_version(backend.package)
+        if version is None:
+            gaps.append((backend.package, f"package {backend.package} is not installed"))
+        elif backend.min_package_version and not version_at_least(version, backend.min_package_version):
+            gaps.append((backend.package, f"needs {backend.package} >= {backend.min_package_version}, found {version}"))
+    if backend.name == "flex_attention" and device_kind == "cuda" and not software.has_package("triton"):
+        gaps.append(("triton", "package triton is not installed (flex_attention compiles to Triton on GPUs)"))
+    return gaps
 
 
 def sdpa_kernels(q: AttentionQuery, masked: bool = True) -> list[tuple[str, list[str]]]:
@@ -210,7 +209,7 @@ def sdpa_kernels(q: AttentionQuery, masked: bool = True) -> list[tuple[str, list
     `masked`: transformers passes an explicit mask for padding/sliding window; SDPA's flash
     kernel takes none (it then picks mem-efficient), unless the call is purely causal.
     """
-    d, cap = q.device, q.device.capability
+    d, cap = q.device, q.device.compute_capability
     if d.kind == "cpu":
         return [("flash (CPU)", []), ("math", [])]
     if d.kind != "cuda" or cap is None:
@@ -227,7 +226,7 @@ def sdpa_kernels(q: AttentionQuery, masked: bool = True) -> list[tuple[str, list
         flash.append("takes no arbitrary attention mask (used for causal calls without padding)")
     out.append(("flash", flash))
     eff: list[str] = []
-    if cap < Capability(5, 0) or cap > SM121_SDPA_MAX:
+    if cap < SM50_MAXWELL or cap > SM121_SDPA_MAX:
         eff.append(f"needs sm50..sm121, device is {cap.sm}")
     if q.dtype == "bfloat16" and cap < SM80_AMPERE:
         eff.append("bf16 only on sm80+")

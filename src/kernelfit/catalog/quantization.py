@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from ..hardware.capability import (SM60_PASCAL, SM70_FP16_TENSOR_CORES, SM75_INT8_TENSOR_CORES, SM80_AMPERE, SM89_FP8, SM90_HOPPER,
                           Capability)
 from ..hardware.machine import Device, Software
+from .dtypes import DTYPES, HALF
+from .gates import hardware_gate
 
-HALF = frozenset({"float16", "bfloat16"})
-ANY_DTYPE = frozenset({"float32", "float16", "bfloat16"})
+ANY_DTYPE = frozenset(DTYPES)
 GROUPS = frozenset({-1, 32, 64, 128})
 GROUPS_16 = frozenset({-1, 16, 32, 64, 128})
 
@@ -136,15 +137,9 @@ def effective_bits(method: str, bits: int, group_size: int | None) -> float:
 def why_not_backend(b: QuantBackend, device: Device, software: Software, dtype: str, bits: int,
                     group_size: int | None = None, sym: bool | None = None, fmt: str | None = None,
                     check_package: bool = True) -> list[str]:
-    reasons: list[str] = []
+    reasons = hardware_gate(device, b.platforms, b.min_cc, b.max_cc)
     if device.kind not in b.platforms:
-        return [f"does not run on {device.kind} (runs on {', '.join(sorted(b.platforms))})"]
-    cap = device.capability
-    if device.kind == "cuda" and cap is not None:
-        if b.min_cc and cap < b.min_cc:
-            reasons.append(f"needs compute capability >= {b.min_cc}; {device.name} has {cap}")
-        elif b.max_cc and cap > b.max_cc:
-            reasons.append(f"built for compute capability {b.min_cc}..{b.max_cc}; {device.name} has {cap}")
+        return reasons
     if bits not in b.bits:
         reasons.append(f"supports {'/'.join(str(x) for x in sorted(b.bits))}-bit, not {bits}-bit")
     if group_size is not None and b.group_sizes is not None and group_size not in b.group_sizes:

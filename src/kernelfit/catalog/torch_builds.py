@@ -12,10 +12,14 @@ Used when torch is not imported (the probe never imports it just to ask); when i
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
-# (torch (major, minor) range, CUDA tag) -> arch list. Source: shared/hardware "PyTorch wheel
-# arch lists" table, from cuobjdump of the wheels (moi90/pytorch_compute_capabilities), the
-# build script .ci/manywheel/build_cuda.sh, and RFC pytorch/pytorch#172352.
+from ..hardware.capability import build_covers
+from ..hardware.machine import Device, Software
+
+# (torch (major, minor) range, CUDA tag) -> arch list, from cuobjdump of the wheels
+# (moi90/pytorch_compute_capabilities), the build script .ci/manywheel/build_cuda.sh, and RFC
+# pytorch/pytorch#172352; each row names its source id.
 _ROWS: tuple[tuple[tuple[int, int], tuple[int, int], str, tuple[str, ...], str], ...] = (
     ((2, 0), (2, 5), "cu118", ("sm_37", "sm_50", "sm_60", "sm_61", "sm_70", "sm_75", "sm_80", "sm_86", "sm_90"), "pytorch-wheel-archs"),
     ((2, 0), (2, 5), "cu121", ("sm_50", "sm_60", "sm_61", "sm_70", "sm_75", "sm_80", "sm_86", "sm_90"), "pytorch-wheel-archs"),
@@ -58,7 +62,47 @@ def known_arch_list(torch_version: str | None, cuda_version: str | None) -> tupl
     return None
 
 
+def cuda_install_command(cuda_driver: str | None) -> str:
+    """The CUDA wheel matching the driver's CUDA version (12.8 when unknown)."""
+    return f"pip install torch --index-url https://download.pytorch.org/whl/cu{(cuda_driver or '12.8').replace('.', '')}"
+
+
 def legacy_install_command(torch_version: str | None) -> str:
     v = (torch_version or "").split("+")[0]
     pin = f"torch=={v} " if v else "torch "
     return f"pip install {pin}--index-url https://download.pytorch.org/whl/{LEGACY_CUDA_TAG}"
+
+
+@dataclass(frozen=True)
+class Blocker:
+    """Why torch, as installed (or as a profile assumes it), cannot use a device at all: the build, not
+    the chip. `reason` says what is wrong, `advice` what to do, `fix` is the exact command when there is one."""
+
+    reason: str
+    advice: str = ""
+    fix: str | None = None
+
+    @property
+    def message(self) -> str:
+        return f"{self.reason}; {self.advice}" if self.advice else self.reason
+
+
+def device_blockers(device: Device, software: Software) -> list[Blocker]:
+    """The torch-build rule: a CPU-only build sees no GPU; a CUDA build without code for the device's
+    arch cannot launch a kernel on it ("no kernel image is available"), however capable the chip."""
+    sw = software
+    if sw.torch is None:
+        return [Blocker("torch is not installed", "", "pip install torch")]
+    if device.kind == "cuda":
+        if not sw.torch_cuda:
+            return [Blocker(f"torch {sw.torch} is a CPU-only build", f"install a CUDA build to use {device.name}",
+                            cuda_install_command(sw.cuda_driver))]
+        cap = device.compute_capability
+        if cap is not None and sw.torch_cuda_arch_list and not build_covers(sw.torch_cuda_arch_list, cap):
+            fix = legacy_install_command(sw.torch)
+            return [Blocker(f"this torch build (torch {sw.torch}) was not compiled for {cap.sm} "
+                            f"(it has {', '.join(sw.torch_cuda_arch_list)}); {device.name} itself is fine",
+                            f"install a build that has it: {fix}", fix)]
+    if device.kind == "rocm" and not sw.torch_hip:
+        return [Blocker(f"torch {sw.torch} is not a ROCm build", f"install the ROCm build to use {device.name}")]
+    return []

@@ -142,7 +142,8 @@ def cmd_profiles(args) -> int:
     machines = [load_profile(n) for n in profile_names()]
     if args.json:
         print(json.dumps([{"name": m.name, "description": m.description,
-                           "devices": [{"kind": d.kind, "name": d.name, "compute_capability": d.compute_capability,
+                           "devices": [{"kind": d.kind, "name": d.name,
+                                        "compute_capability": str(d.compute_capability) if d.compute_capability else None,
                                         "memory_gib": d.memory_gib} for d in m.accelerators],
                            "torch": m.software.torch} for m in machines], indent=2))
     else:
@@ -152,33 +153,32 @@ def cmd_profiles(args) -> int:
     return 0
 
 
-def make_plan(args):
-    from ..model.spec import load_model_spec
+def preferences(args, **fixed) -> "Preferences":  # noqa: F821
+    """The plan preferences a command's flags ask for (`fixed` for flags a command does not have)."""
     from ..planner.types import Preferences
-    from ..planner.choose import plan
 
-    machine = _machine(args)
-    model = load_model_spec(args.model)
-    prefs = Preferences(dtype=args.dtype, attention=args.attn, context=args.context, batch=args.batch,
-                        device=args.device, max_memory=args.max_memory, quantization=args.quantization,
-                        allow_dequantize=args.allow_dequantize)
-    return plan(machine, model, prefs)
+    names = ("dtype", "attention", "context", "batch", "device", "max_memory", "quantization", "allow_dequantize")
+    given = {n: getattr(args, "attn" if n == "attention" else n) for n in names
+             if hasattr(args, "attn" if n == "attention" else n)}
+    return Preferences(**{**given, **fixed})
 
 
 def cmd_plan(args) -> int:
-    p = make_plan(args)
+    if args.tune and args.profile:
+        raise UsageError("--tune measures this machine; it cannot be combined with --profile")
+    from ..api import make_plan
+
+    # a cached bench winner measured this machine: never applied to a profile's plan
+    p = make_plan(args.model, preferences(args), _machine(args), use_tune_cache=not (args.no_cache or args.profile
+                                                                                  or args.tune))
     if args.tune:
-        if args.profile:
-            raise UsageError("--tune measures this machine; it cannot be combined with --profile")
         from .run_cmd import run_bench
 
-        p = run_bench(args.model, p, args.json, save=True)[2] or p
-    elif not args.no_cache and not args.profile:
-        from ..bench.cache import with_cached_winner
-
-        p = with_cached_winner(p)
+        p = run_bench(p, args.json, save=True)[2] or p
     if args.json:
-        print(json.dumps(p.to_dict(), indent=2))
+        from ..planner.report import plan_dict
+
+        print(json.dumps(plan_dict(p), indent=2))
     else:
         from .render import render_plan
 

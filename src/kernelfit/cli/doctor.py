@@ -8,7 +8,7 @@ from ..hardware.capability import SM53_FP16_ARITH, SM60_PASCAL, SM70_FP16_TENSOR
 from ..catalog.packages import install_hint
 from ..catalog.versions import release
 from ..hardware.machine import Machine
-from ..planner.choose import device_blockers
+from ..catalog.torch_builds import cuda_install_command, device_blockers
 
 LOW_RAM_GIB = 2.0
 
@@ -23,10 +23,6 @@ class Finding:
         return asdict(self)
 
 
-def _cuda_tag_fix(sw) -> str:
-    return f"pip install torch --index-url https://download.pytorch.org/whl/cu{(sw.cuda_driver or '12.8').replace('.', '')}"
-
-
 def findings(machine: Machine) -> list[Finding]:
     out: list[Finding] = []
     sw = machine.software
@@ -38,14 +34,11 @@ def findings(machine: Machine) -> list[Finding]:
         out.append(Finding("error", "torch is not installed: nothing can be loaded or run (planning still works)",
                            "pip install torch"))
     for d in accels:
-        for b in device_blockers(d, machine):
-            fix = None
-            if "not compiled for" in b:
-                fix = b.split("install a build that has it: ")[-1]
-            elif "CPU-only build" in b:
-                fix = _cuda_tag_fix(sw)
-            out.append(Finding("error", f"{d.torch_device} {d.name}: {b.split('; install')[0]}", fix))
-        cap = d.capability
+        if sw.torch is None:
+            continue  # said once above
+        for b in device_blockers(d, sw):
+            out.append(Finding("error", f"{d.torch_device} {d.name}: {b.reason}", b.fix))
+        cap = d.compute_capability
         if d.kind == "cuda" and cap is not None:
             if cap < SM80_AMPERE:
                 out.append(Finding("info", f"{d.name} (compute capability {cap}) has no native bf16: "
@@ -67,7 +60,7 @@ def findings(machine: Machine) -> list[Finding]:
         drv, built = release(sw.cuda_driver), release(sw.torch_cuda)
         if drv and built and drv[0] < built[0]:
             out.append(Finding("error", f"the NVIDIA driver supports CUDA {sw.cuda_driver}, but torch {sw.torch} "
-                               f"needs CUDA {sw.torch_cuda}", f"update the NVIDIA driver, or {_cuda_tag_fix(sw)}"))
+                               f"needs CUDA {sw.torch_cuda}", f"update the NVIDIA driver, or {cuda_install_command(sw.cuda_driver)}"))
     cpu = machine.cpu
     if cpu.has("amx_bf16", "avx512_bf16", "bf16", "sve_bf16"):
         flags = ", ".join(f for f in ("amx_bf16", "avx512_bf16", "bf16", "sve_bf16") if cpu.has(f))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..catalog.attention import BACKENDS, AttentionQuery, why_not
-from ..catalog.dtypes import dtype_verdicts
+from ..catalog.dtypes import DTYPES, dtype_verdicts
 from ..catalog.quantization import ON_THE_FLY, PREQUANTIZED, why_not_backend
 from ..profiles import load_profile, profile_names
 
@@ -43,7 +43,7 @@ def quantization_matrix(markdown: bool = True) -> str:
     rows = []
     for name, m, d, verdicts in _devices():
         # the dtypes a plan may compute in here: native ones, and fp16 kept for memory (Pascal)
-        dtypes = [t for t in ("bfloat16", "float16", "float32")
+        dtypes = [t for t in DTYPES
                   if verdicts[t].native or (t == "float16" and verdicts[t].runnable)]
         cells = []
         for _, method, bits, group, fmt in QUANT_COLUMNS:
@@ -69,9 +69,9 @@ def _attention_matrix(markdown: bool = True, head_dim: int = 128) -> str:
         for attn in ATTENTION_COLUMNS:
             # a device "supports" an implementation when the hardware rules pass; a missing
             # package is marked separately (it can be installed)
-            reasons = why_not(BACKENDS[attn], AttentionQuery(d, m.software, half, head_dim))
-            hw = [r for r in reasons if "not installed" not in r]
-            cells.append("✓" if not reasons else "✓ (install)" if not hw else "✗")
-        rows.append([name, d.name, d.compute_capability or "-", "✓" if verdicts["bfloat16"].native else "✗",
+            q = AttentionQuery(d, m.software, half, head_dim)
+            hardware_ok = not why_not(BACKENDS[attn], q, check_package=False)
+            cells.append("✗" if not hardware_ok else "✓" if not why_not(BACKENDS[attn], q) else "✓ (install)")
+        rows.append([name, d.name, str(d.compute_capability or "-"), "✓" if verdicts["bfloat16"].native else "✗",
                      "✓" if verdicts["float16"].native else "✗", *cells])
     return _table(header, rows, markdown)

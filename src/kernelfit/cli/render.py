@@ -6,7 +6,9 @@ import textwrap
 
 from .doctor import Finding
 from ..hardware.machine import Machine
-from ..planner.types import Choice, Plan
+from ..planner.hf_args import from_pretrained_kwargs
+from ..planner.memory import gib
+from ..planner.types import Choice, Plan, RejectKind
 
 
 MAX_REJECTED = 4
@@ -70,8 +72,7 @@ def render_plan(p: Plan) -> str:
     m, s = p.model, p.model.text
     quant = ""
     if m.quantization:
-        q = m.quantization
-        quant = f" {q.get('file_type') or str(q.get('bits', '')) + '-bit'} {q.get('quant_method')}"
+        quant = f" {m.quantization.label()}"
     out = [f"kernelfit plan — {m.name} on {p.machine.name} ({p.machine.origin})", "",
            _wrap(f"Model     {m.architecture} ({m.model_type}), {m.params / 1e9:.3f} B params,{quant or ' ' + m.format}; "
                  f"{s.num_layers} layers, {s.num_heads} heads / {s.num_kv_heads} KV heads, head_dim {s.head_dim}"
@@ -89,7 +90,7 @@ def render_plan(p: Plan) -> str:
     if q is not None and (q.method != "none" or q.kv_bits):
         label = f"{q.method} {q.bits}-bit ({q.backend})" if q.bits else q.method
         out.append(_wrap(f"Quantize  {label}{' + int' + str(q.kv_bits) + ' KV cache' if q.kv_bits else ''} — {q.reason}", ""))
-        for r in [r for r in p.quantization_rejected if not r.reason.startswith("does not fit")][:MAX_REJECTED]:
+        for r in [r for r in p.quantization_rejected if r.kind is not RejectKind.DOES_NOT_FIT][:MAX_REJECTED]:
             out.append(_wrap(f"✗ {r.name}: {r.reason}", "            "))
     if p.offload.get("cpu_gib") or p.offload.get("disk_gib"):
         out.append(f"Offload   {p.offload['cpu_gib']:.2f} GiB to CPU RAM"
@@ -109,7 +110,9 @@ def render_plan(p: Plan) -> str:
                f"{p.preferences.context}, batch {p.preferences.batch}) + activations {mem['activations_gib']:.2f} + "
                f"overhead {mem['overhead_gib']:.2f} = {mem['total_gib']:.2f} GiB of {mem['budget_gib']:.2f} GiB "
                f"{'✓ fits' if mem['fits'] else '✗ does not fit'}")
-    kw = p.from_pretrained_kwargs()
+    kw = from_pretrained_kwargs(p)
+    if "max_memory" in kw:  # bytes for accelerate; GiB for people
+        kw["max_memory"] = {k: f"{gib(v):.2f}GiB" for k, v in kw["max_memory"].items()}
     out.append("Load      from_pretrained(" + ", ".join(f"{k}={v!r}" for k, v in kw.items()) + ")")
     if p.tuned:
         extra = "".join([", torch.compile" if p.tuned.get("compile") else "",

@@ -8,6 +8,7 @@ import sys
 import time
 
 from ..errors import UsageError
+from ..planner.types import RejectKind
 
 
 def add_run_parser(sub) -> None:
@@ -62,7 +63,7 @@ def _summary(plan) -> str:
         lines.append(f"    ✗ {r.name}: {r.reason}")
     lines.append(f"  attention  {plan.text_attention.value}: {plan.text_attention.reason}")
     for r in plan.text_attention.rejected:
-        if not r.reason.startswith("runs here"):
+        if r.kind is not RejectKind.RUNS_BUT_LOWER_PRIORITY:
             lines.append(f"    ✗ {r.name}: {r.reason}")
     for note in (plan.decode_fastpath, plan.decode_attention):
         if note:
@@ -76,28 +77,19 @@ def _summary(plan) -> str:
 def cmd_run(args) -> int:
     if not args.prompt or not args.prompt.strip():
         raise UsageError("--prompt is empty; give the text to answer, e.g. --prompt \"What is the capital of France?\"")
-    from ..planner.choose import attention_names
+    from ..planner.devices import attention_names
 
     if args.attn not in attention_names():
         raise UsageError(f"unknown attention implementation '{args.attn}'; choose one of {', '.join(attention_names())}")
     quiet = args.json
     say = (lambda m: None) if quiet else (lambda m: _err(f"kernelfit: {m}"))
-    from ..model.spec import load_model_spec
-    from ..planner.types import Preferences
-    from ..planner.choose import plan as make_plan
-    from ..probe import probe_machine
+    from ..api import make_plan
+    from . import preferences
 
-    machine = probe_machine()
-    spec = load_model_spec(args.model)  # bad model input fails here, before torch is imported
-    prefs = dict(dtype=args.dtype, attention=args.attn, context=args.context, device=args.device,
-                 max_memory=args.max_memory, quantization=args.quantization, allow_dequantize=args.allow_dequantize)
-    plan = make_plan(machine, spec, Preferences(**prefs))
+    # bad model input fails here, before torch is imported
+    plan = make_plan(args.model, preferences(args), use_tune_cache=not (args.no_cache or args.tune))
     if args.tune:
-        plan = run_bench(args.model, plan, quiet, save=True)[2] or plan
-    elif not args.no_cache:
-        from ..bench.cache import with_cached_winner
-
-        plan = with_cached_winner(plan)
+        plan = run_bench(plan, quiet, save=True)[2] or plan
     if not quiet:
         _err(_summary(plan))
     if quiet:
@@ -106,18 +98,21 @@ def cmd_run(args) -> int:
 
     from ..dispatch.dispatcher import fallbacks
     from ..loader.generate import generate
-    from ..loader.load import load
+    from ..loader.load import load_plan
+    from ..planner.hf_args import generate_kwargs
 
     with warnings.catch_warnings(record=quiet):
-        loaded = load(args.model, plan=plan, dispatch=not args.no_dispatch, health_check=not args.no_health_check,
-                      trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle, progress=say)
+        loaded = load_plan(plan, dispatch=not args.no_dispatch, health_check=not args.no_health_check,
+                           trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle, progress=say)
         say(f"loaded in {loaded.load_seconds:.1f} s; generating")
         stream = None if quiet else (lambda t: (sys.stdout.write(t), sys.stdout.flush()))
         gen = generate(loaded.model, loaded.tokenizer, args.prompt, args.max_new_tokens, stream, args.system,
-                       chat=not args.no_chat_template, **loaded.plan.generate_kwargs())
+                       chat=not args.no_chat_template, **generate_kwargs(loaded.plan))
     events = loaded.fallbacks + [dict(e, stage="runtime") for e in fallbacks()]
     if quiet:
-        print(json.dumps({"text": gen.text, "plan": loaded.plan.to_dict(), "fallbacks": events,
+        from ..planner.report import plan_dict
+
+        print(json.dumps({"text": gen.text, "plan": plan_dict(loaded.plan), "fallbacks": events,
                           "prompt_tokens": gen.prompt_tokens, "new_tokens": gen.new_tokens,
                           "prefill_tokens_per_s": round(gen.prefill_tokens_per_s, 2),
                           "decode_tokens_per_s": round(gen.decode_tokens_per_s, 2),
@@ -132,14 +127,14 @@ def cmd_run(args) -> int:
     return 0
 
 
-def run_bench(model: str, plan, quiet: bool, save: bool, context: int = 256, new_tokens: int = 32, trials: int = 3,
+def run_bench(plan, quiet: bool, save: bool, context: int = 256, new_tokens: int = 32, trials: int = 3,
               compile: bool = False):
-    """Measure, save the winner, return (results, winner, plan with the winner applied)."""
-    from ..bench.measure import bench
+    """Measure `plan`'s candidates, save the winner, return (results, winner, plan with the winner applied)."""
     from ..bench.cache import apply_winner, save_winner
+    from ..bench.measure import bench
 
     say = (lambda m: None) if quiet else (lambda m: _err(f"kernelfit bench: {m}"))
-    results, winner = bench(model, plan, context, new_tokens, trials, compile, progress=say)
+    results, winner = bench(plan, context, new_tokens, trials, compile, progress=say)
     tuned = None
     if winner is not None:
         w = winner.to_dict()
@@ -151,19 +146,15 @@ def run_bench(model: str, plan, quiet: bool, save: bool, context: int = 256, new
 
 
 def cmd_bench(args) -> int:
-    from ..model.spec import load_model_spec
+    from ..api import make_plan
     from ..planner.types import Preferences
-    from ..planner.choose import plan as make_plan
-    from ..probe import probe_machine
 
-    machine = probe_machine()
-    spec = load_model_spec(args.model)
-    plan = make_plan(machine, spec, Preferences(max_memory=args.max_memory, quantization=args.quantization,
-                                                allow_dequantize=args.allow_dequantize))
+    plan = make_plan(args.model, Preferences(max_memory=args.max_memory, quantization=args.quantization,
+                                             allow_dequantize=args.allow_dequantize), use_tune_cache=False)
     t0 = time.perf_counter()
-    results, winner, tuned = run_bench(args.model, plan, args.json, not args.no_save, args.context, args.new_tokens,
+    results, winner, tuned = run_bench(plan, args.json, not args.no_save, args.context, args.new_tokens,
                                        args.trials, args.compile)
-    from ..bench.measure import static_candidate
+    from ..bench.candidates import static_candidate
 
     static = next((r for r in results if r.candidate == static_candidate(plan)), None)
     if args.json:

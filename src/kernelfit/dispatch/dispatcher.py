@@ -94,9 +94,8 @@ class Dispatcher:
         if cached is not None:
             return cached
         if self.software is None:
-            from ..probe.software import probe_software
-
-            self.software = probe_software()
+            raise RuntimeError("kernelfit: the dispatcher has no Software to ask the catalog with; "
+                               "call kernelfit.register() first")
         names = [n for n, b in self.backends.items() if b.applies is not None]  # shape specialisations first
         names += [n for n in preferred if n in self.backends and n not in names]
         names += [n for n in priority_for(device) if n in self.backends and n not in names]
@@ -161,9 +160,13 @@ _DISPATCHER: Dispatcher | None = None
 
 
 def dispatcher() -> Dispatcher:
+    """The process's dispatcher. Its Software (what the catalog checks packages against) is read once,
+    here, or handed in by register(software=...) — never probed while a forward pass runs."""
     global _DISPATCHER
     if _DISPATCHER is None:
-        _DISPATCHER = Dispatcher(backends=default_backends())
+        from ..probe.software import probe_software
+
+        _DISPATCHER = Dispatcher(backends=default_backends(), software=probe_software())
     return _DISPATCHER
 
 
@@ -171,11 +174,16 @@ def kernelfit_attention_forward(module, query, key, value, attention_mask, **kwa
     return dispatcher()(module, query, key, value, attention_mask, **kwargs)
 
 
-def register(name: str = NAME) -> str:
+def register(name: str = NAME, software: Software | None = None) -> str:
     """Register the dispatcher under `name` in AttentionInterface and its mask function in
-    AttentionMaskInterface (idempotent). Returns the name to pass as attn_implementation."""
+    AttentionMaskInterface (idempotent). `software`: what a plan saw installed (the loader passes its
+    plan's). Returns the name to pass as attn_implementation."""
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    if software is not None and software != dispatcher().software:
+        dispatcher().software = software
+        dispatcher()._order.clear()
 
     AttentionInterface.register(name, kernelfit_attention_forward)
     # The dispatcher takes SDPA's mask (boolean 4D, or None when purely causal) and converts it

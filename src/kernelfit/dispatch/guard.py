@@ -88,7 +88,7 @@ def guard(machine=None) -> list[str]:
     register()
     _state["installed"] = guarded
     for name in guarded:
-        d = Dispatcher(backends=dispatcher().backends, preferred=(name,))
+        d = Dispatcher(backends=dispatcher().backends, software=dispatcher().software, preferred=(name,))
 
         def forward(module, query, key, value, attention_mask, _d=d, _name=name, **kwargs):
             _warn_once(_name, *guarded[_name])

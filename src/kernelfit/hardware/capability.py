@@ -41,17 +41,15 @@ class Capability(NamedTuple):
 
 
 # --- NVIDIA thresholds: what each compute capability is the minimum for -------------------
-SM50_MAXWELL = Capability(5, 0)  # oldest arch in any current torch wheel (cu126 only)
+SM50_MAXWELL = Capability(5, 0)  # oldest arch in any current torch wheel (cu126 only); SDPA mem-efficient minimum
 SM53_FP16_ARITH = Capability(5, 3)  # native fp16 arithmetic at all
 SM60_PASCAL = Capability(6, 0)  # P100: fast fp16 (2x fp32), no tensor cores
-SM61_DP4A = Capability(6, 1)  # __dp4a int8 dot product; consumer Pascal fp16 runs at 1/64 rate
 SM70_FP16_TENSOR_CORES = Capability(7, 0)  # Volta: fp16 tensor cores; Triton/Inductor minimum
 SM75_INT8_TENSOR_CORES = Capability(7, 5)  # Turing: int8 tensor cores (IMMA); AWQ GEMM; FlashInfer
 SM80_AMPERE = Capability(8, 0)  # bf16 tensor cores, FlashAttention-2, SDPA flash/cuDNN, Marlin
 SM89_FP8 = Capability(8, 9)  # Ada: fp8 tensor cores
 SM90_HOPPER = Capability(9, 0)  # FlashAttention-3 (sm90 only), wgmma/TMA
 SM100_BLACKWELL_DC = Capability(10, 0)  # tcgen05/TMEM; FlashAttention-4 target with sm90
-SM120_BLACKWELL_GEFORCE = Capability(12, 0)  # not a superset of sm100 (no tcgen05/TMEM)
 SM121_SDPA_MAX = Capability(12, 1)  # newest arch PyTorch's SDPA flash/mem-efficient kernels accept
 
 

@@ -25,7 +25,8 @@ class Device:
     kind: str  # one of DEVICE_KINDS
     name: str
     index: int = 0
-    compute_capability: str | None = None  # "8.6" for NVIDIA; None for CPU, MPS
+    # NVIDIA only (None for CPU, MPS, ROCm); parsed once here from "8.6", "sm_86" or (8, 6)
+    compute_capability: Capability | None = None
     arch: str | None = None  # "sm_86", "gfx942", "apple-m2", "x86_64"
     memory_gib: float = 0.0  # nominal capacity
     memory_free_gib: float | None = None  # probed free memory, when known
@@ -35,9 +36,10 @@ class Device:
     tflops: dict[str, float] = field(default_factory=dict)
     sources: tuple[str, ...] = ()  # ids in catalog.sources, for the facts above
 
-    @property
-    def capability(self) -> Capability | None:
-        return Capability.parse(self.compute_capability) if self.compute_capability else None
+    def __post_init__(self) -> None:
+        cc = self.compute_capability
+        if cc is not None and not isinstance(cc, Capability):
+            object.__setattr__(self, "compute_capability", Capability.parse(cc))
 
     @property
     def is_accelerator(self) -> bool:
@@ -164,7 +166,9 @@ def with_software(machine: Machine, add: dict[str, str], remove: list[str]) -> M
 
 
 def _clean(value: Any) -> Any:
-    """asdict() output made JSON friendly: tuples become lists."""
+    """asdict() output made JSON friendly: capabilities become "8.6", tuples become lists."""
+    if isinstance(value, Capability):
+        return str(value)
     if isinstance(value, dict):
         return {k: _clean(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -213,7 +217,7 @@ def _machine_from_dict(data: dict[str, Any], origin: str | None) -> Machine:
                 f"malformed machine profile: devices[{i}].kind must be one of {', '.join(DEVICE_KINDS)}"
             )
         if dd.get("compute_capability") is not None:
-            dd["compute_capability"] = str(Capability.parse(str(dd["compute_capability"])))
+            dd["compute_capability"] = Capability.parse(str(dd["compute_capability"]))
         dd["tflops"] = {str(k): float(v) for k, v in dict(dd.get("tflops", {})).items()}
         devices.append(Device(**dd))
     if not any(d.kind == "cpu" for d in devices):

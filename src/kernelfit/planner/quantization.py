@@ -1,7 +1,7 @@
 """Quantization choices for a plan: which kernel runs a pre-quantized checkpoint on these devices,
 and which on-the-fly quantizer shrinks a model that does not fit — least quality loss first.
 
-Pure: no torch. Used by planner.py, one "level" at a time.
+Pure: no torch. Used by planner/search.py, one "level" at a time.
 """
 
 from __future__ import annotations
@@ -10,14 +10,13 @@ from dataclasses import dataclass
 
 from ..catalog.packages import install_hint
 from ..catalog.quantization import ON_THE_FLY, PREQUANTIZED, hf_backend_name, missing_packages, why_not_backend
-from ..errors import UsageError
 from ..hardware.machine import Device, Machine
+from ..model.quantization import PREQUANTIZED_METHODS
 from ..model.spec import ModelSpec
-from .types import Rejected
+from .types import RejectKind, Rejected
 
 # "8bit"/"4bit" let the catalog pick the quantizer; "METHOD-Nbit" names it (bench measures each)
 QUANT_CHOICES = ("auto", "none", "8bit", "4bit", "bitsandbytes-8bit", "bitsandbytes-4bit", "quanto-8bit", "quanto-4bit")
-PREQUANTIZED_METHODS = ("awq", "gptq", "fp8")
 KV_BITS = 4
 
 
@@ -51,32 +50,24 @@ class QuantOption:
     dequantize_first: bool = False  # load from the unpacked checkpoint (method "dequantize", or a re-quantization)
     passed_over_bits: int | None = None  # more bits that fit too but decode slower here (bench measures them)
 
+    def __post_init__(self) -> None:  # a hook (tests reword every reason to prove no decision reads it)
+        pass
+
     @property
     def memory_key(self) -> tuple[str, int, int | None] | None:
         return (self.method, self.bits, self.group_size) if self.method not in ("none", "dequantize") else None
 
 
-def prequantized(model: ModelSpec) -> dict | None:
-    """The checkpoint's own quantization (AWQ/GPTQ), normalised; None for dense or GGUF checkpoints."""
-    q = model.quantization or {}
-    method = str(q.get("quant_method", "")).lower()
-    if not method or method == "gguf":
-        return None
-    if method not in PREQUANTIZED_METHODS:
-        raise UsageError(f"{model.name} is quantized with '{method}', which kernelfit's planner does not handle yet "
-                         f"(it plans {', '.join(PREQUANTIZED_METHODS)} checkpoints and quantizes dense ones itself)")
-    if method == "fp8":
-        block = q.get("weight_block_size") or (128, 128)
-        return {"method": method, "bits": 8, "group_size": int(block[0]) * int(block[1]), "sym": None, "format": None}
-    return {"method": method, "bits": int(q.get("bits", 4)), "group_size": q.get("group_size"),
-            "sym": q.get("sym", not q.get("zero_point", False)) if method == "gptq" else None,
-            "format": str(q.get("version", "gemm")).lower() if method == "awq" else None}
+def prequantized(model: ModelSpec):
+    """The checkpoint's packed quantization (AWQ/GPTQ/fp8) that a kernel must run; None for dense or GGUF."""
+    q = model.quantization
+    return q if q is not None and q.prequantized else None
 
 
 def ladder(model: ModelSpec, quantization: str, allow_dequantize: bool) -> list[Level]:
     pre = prequantized(model)
     if pre is not None:
-        levels = [Level("pre", pre["bits"]), Level("pre", pre["bits"], KV_BITS)]
+        levels = [Level("pre", pre.bits), Level("pre", pre.bits, KV_BITS)]
         if allow_dequantize:  # unpacked, then the dense ladder: 8-bit, 4-bit, each with and without an int4 KV cache
             levels += [Level("dequantize"), Level("requant", 8), Level("requant", 8, KV_BITS), Level("requant", 4),
                        Level("requant", 4, KV_BITS)]
@@ -101,18 +92,27 @@ def _pick(candidates, devices: list[Device], machine: Machine, dtype: str, bits:
                 if r not in reasons:
                     reasons.append(r)
         if reasons:
-            rejected.append(Rejected(f"{b.method}:{b.name}", "; ".join(reasons)))
+            rejected.append(_rejected(b, RejectKind.NOT_RUNNABLE, "; ".join(reasons)))
         else:
             runnable.append(b)
     missing = {id(b): missing_packages(b, machine.software) for b in runnable}
     installed = [b for b in runnable if not missing[id(b)]]
     chosen = (installed or runnable or [None])[0]
     for b in runnable:
-        if b is not chosen:
-            why = (f"package {', '.join(missing[id(b)])} is not installed" if missing[id(b)]
-                   else f"{chosen.name} comes first (priority {chosen.priority} > {b.priority})")
-            rejected.append(Rejected(f"{b.method}:{b.name}", f"runs here, but {why}"))
+        if b is chosen:
+            continue
+        if missing[id(b)]:
+            rejected.append(_rejected(b, RejectKind.NOT_INSTALLED,
+                                      f"runs here, but package {', '.join(missing[id(b)])} is not installed",
+                                      install=_install(b, machine)))
+        else:
+            rejected.append(_rejected(b, RejectKind.RUNS_BUT_LOWER_PRIORITY,
+                                      f"runs here, but {chosen.name} comes first (priority {chosen.priority} > {b.priority})"))
     return chosen, rejected
+
+
+def _rejected(b, kind: RejectKind, reason: str, install: str | None = None) -> Rejected:
+    return Rejected(f"{b.method}:{b.name}", kind, reason, install=install, method=b.method, backend=b.name)
 
 
 def _install(b, machine: Machine) -> str | None:
@@ -138,32 +138,33 @@ def resolve_level(level: Level, model: ModelSpec, devices: list[Device], machine
     if level.kind == "dequantize":
         pre = prequantized(model)
         return QuantOption("dequantize", None, None, None, None,
-                           f"--allow-dequantize: the {pre['method']} weights are unpacked to {dtype} on load",
+                           f"--allow-dequantize: the {pre.method} weights are unpacked to {dtype} on load",
                            dequantize_first=True)
     if level.kind == "pre":
         pre = prequantized(model)
-        cands = [b for b in PREQUANTIZED if b.method == pre["method"]]
-        chosen, rejected = _pick(cands, devices, machine, dtype, pre["bits"], group_size=pre["group_size"],
-                                 sym=pre["sym"], fmt=pre["format"])
+        cands = [b for b in PREQUANTIZED if b.method == pre.method]
+        chosen, rejected = _pick(cands, devices, machine, dtype, pre.bits, group_size=pre.group_size,
+                                 sym=pre.sym, fmt=pre.format if pre.method == "awq" else None)
         if chosen is None:
-            return Rejected(f"{pre['method']} on {where}", f"no {pre['method']} kernel runs on {where} in {dtype}: "
-                            + " | ".join(f"{r.name}: {r.reason}" for r in rejected))
+            return Rejected(f"{pre.method} on {where}", RejectKind.NOT_RUNNABLE,
+                            f"no {pre.method} kernel runs on {where} in {dtype}: "
+                            + " | ".join(f"{r.name}: {r.reason}" for r in rejected), method=pre.method)
         install = _install(chosen, machine)
-        why = (f"{pre['method']} {pre['bits']}-bit checkpoint: {chosen.name} is the fastest {pre['method']} kernel that "
+        why = (f"{pre.method} {pre.bits}-bit checkpoint: {chosen.name} is the fastest {pre.method} kernel that "
                f"runs on {where} in {dtype}")
         if install:
             why += f" (install it: {install})"
-        return QuantOption(pre["method"], pre["bits"], chosen.name, pre["group_size"], level.kv_bits,
+        return QuantOption(pre.method, pre.bits, chosen.name, pre.group_size, level.kv_bits,
                            "; ".join([why, *kv_note]), tuple(rejected), install or kv_install)
     cands = [b for b in ON_THE_FLY if level.bits in b.bits and level.method in (None, b.method)]
     chosen, rejected = _pick(cands, devices, machine, dtype, level.bits)
     if chosen is None:
-        return Rejected(f"{level.bits}-bit on {where}", "no quantizer runs here: "
+        return Rejected(f"{level.bits}-bit on {where}", RejectKind.NOT_RUNNABLE, "no quantizer runs here: "
                         + " | ".join(f"{r.name}: {r.reason}" for r in rejected))
     install = _install(chosen, machine)
     why = f"quantized on load to {level.bits}-bit with {chosen.method} {chosen.name}"
     if level.kind == "requant":
-        why = f"--allow-dequantize: the {prequantized(model)['method']} weights are unpacked, then {why}"
+        why = f"--allow-dequantize: the {prequantized(model).method} weights are unpacked, then {why}"
     if install:
         why += f" (install it: {install})"
     return QuantOption(chosen.method, level.bits, chosen.name, 64 if chosen.method == "bitsandbytes" else 128,

@@ -1,4 +1,5 @@
-"""Where the model goes, in what dtype, and how much it is quantized: the first that fits wins.
+"""plan(Machine, ModelSpec, Preferences) -> Plan: where the model goes, in what dtype, and how much it
+is quantized — the first that fits wins. Pure: no probing, no torch, no I/O.
 
 Search order (least quality loss first, then least speed loss):
   for dtype tier in (native dtypes, memory-fallback dtypes such as fp16 on consumer Pascal):
@@ -15,24 +16,33 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from ..errors import PlanError
-from ..hardware.machine import Device, Machine
-from .memory import DISK_USABLE_FRACTION, GIB, MemoryEstimate, device_budget, estimate, gib, materialises_scores
-from ..model.spec import ModelSpec
-from .types import Choice, Placement, Plan, Preferences, Rejected
 from ..catalog.attention import AttentionQuery, sdpa_kernels
 from ..catalog.quantization import SLOW_8BIT_WHY, slow_8bit_decode
-from .choose import DtypeCandidates, choose_attention, dtype_candidates
+from ..errors import PlanError
+from ..hardware.machine import Device, Machine
+from ..model.spec import ModelSpec
+from .attention import choose_attention
+from .devices import candidate_devices, resolve
+from .dtype import DtypeCandidates, DtypeOption, dtype_candidates
+from .memory import DISK_USABLE_FRACTION, GIB, MemoryEstimate, device_budget, estimate, gib, materialises_scores
 from .quantization import KV_BITS, Level, QuantOption, ladder, resolve_level
+from .types import Choice, ChoiceKind, Placement, PlacementKind, Plan, Preferences, RejectKind, Rejected
 
 
 @dataclass
 class Place:
     why: str
+    kind: PlacementKind
     devices: list[Device]  # where weights live
     compute: list[Device]  # where the math runs
-    offload: bool = False
-    disk: bool = False  # weights that fit nowhere else stay on disk (accelerate disk offload)
+
+    @property
+    def offload(self) -> bool:
+        return self.kind in (PlacementKind.CPU_OFFLOAD, PlacementKind.DISK_OFFLOAD)
+
+    @property
+    def disk(self) -> bool:  # weights that fit nowhere else stay on disk (accelerate disk offload)
+        return self.kind is PlacementKind.DISK_OFFLOAD
 
     @property
     def name(self) -> str:
@@ -42,8 +52,7 @@ class Place:
 @dataclass
 class Attempt:
     place: Place
-    dtype: str
-    dtype_reason: str
+    dtype: DtypeOption
     quant: QuantOption
     attention: dict[str, Choice]
     kernels: dict
@@ -59,10 +68,13 @@ class Log:
     uninstalled: QuantOption | None = None  # a packed kernel passed over for --allow-dequantize
 
     def miss(self, att: Attempt, level: Level) -> None:
-        why = (f"{level.label()} in {att.dtype} needs {gib(att.memory.total):.2f} GiB, "
-               f"budget {gib(att.memory.budget):.2f} GiB")
-        self.tried.append(Rejected(att.place.name, why))
-        self.quant.append(Rejected(f"{att.quant.method}:{att.quant.backend or '-'}", f"does not fit on {att.place.name}: {why}"))
+        need, budget = gib(att.memory.total), gib(att.memory.budget)
+        why = f"{level.label()} in {att.dtype.dtype} needs {need:.2f} GiB, budget {budget:.2f} GiB"
+        self.tried.append(Rejected(att.place.name, RejectKind.DOES_NOT_FIT, why, needs_gib=need, budget_gib=budget))
+        q = att.quant
+        self.quant.append(Rejected(f"{q.method}:{q.backend or '-'}", RejectKind.DOES_NOT_FIT,
+                                   f"does not fit on {att.place.name}: {why}", needs_gib=need, budget_gib=budget,
+                                   method=q.method, backend=q.backend))
         if self.smallest is None or att.memory.total < self.smallest.memory.total:
             self.smallest = att
 
@@ -92,9 +104,9 @@ def _fits(att: Attempt, prefs: Preferences) -> bool:
     return att.memory.fits and (not att.place.disk or att.memory.total - att.memory.weights <= _ram(att.place, prefs))
 
 
-def _try(model: ModelSpec, machine: Machine, prefs: Preferences, place: Place, dtype: str, why: str,
+def _try(model: ModelSpec, machine: Machine, prefs: Preferences, place: Place, option: DtypeOption,
          quant: QuantOption) -> Attempt:
-    lead = place.compute[0]
+    lead, dtype = place.compute[0], option.dtype
     attention = {s.role: choose_attention(s, place.compute, machine, dtype, prefs) for s in model.sub_models}
     kernels = {s.role: sdpa_kernels(AttentionQuery(lead, machine.software, dtype, s.head_dim, frozenset(s.features)))
                for s in model.sub_models}
@@ -110,19 +122,13 @@ def _try(model: ModelSpec, machine: Machine, prefs: Preferences, place: Place, d
     if gpus > 1:  # one CUDA context per GPU
         mem = MemoryEstimate(mem.weights, mem.kv_cache, mem.activations, mem.overhead * gpus, mem.budget,
                              mem.mapped_checkpoint)
-    return Attempt(place, dtype, why, quant, attention, kernels, mem)
-
-
-def _tiers(cands: DtypeCandidates) -> tuple[list, list]:
-    native = [(t, w) for t, w in cands.ordered if not w.startswith("memory fallback")]
-    return native, [(t, w) for t, w in cands.ordered if w.startswith("memory fallback")]
+    return Attempt(place, option, quant, attention, kernels, mem)
 
 
 def _cands(place: Place, machine: Machine, model: ModelSpec, prefs: Preferences) -> DtypeCandidates:
     cands = dtype_candidates(place.compute[0], machine, model, prefs)
     for d in place.compute[1:]:  # a dtype must be usable on every device that computes
-        other = {t for t, _ in dtype_candidates(d, machine, model, prefs).ordered}
-        cands.ordered = [(t, r) for t, r in cands.ordered if t in other]
+        cands.keep({o.dtype for o in dtype_candidates(d, machine, model, prefs).ordered})
     return cands
 
 
@@ -130,36 +136,40 @@ def _places(devices: list[Device]) -> tuple[list[Place], Place | None, Place | N
     """GPU placements, GPU + CPU offload, CPU alone, and disk offload (None where impossible)."""
     accels = [d for d in devices if d.is_accelerator]
     cpu = [d for d in devices if not d.is_accelerator]
-    gpu = [Place(f"fits on {d.torch_device} ({d.name})", [d], [d]) for d in accels]
+    gpu = [Place(f"fits on {d.torch_device} ({d.name})", PlacementKind.ONE_DEVICE, [d], [d]) for d in accels]
     same = [d for d in accels if accels and d.kind == accels[0].kind]
     if len(same) > 1:
-        gpu.append(Place(f"split across {len(same)} GPUs by layer (accelerate device_map='auto')", same, same))
+        gpu.append(Place(f"split across {len(same)} GPUs by layer (accelerate device_map='auto')",
+                         PlacementKind.SPLIT, same, same))
     offload = (Place("too big for GPU memory: the layers that do not fit are offloaded to CPU RAM and streamed to "
-                     "the GPU each forward pass (slow, but runs)", same + cpu, same, offload=True)
+                     "the GPU each forward pass (slow, but runs)", PlacementKind.CPU_OFFLOAD, same + cpu, same)
                if accels and cpu else None)
-    only_cpu = Place("CPU" if not accels else "CPU only (no GPU placement fits)", cpu, cpu) if cpu else None
+    only_cpu = (Place("CPU" if not accels else "CPU only (no GPU placement fits)", PlacementKind.ONE_DEVICE, cpu, cpu)
+                if cpu else None)
     disk = (Place("too big for GPU memory and RAM: the weights that fit nowhere else stay on disk (accelerate disk "
-                  "offload) and are read on every forward pass (expect seconds per token)", same + cpu, same or cpu,
-                  offload=True, disk=True) if cpu else None)
+                  "offload) and are read on every forward pass (expect seconds per token)", PlacementKind.DISK_OFFLOAD,
+                  same + cpu, same or cpu) if cpu else None)
     return gpu, offload, only_cpu, disk
 
 
 def _run(model, machine, prefs, places: list[Place], levels: list[Level], log: Log) -> Attempt | None:
     cands = {id(p): _cands(p, machine, model, prefs) for p in places}
-    for tier in (0, 1):
+    for fallback in (False, True):
         for level in levels:
             for place in places:
-                for dtype, why in _tiers(cands[id(place)])[tier]:
-                    q = resolve_level(level, model, place.compute, machine, dtype)
+                for option in cands[id(place)].tier(fallback):
+                    q = resolve_level(level, model, place.compute, machine, option.dtype)
                     if not isinstance(q, Rejected) and q.install and level.kind == "pre" and prefs.allow_dequantize:
                         # --allow-dequantize: what runs now beats a faster kernel that must be installed first
                         log.uninstalled = log.uninstalled or q
-                        q = Rejected(f"{q.method}:{q.backend}", f"runs here, but is not installed ({q.install}); "
-                                     "--allow-dequantize unpacks the weights instead")
+                        q = Rejected(f"{q.method}:{q.backend}", RejectKind.NOT_INSTALLED,
+                                     f"runs here, but is not installed ({q.install}); "
+                                     "--allow-dequantize unpacks the weights instead", install=q.install,
+                                     method=q.method, backend=q.backend)
                     if isinstance(q, Rejected):
                         log.quant.append(q)
                         continue
-                    att = _try(model, machine, prefs, place, dtype, why, q)
+                    att = _try(model, machine, prefs, place, option, q)
                     if _fits(att, prefs):
                         att.cands = cands[id(place)]
                         return _faster_4bit(model, machine, prefs, att, level) or att
@@ -174,15 +184,17 @@ def _faster_4bit(model, machine, prefs, att: Attempt, level: Level) -> Attempt |
     if prefs.quantization != "auto" or not slow_8bit_decode(q.method, q.backend, att.place.compute):
         return None  # (only an on-the-fly or re-quantized 8-bit level resolves to a slow 8-bit kernel)
     for kv_bits in (None, KV_BITS):
-        four = resolve_level(Level(level.kind, 4, kv_bits), model, att.place.compute, machine, att.dtype)
+        four = resolve_level(Level(level.kind, 4, kv_bits), model, att.place.compute, machine, att.dtype.dtype)
         if isinstance(four, Rejected) or four.method != "bitsandbytes":
             continue
-        alt = _try(model, machine, prefs, att.place, att.dtype, att.dtype_reason, four)
+        alt = _try(model, machine, prefs, att.place, att.dtype, four)
         if not _fits(alt, prefs):
             continue
-        slow = Rejected(f"{q.method}:{q.backend}", (
-            f"8-bit fits ({gib(att.memory.total):.2f} of {gib(att.memory.budget):.2f} GiB) and loses the least quality, "
-            f"but {SLOW_8BIT_WHY}; --quantization 8bit keeps it"))
+        need, budget = gib(att.memory.total), gib(att.memory.budget)
+        slow = Rejected(f"{q.method}:{q.backend}", RejectKind.SLOWER_HERE, (
+            f"8-bit fits ({need:.2f} of {budget:.2f} GiB) and loses the least quality, "
+            f"but {SLOW_8BIT_WHY}; --quantization 8bit keeps it"), needs_gib=need, budget_gib=budget,
+            method=q.method, backend=q.backend)
         alt.quant = replace(four, reason=f"{four.reason}; preferred to 8-bit, which also fits, for decode speed",
                             rejected=(slow, *four.rejected), passed_over_bits=q.bits)
         alt.cands = att.cands
@@ -208,7 +220,7 @@ def search(machine: Machine, model: ModelSpec, prefs: Preferences, devices: list
             first.setdefault(r.name, r.reason)
         why = "; ".join(first.values())
         raise PlanError(f"nothing on {machine.name} runs {model.name}'s "
-                        f"{(model.quantization or {}).get('quant_method', 'quantized')} weights ({why})"
+                        f"{model.quantization.method if model.quantization else 'quantized'} weights ({why})"
                         + (". Pass --allow-dequantize to unpack them into a dtype this machine runs" if pre
                            and not prefs.allow_dequantize else ""))
     if att is None:
@@ -220,21 +232,25 @@ def search(machine: Machine, model: ModelSpec, prefs: Preferences, devices: list
     return build(machine, model, prefs, att, rejected_devices, log)
 
 
-def _max_memory(place: Place, prefs: Preferences) -> dict[str, str]:
-    return {(str(d.index) if d.is_accelerator else "cpu"): f"{gib(device_budget(d, _override(prefs, d))):.2f}GiB"
-            for d in place.devices}
+def _max_memory(place: Place, prefs: Preferences) -> dict[str, int]:
+    """accelerate's max_memory in bytes, by its keys ("0", "cpu")."""
+    return {(str(d.index) if d.is_accelerator else "cpu"): device_budget(d, _override(prefs, d)) for d in place.devices}
 
 
 def build(machine, model, prefs, att: Attempt, rejected_devices, log: Log) -> Plan:
     cands = att.cands
-    order = [t for t, _ in cands.ordered]
-    dtype_rejected = {t: r for t, r in cands.rejected.items() if t != att.dtype}
+    chosen = att.dtype.dtype
+    order = [o.dtype for o in cands.ordered]
+    dtype_rejected = {t: r for t, r in cands.rejected.items() if t != chosen}
     for t in order:
-        if t == att.dtype or t in dtype_rejected:
+        if t == chosen or t in dtype_rejected:
             continue
-        before = order.index(t) < order.index(att.dtype)
-        dtype_rejected[t] = ("does not fit at any quantization level tried before this one" if before
-                             else f"runs, but {att.dtype} comes first in the preference order")
+        if order.index(t) < order.index(chosen):
+            dtype_rejected[t] = Rejected(t, RejectKind.DOES_NOT_FIT,
+                                         "does not fit at any quantization level tried before this one")
+        else:
+            dtype_rejected[t] = Rejected(t, RejectKind.RUNS_BUT_LOWER_PRIORITY,
+                                         f"runs, but {chosen} comes first in the preference order")
     place = att.place
     names = tuple(d.torch_device for d in place.devices)
     if len(place.devices) == 1 and not place.disk:
@@ -249,10 +265,10 @@ def build(machine, model, prefs, att: Attempt, rejected_devices, log: Log) -> Pl
         lead = place.compute[0]
         key = str(lead.index) if lead.is_accelerator else "cpu"
         room = device_budget(lead, _override(prefs, lead)) - (att.memory.total - att.memory.weights)
-        max_memory = dict(max_memory, **{key: f"{gib(max(room, GIB // 100)):.2f}GiB"})
+        max_memory = dict(max_memory, **{key: max(room, GIB // 100)})
     warnings = []
-    if att.dtype_reason.startswith("memory fallback"):
-        warnings.append(f"{att.dtype} chosen only to fit memory: {att.dtype_reason}")
+    if att.dtype.kind is ChoiceKind.MEMORY_FALLBACK:
+        warnings.append(f"{chosen} chosen only to fit memory: {att.dtype.reason}")
     if place.disk:
         warnings.append(f"{offload['disk_gib']:.1f} GiB of weights stay on disk and are read on every forward pass: "
                         "expect seconds per token (more RAM, --quantization 4bit on a GPU, or a smaller model avoid it)")
@@ -274,10 +290,20 @@ def build(machine, model, prefs, att: Attempt, rejected_devices, log: Log) -> Pl
     quant_rejected = list(q.rejected) + list(log.quant)
     return Plan(
         model=model, machine=machine, preferences=prefs,
-        placement=Placement(names, device_map, max_memory, place.why, tuple(rejected_devices) + tuple(
+        placement=Placement(names, place.kind, device_map, max_memory, place.why, tuple(rejected_devices) + tuple(
             dict.fromkeys(tried))),
-        dtype=Choice(att.dtype, att.dtype_reason, tuple(Rejected(t, r) for t, r in dtype_rejected.items()),
-                     cands.sources.get(att.dtype, ())),
+        dtype=Choice(chosen, att.dtype.kind, att.dtype.reason, tuple(dtype_rejected.values()),
+                     cands.sources.get(chosen, ())),
         attention=att.attention, sdpa_kernels=att.kernels, memory=att.memory, warnings=tuple(warnings),
         quantization=q, quantization_rejected=tuple(dict.fromkeys(quant_rejected)), offload=offload,
     )
+
+
+def plan(machine: Machine, model: ModelSpec, prefs: Preferences | None = None) -> Plan:
+    """The plan for `model` on `machine`: see the module docstring for the order things are tried in."""
+    prefs = resolve(model, prefs or Preferences())
+    devices, rejected_devices = candidate_devices(machine, prefs)
+    if not devices:
+        raise PlanError(f"no device of {machine.name} can run torch: "
+                        + "; ".join(f"{r.name}: {r.reason}" for r in rejected_devices))
+    return search(machine, model, prefs, devices, rejected_devices)

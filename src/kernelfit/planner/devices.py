@@ -1,0 +1,68 @@
+"""Preferences made concrete for a model, and which of the machine's devices this torch build can use."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from ..catalog.attention import BACKENDS
+from ..catalog.torch_builds import device_blockers
+from ..errors import UsageError
+from ..hardware.machine import Device, Machine
+from ..model.spec import ModelSpec
+from .types import DEFAULT_CONTEXT, DTYPE_CHOICES, Preferences, RejectKind, Rejected
+
+MAX_CONTEXT = 10_000_000
+
+
+def attention_names() -> list[str]:
+    return ["auto", *BACKENDS]
+
+
+def resolve(model: ModelSpec, prefs: Preferences) -> Preferences:
+    """Fill in defaults that depend on the model, then validate. Returns the effective preferences."""
+    if prefs.context is None:
+        limit = model.text.max_positions
+        prefs = replace(prefs, context=min(DEFAULT_CONTEXT, limit) if isinstance(limit, int) and limit > 0
+                        else DEFAULT_CONTEXT)
+    validate(model, prefs)
+    return prefs
+
+
+def validate(model: ModelSpec, prefs: Preferences) -> None:
+    if not isinstance(prefs.context, int) or prefs.context < 1 or prefs.context > MAX_CONTEXT:
+        raise UsageError(f"--context must be a whole number of tokens between 1 and {MAX_CONTEXT:,}, not {prefs.context!r}")
+    if not isinstance(prefs.batch, int) or prefs.batch < 1:
+        raise UsageError(f"--batch must be a positive whole number, not {prefs.batch!r}")
+    limit = model.text.max_positions
+    if isinstance(limit, int) and prefs.context > limit:
+        raise UsageError(f"--context {prefs.context} exceeds {model.name}'s max_position_embeddings ({limit}); "
+                         f"use --context {limit} or less")
+    if prefs.dtype not in DTYPE_CHOICES:
+        raise UsageError(f"unknown dtype '{prefs.dtype}'; choose one of {', '.join(DTYPE_CHOICES)}")
+    if prefs.attention not in attention_names():
+        raise UsageError(f"unknown attention implementation '{prefs.attention}'; choose one of {', '.join(attention_names())}")
+
+
+def _rank(device: Device) -> tuple:
+    return (device.compute_capability or (0, 0), device.memory_gib)
+
+
+def candidate_devices(machine: Machine, prefs: Preferences) -> tuple[list[Device], list[Rejected]]:
+    """Devices torch can use here, accelerators first (best first), then the CPU; and the ones it cannot."""
+    usable, rejected = [], []
+    want = prefs.device
+    for d in machine.devices:
+        name = d.torch_device
+        if want not in ("auto", name, d.kind, name.split(":")[0]):
+            continue
+        blockers = device_blockers(d, machine.software)
+        if blockers:
+            rejected.append(Rejected(name, RejectKind.NOT_RUNNABLE, "; ".join(b.message for b in blockers),
+                                     install=blockers[0].fix))
+        else:
+            usable.append(d)
+    if want != "auto" and not usable and not rejected:
+        known = ", ".join(d.torch_device for d in machine.devices)
+        raise UsageError(f"--device {want} matches no device of {machine.name} (it has {known})")
+    accelerators = sorted((d for d in usable if d.is_accelerator), key=_rank, reverse=True)
+    return accelerators + [d for d in usable if not d.is_accelerator], rejected
