@@ -12,7 +12,7 @@ from kernelfit.planner.search import plan
 from kernelfit.probe import probe_machine
 from kernelfit.bench.cache import TuneCacheWarning, cached_winner, save_winner, tune_key, with_cached_winner
 
-from conftest import run_cli
+from conftest import config_path, run_cli
 from test_health import save_tiny
 
 
@@ -159,3 +159,38 @@ def test_a_compiled_winner_is_loaded_compiled(tiny_dir, tune_cache):
     assert hasattr(loaded.model.forward, "_torchdynamo_orig_callable")  # what torch.compile returns
     plain = load(str(tiny_dir), health_check=False, use_tune_cache=False)
     assert not hasattr(plain.model.forward, "_torchdynamo_orig_callable")
+
+
+def test_bench_candidates_keep_the_plans_device():
+    """`run --tune --device cpu` on a GPU box: every candidate is planned (and so loaded and measured) on
+    the CPU, like the plan whose tune-cache key it is saved under. Before, bench re-planned each candidate
+    from a model string and a few preferences, dropped --device and measured on the GPU."""
+    from kernelfit.bench.candidates import candidate_plan, candidates
+    from kernelfit.profiles import load_profile
+
+    spec = load_model_spec(config_path("qwen2.5-0.5b"))
+    on_cpu = plan(load_profile("t4"), spec, Preferences(device="cpu"))
+    assert on_cpu.placement.devices == ("cpu",)
+    cands = candidates(on_cpu)
+    assert len(cands) > 2
+    for c in cands:
+        p = candidate_plan(on_cpu, c)
+        assert p.placement.devices == ("cpu",) and p.dtype.value == c.dtype
+
+
+def test_a_tuned_dtype_brings_its_own_memory_estimate():
+    """Tuning a bf16 plan to fp32 reports fp32 weights (it used to keep the bf16 estimate)."""
+    from kernelfit.bench.cache import apply_winner
+    from kernelfit.planner.types import ChoiceKind, RejectKind
+    from kernelfit.profiles import load_profile
+
+    spec = load_model_spec(config_path("qwen2.5-0.5b"))
+    static = plan(load_profile("cpu-spr-amx"), spec, Preferences())
+    assert static.dtype.value == "bfloat16"
+    tuned = apply_winner(static, {"attention": "sdpa", "dtype": "float32", "cache": "dynamic",
+                                  "prefill_tokens_per_s": 100.0, "decode_tokens_per_s": 10.0})
+    assert tuned.dtype.value == "float32" and tuned.dtype.kind is ChoiceKind.MEASURED
+    assert tuned.memory.weights == 2 * static.memory.weights == spec.params * 4
+    assert tuned.memory.total > static.memory.total
+    assert tuned.preferences.dtype == "auto"  # measured, not requested
+    assert any(r.name == "bfloat16" and r.kind is RejectKind.MEASURED_SLOWER for r in tuned.dtype.rejected)

@@ -86,3 +86,29 @@ def test_broken_inputs_on_disk(tmp_path):
     odd = tmp_path / "odd.json"
     odd.write_text(json.dumps({"name": "x", "cpu": {"model": "y", "colour": 1}, "memory_gib": 4}))
     assert_usage_error(run_cli("plan", "smollm2-135m", "--profile", str(odd)), "unknown key")
+
+
+def test_plan_json_has_a_kind_on_every_choice_and_rejected_item():
+    from kernelfit.planner.types import ChoiceKind, PlacementKind, RejectKind
+
+    d = run_json("plan", config_path("llava-1.5-7b"), "--profile", "gtx1060-6gb")
+    rejected_kinds, seen = {k.value for k in RejectKind}, []
+
+    def walk(node):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "rejected":
+                    assert value is not None
+                    for r in value:
+                        assert r["kind"] in rejected_kinds, r
+                        seen.append(r["kind"])
+                walk(value)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(d)
+    assert seen and "not_runnable" in seen
+    for c in (d["dtype"], d["attention"], *d["attention"]["sub_models"].values()):
+        assert c["kind"] in {k.value for k in ChoiceKind}
+    assert d["device"]["kind"] in {k.value for k in PlacementKind}

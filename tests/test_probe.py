@@ -110,3 +110,25 @@ def test_doctor_separates_the_torch_build_from_the_chip():
     assert errors[0].fix == "pip install torch==2.11.0 --index-url https://download.pytorch.org/whl/cu126"
     # and the chip's own limits are reported as information, not as the build's fault
     assert any("FlashAttention-2 needs compute capability 8.0" in f.message for f in findings(cu128))
+
+
+def test_disk_probe_survives_an_unreadable_cache_dir(monkeypatch, tmp_path):
+    """KERNELFIT_CACHE_DIR inside a folder the user cannot enter: stat() raises PermissionError (root
+    ignores permissions, so the error is injected); the probe reports the disk as unknown."""
+    from pathlib import Path
+
+    import kernelfit.probe as probe
+
+    locked = tmp_path / "locked"
+    monkeypatch.setenv("KERNELFIT_CACHE_DIR", str(locked / "cache"))
+    real = Path.exists
+
+    def exists(self):
+        if str(self).startswith(str(locked)):
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self)
+
+    monkeypatch.setattr(Path, "exists", exists)
+    assert probe._disk_free_gib() is None
+    m = probe.probe_machine(nvml=fake_nvml(None))
+    assert m.disk_free_gib is None

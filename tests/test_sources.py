@@ -31,3 +31,30 @@ def test_every_cited_source_is_defined():
 def test_sources_say_where():
     for s in SOURCES.values():
         assert s.title and s.where, s.id
+
+
+REPO = __import__("pathlib").Path(__file__).parent.parent
+REF_FORMS = (
+    (r"https://[^\s;]+", None),  # a public URL
+    (r"[\w.-]+/[\w.-]+@[0-9a-f]{7,40}:[^\s;]+", None),  # owner/repo@commit:path
+    (r"doc: .{8,}", None),  # a published document, by its title
+    (r"kernelfit:([^\s;]+)", "file"),  # kernelfit's own measurement, shipped in this repository
+    (r"probe: .+", None),  # read on the machine itself
+)
+
+
+def test_every_source_resolves_to_a_public_reference():
+    import re
+
+    bad = []
+    for s in SOURCES.values():
+        for ref in (r.strip() for r in s.where.split(" ; ")):
+            for pattern, check in REF_FORMS:
+                m = re.fullmatch(pattern, ref)
+                if m:
+                    if check == "file" and not (REPO / m.group(1)).is_file():
+                        bad.append((s.id, ref, "no such file"))
+                    break
+            else:
+                bad.append((s.id, ref))
+    assert not bad, bad

@@ -9,7 +9,7 @@ was imported before (tests/test_layout.py).
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from .version import __version__
 
 import os as _os
 

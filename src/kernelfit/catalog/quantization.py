@@ -5,7 +5,7 @@ AWQ/GPTQ rows follow gptqmodel's own kernel declarations (SUPPORTS_DEVICES / _BI
 _GROUP_SIZE / _SYM / _DTYPES, and SUPPORTS_FORMATS priorities for auto-selection, at
 ModelCloud/GPTQModel@f4c327a gptqmodel/nn_modules/qlinear/*.py), with compute-capability floors
 from the kernels' own checks or, where the Python code has none, from vLLM/AutoAWQ's documented
-minimums (shared/research/engines.md). No torch import.
+minimums (sources `vllm-quant-table`, `autoawq-readme`). No torch import.
 """
 
 from __future__ import annotations

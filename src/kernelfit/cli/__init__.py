@@ -8,64 +8,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 
 from ..errors import EXIT_USAGE, HealthCheckError, UsageError
-
-SIZE_UNITS = {"": 1.0, "gib": 1.0, "gb": 1e9 / 1024**3, "mib": 1 / 1024, "mb": 1e6 / 1024**3, "tib": 1024.0}
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, exit 2 (argparse prints usage + message otherwise)
-        raise UsageError(f"{message} (see `{self.prog} --help`)")
-
-
-def positive_int(name: str):
-    def parse(text: str) -> int:
-        if not re.fullmatch(r"\s*\d+\s*", text or "") or int(text) < 1:
-            raise UsageError(f"{name} must be a positive whole number, not {text!r}")
-        return int(text)
-    return parse
-
-
-def parse_max_memory(text: str) -> dict[str, float]:
-    """'0=20GiB,1=20GiB,cpu=64GiB' -> {'0': 20.0, '1': 20.0, 'cpu': 64.0} (GiB)."""
-    out: dict[str, float] = {}
-    for part in (text or "").split(","):
-        m = re.fullmatch(r"\s*([\w:]+)\s*=\s*([\d.]+)\s*([A-Za-z]*)\s*", part)
-        if not m or m.group(3).lower() not in SIZE_UNITS:
-            raise UsageError(f"--max-memory {text!r}: expected DEVICE=SIZE pairs like 0=20GiB,cpu=64GiB")
-        value = float(m.group(2)) * SIZE_UNITS[m.group(3).lower()]
-        if value <= 0:
-            raise UsageError(f"--max-memory for {m.group(1)} must be positive")
-        out[m.group(1)] = value
-    return out
-
-
-def _add_machine_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--profile", metavar="NAME|FILE", help="plan for a reference machine or a saved profile instead of this one")
-    p.add_argument("--with", dest="with_", action="append", metavar="PKG[==VER]", help="assume this package is installed")
-    p.add_argument("--without", action="append", metavar="PKG", help="assume this package is not installed")
-
-
-def _add_quant_args(p: argparse.ArgumentParser) -> None:
-    from ..planner.quantization import QUANT_CHOICES
-
-    p.add_argument("--max-memory", type=parse_max_memory, help="per-device budget, e.g. 0=20GiB,cpu=64GiB")
-    p.add_argument("--quantization", default="auto", choices=QUANT_CHOICES,
-                   help="auto: only when the model does not fit (least quality loss first)")
-    p.add_argument("--allow-dequantize", action="store_true",
-                   help="unpack a quantized checkpoint when no kernel for it runs here")
-
+from .args import Parser, add_machine_args, add_quant_args, positive_int, preferences
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="kernelfit", description="Run any transformers model on the hardware it lands on.")
+    parser = Parser(prog="kernelfit", description="Run any transformers model on the hardware it lands on.")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
-    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", parser_class=Parser)
 
     p = sub.add_parser("doctor", help="what this machine (or a profile) has, and what to fix")
-    _add_machine_args(p)
+    add_machine_args(p)
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     p.add_argument("--save", metavar="FILE", help="write the machine profile to FILE (.toml or .json)")
 
@@ -74,14 +28,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("plan", help="plan a model for this machine or a profile, with every reason")
     p.add_argument("model", help="model dir, config.json, .gguf, `smollm2-135m`, or a cached hub id")
-    _add_machine_args(p)
+    add_machine_args(p)
     p.add_argument("--context", type=positive_int("--context"), default=None,
                    help="tokens of context to budget for (default: 4096, or the model's maximum if smaller)")
     p.add_argument("--batch", type=positive_int("--batch"), default=1)
     p.add_argument("--dtype", default="auto", help="auto, bfloat16, float16 or float32 (a preference)")
     p.add_argument("--attn", default="auto", help="attention implementation preference (default: auto)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
-    _add_quant_args(p)
+    add_quant_args(p)
     p.add_argument("--tune", action="store_true", help="measure candidates now (kernelfit bench) and use the winner")
     p.add_argument("--no-cache", action="store_true", help="ignore a cached bench winner")
     p.add_argument("--json", action="store_true")
@@ -153,16 +107,6 @@ def cmd_profiles(args) -> int:
     return 0
 
 
-def preferences(args, **fixed) -> "Preferences":  # noqa: F821
-    """The plan preferences a command's flags ask for (`fixed` for flags a command does not have)."""
-    from ..planner.types import Preferences
-
-    names = ("dtype", "attention", "context", "batch", "device", "max_memory", "quantization", "allow_dequantize")
-    given = {n: getattr(args, "attn" if n == "attention" else n) for n in names
-             if hasattr(args, "attn" if n == "attention" else n)}
-    return Preferences(**{**given, **fixed})
-
-
 def cmd_plan(args) -> int:
     if args.tune and args.profile:
         raise UsageError("--tune measures this machine; it cannot be combined with --profile")
@@ -198,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parser.parse_args(argv)
         if args.version:
-            from .. import __version__
+            from ..version import __version__
 
             print(f"kernelfit {__version__}")
             return 0

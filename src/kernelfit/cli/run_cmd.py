@@ -12,7 +12,7 @@ from ..planner.types import RejectKind
 
 
 def add_run_parser(sub) -> None:
-    from . import _add_quant_args, positive_int
+    from .args import add_quant_args, positive_int
 
     p = sub.add_parser("run", help="load a model with its plan and generate (default: the bundled SmolLM2)")
     p.add_argument("model", nargs="?", default="smollm2-135m", help="model (default: smollm2-135m, bundled)")
@@ -23,7 +23,7 @@ def add_run_parser(sub) -> None:
     p.add_argument("--dtype", default="auto", help="auto, bfloat16, float16 or float32 (a preference)")
     p.add_argument("--context", type=positive_int("--context"), default=None)
     p.add_argument("--device", default="auto")
-    _add_quant_args(p)
+    add_quant_args(p)
     p.add_argument("--no-chat-template", action="store_true", help="send the prompt as raw text")
     p.add_argument("--no-health-check", action="store_true", help="skip the post-load health check")
     p.add_argument("--no-dispatch", action="store_true", help="pass the plan's attention to transformers directly")
@@ -41,7 +41,7 @@ def add_run_parser(sub) -> None:
     p.add_argument("--trials", type=positive_int("--trials"), default=3)
     p.add_argument("--compile", action="store_true", help="add torch.compile candidates (minutes on small CPUs)")
     p.add_argument("--no-save", action="store_true", help="do not write the winner to the tune cache")
-    _add_quant_args(p)
+    add_quant_args(p)
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("exec", help="run a Python script with kernelfit.guard() active (FlashAttention-2 demands "
@@ -84,7 +84,7 @@ def cmd_run(args) -> int:
     quiet = args.json
     say = (lambda m: None) if quiet else (lambda m: _err(f"kernelfit: {m}"))
     from ..api import make_plan
-    from . import preferences
+    from .args import preferences
 
     # bad model input fails here, before torch is imported
     plan = make_plan(args.model, preferences(args), use_tune_cache=not (args.no_cache or args.tune))

@@ -110,7 +110,7 @@ def decode_attention_forward(module, query, key, value, attention_mask, dropout:
     kv_heads = key.shape[1]
     scale = scaling if scaling is not None else d ** -0.5
     # These products have a row per grouped head and a column per cached key: oneDNN's territory
-    # even inside a decode step whose one-row weight products skip it (runtime/cpu_decode.py).
+    # even inside a decode step whose one-row weight products skip it (loader/cpu_decode.py).
     onednn = torch._C._get_mkldnn_enabled()
     torch._C._set_mkldnn_enabled(True)
     try:

@@ -1,7 +1,7 @@
 """Parameter counts from config shapes alone (no weights), per sub-model.
 
 The sums mirror the modules transformers builds for each family; the test suite checks them
-against the published counts of the configs in shared/model-configs (within 2%).
+against the published counts of the configs in tests/data/model-configs (within 2%).
 """
 
 from __future__ import annotations

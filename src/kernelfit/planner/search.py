@@ -70,11 +70,12 @@ class Log:
     def miss(self, att: Attempt, level: Level) -> None:
         need, budget = gib(att.memory.total), gib(att.memory.budget)
         why = f"{level.label()} in {att.dtype.dtype} needs {need:.2f} GiB, budget {budget:.2f} GiB"
-        self.tried.append(Rejected(att.place.name, RejectKind.DOES_NOT_FIT, why, needs_gib=need, budget_gib=budget))
+        tried = dict(needs_gib=need, budget_gib=budget, dtype=att.dtype.dtype, bits=level.bits, kv_bits=level.kv_bits)
+        self.tried.append(Rejected(att.place.name, RejectKind.DOES_NOT_FIT, why, **tried))
         q = att.quant
         self.quant.append(Rejected(f"{q.method}:{q.backend or '-'}", RejectKind.DOES_NOT_FIT,
-                                   f"does not fit on {att.place.name}: {why}", needs_gib=need, budget_gib=budget,
-                                   method=q.method, backend=q.backend))
+                                   f"does not fit on {att.place.name}: {why}", method=q.method, backend=q.backend,
+                                   place=att.place.name, **tried))
         if self.smallest is None or att.memory.total < self.smallest.memory.total:
             self.smallest = att
 

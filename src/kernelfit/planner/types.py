@@ -71,6 +71,12 @@ class Rejected:
     budget_gib: float | None = None
     method: str | None = None  # quantization rows: the method and kernel they name
     backend: str | None = None
+    # DOES_NOT_FIT rows: the configuration tried (dtype, weight bits, KV-cache bits), so two attempts
+    # differ as data, not only in their wording
+    dtype: str | None = None
+    bits: int | None = None
+    kv_bits: int | None = None
+    place: str | None = None  # quantization DOES_NOT_FIT rows: where it was tried ("cuda:0", "cuda:0+cuda:1")
 
     def __post_init__(self) -> None:  # a hook (tests reword every reason to prove no decision reads it)
         pass
@@ -78,7 +84,8 @@ class Rejected:
     def to_dict(self, key: str = "name") -> dict:
         d = {key: self.name, "kind": self.kind.value, "reason": self.reason}
         d.update({k: v for k, v in (("install", self.install), ("needs_gib", self.needs_gib),
-                                    ("budget_gib", self.budget_gib)) if v is not None})
+                                    ("budget_gib", self.budget_gib), ("dtype", self.dtype), ("bits", self.bits),
+                                    ("kv_bits", self.kv_bits), ("place", self.place)) if v is not None})
         return d
 
 

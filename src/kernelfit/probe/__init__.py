@@ -44,17 +44,18 @@ def _torch_devices(existing: list[Device]) -> tuple[list[Device], list[str]]:
 
 
 def _disk_free_gib() -> float | None:
-    """Free space under kernelfit's cache dir (where disk offload and conversions are written)."""
+    """Free space under kernelfit's cache dir (where disk offload and conversions are written); None when
+    it cannot be read (e.g. the cache dir lies inside a folder this user cannot enter)."""
     import shutil
 
     from ..paths import cache_root
 
-    p = cache_root()
-    while not p.exists() and p != p.parent:
-        p = p.parent
     try:
+        p = cache_root()
+        while not p.exists() and p != p.parent:
+            p = p.parent
         return round(shutil.disk_usage(p).free / 2**30, 1)
-    except OSError:
+    except OSError:  # PermissionError from stat() on an unenterable parent, among others
         return None
 
 
