@@ -13,6 +13,12 @@ from .version import __version__
 
 import os as _os
 
+from .dispatch.autoregister import install as _install_autoregister
+
+# attn_implementation="kernelfit" works once kernelfit is imported: registered when transformers loads its
+# attention registries (nothing heavy is imported here)
+_install_autoregister()
+
 if _os.environ.get("KERNELFIT_GUARD") == "1":  # for code you cannot edit: KERNELFIT_GUARD=1 kernelfit exec ...
     from .dispatch.guard import guard as _guard
 

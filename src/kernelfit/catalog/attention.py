@@ -30,6 +30,11 @@ SLIDING_WINDOW = "sliding_window"
 SOFTCAP = "softcap"
 OUTPUT_ATTENTIONS = "output_attentions"
 NON_CAUSAL = "non_causal"  # vision towers, encoders
+# Masks a call can carry that some kernels cannot honour (the dispatcher sees them per call):
+FLOAT_MASK = "float_mask"  # an additive float mask with learned biases or per-head values (Doge, MiniMax-M3)
+SPARSE_SELECTION = "sparse_selection"  # indexer-selected keys (DeepSeek-V3.2 `indices`, MiniMax-M3 `block_indices`)
+# FlashAttention takes a 2D padding mask at most: biases and per-query key selections cannot be expressed
+_FLASH_MASK_LIMITS = frozenset({FLOAT_MASK, SPARSE_SELECTION})
 PLAIN_GENERATE = "plain_generate"  # ordinary model.generate / forward (no paged cache)
 
 
@@ -66,7 +71,7 @@ BACKENDS: dict[str, AttentionBackend] = {b.name: b for b in (
         summary="FlashAttention-4 (CuTeDSL), Hopper and datacenter Blackwell",
         platforms=frozenset({"cuda"}), dtypes=HALF,
         min_cc=SM90_HOPPER, max_cc=Capability(10, 3), max_head_dim=128,
-        package="flash-attn-4", unsupported=frozenset({OUTPUT_ATTENTIONS}),
+        package="flash-attn-4", unsupported=frozenset({OUTPUT_ATTENTIONS}) | _FLASH_MASK_LIMITS,
         sources=("fa4-pypi", "vllm-fa-utils", "transformers-attn-interface"),
     ),
     AttentionBackend(
@@ -74,7 +79,7 @@ BACKENDS: dict[str, AttentionBackend] = {b.name: b for b in (
         summary="FlashAttention-3, Hopper only",
         platforms=frozenset({"cuda"}), dtypes=HALF,
         min_cc=SM90_HOPPER, max_cc=SM90_HOPPER, max_head_dim=256,
-        package="flash-attn-3", unsupported=frozenset({OUTPUT_ATTENTIONS}),
+        package="flash-attn-3", unsupported=frozenset({OUTPUT_ATTENTIONS}) | _FLASH_MASK_LIMITS,
         sources=("fa3-readme", "transformers-fa3-gate"),
     ),
     AttentionBackend(
@@ -84,7 +89,7 @@ BACKENDS: dict[str, AttentionBackend] = {b.name: b for b in (
         min_cc=SM80_AMPERE, max_head_dim=256,
         rocm_archs=frozenset({"gfx90a", "gfx942", "gfx950"}),
         package="flash-attn", min_package_version="2.1.0",
-        unsupported=frozenset({OUTPUT_ATTENTIONS}),
+        unsupported=frozenset({OUTPUT_ATTENTIONS}) | _FLASH_MASK_LIMITS,
         sources=("fa2-readme", "fa2-rocm", "transformers-fa2-nocheck"),
     ),
     AttentionBackend(

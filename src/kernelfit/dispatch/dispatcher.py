@@ -20,10 +20,12 @@ from typing import Callable
 
 import torch
 
-from ..catalog.attention import BACKENDS, NON_CAUSAL, OUTPUT_ATTENTIONS, SLIDING_WINDOW, SOFTCAP, AttentionQuery, priority_for, why_not
+from ..catalog.attention import (BACKENDS, FLOAT_MASK, NON_CAUSAL, OUTPUT_ATTENTIONS, SLIDING_WINDOW, SOFTCAP,
+                                 SPARSE_SELECTION, AttentionQuery, priority_for, why_not)
 from ..catalog.kernel_errors import cannot_run_here
 from ..hardware.machine import Device, Software
 from .kernels import KernelBackend, adapt_mask, default_backends
+from .sparse import fold_selection
 
 NAME = "kernelfit"
 
@@ -118,9 +120,14 @@ class Dispatcher:
         window = kwargs.get("sliding_window") or getattr(module, "sliding_window", None)
         causal = kwargs.get("is_causal")
         causal = getattr(module, "is_causal", True) if causal is None else causal
+        # a selection the model left to the kernel is folded into the mask here, as the model itself does
+        # under "sdpa": never dropped (attention would silently become dense)
+        attention_mask, selected = fold_selection(module, attention_mask, query, key, kwargs)
+        float_mask = attention_mask is not None and attention_mask.dim() == 4 and attention_mask.dtype != torch.bool
         features = frozenset(
             f for f, on in ((SLIDING_WINDOW, bool(window)), (SOFTCAP, bool(kwargs.get("softcap"))),
-                            (NON_CAUSAL, not causal), (OUTPUT_ATTENTIONS, bool(kwargs.get("output_attentions"))))
+                            (NON_CAUSAL, not causal), (OUTPUT_ATTENTIONS, bool(kwargs.get("output_attentions"))),
+                            (FLOAT_MASK, float_mask), (SPARSE_SELECTION, selected))
             if on)
         dev_key = (device.kind, device.index, device.compute_capability)
         last_error = None
@@ -186,6 +193,11 @@ def register(name: str = NAME, software: Software | None = None) -> str:
         dispatcher()._order.clear()
 
     AttentionInterface.register(name, kernelfit_attention_forward)
+    import transformers.modeling_utils
+
+    from .class_dicts import patch_attention_check
+
+    patch_attention_check(transformers.modeling_utils)  # class-dict models (Falcon) get their own SDPA
     # The dispatcher takes SDPA's mask (boolean 4D, or None when purely causal) and converts it
     # for each backend (kernels.adapt_mask).
     AttentionMaskInterface.register(name, sdpa_mask)

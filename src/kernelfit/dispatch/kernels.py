@@ -4,7 +4,8 @@ Signature (transformers `integrations/*_attention.py`):
     fn(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kw)
     -> (attn_output (B, S, H, D), attn_weights | None)
 query/key/value are (B, H, S, D). Masks arrive in one of three forms and are converted here:
-    "bool4d"    (B, 1, Q, K) True = attend, or None for plain causal  (sdpa_mask)
+    "bool4d"    (B, 1|H, Q, K) True = attend, or None for plain causal (sdpa_mask); a float 4D mask
+                (additive biases a model built itself) is passed through unchanged, as SDPA takes both
     "padding2d" (B, K) True/1 = real token, or None                    (flash_attention_mask)
     "additive"  (B, 1, Q, K) float, 0 or a large negative               (eager_mask)
 """
@@ -44,7 +45,7 @@ def to_bool4d(mask, query: torch.Tensor, key: torch.Tensor, causal: bool, window
     if mask is None:
         return None  # SDPA applies is_causal itself
     if mask.dim() == 4:
-        return mask if mask.dtype == torch.bool else mask == 0
+        return mask  # bool, or a float additive mask whose biases must survive (SDPA takes both)
     q_len, k_len = query.shape[2], key.shape[2]
     pad = mask[:, -k_len:].to(torch.bool)[:, None, None, :]
     if not causal:
@@ -53,6 +54,8 @@ def to_bool4d(mask, query: torch.Tensor, key: torch.Tensor, causal: bool, window
 
 
 def to_padding2d(mask, key: torch.Tensor) -> torch.Tensor | None:
+    """Only for plain causal/padding masks: the dispatcher never sends a FLOAT_MASK or SPARSE_SELECTION
+    call to a padding2d kernel (the catalog marks them unsupported)."""
     if mask is None or mask.dim() == 2:
         return mask
     keep = mask if mask.dtype == torch.bool else mask == 0
@@ -105,20 +108,27 @@ def eager_attention_forward(module, query, key, value, attention_mask, dropout: 
 def decode_attention_forward(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
                             is_causal=None, **kwargs):
     """One query token against the KV cache: the query heads of each KV head as one small matrix
-    (no repeat_kv copy), two matmuls and an fp32 softmax. Additive mask; no softcap or window."""
+    (no repeat_kv copy), two matmuls and an fp32 softmax. Additive mask, shared by the heads (B, 1, Q, K) or
+    per head (B, H, Q, K); no softcap or window. Values may have their own head_dim (MLA: v_head_dim)."""
     b, h, q_len, d = query.shape
-    kv_heads = key.shape[1]
+    kv_heads, dv = key.shape[1], value.shape[-1]
+    groups = h // kv_heads
     scale = scaling if scaling is not None else d ** -0.5
     # These products have a row per grouped head and a column per cached key: oneDNN's territory
     # even inside a decode step whose one-row weight products skip it (loader/cpu_decode.py).
     onednn = torch._C._get_mkldnn_enabled()
     torch._C._set_mkldnn_enabled(True)
     try:
-        weights = torch.matmul(query.reshape(b, kv_heads, (h // kv_heads) * q_len, d), key.transpose(2, 3)) * scale
-        if attention_mask is not None:  # (B, 1, 1, K) broadcasts over the grouped heads
-            weights = weights + attention_mask[..., : key.shape[-2]]
+        weights = torch.matmul(query.reshape(b, kv_heads, groups * q_len, d), key.transpose(2, 3)) * scale
+        if attention_mask is not None:
+            mask = attention_mask[..., : key.shape[-2]]
+            if mask.shape[1] > 1:  # per-head: the same (kv head, group, query) order as the rows above
+                mask = mask.expand(b, h, q_len, -1).reshape(b, kv_heads, groups * q_len, -1)
+            elif q_len > 1:
+                mask = mask.repeat(1, 1, groups, 1)
+            weights = weights + mask  # (B, 1, 1, K) broadcasts over the grouped heads
         weights = torch.softmax(weights, dim=-1, dtype=torch.float32).to(query.dtype)
-        out = torch.matmul(weights, value).reshape(b, h, q_len, d)
+        out = torch.matmul(weights, value).reshape(b, h, q_len, dv)
     finally:
         torch._C._set_mkldnn_enabled(onednn)
     return out.transpose(1, 2).contiguous(), None
