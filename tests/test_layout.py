@@ -133,7 +133,7 @@ def test_the_checks_can_fail():
 
 PUBLIC = {"probe_machine": "function", "load_profile": "function", "load_model_spec": "function",
           "plan": "function", "make_plan": "function", "load": "function", "guard": "function",
-          "register": "function", "Preferences": "class"}
+          "register": "function", "Preferences": "class", "generate": "function", "load_image": "function"}
 
 
 def test_public_api_survives_importing_every_module():

@@ -25,7 +25,7 @@ if _os.environ.get("KERNELFIT_GUARD") == "1":  # for code you cannot edit: KERNE
     _guard()
 
 __all__ = ["__version__", "probe_machine", "load_profile", "load_model_spec", "plan", "make_plan", "Preferences",
-           "load", "guard", "register"]
+           "load", "generate", "load_image", "guard", "register"]
 
 
 # public name -> module that defines it (imported on first use: `import kernelfit` stays cheap)
@@ -37,6 +37,8 @@ _LAZY = {
     "make_plan": ".api",  # make_plan(model, prefs): probe, spec, plan, tune cache
     "Preferences": ".planner.types",
     "load": ".api",
+    "generate": ".loader.generate",  # generate(model, tokenizer_or_processor, prompt, max_new_tokens, images=[...])
+    "load_image": ".loader.images",
     "guard": ".dispatch.guard",
     "register": ".dispatch.dispatcher",
 }

@@ -40,19 +40,39 @@ DECODERS: dict[str, DecoderFamily] = {
     "smollm3": DecoderFamily(),
     "starcoder2": DecoderFamily(gated_mlp=False, attention_bias_key="use_bias", mlp_bias_key="use_bias",
                                 layer_norm=True),
+    # the language models inside vision-language models
+    "gemma3_text": DecoderFamily(always_tied=True, norms_per_layer=4, qk_norm="head"),
+    "qwen2_vl_text": DecoderFamily(qkv_bias=True, attention_bias_key=None),
+    "qwen2_5_vl_text": DecoderFamily(qkv_bias=True, attention_bias_key=None),
 }
 
 # Vision towers: (has class token, pre-layernorm, patch conv bias)
 VISION: dict[str, tuple[bool, bool, bool]] = {
     "clip_vision_model": (True, True, False),
     "siglip_vision_model": (False, False, True),
+    "idefics3_vision": (False, False, True),  # SigLIP-style
+    "smolvlm_vision": (False, False, True),
+    "qwen2_vl_vision": (False, False, False),  # ViT over 14x14x2 patches (depth / embed_dim / num_heads keys)
+    "qwen2_5_vl_vision": (False, False, False),
 }
+# Vision configs that spell the ViT shape their own way: our key -> theirs
+VISION_KEY_ALIASES = {"num_hidden_layers": ("depth",), "num_attention_heads": ("num_heads",),
+                      "hidden_size": ("embed_dim",)}
 
-# Composite VLMs: which sub-configs they hold, and whether the projector has an extra vector
+# Composite VLMs: which sub-configs they hold, how the projector maps vision width to text width
+# ("mlp2": two linear layers (LLaVA); "linear": one; "pixel_shuffle": one over scale_factor^2 merged
+# patches (Idefics3/SmolVLM); "merger": an MLP over spatial_merge_size^2 patches (Qwen2-VL)), and whether
+# it adds an image-newline vector.
 COMPOSITES: dict[str, dict] = {
-    "llava": {"text": "text_config", "vision": "vision_config", "image_newline": False},
-    "llava_next": {"text": "text_config", "vision": "vision_config", "image_newline": True},
-    "vipllava": {"text": "text_config", "vision": "vision_config", "image_newline": False},
+    "llava": {"text": "text_config", "vision": "vision_config", "image_newline": False, "projector": "mlp2"},
+    "llava_next": {"text": "text_config", "vision": "vision_config", "image_newline": True, "projector": "mlp2"},
+    "vipllava": {"text": "text_config", "vision": "vision_config", "image_newline": False, "projector": "mlp2"},
+    "gemma3": {"text": "text_config", "vision": "vision_config", "image_newline": False, "projector": "linear"},
+    "idefics3": {"text": "text_config", "vision": "vision_config", "image_newline": False, "projector": "pixel_shuffle"},
+    "smolvlm": {"text": "text_config", "vision": "vision_config", "image_newline": False, "projector": "pixel_shuffle"},
+    "paligemma": {"text": "text_config", "vision": "vision_config", "image_newline": False, "projector": "linear"},
+    "qwen2_vl": {"text": "text_config", "vision": "vision_config", "image_newline": False, "projector": "merger"},
+    "qwen2_5_vl": {"text": "text_config", "vision": "vision_config", "image_newline": False, "projector": "merger"},
 }
 
 GGUF_ARCH_TO_MODEL_TYPE = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "qwen3": "qwen3",

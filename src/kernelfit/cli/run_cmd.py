@@ -18,6 +18,8 @@ def add_run_parser(sub) -> None:
     p.add_argument("model", nargs="?", default="smollm2-135m", help="model (default: smollm2-135m, bundled)")
     p.add_argument("--prompt", required=True, help="the user message")
     p.add_argument("--system", help="an optional system message")
+    p.add_argument("--image", action="append", metavar="PATH", help="an image for a vision-language model (a path, "
+                   "file:// or data: URL; repeat for several)")
     p.add_argument("--max-new-tokens", type=positive_int("--max-new-tokens"), default=64)
     p.add_argument("--attn", default="auto", help="attention preference (used when it can run here)")
     p.add_argument("--dtype", default="auto", help="auto, bfloat16, float16 or float32 (a preference)")
@@ -65,6 +67,10 @@ def _summary(plan) -> str:
     for r in plan.text_attention.rejected:
         if r.kind is not RejectKind.RUNS_BUT_LOWER_PRIORITY:
             lines.append(f"    ✗ {r.name}: {r.reason}")
+    for sub in plan.model.sub_models[1:]:  # each sub-model's own plan (a VLM's vision tower)
+        c = plan.attention[sub.role]
+        lines.append(f"  {sub.role:<10} {sub.model_type}, {sub.num_layers} layers, head_dim {sub.head_dim}: "
+                     f"attention {c.value} ({c.reason})")
     for note in (plan.decode_fastpath, plan.decode_attention):
         if note:
             lines.append(f"  decode     {note}")
@@ -86,8 +92,16 @@ def cmd_run(args) -> int:
     from ..api import make_plan
     from .args import preferences
 
+    images = []
+    if args.image:  # a missing or broken image fails here, before the model is read
+        from ..loader.images import load_image
+
+        images = [load_image(ref) for ref in args.image]
     # bad model input fails here, before torch is imported
     plan = make_plan(args.model, preferences(args), use_tune_cache=not (args.no_cache or args.tune))
+    if images and not any(s.role == "vision" for s in plan.model.sub_models):
+        raise UsageError(f"{plan.model.name} is a text-only model ({plan.model.architecture}); --image needs a "
+                         "vision-language model")
     if args.tune:
         plan = run_bench(plan, quiet, save=True)[2] or plan
     if not quiet:
@@ -107,7 +121,7 @@ def cmd_run(args) -> int:
         say(f"loaded in {loaded.load_seconds:.1f} s; generating")
         stream = None if quiet else (lambda t: (sys.stdout.write(t), sys.stdout.flush()))
         gen = generate(loaded.model, loaded.tokenizer, args.prompt, args.max_new_tokens, stream, args.system,
-                       chat=not args.no_chat_template, **generate_kwargs(loaded.plan))
+                       chat=not args.no_chat_template, images=images, **generate_kwargs(loaded.plan))
     events = loaded.fallbacks + [dict(e, stage="runtime") for e in fallbacks()]
     if quiet:
         from ..planner.report import plan_dict

@@ -9,6 +9,8 @@ from typing import Callable
 
 import torch
 
+from ..errors import UsageError
+
 
 @dataclass
 class Generation:
@@ -73,29 +75,62 @@ def no_grad_for(model):
     return torch.no_grad() if quanto else torch.inference_mode()
 
 
-def encode_prompt(tokenizer, prompt: str, system: str | None = None, chat: bool = True) -> dict:
+def _tokenizer_of(processor):
+    """The text tokenizer of a processor (vision-language models), or the tokenizer itself."""
+    return getattr(processor, "tokenizer", None) or processor
+
+
+def encode_prompt(tokenizer, prompt: str, system: str | None = None, chat: bool = True, images=()) -> dict:
+    """Model inputs for one user turn: the chat template when there is one, the images through the
+    processor (which expands the image placeholders into the model's image tokens)."""
+    images = list(images or ())
+    if images:
+        if getattr(tokenizer, "image_processor", None) is None:
+            raise UsageError("this model's processor takes no images; it is not a vision-language model")
+        content = [{"type": "image"} for _ in images] + [{"type": "text", "text": prompt}]
+        if chat and getattr(tokenizer, "chat_template", None):
+            messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": content}]
+            text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        else:
+            text = prompt
+        enc = tokenizer(text=text, images=images, return_tensors="pt")
+        return {k: v for k, v in enc.items() if v is not None}
+    tok = _tokenizer_of(tokenizer)
     if chat and getattr(tokenizer, "chat_template", None):
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
         enc = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
     else:
-        enc = tokenizer(prompt, return_tensors="pt")
+        enc = tok(prompt, return_tensors="pt")
     return {"input_ids": enc["input_ids"], "attention_mask": enc.get("attention_mask")}
 
 
+def model_inputs(model, enc: dict) -> dict:
+    """The encoded inputs on the model's device; pixel tensors in the model's dtype."""
+    first = next((p for p in model.parameters() if p.device.type != "meta"), None)
+    device = first.device if first is not None else torch.device("cpu")
+    out = {}
+    for k, v in enc.items():
+        if not isinstance(v, torch.Tensor):
+            continue
+        v = v.to(device)
+        out[k] = v.to(first.dtype) if v.is_floating_point() and first is not None and first.is_floating_point() else v
+    return out
+
+
 def generate(model, tokenizer, prompt: str, max_new_tokens: int, on_text: Callable[[str], None] | None = None,
-             system: str | None = None, chat: bool = True, **generate_kwargs) -> Generation:
-    """`generate_kwargs`: the plan's (e.g. a quantized KV cache), passed to model.generate."""
-    enc = encode_prompt(tokenizer, prompt, system, chat)
-    device = next((p.device for p in model.parameters() if p.device.type != "meta"), torch.device("cpu"))
-    inputs = {k: v.to(device) for k, v in enc.items() if v is not None}
-    streamer = _TimingStreamer(tokenizer, on_text)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+             system: str | None = None, chat: bool = True, images=(), **generate_kwargs) -> Generation:
+    """`tokenizer`: a tokenizer, or a vision-language model's processor. `images`: PIL images for the user
+    turn (loader.images.load_image). `generate_kwargs`: the plan's (e.g. a quantized KV cache)."""
+    inputs = model_inputs(model, encode_prompt(tokenizer, prompt, system, chat, images))
+    tok = _tokenizer_of(tokenizer)
+    streamer = _TimingStreamer(tok, on_text)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     t0 = time.perf_counter()
     with no_grad_for(model):
         model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, streamer=streamer, pad_token_id=pad,
                        **generate_kwargs)
     t_end = time.perf_counter()
     first = streamer.first_token_at or t_end
-    return Generation(text=tokenizer.decode(streamer.tokens, skip_special_tokens=True),
+    return Generation(text=tok.decode(streamer.tokens, skip_special_tokens=True),
                       prompt_tokens=int(inputs["input_ids"].shape[-1]), new_tokens=len(streamer.tokens),
                       prefill_seconds=first - t0, decode_seconds=t_end - first)

@@ -68,10 +68,13 @@ def smoke_forward(model: torch.nn.Module) -> list[str]:
     if vocab <= 0 or not hasattr(model, "generate"):
         return []
     device = next((p.device for p in model.parameters() if p.device.type != "meta"), torch.device("cpu"))
-    ids = torch.arange(1, 9, device=device).remainder(vocab).unsqueeze(0)
+    # text tokens only: a VLM's image / video placeholder ids would make it ask for pixels
+    reserved = {v for k, v in model.config.to_dict().items() if isinstance(v, int) and not isinstance(v, bool)
+                and any(w in k for w in ("image", "video", "vision", "boi", "eoi", "audio"))}
+    ids = torch.tensor([[t for t in range(1, min(vocab, 64)) if t not in reserved][:8]], device=device)
     try:
         with no_grad_for(model):
-            out = model(input_ids=ids) if not hasattr(model, "get_image_features") else model.language_model(input_ids=ids)
+            out = model(input_ids=ids)
     except Exception as exc:  # noqa: BLE001 - reported as a problem with its message
         return [f"smoke forward pass raised {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"]
     logits = getattr(out, "logits", None)

