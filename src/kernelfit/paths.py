@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
+import sys
 import tempfile
 from pathlib import Path
-from typing import Callable
-
-# A cache entry is a directory that holds this file only once it is complete.
-CACHE_MARKER = "kernelfit-cache.json"
 
 
 def cache_root() -> Path:
@@ -21,6 +16,39 @@ def cache_root() -> Path:
     from platformdirs import user_cache_dir
 
     return Path(user_cache_dir("kernelfit"))
+
+
+def _writable(directory: Path) -> bool:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=directory, prefix=".write-test-")
+        os.close(fd)
+        os.unlink(probe)
+        return True
+    except OSError:
+        return False
+
+
+_warned_fallback: set[str] = set()
+
+
+def writable_cache_root() -> Path:
+    """cache_root() when kernelfit can write there; else (read-only, a file in the way, no permission) a
+    private folder in the system's temporary directory, with a one-line warning once per process."""
+    root = cache_root()
+    if _writable(root):
+        return root
+    fallback = Path(tempfile.gettempdir()) / f"kernelfit-cache-{os.getuid() if hasattr(os, 'getuid') else 'user'}"
+    if not _writable(fallback):
+        from .errors import UsageError
+
+        raise UsageError(f"neither the cache directory {root} nor {fallback} is writable; set KERNELFIT_CACHE_DIR "
+                         "to a writable folder")
+    if str(root) not in _warned_fallback:
+        _warned_fallback.add(str(root))
+        print(f"kernelfit: warning: the cache directory {root} is not writable; using {fallback} for now (set "
+              "KERNELFIT_CACHE_DIR to keep conversions between runs)", file=sys.stderr, flush=True)
+    return fallback
 
 
 def write_atomic(path: str | Path, text: str) -> None:
@@ -57,35 +85,3 @@ def files_key(files: list[Path], version: int) -> str:
                 fh.seek(size - SAMPLE_BYTES)
                 h.update(fh.read(SAMPLE_BYTES))
     return h.hexdigest()[:16]
-
-
-def publish_dir(tmp: Path, final: Path) -> None:
-    """Rename a fully written temporary directory into place; if another process won the race, keep theirs."""
-    try:
-        os.replace(tmp, final)
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def complete_entry(final: Path) -> Path | None:
-    """`final` when it is a complete cache entry, else None."""
-    return final if (final / CACHE_MARKER).is_file() else None
-
-
-def build_entry(final: Path, build: Callable[[Path], dict]) -> Path:
-    """Return the cache entry `final`, building it first if needed: `build(tmp)` writes into a temporary
-    sibling directory and returns metadata; the marker file is written last and the directory renamed into
-    place, so an interrupted build leaves nothing that looks complete."""
-    hit = complete_entry(final)
-    if hit is not None:
-        return hit
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=".tmp-"))
-    try:
-        meta = build(tmp)
-        (tmp / CACHE_MARKER).write_text(json.dumps(meta))
-        publish_dir(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return final

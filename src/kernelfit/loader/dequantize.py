@@ -27,7 +27,8 @@ import torch
 from ..errors import UsageError
 from ..model.quantization import CheckpointQuant
 from ..model.spec import ModelSpec
-from ..paths import build_entry, cache_root, complete_entry, files_key
+from ..cache_entry import build_entry, verified_entry
+from ..paths import cache_root, files_key, writable_cache_root
 
 FORMAT_VERSION = 1
 AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)  # nibble i of an AWQ int32 holds output column AWQ_ORDER[i] of its 8
@@ -148,10 +149,14 @@ def dequantized_dir(spec: ModelSpec, progress=print) -> Path:
     shards = _shards(src)
     if not shards:
         raise UsageError(f"{src} has no *.safetensors shards to dequantize")
-    final = cache_root() / "dequantized" / f"{src.name}-{files_key(shards, FORMAT_VERSION)}"
-    if complete_entry(final) is None:
-        progress(f"first load of {spec.name} with --allow-dequantize: unpacking {method} weights into {final} (once)")
-    return build_entry(final, lambda tmp: _unpack_into(tmp, src, shards, q))
+    name = f"{src.name}-{files_key(shards, FORMAT_VERSION)}"
+    hit = verified_entry(cache_root() / "dequantized" / name)
+    if hit is not None:
+        return hit
+    final = writable_cache_root() / "dequantized" / name
+    dense = sum(f.stat().st_size for f in shards) * (16 // (q.bits or 8))  # packed bits -> bf16 weights
+    return build_entry(final, lambda tmp: _unpack_into(tmp, src, shards, q), need_bytes=dense,
+                       what=f"unpacking {spec.name}'s {method} weights (--allow-dequantize)", progress=progress)
 
 
 def _unpack_into(tmp: Path, src: Path, shards: list[Path], q: CheckpointQuant) -> dict:

@@ -13,7 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..model.spec import ModelSpec
-from ..paths import build_entry, cache_root, complete_entry, files_key
+from ..cache_entry import build_entry, verified_entry
+from ..paths import cache_root, files_key, writable_cache_root
 
 FORMAT_VERSION = 1
 
@@ -22,23 +23,26 @@ def _key(gguf: Path) -> str:
     return f"{gguf.stem}-{files_key([gguf], FORMAT_VERSION)}"
 
 
-def _entry(spec: ModelSpec) -> tuple[Path, Path]:
+def _entry(spec: ModelSpec, root: Path | None = None) -> tuple[Path, Path]:
     gguf = Path(spec.model_dir or "") / (spec.gguf_file or "")
-    return gguf, cache_root() / "gguf" / _key(gguf)
+    return gguf, (root or cache_root()) / "gguf" / _key(gguf)
 
 
 def cached_dir(spec: ModelSpec) -> Path | None:
-    """The cache entry for this GGUF model, if complete."""
+    """The cache entry for this GGUF model, if complete and intact (a damaged one is removed)."""
     gguf, final = _entry(spec)
-    return complete_entry(final) if gguf.is_file() else None
+    return verified_entry(final) if gguf.is_file() else None
 
 
 def materialise(spec: ModelSpec, progress=print) -> Path:
     """Return a directory holding the dequantized model and tokenizer, creating it if needed."""
-    gguf, final = _entry(spec)
-    if complete_entry(final) is None:
-        progress(f"first load of {gguf.name}: dequantizing into the cache {final} (once)")
-    return build_entry(final, lambda tmp: _convert_into(tmp, spec, gguf))
+    hit = cached_dir(spec)
+    if hit is not None:
+        return hit
+    gguf, final = _entry(spec, writable_cache_root())
+    # float32 safetensors of every parameter, plus the tokenizer
+    return build_entry(final, lambda tmp: _convert_into(tmp, spec, gguf), need_bytes=spec.params * 4 + (64 << 20),
+                       what=f"dequantizing {gguf.name}", progress=progress)
 
 
 def _convert_into(tmp: Path, spec: ModelSpec, gguf: Path) -> dict:
