@@ -194,3 +194,48 @@ def test_a_tuned_dtype_brings_its_own_memory_estimate():
     assert tuned.memory.total > static.memory.total
     assert tuned.preferences.dtype == "auto"  # measured, not requested
     assert any(r.name == "bfloat16" and r.kind is RejectKind.MEASURED_SLOWER for r in tuned.dtype.rejected)
+
+
+GOOD_WINNER = {"attention": "eager", "dtype": "float32", "cache": "static", "compile": False, "quantization": "none",
+               "prefill_tokens_per_s": 100.0, "decode_tokens_per_s": 10.0}
+BAD_FIELDS = [("attention", None), ("attention", ["sdpa"]), ("attention", "flash_attention_9"), ("dtype", 5),
+              ("dtype", {"a": 1}), ("cache", "x"), ("prefill_tokens_per_s", None), ("prefill_tokens_per_s", -1),
+              ("prefill_tokens_per_s", "fast"), ("prefill_tokens_per_s", float("nan")), ("decode_tokens_per_s", None),
+              ("decode_tokens_per_s", True), ("compile", "yes"), ("quantization", 3), ("quantization", "bogus"),
+              ("measured_at", 5)]
+
+
+@pytest.mark.parametrize("field,value", BAD_FIELDS)
+def test_a_tune_cache_with_one_bad_field_is_ignored_with_a_warning(tmp_path, monkeypatch, field, value):
+    from kernelfit.profiles import load_profile
+
+    monkeypatch.setenv("KERNELFIT_TUNE_CACHE", str(tmp_path / "tune.json"))
+    spec = load_model_spec(config_path("qwen2.5-0.5b"))
+    static = plan(load_profile("cpu-spr-amx"), spec, Preferences())
+    save_winner(static.machine, spec, static.placement.devices, dict(GOOD_WINNER, **{field: value}), [])
+    with pytest.warns(TuneCacheWarning):
+        p = with_cached_winner(static)
+    assert p.tuned is None and p.dtype == static.dtype
+    save_winner(static.machine, spec, static.placement.devices, GOOD_WINNER, [])  # the good one still applies
+    assert with_cached_winner(static).tuned is not None
+
+
+@pytest.mark.parametrize("content", [b"{not json", b"\xff\xfe\x00garbage", b'{"format": 1, "entries": []}',
+                                     b'{"format": 1, "entries": {"k": "not an entry"}}', b"[]"])
+def test_a_damaged_tune_cache_file_never_stops_planning(tmp_path, monkeypatch, content):
+    monkeypatch.setenv("KERNELFIT_TUNE_CACHE", str(tmp_path / "tune.json"))
+    (tmp_path / "tune.json").write_bytes(content)
+    r = run_cli("plan", config_path("qwen2.5-0.5b"))
+    assert r.returncode == 0 and "Traceback" not in r.stderr
+
+
+def test_bench_keeps_its_measurement_when_the_tune_cache_cannot_be_written(tmp_path, monkeypatch):
+    from kernelfit.profiles import load_profile
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    monkeypatch.setenv("KERNELFIT_TUNE_CACHE", str(blocker / "tune.json"))
+    spec = load_model_spec(config_path("qwen2.5-0.5b"))
+    static = plan(load_profile("cpu-spr-amx"), spec, Preferences())
+    with pytest.warns(TuneCacheWarning, match="not cached"):
+        assert save_winner(static.machine, spec, static.placement.devices, GOOD_WINNER, []) is None

@@ -50,7 +50,7 @@ def test_model_dir_and_hub_cache(tmp_path, monkeypatch):
     d = tmp_path / "m"
     d.mkdir()
     (d / "config.json").write_text((CONFIGS[0].parent / "qwen2.5-0.5b.json").read_text())
-    (d / "model.safetensors").write_bytes(b"")
+    (d / "model.safetensors").write_bytes((2).to_bytes(8, "little") + b"{}")  # a valid, empty safetensors file
     s = load_model_spec(str(d))
     assert s.format == "safetensors" and s.model_dir == str(d)
     cache = tmp_path / "hub"

@@ -9,6 +9,7 @@ warning, never trusted. Written atomically. No torch import.
 from __future__ import annotations
 
 import hashlib
+import math
 import json
 import os
 import time
@@ -68,13 +69,22 @@ def _read_all(path: Path) -> dict:
         return {}
 
 
-def save_winner(machine: Machine, model: ModelSpec, devices: tuple[str, ...], winner: dict, results: list[dict]) -> Path:
+def save_winner(machine: Machine, model: ModelSpec, devices: tuple[str, ...], winner: dict,
+                results: list[dict]) -> Path | None:
+    """Write the winner to the tune cache; None (and a warning) when it cannot be written — the caller has
+    the measurement and prints it either way."""
     path = cache_file()
     entries = _read_all(path)
     entries[tune_key(machine, model, devices)] = {"model": model.name, "winner": winner, "results": results,
                                                   "measured_at": time.strftime("%Y-%m-%d %H:%M:%S")}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, json.dumps({"format": FORMAT, "entries": entries}, indent=1))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, json.dumps({"format": FORMAT, "entries": entries}, indent=1))
+    except OSError as exc:
+        warnings.warn(f"kernelfit: could not save the bench winner to {path} ({exc.strerror or exc}); the "
+                      "measurement above is not cached (set KERNELFIT_TUNE_CACHE to a writable file)",
+                      TuneCacheWarning, stacklevel=2)
+        return None
     return path
 
 
@@ -83,8 +93,19 @@ def _valid(winner, plan: Plan) -> str | None:
     if not isinstance(winner, dict):
         return "not an object"
     attn, dtype, cache = winner.get("attention"), winner.get("dtype"), winner.get("cache")
-    if attn not in BACKENDS or cache not in CACHES or dtype not in DTYPES:
+    if not all(isinstance(v, str) for v in (attn, dtype, cache)) or attn not in BACKENDS or cache not in CACHES \
+            or dtype not in DTYPES:
         return f"unknown choice {attn!r}/{dtype!r}/{cache!r}"
+    for key in ("prefill_tokens_per_s", "decode_tokens_per_s"):
+        v = winner.get(key)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+            return f"{key} is {v!r}, not a positive number"
+    if not isinstance(winner.get("compile", False), bool):
+        return f"compile is {winner.get('compile')!r}, not true/false"
+    if not isinstance(winner.get("measured_at", ""), (str, type(None))):
+        return f"measured_at is {winner.get('measured_at')!r}"
+    if not isinstance(winner.get("quantization", "none"), str):
+        return f"unknown quantization {winner.get('quantization')!r}"
     if attn not in plan.runnable_attentions():
         return f"{attn} no longer runs here per the catalog"
     if dtype not in plan.runnable_dtypes():
@@ -99,6 +120,8 @@ def cached_winner(plan: Plan) -> dict | None:
     if entry is None:
         return None
     why = _valid(entry.get("winner") if isinstance(entry, dict) else None, plan)
+    if why is None and not isinstance(entry.get("measured_at", ""), (str, type(None))):
+        why = f"measured_at is {entry.get('measured_at')!r}"
     if why:
         warnings.warn(f"kernelfit: ignoring the cached tune result for {plan.model.name}: {why}", TuneCacheWarning,
                       stacklevel=3)

@@ -154,7 +154,8 @@ def run_bench(plan, quiet: bool, save: bool, context: int = 256, new_tokens: int
         w = winner.to_dict()
         if save:
             path = save_winner(plan.machine, plan.model, plan.placement.devices, w, [r.to_dict() for r in results])
-            say(f"saved the winner to {path}")
+            if path is not None:
+                say(f"saved the winner to {path}")
         tuned = apply_winner(plan, dict(w, measured_at="now"))
     return results, winner, tuned
 

@@ -14,6 +14,7 @@ from ..errors import UsageError
 
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 _STRING, _ARRAY = 8, 9
+MAX_ARRAY_NESTING = 2  # real files hold arrays of scalars or strings; deeper nesting is a broken file
 
 # ggml tensor types: (block size in elements, bytes per block). ggml/src/ggml.c type_traits.
 GGML_TYPES = {
@@ -78,7 +79,9 @@ class _Reader:
         self.pos += n
         return s.decode("utf-8", errors="replace")
 
-    def value(self, vtype: int):
+    def value(self, vtype: int, depth: int = 0):
+        if depth > MAX_ARRAY_NESTING:
+            raise ValueError(f"arrays nested deeper than {MAX_ARRAY_NESTING} levels")
         if vtype in _SCALARS:
             return self.take(_SCALARS[vtype])
         if vtype == _STRING:
@@ -92,7 +95,9 @@ class _Reader:
                     raise EOFError
                 self.pos += size * count  # large arrays (token scores) are not needed: keep the count
                 return _ArrayInfo(count)
-            items = [self.value(itype) for _ in range(count)]
+            if count > len(self.data):
+                raise EOFError
+            items = [self.value(itype, depth + 1) for _ in range(count)]
             return _ArrayInfo(count) if itype == _STRING else items
         raise ValueError(f"unknown GGUF value type {vtype}")
 
@@ -124,13 +129,24 @@ def read_gguf_header(path: str | Path, max_bytes: int = 64 << 20) -> GgufHeader:
         for _ in range(n_kv):
             key = r.string()
             metadata[key] = r.value(r.take("<I"))
-        tensors = []
+        tensors, end = [], 0
         for _ in range(n_tensors):
             name = r.string()
-            dims = tuple(r.take("<Q") for _ in range(r.take("<I")))
+            n_dims = r.take("<I")
+            if n_dims > 8:
+                raise ValueError(f"tensor {name!r} claims {n_dims} dimensions")
+            dims = tuple(r.take("<Q") for _ in range(n_dims))
             ttype = r.take("<I")
-            r.take("<Q")  # data offset
-            tensors.append(GgufTensor(name, dims, ttype))
-    except (EOFError, ValueError, struct.error) as exc:
-        raise UsageError(f"{p} is not a readable GGUF file ({exc or 'truncated'})") from None
+            offset = r.take("<Q")
+            t = GgufTensor(name, dims, ttype)
+            tensors.append(t)
+            end = max(end, offset + t.nbytes)
+        alignment = metadata.get("general.alignment", 32)
+        alignment = alignment if isinstance(alignment, int) and alignment > 0 else 32
+        data_start = -(-r.pos // alignment) * alignment
+        size = p.stat().st_size
+        if data_start + end > size:
+            raise ValueError(f"truncated: {size:,} bytes, its tensor table needs {data_start + end:,}")
+    except (EOFError, ValueError, struct.error, RecursionError, OverflowError) as exc:
+        raise UsageError(f"{p} is not a readable GGUF file ({exc or 'truncated'}); re-download it") from None
     return GgufHeader(str(p), version, metadata, tuple(tensors))

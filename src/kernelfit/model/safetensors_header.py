@@ -26,6 +26,47 @@ def read_header(path: Path) -> dict | None:
     return header if isinstance(header, dict) else None
 
 
+def shard_problem(path: Path) -> str | None:
+    """Why `path` is not a complete safetensors file (a bad header, or tensor data past the end), or None."""
+    header = read_header(path)
+    if header is None:
+        return "its header is not a safetensors header (garbage, or not a safetensors file)"
+    with path.open("rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+    end = 0
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        offsets = info.get("data_offsets") if isinstance(info, dict) else None
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)):
+            return f"tensor {name!r} has no valid data_offsets"
+        end = max(end, offsets[1])
+    size = path.stat().st_size
+    if 8 + n + end > size:
+        return f"it is truncated ({size:,} bytes, its header needs {8 + n + end:,})"
+    return None
+
+
+def checkpoint_problem(directory: Path) -> str | None:
+    """The first damaged shard, or an index naming a shard that is missing."""
+    for index in (directory / "model.safetensors.index.json", directory / "pytorch_model.bin.index.json"):
+        if not index.is_file():
+            continue
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+            shards = {str(v) for v in weight_map.values()}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return f"{index.name} is not a valid checkpoint index"
+        missing = sorted(s for s in shards if not (directory / s).is_file())
+        if missing:
+            return f"{index.name} names {', '.join(missing[:3])}, which {'is' if len(missing) == 1 else 'are'} missing"
+    for shard in sorted(directory.glob("*.safetensors")):
+        why = shard_problem(shard)
+        if why:
+            return f"{shard.name}: {why}"
+    return None
+
+
 def count_parameters(directory: Path) -> int | None:
     """Elements of every tensor in the directory's *.safetensors shards; None if any shard is unreadable."""
     total = 0

@@ -83,19 +83,58 @@ def _dtype_name(value) -> str | None:
     return {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32", "float": "float32"}.get(s, s)
 
 
+# No real model comes near these; past them a config is broken (and the arithmetic would overflow)
+MAX_DIM = 1 << 24  # hidden/intermediate sizes, heads, layers
+MAX_VOCAB = 1 << 26
+MAX_POSITIONS = 1 << 30
+
+
+def _positive_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+
 def _require(cfg: dict, keys: tuple[str, ...], where: str) -> None:
-    missing = [k for k in keys if not isinstance(cfg.get(k), int) or cfg.get(k) <= 0]
+    missing = [k for k in keys if not _positive_int(cfg.get(k))]
     if missing:
-        raise UsageError(f"{where} lacks a positive integer {', '.join(missing)}; is it a complete transformers config?")
+        shown = ", ".join(f"{k} ({cfg[k]!r})" if k in cfg else k for k in missing)
+        raise UsageError(f"{where} lacks a positive integer {shown}; is it a complete transformers config?")
+    for k in keys:
+        limit = MAX_VOCAB if k == "vocab_size" else MAX_DIM
+        if cfg[k] > limit:
+            raise UsageError(f"{where}: {k} = {cfg[k]} is beyond any real model (at most {limit:,}); fix the config")
+
+
+def _check_attention_shape(cfg: dict, where: str) -> None:
+    """The divisibility transformers itself relies on: KV heads divide the heads; without an explicit head_dim,
+    the heads divide hidden_size."""
+    heads = cfg["num_attention_heads"]
+    kv = cfg.get("num_key_value_heads")
+    if kv is not None:
+        if not _positive_int(kv):
+            raise UsageError(f"{where}: num_key_value_heads must be a positive whole number, not {kv!r}")
+        if heads % kv:
+            raise UsageError(f"{where}: num_key_value_heads ({kv}) must divide num_attention_heads ({heads})")
+    hd = cfg.get("head_dim")
+    if hd is not None and not _positive_int(hd):
+        raise UsageError(f"{where}: head_dim must be a positive whole number, not {hd!r}")
+    if hd is None and cfg["hidden_size"] % heads:
+        raise UsageError(f"{where}: num_attention_heads ({heads}) must divide hidden_size ({cfg['hidden_size']}) "
+                         "when the config has no head_dim")
+    mp = cfg.get("max_position_embeddings")
+    if mp is not None and (not _positive_int(mp) or mp > MAX_POSITIONS):
+        raise UsageError(f"{where}: max_position_embeddings must be a positive whole number, not {mp!r}")
 
 
 def _decoder(cfg: dict, model_type: str, role: str, key: str | None, where: str) -> SubModel:
+    if not isinstance(model_type, str):
+        raise UsageError(f"{where}: model_type must be a string, not {model_type!r}")
     if model_type not in DECODERS:
         raise UsageError(
             f"model_type '{model_type}' ({where}) is not supported by kernelfit's planner yet; "
             f"supported: {', '.join(supported_model_types())}"
         )
     _require(cfg, ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size"), where)
+    _check_attention_shape(cfg, where)
     fam = DECODERS[model_type]
     layers = int(cfg["num_hidden_layers"])
     window = cfg.get("sliding_window")
@@ -146,7 +185,12 @@ def spec_from_config(cfg: dict, name: str, source: str, fmt: str = "config-only"
     model_type = cfg.get("model_type")
     if not model_type:
         raise UsageError(f"{source} has no model_type; is it a transformers config.json?")
-    architecture = (cfg.get("architectures") or [model_type])[0]
+    if not isinstance(model_type, str):
+        raise UsageError(f"{source}: model_type must be a string such as \"llama\", not {model_type!r}")
+    archs = cfg.get("architectures")
+    if archs is not None and (not isinstance(archs, list) or not all(isinstance(a, str) for a in archs)):
+        raise UsageError(f"{source}: architectures must be a list of class names, not {archs!r}")
+    architecture = (archs or [model_type])[0]
     if model_type in COMPOSITES:
         parts = COMPOSITES[model_type]
         tcfg, vcfg = cfg.get(parts["text"]), cfg.get(parts["vision"])
@@ -274,8 +318,16 @@ def _spec_from_dir(directory: Path, name: str) -> ModelSpec:
         raise UsageError(f"{directory} has no config.json (nor a .gguf file); point at a model directory "
                          f"written by save_pretrained, or at its config.json")
     chat = (directory / "chat_template.jinja").exists() or "chat_template" in _read_tokenizer_config(directory)
-    spec = spec_from_config(_read_json(config), name, str(config), fmt=checkpoint_format(directory),
-                            model_dir=str(directory), chat_template=chat)
+    fmt = checkpoint_format(directory)
+    if fmt in ("safetensors", "pytorch-pickle"):
+        from .safetensors_header import checkpoint_problem
+
+        why = checkpoint_problem(directory)
+        if why:
+            raise UsageError(f"the checkpoint in {directory} is damaged: {why}; re-download or re-save it")
+    cfg = _read_json(config)
+    spec = spec_from_config(cfg, name, str(config), fmt=fmt, model_dir=str(directory), chat_template=chat,
+                            extra={"custom_code": True} if isinstance(cfg, dict) and cfg.get("auto_map") else {})
     return with_checkpoint_params(spec, directory)
 
 
