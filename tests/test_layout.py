@@ -19,7 +19,7 @@ SRC = ROOT / "src" / "kernelfit"
 # cli > api > bench > load/dispatch > plan > model/probe/profiles > catalog > hardware > errors/paths.
 # A stage may import its own stage and any stage with a lower rank.
 RANK = {
-    "errors": 0, "paths": 0, "version": 0, "cache_entry": 0,
+    "errors": 0, "paths": 0, "version": 0, "cache_entry": 0, "sizes": 0,
     "hardware": 1,
     "catalog": 2,
     "model": 3, "probe": 3, "profiles": 3,

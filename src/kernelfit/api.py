@@ -26,23 +26,68 @@ def make_plan(model: str, prefs: Preferences | None = None, machine: Machine | N
     return with_cached_winner(plan) if use_tune_cache else plan
 
 
+def memory_in_gib(max_memory) -> dict[str, float] | None:
+    """max_memory as users of transformers/accelerate write it — {0: "20GiB", "cpu": "64GB"} or numbers — as
+    GiB by kernelfit key. Numbers are GiB; strings carry their unit (GiB, GB, MiB, MB, TiB; none = GiB)."""
+    from .sizes import parse_max_memory, parse_size
+    from .errors import UsageError
+
+    if max_memory is None:
+        return None
+    if isinstance(max_memory, str):
+        return parse_max_memory(max_memory)
+    if not isinstance(max_memory, dict):
+        raise UsageError(f"max_memory must map devices to sizes, e.g. {{'cpu': '8GiB', 0: '20GiB'}}, not {max_memory!r}")
+    out = {}
+    for key, value in max_memory.items():
+        if isinstance(key, bool) or not isinstance(key, (str, int)):
+            raise UsageError(f"max_memory keys are device names or GPU indices, not {key!r}")
+        if isinstance(value, str):
+            value = parse_size(value, f"max_memory[{key!r}]")
+        out[str(key)] = value
+    return out
+
+
+def device_preference(device: str, device_map) -> str:
+    """from_pretrained's device_map, as the device kernelfit plans for (kernelfit places the layers itself)."""
+    from .errors import UsageError
+
+    if device_map is None:
+        return device
+    if device != "auto":
+        raise UsageError("pass either device= or device_map=, not both")
+    if isinstance(device_map, str) and device_map in ("auto", "balanced", "sequential"):
+        return "auto"
+    if isinstance(device_map, str):
+        return device_map
+    if isinstance(device_map, dict) and set(device_map) == {""} and isinstance(device_map[""], (str, int)):
+        v = device_map[""]
+        return f"cuda:{v}" if isinstance(v, int) else v
+    raise UsageError("kernelfit places the layers itself: device_map takes 'auto' or one device (e.g. 'cpu', "
+                     "'cuda:0', {'': 'cuda:0'}); use max_memory= to bound what each device gets")
+
+
 def load(model: str = "smollm2-135m", *, dtype: str = "auto", attention: str = "auto", context: int | None = None,
          batch: int = 1, device: str = "auto", max_memory: dict | None = None, quantization: str = "auto",
          allow_dequantize: bool = False, machine: Machine | None = None, plan: Plan | None = None,
          dispatch: bool = True, use_tune_cache: bool = True, health_check: bool = True,
          trust_remote_code: bool = False, allow_pickle: bool = False,
-         progress: Callable[[str], None] | None = None):
+         progress: Callable[[str], None] | None = None, device_map=None, attn_implementation: str | None = None):
     """Load `model` with the fastest configuration this machine can run, and say why.
 
     `plan`: a plan already made (the preference arguments are then not used). Returns a `Loaded`
     (unpacks as `model, tokenizer, plan`). Raises UsageError for bad input and HealthCheckError when
-    the loaded model does not match its checkpoint.
+    the loaded model does not match its checkpoint. transformers' spellings are accepted: device_map
+    ("auto" or one device), attn_implementation, max_memory values like "8GiB", torch dtypes.
     """
     from .loader.load import load_plan
 
     if plan is None:
-        prefs = Preferences(dtype=dtype, attention=attention, context=context, batch=batch, device=device,
-                            max_memory=max_memory, quantization=quantization, allow_dequantize=allow_dequantize)
+        if attn_implementation is not None:  # the transformers spelling
+            attention = attn_implementation
+        prefs = Preferences(dtype=str(dtype).removeprefix("torch."), attention=attention, context=context, batch=batch,
+                            device=device_preference(device, device_map), max_memory=memory_in_gib(max_memory),
+                            quantization=quantization, allow_dequantize=allow_dequantize)
         plan = make_plan(model, prefs, machine, use_tune_cache)
     return load_plan(plan, dispatch=dispatch, health_check=health_check, trust_remote_code=trust_remote_code,
                      allow_pickle=allow_pickle, progress=progress)

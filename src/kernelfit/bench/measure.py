@@ -67,8 +67,9 @@ def _trials(model, cand: Candidate, ids: torch.Tensor, new_tokens: int, trials: 
 def bench(plan: Plan, context: int = 256, new_tokens: int = 32, trials: int = 3,
           compile: bool = False, progress=None) -> tuple[list[Result], Result | None]:
     """Measure every candidate of `plan` on the devices it places the model on; returns (results, winner)."""
-    from ..loader.load import load_plan
+    from ..loader.load import check_loadable, load_plan
 
+    check_loadable(plan)  # a model that cannot load here is one error, not one per candidate
     say = progress or (lambda msg: print(msg, file=sys.stderr, flush=True))
     cands = candidates(plan, compile)
     vocab = plan.model.text.vocab_size or 1000

@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _machine(args) -> "Machine":  # noqa: F821
     from ..profiles import apply_overrides, load_profile
 
-    if args.profile:
+    if args.profile is not None:  # --profile '' is a mistake to report, not "this machine"
         m = load_profile(args.profile)
     else:
         from ..probe import probe_machine
@@ -66,6 +66,8 @@ def _write_atomic(path: str, text: str) -> None:
     from ..paths import write_atomic
 
     directory = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise UsageError(f"cannot save to {path}: it is a directory; give a file name ending in .toml or .json")
     if not os.path.isdir(directory):
         raise UsageError(f"cannot save to {path}: directory {directory} does not exist")
     write_atomic(path, text)
@@ -137,10 +139,39 @@ def cmd_matrix(args) -> int:
     return 0
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """kernelfit's own warnings as one stderr line; others as Python prints them."""
+    if category.__module__.startswith("kernelfit"):
+        text = " ".join(str(message).split()).removeprefix("kernelfit: ")
+        print(f"kernelfit: warning: {text}", file=sys.stderr)
+    else:
+        import warnings
+
+        print(warnings.formatwarning(message, category, filename, lineno, line).rstrip(), file=file or sys.stderr)
+
+
+def _check_text_args(args) -> None:
+    """Arguments that are not valid text (bytes that are not UTF-8 arrive as surrogates) fail now, not after
+    the model has loaded."""
+    for name, value in vars(args).items():
+        values = value if isinstance(value, list) else [value]
+        for v in values:
+            if isinstance(v, str):
+                try:
+                    v.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise UsageError(f"--{name.rstrip('_').replace('_', '-')} is not valid UTF-8 text; check the "
+                                     "terminal's encoding") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    import warnings
+
+    warnings.showwarning = _one_line_warning
     try:
         args = parser.parse_args(argv)
+        _check_text_args(args)
         if args.version:
             from ..version import __version__
 
@@ -158,6 +189,10 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         print(f"kernelfit: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:  # a file the user named that cannot be written or read: their problem to fix
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"kernelfit: error: cannot use{where}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_USAGE
     except HealthCheckError as exc:
         print(f"kernelfit: health check failed: {exc}", file=sys.stderr)
         return 3

@@ -6,8 +6,8 @@ import argparse
 import re
 
 from ..errors import UsageError
+from ..sizes import parse_max_memory, parse_size  # noqa: F401 - re-exported for the commands
 
-SIZE_UNITS = {"": 1.0, "gib": 1.0, "gb": 1e9 / 1024**3, "mib": 1 / 1024, "mb": 1e6 / 1024**3, "tib": 1024.0}
 
 
 class Parser(argparse.ArgumentParser):
@@ -21,20 +21,6 @@ def positive_int(name: str):
             raise UsageError(f"{name} must be a positive whole number, not {text!r}")
         return int(text)
     return parse
-
-
-def parse_max_memory(text: str) -> dict[str, float]:
-    """'0=20GiB,1=20GiB,cpu=64GiB' -> {'0': 20.0, '1': 20.0, 'cpu': 64.0} (GiB)."""
-    out: dict[str, float] = {}
-    for part in (text or "").split(","):
-        m = re.fullmatch(r"\s*([\w:]+)\s*=\s*([\d.]+)\s*([A-Za-z]*)\s*", part)
-        if not m or m.group(3).lower() not in SIZE_UNITS:
-            raise UsageError(f"--max-memory {text!r}: expected DEVICE=SIZE pairs like 0=20GiB,cpu=64GiB")
-        value = float(m.group(2)) * SIZE_UNITS[m.group(3).lower()]
-        if value <= 0:
-            raise UsageError(f"--max-memory for {m.group(1)} must be positive")
-        out[m.group(1)] = value
-    return out
 
 
 def add_machine_args(p: argparse.ArgumentParser) -> None:

@@ -102,6 +102,9 @@ def cmd_run(args) -> int:
     if images and not any(s.role == "vision" for s in plan.model.sub_models):
         raise UsageError(f"{plan.model.name} is a text-only model ({plan.model.architecture}); --image needs a "
                          "vision-language model")
+    from ..loader.load import check_loadable
+
+    check_loadable(plan, args.allow_pickle)  # no weights, or pickle not allowed: say so before the plan
     if args.tune:
         plan = run_bench(plan, quiet, save=True)[2] or plan
     if not quiet:

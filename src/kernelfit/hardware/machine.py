@@ -200,11 +200,37 @@ def _pick(klass: type, data: dict[str, Any], where: str) -> dict[str, Any]:
     return out
 
 
+def _number(value, where: str, positive: bool = True, optional: bool = False) -> float | None:
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or value in (float("inf"),) \
+            or (value <= 0 if positive else value < 0):
+        raise UsageError(f"malformed machine profile: `{where}` must be a {'positive ' if positive else ''}number, "
+                         f"not {value!r}")
+    return float(value)
+
+
+def _text(value, where: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise UsageError(f"malformed machine profile: `{where}` must be a non-empty string, not {value!r}")
+    return value
+
+
 def _machine_from_dict(data: dict[str, Any], origin: str | None) -> Machine:
     top = _pick(Machine, data, "machine")
     for required in ("name", "cpu", "memory_gib"):
         if required not in top:
             raise UsageError(f"malformed machine profile: missing `{required}`")
+    _text(top["name"], "name")
+    top["memory_gib"] = _number(top["memory_gib"], "memory_gib")
+    for key in ("memory_available_gib", "disk_free_gib"):
+        top[key] = _number(top.get(key), key, positive=False, optional=True)
+    cpu_data = top["cpu"]
+    if isinstance(cpu_data, dict):
+        _text(cpu_data.get("model"), "cpu.model")
+        for key in ("cores", "threads"):
+            if key in cpu_data and (isinstance(cpu_data[key], bool) or not isinstance(cpu_data[key], int) or cpu_data[key] < 1):
+                raise UsageError(f"malformed machine profile: `cpu.{key}` must be a positive whole number")
     cpu = Cpu(**_pick(Cpu, top.pop("cpu"), "cpu"))
     soft = _pick(Software, top.pop("software", {}) or {}, "software")
     soft["packages"] = {normalise_dist(k): str(v) for k, v in dict(soft.get("packages", {})).items()}
@@ -216,6 +242,12 @@ def _machine_from_dict(data: dict[str, Any], origin: str | None) -> Machine:
             raise UsageError(
                 f"malformed machine profile: devices[{i}].kind must be one of {', '.join(DEVICE_KINDS)}"
             )
+        _text(dd.get("name"), f"devices[{i}].name")
+        dd["memory_gib"] = _number(dd.get("memory_gib", 0.0), f"devices[{i}].memory_gib", positive=dd["kind"] != "cpu")
+        dd["memory_free_gib"] = _number(dd.get("memory_free_gib"), f"devices[{i}].memory_free_gib", positive=False,
+                                        optional=True)
+        if isinstance(dd.get("index", 0), bool) or not isinstance(dd.get("index", 0), int) or dd.get("index", 0) < 0:
+            raise UsageError(f"malformed machine profile: `devices[{i}].index` must be a whole number >= 0")
         if dd.get("compute_capability") is not None:
             dd["compute_capability"] = Capability.parse(str(dd["compute_capability"]))
         dd["tflops"] = {str(k): float(v) for k, v in dict(dd.get("tflops", {})).items()}
@@ -234,6 +266,8 @@ def load_machine_file(path: str | Path) -> Machine:
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise UsageError(f"cannot read profile file {p}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"profile file {p} is not UTF-8 text; save it as UTF-8 (kernelfit doctor --save writes one)") from None
     try:
         if p.suffix.lower() == ".toml":
             try:

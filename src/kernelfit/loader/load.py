@@ -42,6 +42,24 @@ def _torch_dtype(name: str):
     return getattr(torch, name)
 
 
+def check_loadable(plan: Plan, allow_pickle: bool = False) -> None:
+    """What would stop loading this plan here, as a UsageError — before anything heavy starts (bench checks
+    this once instead of failing every candidate)."""
+    spec = plan.model
+    q = plan.quantization
+    if q is not None and q.install:
+        raise UsageError(f"the plan for {spec.name} needs a package that is not installed: {q.install} "
+                         f"(or choose another way with --quantization / --context)")
+    if spec.format == "gguf":
+        return
+    if spec.format == "config-only" or not spec.model_dir:
+        raise UsageError(f"{spec.source} has a config but no weights (*.safetensors or *.gguf) beside it; "
+                         f"`kernelfit plan` works on it, loading needs the checkpoint")
+    if spec.format == "pytorch-pickle" and not allow_pickle:
+        raise UsageError(f"{spec.model_dir} holds pickle weights (.bin/.pt), which can run arbitrary code when "
+                         f"loaded; convert them to safetensors, or pass --allow-pickle if you trust the source")
+
+
 def _weights_dir(spec: ModelSpec, allow_pickle: bool, progress: Callable) -> tuple[str, dict]:
     """Where from_pretrained reads, and format-specific keyword arguments."""
     if spec.format == "gguf":
@@ -112,9 +130,12 @@ def load_plan(plan: Plan, *, dispatch: bool = True, health_check: bool = True, t
     say = progress or (lambda _msg: None)
     spec = plan.model
     q = plan.quantization
-    if q is not None and q.install:
-        raise UsageError(f"the plan for {spec.name} needs a package that is not installed: {q.install} "
-                         f"(or choose another way with --quantization / --context)")
+    check_loadable(plan, allow_pickle)
+    if spec.extra.get("custom_code") and not trust_remote_code:
+        import sys
+
+        print(f"kernelfit: note: {spec.name} ships its own modeling code (auto_map); it is not run — the stock "
+              f"transformers class for '{spec.model_type}' is used (--trust-remote-code runs it)", file=sys.stderr)
     t0 = time.perf_counter()
     directory, fmt_kwargs = _weights_dir(spec, allow_pickle, say)
     if q is not None and q.dequantize_first:

@@ -41,6 +41,37 @@ def validate(model: ModelSpec, prefs: Preferences) -> None:
         raise UsageError(f"unknown dtype '{prefs.dtype}'; choose one of {', '.join(DTYPE_CHOICES)}")
     if prefs.attention not in attention_names():
         raise UsageError(f"unknown attention implementation '{prefs.attention}'; choose one of {', '.join(attention_names())}")
+    from .quantization import QUANT_CHOICES
+
+    if prefs.quantization not in QUANT_CHOICES:
+        raise UsageError(f"unknown quantization {prefs.quantization!r}; choose one of {', '.join(QUANT_CHOICES)}")
+    if not isinstance(prefs.allow_dequantize, bool):
+        raise UsageError(f"allow_dequantize must be True or False, not {prefs.allow_dequantize!r}")
+    if not isinstance(prefs.device, str) or not prefs.device.strip():
+        raise UsageError(f"device must be a name such as auto, cpu, cuda or cuda:0, not {prefs.device!r}")
+
+
+def memory_keys(machine: Machine) -> list[str]:
+    """The --max-memory keys this machine understands: accelerate's ("0", "cpu", "disk") and torch's names."""
+    keys = ["cpu", "disk"]
+    for d in machine.accelerators:
+        keys += [str(d.index), d.torch_device, d.kind]
+    return list(dict.fromkeys(keys))
+
+
+def validate_memory(machine: Machine, prefs: Preferences) -> None:
+    mm = prefs.max_memory
+    if mm is None:
+        return
+    if not isinstance(mm, dict):
+        raise UsageError(f"max_memory must map devices to sizes, e.g. {{'cpu': '8GiB', 0: '20GiB'}}, not {mm!r}")
+    known = memory_keys(machine)
+    for key, value in mm.items():
+        if key not in known:
+            raise UsageError(f"--max-memory names '{key}', which {machine.name} does not have; use "
+                             f"{', '.join(known)}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or value == float("inf"):
+            raise UsageError(f"--max-memory for {key} must be a positive size, not {value!r}")
 
 
 def _rank(device: Device) -> tuple:

@@ -22,7 +22,7 @@ from ..errors import PlanError
 from ..hardware.machine import Device, Machine
 from ..model.spec import ModelSpec
 from .attention import choose_attention
-from .devices import candidate_devices, resolve
+from .devices import candidate_devices, resolve, validate_memory
 from .dtype import DtypeCandidates, DtypeOption, dtype_candidates
 from .memory import DISK_USABLE_FRACTION, GIB, MemoryEstimate, device_budget, estimate, gib, materialises_scores
 from .quantization import KV_BITS, Level, QuantOption, ladder, resolve_level
@@ -303,6 +303,7 @@ def build(machine, model, prefs, att: Attempt, rejected_devices, log: Log) -> Pl
 def plan(machine: Machine, model: ModelSpec, prefs: Preferences | None = None) -> Plan:
     """The plan for `model` on `machine`: see the module docstring for the order things are tried in."""
     prefs = resolve(model, prefs or Preferences())
+    validate_memory(machine, prefs)
     devices, rejected_devices = candidate_devices(machine, prefs)
     if not devices:
         raise PlanError(f"no device of {machine.name} can run torch: "

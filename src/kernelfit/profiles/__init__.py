@@ -36,6 +36,8 @@ def load_profile(ref: str) -> Machine:
     p = Path(ref).expanduser()
     if p.is_file():
         return load_machine_file(p)
+    if p.is_dir():
+        raise UsageError(f"{ref} is a directory; --profile takes a profile name or a .toml/.json file")
     if p.suffix.lower() in (".toml", ".json") or "/" in ref:
         raise UsageError(f"profile file {ref} does not exist")
     close = difflib.get_close_matches(ref, profile_names(), n=3, cutoff=0.5)
