@@ -77,3 +77,23 @@ def test_non_finite_logits_are_caught():
     spec = load_model_spec("smollm2-135m")
     report = check_health(model, spec, {}, smoke=True, dequantized=True)
     assert not report.ok and "non-finite" in report.problems[0]
+
+
+def test_nan_weights_get_advice_that_helps(tmp_path):
+    """NaN weights: the advice used to be --no-health-check; now it says the weights are broken."""
+    path = save_tiny(tmp_path, lambda t: t["model.norm.weight"].fill_(float("nan")))
+    with pytest.raises(HealthCheckError, match="weights themselves are broken") as info:
+        load(str(path), dtype="float32", use_tune_cache=False)
+    assert "--no-health-check" not in str(info.value).splitlines()[0]
+
+
+def test_loaded_values_are_compared_with_the_checkpoint(tmp_path):
+    """Finite but wrong weights (not what the file holds) are caught by the sampled-tensor comparison."""
+    loaded = load(str(save_tiny(tmp_path)), dtype="float32", use_tune_cache=False)
+    spec = load_model_spec(str(tmp_path))
+    assert "sampled tensors against the checkpoint" in loaded.health.checked
+    with torch.no_grad():
+        for p in loaded.model.parameters():
+            p.add_(0.5)  # every tensor now differs from the file
+    report = check_health(loaded.model, spec, {}, source_dir=str(tmp_path))
+    assert not report.ok and report.weights_broken and any("differs from" in p for p in report.problems)

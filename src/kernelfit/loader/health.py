@@ -33,6 +33,9 @@ class HealthReport:
     ok: bool
     problems: list[str] = field(default_factory=list)
     checked: list[str] = field(default_factory=list)
+    # the values themselves are wrong (non-finite output, or not the checkpoint's): skipping the check
+    # would not help, re-downloading would
+    weights_broken: bool = False
 
 
 def _listed(names, what: str) -> list[str]:
@@ -61,12 +64,12 @@ def quantization_problems(model: torch.nn.Module, spec: ModelSpec, dequantized: 
     return []
 
 
-def smoke_forward(model: torch.nn.Module) -> list[str]:
-    """One tiny forward pass; logits must be finite."""
+def smoke_forward(model: torch.nn.Module) -> tuple[list[str], bool]:
+    """One tiny forward pass; logits must be finite. Returns (problems, whether the output was non-finite)."""
     cfg = getattr(model.config, "text_config", None) or model.config
     vocab = int(getattr(cfg, "vocab_size", 0) or 0)
     if vocab <= 0 or not hasattr(model, "generate"):
-        return []
+        return [], False
     device = next((p.device for p in model.parameters() if p.device.type != "meta"), torch.device("cpu"))
     # text tokens only: a VLM's image / video placeholder ids would make it ask for pixels
     reserved = {v for k, v in model.config.to_dict().items() if isinstance(v, int) and not isinstance(v, bool)
@@ -76,18 +79,52 @@ def smoke_forward(model: torch.nn.Module) -> list[str]:
         with no_grad_for(model):
             out = model(input_ids=ids)
     except Exception as exc:  # noqa: BLE001 - reported as a problem with its message
-        return [f"smoke forward pass raised {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"]
+        return [f"smoke forward pass raised {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"], False
     logits = getattr(out, "logits", None)
     if logits is None:
         logits = getattr(out, "last_hidden_state", None)
     if logits is not None and not torch.isfinite(logits.float()).all():
         bad = (~torch.isfinite(logits.float())).sum().item()
-        return [f"smoke forward pass produced {bad} non-finite values (NaN/inf): wrong dtype for this model or broken weights"]
-    return []
+        return [f"smoke forward pass produced {bad} non-finite values (NaN/inf): wrong dtype for this model or broken "
+                "weights"], True
+    return [], False
+
+
+SAMPLED_TENSORS = 3  # first, middle and last tensor of the checkpoint
+
+
+def sampled_source_problems(model: torch.nn.Module, directory: str | None) -> list[str]:
+    """Compare a few loaded tensors with the same tensors in the safetensors files they came from
+    (memory-mapped: only those tensors are read). Catches weights that are finite but not the checkpoint's."""
+    from pathlib import Path
+
+    if not directory:
+        return []
+    shards = sorted(Path(directory).glob("*.safetensors"))
+    if not shards:
+        return []
+    from safetensors import safe_open
+
+    params = dict(model.named_parameters())
+    problems = []
+    for shard in shards[:: max(1, len(shards) // SAMPLED_TENSORS)][:SAMPLED_TENSORS]:
+        with safe_open(str(shard), framework="pt") as f:
+            names = [n for n in f.keys() if n in params and params[n].device.type != "meta"
+                     and params[n].dtype.is_floating_point]
+            for name in names[:: max(1, len(names) // SAMPLED_TENSORS)][:SAMPLED_TENSORS]:
+                loaded = params[name].detach()
+                source = f.get_tensor(name)
+                if source.shape != loaded.shape:
+                    continue  # fused or re-laid-out on load: not comparable element by element
+                want = source.to(loaded.device, loaded.dtype).float()
+                if not torch.allclose(loaded.float(), want, rtol=1e-3, atol=1e-3, equal_nan=True):
+                    problems.append(f"{name} differs from {shard.name} (the loaded values are not the checkpoint's)")
+    return problems
 
 
 def check_health(model: torch.nn.Module, spec: ModelSpec, loading_info: dict | None, smoke: bool = True,
-                 dequantized: bool = False, quant_method: str | None = None) -> HealthReport:
+                 dequantized: bool = False, quant_method: str | None = None,
+                 source_dir: str | None = None) -> HealthReport:
     problems: list[str] = []
     checked = ["loading info", "meta tensors", "quantized modules"]
     info = loading_info or {}
@@ -102,13 +139,24 @@ def check_health(model: torch.nn.Module, spec: ModelSpec, loading_info: dict | N
             and not any(k == "" or n == k or n.startswith(k + ".") for k in on_disk)]
     problems += _listed(meta, "left on the meta device (never loaded)")
     problems += quantization_problems(model, spec, dequantized and quant_method is None, quant_method)
+    broken = False
+    if not problems and not quant_method:
+        checked.append("sampled tensors against the checkpoint")
+        differs = sampled_source_problems(model, source_dir)
+        problems += differs
+        broken = bool(differs)
     if smoke and not problems:
         checked.append("smoke forward")
-        problems += smoke_forward(model)
-    return HealthReport(not problems, problems, checked)
+        smoke_problems, nonfinite = smoke_forward(model)
+        problems += smoke_problems
+        broken = broken or nonfinite
+    return HealthReport(not problems, problems, checked, broken)
 
 
 def raise_if_unhealthy(report: HealthReport, name: str) -> None:
-    if not report.ok:
-        raise HealthCheckError(f"{name} did not load correctly ({len(report.problems)} problem(s); "
-                               f"pass --no-health-check to load it anyway)", report.problems)
+    if report.ok:
+        return
+    advice = ("the weights themselves are broken: re-download or re-save the checkpoint (a damaged kernelfit cache "
+              "entry is rebuilt on the next run)" if report.weights_broken else "pass --no-health-check to load it anyway")
+    raise HealthCheckError(f"{name} did not load correctly ({len(report.problems)} problem(s); {advice})",
+                           report.problems)

@@ -194,7 +194,7 @@ def load_plan(plan: Plan, *, dispatch: bool = True, health_check: bool = True, t
         health = None
         if health_check:
             say("health check: loading info, meta tensors, quantized modules, smoke forward")
-            health = check_health(loaded, spec, info, dequantized=spec.format == "gguf",
+            health = check_health(loaded, spec, info, dequantized=spec.format == "gguf", source_dir=directory,
                                   quant_method=q.method if q is not None and q.method != "none" else None)
             raise_if_unhealthy(health, spec.name)
         if plan.tuned and plan.tuned.get("compile"):  # `kernelfit bench --compile` measured it fastest
