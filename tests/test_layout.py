@@ -16,7 +16,7 @@ import kernelfit
 ROOT = Path(__file__).parent.parent
 SRC = ROOT / "src" / "kernelfit"
 
-# cli > api > bench > load/dispatch > plan > model/probe/profiles > catalog > hardware > errors/paths.
+# cli > serve/export > api > bench > load/dispatch > plan > model/probe/profiles > catalog > hardware > errors/paths.
 # A stage may import its own stage and any stage with a lower rank.
 RANK = {
     "errors": 0, "paths": 0, "version": 0, "cache_entry": 0, "sizes": 0,
@@ -27,12 +27,14 @@ RANK = {
     "loader": 5, "dispatch": 5,
     "bench": 6,
     "api": 7,
-    "cli": 8,
-    "__init__": 9, "__main__": 9, "auto": 9,
+    "serve": 8, "export": 8,
+    "cli": 9,
+    "__init__": 10, "__main__": 10, "auto": 10,
 }
 # stages of one rank that must not import each other (they are siblings, not layers)
 SIBLINGS = {"model", "probe", "profiles"}
-STAGE_FOLDERS = {"hardware", "catalog", "model", "probe", "profiles", "planner", "loader", "dispatch", "bench", "cli"}
+STAGE_FOLDERS = {"hardware", "catalog", "model", "probe", "profiles", "planner", "loader", "dispatch", "bench", "serve",
+                 "cli"}
 
 
 def _module_name(path: Path) -> str:

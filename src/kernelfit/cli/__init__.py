@@ -46,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .run_cmd import add_run_parser
 
     add_run_parser(sub)
+    from .serve_cmd import add_serve_parser
+
+    add_serve_parser(sub)
     return parser
 
 
@@ -181,6 +184,10 @@ def main(argv: list[str] | None = None) -> int:
             parser.print_help()
             return EXIT_USAGE
         handler = {"doctor": cmd_doctor, "profiles": cmd_profiles, "plan": cmd_plan, "matrix": cmd_matrix}.get(args.command)
+        if handler is None and args.command == "serve":
+            from .serve_cmd import cmd_serve
+
+            handler = cmd_serve
         if handler is None:
             from .run_cmd import COMMANDS
 

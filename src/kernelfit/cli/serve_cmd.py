@@ -1,0 +1,71 @@
+"""`kernelfit serve`: load with the plan, then an OpenAI-compatible endpoint (FastAPI + uvicorn)."""
+
+from __future__ import annotations
+
+import sys
+
+from ..errors import UsageError
+
+
+def add_serve_parser(sub) -> None:
+    from .args import add_quant_args, positive_int
+
+    p = sub.add_parser("serve", help="an OpenAI-compatible HTTP endpoint for a model, loaded with its plan")
+    p.add_argument("model", nargs="?", default="smollm2-135m", help="model (default: smollm2-135m, bundled)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=positive_int("--port"), default=8000)
+    p.add_argument("--api-key", help="require `Authorization: Bearer KEY` on /v1/ requests")
+    p.add_argument("--served-model-name", help="the model id clients use (default: the model's name)")
+    p.add_argument("--max-batch", type=positive_int("--max-batch"), default=8, help="requests decoded together")
+    p.add_argument("--queue-size", type=positive_int("--queue-size"), default=64,
+                   help="waiting requests beyond this get 503")
+    p.add_argument("--attn", default="auto")
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--context", type=positive_int("--context"), default=None, help="the longest prompt + answer")
+    p.add_argument("--device", default="auto")
+    add_quant_args(p)
+    p.add_argument("--no-cache", action="store_true", help="ignore a cached bench winner")
+    p.add_argument("--trust-remote-code", action="store_true")
+    p.add_argument("--allow-pickle", action="store_true")
+
+
+def cmd_serve(args) -> int:
+    if args.port > 65535:
+        raise UsageError(f"--port must be at most 65535, not {args.port}")
+    from ..api import make_plan
+    from ..loader.load import check_loadable
+    from .args import preferences
+    from .run_cmd import _err, _summary
+
+    plan = make_plan(args.model, preferences(args), use_tune_cache=not args.no_cache)
+    check_loadable(plan, args.allow_pickle)
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn
+    except ImportError:
+        raise UsageError("kernelfit serve needs fastapi and uvicorn: pip install 'kernelfit[serve]'") from None
+    _err(_summary(plan))
+    from ..loader.load import load_plan
+    from ..serve.app import create_app
+    from ..serve.engine import Engine
+
+    loaded = load_plan(plan, trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle,
+                       progress=lambda m: _err(f"kernelfit: {m}"))
+    model_id = args.served_model_name or plan.model.name
+    engine = Engine(loaded.model, loaded.tokenizer, max_batch=args.max_batch, queue_size=args.queue_size)
+    app = create_app(loaded, model_id, plan.preferences.context, api_key=args.api_key, engine=engine)
+    url = f"http://{args.host if ':' not in args.host else f'[{args.host}]'}:{args.port}/v1"
+    _err(f"kernelfit: serving {model_id} at {url} (OpenAI API: /v1/chat/completions, /v1/completions, /v1/models; "
+         f"/health){' with an API key' if args.api_key else ''}")
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+    server = uvicorn.Server(config)
+    try:
+        server.run()
+    except OSError as exc:
+        raise UsageError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
+    finally:
+        engine.close()
+    if not server.started:
+        print(f"kernelfit: error: could not start the server on {args.host}:{args.port} (in use?)", file=sys.stderr)
+        return 2
+    return 0

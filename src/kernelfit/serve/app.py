@@ -1,0 +1,202 @@
+"""The OpenAI-compatible ASGI app: /v1/chat/completions (streaming and not), /v1/completions, /v1/models,
+/health. Errors come in OpenAI's shape with their status; the model is served by serve.engine."""
+
+# no `from __future__ import annotations` here: FastAPI reads the route signatures' annotations at runtime
+
+import asyncio
+import json
+import secrets
+import time
+import uuid
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .engine import Busy, Engine, Job
+from .protocol import ApiError, parse_chat, parse_completion
+
+
+def create_app(loaded, model_id: str, context: int, api_key: str | None = None, engine: Engine | None = None):
+    engine = engine or Engine(loaded.model, loaded.tokenizer)
+    processor = loaded.tokenizer
+    tok = getattr(processor, "tokenizer", None) or processor
+    vision = any(s.role == "vision" for s in loaded.plan.model.sub_models)
+    created = int(time.time())
+    app = FastAPI(title="kernelfit", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.engine = engine
+
+    def error(exc: ApiError) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request, exc):  # unknown routes, wrong methods: OpenAI's shape too
+        return error(ApiError(exc.status_code, str(exc.detail), type_="invalid_request_error"))
+
+    @app.exception_handler(Exception)
+    async def internal(request, exc):
+        return error(ApiError(500, f"internal error: {type(exc).__name__}", type_="server_error"))
+
+    @app.middleware("http")
+    async def auth(request: Request, call_next):
+        if api_key and request.url.path.startswith("/v1/"):
+            given = request.headers.get("authorization", "")
+            if not secrets.compare_digest(given, f"Bearer {api_key}"):
+                return error(ApiError(401, "invalid or missing API key (Authorization: Bearer ...)",
+                                      type_="authentication_error", code="invalid_api_key"))
+        return await call_next(request)
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "model": model_id, "queued": engine.jobs.qsize()}
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": model_id, "object": "model", "created": created,
+                                            "owned_by": "kernelfit", "max_model_len": context}]}
+
+    async def body_of(request: Request):
+        try:
+            return json.loads(await request.body())
+        except (ValueError, UnicodeDecodeError):
+            raise ApiError(400, "the request body is not valid JSON") from None
+
+    def check_model(name: str) -> None:
+        if name != model_id:
+            raise ApiError(404, f"the model '{name}' does not exist; this server serves '{model_id}'", "model",
+                           code="model_not_found")
+
+    def job_for(ids: list[int], sampling, extra=None) -> Job:
+        room = context - len(ids)
+        if room < 1 or (sampling.max_tokens or 1) > room:
+            raise ApiError(400, f"this model's context is {context} tokens; the prompt has {len(ids)} and "
+                           f"{sampling.max_tokens or 1} more were requested — shorten the prompt or lower max_tokens",
+                           "messages", code="context_length_exceeded")
+        return Job(ids, sampling, min(sampling.max_tokens or room, room), asyncio.get_running_loop(),
+                   asyncio.Queue(), extra)
+
+    def chat_inputs(req) -> tuple[list[int], dict | None]:
+        if req.images:
+            if not vision:
+                raise ApiError(400, f"'{model_id}' is a text-only model; image_url parts need a vision-language "
+                               "model", "messages")
+            from ..errors import UsageError
+            from ..loader.generate import model_inputs
+            from ..loader.images import load_image
+
+            try:
+                images = [load_image(u) for u in req.images]
+            except UsageError as exc:
+                raise ApiError(400, str(exc), "messages") from None
+            text = processor.apply_chat_template(req.messages, add_generation_prompt=True, tokenize=False)
+            enc = model_inputs(loaded.model, processor(text=text, images=images, return_tensors="pt"))
+            ids = enc.pop("input_ids")[0].tolist()
+            enc.pop("attention_mask", None)
+            return ids, enc
+        messages = [{"role": m["role"], "content": m["content"] if isinstance(m["content"], str) else
+                     "".join(p["text"] for p in m["content"] if p["type"] == "text")} for m in req.messages]
+        if getattr(processor, "chat_template", None):
+            ids = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                                return_dict=True)["input_ids"]
+            if ids and isinstance(ids[0], list):
+                ids = ids[0]
+        else:
+            ids = tok("\n".join(m["content"] for m in messages) + "\n")["input_ids"]
+        return list(ids), None
+
+    def submit(job: Job) -> None:
+        try:
+            engine.submit(job)
+        except Busy:
+            raise ApiError(503, "the server is busy (its queue is full); retry shortly", type_="server_error",
+                           code="server_overloaded") from None
+
+    async def collect(job: Job) -> tuple[str, str, int, int]:
+        parts = []
+        while True:
+            event = await job.events.get()
+            if event[0] == "text":
+                parts.append(event[1])
+            elif event[0] == "done":
+                return "".join(parts), event[1], event[2], event[3]
+            else:
+                raise ApiError(500, f"generation failed: {event[1]}", type_="server_error")
+
+    def usage(p: int, c: int) -> dict:
+        return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+
+    def sse(obj) -> str:
+        return f"data: {json.dumps(obj)}\n\n"
+
+    async def stream(job: Job, chunk, include_usage: bool):
+        try:
+            yield sse(chunk(None, None, first=True))
+            while True:
+                event = await job.events.get()
+                if event[0] == "text":
+                    yield sse(chunk(event[1], None))
+                elif event[0] == "done":
+                    yield sse(chunk(None, event[1]))
+                    if include_usage:
+                        yield sse(dict(chunk(None, None), choices=[], usage=usage(event[2], event[3])))
+                    break
+                else:
+                    yield sse(ApiError(500, f"generation failed: {event[1]}", type_="server_error").body())
+                    break
+            yield "data: [DONE]\n\n"
+        finally:
+            job.cancelled.set()  # the client left (or the stream ended): the engine drops the row
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request):
+        try:
+            req = parse_chat(await body_of(request))
+            check_model(req.model)
+            ids, extra = chat_inputs(req)
+            job = job_for(ids, req.sampling, extra)
+            submit(job)
+        except ApiError as exc:
+            return error(exc)
+        rid, now = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+        if req.stream:
+            def chunk(text, finish, first=False):
+                delta = {"role": "assistant", "content": ""} if first else ({"content": text} if text else {})
+                return {"id": rid, "object": "chat.completion.chunk", "created": now, "model": model_id,
+                        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+            return StreamingResponse(stream(job, chunk, req.include_usage), media_type="text/event-stream")
+        try:
+            text, finish, p, c = await collect(job)
+        except ApiError as exc:
+            return error(exc)
+        finally:
+            job.cancelled.set()
+        return {"id": rid, "object": "chat.completion", "created": now, "model": model_id,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                             "finish_reason": finish}], "usage": usage(p, c)}
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        try:
+            req = parse_completion(await body_of(request))
+            check_model(req.model)
+            job = job_for(list(tok(req.prompt)["input_ids"]), req.sampling)
+            submit(job)
+        except ApiError as exc:
+            return error(exc)
+        rid, now = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+        if req.stream:
+            def chunk(text, finish, first=False):
+                return {"id": rid, "object": "text_completion", "created": now, "model": model_id,
+                        "choices": [{"index": 0, "text": text or "", "finish_reason": finish, "logprobs": None}]}
+            return StreamingResponse(stream(job, chunk, req.include_usage), media_type="text/event-stream")
+        try:
+            text, finish, p, c = await collect(job)
+        except ApiError as exc:
+            return error(exc)
+        finally:
+            job.cancelled.set()
+        return {"id": rid, "object": "text_completion", "created": now, "model": model_id,
+                "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": None}],
+                "usage": usage(p, c)}
+
+    return app

@@ -1,0 +1,199 @@
+"""One worker thread owns the model and serves a bounded queue of generation jobs, batching the ones that are
+waiting when it becomes free (static batches: left-padded prompts, one decoding loop, per-row sampling and
+stop conditions). A job whose client went away is dropped at the next step; a full queue is refused.
+
+Each job streams its own text through an asyncio queue of its request's event loop, so concurrent streams
+never mix: a row's tokens are decoded from that row's ids only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from .protocol import Sampling
+
+MAX_BATCH = 8  # rows decoded together; more waiting requests form the next batch
+QUEUE_SIZE = 64  # waiting requests beyond this are refused (503), not queued without limit
+GATHER_S = 0.005  # how long a free worker waits for more requests to join a batch
+
+
+class Busy(Exception):
+    """The queue is full."""
+
+
+@dataclass
+class Job:
+    prompt_ids: list[int]
+    sampling: Sampling
+    max_new: int  # tokens this job may add (max_tokens, or what the context has left)
+    loop: asyncio.AbstractEventLoop
+    events: asyncio.Queue
+    extra: dict | None = None  # pixel inputs of a vision-language request: such a job runs alone
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    tokens: list[int] = field(default_factory=list)
+    sent: int = 0  # characters of the decoded text already sent
+    text: str = ""
+    done: bool = False
+
+    def emit(self, *event) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.events.put_nowait, event)
+        except RuntimeError:  # the request's loop is gone: the client left
+            self.cancelled.set()
+
+
+class Engine:
+    def __init__(self, model, tokenizer, max_batch: int = MAX_BATCH, queue_size: int = QUEUE_SIZE):
+        self.model, self.processor = model, tokenizer
+        self.tok = getattr(tokenizer, "tokenizer", None) or tokenizer
+        self.max_batch = max_batch
+        self.jobs: queue.Queue[Job] = queue.Queue(maxsize=queue_size)
+        eos = getattr(model.generation_config, "eos_token_id", None)
+        eos = eos if isinstance(eos, list) else [eos]
+        self.eos = {e for e in (*eos, self.tok.eos_token_id) if isinstance(e, int)}
+        self.pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else (min(self.eos) if self.eos else 0)
+        self.batches: list[int] = []  # sizes of the batches run, for reports
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._work, name="kernelfit-engine", daemon=True)
+        self._thread.start()
+
+    def submit(self, job: Job) -> None:
+        try:
+            self.jobs.put_nowait(job)
+        except queue.Full:
+            raise Busy from None
+
+    def close(self) -> None:
+        self._stop.set()
+
+    # -- the worker ----------------------------------------------------------------------------
+    def _work(self) -> None:
+        while not self._stop.is_set():
+            try:
+                first = self.jobs.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            batch = [first]
+            if first.extra is None:
+                deadline = time.perf_counter() + GATHER_S
+                while len(batch) < self.max_batch:
+                    try:
+                        job = self.jobs.get(timeout=max(deadline - time.perf_counter(), 0))
+                    except queue.Empty:
+                        break
+                    if job.extra is not None:  # a VLM request runs alone: back to the queue for the next round
+                        self.jobs.put(job)
+                        break
+                    batch.append(job)
+            batch = [j for j in batch if not j.cancelled.is_set()]
+            if not batch:
+                continue
+            self.batches.append(len(batch))
+            try:
+                with torch.inference_mode():
+                    self._run(batch)
+            except Exception as exc:  # noqa: BLE001 - the request fails, the server goes on
+                for job in batch:
+                    if not job.done:
+                        job.emit("error", f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}")
+
+    def _run(self, batch: list[Job]) -> None:
+        model = self.model
+        device = next(p.device for p in model.parameters() if p.device.type != "meta")
+        lens = [len(j.prompt_ids) for j in batch]
+        width = max(lens)
+        ids = torch.full((len(batch), width), self.pad, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for i, job in enumerate(batch):
+            ids[i, width - lens[i]:] = torch.tensor(job.prompt_ids)
+            mask[i, width - lens[i]:] = 1
+        ids, mask = ids.to(device), mask.to(device)
+        padded = min(lens) != width
+        kwargs = dict(batch[0].extra) if batch[0].extra else {}
+        if padded:  # left padding: each row counts its positions from its first real token
+            kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)
+        gens = [self._generator(j.sampling, device) for j in batch]
+        out = model(input_ids=ids, attention_mask=mask, use_cache=True, **kwargs)
+        past = out.past_key_values
+        for _ in range(max(j.max_new for j in batch)):
+            logits = out.logits[:, -1, :].float()
+            step = []
+            for i, job in enumerate(batch):
+                if job.done or job.cancelled.is_set():
+                    job.done = True
+                    step.append(self.pad)
+                    continue
+                token = self._pick(logits[i], job.sampling, gens[i])
+                step.append(token)
+                self._advance(job, token)
+            if all(j.done for j in batch):
+                return
+            nxt = torch.tensor(step, device=device).unsqueeze(1)
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            kw = {}
+            if padded:
+                kw["position_ids"] = kwargs["position_ids"][:, -1:] + 1
+                kwargs["position_ids"] = kw["position_ids"]
+            out = model(input_ids=nxt, attention_mask=mask, past_key_values=past, use_cache=True, **kw)
+            past = out.past_key_values
+        for job in batch:
+            if not job.done:
+                self._finish(job, "length")
+
+    @staticmethod
+    def _generator(s: Sampling, device) -> torch.Generator | None:
+        if s.temperature == 0:
+            return None
+        g = torch.Generator(device=device)
+        g.manual_seed(s.seed if s.seed is not None else int.from_bytes(__import__("os").urandom(4), "little"))
+        return g
+
+    @staticmethod
+    def _pick(logits: torch.Tensor, s: Sampling, gen) -> int:
+        if s.temperature == 0 or gen is None:
+            return int(logits.argmax())
+        probs = torch.softmax(logits / s.temperature, dim=-1)
+        if s.top_p < 1.0:
+            sorted_p, order = probs.sort(descending=True)
+            keep = sorted_p.cumsum(-1) - sorted_p < s.top_p  # the smallest set whose mass reaches top_p
+            probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_p[keep])
+        return int(torch.multinomial(probs / probs.sum(), 1, generator=gen))
+
+    def _advance(self, job: Job, token: int) -> None:
+        if token in self.eos:
+            self._finish(job, "stop")
+            return
+        job.tokens.append(token)
+        text = self.tok.decode(job.tokens, skip_special_tokens=True)
+        cut = min((i for i in (text.find(s) for s in job.sampling.stop) if i >= 0), default=-1)
+        if cut >= 0:
+            job.text = text[:cut]
+            self._send(job, final=True)
+            self._finish(job, "stop")
+            return
+        job.text = text
+        self._send(job, final=False)
+        if len(job.tokens) >= job.max_new:
+            self._finish(job, "length")
+
+    def _send(self, job: Job, final: bool) -> None:
+        text = job.text
+        if not final:
+            if text.endswith("\ufffd"):  # an incomplete multi-byte character: wait for the rest
+                return
+            hold = max((len(s) - 1 for s in job.sampling.stop), default=0)  # a stop string may be starting
+            text = text[: len(text) - hold] if hold else text
+        if len(text) > job.sent:
+            job.emit("text", text[job.sent:])
+            job.sent = len(text)
+
+    def _finish(self, job: Job, reason: str) -> None:
+        self._send(job, final=True)
+        job.done = True
+        job.emit("done", reason, len(job.prompt_ids), len(job.tokens))
