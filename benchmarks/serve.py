@@ -46,7 +46,8 @@ def main() -> None:
         async def one(i: int) -> int:
             s = await client.chat.completions.create(
                 model=args.model, messages=[{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}],
-                max_tokens=args.tokens, temperature=0, stream=True, stream_options={"include_usage": True})
+                max_tokens=args.tokens, temperature=0, stream=True, stream_options={"include_usage": True},
+                extra_body={"ignore_eos": True})
             n = 0
             async for c in s:
                 if c.usage:

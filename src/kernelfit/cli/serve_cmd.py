@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 
 from ..errors import UsageError
 
@@ -52,19 +54,28 @@ def cmd_serve(args) -> int:
     loaded = load_plan(plan, trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle,
                        progress=lambda m: _err(f"kernelfit: {m}"))
     model_id = args.served_model_name or plan.model.name
-    engine = Engine(loaded.model, loaded.tokenizer, max_batch=args.max_batch, queue_size=args.queue_size)
+    engine = Engine(loaded.model, loaded.tokenizer, max_batch=args.max_batch, queue_size=args.queue_size,
+                    background=False)
     app = create_app(loaded, model_id, plan.preferences.context, api_key=args.api_key, engine=engine)
     url = f"http://{args.host if ':' not in args.host else f'[{args.host}]'}:{args.port}/v1"
     _err(f"kernelfit: serving {model_id} at {url} (OpenAI API: /v1/chat/completions, /v1/completions, /v1/models; "
          f"/health){' with an API key' if args.api_key else ''}")
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", access_log=False)
     server = uvicorn.Server(config)
-    try:
-        server.run()
-    except OSError as exc:
-        raise UsageError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
-    finally:
+    # HTTP on a helper thread, decoding on the main thread (where PyTorch's CPU kernels run fastest)
+    http = threading.Thread(target=server.run, name="kernelfit-http", daemon=True)
+
+    def stop(*_):
+        server.should_exit = True
         engine.close()
+
+    signal.signal(signal.SIGTERM, stop)
+    http.start()
+    try:
+        engine.serve(until=lambda: not http.is_alive())
+    except KeyboardInterrupt:
+        stop()
+    http.join(timeout=10)
     if not server.started:
         print(f"kernelfit: error: could not start the server on {args.host}:{args.port} (in use?)", file=sys.stderr)
         return 2

@@ -27,6 +27,7 @@ class Sampling:
     top_p: float = 1.0
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
+    ignore_eos: bool = False  # vLLM's extension: generate max_tokens whatever the model says (benchmarks)
 
 
 @dataclass
@@ -87,8 +88,11 @@ def _sampling(body: dict) -> Sampling:
     seed = body.get("seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise ApiError(400, "'seed' must be an integer", "seed")
+    ignore_eos = body.get("ignore_eos", False)
+    if not isinstance(ignore_eos, bool):
+        raise ApiError(400, "'ignore_eos' must be true or false", "ignore_eos")
     return Sampling(max_tokens, _float(body, "temperature", 1.0, 0.0, MAX_TEMPERATURE),
-                    _float(body, "top_p", 1.0, 0.0, 1.0, lo_open=True), stops, seed)
+                    _float(body, "top_p", 1.0, 0.0, 1.0, lo_open=True), stops, seed, ignore_eos)
 
 
 def _common(body) -> tuple[str, bool, bool]:
