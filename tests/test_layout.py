@@ -33,7 +33,7 @@ RANK = {
 }
 # stages of one rank that must not import each other (they are siblings, not layers)
 SIBLINGS = {"model", "probe", "profiles"}
-STAGE_FOLDERS = {"hardware", "catalog", "model", "probe", "profiles", "planner", "loader", "dispatch", "bench", "serve",
+STAGE_FOLDERS = {"hardware", "catalog", "model", "probe", "profiles", "planner", "loader", "dispatch", "bench", "serve", "export",
                  "cli"}
 
 

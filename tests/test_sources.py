@@ -18,6 +18,11 @@ def test_every_cited_source_is_defined():
         cited += q.sources
     cited += [sid for _, sid in kernel_errors.CANNOT_RUN_HERE] + list(SLOW_8BIT_SOURCES)
     cited += [row[-1] for row in torch_builds._ROWS]
+    from kernelfit.catalog.engines import FACTS
+
+    for facts in FACTS.values():
+        assert facts.sources, facts.name
+        cited += facts.sources
     for name in profile_names():
         m = load_profile(name)
         for d in m.accelerators + (m.cpu_device,):

@@ -170,6 +170,21 @@ SOURCES: dict[str, Source] = {s.id: s for s in (
            "https://huggingface.co/docs/transformers/main/en/kv_cache#quantized-cache",
            "cache_implementation='quantized' with the quanto backend stores keys/values in int4/int2, "
            "keeping the last residual_length (128) tokens in full precision"),
+    Source("vllm-attn-backends", "vLLM CUDA platform: attention backend priority and dtype checks",
+           "https://github.com/vllm-project/vllm/blob/main/vllm/platforms/cuda.py ; "
+           "https://github.com/vllm-project/vllm/issues/8023",
+           "FLASH_ATTN needs sm80, FlashInfer's floor is sm80, TRITON_ATTN runs on any GPU; --attention-backend "
+           "replaced VLLM_ATTENTION_BACKEND; --dtype auto falls back bf16 -> fp16 below sm80"),
+    Source("vllm-wheels-archs", "vLLM GPU installation: release wheels and their CUDA architectures",
+           "https://docs.vllm.ai/en/latest/getting_started/installation/gpu.html",
+           "CUDA 13 release wheels built for 7.5 8.0 8.6 8.9 9.0 10.0 12.0; older GPUs need a source build"),
+    Source("sglang-server-args", "SGLang ServerArgs (launch_server flags and checks)",
+           "https://github.com/sgl-project/sglang/blob/main/python/sglang/srt/server_args.py",
+           "--tp-size, --pp-size, --context-length, --mem-fraction-static, --attention-backend, --quantization "
+           "choices; 'SGLang only supports sm75 and above'"),
+    Source("sglang-attn-selection", "SGLang picks FlashInfer when importable, without a capability check",
+           "https://github.com/sgl-project/sglang/issues/931 ; https://github.com/sgl-project/sglang/issues/1058",
+           "users below sm80 must pass --attention-backend triton"),
     Source("nvml", "probed through NVML on this machine", "probe: NVML (nvidia-ml-py)"),
     Source("torch", "probed through torch on this machine", "probe: torch"),
     Source("platform", "probed through the OS on this machine", "probe: platform / sysctl"),

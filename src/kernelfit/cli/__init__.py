@@ -11,7 +11,7 @@ import os
 import sys
 
 from ..errors import EXIT_USAGE, HealthCheckError, UsageError
-from .args import Parser, add_machine_args, add_quant_args, positive_int, preferences
+from .args import Parser, add_machine_args, add_quant_args, machine_for as _machine, positive_int, preferences
 
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="kernelfit", description="Run any transformers model on the hardware it lands on.")
@@ -49,19 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .serve_cmd import add_serve_parser
 
     add_serve_parser(sub)
+    from .export_cmd import add_export_parser
+
+    add_export_parser(sub)
     return parser
-
-
-def _machine(args) -> "Machine":  # noqa: F821
-    from ..profiles import apply_overrides, load_profile
-
-    if args.profile is not None:  # --profile '' is a mistake to report, not "this machine"
-        m = load_profile(args.profile)
-    else:
-        from ..probe import probe_machine
-
-        m = probe_machine()
-    return apply_overrides(m, args.with_, args.without)
 
 
 def _write_atomic(path: str, text: str) -> None:
@@ -184,6 +175,10 @@ def main(argv: list[str] | None = None) -> int:
             parser.print_help()
             return EXIT_USAGE
         handler = {"doctor": cmd_doctor, "profiles": cmd_profiles, "plan": cmd_plan, "matrix": cmd_matrix}.get(args.command)
+        if handler is None and args.command == "export":
+            from .export_cmd import cmd_export
+
+            handler = cmd_export
         if handler is None and args.command == "serve":
             from .serve_cmd import cmd_serve
 

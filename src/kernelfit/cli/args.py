@@ -47,3 +47,15 @@ def preferences(args, **fixed) -> "Preferences":  # noqa: F821
     given = {n: getattr(args, "attn" if n == "attention" else n) for n in names
              if hasattr(args, "attn" if n == "attention" else n)}
     return Preferences(**{**given, **fixed})
+
+
+def machine_for(args) -> "Machine":  # noqa: F821
+    from ..profiles import apply_overrides, load_profile
+
+    if args.profile is not None:  # --profile '' is a mistake to report, not "this machine"
+        m = load_profile(args.profile)
+    else:
+        from ..probe import probe_machine
+
+        m = probe_machine()
+    return apply_overrides(m, args.with_, args.without)

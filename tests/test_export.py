@@ -1,0 +1,86 @@
+"""`kernelfit export`: engine command lines from the plan's hardware rules, or a one-line refusal."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import CONFIGS, config_path, run_cli
+
+from kernelfit.catalog.engines import FACTS
+from kernelfit.profiles import profile_names
+
+
+def _export(*args) -> dict:
+    r = run_cli("export", *args, "--json")
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def _flag(argv: list[str], flag: str) -> str | None:
+    return argv[argv.index(flag) + 1] if flag in argv else None
+
+
+def test_70b_on_two_3090s_plans_tensor_parallel_and_a_way_to_fit():
+    d = _export("vllm", config_path("llama-2-70b"), "--profile", "2x-rtx3090")
+    assert _flag(d["argv"], "--tensor-parallel-size") == "2"
+    assert _flag(d["argv"], "--quantization") == "bitsandbytes"
+    assert any("vllm-bnb-plugin" in w for w in d["warnings"])  # the plugin vLLM needs for it, named
+    s = _export("sglang", config_path("llama-2-70b"), "--profile", "2x-rtx3090")
+    assert _flag(s["argv"], "--tp-size") == "2" and s["argv"][:3] == ["python", "-m", "sglang.launch_server"]
+
+
+@pytest.mark.parametrize("engine,backend", [("vllm", "TRITON_ATTN"), ("sglang", "triton")])
+def test_t4_gets_half_and_a_non_flash_attention_backend(engine, backend):
+    d = _export(engine, config_path("llama-2-7b"), "--profile", "t4")
+    assert _flag(d["argv"], "--dtype") == "half"
+    assert _flag(d["argv"], "--attention-backend") == backend
+    assert "VLLM_ATTENTION_BACKEND" not in d["env"]  # deprecated and silently ignored by vLLM now
+
+
+@pytest.mark.parametrize("engine", ["vllm", "sglang"])
+@pytest.mark.parametrize("profile", ["gtx1060-6gb", "p100-16gb", "v100-16gb"])
+def test_engines_refuse_gpus_their_builds_do_not_run_on(engine, profile):
+    r = run_cli("export", engine, config_path("llama-2-7b"), "--profile", profile)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+    assert "cannot run" in r.stderr and "kernelfit serve" in r.stderr
+
+
+def test_ampere_names_marlin_kernels_and_bf16_models_keep_bf16():
+    assert _flag(_export("vllm", config_path("llama-2-7b-awq"), "--profile", "a100-80gb")["argv"],
+                 "--quantization") == "awq_marlin"
+    assert _flag(_export("sglang", config_path("mistral-7b-gptq"), "--profile", "a10")["argv"],
+                 "--quantization") == "gptq_marlin"
+    assert _flag(_export("vllm", config_path("qwen2.5-7b"), "--profile", "a100-80gb")["argv"], "--dtype") == "bfloat16"
+
+
+def test_a_cpu_machine_gets_vllms_cpu_build():
+    d = _export("vllm", config_path("qwen2.5-0.5b"), "--profile", "cpu-spr-amx")
+    assert d["env"]["VLLM_CPU_KVCACHE_SPACE"] and _flag(d["argv"], "--dtype") == "bfloat16"
+    r = run_cli("export", "sglang", config_path("qwen2.5-0.5b"), "--profile", "cpu-spr-amx")
+    assert r.returncode == 2 and "kernelfit serve" in r.stderr
+
+
+def test_every_profile_and_model_exports_or_refuses_in_one_line(capsys):
+    from kernelfit.cli import main
+
+    known = {e: {v for v in f.flags.values()} for e, f in FACTS.items()}
+    done = refused = 0
+    for engine in FACTS:
+        for profile in profile_names():
+            for cfg in CONFIGS:
+                rc = main(["export", engine, str(cfg), "--profile", profile, "--json"])
+                out = capsys.readouterr()
+                if rc == 0:
+                    d = json.loads(out.out)
+                    flags = [a for a in d["argv"] if a.startswith("--")]
+                    assert set(flags) <= known[engine] | {"--model-path"}, flags
+                    assert len(flags) == len(set(flags))  # each flag once
+                    done += 1
+                else:
+                    assert rc == 2 and len(out.err.strip().splitlines()) == 1 and "Traceback" not in out.err
+                    refused += 1
+    print(f"\nexport: {done} command lines, {refused} refusals over {len(profile_names())} profiles x "
+          f"{len(CONFIGS)} models x {len(FACTS)} engines")
+    assert done > refused > 0
