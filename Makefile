@@ -6,6 +6,9 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.kernelfit-installed
 GPTQ    = $(VENV)/.kernelfit-gptqmodel
+# SGLang's own argument parser, to validate `kernelfit export sglang` (installed beside, not into, .venv)
+ENGINES = .engines
+SGLANG  = $(ENGINES)/sglang/.kernelfit-installed
 PROMPT ?= What is the capital of France?
 
 .PHONY: run test install bench clean
@@ -30,12 +33,22 @@ $(GPTQ): $(STAMP)
 	$(BIN)/pip uninstall -q -y torchao
 	touch $(GPTQ)
 
+# SGLang 0.5.23's ServerArgs imports these (and torch, from .venv via PYTHONPATH); --no-deps keeps the
+# rest of SGLang's runtime (CUDA kernels, flashinfer) out: only its parser and checks are used.
+$(SGLANG): $(STAMP)
+	rm -rf $(ENGINES)/sglang
+	$(BIN)/pip install -q --no-deps --target $(ENGINES)/sglang sglang==0.5.23 orjson==3.13.0 pybase64==1.5.1 \
+	  msgspec==0.22.0 pyzmq==27.3.0 ipython==9.18.1 traitlets==5.16.1 aiohttp==3.14.5 multidict==7.2.1 \
+	  attrs==26.1.0 yarl==1.25.1 propcache==0.5.4 aiohappyeyeballs==2.7.1 aiosignal==1.4.0 frozenlist==1.8.0 \
+	  triton==3.9.0
+	touch $(SGLANG)
+
 install: $(STAMP)
 
 run: $(STAMP)
 	$(BIN)/kernelfit run --prompt "$(PROMPT)" --max-new-tokens 32
 
-test: $(STAMP) $(GPTQ)
+test: $(STAMP) $(GPTQ) $(SGLANG)
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
@@ -45,4 +58,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/report.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(ENGINES) .pytest_cache

@@ -84,3 +84,45 @@ def test_every_profile_and_model_exports_or_refuses_in_one_line(capsys):
     print(f"\nexport: {done} command lines, {refused} refusals over {len(profile_names())} profiles x "
           f"{len(CONFIGS)} models x {len(FACTS)} engines")
     assert done > refused > 0
+
+
+SGLANG_DIR = __import__("pathlib").Path(__file__).parent.parent / ".engines" / "sglang"
+PARSE_ALL = """
+import argparse, json, sys
+from sglang.srt.server_args import ServerArgs
+bad = []
+for argv in json.load(sys.stdin):
+    parser = argparse.ArgumentParser(exit_on_error=False)
+    ServerArgs.add_cli_args(parser)
+    try:
+        ServerArgs.from_cli_args(parser.parse_args(argv[3:]))  # after `python -m sglang.launch_server`
+    except (Exception, SystemExit) as exc:
+        bad.append([argv, f"{type(exc).__name__}: {exc}"])
+print(json.dumps(bad))
+"""
+
+
+@pytest.mark.skipif(not (SGLANG_DIR / ".kernelfit-installed").exists(), reason="make test installs SGLang's parser")
+def test_sglangs_own_parser_accepts_every_exported_command_line(capsys):
+    """Every exported SGLang argv (every reference profile x model config that SGLang runs on) goes through
+    SGLang 0.5.23's own ServerArgs: its argparse choices and its __post_init__ checks."""
+    import os
+    import subprocess
+    import sys
+
+    from kernelfit.cli import main
+
+    argvs = []
+    for profile in profile_names():
+        for cfg in CONFIGS:
+            if main(["export", "sglang", str(cfg), "--profile", profile, "--json"]) == 0:
+                argvs.append(json.loads(capsys.readouterr().out)["argv"])
+            capsys.readouterr()
+    assert len(argvs) > 100
+    env = dict(os.environ, PYTHONPATH=str(SGLANG_DIR))
+    r = subprocess.run([sys.executable, "-c", PARSE_ALL], input=json.dumps(argvs), capture_output=True, text=True,
+                       env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    bad = json.loads(r.stdout.strip().splitlines()[-1])
+    assert not bad, bad[:3]
+    print(f"\nSGLang's ServerArgs accepted all {len(argvs)} exported command lines")
