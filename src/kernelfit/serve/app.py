@@ -147,6 +147,21 @@ def create_app(loaded, model_id: str, context: int, api_key: str | None = None, 
         finally:
             job.cancelled.set()  # the client left (or the stream ended): the engine drops the row
 
+    async def respond(job: Job, req, prefix: str, chunk, final):
+        """A stream of chunks, or one response with the whole text and the usage."""
+        rid, now = f"{prefix}-{uuid.uuid4().hex[:24]}", int(time.time())
+        if req.stream:
+            return StreamingResponse(stream(job, lambda text, finish, first=False: chunk(rid, now, text, finish, first),
+                                            req.include_usage), media_type="text/event-stream")
+        try:
+            text, finish, p, c = await collect(job)
+        except ApiError as exc:
+            return error(exc)
+        finally:
+            job.cancelled.set()
+        kind, choice = final(text, finish)
+        return {"id": rid, "object": kind, "created": now, "model": model_id, "choices": [choice], "usage": usage(p, c)}
+
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
         try:
@@ -157,22 +172,16 @@ def create_app(loaded, model_id: str, context: int, api_key: str | None = None, 
             submit(job)
         except ApiError as exc:
             return error(exc)
-        rid, now = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
-        if req.stream:
-            def chunk(text, finish, first=False):
-                delta = {"role": "assistant", "content": ""} if first else ({"content": text} if text else {})
-                return {"id": rid, "object": "chat.completion.chunk", "created": now, "model": model_id,
-                        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
-            return StreamingResponse(stream(job, chunk, req.include_usage), media_type="text/event-stream")
-        try:
-            text, finish, p, c = await collect(job)
-        except ApiError as exc:
-            return error(exc)
-        finally:
-            job.cancelled.set()
-        return {"id": rid, "object": "chat.completion", "created": now, "model": model_id,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                             "finish_reason": finish}], "usage": usage(p, c)}
+        def chunk(rid, now, text, finish, first=False):
+            delta = {"role": "assistant", "content": ""} if first else ({"content": text} if text else {})
+            return {"id": rid, "object": "chat.completion.chunk", "created": now, "model": model_id,
+                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+
+        def final(text, finish):
+            return "chat.completion", {"index": 0, "message": {"role": "assistant", "content": text},
+                                       "finish_reason": finish}
+
+        return await respond(job, req, "chatcmpl", chunk, final)
 
     @app.post("/v1/completions")
     async def completions(request: Request):
@@ -183,20 +192,13 @@ def create_app(loaded, model_id: str, context: int, api_key: str | None = None, 
             submit(job)
         except ApiError as exc:
             return error(exc)
-        rid, now = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
-        if req.stream:
-            def chunk(text, finish, first=False):
-                return {"id": rid, "object": "text_completion", "created": now, "model": model_id,
-                        "choices": [{"index": 0, "text": text or "", "finish_reason": finish, "logprobs": None}]}
-            return StreamingResponse(stream(job, chunk, req.include_usage), media_type="text/event-stream")
-        try:
-            text, finish, p, c = await collect(job)
-        except ApiError as exc:
-            return error(exc)
-        finally:
-            job.cancelled.set()
-        return {"id": rid, "object": "text_completion", "created": now, "model": model_id,
-                "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": None}],
-                "usage": usage(p, c)}
+        def chunk(rid, now, text, finish, first=False):
+            return {"id": rid, "object": "text_completion", "created": now, "model": model_id,
+                    "choices": [{"index": 0, "text": text or "", "finish_reason": finish, "logprobs": None}]}
+
+        def final(text, finish):
+            return "text_completion", {"index": 0, "text": text, "finish_reason": finish, "logprobs": None}
+
+        return await respond(job, req, "cmpl", chunk, final)
 
     return app
