@@ -193,3 +193,25 @@ def test_a_zeroed_bundled_model_is_rebuilt_and_answers_paris(tmp_path):
     assert again.returncode == 0 and "Paris" in again.stdout, again.stderr[-2000:]
     assert "damaged" in again.stderr and "checksum" in again.stderr
     assert C.damage(entry) is None
+
+
+@pytest.mark.slow
+def test_kill_9_during_the_real_conversion_then_the_next_run_answers_and_cleans_up(tmp_path):
+    """The bundled GGUF's first conversion (~15 s) killed twice at different points; the next run converts,
+    answers, and no temporary directory is left (it used to leak ~517 MiB per kill)."""
+    env = dict(os.environ, KERNELFIT_CACHE_DIR=str(tmp_path / "cache"))
+    args = [sys.executable, "-m", "kernelfit", "run", "--prompt", "What is the capital of France?",
+            "--max-new-tokens", "8", "--no-cache"]
+    for after in (4.0, 9.0):
+        p = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(after)
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+    gguf = tmp_path / "cache" / "gguf"
+    left = [p for p in gguf.iterdir() if p.name.startswith(C.TMP_PREFIX)] if gguf.exists() else []
+    assert left and not any((p / C.CACHE_MARKER).exists() for p in left)  # killed mid-build: no manifest yet
+    r = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0 and "Paris" in r.stdout, r.stderr[-2000:]
+    assert [p.name for p in gguf.iterdir() if p.name.startswith(C.TMP_PREFIX)] == []
+    (entry,) = [p for p in gguf.iterdir()]
+    assert C.damage(entry) is None
