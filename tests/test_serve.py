@@ -232,3 +232,36 @@ def test_serve_refuses_bad_flags_in_one_line():
     r = subprocess.run([sys.executable, "-m", "kernelfit", "serve", "--port", "70000"], capture_output=True, text=True,
                        timeout=60)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "--port" in r.stderr
+
+
+VLLM_PY = __import__("pathlib").Path(__file__).parent.parent / ".engines" / "vllm" / "bin" / "python"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not VLLM_PY.exists(), reason="make test installs vLLM's CPU build into .engines/vllm")
+def test_serve_with_the_vllm_engine_answers_paris():
+    """`kernelfit serve --engine vllm` converts the bundled GGUF (vLLM's core cannot read GGUF), launches vLLM's
+    CPU build with the exported flags, waits for its health endpoint and passes the URL on. fp32: vLLM's bf16
+    CPU path answers this question differently on the 135M model."""
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "kernelfit", "serve", "--engine", "vllm", "--port", str(port),
+                             "--dtype", "float32", "--context", "2048", "--no-cache",
+                             "--engine-python", str(VLLM_PY)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        deadline = time.time() + 600
+        while time.time() < deadline:
+            assert proc.poll() is None, proc.stderr.read()[-3000:]
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+                break
+            except OSError:
+                time.sleep(2)
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused")
+        r = client.chat.completions.create(model="smollm2-135m", messages=ASK, max_tokens=12, temperature=0)
+        assert "Paris" in r.choices[0].message.content
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    # vLLM goes with it
+    assert subprocess.run(["pgrep", "-f", f"vllm.entrypoints.openai.api_server.*{port}"], capture_output=True).stdout == b""

@@ -18,6 +18,9 @@ def add_serve_parser(sub) -> None:
     p.add_argument("--port", type=positive_int("--port"), default=8000)
     p.add_argument("--api-key", help="require `Authorization: Bearer KEY` on /v1/ requests")
     p.add_argument("--served-model-name", help="the model id clients use (default: the model's name)")
+    p.add_argument("--engine", choices=("kernelfit", "vllm"), default="kernelfit",
+                   help="vllm: launch vLLM's server on the checkpoint kernelfit prepared, with the exported flags")
+    p.add_argument("--engine-python", metavar="PATH", help="the python of vLLM's virtualenv (default: .engines/vllm)")
     p.add_argument("--max-batch", type=positive_int("--max-batch"), default=8, help="requests decoded together")
     p.add_argument("--queue-size", type=positive_int("--queue-size"), default=64,
                    help="waiting requests beyond this get 503")
@@ -41,6 +44,8 @@ def cmd_serve(args) -> int:
 
     plan = make_plan(args.model, preferences(args), use_tune_cache=not args.no_cache)
     check_loadable(plan, args.allow_pickle)
+    if args.engine == "vllm":
+        return _serve_with_vllm(args, plan)
     try:
         import fastapi  # noqa: F401
         import uvicorn
@@ -80,3 +85,36 @@ def cmd_serve(args) -> int:
         print(f"kernelfit: error: could not start the server on {args.host}:{args.port} (in use?)", file=sys.stderr)
         return 2
     return 0
+
+
+def _serve_with_vllm(args, plan) -> int:
+    """vLLM's server on the checkpoint kernelfit prepared (a converted GGUF, an unpacked checkpoint)."""
+    from ..export.engine_args import export
+    from ..export.launch import engine_python, run_vllm, server_argv
+    from ..model.spec import load_model_spec
+    from .run_cmd import _err
+
+    python = engine_python(args.engine_python)
+    spec = plan.model
+    say = lambda m: _err(f"kernelfit: {m}")  # noqa: E731
+    directory = spec.model_dir
+    if spec.format == "gguf":
+        from ..loader.gguf_cache import materialise
+
+        directory = str(materialise(spec, say))  # vLLM's core cannot read GGUF: hand it the safetensors
+    elif plan.quantization is not None and plan.quantization.dequantize_first:
+        from ..loader.dequantize import dequantized_dir
+
+        directory = str(dequantized_dir(spec, say))
+    prepared = load_model_spec(directory)
+    model_id = args.served_model_name or spec.name
+    out = export("vllm", plan.machine, prepared, plan.preferences.context,
+                 None if args.dtype == "auto" else args.dtype)
+    argv = out.argv
+    argv[argv.index("--served-model-name") + 1] = model_id
+    for r in out.reasons + [f"warning: {w}" for w in out.warnings]:
+        _err(f"kernelfit: vllm: {r}")
+    cmd = server_argv(python, argv, args.host, args.port, args.api_key)
+    _err("kernelfit: starting " + " ".join(f"{k}={v}" for k, v in out.env.items()) + " " + " ".join(cmd))
+    host = args.host if ":" not in args.host else f"[{args.host}]"
+    return run_vllm(cmd, out.env, f"http://{host}:{args.port}", say)

