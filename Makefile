@@ -67,6 +67,7 @@ test: $(STAMP) $(GPTQ) $(SGLANG) $(VLLM)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/overhead.py
 	$(BIN)/python benchmarks/dispatch.py
+	$(BIN)/python benchmarks/serve.py
 	$(BIN)/pip install -q matplotlib
 	$(BIN)/python benchmarks/report.py
 
