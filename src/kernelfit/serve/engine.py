@@ -9,6 +9,8 @@ never mix: a row's tokens are decoded from that row's ids only.
 from __future__ import annotations
 
 import asyncio
+import inspect
+import os
 import queue
 import threading
 import time
@@ -64,8 +66,6 @@ class Engine:
         self.eos = {e for e in (*eos, self.tok.eos_token_id) if isinstance(e, int)}
         self.pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else (min(self.eos) if self.eos else 0)
         self.batches: list[int] = []  # sizes of the batches run, for reports
-        import inspect
-
         # transformers >= 5.2x names the cache argument `cache` (`past_key_values` is deprecated)
         self._cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
         self._stop = threading.Event()
@@ -161,7 +161,7 @@ class Engine:
         if s.temperature == 0:
             return None
         g = torch.Generator(device=device)
-        g.manual_seed(s.seed if s.seed is not None else int.from_bytes(__import__("os").urandom(4), "little"))
+        g.manual_seed(s.seed if s.seed is not None else int.from_bytes(os.urandom(4), "little"))
         return g
 
     @staticmethod
