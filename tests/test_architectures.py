@@ -155,9 +155,7 @@ def test_import_kernelfit_is_enough_for_attn_implementation_kernelfit():
         "m = transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation='kernelfit')\n"
         "print(m.config._attn_implementation)\n"
     )
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-1500:]
-    assert r.stdout.strip().splitlines()[-1] == "kernelfit"
+    assert _last_line(code) == "kernelfit"
 
 
 def test_registration_also_works_when_transformers_came_first():
@@ -167,6 +165,11 @@ def test_registration_also_works_when_transformers_came_first():
         "from transformers import AttentionInterface\n"
         "print('kernelfit' in AttentionInterface._global_mapping)\n"
     )
+    assert _last_line(code) == "True"
+
+
+def _last_line(code: str) -> str:
+    """Run `code` in a fresh interpreter (nothing imported yet) and return its last line of output."""
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-1500:]
-    assert r.stdout.strip().splitlines()[-1] == "True"
+    return r.stdout.strip().splitlines()[-1]

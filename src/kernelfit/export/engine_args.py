@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from ..catalog.engines import DEFAULT_MEMORY_FRACTION, FACTS, GGUF_PLUGIN, quant_name
 from ..errors import UsageError
+from ..hardware.capability import SM89_FP8
 from ..hardware.machine import Machine
 from ..model.spec import ModelSpec
 from ..planner.memory import (CUDA_CONTEXT_BYTES, GIB, activation_bytes, device_budget, kv_cache_bytes,
@@ -120,11 +121,12 @@ def export(engine: str, machine: Machine, spec: ModelSpec, context: int | None =
                                                f"{lead.name} (compute capability {cap}) has no native bf16"))
     budget = min(device_budget(d) for d in same)
     usable = int(budget * DEFAULT_MEMORY_FRACTION)
+    options = _weights_options(engine, spec, dtype, cap)  # best first; the last is the smallest
     choice = None
     for kv_half in (False, True):
-        if kv_half and cap.major * 10 + cap.minor < 89:
+        if kv_half and cap < SM89_FP8:
             break  # an fp8 KV cache wants fp8 hardware
-        for w in _weights_options(engine, spec, dtype, cap):
+        for w in options:
             for tp in [t for t in TP_SIZES if t <= len(same)]:
                 if _tp_ok(spec, tp) and _per_gpu(spec, w.bytes_total, context, tp, kv_half) <= usable:
                     choice = (w, tp, 1, kv_half)
@@ -137,7 +139,7 @@ def export(engine: str, machine: Machine, spec: ModelSpec, context: int | None =
         if choice:
             break
     if choice is None:
-        need = _per_gpu(spec, _weights_options(engine, spec, dtype, cap)[-1].bytes_total, context, len(same), False)
+        need = _per_gpu(spec, options[-1].bytes_total, context, len(same), False)
         if engine == "vllm" and machine.memory_gib and spec.quantization is None:
             excess = need - usable
             out.argv += [facts.flags["tp"], str(len(same)) if _tp_ok(spec, len(same)) else "1",
@@ -145,7 +147,7 @@ def export(engine: str, machine: Machine, spec: ModelSpec, context: int | None =
             out.warnings.append(f"does not fit {len(same)} x {lead.name} even in 4-bit: {math.ceil(excess / GIB)} "
                                 "GiB per GPU are offloaded to CPU RAM (slow); a 4-bit AWQ/GPTQ checkpoint with a "
                                 "shorter --max-model-len would fit better")
-            choice = (_weights_options(engine, spec, dtype, cap)[-1], None, None, False)
+            choice = (options[-1], None, None, False)
         else:
             raise UsageError(f"{spec.name} does not fit {len(same)} x {lead.name} for {engine} at context {context} "
                              f"(it needs {need / GIB:.1f} GiB per GPU, {usable / GIB:.1f} usable); a 4-bit AWQ or "

@@ -60,21 +60,13 @@ def check_loadable(plan: Plan, allow_pickle: bool = False) -> None:
                          f"loaded; convert them to safetensors, or pass --allow-pickle if you trust the source")
 
 
-def _weights_dir(spec: ModelSpec, allow_pickle: bool, progress: Callable) -> tuple[str, dict]:
-    """Where from_pretrained reads, and format-specific keyword arguments."""
+def _weights_dir(spec: ModelSpec, progress: Callable) -> tuple[str, dict]:
+    """Where from_pretrained reads, and format-specific keyword arguments (check_loadable ran before)."""
     if spec.format == "gguf":
         from .gguf_cache import materialise
 
         return str(materialise(spec, progress)), {"use_safetensors": True}
-    if spec.format == "config-only" or not spec.model_dir:
-        raise UsageError(f"{spec.source} has a config but no weights (*.safetensors or *.gguf) beside it; "
-                         f"`kernelfit plan` works on it, loading needs the checkpoint")
-    if spec.format == "pytorch-pickle":
-        if not allow_pickle:
-            raise UsageError(f"{spec.model_dir} holds pickle weights (.bin/.pt), which can run arbitrary code when "
-                             f"loaded; convert them to safetensors, or pass --allow-pickle if you trust the source")
-        return spec.model_dir, {"use_safetensors": False}
-    return spec.model_dir, {"use_safetensors": True}
+    return spec.model_dir, {"use_safetensors": spec.format != "pytorch-pickle"}
 
 
 def _quantization_config(plan: Plan, qc: dict | None):
@@ -137,7 +129,7 @@ def load_plan(plan: Plan, *, dispatch: bool = True, health_check: bool = True, t
         print(f"kernelfit: note: {spec.name} ships its own modeling code (auto_map); it is not run — the stock "
               f"transformers class for '{spec.model_type}' is used (--trust-remote-code runs it)", file=sys.stderr)
     t0 = time.perf_counter()
-    directory, fmt_kwargs = _weights_dir(spec, allow_pickle, say)
+    directory, fmt_kwargs = _weights_dir(spec, say)
     if q is not None and q.dequantize_first:
         from .dequantize import dequantized_dir
 

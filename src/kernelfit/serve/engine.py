@@ -126,8 +126,10 @@ class Engine:
         ids, mask = ids.to(device), mask.to(device)
         padded = min(lens) != width
         kwargs = dict(batch[0].extra) if batch[0].extra else {}
-        if padded:  # left padding: each row counts its positions from its first real token
-            kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)
+        # left padding: each row counts its positions from its first real token
+        positions = (mask.cumsum(-1) - 1).clamp(min=0) if padded else None
+        if positions is not None:
+            kwargs["position_ids"] = positions
         gens = [self._generator(j.sampling, device) for j in batch]
         out = model(input_ids=ids, attention_mask=mask, use_cache=True, **kwargs)
         past = out.past_key_values
@@ -147,9 +149,9 @@ class Engine:
             nxt = torch.tensor(step, device=device).unsqueeze(1)
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
             kw = {}
-            if padded:
-                kw["position_ids"] = kwargs["position_ids"][:, -1:] + 1
-                kwargs["position_ids"] = kw["position_ids"]
+            if positions is not None:
+                positions = positions[:, -1:] + 1
+                kw["position_ids"] = positions
             out = model(input_ids=nxt, attention_mask=mask, use_cache=True, **{self._cache_kw: past}, **kw)
             past = out.past_key_values
         for job in batch:
