@@ -131,6 +131,10 @@ def effective_bits(method: str, bits: int, group_size: int | None) -> float:
         return bits + (32 / 128 if bits == 4 else 16 / 4096)  # int4: scale+shift per group of 128
     if method == "fp8":
         return bits + 32 / (group_size or 128 * 128)  # one fp32 scale per weight block
+    if method == "packed":
+        from .packed_kernels import packed_dense_bits
+
+        return packed_dense_bits(bits)
     return float(bits)
 
 

@@ -35,6 +35,8 @@ def add_quant_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-memory", type=parse_max_memory, help="per-device budget, e.g. 0=20GiB,cpu=64GiB")
     p.add_argument("--quantization", default="auto", choices=QUANT_CHOICES,
                    help="auto: only when the model does not fit (least quality loss first)")
+    p.add_argument("--prefill", default="auto", choices=("auto", "packed", "dense"),
+                   help="packed weights: prefill on the packed weights (memory of the file) or a bf16 copy (faster prompts)")
     p.add_argument("--allow-dequantize", action="store_true",
                    help="unpack a quantized checkpoint when no kernel for it runs here")
 
@@ -43,7 +45,8 @@ def preferences(args, **fixed) -> "Preferences":  # noqa: F821
     """The plan preferences a command's flags ask for (`fixed` for flags a command does not have)."""
     from ..planner.types import Preferences
 
-    names = ("dtype", "attention", "context", "batch", "device", "max_memory", "quantization", "allow_dequantize")
+    names = ("dtype", "attention", "context", "batch", "device", "max_memory", "quantization", "allow_dequantize",
+             "prefill")
     given = {n: getattr(args, "attn" if n == "attention" else n) for n in names
              if hasattr(args, "attn" if n == "attention" else n)}
     return Preferences(**{**given, **fixed})

@@ -6,7 +6,7 @@ import textwrap
 
 from .doctor import Finding
 from ..hardware.machine import Machine
-from ..planner.hf_args import from_pretrained_kwargs
+from ..planner.hf_args import from_pretrained_kwargs, lean_runner
 from ..planner.memory import gib
 from ..planner.types import Choice, Plan, RejectKind
 
@@ -102,7 +102,9 @@ def render_plan(p: Plan) -> str:
     if p.text_attention.value == "sdpa" and "text" in p.sdpa_kernels:
         ks = ", ".join(f"{k} {'✓' if not r else '✗'}" for k, r in p.sdpa_kernels["text"])
         out.append(f"            SDPA kernels here: {ks}")
-    notes = [n for n in (p.decode_fastpath, p.decode_attention) if n]
+    for phase, c in p.kernels.items():
+        out += _choice_lines(phase.capitalize(), c)
+    notes = [n for n in (p.decode_fastpath, p.decode_attention) if n and not lean_runner(p)]
     if notes:
         out.append(_wrap(f"Decode    {'; '.join(notes)}", ""))
     mem = p.memory.to_dict()
@@ -110,10 +112,14 @@ def render_plan(p: Plan) -> str:
                f"{p.preferences.context}, batch {p.preferences.batch}) + activations {mem['activations_gib']:.2f} + "
                f"overhead {mem['overhead_gib']:.2f} = {mem['total_gib']:.2f} GiB of {mem['budget_gib']:.2f} GiB "
                f"{'✓ fits' if mem['fits'] else '✗ does not fit'}")
-    kw = from_pretrained_kwargs(p)
-    if "max_memory" in kw:  # bytes for accelerate; GiB for people
+    kw = {} if lean_runner(p) else from_pretrained_kwargs(p)
+    if lean_runner(p):
+        out.append(_wrap("Load      kernelfit's packed CPU runner: the GGUF file is mapped and its tensors packed "
+                         "(no from_pretrained, no converted cache); --quantization none loads it dequantized instead", ""))
+    elif "max_memory" in kw:  # bytes for accelerate; GiB for people
         kw["max_memory"] = {k: f"{gib(v):.2f}GiB" for k, v in kw["max_memory"].items()}
-    out.append("Load      from_pretrained(" + ", ".join(f"{k}={v!r}" for k, v in kw.items()) + ")")
+    if not lean_runner(p):
+        out.append("Load      from_pretrained(" + ", ".join(f"{k}={v!r}" for k, v in kw.items()) + ")")
     if p.tuned:
         extra = "".join([", torch.compile" if p.tuned.get("compile") else "",
                          f", {p.tuned['quantization']}" if p.tuned.get("quantization", "none") != "none" else ""])

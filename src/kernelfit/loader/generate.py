@@ -121,9 +121,20 @@ def generate(model, tokenizer, prompt: str, max_new_tokens: int, on_text: Callab
              system: str | None = None, chat: bool = True, images=(), **generate_kwargs) -> Generation:
     """`tokenizer`: a tokenizer, or a vision-language model's processor. `images`: PIL images for the user
     turn (loader.images.load_image). `generate_kwargs`: the plan's (e.g. a quantized KV cache)."""
-    inputs = model_inputs(model, encode_prompt(tokenizer, prompt, system, chat, images))
+    from .lean_run import LeanRunner
+
     tok = _tokenizer_of(tokenizer)
     streamer = _TimingStreamer(tok, on_text)
+    if isinstance(model, LeanRunner):  # the packed GGUF runner: its own greedy loop, the same streamer
+        if images:
+            raise UsageError("the packed GGUF runner is text-only")
+        ids = encode_prompt(tokenizer, prompt, system, chat)["input_ids"][0].tolist()
+        streamer.put(torch.tensor(ids))
+        tokens, prefill_s, decode_s = model.generate_ids(ids, max_new_tokens, lambda t: streamer.put(torch.tensor([t])))
+        streamer.end()
+        return Generation(text=tok.decode(tokens, skip_special_tokens=True), prompt_tokens=len(ids),
+                          new_tokens=len(tokens), prefill_seconds=prefill_s, decode_seconds=decode_s)
+    inputs = model_inputs(model, encode_prompt(tokenizer, prompt, system, chat, images))
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     t0 = time.perf_counter()
     with no_grad_for(model):

@@ -16,7 +16,7 @@ from ..catalog.architectures import COMPOSITES
 from ..catalog.kernel_errors import cannot_run_here
 from ..errors import UsageError
 from ..model.spec import ModelSpec
-from ..planner.hf_args import attn_implementation, from_pretrained_kwargs
+from ..planner.hf_args import attn_implementation, from_pretrained_kwargs, lean_runner
 from ..planner.types import Plan
 from .health import HealthReport, check_health, raise_if_unhealthy
 
@@ -129,6 +129,13 @@ def load_plan(plan: Plan, *, dispatch: bool = True, health_check: bool = True, t
         print(f"kernelfit: note: {spec.name} ships its own modeling code (auto_map); it is not run — the stock "
               f"transformers class for '{spec.model_type}' is used (--trust-remote-code runs it)", file=sys.stderr)
     t0 = time.perf_counter()
+    if lean_runner(plan):  # a GGUF file run packed by kernelfit's own runner: no from_pretrained
+        from .lean_run import load_lean
+
+        prefill = plan.kernels["prefill"].value if "prefill" in plan.kernels else "packed"
+        runner, tokenizer = load_lean(spec, prefill, health_check, say)
+        return Loaded(runner, tokenizer, plan, "kernelfit packed CPU runner", plan.dtype.value,
+                      time.perf_counter() - t0, None)
     directory, fmt_kwargs = _weights_dir(spec, say)
     if q is not None and q.dequantize_first:
         from .dequantize import dequantized_dir

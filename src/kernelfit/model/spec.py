@@ -16,7 +16,7 @@ from pathlib import Path
 from ..catalog.attention import NON_CAUSAL, SLIDING_WINDOW, SOFTCAP
 from ..catalog.architectures import COMPOSITES, DECODERS, GGUF_ARCH_TO_MODEL_TYPE, VISION, supported_model_types
 from ..errors import UsageError
-from .gguf_header import read_gguf_header
+from .gguf_header import GGML_TYPES, read_gguf_header
 from .quantization import CheckpointQuant, gguf_quantization, parse_quantization
 from .params import decoder_params, head_dim_of, projector_params, vision_key, vision_params, vision_tokens
 
@@ -233,6 +233,10 @@ def spec_from_gguf(path: Path, name: str, model_dir: str | None = None) -> Model
     }
     if h.arch_key("attention.key_length"):
         cfg["head_dim"] = h.arch_key("attention.key_length")
+    if model_type == "gemma3_text" and h.arch_key("attention.sliding_window"):  # 5 local layers : 1 global
+        cfg["sliding_window"] = h.arch_key("attention.sliding_window")
+        cfg["layer_types"] = ["full_attention" if (i + 1) % 6 == 0 else "sliding_attention"
+                              for i in range(int(cfg["num_hidden_layers"]))]
     spec = spec_from_config(cfg, name, str(path), fmt="gguf")
     params = sum(t.numel for t in h.tensors)  # exact: the file's own tensor table
     text = spec.text
@@ -244,7 +248,17 @@ def spec_from_gguf(path: Path, name: str, model_dir: str | None = None) -> Model
                    architecture=f"{model_type.capitalize()}ForCausalLM", gguf_file=path.name,
                    model_dir=model_dir or str(path.parent),
                    chat_template="tokenizer.chat_template" in h.metadata,
-                   extra={"gguf_name": h.metadata.get("general.name")})
+                   extra={"gguf_name": h.metadata.get("general.name"), "gguf_arch": arch,
+                          "gguf_numel_by_type": _numel_by_type(h)})
+
+
+def _numel_by_type(h) -> dict[str, int]:
+    """Values per GGUF tensor type (the packed CPU path sizes its weights from this)."""
+    out: dict[str, int] = {}
+    for t in h.tensors:
+        name = GGML_TYPES.get(t.ggml_type, (str(t.ggml_type),))[0]
+        out[name] = out.get(name, 0) + t.numel
+    return dict(sorted(out.items()))
 
 
 # ---------------------------------------------------------------------------------------

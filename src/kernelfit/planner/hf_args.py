@@ -53,3 +53,8 @@ def generate_kwargs(plan: Plan) -> dict:
     if plan.tuned and plan.tuned.get("cache") == "static" and "cache_implementation" not in kw:
         kw["cache_implementation"] = "static"
     return kw
+
+
+def lean_runner(plan: Plan) -> bool:
+    """A GGUF file running packed goes to kernelfit's own runner (loader/lean_lm.py), not from_pretrained."""
+    return plan.quantization is not None and plan.quantization.method == "gguf"

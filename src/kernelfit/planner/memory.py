@@ -146,7 +146,12 @@ def estimate(model: ModelSpec, dtype: str, context: int, batch: int, scores_by_r
     """quant: (method, bits, group_size) for quantized weights; None for dense weights in `dtype`.
     storage_dtype: the checkpoint's on-disk dtype, when the load happens in host RAM (CPU
     placement): converting it keeps the (memory-mapped) source resident until the load ends."""
-    weights = quantized_weight_bytes(model, dtype, *quant) if quant else weight_bytes(model.params, dtype)
+    if quant and quant[0] == "gguf":  # the file's own tensors, packed for the CPU (catalog.packed_kernels)
+        from ..catalog.packed_kernels import packed_gguf_bytes
+
+        weights = packed_gguf_bytes(model.extra.get("gguf_numel_by_type") or {})
+    else:
+        weights = quantized_weight_bytes(model, dtype, *quant) if quant else weight_bytes(model.params, dtype)
     kv = sum(kv_cache_bytes(s, context, batch, dtype, kv_bits) for s in model.sub_models)
     factor = 1.0 if accelerator else CPU_ACTIVATION_FACTOR
     acts = max(activation_bytes(s, context, batch, dtype, scores_by_role.get(s.role, False), factor)

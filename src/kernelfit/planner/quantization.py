@@ -9,14 +9,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..catalog.packages import install_hint
+from ..catalog.packed_kernels import INT4_EXACT, REGRID, REGRID_MAX_ERROR, packed_cpu, why_not_packed_gguf
 from ..catalog.quantization import ON_THE_FLY, PREQUANTIZED, hf_backend_name, missing_packages, why_not_backend
 from ..hardware.machine import Device, Machine
 from ..model.quantization import PREQUANTIZED_METHODS
 from ..model.spec import ModelSpec
 from .types import RejectKind, Rejected
 
-# "8bit"/"4bit" let the catalog pick the quantizer; "METHOD-Nbit" names it (bench measures each)
-QUANT_CHOICES = ("auto", "none", "8bit", "4bit", "bitsandbytes-8bit", "bitsandbytes-4bit", "quanto-8bit", "quanto-4bit")
+# "8bit"/"4bit" let the catalog pick the quantizer; "METHOD-Nbit" names it (bench measures each);
+# "int8"/"int4": weight-only packed CPU kernels (catalog/packed_kernels.py), on a CPU placement
+QUANT_CHOICES = ("auto", "none", "8bit", "4bit", "bitsandbytes-8bit", "bitsandbytes-4bit", "quanto-8bit", "quanto-4bit",
+                 "int8", "int4")
+PACKED_CHOICES = {"int8": 8, "int4": 4}
 KV_BITS = 4
 
 
@@ -25,7 +29,8 @@ class Level:
     """One rung of the ladder: how the weights are stored, and whether the KV cache is quantized."""
 
     # "none", "otf" (quantize on load), "pre" (pre-quantized checkpoint), "dequantize", or
-    # "requant" (--allow-dequantize: unpack, then quantize on load with bitsandbytes/quanto)
+    # "requant" (--allow-dequantize: unpack, then quantize on load with bitsandbytes/quanto), or
+    # "packed" (a GGUF file as stored, or --quantization int8/int4: weight-only CPU kernels)
     kind: str
     bits: int | None = None
     kv_bits: int | None = None
@@ -33,7 +38,8 @@ class Level:
 
     def label(self) -> str:
         w = {"none": "unquantized", "otf": f"{self.bits}-bit" + (f" {self.method}" if self.method else ""), "pre": f"pre-quantized {self.bits}-bit",
-             "dequantize": "dequantized", "requant": f"dequantized, re-quantized to {self.bits}-bit"}[self.kind]
+             "dequantize": "dequantized", "requant": f"dequantized, re-quantized to {self.bits}-bit",
+             "packed": f"packed int{self.bits}" if self.bits else "GGUF packed as stored"}[self.kind]
         return w + (f" + int{self.kv_bits} KV cache" if self.kv_bits else "")
 
 
@@ -57,6 +63,11 @@ class QuantOption:
     def memory_key(self) -> tuple[str, int, int | None] | None:
         return (self.method, self.bits, self.group_size) if self.method not in ("none", "dequantize") else None
 
+    @property
+    def packed(self) -> bool:
+        """Weight-only packed CPU kernels run the weights (a GGUF file as stored, or --quantization int8/int4)."""
+        return self.method in ("gguf", "packed")
+
 
 def prequantized(model: ModelSpec):
     """The checkpoint's packed quantization (AWQ/GPTQ/fp8) that a kernel must run; None for dense or GGUF."""
@@ -65,6 +76,16 @@ def prequantized(model: ModelSpec):
 
 
 def ladder(model: ModelSpec, quantization: str, allow_dequantize: bool) -> list[Level]:
+    if quantization in PACKED_CHOICES:
+        return [Level("packed", PACKED_CHOICES[quantization])]
+    levels = _dense_ladder(model, quantization, allow_dequantize)
+    if model.format == "gguf" and quantization == "auto":
+        # the file as stored first (it resolves on CPU placements only); elsewhere it is dequantized as before
+        return [Level("packed"), *levels]
+    return levels
+
+
+def _dense_ladder(model: ModelSpec, quantization: str, allow_dequantize: bool) -> list[Level]:
     pre = prequantized(model)
     if pre is not None:
         levels = [Level("pre", pre.bits), Level("pre", pre.bits, KV_BITS)]
@@ -132,6 +153,8 @@ def resolve_level(level: Level, model: ModelSpec, devices: list[Device], machine
     """A concrete option for this level on these devices, or why there is none."""
     kv_install, kv_note = _kv(level, machine)
     where = "+".join(d.torch_device for d in devices)
+    if level.kind == "packed":
+        return _packed(level, model, devices, machine, where)
     if level.kind == "none":
         return QuantOption("none", None, None, None, level.kv_bits,
                            "; ".join(["dense weights in the compute dtype", *kv_note]), install=kv_install)
@@ -198,3 +221,35 @@ def otf_choice(q: QuantOption | None) -> str:
     """The --quantization value that reproduces an on-the-fly option ("none" when there is none)."""
     return f"{q.method}-{q.bits}bit" if q is not None and q.method in ("bitsandbytes", "quanto") else "none"
 
+
+
+def _packed(level: Level, model: ModelSpec, devices: list[Device], machine: Machine, where: str) -> QuantOption | Rejected:
+    """The weight-only packed CPU path: a GGUF file as stored (level.bits None), or a dense checkpoint packed
+    to int8/int4 on load."""
+    name = "gguf:packed-cpu" if level.bits is None else f"packed:int{level.bits}"
+    isa = packed_cpu(devices, machine.cpu)
+    if isa is None:
+        on = "a GPU" if any(d.is_accelerator for d in devices) else f"{where} (no AVX2/AVX-512)"
+        why = (f"the packed weight-only kernels are CPU kernels; on {on} the GGUF file is dequantized to the compute "
+               f"dtype and runs as a dense model" if level.bits is None else
+               f"--quantization int{level.bits} uses the packed weight-only CPU kernels; they do not run on {on}")
+        return Rejected(name, RejectKind.NOT_RUNNABLE, why, method=name.split(":")[0], backend="packed-cpu")
+    if level.bits is None:
+        types = tuple(model.extra.get("gguf_numel_by_type") or ())
+        reasons = why_not_packed_gguf(model.extra.get("gguf_arch"), types, model.quantization.format)
+        if reasons:
+            return Rejected(name, RejectKind.NOT_RUNNABLE, "; ".join(reasons) + "; the file is dequantized instead",
+                            method="gguf", backend="packed-cpu")
+        layouts = sorted({("int4" if t in INT4_EXACT else "int8 per row" if t in REGRID else "float") + f" ({t})"
+                          for t in types})
+        return QuantOption("gguf", None, "packed-cpu", 32, None,
+                           f"the {model.quantization.format} file runs as stored on the {isa}: no float copy, no cache "
+                           f"({', '.join(layouts)}; a re-gridded tensor whose measured error exceeds "
+                           f"{REGRID_MAX_ERROR:.0%} stays bf16)")
+    if model.format == "gguf" or prequantized(model) is not None:
+        return Rejected(name, RejectKind.NOT_RUNNABLE, f"--quantization int{level.bits} packs a dense checkpoint; "
+                        f"{model.name} is already quantized ({model.quantization.label()})", method="packed")
+    return QuantOption("packed", level.bits, "packed-cpu", 32 if level.bits == 4 else None, None,
+                       f"--quantization int{level.bits}: every linear layer packed on load to "
+                       + ("int4 group-32 (asymmetric min/max)" if level.bits == 4 else "int8 per row (symmetric)")
+                       + f" for torch's weight-only CPU kernels on the {isa}; a quality loss you asked for")

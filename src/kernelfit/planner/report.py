@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from .hf_args import from_pretrained_kwargs, generate_kwargs
+from .hf_args import from_pretrained_kwargs, generate_kwargs, lean_runner
 from .memory import gib
 from .types import Choice, Plan
 
@@ -40,7 +40,8 @@ def plan_dict(plan: Plan) -> dict:
                     "software": {"torch": m.software.torch, "torch_cuda": m.software.torch_cuda,
                                  "packages": dict(m.software.packages)}},
         "preferences": {"dtype": prefs.dtype, "attention": prefs.attention, "context": prefs.context,
-                        "batch": prefs.batch, "device": prefs.device},
+                        "batch": prefs.batch, "device": prefs.device, "quantization": prefs.quantization,
+                        "prefill": prefs.prefill},
         "device": {"devices": list(place.devices), "kind": place.kind.value, "reason": place.reason,
                    "rejected": [r.to_dict("device") for r in place.rejected]},
         "attention": attention,
@@ -50,7 +51,9 @@ def plan_dict(plan: Plan) -> dict:
         "memory": plan.memory.to_dict(),
         "quantization": quantization_dict(plan),
         "offload": dict(plan.offload),
-        "from_pretrained": from_pretrained_kwargs(plan),
+        "kernels": {phase: _choice(c, "kernel") for phase, c in plan.kernels.items()},
+        "runner": "kernelfit packed CPU runner (loader/lean_lm.py)" if lean_runner(plan) else "transformers",
+        "from_pretrained": None if lean_runner(plan) else from_pretrained_kwargs(plan),
         "generate": generate_kwargs(plan),
         "warnings": list(plan.warnings),
         "tuned": plan.tuned,

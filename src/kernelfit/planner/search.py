@@ -24,6 +24,7 @@ from ..model.spec import ModelSpec
 from .attention import choose_attention
 from .devices import candidate_devices, resolve, validate_memory
 from .dtype import DtypeCandidates, DtypeOption, dtype_candidates
+from .phases import phase_kernels
 from .memory import DISK_USABLE_FRACTION, GIB, MemoryEstimate, device_budget, estimate, gib, materialises_scores
 from .quantization import KV_BITS, Level, QuantOption, ladder, resolve_level
 from .types import Choice, ChoiceKind, Placement, PlacementKind, Plan, Preferences, RejectKind, Rejected
@@ -115,10 +116,15 @@ def _try(model: ModelSpec, machine: Machine, prefs: Preferences, place: Place, o
               for s in model.sub_models}
     budget = _ram(place, prefs) + (_disk_budget(machine, prefs) if place.disk else 0)
     accel = any(d.is_accelerator for d in place.devices)
-    # a GGUF file is dequantized into a float32 safetensors cache, which is what loads
+    # a GGUF file is dequantized into a float32 safetensors cache, which is what loads — unless it runs packed:
+    # then the file is mapped and read once (its pages count while loading), and the runner keeps activations
+    # and the KV cache in float32 (loader/lean_lm.py)
     storage = "float32" if model.format == "gguf" else (model.checkpoint_dtype or "float32")
-    mem = estimate(model, dtype, prefs.context, prefs.batch, scores, budget, accel, quant.memory_key, quant.kv_bits,
-                   storage_dtype=storage)
+    lean = quant.method == "gguf"
+    mem = estimate(model, "float32" if lean else dtype, prefs.context, prefs.batch, scores, budget, accel,
+                   quant.memory_key, quant.kv_bits, storage_dtype=None if lean else storage)
+    if lean:
+        mem = replace(mem, mapped_checkpoint=model.quantization.file_bytes or 0)
     gpus = len([d for d in place.devices if d.is_accelerator])
     if gpus > 1:  # one CUDA context per GPU
         mem = MemoryEstimate(mem.weights, mem.kv_cache, mem.activations, mem.overhead * gpus, mem.budget,
@@ -288,6 +294,7 @@ def build(machine, model, prefs, att: Attempt, rejected_devices, log: Log) -> Pl
                         f"checkpoint packed (less memory, usually faster): {skipped.install}")
     tried = [r for r in log.tried if r.name != place.name]
     q = att.quant
+    kernels, memory = phase_kernels(model, prefs, q, att.memory)
     quant_rejected = list(q.rejected) + list(log.quant)
     return Plan(
         model=model, machine=machine, preferences=prefs,
@@ -295,8 +302,8 @@ def build(machine, model, prefs, att: Attempt, rejected_devices, log: Log) -> Pl
             dict.fromkeys(tried))),
         dtype=Choice(chosen, att.dtype.kind, att.dtype.reason, tuple(dtype_rejected.values()),
                      cands.sources.get(chosen, ())),
-        attention=att.attention, sdpa_kernels=att.kernels, memory=att.memory, warnings=tuple(warnings),
-        quantization=q, quantization_rejected=tuple(dict.fromkeys(quant_rejected)), offload=offload,
+        attention=att.attention, sdpa_kernels=att.kernels, memory=memory, warnings=tuple(warnings),
+        quantization=q, quantization_rejected=tuple(dict.fromkeys(quant_rejected)), offload=offload, kernels=kernels,
     )
 
 

@@ -59,6 +59,7 @@ class Preferences:
     max_memory: dict[str, float] | None = None  # GiB by device key ("0", "cuda:0", "cpu", "disk")
     quantization: str = "auto"  # "auto" (only when needed), "none", "8bit", "4bit", "METHOD-Nbit"
     allow_dequantize: bool = False  # a quantized checkpoint no kernel here runs may be unpacked
+    prefill: str = "auto"  # packed weights: "packed" (memory of the file), "dense" (a bf16 copy), "auto"
 
 
 @dataclass(frozen=True)
@@ -126,6 +127,7 @@ class Plan:
     quantization_rejected: tuple[Rejected, ...] = ()
     offload: dict = field(default_factory=lambda: {"cpu_gib": 0.0, "disk_gib": 0.0})
     tuned: dict | None = None  # a measured winner from the tune cache (bench.cache.apply_winner)
+    kernels: dict[str, Choice] = field(default_factory=dict)  # packed weights: "decode" and "prefill" kernels
 
     @property
     def placement_devices(self) -> list[Device]:

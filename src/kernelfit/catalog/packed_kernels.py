@@ -1,0 +1,88 @@
+"""Weight-only packed kernels on the CPU: which GGUF types map onto which torch kernel, per phase.
+
+Measured on this project's reference CPU (2-thread AMD EPYC with avx512_bf16, torch 2.13.0+cpu;
+benchmarks/packed_kernels.py reprints the figures, source "kernelfit-packed-kernels"), microseconds
+per product:
+
+    shape (N x K)      rows  bf16 dense  int4 g32  int8 per-row
+    3072 x 576 (gate+up)  1      81.6      34.3       29.5
+    576 x 1536 (down)     1      37.5      16.5       13.8
+    49152 x 576 (head)    1    1225.5     381.7      403.0
+    3072 x 576          256    1191.0    2661.1     2975.9
+    576 x 1536          256     602.7    1303.7     1352.2
+
+One-row (decode) products read the packed weight 2.4-3.2x faster than bf16; 256-row (prefill)
+products are 2.2x slower packed than with oneDNN's bf16. Hence per-phase kernels: packed for
+decode always; for prefill, packed (memory of the file) or a bf16 copy (2.2x faster prefill for
+2 bytes per weight more) — a trade-off the planner names and `--prefill dense` takes.
+
+Pure data and functions: no torch.
+"""
+
+from __future__ import annotations
+
+from ..hardware.machine import Cpu, Device
+
+SOURCES = ("kernelfit-packed-kernels", "torch-int4pack-cpu")
+
+# GGUF tensor types the packed path reads (loader/gguf_blocks.py), by the layout they get
+INT4_EXACT = ("Q4_0", "Q4_1", "Q4_K")  # group-32 asymmetric int4: the file's grid, scales rounded to bf16
+REGRID = ("Q5_0", "Q5_1", "Q8_0", "Q6_K")  # no torch kernel with their grid: int8 per row (measured loss) or bf16
+FLOAT = ("F32", "F16", "BF16")
+PACKED_GGUF_TYPES = INT4_EXACT + REGRID + FLOAT
+# GGUF file types (general.file_type) made only of those tensor types
+PACKED_GGUF_FILE_TYPES = ("Q4_0", "Q4_1", "Q8_0", "Q4_K_S", "Q4_K_M", "Q6_K", "F16", "BF16", "F32")
+# GGUF architectures loader/lean_lm.py runs
+LEAN_GGUF_ARCHS = ("llama", "mistral", "qwen2", "gemma3")
+
+# A re-gridded tensor (Q8_0/Q6_K -> int8 per row) whose relative weight error exceeds this is unpacked to bf16
+# instead. At 2% the logits of SmolLM2 and Gemma 3 270M keep a cosine above 0.9999 with the file's own
+# values (tests/test_packed_gguf.py measures the real files: SmolLM2's Q8_0 table re-grids at 1.1%).
+REGRID_MAX_ERROR = 0.02
+
+# The ISA the packed kernels are fast on: both use AVX-512 (bf16 dot products) when present and a
+# scalar reference loop otherwise (aten/src/ATen/native/cpu/int4mm_kernel.cpp, int8mm_kernel.cpp).
+FAST_ISA = ("avx512_bf16", "avx512f", "avx2")
+
+# bytes per weight once packed: int4 codes + a bf16 scale and zero per 32; int8 + a bf16 scale per row
+# (~0 per weight); float tensors are norms and biases (float32) or bf16 matrices
+PACKED_BYTES_PER_VALUE = {**{t: 0.5 + 4 / 32 for t in INT4_EXACT}, **{t: 1.0 for t in REGRID},
+                          "F32": 4.0, "F16": 2.0, "BF16": 2.0}
+
+
+def packed_gguf_bytes(numel_by_type: dict[str, int]) -> int:
+    """Resident bytes of a GGUF file's weights on the packed path (int8 for every re-gridded type:
+    the bf16 fallback for a tensor whose re-grid error is too large is not known before loading)."""
+    return int(sum(n * PACKED_BYTES_PER_VALUE.get(t, 2.0) for t, n in numel_by_type.items()))
+
+
+def packed_dense_bits(bits: int) -> float:
+    """`--quantization int4/int8` on a dense checkpoint: effective bits per weight."""
+    return 4 + 32 / 32 if bits == 4 else 8.0
+
+
+DECODE_KERNELS = {
+    "int4": "int4 group-32 (aten._weight_int4pack_mm_for_cpu)",
+    "int8": "int8 per-row (aten._weight_int8pack_mm)",
+}
+PREFILL_PACKED = "same packed weights as decode"
+PREFILL_DENSE = "bf16 copy (oneDNN matmul)"
+
+
+def packed_cpu(devices: list[Device], cpu: Cpu) -> str | None:
+    """Why the packed weight-only kernels run here, or None: a CPU placement whose CPU has the vector ISA."""
+    if not devices or any(d.kind != "cpu" for d in devices):
+        return None
+    isa = next((f for f in FAST_ISA if cpu.has(f)), None)
+    return f"{isa} CPU" if isa else None
+
+
+def why_not_packed_gguf(gguf_arch: str | None, tensor_types: tuple[str, ...], file_type: str | None) -> list[str]:
+    """Short reasons this GGUF file cannot run packed (empty: it can)."""
+    reasons = []
+    if gguf_arch not in LEAN_GGUF_ARCHS:
+        reasons.append(f"architecture '{gguf_arch}' is not one the packed runner covers ({', '.join(LEAN_GGUF_ARCHS)})")
+    odd = [t for t in tensor_types if t not in PACKED_GGUF_TYPES]
+    if odd:
+        reasons.append(f"tensor types {', '.join(odd)} have no packed layout yet ({', '.join(PACKED_GGUF_TYPES)} do)")
+    return reasons

@@ -1,0 +1,125 @@
+"""GGUF quantized blocks, read as (codes, scale, zero) groups instead of floats.
+
+A GGUF tensor of N rows and K columns is stored row by row, each row as blocks of 32 (Q4_0, Q4_1,
+Q8_0) or 256 (Q4_K, Q6_K) values. Every type supported here is a grid per group of the row:
+
+    Q4_0  w = d * (q - 8)              q in 0..15, one fp16 d per 32
+    Q4_1  w = d * q + m                q in 0..15, fp16 d and m per 32
+    Q4_K  w = (d*sc) * q - (dmin*mn)   q in 0..15, 6-bit sc and mn per 32, fp16 d and dmin per 256
+    Q5_0  w = d * (q - 16)             q in 0..31, one fp16 d per 32
+    Q5_1  w = d * q + m                q in 0..31, fp16 d and m per 32
+    Q8_0  w = d * q                    q in -128..127, one fp16 d per 32
+    Q6_K  w = (d*sc) * q               q in -32..31, int8 sc per 16, fp16 d per 256
+
+so the int4 types map exactly onto torch's group-32 asymmetric int4 layout (w = (q - 8) * s + z),
+and the others are re-gridded or unpacked (loader/packed.py decides, by measurement). The bit
+layouts follow gguf-py's reference dequantizers (gguf/quants.py), which the tests check against.
+
+All functions are numpy over the file's memory map: nothing here copies a whole model to float.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+QK = 32  # values per Q4_0/Q4_1/Q8_0 block; also the int4 group size used for every int4 type
+QK_K = 256  # values per K-quant super-block
+BLOCK_BYTES = {"Q4_0": 18, "Q4_1": 20, "Q5_0": 22, "Q5_1": 24, "Q8_0": 34, "Q4_K": 144, "Q6_K": 210}
+INT4_TYPES = ("Q4_0", "Q4_1", "Q4_K")  # exactly group-32 asymmetric int4
+REGRID_TYPES = ("Q5_0", "Q5_1", "Q8_0", "Q6_K")  # no torch kernel with their grid: int8 per row, or unpacked
+FLOAT_TYPES = ("F32", "F16", "BF16")
+SUPPORTED = INT4_TYPES + REGRID_TYPES + FLOAT_TYPES
+
+
+@dataclass
+class Int4Groups:
+    """w[n, k] = (codes[n, k] - 8) * scale[n, k // 32] + zero[n, k // 32] (torch's int4 convention)."""
+
+    codes: np.ndarray  # uint8 [N, K], 0..15
+    scale: np.ndarray  # float32 [N, K/32]
+    zero: np.ndarray  # float32 [N, K/32]
+
+
+def _f16(b: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(b).view(np.float16).astype(np.float32)
+
+
+def _blocks(raw: np.ndarray, qtype: str, rows: int) -> np.ndarray:
+    """The file's bytes of a tensor as [rows * blocks_per_row, block_bytes] uint8."""
+    return np.asarray(raw, dtype=np.uint8).reshape(-1, BLOCK_BYTES[qtype])
+
+
+def _nibbles32(qs: np.ndarray) -> np.ndarray:
+    """16 bytes -> 32 codes: low nibbles are values 0..15, high nibbles 16..31."""
+    return np.concatenate([qs & 0x0F, qs >> 4], axis=-1)
+
+
+def k_scale_min(scales: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Q4_K's 12 bytes of 6-bit scales and mins -> ([n, 8], [n, 8]) (gguf-py Q4_K.get_scale_min)."""
+    s = scales.reshape(-1, 3, 4)
+    d, m, md = s[:, 0], s[:, 1], s[:, 2]
+    sc = np.concatenate([d & 0x3F, (md & 0x0F) | ((d >> 2) & 0x30)], axis=-1)
+    mn = np.concatenate([m & 0x3F, (md >> 4) | ((m >> 2) & 0x30)], axis=-1)
+    return sc, mn
+
+
+def int4_groups(raw: np.ndarray, qtype: str, rows: int, cols: int) -> Int4Groups:
+    """Codes, scales and zeros of a Q4_0 / Q4_1 / Q4_K tensor of shape [rows, cols]."""
+    b = _blocks(raw, qtype, rows)
+    if qtype == "Q4_0":
+        d = _f16(b[:, 0:2])[:, 0]
+        codes = _nibbles32(b[:, 2:18])
+        scale, zero = d, np.zeros_like(d)
+    elif qtype == "Q4_1":
+        d, m = _f16(b[:, 0:2])[:, 0], _f16(b[:, 2:4])[:, 0]
+        codes = _nibbles32(b[:, 4:20])
+        scale, zero = d, m + 8 * d
+    elif qtype == "Q4_K":
+        d, dmin = _f16(b[:, 0:2]), _f16(b[:, 2:4])  # [n, 1]
+        sc, mn = k_scale_min(b[:, 4:16])
+        qs = b[:, 16:144].reshape(-1, 4, 32)  # 4 chunks of 32 bytes -> 2 groups each (low, high nibbles)
+        codes = np.stack([qs & 0x0F, qs >> 4], axis=2).reshape(-1, 8, 32)
+        scale = d * sc.astype(np.float32)  # [n, 8]
+        zero = 8 * scale - dmin * mn.astype(np.float32)
+    else:
+        raise ValueError(f"{qtype} is not an int4 GGUF type")
+    g = cols // QK
+    return Int4Groups(codes.reshape(rows, cols), scale.reshape(rows, g).astype(np.float32),
+                      zero.reshape(rows, g).astype(np.float32))
+
+
+def dequantize(raw: np.ndarray, qtype: str, rows: int, cols: int) -> np.ndarray:
+    """float32 [rows, cols] of any supported type (the reference the packed forms are measured against)."""
+    if qtype in FLOAT_TYPES:
+        if qtype == "BF16":
+            u = np.asarray(raw).view(np.uint16).astype(np.uint32) << 16
+            return u.view(np.float32).reshape(rows, cols)
+        return np.asarray(raw).astype(np.float32).reshape(rows, cols)
+    if qtype in INT4_TYPES:
+        g = int4_groups(raw, qtype, rows, cols)
+        w = (g.codes.reshape(rows, -1, QK).astype(np.float32) - 8) * g.scale[..., None] + g.zero[..., None]
+        return w.reshape(rows, cols)
+    b = _blocks(raw, qtype, rows)
+    if qtype in ("Q5_0", "Q5_1"):
+        off = 2 if qtype == "Q5_0" else 4
+        d = _f16(b[:, 0:2])
+        qh = np.ascontiguousarray(b[:, off:off + 4]).view(np.uint32)  # bit j: the 5th bit of value j
+        hi = ((qh >> np.arange(32, dtype=np.uint32)) & 1).astype(np.uint8)
+        q = (_nibbles32(b[:, off + 4:off + 20]) | (hi << 4)).astype(np.float32)
+        w = d * (q - 16) if qtype == "Q5_0" else d * q + _f16(b[:, 2:4])
+        return w.reshape(rows, cols)
+    if qtype == "Q8_0":
+        d = _f16(b[:, 0:2])
+        return (d * b[:, 2:34].view(np.int8).astype(np.float32)).reshape(rows, cols)
+    if qtype == "Q6_K":
+        ql, qh = b[:, 0:128], b[:, 128:192]
+        sc = b[:, 192:208].view(np.int8).astype(np.float32)
+        d = _f16(b[:, 208:210])
+        lo = np.stack([ql.reshape(-1, 2, 64) & 0x0F, ql.reshape(-1, 2, 64) >> 4], axis=2).reshape(-1, 8, 32)
+        hi = (qh.reshape(-1, 2, 1, 32) >> np.array([0, 2, 4, 6], dtype=np.uint8).reshape(1, 1, 4, 1)) & 0x03
+        q = (lo | (hi.reshape(-1, 8, 32) << 4)).astype(np.int8) - 32
+        w = (d * sc).reshape(-1, 16, 1) * q.reshape(-1, 16, 16).astype(np.float32)
+        return w.reshape(rows, cols)
+    raise ValueError(f"GGUF type {qtype} is not supported by the packed path")

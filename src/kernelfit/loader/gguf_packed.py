@@ -1,0 +1,172 @@
+"""A GGUF file's weights, packed for the CPU straight from its memory map (no float32 copy, no cache).
+
+Linear weights of an int4 type (Q4_0, Q4_1, Q4_K) become torch int4 weights group for group; Q8_0
+and Q6_K weights are re-gridded to int8 per row when the measured error of doing so is within
+catalog.packed_kernels.REGRID_MAX_ERROR, else unpacked to bf16; float tensors stay float. Q/K/V and
+gate/up are fused into one product each where their layouts agree. Tensors are converted in row
+chunks, so the transient memory is a chunk, not a model.
+
+Which architectures: the families lean_lm.py runs (LEAN_ARCHS); the names follow llama.cpp's
+(gguf-py constants.py MODEL_TENSORS).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..catalog.packed_kernels import REGRID_MAX_ERROR
+from ..errors import UsageError
+from . import gguf_blocks as gb
+from .packed import DenseWeight, Int4Weight, Int8Weight, PackedWeight, bf16_scale_zero, can_int4, concat_int4
+
+CHUNK_ROWS = 8192  # rows converted at a time (a multiple of the int4 tile)
+
+
+@dataclass
+class Conversion:
+    """What one tensor became, and what that cost in accuracy (reported by `run --json`)."""
+
+    name: str
+    gguf_type: str
+    layout: str  # "int4", "int8", "bf16", "f32"
+    rel_error: float  # ||packed - file|| / ||file||, measured at load
+
+
+@dataclass
+class GgufTensors:
+    reader: object  # gguf.GGUFReader (memory-mapped)
+    by_name: dict
+    conversions: list[Conversion] = field(default_factory=list)
+
+    @classmethod
+    def open(cls, path: str | Path) -> "GgufTensors":
+        from gguf import GGUFReader
+
+        reader = GGUFReader(str(path), "r")
+        return cls(reader, {t.name: t for t in reader.tensors})
+
+    def has(self, name: str) -> bool:
+        return name in self.by_name
+
+    def qtype(self, name: str) -> str:
+        return self.by_name[name].tensor_type.name
+
+    def shape(self, name: str) -> tuple[int, int]:
+        """(rows, cols) as torch sees the matrix: GGUF lists dimensions innermost first."""
+        t = self.by_name[name]
+        dims = [int(d) for d in t.shape]
+        cols = dims[0]
+        rows = int(np.prod(dims[1:])) if len(dims) > 1 else 1
+        return rows, cols
+
+    def _raw_rows(self, name: str, start: int, stop: int) -> np.ndarray:
+        t = self.by_name[name]
+        rows, cols = self.shape(name)
+        data = np.asarray(t.data)
+        per_row = data.size // rows if data.ndim else 1
+        return data.reshape(rows, per_row)[start:stop]
+
+    def float_tensor(self, name: str) -> torch.Tensor:
+        """A small float tensor (norms, biases) as float32, flat."""
+        rows, cols = self.shape(name)
+        w = gb.dequantize(self._raw_rows(name, 0, rows), self.qtype(name), rows, cols)
+        return torch.from_numpy(np.ascontiguousarray(w)).reshape(-1)
+
+    def int4_groups(self, name: str, order: np.ndarray | None = None) -> gb.Int4Groups:
+        rows, cols = self.shape(name)
+        g = gb.int4_groups(self._raw_rows(name, 0, rows), self.qtype(name), rows, cols)
+        if order is not None:
+            g = gb.Int4Groups(g.codes[order], g.scale[order], g.zero[order])
+        return g
+
+    def dequantized(self, name: str, start: int, stop: int, order: np.ndarray | None = None) -> torch.Tensor:
+        rows, cols = self.shape(name)
+        raw = self._raw_rows(name, 0, rows)[order[start:stop]] if order is not None else self._raw_rows(name, start, stop)
+        return torch.from_numpy(np.ascontiguousarray(gb.dequantize(raw, self.qtype(name), stop - start, cols)))
+
+
+def interleave_order(rows: int, head_dim: int) -> np.ndarray:
+    """Row order that puts rotary pairs side by side: within each head, rows i and i + head_dim/2 (the
+    halves layout transformers and qwen2/gemma3 files use) become rows 2i and 2i+1 (the layout llama.cpp
+    gives Llama/Mistral files, convert_hf_to_gguf.py LlamaModel.permute). Q and K get the same order, so
+    q.k is unchanged; rotary then is one complex product per pair. A row permutation: exact."""
+    heads = rows // head_dim
+    return np.arange(rows).reshape(heads, 2, head_dim // 2).swapaxes(1, 2).reshape(-1)
+
+
+def regrid(t: GgufTensors, name: str, order: np.ndarray | None = None, keep_dense: bool = False) -> PackedWeight:
+    """int8 per row when its measured error is small enough, else bf16; built chunk by chunk."""
+    rows, cols = t.shape(name)
+    chunks, err2, norm2 = [], 0.0, 0.0
+    for start in range(0, rows, CHUNK_ROWS):
+        w = t.dequantized(name, start, min(rows, start + CHUNK_ROWS), order)
+        if keep_dense:
+            c = DenseWeight.from_float(w)
+            back = c.weight.float()
+        else:
+            c, _ = Int8Weight.from_float(w)
+            back = c.weight.float() * c.scale.float().unsqueeze(1)
+        err2 += float(((back - w) ** 2).sum())
+        norm2 += float((w ** 2).sum())
+        chunks.append(c)
+        del back, w
+    rel = (err2 / norm2) ** 0.5 if norm2 > 0 else 0.0
+    if not keep_dense and rel > REGRID_MAX_ERROR:
+        return regrid(t, name, order, keep_dense=True)
+    t.conversions.append(Conversion(name, t.qtype(name), "bf16" if keep_dense else "int8", rel))
+    if keep_dense:
+        return DenseWeight(torch.cat([c.weight for c in chunks]), rows, cols)
+    return Int8Weight(torch.cat([c.weight for c in chunks]), torch.cat([c.scale for c in chunks]), rows, cols)
+
+
+def linear(t: GgufTensors, names: list[str], orders: dict[str, np.ndarray] | None = None) -> list[PackedWeight]:
+    """The products for `names` (one fused product where all are int4 and tile-aligned, else one each)."""
+    orders = orders or {}
+    types = [t.qtype(n) for n in names]
+    shapes = [t.shape(n) for n in names]
+    for n, q in zip(names, types):
+        if q not in gb.SUPPORTED:
+            raise UsageError(f"GGUF tensor {n} has type {q}; the packed CPU path runs "
+                             f"{', '.join(gb.SUPPORTED)} (--quantization none runs the dequantized model)")
+    if all(q in gb.INT4_TYPES for q in types) and all(can_int4(r, c) for r, c in shapes):
+        groups = [t.int4_groups(n, orders.get(n)) for n in names]
+        for n, q in zip(names, types):
+            t.conversions.append(Conversion(n, q, "int4", int4_scale_error(groups[names.index(n)])))
+        return [Int4Weight.from_groups(concat_int4(groups) if len(groups) > 1 else groups[0])]
+    out: list[PackedWeight] = []
+    for n, q in zip(names, types):
+        r, c = t.shape(n)
+        if q in gb.INT4_TYPES and can_int4(r, c):
+            g = t.int4_groups(n, orders.get(n))
+            t.conversions.append(Conversion(n, q, "int4", int4_scale_error(g)))
+            out.append(Int4Weight.from_groups(g))
+        elif q in gb.FLOAT_TYPES:
+            out.append(regrid(t, n, orders.get(n), keep_dense=True))
+        else:
+            out.append(regrid(t, n, orders.get(n)))
+    return out
+
+
+def int4_scale_error(g: gb.Int4Groups, sample_rows: int = 512) -> float:
+    """The only loss of the int4 layout: scales and zeros in bf16 (packed.bf16_scale_zero). Relative to the
+    file's values, over the first `sample_rows` rows."""
+    n = min(sample_rows, g.codes.shape[0])
+    part = gb.Int4Groups(g.codes[:n], g.scale[:n], g.zero[:n])
+    s16, z16 = (t.float().numpy() for t in bf16_scale_zero(part))
+    codes = part.codes.reshape(n, -1, gb.QK).astype(np.float32) - 8
+    exact = codes * part.scale[..., None] + part.zero[..., None]
+    approx = codes * s16[..., None] + z16[..., None]
+    den = float(np.linalg.norm(exact))
+    return float(np.linalg.norm(approx - exact)) / den if den > 0 else 0.0
+
+
+def embedding(t: GgufTensors, name: str) -> PackedWeight:
+    """The token table: rows are looked up (and, when tied, it is also the output product): int8 per row
+    when measured close enough, else bf16."""
+    if t.qtype(name) in gb.FLOAT_TYPES:
+        return regrid(t, name, keep_dense=True)
+    return regrid(t, name)

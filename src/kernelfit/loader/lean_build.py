@@ -1,0 +1,180 @@
+"""Build the lean runner from a GGUF file: hyper-parameters from its metadata, weights packed from its
+memory map, modules compiled with TorchScript.
+
+The config keys follow llama.cpp's (gguf-py constants.py Keys; transformers integrations/ggml.py maps
+the same keys onto its configs). Gemma 3 facts llama.cpp hard-codes rather than stores: sliding layers
+use rotary base 10000 and every 6th layer is global (llama.cpp src/llama-model.cpp LLM_ARCH_GEMMA3;
+transformers Gemma3TextConfig defaults rope_local_base_freq=10000, sliding_window_pattern=6).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..catalog.packed_kernels import LEAN_GGUF_ARCHS
+from ..errors import UsageError
+from ..model.gguf_header import read_gguf_header
+from .gguf_packed import Conversion, GgufTensors, embedding, interleave_order, linear
+from .lean_lm import DENSE, INT4, INT8, INT8_EXACT, Block, LeanLM, Product, Products
+from .packed import DenseWeight, Int4Weight, Int8Weight, PackedWeight
+
+GEMMA3_LOCAL_ROPE_THETA = 10000.0
+GEMMA3_SLIDING_PATTERN = 6
+
+
+@dataclass
+class LeanConfig:
+    family: str  # "llama" or "gemma3"
+    arch: str  # the file's general.architecture
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    ffn: int
+    vocab: int
+    eps: float
+    rope_theta: float
+    rope_local_theta: float | None = None  # gemma3 sliding layers
+    rope_scale: float = 1.0  # linear scaling of global layers (gemma3 >= 1B)
+    sliding_window: int | None = None
+    sliding_pattern: int = 0  # gemma3: every Nth layer is global
+    max_positions: int = 4096
+
+    def sliding(self, layer: int) -> bool:
+        return bool(self.sliding_window and self.sliding_pattern and (layer + 1) % self.sliding_pattern)
+
+
+@dataclass
+class LeanBuild:
+    cfg: LeanConfig
+    model: torch.jit.ScriptModule
+    conversions: list[Conversion] = field(default_factory=list)
+    weight_bytes: int = 0
+    seconds: float = 0.0
+
+
+def lean_config(path: str | Path) -> LeanConfig:
+    h = read_gguf_header(path)
+    arch = h.architecture
+    if arch not in LEAN_GGUF_ARCHS:
+        raise UsageError(f"the packed CPU runner covers GGUF architectures {', '.join(LEAN_GGUF_ARCHS)}, not "
+                         f"'{arch}' (--quantization none runs the dequantized model)")
+    heads = int(h.arch_key("attention.head_count"))
+    hidden = int(h.arch_key("embedding_length"))
+    tokens = h.metadata.get("tokenizer.ggml.tokens")
+    gemma = arch == "gemma3"
+    scaling = h.arch_key("rope.scaling.type")
+    if scaling not in (None, "none", "linear") or any(t.name == "rope_freqs.weight" for t in h.tensors):
+        raise UsageError(f"{Path(path).name}: rotary scaling '{scaling or 'rope_freqs'}' is not implemented by the "
+                         f"packed CPU runner (--quantization none runs the dequantized model)")
+    window = h.arch_key("attention.sliding_window") if gemma else None
+    return LeanConfig(
+        family="gemma3" if gemma else "llama", arch=arch, hidden=hidden, layers=int(h.arch_key("block_count")),
+        heads=heads, kv_heads=int(h.arch_key("attention.head_count_kv", heads)),
+        head_dim=int(h.arch_key("attention.key_length") or hidden // heads),
+        ffn=int(h.arch_key("feed_forward_length")),
+        vocab=int(getattr(tokens, "count", None) or h.arch_key("vocab_size")),
+        eps=float(h.arch_key("attention.layer_norm_rms_epsilon", 1e-6)),
+        rope_theta=float(h.arch_key("rope.freq_base", 10000.0)),
+        rope_local_theta=GEMMA3_LOCAL_ROPE_THETA if gemma else None,
+        rope_scale=float(h.arch_key("rope.scaling.factor") or 1.0) if scaling == "linear" else 1.0,
+        sliding_window=int(window) if window else None,
+        sliding_pattern=int(h.arch_key("attention.sliding_window_pattern", GEMMA3_SLIDING_PATTERN)) if gemma else 0,
+        max_positions=int(h.arch_key("context_length") or 4096))
+
+
+def product(w: PackedWeight, prefill_dense: bool = False, head: bool = False) -> Product:
+    """A packed weight as a runner module; with prefill_dense, a bf16 copy for multi-row calls."""
+    copy = None
+    if prefill_dense and not isinstance(w, DenseWeight):
+        copy = w.dequantize().to(torch.bfloat16) if isinstance(w, Int4Weight) else \
+            (w.weight.float() * w.scale.float().unsqueeze(1)).to(torch.bfloat16)
+    if isinstance(w, Int4Weight):
+        return Product(INT4, w.packed, w.scales_zeros, w.out_features, copy)
+    if isinstance(w, Int8Weight):
+        return Product(INT8_EXACT if head else INT8, w.weight, w.scale, w.out_features, copy)
+    return Product(DENSE, w.weight, torch.empty(0), w.out_features, None)
+
+
+def rope_table(theta: float, dim: int, positions: int, scale: float = 1.0) -> torch.Tensor:
+    """complex64 [positions, dim/2]: e^(i * pos * theta^(-2j/dim)) for pair j (interleaved layout)."""
+    inv = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim)) / scale
+    ang = torch.outer(torch.arange(positions, dtype=torch.float64), inv)
+    return torch.polar(torch.ones_like(ang), ang).to(torch.complex64)
+
+
+def build_lean(path: str | Path, prefill_dense: bool = False, progress=None) -> LeanBuild:
+    """Read `path`, pack its weights and compile the runner (~3 s for SmolLM2-135M on 2 cores)."""
+    t0 = time.perf_counter()
+    cfg = lean_config(path)
+    t = GgufTensors.open(path)
+    gemma = cfg.family == "gemma3"
+    if progress is not None:
+        progress(f"packing {Path(path).name} for the CPU ({cfg.layers} layers)")
+    # Llama/Mistral files already pair rotary dims side by side; qwen2 and gemma3 files keep halves
+    interleave = cfg.arch not in ("llama", "mistral")
+    q_order = interleave_order(cfg.heads * cfg.head_dim, cfg.head_dim) if interleave else None
+    k_order = interleave_order(cfg.kv_heads * cfg.head_dim, cfg.head_dim) if interleave else None
+    norm_order = torch.from_numpy(interleave_order(cfg.head_dim, cfg.head_dim)) if interleave else None
+    blocks, packed = [], []
+    for i in range(cfg.layers):
+        b = f"blk.{i}."
+        names = [b + "attn_q.weight", b + "attn_k.weight", b + "attn_v.weight"]
+        orders = {names[0]: q_order, names[1]: k_order} if interleave else {}
+        bias = None
+        if t.has(b + "attn_q.bias"):
+            qb, kb, vb = (t.float_tensor(b + f"attn_{x}.bias") for x in "qkv")
+            if interleave:
+                qb, kb = qb[torch.from_numpy(q_order)], kb[torch.from_numpy(k_order)]
+            bias = torch.cat([qb, kb, vb])
+        qkv = linear(t, names, orders)
+        gate_up = linear(t, [b + "ffn_gate.weight", b + "ffn_up.weight"])
+        o, down = linear(t, [b + "attn_output.weight"])[0], linear(t, [b + "ffn_down.weight"])[0]
+        packed += [*qkv, o, *gate_up, down]
+        qn = kn = None
+        if gemma:
+            qn, kn = t.float_tensor(b + "attn_q_norm.weight"), t.float_tensor(b + "attn_k_norm.weight")
+            if interleave:
+                qn, kn = qn[norm_order], kn[norm_order]
+        blocks.append(Block(
+            t.float_tensor(b + "attn_norm.weight"), Products([product(w, prefill_dense) for w in qkv]), bias,
+            product(o, prefill_dense), t.float_tensor(b + "ffn_norm.weight"),
+            Products([product(w, prefill_dense) for w in gate_up]), product(down, prefill_dense), qn, kn,
+            t.float_tensor(b + "post_attention_norm.weight") if gemma else None,
+            t.float_tensor(b + "post_ffw_norm.weight") if gemma else None, cfg.sliding(i)))
+    embed = embedding(t, "token_embd.weight")
+    head = linear(t, ["output.weight"])[0] if t.has("output.weight") else embed
+    packed += [embed] + ([head] if head is not embed else [])
+    scale = embed.scale if isinstance(embed, Int8Weight) else None
+    model = LeanLM(cfg, embed.weight, scale, blocks, t.float_tensor("output_norm.weight"), product(head, head=True))
+    scripted = torch.jit.script(model.eval())
+    nbytes = sum(w.nbytes() for w in packed)
+    return LeanBuild(cfg, scripted, t.conversions, nbytes, time.perf_counter() - t0)
+
+
+def reset_cache(build: LeanBuild, positions: int) -> None:
+    """A float32 static KV cache for `positions` tokens, and the rotary tables to match."""
+    cfg, m = build.cfg, build.model
+    positions = max(1, min(positions, cfg.max_positions or positions))
+    if m.k_cache.dim() == 5 and m.k_cache.shape[3] >= positions:
+        return
+    shape = (cfg.layers, 1, cfg.kv_heads, positions, cfg.head_dim)
+    m.k_cache = torch.zeros(shape)
+    m.v_cache = torch.zeros(shape)
+    m.rope_global = rope_table(cfg.rope_theta, cfg.head_dim, positions, cfg.rope_scale)
+    m.rope_local = rope_table(cfg.rope_local_theta, cfg.head_dim, positions) if cfg.rope_local_theta else \
+        torch.empty(0, dtype=torch.complex64)
+
+
+def kv_capacity(build: LeanBuild) -> int:
+    return int(build.model.k_cache.shape[3]) if build.model.k_cache.dim() == 5 else 0
+
+
+def kv_bytes(build: LeanBuild) -> int:
+    return 2 * build.model.k_cache.numel() * 4
+

@@ -1,0 +1,119 @@
+"""The packed GGUF runner as a loaded model: tokenizer, greedy generation with honest timing, health check.
+
+`load_plan` returns this in `Loaded.model` when the plan runs a GGUF file packed (planner.hf_args.lean_runner);
+`loader.generate.generate` drives it like a transformers model. Batch 1: `kernelfit serve` batches requests
+and loads GGUF files dequantized (serve/engine.py).
+"""
+
+from __future__ import annotations
+
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..cache_entry import build_entry, verified_entry
+from ..errors import HealthCheckError, UsageError
+from ..model.spec import ModelSpec
+from ..paths import cache_root, files_key, writable_cache_root
+from .gguf_packed import Conversion
+from .lean_build import LeanBuild, build_lean, kv_bytes, reset_cache
+
+TOKENIZER_FORMAT = 1
+SMOKE_TOKENS = 8
+
+
+@dataclass
+class LeanRunner:
+    build: LeanBuild
+    spec: ModelSpec
+    prefill: str = "packed"
+    eos_ids: set[int] = field(default_factory=set)
+
+    @property
+    def conversions(self) -> list[Conversion]:
+        return self.build.conversions
+
+    def report(self) -> dict:
+        """What each tensor became, by GGUF type: layout, count, worst and mean measured error."""
+        by: dict[tuple[str, str], list[float]] = {}
+        for c in self.build.conversions:
+            by.setdefault((c.gguf_type, c.layout), []).append(c.rel_error)
+        return {"weights_mib": round(self.build.weight_bytes / 2**20, 1), "build_seconds": round(self.build.seconds, 2),
+                "prefill": self.prefill, "kv_cache_mib": round(kv_bytes(self.build) / 2**20, 1),
+                "tensors": [{"gguf_type": t, "layout": lay, "count": len(e), "max_rel_error": round(max(e), 5),
+                             "mean_rel_error": round(sum(e) / len(e), 5)} for (t, lay), e in sorted(by.items())]}
+
+    def logits(self, ids: torch.Tensor, pos: int, all_logits: bool = False) -> torch.Tensor:
+        with torch.inference_mode():
+            return self.build.model(ids.reshape(-1), pos, all_logits)
+
+    def generate_ids(self, prompt_ids: list[int], max_new_tokens: int, on_token=None) -> tuple[list[int], float, float]:
+        """Greedy tokens after `prompt_ids`; (tokens, prefill seconds, decode seconds)."""
+        n = len(prompt_ids)
+        reset_cache(self.build, n + max_new_tokens)
+        cap = self.build.model.k_cache.shape[3]
+        if n + max_new_tokens > cap:
+            raise UsageError(f"the prompt ({n} tokens) plus {max_new_tokens} new tokens exceed the model's "
+                             f"{cap} positions")
+        t0 = time.perf_counter()
+        logits = self.logits(torch.tensor(prompt_ids), 0)
+        token = int(logits[-1].argmax())
+        t1 = time.perf_counter()
+        out = [token]
+        if on_token is not None:
+            on_token(token)
+        pos = n
+        while len(out) < max_new_tokens and token not in self.eos_ids:
+            logits = self.logits(torch.tensor([token]), pos)
+            token = int(logits[-1].argmax())
+            pos += 1
+            out.append(token)
+            if on_token is not None:
+                on_token(token)
+        return out, t1 - t0, time.perf_counter() - t1
+
+    def check_health(self) -> list[str]:
+        """Problems: non-finite logits on a short smoke forward."""
+        reset_cache(self.build, SMOKE_TOKENS)
+        out = self.logits(torch.arange(1, SMOKE_TOKENS + 1), 0, all_logits=True)
+        return [] if bool(torch.isfinite(out).all()) else ["non-finite logits on an 8-token forward"]
+
+
+def _tokenizer_dir(spec: ModelSpec, progress) -> Path:
+    """The file's tokenizer, saved once (transformers rebuilds it from GGUF metadata in ~10 s)."""
+    gguf = Path(spec.model_dir) / spec.gguf_file
+    key = f"{gguf.stem}-{files_key([gguf], TOKENIZER_FORMAT)}"
+    hit = verified_entry(cache_root() / "gguf-tokenizer" / key)
+    if hit is not None:
+        return hit
+
+    def write(tmp: Path) -> dict:
+        from transformers import AutoTokenizer
+
+        AutoTokenizer.from_pretrained(spec.model_dir, gguf_file=spec.gguf_file).save_pretrained(tmp)
+        return {"source": str(gguf), "format": TOKENIZER_FORMAT}
+
+    return build_entry(writable_cache_root() / "gguf-tokenizer" / key, write, need_bytes=64 << 20,
+                       what=f"reading the tokenizer of {gguf.name}", progress=progress)
+
+
+def load_lean(spec: ModelSpec, prefill: str, health_check: bool, progress) -> tuple[LeanRunner, object]:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(_tokenizer_dir(spec, progress)))
+    build = build_lean(Path(spec.model_dir) / spec.gguf_file, prefill_dense=prefill == "dense", progress=progress)
+    eos = {i for i in (tok.eos_token_id, tok.convert_tokens_to_ids("<end_of_turn>")) if isinstance(i, int)
+           and i != tok.unk_token_id}
+    runner = LeanRunner(build, spec, prefill, eos)
+    if health_check:
+        problems = runner.check_health()
+        if problems:
+            raise HealthCheckError(f"{spec.name} did not load correctly ({len(problems)} problem(s); the weights "
+                                   f"themselves are broken: re-download the file)", problems)
+    return runner, tok
+
+
+
