@@ -103,7 +103,9 @@ def test_run_loads_the_cached_winner_and_no_cache_really_ignores_it(tune_cache):
     assert tuned.returncode == 0, tuned.stderr
     assert "(float32, eager, cpu)" in tuned.stderr.splitlines()[-1]
     plain = run_cli(*args, "--no-cache", timeout=300)
-    assert f"({p.dtype.value}, {p.text_attention.value}, cpu)" in plain.stderr.splitlines()[-1]
+    # the static plan runs the bundled GGUF file packed (kernelfit's runner)
+    assert p.quantization.method == "gguf"
+    assert f"({p.dtype.value}, packed runner, cpu)" in plain.stderr.splitlines()[-1]
     assert "measured fastest" not in plain.stderr
 
 

@@ -29,12 +29,14 @@ def cpu_machine(isa):
 
 
 def test_fast_path_is_planned_only_for_bf16_on_an_avx512_cpu():
-    p = P("cpu-spr-amx")
+    # the dequantized bundled model (--quantization none); as stored it runs packed, without from_pretrained
+    assert P("cpu-spr-amx").quantization.method == "gguf" and P("cpu-spr-amx").decode_fastpath is None
+    p = P("cpu-spr-amx", quantization="none")
     assert p.dtype.value == "bfloat16" and "skip oneDNN" in p.decode_fastpath
     assert plan_dict(p)["decode_fastpath"]["enabled"] is True
-    assert P("cpu-spr-amx", dtype="float32").decode_fastpath is None
+    assert P("cpu-spr-amx", dtype="float32", quantization="none").decode_fastpath is None
     assert P("t4").decode_fastpath is None  # GPU plans: cuBLAS, no oneDNN
-    avx2 = plan(cpu_machine(["avx", "avx2", "f16c", "fma"]), SMOL, Preferences(dtype="bfloat16"))
+    avx2 = plan(cpu_machine(["avx", "avx2", "f16c", "fma"]), SMOL, Preferences(dtype="bfloat16", quantization="none"))
     assert avx2.decode_fastpath is None  # PyTorch does not send bf16 to oneDNN without AVX-512
     assert P("cpu-spr-amx", quantization="8bit").decode_fastpath is None
 

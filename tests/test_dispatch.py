@@ -34,7 +34,7 @@ CANNOT_RUN = [
 def smol():
     from kernelfit.api import load
 
-    loaded = load("smollm2-135m", dtype="float32")
+    loaded = load("smollm2-135m", dtype="float32", quantization="none")  # the dequantized model: transformers
     tok = loaded.tokenizer
     tok.padding_side = "left"
     return loaded.model, tok
@@ -45,7 +45,7 @@ def smol_bf16():
     """FlashAttention is half-precision only: the catalog offers it for bf16/fp16 queries."""
     from kernelfit.api import load
 
-    loaded = load("smollm2-135m", dtype="bfloat16")
+    loaded = load("smollm2-135m", dtype="bfloat16", quantization="none")
     loaded.tokenizer.padding_side = "left"
     return loaded.model, loaded.tokenizer
 

@@ -16,7 +16,7 @@ PEAK_SCRIPT = r"""
 import json, re, sys, torch
 from kernelfit.api import load
 ctx, dtype = int(sys.argv[1]), sys.argv[2]
-loaded = load("smollm2-135m", dtype=dtype, context=ctx, health_check=False)
+loaded = load("smollm2-135m", dtype=dtype, context=ctx, health_check=False, quantization="none")
 ids = torch.randint(100, 40000, (1, ctx))
 with torch.inference_mode():
     loaded.model.generate(ids, max_new_tokens=2, min_new_tokens=2, do_sample=False, pad_token_id=0)

@@ -110,8 +110,10 @@ def _valid(winner, plan: Plan) -> str | None:
         return f"{attn} no longer runs here per the catalog"
     if dtype not in plan.runnable_dtypes():
         return f"{dtype} is no longer a native dtype here"
-    if winner.get("quantization", "none") not in ("none", *QUANT_CHOICES[2:]):
+    if winner.get("quantization", "none") not in ("none", "gguf", *QUANT_CHOICES[2:]):
         return f"unknown quantization {winner.get('quantization')!r}"
+    if winner.get("prefill", "auto") not in ("auto", "packed", "dense"):
+        return f"unknown prefill kernel {winner.get('prefill')!r}"
     return None
 
 
@@ -135,8 +137,14 @@ def _replan(plan: Plan, winner: dict) -> Plan | None:
     memory estimate and placement are the winner's, not the static choice's. None when it no longer plans."""
     prefs = plan.preferences
     quantization = winner.get("quantization", "none")
-    if prefs.quantization == "auto" and otf_choice(plan.quantization) not in ("none", quantization) \
-            and quantization != "none":
+    static = otf_choice(plan.quantization)
+    if static == "gguf" and prefs.quantization == "auto":
+        # a GGUF file: the packed runner (with the measured prefill kernel) or the dequantized model
+        if quantization == "none":
+            prefs = replace(prefs, quantization="none")
+        elif prefs.prefill == "auto" and winner.get("prefill", "auto") != "auto":
+            prefs = replace(prefs, prefill=winner["prefill"])
+    elif prefs.quantization == "auto" and static not in ("none", quantization) and quantization != "none":
         prefs = replace(prefs, quantization=quantization)
     if winner["dtype"] != plan.dtype.value:
         prefs = replace(prefs, dtype=winner["dtype"])
@@ -175,9 +183,17 @@ def apply_winner(plan: Plan, winner: dict) -> Plan:
         rejected = [r for r in d.rejected if r.name != winner["dtype"]] + [
             Rejected(d.value, RejectKind.MEASURED_SLOWER, slower)]
         dtype = Choice(winner["dtype"], ChoiceKind.MEASURED, measured, tuple(rejected), plan.dtype.sources)
-    # the dtype came from the measurement, not from the user: the preferences stay as they were asked
-    return replace(plan, attention=attention, dtype=dtype,
-                   preferences=replace(plan.preferences, dtype=static.preferences.dtype),
+    kernels = dict(plan.kernels)
+    p = kernels.get("prefill")
+    if p is not None and static.preferences.prefill == "auto" and winner.get("prefill") == p.value \
+            and static.kernels["prefill"].value != p.value:
+        rejected = [r for r in p.rejected if r.name != p.value] + [
+            Rejected(static.kernels["prefill"].value, RejectKind.MEASURED_SLOWER, slower)]
+        kernels["prefill"] = Choice(p.value, ChoiceKind.MEASURED, measured, tuple(rejected), p.sources)
+    # the dtype (and prefill kernel) came from the measurement, not from the user: the preferences stay as asked
+    return replace(plan, attention=attention, dtype=dtype, kernels=kernels,
+                   preferences=replace(plan.preferences, dtype=static.preferences.dtype,
+                                       prefill=static.preferences.prefill),
                    tuned={"cache": winner["cache"], "reason": measured, "compile": bool(winner.get("compile")),
                           "quantization": otf_choice(plan.quantization), **{k: winner.get(k) for k in (
                               "prefill_tokens_per_s", "decode_tokens_per_s", "measured_at")}})

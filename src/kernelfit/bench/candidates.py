@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 
-from ..planner.quantization import otf_choice
+from ..planner.quantization import otf_choice, quantization_preference
 from ..planner.search import plan as make_plan
 from ..planner.types import Plan
 
@@ -15,7 +15,9 @@ class Candidate:
     dtype: str
     cache: str  # "dynamic" or "static"
     compile: bool = False
-    quantization: str = "none"  # a --quantization value: "none", or e.g. "bitsandbytes-8bit", "quanto-4bit"
+    quantization: str = "none"  # a --quantization value: "none", or e.g. "bitsandbytes-8bit", "quanto-4bit";
+    # "gguf": a GGUF file run packed by kernelfit's runner
+    prefill: str = "auto"  # packed weights: "packed" or "dense" (a bf16 copy for prefill)
 
 
 @dataclass
@@ -45,7 +47,7 @@ def quantization_candidates(plan: Plan) -> list[str]:
     from ..catalog.quantization import ON_THE_FLY, why_not_backend
 
     static = otf_choice(plan.quantization)
-    if static == "none":
+    if static == "none" or plan.quantization.packed:
         return []
     devices = plan.placement_devices
     fit = max(plan.quantization.bits, plan.quantization.passed_over_bits or 0)
@@ -65,7 +67,11 @@ def candidates(plan: Plan, compile: bool = False) -> list[Candidate]:
     attns = [a for a in plan.runnable_attentions() if a != "flex_attention" or compile]  # uncompiled flex is slow
     dtypes = plan.runnable_dtypes()
     q = otf_choice(plan.quantization)
-    out = [Candidate(a, d, c, False, q) for d in dtypes for a in attns for c in ("dynamic", "static")]
+    packed = []
+    if q == "gguf":  # the packed runner, per prefill kernel; then the dequantized model's own candidates
+        packed = [replace(static_candidate(plan), prefill=p) for p in ("packed", "dense")]
+        q = "none"
+    out = packed + [Candidate(a, d, c, False, q) for d in dtypes for a in attns for c in ("dynamic", "static")]
     if compile:
         out += [Candidate(a, d, "static", True, q) for d in dtypes for a in attns if a != "eager"]
     out += [replace(static_candidate(plan), quantization=other) for other in quantization_candidates(plan)]
@@ -73,12 +79,16 @@ def candidates(plan: Plan, compile: bool = False) -> list[Candidate]:
 
 
 def static_candidate(plan: Plan) -> Candidate:
-    return Candidate(plan.text_attention.value, plan.dtype.value, "dynamic", False, otf_choice(plan.quantization))
+    q = otf_choice(plan.quantization)
+    if q == "gguf":  # the runner has a static cache and uses SDPA
+        return Candidate(plan.text_attention.value, plan.dtype.value, "static", False, q, plan.kernels["prefill"].value)
+    return Candidate(plan.text_attention.value, plan.dtype.value, "dynamic", False, q)
 
 
 def candidate_plan(plan: Plan, cand: Candidate) -> Plan:
     """The plan a candidate is loaded with: the static plan's preferences (device, context, memory budget,
     ...) with the candidate's dtype and quantizer. Attention is switched per candidate on the loaded model."""
     prefs = replace(plan.preferences, dtype=cand.dtype, attention="auto",
-                    quantization=plan.preferences.quantization if cand.quantization == "none" else cand.quantization)
+                    quantization=quantization_preference(plan.model, plan.preferences.quantization, cand.quantization),
+                    prefill=cand.prefill if cand.prefill != "auto" else plan.preferences.prefill)
     return make_plan(plan.machine, plan.model, prefs)

@@ -28,6 +28,10 @@ def _spread(values: list[float]) -> float:
 
 
 def _measure(model, cand: Candidate, ids: torch.Tensor, new_tokens: int, trials: int) -> Result:
+    from ..loader.lean_run import LeanRunner
+
+    if isinstance(model, LeanRunner):
+        return _runner_trials(model, cand, ids, new_tokens, trials)
     model.set_attn_implementation(cand.attention)
     if cand.compile:
         from ..loader.generate import compile_forward
@@ -64,6 +68,24 @@ def _trials(model, cand: Candidate, ids: torch.Tensor, new_tokens: int, trials: 
                   round(statistics.median(decode), 2), _spread(decode))
 
 
+def _runner_trials(runner, cand: Candidate, ids: torch.Tensor, new_tokens: int, trials: int) -> Result:
+    """The packed runner: the same shapes as _trials (a `context`-token prefill; decode after a 16-token prompt)."""
+    from ..loader.lean_build import reset_cache
+
+    prefill, decode = [], []
+    for i in range(trials + 1):
+        reset_cache(runner.build, ids.shape[1] + new_tokens)
+        t = time.perf_counter()
+        runner.logits(ids[0], 0)
+        p = time.perf_counter() - t
+        _, _, d = runner.generate_ids(ids[0, :16].tolist(), new_tokens, stop_at_eos=False)
+        if i:
+            prefill.append(ids.shape[1] / p)
+            decode.append((new_tokens - 1) / max(d, 1e-9))
+    return Result(cand, round(statistics.median(prefill), 1), _spread(prefill),
+                  round(statistics.median(decode), 2), _spread(decode))
+
+
 def bench(plan: Plan, context: int = 256, new_tokens: int = 32, trials: int = 3,
           compile: bool = False, progress=None) -> tuple[list[Result], Result | None]:
     """Measure every candidate of `plan` on the devices it places the model on; returns (results, winner)."""
@@ -78,9 +100,10 @@ def bench(plan: Plan, context: int = 256, new_tokens: int = 32, trials: int = 3,
     models: dict[tuple[str, str], object] = {}
     for i, cand in enumerate(cands, 1):
         say(f"[{i}/{len(cands)}] {cand.attention}, {cand.dtype}, {cand.cache} cache{', compiled' if cand.compile else ''}"
-            + (f", {cand.quantization}" if cand.quantization != "none" else ""))
+            + (f", {cand.quantization}" if cand.quantization != "none" else "")
+            + (f", prefill {cand.prefill}" if cand.prefill != "auto" else ""))
         try:
-            key = (cand.dtype, cand.quantization)
+            key = (cand.dtype, cand.quantization, cand.prefill)
             if key not in models:
                 models.clear()  # one model in memory at a time
                 models[key] = load_plan(candidate_plan(plan, cand), dispatch=False, health_check=False).model

@@ -8,6 +8,7 @@ import sys
 import time
 
 from ..errors import UsageError
+from ..planner.hf_args import lean_runner
 from ..planner.types import RejectKind
 
 
@@ -52,6 +53,14 @@ def add_run_parser(sub) -> None:
     p.add_argument("args", nargs="*", help="arguments for the script (put them after --)")
 
 
+def peak_rss_mib() -> float:
+    """This process's peak resident set so far (getrusage: KiB on Linux, bytes on macOS)."""
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)
+
+
 def _err(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
@@ -71,8 +80,14 @@ def _summary(plan) -> str:
         c = plan.attention[sub.role]
         lines.append(f"  {sub.role:<10} {sub.model_type}, {sub.num_layers} layers, head_dim {sub.head_dim}: "
                      f"attention {c.value} ({c.reason})")
+    q = plan.quantization
+    if q is not None and q.packed:
+        lines.append(f"  weights    {q.reason}")
+    for phase, c in plan.kernels.items():
+        lines.append(f"  {phase:<10} {c.value}: {c.reason}")
+        lines += [f"    ✗ {r.name}: {r.reason}" for r in c.rejected]
     for note in (plan.decode_fastpath, plan.decode_attention):
-        if note:
+        if note and not lean_runner(plan):
             lines.append(f"  decode     {note}")
     lines.append(f"  memory     {mem['total_gib']:.2f} GiB of {mem['budget_gib']:.2f} GiB "
                  f"(weights {mem['weights_gib']:.2f}, KV cache {mem['kv_cache_gib']:.2f} at context "
@@ -133,14 +148,16 @@ def cmd_run(args) -> int:
                           "prompt_tokens": gen.prompt_tokens, "new_tokens": gen.new_tokens,
                           "prefill_tokens_per_s": round(gen.prefill_tokens_per_s, 2),
                           "decode_tokens_per_s": round(gen.decode_tokens_per_s, 2),
-                          "load_seconds": round(loaded.load_seconds, 2)}, indent=2))
+                          "load_seconds": round(loaded.load_seconds, 2), "packing": loaded.packing,
+                          "peak_rss_mib": peak_rss_mib()}, indent=2))
     else:
         sys.stdout.write("\n")
         for e in events:
             _err(f"kernelfit: fallback ({e['stage']}): {e.get('backend') or e.get('attention')} failed — {e['error']}")
         _err(f"kernelfit: prefill {gen.prompt_tokens} tokens at {gen.prefill_tokens_per_s:.1f} tokens/s, "
              f"decode {gen.new_tokens} tokens at {gen.decode_tokens_per_s:.1f} tokens/s "
-             f"({loaded.dtype}, {loaded.plan.text_attention.value}, {', '.join(loaded.plan.placement.devices)})")
+             f"({loaded.dtype}, {'packed runner' if lean_runner(loaded.plan) else loaded.plan.text_attention.value}, "
+             f"{', '.join(loaded.plan.placement.devices)}), peak RSS {peak_rss_mib():.0f} MiB")
     return 0
 
 

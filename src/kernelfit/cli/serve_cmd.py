@@ -40,9 +40,15 @@ def cmd_serve(args) -> int:
     from ..api import make_plan
     from ..loader.load import check_loadable
     from .args import preferences
+    from ..planner.hf_args import lean_runner
     from .run_cmd import _err, _summary
 
     plan = make_plan(args.model, preferences(args), use_tune_cache=not args.no_cache)
+    if lean_runner(plan) and args.engine != "vllm":
+        # the engine batches requests through transformers; the packed GGUF runner is batch-1
+        _err("kernelfit: note: serve batches requests with transformers, so the GGUF file is loaded dequantized "
+             "(--quantization none); `kernelfit run` runs it packed")
+        plan = make_plan(args.model, preferences(args, quantization="none"), use_tune_cache=not args.no_cache)
     check_loadable(plan, args.allow_pickle)
     if args.engine == "vllm":
         return _serve_with_vllm(args, plan)

@@ -20,6 +20,7 @@ import torch
 
 from ..catalog.packed_kernels import REGRID_MAX_ERROR
 from ..errors import UsageError
+from ..model.gguf_header import read_gguf_header
 from . import gguf_blocks as gb
 from .packed import DenseWeight, Int4Weight, Int8Weight, PackedWeight, bf16_scale_zero, can_int4, concat_int4
 
@@ -38,43 +39,45 @@ class Conversion:
 
 @dataclass
 class GgufTensors:
-    reader: object  # gguf.GGUFReader (memory-mapped)
+    """A GGUF file's tensors over one read-only memory map (model/gguf_header.py reads the table: gguf-py's
+    GGUFReader also builds every metadata array, ~150 MB of objects for a 49k-token vocabulary)."""
+
+    path: str
+    data: np.memmap
     by_name: dict
     conversions: list[Conversion] = field(default_factory=list)
 
     @classmethod
     def open(cls, path: str | Path) -> "GgufTensors":
-        from gguf import GGUFReader
-
-        reader = GGUFReader(str(path), "r")
-        return cls(reader, {t.name: t for t in reader.tensors})
+        h = read_gguf_header(path)
+        return cls(str(path), np.memmap(path, dtype=np.uint8, mode="r"), {t.name: t for t in h.tensors})
 
     def has(self, name: str) -> bool:
         return name in self.by_name
 
     def qtype(self, name: str) -> str:
-        return self.by_name[name].tensor_type.name
+        return self.by_name[name].type_name
 
     def shape(self, name: str) -> tuple[int, int]:
         """(rows, cols) as torch sees the matrix: GGUF lists dimensions innermost first."""
-        t = self.by_name[name]
-        dims = [int(d) for d in t.shape]
-        cols = dims[0]
-        rows = int(np.prod(dims[1:])) if len(dims) > 1 else 1
-        return rows, cols
+        dims = [int(d) for d in self.by_name[name].shape]
+        return int(np.prod(dims[1:])) if len(dims) > 1 else 1, dims[0]
 
     def _raw_rows(self, name: str, start: int, stop: int) -> np.ndarray:
+        """Rows start..stop of a tensor: uint8 block bytes for quantized types, the values for float types."""
         t = self.by_name[name]
         rows, cols = self.shape(name)
-        data = np.asarray(t.data)
-        per_row = data.size // rows if data.ndim else 1
-        return data.reshape(rows, per_row)[start:stop]
+        raw = self.data[t.offset:t.offset + t.nbytes]
+        if t.type_name in gb.FLOAT_TYPES:
+            dtype = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16}[t.type_name]
+            return raw.view(dtype).reshape(rows, cols)[start:stop]
+        return raw.reshape(rows, -1)[start:stop]
 
     def float_tensor(self, name: str) -> torch.Tensor:
         """A small float tensor (norms, biases) as float32, flat."""
         rows, cols = self.shape(name)
         w = gb.dequantize(self._raw_rows(name, 0, rows), self.qtype(name), rows, cols)
-        return torch.from_numpy(np.ascontiguousarray(w)).reshape(-1)
+        return torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32)).reshape(-1)
 
     def int4_groups(self, name: str, order: np.ndarray | None = None) -> gb.Int4Groups:
         rows, cols = self.shape(name)

@@ -50,7 +50,8 @@ class LeanRunner:
         with torch.inference_mode():
             return self.build.model(ids.reshape(-1), pos, all_logits)
 
-    def generate_ids(self, prompt_ids: list[int], max_new_tokens: int, on_token=None) -> tuple[list[int], float, float]:
+    def generate_ids(self, prompt_ids: list[int], max_new_tokens: int, on_token=None,
+                     stop_at_eos: bool = True) -> tuple[list[int], float, float]:
         """Greedy tokens after `prompt_ids`; (tokens, prefill seconds, decode seconds)."""
         n = len(prompt_ids)
         reset_cache(self.build, n + max_new_tokens)
@@ -66,7 +67,7 @@ class LeanRunner:
         if on_token is not None:
             on_token(token)
         pos = n
-        while len(out) < max_new_tokens and token not in self.eos_ids:
+        while len(out) < max_new_tokens and not (stop_at_eos and token in self.eos_ids):
             logits = self.logits(torch.tensor([token]), pos)
             token = int(logits[-1].argmax())
             pos += 1

@@ -31,6 +31,7 @@ class Loaded:
     load_seconds: float
     health: HealthReport | None
     fallbacks: list[dict] = field(default_factory=list)  # load-time fallbacks; runtime ones: dispatch.fallbacks()
+    packing: dict | None = None  # packed weights: what each tensor became and its measured error
 
     def __iter__(self):  # model, tokenizer, plan = kernelfit.load(...)
         return iter((self.model, self.tokenizer, self.plan))
@@ -135,7 +136,7 @@ def load_plan(plan: Plan, *, dispatch: bool = True, health_check: bool = True, t
         prefill = plan.kernels["prefill"].value if "prefill" in plan.kernels else "packed"
         runner, tokenizer = load_lean(spec, prefill, health_check, say)
         return Loaded(runner, tokenizer, plan, "kernelfit packed CPU runner", plan.dtype.value,
-                      time.perf_counter() - t0, None)
+                      time.perf_counter() - t0, None, packing=runner.report())
     directory, fmt_kwargs = _weights_dir(spec, say)
     if q is not None and q.dequantize_first:
         from .dequantize import dequantized_dir
@@ -196,11 +197,18 @@ def load_plan(plan: Plan, *, dispatch: bool = True, health_check: bool = True, t
             health = check_health(loaded, spec, info, dequantized=spec.format == "gguf", source_dir=directory,
                                   quant_method=q.method if q is not None and q.method != "none" else None)
             raise_if_unhealthy(health, spec.name)
+        if q is not None and q.method == "packed":  # --quantization int8/int4 on a CPU: after the health check,
+            from .packed_linear import pack_linears  # which compares the dense weights with the checkpoint
+
+            say(f"packing linear layers to int{q.bits} for the CPU's weight-only kernels")
+            packing = pack_linears(loaded, q.bits)
+        else:
+            packing = None
         if plan.tuned and plan.tuned.get("compile"):  # `kernelfit bench --compile` measured it fastest
             from .generate import compile_forward
 
             # after the health check: its 8-token smoke forward would otherwise compile a graph of its own
             say("torch.compile: the first generation compiles the forward (tens of seconds on a small CPU)")
             compile_forward(loaded)
-        return Loaded(loaded, tokenizer, plan, attn_value, dt, time.perf_counter() - t0, health, fallbacks)
+        return Loaded(loaded, tokenizer, plan, attn_value, dt, time.perf_counter() - t0, health, fallbacks, packing)
     raise RuntimeError(f"kernelfit: every configuration in the fallback chain failed to load {spec.name}") from last

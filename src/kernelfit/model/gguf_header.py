@@ -30,6 +30,11 @@ class GgufTensor:
     name: str
     shape: tuple[int, ...]
     ggml_type: int
+    offset: int = 0  # absolute position of the tensor's data in the file
+
+    @property
+    def type_name(self) -> str:
+        return GGML_TYPES.get(self.ggml_type, (str(self.ggml_type),))[0]
 
     @property
     def numel(self) -> int:
@@ -138,12 +143,13 @@ def read_gguf_header(path: str | Path, max_bytes: int = 64 << 20) -> GgufHeader:
             dims = tuple(r.take("<Q") for _ in range(n_dims))
             ttype = r.take("<I")
             offset = r.take("<Q")
-            t = GgufTensor(name, dims, ttype)
+            t = GgufTensor(name, dims, ttype, offset)
             tensors.append(t)
             end = max(end, offset + t.nbytes)
         alignment = metadata.get("general.alignment", 32)
         alignment = alignment if isinstance(alignment, int) and alignment > 0 else 32
         data_start = -(-r.pos // alignment) * alignment
+        tensors = [GgufTensor(t.name, t.shape, t.ggml_type, data_start + t.offset) for t in tensors]
         size = p.stat().st_size
         if data_start + end > size:
             raise ValueError(f"truncated: {size:,} bytes, its tensor table needs {data_start + end:,}")

@@ -76,8 +76,9 @@ def prequantized(model: ModelSpec):
 
 
 def ladder(model: ModelSpec, quantization: str, allow_dequantize: bool) -> list[Level]:
-    if quantization in PACKED_CHOICES:
-        return [Level("packed", PACKED_CHOICES[quantization])]
+    if quantization in PACKED_CHOICES:  # the packed CPU kernels; on an accelerator, its quantizer of those bits
+        bits = PACKED_CHOICES[quantization]
+        return [Level("packed", bits), Level("otf", bits), Level("otf", bits, KV_BITS)]
     levels = _dense_ladder(model, quantization, allow_dequantize)
     if model.format == "gguf" and quantization == "auto":
         # the file as stored first (it resolves on CPU placements only); elsewhere it is dequantized as before
@@ -218,8 +219,26 @@ def generation_config(q: QuantOption) -> dict:
 
 
 def otf_choice(q: QuantOption | None) -> str:
-    """The --quantization value that reproduces an on-the-fly option ("none" when there is none)."""
-    return f"{q.method}-{q.bits}bit" if q is not None and q.method in ("bitsandbytes", "quanto") else "none"
+    """The --quantization value that reproduces an on-the-fly option ("none" when there is none; "gguf" for
+    a GGUF file run packed, which `--quantization auto` gives on a CPU)."""
+    if q is None:
+        return "none"
+    if q.method in ("bitsandbytes", "quanto"):
+        return f"{q.method}-{q.bits}bit"
+    if q.method == "packed":
+        return f"int{q.bits}"
+    return "gguf" if q.method == "gguf" else "none"
+
+
+def quantization_preference(model: ModelSpec, static: str, choice: str) -> str:
+    """The --quantization preference that plans `choice` (an otf_choice value) for `model`, whose static plan
+    was made with preference `static`: "none" keeps the static preference for dense models (their "auto"
+    is unquantized when they fit) but means "dequantized" for a GGUF file; "gguf" is what "auto" gives it."""
+    if choice == "gguf":
+        return "auto"
+    if choice == "none":
+        return "none" if model.format == "gguf" else static
+    return choice
 
 
 

