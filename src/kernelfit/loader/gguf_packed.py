@@ -12,6 +12,7 @@ Which architectures: the families lean_lm.py runs (LEAN_ARCHS); the names follow
 
 from __future__ import annotations
 
+import mmap
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from ..model.gguf_header import read_gguf_header
 from . import gguf_blocks as gb
 from .packed import DenseWeight, Int4Weight, Int8Weight, PackedWeight, bf16_scale_zero, can_int4, concat_int4
 
-CHUNK_ROWS = 8192  # rows converted at a time (a multiple of the int4 tile)
+CHUNK_ROWS = 2048  # rows converted at a time (a multiple of the int4 tile): ~5 MB of float32 for SmolLM2's table
 
 
 @dataclass
@@ -73,6 +74,19 @@ class GgufTensors:
             return raw.view(dtype).reshape(rows, cols)[start:stop]
         return raw.reshape(rows, -1)[start:stop]
 
+    def release(self, name: str) -> None:
+        """Drop a converted tensor's file pages from this process (MADV_DONTNEED): they stay in the page cache,
+        but no longer count in the resident set, so packing peaks at the packed model plus one tensor, not
+        plus the whole file."""
+        t = self.by_name[name]
+        mm = getattr(self.data, "_mmap", None)
+        if mm is None or not hasattr(mm, "madvise") or not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        page = mmap.PAGESIZE
+        start = t.offset // page * page
+        end = -(-(t.offset + t.nbytes) // page) * page
+        mm.madvise(mmap.MADV_DONTNEED, start, min(end, len(mm)) - start)
+
     def float_tensor(self, name: str) -> torch.Tensor:
         """A small float tensor (norms, biases) as float32, flat."""
         rows, cols = self.shape(name)
@@ -118,6 +132,7 @@ def regrid(t: GgufTensors, name: str, order: np.ndarray | None = None, keep_dens
         chunks.append(c)
         del back, w
     rel = (err2 / norm2) ** 0.5 if norm2 > 0 else 0.0
+    t.release(name)
     if not keep_dense and rel > REGRID_MAX_ERROR:
         return regrid(t, name, order, keep_dense=True)
     t.conversions.append(Conversion(name, t.qtype(name), "bf16" if keep_dense else "int8", rel))
@@ -139,6 +154,7 @@ def linear(t: GgufTensors, names: list[str], orders: dict[str, np.ndarray] | Non
         groups = [t.int4_groups(n, orders.get(n)) for n in names]
         for n, q in zip(names, types):
             t.conversions.append(Conversion(n, q, "int4", int4_scale_error(groups[names.index(n)])))
+            t.release(n)
         return [Int4Weight.from_groups(concat_int4(groups) if len(groups) > 1 else groups[0])]
     out: list[PackedWeight] = []
     for n, q in zip(names, types):
@@ -146,6 +162,7 @@ def linear(t: GgufTensors, names: list[str], orders: dict[str, np.ndarray] | Non
         if q in gb.INT4_TYPES and can_int4(r, c):
             g = t.int4_groups(n, orders.get(n))
             t.conversions.append(Conversion(n, q, "int4", int4_scale_error(g)))
+            t.release(n)
             out.append(Int4Weight.from_groups(g))
         elif q in gb.FLOAT_TYPES:
             out.append(regrid(t, n, orders.get(n), keep_dense=True))

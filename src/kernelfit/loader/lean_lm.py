@@ -27,9 +27,12 @@ from torch import nn
 INT4, INT8, DENSE, INT8_EXACT = 0, 1, 2, 3  # Product.kind
 # INT8_EXACT: the output head. The packed kernels return bf16, whose 8-bit mantissa rounds a logit of 25 to
 # a multiple of 0.125 — enough to swap the top two tokens of SmolLM2 answering "What is the capital of
-# France?" (margin 0.08). The head instead runs torch._int_mm (exact int32 sums) on the activation split
-# into two int8 digits (~15 bits), then scales in float32. At one row it costs what _weight_int8pack_mm does.
+# France?" (margin 0.08). The head instead runs torch._int_mm, whose int32 sums are exact, on the activation
+# rounded to int8 per row; that rounding moves a logit by ~1e-3 of its size, so the TOP_EXACT largest are then
+# recomputed with the activation's second int8 digit (~15 bits in all). One pass over the table, like
+# _weight_int8pack_mm, and exact to float32 where greedy decoding looks.
 DIGIT = 254.0
+TOP_EXACT = 64
 GROUP = 32
 
 
@@ -55,7 +58,9 @@ class Product(nn.Module):
             out: List[torch.Tensor] = []
             for i in range(x.shape[0]):  # one row at a time: _int_mm's one-row path is the fast one
                 y = torch._int_mm(hi[i:i + 1].to(torch.int8), wt).float()
-                y = y + torch._int_mm(lo[i:i + 1].to(torch.int8), wt).float() / 254.0
+                top = torch.topk(y[0], 64).indices  # TOP_EXACT
+                fix = torch.mv(self.a[top].float(), lo[i]) / 254.0
+                y[0, top] += fix
                 out.append(y)
             return torch.cat(out) * s * self.b.float()
         if self.has_prefill and x.shape[0] > 1:

@@ -19,7 +19,8 @@ from ..errors import HealthCheckError, UsageError
 from ..model.spec import ModelSpec
 from ..paths import cache_root, files_key, writable_cache_root
 from .gguf_packed import Conversion
-from .lean_build import LeanBuild, build_lean, kv_bytes, reset_cache
+from .lean_build import LeanBuild, build_lean, forward, kv_bytes, reset_cache
+from .lean_native import native_status
 
 TOKENIZER_FORMAT = 1
 SMOKE_TOKENS = 8
@@ -41,14 +42,13 @@ class LeanRunner:
         by: dict[tuple[str, str], list[float]] = {}
         for c in self.build.conversions:
             by.setdefault((c.gguf_type, c.layout), []).append(c.rel_error)
-        return {"weights_mib": round(self.build.weight_bytes / 2**20, 1), "build_seconds": round(self.build.seconds, 2),
+        return {"packed_weights_mib": round(self.build.weight_bytes / 2**20, 1), "decode_step": native_status(), "build_seconds": round(self.build.seconds, 2),
                 "prefill": self.prefill, "kv_cache_mib": round(kv_bytes(self.build) / 2**20, 1),
                 "tensors": [{"gguf_type": t, "layout": lay, "count": len(e), "max_rel_error": round(max(e), 5),
                              "mean_rel_error": round(sum(e) / len(e), 5)} for (t, lay), e in sorted(by.items())]}
 
     def logits(self, ids: torch.Tensor, pos: int, all_logits: bool = False) -> torch.Tensor:
-        with torch.inference_mode():
-            return self.build.model(ids.reshape(-1), pos, all_logits)
+        return forward(self.build, ids, pos, all_logits)
 
     def generate_ids(self, prompt_ids: list[int], max_new_tokens: int, on_token=None,
                      stop_at_eos: bool = True) -> tuple[list[int], float, float]:

@@ -115,12 +115,29 @@ class _ArrayInfo:
 
 
 def read_gguf_header(path: str | Path, max_bytes: int = 64 << 20) -> GgufHeader:
+    """The metadata and tensor table, read in growing prefixes (4 MiB covers a 49k-token vocabulary; a
+    256k-token one needs more) up to `max_bytes`."""
+    size = 4 << 20
+    while True:
+        try:
+            return _read_header(path, min(size, max_bytes), final=size >= max_bytes)
+        except EOFError:
+            size *= 4
+
+
+def _read_header(path: str | Path, max_bytes: int, final: bool) -> GgufHeader:
     p = Path(path)
     try:
         with p.open("rb") as f:
             data = f.read(max_bytes)
     except OSError as exc:
         raise UsageError(f"cannot read GGUF file {p}: {exc.strerror}") from None
+    if not final and len(data) == max_bytes:
+        return _parse(p, data, retry_on_eof=True)
+    return _parse(p, data, retry_on_eof=False)
+
+
+def _parse(p: Path, data: bytes, retry_on_eof: bool) -> GgufHeader:
     r = _Reader(data)
     try:
         if data[:4] != b"GGUF":
@@ -153,6 +170,10 @@ def read_gguf_header(path: str | Path, max_bytes: int = 64 << 20) -> GgufHeader:
         size = p.stat().st_size
         if data_start + end > size:
             raise ValueError(f"truncated: {size:,} bytes, its tensor table needs {data_start + end:,}")
-    except (EOFError, ValueError, struct.error, RecursionError, OverflowError) as exc:
+    except EOFError:
+        if retry_on_eof:  # the header is longer than this prefix: the caller reads a longer one
+            raise
+        raise UsageError(f"{p} is not a readable GGUF file (truncated); re-download it") from None
+    except (ValueError, struct.error, RecursionError, OverflowError) as exc:
         raise UsageError(f"{p} is not a readable GGUF file ({exc or 'truncated'}); re-download it") from None
     return GgufHeader(str(p), version, metadata, tuple(tensors))
