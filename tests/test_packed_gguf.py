@@ -251,3 +251,24 @@ def test_gemma3_270m_packed_agrees_and_generates_like_transformers():
     assert ("Q4_K", "int4") in kinds and any(t == "Q6_K" for t, _ in kinds) and any(t == "Q5_0" for t, _ in kinds)
     assert float(cos.mean()) >= 0.999
     assert ours >= min(0.99, hf_bf16) - 0.05  # Gemma's Q5_0/Q8_0/Q6_K tensors are re-gridded (measured, declared)
+
+
+def test_exact_output_head_matches_float32_where_greedy_decoding_looks():
+    """The int8 head (Product kind 3): the top logits are exact to float32 — also when the rows have very
+    different scales and the activation has an outlier channel (the ranking must use the row scales)."""
+    from kernelfit.loader.lean_lm import INT8_EXACT, TOP_EXACT, Product
+    from kernelfit.loader.packed import Int8Weight
+
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(4096, 256, generator=g) * torch.logspace(-2, 1, 4096).unsqueeze(1)  # row scales over 3 decades
+    q, _ = Int8Weight.from_float(w)
+    head = Product(INT8_EXACT, q.weight, q.scale, 4096, None)
+    exact_w = q.weight.float() * q.scale.float().unsqueeze(1)
+    x = torch.randn(6, 256, generator=g) * 3
+    x[:, 7] = 80.0
+    got, want = head(x), x @ exact_w.T
+    assert torch.equal(got.argmax(-1), want.argmax(-1))
+    top = want.topk(TOP_EXACT // 2, -1).indices
+    rel = ((got.gather(1, top) - want.gather(1, top)).abs() / want.gather(1, top).abs()).max()
+    # ~15 bits of activation: 4x under the 2^-9 a bf16 output rounds to, even with the outlier
+    assert float(rel) < 2 ** -9 / 4, float(rel)

@@ -58,7 +58,7 @@ class Product(nn.Module):
             out: List[torch.Tensor] = []
             for i in range(x.shape[0]):  # one row at a time: _int_mm's one-row path is the fast one
                 y = torch._int_mm(hi[i:i + 1].to(torch.int8), wt).float()
-                top = torch.topk(y[0], 64).indices  # TOP_EXACT
+                top = torch.topk(y[0] * self.b.float(), 64).indices  # TOP_EXACT, ranked with the row scales
                 fix = torch.mv(self.a[top].float(), lo[i]) / 254.0
                 y[0, top] += fix
                 out.append(y)
@@ -164,6 +164,8 @@ class LeanLM(nn.Module):
         group = self.heads // self.kv_heads
         if t == 1:
             o = F.scaled_dot_product_attention(q4, k, v, scale=self.scaling, enable_gqa=group > 1)
+        elif pos == 0 and not sliding:  # a whole prompt from position 0: the causal kernel, no mask to build
+            o = F.scaled_dot_product_attention(q4, k, v, is_causal=True, scale=self.scaling, enable_gqa=group > 1)
         else:
             qi = torch.arange(pos, end).unsqueeze(1)
             ki = torch.arange(start, end).unsqueeze(0)
@@ -192,20 +194,20 @@ class LeanLM(nn.Module):
             self.k_cache[li, 0, :, pos:pos + t] = qk[:, nq:].transpose(0, 1)
             self.v_cache[li, 0, :, pos:pos + t] = qkv[:, nq + nkv:].transpose(0, 1)
             a = self._attend(qk[:, :nq], li, pos, t, blk.sliding)
-            a = blk.o(a.to(torch.bfloat16)).float()
+            a = blk.o(a.to(torch.bfloat16))
             if blk.has_post_norms:
-                a = _norm(a, blk.post_attn_norm, self.eps)
-            x = x + a
+                a = _norm(a.float(), blk.post_attn_norm, self.eps)
+            x = x + a  # a bf16 addend promotes to float32: no separate cast
             h = _norm(x, blk.ffn_norm, self.eps).to(torch.bfloat16)
-            gu = blk.gate_up(h).float()
+            gu = blk.gate_up(h).float()  # the activation in float32: in bf16 SmolLM2's logit cosine fell 3x further
             g = gu[:, :self.ffn]
             if self.gemma:
                 g = F.gelu(g, approximate="tanh")
             else:
                 g = F.silu(g)
-            y = blk.down((g * gu[:, self.ffn:]).to(torch.bfloat16)).float()
+            y = blk.down((g * gu[:, self.ffn:]).to(torch.bfloat16))
             if blk.has_post_norms:
-                y = _norm(y, blk.post_ffn_norm, self.eps)
+                y = _norm(y.float(), blk.post_ffn_norm, self.eps)
             x = x + y
             li += 1
         if not all_logits:

@@ -159,7 +159,7 @@ Tensor decode_step(Tensor x, int64_t pos, const std::vector<int64_t>& kinds, con
   auto hi = at::round(u);
   auto lo = at::round((u - hi) * 254.0);
   auto logits = at::_int_mm(hi.to(at::kChar), head_a.t()).to(at::kFloat);
-  auto top = std::get<1>(at::topk(logits[0], top_exact));
+  auto top = std::get<1>(at::topk(logits[0] * head_b.to(at::kFloat), top_exact));  // ranked with the row scales
   auto fix = at::mv(head_a.index_select(0, top).to(at::kFloat), lo[0]) / 254.0;
   logits[0].index_add_(0, top, fix);
   return logits * sx * head_b.to(at::kFloat);
