@@ -101,6 +101,15 @@ SOURCES: dict[str, Source] = {s.id: s for s in (
            "SmolLM2's 210 decode GEMVs, 1 row: bf16 via oneDNN 17.5-19 GB/s, bf16 with oneDNN off 31-34 GB/s, "
            "fp16 38 GB/s; 2 rows: even; 3-4 rows: oneDNN faster. SmolLM2 bf16 decode 73.0 tok/s with one-row "
            "steps off oneDNN vs 49.6 on it; fp16 prefill 171 tok/s vs bf16 1576"),
+    Source("kernelfit-packed-kernels", "kernelfit measurement: weight-only packed products on a 2-thread AMD EPYC",
+           "kernelfit:benchmarks/packed_kernels.py ; kernelfit:benchmarks/results/llamacpp-report.md",
+           "one row: int4 group-32 34 us and int8 per-row 30 us vs bf16 82 us (3072x576); 256 rows: int4 2,661 us vs "
+           "oneDNN bf16 1,191 us; SmolLM2 Q4_1 decode 1.3x llama.cpp's on the same file and threads"),
+    Source("torch-int4pack-cpu", "PyTorch's CPU weight-only int4/int8 kernels",
+           "https://github.com/pytorch/pytorch/blob/main/aten/src/ATen/native/cpu/int4mm_kernel.cpp ; "
+           "https://github.com/pytorch/pytorch/blob/main/aten/src/ATen/native/cpu/int8mm_kernel.cpp",
+           "_weight_int4pack_mm_for_cpu: int4 weights packed in 64-row blocks, bf16 scales and zeros per group "
+           "(w = (q - 8) * scale + zero); _weight_int8pack_mm: int8 weights, one scale per output row; AVX-512 paths"),
     Source("kernelfit-cpu-decode-attn", "kernelfit measurement: one-query attention on a 2-thread AMD EPYC",
            "kernelfit:benchmarks/dispatch.py",
            "bf16, 9 query / 3 KV heads, head_dim 64: SDPA 33.6/58.7/83.9/1836 us at 64/128/192/4000 keys; grouped "

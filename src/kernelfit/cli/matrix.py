@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..catalog.attention import BACKENDS, AttentionQuery, why_not
 from ..catalog.dtypes import DTYPES, dtype_verdicts
+from ..catalog.packed_kernels import packed_cpu
 from ..catalog.quantization import ON_THE_FLY, PREQUANTIZED, why_not_backend
 from ..profiles import load_profile, profile_names
 
@@ -51,8 +52,10 @@ def quantization_matrix(markdown: bool = True) -> str:
             ok = [b for b in pool if any(not why_not_backend(b, d, m.software, t, bits, group_size=group, sym=True,
                                                              fmt=fmt, check_package=False) for t in dtypes)]
             cells.append(ok[0].name if ok else "✗")
+        # a GGUF file: packed weight-only CPU kernels (catalog/packed_kernels.py), or dequantized on accelerators
+        cells.append("packed int4/int8" if packed_cpu([d], m.cpu) else "dequantized")
         rows.append([name, d.name, *cells])
-    return _table(["profile", "device", *(c[0] for c in QUANT_COLUMNS)], rows, markdown)
+    return _table(["profile", "device", *(c[0] for c in QUANT_COLUMNS), "GGUF"], rows, markdown)
 
 
 def support_matrix(markdown: bool = True, head_dim: int = 128) -> str:
