@@ -270,6 +270,8 @@ OTHER = [
     ("run non-utf8 prompt", lambda m: ["run", "--prompt", "\udcff\udcfe"], "UTF-8"),
     ("run non-utf8 system", lambda m: ["run", "--prompt", "hi", "--system", "\udcff"], "UTF-8"),
     ("run no prompt", lambda m: ["run"], "--prompt"),
+    ("run bad prefill kernel", lambda m: ["run", "--prompt", "hi", "--prefill", "sideways"], "--prefill"),
+    ("plan bad quantization int3", lambda m: ["plan", "smollm2-135m", "--quantization", "int3"], "--quantization"),
     ("run max-new-tokens 0", lambda m: ["run", "--prompt", "hi", "--max-new-tokens", "0"], "--max-new-tokens"),
     ("run config only", lambda m: ["run", m["config only"], "--prompt", "hi"], "no weights"),
     ("run pickle", lambda m: ["run", m["pickle"], "--prompt", "hi"], "pickle"),

@@ -180,7 +180,8 @@ def test_a_zeroed_bundled_model_is_rebuilt_and_answers_paris(tmp_path):
     """The reported fault: 64 MiB zeroed in the middle of the converted model.safetensors used to pass the
     health check and answer "The answer is:". Now the entry is rebuilt and the answer is right."""
     env = dict(os.environ, KERNELFIT_CACHE_DIR=str(tmp_path / "cache"))
-    args = [sys.executable, "-m", "kernelfit", "run", "--prompt", "What is the capital of France?",
+    # the dequantized path (--quantization none) is the one that converts the file into the cache
+    args = [sys.executable, "-m", "kernelfit", "run", "--quantization", "none", "--prompt", "What is the capital of France?",
             "--max-new-tokens", "8", "--no-cache"]
     first = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0 and "Paris" in first.stdout, first.stderr[-2000:]
@@ -200,7 +201,8 @@ def test_kill_9_during_the_real_conversion_then_the_next_run_answers_and_cleans_
     """The bundled GGUF's first conversion (~15 s) killed twice at different points; the next run converts,
     answers, and no temporary directory is left (it used to leak ~517 MiB per kill)."""
     env = dict(os.environ, KERNELFIT_CACHE_DIR=str(tmp_path / "cache"))
-    args = [sys.executable, "-m", "kernelfit", "run", "--prompt", "What is the capital of France?",
+    # the dequantized path (--quantization none) is the one that converts the file into the cache
+    args = [sys.executable, "-m", "kernelfit", "run", "--quantization", "none", "--prompt", "What is the capital of France?",
             "--max-new-tokens", "8", "--no-cache"]
     for after in (4.0, 9.0):
         p = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
