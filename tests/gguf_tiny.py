@@ -67,8 +67,10 @@ def encode(w: np.ndarray, qtype: str):
     return quants.quantize(w.astype(np.float32), t), t
 
 
-def write_tiny(path: Path, qtype: str, arch: str = "llama", seed: int = 0, embed_type: str | None = None) -> Path:
-    """A 2-layer model of `arch` ("llama", "qwen2", "gemma3") whose linear weights are `qtype`."""
+def write_tiny(path: Path, qtype: str, arch: str = "llama", seed: int = 0, embed_type: str | None = None,
+               tokenizer: bool = True, nan_norm: bool = False) -> Path:
+    """A 2-layer model of `arch` ("llama", "qwen2", "gemma3") whose linear weights are `qtype`; `tokenizer`
+    False leaves out the token scores transformers needs, `nan_norm` puts a NaN in the final norm."""
     rng = np.random.default_rng(seed)
     w = GGUFWriter(str(path), arch)
     w.add_context_length(1024)
@@ -89,6 +91,8 @@ def write_tiny(path: Path, qtype: str, arch: str = "llama", seed: int = 0, embed
     w.add_tokenizer_model("gpt2")
     w.add_token_list([f"t{i}" for i in range(VOCAB)])
     w.add_token_types([1] * VOCAB)
+    if tokenizer:
+        w.add_token_scores([0.0] * VOCAB)
     w.add_token_merges([])
     w.add_bos_token_id(1)
     w.add_eos_token_id(2)
@@ -122,7 +126,10 @@ def write_tiny(path: Path, qtype: str, arch: str = "llama", seed: int = 0, embed
             tensor(b + "attn_k_norm.weight", (HEAD_DIM,), "norm")
             tensor(b + "post_attention_norm.weight", (HIDDEN,), "norm")
             tensor(b + "post_ffw_norm.weight", (HIDDEN,), "norm")
-    tensor("output_norm.weight", (HIDDEN,), "norm")
+    if nan_norm:
+        w.add_tensor("output_norm.weight", np.full(HIDDEN, np.nan, dtype=np.float32))
+    else:
+        tensor("output_norm.weight", (HIDDEN,), "norm")
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

@@ -272,3 +272,24 @@ def test_exact_output_head_matches_float32_where_greedy_decoding_looks():
     rel = ((got.gather(1, top) - want.gather(1, top)).abs() / want.gather(1, top).abs()).max()
     # ~15 bits of activation: 4x under the 2^-9 a bf16 output rounds to, even with the outlier
     assert float(rel) < 2 ** -9 / 4, float(rel)
+
+
+def test_a_gguf_without_a_usable_tokenizer_or_with_nan_weights_fails_in_one_line(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, KERNELFIT_CACHE_DIR=str(tmp_path / "cache"))
+    for name, kw, code, expect in (("no-scores", {"tokenizer": False}, 2, "cannot build a tokenizer"),
+                                   ("nan", {"nan_norm": True}, 3, "health check failed")):
+        path = write_tiny(tmp_path / f"{name}.gguf", "Q4_0", **kw)
+        r = subprocess.run([sys.executable, "-m", "kernelfit", "run", str(path), "--prompt", "t1 t2", "--json"],
+                           env=env, capture_output=True, text=True, timeout=300)
+        assert r.returncode == code, r.stderr
+        lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+        assert expect in lines[0] and "Traceback" not in r.stderr, r.stderr
+        if code == 2:
+            assert len(lines) == 1, r.stderr
+    # nothing half-written: the tokenizer of the file without one was never cached
+    entries = list((tmp_path / "cache" / "gguf-tokenizer").glob("no-scores*"))
+    assert entries == [], entries

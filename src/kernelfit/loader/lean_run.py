@@ -94,7 +94,13 @@ def _tokenizer_dir(spec: ModelSpec, progress) -> Path:
     def write(tmp: Path) -> dict:
         from transformers import AutoTokenizer
 
-        AutoTokenizer.from_pretrained(spec.model_dir, gguf_file=spec.gguf_file).save_pretrained(tmp)
+        try:
+            tok = AutoTokenizer.from_pretrained(spec.model_dir, gguf_file=spec.gguf_file)
+        except Exception as exc:  # noqa: BLE001 - transformers fails in many ways on incomplete tokenizer metadata
+            detail = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            raise UsageError(f"cannot build a tokenizer from {gguf.name}'s metadata ({detail}); the file's tokenizer "
+                             f"keys are incomplete or of a kind transformers does not read") from None
+        tok.save_pretrained(tmp)
         return {"source": str(gguf), "format": TOKENIZER_FORMAT}
 
     return build_entry(writable_cache_root() / "gguf-tokenizer" / key, write, need_bytes=64 << 20,
