@@ -293,3 +293,25 @@ def test_a_gguf_without_a_usable_tokenizer_or_with_nan_weights_fails_in_one_line
     # nothing half-written: the tokenizer of the file without one was never cached
     entries = list((tmp_path / "cache" / "gguf-tokenizer").glob("no-scores*"))
     assert entries == [], entries
+
+
+def test_a_measured_dense_prefill_winner_is_applied_and_a_dequantized_one_too(tmp_path, monkeypatch):
+    from kernelfit.bench.cache import save_winner, with_cached_winner
+    from kernelfit.bench.candidates import candidate_plan, candidates, static_candidate
+
+    monkeypatch.setenv("KERNELFIT_TUNE_CACHE", str(tmp_path / "tune.json"))
+    p = plan(probe_machine(), SMOL, Preferences())
+    cands = candidates(p)
+    runner = [c for c in cands if c.quantization == "gguf"]
+    assert {c.prefill for c in runner} == {"packed", "dense"} and static_candidate(p) in runner
+    assert candidate_plan(p, runner[1]).kernels["prefill"].value == runner[1].prefill
+    assert any(c.quantization == "none" for c in cands)  # the dequantized model is measured beside the runner
+    base = {"attention": "sdpa", "dtype": "bfloat16", "cache": "static", "compile": False,
+            "prefill_tokens_per_s": 1900.0, "decode_tokens_per_s": 220.0}
+    save_winner(p.machine, p.model, p.placement.devices, dict(base, quantization="gguf", prefill="dense"), [])
+    tuned = with_cached_winner(p)
+    pre = tuned.kernels["prefill"]
+    assert (pre.value, pre.kind) == ("dense", ChoiceKind.MEASURED) and tuned.preferences.prefill == "auto"
+    assert any(r.name == "packed" and r.kind is RejectKind.MEASURED_SLOWER for r in pre.rejected)
+    save_winner(p.machine, p.model, p.placement.devices, dict(base, quantization="none", prefill="auto"), [])
+    assert with_cached_winner(p).quantization.method == "none"  # the dequantized transformers model won

@@ -204,14 +204,17 @@ def cmd_bench(args) -> int:
     for r in results:
         c = r.candidate
         mark = "★" if r is winner else ("static plan" if r is static else "")
-        rows.append([c.attention, c.dtype, c.cache, "yes" if c.compile else "no", c.quantization,
+        quant = c.quantization + (f", prefill {c.prefill}" if c.prefill != "auto" else "")
+        rows.append([c.attention, c.dtype, c.cache, "yes" if c.compile else "no", quant,
                      f"{r.prefill_tokens_per_s:.0f} ±{r.prefill_spread:.0%}" if r.prefill_tokens_per_s else "-",
                      f"{r.decode_tokens_per_s:.1f} ±{r.decode_spread:.0%}" if r.decode_tokens_per_s else "-",
                      r.error or mark])
     print(table(rows, ["attention", "dtype", "cache", "compile", "quantization", "prefill tok/s", "decode tok/s", ""]))
     if winner and static:
         ctx, n = args.context, args.new_tokens
-        print(f"\nwinner: {winner.candidate.attention}, {winner.candidate.dtype}, {winner.candidate.cache} cache — "
+        w = winner.candidate
+        packed = f", {w.quantization} with prefill {w.prefill}" if w.prefill != "auto" else ""
+        print(f"\nwinner: {w.attention}, {w.dtype}, {w.cache} cache{packed} — "
               f"static plan reaches {winner.seconds(ctx, n) / static.seconds(ctx, n):.2f}x of the winner's speed "
               f"({time.perf_counter() - t0:.0f} s)")
     return 0 if winner else 1
