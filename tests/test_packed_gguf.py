@@ -146,6 +146,9 @@ def test_none_gives_the_dequantized_transformers_plan_and_gpu_plans_say_why_not_
         assert gpu.quantization.method == "none" and gpu.placement.devices[0].startswith("cuda"), profile
         why = next(r for r in gpu.quantization_rejected if r.name == "gguf:packed-cpu")
         assert why.kind is RejectKind.NOT_RUNNABLE and "dequantized" in why.reason
+        from kernelfit.cli.render import render_plan
+
+        assert f"GGUF      dequantized to {gpu.dtype.value}" in render_plan(gpu)  # `kernelfit plan` says what runs
         # unchanged otherwise: the same dtype, attention and memory as a plan that never tried packing
         before = plan(load_profile(profile), SMOL, Preferences(quantization="none"))
         assert (gpu.dtype.value, gpu.text_attention.value, gpu.memory) == \

@@ -92,6 +92,10 @@ def render_plan(p: Plan) -> str:
         out.append(_wrap(f"Quantize  {label}{' + int' + str(q.kv_bits) + ' KV cache' if q.kv_bits else ''} — {q.reason}", ""))
         for r in [r for r in p.quantization_rejected if r.kind is not RejectKind.DOES_NOT_FIT][:MAX_REJECTED]:
             out.append(_wrap(f"✗ {r.name}: {r.reason}", "            "))
+    if m.format == "gguf" and not lean_runner(p):  # say what runs a GGUF file here, and why not packed
+        why = next((r.reason for r in p.quantization_rejected if r.method == "gguf"), None)
+        if why:
+            out.append(_wrap(f"GGUF      dequantized to {p.dtype.value}: {why}", ""))
     if p.offload.get("cpu_gib") or p.offload.get("disk_gib"):
         out.append(f"Offload   {p.offload['cpu_gib']:.2f} GiB to CPU RAM"
                    + (f", {p.offload['disk_gib']:.2f} GiB on disk" if p.offload.get("disk_gib") else ""))
