@@ -9,6 +9,7 @@ built (no compiler) or is switched off (KERNELFIT_NATIVE=0), the TorchScript ste
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 from dataclasses import dataclass
@@ -16,10 +17,13 @@ from pathlib import Path
 
 import torch
 
-from ..paths import writable_cache_root
+from ..paths import write_atomic, writable_cache_root
 
 SOURCE = Path(__file__).with_name("lean_step.cpp")
 _STATE: dict = {}
+# torch.utils.cpp_extension serialises builds with a lock file it never expires: a build killed (kill -9, power)
+# leaves it behind and every later process would wait on it forever. A build takes ~25-60 s here.
+STALE_LOCK_SECONDS = 600
 
 
 def _key() -> str:
@@ -38,16 +42,70 @@ def native_module():
     elif shutil.which(os.environ.get("CXX", "c++")) is None:
         why = "no C++ compiler (c++) on PATH"
     else:
-        try:
-            from torch.utils.cpp_extension import load
-
-            build = writable_cache_root() / "torch-extensions" / f"lean_step-{_key()}"
-            build.mkdir(parents=True, exist_ok=True)
-            module = load(name=f"kernelfit_lean_step_{_key()}", sources=[str(SOURCE)], build_directory=str(build),
-                          extra_cflags=["-O3"], verbose=False)
-        except Exception as exc:  # noqa: BLE001 - any build failure means: run the TorchScript step
-            why = f"building the C++ step failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+        build = writable_cache_root() / "torch-extensions" / f"lean_step-{_key()}"
+        for attempt in (1, 2):
+            try:
+                module = _build(build)
+                break
+            except Exception as exc:  # noqa: BLE001 - any build failure means: run the TorchScript step
+                why = f"building the C++ step failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+                shutil.rmtree(build, ignore_errors=True)  # a damaged build (a killed link) is rebuilt once
     _STATE["module"], _STATE["why"] = module, why
+    return module
+
+
+def clear_stale_lock(build: Path, now: float | None = None) -> bool:
+    """Remove the build lock of a build that died (older than STALE_LOCK_SECONDS); True if removed."""
+    import time
+
+    lock = build / "lock"
+    try:
+        if (now or time.time()) - lock.stat().st_mtime > STALE_LOCK_SECONDS:
+            lock.unlink()
+            return True
+    except FileNotFoundError:
+        pass
+    return False
+
+
+MANIFEST = "kernelfit-build.json"
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def verified_or_cleared(build: Path) -> bool:
+    """True when `build` holds a library this module built and recorded; a library without its record (a link
+    killed half-way) or with another checksum (damaged since) is removed with its folder: loading a truncated
+    shared library kills the process with SIGBUS, so it must never be tried."""
+    libs = list(build.glob("*.so"))
+    if not libs or ((build / "lock").exists() and not clear_stale_lock(build)):
+        return False  # nothing built yet, or another process is building it now (torch waits on its lock)
+    try:
+        record = json.loads((build / MANIFEST).read_text())
+        if record.get("sha256") == _digest(libs[0]) and record.get("library") == libs[0].name:
+            return True
+    except (OSError, ValueError, AttributeError):
+        pass
+    shutil.rmtree(build, ignore_errors=True)
+    return False
+
+
+def _build(build: Path):
+    from torch.utils.cpp_extension import load
+
+    verified_or_cleared(build)
+    build.mkdir(parents=True, exist_ok=True)
+    clear_stale_lock(build)
+    module = load(name=f"kernelfit_lean_step_{_key()}", sources=[str(SOURCE)], build_directory=str(build),
+                  extra_cflags=["-O3"], verbose=False)
+    lib = Path(module.__file__)
+    if not (build / MANIFEST).is_file():
+        write_atomic(build / MANIFEST, json.dumps({"library": lib.name, "sha256": _digest(lib)}))
+    for old in build.parent.glob("lean_step-*"):  # builds of other sources or torch versions: never loaded again
+        if old != build and not (old / "lock").exists():
+            shutil.rmtree(old, ignore_errors=True)
     return module
 
 
