@@ -93,6 +93,7 @@ def python_worker(kind: str, path: Path, threads: int) -> dict:
 
 # -- workers (fresh interpreters) ---------------------------------------------------------------------
 def _rss_mib() -> float:
+    # read here, not through kernelfit: importing kernelfit would move the interpreter baseline it measures
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -108,7 +109,7 @@ def worker(kind: str, path: Path, threads: int) -> dict:
     t0 = time.perf_counter()
     if kind.startswith("kernelfit"):
         import kernelfit
-        from kernelfit.loader.lean_build import reset_cache
+        from kernelfit.loader.lean_build import kv_bytes, reset_cache
 
         prefill = "dense" if kind == "kernelfit-dense-prefill" else "auto"
         loaded = kernelfit.load(str(path), prefill=prefill, progress=lambda m: None)
@@ -128,7 +129,7 @@ def worker(kind: str, path: Path, threads: int) -> dict:
             _, _, d = runner.generate_ids([1], NEW + 1, stop_at_eos=False)
             dec.append(NEW / d)
         info = {"plan_prefill": loaded.plan.kernels["prefill"].value, "weights_bytes": runner.build.weight_bytes,
-                "kv_bytes": 2 * runner.build.model.k_cache.numel() * 4, "warmup_s": round(warm, 2)}
+                "kv_bytes": kv_bytes(runner.build), "warmup_s": round(warm, 2)}
     else:
         from transformers import AutoModelForCausalLM
 

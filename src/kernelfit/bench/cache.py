@@ -23,6 +23,7 @@ from ..errors import PlanError
 from ..hardware.machine import Machine
 from ..model.spec import ModelSpec
 from ..paths import cache_root, write_atomic
+from ..planner.phases import PREFILL_CHOICES
 from ..planner.quantization import QUANT_CHOICES, otf_choice
 from ..planner.search import plan as make_plan
 from ..planner.types import Choice, ChoiceKind, Plan, RejectKind, Rejected
@@ -112,7 +113,7 @@ def _valid(winner, plan: Plan) -> str | None:
         return f"{dtype} is no longer a native dtype here"
     if winner.get("quantization", "none") not in ("none", "gguf", *QUANT_CHOICES[2:]):
         return f"unknown quantization {winner.get('quantization')!r}"
-    if winner.get("prefill", "auto") not in ("auto", "packed", "dense"):
+    if winner.get("prefill", "auto") not in PREFILL_CHOICES:
         return f"unknown prefill kernel {winner.get('prefill')!r}"
     return None
 

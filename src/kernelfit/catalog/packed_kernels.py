@@ -77,7 +77,12 @@ def packed_cpu(devices: list[Device], cpu: Cpu) -> str | None:
     return f"{isa} CPU" if isa else None
 
 
-def why_not_packed_gguf(gguf_arch: str | None, tensor_types: tuple[str, ...], file_type: str | None) -> list[str]:
+def packed_layout(gguf_type: str) -> str:
+    """The layout a GGUF tensor type gets on the packed path: "int4", "int8" (re-gridded) or "float"."""
+    return "int4" if gguf_type in INT4_EXACT else "float" if gguf_type in FLOAT else "int8"
+
+
+def why_not_packed_gguf(gguf_arch: str | None, tensor_types: tuple[str, ...]) -> list[str]:
     """Short reasons this GGUF file cannot run packed (empty: it can)."""
     reasons = []
     if gguf_arch not in LEAN_GGUF_ARCHS:

@@ -30,12 +30,13 @@ def add_machine_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_quant_args(p: argparse.ArgumentParser) -> None:
+    from ..planner.phases import PREFILL_CHOICES
     from ..planner.quantization import QUANT_CHOICES
 
     p.add_argument("--max-memory", type=parse_max_memory, help="per-device budget, e.g. 0=20GiB,cpu=64GiB")
     p.add_argument("--quantization", default="auto", choices=QUANT_CHOICES,
                    help="auto: only when the model does not fit (least quality loss first)")
-    p.add_argument("--prefill", default="auto", choices=("auto", "packed", "dense"),
+    p.add_argument("--prefill", default="auto", choices=PREFILL_CHOICES,
                    help="packed weights: prefill on the packed weights (memory of the file) or a bf16 copy (faster prompts)")
     p.add_argument("--allow-dequantize", action="store_true",
                    help="unpack a quantized checkpoint when no kernel for it runs here")

@@ -116,13 +116,13 @@ def render_plan(p: Plan) -> str:
                f"{p.preferences.context}, batch {p.preferences.batch}) + activations {mem['activations_gib']:.2f} + "
                f"overhead {mem['overhead_gib']:.2f} = {mem['total_gib']:.2f} GiB of {mem['budget_gib']:.2f} GiB "
                f"{'✓ fits' if mem['fits'] else '✗ does not fit'}")
-    kw = {} if lean_runner(p) else from_pretrained_kwargs(p)
     if lean_runner(p):
         out.append(_wrap("Load      kernelfit's packed CPU runner: the GGUF file is mapped and its tensors packed "
                          "(no from_pretrained, no converted cache); --quantization none loads it dequantized instead", ""))
-    elif "max_memory" in kw:  # bytes for accelerate; GiB for people
-        kw["max_memory"] = {k: f"{gib(v):.2f}GiB" for k, v in kw["max_memory"].items()}
-    if not lean_runner(p):
+    else:
+        kw = from_pretrained_kwargs(p)
+        if "max_memory" in kw:  # bytes for accelerate; GiB for people
+            kw["max_memory"] = {k: f"{gib(v):.2f}GiB" for k, v in kw["max_memory"].items()}
         out.append("Load      from_pretrained(" + ", ".join(f"{k}={v!r}" for k, v in kw.items()) + ")")
     if p.tuned:
         extra = "".join([", torch.compile" if p.tuned.get("compile") else "",

@@ -23,7 +23,7 @@ from ..catalog.packed_kernels import REGRID_MAX_ERROR
 from ..errors import UsageError
 from ..model.gguf_header import read_gguf_header
 from . import gguf_blocks as gb
-from .packed import DenseWeight, Int4Weight, Int8Weight, PackedWeight, bf16_scale_zero, can_int4, concat_int4
+from .packed import DenseWeight, Int4Weight, Int8Weight, PackedWeight, can_int4, concat_int4
 
 CHUNK_ROWS = 2048  # rows converted at a time (a multiple of the int4 tile): ~5 MB of float32 for SmolLM2's table
 
@@ -49,8 +49,9 @@ class GgufTensors:
     conversions: list[Conversion] = field(default_factory=list)
 
     @classmethod
-    def open(cls, path: str | Path) -> "GgufTensors":
-        h = read_gguf_header(path)
+    def open(cls, path: str | Path, header=None) -> "GgufTensors":
+        """`header`: the file's, when the caller has read it already."""
+        h = header or read_gguf_header(path)
         return cls(str(path), np.memmap(path, dtype=np.uint8, mode="r"), {t.name: t for t in h.tensors})
 
     def has(self, name: str) -> bool:
@@ -121,12 +122,8 @@ def regrid(t: GgufTensors, name: str, order: np.ndarray | None = None, keep_dens
     chunks, err2, norm2 = [], 0.0, 0.0
     for start in range(0, rows, CHUNK_ROWS):
         w = t.dequantized(name, start, min(rows, start + CHUNK_ROWS), order)
-        if keep_dense:
-            c = DenseWeight.from_float(w)
-            back = c.weight.float()
-        else:
-            c, _ = Int8Weight.from_float(w)
-            back = c.weight.float() * c.scale.float().unsqueeze(1)
+        c = DenseWeight.from_float(w) if keep_dense else Int8Weight.from_float(w)[0]
+        back = c.dequantize()
         err2 += float(((back - w) ** 2).sum())
         norm2 += float((w ** 2).sum())
         chunks.append(c)
@@ -141,52 +138,31 @@ def regrid(t: GgufTensors, name: str, order: np.ndarray | None = None, keep_dens
     return Int8Weight(torch.cat([c.weight for c in chunks]), torch.cat([c.scale for c in chunks]), rows, cols)
 
 
+def regridded(t: GgufTensors, name: str, order: np.ndarray | None = None) -> PackedWeight:
+    """A tensor no int4 product takes (a float, Q5/Q8/Q6_K type, or a shape off the int4 tiles), and the token
+    table (its rows are looked up, and a tied output product reads it): float tensors bf16, others re-gridded."""
+    return regrid(t, name, order, keep_dense=t.qtype(name) in gb.FLOAT_TYPES)
+
+
+def _int4(t: GgufTensors, names: list[str], orders: dict) -> Int4Weight:
+    """One int4 product of the named tensors' rows, stacked (a fused product when several)."""
+    groups = [t.int4_groups(n, orders.get(n)) for n in names]
+    weight, errors = Int4Weight.from_groups(concat_int4(groups) if len(groups) > 1 else groups[0],
+                                            [len(g.codes) for g in groups])
+    for n, e in zip(names, errors):
+        t.conversions.append(Conversion(n, t.qtype(n), "int4", e))
+        t.release(n)
+    return weight
+
+
 def linear(t: GgufTensors, names: list[str], orders: dict[str, np.ndarray] | None = None) -> list[PackedWeight]:
     """The products for `names` (one fused product where all are int4 and tile-aligned, else one each)."""
     orders = orders or {}
-    types = [t.qtype(n) for n in names]
-    shapes = [t.shape(n) for n in names]
-    for n, q in zip(names, types):
-        if q not in gb.SUPPORTED:
-            raise UsageError(f"GGUF tensor {n} has type {q}; the packed CPU path runs "
+    for n in names:
+        if t.qtype(n) not in gb.SUPPORTED:
+            raise UsageError(f"GGUF tensor {n} has type {t.qtype(n)}; the packed CPU path runs "
                              f"{', '.join(gb.SUPPORTED)} (--quantization none runs the dequantized model)")
-    if all(q in gb.INT4_TYPES for q in types) and all(can_int4(r, c) for r, c in shapes):
-        groups = [t.int4_groups(n, orders.get(n)) for n in names]
-        for n, q in zip(names, types):
-            t.conversions.append(Conversion(n, q, "int4", int4_scale_error(groups[names.index(n)])))
-            t.release(n)
-        return [Int4Weight.from_groups(concat_int4(groups) if len(groups) > 1 else groups[0])]
-    out: list[PackedWeight] = []
-    for n, q in zip(names, types):
-        r, c = t.shape(n)
-        if q in gb.INT4_TYPES and can_int4(r, c):
-            g = t.int4_groups(n, orders.get(n))
-            t.conversions.append(Conversion(n, q, "int4", int4_scale_error(g)))
-            t.release(n)
-            out.append(Int4Weight.from_groups(g))
-        elif q in gb.FLOAT_TYPES:
-            out.append(regrid(t, n, orders.get(n), keep_dense=True))
-        else:
-            out.append(regrid(t, n, orders.get(n)))
-    return out
-
-
-def int4_scale_error(g: gb.Int4Groups, sample_rows: int = 512) -> float:
-    """The only loss of the int4 layout: scales and zeros in bf16 (packed.bf16_scale_zero). Relative to the
-    file's values, over the first `sample_rows` rows."""
-    n = min(sample_rows, g.codes.shape[0])
-    part = gb.Int4Groups(g.codes[:n], g.scale[:n], g.zero[:n])
-    s16, z16 = (t.float().numpy() for t in bf16_scale_zero(part))
-    codes = part.codes.reshape(n, -1, gb.QK).astype(np.float32) - 8
-    exact = codes * part.scale[..., None] + part.zero[..., None]
-    approx = codes * s16[..., None] + z16[..., None]
-    den = float(np.linalg.norm(exact))
-    return float(np.linalg.norm(approx - exact)) / den if den > 0 else 0.0
-
-
-def embedding(t: GgufTensors, name: str) -> PackedWeight:
-    """The token table: rows are looked up (and, when tied, it is also the output product): int8 per row
-    when measured close enough, else bf16."""
-    if t.qtype(name) in gb.FLOAT_TYPES:
-        return regrid(t, name, keep_dense=True)
-    return regrid(t, name)
+    int4 = {n: t.qtype(n) in gb.INT4_TYPES and can_int4(*t.shape(n)) for n in names}
+    if all(int4.values()):
+        return [_int4(t, names, orders)]
+    return [_int4(t, [n], orders) if int4[n] else regridded(t, n, orders.get(n)) for n in names]

@@ -19,8 +19,8 @@ import torch
 from ..catalog.packed_kernels import LEAN_GGUF_ARCHS
 from ..errors import UsageError
 from ..model.gguf_header import read_gguf_header
-from .gguf_packed import Conversion, GgufTensors, embedding, interleave_order, linear
-from .lean_lm import DENSE, INT4, INT8, INT8_EXACT, TOP_EXACT, Block, LeanLM, Product, Products
+from .gguf_packed import Conversion, GgufTensors, interleave_order, linear, regridded
+from .lean_lm import DENSE, INT4, INT8, INT8_EXACT, Block, LeanLM, Product, Products
 from .packed import DenseWeight, Int4Weight, Int8Weight, PackedWeight
 
 GEMMA3_LOCAL_ROPE_THETA = 10000.0
@@ -60,8 +60,9 @@ class LeanBuild:
     native: object = None  # lean_native.NativeArgs: the C++ decode step's arguments
 
 
-def lean_config(path: str | Path) -> LeanConfig:
-    h = read_gguf_header(path)
+def lean_config(path: str | Path, header=None) -> LeanConfig:
+    """`header`: the file's, when the caller has read it already (model/gguf_header.py)."""
+    h = header or read_gguf_header(path)
     arch = h.architecture
     if arch not in LEAN_GGUF_ARCHS:
         raise UsageError(f"the packed CPU runner covers GGUF architectures {', '.join(LEAN_GGUF_ARCHS)}, not "
@@ -92,10 +93,7 @@ def lean_config(path: str | Path) -> LeanConfig:
 
 def product(w: PackedWeight, prefill_dense: bool = False, head: bool = False) -> Product:
     """A packed weight as a runner module; with prefill_dense, a bf16 copy for multi-row calls."""
-    copy = None
-    if prefill_dense and not isinstance(w, DenseWeight):
-        copy = w.dequantize().to(torch.bfloat16) if isinstance(w, Int4Weight) else \
-            (w.weight.float() * w.scale.float().unsqueeze(1)).to(torch.bfloat16)
+    copy = w.dequantize().to(torch.bfloat16) if prefill_dense and not isinstance(w, DenseWeight) else None
     if isinstance(w, Int4Weight):
         return Product(INT4, w.packed, w.scales_zeros, w.out_features, copy)
     if isinstance(w, Int8Weight):
@@ -114,8 +112,9 @@ def build_lean(path: str | Path, prefill_dense: bool = False, progress=None) -> 
     """Read `path`, pack its weights and compile the runner (~3 s for SmolLM2-135M on 2 cores)."""
     t0 = time.perf_counter()
     map_large_allocations()
-    cfg = lean_config(path)
-    t = GgufTensors.open(path)
+    header = read_gguf_header(path)  # once: a 262k-token vocabulary takes ~0.4 s to parse
+    cfg = lean_config(path, header)
+    t = GgufTensors.open(path, header)
     gemma = cfg.family == "gemma3"
     if progress is not None:
         progress(f"packing {Path(path).name} for the CPU ({cfg.layers} layers)")
@@ -150,7 +149,7 @@ def build_lean(path: str | Path, prefill_dense: bool = False, progress=None) -> 
             Products([product(w, prefill_dense) for w in gate_up]), product(down, prefill_dense), qn, kn,
             t.float_tensor(b + "post_attention_norm.weight") if gemma else None,
             t.float_tensor(b + "post_ffw_norm.weight") if gemma else None, cfg.sliding(i)))
-    embed = embedding(t, "token_embd.weight")
+    embed = regridded(t, "token_embd.weight")
     head = linear(t, ["output.weight"])[0] if t.has("output.weight") else embed
     packed += [embed] + ([head] if head is not embed else [])
     scale = embed.scale if isinstance(embed, Int8Weight) else None
@@ -186,18 +185,15 @@ def forward(build: LeanBuild, ids: torch.Tensor, pos: int, all_logits: bool = Fa
 
 def _native_step(build: LeanBuild, step, token: int, pos: int) -> torch.Tensor:
     m, c, n = build.model, build.cfg, build.native
-    if pos >= m.k_cache.shape[3]:
-        raise ValueError(f"position {pos} is past the KV cache ({m.k_cache.shape[3]}); call reset_cache first")
-    with torch.inference_mode():
-        row = m.embed_weight[token:token + 1].float()
-        x = row * m.embed_scale[token:token + 1].float().unsqueeze(-1) if m.embed_int8 else row
-        if m.gemma:
-            x = x * m.embed_mult
+    if pos >= kv_capacity(build):
+        raise ValueError(f"position {pos} is past the KV cache ({kv_capacity(build)}); call reset_cache first")
+    with torch.jit.optimized_execution(False), torch.inference_mode():
+        x = m._embed(torch.tensor([token]))
         local = torch.view_as_real(m.rope_local) if m.rope_local.numel() else torch.empty(0)
         return step.decode_step(x, pos, n.kinds, n.a, n.b, n.n_qkv, n.n_gu, n.norms, n.sliding, m.k_cache, m.v_cache,
                                 torch.view_as_real(m.rope_global), local, m.final_norm, n.head[0], n.head[1],
                                 n.head[2], c.heads, c.kv_heads, c.head_dim, c.ffn, float(c.eps), c.head_dim ** -0.5,
-                                int(c.sliding_window or 0), c.family == "gemma3", TOP_EXACT)
+                                int(c.sliding_window or 0), c.family == "gemma3", m.head.top_exact)
 
 
 M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
@@ -236,7 +232,7 @@ def reset_cache(build: LeanBuild, positions: int) -> None:
     """A float32 static KV cache for `positions` tokens, and the rotary tables to match."""
     cfg, m = build.cfg, build.model
     positions = max(1, min(positions, cfg.max_positions or positions))
-    if m.k_cache.dim() == 5 and m.k_cache.shape[3] >= positions:
+    if kv_capacity(build) >= positions:
         return
     shape = (cfg.layers, 1, cfg.kv_heads, positions, cfg.head_dim)
     m.k_cache = torch.zeros(shape)

@@ -45,6 +45,7 @@ class Product(nn.Module):
         self.kind = kind
         self.a, self.b = a, b  # int4: packed, scales_zeros; int8: weight, scale; dense: weight, unused
         self.out_features = out_features
+        self.top_exact = min(TOP_EXACT, out_features)  # TorchScript reads no module-level ints
         self.prefill = prefill if prefill is not None else torch.empty(0, dtype=torch.bfloat16)
         self.has_prefill = prefill is not None
 
@@ -58,7 +59,7 @@ class Product(nn.Module):
             out: List[torch.Tensor] = []
             for i in range(x.shape[0]):  # one row at a time: _int_mm's one-row path is the fast one
                 y = torch._int_mm(hi[i:i + 1].to(torch.int8), wt).float()
-                top = torch.topk(y[0] * self.b.float(), 64).indices  # TOP_EXACT, ranked with the row scales
+                top = torch.topk(y[0] * self.b.float(), self.top_exact).indices  # ranked with the row scales
                 fix = torch.mv(self.a[top].float(), lo[i]) / 254.0
                 y[0, top] += fix
                 out.append(y)

@@ -18,8 +18,7 @@ from ..cache_entry import build_entry, verified_entry
 from ..errors import HealthCheckError, UsageError
 from ..model.spec import ModelSpec
 from ..paths import cache_root, files_key, writable_cache_root
-from .gguf_packed import Conversion
-from .lean_build import LeanBuild, build_lean, forward, kv_bytes, reset_cache
+from .lean_build import LeanBuild, build_lean, forward, kv_bytes, kv_capacity, reset_cache
 from .lean_native import native_status
 
 TOKENIZER_FORMAT = 1
@@ -33,17 +32,13 @@ class LeanRunner:
     prefill: str = "packed"
     eos_ids: set[int] = field(default_factory=set)
 
-    @property
-    def conversions(self) -> list[Conversion]:
-        return self.build.conversions
-
     def report(self) -> dict:
         """What each tensor became, by GGUF type: layout, count, worst and mean measured error."""
         by: dict[tuple[str, str], list[float]] = {}
         for c in self.build.conversions:
             by.setdefault((c.gguf_type, c.layout), []).append(c.rel_error)
-        return {"packed_weights_mib": round(self.build.weight_bytes / 2**20, 1), "decode_step": native_status(), "build_seconds": round(self.build.seconds, 2),
-                "prefill": self.prefill, "kv_cache_mib": round(kv_bytes(self.build) / 2**20, 1),
+        return {"packed_weights_mib": round(self.build.weight_bytes / 2**20, 1), "decode_step": native_status(),
+                "build_seconds": round(self.build.seconds, 2), "prefill": self.prefill, "kv_cache_mib": round(kv_bytes(self.build) / 2**20, 1),
                 "tensors": [{"gguf_type": t, "layout": lay, "count": len(e), "max_rel_error": round(max(e), 5),
                              "mean_rel_error": round(sum(e) / len(e), 5)} for (t, lay), e in sorted(by.items())]}
 
@@ -55,7 +50,7 @@ class LeanRunner:
         """Greedy tokens after `prompt_ids`; (tokens, prefill seconds, decode seconds)."""
         n = len(prompt_ids)
         reset_cache(self.build, n + max_new_tokens)
-        cap = self.build.model.k_cache.shape[3]
+        cap = kv_capacity(self.build)
         if n + max_new_tokens > cap:
             raise UsageError(f"the prompt ({n} tokens) plus {max_new_tokens} new tokens exceed the model's "
                              f"{cap} positions")

@@ -36,6 +36,9 @@ class PackedWeight:
     def nbytes(self) -> int:
         raise NotImplementedError
 
+    def dequantize(self) -> torch.Tensor:  # float32 [N, K] of what the product computes with
+        raise NotImplementedError
+
 
 @dataclass(eq=False)
 class Int4Weight(PackedWeight):
@@ -52,12 +55,16 @@ class Int4Weight(PackedWeight):
         return self.packed.numel() + self.scales_zeros.numel() * 2
 
     @classmethod
-    def from_groups(cls, g: Int4Groups) -> "Int4Weight":
+    def from_groups(cls, g: Int4Groups, parts: list[int] | None = None) -> tuple["Int4Weight", list[float]]:
+        """The packed weight, and the relative error its bf16 scales and zeros cost each part (consecutive row
+        counts, e.g. Q, K and V of a fused product; default one part)."""
         n, k = g.codes.shape
         packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(torch.from_numpy(g.codes.astype(np.int32)), 1)
-        scale, zero = bf16_scale_zero(g)
+        scale, zero, err2, norm2 = bf16_scale_zero(g)
         sz = torch.stack([scale.T, zero.T], dim=-1).contiguous()
-        return cls(packed, sz, n, k)
+        errors = [float((e.sum() / m.sum().clamp_min(1e-30)).sqrt())
+                  for e, m in zip(err2.split(parts or [n]), norm2.split(parts or [n]))]
+        return cls(packed, sz, n, k), errors
 
     def dequantize(self) -> torch.Tensor:
         """float32 [N, K] of what the kernel computes with (bf16 scales and zeros), through the kernel itself."""
@@ -79,9 +86,9 @@ class Int8Weight(PackedWeight):
     def nbytes(self):
         return self.weight.numel() + self.scale.numel() * 2
 
-    def rows(self, ids: torch.Tensor) -> torch.Tensor:
-        """Embedding lookup: float32 rows `ids` (any shape) -> [..., K]."""
-        return self.weight[ids].float() * self.scale[ids].float().unsqueeze(-1)
+    def dequantize(self) -> torch.Tensor:
+        """float32 [N, K] of what the kernel computes with."""
+        return self.weight.float() * self.scale.float().unsqueeze(1)
 
     @classmethod
     def from_float(cls, w: torch.Tensor) -> tuple["Int8Weight", float]:
@@ -94,8 +101,8 @@ class Int8Weight(PackedWeight):
         low = scale.float() * 127 < amax
         scale = torch.where(low, torch.nextafter(scale, torch.full_like(scale, float("inf"))), scale)
         q = torch.round(w / scale.float().unsqueeze(1)).clamp_(-127, 127).to(torch.int8)
-        err = ((q.float() * scale.float().unsqueeze(1) - w).norm() / w.norm().clamp_min(1e-30)).item()
-        return cls(q, scale, w.shape[0], w.shape[1]), err
+        out = cls(q, scale, w.shape[0], w.shape[1])
+        return out, ((out.dequantize() - w).norm() / w.norm().clamp_min(1e-30)).item()
 
 
 @dataclass(eq=False)
@@ -111,8 +118,8 @@ class DenseWeight(PackedWeight):
     def nbytes(self):
         return self.weight.numel() * 2
 
-    def rows(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.weight[ids].float()
+    def dequantize(self) -> torch.Tensor:
+        return self.weight.float()
 
     @classmethod
     def from_float(cls, w: torch.Tensor) -> "DenseWeight":
@@ -120,9 +127,10 @@ class DenseWeight(PackedWeight):
         return cls(w, w.shape[0], w.shape[1])
 
 
-def bf16_scale_zero(g: Int4Groups) -> tuple[torch.Tensor, torch.Tensor]:
+def bf16_scale_zero(g: Int4Groups) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """bf16 scales and zeros for exact float ones, per group the pair of least squared error over the group's
-    own codes: the scale rounded down or up, and the zero that best absorbs that rounding.
+    own codes: the scale rounded down or up, and the zero that best absorbs that rounding. Returns them with,
+    per row, the squared error that costs and the squared norm of the exact weights.
 
     Rounding both to nearest leaves a systematic error per group (a whole group of 32 weights scaled by the
     same 1 + e), which moved SmolLM2's answer to "What is the capital of France?" from "The capital ..." to
@@ -145,7 +153,8 @@ def bf16_scale_zero(g: Int4Groups) -> tuple[torch.Tensor, torch.Tensor]:
             better = err < best_err
             best_s, best_z = torch.where(better, cand, best_s), torch.where(better, zc, best_z)
             best_err = torch.minimum(err, best_err)
-    return best_s, best_z
+    norm2 = torch.linalg.vector_norm(c * s.unsqueeze(-1) + z.unsqueeze(-1), dim=(-1, -2)) ** 2
+    return best_s, best_z, best_err.sum(-1), norm2
 
 
 def int4_from_float(w: torch.Tensor) -> tuple[Int4Weight, float]:
@@ -158,7 +167,7 @@ def int4_from_float(w: torch.Tensor) -> tuple[Int4Weight, float]:
     codes = torch.round((g - lo.unsqueeze(-1)) / scale.unsqueeze(-1)).clamp_(0, 15)
     zero = (lo + 8 * scale).to(torch.bfloat16).float()
     groups = Int4Groups(codes.reshape(n, k).to(torch.uint8).numpy(), scale.numpy(), zero.numpy())
-    packed = Int4Weight.from_groups(groups)
+    packed, _ = Int4Weight.from_groups(groups)
     back = (codes - 8) * scale.unsqueeze(-1) + zero.unsqueeze(-1)
     err = ((back.reshape(n, k) - w.float()).norm() / w.float().norm().clamp_min(1e-30)).item()
     return packed, err

@@ -16,7 +16,7 @@ from pathlib import Path
 from ..catalog.attention import NON_CAUSAL, SLIDING_WINDOW, SOFTCAP
 from ..catalog.architectures import COMPOSITES, DECODERS, GGUF_ARCH_TO_MODEL_TYPE, VISION, supported_model_types
 from ..errors import UsageError
-from .gguf_header import GGML_TYPES, read_gguf_header
+from .gguf_header import read_gguf_header
 from .quantization import CheckpointQuant, gguf_quantization, parse_quantization
 from .params import decoder_params, head_dim_of, projector_params, vision_key, vision_params, vision_tokens
 
@@ -256,8 +256,7 @@ def _numel_by_type(h) -> dict[str, int]:
     """Values per GGUF tensor type (the packed CPU path sizes its weights from this)."""
     out: dict[str, int] = {}
     for t in h.tensors:
-        name = GGML_TYPES.get(t.ggml_type, (str(t.ggml_type),))[0]
-        out[name] = out.get(name, 0) + t.numel
+        out[t.type_name] = out.get(t.type_name, 0) + t.numel
     return dict(sorted(out.items()))
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ..catalog.packed_kernels import DECODE_KERNELS, FLOAT, INT4_EXACT, PREFILL_DENSE, PREFILL_PACKED, SOURCES
+from ..catalog.packed_kernels import DECODE_KERNELS, FLOAT, PREFILL_DENSE, PREFILL_PACKED, SOURCES, packed_layout
 from ..model.spec import ModelSpec
 from .memory import MemoryEstimate, gib
 from .types import Choice, ChoiceKind, Preferences, RejectKind, Rejected
@@ -41,7 +41,7 @@ def phase_kernels(model: ModelSpec, prefs: Preferences, q, memory: MemoryEstimat
         return {}, memory
     if q.bits is None:
         types = model.extra.get("gguf_numel_by_type") or {}
-        kinds = sorted({"int4" if t in INT4_EXACT else "int8" for t in types if t not in FLOAT})
+        kinds = sorted({packed_layout(t) for t in types} - {"float"})
     else:
         kinds = [f"int{q.bits}"]
     decode = Choice("packed", ChoiceKind.PRIORITY,

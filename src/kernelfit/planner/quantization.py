@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..catalog.packages import install_hint
-from ..catalog.packed_kernels import INT4_EXACT, REGRID, REGRID_MAX_ERROR, packed_cpu, why_not_packed_gguf
+from ..catalog.packed_kernels import REGRID_MAX_ERROR, packed_cpu, packed_layout, why_not_packed_gguf
 from ..catalog.quantization import ON_THE_FLY, PREQUANTIZED, hf_backend_name, missing_packages, why_not_backend
 from ..hardware.machine import Device, Machine
 from ..model.quantization import PREQUANTIZED_METHODS
@@ -255,12 +255,12 @@ def _packed(level: Level, model: ModelSpec, devices: list[Device], machine: Mach
         return Rejected(name, RejectKind.NOT_RUNNABLE, why, method=name.split(":")[0], backend="packed-cpu")
     if level.bits is None:
         types = tuple(model.extra.get("gguf_numel_by_type") or ())
-        reasons = why_not_packed_gguf(model.extra.get("gguf_arch"), types, model.quantization.format)
+        reasons = why_not_packed_gguf(model.extra.get("gguf_arch"), types)
         if reasons:
             return Rejected(name, RejectKind.NOT_RUNNABLE, "; ".join(reasons) + "; the file is dequantized instead",
                             method="gguf", backend="packed-cpu")
-        layouts = sorted({("int4" if t in INT4_EXACT else "int8 per row" if t in REGRID else "float") + f" ({t})"
-                          for t in types})
+        label = {"int4": "int4", "int8": "int8 per row", "float": "float"}
+        layouts = sorted({f"{label[packed_layout(t)]} ({t})" for t in types})
         return QuantOption("gguf", None, "packed-cpu", 32, None,
                            f"the {model.quantization.format} file runs as stored on the {isa}: no float copy, no cache "
                            f"({', '.join(layouts)}; a re-gridded tensor whose measured error exceeds "
