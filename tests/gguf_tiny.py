@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from gguf import GGMLQuantizationType, GGUFWriter, quants
+from gguf import GGMLQuantizationType, GGUFWriter, RopeScalingType, quants
 
 HIDDEN, HEADS, KV_HEADS, FFN, VOCAB, LAYERS = 256, 4, 2, 512, 512, 2
 HEAD_DIM = HIDDEN // HEADS
@@ -68,9 +68,10 @@ def encode(w: np.ndarray, qtype: str):
 
 
 def write_tiny(path: Path, qtype: str, arch: str = "llama", seed: int = 0, embed_type: str | None = None,
-               tokenizer: bool = True, nan_norm: bool = False) -> Path:
+               tokenizer: bool = True, nan_norm: bool = False, yarn: bool = False) -> Path:
     """A 2-layer model of `arch` ("llama", "qwen2", "gemma3") whose linear weights are `qtype`; `tokenizer`
-    False leaves out the token scores transformers needs, `nan_norm` puts a NaN in the final norm."""
+    False leaves out the token scores transformers needs, `nan_norm` puts a NaN in the final norm, `yarn` declares
+    YaRN rotary scaling."""
     rng = np.random.default_rng(seed)
     w = GGUFWriter(str(path), arch)
     w.add_context_length(1024)
@@ -81,6 +82,8 @@ def write_tiny(path: Path, qtype: str, arch: str = "llama", seed: int = 0, embed
     w.add_head_count_kv(KV_HEADS)
     w.add_layer_norm_rms_eps(1e-6)
     w.add_rope_freq_base(10000.0)
+    if yarn:
+        w.add_rope_scaling_type(RopeScalingType.YARN)
     w.add_key_length(HEAD_DIM)
     w.add_value_length(HEAD_DIM)
     w.add_vocab_size(VOCAB)

@@ -197,6 +197,9 @@ def _inputs(tmp: Path) -> dict:
     (d / "notes.txt").write_text("not an image, not a model")
     made["text file"] = str(d / "notes.txt")
     made["dir"] = str(d)
+    from gguf_tiny import write_tiny  # a GGUF file whose tokenizer metadata transformers cannot read
+
+    made["gguf no tokenizer scores"] = str(write_tiny(d / "no-scores.gguf", "Q4_0", tokenizer=False))
     return made
 
 
@@ -222,6 +225,8 @@ for _name in BAD_GGUF:
     case(f"plan gguf: {_name}", "GGUF")(lambda m, n=_name: ["plan", m[("gguf", n)]])
 for _name in ("garbage", "truncated data"):
     case(f"run gguf: {_name}", "GGUF")(lambda m, n=_name: ["run", m[("gguf", n)], "--prompt", "hi"])
+case("run gguf: tokenizer metadata transformers cannot read", "tokenizer")(
+    lambda m: ["run", m["gguf no tokenizer scores"], "--prompt", "hi"])
 for _name in BAD_SAFETENSORS:
     case(f"plan safetensors: {_name}", "damaged")(lambda m, n=_name: ["plan", m[("safetensors", n)]])
     case(f"run safetensors: {_name}", "damaged")(lambda m, n=_name: ["run", m[("safetensors", n)], "--prompt", "hi"])

@@ -361,3 +361,15 @@ def test_a_damaged_c_step_library_is_removed_before_it_is_loaded(tmp_path):
         assert not verified_or_cleared(d) and not d.exists()
     busy = build(record=False, lock=True)  # another process is building it right now: leave it alone
     assert not verified_or_cleared(busy) and busy.exists()
+
+
+def test_a_rotary_scaling_the_runner_lacks_plans_the_dequantized_model(tmp_path):
+    """A yarn-scaled file is planned dequantized (with the reason), not packed and then refused at load."""
+    path = write_tiny(tmp_path / "yarn.gguf", "Q4_0", yarn=True)
+    spec = load_model_spec(str(path))
+    assert spec.extra["gguf_rope_scaling"] == "yarn"
+    p = plan(load_profile("cpu-spr-amx"), spec, Preferences())
+    assert p.quantization.method == "none"
+    why = next(r for r in p.quantization_rejected if r.name == "gguf:packed-cpu")
+    assert why.kind is RejectKind.NOT_RUNNABLE and "yarn" in why.reason
+    assert plan(load_profile("cpu-spr-amx"), SMOL, Preferences()).quantization.method == "gguf"  # plain rotary

@@ -166,6 +166,15 @@ def check_free_space(parent: Path, need_bytes: int, what: str) -> None:
                          f"some space or point KERNELFIT_CACHE_DIR at a larger disk")
 
 
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove these folders, deepest first, where they are empty (another process may have filled one)."""
+    for d in folders:
+        try:
+            d.rmdir()
+        except OSError:
+            pass
+
+
 def build_entry(final: Path, build: Callable[[Path], dict], need_bytes: int = 0, what: str = "a cache entry",
                 progress: Callable[[str], None] | None = None) -> Path:
     """Return the intact cache entry `final`, building it first if needed: `build(tmp)` writes into a
@@ -175,6 +184,8 @@ def build_entry(final: Path, build: Callable[[Path], dict], need_bytes: int = 0,
     if hit is not None:
         return hit
     parent = final.parent
+    # folders this build creates: removed again (when still empty) if it fails, so a failure leaves nothing
+    created = [d for d in (parent, *parent.parents) if not d.exists()]
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -207,12 +218,14 @@ def build_entry(final: Path, build: Callable[[Path], dict], need_bytes: int = 0,
         publish_dir(tmp, final)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        _remove_empty(created)
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise UsageError(f"the disk holding {parent} filled up while writing {what}; nothing was kept — free "
                              "some space or point KERNELFIT_CACHE_DIR at a larger disk") from None
         raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        _remove_empty(created)
         raise
     return final
 

@@ -82,9 +82,15 @@ def packed_layout(gguf_type: str) -> str:
     return "int4" if gguf_type in INT4_EXACT else "float" if gguf_type in FLOAT else "int8"
 
 
-def why_not_packed_gguf(gguf_arch: str | None, tensor_types: tuple[str, ...]) -> list[str]:
+# rotary scalings loader/lean_lm.py implements (None: plain rotary)
+LEAN_ROPE_SCALINGS = (None, "linear")
+
+
+def why_not_packed_gguf(gguf_arch: str | None, tensor_types: tuple[str, ...], rope_scaling: str | None = None) -> list[str]:
     """Short reasons this GGUF file cannot run packed (empty: it can)."""
     reasons = []
+    if rope_scaling not in LEAN_ROPE_SCALINGS:
+        reasons.append(f"rotary scaling '{rope_scaling}' is not implemented by the packed runner")
     if gguf_arch not in LEAN_GGUF_ARCHS:
         reasons.append(f"architecture '{gguf_arch}' is not one the packed runner covers ({', '.join(LEAN_GGUF_ARCHS)})")
     odd = [t for t in tensor_types if t not in PACKED_GGUF_TYPES]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from ..catalog.packed_kernels import LEAN_GGUF_ARCHS
+from ..catalog.packed_kernels import LEAN_GGUF_ARCHS, LEAN_ROPE_SCALINGS
 from ..errors import UsageError
 from ..model.gguf_header import read_gguf_header
 from .gguf_packed import Conversion, GgufTensors, interleave_order, linear, regridded
@@ -71,9 +71,9 @@ def lean_config(path: str | Path, header=None) -> LeanConfig:
     hidden = int(h.arch_key("embedding_length"))
     tokens = h.metadata.get("tokenizer.ggml.tokens")
     gemma = arch == "gemma3"
-    scaling = h.arch_key("rope.scaling.type")
-    if scaling not in (None, "none", "linear") or any(t.name == "rope_freqs.weight" for t in h.tensors):
-        raise UsageError(f"{Path(path).name}: rotary scaling '{scaling or 'rope_freqs'}' is not implemented by the "
+    scaling = h.rope_scaling  # the planner does not send other scalings here (catalog LEAN_ROPE_SCALINGS)
+    if scaling not in LEAN_ROPE_SCALINGS:
+        raise UsageError(f"{Path(path).name}: rotary scaling '{scaling}' is not implemented by the "
                          f"packed CPU runner (--quantization none runs the dequantized model)")
     window = h.arch_key("attention.sliding_window") if gemma else None
     return LeanConfig(

@@ -78,7 +78,7 @@ class LeanRunner:
         return [] if bool(torch.isfinite(out).all()) else ["non-finite logits on an 8-token forward"]
 
 
-def _tokenizer_dir(spec: ModelSpec, progress) -> Path:
+def tokenizer_dir(spec: ModelSpec, progress=None) -> Path:
     """The file's tokenizer, saved once (transformers rebuilds it from GGUF metadata in ~10 s)."""
     gguf = Path(spec.model_dir) / spec.gguf_file
     key = f"{gguf.stem}-{files_key([gguf], TOKENIZER_FORMAT)}"
@@ -105,7 +105,7 @@ def _tokenizer_dir(spec: ModelSpec, progress) -> Path:
 def load_lean(spec: ModelSpec, prefill: str, health_check: bool, progress) -> tuple[LeanRunner, object]:
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(str(_tokenizer_dir(spec, progress)))
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir(spec, progress)))
     build = build_lean(Path(spec.model_dir) / spec.gguf_file, prefill_dense=prefill == "dense", progress=progress)
     eos = {i for i in (tok.eos_token_id, tok.convert_tokens_to_ids("<end_of_turn>")) if isinstance(i, int)
            and i != tok.unk_token_id}

@@ -45,12 +45,17 @@ def _torch_dtype(name: str):
 
 def check_loadable(plan: Plan, allow_pickle: bool = False) -> None:
     """What would stop loading this plan here, as a UsageError — before anything heavy starts (bench checks
-    this once instead of failing every candidate)."""
+    this once instead of failing every candidate). A GGUF file run packed has its tokenizer built here (once,
+    then cached): a file whose tokenizer metadata transformers cannot read is refused before the plan is shown."""
     spec = plan.model
     q = plan.quantization
     if q is not None and q.install:
         raise UsageError(f"the plan for {spec.name} needs a package that is not installed: {q.install} "
                          f"(or choose another way with --quantization / --context)")
+    if lean_runner(plan):
+        from .lean_run import tokenizer_dir
+
+        tokenizer_dir(spec)
     if spec.format == "gguf":
         return
     if spec.format == "config-only" or not spec.model_dir:

@@ -60,6 +60,14 @@ class GgufHeader:
     def architecture(self) -> str:
         return str(self.metadata.get("general.architecture", ""))
 
+    @property
+    def rope_scaling(self) -> str | None:
+        """The rotary scaling ("linear", "yarn", ...; "rope_freqs" for a per-frequency table), None when plain."""
+        if any(t.name == "rope_freqs.weight" for t in self.tensors):
+            return "rope_freqs"
+        kind = self.arch_key("rope.scaling.type")
+        return None if kind in (None, "none") else str(kind)
+
     def arch_key(self, key: str, default=None):
         return self.metadata.get(f"{self.architecture}.{key}", default)
 

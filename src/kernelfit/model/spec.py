@@ -249,7 +249,7 @@ def spec_from_gguf(path: Path, name: str, model_dir: str | None = None) -> Model
                    model_dir=model_dir or str(path.parent),
                    chat_template="tokenizer.chat_template" in h.metadata,
                    extra={"gguf_name": h.metadata.get("general.name"), "gguf_arch": arch,
-                          "gguf_numel_by_type": _numel_by_type(h)})
+                          "gguf_numel_by_type": _numel_by_type(h), "gguf_rope_scaling": h.rope_scaling})
 
 
 def _numel_by_type(h) -> dict[str, int]:

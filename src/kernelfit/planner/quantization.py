@@ -255,7 +255,7 @@ def _packed(level: Level, model: ModelSpec, devices: list[Device], machine: Mach
         return Rejected(name, RejectKind.NOT_RUNNABLE, why, method=name.split(":")[0], backend="packed-cpu")
     if level.bits is None:
         types = tuple(model.extra.get("gguf_numel_by_type") or ())
-        reasons = why_not_packed_gguf(model.extra.get("gguf_arch"), types)
+        reasons = why_not_packed_gguf(model.extra.get("gguf_arch"), types, model.extra.get("gguf_rope_scaling"))
         if reasons:
             return Rejected(name, RejectKind.NOT_RUNNABLE, "; ".join(reasons) + "; the file is dequantized instead",
                             method="gguf", backend="packed-cpu")
