@@ -15,6 +15,7 @@ from gguf import GGMLQuantizationType, quants
 from conftest import run_cli
 from gguf_tiny import VOCAB, write_tiny
 from kernelfit.loader import gguf_blocks as gb
+from kernelfit.loader.dot_weight import DotWeight, dot_available
 from kernelfit.loader.lean_build import build_lean, forward, reset_cache
 from kernelfit.model.spec import load_model_spec
 from kernelfit.planner.search import plan
@@ -50,6 +51,46 @@ def test_blocks_decode_exactly_like_gguf_py(qtype):
         assert np.allclose(back.reshape(4, 512), ref, rtol=1e-6, atol=1e-7)
 
 
+needs_dot = pytest.mark.skipif(not dot_available(), reason="no C++ compiler here: torch's packed kernels run")
+EXACT_LAYOUT = {t: f"{4 if t in gb.INT4_TYPES else 8}-bit groups (exact)" for t in TYPES}
+
+
+@needs_dot
+@pytest.mark.parametrize("qtype", TYPES)
+@pytest.mark.parametrize("rows", [64, 13])  # 13: a partial tile of 8 rows, padded and dropped
+def test_dot_products_are_the_file_values_times_float32_activations(qtype, rows):
+    """The C++ group dot products compute with exactly the file's values (dequantize() equals gguf-py's decoding)
+    and float32 activations to ~15 bits: 1e-4 of the float64 product, where bf16 activations give ~3e-3."""
+    cols = 512
+    raw = _random_blocks(qtype, rows, cols, np.random.default_rng(2))
+    ref_w = quants.dequantize(raw, getattr(GGMLQuantizationType, qtype)).astype(np.float64)
+    w = DotWeight.from_groups(gb.dot_groups(raw, qtype, rows, cols))
+    assert np.array_equal(w.dequantize().numpy(), ref_w.astype(np.float32))
+    ids = torch.tensor([rows - 1, 0, 5])
+    assert np.array_equal(w.rows(ids).numpy(), ref_w[ids.numpy()].astype(np.float32))
+    assert torch.equal(w.dequantize(bf16=True), torch.from_numpy(ref_w).to(torch.bfloat16))
+    x = torch.randn(3, cols) * torch.linspace(0.01, 3, cols)  # uneven magnitudes, like real activations
+    want = x.double().numpy() @ ref_w.T
+    got = w.mm(x).double().numpy()
+    assert got.shape == (3, rows)
+    assert np.linalg.norm(got - want) / np.linalg.norm(want) < 1e-4
+    bf16 = (x.bfloat16().double().numpy() @ ref_w.T)
+    assert np.linalg.norm(got - want) < np.linalg.norm(bf16 - want) / 10
+
+
+def test_dot_kernels_refuse_mismatched_shapes():
+    from kernelfit.loader.lean_native import native_module
+
+    ops = native_module()
+    if ops is None:
+        pytest.skip("no C++ compiler here")
+    w = DotWeight.from_groups(gb.dot_groups(_random_blocks("Q8_0", 8, 64, np.random.default_rng(3)), "Q8_0", 8, 64))
+    with pytest.raises(RuntimeError, match="shapes do not match"):
+        ops.dot_mm(torch.randn(1, 32), w.codes, w.scale, w.mins, 8, 8)
+    with pytest.raises(RuntimeError, match="row out of range"):
+        w.rows(torch.tensor([8]))
+
+
 def _tokens(n=300):
     return torch.tensor([b % VOCAB for b in PROSE.read_bytes()[:n]])
 
@@ -80,7 +121,24 @@ def test_packed_agrees_with_transformers_dequantized_load(tmp_path, arch, qtype)
     assert top1 >= 0.99, (top1, float(cos.min()))
     assert float(cos.mean()) >= 0.999 and float(cos.min()) >= 0.998, (float(cos.mean()), float(cos.min()))
     layouts = {c.layout for c in b.conversions if c.gguf_type == qtype}
-    assert layouts == ({"int4"} if qtype in gb.INT4_TYPES else {"int8"}), layouts
+    if dot_available():
+        assert layouts == {EXACT_LAYOUT[qtype]}, layouts
+    else:
+        assert layouts == ({"int4"} if qtype in gb.INT4_TYPES else {"int8"}), layouts
+
+
+@pytest.mark.parametrize("path_kind", ["exact", "torch"])
+def test_torch_kernels_still_run_where_the_dot_products_are_not_built(tmp_path, monkeypatch, path_kind):
+    """KERNELFIT_DOT=0 (and a machine without a C++ compiler) packs for torch's kernels: same agreement bar."""
+    if path_kind == "torch":
+        monkeypatch.setenv("KERNELFIT_DOT", "0")
+    elif not dot_available():
+        pytest.skip("no C++ compiler here")
+    path = write_tiny(tmp_path / "m.gguf", "Q6_K", "gemma3")
+    top1, cos, b = _agreement(path, _tokens())
+    assert top1 >= 0.99 and float(cos.mean()) >= 0.999
+    want = {"exact": {EXACT_LAYOUT["Q6_K"]}, "torch": {"int8"}}[path_kind]
+    assert {c.layout for c in b.conversions if c.gguf_type == "Q6_K"} == want
 
 
 @pytest.mark.parametrize("arch,qtype", [("gemma3", "Q4_K"), ("gemma3", "Q5_0"), ("qwen2", "Q4_1"), ("llama", "Q8_0")])
@@ -112,6 +170,7 @@ def test_regrid_error_over_the_limit_falls_back_to_bf16(tmp_path, monkeypatch):
     import kernelfit.loader.gguf_packed as gp
 
     path = write_tiny(tmp_path / "q8.gguf", "Q8_0")
+    monkeypatch.setenv("KERNELFIT_DOT", "0")  # re-grids are torch's int8 kernel's; the dot products read Q8_0 as is
     monkeypatch.setattr(gp, "REGRID_MAX_ERROR", 1e-6)
     b = build_lean(path)
     assert {c.layout for c in b.conversions if c.gguf_type == "Q8_0"} == {"bf16"}
@@ -198,7 +257,11 @@ def test_bundled_model_answers_paris_through_the_packed_runner():
     assert set(out["plan"]["kernels"]) == {"decode", "prefill"}
     assert out["packing"]["packed_weights_mib"] < 100 and out["peak_rss_mib"] > 0
     layouts = {(t["gguf_type"], t["layout"]) for t in out["packing"]["tensors"]}
-    assert ("Q4_1", "int4") in layouts and ("Q8_0", "int8") in layouts
+    if dot_available():
+        assert layouts == {("Q4_1", EXACT_LAYOUT["Q4_1"]), ("Q8_0", EXACT_LAYOUT["Q8_0"])}
+        assert all(t["max_rel_error"] == 0 for t in out["packing"]["tensors"])
+    else:
+        assert ("Q4_1", "int4") in layouts and ("Q8_0", "int8") in layouts
     dense = run_cli("run", "--prompt", "What is the capital of France?", "--max-new-tokens", "12", "--json",
                     "--quantization", "none", timeout=300)
     assert dense.returncode == 0, dense.stderr
@@ -218,9 +281,17 @@ def _real_text_agreement(path: Path, tokenizer_dir, gguf_file: str):
         bf16 = ref32.to(torch.bfloat16)(ids[None]).logits[0].float()  # transformers' own bf16 run of the file
     b = build_lean(path)
     reset_cache(b, len(ids) + 8)
-    got = forward(b, ids, 0, True)
+    got = forward(b, ids, 0, True)  # the prefill kernel (bf16 products through oneDNN)
+    reset_cache(b, len(ids) + 8)
+    steps = torch.cat([forward(b, ids[i:i + 1], i) for i in range(len(ids))])  # the decode kernel, token by token
     agree = lambda x: float((want.argmax(-1) == x.argmax(-1)).float().mean())  # noqa: E731
-    return agree(got), agree(bf16), torch.nn.functional.cosine_similarity(want, got, -1), want, got, b
+    cos = torch.nn.functional.cosine_similarity
+    print(f"{path.name}, {len(ids)} positions teacher-forced: decode steps top-1 {agree(steps):.3f} cosine min "
+          f"{float(cos(want, steps, -1).min()):.6f}; prefill top-1 {agree(got):.3f} cosine mean "
+          f"{float(cos(want, got, -1).mean()):.5f}; transformers bf16 top-1 {agree(bf16):.3f}")
+    if dot_available():  # decode reads the file's exact values with ~15-bit activations
+        assert agree(steps) >= 0.99 and float(cos(want, steps, -1).min()) >= 0.9999
+    return agree(got), agree(bf16), cos(want, got, -1), want, got, b
 
 
 @pytest.mark.slow
@@ -251,7 +322,8 @@ def test_gemma3_270m_packed_agrees_and_generates_like_transformers():
     print(f"Gemma 3 270M Q4_K_M, 300 positions: packed top-1 {ours:.3f}, transformers bf16 {hf_bf16:.3f}, "
           f"cosine mean {float(cos.mean()):.5f} min {float(cos.min()):.5f}")
     kinds = {(c.gguf_type, c.layout) for c in b.conversions}
-    assert ("Q4_K", "int4") in kinds and any(t == "Q6_K" for t, _ in kinds) and any(t == "Q5_0" for t, _ in kinds)
+    assert {t for t, _ in kinds} == {"Q4_K", "Q5_0", "Q6_K", "Q8_0"}
+    assert ("Q4_K", EXACT_LAYOUT["Q4_K"] if dot_available() else "int4") in kinds
     assert float(cos.mean()) >= 0.999
     assert ours >= min(0.99, hf_bf16) - 0.05  # Gemma's Q5_0/Q8_0/Q6_K tensors are re-gridded (measured, declared)
 

@@ -110,6 +110,11 @@ SOURCES: dict[str, Source] = {s.id: s for s in (
            "https://github.com/pytorch/pytorch/blob/main/aten/src/ATen/native/cpu/int8mm_kernel.cpp",
            "_weight_int4pack_mm_for_cpu: int4 weights packed in 64-row blocks, bf16 scales and zeros per group "
            "(w = (q - 8) * scale + zero); _weight_int8pack_mm: int8 weights, one scale per output row; AVX-512 paths"),
+    Source("llama-cpp-vec-dot", "llama.cpp's CPU dot products of quantized blocks",
+           "https://github.com/ggml-org/llama.cpp/blob/master/ggml/src/ggml-cpu/arch/x86/quants.c",
+           "ggml_vec_dot_q4_0_q8_0 / q4_1_q8_1 / q8_0_q8_0: the activation row quantized to int8 per block of 32, "
+           "integer dot products per block (vpdpbusd / vpmaddubsw, the sign trick for signed codes), one float "
+           "scale per block"),
     Source("kernelfit-cpu-decode-attn", "kernelfit measurement: one-query attention on a 2-thread AMD EPYC",
            "kernelfit:benchmarks/dispatch.py",
            "bf16, 9 query / 3 KV heads, head_dim 64: SDPA 33.6/58.7/83.9/1836 us at 64/128/192/4000 keys; grouped "

@@ -123,3 +123,71 @@ def dequantize(raw: np.ndarray, qtype: str, rows: int, cols: int) -> np.ndarray:
         w = (d * sc).reshape(-1, 16, 1) * q.reshape(-1, 16, 16).astype(np.float32)
         return w.reshape(rows, cols)
     raise ValueError(f"GGUF type {qtype} is not supported by the packed path")
+
+
+@dataclass
+class DotGroups:
+    """w[n, k] = scale[n, k // group] * codes[n, k] + mins[n, k // group], every value exactly the file's.
+    codes unsigned (an int8 code c is stored as c + 128 with the minimum -128 * scale); bits 4 (0..15) or 8."""
+
+    codes: np.ndarray  # uint8 [N, K]
+    scale: np.ndarray  # float16 (the file's own scales) or float32 (K-quants: two of them multiplied) [N, K/group]
+    mins: np.ndarray  # same dtype and shape as scale
+    bits: int
+    group: int
+
+    @property
+    def layout(self) -> tuple:
+        """Weights with equal layouts can be one fused product."""
+        return self.bits, self.group, self.scale.dtype.str
+
+
+def _scales(*arrays: np.ndarray, exact_f16: bool) -> list[np.ndarray]:
+    """float16 when every value is a float16 the file stored (or a power-of-two multiple that stays finite), else
+    float32: the kernels read both, float16 halves the scale bytes."""
+    if exact_f16 and all(np.isfinite(a.astype(np.float16)).all() for a in arrays):
+        return [a.astype(np.float16) for a in arrays]
+    return [a.astype(np.float32) for a in arrays]
+
+
+def dot_groups(raw: np.ndarray, qtype: str, rows: int, cols: int) -> DotGroups:
+    """The codes, scales and minimums of a quantized tensor [rows, cols] for loader/dot_kernels.h."""
+    b = _blocks(raw, qtype, rows)
+    if qtype in ("Q4_0", "Q4_1"):
+        d = _f16(b[:, 0:2])[:, 0]
+        m = -8 * d if qtype == "Q4_0" else _f16(b[:, 2:4])[:, 0]
+        codes = _nibbles32(b[:, 2:18] if qtype == "Q4_0" else b[:, 4:20])
+        scale, mins = _scales(d, m, exact_f16=True)
+        return DotGroups(codes.reshape(rows, cols), scale.reshape(rows, -1), mins.reshape(rows, -1), 4, QK)
+    if qtype == "Q4_K":
+        d, dmin = _f16(b[:, 0:2]), _f16(b[:, 2:4])
+        sc, mn = k_scale_min(b[:, 4:16])
+        qs = b[:, 16:144].reshape(-1, 4, 32)
+        codes = np.stack([qs & 0x0F, qs >> 4], axis=2).reshape(rows, cols)
+        scale, mins = _scales(d * sc.astype(np.float32), -(dmin * mn.astype(np.float32)), exact_f16=False)
+        return DotGroups(codes, scale.reshape(rows, -1), mins.reshape(rows, -1), 4, QK)
+    if qtype in ("Q5_0", "Q5_1"):
+        off = 2 if qtype == "Q5_0" else 4
+        d = _f16(b[:, 0:2])[:, 0]
+        qh = np.ascontiguousarray(b[:, off:off + 4]).view(np.uint32)
+        hi = ((qh >> np.arange(32, dtype=np.uint32)) & 1).astype(np.uint8)
+        codes = _nibbles32(b[:, off + 4:off + 20]) | (hi << 4)
+        m = -16 * d if qtype == "Q5_0" else _f16(b[:, 2:4])[:, 0]
+        scale, mins = _scales(d, m, exact_f16=True)
+        return DotGroups(codes.reshape(rows, cols), scale.reshape(rows, -1), mins.reshape(rows, -1), 8, QK)
+    if qtype == "Q8_0":
+        d = _f16(b[:, 0:2])[:, 0]
+        codes = (b[:, 2:34].view(np.int8).astype(np.int16) + 128).astype(np.uint8)
+        scale, mins = _scales(d, -128 * d, exact_f16=True)
+        return DotGroups(codes.reshape(rows, cols), scale.reshape(rows, -1), mins.reshape(rows, -1), 8, QK)
+    if qtype == "Q6_K":
+        ql, qh = b[:, 0:128], b[:, 128:192]
+        sc = b[:, 192:208].view(np.int8).astype(np.float32)
+        d = _f16(b[:, 208:210])
+        lo = np.stack([ql.reshape(-1, 2, 64) & 0x0F, ql.reshape(-1, 2, 64) >> 4], axis=2).reshape(-1, 8, 32)
+        hi = (qh.reshape(-1, 2, 1, 32) >> np.array([0, 2, 4, 6], dtype=np.uint8).reshape(1, 1, 4, 1)) & 0x03
+        codes = lo | (hi.reshape(-1, 8, 32) << 4)  # 0..63; w = d * sc * (q - 32)
+        s = (d * sc).reshape(rows, -1)
+        scale, mins = _scales(s, -32 * s, exact_f16=False)
+        return DotGroups(codes.reshape(rows, cols), scale, mins, 8, 16)
+    raise ValueError(f"GGUF type {qtype} has no dot layout")

@@ -23,6 +23,7 @@ from ..catalog.packed_kernels import REGRID_MAX_ERROR
 from ..errors import UsageError
 from ..model.gguf_header import read_gguf_header
 from . import gguf_blocks as gb
+from .dot_weight import DotWeight, concat_dot
 from .packed import DenseWeight, Int4Weight, Int8Weight, PackedWeight, can_int4, concat_int4
 
 CHUNK_ROWS = 2048  # rows converted at a time (a multiple of the int4 tile): ~5 MB of float32 for SmolLM2's table
@@ -101,6 +102,13 @@ class GgufTensors:
             g = gb.Int4Groups(g.codes[order], g.scale[order], g.zero[order])
         return g
 
+    def dot_groups(self, name: str, order: np.ndarray | None = None) -> gb.DotGroups:
+        rows, cols = self.shape(name)
+        g = gb.dot_groups(self._raw_rows(name, 0, rows), self.qtype(name), rows, cols)
+        if order is not None:
+            g = gb.DotGroups(g.codes[order], g.scale[order], g.mins[order], g.bits, g.group)
+        return g
+
     def dequantized(self, name: str, start: int, stop: int, order: np.ndarray | None = None) -> torch.Tensor:
         rows, cols = self.shape(name)
         raw = self._raw_rows(name, 0, rows)[order[start:stop]] if order is not None else self._raw_rows(name, start, stop)
@@ -155,13 +163,28 @@ def _int4(t: GgufTensors, names: list[str], orders: dict) -> Int4Weight:
     return weight
 
 
-def linear(t: GgufTensors, names: list[str], orders: dict[str, np.ndarray] | None = None) -> list[PackedWeight]:
-    """The products for `names` (one fused product where all are int4 and tile-aligned, else one each)."""
+def dot(t: GgufTensors, names: list[str], orders: dict) -> list[PackedWeight]:
+    """The file's own groups for the C++ dot products: one fused product where the layouts agree, else one each."""
+    groups = [t.dot_groups(n, orders.get(n)) for n in names]
+    for n, g in zip(names, groups):
+        t.conversions.append(Conversion(n, t.qtype(n), f"{g.bits}-bit groups (exact)", 0.0))
+        t.release(n)
+    if len({g.layout for g in groups}) == 1:
+        return [DotWeight.from_groups(concat_dot(groups) if len(groups) > 1 else groups[0])]
+    return [DotWeight.from_groups(g) for g in groups]
+
+
+def linear(t: GgufTensors, names: list[str], orders: dict[str, np.ndarray] | None = None,
+           exact: bool = False) -> list[PackedWeight]:
+    """The products for `names`. exact (the C++ dot kernels are built): the file's groups as stored; else torch's
+    kernels: one fused int4 product where all are int4 and tile-aligned, else one each."""
     orders = orders or {}
     for n in names:
         if t.qtype(n) not in gb.SUPPORTED:
             raise UsageError(f"GGUF tensor {n} has type {t.qtype(n)}; the packed CPU path runs "
                              f"{', '.join(gb.SUPPORTED)} (--quantization none runs the dequantized model)")
+    if exact and not any(t.qtype(n) in gb.FLOAT_TYPES for n in names):
+        return dot(t, names, orders)
     int4 = {n: t.qtype(n) in gb.INT4_TYPES and can_int4(*t.shape(n)) for n in names}
     if all(int4.values()):
         return [_int4(t, names, orders)]

@@ -19,8 +19,10 @@ import torch
 from ..catalog.packed_kernels import LEAN_GGUF_ARCHS, LEAN_ROPE_SCALINGS
 from ..errors import UsageError
 from ..model.gguf_header import read_gguf_header
+from .gguf_blocks import FLOAT_TYPES
 from .gguf_packed import Conversion, GgufTensors, interleave_order, linear, regridded
-from .lean_lm import DENSE, INT4, INT8, INT8_EXACT, Block, LeanLM, Product, Products
+from .dot_weight import DotWeight, dot_available
+from .lean_lm import DENSE, DOT4, DOT8, INT4, INT8, INT8_EXACT, Block, LeanLM, Product, Products
 from .packed import DenseWeight, Int4Weight, Int8Weight, PackedWeight
 
 GEMMA3_LOCAL_ROPE_THETA = 10000.0
@@ -93,7 +95,10 @@ def lean_config(path: str | Path, header=None) -> LeanConfig:
 
 def product(w: PackedWeight, prefill_dense: bool = False, head: bool = False) -> Product:
     """A packed weight as a runner module; with prefill_dense, a bf16 copy for multi-row calls."""
-    copy = w.dequantize().to(torch.bfloat16) if prefill_dense and not isinstance(w, DenseWeight) else None
+    copy = w.dequantize().to(torch.bfloat16) if prefill_dense and isinstance(w, (Int4Weight, Int8Weight)) else None
+    if isinstance(w, DotWeight):
+        copy = w.dequantize(bf16=True) if prefill_dense else None
+        return Product(DOT4 if w.bits == 4 else DOT8, w.codes, w.scale, w.out_features, copy, w.mins)
     if isinstance(w, Int4Weight):
         return Product(INT4, w.packed, w.scales_zeros, w.out_features, copy)
     if isinstance(w, Int8Weight):
@@ -116,6 +121,7 @@ def build_lean(path: str | Path, prefill_dense: bool = False, progress=None) -> 
     cfg = lean_config(path, header)
     t = GgufTensors.open(path, header)
     gemma = cfg.family == "gemma3"
+    exact = dot_available()  # the file's own groups through the C++ dot products; else torch's packed kernels
     if progress is not None:
         progress(f"packing {Path(path).name} for the CPU ({cfg.layers} layers)")
     # Llama/Mistral files already pair rotary dims side by side; qwen2 and gemma3 files keep halves
@@ -134,9 +140,10 @@ def build_lean(path: str | Path, prefill_dense: bool = False, progress=None) -> 
             if interleave:
                 qb, kb = qb[torch.from_numpy(q_order)], kb[torch.from_numpy(k_order)]
             bias = torch.cat([qb, kb, vb])
-        qkv = linear(t, names, orders)
-        gate_up = linear(t, [b + "ffn_gate.weight", b + "ffn_up.weight"])
-        o, down = linear(t, [b + "attn_output.weight"])[0], linear(t, [b + "ffn_down.weight"])[0]
+        qkv = linear(t, names, orders, exact)
+        gate_up = linear(t, [b + "ffn_gate.weight", b + "ffn_up.weight"], exact=exact)
+        o = linear(t, [b + "attn_output.weight"], exact=exact)[0]
+        down = linear(t, [b + "ffn_down.weight"], exact=exact)[0]
         packed += [*qkv, o, *gate_up, down]
         qn = kn = None
         if gemma:
@@ -149,11 +156,17 @@ def build_lean(path: str | Path, prefill_dense: bool = False, progress=None) -> 
             Products([product(w, prefill_dense) for w in gate_up]), product(down, prefill_dense), qn, kn,
             t.float_tensor(b + "post_attention_norm.weight") if gemma else None,
             t.float_tensor(b + "post_ffw_norm.weight") if gemma else None, cfg.sliding(i)))
-    embed = regridded(t, "token_embd.weight")
-    head = linear(t, ["output.weight"])[0] if t.has("output.weight") else embed
+    table = "token_embd.weight"
+    embed = linear(t, [table], exact=True)[0] if exact and t.qtype(table) not in FLOAT_TYPES else regridded(t, table)
+    head = linear(t, ["output.weight"], exact=exact)[0] if t.has("output.weight") else embed
     packed += [embed] + ([head] if head is not embed else [])
-    scale = embed.scale if isinstance(embed, Int8Weight) else None
-    model = LeanLM(cfg, embed.weight, scale, blocks, t.float_tensor("output_norm.weight"), product(head, head=True))
+    head_p = product(head, head=True)
+    if isinstance(embed, DotWeight):  # looked up through the dot kernels' row reader (the head's, when tied)
+        embed_p = head_p if head is embed else product(embed)
+        model = LeanLM(cfg, torch.empty(0), None, blocks, t.float_tensor("output_norm.weight"), head_p, embed_p)
+    else:
+        scale = embed.scale if isinstance(embed, Int8Weight) else None
+        model = LeanLM(cfg, embed.weight, scale, blocks, t.float_tensor("output_norm.weight"), head_p)
     from .lean_native import native_args
 
     native = native_args(model)
@@ -188,12 +201,22 @@ def _native_step(build: LeanBuild, step, token: int, pos: int) -> torch.Tensor:
     if pos >= kv_capacity(build):
         raise ValueError(f"position {pos} is past the KV cache ({kv_capacity(build)}); call reset_cache first")
     with torch.jit.optimized_execution(False), torch.inference_mode():
-        x = m._embed(torch.tensor([token]))
+        x = _embed_row(build, step, token)
         local = torch.view_as_real(m.rope_local) if m.rope_local.numel() else torch.empty(0)
-        return step.decode_step(x, pos, n.kinds, n.a, n.b, n.n_qkv, n.n_gu, n.norms, n.sliding, m.k_cache, m.v_cache,
-                                torch.view_as_real(m.rope_global), local, m.final_norm, n.head[0], n.head[1],
-                                n.head[2], c.heads, c.kv_heads, c.head_dim, c.ffn, float(c.eps), c.head_dim ** -0.5,
+        return step.decode_step(x, pos, n.kinds, n.a, n.b, n.c, n.n, n.n_qkv, n.n_gu, n.norms, n.sliding, m.k_cache,
+                                m.v_cache, torch.view_as_real(m.rope_global), local, m.final_norm, *n.head, c.heads, c.kv_heads, c.head_dim, c.ffn, float(c.eps), c.head_dim ** -0.5,
                                 int(c.sliding_window or 0), c.family == "gemma3", m.head.top_exact)
+
+
+def _embed_row(build: LeanBuild, step, token: int) -> torch.Tensor:
+    """The token's embedding; a dot-group table is read here directly (through the scripted module, the Python
+    call of its ignored method cost ~0.5 ms a token)."""
+    m, n = build.model, build.native
+    if n.embed is None:
+        return m._embed(torch.tensor([token]))
+    kind, a, b, c, rows = n.embed
+    x = step.dot_dequant(a, b, c, 4 if kind == DOT4 else 8, rows, torch.tensor([token]), False)
+    return x * m.embed_mult if m.gemma else x
 
 
 M_MMAP_THRESHOLD = -3  # glibc mallopt parameter

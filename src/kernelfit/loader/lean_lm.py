@@ -15,7 +15,7 @@ this CPU); products take bf16, the packed kernels' dtype. Exactness is tested ag
 own dequantized load of the same file (tests/test_packed_gguf.py).
 """
 
-from __future__ import annotations
+# no `from __future__ import annotations`: TorchScript reads the signatures of the @torch.jit.ignore methods
 
 import math
 from typing import List, Optional
@@ -24,7 +24,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-INT4, INT8, DENSE, INT8_EXACT = 0, 1, 2, 3  # Product.kind
+INT4, INT8, DENSE, INT8_EXACT, DOT4, DOT8 = 0, 1, 2, 3, 4, 5  # Product.kind
+# DOT4 / DOT8: the file's own groups read by kernelfit's C++ dot products (loader/dot_weight.py): float32 in and
+# out, exact weights. A call of more than DOT_MAX_ROWS rows (prefill) multiplies a bf16 copy made for that call
+# with oneDNN instead: integer dot products are compute-bound there, oneDNN's bf16 GEMM is not.
+DOT_MAX_ROWS = 4
+# ... unless the bf16 copy of that one product would be large (an output head asked for every position's logits:
+# Gemma 3's 262k x 640 table is 335 MB in bf16): the dot products then take all rows.
+DOT_MAX_COPY_WEIGHTS = 1 << 24
 # INT8_EXACT: the output head. The packed kernels return bf16, whose 8-bit mantissa rounds a logit of 25 to
 # a multiple of 0.125 — enough to swap the top two tokens of SmolLM2 answering "What is the capital of
 # France?" (margin 0.08). The head instead runs torch._int_mm, whose int32 sums are exact, on the activation
@@ -37,19 +44,47 @@ GROUP = 32
 
 
 class Product(nn.Module):
-    """One weight-only product y = x @ W^T in one of the packed layouts (loader/packed.py), with an
-    optional bf16 copy used for multi-row (prefill) calls."""
+    """One weight-only product y = x @ W^T in one of the packed layouts (loader/packed.py, loader/dot_weight.py),
+    with an optional bf16 copy used for multi-row (prefill) calls. x: float32 or bf16."""
 
-    def __init__(self, kind: int, a: torch.Tensor, b: torch.Tensor, out_features: int, prefill: Optional[torch.Tensor]):
+    def __init__(self, kind: int, a: torch.Tensor, b: torch.Tensor, out_features: int, prefill: Optional[torch.Tensor],
+                 c: Optional[torch.Tensor] = None):
         super().__init__()
         self.kind = kind
-        self.a, self.b = a, b  # int4: packed, scales_zeros; int8: weight, scale; dense: weight, unused
+        # int4: packed, scales_zeros; int8: weight, scale; dense: weight, unused; dot: codes, scales (c: minimums)
+        self.a, self.b = a, b
+        self.c = c if c is not None else torch.empty(0)
         self.out_features = out_features
         self.top_exact = min(TOP_EXACT, out_features)  # TorchScript reads no module-level ints
+        self.dot_max_rows = DOT_MAX_ROWS
         self.prefill = prefill if prefill is not None else torch.empty(0, dtype=torch.bfloat16)
         self.has_prefill = prefill is not None
 
+    @torch.jit.ignore
+    def _dot(self, x: torch.Tensor) -> torch.Tensor:
+        """The C++ dot products (a Python call from TorchScript: the extension is a pybind module)."""
+        from .lean_native import native_module
+
+        ops = native_module()
+        bits = 4 if self.kind == 4 else 8
+        if x.shape[0] <= DOT_MAX_ROWS or self.out_features * x.shape[1] > DOT_MAX_COPY_WEIGHTS:
+            return ops.dot_mm(x, self.a, self.b, self.c, bits, self.out_features)
+        w = ops.dot_dequant(self.a, self.b, self.c, bits, self.out_features, torch.empty(0, dtype=torch.long), True)
+        return F.linear(x.to(torch.bfloat16), w).float()
+
+    @torch.jit.ignore
+    def rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """float32 rows `ids` of a dot weight (the token table's lookup)."""
+        from .lean_native import native_module
+
+        return native_module().dot_dequant(self.a, self.b, self.c, 4 if self.kind == 4 else 8, self.out_features,
+                                           ids, False)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind >= 4:
+            if self.has_prefill and x.shape[0] > self.dot_max_rows:
+                return F.linear(x.to(torch.bfloat16), self.prefill)
+            return self._dot(x)
         if self.kind == 3:  # x float32 -> float32
             s = x.abs().amax(-1, keepdim=True).clamp_min(1e-30) / 127.0
             u = x / s
@@ -64,6 +99,7 @@ class Product(nn.Module):
                 y[0, top] += fix
                 out.append(y)
             return torch.cat(out) * s * self.b.float()
+        x = x.to(torch.bfloat16)  # the torch kernels' dtype
         if self.has_prefill and x.shape[0] > 1:
             return F.linear(x, self.prefill)
         if self.kind == 0:
@@ -119,7 +155,7 @@ class LeanLM(nn.Module):
     KV cache and returns the logits of the last position, or of every position."""
 
     def __init__(self, cfg, embed_weight: torch.Tensor, embed_scale: Optional[torch.Tensor], blocks: List[Block],
-                 final_norm: torch.Tensor, head: Product):
+                 final_norm: torch.Tensor, head: Product, embed_dot: Optional[Product] = None):
         super().__init__()
         self.heads, self.kv_heads, self.head_dim = cfg.heads, cfg.kv_heads, cfg.head_dim
         self.eps = float(cfg.eps)
@@ -131,6 +167,8 @@ class LeanLM(nn.Module):
         self.embed_weight = embed_weight  # int8 [V, hidden] (with embed_scale) or bf16
         self.embed_int8 = embed_scale is not None
         self.embed_scale = embed_scale if embed_scale is not None else torch.empty(0)
+        self.has_embed_dot = embed_dot is not None  # the table as dot groups (the head's, when tied)
+        self.embed_dot = embed_dot if embed_dot is not None else head
         self.blocks = nn.ModuleList(blocks)
         self.final_norm, self.head = final_norm, head
         self.k_cache = torch.empty(0)
@@ -139,7 +177,9 @@ class LeanLM(nn.Module):
         self.rope_local = torch.empty(0)
 
     def _embed(self, ids: torch.Tensor) -> torch.Tensor:
-        if self.embed_int8:
+        if self.has_embed_dot:
+            x = self.embed_dot.rows(ids)
+        elif self.embed_int8:
             x = self.embed_weight[ids].float() * self.embed_scale[ids].float().unsqueeze(-1)
         else:
             x = self.embed_weight[ids].float()
@@ -182,7 +222,7 @@ class LeanLM(nn.Module):
         nq, nkv, d = self.heads, self.kv_heads, self.head_dim
         li = 0
         for blk in self.blocks:
-            h = _norm(x, blk.attn_norm, self.eps).to(torch.bfloat16)
+            h = _norm(x, blk.attn_norm, self.eps)
             qkv = blk.qkv(h).float()
             if blk.has_bias:
                 qkv = qkv + blk.qkv_bias
@@ -195,18 +235,18 @@ class LeanLM(nn.Module):
             self.k_cache[li, 0, :, pos:pos + t] = qk[:, nq:].transpose(0, 1)
             self.v_cache[li, 0, :, pos:pos + t] = qkv[:, nq + nkv:].transpose(0, 1)
             a = self._attend(qk[:, :nq], li, pos, t, blk.sliding)
-            a = blk.o(a.to(torch.bfloat16))
+            a = blk.o(a)
             if blk.has_post_norms:
                 a = _norm(a.float(), blk.post_attn_norm, self.eps)
             x = x + a  # a bf16 addend promotes to float32: no separate cast
-            h = _norm(x, blk.ffn_norm, self.eps).to(torch.bfloat16)
+            h = _norm(x, blk.ffn_norm, self.eps)
             gu = blk.gate_up(h).float()  # the activation in float32: in bf16 SmolLM2's logit cosine fell 3x further
             g = gu[:, :self.ffn]
             if self.gemma:
                 g = F.gelu(g, approximate="tanh")
             else:
                 g = F.silu(g)
-            y = blk.down((g * gu[:, self.ffn:]).to(torch.bfloat16))
+            y = blk.down(g * gu[:, self.ffn:])
             if blk.has_post_norms:
                 y = _norm(y.float(), blk.post_ffn_norm, self.eps)
             x = x + y
@@ -214,6 +254,4 @@ class LeanLM(nn.Module):
         if not all_logits:
             x = x[t - 1:]
         h = _norm(x, self.final_norm, self.eps)
-        if self.head.kind == 3:
-            return self.head(h)
-        return self.head(h.to(torch.bfloat16)).float()
+        return self.head(h).float()

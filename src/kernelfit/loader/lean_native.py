@@ -20,15 +20,35 @@ import torch
 from ..paths import write_atomic, writable_cache_root
 
 SOURCE = Path(__file__).with_name("lean_step.cpp")
+HEADERS = (Path(__file__).with_name("dot_kernels.h"),)
+# The dot products are compiled for this machine's vector ISA (-march=native), so a build is keyed by the CPU too:
+# a cache folder shared by machines of different CPUs keeps one build each.
+CFLAGS = ["-O3", "-march=native"]
 _STATE: dict = {}
 # torch.utils.cpp_extension serialises builds with a lock file it never expires: a build killed (kill -9, power)
 # leaves it behind and every later process would wait on it forever. A build takes ~25-60 s here.
 STALE_LOCK_SECONDS = 600
 
 
+def _cpu_flags() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line
+    except OSError:
+        pass
+    import platform
+
+    return platform.machine() + platform.processor()
+
+
 def _key() -> str:
     h = hashlib.sha256(SOURCE.read_bytes())
+    for header in HEADERS:
+        h.update(header.read_bytes())
     h.update(torch.__version__.encode())
+    h.update(_cpu_flags().encode())
+    h.update(" ".join(CFLAGS).encode())
     return h.hexdigest()[:12]
 
 
@@ -99,7 +119,7 @@ def _build(build: Path):
     build.mkdir(parents=True, exist_ok=True)
     clear_stale_lock(build)
     module = load(name=f"kernelfit_lean_step_{_key()}", sources=[str(SOURCE)], build_directory=str(build),
-                  extra_cflags=["-O3"], verbose=False)
+                  extra_cflags=CFLAGS, verbose=False)
     lib = Path(module.__file__)
     if not (build / MANIFEST).is_file():
         write_atomic(build / MANIFEST, json.dumps({"library": lib.name, "sha256": _digest(lib)}))
@@ -121,21 +141,26 @@ class NativeArgs:
     kinds: list
     a: list
     b: list
+    c: list
+    n: list
     n_qkv: list
     n_gu: list
     norms: list
     sliding: list
     head: tuple
+    embed: tuple | None  # the token table's dot groups (kind, codes, scales, mins, rows), or None
 
 
 def native_args(model) -> NativeArgs:
     empty = torch.empty(0)
-    kinds, a, b, n_qkv, n_gu, norms, sliding = [], [], [], [], [], [], []
+    kinds, a, b, c, n, n_qkv, n_gu, norms, sliding = [], [], [], [], [], [], [], [], []
 
     def add(p):
         kinds.append(int(p.kind))
         a.append(p.a)
         b.append(p.b if p.b.numel() else empty)
+        c.append(p.c)
+        n.append(int(p.out_features))
 
     for blk in model.blocks:
         parts = [blk.qkv.p0, blk.qkv.p1, blk.qkv.p2][:blk.qkv.n]
@@ -153,4 +178,8 @@ def native_args(model) -> NativeArgs:
                       blk.post_attn_norm if blk.has_post_norms else empty,
                       blk.post_ffn_norm if blk.has_post_norms else empty])
         sliding.append(int(blk.sliding))
-    return NativeArgs(kinds, a, b, n_qkv, n_gu, norms, sliding, (int(model.head.kind), model.head.a, model.head.b))
+    h = model.head
+    e = model.embed_dot
+    embed = (int(e.kind), e.a, e.b, e.c, int(e.out_features)) if model.has_embed_dot else None
+    return NativeArgs(kinds, a, b, c, n, n_qkv, n_gu, norms, sliding, (int(h.kind), h.a, h.b, h.c, int(h.out_features)),
+                      embed)

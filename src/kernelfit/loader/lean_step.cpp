@@ -10,23 +10,40 @@
 #include <cmath>
 #include <vector>
 
+#include "dot_kernels.h"
+
 using at::Tensor;
 
 namespace {
 
-// y = x @ W^T for a packed product (lean_lm.py Product kinds 0 int4, 1 int8, 2 dense); x: bf16 [1, K]
-Tensor product(const Tensor& x, int64_t kind, const Tensor& a, const Tensor& b) {
-  if (kind == 0) return at::_weight_int4pack_mm_for_cpu(x, a, 32, b);
-  if (kind == 1) return at::_weight_int8pack_mm(x, a, b);
-  return at::linear(x, a);
+// The weight products of a step: lean_lm.py Product kinds 0 int4, 1 int8, 2 dense (torch's kernels, bf16 in and
+// out), 4 and 5 the file's 4- and 8-bit groups (dot_kernels.h, float32 in and out); n: each one's output rows.
+struct Weights {
+  const std::vector<int64_t>& kinds;
+  const std::vector<Tensor>& a;
+  const std::vector<Tensor>& b;
+  const std::vector<Tensor>& c;
+  const std::vector<int64_t>& n;
+};
+
+// float32 [1, N] = x @ W^T for x float32 [1, K]
+Tensor product(const Tensor& x, int64_t kind, const Tensor& a, const Tensor& b, const Tensor& c, int64_t n) {
+  if (kind == 4 || kind == 5) return dot::dot_mm(x, a, b, c, kind == 4 ? 4 : 8, n);
+  const Tensor xb = x.to(at::kBFloat16);
+  if (kind == 0) return at::_weight_int4pack_mm_for_cpu(xb, a, 32, b).to(at::kFloat);
+  if (kind == 1) return at::_weight_int8pack_mm(xb, a, b).to(at::kFloat);
+  return at::linear(xb, a).to(at::kFloat);
 }
 
-// several products over the same input, side by side (bf16 [1, sum N])
-Tensor products(const Tensor& x, const std::vector<int64_t>& kinds, const std::vector<Tensor>& as,
-                const std::vector<Tensor>& bs, int64_t first, int64_t n) {
-  if (n == 1) return product(x, kinds[first], as[first], bs[first]);
+Tensor product(const Tensor& x, const Weights& w, int64_t i) {
+  return product(x, w.kinds[i], w.a[i], w.b[i], w.c[i], w.n[i]);
+}
+
+// several products over the same input, side by side (float32 [1, sum N])
+Tensor products(const Tensor& x, const Weights& w, int64_t first, int64_t count) {
+  if (count == 1) return product(x, w, first);
   std::vector<Tensor> parts;
-  for (int64_t i = 0; i < n; ++i) parts.push_back(product(x, kinds[first + i], as[first + i], bs[first + i]));
+  for (int64_t i = 0; i < count; ++i) parts.push_back(product(x, w, first + i));
   return at::cat(parts, 1);
 }
 
@@ -36,37 +53,35 @@ float rms_scale(const float* x, int64_t n, double eps) {
   return float(1.0 / std::sqrt(ss / n + eps));
 }
 
-// bf16 [1, n] = rmsnorm(x) * w
-Tensor norm_bf16(const Tensor& x, const Tensor& w, double eps) {
+// float32 [1, n] = rmsnorm(x) * w
+Tensor norm(const Tensor& x, const Tensor& w, double eps) {
   int64_t n = x.size(-1);
-  auto out = at::empty({1, n}, x.options().dtype(at::kBFloat16));
+  auto out = at::empty({1, n}, x.options());
   const float* xp = x.data_ptr<float>();
   const float* wp = w.data_ptr<float>();
-  auto* op = out.data_ptr<at::BFloat16>();
+  float* op = out.data_ptr<float>();
   float s = rms_scale(xp, n, eps);
-  for (int64_t i = 0; i < n; ++i) op[i] = at::BFloat16(xp[i] * s * wp[i]);
+  for (int64_t i = 0; i < n; ++i) op[i] = xp[i] * s * wp[i];
   return out;
 }
 
-// x += y (bf16), through an optional post-norm (Gemma 3) computed in float32
+// x += y, through an optional post-norm (Gemma 3)
 void residual_add(float* x, const Tensor& y, const Tensor& post, double eps) {
   int64_t n = y.size(-1);
-  const auto* yp = y.data_ptr<at::BFloat16>();
+  const float* yp = y.data_ptr<float>();
   if (post.numel() == 0) {
-    for (int64_t i = 0; i < n; ++i) x[i] += float(yp[i]);
+    for (int64_t i = 0; i < n; ++i) x[i] += yp[i];
     return;
   }
-  std::vector<float> t(n);
-  for (int64_t i = 0; i < n; ++i) t[i] = float(yp[i]);
-  float s = rms_scale(t.data(), n, eps);
+  float s = rms_scale(yp, n, eps);
   const float* wp = post.data_ptr<float>();
-  for (int64_t i = 0; i < n; ++i) x[i] += t[i] * s * wp[i];
+  for (int64_t i = 0; i < n; ++i) x[i] += yp[i] * s * wp[i];
 }
 
 // one head's d values: (+ bias) (-> rmsnorm * w) (-> rotary over interleaved pairs with cos/sin at pos) -> dst
-void head_vector(const at::BFloat16* src, const float* bias, const float* w, const float* cs, bool rotate,
+void head_vector(const float* src, const float* bias, const float* w, const float* cs, bool rotate,
                  int64_t d, double eps, float* dst) {
-  for (int64_t i = 0; i < d; ++i) dst[i] = float(src[i]) + (bias ? bias[i] : 0.f);
+  for (int64_t i = 0; i < d; ++i) dst[i] = src[i] + (bias ? bias[i] : 0.f);
   if (w) {
     float s = rms_scale(dst, d, eps);
     for (int64_t i = 0; i < d; ++i) dst[i] = dst[i] * s * w[i];
@@ -84,15 +99,17 @@ void head_vector(const at::BFloat16* src, const float* bias, const float* w, con
 }  // namespace
 
 // x: float32 [1, hidden] (the token's embedding, already scaled); returns float32 logits [1, vocab].
-// Per layer li: products[offsets[li] ...] are QKV parts (n_qkv[li] of them), O, gate/up parts (n_gu[li]), down.
+// Per layer li, in order: its QKV products (n_qkv[li] of them), O, gate/up parts (n_gu[li]), down.
 // norms[li]: {attn_norm, ffn_norm, qkv_bias, q_norm, k_norm, post_attn_norm, post_ffn_norm} (empty = absent).
 Tensor decode_step(Tensor x, int64_t pos, const std::vector<int64_t>& kinds, const std::vector<Tensor>& as,
-                   const std::vector<Tensor>& bs, const std::vector<int64_t>& n_qkv, const std::vector<int64_t>& n_gu,
+                   const std::vector<Tensor>& bs, const std::vector<Tensor>& cs, const std::vector<int64_t>& ns,
+                   const std::vector<int64_t>& n_qkv, const std::vector<int64_t>& n_gu,
                    const std::vector<std::vector<Tensor>>& norms, const std::vector<int64_t>& sliding, Tensor k_cache,
                    Tensor v_cache, Tensor rope_global, Tensor rope_local, Tensor final_norm, int64_t head_kind,
-                   Tensor head_a, Tensor head_b, int64_t nq, int64_t nkv, int64_t d, int64_t ffn, double eps,
+                   Tensor head_a, Tensor head_b, Tensor head_c, int64_t head_n, int64_t nq, int64_t nkv, int64_t d, int64_t ffn, double eps,
                    double scaling, int64_t window, bool gelu, int64_t top_exact) {
   at::NoGradGuard no_grad;
+  const Weights w{kinds, as, bs, cs, ns};
   x = x.contiguous().clone();
   float* xp = x.data_ptr<float>();
   const int64_t layers = static_cast<int64_t>(norms.size());
@@ -106,10 +123,10 @@ Tensor decode_step(Tensor x, int64_t pos, const std::vector<int64_t>& kinds, con
     bool slide = sliding[li] != 0;
     const Tensor& rope = (slide && rope_local.numel() > 0) ? rope_local : rope_global;
     const float* cs = rope.data_ptr<float>() + pos * d;  // [cap, d/2, 2]
-    auto h = norm_bf16(x, nm[0], eps);
-    auto qkv = products(h, kinds, as, bs, idx, n_qkv[li]);
+    auto h = norm(x, nm[0], eps);
+    auto qkv = products(h, w, idx, n_qkv[li]);
     idx += n_qkv[li];
-    const auto* src = qkv.data_ptr<at::BFloat16>();
+    const float* src = qkv.data_ptr<float>();
     const float* bias = nm[2].numel() ? nm[2].data_ptr<float>() : nullptr;
     const float* qn = nm[3].numel() ? nm[3].data_ptr<float>() : nullptr;
     const float* kn = nm[4].numel() ? nm[4].data_ptr<float>() : nullptr;
@@ -127,23 +144,22 @@ Tensor decode_step(Tensor x, int64_t pos, const std::vector<int64_t>& kinds, con
     auto v = v_cache[li].narrow(2, start, pos + 1 - start);
     auto qt = torch::from_blob(q.data(), {1, nq, 1, d}, x.options());
     auto a = at::scaled_dot_product_attention(qt, k, v, {}, 0.0, false, scaling, nq != nkv);
-    auto ab = a.reshape({1, nq * d}).to(at::kBFloat16);
-    auto o = product(ab, kinds[idx], as[idx], bs[idx]);
+    auto o = product(a.reshape({1, nq * d}).contiguous(), w, idx);
     idx += 1;
     residual_add(xp, o, nm[5], eps);
-    h = norm_bf16(x, nm[1], eps);
-    auto gu = products(h, kinds, as, bs, idx, n_gu[li]);
+    h = norm(x, nm[1], eps);
+    auto gu = products(h, w, idx, n_gu[li]);
     idx += n_gu[li];
     auto act = at::empty({1, ffn}, h.options());
-    const auto* gp = gu.data_ptr<at::BFloat16>();
-    auto* ap = act.data_ptr<at::BFloat16>();
+    const float* gp = gu.data_ptr<float>();
+    float* ap = act.data_ptr<float>();
     for (int64_t i = 0; i < ffn; ++i) {
-      float g = float(gp[i]), u = float(gp[ffn + i]);
+      float g = gp[i], u = gp[ffn + i];
       float f = gelu ? 0.5f * g * (1.f + std::tanh(0.7978845608028654f * (g + 0.044715f * g * g * g)))
                      : g / (1.f + std::exp(-g));
-      ap[i] = at::BFloat16(f * u);
+      ap[i] = f * u;
     }
-    auto y = product(act, kinds[idx], as[idx], bs[idx]);
+    auto y = product(act, w, idx);
     idx += 1;
     residual_add(xp, y, nm[6], eps);
   }
@@ -152,7 +168,7 @@ Tensor decode_step(Tensor x, int64_t pos, const std::vector<int64_t>& kinds, con
   const float* fw = final_norm.data_ptr<float>();
   float* hp = hn.data_ptr<float>();
   for (int64_t i = 0; i < x.size(-1); ++i) hp[i] = xp[i] * s * fw[i];
-  if (head_kind != 3) return product(hn.to(at::kBFloat16), head_kind, head_a, head_b).to(at::kFloat);
+  if (head_kind != 3) return product(hn, head_kind, head_a, head_b, head_c, head_n);
   // lean_lm.py Product kind 3: _int_mm on one int8 digit, the top logits recomputed with the second
   auto sx = hn.abs().amax(-1, true).clamp_min(1e-30) / 127.0;
   auto u = hn / sx;
@@ -165,4 +181,9 @@ Tensor decode_step(Tensor x, int64_t pos, const std::vector<int64_t>& kinds, con
   return logits * sx * head_b.to(at::kFloat);
 }
 
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) { m.def("decode_step", &decode_step, "LeanLM decode step"); }
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("decode_step", &decode_step, "LeanLM decode step");
+  m.def("dot_mm", &dot::dot_mm, "x @ W^T over a weight's file groups (dot_kernels.h)");
+  m.def("dot_dequant", &dot::dot_dequant, "a dot weight's rows as float32 or bf16");
+  m.def("fast_dot", &dot::fast_dot, "whether the dot products are vectorised here");
+}

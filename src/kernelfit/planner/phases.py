@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ..catalog.packed_kernels import DECODE_KERNELS, FLOAT, PREFILL_DENSE, PREFILL_PACKED, SOURCES, packed_layout
+from ..catalog.packed_kernels import DECODE_KERNELS, FLOAT, GGUF_DECODE, PREFILL_DENSE, PREFILL_PACKED, SOURCES, packed_layout
 from ..model.spec import ModelSpec
 from .memory import MemoryEstimate, gib
 from .types import Choice, ChoiceKind, Preferences, RejectKind, Rejected
@@ -44,9 +44,10 @@ def phase_kernels(model: ModelSpec, prefs: Preferences, q, memory: MemoryEstimat
         kinds = sorted({packed_layout(t) for t in types} - {"float"})
     else:
         kinds = [f"int{q.bits}"]
+    kernels = GGUF_DECODE if q.bits is None else "; ".join(DECODE_KERNELS[k] for k in kinds)
     decode = Choice("packed", ChoiceKind.PRIORITY,
-                    "one-row products read the packed weights: " + "; ".join(DECODE_KERNELS[k] for k in kinds)
-                    + " — 2.4-3.2x faster than bf16 at one row on the reference CPU", sources=SOURCES)
+                    f"one-row products read the packed weights: {kernels} — 2.4-3.2x faster than bf16 at one row "
+                    "on the reference CPU", sources=SOURCES)
     copy = dense_copy_bytes(model, q.bits)
     with_copy = replace(memory, weights=memory.weights + copy)
     copy_fits = with_copy.fits

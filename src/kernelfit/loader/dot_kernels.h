@@ -1,0 +1,366 @@
+// Weight-only products that read GGUF-style groups as stored: 4-bit codes (Q4_0, Q4_1, Q4_K) or 8-bit codes
+// (Q8_0, Q5_0, Q5_1, Q6_K) with a scale (and a minimum) per group of 32 or 16 weights, the scales exactly
+// the file's (float16 where the file's are, float32 where a K-quant multiplies two of them).
+//
+// Why not torch's packed kernels: `_weight_int4pack_mm_for_cpu` and `_weight_int8pack_mm` take bf16 only
+// (their float32 path is a reference loop ~40x slower here), so every product rounded its input, its output
+// and the file's scales to 8 bits of mantissa, and the Q5/Q8/Q6_K types needed a lossy re-grid to int8 per
+// row. These products instead follow llama.cpp's dot products (ggml-cpu quants.c, ggml_vec_dot_q4_1_q8_1:
+// activations quantized per group of 32 to int8, integer dot products per group, one float scale per group)
+// with one change: the activation is split into two int8 digits, a = s * (hi + lo / DIGIT_BASE), ~15 bits
+// against llama.cpp's 8, so a product agrees with the float32 product of the file's own weights to ~1e-5.
+// Weights are stored in tiles of 8 rows (TILE), so that one 256-bit register holds 8 rows x 4 (8-bit) or x 8
+// (4-bit) consecutive columns and each int32 lane of vpdpbusd accumulates one row: no horizontal sums, one
+// broadcast activation word per 8 rows, and the tile's 8 scales are one vector load. Codes are unsigned
+// (an int8 code c is stored as c + 128, its minimum -128 * scale), so every type is w = scale * code + min per
+// group. The integer dots use AVX512-VNNI / AVX-VNNI (vpdpbusd) where the compiler targets them, AVX2
+// (vpmaddubsw) otherwise, and a scalar loop elsewhere (fast_dot() says which; the loader then uses torch's).
+#pragma once
+
+#include <ATen/Parallel.h>
+#include <torch/extension.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#include <immintrin.h>
+#define KF_DOT_AVX2 1
+#endif
+
+namespace dot {
+
+constexpr int64_t QK = 32;           // activation group: one scale per 32 inputs (llama.cpp's Q8_1 block)
+constexpr int64_t TILE = 8;          // weight rows per tile: the int32 lanes of a 256-bit register
+constexpr int64_t SUB = 16;          // activation sums are kept per 16 inputs (Q6_K's scale group)
+constexpr float DIGIT_BASE = 128.f;
+#ifndef KF_PREFETCH
+#define KF_PREFETCH 4096
+#endif
+// Codes are streamed from DRAM once per token; the hardware prefetcher alone left a 1536x576 product at ~16 GB/s
+constexpr int64_t PREFETCH_BYTES = KF_PREFETCH;  // weight of the second digit: lo = round((u - hi) * 128) is in [-64, 64]
+
+inline float to_f32(float v) { return v; }
+inline float to_f32(at::Half v) { return static_cast<float>(v); }
+
+// One activation row in two int8 digits per group of 32; `scale` is s / DIGIT_BASE; `sum` per SUB inputs of the
+// quantized values (the minimum of a group multiplies it).
+struct Act {
+  std::vector<int8_t> hi, lo;
+  std::vector<float> scale, sum;
+  explicit Act(int64_t k) : hi(k), lo(k), scale(k / QK), sum(k / SUB) {}
+};
+
+inline void quantize(const float* x, int64_t k, Act& a) {
+  for (int64_t g = 0; g < k / QK; ++g) {
+    const float* v = x + g * QK;
+    float amax = 0.f;
+    for (int64_t i = 0; i < QK; ++i) amax = std::max(amax, std::fabs(v[i]));
+    const float d = amax / 127.f, inv = d > 0.f ? 1.f / d : 0.f;
+    for (int64_t i = 0; i < QK; ++i) {
+      const float u = v[i] * inv, h = std::nearbyint(u);
+      a.hi[g * QK + i] = static_cast<int8_t>(h);
+      a.lo[g * QK + i] = static_cast<int8_t>(std::nearbyint((u - h) * DIGIT_BASE));
+    }
+    a.scale[g] = d / DIGIT_BASE;
+  }
+  // The sums are of the quantized values, not of x: then sum (code + offset) * a - offset * sum(a) is exactly
+  // sum code * a, and a symmetric type stored with an offset (Q8_0's c + 128, min -128 * d) loses nothing to it
+  // (with float sums, the activation's rounding would meet codes of up to 255 instead of |c|: ~2-3x the error).
+  for (int64_t j = 0; j < k / SUB; ++j) {
+    int32_t total = 0;
+    for (int64_t i = j * SUB; i < (j + 1) * SUB; ++i) total += int32_t(a.hi[i]) * int32_t(DIGIT_BASE) + a.lo[i];
+    a.sum[j] = float(total) * a.scale[j * SUB / QK];
+  }
+}
+
+// Layout of one tile (8 rows): BITS 8: for each 4 columns c..c+3, 32 bytes = row r's 4 codes at 4r..4r+3.
+// BITS 4: for each 8 columns c..c+7, 32 bytes; byte 4r+b holds column c+b (low nibble) and c+4+b (high) of row r.
+// scale and mins: [K / G][8] per tile.
+inline int64_t code_index(int bits, int64_t k, int64_t row, int64_t col) {  // byte of (row, col) in a tile
+  if (bits == 8) return (col / 4) * 32 + row * 4 + col % 4;
+  return (col / 8) * 32 + row * 4 + col % 4;
+}
+
+#if defined(KF_DOT_AVX2)
+inline __m256i dot_u8s8(__m256i acc, __m256i u, __m256i s) {  // acc + 8 lanes of 4 products u8 * s8
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+  return _mm256_dpbusd_epi32(acc, u, s);
+#elif defined(__AVXVNNI__)
+  return _mm256_dpbusd_avx_epi32(acc, u, s);
+#else  // |u * s| pairs stay below 2^15 for 255 * 64 + 255 * 64 only with lo digits: split to stay exact
+  const __m256i ones = _mm256_set1_epi16(1);
+  const __m256i lo_u = _mm256_and_si256(u, _mm256_set1_epi8(0x0F)), hi_u = _mm256_and_si256(_mm256_srli_epi16(u, 4), _mm256_set1_epi8(0x0F));
+  const __m256i p = _mm256_add_epi32(_mm256_madd_epi16(_mm256_maddubs_epi16(lo_u, s), ones),
+                                     _mm256_slli_epi32(_mm256_madd_epi16(_mm256_maddubs_epi16(hi_u, s), ones), 4));
+  return _mm256_add_epi32(acc, p);
+#endif
+}
+
+inline __m256i bcast4(const int8_t* p) {  // 4 activation bytes in every int32 lane
+  int32_t w;
+  std::memcpy(&w, p, 4);
+  return _mm256_set1_epi32(w);
+}
+
+inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+inline __m256 load8(const at::Half* p) {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+#endif
+
+// out[0..8) = sum_k w[row, k] * x[k] for the 8 rows of one tile
+template <int BITS, int G, typename T>
+void tile_dot(const uint8_t* codes, const T* scale, const T* mins, const Act& a, int64_t k, float* out) {
+  const int64_t groups = k / G;
+#if defined(KF_DOT_AVX2)
+  __m256 acc = _mm256_setzero_ps(), acc_min = _mm256_setzero_ps();  // two chains of FMAs, not one
+  const __m256i nib = _mm256_set1_epi8(0x0F);
+  const int8_t* ah = a.hi.data();
+  const int8_t* al = a.lo.data();
+  for (int64_t g = 0; g < groups; ++g) {
+    // four independent accumulators (high / low activation digit x two column halves): vpdpbusd's latency
+    // would otherwise chain every product of the group
+    __m256i h0 = _mm256_setzero_si256(), h1 = h0, l0 = h0, l1 = h0;
+    const int64_t c0 = g * G;
+    if (BITS == 4) {
+#pragma GCC unroll 4
+      for (int64_t c = c0; c < c0 + G; c += 8) {
+        _mm_prefetch(reinterpret_cast<const char*>(codes + c * 4 + PREFETCH_BYTES), _MM_HINT_T0);
+        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + c * 4));
+        const __m256i lo = _mm256_and_si256(v, nib), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), nib);
+        h0 = dot_u8s8(h0, lo, bcast4(ah + c));
+        h1 = dot_u8s8(h1, hi, bcast4(ah + c + 4));
+        l0 = dot_u8s8(l0, lo, bcast4(al + c));
+        l1 = dot_u8s8(l1, hi, bcast4(al + c + 4));
+      }
+    } else {
+#pragma GCC unroll 8
+      for (int64_t c = c0; c < c0 + G; c += 8) {
+        _mm_prefetch(reinterpret_cast<const char*>(codes + c * 8 + PREFETCH_BYTES), _MM_HINT_T0);
+        const __m256i v0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + c * 8));
+        const __m256i v1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + c * 8 + 32));
+        h0 = dot_u8s8(h0, v0, bcast4(ah + c));
+        h1 = dot_u8s8(h1, v1, bcast4(ah + c + 4));
+        l0 = dot_u8s8(l0, v0, bcast4(al + c));
+        l1 = dot_u8s8(l1, v1, bcast4(al + c + 4));
+      }
+    }
+    const __m256i ih = _mm256_add_epi32(h0, h1), il = _mm256_add_epi32(l0, l1);
+    const __m256 i = _mm256_cvtepi32_ps(_mm256_add_epi32(_mm256_slli_epi32(ih, 7), il));
+    acc = _mm256_fmadd_ps(i, _mm256_mul_ps(load8(scale + g * TILE), _mm256_set1_ps(a.scale[c0 / QK])), acc);
+    float sum = a.sum[c0 / SUB];
+    if (G == 32) sum += a.sum[c0 / SUB + 1];
+    acc_min = _mm256_fmadd_ps(load8(mins + g * TILE), _mm256_set1_ps(sum), acc_min);
+  }
+  _mm256_storeu_ps(out, _mm256_add_ps(acc, acc_min));
+#else
+  for (int64_t r = 0; r < TILE; ++r) {
+    float total = 0.f;
+    for (int64_t g = 0; g < groups; ++g) {
+      int32_t ih = 0, il = 0;
+      for (int64_t c = g * G; c < (g + 1) * G; ++c) {
+        const uint8_t b = codes[code_index(BITS, k, r, c)];
+        const int32_t u = BITS == 8 ? b : ((c % 8) < 4 ? (b & 0x0F) : (b >> 4));
+        ih += u * a.hi[c];
+        il += u * a.lo[c];
+      }
+      float sum = a.sum[g * G / SUB];
+      if (G == 32) sum += a.sum[g * G / SUB + 1];
+      total += float(ih * int32_t(DIGIT_BASE) + il) * (to_f32(scale[g * TILE + r]) * a.scale[g * G / QK]) +
+               to_f32(mins[g * TILE + r]) * sum;
+    }
+    out[r] = total;
+  }
+#endif
+}
+
+#if defined(KF_DOT_AVX2)
+inline void transpose8(__m256 r[8]) {  // 8x8 floats: r[i][j] -> r[j][i]
+  __m256 t[8], u[8];
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 8; i += 4) {
+    u[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+    u[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
+    u[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+    u[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+  }
+  for (int i = 0; i < 4; ++i) {
+    r[i] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x20);
+    r[i + 4] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x31);
+  }
+}
+#endif
+
+// The 8 rows of a tile as float32 [8, K]
+template <int BITS, int G, typename T>
+void tile_dequant(const uint8_t* codes, const T* scale, const T* mins, int64_t k, float* out) {
+#if defined(KF_DOT_AVX2)
+  const __m256i byte = _mm256_set1_epi32(0xFF), nib = _mm256_set1_epi8(0x0F);
+  for (int64_t c = 0; c < k; c += 8) {
+    const int64_t g = c / G;
+    const __m256 s = load8(scale + g * TILE), m = load8(mins + g * TILE);
+    __m256i quads[2];  // columns c..c+3 and c+4..c+7, 4 bytes (columns) per row lane
+    if (BITS == 4) {
+      const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + c * 4));
+      quads[0] = _mm256_and_si256(v, nib);
+      quads[1] = _mm256_and_si256(_mm256_srli_epi16(v, 4), nib);
+    } else {
+      quads[0] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + c * 8));
+      quads[1] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + c * 8 + 32));
+    }
+    __m256 col[8];  // col[j]: column c + j of the 8 rows
+    for (int h = 0; h < 2; ++h)
+      for (int b = 0; b < 4; ++b)
+        col[4 * h + b] = _mm256_fmadd_ps(
+            _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srli_epi32(quads[h], 8 * b), byte)), s, m);
+    transpose8(col);
+    for (int r = 0; r < TILE; ++r) _mm256_storeu_ps(out + r * k + c, col[r]);
+  }
+#else
+  for (int64_t r = 0; r < TILE; ++r)
+    for (int64_t c = 0; c < k; ++c) {
+      const uint8_t b = codes[code_index(BITS, k, r, c)];
+      const int32_t u = BITS == 8 ? b : ((c % 8) < 4 ? (b & 0x0F) : (b >> 4));
+      const int64_t g = c / G;
+      out[r * k + c] = to_f32(scale[g * TILE + r]) * float(u) + to_f32(mins[g * TILE + r]);
+    }
+#endif
+}
+
+// float32 -> bf16, round to nearest even (weights are finite: the health check refuses NaN)
+inline void to_bf16(const float* x, int64_t n, at::BFloat16* out) {
+  int64_t i = 0;
+#if defined(KF_DOT_AVX2)
+  for (; i + 8 <= n; i += 8) {
+    const __m256i b = _mm256_castps_si256(_mm256_loadu_ps(x + i));
+    const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(b, 16), _mm256_set1_epi32(1));
+    const __m256i r = _mm256_srli_epi32(_mm256_add_epi32(b, _mm256_add_epi32(odd, _mm256_set1_epi32(0x7FFF))), 16);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i),
+                     _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1)));
+  }
+#endif
+  for (; i < n; ++i) out[i] = at::BFloat16(x[i]);
+}
+
+struct Layout {
+  int64_t bits, k, g, tiles;
+};
+
+inline Layout check(const at::Tensor& codes, const at::Tensor& scale, const at::Tensor& mins, int64_t bits) {
+  TORCH_CHECK(bits == 4 || bits == 8, "dot: bits must be 4 or 8");
+  TORCH_CHECK(codes.dim() == 2 && codes.scalar_type() == at::kByte && codes.is_contiguous(),
+              "dot: codes must be contiguous uint8 [N/8, K*bits]");
+  const int64_t k = codes.size(1) / bits, tiles = codes.size(0);
+  TORCH_CHECK(k % QK == 0 && codes.size(1) == k * bits, "dot: K must be a multiple of 32");
+  TORCH_CHECK(scale.dim() == 3 && scale.size(0) == tiles && scale.size(2) == TILE && scale.is_contiguous(),
+              "dot: scales must be [N/8, K/G, 8]");
+  const int64_t g = k / scale.size(1);
+  TORCH_CHECK(g * scale.size(1) == k && (g == 32 || g == 16), "dot: one scale per 32 or 16 weights");
+  TORCH_CHECK(scale.scalar_type() == at::kFloat || scale.scalar_type() == at::kHalf, "dot: float32/16 scales");
+  TORCH_CHECK(mins.sizes() == scale.sizes() && mins.scalar_type() == scale.scalar_type() && mins.is_contiguous(),
+              "dot: mins must be shaped and typed as the scales");
+  return {bits, k, g, tiles};
+}
+
+// Runs FN<BITS, G, T>(args...) for a layout (C++17: no templated lambdas).
+#define KF_DOT_DISPATCH(L, st, FN, ...)                                  \
+  do {                                                                   \
+    if ((st) == at::kHalf) {                                             \
+      if ((L).bits == 4 && (L).g == 32) FN<4, 32, at::Half>(__VA_ARGS__); \
+      else if ((L).bits == 4) FN<4, 16, at::Half>(__VA_ARGS__);          \
+      else if ((L).g == 32) FN<8, 32, at::Half>(__VA_ARGS__);            \
+      else FN<8, 16, at::Half>(__VA_ARGS__);                             \
+    } else {                                                             \
+      if ((L).bits == 4 && (L).g == 32) FN<4, 32, float>(__VA_ARGS__);    \
+      else if ((L).bits == 4) FN<4, 16, float>(__VA_ARGS__);             \
+      else if ((L).g == 32) FN<8, 32, float>(__VA_ARGS__);               \
+      else FN<8, 16, float>(__VA_ARGS__);                                \
+    }                                                                    \
+  } while (0)
+
+template <int BITS, int G, typename T>
+void mm_tiles(const at::Tensor& codes, const at::Tensor& scale, const at::Tensor& mins, const std::vector<Act>& acts,
+              const Layout& L, int64_t n, float* yp) {
+  const auto* cp = codes.data_ptr<uint8_t>();
+  const T* sp = static_cast<const T*>(scale.data_ptr());
+  const T* mp = static_cast<const T*>(mins.data_ptr());
+  const int64_t per_tile = scale.size(1) * TILE;
+  at::parallel_for(0, L.tiles, 8, [&](int64_t begin, int64_t end) {
+    float out[TILE];
+    for (int64_t t = begin; t < end; ++t)
+      for (size_t m = 0; m < acts.size(); ++m) {
+        tile_dot<BITS, G, T>(cp + t * L.k * L.bits, sp + t * per_tile, mp + t * per_tile, acts[m], L.k, out);
+        const int64_t rows = std::min<int64_t>(TILE, n - t * TILE);
+        std::memcpy(yp + m * n + t * TILE, out, rows * sizeof(float));
+      }
+  });
+}
+
+// y[m, n] = sum_k x[m, k] * w[n, k]: x float [M, K] -> float32 [M, n] (n: the rows before tile padding)
+inline at::Tensor dot_mm(const at::Tensor& x_in, const at::Tensor& codes, const at::Tensor& scale,
+                         const at::Tensor& mins, int64_t bits, int64_t n) {
+  const Layout L = check(codes, scale, mins, bits);
+  const at::Tensor x = x_in.to(at::kFloat).contiguous().view({-1, x_in.size(-1)});
+  TORCH_CHECK(x.size(1) == L.k && n <= L.tiles * TILE && n > (L.tiles - 1) * TILE, "dot: shapes do not match");
+  std::vector<Act> acts;
+  for (int64_t m = 0; m < x.size(0); ++m) {
+    acts.emplace_back(L.k);
+    quantize(x.data_ptr<float>() + m * L.k, L.k, acts.back());
+  }
+  auto y = at::empty({x.size(0), n}, x.options());
+  KF_DOT_DISPATCH(L, scale.scalar_type(), mm_tiles, codes, scale, mins, acts, L, n, y.data_ptr<float>());
+  return y;
+}
+
+template <int BITS, int G, typename T>
+void dequant_tiles(const at::Tensor& codes, const at::Tensor& scale, const at::Tensor& mins, const Layout& L,
+                   const at::Tensor& rows, at::Tensor& out) {
+  const auto* cp = codes.data_ptr<uint8_t>();
+  const T* sp = static_cast<const T*>(scale.data_ptr());
+  const T* mp = static_cast<const T*>(mins.data_ptr());
+  const int64_t per_tile = scale.size(1) * TILE, k = L.k, count = out.size(0);
+  const int64_t* ids = rows.numel() ? rows.data_ptr<int64_t>() : nullptr;
+  const bool f32 = out.scalar_type() == at::kFloat;
+  // whole tiles when all rows are asked for; else the tile of each asked row
+  const int64_t units = ids ? count : L.tiles;
+  at::parallel_for(0, units, ids ? 64 : 4, [&](int64_t begin, int64_t end) {
+    std::vector<float> tile(TILE * k);
+    for (int64_t u = begin; u < end; ++u) {
+      const int64_t t = ids ? ids[u] / TILE : u;
+      tile_dequant<BITS, G, T>(cp + t * k * L.bits, sp + t * per_tile, mp + t * per_tile, k, tile.data());
+      const int64_t first = ids ? ids[u] % TILE : 0, last = ids ? first + 1 : std::min<int64_t>(TILE, count - t * TILE);
+      for (int64_t r = first; r < last; ++r) {
+        const int64_t dst = ids ? u : t * TILE + r;
+        if (f32) std::memcpy(out.data_ptr<float>() + dst * k, tile.data() + r * k, k * sizeof(float));
+        else to_bf16(tile.data() + r * k, k, out.data_ptr<at::BFloat16>() + dst * k);
+      }
+    }
+  });
+}
+
+// Rows of the weight as float32 or bf16 [len(rows), K]; rows empty: all n rows (a prefill product's bf16 copy)
+inline at::Tensor dot_dequant(const at::Tensor& codes, const at::Tensor& scale, const at::Tensor& mins, int64_t bits,
+                              int64_t n, const at::Tensor& rows, bool bf16) {
+  const Layout L = check(codes, scale, mins, bits);
+  const at::Tensor ids = rows.numel() ? rows.to(at::kLong).contiguous() : rows;
+  if (ids.numel()) TORCH_CHECK(ids.min().item<int64_t>() >= 0 && ids.max().item<int64_t>() < n, "dot: row out of range");
+  auto out = at::empty({ids.numel() ? ids.numel() : n, L.k}, codes.options().dtype(bf16 ? at::kBFloat16 : at::kFloat));
+  KF_DOT_DISPATCH(L, scale.scalar_type(), dequant_tiles, codes, scale, mins, L, ids, out);
+  return out;
+}
+
+inline bool fast_dot() {
+#if defined(KF_DOT_AVX2)
+  return true;
+#else
+  return false;
+#endif
+}
+
+}  // namespace dot
