@@ -84,7 +84,8 @@ def llama_cpp(path: Path, threads: int) -> dict:
 
 def python_worker(kind: str, path: Path, threads: int) -> dict:
     cmd = [sys.executable, __file__, "--worker", kind, "--file", str(path), "--threads", str(threads)]
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env = {**os.environ, **({"KERNELFIT_DOT": "0"} if kind == "kernelfit-torch-kernels" else {})}
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     out, err = p.communicate()
     if p.returncode:
         raise RuntimeError(f"{kind} worker failed: {err.strip().splitlines()[-1] if err.strip() else p.returncode}")
@@ -172,7 +173,8 @@ def main() -> int:
         return 0
     build_llama_bench()
     files = model_files(a.models.split(","))
-    kinds = ["llama.cpp", "kernelfit", "kernelfit-dense-prefill"] + ([] if a.no_transformers else ["transformers"])
+    kinds = ["llama.cpp", "kernelfit", "kernelfit-dense-prefill", "kernelfit-torch-kernels"] + (
+        [] if a.no_transformers else ["transformers"])
     runs = {(m, k): [] for m in files for k in kinds}
     bw = []
     for r in range(a.rounds):  # interleaved: drift on a noisy machine hits every runner alike
@@ -190,8 +192,11 @@ def main() -> int:
              f"{a.rounds} interleaved rounds, medians (ratios: the median of each round's ratio). Prefill {PROMPT} "
              f"tokens, decode {NEW} tokens. "
              f"Measured read bandwidth: {bandwidth:.1f} GB/s.", "",
-             "`kernelfit` is the default plan (prefill on the packed weights); `kernelfit-dense-prefill` is "
-             "`--prefill dense` (a bf16 copy of the layer weights for prefill: the memory trade-off the plan names).",
+             "`kernelfit` is the default plan (the file's own groups through kernelfit's C++ dot products for decode; "
+             "prefill unpacks one product at a time to bf16 for oneDNN); `kernelfit-dense-prefill` is "
+             "`--prefill dense` (a bf16 copy of the layer weights kept for prefill: the memory trade-off the plan "
+             "names); `kernelfit-torch-kernels` is `KERNELFIT_DOT=0`: torch's packed int4/int8 kernels, what runs "
+             "where no C++ compiler builds the dot products.",
              "",
              "| model | runner | prefill tok/s | decode tok/s | peak RSS MiB | RSS - baseline MiB |",
              "|---|---|---:|---:|---:|---:|"]

@@ -12,8 +12,9 @@ per product:
     576 x 1536          256     602.7    1303.7     1352.2
 
 One-row (decode) products read the packed weight 2.4-3.2x faster than bf16; 256-row (prefill)
-products are 2.2x slower packed than with oneDNN's bf16. Hence per-phase kernels: packed for
-decode always; for prefill, packed (memory of the file) or a bf16 copy (2.2x faster prefill for
+products are 2.2x slower packed than with oneDNN's bf16 (hence prefill unpacks each product to bf16 per call
+where the C++ dot products hold the file's groups). Per-phase kernels: packed for
+decode always; for prefill, packed (memory of the file) or a bf16 copy (faster prefill for
 2 bytes per weight more) — a trade-off the planner names and `--prefill dense` takes.
 
 Pure data and functions: no torch.
@@ -44,15 +45,16 @@ REGRID_MAX_ERROR = 0.02
 # scalar reference loop otherwise (aten/src/ATen/native/cpu/int4mm_kernel.cpp, int8mm_kernel.cpp).
 FAST_ISA = ("avx512_bf16", "avx512f", "avx2")
 
-# bytes per weight once packed: int4 codes + a bf16 scale and zero per 32; int8 + a bf16 scale per row
-# (~0 per weight); float tensors are norms and biases (float32) or bf16 matrices
-PACKED_BYTES_PER_VALUE = {**{t: 0.5 + 4 / 32 for t in INT4_EXACT}, **{t: 1.0 for t in REGRID},
+# bytes per weight once packed, as the C++ dot products hold them (loader/dot_weight.py): the codes (4 or 8 bits)
+# plus a scale and a minimum per group, float16 where the file's are (per 32), float32 for the K-quants' products
+# (per 32, Q6_K per 16). torch's layouts (no compiler) are no larger: int4 + bf16 scale/zero, int8 per row.
+PACKED_BYTES_PER_VALUE = {"Q4_0": 0.5 + 4 / 32, "Q4_1": 0.5 + 4 / 32, "Q4_K": 0.5 + 8 / 32,
+                          "Q5_0": 1 + 4 / 32, "Q5_1": 1 + 4 / 32, "Q8_0": 1 + 4 / 32, "Q6_K": 1 + 8 / 16,
                           "F32": 4.0, "F16": 2.0, "BF16": 2.0}
 
 
 def packed_gguf_bytes(numel_by_type: dict[str, int]) -> int:
-    """Resident bytes of a GGUF file's weights on the packed path (int8 for every re-gridded type:
-    the bf16 fallback for a tensor whose re-grid error is too large is not known before loading)."""
+    """Resident bytes of a GGUF file's weights on the packed path."""
     return int(sum(n * PACKED_BYTES_PER_VALUE.get(t, 2.0) for t, n in numel_by_type.items()))
 
 

@@ -61,6 +61,22 @@ class DotWeight(PackedWeight):
         return cls(torch.from_numpy(tile_codes(g.codes, g.bits)), torch.from_numpy(tile_groups(g.scale)),
                    torch.from_numpy(tile_groups(g.mins)), g.bits, n, k)
 
+    @classmethod
+    def empty(cls, rows: int, cols: int, bits: int, group: int, dtype: np.dtype) -> "DotWeight":
+        """A weight to be filled tile by tile (fill)."""
+        t = -(-rows // TILE)
+        sdt = torch.float16 if dtype == np.float16 else torch.float32
+        return cls(torch.zeros(t, cols * bits, dtype=torch.uint8), torch.zeros(t, cols // group, TILE, dtype=sdt),
+                   torch.zeros(t, cols // group, TILE, dtype=sdt), bits, rows, cols)
+
+    def fill(self, tile0: int, g: DotGroups) -> int:
+        """Write groups `g` (whole tiles, or the weight's last rows) from tile `tile0`; returns the tiles written."""
+        n = -(-len(g.codes) // TILE)
+        self.codes[tile0:tile0 + n] = torch.from_numpy(tile_codes(g.codes, g.bits))
+        self.scale[tile0:tile0 + n] = torch.from_numpy(tile_groups(g.scale))
+        self.mins[tile0:tile0 + n] = torch.from_numpy(tile_groups(g.mins))
+        return n
+
     def mm(self, x: torch.Tensor) -> torch.Tensor:  # x: [M, K] any float -> [M, N] float32
         return _ops().dot_mm(x, self.codes, self.scale, self.mins, self.bits, self.out_features)
 
@@ -75,13 +91,6 @@ class DotWeight(PackedWeight):
 
     def nbytes(self) -> int:
         return self.codes.numel() + (self.scale.numel() + self.mins.numel()) * self.scale.element_size()
-
-
-def concat_dot(groups: list[DotGroups]) -> DotGroups:
-    """Stack row groups of one layout (Q, K and V; gate and up) into one fused product's weight."""
-    first = groups[0]
-    return DotGroups(np.concatenate([g.codes for g in groups]), np.concatenate([g.scale for g in groups]),
-                     np.concatenate([g.mins for g in groups]), first.bits, first.group)
 
 
 def _ops():
@@ -106,4 +115,4 @@ def dot_available() -> bool:
     return module is not None and bool(module.fast_dot())
 
 
-__all__ = ["DotWeight", "concat_dot", "dot_available", "tile_codes", "tile_groups"]
+__all__ = ["TILE", "DotWeight", "dot_available", "tile_codes", "tile_groups"]

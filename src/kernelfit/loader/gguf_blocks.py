@@ -143,11 +143,15 @@ class DotGroups:
 
 
 def _scales(*arrays: np.ndarray, exact_f16: bool) -> list[np.ndarray]:
-    """float16 when every value is a float16 the file stored (or a power-of-two multiple that stays finite), else
-    float32: the kernels read both, float16 halves the scale bytes."""
-    if exact_f16 and all(np.isfinite(a.astype(np.float16)).all() for a in arrays):
-        return [a.astype(np.float16) for a in arrays]
-    return [a.astype(np.float32) for a in arrays]
+    """float16 for types whose scales and minimums are float16 values of the file (or their power-of-two multiples:
+    Q8_0's -128 * d), float32 for the K-quants' products of two: exact either way, float16 halves the bytes. Fixed
+    per type, so every chunk of a tensor gets the same."""
+    if not exact_f16:
+        return [a.astype(np.float32) for a in arrays]
+    out = [a.astype(np.float16) for a in arrays]
+    if not all(np.isfinite(o).all() for o in out):
+        raise ValueError("a GGUF block scale times its offset exceeds float16")
+    return out
 
 
 def dot_groups(raw: np.ndarray, qtype: str, rows: int, cols: int) -> DotGroups:
@@ -177,7 +181,7 @@ def dot_groups(raw: np.ndarray, qtype: str, rows: int, cols: int) -> DotGroups:
         return DotGroups(codes.reshape(rows, cols), scale.reshape(rows, -1), mins.reshape(rows, -1), 8, QK)
     if qtype == "Q8_0":
         d = _f16(b[:, 0:2])[:, 0]
-        codes = (b[:, 2:34].view(np.int8).astype(np.int16) + 128).astype(np.uint8)
+        codes = b[:, 2:34] ^ np.uint8(0x80)  # int8 c -> c + 128, without an int16 copy of the table
         scale, mins = _scales(d, -128 * d, exact_f16=True)
         return DotGroups(codes.reshape(rows, cols), scale.reshape(rows, -1), mins.reshape(rows, -1), 8, QK)
     if qtype == "Q6_K":

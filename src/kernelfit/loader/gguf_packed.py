@@ -23,7 +23,7 @@ from ..catalog.packed_kernels import REGRID_MAX_ERROR
 from ..errors import UsageError
 from ..model.gguf_header import read_gguf_header
 from . import gguf_blocks as gb
-from .dot_weight import DotWeight, concat_dot
+from .dot_weight import TILE, DotWeight
 from .packed import DenseWeight, Int4Weight, Int8Weight, PackedWeight, can_int4, concat_int4
 
 CHUNK_ROWS = 2048  # rows converted at a time (a multiple of the int4 tile): ~5 MB of float32 for SmolLM2's table
@@ -102,12 +102,17 @@ class GgufTensors:
             g = gb.Int4Groups(g.codes[order], g.scale[order], g.zero[order])
         return g
 
-    def dot_groups(self, name: str, order: np.ndarray | None = None) -> gb.DotGroups:
+    def dot_groups(self, name: str, order: np.ndarray | None = None, start: int = 0,
+                   stop: int | None = None) -> gb.DotGroups:
+        """Rows start..stop (after `order`) as the file's groups."""
         rows, cols = self.shape(name)
-        g = gb.dot_groups(self._raw_rows(name, 0, rows), self.qtype(name), rows, cols)
-        if order is not None:
-            g = gb.DotGroups(g.codes[order], g.scale[order], g.mins[order], g.bits, g.group)
-        return g
+        stop = rows if stop is None else stop
+        raw = self._raw_rows(name, 0, rows)[order[start:stop]] if order is not None else self._raw_rows(name, start, stop)
+        return gb.dot_groups(raw, self.qtype(name), stop - start, cols)
+
+    def dot_layout(self, name: str) -> tuple:
+        """(bits, group, scale dtype) of a tensor's dot groups, from its first row."""
+        return self.dot_groups(name, None, 0, 1).layout
 
     def dequantized(self, name: str, start: int, stop: int, order: np.ndarray | None = None) -> torch.Tensor:
         rows, cols = self.shape(name)
@@ -164,14 +169,30 @@ def _int4(t: GgufTensors, names: list[str], orders: dict) -> Int4Weight:
 
 
 def dot(t: GgufTensors, names: list[str], orders: dict) -> list[PackedWeight]:
-    """The file's own groups for the C++ dot products: one fused product where the layouts agree, else one each."""
-    groups = [t.dot_groups(n, orders.get(n)) for n in names]
-    for n, g in zip(names, groups):
-        t.conversions.append(Conversion(n, t.qtype(n), f"{g.bits}-bit groups (exact)", 0.0))
-        t.release(n)
-    if len({g.layout for g in groups}) == 1:
-        return [DotWeight.from_groups(concat_dot(groups) if len(groups) > 1 else groups[0])]
-    return [DotWeight.from_groups(g) for g in groups]
+    """The file's own groups for the C++ dot products: one fused product where the layouts agree, else one each.
+    Tiled CHUNK_ROWS rows at a time into the product's arrays, so the transient memory is a chunk (the token
+    table's codes were held three times over: decoded, padded, tiled)."""
+    layouts = {n: t.dot_layout(n) for n in names}
+    fused = len(set(layouts.values())) == 1
+    if fused and len(names) > 1 and any(t.shape(n)[0] % TILE for n in names):
+        fused = False  # parts must be whole tiles to be stacked tile by tile
+    parts = [names] if fused else [[n] for n in names]
+    out = []
+    for part in parts:
+        rows = sum(t.shape(n)[0] for n in part)
+        cols = t.shape(part[0])[1]
+        bits, group, dtype = layouts[part[0]]
+        w = DotWeight.empty(rows, cols, bits, group, np.dtype(dtype))
+        tile0 = 0
+        for n in part:
+            n_rows = t.shape(n)[0]
+            for start in range(0, n_rows, CHUNK_ROWS):
+                g = t.dot_groups(n, orders.get(n), start, min(n_rows, start + CHUNK_ROWS))
+                tile0 += w.fill(tile0, g)
+            t.conversions.append(Conversion(n, t.qtype(n), f"{bits}-bit groups (exact)", 0.0))
+            t.release(n)
+        out.append(w)
+    return out
 
 
 def linear(t: GgufTensors, names: list[str], orders: dict[str, np.ndarray] | None = None,

@@ -11,7 +11,8 @@ and its interpreter runs a step's ~1,300 small ops with less overhead than Pytho
 (benchmarks/results/llamacpp-*.md).
 
 The residual stream and the KV cache are float32 (one-query SDPA is 4x faster in fp32 than bf16 on
-this CPU); products take bf16, the packed kernels' dtype. Exactness is tested against transformers'
+this CPU); products take float32 (the C++ group dot products, loader/dot_kernels.h) or bf16 (torch's packed
+kernels, where the C++ extension is not built: Product casts). Exactness is tested against transformers'
 own dequantized load of the same file (tests/test_packed_gguf.py).
 """
 

@@ -3,8 +3,9 @@
 // The TorchScript step spends ~2 ms of a ~6 ms SmolLM2 token on ~1,300 small ATen calls (norms, casts,
 // rotary, cache writes, residual adds). Here the products and attention stay ATen calls (the packed
 // weight-only kernels, SDPA, _int_mm) and everything between them is a plain loop over a few hundred
-// floats: per layer 6 products + 1 attention call instead of ~45 ops. The math is LeanLM.forward's for
-// t == 1, checked against it by tests/test_packed_gguf.py.
+// floats: per layer 6 products + 1 attention call instead of ~45 ops. Activations stay float32 between
+// products: the file's own groups go through dot_kernels.h (float32 in and out), torch's packed kernels get bf16
+// copies. The math is LeanLM.forward's for t == 1, checked against it by tests/test_packed_gguf.py.
 #include <torch/extension.h>
 
 #include <cmath>

@@ -1,9 +1,9 @@
 """Per-phase kernels for packed weights: decode (one row per step) and prefill (the prompt's rows).
 
 Decode always reads the packed weights: one-row products are 2.4-3.2x faster packed than bf16 on the
-reference CPU. Prefill is a trade-off (catalog/packed_kernels.py): the same packed weights keep the
-memory of the file; a bf16 copy of the layer weights makes 256-row products 2.2x faster for 2 bytes
-per weight more. The plan keeps the file's memory unless asked (`--prefill dense`) — or unless
+reference CPU. Prefill is a trade-off (catalog/packed_kernels.py): the same packed weights (unpacked to
+bf16 one product at a time) keep the memory of the file; a bf16 copy of the layer weights kept for prefill
+is faster (DENSE_GAIN) for 2 bytes per weight more. The plan keeps the file's memory unless asked (`--prefill dense`) — or unless
 `kernelfit bench` measured the copy faster end to end and the tune cache says so.
 
 Pure: no torch.
@@ -19,6 +19,9 @@ from .memory import MemoryEstimate, gib
 from .types import Choice, ChoiceKind, Preferences, RejectKind, Rejected
 
 PREFILL_CHOICES = ("auto", "packed", "dense")
+# measured on the reference CPU (benchmarks/results/llamacpp-report.md): the copy saves unpacking each product per
+# call (C++ dot path) or torch's int4 kernel, compute-bound at 256 rows (no compiler)
+DENSE_GAIN = "SmolLM2 256-token prefill 1.25x faster than unpacking per call, 1.9x than torch's int4 kernel"
 
 
 def dense_copy_bytes(model: ModelSpec, bits: int | None) -> int:
@@ -54,13 +57,13 @@ def phase_kernels(model: ModelSpec, prefs: Preferences, q, memory: MemoryEstimat
     need, budget = gib(with_copy.total), gib(memory.budget)
     if prefs.prefill == "dense" and copy_fits:
         prefill = Choice("dense", ChoiceKind.REQUESTED,
-                         f"--prefill dense: {PREFILL_DENSE} of the layer weights (+{gib(copy):.2f} GiB), 256-row "
-                         f"products 2.2x faster than packed", (Rejected("packed", RejectKind.RUNS_BUT_LOWER_PRIORITY,
+                         f"--prefill dense: {PREFILL_DENSE} of the layer weights (+{gib(copy):.2f} GiB), "
+                         f"{DENSE_GAIN}", (Rejected("packed", RejectKind.RUNS_BUT_LOWER_PRIORITY,
                                                                         f"{PREFILL_PACKED}: less memory, slower prompts"),),
                          SOURCES)
         return {"decode": decode, "prefill": prefill}, with_copy
     alt = Rejected("dense", RejectKind.TRADE_OFF if copy_fits else RejectKind.DOES_NOT_FIT,
-                   (f"a {PREFILL_DENSE} of the layer weights prefills 2.2x faster but adds {gib(copy):.2f} GiB "
+                   (f"a {PREFILL_DENSE} of the layer weights prefills faster ({DENSE_GAIN}) but adds {gib(copy):.2f} GiB "
                     f"(--prefill dense, or `kernelfit bench` to measure it)") if copy_fits else
                    f"a {PREFILL_DENSE} needs {need:.2f} GiB, budget {budget:.2f} GiB",
                    needs_gib=need, budget_gib=budget)

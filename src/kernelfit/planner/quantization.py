@@ -259,12 +259,13 @@ def _packed(level: Level, model: ModelSpec, devices: list[Device], machine: Mach
         if reasons:
             return Rejected(name, RejectKind.NOT_RUNNABLE, "; ".join(reasons) + "; the file is dequantized instead",
                             method="gguf", backend="packed-cpu")
-        label = {"int4": "int4", "int8": "int8 per row", "float": "float"}
+        label = {"int4": "4-bit", "int8": "8-bit", "float": "float"}
         layouts = sorted({f"{label[packed_layout(t)]} ({t})" for t in types})
         return QuantOption("gguf", None, "packed-cpu", 32, None,
-                           f"the {model.quantization.format} file runs as stored on the {isa}: no float copy, no cache "
-                           f"({', '.join(layouts)}; a re-gridded tensor whose measured error exceeds "
-                           f"{REGRID_MAX_ERROR:.0%} stays bf16)")
+                           f"the {model.quantization.format} file runs as stored on the {isa}: no float copy, no cache; "
+                           f"its own groups, exact ({', '.join(layouts)}) — where no C++ compiler builds the dot "
+                           f"products, torch's int4 kernel and int8 per row re-gridded (bf16 over "
+                           f"{REGRID_MAX_ERROR:.0%} error)")
     if model.format == "gguf" or prequantized(model) is not None:
         return Rejected(name, RejectKind.NOT_RUNNABLE, f"--quantization int{level.bits} packs a dense checkpoint; "
                         f"{model.name} is already quantized ({model.quantization.label()})", method="packed")
