@@ -17,6 +17,10 @@ from .gguf_blocks import DotGroups
 from .packed import PackedWeight
 
 TILE = 8  # dot_kernels.h TILE
+HUGE_PAGE = 2 << 20
+MADV_HUGEPAGE = 14  # linux/mman.h
+# Weights read whole every token sit on 2 MiB pages where the kernel allows it (transparent huge pages in madvise
+# mode, the common default): Gemma 3's 178 MB output head took 4.7 instead of 5.2 ms here (fewer TLB misses).
 
 
 def tile_codes(codes: np.ndarray, bits: int) -> np.ndarray:
@@ -41,11 +45,50 @@ def tile_groups(values: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(v.reshape(t, TILE, g).transpose(0, 2, 1))
 
 
+class HugeArena:
+    """Zeroed tensors carved from 32 MiB chunks on transparent huge pages (the madvise is made before first
+    touch), so that a model's many ~1 MB products sit on 2 MiB pages too. A chunk's untouched tail is never
+    resident; a chunk lives as long as any tensor carved from it."""
+
+    CHUNK = 32 << 20
+
+    def __init__(self):
+        self.buf, self.used = None, 0
+
+    def zeros(self, shape: tuple, dtype: torch.dtype) -> torch.Tensor:
+        nbytes = int(np.prod(shape)) * torch.empty(0, dtype=dtype).element_size()
+        nbytes_aligned = -(-nbytes // 64) * 64
+        if nbytes_aligned > self.CHUNK // 4:  # large: a region of its own
+            return _huge_region(nbytes)[:nbytes].view(dtype).view(shape).zero_()
+        if self.buf is None or self.used + nbytes_aligned > len(self.buf):
+            self.buf, self.used = _huge_region(self.CHUNK), 0
+        out = self.buf[self.used:self.used + nbytes].view(dtype).view(shape).zero_()
+        self.used += nbytes_aligned
+        return out
+
+
+def _huge_region(nbytes: int) -> torch.Tensor:
+    """uint8 [>= nbytes] starting on a 2 MiB boundary, advised MADV_HUGEPAGE (refused on non-Linux or THP off:
+    4 KiB pages, same results)."""
+    from .lean_build import _libc
+
+    buf = torch.empty(nbytes + HUGE_PAGE, dtype=torch.uint8)
+    start = -(-buf.data_ptr() // HUGE_PAGE) * HUGE_PAGE
+    libc = _libc()
+    if libc is not None and nbytes >= HUGE_PAGE:
+        import ctypes
+
+        libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        libc.madvise(start, nbytes // HUGE_PAGE * HUGE_PAGE, MADV_HUGEPAGE)
+    off = start - buf.data_ptr()
+    return buf[off:off + nbytes]
+
+
 @dataclass(eq=False)
 class DotWeight(PackedWeight):
     codes: torch.Tensor  # uint8 [N/8, K*bits]
     scale: torch.Tensor  # float16 / float32 [N/8, K/G, 8]
-    mins: torch.Tensor  # as scale
+    mins: torch.Tensor  # as scale, or a 0-d float32 factor of the scales (symmetric types)
     bits: int
     out_features: int
     in_features: int
@@ -58,23 +101,31 @@ class DotWeight(PackedWeight):
     @classmethod
     def from_groups(cls, g: DotGroups) -> "DotWeight":
         n, k = g.codes.shape
-        return cls(torch.from_numpy(tile_codes(g.codes, g.bits)), torch.from_numpy(tile_groups(g.scale)),
-                   torch.from_numpy(tile_groups(g.mins)), g.bits, n, k)
+        w = cls.empty(n, k, g.bits, g.group, g.scale.dtype, g.mins if isinstance(g.mins, float) else None)
+        w.fill(0, g)
+        return w
 
     @classmethod
-    def empty(cls, rows: int, cols: int, bits: int, group: int, dtype: np.dtype) -> "DotWeight":
-        """A weight to be filled tile by tile (fill)."""
+    def empty(cls, rows: int, cols: int, bits: int, group: int, dtype: np.dtype, factor: float | None = None,
+              arena: HugeArena | None = None) -> "DotWeight":
+        """A weight to be filled tile by tile (fill); factor: the minimums are factor * scale (no array)."""
         t = -(-rows // TILE)
         sdt = torch.float16 if dtype == np.float16 else torch.float32
-        return cls(torch.zeros(t, cols * bits, dtype=torch.uint8), torch.zeros(t, cols // group, TILE, dtype=sdt),
-                   torch.zeros(t, cols // group, TILE, dtype=sdt), bits, rows, cols)
+        arena = arena or HugeArena()
+        mins = torch.tensor(factor, dtype=torch.float32) if factor is not None else \
+            arena.zeros((t, cols // group, TILE), sdt)
+        return cls(arena.zeros((t, cols * bits), torch.uint8), arena.zeros((t, cols // group, TILE), sdt), mins, bits,
+                   rows, cols)
 
     def fill(self, tile0: int, g: DotGroups) -> int:
         """Write groups `g` (whole tiles, or the weight's last rows) from tile `tile0`; returns the tiles written."""
         n = -(-len(g.codes) // TILE)
         self.codes[tile0:tile0 + n] = torch.from_numpy(tile_codes(g.codes, g.bits))
         self.scale[tile0:tile0 + n] = torch.from_numpy(tile_groups(g.scale))
-        self.mins[tile0:tile0 + n] = torch.from_numpy(tile_groups(g.mins))
+        if self.mins.dim():
+            self.mins[tile0:tile0 + n] = torch.from_numpy(tile_groups(g.with_mins().mins))
+        elif float(self.mins) != g.mins:
+            raise ValueError("a symmetric weight filled with another type's groups")
         return n
 
     def mm(self, x: torch.Tensor) -> torch.Tensor:  # x: [M, K] any float -> [M, N] float32
@@ -115,4 +166,4 @@ def dot_available() -> bool:
     return module is not None and bool(module.fast_dot())
 
 
-__all__ = ["TILE", "DotWeight", "dot_available", "tile_codes", "tile_groups"]
+__all__ = ["TILE", "DotWeight", "HugeArena", "dot_available", "tile_codes", "tile_groups"]

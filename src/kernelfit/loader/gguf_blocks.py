@@ -128,18 +128,25 @@ def dequantize(raw: np.ndarray, qtype: str, rows: int, cols: int) -> np.ndarray:
 @dataclass
 class DotGroups:
     """w[n, k] = scale[n, k // group] * codes[n, k] + mins[n, k // group], every value exactly the file's.
-    codes unsigned (an int8 code c is stored as c + 128 with the minimum -128 * scale); bits 4 (0..15) or 8."""
+    codes unsigned (an int8 code c is stored as c + 128 with the minimum -128 * scale); bits 4 (0..15) or 8.
+    mins is a number f for the symmetric types (every minimum is f * its scale: Q4_0 -8, Q5_0 -16, Q8_0 -128)."""
 
     codes: np.ndarray  # uint8 [N, K]
     scale: np.ndarray  # float16 (the file's own scales) or float32 (K-quants: two of them multiplied) [N, K/group]
-    mins: np.ndarray  # same dtype and shape as scale
+    mins: np.ndarray | float  # same dtype and shape as scale, or the factor f
     bits: int
     group: int
 
     @property
     def layout(self) -> tuple:
         """Weights with equal layouts can be one fused product."""
-        return self.bits, self.group, self.scale.dtype.str
+        return self.bits, self.group, self.scale.dtype.str, self.mins if isinstance(self.mins, float) else "per group"
+
+    def with_mins(self) -> "DotGroups":
+        """The same weights with a minimum per group (to be fused with a tensor of another factor)."""
+        if not isinstance(self.mins, float):
+            return self
+        return DotGroups(self.codes, self.scale, (self.scale * self.scale.dtype.type(self.mins)), self.bits, self.group)
 
 
 def _scales(*arrays: np.ndarray, exact_f16: bool) -> list[np.ndarray]:
@@ -159,10 +166,11 @@ def dot_groups(raw: np.ndarray, qtype: str, rows: int, cols: int) -> DotGroups:
     b = _blocks(raw, qtype, rows)
     if qtype in ("Q4_0", "Q4_1"):
         d = _f16(b[:, 0:2])[:, 0]
-        m = -8 * d if qtype == "Q4_0" else _f16(b[:, 2:4])[:, 0]
-        codes = _nibbles32(b[:, 2:18] if qtype == "Q4_0" else b[:, 4:20])
-        scale, mins = _scales(d, m, exact_f16=True)
-        return DotGroups(codes.reshape(rows, cols), scale.reshape(rows, -1), mins.reshape(rows, -1), 4, QK)
+        codes = _nibbles32(b[:, 2:18] if qtype == "Q4_0" else b[:, 4:20]).reshape(rows, cols)
+        if qtype == "Q4_0":
+            return DotGroups(codes, _scales(d, exact_f16=True)[0].reshape(rows, -1), -8.0, 4, QK)
+        scale, mins = _scales(d, _f16(b[:, 2:4])[:, 0], exact_f16=True)
+        return DotGroups(codes, scale.reshape(rows, -1), mins.reshape(rows, -1), 4, QK)
     if qtype == "Q4_K":
         d, dmin = _f16(b[:, 0:2]), _f16(b[:, 2:4])
         sc, mn = k_scale_min(b[:, 4:16])
@@ -176,14 +184,14 @@ def dot_groups(raw: np.ndarray, qtype: str, rows: int, cols: int) -> DotGroups:
         qh = np.ascontiguousarray(b[:, off:off + 4]).view(np.uint32)
         hi = ((qh >> np.arange(32, dtype=np.uint32)) & 1).astype(np.uint8)
         codes = _nibbles32(b[:, off + 4:off + 20]) | (hi << 4)
-        m = -16 * d if qtype == "Q5_0" else _f16(b[:, 2:4])[:, 0]
-        scale, mins = _scales(d, m, exact_f16=True)
+        if qtype == "Q5_0":
+            return DotGroups(codes.reshape(rows, cols), _scales(d, exact_f16=True)[0].reshape(rows, -1), -16.0, 8, QK)
+        scale, mins = _scales(d, _f16(b[:, 2:4])[:, 0], exact_f16=True)
         return DotGroups(codes.reshape(rows, cols), scale.reshape(rows, -1), mins.reshape(rows, -1), 8, QK)
     if qtype == "Q8_0":
         d = _f16(b[:, 0:2])[:, 0]
         codes = b[:, 2:34] ^ np.uint8(0x80)  # int8 c -> c + 128, without an int16 copy of the table
-        scale, mins = _scales(d, -128 * d, exact_f16=True)
-        return DotGroups(codes.reshape(rows, cols), scale.reshape(rows, -1), mins.reshape(rows, -1), 8, QK)
+        return DotGroups(codes.reshape(rows, cols), _scales(d, exact_f16=True)[0].reshape(rows, -1), -128.0, 8, QK)
     if qtype == "Q6_K":
         ql, qh = b[:, 0:128], b[:, 128:192]
         sc = b[:, 192:208].view(np.int8).astype(np.float32)

@@ -23,7 +23,7 @@ from ..catalog.packed_kernels import REGRID_MAX_ERROR
 from ..errors import UsageError
 from ..model.gguf_header import read_gguf_header
 from . import gguf_blocks as gb
-from .dot_weight import TILE, DotWeight
+from .dot_weight import TILE, DotWeight, HugeArena
 from .packed import DenseWeight, Int4Weight, Int8Weight, PackedWeight, can_int4, concat_int4
 
 CHUNK_ROWS = 2048  # rows converted at a time (a multiple of the int4 tile): ~5 MB of float32 for SmolLM2's table
@@ -48,6 +48,7 @@ class GgufTensors:
     data: np.memmap
     by_name: dict
     conversions: list[Conversion] = field(default_factory=list)
+    arena: HugeArena = field(default_factory=HugeArena)  # where the dot weights are carved (on huge pages)
 
     @classmethod
     def open(cls, path: str | Path, header=None) -> "GgufTensors":
@@ -173,16 +174,16 @@ def dot(t: GgufTensors, names: list[str], orders: dict) -> list[PackedWeight]:
     Tiled CHUNK_ROWS rows at a time into the product's arrays, so the transient memory is a chunk (the token
     table's codes were held three times over: decoded, padded, tiled)."""
     layouts = {n: t.dot_layout(n) for n in names}
-    fused = len(set(layouts.values())) == 1
-    if fused and len(names) > 1 and any(t.shape(n)[0] % TILE for n in names):
-        fused = False  # parts must be whole tiles to be stacked tile by tile
-    parts = [names] if fused else [[n] for n in names]
+    kinds = {lay[:3] for lay in layouts.values()}  # (bits, group, scale dtype); the minimums can be made alike
+    fused = len(kinds) == 1 and not (len(names) > 1 and any(t.shape(n)[0] % TILE for n in names))
+    parts = [names] if fused else [[n] for n in names]  # fused parts must be whole tiles, to be stacked as tiles
     out = []
     for part in parts:
         rows = sum(t.shape(n)[0] for n in part)
         cols = t.shape(part[0])[1]
-        bits, group, dtype = layouts[part[0]]
-        w = DotWeight.empty(rows, cols, bits, group, np.dtype(dtype))
+        bits, group, dtype, mins = layouts[part[0]]
+        factor = mins if all(layouts[n][3] == mins for n in part) and isinstance(mins, float) else None
+        w = DotWeight.empty(rows, cols, bits, group, np.dtype(dtype), factor, t.arena)
         tile0 = 0
         for n in part:
             n_rows = t.shape(n)[0]
