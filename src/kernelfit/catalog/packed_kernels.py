@@ -46,10 +46,11 @@ REGRID_MAX_ERROR = 0.02
 FAST_ISA = ("avx512_bf16", "avx512f", "avx2")
 
 # bytes per weight once packed, as the C++ dot products hold them (loader/dot_weight.py): the codes (4 or 8 bits)
-# plus a scale and a minimum per group, float16 where the file's are (per 32), float32 for the K-quants' products
-# (per 32, Q6_K per 16). torch's layouts (no compiler) are no larger: int4 + bf16 scale/zero, int8 per row.
-PACKED_BYTES_PER_VALUE = {"Q4_0": 0.5 + 4 / 32, "Q4_1": 0.5 + 4 / 32, "Q4_K": 0.5 + 8 / 32,
-                          "Q5_0": 1 + 4 / 32, "Q5_1": 1 + 4 / 32, "Q8_0": 1 + 4 / 32, "Q6_K": 1 + 8 / 16,
+# plus a float16 scale per 32 (float32 per 32 for Q4_K, per 16 for Q6_K: products of two of the file's numbers)
+# and a minimum alike where the type has one (Q4_1, Q5_1, Q4_K; the symmetric types' is a fixed multiple of the
+# scale). torch's layouts (no compiler) are no larger: int4 + bf16 scale/zero, int8 per row.
+PACKED_BYTES_PER_VALUE = {"Q4_0": 0.5 + 2 / 32, "Q4_1": 0.5 + 4 / 32, "Q4_K": 0.5 + 8 / 32,
+                          "Q5_0": 1 + 2 / 32, "Q5_1": 1 + 4 / 32, "Q8_0": 1 + 2 / 32, "Q6_K": 1 + 4 / 16,
                           "F32": 4.0, "F16": 2.0, "BF16": 2.0}
 
 

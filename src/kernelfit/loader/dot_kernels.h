@@ -77,7 +77,7 @@ inline void quantize(const float* x, int64_t k, Act& a) {
 // Layout of one tile (8 rows): BITS 8: for each 4 columns c..c+3, 32 bytes = row r's 4 codes at 4r..4r+3.
 // BITS 4: for each 8 columns c..c+7, 32 bytes; byte 4r+b holds column c+b (low nibble) and c+4+b (high) of row r.
 // scale and mins: [K / G][8] per tile. mins may instead be one number f (a 0-d tensor): every group's minimum is
-// f * its scale (the symmetric types: Q4_0 -8, Q5_0 -16, Q8_0 -128), which saves their bytes.
+// f * its scale (the symmetric types: Q4_0 -8, Q5_0 -16, Q8_0 -128, Q6_K -32), which saves their bytes.
 inline int64_t code_index(int bits, int64_t k, int64_t row, int64_t col) {  // byte of (row, col) in a tile
   if (bits == 8) return (col / 4) * 32 + row * 4 + col % 4;
   return (col / 8) * 32 + row * 4 + col % 4;

@@ -129,7 +129,8 @@ def dequantize(raw: np.ndarray, qtype: str, rows: int, cols: int) -> np.ndarray:
 class DotGroups:
     """w[n, k] = scale[n, k // group] * codes[n, k] + mins[n, k // group], every value exactly the file's.
     codes unsigned (an int8 code c is stored as c + 128 with the minimum -128 * scale); bits 4 (0..15) or 8.
-    mins is a number f for the symmetric types (every minimum is f * its scale: Q4_0 -8, Q5_0 -16, Q8_0 -128)."""
+    mins is a number f for the symmetric types (every minimum is f * its scale: Q4_0 -8, Q5_0 -16, Q8_0 -128,
+    Q6_K -32)."""
 
     codes: np.ndarray  # uint8 [N, K]
     scale: np.ndarray  # float16 (the file's own scales) or float32 (K-quants: two of them multiplied) [N, K/group]
@@ -199,7 +200,6 @@ def dot_groups(raw: np.ndarray, qtype: str, rows: int, cols: int) -> DotGroups:
         lo = np.stack([ql.reshape(-1, 2, 64) & 0x0F, ql.reshape(-1, 2, 64) >> 4], axis=2).reshape(-1, 8, 32)
         hi = (qh.reshape(-1, 2, 1, 32) >> np.array([0, 2, 4, 6], dtype=np.uint8).reshape(1, 1, 4, 1)) & 0x03
         codes = lo | (hi.reshape(-1, 8, 32) << 4)  # 0..63; w = d * sc * (q - 32)
-        s = (d * sc).reshape(rows, -1)
-        scale, mins = _scales(s, -32 * s, exact_f16=False)
-        return DotGroups(codes.reshape(rows, cols), scale, mins, 8, 16)
+        scale = _scales((d * sc).reshape(rows, -1), exact_f16=False)[0]
+        return DotGroups(codes.reshape(rows, cols), scale, -32.0, 8, 16)
     raise ValueError(f"GGUF type {qtype} has no dot layout")

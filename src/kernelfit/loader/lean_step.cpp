@@ -151,15 +151,9 @@ Tensor decode_step(Tensor x, int64_t pos, const std::vector<int64_t>& kinds, con
     h = norm(x, nm[1], eps);
     auto gu = products(h, w, idx, n_gu[li]);
     idx += n_gu[li];
-    auto act = at::empty({1, ffn}, h.options());
-    const float* gp = gu.data_ptr<float>();
-    float* ap = act.data_ptr<float>();
-    for (int64_t i = 0; i < ffn; ++i) {
-      float g = gp[i], u = gp[ffn + i];
-      float f = gelu ? 0.5f * g * (1.f + std::tanh(0.7978845608028654f * (g + 0.044715f * g * g * g)))
-                     : g / (1.f + std::exp(-g));
-      ap[i] = f * u;
-    }
+    // ATen's vectorised gelu/silu (a scalar std::tanh / std::exp loop costs ~10 ns a value: ~0.4 ms a Gemma token)
+    const auto g = gu.narrow(1, 0, ffn);
+    const auto act = (gelu ? at::gelu(g, "tanh") : at::silu(g)).mul_(gu.narrow(1, ffn, ffn));
     auto y = product(act, w, idx);
     idx += 1;
     residual_add(xp, y, nm[6], eps);
