@@ -71,9 +71,11 @@ DECODE_KERNELS = {
 # GGUF files: the file's own groups (codes, scale and minimum per 32 or 16 weights, every value exact) through
 # kernelfit's C++ group dot products (loader/dot_kernels.h), built with the C++ compiler on first use; the
 # activations enter as two int8 digits per group of 32 (~15 bits), so the decode logits agree with the float32
-# dequantized file to a cosine of 0.99999 (tests/test_packed_gguf.py). Measured on the reference CPU against
-# torch's kernels (benchmarks/packed_kernels.py): a 1536x576 4-bit product 15.8 vs 17.2 us, 4096x640 43.7 vs
-# 82.5 us; SmolLM2 decode 210-225 tok/s either way, Gemma 3 270M the same speed without its re-grid loss.
+# dequantized file to a cosine of 0.99999 (tests/test_packed_gguf.py). Per product with hot caches
+# (benchmarks/packed_kernels.py) they are torch's speed or a little slower (3072x576 4-bit: 31.7 vs 26.4 us);
+# over a whole model read from DRAM, on huge pages, they decode faster (benchmarks/results/llamacpp-report.md:
+# SmolLM2 245 vs 210 tok/s, Gemma 3 270M 120 vs 117 without the re-grid's loss). At 256 rows each product is
+# unpacked to bf16 for oneDNN: 1,231 us for 3072x576 against oneDNN on a kept bf16 copy 1,084 and int4 2,634.
 GGUF_DECODE = ("the file's own 4/8-bit groups, exact, through kernelfit's C++ group dot products (torch's "
                "_weight_int4pack_mm_for_cpu / _weight_int8pack_mm with re-gridded int8 where no C++ compiler builds them)")
 PREFILL_PACKED = "same packed weights as decode (unpacked to bf16 one product at a time for a oneDNN matmul)"
