@@ -1,7 +1,7 @@
 """Tiny GGUF files of any supported tensor type, written with the gguf package's own writer.
 
-gguf-py quantizes Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0 itself; it only dequantizes the K-quants, so Q4_K and
-Q6_K are encoded here (a plain min/max encoder over llama.cpp's block layout; the decoder the tests check
+gguf-py quantizes Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0 itself; it only dequantizes the K-quants, so Q2_K, Q3_K,
+Q4_K, Q5_K and Q6_K are encoded here (a plain min/max encoder over llama.cpp's block layout; the decoder the tests check
 against is gguf-py's).
 """
 
@@ -56,6 +56,70 @@ def q6_k(w: np.ndarray) -> np.ndarray:
     return out.reshape(rows, -1)
 
 
+def _k_scales(sc: np.ndarray, mn: np.ndarray) -> np.ndarray:
+    """Q4_K/Q5_K's 12 bytes of 6-bit scales and mins (8 each)."""
+    return np.concatenate([(sc[:, :4] & 63) | ((sc[:, 4:] >> 4) << 6), (mn[:, :4] & 63) | ((mn[:, 4:] >> 4) << 6),
+                           (sc[:, 4:] & 15) | ((mn[:, 4:] & 15) << 4)], axis=1)
+
+
+def q5_k(w: np.ndarray) -> np.ndarray:
+    """float32 [rows, cols] -> Q5_K blocks [rows, cols/256*176] uint8."""
+    rows = w.shape[0]
+    b = w.reshape(-1, 8, 32).astype(np.float32)
+    lo = np.minimum(b.min(-1), 0)
+    scale = (b.max(-1) - lo) / 31
+    d = (np.maximum(scale.max(-1), 1e-8) / 63).astype(np.float16).astype(np.float32)
+    dmin = (np.maximum((-lo).max(-1), 1e-8) / 63).astype(np.float16).astype(np.float32)
+    sc = np.clip(np.round(scale / d[:, None]), 1, 63).astype(np.uint8)
+    mn = np.clip(np.round(-lo / dmin[:, None]), 0, 63).astype(np.uint8)
+    q = np.clip(np.round((b + (dmin[:, None] * mn)[..., None]) / (d[:, None] * sc)[..., None]), 0, 31).astype(np.uint8)
+    low, high = q & 15, q >> 4
+    qs = (low[:, 0::2] | (low[:, 1::2] << 4)).reshape(-1, 128)
+    qh = np.bitwise_or.reduce(high << np.arange(8, dtype=np.uint8).reshape(1, 8, 1), axis=1)  # bit i: sub-block i
+    return np.concatenate([_f16(d), _f16(dmin), _k_scales(sc, mn), qh, qs], axis=1).reshape(rows, -1)
+
+
+def _pack2(q: np.ndarray) -> np.ndarray:
+    """[n, 256] 2-bit values -> [n, 64] bytes: per 128 values, byte b holds values b, 32+b, 64+b, 96+b."""
+    v = q.reshape(-1, 2, 4, 32)
+    return (v[:, :, 0] | (v[:, :, 1] << 2) | (v[:, :, 2] << 4) | (v[:, :, 3] << 6)).reshape(-1, 64)
+
+
+def q3_k(w: np.ndarray) -> np.ndarray:
+    """float32 [rows, cols] -> Q3_K blocks [rows, cols/256*110] uint8 (symmetric, 6-bit scales per 16)."""
+    rows = w.shape[0]
+    b = w.reshape(-1, 16, 16).astype(np.float32)
+    scale = np.abs(b).max(-1) / 4
+    d = (np.maximum(scale.max(-1), 1e-8) / 31).astype(np.float16).astype(np.float32)
+    sc = np.clip(np.round(scale / d[:, None]), 1, 31).astype(np.int32)
+    u = (np.clip(np.round(b / (d[:, None] * sc)[..., None]), -4, 3) + 4).astype(np.uint8).reshape(-1, 256)
+    stored = (sc + 32).astype(np.uint8)  # [n, 16]
+    low = np.zeros((len(b), 8), np.uint8)
+    high = np.zeros((len(b), 4), np.uint8)
+    for j in range(16):  # value j: low nibble in byte j % 8 (shift 4 * (j // 8)), top 2 bits in byte 8 + j % 4
+        low[:, j % 8] |= (stored[:, j] & 15) << (4 * (j // 8))
+        high[:, j % 4] |= (stored[:, j] >> 4) << (2 * (j // 4))
+    hmask = np.bitwise_or.reduce((u >> 2).reshape(-1, 8, 32) << np.arange(8, dtype=np.uint8).reshape(1, 8, 1), axis=1)
+    return np.concatenate([hmask, _pack2(u & 3), low, high, _f16(d)], axis=1).reshape(rows, -1)
+
+
+def q2_k(w: np.ndarray) -> np.ndarray:
+    """float32 [rows, cols] -> Q2_K blocks [rows, cols/256*84] uint8 (4-bit scale and min per 16)."""
+    rows = w.shape[0]
+    b = w.reshape(-1, 16, 16).astype(np.float32)
+    lo = np.minimum(b.min(-1), 0)
+    scale = (b.max(-1) - lo) / 3
+    d = (np.maximum(scale.max(-1), 1e-8) / 15).astype(np.float16).astype(np.float32)
+    dmin = (np.maximum((-lo).max(-1), 1e-8) / 15).astype(np.float16).astype(np.float32)
+    sc = np.clip(np.round(scale / d[:, None]), 1, 15).astype(np.uint8)
+    mn = np.clip(np.round(-lo / dmin[:, None]), 0, 15).astype(np.uint8)
+    q = np.clip(np.round((b + (dmin[:, None] * mn)[..., None]) / (d[:, None] * sc)[..., None]), 0, 3).astype(np.uint8)
+    return np.concatenate([sc | (mn << 4), _pack2(q.reshape(-1, 256)), _f16(d), _f16(dmin)], axis=1).reshape(rows, -1)
+
+
+K_ENCODERS = {"Q2_K": q2_k, "Q3_K": q3_k, "Q5_K": q5_k}
+
+
 def encode(w: np.ndarray, qtype: str):
     if qtype == "F32":
         return w.astype(np.float32), None
@@ -63,6 +127,8 @@ def encode(w: np.ndarray, qtype: str):
         return q4_k(w), GGMLQuantizationType.Q4_K
     if qtype == "Q6_K":
         return q6_k(w), GGMLQuantizationType.Q6_K
+    if qtype in K_ENCODERS:
+        return K_ENCODERS[qtype](w), getattr(GGMLQuantizationType, qtype)
     t = getattr(GGMLQuantizationType, qtype)
     return quants.quantize(w.astype(np.float32), t), t
 

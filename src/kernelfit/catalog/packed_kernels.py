@@ -28,11 +28,13 @@ SOURCES = ("kernelfit-packed-kernels", "torch-int4pack-cpu", "llama-cpp-vec-dot"
 
 # GGUF tensor types the packed path reads (loader/gguf_blocks.py), by the layout they get
 INT4_EXACT = ("Q4_0", "Q4_1", "Q4_K")  # group-32 asymmetric int4: the file's grid, scales rounded to bf16
-REGRID = ("Q5_0", "Q5_1", "Q8_0", "Q6_K")  # no torch kernel with their grid: int8 per row (measured loss) or bf16
+# no torch kernel with their grid: int8 per row (measured loss) or bf16 (the C++ dot products read them as stored)
+REGRID = ("Q5_0", "Q5_1", "Q8_0", "Q6_K", "Q2_K", "Q3_K", "Q5_K")
 FLOAT = ("F32", "F16", "BF16")
 PACKED_GGUF_TYPES = INT4_EXACT + REGRID + FLOAT
 # GGUF file types (general.file_type) made only of those tensor types
-PACKED_GGUF_FILE_TYPES = ("Q4_0", "Q4_1", "Q8_0", "Q4_K_S", "Q4_K_M", "Q6_K", "F16", "BF16", "F32")
+PACKED_GGUF_FILE_TYPES = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K_S", "Q3_K_M", "Q3_K_L", "Q4_K_S",
+                          "Q4_K_M", "Q5_K_S", "Q5_K_M", "Q6_K", "F16", "BF16", "F32")
 # GGUF architectures loader/lean_lm.py runs
 LEAN_GGUF_ARCHS = ("llama", "mistral", "qwen2", "gemma3")
 
@@ -51,6 +53,7 @@ FAST_ISA = ("avx512_bf16", "avx512f", "avx2")
 # scale). torch's layouts (no compiler) are no larger: int4 + bf16 scale/zero, int8 per row.
 PACKED_BYTES_PER_VALUE = {"Q4_0": 0.5 + 2 / 32, "Q4_1": 0.5 + 4 / 32, "Q4_K": 0.5 + 8 / 32,
                           "Q5_0": 1 + 2 / 32, "Q5_1": 1 + 4 / 32, "Q8_0": 1 + 2 / 32, "Q6_K": 1 + 4 / 16,
+                          "Q2_K": 0.5 + 8 / 16, "Q3_K": 0.5 + 4 / 16, "Q5_K": 1 + 8 / 32,
                           "F32": 4.0, "F16": 2.0, "BF16": 2.0}
 
 

@@ -10,6 +10,9 @@ Q8_0) or 256 (Q4_K, Q6_K) values. Every type supported here is a grid per group 
     Q5_1  w = d * q + m                q in 0..31, fp16 d and m per 32
     Q8_0  w = d * q                    q in -128..127, one fp16 d per 32
     Q6_K  w = (d*sc) * q               q in -32..31, int8 sc per 16, fp16 d per 256
+    Q5_K  w = (d*sc) * q - (dmin*mn)   q in 0..31, 6-bit sc and mn per 32, fp16 d and dmin per 256
+    Q3_K  w = (d*sc) * q               q in -4..3, 6-bit sc (- 32) per 16, fp16 d per 256
+    Q2_K  w = (d*sc) * q - (dmin*mn)   q in 0..3, 4-bit sc and mn per 16, fp16 d and dmin per 256
 
 so the int4 types map exactly onto torch's group-32 asymmetric int4 layout (w = (q - 8) * s + z),
 and the others are re-gridded or unpacked (loader/packed.py decides, by measurement). The bit
@@ -26,9 +29,11 @@ import numpy as np
 
 QK = 32  # values per Q4_0/Q4_1/Q8_0 block; also the int4 group size used for every int4 type
 QK_K = 256  # values per K-quant super-block
-BLOCK_BYTES = {"Q4_0": 18, "Q4_1": 20, "Q5_0": 22, "Q5_1": 24, "Q8_0": 34, "Q4_K": 144, "Q6_K": 210}
+BLOCK_BYTES = {"Q4_0": 18, "Q4_1": 20, "Q5_0": 22, "Q5_1": 24, "Q8_0": 34, "Q4_K": 144, "Q6_K": 210,
+               "Q2_K": 84, "Q3_K": 110, "Q5_K": 176}
 INT4_TYPES = ("Q4_0", "Q4_1", "Q4_K")  # exactly group-32 asymmetric int4
-REGRID_TYPES = ("Q5_0", "Q5_1", "Q8_0", "Q6_K")  # no torch kernel with their grid: int8 per row, or unpacked
+# no torch kernel with their grid: int8 per row, or unpacked (the C++ dot products read them all as stored)
+REGRID_TYPES = ("Q5_0", "Q5_1", "Q8_0", "Q6_K", "Q2_K", "Q3_K", "Q5_K")
 FLOAT_TYPES = ("F32", "F16", "BF16")
 SUPPORTED = INT4_TYPES + REGRID_TYPES + FLOAT_TYPES
 
@@ -122,6 +127,12 @@ def dequantize(raw: np.ndarray, qtype: str, rows: int, cols: int) -> np.ndarray:
         q = (lo | (hi.reshape(-1, 8, 32) << 4)).astype(np.int8) - 32
         w = (d * sc).reshape(-1, 16, 1) * q.reshape(-1, 16, 16).astype(np.float32)
         return w.reshape(rows, cols)
+    if qtype in ("Q2_K", "Q3_K", "Q5_K"):
+        g = dot_groups(raw, qtype, rows, cols)
+        codes = g.codes.reshape(rows, -1, g.group).astype(np.float32)
+        scale = g.scale.astype(np.float32)[..., None]
+        mins = scale * np.float32(g.mins) if isinstance(g.mins, float) else g.mins.astype(np.float32)[..., None]
+        return (codes * scale + mins).reshape(rows, cols)
     raise ValueError(f"GGUF type {qtype} is not supported by the packed path")
 
 
@@ -202,4 +213,30 @@ def dot_groups(raw: np.ndarray, qtype: str, rows: int, cols: int) -> DotGroups:
         codes = lo | (hi.reshape(-1, 8, 32) << 4)  # 0..63; w = d * sc * (q - 32)
         scale = _scales((d * sc).reshape(rows, -1), exact_f16=False)[0]
         return DotGroups(codes.reshape(rows, cols), scale, -32.0, 8, 16)
+    if qtype == "Q5_K":
+        d, dmin = _f16(b[:, 0:2]), _f16(b[:, 2:4])
+        sc, mn = k_scale_min(b[:, 4:16])
+        qh, qs = b[:, 16:48], b[:, 48:176]
+        lo = (qs.reshape(-1, 4, 1, 32) >> np.array([0, 4], dtype=np.uint8).reshape(1, 1, 2, 1)) & 0x0F
+        hi = (qh.reshape(-1, 1, 32) >> np.arange(8, dtype=np.uint8).reshape(1, 8, 1)) & 0x01
+        codes = (lo.reshape(-1, 8, 32) | (hi << 4)).reshape(rows, cols)
+        scale, mins = _scales(d * sc.astype(np.float32), -(dmin * mn.astype(np.float32)), exact_f16=False)
+        return DotGroups(codes, scale.reshape(rows, -1), mins.reshape(rows, -1), 8, QK)
+    if qtype == "Q3_K":
+        hmask, qs, sb = b[:, 0:32], b[:, 32:96], b[:, 96:108]
+        d = _f16(b[:, 108:110])
+        low = (sb[:, 0:8].reshape(-1, 1, 8) >> np.array([0, 4], dtype=np.uint8).reshape(1, 2, 1)).reshape(-1, 16)
+        high = (sb[:, 8:12].reshape(-1, 1, 4) >> np.array([0, 2, 4, 6], dtype=np.uint8).reshape(1, 4, 1)).reshape(-1, 16)
+        sc = ((low & 0x0F) | ((high & 0x03) << 4)).astype(np.float32) - 32
+        ql = (qs.reshape(-1, 2, 1, 32) >> np.array([0, 2, 4, 6], dtype=np.uint8).reshape(1, 1, 4, 1)) & 0x03
+        hb = (hmask.reshape(-1, 1, 32) >> np.arange(8, dtype=np.uint8).reshape(1, 8, 1)) & 0x01
+        codes = ql.reshape(-1, 8, 32) | (hb << 2)  # q + 4: the high bit set means no -4 offset
+        return DotGroups(codes.reshape(rows, cols), (d * sc).reshape(rows, -1).astype(np.float32), -4.0, 4, 16)
+    if qtype == "Q2_K":
+        sb, qs = b[:, 0:16], b[:, 16:80]
+        d, dmin = _f16(b[:, 80:82]), _f16(b[:, 82:84])
+        codes = (qs.reshape(-1, 2, 1, 32) >> np.array([0, 2, 4, 6], dtype=np.uint8).reshape(1, 1, 4, 1)) & 0x03
+        scale = (d * (sb & 0x0F).astype(np.float32)).reshape(rows, -1).astype(np.float32)
+        mins = (-(dmin * (sb >> 4).astype(np.float32))).reshape(rows, -1).astype(np.float32)
+        return DotGroups(codes.reshape(rows, cols), scale, mins, 4, 16)
     raise ValueError(f"GGUF type {qtype} has no dot layout")
