@@ -77,17 +77,21 @@ class GgufTensors:
             return raw.view(dtype).reshape(rows, cols)[start:stop]
         return raw.reshape(rows, -1)[start:stop]
 
-    def release(self, name: str) -> None:
-        """Drop a converted tensor's file pages from this process (MADV_DONTNEED): they stay in the page cache,
-        but no longer count in the resident set, so packing peaks at the packed model plus one tensor, not
-        plus the whole file."""
+    def release(self, name: str, rows: tuple[int, int] | None = None) -> None:
+        """Drop a converted tensor's file pages (or those of its rows start..stop) from this process
+        (MADV_DONTNEED): they stay in the page cache, but no longer count in the resident set, so packing peaks
+        at the packed model plus one chunk of rows, not plus the whole file (Gemma 3's 178 MB token table)."""
         t = self.by_name[name]
         mm = getattr(self.data, "_mmap", None)
         if mm is None or not hasattr(mm, "madvise") or not hasattr(mmap, "MADV_DONTNEED"):
             return
+        first, last = t.offset, t.offset + t.nbytes
+        if rows is not None:
+            row_bytes = t.nbytes // self.shape(name)[0]
+            first, last = t.offset + rows[0] * row_bytes, t.offset + rows[1] * row_bytes
         page = mmap.PAGESIZE
-        start = t.offset // page * page
-        end = -(-(t.offset + t.nbytes) // page) * page
+        start = first // page * page
+        end = -(-last // page) * page  # a page shared with the next rows is read again from the page cache
         mm.madvise(mmap.MADV_DONTNEED, start, min(end, len(mm)) - start)
 
     def float_tensor(self, name: str) -> torch.Tensor:
@@ -188,8 +192,10 @@ def dot(t: GgufTensors, names: list[str], orders: dict) -> list[PackedWeight]:
         for n in part:
             n_rows = t.shape(n)[0]
             for start in range(0, n_rows, CHUNK_ROWS):
-                g = t.dot_groups(n, orders.get(n), start, min(n_rows, start + CHUNK_ROWS))
-                tile0 += w.fill(tile0, g)
+                stop = min(n_rows, start + CHUNK_ROWS)
+                tile0 += w.fill(tile0, t.dot_groups(n, orders.get(n), start, stop))
+                if orders.get(n) is None:
+                    t.release(n, (start, stop))
             t.conversions.append(Conversion(n, t.qtype(n), f"{bits}-bit groups (exact)", 0.0))
             t.release(n)
         out.append(w)
