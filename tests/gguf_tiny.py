@@ -135,10 +135,11 @@ def encode(w: np.ndarray, qtype: str):
 
 def write_tiny(path: Path, qtype: str, arch: str = "llama", seed: int = 0, embed_type: str | None = None,
                tokenizer: bool = True, nan_norm: bool = False, yarn: bool = False) -> Path:
-    """A 2-layer model of `arch` ("llama", "qwen2", "gemma3") whose linear weights are `qtype`; `tokenizer`
+    """A 2-layer model of `arch` ("llama", "qwen2", "qwen3", "gemma3") whose linear weights are `qtype`; `tokenizer`
     False leaves out the token scores transformers needs, `nan_norm` puts a NaN in the final norm, `yarn` declares
     YaRN rotary scaling."""
     rng = np.random.default_rng(seed)
+    hd = 128 if arch == "qwen3" else HEAD_DIM  # transformers reads no head_dim from qwen3 files: its default, 128
     w = GGUFWriter(str(path), arch)
     w.add_context_length(1024)
     w.add_embedding_length(HIDDEN)
@@ -150,11 +151,11 @@ def write_tiny(path: Path, qtype: str, arch: str = "llama", seed: int = 0, embed
     w.add_rope_freq_base(10000.0)
     if yarn:
         w.add_rope_scaling_type(RopeScalingType.YARN)
-    w.add_key_length(HEAD_DIM)
-    w.add_value_length(HEAD_DIM)
+    w.add_key_length(hd)
+    w.add_value_length(hd)
     w.add_vocab_size(VOCAB)
     if arch == "llama":
-        w.add_rope_dimension_count(HEAD_DIM)
+        w.add_rope_dimension_count(hd)
     if arch == "gemma3":
         w.add_sliding_window(16)  # shorter than the test text, so the window matters
     w.add_tokenizer_model("gpt2")
@@ -179,20 +180,21 @@ def write_tiny(path: Path, qtype: str, arch: str = "llama", seed: int = 0, embed
     for i in range(LAYERS):
         b = f"blk.{i}."
         tensor(b + "attn_norm.weight", (HIDDEN,), "norm")
-        tensor(b + "attn_q.weight", (HEADS * HEAD_DIM, HIDDEN), qtype)
-        tensor(b + "attn_k.weight", (KV_HEADS * HEAD_DIM, HIDDEN), qtype)
-        tensor(b + "attn_v.weight", (KV_HEADS * HEAD_DIM, HIDDEN), qtype)
-        tensor(b + "attn_output.weight", (HIDDEN, HEADS * HEAD_DIM), qtype)
+        tensor(b + "attn_q.weight", (HEADS * hd, HIDDEN), qtype)
+        tensor(b + "attn_k.weight", (KV_HEADS * hd, HIDDEN), qtype)
+        tensor(b + "attn_v.weight", (KV_HEADS * hd, HIDDEN), qtype)
+        tensor(b + "attn_output.weight", (HIDDEN, HEADS * hd), qtype)
         tensor(b + "ffn_norm.weight", (HIDDEN,), "norm")
         tensor(b + "ffn_gate.weight", (FFN, HIDDEN), qtype)
         tensor(b + "ffn_up.weight", (FFN, HIDDEN), qtype)
         tensor(b + "ffn_down.weight", (HIDDEN, FFN), qtype)
         if arch == "qwen2":
             for x, n in (("q", HEADS), ("k", KV_HEADS), ("v", KV_HEADS)):
-                w.add_tensor(b + f"attn_{x}.bias", (0.1 * rng.standard_normal(n * HEAD_DIM)).astype(np.float32))
+                w.add_tensor(b + f"attn_{x}.bias", (0.1 * rng.standard_normal(n * hd)).astype(np.float32))
+        if arch in ("gemma3", "qwen3"):
+            tensor(b + "attn_q_norm.weight", (hd,), "norm")
+            tensor(b + "attn_k_norm.weight", (hd,), "norm")
         if arch == "gemma3":
-            tensor(b + "attn_q_norm.weight", (HEAD_DIM,), "norm")
-            tensor(b + "attn_k_norm.weight", (HEAD_DIM,), "norm")
             tensor(b + "post_attention_norm.weight", (HIDDEN,), "norm")
             tensor(b + "post_ffw_norm.weight", (HIDDEN,), "norm")
     if nan_norm:

@@ -36,7 +36,7 @@ PACKED_GGUF_TYPES = INT4_EXACT + REGRID + FLOAT
 PACKED_GGUF_FILE_TYPES = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K_S", "Q3_K_M", "Q3_K_L", "Q4_K_S",
                           "Q4_K_M", "Q5_K_S", "Q5_K_M", "Q6_K", "F16", "BF16", "F32")
 # GGUF architectures loader/lean_lm.py runs
-LEAN_GGUF_ARCHS = ("llama", "mistral", "qwen2", "gemma3")
+LEAN_GGUF_ARCHS = ("llama", "mistral", "qwen2", "qwen3", "gemma3")
 
 # A re-gridded tensor (Q8_0/Q6_K -> int8 per row) whose relative weight error exceeds this is unpacked to bf16
 # instead. At 2% the logits of SmolLM2 and Gemma 3 270M keep a cosine above 0.9999 with the file's own

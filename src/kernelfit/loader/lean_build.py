@@ -31,7 +31,7 @@ GEMMA3_SLIDING_PATTERN = 6
 
 @dataclass
 class LeanConfig:
-    family: str  # "llama" or "gemma3"
+    family: str  # "llama" (llama, mistral, qwen2, qwen3) or "gemma3"
     arch: str  # the file's general.architecture
     hidden: int
     layers: int
@@ -124,7 +124,7 @@ def build_lean(path: str | Path, prefill_dense: bool = False, progress=None) -> 
     exact = dot_available()  # the file's own groups through the C++ dot products; else torch's packed kernels
     if progress is not None:
         progress(f"packing {Path(path).name} for the CPU ({cfg.layers} layers)")
-    # Llama/Mistral files already pair rotary dims side by side; qwen2 and gemma3 files keep halves
+    # Llama/Mistral files already pair rotary dims side by side; qwen2, qwen3 and gemma3 files keep halves
     interleave = cfg.arch not in ("llama", "mistral")
     q_order = interleave_order(cfg.heads * cfg.head_dim, cfg.head_dim) if interleave else None
     k_order = interleave_order(cfg.kv_heads * cfg.head_dim, cfg.head_dim) if interleave else None
@@ -146,7 +146,7 @@ def build_lean(path: str | Path, prefill_dense: bool = False, progress=None) -> 
         down = linear(t, [b + "ffn_down.weight"], exact=exact)[0]
         packed += [*qkv, o, *gate_up, down]
         qn = kn = None
-        if gemma:
+        if t.has(b + "attn_q_norm.weight"):  # gemma3, qwen3: RMSNorm of each head's Q and K
             qn, kn = t.float_tensor(b + "attn_q_norm.weight"), t.float_tensor(b + "attn_k_norm.weight")
             if interleave:
                 qn, kn = qn[norm_order], kn[norm_order]

@@ -1,4 +1,4 @@
-"""A lean decoder for packed weights on the CPU: Llama-family (llama, mistral, qwen2) and Gemma 3.
+"""A lean decoder for packed weights on the CPU: Llama-family (llama, mistral, qwen2, qwen3) and Gemma 3.
 
 Why not transformers' modules: a decode step of a 135M model is ~3 ms of weight reads, and the
 generic path spends as much again in per-op overhead (mask building, cache objects, logits

@@ -21,9 +21,10 @@ from ..paths import write_atomic, writable_cache_root
 
 SOURCE = Path(__file__).with_name("lean_step.cpp")
 HEADERS = (Path(__file__).with_name("dot_kernels.h"),)
-# The dot products are compiled for this machine's vector ISA (-march=native), so a build is keyed by the CPU too:
-# a cache folder shared by machines of different CPUs keeps one build each.
-CFLAGS = ["-O3", "-march=native"]
+# The dot products are compiled for this machine's vector ISA (-march=native on x86-64, where AVX2/VNNI decide
+# their speed; elsewhere they are scalar and the loader keeps torch's kernels, and some compilers refuse the flag),
+# so a build is keyed by the CPU too: a cache folder shared by machines of different CPUs keeps one build each.
+CFLAGS = ["-O3"] + (["-march=native"] if __import__("platform").machine().lower() in ("x86_64", "amd64") else [])
 _STATE: dict = {}
 # torch.utils.cpp_extension serialises builds with a lock file it never expires: a build killed (kill -9, power)
 # leaves it behind and every later process would wait on it forever. A build takes ~25-60 s here.
