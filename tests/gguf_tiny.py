@@ -134,10 +134,11 @@ def encode(w: np.ndarray, qtype: str):
 
 
 def write_tiny(path: Path, qtype: str, arch: str = "llama", seed: int = 0, embed_type: str | None = None,
-               tokenizer: bool = True, nan_norm: bool = False, yarn: bool = False) -> Path:
+               tokenizer: bool = True, nan_norm: bool = False, yarn: bool = False, nan_scale: bool = False) -> Path:
     """A 2-layer model of `arch` ("llama", "qwen2", "qwen3", "gemma3") whose linear weights are `qtype`; `tokenizer`
-    False leaves out the token scores transformers needs, `nan_norm` puts a NaN in the final norm, `yarn` declares
-    YaRN rotary scaling."""
+    False leaves out the token scores transformers needs, `nan_norm` puts a NaN in the final norm, `nan_scale` one in
+    a block scale of a quantized tensor (Q4_0/Q5_0/Q8_0: the first two bytes of a block), `yarn` declares YaRN
+    rotary scaling."""
     rng = np.random.default_rng(seed)
     hd = 128 if arch == "qwen3" else HEAD_DIM  # transformers reads no head_dim from qwen3 files: its default, 128
     w = GGUFWriter(str(path), arch)
@@ -174,6 +175,9 @@ def write_tiny(path: Path, qtype: str, arch: str = "llama", seed: int = 0, embed
             return
         x = (std * rng.standard_normal(shape)).astype(np.float32)
         data, t = encode(x, kind)
+        if nan_scale and name.endswith("attn_q.weight"):
+            data = data.copy()
+            data.reshape(-1)[0:2] = np.frombuffer(np.float16(np.nan).tobytes(), np.uint8)
         w.add_tensor(name, data, raw_dtype=t)
 
     tensor("token_embd.weight", (VOCAB, HIDDEN), embed_type or "Q8_0", std=1.0)

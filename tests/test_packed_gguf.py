@@ -357,7 +357,8 @@ def test_a_gguf_without_a_usable_tokenizer_or_with_nan_weights_fails_in_one_line
 
     env = dict(os.environ, KERNELFIT_CACHE_DIR=str(tmp_path / "cache"))
     for name, kw, code, expect in (("no-scores", {"tokenizer": False}, 2, "cannot build a tokenizer"),
-                                   ("nan", {"nan_norm": True}, 3, "health check failed")):
+                                   ("nan", {"nan_norm": True}, 3, "health check failed"),
+                                   ("nan-scale", {"nan_scale": True}, 3, "health check failed")):
         path = write_tiny(tmp_path / f"{name}.gguf", "Q4_0", **kw)
         r = subprocess.run([sys.executable, "-m", "kernelfit", "run", str(path), "--prompt", "t1 t2", "--json"],
                            env=env, capture_output=True, text=True, timeout=300)

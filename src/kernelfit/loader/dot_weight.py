@@ -123,7 +123,7 @@ class DotWeight(PackedWeight):
         self.codes[tile0:tile0 + n] = torch.from_numpy(tile_codes(g.codes, g.bits))
         self.scale[tile0:tile0 + n] = torch.from_numpy(tile_groups(g.scale))
         if self.mins.dim():
-            self.mins[tile0:tile0 + n] = torch.from_numpy(tile_groups(g.with_mins().mins))
+            self.mins[tile0:tile0 + n] = torch.from_numpy(tile_groups(g.mins))
         elif float(self.mins) != g.mins:
             raise ValueError("a symmetric weight filled with another type's groups")
         return n

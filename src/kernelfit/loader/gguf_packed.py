@@ -49,6 +49,7 @@ class GgufTensors:
     by_name: dict
     conversions: list[Conversion] = field(default_factory=list)
     arena: HugeArena = field(default_factory=HugeArena)  # where the dot weights are carved (on huge pages)
+    problems: list[str] = field(default_factory=list)  # damage seen while packing (the health check reports it)
 
     @classmethod
     def open(cls, path: str | Path, header=None) -> "GgufTensors":
@@ -177,25 +178,29 @@ def dot(t: GgufTensors, names: list[str], orders: dict) -> list[PackedWeight]:
     """The file's own groups for the C++ dot products: one fused product where the layouts agree, else one each.
     Tiled CHUNK_ROWS rows at a time into the product's arrays, so the transient memory is a chunk (the token
     table's codes were held three times over: decoded, padded, tiled)."""
-    layouts = {n: t.dot_layout(n) for n in names}
-    kinds = {lay[:3] for lay in layouts.values()}  # (bits, group, scale dtype); the minimums can be made alike
-    fused = len(kinds) == 1 and not (len(names) > 1 and any(t.shape(n)[0] % TILE for n in names))
+    layouts = {n: t.dot_layout(n) for n in names}  # (bits, group, scale dtype, minimums or their factor)
+    fused = len(set(layouts.values())) == 1 and not (len(names) > 1 and any(t.shape(n)[0] % TILE for n in names))
     parts = [names] if fused else [[n] for n in names]  # fused parts must be whole tiles, to be stacked as tiles
     out = []
     for part in parts:
         rows = sum(t.shape(n)[0] for n in part)
         cols = t.shape(part[0])[1]
         bits, group, dtype, mins = layouts[part[0]]
-        factor = mins if all(layouts[n][3] == mins for n in part) and isinstance(mins, float) else None
+        factor = mins if isinstance(mins, float) else None
         w = DotWeight.empty(rows, cols, bits, group, np.dtype(dtype), factor, t.arena)
         tile0 = 0
         for n in part:
             n_rows = t.shape(n)[0]
+            finite = True
             for start in range(0, n_rows, CHUNK_ROWS):
                 stop = min(n_rows, start + CHUNK_ROWS)
-                tile0 += w.fill(tile0, t.dot_groups(n, orders.get(n), start, stop))
+                g = t.dot_groups(n, orders.get(n), start, stop)
+                finite = finite and bool(np.isfinite(g.scale).all()) and bool(np.isfinite(g.mins).all())
+                tile0 += w.fill(tile0, g)
                 if orders.get(n) is None:
                     t.release(n, (start, stop))
+            if not finite:  # a NaN scale in Q does not even reach the logits: torch's CPU SDPA drops NaN scores
+                t.problems.append(f"{n}: non-finite block scales in the file")
             t.conversions.append(Conversion(n, t.qtype(n), f"{bits}-bit groups (exact)", 0.0))
             t.release(n)
         out.append(w)

@@ -60,6 +60,7 @@ class LeanBuild:
     weight_bytes: int = 0
     seconds: float = 0.0
     native: object = None  # lean_native.NativeArgs: the C++ decode step's arguments
+    problems: list[str] = field(default_factory=list)  # damage seen while packing (GgufTensors.problems)
 
 
 def lean_config(path: str | Path, header=None) -> LeanConfig:
@@ -178,7 +179,7 @@ def build_lean(path: str | Path, prefill_dense: bool = False, progress=None) -> 
     nbytes = sum(w.nbytes() for w in packed)
     del packed, blocks, model, embed, head
     release_free_memory()
-    return LeanBuild(cfg, scripted, t.conversions, nbytes, time.perf_counter() - t0, native)
+    return LeanBuild(cfg, scripted, t.conversions, nbytes, time.perf_counter() - t0, native, t.problems)
 
 
 def forward(build: LeanBuild, ids: torch.Tensor, pos: int, all_logits: bool = False) -> torch.Tensor:

@@ -72,10 +72,11 @@ class LeanRunner:
         return out, t1 - t0, time.perf_counter() - t1
 
     def check_health(self) -> list[str]:
-        """Problems: non-finite logits on a short smoke forward."""
+        """Problems: damage seen while packing (non-finite block scales), non-finite logits on a short smoke forward."""
         reset_cache(self.build, SMOKE_TOKENS)
         out = self.logits(torch.arange(1, SMOKE_TOKENS + 1), 0, all_logits=True)
-        return [] if bool(torch.isfinite(out).all()) else ["non-finite logits on an 8-token forward"]
+        finite = bool(torch.isfinite(out).all())
+        return list(self.build.problems) + ([] if finite else ["non-finite logits on an 8-token forward"])
 
 
 def tokenizer_dir(spec: ModelSpec, progress=None) -> Path:
