@@ -209,55 +209,72 @@ inline void transpose8(__m256 r[8]) {  // 8x8 floats: r[i][j] -> r[j][i]
 }
 #endif
 
-// The 8 rows of a tile as float32 [8, K]
-template <int BITS, int G, typename T>
-void tile_dequant(const uint8_t* codes, const T* scale, const T* mins, float factor, int64_t k, float* out) {
 #if defined(KF_DOT_AVX2)
+inline void store8(float* dst, __m256 v) { _mm256_storeu_ps(dst, v); }
+inline void store8(at::BFloat16* dst, __m256 v) {  // round to nearest even (NaN kept: the health check sees it)
+  const __m256i b = _mm256_castps_si256(v);
+  const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(b, 16), _mm256_set1_epi32(1));
+  const __m256i r = _mm256_srli_epi32(_mm256_add_epi32(b, _mm256_add_epi32(odd, _mm256_set1_epi32(0x7FFF))), 16);
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(dst), _mm_packus_epi32(_mm256_castsi256_si128(r),
+                                                                      _mm256_extracti128_si256(r, 1)));
+}
+#endif
+
+#if defined(KF_DOT_AVX2)
+// Columns c..c+7 of a tile's 8 rows as floats: col[j] holds column c + j
+template <int BITS, int G, typename T>
+inline void tile_columns(const uint8_t* codes, const T* scale, const T* mins, float factor, int64_t c, __m256 col[8]) {
   const __m256i byte = _mm256_set1_epi32(0xFF), nib = _mm256_set1_epi8(0x0F);
+  const int64_t g = c / G;
+  const __m256 s = load8(scale + g * TILE);
+  const __m256 m = mins ? load8(mins + g * TILE) : _mm256_mul_ps(s, _mm256_set1_ps(factor));
+  __m256i quads[2];  // columns c..c+3 and c+4..c+7, 4 bytes (columns) per row lane
+  if (BITS == 4) {
+    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + c * 4));
+    quads[0] = _mm256_and_si256(v, nib);
+    quads[1] = _mm256_and_si256(_mm256_srli_epi16(v, 4), nib);
+  } else {
+    quads[0] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + c * 8));
+    quads[1] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + c * 8 + 32));
+  }
+  for (int h = 0; h < 2; ++h)
+    for (int b = 0; b < 4; ++b)
+      col[4 * h + b] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srli_epi32(quads[h], 8 * b), byte)), s, m);
+}
+#endif
+
+// One weight of a tile's row r, column c (the scalar path)
+template <int BITS, int G, typename T>
+inline float tile_value(const uint8_t* codes, const T* scale, const T* mins, float factor, int64_t k, int64_t r,
+                        int64_t c) {
+  const uint8_t b = codes[code_index(BITS, k, r, c)];
+  const int32_t u = BITS == 8 ? b : ((c % 8) < 4 ? (b & 0x0F) : (b >> 4));
+  const int64_t g = c / G;
+  const float s = to_f32(scale[g * TILE + r]);
+  return s * float(u) + (mins ? to_f32(mins[g * TILE + r]) : factor * s);
+}
+
+// The 8 rows of a tile as float32 or bf16 [8, K] (rows `k` apart)
+template <int BITS, int G, typename T, typename O>
+void tile_dequant(const uint8_t* codes, const T* scale, const T* mins, float factor, int64_t k, O* out) {
+#if defined(KF_DOT_AVX2)
   for (int64_t c = 0; c < k; c += 8) {
-    const int64_t g = c / G;
-    const __m256 s = load8(scale + g * TILE);
-    const __m256 m = mins ? load8(mins + g * TILE) : _mm256_mul_ps(s, _mm256_set1_ps(factor));
-    __m256i quads[2];  // columns c..c+3 and c+4..c+7, 4 bytes (columns) per row lane
-    if (BITS == 4) {
-      const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + c * 4));
-      quads[0] = _mm256_and_si256(v, nib);
-      quads[1] = _mm256_and_si256(_mm256_srli_epi16(v, 4), nib);
-    } else {
-      quads[0] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + c * 8));
-      quads[1] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + c * 8 + 32));
-    }
-    __m256 col[8];  // col[j]: column c + j of the 8 rows
-    for (int h = 0; h < 2; ++h)
-      for (int b = 0; b < 4; ++b)
-        col[4 * h + b] = _mm256_fmadd_ps(
-            _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srli_epi32(quads[h], 8 * b), byte)), s, m);
+    __m256 col[8];
+    tile_columns<BITS, G, T>(codes, scale, mins, factor, c, col);
     transpose8(col);
-    for (int r = 0; r < TILE; ++r) _mm256_storeu_ps(out + r * k + c, col[r]);
+    for (int r = 0; r < TILE; ++r) store8(out + r * k + c, col[r]);
   }
 #else
   for (int64_t r = 0; r < TILE; ++r)
-    for (int64_t c = 0; c < k; ++c) {
-      const uint8_t b = codes[code_index(BITS, k, r, c)];
-      const int32_t u = BITS == 8 ? b : ((c % 8) < 4 ? (b & 0x0F) : (b >> 4));
-      const int64_t g = c / G;
-      const float s = to_f32(scale[g * TILE + r]);
-      out[r * k + c] = s * float(u) + (mins ? to_f32(mins[g * TILE + r]) : factor * s);
-    }
+    for (int64_t c = 0; c < k; ++c) out[r * k + c] = O(tile_value<BITS, G, T>(codes, scale, mins, factor, k, r, c));
 #endif
 }
 
-// float32 -> bf16, round to nearest even (weights are finite: the health check refuses NaN)
+// float32 -> bf16, round to nearest even
 inline void to_bf16(const float* x, int64_t n, at::BFloat16* out) {
   int64_t i = 0;
 #if defined(KF_DOT_AVX2)
-  for (; i + 8 <= n; i += 8) {
-    const __m256i b = _mm256_castps_si256(_mm256_loadu_ps(x + i));
-    const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(b, 16), _mm256_set1_epi32(1));
-    const __m256i r = _mm256_srli_epi32(_mm256_add_epi32(b, _mm256_add_epi32(odd, _mm256_set1_epi32(0x7FFF))), 16);
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i),
-                     _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1)));
-  }
+  for (; i + 8 <= n; i += 8) store8(out + i, _mm256_loadu_ps(x + i));
 #endif
   for (; i < n; ++i) out[i] = at::BFloat16(x[i]);
 }
@@ -351,8 +368,15 @@ void dequant_tiles(const at::Tensor& codes, const at::Tensor& scale, const at::T
     std::vector<float> tile(TILE * k);
     for (int64_t u = begin; u < end; ++u) {
       const int64_t t = ids ? ids[u] / TILE : u;
-      tile_dequant<BITS, G, T>(cp + t * k * L.bits, sp + t * per_tile, mp ? mp + t * per_tile : nullptr, factor, k,
-                               tile.data());
+      const uint8_t* c = cp + t * k * L.bits;
+      const T* s = sp + t * per_tile;
+      const T* m = mp ? mp + t * per_tile : nullptr;
+      if (!ids && (t + 1) * TILE <= count) {  // a whole tile of a whole weight: straight into the output
+        if (f32) tile_dequant<BITS, G, T, float>(c, s, m, factor, k, out.data_ptr<float>() + t * TILE * k);
+        else tile_dequant<BITS, G, T, at::BFloat16>(c, s, m, factor, k, out.data_ptr<at::BFloat16>() + t * TILE * k);
+        continue;
+      }
+      tile_dequant<BITS, G, T, float>(c, s, m, factor, k, tile.data());
       const int64_t first = ids ? ids[u] % TILE : 0, last = ids ? first + 1 : std::min<int64_t>(TILE, count - t * TILE);
       for (int64_t r = first; r < last; ++r) {
         const int64_t dst = ids ? u : t * TILE + r;

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from . import glibc
 from .gguf_blocks import DotGroups
 from .packed import PackedWeight
 
@@ -70,11 +71,9 @@ class HugeArena:
 def _huge_region(nbytes: int) -> torch.Tensor:
     """uint8 [>= nbytes] starting on a 2 MiB boundary, advised MADV_HUGEPAGE (refused on non-Linux or THP off:
     4 KiB pages, same results)."""
-    from .lean_build import _libc
-
     buf = torch.empty(nbytes + HUGE_PAGE, dtype=torch.uint8)
     start = -(-buf.data_ptr() // HUGE_PAGE) * HUGE_PAGE
-    libc = _libc()
+    libc = glibc.libc()
     if libc is not None and nbytes >= HUGE_PAGE:
         import ctypes
 

@@ -19,6 +19,7 @@ import torch
 from ..catalog.packed_kernels import LEAN_GGUF_ARCHS, LEAN_ROPE_SCALINGS
 from ..errors import UsageError
 from ..model.gguf_header import read_gguf_header
+from . import glibc
 from .gguf_blocks import FLOAT_TYPES
 from .gguf_packed import Conversion, GgufTensors, interleave_order, linear, regridded
 from .dot_weight import DotWeight, dot_available
@@ -226,27 +227,18 @@ RUN_MMAP_THRESHOLD_BYTES = 32 << 20  # after: glibc's own ceiling, so the runner
 # memory instead of a fresh mapping (and its page faults) per op — prefill ran at 650 instead of 1,150 tok/s
 
 
-def _libc():
-    try:
-        import ctypes
-
-        return ctypes.CDLL("libc.so.6")
-    except OSError:  # not glibc: nothing to tune
-        return None
-
-
 def map_large_allocations() -> None:
     """Serve allocations over 256 KiB from their own mappings (glibc), returned to the OS when freed. glibc
     otherwise raises that threshold after the first large free, and packing's many few-MB temporaries then
     fragment the heap: SmolLM2's packed build peaked ~160 MB higher here."""
-    libc = _libc()
+    libc = glibc.libc()
     if libc is not None:
         libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
 
 
 def release_free_memory() -> None:
     """Hand the allocator's free pages back to the OS (glibc malloc_trim), then let activations reuse the heap."""
-    libc = _libc()
+    libc = glibc.libc()
     if libc is not None:
         libc.malloc_trim(0)
         libc.mallopt(M_MMAP_THRESHOLD, RUN_MMAP_THRESHOLD_BYTES)
