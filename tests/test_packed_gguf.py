@@ -59,7 +59,7 @@ EXACT_LAYOUT = {t: f"{4 if t in gb.INT4_TYPES + ('Q2_K', 'Q3_K') else 8}-bit gro
 @pytest.mark.parametrize("rows", [64, 13])  # 13: a partial tile of 8 rows, padded and dropped
 def test_dot_products_are_the_file_values_times_float32_activations(qtype, rows):
     """The C++ group dot products compute with exactly the file's values (dequantize() equals gguf-py's decoding)
-    and float32 activations to ~15 bits: 1e-4 of the float64 product, where bf16 activations give ~3e-3."""
+    and float32 activations to ~15 bits: ~5e-5 of the float64 product, 20x closer than bf16 activations get."""
     cols = 512
     raw = _random_blocks(qtype, rows, cols, np.random.default_rng(2))
     ref_w = quants.dequantize(raw, getattr(GGMLQuantizationType, qtype)).astype(np.float64)
@@ -68,11 +68,12 @@ def test_dot_products_are_the_file_values_times_float32_activations(qtype, rows)
     ids = torch.tensor([rows - 1, 0, 5])
     assert np.array_equal(w.rows(ids).numpy(), ref_w[ids.numpy()].astype(np.float32))
     assert torch.equal(w.dequantize(bf16=True), torch.from_numpy(ref_w).to(torch.bfloat16))
+    torch.manual_seed(0)
     x = torch.randn(3, cols) * torch.linspace(0.01, 3, cols)  # uneven magnitudes, like real activations
     want = x.double().numpy() @ ref_w.T
     got = w.mm(x).double().numpy()
     assert got.shape == (3, rows)
-    assert np.linalg.norm(got - want) / np.linalg.norm(want) < 1e-4
+    assert np.linalg.norm(got - want) / np.linalg.norm(want) < 2e-4  # 40 seeds: at most 9.2e-5 (Q5_1)
     bf16 = (x.bfloat16().double().numpy() @ ref_w.T)
     assert np.linalg.norm(got - want) < np.linalg.norm(bf16 - want) / 10
 
