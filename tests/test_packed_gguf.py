@@ -78,6 +78,23 @@ def test_dot_products_are_the_file_values_times_float32_activations(qtype, rows)
     assert np.linalg.norm(got - want) < np.linalg.norm(bf16 - want) / 10
 
 
+def test_huge_arena_carves_zeroed_aligned_tensors_across_chunks(monkeypatch):
+    """Dot weights are carved from 32 MiB chunks advised onto huge pages: every tensor zeroed, 64-byte aligned,
+    none overlapping, a new chunk when one is full, a region of its own for a large one."""
+    from kernelfit.loader.dot_weight import HugeArena
+
+    monkeypatch.setattr(HugeArena, "CHUNK", 1 << 16)  # small chunks: the test crosses several
+    arena = HugeArena()
+    parts = [arena.zeros((7, 100), torch.uint8) for _ in range(200)] + [arena.zeros((300, 64), torch.float32)]
+    spans = sorted((p.data_ptr(), p.data_ptr() + p.numel() * p.element_size()) for p in parts)
+    assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:]))  # no overlap
+    assert all(p.data_ptr() % 64 == 0 and not p.any() for p in parts)
+    for i, p in enumerate(parts[:-1]):
+        p.fill_(i % 256)
+    assert all(int(p[0, 0]) == i % 256 for i, p in enumerate(parts[:-1]))  # each its own memory
+    assert parts[-1].shape == (300, 64) and parts[-1].dtype == torch.float32
+
+
 def test_dot_kernels_refuse_mismatched_shapes():
     from kernelfit.loader.lean_native import native_module
 
