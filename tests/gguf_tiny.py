@@ -20,34 +20,47 @@ def _f16(x: np.ndarray) -> np.ndarray:
     return x.astype(np.float16).view(np.uint8).reshape(*x.shape, 2)
 
 
-def q4_k(w: np.ndarray) -> np.ndarray:
-    """float32 [rows, cols] -> Q4_K blocks [rows, cols/256*144] uint8."""
-    rows = w.shape[0]
+def _k_scales(sc: np.ndarray, mn: np.ndarray) -> np.ndarray:
+    """Q4_K/Q5_K's 12 bytes of 6-bit scales and mins (8 each)."""
+    return np.concatenate([(sc[:, :4] & 63) | ((sc[:, 4:] >> 4) << 6), (mn[:, :4] & 63) | ((mn[:, 4:] >> 4) << 6),
+                           (sc[:, 4:] & 15) | ((mn[:, 4:] & 15) << 4)], axis=1)
+
+
+def _asymmetric_k(w: np.ndarray, top: int):
+    """Per sub-block of 32: codes 0..top, 6-bit scale and min multiples of a per-256 d and dmin (Q4_K, Q5_K)."""
     b = w.reshape(-1, 8, 32).astype(np.float32)
     lo = np.minimum(b.min(-1), 0)
-    scale = (b.max(-1) - lo) / 15
-    d = np.maximum(scale.max(-1), 1e-8) / 63
-    dmin = np.maximum((-lo).max(-1), 1e-8) / 63
-    d, dmin = d.astype(np.float16).astype(np.float32), dmin.astype(np.float16).astype(np.float32)
+    scale = (b.max(-1) - lo) / top
+    d = (np.maximum(scale.max(-1), 1e-8) / 63).astype(np.float16).astype(np.float32)
+    dmin = (np.maximum((-lo).max(-1), 1e-8) / 63).astype(np.float16).astype(np.float32)
     sc = np.clip(np.round(scale / d[:, None]), 1, 63).astype(np.uint8)
     mn = np.clip(np.round(-lo / dmin[:, None]), 0, 63).astype(np.uint8)
-    q = np.clip(np.round((b + (dmin[:, None] * mn)[..., None]) / (d[:, None] * sc)[..., None]), 0, 15).astype(np.uint8)
-    packed_scales = np.concatenate([
-        (sc[:, :4] & 63) | ((sc[:, 4:] >> 4) << 6), (mn[:, :4] & 63) | ((mn[:, 4:] >> 4) << 6),
-        (sc[:, 4:] & 15) | ((mn[:, 4:] & 15) << 4)], axis=1)
+    q = np.clip(np.round((b + (dmin[:, None] * mn)[..., None]) / (d[:, None] * sc)[..., None]), 0, top).astype(np.uint8)
+    return d, dmin, sc, mn, q
+
+
+def q4_k(w: np.ndarray) -> np.ndarray:
+    """float32 [rows, cols] -> Q4_K blocks [rows, cols/256*144] uint8."""
+    d, dmin, sc, mn, q = _asymmetric_k(w, 15)
     qs = (q[:, 0::2] | (q[:, 1::2] << 4)).reshape(-1, 128)  # chunk i: sub-block 2i low, 2i+1 high
-    out = np.concatenate([_f16(d), _f16(dmin), packed_scales, qs], axis=1)
-    return out.reshape(rows, -1)
+    return np.concatenate([_f16(d), _f16(dmin), _k_scales(sc, mn), qs], axis=1).reshape(w.shape[0], -1)
+
+
+def _symmetric_k(w: np.ndarray, top: int, half: int, sc_max: int):
+    """Per sub-block of 16: codes -half..half-1 (returned + half), a scale 1..sc_max times a per-256 d (Q6_K, Q3_K)."""
+    b = w.reshape(-1, 16, 16).astype(np.float32)
+    scale = np.abs(b).max(-1) / top
+    d = (np.maximum(scale.max(-1), 1e-8) / sc_max).astype(np.float16).astype(np.float32)
+    sc = np.clip(np.round(scale / d[:, None]), 1, sc_max)
+    u = (np.clip(np.round(b / (d[:, None] * sc)[..., None]), -half, half - 1) + half).astype(np.uint8).reshape(-1, 256)
+    return d, sc, u
 
 
 def q6_k(w: np.ndarray) -> np.ndarray:
     """float32 [rows, cols] -> Q6_K blocks [rows, cols/256*210] uint8."""
     rows = w.shape[0]
-    b = w.reshape(-1, 16, 16).astype(np.float32)
-    scale = np.abs(b).max(-1) / 31
-    d = (np.maximum(scale.max(-1), 1e-8) / 127).astype(np.float16).astype(np.float32)
-    sc = np.clip(np.round(scale / d[:, None]), 1, 127).astype(np.int8)
-    u = (np.clip(np.round(b / (d[:, None] * sc)[..., None]), -32, 31) + 32).astype(np.uint8).reshape(-1, 256)
+    d, sc, u = _symmetric_k(w, top=31, half=32, sc_max=127)
+    sc = sc.astype(np.int8)
     h = u.reshape(-1, 2, 128)
     ql = (h[:, :, :64] & 15) | ((h[:, :, 64:] & 15) << 4)  # [n, 2, 64]
     hi = (h >> 4).reshape(-1, 2, 4, 32)
@@ -56,27 +69,13 @@ def q6_k(w: np.ndarray) -> np.ndarray:
     return out.reshape(rows, -1)
 
 
-def _k_scales(sc: np.ndarray, mn: np.ndarray) -> np.ndarray:
-    """Q4_K/Q5_K's 12 bytes of 6-bit scales and mins (8 each)."""
-    return np.concatenate([(sc[:, :4] & 63) | ((sc[:, 4:] >> 4) << 6), (mn[:, :4] & 63) | ((mn[:, 4:] >> 4) << 6),
-                           (sc[:, 4:] & 15) | ((mn[:, 4:] & 15) << 4)], axis=1)
-
-
 def q5_k(w: np.ndarray) -> np.ndarray:
     """float32 [rows, cols] -> Q5_K blocks [rows, cols/256*176] uint8."""
-    rows = w.shape[0]
-    b = w.reshape(-1, 8, 32).astype(np.float32)
-    lo = np.minimum(b.min(-1), 0)
-    scale = (b.max(-1) - lo) / 31
-    d = (np.maximum(scale.max(-1), 1e-8) / 63).astype(np.float16).astype(np.float32)
-    dmin = (np.maximum((-lo).max(-1), 1e-8) / 63).astype(np.float16).astype(np.float32)
-    sc = np.clip(np.round(scale / d[:, None]), 1, 63).astype(np.uint8)
-    mn = np.clip(np.round(-lo / dmin[:, None]), 0, 63).astype(np.uint8)
-    q = np.clip(np.round((b + (dmin[:, None] * mn)[..., None]) / (d[:, None] * sc)[..., None]), 0, 31).astype(np.uint8)
+    d, dmin, sc, mn, q = _asymmetric_k(w, 31)
     low, high = q & 15, q >> 4
     qs = (low[:, 0::2] | (low[:, 1::2] << 4)).reshape(-1, 128)
     qh = np.bitwise_or.reduce(high << np.arange(8, dtype=np.uint8).reshape(1, 8, 1), axis=1)  # bit i: sub-block i
-    return np.concatenate([_f16(d), _f16(dmin), _k_scales(sc, mn), qh, qs], axis=1).reshape(rows, -1)
+    return np.concatenate([_f16(d), _f16(dmin), _k_scales(sc, mn), qh, qs], axis=1).reshape(w.shape[0], -1)
 
 
 def _pack2(q: np.ndarray) -> np.ndarray:
@@ -88,14 +87,10 @@ def _pack2(q: np.ndarray) -> np.ndarray:
 def q3_k(w: np.ndarray) -> np.ndarray:
     """float32 [rows, cols] -> Q3_K blocks [rows, cols/256*110] uint8 (symmetric, 6-bit scales per 16)."""
     rows = w.shape[0]
-    b = w.reshape(-1, 16, 16).astype(np.float32)
-    scale = np.abs(b).max(-1) / 4
-    d = (np.maximum(scale.max(-1), 1e-8) / 31).astype(np.float16).astype(np.float32)
-    sc = np.clip(np.round(scale / d[:, None]), 1, 31).astype(np.int32)
-    u = (np.clip(np.round(b / (d[:, None] * sc)[..., None]), -4, 3) + 4).astype(np.uint8).reshape(-1, 256)
-    stored = (sc + 32).astype(np.uint8)  # [n, 16]
-    low = np.zeros((len(b), 8), np.uint8)
-    high = np.zeros((len(b), 4), np.uint8)
+    d, sc, u = _symmetric_k(w, top=4, half=4, sc_max=31)
+    stored = (sc.astype(np.int32) + 32).astype(np.uint8)  # [n, 16]
+    low = np.zeros((len(d), 8), np.uint8)
+    high = np.zeros((len(d), 4), np.uint8)
     for j in range(16):  # value j: low nibble in byte j % 8 (shift 4 * (j // 8)), top 2 bits in byte 8 + j % 4
         low[:, j % 8] |= (stored[:, j] & 15) << (4 * (j // 8))
         high[:, j % 4] |= (stored[:, j] >> 4) << (2 * (j // 4))

@@ -61,6 +61,15 @@ def _nibbles32(qs: np.ndarray) -> np.ndarray:
     return np.concatenate([qs & 0x0F, qs >> 4], axis=-1)
 
 
+def _q6_k(b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Q6_K blocks -> (codes 0..63 [n, 256], scale d * sc per 16 [n, 16] float32); w = scale * (code - 32)."""
+    ql, qh = b[:, 0:128], b[:, 128:192]
+    sc = b[:, 192:208].view(np.int8).astype(np.float32)
+    lo = np.stack([ql.reshape(-1, 2, 64) & 0x0F, ql.reshape(-1, 2, 64) >> 4], axis=2).reshape(-1, 8, 32)
+    hi = (qh.reshape(-1, 2, 1, 32) >> np.array([0, 2, 4, 6], dtype=np.uint8).reshape(1, 1, 4, 1)) & 0x03
+    return (lo | (hi.reshape(-1, 8, 32) << 4)).reshape(-1, 256), _f16(b[:, 208:210]) * sc
+
+
 def k_scale_min(scales: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Q4_K's 12 bytes of 6-bit scales and mins -> ([n, 8], [n, 8]) (gguf-py Q4_K.get_scale_min)."""
     s = scales.reshape(-1, 3, 4)
@@ -119,14 +128,9 @@ def dequantize(raw: np.ndarray, qtype: str, rows: int, cols: int) -> np.ndarray:
         d = _f16(b[:, 0:2])
         return (d * b[:, 2:34].view(np.int8).astype(np.float32)).reshape(rows, cols)
     if qtype == "Q6_K":
-        ql, qh = b[:, 0:128], b[:, 128:192]
-        sc = b[:, 192:208].view(np.int8).astype(np.float32)
-        d = _f16(b[:, 208:210])
-        lo = np.stack([ql.reshape(-1, 2, 64) & 0x0F, ql.reshape(-1, 2, 64) >> 4], axis=2).reshape(-1, 8, 32)
-        hi = (qh.reshape(-1, 2, 1, 32) >> np.array([0, 2, 4, 6], dtype=np.uint8).reshape(1, 1, 4, 1)) & 0x03
-        q = (lo | (hi.reshape(-1, 8, 32) << 4)).astype(np.int8) - 32
-        w = (d * sc).reshape(-1, 16, 1) * q.reshape(-1, 16, 16).astype(np.float32)
-        return w.reshape(rows, cols)
+        codes, scale = _q6_k(b)
+        q = codes.astype(np.int8) - 32
+        return (scale.reshape(-1, 16, 1) * q.reshape(-1, 16, 16).astype(np.float32)).reshape(rows, cols)
     if qtype in ("Q2_K", "Q3_K", "Q5_K"):
         g = dot_groups(raw, qtype, rows, cols)
         codes = g.codes.reshape(rows, -1, g.group).astype(np.float32)
@@ -195,14 +199,8 @@ def dot_groups(raw: np.ndarray, qtype: str, rows: int, cols: int) -> DotGroups:
         codes = b[:, 2:34] ^ np.uint8(0x80)  # int8 c -> c + 128, without an int16 copy of the table
         return DotGroups(codes.reshape(rows, cols), _scales(d, exact_f16=True)[0].reshape(rows, -1), -128.0, 8, QK)
     if qtype == "Q6_K":
-        ql, qh = b[:, 0:128], b[:, 128:192]
-        sc = b[:, 192:208].view(np.int8).astype(np.float32)
-        d = _f16(b[:, 208:210])
-        lo = np.stack([ql.reshape(-1, 2, 64) & 0x0F, ql.reshape(-1, 2, 64) >> 4], axis=2).reshape(-1, 8, 32)
-        hi = (qh.reshape(-1, 2, 1, 32) >> np.array([0, 2, 4, 6], dtype=np.uint8).reshape(1, 1, 4, 1)) & 0x03
-        codes = lo | (hi.reshape(-1, 8, 32) << 4)  # 0..63; w = d * sc * (q - 32)
-        scale = _scales((d * sc).reshape(rows, -1), exact_f16=False)[0]
-        return DotGroups(codes.reshape(rows, cols), scale, -32.0, 8, 16)
+        codes, scale = _q6_k(b)  # w = scale * (q - 32)
+        return DotGroups(codes.reshape(rows, cols), _scales(scale.reshape(rows, -1), exact_f16=False)[0], -32.0, 8, 16)
     if qtype == "Q5_K":
         d, dmin = _f16(b[:, 0:2]), _f16(b[:, 2:4])
         sc, mn = k_scale_min(b[:, 4:16])
