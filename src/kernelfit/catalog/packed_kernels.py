@@ -32,9 +32,6 @@ INT4_EXACT = ("Q4_0", "Q4_1", "Q4_K")  # group-32 asymmetric int4: the file's gr
 REGRID = ("Q5_0", "Q5_1", "Q8_0", "Q6_K", "Q2_K", "Q3_K", "Q5_K")
 FLOAT = ("F32", "F16", "BF16")
 PACKED_GGUF_TYPES = INT4_EXACT + REGRID + FLOAT
-# GGUF file types (general.file_type) made only of those tensor types
-PACKED_GGUF_FILE_TYPES = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K_S", "Q3_K_M", "Q3_K_L", "Q4_K_S",
-                          "Q4_K_M", "Q5_K_S", "Q5_K_M", "Q6_K", "F16", "BF16", "F32")
 # GGUF architectures loader/lean_lm.py runs
 LEAN_GGUF_ARCHS = ("llama", "mistral", "qwen2", "qwen3", "gemma3")
 
@@ -77,10 +74,11 @@ DECODE_KERNELS = {
 # dequantized file to a cosine of 0.99999 (tests/test_packed_gguf.py). Per product with hot caches
 # (benchmarks/packed_kernels.py) they are torch's speed or a little slower (3072x576 4-bit: 31.7 vs 26.4 us);
 # over a whole model read from DRAM, on huge pages, they decode faster (benchmarks/results/llamacpp-report.md:
-# SmolLM2 245 vs 210 tok/s, Gemma 3 270M 120 vs 117 without the re-grid's loss). At 256 rows each product is
+# SmolLM2 256.7 vs 207.6 tok/s, Gemma 3 270M 108.6 vs 96.0, without the re-grid's loss). At 256 rows each product is
 # unpacked to bf16 for oneDNN: 1,231 us for 3072x576 against oneDNN on a kept bf16 copy 1,084 and int4 2,634.
 GGUF_DECODE = ("the file's own 4/8-bit groups, exact, through kernelfit's C++ group dot products (torch's "
-               "_weight_int4pack_mm_for_cpu / _weight_int8pack_mm with re-gridded int8 where no C++ compiler builds them)")
+               "_weight_int4pack_mm_for_cpu / _weight_int8pack_mm with re-gridded int8 where no C++ compiler "
+               "builds them)")
 PREFILL_PACKED = "same packed weights as decode (unpacked to bf16 one product at a time for a oneDNN matmul)"
 PREFILL_DENSE = "bf16 copy (oneDNN matmul)"
 

@@ -1,5 +1,5 @@
-// Weight-only products that read GGUF-style groups as stored: 4-bit codes (Q4_0, Q4_1, Q4_K) or 8-bit codes
-// (Q8_0, Q5_0, Q5_1, Q6_K) with a scale (and a minimum) per group of 32 or 16 weights, the scales exactly
+// Weight-only products that read GGUF-style groups as stored: 4-bit codes (Q4_0, Q4_1, Q4_K, Q2_K, Q3_K) or 8-bit
+// codes (Q8_0, Q5_0, Q5_1, Q5_K, Q6_K) with a scale (and a minimum) per group of 32 or 16 weights, the scales exactly
 // the file's (float16 where the file's are, float32 where a K-quant multiplies two of them).
 //
 // Why not torch's packed kernels: `_weight_int4pack_mm_for_cpu` and `_weight_int8pack_mm` take bf16 only
@@ -8,7 +8,7 @@
 // row. These products instead follow llama.cpp's dot products (ggml-cpu quants.c, ggml_vec_dot_q4_1_q8_1:
 // activations quantized per group of 32 to int8, integer dot products per group, one float scale per group)
 // with one change: the activation is split into two int8 digits, a = s * (hi + lo / DIGIT_BASE), ~15 bits
-// against llama.cpp's 8, so a product agrees with the float32 product of the file's own weights to ~1e-5.
+// against llama.cpp's 8, so a product agrees with the float32 product of the file's own weights to ~5e-5.
 // Weights are stored in tiles of 8 rows (TILE), so that one 256-bit register holds 8 rows x 4 (8-bit) or x 8
 // (4-bit) consecutive columns and each int32 lane of vpdpbusd accumulates one row: no horizontal sums, one
 // broadcast activation word per 8 rows, and the tile's 8 scales are one vector load. Codes are unsigned

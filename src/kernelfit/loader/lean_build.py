@@ -97,9 +97,10 @@ def lean_config(path: str | Path, header=None) -> LeanConfig:
 
 def product(w: PackedWeight, prefill_dense: bool = False, head: bool = False) -> Product:
     """A packed weight as a runner module; with prefill_dense, a bf16 copy for multi-row calls."""
-    copy = w.dequantize().to(torch.bfloat16) if prefill_dense and isinstance(w, (Int4Weight, Int8Weight)) else None
+    copy = None
+    if prefill_dense and not isinstance(w, DenseWeight):
+        copy = w.dequantize(bf16=True) if isinstance(w, DotWeight) else w.dequantize().to(torch.bfloat16)
     if isinstance(w, DotWeight):
-        copy = w.dequantize(bf16=True) if prefill_dense else None
         return Product(DOT4 if w.bits == 4 else DOT8, w.codes, w.scale, w.out_features, copy, w.mins)
     if isinstance(w, Int4Weight):
         return Product(INT4, w.packed, w.scales_zeros, w.out_features, copy)
@@ -206,7 +207,8 @@ def _native_step(build: LeanBuild, step, token: int, pos: int) -> torch.Tensor:
         x = _embed_row(build, step, token)
         local = torch.view_as_real(m.rope_local) if m.rope_local.numel() else torch.empty(0)
         return step.decode_step(x, pos, n.kinds, n.a, n.b, n.c, n.n, n.n_qkv, n.n_gu, n.norms, n.sliding, m.k_cache,
-                                m.v_cache, torch.view_as_real(m.rope_global), local, m.final_norm, *n.head, c.heads, c.kv_heads, c.head_dim, c.ffn, float(c.eps), c.head_dim ** -0.5,
+                                m.v_cache, torch.view_as_real(m.rope_global), local, m.final_norm, *n.head, c.heads,
+                                c.kv_heads, c.head_dim, c.ffn, float(c.eps), c.head_dim ** -0.5,
                                 int(c.sliding_window or 0), c.family == "gemma3", m.head.top_exact)
 
 

@@ -38,7 +38,8 @@ class LeanRunner:
         for c in self.build.conversions:
             by.setdefault((c.gguf_type, c.layout), []).append(c.rel_error)
         return {"packed_weights_mib": round(self.build.weight_bytes / 2**20, 1), "decode_step": native_status(),
-                "build_seconds": round(self.build.seconds, 2), "prefill": self.prefill, "kv_cache_mib": round(kv_bytes(self.build) / 2**20, 1),
+                "build_seconds": round(self.build.seconds, 2), "prefill": self.prefill,
+                "kv_cache_mib": round(kv_bytes(self.build) / 2**20, 1),
                 "tensors": [{"gguf_type": t, "layout": lay, "count": len(e), "max_rel_error": round(max(e), 5),
                              "mean_rel_error": round(sum(e) / len(e), 5)} for (t, lay), e in sorted(by.items())]}
 

@@ -103,14 +103,14 @@ void head_vector(const float* src, const float* bias, const float* w, const floa
 // Per layer li, in order: its QKV products (n_qkv[li] of them), O, gate/up parts (n_gu[li]), down.
 // norms[li]: {attn_norm, ffn_norm, qkv_bias, q_norm, k_norm, post_attn_norm, post_ffn_norm} (empty = absent).
 Tensor decode_step(Tensor x, int64_t pos, const std::vector<int64_t>& kinds, const std::vector<Tensor>& as,
-                   const std::vector<Tensor>& bs, const std::vector<Tensor>& cs, const std::vector<int64_t>& ns,
+                   const std::vector<Tensor>& bs, const std::vector<Tensor>& mins, const std::vector<int64_t>& ns,
                    const std::vector<int64_t>& n_qkv, const std::vector<int64_t>& n_gu,
                    const std::vector<std::vector<Tensor>>& norms, const std::vector<int64_t>& sliding, Tensor k_cache,
                    Tensor v_cache, Tensor rope_global, Tensor rope_local, Tensor final_norm, int64_t head_kind,
-                   Tensor head_a, Tensor head_b, Tensor head_c, int64_t head_n, int64_t nq, int64_t nkv, int64_t d, int64_t ffn, double eps,
-                   double scaling, int64_t window, bool gelu, int64_t top_exact) {
+                   Tensor head_a, Tensor head_b, Tensor head_c, int64_t head_n, int64_t nq, int64_t nkv, int64_t d,
+                   int64_t ffn, double eps, double scaling, int64_t window, bool gelu, int64_t top_exact) {
   at::NoGradGuard no_grad;
-  const Weights w{kinds, as, bs, cs, ns};
+  const Weights w{kinds, as, bs, mins, ns};
   x = x.contiguous().clone();
   float* xp = x.data_ptr<float>();
   const int64_t layers = static_cast<int64_t>(norms.size());

@@ -3,8 +3,8 @@
 Decode always reads the packed weights: one-row products are 2.4-3.2x faster packed than bf16 on the
 reference CPU. Prefill is a trade-off (catalog/packed_kernels.py): the same packed weights (unpacked to
 bf16 one product at a time) keep the memory of the file; a bf16 copy of the layer weights kept for prefill
-is faster (DENSE_GAIN) for 2 bytes per weight more. The plan keeps the file's memory unless asked (`--prefill dense`) — or unless
-`kernelfit bench` measured the copy faster end to end and the tune cache says so.
+is faster (DENSE_GAIN) for 2 bytes per weight more. The plan keeps the file's memory unless asked
+(`--prefill dense`) — or unless `kernelfit bench` measured the copy faster end to end and the tune cache says so.
 
 Pure: no torch.
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ..catalog.packed_kernels import DECODE_KERNELS, FLOAT, GGUF_DECODE, PREFILL_DENSE, PREFILL_PACKED, SOURCES, packed_layout
+from ..catalog.packed_kernels import DECODE_KERNELS, FLOAT, GGUF_DECODE, PREFILL_DENSE, PREFILL_PACKED, SOURCES
 from ..model.spec import ModelSpec
 from .memory import MemoryEstimate, gib
 from .types import Choice, ChoiceKind, Preferences, RejectKind, Rejected
@@ -42,12 +42,7 @@ def phase_kernels(model: ModelSpec, prefs: Preferences, q, memory: MemoryEstimat
     otherwise."""
     if q is None or not q.packed:
         return {}, memory
-    if q.bits is None:
-        types = model.extra.get("gguf_numel_by_type") or {}
-        kinds = sorted({packed_layout(t) for t in types} - {"float"})
-    else:
-        kinds = [f"int{q.bits}"]
-    kernels = GGUF_DECODE if q.bits is None else "; ".join(DECODE_KERNELS[k] for k in kinds)
+    kernels = GGUF_DECODE if q.bits is None else DECODE_KERNELS[f"int{q.bits}"]
     decode = Choice("packed", ChoiceKind.PRIORITY,
                     f"one-row products read the packed weights: {kernels} — 2.4-3.2x faster than bf16 at one row "
                     "on the reference CPU", sources=SOURCES)
@@ -63,8 +58,8 @@ def phase_kernels(model: ModelSpec, prefs: Preferences, q, memory: MemoryEstimat
                          SOURCES)
         return {"decode": decode, "prefill": prefill}, with_copy
     alt = Rejected("dense", RejectKind.TRADE_OFF if copy_fits else RejectKind.DOES_NOT_FIT,
-                   (f"a {PREFILL_DENSE} of the layer weights prefills faster ({DENSE_GAIN}) but adds {gib(copy):.2f} GiB "
-                    f"(--prefill dense, or `kernelfit bench` to measure it)") if copy_fits else
+                   (f"a {PREFILL_DENSE} of the layer weights prefills faster ({DENSE_GAIN}) but adds "
+                    f"{gib(copy):.2f} GiB (--prefill dense, or `kernelfit bench` to measure it)") if copy_fits else
                    f"a {PREFILL_DENSE} needs {need:.2f} GiB, budget {budget:.2f} GiB",
                    needs_gib=need, budget_gib=budget)
     why = f"{PREFILL_PACKED}: memory stays that of the file"
