@@ -19,6 +19,7 @@ from ..errors import HealthCheckError, UsageError
 from ..model.spec import ModelSpec
 from ..paths import cache_root, files_key, writable_cache_root
 from .lean_build import LeanBuild, build_lean, forward, kv_bytes, kv_capacity, reset_cache
+from .gguf_tokenizer import gguf_tokenizer
 from .lean_native import native_status
 
 TOKENIZER_FORMAT = 1
@@ -31,6 +32,7 @@ class LeanRunner:
     spec: ModelSpec
     prefill: str = "packed"
     eos_ids: set[int] = field(default_factory=set)
+    tokenizer: str = "transformers"  # GgufTokenizer.kind, or "transformers"
 
     def report(self) -> dict:
         """What each tensor became, by GGUF type: layout, count, worst and mean measured error."""
@@ -39,6 +41,7 @@ class LeanRunner:
             by.setdefault((c.gguf_type, c.layout), []).append(c.rel_error)
         return {"packed_weights_mib": round(self.build.weight_bytes / 2**20, 1), "decode_step": native_status(),
                 "build_seconds": round(self.build.seconds, 2), "prefill": self.prefill,
+                "tokenizer": self.tokenizer,
                 "kv_cache_mib": round(kv_bytes(self.build) / 2**20, 1),
                 "tensors": [{"gguf_type": t, "layout": lay, "count": len(e), "max_rel_error": round(max(e), 5),
                              "mean_rel_error": round(sum(e) / len(e), 5)} for (t, lay), e in sorted(by.items())]}
@@ -104,14 +107,23 @@ def tokenizer_dir(spec: ModelSpec, progress=None) -> Path:
                        what=f"reading the tokenizer of {gguf.name}", progress=progress)
 
 
-def load_lean(spec: ModelSpec, prefill: str, health_check: bool, progress) -> tuple[LeanRunner, object]:
+def load_tokenizer(spec: ModelSpec, progress=None):
+    """The file's own tokenizer tables where they reproduce transformers' tokenizer (loader/gguf_tokenizer.py:
+    57 -> 9 MiB resident for SmolLM2, 331 -> 22 MiB for Gemma 3), else transformers' tokenizer built from the file."""
+    tok = gguf_tokenizer(Path(spec.model_dir) / spec.gguf_file)
+    if tok is not None:
+        return tok
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir(spec, progress)))
+    return AutoTokenizer.from_pretrained(str(tokenizer_dir(spec, progress)))
+
+
+def load_lean(spec: ModelSpec, prefill: str, health_check: bool, progress) -> tuple[LeanRunner, object]:
+    tok = load_tokenizer(spec, progress)
     build = build_lean(Path(spec.model_dir) / spec.gguf_file, prefill_dense=prefill == "dense", progress=progress)
     eos = {i for i in (tok.eos_token_id, tok.convert_tokens_to_ids("<end_of_turn>")) if isinstance(i, int)
            and i != tok.unk_token_id}
-    runner = LeanRunner(build, spec, prefill, eos)
+    runner = LeanRunner(build, spec, prefill, eos, getattr(tok, "kind", "transformers"))
     if health_check:
         problems = runner.check_health()
         if problems:

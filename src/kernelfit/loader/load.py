@@ -9,6 +9,7 @@ down a fallback chain (plan -> sdpa -> eager in float32), each step recorded.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -45,17 +46,21 @@ def _torch_dtype(name: str):
 
 def check_loadable(plan: Plan, allow_pickle: bool = False) -> None:
     """What would stop loading this plan here, as a UsageError — before anything heavy starts (bench checks
-    this once instead of failing every candidate). A GGUF file run packed has its tokenizer built here (once,
-    then cached): a file whose tokenizer metadata transformers cannot read is refused before the plan is shown."""
+    this once instead of failing every candidate). A GGUF file run packed whose tokenizer kernelfit does not read
+    itself (loader/gguf_tokenizer.py) has transformers' tokenizer built here (once, then cached): a file whose
+    tokenizer metadata transformers cannot read is refused before the plan is shown."""
     spec = plan.model
     q = plan.quantization
     if q is not None and q.install:
         raise UsageError(f"the plan for {spec.name} needs a package that is not installed: {q.install} "
                          f"(or choose another way with --quantization / --context)")
     if lean_runner(plan):
+        from ..model.gguf_header import read_gguf_header
+        from .gguf_tokenizer import tokenizer_kind
         from .lean_run import tokenizer_dir
 
-        tokenizer_dir(spec)
+        if tokenizer_kind(read_gguf_header(Path(spec.model_dir) / spec.gguf_file)) is None:
+            tokenizer_dir(spec)
     if spec.format == "gguf":
         return
     if spec.format == "config-only" or not spec.model_dir:
