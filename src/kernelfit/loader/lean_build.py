@@ -206,10 +206,11 @@ def _native_step(build: LeanBuild, step, token: int, pos: int) -> torch.Tensor:
     with torch.jit.optimized_execution(False), torch.inference_mode():
         x = _embed_row(build, step, token)
         local = torch.view_as_real(m.rope_local) if m.rope_local.numel() else torch.empty(0)
-        return step.decode_step(x, pos, n.kinds, n.a, n.b, n.c, n.n, n.n_qkv, n.n_gu, n.norms, n.sliding, m.k_cache,
-                                m.v_cache, torch.view_as_real(m.rope_global), local, m.final_norm, *n.head, c.heads,
-                                c.kv_heads, c.head_dim, c.ffn, float(c.eps), c.head_dim ** -0.5,
+        if n.bound is None:
+            n.bound = step.Step(n.kinds, n.a, n.b, n.c, n.n, n.n_qkv, n.n_gu, n.norms, n.sliding, m.final_norm,
+                                *n.head, c.heads, c.kv_heads, c.head_dim, c.ffn, float(c.eps), c.head_dim ** -0.5,
                                 int(c.sliding_window or 0), c.family == "gemma3", m.head.top_exact)
+        return n.bound.run(x, pos, m.k_cache, m.v_cache, torch.view_as_real(m.rope_global), local)
 
 
 def _embed_row(build: LeanBuild, step, token: int) -> torch.Tensor:

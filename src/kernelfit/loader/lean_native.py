@@ -25,6 +25,10 @@ HEADERS = (Path(__file__).with_name("dot_kernels.h"),)
 # their speed; elsewhere they are scalar and the loader keeps torch's kernels, and some compilers refuse the flag),
 # so a build is keyed by the CPU too: a cache folder shared by machines of different CPUs keeps one build each.
 CFLAGS = ["-O3"] + (["-march=native"] if __import__("platform").machine().lower() in ("x86_64", "amd64") else [])
+# at::parallel_for is an inline template whose threads are an `#pragma omp parallel` compiled into this extension:
+# without -fopenmp every product ran on one thread (SmolLM2's 0.55 MB products at ~29 GB/s, the same with 1 or 2
+# threads). Linked by soname (libgomp.so.1), it resolves to the OpenMP runtime torch has already loaded.
+OPENMP = ["-fopenmp"]
 _STATE: dict = {}
 # torch.utils.cpp_extension serialises builds with a lock file it never expires: a build killed (kill -9, power)
 # leaves it behind and every later process would wait on it forever. A build takes ~25-60 s here.
@@ -49,7 +53,7 @@ def _key() -> str:
         h.update(header.read_bytes())
     h.update(torch.__version__.encode())
     h.update(_cpu_flags().encode())
-    h.update(" ".join(CFLAGS).encode())
+    h.update(" ".join(CFLAGS + OPENMP).encode())
     return h.hexdigest()[:12]
 
 
@@ -120,7 +124,7 @@ def _build(build: Path):
     build.mkdir(parents=True, exist_ok=True)
     clear_stale_lock(build)
     module = load(name=f"kernelfit_lean_step_{_key()}", sources=[str(SOURCE)], build_directory=str(build),
-                  extra_cflags=CFLAGS, verbose=False)
+                  extra_cflags=CFLAGS + OPENMP, extra_ldflags=OPENMP, verbose=False)
     lib = Path(module.__file__)
     if not (build / MANIFEST).is_file():
         write_atomic(build / MANIFEST, json.dumps({"library": lib.name, "sha256": _digest(lib)}))
@@ -150,6 +154,7 @@ class NativeArgs:
     sliding: list
     head: tuple
     embed: tuple | None  # the token table's dot groups (kind, codes, scales, mins, rows), or None
+    bound: object = None  # the extension's Step holding these, made on the first step (lean_build._native_step)
 
 
 def native_args(model) -> NativeArgs:

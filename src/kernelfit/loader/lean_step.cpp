@@ -1,14 +1,15 @@
 // One decode step (one token) of loader/lean_lm.py's LeanLM, in C++.
 //
 // The TorchScript step spends ~2 ms of a ~6 ms SmolLM2 token on ~1,300 small ATen calls (norms, casts,
-// rotary, cache writes, residual adds). Here the products and attention stay ATen calls (the packed
-// weight-only kernels, SDPA, _int_mm) and everything between them is a plain loop over a few hundred
-// floats: per layer 6 products + 1 attention call instead of ~45 ops. Activations stay float32 between
+// rotary, cache writes, residual adds). Here the products are kernelfit's dot products (or torch's packed
+// kernels, _int_mm), the one-query attention is a plain loop over the cache (heads split between threads), and
+// everything between them is a plain loop over a few hundred floats. Activations stay float32 between
 // products: the file's own groups go through dot_kernels.h (float32 in and out), torch's packed kernels get bf16
 // copies. The math is LeanLM.forward's for t == 1, checked against it by tests/test_packed_gguf.py.
 #include <torch/extension.h>
 
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 #include "dot_kernels.h"
@@ -97,6 +98,136 @@ void head_vector(const float* src, const float* bias, const float* w, const floa
   }
 }
 
+// sum of a[i] * b[i], in 16 independent partial sums so that the compiler vectorises it
+inline float dot16(const float* a, const float* b, int64_t d) {
+  float acc[16] = {0};
+  const int64_t body = d - d % 16;
+  for (int64_t i = 0; i < body; i += 16)
+    for (int j = 0; j < 16; ++j) acc[j] += a[i + j] * b[i + j];
+  float s = 0;
+  for (int64_t i = body; i < d; ++i) s += a[i] * b[i];
+  for (int j = 0; j < 16; ++j) s += acc[j];
+  return s;
+}
+
+// x[i] = e^(x[i] - shift) for x[i] <= shift (a softmax's scores), returning their sum. std::exp is a scalar libm
+// call (~15 ns); this is plain float code the compiler vectorises: x = n ln2 + r with |r| <= ln2/2 (Cody-Waite
+// split of ln2), e^r by its degree-7 Taylor polynomial (relative error < 1e-8 there), 2^n through the exponent
+// bits. Below e^-87 (float's smallest normal) it flushes to about 1e-38.
+inline float exp_shifted(float* x, int64_t len, float shift) {
+  for (int64_t t = 0; t < len; ++t) {
+    const float v = std::max(x[t] - shift, -87.0f);
+    const float n = std::floor(v * 1.44269504f + 0.5f);
+    const float r = (v - n * 0.693145752f) - n * 1.42860677e-6f;
+    float p = 1.f / 5040;
+    p = p * r + 1.f / 720;
+    p = p * r + 1.f / 120;
+    p = p * r + 1.f / 24;
+    p = p * r + 1.f / 6;
+    p = p * r + 0.5f;
+    p = p * r + 1.f;
+    p = p * r + 1.f;
+    const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+    float scale;
+    std::memcpy(&scale, &bits, sizeof scale);
+    x[t] = p * scale;
+  }
+  float partial[16] = {0}, sum = 0;
+  const int64_t body = len - len % 16;
+  for (int64_t t = 0; t < body; t += 16)
+    for (int j = 0; j < 16; ++j) partial[j] += x[t + j];
+  for (int64_t t = body; t < len; ++t) sum += x[t];
+  for (int j = 0; j < 16; ++j) sum += partial[j];
+  return sum;
+}
+
+// 16 floats as one GCC/Clang vector: one AVX-512 register, two AVX2 ones, four SSE ones — whatever -march gives.
+typedef float Vec16 __attribute__((vector_size(64)));
+
+inline Vec16 load16(const float* p) {
+  Vec16 v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+inline float lanes_sum(Vec16 v) {
+  float s = 0;
+  for (int j = 0; j < 16; ++j) s += v[j];
+  return s;
+}
+
+// s[t] = q . k[t] * sc for t < len (k rows d apart; d a multiple of 16), four rows at a time so that four
+// independent accumulation chains hide the FMA latency
+void scores16(const float* q, const float* k, int64_t d, int64_t len, float sc, float* s) {
+  int64_t t = 0;
+  for (; t + 4 <= len; t += 4) {
+    const float* k0 = k + t * d;
+    Vec16 a0 = {}, a1 = {}, a2 = {}, a3 = {};
+    for (int64_t i = 0; i < d; i += 16) {
+      const Vec16 qv = load16(q + i);
+      a0 += qv * load16(k0 + i);
+      a1 += qv * load16(k0 + d + i);
+      a2 += qv * load16(k0 + 2 * d + i);
+      a3 += qv * load16(k0 + 3 * d + i);
+    }
+    s[t] = lanes_sum(a0) * sc, s[t + 1] = lanes_sum(a1) * sc, s[t + 2] = lanes_sum(a2) * sc;
+    s[t + 3] = lanes_sum(a3) * sc;
+  }
+  for (; t < len; ++t) s[t] = dot16(q, k + t * d, d) * sc;
+}
+
+// out = sum over t < len of p[t] * v[t] (v rows d apart; d a multiple of 16), four rows a pass over out
+void weighted16(const float* p, const float* v, int64_t d, int64_t len, float* out) {
+  std::fill(out, out + d, 0.f);
+  int64_t t = 0;
+  for (; t + 4 <= len; t += 4) {
+    const float* v0 = v + t * d;
+    for (int64_t i = 0; i < d; i += 16) {
+      Vec16 o = load16(out + i);
+      o += p[t] * load16(v0 + i) + p[t + 1] * load16(v0 + d + i) + p[t + 2] * load16(v0 + 2 * d + i) +
+           p[t + 3] * load16(v0 + 3 * d + i);
+      std::memcpy(out + i, &o, sizeof o);
+    }
+  }
+  for (; t < len; ++t)
+    for (int64_t i = 0; i < d; ++i) out[i] += p[t] * v[t * d + i];
+}
+
+// One query head over cached positions t < len (k, v: rows d apart): softmax(q . k[t] * scaling) . v -> out;
+// s: len floats of scratch. A head size that is not a multiple of 16 takes the scalar loops.
+void attend_head(const float* q, const float* k, const float* v, int64_t d, int64_t len, float scaling, float* s,
+                 float* out) {
+  if (d % 16 == 0) {
+    scores16(q, k, d, len, scaling, s);
+  } else {
+    for (int64_t t = 0; t < len; ++t) s[t] = dot16(q, k + t * d, d) * scaling;
+  }
+  const float inv = 1.f / exp_shifted(s, len, *std::max_element(s, s + len));
+  for (int64_t t = 0; t < len; ++t) s[t] *= inv;
+  if (d % 16 == 0) {
+    weighted16(s, v, d, len, out);
+    return;
+  }
+  std::fill(out, out + d, 0.f);
+  for (int64_t t = 0; t < len; ++t)
+    for (int64_t i = 0; i < d; ++i) out[i] += s[t] * v[t * d + i];
+}
+
+// One query's attention over cached positions [start, end) of one layer (k, v: [nkv, cap, d]); query head h reads
+// kv head h / (nq / nkv). Plain loops, the heads split between threads: at::scaled_dot_product_attention cost
+// ~10 us of dispatch a layer for a few us of arithmetic at SmolLM2's sizes, on one thread.
+void attend(const float* q, const float* k, const float* v, int64_t nq, int64_t nkv, int64_t d, int64_t cap,
+            int64_t start, int64_t end, double scaling, float* out, std::vector<float>& scores) {
+  const int64_t len = end - start, group = nq / nkv;
+  scores.resize(nq * len);
+  at::parallel_for(0, nq, 1, [&](int64_t h0, int64_t h1) {
+    for (int64_t h = h0; h < h1; ++h) {
+      const int64_t kv = (h / group) * cap * d + start * d;
+      attend_head(q + h * d, k + kv, v + kv, d, len, float(scaling), scores.data() + h * len, out + h * d);
+    }
+  });
+}
+
 }  // namespace
 
 // x: float32 [1, hidden] (the token's embedding, already scaled); returns float32 logits [1, vocab].
@@ -117,7 +248,7 @@ Tensor decode_step(Tensor x, int64_t pos, const std::vector<int64_t>& kinds, con
   const int64_t cap = k_cache.size(3);
   float* kc = k_cache.data_ptr<float>();
   float* vc = v_cache.data_ptr<float>();
-  std::vector<float> q(nq * d);
+  std::vector<float> q(nq * d), att(nq * d), scores;
   int64_t idx = 0;
   for (int64_t li = 0; li < layers; ++li) {
     const auto& nm = norms[li];
@@ -141,11 +272,9 @@ Tensor decode_step(Tensor x, int64_t pos, const std::vector<int64_t>& kinds, con
       head_vector(src + (o + nkv) * d, bias ? bias + (o + nkv) * d : nullptr, nullptr, cs, false, d, eps, vdst);
     }
     int64_t start = slide ? std::max<int64_t>(0, pos - window + 1) : 0;
-    auto k = k_cache[li].narrow(2, start, pos + 1 - start);
-    auto v = v_cache[li].narrow(2, start, pos + 1 - start);
-    auto qt = torch::from_blob(q.data(), {1, nq, 1, d}, x.options());
-    auto a = at::scaled_dot_product_attention(qt, k, v, {}, 0.0, false, scaling, nq != nkv);
-    auto o = product(a.reshape({1, nq * d}).contiguous(), w, idx);
+    attend(q.data(), kc + li * nkv * cap * d, vc + li * nkv * cap * d, nq, nkv, d, cap, start, pos + 1, scaling,
+           att.data(), scores);
+    auto o = product(torch::from_blob(att.data(), {1, nq * d}, x.options()), w, idx);
     idx += 1;
     residual_add(xp, o, nm[5], eps);
     h = norm(x, nm[1], eps);
@@ -176,8 +305,40 @@ Tensor decode_step(Tensor x, int64_t pos, const std::vector<int64_t>& kinds, con
   return logits * sx * head_b.to(at::kFloat);
 }
 
+// decode_step's per-model arguments, converted from Python once: passing the ~600 tensors of SmolLM2's lists on
+// every call cost ~0.3 ms a token in pybind11's conversions. The KV cache and rotary tables are passed per call
+// (reset_cache replaces them).
+struct Step {
+  std::vector<int64_t> kinds;
+  std::vector<Tensor> as, bs, mins;
+  std::vector<int64_t> ns, n_qkv, n_gu;
+  std::vector<std::vector<Tensor>> norms;
+  std::vector<int64_t> sliding;
+  Tensor final_norm;
+  int64_t head_kind;
+  Tensor head_a, head_b, head_c;
+  int64_t head_n, nq, nkv, d, ffn;
+  double eps, scaling;
+  int64_t window;
+  bool gelu;
+  int64_t top_exact;
+
+  Tensor run(Tensor x, int64_t pos, Tensor k_cache, Tensor v_cache, Tensor rope_global, Tensor rope_local) const {
+    return decode_step(x, pos, kinds, as, bs, mins, ns, n_qkv, n_gu, norms, sliding, k_cache, v_cache, rope_global,
+                       rope_local, final_norm, head_kind, head_a, head_b, head_c, head_n, nq, nkv, d, ffn, eps, scaling,
+                       window, gelu, top_exact);
+  }
+};
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("decode_step", &decode_step, "LeanLM decode step");
+  pybind11::class_<Step>(m, "Step")
+      .def(pybind11::init<std::vector<int64_t>, std::vector<Tensor>, std::vector<Tensor>, std::vector<Tensor>,
+                          std::vector<int64_t>, std::vector<int64_t>, std::vector<int64_t>,
+                          std::vector<std::vector<Tensor>>, std::vector<int64_t>, Tensor, int64_t, Tensor, Tensor,
+                          Tensor, int64_t, int64_t, int64_t, int64_t, int64_t, double, double, int64_t, bool,
+                          int64_t>())
+      .def("run", &Step::run, "one decode step");
   m.def("dot_mm", &dot::dot_mm, "x @ W^T over a weight's file groups (dot_kernels.h)");
   m.def("dot_dequant", &dot::dot_dequant, "a dot weight's rows as float32 or bf16");
   m.def("fast_dot", &dot::fast_dot, "whether the dot products are vectorised here");
