@@ -129,13 +129,14 @@ def encode(w: np.ndarray, qtype: str):
 
 
 def write_tiny(path: Path, qtype: str, arch: str = "llama", seed: int = 0, embed_type: str | None = None,
-               tokenizer: bool = True, nan_norm: bool = False, yarn: bool = False, nan_scale: bool = False) -> Path:
+               tokenizer: bool = True, nan_norm: bool = False, yarn: bool = False, nan_scale: bool = False,
+               head_dim: int | None = None) -> Path:
     """A 2-layer model of `arch` ("llama", "qwen2", "qwen3", "gemma3") whose linear weights are `qtype`; `tokenizer`
     False leaves out the token scores transformers needs, `nan_norm` puts a NaN in the final norm, `nan_scale` one in
     a block scale of a quantized tensor (Q4_0/Q5_0/Q8_0: the first two bytes of a block), `yarn` declares YaRN
-    rotary scaling."""
+    rotary scaling; `head_dim` overrides the head size (the runner reads it from attention.key_length)."""
     rng = np.random.default_rng(seed)
-    hd = 128 if arch == "qwen3" else HEAD_DIM  # transformers reads no head_dim from qwen3 files: its default, 128
+    hd = head_dim or (128 if arch == "qwen3" else HEAD_DIM)  # transformers reads no head_dim from qwen3 files: 128
     w = GGUFWriter(str(path), arch)
     w.add_context_length(1024)
     w.add_embedding_length(HIDDEN)

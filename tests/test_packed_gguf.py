@@ -185,6 +185,35 @@ def test_decode_steps_match_one_prefill_and_the_dense_prefill_copy(tmp_path, arc
     assert dense.weight_bytes == packed.weight_bytes  # the copy is a prefill-only extra (not counted as packed)
 
 
+def test_the_native_step_with_a_head_size_off_its_vector_width(tmp_path):
+    """The C++ step's attention has vector loops for head sizes that are multiples of 16 and scalar ones
+    for the rest (40 here): both give the prefill's logits."""
+    from kernelfit.loader.lean_native import native_module
+
+    if native_module() is None:
+        pytest.skip("no C++ compiler here: the TorchScript step runs")
+    path = write_tiny(tmp_path / "m.gguf", "Q8_0", "llama", head_dim=40)
+    b = build_lean(path)
+    assert b.cfg.head_dim == 40
+    ids = _tokens(40)
+    reset_cache(b, 48)
+    whole = forward(b, ids, 0, True)
+    forward(b, ids[:10], 0)
+    steps = torch.cat([forward(b, ids[i:i + 1], i) for i in range(10, 40)])
+    assert float(torch.nn.functional.cosine_similarity(whole[10:], steps, -1).min()) > 0.9995
+
+
+def test_the_native_step_is_built_with_openmp():
+    """at::parallel_for's threads are an `#pragma omp parallel` compiled into the extension: built without
+    -fopenmp, every product and the attention ran on one thread (same speed at 1 and 2 threads)."""
+    from kernelfit.loader.lean_native import native_module
+
+    m = native_module()
+    if m is None:
+        pytest.skip("no C++ compiler here: the TorchScript step runs")
+    assert b"GOMP_parallel" in Path(m.__file__).read_bytes()
+
+
 def test_regrid_error_over_the_limit_falls_back_to_bf16(tmp_path, monkeypatch):
     import kernelfit.loader.gguf_packed as gp
 
