@@ -214,6 +214,26 @@ def test_the_native_step_is_built_with_openmp():
     assert b"GOMP_parallel" in Path(m.__file__).read_bytes()
 
 
+def test_a_compiler_without_openmp_gets_a_one_thread_build(tmp_path, monkeypatch):
+    import kernelfit.loader.lean_native as ln
+
+    tried = []
+
+    def build(path, openmp):
+        tried.append(list(openmp))
+        if openmp:
+            raise RuntimeError("clang: error: unsupported option '-fopenmp'")
+        return "module"
+
+    monkeypatch.setattr(ln, "_STATE", {})
+    monkeypatch.setattr(ln, "_build", build)
+    monkeypatch.setattr(ln.shutil, "which", lambda name: "/usr/bin/c++")
+    monkeypatch.setenv("KERNELFIT_CACHE_DIR", str(tmp_path))
+    assert ln.native_module() == "module"
+    assert tried == [ln.OPENMP, ln.OPENMP, []]
+    assert ln.native_status() == "C++ decode step (one thread: the compiler has no OpenMP)"
+
+
 def test_regrid_error_over_the_limit_falls_back_to_bf16(tmp_path, monkeypatch):
     import kernelfit.loader.gguf_packed as gp
 

@@ -47,13 +47,13 @@ def _cpu_flags() -> str:
     return platform.machine() + platform.processor()
 
 
-def _key() -> str:
+def _key(openmp: list[str]) -> str:
     h = hashlib.sha256(SOURCE.read_bytes())
     for header in HEADERS:
         h.update(header.read_bytes())
     h.update(torch.__version__.encode())
     h.update(_cpu_flags().encode())
-    h.update(" ".join(CFLAGS + OPENMP).encode())
+    h.update(" ".join(CFLAGS + openmp).encode())
     return h.hexdigest()[:12]
 
 
@@ -61,21 +61,24 @@ def native_module():
     """The compiled extension, or None (native_status() says why)."""
     if "module" in _STATE:
         return _STATE["module"]
-    module, why = None, None
+    module, why, threads = None, None, None
     if os.environ.get("KERNELFIT_NATIVE", "1") == "0":
         why = "KERNELFIT_NATIVE=0"
     elif shutil.which(os.environ.get("CXX", "c++")) is None:
         why = "no C++ compiler (c++) on PATH"
     else:
-        build = writable_cache_root() / "torch-extensions" / f"lean_step-{_key()}"
-        for attempt in (1, 2):
+        # a damaged build (a killed link) is rebuilt once; a compiler without OpenMP (clang without libomp) gets
+        # a build without it: one thread, still ahead of the TorchScript step
+        for openmp in (OPENMP, OPENMP, []):
+            build = writable_cache_root() / "torch-extensions" / f"lean_step-{_key(openmp)}"
             try:
-                module = _build(build)
+                module = _build(build, openmp)
                 break
             except Exception as exc:  # noqa: BLE001 - any build failure means: run the TorchScript step
                 why = f"building the C++ step failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
-                shutil.rmtree(build, ignore_errors=True)  # a damaged build (a killed link) is rebuilt once
-    _STATE["module"], _STATE["why"] = module, why
+                shutil.rmtree(build, ignore_errors=True)
+        threads = None if module is None or openmp else "one thread: the compiler has no OpenMP"
+    _STATE["module"], _STATE["why"], _STATE["threads"] = module, why, threads
     return module
 
 
@@ -117,14 +120,14 @@ def verified_or_cleared(build: Path) -> bool:
     return False
 
 
-def _build(build: Path):
+def _build(build: Path, openmp: list[str]):
     from torch.utils.cpp_extension import load
 
     verified_or_cleared(build)
     build.mkdir(parents=True, exist_ok=True)
     clear_stale_lock(build)
-    module = load(name=f"kernelfit_lean_step_{_key()}", sources=[str(SOURCE)], build_directory=str(build),
-                  extra_cflags=CFLAGS + OPENMP, extra_ldflags=OPENMP, verbose=False)
+    module = load(name=f"kernelfit_lean_step_{_key(openmp)}", sources=[str(SOURCE)], build_directory=str(build),
+                  extra_cflags=CFLAGS + openmp, extra_ldflags=openmp, verbose=False)
     lib = Path(module.__file__)
     if not (build / MANIFEST).is_file():
         write_atomic(build / MANIFEST, json.dumps({"library": lib.name, "sha256": _digest(lib)}))
@@ -136,7 +139,9 @@ def _build(build: Path):
 
 def native_status() -> str:
     native_module()
-    return "C++ decode step" if _STATE["module"] is not None else f"TorchScript decode step ({_STATE['why']})"
+    if _STATE["module"] is None:
+        return f"TorchScript decode step ({_STATE['why']})"
+    return f"C++ decode step ({_STATE['threads']})" if _STATE.get("threads") else "C++ decode step"
 
 
 @dataclass
