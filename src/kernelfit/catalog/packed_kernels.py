@@ -72,10 +72,10 @@ DECODE_KERNELS = {
 # kernelfit's C++ group dot products (loader/dot_kernels.h), built with the C++ compiler on first use; the
 # activations enter as two int8 digits per group of 32 (~15 bits), so the decode logits agree with the float32
 # dequantized file to a cosine of 0.99999 (tests/test_packed_gguf.py). Per product with hot caches
-# (benchmarks/packed_kernels.py) they are torch's speed or a little slower (3072x576 4-bit: 31.7 vs 26.4 us);
-# over a whole model read from DRAM, on huge pages, they decode faster (benchmarks/results/llamacpp-report.md:
-# SmolLM2 256.7 vs 207.6 tok/s, Gemma 3 270M 108.6 vs 96.0, without the re-grid's loss). At 256 rows each product is
-# unpacked to bf16 for oneDNN: 1,231 us for 3072x576 against oneDNN on a kept bf16 copy 1,084 and int4 2,634.
+# (benchmarks/packed_kernels.py, 2 threads) they are faster than torch's (3072x576 4-bit: 17.9 vs 26.8 us, bf16
+# 79.4); over a whole model (benchmarks/results/llamacpp-report.md) SmolLM2 decodes at 352.5 vs 221.6 tok/s and
+# Gemma 3 270M at 141.1 vs 114.6, without the re-grid's loss. At 256 rows each product is unpacked to bf16 for
+# oneDNN: 1,102 us for 3072x576 against oneDNN on a kept bf16 copy 937 and int4 2,680.
 GGUF_DECODE = ("the file's own 4/8-bit groups, exact, through kernelfit's C++ group dot products (torch's "
                "_weight_int4pack_mm_for_cpu / _weight_int8pack_mm with re-gridded int8 where no C++ compiler "
                "builds them)")

@@ -104,8 +104,8 @@ SOURCES: dict[str, Source] = {s.id: s for s in (
     Source("kernelfit-packed-kernels", "kernelfit measurement: weight-only packed products on a 2-thread AMD EPYC",
            "kernelfit:benchmarks/packed_kernels.py ; kernelfit:benchmarks/results/llamacpp-report.md",
            "one row: int4 group-32 34 us and int8 per-row 30 us vs bf16 82 us (3072x576); 256 rows: int4 2,661 us vs "
-           "oneDNN bf16 1,191 us; kernelfit's C++ group dot products 4-bit 31.7 us at one row, unpacked to bf16 for "
-           "oneDNN 1,231 us at 256; SmolLM2 Q4_1 decode 1.67x and Gemma 3 270M 1.27x llama.cpp's on the same file "
+           "oneDNN bf16 1,191 us; kernelfit's C++ group dot products 4-bit 17.9 us at one row, unpacked to bf16 for "
+           "oneDNN 1,102 us at 256; SmolLM2 Q4_1 decode 2.13x and Gemma 3 270M 1.57x llama.cpp's on the same file "
            "and threads"),
     Source("torch-int4pack-cpu", "PyTorch's CPU weight-only int4/int8 kernels",
            "https://github.com/pytorch/pytorch/blob/main/aten/src/ATen/native/cpu/int4mm_kernel.cpp ; "
