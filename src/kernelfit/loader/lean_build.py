@@ -258,6 +258,7 @@ def reset_cache(build: LeanBuild, positions: int) -> None:
     if kv_capacity(build) >= positions:
         return
     shape = (cfg.layers, 1, cfg.kv_heads, positions, cfg.head_dim)
+    m.k_cache = m.v_cache = torch.empty(0)  # the old cache is freed before the new one is made
     m.k_cache = torch.zeros(shape)
     m.v_cache = torch.zeros(shape)
     m.rope_global = rope_table(cfg.rope_theta, cfg.head_dim, positions, cfg.rope_scale)
