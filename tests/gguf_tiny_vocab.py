@@ -9,19 +9,10 @@ from pathlib import Path
 
 from gguf import GGUFWriter
 
+from kernelfit.loader.gguf_tokenizer import bytes_to_unicode
+
 PROSE = Path(__file__).parent / "data" / "prose.txt"
 CONTROL, USER_DEFINED, BYTE, NORMAL = 3, 4, 6, 1
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs, n = bs[:], 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs)))
 
 
 def learn_merges(words: list[list[str]], count: int) -> list[tuple[str, str]]:
@@ -56,7 +47,7 @@ def _header(w: GGUFWriter) -> None:
 def write_byte_level(path: Path, pre: str = "smollm", merges: int = 300) -> Path:
     import regex
 
-    enc = _bytes_to_unicode()
+    enc = bytes_to_unicode()
     split = regex.compile(r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""")
     words = [[enc[b] for b in m.encode()] for m in split.findall(PROSE.read_text()[:20000])]
     learned = learn_merges(words, merges)

@@ -40,7 +40,7 @@ SPACE = "\u2581"  # sentencepiece's visible space
 KEYS = frozenset({"tokenizer.ggml.tokens", "tokenizer.ggml.token_type", "tokenizer.ggml.merges"})
 
 
-def _bytes_to_unicode() -> dict[int, str]:
+def bytes_to_unicode() -> dict[int, str]:
     """GPT-2's reversible byte -> printable character table (the byte-level alphabet)."""
     bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
     cs = bs[:]
@@ -286,7 +286,7 @@ def _flush_bytes(pending: bytearray, out: list[str]) -> None:
         pending.clear()
 
 
-_BYTE_CHARS = _bytes_to_unicode()
+_BYTE_CHARS = bytes_to_unicode()
 _CHAR_BYTES = {c: b for b, c in _BYTE_CHARS.items()}
 
 
