@@ -1,7 +1,10 @@
 """kernelfit serve under concurrent streaming clients: aggregate decode tokens/s with 1, 4 and 8 clients,
 measured in interleaved rounds against one server (the bundled SmolLM2 unless a model is given).
 
-    python benchmarks/serve.py [MODEL] [--rounds 3] [--tokens 64] [--dtype bfloat16]
+    python benchmarks/serve.py [MODEL] [--rounds 3] [--tokens 64] [--dtype bfloat16] [--quantization none]
+
+A GGUF file is served packed (one request at a time) by default; `--quantization none` serves it dequantized
+through transformers, requests batched.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--dtype", default="auto")
+    ap.add_argument("--quantization", default="auto")
     args = ap.parse_args()
     from openai import AsyncOpenAI
 
@@ -33,7 +37,7 @@ def main() -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = subprocess.Popen([sys.executable, "-m", "kernelfit", "serve", args.model, "--port", str(port), "--dtype",
-                             args.dtype], stderr=subprocess.PIPE, text=True)
+                             args.dtype, "--quantization", args.quantization], stderr=subprocess.PIPE, text=True)
     try:
         for _ in range(600):
             try:

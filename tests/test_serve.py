@@ -82,6 +82,8 @@ ASK = [{"role": "user", "content": "What is the capital of France?"}]
 
 def test_models_and_health(client, server):
     assert [m.id for m in client.models.list().data] == ["smollm2-135m"]
+    # the bundled GGUF file is served packed, one request at a time
+    assert server.health()["runner"] == "kernelfit packed CPU runner" and server.health()["max_batch"] == 1
     assert server.health()["status"] == "ok"
 
 
@@ -135,6 +137,30 @@ def test_ten_concurrent_streams_are_correct_and_independent(server):
     alone, together = asyncio.run(both())
     assert together == alone  # each stream is its own answer: nothing interleaved, nothing mixed up
     assert len(set(together)) == len(QUESTIONS)
+
+
+def test_the_dequantized_gguf_is_served_in_batches():
+    """--quantization none: transformers' load of the same file, requests batched; concurrent streams are each
+    their own answer, the same as alone (float32: batched and single decoding agree bit for bit here)."""
+    s = Server("--dtype", "float32", "--quantization", "none")
+    try:
+        assert s.health()["runner"] == "transformers" and s.health()["max_batch"] > 1
+        client = openai.AsyncOpenAI(base_url=f"{s.url}/v1", api_key="unused")
+
+        async def one(q):
+            r = await client.chat.completions.create(model="smollm2-135m", messages=[{"role": "user", "content": q}],
+                                                     max_tokens=12, temperature=0)
+            return r.choices[0].message.content
+
+        async def both():
+            alone = [await one(q) for q in QUESTIONS[:4]]
+            return alone, await asyncio.gather(*(one(q) for q in QUESTIONS[:4]))
+
+        alone, together = asyncio.run(both())
+        assert together == alone and "Paris" in alone[0]
+    finally:
+        err = s.stop()
+    assert "Traceback" not in err
 
 
 @pytest.mark.parametrize("path,body,status,says", [

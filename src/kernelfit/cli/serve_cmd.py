@@ -45,10 +45,8 @@ def cmd_serve(args) -> int:
 
     plan = make_plan(args.model, preferences(args), use_tune_cache=not args.no_cache)
     if lean_runner(plan) and args.engine != "vllm":
-        # the engine batches requests through transformers; the packed GGUF runner is batch-1
-        _err("kernelfit: note: serve batches requests with transformers, so the GGUF file is loaded dequantized "
-             "(--quantization none); `kernelfit run` runs it packed")
-        plan = make_plan(args.model, preferences(args, quantization="none"), use_tune_cache=not args.no_cache)
+        _err("kernelfit: note: the GGUF file is served packed, one request at a time (the packed runner has one "
+             "KV cache); --quantization none loads it dequantized and batches requests through transformers")
     check_loadable(plan, args.allow_pickle)
     if args.engine == "vllm":
         return _serve_with_vllm(args, plan)

@@ -48,7 +48,8 @@ def create_app(loaded, model_id: str, context: int, api_key: str | None = None, 
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "model": model_id, "queued": engine.jobs.qsize()}
+        return {"status": "ok", "model": model_id, "queued": engine.jobs.qsize(), "max_batch": engine.max_batch,
+                "runner": "kernelfit packed CPU runner" if engine.lean else "transformers"}
 
     @app.get("/v1/models")
     async def models():

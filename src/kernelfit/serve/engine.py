@@ -57,17 +57,22 @@ class Engine:
         same bf16 products run 1.8x slower on a secondary Python thread than on the main one (PyTorch's
         OpenMP pool belongs to the main thread), so `kernelfit serve` decodes on the main thread and runs
         the HTTP server on the other."""
+        from ..loader.lean_run import LeanRunner
+
         self.model, self.processor = model, tokenizer
         self.tok = getattr(tokenizer, "tokenizer", None) or tokenizer
-        self.max_batch = max_batch
+        # the packed GGUF runner (loader/lean_run.py) has one KV cache: its requests run one at a time
+        self.lean = isinstance(model, LeanRunner)
+        self.max_batch = 1 if self.lean else max_batch
         self.jobs: queue.Queue[Job] = queue.Queue(maxsize=queue_size)
-        eos = getattr(model.generation_config, "eos_token_id", None)
+        eos = sorted(model.eos_ids) if self.lean else getattr(model.generation_config, "eos_token_id", None)
         eos = eos if isinstance(eos, list) else [eos]
         self.eos = {e for e in (*eos, self.tok.eos_token_id) if isinstance(e, int)}
         self.pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else (min(self.eos) if self.eos else 0)
         self.batches: list[int] = []  # sizes of the batches run, for reports
         # transformers >= 5.2x names the cache argument `cache` (`past_key_values` is deprecated)
-        self._cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        self._cache_kw = "past_key_values" if self.lean or "cache" not in inspect.signature(model.forward).parameters \
+            else "cache"
         self._stop = threading.Event()
         if background:
             threading.Thread(target=self.serve, name="kernelfit-engine", daemon=True).start()
@@ -114,6 +119,9 @@ class Engine:
                         job.emit("error", f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}")
 
     def _run(self, batch: list[Job]) -> None:
+        if self.lean:
+            self._run_lean(batch[0])
+            return
         model = self.model
         device = next(p.device for p in model.parameters() if p.device.type != "meta")
         lens = [len(j.prompt_ids) for j in batch]
@@ -157,6 +165,26 @@ class Engine:
         for job in batch:
             if not job.done:
                 self._finish(job, "length")
+
+    def _run_lean(self, job: Job) -> None:
+        """One request through the packed runner: its prompt in one prefill, then one C++ decode step a token."""
+        from ..loader.lean_build import reset_cache
+
+        runner = self.model
+        pos = len(job.prompt_ids)
+        reset_cache(runner.build, pos + job.max_new)
+        logits = runner.logits(torch.tensor(job.prompt_ids), 0)[-1]
+        gen = self._generator(job.sampling, "cpu")
+        while True:
+            if job.cancelled.is_set():
+                job.done = True
+                return
+            token = self._pick(logits.float(), job.sampling, gen)
+            self._advance(job, token)
+            if job.done:
+                return
+            logits = runner.logits(torch.tensor([token]), pos)[-1]
+            pos += 1
 
     @staticmethod
     def _generator(s: Sampling, device) -> torch.Generator | None:
