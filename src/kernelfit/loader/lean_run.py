@@ -1,8 +1,8 @@
 """The packed GGUF runner as a loaded model: tokenizer, greedy generation with honest timing, health check.
 
 `load_plan` returns this in `Loaded.model` when the plan runs a GGUF file packed (planner.hf_args.lean_runner);
-`loader.generate.generate` drives it like a transformers model. Batch 1: `kernelfit serve` batches requests
-and loads GGUF files dequantized (serve/engine.py).
+`loader.generate.generate` drives it like a transformers model, and `kernelfit serve` one request at a time
+(serve/engine.py: batch 1, one KV cache).
 """
 
 from __future__ import annotations
