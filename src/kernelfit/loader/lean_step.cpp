@@ -331,7 +331,6 @@ struct Step {
 };
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("decode_step", &decode_step, "LeanLM decode step");
   pybind11::class_<Step>(m, "Step", pybind11::module_local())  // local: two builds may share a process
       .def(pybind11::init<std::vector<int64_t>, std::vector<Tensor>, std::vector<Tensor>, std::vector<Tensor>,
                           std::vector<int64_t>, std::vector<int64_t>, std::vector<int64_t>,
