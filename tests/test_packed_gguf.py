@@ -108,6 +108,22 @@ def test_dot_kernels_refuse_mismatched_shapes():
         w.rows(torch.tensor([8]))
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_non_finite_activation_reaches_the_dot_products_output(bad):
+    """int8 codes cannot hold a NaN or an infinity: the group's scale carries it, so the output is NaN as a
+    float product's would be (before, the quantizer dropped it and the output was finite and wrong, which let a
+    NaN final norm pass the health check once short prompts took the dot products)."""
+    if not dot_available():
+        pytest.skip("no C++ compiler here")
+    for qtype in ("Q4_K", "Q8_0"):
+        w = DotWeight.from_groups(gb.dot_groups(_random_blocks(qtype, 16, 256, np.random.default_rng(4)), qtype, 16,
+                                                256))
+        x = torch.randn(3, 256)
+        x[1, 70] = bad
+        y = w.mm(x)
+        assert torch.isfinite(y[0]).all() and torch.isfinite(y[2]).all() and torch.isnan(y[1]).all()
+
+
 def _tokens(n=300):
     return torch.tensor([b % VOCAB for b in PROSE.read_bytes()[:n]])
 

@@ -55,14 +55,20 @@ inline void quantize(const float* x, int64_t k, Act& a) {
   for (int64_t g = 0; g < k / QK; ++g) {
     const float* v = x + g * QK;
     float amax = 0.f;
-    for (int64_t i = 0; i < QK; ++i) amax = std::max(amax, std::fabs(v[i]));
-    const float d = amax / 127.f, inv = d > 0.f ? 1.f / d : 0.f;
+    bool finite = true;
     for (int64_t i = 0; i < QK; ++i) {
-      const float u = v[i] * inv, h = std::nearbyint(u);
+      amax = std::max(amax, std::fabs(v[i]));  // drops a NaN: it is caught below
+      finite = finite && std::isfinite(v[i]);
+    }
+    const float d = amax / 127.f, inv = d > 0.f && std::isfinite(d) ? 1.f / d : 0.f;
+    for (int64_t i = 0; i < QK; ++i) {
+      const float u = std::isfinite(v[i]) ? v[i] * inv : 0.f, h = std::nearbyint(u);  // no NaN to int8 (UB)
       a.hi[g * QK + i] = static_cast<int8_t>(h);
       a.lo[g * QK + i] = static_cast<int8_t>(std::nearbyint((u - h) * DIGIT_BASE));
     }
-    a.scale[g] = d / DIGIT_BASE;
+    // a NaN or infinite input makes its group's scale NaN, so that it reaches the output as in a float product
+    // (int8 codes cannot hold it; the health check looks for non-finite logits)
+    a.scale[g] = finite ? d / DIGIT_BASE : NAN;
   }
   // The sums are of the quantized values, not of x: then sum (code + offset) * a - offset * sum(a) is exactly
   // sum code * a, and a symmetric type stored with an offset (Q8_0's c + 128, min -128 * d) loses nothing to it

@@ -29,7 +29,8 @@ INT4, INT8, DENSE, INT8_EXACT, DOT4, DOT8 = 0, 1, 2, 3, 4, 5  # Product.kind
 # DOT4 / DOT8: the file's own groups read by kernelfit's C++ dot products (loader/dot_weight.py): float32 in and
 # out, exact weights. A call of more than DOT_MAX_ROWS rows (prefill) multiplies a bf16 copy made for that call
 # with oneDNN instead: integer dot products are compute-bound there, oneDNN's bf16 GEMM is not.
-DOT_MAX_ROWS = 4
+DOT_MAX_ROWS = 12  # measured on 2 threads: at 8 rows the dot products take 0.3-0.5x the time of unpack + oneDNN
+# (3072x576: 150 vs 406 us), at 16 about the same, at 32 and more oneDNN wins; a short prompt is then also exact
 # ... unless the bf16 copy of that one product would be large (an output head asked for every position's logits:
 # Gemma 3's 262k x 640 table is 335 MB in bf16): the dot products then take all rows.
 DOT_MAX_COPY_WEIGHTS = 1 << 24
