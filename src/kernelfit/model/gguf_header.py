@@ -127,10 +127,10 @@ class _Reader:
                 return _ArrayInfo(count)
             if count > len(self.data):
                 raise EOFError
-            if keep and itype == _STRING:
-                return self.strings(count)
-            items = [self.value(itype, depth + 1) for _ in range(count)]
-            return _ArrayInfo(count) if itype == _STRING else items
+            if itype == _STRING:  # walked without decoding: the vocabulary is kept only when asked for
+                strings = self.strings(count)
+                return strings if keep else _ArrayInfo(count)
+            return [self.value(itype, depth + 1) for _ in range(count)]
         raise ValueError(f"unknown GGUF value type {vtype}")
 
 
