@@ -340,6 +340,7 @@ def test_bundled_model_answers_paris_through_the_packed_runner():
     assert out["plan"]["runner"].startswith("kernelfit packed CPU runner")
     assert set(out["plan"]["kernels"]) == {"decode", "prefill"}
     assert out["packing"]["packed_weights_mib"] < 100 and out["peak_rss_mib"] > 0
+    assert out["packing"]["tokenizer"] == "byte-level-bpe"  # the file's own tokenizer, not transformers'
     layouts = {(t["gguf_type"], t["layout"]) for t in out["packing"]["tensors"]}
     if dot_available():
         assert layouts == {("Q4_1", EXACT_LAYOUT["Q4_1"]), ("Q8_0", EXACT_LAYOUT["Q8_0"])}

@@ -22,6 +22,7 @@ import heapq
 from array import array
 from bisect import bisect_left
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 
 # tokenizers' ByteLevel pre-tokenizer (GPT-2's pattern); the split patterns transformers uses for other
@@ -35,6 +36,12 @@ SPLITS = {None: _GPT2_SPLIT, "default": _GPT2_SPLIT, "gpt2": _GPT2_SPLIT, "smoll
           "llama3": _LLAMA3_SPLIT, "llama-v3": _LLAMA3_SPLIT, "llama-bpe": _LLAMA3_SPLIT,
           "qwen2": _QWEN2_SPLIT, "deepseek-r1-qwen": _QWEN2_SPLIT}
 GEMMA_ARCHS = ("gemma", "gemma2", "gemma3")
+
+
+class TokenizerKind(str, Enum):
+    BYTE_LEVEL_BPE = "byte-level-bpe"  # tokenizer.ggml.model gpt2, merges in the file
+    GEMMA_BPE = "gemma-bpe"  # sentencepiece BPE, merges recovered from the vocabulary order
+
 CONTROL, USER_DEFINED = 3, 4  # llama.cpp's token types (gguf-py TokenType)
 SPACE = "\u2581"  # sentencepiece's visible space
 KEYS = frozenset({"tokenizer.ggml.tokens", "tokenizer.ggml.token_type", "tokenizer.ggml.merges"})
@@ -92,29 +99,31 @@ class Vocab:
 
 
 class PairRanks:
-    """Byte-level BPE merges as sorted (left id << 32 | right id) keys beside their ranks (the first listing of
-    a pair wins, as in tokenizers)."""
+    """Byte-level BPE merges as sorted (left id << 32 | right id) keys beside their ranks and merged ids (the
+    first listing of a pair wins, as in tokenizers)."""
 
-    def __init__(self, keys: list[int], ranks: list[int]):
+    def __init__(self, keys: list[int], ranks: list[int], merged: list[int]):
         import numpy as np
 
-        k, r = np.array(keys, np.uint64), np.array(ranks, np.int64)
+        k, r, m = np.array(keys, np.uint64), np.array(ranks, np.int64), np.array(merged, np.int32)
         order = np.lexsort((r, k))
-        k, r = k[order], r[order]
+        k, r, m = k[order], r[order], m[order]
         first = np.ones(len(k), bool)
         first[1:] = k[1:] != k[:-1]
         self.keys, self.ranks = array("Q", k[first].tobytes()), array("q", r[first].tobytes())
+        self.merged = array("i", m[first].tobytes())
 
-    def get(self, key: int):
+    def get(self, key: int) -> tuple[int, int] | None:
+        """(rank, merged id) of a pair key, or None."""
         k = bisect_left(self.keys, key)
-        return self.ranks[k] if k < len(self.keys) and self.keys[k] == key else None
+        return (self.ranks[k], self.merged[k]) if k < len(self.keys) and self.keys[k] == key else None
 
 
 @dataclass
 class GgufTokenizer:
     """Encode/decode with the interface `loader.generate` uses of a transformers tokenizer."""
 
-    kind: str  # "byte-level-bpe" or "gemma-bpe"
+    kind: TokenizerKind
     tokens: Vocab  # id -> token as the model's vocabulary spells it (Gemma: space runs respelled)
     added: dict[str, list[tuple[str, int]]]  # first character -> (added token, id), longest first
     special_ids: frozenset[int]  # dropped by decode(skip_special_tokens=True)
@@ -133,12 +142,12 @@ class GgufTokenizer:
         for piece, added_id in self._split_added(text):
             if added_id is not None:
                 ids.append(added_id)
-            elif self.kind == "gemma-bpe":
+            elif self.kind is TokenizerKind.GEMMA_BPE:
                 ids.extend(self._bpe(self._gemma_symbols(piece.replace(" ", SPACE))))
             else:
-                enc = _BYTE_CHARS
                 for word in self.split.findall(piece):
-                    ids.extend(self._bpe([i for i in map(self.tokens.get, (enc[b] for b in word.encode())) if i is not None]))
+                    chars = (_BYTE_CHARS[b] for b in word.encode())
+                    ids.extend(self._bpe([i for i in map(self.tokens.get, chars) if i is not None]))
         return ids
 
     def _split_added(self, text: str):
@@ -176,8 +185,7 @@ class GgufTokenizer:
     def _rank(self, left: int, right: int):
         """(rank, merged id) of a pair, or None: tokenizers' BPE order for this vocabulary."""
         if self.ranks is not None:
-            r = self.ranks.get(left << 32 | right)
-            return None if r is None else (r, self.tokens.get(self.tokens[left] + self.tokens[right]))
+            return self.ranks.get(left << 32 | right)
         merged = self.tokens.get(self.tokens[left] + self.tokens[right])
         return None if merged is None else ((merged, -len(self.tokens[left])), merged)
 
@@ -220,7 +228,7 @@ class GgufTokenizer:
     def decode(self, ids, skip_special_tokens: bool = False) -> str:
         ids = [int(i) for i in ids if not (skip_special_tokens and int(i) in self.special_ids)]
         toks = [self.tokens[i] for i in ids if 0 <= i < len(self.tokens)]
-        if self.kind == "byte-level-bpe":
+        if self.kind is TokenizerKind.BYTE_LEVEL_BPE:
             dec = _CHAR_BYTES
             data = bytearray()
             for t in toks:  # tokenizers' ByteLevel decoder: a token outside the alphabet is taken as its UTF-8
@@ -290,16 +298,16 @@ _BYTE_CHARS = bytes_to_unicode()
 _CHAR_BYTES = {c: b for b, c in _BYTE_CHARS.items()}
 
 
-def tokenizer_kind(header) -> str | None:
+def tokenizer_kind(header) -> TokenizerKind | None:
     """Which of this module's tokenizers a file's header (model/gguf_header.GgufHeader) describes, or None."""
     md = header.metadata
     model, pre = md.get("tokenizer.ggml.model"), md.get("tokenizer.ggml.pre")
     if "tokenizer.ggml.tokens" not in md:
         return None
     if model == "gpt2" and pre in SPLITS and "tokenizer.ggml.merges" in md:
-        return "byte-level-bpe"
+        return TokenizerKind.BYTE_LEVEL_BPE
     if model == "llama" and header.architecture in GEMMA_ARCHS and "tokenizer.ggml.merges" not in md:
-        return "gemma-bpe"
+        return TokenizerKind.GEMMA_BPE
     return None
 
 
@@ -315,23 +323,23 @@ def gguf_tokenizer(path: str | Path) -> GgufTokenizer | None:
         return None
     import regex
 
-    if kind == "byte-level-bpe":  # transformers respells a token outside the byte alphabet in it
+    byte_level = kind is TokenizerKind.BYTE_LEVEL_BPE
+    alphabet, ranks = None, None
+    if byte_level:  # transformers respells a token outside the byte alphabet in it
         alphabet = set(_CHAR_BYTES)
         tokens = Vocab(raw, lambda t: t if set(t) <= alphabet else "".join(_BYTE_CHARS[b] for b in t.encode()))
-    else:  # a run of real spaces is looked up as the same run of sentencepiece spaces
-        alphabet = None
-        tokens = Vocab(raw, lambda t: SPACE * len(t) if " " in t and not t.strip() else t)
-    ranks = None
-    if kind == "byte-level-bpe":
-        keys, order = [], []
+        keys, order, merged = [], [], []
         merges = md.get("tokenizer.ggml.merges")
         for rank, merge in enumerate(merges if isinstance(merges, StringArray) else ()):
             left, _, right = merge.partition(" ")
-            a, b = tokens.get(left), tokens.get(right)
-            if a is not None and b is not None and tokens.get(left + right) is not None:
+            a, b, m = tokens.get(left), tokens.get(right), tokens.get(left + right)
+            if a is not None and b is not None and m is not None:
                 keys.append(a << 32 | b)
                 order.append(rank)
-        ranks = PairRanks(keys, order)
+                merged.append(m)
+        ranks = PairRanks(keys, order, merged)
+    else:  # a run of real spaces is looked up as the same run of sentencepiece spaces
+        tokens = Vocab(raw, lambda t: SPACE * len(t) if " " in t and not t.strip() else t)
     added: dict[str, list[tuple[str, int]]] = {}  # keyed by the file's spelling: what an added token matches
     special: set[int] = set()
     for i, ty in enumerate(types):
@@ -355,9 +363,9 @@ def gguf_tokenizer(path: str | Path) -> GgufTokenizer | None:
 
     ids = {k: tid(k) for k in ("bos_token_id", "eos_token_id", "unknown_token_id", "padding_token_id")}
     special |= {i for i in ids.values() if i is not None}
-    add_bos = md.get("tokenizer.ggml.add_bos_token", kind == "gemma-bpe")
+    add_bos = md.get("tokenizer.ggml.add_bos_token", kind is TokenizerKind.GEMMA_BPE)
     template = md.get("tokenizer.chat_template")
     return GgufTokenizer(kind, tokens, added, frozenset(special), ranks,
-                         regex.compile(SPLITS[pre]) if kind == "byte-level-bpe" else None, bool(add_bos),
+                         regex.compile(SPLITS[pre]) if byte_level else None, bool(add_bos),
                          ids["bos_token_id"], ids["eos_token_id"], ids["unknown_token_id"], ids["padding_token_id"],
                          template if isinstance(template, str) else None)

@@ -32,7 +32,7 @@ class LeanRunner:
     spec: ModelSpec
     prefill: str = "packed"
     eos_ids: set[int] = field(default_factory=set)
-    tokenizer: str = "transformers"  # GgufTokenizer.kind, or "transformers"
+    tokenizer: str = "transformers"  # GgufTokenizer.kind's value, or "transformers"
 
     def report(self) -> dict:
         """What each tensor became, by GGUF type: layout, count, worst and mean measured error."""
@@ -123,7 +123,8 @@ def load_lean(spec: ModelSpec, prefill: str, health_check: bool, progress) -> tu
     build = build_lean(Path(spec.model_dir) / spec.gguf_file, prefill_dense=prefill == "dense", progress=progress)
     eos = {i for i in (tok.eos_token_id, tok.convert_tokens_to_ids("<end_of_turn>")) if isinstance(i, int)
            and i != tok.unk_token_id}
-    runner = LeanRunner(build, spec, prefill, eos, getattr(tok, "kind", "transformers"))
+    kind = getattr(tok, "kind", None)
+    runner = LeanRunner(build, spec, prefill, eos, kind.value if kind is not None else "transformers")
     if health_check:
         problems = runner.check_health()
         if problems:
