@@ -230,84 +230,12 @@ void attend(const float* q, const float* k, const float* v, int64_t nq, int64_t 
 
 }  // namespace
 
-// x: float32 [1, hidden] (the token's embedding, already scaled); returns float32 logits [1, vocab].
+// One decode step of LeanLM with its per-model arguments bound once: passing the ~600 tensors of SmolLM2's lists
+// on every call cost ~0.3 ms a token in pybind11's conversions. The KV cache and rotary tables are passed per call
+// (reset_cache replaces them).
+// run: x float32 [1, hidden] (the token's embedding, already scaled) -> float32 logits [1, vocab].
 // Per layer li, in order: its QKV products (n_qkv[li] of them), O, gate/up parts (n_gu[li]), down.
 // norms[li]: {attn_norm, ffn_norm, qkv_bias, q_norm, k_norm, post_attn_norm, post_ffn_norm} (empty = absent).
-Tensor decode_step(Tensor x, int64_t pos, const std::vector<int64_t>& kinds, const std::vector<Tensor>& as,
-                   const std::vector<Tensor>& bs, const std::vector<Tensor>& mins, const std::vector<int64_t>& ns,
-                   const std::vector<int64_t>& n_qkv, const std::vector<int64_t>& n_gu,
-                   const std::vector<std::vector<Tensor>>& norms, const std::vector<int64_t>& sliding, Tensor k_cache,
-                   Tensor v_cache, Tensor rope_global, Tensor rope_local, Tensor final_norm, int64_t head_kind,
-                   Tensor head_a, Tensor head_b, Tensor head_c, int64_t head_n, int64_t nq, int64_t nkv, int64_t d,
-                   int64_t ffn, double eps, double scaling, int64_t window, bool gelu, int64_t top_exact) {
-  at::NoGradGuard no_grad;
-  const Weights w{kinds, as, bs, mins, ns};
-  x = x.contiguous().clone();
-  float* xp = x.data_ptr<float>();
-  const int64_t layers = static_cast<int64_t>(norms.size());
-  const int64_t cap = k_cache.size(3);
-  float* kc = k_cache.data_ptr<float>();
-  float* vc = v_cache.data_ptr<float>();
-  std::vector<float> q(nq * d), att(nq * d), scores;
-  int64_t idx = 0;
-  for (int64_t li = 0; li < layers; ++li) {
-    const auto& nm = norms[li];
-    bool slide = sliding[li] != 0;
-    const Tensor& rope = (slide && rope_local.numel() > 0) ? rope_local : rope_global;
-    const float* cs = rope.data_ptr<float>() + pos * d;  // [cap, d/2, 2]
-    auto h = norm(x, nm[0], eps);
-    auto qkv = products(h, w, idx, n_qkv[li]);
-    idx += n_qkv[li];
-    const float* src = qkv.data_ptr<float>();
-    const float* bias = nm[2].numel() ? nm[2].data_ptr<float>() : nullptr;
-    const float* qn = nm[3].numel() ? nm[3].data_ptr<float>() : nullptr;
-    const float* kn = nm[4].numel() ? nm[4].data_ptr<float>() : nullptr;
-    for (int64_t hq = 0; hq < nq; ++hq)
-      head_vector(src + hq * d, bias ? bias + hq * d : nullptr, qn, cs, true, d, eps, q.data() + hq * d);
-    for (int64_t hk = 0; hk < nkv; ++hk) {
-      int64_t o = nq + hk;
-      float* kdst = kc + ((li * nkv + hk) * cap + pos) * d;
-      head_vector(src + o * d, bias ? bias + o * d : nullptr, kn, cs, true, d, eps, kdst);
-      float* vdst = vc + ((li * nkv + hk) * cap + pos) * d;
-      head_vector(src + (o + nkv) * d, bias ? bias + (o + nkv) * d : nullptr, nullptr, cs, false, d, eps, vdst);
-    }
-    int64_t start = slide ? std::max<int64_t>(0, pos - window + 1) : 0;
-    attend(q.data(), kc + li * nkv * cap * d, vc + li * nkv * cap * d, nq, nkv, d, cap, start, pos + 1, scaling,
-           att.data(), scores);
-    auto o = product(torch::from_blob(att.data(), {1, nq * d}, x.options()), w, idx);
-    idx += 1;
-    residual_add(xp, o, nm[5], eps);
-    h = norm(x, nm[1], eps);
-    auto gu = products(h, w, idx, n_gu[li]);
-    idx += n_gu[li];
-    // ATen's vectorised gelu/silu (a scalar std::tanh / std::exp loop costs ~10 ns a value: ~0.4 ms a Gemma token)
-    const auto g = gu.narrow(1, 0, ffn);
-    const auto act = (gelu ? at::gelu(g, "tanh") : at::silu(g)).mul_(gu.narrow(1, ffn, ffn));
-    auto y = product(act, w, idx);
-    idx += 1;
-    residual_add(xp, y, nm[6], eps);
-  }
-  auto hn = x.clone();
-  float s = rms_scale(xp, x.size(-1), eps);
-  const float* fw = final_norm.data_ptr<float>();
-  float* hp = hn.data_ptr<float>();
-  for (int64_t i = 0; i < x.size(-1); ++i) hp[i] = xp[i] * s * fw[i];
-  if (head_kind != 3) return product(hn, head_kind, head_a, head_b, head_c, head_n);
-  // lean_lm.py Product kind 3: _int_mm on one int8 digit, the top logits recomputed with the second
-  auto sx = hn.abs().amax(-1, true).clamp_min(1e-30) / 127.0;
-  auto u = hn / sx;
-  auto hi = at::round(u);
-  auto lo = at::round((u - hi) * 254.0);
-  auto logits = at::_int_mm(hi.to(at::kChar), head_a.t()).to(at::kFloat);
-  auto top = std::get<1>(at::topk(logits[0] * head_b.to(at::kFloat), top_exact));  // ranked with the row scales
-  auto fix = at::mv(head_a.index_select(0, top).to(at::kFloat), lo[0]) / 254.0;
-  logits[0].index_add_(0, top, fix);
-  return logits * sx * head_b.to(at::kFloat);
-}
-
-// decode_step's per-model arguments, converted from Python once: passing the ~600 tensors of SmolLM2's lists on
-// every call cost ~0.3 ms a token in pybind11's conversions. The KV cache and rotary tables are passed per call
-// (reset_cache replaces them).
 struct Step {
   std::vector<int64_t> kinds;
   std::vector<Tensor> as, bs, mins;
@@ -324,9 +252,69 @@ struct Step {
   int64_t top_exact;
 
   Tensor run(Tensor x, int64_t pos, Tensor k_cache, Tensor v_cache, Tensor rope_global, Tensor rope_local) const {
-    return decode_step(x, pos, kinds, as, bs, mins, ns, n_qkv, n_gu, norms, sliding, k_cache, v_cache, rope_global,
-                       rope_local, final_norm, head_kind, head_a, head_b, head_c, head_n, nq, nkv, d, ffn, eps, scaling,
-                       window, gelu, top_exact);
+    at::NoGradGuard no_grad;
+    const Weights w{kinds, as, bs, mins, ns};
+    x = x.contiguous().clone();
+    float* xp = x.data_ptr<float>();
+    const int64_t layers = static_cast<int64_t>(norms.size());
+    const int64_t cap = k_cache.size(3);
+    float* kc = k_cache.data_ptr<float>();
+    float* vc = v_cache.data_ptr<float>();
+    std::vector<float> q(nq * d), att(nq * d), scores;
+    int64_t idx = 0;
+    for (int64_t li = 0; li < layers; ++li) {
+      const auto& nm = norms[li];
+      bool slide = sliding[li] != 0;
+      const Tensor& rope = (slide && rope_local.numel() > 0) ? rope_local : rope_global;
+      const float* cs = rope.data_ptr<float>() + pos * d;  // [cap, d/2, 2]
+      auto h = norm(x, nm[0], eps);
+      auto qkv = products(h, w, idx, n_qkv[li]);
+      idx += n_qkv[li];
+      const float* src = qkv.data_ptr<float>();
+      const float* bias = nm[2].numel() ? nm[2].data_ptr<float>() : nullptr;
+      const float* qn = nm[3].numel() ? nm[3].data_ptr<float>() : nullptr;
+      const float* kn = nm[4].numel() ? nm[4].data_ptr<float>() : nullptr;
+      for (int64_t hq = 0; hq < nq; ++hq)
+        head_vector(src + hq * d, bias ? bias + hq * d : nullptr, qn, cs, true, d, eps, q.data() + hq * d);
+      for (int64_t hk = 0; hk < nkv; ++hk) {
+        int64_t o = nq + hk;
+        float* kdst = kc + ((li * nkv + hk) * cap + pos) * d;
+        head_vector(src + o * d, bias ? bias + o * d : nullptr, kn, cs, true, d, eps, kdst);
+        float* vdst = vc + ((li * nkv + hk) * cap + pos) * d;
+        head_vector(src + (o + nkv) * d, bias ? bias + (o + nkv) * d : nullptr, nullptr, cs, false, d, eps, vdst);
+      }
+      int64_t start = slide ? std::max<int64_t>(0, pos - window + 1) : 0;
+      attend(q.data(), kc + li * nkv * cap * d, vc + li * nkv * cap * d, nq, nkv, d, cap, start, pos + 1, scaling,
+             att.data(), scores);
+      auto o = product(torch::from_blob(att.data(), {1, nq * d}, x.options()), w, idx);
+      idx += 1;
+      residual_add(xp, o, nm[5], eps);
+      h = norm(x, nm[1], eps);
+      auto gu = products(h, w, idx, n_gu[li]);
+      idx += n_gu[li];
+      // ATen's vectorised gelu/silu (a scalar std::tanh / std::exp loop costs ~10 ns a value: ~0.4 ms a Gemma token)
+      const auto g = gu.narrow(1, 0, ffn);
+      const auto act = (gelu ? at::gelu(g, "tanh") : at::silu(g)).mul_(gu.narrow(1, ffn, ffn));
+      auto y = product(act, w, idx);
+      idx += 1;
+      residual_add(xp, y, nm[6], eps);
+    }
+    auto hn = x.clone();
+    float s = rms_scale(xp, x.size(-1), eps);
+    const float* fw = final_norm.data_ptr<float>();
+    float* hp = hn.data_ptr<float>();
+    for (int64_t i = 0; i < x.size(-1); ++i) hp[i] = xp[i] * s * fw[i];
+    if (head_kind != 3) return product(hn, head_kind, head_a, head_b, head_c, head_n);
+    // lean_lm.py Product kind 3: _int_mm on one int8 digit, the top logits recomputed with the second
+    auto sx = hn.abs().amax(-1, true).clamp_min(1e-30) / 127.0;
+    auto u = hn / sx;
+    auto hi = at::round(u);
+    auto lo = at::round((u - hi) * 254.0);
+    auto logits = at::_int_mm(hi.to(at::kChar), head_a.t()).to(at::kFloat);
+    auto top = std::get<1>(at::topk(logits[0] * head_b.to(at::kFloat), top_exact));  // ranked with the row scales
+    auto fix = at::mv(head_a.index_select(0, top).to(at::kFloat), lo[0]) / 254.0;
+    logits[0].index_add_(0, top, fix);
+    return logits * sx * head_b.to(at::kFloat);
   }
 };
 
