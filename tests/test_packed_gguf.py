@@ -273,12 +273,30 @@ def test_cpu_plan_runs_the_file_packed_and_names_both_kernels():
     assert "_weight_int8pack_mm" in p.kernels["decode"].reason  # the Q8_0 output table
     pre = p.kernels["prefill"]
     assert pre.value == "packed" and pre.kind is ChoiceKind.PRIORITY
-    assert [r.kind for r in pre.rejected] == [RejectKind.TRADE_OFF]
+    # the bf16 copy (memory) and the int8 GEMM (quality, AVX512-VNNI here): trade-offs the user takes, never auto
+    assert [(r.name, r.kind) for r in pre.rejected] == [("dense", RejectKind.TRADE_OFF), ("int8", RejectKind.TRADE_OFF)]
     # memory: the packed file, not a float32 or bf16 copy of 135M parameters
     assert p.memory.weights < 1.2 * SMOL.quantization.file_bytes
     dense = plan(load_profile("cpu-spr-amx"), SMOL, Preferences(prefill="dense"))
     assert dense.kernels["prefill"].value == "dense" and dense.kernels["prefill"].kind is ChoiceKind.REQUESTED
     assert dense.memory.weights > p.memory.weights + 0.15 * 2**30
+
+
+def test_int8_prefill_is_taken_only_when_asked_and_only_where_it_runs():
+    asked = plan(load_profile("cpu-spr-amx"), SMOL, Preferences(prefill="int8"))
+    pre = asked.kernels["prefill"]
+    assert pre.value == "int8" and pre.kind is ChoiceKind.REQUESTED and "lossy" in pre.reason
+    assert asked.memory == plan(load_profile("cpu-spr-amx"), SMOL, Preferences()).memory  # no copy: the file's memory
+    # no AVX512-VNNI: the bf16 path runs, and the choice says why int8 did not
+    avx2 = plan(load_profile("cpu-avx2"), SMOL, Preferences(prefill="int8")).kernels["prefill"]
+    assert avx2.value == "packed" and "--prefill int8 cannot run here" in avx2.reason
+    assert next(r for r in avx2.rejected if r.name == "int8").kind is RejectKind.NOT_RUNNABLE
+    # a dense checkpoint quantized on the fly has no file groups for it
+    dense_int4 = plan(load_profile("cpu-spr-amx"), load_model_spec("tests/data/model-configs/qwen2.5-0.5b.json"),
+                      Preferences(quantization="int4", prefill="int8"))
+    assert dense_int4.quantization.packed and dense_int4.kernels["prefill"].value == "packed"
+    assert next(r for r in dense_int4.kernels["prefill"].rejected if r.name == "int8").kind is \
+        RejectKind.NOT_RUNNABLE
 
 
 def test_none_gives_the_dequantized_transformers_plan_and_gpu_plans_say_why_not_packed():

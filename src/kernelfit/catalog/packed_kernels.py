@@ -81,6 +81,19 @@ GGUF_DECODE = ("the file's own 4/8-bit groups, exact, through kernelfit's C++ gr
                "builds them)")
 PREFILL_PACKED = "same packed weights as decode (unpacked to bf16 one product at a time for a oneDNN matmul)"
 PREFILL_DENSE = "bf16 copy (oneDNN matmul)"
+# --prefill int8 (loader/gemm_kernels.h): a GGUF file's codes straight into an int8 GEMM (vpdpbusd, 16 weight rows x
+# 12 activation rows a block), the activations quantized per group of 32 to one int8 digit — llama.cpp's own
+# precision (ggml_vec_dot_q4_1_q8_1), below a bf16 product's. No bf16 copy per call, no oneDNN. Measured on the
+# reference CPU: 256 x 640 x 4096 (Q5_0 codes) 1,346 us against 2,633 unpack + oneDNN; Gemma 3 270M prefill
+# INT8_PREFILL_GAIN; its loss against the float32 file, teacher-forced over 300 positions (prefill top-1 / logit
+# cosine mean): INT8_PREFILL_LOSS. Opt-in: quality loss is the user's call, and SmolLM2's bundled answer to
+# "What is the capital of France?" changes with it.
+PREFILL_INT8 = ("the file's codes through kernelfit's int8 GEMM (AVX512-VNNI), the activations in one int8 digit "
+                "per 32 (llama.cpp's precision)")
+INT8_PREFILL_ISA = "avx512_vnni"
+INT8_PREFILL_GAIN = "Gemma 3 270M 256-token prefill 1.3x faster than unpacking to bf16 per call"
+INT8_PREFILL_LOSS = ("prefill top-1 agreement with the float32 file 96.3% SmolLM2, 97.3% Gemma 3 270M (bf16 path "
+                     "98.7%, 100%); logit cosine mean 0.9995, 0.9998")
 
 
 def packed_cpu(devices: list[Device], cpu: Cpu) -> str | None:

@@ -37,7 +37,9 @@ def add_quant_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quantization", default="auto", choices=QUANT_CHOICES,
                    help="auto: only when the model does not fit (least quality loss first)")
     p.add_argument("--prefill", default="auto", choices=PREFILL_CHOICES,
-                   help="packed weights: prefill on the packed weights (memory of the file) or a bf16 copy (faster prompts)")
+                   help="packed weights: prefill on the packed weights (memory of the file), a bf16 copy (faster "
+                        "prompts) or, for a GGUF file on an AVX512-VNNI CPU, an int8 GEMM over its codes (fastest, "
+                        "lossy: llama.cpp's activation precision)")
     p.add_argument("--allow-dequantize", action="store_true",
                    help="unpack a quantized checkpoint when no kernel for it runs here")
 

@@ -165,4 +165,11 @@ def dot_available() -> bool:
     return module is not None and bool(module.fast_dot())
 
 
-__all__ = ["TILE", "DotWeight", "HugeArena", "dot_available", "tile_codes", "tile_groups"]
+def gemm_available() -> bool:
+    """True where the dot path runs and the extension has the int8 GEMM (built for AVX512-VNNI: gemm_kernels.h)."""
+    from .lean_native import native_module
+
+    return dot_available() and bool(native_module().fast_gemm())
+
+
+__all__ = ["TILE", "DotWeight", "HugeArena", "dot_available", "gemm_available", "tile_codes", "tile_groups"]

@@ -22,7 +22,7 @@ from ..model.gguf_header import read_gguf_header
 from . import glibc
 from .gguf_blocks import FLOAT_TYPES
 from .gguf_packed import Conversion, GgufTensors, interleave_order, linear, regridded
-from .dot_weight import DotWeight, dot_available
+from .dot_weight import DotWeight, dot_available, gemm_available
 from .lean_lm import DENSE, DOT4, DOT8, INT4, INT8, INT8_EXACT, Block, LeanLM, Product, Products
 from .packed import DenseWeight, Int4Weight, Int8Weight, PackedWeight
 
@@ -62,6 +62,7 @@ class LeanBuild:
     seconds: float = 0.0
     native: object = None  # lean_native.NativeArgs: the C++ decode step's arguments
     problems: list[str] = field(default_factory=list)  # damage seen while packing (GgufTensors.problems)
+    int8_prefill: bool = False  # the layers' prompt products run the int8 GEMM (--prefill int8, on AVX512-VNNI)
 
 
 def lean_config(path: str | Path, header=None) -> LeanConfig:
@@ -95,13 +96,15 @@ def lean_config(path: str | Path, header=None) -> LeanConfig:
         max_positions=int(h.arch_key("context_length") or 4096))
 
 
-def product(w: PackedWeight, prefill_dense: bool = False, head: bool = False) -> Product:
-    """A packed weight as a runner module; with prefill_dense, a bf16 copy for multi-row calls."""
+def product(w: PackedWeight, prefill_dense: bool = False, head: bool = False, int8_prefill: bool = False) -> Product:
+    """A packed weight as a runner module; with prefill_dense, a bf16 copy for multi-row calls; with int8_prefill,
+    a dot weight's multi-row calls take the int8 GEMM."""
     copy = None
     if prefill_dense and not isinstance(w, DenseWeight):
         copy = w.dequantize(bf16=True) if isinstance(w, DotWeight) else w.dequantize().to(torch.bfloat16)
     if isinstance(w, DotWeight):
-        return Product(DOT4 if w.bits == 4 else DOT8, w.codes, w.scale, w.out_features, copy, w.mins)
+        return Product(DOT4 if w.bits == 4 else DOT8, w.codes, w.scale, w.out_features, copy, w.mins,
+                       int8_prefill=int8_prefill and copy is None)
     if isinstance(w, Int4Weight):
         return Product(INT4, w.packed, w.scales_zeros, w.out_features, copy)
     if isinstance(w, Int8Weight):
@@ -116,8 +119,9 @@ def rope_table(theta: float, dim: int, positions: int, scale: float = 1.0) -> to
     return torch.polar(torch.ones_like(ang), ang).to(torch.complex64)
 
 
-def build_lean(path: str | Path, prefill_dense: bool = False, progress=None) -> LeanBuild:
-    """Read `path`, pack its weights and compile the runner (~3 s for SmolLM2-135M on 2 cores)."""
+def build_lean(path: str | Path, prefill_dense: bool = False, progress=None, prefill_int8: bool = False) -> LeanBuild:
+    """Read `path`, pack its weights and compile the runner (~3 s for SmolLM2-135M on 2 cores). prefill_int8: the
+    layers' prompt products through the int8 GEMM where this build has it (LeanBuild.int8_prefill says)."""
     t0 = time.perf_counter()
     map_large_allocations()
     header = read_gguf_header(path)  # once: a 262k-token vocabulary takes ~0.4 s to parse
@@ -125,6 +129,7 @@ def build_lean(path: str | Path, prefill_dense: bool = False, progress=None) -> 
     t = GgufTensors.open(path, header)
     gemma = cfg.family == "gemma3"
     exact = dot_available()  # the file's own groups through the C++ dot products; else torch's packed kernels
+    int8 = prefill_int8 and exact and gemm_available()
     if progress is not None:
         progress(f"packing {Path(path).name} for the CPU ({cfg.layers} layers)")
     # Llama/Mistral files already pair rotary dims side by side; qwen2, qwen3 and gemma3 files keep halves
@@ -154,9 +159,10 @@ def build_lean(path: str | Path, prefill_dense: bool = False, progress=None) -> 
             if interleave:
                 qn, kn = qn[norm_order], kn[norm_order]
         blocks.append(Block(
-            t.float_tensor(b + "attn_norm.weight"), Products([product(w, prefill_dense) for w in qkv]), bias,
-            product(o, prefill_dense), t.float_tensor(b + "ffn_norm.weight"),
-            Products([product(w, prefill_dense) for w in gate_up]), product(down, prefill_dense), qn, kn,
+            t.float_tensor(b + "attn_norm.weight"), Products([product(w, prefill_dense, False, int8) for w in qkv]),
+            bias, product(o, prefill_dense, False, int8), t.float_tensor(b + "ffn_norm.weight"),
+            Products([product(w, prefill_dense, False, int8) for w in gate_up]),
+            product(down, prefill_dense, False, int8), qn, kn,
             t.float_tensor(b + "post_attention_norm.weight") if gemma else None,
             t.float_tensor(b + "post_ffw_norm.weight") if gemma else None, cfg.sliding(i)))
     table = "token_embd.weight"
@@ -166,10 +172,12 @@ def build_lean(path: str | Path, prefill_dense: bool = False, progress=None) -> 
     head_p = product(head, head=True)
     if isinstance(embed, DotWeight):  # looked up through the dot kernels' row reader (the head's, when tied)
         embed_p = head_p if head is embed else product(embed)
-        model = LeanLM(cfg, torch.empty(0), None, blocks, t.float_tensor("output_norm.weight"), head_p, embed_p)
+        model = LeanLM(cfg, torch.empty(0), None, blocks, t.float_tensor("output_norm.weight"), head_p, embed_p,
+                       native_glue=exact)
     else:
         scale = embed.scale if isinstance(embed, Int8Weight) else None
-        model = LeanLM(cfg, embed.weight, scale, blocks, t.float_tensor("output_norm.weight"), head_p)
+        model = LeanLM(cfg, embed.weight, scale, blocks, t.float_tensor("output_norm.weight"), head_p,
+                       native_glue=exact)
     from .lean_native import native_args
 
     native = native_args(model)
@@ -181,7 +189,8 @@ def build_lean(path: str | Path, prefill_dense: bool = False, progress=None) -> 
     nbytes = sum(w.nbytes() for w in packed)
     del packed, blocks, model, embed, head
     release_free_memory()
-    return LeanBuild(cfg, scripted, t.conversions, nbytes, time.perf_counter() - t0, native, t.problems)
+    return LeanBuild(cfg, scripted, t.conversions, nbytes, time.perf_counter() - t0, native, t.problems,
+                     int8 and not prefill_dense)
 
 
 def forward(build: LeanBuild, ids: torch.Tensor, pos: int, all_logits: bool = False) -> torch.Tensor:

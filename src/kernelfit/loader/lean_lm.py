@@ -28,7 +28,8 @@ from torch import nn
 INT4, INT8, DENSE, INT8_EXACT, DOT4, DOT8 = 0, 1, 2, 3, 4, 5  # Product.kind
 # DOT4 / DOT8: the file's own groups read by kernelfit's C++ dot products (loader/dot_weight.py): float32 in and
 # out, exact weights. A call of more than DOT_MAX_ROWS rows (prefill) multiplies a bf16 copy made for that call
-# with oneDNN instead: integer dot products are compute-bound there, oneDNN's bf16 GEMM is not.
+# with oneDNN instead: integer dot products are compute-bound there, oneDNN's bf16 GEMM is not. Or, asked for
+# (--prefill int8), the int8 GEMM over the codes: faster, at llama.cpp's activation precision (lossy).
 DOT_MAX_ROWS = 12  # measured on 2 threads: at 8 rows the dot products take 0.3-0.5x the time of unpack + oneDNN
 # (3072x576: 150 vs 406 us), at 16 about the same, at 32 and more oneDNN wins; a short prompt is then also exact
 # ... unless the bf16 copy of that one product would be large (an output head asked for every position's logits:
@@ -50,7 +51,7 @@ class Product(nn.Module):
     with an optional bf16 copy used for multi-row (prefill) calls. x: float32 or bf16."""
 
     def __init__(self, kind: int, a: torch.Tensor, b: torch.Tensor, out_features: int, prefill: Optional[torch.Tensor],
-                 c: Optional[torch.Tensor] = None):
+                 c: Optional[torch.Tensor] = None, int8_prefill: bool = False):
         super().__init__()
         self.kind = kind
         # int4: packed, scales_zeros; int8: weight, scale; dense: weight, unused; dot: codes, scales (c: minimums)
@@ -61,6 +62,9 @@ class Product(nn.Module):
         self.dot_max_rows = DOT_MAX_ROWS
         self.prefill = prefill if prefill is not None else torch.empty(0, dtype=torch.bfloat16)
         self.has_prefill = prefill is not None
+        # a dot weight's calls of many rows through the int8 GEMM (gemm_kernels.h: AVX512-VNNI, the activation in
+        # one int8 digit per 32, llama.cpp's precision) instead of a bf16 copy made per call and oneDNN
+        self.int8_prefill = int8_prefill
 
     @torch.jit.ignore
     def _dot(self, x: torch.Tensor) -> torch.Tensor:
@@ -69,7 +73,11 @@ class Product(nn.Module):
 
         ops = native_module()
         bits = 4 if self.kind == 4 else 8
-        if x.shape[0] <= DOT_MAX_ROWS or self.out_features * x.shape[1] > DOT_MAX_COPY_WEIGHTS:
+        if x.shape[0] <= DOT_MAX_ROWS:
+            return ops.dot_mm(x, self.a, self.b, self.c, bits, self.out_features)
+        if self.int8_prefill:  # --prefill int8: the codes through the int8 GEMM, one activation digit
+            return ops.gemm_mm(x, self.a, self.b, self.c, bits, self.out_features)
+        if self.out_features * x.shape[1] > DOT_MAX_COPY_WEIGHTS:
             return ops.dot_mm(x, self.a, self.b, self.c, bits, self.out_features)
         w = ops.dot_dequant(self.a, self.b, self.c, bits, self.out_features, torch.empty(0, dtype=torch.long), True)
         return F.linear(x.to(torch.bfloat16), w).float()
@@ -157,8 +165,11 @@ class LeanLM(nn.Module):
     KV cache and returns the logits of the last position, or of every position."""
 
     def __init__(self, cfg, embed_weight: torch.Tensor, embed_scale: Optional[torch.Tensor], blocks: List[Block],
-                 final_norm: torch.Tensor, head: Product, embed_dot: Optional[Product] = None):
+                 final_norm: torch.Tensor, head: Product, embed_dot: Optional[Product] = None,
+                 native_glue: bool = False):
         super().__init__()
+        # norms, residual adds and the gated activation in one pass each (the C++ extension's rows_kernels.h)
+        self.native_glue = native_glue
         self.heads, self.kv_heads, self.head_dim = cfg.heads, cfg.kv_heads, cfg.head_dim
         self.eps = float(cfg.eps)
         self.gemma = cfg.family == "gemma3"
@@ -188,6 +199,37 @@ class LeanLM(nn.Module):
         if self.gemma:
             x = x * self.embed_mult
         return x
+
+    @torch.jit.ignore
+    def _c_norm(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        from .lean_native import native_module
+
+        return native_module().rms_norm(x, w, self.eps)
+
+    @torch.jit.ignore
+    def _c_residual(self, x: torch.Tensor, y: torch.Tensor, post: torch.Tensor) -> None:
+        from .lean_native import native_module
+
+        native_module().residual_add(x, y, post, self.eps)
+
+    @torch.jit.ignore
+    def _c_gated(self, gu: torch.Tensor) -> torch.Tensor:
+        from .lean_native import native_module
+
+        return native_module().gated(gu, self.ffn, self.gemma)
+
+    def _rms(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        if self.native_glue:
+            return self._c_norm(x, w)
+        return _norm(x, w, self.eps)
+
+    def _residual(self, x: torch.Tensor, y: torch.Tensor, post: torch.Tensor, has_post: bool) -> torch.Tensor:
+        if self.native_glue:
+            self._c_residual(x, y.float(), post if has_post else torch.empty(0))
+            return x
+        if has_post:
+            y = _norm(y.float(), post, self.eps)
+        return x + y  # a bf16 addend promotes to float32: no separate cast
 
     def _rotary(self, qk: torch.Tensor, table: torch.Tensor, pos: int, t: int) -> torch.Tensor:
         """Rotary on [t, heads, head_dim] whose dims are interleaved pairs (see gguf_packed.interleave):
@@ -231,36 +273,34 @@ class LeanLM(nn.Module):
         nq, nkv, d = self.heads, self.kv_heads, self.head_dim
         li = 0
         for blk in self.blocks:
-            h = _norm(x, blk.attn_norm, self.eps)
+            h = self._rms(x, blk.attn_norm)
             qkv = blk.qkv(h).float()
             if blk.has_bias:
                 qkv = qkv + blk.qkv_bias
             qkv = qkv.view(t, nq + 2 * nkv, d)
             qk = qkv[:, :nq + nkv]
             if blk.has_qk_norm:
-                qk = torch.cat([_norm(qk[:, :nq], blk.q_norm, self.eps), _norm(qk[:, nq:], blk.k_norm, self.eps)], 1)
+                qk = torch.cat([self._rms(qk[:, :nq], blk.q_norm), self._rms(qk[:, nq:], blk.k_norm)], 1)
             table = self.rope_local if blk.sliding and self.rope_local.numel() > 0 else self.rope_global
             qk = self._rotary(qk, table, pos, t)
             self.k_cache[li, 0, :, pos:pos + t] = qk[:, nq:].transpose(0, 1)
             self.v_cache[li, 0, :, pos:pos + t] = qkv[:, nq + nkv:].transpose(0, 1)
             a = self._attend(qk[:, :nq], li, pos, t, blk.sliding)
-            a = blk.o(a)
-            if blk.has_post_norms:
-                a = _norm(a.float(), blk.post_attn_norm, self.eps)
-            x = x + a  # a bf16 addend promotes to float32: no separate cast
-            h = _norm(x, blk.ffn_norm, self.eps)
+            x = self._residual(x, blk.o(a), blk.post_attn_norm, blk.has_post_norms)
+            h = self._rms(x, blk.ffn_norm)
             gu = blk.gate_up(h).float()  # the activation in float32: in bf16 SmolLM2's logit cosine fell 3x further
-            g = gu[:, :self.ffn]
-            if self.gemma:
-                g = F.gelu(g, approximate="tanh")
+            if self.native_glue:
+                g = self._c_gated(gu)
             else:
-                g = F.silu(g)
-            y = blk.down(g * gu[:, self.ffn:])
-            if blk.has_post_norms:
-                y = _norm(y.float(), blk.post_ffn_norm, self.eps)
-            x = x + y
+                g = gu[:, :self.ffn]
+                if self.gemma:
+                    g = F.gelu(g, approximate="tanh")
+                else:
+                    g = F.silu(g)
+                g = g * gu[:, self.ffn:]
+            x = self._residual(x, blk.down(g), blk.post_ffn_norm, blk.has_post_norms)
             li += 1
         if not all_logits:
             x = x[t - 1:]
-        h = _norm(x, self.final_norm, self.eps)
+        h = self._rms(x, self.final_norm)
         return self.head(h).float()

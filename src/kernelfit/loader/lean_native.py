@@ -20,11 +20,14 @@ import torch
 from ..paths import write_atomic, writable_cache_root
 
 SOURCE = Path(__file__).with_name("lean_step.cpp")
-HEADERS = (Path(__file__).with_name("dot_kernels.h"),)
+HEADERS = (Path(__file__).with_name("dot_kernels.h"), Path(__file__).with_name("gemm_kernels.h"),
+           Path(__file__).with_name("rows_kernels.h"))
 # The dot products are compiled for this machine's vector ISA (-march=native on x86-64, where AVX2/VNNI decide
 # their speed; elsewhere they are scalar and the loader keeps torch's kernels, and some compilers refuse the flag),
 # so a build is keyed by the CPU too: a cache folder shared by machines of different CPUs keeps one build each.
-CFLAGS = ["-O3"] + (["-march=native"] if __import__("platform").machine().lower() in ("x86_64", "amd64") else [])
+# -fno-trapping-math: without it GCC keeps a loop scalar when it converts float to int (which could raise an FP
+# exception that nothing here unmasks): the exp polynomials of the softmax and the activations stayed scalar.
+CFLAGS = ["-O3", "-fno-trapping-math"] + (["-march=native"] if __import__("platform").machine().lower() in ("x86_64", "amd64") else [])
 # at::parallel_for is an inline template whose threads are an `#pragma omp parallel` compiled into this extension:
 # without -fopenmp every product ran on one thread (SmolLM2's 0.55 MB products at ~29 GB/s, the same with 1 or 2
 # threads). Linked by soname (libgomp.so.1), it resolves to the OpenMP runtime torch has already loaded.

@@ -40,7 +40,9 @@ class LeanRunner:
         for c in self.build.conversions:
             by.setdefault((c.gguf_type, c.layout), []).append(c.rel_error)
         return {"packed_weights_mib": round(self.build.weight_bytes / 2**20, 1), "decode_step": native_status(),
-                "build_seconds": round(self.build.seconds, 2), "prefill": self.prefill,
+                "build_seconds": round(self.build.seconds, 2),
+                # what ran: "int8" asked for on a build without the GEMM falls back to the bf16 path
+                "prefill": "packed" if self.prefill == "int8" and not self.build.int8_prefill else self.prefill,
                 "tokenizer": self.tokenizer,
                 "kv_cache_mib": round(kv_bytes(self.build) / 2**20, 1),
                 "tensors": [{"gguf_type": t, "layout": lay, "count": len(e), "max_rel_error": round(max(e), 5),
@@ -120,7 +122,8 @@ def load_tokenizer(spec: ModelSpec, progress=None):
 
 def load_lean(spec: ModelSpec, prefill: str, health_check: bool, progress) -> tuple[LeanRunner, object]:
     tok = load_tokenizer(spec, progress)
-    build = build_lean(Path(spec.model_dir) / spec.gguf_file, prefill_dense=prefill == "dense", progress=progress)
+    build = build_lean(Path(spec.model_dir) / spec.gguf_file, prefill_dense=prefill == "dense", progress=progress,
+                       prefill_int8=prefill == "int8")
     eos = {i for i in (tok.eos_token_id, tok.convert_tokens_to_ids("<end_of_turn>")) if isinstance(i, int)
            and i != tok.unk_token_id}
     kind = getattr(tok, "kind", None)

@@ -13,6 +13,8 @@
 #include <vector>
 
 #include "dot_kernels.h"
+#include "gemm_kernels.h"
+#include "rows_kernels.h"
 
 using at::Tensor;
 
@@ -329,4 +331,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("dot_mm", &dot::dot_mm, "x @ W^T over a weight's file groups (dot_kernels.h)");
   m.def("dot_dequant", &dot::dot_dequant, "a dot weight's rows as float32 or bf16");
   m.def("fast_dot", &dot::fast_dot, "whether the dot products are vectorised here");
+  m.def("gemm_mm", &gemm::gemm_mm, "a prompt's x @ W^T over a weight's file groups, int8 VNNI (gemm_kernels.h)");
+  m.def("rms_norm", &rows::rms_norm, "rmsnorm(x) * w over the last dimension (rows_kernels.h)");
+  m.def("residual_add", &rows::residual_add, "x += y, through an optional post-norm, in place");
+  m.def("gated", &rows::gated, "gelu-tanh or silu of the gate times up");
+  m.def("fast_gemm", &gemm::fast_gemm, "whether the int8 VNNI GEMM is built here");
 }

@@ -5,6 +5,8 @@ reference CPU. Prefill is a trade-off (catalog/packed_kernels.py): the same pack
 bf16 one product at a time) keep the memory of the file; a bf16 copy of the layer weights kept for prefill
 is faster (DENSE_GAIN) for 2 bytes per weight more. The plan keeps the file's memory unless asked
 (`--prefill dense`) — or unless `kernelfit bench` measured the copy faster end to end and the tune cache says so.
+A GGUF file on an AVX512-VNNI CPU may also prefill through an int8 GEMM over its codes (`--prefill int8`): faster,
+at llama.cpp's activation precision, so only when asked (never by bench: it trades quality, not memory).
 
 Pure: no torch.
 """
@@ -13,12 +15,14 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ..catalog.packed_kernels import DECODE_KERNELS, FLOAT, GGUF_DECODE, PREFILL_DENSE, PREFILL_PACKED, SOURCES
+from ..catalog.packed_kernels import (DECODE_KERNELS, FLOAT, GGUF_DECODE, INT8_PREFILL_GAIN, INT8_PREFILL_ISA,
+                                      INT8_PREFILL_LOSS, PREFILL_DENSE, PREFILL_INT8, PREFILL_PACKED, SOURCES)
+from ..hardware.machine import Cpu
 from ..model.spec import ModelSpec
 from .memory import MemoryEstimate, gib
 from .types import Choice, ChoiceKind, Preferences, RejectKind, Rejected
 
-PREFILL_CHOICES = ("auto", "packed", "dense")
+PREFILL_CHOICES = ("auto", "packed", "dense", "int8")
 # measured on the reference CPU (benchmarks/results/llamacpp-report.md): the copy saves unpacking each product per
 # call (C++ dot path) or torch's int4 kernel, compute-bound at 256 rows (no compiler)
 DENSE_GAIN = "SmolLM2 256-token prefill 1.25x faster than unpacking per call, 1.9x than torch's int4 kernel"
@@ -37,15 +41,37 @@ def dense_copy_bytes(model: ModelSpec, bits: int | None) -> int:
     return max(quantized - embedding, 0) * 2
 
 
-def phase_kernels(model: ModelSpec, prefs: Preferences, q, memory: MemoryEstimate) -> tuple[dict[str, Choice], MemoryEstimate]:
+def int8_prefill_rejection(q, cpu: Cpu | None) -> Rejected | None:
+    """Why the int8 prefill GEMM cannot run (a GGUF file's codes, an AVX512-VNNI CPU), or None when it can."""
+    if q.bits is not None:
+        return Rejected("int8", RejectKind.NOT_RUNNABLE, "the int8 prefill GEMM reads a GGUF file's own groups; "
+                        "this checkpoint is quantized on the fly")
+    if cpu is None or not cpu.has(INT8_PREFILL_ISA):
+        return Rejected("int8", RejectKind.NOT_RUNNABLE, f"the int8 prefill GEMM needs {INT8_PREFILL_ISA} "
+                        "(Ice Lake / Zen 4 or newer)")
+    return None
+
+
+def phase_kernels(model: ModelSpec, prefs: Preferences, q, memory: MemoryEstimate,
+                  cpu: Cpu | None = None) -> tuple[dict[str, Choice], MemoryEstimate]:
     """{"decode": Choice, "prefill": Choice} for a packed plan (and its memory with a prefill copy); ({}, memory)
-    otherwise."""
+    otherwise. `cpu`: the placement's CPU (its ISA decides the int8 prefill GEMM)."""
     if q is None or not q.packed:
         return {}, memory
     kernels = GGUF_DECODE if q.bits is None else DECODE_KERNELS[f"int{q.bits}"]
     decode = Choice("packed", ChoiceKind.PRIORITY,
                     f"one-row products read the packed weights: {kernels} — 2.4-3.2x faster than bf16 at one row "
                     "on the reference CPU", sources=SOURCES)
+    no_int8 = int8_prefill_rejection(q, cpu)
+    int8_alt = no_int8 or Rejected("int8", RejectKind.TRADE_OFF,
+                                   f"{PREFILL_INT8}: {INT8_PREFILL_GAIN}, but lossy ({INT8_PREFILL_LOSS}): "
+                                   "--prefill int8 to take it")
+    if prefs.prefill == "int8" and no_int8 is None:
+        prefill = Choice("int8", ChoiceKind.REQUESTED,
+                         f"--prefill int8: {PREFILL_INT8}; {INT8_PREFILL_GAIN}; lossy: {INT8_PREFILL_LOSS}",
+                         (Rejected("packed", RejectKind.RUNS_BUT_LOWER_PRIORITY,
+                                   f"{PREFILL_PACKED}: bf16 activations, slower prompts"),), SOURCES)
+        return {"decode": decode, "prefill": prefill}, memory
     copy = dense_copy_bytes(model, q.bits)
     with_copy = replace(memory, weights=memory.weights + copy)
     copy_fits = with_copy.fits
@@ -54,8 +80,8 @@ def phase_kernels(model: ModelSpec, prefs: Preferences, q, memory: MemoryEstimat
         prefill = Choice("dense", ChoiceKind.REQUESTED,
                          f"--prefill dense: {PREFILL_DENSE} of the layer weights (+{gib(copy):.2f} GiB), "
                          f"{DENSE_GAIN}", (Rejected("packed", RejectKind.RUNS_BUT_LOWER_PRIORITY,
-                                                                        f"{PREFILL_PACKED}: less memory, slower prompts"),),
-                         SOURCES)
+                                                                        f"{PREFILL_PACKED}: less memory, slower prompts"),
+                                           int8_alt), SOURCES)
         return {"decode": decode, "prefill": prefill}, with_copy
     alt = Rejected("dense", RejectKind.TRADE_OFF if copy_fits else RejectKind.DOES_NOT_FIT,
                    (f"a {PREFILL_DENSE} of the layer weights prefills faster ({DENSE_GAIN}) but adds "
@@ -68,4 +94,6 @@ def phase_kernels(model: ModelSpec, prefs: Preferences, q, memory: MemoryEstimat
         kind, why = ChoiceKind.REQUESTED, f"--prefill packed: {why}"
     elif prefs.prefill == "dense":
         why = f"--prefill dense does not fit: {why}"
-    return {"decode": decode, "prefill": Choice("packed", kind, why, (alt,), SOURCES)}, memory
+    elif prefs.prefill == "int8":  # asked for, cannot run: say why in the choice itself
+        why = f"--prefill int8 cannot run here ({no_int8.reason}): {why}"
+    return {"decode": decode, "prefill": Choice("packed", kind, why, (alt, int8_alt), SOURCES)}, memory

@@ -294,7 +294,7 @@ def build(machine, model, prefs, att: Attempt, rejected_devices, log: Log) -> Pl
                         f"checkpoint packed (less memory, usually faster): {skipped.install}")
     tried = [r for r in log.tried if r.name != place.name]
     q = att.quant
-    kernels, memory = phase_kernels(model, prefs, q, att.memory)
+    kernels, memory = phase_kernels(model, prefs, q, att.memory, machine.cpu)
     quant_rejected = list(q.rejected) + list(log.quant)
     return Plan(
         model=model, machine=machine, preferences=prefs,

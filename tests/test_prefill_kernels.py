@@ -1,0 +1,121 @@
+"""A prompt's kernels in the C++ extension: the int8 GEMM over a GGUF file's codes (`--prefill int8`, AVX512-VNNI)
+and the one-pass glue between products (RMS norm, residual add through a post-norm, the gated activation)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from gguf import GGMLQuantizationType, quants
+
+from gguf_tiny import write_tiny
+from kernelfit.loader import gguf_blocks as gb
+from kernelfit.loader.dot_weight import DotWeight, dot_available, gemm_available
+from kernelfit.loader.lean_build import build_lean, forward, reset_cache
+from kernelfit.loader.lean_lm import _norm
+from test_packed_gguf import TYPES, _random_blocks, _tokens
+
+needs_gemm = pytest.mark.skipif(not gemm_available(), reason="no AVX512-VNNI int8 GEMM in this build")
+
+
+def _ops():
+    from kernelfit.loader.lean_native import native_module
+
+    return native_module()
+
+
+def _weight(qtype: str, rows: int, cols: int, seed: int):
+    raw = _random_blocks(qtype, rows, cols, np.random.default_rng(seed))
+    ref = quants.dequantize(raw, getattr(GGMLQuantizationType, qtype)).astype(np.float64)
+    return DotWeight.from_groups(gb.dot_groups(raw, qtype, rows, cols)), ref
+
+
+@needs_gemm
+@pytest.mark.parametrize("qtype", TYPES)
+@pytest.mark.parametrize("rows,m", [(40, 29), (13, 12), (24, 1)])  # odd tile counts, partial blocks of 16 and 12
+def test_int8_gemm_is_the_file_values_times_one_digit_activations(qtype, rows, m):
+    """Every type and layout (4/8-bit codes, groups of 32/16, with or without a minimum) against the float64
+    product of gguf-py's values: within one int8 digit's error (~5e-3 here, bf16 activations ~3e-3), and equal
+    to the same product done in float64 from the quantized activation — so the error is the activation's
+    rounding only, not the kernel's."""
+    cols = 512
+    w, ref = _weight(qtype, rows, cols, 7)
+    torch.manual_seed(1)
+    x = torch.randn(m, cols) * torch.linspace(0.01, 3, cols)
+    got = _ops().gemm_mm(x, w.codes, w.scale, w.mins, w.bits, rows).double().numpy()
+    want = x.double().numpy() @ ref.T
+    assert got.shape == (m, rows)
+    assert np.linalg.norm(got - want) / np.linalg.norm(want) < 1.5e-2
+    # llama.cpp's Q8_1 rounding of the activation, per group of 32, then exact arithmetic
+    g = x.double().reshape(m, -1, 32)
+    d = g.abs().amax(-1, keepdim=True) / 127
+    xq = (torch.round(g / torch.where(d > 0, d, 1)) * d).reshape(m, cols).numpy()
+    assert np.abs(got - xq @ ref.T).max() <= 1e-4 * np.abs(want).max()
+
+
+@needs_gemm
+def test_int8_gemm_carries_a_non_finite_activation_and_refuses_bad_shapes():
+    w, _ = _weight("Q4_K", 16, 256, 4)
+    x = torch.randn(14, 256)
+    x[5, 70] = float("nan")
+    y = _ops().gemm_mm(x, w.codes, w.scale, w.mins, w.bits, 16)
+    assert torch.isnan(y[5]).all() and torch.isfinite(y[torch.arange(14) != 5]).all()
+    with pytest.raises(RuntimeError, match="shapes do not match"):
+        _ops().gemm_mm(torch.randn(14, 128), w.codes, w.scale, w.mins, w.bits, 16)
+
+
+@pytest.mark.skipif(not dot_available(), reason="no C++ compiler here")
+def test_the_glue_kernels_equal_atens_ops():
+    ops = _ops()
+    torch.manual_seed(0)
+    x, y, w = torch.randn(37, 640) * 3, torch.randn(37, 640), torch.randn(640)
+    assert torch.allclose(ops.rms_norm(x, w, 1e-6), _norm(x, w, 1e-6), rtol=1e-5, atol=1e-5)
+    heads = torch.randn(37, 4, 64)[:, 1:]  # a non-contiguous slice of heads, as Q/K norms get
+    assert torch.allclose(ops.rms_norm(heads, w[:64], 1e-6), _norm(heads, w[:64], 1e-6), rtol=1e-5, atol=1e-5)
+    for post in (torch.empty(0), w):
+        got = x.clone()
+        ops.residual_add(got, y, post, 1e-6)
+        want = x + (_norm(y, post, 1e-6) if post.numel() else y)
+        assert torch.allclose(got, want, rtol=1e-5, atol=1e-5)
+    gu = torch.randn(37, 2 * 300) * 4
+    gu[3, 7] = -100.0  # far tails: the exp argument is clamped, not overflowed
+    gu[4, 8] = 100.0
+    for gelu, act in ((True, lambda g: F.gelu(g, approximate="tanh")), (False, F.silu)):
+        assert torch.allclose(ops.gated(gu, 300, gelu), act(gu[:, :300]) * gu[:, 300:], rtol=1e-5, atol=1e-5)
+    gu[2, 5] = float("nan")
+    assert torch.isnan(ops.gated(gu, 300, True)[2, 5])
+
+
+@needs_gemm
+@pytest.mark.parametrize("arch,qtype", [("llama", "Q4_1"), ("gemma3", "Q5_0"), ("qwen3", "Q6_K")])
+def test_int8_prefill_runs_the_whole_model_close_to_the_exact_one(tmp_path, arch, qtype):
+    """--prefill int8 end to end on tiny files: the prompt's logits stay close to the bf16 path's (lossy, as
+    declared), decode steps are unchanged (they keep the two-digit dot products)."""
+    path = write_tiny(tmp_path / "m.gguf", qtype, arch)
+    ids = _tokens(60)
+    exact, int8 = build_lean(path), build_lean(path, prefill_int8=True)
+    assert int8.int8_prefill and not exact.int8_prefill
+    for b in (exact, int8):
+        reset_cache(b, 64)
+    a, b = forward(exact, ids, 0, True), forward(int8, ids, 0, True)
+    cos = F.cosine_similarity(a, b, -1)
+    assert float(cos.min()) > 0.995 and float((a.argmax(-1) == b.argmax(-1)).float().mean()) >= 0.9
+    assert not torch.equal(a, b)  # the GEMM ran
+    reset_cache(exact, 64)
+    reset_cache(int8, 64)
+    assert torch.equal(forward(exact, ids[:1], 0), forward(int8, ids[:1], 0))
+
+
+@pytest.mark.slow
+def test_run_prefill_int8_says_what_ran():
+    import json
+
+    from conftest import run_cli
+
+    r = run_cli("run", "--prompt", "Name three colours.", "--max-new-tokens", "4", "--prefill", "int8", "--json",
+                timeout=300)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["packing"]["prefill"] == ("int8" if gemm_available() else "packed")
+    assert "int8" in json.dumps(out["plan"]["kernels"]["prefill"])
