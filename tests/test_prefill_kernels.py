@@ -71,8 +71,15 @@ def test_the_glue_kernels_equal_atens_ops():
     torch.manual_seed(0)
     x, y, w = torch.randn(37, 640) * 3, torch.randn(37, 640), torch.randn(640)
     assert torch.allclose(ops.rms_norm(x, w, 1e-6), _norm(x, w, 1e-6), rtol=1e-5, atol=1e-5)
-    heads = torch.randn(37, 4, 64)[:, 1:]  # a non-contiguous slice of heads, as Q/K norms get
+    heads = torch.randn(37, 4, 64)[:, 1:]  # a non-contiguous slice of heads
     assert torch.allclose(ops.rms_norm(heads, w[:64], 1e-6), _norm(heads, w[:64], 1e-6), rtol=1e-5, atol=1e-5)
+    # Q (2 heads) and K (1 head) of each position with their own weights, in one call
+    qn, kn = torch.randn(64), torch.randn(64)
+    qk = torch.randn(37, 3, 64)
+    want = torch.cat([_norm(qk[:, :2], qn, 1e-6), _norm(qk[:, 2:], kn, 1e-6)], 1)
+    assert torch.allclose(ops.rms_norm(qk, torch.cat([qn, qn, kn]), 1e-6), want, rtol=1e-5, atol=1e-5)
+    with pytest.raises(RuntimeError, match="weight of N floats"):
+        ops.rms_norm(qk, torch.randn(65), 1e-6)
     for post in (torch.empty(0), w):
         got = x.clone()
         ops.residual_add(got, y, post, 1e-6)

@@ -182,6 +182,9 @@ class LeanLM(nn.Module):
         self.embed_scale = embed_scale if embed_scale is not None else torch.empty(0)
         self.has_embed_dot = embed_dot is not None  # the table as dot groups (the head's, when tied)
         self.embed_dot = embed_dot if embed_dot is not None else head
+        for blk in blocks:  # Q then K heads' norm weights, row after row (rows_kernels.h rms_norm cycles through them)
+            blk.qk_norm_rows = (torch.cat([blk.q_norm.repeat(cfg.heads), blk.k_norm.repeat(cfg.kv_heads)])
+                                if blk.has_qk_norm else torch.empty(0))
         self.blocks = nn.ModuleList(blocks)
         self.final_norm, self.head = final_norm, head
         self.k_cache = torch.empty(0)
@@ -238,11 +241,22 @@ class LeanLM(nn.Module):
         z = torch.view_as_complex(qk.reshape(t, qk.shape[1], -1, 2)) * f
         return torch.view_as_real(z).reshape(qk.shape)
 
-    def _attend(self, q: torch.Tensor, li: int, pos: int, t: int, sliding: bool) -> torch.Tensor:
-        end = pos + t
-        start = 0
+    def _window_start(self, pos: int, sliding: bool) -> int:
+        return max(0, pos - self.window + 1) if sliding else 0
+
+    def _blocked(self, pos: int, t: int, sliding: bool) -> torch.Tensor:
+        """[t, keys] True where query pos + i may not see key start + j (later, or out of the window)."""
+        start = self._window_start(pos, sliding)
+        qi = torch.arange(pos, pos + t).unsqueeze(1)
+        ki = torch.arange(start, pos + t).unsqueeze(0)
+        allowed = ki <= qi
         if sliding:
-            start = max(0, pos - self.window + 1)
+            allowed = allowed & (ki > qi - self.window)
+        return ~allowed
+
+    def _attend(self, q: torch.Tensor, li: int, pos: int, t: int, sliding: bool, blocked: torch.Tensor) -> torch.Tensor:
+        end = pos + t
+        start = self._window_start(pos, sliding)
         k = self.k_cache[li, :, :, start:end]
         v = self.v_cache[li, :, :, start:end]
         q4 = q.transpose(0, 1).unsqueeze(0)  # [1, heads, t, d]
@@ -254,15 +268,10 @@ class LeanLM(nn.Module):
         # a kv head stacked into one; softmax in float32. CPU SDPA's flash kernel ran at ~100 GFLOP/s here
         # (Gemma 3 270M: 1.4 of its 7 ms a layer at 256 tokens, 0.5 this way); the products feeding it are bf16
         # already, so the scores' bf16 rounding is of the size of their inputs'.
-        qi = torch.arange(pos, end).unsqueeze(1)
-        ki = torch.arange(start, end).unsqueeze(0)
-        allowed = ki <= qi
-        if sliding:
-            allowed = allowed & (ki > qi - self.window)
         length = end - start
         qg = q4[0].to(torch.bfloat16).reshape(self.kv_heads, group * t, self.head_dim)
         scores = torch.bmm(qg, k[0].to(torch.bfloat16).transpose(1, 2)).float() * self.scaling
-        scores = scores.view(self.kv_heads, group, t, length).masked_fill(~allowed, float("-inf"))
+        scores = scores.view(self.kv_heads, group, t, length).masked_fill(blocked, float("-inf"))
         p = torch.softmax(scores, -1).to(torch.bfloat16).view(self.kv_heads, group * t, length)
         o = torch.bmm(p, v[0].to(torch.bfloat16)).float().view(self.heads, t, self.head_dim)
         return o.transpose(0, 1).reshape(t, self.heads * self.head_dim)
@@ -272,6 +281,13 @@ class LeanLM(nn.Module):
         x = self._embed(ids)
         nq, nkv, d = self.heads, self.kv_heads, self.head_dim
         li = 0
+        # the prompt's causal (and sliding-window) masks, once for all layers
+        blocked_global = torch.empty(0, dtype=torch.bool)
+        blocked_local = torch.empty(0, dtype=torch.bool)
+        if t > 1:
+            blocked_global = self._blocked(pos, t, False)
+            if self.window > 0:
+                blocked_local = self._blocked(pos, t, True)
         for blk in self.blocks:
             h = self._rms(x, blk.attn_norm)
             qkv = blk.qkv(h).float()
@@ -279,13 +295,15 @@ class LeanLM(nn.Module):
                 qkv = qkv + blk.qkv_bias
             qkv = qkv.view(t, nq + 2 * nkv, d)
             qk = qkv[:, :nq + nkv]
-            if blk.has_qk_norm:
-                qk = torch.cat([self._rms(qk[:, :nq], blk.q_norm), self._rms(qk[:, nq:], blk.k_norm)], 1)
+            if blk.has_qk_norm and self.native_glue:  # every head's row with its own norm weight, one pass
+                qk = self._c_norm(qk, blk.qk_norm_rows)
+            elif blk.has_qk_norm:
+                qk = torch.cat([_norm(qk[:, :nq], blk.q_norm, self.eps), _norm(qk[:, nq:], blk.k_norm, self.eps)], 1)
             table = self.rope_local if blk.sliding and self.rope_local.numel() > 0 else self.rope_global
             qk = self._rotary(qk, table, pos, t)
             self.k_cache[li, 0, :, pos:pos + t] = qk[:, nq:].transpose(0, 1)
             self.v_cache[li, 0, :, pos:pos + t] = qkv[:, nq + nkv:].transpose(0, 1)
-            a = self._attend(qk[:, :nq], li, pos, t, blk.sliding)
+            a = self._attend(qk[:, :nq], li, pos, t, blk.sliding, blocked_local if blk.sliding else blocked_global)
             x = self._residual(x, blk.o(a), blk.post_attn_norm, blk.has_post_norms)
             h = self._rms(x, blk.ffn_norm)
             gu = blk.gate_up(h).float()  # the activation in float32: in bf16 SmolLM2's logit cosine fell 3x further

@@ -30,11 +30,13 @@ inline at::Tensor rows_of(const at::Tensor& x) {
   return x.contiguous().view({-1, x.size(-1)});
 }
 
-// rmsnorm(x) * w over the last dimension (x float32 [..., N], w float32 [N])
+// rmsnorm(x) * w over the last dimension (x float32 [..., N]); w float32 [N], or [H * N]: row r takes the weight
+// w[r % H] (Q and K heads of one position side by side, each with its norm: one call instead of two and a cat)
 inline at::Tensor rms_norm(const at::Tensor& x_in, const at::Tensor& w, double eps) {
   const at::Tensor x = rows_of(x_in);
-  const int64_t n = x.size(1);
-  TORCH_CHECK(w.numel() == n && w.scalar_type() == at::kFloat && w.is_contiguous(), "rms_norm: weight of N floats");
+  const int64_t n = x.size(1), cycle = w.numel() / std::max<int64_t>(n, 1);
+  TORCH_CHECK(cycle >= 1 && w.numel() == cycle * n && w.scalar_type() == at::kFloat && w.is_contiguous(),
+              "rms_norm: weight of N floats, or of H rows of N");
   auto out = at::empty_like(x);
   const float* xp = x.data_ptr<float>();
   const float* wp = w.data_ptr<float>();
@@ -42,7 +44,8 @@ inline at::Tensor rms_norm(const at::Tensor& x_in, const at::Tensor& w, double e
   at::parallel_for(0, x.size(0), 16, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const float s = rms_scale(xp + r * n, n, eps);
-      for (int64_t i = 0; i < n; ++i) op[r * n + i] = xp[r * n + i] * s * wp[i];
+      const float* wr = wp + (r % cycle) * n;
+      for (int64_t i = 0; i < n; ++i) op[r * n + i] = xp[r * n + i] * s * wr[i];
     }
   });
   return out.view(x_in.sizes());
