@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .lean_native import native_module
+
 INT4, INT8, DENSE, INT8_EXACT, DOT4, DOT8 = 0, 1, 2, 3, 4, 5  # Product.kind
 # DOT4 / DOT8: the file's own groups read by kernelfit's C++ dot products (loader/dot_weight.py): float32 in and
 # out, exact weights. A call of more than DOT_MAX_ROWS rows (prefill) multiplies a bf16 copy made for that call
@@ -44,6 +46,51 @@ DOT_MAX_COPY_WEIGHTS = 1 << 24
 DIGIT = 254.0
 TOP_EXACT = 64
 GROUP = 32
+
+
+# The C++ extension's calls (a pybind module: TorchScript calls them through Python). Free functions taking every
+# tensor as an argument: a method reading its ScriptModule's attributes from Python cost ~50 us a call here (a 256-row
+# RMS norm is 14 us), ~10 ms over a Gemma 3 270M prompt's ~250 calls.
+@torch.jit.ignore
+def _dot(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, kind: int, n: int,
+         int8_prefill: bool) -> torch.Tensor:
+    """x @ W^T over a dot weight's groups (DOT4 / DOT8), float32 out."""
+    ops = native_module()
+    bits = 4 if kind == DOT4 else 8
+    if x.shape[0] <= DOT_MAX_ROWS:
+        return ops.dot_mm(x, a, b, c, bits, n)
+    if int8_prefill:  # --prefill int8: the codes through the int8 GEMM, one activation digit
+        return ops.gemm_mm(x, a, b, c, bits, n)
+    if n * x.shape[1] > DOT_MAX_COPY_WEIGHTS:
+        return ops.dot_mm(x, a, b, c, bits, n)
+    w = ops.dot_dequant(a, b, c, bits, n, torch.empty(0, dtype=torch.long), True)
+    return F.linear(x.to(torch.bfloat16), w).float()
+
+
+@torch.jit.ignore
+def _dot_rows(ids: torch.Tensor, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, kind: int, n: int) -> torch.Tensor:
+    """float32 rows `ids` of a dot weight (the token table's lookup)."""
+    return native_module().dot_dequant(a, b, c, 4 if kind == DOT4 else 8, n, ids, False)
+
+
+@torch.jit.ignore
+def _c_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+    return native_module().rms_norm(x, w, eps)
+
+
+@torch.jit.ignore
+def _c_residual(x: torch.Tensor, y: torch.Tensor, post: torch.Tensor, eps: float) -> None:
+    native_module().residual_add(x, y, post, eps)
+
+
+@torch.jit.ignore
+def _c_gated(gu: torch.Tensor, ffn: int, gelu: bool) -> torch.Tensor:
+    return native_module().gated(gu, ffn, gelu)
+
+
+@torch.jit.ignore
+def _c_softmax(scores: torch.Tensor, scale: float, t: int, pos: int, start: int, window: int) -> torch.Tensor:
+    return native_module().masked_softmax(scores, scale, t, pos, start, window)
 
 
 class Product(nn.Module):
@@ -66,35 +113,11 @@ class Product(nn.Module):
         # one int8 digit per 32, llama.cpp's precision) instead of a bf16 copy made per call and oneDNN
         self.int8_prefill = int8_prefill
 
-    @torch.jit.ignore
-    def _dot(self, x: torch.Tensor) -> torch.Tensor:
-        """The C++ dot products (a Python call from TorchScript: the extension is a pybind module)."""
-        from .lean_native import native_module
-
-        ops = native_module()
-        bits = 4 if self.kind == 4 else 8
-        if x.shape[0] <= DOT_MAX_ROWS:
-            return ops.dot_mm(x, self.a, self.b, self.c, bits, self.out_features)
-        if self.int8_prefill:  # --prefill int8: the codes through the int8 GEMM, one activation digit
-            return ops.gemm_mm(x, self.a, self.b, self.c, bits, self.out_features)
-        if self.out_features * x.shape[1] > DOT_MAX_COPY_WEIGHTS:
-            return ops.dot_mm(x, self.a, self.b, self.c, bits, self.out_features)
-        w = ops.dot_dequant(self.a, self.b, self.c, bits, self.out_features, torch.empty(0, dtype=torch.long), True)
-        return F.linear(x.to(torch.bfloat16), w).float()
-
-    @torch.jit.ignore
-    def rows(self, ids: torch.Tensor) -> torch.Tensor:
-        """float32 rows `ids` of a dot weight (the token table's lookup)."""
-        from .lean_native import native_module
-
-        return native_module().dot_dequant(self.a, self.b, self.c, 4 if self.kind == 4 else 8, self.out_features,
-                                           ids, False)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kind >= 4:
             if self.has_prefill and x.shape[0] > self.dot_max_rows:
                 return F.linear(x.to(torch.bfloat16), self.prefill)
-            return self._dot(x)
+            return _dot(x, self.a, self.b, self.c, self.kind, self.out_features, self.int8_prefill)
         if self.kind == 3:  # x float32 -> float32
             s = x.abs().amax(-1, keepdim=True).clamp_min(1e-30) / 127.0
             u = x / s
@@ -194,7 +217,8 @@ class LeanLM(nn.Module):
 
     def _embed(self, ids: torch.Tensor) -> torch.Tensor:
         if self.has_embed_dot:
-            x = self.embed_dot.rows(ids)
+            e = self.embed_dot
+            x = _dot_rows(ids, e.a, e.b, e.c, e.kind, e.out_features)
         elif self.embed_int8:
             x = self.embed_weight[ids].float() * self.embed_scale[ids].float().unsqueeze(-1)
         else:
@@ -203,32 +227,14 @@ class LeanLM(nn.Module):
             x = x * self.embed_mult
         return x
 
-    @torch.jit.ignore
-    def _c_norm(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        from .lean_native import native_module
-
-        return native_module().rms_norm(x, w, self.eps)
-
-    @torch.jit.ignore
-    def _c_residual(self, x: torch.Tensor, y: torch.Tensor, post: torch.Tensor) -> None:
-        from .lean_native import native_module
-
-        native_module().residual_add(x, y, post, self.eps)
-
-    @torch.jit.ignore
-    def _c_gated(self, gu: torch.Tensor) -> torch.Tensor:
-        from .lean_native import native_module
-
-        return native_module().gated(gu, self.ffn, self.gemma)
-
     def _rms(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         if self.native_glue:
-            return self._c_norm(x, w)
+            return _c_norm(x, w, self.eps)
         return _norm(x, w, self.eps)
 
     def _residual(self, x: torch.Tensor, y: torch.Tensor, post: torch.Tensor, has_post: bool) -> torch.Tensor:
         if self.native_glue:
-            self._c_residual(x, y.float(), post if has_post else torch.empty(0))
+            _c_residual(x, y.float(), post if has_post else torch.empty(0), self.eps)
             return x
         if has_post:
             y = _norm(y.float(), post, self.eps)
@@ -270,9 +276,13 @@ class LeanLM(nn.Module):
         # already, so the scores' bf16 rounding is of the size of their inputs'.
         length = end - start
         qg = q4[0].to(torch.bfloat16).reshape(self.kv_heads, group * t, self.head_dim)
-        scores = torch.bmm(qg, k[0].to(torch.bfloat16).transpose(1, 2)).float() * self.scaling
-        scores = scores.view(self.kv_heads, group, t, length).masked_fill(blocked, float("-inf"))
-        p = torch.softmax(scores, -1).to(torch.bfloat16).view(self.kv_heads, group * t, length)
+        scores = torch.bmm(qg, k[0].to(torch.bfloat16).transpose(1, 2))
+        if self.native_glue:  # scale, mask and softmax in one pass (rows_kernels.h)
+            p = _c_softmax(scores, self.scaling, t, pos, start, self.window if sliding else 0)
+        else:
+            scores = scores.float().view(self.kv_heads, group, t, length) * self.scaling
+            p = torch.softmax(scores.masked_fill(blocked, float("-inf")), -1).to(torch.bfloat16)
+            p = p.view(self.kv_heads, group * t, length)
         o = torch.bmm(p, v[0].to(torch.bfloat16)).float().view(self.heads, t, self.head_dim)
         return o.transpose(0, 1).reshape(t, self.heads * self.head_dim)
 
@@ -284,7 +294,7 @@ class LeanLM(nn.Module):
         # the prompt's causal (and sliding-window) masks, once for all layers
         blocked_global = torch.empty(0, dtype=torch.bool)
         blocked_local = torch.empty(0, dtype=torch.bool)
-        if t > 1:
+        if t > 1 and not self.native_glue:
             blocked_global = self._blocked(pos, t, False)
             if self.window > 0:
                 blocked_local = self._blocked(pos, t, True)
@@ -296,7 +306,7 @@ class LeanLM(nn.Module):
             qkv = qkv.view(t, nq + 2 * nkv, d)
             qk = qkv[:, :nq + nkv]
             if blk.has_qk_norm and self.native_glue:  # every head's row with its own norm weight, one pass
-                qk = self._c_norm(qk, blk.qk_norm_rows)
+                qk = _c_norm(qk, blk.qk_norm_rows, self.eps)
             elif blk.has_qk_norm:
                 qk = torch.cat([_norm(qk[:, :nq], blk.q_norm, self.eps), _norm(qk[:, nq:], blk.k_norm, self.eps)], 1)
             table = self.rope_local if blk.sliding and self.rope_local.numel() > 0 else self.rope_global
@@ -308,7 +318,7 @@ class LeanLM(nn.Module):
             h = self._rms(x, blk.ffn_norm)
             gu = blk.gate_up(h).float()  # the activation in float32: in bf16 SmolLM2's logit cosine fell 3x further
             if self.native_glue:
-                g = self._c_gated(gu)
+                g = _c_gated(gu, self.ffn, self.gemma)
             else:
                 g = gu[:, :self.ffn]
                 if self.gemma:

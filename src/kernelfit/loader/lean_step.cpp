@@ -112,28 +112,10 @@ inline float dot16(const float* a, const float* b, int64_t d) {
   return s;
 }
 
-// x[i] = e^(x[i] - shift) for x[i] <= shift (a softmax's scores), returning their sum. std::exp is a scalar libm
-// call (~15 ns); this is plain float code the compiler vectorises: x = n ln2 + r with |r| <= ln2/2 (Cody-Waite
-// split of ln2), e^r by its degree-7 Taylor polynomial (relative error < 1e-8 there), 2^n through the exponent
-// bits. Below e^-87 (float's smallest normal) it flushes to about 1e-38.
+// x[i] = e^(x[i] - shift) for x[i] <= shift (a softmax's scores), returning their sum (rows_kernels.h's vectorisable
+// exp; below e^-87, float's smallest normal, it flushes to about 1e-38)
 inline float exp_shifted(float* x, int64_t len, float shift) {
-  for (int64_t t = 0; t < len; ++t) {
-    const float v = std::max(x[t] - shift, -87.0f);
-    const float n = std::floor(v * 1.44269504f + 0.5f);
-    const float r = (v - n * 0.693145752f) - n * 1.42860677e-6f;
-    float p = 1.f / 5040;
-    p = p * r + 1.f / 720;
-    p = p * r + 1.f / 120;
-    p = p * r + 1.f / 24;
-    p = p * r + 1.f / 6;
-    p = p * r + 0.5f;
-    p = p * r + 1.f;
-    p = p * r + 1.f;
-    const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-    float scale;
-    std::memcpy(&scale, &bits, sizeof scale);
-    x[t] = p * scale;
-  }
+  for (int64_t t = 0; t < len; ++t) x[t] = rows::exp_clamped(std::max(x[t] - shift, -87.0f));
   float partial[16] = {0}, sum = 0;
   const int64_t body = len - len % 16;
   for (int64_t t = 0; t < body; t += 16)
@@ -335,5 +317,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("rms_norm", &rows::rms_norm, "rmsnorm(x) * w over the last dimension (rows_kernels.h)");
   m.def("residual_add", &rows::residual_add, "x += y, through an optional post-norm, in place");
   m.def("gated", &rows::gated, "gelu-tanh or silu of the gate times up");
+  m.def("masked_softmax", &rows::masked_softmax, "a prompt's attention weights from bf16 scores, masked by position");
   m.def("fast_gemm", &gemm::fast_gemm, "whether the int8 VNNI GEMM is built here");
 }

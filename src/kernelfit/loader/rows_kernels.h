@@ -72,10 +72,10 @@ inline void residual_add(at::Tensor& x, const at::Tensor& y_in, const at::Tensor
   });
 }
 
-// 1 / (1 + e^-z), e^-z by the Cody-Waite split and degree-7 polynomial of lean_step.cpp's exp_shifted (relative
-// error < 1e-8), the argument clamped to float's range: vectorisable, unlike std::exp
-inline float sigmoid(float z) {
-  const float v = z == z ? std::min(std::max(-z, -87.0f), 88.0f) : 0.f;  // NaN: no NaN to int (UB); x * .. keeps it
+// e^v for v in [-87, 88] (the caller clamps): std::exp is a scalar libm call (~15 ns); this is plain float code
+// the compiler vectorises (with -fno-trapping-math): v = n ln2 + r with |r| <= ln2/2 (Cody-Waite split of ln2),
+// e^r by its degree-7 Taylor polynomial (relative error < 1e-8 there), 2^n through the exponent bits
+inline float exp_clamped(float v) {
   const float n = std::floor(v * 1.44269504f + 0.5f);
   const float r = (v - n * 0.693145752f) - n * 1.42860677e-6f;
   float p = 1.f / 5040;
@@ -89,7 +89,63 @@ inline float sigmoid(float z) {
   const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
   float scale;
   std::memcpy(&scale, &bits, sizeof scale);
-  return 1.f / (1.f + p * scale);
+  return p * scale;
+}
+
+// 1 / (1 + e^-z), the argument clamped to float's range
+inline float sigmoid(float z) {
+  const float v = z == z ? std::min(std::max(-z, -87.0f), 88.0f) : 0.f;  // NaN: no NaN to int (UB); x * .. keeps it
+  return 1.f / (1.f + exp_clamped(v));
+}
+
+inline float bf16_to_f32(uint16_t b) {
+  const uint32_t bits = uint32_t(b) << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+
+inline uint16_t f32_to_bf16(float f) {  // round to nearest even; NaN stays NaN (its high mantissa bits are kept)
+  uint32_t bits;
+  std::memcpy(&bits, &f, sizeof bits);
+  return uint16_t((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16);
+}
+
+// A prompt's attention weights from its bf16 scores [H, R, L]: row r is query position pos + r % t (query heads
+// sharing a kv head are stacked), column j key position start + j. One pass a row: scale, the causal (and
+// sliding-window) mask from the positions, a float32 softmax, bf16 out — where ATen took six (cast, scale,
+// masked_fill, softmax, cast, and the mask built per layer).
+inline at::Tensor masked_softmax(const at::Tensor& scores, double scale, int64_t t, int64_t pos, int64_t start,
+                                 int64_t window) {
+  TORCH_CHECK(scores.scalar_type() == at::kBFloat16 && scores.dim() == 3 && scores.is_contiguous() &&
+                  scores.size(1) % t == 0,
+              "masked_softmax: contiguous bf16 [H, R, L] scores, R a multiple of t");
+  const int64_t rows = scores.size(0) * scores.size(1), len = scores.size(2);
+  auto out = at::empty_like(scores);
+  const auto* sp = reinterpret_cast<const uint16_t*>(scores.data_ptr<at::BFloat16>());
+  auto* op = reinterpret_cast<uint16_t*>(out.data_ptr<at::BFloat16>());
+  at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
+    std::vector<float> e(len);
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t q = pos + r % t;  // the query's position; keys [lo, hi) are visible to it
+      const int64_t lo = std::min(len, std::max<int64_t>(0, window > 0 ? q - window + 1 - start : 0));
+      const int64_t hi = std::max(lo, std::min(len, q + 1 - start));
+      const uint16_t* s = sp + r * len;
+      uint16_t* o = op + r * len;
+      float m = -INFINITY;
+      for (int64_t j = lo; j < hi; ++j) m = std::max(m, bf16_to_f32(s[j]) * float(scale));
+      float sum = 0.f;
+      for (int64_t j = lo; j < hi; ++j) {
+        e[j] = exp_clamped(std::max(bf16_to_f32(s[j]) * float(scale) - m, -87.0f));
+        sum += e[j];
+      }
+      const float inv = 1.f / sum;  // a NaN score makes m or sum NaN: the row is NaN, as in a float softmax
+      for (int64_t j = 0; j < lo; ++j) o[j] = 0;
+      for (int64_t j = lo; j < hi; ++j) o[j] = f32_to_bf16(e[j] * inv);
+      for (int64_t j = hi; j < len; ++j) o[j] = 0;
+    }
+  });
+  return out;
 }
 
 // act(gate) * up for gu float32 [T, 2F] (gate then up): gelu with the tanh approximation (0.5 x (1 + tanh u) =

@@ -173,7 +173,7 @@ class Engine:
         runner = self.model
         pos = len(job.prompt_ids)
         reset_cache(runner.build, pos + job.max_new)
-        logits = runner.logits(torch.tensor(job.prompt_ids), 0)[-1]
+        logits = runner.prompt_logits(job.prompt_ids)
         gen = self._generator(job.sampling, "cpu")
         while True:
             if job.cancelled.is_set():
