@@ -131,23 +131,45 @@ def test_run_prefill_int8_says_what_ran():
 @pytest.mark.skipif(not dot_available(), reason="no C++ compiler here")
 @pytest.mark.parametrize("pos,window", [(0, 0), (5, 0), (30, 16), (0, 16)])
 def test_the_prompt_softmax_masks_by_position(pos, window):
-    """Rows are query positions pos + r % t (two query heads stacked per kv head), columns key positions from the
-    window's start: equal to ATen's scale + mask + softmax over the same bf16 scores."""
+    """Rows are query positions pos + r // 2 (two query heads a kv head, side by side), columns key positions from
+    the window's start: equal to ATen's scale + mask + softmax over the same bf16 scores."""
     t, group, kv = 24, 2, 3
     start = max(0, pos - window + 1) if window else 0
     length = pos + t - start
     torch.manual_seed(0)
-    scores = (torch.randn(kv, group * t, length) * 4).bfloat16()
-    q = torch.arange(pos, pos + t).repeat(group).unsqueeze(1)
+    scores = (torch.randn(kv, t * group, length) * 4).bfloat16()
+    q = torch.arange(pos, pos + t).repeat_interleave(group).unsqueeze(1)
     k = torch.arange(start, pos + t).unsqueeze(0)
     visible = (k <= q) & ((k > q - window) if window else True)
     want = torch.softmax((scores.float() * 0.125).masked_fill(~visible, float("-inf")), -1)
-    got = _ops().masked_softmax(scores, 0.125, t, pos, start, window)
+    got = _ops().masked_softmax(scores, 0.125, pos, group, start, window)
     assert got.dtype == torch.bfloat16 and torch.equal(got == 0, ~visible.expand_as(got))
     assert torch.allclose(got.float(), want, rtol=1e-2, atol=1e-3)
-    scores[1, 3, pos + 3 - start] = float("nan")  # query 3's own key: visible, so its row is NaN
-    out = _ops().masked_softmax(scores, 0.125, t, pos, start, window)
-    assert torch.isnan(out[1, 3][visible[3]]).all() and torch.isfinite(out[1, 4]).all()
+    scores[1, 6, pos + 3 - start] = float("nan")  # query 3's own key (row 6: its first head): visible, so NaN
+    out = _ops().masked_softmax(scores, 0.125, pos, group, start, window)
+    assert torch.isnan(out[1, 6][visible[6]]).all() and torch.isfinite(out[1, 8]).all()
+
+
+@pytest.mark.skipif(not dot_available(), reason="no C++ compiler here")
+@pytest.mark.parametrize("pos,t,window,block", [(0, 100, 0, 64), (7, 50, 16, 16), (40, 30, 16, 7), (0, 5, 0, 64)])
+def test_the_prompt_attention_in_query_blocks_equals_the_full_square(pos, t, window, block):
+    """Blocks of queries over only the keys they see, GQA heads stacked: the float32 reference's output."""
+    nq, nkv, d, cap = 6, 2, 32, 160
+    torch.manual_seed(1)
+    k, v = torch.randn(nkv, cap, d), torch.randn(nkv, cap, d)
+    q = torch.randn(t, nq + nkv, d)[:, :nq]  # a slice, as the runner passes it
+    start = max(0, pos - window + 1) if window else 0
+    got = _ops().prompt_attention(q, k, v, pos, start, window, d ** -0.5, block)
+    qi = torch.arange(pos, pos + t).unsqueeze(1)
+    ki = torch.arange(start, pos + t).unsqueeze(0)
+    visible = (ki <= qi) & ((ki > qi - window) if window else True)
+    kk = k[:, start:pos + t].repeat_interleave(nq // nkv, 0)
+    vv = v[:, start:pos + t].repeat_interleave(nq // nkv, 0)
+    s = torch.einsum("thd,hkd->htk", q, kk) * d ** -0.5
+    want = torch.einsum("htk,hkd->thd", torch.softmax(s.masked_fill(~visible, float("-inf")), -1), vv)
+    assert got.shape == (t, nq * d)
+    assert float((got - want.reshape(t, -1)).abs().max()) < 0.03  # bf16 operands
+    assert float(F.cosine_similarity(got, want.reshape(t, -1), -1).min()) > 0.999
 
 
 @pytest.mark.skipif(not dot_available(), reason="no C++ compiler here")
@@ -171,3 +193,14 @@ def test_the_first_token_comes_from_the_exact_step_after_the_prompts_prefill(tmp
     assert (got - exact).abs().max() < 0.8 * (prefill_row - exact).abs().max()  # 0.42 vs 0.70 here
     tokens, _, _ = runner.generate_ids(ids, 3, stop_at_eos=False)
     assert tokens[0] == int(got.argmax())
+
+
+@needs_gemm
+def test_int8_gemm_parts_write_each_weights_columns_from_one_quantized_input():
+    (wq, _), (wk, _), (wv, _) = _weight("Q5_0", 24, 256, 1), _weight("Q4_K", 13, 256, 2), _weight("Q6_K", 8, 256, 3)
+    x = torch.randn(30, 256)
+    got = _ops().gemm_parts(x, [w.codes for w in (wq, wk, wv)], [w.scale for w in (wq, wk, wv)],
+                            [w.mins for w in (wq, wk, wv)], [w.bits for w in (wq, wk, wv)], [24, 13, 8])
+    want = torch.cat([_ops().gemm_mm(x, w.codes, w.scale, w.mins, w.bits, n) for w, n in ((wq, 24), (wk, 13), (wv, 8))],
+                     1)
+    assert got.shape == (30, 45) and torch.equal(got, want)

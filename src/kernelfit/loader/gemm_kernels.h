@@ -84,7 +84,7 @@ inline __m512i bcast4(const int8_t* p) {
 // gsum: [rows, K / G] the activation's sum over each weight group, times `factor` for a symmetric type (m0 null)
 template <int BITS, int G, typename T, int R>
 void block(const uint8_t* c0, const uint8_t* c1, const T* s0, const T* s1, const T* m0, const T* m1,
-           const float* gsum_all, const Acts& a, int64_t row0, float* y, int64_t n, int64_t col0, int64_t valid) {
+           const float* gsum_all, const Acts& a, int64_t row0, float* y, int64_t ldy, int64_t col0, int64_t valid) {
   const int64_t k = a.k, groups = k / G;
   const int8_t* q = a.q.data() + row0 * k;
   const float* qs = a.scale.data() + row0 * (k / QK);
@@ -130,16 +130,16 @@ void block(const uint8_t* c0, const uint8_t* c1, const T* s0, const T* s1, const
     }
   }
   const __mmask16 mask = valid >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << valid) - 1);
-  for (int r = 0; r < R; ++r) _mm512_mask_storeu_ps(y + (row0 + r) * n + col0, mask, f[r]);
+  for (int r = 0; r < R; ++r) _mm512_mask_storeu_ps(y + (row0 + r) * ldy + col0, mask, f[r]);
 }
 
 template <int BITS, int G, typename T>
 void rows_block(int64_t rows, const uint8_t* c0, const uint8_t* c1, const T* s0, const T* s1, const T* m0,
-                const T* m1, const float* gsum, const Acts& a, int64_t row0, float* y, int64_t n, int64_t col0,
+                const T* m1, const float* gsum, const Acts& a, int64_t row0, float* y, int64_t ldy, int64_t col0,
                 int64_t valid) {
   switch (rows) {
 #define KF_GEMM_ROWS(R) \
-  case R: return block<BITS, G, T, R>(c0, c1, s0, s1, m0, m1, gsum, a, row0, y, n, col0, valid);
+  case R: return block<BITS, G, T, R>(c0, c1, s0, s1, m0, m1, gsum, a, row0, y, ldy, col0, valid);
     KF_GEMM_ROWS(1) KF_GEMM_ROWS(2) KF_GEMM_ROWS(3) KF_GEMM_ROWS(4)
     KF_GEMM_ROWS(5) KF_GEMM_ROWS(6) KF_GEMM_ROWS(7) KF_GEMM_ROWS(8)
     KF_GEMM_ROWS(9) KF_GEMM_ROWS(10) KF_GEMM_ROWS(11) KF_GEMM_ROWS(12)
@@ -149,7 +149,7 @@ void rows_block(int64_t rows, const uint8_t* c0, const uint8_t* c1, const T* s0,
 
 template <int BITS, int G, typename T>
 void gemm_tiles(const at::Tensor& codes, const at::Tensor& scale, const at::Tensor& mins, const Acts& a,
-                const dot::Layout& L, int64_t n, float* y) {
+                const dot::Layout& L, int64_t n, float* y, int64_t ldy) {
   const auto* cp = codes.data_ptr<uint8_t>();
   const T* sp = static_cast<const T*>(scale.data_ptr());
   const T* mp = mins.dim() ? static_cast<const T*>(mins.data_ptr()) : nullptr;
@@ -166,7 +166,7 @@ void gemm_tiles(const at::Tensor& codes, const at::Tensor& scale, const at::Tens
       for (int64_t row0 = 0; row0 < a.m; row0 += MR)
         rows_block<BITS, G, T>(std::min(MR, a.m - row0), cp + t0 * tile_bytes, cp + t1 * tile_bytes,
                                sp + t0 * per_tile, sp + t1 * per_tile, mp ? mp + t0 * per_tile : nullptr,
-                               mp ? mp + t1 * per_tile : nullptr, gsum.data(), a, row0, y, n, col0, valid);
+                               mp ? mp + t1 * per_tile : nullptr, gsum.data(), a, row0, y, ldy, col0, valid);
     }
   });
 }
@@ -180,20 +180,42 @@ inline bool fast_gemm() {
 #endif
 }
 
-// y[m, n] = sum_k x[m, k] * w[n, k] with x quantized per group of 32 to int8: float32 [M, n]
-inline at::Tensor gemm_mm(const at::Tensor& x_in, const at::Tensor& codes, const at::Tensor& scale,
-                          const at::Tensor& mins, int64_t bits, int64_t n) {
+// y = [x @ W_0^T, x @ W_1^T, ...] for weights over the same input (Q, K, V or gate and up of mixed types): x is
+// quantized per group of 32 to int8 once, each part written into its columns of one float32 [M, sum n] (no cat)
+inline at::Tensor gemm_parts(const at::Tensor& x_in, const std::vector<at::Tensor>& codes,
+                             const std::vector<at::Tensor>& scale, const std::vector<at::Tensor>& mins,
+                             const std::vector<int64_t>& bits, const std::vector<int64_t>& n) {
   TORCH_CHECK(fast_gemm(), "gemm: this build has no AVX512-VNNI int8 GEMM (fast_gemm() is false)");
-  const dot::Layout L = dot::check(codes, scale, mins, bits);
+  const size_t parts = codes.size();
+  TORCH_CHECK(parts >= 1 && scale.size() == parts && mins.size() == parts && bits.size() == parts && n.size() == parts,
+              "gemm: one codes, scale, mins, bits and n a part");
   const at::Tensor x = x_in.to(at::kFloat).contiguous().view({-1, x_in.size(-1)});
-  TORCH_CHECK(x.size(1) == L.k && n <= L.tiles * TILE && n > (L.tiles - 1) * TILE, "gemm: shapes do not match");
-  auto y = at::empty({x.size(0), n}, x.options());
+  std::vector<dot::Layout> layouts;
+  int64_t total = 0;
+  for (size_t i = 0; i < parts; ++i) {
+    layouts.push_back(dot::check(codes[i], scale[i], mins[i], bits[i]));
+    const dot::Layout& L = layouts.back();
+    TORCH_CHECK(x.size(1) == L.k && n[i] <= L.tiles * TILE && n[i] > (L.tiles - 1) * TILE, "gemm: shapes do not match");
+    total += n[i];
+  }
+  auto y = at::empty({x.size(0), total}, x.options());
 #if defined(KF_GEMM_VNNI)
   Acts a;
-  quantize_rows(x.data_ptr<float>(), x.size(0), L.k, a);
-  KF_DOT_DISPATCH(L, scale.scalar_type(), gemm_tiles, codes, scale, mins, a, L, n, y.data_ptr<float>());
+  quantize_rows(x.data_ptr<float>(), x.size(0), x.size(1), a);
+  int64_t col = 0;
+  for (size_t i = 0; i < parts; ++i) {
+    KF_DOT_DISPATCH(layouts[i], scale[i].scalar_type(), gemm_tiles, codes[i], scale[i], mins[i], a, layouts[i], n[i],
+                    y.data_ptr<float>() + col, total);
+    col += n[i];
+  }
 #endif
   return y;
+}
+
+// y[m, n] = sum_k x[m, k] * w[n, k] with x quantized per group of 32 to int8: float32 [M, n]
+inline at::Tensor gemm_mm(const at::Tensor& x, const at::Tensor& codes, const at::Tensor& scale,
+                          const at::Tensor& mins, int64_t bits, int64_t n) {
+  return gemm_parts(x, {codes}, {scale}, {mins}, {bits}, {n});
 }
 
 }  // namespace gemm

@@ -37,6 +37,8 @@ DOT_MAX_ROWS = 12  # measured on 2 threads: at 8 rows the dot products take 0.3-
 # ... unless the bf16 copy of that one product would be large (an output head asked for every position's logits:
 # Gemma 3's 262k x 640 table is 335 MB in bf16): the dot products then take all rows.
 DOT_MAX_COPY_WEIGHTS = 1 << 24
+# a prompt's attention runs in blocks of this many queries, each over only the keys it sees (rows_kernels.h)
+PROMPT_BLOCK = 64
 # INT8_EXACT: the output head. The packed kernels return bf16, whose 8-bit mantissa rounds a logit of 25 to
 # a multiple of 0.125 — enough to swap the top two tokens of SmolLM2 answering "What is the capital of
 # France?" (margin 0.08). The head instead runs torch._int_mm, whose int32 sums are exact, on the activation
@@ -68,6 +70,13 @@ def _dot(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, kin
 
 
 @torch.jit.ignore
+def _gemm_parts(x: torch.Tensor, a: List[torch.Tensor], b: List[torch.Tensor], c: List[torch.Tensor], kind: List[int],
+                n: List[int]) -> torch.Tensor:
+    """Several dot weights' products over one input through the int8 GEMM, side by side."""
+    return native_module().gemm_parts(x, a, b, c, [4 if k == DOT4 else 8 for k in kind], n)
+
+
+@torch.jit.ignore
 def _dot_rows(ids: torch.Tensor, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, kind: int, n: int) -> torch.Tensor:
     """float32 rows `ids` of a dot weight (the token table's lookup)."""
     return native_module().dot_dequant(a, b, c, 4 if kind == DOT4 else 8, n, ids, False)
@@ -89,8 +98,9 @@ def _c_gated(gu: torch.Tensor, ffn: int, gelu: bool) -> torch.Tensor:
 
 
 @torch.jit.ignore
-def _c_softmax(scores: torch.Tensor, scale: float, t: int, pos: int, start: int, window: int) -> torch.Tensor:
-    return native_module().masked_softmax(scores, scale, t, pos, start, window)
+def _c_prompt_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: int, start: int, window: int,
+                        scale: float) -> torch.Tensor:
+    return native_module().prompt_attention(q, k, v, pos, start, window, scale, PROMPT_BLOCK)
 
 
 class Product(nn.Module):
@@ -152,10 +162,16 @@ class Products(nn.Module):
         self.p0 = parts[0]
         self.p1 = parts[1] if len(parts) > 1 else parts[0]
         self.p2 = parts[2] if len(parts) > 2 else parts[0]
+        # all parts on the int8 GEMM: one call quantizes the input once and writes each part's columns (no cat)
+        self.int8_parts = all(p.kind >= DOT4 and p.int8_prefill for p in parts)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.n == 1:
             return self.p0(x)
+        if self.int8_parts and x.shape[0] > self.p0.dot_max_rows:
+            return _gemm_parts(x, [self.p0.a, self.p1.a, self.p2.a][:self.n], [self.p0.b, self.p1.b, self.p2.b][:self.n],
+                               [self.p0.c, self.p1.c, self.p2.c][:self.n], [self.p0.kind, self.p1.kind, self.p2.kind][:self.n],
+                               [self.p0.out_features, self.p1.out_features, self.p2.out_features][:self.n])
         if self.n == 2:
             return torch.cat([self.p0(x), self.p1(x)], dim=-1)
         return torch.cat([self.p0(x), self.p1(x), self.p2(x)], dim=-1)
@@ -274,15 +290,14 @@ class LeanLM(nn.Module):
         # a kv head stacked into one; softmax in float32. CPU SDPA's flash kernel ran at ~100 GFLOP/s here
         # (Gemma 3 270M: 1.4 of its 7 ms a layer at 256 tokens, 0.5 this way); the products feeding it are bf16
         # already, so the scores' bf16 rounding is of the size of their inputs'.
+        if self.native_glue:  # the same in C++, in query blocks over the keys each sees (rows_kernels.h)
+            return _c_prompt_attention(q, self.k_cache[li, 0], self.v_cache[li, 0], pos, start,
+                                       self.window if sliding else 0, self.scaling)
         length = end - start
         qg = q4[0].to(torch.bfloat16).reshape(self.kv_heads, group * t, self.head_dim)
-        scores = torch.bmm(qg, k[0].to(torch.bfloat16).transpose(1, 2))
-        if self.native_glue:  # scale, mask and softmax in one pass (rows_kernels.h)
-            p = _c_softmax(scores, self.scaling, t, pos, start, self.window if sliding else 0)
-        else:
-            scores = scores.float().view(self.kv_heads, group, t, length) * self.scaling
-            p = torch.softmax(scores.masked_fill(blocked, float("-inf")), -1).to(torch.bfloat16)
-            p = p.view(self.kv_heads, group * t, length)
+        scores = torch.bmm(qg, k[0].to(torch.bfloat16).transpose(1, 2)).float() * self.scaling
+        scores = scores.view(self.kv_heads, group, t, length).masked_fill(blocked, float("-inf"))
+        p = torch.softmax(scores, -1).to(torch.bfloat16).view(self.kv_heads, group * t, length)
         o = torch.bmm(p, v[0].to(torch.bfloat16)).float().view(self.heads, t, self.head_dim)
         return o.transpose(0, 1).reshape(t, self.heads * self.head_dim)
 

@@ -318,5 +318,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("residual_add", &rows::residual_add, "x += y, through an optional post-norm, in place");
   m.def("gated", &rows::gated, "gelu-tanh or silu of the gate times up");
   m.def("masked_softmax", &rows::masked_softmax, "a prompt's attention weights from bf16 scores, masked by position");
+  m.def("prompt_attention", &rows::prompt_attention, "a prompt's attention for one layer, in query blocks");
+  m.def("gemm_parts", &gemm::gemm_parts, "several weights' products over one input, side by side (int8 VNNI)");
   m.def("fast_gemm", &gemm::fast_gemm, "whether the int8 VNNI GEMM is built here");
 }
