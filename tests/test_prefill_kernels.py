@@ -90,6 +90,13 @@ def test_the_glue_kernels_equal_atens_ops():
     gu[4, 8] = 100.0
     for gelu, act in ((True, lambda g: F.gelu(g, approximate="tanh")), (False, F.silu)):
         assert torch.allclose(ops.gated(gu, 300, gelu), act(gu[:, :300]) * gu[:, 300:], rtol=1e-5, atol=1e-5)
+    # a bf16 product's output is read as it is (no cast pass): the same as casting it first
+    gb16, yb16 = gu.bfloat16(), y.bfloat16()
+    assert torch.equal(ops.gated(gb16, 300, True), ops.gated(gb16.float(), 300, True))
+    a, b = x.clone(), x.clone()
+    ops.residual_add(a, yb16, w, 1e-6)
+    ops.residual_add(b, yb16.float(), w, 1e-6)
+    assert torch.equal(a, b)
     gu[2, 5] = float("nan")
     assert torch.isnan(ops.gated(gu, 300, True)[2, 5])
 

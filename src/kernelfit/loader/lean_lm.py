@@ -66,7 +66,7 @@ def _dot(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, kin
     if n * x.shape[1] > DOT_MAX_COPY_WEIGHTS:
         return ops.dot_mm(x, a, b, c, bits, n)
     w = ops.dot_dequant(a, b, c, bits, n, torch.empty(0, dtype=torch.long), True)
-    return F.linear(x.to(torch.bfloat16), w).float()
+    return F.linear(x.to(torch.bfloat16), w)  # bf16 out: the C++ glue reads it as is, other callers cast
 
 
 @torch.jit.ignore
@@ -250,7 +250,7 @@ class LeanLM(nn.Module):
 
     def _residual(self, x: torch.Tensor, y: torch.Tensor, post: torch.Tensor, has_post: bool) -> torch.Tensor:
         if self.native_glue:
-            _c_residual(x, y.float(), post if has_post else torch.empty(0), self.eps)
+            _c_residual(x, y, post if has_post else torch.empty(0), self.eps)  # y float32 or bf16
             return x
         if has_post:
             y = _norm(y.float(), post, self.eps)
@@ -331,10 +331,11 @@ class LeanLM(nn.Module):
             a = self._attend(qk[:, :nq], li, pos, t, blk.sliding, blocked_local if blk.sliding else blocked_global)
             x = self._residual(x, blk.o(a), blk.post_attn_norm, blk.has_post_norms)
             h = self._rms(x, blk.ffn_norm)
-            gu = blk.gate_up(h).float()  # the activation in float32: in bf16 SmolLM2's logit cosine fell 3x further
-            if self.native_glue:
+            gu = blk.gate_up(h)  # the activation in float32: in bf16 SmolLM2's logit cosine fell 3x further
+            if self.native_glue:  # reads a bf16 product as it is, computes in float32
                 g = _c_gated(gu, self.ffn, self.gemma)
             else:
+                gu = gu.float()
                 g = gu[:, :self.ffn]
                 if self.gemma:
                     g = F.gelu(g, approximate="tanh")

@@ -25,9 +25,27 @@ inline float rms_scale(const float* x, int64_t n, double eps) {
   return float(1.0 / std::sqrt(ss / n + eps));
 }
 
-inline at::Tensor rows_of(const at::Tensor& x) {
-  TORCH_CHECK(x.scalar_type() == at::kFloat, "rows: float32 input");
+inline at::Tensor rows_of(const at::Tensor& x, bool bf16_ok = false) {
+  TORCH_CHECK(x.scalar_type() == at::kFloat || (bf16_ok && x.scalar_type() == at::kBFloat16),
+              bf16_ok ? "rows: float32 or bf16 input" : "rows: float32 input");
   return x.contiguous().view({-1, x.size(-1)});
+}
+
+inline float bf16_to_f32(uint16_t b) {
+  const uint32_t bits = uint32_t(b) << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+
+// Row r of a float32 or bf16 [R, n] matrix as floats: a bf16 row (a oneDNN product's output, read as it is instead
+// of cast in a pass of its own) is widened into buf
+inline const float* row_floats(const at::Tensor& y, int64_t r, int64_t n, std::vector<float>& buf) {
+  if (y.scalar_type() == at::kFloat) return y.data_ptr<float>() + r * n;
+  buf.resize(n);
+  const auto* p = reinterpret_cast<const uint16_t*>(y.data_ptr<at::BFloat16>()) + r * n;
+  for (int64_t i = 0; i < n; ++i) buf[i] = bf16_to_f32(p[i]);
+  return buf.data();
 }
 
 // rmsnorm(x) * w over the last dimension (x float32 [..., N]); w float32 [N], or [H * N]: row r takes the weight
@@ -51,23 +69,25 @@ inline at::Tensor rms_norm(const at::Tensor& x_in, const at::Tensor& w, double e
   return out.view(x_in.sizes());
 }
 
-// x += y, or x += rmsnorm(y) * post when post is not empty (Gemma 3's post-norms); x float32 contiguous, in place
+// x += y, or x += rmsnorm(y) * post when post is not empty (Gemma 3's post-norms); x float32 contiguous, in place;
+// y float32 or bf16
 inline void residual_add(at::Tensor& x, const at::Tensor& y_in, const at::Tensor& post, double eps) {
-  const at::Tensor y = rows_of(y_in);
+  const at::Tensor y = rows_of(y_in, true);
   const int64_t n = y.size(1);
   TORCH_CHECK(x.is_contiguous() && x.scalar_type() == at::kFloat && x.numel() == y.numel(), "residual_add: shapes");
   TORCH_CHECK(post.numel() == 0 || (post.numel() == n && post.scalar_type() == at::kFloat), "residual_add: post");
   float* xp = x.data_ptr<float>();
-  const float* yp = y.data_ptr<float>();
   const float* wp = post.numel() ? post.data_ptr<float>() : nullptr;
   at::parallel_for(0, y.size(0), 16, [&](int64_t begin, int64_t end) {
+    std::vector<float> buf;
     for (int64_t r = begin; r < end; ++r) {
+      const float* yr = row_floats(y, r, n, buf);
       if (!wp) {
-        for (int64_t i = 0; i < n; ++i) xp[r * n + i] += yp[r * n + i];
+        for (int64_t i = 0; i < n; ++i) xp[r * n + i] += yr[i];
         continue;
       }
-      const float s = rms_scale(yp + r * n, n, eps);
-      for (int64_t i = 0; i < n; ++i) xp[r * n + i] += yp[r * n + i] * s * wp[i];
+      const float s = rms_scale(yr, n, eps);
+      for (int64_t i = 0; i < n; ++i) xp[r * n + i] += yr[i] * s * wp[i];
     }
   });
 }
@@ -96,13 +116,6 @@ inline float exp_clamped(float v) {
 inline float sigmoid(float z) {
   const float v = z == z ? std::min(std::max(-z, -87.0f), 88.0f) : 0.f;  // NaN: no NaN to int (UB); x * .. keeps it
   return 1.f / (1.f + exp_clamped(v));
-}
-
-inline float bf16_to_f32(uint16_t b) {
-  const uint32_t bits = uint32_t(b) << 16;
-  float f;
-  std::memcpy(&f, &bits, sizeof f);
-  return f;
 }
 
 inline uint16_t f32_to_bf16(float f) {  // round to nearest even; NaN stays NaN (its high mantissa bits are kept)
@@ -148,17 +161,17 @@ inline at::Tensor masked_softmax(const at::Tensor& scores, double scale, int64_t
   return out;
 }
 
-// act(gate) * up for gu float32 [T, 2F] (gate then up): gelu with the tanh approximation (0.5 x (1 + tanh u) =
+// act(gate) * up for gu float32 or bf16 [T, 2F] (gate then up): gelu with the tanh approximation (0.5 x (1 + tanh u) =
 // x sigmoid(2u), u = sqrt(2/pi) (x + 0.044715 x^3)) or silu (x sigmoid(x)) -> float32 [T, F]
 inline at::Tensor gated(const at::Tensor& gu_in, int64_t ffn, bool gelu) {
-  const at::Tensor gu = rows_of(gu_in);
+  const at::Tensor gu = rows_of(gu_in, true);
   TORCH_CHECK(gu.size(1) == 2 * ffn, "gated: gate and up of ffn columns each");
-  auto out = at::empty({gu.size(0), ffn}, gu.options());
-  const float* gp = gu.data_ptr<float>();
+  auto out = at::empty({gu.size(0), ffn}, gu.options().dtype(at::kFloat));
   float* op = out.data_ptr<float>();
   at::parallel_for(0, gu.size(0), 4, [&](int64_t begin, int64_t end) {
+    std::vector<float> buf;
     for (int64_t r = begin; r < end; ++r) {
-      const float* g = gp + r * 2 * ffn;
+      const float* g = row_floats(gu, r, 2 * ffn, buf);
       const float* u = g + ffn;
       float* o = op + r * ffn;
       if (gelu) {
