@@ -211,3 +211,13 @@ def test_int8_gemm_parts_write_each_weights_columns_from_one_quantized_input():
     want = torch.cat([_ops().gemm_mm(x, w.codes, w.scale, w.mins, w.bits, n) for w, n in ((wq, 24), (wk, 13), (wv, 8))],
                      1)
     assert got.shape == (30, 45) and torch.equal(got, want)
+
+
+@pytest.mark.skipif(not dot_available(), reason="no C++ compiler here")
+def test_dot_weights_unpack_into_one_bf16_matrix():
+    parts = [_weight("Q5_0", 24, 256, 1)[0], _weight("Q4_K", 13, 256, 2)[0], _weight("Q6_K", 8, 256, 3)[0]]
+    got = _ops().dot_dequant_parts([w.codes for w in parts], [w.scale for w in parts], [w.mins for w in parts],
+                                   [w.bits for w in parts], [24, 13, 8])
+    assert torch.equal(got, torch.cat([w.dequantize(bf16=True) for w in parts]))
+    with pytest.raises(RuntimeError, match="shapes do not match"):
+        _ops().dot_dequant_parts([parts[0].codes], [parts[0].scale], [parts[0].mins], [parts[0].bits], [30])

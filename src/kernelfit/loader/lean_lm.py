@@ -77,6 +77,13 @@ def _gemm_parts(x: torch.Tensor, a: List[torch.Tensor], b: List[torch.Tensor], c
 
 
 @torch.jit.ignore
+def _dequant_parts(a: List[torch.Tensor], b: List[torch.Tensor], c: List[torch.Tensor], kind: List[int],
+                   n: List[int]) -> torch.Tensor:
+    """Several dot weights unpacked into one bf16 matrix (a prompt's one oneDNN product)."""
+    return native_module().dot_dequant_parts(a, b, c, [4 if k == DOT4 else 8 for k in kind], n)
+
+
+@torch.jit.ignore
 def _dot_rows(ids: torch.Tensor, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, kind: int, n: int) -> torch.Tensor:
     """float32 rows `ids` of a dot weight (the token table's lookup)."""
     return native_module().dot_dequant(a, b, c, 4 if kind == DOT4 else 8, n, ids, False)
@@ -162,12 +169,21 @@ class Products(nn.Module):
         self.p0 = parts[0]
         self.p1 = parts[1] if len(parts) > 1 else parts[0]
         self.p2 = parts[2] if len(parts) > 2 else parts[0]
-        # all parts on the int8 GEMM: one call quantizes the input once and writes each part's columns (no cat)
+        # all parts on the int8 GEMM: one call quantizes the input once and writes each part's columns (no cat);
+        # all on the bf16 path: unpacked into one matrix for one oneDNN product
         self.int8_parts = all(p.kind >= DOT4 and p.int8_prefill for p in parts)
+        self.bf16_parts = all(p.kind >= DOT4 and not p.int8_prefill and not p.has_prefill for p in parts) and \
+            sum(p.out_features for p in parts) * parts[0].a.shape[1] // (4 if parts[0].kind == DOT4 else 8) \
+            <= DOT_MAX_COPY_WEIGHTS
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.n == 1:
             return self.p0(x)
+        if self.bf16_parts and x.shape[0] > self.p0.dot_max_rows:
+            return F.linear(x.to(torch.bfloat16), _dequant_parts(
+                [self.p0.a, self.p1.a, self.p2.a][:self.n], [self.p0.b, self.p1.b, self.p2.b][:self.n],
+                [self.p0.c, self.p1.c, self.p2.c][:self.n], [self.p0.kind, self.p1.kind, self.p2.kind][:self.n],
+                [self.p0.out_features, self.p1.out_features, self.p2.out_features][:self.n]))
         if self.int8_parts and x.shape[0] > self.p0.dot_max_rows:
             return _gemm_parts(x, [self.p0.a, self.p1.a, self.p2.a][:self.n], [self.p0.b, self.p1.b, self.p2.b][:self.n],
                                [self.p0.c, self.p1.c, self.p2.c][:self.n], [self.p0.kind, self.p1.kind, self.p2.kind][:self.n],

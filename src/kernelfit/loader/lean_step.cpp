@@ -212,6 +212,35 @@ void attend(const float* q, const float* k, const float* v, int64_t nq, int64_t 
   });
 }
 
+// Several dot weights over the same input (Q, K, V or gate and up of mixed types) unpacked into one bf16 [sum n, K]:
+// a prompt's one oneDNN product instead of one a part and a cat
+Tensor dot_dequant_parts(const std::vector<Tensor>& codes, const std::vector<Tensor>& scale,
+                         const std::vector<Tensor>& mins, const std::vector<int64_t>& bits,
+                         const std::vector<int64_t>& n) {
+  TORCH_CHECK(!codes.empty() && scale.size() == codes.size() && mins.size() == codes.size() &&
+                  bits.size() == codes.size() && n.size() == codes.size(),
+              "dot: one codes, scale, mins, bits and n a part");
+  std::vector<dot::Layout> layouts;
+  int64_t total = 0;
+  for (size_t i = 0; i < codes.size(); ++i) {
+    layouts.push_back(dot::check(codes[i], scale[i], mins[i], bits[i]));
+    TORCH_CHECK(layouts[i].k == layouts[0].k && n[i] <= layouts[i].tiles * dot::TILE &&
+                    n[i] > (layouts[i].tiles - 1) * dot::TILE,
+                "dot: shapes do not match");
+    total += n[i];
+  }
+  Tensor out = at::empty({total, layouts[0].k}, codes[0].options().dtype(at::kBFloat16));
+  const Tensor all_rows = at::empty({0}, codes[0].options().dtype(at::kLong));
+  int64_t row = 0;
+  for (size_t i = 0; i < codes.size(); ++i) {
+    Tensor part = out.narrow(0, row, n[i]);  // whole rows: contiguous
+    KF_DOT_DISPATCH(layouts[i], scale[i].scalar_type(), dot::dequant_tiles, codes[i], scale[i], mins[i], layouts[i],
+                    all_rows, part);
+    row += n[i];
+  }
+  return out;
+}
+
 }  // namespace
 
 // One decode step of LeanLM with its per-model arguments bound once: passing the ~600 tensors of SmolLM2's lists
@@ -312,6 +341,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def("run", &Step::run, "one decode step");
   m.def("dot_mm", &dot::dot_mm, "x @ W^T over a weight's file groups (dot_kernels.h)");
   m.def("dot_dequant", &dot::dot_dequant, "a dot weight's rows as float32 or bf16");
+  m.def("dot_dequant_parts", &dot_dequant_parts, "several dot weights unpacked into one bf16 matrix");
   m.def("fast_dot", &dot::fast_dot, "whether the dot products are vectorised here");
   m.def("gemm_mm", &gemm::gemm_mm, "a prompt's x @ W^T over a weight's file groups, int8 VNNI (gemm_kernels.h)");
   m.def("rms_norm", &rows::rms_norm, "rmsnorm(x) * w over the last dimension (rows_kernels.h)");
