@@ -56,7 +56,7 @@ class LeanConfig:
 @dataclass
 class LeanBuild:
     cfg: LeanConfig
-    model: torch.jit.ScriptModule
+    model: torch.nn.Module  # LeanLM, compiled by TorchScript unless the C++ path runs every call (build_lean)
     conversions: list[Conversion] = field(default_factory=list)
     weight_bytes: int = 0
     seconds: float = 0.0
@@ -181,16 +181,23 @@ def build_lean(path: str | Path, prefill_dense: bool = False, progress=None, pre
     from .lean_native import native_args
 
     native = native_args(model)
+    # Where the C++ step and prompt forward run everything (native.prefill_ok), TorchScript is compiled only if a
+    # call ever needs it (forward(): all logits through a non-dot head): compiled and run, it held ~20 MiB more
+    # (SmolLM2: peak RSS over the interpreter 172 -> 163 MiB without running it, ~12 more without compiling it)
+    runner = model.eval() if native.prefill_ok and exact else _script(model.eval())
+    nbytes = sum(w.nbytes() for w in packed)
+    del packed, blocks, model, embed, head
+    release_free_memory()
+    return LeanBuild(cfg, runner, t.conversions, nbytes, time.perf_counter() - t0, native, t.problems,
+                     int8 and not prefill_dense)
+
+
+def _script(model: LeanLM) -> torch.jit.ScriptModule:
     with warnings.catch_warnings():
         # torch 2.13 marks TorchScript deprecated in favour of torch.compile, which measured slower here
         # (lean_lm.py's docstring); it still ships and runs
         warnings.simplefilter("ignore", DeprecationWarning)
-        scripted = torch.jit.script(model.eval())
-    nbytes = sum(w.nbytes() for w in packed)
-    del packed, blocks, model, embed, head
-    release_free_memory()
-    return LeanBuild(cfg, scripted, t.conversions, nbytes, time.perf_counter() - t0, native, t.problems,
-                     int8 and not prefill_dense)
+        return torch.jit.script(model)
 
 
 def forward(build: LeanBuild, ids: torch.Tensor, pos: int, all_logits: bool = False) -> torch.Tensor:
@@ -198,38 +205,47 @@ def forward(build: LeanBuild, ids: torch.Tensor, pos: int, all_logits: bool = Fa
     profiling runs cost ~10 s and ~170 MB on the first calls here and the optimized graph decoded no faster
     (131 vs 143 tok/s for SmolLM2), since the step is a chain of ATen calls it cannot fuse."""
     ids = ids.reshape(-1)
-    if ids.numel() == 1 and build.native is not None:
+    n = build.native
+    if n is not None and (ids.numel() == 1 or (n.prefill_ok and (n.head[0] in (DOT4, DOT8) or not all_logits))):
         from .lean_native import native_module
 
         step = native_module()
         if step is not None:
-            return _native_step(build, step, int(ids[0]), pos)
+            return _native(build, step, ids, pos, all_logits)
+    if not isinstance(build.model, torch.jit.ScriptModule):  # the C++ path's build: compiled on first need
+        build.model = _script(build.model)
     with torch.jit.optimized_execution(False), torch.inference_mode():
         return build.model(ids, pos, all_logits)
 
 
-def _native_step(build: LeanBuild, step, token: int, pos: int) -> torch.Tensor:
+def _native(build: LeanBuild, step, ids: torch.Tensor, pos: int, all_logits: bool) -> torch.Tensor:
+    """One token through the C++ decode step, or a prompt through its C++ forward (Step.prefill: the same math as
+    LeanLM.forward, without TorchScript's interpreter or the Python calls into the extension in between)."""
     m, c, n = build.model, build.cfg, build.native
-    if pos >= kv_capacity(build):
-        raise ValueError(f"position {pos} is past the KV cache ({kv_capacity(build)}); call reset_cache first")
+    if pos + ids.numel() > kv_capacity(build):
+        raise ValueError(f"position {pos + ids.numel() - 1} is past the KV cache ({kv_capacity(build)}); call "
+                         "reset_cache first")
     with torch.jit.optimized_execution(False), torch.inference_mode():
-        x = _embed_row(build, step, token)
+        x = _embed_rows(build, step, ids)
         local = torch.view_as_real(m.rope_local) if m.rope_local.numel() else torch.empty(0)
         if n.bound is None:
             n.bound = step.Step(n.kinds, n.a, n.b, n.c, n.n, n.n_qkv, n.n_gu, n.norms, n.sliding, m.final_norm,
                                 *n.head, c.heads, c.kv_heads, c.head_dim, c.ffn, float(c.eps), c.head_dim ** -0.5,
                                 int(c.sliding_window or 0), c.family == "gemma3", m.head.top_exact)
-        return n.bound.run(x, pos, m.k_cache, m.v_cache, torch.view_as_real(m.rope_global), local)
+        if ids.numel() == 1:
+            return n.bound.run(x, pos, m.k_cache, m.v_cache, torch.view_as_real(m.rope_global), local)
+        return n.bound.prefill(x, pos, m.k_cache, m.v_cache, torch.view_as_real(m.rope_global), local,
+                               build.int8_prefill, all_logits)
 
 
-def _embed_row(build: LeanBuild, step, token: int) -> torch.Tensor:
-    """The token's embedding; a dot-group table is read here directly (through the scripted module, the Python
+def _embed_rows(build: LeanBuild, step, ids: torch.Tensor) -> torch.Tensor:
+    """The tokens' embeddings; a dot-group table is read here directly (through the scripted module, the Python
     call of its ignored method cost ~0.5 ms a token)."""
     m, n = build.model, build.native
     if n.embed is None:
-        return m._embed(torch.tensor([token]))
+        return m._embed(ids)
     kind, a, b, c, rows = n.embed
-    x = step.dot_dequant(a, b, c, 4 if kind == DOT4 else 8, rows, torch.tensor([token]), False)
+    x = step.dot_dequant(a, b, c, 4 if kind == DOT4 else 8, rows, ids, False)
     return x * m.embed_mult if m.gemma else x
 
 

@@ -162,14 +162,17 @@ class NativeArgs:
     sliding: list
     head: tuple
     embed: tuple | None  # the token table's dot groups (kind, codes, scales, mins, rows), or None
-    bound: object = None  # the extension's Step holding these, made on the first step (lean_build._native_step)
+    prefill_ok: bool = False  # every layer product is the file's groups, no bf16 copy: Step.prefill runs prompts
+    bound: object = None  # the extension's Step holding these, made on the first call (lean_build._native)
 
 
 def native_args(model) -> NativeArgs:
     empty = torch.empty(0)
     kinds, a, b, c, n, n_qkv, n_gu, norms, sliding = [], [], [], [], [], [], [], [], []
+    copies = []
 
     def add(p):
+        copies.append(bool(p.has_prefill))
         kinds.append(int(p.kind))
         a.append(p.a)
         b.append(p.b if p.b.numel() else empty)
@@ -195,5 +198,6 @@ def native_args(model) -> NativeArgs:
     h = model.head
     e = model.embed_dot
     embed = (int(e.kind), e.a, e.b, e.c, int(e.out_features)) if model.has_embed_dot else None
+    prefill_ok = all(k in (4, 5) for k in kinds) and not any(copies)
     return NativeArgs(kinds, a, b, c, n, n_qkv, n_gu, norms, sliding, (int(h.kind), h.a, h.b, h.c, int(h.out_features)),
-                      embed)
+                      embed, prefill_ok)

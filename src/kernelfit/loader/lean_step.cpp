@@ -241,6 +241,9 @@ Tensor dot_dequant_parts(const std::vector<Tensor>& codes, const std::vector<Ten
   return out;
 }
 
+constexpr int64_t DOT_MAX_ROWS = 12;  // lean_lm.py's: calls of up to 12 rows take the exact dot products
+constexpr int64_t PROMPT_BLOCK = 64;  // lean_lm.py's: a prompt's attention in blocks of 64 queries
+
 }  // namespace
 
 // One decode step of LeanLM with its per-model arguments bound once: passing the ~600 tensors of SmolLM2's lists
@@ -312,7 +315,13 @@ struct Step {
       idx += 1;
       residual_add(xp, y, nm[6], eps);
     }
+    return logits(x);
+  }
+
+  // float32 logits [1, vocab] of one residual row x [1, hidden]: the final norm, then the head
+  Tensor logits(const Tensor& x) const {
     auto hn = x.clone();
+    const float* xp = x.data_ptr<float>();
     float s = rms_scale(xp, x.size(-1), eps);
     const float* fw = final_norm.data_ptr<float>();
     float* hp = hn.data_ptr<float>();
@@ -329,6 +338,73 @@ struct Step {
     logits[0].index_add_(0, top, fix);
     return logits * sx * head_b.to(at::kFloat);
   }
+
+  // A prompt's products over t rows for parts [first, first + count) (all of them the file's groups): up to
+  // DOT_MAX_ROWS rows the exact dot products; then the int8 GEMM (--prefill int8), or the parts unpacked into one
+  // bf16 matrix for one oneDNN product (bf16 out: the glue reads it as is)
+  Tensor rows_products(const Tensor& x, const Weights& w, int64_t first, int64_t count, bool int8) const {
+    if (x.size(0) <= DOT_MAX_ROWS) return products(x, w, first, count);
+    std::vector<Tensor> a(as.begin() + first, as.begin() + first + count), b(bs.begin() + first, bs.begin() + first + count),
+        c(mins.begin() + first, mins.begin() + first + count);
+    std::vector<int64_t> bits, n(ns.begin() + first, ns.begin() + first + count);
+    for (int64_t i = first; i < first + count; ++i) bits.push_back(kinds[i] == 4 ? 4 : 8);
+    if (int8) return gemm::gemm_parts(x, a, b, c, bits, n);
+    return at::linear(x.to(at::kBFloat16), dot_dequant_parts(a, b, c, bits, n));
+  }
+
+  // LeanLM.forward for a prompt, in C++ (lean_lm.py's TorchScript forward is the reference and the fallback): x
+  // float32 [t, hidden] (the tokens' embeddings, scaled) at positions pos.. -> float32 logits of the last row, or of
+  // every row (all_logits; the head must then be the file's groups). Every layer product must be the file's groups.
+  Tensor prefill(Tensor x, int64_t pos, Tensor k_cache, Tensor v_cache, Tensor rope_global, Tensor rope_local,
+                 bool int8, bool all_logits) const {
+    at::NoGradGuard no_grad;
+    const Weights w{kinds, as, bs, mins, ns};
+    x = x.contiguous().clone();
+    const int64_t t = x.size(0), layers = static_cast<int64_t>(norms.size()), cap = k_cache.size(3);
+    TORCH_CHECK(pos + t <= cap, "prefill: positions beyond the KV cache");
+    TORCH_CHECK(!all_logits || head_kind == 4 || head_kind == 5, "prefill: all logits need a dot-group head");
+    float* kc = k_cache.data_ptr<float>();
+    float* vc = v_cache.data_ptr<float>();
+    Tensor q = at::empty({t, nq, d}, x.options());
+    int64_t idx = 0;
+    for (int64_t li = 0; li < layers; ++li) {
+      const auto& nm = norms[li];
+      const bool slide = sliding[li] != 0;
+      const Tensor& rope = (slide && rope_local.numel() > 0) ? rope_local : rope_global;
+      const Tensor qkv = rows_products(rows::rms_norm(x, nm[0], eps), w, idx, n_qkv[li], int8).to(at::kFloat).contiguous();
+      idx += n_qkv[li];
+      const float* bias = nm[2].numel() ? nm[2].data_ptr<float>() : nullptr;
+      const float* qn = nm[3].numel() ? nm[3].data_ptr<float>() : nullptr;
+      const float* kn = nm[4].numel() ? nm[4].data_ptr<float>() : nullptr;
+      const int64_t width = (nq + 2 * nkv) * d;
+      float* qp = q.data_ptr<float>();
+      at::parallel_for(0, t, 8, [&](int64_t r0, int64_t r1) {  // the decode step's per-head work, a row at a time
+        for (int64_t r = r0; r < r1; ++r) {
+          const float* src = qkv.data_ptr<float>() + r * width;
+          const float* cs = rope.data_ptr<float>() + (pos + r) * d;
+          for (int64_t hq = 0; hq < nq; ++hq)
+            head_vector(src + hq * d, bias ? bias + hq * d : nullptr, qn, cs, true, d, eps, qp + (r * nq + hq) * d);
+          for (int64_t hk = 0; hk < nkv; ++hk) {
+            const int64_t o = nq + hk, at_row = (li * nkv + hk) * cap + pos + r;
+            head_vector(src + o * d, bias ? bias + o * d : nullptr, kn, cs, true, d, eps, kc + at_row * d);
+            head_vector(src + (o + nkv) * d, bias ? bias + (o + nkv) * d : nullptr, nullptr, cs, false, d, eps,
+                        vc + at_row * d);
+          }
+        }
+      });
+      const int64_t start = slide ? std::max<int64_t>(0, pos - window + 1) : 0;
+      const Tensor att = rows::prompt_attention(q, k_cache.select(0, li).select(0, 0), v_cache.select(0, li).select(0, 0),
+                                                pos, start, slide ? window : 0, scaling, PROMPT_BLOCK);
+      rows::residual_add(x, rows_products(att, w, idx, 1, int8), nm[5], eps);
+      idx += 1;
+      const Tensor gu = rows_products(rows::rms_norm(x, nm[1], eps), w, idx, n_gu[li], int8);
+      idx += n_gu[li];
+      rows::residual_add(x, rows_products(rows::gated(gu, ffn, gelu), w, idx, 1, int8), nm[6], eps);
+      idx += 1;
+    }
+    if (!all_logits) return logits(x.narrow(0, t - 1, 1).contiguous());
+    return product(rows::rms_norm(x, final_norm, eps), head_kind, head_a, head_b, head_c, head_n);
+  }
 };
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -338,7 +414,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
                           std::vector<std::vector<Tensor>>, std::vector<int64_t>, Tensor, int64_t, Tensor, Tensor,
                           Tensor, int64_t, int64_t, int64_t, int64_t, int64_t, double, double, int64_t, bool,
                           int64_t>())
-      .def("run", &Step::run, "one decode step");
+      .def("run", &Step::run, "one decode step")
+      .def("prefill", &Step::prefill, "a prompt's forward");
   m.def("dot_mm", &dot::dot_mm, "x @ W^T over a weight's file groups (dot_kernels.h)");
   m.def("dot_dequant", &dot::dot_dequant, "a dot weight's rows as float32 or bf16");
   m.def("dot_dequant_parts", &dot_dequant_parts, "several dot weights unpacked into one bf16 matrix");
