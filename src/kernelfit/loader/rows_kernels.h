@@ -212,9 +212,13 @@ inline at::Tensor prompt_attention(const at::Tensor& q, const at::Tensor& k, con
     const at::Tensor qs = qb.narrow(1, b0 * group, (b1 - b0) * group);
     const at::Tensor p = masked_softmax(at::bmm(qs, kb.narrow(1, lo, hi - lo).transpose(1, 2)), scale, pos + b0, group,
                                         start + lo, window);
-    out.narrow(1, b0 * group, (b1 - b0) * group).copy_(at::bmm(p, vb.narrow(1, lo, hi - lo)));
+    at::Tensor dst = out.narrow(1, b0 * group, (b1 - b0) * group);
+    if (dst.is_contiguous()) at::bmm_out(dst, p, vb.narrow(1, lo, hi - lo));  // one kv head: straight into place
+    else dst.copy_(at::bmm(p, vb.narrow(1, lo, hi - lo)));
   }
-  return out.view({nkv, t, group, d}).transpose(0, 1).reshape({t, nq * d}).to(at::kFloat);
+  at::Tensor res = at::empty({t, nq * d}, q.options().dtype(at::kFloat));
+  res.view({t, nkv, group, d}).copy_(out.view({nkv, t, group, d}).transpose(0, 1));  // one pass: reorder and widen
+  return res;
 }
 
 }  // namespace rows
