@@ -193,7 +193,7 @@ def main() -> int:
              f"tokens, decode {NEW} tokens. "
              f"Measured read bandwidth: {bandwidth:.1f} GB/s.", "",
              "`kernelfit` is the default plan (the file's own groups through kernelfit's C++ dot products for decode; "
-             "prefill unpacks one product at a time to bf16 for oneDNN); `kernelfit-dense-prefill` is "
+             "prompts unpack each layer's products to bf16 for that call, for oneDNN); `kernelfit-dense-prefill` is "
              "`--prefill dense` (a bf16 copy of the layer weights kept for prefill: the memory trade-off the plan "
              "names); `kernelfit-int8-prefill` is `--prefill int8` (the file's codes through kernelfit's int8 GEMM on "
              "AVX512-VNNI, the activations in one int8 digit per 32: llama.cpp's precision, lossy, opt-in); "
@@ -232,7 +232,7 @@ def main() -> int:
                      f"{'✓' if rss <= budget else '✗'} | {roofr:.0%} of {roof:.0f} tok/s "
                      f"({kf['weights_bytes'] / 2**20:.0f} MiB/token) {'✓' if roofr >= GOALS['roofline'] else '✗'} |")
     warm = ", ".join(f"{s[0]} {s[7]['warmup_s']} s" for s in summary)
-    lines += ["", f"kernelfit prefill kernel: {summary[0][7]['plan_prefill']} (the plan's default); TorchScript warm-up "
+    lines += ["", f"kernelfit prefill kernel: {summary[0][7]['plan_prefill']} (the plan's default); warm-up "
               f"(first two calls): {warm}."]
     report = "\n".join(lines) + "\n"
     RESULTS.write_text(report)

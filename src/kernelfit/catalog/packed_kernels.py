@@ -14,8 +14,9 @@ per product:
 One-row (decode) products read the packed weight 2.4-3.2x faster than bf16; 256-row (prefill)
 products are 2.2x slower packed than with oneDNN's bf16 (hence prefill unpacks each product to bf16 per call
 where the C++ dot products hold the file's groups). Per-phase kernels: packed for
-decode always; for prefill, packed (memory of the file) or a bf16 copy (faster prefill for
-2 bytes per weight more) — a trade-off the planner names and `--prefill dense` takes.
+decode always; for prefill, packed (memory of the file), a bf16 copy (faster prefill for
+2 bytes per weight more) — a trade-off the planner names and `--prefill dense` takes — or, for a GGUF file on an
+AVX512-VNNI CPU, kernelfit's int8 GEMM over the codes (fastest; lossy, `--prefill int8` only).
 
 Pure data and functions: no torch.
 """
@@ -79,21 +80,24 @@ DECODE_KERNELS = {
 GGUF_DECODE = ("the file's own 4/8-bit groups, exact, through kernelfit's C++ group dot products (torch's "
                "_weight_int4pack_mm_for_cpu / _weight_int8pack_mm with re-gridded int8 where no C++ compiler "
                "builds them)")
-PREFILL_PACKED = "same packed weights as decode (unpacked to bf16 one product at a time for a oneDNN matmul)"
+PREFILL_PACKED = "same packed weights as decode (each layer's products unpacked to bf16 for that call, oneDNN matmuls)"
 PREFILL_DENSE = "bf16 copy (oneDNN matmul)"
 # --prefill int8 (loader/gemm_kernels.h): a GGUF file's codes straight into an int8 GEMM (vpdpbusd, 16 weight rows x
 # 12 activation rows a block), the activations quantized per group of 32 to one int8 digit — llama.cpp's own
 # precision (ggml_vec_dot_q4_1_q8_1), below a bf16 product's. No bf16 copy per call, no oneDNN. Measured on the
-# reference CPU: 256 x 640 x 4096 (Q5_0 codes) 1,346 us against 2,633 unpack + oneDNN; Gemma 3 270M prefill
-# INT8_PREFILL_GAIN; its loss against the float32 file, teacher-forced over 300 positions (prefill top-1 / logit
-# cosine mean): INT8_PREFILL_LOSS. Opt-in: quality loss is the user's call, and SmolLM2's bundled answer to
-# "What is the capital of France?" changes with it.
+# reference CPU (2 threads, hot caches): 256 x 640 x 4096 (Q5_0 codes) 1,346 us against 2,633 unpack + oneDNN
+# (~500 GMAC/s: this CPU's vpdpbusd rate, measured at ~4.2 G/s a core, is the bound); whole models INT8_PREFILL_GAIN;
+# its loss against the float32 file, teacher-forced over 300 positions: INT8_PREFILL_LOSS. A second activation
+# digit (the decode products' ~15 bits) measured 1.2-1.6x slower than unpack + oneDNN, so the precise prompt path
+# stays that one. Opt-in: quality loss is the user's call, and SmolLM2's bundled answer to "What is the capital of
+# France?" changes with it.
 PREFILL_INT8 = ("the file's codes through kernelfit's int8 GEMM (AVX512-VNNI), the activations in one int8 digit "
                 "per 32 (llama.cpp's precision)")
 INT8_PREFILL_ISA = "avx512_vnni"
-INT8_PREFILL_GAIN = "Gemma 3 270M 256-token prefill 1.3x faster than unpacking to bf16 per call"
-INT8_PREFILL_LOSS = ("prefill top-1 agreement with the float32 file 96.3% SmolLM2, 97.3% Gemma 3 270M (bf16 path "
-                     "98.7%, 100%); logit cosine mean 0.9995, 0.9998")
+INT8_PREFILL_GAIN = ("its products ~1.5x faster than unpacking to bf16 for oneDNN; 256-token prefill end to end "
+                     "1.0-1.2x (SmolLM2, Gemma 3 270M)")
+INT8_PREFILL_LOSS = ("prefill top-1 agreement with the float32 file 97.3% SmolLM2, 96.7% Gemma 3 270M (bf16 path "
+                     "99.3%, 99.3%); logit cosine mean 0.9995, 0.9998")
 
 
 def packed_cpu(devices: list[Device], cpu: Cpu) -> str | None:

@@ -5,8 +5,10 @@ generic path spends as much again in per-op overhead (mask building, cache objec
 processors, one product per projection). Per layer this runner does one norm, one fused QKV
 product, rotary on Q and K together, a write into a static KV cache, attention over the filled
 part, one output product, one norm, one fused gate/up product, the activation and one down
-product. The modules are compiled with TorchScript (`torch.jit.script`): it needs no C++ compiler,
-and its interpreter runs a step's ~1,300 small ops with less overhead than Python (SmolLM2 decode
+product. This module is the reference and the fallback: where the C++ extension builds (lean_step.cpp), a
+GGUF file's tokens and prompts run through its Step (run / prefill: the same math over the same weights) and
+this module is never compiled. Elsewhere it is compiled with TorchScript (`torch.jit.script`): it needs no C++
+compiler, and its interpreter runs a step's ~1,300 small ops with less overhead than Python (SmolLM2 decode
 184 vs 130 tok/s here). torch.compile was measured too and lost: 70 tok/s, 35 s to compile
 (benchmarks/results/llamacpp-*.md).
 

@@ -1,11 +1,12 @@
-// One decode step (one token) of loader/lean_lm.py's LeanLM, in C++.
+// One decode step (one token) of loader/lean_lm.py's LeanLM, in C++ — and a prompt's forward (Step::prefill).
 //
 // The TorchScript step spends ~2 ms of a ~6 ms SmolLM2 token on ~1,300 small ATen calls (norms, casts,
 // rotary, cache writes, residual adds). Here the products are kernelfit's dot products (or torch's packed
 // kernels, _int_mm), the one-query attention is a plain loop over the cache (heads split between threads), and
 // everything between them is a plain loop over a few hundred floats. Activations stay float32 between
 // products: the file's own groups go through dot_kernels.h (float32 in and out), torch's packed kernels get bf16
-// copies. The math is LeanLM.forward's for t == 1, checked against it by tests/test_packed_gguf.py.
+// copies. The math is LeanLM.forward's for t == 1, checked against it by tests/test_packed_gguf.py; prefill's is
+// LeanLM.forward's for a prompt (tests/test_prefill_kernels.py), its products per phase kernel (rows_products).
 #include <torch/extension.h>
 
 #include <cmath>
@@ -212,35 +213,6 @@ void attend(const float* q, const float* k, const float* v, int64_t nq, int64_t 
   });
 }
 
-// Several dot weights over the same input (Q, K, V or gate and up of mixed types) unpacked into one bf16 [sum n, K]:
-// a prompt's one oneDNN product instead of one a part and a cat
-Tensor dot_dequant_parts(const std::vector<Tensor>& codes, const std::vector<Tensor>& scale,
-                         const std::vector<Tensor>& mins, const std::vector<int64_t>& bits,
-                         const std::vector<int64_t>& n) {
-  TORCH_CHECK(!codes.empty() && scale.size() == codes.size() && mins.size() == codes.size() &&
-                  bits.size() == codes.size() && n.size() == codes.size(),
-              "dot: one codes, scale, mins, bits and n a part");
-  std::vector<dot::Layout> layouts;
-  int64_t total = 0;
-  for (size_t i = 0; i < codes.size(); ++i) {
-    layouts.push_back(dot::check(codes[i], scale[i], mins[i], bits[i]));
-    TORCH_CHECK(layouts[i].k == layouts[0].k && n[i] <= layouts[i].tiles * dot::TILE &&
-                    n[i] > (layouts[i].tiles - 1) * dot::TILE,
-                "dot: shapes do not match");
-    total += n[i];
-  }
-  Tensor out = at::empty({total, layouts[0].k}, codes[0].options().dtype(at::kBFloat16));
-  const Tensor all_rows = at::empty({0}, codes[0].options().dtype(at::kLong));
-  int64_t row = 0;
-  for (size_t i = 0; i < codes.size(); ++i) {
-    Tensor part = out.narrow(0, row, n[i]);  // whole rows: contiguous
-    KF_DOT_DISPATCH(layouts[i], scale[i].scalar_type(), dot::dequant_tiles, codes[i], scale[i], mins[i], layouts[i],
-                    all_rows, part);
-    row += n[i];
-  }
-  return out;
-}
-
 constexpr int64_t DOT_MAX_ROWS = 12;  // lean_lm.py's: calls of up to 12 rows take the exact dot products
 constexpr int64_t PROMPT_BLOCK = 64;  // lean_lm.py's: a prompt's attention in blocks of 64 queries
 
@@ -347,7 +319,7 @@ struct Step {
     std::vector<int64_t> bits, n(ns.begin() + first, ns.begin() + first + count);
     for (int64_t i = first; i < first + count; ++i) bits.push_back(kinds[i] == 4 ? 4 : 8);
     if (int8) return gemm::gemm_parts(x, a, b, c, bits, n);
-    return at::linear(x.to(at::kBFloat16), dot_dequant_parts(a, b, c, bits, n));
+    return at::linear(x.to(at::kBFloat16), gemm::dot_dequant_parts(a, b, c, bits, n));
   }
 
   // LeanLM.forward for a prompt, in C++ (lean_lm.py's TorchScript forward is the reference and the fallback): x
@@ -416,7 +388,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def("prefill", &Step::prefill, "a prompt's forward");
   m.def("dot_mm", &dot::dot_mm, "x @ W^T over a weight's file groups (dot_kernels.h)");
   m.def("dot_dequant", &dot::dot_dequant, "a dot weight's rows as float32 or bf16");
-  m.def("dot_dequant_parts", &dot_dequant_parts, "several dot weights unpacked into one bf16 matrix");
+  m.def("dot_dequant_parts", &gemm::dot_dequant_parts, "several dot weights unpacked into one bf16 matrix");
   m.def("fast_dot", &dot::fast_dot, "whether the dot products are vectorised here");
   m.def("gemm_mm", &gemm::gemm_mm, "a prompt's x @ W^T over a weight's file groups, int8 VNNI (gemm_kernels.h)");
   m.def("rms_norm", &rows::rms_norm, "rmsnorm(x) * w over the last dimension (rows_kernels.h)");

@@ -2,8 +2,8 @@
 
 Decode always reads the packed weights: one-row products are 2.4-3.2x faster packed than bf16 on the
 reference CPU. Prefill is a trade-off (catalog/packed_kernels.py): the same packed weights (unpacked to
-bf16 one product at a time) keep the memory of the file; a bf16 copy of the layer weights kept for prefill
-is faster (DENSE_GAIN) for 2 bytes per weight more. The plan keeps the file's memory unless asked
+bf16 for each call) keep the memory of the file; a bf16 copy of the layer weights kept for prefill skips the
+unpacking (DENSE_GAIN) for 2 bytes per weight more. The plan keeps the file's memory unless asked
 (`--prefill dense`) — or unless `kernelfit bench` measured the copy faster end to end and the tune cache says so.
 A GGUF file on an AVX512-VNNI CPU may also prefill through an int8 GEMM over its codes (`--prefill int8`): faster,
 at llama.cpp's activation precision, so only when asked (never by bench: it trades quality, not memory).
@@ -24,8 +24,10 @@ from .types import Choice, ChoiceKind, Preferences, RejectKind, Rejected
 
 PREFILL_CHOICES = ("auto", "packed", "dense", "int8")
 # measured on the reference CPU (benchmarks/results/llamacpp-report.md): the copy saves unpacking each product per
-# call (C++ dot path) or torch's int4 kernel, compute-bound at 256 rows (no compiler)
-DENSE_GAIN = "SmolLM2 256-token prefill 1.25x faster than unpacking per call, 1.9x than torch's int4 kernel"
+# call (C++ dot path: ~10% of a prompt, and the one-matrix-per-layer unpack made up the rest) or torch's int4
+# kernel, compute-bound at 256 rows (no compiler)
+DENSE_GAIN = ("256-token prefill on the reference CPU: no faster than unpacking per call where kernelfit's C++ "
+              "kernels are built (SmolLM2 1.01x, Gemma 3 270M 0.98x), 2.1x torch's int4 kernel where they are not")
 
 
 def dense_copy_bytes(model: ModelSpec, bits: int | None) -> int:
@@ -84,7 +86,7 @@ def phase_kernels(model: ModelSpec, prefs: Preferences, q, memory: MemoryEstimat
                                            int8_alt), SOURCES)
         return {"decode": decode, "prefill": prefill}, with_copy
     alt = Rejected("dense", RejectKind.TRADE_OFF if copy_fits else RejectKind.DOES_NOT_FIT,
-                   (f"a {PREFILL_DENSE} of the layer weights prefills faster ({DENSE_GAIN}) but adds "
+                   (f"a {PREFILL_DENSE} of the layer weights skips the per-call unpacking ({DENSE_GAIN}) but adds "
                     f"{gib(copy):.2f} GiB (--prefill dense, or `kernelfit bench` to measure it)") if copy_fits else
                    f"a {PREFILL_DENSE} needs {need:.2f} GiB, budget {budget:.2f} GiB",
                    needs_gib=need, budget_gib=budget)
