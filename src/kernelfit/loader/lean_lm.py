@@ -58,7 +58,7 @@ GROUP = 32
 @torch.jit.ignore
 def _dot(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, kind: int, n: int,
          int8_prefill: bool) -> torch.Tensor:
-    """x @ W^T over a dot weight's groups (DOT4 / DOT8), float32 out."""
+    """x @ W^T over a dot weight's groups (DOT4 / DOT8): float32, or bf16 from the unpack + oneDNN path."""
     ops = native_module()
     bits = 4 if kind == DOT4 else 8
     if x.shape[0] <= DOT_MAX_ROWS:
