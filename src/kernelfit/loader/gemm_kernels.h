@@ -1,6 +1,5 @@
 // A prompt's products straight from the packed groups: an int8 GEMM on AVX512-VNNI, for calls of more than a few
-// rows (dot_kernels.h's dot products take short calls and the decode step); and, for the precise path, several
-// weights unpacked into one bf16 matrix for one oneDNN product.
+// rows (dot_kernels.h's dot products take short calls and the decode step).
 //
 // Why: the other prefill path unpacks each weight to bf16 for every call and hands it to oneDNN, whose bf16 GEMM
 // already runs near this CPU's bf16 peak (Gemma 3 270M at 256 tokens: ~63 ms of products + ~11 ms of unpacking).
@@ -211,35 +210,6 @@ inline at::Tensor gemm_parts(const at::Tensor& x_in, const std::vector<at::Tenso
   }
 #endif
   return y;
-}
-
-// Several dot weights over the same input (Q, K, V or gate and up of mixed types) unpacked into one bf16 [sum n, K]:
-// a prompt's one oneDNN product instead of one a part and a cat
-inline at::Tensor dot_dequant_parts(const std::vector<at::Tensor>& codes, const std::vector<at::Tensor>& scale,
-                                    const std::vector<at::Tensor>& mins, const std::vector<int64_t>& bits,
-                                    const std::vector<int64_t>& n) {
-  TORCH_CHECK(!codes.empty() && scale.size() == codes.size() && mins.size() == codes.size() &&
-                  bits.size() == codes.size() && n.size() == codes.size(),
-              "dot: one codes, scale, mins, bits and n a part");
-  std::vector<dot::Layout> layouts;
-  int64_t total = 0;
-  for (size_t i = 0; i < codes.size(); ++i) {
-    layouts.push_back(dot::check(codes[i], scale[i], mins[i], bits[i]));
-    TORCH_CHECK(layouts[i].k == layouts[0].k && n[i] <= layouts[i].tiles * dot::TILE &&
-                    n[i] > (layouts[i].tiles - 1) * dot::TILE,
-                "dot: shapes do not match");
-    total += n[i];
-  }
-  at::Tensor out = at::empty({total, layouts[0].k}, codes[0].options().dtype(at::kBFloat16));
-  const at::Tensor all_rows = at::empty({0}, codes[0].options().dtype(at::kLong));
-  int64_t row = 0;
-  for (size_t i = 0; i < codes.size(); ++i) {
-    at::Tensor part = out.narrow(0, row, n[i]);  // whole rows: contiguous
-    KF_DOT_DISPATCH(layouts[i], scale[i].scalar_type(), dot::dequant_tiles, codes[i], scale[i], mins[i], layouts[i],
-                    all_rows, part);
-    row += n[i];
-  }
-  return out;
 }
 
 // y[m, n] = sum_k x[m, k] * w[n, k] with x quantized per group of 32 to int8: float32 [M, n]

@@ -15,6 +15,7 @@
 
 #include "dot_kernels.h"
 #include "gemm_kernels.h"
+#include "unpack_kernels.h"
 #include "rows_kernels.h"
 
 using at::Tensor;
@@ -319,7 +320,7 @@ struct Step {
     std::vector<int64_t> bits, n(ns.begin() + first, ns.begin() + first + count);
     for (int64_t i = first; i < first + count; ++i) bits.push_back(kinds[i] == 4 ? 4 : 8);
     if (int8) return gemm::gemm_parts(x, a, b, c, bits, n);
-    return at::linear(x.to(at::kBFloat16), gemm::dot_dequant_parts(a, b, c, bits, n));
+    return at::linear(x.to(at::kBFloat16), dot::dot_dequant_parts(a, b, c, bits, n));
   }
 
   // LeanLM.forward for a prompt, in C++ (lean_lm.py's TorchScript forward is the reference and the fallback): x
@@ -384,11 +385,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
                           std::vector<std::vector<Tensor>>, std::vector<int64_t>, Tensor, int64_t, Tensor, Tensor,
                           Tensor, int64_t, int64_t, int64_t, int64_t, int64_t, double, double, int64_t, bool,
                           int64_t>())
-      .def("run", &Step::run, "one decode step")
-      .def("prefill", &Step::prefill, "a prompt's forward");
+      // the GIL is released while a step or a prompt runs: `kernelfit serve`'s event loop keeps answering meanwhile
+      .def("run", &Step::run, "one decode step", pybind11::call_guard<pybind11::gil_scoped_release>())
+      .def("prefill", &Step::prefill, "a prompt's forward", pybind11::call_guard<pybind11::gil_scoped_release>());
   m.def("dot_mm", &dot::dot_mm, "x @ W^T over a weight's file groups (dot_kernels.h)");
   m.def("dot_dequant", &dot::dot_dequant, "a dot weight's rows as float32 or bf16");
-  m.def("dot_dequant_parts", &gemm::dot_dequant_parts, "several dot weights unpacked into one bf16 matrix");
+  m.def("dot_dequant_parts", &dot::dot_dequant_parts, "several dot weights unpacked into one bf16 matrix");
   m.def("fast_dot", &dot::fast_dot, "whether the dot products are vectorised here");
   m.def("gemm_mm", &gemm::gemm_mm, "a prompt's x @ W^T over a weight's file groups, int8 VNNI (gemm_kernels.h)");
   m.def("rms_norm", &rows::rms_norm, "rmsnorm(x) * w over the last dimension (rows_kernels.h)");
