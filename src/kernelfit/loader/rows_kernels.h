@@ -118,6 +118,32 @@ inline float sigmoid(float z) {
   return 1.f / (1.f + exp_clamped(v));
 }
 
+// the sum and the maximum of n floats through 16 partial lanes, so that the loops vectorise; a NaN in x gives NaN
+inline float lanes_sum(const float* x, int64_t n) {
+  float acc[16] = {0};
+  const int64_t body = n - n % 16;
+  for (int64_t i = 0; i < body; i += 16)
+    for (int j = 0; j < 16; ++j) acc[j] += x[i + j];
+  float s = 0.f;
+  for (int64_t i = body; i < n; ++i) s += x[i];
+  for (int j = 0; j < 16; ++j) s += acc[j];
+  return s;
+}
+
+inline float lanes_max(const float* x, int64_t n) {
+  float acc[16];
+  for (int j = 0; j < 16; ++j) acc[j] = -INFINITY;
+  const int64_t body = n - n % 16;
+  bool nan = false;
+  for (int64_t i = 0; i < body; i += 16)
+    for (int j = 0; j < 16; ++j) acc[j] = x[i + j] > acc[j] ? x[i + j] : acc[j];
+  float m = -INFINITY;
+  for (int64_t i = body; i < n; ++i) m = x[i] > m ? x[i] : m;
+  for (int j = 0; j < 16; ++j) m = acc[j] > m ? acc[j] : m;
+  for (int64_t i = 0; i < n; ++i) nan = nan || x[i] != x[i];  // comparisons drop NaN: carry it explicitly
+  return nan ? NAN : m;
+}
+
 inline uint16_t f32_to_bf16(float f) {  // round to nearest even; NaN stays NaN (its high mantissa bits are kept)
   uint32_t bits;
   std::memcpy(&bits, &f, sizeof bits);
@@ -145,14 +171,12 @@ inline at::Tensor masked_softmax(const at::Tensor& scores, double scale, int64_t
       const int64_t hi = std::max(lo, std::min(len, q + 1 - key0));
       const uint16_t* s = sp + r * len;
       uint16_t* o = op + r * len;
-      float m = -INFINITY;
-      for (int64_t j = lo; j < hi; ++j) m = std::max(m, bf16_to_f32(s[j]) * float(scale));
-      float sum = 0.f;
-      for (int64_t j = lo; j < hi; ++j) {
-        e[j] = exp_clamped(std::max(bf16_to_f32(s[j]) * float(scale) - m, -87.0f));
-        sum += e[j];
-      }
-      const float inv = 1.f / sum;  // a NaN score makes m or sum NaN: the row is NaN, as in a float softmax
+      // separate passes, the reductions in 16 partial lanes: a float sum or max in the same loop as the exp kept
+      // GCC from vectorising any of it (no -ffast-math here)
+      for (int64_t j = lo; j < hi; ++j) e[j] = bf16_to_f32(s[j]) * float(scale);
+      const float m = lanes_max(e.data() + lo, hi - lo);
+      for (int64_t j = lo; j < hi; ++j) e[j] = exp_clamped(std::max(e[j] - m, -87.0f));
+      const float inv = 1.f / lanes_sum(e.data() + lo, hi - lo);  // a NaN score makes the row NaN, as in ATen
       for (int64_t j = 0; j < lo; ++j) o[j] = 0;
       for (int64_t j = lo; j < hi; ++j) o[j] = f32_to_bf16(e[j] * inv);
       for (int64_t j = hi; j < len; ++j) o[j] = 0;
