@@ -72,7 +72,7 @@ def model_files(names: list[str]) -> dict[str, Path]:
 
 
 def llama_cpp(path: Path, threads: int) -> dict:
-    cmd = [str(BENCH_BIN), "-m", str(path), "-p", str(PROMPT), "-n", str(NEW), "-t", str(threads), "-r", "1", "-o", "json"]
+    cmd = [str(BENCH_BIN), "-m", str(path), "-p", str(PROMPT), "-n", str(NEW), "-t", str(threads), "-r", "3", "-o", "json"]  # avg of 3
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     out = p.stdout.read()
     _, status, usage = os.wait4(p.pid, 0)
