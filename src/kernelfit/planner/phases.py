@@ -27,7 +27,7 @@ PREFILL_CHOICES = ("auto", "packed", "dense", "int8")
 # call (C++ dot path: ~10% of a prompt, and the one-matrix-per-layer unpack made up the rest) or torch's int4
 # kernel, compute-bound at 256 rows (no compiler)
 DENSE_GAIN = ("256-token prefill on the reference CPU: within noise of unpacking per call where kernelfit's C++ "
-              "kernels are built (SmolLM2 1.01-1.04x, Gemma 3 270M 0.98-1.07x over two runs), 2.1x torch's int4 "
+              "kernels are built (SmolLM2 0.99-1.04x, Gemma 3 270M 0.98-1.07x over three runs), 2.1x torch's int4 "
               "kernel where they are not")
 
 
