@@ -184,7 +184,7 @@ def build_lean(path: str | Path, prefill_dense: bool = False, progress=None, pre
     # Where the C++ step and prompt forward run everything (native.prefill_ok), TorchScript is compiled only if a
     # call ever needs it (forward(): all logits through a non-dot head): compiled and run, it held ~20 MiB more
     # (SmolLM2: peak RSS over the interpreter 172 -> 163 MiB without running it, ~12 more without compiling it)
-    runner = model.eval() if native.prefill_ok and exact else _script(model.eval())
+    runner = model.eval() if native.prefill_ok else _script(model.eval())  # prefill_ok: all dot groups, so exact
     nbytes = sum(w.nbytes() for w in packed)
     del packed, blocks, model, embed, head
     release_free_memory()

@@ -177,19 +177,21 @@ class Products(nn.Module):
         self.bf16_parts = all(p.kind >= DOT4 and not p.int8_prefill and not p.has_prefill for p in parts) and \
             sum(p.out_features for p in parts) * parts[0].a.shape[1] // (4 if parts[0].kind == DOT4 else 8) \
             <= DOT_MAX_COPY_WEIGHTS
+        # the parts' tensors and shapes as the extension's one-call functions take them
+        self.part_a: List[torch.Tensor] = [p.a for p in parts]
+        self.part_b: List[torch.Tensor] = [p.b for p in parts]
+        self.part_c: List[torch.Tensor] = [p.c for p in parts]
+        self.part_kind: List[int] = [p.kind for p in parts]
+        self.part_n: List[int] = [p.out_features for p in parts]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.n == 1:
             return self.p0(x)
         if self.bf16_parts and x.shape[0] > self.p0.dot_max_rows:
-            return F.linear(x.to(torch.bfloat16), _dequant_parts(
-                [self.p0.a, self.p1.a, self.p2.a][:self.n], [self.p0.b, self.p1.b, self.p2.b][:self.n],
-                [self.p0.c, self.p1.c, self.p2.c][:self.n], [self.p0.kind, self.p1.kind, self.p2.kind][:self.n],
-                [self.p0.out_features, self.p1.out_features, self.p2.out_features][:self.n]))
+            return F.linear(x.to(torch.bfloat16),
+                            _dequant_parts(self.part_a, self.part_b, self.part_c, self.part_kind, self.part_n))
         if self.int8_parts and x.shape[0] > self.p0.dot_max_rows:
-            return _gemm_parts(x, [self.p0.a, self.p1.a, self.p2.a][:self.n], [self.p0.b, self.p1.b, self.p2.b][:self.n],
-                               [self.p0.c, self.p1.c, self.p2.c][:self.n], [self.p0.kind, self.p1.kind, self.p2.kind][:self.n],
-                               [self.p0.out_features, self.p1.out_features, self.p2.out_features][:self.n])
+            return _gemm_parts(x, self.part_a, self.part_b, self.part_c, self.part_kind, self.part_n)
         if self.n == 2:
             return torch.cat([self.p0(x), self.p1(x)], dim=-1)
         return torch.cat([self.p0(x), self.p1(x), self.p2(x)], dim=-1)

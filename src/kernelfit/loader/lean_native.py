@@ -1,5 +1,5 @@
-"""The C++ decode step and prompt forward (lean_step.cpp, with dot_kernels.h, gemm_kernels.h and rows_kernels.h),
-compiled once per torch version into the cache, and their arguments.
+"""The C++ decode step and prompt forward (lean_step.cpp, with dot_kernels.h, unpack_kernels.h, gemm_kernels.h and
+rows_kernels.h), compiled once per torch version into the cache, and their arguments.
 
 Compiling needs a C++ compiler and ninja (torch.utils.cpp_extension), ~20-40 s on 2 cores the first time;
 the build is cached under the kernelfit cache dir, keyed by the source and torch version. Where it cannot be

@@ -53,43 +53,12 @@ Tensor products(const Tensor& x, const Weights& w, int64_t first, int64_t count)
   return at::cat(parts, 1);
 }
 
-float rms_scale(const float* x, int64_t n, double eps) {
-  double ss = 0;
-  for (int64_t i = 0; i < n; ++i) ss += double(x[i]) * x[i];
-  return float(1.0 / std::sqrt(ss / n + eps));
-}
-
-// float32 [1, n] = rmsnorm(x) * w
-Tensor norm(const Tensor& x, const Tensor& w, double eps) {
-  int64_t n = x.size(-1);
-  auto out = at::empty({1, n}, x.options());
-  const float* xp = x.data_ptr<float>();
-  const float* wp = w.data_ptr<float>();
-  float* op = out.data_ptr<float>();
-  float s = rms_scale(xp, n, eps);
-  for (int64_t i = 0; i < n; ++i) op[i] = xp[i] * s * wp[i];
-  return out;
-}
-
-// x += y, through an optional post-norm (Gemma 3)
-void residual_add(float* x, const Tensor& y, const Tensor& post, double eps) {
-  int64_t n = y.size(-1);
-  const float* yp = y.data_ptr<float>();
-  if (post.numel() == 0) {
-    for (int64_t i = 0; i < n; ++i) x[i] += yp[i];
-    return;
-  }
-  float s = rms_scale(yp, n, eps);
-  const float* wp = post.data_ptr<float>();
-  for (int64_t i = 0; i < n; ++i) x[i] += yp[i] * s * wp[i];
-}
-
 // one head's d values: (+ bias) (-> rmsnorm * w) (-> rotary over interleaved pairs with cos/sin at pos) -> dst
 void head_vector(const float* src, const float* bias, const float* w, const float* cs, bool rotate,
                  int64_t d, double eps, float* dst) {
   for (int64_t i = 0; i < d; ++i) dst[i] = src[i] + (bias ? bias[i] : 0.f);
   if (w) {
-    float s = rms_scale(dst, d, eps);
+    float s = rows::rms_scale(dst, d, eps);
     for (int64_t i = 0; i < d; ++i) dst[i] = dst[i] * s * w[i];
   }
   if (rotate) {
@@ -118,13 +87,7 @@ inline float dot16(const float* a, const float* b, int64_t d) {
 // exp; below e^-87, float's smallest normal, it flushes to about 1e-38)
 inline float exp_shifted(float* x, int64_t len, float shift) {
   for (int64_t t = 0; t < len; ++t) x[t] = rows::exp_clamped(std::max(x[t] - shift, -87.0f));
-  float partial[16] = {0}, sum = 0;
-  const int64_t body = len - len % 16;
-  for (int64_t t = 0; t < body; t += 16)
-    for (int j = 0; j < 16; ++j) partial[j] += x[t + j];
-  for (int64_t t = body; t < len; ++t) sum += x[t];
-  for (int j = 0; j < 16; ++j) sum += partial[j];
-  return sum;
+  return rows::lanes_sum(x, len);
 }
 
 // 16 floats as one GCC/Clang vector: one AVX-512 register, two AVX2 ones, four SSE ones — whatever -march gives.
@@ -244,7 +207,6 @@ struct Step {
     at::NoGradGuard no_grad;
     const Weights w{kinds, as, bs, mins, ns};
     x = x.contiguous().clone();
-    float* xp = x.data_ptr<float>();
     const int64_t layers = static_cast<int64_t>(norms.size());
     const int64_t cap = k_cache.size(3);
     float* kc = k_cache.data_ptr<float>();
@@ -256,47 +218,45 @@ struct Step {
       bool slide = sliding[li] != 0;
       const Tensor& rope = (slide && rope_local.numel() > 0) ? rope_local : rope_global;
       const float* cs = rope.data_ptr<float>() + pos * d;  // [cap, d/2, 2]
-      auto h = norm(x, nm[0], eps);
-      auto qkv = products(h, w, idx, n_qkv[li]);
+      auto qkv = products(rows::rms_norm(x, nm[0], eps), w, idx, n_qkv[li]);
       idx += n_qkv[li];
-      const float* src = qkv.data_ptr<float>();
-      const float* bias = nm[2].numel() ? nm[2].data_ptr<float>() : nullptr;
-      const float* qn = nm[3].numel() ? nm[3].data_ptr<float>() : nullptr;
-      const float* kn = nm[4].numel() ? nm[4].data_ptr<float>() : nullptr;
-      for (int64_t hq = 0; hq < nq; ++hq)
-        head_vector(src + hq * d, bias ? bias + hq * d : nullptr, qn, cs, true, d, eps, q.data() + hq * d);
-      for (int64_t hk = 0; hk < nkv; ++hk) {
-        int64_t o = nq + hk;
-        float* kdst = kc + ((li * nkv + hk) * cap + pos) * d;
-        head_vector(src + o * d, bias ? bias + o * d : nullptr, kn, cs, true, d, eps, kdst);
-        float* vdst = vc + ((li * nkv + hk) * cap + pos) * d;
-        head_vector(src + (o + nkv) * d, bias ? bias + (o + nkv) * d : nullptr, nullptr, cs, false, d, eps, vdst);
-      }
+      position_heads(qkv.data_ptr<float>(), nm, cs, li, pos, cap, q.data(), kc, vc);
       int64_t start = slide ? std::max<int64_t>(0, pos - window + 1) : 0;
       attend(q.data(), kc + li * nkv * cap * d, vc + li * nkv * cap * d, nq, nkv, d, cap, start, pos + 1, scaling,
              att.data(), scores);
       auto o = product(torch::from_blob(att.data(), {1, nq * d}, x.options()), w, idx);
       idx += 1;
-      residual_add(xp, o, nm[5], eps);
-      h = norm(x, nm[1], eps);
-      auto gu = products(h, w, idx, n_gu[li]);
+      rows::residual_add(x, o, nm[5], eps);
+      auto gu = products(rows::rms_norm(x, nm[1], eps), w, idx, n_gu[li]);
       idx += n_gu[li];
       const auto act = rows::gated(gu, ffn, gelu);  // one vectorised pass (a scalar std::tanh loop: ~0.4 ms a token)
       auto y = product(act, w, idx);
       idx += 1;
-      residual_add(xp, y, nm[6], eps);
+      rows::residual_add(x, y, nm[6], eps);
     }
     return logits(x);
   }
 
+  // One position p's fused Q/K/V product row src: bias, the head norms and rotary with that position's cos/sin
+  // (cs); its query heads into q, its K and V into layer li's rows of the caches (kc, vc: their first floats)
+  void position_heads(const float* src, const std::vector<Tensor>& nm, const float* cs, int64_t li, int64_t p,
+                      int64_t cap, float* q, float* kc, float* vc) const {
+    const float* bias = nm[2].numel() ? nm[2].data_ptr<float>() : nullptr;
+    const float* qn = nm[3].numel() ? nm[3].data_ptr<float>() : nullptr;
+    const float* kn = nm[4].numel() ? nm[4].data_ptr<float>() : nullptr;
+    for (int64_t hq = 0; hq < nq; ++hq)
+      head_vector(src + hq * d, bias ? bias + hq * d : nullptr, qn, cs, true, d, eps, q + hq * d);
+    for (int64_t hk = 0; hk < nkv; ++hk) {
+      const int64_t o = nq + hk, row = (li * nkv + hk) * cap + p;
+      head_vector(src + o * d, bias ? bias + o * d : nullptr, kn, cs, true, d, eps, kc + row * d);
+      head_vector(src + (o + nkv) * d, bias ? bias + (o + nkv) * d : nullptr, nullptr, cs, false, d, eps,
+                  vc + row * d);
+    }
+  }
+
   // float32 logits [1, vocab] of one residual row x [1, hidden]: the final norm, then the head
   Tensor logits(const Tensor& x) const {
-    auto hn = x.clone();
-    const float* xp = x.data_ptr<float>();
-    float s = rms_scale(xp, x.size(-1), eps);
-    const float* fw = final_norm.data_ptr<float>();
-    float* hp = hn.data_ptr<float>();
-    for (int64_t i = 0; i < x.size(-1); ++i) hp[i] = xp[i] * s * fw[i];
+    const Tensor hn = rows::rms_norm(x, final_norm, eps);
     if (head_kind != 3) return product(hn, head_kind, head_a, head_b, head_c, head_n);
     // lean_lm.py Product kind 3: _int_mm on one int8 digit, the top logits recomputed with the second
     auto sx = hn.abs().amax(-1, true).clamp_min(1e-30) / 127.0;
@@ -344,24 +304,12 @@ struct Step {
       const Tensor& rope = (slide && rope_local.numel() > 0) ? rope_local : rope_global;
       const Tensor qkv = rows_products(rows::rms_norm(x, nm[0], eps), w, idx, n_qkv[li], int8).to(at::kFloat).contiguous();
       idx += n_qkv[li];
-      const float* bias = nm[2].numel() ? nm[2].data_ptr<float>() : nullptr;
-      const float* qn = nm[3].numel() ? nm[3].data_ptr<float>() : nullptr;
-      const float* kn = nm[4].numel() ? nm[4].data_ptr<float>() : nullptr;
       const int64_t width = (nq + 2 * nkv) * d;
       float* qp = q.data_ptr<float>();
       at::parallel_for(0, t, 8, [&](int64_t r0, int64_t r1) {  // the decode step's per-head work, a row at a time
-        for (int64_t r = r0; r < r1; ++r) {
-          const float* src = qkv.data_ptr<float>() + r * width;
-          const float* cs = rope.data_ptr<float>() + (pos + r) * d;
-          for (int64_t hq = 0; hq < nq; ++hq)
-            head_vector(src + hq * d, bias ? bias + hq * d : nullptr, qn, cs, true, d, eps, qp + (r * nq + hq) * d);
-          for (int64_t hk = 0; hk < nkv; ++hk) {
-            const int64_t o = nq + hk, at_row = (li * nkv + hk) * cap + pos + r;
-            head_vector(src + o * d, bias ? bias + o * d : nullptr, kn, cs, true, d, eps, kc + at_row * d);
-            head_vector(src + (o + nkv) * d, bias ? bias + (o + nkv) * d : nullptr, nullptr, cs, false, d, eps,
-                        vc + at_row * d);
-          }
-        }
+        for (int64_t r = r0; r < r1; ++r)
+          position_heads(qkv.data_ptr<float>() + r * width, nm, rope.data_ptr<float>() + (pos + r) * d, li, pos + r,
+                         cap, qp + r * nq * d, kc, vc);
       });
       const int64_t start = slide ? std::max<int64_t>(0, pos - window + 1) : 0;
       const Tensor att = rows::prompt_attention(q, k_cache.select(0, li).select(0, 0), v_cache.select(0, li).select(0, 0),
