@@ -286,6 +286,7 @@ def test_int8_prefill_is_taken_only_when_asked_and_only_where_it_runs():
     asked = plan(load_profile("cpu-spr-amx"), SMOL, Preferences(prefill="int8"))
     pre = asked.kernels["prefill"]
     assert pre.value == "int8" and pre.kind is ChoiceKind.REQUESTED and "lossy" in pre.reason
+    assert {"x86-avx512-vnni", "llama-cpp-vec-dot"} <= set(pre.sources)  # the instruction and the precision's peer
     assert asked.memory == plan(load_profile("cpu-spr-amx"), SMOL, Preferences()).memory  # no copy: the file's memory
     # no AVX512-VNNI: the bf16 path runs, and the choice says why int8 did not
     avx2 = plan(load_profile("cpu-avx2"), SMOL, Preferences(prefill="int8")).kernels["prefill"]

@@ -94,6 +94,7 @@ PREFILL_DENSE = "bf16 copy (oneDNN matmul)"
 PREFILL_INT8 = ("the file's codes through kernelfit's int8 GEMM (AVX512-VNNI), the activations in one int8 digit "
                 "per 32 (llama.cpp's precision)")
 INT8_PREFILL_ISA = "avx512_vnni"
+INT8_PREFILL_SOURCES = SOURCES + ("x86-avx512-vnni",)
 INT8_PREFILL_GAIN = ("its products ~1.5x faster than unpacking to bf16 for oneDNN; 256-token prefill end to end "
                      "1.0-1.2x (SmolLM2, Gemma 3 270M)")
 INT8_PREFILL_LOSS = ("prefill top-1 agreement with the float32 file 96.7% SmolLM2, 98.0% Gemma 3 270M (bf16 path "

@@ -105,8 +105,14 @@ SOURCES: dict[str, Source] = {s.id: s for s in (
            "kernelfit:benchmarks/packed_kernels.py ; kernelfit:benchmarks/results/llamacpp-report.md",
            "one row: int4 group-32 34 us and int8 per-row 30 us vs bf16 82 us (3072x576); 256 rows: int4 2,661 us vs "
            "oneDNN bf16 1,191 us; kernelfit's C++ group dot products 4-bit 17.9 us at one row, unpacked to bf16 for "
-           "oneDNN 1,102 us at 256; SmolLM2 Q4_1 decode 2.13x and Gemma 3 270M 1.57x llama.cpp's on the same file "
-           "and threads"),
+           "oneDNN 1,102 us at 256; the int8 GEMM over the codes (one activation digit) 1,346 us for 256 x 640 x "
+           "4096 against 2,633 unpack + oneDNN; SmolLM2 Q4_1 decode 2.12x and Gemma 3 270M 1.79x llama.cpp's on the "
+           "same file and threads"),
+    Source("x86-avx512-vnni", "The AVX512-VNNI instruction the int8 GEMM is built on (clang's intrinsics header)",
+           "https://clang.llvm.org/doxygen/avx512vnniintrin_8h_source.html",
+           "_mm512_dpbusd_epi32 -> __builtin_ia32_vpdpbusd512 (unsigned bytes x signed bytes, four products summed "
+           "into each int32 lane), __target__(\"avx512vnni\"): compiled only for, and run only on, CPUs with "
+           "avx512_vnni"),
     Source("torch-int4pack-cpu", "PyTorch's CPU weight-only int4/int8 kernels",
            "https://github.com/pytorch/pytorch/blob/main/aten/src/ATen/native/cpu/int4mm_kernel.cpp ; "
            "https://github.com/pytorch/pytorch/blob/main/aten/src/ATen/native/cpu/int8mm_kernel.cpp",

@@ -16,7 +16,8 @@ from __future__ import annotations
 from dataclasses import replace
 
 from ..catalog.packed_kernels import (DECODE_KERNELS, FLOAT, GGUF_DECODE, INT8_PREFILL_GAIN, INT8_PREFILL_ISA,
-                                      INT8_PREFILL_LOSS, PREFILL_DENSE, PREFILL_INT8, PREFILL_PACKED, SOURCES)
+                                      INT8_PREFILL_LOSS, INT8_PREFILL_SOURCES, PREFILL_DENSE, PREFILL_INT8,
+                                      PREFILL_PACKED, SOURCES)
 from ..hardware.machine import Cpu
 from ..model.spec import ModelSpec
 from .memory import MemoryEstimate, gib
@@ -73,7 +74,7 @@ def phase_kernels(model: ModelSpec, prefs: Preferences, q, memory: MemoryEstimat
         prefill = Choice("int8", ChoiceKind.REQUESTED,
                          f"--prefill int8: {PREFILL_INT8}; {INT8_PREFILL_GAIN}; lossy: {INT8_PREFILL_LOSS}",
                          (Rejected("packed", RejectKind.RUNS_BUT_LOWER_PRIORITY,
-                                   f"{PREFILL_PACKED}: bf16 activations, slower prompts"),), SOURCES)
+                                   f"{PREFILL_PACKED}: bf16 activations, slower prompts"),), INT8_PREFILL_SOURCES)
         return {"decode": decode, "prefill": prefill}, memory
     copy = dense_copy_bytes(model, q.bits)
     with_copy = replace(memory, weights=memory.weights + copy)
