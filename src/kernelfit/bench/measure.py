@@ -44,22 +44,32 @@ def _measure(model, cand: Candidate, ids: torch.Tensor, new_tokens: int, trials:
             del model.forward
 
 
+def _synchronize(device: torch.device) -> None:
+    """GPU kernels run asynchronously: a clock read before they finish times only their launch."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def _trials(model, cand: Candidate, ids: torch.Tensor, new_tokens: int, trials: int) -> Result:
     from ..loader.generate import _TimingStreamer, no_grad_for
 
     forward = model.forward
+    device = next(p for p in model.parameters() if p.device.type != "meta").device
+    ids = ids.to(device)  # the embedding's device (the first layer's, when layers are spread over devices)
     prefill, decode = [], []
     gen_kw = {"cache_implementation": "static"} if cand.cache == "static" else {}
     prompt = ids[:, :16]
     for i in range(trials + 1):  # the first round is warm-up
         with no_grad_for(model):
+            _synchronize(device)
             t = time.perf_counter()
             forward(input_ids=ids, use_cache=False)
+            _synchronize(device)
             p = time.perf_counter() - t
             streamer = _TimingStreamer(None, None)
             t = time.perf_counter()
             model.generate(prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                           pad_token_id=0, streamer=streamer, **gen_kw)
+                           pad_token_id=0, streamer=streamer, **gen_kw)  # ends on the host: tokens are read
             end = time.perf_counter()
         if i:
             prefill.append(ids.shape[1] / p)

@@ -61,6 +61,16 @@ def peak_rss_mib() -> float:
     return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)
 
 
+def peak_gpu_mib() -> dict[str, float]:
+    """The CUDA caching allocator's peak reservation per GPU this process used (what nvidia-smi shows of it,
+    less the CUDA context); empty when CUDA was never initialised (CPU runs, or a torch without CUDA)."""
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_initialized():
+        return {}
+    return {f"cuda:{i}": round(torch.cuda.max_memory_reserved(i) / 2**20, 1) for i in range(torch.cuda.device_count())
+            if torch.cuda.max_memory_reserved(i)}
+
+
 def _err(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
@@ -149,7 +159,7 @@ def cmd_run(args) -> int:
                           "prefill_tokens_per_s": round(gen.prefill_tokens_per_s, 2),
                           "decode_tokens_per_s": round(gen.decode_tokens_per_s, 2),
                           "load_seconds": round(loaded.load_seconds, 2), "packing": loaded.packing,
-                          "peak_rss_mib": peak_rss_mib()}, indent=2))
+                          "peak_rss_mib": peak_rss_mib(), "peak_gpu_mib": peak_gpu_mib()}, indent=2))
     else:
         sys.stdout.write("\n")
         for e in events:
@@ -157,7 +167,8 @@ def cmd_run(args) -> int:
         _err(f"kernelfit: prefill {gen.prompt_tokens} tokens at {gen.prefill_tokens_per_s:.1f} tokens/s, "
              f"decode {gen.new_tokens} tokens at {gen.decode_tokens_per_s:.1f} tokens/s "
              f"({loaded.dtype}, {'packed runner' if lean_runner(loaded.plan) else loaded.plan.text_attention.value}, "
-             f"{', '.join(loaded.plan.placement.devices)}), peak RSS {peak_rss_mib():.0f} MiB")
+             f"{', '.join(loaded.plan.placement.devices)}), peak RSS {peak_rss_mib():.0f} MiB"
+             + "".join(f", peak {d} {mib:.0f} MiB" for d, mib in peak_gpu_mib().items()))
     return 0
 
 
