@@ -39,8 +39,9 @@ DOT_MAX_ROWS = 12  # measured on 2 threads: at 8 rows the dot products take 0.3-
 # ... unless the bf16 copy of that one product would be large (an output head asked for every position's logits:
 # Gemma 3's 262k x 640 table is 335 MB in bf16): the dot products then take all rows.
 DOT_MAX_COPY_WEIGHTS = 1 << 24
-# a prompt's attention runs in blocks of this many queries, each over only the keys it sees (rows_kernels.h)
-PROMPT_BLOCK = 64
+# a prompt's attention runs in blocks of this many queries, each over only the keys it sees (rows_kernels.h): at
+# 256 tokens 128 measured ~10% faster than 64 (fewer, larger oneDNN calls outweigh the larger masked triangle)
+PROMPT_BLOCK = 128
 # INT8_EXACT: the output head. The packed kernels return bf16, whose 8-bit mantissa rounds a logit of 25 to
 # a multiple of 0.125 — enough to swap the top two tokens of SmolLM2 answering "What is the capital of
 # France?" (margin 0.08). The head instead runs torch._int_mm, whose int32 sums are exact, on the activation
@@ -245,6 +246,7 @@ class LeanLM(nn.Module):
             blk.qk_norm_rows = (torch.cat([blk.q_norm.repeat(cfg.heads), blk.k_norm.repeat(cfg.kv_heads)])
                                 if blk.has_qk_norm else torch.empty(0))
         self.blocks = nn.ModuleList(blocks)
+        self.layers = len(blocks)
         self.final_norm, self.head = final_norm, head
         self.k_cache = torch.empty(0)
         self.v_cache = torch.empty(0)
@@ -348,7 +350,13 @@ class LeanLM(nn.Module):
             qk = self._rotary(qk, table, pos, t)
             self.k_cache[li, 0, :, pos:pos + t] = qk[:, nq:].transpose(0, 1)
             self.v_cache[li, 0, :, pos:pos + t] = qkv[:, nq + nkv:].transpose(0, 1)
-            a = self._attend(qk[:, :nq], li, pos, t, blk.sliding, blocked_local if blk.sliding else blocked_global)
+            if not all_logits and t > 1 and li == self.layers - 1:
+                # past the last layer's keys and values only the last row is read (llama.cpp's inp_out_ids does
+                # the same): its attention, output product and feed-forward run for that row alone
+                a = self._attend(qk[t - 1:, :nq], li, pos + t - 1, 1, blk.sliding, blocked_global)
+                x = x[t - 1:]
+            else:
+                a = self._attend(qk[:, :nq], li, pos, t, blk.sliding, blocked_local if blk.sliding else blocked_global)
             x = self._residual(x, blk.o(a), blk.post_attn_norm, blk.has_post_norms)
             h = self._rms(x, blk.ffn_norm)
             gu = blk.gate_up(h)  # the activation in float32: in bf16 SmolLM2's logit cosine fell 3x further
@@ -365,6 +373,6 @@ class LeanLM(nn.Module):
             x = self._residual(x, blk.down(g), blk.post_ffn_norm, blk.has_post_norms)
             li += 1
         if not all_logits:
-            x = x[t - 1:]
+            x = x[x.shape[0] - 1:]
         h = self._rms(x, self.final_norm)
         return self.head(h).float()

@@ -178,7 +178,7 @@ void attend(const float* q, const float* k, const float* v, int64_t nq, int64_t 
 }
 
 constexpr int64_t DOT_MAX_ROWS = 12;  // lean_lm.py's: calls of up to 12 rows take the exact dot products
-constexpr int64_t PROMPT_BLOCK = 64;  // lean_lm.py's: a prompt's attention in blocks of 64 queries
+constexpr int64_t PROMPT_BLOCK = 128;  // lean_lm.py's: a prompt's attention in blocks of 128 queries
 
 }  // namespace
 
@@ -273,6 +273,9 @@ struct Step {
   // A prompt's products over t rows for parts [first, first + count) (all of them the file's groups): up to
   // DOT_MAX_ROWS rows the exact dot products; then the int8 GEMM (--prefill int8), or the parts unpacked into one
   // bf16 matrix for one oneDNN product (bf16 out: the glue reads it as is)
+  // whether rows_products takes a call of `rows` rows to oneDNN's bf16 product (its input then best made bf16)
+  static bool bf16_inputs(int64_t rows, bool int8) { return rows > DOT_MAX_ROWS && !int8; }
+
   Tensor rows_products(const Tensor& x, const Weights& w, int64_t first, int64_t count, bool int8) const {
     if (x.size(0) <= DOT_MAX_ROWS) return products(x, w, first, count);
     std::vector<Tensor> a(as.begin() + first, as.begin() + first + count), b(bs.begin() + first, bs.begin() + first + count),
@@ -302,26 +305,43 @@ struct Step {
       const auto& nm = norms[li];
       const bool slide = sliding[li] != 0;
       const Tensor& rope = (slide && rope_local.numel() > 0) ? rope_local : rope_global;
-      const Tensor qkv = rows_products(rows::rms_norm(x, nm[0], eps), w, idx, n_qkv[li], int8).to(at::kFloat).contiguous();
+      // the bf16 product's inputs are written as bf16 by the pass before it (no cast pass between)
+      const bool bf = bf16_inputs(t, int8);
+      const Tensor qkv = rows_products(rows::rms_norm_to(x, nm[0], eps, bf), w, idx, n_qkv[li], int8).contiguous();
       idx += n_qkv[li];
       const int64_t width = (nq + 2 * nkv) * d;
       float* qp = q.data_ptr<float>();
       at::parallel_for(0, t, 8, [&](int64_t r0, int64_t r1) {  // the decode step's per-head work, a row at a time
+        std::vector<float> buf;
         for (int64_t r = r0; r < r1; ++r)
-          position_heads(qkv.data_ptr<float>() + r * width, nm, rope.data_ptr<float>() + (pos + r) * d, li, pos + r,
-                         cap, qp + r * nq * d, kc, vc);
+          position_heads(rows::row_floats(qkv, r, width, buf), nm, rope.data_ptr<float>() + (pos + r) * d, li,
+                         pos + r, cap, qp + r * nq * d, kc, vc);
       });
-      const int64_t start = slide ? std::max<int64_t>(0, pos - window + 1) : 0;
-      const Tensor att = rows::prompt_attention(q, k_cache.select(0, li).select(0, 0), v_cache.select(0, li).select(0, 0),
-                                                pos, start, slide ? window : 0, scaling, PROMPT_BLOCK);
+      Tensor att;
+      std::vector<float> last_att, scores;
+      if (!all_logits && li == layers - 1 && t > 1) {
+        // Past the last layer's keys and values only the last row is read (llama.cpp's inp_out_ids does the
+        // same): its attention, output product and feed-forward run for that row alone, as in the decode step
+        const int64_t p = pos + t - 1;
+        last_att.resize(nq * d);
+        attend(qp + (t - 1) * nq * d, kc + li * nkv * cap * d, vc + li * nkv * cap * d, nq, nkv, d, cap,
+               slide ? std::max<int64_t>(0, p - window + 1) : 0, p + 1, scaling, last_att.data(), scores);
+        att = torch::from_blob(last_att.data(), {1, nq * d}, x.options());
+        x = x.narrow(0, t - 1, 1);
+      } else {
+        const int64_t start = slide ? std::max<int64_t>(0, pos - window + 1) : 0;
+        att = rows::prompt_attention_to(q, k_cache.select(0, li).select(0, 0), v_cache.select(0, li).select(0, 0),
+                                        pos, start, slide ? window : 0, scaling, PROMPT_BLOCK, bf);
+      }
       rows::residual_add(x, rows_products(att, w, idx, 1, int8), nm[5], eps);
       idx += 1;
-      const Tensor gu = rows_products(rows::rms_norm(x, nm[1], eps), w, idx, n_gu[li], int8);
+      const bool bf_rows = bf16_inputs(x.size(0), int8);  // one row past the last layer's keys and values
+      const Tensor gu = rows_products(rows::rms_norm_to(x, nm[1], eps, bf_rows), w, idx, n_gu[li], int8);
       idx += n_gu[li];
-      rows::residual_add(x, rows_products(rows::gated(gu, ffn, gelu), w, idx, 1, int8), nm[6], eps);
+      rows::residual_add(x, rows_products(rows::gated_to(gu, ffn, gelu, bf_rows), w, idx, 1, int8), nm[6], eps);
       idx += 1;
     }
-    if (!all_logits) return logits(x.narrow(0, t - 1, 1).contiguous());
+    if (!all_logits) return logits(x.narrow(0, x.size(0) - 1, 1).contiguous());
     return product(rows::rms_norm(x, final_norm, eps), head_kind, head_a, head_b, head_c, head_n);
   }
 };

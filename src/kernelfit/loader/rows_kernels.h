@@ -48,25 +48,40 @@ inline const float* row_floats(const at::Tensor& y, int64_t r, int64_t n, std::v
   return buf.data();
 }
 
+inline uint16_t f32_to_bf16(float f) {  // round to nearest even; NaN stays NaN (its high mantissa bits are kept)
+  uint32_t bits;
+  std::memcpy(&bits, &f, sizeof bits);
+  return uint16_t((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16);
+}
+
 // rmsnorm(x) * w over the last dimension (x float32 [..., N]); w float32 [N], or [H * N]: row r takes the weight
 // w[r % H] (Q and K heads of one position side by side, each with its norm: one call instead of two and a cat)
-inline at::Tensor rms_norm(const at::Tensor& x_in, const at::Tensor& w, double eps) {
+// bf16_out: written as bf16 (rounded as .to(bf16) would), for a bf16 product that reads it next — no cast pass
+inline at::Tensor rms_norm_to(const at::Tensor& x_in, const at::Tensor& w, double eps, bool bf16_out) {
   const at::Tensor x = rows_of(x_in);
   const int64_t n = x.size(1), cycle = w.numel() / std::max<int64_t>(n, 1);
   TORCH_CHECK(cycle >= 1 && w.numel() == cycle * n && w.scalar_type() == at::kFloat && w.is_contiguous(),
               "rms_norm: weight of N floats, or of H rows of N");
-  auto out = at::empty_like(x);
+  auto out = at::empty_like(x, bf16_out ? at::kBFloat16 : at::kFloat);
   const float* xp = x.data_ptr<float>();
   const float* wp = w.data_ptr<float>();
-  float* op = out.data_ptr<float>();
+  float* op = bf16_out ? nullptr : out.data_ptr<float>();
+  auto* ob = bf16_out ? reinterpret_cast<uint16_t*>(out.data_ptr<at::BFloat16>()) : nullptr;
   at::parallel_for(0, x.size(0), 16, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const float s = rms_scale(xp + r * n, n, eps);
       const float* wr = wp + (r % cycle) * n;
-      for (int64_t i = 0; i < n; ++i) op[r * n + i] = xp[r * n + i] * s * wr[i];
+      if (ob)
+        for (int64_t i = 0; i < n; ++i) ob[r * n + i] = f32_to_bf16(xp[r * n + i] * s * wr[i]);
+      else
+        for (int64_t i = 0; i < n; ++i) op[r * n + i] = xp[r * n + i] * s * wr[i];
     }
   });
   return out.view(x_in.sizes());
+}
+
+inline at::Tensor rms_norm(const at::Tensor& x_in, const at::Tensor& w, double eps) {
+  return rms_norm_to(x_in, w, eps, false);
 }
 
 // x += y, or x += rmsnorm(y) * post when post is not empty (Gemma 3's post-norms); x float32 contiguous, in place;
@@ -144,12 +159,6 @@ inline float lanes_max(const float* x, int64_t n) {
   return nan ? NAN : m;
 }
 
-inline uint16_t f32_to_bf16(float f) {  // round to nearest even; NaN stays NaN (its high mantissa bits are kept)
-  uint32_t bits;
-  std::memcpy(&bits, &f, sizeof bits);
-  return uint16_t((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16);
-}
-
 // A prompt's attention weights from its bf16 scores [H, R, L]: row r of each H is query position q0 + r / per (the
 // query heads that share a kv head side by side), column j key position key0 + j. One pass a row: scale, the
 // causal (and sliding-window) mask from the positions, a float32 softmax, bf16 out — where ATen took six (cast,
@@ -187,17 +196,19 @@ inline at::Tensor masked_softmax(const at::Tensor& scores, double scale, int64_t
 
 // act(gate) * up for gu float32 or bf16 [T, 2F] (gate then up): gelu with the tanh approximation (0.5 x (1 + tanh u) =
 // x sigmoid(2u), u = sqrt(2/pi) (x + 0.044715 x^3)) or silu (x sigmoid(x)) -> float32 [T, F]
-inline at::Tensor gated(const at::Tensor& gu_in, int64_t ffn, bool gelu) {
+// bf16_out: the product written as bf16 (see rms_norm_to)
+inline at::Tensor gated_to(const at::Tensor& gu_in, int64_t ffn, bool gelu, bool bf16_out) {
   const at::Tensor gu = rows_of(gu_in, true);
   TORCH_CHECK(gu.size(1) == 2 * ffn, "gated: gate and up of ffn columns each");
-  auto out = at::empty({gu.size(0), ffn}, gu.options().dtype(at::kFloat));
-  float* op = out.data_ptr<float>();
+  auto out = at::empty({gu.size(0), ffn}, gu.options().dtype(bf16_out ? at::kBFloat16 : at::kFloat));
+  float* op = bf16_out ? nullptr : out.data_ptr<float>();
+  auto* ob = bf16_out ? reinterpret_cast<uint16_t*>(out.data_ptr<at::BFloat16>()) : nullptr;
   at::parallel_for(0, gu.size(0), 4, [&](int64_t begin, int64_t end) {
-    std::vector<float> buf;
+    std::vector<float> buf, row(bf16_out ? ffn : 0);
     for (int64_t r = begin; r < end; ++r) {
       const float* g = row_floats(gu, r, 2 * ffn, buf);
       const float* u = g + ffn;
-      float* o = op + r * ffn;
+      float* o = ob ? row.data() : op + r * ffn;
       if (gelu) {
         for (int64_t i = 0; i < ffn; ++i) {
           const float x = g[i];
@@ -206,19 +217,24 @@ inline at::Tensor gated(const at::Tensor& gu_in, int64_t ffn, bool gelu) {
       } else {
         for (int64_t i = 0; i < ffn; ++i) o[i] = g[i] * sigmoid(g[i]) * u[i];
       }
+      if (ob)
+        for (int64_t i = 0; i < ffn; ++i) ob[r * ffn + i] = f32_to_bf16(o[i]);
     }
   });
   return out;
 }
 
+inline at::Tensor gated(const at::Tensor& gu_in, int64_t ffn, bool gelu) { return gated_to(gu_in, ffn, gelu, false); }
+
 
 // A prompt's attention for one layer: q float32 [t, nq, d] at positions pos.., the layer's float32 cache k, v
 // [nkv, cap, d] already holding positions start..pos+t -> float32 [t, nq * d]. Two bf16 GEMMs (oneDNN) per block of
-// `block` queries, each over only the keys its queries see (causal: 256 tokens in blocks of 64 do 62% of the full
+// `block` queries, each over only the keys its queries see (causal: 256 tokens in blocks of 128 do 75% of the full
 // square's products; Gemma 3 270M's 256 x 256 scores at ~400 GFLOP/s were ~0.6 ms a layer), the query heads of a kv
-// head stacked query-major so that a block is a slice, and masked_softmax between them.
-inline at::Tensor prompt_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t pos,
-                                   int64_t start, int64_t window, double scale, int64_t block) {
+// head stacked query-major so that a block is a slice, and masked_softmax between them. (Blocks of 64, 62% of the
+// square, measured ~10% slower: more, smaller oneDNN calls.)
+inline at::Tensor prompt_attention_to(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t pos,
+                                      int64_t start, int64_t window, double scale, int64_t block, bool bf16_out) {
   TORCH_CHECK(q.dim() == 3 && k.dim() == 3 && v.sizes() == k.sizes() && q.size(2) == k.size(2) &&
                   q.size(1) % k.size(0) == 0 && block >= 1 && start >= 0 && start <= pos,
               "prompt_attention: q [t, nq, d], k and v [nkv, cap, d]");
@@ -240,9 +256,15 @@ inline at::Tensor prompt_attention(const at::Tensor& q, const at::Tensor& k, con
     if (dst.is_contiguous()) at::bmm_out(dst, p, vb.narrow(1, lo, hi - lo));  // one kv head: straight into place
     else dst.copy_(at::bmm(p, vb.narrow(1, lo, hi - lo)));
   }
-  at::Tensor res = at::empty({t, nq * d}, q.options().dtype(at::kFloat));
+  if (bf16_out && nkv == 1) return out.view({t, nq * d});  // one kv head: query-major is already [t, nq, d]
+  at::Tensor res = at::empty({t, nq * d}, q.options().dtype(bf16_out ? at::kBFloat16 : at::kFloat));
   res.view({t, nkv, group, d}).copy_(out.view({nkv, t, group, d}).transpose(0, 1));  // one pass: reorder and widen
   return res;
+}
+
+inline at::Tensor prompt_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t pos,
+                                   int64_t start, int64_t window, double scale, int64_t block) {
+  return prompt_attention_to(q, k, v, pos, start, window, scale, block, false);
 }
 
 }  // namespace rows
