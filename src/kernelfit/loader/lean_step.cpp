@@ -83,10 +83,10 @@ inline float dot16(const float* a, const float* b, int64_t d) {
   return s;
 }
 
-// x[i] = e^(x[i] - shift) for x[i] <= shift (a softmax's scores), returning their sum (rows_kernels.h's vectorisable
+// x[i] = e^(x[i] - shift) for x[i] <= shift (a softmax's scores), returning their sum (rows_kernels.h's vector
 // exp; below e^-87, float's smallest normal, it flushes to about 1e-38)
 inline float exp_shifted(float* x, int64_t len, float shift) {
-  for (int64_t t = 0; t < len; ++t) x[t] = rows::exp_clamped(std::max(x[t] - shift, -87.0f));
+  rows::exp_shifted(x, shift, x, len);
   return rows::lanes_sum(x, len);
 }
 
