@@ -68,6 +68,8 @@ def _dot(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, kin
         return ops.gemm_mm(x, a, b, c, bits, n)
     if n * x.shape[1] > DOT_MAX_COPY_WEIGHTS:
         return ops.dot_mm(x, a, b, c, bits, n)
+    if ops.panel_available():  # bf16 panels unpacked in cache (panel_gemm.h): float32 out
+        return ops.panel_gemm_parts(x, [a], [b], [c], [bits], [n])
     w = ops.dot_dequant(a, b, c, bits, n, torch.empty(0, dtype=torch.long), True)
     return F.linear(x.to(torch.bfloat16), w)  # bf16 out: the C++ glue reads it as is, other callers cast
 
@@ -77,6 +79,18 @@ def _gemm_parts(x: torch.Tensor, a: List[torch.Tensor], b: List[torch.Tensor], c
                 n: List[int]) -> torch.Tensor:
     """Several dot weights' products over one input through the int8 GEMM, side by side."""
     return native_module().gemm_parts(x, a, b, c, [4 if k == DOT4 else 8 for k in kind], n)
+
+
+@torch.jit.ignore
+def _panel_parts(x: torch.Tensor, a: List[torch.Tensor], b: List[torch.Tensor], c: List[torch.Tensor], kind: List[int],
+                 n: List[int]) -> torch.Tensor:
+    """Several dot weights' products over one input through the bf16 panel GEMM, side by side (float32)."""
+    return native_module().panel_gemm_parts(x, a, b, c, [4 if k == DOT4 else 8 for k in kind], n)
+
+
+@torch.jit.ignore
+def _panel_available() -> bool:
+    return bool(native_module().panel_available())
 
 
 @torch.jit.ignore
@@ -188,6 +202,8 @@ class Products(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.n == 1:
             return self.p0(x)
+        if self.bf16_parts and x.shape[0] > self.p0.dot_max_rows and _panel_available():
+            return _panel_parts(x, self.part_a, self.part_b, self.part_c, self.part_kind, self.part_n)
         if self.bf16_parts and x.shape[0] > self.p0.dot_max_rows:
             return F.linear(x.to(torch.bfloat16),
                             _dequant_parts(self.part_a, self.part_b, self.part_c, self.part_kind, self.part_n))

@@ -16,6 +16,7 @@
 #include "dot_kernels.h"
 #include "gemm_kernels.h"
 #include "unpack_kernels.h"
+#include "panel_gemm.h"
 #include "rows_kernels.h"
 
 using at::Tensor;
@@ -270,12 +271,13 @@ struct Step {
     return logits * sx * head_b.to(at::kFloat);
   }
 
-  // A prompt's products over t rows for parts [first, first + count) (all of them the file's groups): up to
-  // DOT_MAX_ROWS rows the exact dot products; then the int8 GEMM (--prefill int8), or the parts unpacked into one
-  // bf16 matrix for one oneDNN product (bf16 out: the glue reads it as is)
-  // whether rows_products takes a call of `rows` rows to oneDNN's bf16 product (its input then best made bf16)
+  // whether rows_products takes a call of `rows` rows to a bf16 product (its input then best made bf16)
   static bool bf16_inputs(int64_t rows, bool int8) { return rows > DOT_MAX_ROWS && !int8; }
 
+  // A prompt's products over t rows for parts [first, first + count) (all of them the file's groups): up to
+  // DOT_MAX_ROWS rows the exact dot products; then the int8 GEMM (--prefill int8); else the bf16 panel GEMM
+  // (panel_gemm.h, AVX512-BF16), or the parts unpacked into one bf16 matrix for one oneDNN product (bf16 out: the
+  // glue reads it as is)
   Tensor rows_products(const Tensor& x, const Weights& w, int64_t first, int64_t count, bool int8) const {
     if (x.size(0) <= DOT_MAX_ROWS) return products(x, w, first, count);
     std::vector<Tensor> a(as.begin() + first, as.begin() + first + count), b(bs.begin() + first, bs.begin() + first + count),
@@ -283,6 +285,7 @@ struct Step {
     std::vector<int64_t> bits, n(ns.begin() + first, ns.begin() + first + count);
     for (int64_t i = first; i < first + count; ++i) bits.push_back(kinds[i] == 4 ? 4 : 8);
     if (int8) return gemm::gemm_parts(x, a, b, c, bits, n);
+    if (panel::available()) return panel::gemm_parts(x, a, b, c, bits, n);  // float32 out
     return at::linear(x.to(at::kBFloat16), dot::dot_dequant_parts(a, b, c, bits, n));
   }
 
@@ -368,4 +371,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("prompt_attention", &rows::prompt_attention, "a prompt's attention for one layer, in query blocks");
   m.def("gemm_parts", &gemm::gemm_parts, "several weights' products over one input, side by side (int8 VNNI)");
   m.def("fast_gemm", &gemm::fast_gemm, "whether the int8 VNNI GEMM is built here");
+  m.def("panel_gemm_parts", &panel::gemm_parts, "several weights' products over one input, bf16 panels (precise)");
+  m.def("panel_available", &panel::available, "whether the AVX512-BF16 panel GEMM is built here");
 }

@@ -1,0 +1,169 @@
+// A prompt's precise products straight from the packed groups: each thread unpacks 32 output columns (four of
+// dot_kernels.h's 8-row tiles) into a bf16 panel in its cache, then runs every prompt row past it with vdpbf16ps.
+//
+// Why: the precise path used to unpack a whole weight to bf16 in memory for each call and hand it to oneDNN. The
+// unpack is bandwidth-bound (Gemma 3 270M's 4096 x 640 gate/up: ~5 MB written, ~0.2-0.3 ms a layer, ~8 ms of a
+// 256-token prompt's ~75), and oneDNN reorders the plain bf16 matrix into its own blocked layout on every call
+// again. Here the unpacked weights never leave the core's cache: the panel is written once and read by all rows.
+// The arithmetic is the oneDNN path's (bf16 inputs, float32 sums), the output float32 (no bf16 rounding of the
+// products). The microkernel alone ran at 476 G multiply-adds/s on 2 cores here (oneDNN's bf16 GEMM: 467).
+//
+// Register blocking: 12 prompt rows x 32 columns = 24 zmm accumulators; per pair of k, two panel loads and 12
+// broadcasts of a row's two bf16 inputs feed 24 vdpbf16ps.
+#pragma once
+
+#include "unpack_kernels.h"
+
+#include <cstdlib>
+
+#if defined(KF_DOT_AVX2) && defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && \
+    defined(__AVX512BF16__)
+#define KF_PANEL_GEMM 1
+#endif
+
+namespace panel {
+
+using dot::TILE;
+constexpr int64_t COLS = 32;  // a panel's output columns: 4 tiles, two zmm of float32 sums
+constexpr int64_t MR = 12;    // prompt rows a block: 24 accumulators + 2 panel registers + a broadcast
+
+#if defined(KF_PANEL_GEMM)
+// Panel layout: for each pair of k (kp), 32 lanes of two bf16 (k = 2 kp, 2 kp + 1), lane j = output column j —
+// vdpbf16ps's operand order. Tiles past the weight's last (a part of fewer than 32 columns) are zeros.
+template <int BITS, int G, typename T>
+void build_panel(const uint8_t* codes, const T* scale, const T* mins, float factor, int64_t k, int64_t per_tile,
+                 int64_t tiles, uint32_t* panel) {
+  for (int64_t t = 0; t < COLS / TILE; ++t) {
+    if (t >= tiles) {
+      for (int64_t kp = 0; kp < k / 2; ++kp) std::memset(panel + kp * COLS + t * TILE, 0, TILE * sizeof(uint32_t));
+      continue;
+    }
+    const uint8_t* c = codes + t * k * BITS;
+    const T* s = scale + t * per_tile;
+    const T* m = mins ? mins + t * per_tile : nullptr;
+    for (int64_t col = 0; col < k; col += 8) {
+      __m256 v[8];  // v[j]: the tile's 8 rows at column col + j
+      dot::tile_columns<BITS, G, T>(c, s, m, factor, col, v);
+      for (int j = 0; j < 8; j += 2) {
+        // rows' (k, k + 1) pairs: bf16 of k in the low half of each lane, k + 1 in the high half
+        const __m256i even = _mm256_castsi128_si256((__m128i)_mm256_cvtneps_pbh(v[j]));
+        const __m256i odd = _mm256_castsi128_si256((__m128i)_mm256_cvtneps_pbh(v[j + 1]));
+        const __m128i lo = _mm_unpacklo_epi16(_mm256_castsi256_si128(even), _mm256_castsi256_si128(odd));
+        const __m128i hi = _mm_unpackhi_epi16(_mm256_castsi256_si128(even), _mm256_castsi256_si128(odd));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(panel + ((col + j) / 2) * COLS + t * TILE),
+                            _mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1));
+      }
+    }
+  }
+}
+
+// y[R rows, 32 columns (the first `valid` stored)] = x rows . panel; x bf16 rows k apart, y float32 rows ldy apart
+template <int R>
+void micro(const uint16_t* x, int64_t k, const uint32_t* panel, float* y, int64_t ldy, int64_t valid) {
+  __m512 a0[R], a1[R];
+  for (int r = 0; r < R; ++r) a0[r] = a1[r] = _mm512_setzero_ps();
+  for (int64_t kp = 0; kp < k / 2; ++kp) {
+    const __m512bh w0 = (__m512bh)_mm512_loadu_si512(panel + kp * COLS);
+    const __m512bh w1 = (__m512bh)_mm512_loadu_si512(panel + kp * COLS + 16);
+#pragma GCC unroll 12
+    for (int r = 0; r < R; ++r) {
+      int32_t pair;
+      std::memcpy(&pair, x + r * k + 2 * kp, sizeof pair);
+      const __m512bh b = (__m512bh)_mm512_set1_epi32(pair);
+      a0[r] = _mm512_dpbf16_ps(a0[r], b, w0);
+      a1[r] = _mm512_dpbf16_ps(a1[r], b, w1);
+    }
+  }
+  const __mmask16 m0 = valid >= 16 ? 0xFFFF : __mmask16((1u << valid) - 1);
+  const __mmask16 m1 = valid >= 32 ? 0xFFFF : valid <= 16 ? 0 : __mmask16((1u << (valid - 16)) - 1);
+  for (int r = 0; r < R; ++r) {
+    _mm512_mask_storeu_ps(y + r * ldy, m0, a0[r]);
+    _mm512_mask_storeu_ps(y + r * ldy + 16, m1, a1[r]);
+  }
+}
+
+inline void rows_micro(int64_t rows, const uint16_t* x, int64_t k, const uint32_t* panel, float* y, int64_t ldy,
+                       int64_t valid) {
+  switch (rows) {
+#define KF_PANEL_ROWS(R) \
+  case R: return micro<R>(x, k, panel, y, ldy, valid);
+    KF_PANEL_ROWS(1) KF_PANEL_ROWS(2) KF_PANEL_ROWS(3) KF_PANEL_ROWS(4) KF_PANEL_ROWS(5) KF_PANEL_ROWS(6)
+    KF_PANEL_ROWS(7) KF_PANEL_ROWS(8) KF_PANEL_ROWS(9) KF_PANEL_ROWS(10) KF_PANEL_ROWS(11) KF_PANEL_ROWS(12)
+#undef KF_PANEL_ROWS
+  }
+}
+
+// One part's panels [first, last): unpack each, run all rows past it; its columns start at y's column col0
+template <int BITS, int G, typename T>
+void part_panels(const at::Tensor& codes, const at::Tensor& scale, const at::Tensor& mins, const dot::Layout& L,
+                 int64_t n, const uint16_t* x, int64_t m, float* y, int64_t ldy, int64_t first, int64_t last,
+                 std::vector<uint32_t>& panel) {
+  const auto* cp = codes.data_ptr<uint8_t>();
+  const T* sp = static_cast<const T*>(scale.data_ptr());
+  const T* mp = mins.dim() ? static_cast<const T*>(mins.data_ptr()) : nullptr;
+  const float factor = mins.dim() ? 0.f : mins.item<float>();
+  const int64_t per_tile = scale.size(1) * TILE, k = L.k, per_panel = COLS / TILE;
+  panel.resize(k / 2 * COLS);
+  for (int64_t p = first; p < last; ++p) {
+    const int64_t t0 = p * per_panel, col0 = p * COLS;
+    build_panel<BITS, G, T>(cp + t0 * k * L.bits, sp + t0 * per_tile, mp ? mp + t0 * per_tile : nullptr, factor, k,
+                            per_tile, std::min(per_panel, L.tiles - t0), panel.data());
+    const int64_t valid = std::min(COLS, n - col0);
+    for (int64_t r0 = 0; r0 < m; r0 += MR)
+      rows_micro(std::min(MR, m - r0), x + r0 * k, k, panel.data(), y + r0 * ldy + col0, ldy, valid);
+  }
+}
+#endif
+
+// Built here, and not turned off by KERNELFIT_PANEL_GEMM=0 (read at each call: the unpack + oneDNN path can be
+// compared with it in one process)
+inline bool available() {
+#if defined(KF_PANEL_GEMM)
+  const char* off = std::getenv("KERNELFIT_PANEL_GEMM");
+  return !(off && off[0] == '0');
+#else
+  return false;
+#endif
+}
+
+// y = [x @ W_0^T, x @ W_1^T, ...] float32 [M, sum n] for dot weights over the same input (Q, K, V or gate and up of
+// mixed types); x is taken as bf16 (a float32 x is rounded to it, as for oneDNN)
+inline at::Tensor gemm_parts(const at::Tensor& x_in, const std::vector<at::Tensor>& codes,
+                             const std::vector<at::Tensor>& scale, const std::vector<at::Tensor>& mins,
+                             const std::vector<int64_t>& bits, const std::vector<int64_t>& n) {
+  TORCH_CHECK(available(), "panel gemm: this build has no AVX512-BF16 kernel (available() is false)");
+  const size_t parts = codes.size();
+  TORCH_CHECK(parts >= 1 && scale.size() == parts && mins.size() == parts && bits.size() == parts && n.size() == parts,
+              "panel gemm: one codes, scale, mins, bits and n a part");
+  const at::Tensor x = x_in.to(at::kBFloat16).contiguous().view({-1, x_in.size(-1)});
+  std::vector<dot::Layout> layouts;
+  std::vector<int64_t> first_panel{0};  // the parts' panels numbered one after another
+  int64_t total = 0;
+  for (size_t i = 0; i < parts; ++i) {
+    layouts.push_back(dot::check(codes[i], scale[i], mins[i], bits[i]));
+    const dot::Layout& L = layouts.back();
+    TORCH_CHECK(x.size(1) == L.k && n[i] <= L.tiles * TILE && n[i] > (L.tiles - 1) * TILE,
+                "panel gemm: shapes do not match");
+    first_panel.push_back(first_panel.back() + (n[i] + COLS - 1) / COLS);
+    total += n[i];
+  }
+  auto y = at::empty({x.size(0), total}, x.options().dtype(at::kFloat));
+#if defined(KF_PANEL_GEMM)
+  const auto* xp = reinterpret_cast<const uint16_t*>(x.data_ptr<at::BFloat16>());
+  at::parallel_for(0, first_panel.back(), 1, [&](int64_t begin, int64_t end) {
+    std::vector<uint32_t> panel;
+    int64_t col = 0;
+    for (size_t i = 0; i < parts; ++i) {
+      const int64_t lo = std::max(begin, first_panel[i]) - first_panel[i];
+      const int64_t hi = std::min(end, first_panel[i + 1]) - first_panel[i];
+      if (lo < hi)
+        KF_DOT_DISPATCH(layouts[i], scale[i].scalar_type(), part_panels, codes[i], scale[i], mins[i], layouts[i], n[i],
+                        xp, x.size(0), y.data_ptr<float>() + col, total, lo, hi, panel);
+      col += n[i];
+    }
+  });
+#endif
+  return y;
+}
+
+}  // namespace panel

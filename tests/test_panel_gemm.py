@@ -1,0 +1,80 @@
+"""The precise prompt path's bf16 panel GEMM (loader/panel_gemm.h, AVX512-BF16): a GGUF file's groups unpacked 32
+output columns at a time into a panel in cache and multiplied there, instead of a whole bf16 copy for oneDNN."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gguf_tiny import write_tiny
+from kernelfit.loader.dot_weight import dot_available
+from kernelfit.loader.lean_build import build_lean, forward, reset_cache
+from test_packed_gguf import TYPES, _tokens
+from test_prefill_kernels import _ops, _weight
+
+def _panel_available() -> bool:
+    return dot_available() and bool(_ops().panel_available())
+
+needs_panel = pytest.mark.skipif(not _panel_available(), reason="no AVX512-BF16 panel GEMM in this build")
+
+@needs_panel
+@pytest.mark.parametrize("qtype", TYPES)
+@pytest.mark.parametrize("rows,m", [(40, 29), (13, 12), (72, 1)])  # partial last panels (8, 13 of 32), row tails
+def test_the_panel_gemm_is_a_float_sum_of_bf16_products(qtype, rows, m):
+    """Every type and layout: equal (float32 sums, 1e-5) to float64 arithmetic on the bf16-rounded input and the
+    file's values rounded to bf16 — what oneDNN's product of the unpacked copy computes — and within bf16's
+    rounding of gguf-py's own values."""
+    cols = 512
+    w, ref = _weight(qtype, rows, cols, 7)
+    torch.manual_seed(1)
+    x = torch.randn(m, cols) * torch.linspace(0.01, 3, cols)
+    got = _ops().panel_gemm_parts(x, [w.codes], [w.scale], [w.mins], [w.bits], [rows]).double().numpy()
+    assert got.shape == (m, rows)
+    w16 = w.dequantize(bf16=True).double().numpy()[:rows]
+    same = x.bfloat16().double().numpy() @ w16.T
+    assert np.abs(got - same).max() <= 1e-5 * np.abs(same).max()
+    want = x.double().numpy() @ ref.T
+    assert np.linalg.norm(got - want) / np.linalg.norm(want) < 6e-3
+
+@needs_panel
+def test_panel_gemm_parts_write_each_weights_columns_and_carry_a_nan():
+    (wq, _), (wk, _), (wv, _) = _weight("Q5_0", 24, 256, 1), _weight("Q4_K", 13, 256, 2), _weight("Q6_K", 40, 256, 3)
+    ws, ns = (wq, wk, wv), [24, 13, 40]
+    x = torch.randn(30, 256)
+    x[7, 100] = float("nan")
+    got = _ops().panel_gemm_parts(x, [w.codes for w in ws], [w.scale for w in ws], [w.mins for w in ws],
+                                  [w.bits for w in ws], ns)
+    want = torch.cat([_ops().panel_gemm_parts(x, [w.codes], [w.scale], [w.mins], [w.bits], [n])
+                      for w, n in zip(ws, ns)], 1)
+    assert got.shape == (30, 77) and got.dtype == torch.float32
+    assert torch.equal(got[torch.arange(30) != 7], want[torch.arange(30) != 7])
+    assert torch.isnan(got[7]).all() and torch.isfinite(got[torch.arange(30) != 7]).all()
+    with pytest.raises(RuntimeError, match="shapes do not match"):
+        _ops().panel_gemm_parts(torch.randn(3, 128), [wq.codes], [wq.scale], [wq.mins], [wq.bits], [24])
+
+@needs_panel
+@pytest.mark.parametrize("arch,qtype", [("llama", "Q4_1"), ("gemma3", "Q4_K"), ("qwen2", "Q8_0")])
+def test_a_prompt_through_the_panels_matches_the_unpack_and_onednn_path(tmp_path, arch, qtype, monkeypatch):
+    """The whole prompt forward, panels against the former path (KERNELFIT_PANEL_GEMM=0: each weight unpacked to a
+    bf16 copy for oneDNN): the same products, float32 outputs instead of bf16 ones."""
+    path = write_tiny(tmp_path / "m.gguf", qtype, arch)
+    ids = _tokens(60)
+    b = build_lean(path)
+    out = {}
+    for mode in ("1", "0"):
+        monkeypatch.setenv("KERNELFIT_PANEL_GEMM", mode)
+        assert bool(_ops().panel_available()) == (mode == "1")
+        reset_cache(b, 64)
+        out[mode] = (forward(b, ids, 0, True), b.model.k_cache.clone())
+    reset_cache(b, 64)  # the exact reference: one position at a time through the decode step's dot products
+    exact = torch.cat([forward(b, ids[i:i + 1], i) for i in range(len(ids))])
+    err = {mode: float((o[0] - exact).abs().mean()) for mode, o in out.items()}
+    print("mean |logit - exact|: panels", err["1"], "unpack + oneDNN", err["0"])
+    assert err["1"] <= err["0"]  # float32 products instead of bf16-rounded ones
+    cos = F.cosine_similarity(out["1"][0], out["0"][0], -1)
+    assert float(cos.min()) > 0.9998
+    k1, k0 = out["1"][1], out["0"][1]
+    assert float((k1 - k0).abs().max()) <= 2e-2 * float(k0.abs().max())
+    assert not torch.equal(k1, k0)  # the switch really changed the path
