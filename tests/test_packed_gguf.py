@@ -5,6 +5,7 @@ bundled model answers through the packed runner by default."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -273,8 +274,21 @@ def test_cpu_plan_runs_the_file_packed_and_names_both_kernels():
     assert "_weight_int8pack_mm" in p.kernels["decode"].reason  # the Q8_0 output table
     pre = p.kernels["prefill"]
     assert pre.value == "packed" and pre.kind is ChoiceKind.PRIORITY
-    # the bf16 copy (memory) and the int8 GEMM (quality, AVX512-VNNI here): trade-offs the user takes, never auto
-    assert [(r.name, r.kind) for r in pre.rejected] == [("dense", RejectKind.TRADE_OFF), ("int8", RejectKind.TRADE_OFF)]
+    # AVX512-BF16: the panel GEMM, which the bf16 copy (more memory) and the int8 GEMM (lossy) do not beat here
+    assert "panel" in pre.reason and "x86-avx512-bf16" in pre.sources
+    assert [(r.name, r.kind) for r in pre.rejected] == [("dense", RejectKind.SLOWER_HERE),
+                                                        ("int8", RejectKind.SLOWER_HERE)]
+    # AVX512-VNNI without BF16 (Ice Lake, Cascade Lake): unpack + oneDNN, so the copy and the int8 GEMM are
+    # trade-offs the user takes, never auto; AVX2 only: no int8 GEMM
+    spr = load_profile("cpu-spr-amx")
+    vnni = replace(spr, cpu=replace(spr.cpu, isa=tuple(f for f in spr.cpu.isa if "bf16" not in f)))
+    pre_vnni = plan(vnni, SMOL, Preferences()).kernels["prefill"]
+    assert "panel" not in pre_vnni.reason and "x86-avx512-bf16" not in pre_vnni.sources
+    assert [(r.name, r.kind) for r in pre_vnni.rejected] == [("dense", RejectKind.TRADE_OFF),
+                                                             ("int8", RejectKind.TRADE_OFF)]
+    pre_avx2 = plan(load_profile("cpu-avx2"), SMOL, Preferences()).kernels["prefill"]
+    assert [(r.name, r.kind) for r in pre_avx2.rejected] == [("dense", RejectKind.TRADE_OFF),
+                                                             ("int8", RejectKind.NOT_RUNNABLE)]
     # memory: the packed file, not a float32 or bf16 copy of 135M parameters
     assert p.memory.weights < 1.2 * SMOL.quantization.file_bytes
     dense = plan(load_profile("cpu-spr-amx"), SMOL, Preferences(prefill="dense"))

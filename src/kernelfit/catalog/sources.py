@@ -113,6 +113,12 @@ SOURCES: dict[str, Source] = {s.id: s for s in (
            "_mm512_dpbusd_epi32 -> __builtin_ia32_vpdpbusd512 (unsigned bytes x signed bytes, four products summed "
            "into each int32 lane), __target__(\"avx512vnni\"): compiled only for, and run only on, CPUs with "
            "avx512_vnni"),
+    Source("x86-avx512-bf16", "The AVX512-BF16 instructions the prompt's panel GEMM is built on (clang's intrinsics "
+           "header)",
+           "https://clang.llvm.org/doxygen/avx512bf16intrin_8h_source.html",
+           "_mm512_dpbf16_ps -> __builtin_ia32_dpbf16ps_512 (pairs of bf16 multiplied and summed into each float32 "
+           "lane), _mm512_cvtneps_pbh (float32 to bf16, round to nearest even), __target__(\"avx512bf16\"): compiled "
+           "only for, and run only on, CPUs with avx512_bf16"),
     Source("torch-int4pack-cpu", "PyTorch's CPU weight-only int4/int8 kernels",
            "https://github.com/pytorch/pytorch/blob/main/aten/src/ATen/native/cpu/int4mm_kernel.cpp ; "
            "https://github.com/pytorch/pytorch/blob/main/aten/src/ATen/native/cpu/int8mm_kernel.cpp",

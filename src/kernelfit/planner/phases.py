@@ -5,8 +5,10 @@ reference CPU. Prefill is a trade-off (catalog/packed_kernels.py): the same pack
 bf16 for each call) keep the memory of the file; a bf16 copy of the layer weights kept for prefill skips the
 unpacking (DENSE_GAIN) for 2 bytes per weight more. The plan keeps the file's memory unless asked
 (`--prefill dense`) — or unless `kernelfit bench` measured the copy faster end to end and the tune cache says so.
-A GGUF file on an AVX512-VNNI CPU may also prefill through an int8 GEMM over its codes (`--prefill int8`): faster,
-at llama.cpp's activation precision, so only when asked (never by bench: it trades quality, not memory).
+A GGUF file on an AVX512-BF16 CPU prefills through kernelfit's bf16 panel GEMM (the groups unpacked into the core's
+cache, not memory): there the copy is slower, not a trade-off. A GGUF file on an AVX512-VNNI CPU may also prefill
+through an int8 GEMM over its codes (`--prefill int8`), at llama.cpp's activation precision, so only when asked
+(never by bench: it trades quality, not memory) — a trade-off where it is faster, slower where the panels run.
 
 Pure: no torch.
 """
@@ -15,9 +17,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ..catalog.packed_kernels import (DECODE_KERNELS, FLOAT, GGUF_DECODE, INT8_PREFILL_GAIN, INT8_PREFILL_ISA,
-                                      INT8_PREFILL_LOSS, INT8_PREFILL_SOURCES, PREFILL_DENSE, PREFILL_INT8,
-                                      PREFILL_PACKED, SOURCES)
+from ..catalog.packed_kernels import (DECODE_KERNELS, DENSE_VS_PANEL, FLOAT, GGUF_DECODE, INT8_PREFILL_GAIN,
+                                      INT8_PREFILL_ISA, INT8_PREFILL_LOSS, INT8_PREFILL_SOURCES, INT8_VS_PANEL,
+                                      PANEL_PREFILL_GAIN, PANEL_PREFILL_ISA, PANEL_PREFILL_SOURCES, PREFILL_DENSE,
+                                      PREFILL_INT8, PREFILL_PACKED, PREFILL_PANEL, SOURCES)
 from ..hardware.machine import Cpu
 from ..model.spec import ModelSpec
 from .memory import MemoryEstimate, gib
@@ -56,6 +59,12 @@ def int8_prefill_rejection(q, cpu: Cpu | None) -> Rejected | None:
     return None
 
 
+def panel_prefill(q, cpu: Cpu | None) -> bool:
+    """Whether a prompt's products run through the bf16 panel GEMM: a GGUF file's own groups (the C++ dot path) on a
+    CPU with AVX512-BF16."""
+    return q.bits is None and cpu is not None and cpu.has(PANEL_PREFILL_ISA)
+
+
 def phase_kernels(model: ModelSpec, prefs: Preferences, q, memory: MemoryEstimate,
                   cpu: Cpu | None = None) -> tuple[dict[str, Choice], MemoryEstimate]:
     """{"decode": Choice, "prefill": Choice} for a packed plan (and its memory with a prefill copy); ({}, memory)
@@ -66,33 +75,47 @@ def phase_kernels(model: ModelSpec, prefs: Preferences, q, memory: MemoryEstimat
     decode = Choice("packed", ChoiceKind.PRIORITY,
                     f"one-row products read the packed weights: {kernels} — 2.4-3.2x faster than bf16 at one row "
                     "on the reference CPU", sources=SOURCES)
+    # a GGUF file's groups on an AVX512-BF16 CPU: the bf16 panel GEMM, which the copy and the int8 GEMM do not beat
+    panel = panel_prefill(q, cpu)
+    packed_how, packed_sources = (PREFILL_PANEL, PANEL_PREFILL_SOURCES) if panel else (PREFILL_PACKED, SOURCES)
     no_int8 = int8_prefill_rejection(q, cpu)
-    int8_alt = no_int8 or Rejected("int8", RejectKind.TRADE_OFF,
-                                   f"{PREFILL_INT8}: {INT8_PREFILL_GAIN}, but lossy ({INT8_PREFILL_LOSS}): "
+    int8_gain = INT8_VS_PANEL if panel else INT8_PREFILL_GAIN
+    int8_alt = no_int8 or Rejected("int8", RejectKind.SLOWER_HERE if panel else RejectKind.TRADE_OFF,
+                                   f"{PREFILL_INT8}: {int8_gain}, and lossy ({INT8_PREFILL_LOSS})" if panel else
+                                   f"{PREFILL_INT8}: {int8_gain}, but lossy ({INT8_PREFILL_LOSS}): "
                                    "--prefill int8 to take it")
     if prefs.prefill == "int8" and no_int8 is None:
         prefill = Choice("int8", ChoiceKind.REQUESTED,
-                         f"--prefill int8: {PREFILL_INT8}; {INT8_PREFILL_GAIN}; lossy: {INT8_PREFILL_LOSS}",
+                         f"--prefill int8: {PREFILL_INT8}; {int8_gain}; lossy: {INT8_PREFILL_LOSS}",
                          (Rejected("packed", RejectKind.RUNS_BUT_LOWER_PRIORITY,
-                                   f"{PREFILL_PACKED}: bf16 activations, slower prompts"),), INT8_PREFILL_SOURCES)
+                                   f"{packed_how}: bf16 activations" + ("" if panel else ", slower prompts")),),
+                         INT8_PREFILL_SOURCES)
         return {"decode": decode, "prefill": prefill}, memory
     copy = dense_copy_bytes(model, q.bits)
     with_copy = replace(memory, weights=memory.weights + copy)
     copy_fits = with_copy.fits
     need, budget = gib(with_copy.total), gib(memory.budget)
+    dense_gain = DENSE_VS_PANEL if panel else DENSE_GAIN
     if prefs.prefill == "dense" and copy_fits:
         prefill = Choice("dense", ChoiceKind.REQUESTED,
                          f"--prefill dense: {PREFILL_DENSE} of the layer weights (+{gib(copy):.2f} GiB), "
-                         f"{DENSE_GAIN}", (Rejected("packed", RejectKind.RUNS_BUT_LOWER_PRIORITY,
-                                                                        f"{PREFILL_PACKED}: less memory, slower prompts"),
+                         f"{dense_gain}", (Rejected("packed", RejectKind.RUNS_BUT_LOWER_PRIORITY,
+                                                    f"{packed_how}: less memory" + (", faster prompts here" if panel
+                                                                                    else ", slower prompts")),
                                            int8_alt), SOURCES)
         return {"decode": decode, "prefill": prefill}, with_copy
-    alt = Rejected("dense", RejectKind.TRADE_OFF if copy_fits else RejectKind.DOES_NOT_FIT,
-                   (f"a {PREFILL_DENSE} of the layer weights skips the per-call unpacking ({DENSE_GAIN}) but adds "
-                    f"{gib(copy):.2f} GiB (--prefill dense, or `kernelfit bench` to measure it)") if copy_fits else
-                   f"a {PREFILL_DENSE} needs {need:.2f} GiB, budget {budget:.2f} GiB",
-                   needs_gib=need, budget_gib=budget)
-    why = f"{PREFILL_PACKED}: memory stays that of the file"
+    if not copy_fits:
+        alt = Rejected("dense", RejectKind.DOES_NOT_FIT, f"a {PREFILL_DENSE} needs {need:.2f} GiB, budget "
+                       f"{budget:.2f} GiB", needs_gib=need, budget_gib=budget)
+    elif panel:  # more memory and slower prompts: nothing to trade
+        alt = Rejected("dense", RejectKind.SLOWER_HERE, f"a {PREFILL_DENSE} of the layer weights adds {gib(copy):.2f} "
+                       f"GiB and is slower here ({dense_gain})", needs_gib=need, budget_gib=budget)
+    else:
+        alt = Rejected("dense", RejectKind.TRADE_OFF,
+                       f"a {PREFILL_DENSE} of the layer weights skips the per-call unpacking ({dense_gain}) but adds "
+                       f"{gib(copy):.2f} GiB (--prefill dense, or `kernelfit bench` to measure it)",
+                       needs_gib=need, budget_gib=budget)
+    why = f"{packed_how}: memory stays that of the file" + (f"; {PANEL_PREFILL_GAIN}" if panel else "")
     kind = ChoiceKind.PRIORITY
     if prefs.prefill == "packed":
         kind, why = ChoiceKind.REQUESTED, f"--prefill packed: {why}"
@@ -100,4 +123,4 @@ def phase_kernels(model: ModelSpec, prefs: Preferences, q, memory: MemoryEstimat
         why = f"--prefill dense does not fit: {why}"
     elif prefs.prefill == "int8":  # asked for, cannot run: say why in the choice itself
         why = f"--prefill int8 cannot run here ({no_int8.reason}): {why}"
-    return {"decode": decode, "prefill": Choice("packed", kind, why, (alt, int8_alt), SOURCES)}, memory
+    return {"decode": decode, "prefill": Choice("packed", kind, why, (alt, int8_alt), packed_sources)}, memory
