@@ -193,9 +193,11 @@ def main() -> int:
              f"tokens, decode {NEW} tokens. "
              f"Measured read bandwidth: {bandwidth:.1f} GB/s.", "",
              "`kernelfit` is the default plan (the file's own groups through kernelfit's C++ dot products for decode; "
-             "prompts unpack each layer's products to bf16 for that call, for oneDNN); `kernelfit-dense-prefill` is "
-             "`--prefill dense` (a bf16 copy of the layer weights kept for prefill: the memory trade-off the plan "
-             "names); `kernelfit-int8-prefill` is `--prefill int8` (the file's codes through kernelfit's int8 GEMM on "
+             "prompts through kernelfit's bf16 panel GEMM on AVX512-BF16, each weight unpacked 32 columns at a time "
+             "in cache — elsewhere unpacked whole to bf16 for oneDNN); `kernelfit-dense-prefill` is "
+             "`--prefill dense` (a bf16 copy of the layer weights kept for prefill, for oneDNN: a memory trade-off "
+             "where the panels do not run, slower where they do); `kernelfit-int8-prefill` is `--prefill int8` (the "
+             "file's codes through kernelfit's int8 GEMM on "
              "AVX512-VNNI, the activations in one int8 digit per 32: llama.cpp's precision, lossy, opt-in); "
              "`kernelfit-torch-kernels` is `KERNELFIT_DOT=0`: torch's packed int4/int8 kernels, what runs "
              "where no C++ compiler builds the dot products.",
