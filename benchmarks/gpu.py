@@ -32,7 +32,8 @@ def build(path: Path) -> Path:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     cfg = json.loads((ROOT / "tests/data/model-configs/qwen2.5-0.5b.json").read_text())
-    config = AutoConfig.for_model(**{k: v for k, v in cfg.items() if k not in ("architectures", "transformers_version")})
+    drop = ("architectures", "transformers_version")
+    config = AutoConfig.for_model(**{k: v for k, v in cfg.items() if k not in drop})
     config.dtype = "bfloat16"
     torch.manual_seed(0)
     with torch.device("cuda"):

@@ -86,24 +86,27 @@ PREFILL_DENSE = "bf16 copy (oneDNN matmul)"
 # panel in the core's cache and multiplied there with vdpbf16ps (float32 sums and outputs) — no bf16 copy of a
 # weight in memory per call, no oneDNN re-blocking. Built where the compiler targets AVX512-BF16. Measured on the
 # reference CPU, in-process A/B at 256 tokens (the same build, KERNELFIT_PANEL_GEMM=0 for the former path):
-# PANEL_PREFILL_GAIN; against a kept bf16 copy and the int8 GEMM: DENSE_VS_PANEL, INT8_VS_PANEL.
+# PANEL_PREFILL_GAIN; against a kept bf16 copy and the int8 GEMM (in-process A/B, and the llamacpp benchmark's 5
+# interleaved rounds): DENSE_VS_PANEL, INT8_VS_PANEL. The products run at ~94% of the bf16 peak measured here
+# (vdpbf16ps 7.8 G/s a core: 249 G multiply-adds/s).
 PANEL_PREFILL_ISA = "avx512_bf16"
 PREFILL_PANEL = ("same packed weights as decode, each product's weights unpacked 32 columns at a time into a bf16 "
                  "panel in cache and multiplied there (kernelfit's AVX512-BF16 GEMM, float32 sums)")
 PANEL_PREFILL_SOURCES = SOURCES + ("x86-avx512-bf16",)
 PANEL_PREFILL_GAIN = ("256-token prefill 1.05x (Gemma 3 270M) and 1.09x (SmolLM2) the speed of unpacking whole "
                       "weights for oneDNN, and closer to the exact products")
-DENSE_VS_PANEL = "256-token prefill 0.95x (Gemma 3 270M) and 0.85x (SmolLM2) of the panels'"
-INT8_VS_PANEL = "256-token prefill 0.94x (Gemma 3 270M) and 0.99x (SmolLM2) of the bf16 panels'"
+DENSE_VS_PANEL = "256-token prefill 0.92-0.95x (Gemma 3 270M) and 0.85-0.90x (SmolLM2) of the panels'"
+INT8_VS_PANEL = "256-token prefill 0.94-0.95x (Gemma 3 270M) and 0.99-1.03x (SmolLM2) of the bf16 panels'"
 # --prefill int8 (loader/gemm_kernels.h): a GGUF file's codes straight into an int8 GEMM (vpdpbusd, 16 weight rows x
 # 12 activation rows a block), the activations quantized per group of 32 to one int8 digit — llama.cpp's own
 # precision (ggml_vec_dot_q4_1_q8_1), below a bf16 product's. No bf16 copy per call, no oneDNN. Measured on the
 # reference CPU (2 threads, hot caches): 256 x 640 x 4096 (Q5_0 codes) 1,346 us against 2,633 unpack + oneDNN
-# (~500 GMAC/s: this CPU's vpdpbusd rate, measured at ~4.2 G/s a core, is the bound); whole models INT8_PREFILL_GAIN;
+# (~500-600 GMAC/s: ~55% of this CPU's int8 peak — vpdpbusd 8.4 G/s a core, 539 G multiply-adds/s, 2.2x vdpbf16ps's
+# — the per-group scaling and the broadcasts take the rest); whole models INT8_PREFILL_GAIN, INT8_VS_PANEL;
 # its loss against the float32 file, teacher-forced over 300 positions: INT8_PREFILL_LOSS. A second activation
 # digit (the decode products' ~15 bits) measured 1.2-1.6x slower than unpack + oneDNN, so the precise prompt path
-# stays that one. Opt-in: quality loss is the user's call, and SmolLM2's bundled answer to "What is the capital of
-# France?" changes with it.
+# stays bf16 (now the panels). Opt-in: quality loss is the user's call, and SmolLM2's bundled answer to "What is
+# the capital of France?" changes with it.
 PREFILL_INT8 = ("the file's codes through kernelfit's int8 GEMM (AVX512-VNNI), the activations in one int8 digit "
                 "per 32 (llama.cpp's precision)")
 INT8_PREFILL_ISA = "avx512_vnni"

@@ -144,7 +144,8 @@ inline float sigmoid(float z) {
 inline __m512 exp16(__m512 v) {
   const __m512 n = _mm512_roundscale_ps(_mm512_fmadd_ps(v, _mm512_set1_ps(1.44269504f), _mm512_set1_ps(0.5f)),
                                         _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
-  const __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.42860677e-6f), _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145752f), v));
+  const __m512 r =
+      _mm512_fnmadd_ps(n, _mm512_set1_ps(1.42860677e-6f), _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145752f), v));
   __m512 p = _mm512_set1_ps(1.f / 5040);
   p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 720));
   p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 120));
