@@ -78,3 +78,21 @@ def test_a_prompt_through_the_panels_matches_the_unpack_and_onednn_path(tmp_path
     k1, k0 = out["1"][1], out["0"][1]
     assert float((k1 - k0).abs().max()) <= 2e-2 * float(k0.abs().max())
     assert not torch.equal(k1, k0)  # the switch really changed the path
+
+
+@needs_panel
+def test_panel_attention_keeps_a_nan_to_its_own_row_and_head():
+    """A NaN query makes that position's head NaN (as ATen's softmax does), and nothing else: the panels' zero
+    padding and the rows sharing a block stay finite."""
+    nq, nkv, d, t = 4, 2, 64, 40
+    torch.manual_seed(3)
+    k, v = torch.randn(nkv, 48, d), torch.randn(nkv, 48, d)
+    q = torch.randn(t, nq, d)
+    q[17, 3, 5] = float("nan")
+    got = _ops().prompt_attention(q, k, v, 0, 0, 0, d ** -0.5, 64).view(t, nq, d)
+    assert torch.isnan(got[17, 3]).all()
+    bad = torch.zeros(t, nq, dtype=torch.bool)
+    bad[17, 3] = True
+    assert torch.isfinite(got[~bad]).all()
+    ref = _ops().blocked_attention(q, k, v, 0, 0, 0, d ** -0.5, 64).view(t, nq, d)
+    assert float((got[~bad] - ref[~bad]).abs().max()) < 0.03

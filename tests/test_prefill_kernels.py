@@ -159,14 +159,16 @@ def test_the_prompt_softmax_masks_by_position(pos, window):
 
 @pytest.mark.skipif(not dot_available(), reason="no C++ compiler here")
 @pytest.mark.parametrize("pos,t,window,block", [(0, 100, 0, 64), (7, 50, 16, 16), (40, 30, 16, 7), (0, 5, 0, 64)])
-def test_the_prompt_attention_in_query_blocks_equals_the_full_square(pos, t, window, block):
-    """Blocks of queries over only the keys they see, GQA heads stacked: the float32 reference's output."""
+@pytest.mark.parametrize("kernel", ["prompt_attention", "blocked_attention"])
+def test_the_prompt_attention_in_query_blocks_equals_the_full_square(pos, t, window, block, kernel):
+    """Blocks of queries over only the keys they see, GQA heads stacked: the float32 reference's output — through
+    the bf16 panels (prompt_attention, where AVX512-BF16 builds them) and oneDNN in query blocks."""
     nq, nkv, d, cap = 6, 2, 32, 160
     torch.manual_seed(1)
     k, v = torch.randn(nkv, cap, d), torch.randn(nkv, cap, d)
     q = torch.randn(t, nq + nkv, d)[:, :nq]  # a slice, as the runner passes it
     start = max(0, pos - window + 1) if window else 0
-    got = _ops().prompt_attention(q, k, v, pos, start, window, d ** -0.5, block)
+    got = getattr(_ops(), kernel)(q, k, v, pos, start, window, d ** -0.5, block)
     qi = torch.arange(pos, pos + t).unsqueeze(1)
     ki = torch.arange(start, pos + t).unsqueeze(0)
     visible = (ki <= qi) & ((ki > qi - window) if window else True)

@@ -23,7 +23,7 @@ from ..paths import write_atomic, writable_cache_root
 SOURCE = Path(__file__).with_name("lean_step.cpp")
 HEADERS = (Path(__file__).with_name("dot_kernels.h"), Path(__file__).with_name("gemm_kernels.h"),
            Path(__file__).with_name("rows_kernels.h"), Path(__file__).with_name("unpack_kernels.h"),
-           Path(__file__).with_name("panel_gemm.h"))
+           Path(__file__).with_name("panel_gemm.h"), Path(__file__).with_name("panel_attention.h"))
 # The dot products are compiled for this machine's vector ISA (-march=native on x86-64, where AVX2/VNNI decide
 # their speed; elsewhere they are scalar and the loader keeps torch's kernels, and some compilers refuse the flag),
 # so a build is keyed by the CPU too: a cache folder shared by machines of different CPUs keeps one build each.

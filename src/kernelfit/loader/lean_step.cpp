@@ -17,6 +17,7 @@
 #include "gemm_kernels.h"
 #include "unpack_kernels.h"
 #include "panel_gemm.h"
+#include "panel_attention.h"
 #include "rows_kernels.h"
 
 using at::Tensor;
@@ -333,8 +334,8 @@ struct Step {
         x = x.narrow(0, t - 1, 1);
       } else {
         const int64_t start = slide ? std::max<int64_t>(0, pos - window + 1) : 0;
-        att = rows::prompt_attention_to(q, k_cache.select(0, li).select(0, 0), v_cache.select(0, li).select(0, 0),
-                                        pos, start, slide ? window : 0, scaling, PROMPT_BLOCK, bf);
+        att = panel::prompt_attention(q, k_cache.select(0, li).select(0, 0), v_cache.select(0, li).select(0, 0),
+                                      pos, start, slide ? window : 0, scaling, PROMPT_BLOCK, bf);
       }
       rows::residual_add(x, rows_products(att, w, idx, 1, int8), nm[5], eps);
       idx += 1;
@@ -368,7 +369,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("residual_add", &rows::residual_add, "x += y, through an optional post-norm, in place");
   m.def("gated", &rows::gated, "gelu-tanh or silu of the gate times up");
   m.def("masked_softmax", &rows::masked_softmax, "a prompt's attention weights from bf16 scores, masked by position");
-  m.def("prompt_attention", &rows::prompt_attention, "a prompt's attention for one layer, in query blocks");
+  m.def("prompt_attention", [](const Tensor& q, const Tensor& k, const Tensor& v, int64_t pos, int64_t start,
+                               int64_t window, double scale, int64_t block) {
+    return panel::prompt_attention(q, k, v, pos, start, window, scale, block, false);
+  }, "a prompt's attention for one layer: bf16 panels where built, else oneDNN in query blocks");
+  m.def("blocked_attention", &rows::prompt_attention, "a prompt's attention for one layer, oneDNN in query blocks");
   m.def("gemm_parts", &gemm::gemm_parts, "several weights' products over one input, side by side (int8 VNNI)");
   m.def("fast_gemm", &gemm::fast_gemm, "whether the int8 VNNI GEMM is built here");
   m.def("panel_gemm_parts", &panel::gemm_parts, "several weights' products over one input, bf16 panels (precise)");

@@ -57,9 +57,10 @@ void build_panel(const uint8_t* codes, const T* scale, const T* mins, float fact
   }
 }
 
-// y[R rows, 32 columns (the first `valid` stored)] = x rows . panel; x bf16 rows k apart, y float32 rows ldy apart
+// y[R rows, 32 columns (the first `valid` stored)] = x rows . panel over k; x bf16 rows ldx apart, y float32 rows ldy
+// apart
 template <int R>
-void micro(const uint16_t* x, int64_t k, const uint32_t* panel, float* y, int64_t ldy, int64_t valid) {
+void micro(const uint16_t* x, int64_t ldx, int64_t k, const uint32_t* panel, float* y, int64_t ldy, int64_t valid) {
   __m512 a0[R], a1[R];
   for (int r = 0; r < R; ++r) a0[r] = a1[r] = _mm512_setzero_ps();
   for (int64_t kp = 0; kp < k / 2; ++kp) {
@@ -68,7 +69,7 @@ void micro(const uint16_t* x, int64_t k, const uint32_t* panel, float* y, int64_
 #pragma GCC unroll 12
     for (int r = 0; r < R; ++r) {
       int32_t pair;
-      std::memcpy(&pair, x + r * k + 2 * kp, sizeof pair);
+      std::memcpy(&pair, x + r * ldx + 2 * kp, sizeof pair);
       const __m512bh b = (__m512bh)_mm512_set1_epi32(pair);
       a0[r] = _mm512_dpbf16_ps(a0[r], b, w0);
       a1[r] = _mm512_dpbf16_ps(a1[r], b, w1);
@@ -82,11 +83,11 @@ void micro(const uint16_t* x, int64_t k, const uint32_t* panel, float* y, int64_
   }
 }
 
-inline void rows_micro(int64_t rows, const uint16_t* x, int64_t k, const uint32_t* panel, float* y, int64_t ldy,
-                       int64_t valid) {
+inline void rows_micro(int64_t rows, const uint16_t* x, int64_t ldx, int64_t k, const uint32_t* panel, float* y,
+                       int64_t ldy, int64_t valid) {
   switch (rows) {
 #define KF_PANEL_ROWS(R) \
-  case R: return micro<R>(x, k, panel, y, ldy, valid);
+  case R: return micro<R>(x, ldx, k, panel, y, ldy, valid);
     KF_PANEL_ROWS(1) KF_PANEL_ROWS(2) KF_PANEL_ROWS(3) KF_PANEL_ROWS(4) KF_PANEL_ROWS(5) KF_PANEL_ROWS(6)
     KF_PANEL_ROWS(7) KF_PANEL_ROWS(8) KF_PANEL_ROWS(9) KF_PANEL_ROWS(10) KF_PANEL_ROWS(11) KF_PANEL_ROWS(12)
 #undef KF_PANEL_ROWS
@@ -110,7 +111,7 @@ void part_panels(const at::Tensor& codes, const at::Tensor& scale, const at::Ten
                             per_tile, std::min(per_panel, L.tiles - t0), panel.data());
     const int64_t valid = std::min(COLS, n - col0);
     for (int64_t r0 = 0; r0 < m; r0 += MR)
-      rows_micro(std::min(MR, m - r0), x + r0 * k, k, panel.data(), y + r0 * ldy + col0, ldy, valid);
+      rows_micro(std::min(MR, m - r0), x + r0 * k, k, k, panel.data(), y + r0 * ldy + col0, ldy, valid);
   }
 }
 #endif

@@ -1,0 +1,126 @@
+// A prompt's attention for one layer on panel_gemm.h's microkernel (AVX512-BF16): the layer's keys and values
+// written once into bf16 panels, then each block of 12 query rows multiplies only the key panels its rows see,
+// takes a float32 softmax of its scores in place, and multiplies the weights by the value panels.
+//
+// Why: the blocked path (rows_kernels.h's prompt_attention) runs two oneDNN bf16 GEMMs per block of 128 queries
+// over every key the block's last query sees — 75% of the 256 x 256 square at 256 tokens — with bf16 scores and
+// casts between the passes (Gemma 3 270M: ~0.4 ms a layer). Here the causal skip is 32 keys fine (~53% of the
+// square), the scores stay float32 and the output is written where the next product reads it.
+#pragma once
+
+#include "panel_gemm.h"
+#include "rows_kernels.h"
+
+namespace panel {
+
+#if defined(KF_PANEL_GEMM)
+// q float32 [t, nq, d] at positions pos.., the layer's float32 cache k, v [nkv, cap, d] holding positions
+// start..pos+t -> [t, nq * d], float32 or bf16 (bf16_out). window > 0: a query sees the last `window` positions.
+inline at::Tensor attention(const at::Tensor& q_in, const at::Tensor& k, const at::Tensor& v, int64_t pos,
+                            int64_t start, int64_t window, double scale, bool bf16_out) {
+  const at::Tensor q = q_in.contiguous();
+  const int64_t t = q.size(0), nq = q.size(1), d = q.size(2), nkv = k.size(0), group = nq / nkv, cap = k.size(1);
+  TORCH_CHECK(q.scalar_type() == at::kFloat && k.scalar_type() == at::kFloat && v.sizes() == k.sizes() &&
+                  k.is_contiguous() && v.is_contiguous() && k.size(2) == d && nq % nkv == 0 && d % COLS == 0 &&
+                  start >= 0 && start <= pos && pos + t <= cap,
+              "panel attention: q [t, nq, d], k and v [nkv, cap, d] contiguous float32, d a multiple of 32");
+  const int64_t len = pos + t - start, kpanels = (len + COLS - 1) / COLS, lpad = kpanels * COLS, dp = d / COLS;
+  // key panels [nkv][kpanels][d/2][32] and value panels [nkv][dp][lpad/2][32], zero past the last key
+  std::vector<uint32_t> kp(nkv * kpanels * (d / 2) * COLS), vp(nkv * dp * (lpad / 2) * COLS);
+  at::parallel_for(0, nkv * kpanels, 1, [&](int64_t b, int64_t e) {
+    std::vector<uint32_t> rows_pairs(COLS * (d / 2));  // the panel's 32 keys as bf16 pairs, a key a row
+    for (int64_t u = b; u < e; ++u) {
+      const int64_t h = u / kpanels, p = u % kpanels;
+      uint32_t* dst = kp.data() + u * (d / 2) * COLS;
+      for (int64_t j = 0; j < COLS; ++j) {
+        const int64_t key = p * COLS + j;
+        uint32_t* row = rows_pairs.data() + j * (d / 2);
+        if (key >= len) {
+          std::memset(row, 0, d / 2 * sizeof(uint32_t));
+          continue;
+        }
+        const float* src = k.data_ptr<float>() + (h * cap + start + key) * d;
+        for (int64_t i = 0; i < d; i += 16)  // 16 floats -> 8 (even, odd) pairs, round to nearest even
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(row + i / 2),
+                              (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(src + i)));
+      }
+      for (int64_t i = 0; i < d / 2; ++i)
+        for (int64_t j = 0; j < COLS; ++j) dst[i * COLS + j] = rows_pairs[j * (d / 2) + i];
+      for (int64_t c = 0; c < dp; ++c) {  // the values of the same 32 keys: 16 pairs of keys, 32 dims a panel
+        uint32_t* vd = vp.data() + ((h * dp + c) * (lpad / 2) + p * COLS / 2) * COLS;
+        for (int64_t i = 0; i < COLS / 2; ++i) {
+          const int64_t k0 = p * COLS + 2 * i, k1 = k0 + 1;
+          const float* a = v.data_ptr<float>() + (h * cap + start + k0) * d + c * COLS;
+          for (int64_t j = 0; j < COLS; j += 16) {  // key k0's bf16 in the low half of each lane, k1's in the high
+            const __m512 va = k0 < len ? _mm512_loadu_ps(a + j) : _mm512_setzero_ps();
+            const __m512 vb = k1 < len ? _mm512_loadu_ps(a + d + j) : _mm512_setzero_ps();
+            const __m512i lo = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(va));
+            const __m512i hi = _mm512_slli_epi32(_mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(vb)), 16);
+            _mm512_storeu_si512(vd + i * COLS + j, _mm512_or_si512(lo, hi));
+          }
+        }
+      }
+    }
+  });
+  // queries as bf16 rows, the heads of a kv head query-major: row r = i * group + g is position pos + i, head
+  // h * group + g
+  const at::Tensor qb = q.view({t, nkv, group, d}).transpose(0, 1).to(at::kBFloat16).contiguous();
+  const auto* qp = reinterpret_cast<const uint16_t*>(qb.data_ptr<at::BFloat16>());
+  at::Tensor res = at::empty({t, nq * d}, q.options().dtype(bf16_out ? at::kBFloat16 : at::kFloat));
+  const int64_t rows_h = t * group, blocks = (rows_h + MR - 1) / MR;
+  at::parallel_for(0, nkv * blocks, 1, [&](int64_t b, int64_t e) {
+    std::vector<float> s(MR * lpad), o(MR * d);
+    std::vector<uint16_t> w(MR * lpad);
+    for (int64_t z = b; z < e; ++z) {
+      // zigzag: a causal block's work grows with its position, so the first and the last alternate and each
+      // thread's contiguous range gets light and heavy blocks alike
+      const int64_t n = nkv * blocks, u = z % 2 == 0 ? z / 2 : n - 1 - z / 2;
+      const int64_t h = u / blocks, r0 = (u % blocks) * MR, rn = std::min(MR, rows_h - r0);
+      const int64_t first = r0 / group, last = (r0 + rn - 1) / group;  // the block's query positions - pos
+      const int64_t lo = window > 0 ? std::max<int64_t>(0, pos + first - window + 1 - start) : 0;
+      const int64_t hi = pos + last + 1 - start;  // keys [lo, hi) seen by some row of the block
+      const int64_t p0 = lo / COLS, p1 = (hi + COLS - 1) / COLS, k0 = p0 * COLS, kn = p1 * COLS - k0;
+      const uint16_t* x = qp + (h * rows_h + r0) * d;
+      for (int64_t p = p0; p < p1; ++p)
+        rows_micro(rn, x, d, d, kp.data() + (h * kpanels + p) * (d / 2) * COLS, s.data() + p * COLS, lpad, COLS);
+      for (int64_t r = 0; r < rn; ++r) {  // each row's own window: scale, mask, softmax -> bf16 weights
+        const int64_t i = (r0 + r) / group;
+        const int64_t rlo = window > 0 ? std::max<int64_t>(0, pos + i - window + 1 - start) : 0;
+        const int64_t rhi = pos + i + 1 - start;
+        float* sr = s.data() + r * lpad;
+        uint16_t* wr = w.data() + r * lpad;
+        for (int64_t j = rlo; j < rhi; ++j) sr[j] *= float(scale);
+        rows::exp_shifted(sr + rlo, rows::lanes_max(sr + rlo, rhi - rlo), sr + rlo, rhi - rlo);  // NaN: all NaN
+        const float inv = 1.f / rows::lanes_sum(sr + rlo, rhi - rlo);
+        for (int64_t j = k0; j < k0 + kn; ++j) wr[j] = (j >= rlo && j < rhi) ? rows::f32_to_bf16(sr[j] * inv) : 0;
+      }
+      for (int64_t c = 0; c < dp; ++c)
+        rows_micro(rn, w.data() + k0, lpad, kn, vp.data() + ((h * dp + c) * (lpad / 2) + k0 / 2) * COLS,
+                   o.data() + c * COLS, d, COLS);
+      for (int64_t r = 0; r < rn; ++r) {
+        const int64_t i = (r0 + r) / group, head = h * group + (r0 + r) % group;
+        const float* src = o.data() + r * d;
+        if (bf16_out) {
+          auto* dst = reinterpret_cast<uint16_t*>(res.data_ptr<at::BFloat16>()) + i * nq * d + head * d;
+          for (int64_t j = 0; j < d; ++j) dst[j] = rows::f32_to_bf16(src[j]);
+        } else {
+          std::memcpy(res.data_ptr<float>() + i * nq * d + head * d, src, d * sizeof(float));
+        }
+      }
+    }
+  });
+  return res;
+}
+#endif
+
+// The prompt's attention through the panels where they are built (and not turned off), else rows_kernels.h's
+// blocked oneDNN path (`block` queries a block)
+inline at::Tensor prompt_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t pos,
+                                   int64_t start, int64_t window, double scale, int64_t block, bool bf16_out) {
+#if defined(KF_PANEL_GEMM)
+  if (available() && q.size(2) % COLS == 0) return attention(q, k, v, pos, start, window, scale, bf16_out);
+#endif
+  return rows::prompt_attention_to(q, k, v, pos, start, window, scale, block, bf16_out);
+}
+
+}  // namespace panel
