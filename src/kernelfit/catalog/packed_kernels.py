@@ -84,19 +84,23 @@ PREFILL_PACKED = "same packed weights as decode (each layer's products unpacked 
 PREFILL_DENSE = "bf16 copy (oneDNN matmul)"
 # The bf16 panel GEMM (loader/panel_gemm.h): a GGUF file's groups unpacked 32 output columns at a time into a bf16
 # panel in the core's cache and multiplied there with vdpbf16ps (float32 sums and outputs) — no bf16 copy of a
-# weight in memory per call, no oneDNN re-blocking. Built where the compiler targets AVX512-BF16. Measured on the
+# weight in memory per call, no oneDNN re-blocking; the prompt's attention on the same microkernel
+# (loader/panel_attention.h: 32-key panels, only those a block of queries sees, float32 scores). Built where the
+# compiler targets AVX512-BF16. Measured on the
 # reference CPU, in-process A/B at 256 tokens (the same build, KERNELFIT_PANEL_GEMM=0 for the former path):
 # PANEL_PREFILL_GAIN; against a kept bf16 copy and the int8 GEMM (in-process A/B, and the llamacpp benchmark's 5
 # interleaved rounds): DENSE_VS_PANEL, INT8_VS_PANEL. The products run at ~94% of the bf16 peak measured here
 # (vdpbf16ps 7.8 G/s a core: 249 G multiply-adds/s).
 PANEL_PREFILL_ISA = "avx512_bf16"
 PREFILL_PANEL = ("same packed weights as decode, each product's weights unpacked 32 columns at a time into a bf16 "
-                 "panel in cache and multiplied there (kernelfit's AVX512-BF16 GEMM, float32 sums)")
+                 "panel in cache and multiplied there, the attention on the same kernel (kernelfit's AVX512-BF16 "
+                 "GEMM, float32 sums)")
 PANEL_PREFILL_SOURCES = SOURCES + ("x86-avx512-bf16",)
-PANEL_PREFILL_GAIN = ("256-token prefill 1.05x (Gemma 3 270M) and 1.09x (SmolLM2) the speed of unpacking whole "
+PANEL_PREFILL_GAIN = ("256-token prefill 1.09x (Gemma 3 270M) and 1.10x (SmolLM2) the speed of unpacking whole "
                       "weights for oneDNN, and closer to the exact products")
-DENSE_VS_PANEL = "256-token prefill 0.92-0.95x (Gemma 3 270M) and 0.85-0.90x (SmolLM2) of the panels'"
-INT8_VS_PANEL = "256-token prefill 0.94-0.95x (Gemma 3 270M) and 0.99-1.03x (SmolLM2) of the bf16 panels'"
+DENSE_VS_PANEL = "256-token prefill 0.92-0.98x (Gemma 3 270M) and 0.85-0.93x (SmolLM2) of the panels'"
+INT8_VS_PANEL = ("no faster than the bf16 panels here (256-token prefill 0.93-0.95x Gemma 3 270M, 0.99-1.06x "
+                 "SmolLM2)")
 # --prefill int8 (loader/gemm_kernels.h): a GGUF file's codes straight into an int8 GEMM (vpdpbusd, 16 weight rows x
 # 12 activation rows a block), the activations quantized per group of 32 to one int8 digit — llama.cpp's own
 # precision (ggml_vec_dot_q4_1_q8_1), below a bf16 product's. No bf16 copy per call, no oneDNN. Measured on the
@@ -114,7 +118,7 @@ INT8_PREFILL_SOURCES = SOURCES + ("x86-avx512-vnni",)
 INT8_PREFILL_GAIN = ("its products ~1.5x faster than unpacking to bf16 for oneDNN; 256-token prefill end to end "
                      "1.0-1.2x (SmolLM2, Gemma 3 270M)")
 INT8_PREFILL_LOSS = ("prefill top-1 agreement with the float32 file 96.7% SmolLM2, 97.3% Gemma 3 270M (bf16 panels "
-                     "99.0%, 99.7%); logit cosine mean 0.9996, 0.9998")
+                     "99.7%, 99.3%); logit cosine mean 0.9996, 0.9998")
 
 
 def packed_cpu(devices: list[Device], cpu: Cpu) -> str | None:
