@@ -216,6 +216,26 @@ inline Layout check(const at::Tensor& codes, const at::Tensor& scale, const at::
   return {bits, k, g, tiles};
 }
 
+// The layouts of several weights over one input of k columns (Q, K, V or gate and up): each checked, all of k
+// columns, n[i] rows in part i's tiles; `who` names the caller in the messages. total: the parts' rows together.
+inline std::vector<Layout> check_parts(const std::vector<at::Tensor>& codes, const std::vector<at::Tensor>& scale,
+                                       const std::vector<at::Tensor>& mins, const std::vector<int64_t>& bits,
+                                       const std::vector<int64_t>& n, int64_t k, const char* who, int64_t& total) {
+  const size_t parts = codes.size();
+  TORCH_CHECK(parts >= 1 && scale.size() == parts && mins.size() == parts && bits.size() == parts && n.size() == parts,
+              who, ": one codes, scale, mins, bits and n a part");
+  std::vector<Layout> layouts;
+  total = 0;
+  for (size_t i = 0; i < parts; ++i) {
+    layouts.push_back(check(codes[i], scale[i], mins[i], bits[i]));
+    const Layout& L = layouts.back();
+    TORCH_CHECK((k < 0 ? layouts[0].k : k) == L.k && n[i] <= L.tiles * TILE && n[i] > (L.tiles - 1) * TILE, who,
+                ": shapes do not match");
+    total += n[i];
+  }
+  return layouts;
+}
+
 // Runs FN<BITS, G, T>(args...) for a layout (C++17: no templated lambdas).
 #define KF_DOT_DISPATCH(L, st, FN, ...)                                  \
   do {                                                                   \

@@ -186,18 +186,10 @@ inline at::Tensor gemm_parts(const at::Tensor& x_in, const std::vector<at::Tenso
                              const std::vector<at::Tensor>& scale, const std::vector<at::Tensor>& mins,
                              const std::vector<int64_t>& bits, const std::vector<int64_t>& n) {
   TORCH_CHECK(fast_gemm(), "gemm: this build has no AVX512-VNNI int8 GEMM (fast_gemm() is false)");
-  const size_t parts = codes.size();
-  TORCH_CHECK(parts >= 1 && scale.size() == parts && mins.size() == parts && bits.size() == parts && n.size() == parts,
-              "gemm: one codes, scale, mins, bits and n a part");
   const at::Tensor x = x_in.to(at::kFloat).contiguous().view({-1, x_in.size(-1)});
-  std::vector<dot::Layout> layouts;
   int64_t total = 0;
-  for (size_t i = 0; i < parts; ++i) {
-    layouts.push_back(dot::check(codes[i], scale[i], mins[i], bits[i]));
-    const dot::Layout& L = layouts.back();
-    TORCH_CHECK(x.size(1) == L.k && n[i] <= L.tiles * TILE && n[i] > (L.tiles - 1) * TILE, "gemm: shapes do not match");
-    total += n[i];
-  }
+  const std::vector<dot::Layout> layouts = dot::check_parts(codes, scale, mins, bits, n, x.size(1), "gemm", total);
+  const size_t parts = codes.size();
   auto y = at::empty({x.size(0), total}, x.options());
 #if defined(KF_GEMM_VNNI)
   Acts a;

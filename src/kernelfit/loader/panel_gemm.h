@@ -133,21 +133,13 @@ inline at::Tensor gemm_parts(const at::Tensor& x_in, const std::vector<at::Tenso
                              const std::vector<at::Tensor>& scale, const std::vector<at::Tensor>& mins,
                              const std::vector<int64_t>& bits, const std::vector<int64_t>& n) {
   TORCH_CHECK(available(), "panel gemm: this build has no AVX512-BF16 kernel (available() is false)");
-  const size_t parts = codes.size();
-  TORCH_CHECK(parts >= 1 && scale.size() == parts && mins.size() == parts && bits.size() == parts && n.size() == parts,
-              "panel gemm: one codes, scale, mins, bits and n a part");
   const at::Tensor x = x_in.to(at::kBFloat16).contiguous().view({-1, x_in.size(-1)});
-  std::vector<dot::Layout> layouts;
-  std::vector<int64_t> first_panel{0};  // the parts' panels numbered one after another
   int64_t total = 0;
-  for (size_t i = 0; i < parts; ++i) {
-    layouts.push_back(dot::check(codes[i], scale[i], mins[i], bits[i]));
-    const dot::Layout& L = layouts.back();
-    TORCH_CHECK(x.size(1) == L.k && n[i] <= L.tiles * TILE && n[i] > (L.tiles - 1) * TILE,
-                "panel gemm: shapes do not match");
-    first_panel.push_back(first_panel.back() + (n[i] + COLS - 1) / COLS);
-    total += n[i];
-  }
+  const std::vector<dot::Layout> layouts =
+      dot::check_parts(codes, scale, mins, bits, n, x.size(1), "panel gemm", total);
+  const size_t parts = codes.size();
+  std::vector<int64_t> first_panel{0};  // the parts' panels numbered one after another
+  for (size_t i = 0; i < parts; ++i) first_panel.push_back(first_panel.back() + (n[i] + COLS - 1) / COLS);
   auto y = at::empty({x.size(0), total}, x.options().dtype(at::kFloat));
 #if defined(KF_PANEL_GEMM)
   const auto* xp = reinterpret_cast<const uint16_t*>(x.data_ptr<at::BFloat16>());

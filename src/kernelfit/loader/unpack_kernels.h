@@ -155,18 +155,8 @@ inline at::Tensor dot_dequant(const at::Tensor& codes, const at::Tensor& scale, 
 inline at::Tensor dot_dequant_parts(const std::vector<at::Tensor>& codes, const std::vector<at::Tensor>& scale,
                                     const std::vector<at::Tensor>& mins, const std::vector<int64_t>& bits,
                                     const std::vector<int64_t>& n) {
-  TORCH_CHECK(!codes.empty() && scale.size() == codes.size() && mins.size() == codes.size() &&
-                  bits.size() == codes.size() && n.size() == codes.size(),
-              "dot: one codes, scale, mins, bits and n a part");
-  std::vector<Layout> layouts;
   int64_t total = 0;
-  for (size_t i = 0; i < codes.size(); ++i) {
-    layouts.push_back(check(codes[i], scale[i], mins[i], bits[i]));
-    TORCH_CHECK(layouts[i].k == layouts[0].k && n[i] <= layouts[i].tiles * TILE &&
-                    n[i] > (layouts[i].tiles - 1) * TILE,
-                "dot: shapes do not match");
-    total += n[i];
-  }
+  const std::vector<Layout> layouts = check_parts(codes, scale, mins, bits, n, -1, "dot", total);  // k: the first's
   at::Tensor out = at::empty({total, layouts[0].k}, codes[0].options().dtype(at::kBFloat16));
   const at::Tensor all_rows = at::empty({0}, codes[0].options().dtype(at::kLong));
   int64_t row = 0;
