@@ -68,10 +68,7 @@ def _dot(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, kin
         return ops.gemm_mm(x, a, b, c, bits, n)
     if n * x.shape[1] > DOT_MAX_COPY_WEIGHTS:
         return ops.dot_mm(x, a, b, c, bits, n)
-    if ops.panel_available():  # bf16 panels unpacked in cache (panel_gemm.h): float32 out
-        return ops.panel_gemm_parts(x, [a], [b], [c], [bits], [n])
-    w = ops.dot_dequant(a, b, c, bits, n, torch.empty(0, dtype=torch.long), True)
-    return F.linear(x.to(torch.bfloat16), w)  # bf16 out: the C++ glue reads it as is, other callers cast
+    return _bf16_parts(x, [a], [b], [c], [kind], [n])
 
 
 @torch.jit.ignore
@@ -82,22 +79,16 @@ def _gemm_parts(x: torch.Tensor, a: List[torch.Tensor], b: List[torch.Tensor], c
 
 
 @torch.jit.ignore
-def _panel_parts(x: torch.Tensor, a: List[torch.Tensor], b: List[torch.Tensor], c: List[torch.Tensor], kind: List[int],
-                 n: List[int]) -> torch.Tensor:
-    """Several dot weights' products over one input through the bf16 panel GEMM, side by side (float32)."""
-    return native_module().panel_gemm_parts(x, a, b, c, [4 if k == DOT4 else 8 for k in kind], n)
-
-
-@torch.jit.ignore
-def _panel_available() -> bool:
-    return bool(native_module().panel_available())
-
-
-@torch.jit.ignore
-def _dequant_parts(a: List[torch.Tensor], b: List[torch.Tensor], c: List[torch.Tensor], kind: List[int],
-                   n: List[int]) -> torch.Tensor:
-    """Several dot weights unpacked into one bf16 matrix (a prompt's one oneDNN product)."""
-    return native_module().dot_dequant_parts(a, b, c, [4 if k == DOT4 else 8 for k in kind], n)
+def _bf16_parts(x: torch.Tensor, a: List[torch.Tensor], b: List[torch.Tensor], c: List[torch.Tensor], kind: List[int],
+                n: List[int]) -> torch.Tensor:
+    """Several dot weights' products over one input with bf16 inputs, side by side (lean_step.cpp's rows_products
+    decides the same way): the bf16 panel GEMM where built (panel_gemm.h, float32 out), else the parts unpacked into
+    one bf16 matrix for one oneDNN product (bf16 out: the C++ glue reads it as is, other callers cast)."""
+    ops = native_module()
+    bits = [4 if k == DOT4 else 8 for k in kind]
+    if ops.panel_available():
+        return ops.panel_gemm_parts(x, a, b, c, bits, n)
+    return F.linear(x.to(torch.bfloat16), ops.dot_dequant_parts(a, b, c, bits, n))
 
 
 @torch.jit.ignore
@@ -187,7 +178,7 @@ class Products(nn.Module):
         self.p1 = parts[1] if len(parts) > 1 else parts[0]
         self.p2 = parts[2] if len(parts) > 2 else parts[0]
         # all parts on the int8 GEMM: one call quantizes the input once and writes each part's columns (no cat);
-        # all on the bf16 path: unpacked into one matrix for one oneDNN product
+        # all on the bf16 path: one call too (_bf16_parts)
         self.int8_parts = all(p.kind >= DOT4 and p.int8_prefill for p in parts)
         self.bf16_parts = all(p.kind >= DOT4 and not p.int8_prefill and not p.has_prefill for p in parts) and \
             sum(p.out_features for p in parts) * parts[0].a.shape[1] // (4 if parts[0].kind == DOT4 else 8) \
@@ -202,11 +193,8 @@ class Products(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.n == 1:
             return self.p0(x)
-        if self.bf16_parts and x.shape[0] > self.p0.dot_max_rows and _panel_available():
-            return _panel_parts(x, self.part_a, self.part_b, self.part_c, self.part_kind, self.part_n)
         if self.bf16_parts and x.shape[0] > self.p0.dot_max_rows:
-            return F.linear(x.to(torch.bfloat16),
-                            _dequant_parts(self.part_a, self.part_b, self.part_c, self.part_kind, self.part_n))
+            return _bf16_parts(x, self.part_a, self.part_b, self.part_c, self.part_kind, self.part_n)
         if self.int8_parts and x.shape[0] > self.p0.dot_max_rows:
             return _gemm_parts(x, self.part_a, self.part_b, self.part_c, self.part_kind, self.part_n)
         if self.n == 2:

@@ -223,9 +223,8 @@ struct Step {
       auto qkv = products(rows::rms_norm(x, nm[0], eps), w, idx, n_qkv[li]);
       idx += n_qkv[li];
       position_heads(qkv.data_ptr<float>(), nm, cs, li, pos, cap, q.data(), kc, vc);
-      int64_t start = slide ? std::max<int64_t>(0, pos - window + 1) : 0;
-      attend(q.data(), kc + li * nkv * cap * d, vc + li * nkv * cap * d, nq, nkv, d, cap, start, pos + 1, scaling,
-             att.data(), scores);
+      attend(q.data(), kc + li * nkv * cap * d, vc + li * nkv * cap * d, nq, nkv, d, cap, window_start(slide, pos),
+             pos + 1, scaling, att.data(), scores);
       auto o = product(torch::from_blob(att.data(), {1, nq * d}, x.options()), w, idx);
       idx += 1;
       rows::residual_add(x, o, nm[5], eps);
@@ -238,6 +237,9 @@ struct Step {
     }
     return logits(x);
   }
+
+  // the first key position a query at position p sees: 0, or the start of its sliding window
+  int64_t window_start(bool slide, int64_t p) const { return slide ? std::max<int64_t>(0, p - window + 1) : 0; }
 
   // One position p's fused Q/K/V product row src: bias, the head norms and rotary with that position's cos/sin
   // (cs); its query heads into q, its K and V into layer li's rows of the caches (kc, vc: their first floats)
@@ -281,8 +283,8 @@ struct Step {
   // glue reads it as is)
   Tensor rows_products(const Tensor& x, const Weights& w, int64_t first, int64_t count, bool int8) const {
     if (x.size(0) <= DOT_MAX_ROWS) return products(x, w, first, count);
-    std::vector<Tensor> a(as.begin() + first, as.begin() + first + count), b(bs.begin() + first, bs.begin() + first + count),
-        c(mins.begin() + first, mins.begin() + first + count);
+    std::vector<Tensor> a(as.begin() + first, as.begin() + first + count),
+        b(bs.begin() + first, bs.begin() + first + count), c(mins.begin() + first, mins.begin() + first + count);
     std::vector<int64_t> bits, n(ns.begin() + first, ns.begin() + first + count);
     for (int64_t i = first; i < first + count; ++i) bits.push_back(kinds[i] == 4 ? 4 : 8);
     if (int8) return gemm::gemm_parts(x, a, b, c, bits, n);
@@ -329,13 +331,12 @@ struct Step {
         const int64_t p = pos + t - 1;
         last_att.resize(nq * d);
         attend(qp + (t - 1) * nq * d, kc + li * nkv * cap * d, vc + li * nkv * cap * d, nq, nkv, d, cap,
-               slide ? std::max<int64_t>(0, p - window + 1) : 0, p + 1, scaling, last_att.data(), scores);
+               window_start(slide, p), p + 1, scaling, last_att.data(), scores);
         att = torch::from_blob(last_att.data(), {1, nq * d}, x.options());
         x = x.narrow(0, t - 1, 1);
       } else {
-        const int64_t start = slide ? std::max<int64_t>(0, pos - window + 1) : 0;
         att = panel::prompt_attention(q, k_cache.select(0, li).select(0, 0), v_cache.select(0, li).select(0, 0),
-                                      pos, start, slide ? window : 0, scaling, PROMPT_BLOCK, bf);
+                                      pos, window_start(slide, pos), slide ? window : 0, scaling, PROMPT_BLOCK, bf);
       }
       rows::residual_add(x, rows_products(att, w, idx, 1, int8), nm[5], eps);
       idx += 1;

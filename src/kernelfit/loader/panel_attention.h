@@ -90,9 +90,7 @@ inline at::Tensor attention(const at::Tensor& q_in, const at::Tensor& k, const a
         float* sr = s.data() + r * lpad;
         uint16_t* wr = w.data() + r * lpad;
         for (int64_t j = rlo; j < rhi; ++j) sr[j] *= float(scale);
-        rows::exp_shifted(sr + rlo, rows::lanes_max(sr + rlo, rhi - rlo), sr + rlo, rhi - rlo);  // NaN: all NaN
-        const float inv = 1.f / rows::lanes_sum(sr + rlo, rhi - rlo);
-        for (int64_t j = k0; j < k0 + kn; ++j) wr[j] = (j >= rlo && j < rhi) ? rows::f32_to_bf16(sr[j] * inv) : 0;
+        rows::softmax_weights(sr, rlo, rhi, rows::lanes_max(sr + rlo, rhi - rlo), wr, k0, k0 + kn);
       }
       for (int64_t c = 0; c < dp; ++c)
         rows_micro(rn, w.data() + k0, lpad, kn, vp.data() + ((h * dp + c) * (lpad / 2) + k0 / 2) * COLS,

@@ -218,6 +218,26 @@ inline float lanes_max(const float* x, int64_t n) {
   return nan ? NAN : m;
 }
 
+// A softmax row's weights from its scaled scores e[lo, hi) (m: their maximum, NaN if one is NaN; e is overwritten):
+// o[j] for j in [from, to) in bf16, the softmax inside [lo, hi) and 0 outside. A NaN score makes the row NaN.
+inline void softmax_weights(float* e, int64_t lo, int64_t hi, float m, uint16_t* o, int64_t from, int64_t to) {
+  exp_shifted(e + lo, m, e + lo, hi - lo);
+  const float inv = 1.f / lanes_sum(e + lo, hi - lo);
+  std::memset(o + from, 0, sizeof(uint16_t) * (lo - from));
+  int64_t j = lo;
+#if defined(KF_ROWS_AVX512)
+  const __m512 vi = _mm512_set1_ps(inv);
+  const __m512i round = _mm512_set1_epi32(0x7FFF), one = _mm512_set1_epi32(1);
+  for (; j + 16 <= hi; j += 16) {  // round to nearest even, as f32_to_bf16
+    const __m512i b = _mm512_castps_si512(_mm512_mul_ps(_mm512_loadu_ps(e + j), vi));
+    const __m512i r = _mm512_add_epi32(_mm512_add_epi32(b, round), _mm512_and_si512(_mm512_srli_epi32(b, 16), one));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + j), _mm512_cvtepi32_epi16(_mm512_srli_epi32(r, 16)));
+  }
+#endif
+  for (; j < hi; ++j) o[j] = f32_to_bf16(e[j] * inv);
+  std::memset(o + hi, 0, sizeof(uint16_t) * (to - hi));
+}
+
 // One row of masked_softmax: o[lo, hi) = softmax(s[lo, hi) * scale) in bf16, 0 elsewhere; e: len floats of scratch.
 // A NaN score makes the row NaN, as in ATen.
 inline void softmax_row(const uint16_t* s, uint16_t* o, int64_t lo, int64_t hi, int64_t len, float scale, float* e) {
@@ -242,21 +262,7 @@ inline void softmax_row(const uint16_t* s, uint16_t* o, int64_t lo, int64_t hi, 
     e[j] = bf16_to_f32(s[j]) * scale;
     m = (e[j] > m || e[j] != e[j] || m != m) ? (m != m ? m : e[j]) : m;
   }
-  exp_shifted(e + lo, m, e + lo, hi - lo);
-  const float inv = 1.f / lanes_sum(e + lo, hi - lo);
-  std::memset(o, 0, sizeof(uint16_t) * lo);
-  j = lo;
-#if defined(KF_ROWS_AVX512)
-  const __m512 vi = _mm512_set1_ps(inv);
-  const __m512i round = _mm512_set1_epi32(0x7FFF), one = _mm512_set1_epi32(1);
-  for (; j + 16 <= hi; j += 16) {  // round to nearest even, as f32_to_bf16
-    const __m512i b = _mm512_castps_si512(_mm512_mul_ps(_mm512_loadu_ps(e + j), vi));
-    const __m512i r = _mm512_add_epi32(_mm512_add_epi32(b, round), _mm512_and_si512(_mm512_srli_epi32(b, 16), one));
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + j), _mm512_cvtepi32_epi16(_mm512_srli_epi32(r, 16)));
-  }
-#endif
-  for (; j < hi; ++j) o[j] = f32_to_bf16(e[j] * inv);
-  std::memset(o + hi, 0, sizeof(uint16_t) * (len - hi));
+  softmax_weights(e, lo, hi, m, o, 0, len);
 }
 
 // A prompt's attention weights from its bf16 scores [H, R, L]: row r of each H is query position q0 + r / per (the
@@ -325,7 +331,8 @@ inline at::Tensor prompt_attention_to(const at::Tensor& q, const at::Tensor& k, 
   const int64_t t = q.size(0), nq = q.size(1), d = q.size(2), nkv = k.size(0), group = nq / nkv;
   const int64_t len = pos + t - start;
   TORCH_CHECK(pos + t <= k.size(1), "prompt_attention: positions beyond the cache");
-  const at::Tensor qb = q.reshape({t, nkv, group, d}).transpose(0, 1).to(at::kBFloat16).contiguous().view({nkv, t * group, d});
+  const at::Tensor qb =
+      q.reshape({t, nkv, group, d}).transpose(0, 1).to(at::kBFloat16).contiguous().view({nkv, t * group, d});
   const at::Tensor kb = k.narrow(1, start, len).to(at::kBFloat16).contiguous();
   const at::Tensor vb = v.narrow(1, start, len).to(at::kBFloat16).contiguous();
   at::Tensor out = at::empty({nkv, t * group, d}, qb.options());
