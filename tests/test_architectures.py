@@ -12,7 +12,7 @@ import warnings
 import pytest
 import torch
 
-from arch_sweep import build_pair, compare, mappings
+from arch_sweep import build_pair, compare, mappings, tiny_config
 
 transformers = pytest.importorskip("transformers")
 transformers.logging.set_verbosity_error()
@@ -121,19 +121,67 @@ def test_sparse_selection_is_applied_not_dropped(model_type, extra):
     assert diff < 1e-4 and same
 
 
+def _class_dict_causal_lms() -> list[str]:
+    """The causal-LM model types of the installed transformers whose modeling module picks attention classes from
+    a `*_ATTENTION_CLASSES` dict (Falcon until 5.24, GPT-Neo in 5.25): found, not named, so the test keeps testing
+    this on the next transformers."""
+    import importlib
+
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    from kernelfit.dispatch.class_dicts import class_dict_substitute
+
+    found = []
+    for model_type in sorted(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES):
+        try:
+            module = importlib.import_module(f"transformers.models.{model_type}.modeling_{model_type}")
+        except Exception:  # noqa: BLE001 - renamed folders, optional dependencies: not a class-dict model here
+            continue
+        if class_dict_substitute(module) is not None:
+            found.append(model_type)
+    return found
+
+
+# what the generic tiny config needs to build them: GPT-Neo's per-layer pattern must list the 2 tiny layers
+CLASS_DICT_EXTRAS = {"gpt_neo": {"attention_types": [[["global", "local"], 1]]}}
+
+
 def test_class_dict_models_build_and_match():
-    """Falcon picks FALCON_ATTENTION_CLASSES[config._attn_implementation]: KeyError: 'kernelfit' before.
-    Now it is built with its own SDPA implementation, with one warning that says so."""
+    """Falcon (to transformers 5.24) and GPT-Neo pick XXX_ATTENTION_CLASSES[config._attn_implementation]:
+    KeyError: 'kernelfit' before. Now such a model is built with its own SDPA (or eager) implementation, with one
+    warning that names it, and matches sdpa."""
     from transformers import AutoModelForCausalLM
 
     from kernelfit.dispatch import class_dicts
     from kernelfit.dispatch.class_dicts import ClassDictModelWarning
 
-    class_dicts._warned.clear()  # once per model class and process: the sweep may have warned already
-    with pytest.warns(ClassDictModelWarning, match="Falcon"):
-        ref, kf, _ = build_pair("falcon", AutoModelForCausalLM)
-    diff, same = _logits_and_long_greedy(ref, kf)
-    assert diff < 1e-4 and same
+    types = _class_dict_causal_lms()
+    if not types:
+        pytest.skip("no causal LM of this transformers picks its attention classes from a dict")
+    import importlib
+
+    from kernelfit.dispatch.class_dicts import class_dict_substitute
+
+    built = 0
+    for model_type in types:
+        own = class_dict_substitute(importlib.import_module(f"transformers.models.{model_type}.modeling_{model_type}"))
+        class_dicts._warned.clear()  # once per model class and process: the sweep may have warned already
+        try:
+            cfg = tiny_config(model_type, CLASS_DICT_EXTRAS.get(model_type))
+            torch.manual_seed(0)
+            ref = AutoModelForCausalLM.from_config(copy.deepcopy(cfg), attn_implementation=own).eval()
+        except Exception as exc:  # noqa: BLE001 - a model the generic tiny config cannot build: listed, not judged
+            print(f"{model_type}: not built with a generic tiny config ({type(exc).__name__}: {exc})")
+            continue
+        with pytest.warns(ClassDictModelWarning) as caught:
+            kf = AutoModelForCausalLM.from_config(copy.deepcopy(cfg), attn_implementation="kernelfit").eval()
+        kf.load_state_dict(ref.state_dict(), strict=False)
+        assert kf.config._attn_implementation == own
+        assert any(type(kf).__name__ in str(w.message) and f"'{own}'" in str(w.message) for w in caught)
+        diff, same = _logits_and_long_greedy(ref, kf)
+        assert diff < 1e-4 and same, model_type
+        built += 1
+    assert built, f"none of {types} built"
 
 
 def test_flash_kernels_never_get_a_mask_they_cannot_express():
