@@ -20,7 +20,7 @@ def cache_root() -> Path:
 
 def _writable(directory: Path) -> bool:
     try:
-        directory.mkdir(parents=True, exist_ok=True)
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd, probe = tempfile.mkstemp(dir=directory, prefix=".write-test-")
         os.close(fd)
         os.unlink(probe)
@@ -29,24 +29,88 @@ def _writable(directory: Path) -> bool:
         return False
 
 
+def _owner_name(uid: int) -> str:
+    try:
+        import pwd
+
+        return f"user {pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except (ImportError, KeyError):
+        return f"uid {uid}"
+
+
+def not_private(directory: Path) -> tuple[bool, str] | None:
+    """Why `directory` is no place to load native code or caches from, or None when it is: it must be a real folder
+    (not a symlink) owned by this user that no group or other user can write. Anyone who can write there can
+    replace a compiled library or a cached conversion before the next run, and have it loaded into this process.
+    The flag says whether the user can mend it (their own folder, too loose a mode)."""
+    if not hasattr(os, "getuid"):
+        return None  # Windows: ACLs, not modes; the user's own profile folder
+    import stat
+
+    st = os.lstat(directory)
+    if stat.S_ISLNK(st.st_mode):
+        return False, f"{directory} is a symbolic link"
+    if not stat.S_ISDIR(st.st_mode):
+        return False, f"{directory} is not a folder"
+    if st.st_uid != os.geteuid():
+        return False, f"{directory} belongs to {_owner_name(st.st_uid)}, not to you"
+    if st.st_mode & 0o022:
+        return True, f"{directory} can be written by other users (mode {stat.S_IMODE(st.st_mode):o})"
+    return None
+
+
+def private_dir(directory: Path) -> Path:
+    """`directory`, created if missing (mode 700), checked with not_private; a folder of this user's with loose
+    permissions (a umask of 002) is tightened to 700. Raises UsageError naming the folder and what to do."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except FileExistsError:
+        pass  # a file or a dangling link in the way: not_private names it
+    problem = not_private(directory)
+    if problem and problem[0]:
+        os.chmod(directory, 0o700)  # ours (checked above): tighten it rather than refuse it
+        problem = not_private(directory)
+    if problem:
+        problem = problem[1]
+        from .errors import UsageError
+
+        raise UsageError(f"kernelfit loads compiled kernels and caches only from a folder you own that others cannot "
+                         f"write, and {problem}; set KERNELFIT_CACHE_DIR to such a folder (or remove {directory})")
+    return directory
+
+
 _warned_fallback: set[str] = set()
 
 
 def writable_cache_root() -> Path:
-    """cache_root() when kernelfit can write there; else (read-only, a file in the way, no permission) a
-    private folder in the system's temporary directory, with a one-line warning once per process."""
-    root = cache_root()
-    if _writable(root):
-        return root
-    fallback = Path(tempfile.gettempdir()) / f"kernelfit-cache-{os.getuid() if hasattr(os, 'getuid') else 'user'}"
-    if not _writable(fallback):
-        from .errors import UsageError
+    """cache_root() when kernelfit can write there and it is private (not_private); else (read-only, a file in
+    the way, no permission, another user's folder) a private folder in the system's temporary directory, created
+    with mode 700 — an existing one is used only when it is this user's and private — with a one-line warning
+    once per process. A KERNELFIT_CACHE_DIR that is not the user's is refused, not replaced."""
+    from .errors import UsageError
 
+    root = cache_root()
+    why = "is not writable"
+    if _writable(root):
+        if os.environ.get("KERNELFIT_CACHE_DIR"):
+            return private_dir(root)  # asked for by name: refuse it in one line rather than silently go elsewhere
+        try:
+            return private_dir(root)
+        except UsageError:  # another user's default cache dir: use the private fallback
+            why = "is not yours alone"
+    fallback = Path(tempfile.gettempdir()) / f"kernelfit-cache-{os.getuid() if hasattr(os, 'getuid') else 'user'}"
+    try:
+        fallback.mkdir(mode=0o700)  # created here: ours and private
+    except OSError:
+        pass  # it exists (whose? checked next, never trusted by its name), or the temp dir is not writable
+    if fallback.exists() or fallback.is_symlink():
+        private_dir(fallback)
+    if not _writable(fallback):
         raise UsageError(f"neither the cache directory {root} nor {fallback} is writable; set KERNELFIT_CACHE_DIR "
                          "to a writable folder")
     if str(root) not in _warned_fallback:
         _warned_fallback.add(str(root))
-        print(f"kernelfit: warning: the cache directory {root} is not writable; using {fallback} for now (set "
+        print(f"kernelfit: warning: the cache directory {root} {why}; using {fallback} for now (set "
               "KERNELFIT_CACHE_DIR to keep conversions between runs)", file=sys.stderr, flush=True)
     return fallback
 

@@ -28,7 +28,7 @@ from ..errors import UsageError
 from ..model.quantization import CheckpointQuant
 from ..model.spec import ModelSpec
 from ..cache_entry import build_entry, verified_entry
-from ..paths import cache_root, files_key, writable_cache_root
+from ..paths import files_key, writable_cache_root
 
 FORMAT_VERSION = 1
 AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)  # nibble i of an AWQ int32 holds output column AWQ_ORDER[i] of its 8
@@ -150,7 +150,7 @@ def dequantized_dir(spec: ModelSpec, progress=print) -> Path:
     if not shards:
         raise UsageError(f"{src} has no *.safetensors shards to dequantize")
     name = f"{src.name}-{files_key(shards, FORMAT_VERSION)}"
-    hit = verified_entry(cache_root() / "dequantized" / name)
+    hit = verified_entry(writable_cache_root() / "dequantized" / name)
     if hit is not None:
         return hit
     final = writable_cache_root() / "dequantized" / name

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..model.spec import ModelSpec
 from ..cache_entry import build_entry, verified_entry
-from ..paths import cache_root, files_key, writable_cache_root
+from ..paths import files_key, writable_cache_root
 
 FORMAT_VERSION = 1
 
@@ -25,7 +25,7 @@ def _key(gguf: Path) -> str:
 
 def _entry(spec: ModelSpec, root: Path | None = None) -> tuple[Path, Path]:
     gguf = Path(spec.model_dir or "") / (spec.gguf_file or "")
-    return gguf, (root or cache_root()) / "gguf" / _key(gguf)
+    return gguf, (root or writable_cache_root()) / "gguf" / _key(gguf)
 
 
 def cached_dir(spec: ModelSpec) -> Path | None:

@@ -9,16 +9,19 @@ built (no compiler) or is switched off (KERNELFIT_NATIVE=0), the TorchScript ste
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from ..paths import write_atomic, writable_cache_root
+from ..errors import UsageError
+from ..paths import private_dir, write_atomic, writable_cache_root
 
 SOURCE = Path(__file__).with_name("lean_step.cpp")
 HEADERS = (Path(__file__).with_name("dot_kernels.h"), Path(__file__).with_name("gemm_kernels.h"),
@@ -35,9 +38,6 @@ CFLAGS = ["-O3", "-fno-trapping-math"] + (["-march=native"] if __import__("platf
 # threads). Linked by soname (libgomp.so.1), it resolves to the OpenMP runtime torch has already loaded.
 OPENMP = ["-fopenmp"]
 _STATE: dict = {}
-# torch.utils.cpp_extension serialises builds with a lock file it never expires: a build killed (kill -9, power)
-# leaves it behind and every later process would wait on it forever. A build takes ~25-60 s here.
-STALE_LOCK_SECONDS = 600
 
 
 def _cpu_flags() -> str:
@@ -74,11 +74,14 @@ def native_module():
     else:
         # a damaged build (a killed link) is rebuilt once; a compiler without OpenMP (clang without libomp) gets
         # a build without it: one thread, still ahead of the TorchScript step
+        root = private_dir(writable_cache_root() / "torch-extensions")
         for openmp in (OPENMP, OPENMP, []):
-            build = writable_cache_root() / "torch-extensions" / f"lean_step-{_key(openmp)}"
+            build = root / f"lean_step-{_key(openmp)}"
             try:
                 module = _build(build, openmp)
                 break
+            except UsageError:
+                raise  # a folder that is not the user's, or a build that another process holds too long
             except Exception as exc:  # noqa: BLE001 - any build failure means: run the TorchScript step
                 why = f"building the C++ step failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
                 shutil.rmtree(build, ignore_errors=True)
@@ -87,18 +90,50 @@ def native_module():
     return module
 
 
-def clear_stale_lock(build: Path, now: float | None = None) -> bool:
-    """Remove the build lock of a build that died (older than STALE_LOCK_SECONDS); True if removed."""
+# How long a process waits for another one's build of the same kernels (~25-60 s here; a slow machine or a
+# loaded CI runner takes longer) before it gives up with a message saying what to do.
+BUILD_WAIT_SECONDS = float(os.environ.get("KERNELFIT_BUILD_WAIT", "900"))
+
+
+@contextlib.contextmanager
+def build_lock(build: Path, wait_seconds: float | None = None):
+    """Hold the build of `build` against other kernelfit processes.
+
+    torch.utils.cpp_extension serialises builds with a file (`build/lock`) that it never expires: a build killed
+    by kill -9, the OOM killer or a CI time-out leaves it behind, and every later load waited on it forever. This
+    lock is an flock(2) on `<build>.lock` beside the folder: the kernel releases it when its holder dies, however
+    it dies. Whoever holds it is the only kernelfit process building or loading that folder, so a torch `lock`
+    file found inside is a dead build's and is removed. A live holder is waited for, with one line saying so."""
+    import fcntl
     import time
 
-    lock = build / "lock"
+    wait_seconds = BUILD_WAIT_SECONDS if wait_seconds is None else wait_seconds
+    path = build.with_name(build.name + ".lock")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        if (now or time.time()) - lock.stat().st_mtime > STALE_LOCK_SECONDS:
-            lock.unlink()
-            return True
-    except FileNotFoundError:
-        pass
-    return False
+        start, told = time.monotonic(), False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+                waited = time.monotonic() - start
+                if waited > wait_seconds:
+                    raise UsageError(f"another kernelfit process (pid {holder}) has been compiling the CPU kernels in "
+                                     f"{build} for over {wait_seconds:.0f} s; wait for it to finish, or stop it and "
+                                     "run again (KERNELFIT_BUILD_WAIT sets how long to wait)") from None
+                if not told:
+                    told = True
+                    print(f"kernelfit: waiting for another kernelfit process (pid {holder}) that is compiling the CPU "
+                          f"kernels in {build}", file=sys.stderr, flush=True)
+                time.sleep(0.2)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        (build / "lock").unlink(missing_ok=True)  # a killed build's: no live kernelfit process holds this folder
+        yield
+    finally:
+        os.close(fd)  # closing releases the flock
 
 
 MANIFEST = "kernelfit-build.json"
@@ -111,10 +146,10 @@ def _digest(path: Path) -> str:
 def verified_or_cleared(build: Path) -> bool:
     """True when `build` holds a library this module built and recorded; a library without its record (a link
     killed half-way) or with another checksum (damaged since) is removed with its folder: loading a truncated
-    shared library kills the process with SIGBUS, so it must never be tried."""
+    shared library kills the process with SIGBUS, so it must never be tried. Called under build_lock."""
     libs = list(build.glob("*.so"))
-    if not libs or ((build / "lock").exists() and not clear_stale_lock(build)):
-        return False  # nothing built yet, or another process is building it now (torch waits on its lock)
+    if not libs:
+        return False
     try:
         record = json.loads((build / MANIFEST).read_text())
         if record.get("sha256") == _digest(libs[0]) and record.get("library") == libs[0].name:
@@ -126,20 +161,48 @@ def verified_or_cleared(build: Path) -> bool:
 
 
 def _build(build: Path, openmp: list[str]):
+    import time
+
     from torch.utils.cpp_extension import load
 
-    verified_or_cleared(build)
-    build.mkdir(parents=True, exist_ok=True)
-    clear_stale_lock(build)
-    module = load(name=f"kernelfit_lean_step_{_key(openmp)}", sources=[str(SOURCE)], build_directory=str(build),
-                  extra_cflags=CFLAGS + openmp, extra_ldflags=openmp, verbose=False)
-    lib = Path(module.__file__)
-    if not (build / MANIFEST).is_file():
-        write_atomic(build / MANIFEST, json.dumps({"library": lib.name, "sha256": _digest(lib)}))
+    build.parent.mkdir(parents=True, exist_ok=True)
+    with build_lock(build):
+        fresh = not verified_or_cleared(build)
+        private_dir(build)
+        if fresh:
+            print("kernelfit: compiling the CPU kernels for this machine and torch (once; about 30-90 s)",
+                  file=sys.stderr, flush=True)
+        start = time.monotonic()
+        module = load(name=f"kernelfit_lean_step_{_key(openmp)}", sources=[str(SOURCE)], build_directory=str(build),
+                      extra_cflags=CFLAGS + openmp, extra_ldflags=openmp, verbose=False)
+        lib = Path(module.__file__)
+        if not (build / MANIFEST).is_file():
+            write_atomic(build / MANIFEST, json.dumps({"library": lib.name, "sha256": _digest(lib)}))
+        if fresh:
+            print(f"kernelfit: compiled the CPU kernels in {time.monotonic() - start:.0f} s", file=sys.stderr,
+                  flush=True)
     for old in build.parent.glob("lean_step-*"):  # builds of other sources or torch versions: never loaded again
-        if old != build and not (old / "lock").exists():
-            shutil.rmtree(old, ignore_errors=True)
+        if old.is_dir() and old != build:
+            _remove_unheld(old)
     return module
+
+
+def _remove_unheld(old: Path) -> None:
+    """Remove another build's folder unless a live process holds its build lock."""
+    import fcntl
+
+    path = old.with_name(old.name + ".lock")
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        shutil.rmtree(old, ignore_errors=True)  # its small lock file stays: unlinking a lock file races openers
+    except BlockingIOError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def native_status() -> str:

@@ -17,7 +17,7 @@ import torch
 from ..cache_entry import build_entry, verified_entry
 from ..errors import HealthCheckError, UsageError
 from ..model.spec import ModelSpec
-from ..paths import cache_root, files_key, writable_cache_root
+from ..paths import files_key, writable_cache_root
 from .lean_build import LeanBuild, build_lean, forward, kv_bytes, kv_capacity, reset_cache
 from .gguf_tokenizer import gguf_tokenizer
 from .lean_native import native_status
@@ -98,7 +98,7 @@ def tokenizer_dir(spec: ModelSpec, progress=None) -> Path:
     """The file's tokenizer, saved once (transformers rebuilds it from GGUF metadata in ~10 s)."""
     gguf = Path(spec.model_dir) / spec.gguf_file
     key = f"{gguf.stem}-{files_key([gguf], TOKENIZER_FORMAT)}"
-    hit = verified_entry(cache_root() / "gguf-tokenizer" / key)
+    hit = verified_entry(writable_cache_root() / "gguf-tokenizer" / key)
     if hit is not None:
         return hit
 
