@@ -331,11 +331,124 @@ def _one_case(build, expect, tmp_path, monkeypatch, capsys):
     assert expect.lower() in lines[0].lower(), lines[0]
     assert not cache.exists() or not any(cache.rglob("*")), sorted(str(p) for p in cache.rglob("*"))
     assert not any(cwd.iterdir())
+    return lines[0]
 
 
 @pytest.mark.parametrize("name,build,expect", CLI_CASES, ids=[c[0] for c in CLI_CASES])
 def test_cli_bad_input(name, build, expect, tmp_path, monkeypatch, capsys):
     _one_case(build, expect, tmp_path, monkeypatch, capsys)
+
+
+class _Payload:
+    """Pickles as the call `func(arg)`: what a malicious checkpoint runs when it is unpickled without weights_only."""
+
+    def __init__(self, func, arg):
+        self.func, self.arg = func, arg
+
+    def __reduce__(self):
+        return self.func, (self.arg,)
+
+
+def _malicious_checkpoint(path: Path, payload: _Payload) -> Path:
+    """A tiny Llama with its tokenizer whose only weights are a pytorch_model.bin (torch's zip format) that calls
+    `payload` when unpickled."""
+    import zipfile
+
+    import torch
+    from test_health import save_tiny
+
+    save_tiny(path)
+    (path / "model.safetensors").unlink()
+    torch.save({"model.embed_tokens.weight": payload}, path / "pytorch_model.bin")
+    with zipfile.ZipFile(path / "pytorch_model.bin") as z:
+        pickled = z.read(next(n for n in z.namelist() if n.endswith("data.pkl")))
+    assert payload.func.__name__.encode() in pickled  # the pickle really calls it
+    return path
+
+
+@pytest.mark.parametrize("func,rejected", [(exec, "builtins.exec"), (os.system, "system")], ids=["exec", "os.system"])
+def test_run_allow_pickle_refuses_a_pickle_that_calls_code(func, rejected, tmp_path, monkeypatch, capsys):
+    """--allow-pickle still loads with torch's weights-only unpickler: a global it rejects ends as one line that
+    names it, exit 2, and the payload never runs."""
+    marker = tmp_path / "payload-ran"
+    arg = f"open({str(marker)!r}, 'w').write('ran')" if func is exec else f"touch '{marker}'"
+    model = _malicious_checkpoint(tmp_path / "model", _Payload(func, arg))
+    line = _one_case(lambda m: ["run", str(model), "--allow-pickle", "--prompt", "hi", "--json"], rejected,
+                     tmp_path, monkeypatch, capsys)
+    assert "not safe to load" in line and str(model) in line, line
+    assert not marker.exists()
+
+
+def test_allow_pickle_refusal_after_the_plan_and_in_the_python_api(tmp_path, monkeypatch, capsys):
+    import kernelfit
+    from kernelfit.cli import main
+    from kernelfit.errors import UsageError
+
+    marker = tmp_path / "payload-ran"
+    model = _malicious_checkpoint(tmp_path / "model", _Payload(exec, f"open({str(marker)!r}, 'w').write('ran')"))
+    monkeypatch.setenv("KERNELFIT_CACHE_DIR", str(tmp_path / "cache"))
+    capsys.readouterr()
+    rc = main(["run", str(model), "--allow-pickle", "--prompt", "hi"])
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("kernelfit: error:")]
+    assert rc == 2 and "Traceback" not in err, err[-2000:]
+    assert len(errors) == 1 and err.rstrip().endswith(errors[0]) and "builtins.exec" in errors[0], err[-2000:]
+    with pytest.raises(UsageError, match="builtins.exec") as info:
+        kernelfit.load(str(model), allow_pickle=True)
+    assert "not safe to load" in str(info.value)
+    assert not marker.exists()
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("*"))
+
+
+def _python_and_exec(script: Path, *args: str):
+    """`python script.py ARGS` and `kernelfit exec script.py ARGS`, each in its own process."""
+    import subprocess
+    import sys
+
+    from conftest import run_cli
+
+    python = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=120)
+    return python, run_cli("exec", str(script), *args)
+
+
+@pytest.mark.parametrize("source", [b'print("caf\xe9")\n', b"x = 1\n\ny = 2  # caf\xe9\n"],
+                         ids=["in a string", "in a comment on line 3"])
+def test_exec_a_script_that_is_not_utf8_ends_as_python_does(source, tmp_path):
+    script = tmp_path / "latin1.py"
+    script.write_bytes(source)
+    python, kf = _python_and_exec(script)
+    assert python.returncode == 1 and kf.returncode == 2, (kf.returncode, kf.stderr[-2000:])
+    lines = [line for line in kf.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("SyntaxError: Non-UTF-8 code") and str(script) in lines[0], kf.stderr
+    assert kf.stderr == python.stderr and kf.stdout == ""  # Python's own line: no traceback, no kernelfit frames
+
+
+def test_exec_a_syntax_error_is_shown_as_python_shows_it(tmp_path):
+    script = tmp_path / "broken.py"
+    script.write_text("print('never')\ndef f(:\n    pass\n")
+    python, kf = _python_and_exec(script)
+    assert kf.returncode == 2 and kf.stdout == "" and "Traceback" not in kf.stderr, kf.stderr[-2000:]
+    assert kf.stderr == python.stderr and "SyntaxError: invalid syntax" in kf.stderr
+
+
+def test_exec_runs_a_latin1_script_with_a_coding_cookie(tmp_path):
+    script = tmp_path / "cookie.py"
+    script.write_bytes(b"# -*- coding: latin-1 -*-\nimport sys\nx: int = 1\n"
+                       b"print('caf\xe9', sys.argv[1:], __name__, __file__ == %r, __annotations__)\n"
+                       % str(script))
+    python, kf = _python_and_exec(script, "a", "b")
+    assert python.returncode == 0 and kf.returncode == 0, kf.stderr[-2000:]
+    assert kf.stdout == python.stdout == "café ['a', 'b'] __main__ True {'x': <class 'int'>}\n"
+
+
+def test_exec_a_script_that_raises_shows_only_the_scripts_frames(tmp_path):
+    script = tmp_path / "raises.py"
+    script.write_text("def f():\n    raise ValueError('the script failed')\n\nprint('before')\nf()\n")
+    python, kf = _python_and_exec(script)
+    assert python.returncode == kf.returncode == 1 and kf.stdout == "before\n", kf.stderr[-2000:]
+    tail = kf.stderr[kf.stderr.index("Traceback (most recent call last):"):]
+    assert tail == python.stderr, kf.stderr  # the script's frames only: no kernelfit or runpy ones
+    assert "kernelfit" not in tail and "runpy" not in tail
 
 
 API_CASES = [

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 
-from ..errors import UsageError
+from ..errors import EXIT_USAGE, UsageError
 from ..planner.hf_args import lean_runner
 from ..planner.types import RejectKind
 
@@ -231,16 +232,69 @@ def cmd_bench(args) -> int:
     return 0 if winner else 1
 
 
+_CODING_COOKIE = re.compile(rb"^[ \t\f]*#.*?coding[:=][ \t]*[-\w.]+", re.ASCII)  # PEP 263
+
+
+def _compile_script(path: str):
+    """The script's code object, compiled as `python script.py` compiles it: a coding cookie or BOM (PEP 263)
+    chooses the encoding, else the file must be UTF-8 (checked as Python's own tokenizer does, comments
+    included). Raises SyntaxError with Python's message."""
+    with open(path, "rb") as f:
+        source = f.read()
+    declared = source.startswith(b"\xef\xbb\xbf") or any(_CODING_COOKIE.match(line)
+                                                        for line in source.splitlines()[:2])
+    if not declared:
+        try:
+            source.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            line = source.count(b"\n", 0, exc.start) + 1
+            raise SyntaxError(f"Non-UTF-8 code starting with '\\x{source[exc.start]:02x}' in file {path} on line "
+                              f"{line}, but no encoding declared; see https://peps.python.org/pep-0263/ for details"
+                              ) from None
+    try:
+        # dont_inherit: this module's `from __future__ import annotations` is not the script's
+        return compile(source, path, "exec", dont_inherit=True)
+    except ValueError as exc:  # null bytes, on Pythons that raise ValueError for them
+        raise SyntaxError(str(exc)) from None
+
+
 def cmd_exec(args) -> int:
-    import runpy
+    """Run the script as `python script.py` would, under kernelfit.guard(). A script that does not compile
+    (not UTF-8 without a coding cookie, a syntax error) ends with Python's SyntaxError display and exit 2 before
+    anything runs; an exception the script raises shows the script's own frames (no kernelfit or runpy ones) and
+    exits 1, as Python does."""
+    import traceback
+    import types
 
     if not os.path.isfile(args.script):
         raise UsageError(f"no script at {args.script}")
+    path = os.path.abspath(args.script)  # as `python script.py` names it in tracebacks and __file__
+    try:
+        code = _compile_script(path)
+    except SyntaxError as exc:
+        sys.stderr.write("".join(traceback.format_exception_only(type(exc), exc)))
+        return EXIT_USAGE
     from ..dispatch.guard import guard
 
     guard()
+    main = types.ModuleType("__main__")
+    main.__dict__.update(__file__=path, __cached__=None, __loader__=None, __package__=None, __spec__=None)
+    saved_main, saved_argv = sys.modules.get("__main__"), sys.argv
+    sys.modules["__main__"] = main  # pickle and multiprocessing find the script's classes where Python puts them
     sys.argv = [args.script, *args.args]
-    runpy.run_path(args.script, run_name="__main__")
+    try:
+        exec(code, main.__dict__)
+    except Exception as exc:  # noqa: BLE001 - the script's own error, shown as Python shows it
+        tb = exc.__traceback__
+        while tb is not None and tb.tb_frame.f_code is not code:  # drop kernelfit's frames above the script's
+            tb = tb.tb_next
+        exc.with_traceback(tb or exc.__traceback__)  # Python's excepthook prints the exception's own traceback
+        sys.excepthook(type(exc), exc, exc.__traceback__)
+        return 1
+    finally:
+        if saved_main is not None:
+            sys.modules["__main__"] = saved_main
+        sys.argv = saved_argv
     return 0
 
 

@@ -71,6 +71,35 @@ def check_loadable(plan: Plan, allow_pickle: bool = False) -> None:
                          f"loaded; convert them to safetensors, or pass --allow-pickle if you trust the source")
 
 
+def _refused_pickle(exc: BaseException, spec: ModelSpec) -> UsageError | None:
+    """torch's weights-only unpickler refused the pickle weights (--allow-pickle still loads them with
+    weights_only=True, as from_pretrained does): a UsageError naming what it refused, else None. The file is
+    never loaded another way."""
+    import pickle
+    import re
+
+    seen: set[int] = set()
+    while exc is not None and not isinstance(exc, pickle.UnpicklingError) and id(exc) not in seen:
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    if not isinstance(exc, pickle.UnpicklingError):
+        return None
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    where = f"the pickle weights in {spec.model_dir}"
+    found = re.search(r"GLOBAL (\S+)", text)  # "Unsupported global: GLOBAL exec", "GLOBAL posix.system whose ..."
+    if found:
+        name = found.group(1).rstrip(".")
+        if "." not in name:  # torch drops the module of Python's builtins (exec, eval, getattr)
+            name = f"builtins.{name}"
+        return UsageError(f"{where} are not safe to load: they reference {name}, which torch's weights-only "
+                          f"loader refuses (a checkpoint holds tensors, not code); do not load them unless you trust "
+                          f"their source, and ask for safetensors weights instead")
+    detail = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
+    detail = detail.group(1) if detail else next((line for line in text.splitlines() if line.strip()), "")
+    return UsageError(f"torch's weights-only loader refused {where} ({detail.strip()}); they are damaged or hold "
+                      f"more than tensors: do not load them unless you trust their source")
+
+
 def _weights_dir(spec: ModelSpec, progress: Callable) -> tuple[str, dict]:
     """Where from_pretrained reads, and format-specific keyword arguments (check_loadable ran before)."""
     if spec.format == "gguf":
@@ -183,6 +212,9 @@ def load_plan(plan: Plan, *, dispatch: bool = True, health_check: bool = True, t
             loaded, info = klass.from_pretrained(directory, trust_remote_code=trust_remote_code,
                                                  output_loading_info=True, **kwargs, **fmt_kwargs)
         except Exception as exc:  # noqa: BLE001 - only "cannot run here" errors move down the chain
+            refused = _refused_pickle(exc, spec) if spec.format == "pytorch-pickle" else None
+            if refused is not None:
+                raise refused from None
             if not cannot_run_here(exc):
                 raise
             last = exc
