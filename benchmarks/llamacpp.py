@@ -110,7 +110,7 @@ def worker(kind: str, path: Path, threads: int) -> dict:
     t0 = time.perf_counter()
     if kind.startswith("kernelfit"):
         import kernelfit
-        from kernelfit.loader.lean_build import kv_bytes, reset_cache
+        from kernelfit.engine.build import kv_bytes, reset_cache
 
         prefill = {"kernelfit-dense-prefill": "dense", "kernelfit-int8-prefill": "int8"}.get(kind, "auto")
         loaded = kernelfit.load(str(path), prefill=prefill, progress=lambda m: None)

@@ -34,9 +34,9 @@ def us(f, n=50) -> float:
 
 
 def dot_weights(n: int, k: int):
-    """A 4-bit and an 8-bit dot weight of random groups (loader/dot_weight.py), or None without the C++ build."""
-    from kernelfit.loader import gguf_blocks as gb
-    from kernelfit.loader.dot_weight import DotWeight, dot_available
+    """A 4-bit and an 8-bit dot weight of random groups (engine/weights.py), or None without the C++ build."""
+    from kernelfit.engine.gguf import blocks as gb
+    from kernelfit.engine.weights import DotWeight, dot_available
 
     if not dot_available():
         return None

@@ -130,11 +130,14 @@ def encode(w: np.ndarray, qtype: str):
 
 def write_tiny(path: Path, qtype: str, arch: str = "llama", seed: int = 0, embed_type: str | None = None,
                tokenizer: bool = True, nan_norm: bool = False, yarn: bool = False, nan_scale: bool = False,
-               head_dim: int | None = None) -> Path:
+               head_dim: int | None = None, rope_freqs: np.ndarray | None = None,
+               yarn_context: tuple[float, int] | None = None) -> Path:
     """A 2-layer model of `arch` ("llama", "qwen2", "qwen3", "gemma3") whose linear weights are `qtype`; `tokenizer`
     False leaves out the token scores transformers needs, `nan_norm` puts a NaN in the final norm, `nan_scale` one in
     a block scale of a quantized tensor (Q4_0/Q5_0/Q8_0: the first two bytes of a block), `yarn` declares YaRN
-    rotary scaling; `head_dim` overrides the head size (the runner reads it from attention.key_length)."""
+    rotary scaling (with `yarn_context` = (factor, original context length) stored, as llama.cpp's converter does);
+    `head_dim` overrides the head size (the runner reads it from attention.key_length); `rope_freqs` writes Llama 3's
+    per-pair frequency factors as the `rope_freqs.weight` tensor."""
     rng = np.random.default_rng(seed)
     hd = head_dim or (128 if arch == "qwen3" else HEAD_DIM)  # transformers reads no head_dim from qwen3 files: 128
     w = GGUFWriter(str(path), arch)
@@ -146,8 +149,13 @@ def write_tiny(path: Path, qtype: str, arch: str = "llama", seed: int = 0, embed
     w.add_head_count_kv(KV_HEADS)
     w.add_layer_norm_rms_eps(1e-6)
     w.add_rope_freq_base(10000.0)
-    if yarn:
+    if yarn or yarn_context:
         w.add_rope_scaling_type(RopeScalingType.YARN)
+    if yarn_context:
+        w.add_rope_scaling_factor(float(yarn_context[0]))
+        w.add_rope_scaling_orig_ctx_len(int(yarn_context[1]))
+    if rope_freqs is not None:
+        w.add_tensor("rope_freqs.weight", np.asarray(rope_freqs, dtype=np.float32))
     w.add_key_length(hd)
     w.add_value_length(hd)
     w.add_vocab_size(VOCAB)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from gguf import GGUFWriter
 
-from kernelfit.loader.gguf_tokenizer import bytes_to_unicode
+from kernelfit.engine.gguf.tokenizer import bytes_to_unicode
 
 PROSE = Path(__file__).parent / "data" / "prose.txt"
 CONTROL, USER_DEFINED, BYTE, NORMAL = 3, 4, 6, 1

@@ -1,4 +1,4 @@
-"""kernelfit's own GGUF tokenizer (loader/gguf_tokenizer.py) gives the same tokens and text as transformers'
+"""kernelfit's own GGUF tokenizer (engine/gguf/tokenizer.py) gives the same tokens and text as transformers'
 tokenizer built from the same file — tiny files of each kind it covers, and the two real files (slow) — and the
 kinds it does not cover are left to transformers."""
 
@@ -11,8 +11,8 @@ import pytest
 
 import gguf_tiny_vocab as tv
 from gguf_tiny import write_tiny
-from kernelfit.loader.gguf_tokenizer import gguf_tokenizer
-from kernelfit.loader.lean_run import load_tokenizer
+from kernelfit.engine.gguf.tokenizer import gguf_tokenizer
+from kernelfit.engine.runner import load_tokenizer
 from kernelfit.model.spec import load_model_spec
 
 FIXED = ["The capital of France is Paris.", " leading space", "  two  spaces   three\n\n\nnewlines\t\ttabs",

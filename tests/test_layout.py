@@ -23,7 +23,7 @@ RANK = {
     "hardware": 1,
     "catalog": 2,
     "model": 3, "probe": 3, "profiles": 3,
-    "planner": 4,
+    "planner": 4, "engine": 4,
     "loader": 5, "dispatch": 5,
     "bench": 6,
     "api": 7,
@@ -32,9 +32,9 @@ RANK = {
     "__init__": 10, "__main__": 10, "auto": 10,
 }
 # stages of one rank that must not import each other (they are siblings, not layers)
-SIBLINGS = {"model", "probe", "profiles"}
-STAGE_FOLDERS = {"hardware", "catalog", "model", "probe", "profiles", "planner", "loader", "dispatch", "bench", "serve", "export",
-                 "cli"}
+SIBLINGS = ({"model", "probe", "profiles"}, {"planner", "engine"})
+STAGE_FOLDERS = {"hardware", "catalog", "model", "probe", "profiles", "planner", "engine", "loader", "dispatch", "bench",
+                 "serve", "export", "cli"}
 
 
 def _module_name(path: Path) -> str:
@@ -86,7 +86,7 @@ def upward(graph: dict[str, set[str]]) -> list[str]:
         s = stage(mod)
         for dep in deps:
             d = stage(dep)
-            if RANK[d] > RANK[s] or (d != s and d in SIBLINGS and s in SIBLINGS):
+            if RANK[d] > RANK[s] or (d != s and any(d in group and s in group for group in SIBLINGS)):
                 bad.append(f"{mod} -> {dep}")
     return bad
 

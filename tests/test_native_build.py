@@ -20,7 +20,7 @@ import pytest
 from kernelfit import paths
 from kernelfit.errors import UsageError
 
-BUILD = ("from kernelfit.loader.lean_native import native_module, native_status; "
+BUILD = ("from kernelfit.engine.native import native_module, native_status; "
          "m = native_module(); print('BUILT' if m is not None else native_status())")
 NOBODY = 65534
 
@@ -73,7 +73,7 @@ def _hold(build: Path, pid: str = "4242") -> int:
 
 
 def test_a_live_build_is_waited_for_with_one_line_then_a_time_out(tmp_path, capsys):
-    from kernelfit.loader.lean_native import build_lock
+    from kernelfit.engine.native import build_lock
 
     build = tmp_path / "lean_step-x"
     build.mkdir()
@@ -95,7 +95,7 @@ def test_a_live_build_is_waited_for_with_one_line_then_a_time_out(tmp_path, caps
 
 
 def test_a_dead_builds_torch_lock_is_removed_by_whoever_holds_the_build(tmp_path):
-    from kernelfit.loader.lean_native import build_lock
+    from kernelfit.engine.native import build_lock
 
     build = tmp_path / "lean_step-x"
     build.mkdir()

@@ -1,4 +1,4 @@
-"""The precise prompt path's bf16 panel GEMM (loader/panel_gemm.h, AVX512-BF16): a GGUF file's groups unpacked 32
+"""The precise prompt path's bf16 panel GEMM (engine/kernels/panel_gemm.h, AVX512-BF16): a GGUF file's groups unpacked 32
 output columns at a time into a panel in cache and multiplied there, instead of a whole bf16 copy for oneDNN."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from gguf_tiny import write_tiny
-from kernelfit.loader.dot_weight import dot_available
-from kernelfit.loader.lean_build import build_lean, forward, reset_cache
+from kernelfit.engine.weights import dot_available
+from kernelfit.engine.build import build_lean, forward, reset_cache
 from test_packed_gguf import TYPES, _tokens
 from test_prefill_kernels import _ops, _weight
 

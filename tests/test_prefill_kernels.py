@@ -10,17 +10,17 @@ import torch.nn.functional as F
 from gguf import GGMLQuantizationType, quants
 
 from gguf_tiny import write_tiny
-from kernelfit.loader import gguf_blocks as gb
-from kernelfit.loader.dot_weight import DotWeight, dot_available, gemm_available
-from kernelfit.loader.lean_build import build_lean, forward, reset_cache
-from kernelfit.loader.lean_lm import _norm
+from kernelfit.engine.gguf import blocks as gb
+from kernelfit.engine.weights import DotWeight, dot_available, gemm_available
+from kernelfit.engine.build import build_lean, forward, reset_cache
+from kernelfit.engine.reference import _norm
 from test_packed_gguf import TYPES, _random_blocks, _tokens
 
 needs_gemm = pytest.mark.skipif(not gemm_available(), reason="no AVX512-VNNI int8 GEMM in this build")
 
 
 def _ops():
-    from kernelfit.loader.lean_native import native_module
+    from kernelfit.engine.native import native_module
 
     return native_module()
 
@@ -187,7 +187,7 @@ def test_the_first_token_comes_from_the_exact_step_after_the_prompts_prefill(tmp
     exact products, closer to all-exact steps than the prefill's last row (bf16 products) gets (the K/V rows of the
     prompt keep the prefill's rounding; on SmolLM2 the top logit moves 0.2 from the exact one through a prefill, 0.01
     this way)."""
-    from kernelfit.loader.lean_run import LeanRunner
+    from kernelfit.engine.runner import LeanRunner
 
     path = write_tiny(tmp_path / "m.gguf", "Q4_K", "llama")
     ids = _tokens(60).tolist()

@@ -28,7 +28,7 @@ def _spread(values: list[float]) -> float:
 
 
 def _measure(model, cand: Candidate, ids: torch.Tensor, new_tokens: int, trials: int) -> Result:
-    from ..loader.lean_run import LeanRunner
+    from ..engine.runner import LeanRunner
 
     if isinstance(model, LeanRunner):
         return _runner_trials(model, cand, ids, new_tokens, trials)
@@ -80,7 +80,7 @@ def _trials(model, cand: Candidate, ids: torch.Tensor, new_tokens: int, trials: 
 
 def _runner_trials(runner, cand: Candidate, ids: torch.Tensor, new_tokens: int, trials: int) -> Result:
     """The packed runner: the same shapes as _trials (a `context`-token prefill; decode after a 16-token prompt)."""
-    from ..loader.lean_build import reset_cache
+    from ..engine.build import reset_cache
 
     prefill, decode = [], []
     for i in range(trials + 1):

@@ -27,13 +27,13 @@ from ..hardware.machine import Cpu, Device
 
 SOURCES = ("kernelfit-packed-kernels", "torch-int4pack-cpu", "llama-cpp-vec-dot")
 
-# GGUF tensor types the packed path reads (loader/gguf_blocks.py), by the layout they get
+# GGUF tensor types the packed path reads (engine/gguf/blocks.py), by the layout they get
 INT4_EXACT = ("Q4_0", "Q4_1", "Q4_K")  # group-32 asymmetric int4: the file's grid, scales rounded to bf16
 # no torch kernel with their grid: int8 per row (measured loss) or bf16 (the C++ dot products read them as stored)
 REGRID = ("Q5_0", "Q5_1", "Q8_0", "Q6_K", "Q2_K", "Q3_K", "Q5_K")
 FLOAT = ("F32", "F16", "BF16")
 PACKED_GGUF_TYPES = INT4_EXACT + REGRID + FLOAT
-# GGUF architectures loader/lean_lm.py runs
+# GGUF architectures engine/reference.py runs
 LEAN_GGUF_ARCHS = ("llama", "mistral", "qwen2", "qwen3", "gemma3")
 
 # A re-gridded tensor (Q8_0/Q6_K -> int8 per row) whose relative weight error exceeds this is unpacked to bf16
@@ -45,7 +45,7 @@ REGRID_MAX_ERROR = 0.02
 # scalar reference loop otherwise (aten/src/ATen/native/cpu/int4mm_kernel.cpp, int8mm_kernel.cpp).
 FAST_ISA = ("avx512_bf16", "avx512f", "avx2")
 
-# bytes per weight once packed, as the C++ dot products hold them (loader/dot_weight.py): the codes (4 or 8 bits)
+# bytes per weight once packed, as the C++ dot products hold them (engine/weights.py): the codes (4 or 8 bits)
 # plus a float16 scale per 32 (float32 per 32 for Q4_K, per 16 for Q6_K: products of two of the file's numbers)
 # and a minimum alike where the type has one (Q4_1, Q5_1, Q4_K; the symmetric types' is a fixed multiple of the
 # scale). torch's layouts (no compiler) are no larger: int4 + bf16 scale/zero, int8 per row.
@@ -70,7 +70,7 @@ DECODE_KERNELS = {
     "int8": "int8 per-row (aten._weight_int8pack_mm)",
 }
 # GGUF files: the file's own groups (codes, scale and minimum per 32 or 16 weights, every value exact) through
-# kernelfit's C++ group dot products (loader/dot_kernels.h), built with the C++ compiler on first use; the
+# kernelfit's C++ group dot products (engine/kernels/dot_kernels.h), built with the C++ compiler on first use; the
 # activations enter as two int8 digits per group of 32 (~15 bits), so the decode logits agree with the float32
 # dequantized file to a cosine of 0.99999 (tests/test_packed_gguf.py). Per product with hot caches
 # (benchmarks/packed_kernels.py, 2 threads) they are faster than torch's (3072x576 4-bit: 17.9 vs 26.8 us, bf16
@@ -82,10 +82,10 @@ GGUF_DECODE = ("the file's own 4/8-bit groups, exact, through kernelfit's C++ gr
                "builds them)")
 PREFILL_PACKED = "same packed weights as decode (each layer's products unpacked to bf16 for that call, oneDNN matmuls)"
 PREFILL_DENSE = "bf16 copy (oneDNN matmul)"
-# The bf16 panel GEMM (loader/panel_gemm.h): a GGUF file's groups unpacked 32 output columns at a time into a bf16
+# The bf16 panel GEMM (engine/kernels/panel_gemm.h): a GGUF file's groups unpacked 32 output columns at a time into a bf16
 # panel in the core's cache and multiplied there with vdpbf16ps (float32 sums and outputs) — no bf16 copy of a
 # weight in memory per call, no oneDNN re-blocking; the prompt's attention on the same microkernel
-# (loader/panel_attention.h: 32-key panels, only those a block of queries sees, float32 scores). Built where the
+# (engine/kernels/panel_attention.h: 32-key panels, only those a block of queries sees, float32 scores). Built where the
 # compiler targets AVX512-BF16. Measured on the
 # reference CPU, in-process A/B at 256 tokens (the same build, KERNELFIT_PANEL_GEMM=0 for the former path):
 # PANEL_PREFILL_GAIN; against a kept bf16 copy and the int8 GEMM (in-process A/B, and the llamacpp benchmark's 5
@@ -101,7 +101,7 @@ PANEL_PREFILL_GAIN = ("256-token prefill 1.09x (Gemma 3 270M) and 1.10x (SmolLM2
 DENSE_VS_PANEL = "256-token prefill 0.92-0.98x (Gemma 3 270M) and 0.85-0.93x (SmolLM2) of the panels'"
 INT8_VS_PANEL = ("no faster than the bf16 panels here (256-token prefill 0.93-0.95x Gemma 3 270M, 0.99-1.06x "
                  "SmolLM2)")
-# --prefill int8 (loader/gemm_kernels.h): a GGUF file's codes straight into an int8 GEMM (vpdpbusd, 16 weight rows x
+# --prefill int8 (engine/kernels/gemm_kernels.h): a GGUF file's codes straight into an int8 GEMM (vpdpbusd, 16 weight rows x
 # 12 activation rows a block), the activations quantized per group of 32 to one int8 digit — llama.cpp's own
 # precision (ggml_vec_dot_q4_1_q8_1), below a bf16 product's. No bf16 copy per call, no oneDNN. Measured on the
 # reference CPU (2 threads, hot caches): 256 x 640 x 4096 (Q5_0 codes) 1,346 us against 2,633 unpack + oneDNN
@@ -134,8 +134,13 @@ def packed_layout(gguf_type: str) -> str:
     return "int4" if gguf_type in INT4_EXACT else "float" if gguf_type in FLOAT else "int8"
 
 
-# rotary scalings loader/lean_lm.py implements (None: plain rotary)
-LEAN_ROPE_SCALINGS = (None, "linear")
+# rotary scalings the packed runner implements (engine/recipe.py; None: plain rotary; "rope_freqs": Llama 3.x's
+# per-frequency factors, llama.cpp's converter writes them as a tensor for rope_scaling "llama3")
+LEAN_ROPE_SCALINGS = (None, "linear", "yarn", "rope_freqs")
+# YaRN keys whose non-default values change the maths beyond the rotary table (DeepSeek's log multiplier, explicit
+# attention factors): such a file is not run packed (model/gguf_header.py names the key in its scaling)
+YARN_UNSUPPORTED_KEYS = ("rope.scaling.attn_factor", "rope.scaling.yarn_attn_factor", "rope.scaling.yarn_ext_factor",
+                         "rope.scaling.yarn_log_multiplier")
 
 
 def why_not_packed_gguf(gguf_arch: str | None, tensor_types: tuple[str, ...], rope_scaling: str | None = None) -> list[str]:

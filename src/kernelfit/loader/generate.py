@@ -121,7 +121,7 @@ def generate(model, tokenizer, prompt: str, max_new_tokens: int, on_text: Callab
              system: str | None = None, chat: bool = True, images=(), **generate_kwargs) -> Generation:
     """`tokenizer`: a tokenizer, or a vision-language model's processor. `images`: PIL images for the user
     turn (loader.images.load_image). `generate_kwargs`: the plan's (e.g. a quantized KV cache)."""
-    from .lean_run import LeanRunner
+    from ..engine.runner import LeanRunner
 
     tok = _tokenizer_of(tokenizer)
     streamer = _TimingStreamer(tok, on_text)

@@ -47,7 +47,7 @@ def _torch_dtype(name: str):
 def check_loadable(plan: Plan, allow_pickle: bool = False) -> None:
     """What would stop loading this plan here, as a UsageError — before anything heavy starts (bench checks
     this once instead of failing every candidate). A GGUF file run packed whose tokenizer kernelfit does not read
-    itself (loader/gguf_tokenizer.py) has transformers' tokenizer built here (once, then cached): a file whose
+    itself (engine/gguf/tokenizer.py) has transformers' tokenizer built here (once, then cached): a file whose
     tokenizer metadata transformers cannot read is refused before the plan is shown."""
     spec = plan.model
     q = plan.quantization
@@ -56,8 +56,8 @@ def check_loadable(plan: Plan, allow_pickle: bool = False) -> None:
                          f"(or choose another way with --quantization / --context)")
     if lean_runner(plan):
         from ..model.gguf_header import read_gguf_header
-        from .gguf_tokenizer import tokenizer_kind
-        from .lean_run import tokenizer_dir
+        from ..engine.gguf.tokenizer import tokenizer_kind
+        from ..engine.runner import tokenizer_dir
 
         if tokenizer_kind(read_gguf_header(Path(spec.model_dir) / spec.gguf_file)) is None:
             tokenizer_dir(spec)
@@ -170,7 +170,7 @@ def load_plan(plan: Plan, *, dispatch: bool = True, health_check: bool = True, t
               f"transformers class for '{spec.model_type}' is used (--trust-remote-code runs it)", file=sys.stderr)
     t0 = time.perf_counter()
     if lean_runner(plan):  # a GGUF file run packed by kernelfit's own runner: no from_pretrained
-        from .lean_run import load_lean
+        from ..engine.runner import load_lean
 
         prefill = plan.kernels["prefill"].value if "prefill" in plan.kernels else "packed"
         runner, tokenizer = load_lean(spec, prefill, health_check, say)

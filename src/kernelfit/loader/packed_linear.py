@@ -1,6 +1,6 @@
 """`--quantization int8` / `int4` on a CPU: a dense checkpoint's linear layers packed on load.
 
-The same weight-only kernels the packed GGUF runner uses (loader/packed.py), behind an nn.Linear-shaped
+The same weight-only kernels the packed GGUF runner uses (engine/torch_weights.py), behind an nn.Linear-shaped
 module, so any architecture transformers loads runs them. int4 needs whole 64-row tiles and 32-column
 groups; a layer that has neither stays int8, and one whose input size is not a multiple of 8 stays dense.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .packed import Int8Weight, PackedWeight, can_int4, int4_from_float
+from ..engine.torch_weights import Int8Weight, PackedWeight, can_int4, int4_from_float
 
 
 class PackedLinear(nn.Module):

@@ -63,11 +63,18 @@ class GgufHeader:
 
     @property
     def rope_scaling(self) -> str | None:
-        """The rotary scaling ("linear", "yarn", ...; "rope_freqs" for a per-frequency table), None when plain."""
-        if any(t.name == "rope_freqs.weight" for t in self.tensors):
-            return "rope_freqs"
+        """The rotary scaling ("linear", "yarn", ...; "rope_freqs" for a per-frequency table), None when plain; a
+        YaRN with keys beyond the plain maths names them ("yarn with rope.scaling.yarn_log_multiplier")."""
+        from ..catalog.packed_kernels import YARN_UNSUPPORTED_KEYS
+
         kind = self.arch_key("rope.scaling.type")
-        return None if kind in (None, "none") else str(kind)
+        kind = None if kind in (None, "none") else str(kind)
+        odd = [k for k in YARN_UNSUPPORTED_KEYS if self.arch_key(k) not in (None, 0.0, 1.0)]
+        if kind == "yarn" and (odd or not self.arch_key("rope.scaling.original_context_length")):
+            return f"yarn with {', '.join(odd) or 'no rope.scaling.original_context_length'}"
+        if kind in (None, "linear", "yarn") and any(t.name == "rope_freqs.weight" for t in self.tensors):
+            return "rope_freqs"
+        return kind
 
     def arch_key(self, key: str, default=None):
         return self.metadata.get(f"{self.architecture}.{key}", default)

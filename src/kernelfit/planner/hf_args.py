@@ -56,5 +56,5 @@ def generate_kwargs(plan: Plan) -> dict:
 
 
 def lean_runner(plan: Plan) -> bool:
-    """A GGUF file running packed goes to kernelfit's own runner (loader/lean_lm.py), not from_pretrained."""
+    """A GGUF file running packed goes to kernelfit's own runner (engine/reference.py), not from_pretrained."""
     return plan.quantization is not None and plan.quantization.method == "gguf"

@@ -52,7 +52,7 @@ def plan_dict(plan: Plan) -> dict:
         "quantization": quantization_dict(plan),
         "offload": dict(plan.offload),
         "kernels": {phase: _choice(c, "kernel") for phase, c in plan.kernels.items()},
-        "runner": "kernelfit packed CPU runner (loader/lean_lm.py)" if lean_runner(plan) else "transformers",
+        "runner": "kernelfit packed CPU runner (engine/reference.py)" if lean_runner(plan) else "transformers",
         "from_pretrained": None if lean_runner(plan) else from_pretrained_kwargs(plan),
         "generate": generate_kwargs(plan),
         "warnings": list(plan.warnings),

@@ -118,7 +118,7 @@ def _try(model: ModelSpec, machine: Machine, prefs: Preferences, place: Place, o
     accel = any(d.is_accelerator for d in place.devices)
     # a GGUF file is dequantized into a float32 safetensors cache, which is what loads — unless it runs packed:
     # then the file is mapped and read once (its pages count while loading), and the runner keeps activations
-    # and the KV cache in float32 (loader/lean_lm.py)
+    # and the KV cache in float32 (engine/reference.py)
     storage = "float32" if model.format == "gguf" else (model.checkpoint_dtype or "float32")
     lean = quant.method == "gguf"
     mem = estimate(model, "float32" if lean else dtype, prefs.context, prefs.batch, scores, budget, accel,

@@ -57,11 +57,11 @@ class Engine:
         same bf16 products run 1.8x slower on a secondary Python thread than on the main one (PyTorch's
         OpenMP pool belongs to the main thread), so `kernelfit serve` decodes on the main thread and runs
         the HTTP server on the other."""
-        from ..loader.lean_run import LeanRunner
+        from ..engine.runner import LeanRunner
 
         self.model, self.processor = model, tokenizer
         self.tok = getattr(tokenizer, "tokenizer", None) or tokenizer
-        # the packed GGUF runner (loader/lean_run.py) has one KV cache: its requests run one at a time
+        # the packed GGUF runner (engine/runner.py) has one KV cache: its requests run one at a time
         self.lean = isinstance(model, LeanRunner)
         self.max_batch = 1 if self.lean else max_batch
         self.jobs: queue.Queue[Job] = queue.Queue(maxsize=queue_size)
@@ -168,7 +168,7 @@ class Engine:
 
     def _run_lean(self, job: Job) -> None:
         """One request through the packed runner: its prompt in one prefill, then one C++ decode step a token."""
-        from ..loader.lean_build import reset_cache
+        from ..engine.build import reset_cache
 
         runner = self.model
         pos = len(job.prompt_ids)

@@ -15,7 +15,7 @@ Q8_0) or 256 (Q4_K, Q6_K) values. Every type supported here is a grid per group 
     Q2_K  w = (d*sc) * q - (dmin*mn)   q in 0..3, 4-bit sc and mn per 16, fp16 d and dmin per 256
 
 so the int4 types map exactly onto torch's group-32 asymmetric int4 layout (w = (q - 8) * s + z),
-and the others are re-gridded or unpacked (loader/packed.py decides, by measurement). The bit
+and the others are re-gridded or unpacked (engine/torch_weights.py decides, by measurement). The bit
 layouts follow gguf-py's reference dequantizers (gguf/quants.py), which the tests check against.
 
 All functions are numpy over the file's memory map: nothing here copies a whole model to float.
@@ -168,7 +168,7 @@ def _scales(*arrays: np.ndarray, exact_f16: bool) -> list[np.ndarray]:
 
 
 def dot_groups(raw: np.ndarray, qtype: str, rows: int, cols: int) -> DotGroups:
-    """The codes, scales and minimums of a quantized tensor [rows, cols] for loader/dot_kernels.h."""
+    """The codes, scales and minimums of a quantized tensor [rows, cols] for engine/kernels/dot_kernels.h."""
     b = _blocks(raw, qtype, rows)
     if qtype in ("Q4_0", "Q4_1"):
         d = _f16(b[:, 0:2])[:, 0]

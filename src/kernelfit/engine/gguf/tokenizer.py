@@ -313,7 +313,7 @@ def tokenizer_kind(header) -> TokenizerKind | None:
 
 def gguf_tokenizer(path: str | Path) -> GgufTokenizer | None:
     """The file's tokenizer, or None when it is of a kind this module does not reproduce exactly."""
-    from ..model.gguf_header import StringArray, read_gguf_header
+    from ...model.gguf_header import StringArray, read_gguf_header
 
     h = read_gguf_header(path, keep=KEYS)
     md = h.metadata

@@ -5,7 +5,7 @@ generic path spends as much again in per-op overhead (mask building, cache objec
 processors, one product per projection). Per layer this runner does one norm, one fused QKV
 product, rotary on Q and K together, a write into a static KV cache, attention over the filled
 part, one output product, one norm, one fused gate/up product, the activation and one down
-product. This module is the reference and the fallback: where the C++ extension builds (lean_step.cpp), a
+product. This module is the reference and the fallback: where the C++ extension builds (kernels/step.cpp), a
 GGUF file's tokens and prompts run through its Step (run / prefill: the same math over the same weights) and
 this module is never compiled. Elsewhere it is compiled with TorchScript (`torch.jit.script`): it needs no C++
 compiler, and its interpreter runs a step's ~1,300 small ops with less overhead than Python (SmolLM2 decode
@@ -13,7 +13,7 @@ compiler, and its interpreter runs a step's ~1,300 small ops with less overhead 
 (benchmarks/results/llamacpp-*.md).
 
 The residual stream and the KV cache are float32 (one-query SDPA is 4x faster in fp32 than bf16 on
-this CPU); products take float32 (the C++ group dot products, loader/dot_kernels.h) or bf16 (torch's packed
+this CPU); products take float32 (the C++ group dot products, engine/kernels/dot_kernels.h) or bf16 (torch's packed
 kernels, where the C++ extension is not built: Product casts). Exactness is tested against transformers'
 own dequantized load of the same file (tests/test_packed_gguf.py).
 """
@@ -27,10 +27,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .lean_native import native_module
+from .native import native_module
 
 INT4, INT8, DENSE, INT8_EXACT, DOT4, DOT8 = 0, 1, 2, 3, 4, 5  # Product.kind
-# DOT4 / DOT8: the file's own groups read by kernelfit's C++ dot products (loader/dot_weight.py): float32 in and
+# DOT4 / DOT8: the file's own groups read by kernelfit's C++ dot products (engine/weights.py): float32 in and
 # out, exact weights. A call of more than DOT_MAX_ROWS rows (prefill) multiplies a bf16 copy made for that call
 # with oneDNN instead: integer dot products are compute-bound there, oneDNN's bf16 GEMM is not. Or, asked for
 # (--prefill int8), the int8 GEMM over the codes: faster, at llama.cpp's activation precision (lossy).
@@ -81,7 +81,7 @@ def _gemm_parts(x: torch.Tensor, a: List[torch.Tensor], b: List[torch.Tensor], c
 @torch.jit.ignore
 def _bf16_parts(x: torch.Tensor, a: List[torch.Tensor], b: List[torch.Tensor], c: List[torch.Tensor], kind: List[int],
                 n: List[int]) -> torch.Tensor:
-    """Several dot weights' products over one input with bf16 inputs, side by side (lean_step.cpp's rows_products
+    """Several dot weights' products over one input with bf16 inputs, side by side (kernels/step.cpp's rows_products
     decides the same way): the bf16 panel GEMM where built (panel_gemm.h, float32 out), else the parts unpacked into
     one bf16 matrix for one oneDNN product (bf16 out: the C++ glue reads it as is, other callers cast)."""
     ops = native_module()
@@ -119,7 +119,7 @@ def _c_prompt_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: 
 
 
 class Product(nn.Module):
-    """One weight-only product y = x @ W^T in one of the packed layouts (loader/packed.py, loader/dot_weight.py),
+    """One weight-only product y = x @ W^T in one of the packed layouts (engine/torch_weights.py, engine/weights.py),
     with an optional bf16 copy used for multi-row (prefill) calls. x: float32 or bf16."""
 
     def __init__(self, kind: int, a: torch.Tensor, b: torch.Tensor, out_features: int, prefill: Optional[torch.Tensor],

@@ -1,4 +1,4 @@
-"""The C++ decode step and prompt forward (lean_step.cpp, with dot_kernels.h, unpack_kernels.h, gemm_kernels.h and
+"""The C++ decode step and prompt forward (kernels/step.cpp, with dot_kernels.h, unpack_kernels.h, gemm_kernels.h and
 rows_kernels.h), compiled once per torch version into the cache, and their arguments.
 
 Compiling needs a C++ compiler and ninja (torch.utils.cpp_extension), ~20-40 s on 2 cores the first time;
@@ -23,10 +23,10 @@ import torch
 from ..errors import UsageError
 from ..paths import private_dir, write_atomic, writable_cache_root
 
-SOURCE = Path(__file__).with_name("lean_step.cpp")
-HEADERS = (Path(__file__).with_name("dot_kernels.h"), Path(__file__).with_name("gemm_kernels.h"),
-           Path(__file__).with_name("rows_kernels.h"), Path(__file__).with_name("unpack_kernels.h"),
-           Path(__file__).with_name("panel_gemm.h"), Path(__file__).with_name("panel_attention.h"))
+KERNELS = Path(__file__).with_name("kernels")
+SOURCE = KERNELS / "step.cpp"
+HEADERS = tuple(KERNELS / h for h in ("dot_kernels.h", "gemm_kernels.h", "rows_kernels.h", "unpack_kernels.h",
+                                      "panel_gemm.h", "panel_attention.h"))
 # The dot products are compiled for this machine's vector ISA (-march=native on x86-64, where AVX2/VNNI decide
 # their speed; elsewhere they are scalar and the loader keeps torch's kernels, and some compilers refuse the flag),
 # so a build is keyed by the CPU too: a cache folder shared by machines of different CPUs keeps one build each.

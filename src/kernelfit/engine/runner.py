@@ -18,9 +18,9 @@ from ..cache_entry import build_entry, verified_entry
 from ..errors import HealthCheckError, UsageError
 from ..model.spec import ModelSpec
 from ..paths import files_key, writable_cache_root
-from .lean_build import LeanBuild, build_lean, forward, kv_bytes, kv_capacity, reset_cache
-from .gguf_tokenizer import gguf_tokenizer
-from .lean_native import native_status
+from .build import LeanBuild, build_lean, forward, kv_bytes, kv_capacity, reset_cache
+from .gguf.tokenizer import gguf_tokenizer
+from .native import native_status
 
 TOKENIZER_FORMAT = 1
 SMOKE_TOKENS = 8
@@ -119,7 +119,7 @@ def tokenizer_dir(spec: ModelSpec, progress=None) -> Path:
 
 
 def load_tokenizer(spec: ModelSpec, progress=None):
-    """The file's own tokenizer tables where they reproduce transformers' tokenizer (loader/gguf_tokenizer.py:
+    """The file's own tokenizer tables where they reproduce transformers' tokenizer (engine/gguf/tokenizer.py:
     57 -> 9 MiB resident for SmolLM2, 331 -> 22 MiB for Gemma 3), else transformers' tokenizer built from the file."""
     tok = gguf_tokenizer(Path(spec.model_dir) / spec.gguf_file)
     if tok is not None:

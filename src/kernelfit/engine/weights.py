@@ -1,7 +1,7 @@
 """GGUF weights kept as the file's own groups (codes, scale and minimum per 32 or 16 weights), read by the
-C++ group dot products of loader/dot_kernels.h — every value exactly the file's, no re-grid, no bf16 scale.
+C++ group dot products of engine/kernels/dot_kernels.h — every value exactly the file's, no re-grid, no bf16 scale.
 
-The kernels need the C++ extension (loader/lean_native.py); without a compiler, loader/packed.py's torch
+The kernels need the C++ extension (engine/native.py); without a compiler, engine/torch_weights.py's torch
 kernels run instead. Rows are stored in tiles of 8 (dot_kernels.h says why and how); a tensor whose row count
 is not a multiple of 8 is padded with zero rows, which the products drop.
 """
@@ -14,8 +14,8 @@ import numpy as np
 import torch
 
 from . import glibc
-from .gguf_blocks import DotGroups
-from .packed import PackedWeight
+from .gguf.blocks import DotGroups
+from .torch_weights import PackedWeight
 
 TILE = 8  # dot_kernels.h TILE
 HUGE_PAGE = 2 << 20
@@ -144,7 +144,7 @@ class DotWeight(PackedWeight):
 
 
 def _ops():
-    from .lean_native import native_module
+    from .native import native_module
 
     module = native_module()
     if module is None:  # DotWeights are built only when it loaded (dot_available)
@@ -157,7 +157,7 @@ def dot_available() -> bool:
     (which runs torch's packed kernels instead: the benchmarks compare the two)."""
     import os
 
-    from .lean_native import native_module
+    from .native import native_module
 
     if os.environ.get("KERNELFIT_DOT", "1") == "0":
         return False
@@ -167,7 +167,7 @@ def dot_available() -> bool:
 
 def gemm_available() -> bool:
     """True where the dot path runs and the extension has the int8 GEMM (built for AVX512-VNNI: gemm_kernels.h)."""
-    from .lean_native import native_module
+    from .native import native_module
 
     return dot_available() and bool(native_module().fast_gemm())
 

@@ -1,10 +1,6 @@
-"""Build the lean runner from a GGUF file: hyper-parameters from its metadata, weights packed from its
-memory map, modules compiled with TorchScript.
-
-The config keys follow llama.cpp's (gguf-py constants.py Keys; transformers integrations/ggml.py maps
-the same keys onto its configs). Gemma 3 facts llama.cpp hard-codes rather than stores: sliding layers
-use rotary base 10000 and every 6th layer is global (llama.cpp src/llama-model.cpp LLM_ARCH_GEMMA3;
-transformers Gemma3TextConfig defaults rope_local_base_freq=10000, sliding_window_pattern=6).
+"""Build the lean runner from a GGUF file: its recipe from the metadata (recipe.py: the keys follow llama.cpp's,
+gguf-py constants.py Keys), weights packed from its memory map, modules compiled with TorchScript only where the
+C++ step does not run every call.
 """
 
 from __future__ import annotations
@@ -16,46 +12,19 @@ from pathlib import Path
 
 import torch
 
-from ..catalog.packed_kernels import LEAN_GGUF_ARCHS, LEAN_ROPE_SCALINGS
 from ..errors import UsageError
 from ..model.gguf_header import read_gguf_header
 from . import glibc
-from .gguf_blocks import FLOAT_TYPES
-from .gguf_packed import Conversion, GgufTensors, interleave_order, linear, regridded
-from .dot_weight import DotWeight, dot_available, gemm_available
-from .lean_lm import DENSE, DOT4, DOT8, INT4, INT8, INT8_EXACT, Block, LeanLM, Product, Products
-from .packed import DenseWeight, Int4Weight, Int8Weight, PackedWeight
-
-GEMMA3_LOCAL_ROPE_THETA = 10000.0
-GEMMA3_SLIDING_PATTERN = 6
-
-
-@dataclass
-class LeanConfig:
-    family: str  # "llama" (llama, mistral, qwen2, qwen3) or "gemma3"
-    arch: str  # the file's general.architecture
-    hidden: int
-    layers: int
-    heads: int
-    kv_heads: int
-    head_dim: int
-    ffn: int
-    vocab: int
-    eps: float
-    rope_theta: float
-    rope_local_theta: float | None = None  # gemma3 sliding layers
-    rope_scale: float = 1.0  # linear scaling of global layers (gemma3 >= 1B)
-    sliding_window: int | None = None
-    sliding_pattern: int = 0  # gemma3: every Nth layer is global
-    max_positions: int = 4096
-
-    def sliding(self, layer: int) -> bool:
-        return bool(self.sliding_window and self.sliding_pattern and (layer + 1) % self.sliding_pattern)
-
+from .gguf.blocks import FLOAT_TYPES
+from .recipe import Recipe, recipe_from_gguf, rotary_table
+from .gguf.reader import Conversion, GgufTensors, interleave_order, linear, regridded
+from .weights import DotWeight, dot_available, gemm_available
+from .reference import DENSE, DOT4, DOT8, INT4, INT8, INT8_EXACT, Block, LeanLM, Product, Products
+from .torch_weights import DenseWeight, Int4Weight, Int8Weight, PackedWeight
 
 @dataclass
 class LeanBuild:
-    cfg: LeanConfig
+    cfg: Recipe
     model: torch.nn.Module  # LeanLM, compiled by TorchScript unless the C++ path runs every call (build_lean)
     conversions: list[Conversion] = field(default_factory=list)
     weight_bytes: int = 0
@@ -63,37 +32,6 @@ class LeanBuild:
     native: object = None  # lean_native.NativeArgs: the C++ decode step's arguments
     problems: list[str] = field(default_factory=list)  # damage seen while packing (GgufTensors.problems)
     int8_prefill: bool = False  # the layers' prompt products run the int8 GEMM (--prefill int8, on AVX512-VNNI)
-
-
-def lean_config(path: str | Path, header=None) -> LeanConfig:
-    """`header`: the file's, when the caller has read it already (model/gguf_header.py)."""
-    h = header or read_gguf_header(path)
-    arch = h.architecture
-    if arch not in LEAN_GGUF_ARCHS:
-        raise UsageError(f"the packed CPU runner covers GGUF architectures {', '.join(LEAN_GGUF_ARCHS)}, not "
-                         f"'{arch}' (--quantization none runs the dequantized model)")
-    heads = int(h.arch_key("attention.head_count"))
-    hidden = int(h.arch_key("embedding_length"))
-    tokens = h.metadata.get("tokenizer.ggml.tokens")
-    gemma = arch == "gemma3"
-    scaling = h.rope_scaling  # the planner does not send other scalings here (catalog LEAN_ROPE_SCALINGS)
-    if scaling not in LEAN_ROPE_SCALINGS:
-        raise UsageError(f"{Path(path).name}: rotary scaling '{scaling}' is not implemented by the "
-                         f"packed CPU runner (--quantization none runs the dequantized model)")
-    window = h.arch_key("attention.sliding_window") if gemma else None
-    return LeanConfig(
-        family="gemma3" if gemma else "llama", arch=arch, hidden=hidden, layers=int(h.arch_key("block_count")),
-        heads=heads, kv_heads=int(h.arch_key("attention.head_count_kv", heads)),
-        head_dim=int(h.arch_key("attention.key_length") or hidden // heads),
-        ffn=int(h.arch_key("feed_forward_length")),
-        vocab=int(getattr(tokens, "count", None) or h.arch_key("vocab_size")),
-        eps=float(h.arch_key("attention.layer_norm_rms_epsilon", 1e-6)),
-        rope_theta=float(h.arch_key("rope.freq_base", 10000.0)),
-        rope_local_theta=GEMMA3_LOCAL_ROPE_THETA if gemma else None,
-        rope_scale=float(h.arch_key("rope.scaling.factor") or 1.0) if scaling == "linear" else 1.0,
-        sliding_window=int(window) if window else None,
-        sliding_pattern=int(h.arch_key("attention.sliding_window_pattern", GEMMA3_SLIDING_PATTERN)) if gemma else 0,
-        max_positions=int(h.arch_key("context_length") or 4096))
 
 
 def product(w: PackedWeight, prefill_dense: bool = False, head: bool = False, int8_prefill: bool = False) -> Product:
@@ -112,21 +50,14 @@ def product(w: PackedWeight, prefill_dense: bool = False, head: bool = False, in
     return Product(DENSE, w.weight, torch.empty(0), w.out_features, None)
 
 
-def rope_table(theta: float, dim: int, positions: int, scale: float = 1.0) -> torch.Tensor:
-    """complex64 [positions, dim/2]: e^(i * pos * theta^(-2j/dim)) for pair j (interleaved layout)."""
-    inv = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim)) / scale
-    ang = torch.outer(torch.arange(positions, dtype=torch.float64), inv)
-    return torch.polar(torch.ones_like(ang), ang).to(torch.complex64)
-
-
 def build_lean(path: str | Path, prefill_dense: bool = False, progress=None, prefill_int8: bool = False) -> LeanBuild:
     """Read `path`, pack its weights and compile the runner (~3 s for SmolLM2-135M on 2 cores). prefill_int8: the
     layers' prompt products through the int8 GEMM where this build has it (LeanBuild.int8_prefill says)."""
     t0 = time.perf_counter()
     map_large_allocations()
     header = read_gguf_header(path)  # once: a 262k-token vocabulary takes ~0.4 s to parse
-    cfg = lean_config(path, header)
     t = GgufTensors.open(path, header)
+    cfg = recipe_from_gguf(header, t.float_tensor("rope_freqs.weight") if t.has("rope_freqs.weight") else None)
     gemma = cfg.family == "gemma3"
     exact = dot_available()  # the file's own groups through the C++ dot products; else torch's packed kernels
     int8 = prefill_int8 and exact and gemm_available()
@@ -178,7 +109,7 @@ def build_lean(path: str | Path, prefill_dense: bool = False, progress=None, pre
         scale = embed.scale if isinstance(embed, Int8Weight) else None
         model = LeanLM(cfg, embed.weight, scale, blocks, t.float_tensor("output_norm.weight"), head_p,
                        native_glue=exact)
-    from .lean_native import native_args
+    from .native import native_args
 
     native = native_args(model)
     # Where the C++ step and prompt forward run everything (native.prefill_ok), TorchScript is compiled only if a
@@ -207,7 +138,7 @@ def forward(build: LeanBuild, ids: torch.Tensor, pos: int, all_logits: bool = Fa
     ids = ids.reshape(-1)
     n = build.native
     if n is not None and (ids.numel() == 1 or (n.prefill_ok and (n.head[0] in (DOT4, DOT8) or not all_logits))):
-        from .lean_native import native_module
+        from .native import native_module
 
         step = native_module()
         if step is not None:
@@ -286,8 +217,8 @@ def reset_cache(build: LeanBuild, positions: int) -> None:
     m.k_cache = m.v_cache = torch.empty(0)  # the old cache is freed before the new one is made
     m.k_cache = torch.zeros(shape)
     m.v_cache = torch.zeros(shape)
-    m.rope_global = rope_table(cfg.rope_theta, cfg.head_dim, positions, cfg.rope_scale)
-    m.rope_local = rope_table(cfg.rope_local_theta, cfg.head_dim, positions) if cfg.rope_local_theta else \
+    m.rope_global = rotary_table(cfg.rotary, cfg.head_dim, positions)
+    m.rope_local = rotary_table(cfg.local_rotary, cfg.head_dim, positions) if cfg.local_rotary else \
         torch.empty(0, dtype=torch.complex64)
 
 

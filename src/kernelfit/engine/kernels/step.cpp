@@ -1,4 +1,4 @@
-// One decode step (one token) of loader/lean_lm.py's LeanLM, in C++ — and a prompt's forward (Step::prefill).
+// One decode step (one token) of engine/reference.py's LeanLM, in C++ — and a prompt's forward (Step::prefill).
 //
 // The TorchScript step spends ~2 ms of a ~6 ms SmolLM2 token on ~1,300 small ATen calls (norms, casts,
 // rotary, cache writes, residual adds). Here the products are kernelfit's dot products (or torch's packed

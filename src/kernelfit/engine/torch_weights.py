@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .gguf_blocks import QK, Int4Groups
+from .gguf.blocks import QK, Int4Groups
 
 INT4_TILE_N = 64  # _convert_weight_to_int4pack_for_cpu packs rows in blocks of 64 (AVX-512 layout)
 

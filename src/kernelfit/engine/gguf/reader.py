@@ -19,12 +19,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..catalog.packed_kernels import REGRID_MAX_ERROR
-from ..errors import UsageError
-from ..model.gguf_header import read_gguf_header
-from . import gguf_blocks as gb
-from .dot_weight import TILE, DotWeight, HugeArena
-from .packed import DenseWeight, Int4Weight, Int8Weight, PackedWeight, can_int4, concat_int4
+from ...catalog.packed_kernels import REGRID_MAX_ERROR
+from ...errors import UsageError
+from ...model.gguf_header import read_gguf_header
+from . import blocks as gb
+from ..weights import TILE, DotWeight, HugeArena
+from ..torch_weights import DenseWeight, Int4Weight, Int8Weight, PackedWeight, can_int4, concat_int4
 
 CHUNK_ROWS = 2048  # rows converted at a time (a multiple of the int4 tile): ~5 MB of float32 for SmolLM2's table
 

@@ -1,0 +1,161 @@
+"""An architecture as data: one Recipe describes a decoder, filled once from a GGUF file's keys; the runner, the
+reference model and the C++ step read it and never the file's architecture name.
+
+Rotary embeddings are a `Rotary` row: the kind and its numbers, turned into one complex table a position by
+`rotary_table`, which both the reference and the C++ step multiply Q and K by. Every scaling that changes only
+frequencies and a magnitude lives in that table, so a new scaling is a new `inverse_frequencies` case and no
+kernel change:
+- linear: positions divided by the factor;
+- frequency factors (Llama 3.x: the `rope_freqs` tensor llama.cpp's converter writes from rope_scaling
+  "llama3"): each pair's frequency divided by its factor, as ggml's rope does (`theta_base / freq_factor`);
+- YaRN (long-context Qwen2.5/Qwen3, Mistral 3): each pair's frequency ramps from interpolated (divided by the
+  factor) to extrapolated between the correction dimensions of beta_fast/beta_slow over the original context,
+  and the table's magnitude is the attention factor 0.1 ln(factor) + 1 — on Q and K both, so scores scale by its
+  square, as transformers' `_compute_yarn_parameters` (cos and sin times attention_factor) and ggml's rope_yarn
+  (mscale) do.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+
+import torch
+
+from ..catalog.packed_kernels import LEAN_GGUF_ARCHS, LEAN_ROPE_SCALINGS, YARN_UNSUPPORTED_KEYS
+from ..errors import UsageError
+
+# Gemma 3 facts llama.cpp hard-codes rather than stores: sliding layers use rotary base 10000 and every 6th layer
+# is global (llama.cpp src/llama-model.cpp LLM_ARCH_GEMMA3; transformers Gemma3TextConfig defaults
+# rope_local_base_freq=10000, sliding_window_pattern=6).
+GEMMA3_LOCAL_ROPE_THETA = 10000.0
+GEMMA3_SLIDING_PATTERN = 6
+# YaRN's defaults where a file does not store them (transformers' rope_config_validation, llama.cpp hparams)
+YARN_BETA_FAST = 32.0
+YARN_BETA_SLOW = 1.0
+
+
+class RotaryKind(Enum):
+    PLAIN = "plain"
+    LINEAR = "linear"
+    YARN = "yarn"
+
+
+@dataclass(frozen=True)
+class Rotary:
+    base: float
+    kind: RotaryKind = RotaryKind.PLAIN
+    factor: float = 1.0  # linear and YaRN
+    freq_factors: tuple[float, ...] | None = None  # per pair, divides its frequency (Llama 3.x rope_freqs)
+    original_context: int = 0  # YaRN: the context the model was trained at
+    beta_fast: float = YARN_BETA_FAST
+    beta_slow: float = YARN_BETA_SLOW
+
+    @property
+    def magnitude(self) -> float:
+        """What the table's entries are scaled by (YaRN's attention factor), 1 otherwise."""
+        return 0.1 * math.log(self.factor) + 1.0 if self.kind is RotaryKind.YARN and self.factor > 1 else 1.0
+
+
+def inverse_frequencies(r: Rotary, dim: int) -> torch.Tensor:
+    """float64 [dim/2]: each rotary pair's angle per position."""
+    extrapolated = 1.0 / (r.base ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))
+    if r.freq_factors is not None:
+        factors = torch.tensor(r.freq_factors, dtype=torch.float64)
+        if factors.numel() != dim // 2:
+            raise UsageError(f"the file's rope_freqs has {factors.numel()} factors for a rotary size of {dim} "
+                             f"({dim // 2} pairs); the file is damaged")
+        extrapolated = extrapolated / factors
+    if r.kind is RotaryKind.LINEAR:
+        return extrapolated / r.factor
+    if r.kind is RotaryKind.YARN:
+        def correction(rotations: float) -> float:
+            return dim * math.log(r.original_context / (rotations * 2 * math.pi)) / (2 * math.log(r.base))
+
+        low = max(math.floor(correction(r.beta_fast)), 0)
+        high = min(math.ceil(correction(r.beta_slow)), dim - 1)
+        ramp = ((torch.arange(dim // 2, dtype=torch.float64) - low) / max(high - low, 0.001)).clamp(0, 1)
+        keep = 1 - ramp  # 1: extrapolate (high frequencies), 0: interpolate (low frequencies)
+        return extrapolated / r.factor * (1 - keep) + extrapolated * keep
+    return extrapolated
+
+
+def rotary_table(r: Rotary, dim: int, positions: int) -> torch.Tensor:
+    """complex64 [positions, dim/2]: magnitude * e^(i * pos * inverse_frequencies[j]) for pair j."""
+    ang = torch.outer(torch.arange(positions, dtype=torch.float64), inverse_frequencies(r, dim))
+    return torch.polar(torch.full_like(ang, r.magnitude), ang).to(torch.complex64)
+
+
+@dataclass
+class Recipe:
+    family: str  # "llama" (llama, mistral, qwen2, qwen3) or "gemma3"
+    arch: str  # the file's general.architecture
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    ffn: int
+    vocab: int
+    eps: float
+    rotary: Rotary
+    local_rotary: Rotary | None = None  # gemma3 sliding layers
+    sliding_window: int | None = None
+    sliding_pattern: int = 0  # gemma3: every Nth layer is global
+    max_positions: int = 4096
+
+    def sliding(self, layer: int) -> bool:
+        return bool(self.sliding_window and self.sliding_pattern and (layer + 1) % self.sliding_pattern)
+
+
+def rotary_from_gguf(h, rope_freqs: torch.Tensor | None) -> Rotary:
+    """The global layers' rotary embedding from the file's keys (and its rope_freqs tensor, where it has one)."""
+    name = Path(h.path).name
+    kind = h.arch_key("rope.scaling.type")
+    kind = None if kind in (None, "none") else str(kind)
+    if kind not in LEAN_ROPE_SCALINGS:
+        raise UsageError(f"{name}: rotary scaling '{kind}' is not implemented by the packed CPU runner "
+                         f"(--quantization none runs the dequantized model)")
+    base = float(h.arch_key("rope.freq_base", 10000.0))
+    factors = tuple(float(x) for x in rope_freqs.tolist()) if rope_freqs is not None else None
+    factor = float(h.arch_key("rope.scaling.factor") or 1.0)
+    if kind == "linear":
+        return Rotary(base, RotaryKind.LINEAR, factor, factors)
+    if kind == "yarn":
+        odd = [k for k in YARN_UNSUPPORTED_KEYS if h.arch_key(k) not in (None, 0.0, 1.0)]
+        original = int(h.arch_key("rope.scaling.original_context_length") or 0)
+        if odd or not original:
+            missing = ", ".join(odd) if odd else "rope.scaling.original_context_length"
+            raise UsageError(f"{name}: YaRN with {missing} is not implemented by the packed CPU runner "
+                             "(--quantization none runs the dequantized model)")
+        return Rotary(base, RotaryKind.YARN, factor, factors, original,
+                      float(h.arch_key("rope.scaling.yarn_beta_fast") or YARN_BETA_FAST),
+                      float(h.arch_key("rope.scaling.yarn_beta_slow") or YARN_BETA_SLOW))
+    return Rotary(base, RotaryKind.PLAIN, 1.0, factors)
+
+
+def recipe_from_gguf(h, rope_freqs: torch.Tensor | None = None) -> Recipe:
+    """`h`: the file's header (model/gguf_header.py), read once by the caller; `rope_freqs`: its tensor, if any."""
+    arch = h.architecture
+    if arch not in LEAN_GGUF_ARCHS:
+        raise UsageError(f"the packed CPU runner covers GGUF architectures {', '.join(LEAN_GGUF_ARCHS)}, not "
+                         f"'{arch}' (--quantization none runs the dequantized model)")
+    heads = int(h.arch_key("attention.head_count"))
+    hidden = int(h.arch_key("embedding_length"))
+    tokens = h.metadata.get("tokenizer.ggml.tokens")
+    gemma = arch == "gemma3"
+    window = h.arch_key("attention.sliding_window") if gemma else None
+    return Recipe(
+        family="gemma3" if gemma else "llama", arch=arch, hidden=hidden, layers=int(h.arch_key("block_count")),
+        heads=heads, kv_heads=int(h.arch_key("attention.head_count_kv", heads)),
+        head_dim=int(h.arch_key("attention.key_length") or hidden // heads),
+        ffn=int(h.arch_key("feed_forward_length")),
+        vocab=int(getattr(tokens, "count", None) or h.arch_key("vocab_size")),
+        eps=float(h.arch_key("attention.layer_norm_rms_epsilon", 1e-6)),
+        rotary=rotary_from_gguf(h, rope_freqs),
+        local_rotary=Rotary(GEMMA3_LOCAL_ROPE_THETA) if gemma else None,
+        sliding_window=int(window) if window else None,
+        sliding_pattern=int(h.arch_key("attention.sliding_window_pattern", GEMMA3_SLIDING_PATTERN)) if gemma else 0,
+        max_positions=int(h.arch_key("context_length") or 4096))

@@ -1,0 +1,106 @@
+"""Rotary scalings as recipe data: Llama 3.x's frequency factors (the `rope_freqs` tensor) and YaRN run on the packed
+engine, equal to transformers' own rotary maths. Before, every Llama 3.1/3.2/3.3 GGUF and every YaRN file fell off
+the engine onto the dequantized transformers path (0.24x llama.cpp's decode at 10.7x its memory)."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from gguf_tiny import HEAD_DIM, write_tiny
+from kernelfit import Preferences, load_model_spec, load_profile, plan
+from kernelfit.engine.build import build_lean, forward, reset_cache
+from kernelfit.engine.recipe import Rotary, RotaryKind, inverse_frequencies
+from kernelfit.planner.types import RejectKind
+from test_packed_gguf import _tokens
+
+LLAMA3 = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0,
+          "high_freq_factor": 4.0, "original_max_position_embeddings": 32}  # short: the factors matter in 300 tokens
+YARN = {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "original_max_position_embeddings": 64}
+
+
+def _hf(rope: dict, family: str = "llama"):
+    from transformers import LlamaConfig, Qwen2Config
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    cls = LlamaConfig if family == "llama" else Qwen2Config
+    cfg = cls(hidden_size=HEAD_DIM * 4, num_attention_heads=4, num_key_value_heads=2,
+              max_position_embeddings=int(rope["original_max_position_embeddings"] * rope["factor"]),
+              rope_parameters=dict(rope))
+    inv, attention = ROPE_INIT_FUNCTIONS[rope["rope_type"]](cfg, "cpu")
+    return cfg, inv.double(), attention
+
+
+def _llama3_factors() -> np.ndarray:
+    """What llama.cpp's converter writes as rope_freqs for rope_scaling "llama3": plain / scaled frequencies."""
+    _, inv, _ = _hf(LLAMA3)
+    plain = inverse_frequencies(Rotary(10000.0), HEAD_DIM)
+    return (plain / inv).numpy()
+
+
+def test_llama3_factors_and_yarn_give_transformers_frequencies_and_magnitude():
+    _, want, attention = _hf(LLAMA3)
+    got = inverse_frequencies(Rotary(10000.0, freq_factors=tuple(_llama3_factors())), HEAD_DIM)
+    assert torch.allclose(got, want, rtol=1e-6) and attention == 1.0
+    assert not torch.allclose(got, inverse_frequencies(Rotary(10000.0), HEAD_DIM))  # the factors change something
+    _, want, attention = _hf(YARN, "qwen2")
+    r = Rotary(10000.0, RotaryKind.YARN, 4.0, None, 64)
+    assert torch.allclose(inverse_frequencies(r, HEAD_DIM), want, rtol=1e-6)
+    assert r.magnitude == pytest.approx(attention, rel=1e-12) and r.magnitude > 1.1
+
+
+def _scaled_reference(path, rope: dict, family: str):
+    """transformers' GGUF load of the file (which ignores rotary scaling), its rotary replaced by transformers' own
+    scaled one: the same weights, transformers' maths."""
+    from transformers import AutoModelForCausalLM
+
+    ref = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    plain = copy.deepcopy(ref)
+    cfg = copy.deepcopy(ref.config)
+    cfg.rope_parameters = dict(rope)
+    cfg.max_position_embeddings = int(rope["original_max_position_embeddings"] * rope["factor"])
+    ref.model.rotary_emb = type(ref.model.rotary_emb)(cfg)
+    return ref, plain
+
+
+@pytest.mark.parametrize("family,rope,qtype", [("llama", LLAMA3, "Q4_K"), ("qwen2", YARN, "Q8_0"),
+                                               ("llama", YARN, "Q4_0")])
+def test_scaled_rotary_files_run_packed_and_agree_with_transformers(tmp_path, family, rope, qtype):
+    """Teacher-forced over 300 positions (well past the original context of 32/64): prefill logits and decode steps
+    top-1 >= 99%, cosine >= 0.999 against transformers with the same scaling; the plain rotary does not agree."""
+    kw = {"rope_freqs": _llama3_factors()} if rope is LLAMA3 else {"yarn_context": (4.0, 64)}
+    path = write_tiny(tmp_path / f"{family}-{rope['rope_type']}.gguf", qtype, family, **kw)
+    ref, plain = _scaled_reference(path, rope, family)
+    ids = _tokens()
+    with torch.no_grad():
+        want, unscaled = ref(ids[None]).logits[0], plain(ids[None]).logits[0]
+    b = build_lean(path)
+    reset_cache(b, len(ids) + 8)
+    got = forward(b, ids, 0, True)
+    for logits in (got,):
+        cos = torch.nn.functional.cosine_similarity(want, logits, dim=-1)
+        assert float((want.argmax(-1) == logits.argmax(-1)).float().mean()) >= 0.99
+        assert float(cos.mean()) >= 0.999 and float(cos.min()) >= 0.998, (float(cos.mean()), float(cos.min()))
+    # the scaling matters at these positions: the unscaled rotary is 5x further from the engine than transformers is
+    assert float((got - unscaled).abs().mean()) > 5 * float((got - want).abs().mean())
+    # decode: 256 positions one step at a time after a 44-token prompt
+    reset_cache(b, len(ids) + 8)
+    forward(b, ids[:44], 0, False)
+    steps = torch.stack([forward(b, ids[i:i + 1], i, False)[-1] for i in range(44, 300)])
+    cos = torch.nn.functional.cosine_similarity(want[44:], steps, dim=-1)
+    assert float((want[44:].argmax(-1) == steps.argmax(-1)).float().mean()) >= 0.99 and float(cos.min()) >= 0.999
+
+
+def test_scaled_rotary_files_plan_packed_and_odd_yarn_is_refused_at_plan_time(tmp_path):
+    cpu = load_profile("cpu-spr-amx")
+    for name, kw in (("freqs", {"rope_freqs": _llama3_factors()}), ("yarn", {"yarn_context": (4.0, 64)})):
+        spec = load_model_spec(str(write_tiny(tmp_path / f"{name}.gguf", "Q4_0", **kw)))
+        assert plan(cpu, spec, Preferences()).quantization.method == "gguf", name
+    spec = load_model_spec(str(write_tiny(tmp_path / "bare-yarn.gguf", "Q4_0", yarn=True)))  # no original context
+    p = plan(cpu, spec, Preferences())
+    why = next(r for r in p.quantization_rejected if r.name == "gguf:packed-cpu")
+    assert p.quantization.method == "none" and why.kind is RejectKind.NOT_RUNNABLE
+    assert "rope.scaling.original_context_length" in why.reason
