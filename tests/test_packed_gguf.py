@@ -547,3 +547,28 @@ def test_a_rotary_scaling_the_runner_lacks_plans_the_dequantized_model(tmp_path)
     why = next(r for r in p.quantization_rejected if r.name == "gguf:packed-cpu")
     assert why.kind is RejectKind.NOT_RUNNABLE and "yarn" in why.reason
     assert plan(load_profile("cpu-spr-amx"), SMOL, Preferences()).quantization.method == "gguf"  # plain rotary
+
+@needs_dot
+@pytest.mark.parametrize("qtype", ["Q4_K", "Q5_K", "Q6_K"])
+def test_k_quants_keep_the_files_two_level_scales(qtype):
+    """A K-quant weight holds the file's float16 d per 256 and its integer sub-scales (Q4_K: 4.625 bits a weight
+    against the file's 4.5; float32 scales per group made it 6, so a token read 1.38x the file of a Q4_K_M model),
+    the bytes the memory model plans with; and the products are unchanged: equal to the float32-scale layout's
+    bit for bit."""
+    from kernelfit.catalog.packed_kernels import PACKED_BYTES_PER_VALUE
+
+    rows, cols = 64, 512
+    raw = _random_blocks(qtype, rows, cols, np.random.default_rng(7))
+    g = gb.dot_groups(raw, qtype, rows, cols)
+    two = DotWeight.from_groups(g)
+    assert two.two_level and g.super_scale is not None
+    assert two.nbytes() == rows * cols * PACKED_BYTES_PER_VALUE[qtype]
+    if qtype == "Q4_K":
+        assert two.nbytes() / raw.nbytes == pytest.approx(4.625 / 4.5)
+    scale, mins = g.float_scales()
+    flat = DotWeight.from_groups(gb.DotGroups(g.codes, scale, mins, g.bits, g.group))
+    assert not flat.two_level and flat.nbytes() > two.nbytes()
+    x = torch.randn(3, cols)
+    assert torch.equal(two.mm(x), flat.mm(x))
+    assert torch.equal(two.dequantize(), flat.dequantize())
+    assert torch.equal(two.dequantize(), torch.from_numpy(gb.dequantize(raw, qtype, rows, cols)))

@@ -46,6 +46,20 @@ def tile_groups(values: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(v.reshape(t, TILE, g).transpose(0, 2, 1))
 
 
+SUPER, SUPER_BYTES = 256, 2 * TILE  # dot_kernels.h: a superblock's weights; its 8 rows' float16 d in bytes
+
+
+def tile_two_level(supers: np.ndarray, subs: np.ndarray) -> np.ndarray:
+    """A K-quant's float16 [N, K/256] d (or dmin) and integer [N, K/G] sub-scales -> [N/8, K/256 * 16 + K/G * 8]
+    bytes a tile (dot_kernels.h TileScales): the superblocks' 8 rows of d, then each group's 8 rows of sub-scales.
+    int8 where the sub-scales are signed (Q6_K)."""
+    d = tile_groups(np.ascontiguousarray(supers, dtype=np.float16))  # [t, K/256, 8]
+    s = tile_groups(subs)  # [t, K/G, 8]
+    t = d.shape[0]
+    out = np.concatenate([d.view(np.uint8).reshape(t, -1), s.view(np.uint8).reshape(t, -1)], axis=1)
+    return out.view(np.int8) if subs.dtype == np.int8 else out
+
+
 class HugeArena:
     """Zeroed tensors carved from 32 MiB chunks on transparent huge pages (the madvise is made before first
     touch), so that a model's many ~1 MB products sit on 2 MiB pages too. A chunk's untouched tail is never
@@ -86,16 +100,21 @@ def _huge_region(nbytes: int) -> torch.Tensor:
 @dataclass(eq=False)
 class DotWeight(PackedWeight):
     codes: torch.Tensor  # uint8 [N/8, K*bits]
-    scale: torch.Tensor  # float16 / float32 [N/8, K/G, 8]
+    scale: torch.Tensor  # float16 / float32 [N/8, K/G, 8], or a K-quant's two levels: uint8/int8 [N/8, bytes]
     mins: torch.Tensor  # as scale, or a 0-d float32 factor of the scales (symmetric types)
     bits: int
     out_features: int
     in_features: int
+    group: int = 32
 
     @property
     def kernel(self) -> str:
-        g = self.in_features // self.scale.shape[1]
-        return f"{self.bits}-bit group-{g} dot (kernelfit C++, two int8 activation digits)"
+        levels = ", the file's two-level scales" if self.two_level else ""
+        return f"{self.bits}-bit group-{self.group} dot (kernelfit C++, two int8 activation digits{levels})"
+
+    @property
+    def two_level(self) -> bool:
+        return self.scale.dtype in (torch.uint8, torch.int8)
 
     @classmethod
     def from_groups(cls, g: DotGroups) -> "DotWeight":
@@ -107,22 +126,31 @@ class DotWeight(PackedWeight):
     @classmethod
     def empty(cls, rows: int, cols: int, bits: int, group: int, dtype: np.dtype, factor: float | None = None,
               arena: HugeArena | None = None) -> "DotWeight":
-        """A weight to be filled tile by tile (fill); factor: the minimums are factor * scale (no array)."""
+        """A weight to be filled tile by tile (fill); factor: the minimums are factor * scale (no array). dtype: the
+        groups' scale dtype — uint8 / int8 are a K-quant's integer sub-scales (two levels, dot_kernels.h)."""
         t = -(-rows // TILE)
-        sdt = torch.float16 if dtype == np.float16 else torch.float32
         arena = arena or HugeArena()
-        mins = torch.tensor(factor, dtype=torch.float32) if factor is not None else \
-            arena.zeros((t, cols // group, TILE), sdt)
-        return cls(arena.zeros((t, cols * bits), torch.uint8), arena.zeros((t, cols // group, TILE), sdt), mins, bits,
-                   rows, cols)
+        if np.dtype(dtype) in (np.dtype(np.uint8), np.dtype(np.int8)):
+            shape = (t, cols // SUPER * SUPER_BYTES + cols // group * TILE)
+            sdt, mdt = (torch.uint8 if np.dtype(dtype) == np.uint8 else torch.int8), torch.uint8
+        else:
+            shape = (t, cols // group, TILE)
+            sdt = mdt = torch.float16 if dtype == np.float16 else torch.float32
+        mins = torch.tensor(factor, dtype=torch.float32) if factor is not None else arena.zeros(shape, mdt)
+        return cls(arena.zeros((t, cols * bits), torch.uint8), arena.zeros(shape, sdt), mins, bits, rows, cols, group)
 
     def fill(self, tile0: int, g: DotGroups) -> int:
         """Write groups `g` (whole tiles, or the weight's last rows) from tile `tile0`; returns the tiles written."""
         n = -(-len(g.codes) // TILE)
         self.codes[tile0:tile0 + n] = torch.from_numpy(tile_codes(g.codes, g.bits))
-        self.scale[tile0:tile0 + n] = torch.from_numpy(tile_groups(g.scale))
+        two = g.super_scale is not None
+        if two != self.two_level:
+            raise ValueError("a weight filled with another type's groups")
+        self.scale[tile0:tile0 + n] = torch.from_numpy(tile_two_level(g.super_scale, g.scale) if two else
+                                                       tile_groups(g.scale))
         if self.mins.dim():
-            self.mins[tile0:tile0 + n] = torch.from_numpy(tile_groups(g.mins))
+            self.mins[tile0:tile0 + n] = torch.from_numpy(tile_two_level(g.super_min, g.mins) if two else
+                                                          tile_groups(g.mins))
         elif float(self.mins) != g.mins:
             raise ValueError("a symmetric weight filled with another type's groups")
         return n
@@ -140,7 +168,8 @@ class DotWeight(PackedWeight):
                                   torch.empty(0, dtype=torch.long), bf16)
 
     def nbytes(self) -> int:
-        return self.codes.numel() + (self.scale.numel() + self.mins.numel()) * self.scale.element_size()
+        mins = self.mins.numel() * self.mins.element_size() if self.mins.dim() else 0  # a factor: no array
+        return self.codes.numel() + self.scale.numel() * self.scale.element_size() + mins
 
 
 def _ops():
@@ -172,4 +201,5 @@ def gemm_available() -> bool:
     return dot_available() and bool(native_module().fast_gemm())
 
 
-__all__ = ["TILE", "DotWeight", "HugeArena", "dot_available", "gemm_available", "tile_codes", "tile_groups"]
+__all__ = ["TILE", "DotWeight", "HugeArena", "dot_available", "gemm_available", "tile_codes", "tile_groups",
+           "tile_two_level"]

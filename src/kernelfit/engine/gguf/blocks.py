@@ -134,8 +134,9 @@ def dequantize(raw: np.ndarray, qtype: str, rows: int, cols: int) -> np.ndarray:
     if qtype in ("Q2_K", "Q3_K", "Q5_K"):
         g = dot_groups(raw, qtype, rows, cols)
         codes = g.codes.reshape(rows, -1, g.group).astype(np.float32)
-        scale = g.scale.astype(np.float32)[..., None]
-        mins = scale * np.float32(g.mins) if isinstance(g.mins, float) else g.mins.astype(np.float32)[..., None]
+        scale, mins = g.float_scales()
+        scale = scale[..., None]
+        mins = scale * np.float32(mins) if isinstance(mins, float) else mins[..., None]
         return (codes * scale + mins).reshape(rows, cols)
     raise ValueError(f"GGUF type {qtype} is not supported by the packed path")
 
@@ -145,19 +146,45 @@ class DotGroups:
     """w[n, k] = scale[n, k // group] * codes[n, k] + mins[n, k // group], every value exactly the file's.
     codes unsigned (an int8 code c is stored as c + 128 with the minimum -128 * scale); bits 4 (0..15) or 8.
     mins is a number f for the symmetric types (every minimum is f * its scale: Q4_0 -8, Q5_0 -16, Q8_0 -128,
-    Q6_K -32)."""
+    Q6_K -32).
+
+    K-quants keep the file's two levels (super_scale set): scale and mins are then the integer sub-scales and
+    sub-minimums (uint8; Q6_K's scales int8) and super_scale / super_min the float16 d and dmin per 256 weights:
+    scale = d * sub, minimum = -(dmin * sub_min), in float32 (float_scales) — 4.6 bits a Q4_K weight in the
+    kernels' layout instead of 6 with float32 scales (engine/kernels/dot_kernels.h TileScales)."""
 
     codes: np.ndarray  # uint8 [N, K]
-    scale: np.ndarray  # float16 (the file's own scales) or float32 (K-quants: two of them multiplied) [N, K/group]
+    scale: np.ndarray  # float16 (the file's own scales), or the K-quants' integer sub-scales [N, K/group]
     mins: np.ndarray | float  # same dtype and shape as scale, or the factor f
     bits: int
     group: int
+    super_scale: np.ndarray | None = None  # float16 [N, K/256]: a K-quant's d
+    super_min: np.ndarray | None = None  # float16 [N, K/256]: its dmin (None where mins is a factor)
 
     @property
     def layout(self) -> tuple:
         """Weights with equal layouts can be one fused product."""
         return self.bits, self.group, self.scale.dtype.str, self.mins if isinstance(self.mins, float) else "per group"
 
+    def float_scales(self) -> tuple[np.ndarray, np.ndarray | float]:
+        """(scale, mins) as float32 per group (the factor stays a number): what the kernels compute with."""
+        if self.super_scale is None:
+            return self.scale.astype(np.float32), self.mins if isinstance(self.mins, float) else \
+                self.mins.astype(np.float32)
+        per = SUPER // self.group
+        d = np.repeat(self.super_scale.astype(np.float32), per, axis=1)
+        scale = d * self.scale.astype(np.float32)
+        if isinstance(self.mins, float):
+            return scale, self.mins
+        return scale, -(np.repeat(self.super_min.astype(np.float32), per, axis=1) * self.mins.astype(np.float32))
+
+    def finite(self) -> bool:
+        """False where the file holds a NaN or infinite scale (the health check then refuses the model)."""
+        arrays = [self.scale, self.super_scale, self.super_min] + ([] if isinstance(self.mins, float) else [self.mins])
+        return all(bool(np.isfinite(a).all()) for a in arrays if a is not None)
+
+
+SUPER = 256  # weights per K-quant superblock (one d and dmin)
 
 
 def _scales(*arrays: np.ndarray, exact_f16: bool) -> list[np.ndarray]:
@@ -165,6 +192,12 @@ def _scales(*arrays: np.ndarray, exact_f16: bool) -> list[np.ndarray]:
     products of two: exact either way, float16 halves the bytes. Fixed per type, so every chunk of a tensor gets
     the same. (A NaN or inf the file holds is kept: the runner's health check refuses it, with advice.)"""
     return [a.astype(np.float16 if exact_f16 else np.float32) for a in arrays]
+
+
+def _supers(b: np.ndarray, rows: int, with_min: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """Q4_K / Q5_K blocks' d and dmin (their first 4 bytes) as float16 [rows, blocks a row]."""
+    d = np.ascontiguousarray(b[:, 0:2]).view(np.float16).reshape(rows, -1)
+    return d, np.ascontiguousarray(b[:, 2:4]).view(np.float16).reshape(rows, -1) if with_min else None
 
 
 def dot_groups(raw: np.ndarray, qtype: str, rows: int, cols: int) -> DotGroups:
@@ -178,12 +211,10 @@ def dot_groups(raw: np.ndarray, qtype: str, rows: int, cols: int) -> DotGroups:
         scale, mins = _scales(d, _f16(b[:, 2:4])[:, 0], exact_f16=True)
         return DotGroups(codes, scale.reshape(rows, -1), mins.reshape(rows, -1), 4, QK)
     if qtype == "Q4_K":
-        d, dmin = _f16(b[:, 0:2]), _f16(b[:, 2:4])
         sc, mn = k_scale_min(b[:, 4:16])
         qs = b[:, 16:144].reshape(-1, 4, 32)
         codes = np.stack([qs & 0x0F, qs >> 4], axis=2).reshape(rows, cols)
-        scale, mins = _scales(d * sc.astype(np.float32), -(dmin * mn.astype(np.float32)), exact_f16=False)
-        return DotGroups(codes, scale.reshape(rows, -1), mins.reshape(rows, -1), 4, QK)
+        return DotGroups(codes, sc.reshape(rows, -1), mn.reshape(rows, -1), 4, QK, *_supers(b, rows, True))
     if qtype in ("Q5_0", "Q5_1"):
         off = 2 if qtype == "Q5_0" else 4
         d = _f16(b[:, 0:2])[:, 0]
@@ -199,17 +230,17 @@ def dot_groups(raw: np.ndarray, qtype: str, rows: int, cols: int) -> DotGroups:
         codes = b[:, 2:34] ^ np.uint8(0x80)  # int8 c -> c + 128, without an int16 copy of the table
         return DotGroups(codes.reshape(rows, cols), _scales(d, exact_f16=True)[0].reshape(rows, -1), -128.0, 8, QK)
     if qtype == "Q6_K":
-        codes, scale = _q6_k(b)  # w = scale * (q - 32)
-        return DotGroups(codes.reshape(rows, cols), _scales(scale.reshape(rows, -1), exact_f16=False)[0], -32.0, 8, 16)
+        codes, _ = _q6_k(b)  # w = d * sc * (q - 32)
+        sc = np.ascontiguousarray(b[:, 192:208]).view(np.int8).reshape(rows, -1)
+        d = np.ascontiguousarray(b[:, 208:210]).view(np.float16).reshape(rows, -1)
+        return DotGroups(codes.reshape(rows, cols), sc, -32.0, 8, 16, d)
     if qtype == "Q5_K":
-        d, dmin = _f16(b[:, 0:2]), _f16(b[:, 2:4])
         sc, mn = k_scale_min(b[:, 4:16])
         qh, qs = b[:, 16:48], b[:, 48:176]
         lo = (qs.reshape(-1, 4, 1, 32) >> np.array([0, 4], dtype=np.uint8).reshape(1, 1, 2, 1)) & 0x0F
         hi = (qh.reshape(-1, 1, 32) >> np.arange(8, dtype=np.uint8).reshape(1, 8, 1)) & 0x01
         codes = (lo.reshape(-1, 8, 32) | (hi << 4)).reshape(rows, cols)
-        scale, mins = _scales(d * sc.astype(np.float32), -(dmin * mn.astype(np.float32)), exact_f16=False)
-        return DotGroups(codes, scale.reshape(rows, -1), mins.reshape(rows, -1), 8, QK)
+        return DotGroups(codes, sc.reshape(rows, -1), mn.reshape(rows, -1), 8, QK, *_supers(b, rows, True))
     if qtype == "Q3_K":
         hmask, qs, sb = b[:, 0:32], b[:, 32:96], b[:, 96:108]
         d = _f16(b[:, 108:110])

@@ -195,7 +195,7 @@ def dot(t: GgufTensors, names: list[str], orders: dict) -> list[PackedWeight]:
             for start in range(0, n_rows, CHUNK_ROWS):
                 stop = min(n_rows, start + CHUNK_ROWS)
                 g = t.dot_groups(n, orders.get(n), start, stop)
-                finite = finite and bool(np.isfinite(g.scale).all()) and bool(np.isfinite(g.mins).all())
+                finite = finite and g.finite()
                 tile0 += w.fill(tile0, g)
                 if orders.get(n) is None:
                     t.release(n, (start, stop))

@@ -23,6 +23,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
@@ -197,7 +198,19 @@ void tile_dot(const uint8_t* codes, const T* scale, const T* mins, float factor,
 
 struct Layout {
   int64_t bits, k, g, tiles;
+  bool compact = false;  // the scales are a K-quant's two levels (TileScales), not one float a group
 };
+
+// A K-quant's scales as the file stores them (Q4_K, Q5_K: a float16 d and dmin per 256 weights, an unsigned 6-bit
+// scale and minimum per 32; Q6_K: d per 256, a signed 8-bit scale per 16) instead of one float32 a group, which made
+// every Q4_K weight 6 bits instead of the file's 4.5 (the runner read 1.38x the file's bytes a token). A tile's bytes
+// (a uint8 or int8 [tiles, SUPER_BYTES * K / 256 + K / G * 8] tensor, int8 where the sub-scales are signed):
+// for each 256 weights the 8 rows' float16 d (16 bytes), then for each group the 8 rows' integer sub-scale. Minimums
+// likewise (dmin, unsigned sub-minimums; the minimum is -dmin * m), or a factor of the scales. Kernels get a tile's
+// scales expanded into floats (TileScales::get): d * sub in float32, the same products the float path stored.
+constexpr int64_t SUPER = 256, SUPER_BYTES = TILE * 2;
+
+inline bool compact_type(at::ScalarType t) { return t == at::kByte || t == at::kChar; }
 
 inline Layout check(const at::Tensor& codes, const at::Tensor& scale, const at::Tensor& mins, int64_t bits) {
   TORCH_CHECK(bits == 4 || bits == 8, "dot: bits must be 4 or 8");
@@ -205,6 +218,17 @@ inline Layout check(const at::Tensor& codes, const at::Tensor& scale, const at::
               "dot: codes must be contiguous uint8 [N/8, K*bits]");
   const int64_t k = codes.size(1) / bits, tiles = codes.size(0);
   TORCH_CHECK(k % QK == 0 && codes.size(1) == k * bits, "dot: K must be a multiple of 32");
+  if (compact_type(scale.scalar_type())) {
+    TORCH_CHECK(k % SUPER == 0 && scale.dim() == 2 && scale.size(0) == tiles && scale.is_contiguous(),
+                "dot: two-level scales need K a multiple of 256 and [N/8, bytes] per tile");
+    const int64_t sub = scale.size(1) - SUPER_BYTES * (k / SUPER), groups = sub / TILE;
+    TORCH_CHECK(sub > 0 && groups * TILE == sub && k % groups == 0 && (k / groups == 32 || k / groups == 16),
+                "dot: two-level scales of one sub-scale per 32 or 16 weights");
+    TORCH_CHECK((mins.dim() == 0 && mins.scalar_type() == at::kFloat) ||
+                    (mins.sizes() == scale.sizes() && mins.scalar_type() == at::kByte && mins.is_contiguous()),
+                "dot: two-level minimums must be shaped as the scales (uint8), or one float32 factor of them");
+    return {bits, k, k / groups, tiles, true};
+  }
   TORCH_CHECK(scale.dim() == 3 && scale.size(0) == tiles && scale.size(2) == TILE && scale.is_contiguous(),
               "dot: scales must be [N/8, K/G, 8]");
   const int64_t g = k / scale.size(1);
@@ -215,6 +239,80 @@ inline Layout check(const at::Tensor& codes, const at::Tensor& scale, const at::
               "dot: mins must be shaped and typed as the scales, or one float32 factor of them");
   return {bits, k, g, tiles};
 }
+
+// A weight's scales and minimums a tile at a time: pointers into the stored arrays, or (two-level scales) the tile's
+// expanded into `buf` (2 * K/G * TILE floats: scales, then minimums). mins is null where they are factor * scale.
+template <typename T>
+struct TileScales {
+  const T* sp = nullptr;
+  const T* mp = nullptr;
+  const uint8_t* cs = nullptr;
+  const uint8_t* cm = nullptr;
+  int64_t per_tile, groups, supers, g;
+  bool compact, sub_signed;
+  float factor;
+
+  TileScales(const at::Tensor& scale, const at::Tensor& mins, const Layout& L)
+      : groups(L.k / L.g), supers(L.k / SUPER), g(L.g), compact(L.compact),
+        sub_signed(scale.scalar_type() == at::kChar), factor(mins.dim() ? 0.f : mins.item<float>()) {
+    if (compact) {
+      per_tile = scale.size(1);
+      cs = static_cast<const uint8_t*>(scale.data_ptr());
+      cm = mins.dim() ? static_cast<const uint8_t*>(mins.data_ptr()) : nullptr;
+    } else {
+      per_tile = scale.size(1) * TILE;
+      sp = static_cast<const T*>(scale.data_ptr());
+      mp = mins.dim() ? static_cast<const T*>(mins.data_ptr()) : nullptr;
+    }
+  }
+
+  int64_t buf_floats() const { return compact ? 2 * groups * TILE : 0; }
+
+  void get(int64_t t, const T*& s, const T*& m, float* buf) const {
+    if constexpr (std::is_same<T, float>::value) {
+      if (compact) {
+        expand(cs + t * per_tile, buf, sub_signed, false);
+        if (cm) expand(cm + t * per_tile, buf + groups * TILE, false, true);
+        s = buf;
+        m = cm ? buf + groups * TILE : nullptr;
+        return;
+      }
+    }
+    s = sp + t * per_tile;
+    m = mp ? mp + t * per_tile : nullptr;
+  }
+
+ private:
+  void expand(const uint8_t* p, float* out, bool is_signed, bool negate) const {
+    const uint8_t* sub = p + SUPER_BYTES * supers;
+    const int64_t per_super = SUPER / g;
+    for (int64_t sb = 0; sb < supers; ++sb) {
+#if defined(KF_DOT_AVX2)
+      // per group: 8 rows' sub-scales widened and multiplied by the rows' d (a decode step expands every tile it
+      // reads, so this runs beside the products: ~4 instructions a group instead of 8 scalar conversions)
+      const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + sb * SUPER_BYTES)));
+      const __m256 sign = _mm256_set1_ps(negate ? -1.f : 1.f);
+      for (int64_t j = sb * per_super; j < (sb + 1) * per_super; ++j) {
+        const __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(sub + j * TILE));
+        const __m256 q = _mm256_cvtepi32_ps(is_signed ? _mm256_cvtepi8_epi32(b) : _mm256_cvtepu8_epi32(b));
+        _mm256_storeu_ps(out + j * TILE, _mm256_mul_ps(_mm256_mul_ps(d, q), sign));  // -(dmin * m) for minimums
+      }
+#else
+      float d[TILE];
+      for (int64_t r = 0; r < TILE; ++r) {
+        at::Half h;
+        std::memcpy(&h, p + sb * SUPER_BYTES + r * 2, 2);
+        d[r] = static_cast<float>(h);
+      }
+      for (int64_t j = sb * per_super; j < (sb + 1) * per_super; ++j)
+        for (int64_t r = 0; r < TILE; ++r) {
+          const float q = is_signed ? float(static_cast<int8_t>(sub[j * TILE + r])) : float(sub[j * TILE + r]);
+          out[j * TILE + r] = negate ? -(d[r] * q) : d[r] * q;  // -(dmin * m), as the float path stored it
+        }
+#endif
+    }
+  }
+};
 
 // The layouts of several weights over one input of k columns (Q, K, V or gate and up): each checked, all of k
 // columns, n[i] rows in part i's tiles; `who` names the caller in the messages. total: the parts' rows together.
@@ -256,19 +354,19 @@ template <int BITS, int G, typename T>
 void mm_tiles(const at::Tensor& codes, const at::Tensor& scale, const at::Tensor& mins, const std::vector<Act>& acts,
               const Layout& L, int64_t n, float* yp) {
   const auto* cp = codes.data_ptr<uint8_t>();
-  const T* sp = static_cast<const T*>(scale.data_ptr());
-  const T* mp = mins.dim() ? static_cast<const T*>(mins.data_ptr()) : nullptr;
-  const float factor = mins.dim() ? 0.f : mins.item<float>();
-  const int64_t per_tile = scale.size(1) * TILE;
+  const TileScales<T> ts(scale, mins, L);
   at::parallel_for(0, L.tiles, 8, [&](int64_t begin, int64_t end) {
     float out[TILE];
-    for (int64_t t = begin; t < end; ++t)
+    std::vector<float> buf(ts.buf_floats());
+    const T *s, *mn;
+    for (int64_t t = begin; t < end; ++t) {
+      ts.get(t, s, mn, buf.data());
       for (size_t m = 0; m < acts.size(); ++m) {
-        tile_dot<BITS, G, T>(cp + t * L.k * L.bits, sp + t * per_tile, mp ? mp + t * per_tile : nullptr, factor, acts[m],
-                             L.k, out);
+        tile_dot<BITS, G, T>(cp + t * L.k * L.bits, s, mn, ts.factor, acts[m], L.k, out);
         const int64_t rows = std::min<int64_t>(TILE, n - t * TILE);
         std::memcpy(yp + m * n + t * TILE, out, rows * sizeof(float));
       }
+    }
   });
 }
 

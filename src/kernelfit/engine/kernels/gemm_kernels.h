@@ -151,22 +151,24 @@ template <int BITS, int G, typename T>
 void gemm_tiles(const at::Tensor& codes, const at::Tensor& scale, const at::Tensor& mins, const Acts& a,
                 const dot::Layout& L, int64_t n, float* y, int64_t ldy) {
   const auto* cp = codes.data_ptr<uint8_t>();
-  const T* sp = static_cast<const T*>(scale.data_ptr());
-  const T* mp = mins.dim() ? static_cast<const T*>(mins.data_ptr()) : nullptr;
-  const float factor = mins.dim() ? 0.f : mins.item<float>();
-  const int64_t per_tile = scale.size(1) * TILE, tile_bytes = L.k * L.bits, groups = L.k / G;
+  const dot::TileScales<T> ts(scale, mins, L);
+  const bool has_mins = mins.dim() > 0;
+  const int64_t tile_bytes = L.k * L.bits, groups = L.k / G;
   std::vector<float> gsum(a.m * groups);
   for (int64_t i = 0; i < a.m * groups; ++i)
-    gsum[i] = (G == 32 ? a.sum[2 * i] + a.sum[2 * i + 1] : a.sum[i]) * (mp ? 1.f : factor);
+    gsum[i] = (G == 32 ? a.sum[2 * i] + a.sum[2 * i + 1] : a.sum[i]) * (has_mins ? 1.f : ts.factor);
   at::parallel_for(0, (L.tiles + 1) / 2, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> buf0(ts.buf_floats()), buf1(ts.buf_floats());
+    const T *s0, *s1, *m0, *m1;
     for (int64_t p = begin; p < end; ++p) {
       // an odd last tile is paired with itself: its second half is computed and not stored
       const int64_t t0 = 2 * p, t1 = std::min(t0 + 1, L.tiles - 1), col0 = t0 * TILE;
       const int64_t valid = std::min<int64_t>(2 * TILE, n - col0);
+      ts.get(t0, s0, m0, buf0.data());
+      ts.get(t1, s1, m1, buf1.data());
       for (int64_t row0 = 0; row0 < a.m; row0 += MR)
-        rows_block<BITS, G, T>(std::min(MR, a.m - row0), cp + t0 * tile_bytes, cp + t1 * tile_bytes,
-                               sp + t0 * per_tile, sp + t1 * per_tile, mp ? mp + t0 * per_tile : nullptr,
-                               mp ? mp + t1 * per_tile : nullptr, gsum.data(), a, row0, y, ldy, col0, valid);
+        rows_block<BITS, G, T>(std::min(MR, a.m - row0), cp + t0 * tile_bytes, cp + t1 * tile_bytes, s0, s1, m0, m1,
+                               gsum.data(), a, row0, y, ldy, col0, valid);
     }
   });
 }

@@ -30,20 +30,21 @@ constexpr int64_t MR = 12;    // prompt rows a block: 24 accumulators + 2 panel 
 #if defined(KF_PANEL_GEMM)
 // Panel layout: for each pair of k (kp), 32 lanes of two bf16 (k = 2 kp, 2 kp + 1), lane j = output column j —
 // vdpbf16ps's operand order. Tiles past the weight's last (a part of fewer than 32 columns) are zeros.
+// codes: the panel's first tile's; ts.get(t0 + t) its scales (buf: ts.buf_floats() floats)
 template <int BITS, int G, typename T>
-void build_panel(const uint8_t* codes, const T* scale, const T* mins, float factor, int64_t k, int64_t per_tile,
-                 int64_t tiles, uint32_t* panel) {
+void build_panel(const uint8_t* codes, const dot::TileScales<T>& ts, int64_t t0, int64_t k, int64_t tiles,
+                 uint32_t* panel, float* buf) {
   for (int64_t t = 0; t < COLS / TILE; ++t) {
     if (t >= tiles) {
       for (int64_t kp = 0; kp < k / 2; ++kp) std::memset(panel + kp * COLS + t * TILE, 0, TILE * sizeof(uint32_t));
       continue;
     }
     const uint8_t* c = codes + t * k * BITS;
-    const T* s = scale + t * per_tile;
-    const T* m = mins ? mins + t * per_tile : nullptr;
+    const T *s, *m;
+    ts.get(t0 + t, s, m, buf);
     for (int64_t col = 0; col < k; col += 8) {
       __m256 v[8];  // v[j]: the tile's 8 rows at column col + j
-      dot::tile_columns<BITS, G, T>(c, s, m, factor, col, v);
+      dot::tile_columns<BITS, G, T>(c, s, m, ts.factor, col, v);
       for (int j = 0; j < 8; j += 2) {
         // rows' (k, k + 1) pairs: bf16 of k in the low half of each lane, k + 1 in the high half
         const __m256i even = _mm256_castsi128_si256((__m128i)_mm256_cvtneps_pbh(v[j]));
@@ -100,15 +101,14 @@ void part_panels(const at::Tensor& codes, const at::Tensor& scale, const at::Ten
                  int64_t n, const uint16_t* x, int64_t m, float* y, int64_t ldy, int64_t first, int64_t last,
                  std::vector<uint32_t>& panel) {
   const auto* cp = codes.data_ptr<uint8_t>();
-  const T* sp = static_cast<const T*>(scale.data_ptr());
-  const T* mp = mins.dim() ? static_cast<const T*>(mins.data_ptr()) : nullptr;
-  const float factor = mins.dim() ? 0.f : mins.item<float>();
-  const int64_t per_tile = scale.size(1) * TILE, k = L.k, per_panel = COLS / TILE;
+  const dot::TileScales<T> ts(scale, mins, L);
+  const int64_t k = L.k, per_panel = COLS / TILE;
+  std::vector<float> buf(ts.buf_floats());
   panel.resize(k / 2 * COLS);
   for (int64_t p = first; p < last; ++p) {
     const int64_t t0 = p * per_panel, col0 = p * COLS;
-    build_panel<BITS, G, T>(cp + t0 * k * L.bits, sp + t0 * per_tile, mp ? mp + t0 * per_tile : nullptr, factor, k,
-                            per_tile, std::min(per_panel, L.tiles - t0), panel.data());
+    build_panel<BITS, G, T>(cp + t0 * k * L.bits, ts, t0, k, std::min(per_panel, L.tiles - t0), panel.data(),
+                            buf.data());
     const int64_t valid = std::min(COLS, n - col0);
     for (int64_t r0 = 0; r0 < m; r0 += MR)
       rows_micro(std::min(MR, m - r0), x + r0 * k, k, k, panel.data(), y + r0 * ldy + col0, ldy, valid);

@@ -108,21 +108,20 @@ template <int BITS, int G, typename T>
 void dequant_tiles(const at::Tensor& codes, const at::Tensor& scale, const at::Tensor& mins, const Layout& L,
                    const at::Tensor& rows, at::Tensor& out) {
   const auto* cp = codes.data_ptr<uint8_t>();
-  const T* sp = static_cast<const T*>(scale.data_ptr());
-  const T* mp = mins.dim() ? static_cast<const T*>(mins.data_ptr()) : nullptr;
-  const float factor = mins.dim() ? 0.f : mins.item<float>();
-  const int64_t per_tile = scale.size(1) * TILE, k = L.k, count = out.size(0);
+  const TileScales<T> ts(scale, mins, L);
+  const float factor = ts.factor;
+  const int64_t k = L.k, count = out.size(0);
   const int64_t* ids = rows.numel() ? rows.data_ptr<int64_t>() : nullptr;
   const bool f32 = out.scalar_type() == at::kFloat;
   // whole tiles when all rows are asked for; else the tile of each asked row
   const int64_t units = ids ? count : L.tiles;
   at::parallel_for(0, units, ids ? 64 : 4, [&](int64_t begin, int64_t end) {
-    std::vector<float> tile(TILE * k);
+    std::vector<float> tile(TILE * k), buf(ts.buf_floats());
     for (int64_t u = begin; u < end; ++u) {
       const int64_t t = ids ? ids[u] / TILE : u;
       const uint8_t* c = cp + t * k * L.bits;
-      const T* s = sp + t * per_tile;
-      const T* m = mp ? mp + t * per_tile : nullptr;
+      const T *s, *m;
+      ts.get(t, s, m, buf.data());
       if (!ids && (t + 1) * TILE <= count) {  // a whole tile of a whole weight: straight into the output
         if (f32) tile_dequant<BITS, G, T, float>(c, s, m, factor, k, out.data_ptr<float>() + t * TILE * k);
         else tile_dequant<BITS, G, T, at::BFloat16>(c, s, m, factor, k, out.data_ptr<at::BFloat16>() + t * TILE * k);
