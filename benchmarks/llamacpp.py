@@ -31,6 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 ENGINE = ROOT / ".engines" / "llamacpp"
 BENCH_BIN = ENGINE / "build" / "bin" / "llama-bench"
+QUANTIZE_BIN = ENGINE / "build" / "bin" / "llama-quantize"  # makes the real-shape files (benchmarks/shapes.py)
 LLAMA_CPP_PYTHON = "llama-cpp-python==0.3.36"
 PROMPT, NEW = 256, 64
 GOALS = {"decode": 1.2, "prefill": 3.0, "rss": 1.5, "roofline": 0.70}
@@ -38,7 +39,7 @@ RESULTS = ROOT / "benchmarks" / "results" / "llamacpp-report.md"
 
 
 def build_llama_bench() -> Path:
-    if BENCH_BIN.is_file():
+    if BENCH_BIN.is_file() and QUANTIZE_BIN.is_file():
         return BENCH_BIN
     ENGINE.mkdir(parents=True, exist_ok=True)
     print(f"building llama-bench from {LLAMA_CPP_PYTHON}'s vendored llama.cpp into {ENGINE} (once, ~10 min)",
@@ -46,13 +47,14 @@ def build_llama_bench() -> Path:
     subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:", "-d",
                     str(ENGINE), LLAMA_CPP_PYTHON], check=True)
     sdist = next(ENGINE.glob("llama_cpp_python-*.tar.gz"))
-    subprocess.run(["tar", "xzf", str(sdist), "-C", str(ENGINE)], check=True)
+    if not any(ENGINE.glob("llama_cpp_python-*/vendor/llama.cpp")):
+        subprocess.run(["tar", "xzf", str(sdist), "-C", str(ENGINE)], check=True)
     src = next(ENGINE.glob("llama_cpp_python-*/vendor/llama.cpp"))
     subprocess.run(["cmake", "-S", str(src), "-B", str(ENGINE / "build"), "-G", "Ninja", "-DCMAKE_BUILD_TYPE=Release",
                     "-DLLAMA_CURL=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF",
                     "-DLLAMA_BUILD_SERVER=OFF", "-DLLAMA_OPENSSL=OFF"], check=True, stdout=subprocess.DEVNULL)
-    subprocess.run(["cmake", "--build", str(ENGINE / "build"), "--target", "llama-bench", "-j", str(os.cpu_count())],
-                   check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(["cmake", "--build", str(ENGINE / "build"), "--target", "llama-bench", "llama-quantize", "-j",
+                    str(os.cpu_count())], check=True, stdout=subprocess.DEVNULL)
     return BENCH_BIN
 
 

@@ -5,6 +5,11 @@ measured in interleaved rounds against one server (the bundled SmolLM2 unless a 
 
 A GGUF file is served packed (one request at a time) by default; `--quantization none` serves it dequantized
 through transformers, requests batched.
+
+Then a chat's second turn: a ~1,500-token history answered once, then the same history + the answer + one more
+question; the second turn's latency (time to the whole 16-token answer, non-streaming) when the server still holds
+the first turn's prompt in its cache ("warm": only the new part is prefilled) and after an unrelated request took
+the cache ("cold"), interleaved.
 """
 
 from __future__ import annotations
@@ -71,7 +76,35 @@ def main() -> None:
                     rates[clients].append(await run(clients))
             return rates
 
-        rates = asyncio.run(measure())
+        story = ("A lighthouse keeper named Ada lived on a rocky island and kept the light burning through every "
+                 "storm for forty years, writing each night in a logbook what the sea had done. ") * 40
+
+        async def turn(messages) -> tuple[float, int]:
+            t = time.perf_counter()
+            r = await client.chat.completions.create(model=args.model, messages=messages, max_tokens=16,
+                                                     temperature=0)
+            cached = r.usage.prompt_tokens_details.cached_tokens if r.usage.prompt_tokens_details else 0
+            return time.perf_counter() - t, cached, r
+
+        async def second_turn() -> dict[str, list[float]]:
+            first = [{"role": "user", "content": story + "Who is the story about?"}]
+            _, _, a = await turn(first)
+            second = first + [{"role": "assistant", "content": a.choices[0].message.content},
+                              {"role": "user", "content": "Where did she live?"}]
+            out: dict[str, list] = {"warm": [], "cold": [], "prompt": [a.usage.prompt_tokens]}
+            for _ in range(args.rounds):
+                await turn(first)
+                sec, cached, _ = await turn(second)
+                out["warm"].append((sec, cached))
+                await turn([{"role": "user", "content": "Say hello."}])
+                sec, cached, _ = await turn(second)
+                out["cold"].append((sec, cached))
+            return out
+
+        async def both():  # one event loop: the client's connections belong to it
+            return await measure(), await second_turn()
+
+        rates, turns = asyncio.run(both())
         base = statistics.median(rates[1])
         print(f"kernelfit serve, {args.model}, {args.tokens} tokens per request, {os.cpu_count()} CPUs, "
               f"{args.rounds} interleaved rounds (median)")
@@ -80,6 +113,12 @@ def main() -> None:
         for clients, r in rates.items():
             med = statistics.median(r)
             print(f"| {clients} | {med:.1f} | {med / base:.2f}x |")
+        print(f"\nsecond turn of a {turns['prompt'][0]}-token chat (16-token answer), median of {args.rounds}")
+        print("| cache | seconds | cached prompt tokens |")
+        print("|---|---|---|")
+        for kind in ("warm", "cold"):
+            print(f"| {kind} | {statistics.median(t for t, _ in turns[kind]):.2f} | "
+                  f"{statistics.median(c for _, c in turns[kind]):.0f} |")
     finally:
         proc.terminate()
         proc.wait(timeout=30)

@@ -192,6 +192,17 @@ def test_the_dequantized_gguf_is_served_in_batches():
     ("/v1/completions", b'{"model": "smollm2-135m"}', 400, "prompt"),
     ("/v1/completions", b'{"model": "smollm2-135m", "prompt": "' + b"word " * 5000 + b'"}', 400, "context"),
     ("/v1/nothing-here", b"{}", 404, "Not Found"),
+    # asked-for features this server lacks are refused, never silently ignored (the answer would be free text)
+    ("/v1/chat/completions", b'{"model": "smollm2-135m", "messages": [{"role": "user", "content": "hi"}], '
+                             b'"tools": [{"type": "function", "function": {"name": "f"}}]}', 400, "tool calling"),
+    ("/v1/chat/completions", b'{"model": "smollm2-135m", "messages": [{"role": "user", "content": "hi"}], '
+                             b'"tool_choice": "required"}', 400, "tool calling"),
+    ("/v1/chat/completions", b'{"model": "smollm2-135m", "messages": [{"role": "user", "content": "hi"}], '
+                             b'"response_format": {"type": "json_object"}}', 400, "structured output"),
+    ("/v1/chat/completions", b'{"model": "smollm2-135m", "messages": [{"role": "user", "content": "hi"}], '
+                             b'"logprobs": true}', 400, "log probabilities"),
+    ("/v1/chat/completions", b'{"model": "smollm2-135m", "messages": [{"role": "tool", "content": "42", '
+                             b'"tool_call_id": "c1"}]}', 400, "tool calling"),
 ])
 def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(server, path, body, status, says):
     code, payload = server.post(path, body)
@@ -291,3 +302,49 @@ def test_serve_with_the_vllm_engine_answers_paris():
         proc.wait(timeout=60)
     # vLLM goes with it
     assert subprocess.run(["pgrep", "-f", f"vllm.entrypoints.openai.api_server.*{port}"], capture_output=True).stdout == b""
+
+
+def test_requests_that_ask_for_nothing_unsupported_are_served(client):
+    r = client.chat.completions.create(model="smollm2-135m", messages=ASK, max_tokens=8, temperature=0, tools=[],
+                                       response_format={"type": "text"}, logprobs=False)
+    assert "Paris" in r.choices[0].message.content
+
+
+HISTORY = ("Here is a long story about a lighthouse keeper named Ada, who lived on a rocky island and kept the "
+           "light burning through every storm for forty years. ") * 12
+
+
+def test_a_second_chat_turn_reuses_the_first_turns_prompt_and_answers_as_a_cold_server(server, client):
+    """The next turn of a chat starts with the previous prompt: only the new part is prefilled, the usage says how
+    much was reused (as OpenAI's cached_tokens), and the answer is the one a cold server gives."""
+    first = [{"role": "user", "content": HISTORY + "Who is the story about?"}]
+    a = client.chat.completions.create(model="smollm2-135m", messages=first, max_tokens=16, temperature=0)
+    second = first + [{"role": "assistant", "content": a.choices[0].message.content},
+                      {"role": "user", "content": "Where did she live?"}]
+    warm = client.chat.completions.create(model="smollm2-135m", messages=second, max_tokens=16, temperature=0)
+    assert warm.usage.prompt_tokens_details.cached_tokens >= a.usage.prompt_tokens - 1 > 200
+    # an unrelated request takes the cache; the same second turn again is cold (only the template's first tokens reused)
+    client.chat.completions.create(model="smollm2-135m", messages=ASK, max_tokens=4, temperature=0)
+    cold = client.chat.completions.create(model="smollm2-135m", messages=second, max_tokens=16, temperature=0)
+    assert cold.usage.prompt_tokens_details.cached_tokens < 40  # the chat template's system prompt
+    assert warm.choices[0].message.content == cold.choices[0].message.content
+
+
+def test_a_reused_prefix_gives_the_logits_of_a_cold_prefill():
+    """In-process, on both bundled models: the next token's logits after a prompt whose first part is in the cache
+    equal those of a cold prefill of the whole prompt (positions a prefill wrote are kept, the decode step's not)."""
+    import torch
+
+    import kernelfit
+
+    for name in ("smollm2-135m",):
+        runner, tok, _ = kernelfit.load(name)
+        ids = tok(HISTORY)["input_ids"][:300]
+        cold, reused = runner.start(ids, 8, reuse=False)
+        assert reused == 0
+        runner.start(ids[:200], 8)
+        warm, reused = runner.start(ids, 8)
+        assert reused == 199
+        assert torch.equal(warm, cold)
+        again, reused = runner.start(ids[:250] + [ids[0]] * 50, 8)  # diverges at 250: reused up to there
+        assert reused == 250

@@ -208,15 +208,25 @@ def release_free_memory() -> None:
 
 
 def reset_cache(build: LeanBuild, positions: int) -> None:
-    """A float32 static KV cache for `positions` tokens, and the rotary tables to match."""
+    """A float32 static KV cache for at least `positions` tokens, and the rotary tables to match. A cache that must
+    grow keeps what it holds (a chat's earlier turns, engine/runner.py LeanRunner.start) and at least doubles, so a
+    conversation growing a turn at a time copies it a few times, not every turn."""
     cfg, m = build.cfg, build.model
-    positions = max(1, min(positions, cfg.max_positions or positions))
-    if kv_capacity(build) >= positions:
+    limit = cfg.max_positions or positions
+    positions = max(1, min(positions, limit))
+    old = kv_capacity(build)
+    if old >= positions:
         return
+    positions = min(max(positions, 2 * old), limit)
     shape = (cfg.layers, 1, cfg.kv_heads, positions, cfg.head_dim)
-    m.k_cache = m.v_cache = torch.empty(0)  # the old cache is freed before the new one is made
-    m.k_cache = torch.zeros(shape)
-    m.v_cache = torch.zeros(shape)
+    k_old, v_old = m.k_cache, m.v_cache
+    m.k_cache = m.v_cache = torch.empty(0)
+    k, v = torch.zeros(shape), torch.zeros(shape)
+    if old:
+        k[:, :, :, :old] = k_old
+        v[:, :, :, :old] = v_old
+    del k_old, v_old  # freed before the rotary tables are made
+    m.k_cache, m.v_cache = k, v
     m.rope_global = rotary_table(cfg.rotary, cfg.head_dim, positions)
     m.rope_local = rotary_table(cfg.local_rotary, cfg.head_dim, positions) if cfg.local_rotary else \
         torch.empty(0, dtype=torch.complex64)

@@ -2,7 +2,7 @@
 
 `load_plan` returns this in `Loaded.model` when the plan runs a GGUF file packed (planner.hf_args.lean_runner);
 `loader.generate.generate` drives it like a transformers model, and `kernelfit serve` one request at a time
-(serve/engine.py: batch 1, one KV cache).
+(serve/engine.py: batch 1, one KV cache whose prompt prefix the next request reuses where it starts the same).
 """
 
 from __future__ import annotations
@@ -33,6 +33,9 @@ class LeanRunner:
     prefill: str = "packed"
     eos_ids: set[int] = field(default_factory=set)
     tokenizer: str = "transformers"  # GgufTokenizer.kind's value, or "transformers"
+    # the tokens whose keys and values fill the cache's first positions, as a prompt's prefill wrote them: a next
+    # prompt that starts with them (the usual next chat turn) prefills only the rest (start)
+    cached: list[int] = field(default_factory=list)
 
     def report(self) -> dict:
         """What each tensor became, by GGUF type: layout, count, worst and mean measured error."""
@@ -49,29 +52,46 @@ class LeanRunner:
                              "mean_rel_error": round(sum(e) / len(e), 5)} for (t, lay), e in sorted(by.items())]}
 
     def logits(self, ids: torch.Tensor, pos: int, all_logits: bool = False) -> torch.Tensor:
+        del self.cached[pos:]  # positions from pos on are written now
         return forward(self.build, ids, pos, all_logits)
 
-    def prompt_logits(self, prompt_ids: list[int]) -> torch.Tensor:
-        """The next token's logits after a prompt (the cache reset by the caller): all but its last token through the
-        prefill kernel, the last one through the decode step. The decode step's products are exact (two activation
-        digits); a prefill's last row carries its bf16 (or int8) rounding into the logits that pick the first token —
-        enough to swap SmolLM2's top two answering "What is the capital of France?" (margin 0.08 in float32)."""
+    def start(self, prompt_ids: list[int], max_new_tokens: int, reuse: bool = True) -> tuple[torch.Tensor, int]:
+        """The next token's logits after `prompt_ids` in a cache sized for `max_new_tokens` more, and how many of its
+        tokens came from the cache (a prefix the last prompt shares with it: not prefilled again). Only positions a
+        prefill wrote are kept for reuse, never the decode step's (its exact products differ from a prefill's in the
+        last bits, and a cold run prefills them), so a reused prefix gives the logits a cold prefill gives."""
+        n = len(prompt_ids)
+        reset_cache(self.build, n + max_new_tokens)  # a cache that grows keeps what it holds
+        cap = kv_capacity(self.build)
+        if n + max_new_tokens > cap:
+            raise UsageError(f"the prompt ({n} tokens) plus {max_new_tokens} new tokens exceed the model's "
+                             f"{cap} positions")
+        same = 0
+        if reuse:
+            limit = min(len(self.cached), n - 1)  # the last prompt token always runs: its logits are wanted
+            while same < limit and self.cached[same] == prompt_ids[same]:
+                same += 1
+        logits = self.prompt_logits(prompt_ids, same)
+        self.cached = list(prompt_ids[:-1])
+        return logits, same
+
+    def prompt_logits(self, prompt_ids: list[int], start: int = 0) -> torch.Tensor:
+        """The next token's logits after a prompt (the cache reset by the caller; its first `start` positions already
+        hold this prompt's keys and values): all but its last token through the prefill kernel, the last one through
+        the decode step. The decode step's products are exact (two activation digits); a prefill's last row carries
+        its bf16 (or int8) rounding into the logits that pick the first token — enough to swap SmolLM2's top two
+        answering "What is the capital of France?" (margin 0.08 in float32)."""
         ids = torch.tensor(prompt_ids)
-        if len(prompt_ids) > 1:
-            self.logits(ids[:-1], 0)
+        if len(prompt_ids) - 1 > start:
+            self.logits(ids[start:-1], start)
         return self.logits(ids[-1:], len(prompt_ids) - 1)[-1]
 
     def generate_ids(self, prompt_ids: list[int], max_new_tokens: int, on_token=None,
                      stop_at_eos: bool = True) -> tuple[list[int], float, float]:
         """Greedy tokens after `prompt_ids`; (tokens, prefill seconds, decode seconds)."""
         n = len(prompt_ids)
-        reset_cache(self.build, n + max_new_tokens)
-        cap = kv_capacity(self.build)
-        if n + max_new_tokens > cap:
-            raise UsageError(f"the prompt ({n} tokens) plus {max_new_tokens} new tokens exceed the model's "
-                             f"{cap} positions")
         t0 = time.perf_counter()
-        token = int(self.prompt_logits(prompt_ids).argmax())
+        token = int(self.start(prompt_ids, max_new_tokens, reuse=False)[0].argmax())
         t1 = time.perf_counter()
         out = [token]
         if on_token is not None:
@@ -89,7 +109,7 @@ class LeanRunner:
     def check_health(self) -> list[str]:
         """Problems: damage seen while packing (non-finite block scales), non-finite logits on a short smoke forward."""
         reset_cache(self.build, SMOKE_TOKENS)
-        out = self.logits(torch.arange(1, SMOKE_TOKENS + 1), 0, all_logits=True)
+        out = self.logits(torch.arange(1, SMOKE_TOKENS + 1), 0, all_logits=True)  # (clears `cached`)
         finite = bool(torch.isfinite(out).all())
         return list(self.build.problems) + ([] if finite else ["non-finite logits on an 8-token forward"])
 

@@ -112,19 +112,21 @@ def create_app(loaded, model_id: str, context: int, api_key: str | None = None, 
             raise ApiError(503, "the server is busy (its queue is full); retry shortly", type_="server_error",
                            code="server_overloaded") from None
 
-    async def collect(job: Job) -> tuple[str, str, int, int]:
+    async def collect(job: Job) -> tuple[str, str, int, int, int]:
         parts = []
         while True:
             event = await job.events.get()
             if event[0] == "text":
                 parts.append(event[1])
             elif event[0] == "done":
-                return "".join(parts), event[1], event[2], event[3]
+                return "".join(parts), event[1], event[2], event[3], event[4]
             else:
                 raise ApiError(500, f"generation failed: {event[1]}", type_="server_error")
 
-    def usage(p: int, c: int) -> dict:
-        return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+    def usage(p: int, c: int, cached: int = 0) -> dict:
+        # cached: prompt tokens not prefilled again (a chat's earlier turns), reported where OpenAI reports them
+        return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c,
+                "prompt_tokens_details": {"cached_tokens": cached}}
 
     def sse(obj) -> str:
         return f"data: {json.dumps(obj)}\n\n"
@@ -139,7 +141,7 @@ def create_app(loaded, model_id: str, context: int, api_key: str | None = None, 
                 elif event[0] == "done":
                     yield sse(chunk(None, event[1]))
                     if include_usage:
-                        yield sse(dict(chunk(None, None), choices=[], usage=usage(event[2], event[3])))
+                        yield sse(dict(chunk(None, None), choices=[], usage=usage(event[2], event[3], event[4])))
                     break
                 else:
                     yield sse(ApiError(500, f"generation failed: {event[1]}", type_="server_error").body())
@@ -155,13 +157,14 @@ def create_app(loaded, model_id: str, context: int, api_key: str | None = None, 
             return StreamingResponse(stream(job, lambda text, finish, first=False: chunk(rid, now, text, finish, first),
                                             req.include_usage), media_type="text/event-stream")
         try:
-            text, finish, p, c = await collect(job)
+            text, finish, p, c, cached = await collect(job)
         except ApiError as exc:
             return error(exc)
         finally:
             job.cancelled.set()
         kind, choice = final(text, finish)
-        return {"id": rid, "object": kind, "created": now, "model": model_id, "choices": [choice], "usage": usage(p, c)}
+        return {"id": rid, "object": kind, "created": now, "model": model_id, "choices": [choice],
+                "usage": usage(p, c, cached)}
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request):

@@ -39,6 +39,7 @@ class Job:
     extra: dict | None = None  # pixel inputs of a vision-language request: such a job runs alone
     cancelled: threading.Event = field(default_factory=threading.Event)
     tokens: list[int] = field(default_factory=list)
+    cached: int = 0  # prompt tokens whose keys and values came from the cache (usage.prompt_tokens_details)
     sent: int = 0  # characters of the decoded text already sent
     text: str = ""
     done: bool = False
@@ -167,13 +168,11 @@ class Engine:
                 self._finish(job, "length")
 
     def _run_lean(self, job: Job) -> None:
-        """One request through the packed runner: its prompt in one prefill, then one C++ decode step a token."""
-        from ..engine.build import reset_cache
-
+        """One request through the packed runner: the part of its prompt the cache does not hold yet (a chat's
+        earlier turns are) in one prefill, then one C++ decode step a token."""
         runner = self.model
         pos = len(job.prompt_ids)
-        reset_cache(runner.build, pos + job.max_new)
-        logits = runner.prompt_logits(job.prompt_ids)
+        logits, job.cached = runner.start(job.prompt_ids, job.max_new)
         gen = self._generator(job.sampling, "cpu")
         while True:
             if job.cancelled.is_set():
@@ -236,4 +235,4 @@ class Engine:
     def _finish(self, job: Job, reason: str) -> None:
         self._send(job, final=True)
         job.done = True
-        job.emit("done", reason, len(job.prompt_ids), len(job.tokens))
+        job.emit("done", reason, len(job.prompt_ids), len(job.tokens), job.cached)

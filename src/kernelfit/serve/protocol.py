@@ -95,9 +95,35 @@ def _sampling(body: dict) -> Sampling:
                     _float(body, "top_p", 1.0, 0.0, 1.0, lo_open=True), stops, seed, ignore_eos)
 
 
+# Request fields this server does not implement yet: refused with a 400 that says so, never silently ignored (a
+# client asking for JSON output or a tool call must not get free text it then fails to parse). A value that asks
+# for nothing (tools [], tool_choice "none", response_format text, logprobs false) is accepted.
+UNSUPPORTED = {
+    "tools": "tool calling", "tool_choice": "tool calling", "functions": "function calling",
+    "function_call": "function calling", "response_format": "structured output (response_format)",
+    "logprobs": "log probabilities", "top_logprobs": "log probabilities",
+}
+HARMLESS = {"tools": ([], None), "tool_choice": ("none", None), "functions": ([], None),
+            "function_call": ("none", None), "logprobs": (False, None), "top_logprobs": (0, None)}
+
+
+def _refuse_unsupported(body: dict) -> None:
+    for key, what in UNSUPPORTED.items():
+        if key not in body:
+            continue
+        value = body[key]
+        if key == "response_format" and (value is None or (isinstance(value, dict) and value.get("type") == "text")):
+            continue
+        if value in HARMLESS.get(key, ()):
+            continue
+        raise ApiError(400, f"'{key}': {what} is not supported by this server yet; leave '{key}' out (the answer "
+                       "would otherwise be free text)", key)
+
+
 def _common(body) -> tuple[str, bool, bool]:
     if not isinstance(body, dict):
         raise ApiError(400, "the request body must be a JSON object")
+    _refuse_unsupported(body)
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise ApiError(400, "'model' is required (a string; GET /v1/models lists it)", "model")
@@ -120,6 +146,9 @@ def parse_chat(body) -> ChatRequest:
         raise ApiError(400, "'messages' must be a non-empty list", "messages")
     out, images = [], []
     for i, m in enumerate(messages):
+        if isinstance(m, dict) and m.get("role") == "tool":
+            raise ApiError(400, f"messages[{i}]: role 'tool' answers a tool call, and tool calling is not supported by "
+                           "this server yet", f"messages[{i}]")
         if not isinstance(m, dict) or m.get("role") not in ROLES:
             raise ApiError(400, f"messages[{i}] must be an object with a role of {', '.join(ROLES)}", f"messages[{i}]")
         content = m.get("content")
