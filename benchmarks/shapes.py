@@ -1,0 +1,169 @@
+"""kernelfit vs llama.cpp on GGUF files of real model shapes (random weights), made here the way llama.cpp users
+make theirs: an F16 file written with the `gguf` package's writer under llama.cpp's tensor names, then quantized by
+llama.cpp's own `llama-quantize` (Q4_K_M: its Q4_K/Q6_K mix). Speed only; accuracy is tested on tiny models.
+
+    python benchmarks/shapes.py [--shapes qwen2.5-0.5b,qwen2.5-1.5b,llama3.2-1b] [--types Q4_K_M] [--rounds 3]
+
+Each round runs, for each file: `llama-bench -p 256 -n 64` and kernelfit's plan in a fresh interpreter (the
+workers of benchmarks/llamacpp.py), interleaved. Beside each decode figure: the bytes a decode step reads (kernelfit:
+its packed weights; llama.cpp: the file's tensors) over this machine's measured read bandwidth (a 1 GiB sum on the
+same threads) — the roofline both engines stream against. Files are kept in .engines/shapes/ (ignored).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+import llamacpp  # noqa: E402 - the llama.cpp build and the workers
+
+OUT = llamacpp.ROOT / ".engines" / "shapes"
+# name: (arch, hidden, layers, heads, kv heads, ffn, vocab, rotary base, llama3 rotary factors (factor, low, high,
+# original context) or None) — from each model's config.json
+SHAPES = {
+    "qwen2.5-0.5b": ("qwen2", 896, 24, 14, 2, 4864, 151936, 1e6, None),
+    "qwen2.5-1.5b": ("qwen2", 1536, 28, 12, 2, 8960, 151936, 1e6, None),
+    "qwen2.5-3b": ("qwen2", 2048, 36, 16, 2, 11008, 151936, 1e6, None),
+    "llama3.2-1b": ("llama", 2048, 16, 32, 8, 8192, 128256, 5e5, (32.0, 1.0, 4.0, 8192)),
+}
+
+
+def llama3_factors(head_dim: int, base: float, factor: float, low: float, high: float, original: int) -> np.ndarray:
+    """What llama.cpp's converter writes as rope_freqs for rope_scaling "llama3" (convert_hf_to_gguf.py)."""
+    freqs = 1.0 / (base ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))
+    low_wavelen, high_wavelen = original / low, original / high
+    out = []
+    for f in freqs:
+        wavelen = 2 * np.pi / f
+        if wavelen < high_wavelen:
+            out.append(1.0)
+        elif wavelen > low_wavelen:
+            out.append(factor)
+        else:
+            smooth = (original / wavelen - low) / (high - low)
+            out.append(1 / ((1 - smooth) / factor + smooth))
+    return np.array(out, dtype=np.float32)
+
+
+def write_f16(name: str, path: Path) -> None:
+    from gguf import GGUFWriter
+
+    arch, hidden, layers, heads, kv, ffn, vocab, base, llama3 = SHAPES[name]
+    hd = hidden // heads
+    rng = np.random.default_rng(0)
+    w = GGUFWriter(str(path), arch)
+    w.add_name(f"{name} shape, random weights")
+    w.add_context_length(32768)
+    w.add_embedding_length(hidden)
+    w.add_block_count(layers)
+    w.add_feed_forward_length(ffn)
+    w.add_head_count(heads)
+    w.add_head_count_kv(kv)
+    w.add_layer_norm_rms_eps(1e-6)
+    w.add_rope_freq_base(base)
+    w.add_rope_dimension_count(hd)
+    w.add_file_type(1)  # MOSTLY_F16
+    w.add_tokenizer_model("gpt2")
+    w.add_token_list([f"t{i}" for i in range(vocab)])
+    w.add_token_types([1] * vocab)
+    w.add_token_merges([])
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+
+    def t(n, shape, std=0.02):
+        w.add_tensor(n, (std * rng.standard_normal(shape, dtype=np.float32)).astype(np.float16))
+
+    def norm(n, size):
+        w.add_tensor(n, (1.0 + 0.05 * rng.standard_normal(size, dtype=np.float32)).astype(np.float32))
+
+    t("token_embd.weight", (vocab, hidden))
+    if llama3:
+        w.add_tensor("rope_freqs.weight", llama3_factors(hd, base, *llama3))
+    for i in range(layers):
+        b = f"blk.{i}."
+        norm(b + "attn_norm.weight", hidden)
+        t(b + "attn_q.weight", (heads * hd, hidden))
+        t(b + "attn_k.weight", (kv * hd, hidden))
+        t(b + "attn_v.weight", (kv * hd, hidden))
+        if arch == "qwen2":
+            for x, n in (("q", heads), ("k", kv), ("v", kv)):
+                w.add_tensor(b + f"attn_{x}.bias", (0.02 * rng.standard_normal(n * hd)).astype(np.float32))
+        t(b + "attn_output.weight", (hidden, heads * hd))
+        norm(b + "ffn_norm.weight", hidden)
+        t(b + "ffn_gate.weight", (ffn, hidden))
+        t(b + "ffn_up.weight", (ffn, hidden))
+        t(b + "ffn_down.weight", (hidden, ffn))
+    norm("output_norm.weight", hidden)  # tied output head: the token table
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def make(name: str, qtype: str) -> Path:
+    OUT.mkdir(parents=True, exist_ok=True)
+    final = OUT / f"{name}-{qtype}.gguf"
+    if final.is_file():
+        return final
+    f16 = OUT / f"{name}-F16.gguf"
+    if not f16.is_file():
+        print(f"writing {f16.name}", flush=True)
+        write_f16(name, f16)
+    print(f"llama-quantize {f16.name} -> {final.name}", flush=True)
+    tmp = final.with_suffix(".tmp")
+    subprocess.run([str(llamacpp.QUANTIZE_BIN), str(f16), str(tmp), qtype], check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
+    tmp.rename(final)
+    return final
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shapes", default="qwen2.5-0.5b,qwen2.5-1.5b,llama3.2-1b")
+    ap.add_argument("--types", default="Q4_K_M")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    a = ap.parse_args()
+    llamacpp.build_llama_bench()
+    files = {f"{s} {q}": make(s, q) for s in a.shapes.split(",") for q in a.types.split(",")}
+    runs = {(m, k): [] for m in files for k in ("llama.cpp", "kernelfit")}
+    bw = []
+    for r in range(a.rounds):
+        bw.append(llamacpp.read_bandwidth_gbs(a.threads))
+        for m, path in files.items():
+            for k in ("llama.cpp", "kernelfit"):
+                res = llamacpp.llama_cpp(path, a.threads) if k == "llama.cpp" else \
+                    llamacpp.python_worker(k, path, a.threads)
+                runs[(m, k)].append(res)
+                print(f"round {r + 1}: {m:<22} {k:<10} prefill {res['prefill']:7.1f} tok/s  decode "
+                      f"{res['decode']:6.1f} tok/s  peak RSS {res['peak_rss_mib']:7.1f} MiB", flush=True)
+    bandwidth = statistics.median(bw)
+    print(f"\n{a.rounds} interleaved rounds, {a.threads} threads, medians; read bandwidth {bandwidth:.1f} GB/s; "
+          f"prefill {llamacpp.PROMPT}, decode {llamacpp.NEW} tokens\n")
+    print("| file | MiB | llama.cpp prefill / decode | kernelfit prefill / decode | prefill x | decode x | "
+          "kernelfit MiB/token (x file) | decode GB/s: llama.cpp / kernelfit (% of read bw) | load s | "
+          "RSS - baseline MiB |")
+    print("|---|---:|---|---|---:|---:|---:|---|---:|---:|")
+    for m, path in files.items():
+        lc, kf = runs[(m, "llama.cpp")], runs[(m, "kernelfit")]
+        med = lambda rs, f: statistics.median(x[f] for x in rs)  # noqa: E731
+        ratio = lambda f: statistics.median(x[f] / y[f] for x, y in zip(kf, lc))  # noqa: E731
+        size = path.stat().st_size
+        wb = kf[-1]["weights_bytes"]
+        lc_gbs, kf_gbs = med(lc, "decode") * size / 1e9, med(kf, "decode") * wb / 1e9
+        rss = med(kf, "peak_rss_mib") - med(kf, "baseline_rss_mib")
+        print(f"| {m} | {size / 2**20:.0f} | {med(lc, 'prefill'):.1f} / {med(lc, 'decode'):.1f} | "
+              f"{med(kf, 'prefill'):.1f} / {med(kf, 'decode'):.1f} | {ratio('prefill'):.2f}x | {ratio('decode'):.2f}x "
+              f"| {wb / 2**20:.0f} ({wb / size:.2f}x) | {lc_gbs:.1f} ({lc_gbs / bandwidth:.0%}) / {kf_gbs:.1f} "
+              f"({kf_gbs / bandwidth:.0%}) | {med(kf, 'load_s'):.1f} | {rss:.0f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
