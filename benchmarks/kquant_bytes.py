@@ -1,8 +1,7 @@
 """Bytes a token on K-quant files: the one-row (decode) products of a Qwen2.5-1.5B-shaped layer set, Q4_K for Q/K/V,
 O, gate/up and Q6_K for down (llama-quantize's Q4_K_M mix), in the layout the runner uses (the file's two-level
-scales: a float16 d per 256 weights, an integer sub-scale per group; Q6_K's codes in 6 bits) against the layout
-before (float32 scales per group, Q6_K's codes in 8 bits: Q4_K 6 bits a weight instead of 4.625, Q6_K 10 instead of
-6.625), interleaved in one run, next to this machine's
+scales: a float16 d per 256 weights, an integer sub-scale per group) against the layout before (float32 scales per
+group: Q4_K 6 bits a weight instead of 4.625, Q6_K 10 instead of 8.56), interleaved in one run, next to this machine's
 measured read bandwidth (a sum over 1 GiB on the same threads). The weights are far larger than the caches, so the
 products read DRAM as a decode step does.
 
@@ -47,9 +46,7 @@ def weights(layers: int):
             g = gb.dot_groups(raw, qtype, n, k)
             two.append(DotWeight.from_groups(g))
             scale, mins = g.float_scales()
-            # the layout before: float32 scales per group, Q6_K's codes in 8 bits
-            flat.append(DotWeight.from_groups(gb.DotGroups(g.codes, scale, mins, 8 if g.bits == 6 else g.bits,
-                                                           g.group)))
+            flat.append(DotWeight.from_groups(gb.DotGroups(g.codes, scale, mins, g.bits, g.group)))
     return two, flat, file_bytes
 
 

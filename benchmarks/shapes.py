@@ -70,9 +70,9 @@ def write_f16(name: str, path: Path) -> None:
     w.add_rope_dimension_count(hd)
     w.add_file_type(1)  # MOSTLY_F16
     w.add_tokenizer_model("gpt2")
-    w.add_token_list([f"t{i}" for i in range(vocab)])
+    w.add_token_list(["a", "b", "ab"] + [f"t{i}" for i in range(3, vocab)])
     w.add_token_types([1] * vocab)
-    w.add_token_merges([])
+    w.add_token_merges(["a b"])  # llama.cpp refuses a BPE vocabulary without merges
     w.add_bos_token_id(1)
     w.add_eos_token_id(2)
 

@@ -52,7 +52,7 @@ def test_blocks_decode_exactly_like_gguf_py(qtype):
 
 
 needs_dot = pytest.mark.skipif(not dot_available(), reason="no C++ compiler here: torch's packed kernels run")
-EXACT_LAYOUT = {t: f"{4 if t in gb.INT4_TYPES + ('Q2_K', 'Q3_K') else 6 if t == 'Q6_K' else 8}-bit groups (exact)" for t in TYPES}
+EXACT_LAYOUT = {t: f"{4 if t in gb.INT4_TYPES + ('Q2_K', 'Q3_K') else 8}-bit groups (exact)" for t in TYPES}
 
 
 @needs_dot

@@ -49,12 +49,11 @@ FAST_ISA = ("avx512_bf16", "avx512f", "avx2")
 # plus a float16 scale per 32 and a minimum alike where the type has one (Q4_1, Q5_1; the symmetric types' is a fixed
 # multiple of the scale). Q4_K, Q5_K and Q6_K keep the file's two levels (engine/kernels/dot_kernels.h TileScales):
 # a float16 d (and dmin) per 256 and a one-byte sub-scale (and sub-minimum) per group — Q4_K 4.625 bits against the
-# file's 4.5 (float32 scales per group made it 6: 1.33x the file's bytes a token); Q6_K's codes keep their 6 bits
-# (4 + 2, dot_kernels.h BITS 6): 6.625 bits against 6.5625 (was 10). Q2_K/Q3_K keep float32 per 16.
+# file's 4.5 (float32 scales per group made it 6: 1.33x the file's bytes a token). Q2_K/Q3_K keep float32 per 16.
 # torch's layouts (no compiler) are int4 + bf16 scale/zero (Q4_K 5 bits) and int8 per row.
 TWO_LEVEL = 2 / 256  # a float16 per superblock of 256
 PACKED_BYTES_PER_VALUE = {"Q4_0": 0.5 + 2 / 32, "Q4_1": 0.5 + 4 / 32, "Q4_K": 0.5 + 2 * (1 / 32 + TWO_LEVEL),
-                          "Q5_0": 1 + 2 / 32, "Q5_1": 1 + 4 / 32, "Q8_0": 1 + 2 / 32, "Q6_K": 0.75 + 1 / 16 + TWO_LEVEL,
+                          "Q5_0": 1 + 2 / 32, "Q5_1": 1 + 4 / 32, "Q8_0": 1 + 2 / 32, "Q6_K": 1 + 1 / 16 + TWO_LEVEL,
                           "Q2_K": 0.5 + 8 / 16, "Q3_K": 0.5 + 4 / 16, "Q5_K": 1 + 2 * (1 / 32 + TWO_LEVEL),
                           "F32": 4.0, "F16": 2.0, "BF16": 2.0}
 

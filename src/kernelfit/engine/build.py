@@ -19,7 +19,7 @@ from .gguf.blocks import FLOAT_TYPES
 from .recipe import Recipe, recipe_from_gguf, rotary_table
 from .gguf.reader import Conversion, GgufTensors, interleave_order, linear, regridded
 from .weights import DotWeight, dot_available, gemm_available
-from .reference import DENSE, DOT4, DOT6, DOT8, DOT_BITS, INT4, INT8, INT8_EXACT, Block, LeanLM, Product, Products
+from .reference import DENSE, DOT4, DOT8, INT4, INT8, INT8_EXACT, Block, LeanLM, Product, Products
 from .torch_weights import DenseWeight, Int4Weight, Int8Weight, PackedWeight
 
 @dataclass
@@ -41,7 +41,7 @@ def product(w: PackedWeight, prefill_dense: bool = False, head: bool = False, in
     if prefill_dense and not isinstance(w, DenseWeight):
         copy = w.dequantize(bf16=True) if isinstance(w, DotWeight) else w.dequantize().to(torch.bfloat16)
     if isinstance(w, DotWeight):
-        return Product({4: DOT4, 6: DOT6, 8: DOT8}[w.bits], w.codes, w.scale, w.out_features, copy, w.mins,
+        return Product(DOT4 if w.bits == 4 else DOT8, w.codes, w.scale, w.out_features, copy, w.mins,
                        int8_prefill=int8_prefill and copy is None)
     if isinstance(w, Int4Weight):
         return Product(INT4, w.packed, w.scales_zeros, w.out_features, copy)
@@ -137,7 +137,7 @@ def forward(build: LeanBuild, ids: torch.Tensor, pos: int, all_logits: bool = Fa
     (131 vs 143 tok/s for SmolLM2), since the step is a chain of ATen calls it cannot fuse."""
     ids = ids.reshape(-1)
     n = build.native
-    if n is not None and (ids.numel() == 1 or (n.prefill_ok and (n.head[0] in DOT_BITS or not all_logits))):
+    if n is not None and (ids.numel() == 1 or (n.prefill_ok and (n.head[0] in (DOT4, DOT8) or not all_logits))):
         from .native import native_module
 
         step = native_module()
@@ -176,7 +176,7 @@ def _embed_rows(build: LeanBuild, step, ids: torch.Tensor) -> torch.Tensor:
     if n.embed is None:
         return m._embed(ids)
     kind, a, b, c, rows = n.embed
-    x = step.dot_dequant(a, b, c, DOT_BITS[kind], rows, ids, False)
+    x = step.dot_dequant(a, b, c, 4 if kind == DOT4 else 8, rows, ids, False)
     return x * m.embed_mult if m.gemma else x
 
 

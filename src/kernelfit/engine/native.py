@@ -263,6 +263,6 @@ def native_args(model) -> NativeArgs:
     h = model.head
     e = model.embed_dot
     embed = (int(e.kind), e.a, e.b, e.c, int(e.out_features)) if model.has_embed_dot else None
-    prefill_ok = all(k in (4, 5, 6) for k in kinds) and not any(copies)  # reference.py DOT_BITS
+    prefill_ok = all(k in (4, 5) for k in kinds) and not any(copies)
     return NativeArgs(kinds, a, b, c, n, n_qkv, n_gu, norms, sliding, (int(h.kind), h.a, h.b, h.c, int(h.out_features)),
                       embed, prefill_ok)

@@ -29,8 +29,7 @@ from torch import nn
 
 from .native import native_module
 
-INT4, INT8, DENSE, INT8_EXACT, DOT4, DOT8, DOT6 = 0, 1, 2, 3, 4, 5, 6  # Product.kind
-DOT_BITS = {DOT4: 4, DOT8: 8, DOT6: 6}  # a dot kind's code bits (DOT6: Q6_K's codes as the file packs them)
+INT4, INT8, DENSE, INT8_EXACT, DOT4, DOT8 = 0, 1, 2, 3, 4, 5  # Product.kind
 # DOT4 / DOT8: the file's own groups read by kernelfit's C++ dot products (engine/weights.py): float32 in and
 # out, exact weights. A call of more than DOT_MAX_ROWS rows (prefill) multiplies a bf16 copy made for that call
 # with oneDNN instead: integer dot products are compute-bound there, oneDNN's bf16 GEMM is not. Or, asked for
@@ -62,7 +61,7 @@ def _dot(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, kin
          int8_prefill: bool) -> torch.Tensor:
     """x @ W^T over a dot weight's groups (DOT4 / DOT8): float32, or bf16 from the unpack + oneDNN path."""
     ops = native_module()
-    bits = DOT_BITS[kind]
+    bits = 4 if kind == DOT4 else 8
     if x.shape[0] <= DOT_MAX_ROWS:
         return ops.dot_mm(x, a, b, c, bits, n)
     if int8_prefill:  # --prefill int8: the codes through the int8 GEMM, one activation digit
@@ -76,7 +75,7 @@ def _dot(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, kin
 def _gemm_parts(x: torch.Tensor, a: List[torch.Tensor], b: List[torch.Tensor], c: List[torch.Tensor], kind: List[int],
                 n: List[int]) -> torch.Tensor:
     """Several dot weights' products over one input through the int8 GEMM, side by side."""
-    return native_module().gemm_parts(x, a, b, c, [DOT_BITS[k] for k in kind], n)
+    return native_module().gemm_parts(x, a, b, c, [4 if k == DOT4 else 8 for k in kind], n)
 
 
 @torch.jit.ignore
@@ -86,7 +85,7 @@ def _bf16_parts(x: torch.Tensor, a: List[torch.Tensor], b: List[torch.Tensor], c
     decides the same way): the bf16 panel GEMM where built (panel_gemm.h, float32 out), else the parts unpacked into
     one bf16 matrix for one oneDNN product (bf16 out: the C++ glue reads it as is, other callers cast)."""
     ops = native_module()
-    bits = [DOT_BITS[k] for k in kind]
+    bits = [4 if k == DOT4 else 8 for k in kind]
     if ops.panel_available():
         return ops.panel_gemm_parts(x, a, b, c, bits, n)
     return F.linear(x.to(torch.bfloat16), ops.dot_dequant_parts(a, b, c, bits, n))
@@ -95,7 +94,7 @@ def _bf16_parts(x: torch.Tensor, a: List[torch.Tensor], b: List[torch.Tensor], c
 @torch.jit.ignore
 def _dot_rows(ids: torch.Tensor, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, kind: int, n: int) -> torch.Tensor:
     """float32 rows `ids` of a dot weight (the token table's lookup)."""
-    return native_module().dot_dequant(a, b, c, DOT_BITS[kind], n, ids, False)
+    return native_module().dot_dequant(a, b, c, 4 if kind == DOT4 else 8, n, ids, False)
 
 
 @torch.jit.ignore
@@ -182,7 +181,7 @@ class Products(nn.Module):
         # all on the bf16 path: one call too (_bf16_parts)
         self.int8_parts = all(p.kind >= DOT4 and p.int8_prefill for p in parts)
         self.bf16_parts = all(p.kind >= DOT4 and not p.int8_prefill and not p.has_prefill for p in parts) and \
-            sum(p.out_features for p in parts) * parts[0].a.shape[1] // DOT_BITS[parts[0].kind] \
+            sum(p.out_features for p in parts) * parts[0].a.shape[1] // (4 if parts[0].kind == DOT4 else 8) \
             <= DOT_MAX_COPY_WEIGHTS
         # the parts' tensors and shapes as the extension's one-call functions take them
         self.part_a: List[torch.Tensor] = [p.a for p in parts]

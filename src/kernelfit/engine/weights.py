@@ -28,8 +28,6 @@ def tile_codes(codes: np.ndarray, bits: int) -> np.ndarray:
     """uint8 [N, K] codes -> [N/8, K*bits] bytes in dot_kernels.h's tile order (N padded to whole tiles)."""
     n, k = codes.shape
     t = -(-n // TILE)
-    if bits == 6:  # the low nibbles as 4-bit codes, then the high 2 bits (dot_kernels.h's BITS 6 layout)
-        return np.concatenate([tile_codes(codes & 0x0F, 4), _high_pairs(codes >> 4, t)], axis=1)
     c = np.zeros((t * TILE, k), np.uint8)
     c[:n] = codes
     if bits == 8:  # per 4 columns: 8 rows x 4 bytes
@@ -37,19 +35,6 @@ def tile_codes(codes: np.ndarray, bits: int) -> np.ndarray:
     c = c.reshape(t, TILE, k // 8, 2, 4)  # per 8 columns: 8 rows x 4 bytes, columns c+b low and c+4+b high nibble
     b = c[:, :, :, 0, :] | (c[:, :, :, 1, :] << 4)
     return np.ascontiguousarray(b.transpose(0, 2, 1, 3)).reshape(t, k * 4)
-
-
-def _high_pairs(high: np.ndarray, t: int) -> np.ndarray:
-    """6-bit codes' high 2 bits [N, K] -> [N/8, K*2]: per 8 columns, for the nibble half h (columns c..c+3, then
-    c+4..c+7) 8 bytes; byte j holds the bits of nibble-byte j, j+8, j+16, j+24 (byte i = 4 * row + column % 4)
-    at bits 0, 2, 4, 6."""
-    n, k = high.shape
-    h = np.zeros((t * TILE, k), np.uint8)
-    h[:n] = high
-    # [t, row, block, half, col] -> [t, block, half, i = 4 row + col]
-    h = h.reshape(t, TILE, k // 8, 2, 4).transpose(0, 2, 3, 1, 4).reshape(t, k // 8, 2, 4, 8)  # i = 8 L + j
-    packed = h[..., 0, :] | (h[..., 1, :] << 2) | (h[..., 2, :] << 4) | (h[..., 3, :] << 6)  # [t, k/8, 2, 8]
-    return np.ascontiguousarray(packed).reshape(t, k * 2)
 
 
 def tile_groups(values: np.ndarray) -> np.ndarray:

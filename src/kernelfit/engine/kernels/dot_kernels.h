@@ -83,25 +83,11 @@ inline void quantize(const float* x, int64_t k, Act& a) {
 
 // Layout of one tile (8 rows): BITS 8: for each 4 columns c..c+3, 32 bytes = row r's 4 codes at 4r..4r+3.
 // BITS 4: for each 8 columns c..c+7, 32 bytes; byte 4r+b holds column c+b (low nibble) and c+4+b (high) of row r.
-// BITS 6 (Q6_K's 6-bit codes, as the file stores them: 4 low bits and 2 high): the BITS 4 layout of the low nibbles
-// (K * 4 bytes), then for each 8 columns 16 bytes of high bits: byte j (0..7) holds the 2 high bits of nibble-byte
-// j, j+8, j+16, j+24's low nibble at bits 0, 2, 4, 6; byte 8+j the same for their high nibbles (codes6 widens them
-// to BITS 8's two 32-byte vectors with one broadcast and one shift; Q6_K was 8 bits a code, 1.3x the file's bytes).
 // scale and mins: [K / G][8] per tile. mins may instead be one number f (a 0-d tensor): every group's minimum is
 // f * its scale (the symmetric types: Q4_0 -8, Q5_0 -16, Q8_0 -128, Q6_K -32), which saves their bytes.
 inline int64_t code_index(int bits, int64_t k, int64_t row, int64_t col) {  // byte of (row, col) in a tile
   if (bits == 8) return (col / 4) * 32 + row * 4 + col % 4;
   return (col / 8) * 32 + row * 4 + col % 4;
-}
-
-inline int32_t code_at(int bits, const uint8_t* tile, int64_t k, int64_t row, int64_t col) {  // the scalar path
-  const uint8_t b = tile[code_index(bits, k, row, col)];
-  if (bits == 8) return b;
-  const int32_t nib = (col % 8) < 4 ? (b & 0x0F) : (b >> 4);
-  if (bits == 4) return nib;
-  const int64_t i = row * 4 + col % 4, half = (col % 8) >= 4;
-  const uint8_t q = tile[k * 4 + (col / 8) * 16 + half * 8 + i % 8];
-  return nib | (((q >> (2 * (i / 8))) & 3) << 4);
 }
 
 #if defined(KF_DOT_AVX2)
@@ -123,22 +109,6 @@ inline __m256i bcast4(const int8_t* p) {  // 4 activation bytes in every int32 l
   int32_t w;
   std::memcpy(&w, p, 4);
   return _mm256_set1_epi32(w);
-}
-
-// BITS 6: columns c..c+7 of a tile as BITS 8's two vectors (v0: columns c..c+3, v1: c+4..c+7), codes 0..63
-inline void codes6(const uint8_t* tile, int64_t k, int64_t c, __m256i& v0, __m256i& v1) {
-  const __m256i nib = _mm256_set1_epi8(0x0F), two = _mm256_set1_epi8(0x03), shifts = _mm256_setr_epi64x(0, 2, 4, 6);
-  const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(tile + c * 4));
-  const uint8_t* hi = tile + k * 4 + c * 2;
-  int64_t h0, h1;
-  std::memcpy(&h0, hi, 8);
-  std::memcpy(&h1, hi + 8, 8);
-  // byte i of 64-bit lane L: (q[i % 8] >> 2L) & 3, the high bits of nibble-byte 8L + i % 8 (the bits shifted in
-  // from the next byte are masked off)
-  const __m256i q0 = _mm256_and_si256(_mm256_srlv_epi64(_mm256_set1_epi64x(h0), shifts), two);
-  const __m256i q1 = _mm256_and_si256(_mm256_srlv_epi64(_mm256_set1_epi64x(h1), shifts), two);
-  v0 = _mm256_or_si256(_mm256_and_si256(v, nib), _mm256_slli_epi16(q0, 4));
-  v1 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(v, 4), nib), _mm256_slli_epi16(q1, 4));
 }
 
 inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
@@ -183,18 +153,6 @@ void tile_dot(const uint8_t* codes, const T* scale, const T* mins, float factor,
         l0 = dot_u8s8(l0, lo, bcast4(al + c));
         l1 = dot_u8s8(l1, hi, bcast4(al + c + 4));
       }
-    } else if (BITS == 6) {
-#pragma GCC unroll 2
-      for (int64_t c = c0; c < c0 + G; c += 8) {
-        _mm_prefetch(reinterpret_cast<const char*>(codes + c * 4 + PREFETCH_BYTES), _MM_HINT_T0);
-        _mm_prefetch(reinterpret_cast<const char*>(codes + k * 4 + c * 2 + PREFETCH_BYTES / 2), _MM_HINT_T0);
-        __m256i v0, v1;
-        codes6(codes, k, c, v0, v1);
-        h0 = dot_u8s8(h0, v0, bcast4(ah + c));
-        h1 = dot_u8s8(h1, v1, bcast4(ah + c + 4));
-        l0 = dot_u8s8(l0, v0, bcast4(al + c));
-        l1 = dot_u8s8(l1, v1, bcast4(al + c + 4));
-      }
     } else {
 #pragma GCC unroll 8
       for (int64_t c = c0; c < c0 + G; c += 8) {
@@ -223,7 +181,8 @@ void tile_dot(const uint8_t* codes, const T* scale, const T* mins, float factor,
     for (int64_t g = 0; g < groups; ++g) {
       int32_t ih = 0, il = 0;
       for (int64_t c = g * G; c < (g + 1) * G; ++c) {
-        const int32_t u = code_at(BITS, codes, k, r, c);
+        const uint8_t b = codes[code_index(BITS, k, r, c)];
+        const int32_t u = BITS == 8 ? b : ((c % 8) < 4 ? (b & 0x0F) : (b >> 4));
         ih += u * a.hi[c];
         il += u * a.lo[c];
       }
@@ -254,7 +213,7 @@ constexpr int64_t SUPER = 256, SUPER_BYTES = TILE * 2;
 inline bool compact_type(at::ScalarType t) { return t == at::kByte || t == at::kChar; }
 
 inline Layout check(const at::Tensor& codes, const at::Tensor& scale, const at::Tensor& mins, int64_t bits) {
-  TORCH_CHECK(bits == 4 || bits == 6 || bits == 8, "dot: bits must be 4, 6 or 8");
+  TORCH_CHECK(bits == 4 || bits == 8, "dot: bits must be 4 or 8");
   TORCH_CHECK(codes.dim() == 2 && codes.scalar_type() == at::kByte && codes.is_contiguous(),
               "dot: codes must be contiguous uint8 [N/8, K*bits]");
   const int64_t k = codes.size(1) / bits, tiles = codes.size(0);
@@ -383,8 +342,6 @@ inline std::vector<Layout> check_parts(const std::vector<at::Tensor>& codes, con
       else if ((L).bits == 4) FN<4, 16, at::Half>(__VA_ARGS__);          \
       else if ((L).g == 32) FN<8, 32, at::Half>(__VA_ARGS__);            \
       else FN<8, 16, at::Half>(__VA_ARGS__);                             \
-    } else if ((L).bits == 6) {                                          \
-      FN<6, 16, float>(__VA_ARGS__); /* Q6_K: two-level scales */        \
     } else {                                                             \
       if ((L).bits == 4 && (L).g == 32) FN<4, 32, float>(__VA_ARGS__);    \
       else if ((L).bits == 4) FN<4, 16, float>(__VA_ARGS__);             \

@@ -106,18 +106,6 @@ void block(const uint8_t* c0, const uint8_t* c1, const T* s0, const T* s1, const
           acc[r] = _mm512_dpbusd_epi32(acc[r], hi, bcast4(q + r * k + c + 4));
         }
       }
-    } else if (BITS == 6) {
-      for (int64_t c = cb; c < cb + G; c += 8) {
-        __m256i a0, a1, b0, b1;  // tile 0's and tile 1's columns c..c+3 and c+4..c+7 as 8-bit codes
-        dot::codes6(c0, k, c, a0, a1);
-        dot::codes6(c1, k, c, b0, b1);
-        const __m512i lo = _mm512_inserti64x4(_mm512_castsi256_si512(a0), b0, 1);
-        const __m512i hi = _mm512_inserti64x4(_mm512_castsi256_si512(a1), b1, 1);
-        for (int r = 0; r < R; ++r) {
-          acc[r] = _mm512_dpbusd_epi32(acc[r], lo, bcast4(q + r * k + c));
-          acc[r] = _mm512_dpbusd_epi32(acc[r], hi, bcast4(q + r * k + c + 4));
-        }
-      }
     } else {
 #pragma GCC unroll 8
       for (int64_t c = cb; c < cb + G; c += 4) {

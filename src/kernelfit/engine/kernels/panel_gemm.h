@@ -44,7 +44,7 @@ void build_panel(const uint8_t* codes, const dot::TileScales<T>& ts, int64_t t0,
     ts.get(t0 + t, s, m, buf);
     for (int64_t col = 0; col < k; col += 8) {
       __m256 v[8];  // v[j]: the tile's 8 rows at column col + j
-      dot::tile_columns<BITS, G, T>(c, s, m, ts.factor, k, col, v);
+      dot::tile_columns<BITS, G, T>(c, s, m, ts.factor, col, v);
       for (int j = 0; j < 8; j += 2) {
         // rows' (k, k + 1) pairs: bf16 of k in the low half of each lane, k + 1 in the high half
         const __m256i even = _mm256_castsi128_si256((__m128i)_mm256_cvtneps_pbh(v[j]));

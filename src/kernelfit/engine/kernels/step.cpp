@@ -24,11 +24,8 @@ using at::Tensor;
 
 namespace {
 
-// The weight products of a step: reference.py Product kinds 0 int4, 1 int8, 2 dense (torch's kernels, bf16 in and
-// out), 4, 5 and 6 the file's 4-, 8- and 6-bit groups (dot_kernels.h, float32 in and out); n: each one's output rows.
-inline bool dot_kind(int64_t kind) { return kind == 4 || kind == 5 || kind == 6; }
-inline int64_t dot_bits(int64_t kind) { return kind == 4 ? 4 : kind == 6 ? 6 : 8; }
-
+// The weight products of a step: lean_lm.py Product kinds 0 int4, 1 int8, 2 dense (torch's kernels, bf16 in and
+// out), 4 and 5 the file's 4- and 8-bit groups (dot_kernels.h, float32 in and out); n: each one's output rows.
 struct Weights {
   const std::vector<int64_t>& kinds;
   const std::vector<Tensor>& a;
@@ -39,7 +36,7 @@ struct Weights {
 
 // float32 [1, N] = x @ W^T for x float32 [1, K]
 Tensor product(const Tensor& x, int64_t kind, const Tensor& a, const Tensor& b, const Tensor& c, int64_t n) {
-  if (dot_kind(kind)) return dot::dot_mm(x, a, b, c, dot_bits(kind), n);
+  if (kind == 4 || kind == 5) return dot::dot_mm(x, a, b, c, kind == 4 ? 4 : 8, n);
   const Tensor xb = x.to(at::kBFloat16);
   if (kind == 0) return at::_weight_int4pack_mm_for_cpu(xb, a, 32, b).to(at::kFloat);
   if (kind == 1) return at::_weight_int8pack_mm(xb, a, b).to(at::kFloat);
@@ -289,7 +286,7 @@ struct Step {
     std::vector<Tensor> a(as.begin() + first, as.begin() + first + count),
         b(bs.begin() + first, bs.begin() + first + count), c(mins.begin() + first, mins.begin() + first + count);
     std::vector<int64_t> bits, n(ns.begin() + first, ns.begin() + first + count);
-    for (int64_t i = first; i < first + count; ++i) bits.push_back(dot_bits(kinds[i]));
+    for (int64_t i = first; i < first + count; ++i) bits.push_back(kinds[i] == 4 ? 4 : 8);
     if (int8) return gemm::gemm_parts(x, a, b, c, bits, n);
     if (panel::available()) return panel::gemm_parts(x, a, b, c, bits, n);  // float32 out
     return at::linear(x.to(at::kBFloat16), dot::dot_dequant_parts(a, b, c, bits, n));
@@ -305,7 +302,7 @@ struct Step {
     x = x.contiguous().clone();
     const int64_t t = x.size(0), layers = static_cast<int64_t>(norms.size()), cap = k_cache.size(3);
     TORCH_CHECK(pos + t <= cap, "prefill: positions beyond the KV cache");
-    TORCH_CHECK(!all_logits || dot_kind(head_kind), "prefill: all logits need a dot-group head");
+    TORCH_CHECK(!all_logits || head_kind == 4 || head_kind == 5, "prefill: all logits need a dot-group head");
     float* kc = k_cache.data_ptr<float>();
     float* vc = v_cache.data_ptr<float>();
     Tensor q = at::empty({t, nq, d}, x.options());

@@ -48,8 +48,7 @@ inline void store8(at::BFloat16* dst, __m256 v) {  // round to nearest even (NaN
 #if defined(KF_DOT_AVX2)
 // Columns c..c+7 of a tile's 8 rows as floats: col[j] holds column c + j
 template <int BITS, int G, typename T>
-inline void tile_columns(const uint8_t* codes, const T* scale, const T* mins, float factor, int64_t k, int64_t c,
-                         __m256 col[8]) {
+inline void tile_columns(const uint8_t* codes, const T* scale, const T* mins, float factor, int64_t c, __m256 col[8]) {
   const __m256i byte = _mm256_set1_epi32(0xFF), nib = _mm256_set1_epi8(0x0F);
   const int64_t g = c / G;
   const __m256 s = load8(scale + g * TILE);
@@ -59,8 +58,6 @@ inline void tile_columns(const uint8_t* codes, const T* scale, const T* mins, fl
     const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + c * 4));
     quads[0] = _mm256_and_si256(v, nib);
     quads[1] = _mm256_and_si256(_mm256_srli_epi16(v, 4), nib);
-  } else if (BITS == 6) {
-    codes6(codes, k, c, quads[0], quads[1]);
   } else {
     quads[0] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + c * 8));
     quads[1] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + c * 8 + 32));
@@ -75,7 +72,8 @@ inline void tile_columns(const uint8_t* codes, const T* scale, const T* mins, fl
 template <int BITS, int G, typename T>
 inline float tile_value(const uint8_t* codes, const T* scale, const T* mins, float factor, int64_t k, int64_t r,
                         int64_t c) {
-  const int32_t u = code_at(BITS, codes, k, r, c);
+  const uint8_t b = codes[code_index(BITS, k, r, c)];
+  const int32_t u = BITS == 8 ? b : ((c % 8) < 4 ? (b & 0x0F) : (b >> 4));
   const int64_t g = c / G;
   const float s = to_f32(scale[g * TILE + r]);
   return s * float(u) + (mins ? to_f32(mins[g * TILE + r]) : factor * s);
@@ -87,7 +85,7 @@ void tile_dequant(const uint8_t* codes, const T* scale, const T* mins, float fac
 #if defined(KF_DOT_AVX2)
   for (int64_t c = 0; c < k; c += 8) {
     __m256 col[8];
-    tile_columns<BITS, G, T>(codes, scale, mins, factor, k, c, col);
+    tile_columns<BITS, G, T>(codes, scale, mins, factor, c, col);
     transpose8(col);
     for (int r = 0; r < TILE; ++r) store8(out + r * k + c, col[r]);
   }
