@@ -93,6 +93,9 @@ test: $(STAMP) $(GPTQ) $(SGLANG) $(VLLM) $(GEMMA)
 # benchmarks/llamacpp.py builds llama.cpp's llama-bench into .engines/llamacpp once (~10 min)
 bench: $(STAMP) $(GEMMA)
 	$(BIN)/python benchmarks/llamacpp.py
+	$(BIN)/python benchmarks/shapes.py
+	$(BIN)/python benchmarks/kquant_bytes.py
+	$(BIN)/python benchmarks/speculative.py
 	$(BIN)/python benchmarks/overhead.py
 	$(BIN)/python benchmarks/dispatch.py
 	$(BIN)/python benchmarks/serve.py

@@ -21,6 +21,8 @@ from ..paths import files_key, writable_cache_root
 from .build import LeanBuild, build_lean, forward, kv_bytes, kv_capacity, reset_cache
 from .gguf.tokenizer import gguf_tokenizer
 from .native import native_status
+from .reference import DOT4, DOT8, DOT_MAX_ROWS
+from .speculative import DraftGate, PromptLookup
 
 TOKENIZER_FORMAT = 1
 SMOKE_TOKENS = 8
@@ -36,6 +38,7 @@ class LeanRunner:
     # the tokens whose keys and values fill the cache's first positions, as a prompt's prefill wrote them: a next
     # prompt that starts with them (the usual next chat turn) prefills only the rest (start)
     cached: list[int] = field(default_factory=list)
+    steps: int = 0  # decode steps the last greedy() took (fewer than its tokens where drafts were kept)
 
     def report(self) -> dict:
         """What each tensor became, by GGUF type: layout, count, worst and mean measured error."""
@@ -87,24 +90,68 @@ class LeanRunner:
         return self.logits(ids[-1:], len(prompt_ids) - 1)[-1]
 
     def generate_ids(self, prompt_ids: list[int], max_new_tokens: int, on_token=None,
-                     stop_at_eos: bool = True) -> tuple[list[int], float, float]:
-        """Greedy tokens after `prompt_ids`; (tokens, prefill seconds, decode seconds)."""
+                     stop_at_eos: bool = True, speculative: bool = True) -> tuple[list[int], float, float]:
+        """Greedy tokens after `prompt_ids`; (tokens, prefill seconds, decode seconds). speculative: prompt-lookup
+        drafts checked a step at a time where the C++ step runs (the same tokens, fewer steps)."""
         n = len(prompt_ids)
         t0 = time.perf_counter()
         token = int(self.start(prompt_ids, max_new_tokens, reuse=False)[0].argmax())
         t1 = time.perf_counter()
-        out = [token]
-        if on_token is not None:
-            on_token(token)
-        pos = n
-        while len(out) < max_new_tokens and not (stop_at_eos and token in self.eos_ids):
-            logits = self.logits(torch.tensor([token]), pos)
-            token = int(logits[-1].argmax())
-            pos += 1
+        out = []
+        for token in self.greedy(prompt_ids, token, n, max_new_tokens, speculative):
             out.append(token)
             if on_token is not None:
                 on_token(token)
+            if stop_at_eos and token in self.eos_ids:
+                break
         return out, t1 - t0, time.perf_counter() - t1
+
+    @property
+    def can_speculate(self) -> bool:
+        """Drafts are checked in one multi-row step whose logits equal the decode step's: the C++ step with the
+        file's groups in every product and a dot-group head (forward's all-logits path)."""
+        n = self.build.native
+        return n is not None and n.prefill_ok and n.head[0] in (DOT4, DOT8)
+
+    def greedy(self, prompt_ids: list[int], first: int, pos: int, max_new: int, speculative: bool = True):
+        """Yield greedy tokens from `first` (the token after the prompt, not yet in the cache, at position `pos`)
+        until `max_new` are out; the caller stops early at an end token. With `speculative` (and can_speculate), each
+        step feeds the last token plus a prompt-lookup draft and keeps the draft up to the first token the model's
+        own argmax disagrees with, plus that argmax: the same tokens as one step a token."""
+        lookup = PromptLookup(list(prompt_ids) + [first]) if speculative and self.can_speculate else None
+        gate = DraftGate()
+        last, out = first, 0
+        self.steps = 0
+        while True:
+            yield last
+            out += 1
+            if out >= max_new:
+                return
+            draft = lookup.draft(min(DOT_MAX_ROWS - 1, max_new - out - 1)) if lookup and gate.allow() else []
+            self.steps += 1
+            t = time.perf_counter()
+            if not draft:
+                last = int(self.logits(torch.tensor([last]), pos)[-1].argmax())
+                gate.plain(time.perf_counter() - t)
+                pos += 1
+                if lookup:
+                    lookup.extend([last])
+                continue
+            logits = self.logits(torch.tensor([last] + draft), pos, all_logits=True)
+            best = logits.argmax(-1).tolist()
+            kept = 0
+            while kept < len(draft) and best[kept] == draft[kept]:
+                kept += 1
+            gate.drafted(kept + 1, time.perf_counter() - t)
+            lookup.accepted(len(draft), kept)
+            for token in draft[:kept]:
+                yield token
+                out += 1
+                if out >= max_new:
+                    return
+            last = best[kept]
+            pos += kept + 1
+            lookup.extend(draft[:kept] + [last])
 
     def check_health(self) -> list[str]:
         """Problems: damage seen while packing (non-finite block scales), non-finite logits on a short smoke forward."""

@@ -173,6 +173,15 @@ class Engine:
         runner = self.model
         pos = len(job.prompt_ids)
         logits, job.cached = runner.start(job.prompt_ids, job.max_new)
+        if job.sampling.temperature == 0:  # greedy: prompt-lookup drafts checked a step at a time, the same tokens
+            for token in runner.greedy(job.prompt_ids, int(logits.argmax()), pos, job.max_new):
+                if job.cancelled.is_set():
+                    job.done = True
+                    return
+                self._advance(job, token)
+                if job.done:
+                    return
+            return
         gen = self._generator(job.sampling, "cpu")
         while True:
             if job.cancelled.is_set():

@@ -334,6 +334,14 @@ struct Step {
                window_start(slide, p), p + 1, scaling, last_att.data(), scores);
         att = torch::from_blob(last_att.data(), {1, nq * d}, x.options());
         x = x.narrow(0, t - 1, 1);
+      } else if (t <= DOT_MAX_ROWS) {
+        // A few rows (a speculative step's drafted tokens, a short prompt): each row's attention as the decode step
+        // computes it, after every row's keys and values are in the cache — with the exact dot products of these
+        // row counts, the rows' logits equal one decode step a token, bit for bit (runner.py verifies drafts so)
+        att = at::empty({t, nq * d}, x.options());
+        for (int64_t r = 0; r < t; ++r)
+          attend(qp + r * nq * d, kc + li * nkv * cap * d, vc + li * nkv * cap * d, nq, nkv, d, cap,
+                 window_start(slide, pos + r), pos + r + 1, scaling, att.data_ptr<float>() + r * nq * d, scores);
       } else {
         att = panel::prompt_attention(q, k_cache.select(0, li).select(0, 0), v_cache.select(0, li).select(0, 0),
                                       pos, window_start(slide, pos), slide ? window : 0, scaling, PROMPT_BLOCK, bf);

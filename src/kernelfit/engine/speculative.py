@@ -1,0 +1,91 @@
+"""Prompt-lookup drafting (speculative decoding without a draft model): the tokens that followed the latest earlier
+occurrence of the sequence's last n tokens are proposed as the next ones, and one multi-row step of the target model
+checks them all (runner.py LeanRunner.greedy). Text that repeats its prompt — a summary quoting its source, a code
+edit, a chat answer naming what the question named — is decoded several tokens a step; a decode step reads the
+weights once whether it checks 1 or 8 tokens, so accepted drafts come at almost no cost (llama.cpp's `--spec-type
+ngram`, transformers' `prompt_lookup_num_tokens` draft the same way).
+
+Greedy output is unchanged: a drafted token is kept only where the target's own argmax is that token, and the
+verification's logits equal the one-token decode step's bit for bit (kernels/step.cpp: the exact dot products and
+the decode step's attention for up to DOT_MAX_ROWS rows).
+"""
+
+from __future__ import annotations
+
+NGRAM_MAX, NGRAM_MIN = 3, 2  # longest / shortest suffix looked up (1-grams propose too often and are mostly wrong)
+DRAFT_MIN, DRAFT_START, DRAFT_MAX = 2, 4, 10  # tokens proposed a step: adapted to how many were accepted
+
+
+class PromptLookup:
+    """The sequence so far, indexed by its n-grams (n = NGRAM_MIN..NGRAM_MAX: where each last started), so a
+    draft costs a few dictionary lookups however long the prompt."""
+
+    def __init__(self, tokens: list[int]):
+        self.tokens: list[int] = []
+        self.last: dict[tuple[int, ...], int] = {}
+        self.size = DRAFT_START
+        self.extend(tokens)
+
+    def extend(self, tokens: list[int]) -> None:
+        for t in tokens:
+            self.tokens.append(t)
+            end = len(self.tokens)
+            # index the n-grams that end before the last token: the newest n-gram is the key drafts look up
+            for n in range(NGRAM_MIN, NGRAM_MAX + 1):
+                if end - 1 >= n:
+                    self.last[tuple(self.tokens[end - 1 - n:end - 1])] = end - 1 - n
+
+    def draft(self, limit: int) -> list[int]:
+        """Up to min(limit, the adaptive size) tokens that followed the newest earlier occurrence of the longest
+        matching suffix; [] when none."""
+        k = min(limit, self.size)
+        if k <= 0:
+            return []
+        for n in range(NGRAM_MAX, NGRAM_MIN - 1, -1):
+            if len(self.tokens) <= n:
+                continue
+            start = self.last.get(tuple(self.tokens[-n:]))
+            if start is not None:
+                follow = self.tokens[start + n:start + n + k]
+                if follow:
+                    return follow
+        return []
+
+    def accepted(self, proposed: int, kept: int) -> None:
+        """Grow the draft after a fully accepted one, shrink it after a rejected one."""
+        if proposed and kept == proposed:
+            self.size = min(DRAFT_MAX, self.size * 2)
+        elif proposed and kept == 0:
+            self.size = max(DRAFT_MIN, self.size // 2)
+
+
+class DraftGate:
+    """Whether drafting pays on this model and text, measured as it runs: a step that checks k drafted tokens costs
+    more than a plain one where a step is compute-bound (a 135M model: each extra row is more arithmetic, the weights
+    are read once either way). The gate keeps the running tokens-per-second of drafted steps against plain ones and
+    stops drafting for COOLDOWN steps (then twice as long) when it is behind (SmolLM2: 0.90-0.94x with drafting
+    always on, here)."""
+
+    ALPHA, COOLDOWN, JUDGE_AFTER = 0.3, 32, 4  # drafted steps measured before the gate may close
+
+    def __init__(self):
+        self.plain_s: float | None = None  # seconds a plain step (running average)
+        self.draft_rate: float | None = None  # tokens a second of drafted steps
+        self.step, self.resume, self.drafts, self.cooldown = 0, 0, 0, self.COOLDOWN
+
+    def allow(self) -> bool:
+        return self.plain_s is not None and self.step >= self.resume
+
+    def plain(self, seconds: float) -> None:
+        self.step += 1
+        self.plain_s = seconds if self.plain_s is None else self.plain_s + self.ALPHA * (seconds - self.plain_s)
+
+    def drafted(self, tokens: int, seconds: float) -> None:
+        self.step += 1
+        self.drafts += 1
+        rate = tokens / seconds
+        self.draft_rate = rate if self.draft_rate is None else self.draft_rate + self.ALPHA * (rate - self.draft_rate)
+        if self.drafts >= self.JUDGE_AFTER and self.plain_s is not None and self.draft_rate < 1.0 / self.plain_s:
+            # behind: pause, twice as long each time it is behind again
+            self.resume, self.draft_rate, self.drafts = self.step + self.cooldown, None, 0
+            self.cooldown *= 2
