@@ -61,7 +61,22 @@ def test_a_build_killed_at_any_point_does_not_block_the_next_run(tmp_path):
     assert r.returncode == 0 and r.stdout.strip().splitlines()[-1] == "BUILT", r.stderr[-2000:]
     assert "compiling the CPU kernels" in r.stderr  # the first run says what it is doing, and roughly how long
     again = subprocess.run([sys.executable, "-c", BUILD], env=_env(cache), capture_output=True, text=True, timeout=200)
-    assert again.stdout.strip().splitlines()[-1] == "BUILT" and "compiling" not in again.stderr  # built once
+    assert again.stdout.strip().splitlines()[-1] == "BUILT" and "compil" not in again.stderr  # built once
+    # another checkout of the same code (its sources elsewhere) shares the build: nothing compiled, nothing said
+    import shutil
+
+    from kernelfit.engine import native
+
+    other = tmp_path / "other-checkout"
+    shutil.copytree(native.KERNELS, other)
+    elsewhere = ("import kernelfit.engine.native as n, pathlib; k = pathlib.Path(%r); n.SOURCE = k / 'step.cpp'; "
+                 "n.HEADERS = tuple(k / h.name for h in n.HEADERS); " % str(other)) + BUILD.replace("from", "from", 1)
+    lib = next((cache / "torch-extensions").glob("lean_step-*/*.so"))
+    built_at = lib.stat().st_mtime_ns
+    moved = subprocess.run([sys.executable, "-c", elsewhere], env=_env(cache), capture_output=True, text=True,
+                           timeout=200)
+    assert moved.stdout.strip().splitlines()[-1] == "BUILT" and "compil" not in moved.stderr, moved.stderr[-2000:]
+    assert lib.stat().st_mtime_ns == built_at  # not relinked (torch's ninja file named the sources by path)
 
 
 def _hold(build: Path, pid: str = "4242") -> int:
