@@ -200,9 +200,11 @@ def dot(t: GgufTensors, names: list[str], orders: dict) -> list[PackedWeight]:
                     t.release(n, (start, stop))
                 return g.finite()
 
-            # chunks fill disjoint tiles, and numpy and torch's copies release the GIL: the CPU's cores repack a
-            # tensor together (a Qwen2.5-1.5B Q4_K_M file took 11 s on one)
-            finite = all(_pool().map(chunk, range(0, n_rows, CHUNK_ROWS)))
+            # chunks fill disjoint tiles and numpy releases the GIL: the CPU's cores repack a tensor together (a
+            # Qwen2.5-1.5B Q4_K_M file took 11 s on one). Numpy only in these threads (DotWeight.fill), and they end
+            # with the tensor: a torch op on another thread starts an OpenMP team that slowed every decode step 4x.
+            with _pool() as pool:
+                finite = all(pool.map(chunk, range(0, n_rows, CHUNK_ROWS)))
             tile0 += -(-n_rows // TILE)
             if not finite:  # a NaN scale in Q does not even reach the logits: torch's CPU SDPA drops NaN scores
                 t.problems.append(f"{n}: non-finite block scales in the file")
@@ -212,18 +214,13 @@ def dot(t: GgufTensors, names: list[str], orders: dict) -> list[PackedWeight]:
     return out
 
 
-_POOL: list = []
-
-
 def _pool():
-    """Threads that repack chunks of a tensor at once, one a core (os.sched_getaffinity: what this process may use)."""
-    if not _POOL:
-        import os
-        from concurrent.futures import ThreadPoolExecutor
+    """Threads that repack a tensor's chunks at once, one a core this process may use."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
 
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        _POOL.append(ThreadPoolExecutor(max_workers=max(1, cores), thread_name_prefix="kernelfit-repack"))
-    return _POOL[0]
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return ThreadPoolExecutor(max_workers=max(1, cores), thread_name_prefix="kernelfit-repack")
 
 
 def linear(t: GgufTensors, names: list[str], orders: dict[str, np.ndarray] | None = None,
