@@ -57,6 +57,9 @@ def _key(openmp: list[str]) -> str:
     for header in HEADERS:
         h.update(header.read_bytes())
     h.update(torch.__version__.encode())
+    # torch's ninja file names its include folders, which lie in the environment torch is installed in: another
+    # virtualenv of the same torch recompiles in the same folder anyway, so it gets a folder (and a build) of its own
+    h.update(str(Path(torch.__file__).resolve().parent).encode())
     h.update(_cpu_flags().encode())
     h.update(" ".join(CFLAGS + openmp).encode())
     return h.hexdigest()[:12]
@@ -163,7 +166,8 @@ def verified_or_cleared(build: Path) -> bool:
 def _sources_in(build: Path) -> Path:
     """The sources, copied into the build folder (already there, untouched: the folder is keyed by their content).
     torch's ninja file names the sources by path, so compiling them where they lie rebuilt the kernels for every
-    checkout or virtualenv of the same code (~40 s, silently); from here every one shares one build."""
+    checkout of the same code (~40 s, silently); from here every checkout using one torch installation shares a
+    build (_key)."""
     import shutil as sh
 
     for f in (SOURCE, *HEADERS):
