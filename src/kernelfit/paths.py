@@ -92,12 +92,12 @@ def writable_cache_root() -> Path:
     root = cache_root()
     why = "is not writable"
     if _writable(root):
-        if os.environ.get("KERNELFIT_CACHE_DIR"):
-            return private_dir(root)  # asked for by name: refuse it in one line rather than silently go elsewhere
         try:
             return private_dir(root)
-        except UsageError:  # another user's default cache dir: use the private fallback
-            why = "is not yours alone"
+        except UsageError:
+            if os.environ.get("KERNELFIT_CACHE_DIR"):
+                raise  # asked for by name: refused in one line rather than silently replaced
+            why = "is not yours alone"  # another user's default cache dir: the private fallback
     fallback = Path(tempfile.gettempdir()) / f"kernelfit-cache-{os.getuid() if hasattr(os, 'getuid') else 'user'}"
     try:
         fallback.mkdir(mode=0o700)  # created here: ours and private

@@ -137,7 +137,7 @@ def forward(build: LeanBuild, ids: torch.Tensor, pos: int, all_logits: bool = Fa
     (131 vs 143 tok/s for SmolLM2), since the step is a chain of ATen calls it cannot fuse."""
     ids = ids.reshape(-1)
     n = build.native
-    if n is not None and (ids.numel() == 1 or (n.prefill_ok and (n.head[0] in (DOT4, DOT8) or not all_logits))):
+    if n is not None and (ids.numel() == 1 or (n.prefill_ok and not all_logits) or native_all_logits(build)):
         from .native import native_module
 
         step = native_module()
@@ -147,6 +147,13 @@ def forward(build: LeanBuild, ids: torch.Tensor, pos: int, all_logits: bool = Fa
         build.model = _script(build.model)
     with torch.jit.optimized_execution(False), torch.inference_mode():
         return build.model(ids, pos, all_logits)
+
+
+def native_all_logits(build: LeanBuild) -> bool:
+    """Whether the C++ prompt forward gives every row's logits (forward's all_logits): every product the file's
+    groups and a dot-group head — up to DOT_MAX_ROWS rows, equal to one decode step a row (runner.py's drafts)."""
+    n = build.native
+    return n is not None and n.prefill_ok and n.head[0] in (DOT4, DOT8)
 
 
 def _native(build: LeanBuild, step, ids: torch.Tensor, pos: int, all_logits: bool) -> torch.Tensor:

@@ -98,6 +98,11 @@ def native_module():
 BUILD_WAIT_SECONDS = float(os.environ.get("KERNELFIT_BUILD_WAIT", "900"))
 
 
+def _lock_file(build: Path) -> Path:
+    """The flock file of a build folder: beside it, so that removing the folder leaves the lock in place."""
+    return build.with_name(build.name + ".lock")
+
+
 @contextlib.contextmanager
 def build_lock(build: Path, wait_seconds: float | None = None):
     """Hold the build of `build` against other kernelfit processes.
@@ -111,8 +116,7 @@ def build_lock(build: Path, wait_seconds: float | None = None):
     import time
 
     wait_seconds = BUILD_WAIT_SECONDS if wait_seconds is None else wait_seconds
-    path = build.with_name(build.name + ".lock")
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    fd = os.open(_lock_file(build), os.O_RDWR | os.O_CREAT, 0o600)
     try:
         start, told = time.monotonic(), False
         while True:
@@ -168,13 +172,11 @@ def _sources_in(build: Path) -> Path:
     torch's ninja file names the sources by path, so compiling them where they lie rebuilt the kernels for every
     checkout of the same code (~40 s, silently); from here every checkout using one torch installation shares a
     build (_key)."""
-    import shutil as sh
-
     for f in (SOURCE, *HEADERS):
         dst = build / f.name
         if not dst.is_file() or dst.read_bytes() != f.read_bytes():
             tmp = build / f".{f.name}.tmp"
-            sh.copyfile(f, tmp)
+            shutil.copyfile(f, tmp)
             os.replace(tmp, dst)
     return build / SOURCE.name
 
@@ -211,9 +213,8 @@ def _remove_unheld(old: Path) -> None:
     """Remove another build's folder unless a live process holds its build lock."""
     import fcntl
 
-    path = old.with_name(old.name + ".lock")
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        fd = os.open(_lock_file(old), os.O_RDWR | os.O_CREAT, 0o600)
     except OSError:
         return
     try:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from ..catalog.packed_kernels import LEAN_GGUF_ARCHS, LEAN_ROPE_SCALINGS, YARN_UNSUPPORTED_KEYS
+from ..catalog.packed_kernels import LEAN_GGUF_ARCHS, LEAN_ROPE_SCALINGS
 from ..errors import UsageError
 
 # Gemma 3 facts llama.cpp hard-codes rather than stores: sliding layers use rotary base 10000 and every 6th layer
@@ -112,25 +112,18 @@ class Recipe:
 
 def rotary_from_gguf(h, rope_freqs: torch.Tensor | None) -> Rotary:
     """The global layers' rotary embedding from the file's keys (and its rope_freqs tensor, where it has one)."""
-    name = Path(h.path).name
-    kind = h.arch_key("rope.scaling.type")
-    kind = None if kind in (None, "none") else str(kind)
-    if kind not in LEAN_ROPE_SCALINGS:
-        raise UsageError(f"{name}: rotary scaling '{kind}' is not implemented by the packed CPU runner "
-                         f"(--quantization none runs the dequantized model)")
+    scaling = h.rope_scaling  # the header's one verdict (the planner's too): names a YaRN key beyond this maths
+    if scaling not in LEAN_ROPE_SCALINGS:
+        raise UsageError(f"{Path(h.path).name}: rotary scaling '{scaling}' is not implemented by the packed CPU "
+                         f"runner (--quantization none runs the dequantized model)")
+    kind = h.arch_key("rope.scaling.type")  # beside rope_freqs, the header reports the factors, not the type
     base = float(h.arch_key("rope.freq_base", 10000.0))
     factors = tuple(float(x) for x in rope_freqs.tolist()) if rope_freqs is not None else None
     factor = float(h.arch_key("rope.scaling.factor") or 1.0)
     if kind == "linear":
         return Rotary(base, RotaryKind.LINEAR, factor, factors)
     if kind == "yarn":
-        odd = [k for k in YARN_UNSUPPORTED_KEYS if h.arch_key(k) not in (None, 0.0, 1.0)]
-        original = int(h.arch_key("rope.scaling.original_context_length") or 0)
-        if odd or not original:
-            missing = ", ".join(odd) if odd else "rope.scaling.original_context_length"
-            raise UsageError(f"{name}: YaRN with {missing} is not implemented by the packed CPU runner "
-                             "(--quantization none runs the dequantized model)")
-        return Rotary(base, RotaryKind.YARN, factor, factors, original,
+        return Rotary(base, RotaryKind.YARN, factor, factors, int(h.arch_key("rope.scaling.original_context_length")),
                       float(h.arch_key("rope.scaling.yarn_beta_fast") or YARN_BETA_FAST),
                       float(h.arch_key("rope.scaling.yarn_beta_slow") or YARN_BETA_SLOW))
     return Rotary(base, RotaryKind.PLAIN, 1.0, factors)

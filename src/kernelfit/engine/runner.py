@@ -18,10 +18,10 @@ from ..cache_entry import build_entry, verified_entry
 from ..errors import HealthCheckError, UsageError
 from ..model.spec import ModelSpec
 from ..paths import files_key, writable_cache_root
-from .build import LeanBuild, build_lean, forward, kv_bytes, kv_capacity, reset_cache
+from .build import LeanBuild, build_lean, forward, kv_bytes, kv_capacity, native_all_logits, reset_cache
 from .gguf.tokenizer import gguf_tokenizer
 from .native import native_status
-from .reference import DOT4, DOT8, DOT_MAX_ROWS
+from .reference import DOT_MAX_ROWS
 from .speculative import DraftGate, PromptLookup
 
 TOKENIZER_FORMAT = 1
@@ -110,8 +110,7 @@ class LeanRunner:
     def can_speculate(self) -> bool:
         """Drafts are checked in one multi-row step whose logits equal the decode step's: the C++ step with the
         file's groups in every product and a dot-group head (forward's all-logits path)."""
-        n = self.build.native
-        return n is not None and n.prefill_ok and n.head[0] in (DOT4, DOT8)
+        return native_all_logits(self.build)
 
     def greedy(self, prompt_ids: list[int], first: int, pos: int, max_new: int, speculative: bool = True):
         """Yield greedy tokens from `first` (the token after the prompt, not yet in the cache, at position `pos`)
