@@ -98,7 +98,9 @@ def test_scaled_rotary_files_plan_packed_and_odd_yarn_is_refused_at_plan_time(tm
     cpu = load_profile("cpu-spr-amx")
     for name, kw in (("freqs", {"rope_freqs": _llama3_factors()}), ("yarn", {"yarn_context": (4.0, 64)})):
         spec = load_model_spec(str(write_tiny(tmp_path / f"{name}.gguf", "Q4_0", **kw)))
-        assert plan(cpu, spec, Preferences()).quantization.method == "gguf", name
+        p = plan(cpu, spec, Preferences())
+        assert p.quantization.method == "gguf", name
+        assert {"transformers-rope-utils", "ggml-rope"} <= set(p.kernels["decode"].sources)  # the maths it runs
     spec = load_model_spec(str(write_tiny(tmp_path / "bare-yarn.gguf", "Q4_0", yarn=True)))  # no original context
     p = plan(cpu, spec, Preferences())
     why = next(r for r in p.quantization_rejected if r.name == "gguf:packed-cpu")

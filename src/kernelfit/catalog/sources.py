@@ -129,6 +129,17 @@ SOURCES: dict[str, Source] = {s.id: s for s in (
            "ggml_vec_dot_q4_0_q8_0 / q4_1_q8_1 / q8_0_q8_0: the activation row quantized to int8 per block of 32, "
            "integer dot products per block (vpdpbusd / vpmaddubsw, the sign trick for signed codes), one float "
            "scale per block"),
+    Source("transformers-rope-utils", "transformers' rotary scalings (llama3 and YaRN frequencies, attention factor)",
+           "https://github.com/huggingface/transformers/blob/main/src/transformers/modeling_rope_utils.py",
+           "_compute_llama3_parameters: frequencies divided by a smoothed factor between low/high_freq_factor "
+           "wavelengths; _compute_yarn_parameters: frequencies ramped from interpolated (/ factor) to extrapolated "
+           "between the correction dims of beta_fast/beta_slow, attention_factor 0.1 ln(factor) + 1 on cos and sin"),
+    Source("ggml-rope", "llama.cpp's rotary embedding (freq_factors, YaRN) and its GGUF rope keys",
+           "https://github.com/ggml-org/llama.cpp/blob/master/ggml/src/ggml-cpu/ops.cpp ; "
+           "https://github.com/ggml-org/llama.cpp/blob/master/gguf-py/gguf/constants.py",
+           "theta_base / freq_factors[i0/2] (the rope_freqs tensor); rope_yarn: ramp_mix between theta_interp and "
+           "theta_extrap, mscale *= 1 + 0.1 ln(1 / freq_scale); keys rope.scaling.type, factor, "
+           "original_context_length, yarn_beta_fast/slow, attn_factor, yarn_log_multiplier"),
     Source("kernelfit-cpu-decode-attn", "kernelfit measurement: one-query attention on a 2-thread AMD EPYC",
            "kernelfit:benchmarks/dispatch.py",
            "bf16, 9 query / 3 KV heads, head_dim 64: SDPA 33.6/58.7/83.9/1836 us at 64/128/192/4000 keys; grouped "

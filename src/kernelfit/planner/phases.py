@@ -20,7 +20,7 @@ from dataclasses import replace
 from ..catalog.packed_kernels import (DECODE_KERNELS, DENSE_VS_PANEL, FLOAT, GGUF_DECODE, INT8_PREFILL_GAIN,
                                       INT8_PREFILL_ISA, INT8_PREFILL_LOSS, INT8_PREFILL_SOURCES, INT8_VS_PANEL,
                                       PANEL_PREFILL_GAIN, PANEL_PREFILL_ISA, PANEL_PREFILL_SOURCES, PREFILL_DENSE,
-                                      PREFILL_INT8, PREFILL_PACKED, PREFILL_PANEL, SOURCES)
+                                      PREFILL_INT8, PREFILL_PACKED, PREFILL_PANEL, ROPE_SCALING_SOURCES, SOURCES)
 from ..hardware.machine import Cpu
 from ..model.spec import ModelSpec
 from .memory import MemoryEstimate, gib
@@ -72,9 +72,11 @@ def phase_kernels(model: ModelSpec, prefs: Preferences, q, memory: MemoryEstimat
     if q is None or not q.packed:
         return {}, memory
     kernels = GGUF_DECODE if q.bits is None else DECODE_KERNELS[f"int{q.bits}"]
+    # a scaled rotary (Llama 3.x's rope_freqs, YaRN, linear) runs the maths its sources define (engine/recipe.py)
+    scaled = q.bits is None and model.extra.get("gguf_rope_scaling") is not None
     decode = Choice("packed", ChoiceKind.PRIORITY,
                     f"one-row products read the packed weights: {kernels} — 2.4-3.2x faster than bf16 at one row "
-                    "on the reference CPU", sources=SOURCES)
+                    "on the reference CPU", sources=SOURCES + (ROPE_SCALING_SOURCES if scaled else ()))
     # a GGUF file's groups on an AVX512-BF16 CPU: the bf16 panel GEMM, which the copy and the int8 GEMM do not beat
     panel = panel_prefill(q, cpu)
     packed_how, packed_sources = (PREFILL_PANEL, PANEL_PREFILL_SOURCES) if panel else (PREFILL_PACKED, SOURCES)
