@@ -82,8 +82,8 @@ ASK = [{"role": "user", "content": "What is the capital of France?"}]
 
 def test_models_and_health(client, server):
     assert [m.id for m in client.models.list().data] == ["smollm2-135m"]
-    # the bundled GGUF file is served packed, one request at a time
-    assert server.health()["runner"] == "kernelfit packed CPU runner" and server.health()["max_batch"] == 1
+    # the bundled GGUF file is served packed, up to 8 requests decoding together
+    assert server.health()["runner"] == "kernelfit packed CPU runner" and server.health()["max_batch"] == 8
     assert server.health()["status"] == "ok"
 
 
@@ -137,6 +137,38 @@ def test_ten_concurrent_streams_are_correct_and_independent(server):
     alone, together = asyncio.run(both())
     assert together == alone  # each stream is its own answer: nothing interleaved, nothing mixed up
     assert len(set(together)) == len(QUESTIONS)
+
+
+def test_eight_streams_joining_stopping_and_leaving_mid_batch_equal_the_same_requests_one_by_one(server):
+    """Continuous batching: requests arrive while others decode (staggered), stop early (a short max_tokens, a stop
+    string), one client leaves mid-stream; every finished stream is token for token what it is alone, and the steps
+    did hold several requests at once."""
+    client = openai.AsyncOpenAI(base_url=f"{server.url}/v1", api_key="unused")
+    asks = [(q, 8 + 6 * i, ["."] if i == 3 else None) for i, q in enumerate(QUESTIONS[:8])]
+
+    async def one(q, n, stop, delay=0.0, leave=False):
+        await asyncio.sleep(delay)
+        s = await client.chat.completions.create(model="smollm2-135m", messages=[{"role": "user", "content": q}],
+                                                 max_tokens=n, temperature=0, stream=True, stop=stop)
+        parts = []
+        async for c in s:
+            if c.choices:
+                parts.append(c.choices[0].delta.content or "")
+            if leave and len(parts) == 3:
+                await s.close()
+                return None
+        return "".join(parts)
+
+    async def both():
+        alone = [await one(q, n, stop) for q, n, stop in asks]
+        together = await asyncio.gather(one("Tell me a long story.", 400, None, leave=True),
+                                        *(one(q, n, stop, delay=0.15 * i) for i, (q, n, stop) in enumerate(asks)))
+        return alone, together[1:]
+
+    alone, together = asyncio.run(both())
+    assert together == alone
+    batches = server.health()["batched"]
+    assert batches["largest"] >= 4, batches  # requests did decode together
 
 
 def test_the_dequantized_gguf_is_served_in_batches():
@@ -323,11 +355,20 @@ def test_a_second_chat_turn_reuses_the_first_turns_prompt_and_answers_as_a_cold_
                       {"role": "user", "content": "Where did she live?"}]
     warm = client.chat.completions.create(model="smollm2-135m", messages=second, max_tokens=16, temperature=0)
     assert warm.usage.prompt_tokens_details.cached_tokens >= a.usage.prompt_tokens - 1 > 200
-    # an unrelated request takes the cache; the same second turn again is cold (only the template's first tokens reused)
+    # an unrelated request shares only the chat template's system prompt: it gets a sequence of its own, and the
+    # conversation's cache is still there for its next turn
     client.chat.completions.create(model="smollm2-135m", messages=ASK, max_tokens=4, temperature=0)
-    cold = client.chat.completions.create(model="smollm2-135m", messages=second, max_tokens=16, temperature=0)
-    assert cold.usage.prompt_tokens_details.cached_tokens < 40  # the chat template's system prompt
-    assert warm.choices[0].message.content == cold.choices[0].message.content
+    again = client.chat.completions.create(model="smollm2-135m", messages=second, max_tokens=16, temperature=0)
+    assert again.usage.prompt_tokens_details.cached_tokens >= a.usage.prompt_tokens - 1
+    # a cold server: nothing cached beyond a prefix of this prompt's own, the same answer
+    s = Server("--dtype", "float32", "--max-batch", "2")
+    try:
+        cold = openai.OpenAI(base_url=f"{s.url}/v1", api_key="unused").chat.completions.create(
+            model="smollm2-135m", messages=second, max_tokens=16, temperature=0)
+    finally:
+        s.stop()
+    assert cold.usage.prompt_tokens_details.cached_tokens == 0
+    assert warm.choices[0].message.content == cold.choices[0].message.content == again.choices[0].message.content
 
 
 def test_a_reused_prefix_gives_the_logits_of_a_cold_prefill():

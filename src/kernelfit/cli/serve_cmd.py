@@ -40,13 +40,9 @@ def cmd_serve(args) -> int:
     from ..api import make_plan
     from ..loader.load import check_loadable
     from .args import preferences
-    from ..planner.hf_args import lean_runner
     from .run_cmd import _err, _summary
 
     plan = make_plan(args.model, preferences(args), use_tune_cache=not args.no_cache)
-    if lean_runner(plan) and args.engine != "vllm":
-        _err("kernelfit: note: the GGUF file is served packed, one request at a time (the packed runner has one "
-             "KV cache); --quantization none loads it dequantized and batches requests through transformers")
     check_loadable(plan, args.allow_pickle)
     if args.engine == "vllm":
         return _serve_with_vllm(args, plan)
@@ -65,6 +61,10 @@ def cmd_serve(args) -> int:
     model_id = args.served_model_name or plan.model.name
     engine = Engine(loaded.model, loaded.tokenizer, max_batch=args.max_batch, queue_size=args.queue_size,
                     background=False)
+    if engine.lean:
+        _err(f"kernelfit: the packed engine decodes up to {engine.max_batch} requests together (continuous batching)"
+             if engine.max_batch > 1 else "kernelfit: note: the packed engine serves one request at a time here (its "
+             "C++ step is not built: TorchScript has one KV cache)")
     app = create_app(loaded, model_id, plan.preferences.context, api_key=args.api_key, engine=engine)
     url = f"http://{args.host if ':' not in args.host else f'[{args.host}]'}:{args.port}/v1"
     _err(f"kernelfit: serving {model_id} at {url} (OpenAI API: /v1/chat/completions, /v1/completions, /v1/models; "

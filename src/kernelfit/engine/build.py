@@ -131,22 +131,31 @@ def _script(model: LeanLM) -> torch.jit.ScriptModule:
         return torch.jit.script(model)
 
 
-def forward(build: LeanBuild, ids: torch.Tensor, pos: int, all_logits: bool = False) -> torch.Tensor:
+def forward(build: LeanBuild, ids: torch.Tensor, pos: int, all_logits: bool = False, cache: KvCache | None = None,
+            panel_rows: bool = False) -> torch.Tensor:
     """Run `ids` at positions pos.. (see LeanLM.forward). TorchScript's optimizing executor is off: its
     profiling runs cost ~10 s and ~170 MB on the first calls here and the optimized graph decoded no faster
-    (131 vs 143 tok/s for SmolLM2), since the step is a chain of ATen calls it cannot fuse."""
+    (131 vs 143 tok/s for SmolLM2), since the step is a chain of ATen calls it cannot fuse. cache: a sequence's own
+    (sequence_cache; the C++ path only), else the build's; panel_rows: a prompt of any length through the prompt
+    kernels, which compute each row alone (Step.prefill's panel_rows)."""
     ids = ids.reshape(-1)
     n = build.native
-    if n is not None and (ids.numel() == 1 or (n.prefill_ok and not all_logits) or native_all_logits(build)):
-        from .native import native_module
-
-        step = native_module()
-        if step is not None:
-            return _native(build, step, ids, pos, all_logits)
+    step = _native_step(build) if n is not None and (ids.numel() == 1 or (n.prefill_ok and not all_logits) or
+                                                      native_all_logits(build)) else None
+    if step is not None:
+        return _native(build, step, ids, pos, all_logits, cache, panel_rows)
+    if cache is not None:
+        raise ValueError("a sequence's own cache needs the C++ step (batch_ready)")
     if not isinstance(build.model, torch.jit.ScriptModule):  # the C++ path's build: compiled on first need
         build.model = _script(build.model)
     with torch.jit.optimized_execution(False), torch.inference_mode():
         return build.model(ids, pos, all_logits)
+
+
+def _native_step(build: LeanBuild):
+    from .native import native_module
+
+    return native_module()
 
 
 def native_all_logits(build: LeanBuild) -> bool:
@@ -156,24 +165,56 @@ def native_all_logits(build: LeanBuild) -> bool:
     return n is not None and n.prefill_ok and n.head[0] in (DOT4, DOT8)
 
 
-def _native(build: LeanBuild, step, ids: torch.Tensor, pos: int, all_logits: bool) -> torch.Tensor:
+def batch_ready(build: LeanBuild) -> bool:
+    """Whether several sequences can share a step (batch_step): the C++ step and prompt forward run every call."""
+    return build.native is not None and build.native.prefill_ok and _native_step(build) is not None
+
+
+def batch_step(build: LeanBuild, tokens: list[int], positions: list[int], sequences: list[int],
+               caches: list[KvCache]) -> torch.Tensor:
+    """Logits float32 [R, vocab] of R tokens in one step (R <= DOT_MAX_ROWS): token r at position positions[r] of
+    the sequence whose cache is caches[sequences[r]]. Each row's logits equal a decode step of its sequence alone
+    (Step.batch); the weights are read once for all of them."""
+    m, step = build.model, _native_step(build)
+    for r, p in enumerate(positions):
+        if p >= caches[sequences[r]].capacity:
+            raise ValueError(f"position {p} is past its sequence's KV cache ({caches[sequences[r]].capacity})")
+    with torch.inference_mode():
+        x = _embed_rows(build, step, torch.tensor(tokens))
+        local = torch.view_as_real(m.rope_local) if m.rope_local.numel() else torch.empty(0)
+        return _bound(build, step).batch(x, positions, sequences, [c.k for c in caches], [c.v for c in caches],
+                                         torch.view_as_real(m.rope_global), local)
+
+
+def _bound(build: LeanBuild, step):
+    """The C++ Step with the build's per-model arguments bound once (passing SmolLM2's ~600 tensors on every call
+    cost ~0.3 ms a token in pybind11's conversions)."""
+    m, c, n = build.model, build.cfg, build.native
+    if n.bound is None:
+        n.bound = step.Step(n.kinds, n.a, n.b, n.c, n.n, n.n_qkv, n.n_gu, n.norms, n.sliding, m.final_norm,
+                            *n.head, c.heads, c.kv_heads, c.head_dim, c.ffn, float(c.eps), c.head_dim ** -0.5,
+                            int(c.sliding_window or 0), c.family == "gemma3", m.head.top_exact)
+    return n.bound
+
+
+def _native(build: LeanBuild, step, ids: torch.Tensor, pos: int, all_logits: bool, cache: KvCache | None,
+            panel_rows: bool) -> torch.Tensor:
     """One token through the C++ decode step, or a prompt through its C++ forward (Step.prefill: the same math as
     LeanLM.forward, without TorchScript's interpreter or the Python calls into the extension in between)."""
-    m, c, n = build.model, build.cfg, build.native
-    if pos + ids.numel() > kv_capacity(build):
-        raise ValueError(f"position {pos + ids.numel() - 1} is past the KV cache ({kv_capacity(build)}); call "
+    m = build.model
+    k, v = (cache.k, cache.v) if cache is not None else (m.k_cache, m.v_cache)
+    capacity = int(k.shape[3]) if k.dim() == 5 else 0
+    if pos + ids.numel() > capacity:
+        raise ValueError(f"position {pos + ids.numel() - 1} is past the KV cache ({capacity}); call "
                          "reset_cache first")
     with torch.jit.optimized_execution(False), torch.inference_mode():
         x = _embed_rows(build, step, ids)
         local = torch.view_as_real(m.rope_local) if m.rope_local.numel() else torch.empty(0)
-        if n.bound is None:
-            n.bound = step.Step(n.kinds, n.a, n.b, n.c, n.n, n.n_qkv, n.n_gu, n.norms, n.sliding, m.final_norm,
-                                *n.head, c.heads, c.kv_heads, c.head_dim, c.ffn, float(c.eps), c.head_dim ** -0.5,
-                                int(c.sliding_window or 0), c.family == "gemma3", m.head.top_exact)
-        if ids.numel() == 1:
-            return n.bound.run(x, pos, m.k_cache, m.v_cache, torch.view_as_real(m.rope_global), local)
-        return n.bound.prefill(x, pos, m.k_cache, m.v_cache, torch.view_as_real(m.rope_global), local,
-                               build.int8_prefill, all_logits)
+        bound = _bound(build, step)
+        if ids.numel() == 1 and not panel_rows:
+            return bound.run(x, pos, k, v, torch.view_as_real(m.rope_global), local)
+        return bound.prefill(x, pos, k, v, torch.view_as_real(m.rope_global), local, build.int8_prefill, all_logits,
+                             panel_rows)
 
 
 def _embed_rows(build: LeanBuild, step, ids: torch.Tensor) -> torch.Tensor:
@@ -214,29 +255,54 @@ def release_free_memory() -> None:
         libc.mallopt(M_TRIM_THRESHOLD, RUN_TRIM_THRESHOLD_BYTES)
 
 
-def reset_cache(build: LeanBuild, positions: int) -> None:
-    """A float32 static KV cache for at least `positions` tokens, and the rotary tables to match. A cache that must
-    grow keeps what it holds (a chat's earlier turns, engine/runner.py LeanRunner.start) and at least doubles, so a
-    conversation growing a turn at a time copies it a few times, not every turn."""
+@dataclass
+class KvCache:
+    """One sequence's keys and values, float32 [layers, 1, kv heads, positions, head dim] each."""
+    k: torch.Tensor
+    v: torch.Tensor
+
+    @property
+    def capacity(self) -> int:
+        return int(self.k.shape[3]) if self.k.dim() == 5 else 0
+
+    @property
+    def nbytes(self) -> int:
+        return 2 * self.k.numel() * self.k.element_size()
+
+
+def grown(build: LeanBuild, cache: KvCache | None, positions: int) -> KvCache:
+    """`cache` (None: an empty one) with room for at least `positions` tokens, up to the model's limit: the same
+    object when it has room, else a larger one (at least twice as large, so a sequence growing a token or a turn at a
+    time copies it a few times, not every time) holding what it held. The rotary tables grow to match."""
     cfg, m = build.cfg, build.model
     limit = cfg.max_positions or positions
     positions = max(1, min(positions, limit))
-    old = kv_capacity(build)
+    old = cache.capacity if cache is not None else 0
     if old >= positions:
-        return
+        return cache
     positions = min(max(positions, 2 * old), limit)
     shape = (cfg.layers, 1, cfg.kv_heads, positions, cfg.head_dim)
-    k_old, v_old = m.k_cache, m.v_cache
-    m.k_cache = m.v_cache = torch.empty(0)
     k, v = torch.zeros(shape), torch.zeros(shape)
     if old:
-        k[:, :, :, :old] = k_old
-        v[:, :, :, :old] = v_old
-    del k_old, v_old  # freed before the rotary tables are made
-    m.k_cache, m.v_cache = k, v
-    m.rope_global = rotary_table(cfg.rotary, cfg.head_dim, positions)
-    m.rope_local = rotary_table(cfg.local_rotary, cfg.head_dim, positions) if cfg.local_rotary else \
-        torch.empty(0, dtype=torch.complex64)
+        k[:, :, :, :old] = cache.k
+        v[:, :, :, :old] = cache.v
+    if m.rope_global.shape[0] < positions:  # shared by every sequence: as long as the longest cache
+        m.rope_global = rotary_table(cfg.rotary, cfg.head_dim, positions)
+        m.rope_local = rotary_table(cfg.local_rotary, cfg.head_dim, positions) if cfg.local_rotary else \
+            torch.empty(0, dtype=torch.complex64)
+    return KvCache(k, v)
+
+
+def reset_cache(build: LeanBuild, positions: int) -> None:
+    """The build's own KV cache (the runner's one sequence) grown to at least `positions` tokens: a cache that must
+    grow keeps what it holds (a chat's earlier turns, engine/runner.py LeanRunner.start)."""
+    m = build.model
+    old = KvCache(m.k_cache, m.v_cache) if kv_capacity(build) else None
+    new = grown(build, old, positions)
+    if new is not old:
+        m.k_cache = m.v_cache = torch.empty(0)
+        del old  # the old cache is freed once copied
+        m.k_cache, m.v_cache = new.k, new.v
 
 
 def kv_capacity(build: LeanBuild) -> int:
@@ -245,4 +311,3 @@ def kv_capacity(build: LeanBuild) -> int:
 
 def kv_bytes(build: LeanBuild) -> int:
     return 2 * build.model.k_cache.numel() * 4
-

@@ -1,5 +1,5 @@
-"""The C++ decode step and prompt forward (kernels/step.cpp, with dot_kernels.h, unpack_kernels.h, gemm_kernels.h and
-rows_kernels.h), compiled once per torch version into the cache, and their arguments.
+"""The C++ decode step, batched step and prompt forward (kernels/step.cpp and its headers), compiled once per torch
+version into the cache, and their arguments.
 
 Compiling needs a C++ compiler and ninja (torch.utils.cpp_extension), ~20-40 s on 2 cores the first time;
 the build is cached under the kernelfit cache dir, keyed by the source and torch version. Where it cannot be
@@ -26,7 +26,7 @@ from ..paths import private_dir, write_atomic, writable_cache_root
 KERNELS = Path(__file__).with_name("kernels")
 SOURCE = KERNELS / "step.cpp"
 HEADERS = tuple(KERNELS / h for h in ("dot_kernels.h", "gemm_kernels.h", "rows_kernels.h", "unpack_kernels.h",
-                                      "panel_gemm.h", "panel_attention.h"))
+                                      "panel_gemm.h", "panel_attention.h", "decode_attention.h"))
 # The dot products are compiled for this machine's vector ISA (-march=native on x86-64, where AVX2/VNNI decide
 # their speed; elsewhere they are scalar and the loader keeps torch's kernels, and some compilers refuse the flag),
 # so a build is keyed by the CPU too: a cache folder shared by machines of different CPUs keeps one build each.

@@ -1,6 +1,7 @@
-"""One worker thread owns the model and serves a bounded queue of generation jobs, batching the ones that are
-waiting when it becomes free (static batches: left-padded prompts, one decoding loop, per-row sampling and
-stop conditions). A job whose client went away is dropped at the next step; a full queue is refused.
+"""One worker thread owns the model and serves a bounded queue of generation jobs. The packed engine batches them
+continuously (serve/batching.py: requests join and leave between steps); a transformers model batches the ones that
+are waiting when it becomes free (static batches: left-padded prompts, one decoding loop, per-row sampling and stop
+conditions). A job whose client went away is dropped at the next step; a full queue is refused.
 
 Each job streams its own text through an asyncio queue of its request's event loop, so concurrent streams
 never mix: a row's tokens are decoded from that row's ids only.
@@ -58,13 +59,19 @@ class Engine:
         same bf16 products run 1.8x slower on a secondary Python thread than on the main one (PyTorch's
         OpenMP pool belongs to the main thread), so `kernelfit serve` decodes on the main thread and runs
         the HTTP server on the other."""
+        from ..engine.build import batch_ready
         from ..engine.runner import LeanRunner
+        from ..engine.sequences import SequencePool
+        from .batching import Batcher
 
         self.model, self.processor = model, tokenizer
         self.tok = getattr(tokenizer, "tokenizer", None) or tokenizer
-        # the packed GGUF runner (engine/runner.py) has one KV cache: its requests run one at a time
         self.lean = isinstance(model, LeanRunner)
-        self.max_batch = 1 if self.lean else max_batch
+        # the packed runner batches continuously where its C++ step runs every call (serve/batching.py); a build on
+        # TorchScript has one KV cache and runs its requests one at a time
+        self.batcher = Batcher(self, SequencePool(model.build, max_batch)) if self.lean and \
+            batch_ready(model.build) else None
+        self.max_batch = 1 if self.lean and self.batcher is None else max_batch
         self.jobs: queue.Queue[Job] = queue.Queue(maxsize=queue_size)
         eos = sorted(model.eos_ids) if self.lean else getattr(model.generation_config, "eos_token_id", None)
         eos = eos if isinstance(eos, list) else [eos]
@@ -90,6 +97,9 @@ class Engine:
     # -- the worker ----------------------------------------------------------------------------
     def serve(self, until=lambda: False) -> None:
         """Run jobs until close() (or `until()` says so)."""
+        if self.batcher is not None:
+            self.batcher.serve(self._stop, until)
+            return
         while not self._stop.is_set() and not until():
             try:
                 first = self.jobs.get(timeout=0.2)

@@ -19,10 +19,13 @@
 #include "panel_gemm.h"
 #include "panel_attention.h"
 #include "rows_kernels.h"
+#include "decode_attention.h"
 
 using at::Tensor;
 
 namespace {
+
+using decode::attend;
 
 // The weight products of a step: lean_lm.py Product kinds 0 int4, 1 int8, 2 dense (torch's kernels, bf16 in and
 // out), 4 and 5 the file's 4- and 8-bit groups (dot_kernels.h, float32 in and out); n: each one's output rows.
@@ -71,112 +74,6 @@ void head_vector(const float* src, const float* bias, const float* w, const floa
       dst[2 * j + 1] = a * sn + b * c;
     }
   }
-}
-
-// sum of a[i] * b[i], in 16 independent partial sums so that the compiler vectorises it
-inline float dot16(const float* a, const float* b, int64_t d) {
-  float acc[16] = {0};
-  const int64_t body = d - d % 16;
-  for (int64_t i = 0; i < body; i += 16)
-    for (int j = 0; j < 16; ++j) acc[j] += a[i + j] * b[i + j];
-  float s = 0;
-  for (int64_t i = body; i < d; ++i) s += a[i] * b[i];
-  for (int j = 0; j < 16; ++j) s += acc[j];
-  return s;
-}
-
-// x[i] = e^(x[i] - shift) for x[i] <= shift (a softmax's scores), returning their sum (rows_kernels.h's vector
-// exp; below e^-87, float's smallest normal, it flushes to about 1e-38)
-inline float exp_shifted(float* x, int64_t len, float shift) {
-  rows::exp_shifted(x, shift, x, len);
-  return rows::lanes_sum(x, len);
-}
-
-// 16 floats as one GCC/Clang vector: one AVX-512 register, two AVX2 ones, four SSE ones — whatever -march gives.
-typedef float Vec16 __attribute__((vector_size(64)));
-
-inline Vec16 load16(const float* p) {
-  Vec16 v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-
-inline float lanes_sum(Vec16 v) {
-  float s = 0;
-  for (int j = 0; j < 16; ++j) s += v[j];
-  return s;
-}
-
-// s[t] = q . k[t] * sc for t < len (k rows d apart; d a multiple of 16), four rows at a time so that four
-// independent accumulation chains hide the FMA latency
-void scores16(const float* q, const float* k, int64_t d, int64_t len, float sc, float* s) {
-  int64_t t = 0;
-  for (; t + 4 <= len; t += 4) {
-    const float* k0 = k + t * d;
-    Vec16 a0 = {}, a1 = {}, a2 = {}, a3 = {};
-    for (int64_t i = 0; i < d; i += 16) {
-      const Vec16 qv = load16(q + i);
-      a0 += qv * load16(k0 + i);
-      a1 += qv * load16(k0 + d + i);
-      a2 += qv * load16(k0 + 2 * d + i);
-      a3 += qv * load16(k0 + 3 * d + i);
-    }
-    s[t] = lanes_sum(a0) * sc, s[t + 1] = lanes_sum(a1) * sc, s[t + 2] = lanes_sum(a2) * sc;
-    s[t + 3] = lanes_sum(a3) * sc;
-  }
-  for (; t < len; ++t) s[t] = dot16(q, k + t * d, d) * sc;
-}
-
-// out = sum over t < len of p[t] * v[t] (v rows d apart; d a multiple of 16), four rows a pass over out
-void weighted16(const float* p, const float* v, int64_t d, int64_t len, float* out) {
-  std::fill(out, out + d, 0.f);
-  int64_t t = 0;
-  for (; t + 4 <= len; t += 4) {
-    const float* v0 = v + t * d;
-    for (int64_t i = 0; i < d; i += 16) {
-      Vec16 o = load16(out + i);
-      o += p[t] * load16(v0 + i) + p[t + 1] * load16(v0 + d + i) + p[t + 2] * load16(v0 + 2 * d + i) +
-           p[t + 3] * load16(v0 + 3 * d + i);
-      std::memcpy(out + i, &o, sizeof o);
-    }
-  }
-  for (; t < len; ++t)
-    for (int64_t i = 0; i < d; ++i) out[i] += p[t] * v[t * d + i];
-}
-
-// One query head over cached positions t < len (k, v: rows d apart): softmax(q . k[t] * scaling) . v -> out;
-// s: len floats of scratch. A head size that is not a multiple of 16 takes the scalar loops.
-void attend_head(const float* q, const float* k, const float* v, int64_t d, int64_t len, float scaling, float* s,
-                 float* out) {
-  if (d % 16 == 0) {
-    scores16(q, k, d, len, scaling, s);
-  } else {
-    for (int64_t t = 0; t < len; ++t) s[t] = dot16(q, k + t * d, d) * scaling;
-  }
-  const float inv = 1.f / exp_shifted(s, len, *std::max_element(s, s + len));
-  for (int64_t t = 0; t < len; ++t) s[t] *= inv;
-  if (d % 16 == 0) {
-    weighted16(s, v, d, len, out);
-    return;
-  }
-  std::fill(out, out + d, 0.f);
-  for (int64_t t = 0; t < len; ++t)
-    for (int64_t i = 0; i < d; ++i) out[i] += s[t] * v[t * d + i];
-}
-
-// One query's attention over cached positions [start, end) of one layer (k, v: [nkv, cap, d]); query head h reads
-// kv head h / (nq / nkv). Plain loops, the heads split between threads: at::scaled_dot_product_attention cost
-// ~10 us of dispatch a layer for a few us of arithmetic at SmolLM2's sizes, on one thread.
-void attend(const float* q, const float* k, const float* v, int64_t nq, int64_t nkv, int64_t d, int64_t cap,
-            int64_t start, int64_t end, double scaling, float* out, std::vector<float>& scores) {
-  const int64_t len = end - start, group = nq / nkv;
-  scores.resize(nq * len);
-  at::parallel_for(0, nq, 1, [&](int64_t h0, int64_t h1) {
-    for (int64_t h = h0; h < h1; ++h) {
-      const int64_t kv = (h / group) * cap * d + start * d;
-      attend_head(q + h * d, k + kv, v + kv, d, len, float(scaling), scores.data() + h * len, out + h * d);
-    }
-  });
 }
 
 constexpr int64_t DOT_MAX_ROWS = 12;  // lean_lm.py's: calls of up to 12 rows take the exact dot products
@@ -274,15 +171,22 @@ struct Step {
     return logits * sx * head_b.to(at::kFloat);
   }
 
+  // Whether a prompt call of `rows` rows takes the exact dot products (and the decode step's attention) rather than
+  // the prompt kernels. panel_rows: never — the server's prompts, whose keys and values must not depend on how a
+  // prompt was split into calls (the panel GEMM and attention compute each row alone), so that a cached prefix and
+  // a prompt prefilled in chunks between decode steps hold what one cold prefill writes, bit for bit
+  static bool few_rows(int64_t rows, bool panel_rows) { return rows <= DOT_MAX_ROWS && !panel_rows; }
+
   // whether rows_products takes a call of `rows` rows to a bf16 product (its input then best made bf16)
-  static bool bf16_inputs(int64_t rows, bool int8) { return rows > DOT_MAX_ROWS && !int8; }
+  static bool bf16_inputs(int64_t rows, bool int8, bool panel_rows) { return !few_rows(rows, panel_rows) && !int8; }
 
   // A prompt's products over t rows for parts [first, first + count) (all of them the file's groups): up to
   // DOT_MAX_ROWS rows the exact dot products; then the int8 GEMM (--prefill int8); else the bf16 panel GEMM
   // (panel_gemm.h, AVX512-BF16), or the parts unpacked into one bf16 matrix for one oneDNN product (bf16 out: the
   // glue reads it as is)
-  Tensor rows_products(const Tensor& x, const Weights& w, int64_t first, int64_t count, bool int8) const {
-    if (x.size(0) <= DOT_MAX_ROWS) return products(x, w, first, count);
+  Tensor rows_products(const Tensor& x, const Weights& w, int64_t first, int64_t count, bool int8,
+                      bool panel_rows) const {
+    if (few_rows(x.size(0), panel_rows)) return products(x, w, first, count);
     std::vector<Tensor> a(as.begin() + first, as.begin() + first + count),
         b(bs.begin() + first, bs.begin() + first + count), c(mins.begin() + first, mins.begin() + first + count);
     std::vector<int64_t> bits, n(ns.begin() + first, ns.begin() + first + count);
@@ -296,7 +200,7 @@ struct Step {
   // float32 [t, hidden] (the tokens' embeddings, scaled) at positions pos.. -> float32 logits of the last row, or of
   // every row (all_logits; the head must then be the file's groups). Every layer product must be the file's groups.
   Tensor prefill(Tensor x, int64_t pos, Tensor k_cache, Tensor v_cache, Tensor rope_global, Tensor rope_local,
-                 bool int8, bool all_logits) const {
+                 bool int8, bool all_logits, bool panel_rows) const {
     at::NoGradGuard no_grad;
     const Weights w{kinds, as, bs, mins, ns};
     x = x.contiguous().clone();
@@ -312,8 +216,9 @@ struct Step {
       const bool slide = sliding[li] != 0;
       const Tensor& rope = (slide && rope_local.numel() > 0) ? rope_local : rope_global;
       // the bf16 product's inputs are written as bf16 by the pass before it (no cast pass between)
-      const bool bf = bf16_inputs(t, int8);
-      const Tensor qkv = rows_products(rows::rms_norm_to(x, nm[0], eps, bf), w, idx, n_qkv[li], int8).contiguous();
+      const bool bf = bf16_inputs(t, int8, panel_rows);
+      const Tensor qkv =
+          rows_products(rows::rms_norm_to(x, nm[0], eps, bf), w, idx, n_qkv[li], int8, panel_rows).contiguous();
       idx += n_qkv[li];
       const int64_t width = (nq + 2 * nkv) * d;
       float* qp = q.data_ptr<float>();
@@ -334,7 +239,7 @@ struct Step {
                window_start(slide, p), p + 1, scaling, last_att.data(), scores);
         att = torch::from_blob(last_att.data(), {1, nq * d}, x.options());
         x = x.narrow(0, t - 1, 1);
-      } else if (t <= DOT_MAX_ROWS) {
+      } else if (few_rows(t, panel_rows)) {
         // A few rows (a speculative step's drafted tokens, a short prompt): each row's attention as the decode step
         // computes it, after every row's keys and values are in the cache — with the exact dot products of these
         // row counts, the rows' logits equal one decode step a token, bit for bit (runner.py verifies drafts so)
@@ -346,16 +251,79 @@ struct Step {
         att = panel::prompt_attention(q, k_cache.select(0, li).select(0, 0), v_cache.select(0, li).select(0, 0),
                                       pos, window_start(slide, pos), slide ? window : 0, scaling, PROMPT_BLOCK, bf);
       }
-      rows::residual_add(x, rows_products(att, w, idx, 1, int8), nm[5], eps);
+      rows::residual_add(x, rows_products(att, w, idx, 1, int8, panel_rows), nm[5], eps);
       idx += 1;
-      const bool bf_rows = bf16_inputs(x.size(0), int8);  // one row past the last layer's keys and values
-      const Tensor gu = rows_products(rows::rms_norm_to(x, nm[1], eps, bf_rows), w, idx, n_gu[li], int8);
+      const bool bf_rows = bf16_inputs(x.size(0), int8, panel_rows);  // one row past the last layer's keys and values
+      const Tensor gu = rows_products(rows::rms_norm_to(x, nm[1], eps, bf_rows), w, idx, n_gu[li], int8, panel_rows);
       idx += n_gu[li];
-      rows::residual_add(x, rows_products(rows::gated_to(gu, ffn, gelu, bf_rows), w, idx, 1, int8), nm[6], eps);
+      rows::residual_add(
+          x, rows_products(rows::gated_to(gu, ffn, gelu, bf_rows), w, idx, 1, int8, panel_rows), nm[6], eps);
       idx += 1;
     }
     if (!all_logits) return logits(x.narrow(0, x.size(0) - 1, 1).contiguous());
     return product(rows::rms_norm(x, final_norm, eps), head_kind, head_a, head_b, head_c, head_n);
+  }
+
+  // Several sequences' tokens in one step (continuous batching; a sequence's speculative drafts): row r is the token
+  // at position pos[r] of sequence seq[r], whose caches are k_caches[seq[r]] and v_caches[seq[r]] (float32
+  // [layers, 1, nkv, cap, d], each sequence its own cap). Every row's keys and values are written before any row
+  // attends, so a sequence's rows see each other in order. The weights are read once for all rows; with up to
+  // DOT_MAX_ROWS rows the products are the exact dot products, which compute each row alone: a row's logits equal
+  // one decode step of its sequence (run), bit for bit, whatever else shares the step. -> float32 logits [R, vocab]
+  Tensor batch(Tensor x, const std::vector<int64_t>& pos, const std::vector<int64_t>& seq,
+               const std::vector<Tensor>& k_caches, const std::vector<Tensor>& v_caches, Tensor rope_global,
+               Tensor rope_local) const {
+    at::NoGradGuard no_grad;
+    const Weights w{kinds, as, bs, mins, ns};
+    x = x.contiguous().clone();
+    const int64_t t = x.size(0), layers = static_cast<int64_t>(norms.size());
+    TORCH_CHECK(t >= 1 && t <= DOT_MAX_ROWS && static_cast<int64_t>(pos.size()) == t &&
+                    static_cast<int64_t>(seq.size()) == t && k_caches.size() == v_caches.size(),
+                "batch: 1 to 12 rows, a position and a sequence each, a K and a V cache a sequence");
+    std::vector<float*> kcs, vcs;
+    std::vector<int64_t> caps;
+    for (size_t s = 0; s < k_caches.size(); ++s) {
+      const Tensor &k = k_caches[s], &v = v_caches[s];
+      TORCH_CHECK(k.scalar_type() == at::kFloat && k.is_contiguous() && v.is_contiguous() && k.sizes() == v.sizes() &&
+                      k.dim() == 5 && k.size(0) == layers && k.size(2) == nkv && k.size(4) == d,
+                  "batch: each cache float32 [layers, 1, kv heads, positions, head dim], contiguous");
+      kcs.push_back(k.data_ptr<float>());
+      vcs.push_back(v.data_ptr<float>());
+      caps.push_back(k.size(3));
+    }
+    for (int64_t r = 0; r < t; ++r)
+      TORCH_CHECK(seq[r] >= 0 && seq[r] < static_cast<int64_t>(caps.size()) && pos[r] >= 0 &&
+                      pos[r] < caps[seq[r]] && pos[r] < rope_global.size(0),
+                  "batch: row ", r, "'s sequence or position is outside its cache");
+    std::vector<float> q(t * nq * d), scores;
+    Tensor att = at::empty({t, nq * d}, x.options());
+    const int64_t width = (nq + 2 * nkv) * d;
+    int64_t idx = 0;
+    for (int64_t li = 0; li < layers; ++li) {
+      const auto& nm = norms[li];
+      const bool slide = sliding[li] != 0;
+      const Tensor& rope = (slide && rope_local.numel() > 0) ? rope_local : rope_global;
+      const Tensor qkv = products(rows::rms_norm_to(x, nm[0], eps, false), w, idx, n_qkv[li]).contiguous();
+      idx += n_qkv[li];
+      for (int64_t r = 0; r < t; ++r)
+        position_heads(qkv.data_ptr<float>() + r * width, nm, rope.data_ptr<float>() + pos[r] * d, li, pos[r],
+                       caps[seq[r]], q.data() + r * nq * d, kcs[seq[r]], vcs[seq[r]]);
+      for (int64_t r = 0; r < t; ++r) {
+        const int64_t cap = caps[seq[r]], layer = li * nkv * cap * d;
+        attend(q.data() + r * nq * d, kcs[seq[r]] + layer, vcs[seq[r]] + layer, nq, nkv, d, cap,
+               window_start(slide, pos[r]), pos[r] + 1, scaling, att.data_ptr<float>() + r * nq * d, scores);
+      }
+      rows::residual_add(x, products(att, w, idx, 1), nm[5], eps);
+      idx += 1;
+      const Tensor gu = products(rows::rms_norm_to(x, nm[1], eps, false), w, idx, n_gu[li]);
+      idx += n_gu[li];
+      rows::residual_add(x, product(rows::gated_to(gu, ffn, gelu, false), w, idx), nm[6], eps);
+      idx += 1;
+    }
+    if (head_kind != 3) return product(rows::rms_norm(x, final_norm, eps), head_kind, head_a, head_b, head_c, head_n);
+    std::vector<Tensor> rows_out;  // the two-digit int8 head corrects one row's top logits at a time
+    for (int64_t r = 0; r < t; ++r) rows_out.push_back(logits(x.narrow(0, r, 1).contiguous()));
+    return at::cat(rows_out, 0);
   }
 };
 
@@ -368,7 +336,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
                           int64_t>())
       // the GIL is released while a step or a prompt runs: `kernelfit serve`'s event loop keeps answering meanwhile
       .def("run", &Step::run, "one decode step", pybind11::call_guard<pybind11::gil_scoped_release>())
-      .def("prefill", &Step::prefill, "a prompt's forward", pybind11::call_guard<pybind11::gil_scoped_release>());
+      .def("prefill", &Step::prefill, "a prompt's forward", pybind11::call_guard<pybind11::gil_scoped_release>())
+      .def("batch", &Step::batch, "several sequences' tokens in one step",
+           pybind11::call_guard<pybind11::gil_scoped_release>());
   m.def("dot_mm", &dot::dot_mm, "x @ W^T over a weight's file groups (dot_kernels.h)");
   m.def("dot_dequant", &dot::dot_dequant, "a dot weight's rows as float32 or bf16");
   m.def("dot_dequant_parts", &dot::dot_dequant_parts, "several dot weights unpacked into one bf16 matrix");
