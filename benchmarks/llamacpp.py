@@ -58,6 +58,23 @@ def build_llama_bench() -> Path:
     return BENCH_BIN
 
 
+SERVER_BIN = ENGINE / "build" / "bin" / "llama-server"  # benchmarks/serve.py's peer
+
+
+def build_llama_server() -> Path:
+    """llama-server from the same vendored llama.cpp (its web UI assets ship in the sdist), once."""
+    if SERVER_BIN.is_file():
+        return SERVER_BIN
+    build_llama_bench()
+    src = next(ENGINE.glob("llama_cpp_python-*/vendor/llama.cpp"))
+    print(f"building llama-server into {ENGINE} (once, ~5-10 min)", flush=True)
+    subprocess.run(["cmake", "-S", str(src), "-B", str(ENGINE / "build"), "-DLLAMA_BUILD_SERVER=ON",
+                    "-DLLAMA_BUILD_TOOLS=ON"], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(["cmake", "--build", str(ENGINE / "build"), "--target", "llama-server", "-j", str(os.cpu_count())],
+                   check=True, stdout=subprocess.DEVNULL)
+    return SERVER_BIN
+
+
 def model_files(names: list[str]) -> dict[str, Path]:
     files = {}
     if "smollm2" in names:

@@ -389,3 +389,64 @@ def test_a_reused_prefix_gives_the_logits_of_a_cold_prefill():
         assert torch.equal(warm, cold)
         again, reused = runner.start(ids[:250] + [ids[0]] * 50, 8)  # diverges at 250: reused up to there
         assert reused == 250
+
+
+def _metrics(server) -> dict[str, float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"{server.url}/metrics", timeout=5) as r:
+        assert r.headers["Content-Type"].startswith("text/plain")
+        text = r.read().decode()
+    return {s.name + json.dumps(s.labels, sort_keys=True): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def test_metrics_parse_as_prometheus_text_and_their_counters_move(server, client):
+    before = _metrics(server)
+    r = client.chat.completions.create(model="smollm2-135m", messages=ASK, max_tokens=8, temperature=0)
+    after = _metrics(server)
+
+    def moved(name: str) -> float:
+        return after[name] - before.get(name, 0.0)
+
+    assert moved('kernelfit_requests_total{"endpoint": "/v1/chat/completions", "status": "200"}') == 1
+    assert moved("kernelfit_generation_tokens_total{}") == r.usage.completion_tokens
+    assert moved("kernelfit_prompt_tokens_total{}") == r.usage.prompt_tokens
+    assert moved("kernelfit_time_to_first_token_seconds_count{}") == 1
+    assert moved("kernelfit_inter_token_latency_seconds_count{}") == r.usage.completion_tokens - 1
+    assert moved("kernelfit_batch_size_count{}") >= 1  # decode steps, each observed with its batch size
+    assert after["kernelfit_max_batch{}"] == 8 and after["kernelfit_requests_running{}"] == 0
+    assert after["kernelfit_kv_cache_bytes{}"] > 0
+    assert moved("kernelfit_prefix_cache_hits_total{}") == (1 if r.usage.prompt_tokens_details.cached_tokens else 0)
+
+
+def test_sigterm_drains_running_requests_then_exits():
+    """SIGTERM: the stream in flight finishes whole, a request arriving meanwhile gets 503, then the server exits 0."""
+    import threading
+
+    s = Server("--dtype", "float32")
+    client = openai.OpenAI(base_url=f"{s.url}/v1", api_key="unused", max_retries=0)
+    started, result = threading.Event(), {}
+
+    def long_stream():
+        stream = client.chat.completions.create(model="smollm2-135m", messages=ASK, max_tokens=300, temperature=0,
+                                                stream=True, extra_body={"ignore_eos": True})
+        parts, finish = [], None
+        for c in stream:
+            if c.choices:
+                parts.append(c.choices[0].delta.content or "")
+                finish = c.choices[0].finish_reason or finish
+                started.set()
+        result.update(text="".join(parts), finish=finish)
+
+    t = threading.Thread(target=long_stream)
+    t.start()
+    assert started.wait(60)
+    s.proc.send_signal(15)
+    time.sleep(0.3)
+    code, body = s.post("/v1/chat/completions", json.dumps({"model": "smollm2-135m", "messages": ASK}).encode())
+    assert code == 503 and "shutting down" in body["error"]["message"]
+    t.join(60)
+    assert result["finish"] == "length" and len(result["text"]) > 300
+    assert s.proc.wait(timeout=30) == 0
+    assert "Traceback" not in s.proc.stderr.read()

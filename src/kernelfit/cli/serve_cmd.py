@@ -24,6 +24,8 @@ def add_serve_parser(sub) -> None:
     p.add_argument("--max-batch", type=positive_int("--max-batch"), default=8, help="requests decoded together")
     p.add_argument("--queue-size", type=positive_int("--queue-size"), default=64,
                    help="waiting requests beyond this get 503")
+    p.add_argument("--shutdown-timeout", type=positive_int("--shutdown-timeout"), default=30, metavar="SECONDS",
+                   help="on SIGTERM, running requests may finish for this long (new ones get 503)")
     p.add_argument("--attn", default="auto")
     p.add_argument("--dtype", default="auto")
     p.add_argument("--context", type=positive_int("--context"), default=None, help="the longest prompt + answer")
@@ -78,12 +80,15 @@ def cmd_serve(args) -> int:
         server.should_exit = True
         engine.close()
 
-    signal.signal(signal.SIGTERM, stop)
+    # SIGTERM: drain — no new requests (503), the running ones finish (or fail when --shutdown-timeout is up), then
+    # the HTTP server closes; Ctrl-C stops at once
+    signal.signal(signal.SIGTERM, lambda *_: engine.drain(args.shutdown_timeout))
     http.start()
     try:
         engine.serve(until=lambda: not http.is_alive())
     except KeyboardInterrupt:
-        stop()
+        pass
+    stop()
     http.join(timeout=10)
     if not server.started:
         print(f"kernelfit: error: could not start the server on {args.host}:{args.port} (in use?)", file=sys.stderr)

@@ -1,5 +1,6 @@
 """The OpenAI-compatible ASGI app: /v1/chat/completions (streaming and not), /v1/completions, /v1/models,
-/health. Errors come in OpenAI's shape with their status; the model is served by serve.engine."""
+/health, /metrics (Prometheus). Errors come in OpenAI's shape with their status; the model is served by
+serve.engine."""
 
 # no `from __future__ import annotations` here: FastAPI reads the route signatures' annotations at runtime
 
@@ -10,10 +11,11 @@ import time
 import uuid
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .engine import Busy, Engine, Job
+from .engine import Busy, Engine, Job, ShuttingDown
+from .metrics import CONTENT_TYPE, Metrics
 from .protocol import ApiError, parse_chat, parse_completion
 
 
@@ -25,6 +27,8 @@ def create_app(loaded, model_id: str, context: int, api_key: str | None = None, 
     created = int(time.time())
     app = FastAPI(title="kernelfit", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.engine = engine
+    metrics = engine.metrics = Metrics(engine)
+    routes = {"/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/metrics"}
 
     def error(exc: ApiError) -> JSONResponse:
         return JSONResponse(exc.body(), status_code=exc.status)
@@ -39,12 +43,21 @@ def create_app(loaded, model_id: str, context: int, api_key: str | None = None, 
 
     @app.middleware("http")
     async def auth(request: Request, call_next):
-        if api_key and request.url.path.startswith("/v1/"):
+        path = request.url.path
+        if api_key and path.startswith("/v1/"):
             given = request.headers.get("authorization", "")
             if not secrets.compare_digest(given, f"Bearer {api_key}"):
-                return error(ApiError(401, "invalid or missing API key (Authorization: Bearer ...)",
-                                      type_="authentication_error", code="invalid_api_key"))
-        return await call_next(request)
+                response = error(ApiError(401, "invalid or missing API key (Authorization: Bearer ...)",
+                                          type_="authentication_error", code="invalid_api_key"))
+                metrics.requests.labels(path if path in routes else "other", "401").inc()
+                return response
+        response = await call_next(request)
+        metrics.requests.labels(path if path in routes else "other", str(response.status_code)).inc()
+        return response
+
+    @app.get("/metrics")
+    async def prometheus():
+        return Response(metrics.text(), media_type=CONTENT_TYPE)
 
     @app.get("/health")
     async def health():
@@ -115,6 +128,9 @@ def create_app(loaded, model_id: str, context: int, api_key: str | None = None, 
         except Busy:
             raise ApiError(503, "the server is busy (its queue is full); retry shortly", type_="server_error",
                            code="server_overloaded") from None
+        except ShuttingDown:
+            raise ApiError(503, "the server is shutting down; retry on another server", type_="server_error",
+                           code="server_shutting_down") from None
 
     async def collect(job: Job) -> tuple[str, str, int, int, int]:
         parts = []

@@ -58,12 +58,14 @@ class Batcher:
             try:
                 self._advance_once()
             except Exception as exc:  # noqa: BLE001 - the requests in flight fail, the server goes on
-                reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}"
-                for a in self.active:
-                    if not a.job.done:
-                        a.job.emit("error", reason)
-                    a.job.done = True
-                self._retire()
+                self.abandon(f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}")
+
+    def abandon(self, reason: str) -> None:
+        for a in self.active:
+            if not a.job.done:
+                a.job.emit("error", reason)
+            a.job.done = True
+        self._retire()
 
     def _admit(self, block: bool) -> None:
         while self.pool.free:
@@ -104,6 +106,8 @@ class Batcher:
             self.pool.prefill(a.seq, a.job.prompt_ids, a.prefilled, end)
             a.prefilled = end
         self.largest = max(self.largest, len(decoding))
+        if self.engine.metrics is not None:
+            self.engine.metrics.batch.observe(len(decoding))
         for i in range(0, len(decoding), STEP_ROWS):  # more requests than a step's rows (--max-batch > 12)
             self._step(decoding[i:i + STEP_ROWS], alone=len(decoding) == 1)
         self._retire()

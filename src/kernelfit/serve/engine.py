@@ -30,6 +30,10 @@ class Busy(Exception):
     """The queue is full."""
 
 
+class ShuttingDown(Exception):
+    """The server is draining: it finishes what it runs and takes nothing new."""
+
+
 @dataclass
 class Job:
     prompt_ids: list[int]
@@ -44,6 +48,8 @@ class Job:
     sent: int = 0  # characters of the decoded text already sent
     text: str = ""
     done: bool = False
+    arrived: float = field(default_factory=time.perf_counter)
+    last_token_at: float | None = None  # metrics: time to first token, then between tokens
 
     def emit(self, *event) -> None:
         try:
@@ -78,14 +84,19 @@ class Engine:
         self.eos = {e for e in (*eos, self.tok.eos_token_id) if isinstance(e, int)}
         self.pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else (min(self.eos) if self.eos else 0)
         self.batches: list[int] = []  # sizes of the batches run, for reports
+        self._running = 0  # requests in the static batch running now
         # transformers >= 5.2x names the cache argument `cache` (`past_key_values` is deprecated)
         self._cache_kw = "past_key_values" if self.lean or "cache" not in inspect.signature(model.forward).parameters \
             else "cache"
         self._stop = threading.Event()
+        self.metrics = None  # serve.metrics.Metrics, set by the app
+        self.drain_by: float | None = None  # drain(): running requests may finish until then
         if background:
             threading.Thread(target=self.serve, name="kernelfit-engine", daemon=True).start()
 
     def submit(self, job: Job) -> None:
+        if self.drain_by is not None:
+            raise ShuttingDown
         try:
             self.jobs.put_nowait(job)
         except queue.Full:
@@ -94,12 +105,54 @@ class Engine:
     def close(self) -> None:
         self._stop.set()
 
+    def drain(self, seconds: float) -> None:
+        """Take no new request (503) and let the running and queued ones finish within `seconds`; serve() then
+        fails what is left ("the server shut down") and returns (SIGTERM to `kernelfit serve`)."""
+        if self.drain_by is None:
+            self.drain_by = time.monotonic() + seconds
+
+    def drained(self) -> bool:
+        """Draining, and nothing left to run (or the time is up)."""
+        if self.drain_by is None:
+            return False
+        idle = self.jobs.empty() and not self.running()
+        return idle or time.monotonic() >= self.drain_by
+
+    def abandon(self) -> None:
+        """Fail every request still queued or running: the drain's time is up."""
+        while True:
+            try:
+                job = self.jobs.get_nowait()
+            except queue.Empty:
+                break
+            job.emit("error", "the server shut down before this request started; retry on another server")
+        if self.batcher is not None:
+            self.batcher.abandon("the server shut down before this request finished")
+
+    def running(self) -> int:
+        if self.batcher is not None:
+            return sum(not a.job.done for a in self.batcher.active)  # a finished one leaves after its step
+        return self._running
+
+    def kv_bytes(self) -> int:
+        if self.batcher is not None:
+            return self.batcher.pool.kv_bytes()
+        from ..engine.build import kv_bytes
+
+        return kv_bytes(self.model.build) if self.lean else 0
+
     # -- the worker ----------------------------------------------------------------------------
     def serve(self, until=lambda: False) -> None:
-        """Run jobs until close() (or `until()` says so)."""
+        """Run jobs until close() (or `until()` says so), or until a drain() is done."""
+        until_drained = lambda: until() or self.drained()  # noqa: E731
         if self.batcher is not None:
-            self.batcher.serve(self._stop, until)
-            return
+            self.batcher.serve(self._stop, until_drained)
+        else:
+            self._serve_static(until_drained)
+        if self.drain_by is not None:
+            self.abandon()
+
+    def _serve_static(self, until) -> None:
         while not self._stop.is_set() and not until():
             try:
                 first = self.jobs.get(timeout=0.2)
@@ -121,6 +174,7 @@ class Engine:
             if not batch:
                 continue
             self.batches.append(len(batch))
+            self._running = len(batch)
             try:
                 with torch.inference_mode():
                     self._run(batch)
@@ -128,6 +182,8 @@ class Engine:
                 for job in batch:
                     if not job.done:
                         job.emit("error", f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}")
+            finally:
+                self._running = 0
 
     def _run(self, batch: list[Job]) -> None:
         if self.lean:
@@ -228,6 +284,8 @@ class Engine:
             self._finish(job, "stop")
             return
         job.tokens.append(token)
+        if self.metrics is not None:
+            self.metrics.token(job)
         text = self.tok.decode(job.tokens, skip_special_tokens=True)
         cut = min((i for i in (text.find(s) for s in job.sampling.stop) if i >= 0), default=-1)
         if cut >= 0:
@@ -254,4 +312,6 @@ class Engine:
     def _finish(self, job: Job, reason: str) -> None:
         self._send(job, final=True)
         job.done = True
+        if self.metrics is not None:
+            self.metrics.done(job, reason)
         job.emit("done", reason, len(job.prompt_ids), len(job.tokens), job.cached)
