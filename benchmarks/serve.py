@@ -1,15 +1,17 @@
-"""kernelfit serve under concurrent streaming clients: aggregate decode tokens/s with 1, 4 and 8 clients,
-measured in interleaved rounds against one server (the bundled SmolLM2 unless a model is given).
+"""kernelfit serve against llama-server (llama.cpp's, built by benchmarks/llamacpp.py) on the same GGUF files, same
+threads: aggregate decode tokens/s with 1, 4 and 8 concurrent clients, and a chat's second-turn latency.
 
-    python benchmarks/serve.py [MODEL] [--rounds 3] [--tokens 64] [--dtype bfloat16] [--quantization none]
+    python benchmarks/serve.py [--files smollm2,qwen2.5-1.5b] [--rounds 2] [--tokens 64] [--threads 2]
 
-A GGUF file is served packed (one request at a time) by default; `--quantization none` serves it dequantized
-through transformers, requests batched.
+Both servers run side by side and are measured in interleaved rounds (a noisy moment hits both alike). llama-server
+runs with `-np 8` (8 slots: its continuous batching) and its prompt cache (on by default); kernelfit with its
+default `--max-batch 8`. Each client asks for `--tokens` tokens with `ignore_eos` (both servers honour it) through
+/v1/completions; the bundled SmolLM2 gets text prompts, a real-shape file (benchmarks/shapes.py: random weights, no
+real vocabulary) distinct token-id prompts of 32 tokens.
 
-Then a chat's second turn: a ~1,500-token history answered once, then the same history + the answer + one more
-question; the second turn's latency (time to the whole 16-token answer, non-streaming) when the server still holds
-the first turn's prompt in its cache ("warm": only the new part is prefilled) and after an unrelated request took
-the cache ("cold"), interleaved.
+Second turn (the bundled SmolLM2 only: it has a chat template): a ~1,500-token chat answered once, then the same
+history + the answer + one more question; the time to the whole 16-token answer while the server still holds the
+first turn (both servers reuse the shared prefix).
 """
 
 from __future__ import annotations
@@ -23,106 +25,152 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
-PROMPTS = ["What is the capital of France?", "Name three colors.", "Explain rain in one sentence.", "Say hello.",
-           "What is the largest planet?", "Name a fruit.", "What do bees make?", "Name an ocean."]
+sys.path.insert(0, str(Path(__file__).parent))
+import llamacpp  # noqa: E402
+import shapes  # noqa: E402
+
+TEXTS = ["The capital of France is", "Three colors are", "Rain falls because", "Hello! My name is",
+         "The largest planet is", "A fruit I like is", "Bees make", "The oceans of the world are"]
+CLIENTS = (1, 4, 8)
+SLOTS = 8
+SLOT_CONTEXT = 2048
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("model", nargs="?", default="smollm2-135m")
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--tokens", type=int, default=64)
-    ap.add_argument("--dtype", default="auto")
-    ap.add_argument("--quantization", default="auto")
-    args = ap.parse_args()
-    from openai import AsyncOpenAI
-
+def _port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "kernelfit", "serve", args.model, "--port", str(port), "--dtype",
-                             args.dtype, "--quantization", args.quantization], stderr=subprocess.PIPE, text=True)
-    try:
-        for _ in range(600):
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.5)
-        client = AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x")
+        return s.getsockname()[1]
 
-        async def one(i: int) -> int:
-            s = await client.chat.completions.create(
-                model=args.model, messages=[{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}],
-                max_tokens=args.tokens, temperature=0, stream=True, stream_options={"include_usage": True},
-                extra_body={"ignore_eos": True})
-            n = 0
-            async for c in s:
-                if c.usage:
-                    n = c.usage.completion_tokens
-            return n
 
-        async def run(clients: int) -> float:
-            t = time.perf_counter()
-            tokens = sum(await asyncio.gather(*(one(i) for i in range(clients))))
-            return tokens / (time.perf_counter() - t)
+def _wait(proc: subprocess.Popen, port: int, name: str) -> None:
+    for _ in range(1200):
+        if proc.poll() is not None:
+            sys.exit(f"{name} exited: {proc.stderr.read()[-2000:] if proc.stderr else ''}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    sys.exit(f"{name} did not start")
 
-        async def measure() -> dict[int, list[float]]:
-            await run(1)  # warm-up
-            rates: dict[int, list[float]] = {1: [], 4: [], 8: []}
-            for _ in range(args.rounds):  # interleaved: a noisy moment hits every setting alike
-                for clients in rates:
-                    rates[clients].append(await run(clients))
-            return rates
 
-        story = ("A lighthouse keeper named Ada lived on a rocky island and kept the light burning through every "
-                 "storm for forty years, writing each night in a logbook what the sea had done. ") * 40
+def start(kind: str, path: Path, threads: int) -> tuple[subprocess.Popen, int]:
+    port = _port()
+    if kind == "kernelfit":
+        cmd = [sys.executable, "-m", "kernelfit", "serve", str(path), "--port", str(port), "--max-batch", str(SLOTS)]
+        # kernelfit's plan uses every core (torch's threads), llama-server gets -t as many
+    else:
+        cmd = [str(llamacpp.build_llama_server()), "-m", str(path), "--host", "127.0.0.1", "--port", str(port),
+               "-t", str(threads), "-tb", str(threads), "-np", str(SLOTS), "-c", str(SLOTS * SLOT_CONTEXT)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _wait(proc, port, kind)
+    return proc, port
 
-        async def turn(messages) -> tuple[float, int]:
-            t = time.perf_counter()
-            r = await client.chat.completions.create(model=args.model, messages=messages, max_tokens=16,
-                                                     temperature=0)
-            cached = r.usage.prompt_tokens_details.cached_tokens if r.usage.prompt_tokens_details else 0
-            return time.perf_counter() - t, cached, r
 
-        async def second_turn() -> dict[str, list[float]]:
-            first = [{"role": "user", "content": story + "Who is the story about?"}]
-            _, _, a = await turn(first)
-            second = first + [{"role": "assistant", "content": a.choices[0].message.content},
-                              {"role": "user", "content": "Where did she live?"}]
-            out: dict[str, list] = {"warm": [], "cold": [], "prompt": [a.usage.prompt_tokens]}
-            for _ in range(args.rounds):
-                await turn(first)
-                sec, cached, _ = await turn(second)
-                out["warm"].append((sec, cached))
-                await turn([{"role": "user", "content": "Say hello."}])
-                sec, cached, _ = await turn(second)
-                out["cold"].append((sec, cached))
-            return out
+def prompts(real_text: bool) -> list:
+    if real_text:
+        return TEXTS
+    import random
 
-        async def both():  # one event loop: the client's connections belong to it
-            return await measure(), await second_turn()
+    rng = random.Random(0)
+    return [[rng.randrange(1000, 100000) for _ in range(32)] for _ in range(SLOTS)]
 
-        rates, turns = asyncio.run(both())
-        base = statistics.median(rates[1])
-        print(f"kernelfit serve, {args.model}, {args.tokens} tokens per request, {os.cpu_count()} CPUs, "
-              f"{args.rounds} interleaved rounds (median)")
-        print("| concurrent streaming clients | aggregate tokens/s | vs 1 client |")
-        print("|---|---|---|")
-        for clients, r in rates.items():
-            med = statistics.median(r)
-            print(f"| {clients} | {med:.1f} | {med / base:.2f}x |")
-        print(f"\nsecond turn of a {turns['prompt'][0]}-token chat (16-token answer), median of {args.rounds}")
-        print("| cache | seconds | cached prompt tokens |")
-        print("|---|---|---|")
-        for kind in ("warm", "cold"):
-            print(f"| {kind} | {statistics.median(t for t, _ in turns[kind]):.2f} | "
-                  f"{statistics.median(c for _, c in turns[kind]):.0f} |")
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+
+async def aggregate(client, asks: list, clients: int, tokens: int) -> float:
+    model = (await client.models.list()).data[0].id
+
+    async def one(i: int) -> int:
+        r = await client.completions.create(model=model, prompt=asks[i % len(asks)], max_tokens=tokens, temperature=0,
+                                            extra_body={"ignore_eos": True})
+        return r.usage.completion_tokens
+
+    t = time.perf_counter()
+    n = sum(await asyncio.gather(*(one(i) for i in range(clients))))
+    return n / (time.perf_counter() - t)
+
+
+STORY = ("A lighthouse keeper named Ada lived on a rocky island and kept the light burning through every storm for "
+         "forty years, writing each night in a logbook what the sea had done. ") * 40
+
+
+async def second_turn(client) -> tuple[float, int, int]:
+    model = (await client.models.list()).data[0].id
+    first = [{"role": "user", "content": STORY + "Who is the story about?"}]
+    a = await client.chat.completions.create(model=model, messages=first, max_tokens=16, temperature=0)
+    second = first + [{"role": "assistant", "content": a.choices[0].message.content},
+                      {"role": "user", "content": "Where did she live?"}]
+    t = time.perf_counter()
+    r = await client.chat.completions.create(model=model, messages=second, max_tokens=16, temperature=0)
+    details = getattr(r.usage, "prompt_tokens_details", None)
+    return time.perf_counter() - t, a.usage.prompt_tokens, (details.cached_tokens or 0) if details else -1
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--files", default="smollm2,qwen2.5-1.5b")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--tokens", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=os.cpu_count(), help="llama-server's -t (kernelfit: every core)")
+    a = ap.parse_args()
+    from openai import AsyncOpenAI
+
+    from kernelfit.model.spec import bundled_gguf
+
+    files = {}
+    for name in a.files.split(","):
+        files[name] = bundled_gguf("smollm2-135m") if name == "smollm2" else shapes.make(name, "Q4_K_M")
+    kinds = ("llama-server", "kernelfit")
+    for name, path in files.items():
+        servers = {k: start(k, path, a.threads) for k in kinds}
+        try:
+            clients = {k: AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", timeout=600)
+                       for k, (_, port) in servers.items()}
+            asks = prompts(name == "smollm2")
+
+            async def measure():
+                for k in kinds:  # warm-up
+                    await aggregate(clients[k], asks, 1, 8)
+                rates = {(k, c): [] for k in kinds for c in CLIENTS}
+                turns = {k: [] for k in kinds}
+                for r in range(a.rounds):
+                    for c in CLIENTS:
+                        for k in kinds:
+                            rates[(k, c)].append(await aggregate(clients[k], asks, c, a.tokens))
+                            print(f"round {r + 1}: {name} {k:<12} {c} clients {rates[(k, c)][-1]:7.1f} tok/s",
+                                  flush=True)
+                    if name == "smollm2":
+                        for k in kinds:
+                            turns[k].append(await second_turn(clients[k]))
+                return rates, turns
+
+            rates, turns = asyncio.run(measure())
+        finally:
+            for proc, _ in servers.values():
+                proc.terminate()
+                proc.wait(timeout=60)
+        print(f"\n{name} ({path.name}, {path.stat().st_size / 2**20:.0f} MiB): {a.tokens} tokens a request, "
+              f"{a.threads} threads, {a.rounds} interleaved rounds (medians)")
+        print("| concurrent clients | llama-server -np 8 tok/s | kernelfit serve tok/s | kernelfit / llama-server | "
+              "kernelfit vs its 1 client |")
+        print("|---:|---:|---:|---:|---:|")
+        one = statistics.median(rates[("kernelfit", 1)])
+        for c in CLIENTS:
+            lc, kf = statistics.median(rates[("llama-server", c)]), statistics.median(rates[("kernelfit", c)])
+            ratio = statistics.median(x / y for x, y in zip(rates[("kernelfit", c)], rates[("llama-server", c)]))
+            print(f"| {c} | {lc:.1f} | {kf:.1f} | {ratio:.2f}x | {kf / one:.2f}x |")
+        if turns["kernelfit"]:
+            print(f"\nsecond turn of a {turns['kernelfit'][0][1]}-token chat (16-token answer), median seconds")
+            print("| server | seconds | cached prompt tokens |")
+            print("|---|---:|---:|")
+            for k in kinds:
+                print(f"| {k} | {statistics.median(t for t, _, _ in turns[k]):.2f} | "
+                      f"{statistics.median(c for _, _, c in turns[k]):.0f} |")
+        print(flush=True)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

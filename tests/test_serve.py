@@ -171,6 +171,20 @@ def test_eight_streams_joining_stopping_and_leaving_mid_batch_equal_the_same_req
     assert batches["largest"] >= 4, batches  # requests did decode together
 
 
+def test_a_completion_prompt_may_be_token_ids(client, server):
+    """OpenAI's `prompt` as a list of token ids: the same answer as its text; an id past the vocabulary is a 400."""
+    from kernelfit.engine.gguf.tokenizer import gguf_tokenizer
+    from kernelfit.model.spec import bundled_gguf
+
+    ids = gguf_tokenizer(bundled_gguf("smollm2-135m"))("The capital of France is")["input_ids"]
+    text = client.completions.create(model="smollm2-135m", prompt="The capital of France is", max_tokens=4,
+                                     temperature=0)
+    tokens = client.completions.create(model="smollm2-135m", prompt=ids, max_tokens=4, temperature=0)
+    assert tokens.choices[0].text == text.choices[0].text and tokens.usage.prompt_tokens == len(ids)
+    code, body = server.post("/v1/completions", json.dumps({"model": "smollm2-135m", "prompt": [1, 49152]}).encode())
+    assert code == 400 and "outside the vocabulary" in body["error"]["message"]
+
+
 def test_the_dequantized_gguf_is_served_in_batches():
     """--quantization none: transformers' load of the same file, requests batched; concurrent streams are each
     their own answer, the same as alone (float32: batched and single decoding agree bit for bit here)."""

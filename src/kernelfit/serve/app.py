@@ -122,6 +122,16 @@ def create_app(loaded, model_id: str, context: int, api_key: str | None = None, 
             ids = tok("\n".join(m["content"] for m in messages) + "\n")["input_ids"]
         return list(ids), None
 
+    # token-id prompts: ids the model has rows for (a tokenizer may name fewer than the embedding's rows)
+    vocab = next((s.vocab_size for s in loaded.plan.model.sub_models if s.role == "text" and s.vocab_size), None)
+
+    def prompt_ids(prompt) -> list[int]:
+        if isinstance(prompt, str):
+            return list(tok(prompt)["input_ids"])
+        if vocab is not None and max(prompt) >= vocab:
+            raise ApiError(400, f"token id {max(prompt)} is outside the vocabulary (0..{vocab - 1})", "prompt")
+        return prompt
+
     def submit(job: Job) -> None:
         try:
             engine.submit(job)
@@ -212,7 +222,7 @@ def create_app(loaded, model_id: str, context: int, api_key: str | None = None, 
         try:
             req = parse_completion(await body_of(request))
             check_model(req.model)
-            job = job_for(list(tok(req.prompt)["input_ids"]), req.sampling)
+            job = job_for(prompt_ids(req.prompt), req.sampling)
             submit(job)
         except ApiError as exc:
             return error(exc)

@@ -43,7 +43,7 @@ class ChatRequest:
 @dataclass
 class CompletionRequest:
     model: str
-    prompt: str
+    prompt: str | list[int]  # text, or token ids
     sampling: Sampling
     stream: bool
     include_usage: bool
@@ -182,8 +182,11 @@ def parse_chat(body) -> ChatRequest:
 def parse_completion(body) -> CompletionRequest:
     model, stream, usage = _common(body)
     prompt = body.get("prompt")
-    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
         prompt = prompt[0]
+    if isinstance(prompt, list) and prompt and all(isinstance(t, int) and not isinstance(t, bool) and t >= 0
+                                                   for t in prompt):
+        return CompletionRequest(model, list(prompt), _sampling(body), stream, usage)  # token ids, as OpenAI allows
     if not isinstance(prompt, str) or not prompt:
-        raise ApiError(400, "'prompt' must be a non-empty string", "prompt")
+        raise ApiError(400, "'prompt' must be a non-empty string or a list of token ids", "prompt")
     return CompletionRequest(model, prompt, _sampling(body), stream, usage)
