@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .engine import Busy, Engine, Job, ShuttingDown
 from .metrics import CONTENT_TYPE, Metrics
+from .structured import Grammars, tool_calls
 from .protocol import ApiError, parse_chat, parse_completion
 
 
@@ -111,13 +112,11 @@ def create_app(loaded, model_id: str, context: int, api_key: str | None = None, 
             ids = enc.pop("input_ids")[0].tolist()
             enc.pop("attention_mask", None)
             return ids, enc
-        messages = [{"role": m["role"], "content": m["content"] if isinstance(m["content"], str) else
+        messages = [{**m, "content": m["content"] if isinstance(m["content"], str) else
                      "".join(p["text"] for p in m["content"] if p["type"] == "text")} for m in req.messages]
-        if getattr(processor, "chat_template", None):
-            ids = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
-                                                return_dict=True)["input_ids"]
-            if ids and isinstance(ids[0], list):
-                ids = ids[0]
+        template = getattr(processor, "chat_template", None)
+        if template:
+            ids = render_chat(processor, template, messages, req.tools)
         else:
             ids = tok("\n".join(m["content"] for m in messages) + "\n")["input_ids"]
         return list(ids), None
@@ -131,6 +130,40 @@ def create_app(loaded, model_id: str, context: int, api_key: str | None = None, 
         if vocab is not None and max(prompt) >= vocab:
             raise ApiError(400, f"token id {max(prompt)} is outside the vocabulary (0..{vocab - 1})", "prompt")
         return prompt
+
+    def render_chat(processor, template: str, messages: list[dict], tools: list) -> list[int]:
+        """The chat template's prompt; tools shown where the template shows them. A template that refuses tool
+        messages or calls (one that only alternates user and assistant) gets them as text: the call as its JSON, the
+        result as a user turn naming the call."""
+        kw = {"tools": tools} if tools and "tools" in template else {}
+
+        def apply(msgs):
+            ids = processor.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True, return_dict=True,
+                                                **kw)["input_ids"]
+            return ids[0] if ids and isinstance(ids[0], list) else ids
+
+        try:
+            return list(apply(messages))
+        except Exception:  # noqa: BLE001 - jinja's raise_exception, or a template reading fields it lacks
+            if not any(m["role"] == "tool" or "tool_calls" in m for m in messages):
+                raise
+        plain = []
+        for m in messages:
+            if m["role"] == "tool":
+                plain.append({"role": "user", "content": f"[result of tool call {m['tool_call_id']}] {m['content']}"})
+            elif "tool_calls" in m:
+                calls = [{"name": c["function"]["name"], "arguments": c["function"].get("arguments", "")}
+                         for c in m["tool_calls"]]
+                plain.append({"role": "assistant", "content": (m["content"] or "") + json.dumps(calls)})
+            else:
+                plain.append(m)
+        return list(apply(plain))
+
+    grammars = Grammars(tok, vocab or (len(tok.tokens) if hasattr(tok, "token_bytes") else len(tok)), engine.eos)
+
+    def constrain(job: Job, constraint) -> None:
+        if constraint is not None:
+            job.matcher = grammars.matcher(grammars.grammar(constraint))
 
     def submit(job: Job) -> None:
         try:
@@ -161,15 +194,23 @@ def create_app(loaded, model_id: str, context: int, api_key: str | None = None, 
     def sse(obj) -> str:
         return f"data: {json.dumps(obj)}\n\n"
 
-    async def stream(job: Job, chunk, include_usage: bool):
+    async def stream(job: Job, chunk, include_usage: bool, tool_mode: bool = False):
+        held = []  # a tool request's text: a call is sent whole once complete, text as it was
         try:
             yield sse(chunk(None, None, first=True))
             while True:
                 event = await job.events.get()
-                if event[0] == "text":
+                if event[0] == "text" and tool_mode:
+                    held.append(event[1])
+                elif event[0] == "text":
                     yield sse(chunk(event[1], None))
                 elif event[0] == "done":
-                    yield sse(chunk(None, event[1]))
+                    finish = event[1]
+                    if tool_mode:
+                        calls = tool_calls("".join(held)) if finish == "stop" else None
+                        yield sse(chunk(calls if calls else "".join(held), None))
+                        finish = "tool_calls" if calls else finish
+                    yield sse(chunk(None, finish))
                     if include_usage:
                         yield sse(dict(chunk(None, None), choices=[], usage=usage(event[2], event[3], event[4])))
                     break
@@ -180,12 +221,12 @@ def create_app(loaded, model_id: str, context: int, api_key: str | None = None, 
         finally:
             job.cancelled.set()  # the client left (or the stream ended): the engine drops the row
 
-    async def respond(job: Job, req, prefix: str, chunk, final):
+    async def respond(job: Job, req, prefix: str, chunk, final, tool_mode: bool = False):
         """A stream of chunks, or one response with the whole text and the usage."""
         rid, now = f"{prefix}-{uuid.uuid4().hex[:24]}", int(time.time())
         if req.stream:
             return StreamingResponse(stream(job, lambda text, finish, first=False: chunk(rid, now, text, finish, first),
-                                            req.include_usage), media_type="text/event-stream")
+                                            req.include_usage, tool_mode), media_type="text/event-stream")
         try:
             text, finish, p, c, cached = await collect(job)
         except ApiError as exc:
@@ -203,19 +244,27 @@ def create_app(loaded, model_id: str, context: int, api_key: str | None = None, 
             check_model(req.model)
             ids, extra = chat_inputs(req)
             job = job_for(ids, req.sampling, extra)
+            constrain(job, req.constraint)
             submit(job)
         except ApiError as exc:
             return error(exc)
+        tool_mode = req.constraint is not None and req.constraint.kind == "tool"
+
         def chunk(rid, now, text, finish, first=False):
             delta = {"role": "assistant", "content": ""} if first else ({"content": text} if text else {})
+            if isinstance(text, list):  # a tool call, sent whole when its JSON is complete
+                delta = {"tool_calls": [dict(c, index=i) for i, c in enumerate(text)]}
             return {"id": rid, "object": "chat.completion.chunk", "created": now, "model": model_id,
                     "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
 
         def final(text, finish):
-            return "chat.completion", {"index": 0, "message": {"role": "assistant", "content": text},
-                                       "finish_reason": finish}
+            calls = tool_calls(text) if tool_mode and finish == "stop" else None
+            message = {"role": "assistant", "content": None, "tool_calls": calls} if calls else \
+                {"role": "assistant", "content": text}
+            return "chat.completion", {"index": 0, "message": message,
+                                       "finish_reason": "tool_calls" if calls else finish}
 
-        return await respond(job, req, "chatcmpl", chunk, final)
+        return await respond(job, req, "chatcmpl", chunk, final, tool_mode)
 
     @app.post("/v1/completions")
     async def completions(request: Request):

@@ -78,7 +78,7 @@ class Batcher:
                 continue
             seq, same = self.pool.acquire(job.prompt_ids)
             job.cached = same
-            greedy = job.sampling.temperature == 0
+            greedy = job.sampling.temperature == 0 and job.matcher is None  # drafts: unconstrained greedy rows
             self.active.append(Active(job, seq, same, len(job.prompt_ids) - 1, job.prompt_ids[-1],
                                       self.engine._generator(job.sampling, "cpu"),
                                       PromptLookup(job.prompt_ids) if greedy else None, DraftGate()))
@@ -135,7 +135,7 @@ class Batcher:
                 a.lookup.accepted(len(draft), kept)
                 tokens = draft[:kept] + [best[kept]]
             else:
-                tokens = [self.engine._pick(logits[first].float(), a.job.sampling, a.gen)]
+                tokens = [self.engine.choose(a.job, logits[first], a.gen)]
                 if alone and a.lookup is not None:
                     a.gate.plain(seconds)
             first += len(draft) + 1

@@ -48,6 +48,7 @@ class Job:
     sent: int = 0  # characters of the decoded text already sent
     text: str = ""
     done: bool = False
+    matcher: object = None  # llguidance.LLMatcher of a constrained request (serve/structured.py)
     arrived: float = field(default_factory=time.perf_counter)
     last_token_at: float | None = None  # metrics: time to first token, then between tokens
 
@@ -216,7 +217,7 @@ class Engine:
                     job.done = True
                     step.append(self.pad)
                     continue
-                token = self._pick(logits[i], job.sampling, gens[i])
+                token = self.choose(job, logits[i], gens[i])
                 step.append(token)
                 self._advance(job, token)
             if all(j.done for j in batch):
@@ -239,7 +240,7 @@ class Engine:
         runner = self.model
         pos = len(job.prompt_ids)
         logits, job.cached = runner.start(job.prompt_ids, job.max_new)
-        if job.sampling.temperature == 0:  # greedy: prompt-lookup drafts checked a step at a time, the same tokens
+        if job.sampling.temperature == 0 and job.matcher is None:  # greedy: prompt-lookup drafts, the same tokens
             for token in runner.greedy(job.prompt_ids, int(logits.argmax()), pos, job.max_new):
                 if job.cancelled.is_set():
                     job.done = True
@@ -253,7 +254,7 @@ class Engine:
             if job.cancelled.is_set():
                 job.done = True
                 return
-            token = self._pick(logits.float(), job.sampling, gen)
+            token = self.choose(job, logits, gen)
             self._advance(job, token)
             if job.done:
                 return
@@ -267,6 +268,16 @@ class Engine:
         g = torch.Generator(device=device)
         g.manual_seed(s.seed if s.seed is not None else int.from_bytes(os.urandom(4), "little"))
         return g
+
+    def choose(self, job: Job, logits: torch.Tensor, gen) -> int:
+        """The job's next token: its sampling over the logits, the tokens its grammar cannot take removed first."""
+        if job.matcher is None:
+            return self._pick(logits.float(), job.sampling, gen)
+        from .structured import mask_logits
+
+        token = self._pick(mask_logits(job.matcher, logits), job.sampling, gen)
+        job.matcher.consume_token(token)
+        return token
 
     @staticmethod
     def _pick(logits: torch.Tensor, s: Sampling, gen) -> int:
@@ -286,6 +297,10 @@ class Engine:
         job.tokens.append(token)
         if self.metrics is not None:
             self.metrics.token(job)
+        if job.matcher is not None and job.matcher.is_stopped():  # the grammar is complete: nothing may follow
+            job.text = self.tok.decode(job.tokens, skip_special_tokens=True)
+            self._finish(job, "stop")
+            return
         text = self.tok.decode(job.tokens, skip_special_tokens=True)
         cut = min((i for i in (text.find(s) for s in job.sampling.stop) if i >= 0), default=-1)
         if cut >= 0:

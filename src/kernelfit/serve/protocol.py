@@ -4,6 +4,7 @@ ApiError with the status and the `{"error": {...}}` body OpenAI clients expect. 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 
 MAX_STOP = 4
@@ -38,6 +39,8 @@ class ChatRequest:
     sampling: Sampling
     stream: bool
     include_usage: bool
+    constraint: "Constraint | None" = None
+    tools: list = field(default_factory=list)  # as sent: the chat template may show them to the model
 
 
 @dataclass
@@ -95,29 +98,86 @@ def _sampling(body: dict) -> Sampling:
                     _float(body, "top_p", 1.0, 0.0, 1.0, lo_open=True), stops, seed, ignore_eos)
 
 
-# Request fields this server does not implement yet: refused with a 400 that says so, never silently ignored (a
-# client asking for JSON output or a tool call must not get free text it then fails to parse). A value that asks
-# for nothing (tools [], tool_choice "none", response_format text, logprobs false) is accepted.
-UNSUPPORTED = {
-    "tools": "tool calling", "tool_choice": "tool calling", "functions": "function calling",
-    "function_call": "function calling", "response_format": "structured output (response_format)",
-    "logprobs": "log probabilities", "top_logprobs": "log probabilities",
-}
-HARMLESS = {"tools": ([], None), "tool_choice": ("none", None), "functions": ([], None),
-            "function_call": ("none", None), "logprobs": (False, None), "top_logprobs": (0, None)}
+# Request fields this server does not implement: refused with a 400 that says so, never silently ignored. A value
+# that asks for nothing (logprobs false, functions []) is accepted.
+UNSUPPORTED = {"functions": "the legacy 'functions' (use 'tools')", "function_call": "the legacy 'function_call' "
+               "(use 'tool_choice')", "logprobs": "log probabilities", "top_logprobs": "log probabilities"}
+HARMLESS = {"functions": ([], None), "function_call": ("none", None), "logprobs": (False, None),
+            "top_logprobs": (0, None)}
+TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # OpenAI's rule for function names
+
+
+@dataclass
+class Constraint:
+    """What the output must be, checked token by token (serve/structured.py): JSON matching `schema`, or (tools) one
+    call {"name": ..., "arguments": {...}} of the named functions, or free text not starting with "{" (auto)."""
+    kind: str  # "json" or "tool"
+    schema: dict
+    free_text: bool = False  # tool_choice "auto": the model may answer in text instead
 
 
 def _refuse_unsupported(body: dict) -> None:
     for key, what in UNSUPPORTED.items():
-        if key not in body:
-            continue
-        value = body[key]
-        if key == "response_format" and (value is None or (isinstance(value, dict) and value.get("type") == "text")):
-            continue
-        if value in HARMLESS.get(key, ()):
-            continue
-        raise ApiError(400, f"'{key}': {what} is not supported by this server yet; leave '{key}' out (the answer "
-                       "would otherwise be free text)", key)
+        if key in body and body[key] not in HARMLESS.get(key, ()):
+            raise ApiError(400, f"'{key}': {what} is not supported by this server; leave '{key}' out", key)
+
+
+def _response_format(body: dict) -> Constraint | None:
+    rf = body.get("response_format")
+    if rf is None or (isinstance(rf, dict) and rf.get("type") == "text"):
+        return None
+    if not isinstance(rf, dict) or rf.get("type") not in ("json_object", "json_schema"):
+        raise ApiError(400, "'response_format' must be {\"type\": \"text\"}, {\"type\": \"json_object\"} or "
+                       "{\"type\": \"json_schema\", \"json_schema\": {\"name\": ..., \"schema\": {...}}}",
+                       "response_format")
+    if rf["type"] == "json_object":
+        return Constraint("json", {"type": "object"})
+    spec = rf.get("json_schema")
+    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or not isinstance(spec.get("schema"), dict):
+        raise ApiError(400, "'response_format.json_schema' needs a 'name' (string) and a 'schema' (object)",
+                       "response_format")
+    return Constraint("json", spec["schema"])
+
+
+def _tools(body: dict) -> Constraint | None:
+    tools, choice = body.get("tools"), body.get("tool_choice")
+    if tools in (None, []):
+        if choice not in (None, "none", "auto"):
+            raise ApiError(400, "'tool_choice' names a tool, but 'tools' is empty", "tool_choice")
+        return None
+    if not isinstance(tools, list):
+        raise ApiError(400, "'tools' must be a list of {\"type\": \"function\", \"function\": {...}}", "tools")
+    calls = {}
+    for i, t in enumerate(tools):
+        fn = t.get("function") if isinstance(t, dict) and t.get("type") == "function" else None
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not TOOL_NAME.match(fn["name"]):
+            raise ApiError(400, f"tools[{i}] must be {{\"type\": \"function\", \"function\": {{\"name\": "
+                           "[A-Za-z0-9_-]{1,64}, \"parameters\": {...}}}", f"tools[{i}]")
+        params = fn.get("parameters", {"type": "object", "properties": {}})
+        if not isinstance(params, dict):
+            raise ApiError(400, f"tools[{i}].function.parameters must be a JSON schema object", f"tools[{i}]")
+        calls[fn["name"]] = params
+    if choice == "none":
+        return None
+    if isinstance(choice, dict):
+        name = (choice.get("function") or {}).get("name") if choice.get("type") == "function" else None
+        if name not in calls:
+            raise ApiError(400, f"'tool_choice' names {name!r}, which is not in 'tools'", "tool_choice")
+        calls = {name: calls[name]}
+    elif choice not in (None, "auto", "required"):
+        raise ApiError(400, "'tool_choice' must be 'none', 'auto', 'required' or {\"type\": \"function\", "
+                       "\"function\": {\"name\": ...}}", "tool_choice")
+    one = [{"type": "object", "properties": {"name": {"const": n}, "arguments": p}, "required": ["name", "arguments"],
+            "additionalProperties": False} for n, p in calls.items()]
+    return Constraint("tool", one[0] if len(one) == 1 else {"anyOf": one}, free_text=choice in (None, "auto"))
+
+
+def _constraint(body: dict) -> Constraint | None:
+    json_out, tool = _response_format(body), _tools(body)
+    if json_out and tool:
+        raise ApiError(400, "'response_format' and a tool call cannot both shape one answer; send one of them",
+                       "response_format")
+    return json_out or tool
 
 
 def _common(body) -> tuple[str, bool, bool]:
@@ -136,7 +196,7 @@ def _common(body) -> tuple[str, bool, bool]:
     return model, stream, bool(options.get("include_usage"))
 
 
-ROLES = ("system", "developer", "user", "assistant")
+ROLES = ("system", "developer", "user", "assistant", "tool")
 
 
 def parse_chat(body) -> ChatRequest:
@@ -146,13 +206,13 @@ def parse_chat(body) -> ChatRequest:
         raise ApiError(400, "'messages' must be a non-empty list", "messages")
     out, images = [], []
     for i, m in enumerate(messages):
-        if isinstance(m, dict) and m.get("role") == "tool":
-            raise ApiError(400, f"messages[{i}]: role 'tool' answers a tool call, and tool calling is not supported by "
-                           "this server yet", f"messages[{i}]")
         if not isinstance(m, dict) or m.get("role") not in ROLES:
             raise ApiError(400, f"messages[{i}] must be an object with a role of {', '.join(ROLES)}", f"messages[{i}]")
         content = m.get("content")
-        if isinstance(content, str):
+        extra = _tool_fields(m, i)
+        if content is None and "tool_calls" in extra:
+            text = ""
+        elif isinstance(content, str):
             text = content
         elif isinstance(content, list):
             parts = []
@@ -175,8 +235,27 @@ def parse_chat(body) -> ChatRequest:
         else:
             raise ApiError(400, f"messages[{i}].content must be a string or a list of parts", f"messages[{i}].content")
         role = "system" if m["role"] == "developer" else m["role"]
-        out.append({"role": role, "content": text})
-    return ChatRequest(model, out, images, _sampling(body), stream, usage)
+        out.append({"role": role, "content": text, **extra})
+    return ChatRequest(model, out, images, _sampling(body), stream, usage, _constraint(body), body.get("tools") or [])
+
+
+def _tool_fields(m: dict, i: int) -> dict:
+    """An assistant message's tool_calls, a tool message's tool_call_id: checked, kept for the chat template."""
+    extra = {}
+    if m["role"] == "tool":
+        if not isinstance(m.get("tool_call_id"), str):
+            raise ApiError(400, f"messages[{i}]: a 'tool' message needs the 'tool_call_id' it answers", f"messages[{i}]")
+        extra["tool_call_id"] = m["tool_call_id"]
+    calls = m.get("tool_calls")
+    if calls is not None:
+        ok = m["role"] == "assistant" and isinstance(calls, list) and all(
+            isinstance(c, dict) and isinstance(c.get("function"), dict) and isinstance(c["function"].get("name"), str)
+            and isinstance(c["function"].get("arguments", ""), str) for c in calls)
+        if not ok:
+            raise ApiError(400, f"messages[{i}].tool_calls must be an assistant's list of {{\"function\": {{\"name\", "
+                           "\"arguments\"}}}}", f"messages[{i}]")
+        extra["tool_calls"] = calls
+    return extra
 
 
 def parse_completion(body) -> CompletionRequest:

@@ -251,6 +251,28 @@ class GgufTokenizer:
         _flush_bytes(pending, out)
         return "".join(out)
 
+    def token_bytes(self) -> list[bytes]:
+        """Each token's bytes as decode() writes them (a grammar-constrained sampler matches text byte by byte:
+        serve/structured.py); special tokens' own spelling."""
+        out = []
+        for i in range(len(self.tokens)):
+            t = self.tokens[i]
+            if i in self.special_ids:
+                out.append(t.encode())
+            elif self.kind is TokenizerKind.BYTE_LEVEL_BPE:
+                try:
+                    out.append(bytes(_CHAR_BYTES[c] for c in t))
+                except KeyError:
+                    out.append(t.encode())
+            elif len(t) == 6 and t.startswith("<0x") and t.endswith(">"):
+                try:
+                    out.append(bytes([int(t[3:5], 16)]))
+                except ValueError:
+                    out.append(t.encode())
+            else:
+                out.append(t.replace(SPACE, " ").encode())
+        return out
+
     # --- the transformers tokenizer surface loader.generate uses ------------------------------------------
     def __call__(self, text: str, return_tensors: str | None = None, add_special_tokens: bool = True, **_) -> dict:
         ids = self.encode(text, add_special_tokens)
