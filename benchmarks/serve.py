@@ -11,7 +11,9 @@ real vocabulary) distinct token-id prompts of 32 tokens.
 
 Second turn (the bundled SmolLM2 only: it has a chat template): a ~1,500-token chat answered once, then the same
 history + the answer + one more question; the time to the whole 16-token answer while the server still holds the
-first turn (both servers reuse the shared prefix).
+first turn (both servers reuse the shared prefix). Then the cost of structured output: a json_schema answer's
+seconds a token against the same request unconstrained (llama-server's own grammar sampler beside kernelfit's
+llguidance).
 """
 
 from __future__ import annotations
@@ -108,6 +110,23 @@ async def second_turn(client) -> tuple[float, int, int]:
     return time.perf_counter() - t, a.usage.prompt_tokens, (details.cached_tokens or 0) if details else -1
 
 
+STORY_SCHEMA = {"type": "object", "properties": {"story": {"type": "string"}}, "required": ["story"]}
+
+
+async def structured_cost(client, tokens: int) -> float:
+    """Seconds a token of a json_schema answer over seconds a token of the same request unconstrained (greedy, one
+    client; the constrained answer is one long string, so both decode `tokens` tokens or close to it)."""
+    model = (await client.models.list()).data[0].id
+    ask = [{"role": "user", "content": "Write a long story about the sea, as JSON."}]
+    per_token = []
+    for fmt in (None, {"type": "json_schema", "json_schema": {"name": "story", "schema": STORY_SCHEMA}}):
+        extra = {"response_format": fmt} if fmt else {"extra_body": {"ignore_eos": True}}
+        t = time.perf_counter()
+        r = await client.chat.completions.create(model=model, messages=ask, max_tokens=tokens, temperature=0, **extra)
+        per_token.append((time.perf_counter() - t) / r.usage.completion_tokens)
+    return per_token[1] / per_token[0]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--files", default="smollm2,qwen2.5-1.5b")
@@ -135,6 +154,7 @@ def main() -> int:
                     await aggregate(clients[k], asks, 1, 8)
                 rates = {(k, c): [] for k in kinds for c in CLIENTS}
                 turns = {k: [] for k in kinds}
+                costs = {k: [] for k in kinds}
                 for r in range(a.rounds):
                     for c in CLIENTS:
                         for k in kinds:
@@ -144,9 +164,10 @@ def main() -> int:
                     if name == "smollm2":
                         for k in kinds:
                             turns[k].append(await second_turn(clients[k]))
-                return rates, turns
+                            costs[k].append(await structured_cost(clients[k], a.tokens))
+                return rates, turns, costs
 
-            rates, turns = asyncio.run(measure())
+            rates, turns, costs = asyncio.run(measure())
         finally:
             for proc, _ in servers.values():
                 proc.terminate()
@@ -168,6 +189,11 @@ def main() -> int:
             for k in kinds:
                 print(f"| {k} | {statistics.median(t for t, _, _ in turns[k]):.2f} | "
                       f"{statistics.median(c for _, _, c in turns[k]):.0f} |")
+            print("\njson_schema answer, seconds a token over the same request unconstrained (one client, greedy)")
+            print("| server | constrained / free |")
+            print("|---|---:|")
+            for k in kinds:
+                print(f"| {k} | {statistics.median(costs[k]):.2f}x |")
         print(flush=True)
     return 0
 
