@@ -131,13 +131,15 @@ def encode(w: np.ndarray, qtype: str):
 def write_tiny(path: Path, qtype: str, arch: str = "llama", seed: int = 0, embed_type: str | None = None,
                tokenizer: bool = True, nan_norm: bool = False, yarn: bool = False, nan_scale: bool = False,
                head_dim: int | None = None, rope_freqs: np.ndarray | None = None,
-               yarn_context: tuple[float, int] | None = None) -> Path:
-    """A 2-layer model of `arch` ("llama", "qwen2", "qwen3", "gemma3") whose linear weights are `qtype`; `tokenizer`
+               yarn_context: tuple[float, int] | None = None, rope_dims: int | None = None,
+               longrope: bool = False) -> Path:
+    """A 2-layer model of `arch` ("llama", "qwen2", "qwen3", "gemma3", "phi3") whose linear weights are `qtype`; `tokenizer`
     False leaves out the token scores transformers needs, `nan_norm` puts a NaN in the final norm, `nan_scale` one in
     a block scale of a quantized tensor (Q4_0/Q5_0/Q8_0: the first two bytes of a block), `yarn` declares YaRN
     rotary scaling (with `yarn_context` = (factor, original context length) stored, as llama.cpp's converter does);
     `head_dim` overrides the head size (the runner reads it from attention.key_length); `rope_freqs` writes Llama 3's
-    per-pair frequency factors as the `rope_freqs.weight` tensor."""
+    per-pair frequency factors as the `rope_freqs.weight` tensor; `rope_dims` rotates only that many dimensions of a
+    head; `longrope` writes Phi-3.5's rope_factors_long/short tables."""
     rng = np.random.default_rng(seed)
     hd = head_dim or (128 if arch == "qwen3" else HEAD_DIM)  # transformers reads no head_dim from qwen3 files: 128
     w = GGUFWriter(str(path), arch)
@@ -159,8 +161,11 @@ def write_tiny(path: Path, qtype: str, arch: str = "llama", seed: int = 0, embed
     w.add_key_length(hd)
     w.add_value_length(hd)
     w.add_vocab_size(VOCAB)
-    if arch == "llama":
-        w.add_rope_dimension_count(hd)
+    if arch in ("llama", "phi3") or rope_dims:
+        w.add_rope_dimension_count(rope_dims or hd)
+    if longrope:  # Phi-3.5's LongRoPE as llama.cpp's converter writes it: two per-pair factor tables
+        for which in ("long", "short"):
+            w.add_tensor(f"rope_factors_{which}.weight", np.linspace(1, 4, hd // 2, dtype=np.float32))
     if arch == "gemma3":
         w.add_sliding_window(16)  # shorter than the test text, so the window matters
     w.add_tokenizer_model("gpt2")
@@ -171,6 +176,8 @@ def write_tiny(path: Path, qtype: str, arch: str = "llama", seed: int = 0, embed
     w.add_token_merges([])
     w.add_bos_token_id(1)
     w.add_eos_token_id(2)
+    if arch == "phi3":
+        w.add_pad_token_id(0)  # transformers' Phi3Config pads with 32000 otherwise, past this vocabulary
 
     def tensor(name, shape, kind, std=0.08):
         if kind == "norm":
@@ -188,13 +195,19 @@ def write_tiny(path: Path, qtype: str, arch: str = "llama", seed: int = 0, embed
     for i in range(LAYERS):
         b = f"blk.{i}."
         tensor(b + "attn_norm.weight", (HIDDEN,), "norm")
-        tensor(b + "attn_q.weight", (HEADS * hd, HIDDEN), qtype)
-        tensor(b + "attn_k.weight", (KV_HEADS * hd, HIDDEN), qtype)
-        tensor(b + "attn_v.weight", (KV_HEADS * hd, HIDDEN), qtype)
+        if arch == "phi3":  # fused Q/K/V and gate/up, as llama.cpp's converter writes Phi-3's qkv_proj, gate_up_proj
+            tensor(b + "attn_qkv.weight", ((HEADS + 2 * KV_HEADS) * hd, HIDDEN), qtype)
+        else:
+            tensor(b + "attn_q.weight", (HEADS * hd, HIDDEN), qtype)
+            tensor(b + "attn_k.weight", (KV_HEADS * hd, HIDDEN), qtype)
+            tensor(b + "attn_v.weight", (KV_HEADS * hd, HIDDEN), qtype)
         tensor(b + "attn_output.weight", (HIDDEN, HEADS * hd), qtype)
         tensor(b + "ffn_norm.weight", (HIDDEN,), "norm")
-        tensor(b + "ffn_gate.weight", (FFN, HIDDEN), qtype)
-        tensor(b + "ffn_up.weight", (FFN, HIDDEN), qtype)
+        if arch == "phi3":
+            tensor(b + "ffn_up.weight", (2 * FFN, HIDDEN), qtype)
+        else:
+            tensor(b + "ffn_gate.weight", (FFN, HIDDEN), qtype)
+            tensor(b + "ffn_up.weight", (FFN, HIDDEN), qtype)
         tensor(b + "ffn_down.weight", (HIDDEN, FFN), qtype)
         if arch == "qwen2":
             for x, n in (("q", HEADS), ("k", KV_HEADS), ("v", KV_HEADS)):

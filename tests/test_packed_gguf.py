@@ -143,14 +143,15 @@ def _agreement(path: Path, ids: torch.Tensor, **build):
 
 
 CASES = [("llama", t) for t in TYPES] + [("qwen2", "Q4_0"), ("qwen2", "Q8_0"), ("gemma3", "Q4_K"), ("gemma3", "Q5_0"),
-                                          ("qwen3", "Q4_K"), ("qwen3", "Q8_0")]
+                                          ("qwen3", "Q4_K"), ("qwen3", "Q8_0"), ("phi3", "Q4_K"), ("phi3", "Q6_K")]
 
 
 @pytest.mark.parametrize("arch,qtype", CASES)
 def test_packed_agrees_with_transformers_dequantized_load(tmp_path, arch, qtype):
     """Teacher-forced over 300 positions of text (bytes as tokens): top-1 >= 99%, logit cosine >= 0.999.
     qwen2 covers Q/K/V biases and the rotary re-ordering of its rows, gemma3 its extra norms, Q/K norms and
-    a sliding window (16) shorter than the text, qwen3 Q/K norms with a head size (128) other than hidden/heads."""
+    a sliding window (16) shorter than the text, qwen3 Q/K norms with a head size (128) other than hidden/heads,
+    phi3 its fused Q/K/V and gate/up tensors (halves rotary: the fused rows re-ordered per part)."""
     path = write_tiny(tmp_path / f"{arch}-{qtype}.gguf", qtype, arch)
     top1, cos, b = _agreement(path, _tokens())
     assert top1 >= 0.99, (top1, float(cos.min()))
@@ -177,7 +178,7 @@ def test_torch_kernels_still_run_where_the_dot_products_are_not_built(tmp_path, 
 
 
 @pytest.mark.parametrize("arch,qtype", [("gemma3", "Q4_K"), ("gemma3", "Q5_0"), ("qwen2", "Q4_1"), ("llama", "Q8_0"),
-                                        ("qwen3", "Q5_K")])
+                                        ("qwen3", "Q5_K"), ("phi3", "Q4_0")])
 @pytest.mark.parametrize("step", ["native", "torchscript"])
 def test_decode_steps_match_one_prefill_and_the_dense_prefill_copy(tmp_path, arch, qtype, step):
     """One token at a time (the C++ step, or the TorchScript one) gives the logits of one prefill over the

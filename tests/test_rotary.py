@@ -106,3 +106,22 @@ def test_scaled_rotary_files_plan_packed_and_odd_yarn_is_refused_at_plan_time(tm
     why = next(r for r in p.quantization_rejected if r.name == "gguf:packed-cpu")
     assert p.quantization.method == "none" and why.kind is RejectKind.NOT_RUNNABLE
     assert "rope.scaling.original_context_length" in why.reason
+
+
+@pytest.mark.parametrize("kw,says", [({"longrope": True}, "longrope"), ({"rope_dims": HEAD_DIM // 2}, "partial rotary")])
+def test_rotary_the_runner_lacks_is_refused_at_plan_time_and_by_the_engine(tmp_path, kw, says):
+    """Phi-3.5's LongRoPE tables and a rotary over part of each head: the plan runs the file dequantized and says
+    why; the engine, asked directly, refuses in one line (it would otherwise rotate with the wrong frequencies)."""
+    from kernelfit.errors import UsageError
+
+    path = write_tiny(tmp_path / "m.gguf", "Q4_0", "phi3", **kw)
+    p = plan(load_profile("cpu-spr-amx"), load_model_spec(str(path)), Preferences())
+    why = next(r for r in p.quantization_rejected if r.name == "gguf:packed-cpu")
+    assert p.quantization.method == "none" and says in why.reason
+    with pytest.raises(UsageError, match=says):
+        build_lean(path)
+
+
+def test_a_phi3_file_plans_packed(tmp_path):
+    spec = load_model_spec(str(write_tiny(tmp_path / "phi3.gguf", "Q4_K", "phi3")))
+    assert plan(load_profile("cpu-spr-amx"), spec, Preferences()).quantization.method == "gguf"

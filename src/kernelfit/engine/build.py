@@ -10,6 +10,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..errors import UsageError
@@ -71,8 +72,14 @@ def build_lean(path: str | Path, prefill_dense: bool = False, progress=None, pre
     blocks, packed = [], []
     for i in range(cfg.layers):
         b = f"blk.{i}."
-        names = [b + "attn_q.weight", b + "attn_k.weight", b + "attn_v.weight"]
-        orders = {names[0]: q_order, names[1]: k_order} if interleave else {}
+        if t.has(b + "attn_qkv.weight"):  # phi3: Q, K and V rows in one tensor, in that order
+            names = [b + "attn_qkv.weight"]
+            v_rows = np.arange(cfg.kv_heads * cfg.head_dim) + (cfg.heads + cfg.kv_heads) * cfg.head_dim
+            orders = {names[0]: np.concatenate([q_order, k_order + cfg.heads * cfg.head_dim, v_rows])} \
+                if interleave else {}
+        else:
+            names = [b + "attn_q.weight", b + "attn_k.weight", b + "attn_v.weight"]
+            orders = {names[0]: q_order, names[1]: k_order} if interleave else {}
         bias = None
         if t.has(b + "attn_q.bias"):
             qb, kb, vb = (t.float_tensor(b + f"attn_{x}.bias") for x in "qkv")
@@ -80,7 +87,9 @@ def build_lean(path: str | Path, prefill_dense: bool = False, progress=None, pre
                 qb, kb = qb[torch.from_numpy(q_order)], kb[torch.from_numpy(k_order)]
             bias = torch.cat([qb, kb, vb])
         qkv = linear(t, names, orders, exact)
-        gate_up = linear(t, [b + "ffn_gate.weight", b + "ffn_up.weight"], exact=exact)
+        # phi3 stores gate and up as one ffn_up of 2 x ffn rows, gate first: the layout the fused product gives
+        gate_up = linear(t, [b + "ffn_gate.weight", b + "ffn_up.weight"] if t.has(b + "ffn_gate.weight") else
+                         [b + "ffn_up.weight"], exact=exact)
         o = linear(t, [b + "attn_output.weight"], exact=exact)[0]
         down = linear(t, [b + "ffn_down.weight"], exact=exact)[0]
         packed += [*qkv, o, *gate_up, down]

@@ -72,8 +72,14 @@ class GgufHeader:
         odd = [k for k in YARN_UNSUPPORTED_KEYS if self.arch_key(k) not in (None, 0.0, 1.0)]
         if kind == "yarn" and (odd or not self.arch_key("rope.scaling.original_context_length")):
             return f"yarn with {', '.join(odd) or 'no rope.scaling.original_context_length'}"
-        if kind in (None, "linear", "yarn") and any(t.name == "rope_freqs.weight" for t in self.tensors):
+        names = {t.name for t in self.tensors}
+        if "rope_factors_long.weight" in names:  # Phi-3.5 / Phi-4's LongRoPE: two factor tables, no type key
+            return "longrope"
+        if kind in (None, "linear", "yarn") and "rope_freqs.weight" in names:
             return "rope_freqs"
+        dims, head = self.arch_key("rope.dimension_count"), self.arch_key("attention.key_length")
+        if kind is None and dims and head and int(dims) < int(head):  # Phi-4-mini, StableLM: part of each head
+            return f"partial rotary ({int(dims)} of {int(head)} dimensions)"
         return kind
 
     def arch_key(self, key: str, default=None):
