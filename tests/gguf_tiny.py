@@ -163,9 +163,11 @@ def write_tiny(path: Path, qtype: str, arch: str = "llama", seed: int = 0, embed
     w.add_vocab_size(VOCAB)
     if arch in ("llama", "phi3") or rope_dims:
         w.add_rope_dimension_count(rope_dims or hd)
-    if longrope:  # Phi-3.5's LongRoPE as llama.cpp's converter writes it: two per-pair factor tables
-        for which in ("long", "short"):
-            w.add_tensor(f"rope_factors_{which}.weight", np.linspace(1, 4, hd // 2, dtype=np.float32))
+    if longrope:  # Phi-3.5's LongRoPE as llama.cpp's converter writes it: two per-pair factor tables, the original
+        # context (the file's context_length, 1024, is 2x it)
+        w.add_rope_scaling_orig_ctx_len(512)
+        for which, top in (("long", 8.0), ("short", 3.0)):
+            w.add_tensor(f"rope_factors_{which}.weight", np.linspace(1, top, hd // 2, dtype=np.float32))
     if arch == "gemma3":
         w.add_sliding_window(16)  # shorter than the test text, so the window matters
     w.add_tokenizer_model("gpt2")

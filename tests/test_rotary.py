@@ -108,10 +108,45 @@ def test_scaled_rotary_files_plan_packed_and_odd_yarn_is_refused_at_plan_time(tm
     assert "rope.scaling.original_context_length" in why.reason
 
 
-@pytest.mark.parametrize("kw,says", [({"longrope": True}, "longrope"), ({"rope_dims": HEAD_DIM // 2}, "partial rotary")])
+def test_longrope_phi3_agrees_with_transformers_phi3_on_the_same_weights(tmp_path):
+    """Phi-3.5's LongRoPE: transformers' Phi3 with rope_type longrope (its factor tables from the file), the weights
+    of transformers' own load of the file; within the original context (512 of 1024) the short table and the
+    attention factor sqrt(1 + ln 2 / ln 512) apply. The plan runs it packed, limited to the original context."""
+    from transformers import AutoModelForCausalLM, Phi3Config, Phi3ForCausalLM
+
+    from test_packed_gguf import _agreement  # noqa: F401 - the same bar
+
+    path = write_tiny(tmp_path / "m.gguf", "Q8_0", "phi3", longrope=True)
+    loaded = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    cfg = Phi3Config(**{k: v for k, v in loaded.config.to_dict().items() if k in (
+        "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+        "num_key_value_heads", "rms_norm_eps", "pad_token_id", "bos_token_id", "eos_token_id")},
+        max_position_embeddings=1024, original_max_position_embeddings=512,
+        rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0, "original_max_position_embeddings": 512,
+                         "short_factor": np.linspace(1, 3.0, HEAD_DIM // 2).tolist(),
+                         "long_factor": np.linspace(1, 8.0, HEAD_DIM // 2).tolist()})
+    ref = Phi3ForCausalLM(cfg).eval()
+    missing, unexpected = ref.load_state_dict(loaded.state_dict(), strict=False)
+    assert not unexpected and all("rotary" in k for k in missing), (missing, unexpected)  # only rotary buffers differ
+    ids = _tokens(300)
+    with torch.no_grad():
+        want = ref(ids[None]).logits[0]
+        plain = loaded(ids[None]).logits[0]  # transformers' GGUF load ignores the tables: the rotary matters here
+    b = build_lean(path)
+    assert b.cfg.max_positions == 512
+    reset_cache(b, len(ids) + 8)
+    got = forward(b, ids, 0, True)
+    cos = torch.nn.functional.cosine_similarity(want, got, dim=-1)
+    assert float((want.argmax(-1) == got.argmax(-1)).float().mean()) >= 0.99 and float(cos.mean()) >= 0.999
+    assert float(torch.nn.functional.cosine_similarity(plain, got, dim=-1).mean()) < float(cos.mean())
+    p = plan(load_profile("cpu-spr-amx"), load_model_spec(str(path)), Preferences())
+    assert p.quantization.method == "gguf"
+
+
+@pytest.mark.parametrize("kw,says", [({"rope_dims": HEAD_DIM // 2}, "partial rotary")])
 def test_rotary_the_runner_lacks_is_refused_at_plan_time_and_by_the_engine(tmp_path, kw, says):
-    """Phi-3.5's LongRoPE tables and a rotary over part of each head: the plan runs the file dequantized and says
-    why; the engine, asked directly, refuses in one line (it would otherwise rotate with the wrong frequencies)."""
+    """A rotary over part of each head (Phi-4-mini, StableLM): the plan runs the file dequantized and says why; the
+    engine, asked directly, refuses in one line (it would otherwise rotate the whole head)."""
     from kernelfit.errors import UsageError
 
     path = write_tiny(tmp_path / "m.gguf", "Q4_0", "phi3", **kw)

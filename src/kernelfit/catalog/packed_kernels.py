@@ -140,7 +140,7 @@ def packed_layout(gguf_type: str) -> str:
 
 # rotary scalings the packed runner implements (engine/recipe.py; None: plain rotary; "rope_freqs": Llama 3.x's
 # per-frequency factors, llama.cpp's converter writes them as a tensor for rope_scaling "llama3")
-LEAN_ROPE_SCALINGS = (None, "linear", "yarn", "rope_freqs")
+LEAN_ROPE_SCALINGS = (None, "linear", "yarn", "rope_freqs", "longrope")
 ROPE_SCALING_SOURCES = ("transformers-rope-utils", "ggml-rope")  # the maths engine/recipe.py implements
 # YaRN keys whose non-default values change the maths beyond the rotary table (DeepSeek's log multiplier, explicit
 # attention factors): such a file is not run packed (model/gguf_header.py names the key in its scaling)

@@ -58,7 +58,8 @@ def build_lean(path: str | Path, prefill_dense: bool = False, progress=None, pre
     map_large_allocations()
     header = read_gguf_header(path)  # once: a 262k-token vocabulary takes ~0.4 s to parse
     t = GgufTensors.open(path, header)
-    cfg = recipe_from_gguf(header, t.float_tensor("rope_freqs.weight") if t.has("rope_freqs.weight") else None)
+    factors = next((n for n in ("rope_freqs.weight", "rope_factors_short.weight") if t.has(n)), None)  # per pair
+    cfg = recipe_from_gguf(header, t.float_tensor(factors) if factors else None)
     gemma = cfg.family == "gemma3"
     exact = dot_available()  # the file's own groups through the C++ dot products; else torch's packed kernels
     int8 = prefill_int8 and exact and gemm_available()

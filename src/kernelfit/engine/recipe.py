@@ -8,6 +8,8 @@ kernel change:
 - linear: positions divided by the factor;
 - frequency factors (Llama 3.x: the `rope_freqs` tensor llama.cpp's converter writes from rope_scaling
   "llama3"): each pair's frequency divided by its factor, as ggml's rope does (`theta_base / freq_factor`);
+- LongRoPE (Phi-3.5, Phi-3 128k): each pair's frequency divided by its factor from the file's short table, the
+  table's magnitude the attention factor (transformers' _compute_longrope_parameters);
 - YaRN (long-context Qwen2.5/Qwen3, Mistral 3): each pair's frequency ramps from interpolated (divided by the
   factor) to extrapolated between the correction dimensions of beta_fast/beta_slow over the original context,
   and the table's magnitude is the attention factor 0.1 ln(factor) + 1 — on Q and K both, so scores scale by its
@@ -41,6 +43,7 @@ class RotaryKind(Enum):
     PLAIN = "plain"
     LINEAR = "linear"
     YARN = "yarn"
+    LONGROPE = "longrope"  # Phi-3.5 / Phi-3 128k: per-pair factors (the short table) and an attention factor
 
 
 @dataclass(frozen=True)
@@ -52,10 +55,13 @@ class Rotary:
     original_context: int = 0  # YaRN: the context the model was trained at
     beta_fast: float = YARN_BETA_FAST
     beta_slow: float = YARN_BETA_SLOW
+    attention_factor: float = 1.0  # LongRoPE: the table's magnitude
 
     @property
     def magnitude(self) -> float:
-        """What the table's entries are scaled by (YaRN's attention factor), 1 otherwise."""
+        """What the table's entries are scaled by (YaRN's and LongRoPE's attention factor), 1 otherwise."""
+        if self.kind is RotaryKind.LONGROPE:
+            return self.attention_factor
         return 0.1 * math.log(self.factor) + 1.0 if self.kind is RotaryKind.YARN and self.factor > 1 else 1.0
 
 
@@ -110,12 +116,32 @@ class Recipe:
         return bool(self.sliding_window and self.sliding_pattern and (layer + 1) % self.sliding_pattern)
 
 
+def longrope(h, short_factors: torch.Tensor) -> Rotary:
+    """LongRoPE as transformers' _compute_longrope_parameters runs it within the original context: the short factor
+    table, and the attention factor sqrt(1 + ln(context / original) / ln(original)) (the file's own where stored,
+    as llama.cpp's converter writes it). The long table applies only past the original context, which
+    recipe_from_gguf makes the runner's limit."""
+    original = int(h.arch_key("rope.scaling.original_context_length") or 0)
+    context = int(h.arch_key("context_length") or original)
+    if not original:
+        raise UsageError(f"{Path(h.path).name}: LongRoPE without rope.scaling.original_context_length; the file is "
+                         "incomplete (--quantization none runs the dequantized model)")
+    scale = context / original
+    stored = h.arch_key("rope.scaling.attn_factor")
+    attention = float(stored) if stored else (math.sqrt(1 + math.log(scale) / math.log(original)) if scale > 1 else 1.0)
+    return Rotary(float(h.arch_key("rope.freq_base", 10000.0)), RotaryKind.LONGROPE, 1.0,
+                  tuple(float(x) for x in short_factors.tolist()), original, attention_factor=attention)
+
+
 def rotary_from_gguf(h, rope_freqs: torch.Tensor | None) -> Rotary:
-    """The global layers' rotary embedding from the file's keys (and its rope_freqs tensor, where it has one)."""
+    """The global layers' rotary embedding from the file's keys (and its rope_freqs tensor, where it has one; for
+    LongRoPE, its short factor table)."""
     scaling = h.rope_scaling  # the header's one verdict (the planner's too): names a YaRN key beyond this maths
     if scaling not in LEAN_ROPE_SCALINGS:
         raise UsageError(f"{Path(h.path).name}: rotary scaling '{scaling}' is not implemented by the packed CPU "
                          f"runner (--quantization none runs the dequantized model)")
+    if scaling == "longrope":
+        return longrope(h, rope_freqs)
     kind = h.arch_key("rope.scaling.type")  # beside rope_freqs, the header reports the factors, not the type
     base = float(h.arch_key("rope.freq_base", 10000.0))
     factors = tuple(float(x) for x in rope_freqs.tolist()) if rope_freqs is not None else None
@@ -151,4 +177,6 @@ def recipe_from_gguf(h, rope_freqs: torch.Tensor | None = None) -> Recipe:
         local_rotary=Rotary(GEMMA3_LOCAL_ROPE_THETA) if gemma else None,
         sliding_window=int(window) if window else None,
         sliding_pattern=int(h.arch_key("attention.sliding_window_pattern", GEMMA3_SLIDING_PATTERN)) if gemma else 0,
-        max_positions=int(h.arch_key("context_length") or 4096))
+        # LongRoPE runs its short table: positions past the original context would need the long one
+        max_positions=int(h.arch_key("rope.scaling.original_context_length") if h.rope_scaling == "longrope" else
+                          h.arch_key("context_length") or 4096))
