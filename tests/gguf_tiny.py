@@ -132,8 +132,8 @@ def write_tiny(path: Path, qtype: str, arch: str = "llama", seed: int = 0, embed
                tokenizer: bool = True, nan_norm: bool = False, yarn: bool = False, nan_scale: bool = False,
                head_dim: int | None = None, rope_freqs: np.ndarray | None = None,
                yarn_context: tuple[float, int] | None = None, rope_dims: int | None = None,
-               longrope: bool = False) -> Path:
-    """A 2-layer model of `arch` ("llama", "qwen2", "qwen3", "gemma3", "phi3") whose linear weights are `qtype`; `tokenizer`
+               longrope: bool = False, softcaps: tuple[float, float] = (50.0, 30.0)) -> Path:
+    """A 2-layer model of `arch` ("llama", "qwen2", "qwen3", "gemma2", "gemma3", "phi3") whose linear weights are `qtype`; `tokenizer`
     False leaves out the token scores transformers needs, `nan_norm` puts a NaN in the final norm, `nan_scale` one in
     a block scale of a quantized tensor (Q4_0/Q5_0/Q8_0: the first two bytes of a block), `yarn` declares YaRN
     rotary scaling (with `yarn_context` = (factor, original context length) stored, as llama.cpp's converter does);
@@ -168,8 +168,11 @@ def write_tiny(path: Path, qtype: str, arch: str = "llama", seed: int = 0, embed
         w.add_rope_scaling_orig_ctx_len(512)
         for which, top in (("long", 8.0), ("short", 3.0)):
             w.add_tensor(f"rope_factors_{which}.weight", np.linspace(1, top, hd // 2, dtype=np.float32))
-    if arch == "gemma3":
+    if arch in ("gemma2", "gemma3"):
         w.add_sliding_window(16)  # shorter than the test text, so the window matters
+    if arch == "gemma2":  # Gemma 2's soft-caps (its real 50 and 30 by default)
+        w.add_attn_logit_softcapping(softcaps[0])
+        w.add_final_logit_softcapping(softcaps[1])
     w.add_tokenizer_model("gpt2")
     w.add_token_list([f"t{i}" for i in range(VOCAB)])
     w.add_token_types([1] * VOCAB)
@@ -217,7 +220,7 @@ def write_tiny(path: Path, qtype: str, arch: str = "llama", seed: int = 0, embed
         if arch in ("gemma3", "qwen3"):
             tensor(b + "attn_q_norm.weight", (hd,), "norm")
             tensor(b + "attn_k_norm.weight", (hd,), "norm")
-        if arch == "gemma3":
+        if arch in ("gemma2", "gemma3"):
             tensor(b + "post_attention_norm.weight", (HIDDEN,), "norm")
             tensor(b + "post_ffw_norm.weight", (HIDDEN,), "norm")
     if nan_norm:

@@ -143,7 +143,8 @@ def _agreement(path: Path, ids: torch.Tensor, **build):
 
 
 CASES = [("llama", t) for t in TYPES] + [("qwen2", "Q4_0"), ("qwen2", "Q8_0"), ("gemma3", "Q4_K"), ("gemma3", "Q5_0"),
-                                          ("qwen3", "Q4_K"), ("qwen3", "Q8_0"), ("phi3", "Q4_K"), ("phi3", "Q6_K")]
+                                          ("qwen3", "Q4_K"), ("qwen3", "Q8_0"), ("phi3", "Q4_K"), ("phi3", "Q6_K"),
+                                          ("gemma2", "Q4_K"), ("gemma2", "Q8_0")]
 
 
 @pytest.mark.parametrize("arch,qtype", CASES)
@@ -151,7 +152,8 @@ def test_packed_agrees_with_transformers_dequantized_load(tmp_path, arch, qtype)
     """Teacher-forced over 300 positions of text (bytes as tokens): top-1 >= 99%, logit cosine >= 0.999.
     qwen2 covers Q/K/V biases and the rotary re-ordering of its rows, gemma3 its extra norms, Q/K norms and
     a sliding window (16) shorter than the text, qwen3 Q/K norms with a head size (128) other than hidden/heads,
-    phi3 its fused Q/K/V and gate/up tensors (halves rotary: the fused rows re-ordered per part)."""
+    phi3 its fused Q/K/V and gate/up tensors (halves rotary: the fused rows re-ordered per part), gemma2 its
+    attention and final soft-caps and every other layer's window."""
     path = write_tiny(tmp_path / f"{arch}-{qtype}.gguf", qtype, arch)
     top1, cos, b = _agreement(path, _tokens())
     assert top1 >= 0.99, (top1, float(cos.min()))
@@ -161,6 +163,35 @@ def test_packed_agrees_with_transformers_dequantized_load(tmp_path, arch, qtype)
         assert layouts == {EXACT_LAYOUT[qtype]}, layouts
     else:
         assert layouts <= ({"int4"} if qtype in gb.INT4_TYPES else {"int8", "bf16"}), layouts
+
+
+def test_gemma2_soft_caps_that_bind_agree_with_transformers_gemma2(tmp_path):
+    """Caps small enough to bind on these tiny weights (scores 0.5, logits 2): transformers' Gemma2 with the same caps
+    on the file's weights agrees; the same model without caps does not (so the caps are applied, in the prompt
+    kernels and the decode step alike)."""
+    from transformers import AutoModelForCausalLM, Gemma2ForCausalLM
+
+    path = write_tiny(tmp_path / "g2.gguf", "Q8_0", "gemma2", softcaps=(0.5, 2.0))
+    loaded = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    ids = _tokens(80)
+    outs = []
+    for caps in ((0.5, 2.0), (None, None)):
+        cfg = loaded.config.__class__(**{**loaded.config.to_dict(), "attn_logit_softcapping": caps[0],
+                                         "final_logit_softcapping": caps[1]})
+        ref = Gemma2ForCausalLM(cfg).eval()
+        ref.load_state_dict(loaded.state_dict())
+        with torch.no_grad():
+            outs.append(ref(ids[None]).logits[0])
+    b = build_lean(path)
+    reset_cache(b, len(ids) + 8)
+    got = forward(b, ids, 0, True)
+    forward(b, ids[:40], 0)
+    steps = torch.cat([forward(b, ids[i:i + 1], i) for i in range(40, 80)])  # the decode step's caps
+    for mine in (got, torch.cat([got[:40], steps])):
+        cos = torch.nn.functional.cosine_similarity(outs[0], mine, dim=-1)
+        assert float((outs[0].argmax(-1) == mine.argmax(-1)).float().mean()) >= 0.99 and float(cos.min()) > 0.999
+    assert float(got.abs().max()) <= 2.0  # the final cap
+    assert float(torch.nn.functional.cosine_similarity(outs[1], got, dim=-1).mean()) < 0.99
 
 
 @pytest.mark.parametrize("path_kind", ["exact", "torch"])
@@ -178,7 +209,7 @@ def test_torch_kernels_still_run_where_the_dot_products_are_not_built(tmp_path, 
 
 
 @pytest.mark.parametrize("arch,qtype", [("gemma3", "Q4_K"), ("gemma3", "Q5_0"), ("qwen2", "Q4_1"), ("llama", "Q8_0"),
-                                        ("qwen3", "Q5_K"), ("phi3", "Q4_0")])
+                                        ("qwen3", "Q5_K"), ("phi3", "Q4_0"), ("gemma2", "Q4_K")])
 @pytest.mark.parametrize("step", ["native", "torchscript"])
 def test_decode_steps_match_one_prefill_and_the_dense_prefill_copy(tmp_path, arch, qtype, step):
     """One token at a time (the C++ step, or the TorchScript one) gives the logits of one prefill over the

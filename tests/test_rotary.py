@@ -157,6 +157,7 @@ def test_rotary_the_runner_lacks_is_refused_at_plan_time_and_by_the_engine(tmp_p
         build_lean(path)
 
 
-def test_a_phi3_file_plans_packed(tmp_path):
-    spec = load_model_spec(str(write_tiny(tmp_path / "phi3.gguf", "Q4_K", "phi3")))
+@pytest.mark.parametrize("arch", ["phi3", "gemma2"])
+def test_phi3_and_gemma2_files_plan_packed(tmp_path, arch):
+    spec = load_model_spec(str(write_tiny(tmp_path / f"{arch}.gguf", "Q4_K", arch)))
     assert plan(load_profile("cpu-spr-amx"), spec, Preferences()).quantization.method == "gguf"

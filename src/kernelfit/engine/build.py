@@ -60,7 +60,7 @@ def build_lean(path: str | Path, prefill_dense: bool = False, progress=None, pre
     t = GgufTensors.open(path, header)
     factors = next((n for n in ("rope_freqs.weight", "rope_factors_short.weight") if t.has(n)), None)  # per pair
     cfg = recipe_from_gguf(header, t.float_tensor(factors) if factors else None)
-    gemma = cfg.family == "gemma3"
+    gemma = cfg.family == "gemma"
     exact = dot_available()  # the file's own groups through the C++ dot products; else torch's packed kernels
     int8 = prefill_int8 and exact and gemm_available()
     if progress is not None:
@@ -202,8 +202,9 @@ def _bound(build: LeanBuild, step):
     m, c, n = build.model, build.cfg, build.native
     if n.bound is None:
         n.bound = step.Step(n.kinds, n.a, n.b, n.c, n.n, n.n_qkv, n.n_gu, n.norms, n.sliding, m.final_norm,
-                            *n.head, c.heads, c.kv_heads, c.head_dim, c.ffn, float(c.eps), c.head_dim ** -0.5,
-                            int(c.sliding_window or 0), c.family == "gemma3", m.head.top_exact)
+                            *n.head, c.heads, c.kv_heads, c.head_dim, c.ffn, float(c.eps), m.scaling,
+                            int(c.sliding_window or 0), c.family == "gemma", m.head.top_exact,
+                            float(c.attn_softcap), float(c.final_softcap))
     return n.bound
 
 

@@ -34,6 +34,11 @@ from ..errors import UsageError
 # rope_local_base_freq=10000, sliding_window_pattern=6).
 GEMMA3_LOCAL_ROPE_THETA = 10000.0
 GEMMA3_SLIDING_PATTERN = 6
+# Gemma 2: every other layer slides (the first does), its 27B model (46 layers) scales queries by (hidden/heads)^-0.5
+# (llama.cpp LLM_ARCH_GEMMA2: n_swa_pattern 2, f_attention_scale by model type; transformers Gemma2Config layer_types,
+# query_pre_attn_scalar)
+GEMMA2_SLIDING_PATTERN = 2
+GEMMA2_27B_LAYERS = 46
 # YaRN's defaults where a file does not store them (transformers' rope_config_validation, llama.cpp hparams)
 YARN_BETA_FAST = 32.0
 YARN_BETA_SLOW = 1.0
@@ -96,7 +101,8 @@ def rotary_table(r: Rotary, dim: int, positions: int) -> torch.Tensor:
 
 @dataclass
 class Recipe:
-    family: str  # "llama" (llama, mistral, qwen2, qwen3) or "gemma3"
+    family: str  # "llama" (llama, mistral, qwen2, qwen3, phi3) or "gemma" (gemma2, gemma3: gelu, sandwich norms,
+    # the embedding scaled by sqrt(hidden))
     arch: str  # the file's general.architecture
     hidden: int
     layers: int
@@ -109,8 +115,11 @@ class Recipe:
     rotary: Rotary
     local_rotary: Rotary | None = None  # gemma3 sliding layers
     sliding_window: int | None = None
-    sliding_pattern: int = 0  # gemma3: every Nth layer is global
+    sliding_pattern: int = 0  # gemma2/3: every Nth layer is global
     max_positions: int = 4096
+    attn_softcap: float = 0.0  # gemma2: scores -> cap * tanh(scores / cap) before the softmax
+    final_softcap: float = 0.0  # gemma2: the logits likewise
+    query_scale: float | None = None  # the scores' scale where it is not head_dim^-0.5 (Gemma 2 27B)
 
     def sliding(self, layer: int) -> bool:
         return bool(self.sliding_window and self.sliding_pattern and (layer + 1) % self.sliding_pattern)
@@ -164,19 +173,26 @@ def recipe_from_gguf(h, rope_freqs: torch.Tensor | None = None) -> Recipe:
     heads = int(h.arch_key("attention.head_count"))
     hidden = int(h.arch_key("embedding_length"))
     tokens = h.metadata.get("tokenizer.ggml.tokens")
-    gemma = arch == "gemma3"
+    gemma = arch in ("gemma2", "gemma3")
     window = h.arch_key("attention.sliding_window") if gemma else None
+    layers = int(h.arch_key("block_count"))
+    pattern = GEMMA2_SLIDING_PATTERN if arch == "gemma2" else \
+        int(h.arch_key("attention.sliding_window_pattern", GEMMA3_SLIDING_PATTERN))
     return Recipe(
-        family="gemma3" if gemma else "llama", arch=arch, hidden=hidden, layers=int(h.arch_key("block_count")),
+        family="gemma" if gemma else "llama", arch=arch, hidden=hidden, layers=layers,
         heads=heads, kv_heads=int(h.arch_key("attention.head_count_kv", heads)),
         head_dim=int(h.arch_key("attention.key_length") or hidden // heads),
         ffn=int(h.arch_key("feed_forward_length")),
         vocab=int(getattr(tokens, "count", None) or h.arch_key("vocab_size")),
         eps=float(h.arch_key("attention.layer_norm_rms_epsilon", 1e-6)),
         rotary=rotary_from_gguf(h, rope_freqs),
-        local_rotary=Rotary(GEMMA3_LOCAL_ROPE_THETA) if gemma else None,
+        local_rotary=Rotary(GEMMA3_LOCAL_ROPE_THETA) if arch == "gemma3" else None,  # gemma2: one base for all
         sliding_window=int(window) if window else None,
-        sliding_pattern=int(h.arch_key("attention.sliding_window_pattern", GEMMA3_SLIDING_PATTERN)) if gemma else 0,
+        sliding_pattern=pattern if gemma else 0,
+        attn_softcap=float(h.arch_key("attn_logit_softcapping") or 0.0) if arch == "gemma2" else 0.0,
+        final_softcap=float(h.arch_key("final_logit_softcapping") or 0.0) if arch == "gemma2" else 0.0,
+        # llama.cpp (LLM_ARCH_GEMMA2) and transformers (query_pre_attn_scalar): 27B scales by hidden / heads
+        query_scale=(hidden / heads) ** -0.5 if arch == "gemma2" and layers == GEMMA2_27B_LAYERS else None,
         # LongRoPE runs its short table: positions past the original context would need the long one
         max_positions=int(h.arch_key("rope.scaling.original_context_length") if h.rope_scaling == "longrope" else
                           h.arch_key("context_length") or 4096))

@@ -1,4 +1,4 @@
-"""A lean decoder for packed weights on the CPU: Llama-family (llama, mistral, qwen2, qwen3) and Gemma 3.
+"""A lean decoder for packed weights on the CPU: Llama-family (llama, mistral, qwen2, qwen3, phi3) and Gemma 2/3.
 
 Why not transformers' modules: a decode step of a 135M model is ~3 ms of weight reads, and the
 generic path spends as much again in per-op overhead (mask building, cache objects, logits
@@ -114,8 +114,15 @@ def _c_gated(gu: torch.Tensor, ffn: int, gelu: bool) -> torch.Tensor:
 
 @torch.jit.ignore
 def _c_prompt_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: int, start: int, window: int,
-                        scale: float) -> torch.Tensor:
-    return native_module().prompt_attention(q, k, v, pos, start, window, scale, PROMPT_BLOCK)
+                        scale: float, cap: float) -> torch.Tensor:
+    return native_module().prompt_attention(q, k, v, pos, start, window, scale, PROMPT_BLOCK, cap)
+
+
+def _softcap(x: torch.Tensor, cap: float) -> torch.Tensor:
+    """Gemma 2's soft-capping, cap * tanh(x / cap); cap 0: x."""
+    if cap > 0:
+        return torch.tanh(x / cap) * cap
+    return x
 
 
 class Product(nn.Module):
@@ -236,9 +243,10 @@ class LeanLM(nn.Module):
         self.native_glue = native_glue
         self.heads, self.kv_heads, self.head_dim = cfg.heads, cfg.kv_heads, cfg.head_dim
         self.eps = float(cfg.eps)
-        self.gemma = cfg.family == "gemma3"
+        self.gemma = cfg.family == "gemma"
         self.embed_mult = math.sqrt(cfg.hidden) if self.gemma else 1.0
-        self.scaling = cfg.head_dim ** -0.5
+        self.scaling = float(cfg.query_scale or cfg.head_dim ** -0.5)
+        self.attn_cap, self.final_cap = float(cfg.attn_softcap), float(cfg.final_softcap)
         self.window = int(cfg.sliding_window or 0)
         self.ffn = int(cfg.ffn)
         self.embed_weight = embed_weight  # int8 [V, hidden] (with embed_scale) or bf16
@@ -309,19 +317,25 @@ class LeanLM(nn.Module):
         v = self.v_cache[li, :, :, start:end]
         q4 = q.transpose(0, 1).unsqueeze(0)  # [1, heads, t, d]
         group = self.heads // self.kv_heads
-        if t == 1:
+        if t == 1 and self.attn_cap == 0:
             o = F.scaled_dot_product_attention(q4, k, v, scale=self.scaling, enable_gqa=group > 1)
             return o[0].transpose(0, 1).reshape(t, self.heads * self.head_dim)
+        if t == 1:  # soft-capped scores (Gemma 2): SDPA has no cap
+            kq = k[0].repeat_interleave(group, 0)
+            scores = _softcap(torch.matmul(q4[0], kq.transpose(1, 2)) * self.scaling, self.attn_cap)
+            o = torch.matmul(torch.softmax(scores, -1), v[0].repeat_interleave(group, 0))
+            return o.transpose(0, 1).reshape(t, self.heads * self.head_dim)
         # A prompt: scores and weighted values as two bf16 GEMMs per kv head (oneDNN), the query heads that share
         # a kv head stacked into one; softmax in float32. CPU SDPA's flash kernel ran at ~100 GFLOP/s here
         # (Gemma 3 270M: 1.4 of its 7 ms a layer at 256 tokens, 0.5 this way); the products feeding it are bf16
         # already, so the scores' bf16 rounding is of the size of their inputs'.
         if self.native_glue:  # the same in C++, in query blocks over the keys each sees (rows_kernels.h)
             return _c_prompt_attention(q, self.k_cache[li, 0], self.v_cache[li, 0], pos, start,
-                                       self.window if sliding else 0, self.scaling)
+                                       self.window if sliding else 0, self.scaling, self.attn_cap)
         length = end - start
         qg = q4[0].to(torch.bfloat16).reshape(self.kv_heads, group * t, self.head_dim)
-        scores = torch.bmm(qg, k[0].to(torch.bfloat16).transpose(1, 2)).float() * self.scaling
+        scores = _softcap(torch.bmm(qg, k[0].to(torch.bfloat16).transpose(1, 2)).float() * self.scaling,
+                          self.attn_cap)
         scores = scores.view(self.kv_heads, group, t, length).masked_fill(blocked, float("-inf"))
         p = torch.softmax(scores, -1).to(torch.bfloat16).view(self.kv_heads, group * t, length)
         o = torch.bmm(p, v[0].to(torch.bfloat16)).float().view(self.heads, t, self.head_dim)
@@ -379,4 +393,4 @@ class LeanLM(nn.Module):
         if not all_logits:
             x = x[x.shape[0] - 1:]
         h = self._rms(x, self.final_norm)
-        return self.head(h).float()
+        return _softcap(self.head(h).float(), self.final_cap)

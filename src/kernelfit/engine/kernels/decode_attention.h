@@ -86,12 +86,13 @@ void weighted16(const float* p, const float* v, int64_t d, int64_t len, float* o
 // One query head over cached positions t < len (k, v: rows d apart): softmax(q . k[t] * scaling) . v -> out;
 // s: len floats of scratch. A head size that is not a multiple of 16 takes the scalar loops.
 void attend_head(const float* q, const float* k, const float* v, int64_t d, int64_t len, float scaling, float* s,
-                 float* out) {
+                 float* out, float cap = 0.f) {
   if (d % 16 == 0) {
     scores16(q, k, d, len, scaling, s);
   } else {
     for (int64_t t = 0; t < len; ++t) s[t] = dot16(q, k + t * d, d) * scaling;
   }
+  rows::softcap(s, len, cap);  // Gemma 2's attention soft-capping (cap 0: none)
   const float inv = 1.f / exp_shifted(s, len, *std::max_element(s, s + len));
   for (int64_t t = 0; t < len; ++t) s[t] *= inv;
   if (d % 16 == 0) {
@@ -103,17 +104,20 @@ void attend_head(const float* q, const float* k, const float* v, int64_t d, int6
     for (int64_t i = 0; i < d; ++i) out[i] += s[t] * v[t * d + i];
 }
 
-// One query's attention over cached positions [start, end) of one layer (k, v: [nkv, cap, d]); query head h reads
+// One query's attention over cached positions [start, end) of one layer (k, v: [nkv, cap, d]; score_cap: Gemma 2's
+// soft-cap, 0 for none); query head h reads
 // kv head h / (nq / nkv). Plain loops, the heads split between threads: at::scaled_dot_product_attention cost
 // ~10 us of dispatch a layer for a few us of arithmetic at SmolLM2's sizes, on one thread.
 void attend(const float* q, const float* k, const float* v, int64_t nq, int64_t nkv, int64_t d, int64_t cap,
-            int64_t start, int64_t end, double scaling, float* out, std::vector<float>& scores) {
+            int64_t start, int64_t end, double scaling, float* out, std::vector<float>& scores,
+            double score_cap = 0) {
   const int64_t len = end - start, group = nq / nkv;
   scores.resize(nq * len);
   at::parallel_for(0, nq, 1, [&](int64_t h0, int64_t h1) {
     for (int64_t h = h0; h < h1; ++h) {
       const int64_t kv = (h / group) * cap * d + start * d;
-      attend_head(q + h * d, k + kv, v + kv, d, len, float(scaling), scores.data() + h * len, out + h * d);
+      attend_head(q + h * d, k + kv, v + kv, d, len, float(scaling), scores.data() + h * len, out + h * d,
+                  float(score_cap));
     }
   });
 }

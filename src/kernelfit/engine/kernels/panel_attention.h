@@ -17,7 +17,7 @@ namespace panel {
 // q float32 [t, nq, d] at positions pos.., the layer's float32 cache k, v [nkv, cap, d] holding positions
 // start..pos+t -> [t, nq * d], float32 or bf16 (bf16_out). window > 0: a query sees the last `window` positions.
 inline at::Tensor attention(const at::Tensor& q_in, const at::Tensor& k, const at::Tensor& v, int64_t pos,
-                            int64_t start, int64_t window, double scale, bool bf16_out) {
+                            int64_t start, int64_t window, double scale, bool bf16_out, double score_cap = 0) {
   const at::Tensor q = q_in.contiguous();
   const int64_t t = q.size(0), nq = q.size(1), d = q.size(2), nkv = k.size(0), group = nq / nkv, cap = k.size(1);
   TORCH_CHECK(q.scalar_type() == at::kFloat && k.scalar_type() == at::kFloat && v.sizes() == k.sizes() &&
@@ -90,6 +90,7 @@ inline at::Tensor attention(const at::Tensor& q_in, const at::Tensor& k, const a
         float* sr = s.data() + r * lpad;
         uint16_t* wr = w.data() + r * lpad;
         for (int64_t j = rlo; j < rhi; ++j) sr[j] *= float(scale);
+        rows::softcap(sr + rlo, rhi - rlo, float(score_cap));  // Gemma 2: cap * tanh(score / cap); none at 0
         rows::softmax_weights(sr, rlo, rhi, rows::lanes_max(sr + rlo, rhi - rlo), wr, k0, k0 + kn);
       }
       for (int64_t c = 0; c < dp; ++c)
@@ -114,11 +115,12 @@ inline at::Tensor attention(const at::Tensor& q_in, const at::Tensor& k, const a
 // The prompt's attention through the panels where they are built (and not turned off), else rows_kernels.h's
 // blocked oneDNN path (`block` queries a block)
 inline at::Tensor prompt_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t pos,
-                                   int64_t start, int64_t window, double scale, int64_t block, bool bf16_out) {
+                                   int64_t start, int64_t window, double scale, int64_t block, bool bf16_out,
+                                   double score_cap = 0) {
 #if defined(KF_PANEL_GEMM)
-  if (available() && q.size(2) % COLS == 0) return attention(q, k, v, pos, start, window, scale, bf16_out);
+  if (available() && q.size(2) % COLS == 0) return attention(q, k, v, pos, start, window, scale, bf16_out, score_cap);
 #endif
-  return rows::prompt_attention_to(q, k, v, pos, start, window, scale, block, bf16_out);
+  return rows::prompt_attention_to(q, k, v, pos, start, window, scale, block, bf16_out, score_cap);
 }
 
 }  // namespace panel

@@ -169,6 +169,27 @@ inline void exp_shifted(const float* x, float shift, float* o, int64_t n) {
   for (; i < n; ++i) o[i] = exp_clamped(std::max(x[i] - shift, -87.0f));
 }
 
+// x[i] = cap * tanh(x[i] / cap) for i < n (Gemma 2's attention-score soft-capping; cap <= 0: unchanged), tanh(v) as
+// 1 - 2 / (e^2v + 1) with 2v clamped to [-87, 88] (exp_clamped's range; tanh is +-1 to float precision past +-9)
+inline void softcap(float* x, int64_t n, float cap) {
+  if (cap <= 0.f) return;
+  const float inv = 2.f / cap;
+  int64_t i = 0;
+#if defined(KF_ROWS_AVX512)
+  const __m512 lo = _mm512_set1_ps(-87.f), hi = _mm512_set1_ps(88.f), one = _mm512_set1_ps(1.f),
+               two = _mm512_set1_ps(2.f), vinv = _mm512_set1_ps(inv), vcap = _mm512_set1_ps(cap);
+  for (; i + 16 <= n; i += 16) {
+    const __m512 v = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(_mm512_loadu_ps(x + i), vinv), lo), hi);
+    const __m512 t = _mm512_sub_ps(one, _mm512_div_ps(two, _mm512_add_ps(exp16(v), one)));
+    _mm512_storeu_ps(x + i, _mm512_mul_ps(vcap, t));
+  }
+#endif
+  for (; i < n; ++i) {
+    const float v = x[i] == x[i] ? std::min(std::max(x[i] * inv, -87.f), 88.f) : x[i];
+    x[i] = v == v ? cap * (1.f - 2.f / (exp_clamped(v) + 1.f)) : v;
+  }
+}
+
 // o[i] = act(g[i]) * u[i]: gelu with the tanh approximation (0.5 x (1 + tanh u) = x sigmoid(2u), u = sqrt(2/pi)
 // (x + 0.044715 x^3)) or silu (x sigmoid(x)); a NaN in g stays NaN (x multiplies the result)
 inline void gated_row(const float* g, const float* u, float* o, int64_t n, bool gelu) {
@@ -240,7 +261,8 @@ inline void softmax_weights(float* e, int64_t lo, int64_t hi, float m, uint16_t*
 
 // One row of masked_softmax: o[lo, hi) = softmax(s[lo, hi) * scale) in bf16, 0 elsewhere; e: len floats of scratch.
 // A NaN score makes the row NaN, as in ATen.
-inline void softmax_row(const uint16_t* s, uint16_t* o, int64_t lo, int64_t hi, int64_t len, float scale, float* e) {
+inline void softmax_row(const uint16_t* s, uint16_t* o, int64_t lo, int64_t hi, int64_t len, float scale, float* e,
+                        float cap = 0.f) {
   int64_t j = lo;
   float m = -INFINITY;
 #if defined(KF_ROWS_AVX512)
@@ -262,6 +284,10 @@ inline void softmax_row(const uint16_t* s, uint16_t* o, int64_t lo, int64_t hi, 
     e[j] = bf16_to_f32(s[j]) * scale;
     m = (e[j] > m || e[j] != e[j] || m != m) ? (m != m ? m : e[j]) : m;
   }
+  if (cap > 0.f && hi > lo) {  // capping is monotonic: the capped maximum is the maximum's cap
+    softcap(e + lo, hi - lo, cap);
+    softcap(&m, 1, cap);
+  }
   softmax_weights(e, lo, hi, m, o, 0, len);
 }
 
@@ -270,7 +296,7 @@ inline void softmax_row(const uint16_t* s, uint16_t* o, int64_t lo, int64_t hi, 
 // causal (and sliding-window) mask from the positions, a float32 softmax, bf16 out — where ATen took six (cast,
 // scale, masked_fill, softmax, cast, and the mask built per layer).
 inline at::Tensor masked_softmax(const at::Tensor& scores, double scale, int64_t q0, int64_t per, int64_t key0,
-                                 int64_t window) {
+                                 int64_t window, double cap = 0) {
   TORCH_CHECK(scores.scalar_type() == at::kBFloat16 && scores.dim() == 3 && scores.is_contiguous() && per >= 1,
               "masked_softmax: contiguous bf16 [H, R, L] scores");
   const int64_t per_head = scores.size(1);
@@ -286,7 +312,7 @@ inline at::Tensor masked_softmax(const at::Tensor& scores, double scale, int64_t
       const int64_t hi = std::max(lo, std::min(len, q + 1 - key0));
       const uint16_t* s = sp + r * len;
       uint16_t* o = op + r * len;
-      softmax_row(s, o, lo, hi, len, float(scale), e.data());
+      softmax_row(s, o, lo, hi, len, float(scale), e.data(), float(cap));
     }
   });
   return out;
@@ -324,7 +350,8 @@ inline at::Tensor gated(const at::Tensor& gu_in, int64_t ffn, bool gelu) { retur
 // head stacked query-major so that a block is a slice, and masked_softmax between them. (Blocks of 64, 62% of the
 // square, measured ~10% slower: more, smaller oneDNN calls.)
 inline at::Tensor prompt_attention_to(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t pos,
-                                      int64_t start, int64_t window, double scale, int64_t block, bool bf16_out) {
+                                      int64_t start, int64_t window, double scale, int64_t block, bool bf16_out,
+                                      double cap = 0) {
   TORCH_CHECK(q.dim() == 3 && k.dim() == 3 && v.sizes() == k.sizes() && q.size(2) == k.size(2) &&
                   q.size(1) % k.size(0) == 0 && block >= 1 && start >= 0 && start <= pos,
               "prompt_attention: q [t, nq, d], k and v [nkv, cap, d]");
@@ -342,7 +369,7 @@ inline at::Tensor prompt_attention_to(const at::Tensor& q, const at::Tensor& k, 
     const int64_t lo = window > 0 ? std::max<int64_t>(0, pos + b0 - window + 1 - start) : 0, hi = pos + b1 - start;
     const at::Tensor qs = qb.narrow(1, b0 * group, (b1 - b0) * group);
     const at::Tensor p = masked_softmax(at::bmm(qs, kb.narrow(1, lo, hi - lo).transpose(1, 2)), scale, pos + b0, group,
-                                        start + lo, window);
+                                        start + lo, window, cap);
     at::Tensor dst = out.narrow(1, b0 * group, (b1 - b0) * group);
     if (dst.is_contiguous()) at::bmm_out(dst, p, vb.narrow(1, lo, hi - lo));  // one kv head: straight into place
     else dst.copy_(at::bmm(p, vb.narrow(1, lo, hi - lo)));
@@ -354,8 +381,8 @@ inline at::Tensor prompt_attention_to(const at::Tensor& q, const at::Tensor& k, 
 }
 
 inline at::Tensor prompt_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t pos,
-                                   int64_t start, int64_t window, double scale, int64_t block) {
-  return prompt_attention_to(q, k, v, pos, start, window, scale, block, false);
+                                   int64_t start, int64_t window, double scale, int64_t block, double cap) {
+  return prompt_attention_to(q, k, v, pos, start, window, scale, block, false, cap);
 }
 
 }  // namespace rows

@@ -101,6 +101,7 @@ struct Step {
   int64_t window;
   bool gelu;
   int64_t top_exact;
+  double attn_cap = 0, final_cap = 0;  // Gemma 2's soft-caps: cap * tanh(x / cap) of scores, of logits (0: none)
 
   Tensor run(Tensor x, int64_t pos, Tensor k_cache, Tensor v_cache, Tensor rope_global, Tensor rope_local) const {
     at::NoGradGuard no_grad;
@@ -121,7 +122,7 @@ struct Step {
       idx += n_qkv[li];
       position_heads(qkv.data_ptr<float>(), nm, cs, li, pos, cap, q.data(), kc, vc);
       attend(q.data(), kc + li * nkv * cap * d, vc + li * nkv * cap * d, nq, nkv, d, cap, window_start(slide, pos),
-             pos + 1, scaling, att.data(), scores);
+             pos + 1, scaling, att.data(), scores, attn_cap);
       auto o = product(torch::from_blob(att.data(), {1, nq * d}, x.options()), w, idx);
       idx += 1;
       rows::residual_add(x, o, nm[5], eps);
@@ -155,8 +156,16 @@ struct Step {
     }
   }
 
+  // logits through the final soft-cap where the model has one (Gemma 2: 30 * tanh(logits / 30)), in place
+  Tensor capped(Tensor logits) const {
+    if (final_cap > 0) rows::softcap(logits.data_ptr<float>(), logits.numel(), float(final_cap));
+    return logits;
+  }
+
   // float32 logits [1, vocab] of one residual row x [1, hidden]: the final norm, then the head
-  Tensor logits(const Tensor& x) const {
+  Tensor logits(const Tensor& x) const { return capped(head_logits(x).contiguous()); }
+
+  Tensor head_logits(const Tensor& x) const {
     const Tensor hn = rows::rms_norm(x, final_norm, eps);
     if (head_kind != 3) return product(hn, head_kind, head_a, head_b, head_c, head_n);
     // lean_lm.py Product kind 3: _int_mm on one int8 digit, the top logits recomputed with the second
@@ -236,7 +245,7 @@ struct Step {
         const int64_t p = pos + t - 1;
         last_att.resize(nq * d);
         attend(qp + (t - 1) * nq * d, kc + li * nkv * cap * d, vc + li * nkv * cap * d, nq, nkv, d, cap,
-               window_start(slide, p), p + 1, scaling, last_att.data(), scores);
+               window_start(slide, p), p + 1, scaling, last_att.data(), scores, attn_cap);
         att = torch::from_blob(last_att.data(), {1, nq * d}, x.options());
         x = x.narrow(0, t - 1, 1);
       } else if (few_rows(t, panel_rows)) {
@@ -246,10 +255,12 @@ struct Step {
         att = at::empty({t, nq * d}, x.options());
         for (int64_t r = 0; r < t; ++r)
           attend(qp + r * nq * d, kc + li * nkv * cap * d, vc + li * nkv * cap * d, nq, nkv, d, cap,
-                 window_start(slide, pos + r), pos + r + 1, scaling, att.data_ptr<float>() + r * nq * d, scores);
+                 window_start(slide, pos + r), pos + r + 1, scaling, att.data_ptr<float>() + r * nq * d, scores,
+                 attn_cap);
       } else {
         att = panel::prompt_attention(q, k_cache.select(0, li).select(0, 0), v_cache.select(0, li).select(0, 0),
-                                      pos, window_start(slide, pos), slide ? window : 0, scaling, PROMPT_BLOCK, bf);
+                                      pos, window_start(slide, pos), slide ? window : 0, scaling, PROMPT_BLOCK, bf,
+                                      attn_cap);
       }
       rows::residual_add(x, rows_products(att, w, idx, 1, int8, panel_rows), nm[5], eps);
       idx += 1;
@@ -261,7 +272,7 @@ struct Step {
       idx += 1;
     }
     if (!all_logits) return logits(x.narrow(0, x.size(0) - 1, 1).contiguous());
-    return product(rows::rms_norm(x, final_norm, eps), head_kind, head_a, head_b, head_c, head_n);
+    return capped(product(rows::rms_norm(x, final_norm, eps), head_kind, head_a, head_b, head_c, head_n));
   }
 
   // Several sequences' tokens in one step (continuous batching; a sequence's speculative drafts): row r is the token
@@ -311,7 +322,8 @@ struct Step {
       for (int64_t r = 0; r < t; ++r) {
         const int64_t cap = caps[seq[r]], layer = li * nkv * cap * d;
         attend(q.data() + r * nq * d, kcs[seq[r]] + layer, vcs[seq[r]] + layer, nq, nkv, d, cap,
-               window_start(slide, pos[r]), pos[r] + 1, scaling, att.data_ptr<float>() + r * nq * d, scores);
+               window_start(slide, pos[r]), pos[r] + 1, scaling, att.data_ptr<float>() + r * nq * d, scores,
+               attn_cap);
       }
       rows::residual_add(x, products(att, w, idx, 1), nm[5], eps);
       idx += 1;
@@ -320,7 +332,8 @@ struct Step {
       rows::residual_add(x, product(rows::gated_to(gu, ffn, gelu, false), w, idx), nm[6], eps);
       idx += 1;
     }
-    if (head_kind != 3) return product(rows::rms_norm(x, final_norm, eps), head_kind, head_a, head_b, head_c, head_n);
+    if (head_kind != 3)
+      return capped(product(rows::rms_norm(x, final_norm, eps), head_kind, head_a, head_b, head_c, head_n));
     std::vector<Tensor> rows_out;  // the two-digit int8 head corrects one row's top logits at a time
     for (int64_t r = 0; r < t; ++r) rows_out.push_back(logits(x.narrow(0, r, 1).contiguous()));
     return at::cat(rows_out, 0);
@@ -333,7 +346,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
                           std::vector<int64_t>, std::vector<int64_t>, std::vector<int64_t>,
                           std::vector<std::vector<Tensor>>, std::vector<int64_t>, Tensor, int64_t, Tensor, Tensor,
                           Tensor, int64_t, int64_t, int64_t, int64_t, int64_t, double, double, int64_t, bool,
-                          int64_t>())
+                          int64_t, double, double>())
       // the GIL is released while a step or a prompt runs: `kernelfit serve`'s event loop keeps answering meanwhile
       .def("run", &Step::run, "one decode step", pybind11::call_guard<pybind11::gil_scoped_release>())
       .def("prefill", &Step::prefill, "a prompt's forward", pybind11::call_guard<pybind11::gil_scoped_release>())
@@ -347,12 +360,18 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("rms_norm", &rows::rms_norm, "rmsnorm(x) * w over the last dimension (rows_kernels.h)");
   m.def("residual_add", &rows::residual_add, "x += y, through an optional post-norm, in place");
   m.def("gated", &rows::gated, "gelu-tanh or silu of the gate times up");
-  m.def("masked_softmax", &rows::masked_softmax, "a prompt's attention weights from bf16 scores, masked by position");
+  m.def("masked_softmax", &rows::masked_softmax, "a prompt's attention weights from bf16 scores, masked by position",
+        pybind11::arg("scores"), pybind11::arg("scale"), pybind11::arg("q0"), pybind11::arg("per"),
+        pybind11::arg("key0"), pybind11::arg("window"), pybind11::arg("cap") = 0.0);
   m.def("prompt_attention", [](const Tensor& q, const Tensor& k, const Tensor& v, int64_t pos, int64_t start,
-                               int64_t window, double scale, int64_t block) {
-    return panel::prompt_attention(q, k, v, pos, start, window, scale, block, false);
-  }, "a prompt's attention for one layer: bf16 panels where built, else oneDNN in query blocks");
-  m.def("blocked_attention", &rows::prompt_attention, "a prompt's attention for one layer, oneDNN in query blocks");
+                               int64_t window, double scale, int64_t block, double cap) {
+    return panel::prompt_attention(q, k, v, pos, start, window, scale, block, false, cap);
+  }, "a prompt's attention for one layer: bf16 panels where built, else oneDNN in query blocks",
+        pybind11::arg("q"), pybind11::arg("k"), pybind11::arg("v"), pybind11::arg("pos"), pybind11::arg("start"),
+        pybind11::arg("window"), pybind11::arg("scale"), pybind11::arg("block"), pybind11::arg("cap") = 0.0);
+  m.def("blocked_attention", &rows::prompt_attention, "a prompt's attention for one layer, oneDNN in query blocks",
+        pybind11::arg("q"), pybind11::arg("k"), pybind11::arg("v"), pybind11::arg("pos"), pybind11::arg("start"),
+        pybind11::arg("window"), pybind11::arg("scale"), pybind11::arg("block"), pybind11::arg("cap") = 0.0);
   m.def("gemm_parts", &gemm::gemm_parts, "several weights' products over one input, side by side (int8 VNNI)");
   m.def("fast_gemm", &gemm::fast_gemm, "whether the int8 VNNI GEMM is built here");
   m.def("panel_gemm_parts", &panel::gemm_parts, "several weights' products over one input, bf16 panels (precise)");
