@@ -132,7 +132,7 @@ def write_tiny(path: Path, qtype: str, arch: str = "llama", seed: int = 0, embed
                tokenizer: bool = True, nan_norm: bool = False, yarn: bool = False, nan_scale: bool = False,
                head_dim: int | None = None, rope_freqs: np.ndarray | None = None,
                yarn_context: tuple[float, int] | None = None, rope_dims: int | None = None,
-               longrope: bool = False, softcaps: tuple[float, float] = (50.0, 30.0)) -> Path:
+               longrope: bool = False, softcaps: tuple[float, float] = (50.0, 30.0), layers: int = LAYERS) -> Path:
     """A 2-layer model of `arch` ("llama", "qwen2", "qwen3", "gemma2", "gemma3", "phi3") whose linear weights are `qtype`; `tokenizer`
     False leaves out the token scores transformers needs, `nan_norm` puts a NaN in the final norm, `nan_scale` one in
     a block scale of a quantized tensor (Q4_0/Q5_0/Q8_0: the first two bytes of a block), `yarn` declares YaRN
@@ -145,7 +145,7 @@ def write_tiny(path: Path, qtype: str, arch: str = "llama", seed: int = 0, embed
     w = GGUFWriter(str(path), arch)
     w.add_context_length(1024)
     w.add_embedding_length(HIDDEN)
-    w.add_block_count(LAYERS)
+    w.add_block_count(layers)
     w.add_feed_forward_length(FFN)
     w.add_head_count(HEADS)
     w.add_head_count_kv(KV_HEADS)
@@ -161,7 +161,7 @@ def write_tiny(path: Path, qtype: str, arch: str = "llama", seed: int = 0, embed
     w.add_key_length(hd)
     w.add_value_length(hd)
     w.add_vocab_size(VOCAB)
-    if arch in ("llama", "phi3") or rope_dims:
+    if arch in ("llama", "phi3", "smollm3") or rope_dims:
         w.add_rope_dimension_count(rope_dims or hd)
     if longrope:  # Phi-3.5's LongRoPE as llama.cpp's converter writes it: two per-pair factor tables, the original
         # context (the file's context_length, 1024, is 2x it)
@@ -197,7 +197,7 @@ def write_tiny(path: Path, qtype: str, arch: str = "llama", seed: int = 0, embed
         w.add_tensor(name, data, raw_dtype=t)
 
     tensor("token_embd.weight", (VOCAB, HIDDEN), embed_type or "Q8_0", std=1.0)
-    for i in range(LAYERS):
+    for i in range(layers):
         b = f"blk.{i}."
         tensor(b + "attn_norm.weight", (HIDDEN,), "norm")
         if arch == "phi3":  # fused Q/K/V and gate/up, as llama.cpp's converter writes Phi-3's qkv_proj, gate_up_proj

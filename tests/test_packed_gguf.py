@@ -194,6 +194,40 @@ def test_gemma2_soft_caps_that_bind_agree_with_transformers_gemma2(tmp_path):
     assert float(torch.nn.functional.cosine_similarity(outs[1], got, dim=-1).mean()) < 0.99
 
 
+def test_smollm3_nope_layers_agree_with_transformers_smollm3(tmp_path):
+    """SmolLM3: every 4th layer without rotary (8 layers: 3 and 7). transformers reads no smollm3 GGUF, so the
+    reference is its SmolLM3 built on the weights of the same tensors written as a llama file (one layout: llama.cpp
+    converts SmolLM3 as Llama); a llama reading of the file (rotary everywhere) does not agree."""
+    from transformers import AutoModelForCausalLM, SmolLM3Config, SmolLM3ForCausalLM
+
+    for d in ("smol", "llama"):
+        (tmp_path / d).mkdir()
+    smol = write_tiny(tmp_path / "smol" / "m.gguf", "Q8_0", "smollm3", layers=8)
+    llama = write_tiny(tmp_path / "llama" / "m.gguf", "Q8_0", "llama", layers=8)  # the same seed: the same weights
+    loaded = AutoModelForCausalLM.from_pretrained(llama.parent, gguf_file=llama.name, dtype=torch.float32)
+    c = loaded.config
+    cfg = SmolLM3Config(vocab_size=c.vocab_size, hidden_size=c.hidden_size, intermediate_size=c.intermediate_size,
+                        num_hidden_layers=8, num_attention_heads=c.num_attention_heads,
+                        num_key_value_heads=c.num_key_value_heads, rms_norm_eps=c.rms_norm_eps, rope_theta=10000.0,
+                        no_rope_layer_interval=4, max_position_embeddings=1024, pad_token_id=0, bos_token_id=1,
+                        eos_token_id=2, tie_word_embeddings=True)
+    ref = SmolLM3ForCausalLM(cfg).eval()
+    missing, unexpected = ref.load_state_dict(loaded.state_dict(), strict=False)
+    assert not unexpected and all("rotary" in k for k in missing), (missing, unexpected)
+    ids = _tokens(120)
+    with torch.no_grad():
+        want, plain = ref(ids[None]).logits[0], loaded(ids[None]).logits[0]
+    b = build_lean(smol)
+    reset_cache(b, len(ids) + 8)
+    got = forward(b, ids, 0, True)
+    forward(b, ids[:60], 0)
+    steps = torch.cat([forward(b, ids[i:i + 1], i) for i in range(60, 120)])
+    for mine in (got, torch.cat([got[:60], steps])):
+        cos = torch.nn.functional.cosine_similarity(want, mine, dim=-1)
+        assert float((want.argmax(-1) == mine.argmax(-1)).float().mean()) >= 0.99 and float(cos.min()) > 0.999
+    assert float(torch.nn.functional.cosine_similarity(plain, got, dim=-1).mean()) < 0.999
+
+
 @pytest.mark.parametrize("path_kind", ["exact", "torch"])
 def test_torch_kernels_still_run_where_the_dot_products_are_not_built(tmp_path, monkeypatch, path_kind):
     """KERNELFIT_DOT=0 (and a machine without a C++ compiler) packs for torch's kernels: same agreement bar."""

@@ -65,8 +65,8 @@ def build_lean(path: str | Path, prefill_dense: bool = False, progress=None, pre
     int8 = prefill_int8 and exact and gemm_available()
     if progress is not None:
         progress(f"packing {Path(path).name} for the CPU ({cfg.layers} layers)")
-    # Llama/Mistral files already pair rotary dims side by side; qwen2, qwen3 and gemma3 files keep halves
-    interleave = cfg.arch not in ("llama", "mistral")
+    # Llama/Mistral/SmolLM3 files already pair rotary dims side by side; qwen2, qwen3, gemma and phi3 files keep halves
+    interleave = cfg.arch not in ("llama", "mistral", "smollm3")
     q_order = interleave_order(cfg.heads * cfg.head_dim, cfg.head_dim) if interleave else None
     k_order = interleave_order(cfg.kv_heads * cfg.head_dim, cfg.head_dim) if interleave else None
     norm_order = torch.from_numpy(interleave_order(cfg.head_dim, cfg.head_dim)) if interleave else None
@@ -105,7 +105,7 @@ def build_lean(path: str | Path, prefill_dense: bool = False, progress=None, pre
             Products([product(w, prefill_dense, False, int8) for w in gate_up]),
             product(down, prefill_dense, False, int8), qn, kn,
             t.float_tensor(b + "post_attention_norm.weight") if gemma else None,
-            t.float_tensor(b + "post_ffw_norm.weight") if gemma else None, cfg.sliding(i)))
+            t.float_tensor(b + "post_ffw_norm.weight") if gemma else None, cfg.sliding(i), cfg.rotary_layer(i)))
     table = "token_embd.weight"
     embed = linear(t, [table], exact=True)[0] if exact and t.qtype(table) not in FLOAT_TYPES else regridded(t, table)
     head = linear(t, ["output.weight"], exact=exact)[0] if t.has("output.weight") else embed

@@ -252,6 +252,9 @@ class NativeArgs:
     bound: object = None  # the extension's Step holding these, made on the first call (lean_build._native)
 
 
+NO_ROTARY = 2  # a layer flag beside sliding (1) in NativeArgs.sliding: Q and K not rotated (step.cpp LAYER_NO_ROTARY)
+
+
 def native_args(model) -> NativeArgs:
     empty = torch.empty(0)
     kinds, a, b, c, n, n_qkv, n_gu, norms, sliding = [], [], [], [], [], [], [], [], []
@@ -280,7 +283,7 @@ def native_args(model) -> NativeArgs:
                       blk.q_norm if blk.has_qk_norm else empty, blk.k_norm if blk.has_qk_norm else empty,
                       blk.post_attn_norm if blk.has_post_norms else empty,
                       blk.post_ffn_norm if blk.has_post_norms else empty])
-        sliding.append(int(blk.sliding))
+        sliding.append(int(blk.sliding) | (0 if blk.rotary else NO_ROTARY))  # step.cpp reads the two flags
     h = model.head
     e = model.embed_dot
     embed = (int(e.kind), e.a, e.b, e.c, int(e.out_features)) if model.has_embed_dot else None

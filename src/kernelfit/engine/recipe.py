@@ -38,6 +38,9 @@ GEMMA3_SLIDING_PATTERN = 6
 # (llama.cpp LLM_ARCH_GEMMA2: n_swa_pattern 2, f_attention_scale by model type; transformers Gemma2Config layer_types,
 # query_pre_attn_scalar)
 GEMMA2_SLIDING_PATTERN = 2
+# SmolLM3: every 4th layer (3, 7, ...) has no rotary embedding (llama.cpp llama_model_smollm3: n_no_rope_layer_step 4,
+# hard-coded; transformers SmolLM3Config no_rope_layer_interval 4)
+SMOLLM3_NO_ROTARY_STEP = 4
 GEMMA2_27B_LAYERS = 46
 # YaRN's defaults where a file does not store them (transformers' rope_config_validation, llama.cpp hparams)
 YARN_BETA_FAST = 32.0
@@ -101,7 +104,7 @@ def rotary_table(r: Rotary, dim: int, positions: int) -> torch.Tensor:
 
 @dataclass
 class Recipe:
-    family: str  # "llama" (llama, mistral, qwen2, qwen3, phi3) or "gemma" (gemma2, gemma3: gelu, sandwich norms,
+    family: str  # "llama" (llama, mistral, qwen2, qwen3, phi3, smollm3) or "gemma" (gemma2, gemma3: gelu, sandwich norms,
     # the embedding scaled by sqrt(hidden))
     arch: str  # the file's general.architecture
     hidden: int
@@ -120,9 +123,13 @@ class Recipe:
     attn_softcap: float = 0.0  # gemma2: scores -> cap * tanh(scores / cap) before the softmax
     final_softcap: float = 0.0  # gemma2: the logits likewise
     query_scale: float | None = None  # the scores' scale where it is not head_dim^-0.5 (Gemma 2 27B)
+    no_rotary_step: int = 0  # smollm3: every Nth layer has no rotary (NoPE)
 
     def sliding(self, layer: int) -> bool:
         return bool(self.sliding_window and self.sliding_pattern and (layer + 1) % self.sliding_pattern)
+
+    def rotary_layer(self, layer: int) -> bool:
+        return not (self.no_rotary_step and (layer + 1) % self.no_rotary_step == 0)
 
 
 def longrope(h, short_factors: torch.Tensor) -> Rotary:
@@ -193,6 +200,7 @@ def recipe_from_gguf(h, rope_freqs: torch.Tensor | None = None) -> Recipe:
         final_softcap=float(h.arch_key("final_logit_softcapping") or 0.0) if arch == "gemma2" else 0.0,
         # llama.cpp (LLM_ARCH_GEMMA2) and transformers (query_pre_attn_scalar): 27B scales by hidden / heads
         query_scale=(hidden / heads) ** -0.5 if arch == "gemma2" and layers == GEMMA2_27B_LAYERS else None,
+        no_rotary_step=SMOLLM3_NO_ROTARY_STEP if arch == "smollm3" else 0,
         # LongRoPE runs its short table: positions past the original context would need the long one
         max_positions=int(h.arch_key("rope.scaling.original_context_length") if h.rope_scaling == "longrope" else
                           h.arch_key("context_length") or 4096))

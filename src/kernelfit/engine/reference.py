@@ -215,7 +215,7 @@ def _norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
 
 class Block(nn.Module):
     def __init__(self, attn_norm, qkv: Products, qkv_bias, o: Product, ffn_norm, gate_up: Products, down: Product,
-                 q_norm, k_norm, post_attn_norm, post_ffn_norm, sliding: bool):
+                 q_norm, k_norm, post_attn_norm, post_ffn_norm, sliding: bool, rotary: bool = True):
         super().__init__()
         empty = torch.empty(0)
         self.attn_norm, self.ffn_norm = attn_norm, ffn_norm
@@ -229,6 +229,7 @@ class Block(nn.Module):
         self.post_attn_norm = post_attn_norm if post_attn_norm is not None else empty
         self.post_ffn_norm = post_ffn_norm if post_ffn_norm is not None else empty
         self.sliding = sliding
+        self.rotary = rotary  # False: a NoPE layer (SmolLM3's every 4th), Q and K not rotated
 
 
 class LeanLM(nn.Module):
@@ -365,7 +366,8 @@ class LeanLM(nn.Module):
             elif blk.has_qk_norm:
                 qk = torch.cat([_norm(qk[:, :nq], blk.q_norm, self.eps), _norm(qk[:, nq:], blk.k_norm, self.eps)], 1)
             table = self.rope_local if blk.sliding and self.rope_local.numel() > 0 else self.rope_global
-            qk = self._rotary(qk, table, pos, t)
+            if blk.rotary:
+                qk = self._rotary(qk, table, pos, t)
             self.k_cache[li, 0, :, pos:pos + t] = qk[:, nq:].transpose(0, 1)
             self.v_cache[li, 0, :, pos:pos + t] = qkv[:, nq + nkv:].transpose(0, 1)
             if not all_logits and t > 1 and li == self.layers - 1:

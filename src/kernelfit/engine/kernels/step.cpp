@@ -76,6 +76,7 @@ void head_vector(const float* src, const float* bias, const float* w, const floa
   }
 }
 
+constexpr int64_t LAYER_SLIDING = 1, LAYER_NO_ROTARY = 2;  // a layer's flags (native.py NativeArgs.sliding)
 constexpr int64_t DOT_MAX_ROWS = 12;  // lean_lm.py's: calls of up to 12 rows take the exact dot products
 constexpr int64_t PROMPT_BLOCK = 128;  // lean_lm.py's: a prompt's attention in blocks of 128 queries
 
@@ -92,7 +93,7 @@ struct Step {
   std::vector<Tensor> as, bs, mins;
   std::vector<int64_t> ns, n_qkv, n_gu;
   std::vector<std::vector<Tensor>> norms;
-  std::vector<int64_t> sliding;
+  std::vector<int64_t> sliding;  // per layer: LAYER_SLIDING, LAYER_NO_ROTARY
   Tensor final_norm;
   int64_t head_kind;
   Tensor head_a, head_b, head_c;
@@ -115,7 +116,7 @@ struct Step {
     int64_t idx = 0;
     for (int64_t li = 0; li < layers; ++li) {
       const auto& nm = norms[li];
-      bool slide = sliding[li] != 0;
+      bool slide = (sliding[li] & LAYER_SLIDING) != 0;
       const Tensor& rope = (slide && rope_local.numel() > 0) ? rope_local : rope_global;
       const float* cs = rope.data_ptr<float>() + pos * d;  // [cap, d/2, 2]
       auto qkv = products(rows::rms_norm(x, nm[0], eps), w, idx, n_qkv[li]);
@@ -146,11 +147,12 @@ struct Step {
     const float* bias = nm[2].numel() ? nm[2].data_ptr<float>() : nullptr;
     const float* qn = nm[3].numel() ? nm[3].data_ptr<float>() : nullptr;
     const float* kn = nm[4].numel() ? nm[4].data_ptr<float>() : nullptr;
+    const bool rotate = (sliding[li] & LAYER_NO_ROTARY) == 0;
     for (int64_t hq = 0; hq < nq; ++hq)
-      head_vector(src + hq * d, bias ? bias + hq * d : nullptr, qn, cs, true, d, eps, q + hq * d);
+      head_vector(src + hq * d, bias ? bias + hq * d : nullptr, qn, cs, rotate, d, eps, q + hq * d);
     for (int64_t hk = 0; hk < nkv; ++hk) {
       const int64_t o = nq + hk, row = (li * nkv + hk) * cap + p;
-      head_vector(src + o * d, bias ? bias + o * d : nullptr, kn, cs, true, d, eps, kc + row * d);
+      head_vector(src + o * d, bias ? bias + o * d : nullptr, kn, cs, rotate, d, eps, kc + row * d);
       head_vector(src + (o + nkv) * d, bias ? bias + (o + nkv) * d : nullptr, nullptr, cs, false, d, eps,
                   vc + row * d);
     }
@@ -222,7 +224,7 @@ struct Step {
     int64_t idx = 0;
     for (int64_t li = 0; li < layers; ++li) {
       const auto& nm = norms[li];
-      const bool slide = sliding[li] != 0;
+      const bool slide = (sliding[li] & LAYER_SLIDING) != 0;
       const Tensor& rope = (slide && rope_local.numel() > 0) ? rope_local : rope_global;
       // the bf16 product's inputs are written as bf16 by the pass before it (no cast pass between)
       const bool bf = bf16_inputs(t, int8, panel_rows);
@@ -312,7 +314,7 @@ struct Step {
     int64_t idx = 0;
     for (int64_t li = 0; li < layers; ++li) {
       const auto& nm = norms[li];
-      const bool slide = sliding[li] != 0;
+      const bool slide = (sliding[li] & LAYER_SLIDING) != 0;
       const Tensor& rope = (slide && rope_local.numel() > 0) ? rope_local : rope_global;
       const Tensor qkv = products(rows::rms_norm_to(x, nm[0], eps, false), w, idx, n_qkv[li]).contiguous();
       idx += n_qkv[li];
