@@ -161,3 +161,32 @@ def test_rotary_the_runner_lacks_is_refused_at_plan_time_and_by_the_engine(tmp_p
 def test_new_architectures_plan_packed(tmp_path, arch):
     spec = load_model_spec(str(write_tiny(tmp_path / f"{arch}.gguf", "Q4_K", arch)))
     assert plan(load_profile("cpu-spr-amx"), spec, Preferences()).quantization.method == "gguf"
+
+
+GGUF_ARCHS = sorted(__import__("kernelfit.catalog.architectures", fromlist=["x"]).GGUF_ARCH_TO_MODEL_TYPE)
+
+
+@pytest.mark.parametrize("arch", GGUF_ARCHS)
+def test_every_admitted_gguf_architecture_loads_or_is_refused_at_plan_time(tmp_path, arch):
+    """Each GGUF architecture the model stage admits, on a CPU: the plan runs it packed (and the engine builds it),
+    or dequantized (and transformers loads it), or `kernelfit plan` exits 2 with one line — never a plan that then
+    fails in the loader."""
+    import subprocess
+    import sys
+
+    from kernelfit.errors import PlanError
+
+    path = write_tiny(tmp_path / f"{arch}.gguf", "Q4_0", arch)
+    try:
+        p = plan(load_profile("cpu-spr-amx"), load_model_spec(str(path)), Preferences())
+    except PlanError:
+        r = subprocess.run([sys.executable, "-m", "kernelfit", "plan", str(path), "--profile", "cpu-spr-amx"],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "no GGUF loader" in r.stderr
+        return
+    if p.quantization.method == "gguf":
+        build_lean(path)
+    else:
+        from transformers import AutoModelForCausalLM
+
+        AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)

@@ -75,6 +75,12 @@ COMPOSITES: dict[str, dict] = {
     "qwen2_5_vl": {"text": "text_config", "vision": "vision_config", "image_newline": False, "projector": "merger"},
 }
 
+# GGUF architectures transformers itself loads (dequantized): its integrations/ggml.py GGUF_CONFIG_MAPPING (5.25).
+# A file of another architecture runs only on kernelfit's packed CPU engine; elsewhere it is refused at plan time.
+TRANSFORMERS_GGUF_ARCHS = ("bloom", "deci", "falcon", "gemma2", "gemma3", "gemma4", "gpt2", "gpt_oss", "lfm2",
+                           "llama", "mamba", "minimax_m2", "mistral", "nemotron", "phi3", "qwen2", "qwen2_moe", "qwen3",
+                           "qwen3_moe", "stablelm", "starcoder2", "t5", "umt5")
+
 GGUF_ARCH_TO_MODEL_TYPE = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "qwen3": "qwen3",
                            "gemma": "gemma", "gemma2": "gemma2", "gemma3": "gemma3_text", "phi3": "phi3",
                            "olmo2": "olmo2", "smollm3": "smollm3"}

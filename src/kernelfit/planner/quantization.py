@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..catalog.architectures import TRANSFORMERS_GGUF_ARCHS
 from ..catalog.packages import install_hint
 from ..catalog.packed_kernels import REGRID_MAX_ERROR, packed_cpu, packed_layout, why_not_packed_gguf
 from ..catalog.quantization import ON_THE_FLY, PREQUANTIZED, hf_backend_name, missing_packages, why_not_backend
@@ -156,6 +157,12 @@ def resolve_level(level: Level, model: ModelSpec, devices: list[Device], machine
     where = "+".join(d.torch_device for d in devices)
     if level.kind == "packed":
         return _packed(level, model, devices, machine, where)
+    arch = model.extra.get("gguf_arch")
+    if model.format == "gguf" and level.kind != "packed" and arch not in TRANSFORMERS_GGUF_ARCHS:
+        # every other level loads through transformers' GGUF dequantization
+        return Rejected(f"gguf:{level.label()} on {where}", RejectKind.NOT_RUNNABLE,
+                        f"transformers has no GGUF loader for architecture '{arch}', so the file cannot be "
+                        "dequantized for it; it runs only on kernelfit's packed CPU engine", method=level.kind)
     if level.kind == "none":
         return QuantOption("none", None, None, None, level.kv_bits,
                            "; ".join(["dense weights in the compute dtype", *kv_note]), install=kv_install)

@@ -225,7 +225,7 @@ def search(machine: Machine, model: ModelSpec, prefs: Preferences, devices: list
         first = {}  # one reason per place: the best dtype's
         for r in log.quant:
             first.setdefault(r.name, r.reason)
-        why = "; ".join(first.values())
+        why = "; ".join(dict.fromkeys(first.values()))  # each reason once, however many levels it stopped
         raise PlanError(f"nothing on {machine.name} runs {model.name}'s "
                         f"{model.quantization.method if model.quantization else 'quantized'} weights ({why})"
                         + (". Pass --allow-dequantize to unpack them into a dtype this machine runs" if pre
