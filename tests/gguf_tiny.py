@@ -161,7 +161,12 @@ def write_tiny(path: Path, qtype: str, arch: str = "llama", seed: int = 0, embed
     w.add_key_length(hd)
     w.add_value_length(hd)
     w.add_vocab_size(VOCAB)
-    if arch in ("llama", "phi3", "smollm3") or rope_dims:
+    if arch == "granite":  # Granite 3.x's multipliers (of its real sizes' kind)
+        w.add_embedding_scale(12.0)
+        w.add_residual_scale(0.22)
+        w.add_logit_scale(8.0)
+        w.add_attention_scale(0.015625)
+    if arch in ("llama", "phi3", "smollm3", "granite") or rope_dims:
         w.add_rope_dimension_count(rope_dims or hd)
     if longrope:  # Phi-3.5's LongRoPE as llama.cpp's converter writes it: two per-pair factor tables, the original
         # context (the file's context_length, 1024, is 2x it)

@@ -228,6 +228,41 @@ def test_smollm3_nope_layers_agree_with_transformers_smollm3(tmp_path):
     assert float(torch.nn.functional.cosine_similarity(plain, got, dim=-1).mean()) < 0.999
 
 
+def test_granite_multipliers_agree_with_transformers_granite(tmp_path):
+    """Granite: embedding x12, residual x0.22, attention scale 1/64, logits / 8. transformers reads no granite GGUF:
+    the reference is its Granite on the weights of the same tensors written as a llama file; the llama reading
+    (no multipliers) does not agree. Prompt and decode."""
+    from transformers import AutoModelForCausalLM, GraniteConfig, GraniteForCausalLM
+
+    for d in ("granite", "llama"):
+        (tmp_path / d).mkdir()
+    granite = write_tiny(tmp_path / "granite" / "m.gguf", "Q8_0", "granite")
+    llama = write_tiny(tmp_path / "llama" / "m.gguf", "Q8_0", "llama")
+    loaded = AutoModelForCausalLM.from_pretrained(llama.parent, gguf_file=llama.name, dtype=torch.float32)
+    c = loaded.config
+    cfg = GraniteConfig(vocab_size=c.vocab_size, hidden_size=c.hidden_size, intermediate_size=c.intermediate_size,
+                        num_hidden_layers=c.num_hidden_layers, num_attention_heads=c.num_attention_heads,
+                        num_key_value_heads=c.num_key_value_heads, rms_norm_eps=c.rms_norm_eps, rope_theta=10000.0,
+                        embedding_multiplier=12.0, residual_multiplier=0.22, attention_multiplier=0.015625,
+                        logits_scaling=8.0, max_position_embeddings=1024, pad_token_id=0, bos_token_id=1,
+                        eos_token_id=2, tie_word_embeddings=True)
+    ref = GraniteForCausalLM(cfg).eval()
+    missing, unexpected = ref.load_state_dict(loaded.state_dict(), strict=False)
+    assert not unexpected and all("rotary" in k for k in missing), (missing, unexpected)
+    ids = _tokens(120)
+    with torch.no_grad():
+        want, plain = ref(ids[None]).logits[0], loaded(ids[None]).logits[0]
+    b = build_lean(granite)
+    reset_cache(b, len(ids) + 8)
+    got = forward(b, ids, 0, True)
+    forward(b, ids[:60], 0)
+    steps = torch.cat([forward(b, ids[i:i + 1], i) for i in range(60, 120)])
+    for mine in (got, torch.cat([got[:60], steps])):
+        cos = torch.nn.functional.cosine_similarity(want, mine, dim=-1)
+        assert float((want.argmax(-1) == mine.argmax(-1)).float().mean()) >= 0.99 and float(cos.min()) > 0.999
+    assert float(torch.nn.functional.cosine_similarity(plain, got, dim=-1).mean()) < 0.99
+
+
 @pytest.mark.parametrize("path_kind", ["exact", "torch"])
 def test_torch_kernels_still_run_where_the_dot_products_are_not_built(tmp_path, monkeypatch, path_kind):
     """KERNELFIT_DOT=0 (and a machine without a C++ compiler) packs for torch's kernels: same agreement bar."""

@@ -83,7 +83,7 @@ TRANSFORMERS_GGUF_ARCHS = ("bloom", "deci", "falcon", "gemma2", "gemma3", "gemma
 
 GGUF_ARCH_TO_MODEL_TYPE = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "qwen3": "qwen3",
                            "gemma": "gemma", "gemma2": "gemma2", "gemma3": "gemma3_text", "phi3": "phi3",
-                           "olmo2": "olmo2", "smollm3": "smollm3"}
+                           "olmo2": "olmo2", "smollm3": "smollm3", "granite": "granite"}
 
 
 def supported_model_types() -> list[str]:

@@ -65,8 +65,8 @@ def build_lean(path: str | Path, prefill_dense: bool = False, progress=None, pre
     int8 = prefill_int8 and exact and gemm_available()
     if progress is not None:
         progress(f"packing {Path(path).name} for the CPU ({cfg.layers} layers)")
-    # Llama/Mistral/SmolLM3 files already pair rotary dims side by side; qwen2, qwen3, gemma and phi3 files keep halves
-    interleave = cfg.arch not in ("llama", "mistral", "smollm3")
+    # Llama/Mistral/SmolLM3/Granite files already pair rotary dims side by side; qwen2, qwen3, gemma and phi3 files keep halves
+    interleave = cfg.arch not in ("llama", "mistral", "smollm3", "granite")
     q_order = interleave_order(cfg.heads * cfg.head_dim, cfg.head_dim) if interleave else None
     k_order = interleave_order(cfg.kv_heads * cfg.head_dim, cfg.head_dim) if interleave else None
     norm_order = torch.from_numpy(interleave_order(cfg.head_dim, cfg.head_dim)) if interleave else None
@@ -204,7 +204,8 @@ def _bound(build: LeanBuild, step):
         n.bound = step.Step(n.kinds, n.a, n.b, n.c, n.n, n.n_qkv, n.n_gu, n.norms, n.sliding, m.final_norm,
                             *n.head, c.heads, c.kv_heads, c.head_dim, c.ffn, float(c.eps), m.scaling,
                             int(c.sliding_window or 0), c.family == "gemma", m.head.top_exact,
-                            float(c.attn_softcap), float(c.final_softcap))
+                            float(c.attn_softcap), float(c.final_softcap), float(c.residual_scale),
+                            float(c.logit_scale))
     return n.bound
 
 
@@ -236,7 +237,7 @@ def _embed_rows(build: LeanBuild, step, ids: torch.Tensor) -> torch.Tensor:
         return m._embed(ids)
     kind, a, b, c, rows = n.embed
     x = step.dot_dequant(a, b, c, 4 if kind == DOT4 else 8, rows, ids, False)
-    return x * m.embed_mult if m.gemma else x
+    return x * m.embed_mult if m.embed_mult != 1.0 else x
 
 
 M_MMAP_THRESHOLD, M_TRIM_THRESHOLD = -3, -1  # glibc mallopt parameters

@@ -104,7 +104,7 @@ def rotary_table(r: Rotary, dim: int, positions: int) -> torch.Tensor:
 
 @dataclass
 class Recipe:
-    family: str  # "llama" (llama, mistral, qwen2, qwen3, phi3, smollm3) or "gemma" (gemma2, gemma3: gelu, sandwich norms,
+    family: str  # "llama" (llama, mistral, qwen2, qwen3, phi3, smollm3, granite) or "gemma" (gemma2, gemma3: gelu, sandwich norms,
     # the embedding scaled by sqrt(hidden))
     arch: str  # the file's general.architecture
     hidden: int
@@ -123,7 +123,10 @@ class Recipe:
     attn_softcap: float = 0.0  # gemma2: scores -> cap * tanh(scores / cap) before the softmax
     final_softcap: float = 0.0  # gemma2: the logits likewise
     query_scale: float | None = None  # the scores' scale where it is not head_dim^-0.5 (Gemma 2 27B)
-    no_rotary_step: int = 0  # smollm3: every Nth layer has no rotary (NoPE)
+    no_rotary_step: int = 0  # smollm3: every Nth layer has no rotary (NoPE); 1: no layer has one
+    embed_scale: float | None = None  # the embedding's multiplier (gemma: sqrt(hidden); granite: the file's)
+    residual_scale: float = 1.0  # granite: x += residual_scale * a block's output
+    logit_scale: float = 1.0  # granite: logits divided by it
 
     def sliding(self, layer: int) -> bool:
         return bool(self.sliding_window and self.sliding_pattern and (layer + 1) % self.sliding_pattern)
@@ -171,6 +174,15 @@ def rotary_from_gguf(h, rope_freqs: torch.Tensor | None) -> Rotary:
     return Rotary(base, RotaryKind.PLAIN, 1.0, factors)
 
 
+def granite_scales(h) -> dict:
+    """Granite's multipliers, as llama.cpp's llama_model_granite reads them (each optional but the logit scale)."""
+    attention = h.arch_key("attention.scale")
+    return {"embed_scale": float(h.arch_key("embedding_scale") or 1.0),
+            "residual_scale": float(h.arch_key("residual_scale") or 1.0),
+            "logit_scale": float(h.arch_key("logit_scale") or 1.0),
+            "query_scale": float(attention) if attention else None}
+
+
 def recipe_from_gguf(h, rope_freqs: torch.Tensor | None = None) -> Recipe:
     """`h`: the file's header (model/gguf_header.py), read once by the caller; `rope_freqs`: its tensor, if any."""
     arch = h.architecture
@@ -183,6 +195,7 @@ def recipe_from_gguf(h, rope_freqs: torch.Tensor | None = None) -> Recipe:
     gemma = arch in ("gemma2", "gemma3")
     window = h.arch_key("attention.sliding_window") if gemma else None
     layers = int(h.arch_key("block_count"))
+    scales = granite_scales(h) if arch == "granite" else {}
     pattern = GEMMA2_SLIDING_PATTERN if arch == "gemma2" else \
         int(h.arch_key("attention.sliding_window_pattern", GEMMA3_SLIDING_PATTERN))
     return Recipe(
@@ -199,8 +212,11 @@ def recipe_from_gguf(h, rope_freqs: torch.Tensor | None = None) -> Recipe:
         attn_softcap=float(h.arch_key("attn_logit_softcapping") or 0.0) if arch == "gemma2" else 0.0,
         final_softcap=float(h.arch_key("final_logit_softcapping") or 0.0) if arch == "gemma2" else 0.0,
         # llama.cpp (LLM_ARCH_GEMMA2) and transformers (query_pre_attn_scalar): 27B scales by hidden / heads
-        query_scale=(hidden / heads) ** -0.5 if arch == "gemma2" and layers == GEMMA2_27B_LAYERS else None,
-        no_rotary_step=SMOLLM3_NO_ROTARY_STEP if arch == "smollm3" else 0,
+        query_scale=scales.pop("query_scale", None) or (
+            (hidden / heads) ** -0.5 if arch == "gemma2" and layers == GEMMA2_27B_LAYERS else None),
+        no_rotary_step=SMOLLM3_NO_ROTARY_STEP if arch == "smollm3" else (
+            1 if arch == "granite" and h.arch_key("rope.scaling.finetuned") is False else 0),  # Granite's no-rope switch
+        **scales,
         # LongRoPE runs its short table: positions past the original context would need the long one
         max_positions=int(h.arch_key("rope.scaling.original_context_length") if h.rope_scaling == "longrope" else
                           h.arch_key("context_length") or 4096))

@@ -103,8 +103,8 @@ def _c_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 @torch.jit.ignore
-def _c_residual(x: torch.Tensor, y: torch.Tensor, post: torch.Tensor, eps: float) -> None:
-    native_module().residual_add(x, y, post, eps)
+def _c_residual(x: torch.Tensor, y: torch.Tensor, post: torch.Tensor, eps: float, scale: float) -> None:
+    native_module().residual_add(x, y, post, eps, scale)
 
 
 @torch.jit.ignore
@@ -245,7 +245,8 @@ class LeanLM(nn.Module):
         self.heads, self.kv_heads, self.head_dim = cfg.heads, cfg.kv_heads, cfg.head_dim
         self.eps = float(cfg.eps)
         self.gemma = cfg.family == "gemma"
-        self.embed_mult = math.sqrt(cfg.hidden) if self.gemma else 1.0
+        self.embed_mult = float(cfg.embed_scale or (math.sqrt(cfg.hidden) if self.gemma else 1.0))
+        self.residual_scale, self.logit_scale = float(cfg.residual_scale), float(cfg.logit_scale)
         self.scaling = float(cfg.query_scale or cfg.head_dim ** -0.5)
         self.attn_cap, self.final_cap = float(cfg.attn_softcap), float(cfg.final_softcap)
         self.window = int(cfg.sliding_window or 0)
@@ -274,7 +275,7 @@ class LeanLM(nn.Module):
             x = self.embed_weight[ids].float() * self.embed_scale[ids].float().unsqueeze(-1)
         else:
             x = self.embed_weight[ids].float()
-        if self.gemma:
+        if self.embed_mult != 1.0:
             x = x * self.embed_mult
         return x
 
@@ -285,10 +286,12 @@ class LeanLM(nn.Module):
 
     def _residual(self, x: torch.Tensor, y: torch.Tensor, post: torch.Tensor, has_post: bool) -> torch.Tensor:
         if self.native_glue:
-            _c_residual(x, y, post if has_post else torch.empty(0), self.eps)  # y float32 or bf16
+            _c_residual(x, y, post if has_post else torch.empty(0), self.eps, self.residual_scale)  # y f32 or bf16
             return x
         if has_post:
             y = _norm(y.float(), post, self.eps)
+        if self.residual_scale != 1.0:
+            y = y.float() * self.residual_scale
         return x + y  # a bf16 addend promotes to float32: no separate cast
 
     def _rotary(self, qk: torch.Tensor, table: torch.Tensor, pos: int, t: int) -> torch.Tensor:
@@ -395,4 +398,4 @@ class LeanLM(nn.Module):
         if not all_logits:
             x = x[x.shape[0] - 1:]
         h = self._rms(x, self.final_norm)
-        return _softcap(self.head(h).float(), self.final_cap)
+        return _softcap(self.head(h).float() / self.logit_scale, self.final_cap)

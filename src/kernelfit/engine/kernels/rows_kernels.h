@@ -90,7 +90,9 @@ inline at::Tensor rms_norm(const at::Tensor& x_in, const at::Tensor& w, double e
 
 // x += y, or x += rmsnorm(y) * post when post is not empty (Gemma 3's post-norms); x float32 contiguous, in place;
 // y float32 or bf16
-inline void residual_add(at::Tensor& x, const at::Tensor& y_in, const at::Tensor& post, double eps) {
+// x += scale * y (Granite's residual multiplier; 1 elsewhere), y through the post-norm where there is one
+inline void residual_add(at::Tensor& x, const at::Tensor& y_in, const at::Tensor& post, double eps,
+                         double scale = 1.0) {
   const at::Tensor y = rows_of(y_in, true);
   const int64_t n = y.size(1);
   TORCH_CHECK(x.is_contiguous() && x.scalar_type() == at::kFloat && x.numel() == y.numel(), "residual_add: shapes");
@@ -101,12 +103,21 @@ inline void residual_add(at::Tensor& x, const at::Tensor& y_in, const at::Tensor
     std::vector<float> buf;
     for (int64_t r = begin; r < end; ++r) {
       const float* yr = row_floats(y, r, n, buf);
-      if (!wp) {
+      const float k = float(scale);
+      if (!wp && k == 1.f) {
         for (int64_t i = 0; i < n; ++i) xp[r * n + i] += yr[i];
         continue;
       }
+      if (!wp) {
+        for (int64_t i = 0; i < n; ++i) xp[r * n + i] += yr[i] * k;
+        continue;
+      }
       const float s = rms_scale(yr, n, eps);
-      for (int64_t i = 0; i < n; ++i) xp[r * n + i] += yr[i] * s * wp[i];
+      if (k == 1.f) {
+        for (int64_t i = 0; i < n; ++i) xp[r * n + i] += yr[i] * s * wp[i];
+        continue;
+      }
+      for (int64_t i = 0; i < n; ++i) xp[r * n + i] += yr[i] * s * wp[i] * k;
     }
   });
 }

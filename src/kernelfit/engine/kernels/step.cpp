@@ -103,6 +103,7 @@ struct Step {
   bool gelu;
   int64_t top_exact;
   double attn_cap = 0, final_cap = 0;  // Gemma 2's soft-caps: cap * tanh(x / cap) of scores, of logits (0: none)
+  double residual_scale = 1, logit_scale = 1;  // Granite: x += scale * block output; logits / logit_scale
 
   Tensor run(Tensor x, int64_t pos, Tensor k_cache, Tensor v_cache, Tensor rope_global, Tensor rope_local) const {
     at::NoGradGuard no_grad;
@@ -126,13 +127,13 @@ struct Step {
              pos + 1, scaling, att.data(), scores, attn_cap);
       auto o = product(torch::from_blob(att.data(), {1, nq * d}, x.options()), w, idx);
       idx += 1;
-      rows::residual_add(x, o, nm[5], eps);
+      rows::residual_add(x, o, nm[5], eps, residual_scale);
       auto gu = products(rows::rms_norm(x, nm[1], eps), w, idx, n_gu[li]);
       idx += n_gu[li];
       const auto act = rows::gated(gu, ffn, gelu);  // one vectorised pass (a scalar std::tanh loop: ~0.4 ms a token)
       auto y = product(act, w, idx);
       idx += 1;
-      rows::residual_add(x, y, nm[6], eps);
+      rows::residual_add(x, y, nm[6], eps, residual_scale);
     }
     return logits(x);
   }
@@ -158,8 +159,10 @@ struct Step {
     }
   }
 
-  // logits through the final soft-cap where the model has one (Gemma 2: 30 * tanh(logits / 30)), in place
+  // logits through Granite's scale and the final soft-cap (Gemma 2: 30 * tanh(logits / 30)) where the model has
+  // them, in place
   Tensor capped(Tensor logits) const {
+    if (logit_scale != 1) logits.div_(logit_scale);
     if (final_cap > 0) rows::softcap(logits.data_ptr<float>(), logits.numel(), float(final_cap));
     return logits;
   }
@@ -264,13 +267,14 @@ struct Step {
                                       pos, window_start(slide, pos), slide ? window : 0, scaling, PROMPT_BLOCK, bf,
                                       attn_cap);
       }
-      rows::residual_add(x, rows_products(att, w, idx, 1, int8, panel_rows), nm[5], eps);
+      rows::residual_add(x, rows_products(att, w, idx, 1, int8, panel_rows), nm[5], eps, residual_scale);
       idx += 1;
       const bool bf_rows = bf16_inputs(x.size(0), int8, panel_rows);  // one row past the last layer's keys and values
       const Tensor gu = rows_products(rows::rms_norm_to(x, nm[1], eps, bf_rows), w, idx, n_gu[li], int8, panel_rows);
       idx += n_gu[li];
       rows::residual_add(
-          x, rows_products(rows::gated_to(gu, ffn, gelu, bf_rows), w, idx, 1, int8, panel_rows), nm[6], eps);
+          x, rows_products(rows::gated_to(gu, ffn, gelu, bf_rows), w, idx, 1, int8, panel_rows), nm[6], eps,
+          residual_scale);
       idx += 1;
     }
     if (!all_logits) return logits(x.narrow(0, x.size(0) - 1, 1).contiguous());
@@ -327,11 +331,11 @@ struct Step {
                window_start(slide, pos[r]), pos[r] + 1, scaling, att.data_ptr<float>() + r * nq * d, scores,
                attn_cap);
       }
-      rows::residual_add(x, products(att, w, idx, 1), nm[5], eps);
+      rows::residual_add(x, products(att, w, idx, 1), nm[5], eps, residual_scale);
       idx += 1;
       const Tensor gu = products(rows::rms_norm_to(x, nm[1], eps, false), w, idx, n_gu[li]);
       idx += n_gu[li];
-      rows::residual_add(x, product(rows::gated_to(gu, ffn, gelu, false), w, idx), nm[6], eps);
+      rows::residual_add(x, product(rows::gated_to(gu, ffn, gelu, false), w, idx), nm[6], eps, residual_scale);
       idx += 1;
     }
     if (head_kind != 3)
@@ -348,7 +352,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
                           std::vector<int64_t>, std::vector<int64_t>, std::vector<int64_t>,
                           std::vector<std::vector<Tensor>>, std::vector<int64_t>, Tensor, int64_t, Tensor, Tensor,
                           Tensor, int64_t, int64_t, int64_t, int64_t, int64_t, double, double, int64_t, bool,
-                          int64_t, double, double>())
+                          int64_t, double, double, double, double>())
       // the GIL is released while a step or a prompt runs: `kernelfit serve`'s event loop keeps answering meanwhile
       .def("run", &Step::run, "one decode step", pybind11::call_guard<pybind11::gil_scoped_release>())
       .def("prefill", &Step::prefill, "a prompt's forward", pybind11::call_guard<pybind11::gil_scoped_release>())
@@ -360,7 +364,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("fast_dot", &dot::fast_dot, "whether the dot products are vectorised here");
   m.def("gemm_mm", &gemm::gemm_mm, "a prompt's x @ W^T over a weight's file groups, int8 VNNI (gemm_kernels.h)");
   m.def("rms_norm", &rows::rms_norm, "rmsnorm(x) * w over the last dimension (rows_kernels.h)");
-  m.def("residual_add", &rows::residual_add, "x += y, through an optional post-norm, in place");
+  m.def("residual_add", &rows::residual_add, "x += scale * y, through an optional post-norm, in place",
+        pybind11::arg("x"), pybind11::arg("y"), pybind11::arg("post"), pybind11::arg("eps"),
+        pybind11::arg("scale") = 1.0);
   m.def("gated", &rows::gated, "gelu-tanh or silu of the gate times up");
   m.def("masked_softmax", &rows::masked_softmax, "a prompt's attention weights from bf16 scores, masked by position",
         pybind11::arg("scores"), pybind11::arg("scale"), pybind11::arg("q0"), pybind11::arg("per"),
