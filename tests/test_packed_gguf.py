@@ -194,30 +194,30 @@ def test_gemma2_soft_caps_that_bind_agree_with_transformers_gemma2(tmp_path):
     assert float(torch.nn.functional.cosine_similarity(outs[1], got, dim=-1).mean()) < 0.99
 
 
-def test_smollm3_nope_layers_agree_with_transformers_smollm3(tmp_path):
-    """SmolLM3: every 4th layer without rotary (8 layers: 3 and 7). transformers reads no smollm3 GGUF, so the
-    reference is its SmolLM3 built on the weights of the same tensors written as a llama file (one layout: llama.cpp
-    converts SmolLM3 as Llama); a llama reading of the file (rotary everywhere) does not agree."""
-    from transformers import AutoModelForCausalLM, SmolLM3Config, SmolLM3ForCausalLM
+def _agrees_with_its_llama_twin(tmp_path, arch: str, model_cls, layers: int = 2, **config) -> None:
+    """An architecture transformers reads no GGUF of: its transformers class (`model_cls`, `config` beside the
+    shapes) on the weights of the same tensors written as a llama file (same seed) is the reference, prompt and
+    decode; the llama reading of those weights (without the architecture's own features) must not agree."""
+    from transformers import AutoModelForCausalLM
 
-    for d in ("smol", "llama"):
+    for d in (arch, "llama"):
         (tmp_path / d).mkdir()
-    smol = write_tiny(tmp_path / "smol" / "m.gguf", "Q8_0", "smollm3", layers=8)
-    llama = write_tiny(tmp_path / "llama" / "m.gguf", "Q8_0", "llama", layers=8)  # the same seed: the same weights
+    path = write_tiny(tmp_path / arch / "m.gguf", "Q8_0", arch, layers=layers)
+    llama = write_tiny(tmp_path / "llama" / "m.gguf", "Q8_0", "llama", layers=layers)
     loaded = AutoModelForCausalLM.from_pretrained(llama.parent, gguf_file=llama.name, dtype=torch.float32)
     c = loaded.config
-    cfg = SmolLM3Config(vocab_size=c.vocab_size, hidden_size=c.hidden_size, intermediate_size=c.intermediate_size,
-                        num_hidden_layers=8, num_attention_heads=c.num_attention_heads,
-                        num_key_value_heads=c.num_key_value_heads, rms_norm_eps=c.rms_norm_eps, rope_theta=10000.0,
-                        no_rope_layer_interval=4, max_position_embeddings=1024, pad_token_id=0, bos_token_id=1,
-                        eos_token_id=2, tie_word_embeddings=True)
-    ref = SmolLM3ForCausalLM(cfg).eval()
+    cfg = model_cls.config_class(
+        vocab_size=c.vocab_size, hidden_size=c.hidden_size, intermediate_size=c.intermediate_size,
+        num_hidden_layers=layers, num_attention_heads=c.num_attention_heads, num_key_value_heads=c.num_key_value_heads,
+        rms_norm_eps=c.rms_norm_eps, rope_theta=10000.0, max_position_embeddings=1024, pad_token_id=0, bos_token_id=1,
+        eos_token_id=2, tie_word_embeddings=True, **config)
+    ref = model_cls(cfg).eval()
     missing, unexpected = ref.load_state_dict(loaded.state_dict(), strict=False)
     assert not unexpected and all("rotary" in k for k in missing), (missing, unexpected)
     ids = _tokens(120)
     with torch.no_grad():
         want, plain = ref(ids[None]).logits[0], loaded(ids[None]).logits[0]
-    b = build_lean(smol)
+    b = build_lean(path)
     reset_cache(b, len(ids) + 8)
     got = forward(b, ids, 0, True)
     forward(b, ids[:60], 0)
@@ -228,39 +228,19 @@ def test_smollm3_nope_layers_agree_with_transformers_smollm3(tmp_path):
     assert float(torch.nn.functional.cosine_similarity(plain, got, dim=-1).mean()) < 0.999
 
 
-def test_granite_multipliers_agree_with_transformers_granite(tmp_path):
-    """Granite: embedding x12, residual x0.22, attention scale 1/64, logits / 8. transformers reads no granite GGUF:
-    the reference is its Granite on the weights of the same tensors written as a llama file; the llama reading
-    (no multipliers) does not agree. Prompt and decode."""
-    from transformers import AutoModelForCausalLM, GraniteConfig, GraniteForCausalLM
+def test_smollm3_nope_layers_agree_with_transformers_smollm3(tmp_path):
+    """SmolLM3: every 4th layer without rotary (8 layers: 3 and 7; llama.cpp converts SmolLM3 as Llama)."""
+    from transformers import SmolLM3ForCausalLM
 
-    for d in ("granite", "llama"):
-        (tmp_path / d).mkdir()
-    granite = write_tiny(tmp_path / "granite" / "m.gguf", "Q8_0", "granite")
-    llama = write_tiny(tmp_path / "llama" / "m.gguf", "Q8_0", "llama")
-    loaded = AutoModelForCausalLM.from_pretrained(llama.parent, gguf_file=llama.name, dtype=torch.float32)
-    c = loaded.config
-    cfg = GraniteConfig(vocab_size=c.vocab_size, hidden_size=c.hidden_size, intermediate_size=c.intermediate_size,
-                        num_hidden_layers=c.num_hidden_layers, num_attention_heads=c.num_attention_heads,
-                        num_key_value_heads=c.num_key_value_heads, rms_norm_eps=c.rms_norm_eps, rope_theta=10000.0,
-                        embedding_multiplier=12.0, residual_multiplier=0.22, attention_multiplier=0.015625,
-                        logits_scaling=8.0, max_position_embeddings=1024, pad_token_id=0, bos_token_id=1,
-                        eos_token_id=2, tie_word_embeddings=True)
-    ref = GraniteForCausalLM(cfg).eval()
-    missing, unexpected = ref.load_state_dict(loaded.state_dict(), strict=False)
-    assert not unexpected and all("rotary" in k for k in missing), (missing, unexpected)
-    ids = _tokens(120)
-    with torch.no_grad():
-        want, plain = ref(ids[None]).logits[0], loaded(ids[None]).logits[0]
-    b = build_lean(granite)
-    reset_cache(b, len(ids) + 8)
-    got = forward(b, ids, 0, True)
-    forward(b, ids[:60], 0)
-    steps = torch.cat([forward(b, ids[i:i + 1], i) for i in range(60, 120)])
-    for mine in (got, torch.cat([got[:60], steps])):
-        cos = torch.nn.functional.cosine_similarity(want, mine, dim=-1)
-        assert float((want.argmax(-1) == mine.argmax(-1)).float().mean()) >= 0.99 and float(cos.min()) > 0.999
-    assert float(torch.nn.functional.cosine_similarity(plain, got, dim=-1).mean()) < 0.99
+    _agrees_with_its_llama_twin(tmp_path, "smollm3", SmolLM3ForCausalLM, layers=8, no_rope_layer_interval=4)
+
+
+def test_granite_multipliers_agree_with_transformers_granite(tmp_path):
+    """Granite: embedding x12, residual x0.22, attention scale 1/64, logits / 8 (gguf_tiny writes them)."""
+    from transformers import GraniteForCausalLM
+
+    _agrees_with_its_llama_twin(tmp_path, "granite", GraniteForCausalLM, embedding_multiplier=12.0,
+                                residual_multiplier=0.22, attention_multiplier=0.015625, logits_scaling=8.0)
 
 
 @pytest.mark.parametrize("path_kind", ["exact", "torch"])
