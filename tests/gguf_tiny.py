@@ -133,7 +133,7 @@ def write_tiny(path: Path, qtype: str, arch: str = "llama", seed: int = 0, embed
                head_dim: int | None = None, rope_freqs: np.ndarray | None = None,
                yarn_context: tuple[float, int] | None = None, rope_dims: int | None = None,
                longrope: bool = False, softcaps: tuple[float, float] = (50.0, 30.0), layers: int = LAYERS) -> Path:
-    """A 2-layer model of `arch` ("llama", "qwen2", "qwen3", "gemma2", "gemma3", "phi3") whose linear weights are `qtype`; `tokenizer`
+    """A 2-layer model of `arch` ("llama", "qwen2", "qwen3", "gemma2", "gemma3", "phi3", "smollm3", "granite", "olmo2") whose linear weights are `qtype`; `tokenizer`
     False leaves out the token scores transformers needs, `nan_norm` puts a NaN in the final norm, `nan_scale` one in
     a block scale of a quantized tensor (Q4_0/Q5_0/Q8_0: the first two bytes of a block), `yarn` declares YaRN
     rotary scaling (with `yarn_context` = (factor, original context length) stored, as llama.cpp's converter does);
@@ -204,7 +204,8 @@ def write_tiny(path: Path, qtype: str, arch: str = "llama", seed: int = 0, embed
     tensor("token_embd.weight", (VOCAB, HIDDEN), embed_type or "Q8_0", std=1.0)
     for i in range(layers):
         b = f"blk.{i}."
-        tensor(b + "attn_norm.weight", (HIDDEN,), "norm")
+        if arch != "olmo2":  # OLMo 2's norms follow attention and the FFN instead (post_* below)
+            tensor(b + "attn_norm.weight", (HIDDEN,), "norm")
         if arch == "phi3":  # fused Q/K/V and gate/up, as llama.cpp's converter writes Phi-3's qkv_proj, gate_up_proj
             tensor(b + "attn_qkv.weight", ((HEADS + 2 * KV_HEADS) * hd, HIDDEN), qtype)
         else:
@@ -212,7 +213,8 @@ def write_tiny(path: Path, qtype: str, arch: str = "llama", seed: int = 0, embed
             tensor(b + "attn_k.weight", (KV_HEADS * hd, HIDDEN), qtype)
             tensor(b + "attn_v.weight", (KV_HEADS * hd, HIDDEN), qtype)
         tensor(b + "attn_output.weight", (HIDDEN, HEADS * hd), qtype)
-        tensor(b + "ffn_norm.weight", (HIDDEN,), "norm")
+        if arch != "olmo2":
+            tensor(b + "ffn_norm.weight", (HIDDEN,), "norm")
         if arch == "phi3":
             tensor(b + "ffn_up.weight", (2 * FFN, HIDDEN), qtype)
         else:
@@ -225,9 +227,12 @@ def write_tiny(path: Path, qtype: str, arch: str = "llama", seed: int = 0, embed
         if arch in ("gemma3", "qwen3"):
             tensor(b + "attn_q_norm.weight", (hd,), "norm")
             tensor(b + "attn_k_norm.weight", (hd,), "norm")
-        if arch in ("gemma2", "gemma3"):
+        if arch in ("gemma2", "gemma3", "olmo2"):
             tensor(b + "post_attention_norm.weight", (HIDDEN,), "norm")
             tensor(b + "post_ffw_norm.weight", (HIDDEN,), "norm")
+        if arch == "olmo2":  # one norm over all of Q, one over all of K
+            tensor(b + "attn_q_norm.weight", (HEADS * hd,), "norm")
+            tensor(b + "attn_k_norm.weight", (KV_HEADS * hd,), "norm")
     if nan_norm:
         w.add_tensor("output_norm.weight", np.full(HIDDEN, np.nan, dtype=np.float32))
     else:

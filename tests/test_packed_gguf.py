@@ -228,6 +228,47 @@ def _agrees_with_its_llama_twin(tmp_path, arch: str, model_cls, layers: int = 2,
     assert float(torch.nn.functional.cosine_similarity(plain, got, dim=-1).mean()) < 0.999
 
 
+def test_olmo2_post_norms_and_full_width_qk_norms_agree_with_transformers_olmo2(tmp_path):
+    """OLMo 2: no pre-norms, a norm after attention and after the FFN, one QK norm over all heads. transformers reads
+    no olmo2 GGUF: its Olmo2 gets the file's tensors dequantized by gguf-py (the converter writes OLMo 2's Q and K
+    rows as transformers has them: halves rotary)."""
+    from gguf import GGUFReader, dequantize
+    from transformers import Olmo2Config, Olmo2ForCausalLM
+
+    path = write_tiny(tmp_path / "olmo2.gguf", "Q8_0", "olmo2")
+    r = GGUFReader(str(path))
+    w = {t.name: torch.from_numpy(dequantize(t.data, t.tensor_type).copy()).float().reshape(
+        [int(x) for x in reversed(t.shape)]) for t in r.tensors}
+    names = {"attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+             "attn_output": "self_attn.o_proj", "attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm",
+             "post_attention_norm": "post_attention_layernorm", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
+             "ffn_down": "mlp.down_proj", "post_ffw_norm": "post_feedforward_layernorm"}
+    state = {"model.embed_tokens.weight": w["token_embd.weight"], "model.norm.weight": w["output_norm.weight"],
+             "lm_head.weight": w["token_embd.weight"]}
+    for name, value in w.items():
+        if name.startswith("blk."):
+            _, i, part, _ = name.split(".")
+            state[f"model.layers.{i}.{names[part]}.weight"] = value
+    cfg = Olmo2Config(vocab_size=VOCAB, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-6, rope_theta=10000.0,
+                      max_position_embeddings=1024, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+                      tie_word_embeddings=True)
+    ref = Olmo2ForCausalLM(cfg).eval()
+    missing, unexpected = ref.load_state_dict(state, strict=False)
+    assert not unexpected and all("rotary" in k for k in missing), (missing, unexpected)
+    ids = _tokens(120)
+    with torch.no_grad():
+        want = ref(ids[None]).logits[0]
+    b = build_lean(path)
+    reset_cache(b, len(ids) + 8)
+    got = forward(b, ids, 0, True)
+    forward(b, ids[:60], 0)
+    steps = torch.cat([forward(b, ids[i:i + 1], i) for i in range(60, 120)])
+    for mine in (got, torch.cat([got[:60], steps])):
+        cos = torch.nn.functional.cosine_similarity(want, mine, dim=-1)
+        assert float((want.argmax(-1) == mine.argmax(-1)).float().mean()) >= 0.99 and float(cos.min()) > 0.999
+
+
 def test_smollm3_nope_layers_agree_with_transformers_smollm3(tmp_path):
     """SmolLM3: every 4th layer without rotary (8 layers: 3 and 7; llama.cpp converts SmolLM3 as Llama)."""
     from transformers import SmolLM3ForCausalLM
@@ -258,7 +299,8 @@ def test_torch_kernels_still_run_where_the_dot_products_are_not_built(tmp_path, 
 
 
 @pytest.mark.parametrize("arch,qtype", [("gemma3", "Q4_K"), ("gemma3", "Q5_0"), ("qwen2", "Q4_1"), ("llama", "Q8_0"),
-                                        ("qwen3", "Q5_K"), ("phi3", "Q4_0"), ("gemma2", "Q4_K")])
+                                        ("qwen3", "Q5_K"), ("phi3", "Q4_0"), ("gemma2", "Q4_K"), ("olmo2", "Q8_0"),
+                                        ("granite", "Q4_K"), ("smollm3", "Q4_0")])
 @pytest.mark.parametrize("step", ["native", "torchscript"])
 def test_decode_steps_match_one_prefill_and_the_dense_prefill_copy(tmp_path, arch, qtype, step):
     """One token at a time (the C++ step, or the TorchScript one) gives the logits of one prefill over the

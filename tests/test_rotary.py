@@ -157,7 +157,7 @@ def test_rotary_the_runner_lacks_is_refused_at_plan_time_and_by_the_engine(tmp_p
         build_lean(path)
 
 
-@pytest.mark.parametrize("arch", ["phi3", "gemma2", "smollm3", "granite"])
+@pytest.mark.parametrize("arch", ["phi3", "gemma2", "smollm3", "granite", "olmo2"])
 def test_new_architectures_plan_packed(tmp_path, arch):
     spec = load_model_spec(str(write_tiny(tmp_path / f"{arch}.gguf", "Q4_K", arch)))
     assert plan(load_profile("cpu-spr-amx"), spec, Preferences()).quantization.method == "gguf"

@@ -60,17 +60,21 @@ def build_lean(path: str | Path, prefill_dense: bool = False, progress=None, pre
     t = GgufTensors.open(path, header)
     factors = next((n for n in ("rope_freqs.weight", "rope_factors_short.weight") if t.has(n)), None)  # per pair
     cfg = recipe_from_gguf(header, t.float_tensor(factors) if factors else None)
-    gemma = cfg.family == "gemma"
     exact = dot_available()  # the file's own groups through the C++ dot products; else torch's packed kernels
     int8 = prefill_int8 and exact and gemm_available()
     if progress is not None:
         progress(f"packing {Path(path).name} for the CPU ({cfg.layers} layers)")
-    # Llama/Mistral/SmolLM3/Granite files already pair rotary dims side by side; qwen2, qwen3, gemma and phi3 files keep halves
+    # Llama/Mistral/SmolLM3/Granite files already pair rotary dims side by side; qwen2, qwen3, gemma, phi3 and olmo2
+    # files keep halves
     interleave = cfg.arch not in ("llama", "mistral", "smollm3", "granite")
     q_order = interleave_order(cfg.heads * cfg.head_dim, cfg.head_dim) if interleave else None
     k_order = interleave_order(cfg.kv_heads * cfg.head_dim, cfg.head_dim) if interleave else None
     norm_order = torch.from_numpy(interleave_order(cfg.head_dim, cfg.head_dim)) if interleave else None
     blocks, packed = [], []
+
+    def optional(name: str) -> torch.Tensor | None:  # a norm some architectures have (gemma's post norms, and
+        return t.float_tensor(name) if t.has(name) else None  # olmo2's only ones; olmo2 has no pre-norms)
+
     for i in range(cfg.layers):
         b = f"blk.{i}."
         if t.has(b + "attn_qkv.weight"):  # phi3: Q, K and V rows in one tensor, in that order
@@ -95,17 +99,20 @@ def build_lean(path: str | Path, prefill_dense: bool = False, progress=None, pre
         down = linear(t, [b + "ffn_down.weight"], exact=exact)[0]
         packed += [*qkv, o, *gate_up, down]
         qn = kn = None
-        if t.has(b + "attn_q_norm.weight"):  # gemma3, qwen3: RMSNorm of each head's Q and K
+        if t.has(b + "attn_q_norm.weight"):  # gemma3, qwen3: RMSNorm of each head's Q and K; olmo2: of all of Q, K
             qn, kn = t.float_tensor(b + "attn_q_norm.weight"), t.float_tensor(b + "attn_k_norm.weight")
-            if interleave:
+            full = qn.numel() == cfg.heads * cfg.head_dim
+            if interleave and full:
+                qn, kn = qn[torch.from_numpy(q_order)], kn[torch.from_numpy(k_order)]
+            elif interleave:
                 qn, kn = qn[norm_order], kn[norm_order]
         blocks.append(Block(
-            t.float_tensor(b + "attn_norm.weight"), Products([product(w, prefill_dense, False, int8) for w in qkv]),
-            bias, product(o, prefill_dense, False, int8), t.float_tensor(b + "ffn_norm.weight"),
+            optional(b + "attn_norm.weight"), Products([product(w, prefill_dense, False, int8) for w in qkv]),
+            bias, product(o, prefill_dense, False, int8), optional(b + "ffn_norm.weight"),
             Products([product(w, prefill_dense, False, int8) for w in gate_up]),
             product(down, prefill_dense, False, int8), qn, kn,
-            t.float_tensor(b + "post_attention_norm.weight") if gemma else None,
-            t.float_tensor(b + "post_ffw_norm.weight") if gemma else None, cfg.sliding(i), cfg.rotary_layer(i)))
+            optional(b + "post_attention_norm.weight"), optional(b + "post_ffw_norm.weight"), cfg.sliding(i),
+            cfg.rotary_layer(i)))
     table = "token_embd.weight"
     embed = linear(t, [table], exact=True)[0] if exact and t.qtype(table) not in FLOAT_TYPES else regridded(t, table)
     head = linear(t, ["output.weight"], exact=exact)[0] if t.has("output.weight") else embed

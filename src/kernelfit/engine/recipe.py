@@ -104,7 +104,7 @@ def rotary_table(r: Rotary, dim: int, positions: int) -> torch.Tensor:
 
 @dataclass
 class Recipe:
-    family: str  # "llama" (llama, mistral, qwen2, qwen3, phi3, smollm3, granite) or "gemma" (gemma2, gemma3: gelu, sandwich norms,
+    family: str  # "llama" (llama, mistral, qwen2, qwen3, phi3, smollm3, granite, olmo2) or "gemma" (gemma2, gemma3: gelu, sandwich norms,
     # the embedding scaled by sqrt(hidden))
     arch: str  # the file's general.architecture
     hidden: int
@@ -189,6 +189,9 @@ def recipe_from_gguf(h, rope_freqs: torch.Tensor | None = None) -> Recipe:
     if arch not in LEAN_GGUF_ARCHS:
         raise UsageError(f"the packed CPU runner covers GGUF architectures {', '.join(LEAN_GGUF_ARCHS)}, not "
                          f"'{arch}' (--quantization none runs the dequantized model)")
+    if arch == "olmo2" and h.arch_key("attention.sliding_window"):  # OLMo 3's windows: not this recipe's pattern
+        raise UsageError(f"{Path(h.path).name}: an olmo2 file with a sliding window (OLMo 3) is not run by the packed "
+                         "CPU runner yet")
     heads = int(h.arch_key("attention.head_count"))
     hidden = int(h.arch_key("embedding_length"))
     tokens = h.metadata.get("tokenizer.ggml.tokens")

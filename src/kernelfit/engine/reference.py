@@ -225,6 +225,10 @@ class Block(nn.Module):
         self.has_qk_norm = q_norm is not None
         self.q_norm = q_norm if q_norm is not None else empty
         self.k_norm = k_norm if k_norm is not None else empty
+        self.qk_norm_full = False  # OLMo 2: one norm over all query heads (and one over all key heads); LeanLM sets it
+        self.has_pre_norm = attn_norm is not None  # OLMo 2 has none: its norms follow attention and the FFN
+        self.attn_norm = attn_norm if attn_norm is not None else empty
+        self.ffn_norm = ffn_norm if ffn_norm is not None else empty
         self.has_post_norms = post_attn_norm is not None
         self.post_attn_norm = post_attn_norm if post_attn_norm is not None else empty
         self.post_ffn_norm = post_ffn_norm if post_ffn_norm is not None else empty
@@ -257,8 +261,9 @@ class LeanLM(nn.Module):
         self.has_embed_dot = embed_dot is not None  # the table as dot groups (the head's, when tied)
         self.embed_dot = embed_dot if embed_dot is not None else head
         for blk in blocks:  # Q then K heads' norm weights, row after row (rows_kernels.h rms_norm cycles through them)
+            blk.qk_norm_full = blk.has_qk_norm and blk.q_norm.numel() == cfg.heads * cfg.head_dim
             blk.qk_norm_rows = (torch.cat([blk.q_norm.repeat(cfg.heads), blk.k_norm.repeat(cfg.kv_heads)])
-                                if blk.has_qk_norm else torch.empty(0))
+                                if blk.has_qk_norm and not blk.qk_norm_full else torch.empty(0))
         self.blocks = nn.ModuleList(blocks)
         self.layers = len(blocks)
         self.final_norm, self.head = final_norm, head
@@ -358,13 +363,18 @@ class LeanLM(nn.Module):
             if self.window > 0:
                 blocked_local = self._blocked(pos, t, True)
         for blk in self.blocks:
-            h = self._rms(x, blk.attn_norm)
+            h = self._rms(x, blk.attn_norm) if blk.has_pre_norm else x
             qkv = blk.qkv(h).float()
             if blk.has_bias:
                 qkv = qkv + blk.qkv_bias
+            if blk.qk_norm_full:  # over all heads' dims at once, before the heads are split
+                qkv = torch.cat([self._rms(qkv[:, :nq * d], blk.q_norm), self._rms(qkv[:, nq * d:(nq + nkv) * d],
+                                 blk.k_norm), qkv[:, (nq + nkv) * d:]], 1)
             qkv = qkv.view(t, nq + 2 * nkv, d)
             qk = qkv[:, :nq + nkv]
-            if blk.has_qk_norm and self.native_glue:  # every head's row with its own norm weight, one pass
+            if blk.qk_norm_full:
+                pass
+            elif blk.has_qk_norm and self.native_glue:  # every head's row with its own norm weight, one pass
                 qk = _c_norm(qk, blk.qk_norm_rows, self.eps)
             elif blk.has_qk_norm:
                 qk = torch.cat([_norm(qk[:, :nq], blk.q_norm, self.eps), _norm(qk[:, nq:], blk.k_norm, self.eps)], 1)
@@ -381,7 +391,7 @@ class LeanLM(nn.Module):
             else:
                 a = self._attend(qk[:, :nq], li, pos, t, blk.sliding, blocked_local if blk.sliding else blocked_global)
             x = self._residual(x, blk.o(a), blk.post_attn_norm, blk.has_post_norms)
-            h = self._rms(x, blk.ffn_norm)
+            h = self._rms(x, blk.ffn_norm) if blk.has_pre_norm else x
             gu = blk.gate_up(h)  # the activation in float32: in bf16 SmolLM2's logit cosine fell 3x further
             if self.native_glue:  # reads a bf16 product as it is, computes in float32
                 g = _c_gated(gu, self.ffn, self.gemma)

@@ -120,7 +120,7 @@ struct Step {
       bool slide = (sliding[li] & LAYER_SLIDING) != 0;
       const Tensor& rope = (slide && rope_local.numel() > 0) ? rope_local : rope_global;
       const float* cs = rope.data_ptr<float>() + pos * d;  // [cap, d/2, 2]
-      auto qkv = products(rows::rms_norm(x, nm[0], eps), w, idx, n_qkv[li]);
+      auto qkv = products(pre_norm(x, nm[0], false), w, idx, n_qkv[li]);
       idx += n_qkv[li];
       position_heads(qkv.data_ptr<float>(), nm, cs, li, pos, cap, q.data(), kc, vc);
       attend(q.data(), kc + li * nkv * cap * d, vc + li * nkv * cap * d, nq, nkv, d, cap, window_start(slide, pos),
@@ -128,7 +128,7 @@ struct Step {
       auto o = product(torch::from_blob(att.data(), {1, nq * d}, x.options()), w, idx);
       idx += 1;
       rows::residual_add(x, o, nm[5], eps, residual_scale);
-      auto gu = products(rows::rms_norm(x, nm[1], eps), w, idx, n_gu[li]);
+      auto gu = products(pre_norm(x, nm[1], false), w, idx, n_gu[li]);
       idx += n_gu[li];
       const auto act = rows::gated(gu, ffn, gelu);  // one vectorised pass (a scalar std::tanh loop: ~0.4 ms a token)
       auto y = product(act, w, idx);
@@ -136,6 +136,13 @@ struct Step {
       rows::residual_add(x, y, nm[6], eps, residual_scale);
     }
     return logits(x);
+  }
+
+  // A block's input to its attention or FFN products: rmsnorm(x) * w, or x itself where the block has no pre-norm
+  // (OLMo 2: its norms follow attention and the FFN, residual_add's post-norms); bf16 where the product wants it
+  Tensor pre_norm(const Tensor& x, const Tensor& w, bool bf16_out) const {
+    if (w.numel()) return rows::rms_norm_to(x, w, eps, bf16_out);
+    return bf16_out ? x.to(at::kBFloat16) : x.clone();
   }
 
   // the first key position a query at position p sees: 0, or the start of its sliding window
@@ -149,6 +156,18 @@ struct Step {
     const float* qn = nm[3].numel() ? nm[3].data_ptr<float>() : nullptr;
     const float* kn = nm[4].numel() ? nm[4].data_ptr<float>() : nullptr;
     const bool rotate = (sliding[li] & LAYER_NO_ROTARY) == 0;
+    std::vector<float> normed;
+    if (qn && nm[3].numel() == nq * d) {
+      // OLMo 2: one RMSNorm over all query heads' values and one over all key heads' (biases first), then the heads
+      normed.resize((nq + 2 * nkv) * d);
+      for (int64_t i = 0; i < (nq + 2 * nkv) * d; ++i) normed[i] = src[i] + (bias ? bias[i] : 0.f);
+      const float sq = rows::rms_scale(normed.data(), nq * d, eps), sk = rows::rms_scale(normed.data() + nq * d,
+                                                                                          nkv * d, eps);
+      for (int64_t i = 0; i < nq * d; ++i) normed[i] *= sq * qn[i];
+      for (int64_t i = 0; i < nkv * d; ++i) normed[nq * d + i] *= sk * kn[i];
+      src = normed.data();
+      bias = qn = kn = nullptr;
+    }
     for (int64_t hq = 0; hq < nq; ++hq)
       head_vector(src + hq * d, bias ? bias + hq * d : nullptr, qn, cs, rotate, d, eps, q + hq * d);
     for (int64_t hk = 0; hk < nkv; ++hk) {
@@ -232,7 +251,7 @@ struct Step {
       // the bf16 product's inputs are written as bf16 by the pass before it (no cast pass between)
       const bool bf = bf16_inputs(t, int8, panel_rows);
       const Tensor qkv =
-          rows_products(rows::rms_norm_to(x, nm[0], eps, bf), w, idx, n_qkv[li], int8, panel_rows).contiguous();
+          rows_products(pre_norm(x, nm[0], bf), w, idx, n_qkv[li], int8, panel_rows).contiguous();
       idx += n_qkv[li];
       const int64_t width = (nq + 2 * nkv) * d;
       float* qp = q.data_ptr<float>();
@@ -270,7 +289,7 @@ struct Step {
       rows::residual_add(x, rows_products(att, w, idx, 1, int8, panel_rows), nm[5], eps, residual_scale);
       idx += 1;
       const bool bf_rows = bf16_inputs(x.size(0), int8, panel_rows);  // one row past the last layer's keys and values
-      const Tensor gu = rows_products(rows::rms_norm_to(x, nm[1], eps, bf_rows), w, idx, n_gu[li], int8, panel_rows);
+      const Tensor gu = rows_products(pre_norm(x, nm[1], bf_rows), w, idx, n_gu[li], int8, panel_rows);
       idx += n_gu[li];
       rows::residual_add(
           x, rows_products(rows::gated_to(gu, ffn, gelu, bf_rows), w, idx, 1, int8, panel_rows), nm[6], eps,
@@ -320,7 +339,7 @@ struct Step {
       const auto& nm = norms[li];
       const bool slide = (sliding[li] & LAYER_SLIDING) != 0;
       const Tensor& rope = (slide && rope_local.numel() > 0) ? rope_local : rope_global;
-      const Tensor qkv = products(rows::rms_norm_to(x, nm[0], eps, false), w, idx, n_qkv[li]).contiguous();
+      const Tensor qkv = products(pre_norm(x, nm[0], false), w, idx, n_qkv[li]).contiguous();
       idx += n_qkv[li];
       for (int64_t r = 0; r < t; ++r)
         position_heads(qkv.data_ptr<float>() + r * width, nm, rope.data_ptr<float>() + pos[r] * d, li, pos[r],
@@ -333,7 +352,7 @@ struct Step {
       }
       rows::residual_add(x, products(att, w, idx, 1), nm[5], eps, residual_scale);
       idx += 1;
-      const Tensor gu = products(rows::rms_norm_to(x, nm[1], eps, false), w, idx, n_gu[li]);
+      const Tensor gu = products(pre_norm(x, nm[1], false), w, idx, n_gu[li]);
       idx += n_gu[li];
       rows::residual_add(x, product(rows::gated_to(gu, ffn, gelu, false), w, idx), nm[6], eps, residual_scale);
       idx += 1;
