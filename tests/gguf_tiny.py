@@ -171,8 +171,8 @@ def write_tiny(path: Path, qtype: str, arch: str = "llama", seed: int = 0, embed
     if longrope:  # Phi-3.5's LongRoPE as llama.cpp's converter writes it: two per-pair factor tables, the original
         # context (the file's context_length, 1024, is 2x it)
         w.add_rope_scaling_orig_ctx_len(512)
-        for which, top in (("long", 8.0), ("short", 3.0)):
-            w.add_tensor(f"rope_factors_{which}.weight", np.linspace(1, top, hd // 2, dtype=np.float32))
+        for which, top in (("long", 8.0), ("short", 3.0)):  # a factor per rotated pair
+            w.add_tensor(f"rope_factors_{which}.weight", np.linspace(1, top, (rope_dims or hd) // 2, dtype=np.float32))
     if arch in ("gemma2", "gemma3"):
         w.add_sliding_window(16)  # shorter than the test text, so the window matters
     if arch == "gemma2":  # Gemma 2's soft-caps (its real 50 and 30 by default)

@@ -143,18 +143,39 @@ def test_longrope_phi3_agrees_with_transformers_phi3_on_the_same_weights(tmp_pat
     assert p.quantization.method == "gguf"
 
 
-@pytest.mark.parametrize("kw,says", [({"rope_dims": HEAD_DIM // 2}, "partial rotary")])
-def test_rotary_the_runner_lacks_is_refused_at_plan_time_and_by_the_engine(tmp_path, kw, says):
-    """A rotary over part of each head (Phi-4-mini, StableLM): the plan runs the file dequantized and says why; the
-    engine, asked directly, refuses in one line (it would otherwise rotate the whole head)."""
-    from kernelfit.errors import UsageError
+@pytest.mark.parametrize("longrope", [False, True])
+def test_partial_rotary_phi_agrees_with_transformers_phi3(tmp_path, longrope):
+    """A rotary over half of each head (Phi-4-mini rotates 3/4), alone and with LongRoPE: transformers' Phi3 with that
+    partial_rotary_factor on the file's weights; the dimensions past the rotated ones pass through unchanged."""
+    from transformers import AutoModelForCausalLM, Phi3Config, Phi3ForCausalLM
 
-    path = write_tiny(tmp_path / "m.gguf", "Q4_0", "phi3", **kw)
+    path = write_tiny(tmp_path / "m.gguf", "Q8_0", "phi3", rope_dims=HEAD_DIM // 2, longrope=longrope)
+    loaded = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    rope = {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5}
+    if longrope:
+        rope.update(rope_type="longrope", original_max_position_embeddings=512,
+                    short_factor=np.linspace(1, 3.0, HEAD_DIM // 4).tolist(),
+                    long_factor=np.linspace(1, 8.0, HEAD_DIM // 4).tolist())
+    cfg = Phi3Config(**{k: v for k, v in loaded.config.to_dict().items() if k in (
+        "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+        "num_key_value_heads", "rms_norm_eps", "pad_token_id", "bos_token_id", "eos_token_id")},
+        max_position_embeddings=1024, original_max_position_embeddings=512 if longrope else 1024,
+        rope_parameters=rope)
+    ref = Phi3ForCausalLM(cfg).eval()
+    missing, unexpected = ref.load_state_dict(loaded.state_dict(), strict=False)
+    assert not unexpected and all("rotary" in k for k in missing), (missing, unexpected)
+    ids = _tokens(200)
+    with torch.no_grad():
+        want, plain = ref(ids[None]).logits[0], loaded(ids[None]).logits[0]
+    b = build_lean(path)
+    assert b.cfg.rotary.dims == HEAD_DIM // 2
+    reset_cache(b, len(ids) + 8)
+    got = forward(b, ids, 0, True)
+    cos = torch.nn.functional.cosine_similarity(want, got, dim=-1)
+    assert float((want.argmax(-1) == got.argmax(-1)).float().mean()) >= 0.99 and float(cos.mean()) >= 0.999
+    assert float(torch.nn.functional.cosine_similarity(plain, got, dim=-1).mean()) < float(cos.mean())
     p = plan(load_profile("cpu-spr-amx"), load_model_spec(str(path)), Preferences())
-    why = next(r for r in p.quantization_rejected if r.name == "gguf:packed-cpu")
-    assert p.quantization.method == "none" and says in why.reason
-    with pytest.raises(UsageError, match=says):
-        build_lean(path)
+    assert p.quantization.method == "gguf"
 
 
 @pytest.mark.parametrize("arch", ["phi3", "gemma2", "smollm3", "granite", "olmo2"])

@@ -67,9 +67,10 @@ def build_lean(path: str | Path, prefill_dense: bool = False, progress=None, pre
     # Llama/Mistral/SmolLM3/Granite files already pair rotary dims side by side; qwen2, qwen3, gemma, phi3 and olmo2
     # files keep halves
     interleave = cfg.arch not in ("llama", "mistral", "smollm3", "granite")
-    q_order = interleave_order(cfg.heads * cfg.head_dim, cfg.head_dim) if interleave else None
-    k_order = interleave_order(cfg.kv_heads * cfg.head_dim, cfg.head_dim) if interleave else None
-    norm_order = torch.from_numpy(interleave_order(cfg.head_dim, cfg.head_dim)) if interleave else None
+    rot = cfg.rotary.dims  # a partial rotary: only the first rot dimensions of a head are paired
+    q_order = interleave_order(cfg.heads * cfg.head_dim, cfg.head_dim, rot) if interleave else None
+    k_order = interleave_order(cfg.kv_heads * cfg.head_dim, cfg.head_dim, rot) if interleave else None
+    norm_order = torch.from_numpy(interleave_order(cfg.head_dim, cfg.head_dim, rot)) if interleave else None
     blocks, packed = [], []
 
     def optional(name: str) -> torch.Tensor | None:  # a norm some architectures have (gemma's post norms, and

@@ -20,7 +20,7 @@ kernel change:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path
 
@@ -64,6 +64,7 @@ class Rotary:
     beta_fast: float = YARN_BETA_FAST
     beta_slow: float = YARN_BETA_SLOW
     attention_factor: float = 1.0  # LongRoPE: the table's magnitude
+    dims: int = 0  # the dimensions of a head it rotates (Phi-4-mini, StableLM: part of each head); 0: all
 
     @property
     def magnitude(self) -> float:
@@ -97,9 +98,16 @@ def inverse_frequencies(r: Rotary, dim: int) -> torch.Tensor:
 
 
 def rotary_table(r: Rotary, dim: int, positions: int) -> torch.Tensor:
-    """complex64 [positions, dim/2]: magnitude * e^(i * pos * inverse_frequencies[j]) for pair j."""
-    ang = torch.outer(torch.arange(positions, dtype=torch.float64), inverse_frequencies(r, dim))
-    return torch.polar(torch.full_like(ang, r.magnitude), ang).to(torch.complex64)
+    """complex64 [positions, dim/2]: magnitude * e^(i * pos * inverse_frequencies[j]) for pair j. A partial rotary
+    (r.dims < dim) rotates the first r.dims/2 pairs with frequencies over r.dims, as transformers' partial_rotary_factor
+    and ggml's n_rot do; the other pairs get 1 (angle 0, magnitude 1): multiplying by it leaves them exactly as
+    they are, so the kernels rotate every pair alike."""
+    rot = r.dims or dim
+    ang = torch.outer(torch.arange(positions, dtype=torch.float64), inverse_frequencies(r, rot))
+    table = torch.polar(torch.full_like(ang, r.magnitude), ang)
+    if rot < dim:
+        table = torch.cat([table, torch.ones(positions, (dim - rot) // 2, dtype=table.dtype)], 1)
+    return table.to(torch.complex64)
 
 
 @dataclass
@@ -159,6 +167,19 @@ def rotary_from_gguf(h, rope_freqs: torch.Tensor | None) -> Rotary:
     if scaling not in LEAN_ROPE_SCALINGS:
         raise UsageError(f"{Path(h.path).name}: rotary scaling '{scaling}' is not implemented by the packed CPU "
                          f"runner (--quantization none runs the dequantized model)")
+    rotary = _scaled_rotary(h, scaling, rope_freqs)
+    dims = int(h.arch_key("rope.dimension_count") or 0)
+    head = int(h.arch_key("attention.key_length") or 0) or \
+        int(h.arch_key("embedding_length")) // int(h.arch_key("attention.head_count"))
+    if dims and dims < head:
+        if dims % 2:
+            raise UsageError(f"{Path(h.path).name}: a rotary over {dims} dimensions (odd) is not one the packed CPU "
+                             "runner implements")
+        return replace(rotary, dims=dims)
+    return rotary
+
+
+def _scaled_rotary(h, scaling: str | None, rope_freqs: torch.Tensor | None) -> Rotary:
     if scaling == "longrope":
         return longrope(h, rope_freqs)
     kind = h.arch_key("rope.scaling.type")  # beside rope_freqs, the header reports the factors, not the type

@@ -77,9 +77,6 @@ class GgufHeader:
             return "longrope"
         if kind in (None, "linear", "yarn") and "rope_freqs.weight" in names:
             return "rope_freqs"
-        dims, head = self.arch_key("rope.dimension_count"), self.arch_key("attention.key_length")
-        if kind is None and dims and head and int(dims) < int(head):  # Phi-4-mini, StableLM: part of each head
-            return f"partial rotary ({int(dims)} of {int(head)} dimensions)"
         return kind
 
     def arch_key(self, key: str, default=None):

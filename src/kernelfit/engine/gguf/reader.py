@@ -126,13 +126,15 @@ class GgufTensors:
         return torch.from_numpy(np.ascontiguousarray(gb.dequantize(raw, self.qtype(name), stop - start, cols)))
 
 
-def interleave_order(rows: int, head_dim: int) -> np.ndarray:
-    """Row order that puts rotary pairs side by side: within each head, rows i and i + head_dim/2 (the
-    halves layout transformers and qwen2/gemma3 files use) become rows 2i and 2i+1 (the layout llama.cpp
-    gives Llama/Mistral files, convert_hf_to_gguf.py LlamaModel.permute). Q and K get the same order, so
-    q.k is unchanged; rotary then is one complex product per pair. A row permutation: exact."""
-    heads = rows // head_dim
-    return np.arange(rows).reshape(heads, 2, head_dim // 2).swapaxes(1, 2).reshape(-1)
+def interleave_order(rows: int, head_dim: int, rotary_dims: int = 0) -> np.ndarray:
+    """Row order that puts rotary pairs side by side: within each head, rows i and i + rot/2 (the halves layout
+    transformers and qwen2/gemma3 files use; rot the rotated dimensions, head_dim unless the rotary is partial)
+    become rows 2i and 2i+1 (the layout llama.cpp gives Llama/Mistral files, convert_hf_to_gguf.py
+    LlamaModel.permute); rows from rot on stay where they are. Q and K get the same order, so q.k is unchanged;
+    rotary then is one complex product per pair. A row permutation: exact."""
+    heads, rot = rows // head_dim, rotary_dims or head_dim
+    within = np.concatenate([np.arange(rot).reshape(2, rot // 2).T.reshape(-1), np.arange(rot, head_dim)])
+    return (np.arange(heads)[:, None] * head_dim + within[None, :]).reshape(-1)
 
 
 def regrid(t: GgufTensors, name: str, order: np.ndarray | None = None, keep_dense: bool = False) -> PackedWeight:
