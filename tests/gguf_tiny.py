@@ -166,7 +166,9 @@ def write_tiny(path: Path, qtype: str, arch: str = "llama", seed: int = 0, embed
         w.add_residual_scale(0.22)
         w.add_logit_scale(8.0)
         w.add_attention_scale(0.015625)
-    if arch in ("llama", "phi3", "smollm3", "granite") or rope_dims:
+    if arch == "glm4":  # GLM-4 rotates half of each head (its partial_rotary_factor 0.5), pairs side by side
+        rope_dims = rope_dims or hd // 2
+    if arch in ("llama", "phi3", "smollm3", "granite", "glm4") or rope_dims:
         w.add_rope_dimension_count(rope_dims or hd)
     if longrope:  # Phi-3.5's LongRoPE as llama.cpp's converter writes it: two per-pair factor tables, the original
         # context (the file's context_length, 1024, is 2x it)
@@ -215,19 +217,19 @@ def write_tiny(path: Path, qtype: str, arch: str = "llama", seed: int = 0, embed
         tensor(b + "attn_output.weight", (HIDDEN, HEADS * hd), qtype)
         if arch != "olmo2":
             tensor(b + "ffn_norm.weight", (HIDDEN,), "norm")
-        if arch == "phi3":
+        if arch in ("phi3", "glm4"):  # one ffn_up of gate then up rows (Phi-3's and GLM-4's gate_up_proj)
             tensor(b + "ffn_up.weight", (2 * FFN, HIDDEN), qtype)
         else:
             tensor(b + "ffn_gate.weight", (FFN, HIDDEN), qtype)
             tensor(b + "ffn_up.weight", (FFN, HIDDEN), qtype)
         tensor(b + "ffn_down.weight", (HIDDEN, FFN), qtype)
-        if arch == "qwen2":
+        if arch in ("qwen2", "glm4"):
             for x, n in (("q", HEADS), ("k", KV_HEADS), ("v", KV_HEADS)):
                 w.add_tensor(b + f"attn_{x}.bias", (0.1 * rng.standard_normal(n * hd)).astype(np.float32))
         if arch in ("gemma3", "qwen3"):
             tensor(b + "attn_q_norm.weight", (hd,), "norm")
             tensor(b + "attn_k_norm.weight", (hd,), "norm")
-        if arch in ("gemma2", "gemma3", "olmo2"):
+        if arch in ("gemma2", "gemma3", "olmo2", "glm4"):
             tensor(b + "post_attention_norm.weight", (HIDDEN,), "norm")
             tensor(b + "post_ffw_norm.weight", (HIDDEN,), "norm")
         if arch == "olmo2":  # one norm over all of Q, one over all of K

@@ -228,33 +228,49 @@ def _agrees_with_its_llama_twin(tmp_path, arch: str, model_cls, layers: int = 2,
     assert float(torch.nn.functional.cosine_similarity(plain, got, dim=-1).mean()) < 0.999
 
 
-def test_olmo2_post_norms_and_full_width_qk_norms_agree_with_transformers_olmo2(tmp_path):
-    """OLMo 2: no pre-norms, a norm after attention and after the FFN, one QK norm over all heads. transformers reads
-    no olmo2 GGUF: its Olmo2 gets the file's tensors dequantized by gguf-py (the converter writes OLMo 2's Q and K
-    rows as transformers has them: halves rotary)."""
+def _state_dict_of(path, names: dict[str, str]) -> dict[str, torch.Tensor]:
+    """A transformers state dict from a GGUF file's tensors dequantized by gguf-py: blk.I.PART.KIND ->
+    model.layers.I.names[PART].KIND, the token table tied to the head."""
     from gguf import GGUFReader, dequantize
-    from transformers import Olmo2Config, Olmo2ForCausalLM
 
-    path = write_tiny(tmp_path / "olmo2.gguf", "Q8_0", "olmo2")
-    r = GGUFReader(str(path))
     w = {t.name: torch.from_numpy(dequantize(t.data, t.tensor_type).copy()).float().reshape(
-        [int(x) for x in reversed(t.shape)]) for t in r.tensors}
-    names = {"attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
-             "attn_output": "self_attn.o_proj", "attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm",
-             "post_attention_norm": "post_attention_layernorm", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
-             "ffn_down": "mlp.down_proj", "post_ffw_norm": "post_feedforward_layernorm"}
+        [int(x) for x in reversed(t.shape)]) for t in GGUFReader(str(path)).tensors}
     state = {"model.embed_tokens.weight": w["token_embd.weight"], "model.norm.weight": w["output_norm.weight"],
              "lm_head.weight": w["token_embd.weight"]}
     for name, value in w.items():
         if name.startswith("blk."):
-            _, i, part, _ = name.split(".")
-            state[f"model.layers.{i}.{names[part]}.weight"] = value
-    cfg = Olmo2Config(vocab_size=VOCAB, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-6, rope_theta=10000.0,
-                      max_position_embeddings=1024, pad_token_id=0, bos_token_id=1, eos_token_id=2,
-                      tie_word_embeddings=True)
-    ref = Olmo2ForCausalLM(cfg).eval()
-    missing, unexpected = ref.load_state_dict(state, strict=False)
+            _, i, part, kind = name.split(".")
+            state[f"model.layers.{i}.{names[part]}.{kind}"] = value
+    return state
+
+
+SHAPES = dict(vocab_size=VOCAB, hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
+              num_key_value_heads=2, rms_norm_eps=1e-6, max_position_embeddings=1024, pad_token_id=0, bos_token_id=1,
+              eos_token_id=2, tie_word_embeddings=True)
+ATTENTION = {"attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+             "attn_output": "self_attn.o_proj"}
+
+
+@pytest.mark.parametrize("arch", ["olmo2", "glm4"])
+def test_post_norm_architectures_agree_with_transformers(tmp_path, arch):
+    """OLMo 2: no pre-norms, a norm after attention and after the FFN, one QK norm over all heads (halves rotary).
+    GLM-4: pre- and post-norms, Q/K/V biases, one gate/up tensor, a rotary over half of each head with pairs side by
+    side. transformers reads neither's GGUF: its classes get the file's tensors dequantized by gguf-py."""
+    from transformers import Glm4Config, Glm4ForCausalLM, Olmo2Config, Olmo2ForCausalLM
+
+    path = write_tiny(tmp_path / f"{arch}.gguf", "Q8_0", arch)
+    if arch == "olmo2":
+        names = {**ATTENTION, "attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm",
+                 "post_attention_norm": "post_attention_layernorm", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
+                 "ffn_down": "mlp.down_proj", "post_ffw_norm": "post_feedforward_layernorm"}
+        ref = Olmo2ForCausalLM(Olmo2Config(**SHAPES, rope_theta=10000.0)).eval()
+    else:  # transformers' GLM-4 names its pre-FFN norm post_attention_layernorm
+        names = {**ATTENTION, "attn_norm": "input_layernorm", "post_attention_norm": "post_self_attn_layernorm",
+                 "ffn_norm": "post_attention_layernorm", "ffn_up": "mlp.gate_up_proj", "ffn_down": "mlp.down_proj",
+                 "post_ffw_norm": "post_mlp_layernorm"}
+        ref = Glm4ForCausalLM(Glm4Config(**SHAPES, head_dim=64, rope_parameters={
+            "rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5})).eval()
+    missing, unexpected = ref.load_state_dict(_state_dict_of(path, names), strict=False)
     assert not unexpected and all("rotary" in k for k in missing), (missing, unexpected)
     ids = _tokens(120)
     with torch.no_grad():
@@ -300,7 +316,7 @@ def test_torch_kernels_still_run_where_the_dot_products_are_not_built(tmp_path, 
 
 @pytest.mark.parametrize("arch,qtype", [("gemma3", "Q4_K"), ("gemma3", "Q5_0"), ("qwen2", "Q4_1"), ("llama", "Q8_0"),
                                         ("qwen3", "Q5_K"), ("phi3", "Q4_0"), ("gemma2", "Q4_K"), ("olmo2", "Q8_0"),
-                                        ("granite", "Q4_K"), ("smollm3", "Q4_0")])
+                                        ("granite", "Q4_K"), ("smollm3", "Q4_0"), ("glm4", "Q5_K")])
 @pytest.mark.parametrize("step", ["native", "torchscript"])
 def test_decode_steps_match_one_prefill_and_the_dense_prefill_copy(tmp_path, arch, qtype, step):
     """One token at a time (the C++ step, or the TorchScript one) gives the logits of one prefill over the

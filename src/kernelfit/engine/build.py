@@ -64,9 +64,9 @@ def build_lean(path: str | Path, prefill_dense: bool = False, progress=None, pre
     int8 = prefill_int8 and exact and gemm_available()
     if progress is not None:
         progress(f"packing {Path(path).name} for the CPU ({cfg.layers} layers)")
-    # Llama/Mistral/SmolLM3/Granite files already pair rotary dims side by side; qwen2, qwen3, gemma, phi3 and olmo2
-    # files keep halves
-    interleave = cfg.arch not in ("llama", "mistral", "smollm3", "granite")
+    # Llama/Mistral/SmolLM3/Granite/GLM-4 files already pair rotary dims side by side; qwen2, qwen3, gemma, phi3 and
+    # olmo2 files keep halves
+    interleave = cfg.arch not in ("llama", "mistral", "smollm3", "granite", "glm4")
     rot = cfg.rotary.dims  # a partial rotary: only the first rot dimensions of a head are paired
     q_order = interleave_order(cfg.heads * cfg.head_dim, cfg.head_dim, rot) if interleave else None
     k_order = interleave_order(cfg.kv_heads * cfg.head_dim, cfg.head_dim, rot) if interleave else None
@@ -87,7 +87,11 @@ def build_lean(path: str | Path, prefill_dense: bool = False, progress=None, pre
             names = [b + "attn_q.weight", b + "attn_k.weight", b + "attn_v.weight"]
             orders = {names[0]: q_order, names[1]: k_order} if interleave else {}
         bias = None
-        if t.has(b + "attn_q.bias"):
+        if t.has(b + "attn_qkv.bias"):  # a fused tensor's biases, in its rows' order
+            bias = t.float_tensor(b + "attn_qkv.bias")
+            if interleave:
+                bias = bias[torch.from_numpy(orders[names[0]])]
+        elif t.has(b + "attn_q.bias"):
             qb, kb, vb = (t.float_tensor(b + f"attn_{x}.bias") for x in "qkv")
             if interleave:
                 qb, kb = qb[torch.from_numpy(q_order)], kb[torch.from_numpy(k_order)]

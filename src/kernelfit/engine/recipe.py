@@ -112,7 +112,7 @@ def rotary_table(r: Rotary, dim: int, positions: int) -> torch.Tensor:
 
 @dataclass
 class Recipe:
-    family: str  # "llama" (llama, mistral, qwen2, qwen3, phi3, smollm3, granite, olmo2) or "gemma" (gemma2, gemma3: gelu, sandwich norms,
+    family: str  # "llama" (llama, mistral, qwen2, qwen3, phi3, smollm3, granite, olmo2, glm4) or "gemma" (gemma2, gemma3: gelu, sandwich norms,
     # the embedding scaled by sqrt(hidden))
     arch: str  # the file's general.architecture
     hidden: int
