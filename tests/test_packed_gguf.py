@@ -228,13 +228,15 @@ def _agrees_with_its_llama_twin(tmp_path, arch: str, model_cls, layers: int = 2,
     assert float(torch.nn.functional.cosine_similarity(plain, got, dim=-1).mean()) < 0.999
 
 
-def _state_dict_of(path, names: dict[str, str]) -> dict[str, torch.Tensor]:
+def _state_dict_of(path, names: dict[str, str], norm_offset: float = 0.0) -> dict[str, torch.Tensor]:
     """A transformers state dict from a GGUF file's tensors dequantized by gguf-py: blk.I.PART.KIND ->
-    model.layers.I.names[PART].KIND, the token table tied to the head."""
+    model.layers.I.names[PART].KIND, the token table tied to the head; norm_offset is taken off every norm weight
+    (llama.cpp's converter stores Gemma's 1 + w)."""
     from gguf import GGUFReader, dequantize
 
     w = {t.name: torch.from_numpy(dequantize(t.data, t.tensor_type).copy()).float().reshape(
         [int(x) for x in reversed(t.shape)]) for t in GGUFReader(str(path)).tensors}
+    w = {k: v - norm_offset if k.endswith("norm.weight") else v for k, v in w.items()}
     state = {"model.embed_tokens.weight": w["token_embd.weight"], "model.norm.weight": w["output_norm.weight"],
              "lm_head.weight": w["token_embd.weight"]}
     for name, value in w.items():
@@ -251,15 +253,23 @@ ATTENTION = {"attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v
              "attn_output": "self_attn.o_proj"}
 
 
-@pytest.mark.parametrize("arch", ["olmo2", "glm4"])
+@pytest.mark.parametrize("arch", ["olmo2", "glm4", "gemma"])
 def test_post_norm_architectures_agree_with_transformers(tmp_path, arch):
     """OLMo 2: no pre-norms, a norm after attention and after the FFN, one QK norm over all heads (halves rotary).
     GLM-4: pre- and post-norms, Q/K/V biases, one gate/up tensor, a rotary over half of each head with pairs side by
-    side. transformers reads neither's GGUF: its classes get the file's tensors dequantized by gguf-py."""
-    from transformers import Glm4Config, Glm4ForCausalLM, Olmo2Config, Olmo2ForCausalLM
+    side. Gemma (1): gelu, the embedding times sqrt(hidden), the file's norms 1 + w. transformers reads none of their
+    GGUF files: its classes get the file's tensors dequantized by gguf-py."""
+    from transformers import GemmaConfig, GemmaForCausalLM, Glm4Config, Glm4ForCausalLM, Olmo2Config, Olmo2ForCausalLM
 
     path = write_tiny(tmp_path / f"{arch}.gguf", "Q8_0", arch)
-    if arch == "olmo2":
+    offset = 0.0
+    if arch == "gemma":
+        names = {**ATTENTION, "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
+                 "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj"}
+        ref = GemmaForCausalLM(GemmaConfig(**SHAPES, head_dim=64, rope_theta=10000.0,
+                                           hidden_activation="gelu_pytorch_tanh")).eval()
+        offset = 1.0
+    elif arch == "olmo2":
         names = {**ATTENTION, "attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm",
                  "post_attention_norm": "post_attention_layernorm", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
                  "ffn_down": "mlp.down_proj", "post_ffw_norm": "post_feedforward_layernorm"}
@@ -270,7 +280,7 @@ def test_post_norm_architectures_agree_with_transformers(tmp_path, arch):
                  "post_ffw_norm": "post_mlp_layernorm"}
         ref = Glm4ForCausalLM(Glm4Config(**SHAPES, head_dim=64, rope_parameters={
             "rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5})).eval()
-    missing, unexpected = ref.load_state_dict(_state_dict_of(path, names), strict=False)
+    missing, unexpected = ref.load_state_dict(_state_dict_of(path, names, offset), strict=False)
     assert not unexpected and all("rotary" in k for k in missing), (missing, unexpected)
     ids = _tokens(120)
     with torch.no_grad():

@@ -112,8 +112,8 @@ def rotary_table(r: Rotary, dim: int, positions: int) -> torch.Tensor:
 
 @dataclass
 class Recipe:
-    family: str  # "llama" (llama, mistral, qwen2, qwen3, phi3, smollm3, granite, olmo2, glm4) or "gemma" (gemma2, gemma3: gelu, sandwich norms,
-    # the embedding scaled by sqrt(hidden))
+    family: str  # "llama" (llama, mistral, qwen2, qwen3, phi3, smollm3, granite, olmo2, glm4) or "gemma" (gemma,
+    # gemma2, gemma3: gelu, the embedding scaled by sqrt(hidden); gemma2/3 sandwich norms)
     arch: str  # the file's general.architecture
     hidden: int
     layers: int
@@ -216,7 +216,7 @@ def recipe_from_gguf(h, rope_freqs: torch.Tensor | None = None) -> Recipe:
     heads = int(h.arch_key("attention.head_count"))
     hidden = int(h.arch_key("embedding_length"))
     tokens = h.metadata.get("tokenizer.ggml.tokens")
-    gemma = arch in ("gemma2", "gemma3")
+    gemma = arch in ("gemma", "gemma2", "gemma3")
     window = h.arch_key("attention.sliding_window") if gemma else None
     layers = int(h.arch_key("block_count"))
     scales = granite_scales(h) if arch == "granite" else {}
