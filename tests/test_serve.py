@@ -162,7 +162,7 @@ def test_eight_streams_joining_stopping_and_leaving_mid_batch_equal_the_same_req
     async def both():
         alone = [await one(q, n, stop) for q, n, stop in asks]
         together = await asyncio.gather(one("Tell me a long story.", 400, None, leave=True),
-                                        *(one(q, n, stop, delay=0.15 * i) for i, (q, n, stop) in enumerate(asks)))
+                                        *(one(q, n, stop, delay=0.05 * i) for i, (q, n, stop) in enumerate(asks)))
         return alone, together[1:]
 
     alone, together = asyncio.run(both())
