@@ -13,6 +13,7 @@ import numpy as np
 from gguf import GGMLQuantizationType, GGUFWriter, RopeScalingType, quants
 
 HIDDEN, HEADS, KV_HEADS, FFN, VOCAB, LAYERS = 256, 4, 2, 512, 512, 2
+EXPERTS, EXPERT_FFN = 4, 256  # qwen3moe (256: a whole K-quant superblock)
 HEAD_DIM = HIDDEN // HEADS
 
 
@@ -141,7 +142,7 @@ def write_tiny(path: Path, qtype: str, arch: str = "llama", seed: int = 0, embed
     per-pair frequency factors as the `rope_freqs.weight` tensor; `rope_dims` rotates only that many dimensions of a
     head; `longrope` writes Phi-3.5's rope_factors_long/short tables."""
     rng = np.random.default_rng(seed)
-    hd = head_dim or (128 if arch == "qwen3" else HEAD_DIM)  # transformers reads no head_dim from qwen3 files: 128
+    hd = head_dim or (128 if arch in ("qwen3", "qwen3moe") else HEAD_DIM)  # transformers reads no head_dim from qwen3 files: 128
     w = GGUFWriter(str(path), arch)
     w.add_context_length(1024)
     w.add_embedding_length(HIDDEN)
@@ -161,6 +162,10 @@ def write_tiny(path: Path, qtype: str, arch: str = "llama", seed: int = 0, embed
     w.add_key_length(hd)
     w.add_value_length(hd)
     w.add_vocab_size(VOCAB)
+    if arch == "qwen3moe":  # 4 experts, 2 a token, each of EXPERT_FFN rows
+        w.add_expert_count(EXPERTS)
+        w.add_expert_used_count(2)
+        w.add_expert_feed_forward_length(EXPERT_FFN)
     if arch == "granite":  # Granite 3.x's multipliers (of its real sizes' kind)
         w.add_embedding_scale(12.0)
         w.add_residual_scale(0.22)
@@ -217,16 +222,24 @@ def write_tiny(path: Path, qtype: str, arch: str = "llama", seed: int = 0, embed
         tensor(b + "attn_output.weight", (HIDDEN, HEADS * hd), qtype)
         if arch != "olmo2":
             tensor(b + "ffn_norm.weight", (HIDDEN,), "norm")
-        if arch in ("phi3", "glm4"):  # one ffn_up of gate then up rows (Phi-3's and GLM-4's gate_up_proj)
+        if arch == "qwen3moe":  # the router (float, as llama-quantize leaves it) and each expert's gate, up, down
+            w.add_tensor(b + "ffn_gate_inp.weight", (0.3 * rng.standard_normal((EXPERTS, HIDDEN))).astype(np.float32))
+            for part, shape in (("gate", (EXPERT_FFN, HIDDEN)), ("up", (EXPERT_FFN, HIDDEN)),
+                                ("down", (HIDDEN, EXPERT_FFN))):
+                x = (0.08 * rng.standard_normal((EXPERTS * shape[0], shape[1]))).astype(np.float32)
+                data, kind = encode(x, qtype)
+                w.add_tensor(b + f"ffn_{part}_exps.weight", data.reshape(EXPERTS, shape[0], -1), raw_dtype=kind)
+        elif arch in ("phi3", "glm4"):  # one ffn_up of gate then up rows (Phi-3's and GLM-4's gate_up_proj)
             tensor(b + "ffn_up.weight", (2 * FFN, HIDDEN), qtype)
         else:
             tensor(b + "ffn_gate.weight", (FFN, HIDDEN), qtype)
             tensor(b + "ffn_up.weight", (FFN, HIDDEN), qtype)
-        tensor(b + "ffn_down.weight", (HIDDEN, FFN), qtype)
+        if arch != "qwen3moe":
+            tensor(b + "ffn_down.weight", (HIDDEN, FFN), qtype)
         if arch in ("qwen2", "glm4"):
             for x, n in (("q", HEADS), ("k", KV_HEADS), ("v", KV_HEADS)):
                 w.add_tensor(b + f"attn_{x}.bias", (0.1 * rng.standard_normal(n * hd)).astype(np.float32))
-        if arch in ("gemma3", "qwen3"):
+        if arch in ("gemma3", "qwen3", "qwen3moe"):
             tensor(b + "attn_q_norm.weight", (hd,), "norm")
             tensor(b + "attn_k_norm.weight", (hd,), "norm")
         if arch in ("gemma2", "gemma3", "olmo2", "glm4"):

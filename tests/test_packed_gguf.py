@@ -295,6 +295,43 @@ def test_post_norm_architectures_agree_with_transformers(tmp_path, arch):
         assert float((want.argmax(-1) == mine.argmax(-1)).float().mean()) >= 0.99 and float(cos.min()) > 0.999
 
 
+def test_qwen3moe_experts_agree_with_transformers_qwen3moe(tmp_path):
+    """Qwen3-MoE: 4 experts, 2 a token (softmax, top-k, renormalised), each expert's SwiGLU on the file's own groups,
+    only the chosen experts read. transformers' GGUF load misses expert_feed_forward_length (its mapping has no key
+    for it), so its Qwen3Moe gets the file's tensors dequantized by gguf-py; prompt (experts of >12 rows on the
+    panels) and decode; the decode step equals one prefill of few rows bit for bit."""
+    from gguf_tiny import EXPERT_FFN, EXPERTS
+    from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
+
+    path = write_tiny(tmp_path / "moe.gguf", "Q8_0", "qwen3moe")
+    names = {**ATTENTION, "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
+             "attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm", "ffn_gate_inp": "mlp.gate",
+             "ffn_gate_exps": "gate_exps", "ffn_up_exps": "up_exps", "ffn_down_exps": "mlp.experts.down_proj"}
+    state = _state_dict_of(path, names)
+    for i in range(2):  # transformers keeps gate and up of every expert in one [experts, 2 x ffn, hidden] tensor
+        gate, up = (state.pop(f"model.layers.{i}.{x}_exps.weight") for x in ("gate", "up"))
+        state[f"model.layers.{i}.mlp.experts.gate_up_proj"] = torch.cat([gate, up], 1)
+        state[f"model.layers.{i}.mlp.experts.down_proj"] = state.pop(f"model.layers.{i}.mlp.experts.down_proj.weight")
+    ref = Qwen3MoeForCausalLM(Qwen3MoeConfig(**SHAPES, head_dim=128, num_experts=EXPERTS, num_experts_per_tok=2,
+                                             moe_intermediate_size=EXPERT_FFN, norm_topk_prob=True,
+                                             rope_theta=10000.0)).eval()
+    missing, unexpected = ref.load_state_dict(state, strict=False)
+    assert not unexpected and all("rotary" in k for k in missing), (missing, unexpected)
+    ids = _tokens(120)
+    with torch.no_grad():
+        want = ref(ids[None]).logits[0]
+    b = build_lean(path)
+    reset_cache(b, len(ids) + 8)
+    got = forward(b, ids, 0, True)
+    forward(b, ids[:60], 0)
+    steps = torch.cat([forward(b, ids[i:i + 1], i) for i in range(60, 120)])
+    for mine in (got, torch.cat([got[:60], steps])):
+        cos = torch.nn.functional.cosine_similarity(want, mine, dim=-1)
+        assert float((want.argmax(-1) == mine.argmax(-1)).float().mean()) >= 0.99 and float(cos.min()) > 0.999
+    few = forward(b, ids[60:66], 60, True)  # 6 rows: the exact products, as the decode step
+    assert torch.equal(few, steps[:6])
+
+
 def test_smollm3_nope_layers_agree_with_transformers_smollm3(tmp_path):
     """SmolLM3: every 4th layer without rotary (8 layers: 3 and 7; llama.cpp converts SmolLM3 as Llama)."""
     from transformers import SmolLM3ForCausalLM

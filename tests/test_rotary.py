@@ -178,7 +178,7 @@ def test_partial_rotary_phi_agrees_with_transformers_phi3(tmp_path, longrope):
     assert p.quantization.method == "gguf"
 
 
-@pytest.mark.parametrize("arch", ["phi3", "gemma2", "smollm3", "granite", "olmo2", "glm4", "gemma"])
+@pytest.mark.parametrize("arch", ["phi3", "gemma2", "smollm3", "granite", "olmo2", "glm4", "gemma", "qwen3moe"])
 def test_new_architectures_plan_packed(tmp_path, arch):
     spec = load_model_spec(str(write_tiny(tmp_path / f"{arch}.gguf", "Q4_K", arch)))
     assert plan(load_profile("cpu-spr-amx"), spec, Preferences()).quantization.method == "gguf"

@@ -39,6 +39,7 @@ DECODERS: dict[str, DecoderFamily] = {
     "olmo2": DecoderFamily(qk_norm="full", attention_bias_key=None),
     "smollm3": DecoderFamily(),
     "glm4": DecoderFamily(qkv_bias=True, attention_bias_key=None, norms_per_layer=4),
+    "qwen3_moe": DecoderFamily(qk_norm="head", moe=True),
     "starcoder2": DecoderFamily(gated_mlp=False, attention_bias_key="use_bias", mlp_bias_key="use_bias",
                                 layer_norm=True),
     # the language models inside vision-language models
@@ -84,7 +85,8 @@ TRANSFORMERS_GGUF_ARCHS = ("bloom", "deci", "falcon", "gemma2", "gemma3", "gemma
 
 GGUF_ARCH_TO_MODEL_TYPE = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "qwen3": "qwen3",
                            "gemma": "gemma", "gemma2": "gemma2", "gemma3": "gemma3_text", "phi3": "phi3",
-                           "olmo2": "olmo2", "smollm3": "smollm3", "granite": "granite", "glm4": "glm4"}
+                           "olmo2": "olmo2", "smollm3": "smollm3", "granite": "granite", "glm4": "glm4",
+                           "qwen3moe": "qwen3_moe"}
 
 
 def supported_model_types() -> list[str]:

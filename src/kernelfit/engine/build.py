@@ -97,11 +97,20 @@ def build_lean(path: str | Path, prefill_dense: bool = False, progress=None, pre
                 qb, kb = qb[torch.from_numpy(q_order)], kb[torch.from_numpy(k_order)]
             bias = torch.cat([qb, kb, vb])
         qkv = linear(t, names, orders, exact)
-        # phi3 stores gate and up as one ffn_up of 2 x ffn rows, gate first: the layout the fused product gives
-        gate_up = linear(t, [b + "ffn_gate.weight", b + "ffn_up.weight"] if t.has(b + "ffn_gate.weight") else
-                         [b + "ffn_up.weight"], exact=exact)
+        router = None
+        if t.has(b + "ffn_gate_inp.weight"):  # MoE: every expert's gate, up and down rows, one product each
+            if not exact:
+                raise UsageError(f"{Path(path).name}: a mixture-of-experts file needs the C++ dot products (no C++ "
+                                 "compiler builds them here; --quantization none runs the dequantized model)")
+            router = t.float_tensor(b + "ffn_gate_inp.weight").reshape(cfg.experts, cfg.hidden)
+            gate_up = [linear(t, [b + f"ffn_{x}_exps.weight"], exact=True)[0] for x in ("gate", "up")]
+            down = linear(t, [b + "ffn_down_exps.weight"], exact=True)[0]
+        else:
+            # phi3 stores gate and up as one ffn_up of 2 x ffn rows, gate first: the layout the fused product gives
+            gate_up = linear(t, [b + "ffn_gate.weight", b + "ffn_up.weight"] if t.has(b + "ffn_gate.weight") else
+                             [b + "ffn_up.weight"], exact=exact)
+            down = linear(t, [b + "ffn_down.weight"], exact=exact)[0]
         o = linear(t, [b + "attn_output.weight"], exact=exact)[0]
-        down = linear(t, [b + "ffn_down.weight"], exact=exact)[0]
         packed += [*qkv, o, *gate_up, down]
         qn = kn = None
         if t.has(b + "attn_q_norm.weight"):  # gemma3, qwen3: RMSNorm of each head's Q and K; olmo2: of all of Q, K
@@ -117,7 +126,7 @@ def build_lean(path: str | Path, prefill_dense: bool = False, progress=None, pre
             Products([product(w, prefill_dense, False, int8) for w in gate_up]),
             product(down, prefill_dense, False, int8), qn, kn,
             optional(b + "post_attention_norm.weight"), optional(b + "post_ffw_norm.weight"), cfg.sliding(i),
-            cfg.rotary_layer(i)))
+            cfg.rotary_layer(i), router))
     table = "token_embd.weight"
     embed = linear(t, [table], exact=True)[0] if exact and t.qtype(table) not in FLOAT_TYPES else regridded(t, table)
     head = linear(t, ["output.weight"], exact=exact)[0] if t.has("output.weight") else embed
@@ -168,6 +177,8 @@ def forward(build: LeanBuild, ids: torch.Tensor, pos: int, all_logits: bool = Fa
         return _native(build, step, ids, pos, all_logits, cache, panel_rows)
     if cache is not None:
         raise ValueError("a sequence's own cache needs the C++ step (batch_ready)")
+    if build.cfg.experts:  # the reference model has no router: its experts' products run in the C++ step only
+        raise UsageError("a mixture-of-experts file runs through the C++ step only, which is not built here")
     if not isinstance(build.model, torch.jit.ScriptModule):  # the C++ path's build: compiled on first need
         build.model = _script(build.model)
     with torch.jit.optimized_execution(False), torch.inference_mode():
@@ -217,7 +228,7 @@ def _bound(build: LeanBuild, step):
                             *n.head, c.heads, c.kv_heads, c.head_dim, c.ffn, float(c.eps), m.scaling,
                             int(c.sliding_window or 0), c.family == "gemma", m.head.top_exact,
                             float(c.attn_softcap), float(c.final_softcap), float(c.residual_scale),
-                            float(c.logit_scale))
+                            float(c.logit_scale), n.routers, int(c.top_k), int(c.expert_ffn), bool(c.norm_topk))
     return n.bound
 
 

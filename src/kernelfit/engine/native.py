@@ -250,6 +250,7 @@ class NativeArgs:
     embed: tuple | None  # the token table's dot groups (kind, codes, scales, mins, rows), or None
     prefill_ok: bool = False  # every layer product is the file's groups, no bf16 copy: Step.prefill runs prompts
     bound: object = None  # the extension's Step holding these, made on the first call (lean_build._native)
+    routers: list = None  # per layer: an MoE layer's router weights, or an empty tensor
 
 
 NO_ROTARY = 2  # a layer flag beside sliding (1) in NativeArgs.sliding: Q and K not rotated (step.cpp LAYER_NO_ROTARY)
@@ -257,7 +258,7 @@ NO_ROTARY = 2  # a layer flag beside sliding (1) in NativeArgs.sliding: Q and K 
 
 def native_args(model) -> NativeArgs:
     empty = torch.empty(0)
-    kinds, a, b, c, n, n_qkv, n_gu, norms, sliding = [], [], [], [], [], [], [], [], []
+    kinds, a, b, c, n, n_qkv, n_gu, norms, sliding, routers = [], [], [], [], [], [], [], [], [], []
     copies = []
 
     def add(p):
@@ -284,9 +285,10 @@ def native_args(model) -> NativeArgs:
                       blk.post_attn_norm if blk.has_post_norms else empty,
                       blk.post_ffn_norm if blk.has_post_norms else empty])
         sliding.append(int(blk.sliding) | (0 if blk.rotary else NO_ROTARY))  # step.cpp reads the two flags
+        routers.append(blk.router)
     h = model.head
     e = model.embed_dot
     embed = (int(e.kind), e.a, e.b, e.c, int(e.out_features)) if model.has_embed_dot else None
     prefill_ok = all(k in (4, 5) for k in kinds) and not any(copies)
     return NativeArgs(kinds, a, b, c, n, n_qkv, n_gu, norms, sliding, (int(h.kind), h.a, h.b, h.c, int(h.out_features)),
-                      embed, prefill_ok)
+                      embed, prefill_ok, routers=routers)

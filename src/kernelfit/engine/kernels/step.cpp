@@ -9,6 +9,7 @@
 // LeanLM.forward's for a prompt (tests/test_prefill_kernels.py), its products per phase kernel (rows_products).
 #include <torch/extension.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <vector>
@@ -104,6 +105,67 @@ struct Step {
   int64_t top_exact;
   double attn_cap = 0, final_cap = 0;  // Gemma 2's soft-caps: cap * tanh(x / cap) of scores, of logits (0: none)
   double residual_scale = 1, logit_scale = 1;  // Granite: x += scale * block output; logits / logit_scale
+  // Mixture of experts (qwen3moe): routers[li] float32 [experts, hidden] for an MoE layer (empty: a dense FFN); its
+  // gate, up and down products hold every expert's rows, expert_ffn (gate, up) or hidden (down) rows an expert
+  std::vector<Tensor> routers;
+  int64_t top_k = 0, expert_ffn = 0;
+  bool norm_topk = false;
+
+  // One expert's rows of product i (its tiles: the expert's rows are whole tiles) over x: the exact dot products up
+  // to DOT_MAX_ROWS rows (each row alone, as the decode step), else the bf16 panels
+  Tensor expert_product(const Tensor& x, const Weights& w, int64_t i, int64_t e, int64_t rows) const {
+    const int64_t tiles = rows / dot::TILE;
+    const Tensor a = w.a[i].narrow(0, e * tiles, tiles), b = w.b[i].narrow(0, e * tiles, tiles);
+    const Tensor c = w.c[i].dim() ? w.c[i].narrow(0, e * tiles, tiles) : w.c[i];
+    const int64_t bits = w.kinds[i] == 4 ? 4 : 8;
+    if (x.size(0) <= DOT_MAX_ROWS || !panel::available()) return dot::dot_mm(x, a, b, c, bits, rows);
+    return panel::gemm_parts(x.to(at::kBFloat16), {a}, {b}, {c}, {bits}, {rows});
+  }
+
+  // The FFN of MoE layer li over h float32 [t, hidden] (its normed input); products idx (gate), idx + 1 (up),
+  // idx + 2 (down): softmax over the router's logits, the top_k experts (their weights renormalised where the model
+  // does), each expert's SwiGLU over the rows that chose it, weighted into the rows. Only chosen experts are read.
+  Tensor moe(const Tensor& h_in, const Weights& w, int64_t li, int64_t idx) const {
+    const Tensor h = h_in.contiguous();
+    const int64_t t = h.size(0), experts = routers[li].size(0), hidden = h.size(1);
+    // routing a row at a time in plain loops (a GEMM's blocking would depend on how many rows share the call, and
+    // a row's answer must not): logits, softmax, the top_k (ties to the lower expert), renormalised where asked
+    std::vector<int64_t> chosen(t * top_k);
+    std::vector<float> top(t * top_k), p(experts);
+    const float* rw = routers[li].data_ptr<float>();
+    for (int64_t r = 0; r < t; ++r) {
+      const float* x = h.data_ptr<float>() + r * hidden;
+      for (int64_t e = 0; e < experts; ++e) p[e] = decode::dot16(x, rw + e * hidden, hidden);
+      const float m = *std::max_element(p.begin(), p.end());
+      float sum = 0;
+      for (int64_t e = 0; e < experts; ++e) sum += (p[e] = std::exp(p[e] - m));
+      std::vector<int64_t> order(experts);
+      for (int64_t e = 0; e < experts; ++e) order[e] = e;
+      std::partial_sort(order.begin(), order.begin() + top_k, order.end(),
+                        [&](int64_t a, int64_t b) { return p[a] > p[b] || (p[a] == p[b] && a < b); });
+      float kept = 0;
+      for (int64_t j = 0; j < top_k; ++j) kept += p[order[j]] / sum;
+      for (int64_t j = 0; j < top_k; ++j) {
+        chosen[r * top_k + j] = order[j];
+        top[r * top_k + j] = norm_topk ? (p[order[j]] / sum) / kept : p[order[j]] / sum;
+      }
+    }
+    Tensor out = at::zeros({t, hidden}, h.options());
+    for (int64_t e = 0; e < experts; ++e) {
+      std::vector<int64_t> rows;
+      std::vector<float> weights;
+      for (int64_t r = 0; r < t; ++r)
+        for (int64_t j = 0; j < top_k; ++j)
+          if (chosen[r * top_k + j] == e) rows.push_back(r), weights.push_back(top[r * top_k + j]);
+      if (rows.empty()) continue;
+      const Tensor ids = at::tensor(rows, at::kLong), xe = h.index_select(0, ids).contiguous();
+      const Tensor gu = at::cat({expert_product(xe, w, idx, e, expert_ffn), expert_product(xe, w, idx + 1, e,
+                                                                                           expert_ffn)}, 1);
+      const Tensor y = expert_product(rows::gated(gu, expert_ffn, false), w, idx + 2, e, hidden);
+      out.index_add_(0, ids, y * at::tensor(weights, h.options()).unsqueeze(1));
+    }
+    return out;
+  }
 
   Tensor run(Tensor x, int64_t pos, Tensor k_cache, Tensor v_cache, Tensor rope_global, Tensor rope_local) const {
     at::NoGradGuard no_grad;
@@ -128,6 +190,11 @@ struct Step {
       auto o = product(torch::from_blob(att.data(), {1, nq * d}, x.options()), w, idx);
       idx += 1;
       rows::residual_add(x, o, nm[5], eps, residual_scale);
+      if (routers[li].numel()) {
+        rows::residual_add(x, moe(pre_norm(x, nm[1], false), w, li, idx), nm[6], eps, residual_scale);
+        idx += n_gu[li] + 1;
+        continue;
+      }
       auto gu = products(pre_norm(x, nm[1], false), w, idx, n_gu[li]);
       idx += n_gu[li];
       const auto act = rows::gated(gu, ffn, gelu);  // one vectorised pass (a scalar std::tanh loop: ~0.4 ms a token)
@@ -288,6 +355,11 @@ struct Step {
       }
       rows::residual_add(x, rows_products(att, w, idx, 1, int8, panel_rows), nm[5], eps, residual_scale);
       idx += 1;
+      if (routers[li].numel()) {
+        rows::residual_add(x, moe(pre_norm(x, nm[1], false), w, li, idx), nm[6], eps, residual_scale);
+        idx += n_gu[li] + 1;
+        continue;
+      }
       const bool bf_rows = bf16_inputs(x.size(0), int8, panel_rows);  // one row past the last layer's keys and values
       const Tensor gu = rows_products(pre_norm(x, nm[1], bf_rows), w, idx, n_gu[li], int8, panel_rows);
       idx += n_gu[li];
@@ -352,6 +424,11 @@ struct Step {
       }
       rows::residual_add(x, products(att, w, idx, 1), nm[5], eps, residual_scale);
       idx += 1;
+      if (routers[li].numel()) {
+        rows::residual_add(x, moe(pre_norm(x, nm[1], false), w, li, idx), nm[6], eps, residual_scale);
+        idx += n_gu[li] + 1;
+        continue;
+      }
       const Tensor gu = products(pre_norm(x, nm[1], false), w, idx, n_gu[li]);
       idx += n_gu[li];
       rows::residual_add(x, product(rows::gated_to(gu, ffn, gelu, false), w, idx), nm[6], eps, residual_scale);
@@ -371,7 +448,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
                           std::vector<int64_t>, std::vector<int64_t>, std::vector<int64_t>,
                           std::vector<std::vector<Tensor>>, std::vector<int64_t>, Tensor, int64_t, Tensor, Tensor,
                           Tensor, int64_t, int64_t, int64_t, int64_t, int64_t, double, double, int64_t, bool,
-                          int64_t, double, double, double, double>())
+                          int64_t, double, double, double, double, std::vector<Tensor>, int64_t, int64_t, bool>())
       // the GIL is released while a step or a prompt runs: `kernelfit serve`'s event loop keeps answering meanwhile
       .def("run", &Step::run, "one decode step", pybind11::call_guard<pybind11::gil_scoped_release>())
       .def("prefill", &Step::prefill, "a prompt's forward", pybind11::call_guard<pybind11::gil_scoped_release>())
