@@ -194,6 +194,21 @@ def test_gemma2_soft_caps_that_bind_agree_with_transformers_gemma2(tmp_path):
     assert float(torch.nn.functional.cosine_similarity(outs[1], got, dim=-1).mean()) < 0.99
 
 
+def _engine_agrees(path, ids: torch.Tensor, want: torch.Tensor):
+    """The engine's logits for `ids` (120 tokens) — one prompt, and 60 prompt tokens then 60 decode steps — agree with
+    the reference's `want` (top-1 >= 99%, cosine > 0.999 everywhere); returns the build, the prompt's logits and
+    the decode steps'."""
+    b = build_lean(path)
+    reset_cache(b, len(ids) + 8)
+    got = forward(b, ids, 0, True)
+    forward(b, ids[:60], 0)
+    steps = torch.cat([forward(b, ids[i:i + 1], i) for i in range(60, 120)])
+    for mine in (got, torch.cat([got[:60], steps])):
+        cos = torch.nn.functional.cosine_similarity(want, mine, dim=-1)
+        assert float((want.argmax(-1) == mine.argmax(-1)).float().mean()) >= 0.99 and float(cos.min()) > 0.999
+    return b, got, steps
+
+
 def _agrees_with_its_llama_twin(tmp_path, arch: str, model_cls, layers: int = 2, **config) -> None:
     """An architecture transformers reads no GGUF of: its transformers class (`model_cls`, `config` beside the
     shapes) on the weights of the same tensors written as a llama file (same seed) is the reference, prompt and
@@ -217,14 +232,7 @@ def _agrees_with_its_llama_twin(tmp_path, arch: str, model_cls, layers: int = 2,
     ids = _tokens(120)
     with torch.no_grad():
         want, plain = ref(ids[None]).logits[0], loaded(ids[None]).logits[0]
-    b = build_lean(path)
-    reset_cache(b, len(ids) + 8)
-    got = forward(b, ids, 0, True)
-    forward(b, ids[:60], 0)
-    steps = torch.cat([forward(b, ids[i:i + 1], i) for i in range(60, 120)])
-    for mine in (got, torch.cat([got[:60], steps])):
-        cos = torch.nn.functional.cosine_similarity(want, mine, dim=-1)
-        assert float((want.argmax(-1) == mine.argmax(-1)).float().mean()) >= 0.99 and float(cos.min()) > 0.999
+    b, got, steps = _engine_agrees(path, ids, want)
     assert float(torch.nn.functional.cosine_similarity(plain, got, dim=-1).mean()) < 0.999
 
 
@@ -285,14 +293,7 @@ def test_post_norm_architectures_agree_with_transformers(tmp_path, arch):
     ids = _tokens(120)
     with torch.no_grad():
         want = ref(ids[None]).logits[0]
-    b = build_lean(path)
-    reset_cache(b, len(ids) + 8)
-    got = forward(b, ids, 0, True)
-    forward(b, ids[:60], 0)
-    steps = torch.cat([forward(b, ids[i:i + 1], i) for i in range(60, 120)])
-    for mine in (got, torch.cat([got[:60], steps])):
-        cos = torch.nn.functional.cosine_similarity(want, mine, dim=-1)
-        assert float((want.argmax(-1) == mine.argmax(-1)).float().mean()) >= 0.99 and float(cos.min()) > 0.999
+    b, got, steps = _engine_agrees(path, ids, want)
 
 
 def test_qwen3moe_experts_agree_with_transformers_qwen3moe(tmp_path):
@@ -320,14 +321,7 @@ def test_qwen3moe_experts_agree_with_transformers_qwen3moe(tmp_path):
     ids = _tokens(120)
     with torch.no_grad():
         want = ref(ids[None]).logits[0]
-    b = build_lean(path)
-    reset_cache(b, len(ids) + 8)
-    got = forward(b, ids, 0, True)
-    forward(b, ids[:60], 0)
-    steps = torch.cat([forward(b, ids[i:i + 1], i) for i in range(60, 120)])
-    for mine in (got, torch.cat([got[:60], steps])):
-        cos = torch.nn.functional.cosine_similarity(want, mine, dim=-1)
-        assert float((want.argmax(-1) == mine.argmax(-1)).float().mean()) >= 0.99 and float(cos.min()) > 0.999
+    b, got, steps = _engine_agrees(path, ids, want)
     few = forward(b, ids[60:66], 60, True)  # 6 rows: the exact products, as the decode step
     assert torch.equal(few, steps[:6])
 
