@@ -22,7 +22,7 @@ from .build import LeanBuild, build_lean, forward, kv_bytes, kv_capacity, native
 from .gguf.tokenizer import gguf_tokenizer
 from .native import native_status
 from .reference import DOT_MAX_ROWS
-from .speculative import DraftGate, PromptLookup
+from .speculative import DraftGate, PromptLookup, accepted_tokens
 
 TOKENIZER_FORMAT = 1
 SMOKE_TOKENS = 8
@@ -136,21 +136,18 @@ class LeanRunner:
                 if lookup:
                     lookup.extend([last])
                 continue
-            logits = self.logits(torch.tensor([last] + draft), pos, all_logits=True)
-            best = logits.argmax(-1).tolist()
-            kept = 0
-            while kept < len(draft) and best[kept] == draft[kept]:
-                kept += 1
+            tokens = accepted_tokens(draft, self.logits(torch.tensor([last] + draft), pos, all_logits=True))
+            kept = len(tokens) - 1
             gate.drafted(kept + 1, time.perf_counter() - t)
             lookup.accepted(len(draft), kept)
-            for token in draft[:kept]:
+            for token in tokens[:-1]:
                 yield token
                 out += 1
                 if out >= max_new:
                     return
-            last = best[kept]
+            last = tokens[-1]
             pos += kept + 1
-            lookup.extend(draft[:kept] + [last])
+            lookup.extend(tokens)
 
     def check_health(self) -> list[str]:
         """Problems: damage seen while packing (non-finite block scales), non-finite logits on a short smoke forward."""

@@ -89,3 +89,14 @@ class DraftGate:
             # behind: pause, twice as long each time it is behind again
             self.resume, self.draft_rate, self.drafts = self.step + self.cooldown, None, 0
             self.cooldown *= 2
+
+
+def accepted_tokens(draft: list[int], logits) -> list[int]:
+    """The tokens one verification step yields: the draft up to the first token the model's own argmax disagrees with,
+    then that argmax (`logits`: the step's rows for the last token and the draft, [len(draft) + 1, vocab]) — the
+    tokens one step a token would give."""
+    best = logits.argmax(-1).tolist()
+    kept = 0
+    while kept < len(draft) and best[kept] == draft[kept]:
+        kept += 1
+    return draft[:kept] + [best[kept]]

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from ..engine.sequences import STEP_ROWS, Row, Sequence, SequencePool
-from ..engine.speculative import DraftGate, PromptLookup
+from ..engine.speculative import DraftGate, PromptLookup, accepted_tokens
 
 # Prompt tokens prefilled between two decode steps while other requests decode: SmolLM2 prefills ~1,500 tok/s on
 # 2 cores here, so a 256-token chunk holds the others' next token ~0.15-0.2 s; alone, a prompt runs in one call
@@ -127,13 +127,9 @@ class Batcher:
         first = 0
         for a, draft in zip(decoding, drafts):
             if draft:
-                best = logits[first:first + len(draft) + 1].argmax(-1).tolist()
-                kept = 0
-                while kept < len(draft) and best[kept] == draft[kept]:
-                    kept += 1
-                a.gate.drafted(kept + 1, seconds)
-                a.lookup.accepted(len(draft), kept)
-                tokens = draft[:kept] + [best[kept]]
+                tokens = accepted_tokens(draft, logits[first:first + len(draft) + 1])
+                a.gate.drafted(len(tokens), seconds)
+                a.lookup.accepted(len(draft), len(tokens) - 1)
             else:
                 tokens = [self.engine.choose(a.job, logits[first], a.gen)]
                 if alone and a.lookup is not None:
