@@ -51,9 +51,9 @@ class Grammars:
                     c.schema, defaults={"whitespace_flexible": False})
         except (ValueError, TypeError) as exc:
             raise ApiError(400, f"the schema cannot be compiled: {exc}", "response_format") from None
-        error = llguidance.LLMatcher.validate_grammar(grammar, self.ll_tokenizer())
-        if error and not error.startswith("WARNING"):
-            raise ApiError(400, f"the schema cannot be enforced: {error.splitlines()[0]}",
+        is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar, self.ll_tokenizer())
+        if is_error:  # llguidance's own verdict (warnings are not errors)
+            raise ApiError(400, f"the schema cannot be enforced: {messages[0].splitlines()[0]}",
                            "tools" if c.kind == "tool" else "response_format")
         return grammar
 
