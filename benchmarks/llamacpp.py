@@ -153,7 +153,9 @@ def worker(kind: str, path: Path, threads: int) -> dict:
     else:
         from transformers import AutoModelForCausalLM
 
-        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name).eval()
+        # a GGUF file dequantized, or a safetensors folder with transformers' default load (benchmarks/safetensors.py)
+        model = (AutoModelForCausalLM.from_pretrained(path) if path.is_dir() else
+                 AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name)).eval()
         load_s = time.perf_counter() - t0
         pre, dec = [], []
         with torch.inference_mode():

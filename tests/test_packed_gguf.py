@@ -532,7 +532,7 @@ def test_int8_packed_dense_model_generates_like_the_dense_one(tmp_path):
 
     d = save_tiny(tmp_path / "tiny")
     ids = torch.tensor([[5, 9, 14, 3, 7, 21, 8, 2]])
-    dense = load(str(d), dtype="bfloat16", use_tune_cache=False, machine=probe_machine())
+    dense = load(str(d), dtype="bfloat16", quantization="none", use_tune_cache=False, machine=probe_machine())
     packed = load(str(d), dtype="bfloat16", quantization="int8", use_tune_cache=False)
     assert packed.packing["int8"] > 0 and packed.packing["max_rel_error"] < 0.02
     from kernelfit.loader.packed_linear import PackedLinear

@@ -18,6 +18,9 @@ def test_every_cited_source_is_defined():
         cited += q.sources
     cited += [sid for _, sid in kernel_errors.CANNOT_RUN_HERE] + list(SLOW_8BIT_SOURCES)
     cited += [row[-1] for row in torch_builds._ROWS]
+    from kernelfit.catalog.engine_checkpoints import ENGINE_CHECKPOINT_SOURCES
+
+    cited += list(ENGINE_CHECKPOINT_SOURCES)
     from kernelfit.catalog.engines import FACTS
 
     for facts in FACTS.values():

@@ -111,7 +111,7 @@ def _valid(winner, plan: Plan) -> str | None:
         return f"{attn} no longer runs here per the catalog"
     if dtype not in plan.runnable_dtypes():
         return f"{dtype} is no longer a native dtype here"
-    if winner.get("quantization", "none") not in ("none", "gguf", *QUANT_CHOICES[2:]):
+    if winner.get("quantization", "none") not in ("none", "gguf", "engine", *QUANT_CHOICES[2:]):
         return f"unknown quantization {winner.get('quantization')!r}"
     if winner.get("prefill", "auto") not in PREFILL_CHOICES:
         return f"unknown prefill kernel {winner.get('prefill')!r}"
@@ -139,8 +139,9 @@ def _replan(plan: Plan, winner: dict) -> Plan | None:
     prefs = plan.preferences
     quantization = winner.get("quantization", "none")
     static = otf_choice(plan.quantization)
-    if static == "gguf" and prefs.quantization == "auto":
-        # a GGUF file: the packed runner (with the measured prefill kernel) or the dequantized model
+    if static in ("gguf", "engine") and prefs.quantization == "auto":
+        # a GGUF file or a checkpoint on the engine: kernelfit's runner (with the measured prefill kernel), or the
+        # dequantized model / transformers' load
         if quantization == "none":
             prefs = replace(prefs, quantization="none")
         elif prefs.prefill == "auto" and winner.get("prefill", "auto") != "auto":

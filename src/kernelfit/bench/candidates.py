@@ -16,7 +16,7 @@ class Candidate:
     cache: str  # "dynamic" or "static"
     compile: bool = False
     quantization: str = "none"  # a --quantization value: "none", or e.g. "bitsandbytes-8bit", "quanto-4bit";
-    # "gguf": a GGUF file run packed by kernelfit's runner
+    # "gguf": a GGUF file run packed by kernelfit's runner; "engine": a safetensors checkpoint on it
     prefill: str = "auto"  # packed weights: "packed" or "dense" (a bf16 copy for prefill)
 
 
@@ -47,7 +47,7 @@ def quantization_candidates(plan: Plan) -> list[str]:
     from ..catalog.quantization import ON_THE_FLY, why_not_backend
 
     static = otf_choice(plan.quantization)
-    if static == "none" or plan.quantization.packed:
+    if static in ("none", "engine") or plan.quantization.packed:
         return []
     devices = plan.placement_devices
     fit = max(plan.quantization.bits, plan.quantization.passed_over_bits or 0)
@@ -71,6 +71,8 @@ def candidates(plan: Plan, compile: bool = False) -> list[Candidate]:
     if q == "gguf":  # the packed runner, per prefill kernel; then the dequantized model's own candidates
         packed = [replace(static_candidate(plan), prefill=p) for p in ("packed", "dense")]
         q = "none"
+    elif q == "engine":  # the checkpoint on the engine (bf16 rows: no prefill copy to weigh); then transformers'
+        packed, q = [static_candidate(plan)], "none"
     out = packed + [Candidate(a, d, c, False, q) for d in dtypes for a in attns for c in ("dynamic", "static")]
     if compile:
         out += [Candidate(a, d, "static", True, q) for d in dtypes for a in attns if a != "eager"]
@@ -80,8 +82,9 @@ def candidates(plan: Plan, compile: bool = False) -> list[Candidate]:
 
 def static_candidate(plan: Plan) -> Candidate:
     q = otf_choice(plan.quantization)
-    if q == "gguf":  # the runner has a static cache and uses SDPA
-        return Candidate(plan.text_attention.value, plan.dtype.value, "static", False, q, plan.kernels["prefill"].value)
+    if q in ("gguf", "engine"):  # the runner has a static cache and uses SDPA
+        prefill = plan.kernels["prefill"].value if "prefill" in plan.kernels else "auto"
+        return Candidate(plan.text_attention.value, plan.dtype.value, "static", False, q, prefill)
     return Candidate(plan.text_attention.value, plan.dtype.value, "dynamic", False, q)
 
 
@@ -89,6 +92,7 @@ def candidate_plan(plan: Plan, cand: Candidate) -> Plan:
     """The plan a candidate is loaded with: the static plan's preferences (device, context, memory budget,
     ...) with the candidate's dtype and quantizer. Attention is switched per candidate on the loaded model."""
     prefs = replace(plan.preferences, dtype=cand.dtype, attention="auto",
-                    quantization=quantization_preference(plan.model, plan.preferences.quantization, cand.quantization),
+                    quantization=quantization_preference(plan.model, plan.preferences.quantization, cand.quantization,
+                                                         otf_choice(plan.quantization)),
                     prefill=cand.prefill if cand.prefill != "auto" else plan.preferences.prefill)
     return make_plan(plan.machine, plan.model, prefs)

@@ -134,6 +134,18 @@ SOURCES: dict[str, Source] = {s.id: s for s in (
            "_compute_llama3_parameters: frequencies divided by a smoothed factor between low/high_freq_factor "
            "wavelengths; _compute_yarn_parameters: frequencies ramped from interpolated (/ factor) to extrapolated "
            "between the correction dims of beta_fast/beta_slow, attention_factor 0.1 ln(factor) + 1 on cos and sin"),
+    Source("transformers-modeling-llama", "transformers' Llama-family modeling files and checkpoint names",
+           "https://github.com/huggingface/transformers/blob/main/src/transformers/models/llama/modeling_llama.py ; "
+           "https://github.com/huggingface/transformers/blob/main/src/transformers/models/qwen2/modeling_qwen2.py ; "
+           "https://github.com/huggingface/transformers/blob/main/src/transformers/models/qwen3/modeling_qwen3.py",
+           "model.layers.N.self_attn.{q,k,v,o}_proj, mlp.{gate,up,down}_proj, input_layernorm, "
+           "post_attention_layernorm (+ q_norm/k_norm in Qwen3, q/k/v biases in Qwen2); rotary over each head's halves "
+           "(rotate_half)"),
+    Source("llama-cpp-tensor-mapping", "llama.cpp's converter: transformers tensor names to GGUF names",
+           "https://github.com/ggml-org/llama.cpp/blob/master/gguf-py/gguf/tensor_mapping.py ; "
+           "https://github.com/ggml-org/llama.cpp/blob/master/convert_hf_to_gguf.py",
+           "MODEL_TENSOR.ATTN_Q <- model.layers.{bid}.self_attn.q_proj ...; LlamaModel.permute pairs Q/K rotary "
+           "dimensions; llama3 rope_scaling becomes the rope_freqs tensor (generate_extra_tensors)"),
     Source("ggml-rope", "llama.cpp's rotary embedding (freq_factors, YaRN) and its GGUF rope keys",
            "https://github.com/ggml-org/llama.cpp/blob/master/ggml/src/ggml-cpu/ops.cpp ; "
            "https://github.com/ggml-org/llama.cpp/blob/master/gguf-py/gguf/constants.py",

@@ -116,7 +116,10 @@ def render_plan(p: Plan) -> str:
                f"{p.preferences.context}, batch {p.preferences.batch}) + activations {mem['activations_gib']:.2f} + "
                f"overhead {mem['overhead_gib']:.2f} = {mem['total_gib']:.2f} GiB of {mem['budget_gib']:.2f} GiB "
                f"{'✓ fits' if mem['fits'] else '✗ does not fit'}")
-    if lean_runner(p):
+    if lean_runner(p) and p.quantization.method == "engine":
+        out.append(_wrap("Load      kernelfit's CPU engine: the safetensors shards are mapped and read as bf16 rows "
+                         "(no from_pretrained); --quantization none loads it through transformers instead", ""))
+    elif lean_runner(p):
         out.append(_wrap("Load      kernelfit's packed CPU runner: the GGUF file is mapped and its tensors packed "
                          "(no from_pretrained, no converted cache); --quantization none loads it dequantized instead", ""))
     else:

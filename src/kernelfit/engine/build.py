@@ -1,10 +1,12 @@
-"""Build the lean runner from a GGUF file: its recipe from the metadata (recipe.py: the keys follow llama.cpp's,
-gguf-py constants.py Keys), weights packed from its memory map, modules compiled with TorchScript only where the
+"""Build the lean runner from a GGUF file (its recipe from the metadata, recipe.py: the keys follow llama.cpp's,
+gguf-py constants.py Keys) or a transformers safetensors checkpoint (its recipe from config.json), weights packed
+from the memory maps, modules compiled with TorchScript only where the
 C++ step does not run every call.
 """
 
 from __future__ import annotations
 
+import json
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -17,10 +19,11 @@ from ..errors import UsageError
 from ..model.gguf_header import read_gguf_header
 from . import glibc
 from .gguf.blocks import FLOAT_TYPES
-from .recipe import Recipe, recipe_from_gguf, rotary_table
+from .recipe import Recipe, recipe_from_config, recipe_from_gguf, rotary_table
 from .gguf.reader import Conversion, GgufTensors, interleave_order, linear, regridded
+from .safetensors.reader import SafetensorsTensors
 from .weights import DotWeight, dot_available, gemm_available
-from .reference import DENSE, DOT4, DOT8, INT4, INT8, INT8_EXACT, Block, LeanLM, Product, Products
+from .reference import BF16_ROWS, DENSE, DOT4, DOT8, INT4, INT8, INT8_EXACT, Block, LeanLM, Product, Products
 from .torch_weights import DenseWeight, Int4Weight, Int8Weight, PackedWeight
 
 @dataclass
@@ -48,7 +51,7 @@ def product(w: PackedWeight, prefill_dense: bool = False, head: bool = False, in
         return Product(INT4, w.packed, w.scales_zeros, w.out_features, copy)
     if isinstance(w, Int8Weight):
         return Product(INT8_EXACT if head else INT8, w.weight, w.scale, w.out_features, copy)
-    return Product(DENSE, w.weight, torch.empty(0), w.out_features, None)
+    return Product(BF16_ROWS if dot_available() else DENSE, w.weight, torch.empty(0), w.out_features, None)
 
 
 def build_lean(path: str | Path, prefill_dense: bool = False, progress=None, prefill_int8: bool = False) -> LeanBuild:
@@ -56,17 +59,12 @@ def build_lean(path: str | Path, prefill_dense: bool = False, progress=None, pre
     layers' prompt products through the int8 GEMM where this build has it (LeanBuild.int8_prefill says)."""
     t0 = time.perf_counter()
     map_large_allocations()
-    header = read_gguf_header(path)  # once: a 262k-token vocabulary takes ~0.4 s to parse
-    t = GgufTensors.open(path, header)
-    factors = next((n for n in ("rope_freqs.weight", "rope_factors_short.weight") if t.has(n)), None)  # per pair
-    cfg = recipe_from_gguf(header, t.float_tensor(factors) if factors else None)
+    cfg, t, halves = _open(Path(path))
     exact = dot_available()  # the file's own groups through the C++ dot products; else torch's packed kernels
     int8 = prefill_int8 and exact and gemm_available()
     if progress is not None:
         progress(f"packing {Path(path).name} for the CPU ({cfg.layers} layers)")
-    # Llama/Mistral/SmolLM3/Granite/GLM-4 files already pair rotary dims side by side; qwen2, qwen3, gemma, phi3 and
-    # olmo2 files keep halves
-    interleave = cfg.arch not in ("llama", "mistral", "smollm3", "granite", "glm4")
+    interleave = halves
     rot = cfg.rotary.dims  # a partial rotary: only the first rot dimensions of a head are paired
     q_order = interleave_order(cfg.heads * cfg.head_dim, cfg.head_dim, rot) if interleave else None
     k_order = interleave_order(cfg.kv_heads * cfg.head_dim, cfg.head_dim, rot) if interleave else None
@@ -154,6 +152,26 @@ def build_lean(path: str | Path, prefill_dense: bool = False, progress=None, pre
                      int8 and not prefill_dense)
 
 
+def _open(path: Path) -> tuple[Recipe, GgufTensors | SafetensorsTensors, bool]:
+    """The recipe, the tensors under llama.cpp's names, and whether Q and K keep each head's rotary halves (the
+    builder then pairs them): a GGUF file (its keys), or a transformers checkpoint folder (config.json and its
+    safetensors shards, engine/safetensors/reader.py)."""
+    if path.is_dir():
+        config = path / "config.json"
+        try:
+            cfg = json.loads(config.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"cannot read {config}: {exc}; point at a folder written by save_pretrained") from None
+        return recipe_from_config(cfg, path.name), SafetensorsTensors.open(path), True  # transformers keeps halves
+    header = read_gguf_header(path)  # once: a 262k-token vocabulary takes ~0.4 s to parse
+    t = GgufTensors.open(path, header)
+    factors = next((n for n in ("rope_freqs.weight", "rope_factors_short.weight") if t.has(n)), None)  # per pair
+    cfg = recipe_from_gguf(header, t.float_tensor(factors) if factors else None)
+    # Llama/Mistral/SmolLM3/Granite/GLM-4 files already pair rotary dims side by side; qwen2, qwen3, gemma, phi3 and
+    # olmo2 files keep halves
+    return cfg, t, cfg.arch not in ("llama", "mistral", "smollm3", "granite", "glm4")
+
+
 def _script(model: LeanLM) -> torch.jit.ScriptModule:
     with warnings.catch_warnings():
         # torch 2.13 marks TorchScript deprecated in favour of torch.compile, which measured slower here
@@ -193,9 +211,9 @@ def _native_step(build: LeanBuild):
 
 def native_all_logits(build: LeanBuild) -> bool:
     """Whether the C++ prompt forward gives every row's logits (forward's all_logits): every product the file's
-    groups and a dot-group head — up to DOT_MAX_ROWS rows, equal to one decode step a row (runner.py's drafts)."""
+    groups (or bf16 rows) and such a head — up to DOT_MAX_ROWS rows, equal to one decode step a row (runner.py's drafts)."""
     n = build.native
-    return n is not None and n.prefill_ok and n.head[0] in (DOT4, DOT8)
+    return n is not None and n.prefill_ok and n.head[0] in (DOT4, DOT8, BF16_ROWS)
 
 
 def batch_ready(build: LeanBuild) -> bool:

@@ -26,7 +26,8 @@ from ..paths import private_dir, write_atomic, writable_cache_root
 KERNELS = Path(__file__).with_name("kernels")
 SOURCE = KERNELS / "step.cpp"
 HEADERS = tuple(KERNELS / h for h in ("dot_kernels.h", "gemm_kernels.h", "rows_kernels.h", "unpack_kernels.h",
-                                      "panel_gemm.h", "panel_attention.h", "decode_attention.h"))
+                                      "panel_gemm.h", "panel_attention.h", "decode_attention.h",
+                                      "bf16_rows.h"))
 # The dot products are compiled for this machine's vector ISA (-march=native on x86-64, where AVX2/VNNI decide
 # their speed; elsewhere they are scalar and the loader keeps torch's kernels, and some compilers refuse the flag),
 # so a build is keyed by the CPU too: a cache folder shared by machines of different CPUs keeps one build each.
@@ -289,6 +290,6 @@ def native_args(model) -> NativeArgs:
     h = model.head
     e = model.embed_dot
     embed = (int(e.kind), e.a, e.b, e.c, int(e.out_features)) if model.has_embed_dot else None
-    prefill_ok = all(k in (4, 5) for k in kinds) and not any(copies)
+    prefill_ok = all(k in (4, 5, 6) for k in kinds) and not any(copies)
     return NativeArgs(kinds, a, b, c, n, n_qkv, n_gu, norms, sliding, (int(h.kind), h.a, h.b, h.c, int(h.out_features)),
                       embed, prefill_ok, routers=routers)

@@ -251,3 +251,72 @@ def recipe_from_gguf(h, rope_freqs: torch.Tensor | None = None) -> Recipe:
         # LongRoPE runs its short table: positions past the original context would need the long one
         max_positions=int(h.arch_key("rope.scaling.original_context_length") if h.rope_scaling == "longrope" else
                           h.arch_key("context_length") or 4096))
+
+
+def llama3_factors(base: float, dim: int, rope: dict) -> tuple[float, ...]:
+    """Llama 3.x's per-pair frequency divisors from config.json's rope_parameters — the rope_freqs tensor llama.cpp's
+    converter writes (convert_hf_to_gguf.py LlamaModel.generate_extra_tensors), which transformers'
+    _compute_llama3_parameters applies to the frequencies directly: 1 for short wavelengths, the factor for long ones,
+    a smooth mix between."""
+    factor = float(rope.get("factor", 8.0))
+    low, high = float(rope.get("low_freq_factor", 1.0)), float(rope.get("high_freq_factor", 4.0))
+    original = float(rope.get("original_max_position_embeddings", 8192))
+    out = []
+    for f in (1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))).tolist():
+        wavelength = 2 * math.pi / f
+        if wavelength < original / high:
+            out.append(1.0)
+        elif wavelength > original / low:
+            out.append(factor)
+        else:
+            smooth = (original / wavelength - low) / (high - low)
+            out.append(1 / ((1 - smooth) / factor + smooth))
+    return tuple(out)
+
+
+def rotary_from_config(cfg: dict, head_dim: int, where: str) -> Rotary:
+    """transformers' rope_parameters (or the older rope_theta + rope_scaling) as a Rotary row."""
+    from ..model.spec import rope_type
+
+    rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
+    base = float(rope.get("rope_theta") or cfg.get("rope_theta") or 10000.0)
+    kind = rope_type(cfg)
+    dims = int(head_dim * float(cfg.get("partial_rotary_factor") or 1.0))
+    dims = dims if dims < head_dim else 0
+    if kind == "linear":
+        return Rotary(base, RotaryKind.LINEAR, float(rope["factor"]), dims=dims)
+    if kind == "llama3":
+        return Rotary(base, freq_factors=llama3_factors(base, dims or head_dim, rope), dims=dims)
+    if kind == "yarn":
+        if any(rope.get(k) for k in ("attention_factor", "mscale", "mscale_all_dim")):  # DeepSeek's variants
+            raise UsageError(f"{where}: YaRN with an explicit attention factor or mscale is not implemented by the "
+                             "engine (--quantization none loads it through transformers)")
+        return Rotary(base, RotaryKind.YARN, float(rope["factor"]), None,
+                      int(rope.get("original_max_position_embeddings") or cfg["max_position_embeddings"]),
+                      float(rope.get("beta_fast") or YARN_BETA_FAST), float(rope.get("beta_slow") or YARN_BETA_SLOW),
+                      dims=dims)
+    return Rotary(base, dims=dims)
+
+
+def recipe_from_config(cfg: dict, where: str) -> Recipe:
+    """A transformers config.json -> the Recipe the same model's GGUF file gives (convert_hf_to_gguf.py writes its
+    keys from these fields). Where a sliding window applies (Mistral 7B v0.1, Qwen2 use_sliding_window), positions
+    stop at the window: below it a sliding layer sees every key, so the answers are exact."""
+    from ..catalog.engine_checkpoints import why_not_engine_checkpoint
+    from ..model.spec import rope_type
+
+    arch = cfg.get("model_type")
+    why = why_not_engine_checkpoint(arch, "bfloat16", rope_type(cfg), False)  # the weights' dtype: the reader's check
+    if why:
+        raise UsageError(f"{where}: {'; '.join(why)} (--quantization none loads it through transformers)")
+    hidden, heads = int(cfg["hidden_size"]), int(cfg["num_attention_heads"])
+    head_dim = int(cfg.get("head_dim") or hidden // heads)
+    context = int(cfg.get("max_position_embeddings") or 4096)
+    window = cfg.get("sliding_window")
+    if window and (arch == "mistral" or cfg.get("use_sliding_window")):
+        context = min(context, int(window))
+    return Recipe(
+        family="llama", arch=arch, hidden=hidden, layers=int(cfg["num_hidden_layers"]), heads=heads,
+        kv_heads=int(cfg.get("num_key_value_heads") or heads), head_dim=head_dim, ffn=int(cfg["intermediate_size"]),
+        vocab=int(cfg["vocab_size"]), eps=float(cfg.get("rms_norm_eps", 1e-6)),
+        rotary=rotary_from_config(cfg, head_dim, where), max_positions=context)

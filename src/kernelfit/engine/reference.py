@@ -29,7 +29,9 @@ from torch import nn
 
 from .native import native_module
 
-INT4, INT8, DENSE, INT8_EXACT, DOT4, DOT8 = 0, 1, 2, 3, 4, 5  # Product.kind
+INT4, INT8, DENSE, INT8_EXACT, DOT4, DOT8, BF16_ROWS = 0, 1, 2, 3, 4, 5, 6  # Product.kind
+# BF16_ROWS: bf16 weight rows as stored (a safetensors checkpoint; a GGUF file's float tensors) through the C++
+# products of kernels/bf16_rows.h: float32 in and out (DENSE, torch's bf16 linear, rounds both to bf16)
 # DOT4 / DOT8: the file's own groups read by kernelfit's C++ dot products (engine/weights.py): float32 in and
 # out, exact weights. A call of more than DOT_MAX_ROWS rows (prefill) multiplies a bf16 copy made for that call
 # with oneDNN instead: integer dot products are compute-bound there, oneDNN's bf16 GEMM is not. Or, asked for
@@ -92,6 +94,12 @@ def _bf16_parts(x: torch.Tensor, a: List[torch.Tensor], b: List[torch.Tensor], c
 
 
 @torch.jit.ignore
+def _bf16_rows(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """x @ W^T over bf16 rows as stored, float32 (kernels/bf16_rows.h)."""
+    return native_module().bf16_rows_mm(x, w)
+
+
+@torch.jit.ignore
 def _dot_rows(ids: torch.Tensor, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, kind: int, n: int) -> torch.Tensor:
     """float32 rows `ids` of a dot weight (the token table's lookup)."""
     return native_module().dot_dequant(a, b, c, 4 if kind == DOT4 else 8, n, ids, False)
@@ -146,6 +154,8 @@ class Product(nn.Module):
         self.int8_prefill = int8_prefill
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == 6:  # BF16_ROWS (TorchScript reads no module-level ints)
+            return _bf16_rows(x, self.a)
         if self.kind >= 4:
             if self.has_prefill and x.shape[0] > self.dot_max_rows:
                 return F.linear(x.to(torch.bfloat16), self.prefill)
@@ -186,8 +196,8 @@ class Products(nn.Module):
         self.p2 = parts[2] if len(parts) > 2 else parts[0]
         # all parts on the int8 GEMM: one call quantizes the input once and writes each part's columns (no cat);
         # all on the bf16 path: one call too (_bf16_parts)
-        self.int8_parts = all(p.kind >= DOT4 and p.int8_prefill for p in parts)
-        self.bf16_parts = all(p.kind >= DOT4 and not p.int8_prefill and not p.has_prefill for p in parts) and \
+        self.int8_parts = all(p.kind in (DOT4, DOT8) and p.int8_prefill for p in parts)
+        self.bf16_parts = all(p.kind in (DOT4, DOT8) and not p.int8_prefill and not p.has_prefill for p in parts) and \
             sum(p.out_features for p in parts) * parts[0].a.shape[1] // (4 if parts[0].kind == DOT4 else 8) \
             <= DOT_MAX_COPY_WEIGHTS
         # the parts' tensors and shapes as the extension's one-call functions take them

@@ -183,18 +183,25 @@ def tokenizer_dir(spec: ModelSpec, progress=None) -> Path:
 
 def load_tokenizer(spec: ModelSpec, progress=None):
     """The file's own tokenizer tables where they reproduce transformers' tokenizer (engine/gguf/tokenizer.py:
-    57 -> 9 MiB resident for SmolLM2, 331 -> 22 MiB for Gemma 3), else transformers' tokenizer built from the file."""
+    57 -> 9 MiB resident for SmolLM2, 331 -> 22 MiB for Gemma 3), else transformers' tokenizer built from the file.
+    A transformers checkpoint: its own tokenizer.json and chat template, through transformers."""
+    from transformers import AutoTokenizer
+
+    if not spec.gguf_file:
+        try:
+            return AutoTokenizer.from_pretrained(spec.model_dir)
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"cannot load the tokenizer from {spec.model_dir}: {str(exc).splitlines()[0]}") from None
     tok = gguf_tokenizer(Path(spec.model_dir) / spec.gguf_file)
     if tok is not None:
         return tok
-    from transformers import AutoTokenizer
-
     return AutoTokenizer.from_pretrained(str(tokenizer_dir(spec, progress)))
 
 
 def load_lean(spec: ModelSpec, prefill: str, health_check: bool, progress) -> tuple[LeanRunner, object]:
     tok = load_tokenizer(spec, progress)
-    build = build_lean(Path(spec.model_dir) / spec.gguf_file, prefill_dense=prefill == "dense", progress=progress,
+    path = Path(spec.model_dir) / spec.gguf_file if spec.gguf_file else Path(spec.model_dir)  # a file, or a folder
+    build = build_lean(path, prefill_dense=prefill == "dense", progress=progress,
                        prefill_int8=prefill == "int8")
     eos = {i for i in (tok.eos_token_id, tok.convert_tokens_to_ids("<end_of_turn>")) if isinstance(i, int)
            and i != tok.unk_token_id}

@@ -54,7 +54,7 @@ def check_loadable(plan: Plan, allow_pickle: bool = False) -> None:
     if q is not None and q.install:
         raise UsageError(f"the plan for {spec.name} needs a package that is not installed: {q.install} "
                          f"(or choose another way with --quantization / --context)")
-    if lean_runner(plan):
+    if lean_runner(plan) and spec.gguf_file:
         from ..model.gguf_header import read_gguf_header
         from ..engine.gguf.tokenizer import tokenizer_kind
         from ..engine.runner import tokenizer_dir
@@ -169,13 +169,16 @@ def load_plan(plan: Plan, *, dispatch: bool = True, health_check: bool = True, t
         print(f"kernelfit: note: {spec.name} ships its own modeling code (auto_map); it is not run — the stock "
               f"transformers class for '{spec.model_type}' is used (--trust-remote-code runs it)", file=sys.stderr)
     t0 = time.perf_counter()
-    if lean_runner(plan):  # a GGUF file run packed by kernelfit's own runner: no from_pretrained
+    if lean_runner(plan):  # a GGUF file run packed, or a checkpoint on the engine: kernelfit's runner, no from_pretrained
         from ..engine.runner import load_lean
 
         prefill = plan.kernels["prefill"].value if "prefill" in plan.kernels else "packed"
         runner, tokenizer = load_lean(spec, prefill, health_check, say)
+        # load_lean raised HealthCheckError on any problem; the builder refuses missing or unread tensors by name
+        health = HealthReport(True, [], ["every tensor the recipe reads is in the file",
+                                         "smoke forward"]) if health_check else None
         return Loaded(runner, tokenizer, plan, "kernelfit packed CPU runner", plan.dtype.value,
-                      time.perf_counter() - t0, None, packing=runner.report())
+                      time.perf_counter() - t0, health, packing=runner.report())
     directory, fmt_kwargs = _weights_dir(spec, say)
     if q is not None and q.dequantize_first:
         from .dequantize import dequantized_dir

@@ -83,3 +83,20 @@ def count_parameters(directory: Path) -> int | None:
                 n *= int(dim)
             total += n
     return total or None
+
+
+def tensor_names(directory: Path) -> set[str] | None:
+    """Every tensor name in the checkpoint's shards (the index's shards where it has one); None if one is unreadable."""
+    index = directory / "model.safetensors.index.json"
+    try:
+        shards = sorted({directory / f for f in json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()}) \
+            if index.is_file() else sorted(directory.glob("*.safetensors"))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    names: set[str] = set()
+    for shard in shards:
+        header = read_header(shard)
+        if header is None:
+            return None
+        names.update(n for n in header if n != "__metadata__")
+    return names

@@ -206,9 +206,18 @@ def spec_from_config(cfg: dict, name: str, source: str, fmt: str = "config-only"
         subs, params = (text,), text.params
         dtype = _dtype_name(cfg.get("torch_dtype") or cfg.get("dtype"))
     quant = parse_quantization(cfg.get("quantization_config"), source)
+    if model_type not in COMPOSITES:  # what the engine's recipe would run (catalog/engine_checkpoints.py)
+        extra["extra"] = {**extra.get("extra", {}), "rope_type": rope_type(cfg)}
     return ModelSpec(name=name, source=source, format=fmt, architecture=architecture, model_type=model_type,
                      params=params, checkpoint_dtype=dtype, quantization=quant,
                      sub_models=subs, **extra)
+
+
+def rope_type(cfg: dict) -> str | None:
+    """The rotary scaling a config names: transformers 5's rope_parameters, or the older rope_scaling (None: none)."""
+    rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
+    kind = rope.get("rope_type") or rope.get("type") if isinstance(rope, dict) else None
+    return None if kind in (None, "default") else str(kind)
 
 
 def spec_from_gguf(path: Path, name: str, model_dir: str | None = None) -> ModelSpec:
@@ -341,6 +350,13 @@ def _spec_from_dir(directory: Path, name: str) -> ModelSpec:
     cfg = _read_json(config)
     spec = spec_from_config(cfg, name, str(config), fmt=fmt, model_dir=str(directory), chat_template=chat,
                             extra={"custom_code": True} if isinstance(cfg, dict) and cfg.get("auto_map") else {})
+    if fmt == "safetensors" and len(spec.sub_models) == 1:  # what the engine would read (catalog/engine_checkpoints)
+        from ..catalog.engine_checkpoints import tensor_problem
+        from .safetensors_header import tensor_names
+
+        names = tensor_names(directory)
+        spec.extra["engine_tensors"] = "its shards are unreadable" if names is None else tensor_problem(
+            names, spec.model_type, int(cfg.get("num_hidden_layers") or 0), bool(spec.text.tie_embeddings))
     return with_checkpoint_params(spec, directory)
 
 

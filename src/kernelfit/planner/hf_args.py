@@ -56,5 +56,6 @@ def generate_kwargs(plan: Plan) -> dict:
 
 
 def lean_runner(plan: Plan) -> bool:
-    """A GGUF file running packed goes to kernelfit's own runner (engine/reference.py), not from_pretrained."""
-    return plan.quantization is not None and plan.quantization.method == "gguf"
+    """A GGUF file running packed, or a safetensors checkpoint on the engine, goes to kernelfit's own runner
+    (engine/), not from_pretrained."""
+    return plan.quantization is not None and plan.quantization.method in ("gguf", "engine")

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..catalog.architectures import TRANSFORMERS_GGUF_ARCHS
+from ..catalog.engine_checkpoints import why_not_engine_checkpoint
 from ..catalog.packages import install_hint
 from ..catalog.packed_kernels import REGRID_MAX_ERROR, packed_cpu, packed_layout, why_not_packed_gguf
 from ..catalog.quantization import ON_THE_FLY, PREQUANTIZED, hf_backend_name, missing_packages, why_not_backend
@@ -31,7 +32,8 @@ class Level:
 
     # "none", "otf" (quantize on load), "pre" (pre-quantized checkpoint), "dequantize", or
     # "requant" (--allow-dequantize: unpack, then quantize on load with bitsandbytes/quanto), or
-    # "packed" (a GGUF file as stored, or --quantization int8/int4: weight-only CPU kernels)
+    # "packed" (a GGUF file as stored, or --quantization int8/int4: weight-only CPU kernels), or
+    # "engine" (a transformers safetensors checkpoint read as stored by kernelfit's CPU engine)
     kind: str
     bits: int | None = None
     kv_bits: int | None = None
@@ -40,6 +42,7 @@ class Level:
     def label(self) -> str:
         w = {"none": "unquantized", "otf": f"{self.bits}-bit" + (f" {self.method}" if self.method else ""), "pre": f"pre-quantized {self.bits}-bit",
              "dequantize": "dequantized", "requant": f"dequantized, re-quantized to {self.bits}-bit",
+             "engine": "the checkpoint as stored on kernelfit's engine",
              "packed": f"packed int{self.bits}" if self.bits else "GGUF packed as stored"}[self.kind]
         return w + (f" + int{self.kv_bits} KV cache" if self.kv_bits else "")
 
@@ -76,7 +79,7 @@ def prequantized(model: ModelSpec):
     return q if q is not None and q.prequantized else None
 
 
-def ladder(model: ModelSpec, quantization: str, allow_dequantize: bool) -> list[Level]:
+def ladder(model: ModelSpec, quantization: str, allow_dequantize: bool, dtype: str = "auto") -> list[Level]:
     if quantization in PACKED_CHOICES:  # the packed CPU kernels; on an accelerator, its quantizer of those bits
         bits = PACKED_CHOICES[quantization]
         return [Level("packed", bits), Level("otf", bits), Level("otf", bits, KV_BITS)]
@@ -84,6 +87,11 @@ def ladder(model: ModelSpec, quantization: str, allow_dequantize: bool) -> list[
     if model.format == "gguf" and quantization == "auto":
         # the file as stored first (it resolves on CPU placements only); elsewhere it is dequantized as before
         return [Level("packed"), *levels]
+    if model.format == "safetensors" and quantization == "auto" and len(model.sub_models) == 1 and \
+            dtype in ("auto", "bfloat16"):
+        # kernelfit's engine reads the checkpoint itself (CPU placements, the architectures it covers; its weights
+        # are bf16 rows, so a --dtype float32/float16 asks for transformers); else transformers loads it as before
+        return [Level("engine"), *levels]
     return levels
 
 
@@ -157,6 +165,8 @@ def resolve_level(level: Level, model: ModelSpec, devices: list[Device], machine
     where = "+".join(d.torch_device for d in devices)
     if level.kind == "packed":
         return _packed(level, model, devices, machine, where)
+    if level.kind == "engine":
+        return _engine(model, devices, machine, where)
     arch = model.extra.get("gguf_arch")
     if model.format == "gguf" and level.kind != "packed" and arch not in TRANSFORMERS_GGUF_ARCHS:
         # every other level loads through transformers' GGUF dequantization
@@ -227,24 +237,26 @@ def generation_config(q: QuantOption) -> dict:
 
 def otf_choice(q: QuantOption | None) -> str:
     """The --quantization value that reproduces an on-the-fly option ("none" when there is none; "gguf" for
-    a GGUF file run packed, which `--quantization auto` gives on a CPU)."""
+    a GGUF file run packed and "engine" for a safetensors checkpoint on kernelfit's engine, which
+    `--quantization auto` gives on a CPU)."""
     if q is None:
         return "none"
     if q.method in ("bitsandbytes", "quanto"):
         return f"{q.method}-{q.bits}bit"
     if q.method == "packed":
         return f"int{q.bits}"
-    return "gguf" if q.method == "gguf" else "none"
+    return q.method if q.method in ("gguf", "engine") else "none"
 
 
-def quantization_preference(model: ModelSpec, static: str, choice: str) -> str:
+def quantization_preference(model: ModelSpec, static: str, choice: str, static_choice: str = "none") -> str:
     """The --quantization preference that plans `choice` (an otf_choice value) for `model`, whose static plan
-    was made with preference `static`: "none" keeps the static preference for dense models (their "auto"
-    is unquantized when they fit) but means "dequantized" for a GGUF file; "gguf" is what "auto" gives it."""
-    if choice == "gguf":
+    was made with preference `static` and gave `static_choice`: "none" keeps the static preference for dense models
+    (their "auto" is unquantized when they fit) but means "dequantized" for a GGUF file and "through transformers"
+    where the static plan ran the engine; "gguf" and "engine" are what "auto" gives."""
+    if choice in ("gguf", "engine"):
         return "auto"
     if choice == "none":
-        return "none" if model.format == "gguf" else static
+        return "none" if model.format == "gguf" or static_choice == "engine" else static
     return choice
 
 
@@ -280,3 +292,23 @@ def _packed(level: Level, model: ModelSpec, devices: list[Device], machine: Mach
                        f"--quantization int{level.bits}: every linear layer packed on load to "
                        + ("int4 group-32 (asymmetric min/max)" if level.bits == 4 else "int8 per row (symmetric)")
                        + f" for torch's weight-only CPU kernels on the {isa}; a quality loss you asked for")
+
+
+def _engine(model: ModelSpec, devices: list[Device], machine: Machine, where: str) -> QuantOption | Rejected:
+    """A transformers safetensors checkpoint on kernelfit's CPU engine (engine/safetensors/reader.py), or why not."""
+    name = "engine:kernelfit-cpu"
+    isa = packed_cpu(devices, machine.cpu)
+    if isa is None:
+        on = "a GPU" if any(d.is_accelerator for d in devices) else f"{where} (no AVX2/AVX-512)"
+        return Rejected(name, RejectKind.NOT_RUNNABLE, f"kernelfit's engine runs on CPUs with AVX2; on {on} "
+                        "transformers loads the checkpoint", method="engine", backend="kernelfit-cpu")
+    reasons = why_not_engine_checkpoint(model.model_type, model.checkpoint_dtype, model.extra.get("rope_type"),
+                                        model.quantization is not None, model.extra.get("engine_tensors"))
+    if reasons:
+        return Rejected(name, RejectKind.NOT_RUNNABLE, "; ".join(reasons) + "; transformers loads it instead",
+                        method="engine", backend="kernelfit-cpu")
+    return QuantOption("engine", None, "kernelfit-cpu", None, None,
+                       f"the checkpoint's {model.checkpoint_dtype} weights run on kernelfit's CPU engine ({isa}): "
+                       "read from the safetensors shards as bf16 rows (bf16 exactly as stored), the architecture "
+                       "from config.json, float32 activations and KV cache; --quantization none loads it through "
+                       "transformers instead")

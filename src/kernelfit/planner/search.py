@@ -120,11 +120,14 @@ def _try(model: ModelSpec, machine: Machine, prefs: Preferences, place: Place, o
     # then the file is mapped and read once (its pages count while loading), and the runner keeps activations
     # and the KV cache in float32 (engine/reference.py)
     storage = "float32" if model.format == "gguf" else (model.checkpoint_dtype or "float32")
-    lean = quant.method == "gguf"
+    lean = quant.method in ("gguf", "engine")
     mem = estimate(model, "float32" if lean else dtype, prefs.context, prefs.batch, scores, budget, accel,
-                   quant.memory_key, quant.kv_bits, storage_dtype=None if lean else storage)
-    if lean:
+                   None if quant.method == "engine" else quant.memory_key, quant.kv_bits,
+                   storage_dtype=None if lean else storage)
+    if quant.method == "gguf":
         mem = replace(mem, mapped_checkpoint=model.quantization.file_bytes or 0)
+    elif quant.method == "engine":  # bf16 rows (engine/safetensors/reader.py); activations and KV cache float32
+        mem = replace(mem, weights=model.params * 2)
     gpus = len([d for d in place.devices if d.is_accelerator])
     if gpus > 1:  # one CUDA context per GPU
         mem = MemoryEstimate(mem.weights, mem.kv_cache, mem.activations, mem.overhead * gpus, mem.budget,
@@ -210,7 +213,7 @@ def _faster_4bit(model, machine, prefs, att: Attempt, level: Level) -> Attempt |
 
 
 def search(machine: Machine, model: ModelSpec, prefs: Preferences, devices: list[Device], rejected_devices) -> Plan:
-    levels = ladder(model, prefs.quantization, prefs.allow_dequantize)
+    levels = ladder(model, prefs.quantization, prefs.allow_dequantize, prefs.dtype)
     gpu, offload, cpu, disk = _places(devices)
     log = Log()
     att = _run(model, machine, prefs, gpu, levels, log) if gpu else None

@@ -21,6 +21,7 @@
 #include "panel_attention.h"
 #include "rows_kernels.h"
 #include "decode_attention.h"
+#include "bf16_rows.h"
 
 using at::Tensor;
 
@@ -29,7 +30,8 @@ namespace {
 using decode::attend;
 
 // The weight products of a step: lean_lm.py Product kinds 0 int4, 1 int8, 2 dense (torch's kernels, bf16 in and
-// out), 4 and 5 the file's 4- and 8-bit groups (dot_kernels.h, float32 in and out); n: each one's output rows.
+// out), 4 and 5 the file's 4- and 8-bit groups (dot_kernels.h, float32 in and out), 6 bf16 rows as stored
+// (bf16_rows.h, float32 in and out); n: each one's output rows.
 struct Weights {
   const std::vector<int64_t>& kinds;
   const std::vector<Tensor>& a;
@@ -41,6 +43,7 @@ struct Weights {
 // float32 [1, N] = x @ W^T for x float32 [1, K]
 Tensor product(const Tensor& x, int64_t kind, const Tensor& a, const Tensor& b, const Tensor& c, int64_t n) {
   if (kind == 4 || kind == 5) return dot::dot_mm(x, a, b, c, kind == 4 ? 4 : 8, n);
+  if (kind == 6) return bf16rows::rows_mm(x, a);
   const Tensor xb = x.to(at::kBFloat16);
   if (kind == 0) return at::_weight_int4pack_mm_for_cpu(xb, a, 32, b).to(at::kFloat);
   if (kind == 1) return at::_weight_int8pack_mm(xb, a, b).to(at::kFloat);
@@ -286,7 +289,8 @@ struct Step {
   // glue reads it as is)
   Tensor rows_products(const Tensor& x, const Weights& w, int64_t first, int64_t count, bool int8,
                       bool panel_rows) const {
-    if (few_rows(x.size(0), panel_rows)) return products(x, w, first, count);
+    if (few_rows(x.size(0), panel_rows) || kinds[first] == 6) return products(x, w, first, count);  // bf16 rows:
+    // rows_mm picks its own kernel by rows
     std::vector<Tensor> a(as.begin() + first, as.begin() + first + count),
         b(bs.begin() + first, bs.begin() + first + count), c(mins.begin() + first, mins.begin() + first + count);
     std::vector<int64_t> bits, n(ns.begin() + first, ns.begin() + first + count);
@@ -306,7 +310,7 @@ struct Step {
     x = x.contiguous().clone();
     const int64_t t = x.size(0), layers = static_cast<int64_t>(norms.size()), cap = k_cache.size(3);
     TORCH_CHECK(pos + t <= cap, "prefill: positions beyond the KV cache");
-    TORCH_CHECK(!all_logits || head_kind == 4 || head_kind == 5, "prefill: all logits need a dot-group head");
+    TORCH_CHECK(!all_logits || head_kind >= 4, "prefill: all logits need a dot-group or bf16-rows head");
     float* kc = k_cache.data_ptr<float>();
     float* vc = v_cache.data_ptr<float>();
     Tensor q = at::empty({t, nq, d}, x.options());
@@ -457,6 +461,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("dot_mm", &dot::dot_mm, "x @ W^T over a weight's file groups (dot_kernels.h)");
   m.def("dot_dequant", &dot::dot_dequant, "a dot weight's rows as float32 or bf16");
   m.def("dot_dequant_parts", &dot::dot_dequant_parts, "several dot weights unpacked into one bf16 matrix");
+  m.def("bf16_rows_mm", &bf16rows::rows_mm, "x @ W^T over bf16 weight rows as stored, float32 out (bf16_rows.h)");
   m.def("fast_dot", &dot::fast_dot, "whether the dot products are vectorised here");
   m.def("gemm_mm", &gemm::gemm_mm, "a prompt's x @ W^T over a weight's file groups, int8 VNNI (gemm_kernels.h)");
   m.def("rms_norm", &rows::rms_norm, "rmsnorm(x) * w over the last dimension (rows_kernels.h)");

@@ -1,0 +1,81 @@
+"""Which transformers checkpoints (config.json + safetensors) kernelfit's CPU engine reads itself, as data.
+
+The engine's recipe (engine/recipe.py recipe_from_config) is filled from config.json and its weights from the
+safetensors shards under llama.cpp's tensor names (engine/safetensors/reader.py) — the mapping llama.cpp's own
+converter applies (convert_hf_to_gguf.py through gguf-py's tensor_mapping.py). A checkpoint outside these rows
+loads through transformers, which the plan says with the reason.
+"""
+
+from __future__ import annotations
+
+# model_type -> what its modeling file adds to the llama block (transformers models/<type>/modeling_<type>.py)
+ENGINE_CONFIG_ARCHS = ("llama", "mistral", "qwen2", "qwen3")
+# safetensors dtypes the engine reads: bf16 as stored (exact); fp16 and fp32 rounded to bf16 once at load, the
+# rounding's measured error reported per tensor (`run --json` packing.tensors)
+ENGINE_CHECKPOINT_DTYPES = ("bfloat16", "float16", "float32")
+# rope_parameters' rope_type values engine/recipe.py implements (transformers modeling_rope_utils.py)
+ENGINE_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
+ENGINE_CHECKPOINT_SOURCES = ("transformers-modeling-llama", "llama-cpp-tensor-mapping", "transformers-rope-utils")
+
+# transformers' tensor names -> llama.cpp's (gguf-py tensor_mapping.py), the names the engine's builder reads
+GLOBAL_NAMES = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
+                "lm_head.weight": "output.weight"}
+LAYER_NAMES = {  # after "model.layers.N."
+    "input_layernorm.weight": "attn_norm.weight", "post_attention_layernorm.weight": "ffn_norm.weight",
+    "self_attn.q_proj.weight": "attn_q.weight", "self_attn.k_proj.weight": "attn_k.weight",
+    "self_attn.v_proj.weight": "attn_v.weight", "self_attn.o_proj.weight": "attn_output.weight",
+    "self_attn.q_proj.bias": "attn_q.bias", "self_attn.k_proj.bias": "attn_k.bias", "self_attn.v_proj.bias": "attn_v.bias",
+    "self_attn.q_norm.weight": "attn_q_norm.weight", "self_attn.k_norm.weight": "attn_k_norm.weight",
+    "mlp.gate_proj.weight": "ffn_gate.weight", "mlp.up_proj.weight": "ffn_up.weight",
+    "mlp.down_proj.weight": "ffn_down.weight",
+}
+IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)  # a buffer older checkpoints saved: the recipe computes it
+LAYER_REQUIRED = ("input_layernorm.weight", "post_attention_layernorm.weight", "self_attn.q_proj.weight",
+                  "self_attn.k_proj.weight", "self_attn.v_proj.weight", "self_attn.o_proj.weight",
+                  "mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight")
+LAYER_REQUIRED_BY_TYPE = {  # what each model type's block adds (Qwen2: Q/K/V biases; Qwen3: per-head Q/K norms)
+    "qwen2": ("self_attn.q_proj.bias", "self_attn.k_proj.bias", "self_attn.v_proj.bias"),
+    "qwen3": ("self_attn.q_norm.weight", "self_attn.k_norm.weight"),
+}
+
+
+def llama_cpp_name(name: str) -> str | None:
+    """llama.cpp's name for a transformers tensor name (None: not one the engine's recipe reads)."""
+    if name in GLOBAL_NAMES:
+        return GLOBAL_NAMES[name]
+    parts = name.split(".", 3)
+    if len(parts) == 4 and parts[:2] == ["model", "layers"] and parts[2].isdigit() and parts[3] in LAYER_NAMES:
+        return f"blk.{parts[2]}.{LAYER_NAMES[parts[3]]}"
+    return None
+
+
+def tensor_problem(names: set[str], model_type: str, layers: int, tied: bool) -> str | None:
+    """Why the engine cannot build from these checkpoint tensors (one it would not read, one it needs and the
+    checkpoint lacks), or None. Such a checkpoint goes to transformers, whose health check names the damage."""
+    odd = sorted(n for n in names if llama_cpp_name(n) is None and not n.endswith(IGNORED_SUFFIXES))
+    if odd:
+        return f"tensor {odd[0]} is not one the engine's recipe reads" + (f" (+{len(odd) - 1} more)" if len(odd) > 1
+                                                                          else "")
+    need = ["model.embed_tokens.weight", "model.norm.weight"] + ([] if tied else ["lm_head.weight"])
+    need += [f"model.layers.{i}.{n}" for i in range(layers)
+             for n in LAYER_REQUIRED + LAYER_REQUIRED_BY_TYPE.get(model_type, ())]
+    missing = [n for n in need if n not in names]
+    return f"tensor {missing[0]} is missing from the checkpoint" if missing else None
+
+
+def why_not_engine_checkpoint(model_type: str, dtype: str | None, rope_type: str | None,
+                              quantized: bool, tensors: str | None = None) -> list[str]:
+    """Short reasons the engine does not read this transformers checkpoint (empty: it does); `tensors`: the
+    checkpoint's tensor_problem, read by the model stage from the shards' headers."""
+    reasons = [tensors] if tensors else []
+    if model_type not in ENGINE_CONFIG_ARCHS:
+        reasons.append(f"model type '{model_type}' is not one the engine reads from config.json "
+                       f"({', '.join(ENGINE_CONFIG_ARCHS)})")
+    if quantized:
+        reasons.append("its weights are pre-quantized (AWQ/GPTQ/FP8 readers are not built yet)")
+    elif dtype not in ENGINE_CHECKPOINT_DTYPES:
+        reasons.append(f"weights in {dtype or 'an unstated dtype'} (the engine reads "
+                       f"{', '.join(ENGINE_CHECKPOINT_DTYPES)})")
+    if (rope_type or "default") not in ENGINE_ROPE_TYPES:
+        reasons.append(f"rotary scaling '{rope_type}' is not implemented by the engine")
+    return reasons

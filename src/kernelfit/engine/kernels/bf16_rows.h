@@ -1,0 +1,138 @@
+// Products over a checkpoint's bf16 weight rows as stored ([N, K] row-major, a transformers safetensors tensor or a
+// GGUF BF16/F16/F32 tensor rounded to bf16 once): y float32 [M, N] = x @ W^T.
+//
+// Why not torch's bf16 linear: its one-row product rounds the activation to bf16 and the output to bf16 — a logit
+// of 25 then moves in steps of 0.125, which swapped SmolLM2's top two answers to "What is the capital of France?"
+// (margin 0.1; transformers' float32 load says "The capital ...", the bf16 output "L'Étoile ...") — and it streamed
+// 12-21 GB/s here where this CPU reads 28-30 GB/s. Here a call of up to DECODE_ROWS rows widens each weight to
+// float32 (exact: bf16 is float32's upper half) and multiplies it with the float32 activation (FMA, 16 lanes a
+// row, lanes summed in a fixed order), each row alone whatever else shares the call — so a batched step equals one
+// decode step a row, bit for bit, as with the dot products. Larger calls (a prompt) take panel_gemm.h's bf16
+// microkernel over panels transposed from the rows (bf16 inputs, float32 sums and output), or oneDNN without it.
+#pragma once
+
+#include "panel_gemm.h"
+
+namespace bf16rows {
+
+constexpr int64_t DECODE_ROWS = 12;  // reference.py DOT_MAX_ROWS
+constexpr int64_t ROW_BLOCK = 64;    // weight rows a thread task: ~64 KB of a 576-wide table, well past the call cost
+
+inline float widen(uint16_t b) {
+  uint32_t u = uint32_t(b) << 16;
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+
+// y[r, n] for rows r < R of x (float32, K apart) and weight rows [n0, n1)
+template <int R>
+void dot_rows(const float* x, int64_t k, const uint16_t* w, int64_t n0, int64_t n1, float* y, int64_t ldy) {
+  for (int64_t n = n0; n < n1; ++n) {
+    const uint16_t* wr = w + n * k;
+    int64_t i = 0;
+#if defined(__AVX512F__)
+    __m512 acc[R];
+    for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
+    for (; i + 16 <= k; i += 16) {
+      const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr + i));
+      const __m512 wf = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+#pragma GCC unroll 12
+      for (int r = 0; r < R; ++r) acc[r] = _mm512_fmadd_ps(_mm512_loadu_ps(x + r * k + i), wf, acc[r]);
+    }
+    float sums[R];
+    for (int r = 0; r < R; ++r) sums[r] = _mm512_reduce_add_ps(acc[r]);
+#elif defined(KF_DOT_AVX2)
+    __m256 acc[R];
+    for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
+    for (; i + 8 <= k; i += 8) {
+      const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(wr + i));
+      const __m256 wf = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+      for (int r = 0; r < R; ++r) acc[r] = _mm256_fmadd_ps(_mm256_loadu_ps(x + r * k + i), wf, acc[r]);
+    }
+    float sums[R];
+    for (int r = 0; r < R; ++r) {
+      alignas(32) float lanes[8];
+      _mm256_store_ps(lanes, acc[r]);
+      float s = 0;
+      for (int j = 0; j < 8; ++j) s += lanes[j];
+      sums[r] = s;
+    }
+#else
+    float sums[R] = {};
+#endif
+    for (; i < k; ++i) {  // a row tail past the last whole vector
+      const float wf = widen(wr[i]);
+      for (int r = 0; r < R; ++r) sums[r] += x[r * k + i] * wf;
+    }
+    for (int r = 0; r < R; ++r) y[r * ldy + n] = sums[r];
+  }
+}
+
+inline void dot_block(int64_t rows, const float* x, int64_t k, const uint16_t* w, int64_t n0, int64_t n1, float* y,
+                      int64_t ldy) {
+  switch (rows) {
+#define KF_BF16_ROWS(R) \
+  case R: return dot_rows<R>(x, k, w, n0, n1, y, ldy);
+    KF_BF16_ROWS(1) KF_BF16_ROWS(2) KF_BF16_ROWS(3) KF_BF16_ROWS(4) KF_BF16_ROWS(5) KF_BF16_ROWS(6)
+    KF_BF16_ROWS(7) KF_BF16_ROWS(8) KF_BF16_ROWS(9) KF_BF16_ROWS(10) KF_BF16_ROWS(11) KF_BF16_ROWS(12)
+#undef KF_BF16_ROWS
+  }
+}
+
+#if defined(KF_PANEL_GEMM)
+// panel_gemm.h's layout from bf16 rows n0..n0+32 (zeros past n): lane j of pair kp holds row n0 + j's k = 2 kp and
+// 2 kp + 1, which are one uint32 of the row as stored
+inline void rows_panel(const uint16_t* w, int64_t n, int64_t k, int64_t n0, uint32_t* panel) {
+  for (int64_t j = 0; j < panel::COLS; ++j) {
+    if (n0 + j >= n) {
+      for (int64_t kp = 0; kp < k / 2; ++kp) panel[kp * panel::COLS + j] = 0;
+      continue;
+    }
+    const uint16_t* row = w + (n0 + j) * k;
+    for (int64_t kp = 0; kp < k / 2; ++kp) std::memcpy(panel + kp * panel::COLS + j, row + 2 * kp, 4);
+  }
+}
+#endif
+
+// y float32 [M, N] = x @ W^T; x float32 or bf16 [M, K], w bf16 [N, K] contiguous
+inline at::Tensor rows_mm(const at::Tensor& x_in, const at::Tensor& w) {
+  TORCH_CHECK(w.scalar_type() == at::kBFloat16 && w.dim() == 2 && w.is_contiguous(), "bf16 rows: W bf16 [N, K]");
+  const int64_t n = w.size(0), k = w.size(1);
+  TORCH_CHECK(x_in.size(-1) == k, "bf16 rows: x has ", x_in.size(-1), " columns, W ", k);
+  const auto* wp = reinterpret_cast<const uint16_t*>(w.data_ptr<at::BFloat16>());
+  const int64_t m = x_in.numel() / k;
+  if (m <= DECODE_ROWS) {
+    const at::Tensor x = x_in.to(at::kFloat).contiguous().view({m, k});
+    at::Tensor y = at::empty({m, n}, x.options());
+    if (m == 0) return y;
+    const float* xp = x.data_ptr<float>();
+    float* yp = y.data_ptr<float>();
+    at::parallel_for(0, (n + ROW_BLOCK - 1) / ROW_BLOCK, 1, [&](int64_t b0, int64_t b1) {
+      dot_block(m, xp, k, wp, b0 * ROW_BLOCK, std::min(n, b1 * ROW_BLOCK), yp, n);
+    });
+    return y;
+  }
+#if defined(KF_PANEL_GEMM)
+  if (panel::available() && k % 2 == 0) {
+    const at::Tensor x = x_in.to(at::kBFloat16).contiguous().view({m, k});
+    at::Tensor y = at::empty({m, n}, x.options().dtype(at::kFloat));
+    const auto* xp = reinterpret_cast<const uint16_t*>(x.data_ptr<at::BFloat16>());
+    float* yp = y.data_ptr<float>();
+    at::parallel_for(0, (n + panel::COLS - 1) / panel::COLS, 1, [&](int64_t p0, int64_t p1) {
+      std::vector<uint32_t> pan(k / 2 * panel::COLS);
+      for (int64_t p = p0; p < p1; ++p) {
+        rows_panel(wp, n, k, p * panel::COLS, pan.data());
+        const int64_t valid = std::min(panel::COLS, n - p * panel::COLS);
+        for (int64_t r0 = 0; r0 < m; r0 += panel::MR)
+          panel::rows_micro(std::min(panel::MR, m - r0), xp + r0 * k, k, k, pan.data(), yp + r0 * n + p * panel::COLS,
+                            n, valid);
+      }
+    });
+    return y;
+  }
+#endif
+  return at::linear(x_in.to(at::kBFloat16).view({m, k}), w).to(at::kFloat);
+}
+
+}  // namespace bf16rows
