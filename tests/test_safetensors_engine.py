@@ -178,3 +178,50 @@ def test_a_checkpoint_the_engine_cannot_build_plans_transformers_and_says_which_
     ok = tmp_path / "ok"
     _checkpoint(ok, "llama")
     assert plan(cpu, load_model_spec(str(ok)), Preferences(dtype="float32")).quantization.method == "none"
+
+
+def test_q8_0_re_quantizes_at_load_into_llama_cpp_s_blocks_and_says_the_loss(tmp_path):
+    """--quantization q8_0: each weight becomes llama.cpp's Q8_0 blocks (gguf-py's quantizer, bit-exact with
+    ggml's), run by the exact dot products — about half the bytes of bf16 rows, a measured loss in the report."""
+    import numpy as np
+    from gguf import GGMLQuantizationType, quants
+
+    from kernelfit.engine.gguf import blocks as gb
+
+    ref = _checkpoint(tmp_path / "ck", "qwen2")
+    dense, q8 = build_lean(tmp_path / "ck"), build_lean(tmp_path / "ck", requant="Q8_0")
+    assert q8.weight_bytes < 0.6 * dense.weight_bytes
+    made = [c for c in q8.conversions if "Q8_0" in c.layout]
+    assert made and all(c.gguf_type == "BF16" and 0 < c.rel_error < 0.02 for c in made)
+    # the product is the exact dot product over Q8_0 blocks of the stored values
+    w = ref.model.layers[0].mlp.down_proj.weight.detach().float().numpy()
+    blocks = gb.dequantize(quants.quantize(w, GGMLQuantizationType.Q8_0), "Q8_0", *w.shape)
+    x = torch.randn(1, w.shape[1])
+    down = next(i for i, a in enumerate(q8.native.a) if q8.native.n[i] == w.shape[0] and a.shape[1] == w.shape[1] * 8)
+    from kernelfit.engine.native import native_module
+
+    got = native_module().dot_mm(x, q8.native.a[down], q8.native.b[down], q8.native.c[down], 8, w.shape[0])
+    want = x.double() @ torch.from_numpy(np.asarray(blocks)).double().T
+    # the dot products' own tolerance (tests/test_packed_gguf.py: ~15-bit activations, the weights exact)
+    assert float((got.double() - want).norm() / want.norm()) < 2e-4
+    ids = _tokens(200)
+    with torch.no_grad():
+        truth = ref(ids[None]).logits[0]
+    reset_cache(q8, len(ids))
+    got = forward(q8, ids, 0, True)
+    cos = torch.nn.functional.cosine_similarity(truth, got, dim=-1)
+    assert float((truth.argmax(-1) == got.argmax(-1)).float().mean()) >= 0.9 and float(cos.mean()) >= 0.995
+
+
+def test_q8_0_plans_on_the_engine_and_is_refused_where_it_cannot_run(tmp_path):
+    _checkpoint(tmp_path, "llama")
+    spec = load_model_spec(str(tmp_path))
+    p = plan(load_profile("cpu-spr-amx"), spec, Preferences(quantization="q8_0"))
+    assert (p.quantization.method, p.quantization.bits) == ("engine", 8) and "lossy" in p.quantization.reason
+    assert p.memory.weights < spec.params * 1.1
+    from kernelfit.errors import PlanError
+
+    on_t4 = plan(load_profile("t4"), spec, Preferences(quantization="q8_0"))  # a CPU engine: placed on the host CPU
+    assert on_t4.placement.devices == ("cpu",) and on_t4.quantization.method == "engine"
+    with pytest.raises(PlanError, match="safetensors checkpoint"):
+        plan(load_profile("cpu-spr-amx"), load_model_spec("smollm2-135m"), Preferences(quantization="q8_0"))

@@ -111,7 +111,7 @@ def _valid(winner, plan: Plan) -> str | None:
         return f"{attn} no longer runs here per the catalog"
     if dtype not in plan.runnable_dtypes():
         return f"{dtype} is no longer a native dtype here"
-    if winner.get("quantization", "none") not in ("none", "gguf", "engine", *QUANT_CHOICES[2:]):
+    if winner.get("quantization", "none") not in ("none", "gguf", "engine", *QUANT_CHOICES[2:]):  # q8_0 included
         return f"unknown quantization {winner.get('quantization')!r}"
     if winner.get("prefill", "auto") not in PREFILL_CHOICES:
         return f"unknown prefill kernel {winner.get('prefill')!r}"

@@ -68,6 +68,8 @@ def candidates(plan: Plan, compile: bool = False) -> list[Candidate]:
     dtypes = plan.runnable_dtypes()
     q = otf_choice(plan.quantization)
     packed = []
+    if q == "q8_0":  # asked for: the engine's re-quantized weights, nothing else to compare them with
+        return [static_candidate(plan)]
     if q == "gguf":  # the packed runner, per prefill kernel; then the dequantized model's own candidates
         packed = [replace(static_candidate(plan), prefill=p) for p in ("packed", "dense")]
         q = "none"
@@ -82,7 +84,7 @@ def candidates(plan: Plan, compile: bool = False) -> list[Candidate]:
 
 def static_candidate(plan: Plan) -> Candidate:
     q = otf_choice(plan.quantization)
-    if q in ("gguf", "engine"):  # the runner has a static cache and uses SDPA
+    if q in ("gguf", "engine", "q8_0"):  # the runner has a static cache and uses SDPA
         prefill = plan.kernels["prefill"].value if "prefill" in plan.kernels else "auto"
         return Candidate(plan.text_attention.value, plan.dtype.value, "static", False, q, prefill)
     return Candidate(plan.text_attention.value, plan.dtype.value, "dynamic", False, q)

@@ -54,13 +54,18 @@ def product(w: PackedWeight, prefill_dense: bool = False, head: bool = False, in
     return Product(BF16_ROWS if dot_available() else DENSE, w.weight, torch.empty(0), w.out_features, None)
 
 
-def build_lean(path: str | Path, prefill_dense: bool = False, progress=None, prefill_int8: bool = False) -> LeanBuild:
+def build_lean(path: str | Path, prefill_dense: bool = False, progress=None, prefill_int8: bool = False,
+               requant: str | None = None) -> LeanBuild:
     """Read `path`, pack its weights and compile the runner (~3 s for SmolLM2-135M on 2 cores). prefill_int8: the
-    layers' prompt products through the int8 GEMM where this build has it (LeanBuild.int8_prefill says)."""
+    layers' prompt products through the int8 GEMM where this build has it (LeanBuild.int8_prefill says). requant
+    "Q8_0": a safetensors checkpoint's weights re-quantized at load (--quantization q8_0)."""
     t0 = time.perf_counter()
     map_large_allocations()
-    cfg, t, halves = _open(Path(path))
-    exact = dot_available()  # the file's own groups through the C++ dot products; else torch's packed kernels
+    exact = dot_available()
+    if requant and (not exact or not Path(path).is_dir()):
+        raise UsageError("--quantization q8_0 re-quantizes a safetensors checkpoint for the C++ dot products"
+                         + ("" if exact else ", which no C++ compiler built here") + "; run it without the option")
+    cfg, t, halves = _open(Path(path), requant)  # the file's own groups through the C++ dot products; else torch's packed kernels
     int8 = prefill_int8 and exact and gemm_available()
     if progress is not None:
         progress(f"packing {Path(path).name} for the CPU ({cfg.layers} layers)")
@@ -152,7 +157,7 @@ def build_lean(path: str | Path, prefill_dense: bool = False, progress=None, pre
                      int8 and not prefill_dense)
 
 
-def _open(path: Path) -> tuple[Recipe, GgufTensors | SafetensorsTensors, bool]:
+def _open(path: Path, requant: str | None = None) -> tuple[Recipe, GgufTensors | SafetensorsTensors, bool]:
     """The recipe, the tensors under llama.cpp's names, and whether Q and K keep each head's rotary halves (the
     builder then pairs them): a GGUF file (its keys), or a transformers checkpoint folder (config.json and its
     safetensors shards, engine/safetensors/reader.py)."""
@@ -162,7 +167,7 @@ def _open(path: Path) -> tuple[Recipe, GgufTensors | SafetensorsTensors, bool]:
             cfg = json.loads(config.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise UsageError(f"cannot read {config}: {exc}; point at a folder written by save_pretrained") from None
-        return recipe_from_config(cfg, path.name), SafetensorsTensors.open(path), True  # transformers keeps halves
+        return recipe_from_config(cfg, path.name), SafetensorsTensors.open(path, requant), True  # keeps halves
     header = read_gguf_header(path)  # once: a 262k-token vocabulary takes ~0.4 s to parse
     t = GgufTensors.open(path, header)
     factors = next((n for n in ("rope_freqs.weight", "rope_factors_short.weight") if t.has(n)), None)  # per pair

@@ -198,11 +198,12 @@ def load_tokenizer(spec: ModelSpec, progress=None):
     return AutoTokenizer.from_pretrained(str(tokenizer_dir(spec, progress)))
 
 
-def load_lean(spec: ModelSpec, prefill: str, health_check: bool, progress) -> tuple[LeanRunner, object]:
+def load_lean(spec: ModelSpec, prefill: str, health_check: bool, progress,
+              requant: str | None = None) -> tuple[LeanRunner, object]:
     tok = load_tokenizer(spec, progress)
     path = Path(spec.model_dir) / spec.gguf_file if spec.gguf_file else Path(spec.model_dir)  # a file, or a folder
     build = build_lean(path, prefill_dense=prefill == "dense", progress=progress,
-                       prefill_int8=prefill == "int8")
+                       prefill_int8=prefill == "int8", requant=requant)
     eos = {i for i in (tok.eos_token_id, tok.convert_tokens_to_ids("<end_of_turn>")) if isinstance(i, int)
            and i != tok.unk_token_id}
     kind = getattr(tok, "kind", None)

@@ -173,7 +173,8 @@ def load_plan(plan: Plan, *, dispatch: bool = True, health_check: bool = True, t
         from ..engine.runner import load_lean
 
         prefill = plan.kernels["prefill"].value if "prefill" in plan.kernels else "packed"
-        runner, tokenizer = load_lean(spec, prefill, health_check, say)
+        requant = "Q8_0" if q.method == "engine" and q.bits == 8 else None  # --quantization q8_0
+        runner, tokenizer = load_lean(spec, prefill, health_check, say, requant)
         # load_lean raised HealthCheckError on any problem; the builder refuses missing or unread tensors by name
         health = HealthReport(True, [], ["every tensor the recipe reads is in the file",
                                          "smoke forward"]) if health_check else None

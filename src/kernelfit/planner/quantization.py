@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..catalog.architectures import TRANSFORMERS_GGUF_ARCHS
-from ..catalog.engine_checkpoints import why_not_engine_checkpoint
+from ..catalog.engine_checkpoints import ENGINE_Q8_0_LOSS, why_not_engine_checkpoint
 from ..catalog.packages import install_hint
 from ..catalog.packed_kernels import REGRID_MAX_ERROR, packed_cpu, packed_layout, why_not_packed_gguf
 from ..catalog.quantization import ON_THE_FLY, PREQUANTIZED, hf_backend_name, missing_packages, why_not_backend
@@ -21,7 +21,7 @@ from .types import RejectKind, Rejected
 # "8bit"/"4bit" let the catalog pick the quantizer; "METHOD-Nbit" names it (bench measures each);
 # "int8"/"int4": weight-only packed CPU kernels (catalog/packed_kernels.py), on a CPU placement
 QUANT_CHOICES = ("auto", "none", "8bit", "4bit", "bitsandbytes-8bit", "bitsandbytes-4bit", "quanto-8bit", "quanto-4bit",
-                 "int8", "int4")
+                 "int8", "int4", "q8_0")
 PACKED_CHOICES = {"int8": 8, "int4": 4}
 KV_BITS = 4
 
@@ -42,7 +42,8 @@ class Level:
     def label(self) -> str:
         w = {"none": "unquantized", "otf": f"{self.bits}-bit" + (f" {self.method}" if self.method else ""), "pre": f"pre-quantized {self.bits}-bit",
              "dequantize": "dequantized", "requant": f"dequantized, re-quantized to {self.bits}-bit",
-             "engine": "the checkpoint as stored on kernelfit's engine",
+             "engine": "Q8_0 made at load on kernelfit's engine" if self.bits else
+             "the checkpoint as stored on kernelfit's engine",
              "packed": f"packed int{self.bits}" if self.bits else "GGUF packed as stored"}[self.kind]
         return w + (f" + int{self.kv_bits} KV cache" if self.kv_bits else "")
 
@@ -80,6 +81,8 @@ def prequantized(model: ModelSpec):
 
 
 def ladder(model: ModelSpec, quantization: str, allow_dequantize: bool, dtype: str = "auto") -> list[Level]:
+    if quantization == "q8_0":  # a safetensors checkpoint re-quantized at load on kernelfit's engine
+        return [Level("engine", 8)]
     if quantization in PACKED_CHOICES:  # the packed CPU kernels; on an accelerator, its quantizer of those bits
         bits = PACKED_CHOICES[quantization]
         return [Level("packed", bits), Level("otf", bits), Level("otf", bits, KV_BITS)]
@@ -166,7 +169,7 @@ def resolve_level(level: Level, model: ModelSpec, devices: list[Device], machine
     if level.kind == "packed":
         return _packed(level, model, devices, machine, where)
     if level.kind == "engine":
-        return _engine(model, devices, machine, where)
+        return _engine(level, model, devices, machine, where)
     arch = model.extra.get("gguf_arch")
     if model.format == "gguf" and level.kind != "packed" and arch not in TRANSFORMERS_GGUF_ARCHS:
         # every other level loads through transformers' GGUF dequantization
@@ -245,6 +248,8 @@ def otf_choice(q: QuantOption | None) -> str:
         return f"{q.method}-{q.bits}bit"
     if q.method == "packed":
         return f"int{q.bits}"
+    if q.method == "engine" and q.bits:
+        return "q8_0"
     return q.method if q.method in ("gguf", "engine") else "none"
 
 
@@ -294,9 +299,14 @@ def _packed(level: Level, model: ModelSpec, devices: list[Device], machine: Mach
                        + f" for torch's weight-only CPU kernels on the {isa}; a quality loss you asked for")
 
 
-def _engine(model: ModelSpec, devices: list[Device], machine: Machine, where: str) -> QuantOption | Rejected:
-    """A transformers safetensors checkpoint on kernelfit's CPU engine (engine/safetensors/reader.py), or why not."""
+def _engine(level: Level, model: ModelSpec, devices: list[Device], machine: Machine,
+            where: str) -> QuantOption | Rejected:
+    """A transformers safetensors checkpoint on kernelfit's CPU engine (engine/safetensors/reader.py), as stored or
+    (level.bits 8, --quantization q8_0) re-quantized at load, or why not."""
     name = "engine:kernelfit-cpu"
+    if level.bits and model.format != "safetensors":
+        return Rejected(name, RejectKind.NOT_RUNNABLE, f"--quantization q8_0 re-quantizes a safetensors checkpoint; "
+                        f"{model.name} is a {model.format} file", method="engine", backend="kernelfit-cpu")
     isa = packed_cpu(devices, machine.cpu)
     if isa is None:
         on = "a GPU" if any(d.is_accelerator for d in devices) else f"{where} (no AVX2/AVX-512)"
@@ -307,6 +317,12 @@ def _engine(model: ModelSpec, devices: list[Device], machine: Machine, where: st
     if reasons:
         return Rejected(name, RejectKind.NOT_RUNNABLE, "; ".join(reasons) + "; transformers loads it instead",
                         method="engine", backend="kernelfit-cpu")
+    if level.bits:
+        return QuantOption("engine", 8, "kernelfit-cpu", 32, None,
+                           f"--quantization q8_0: each linear weight re-quantized at load into llama.cpp's Q8_0 "
+                           f"blocks (int8 per 32 with a float16 scale: 1.06 bytes a weight instead of 2), run by the "
+                           f"exact dot products on the {isa}; lossy, a quality loss you asked for "
+                           f"({ENGINE_Q8_0_LOSS})")
     return QuantOption("engine", None, "kernelfit-cpu", None, None,
                        f"the checkpoint's {model.checkpoint_dtype} weights run on kernelfit's CPU engine ({isa}): "
                        "read from the safetensors shards as bf16 rows (bf16 exactly as stored), the architecture "

@@ -126,8 +126,8 @@ def _try(model: ModelSpec, machine: Machine, prefs: Preferences, place: Place, o
                    storage_dtype=None if lean else storage)
     if quant.method == "gguf":
         mem = replace(mem, mapped_checkpoint=model.quantization.file_bytes or 0)
-    elif quant.method == "engine":  # bf16 rows (engine/safetensors/reader.py); activations and KV cache float32
-        mem = replace(mem, weights=model.params * 2)
+    elif quant.method == "engine":  # bf16 rows (engine/safetensors/reader.py), or Q8_0's 34 bytes a 32 weights;
+        mem = replace(mem, weights=model.params * 34 // 32 if quant.bits else model.params * 2)  # float32 KV
     gpus = len([d for d in place.devices if d.is_accelerator])
     if gpus > 1:  # one CUDA context per GPU
         mem = MemoryEstimate(mem.weights, mem.kv_cache, mem.activations, mem.overhead * gpus, mem.budget,

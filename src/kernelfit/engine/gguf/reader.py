@@ -89,6 +89,10 @@ class GgufTensors:
             first, last = t.offset + rows[0] * row_bytes, t.offset + rows[1] * row_bytes
         drop_pages(self.data, first, last)
 
+    def conversion(self, name: str, bits: int) -> Conversion:
+        """What a tensor packed into dot groups became: the file's own groups, exact."""
+        return Conversion(name, self.qtype(name), f"{bits}-bit groups (exact)", 0.0)
+
     def float_tensor(self, name: str) -> torch.Tensor:
         """A small float tensor (norms, biases) as float32, flat."""
         rows, cols = self.shape(name)
@@ -242,7 +246,7 @@ def dot(t: GgufTensors, names: list[str], orders: dict) -> list[PackedWeight]:
             tile0 += -(-n_rows // TILE)
             if not finite:  # a NaN scale in Q does not even reach the logits: torch's CPU SDPA drops NaN scores
                 t.problems.append(f"{n}: non-finite block scales in the file")
-            t.conversions.append(Conversion(n, t.qtype(n), f"{bits}-bit groups (exact)", 0.0))
+            t.conversions.append(t.conversion(n, bits))
             t.release(n)
         out.append(w)
     return out

@@ -52,12 +52,15 @@ class SafetensorsTensors:
 
     path: str
     by_name: dict
+    requant: str | None = None  # "Q8_0": every 2-D weight re-quantized at load into llama.cpp's blocks (lossy)
     conversions: list[Conversion] = field(default_factory=list)
     arena: HugeArena = field(default_factory=HugeArena)
     problems: list[str] = field(default_factory=list)
+    # per re-quantized tensor, its chunks' (squared error, squared norm): the rows are converted on several threads
+    requant_error: dict = field(default_factory=dict)
 
     @classmethod
-    def open(cls, directory: str | Path) -> "SafetensorsTensors":
+    def open(cls, directory: str | Path, requant: str | None = None) -> "SafetensorsTensors":
         directory = Path(directory)
         by_name = {}
         for shard in shards(directory):
@@ -80,13 +83,42 @@ class SafetensorsTensors:
                                      "transformers)")
                 begin, end = info["data_offsets"]
                 by_name[ours] = Stored(data, start + begin, end - begin, info["dtype"], tuple(info["shape"]))
-        return cls(str(directory), by_name)
+        return cls(str(directory), by_name, requant)
 
     def has(self, name: str) -> bool:
         return name in self.by_name
 
     def qtype(self, name: str) -> str:
-        return self.by_name[name].type_name
+        """The type the builder packs: the stored float type, or Q8_0 for a weight re-quantized at load."""
+        return "Q8_0" if self._requantized(name) else self.by_name[name].type_name
+
+    def _requantized(self, name: str) -> bool:
+        return self.requant == "Q8_0" and len(self.by_name[name].shape) == 2 and self.shape(name)[1] % gb.QK == 0
+
+    def dot_layout(self, name: str) -> tuple:
+        """Q8_0's dot layout (engine/gguf/blocks.py dot_groups): 8-bit codes, float16 scale per 32, minimum -128."""
+        return 8, gb.QK, np.dtype(np.float16).str, -128.0
+
+    def dot_groups(self, name: str, order: np.ndarray | None = None, start: int = 0,
+                   stop: int | None = None) -> gb.DotGroups:
+        """Rows start..stop (after `order`) re-quantized into Q8_0 blocks by gguf-py's quantizer — bit for bit the
+        blocks llama.cpp's quantize_row_q8_0 writes from the same values — and read as those blocks' groups."""
+        from gguf import GGMLQuantizationType, quants
+
+        rows, cols = self.shape(name)
+        stop = rows if stop is None else stop
+        w = self.dequantized(name, start, stop, order).numpy()
+        raw = quants.quantize(w, GGMLQuantizationType.Q8_0)
+        back = gb.dequantize(raw, "Q8_0", stop - start, cols)
+        self.requant_error.setdefault(name, []).append((float(((back - w) ** 2).sum()), float((w ** 2).sum())))
+        return gb.dot_groups(raw, "Q8_0", stop - start, cols)
+
+    def conversion(self, name: str, bits: int) -> Conversion:
+        """What a weight packed into dot groups became (engine/gguf/reader.py dot): Q8_0 made here, its error."""
+        parts = self.requant_error.get(name, [])
+        err2, norm2 = sum(e for e, _ in parts), sum(n for _, n in parts)
+        return Conversion(name, self.by_name[name].type_name, f"{bits}-bit groups (Q8_0 made at load, lossy)",
+                          (err2 / norm2) ** 0.5 if norm2 > 0 else 0.0)
 
     def shape(self, name: str) -> tuple[int, int]:
         dims = self.by_name[name].shape
@@ -104,11 +136,13 @@ class SafetensorsTensors:
 
     def float_tensor(self, name: str) -> torch.Tensor:
         rows, cols = self.shape(name)
-        w = gb.dequantize(self._raw_rows(name, 0, rows), self.qtype(name), rows, cols)
+        w = gb.dequantize(self._raw_rows(name, 0, rows), self.by_name[name].type_name, rows, cols)
         return torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32)).reshape(-1)
 
     def dequantized(self, name: str, start: int, stop: int, order: np.ndarray | None = None) -> torch.Tensor:
+        """float32 rows as stored (before any re-quantization)."""
         rows, cols = self.shape(name)
         raw = self._raw_rows(name, 0, rows)[order[start:stop]] if order is not None else \
             self._raw_rows(name, start, stop)
-        return torch.from_numpy(np.ascontiguousarray(gb.dequantize(raw, self.qtype(name), stop - start, cols)))
+        stored = self.by_name[name].type_name
+        return torch.from_numpy(np.ascontiguousarray(gb.dequantize(raw, stored, stop - start, cols)))
