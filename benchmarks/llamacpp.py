@@ -148,12 +148,12 @@ def worker(kind: str, path: Path, threads: int) -> dict:
             pre.append(PROMPT / (time.perf_counter() - t))
             _, _, d = runner.generate_ids([1], NEW + 1, stop_at_eos=False)
             dec.append(NEW / d)
-        info = {"plan_prefill": loaded.plan.kernels["prefill"].value, "weights_bytes": runner.build.weight_bytes,
+        info = {"plan_prefill": getattr(loaded.plan.kernels.get("prefill"), "value", None), "weights_bytes": runner.build.weight_bytes,
                 "kv_bytes": kv_bytes(runner.build), "warmup_s": round(warm, 2)}
     else:
         from transformers import AutoModelForCausalLM
 
-        # a GGUF file dequantized, or a safetensors folder with transformers' default load (benchmarks/safetensors.py)
+        # a GGUF file dequantized, or a safetensors folder with transformers' default load (benchmarks/checkpoints.py)
         model = (AutoModelForCausalLM.from_pretrained(path) if path.is_dir() else
                  AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name)).eval()
         load_s = time.perf_counter() - t0

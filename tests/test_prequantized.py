@@ -89,18 +89,19 @@ def test_awq_plan_names_the_cpu_kernel_and_what_to_install(awq):
     from kernelfit.planner.search import plan
     from kernelfit.planner.types import Preferences
 
-    p = plan(machine_without("gptqmodel"), spec, Preferences())
+    # kernelfit's engine runs it by default (tests/test_packed_checkpoints_engine.py); through transformers:
+    p = plan(machine_without("gptqmodel"), spec, Preferences(quantization="none"))
     assert p.quantization.backend == "torch_fused" and "gptqmodel" in p.quantization.install
     assert from_pretrained_kwargs(p)["quantization_config"]["backend"] == "torch_fused_awq"  # transformers' name
     with pytest.raises(UsageError, match="pip install gptqmodel"):
-        load(str(d), machine=machine_without("gptqmodel"), use_tune_cache=False)
+        load(str(d), machine=machine_without("gptqmodel"), quantization="none", use_tune_cache=False)
 
 
 @pytest.mark.parametrize("method", ["awq", "gptq"])
 def test_allow_dequantize_loads_and_matches_the_reference(method, awq, gptq):
     d, reference = awq if method == "awq" else gptq
     loaded = load(str(d), machine=machine_without("gptqmodel"), allow_dequantize=True, dtype="float32",
-                  use_tune_cache=False)
+                  quantization="none", use_tune_cache=False)
     assert loaded.plan.quantization.method == "dequantize"
     assert any("not installed" in r.reason for r in loaded.plan.quantization_rejected)
     assert loaded.health.ok
@@ -120,11 +121,11 @@ def test_allow_dequantize_requantizes_when_the_dense_model_does_not_fit(tmp_path
     reference = save_tiny_quantized(tmp_path, "awq", **BIG)
     machine = machine_without("gptqmodel")
     spec = load_model_spec(str(tmp_path))
-    dense = plan(machine, spec, Preferences(allow_dequantize=True, dtype="bfloat16"))
+    dense = plan(machine, spec, Preferences(allow_dequantize=True, dtype="bfloat16", quantization="none"))
     assert dense.quantization.method == "dequantize"
     ram = (dense.memory.total - dense.memory.weights / 4) / 2**30  # the dense weights no longer fit; 8-bit does
     loaded = load(str(tmp_path), machine=machine, allow_dequantize=True, dtype="bfloat16", max_memory={"cpu": ram},
-                  use_tune_cache=False)
+                  quantization="none", use_tune_cache=False)
     q = loaded.plan.quantization
     assert (q.method, q.bits, q.dequantize_first) == ("bitsandbytes", 8, True) and "unpacked, then" in q.reason
     assert any("dequantized" in r.reason and "does not fit" in r.reason for r in loaded.plan.quantization_rejected)
@@ -160,7 +161,7 @@ def test_runs_packed_on_gptqmodel_and_agrees_with_the_reference(method, awq, gpt
         pytest.skip("packed AWQ/GPTQ loads need gptqmodel (and optimum for GPTQ): "
                     "pip install gptqmodel --no-build-isolation optimum")
     d, reference = awq if method == "awq" else gptq
-    loaded = load(str(d), use_tune_cache=False)
+    loaded = load(str(d), quantization="none", use_tune_cache=False)  # auto: kernelfit's engine
     q = loaded.plan.quantization
     assert (q.method, q.backend) == (method, "torch_fused")
     layer = loaded.model.model.layers[0].self_attn.q_proj

@@ -135,17 +135,22 @@ def test_the_plan_puts_covered_checkpoints_on_the_engine_and_says_why_not_elsewh
     assert "model type 'phi3'" in why.reason
 
 
-def test_kernelfit_run_on_a_safetensors_directory_uses_the_engine(tmp_path):
-    from conftest import run_cli
-
-    _checkpoint(tmp_path, "llama")
+def _word_tokenizer(path) -> None:
+    """A word-level tokenizer "w0".."w511" saved beside a test checkpoint."""
     from transformers import PreTrainedTokenizerFast
     from tokenizers import Tokenizer, models, pre_tokenizers
 
     vocab = {f"w{i}": i for i in range(SHAPE["vocab_size"])}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="w0"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="w0", eos_token="w2", bos_token="w1").save_pretrained(tmp_path)
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="w0", eos_token="w2", bos_token="w1").save_pretrained(path)
+
+
+def test_kernelfit_run_on_a_safetensors_directory_uses_the_engine(tmp_path):
+    from conftest import run_cli
+
+    _checkpoint(tmp_path, "llama")
+    _word_tokenizer(tmp_path)
     cfg = json.loads((tmp_path / "config.json").read_text())
     assert cfg["model_type"] == "llama"
     out = run_cli("run", str(tmp_path), "--prompt", "w5 w6 w7", "--max-new-tokens", "4", "--json")

@@ -16,9 +16,16 @@ ENGINE_CHECKPOINT_DTYPES = ("bfloat16", "float16", "float32")
 # rope_parameters' rope_type values engine/recipe.py implements (transformers modeling_rope_utils.py)
 ENGINE_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
 # --quantization q8_0 (engine/safetensors/reader.py: llama.cpp's Q8_0 blocks made at load), measured on the
-# safetensors SmolLM2 (benchmarks/safetensors.py writes it) against its own bf16 weights on the engine
+# safetensors SmolLM2 (benchmarks/checkpoints.py writes it) against its own bf16 weights on the engine
 ENGINE_Q8_0_LOSS = ("SmolLM2-135M, 300 positions of prose teacher-forced against its bf16 weights: top-1 97.3% "
                     "(prompt) / 97.7% (decode steps), logit cosine mean 0.9997; 0.55% relative weight error")
+# pre-quantized checkpoints whose packed weights the engine runs as stored (engine/safetensors/packed.py): the codes,
+# scales and zeros become the dot products' groups of 32 — AWQ's GEMM packing (4-bit, a zero per group), GPTQ 4/8-bit
+# (v1 zeros stored minus one, v2 as they are) with its groups in input order; a group size splits into 32s
+ENGINE_PACKED_METHODS = ("awq", "gptq")
+ENGINE_PACKED_BITS = {"awq": (4,), "gptq": (4, 8)}
+ENGINE_PACKED_FORMATS = {"awq": ("gemm",), "gptq": ("gptq", "gptq_v2")}
+PACKED_SUFFIXES = ("qweight", "qzeros", "scales", "g_idx")  # one packed linear's tensors (AutoAWQ / AutoGPTQ names)
 ENGINE_CHECKPOINT_SOURCES = ("transformers-modeling-llama", "llama-cpp-tensor-mapping", "transformers-rope-utils")
 
 # transformers' tensor names -> llama.cpp's (gguf-py tensor_mapping.py), the names the engine's builder reads
@@ -53,9 +60,35 @@ def llama_cpp_name(name: str) -> str | None:
     return None
 
 
-def tensor_problem(names: set[str], model_type: str, layers: int, tied: bool) -> str | None:
+def packed_bytes_per_weight(bits: int, symmetric: bool) -> float:
+    """Bytes an AWQ / GPTQ weight takes on the engine (engine/safetensors/packed.py): its code, and per 32 weights
+    a float16 scale, plus a float16 minimum where each group has its own zero."""
+    return (32 * bits / 8 + 2 + (0 if symmetric else 2)) / 32
+
+
+def dense_names(names: set[str]) -> set[str]:
+    """The names with each packed linear (prefix.qweight, .qzeros, .scales, .g_idx) as the dense prefix.weight it
+    stands for."""
+    packed = {n[:-len(".qweight")] for n in names if n.endswith(".qweight")}
+    out = set()
+    for n in names:
+        prefix, _, leaf = n.rpartition(".")
+        if prefix not in packed or leaf not in PACKED_SUFFIXES:
+            out.add(n)
+        elif leaf == "qweight":
+            out.add(prefix + ".weight")
+    return out
+
+
+def tensor_problem(names: set[str], model_type: str, layers: int, tied: bool, packed: bool = False) -> str | None:
     """Why the engine cannot build from these checkpoint tensors (one it would not read, one it needs and the
-    checkpoint lacks), or None. Such a checkpoint goes to transformers, whose health check names the damage."""
+    checkpoint lacks), or None. Such a checkpoint goes to transformers, whose health check names the damage.
+    Packed linears (AWQ / GPTQ) count as the weights they stand for; `packed`: the config declares them, so a dense
+    projection is damage (a checkpoint saved after dequantizing, with the old config)."""
+    dense = sorted(n for n in names if packed and n.endswith("_proj.weight"))
+    if dense:
+        return f"tensor {dense[0]} is dense in a checkpoint whose config declares packed weights"
+    names = dense_names(names)
     odd = sorted(n for n in names if llama_cpp_name(n) is None and not n.endswith(IGNORED_SUFFIXES))
     if odd:
         return f"tensor {odd[0]} is not one the engine's recipe reads" + (f" (+{len(odd) - 1} more)" if len(odd) > 1
@@ -67,16 +100,38 @@ def tensor_problem(names: set[str], model_type: str, layers: int, tied: bool) ->
     return f"tensor {missing[0]} is missing from the checkpoint" if missing else None
 
 
+def why_not_engine_quant(q) -> list[str]:
+    """Why the engine cannot run a pre-quantized checkpoint's packed weights as stored (empty: it can); `q`: the
+    checkpoint's model.quantization.CheckpointQuant (method, bits, group_size, format, raw)."""
+    if q.method not in ENGINE_PACKED_METHODS:
+        return [f"its {q.method} weights have no engine reader yet (the engine runs "
+                f"{' and '.join(m.upper() for m in ENGINE_PACKED_METHODS)} checkpoints as stored)"]
+    name, reasons = q.method.upper(), []
+    if q.bits not in ENGINE_PACKED_BITS[q.method]:
+        reasons.append(f"{q.bits}-bit {name} (the engine runs {', '.join(map(str, ENGINE_PACKED_BITS[q.method]))}-bit)")
+    if q.format not in ENGINE_PACKED_FORMATS[q.method]:
+        reasons.append(f"{name} '{q.format}' packing (the engine reads {', '.join(ENGINE_PACKED_FORMATS[q.method])})")
+    if q.group_size not in (None, -1) and (q.group_size <= 0 or q.group_size % 32):
+        reasons.append(f"{name} groups of {q.group_size} weights (the engine's dot products take multiples of 32)")
+    if q.method == "awq" and q.raw.get("zero_point") is False:
+        reasons.append("AWQ without zero points (the engine reads zero_point=True checkpoints)")
+    if q.method == "gptq" and q.raw.get("desc_act"):
+        reasons.append("GPTQ desc_act=True: g_idx puts the input columns' groups out of order (the engine reads "
+                       "groups in input order)")
+    return reasons
+
+
 def why_not_engine_checkpoint(model_type: str, dtype: str | None, rope_type: str | None,
-                              quantized: bool, tensors: str | None = None) -> list[str]:
+                              quant, tensors: str | None = None) -> list[str]:
     """Short reasons the engine does not read this transformers checkpoint (empty: it does); `tensors`: the
-    checkpoint's tensor_problem, read by the model stage from the shards' headers."""
+    checkpoint's tensor_problem, read by the model stage from the shards' headers; `quant`: its
+    CheckpointQuant (None: dense)."""
     reasons = [tensors] if tensors else []
     if model_type not in ENGINE_CONFIG_ARCHS:
         reasons.append(f"model type '{model_type}' is not one the engine reads from config.json "
                        f"({', '.join(ENGINE_CONFIG_ARCHS)})")
-    if quantized:
-        reasons.append("its weights are pre-quantized (AWQ/GPTQ/FP8 readers are not built yet)")
+    if quant is not None:
+        reasons += why_not_engine_quant(quant)
     elif dtype not in ENGINE_CHECKPOINT_DTYPES:
         reasons.append(f"weights in {dtype or 'an unstated dtype'} (the engine reads "
                        f"{', '.join(ENGINE_CHECKPOINT_DTYPES)})")

@@ -117,8 +117,11 @@ def render_plan(p: Plan) -> str:
                f"overhead {mem['overhead_gib']:.2f} = {mem['total_gib']:.2f} GiB of {mem['budget_gib']:.2f} GiB "
                f"{'✓ fits' if mem['fits'] else '✗ does not fit'}")
     if lean_runner(p) and p.quantization.method == "engine":
-        out.append(_wrap("Load      kernelfit's CPU engine: the safetensors shards are mapped and read as bf16 rows "
-                         "(no from_pretrained); --quantization none loads it through transformers instead", ""))
+        pre = p.model.quantization is not None and p.model.quantization.prequantized
+        read = (f"their {p.model.quantization.method.upper()} codes and scales read as the dot products' groups"
+                if pre else "read as Q8_0 blocks made at load" if p.quantization.bits else "read as bf16 rows")
+        out.append(_wrap(f"Load      kernelfit's CPU engine: the safetensors shards are mapped and {read} (no "
+                         "from_pretrained); --quantization none loads it through transformers instead", ""))
     elif lean_runner(p):
         out.append(_wrap("Load      kernelfit's packed CPU runner: the GGUF file is mapped and its tensors packed "
                          "(no from_pretrained, no converted cache); --quantization none loads it dequantized instead", ""))

@@ -15,7 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..catalog.engine_checkpoints import why_not_engine_quant
 from ..errors import UsageError
+from ..model.quantization import parse_quantization
 from ..model.gguf_header import read_gguf_header
 from . import glibc
 from .gguf.blocks import FLOAT_TYPES
@@ -167,7 +169,13 @@ def _open(path: Path, requant: str | None = None) -> tuple[Recipe, GgufTensors |
             cfg = json.loads(config.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise UsageError(f"cannot read {config}: {exc}; point at a folder written by save_pretrained") from None
-        return recipe_from_config(cfg, path.name), SafetensorsTensors.open(path, requant), True  # keeps halves
+        quant = parse_quantization(cfg.get("quantization_config"), str(config))
+        if quant is not None:
+            why = why_not_engine_quant(quant) or (["--quantization q8_0 re-quantizes a dense checkpoint"] if requant
+                                                  else [])
+            if why:
+                raise UsageError(f"{path.name}: {'; '.join(why)} (--quantization none loads it through transformers)")
+        return recipe_from_config(cfg, path.name), SafetensorsTensors.open(path, requant, quant), True  # keeps halves
     header = read_gguf_header(path)  # once: a 262k-token vocabulary takes ~0.4 s to parse
     t = GgufTensors.open(path, header)
     factors = next((n for n in ("rope_freqs.weight", "rope_factors_short.weight") if t.has(n)), None)  # per pair

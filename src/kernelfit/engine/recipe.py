@@ -306,7 +306,7 @@ def recipe_from_config(cfg: dict, where: str) -> Recipe:
     from ..model.spec import rope_type
 
     arch = cfg.get("model_type")
-    why = why_not_engine_checkpoint(arch, "bfloat16", rope_type(cfg), False)  # the weights' dtype: the reader's check
+    why = why_not_engine_checkpoint(arch, "bfloat16", rope_type(cfg), None)  # the weights' dtype: the reader's check
     if why:
         raise UsageError(f"{where}: {'; '.join(why)} (--quantization none loads it through transformers)")
     hidden, heads = int(cfg["hidden_size"]), int(cfg["num_attention_heads"])

@@ -356,7 +356,8 @@ def _spec_from_dir(directory: Path, name: str) -> ModelSpec:
 
         names = tensor_names(directory)
         spec.extra["engine_tensors"] = "its shards are unreadable" if names is None else tensor_problem(
-            names, spec.model_type, int(cfg.get("num_hidden_layers") or 0), bool(spec.text.tie_embeddings))
+            names, spec.model_type, int(cfg.get("num_hidden_layers") or 0), bool(spec.text.tie_embeddings),
+            spec.quantization is not None and spec.quantization.method in ("awq", "gptq"))
     return with_checkpoint_params(spec, directory)
 
 

@@ -304,16 +304,18 @@ def _engine(level: Level, model: ModelSpec, devices: list[Device], machine: Mach
     """A transformers safetensors checkpoint on kernelfit's CPU engine (engine/safetensors/reader.py), as stored or
     (level.bits 8, --quantization q8_0) re-quantized at load, or why not."""
     name = "engine:kernelfit-cpu"
-    if level.bits and model.format != "safetensors":
-        return Rejected(name, RejectKind.NOT_RUNNABLE, f"--quantization q8_0 re-quantizes a safetensors checkpoint; "
-                        f"{model.name} is a {model.format} file", method="engine", backend="kernelfit-cpu")
+    if level.bits and (model.format != "safetensors" or prequantized(model) is not None):
+        return Rejected(name, RejectKind.NOT_RUNNABLE, f"--quantization q8_0 re-quantizes a dense safetensors "
+                        f"checkpoint; {model.name} is " + (f"a {model.format} file" if model.format != "safetensors"
+                                                           else f"already quantized ({model.quantization.label()})"),
+                        method="engine", backend="kernelfit-cpu")
     isa = packed_cpu(devices, machine.cpu)
     if isa is None:
         on = "a GPU" if any(d.is_accelerator for d in devices) else f"{where} (no AVX2/AVX-512)"
         return Rejected(name, RejectKind.NOT_RUNNABLE, f"kernelfit's engine runs on CPUs with AVX2; on {on} "
                         "transformers loads the checkpoint", method="engine", backend="kernelfit-cpu")
     reasons = why_not_engine_checkpoint(model.model_type, model.checkpoint_dtype, model.extra.get("rope_type"),
-                                        model.quantization is not None, model.extra.get("engine_tensors"))
+                                        model.quantization, model.extra.get("engine_tensors"))
     if reasons:
         return Rejected(name, RejectKind.NOT_RUNNABLE, "; ".join(reasons) + "; transformers loads it instead",
                         method="engine", backend="kernelfit-cpu")
@@ -323,6 +325,16 @@ def _engine(level: Level, model: ModelSpec, devices: list[Device], machine: Mach
                            f"blocks (int8 per 32 with a float16 scale: 1.06 bytes a weight instead of 2), run by the "
                            f"exact dot products on the {isa}; lossy, a quality loss you asked for "
                            f"({ENGINE_Q8_0_LOSS})")
+    pre = prequantized(model)
+    if pre is not None:
+        sym = pre.method == "gptq" and bool(pre.sym)
+        return QuantOption("engine", None, "kernelfit-cpu", pre.group_size, None,
+                           f"the checkpoint's {pre.label()} weights run as stored on kernelfit's CPU engine ({isa}): "
+                           f"its codes and scales become the exact dot products' groups of 32 — no dequantization"
+                           + (" (symmetric: Q4_0's layout, exact)" if sym else
+                              "; each group's zero x scale is kept in float16 as Q4_1's minimum, its rounding "
+                              "measured per tensor") + "; the architecture from config.json; --quantization none "
+                           "runs it on gptqmodel's kernels through transformers instead")
     return QuantOption("engine", None, "kernelfit-cpu", None, None,
                        f"the checkpoint's {model.checkpoint_dtype} weights run on kernelfit's CPU engine ({isa}): "
                        "read from the safetensors shards as bf16 rows (bf16 exactly as stored), the architecture "

@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from ..catalog.attention import AttentionQuery, sdpa_kernels
+from ..catalog.engine_checkpoints import packed_bytes_per_weight
 from ..catalog.quantization import SLOW_8BIT_WHY, slow_8bit_decode
 from ..errors import PlanError
 from ..hardware.machine import Device, Machine
@@ -127,12 +128,26 @@ def _try(model: ModelSpec, machine: Machine, prefs: Preferences, place: Place, o
     if quant.method == "gguf":
         mem = replace(mem, mapped_checkpoint=model.quantization.file_bytes or 0)
     elif quant.method == "engine":  # bf16 rows (engine/safetensors/reader.py), or Q8_0's 34 bytes a 32 weights;
-        mem = replace(mem, weights=model.params * 34 // 32 if quant.bits else model.params * 2)  # float32 KV
+        mem = replace(mem, weights=_engine_weight_bytes(model, quant))  # float32 KV
     gpus = len([d for d in place.devices if d.is_accelerator])
     if gpus > 1:  # one CUDA context per GPU
         mem = MemoryEstimate(mem.weights, mem.kv_cache, mem.activations, mem.overhead * gpus, mem.budget,
                              mem.mapped_checkpoint)
     return Attempt(place, option, quant, attention, kernels, mem)
+
+
+def _engine_weight_bytes(model: ModelSpec, quant: QuantOption) -> int:
+    """The engine's weights: bf16 rows, Q8_0 blocks (--quantization q8_0, every matrix), or an AWQ / GPTQ
+    checkpoint's groups of 32 (catalog/engine_checkpoints.py) beside bf16 embeddings."""
+    if quant.bits:
+        return model.params * 34 // 32
+    pre = model.quantization if model.quantization is not None and model.quantization.prequantized else None
+    if pre is None:
+        return model.params * 2
+    t = model.text
+    embed = min(model.params, t.vocab_size * t.hidden_size * (1 if t.tie_embeddings else 2)) if t.vocab_size else 0
+    per = packed_bytes_per_weight(pre.bits, pre.method == "gptq" and bool(pre.sym))
+    return int(embed * 2 + (model.params - embed) * per)
 
 
 def _cands(place: Place, machine: Machine, model: ModelSpec, prefs: Preferences) -> DtypeCandidates:

@@ -36,6 +36,7 @@ INT4_TYPES = ("Q4_0", "Q4_1", "Q4_K")  # exactly group-32 asymmetric int4
 REGRID_TYPES = ("Q5_0", "Q5_1", "Q8_0", "Q6_K", "Q2_K", "Q3_K", "Q5_K")
 FLOAT_TYPES = ("F32", "F16", "BF16")
 SUPPORTED = INT4_TYPES + REGRID_TYPES + FLOAT_TYPES
+PACKED_CHECKPOINT_TYPES = ("AWQ", "GPTQ")  # a safetensors checkpoint's packed linears (engine/safetensors/packed.py)
 
 
 @dataclass

@@ -267,7 +267,7 @@ def linear(t: GgufTensors, names: list[str], orders: dict[str, np.ndarray] | Non
     kernels: one fused int4 product where all are int4 and tile-aligned, else one each."""
     orders = orders or {}
     for n in names:
-        if t.qtype(n) not in gb.SUPPORTED:
+        if t.qtype(n) not in gb.SUPPORTED + gb.PACKED_CHECKPOINT_TYPES:
             raise UsageError(f"GGUF tensor {n} has type {t.qtype(n)}; the packed CPU path runs "
                              f"{', '.join(gb.SUPPORTED)} (--quantization none runs the dequantized model)")
     if exact and not any(t.qtype(n) in gb.FLOAT_TYPES for n in names):

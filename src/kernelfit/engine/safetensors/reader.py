@@ -5,7 +5,8 @@ Names: transformers' modeling files (model.layers.N.self_attn.q_proj.weight ...)
 ...), the mapping llama.cpp's converter applies (gguf-py tensor_mapping.py). Rows stay as transformers stores them:
 Q and K keep each head's rotary halves, which the builder pairs (a GGUF llama file has them paired by the converter,
 LlamaModel.permute). A tensor the recipe would not read (an o_proj bias, an MLP bias) refuses the checkpoint rather
-than being dropped.
+than being dropped. AWQ / GPTQ linears (engine/safetensors/packed.py) stand under their dense weight's name and
+give the dot products their codes and scales as stored.
 """
 
 from __future__ import annotations
@@ -17,12 +18,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ...catalog.engine_checkpoints import IGNORED_SUFFIXES, llama_cpp_name
+from ...catalog.engine_checkpoints import IGNORED_SUFFIXES, PACKED_SUFFIXES, llama_cpp_name
 from ...errors import UsageError
 from ...model.safetensors_header import read_header
 from ..gguf import blocks as gb
 from ..gguf.reader import Conversion, drop_pages
 from ..weights import HugeArena
+from . import packed as pk
 
 DTYPES = {"BF16": np.uint16, "F16": np.float16, "F32": np.float32}  # safetensors' names, GGUF's float types too
 
@@ -60,9 +62,10 @@ class SafetensorsTensors:
     requant_error: dict = field(default_factory=dict)
 
     @classmethod
-    def open(cls, directory: str | Path, requant: str | None = None) -> "SafetensorsTensors":
+    def open(cls, directory: str | Path, requant: str | None = None, quant=None) -> "SafetensorsTensors":
+        """quant: the checkpoint's model.quantization.CheckpointQuant (AWQ / GPTQ: its linears are packed)."""
         directory = Path(directory)
-        by_name = {}
+        by_name, parts = {}, {}
         for shard in shards(directory):
             header = read_header(shard)
             if header is None:
@@ -73,6 +76,15 @@ class SafetensorsTensors:
             for name, info in header.items():
                 if name == "__metadata__" or name.endswith(IGNORED_SUFFIXES):
                     continue
+                prefix, _, leaf = name.rpartition(".")
+                if quant is not None and leaf in PACKED_SUFFIXES:  # an AWQ / GPTQ linear's part (across shards)
+                    begin, end = info["data_offsets"]
+                    parts.setdefault(prefix, {})[leaf] = Stored(data, start + begin, end - begin, info["dtype"],
+                                                                tuple(info["shape"]))
+                    continue
+                if quant is not None and name.endswith("_proj.weight"):
+                    raise UsageError(f"{directory.name}: {name} is dense but config.json declares {quant.method} "
+                                     "weights; fix the config (--quantization none loads it through transformers)")
                 ours = llama_cpp_name(name)
                 if ours is None:
                     raise UsageError(f"{directory.name}: tensor {name} is not one the engine's recipe reads (a bias "
@@ -83,6 +95,8 @@ class SafetensorsTensors:
                                      "transformers)")
                 begin, end = info["data_offsets"]
                 by_name[ours] = Stored(data, start + begin, end - begin, info["dtype"], tuple(info["shape"]))
+        for prefix, p in parts.items():
+            by_name[_packed_name(directory, prefix)] = _packed_linear(directory, prefix, p, quant)
         return cls(str(directory), by_name, requant)
 
     def has(self, name: str) -> bool:
@@ -93,11 +107,14 @@ class SafetensorsTensors:
         return "Q8_0" if self._requantized(name) else self.by_name[name].type_name
 
     def _requantized(self, name: str) -> bool:
-        return self.requant == "Q8_0" and len(self.by_name[name].shape) == 2 and self.shape(name)[1] % gb.QK == 0
+        t = self.by_name[name]
+        return self.requant == "Q8_0" and isinstance(t, Stored) and len(t.shape) == 2 and self.shape(name)[1] % gb.QK == 0
 
     def dot_layout(self, name: str) -> tuple:
-        """Q8_0's dot layout (engine/gguf/blocks.py dot_groups): 8-bit codes, float16 scale per 32, minimum -128."""
-        return 8, gb.QK, np.dtype(np.float16).str, -128.0
+        """Q8_0's dot layout (engine/gguf/blocks.py dot_groups): 8-bit codes, float16 scale per 32, minimum -128; a
+        packed linear's own (engine/safetensors/packed.py layout)."""
+        t = self.by_name[name]
+        return pk.layout(t) if isinstance(t, pk.PackedLinear) else (8, gb.QK, np.dtype(np.float16).str, -128.0)
 
     def dot_groups(self, name: str, order: np.ndarray | None = None, start: int = 0,
                    stop: int | None = None) -> gb.DotGroups:
@@ -107,6 +124,11 @@ class SafetensorsTensors:
 
         rows, cols = self.shape(name)
         stop = rows if stop is None else stop
+        t = self.by_name[name]
+        if isinstance(t, pk.PackedLinear):
+            g, err2, norm2 = pk.dot_groups(t, np.arange(start, stop) if order is None else order[start:stop])
+            self.requant_error.setdefault(name, []).append((err2, norm2))
+            return g
         w = self.dequantized(name, start, stop, order).numpy()
         raw = quants.quantize(w, GGMLQuantizationType.Q8_0)
         back = gb.dequantize(raw, "Q8_0", stop - start, cols)
@@ -117,8 +139,12 @@ class SafetensorsTensors:
         """What a weight packed into dot groups became (engine/gguf/reader.py dot): Q8_0 made here, its error."""
         parts = self.requant_error.get(name, [])
         err2, norm2 = sum(e for e, _ in parts), sum(n for _, n in parts)
-        return Conversion(name, self.by_name[name].type_name, f"{bits}-bit groups (Q8_0 made at load, lossy)",
-                          (err2 / norm2) ** 0.5 if norm2 > 0 else 0.0)
+        rel = (err2 / norm2) ** 0.5 if norm2 > 0 else 0.0
+        t = self.by_name[name]
+        if isinstance(t, pk.PackedLinear):
+            how = "as stored, exact" if pk.symmetric(t) else "codes and scales as stored, zero x scale in float16"
+            return Conversion(name, f"{t.type_name} {t.bits}-bit g{t.group}", f"{bits}-bit groups ({how})", rel)
+        return Conversion(name, t.type_name, f"{bits}-bit groups (Q8_0 made at load, lossy)", rel)
 
     def shape(self, name: str) -> tuple[int, int]:
         dims = self.by_name[name].shape
@@ -132,7 +158,8 @@ class SafetensorsTensors:
     def release(self, name: str, rows: tuple[int, int] | None = None) -> None:
         """Drop a converted tensor's pages from this process's resident set (GgufTensors.release)."""
         t = self.by_name[name]
-        drop_pages(t.data, t.offset, t.offset + t.nbytes)
+        for part in t.parts() if isinstance(t, pk.PackedLinear) else [t]:
+            drop_pages(part.data, part.offset, part.offset + part.nbytes)
 
     def float_tensor(self, name: str) -> torch.Tensor:
         rows, cols = self.shape(name)
@@ -140,9 +167,50 @@ class SafetensorsTensors:
         return torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32)).reshape(-1)
 
     def dequantized(self, name: str, start: int, stop: int, order: np.ndarray | None = None) -> torch.Tensor:
-        """float32 rows as stored (before any re-quantization)."""
+        """float32 rows as stored (before any re-quantization); a packed linear's (q - z) * s."""
         rows, cols = self.shape(name)
+        t = self.by_name[name]
+        if isinstance(t, pk.PackedLinear):
+            return torch.from_numpy(pk.dense_rows(t, np.arange(start, stop) if order is None else order[start:stop]))
         raw = self._raw_rows(name, 0, rows)[order[start:stop]] if order is not None else \
             self._raw_rows(name, start, stop)
         stored = self.by_name[name].type_name
         return torch.from_numpy(np.ascontiguousarray(gb.dequantize(raw, stored, stop - start, cols)))
+
+
+def _packed_name(directory: Path, prefix: str) -> str:
+    ours = llama_cpp_name(prefix + ".weight")
+    if ours is None:
+        raise UsageError(f"{directory.name}: packed linear {prefix} is not one the engine's recipe reads; "
+                         "--quantization none loads it through transformers")
+    return ours
+
+
+def _packed_linear(directory: Path, prefix: str, parts: dict, quant) -> pk.PackedLinear:
+    """One AWQ / GPTQ linear from its tensors, checked against the format (engine/safetensors/packed.py)."""
+    where = f"{directory.name}: {prefix}"
+    missing = [p for p in ("qweight", "qzeros", "scales") if p not in parts]
+    if missing:
+        raise UsageError(f"{where} has no {missing[0]}; re-save the checkpoint (--quantization none loads it "
+                         "through transformers)")
+    if quant is None or quant.method not in ("awq", "gptq"):
+        raise UsageError(f"{where} is packed but config.json names no AWQ/GPTQ quantization_config")
+    qw, qz, sc = parts["qweight"], parts["qzeros"], parts["scales"]
+    if qw.type_name != "I32" or qz.type_name != "I32" or sc.type_name not in ("F16", "BF16", "F32") or \
+            len(qw.shape) != 2 or len(sc.shape) != 2:
+        raise UsageError(f"{where}: qweight/qzeros must be int32 and scales float ({qw.type_name}, {qz.type_name}, "
+                         f"{sc.type_name}); re-save the checkpoint")
+    bits, per = quant.bits, 32 // quant.bits
+    rows, cols = (qw.shape[1] * per, qw.shape[0]) if quant.method == "awq" else (qw.shape[1], qw.shape[0] * per)
+    group = cols if quant.group_size in (None, -1) else quant.group_size
+    if sc.shape != (cols // group, rows) or cols % group or group % gb.QK:
+        raise UsageError(f"{where}: scales {list(sc.shape)} do not fit a [{rows}, {cols}] weight in groups of "
+                         f"{group}; re-save the checkpoint")
+    p = pk.PackedLinear(quant.method, bits, group, quant.format == "gptq_v2", qw, qz, sc, rows, cols)
+    if "g_idx" in parts:
+        g = parts["g_idx"]
+        idx = g.data[g.offset:g.offset + g.nbytes].view(np.int32)
+        if len(idx) != cols or not np.array_equal(idx, np.arange(cols, dtype=np.int32) // group):
+            raise UsageError(f"{where}: g_idx puts the input columns' groups out of order (desc_act); the engine "
+                             "reads groups in input order (--quantization none runs it on gptqmodel)")
+    return p

@@ -1,6 +1,6 @@
 """transformers safetensors checkpoints on kernelfit's engine, against what their users run today (issue 27).
 
-    python benchmarks/safetensors.py [--rounds 3] [--shapes qwen2.5-1.5b]
+    python benchmarks/checkpoints.py [--rounds 3] [--shapes qwen2.5-1.5b]
 
 1. SmolLM2-135M-Instruct as a bf16 safetensors folder, written here from the bundled GGUF file (transformers
    dequantizes it; save_pretrained writes bf16): kernelfit's engine against transformers' default load of the same
@@ -63,6 +63,7 @@ def shape_dirs(name: str) -> tuple[Path, Path]:
 
     f16 = shapes.OUT / f"{name}-F16.gguf"
     if not f16.is_file():
+        shapes.OUT.mkdir(parents=True, exist_ok=True)
         shapes.write_f16(name, f16)
     bf16 = OUT / f"{name}-BF16.gguf"
     if not bf16.is_file():

@@ -1,0 +1,139 @@
+"""AWQ and GPTQ linears as the engine's dot groups, unpacked from the shards' int32 words: the checkpoint's codes,
+scales and zeros run as stored, with no dequantization.
+
+Layouts (AutoAWQ's WQLinear_GEMM and AutoGPTQ's QuantLinear, as loader/dequantize.py reads them for transformers):
+- AWQ "gemm": qweight [in, out/8] int32, eight 4-bit codes a word along the output axis in the order 0 2 4 6 1 3 5 7;
+  qzeros [in/g, out/8] packed the same; scales [in/g, out] float16; w = (q - z) * s.
+- GPTQ: qweight [in*bits/32, out] packed along the input axis (low bits first); qzeros [in/g, out*bits/32] along the
+  output axis, stored minus one in the original format ("gptq"), as they are in "gptq_v2"; scales [in/g, out]; g_idx
+  [in], which must put the groups in input order (i // g: desc_act=False).
+
+The dot products take one scale (and minimum) per 32 weights (engine/kernels/dot_kernels.h): a group of g = 32m
+weights becomes m groups with its scale, exactly. A symmetric GPTQ tensor (every zero 2^(bits-1)) is then Q4_0's /
+Q8_0's layout, minimum = -2^(bits-1) * scale: exact, 4.5 bits a weight at 4-bit. A zero per group (AWQ, asymmetric
+GPTQ) becomes Q4_1's float16 minimum -z * s: z * s can need 15 significant bits and float16 keeps 11, so the minimum
+is rounded (measured per tensor and reported, ~1e-5 relative to the weights); 5 bits a weight.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ...errors import UsageError
+from ..gguf import blocks as gb
+
+AWQ_ORDER = np.array([0, 2, 4, 6, 1, 3, 5, 7])  # nibble i of an AWQ word holds output column AWQ_ORDER[i] of its 8
+AWQ_NIBBLE = np.argsort(AWQ_ORDER)  # output column j % 8 -> its nibble
+
+
+@dataclass
+class PackedLinear:
+    """One packed linear's tensors in the shards (engine/safetensors/reader.py Stored), and its format."""
+
+    method: str  # "awq" or "gptq"
+    bits: int
+    group: int  # input weights a scale
+    v2: bool  # GPTQ zeros stored as they are (else minus one)
+    qweight: object
+    qzeros: object
+    scales: object
+    rows: int  # output features
+    cols: int  # input features
+    _symmetric: bool | None = None
+
+    @property
+    def type_name(self) -> str:
+        return self.method.upper()
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.rows, self.cols
+
+    def parts(self) -> list:
+        return [self.qweight, self.qzeros, self.scales]
+
+
+def words(s) -> np.ndarray:
+    """A Stored int32 tensor's words as uint32 (shifts then fill with zeros, not the sign)."""
+    return s.data[s.offset:s.offset + s.nbytes].view(np.uint32).reshape(s.shape)
+
+
+def _scales(s) -> np.ndarray:
+    raw = s.data[s.offset:s.offset + s.nbytes]
+    if s.type_name == "BF16":
+        return (raw.view(np.uint16).astype(np.uint32) << 16).view(np.float32).reshape(s.shape)
+    return raw.view({"F16": np.float16, "F32": np.float32}[s.type_name]).reshape(s.shape)
+
+
+def _along_out(w: np.ndarray, rows: np.ndarray, bits: int, awq: bool) -> np.ndarray:
+    """Codes packed along the output axis ([*, out*bits/32] words) for output rows `rows` -> [*, len(rows)]."""
+    per = 32 // bits
+    shift = (AWQ_NIBBLE[rows % 8] if awq else rows % per) * bits
+    return ((w[:, rows // per] >> shift.astype(np.uint32)[None, :]) & np.uint32((1 << bits) - 1)).astype(np.int32)
+
+
+def codes(p: PackedLinear, rows: np.ndarray) -> np.ndarray:
+    """uint8 codes [len(rows), in]."""
+    w = words(p.qweight)
+    if p.method == "awq":
+        return np.ascontiguousarray(_along_out(w, rows, 4, True).T.astype(np.uint8))
+    per = 32 // p.bits
+    shifts = (np.arange(per, dtype=np.uint32) * p.bits)[None, :, None]
+    c = (w[:, rows][:, None, :] >> shifts) & np.uint32((1 << p.bits) - 1)  # [in/per, per, n]
+    return np.ascontiguousarray(c.reshape(p.cols, len(rows)).T.astype(np.uint8))
+
+
+def zeros(p: PackedLinear, rows: np.ndarray) -> np.ndarray:
+    """int32 zero points [len(rows), in/g]."""
+    z = _along_out(words(p.qzeros), rows, p.bits, p.method == "awq")
+    return np.ascontiguousarray((z + (1 if p.method == "gptq" and not p.v2 else 0)).T)
+
+
+def scales(p: PackedLinear, rows: np.ndarray) -> np.ndarray:
+    """float32 scales [len(rows), in/g], the checkpoint's values."""
+    return np.ascontiguousarray(_scales(p.scales)[:, rows].T.astype(np.float32))
+
+
+def symmetric(p: PackedLinear) -> bool:
+    """Every zero is 2^(bits-1) (GPTQ sym=True): the minimum is a fixed factor of the scale."""
+    if p._symmetric is None:
+        p._symmetric = bool((zeros(p, np.arange(p.rows)) == 1 << (p.bits - 1)).all())
+    return p._symmetric
+
+
+def layout(p: PackedLinear) -> tuple:
+    """(bits, group, scale dtype, minimum) of the dot groups (engine/gguf/blocks.py DotGroups.layout)."""
+    return p.bits, gb.QK, np.dtype(np.float16).str, -float(1 << (p.bits - 1)) if symmetric(p) else "per group"
+
+
+def dot_groups(p: PackedLinear, rows: np.ndarray) -> tuple[gb.DotGroups, float, float]:
+    """Rows `rows` as dot groups of 32, with the squared error of the float16 minimums and the squared norm of the
+    weights (both 0 where the layout is exact)."""
+    c = codes(p, rows)
+    s = scales(p, rows)
+    per = p.group // gb.QK
+    s16 = s.astype(np.float16)
+    if not np.array_equal(s16.astype(np.float32), s, equal_nan=True):  # a bf16/f32 scale float16 cannot hold
+        raise UsageError(f"{p.type_name} scales outside float16's values: the engine keeps them as float16 "
+                         "(--quantization none runs the checkpoint through transformers)")
+    scale = np.repeat(s16, per, axis=1)
+    if symmetric(p):
+        return gb.DotGroups(c, scale, -float(1 << (p.bits - 1)), p.bits, gb.QK), 0.0, 0.0
+    exact = -(zeros(p, rows).astype(np.float32) * s)  # z * s: exact in float32 (bits + 11 significant bits)
+    m16 = exact.astype(np.float16)
+    err2 = float(((m16.astype(np.float32) - exact) ** 2).sum()) * p.group
+    w = dense_rows(p, rows, c, s, exact)
+    return gb.DotGroups(c, scale, np.repeat(m16, per, axis=1), p.bits, gb.QK), err2, float((w ** 2).sum())
+
+
+def dense_rows(p: PackedLinear, rows: np.ndarray, c: np.ndarray | None = None, s: np.ndarray | None = None,
+               mins: np.ndarray | None = None) -> np.ndarray:
+    """float32 [len(rows), in]: (q - z) * s exactly, the weights the checkpoint stands for."""
+    c = codes(p, rows) if c is None else c
+    s = scales(p, rows) if s is None else s
+    mins = -(zeros(p, rows).astype(np.float32) * s) if mins is None else mins
+    n = len(rows)
+    g = c.reshape(n, -1, p.group).astype(np.float32)
+    return (g * s[:, :, None] + mins[:, :, None]).reshape(n, p.cols)
