@@ -79,6 +79,8 @@ def shape_dirs(name: str) -> tuple[Path, Path]:
         if t.name == "rope_freqs.weight":
             continue
         data = np.array(t.data)
+        if data.dtype == np.uint8:  # gguf-py hands BF16 tensors over as their bytes
+            data = data.view(np.uint16)
         rows = data.reshape(-1, int(t.shape[0])) if len(t.shape) > 1 else data
         part, _, rest = t.name.partition(".")
         if part == "blk":
@@ -129,8 +131,16 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--shapes", default="qwen2.5-1.5b", help="benchmarks/shapes.py names, or '' for none")
+    ap.add_argument("--prepare", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.prepare:  # in a process of its own: a child's peak RSS starts at its parent's RSS when it forks
+        smollm2_dir()
+        for s in a.shapes.split(","):
+            if s:
+                shape_dirs(s)
+        return 0
     llamacpp.build_llama_bench()
+    subprocess.run([sys.executable, __file__, "--prepare", "--shapes", a.shapes], check=True)
     small = smollm2_dir()
     big = {s: shape_dirs(s) for s in a.shapes.split(",") if s}
     runs: dict[tuple[str, str], list[dict]] = {}

@@ -32,13 +32,14 @@ def pack_awq_cols(codes: torch.Tensor) -> torch.Tensor:
     return _to_int32(out)
 
 
-def pack_gptq_rows(codes: torch.Tensor) -> torch.Tensor:
-    """[in, out] 4-bit codes -> [in/8, out] int32, eight consecutive input rows per word."""
+def pack_gptq_rows(codes: torch.Tensor, bits: int = 4) -> torch.Tensor:
+    """[in, out] `bits`-bit codes -> [in*bits/32, out] int32, 32/bits consecutive input rows per word."""
     i, o = codes.shape
-    x = codes.view(i // 8, 8, o).to(torch.int64)
-    out = torch.zeros(i // 8, o, dtype=torch.int64)
-    for k in range(8):
-        out |= x[:, k, :] << (4 * k)
+    per = 32 // bits
+    x = codes.view(i // per, per, o).to(torch.int64)
+    out = torch.zeros(i // per, o, dtype=torch.int64)
+    for k in range(per):
+        out |= x[:, k, :] << (bits * k)
     return _to_int32(out)
 
 
@@ -122,13 +123,14 @@ def _rewrite(model_dir: Path, method: str) -> dict[str, torch.Tensor]:
     return reference
 
 
-def pack_awq_cols_plain(codes: torch.Tensor) -> torch.Tensor:
-    """GPTQ's qzeros: eight consecutive output columns per word, no interleave."""
+def pack_awq_cols_plain(codes: torch.Tensor, bits: int = 4) -> torch.Tensor:
+    """GPTQ's qzeros: 32/bits consecutive output columns per word, no interleave."""
     r, c = codes.shape
-    x = (codes.to(torch.int64) & 15).view(r, c // 8, 8)
-    out = torch.zeros(r, c // 8, dtype=torch.int64)
-    for i in range(8):
-        out |= x[..., i] << (4 * i)
+    per = 32 // bits
+    x = (codes.to(torch.int64) & ((1 << bits) - 1)).view(r, c // per, per)
+    out = torch.zeros(r, c // per, dtype=torch.int64)
+    for i in range(per):
+        out |= x[..., i] << (bits * i)
     return _to_int32(out)
 
 

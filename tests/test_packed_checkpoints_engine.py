@@ -18,7 +18,7 @@ from kernelfit import Preferences, load_model_spec, load_profile, plan
 from kernelfit.engine.build import build_lean, forward, reset_cache
 from kernelfit.errors import UsageError
 from kernelfit.planner.types import RejectKind
-from quantized_checkpoints import _to_int32, pack_awq_cols, pack_awq_cols_plain, pack_gptq_rows, quantize
+from quantized_checkpoints import pack_awq_cols, pack_awq_cols_plain, pack_gptq_rows, quantize
 from test_packed_gguf import _tokens
 from test_safetensors_engine import _checkpoint
 
@@ -28,35 +28,17 @@ PROMPT_TIE, DECODE_TIE = 0.1, 0.01
 
 def _agree(want: torch.Tensor, got: torch.Tensor, tie: float) -> None:
     """Cosine >= 0.999 (min >= 0.998), and the same top-1 at every position whose answer is not a near-tie. On these
-    random models the engine's own precision flips 1-3% of positions — prompts run on bf16 panels (relative logit error
-    ~1.3%: the weights' groups and the activations as bf16, flips measured at gaps up to 0.062), decode steps on the exact dot products (flips at gaps under 0.004); the dense
-    bf16 engine on the same shape measured top-1 99.0% (prompt) / 99.6% (decode) — so the fraction alone would test
-    the seed, not the reader. The reader's own exactness is checked product by product (below)."""
+    random models the engine's own precision flips 1-3% of positions: prompts run on bf16 panels (relative logit
+    error ~1.3%, the weights' groups and the activations as bf16; flips measured at gaps up to 0.062), decode steps
+    on the exact dot products (flips at gaps under 0.004). The dense bf16 engine on the same shape measured top-1
+    99.0% (prompt) / 99.6% (decode), so the fraction alone would test the seed, not the reader; the reader's own
+    exactness is checked product by product (below)."""
     cos = torch.nn.functional.cosine_similarity(want, got, dim=-1)
     top2 = want.topk(2, -1).values
     clear = (top2[:, 0] - top2[:, 1]) > tie
     same = want.argmax(-1) == got.argmax(-1)
     assert float(cos.mean()) >= 0.999 and float(cos.min()) >= 0.998, float(cos.min())
     assert bool(same[clear].all()) and float(same.float().mean()) >= 0.97, float(same.float().mean())
-
-
-def _pack_rows8(codes: torch.Tensor) -> torch.Tensor:
-    """[in, out] 8-bit codes -> [in/4, out] int32, four consecutive input rows a word (GPTQ, bits=8)."""
-    i, o = codes.shape
-    x = codes.view(i // 4, 4, o).to(torch.int64)
-    out = torch.zeros(i // 4, o, dtype=torch.int64)
-    for k in range(4):
-        out |= x[:, k, :] << (8 * k)
-    return _to_int32(out)
-
-
-def _pack_cols8(codes: torch.Tensor) -> torch.Tensor:
-    r, c = codes.shape
-    x = (codes.to(torch.int64) & 255).view(r, c // 4, 4)
-    out = torch.zeros(r, c // 4, dtype=torch.int64)
-    for k in range(4):
-        out |= x[..., k] << (8 * k)
-    return _to_int32(out)
 
 
 def _quantize8(w: torch.Tensor, group: int):
@@ -91,8 +73,8 @@ def _packed_checkpoint(path, method: str, group: int = 128, sym: bool = False, b
             packed[prefix + "qzeros"] = pack_awq_cols(zero.t().contiguous())
         else:
             stored = zero.t().contiguous() - (0 if v2 else 1)  # the original GPTQ format saves zero - 1
-            packed[prefix + "qweight"] = (_pack_rows8 if bits == 8 else pack_gptq_rows)(q.t().contiguous())
-            packed[prefix + "qzeros"] = (_pack_cols8 if bits == 8 else pack_awq_cols_plain)(stored)
+            packed[prefix + "qweight"] = pack_gptq_rows(q.t().contiguous(), bits)
+            packed[prefix + "qzeros"] = pack_awq_cols_plain(stored, bits)
             g_idx = torch.arange(w.shape[1], dtype=torch.int32) // group
             packed[prefix + "g_idx"] = g_idx.flip(0) if desc_act else g_idx
         packed[prefix + "scales"] = scale.t().contiguous()
