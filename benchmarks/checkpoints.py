@@ -9,6 +9,10 @@
 2. Real shapes (benchmarks/shapes.py's random-weight F16 files): the same weights as a bf16 safetensors folder with
    the model's config.json, and as llama.cpp's BF16 GGUF (`llama-quantize F16 -> BF16`, the same rounding), so both
    engines read the same 2 bytes a weight; llama-bench -p 256 -n 64 beside kernelfit, with the read bandwidth.
+3. The same shape re-quantized: `--quantization q8_0` on the bf16 folder against llama.cpp's Q8_0 of the F16 file;
+   and (--packed) 4-bit AWQ (GEMM, a zero per group) and GPTQ (symmetric, v1) folders of the bf16 weights in groups
+   of 128, written here in the formats' layouts, against llama.cpp's Q4_0 of the F16 file (4.5 bits a weight) and
+   against transformers' default load of each folder (gptqmodel's CPU kernels).
 
 Workers are benchmarks/llamacpp.py's (fresh interpreters), rounds interleaved. Folders in .engines/safetensors/.
 """
@@ -109,12 +113,15 @@ def shape_dirs(name: str) -> tuple[Path, Path]:
     return out, bf16
 
 
+SAFETENSORS_DTYPES = {"<u2": "BF16", "<f4": "F32", "<f2": "F16", "<i4": "I32"}  # uint16 arrays hold bf16 bits
+
+
 def write_safetensors(path: Path, tensors: dict[str, np.ndarray]) -> None:
     """The safetensors format by hand (safetensors.numpy has no bf16): a little-endian header length, the JSON
     header padded to 8 bytes, the tensors' bytes; uint16 arrays are bf16 bits."""
     header, offset = {}, 0
     for k, v in tensors.items():
-        header[k] = {"dtype": "BF16" if v.dtype == np.uint16 else "F32", "shape": list(v.shape),
+        header[k] = {"dtype": SAFETENSORS_DTYPES[v.dtype.str], "shape": list(v.shape),
                      "data_offsets": [offset, offset + v.nbytes]}
         offset += v.nbytes
     text = json.dumps(header).encode()
@@ -126,55 +133,151 @@ def write_safetensors(path: Path, tensors: dict[str, np.ndarray]) -> None:
             f.write(v.tobytes())
 
 
+AWQ_ORDER = np.array([0, 2, 4, 6, 1, 3, 5, 7])  # nibble i of an AWQ word holds column AWQ_ORDER[i] of its 8
+GROUP = 128
+
+
+def _pack(codes: np.ndarray, axis: int, order: np.ndarray | None = None) -> np.ndarray:
+    """4-bit codes packed eight to an int32 along `axis` (0: rows, 1: columns), low nibble first."""
+    c = np.moveaxis(codes, axis, -1)
+    c = c.reshape(*c.shape[:-1], -1, 8).astype(np.uint32)
+    if order is not None:
+        c = c[..., order]
+    words = np.zeros(c.shape[:-1], dtype=np.uint32)
+    for i in range(8):
+        words |= c[..., i] << np.uint32(4 * i)
+    return np.ascontiguousarray(np.moveaxis(words, -1, axis)).view(np.int32)
+
+
+def _quantize(w: np.ndarray, sym: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """[out, in] float32 -> 4-bit codes [out, in], zeros and float16 scales [out, in/GROUP] (AutoAWQ's min/max
+    asymmetric rule, or GPTQ's symmetric one around 8, without the calibration: speed only)."""
+    o, i = w.shape
+    g = w.reshape(o, i // GROUP, GROUP)
+    mx, mn = g.max(-1), g.min(-1)
+    if sym:
+        scale = (2 * np.maximum(np.abs(mx), np.abs(mn)) / 15).clip(1e-5).astype(np.float16)
+        zero = np.full(scale.shape, 8, dtype=np.int32)
+    else:
+        scale = ((mx - mn) / 15).clip(1e-5).astype(np.float16)
+        zero = np.clip(np.round(-mn / scale.astype(np.float32)), 0, 15).astype(np.int32)
+    q = np.clip(np.round(g / scale.astype(np.float32)[..., None] + zero[..., None]), 0, 15).astype(np.uint8)
+    return q.reshape(o, i), zero, scale
+
+
+def packed_dir(name: str, folder: Path, method: str) -> Path:
+    """`folder`'s bf16 checkpoint with every projection packed as 4-bit AWQ (gemm) or GPTQ (sym, v1), group 128."""
+    out = OUT / f"{name}-{method}"
+    if (out / "config.json").is_file():
+        return out
+    from kernelfit.model.safetensors_header import read_header
+
+    shard = folder / "model.safetensors"
+    header = read_header(shard)
+    with shard.open("rb") as f:
+        start = 8 + int.from_bytes(f.read(8), "little")
+    data = np.memmap(shard, dtype=np.uint8, mode="r")
+    tensors = {}
+    for k, info in header.items():
+        if k == "__metadata__":
+            continue
+        b, e = info["data_offsets"]
+        raw = data[start + b:start + e].view(np.uint16 if info["dtype"] == "BF16" else np.float32).reshape(info["shape"])
+        if not k.endswith("_proj.weight"):
+            tensors[k] = np.array(raw)
+            continue
+        w = (raw.astype(np.uint32) << 16).view(np.float32)
+        q, zero, scale = _quantize(w, sym=method == "gptq")
+        p = k[: -len("weight")]
+        if method == "awq":
+            tensors[p + "qweight"] = _pack(q.T, 1, AWQ_ORDER)  # [in, out/8]
+            tensors[p + "qzeros"] = _pack(zero.T.astype(np.uint8), 1, AWQ_ORDER)  # [in/g, out/8]
+        else:
+            tensors[p + "qweight"] = _pack(q.T, 0)  # [in/8, out]
+            tensors[p + "qzeros"] = _pack((zero.T - 1).astype(np.uint8), 1)  # v1: zero - 1
+            tensors[p + "g_idx"] = (np.arange(w.shape[1]) // GROUP).astype(np.int32)
+        tensors[p + "scales"] = np.ascontiguousarray(scale.T)  # [in/g, out]
+    tmp = out.with_suffix(".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    write_safetensors(tmp / "model.safetensors", tensors)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["quantization_config"] = (
+        {"quant_method": "awq", "bits": 4, "group_size": GROUP, "zero_point": True, "version": "gemm"}
+        if method == "awq" else {"quant_method": "gptq", "bits": 4, "group_size": GROUP, "sym": True,
+                                 "desc_act": False, "checkpoint_format": "gptq"})
+    (tmp / "config.json").write_text(json.dumps(cfg, indent=1))
+    tmp.rename(out)
+    return out
+
+
+def _groups(small: Path, big: dict, packed: bool) -> list[tuple[str, Path, tuple[str, Path], list[tuple[str, Path]]]]:
+    """(label, checkpoint folder, kernelfit's (kind, path), the peers' (kind, path)) a table row group each."""
+    groups = [("smollm2 bf16", small, ("kernelfit", small), [("transformers", small)])]
+    for s, (folder, gguf) in big.items():
+        groups.append((f"{s} bf16", folder, ("kernelfit", folder), [("llama.cpp BF16", gguf)]))
+        groups.append((f"{s} q8_0", folder, ("kernelfit-q8_0", folder), [("llama.cpp Q8_0", shapes.make(s, "Q8_0"))]))
+        if packed:
+            q4 = shapes.make(s, "Q4_0")
+            for method in ("awq", "gptq"):
+                d = packed_dir(s, folder, method)
+                groups.append((f"{s} {method}", d, ("kernelfit", d), [("llama.cpp Q4_0", q4), ("transformers", d)]))
+    return groups
+
+
+def _bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.glob("*.safetensors")) if path.is_dir() else path.stat().st_size
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--shapes", default="qwen2.5-1.5b", help="benchmarks/shapes.py names, or '' for none")
+    ap.add_argument("--packed", action=argparse.BooleanOptionalAction, default=True,
+                    help="the AWQ / GPTQ rows (gptqmodel through transformers is slow at these sizes)")
     ap.add_argument("--prepare", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
+    names = [s for s in a.shapes.split(",") if s]
     if a.prepare:  # in a process of its own: a child's peak RSS starts at its parent's RSS when it forks
-        smollm2_dir()
-        for s in a.shapes.split(","):
-            if s:
-                shape_dirs(s)
+        _groups(smollm2_dir(), {s: shape_dirs(s) for s in names}, a.packed)
         return 0
     llamacpp.build_llama_bench()
-    subprocess.run([sys.executable, __file__, "--prepare", "--shapes", a.shapes], check=True)
-    small = smollm2_dir()
-    big = {s: shape_dirs(s) for s in a.shapes.split(",") if s}
+    subprocess.run([sys.executable, __file__, "--prepare", "--shapes", a.shapes,
+                    "--packed" if a.packed else "--no-packed"], check=True)
+    groups = _groups(smollm2_dir(), {s: shape_dirs(s) for s in names}, a.packed)
     runs: dict[tuple[str, str], list[dict]] = {}
     bw = []
     for r in range(a.rounds):
         bw.append(llamacpp.read_bandwidth_gbs(a.threads))
-        jobs = [("smollm2", "kernelfit", small), ("smollm2", "transformers", small)]
-        for s, (folder, gguf) in big.items():
-            jobs += [(s, "kernelfit", folder), (s, "llama.cpp BF16", gguf)]
-        for model, kind, path in jobs:
-            res = llamacpp.llama_cpp(path, a.threads) if kind.startswith("llama.cpp") else \
-                llamacpp.python_worker(kind, path, a.threads)
-            runs.setdefault((model, kind), []).append(res)
-            print(f"round {r + 1}: {model:<14} {kind:<15} prefill {res['prefill']:7.1f} tok/s  decode "
-                  f"{res['decode']:6.1f} tok/s  peak RSS {res['peak_rss_mib']:7.1f} MiB (baseline "
-                  f"{res['baseline_rss_mib']:.0f})", flush=True)
+        for label, _, ours, peers in groups:
+            for kind, path in [ours, *peers]:
+                res = llamacpp.llama_cpp(path, a.threads) if kind.startswith("llama.cpp") else \
+                    llamacpp.python_worker(kind, path, a.threads)
+                runs.setdefault((label, kind), []).append(res)
+                print(f"round {r + 1}: {label:<18} {kind:<15} prefill {res['prefill']:7.1f} tok/s  decode "
+                      f"{res['decode']:6.1f} tok/s  peak RSS {res['peak_rss_mib']:7.1f} MiB (baseline "
+                      f"{res['baseline_rss_mib']:.0f})", flush=True)
     bandwidth = statistics.median(bw)
     med = lambda rs, f: statistics.median(x[f] for x in rs)  # noqa: E731
     print(f"\n{a.rounds} interleaved rounds, {a.threads} threads, medians; read bandwidth {bandwidth:.1f} GB/s; "
-          f"prefill {llamacpp.PROMPT}, decode {llamacpp.NEW} tokens\n")
-    print("| checkpoint | MiB | engine | prefill tok/s | decode tok/s | decode GB/s (% of read bw) | decode x | "
-          "peak RSS - baseline MiB (x checkpoint) |")
-    print("|---|---:|---|---:|---:|---|---:|---:|")
-    models = [("smollm2", small, "transformers")] + [(s, f, "llama.cpp BF16") for s, (f, _) in big.items()]
-    for model, folder, peer in models:
-        size = sum(p.stat().st_size for p in folder.glob("*.safetensors"))
-        kf, other = runs[(model, "kernelfit")], runs[(model, peer)]
-        ratio = statistics.median(x["decode"] / y["decode"] for x, y in zip(kf, other))
-        for kind, rs in (("kernelfit", kf), (peer, other)):
-            gbs = med(rs, "decode") * (kf[-1]["weights_bytes"] if kind == "kernelfit" else size) / 1e9
+          f"prefill {llamacpp.PROMPT}, decode {llamacpp.NEW} tokens; decode x: kernelfit / the peer, the median of "
+          "each round's ratio\n")
+    print("| checkpoint | MiB | engine | prefill tok/s | decode tok/s | bytes read a token, MiB | decode GB/s (% of read "
+          "bw) | kernelfit decode x | peak RSS - baseline MiB (x checkpoint) |")
+    print("|---|---:|---|---:|---:|---:|---|---:|---:|")
+    for label, folder, ours, peers in groups:
+        size = _bytes(folder)
+        kf = runs[(label, ours[0])]
+        for kind, path in [ours, *peers]:
+            rs = runs[(label, kind)]
+            read = kf[-1]["weights_bytes"] if kind == ours[0] else _bytes(path)
+            gbs = med(rs, "decode") * read / 1e9
             rss = med(rs, "peak_rss_mib") - med(rs, "baseline_rss_mib")
-            print(f"| {model} bf16 | {size / 2**20:.0f} | {kind} | {med(rs, 'prefill'):.1f} | {med(rs, 'decode'):.1f} "
-                  f"| {gbs:.1f} ({gbs / bandwidth:.0%}) | {ratio if kind == 'kernelfit' else 1:.2f}x | "
-                  f"{rss:.0f} ({rss * 2**20 / size:.2f}x) |")
+            ratio = "" if kind == ours[0] else \
+                f"{statistics.median(x['decode'] / y['decode'] for x, y in zip(kf, rs)):.2f}x"
+            print(f"| {label} | {size / 2**20:.0f} | {kind} | {med(rs, 'prefill'):.1f} | {med(rs, 'decode'):.1f} | "
+                  f"{read / 2**20:.0f} | {gbs:.1f} ({gbs / bandwidth:.0%}) | {ratio} | {rss:.0f} "
+                  f"({rss * 2**20 / size:.2f}x) |")
     return 0
 
 

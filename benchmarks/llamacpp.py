@@ -132,7 +132,8 @@ def worker(kind: str, path: Path, threads: int) -> dict:
         from kernelfit.engine.build import kv_bytes, reset_cache
 
         prefill = {"kernelfit-dense-prefill": "dense", "kernelfit-int8-prefill": "int8"}.get(kind, "auto")
-        loaded = kernelfit.load(str(path), prefill=prefill, progress=lambda m: None)
+        quantization = "q8_0" if kind == "kernelfit-q8_0" else "auto"  # benchmarks/checkpoints.py's q8_0 row
+        loaded = kernelfit.load(str(path), prefill=prefill, quantization=quantization, progress=lambda m: None)
         runner = loaded.model
         load_s = time.perf_counter() - t0
         first = time.perf_counter()

@@ -16,9 +16,11 @@ import torch
 
 from ..cache_entry import build_entry, verified_entry
 from ..errors import HealthCheckError, UsageError
+from ..model.generation import generation_defaults
 from ..model.spec import ModelSpec
 from ..paths import files_key, writable_cache_root
 from .build import LeanBuild, build_lean, forward, kv_bytes, kv_capacity, native_all_logits, reset_cache
+from .safetensors.tokenizer import json_tokenizer
 from .gguf.tokenizer import gguf_tokenizer
 from .native import native_status
 from .reference import DOT_MAX_ROWS
@@ -184,10 +186,14 @@ def tokenizer_dir(spec: ModelSpec, progress=None) -> Path:
 def load_tokenizer(spec: ModelSpec, progress=None):
     """The file's own tokenizer tables where they reproduce transformers' tokenizer (engine/gguf/tokenizer.py:
     57 -> 9 MiB resident for SmolLM2, 331 -> 22 MiB for Gemma 3), else transformers' tokenizer built from the file.
-    A transformers checkpoint: its own tokenizer.json and chat template, through transformers."""
+    A transformers checkpoint: its own tokenizer.json and chat template read the same way where their kind is covered
+    (engine/safetensors/tokenizer.py), else through transformers."""
     from transformers import AutoTokenizer
 
     if not spec.gguf_file:
+        tok = json_tokenizer(spec.model_dir)
+        if tok is not None:
+            return tok
         try:
             return AutoTokenizer.from_pretrained(spec.model_dir)
         except (OSError, ValueError) as exc:
@@ -206,6 +212,7 @@ def load_lean(spec: ModelSpec, prefill: str, health_check: bool, progress,
                        prefill_int8=prefill == "int8", requant=requant)
     eos = {i for i in (tok.eos_token_id, tok.convert_tokens_to_ids("<end_of_turn>")) if isinstance(i, int)
            and i != tok.unk_token_id}
+    eos |= set(generation_defaults(spec.model_dir, spec.gguf_file).eos_token_ids)  # Llama 3's <|eot_id|> and the like
     kind = getattr(tok, "kind", None)
     runner = LeanRunner(build, spec, prefill, eos, kind.value if kind is not None else "transformers")
     if health_check:

@@ -14,6 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ..model.generation import generation_defaults
 from .engine import Busy, Engine, Job, ShuttingDown
 from .metrics import CONTENT_TYPE, Metrics
 from .structured import Grammars, tool_calls
@@ -25,6 +26,8 @@ def create_app(loaded, model_id: str, context: int, api_key: str | None = None, 
     processor = loaded.tokenizer
     tok = getattr(processor, "tokenizer", None) or processor
     vision = any(s.role == "vision" for s in loaded.plan.model.sub_models)
+    # the checkpoint's generation_config.json: sampling defaults where a request does not say (as vLLM's server)
+    defaults = generation_defaults(loaded.plan.model.model_dir, loaded.plan.model.gguf_file)
     created = int(time.time())
     app = FastAPI(title="kernelfit", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.engine = engine
@@ -67,7 +70,9 @@ def create_app(loaded, model_id: str, context: int, api_key: str | None = None, 
             if b is not None else {"mode": "static" if engine.max_batch > 1 else "one at a time",
                                    "largest": max(engine.batches, default=0)}
         return {"status": "ok", "model": model_id, "queued": engine.jobs.qsize(), "max_batch": engine.max_batch,
-                "batched": batched, "runner": "kernelfit packed CPU runner" if engine.lean else "transformers"}
+                "batched": batched, "runner": "kernelfit packed CPU runner" if engine.lean else "transformers",
+                "sampling_defaults": {"temperature": defaults.temperature, "top_p": defaults.top_p,
+                                      "from": defaults.source}}
 
     @app.get("/v1/models")
     async def models():
@@ -240,7 +245,7 @@ def create_app(loaded, model_id: str, context: int, api_key: str | None = None, 
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
         try:
-            req = parse_chat(await body_of(request))
+            req = parse_chat(await body_of(request), defaults)
             check_model(req.model)
             ids, extra = chat_inputs(req)
             job = job_for(ids, req.sampling, extra)
@@ -269,7 +274,7 @@ def create_app(loaded, model_id: str, context: int, api_key: str | None = None, 
     @app.post("/v1/completions")
     async def completions(request: Request):
         try:
-            req = parse_completion(await body_of(request))
+            req = parse_completion(await body_of(request), defaults)
             check_model(req.model)
             job = job_for(prompt_ids(req.prompt), req.sampling)
             submit(job)

@@ -72,7 +72,8 @@ def _float(body: dict, key: str, default: float, lo: float, hi: float, lo_open: 
     return float(v)
 
 
-def _sampling(body: dict) -> Sampling:
+def _sampling(body: dict, defaults=None) -> Sampling:
+    """defaults: the checkpoint's model.generation.GenerationDefaults, used where the request does not say."""
     max_tokens = _int(body, "max_completion_tokens", 1) or _int(body, "max_tokens", 1)
     stop = body.get("stop")
     if stop is None:
@@ -94,8 +95,10 @@ def _sampling(body: dict) -> Sampling:
     ignore_eos = body.get("ignore_eos", False)
     if not isinstance(ignore_eos, bool):
         raise ApiError(400, "'ignore_eos' must be true or false", "ignore_eos")
-    return Sampling(max_tokens, _float(body, "temperature", 1.0, 0.0, MAX_TEMPERATURE),
-                    _float(body, "top_p", 1.0, 0.0, 1.0, lo_open=True), stops, seed, ignore_eos)
+    temperature = defaults.temperature if defaults is not None and defaults.temperature is not None else 1.0
+    top_p = defaults.top_p if defaults is not None and defaults.top_p is not None else 1.0
+    return Sampling(max_tokens, _float(body, "temperature", temperature, 0.0, MAX_TEMPERATURE),
+                    _float(body, "top_p", top_p, 0.0, 1.0, lo_open=True), stops, seed, ignore_eos)
 
 
 # Request fields this server does not implement: refused with a 400 that says so, never silently ignored. A value
@@ -199,7 +202,7 @@ def _common(body) -> tuple[str, bool, bool]:
 ROLES = ("system", "developer", "user", "assistant", "tool")
 
 
-def parse_chat(body) -> ChatRequest:
+def parse_chat(body, defaults=None) -> ChatRequest:
     model, stream, usage = _common(body)
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
@@ -236,7 +239,8 @@ def parse_chat(body) -> ChatRequest:
             raise ApiError(400, f"messages[{i}].content must be a string or a list of parts", f"messages[{i}].content")
         role = "system" if m["role"] == "developer" else m["role"]
         out.append({"role": role, "content": text, **extra})
-    return ChatRequest(model, out, images, _sampling(body), stream, usage, _constraint(body), body.get("tools") or [])
+    return ChatRequest(model, out, images, _sampling(body, defaults), stream, usage, _constraint(body),
+                       body.get("tools") or [])
 
 
 def _tool_fields(m: dict, i: int) -> dict:
@@ -258,14 +262,14 @@ def _tool_fields(m: dict, i: int) -> dict:
     return extra
 
 
-def parse_completion(body) -> CompletionRequest:
+def parse_completion(body, defaults=None) -> CompletionRequest:
     model, stream, usage = _common(body)
     prompt = body.get("prompt")
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
         prompt = prompt[0]
     if isinstance(prompt, list) and prompt and all(isinstance(t, int) and not isinstance(t, bool) and t >= 0
                                                    for t in prompt):
-        return CompletionRequest(model, list(prompt), _sampling(body), stream, usage)  # token ids, as OpenAI allows
+        return CompletionRequest(model, list(prompt), _sampling(body, defaults), stream, usage)  # token ids (OpenAI)
     if not isinstance(prompt, str) or not prompt:
         raise ApiError(400, "'prompt' must be a non-empty string or a list of token ids", "prompt")
-    return CompletionRequest(model, prompt, _sampling(body), stream, usage)
+    return CompletionRequest(model, prompt, _sampling(body, defaults), stream, usage)

@@ -160,6 +160,8 @@ def dense(t: GgufTensors, name: str, order: np.ndarray | None = None) -> DenseWe
         if qtype == "BF16":
             raw = t._raw_rows(name, 0, rows)[order[start:stop]] if order is not None else t._raw_rows(name, start, stop)
             dst[start:stop] = raw.view(np.int16)
+            if order is None:  # the copied rows' file pages leave the resident set now, not after the whole tensor
+                t.release(name, (start, stop))
             continue
         w = t.dequantized(name, start, stop, order)
         b = w.to(torch.bfloat16)

@@ -19,6 +19,7 @@ Any other kind returns None from `gguf_tokenizer()` and the caller loads transfo
 from __future__ import annotations
 
 import heapq
+import unicodedata
 from array import array
 from bisect import bisect_left
 from dataclasses import dataclass
@@ -135,6 +136,8 @@ class GgufTokenizer:
     unk_token_id: int | None
     pad_token_id: int | None
     chat_template: str | None
+    whole_words: bool = False  # tokenizers' ignore_merges: a pre-tokenized word in the vocabulary is one token
+    normalize: str | None = None  # a unicodedata form applied to the text between added tokens (tokenizer.json's NFC)
 
     # --- encoding ---------------------------------------------------------------------------------------
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
@@ -145,9 +148,13 @@ class GgufTokenizer:
             elif self.kind is TokenizerKind.GEMMA_BPE:
                 ids.extend(self._bpe(self._gemma_symbols(piece.replace(" ", SPACE))))
             else:
+                if self.normalize:
+                    piece = unicodedata.normalize(self.normalize, piece)
                 for word in self.split.findall(piece):
-                    chars = (_BYTE_CHARS[b] for b in word.encode())
-                    ids.extend(self._bpe([i for i in map(self.tokens.get, chars) if i is not None]))
+                    chars = [_BYTE_CHARS[b] for b in word.encode()]
+                    whole = self.tokens.get("".join(chars)) if self.whole_words else None
+                    ids.extend([whole] if whole is not None else
+                               self._bpe([i for i in map(self.tokens.get, chars) if i is not None]))
         return ids
 
     def _split_added(self, text: str):

@@ -158,6 +158,10 @@ class SafetensorsTensors:
     def release(self, name: str, rows: tuple[int, int] | None = None) -> None:
         """Drop a converted tensor's pages from this process's resident set (GgufTensors.release)."""
         t = self.by_name[name]
+        if rows is not None and isinstance(t, Stored):  # rows start..stop of a tensor copied chunk by chunk
+            row_bytes = t.nbytes // self.shape(name)[0]
+            drop_pages(t.data, t.offset + rows[0] * row_bytes, t.offset + rows[1] * row_bytes)
+            return
         for part in t.parts() if isinstance(t, pk.PackedLinear) else [t]:
             drop_pages(part.data, part.offset, part.offset + part.nbytes)
 
