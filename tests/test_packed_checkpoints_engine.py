@@ -115,7 +115,9 @@ def test_awq_and_gptq_checkpoints_run_as_stored_and_agree_with_transformers(tmp_
     # bytes: the codes plus a float16 scale (and minimum) per 32 weights — not bf16 rows
     bits = kw.get("bits", 4)
     proj = sum(p.numel() for n, p in ref.named_parameters() if n.endswith("_proj.weight"))
-    assert b.weight_bytes < 2 * (ref.num_parameters() - proj) + proj * (bits + 1.1) / 8
+    group = kw.get("group", 128)  # groups of 128 read as stored: a float16 scale (and minimum) per 128 weights
+    extra = (16 if exact else 32) / group if group % 128 == 0 else 1.0
+    assert b.weight_bytes <= 2 * (ref.num_parameters() - proj) + proj * (bits + extra) / 8 + 4096
     # each product is the exact dot product over the dequantized weights (float64), to the kernels' ~15-bit activations
     from kernelfit.engine.native import native_module
 
@@ -185,3 +187,22 @@ def test_kernelfit_run_on_an_awq_directory_uses_the_engine(tmp_path):
     d = json.loads(out.stdout)
     assert d["plan"]["quantization"]["method"] == "engine"
     assert any(t["gguf_type"] == "AWQ 4-bit g128" for t in d["packing"]["tensors"])
+
+
+def test_groups_of_128_are_read_as_stored_and_keep_out_of_the_int8_gemm(tmp_path):
+    """AWQ / GPTQ's usual groups of 128 stay groups of 128 in the dot products (one float16 scale a group: a 4-bit
+    weight is 4.25 bits with its minimum, not 5); the int8 prompt GEMM, whose groups share one activation scale,
+    is not used for them (--prefill int8 falls back to the bf16 panels, and says so in LeanBuild.int8_prefill)."""
+    ref = _packed_checkpoint(tmp_path, "awq")
+    b = build_lean(tmp_path, prefill_int8=True)
+    n = b.native
+    dots = [i for i, kind in enumerate(n.kinds) if kind == 4]  # the layers' 4-bit dot products
+    assert len(dots) == 2 * 4  # QKV, O, gate/up, down of both layers
+    for i in dots:  # codes [tiles, K * 4], scales [tiles, K / 128, 8]
+        assert n.b[i].shape[1] * 128 == n.a[i].shape[1] // 4 and n.b[i].dtype == torch.float16
+    assert b.int8_prefill is False
+    ids = _tokens(120)
+    with torch.no_grad():
+        want = ref(ids[None]).logits[0]
+    reset_cache(b, len(ids))
+    _agree(want, forward(b, ids, 0, True), PROMPT_TIE)

@@ -48,7 +48,7 @@ def product(w: PackedWeight, prefill_dense: bool = False, head: bool = False, in
         copy = w.dequantize(bf16=True) if isinstance(w, DotWeight) else w.dequantize().to(torch.bfloat16)
     if isinstance(w, DotWeight):
         return Product(DOT4 if w.bits == 4 else DOT8, w.codes, w.scale, w.out_features, copy, w.mins,
-                       int8_prefill=int8_prefill and copy is None)
+                       int8_prefill=int8_prefill and copy is None and w.group <= 32)
     if isinstance(w, Int4Weight):
         return Product(INT4, w.packed, w.scales_zeros, w.out_features, copy)
     if isinstance(w, Int8Weight):
@@ -153,6 +153,8 @@ def build_lean(path: str | Path, prefill_dense: bool = False, progress=None, pre
     # (SmolLM2: peak RSS over the interpreter 172 -> 163 MiB without running it, ~12 more without compiling it)
     runner = model.eval() if native.prefill_ok else _script(model.eval())  # prefill_ok: all dot groups, so exact
     nbytes = sum(w.nbytes() for w in packed)
+    # the int8 GEMM quantizes a group's activations at one scale: groups of 128 (AWQ / GPTQ) take the bf16 panels
+    int8 = int8 and not any(isinstance(w, DotWeight) and w.group > 32 for w in packed)
     del packed, blocks, model, embed, head
     release_free_memory()
     return LeanBuild(cfg, runner, t.conversions, nbytes, time.perf_counter() - t0, native, t.problems,

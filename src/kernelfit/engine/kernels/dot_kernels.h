@@ -117,6 +117,45 @@ inline __m256 load8(const at::Half* p) {
 }
 #endif
 
+#if defined(KF_DOT_AVX2)
+// The 8 rows' integer dot products over columns cb..ce (at most one activation block) as float lanes: codes times the
+// activation's two digits, high digit first (hi * DIGIT_BASE + lo)
+template <int BITS>
+inline __m256 int_dot(const uint8_t* codes, const Act& a, int64_t cb, int64_t ce) {
+  // four independent accumulators (high / low activation digit x two column halves): vpdpbusd's latency would
+  // otherwise chain every product of the group
+  __m256i h0 = _mm256_setzero_si256(), h1 = h0, l0 = h0, l1 = h0;
+  const int8_t* ah = a.hi.data();
+  const int8_t* al = a.lo.data();
+  if (BITS == 4) {
+    const __m256i nib = _mm256_set1_epi8(0x0F);
+#pragma GCC unroll 4
+    for (int64_t c = cb; c < ce; c += 8) {
+      _mm_prefetch(reinterpret_cast<const char*>(codes + c * 4 + PREFETCH_BYTES), _MM_HINT_T0);
+      const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + c * 4));
+      const __m256i lo = _mm256_and_si256(v, nib), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), nib);
+      h0 = dot_u8s8(h0, lo, bcast4(ah + c));
+      h1 = dot_u8s8(h1, hi, bcast4(ah + c + 4));
+      l0 = dot_u8s8(l0, lo, bcast4(al + c));
+      l1 = dot_u8s8(l1, hi, bcast4(al + c + 4));
+    }
+  } else {
+#pragma GCC unroll 8
+    for (int64_t c = cb; c < ce; c += 8) {
+      _mm_prefetch(reinterpret_cast<const char*>(codes + c * 8 + PREFETCH_BYTES), _MM_HINT_T0);
+      const __m256i v0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + c * 8));
+      const __m256i v1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + c * 8 + 32));
+      h0 = dot_u8s8(h0, v0, bcast4(ah + c));
+      h1 = dot_u8s8(h1, v1, bcast4(ah + c + 4));
+      l0 = dot_u8s8(l0, v0, bcast4(al + c));
+      l1 = dot_u8s8(l1, v1, bcast4(al + c + 4));
+    }
+  }
+  const __m256i ih = _mm256_add_epi32(h0, h1), il = _mm256_add_epi32(l0, l1);
+  return _mm256_cvtepi32_ps(_mm256_add_epi32(_mm256_slli_epi32(ih, 7), il));
+}
+#endif
+
 // out[0..8) = sum_k w[row, k] * x[k] for the 8 rows of one tile. (One activation digit, llama.cpp's precision,
 // was measured for Gemma 3's 262k-row output head too: 5% faster, since the table is read from DRAM at that
 // speed either way; not kept.)
@@ -134,43 +173,20 @@ void tile_dot(const uint8_t* codes, const T* scale, const T* mins, float factor,
 #endif
 #if defined(KF_DOT_AVX2)
   __m256 acc = _mm256_setzero_ps(), acc_min = _mm256_setzero_ps();  // two chains of FMAs, not one
-  const __m256i nib = _mm256_set1_epi8(0x0F);
-  const int8_t* ah = a.hi.data();
-  const int8_t* al = a.lo.data();
   for (int64_t g = 0; g < groups; ++g) {
-    // four independent accumulators (high / low activation digit x two column halves): vpdpbusd's latency
-    // would otherwise chain every product of the group
-    __m256i h0 = _mm256_setzero_si256(), h1 = h0, l0 = h0, l1 = h0;
     const int64_t c0 = g * G;
-    if (BITS == 4) {
-#pragma GCC unroll 4
-      for (int64_t c = c0; c < c0 + G; c += 8) {
-        _mm_prefetch(reinterpret_cast<const char*>(codes + c * 4 + PREFETCH_BYTES), _MM_HINT_T0);
-        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + c * 4));
-        const __m256i lo = _mm256_and_si256(v, nib), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), nib);
-        h0 = dot_u8s8(h0, lo, bcast4(ah + c));
-        h1 = dot_u8s8(h1, hi, bcast4(ah + c + 4));
-        l0 = dot_u8s8(l0, lo, bcast4(al + c));
-        l1 = dot_u8s8(l1, hi, bcast4(al + c + 4));
-      }
-    } else {
-#pragma GCC unroll 8
-      for (int64_t c = c0; c < c0 + G; c += 8) {
-        _mm_prefetch(reinterpret_cast<const char*>(codes + c * 8 + PREFETCH_BYTES), _MM_HINT_T0);
-        const __m256i v0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + c * 8));
-        const __m256i v1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + c * 8 + 32));
-        h0 = dot_u8s8(h0, v0, bcast4(ah + c));
-        h1 = dot_u8s8(h1, v1, bcast4(ah + c + 4));
-        l0 = dot_u8s8(l0, v0, bcast4(al + c));
-        l1 = dot_u8s8(l1, v1, bcast4(al + c + 4));
-      }
-    }
-    const __m256i ih = _mm256_add_epi32(h0, h1), il = _mm256_add_epi32(l0, l1);
-    const __m256 i = _mm256_cvtepi32_ps(_mm256_add_epi32(_mm256_slli_epi32(ih, 7), il));
     const __m256 s = load8(scale + g * TILE);
-    acc = _mm256_fmadd_ps(i, _mm256_mul_ps(s, _mm256_set1_ps(a.scale[c0 / QK])), acc);
+    if constexpr (G <= QK) {
+      acc = _mm256_fmadd_ps(int_dot<BITS>(codes, a, c0, c0 + G), _mm256_mul_ps(s, _mm256_set1_ps(a.scale[c0 / QK])),
+                            acc);
+    } else {  // a group of several activation blocks (AWQ / GPTQ's 128): each block's integers at its own scale
+      __m256 part = _mm256_setzero_ps();
+      for (int64_t c1 = c0; c1 < c0 + G; c1 += QK)
+        part = _mm256_fmadd_ps(int_dot<BITS>(codes, a, c1, c1 + QK), _mm256_set1_ps(a.scale[c1 / QK]), part);
+      acc = _mm256_fmadd_ps(part, s, acc);
+    }
     float sum = sums[c0 / SUB];
-    if (G == 32) sum += sums[c0 / SUB + 1];
+    for (int64_t j = 1; j < G / SUB; ++j) sum += sums[c0 / SUB + j];
     if (mins) acc_min = _mm256_fmadd_ps(load8(mins + g * TILE), _mm256_set1_ps(sum), acc_min);
     else acc_min = _mm256_fmadd_ps(s, _mm256_set1_ps(factor * sum), acc_min);
   }
@@ -179,17 +195,22 @@ void tile_dot(const uint8_t* codes, const T* scale, const T* mins, float factor,
   for (int64_t r = 0; r < TILE; ++r) {
     float total = 0.f;
     for (int64_t g = 0; g < groups; ++g) {
-      int32_t ih = 0, il = 0;
-      for (int64_t c = g * G; c < (g + 1) * G; ++c) {
-        const uint8_t b = codes[code_index(BITS, k, r, c)];
-        const int32_t u = BITS == 8 ? b : ((c % 8) < 4 ? (b & 0x0F) : (b >> 4));
-        ih += u * a.hi[c];
-        il += u * a.lo[c];
+      float part = 0.f;  // the group's products, each activation block (32) at its scale; times the weight scale
+      for (int64_t c1 = g * G; c1 < (g + 1) * G; c1 += std::min<int64_t>(G, QK)) {
+        int32_t ih = 0, il = 0;
+        for (int64_t c = c1; c < c1 + std::min<int64_t>(G, QK); ++c) {
+          const uint8_t b = codes[code_index(BITS, k, r, c)];
+          const int32_t u = BITS == 8 ? b : ((c % 8) < 4 ? (b & 0x0F) : (b >> 4));
+          ih += u * a.hi[c];
+          il += u * a.lo[c];
+        }
+        if (G <= QK) part = float(ih * int32_t(DIGIT_BASE) + il) * (to_f32(scale[g * TILE + r]) * a.scale[c1 / QK]);
+        else part += float(ih * int32_t(DIGIT_BASE) + il) * a.scale[c1 / QK];
       }
+      if (G > QK) part *= to_f32(scale[g * TILE + r]);
       float sum = sums[g * G / SUB];
-      if (G == 32) sum += sums[g * G / SUB + 1];
-      total += float(ih * int32_t(DIGIT_BASE) + il) * (to_f32(scale[g * TILE + r]) * a.scale[g * G / QK]) +
-               (mins ? to_f32(mins[g * TILE + r]) : factor * to_f32(scale[g * TILE + r])) * sum;
+      for (int64_t j = 1; j < G / SUB; ++j) sum += sums[g * G / SUB + j];
+      total += part + (mins ? to_f32(mins[g * TILE + r]) : factor * to_f32(scale[g * TILE + r])) * sum;
     }
     out[r] = total;
   }
@@ -232,8 +253,9 @@ inline Layout check(const at::Tensor& codes, const at::Tensor& scale, const at::
   TORCH_CHECK(scale.dim() == 3 && scale.size(0) == tiles && scale.size(2) == TILE && scale.is_contiguous(),
               "dot: scales must be [N/8, K/G, 8]");
   const int64_t g = k / scale.size(1);
-  TORCH_CHECK(g * scale.size(1) == k && (g == 32 || g == 16), "dot: one scale per 32 or 16 weights");
+  TORCH_CHECK(g * scale.size(1) == k && (g == 32 || g == 16 || g == 128), "dot: one scale per 128, 32 or 16 weights");
   TORCH_CHECK(scale.scalar_type() == at::kFloat || scale.scalar_type() == at::kHalf, "dot: float32/16 scales");
+  TORCH_CHECK(g != 128 || scale.scalar_type() == at::kHalf, "dot: one scale per 128 weights must be float16");
   TORCH_CHECK((mins.dim() == 0 && mins.scalar_type() == at::kFloat) ||
                   (mins.sizes() == scale.sizes() && mins.scalar_type() == scale.scalar_type() && mins.is_contiguous()),
               "dot: mins must be shaped and typed as the scales, or one float32 factor of them");
@@ -339,7 +361,10 @@ inline std::vector<Layout> check_parts(const std::vector<at::Tensor>& codes, con
   do {                                                                   \
     if ((st) == at::kHalf) {                                             \
       if ((L).bits == 4 && (L).g == 32) FN<4, 32, at::Half>(__VA_ARGS__); \
-      else if ((L).bits == 4) FN<4, 16, at::Half>(__VA_ARGS__);          \
+      else if ((L).g == 128) {                                           \
+        if ((L).bits == 4) FN<4, 128, at::Half>(__VA_ARGS__);            \
+        else FN<8, 128, at::Half>(__VA_ARGS__);                          \
+      } else if ((L).bits == 4) FN<4, 16, at::Half>(__VA_ARGS__);        \
       else if ((L).g == 32) FN<8, 32, at::Half>(__VA_ARGS__);            \
       else FN<8, 16, at::Half>(__VA_ARGS__);                             \
     } else {                                                             \

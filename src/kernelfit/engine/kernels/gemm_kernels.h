@@ -191,6 +191,8 @@ inline at::Tensor gemm_parts(const at::Tensor& x_in, const std::vector<at::Tenso
   const at::Tensor x = x_in.to(at::kFloat).contiguous().view({-1, x_in.size(-1)});
   int64_t total = 0;
   const std::vector<dot::Layout> layouts = dot::check_parts(codes, scale, mins, bits, n, x.size(1), "gemm", total);
+  for (const auto& L : layouts)  // a group's integers at one activation scale: groups of up to one block (32)
+    TORCH_CHECK(L.g <= QK, "gemm: the int8 GEMM takes groups of 16 or 32 weights (not ", L.g, ")");
   const size_t parts = codes.size();
   auto y = at::empty({x.size(0), total}, x.options());
 #if defined(KF_GEMM_VNNI)

@@ -8,11 +8,12 @@ Layouts (AutoAWQ's WQLinear_GEMM and AutoGPTQ's QuantLinear, as loader/dequantiz
   output axis, stored minus one in the original format ("gptq"), as they are in "gptq_v2"; scales [in/g, out]; g_idx
   [in], which must put the groups in input order (i // g: desc_act=False).
 
-The dot products take one scale (and minimum) per 32 weights (engine/kernels/dot_kernels.h): a group of g = 32m
-weights becomes m groups with its scale, exactly. A symmetric GPTQ tensor (every zero 2^(bits-1)) is then Q4_0's /
-Q8_0's layout, minimum = -2^(bits-1) * scale: exact, 4.5 bits a weight at 4-bit. A zero per group (AWQ, asymmetric
-GPTQ) becomes Q4_1's float16 minimum -z * s: z * s can need 15 significant bits and float16 keeps 11, so the minimum
-is rounded (measured per tensor and reported, ~1e-5 relative to the weights); 5 bits a weight.
+The dot products take a float16 scale (and minimum) per 128 weights, or per 32 (engine/kernels/dot_kernels.h; the
+activations in blocks of 32 either way): a group of 128m weights becomes m groups of 128 with its scale, exactly —
+4.125 bits a 4-bit weight — and other multiples of 32 groups of 32 (4.5 bits). A symmetric GPTQ tensor (every zero
+2^(bits-1)) has the minimum -2^(bits-1) * scale: exact. A zero per group (AWQ, asymmetric GPTQ) becomes a float16
+minimum -z * s: z * s can need 15 significant bits and float16 keeps 11, so the minimum is rounded (measured per
+tensor and reported, ~4e-4 relative on the tests' weights); 4.25 bits a 4-bit weight in groups of 128.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from ..gguf import blocks as gb
 
 AWQ_ORDER = np.array([0, 2, 4, 6, 1, 3, 5, 7])  # nibble i of an AWQ word holds output column AWQ_ORDER[i] of its 8
 AWQ_NIBBLE = np.argsort(AWQ_ORDER)  # output column j % 8 -> its nibble
+DOT_GROUP = 128  # the dot products' largest group (engine/kernels/dot_kernels.h: float16 scales, activation blocks of 32)
 
 
 @dataclass
@@ -103,29 +105,36 @@ def symmetric(p: PackedLinear) -> bool:
     return p._symmetric
 
 
+def dot_group(p: PackedLinear) -> int:
+    """The dot products' group: 128 where the checkpoint's groups split into 128s (its scales read as stored, 4.25
+    bits a 4-bit weight with a minimum), else 32 (each scale repeated)."""
+    return DOT_GROUP if p.group % DOT_GROUP == 0 else gb.QK
+
+
 def layout(p: PackedLinear) -> tuple:
     """(bits, group, scale dtype, minimum) of the dot groups (engine/gguf/blocks.py DotGroups.layout)."""
-    return p.bits, gb.QK, np.dtype(np.float16).str, -float(1 << (p.bits - 1)) if symmetric(p) else "per group"
+    return p.bits, dot_group(p), np.dtype(np.float16).str, -float(1 << (p.bits - 1)) if symmetric(p) else "per group"
 
 
 def dot_groups(p: PackedLinear, rows: np.ndarray) -> tuple[gb.DotGroups, float, float]:
-    """Rows `rows` as dot groups of 32, with the squared error of the float16 minimums and the squared norm of the
+    """Rows `rows` as dot groups (dot_group), with the squared error of the float16 minimums and the squared norm of the
     weights (both 0 where the layout is exact)."""
     c = codes(p, rows)
     s = scales(p, rows)
-    per = p.group // gb.QK
+    group = dot_group(p)
+    per = p.group // group
     s16 = s.astype(np.float16)
     if not np.array_equal(s16.astype(np.float32), s, equal_nan=True):  # a bf16/f32 scale float16 cannot hold
         raise UsageError(f"{p.type_name} scales outside float16's values: the engine keeps them as float16 "
                          "(--quantization none runs the checkpoint through transformers)")
     scale = np.repeat(s16, per, axis=1)
     if symmetric(p):
-        return gb.DotGroups(c, scale, -float(1 << (p.bits - 1)), p.bits, gb.QK), 0.0, 0.0
+        return gb.DotGroups(c, scale, -float(1 << (p.bits - 1)), p.bits, group), 0.0, 0.0
     exact = -(zeros(p, rows).astype(np.float32) * s)  # z * s: exact in float32 (bits + 11 significant bits)
     m16 = exact.astype(np.float16)
     err2 = float(((m16.astype(np.float32) - exact) ** 2).sum()) * p.group
     w = dense_rows(p, rows, c, s, exact)
-    return gb.DotGroups(c, scale, np.repeat(m16, per, axis=1), p.bits, gb.QK), err2, float((w ** 2).sum())
+    return gb.DotGroups(c, scale, np.repeat(m16, per, axis=1), p.bits, group), err2, float((w ** 2).sum())
 
 
 def dense_rows(p: PackedLinear, rows: np.ndarray, c: np.ndarray | None = None, s: np.ndarray | None = None,
