@@ -112,15 +112,21 @@ def _rewrite(model_dir: Path, method: str) -> dict[str, torch.Tensor]:
             packed[prefix + "g_idx"] = torch.arange(w.shape[1], dtype=torch.int32) // GROUP
         packed[prefix + "scales"] = scale.t().contiguous()  # [in/g, out]
     save_file(packed, f, metadata={"format": "pt"})
+    declare(model_dir, method)
+    return reference
+
+
+def declare(model_dir: Path, method: str, group: int = GROUP, bits: int = 4, sym: bool = True,
+            desc_act: bool = False, v2: bool = False) -> None:
+    """config.json's quantization_config (and float16 dtype) for an AWQ (gemm, zero points) or GPTQ checkpoint."""
     cfg = json.loads((model_dir / "config.json").read_text())
     cfg["dtype"] = "float16"
     cfg["quantization_config"] = (
-        {"quant_method": "awq", "bits": 4, "group_size": GROUP, "zero_point": True, "version": "gemm"}
+        {"quant_method": "awq", "bits": 4, "group_size": group, "zero_point": True, "version": "gemm"}
         if method == "awq" else
-        {"quant_method": "gptq", "bits": 4, "group_size": GROUP, "sym": True, "desc_act": False,
-         "checkpoint_format": "gptq"})
+        {"quant_method": "gptq", "bits": bits, "group_size": group, "sym": sym, "desc_act": desc_act,
+         "checkpoint_format": "gptq_v2" if v2 else "gptq"})
     (model_dir / "config.json").write_text(json.dumps(cfg, indent=2))
-    return reference
 
 
 def pack_awq_cols_plain(codes: torch.Tensor, bits: int = 4) -> torch.Tensor:

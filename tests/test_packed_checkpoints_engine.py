@@ -18,7 +18,7 @@ from kernelfit import Preferences, load_model_spec, load_profile, plan
 from kernelfit.engine.build import build_lean, forward, reset_cache
 from kernelfit.errors import UsageError
 from kernelfit.planner.types import RejectKind
-from quantized_checkpoints import pack_awq_cols, pack_awq_cols_plain, pack_gptq_rows, quantize
+from quantized_checkpoints import declare, pack_awq_cols, pack_awq_cols_plain, pack_gptq_rows, quantize
 from test_packed_gguf import _tokens
 from test_safetensors_engine import _checkpoint
 
@@ -79,14 +79,7 @@ def _packed_checkpoint(path, method: str, group: int = 128, sym: bool = False, b
             packed[prefix + "g_idx"] = g_idx.flip(0) if desc_act else g_idx
         packed[prefix + "scales"] = scale.t().contiguous()
     save_file(packed, f, metadata={"format": "pt"})
-    cfg = json.loads((path / "config.json").read_text())
-    cfg["dtype"] = "float16"
-    cfg["quantization_config"] = (
-        {"quant_method": "awq", "bits": 4, "group_size": group, "zero_point": True, "version": "gemm"}
-        if method == "awq" else
-        {"quant_method": "gptq", "bits": bits, "group_size": group, "sym": sym, "desc_act": desc_act,
-         "checkpoint_format": "gptq_v2" if v2 else "gptq"})
-    (path / "config.json").write_text(json.dumps(cfg, indent=2))
+    declare(path, method, group, bits, sym, desc_act, v2)
     with torch.no_grad():
         for name, p in ref.named_parameters():
             if name in dense:
