@@ -73,6 +73,34 @@ def test_float32_checkpoints_are_rounded_to_bf16_once_and_say_what_it_cost(tmp_p
         _agree(ref(ids[None]).logits[0], forward(b, ids, 0, True))
 
 
+def test_float16_checkpoints_run_their_products_as_stored(tmp_path):
+    """A float16 checkpoint's projections and output head stay float16 rows, widened exactly by the rows kernel
+    (vcvtph2ps) — no bf16 rounding, so no measured error; its token table is looked up as bf16 (rounded, reported)."""
+    ref = _checkpoint(tmp_path, "llama", dtype=torch.float16)
+    b = build_lean(tmp_path)
+    by = {c.name: c for c in b.conversions}
+    products = [c for n, c in by.items() if n != "token_embd.weight"]
+    assert products and all((c.gguf_type, c.layout, c.rel_error) == ("F16", "f16", 0.0) for c in products)
+    assert by["token_embd.weight"].layout == "bf16" and 0 < by["token_embd.weight"].rel_error < 0.01
+    ids = _tokens()
+    with torch.no_grad():
+        want = ref(ids[None]).logits[0]
+    reset_cache(b, len(ids) + 8)
+    _agree(want, forward(b, ids, 0, True))
+    reset_cache(b, len(ids) + 8)
+    forward(b, ids[:44], 0, False)
+    _agree(want[44:], torch.stack([forward(b, ids[i:i + 1], i, False)[-1] for i in range(44, 300)]))
+    from kernelfit.engine.native import native_module
+
+    w = torch.randn(200, 328).half()
+    x = torch.randn(5, 328)
+    y = native_module().bf16_rows_mm(x, w)  # decode rows: float32 sums of the exact float16 values
+    assert torch.allclose(y.double(), x.double() @ w.double().T, rtol=1e-5, atol=1e-4)
+    many = torch.randn(40, 328)  # a prompt: bf16 panels of the rounded rows
+    bf = many.to(torch.bfloat16).double() @ w.to(torch.bfloat16).double().T
+    assert torch.allclose(native_module().bf16_rows_mm(many, w).double(), bf, rtol=1e-3, atol=1e-3)
+
+
 def test_bf16_rows_products_compute_each_row_alone_and_in_float32():
     """Up to 12 rows: each row's products equal its own one-row call bit for bit (so a batched step equals one decode
     step a sequence) and float64 over the same bf16 weights; a prompt's many rows through the bf16 panels."""

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 # model_type -> what its modeling file adds to the llama block (transformers models/<type>/modeling_<type>.py)
 ENGINE_CONFIG_ARCHS = ("llama", "mistral", "qwen2", "qwen3")
-# safetensors dtypes the engine reads: bf16 as stored (exact); fp16 and fp32 rounded to bf16 once at load, the
-# rounding's measured error reported per tensor (`run --json` packing.tensors)
+# safetensors dtypes the engine reads: bf16 and fp16 products as stored (exact: kernels/bf16_rows.h widens either);
+# fp32, and an fp16 token table, rounded to bf16 once at load, the error reported per tensor (`run --json`)
 ENGINE_CHECKPOINT_DTYPES = ("bfloat16", "float16", "float32")
 # rope_parameters' rope_type values engine/recipe.py implements (transformers modeling_rope_utils.py)
 ENGINE_ROPE_TYPES = ("default", "linear", "llama3", "yarn")

@@ -146,18 +146,20 @@ def interleave_order(rows: int, head_dim: int, rotary_dims: int = 0) -> np.ndarr
     return (np.arange(heads)[:, None] * head_dim + within[None, :]).reshape(-1)
 
 
-def dense(t: GgufTensors, name: str, order: np.ndarray | None = None) -> DenseWeight:
+def dense(t: GgufTensors, name: str, order: np.ndarray | None = None, f16: bool = False) -> DenseWeight:
     """A tensor as bf16 rows, written chunk by chunk into one tensor on huge pages: BF16 bytes copied as they are
-    (exact), F16 / F32 rounded to bf16 (its measured error recorded). No float32 copy of a BF16 tensor and no
+    (exact), F16 / F32 rounded to bf16 (its measured error recorded) — or, with f16 (a product the C++ rows kernel
+    runs, kernels/bf16_rows.h), F16 bytes copied as they are too (exact). No float32 copy of a BF16 tensor and no
     second copy to join the chunks: a safetensors SmolLM2 loaded in 4.4 s at 689 MiB peak RSS that way."""
     rows, cols = t.shape(name)
     qtype = t.qtype(name)
-    out = t.arena.zeros((rows, cols), torch.bfloat16)
+    as_stored = qtype == "BF16" or (f16 and qtype == "F16")
+    out = t.arena.zeros((rows, cols), torch.float16 if as_stored and qtype == "F16" else torch.bfloat16)
     dst = out.view(torch.int16).numpy()
     err2 = norm2 = 0.0
     for start in range(0, rows, CHUNK_ROWS):
         stop = min(rows, start + CHUNK_ROWS)
-        if qtype == "BF16":
+        if as_stored:
             raw = t._raw_rows(name, 0, rows)[order[start:stop]] if order is not None else t._raw_rows(name, start, stop)
             dst[start:stop] = raw.view(np.int16)
             if order is None:  # the copied rows' file pages leave the resident set now, not after the whole tensor
@@ -169,14 +171,16 @@ def dense(t: GgufTensors, name: str, order: np.ndarray | None = None) -> DenseWe
         err2 += float(((b.float() - w) ** 2).sum())
         norm2 += float((w ** 2).sum())
     t.release(name)
-    t.conversions.append(Conversion(name, qtype, "bf16", (err2 / norm2) ** 0.5 if norm2 > 0 else 0.0))
+    layout = "f16" if out.dtype == torch.float16 else "bf16"
+    t.conversions.append(Conversion(name, qtype, layout, (err2 / norm2) ** 0.5 if norm2 > 0 else 0.0))
     return DenseWeight(out, rows, cols)
 
 
-def regrid(t: GgufTensors, name: str, order: np.ndarray | None = None, keep_dense: bool = False) -> PackedWeight:
-    """int8 per row when its measured error is small enough, else bf16; built chunk by chunk."""
+def regrid(t: GgufTensors, name: str, order: np.ndarray | None = None, keep_dense: bool = False,
+           f16: bool = False) -> PackedWeight:
+    """int8 per row when its measured error is small enough, else bf16; built chunk by chunk. f16: see dense()."""
     if keep_dense and t.qtype(name) in gb.FLOAT_TYPES:
-        return dense(t, name, order)
+        return dense(t, name, order, f16)
     rows, cols = t.shape(name)
     chunks, err2, norm2 = [], 0.0, 0.0
     for start in range(0, rows, CHUNK_ROWS):
@@ -197,10 +201,10 @@ def regrid(t: GgufTensors, name: str, order: np.ndarray | None = None, keep_dens
     return Int8Weight(torch.cat([c.weight for c in chunks]), torch.cat([c.scale for c in chunks]), rows, cols)
 
 
-def regridded(t: GgufTensors, name: str, order: np.ndarray | None = None) -> PackedWeight:
+def regridded(t: GgufTensors, name: str, order: np.ndarray | None = None, f16: bool = False) -> PackedWeight:
     """A tensor no int4 product takes (a float, Q5/Q8/Q6_K type, or a shape off the int4 tiles), and the token
     table (its rows are looked up, and a tied output product reads it): float tensors bf16, others re-gridded."""
-    return regrid(t, name, order, keep_dense=t.qtype(name) in gb.FLOAT_TYPES)
+    return regrid(t, name, order, keep_dense=t.qtype(name) in gb.FLOAT_TYPES, f16=f16)
 
 
 def _int4(t: GgufTensors, names: list[str], orders: dict) -> Int4Weight:
@@ -277,4 +281,5 @@ def linear(t: GgufTensors, names: list[str], orders: dict[str, np.ndarray] | Non
     int4 = {n: t.qtype(n) in gb.INT4_TYPES and can_int4(*t.shape(n)) for n in names}
     if all(int4.values()):
         return [_int4(t, names, orders)]
-    return [_int4(t, [n], orders) if int4[n] else regridded(t, n, orders.get(n)) for n in names]
+    # a float16 product stays float16 where the C++ rows kernel runs it (exact); the token table is looked up as bf16
+    return [_int4(t, [n], orders) if int4[n] else regridded(t, n, orders.get(n), f16=exact) for n in names]

@@ -1,5 +1,5 @@
-// Products over a checkpoint's bf16 weight rows as stored ([N, K] row-major, a transformers safetensors tensor or a
-// GGUF BF16/F16/F32 tensor rounded to bf16 once): y float32 [M, N] = x @ W^T.
+// Products over a checkpoint's bf16 or float16 weight rows as stored ([N, K] row-major, a transformers safetensors
+// tensor or a GGUF BF16/F16 tensor; F32 is rounded to bf16 once): y float32 [M, N] = x @ W^T.
 //
 // Why not torch's bf16 linear: its one-row product rounds the activation to bf16 and the output to bf16 — a logit
 // of 25 then moves in steps of 0.125, which swapped SmolLM2's top two answers to "What is the capital of France?"
@@ -18,15 +18,22 @@ namespace bf16rows {
 constexpr int64_t DECODE_ROWS = 12;  // reference.py DOT_MAX_ROWS
 constexpr int64_t ROW_BLOCK = 64;    // weight rows a thread task: ~64 KB of a 576-wide table, well past the call cost
 
+template <bool F16>
 inline float widen(uint16_t b) {
+  if constexpr (F16) {
+    at::Half h;
+    std::memcpy(&h, &b, sizeof b);
+    return static_cast<float>(h);
+  }
   uint32_t u = uint32_t(b) << 16;
   float f;
   std::memcpy(&f, &u, sizeof f);
   return f;
 }
 
-// y[r, n] for rows r < R of x (float32, K apart) and weight rows [n0, n1)
-template <int R>
+// y[r, n] for rows r < R of x (float32, K apart) and weight rows [n0, n1); F16: the rows are float16 (a float16
+// checkpoint's weights as stored: vcvtph2ps widens them exactly, as the shift widens bf16)
+template <int R, bool F16>
 void dot_rows(const float* x, int64_t k, const uint16_t* w, int64_t n0, int64_t n1, float* y, int64_t ldy) {
   for (int64_t n = n0; n < n1; ++n) {
     const uint16_t* wr = w + n * k;
@@ -36,7 +43,7 @@ void dot_rows(const float* x, int64_t k, const uint16_t* w, int64_t n0, int64_t 
     for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
     for (; i + 16 <= k; i += 16) {
       const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr + i));
-      const __m512 wf = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+      const __m512 wf = F16 ? _mm512_cvtph_ps(h) : _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 #pragma GCC unroll 12
       for (int r = 0; r < R; ++r) acc[r] = _mm512_fmadd_ps(_mm512_loadu_ps(x + r * k + i), wf, acc[r]);
     }
@@ -47,7 +54,7 @@ void dot_rows(const float* x, int64_t k, const uint16_t* w, int64_t n0, int64_t 
     for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
     for (; i + 8 <= k; i += 8) {
       const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(wr + i));
-      const __m256 wf = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+      const __m256 wf = F16 ? _mm256_cvtph_ps(h) : _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
       for (int r = 0; r < R; ++r) acc[r] = _mm256_fmadd_ps(_mm256_loadu_ps(x + r * k + i), wf, acc[r]);
     }
     float sums[R];
@@ -62,18 +69,19 @@ void dot_rows(const float* x, int64_t k, const uint16_t* w, int64_t n0, int64_t 
     float sums[R] = {};
 #endif
     for (; i < k; ++i) {  // a row tail past the last whole vector
-      const float wf = widen(wr[i]);
+      const float wf = widen<F16>(wr[i]);
       for (int r = 0; r < R; ++r) sums[r] += x[r * k + i] * wf;
     }
     for (int r = 0; r < R; ++r) y[r * ldy + n] = sums[r];
   }
 }
 
-inline void dot_block(int64_t rows, const float* x, int64_t k, const uint16_t* w, int64_t n0, int64_t n1, float* y,
-                      int64_t ldy) {
+template <bool F16>
+void dot_block(int64_t rows, const float* x, int64_t k, const uint16_t* w, int64_t n0, int64_t n1, float* y,
+               int64_t ldy) {
   switch (rows) {
 #define KF_BF16_ROWS(R) \
-  case R: return dot_rows<R>(x, k, w, n0, n1, y, ldy);
+  case R: return dot_rows<R, F16>(x, k, w, n0, n1, y, ldy);
     KF_BF16_ROWS(1) KF_BF16_ROWS(2) KF_BF16_ROWS(3) KF_BF16_ROWS(4) KF_BF16_ROWS(5) KF_BF16_ROWS(6)
     KF_BF16_ROWS(7) KF_BF16_ROWS(8) KF_BF16_ROWS(9) KF_BF16_ROWS(10) KF_BF16_ROWS(11) KF_BF16_ROWS(12)
 #undef KF_BF16_ROWS
@@ -82,14 +90,29 @@ inline void dot_block(int64_t rows, const float* x, int64_t k, const uint16_t* w
 
 #if defined(KF_PANEL_GEMM)
 // panel_gemm.h's layout from bf16 rows n0..n0+32 (zeros past n): lane j of pair kp holds row n0 + j's k = 2 kp and
-// 2 kp + 1, which are one uint32 of the row as stored
-inline void rows_panel(const uint16_t* w, int64_t n, int64_t k, int64_t n0, uint32_t* panel) {
+// 2 kp + 1, which are one uint32 of the row as stored. Float16 rows are rounded to bf16 first, a row at a time into
+// `tmp` (a prompt's products take bf16 inputs; the decode rows above stay exact)
+inline void rows_panel(const uint16_t* w, int64_t n, int64_t k, int64_t n0, uint32_t* panel, bool f16,
+                       std::vector<uint16_t>& tmp) {
   for (int64_t j = 0; j < panel::COLS; ++j) {
     if (n0 + j >= n) {
       for (int64_t kp = 0; kp < k / 2; ++kp) panel[kp * panel::COLS + j] = 0;
       continue;
     }
     const uint16_t* row = w + (n0 + j) * k;
+    if (f16) {
+      tmp.resize(k);
+      int64_t i = 0;
+      for (; i + 16 <= k; i += 16) {
+        const __m512 v = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + i)));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(tmp.data() + i), (__m256i)_mm512_cvtneps_pbh(v));
+      }
+      for (; i < k; ++i) {
+        const at::BFloat16 b(widen<true>(row[i]));
+        std::memcpy(tmp.data() + i, &b, 2);
+      }
+      row = tmp.data();
+    }
     for (int64_t kp = 0; kp < k / 2; ++kp) std::memcpy(panel + kp * panel::COLS + j, row + 2 * kp, 4);
   }
 }
@@ -97,10 +120,12 @@ inline void rows_panel(const uint16_t* w, int64_t n, int64_t k, int64_t n0, uint
 
 // y float32 [M, N] = x @ W^T; x float32 or bf16 [M, K], w bf16 [N, K] contiguous
 inline at::Tensor rows_mm(const at::Tensor& x_in, const at::Tensor& w) {
-  TORCH_CHECK(w.scalar_type() == at::kBFloat16 && w.dim() == 2 && w.is_contiguous(), "bf16 rows: W bf16 [N, K]");
+  const bool f16 = w.scalar_type() == at::kHalf;
+  TORCH_CHECK((f16 || w.scalar_type() == at::kBFloat16) && w.dim() == 2 && w.is_contiguous(),
+              "bf16 rows: W bf16 or float16 [N, K]");
   const int64_t n = w.size(0), k = w.size(1);
   TORCH_CHECK(x_in.size(-1) == k, "bf16 rows: x has ", x_in.size(-1), " columns, W ", k);
-  const auto* wp = reinterpret_cast<const uint16_t*>(w.data_ptr<at::BFloat16>());
+  const auto* wp = static_cast<const uint16_t*>(w.data_ptr());
   const int64_t m = x_in.numel() / k;
   if (m <= DECODE_ROWS) {
     const at::Tensor x = x_in.to(at::kFloat).contiguous().view({m, k});
@@ -109,7 +134,8 @@ inline at::Tensor rows_mm(const at::Tensor& x_in, const at::Tensor& w) {
     const float* xp = x.data_ptr<float>();
     float* yp = y.data_ptr<float>();
     at::parallel_for(0, (n + ROW_BLOCK - 1) / ROW_BLOCK, 1, [&](int64_t b0, int64_t b1) {
-      dot_block(m, xp, k, wp, b0 * ROW_BLOCK, std::min(n, b1 * ROW_BLOCK), yp, n);
+      if (f16) dot_block<true>(m, xp, k, wp, b0 * ROW_BLOCK, std::min(n, b1 * ROW_BLOCK), yp, n);
+      else dot_block<false>(m, xp, k, wp, b0 * ROW_BLOCK, std::min(n, b1 * ROW_BLOCK), yp, n);
     });
     return y;
   }
@@ -121,8 +147,9 @@ inline at::Tensor rows_mm(const at::Tensor& x_in, const at::Tensor& w) {
     float* yp = y.data_ptr<float>();
     at::parallel_for(0, (n + panel::COLS - 1) / panel::COLS, 1, [&](int64_t p0, int64_t p1) {
       std::vector<uint32_t> pan(k / 2 * panel::COLS);
+      std::vector<uint16_t> tmp;
       for (int64_t p = p0; p < p1; ++p) {
-        rows_panel(wp, n, k, p * panel::COLS, pan.data());
+        rows_panel(wp, n, k, p * panel::COLS, pan.data(), f16, tmp);
         const int64_t valid = std::min(panel::COLS, n - p * panel::COLS);
         for (int64_t r0 = 0; r0 < m; r0 += panel::MR)
           panel::rows_micro(std::min(panel::MR, m - r0), xp + r0 * k, k, k, pan.data(), yp + r0 * n + p * panel::COLS,
@@ -132,7 +159,7 @@ inline at::Tensor rows_mm(const at::Tensor& x_in, const at::Tensor& w) {
     return y;
   }
 #endif
-  return at::linear(x_in.to(at::kBFloat16).view({m, k}), w).to(at::kFloat);
+  return at::linear(x_in.to(w.scalar_type()).view({m, k}), w).to(at::kFloat);
 }
 
 }  // namespace bf16rows
