@@ -60,10 +60,12 @@ def llama_cpp_name(name: str) -> str | None:
     return None
 
 
-def packed_bytes_per_weight(bits: int, symmetric: bool) -> float:
-    """Bytes an AWQ / GPTQ weight takes on the engine (engine/safetensors/packed.py): its code, and per 32 weights
-    a float16 scale, plus a float16 minimum where each group has its own zero."""
-    return (32 * bits / 8 + 2 + (0 if symmetric else 2)) / 32
+def packed_bytes_per_weight(bits: int, symmetric: bool, group: int | None) -> float:
+    """Bytes an AWQ / GPTQ weight takes on the engine (engine/safetensors/packed.py): its code, and per dot group (128
+    where the checkpoint's groups split into 128s or it has one per channel, else 32) a float16 scale, plus a float16
+    minimum where each group has its own zero."""
+    g = 128 if group in (None, -1) or group % 128 == 0 else 32
+    return bits / 8 + (2 + (0 if symmetric else 2)) / g
 
 
 def dense_names(names: set[str]) -> set[str]:

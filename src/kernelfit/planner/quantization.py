@@ -330,11 +330,12 @@ def _engine(level: Level, model: ModelSpec, devices: list[Device], machine: Mach
         sym = pre.method == "gptq" and bool(pre.sym)
         return QuantOption("engine", None, "kernelfit-cpu", pre.group_size, None,
                            f"the checkpoint's {pre.label()} weights run as stored on kernelfit's CPU engine ({isa}): "
-                           f"its codes and scales become the exact dot products' groups of 32 — no dequantization"
-                           + (" (symmetric: Q4_0's layout, exact)" if sym else
-                              "; each group's zero x scale is kept in float16 as Q4_1's minimum, its rounding "
-                              "measured per tensor") + "; the architecture from config.json; --quantization none "
-                           "runs it on gptqmodel's kernels through transformers instead")
+                           f"its codes and float16 scales become the exact dot products' groups (of 128 where its "
+                           f"groups split into 128s, else of 32) — no dequantization"
+                           + (" (symmetric: exact)" if sym else
+                              "; each group's zero x scale is kept as a float16 minimum, its rounding measured per "
+                              "tensor") + "; the architecture from config.json; --quantization none runs it on "
+                           "gptqmodel's kernels through transformers instead")
     return QuantOption("engine", None, "kernelfit-cpu", None, None,
                        f"the checkpoint's {model.checkpoint_dtype} weights run on kernelfit's CPU engine ({isa}): "
                        "read from the safetensors shards as bf16 rows (bf16 exactly as stored), the architecture "

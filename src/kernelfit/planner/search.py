@@ -146,7 +146,7 @@ def _engine_weight_bytes(model: ModelSpec, quant: QuantOption) -> int:
         return model.params * 2
     t = model.text
     embed = min(model.params, t.vocab_size * t.hidden_size * (1 if t.tie_embeddings else 2)) if t.vocab_size else 0
-    per = packed_bytes_per_weight(pre.bits, pre.method == "gptq" and bool(pre.sym))
+    per = packed_bytes_per_weight(pre.bits, pre.method == "gptq" and bool(pre.sym), pre.group_size)
     return int(embed * 2 + (model.params - embed) * per)
 
 
