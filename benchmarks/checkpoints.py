@@ -133,7 +133,6 @@ def write_safetensors(path: Path, tensors: dict[str, np.ndarray]) -> None:
             f.write(v.tobytes())
 
 
-AWQ_ORDER = np.array([0, 2, 4, 6, 1, 3, 5, 7])  # nibble i of an AWQ word holds column AWQ_ORDER[i] of its 8
 GROUP = 128
 
 
@@ -170,6 +169,7 @@ def packed_dir(name: str, folder: Path, method: str) -> Path:
     out = OUT / f"{name}-{method}"
     if (out / "config.json").is_file():
         return out
+    from kernelfit.model.quantization import AWQ_ORDER
     from kernelfit.model.safetensors_header import read_header
 
     shard = folder / "model.safetensors"
@@ -190,8 +190,8 @@ def packed_dir(name: str, folder: Path, method: str) -> Path:
         q, zero, scale = _quantize(w, sym=method == "gptq")
         p = k[: -len("weight")]
         if method == "awq":
-            tensors[p + "qweight"] = _pack(q.T, 1, AWQ_ORDER)  # [in, out/8]
-            tensors[p + "qzeros"] = _pack(zero.T.astype(np.uint8), 1, AWQ_ORDER)  # [in/g, out/8]
+            tensors[p + "qweight"] = _pack(q.T, 1, np.array(AWQ_ORDER))  # [in, out/8]
+            tensors[p + "qzeros"] = _pack(zero.T.astype(np.uint8), 1, np.array(AWQ_ORDER))  # [in/g, out/8]
         else:
             tensors[p + "qweight"] = _pack(q.T, 0)  # [in/8, out]
             tensors[p + "qzeros"] = _pack((zero.T - 1).astype(np.uint8), 1)  # v1: zero - 1

@@ -119,7 +119,7 @@ def render_plan(p: Plan) -> str:
     if lean_runner(p) and p.quantization.method == "engine":
         pre = p.model.quantization is not None and p.model.quantization.prequantized
         read = (f"their {p.model.quantization.method.upper()} codes and scales read as the dot products' groups"
-                if pre else "read as Q8_0 blocks made at load" if p.quantization.bits else "read as bf16 rows")
+                if pre else "read as Q8_0 blocks made at load" if p.quantization.bits else "read as 16-bit rows")
         out.append(_wrap(f"Load      kernelfit's CPU engine: the safetensors shards are mapped and {read} (no "
                          "from_pretrained); --quantization none loads it through transformers instead", ""))
     elif lean_runner(p):

@@ -25,13 +25,12 @@ from pathlib import Path
 import torch
 
 from ..errors import UsageError
-from ..model.quantization import CheckpointQuant
+from ..model.quantization import AWQ_ORDER, CheckpointQuant
 from ..model.spec import ModelSpec
 from ..cache_entry import build_entry, verified_entry
 from ..paths import files_key, writable_cache_root
 
 FORMAT_VERSION = 1
-AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)  # nibble i of an AWQ int32 holds output column AWQ_ORDER[i] of its 8
 
 
 def _codes(packed: torch.Tensor, bits: int, dim: int) -> torch.Tensor:

@@ -17,10 +17,6 @@ class GenerationDefaults:
     eos_token_ids: tuple[int, ...] = ()
     source: str | None = None  # the file they came from
 
-    def describe(self) -> str:
-        parts = [f"{k} {v:g}" for k, v in (("temperature", self.temperature), ("top_p", self.top_p)) if v is not None]
-        return ", ".join(parts)
-
 
 def _number(cfg: dict, key: str, lo: float, hi: float) -> float | None:
     v = cfg.get(key)

@@ -7,6 +7,10 @@ from dataclasses import dataclass, field
 
 from ..errors import UsageError
 
+# AutoAWQ's GEMM packing: nibble i of an int32 word holds output column AWQ_ORDER[i] of its 8 (the dequantizer for
+# transformers, loader/dequantize.py, and the engine's reader, engine/safetensors/packed.py, both read it)
+AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)
+
 # Methods the planner can place (it quantizes dense checkpoints itself); GGUF files are converted.
 PREQUANTIZED_METHODS = ("awq", "gptq", "fp8")
 FP8_DEFAULT_BLOCK = (128, 128)

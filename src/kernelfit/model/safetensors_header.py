@@ -85,13 +85,22 @@ def count_parameters(directory: Path) -> int | None:
     return total or None
 
 
+def shard_files(directory: Path) -> list[Path] | None:
+    """The checkpoint's safetensors files: its index's where it has one, else the folder's; None for an unreadable
+    index."""
+    index = directory / "model.safetensors.index.json"
+    if not index.is_file():
+        return sorted(directory.glob("*.safetensors"))
+    try:
+        return sorted({directory / f for f in json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()})
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
 def tensor_names(directory: Path) -> set[str] | None:
     """Every tensor name in the checkpoint's shards (the index's shards where it has one); None if one is unreadable."""
-    index = directory / "model.safetensors.index.json"
-    try:
-        shards = sorted({directory / f for f in json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()}) \
-            if index.is_file() else sorted(directory.glob("*.safetensors"))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    shards = shard_files(directory)
+    if shards is None:
         return None
     names: set[str] = set()
     for shard in shards:

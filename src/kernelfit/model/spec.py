@@ -351,13 +351,13 @@ def _spec_from_dir(directory: Path, name: str) -> ModelSpec:
     spec = spec_from_config(cfg, name, str(config), fmt=fmt, model_dir=str(directory), chat_template=chat,
                             extra={"custom_code": True} if isinstance(cfg, dict) and cfg.get("auto_map") else {})
     if fmt == "safetensors" and len(spec.sub_models) == 1:  # what the engine would read (catalog/engine_checkpoints)
-        from ..catalog.engine_checkpoints import tensor_problem
+        from ..catalog.engine_checkpoints import ENGINE_PACKED_METHODS, tensor_problem
         from .safetensors_header import tensor_names
 
         names = tensor_names(directory)
         spec.extra["engine_tensors"] = "its shards are unreadable" if names is None else tensor_problem(
             names, spec.model_type, int(cfg.get("num_hidden_layers") or 0), bool(spec.text.tie_embeddings),
-            spec.quantization is not None and spec.quantization.method in ("awq", "gptq"))
+            spec.quantization is not None and spec.quantization.method in ENGINE_PACKED_METHODS)
     return with_checkpoint_params(spec, directory)
 
 

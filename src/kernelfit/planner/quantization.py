@@ -92,8 +92,8 @@ def ladder(model: ModelSpec, quantization: str, allow_dequantize: bool, dtype: s
         return [Level("packed"), *levels]
     if model.format == "safetensors" and quantization == "auto" and len(model.sub_models) == 1 and \
             dtype in ("auto", "bfloat16"):
-        # kernelfit's engine reads the checkpoint itself (CPU placements, the architectures it covers; its weights
-        # are bf16 rows, so a --dtype float32/float16 asks for transformers); else transformers loads it as before
+        # kernelfit's engine reads the checkpoint itself (CPU placements, the architectures it covers; it keeps the
+        # checkpoint's own 16-bit weights, so a --dtype float32/float16 asks for transformers); else transformers
         return [Level("engine"), *levels]
     return levels
 
@@ -338,6 +338,6 @@ def _engine(level: Level, model: ModelSpec, devices: list[Device], machine: Mach
                            "gptqmodel's kernels through transformers instead")
     return QuantOption("engine", None, "kernelfit-cpu", None, None,
                        f"the checkpoint's {model.checkpoint_dtype} weights run on kernelfit's CPU engine ({isa}): "
-                       "read from the safetensors shards as bf16 rows (bf16 exactly as stored), the architecture "
-                       "from config.json, float32 activations and KV cache; --quantization none loads it through "
-                       "transformers instead")
+                       "read from the safetensors shards as bf16 / float16 rows exactly as stored (float32 rounded "
+                       "to bf16 once), the architecture from config.json, float32 activations and KV cache; "
+                       "--quantization none loads it through transformers instead")

@@ -127,7 +127,7 @@ def _try(model: ModelSpec, machine: Machine, prefs: Preferences, place: Place, o
                    storage_dtype=None if lean else storage)
     if quant.method == "gguf":
         mem = replace(mem, mapped_checkpoint=model.quantization.file_bytes or 0)
-    elif quant.method == "engine":  # bf16 rows (engine/safetensors/reader.py), or Q8_0's 34 bytes a 32 weights;
+    elif quant.method == "engine":  # 16-bit rows, Q8_0 blocks or packed groups (engine/safetensors/);
         mem = replace(mem, weights=_engine_weight_bytes(model, quant))  # float32 KV
     gpus = len([d for d in place.devices if d.is_accelerator])
     if gpus > 1:  # one CUDA context per GPU
@@ -137,8 +137,8 @@ def _try(model: ModelSpec, machine: Machine, prefs: Preferences, place: Place, o
 
 
 def _engine_weight_bytes(model: ModelSpec, quant: QuantOption) -> int:
-    """The engine's weights: bf16 rows, Q8_0 blocks (--quantization q8_0, every matrix), or an AWQ / GPTQ
-    checkpoint's groups of 32 (catalog/engine_checkpoints.py) beside bf16 embeddings."""
+    """The engine's weights: bf16 / float16 rows, Q8_0 blocks (--quantization q8_0, every matrix), or an AWQ / GPTQ
+    checkpoint's dot groups (catalog/engine_checkpoints.py packed_bytes_per_weight) beside 16-bit embeddings."""
     if quant.bits:
         return model.params * 34 // 32
     pre = model.quantization if model.quantization is not None and model.quantization.prequantized else None

@@ -23,10 +23,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from ...errors import UsageError
+from ...model.quantization import AWQ_ORDER
 from ..gguf import blocks as gb
 
-AWQ_ORDER = np.array([0, 2, 4, 6, 1, 3, 5, 7])  # nibble i of an AWQ word holds output column AWQ_ORDER[i] of its 8
-AWQ_NIBBLE = np.argsort(AWQ_ORDER)  # output column j % 8 -> its nibble
+AWQ_NIBBLE = np.argsort(AWQ_ORDER)  # output column j % 8 -> its nibble (model/quantization.py AWQ_ORDER)
 DOT_GROUP = 128  # the dot products' largest group (engine/kernels/dot_kernels.h: float16 scales, activation blocks of 32)
 
 

@@ -11,16 +11,15 @@ give the dot products their codes and scales as stored.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ...catalog.engine_checkpoints import IGNORED_SUFFIXES, PACKED_SUFFIXES, llama_cpp_name
+from ...catalog.engine_checkpoints import ENGINE_PACKED_METHODS, IGNORED_SUFFIXES, PACKED_SUFFIXES, llama_cpp_name
 from ...errors import UsageError
-from ...model.safetensors_header import read_header
+from ...model.safetensors_header import read_header, shard_files
 from ..gguf import blocks as gb
 from ..gguf.reader import Conversion, drop_pages
 from ..weights import HugeArena
@@ -38,14 +37,6 @@ class Stored:
     nbytes: int
     type_name: str
     shape: tuple[int, ...]
-
-
-def shards(directory: Path) -> list[Path]:
-    """The checkpoint's safetensors files: the index's, else the folder's."""
-    index = directory / "model.safetensors.index.json"
-    if index.is_file():
-        return sorted({directory / f for f in json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()})
-    return sorted(directory.glob("*.safetensors"))
 
 
 @dataclass
@@ -66,7 +57,11 @@ class SafetensorsTensors:
         """quant: the checkpoint's model.quantization.CheckpointQuant (AWQ / GPTQ: its linears are packed)."""
         directory = Path(directory)
         by_name, parts = {}, {}
-        for shard in shards(directory):
+        files = shard_files(directory)
+        if files is None:
+            raise UsageError(f"{directory / 'model.safetensors.index.json'} is not a readable checkpoint index; "
+                             "re-download or re-save the checkpoint")
+        for shard in files:
             header = read_header(shard)
             if header is None:
                 raise UsageError(f"{shard} is not a readable safetensors file; re-download or re-save the checkpoint")
@@ -197,7 +192,7 @@ def _packed_linear(directory: Path, prefix: str, parts: dict, quant) -> pk.Packe
     if missing:
         raise UsageError(f"{where} has no {missing[0]}; re-save the checkpoint (--quantization none loads it "
                          "through transformers)")
-    if quant is None or quant.method not in ("awq", "gptq"):
+    if quant is None or quant.method not in ENGINE_PACKED_METHODS:
         raise UsageError(f"{where} is packed but config.json names no AWQ/GPTQ quantization_config")
     qw, qz, sc = parts["qweight"], parts["qzeros"], parts["scales"]
     if qw.type_name != "I32" or qz.type_name != "I32" or sc.type_name not in ("F16", "BF16", "F32") or \
