@@ -491,3 +491,32 @@ def test_the_suite_is_large(capsys):
     total = len(CLI_CASES) + len(API_CASES)
     print(f"\nkernelfit bad-input suite: {total} cases ({len(CLI_CASES)} CLI, {len(API_CASES)} Python API)")
     assert total >= 150
+
+
+def _packed_folder(path: Path, change, desc_act: bool) -> Path:
+    """A tiny GPTQ checkpoint (tests/test_packed_checkpoints_engine.py) with a tokenizer, damaged by `change` (or with
+    g_idx out of order where its config says desc_act false), which the plan still sends to the engine: its reader
+    refuses it before the plan is shown."""
+    from safetensors.torch import load_file, save_file
+    from test_packed_checkpoints_engine import _packed_checkpoint
+    from test_safetensors_engine import _word_tokenizer
+
+    _packed_checkpoint(path, "gptq", sym=True, desc_act=desc_act)
+    _word_tokenizer(path)
+    cfg = json.loads((path / "config.json").read_text())
+    cfg["quantization_config"]["desc_act"] = False  # g_idx still says otherwise
+    (path / "config.json").write_text(json.dumps(cfg))
+    tensors = load_file(path / "model.safetensors")
+    change(tensors)
+    save_file(tensors, path / "model.safetensors", metadata={"format": "pt"})
+    return path
+
+
+@pytest.mark.parametrize("name,change,desc_act,expect", [
+    ("g_idx out of order", lambda t: None, True, "g_idx"),
+    ("a linear without scales", lambda t: t.pop("model.layers.1.mlp.up_proj.scales"), False, "has no scales"),
+])
+def test_run_a_packed_checkpoint_the_engine_cannot_read(name, change, desc_act, expect, tmp_path, monkeypatch,
+                                                         capsys):
+    d = _packed_folder(tmp_path / "ck", change, desc_act)
+    _one_case(lambda m: ["run", str(d), "--prompt", "w5 w6"], expect, tmp_path, monkeypatch, capsys)

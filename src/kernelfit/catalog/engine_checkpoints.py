@@ -26,7 +26,8 @@ ENGINE_PACKED_METHODS = ("awq", "gptq")
 ENGINE_PACKED_BITS = {"awq": (4,), "gptq": (4, 8)}
 ENGINE_PACKED_FORMATS = {"awq": ("gemm",), "gptq": ("gptq", "gptq_v2")}
 PACKED_SUFFIXES = ("qweight", "qzeros", "scales", "g_idx")  # one packed linear's tensors (AutoAWQ / AutoGPTQ names)
-ENGINE_CHECKPOINT_SOURCES = ("transformers-modeling-llama", "llama-cpp-tensor-mapping", "transformers-rope-utils")
+ENGINE_CHECKPOINT_SOURCES = ("transformers-modeling-llama", "llama-cpp-tensor-mapping", "transformers-rope-utils",
+                             "gptqmodel-packing")
 
 # transformers' tensor names -> llama.cpp's (gguf-py tensor_mapping.py), the names the engine's builder reads
 GLOBAL_NAMES = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",

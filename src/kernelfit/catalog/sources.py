@@ -177,6 +177,12 @@ SOURCES: dict[str, Source] = {s.id: s for s in (
     Source("accelerate-modeling", "accelerate utils/modeling.py compute_module_sizes",
            "https://github.com/huggingface/accelerate/blob/main/src/accelerate/utils/modeling.py",
            "weight bytes = numel x dtype size, summed per module"),
+    Source("gptqmodel-packing", "gptqmodel's AWQ and GPTQ packing (the layouts the checkpoints store)",
+           "ModelCloud/GPTQModel@f4c327a:gptqmodel/quantization/awq/utils/packing_utils.py ; "
+           "ModelCloud/GPTQModel@f4c327a:gptqmodel/nn_modules/qlinear/__init__.py",
+           "AWQ gemm: qweight [in, out/8] and qzeros [in/g, out/8], 8 nibbles a word in AWQ_ORDER 0 2 4 6 1 3 5 7, "
+           "w = (q - z) * s; GPTQ: qweight [in*bits/32, out] packed along the input, qzeros along the output, stored "
+           "minus one in the v1 format, g_idx [in] a column's group"),
     Source("gptqmodel-kernels", "gptqmodel quantized-linear kernel declarations",
            "ModelCloud/GPTQModel@f4c327a:gptqmodel/nn_modules/qlinear/*.py",
            "SUPPORTS_DEVICES/_BITS/_GROUP_SIZE/_SYM/_DTYPES per kernel; SUPPORTS_FORMATS priorities: machete 100, "

@@ -67,11 +67,10 @@ def build_lean(path: str | Path, prefill_dense: bool = False, progress=None, pre
     if requant and (not exact or not Path(path).is_dir()):
         raise UsageError("--quantization q8_0 re-quantizes a safetensors checkpoint for the C++ dot products"
                          + ("" if exact else ", which no C++ compiler built here") + "; run it without the option")
-    cfg, t, halves = _open(Path(path), requant)  # the file's own groups through the C++ dot products; else torch's packed kernels
+    cfg, t, interleave = open_model(Path(path), requant)  # interleave: Q and K rows keep each head's rotary halves
     int8 = prefill_int8 and exact and gemm_available()
     if progress is not None:
         progress(f"packing {Path(path).name} for the CPU ({cfg.layers} layers)")
-    interleave = halves
     rot = cfg.rotary.dims  # a partial rotary: only the first rot dimensions of a head are paired
     q_order = interleave_order(cfg.heads * cfg.head_dim, cfg.head_dim, rot) if interleave else None
     k_order = interleave_order(cfg.kv_heads * cfg.head_dim, cfg.head_dim, rot) if interleave else None
@@ -161,10 +160,11 @@ def build_lean(path: str | Path, prefill_dense: bool = False, progress=None, pre
                      int8 and not prefill_dense)
 
 
-def _open(path: Path, requant: str | None = None) -> tuple[Recipe, GgufTensors | SafetensorsTensors, bool]:
+def open_model(path: Path, requant: str | None = None) -> tuple[Recipe, GgufTensors | SafetensorsTensors, bool]:
     """The recipe, the tensors under llama.cpp's names, and whether Q and K keep each head's rotary halves (the
     builder then pairs them): a GGUF file (its keys), or a transformers checkpoint folder (config.json and its
-    safetensors shards, engine/safetensors/reader.py)."""
+    safetensors shards, engine/safetensors/reader.py). Headers only, no weights read: the loader calls it before
+    the plan is shown (loader/load.py check_loadable), so a checkpoint the reader refuses ends in one line."""
     if path.is_dir():
         config = path / "config.json"
         try:

@@ -44,6 +44,11 @@ def _torch_dtype(name: str):
     return getattr(torch, name)
 
 
+def engine_requant(q) -> str | None:
+    """The block type the engine re-quantizes a checkpoint into at load: "Q8_0" for --quantization q8_0."""
+    return "Q8_0" if q is not None and q.method == "engine" and q.bits == 8 else None
+
+
 def check_loadable(plan: Plan, allow_pickle: bool = False) -> None:
     """What would stop loading this plan here, as a UsageError — before anything heavy starts (bench checks
     this once instead of failing every candidate). A GGUF file run packed whose tokenizer kernelfit does not read
@@ -54,6 +59,10 @@ def check_loadable(plan: Plan, allow_pickle: bool = False) -> None:
     if q is not None and q.install:
         raise UsageError(f"the plan for {spec.name} needs a package that is not installed: {q.install} "
                          f"(or choose another way with --quantization / --context)")
+    if lean_runner(plan) and not spec.gguf_file:  # the engine's reader refuses a damaged packed checkpoint here
+        from ..engine.build import open_model
+
+        open_model(Path(spec.model_dir), engine_requant(q))
     if lean_runner(plan) and spec.gguf_file:
         from ..model.gguf_header import read_gguf_header
         from ..engine.gguf.tokenizer import tokenizer_kind
@@ -173,8 +182,7 @@ def load_plan(plan: Plan, *, dispatch: bool = True, health_check: bool = True, t
         from ..engine.runner import load_lean
 
         prefill = plan.kernels["prefill"].value if "prefill" in plan.kernels else "packed"
-        requant = "Q8_0" if q.method == "engine" and q.bits == 8 else None  # --quantization q8_0
-        runner, tokenizer = load_lean(spec, prefill, health_check, say, requant)
+        runner, tokenizer = load_lean(spec, prefill, health_check, say, engine_requant(q))
         # load_lean raised HealthCheckError on any problem; the builder refuses missing or unread tensors by name
         health = HealthReport(True, [], ["every tensor the recipe reads is in the file",
                                          "smoke forward"]) if health_check else None
