@@ -129,7 +129,7 @@ def worker(kind: str, path: Path, threads: int) -> dict:
     t0 = time.perf_counter()
     if kind.startswith("kernelfit"):
         import kernelfit
-        from kernelfit.engine.build import kv_bytes, reset_cache
+        from kernelfit.engine.kv_cache import kv_bytes, reset_cache
 
         prefill = {"kernelfit-dense-prefill": "dense", "kernelfit-int8-prefill": "int8"}.get(kind, "auto")
         quantization = "q8_0" if kind == "kernelfit-q8_0" else "auto"  # benchmarks/checkpoints.py's q8_0 row

@@ -15,7 +15,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from kernelfit import Preferences, load_model_spec, load_profile, plan
-from kernelfit.engine.build import build_lean, forward, reset_cache
+from kernelfit.engine.build import build_lean, forward
+from kernelfit.engine.kv_cache import reset_cache
 from kernelfit.errors import UsageError
 from kernelfit.planner.types import RejectKind
 from quantized_checkpoints import declare, pack_awq_cols, pack_awq_cols_plain, pack_gptq_rows, quantize

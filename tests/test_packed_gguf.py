@@ -17,7 +17,8 @@ from conftest import run_cli
 from gguf_tiny import VOCAB, write_tiny
 from kernelfit.engine.gguf import blocks as gb
 from kernelfit.engine.weights import DotWeight, dot_available
-from kernelfit.engine.build import build_lean, forward, reset_cache
+from kernelfit.engine.build import build_lean, forward
+from kernelfit.engine.kv_cache import reset_cache
 from kernelfit.model.spec import load_model_spec
 from kernelfit.planner.search import plan
 from kernelfit.planner.types import ChoiceKind, Preferences, RejectKind
@@ -449,7 +450,7 @@ SMOL = load_model_spec("smollm2-135m")
 def test_cpu_plan_runs_the_file_packed_and_names_both_kernels():
     p = plan(load_profile("cpu-spr-amx"), SMOL, Preferences())
     assert p.quantization.method == "gguf" and p.quantization.packed
-    assert set(p.kernels) == {"decode", "prefill"}
+    assert set(p.kernels) == {"decode", "prefill", "kv_cache"}
     assert "_weight_int4pack_mm_for_cpu" in p.kernels["decode"].reason
     assert "_weight_int8pack_mm" in p.kernels["decode"].reason  # the Q8_0 output table
     pre = p.kernels["prefill"]

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 
 from gguf_tiny import write_tiny
 from kernelfit.engine.weights import dot_available
-from kernelfit.engine.build import build_lean, forward, reset_cache
+from kernelfit.engine.build import build_lean, forward
+from kernelfit.engine.kv_cache import reset_cache
 from test_packed_gguf import TYPES, _tokens
 from test_prefill_kernels import _ops, _weight
 

@@ -12,7 +12,8 @@ from gguf import GGMLQuantizationType, quants
 from gguf_tiny import write_tiny
 from kernelfit.engine.gguf import blocks as gb
 from kernelfit.engine.weights import DotWeight, dot_available, gemm_available
-from kernelfit.engine.build import build_lean, forward, reset_cache
+from kernelfit.engine.build import build_lean, forward
+from kernelfit.engine.kv_cache import reset_cache
 from kernelfit.engine.reference import _norm
 from test_packed_gguf import TYPES, _random_blocks, _tokens
 

@@ -12,7 +12,8 @@ import torch
 
 from gguf_tiny import HEAD_DIM, write_tiny
 from kernelfit import Preferences, load_model_spec, load_profile, plan
-from kernelfit.engine.build import build_lean, forward, reset_cache
+from kernelfit.engine.build import build_lean, forward
+from kernelfit.engine.kv_cache import reset_cache
 from kernelfit.engine.recipe import Rotary, RotaryKind, inverse_frequencies
 from kernelfit.planner.types import RejectKind
 from test_packed_gguf import _tokens

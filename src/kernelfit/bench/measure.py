@@ -80,7 +80,7 @@ def _trials(model, cand: Candidate, ids: torch.Tensor, new_tokens: int, trials: 
 
 def _runner_trials(runner, cand: Candidate, ids: torch.Tensor, new_tokens: int, trials: int) -> Result:
     """The packed runner: the same shapes as _trials (a `context`-token prefill; decode after a 16-token prompt)."""
-    from ..engine.build import reset_cache
+    from ..engine.kv_cache import reset_cache
 
     prefill, decode = [], []
     for i in range(trials + 1):

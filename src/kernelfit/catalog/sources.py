@@ -152,6 +152,18 @@ SOURCES: dict[str, Source] = {s.id: s for s in (
            "theta_base / freq_factors[i0/2] (the rope_freqs tensor); rope_yarn: ramp_mix between theta_interp and "
            "theta_extrap, mscale *= 1 + 0.1 ln(1 / freq_scale); keys rope.scaling.type, factor, "
            "original_context_length, yarn_beta_fast/slow, attn_factor, yarn_log_multiplier"),
+    Source("llama-cpp-cache-type", "llama.cpp's KV cache types (--cache-type-k / --cache-type-v) and block_q8_0",
+           "https://github.com/ggml-org/llama.cpp/blob/master/tools/server/README.md ; "
+           "https://github.com/ggml-org/llama.cpp/blob/master/ggml/src/ggml-common.h ; "
+           "https://github.com/ggml-org/llama.cpp/blob/master/ggml/src/ggml-quants.c",
+           "-ctk, --cache-type-k TYPE: KV cache data type for K, allowed values f32, f16, bf16, q8_0, q4_0, q4_1, "
+           "iq4_nl, q5_0, q5_1 (default: f16); block_q8_0 { ggml_half d; int8_t qs[32]; }; quantize_row_q8_0_ref: "
+           "d = amax / 127, codes roundf(x / d)"),
+    Source("kernelfit-kv-cache", "kernelfit measurement: float16 and Q8_0 KV caches against float32 on the same weights",
+           "kernelfit:tests/test_kv_cache.py",
+           "SmolLM2-135M Q4_1 and Gemma 3 270M Q4_K_M, 96-token prompt + 160 decode steps teacher-forced: float16 keeps "
+           "every decode top-1 (logit cosine min 0.99998 / 0.999999); Q8_0 decode top-1 98.8% / 100%, cosine mean "
+           "0.99988 / 0.99997; prompt rows top-1 96.9% both"),
     Source("kernelfit-cpu-decode-attn", "kernelfit measurement: one-query attention on a 2-thread AMD EPYC",
            "kernelfit:benchmarks/dispatch.py",
            "bf16, 9 query / 3 KV heads, head_dim 64: SDPA 33.6/58.7/83.9/1836 us at 64/128/192/4000 keys; grouped "

@@ -30,6 +30,7 @@ def add_machine_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_quant_args(p: argparse.ArgumentParser) -> None:
+    from ..catalog.kv_cache import KV_CACHE_CHOICES
     from ..planner.phases import PREFILL_CHOICES
     from ..planner.quantization import QUANT_CHOICES
 
@@ -40,6 +41,9 @@ def add_quant_args(p: argparse.ArgumentParser) -> None:
                    help="packed weights: prefill on the packed weights (memory of the file), a bf16 copy (faster "
                         "prompts) or, for a GGUF file on an AVX512-VNNI CPU, an int8 GEMM over its codes (fastest, "
                         "lossy: llama.cpp's activation precision)")
+    p.add_argument("--kv-cache", default="auto", choices=KV_CACHE_CHOICES,
+                   help="kernelfit's engine: the KV cache's elements — float16 (auto, llama.cpp's default too), "
+                        "float32, or Q8_0 blocks (about half of float16's memory, lossy: the plan says how much)")
     p.add_argument("--allow-dequantize", action="store_true",
                    help="unpack a quantized checkpoint when no kernel for it runs here")
 
@@ -49,7 +53,7 @@ def preferences(args, **fixed) -> "Preferences":  # noqa: F821
     from ..planner.types import Preferences
 
     names = ("dtype", "attention", "context", "batch", "device", "max_memory", "quantization", "allow_dequantize",
-             "prefill")
+             "prefill", "kv_cache")
     given = {n: getattr(args, "attn" if n == "attention" else n) for n in names
              if hasattr(args, "attn" if n == "attention" else n)}
     return Preferences(**{**given, **fixed})

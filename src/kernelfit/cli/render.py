@@ -12,6 +12,7 @@ from ..planner.types import Choice, Plan, RejectKind
 
 
 MAX_REJECTED = 4
+KERNEL_TITLES = {"kv_cache": "KV cache"}  # plan.kernels keys whose title is not the key capitalised
 
 
 def table(rows: list[list[str]], header: list[str] | None = None) -> str:
@@ -107,7 +108,7 @@ def render_plan(p: Plan) -> str:
         ks = ", ".join(f"{k} {'✓' if not r else '✗'}" for k, r in p.sdpa_kernels["text"])
         out.append(f"            SDPA kernels here: {ks}")
     for phase, c in p.kernels.items():
-        out += _choice_lines(phase.capitalize(), c)
+        out += _choice_lines(KERNEL_TITLES.get(phase, phase.capitalize()), c)
     notes = [n for n in (p.decode_fastpath, p.decode_attention) if n and not lean_runner(p)]
     if notes:
         out.append(_wrap(f"Decode    {'; '.join(notes)}", ""))

@@ -16,14 +16,16 @@ import numpy as np
 import torch
 
 from ..catalog.engine_checkpoints import why_not_engine_quant
+from ..catalog.kv_cache import DEFAULT_KV_CACHE, why_not_kv_cache
 from ..errors import UsageError
 from ..model.quantization import parse_quantization
 from ..model.gguf_header import read_gguf_header
 from . import glibc
 from .gguf.blocks import FLOAT_TYPES
-from .recipe import Recipe, recipe_from_config, recipe_from_gguf, rotary_table
+from .recipe import Recipe, recipe_from_config, recipe_from_gguf
 from .gguf.reader import Conversion, GgufTensors, interleave_order, linear, regridded
 from .safetensors.reader import SafetensorsTensors
+from .kv_cache import KvCache
 from .weights import DotWeight, dot_available, gemm_available
 from .reference import BF16_ROWS, DENSE, DOT4, DOT8, INT4, INT8, INT8_EXACT, Block, LeanLM, Product, Products
 from .torch_weights import DenseWeight, Int4Weight, Int8Weight, PackedWeight
@@ -38,6 +40,7 @@ class LeanBuild:
     native: object = None  # lean_native.NativeArgs: the C++ decode step's arguments
     problems: list[str] = field(default_factory=list)  # damage seen while packing (GgufTensors.problems)
     int8_prefill: bool = False  # the layers' prompt products run the int8 GEMM (--prefill int8, on AVX512-VNNI)
+    kv_cache: str = "f16"  # the KV cache's element kind (catalog/kv_cache.py; engine/kv_cache.py makes them)
 
 
 def product(w: PackedWeight, prefill_dense: bool = False, head: bool = False, int8_prefill: bool = False) -> Product:
@@ -57,10 +60,11 @@ def product(w: PackedWeight, prefill_dense: bool = False, head: bool = False, in
 
 
 def build_lean(path: str | Path, prefill_dense: bool = False, progress=None, prefill_int8: bool = False,
-               requant: str | None = None) -> LeanBuild:
+               requant: str | None = None, kv_cache: str = DEFAULT_KV_CACHE) -> LeanBuild:
     """Read `path`, pack its weights and compile the runner (~3 s for SmolLM2-135M on 2 cores). prefill_int8: the
     layers' prompt products through the int8 GEMM where this build has it (LeanBuild.int8_prefill says). requant
-    "Q8_0": a safetensors checkpoint's weights re-quantized at load (--quantization q8_0)."""
+    "Q8_0": a safetensors checkpoint's weights re-quantized at load (--quantization q8_0). kv_cache: the KV cache's
+    element kind (catalog/kv_cache.py; Q8_0 rows are read by the C++ kernels only)."""
     t0 = time.perf_counter()
     map_large_allocations()
     exact = dot_available()
@@ -68,6 +72,9 @@ def build_lean(path: str | Path, prefill_dense: bool = False, progress=None, pre
         raise UsageError("--quantization q8_0 re-quantizes a safetensors checkpoint for the C++ dot products"
                          + ("" if exact else ", which no C++ compiler built here") + "; run it without the option")
     cfg, t, interleave = open_model(Path(path), requant)  # interleave: Q and K rows keep each head's rotary halves
+    why_kv = why_not_kv_cache(kv_cache, cfg.head_dim)
+    if why_kv:
+        raise UsageError(f"--kv-cache {kv_cache}: {why_kv}; use --kv-cache {DEFAULT_KV_CACHE}")
     int8 = prefill_int8 and exact and gemm_available()
     if progress is not None:
         progress(f"packing {Path(path).name} for the CPU ({cfg.layers} layers)")
@@ -144,7 +151,7 @@ def build_lean(path: str | Path, prefill_dense: bool = False, progress=None, pre
         scale = embed.scale if isinstance(embed, Int8Weight) else None
         model = LeanLM(cfg, embed.weight, scale, blocks, t.float_tensor("output_norm.weight"), head_p,
                        native_glue=exact)
-    from .native import native_args
+    from .native import native_args, native_module, native_status
 
     native = native_args(model)
     # Where the C++ step and prompt forward run everything (native.prefill_ok), TorchScript is compiled only if a
@@ -154,10 +161,13 @@ def build_lean(path: str | Path, prefill_dense: bool = False, progress=None, pre
     nbytes = sum(w.nbytes() for w in packed)
     # the int8 GEMM quantizes a group's activations at one scale: groups of 128 (AWQ / GPTQ) take the bf16 panels
     int8 = int8 and not any(isinstance(w, DotWeight) and w.group > 32 for w in packed)
+    if kv_cache == "q8_0" and (not native.prefill_ok or native_module() is None):
+        raise UsageError(f"--kv-cache q8_0 is read by kernelfit's C++ kernels, which do not run every call for this "
+                         f"model here ({native_status()}); use --kv-cache {DEFAULT_KV_CACHE}")
     del packed, blocks, model, embed, head
     release_free_memory()
     return LeanBuild(cfg, runner, t.conversions, nbytes, time.perf_counter() - t0, native, t.problems,
-                     int8 and not prefill_dense)
+                     int8 and not prefill_dense, kv_cache)
 
 
 def open_model(path: Path, requant: str | None = None) -> tuple[Recipe, GgufTensors | SafetensorsTensors, bool]:
@@ -321,61 +331,3 @@ def release_free_memory() -> None:
         libc.malloc_trim(0)
         libc.mallopt(M_MMAP_THRESHOLD, RUN_MMAP_THRESHOLD_BYTES)
         libc.mallopt(M_TRIM_THRESHOLD, RUN_TRIM_THRESHOLD_BYTES)
-
-
-@dataclass
-class KvCache:
-    """One sequence's keys and values, float32 [layers, 1, kv heads, positions, head dim] each."""
-    k: torch.Tensor
-    v: torch.Tensor
-
-    @property
-    def capacity(self) -> int:
-        return int(self.k.shape[3]) if self.k.dim() == 5 else 0
-
-    @property
-    def nbytes(self) -> int:
-        return 2 * self.k.numel() * self.k.element_size()
-
-
-def grown(build: LeanBuild, cache: KvCache | None, positions: int) -> KvCache:
-    """`cache` (None: an empty one) with room for at least `positions` tokens, up to the model's limit: the same
-    object when it has room, else a larger one (at least twice as large, so a sequence growing a token or a turn at a
-    time copies it a few times, not every time) holding what it held. The rotary tables grow to match."""
-    cfg, m = build.cfg, build.model
-    limit = cfg.max_positions or positions
-    positions = max(1, min(positions, limit))
-    old = cache.capacity if cache is not None else 0
-    if old >= positions:
-        return cache
-    positions = min(max(positions, 2 * old), limit)
-    shape = (cfg.layers, 1, cfg.kv_heads, positions, cfg.head_dim)
-    k, v = torch.zeros(shape), torch.zeros(shape)
-    if old:
-        k[:, :, :, :old] = cache.k
-        v[:, :, :, :old] = cache.v
-    if m.rope_global.shape[0] < positions:  # shared by every sequence: as long as the longest cache
-        m.rope_global = rotary_table(cfg.rotary, cfg.head_dim, positions)
-        m.rope_local = rotary_table(cfg.local_rotary, cfg.head_dim, positions) if cfg.local_rotary else \
-            torch.empty(0, dtype=torch.complex64)
-    return KvCache(k, v)
-
-
-def reset_cache(build: LeanBuild, positions: int) -> None:
-    """The build's own KV cache (the runner's one sequence) grown to at least `positions` tokens: a cache that must
-    grow keeps what it holds (a chat's earlier turns, engine/runner.py LeanRunner.start)."""
-    m = build.model
-    old = KvCache(m.k_cache, m.v_cache) if kv_capacity(build) else None
-    new = grown(build, old, positions)
-    if new is not old:
-        m.k_cache = m.v_cache = torch.empty(0)
-        del old  # the old cache is freed once copied
-        m.k_cache, m.v_cache = new.k, new.v
-
-
-def kv_capacity(build: LeanBuild) -> int:
-    return int(build.model.k_cache.shape[3]) if build.model.k_cache.dim() == 5 else 0
-
-
-def kv_bytes(build: LeanBuild) -> int:
-    return 2 * build.model.k_cache.numel() * 4

@@ -335,8 +335,8 @@ class LeanLM(nn.Module):
     def _attend(self, q: torch.Tensor, li: int, pos: int, t: int, sliding: bool, blocked: torch.Tensor) -> torch.Tensor:
         end = pos + t
         start = self._window_start(pos, sliding)
-        k = self.k_cache[li, :, :, start:end]
-        v = self.v_cache[li, :, :, start:end]
+        k = self.k_cache[li, :, :, start:end].float()  # a float16 cache (engine/kv_cache.py) read as float32
+        v = self.v_cache[li, :, :, start:end].float()
         q4 = q.transpose(0, 1).unsqueeze(0)  # [1, heads, t, d]
         group = self.heads // self.kv_heads
         if t == 1 and self.attn_cap == 0:

@@ -19,7 +19,9 @@ from ..errors import HealthCheckError, UsageError
 from ..model.generation import generation_defaults
 from ..model.spec import ModelSpec
 from ..paths import files_key, writable_cache_root
-from .build import LeanBuild, build_lean, forward, kv_bytes, kv_capacity, native_all_logits, reset_cache
+from ..catalog.kv_cache import DEFAULT_KV_CACHE
+from .build import LeanBuild, build_lean, forward, native_all_logits
+from .kv_cache import kv_bytes, kv_capacity, reset_cache
 from .safetensors.tokenizer import json_tokenizer
 from .gguf.tokenizer import gguf_tokenizer
 from .native import native_status
@@ -52,7 +54,7 @@ class LeanRunner:
                 # what ran: "int8" asked for on a build without the GEMM falls back to the bf16 path
                 "prefill": "packed" if self.prefill == "int8" and not self.build.int8_prefill else self.prefill,
                 "tokenizer": self.tokenizer,
-                "kv_cache_mib": round(kv_bytes(self.build) / 2**20, 1),
+                "kv_cache": self.build.kv_cache, "kv_cache_mib": round(kv_bytes(self.build) / 2**20, 1),
                 "tensors": [{"gguf_type": t, "layout": lay, "count": len(e), "max_rel_error": round(max(e), 5),
                              "mean_rel_error": round(sum(e) / len(e), 5)} for (t, lay), e in sorted(by.items())]}
 
@@ -205,11 +207,11 @@ def load_tokenizer(spec: ModelSpec, progress=None):
 
 
 def load_lean(spec: ModelSpec, prefill: str, health_check: bool, progress,
-              requant: str | None = None) -> tuple[LeanRunner, object]:
+              requant: str | None = None, kv_cache: str = DEFAULT_KV_CACHE) -> tuple[LeanRunner, object]:
     tok = load_tokenizer(spec, progress)
     path = Path(spec.model_dir) / spec.gguf_file if spec.gguf_file else Path(spec.model_dir)  # a file, or a folder
     build = build_lean(path, prefill_dense=prefill == "dense", progress=progress,
-                       prefill_int8=prefill == "int8", requant=requant)
+                       prefill_int8=prefill == "int8", requant=requant, kv_cache=kv_cache)
     eos = {i for i in (tok.eos_token_id, tok.convert_tokens_to_ids("<end_of_turn>")) if isinstance(i, int)
            and i != tok.unk_token_id}
     eos |= set(generation_defaults(spec.model_dir, spec.gguf_file).eos_token_ids)  # Llama 3's <|eot_id|> and the like

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .build import KvCache, LeanBuild, batch_ready, batch_step, forward, grown
+from .build import LeanBuild, batch_ready, batch_step, forward
+from .kv_cache import KvCache, grown
 from .reference import DOT_MAX_ROWS
 
 STEP_ROWS = DOT_MAX_ROWS  # rows a step takes: up to here each row's logits equal its own decode step's (Step.batch)

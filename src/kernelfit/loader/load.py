@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 from ..catalog.architectures import COMPOSITES
 from ..catalog.kernel_errors import cannot_run_here
+from ..catalog.kv_cache import DEFAULT_KV_CACHE
 from ..errors import UsageError
 from ..model.spec import ModelSpec
 from ..planner.hf_args import attn_implementation, from_pretrained_kwargs, lean_runner
@@ -182,7 +183,8 @@ def load_plan(plan: Plan, *, dispatch: bool = True, health_check: bool = True, t
         from ..engine.runner import load_lean
 
         prefill = plan.kernels["prefill"].value if "prefill" in plan.kernels else "packed"
-        runner, tokenizer = load_lean(spec, prefill, health_check, say, engine_requant(q))
+        kv = plan.kernels["kv_cache"].value if "kv_cache" in plan.kernels else DEFAULT_KV_CACHE
+        runner, tokenizer = load_lean(spec, prefill, health_check, say, engine_requant(q), kv)
         # load_lean raised HealthCheckError on any problem; the builder refuses missing or unread tensors by name
         health = HealthReport(True, [], ["every tensor the recipe reads is in the file",
                                          "smoke forward"]) if health_check else None

@@ -65,16 +65,20 @@ def quantized_weight_bytes(model: ModelSpec, dtype: str, method: str, bits: int,
 KV_RESIDUAL_TOKENS = 128
 
 
-def kv_cache_bytes(sub: SubModel, context: int, batch: int, dtype: str, kv_bits: int | None = None) -> int:
+def kv_cache_bytes(sub: SubModel, context: int, batch: int, dtype: str, kv_bits: int | None = None,
+                   value_bytes: float | None = None) -> int:
     """Keys and values for every layer, KV head and token (GQA-aware); sliding-window layers keep
     at most `sliding_window` tokens (transformers' sliding caches). `kv_bits` (4 or 2): a
-    quantized cache, with a scale and zero point per group of 64 and a full-precision residual."""
+    quantized cache, with a scale and zero point per group of 64 and a full-precision residual.
+    `value_bytes`: kernelfit's engine cache, whose elements are not `dtype`'s (catalog/kv_cache.py)."""
     if not sub.causal:
         return 0
     full_layers = sub.num_layers - sub.sliding_layers
     window_tokens = min(context, sub.sliding_window) if sub.sliding_window else context
     tokens = full_layers * context + sub.sliding_layers * window_tokens
     values = 2 * sub.num_kv_heads * sub.head_dim * batch  # per token per layer
+    if value_bytes is not None:
+        return int(values * tokens * value_bytes)
     if kv_bits is None:
         return values * tokens * BYTES[dtype]
     residual = min(KV_RESIDUAL_TOKENS, context) * sub.num_layers
@@ -142,17 +146,19 @@ class MemoryEstimate:
 
 def estimate(model: ModelSpec, dtype: str, context: int, batch: int, scores_by_role: dict[str, bool],
              budget: int, accelerator: bool, quant: tuple[str, int, int | None] | None = None,
-             kv_bits: int | None = None, storage_dtype: str | None = None) -> MemoryEstimate:
+             kv_bits: int | None = None, storage_dtype: str | None = None,
+             kv_value_bytes: float | None = None) -> MemoryEstimate:
     """quant: (method, bits, group_size) for quantized weights; None for dense weights in `dtype`.
     storage_dtype: the checkpoint's on-disk dtype, when the load happens in host RAM (CPU
-    placement): converting it keeps the (memory-mapped) source resident until the load ends."""
+    placement): converting it keeps the (memory-mapped) source resident until the load ends.
+    kv_value_bytes: the bytes of a cached key or value element on kernelfit's engine (its --kv-cache kind)."""
     if quant and quant[0] == "gguf":  # the file's own tensors, packed for the CPU (catalog.packed_kernels)
         from ..catalog.packed_kernels import packed_gguf_bytes
 
         weights = packed_gguf_bytes(model.extra.get("gguf_numel_by_type") or {})
     else:
         weights = quantized_weight_bytes(model, dtype, *quant) if quant else weight_bytes(model.params, dtype)
-    kv = sum(kv_cache_bytes(s, context, batch, dtype, kv_bits) for s in model.sub_models)
+    kv = sum(kv_cache_bytes(s, context, batch, dtype, kv_bits, kv_value_bytes) for s in model.sub_models)
     factor = 1.0 if accelerator else CPU_ACTIVATION_FACTOR
     acts = max(activation_bytes(s, context, batch, dtype, scores_by_role.get(s.role, False), factor)
                for s in model.sub_models)

@@ -21,6 +21,8 @@ from ..catalog.packed_kernels import (DECODE_KERNELS, DENSE_VS_PANEL, FLOAT, GGU
                                       INT8_PREFILL_ISA, INT8_PREFILL_LOSS, INT8_PREFILL_SOURCES, INT8_VS_PANEL,
                                       PANEL_PREFILL_GAIN, PANEL_PREFILL_ISA, PANEL_PREFILL_SOURCES, PREFILL_DENSE,
                                       PREFILL_INT8, PREFILL_PACKED, PREFILL_PANEL, ROPE_SCALING_SOURCES, SOURCES)
+from ..catalog.kv_cache import KV_CACHE_KINDS, why_not_kv_cache
+from ..catalog.kv_cache import SOURCES as KV_SOURCES
 from ..hardware.machine import Cpu
 from ..model.spec import ModelSpec
 from .memory import MemoryEstimate, gib
@@ -126,3 +128,35 @@ def phase_kernels(model: ModelSpec, prefs: Preferences, q, memory: MemoryEstimat
     elif prefs.prefill == "int8":  # asked for, cannot run: say why in the choice itself
         why = f"--prefill int8 cannot run here ({no_int8.reason}): {why}"
     return {"decode": decode, "prefill": Choice("packed", kind, why, (alt, int8_alt), packed_sources)}, memory
+
+
+def kv_cache_choice(model: ModelSpec, prefs: Preferences) -> Choice:
+    """The engine's KV cache kind (catalog/kv_cache.py): float16 unless asked otherwise; Q8_0 only when asked (lossy)
+    and where the head size is whole blocks of 32."""
+    head_dim = model.text.head_dim
+    f16, f32, q8 = (KV_CACHE_KINDS[k] for k in ("f16", "f32", "q8_0"))
+    no_q8 = why_not_kv_cache("q8_0", head_dim)
+    asked = prefs.kv_cache
+    q8_alt = Rejected("q8_0", RejectKind.NOT_RUNNABLE, no_q8) if no_q8 else Rejected(
+        "q8_0", RejectKind.TRADE_OFF, f"{q8.label} take {q8.bytes_per_value / f16.bytes_per_value:.2f}x float16's "
+        f"bytes, lossy: {q8.loss} (--kv-cache q8_0 to take it)")
+    f32_alt = Rejected("f32", RejectKind.RUNS_BUT_LOWER_PRIORITY, "twice float16's memory and bytes read a decode "
+                       f"step, for no measured gain: float16 {f16.loss}")
+    if asked == "f32":
+        return Choice("f32", ChoiceKind.REQUESTED, "--kv-cache f32: float32 rows, the reference the others are "
+                      "measured against", (Rejected("f16", RejectKind.RUNS_BUT_LOWER_PRIORITY, f"half the memory; "
+                                                    f"{f16.loss}"), q8_alt), KV_SOURCES)
+    if asked == "q8_0" and not no_q8:
+        return Choice("q8_0", ChoiceKind.REQUESTED, f"--kv-cache q8_0: {q8.label} (a float16 scale and 32 int8 codes, "
+                      f"{q8.bytes_per_value:.4g} bytes a value), lossy: {q8.loss}",
+                      (Rejected("f16", RejectKind.RUNS_BUT_LOWER_PRIORITY,
+                                f"{f16.bytes_per_value / q8.bytes_per_value:.2f}x the memory of Q8_0 blocks, and "
+                                f"{f16.loss}"), f32_alt),
+                      KV_SOURCES)
+    why = (f"float16 rows, as llama.cpp's default: half of float32's memory and of the bytes a decode step reads at "
+           f"long contexts; {f16.loss}")
+    if asked == "f16":
+        return Choice("f16", ChoiceKind.REQUESTED, f"--kv-cache f16: {why}", (f32_alt, q8_alt), KV_SOURCES)
+    if asked == "q8_0":
+        why = f"--kv-cache q8_0 cannot run here ({no_q8}): {why}"
+    return Choice("f16", ChoiceKind.PRIORITY, why, (f32_alt, q8_alt), KV_SOURCES)

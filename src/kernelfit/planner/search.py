@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 
 from ..catalog.attention import AttentionQuery, sdpa_kernels
 from ..catalog.engine_checkpoints import packed_bytes_per_weight
+from ..catalog.kv_cache import KV_CACHE_KINDS
 from ..catalog.quantization import SLOW_8BIT_WHY, slow_8bit_decode
 from ..errors import PlanError
 from ..hardware.machine import Device, Machine
@@ -25,7 +26,7 @@ from ..model.spec import ModelSpec
 from .attention import choose_attention
 from .devices import candidate_devices, resolve, validate_memory
 from .dtype import DtypeCandidates, DtypeOption, dtype_candidates
-from .phases import phase_kernels
+from .phases import kv_cache_choice, phase_kernels
 from .memory import DISK_USABLE_FRACTION, GIB, MemoryEstimate, device_budget, estimate, gib, materialises_scores
 from .quantization import KV_BITS, Level, QuantOption, ladder, resolve_level
 from .types import Choice, ChoiceKind, Placement, PlacementKind, Plan, Preferences, RejectKind, Rejected
@@ -119,16 +120,17 @@ def _try(model: ModelSpec, machine: Machine, prefs: Preferences, place: Place, o
     accel = any(d.is_accelerator for d in place.devices)
     # a GGUF file is dequantized into a float32 safetensors cache, which is what loads — unless it runs packed:
     # then the file is mapped and read once (its pages count while loading), and the runner keeps activations
-    # and the KV cache in float32 (engine/reference.py)
+    # in float32 and the KV cache in the plan's kind (float16 unless asked: phases.kv_cache_choice)
     storage = "float32" if model.format == "gguf" else (model.checkpoint_dtype or "float32")
     lean = quant.method in ("gguf", "engine")
+    kv_value = KV_CACHE_KINDS[kv_cache_choice(model, prefs).value].bytes_per_value if lean else None
     mem = estimate(model, "float32" if lean else dtype, prefs.context, prefs.batch, scores, budget, accel,
                    None if quant.method == "engine" else quant.memory_key, quant.kv_bits,
-                   storage_dtype=None if lean else storage)
+                   storage_dtype=None if lean else storage, kv_value_bytes=kv_value)
     if quant.method == "gguf":
         mem = replace(mem, mapped_checkpoint=model.quantization.file_bytes or 0)
     elif quant.method == "engine":  # 16-bit rows, Q8_0 blocks or packed groups (engine/safetensors/);
-        mem = replace(mem, weights=_engine_weight_bytes(model, quant))  # float32 KV
+        mem = replace(mem, weights=_engine_weight_bytes(model, quant))
     gpus = len([d for d in place.devices if d.is_accelerator])
     if gpus > 1:  # one CUDA context per GPU
         mem = MemoryEstimate(mem.weights, mem.kv_cache, mem.activations, mem.overhead * gpus, mem.budget,
@@ -313,6 +315,8 @@ def build(machine, model, prefs, att: Attempt, rejected_devices, log: Log) -> Pl
     tried = [r for r in log.tried if r.name != place.name]
     q = att.quant
     kernels, memory = phase_kernels(model, prefs, q, att.memory, machine.cpu)
+    if q.method in ("gguf", "engine"):  # kernelfit's engine: its KV cache kind, which the memory above counted
+        kernels["kv_cache"] = kv_cache_choice(model, prefs)
     quant_rejected = list(q.rejected) + list(log.quant)
     return Plan(
         model=model, machine=machine, preferences=prefs,

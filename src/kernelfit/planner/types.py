@@ -60,6 +60,7 @@ class Preferences:
     quantization: str = "auto"  # "auto" (only when needed), "none", "8bit", "4bit", "METHOD-Nbit"
     allow_dequantize: bool = False  # a quantized checkpoint no kernel here runs may be unpacked
     prefill: str = "auto"  # packed weights: "packed" (memory of the file), "dense" (a bf16 copy), "auto"
+    kv_cache: str = "auto"  # kernelfit's engine: "f16" (auto), "f32", "q8_0" (catalog/kv_cache.py)
 
 
 @dataclass(frozen=True)

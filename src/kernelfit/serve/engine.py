@@ -138,7 +138,7 @@ class Engine:
     def kv_bytes(self) -> int:
         if self.batcher is not None:
             return self.batcher.pool.kv_bytes()
-        from ..engine.build import kv_bytes
+        from ..engine.kv_cache import kv_bytes
 
         return kv_bytes(self.model.build) if self.lean else 0
 

@@ -8,6 +8,7 @@
 #include <cstring>
 #include <vector>
 
+#include "kv_cache.h"
 #include "rows_kernels.h"
 
 namespace decode {
@@ -31,14 +32,8 @@ inline float exp_shifted(float* x, int64_t len, float shift) {
   return rows::lanes_sum(x, len);
 }
 
-// 16 floats as one GCC/Clang vector: one AVX-512 register, two AVX2 ones, four SSE ones — whatever -march gives.
-typedef float Vec16 __attribute__((vector_size(64)));
-
-inline Vec16 load16(const float* p) {
-  Vec16 v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
+using kv::load16;
+using kv::Vec16;
 
 inline float lanes_sum(Vec16 v) {
   float s = 0;
@@ -46,79 +41,99 @@ inline float lanes_sum(Vec16 v) {
   return s;
 }
 
-// s[t] = q . k[t] * sc for t < len (k rows d apart; d a multiple of 16), four rows at a time so that four
-// independent accumulation chains hide the FMA latency
-void scores16(const float* q, const float* k, int64_t d, int64_t len, float sc, float* s) {
+// s[t] = q . k[t] * sc for t < len (cache rows w elements apart, d values a row; d a multiple of 16), four rows at a
+// time so that four independent accumulation chains hide the FMA latency. R: the cache's row type (kv_cache.h)
+template <class R>
+void scores16(const float* q, const typename R::T* k, int64_t d, int64_t w, int64_t len, float sc, float* s) {
   int64_t t = 0;
   for (; t + 4 <= len; t += 4) {
-    const float* k0 = k + t * d;
+    const typename R::T* k0 = k + t * w;
     Vec16 a0 = {}, a1 = {}, a2 = {}, a3 = {};
     for (int64_t i = 0; i < d; i += 16) {
       const Vec16 qv = load16(q + i);
-      a0 += qv * load16(k0 + i);
-      a1 += qv * load16(k0 + d + i);
-      a2 += qv * load16(k0 + 2 * d + i);
-      a3 += qv * load16(k0 + 3 * d + i);
+      a0 += qv * R::load(k0, i);
+      a1 += qv * R::load(k0 + w, i);
+      a2 += qv * R::load(k0 + 2 * w, i);
+      a3 += qv * R::load(k0 + 3 * w, i);
     }
     s[t] = lanes_sum(a0) * sc, s[t + 1] = lanes_sum(a1) * sc, s[t + 2] = lanes_sum(a2) * sc;
     s[t + 3] = lanes_sum(a3) * sc;
   }
-  for (; t < len; ++t) s[t] = dot16(q, k + t * d, d) * sc;
+  for (; t < len; ++t) {
+    Vec16 a = {};
+    for (int64_t i = 0; i < d; i += 16) a += load16(q + i) * R::load(k + t * w, i);
+    s[t] = lanes_sum(a) * sc;
+  }
 }
 
-// out = sum over t < len of p[t] * v[t] (v rows d apart; d a multiple of 16), four rows a pass over out
-void weighted16(const float* p, const float* v, int64_t d, int64_t len, float* out) {
+// out = sum over t < len of p[t] * v[t] (cache rows w elements apart, d values a row; d a multiple of 16), four rows
+// a pass over out
+template <class R>
+void weighted16(const float* p, const typename R::T* v, int64_t d, int64_t w, int64_t len, float* out) {
   std::fill(out, out + d, 0.f);
   int64_t t = 0;
   for (; t + 4 <= len; t += 4) {
-    const float* v0 = v + t * d;
+    const typename R::T* v0 = v + t * w;
     for (int64_t i = 0; i < d; i += 16) {
       Vec16 o = load16(out + i);
-      o += p[t] * load16(v0 + i) + p[t + 1] * load16(v0 + d + i) + p[t + 2] * load16(v0 + 2 * d + i) +
-           p[t + 3] * load16(v0 + 3 * d + i);
+      o += p[t] * R::load(v0, i) + p[t + 1] * R::load(v0 + w, i) + p[t + 2] * R::load(v0 + 2 * w, i) +
+           p[t + 3] * R::load(v0 + 3 * w, i);
       std::memcpy(out + i, &o, sizeof o);
     }
   }
   for (; t < len; ++t)
-    for (int64_t i = 0; i < d; ++i) out[i] += p[t] * v[t * d + i];
+    for (int64_t i = 0; i < d; i += 16) {
+      const Vec16 o = load16(out + i) + p[t] * R::load(v + t * w, i);
+      std::memcpy(out + i, &o, sizeof o);
+    }
 }
 
-// One query head over cached positions t < len (k, v: rows d apart): softmax(q . k[t] * scaling) . v -> out;
+// One query head over cached positions t < len (k, v: rows w elements apart): softmax(q . k[t] * scaling) . v -> out;
 // s: len floats of scratch. A head size that is not a multiple of 16 takes the scalar loops.
-void attend_head(const float* q, const float* k, const float* v, int64_t d, int64_t len, float scaling, float* s,
-                 float* out, float cap = 0.f) {
-  if (d % 16 == 0) {
-    scores16(q, k, d, len, scaling, s);
+template <class R>
+void attend_head(const float* q, const typename R::T* k, const typename R::T* v, int64_t d, int64_t w, int64_t len,
+                 float scaling, float* s, float* out, float cap = 0.f) {
+  const bool vec = d % 16 == 0;
+  if (vec) {
+    scores16<R>(q, k, d, w, len, scaling, s);
   } else {
-    for (int64_t t = 0; t < len; ++t) s[t] = dot16(q, k + t * d, d) * scaling;
+    for (int64_t t = 0; t < len; ++t) {
+      float a = 0;
+      for (int64_t i = 0; i < d; ++i) a += q[i] * R::at(k + t * w, i);
+      s[t] = a * scaling;
+    }
   }
   rows::softcap(s, len, cap);  // Gemma 2's attention soft-capping (cap 0: none)
   const float inv = 1.f / exp_shifted(s, len, *std::max_element(s, s + len));
   for (int64_t t = 0; t < len; ++t) s[t] *= inv;
-  if (d % 16 == 0) {
-    weighted16(s, v, d, len, out);
+  if (vec) {
+    weighted16<R>(s, v, d, w, len, out);
     return;
   }
   std::fill(out, out + d, 0.f);
   for (int64_t t = 0; t < len; ++t)
-    for (int64_t i = 0; i < d; ++i) out[i] += s[t] * v[t * d + i];
+    for (int64_t i = 0; i < d; ++i) out[i] += s[t] * R::at(v + t * w, i);
 }
 
-// One query's attention over cached positions [start, end) of one layer (k, v: [nkv, cap, d]; score_cap: Gemma 2's
-// soft-cap, 0 for none); query head h reads
-// kv head h / (nq / nkv). Plain loops, the heads split between threads: at::scaled_dot_product_attention cost
-// ~10 us of dispatch a layer for a few us of arithmetic at SmolLM2's sizes, on one thread.
-void attend(const float* q, const float* k, const float* v, int64_t nq, int64_t nkv, int64_t d, int64_t cap,
-            int64_t start, int64_t end, double scaling, float* out, std::vector<float>& scores,
-            double score_cap = 0) {
+// One query's attention over cached positions [start, end) of layer li of a cache (kv_cache.h View: float32, float16
+// or Q8_0 rows; score_cap: Gemma 2's soft-cap, 0 for none); query head h reads kv head h / (nq / nkv). Plain loops,
+// the heads split between threads: at::scaled_dot_product_attention cost ~10 us of dispatch a layer for a few us of
+// arithmetic at SmolLM2's sizes, on one thread.
+inline void attend(const float* q, const kv::View& c, int64_t li, int64_t nq, int64_t nkv, int64_t d, int64_t start,
+                   int64_t end, double scaling, float* out, std::vector<float>& scores, double score_cap = 0) {
   const int64_t len = end - start, group = nq / nkv;
   scores.resize(nq * len);
-  at::parallel_for(0, nq, 1, [&](int64_t h0, int64_t h1) {
-    for (int64_t h = h0; h < h1; ++h) {
-      const int64_t kv = (h / group) * cap * d + start * d;
-      attend_head(q + h * d, k + kv, v + kv, d, len, float(scaling), scores.data() + h * len, out + h * d,
-                  float(score_cap));
-    }
+  kv::visit(c.kind, [&](auto rows) {
+    using R = decltype(rows);
+    const auto* k = static_cast<const typename R::T*>(c.k);
+    const auto* v = static_cast<const typename R::T*>(c.v);
+    at::parallel_for(0, nq, 1, [&](int64_t h0, int64_t h1) {
+      for (int64_t h = h0; h < h1; ++h) {
+        const int64_t at = c.row(li, nkv, h / group, start);
+        attend_head<R>(q + h * d, k + at, v + at, d, c.width, len, float(scaling), scores.data() + h * len,
+                       out + h * d, float(score_cap));
+      }
+    });
   });
 }
 

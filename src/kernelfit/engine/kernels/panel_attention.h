@@ -8,22 +8,37 @@
 // square), the scores stay float32 and the output is written where the next product reads it.
 #pragma once
 
+#include "kv_cache.h"
 #include "panel_gemm.h"
 #include "rows_kernels.h"
 
 namespace panel {
 
 #if defined(KF_PANEL_GEMM)
-// q float32 [t, nq, d] at positions pos.., the layer's float32 cache k, v [nkv, cap, d] holding positions
-// start..pos+t -> [t, nq * d], float32 or bf16 (bf16_out). window > 0: a query sees the last `window` positions.
-inline at::Tensor attention(const at::Tensor& q_in, const at::Tensor& k, const at::Tensor& v, int64_t pos,
-                            int64_t start, int64_t window, double scale, bool bf16_out, double score_cap = 0) {
+// 16 values of a cache row (kv_cache.h row type R) from element i as one AVX-512 register
+template <class R>
+inline __m512 load512(const typename R::T* row, int64_t i) {
+  const kv::Vec16 v = R::load(row, i);
+  __m512 r;
+  std::memcpy(&r, &v, sizeof r);
+  return r;
+}
+
+// q float32 [t, nq, d] at positions pos.., the layer's cache k, v [nkv, cap, width] (kv_cache.h: float32, float16 or
+// Q8_0 rows, R) holding positions start..pos+t -> [t, nq * d], float32 or bf16 (bf16_out). window > 0: a query sees
+// the last `window` positions.
+template <class R>
+inline at::Tensor attention_rows(const at::Tensor& q_in, const at::Tensor& k, const at::Tensor& v, int64_t pos,
+                                 int64_t start, int64_t window, double scale, bool bf16_out, double score_cap) {
   const at::Tensor q = q_in.contiguous();
   const int64_t t = q.size(0), nq = q.size(1), d = q.size(2), nkv = k.size(0), group = nq / nkv, cap = k.size(1);
-  TORCH_CHECK(q.scalar_type() == at::kFloat && k.scalar_type() == at::kFloat && v.sizes() == k.sizes() &&
-                  k.is_contiguous() && v.is_contiguous() && k.size(2) == d && nq % nkv == 0 && d % COLS == 0 &&
-                  start >= 0 && start <= pos && pos + t <= cap,
-              "panel attention: q [t, nq, d], k and v [nkv, cap, d] contiguous float32, d a multiple of 32");
+  const int64_t w = k.size(2);
+  TORCH_CHECK(q.scalar_type() == at::kFloat && v.sizes() == k.sizes() && k.is_contiguous() && v.is_contiguous() &&
+                  kv::head_size(k) == d && nq % nkv == 0 && d % COLS == 0 && start >= 0 && start <= pos &&
+                  pos + t <= cap,
+              "panel attention: q [t, nq, d], k and v [nkv, cap, width] contiguous, d a multiple of 32");
+  const auto* kbase = static_cast<const typename R::T*>(k.data_ptr());
+  const auto* vbase = static_cast<const typename R::T*>(v.data_ptr());
   const int64_t len = pos + t - start, kpanels = (len + COLS - 1) / COLS, lpad = kpanels * COLS, dp = d / COLS;
   // key panels [nkv][kpanels][d/2][32] and value panels [nkv][dp][lpad/2][32], zero past the last key
   std::vector<uint32_t> kp(nkv * kpanels * (d / 2) * COLS), vp(nkv * dp * (lpad / 2) * COLS);
@@ -39,10 +54,10 @@ inline at::Tensor attention(const at::Tensor& q_in, const at::Tensor& k, const a
           std::memset(row, 0, d / 2 * sizeof(uint32_t));
           continue;
         }
-        const float* src = k.data_ptr<float>() + (h * cap + start + key) * d;
+        const auto* src = kbase + (h * cap + start + key) * w;
         for (int64_t i = 0; i < d; i += 16)  // 16 floats -> 8 (even, odd) pairs, round to nearest even
           _mm256_storeu_si256(reinterpret_cast<__m256i*>(row + i / 2),
-                              (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(src + i)));
+                              (__m256i)_mm512_cvtneps_pbh(load512<R>(src, i)));
       }
       for (int64_t i = 0; i < d / 2; ++i)
         for (int64_t j = 0; j < COLS; ++j) dst[i * COLS + j] = rows_pairs[j * (d / 2) + i];
@@ -50,10 +65,10 @@ inline at::Tensor attention(const at::Tensor& q_in, const at::Tensor& k, const a
         uint32_t* vd = vp.data() + ((h * dp + c) * (lpad / 2) + p * COLS / 2) * COLS;
         for (int64_t i = 0; i < COLS / 2; ++i) {
           const int64_t k0 = p * COLS + 2 * i, k1 = k0 + 1;
-          const float* a = v.data_ptr<float>() + (h * cap + start + k0) * d + c * COLS;
+          const auto* a = vbase + (h * cap + start + k0) * w;
           for (int64_t j = 0; j < COLS; j += 16) {  // key k0's bf16 in the low half of each lane, k1's in the high
-            const __m512 va = k0 < len ? _mm512_loadu_ps(a + j) : _mm512_setzero_ps();
-            const __m512 vb = k1 < len ? _mm512_loadu_ps(a + d + j) : _mm512_setzero_ps();
+            const __m512 va = k0 < len ? load512<R>(a, c * COLS + j) : _mm512_setzero_ps();
+            const __m512 vb = k1 < len ? load512<R>(a + w, c * COLS + j) : _mm512_setzero_ps();
             const __m512i lo = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(va));
             const __m512i hi = _mm512_slli_epi32(_mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(vb)), 16);
             _mm512_storeu_si512(vd + i * COLS + j, _mm512_or_si512(lo, hi));
@@ -109,6 +124,13 @@ inline at::Tensor attention(const at::Tensor& q_in, const at::Tensor& k, const a
     }
   });
   return res;
+}
+
+inline at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t pos, int64_t start,
+                            int64_t window, double scale, bool bf16_out, double score_cap = 0) {
+  return kv::visit(kv::kind_of(k), [&](auto rows) {
+    return attention_rows<decltype(rows)>(q, k, v, pos, start, window, scale, bf16_out, score_cap);
+  });
 }
 #endif
 

@@ -9,6 +9,8 @@
 #include <ATen/Parallel.h>
 #include <torch/extension.h>
 
+#include "kv_cache.h"
+
 #include <cmath>
 #include <cstring>
 #if defined(__AVX512F__)
@@ -363,16 +365,19 @@ inline at::Tensor gated(const at::Tensor& gu_in, int64_t ffn, bool gelu) { retur
 inline at::Tensor prompt_attention_to(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t pos,
                                       int64_t start, int64_t window, double scale, int64_t block, bool bf16_out,
                                       double cap = 0) {
-  TORCH_CHECK(q.dim() == 3 && k.dim() == 3 && v.sizes() == k.sizes() && q.size(2) == k.size(2) &&
+  TORCH_CHECK(q.dim() == 3 && k.dim() == 3 && v.sizes() == k.sizes() && q.size(2) == kv::head_size(k) &&
                   q.size(1) % k.size(0) == 0 && block >= 1 && start >= 0 && start <= pos,
-              "prompt_attention: q [t, nq, d], k and v [nkv, cap, d]");
+              "prompt_attention: q [t, nq, d], k and v [nkv, cap, width] (kv_cache.h)");
   const int64_t t = q.size(0), nq = q.size(1), d = q.size(2), nkv = k.size(0), group = nq / nkv;
   const int64_t len = pos + t - start;
   TORCH_CHECK(pos + t <= k.size(1), "prompt_attention: positions beyond the cache");
   const at::Tensor qb =
       q.reshape({t, nkv, group, d}).transpose(0, 1).to(at::kBFloat16).contiguous().view({nkv, t * group, d});
-  const at::Tensor kb = k.narrow(1, start, len).to(at::kBFloat16).contiguous();
-  const at::Tensor vb = v.narrow(1, start, len).to(at::kBFloat16).contiguous();
+  // float32 and float16 caches convert straight to bf16; Q8_0 rows are widened first
+  const bool q8 = kv::kind_of(k) == kv::Kind::Q8_0;
+  const at::Tensor ks = k.narrow(1, start, len), vs = v.narrow(1, start, len);
+  const at::Tensor kb = (q8 ? kv::to_float(ks) : ks).to(at::kBFloat16).contiguous();
+  const at::Tensor vb = (q8 ? kv::to_float(vs) : vs).to(at::kBFloat16).contiguous();
   at::Tensor out = at::empty({nkv, t * group, d}, qb.options());
   for (int64_t b0 = 0; b0 < t; b0 += block) {
     const int64_t b1 = std::min(t, b0 + block);

@@ -175,9 +175,7 @@ struct Step {
     const Weights w{kinds, as, bs, mins, ns};
     x = x.contiguous().clone();
     const int64_t layers = static_cast<int64_t>(norms.size());
-    const int64_t cap = k_cache.size(3);
-    float* kc = k_cache.data_ptr<float>();
-    float* vc = v_cache.data_ptr<float>();
+    const kv::View cache = cache_view(k_cache, v_cache);
     std::vector<float> q(nq * d), att(nq * d), scores;
     int64_t idx = 0;
     for (int64_t li = 0; li < layers; ++li) {
@@ -187,9 +185,9 @@ struct Step {
       const float* cs = rope.data_ptr<float>() + pos * d;  // [cap, d/2, 2]
       auto qkv = products(pre_norm(x, nm[0], false), w, idx, n_qkv[li]);
       idx += n_qkv[li];
-      position_heads(qkv.data_ptr<float>(), nm, cs, li, pos, cap, q.data(), kc, vc);
-      attend(q.data(), kc + li * nkv * cap * d, vc + li * nkv * cap * d, nq, nkv, d, cap, window_start(slide, pos),
-             pos + 1, scaling, att.data(), scores, attn_cap);
+      position_heads(qkv.data_ptr<float>(), nm, cs, li, pos, q.data(), cache);
+      attend(q.data(), cache, li, nq, nkv, d, window_start(slide, pos), pos + 1, scaling, att.data(), scores,
+             attn_cap);
       auto o = product(torch::from_blob(att.data(), {1, nq * d}, x.options()), w, idx);
       idx += 1;
       rows::residual_add(x, o, nm[5], eps, residual_scale);
@@ -218,10 +216,19 @@ struct Step {
   // the first key position a query at position p sees: 0, or the start of its sliding window
   int64_t window_start(bool slide, int64_t p) const { return slide ? std::max<int64_t>(0, p - window + 1) : 0; }
 
+  // a sequence's K and V caches (kv_cache.h: float32, float16 or Q8_0 rows) for this model's layers and heads
+  kv::View cache_view(const Tensor& k, const Tensor& v) const {
+    const kv::View c = kv::View::of(k, v);
+    TORCH_CHECK(k.size(0) == static_cast<int64_t>(norms.size()) && k.size(2) == nkv && kv::head_size(k) == d &&
+                    c.width == kv::width(c.kind, d),
+                "KV cache: [layers, 1, kv heads, positions, width] for this model");
+    return c;
+  }
+
   // One position p's fused Q/K/V product row src: bias, the head norms and rotary with that position's cos/sin
-  // (cs); its query heads into q, its K and V into layer li's rows of the caches (kc, vc: their first floats)
+  // (cs); its query heads into q, its K and V into layer li's rows of the cache c (stored as its rows are)
   void position_heads(const float* src, const std::vector<Tensor>& nm, const float* cs, int64_t li, int64_t p,
-                      int64_t cap, float* q, float* kc, float* vc) const {
+                      float* q, const kv::View& c) const {
     const float* bias = nm[2].numel() ? nm[2].data_ptr<float>() : nullptr;
     const float* qn = nm[3].numel() ? nm[3].data_ptr<float>() : nullptr;
     const float* kn = nm[4].numel() ? nm[4].data_ptr<float>() : nullptr;
@@ -240,11 +247,14 @@ struct Step {
     }
     for (int64_t hq = 0; hq < nq; ++hq)
       head_vector(src + hq * d, bias ? bias + hq * d : nullptr, qn, cs, rotate, d, eps, q + hq * d);
+    std::vector<float> kv_row(d);
     for (int64_t hk = 0; hk < nkv; ++hk) {
-      const int64_t o = nq + hk, row = (li * nkv + hk) * cap + p;
-      head_vector(src + o * d, bias ? bias + o * d : nullptr, kn, cs, rotate, d, eps, kc + row * d);
+      const int64_t o = nq + hk, at = c.row(li, nkv, hk, p);
+      head_vector(src + o * d, bias ? bias + o * d : nullptr, kn, cs, rotate, d, eps, kv_row.data());
+      kv::store(c.kind, c.k, at, kv_row.data(), d);
       head_vector(src + (o + nkv) * d, bias ? bias + (o + nkv) * d : nullptr, nullptr, cs, false, d, eps,
-                  vc + row * d);
+                  kv_row.data());
+      kv::store(c.kind, c.v, at, kv_row.data(), d);
     }
   }
 
@@ -308,11 +318,10 @@ struct Step {
     at::NoGradGuard no_grad;
     const Weights w{kinds, as, bs, mins, ns};
     x = x.contiguous().clone();
-    const int64_t t = x.size(0), layers = static_cast<int64_t>(norms.size()), cap = k_cache.size(3);
-    TORCH_CHECK(pos + t <= cap, "prefill: positions beyond the KV cache");
+    const int64_t t = x.size(0), layers = static_cast<int64_t>(norms.size());
+    const kv::View cache = cache_view(k_cache, v_cache);
+    TORCH_CHECK(pos + t <= cache.cap, "prefill: positions beyond the KV cache");
     TORCH_CHECK(!all_logits || head_kind >= 4, "prefill: all logits need a dot-group or bf16-rows head");
-    float* kc = k_cache.data_ptr<float>();
-    float* vc = v_cache.data_ptr<float>();
     Tensor q = at::empty({t, nq, d}, x.options());
     int64_t idx = 0;
     for (int64_t li = 0; li < layers; ++li) {
@@ -330,7 +339,7 @@ struct Step {
         std::vector<float> buf;
         for (int64_t r = r0; r < r1; ++r)
           position_heads(rows::row_floats(qkv, r, width, buf), nm, rope.data_ptr<float>() + (pos + r) * d, li,
-                         pos + r, cap, qp + r * nq * d, kc, vc);
+                         pos + r, qp + r * nq * d, cache);
       });
       Tensor att;
       std::vector<float> last_att, scores;
@@ -339,8 +348,8 @@ struct Step {
         // same): its attention, output product and feed-forward run for that row alone, as in the decode step
         const int64_t p = pos + t - 1;
         last_att.resize(nq * d);
-        attend(qp + (t - 1) * nq * d, kc + li * nkv * cap * d, vc + li * nkv * cap * d, nq, nkv, d, cap,
-               window_start(slide, p), p + 1, scaling, last_att.data(), scores, attn_cap);
+        attend(qp + (t - 1) * nq * d, cache, li, nq, nkv, d, window_start(slide, p), p + 1, scaling,
+               last_att.data(), scores, attn_cap);
         att = torch::from_blob(last_att.data(), {1, nq * d}, x.options());
         x = x.narrow(0, t - 1, 1);
       } else if (few_rows(t, panel_rows)) {
@@ -349,9 +358,8 @@ struct Step {
         // row counts, the rows' logits equal one decode step a token, bit for bit (runner.py verifies drafts so)
         att = at::empty({t, nq * d}, x.options());
         for (int64_t r = 0; r < t; ++r)
-          attend(qp + r * nq * d, kc + li * nkv * cap * d, vc + li * nkv * cap * d, nq, nkv, d, cap,
-                 window_start(slide, pos + r), pos + r + 1, scaling, att.data_ptr<float>() + r * nq * d, scores,
-                 attn_cap);
+          attend(qp + r * nq * d, cache, li, nq, nkv, d, window_start(slide, pos + r), pos + r + 1, scaling,
+                 att.data_ptr<float>() + r * nq * d, scores, attn_cap);
       } else {
         att = panel::prompt_attention(q, k_cache.select(0, li).select(0, 0), v_cache.select(0, li).select(0, 0),
                                       pos, window_start(slide, pos), slide ? window : 0, scaling, PROMPT_BLOCK, bf,
@@ -377,8 +385,8 @@ struct Step {
   }
 
   // Several sequences' tokens in one step (continuous batching; a sequence's speculative drafts): row r is the token
-  // at position pos[r] of sequence seq[r], whose caches are k_caches[seq[r]] and v_caches[seq[r]] (float32
-  // [layers, 1, nkv, cap, d], each sequence its own cap). Every row's keys and values are written before any row
+  // at position pos[r] of sequence seq[r], whose caches are k_caches[seq[r]] and v_caches[seq[r]] (kv_cache.h
+  // [layers, 1, nkv, cap, width], each sequence its own cap). Every row's keys and values are written before any row
   // attends, so a sequence's rows see each other in order. The weights are read once for all rows; with up to
   // DOT_MAX_ROWS rows the products are the exact dot products, which compute each row alone: a row's logits equal
   // one decode step of its sequence (run), bit for bit, whatever else shares the step. -> float32 logits [R, vocab]
@@ -392,20 +400,11 @@ struct Step {
     TORCH_CHECK(t >= 1 && t <= DOT_MAX_ROWS && static_cast<int64_t>(pos.size()) == t &&
                     static_cast<int64_t>(seq.size()) == t && k_caches.size() == v_caches.size(),
                 "batch: 1 to 12 rows, a position and a sequence each, a K and a V cache a sequence");
-    std::vector<float*> kcs, vcs;
-    std::vector<int64_t> caps;
-    for (size_t s = 0; s < k_caches.size(); ++s) {
-      const Tensor &k = k_caches[s], &v = v_caches[s];
-      TORCH_CHECK(k.scalar_type() == at::kFloat && k.is_contiguous() && v.is_contiguous() && k.sizes() == v.sizes() &&
-                      k.dim() == 5 && k.size(0) == layers && k.size(2) == nkv && k.size(4) == d,
-                  "batch: each cache float32 [layers, 1, kv heads, positions, head dim], contiguous");
-      kcs.push_back(k.data_ptr<float>());
-      vcs.push_back(v.data_ptr<float>());
-      caps.push_back(k.size(3));
-    }
+    std::vector<kv::View> caches;
+    for (size_t s = 0; s < k_caches.size(); ++s) caches.push_back(cache_view(k_caches[s], v_caches[s]));
     for (int64_t r = 0; r < t; ++r)
-      TORCH_CHECK(seq[r] >= 0 && seq[r] < static_cast<int64_t>(caps.size()) && pos[r] >= 0 &&
-                      pos[r] < caps[seq[r]] && pos[r] < rope_global.size(0),
+      TORCH_CHECK(seq[r] >= 0 && seq[r] < static_cast<int64_t>(caches.size()) && pos[r] >= 0 &&
+                      pos[r] < caches[seq[r]].cap && pos[r] < rope_global.size(0),
                   "batch: row ", r, "'s sequence or position is outside its cache");
     std::vector<float> q(t * nq * d), scores;
     Tensor att = at::empty({t, nq * d}, x.options());
@@ -419,13 +418,10 @@ struct Step {
       idx += n_qkv[li];
       for (int64_t r = 0; r < t; ++r)
         position_heads(qkv.data_ptr<float>() + r * width, nm, rope.data_ptr<float>() + pos[r] * d, li, pos[r],
-                       caps[seq[r]], q.data() + r * nq * d, kcs[seq[r]], vcs[seq[r]]);
-      for (int64_t r = 0; r < t; ++r) {
-        const int64_t cap = caps[seq[r]], layer = li * nkv * cap * d;
-        attend(q.data() + r * nq * d, kcs[seq[r]] + layer, vcs[seq[r]] + layer, nq, nkv, d, cap,
-               window_start(slide, pos[r]), pos[r] + 1, scaling, att.data_ptr<float>() + r * nq * d, scores,
-               attn_cap);
-      }
+                       q.data() + r * nq * d, caches[seq[r]]);
+      for (int64_t r = 0; r < t; ++r)
+        attend(q.data() + r * nq * d, caches[seq[r]], li, nq, nkv, d, window_start(slide, pos[r]), pos[r] + 1,
+               scaling, att.data_ptr<float>() + r * nq * d, scores, attn_cap);
       rows::residual_add(x, products(att, w, idx, 1), nm[5], eps, residual_scale);
       idx += 1;
       if (routers[li].numel()) {
@@ -481,6 +477,20 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("blocked_attention", &rows::prompt_attention, "a prompt's attention for one layer, oneDNN in query blocks",
         pybind11::arg("q"), pybind11::arg("k"), pybind11::arg("v"), pybind11::arg("pos"), pybind11::arg("start"),
         pybind11::arg("window"), pybind11::arg("scale"), pybind11::arg("block"), pybind11::arg("cap") = 0.0);
+  m.def("kv_rows", &kv::from_float, "float32 rows [..., d] as KV cache rows of a kind (0 f32, 1 f16, 2 q8_0)");
+  m.def("kv_float", &kv::to_float, "KV cache rows [..., width] as float32 [..., d]");
+  m.def("decode_attention", [](const Tensor& q, const Tensor& k, const Tensor& v, int64_t li, int64_t start,
+                               int64_t end, double scale, double cap) {
+    // one query's attention over layer li of a cache pair [layers, 1, nkv, positions, width], as the steps run it
+    const Tensor qc = q.to(at::kFloat).contiguous();
+    const int64_t nq = qc.size(0), d = qc.size(1);
+    const kv::View c = kv::View::of(k, v);
+    Tensor out = at::empty({nq, d}, qc.options());
+    std::vector<float> scores;
+    decode::attend(qc.data_ptr<float>(), c, li, nq, k.size(2), d, start, end, scale, out.data_ptr<float>(), scores,
+                   cap);
+    return out;
+  }, "one query's attention over a KV cache (decode_attention.h)");
   m.def("gemm_parts", &gemm::gemm_parts, "several weights' products over one input, side by side (int8 VNNI)");
   m.def("fast_gemm", &gemm::fast_gemm, "whether the int8 VNNI GEMM is built here");
   m.def("panel_gemm_parts", &panel::gemm_parts, "several weights' products over one input, bf16 panels (precise)");
