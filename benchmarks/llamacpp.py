@@ -90,8 +90,10 @@ def model_files(names: list[str]) -> dict[str, Path]:
     return files
 
 
-def llama_cpp(path: Path, threads: int) -> dict:
+def llama_cpp(path: Path, threads: int, depth: int = 0) -> dict:
+    """llama-bench's pp256 / tg64 (after `depth` tokens already in the context: its -d)."""
     cmd = [str(BENCH_BIN), "-m", str(path), "-p", str(PROMPT), "-n", str(NEW), "-t", str(threads), "-r", "3", "-o", "json"]  # avg of 3
+    cmd += ["-d", str(depth)] if depth else []
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     out = p.stdout.read()
     _, status, usage = os.wait4(p.pid, 0)
@@ -101,8 +103,9 @@ def llama_cpp(path: Path, threads: int) -> dict:
     return {"prefill": pp, "decode": tg, "peak_rss_mib": usage.ru_maxrss / 1024, "baseline_rss_mib": 0.0}
 
 
-def python_worker(kind: str, path: Path, threads: int) -> dict:
-    cmd = [sys.executable, __file__, "--worker", kind, "--file", str(path), "--threads", str(threads)]
+def python_worker(kind: str, path: Path, threads: int, depth: int = 0) -> dict:
+    cmd = [sys.executable, __file__, "--worker", kind, "--file", str(path), "--threads", str(threads), "--depth",
+           str(depth)]
     env = {**os.environ, **({"KERNELFIT_DOT": "0"} if kind == "kernelfit-torch-kernels" else {})}
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     out, err = p.communicate()
@@ -119,7 +122,7 @@ def _rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def worker(kind: str, path: Path, threads: int) -> dict:
+def worker(kind: str, path: Path, threads: int, depth: int = 0) -> dict:
     import torch
     import transformers  # noqa: F401 - part of the interpreter baseline
 
@@ -133,7 +136,9 @@ def worker(kind: str, path: Path, threads: int) -> dict:
 
         prefill = {"kernelfit-dense-prefill": "dense", "kernelfit-int8-prefill": "int8"}.get(kind, "auto")
         quantization = "q8_0" if kind == "kernelfit-q8_0" else "auto"  # benchmarks/checkpoints.py's q8_0 row
-        loaded = kernelfit.load(str(path), prefill=prefill, quantization=quantization, progress=lambda m: None)
+        kv = kind.removeprefix("kernelfit-kv-") if kind.startswith("kernelfit-kv-") else "auto"  # shapes.py --kv
+        loaded = kernelfit.load(str(path), prefill=prefill, quantization=quantization, kv_cache=kv,
+                                progress=lambda m: None, context=depth + PROMPT + NEW + 1 if depth else None)
         runner = loaded.model
         load_s = time.perf_counter() - t0
         first = time.perf_counter()
@@ -142,7 +147,20 @@ def worker(kind: str, path: Path, threads: int) -> dict:
         runner.logits(ids[8:9], 8)
         warm = time.perf_counter() - first
         pre, dec = [], []
-        for _ in range(3):
+        if depth:  # llama-bench -d: `depth` tokens already cached, then pp256 and tg64 (plain steps, no drafts)
+            context = torch.arange(1000, 1000 + depth) % runner.build.cfg.vocab
+            reset_cache(runner.build, depth + PROMPT + NEW + 1)
+            runner.logits(context, 0)
+            for _ in range(2):
+                t = time.perf_counter()
+                runner.logits(ids, depth)
+                pre.append(PROMPT / (time.perf_counter() - t))
+                pos, token = depth, 1
+                t = time.perf_counter()
+                for i in range(NEW):
+                    token = int(runner.logits(torch.tensor([token]), pos + i)[-1].argmax())
+                dec.append(NEW / (time.perf_counter() - t))
+        for _ in range(0 if depth else 3):
             reset_cache(runner.build, PROMPT + NEW + 1)
             t = time.perf_counter()
             runner.logits(ids, 0)
@@ -150,7 +168,7 @@ def worker(kind: str, path: Path, threads: int) -> dict:
             _, _, d = runner.generate_ids([1], NEW + 1, stop_at_eos=False)
             dec.append(NEW / d)
         info = {"plan_prefill": getattr(loaded.plan.kernels.get("prefill"), "value", None), "weights_bytes": runner.build.weight_bytes,
-                "kv_bytes": kv_bytes(runner.build), "warmup_s": round(warm, 2)}
+                "kv_bytes": kv_bytes(runner.build), "kv_cache": runner.build.kv_cache, "warmup_s": round(warm, 2)}
     else:
         from transformers import AutoModelForCausalLM
 
@@ -189,9 +207,10 @@ def main() -> int:
     ap.add_argument("--worker")
     ap.add_argument("--file")
     ap.add_argument("--no-transformers", action="store_true")
+    ap.add_argument("--depth", type=int, default=0)
     a = ap.parse_args()
     if a.worker:
-        print(json.dumps(worker(a.worker, Path(a.file), a.threads)))
+        print(json.dumps(worker(a.worker, Path(a.file), a.threads, a.depth)))
         return 0
     build_llama_bench()
     files = model_files(a.models.split(","))

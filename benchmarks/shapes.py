@@ -3,6 +3,11 @@ make theirs: an F16 file written with the `gguf` package's writer under llama.cp
 llama.cpp's own `llama-quantize` (Q4_K_M: its Q4_K/Q6_K mix). Speed only; accuracy is tested on tiny models.
 
     python benchmarks/shapes.py [--shapes qwen2.5-0.5b,qwen2.5-1.5b,llama3.2-1b] [--types Q4_K_M] [--rounds 3]
+                                [--depth 4096] [--kv f32,q8_0]
+
+--depth N: both engines start with N tokens already in the context (llama-bench -d N; kernelfit prefills them
+untimed) and decode with plain steps, as llama-bench does. --kv: kernelfit rows with other KV cache kinds besides its
+default (float16), e.g. f32 (what it held before) and q8_0.
 
 Each round runs, for each file: `llama-bench -p 256 -n 64` and kernelfit's plan in a fresh interpreter (the
 workers of benchmarks/llamacpp.py), interleaved. Beside each decode figure: the bytes a decode step reads (kernelfit:
@@ -129,39 +134,49 @@ def main() -> int:
     ap.add_argument("--types", default="Q4_K_M")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--depth", type=int, default=0)
+    ap.add_argument("--kv", default="")
     a = ap.parse_args()
     llamacpp.build_llama_bench()
     files = {f"{s} {q}": make(s, q) for s in a.shapes.split(",") for q in a.types.split(",")}
-    runs = {(m, k): [] for m in files for k in ("llama.cpp", "kernelfit")}
+    kinds = ["llama.cpp", "kernelfit"] + [f"kernelfit-kv-{k}" for k in a.kv.split(",") if k]
+    runs = {(m, k): [] for m in files for k in kinds}
     bw = []
     for r in range(a.rounds):
         bw.append(llamacpp.read_bandwidth_gbs(a.threads))
         for m, path in files.items():
-            for k in ("llama.cpp", "kernelfit"):
-                res = llamacpp.llama_cpp(path, a.threads) if k == "llama.cpp" else \
-                    llamacpp.python_worker(k, path, a.threads)
+            for k in kinds:
+                res = llamacpp.llama_cpp(path, a.threads, a.depth) if k == "llama.cpp" else \
+                    llamacpp.python_worker(k, path, a.threads, a.depth)
                 runs[(m, k)].append(res)
-                print(f"round {r + 1}: {m:<22} {k:<10} prefill {res['prefill']:7.1f} tok/s  decode "
+                print(f"round {r + 1}: {m:<22} {k:<17} prefill {res['prefill']:7.1f} tok/s  decode "
                       f"{res['decode']:6.1f} tok/s  peak RSS {res['peak_rss_mib']:7.1f} MiB", flush=True)
     bandwidth = statistics.median(bw)
+    depth = f", after {a.depth} cached tokens (plain decode steps)" if a.depth else ""
     print(f"\n{a.rounds} interleaved rounds, {a.threads} threads, medians; read bandwidth {bandwidth:.1f} GB/s; "
-          f"prefill {llamacpp.PROMPT}, decode {llamacpp.NEW} tokens\n")
-    print("| file | MiB | llama.cpp prefill / decode | kernelfit prefill / decode | prefill x | decode x | "
-          "kernelfit MiB/token (x file) | decode GB/s: llama.cpp / kernelfit (% of read bw) | load s | "
+          f"prefill {llamacpp.PROMPT}, decode {llamacpp.NEW} tokens{depth}\n")
+    print("| file | kernelfit KV | MiB | llama.cpp prefill / decode | kernelfit prefill / decode | prefill x | decode x | "
+          "kernelfit MiB/token (weights x file + KV) | decode GB/s: llama.cpp / kernelfit (% of read bw) | load s | "
           "RSS - baseline MiB |")
-    print("|---|---:|---|---|---:|---:|---:|---|---:|---:|")
+    print("|---|---|---:|---|---|---:|---:|---:|---|---:|---:|")
     for m, path in files.items():
-        lc, kf = runs[(m, "llama.cpp")], runs[(m, "kernelfit")]
+        lc = runs[(m, "llama.cpp")]
         med = lambda rs, f: statistics.median(x[f] for x in rs)  # noqa: E731
-        ratio = lambda f: statistics.median(x[f] / y[f] for x, y in zip(kf, lc))  # noqa: E731
         size = path.stat().st_size
-        wb = kf[-1]["weights_bytes"]
-        lc_gbs, kf_gbs = med(lc, "decode") * size / 1e9, med(kf, "decode") * wb / 1e9
-        rss = med(kf, "peak_rss_mib") - med(kf, "baseline_rss_mib")
-        print(f"| {m} | {size / 2**20:.0f} | {med(lc, 'prefill'):.1f} / {med(lc, 'decode'):.1f} | "
-              f"{med(kf, 'prefill'):.1f} / {med(kf, 'decode'):.1f} | {ratio('prefill'):.2f}x | {ratio('decode'):.2f}x "
-              f"| {wb / 2**20:.0f} ({wb / size:.2f}x) | {lc_gbs:.1f} ({lc_gbs / bandwidth:.0%}) / {kf_gbs:.1f} "
-              f"({kf_gbs / bandwidth:.0%}) | {med(kf, 'load_s'):.1f} | {rss:.0f} |")
+        for k in kinds[1:]:
+            kf = runs[(m, k)]
+            ratio = lambda f: statistics.median(x[f] / y[f] for x, y in zip(kf, lc))  # noqa: E731
+            wb = kf[-1]["weights_bytes"]
+            # a decode step at depth also reads the cache it attends over: llama.cpp's is float16, 2 bytes a value
+            kv_read = kf[-1]["kv_bytes"] * a.depth / max(1, a.depth + llamacpp.PROMPT + llamacpp.NEW + 1)
+            lc_kv = kv_read * 2 / {"f32": 4, "f16": 2, "q8_0": 34 / 32}[kf[-1]["kv_cache"]]
+            lc_gbs, kf_gbs = med(lc, "decode") * (size + lc_kv) / 1e9, med(kf, "decode") * (wb + kv_read) / 1e9
+            rss = med(kf, "peak_rss_mib") - med(kf, "baseline_rss_mib")
+            print(f"| {m} | {kf[-1]['kv_cache']} | {size / 2**20:.0f} | {med(lc, 'prefill'):.1f} / "
+                  f"{med(lc, 'decode'):.1f} | {med(kf, 'prefill'):.1f} / {med(kf, 'decode'):.1f} | "
+                  f"{ratio('prefill'):.2f}x | {ratio('decode'):.2f}x | {wb / 2**20:.0f} ({wb / size:.2f}x) + "
+                  f"{kv_read / 2**20:.0f} | {lc_gbs:.1f} ({lc_gbs / bandwidth:.0%}) / {kf_gbs:.1f} "
+                  f"({kf_gbs / bandwidth:.0%}) | {med(kf, 'load_s'):.1f} | {rss:.0f} |")
     return 0
 
 

@@ -69,7 +69,8 @@ def device_preference(device: str, device_map) -> str:
 
 def load(model: str = "smollm2-135m", *, dtype: str = "auto", attention: str = "auto", context: int | None = None,
          batch: int = 1, device: str = "auto", max_memory: dict | None = None, quantization: str = "auto",
-         allow_dequantize: bool = False, prefill: str = "auto", machine: Machine | None = None, plan: Plan | None = None,
+         allow_dequantize: bool = False, prefill: str = "auto", kv_cache: str = "auto", machine: Machine | None = None,
+         plan: Plan | None = None,
          dispatch: bool = True, use_tune_cache: bool = True, health_check: bool = True,
          trust_remote_code: bool = False, allow_pickle: bool = False,
          progress: Callable[[str], None] | None = None, device_map=None, attn_implementation: str | None = None):
@@ -87,7 +88,8 @@ def load(model: str = "smollm2-135m", *, dtype: str = "auto", attention: str = "
             attention = attn_implementation
         prefs = Preferences(dtype=str(dtype).removeprefix("torch."), attention=attention, context=context, batch=batch,
                             device=device_preference(device, device_map), max_memory=memory_in_gib(max_memory),
-                            quantization=quantization, allow_dequantize=allow_dequantize, prefill=prefill)
+                            quantization=quantization, allow_dequantize=allow_dequantize, prefill=prefill,
+                            kv_cache=kv_cache)
         plan = make_plan(model, prefs, machine, use_tune_cache)
     return load_plan(plan, dispatch=dispatch, health_check=health_check, trust_remote_code=trust_remote_code,
                      allow_pickle=allow_pickle, progress=progress)
