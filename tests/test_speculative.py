@@ -60,3 +60,41 @@ def test_speculative_greedy_tokens_equal_plain_greedy_in_fewer_steps(runner):
     fast, _, _ = r.generate_ids(ids, 96, speculative=True)
     assert fast == plain
     assert r.steps < plain_steps  # some drafts were kept
+
+
+def _served(r, tok, ids: list[int], sampling, drafts: bool, monkeypatch) -> tuple[list[int], int]:
+    """One request through the server's engine (serve/batching.py), in this thread: its tokens and decode steps."""
+    import asyncio
+
+    from kernelfit.serve.engine import Engine, Job
+
+    with monkeypatch.context() as m:
+        if not drafts:
+            m.setattr(PromptLookup, "draft", lambda self, limit: [])
+        engine = Engine(r, tok, background=False)
+        if engine.batcher is None:
+            pytest.skip("no C++ step here: the server does not batch or draft")
+        job = Job(list(ids), sampling, 96, asyncio.new_event_loop(), asyncio.Queue())
+        engine.submit(job)
+        engine.serve(until=lambda: job.done)
+    return job.tokens, engine.batcher.steps
+
+
+@pytest.mark.parametrize("temperature,top_p", [(0.7, 1.0), (1.0, 0.9)])
+def test_sampled_drafts_give_the_seeded_tokens_of_plain_sampling_in_fewer_steps(runner, temperature, top_p,
+                                                                                monkeypatch):
+    """Each drafted row's token is sampled as a plain step samples it (same logits bit for bit, the same generator
+    calls in order), so a seeded request's tokens are those without drafts — the sampled distribution is exact — and
+    drafts that the sample confirms save steps."""
+    from kernelfit.serve.protocol import Sampling
+
+    r, tok = runner
+    ids = tok(EDIT + "\nHere it is with `amount`:\n\n")["input_ids"]
+    for seed in (1, 2):
+        s = Sampling(96, temperature=temperature, top_p=top_p, seed=seed, ignore_eos=True)
+        plain, plain_steps = _served(r, tok, ids, s, False, monkeypatch)
+        fast, fast_steps = _served(r, tok, ids, s, True, monkeypatch)
+        assert fast == plain and len(plain) == 96
+        assert plain_steps == 96
+        if seed == 1:
+            assert fast_steps < plain_steps, "no sampled draft was kept"

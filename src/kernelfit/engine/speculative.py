@@ -5,9 +5,9 @@ edit, a chat answer naming what the question named — is decoded several tokens
 weights once whether it checks 1 or 8 tokens, so accepted drafts come at almost no cost (llama.cpp's `--spec-type
 ngram`, transformers' `prompt_lookup_num_tokens` draft the same way).
 
-Greedy output is unchanged: a drafted token is kept only where the target's own argmax is that token, and the
-verification's logits equal the one-token decode step's bit for bit (kernels/step.cpp: the exact dot products and
-the decode step's attention for up to DOT_MAX_ROWS rows).
+Output is unchanged: a drafted token is kept only where the token the target picks at that row — its argmax, or its
+sample (serve/batching.py) — is that token, and the verification's logits equal the one-token decode step's bit for bit
+(kernels/step.cpp: the exact dot products and the decode step's attention for up to DOT_MAX_ROWS rows).
 """
 
 from __future__ import annotations
@@ -91,12 +91,24 @@ class DraftGate:
             self.cooldown *= 2
 
 
-def accepted_tokens(draft: list[int], logits) -> list[int]:
-    """The tokens one verification step yields: the draft up to the first token the model's own argmax disagrees with,
-    then that argmax (`logits`: the step's rows for the last token and the draft, [len(draft) + 1, vocab]) — the
-    tokens one step a token would give."""
-    best = logits.argmax(-1).tolist()
-    kept = 0
-    while kept < len(draft) and best[kept] == draft[kept]:
-        kept += 1
-    return draft[:kept] + [best[kept]]
+def accepted_tokens(draft: list[int], logits, pick=None) -> list[int]:
+    """The tokens one verification step yields (`logits`: the step's rows for the last token and the draft,
+    [len(draft) + 1, vocab]): each row's own token — its argmax, or `pick(row)` for a sampled sequence — in order, up
+    to the first that differs from the drafted one, which ends the step. Row i's logits equal the one-token decode
+    step's at that position bit for bit, and `pick` is called once a yielded token, in order, as plain decoding calls
+    it (a seeded generator is consumed the same way), so the tokens are those one step a token gives: greedy, or
+    sampled from exactly the same distribution with the same seed. For a draft that is one fixed token a position this
+    keeps each drafted token with probability p(token), the most any exact scheme can (speculative sampling's
+    min(1, p / q) with q = 1)."""
+    if pick is None:
+        best = logits.argmax(-1).tolist()
+        kept = 0
+        while kept < len(draft) and best[kept] == draft[kept]:
+            kept += 1
+        return draft[:kept] + [best[kept]]
+    out = []
+    for i in range(len(draft) + 1):
+        out.append(pick(logits[i]))
+        if i == len(draft) or out[-1] != draft[i]:
+            return out
+    return out

@@ -6,8 +6,11 @@ seeded as it would alone (serve/engine.py's _pick and _advance), and a greedy ro
 alone: every row's logits equal its own decode step's (Step.batch), and prompts' keys and values do not depend on
 chunking or reuse (SequencePool).
 
-A sequence decoding alone drafts by prompt lookup as `LeanRunner.greedy` does (its draft checked in the same step);
-with others beside it the step already reads the weights once for several tokens and drafts are not tried.
+A sequence decoding alone drafts by prompt lookup as `LeanRunner.greedy` does (its draft checked in the same step),
+greedy or sampled: each row's token is picked as a plain step would pick it (the same sampling, the same generator
+calls in the same order), so a seeded request gives the same tokens drafted or not (engine/speculative.py
+accepted_tokens). With others beside it the step already reads the weights once for several tokens and drafts are
+not tried. A grammar-constrained request does not draft (its matcher would have to step through the draft).
 """
 
 from __future__ import annotations
@@ -78,10 +81,10 @@ class Batcher:
                 continue
             seq, same = self.pool.acquire(job.prompt_ids)
             job.cached = same
-            greedy = job.sampling.temperature == 0 and job.matcher is None  # drafts: unconstrained greedy rows
+            drafts = job.matcher is None  # drafts: unconstrained rows, greedy or sampled
             self.active.append(Active(job, seq, same, len(job.prompt_ids) - 1, job.prompt_ids[-1],
                                       self.engine._generator(job.sampling, "cpu"),
-                                      PromptLookup(job.prompt_ids) if greedy else None, DraftGate()))
+                                      PromptLookup(job.prompt_ids) if drafts else None, DraftGate()))
 
     def _drop_cancelled(self) -> None:
         for a in self.active:
@@ -127,7 +130,8 @@ class Batcher:
         first = 0
         for a, draft in zip(decoding, drafts):
             if draft:
-                tokens = accepted_tokens(draft, logits[first:first + len(draft) + 1])
+                pick = lambda row, a=a: self.engine.choose(a.job, row, a.gen)  # noqa: E731 - as a plain step picks
+                tokens = accepted_tokens(draft, logits[first:first + len(draft) + 1], pick)
                 a.gate.drafted(len(tokens), seconds)
                 a.lookup.accepted(len(draft), len(tokens) - 1)
             else:
