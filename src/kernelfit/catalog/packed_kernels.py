@@ -83,8 +83,9 @@ DECODE_KERNELS = {
 # oneDNN: 1,102 us for 3072x576 against oneDNN on a kept bf16 copy 937 and int4 2,680.
 GGUF_DECODE = ("the file's own 4/8-bit groups, exact, through kernelfit's C++ group dot products (torch's "
                "_weight_int4pack_mm_for_cpu / _weight_int8pack_mm with re-gridded int8 where no C++ compiler "
-               "builds them); greedy decoding checks prompt-lookup drafts several tokens a step where the C++ step "
-               "runs (the same tokens; paused where it measures slower)")
+               "builds them); decoding checks prompt-lookup drafts several tokens a step where the C++ step runs "
+               "(greedy, and sampled in the server: the same tokens, the same seeded samples; paused where it "
+               "measures slower)")
 PREFILL_PACKED = "same packed weights as decode (each layer's products unpacked to bf16 for that call, oneDNN matmuls)"
 PREFILL_DENSE = "bf16 copy (oneDNN matmul)"
 # The bf16 panel GEMM (engine/kernels/panel_gemm.h): a GGUF file's groups unpacked 32 output columns at a time into a bf16

@@ -11,6 +11,7 @@ import time
 from ..errors import EXIT_USAGE, UsageError
 from ..planner.hf_args import lean_runner
 from ..planner.types import RejectKind
+from .render import KERNEL_TITLES
 
 
 def add_run_parser(sub) -> None:
@@ -95,7 +96,7 @@ def _summary(plan) -> str:
     if q is not None and q.packed:
         lines.append(f"  weights    {q.reason}")
     for phase, c in plan.kernels.items():
-        lines.append(f"  {phase:<10} {c.value}: {c.reason}")
+        lines.append(f"  {KERNEL_TITLES.get(phase, phase).lower():<10} {c.value}: {c.reason}")
         lines += [f"    ✗ {r.name}: {r.reason}" for r in c.rejected]
     for note in (plan.decode_fastpath, plan.decode_attention):
         if note and not lean_runner(plan):
