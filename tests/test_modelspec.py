@@ -87,3 +87,23 @@ def test_missing_paths(tmp_path):
     bad.write_bytes(b"GGML0000")
     with pytest.raises(UsageError, match="not a readable GGUF"):
         load_model_spec(str(bad))
+
+
+def test_a_gguf_header_is_parsed_once_per_file_version(tmp_path, monkeypatch):
+    """One load asks for the header four times (plan, checks, builder, tokenizer): parsed once; a file changed
+    in place is parsed again."""
+    from gguf_tiny import write_tiny
+
+    from kernelfit.model import gguf_header as gh
+
+    path = tmp_path / "m.gguf"
+    write_tiny(path, "Q8_0")
+    calls = []
+    real = gh._read_growing
+    monkeypatch.setattr(gh, "_read_growing", lambda *a: calls.append(a) or real(*a))
+    first = gh.read_gguf_header(path)
+    assert gh.read_gguf_header(path) is first and len(calls) == 1
+    data = bytearray(path.read_bytes())
+    data[4:8] = (3).to_bytes(4, "little")  # the version field: same size, same inode
+    path.write_bytes(bytes(data))
+    assert gh.read_gguf_header(path).version == 3 and len(calls) == 2

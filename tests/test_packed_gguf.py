@@ -57,6 +57,29 @@ EXACT_LAYOUT = {t: f"{4 if t in gb.INT4_TYPES + ('Q2_K', 'Q3_K') else 8}-bit gro
 
 
 @needs_dot
+@pytest.mark.parametrize("qtype", ["Q4_K", "Q6_K", "Q4_0", "Q8_0", "Q5_K"])
+def test_the_c_repack_equals_numpys_reference(qtype):
+    """kernels/repack_kernels.h decodes Q4_K/Q6_K codes and tiles every type's codes in one pass each: the same bytes
+    as blocks.py's and weights.py's numpy (the reference and the no-compiler path), for a partial last tile too."""
+    from kernelfit.engine.native import native_module
+    from kernelfit.engine.weights import tile_codes
+
+    m = native_module()
+    rows = 13
+    raw = _random_blocks(qtype, rows, 512, np.random.default_rng(5))
+    ref, fast = gb.dot_groups(raw, qtype, rows, 512), gb.dot_groups(raw, qtype, rows, 512, m)
+    assert np.array_equal(ref.codes, fast.codes)
+    tiles = torch.full((4, 512 * ref.bits), 7, dtype=torch.uint8)  # tiles 1-2 written, 0 and 3 left as they were
+    m.tile_codes(torch.from_numpy(np.ascontiguousarray(ref.codes)), tiles, 1, ref.bits)
+    assert np.array_equal(tiles[1:3].numpy(), tile_codes(ref.codes, ref.bits))
+    assert bool((tiles[0] == 7).all() and (tiles[3] == 7).all())
+    w = DotWeight.from_groups(fast)  # the builder's path: the products read what the numpy tiles held
+    x = torch.randn(2, 512, generator=torch.Generator().manual_seed(0))
+    want = x.double() @ torch.from_numpy(gb.dequantize(raw, qtype, rows, 512)).double().T
+    assert float((w.mm(x).double() - want).abs().max()) <= 1e-4 * float(want.abs().max())  # two activation digits
+
+
+@needs_dot
 @pytest.mark.parametrize("qtype", TYPES)
 @pytest.mark.parametrize("rows", [64, 13])  # 13: a partial tile of 8 rows, padded and dropped
 def test_dot_products_are_the_file_values_times_float32_activations(qtype, rows):
@@ -552,7 +575,7 @@ def test_bundled_model_answers_paris_through_the_packed_runner():
     out = json.loads(r.stdout)
     assert "Paris" in out["text"]
     assert out["plan"]["runner"].startswith("kernelfit packed CPU runner")
-    assert set(out["plan"]["kernels"]) == {"decode", "prefill"}
+    assert set(out["plan"]["kernels"]) == {"decode", "prefill", "kv_cache"}
     assert out["packing"]["packed_weights_mib"] < 100 and out["peak_rss_mib"] > 0
     assert out["packing"]["tokenizer"] == "byte-level-bpe"  # the file's own tokenizer, not transformers'
     layouts = {(t["gguf_type"], t["layout"]) for t in out["packing"]["tensors"]}

@@ -7,6 +7,7 @@ uint64 metadata count, the metadata key/values, then one info record per tensor.
 from __future__ import annotations
 
 import struct
+import zlib
 from array import array
 from dataclasses import dataclass
 from pathlib import Path
@@ -171,10 +172,36 @@ class _ArrayInfo:
     count: int
 
 
+# The last headers read, by file identity: one load asks for a file's header in the plan, the loader's checks, the
+# builder and the tokenizer — a 152k-token vocabulary took ~0.23 s to parse each time (Qwen2.5: 0.94 s of a 4.5 s load)
+_RECENT: dict[tuple, GgufHeader] = {}
+RECENT_HEADERS, FIRST_BYTES = 2, 64 << 10
+
+
 def read_gguf_header(path: str | Path, max_bytes: int = 64 << 20, keep: frozenset[str] = frozenset()) -> GgufHeader:
     """The metadata and tensor table, read in growing prefixes (4 MiB covers a 49k-token vocabulary; a
     256k-token one needs more) up to `max_bytes`. Arrays are kept as their count, except those named in
-    `keep` (e.g. "tokenizer.ggml.tokens"), which are read whole: a list of numbers, or a StringArray."""
+    `keep` (e.g. "tokenizer.ggml.tokens"), which are read whole: a list of numbers, or a StringArray. The same file
+    (path, inode, size and modification time unchanged) read again with the same arguments gives the header read
+    before."""
+    try:
+        st = Path(path).stat()
+        with Path(path).open("rb") as f:  # and its first bytes: a file rewritten within one clock tick is read again
+            first = zlib.crc32(f.read(FIRST_BYTES))
+        key = (str(Path(path).resolve()), st.st_ino, st.st_size, st.st_mtime_ns, first, max_bytes, keep)
+    except OSError:
+        key = None  # _read_header says what is wrong with the path
+    if key in _RECENT:
+        return _RECENT[key]
+    header = _read_growing(path, max_bytes, keep)
+    if key is not None:
+        while len(_RECENT) >= RECENT_HEADERS:
+            _RECENT.pop(next(iter(_RECENT)))
+        _RECENT[key] = header
+    return header
+
+
+def _read_growing(path: str | Path, max_bytes: int, keep: frozenset[str]) -> GgufHeader:
     size = 4 << 20
     while True:
         try:

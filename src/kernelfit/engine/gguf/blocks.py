@@ -201,8 +201,19 @@ def _supers(b: np.ndarray, rows: int, with_min: bool) -> tuple[np.ndarray, np.nd
     return d, np.ascontiguousarray(b[:, 2:4]).view(np.float16).reshape(rows, -1) if with_min else None
 
 
-def dot_groups(raw: np.ndarray, qtype: str, rows: int, cols: int) -> DotGroups:
-    """The codes, scales and minimums of a quantized tensor [rows, cols] for engine/kernels/dot_kernels.h."""
+def _native_codes(decode, b: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    """A K-quant's codes unpacked by the C++ decoder `decode` (kernels/repack_kernels.h: one pass, no temporaries)."""
+    import torch
+
+    b = np.ascontiguousarray(b)
+    codes = np.empty((rows, cols), np.uint8)
+    decode(b.ctypes.data, torch.from_numpy(codes))
+    return codes
+
+
+def dot_groups(raw: np.ndarray, qtype: str, rows: int, cols: int, native=None) -> DotGroups:
+    """The codes, scales and minimums of a quantized tensor [rows, cols] for engine/kernels/dot_kernels.h. native:
+    the C++ module, whose decoders unpack Q4_K's and Q6_K's codes in one pass (numpy's below are the reference)."""
     b = _blocks(raw, qtype, rows)
     if qtype in ("Q4_0", "Q4_1"):
         d = _f16(b[:, 0:2])[:, 0]
@@ -213,8 +224,11 @@ def dot_groups(raw: np.ndarray, qtype: str, rows: int, cols: int) -> DotGroups:
         return DotGroups(codes, scale.reshape(rows, -1), mins.reshape(rows, -1), 4, QK)
     if qtype == "Q4_K":
         sc, mn = k_scale_min(b[:, 4:16])
-        qs = b[:, 16:144].reshape(-1, 4, 32)
-        codes = np.stack([qs & 0x0F, qs >> 4], axis=2).reshape(rows, cols)
+        if native is not None:
+            codes = _native_codes(native.q4_k_codes, b, rows, cols)
+        else:
+            qs = b[:, 16:144].reshape(-1, 4, 32)
+            codes = np.stack([qs & 0x0F, qs >> 4], axis=2).reshape(rows, cols)
         return DotGroups(codes, sc.reshape(rows, -1), mn.reshape(rows, -1), 4, QK, *_supers(b, rows, True))
     if qtype in ("Q5_0", "Q5_1"):
         off = 2 if qtype == "Q5_0" else 4
@@ -231,7 +245,8 @@ def dot_groups(raw: np.ndarray, qtype: str, rows: int, cols: int) -> DotGroups:
         codes = b[:, 2:34] ^ np.uint8(0x80)  # int8 c -> c + 128, without an int16 copy of the table
         return DotGroups(codes.reshape(rows, cols), _scales(d, exact_f16=True)[0].reshape(rows, -1), -128.0, 8, QK)
     if qtype == "Q6_K":
-        codes, _ = _q6_k(b)  # w = d * sc * (q - 32)
+        # w = d * sc * (q - 32)
+        codes = _native_codes(native.q6_k_codes, b, rows, cols) if native is not None else _q6_k(b)[0]
         sc = np.ascontiguousarray(b[:, 192:208]).view(np.int8).reshape(rows, -1)
         d = np.ascontiguousarray(b[:, 208:210]).view(np.float16).reshape(rows, -1)
         return DotGroups(codes.reshape(rows, cols), sc, -32.0, 8, 16, d)

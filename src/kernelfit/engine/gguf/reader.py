@@ -112,7 +112,7 @@ class GgufTensors:
         rows, cols = self.shape(name)
         stop = rows if stop is None else stop
         raw = self._raw_rows(name, 0, rows)[order[start:stop]] if order is not None else self._raw_rows(name, start, stop)
-        return gb.dot_groups(raw, self.qtype(name), stop - start, cols)
+        return gb.dot_groups(raw, self.qtype(name), stop - start, cols, _native())
 
     def dot_layout(self, name: str) -> tuple:
         """(bits, group, scale dtype) of a tensor's dot groups, from its first row."""
@@ -122,6 +122,13 @@ class GgufTensors:
         rows, cols = self.shape(name)
         raw = self._raw_rows(name, 0, rows)[order[start:stop]] if order is not None else self._raw_rows(name, start, stop)
         return torch.from_numpy(np.ascontiguousarray(gb.dequantize(raw, self.qtype(name), stop - start, cols)))
+
+
+def _native():
+    """The C++ module (loaded before any dot weight is built), whose decoders unpack K-quant codes in one pass."""
+    from ..native import native_module
+
+    return native_module()
 
 
 def drop_pages(data: np.memmap, first: int, last: int) -> None:

@@ -1,6 +1,7 @@
 // A sequence's KV cache rows in one of three element kinds, and the loads and stores every attention kernel uses on
-// them: float32 (4 bytes a value), float16 (2 bytes: the default, llama.cpp's `--cache-type-k f16` default too) and
-// Q8_0 blocks (34 bytes per 32 values: llama.cpp's block_q8_0, a float16 scale and 32 int8 codes — `--kv-cache q8_0`).
+// them: float32 (4 bytes a value), float16 (2 bytes: the default, llama.cpp's `--cache-type-k f16` default too)
+// and Q8_0 blocks (34 bytes per 32 values: llama.cpp's block_q8_0, a float16 scale and 32 int8 codes —
+// `--kv-cache q8_0`).
 //
 // A cache tensor is [layers, 1, kv heads, positions, width]: float32 or float16 elements, width = head size; or
 // uint8 bytes, width = head size / 32 * 34. Every kernel reads a row as floats 16 at a time (load16) and writes a
@@ -120,7 +121,8 @@ struct Q8Rows {
       const uint16_t h = float_to_half(s);
       T* dst = row + b * Q8_BYTES;
       std::memcpy(dst, &h, 2);
-      for (int64_t j = 0; j < Q8_BLOCK; ++j) dst[2 + j] = static_cast<uint8_t>(static_cast<int8_t>(std::lround(xb[j] * inv)));
+      for (int64_t j = 0; j < Q8_BLOCK; ++j)
+        dst[2 + j] = static_cast<uint8_t>(static_cast<int8_t>(std::lround(xb[j] * inv)));
     }
   }
 };

@@ -22,6 +22,7 @@
 #include "rows_kernels.h"
 #include "decode_attention.h"
 #include "bf16_rows.h"
+#include "repack_kernels.h"
 
 using at::Tensor;
 
@@ -491,6 +492,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
                    cap);
     return out;
   }, "one query's attention over a KV cache (decode_attention.h)");
+  // load-time repacking, called from the reader's threads: the GIL released, no ATen op inside
+  m.def("tile_codes", &repack::tile_codes, "codes [n, k] into a dot weight's tiles from tile0 (repack_kernels.h)",
+        pybind11::call_guard<pybind11::gil_scoped_release>());
+  m.def("q4_k_codes", &repack::q4_k_codes, "Q4_K blocks at an address -> codes 0..15",
+        pybind11::call_guard<pybind11::gil_scoped_release>());
+  m.def("q6_k_codes", &repack::q6_k_codes, "Q6_K blocks at an address -> codes 0..63",
+        pybind11::call_guard<pybind11::gil_scoped_release>());
   m.def("gemm_parts", &gemm::gemm_parts, "several weights' products over one input, side by side (int8 VNNI)");
   m.def("fast_gemm", &gemm::fast_gemm, "whether the int8 VNNI GEMM is built here");
   m.def("panel_gemm_parts", &panel::gemm_parts, "several weights' products over one input, bf16 panels (precise)");
