@@ -49,3 +49,13 @@ def test_estimate_within_15_percent_of_measured_peak(ctx, dtype):
     assert r.returncode == 0, r.stderr[-2000:]
     d = json.loads(r.stdout.strip().splitlines()[-1])
     assert abs(d["estimate"] - d["peak"]) / d["peak"] < 0.15, d
+
+
+def test_the_sequences_that_fit_beside_the_model():
+    from kernelfit.planner.memory import MemoryEstimate, sequences_that_fit
+
+    gib = 2**30
+    m = MemoryEstimate(weights=4 * gib, kv_cache=gib, activations=gib, overhead=gib, budget=16 * gib)
+    assert sequences_that_fit(m, 1) == 10  # 16 - (4 + 1 + 1) = 10 GiB of room, 1 GiB a sequence
+    assert sequences_that_fit(m, 2) == 20  # the plan's cache held two: half a GiB each
+    assert sequences_that_fit(MemoryEstimate(4 * gib, gib, gib, gib, 6 * gib), 1) == 0

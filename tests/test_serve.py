@@ -279,8 +279,9 @@ def test_a_client_that_disconnects_stops_its_generation(server, client):
     assert time.time() - t < 20  # not stuck behind 3,000 tokens for nobody
 
 
-def test_api_key_and_a_bounded_queue():
-    s = Server("--dtype", "float32", "--api-key", "sekret", "--max-batch", "1", "--queue-size", "1")
+def test_api_key_a_bounded_queue_and_a_request_timeout():
+    s = Server("--dtype", "float32", "--api-key", "sekret", "--max-batch", "1", "--queue-size", "1",
+               "--request-timeout", "3")
     try:
         anon = openai.OpenAI(base_url=f"{s.url}/v1", api_key="wrong")
         with pytest.raises(openai.AuthenticationError):
@@ -299,6 +300,21 @@ def test_api_key_and_a_bounded_queue():
         codes = asyncio.run(flood())
         assert 200 in codes and 503 in codes and set(codes) <= {200, 503}, codes
         assert s.health()["status"] == "ok"
+        # a request that would generate for ~20 s ends after --request-timeout with a 504 saying so, streamed or
+        # not, and the server goes on (SmolLM2 decodes ~300 tokens a second here)
+        sync = openai.OpenAI(base_url=f"{s.url}/v1", api_key="sekret", max_retries=0)
+        long = dict(model="smollm2-135m", prompt="Count: 1, 2, 3,", max_tokens=3000, temperature=0,
+                    extra_body={"ignore_eos": True})
+        t = time.time()
+        with pytest.raises(openai.APIStatusError) as e:
+            sync.completions.create(**long)
+        assert e.value.status_code == 504 and "--request-timeout (3 s)" in str(e.value), e.value
+        assert time.time() - t < 10
+        with pytest.raises(openai.APIError) as e:  # streamed: the stream ends with the error as its last event
+            list(sync.completions.create(**long, stream=True))
+        assert "--request-timeout (3 s)" in str(e.value.body or e.value)
+        short = sync.chat.completions.create(model="smollm2-135m", messages=ASK, max_tokens=12, temperature=0)
+        assert "Paris" in short.choices[0].message.content
     finally:
         err = s.stop()
     assert "Traceback" not in err
@@ -556,3 +572,20 @@ def test_a_required_tool_call_is_parsed_and_its_result_answered(client):
     assert len(calls) == 1 and calls[0][0].function.name == "get_weather"
     assert json.loads(calls[0][0].function.arguments) == args
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "tool_calls"
+
+
+def test_the_server_takes_as_many_sequences_as_the_memory_holds():
+    """--max-batch 8 sequences of the plan's context need 8 KV caches; with the memory for one beside the model (0.77
+    GiB with one 4,096-token float16 cache of 0.09 GiB), the server serves one at a time and says why."""
+    s = Server("--max-memory", "cpu=0.8GiB")
+    try:
+        assert s.health()["max_batch"] == 1
+    finally:
+        err = s.stop()
+    assert "8 sequences of 4096 tokens need" in err and "1 fit beside the model: serving 1 at once" in err, err[-2000:]
+    roomy = Server()
+    try:
+        assert roomy.health()["max_batch"] == 8
+    finally:
+        err = roomy.stop()
+    assert "KV cache: up to 8 sequences of 4096 tokens" in err, err[-2000:]

@@ -24,6 +24,9 @@ def add_serve_parser(sub) -> None:
     p.add_argument("--max-batch", type=positive_int("--max-batch"), default=8, help="requests decoded together")
     p.add_argument("--queue-size", type=positive_int("--queue-size"), default=64,
                    help="waiting requests beyond this get 503")
+    p.add_argument("--request-timeout", type=positive_int("--request-timeout"), default=600, metavar="SECONDS",
+                   help="a request still queued or generating this long after it arrived ends with a 504 "
+                        "(llama-server's --timeout default, 600)")
     p.add_argument("--shutdown-timeout", type=positive_int("--shutdown-timeout"), default=30, metavar="SECONDS",
                    help="on SIGTERM, running requests may finish for this long (new ones get 503)")
     p.add_argument("--attn", default="auto")
@@ -44,7 +47,7 @@ def cmd_serve(args) -> int:
     from .args import preferences
     from .run_cmd import _err, _summary
 
-    plan = make_plan(args.model, preferences(args), use_tune_cache=not args.no_cache)
+    plan = make_plan(args.model, preferences(args), use_tune_cache=not args.no_cache)  # one sequence's KV cache
     check_loadable(plan, args.allow_pickle)
     if args.engine == "vllm":
         return _serve_with_vllm(args, plan)
@@ -54,6 +57,7 @@ def cmd_serve(args) -> int:
     except ImportError:
         raise UsageError("kernelfit serve needs fastapi and uvicorn: pip install 'kernelfit[serve]'") from None
     _err(_summary(plan))
+    slots = _slots(plan, args.max_batch)  # the sequences served at once: as many as fit, up to --max-batch
     from ..loader.load import load_plan
     from ..serve.app import create_app
     from ..serve.engine import Engine
@@ -61,8 +65,8 @@ def cmd_serve(args) -> int:
     loaded = load_plan(plan, trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle,
                        progress=lambda m: _err(f"kernelfit: {m}"))
     model_id = args.served_model_name or plan.model.name
-    engine = Engine(loaded.model, loaded.tokenizer, max_batch=args.max_batch, queue_size=args.queue_size,
-                    background=False)
+    engine = Engine(loaded.model, loaded.tokenizer, max_batch=slots, queue_size=args.queue_size,
+                    background=False, request_timeout=args.request_timeout)
     if engine.lean:
         _err(f"kernelfit: the packed engine decodes up to {engine.max_batch} requests together (continuous batching)"
              if engine.max_batch > 1 else "kernelfit: note: the packed engine serves one request at a time here (its "
@@ -94,6 +98,28 @@ def cmd_serve(args) -> int:
         print(f"kernelfit: error: could not start the server on {args.host}:{args.port} (in use?)", file=sys.stderr)
         return 2
     return 0
+
+
+def _slots(plan, asked: int) -> int:
+    """The sequences served at once: --max-batch, or as many as the plan's memory holds with a KV cache of the full
+    context each (said in one line either way)."""
+    from ..planner.memory import gib, sequences_that_fit
+    from .run_cmd import _err
+
+    fit = sequences_that_fit(plan.memory, plan.preferences.batch)
+    per = plan.memory.kv_cache / plan.preferences.batch
+    kind = plan.kernels["kv_cache"].value if "kv_cache" in plan.kernels else plan.dtype.value
+    if fit < 1:
+        raise UsageError(f"one sequence of {plan.preferences.context} tokens needs {gib(per):.2f} GiB of KV cache "
+                         f"({kind}) beside the model, more than the memory left; use a smaller --context")
+    if fit < asked:
+        _err(f"kernelfit: note: {asked} sequences of {plan.preferences.context} tokens need {gib(per * asked):.2f} GiB "
+             f"of KV cache ({kind}); {fit} fit beside the model: serving {fit} at once (--context or --max-batch "
+             "to change it)")
+        return fit
+    _err(f"kernelfit: KV cache: up to {asked} sequences of {plan.preferences.context} tokens, {gib(per):.2f} GiB each "
+         f"({kind}); {fit} would fit")
+    return asked
 
 
 def _serve_with_vllm(args, plan) -> int:

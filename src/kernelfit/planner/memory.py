@@ -169,6 +169,14 @@ def estimate(model: ModelSpec, dtype: str, context: int, batch: int, scores_by_r
     return MemoryEstimate(weights, kv, acts, overhead, budget, transient)
 
 
+def sequences_that_fit(memory: MemoryEstimate, batch: int) -> int:
+    """How many sequences of the plan's context fit beside the weights, activations and runtime: the KV cache of
+    one is the plan's over its batch (the server's slots: `kernelfit serve --max-batch`)."""
+    per = memory.kv_cache / max(batch, 1)
+    room = memory.budget - (memory.total - memory.kv_cache)
+    return max(0, int(room // per)) if per > 0 else batch
+
+
 def device_budget(device: Device, override_gib: float | None = None) -> int:
     """Bytes a plan may use on `device`: an explicit --max-memory, else probed free memory,
     else the usable share of the nominal capacity."""

@@ -189,7 +189,13 @@ def create_app(loaded, model_id: str, context: int, api_key: str | None = None, 
             elif event[0] == "done":
                 return "".join(parts), event[1], event[2], event[3], event[4]
             else:
-                raise ApiError(500, f"generation failed: {event[1]}", type_="server_error")
+                raise failure(event)
+
+    def failure(event) -> ApiError:
+        """The error a request's failure event becomes: its --request-timeout (504), or the step failed (500)."""
+        if event[0] == "timeout":
+            return ApiError(504, event[1], type_="server_error", code="timeout")
+        return ApiError(500, f"generation failed: {event[1]}", type_="server_error")
 
     def usage(p: int, c: int, cached: int = 0) -> dict:
         # cached: prompt tokens not prefilled again (a chat's earlier turns), reported where OpenAI reports them
@@ -220,7 +226,7 @@ def create_app(loaded, model_id: str, context: int, api_key: str | None = None, 
                         yield sse(dict(chunk(None, None), choices=[], usage=usage(event[2], event[3], event[4])))
                     break
                 else:
-                    yield sse(ApiError(500, f"generation failed: {event[1]}", type_="server_error").body())
+                    yield sse(failure(event).body())
                     break
             yield "data: [DONE]\n\n"
         finally:

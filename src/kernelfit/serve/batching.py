@@ -77,7 +77,7 @@ class Batcher:
             except queue.Empty:
                 return
             block = False
-            if job.cancelled.is_set():
+            if job.cancelled.is_set() or self.engine.expired(job):  # it waited past its --request-timeout
                 continue
             seq, same = self.pool.acquire(job.prompt_ids)
             job.cached = same
@@ -88,7 +88,7 @@ class Batcher:
 
     def _drop_cancelled(self) -> None:
         for a in self.active:
-            if a.job.cancelled.is_set():
+            if a.job.cancelled.is_set() or self.engine.expired(a.job):
                 a.job.done = True
         self._retire()
 

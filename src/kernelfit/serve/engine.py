@@ -50,6 +50,7 @@ class Job:
     done: bool = False
     matcher: object = None  # llguidance.LLMatcher of a constrained request (serve/structured.py)
     arrived: float = field(default_factory=time.perf_counter)
+    deadline: float | None = None  # perf_counter time past which it ends in a time-out (--request-timeout)
     last_token_at: float | None = None  # metrics: time to first token, then between tokens
 
     def emit(self, *event) -> None:
@@ -61,11 +62,13 @@ class Job:
 
 class Engine:
     def __init__(self, model, tokenizer, max_batch: int = MAX_BATCH, queue_size: int = QUEUE_SIZE,
-                 background: bool = True):
+                 background: bool = True, request_timeout: float | None = None):
         """`background=False`: the caller runs `serve()` on its own thread. Measured on a 2-core EPYC, the
         same bf16 products run 1.8x slower on a secondary Python thread than on the main one (PyTorch's
         OpenMP pool belongs to the main thread), so `kernelfit serve` decodes on the main thread and runs
-        the HTTP server on the other."""
+        the HTTP server on the other. request_timeout: seconds a request may take from its arrival, queued or
+        running; past it, it ends with a time-out error (its row leaves the batch) and the others go on."""
+        self.request_timeout = request_timeout
         from ..engine.build import batch_ready
         from ..engine.runner import LeanRunner
         from ..engine.sequences import SequencePool
@@ -98,6 +101,8 @@ class Engine:
     def submit(self, job: Job) -> None:
         if self.drain_by is not None:
             raise ShuttingDown
+        if self.request_timeout is not None:
+            job.deadline = job.arrived + self.request_timeout
         try:
             self.jobs.put_nowait(job)
         except queue.Full:
@@ -171,7 +176,7 @@ class Engine:
                         self.jobs.put(job)
                         break
                     batch.append(job)
-            batch = [j for j in batch if not j.cancelled.is_set()]
+            batch = [j for j in batch if not j.cancelled.is_set() and not self.expired(j)]
             if not batch:
                 continue
             self.batches.append(len(batch))
@@ -213,7 +218,7 @@ class Engine:
             logits = out.logits[:, -1, :].float()
             step = []
             for i, job in enumerate(batch):
-                if job.done or job.cancelled.is_set():
+                if job.done or job.cancelled.is_set() or self.expired(job):
                     job.done = True
                     step.append(self.pad)
                     continue
@@ -242,7 +247,7 @@ class Engine:
         logits, job.cached = runner.start(job.prompt_ids, job.max_new)
         if job.sampling.temperature == 0 and job.matcher is None:  # greedy: prompt-lookup drafts, the same tokens
             for token in runner.greedy(job.prompt_ids, int(logits.argmax()), pos, job.max_new):
-                if job.cancelled.is_set():
+                if job.cancelled.is_set() or self.expired(job):
                     job.done = True
                     return
                 self._advance(job, token)
@@ -251,7 +256,7 @@ class Engine:
             return
         gen = self._generator(job.sampling, "cpu")
         while True:
-            if job.cancelled.is_set():
+            if job.cancelled.is_set() or self.expired(job):
                 job.done = True
                 return
             token = self.choose(job, logits, gen)
@@ -260,6 +265,17 @@ class Engine:
                 return
             logits = runner.logits(torch.tensor([token]), pos)[-1]
             pos += 1
+
+    def expired(self, job: Job) -> bool:
+        """Whether `job` has run past its deadline; the first time, it ends with a "timeout" event."""
+        if job.deadline is None or job.done or time.perf_counter() <= job.deadline:
+            return False
+        job.emit("timeout", f"the request took longer than the server's --request-timeout ({self.request_timeout:g} s)"
+                 f" after {len(job.tokens)} tokens; ask for fewer max_tokens, or retry when the server is less busy")
+        job.done = True
+        if self.metrics is not None:
+            self.metrics.done(job, "timeout")
+        return True
 
     @staticmethod
     def _generator(s: Sampling, device) -> torch.Generator | None:
