@@ -13,7 +13,8 @@ import numpy as np
 from gguf import GGMLQuantizationType, GGUFWriter, RopeScalingType, quants
 
 HIDDEN, HEADS, KV_HEADS, FFN, VOCAB, LAYERS = 256, 4, 2, 512, 512, 2
-EXPERTS, EXPERT_FFN = 4, 256  # qwen3moe (256: a whole K-quant superblock)
+EXPERTS, EXPERT_FFN = 4, 256  # qwen3moe, qwen2moe (256: a whole K-quant superblock)
+SHARED_FFN = 512  # qwen2moe's shared expert
 HEAD_DIM = HIDDEN // HEADS
 
 
@@ -162,10 +163,12 @@ def write_tiny(path: Path, qtype: str, arch: str = "llama", seed: int = 0, embed
     w.add_key_length(hd)
     w.add_value_length(hd)
     w.add_vocab_size(VOCAB)
-    if arch == "qwen3moe":  # 4 experts, 2 a token, each of EXPERT_FFN rows
+    if arch in ("qwen3moe", "qwen2moe"):  # 4 experts, 2 a token, each of EXPERT_FFN rows
         w.add_expert_count(EXPERTS)
         w.add_expert_used_count(2)
         w.add_expert_feed_forward_length(EXPERT_FFN)
+    if arch == "qwen2moe":  # and a shared expert
+        w.add_expert_shared_feed_forward_length(SHARED_FFN)
     if arch == "granite":  # Granite 3.x's multipliers (of its real sizes' kind)
         w.add_embedding_scale(12.0)
         w.add_residual_scale(0.22)
@@ -222,21 +225,27 @@ def write_tiny(path: Path, qtype: str, arch: str = "llama", seed: int = 0, embed
         tensor(b + "attn_output.weight", (HIDDEN, HEADS * hd), qtype)
         if arch != "olmo2":
             tensor(b + "ffn_norm.weight", (HIDDEN,), "norm")
-        if arch == "qwen3moe":  # the router (float, as llama-quantize leaves it) and each expert's gate, up, down
+        if arch in ("qwen3moe", "qwen2moe"):  # the router (float, as llama-quantize leaves it), each expert's gate, up,
+            # down
             w.add_tensor(b + "ffn_gate_inp.weight", (0.3 * rng.standard_normal((EXPERTS, HIDDEN))).astype(np.float32))
             for part, shape in (("gate", (EXPERT_FFN, HIDDEN)), ("up", (EXPERT_FFN, HIDDEN)),
                                 ("down", (HIDDEN, EXPERT_FFN))):
                 x = (0.08 * rng.standard_normal((EXPERTS * shape[0], shape[1]))).astype(np.float32)
                 data, kind = encode(x, qtype)
                 w.add_tensor(b + f"ffn_{part}_exps.weight", data.reshape(EXPERTS, shape[0], -1), raw_dtype=kind)
+            if arch == "qwen2moe":  # the shared expert and its gate (one row: llama.cpp keeps it as a vector)
+                w.add_tensor(b + "ffn_gate_inp_shexp.weight", (0.3 * rng.standard_normal(HIDDEN)).astype(np.float32))
+                tensor(b + "ffn_gate_shexp.weight", (SHARED_FFN, HIDDEN), qtype)
+                tensor(b + "ffn_up_shexp.weight", (SHARED_FFN, HIDDEN), qtype)
+                tensor(b + "ffn_down_shexp.weight", (HIDDEN, SHARED_FFN), qtype)
         elif arch in ("phi3", "glm4"):  # one ffn_up of gate then up rows (Phi-3's and GLM-4's gate_up_proj)
             tensor(b + "ffn_up.weight", (2 * FFN, HIDDEN), qtype)
         else:
             tensor(b + "ffn_gate.weight", (FFN, HIDDEN), qtype)
             tensor(b + "ffn_up.weight", (FFN, HIDDEN), qtype)
-        if arch != "qwen3moe":
+        if arch not in ("qwen3moe", "qwen2moe"):
             tensor(b + "ffn_down.weight", (HIDDEN, FFN), qtype)
-        if arch in ("qwen2", "glm4"):
+        if arch in ("qwen2", "glm4", "qwen2moe"):
             for x, n in (("q", HEADS), ("k", KV_HEADS), ("v", KV_HEADS)):
                 w.add_tensor(b + f"attn_{x}.bias", (0.1 * rng.standard_normal(n * hd)).astype(np.float32))
         if arch in ("gemma3", "qwen3", "qwen3moe"):

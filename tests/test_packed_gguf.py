@@ -350,6 +350,43 @@ def test_qwen3moe_experts_agree_with_transformers_qwen3moe(tmp_path):
     assert torch.equal(few, steps[:6])
 
 
+def test_qwen2moe_shared_expert_agrees_with_transformers_qwen2moe(tmp_path):
+    """Qwen2-MoE: Qwen3-MoE's routing without renormalising the chosen experts' weights, Q/K/V biases, and a shared
+    expert on every token scaled by sigmoid(x . gate) (llama.cpp's ffn_*_shexp and ffn_gate_inp_shexp tensors)."""
+    from gguf_tiny import EXPERT_FFN, EXPERTS, SHARED_FFN
+    from transformers import Qwen2MoeConfig, Qwen2MoeForCausalLM
+
+    path = write_tiny(tmp_path / "moe.gguf", "Q8_0", "qwen2moe")
+    names = {**ATTENTION, "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
+             "ffn_gate_inp": "mlp.gate", "ffn_gate_exps": "gate_exps", "ffn_up_exps": "up_exps",
+             "ffn_down_exps": "mlp.experts.down_proj", "ffn_gate_shexp": "mlp.shared_expert.gate_proj",
+             "ffn_up_shexp": "mlp.shared_expert.up_proj", "ffn_down_shexp": "mlp.shared_expert.down_proj",
+             "ffn_gate_inp_shexp": "mlp.shared_expert_gate"}
+    state = _state_dict_of(path, names)
+    for i in range(2):
+        gate, up = (state.pop(f"model.layers.{i}.{x}_exps.weight") for x in ("gate", "up"))
+        state[f"model.layers.{i}.mlp.experts.gate_up_proj"] = torch.cat([gate, up], 1)
+        state[f"model.layers.{i}.mlp.experts.down_proj"] = state.pop(f"model.layers.{i}.mlp.experts.down_proj.weight")
+        key = f"model.layers.{i}.mlp.shared_expert_gate.weight"
+        state[key] = state[key].reshape(1, -1)
+    ref = Qwen2MoeForCausalLM(Qwen2MoeConfig(**SHAPES, num_experts=EXPERTS, num_experts_per_tok=2,
+                                             moe_intermediate_size=EXPERT_FFN, shared_expert_intermediate_size=SHARED_FFN,
+                                             norm_topk_prob=False, rope_theta=10000.0)).eval()
+    missing, unexpected = ref.load_state_dict(state, strict=False)
+    assert not unexpected and all("rotary" in k for k in missing), (missing, unexpected)
+    ids = _tokens(120)
+    with torch.no_grad():
+        want = ref(ids[None]).logits[0]
+    b, got, steps = _engine_agrees(path, ids, want)
+    few = forward(b, ids[60:66], 60, True)  # 6 rows: the exact products, as the decode step
+    assert torch.equal(few, steps[:6])
+    with torch.no_grad():  # without its shared expert the model is another one: the test can tell
+        for layer in ref.model.layers:
+            layer.mlp.shared_expert_gate.weight.fill_(-30.0)
+        alone = ref(ids[None]).logits[0]
+    assert float(torch.nn.functional.cosine_similarity(alone, got, dim=-1).mean()) < 0.99
+
+
 def test_smollm3_nope_layers_agree_with_transformers_smollm3(tmp_path):
     """SmolLM3: every 4th layer without rotary (8 layers: 3 and 7; llama.cpp converts SmolLM3 as Llama)."""
     from transformers import SmolLM3ForCausalLM

@@ -19,6 +19,7 @@ class DecoderFamily:
     mlp_bias_key: str | None = None  # config key that adds biases to the MLP
     layer_norm: bool = False  # LayerNorm (weight + bias) rather than RMSNorm (weight only)
     moe: bool = False
+    shared_expert_key: str | None = None  # config key of a shared expert's size beside the routed ones (Qwen2-MoE)
     always_tied: bool = False
     softcap_key: str | None = None  # config key for attention logit soft-capping
     sliding_window_flag: str | None = None  # config key that must be true for sliding_window to apply
@@ -40,6 +41,8 @@ DECODERS: dict[str, DecoderFamily] = {
     "smollm3": DecoderFamily(),
     "glm4": DecoderFamily(qkv_bias=True, attention_bias_key=None, norms_per_layer=4),
     "qwen3_moe": DecoderFamily(qk_norm="head", moe=True),
+    "qwen2_moe": DecoderFamily(qkv_bias=True, attention_bias_key=None, moe=True,
+                               shared_expert_key="shared_expert_intermediate_size"),
     "starcoder2": DecoderFamily(gated_mlp=False, attention_bias_key="use_bias", mlp_bias_key="use_bias",
                                 layer_norm=True),
     # the language models inside vision-language models
@@ -86,7 +89,7 @@ TRANSFORMERS_GGUF_ARCHS = ("bloom", "deci", "falcon", "gemma2", "gemma3", "gemma
 GGUF_ARCH_TO_MODEL_TYPE = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "qwen3": "qwen3",
                            "gemma": "gemma", "gemma2": "gemma2", "gemma3": "gemma3_text", "phi3": "phi3",
                            "olmo2": "olmo2", "smollm3": "smollm3", "granite": "granite", "glm4": "glm4",
-                           "qwen3moe": "qwen3_moe"}
+                           "qwen3moe": "qwen3_moe", "qwen2moe": "qwen2_moe"}
 
 
 def supported_model_types() -> list[str]:

@@ -108,7 +108,8 @@ def build_lean(path: str | Path, prefill_dense: bool = False, progress=None, pre
                 qb, kb = qb[torch.from_numpy(q_order)], kb[torch.from_numpy(k_order)]
             bias = torch.cat([qb, kb, vb])
         qkv = linear(t, names, orders, exact)
-        router = None
+        router = shared_gate = None
+        shared = []
         if t.has(b + "ffn_gate_inp.weight"):  # MoE: every expert's gate, up and down rows, one product each
             if not exact:
                 raise UsageError(f"{Path(path).name}: a mixture-of-experts file needs the C++ dot products (no C++ "
@@ -116,13 +117,16 @@ def build_lean(path: str | Path, prefill_dense: bool = False, progress=None, pre
             router = t.float_tensor(b + "ffn_gate_inp.weight").reshape(cfg.experts, cfg.hidden)
             gate_up = [linear(t, [b + f"ffn_{x}_exps.weight"], exact=True)[0] for x in ("gate", "up")]
             down = linear(t, [b + "ffn_down_exps.weight"], exact=True)[0]
+            if t.has(b + "ffn_gate_shexp.weight"):  # Qwen2-MoE's shared expert: gate, up, down, and its sigmoid gate
+                shared = [linear(t, [b + f"ffn_{x}_shexp.weight"], exact=True)[0] for x in ("gate", "up", "down")]
+                shared_gate = t.float_tensor(b + "ffn_gate_inp_shexp.weight").reshape(cfg.hidden)
         else:
             # phi3 stores gate and up as one ffn_up of 2 x ffn rows, gate first: the layout the fused product gives
             gate_up = linear(t, [b + "ffn_gate.weight", b + "ffn_up.weight"] if t.has(b + "ffn_gate.weight") else
                              [b + "ffn_up.weight"], exact=exact)
             down = linear(t, [b + "ffn_down.weight"], exact=exact)[0]
         o = linear(t, [b + "attn_output.weight"], exact=exact)[0]
-        packed += [*qkv, o, *gate_up, down]
+        packed += [*qkv, o, *gate_up, down, *shared]
         qn = kn = None
         if t.has(b + "attn_q_norm.weight"):  # gemma3, qwen3: RMSNorm of each head's Q and K; olmo2: of all of Q, K
             qn, kn = t.float_tensor(b + "attn_q_norm.weight"), t.float_tensor(b + "attn_k_norm.weight")
@@ -137,7 +141,7 @@ def build_lean(path: str | Path, prefill_dense: bool = False, progress=None, pre
             Products([product(w, prefill_dense, False, int8) for w in gate_up]),
             product(down, prefill_dense, False, int8), qn, kn,
             optional(b + "post_attention_norm.weight"), optional(b + "post_ffw_norm.weight"), cfg.sliding(i),
-            cfg.rotary_layer(i), router))
+            cfg.rotary_layer(i), router, [product(w) for w in shared], shared_gate))
     table = "token_embd.weight"
     embed = linear(t, [table], exact=True)[0] if exact and t.qtype(table) not in FLOAT_TYPES else regridded(t, table)
     head = linear(t, ["output.weight"], exact=exact)[0] if t.has("output.weight") else embed

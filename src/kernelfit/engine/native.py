@@ -279,12 +279,14 @@ def native_args(model) -> NativeArgs:
         for p in gu:
             add(p)
         add(blk.down)
+        for p in blk.shared:  # Qwen2-MoE's shared expert: gate, up, down after the routed experts' products
+            add(p)
         n_qkv.append(len(parts))
         n_gu.append(len(gu))
         norms.append([blk.attn_norm, blk.ffn_norm, blk.qkv_bias if blk.has_bias else empty,
                       blk.q_norm if blk.has_qk_norm else empty, blk.k_norm if blk.has_qk_norm else empty,
                       blk.post_attn_norm if blk.has_post_norms else empty,
-                      blk.post_ffn_norm if blk.has_post_norms else empty])
+                      blk.post_ffn_norm if blk.has_post_norms else empty, blk.shared_gate])
         sliding.append(int(blk.sliding) | (0 if blk.rotary else NO_ROTARY))  # step.cpp reads the two flags
         routers.append(blk.router)
     h = model.head

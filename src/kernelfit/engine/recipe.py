@@ -135,10 +135,11 @@ class Recipe:
     embed_scale: float | None = None  # the embedding's multiplier (gemma: sqrt(hidden); granite: the file's)
     residual_scale: float = 1.0  # granite: x += residual_scale * a block's output
     logit_scale: float = 1.0  # granite: logits divided by it
-    experts: int = 0  # qwen3moe: experts a layer, top_k of them a token, expert_ffn rows each
+    experts: int = 0  # qwen3moe, qwen2moe: experts a layer, top_k of them a token, expert_ffn rows each
     top_k: int = 0
     expert_ffn: int = 0
     norm_topk: bool = False  # the chosen experts' weights renormalised to sum 1 (Qwen3-MoE's norm_topk_prob)
+    shared_ffn: int = 0  # Qwen2-MoE: a shared expert of this many rows beside the routed ones, sigmoid-gated
 
     def sliding(self, layer: int) -> bool:
         return bool(self.sliding_window and self.sliding_pattern and (layer + 1) % self.sliding_pattern)
@@ -245,9 +246,12 @@ def recipe_from_gguf(h, rope_freqs: torch.Tensor | None = None) -> Recipe:
         no_rotary_step=SMOLLM3_NO_ROTARY_STEP if arch == "smollm3" else (
             1 if arch == "granite" and h.arch_key("rope.scaling.finetuned") is False else 0),  # Granite's no-rope switch
         **scales,
+        # Qwen3-MoE renormalises its chosen experts' weights; Qwen2-MoE does not, and adds a shared expert whose
+        # output a sigmoid gate scales (llama.cpp build_moe_ffn norm_w; transformers' norm_topk_prob)
         **({"experts": int(h.arch_key("expert_count")), "top_k": int(h.arch_key("expert_used_count")),
-            "expert_ffn": int(h.arch_key("expert_feed_forward_length")), "norm_topk": True} if arch == "qwen3moe"
-           else {}),
+            "expert_ffn": int(h.arch_key("expert_feed_forward_length")), "norm_topk": arch == "qwen3moe",
+            "shared_ffn": int(h.arch_key("expert_shared_feed_forward_length") or 0)}
+           if arch in ("qwen3moe", "qwen2moe") else {}),
         # LongRoPE runs its short table: positions past the original context would need the long one
         max_positions=int(h.arch_key("rope.scaling.original_context_length") if h.rope_scaling == "longrope" else
                           h.arch_key("context_length") or 4096))

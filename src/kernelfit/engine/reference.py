@@ -226,7 +226,8 @@ def _norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
 class Block(nn.Module):
     def __init__(self, attn_norm, qkv: Products, qkv_bias, o: Product, ffn_norm, gate_up: Products, down: Product,
                  q_norm, k_norm, post_attn_norm, post_ffn_norm, sliding: bool, rotary: bool = True,
-                 router: Optional[torch.Tensor] = None):
+                 router: Optional[torch.Tensor] = None, shared: Optional[List[Product]] = None,
+                 shared_gate: Optional[torch.Tensor] = None):
         super().__init__()
         empty = torch.empty(0)
         self.attn_norm, self.ffn_norm = attn_norm, ffn_norm
@@ -247,6 +248,9 @@ class Block(nn.Module):
         self.rotary = rotary  # False: a NoPE layer (SmolLM3's every 4th), Q and K not rotated
         # an MoE layer's router (its experts' products run in the C++ step only: build.py needs it for such files)
         self.router = router if router is not None else empty
+        # Qwen2-MoE's shared expert (gate, up, down products) and its sigmoid gate's weights: the C++ step only too
+        self.shared = nn.ModuleList(shared or [])
+        self.shared_gate = shared_gate if shared_gate is not None else empty
 
 
 class LeanLM(nn.Module):

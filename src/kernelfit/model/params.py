@@ -43,6 +43,8 @@ def decoder_params(cfg: dict, model_type: str) -> int:
     if fam.moe:
         experts = int(cfg.get("num_local_experts") or cfg.get("num_experts") or 1)
         mlp = experts * mlp + h * experts  # experts + router
+        shared = int(cfg.get(fam.shared_expert_key) or 0) if fam.shared_expert_key else 0
+        mlp += mlp_matrices * h * shared + (h if shared else 0)  # a shared expert and its one-row gate
     norm_params = 2 * h if fam.layer_norm else h  # LayerNorm has a bias, RMSNorm does not
     per_layer = attn + mlp + fam.norms_per_layer * norm_params
     tied = fam.always_tied or bool(cfg.get("tie_word_embeddings", False))

@@ -92,7 +92,8 @@ constexpr int64_t PROMPT_BLOCK = 128;  // lean_lm.py's: a prompt's attention in 
 // (reset_cache replaces them).
 // run: x float32 [1, hidden] (the token's embedding, already scaled) -> float32 logits [1, vocab].
 // Per layer li, in order: its QKV products (n_qkv[li] of them), O, gate/up parts (n_gu[li]), down.
-// norms[li]: {attn_norm, ffn_norm, qkv_bias, q_norm, k_norm, post_attn_norm, post_ffn_norm} (empty = absent).
+// norms[li]: {attn_norm, ffn_norm, qkv_bias, q_norm, k_norm, post_attn_norm, post_ffn_norm, shared_expert_gate}
+// (empty = absent).
 struct Step {
   std::vector<int64_t> kinds;
   std::vector<Tensor> as, bs, mins;
@@ -168,7 +169,28 @@ struct Step {
       const Tensor y = expert_product(rows::gated(gu, expert_ffn, false), w, idx + 2, e, hidden);
       out.index_add_(0, ids, y * at::tensor(weights, h.options()).unsqueeze(1));
     }
+    if (has_shared(li)) {  // Qwen2-MoE: the shared expert's SwiGLU on every row, scaled by sigmoid(h . gate)
+      const int64_t s = idx + 3;
+      const Tensor y = shared_rows(rows::gated(shared_rows(h, w, s, 2), w.n[s], false), w, s + 2, 1);
+      const float* g = norms[li][7].data_ptr<float>();
+      std::vector<float> gate(t);
+      for (int64_t r = 0; r < t; ++r)
+        gate[r] = 1.f / (1.f + std::exp(-decode::dot16(h.data_ptr<float>() + r * hidden, g, hidden)));
+      out.add_(y * at::tensor(gate, h.options()).unsqueeze(1));
+    }
     return out;
+  }
+
+  // whether MoE layer li has a shared expert (norms[li][7]: its gate's weights), and the products the layer takes:
+  // the routed experts' gate, up and down (n_gu[li] + 1), then the shared expert's gate, up and down
+  bool has_shared(int64_t li) const { return norms[li].size() > 7 && norms[li][7].numel() > 0; }
+  int64_t moe_products(int64_t li) const { return n_gu[li] + 1 + (has_shared(li) ? 3 : 0); }
+
+  // products [first, first + count) over every row (a shared expert's): the exact dot products up to DOT_MAX_ROWS
+  // rows (each row alone, as the decode step), else the prompt kernels; float32 out
+  Tensor shared_rows(const Tensor& x, const Weights& w, int64_t first, int64_t count) const {
+    if (x.size(0) <= DOT_MAX_ROWS || !panel::available()) return products(x, w, first, count);
+    return rows_products(x.to(at::kBFloat16), w, first, count, false, false).to(at::kFloat);
   }
 
   Tensor run(Tensor x, int64_t pos, Tensor k_cache, Tensor v_cache, Tensor rope_global, Tensor rope_local) const {
@@ -194,7 +216,7 @@ struct Step {
       rows::residual_add(x, o, nm[5], eps, residual_scale);
       if (routers[li].numel()) {
         rows::residual_add(x, moe(pre_norm(x, nm[1], false), w, li, idx), nm[6], eps, residual_scale);
-        idx += n_gu[li] + 1;
+        idx += moe_products(li);
         continue;
       }
       auto gu = products(pre_norm(x, nm[1], false), w, idx, n_gu[li]);
@@ -370,7 +392,7 @@ struct Step {
       idx += 1;
       if (routers[li].numel()) {
         rows::residual_add(x, moe(pre_norm(x, nm[1], false), w, li, idx), nm[6], eps, residual_scale);
-        idx += n_gu[li] + 1;
+        idx += moe_products(li);
         continue;
       }
       const bool bf_rows = bf16_inputs(x.size(0), int8, panel_rows);  // one row past the last layer's keys and values
@@ -427,7 +449,7 @@ struct Step {
       idx += 1;
       if (routers[li].numel()) {
         rows::residual_add(x, moe(pre_norm(x, nm[1], false), w, li, idx), nm[6], eps, residual_scale);
-        idx += n_gu[li] + 1;
+        idx += moe_products(li);
         continue;
       }
       const Tensor gu = products(pre_norm(x, nm[1], false), w, idx, n_gu[li]);
