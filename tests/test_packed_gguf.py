@@ -328,18 +328,30 @@ def test_qwen3moe_experts_agree_with_transformers_qwen3moe(tmp_path):
     from gguf_tiny import EXPERT_FFN, EXPERTS
     from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
 
-    path = write_tiny(tmp_path / "moe.gguf", "Q8_0", "qwen3moe")
-    names = {**ATTENTION, "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
-             "attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm", "ffn_gate_inp": "mlp.gate",
-             "ffn_gate_exps": "gate_exps", "ffn_up_exps": "up_exps", "ffn_down_exps": "mlp.experts.down_proj"}
+    names = {**MOE_NAMES, "attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm"}
+    cfg = Qwen3MoeConfig(**SHAPES, head_dim=128, num_experts=EXPERTS, num_experts_per_tok=2,
+                         moe_intermediate_size=EXPERT_FFN, norm_topk_prob=True, rope_theta=10000.0)
+    _moe_agrees(tmp_path, "qwen3moe", names, Qwen3MoeForCausalLM(cfg).eval())
+
+
+MOE_NAMES = {**ATTENTION, "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
+             "ffn_gate_inp": "mlp.gate", "ffn_gate_exps": "gate_exps", "ffn_up_exps": "up_exps",
+             "ffn_down_exps": "mlp.experts.down_proj"}
+
+
+def _moe_agrees(tmp_path, arch: str, names: dict, ref, reshape: tuple[str, ...] = ()):
+    """A tiny MoE file of `arch` against transformers' `ref` given the file's tensors (dequantized by gguf-py): prompt
+    (experts of >12 rows on the panels) and decode; the decode step equals one prefill of few rows bit for bit.
+    Returns the engine's logits and the prompt."""
+    path = write_tiny(tmp_path / "moe.gguf", "Q8_0", arch)
     state = _state_dict_of(path, names)
     for i in range(2):  # transformers keeps gate and up of every expert in one [experts, 2 x ffn, hidden] tensor
         gate, up = (state.pop(f"model.layers.{i}.{x}_exps.weight") for x in ("gate", "up"))
         state[f"model.layers.{i}.mlp.experts.gate_up_proj"] = torch.cat([gate, up], 1)
         state[f"model.layers.{i}.mlp.experts.down_proj"] = state.pop(f"model.layers.{i}.mlp.experts.down_proj.weight")
-    ref = Qwen3MoeForCausalLM(Qwen3MoeConfig(**SHAPES, head_dim=128, num_experts=EXPERTS, num_experts_per_tok=2,
-                                             moe_intermediate_size=EXPERT_FFN, norm_topk_prob=True,
-                                             rope_theta=10000.0)).eval()
+        for name in reshape:  # a one-row Linear the file keeps as a vector
+            key = f"model.layers.{i}.{name}.weight"
+            state[key] = state[key].reshape(1, -1)
     missing, unexpected = ref.load_state_dict(state, strict=False)
     assert not unexpected and all("rotary" in k for k in missing), (missing, unexpected)
     ids = _tokens(120)
@@ -348,6 +360,7 @@ def test_qwen3moe_experts_agree_with_transformers_qwen3moe(tmp_path):
     b, got, steps = _engine_agrees(path, ids, want)
     few = forward(b, ids[60:66], 60, True)  # 6 rows: the exact products, as the decode step
     assert torch.equal(few, steps[:6])
+    return got, ids
 
 
 def test_qwen2moe_shared_expert_agrees_with_transformers_qwen2moe(tmp_path):
@@ -356,30 +369,12 @@ def test_qwen2moe_shared_expert_agrees_with_transformers_qwen2moe(tmp_path):
     from gguf_tiny import EXPERT_FFN, EXPERTS, SHARED_FFN
     from transformers import Qwen2MoeConfig, Qwen2MoeForCausalLM
 
-    path = write_tiny(tmp_path / "moe.gguf", "Q8_0", "qwen2moe")
-    names = {**ATTENTION, "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
-             "ffn_gate_inp": "mlp.gate", "ffn_gate_exps": "gate_exps", "ffn_up_exps": "up_exps",
-             "ffn_down_exps": "mlp.experts.down_proj", "ffn_gate_shexp": "mlp.shared_expert.gate_proj",
-             "ffn_up_shexp": "mlp.shared_expert.up_proj", "ffn_down_shexp": "mlp.shared_expert.down_proj",
-             "ffn_gate_inp_shexp": "mlp.shared_expert_gate"}
-    state = _state_dict_of(path, names)
-    for i in range(2):
-        gate, up = (state.pop(f"model.layers.{i}.{x}_exps.weight") for x in ("gate", "up"))
-        state[f"model.layers.{i}.mlp.experts.gate_up_proj"] = torch.cat([gate, up], 1)
-        state[f"model.layers.{i}.mlp.experts.down_proj"] = state.pop(f"model.layers.{i}.mlp.experts.down_proj.weight")
-        key = f"model.layers.{i}.mlp.shared_expert_gate.weight"
-        state[key] = state[key].reshape(1, -1)
-    ref = Qwen2MoeForCausalLM(Qwen2MoeConfig(**SHAPES, num_experts=EXPERTS, num_experts_per_tok=2,
-                                             moe_intermediate_size=EXPERT_FFN, shared_expert_intermediate_size=SHARED_FFN,
-                                             norm_topk_prob=False, rope_theta=10000.0)).eval()
-    missing, unexpected = ref.load_state_dict(state, strict=False)
-    assert not unexpected and all("rotary" in k for k in missing), (missing, unexpected)
-    ids = _tokens(120)
-    with torch.no_grad():
-        want = ref(ids[None]).logits[0]
-    b, got, steps = _engine_agrees(path, ids, want)
-    few = forward(b, ids[60:66], 60, True)  # 6 rows: the exact products, as the decode step
-    assert torch.equal(few, steps[:6])
+    names = {**MOE_NAMES, "ffn_gate_shexp": "mlp.shared_expert.gate_proj", "ffn_up_shexp": "mlp.shared_expert.up_proj",
+             "ffn_down_shexp": "mlp.shared_expert.down_proj", "ffn_gate_inp_shexp": "mlp.shared_expert_gate"}
+    cfg = Qwen2MoeConfig(**SHAPES, num_experts=EXPERTS, num_experts_per_tok=2, moe_intermediate_size=EXPERT_FFN,
+                         shared_expert_intermediate_size=SHARED_FFN, norm_topk_prob=False, rope_theta=10000.0)
+    ref = Qwen2MoeForCausalLM(cfg).eval()
+    got, ids = _moe_agrees(tmp_path, "qwen2moe", names, ref, reshape=("mlp.shared_expert_gate",))
     with torch.no_grad():  # without its shared expert the model is another one: the test can tell
         for layer in ref.model.layers:
             layer.mlp.shared_expert_gate.weight.fill_(-30.0)

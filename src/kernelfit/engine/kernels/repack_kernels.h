@@ -48,13 +48,16 @@ inline void tile_codes(const at::Tensor& codes, at::Tensor dst, int64_t tile0, i
 // The decoders read the file's blocks at an address (a numpy array's, often of a read-only memory map, which torch
 // would not wrap without a warning a call): codes.numel() / 256 blocks, contiguous.
 
+inline const uint8_t* blocks_at(int64_t address, const at::Tensor& codes, const char* who) {
+  TORCH_CHECK(address != 0 && codes.scalar_type() == at::kByte && codes.is_contiguous() && codes.numel() % 256 == 0,
+              who, ": the blocks' address and uint8 codes, a multiple of 256");
+  return reinterpret_cast<const uint8_t*>(address);
+}
+
 // Q4_K blocks (144 bytes a 256 values: d, dmin, 12 bytes of scales, 128 bytes of nibbles) -> codes 0..15 [n, k]:
 // each 32 bytes give 64 values, their low nibbles first (gguf-py Q4_K, blocks.py dot_groups)
 inline void q4_k_codes(int64_t raw_address, at::Tensor codes) {
-  TORCH_CHECK(raw_address != 0 && codes.scalar_type() == at::kByte && codes.is_contiguous() &&
-                  codes.numel() % 256 == 0,
-              "q4_k_codes: the blocks' address and uint8 codes, a multiple of 256");
-  const auto* b = reinterpret_cast<const uint8_t*>(raw_address);
+  const uint8_t* b = blocks_at(raw_address, codes, "q4_k_codes");
   uint8_t* y = codes.data_ptr<uint8_t>();
   for (int64_t blk = 0; blk < codes.numel() / 256; ++blk, b += 144, y += 256) {
     const uint8_t* qs = b + 16;
@@ -69,10 +72,7 @@ inline void q4_k_codes(int64_t raw_address, at::Tensor codes) {
 // Q6_K blocks (210 bytes a 256 values: 128 bytes of low nibbles, 64 of high bit pairs, 16 int8 scales, d) -> codes
 // 0..63 [n, k] (value = d * scale * (code - 32): ggml-quants.c dequantize_row_q6_K)
 inline void q6_k_codes(int64_t raw_address, at::Tensor codes) {
-  TORCH_CHECK(raw_address != 0 && codes.scalar_type() == at::kByte && codes.is_contiguous() &&
-                  codes.numel() % 256 == 0,
-              "q6_k_codes: the blocks' address and uint8 codes, a multiple of 256");
-  const auto* b = reinterpret_cast<const uint8_t*>(raw_address);
+  const uint8_t* b = blocks_at(raw_address, codes, "q6_k_codes");
   uint8_t* y = codes.data_ptr<uint8_t>();
   for (int64_t blk = 0; blk < codes.numel() / 256; ++blk, b += 210, y += 256) {
     const uint8_t* ql = b;
