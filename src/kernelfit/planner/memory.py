@@ -70,15 +70,16 @@ def kv_cache_bytes(sub: SubModel, context: int, batch: int, dtype: str, kv_bits:
     """Keys and values for every layer, KV head and token (GQA-aware); sliding-window layers keep
     at most `sliding_window` tokens (transformers' sliding caches). `kv_bits` (4 or 2): a
     quantized cache, with a scale and zero point per group of 64 and a full-precision residual.
-    `value_bytes`: kernelfit's engine cache, whose elements are not `dtype`'s (catalog/kv_cache.py)."""
+    `value_bytes`: kernelfit's engine cache, whose elements are not `dtype`'s (catalog/kv_cache.py) and whose
+    sliding-window layers hold every position as the others do (engine/kv_cache.py: one [layers, ...] tensor)."""
     if not sub.causal:
         return 0
+    values = 2 * sub.num_kv_heads * sub.head_dim * batch  # per token per layer
+    if value_bytes is not None:
+        return int(values * sub.num_layers * context * value_bytes)
     full_layers = sub.num_layers - sub.sliding_layers
     window_tokens = min(context, sub.sliding_window) if sub.sliding_window else context
     tokens = full_layers * context + sub.sliding_layers * window_tokens
-    values = 2 * sub.num_kv_heads * sub.head_dim * batch  # per token per layer
-    if value_bytes is not None:
-        return int(values * tokens * value_bytes)
     if kv_bits is None:
         return values * tokens * BYTES[dtype]
     residual = min(KV_RESIDUAL_TOKENS, context) * sub.num_layers
