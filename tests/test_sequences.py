@@ -113,6 +113,47 @@ def test_a_short_shared_prefix_does_not_take_another_conversations_cache(loaded)
     assert seq is held and same == 140
 
 
+def test_a_conversation_whose_sequence_was_taken_finds_its_prompt_in_the_ram_store(loaded):
+    """One sequence, two conversations in turn: the second takes the first's sequence, whose prompt is copied into the
+    store first; the first conversation's next turn gets it back (not prefilled again), holding exactly what a cold
+    prefill writes. Over the store's budget the oldest prompt is dropped; without a store nothing comes back."""
+    runner, tok = loaded
+    story = tok(STORY)["input_ids"][:150]
+    other = tok(TEXTS[1] * 12)["input_ids"][:120]
+    pool = SequencePool(runner.build, 1, store_bytes=64 << 20)
+    seq, _ = pool.acquire(story)
+    pool.prefill(seq, story, 0, len(story) - 1)
+    pool.release(seq)
+    seq, same = pool.acquire(other)  # unrelated (a start token at most in common): the story's 149 tokens are stored
+    assert same <= 1 and len(pool.store.entries) == 1 and pool.store.entries[0].tokens == story[:-1]
+    pool.prefill(seq, other, 0, len(other) - 1)
+    pool.release(seq)
+    turn = story + tok(" Then a ship came.")["input_ids"]
+    seq, same = pool.acquire(turn)
+    assert same == len(story) - 1 and seq.prefilled == story[:-1]
+    pool.prefill(seq, turn, same, len(turn) - 1)
+    fresh = SequencePool(runner.build, 1)
+    c, _ = fresh.acquire(turn)
+    fresh.prefill(c, turn, 0, len(turn) - 1)
+    n = len(turn) - 1
+    assert torch.equal(seq.cache.k[:, :, :, :n], c.cache.k[:, :, :, :n])
+    assert torch.equal(seq.cache.v[:, :, :, :n], c.cache.v[:, :, :, :n])
+    # the other conversation went to the store in turn; a budget smaller than the story's prompt keeps only the other
+    assert other[:-1] in [e.tokens for e in pool.store.entries]
+    small = SequencePool(runner.build, 1, store_bytes=pool.store.entries[-1].nbytes + 1)
+    for prompt in (story, other, story):
+        s2, _ = small.acquire(prompt)
+        small.prefill(s2, prompt, 0, len(prompt) - 1)
+        small.release(s2)
+    assert [e.tokens for e in small.store.entries] == [other[:-1]]
+    none = SequencePool(runner.build, 1)
+    for prompt in (story, other):
+        s3, _ = none.acquire(prompt)
+        none.prefill(s3, prompt, 0, len(prompt) - 1)
+        none.release(s3)
+    assert none.acquire(turn)[1] <= 1
+
+
 def test_a_step_refuses_rows_outside_the_pool():
     with pytest.raises(ValueError, match="1 to 12 rows"):
         SequencePool.step(object.__new__(SequencePool), [])

@@ -85,6 +85,7 @@ def test_models_and_health(client, server):
     # the bundled GGUF file is served packed, up to 8 requests decoding together
     assert server.health()["runner"] == "kernelfit packed CPU runner" and server.health()["max_batch"] == 8
     assert server.health()["status"] == "ok"
+    assert set(server.health()["batched"]["prefix_store"]) == {"prompts", "mib"}  # --cache-ram's store
 
 
 def test_chat_answers_paris_with_usage(client):

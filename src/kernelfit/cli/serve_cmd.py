@@ -24,6 +24,9 @@ def add_serve_parser(sub) -> None:
     p.add_argument("--max-batch", type=positive_int("--max-batch"), default=8, help="requests decoded together")
     p.add_argument("--queue-size", type=positive_int("--queue-size"), default=64,
                    help="waiting requests beyond this get 503")
+    p.add_argument("--cache-ram", type=int, default=1024, metavar="MIB",
+                   help="RAM for the prompts of conversations whose sequence another request took, so their next "
+                        "turns are not prefilled again (llama-server's --cache-ram; 0: none)")
     p.add_argument("--request-timeout", type=positive_int("--request-timeout"), default=600, metavar="SECONDS",
                    help="a request still queued or generating this long after it arrived ends with a 504 "
                         "(llama-server's --timeout default, 600)")
@@ -66,7 +69,8 @@ def cmd_serve(args) -> int:
                        progress=lambda m: _err(f"kernelfit: {m}"))
     model_id = args.served_model_name or plan.model.name
     engine = Engine(loaded.model, loaded.tokenizer, max_batch=slots, queue_size=args.queue_size,
-                    background=False, request_timeout=args.request_timeout)
+                    background=False, request_timeout=args.request_timeout,
+                    prefix_store_bytes=max(args.cache_ram, 0) << 20)
     if engine.lean:
         _err(f"kernelfit: the packed engine decodes up to {engine.max_batch} requests together (continuous batching)"
              if engine.max_batch > 1 else "kernelfit: note: the packed engine serves one request at a time here (its "

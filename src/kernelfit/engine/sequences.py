@@ -8,6 +8,10 @@ with the longest such prefix. Prompts are prefilled with the prompt kernels at e
 panel_rows: each row computed alone), so a reused prefix, or a prompt split into chunks, holds exactly what one cold
 prefill of the whole prompt writes: answers do not depend on what the server ran before or beside a request.
 Positions written by decode steps are never reused (their exact products differ from a prefill's in the last bits).
+
+When a sequence is taken for an unrelated prompt, what its prompts wrote is copied into a bounded RAM store first
+(PrefixStore, llama-server's `--cache-ram`), and a later request that starts like a stored prefix gets it copied back
+instead of prefilling it again: more conversations keep their history than there are sequences.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ STEP_ROWS = DOT_MAX_ROWS  # rows a step takes: up to here each row's logits equa
 REUSE_SHARE = 0.5  # a free sequence is reused for a prompt sharing at least this share of what it holds (llama-server's
 # --slot-prompt-similarity, 0.5 by default)
 GROW_AHEAD = 256  # positions a sequence's cache is sized past its prompt; it grows (doubling) as decoding needs
+STORE_MIN_TOKENS = 64  # shorter prefixes are not worth a copy: prefilling them is about as fast
 
 
 @dataclass
@@ -44,13 +49,60 @@ class Row:
     pos: int
 
 
+@dataclass
+class Stored:
+    tokens: list[int]
+    k: torch.Tensor  # the cache's rows of positions 0..len(tokens) - 1, [layers, 1, kv heads, len(tokens), width]
+    v: torch.Tensor
+
+    @property
+    def nbytes(self) -> int:
+        return 2 * self.k.numel() * self.k.element_size()
+
+
+class PrefixStore:
+    """Prefixes evicted from sequences, newest last, up to `budget` bytes (the oldest dropped first)."""
+
+    def __init__(self, budget: int):
+        self.budget, self.entries = budget, []
+
+    @property
+    def nbytes(self) -> int:
+        return sum(e.nbytes for e in self.entries)
+
+    def put(self, tokens: list[int], cache: KvCache) -> None:
+        n = len(tokens)
+        entry = Stored(list(tokens), cache.k[:, :, :, :n].clone(), cache.v[:, :, :, :n].clone())
+        if entry.nbytes > self.budget:
+            return
+        # a stored prefix of this one holds nothing this one does not: dropped
+        self.entries = [e for e in self.entries if _common(e.tokens, tokens, len(e.tokens)) < len(e.tokens)]
+        self.entries.append(entry)
+        while self.nbytes > self.budget:
+            self.entries.pop(0)
+
+    def best(self, prompt: list[int]) -> tuple[Stored | None, int]:
+        """The stored prefix sharing the most tokens with `prompt` (its last token excluded: it always runs)."""
+        found, most = None, 0
+        for e in self.entries:
+            n = _common(e.tokens, prompt, len(prompt) - 1)
+            if n > most:
+                found, most = e, n
+        if found is not None:  # the most recently used last
+            self.entries.remove(found)
+            self.entries.append(found)
+        return found, most
+
+
 class SequencePool:
-    def __init__(self, build: LeanBuild, slots: int, limit: int | None = None):
-        """`slots` sequences at most at once, each up to `limit` positions (default: the model's)."""
+    def __init__(self, build: LeanBuild, slots: int, limit: int | None = None, store_bytes: int = 0):
+        """`slots` sequences at most at once, each up to `limit` positions (default: the model's); `store_bytes`: the
+        RAM store of prefixes evicted from sequences (0: none)."""
         if not batch_ready(build):
             raise ValueError("batching needs the C++ step and prompt forward (every product the file's groups)")
         self.build, self.limit = build, limit or build.cfg.max_positions or 1 << 20
         self.sequences = [Sequence(i) for i in range(slots)]
+        self.store = PrefixStore(store_bytes)
 
     @property
     def free(self) -> int:
@@ -73,9 +125,17 @@ class SequencePool:
             # free sequence (an empty one first) is taken instead
             best = min(free, key=lambda s: s.used)
         same = shared[best.index]
+        if len(best.prefilled) - same >= STORE_MIN_TOKENS and self.store.budget:  # about to be overwritten: kept
+            self.store.put(best.prefilled, best.cache)
         best.busy, best.used = True, time.monotonic()
         del best.prefilled[same:]
         self.reserve(best, len(prompt) + GROW_AHEAD)
+        stored, n = self.store.best(prompt)
+        if stored is not None and n > same and n >= STORE_MIN_TOKENS:  # a longer prefix in RAM: copied back
+            best.cache.k[:, :, :, :n] = stored.k[:, :, :, :n]
+            best.cache.v[:, :, :, :n] = stored.v[:, :, :, :n]
+            best.prefilled[:] = stored.tokens[:n]
+            same = n
         return best, same
 
     def release(self, seq: Sequence) -> None:

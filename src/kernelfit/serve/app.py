@@ -66,7 +66,9 @@ def create_app(loaded, model_id: str, context: int, api_key: str | None = None, 
     @app.get("/health")
     async def health():
         b = engine.batcher
-        batched = {"mode": "continuous", "largest": b.largest, "steps": b.steps, "active": len(b.active)} \
+        batched = {"mode": "continuous", "largest": b.largest, "steps": b.steps, "active": len(b.active),
+                   "prefix_store": {"prompts": len(b.pool.store.entries),
+                                    "mib": round(b.pool.store.nbytes / 2**20, 1)}} \
             if b is not None else {"mode": "static" if engine.max_batch > 1 else "one at a time",
                                    "largest": max(engine.batches, default=0)}
         return {"status": "ok", "model": model_id, "queued": engine.jobs.qsize(), "max_batch": engine.max_batch,

@@ -62,12 +62,14 @@ class Job:
 
 class Engine:
     def __init__(self, model, tokenizer, max_batch: int = MAX_BATCH, queue_size: int = QUEUE_SIZE,
-                 background: bool = True, request_timeout: float | None = None):
+                 background: bool = True, request_timeout: float | None = None, prefix_store_bytes: int = 0):
         """`background=False`: the caller runs `serve()` on its own thread. Measured on a 2-core EPYC, the
         same bf16 products run 1.8x slower on a secondary Python thread than on the main one (PyTorch's
         OpenMP pool belongs to the main thread), so `kernelfit serve` decodes on the main thread and runs
         the HTTP server on the other. request_timeout: seconds a request may take from its arrival, queued or
-        running; past it, it ends with a time-out error (its row leaves the batch) and the others go on."""
+        running; past it, it ends with a time-out error (its row leaves the batch) and the others go on.
+        prefix_store_bytes: RAM for the prompts' keys and values of sequences taken by other requests (engine/sequences.py
+        PrefixStore), so that their conversations' next turns still find them."""
         self.request_timeout = request_timeout
         from ..engine.build import batch_ready
         from ..engine.runner import LeanRunner
@@ -79,8 +81,9 @@ class Engine:
         self.lean = isinstance(model, LeanRunner)
         # the packed runner batches continuously where its C++ step runs every call (serve/batching.py); a build on
         # TorchScript has one KV cache and runs its requests one at a time
-        self.batcher = Batcher(self, SequencePool(model.build, max_batch)) if self.lean and \
-            batch_ready(model.build) else None
+        batched = self.lean and batch_ready(model.build)
+        self.batcher = Batcher(self, SequencePool(model.build, max_batch, store_bytes=prefix_store_bytes)) \
+            if batched else None
         self.max_batch = 1 if self.lean and self.batcher is None else max_batch
         self.jobs: queue.Queue[Job] = queue.Queue(maxsize=queue_size)
         eos = sorted(model.eos_ids) if self.lean else getattr(model.generation_config, "eos_token_id", None)
