@@ -71,13 +71,19 @@ class HugeArena:
         self.buf, self.used = None, 0
 
     def zeros(self, shape: tuple, dtype: torch.dtype) -> torch.Tensor:
+        return self.empty(shape, dtype).zero_()
+
+    def empty(self, shape: tuple, dtype: torch.dtype) -> torch.Tensor:
+        """Not zeroed: for arrays their filler writes whole (DotWeight.fill's tiles, padding included), whose pages are
+        then first touched on the reader's threads, all cores at once (zeroing 1.1 GB of a 1.5B file's weights on one
+        thread took ~0.6-1.3 s of its load, and fill wrote every byte again)."""
         nbytes = int(np.prod(shape)) * torch.empty(0, dtype=dtype).element_size()
         nbytes_aligned = -(-nbytes // 64) * 64
         if nbytes_aligned > self.CHUNK // 4:  # large: a region of its own
-            return _huge_region(nbytes)[:nbytes].view(dtype).view(shape).zero_()
+            return _huge_region(nbytes)[:nbytes].view(dtype).view(shape)
         if self.buf is None or self.used + nbytes_aligned > len(self.buf):
             self.buf, self.used = _huge_region(self.CHUNK), 0
-        out = self.buf[self.used:self.used + nbytes].view(dtype).view(shape).zero_()
+        out = self.buf[self.used:self.used + nbytes].view(dtype).view(shape)
         self.used += nbytes_aligned
         return out
 
@@ -136,8 +142,9 @@ class DotWeight(PackedWeight):
         else:
             shape = (t, cols // group, TILE)
             sdt = mdt = torch.float16 if dtype == np.float16 else torch.float32
-        mins = torch.tensor(factor, dtype=torch.float32) if factor is not None else arena.zeros(shape, mdt)
-        return cls(arena.zeros((t, cols * bits), torch.uint8), arena.zeros(shape, sdt), mins, bits, rows, cols, group)
+        # every tile is written whole by fill (the reader fills all of a weight's rows, padding rows as zeros)
+        mins = torch.tensor(factor, dtype=torch.float32) if factor is not None else arena.empty(shape, mdt)
+        return cls(arena.empty((t, cols * bits), torch.uint8), arena.empty(shape, sdt), mins, bits, rows, cols, group)
 
     def fill(self, tile0: int, g: DotGroups) -> int:
         """Write groups `g` (whole tiles, or the weight's last rows) from tile `tile0`; returns the tiles written."""
