@@ -235,3 +235,24 @@ def test_the_plan_counts_the_engines_cache_for_sliding_layers_too():
     p = _plan(spec)
     assert p.kernels["kv_cache"].value == "f16"
     assert p.memory.kv_cache == t.num_layers * t.num_kv_heads * t.head_dim * 2 * 4096 * 2
+
+
+@pytest.mark.slow
+def test_the_torchscript_fallback_keeps_float32_keys_and_its_answer():
+    """Where the C++ step is not built (KERNELFIT_NATIVE=0 stands in for no compiler), the plan's float16 default
+    becomes float32: the fallback's bf16 int4 products leave SmolLM2's top two answers within float16's rounding of
+    the keys (it answered "L'Étoile, la Marseillaise" with them). Asked for, float16 is kept."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, KERNELFIT_NATIVE="0")
+    ask = [sys.executable, "-m", "kernelfit", "run", "--prompt", "What is the capital of France?", "--max-new-tokens",
+           "12", "--json"]
+    out = json.loads(subprocess.run(ask, capture_output=True, text=True, timeout=600, env=env, check=True).stdout)
+    assert "Paris" in out["text"] and out["packing"]["kv_cache"] == "f32"
+    assert out["plan"]["kernels"]["kv_cache"]["kernel"] == "f16"  # the plan's default, resolved by what runs
+    asked = subprocess.run(ask + ["--kv-cache", "f16"], capture_output=True, text=True, timeout=600, env=env,
+                           check=True)
+    assert json.loads(asked.stdout)["packing"]["kv_cache"] == "f16"

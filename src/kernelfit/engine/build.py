@@ -60,11 +60,13 @@ def product(w: PackedWeight, prefill_dense: bool = False, head: bool = False, in
 
 
 def build_lean(path: str | Path, prefill_dense: bool = False, progress=None, prefill_int8: bool = False,
-               requant: str | None = None, kv_cache: str = DEFAULT_KV_CACHE) -> LeanBuild:
+               requant: str | None = None, kv_cache: str = "auto") -> LeanBuild:
     """Read `path`, pack its weights and compile the runner (~3 s for SmolLM2-135M on 2 cores). prefill_int8: the
     layers' prompt products through the int8 GEMM where this build has it (LeanBuild.int8_prefill says). requant
     "Q8_0": a safetensors checkpoint's weights re-quantized at load (--quantization q8_0). kv_cache: the KV cache's
-    element kind (catalog/kv_cache.py; Q8_0 rows are read by the C++ kernels only)."""
+    element kind (catalog/kv_cache.py; Q8_0 rows are read by the C++ kernels only); "auto": float16 where the C++
+    step runs, float32 on the TorchScript fallback (SmolLM2's answer to the bundled question turned on float16 keys
+    there: its bf16 int4 products leave the top two within rounding)."""
     t0 = time.perf_counter()
     map_large_allocations()
     exact = dot_available()
@@ -72,6 +74,10 @@ def build_lean(path: str | Path, prefill_dense: bool = False, progress=None, pre
         raise UsageError("--quantization q8_0 re-quantizes a safetensors checkpoint for the C++ dot products"
                          + ("" if exact else ", which no C++ compiler built here") + "; run it without the option")
     cfg, t, interleave = open_model(Path(path), requant)  # interleave: Q and K rows keep each head's rotary halves
+    if kv_cache == "auto":
+        from .native import native_module
+
+        kv_cache = DEFAULT_KV_CACHE if native_module() is not None else "f32"
     why_kv = why_not_kv_cache(kv_cache, cfg.head_dim)
     if why_kv:
         raise UsageError(f"--kv-cache {kv_cache}: {why_kv}; use --kv-cache {DEFAULT_KV_CACHE}")

@@ -19,7 +19,6 @@ from ..errors import HealthCheckError, UsageError
 from ..model.generation import generation_defaults
 from ..model.spec import ModelSpec
 from ..paths import files_key, writable_cache_root
-from ..catalog.kv_cache import DEFAULT_KV_CACHE
 from .build import LeanBuild, build_lean, forward, native_all_logits
 from .kv_cache import kv_bytes, kv_capacity, reset_cache
 from .safetensors.tokenizer import json_tokenizer
@@ -207,7 +206,7 @@ def load_tokenizer(spec: ModelSpec, progress=None):
 
 
 def load_lean(spec: ModelSpec, prefill: str, health_check: bool, progress,
-              requant: str | None = None, kv_cache: str = DEFAULT_KV_CACHE) -> tuple[LeanRunner, object]:
+              requant: str | None = None, kv_cache: str = "auto") -> tuple[LeanRunner, object]:
     tok = load_tokenizer(spec, progress)
     path = Path(spec.model_dir) / spec.gguf_file if spec.gguf_file else Path(spec.model_dir)  # a file, or a folder
     build = build_lean(path, prefill_dense=prefill == "dense", progress=progress,

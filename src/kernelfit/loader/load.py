@@ -15,11 +15,10 @@ from typing import Any, Callable
 
 from ..catalog.architectures import COMPOSITES
 from ..catalog.kernel_errors import cannot_run_here
-from ..catalog.kv_cache import DEFAULT_KV_CACHE
 from ..errors import UsageError
 from ..model.spec import ModelSpec
 from ..planner.hf_args import attn_implementation, from_pretrained_kwargs, lean_runner
-from ..planner.types import Plan
+from ..planner.types import ChoiceKind, Plan
 from .health import HealthReport, check_health, raise_if_unhealthy
 
 
@@ -183,7 +182,8 @@ def load_plan(plan: Plan, *, dispatch: bool = True, health_check: bool = True, t
         from ..engine.runner import load_lean
 
         prefill = plan.kernels["prefill"].value if "prefill" in plan.kernels else "packed"
-        kv = plan.kernels["kv_cache"].value if "kv_cache" in plan.kernels else DEFAULT_KV_CACHE
+        kv = plan.kernels.get("kv_cache")  # as asked; else the builder's default for what runs here (build_lean)
+        kv = kv.value if kv is not None and kv.kind is ChoiceKind.REQUESTED else "auto"
         runner, tokenizer = load_lean(spec, prefill, health_check, say, engine_requant(q), kv)
         # load_lean raised HealthCheckError on any problem; the builder refuses missing or unread tensors by name
         health = HealthReport(True, [], ["every tensor the recipe reads is in the file",

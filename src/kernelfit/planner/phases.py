@@ -154,7 +154,8 @@ def kv_cache_choice(model: ModelSpec, prefs: Preferences) -> Choice:
                                 f"{f16.loss}"), f32_alt),
                       KV_SOURCES)
     why = (f"float16 rows, as llama.cpp's default: half of float32's memory and of the bytes a decode step reads at "
-           f"long contexts; {f16.loss}")
+           f"long contexts; {f16.loss} (float32 where kernelfit's C++ step is not built: the TorchScript fallback's "
+           "bf16 products leave near-ties that float16 keys can turn)")
     if asked == "f16":
         return Choice("f16", ChoiceKind.REQUESTED, f"--kv-cache f16: {why}", (f32_alt, q8_alt), KV_SOURCES)
     if asked == "q8_0":
