@@ -106,16 +106,13 @@ def cmd_serve(args) -> int:
 
 def _slots(plan, asked: int) -> int:
     """The sequences served at once: --max-batch, or as many as the plan's memory holds with a KV cache of the full
-    context each (said in one line either way)."""
+    context each (said in one line either way; the plan fits one, or there would be no plan)."""
     from ..planner.memory import gib, sequences_that_fit
     from .run_cmd import _err
 
     fit = sequences_that_fit(plan.memory, plan.preferences.batch)
     per = plan.memory.kv_cache / plan.preferences.batch
     kind = plan.kernels["kv_cache"].value if "kv_cache" in plan.kernels else plan.dtype.value
-    if fit < 1:
-        raise UsageError(f"one sequence of {plan.preferences.context} tokens needs {gib(per):.2f} GiB of KV cache "
-                         f"({kind}) beside the model, more than the memory left; use a smaller --context")
     if fit < asked:
         _err(f"kernelfit: note: {asked} sequences of {plan.preferences.context} tokens need {gib(per * asked):.2f} GiB "
              f"of KV cache ({kind}); {fit} fit beside the model: serving {fit} at once (--context or --max-batch "

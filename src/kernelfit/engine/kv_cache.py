@@ -9,7 +9,6 @@ from dataclasses import dataclass
 
 import torch
 
-from ..catalog.kv_cache import KV_CACHE_KINDS
 from .recipe import rotary_table
 
 Q8_BLOCK, Q8_BYTES = 32, 34
@@ -34,10 +33,6 @@ class KvCache:
 
 def row_width(kind: str, head_dim: int) -> int:
     return head_dim // Q8_BLOCK * Q8_BYTES if kind == "q8_0" else head_dim
-
-
-def kind_of(t: torch.Tensor) -> str:
-    return next(k for k, d in DTYPES.items() if d == t.dtype)
 
 
 def empty(cfg, kind: str, positions: int) -> KvCache:
@@ -85,8 +80,4 @@ def kv_capacity(build) -> int:
 
 
 def kv_bytes(build) -> int:
-    return 2 * build.model.k_cache.numel() * build.model.k_cache.element_size()
-
-
-def describe(kind: str) -> str:
-    return KV_CACHE_KINDS[kind].label
+    return KvCache(build.model.k_cache, build.model.v_cache).nbytes

@@ -139,7 +139,6 @@ class Recipe:
     top_k: int = 0
     expert_ffn: int = 0
     norm_topk: bool = False  # the chosen experts' weights renormalised to sum 1 (Qwen3-MoE's norm_topk_prob)
-    shared_ffn: int = 0  # Qwen2-MoE: a shared expert of this many rows beside the routed ones, sigmoid-gated
 
     def sliding(self, layer: int) -> bool:
         return bool(self.sliding_window and self.sliding_pattern and (layer + 1) % self.sliding_pattern)
@@ -249,9 +248,8 @@ def recipe_from_gguf(h, rope_freqs: torch.Tensor | None = None) -> Recipe:
         # Qwen3-MoE renormalises its chosen experts' weights; Qwen2-MoE does not, and adds a shared expert whose
         # output a sigmoid gate scales (llama.cpp build_moe_ffn norm_w; transformers' norm_topk_prob)
         **({"experts": int(h.arch_key("expert_count")), "top_k": int(h.arch_key("expert_used_count")),
-            "expert_ffn": int(h.arch_key("expert_feed_forward_length")), "norm_topk": arch == "qwen3moe",
-            "shared_ffn": int(h.arch_key("expert_shared_feed_forward_length") or 0)}
-           if arch in ("qwen3moe", "qwen2moe") else {}),
+            "expert_ffn": int(h.arch_key("expert_feed_forward_length")), "norm_topk": arch == "qwen3moe"}
+           if arch in ("qwen3moe", "qwen2moe") else {}),  # (a shared expert's size is its products' rows: step.cpp)
         # LongRoPE runs its short table: positions past the original context would need the long one
         max_positions=int(h.arch_key("rope.scaling.original_context_length") if h.rope_scaling == "longrope" else
                           h.arch_key("context_length") or 4096))

@@ -52,12 +52,11 @@ class Row:
 @dataclass
 class Stored:
     tokens: list[int]
-    k: torch.Tensor  # the cache's rows of positions 0..len(tokens) - 1, [layers, 1, kv heads, len(tokens), width]
-    v: torch.Tensor
+    cache: KvCache  # a copy of the sequence's cache rows of positions 0..len(tokens) - 1
 
     @property
     def nbytes(self) -> int:
-        return 2 * self.k.numel() * self.k.element_size()
+        return self.cache.nbytes
 
 
 class PrefixStore:
@@ -72,9 +71,10 @@ class PrefixStore:
 
     def put(self, tokens: list[int], cache: KvCache) -> None:
         n = len(tokens)
-        entry = Stored(list(tokens), cache.k[:, :, :, :n].clone(), cache.v[:, :, :, :n].clone())
-        if entry.nbytes > self.budget:
+        rows = KvCache(cache.k[:, :, :, :n], cache.v[:, :, :, :n])
+        if rows.nbytes > self.budget:  # before copying them
             return
+        entry = Stored(list(tokens), KvCache(rows.k.clone(), rows.v.clone()))
         # a stored prefix of this one holds nothing this one does not: dropped
         self.entries = [e for e in self.entries if _common(e.tokens, tokens, len(e.tokens)) < len(e.tokens)]
         self.entries.append(entry)
@@ -132,8 +132,8 @@ class SequencePool:
         self.reserve(best, len(prompt) + GROW_AHEAD)
         stored, n = self.store.best(prompt)
         if stored is not None and n > same and n >= STORE_MIN_TOKENS:  # a longer prefix in RAM: copied back
-            best.cache.k[:, :, :, :n] = stored.k[:, :, :, :n]
-            best.cache.v[:, :, :, :n] = stored.v[:, :, :, :n]
+            best.cache.k[:, :, :, :n] = stored.cache.k[:, :, :, :n]
+            best.cache.v[:, :, :, :n] = stored.cache.v[:, :, :, :n]
             best.prefilled[:] = stored.tokens[:n]
             same = n
         return best, same

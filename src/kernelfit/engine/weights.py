@@ -152,13 +152,11 @@ class DotWeight(PackedWeight):
         two = g.super_scale is not None
         if two != self.two_level:
             raise ValueError("a weight filled with another type's groups")
-        # numpy copies into the tensors' memory, no torch op: the reader fills chunks from worker threads, and a torch
-        # copy there starts an OpenMP team of that thread's, which then competed with the decode step's (4x slower)
-        native = _repack_ops()
-        if native is not None:  # one C++ pass (kernels/repack_kernels.h), the GIL released: ~10x numpy's passes
-            native.tile_codes(torch.from_numpy(np.ascontiguousarray(g.codes)), self.codes, tile0, g.bits)
-        else:
-            self.codes[tile0:tile0 + n].numpy()[...] = tile_codes(g.codes, g.bits)
+        # the codes in one C++ pass (kernels/repack_kernels.h; tile_codes above is its reference), the GIL released;
+        # the scales as numpy copies into the tensors' memory, no torch op: the reader fills chunks from worker threads,
+        # and a torch copy there starts an OpenMP team of that thread's, which then competed with the decode step's
+        # (4x slower)
+        _ops().tile_codes(torch.from_numpy(np.ascontiguousarray(g.codes)), self.codes, tile0, g.bits)
         self.scale[tile0:tile0 + n].numpy()[...] = tile_two_level(g.super_scale, g.scale) if two else \
             tile_groups(g.scale)
         if self.mins.dim():
@@ -192,13 +190,6 @@ def _ops():
     if module is None:  # DotWeights are built only when it loaded (dot_available)
         raise RuntimeError("the C++ dot kernels are not built")
     return module
-
-
-def _repack_ops():
-    """The C++ module where it is loaded (it is, wherever DotWeights are built), else None: numpy's reference."""
-    from .native import native_module
-
-    return native_module()
 
 
 def dot_available() -> bool:

@@ -339,5 +339,6 @@ def _engine(level: Level, model: ModelSpec, devices: list[Device], machine: Mach
     return QuantOption("engine", None, "kernelfit-cpu", None, None,
                        f"the checkpoint's {model.checkpoint_dtype} weights run on kernelfit's CPU engine ({isa}): "
                        "read from the safetensors shards as bf16 / float16 rows exactly as stored (float32 rounded "
-                       "to bf16 once), the architecture from config.json, float32 activations and KV cache; "
+                       "to bf16 once), the architecture from config.json, float32 activations, the KV cache of the plan's "
+                       "KV cache row; "
                        "--quantization none loads it through transformers instead")

@@ -182,8 +182,9 @@ inline at::Tensor to_float(const at::Tensor& c) {
 }
 
 // float32 rows [..., d] stored as a cache of `kind` (0 float32, 1 float16, 2 Q8_0) [..., width]: what the steps
-// write, for tests and for the Python reference's own writes
+// write, for tests
 inline at::Tensor from_float(const at::Tensor& x_in, int64_t kind_id) {
+  TORCH_CHECK(kind_id >= 0 && kind_id <= 2, "KV cache: kind 0 (float32), 1 (float16) or 2 (Q8_0)");
   const Kind kind = static_cast<Kind>(kind_id);
   const at::Tensor x = x_in.to(at::kFloat).contiguous();
   const int64_t d = x.size(-1), rows = x.numel() / std::max<int64_t>(d, 1);

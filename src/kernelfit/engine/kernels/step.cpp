@@ -508,6 +508,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     const Tensor qc = q.to(at::kFloat).contiguous();
     const int64_t nq = qc.size(0), d = qc.size(1);
     const kv::View c = kv::View::of(k, v);
+    TORCH_CHECK(qc.dim() == 2 && kv::head_size(k) == d && nq % k.size(2) == 0 && li >= 0 && li < k.size(0) &&
+                    start >= 0 && start < end && end <= c.cap,
+                "decode_attention: q [heads, d] for the cache's head size, a layer and positions within it");
     Tensor out = at::empty({nq, d}, qc.options());
     std::vector<float> scores;
     decode::attend(qc.data_ptr<float>(), c, li, nq, k.size(2), d, start, end, scale, out.data_ptr<float>(), scores,
