@@ -256,3 +256,8 @@ def test_the_torchscript_fallback_keeps_float32_keys_and_its_answer():
     asked = subprocess.run(ask + ["--kv-cache", "f16"], capture_output=True, text=True, timeout=600, env=env,
                            check=True)
     assert json.loads(asked.stdout)["packing"]["kv_cache"] == "f16"
+    # Q8_0 rows need the C++ kernels: refused in one line before the plan is shown
+    q8 = subprocess.run(ask + ["--kv-cache", "q8_0"], capture_output=True, text=True, timeout=600, env=env)
+    lines = [line for line in q8.stderr.splitlines() if line.strip()]
+    assert q8.returncode == 2 and len(lines) == 1, q8.stderr[-2000:]
+    assert lines[0].startswith("kernelfit: error: --kv-cache q8_0") and "TorchScript" in lines[0]

@@ -81,6 +81,9 @@ def build_lean(path: str | Path, prefill_dense: bool = False, progress=None, pre
     why_kv = why_not_kv_cache(kv_cache, cfg.head_dim)
     if why_kv:
         raise UsageError(f"--kv-cache {kv_cache}: {why_kv}; use --kv-cache {DEFAULT_KV_CACHE}")
+    why_kv = q8_0_cache_refusal(prefill_dense) if kv_cache == "q8_0" else None  # before packing, not after
+    if why_kv:
+        raise UsageError(why_kv)
     int8 = prefill_int8 and exact and gemm_available()
     if progress is not None:
         progress(f"packing {Path(path).name} for the CPU ({cfg.layers} layers)")
@@ -161,7 +164,7 @@ def build_lean(path: str | Path, prefill_dense: bool = False, progress=None, pre
         scale = embed.scale if isinstance(embed, Int8Weight) else None
         model = LeanLM(cfg, embed.weight, scale, blocks, t.float_tensor("output_norm.weight"), head_p,
                        native_glue=exact)
-    from .native import native_args, native_module, native_status
+    from .native import native_args, native_status
 
     native = native_args(model)
     # Where the C++ step and prompt forward run everything (native.prefill_ok), TorchScript is compiled only if a
@@ -171,13 +174,25 @@ def build_lean(path: str | Path, prefill_dense: bool = False, progress=None, pre
     nbytes = sum(w.nbytes() for w in packed)
     # the int8 GEMM quantizes a group's activations at one scale: groups of 128 (AWQ / GPTQ) take the bf16 panels
     int8 = int8 and not any(isinstance(w, DotWeight) and w.group > 32 for w in packed)
-    if kv_cache == "q8_0" and (not native.prefill_ok or native_module() is None):
+    if kv_cache == "q8_0" and not native.prefill_ok:  # a product the C++ kernels do not run (a fused float one)
         raise UsageError(f"--kv-cache q8_0 is read by kernelfit's C++ kernels, which do not run every call for this "
                          f"model here ({native_status()}); use --kv-cache {DEFAULT_KV_CACHE}")
     del packed, blocks, model, embed, head
     release_free_memory()
     return LeanBuild(cfg, runner, t.conversions, nbytes, time.perf_counter() - t0, native, t.problems,
                      int8 and not prefill_dense, kv_cache)
+
+
+def q8_0_cache_refusal(prefill_dense: bool) -> str | None:
+    """Why a Q8_0 KV cache cannot run in this process (its rows are read by the C++ kernels only, so every call must
+    take them: the dot products built here, no bf16 copy whose prompts go through TorchScript), or None."""
+    if not dot_available() or prefill_dense:
+        from .native import native_status
+
+        why = "--prefill dense sends prompts through TorchScript" if prefill_dense else native_status()
+        return (f"--kv-cache q8_0 is read by kernelfit's C++ kernels, which do not run every call here ({why}); use "
+                f"--kv-cache {DEFAULT_KV_CACHE}")
+    return None
 
 
 def open_model(path: Path, requant: str | None = None) -> tuple[Recipe, GgufTensors | SafetensorsTensors, bool]:

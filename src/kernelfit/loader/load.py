@@ -63,6 +63,14 @@ def check_loadable(plan: Plan, allow_pickle: bool = False) -> None:
         from ..engine.build import open_model
 
         open_model(Path(spec.model_dir), engine_requant(q))
+    kv = plan.kernels.get("kv_cache")
+    if kv is not None and kv.value == "q8_0":  # refused here, before the plan is shown, rather than after packing
+        from ..engine.build import q8_0_cache_refusal
+
+        prefill = plan.kernels.get("prefill")
+        why = q8_0_cache_refusal(prefill is not None and prefill.value == "dense")
+        if why:
+            raise UsageError(why)
     if lean_runner(plan) and spec.gguf_file:
         from ..model.gguf_header import read_gguf_header
         from ..engine.gguf.tokenizer import tokenizer_kind
