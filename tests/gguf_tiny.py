@@ -266,3 +266,68 @@ def write_tiny(path: Path, qtype: str, arch: str = "llama", seed: int = 0, embed
     w.write_tensors_to_file()
     w.close()
     return path
+
+
+LFM2_KINDS = ("conv", "conv", "attention", "conv", "attention", "conv")  # LFM2-1.2B's order, shortened
+CONV_TAPS = 3  # LFM2's conv_L_cache
+OUT_STD = 0.03  # a block's output products: each layer adds to the residual rather than replacing it, as trained
+# models' do (at 0.08, six random layers amplified the activations' rounding until ~2% of the top-1 picks, among
+# logits of std 16, turned on it)
+
+
+def write_tiny_lfm2(path: Path, qtype: str, seed: int = 0, kinds: tuple[str, ...] = LFM2_KINDS) -> Path:
+    """A small LFM2 file as llama.cpp's converter writes one: head_count_kv per layer (0 on the short-convolution
+    layers), shortconv.l_cache, the conv taps float32 [hidden, L], in_proj (B, C, x rows) and out_proj, per-head Q/K
+    norms, and the final norm under token_embd_norm (transformers' embedding_norm)."""
+    rng = np.random.default_rng(seed)
+    w = GGUFWriter(str(path), "lfm2")
+    w.add_context_length(1024)
+    w.add_embedding_length(HIDDEN)
+    w.add_block_count(len(kinds))
+    w.add_feed_forward_length(FFN)
+    w.add_head_count(HEADS)
+    w.add_head_count_kv([KV_HEADS if k == "attention" else 0 for k in kinds])
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_rope_freq_base(1000000.0)
+    w.add_vocab_size(VOCAB)
+    w.add_shortconv_l_cache(CONV_TAPS)
+    w.add_tokenizer_model("gpt2")
+    w.add_token_list([f"t{i}" for i in range(VOCAB)])
+    w.add_token_types([1] * VOCAB)
+    w.add_token_scores([0.0] * VOCAB)
+    w.add_token_merges([])
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+
+    def tensor(name, shape, kind, std=0.08):
+        if kind == "norm":
+            w.add_tensor(name, (1.0 + 0.1 * rng.standard_normal(shape)).astype(np.float32))
+            return
+        data, t = encode((std * rng.standard_normal(shape)).astype(np.float32), kind)
+        w.add_tensor(name, data, raw_dtype=t)
+
+    tensor("token_embd.weight", (VOCAB, HIDDEN), "Q8_0", std=1.0)
+    for i, kind in enumerate(kinds):
+        b = f"blk.{i}."
+        tensor(b + "attn_norm.weight", (HIDDEN,), "norm")
+        if kind == "attention":
+            tensor(b + "attn_q.weight", (HEADS * HEAD_DIM, HIDDEN), qtype)
+            tensor(b + "attn_k.weight", (KV_HEADS * HEAD_DIM, HIDDEN), qtype)
+            tensor(b + "attn_v.weight", (KV_HEADS * HEAD_DIM, HIDDEN), qtype)
+            tensor(b + "attn_output.weight", (HIDDEN, HEADS * HEAD_DIM), qtype, std=OUT_STD)
+            tensor(b + "attn_q_norm.weight", (HEAD_DIM,), "norm")
+            tensor(b + "attn_k_norm.weight", (HEAD_DIM,), "norm")
+        else:  # taps large enough that the convolution shapes the answer
+            w.add_tensor(b + "shortconv.conv.weight", (0.3 * rng.standard_normal((HIDDEN, CONV_TAPS))).astype(np.float32))
+            tensor(b + "shortconv.in_proj.weight", (3 * HIDDEN, HIDDEN), qtype, std=0.1)
+            tensor(b + "shortconv.out_proj.weight", (HIDDEN, HIDDEN), qtype, std=OUT_STD)
+        tensor(b + "ffn_norm.weight", (HIDDEN,), "norm")
+        tensor(b + "ffn_gate.weight", (FFN, HIDDEN), qtype)
+        tensor(b + "ffn_up.weight", (FFN, HIDDEN), qtype)
+        tensor(b + "ffn_down.weight", (HIDDEN, FFN), qtype, std=OUT_STD)
+    tensor("token_embd_norm.weight", (HIDDEN,), "norm")
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path

@@ -35,7 +35,7 @@ FLOAT = ("F32", "F16", "BF16")
 PACKED_GGUF_TYPES = INT4_EXACT + REGRID + FLOAT
 # GGUF architectures engine/reference.py runs
 LEAN_GGUF_ARCHS = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "phi3", "smollm3", "granite",
-                   "olmo2", "glm4", "gemma", "qwen3moe", "qwen2moe")
+                   "olmo2", "glm4", "gemma", "qwen3moe", "qwen2moe", "lfm2")
 
 # A re-gridded tensor (Q8_0/Q6_K -> int8 per row) whose relative weight error exceeds this is unpacked to bf16
 # instead. At 2% the logits of SmolLM2 and Gemma 3 270M keep a cosine above 0.9999 with the file's own
@@ -86,6 +86,10 @@ GGUF_DECODE = ("the file's own 4/8-bit groups, exact, through kernelfit's C++ gr
                "builds them); decoding checks prompt-lookup drafts several tokens a step where the C++ step runs "
                "(greedy, and sampled in the server: the same tokens, the same seeded samples; paused where it "
                "measures slower)")
+# A hybrid (LFM2): its recurrent state holds only the latest position, so a rejected draft cannot be taken back out of
+# it (engine/recurrent.py); llama.cpp likewise keeps speculative decoding off recurrent models without a draft model
+HYBRID_DECODE = ("; one token a step: a hybrid's recurrent state cannot be moved back past a rejected draft, so "
+                 "prompt-lookup drafts are off")
 PREFILL_PACKED = "same packed weights as decode (each layer's products unpacked to bf16 for that call, oneDNN matmuls)"
 PREFILL_DENSE = "bf16 copy (oneDNN matmul)"
 # The bf16 panel GEMM (engine/kernels/panel_gemm.h): a GGUF file's groups unpacked 32 output columns at a time into a bf16

@@ -76,7 +76,10 @@ def render_plan(p: Plan) -> str:
         quant = f" {m.quantization.label()}"
     out = [f"kernelfit plan — {m.name} on {p.machine.name} ({p.machine.origin})", "",
            _wrap(f"Model     {m.architecture} ({m.model_type}), {m.params / 1e9:.3f} B params,{quant or ' ' + m.format}; "
-                 f"{s.num_layers} layers, {s.num_heads} heads / {s.num_kv_heads} KV heads, head_dim {s.head_dim}"
+                 f"{s.num_layers} layers"
+                 + (f" ({s.num_layers - s.recurrent_layers} attention, {s.recurrent_layers} short-convolution)"
+                    if s.recurrent_layers else "")
+                 + f", {s.num_heads} heads / {s.num_kv_heads} KV heads, head_dim {s.head_dim}"
                  + (f", sliding window {s.sliding_window}" if s.sliding_window else ""), "")]
     for sub in m.sub_models[1:]:
         out.append(_wrap(f"          + {sub.role} tower {sub.model_type}: {sub.params / 1e6:.0f} M params, "

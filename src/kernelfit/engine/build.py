@@ -22,10 +22,11 @@ from ..model.quantization import parse_quantization
 from ..model.gguf_header import read_gguf_header
 from . import glibc
 from .gguf.blocks import FLOAT_TYPES
-from .recipe import Recipe, recipe_from_config, recipe_from_gguf
+from .recipe import LayerKind, Recipe, recipe_from_config, recipe_from_gguf
 from .gguf.reader import Conversion, GgufTensors, interleave_order, linear, regridded
 from .safetensors.reader import SafetensorsTensors
 from .kv_cache import KvCache
+from .recurrent import State, check_position
 from .weights import DotWeight, dot_available, gemm_available
 from .reference import BF16_ROWS, DENSE, DOT4, DOT8, INT4, INT8, INT8_EXACT, Block, LeanLM, Product, Products
 from .torch_weights import DenseWeight, Int4Weight, Int8Weight, PackedWeight
@@ -41,6 +42,7 @@ class LeanBuild:
     problems: list[str] = field(default_factory=list)  # damage seen while packing (GgufTensors.problems)
     int8_prefill: bool = False  # the layers' prompt products run the int8 GEMM (--prefill int8, on AVX512-VNNI)
     kv_cache: str = "f16"  # the KV cache's element kind (catalog/kv_cache.py; engine/kv_cache.py makes them)
+    state: State | None = None  # the recurrent state of the build's own sequence (a hybrid's; kv_cache.reset_cache)
 
 
 def product(w: PackedWeight, prefill_dense: bool = False, head: bool = False, int8_prefill: bool = False) -> Product:
@@ -98,7 +100,15 @@ def build_lean(path: str | Path, prefill_dense: bool = False, progress=None, pre
 
     for i in range(cfg.layers):
         b = f"blk.{i}."
-        if t.has(b + "attn_qkv.weight"):  # phi3: Q, K and V rows in one tensor, in that order
+        conv = None
+        if cfg.kind(i) is LayerKind.SHORT_CONV:  # LFM2: in_proj's B, C, x rows take the Q/K/V slot, out_proj O's
+            if not exact:
+                raise UsageError(f"{Path(path).name}: a hybrid model's short convolutions run in kernelfit's C++ step "
+                                 "only, which no C++ compiler builds here (--quantization none runs the dequantized "
+                                 "model)")
+            names, orders = [b + "shortconv.in_proj.weight"], {}
+            conv = t.float_tensor(b + "shortconv.conv.weight").reshape(cfg.hidden, cfg.conv_kernel).contiguous()
+        elif t.has(b + "attn_qkv.weight"):  # phi3: Q, K and V rows in one tensor, in that order
             names = [b + "attn_qkv.weight"]
             v_rows = np.arange(cfg.kv_heads * cfg.head_dim) + (cfg.heads + cfg.kv_heads) * cfg.head_dim
             orders = {names[0]: np.concatenate([q_order, k_order + cfg.heads * cfg.head_dim, v_rows])} \
@@ -134,7 +144,8 @@ def build_lean(path: str | Path, prefill_dense: bool = False, progress=None, pre
             gate_up = linear(t, [b + "ffn_gate.weight", b + "ffn_up.weight"] if t.has(b + "ffn_gate.weight") else
                              [b + "ffn_up.weight"], exact=exact)
             down = linear(t, [b + "ffn_down.weight"], exact=exact)[0]
-        o = linear(t, [b + "attn_output.weight"], exact=exact)[0]
+        o = linear(t, [b + ("shortconv.out_proj.weight" if conv is not None else "attn_output.weight")],
+                   exact=exact)[0]
         packed += [*qkv, o, *gate_up, down, *shared]
         qn = kn = None
         if t.has(b + "attn_q_norm.weight"):  # gemma3, qwen3: RMSNorm of each head's Q and K; olmo2: of all of Q, K
@@ -150,20 +161,20 @@ def build_lean(path: str | Path, prefill_dense: bool = False, progress=None, pre
             Products([product(w, prefill_dense, False, int8) for w in gate_up]),
             product(down, prefill_dense, False, int8), qn, kn,
             optional(b + "post_attention_norm.weight"), optional(b + "post_ffw_norm.weight"), cfg.sliding(i),
-            cfg.rotary_layer(i), router, [product(w) for w in shared], shared_gate))
+            cfg.rotary_layer(i), router, [product(w) for w in shared], shared_gate, conv))
     table = "token_embd.weight"
     embed = linear(t, [table], exact=True)[0] if exact and t.qtype(table) not in FLOAT_TYPES else regridded(t, table)
     head = linear(t, ["output.weight"], exact=exact)[0] if t.has("output.weight") else embed
     packed += [embed] + ([head] if head is not embed else [])
     head_p = product(head, head=True)
+    final = "output_norm.weight" if t.has("output_norm.weight") else "token_embd_norm.weight"  # LFM2's final norm
+    # (transformers' embedding_norm, applied after the last layer) keeps the name llama.cpp's converter gives it
     if isinstance(embed, DotWeight):  # looked up through the dot kernels' row reader (the head's, when tied)
         embed_p = head_p if head is embed else product(embed)
-        model = LeanLM(cfg, torch.empty(0), None, blocks, t.float_tensor("output_norm.weight"), head_p, embed_p,
-                       native_glue=exact)
+        model = LeanLM(cfg, torch.empty(0), None, blocks, t.float_tensor(final), head_p, embed_p, native_glue=exact)
     else:
         scale = embed.scale if isinstance(embed, Int8Weight) else None
-        model = LeanLM(cfg, embed.weight, scale, blocks, t.float_tensor("output_norm.weight"), head_p,
-                       native_glue=exact)
+        model = LeanLM(cfg, embed.weight, scale, blocks, t.float_tensor(final), head_p, native_glue=exact)
     from .native import native_args, native_status
 
     native = native_args(model)
@@ -245,8 +256,8 @@ def forward(build: LeanBuild, ids: torch.Tensor, pos: int, all_logits: bool = Fa
         return _native(build, step, ids, pos, all_logits, cache, panel_rows)
     if cache is not None:
         raise ValueError("a sequence's own cache needs the C++ step (batch_ready)")
-    if build.cfg.experts:  # the reference model has no router: its experts' products run in the C++ step only
-        raise UsageError("a mixture-of-experts file runs through the C++ step only, which is not built here")
+    if build.cfg.experts or build.cfg.conv_layers:  # the reference model has neither routers nor convolutions
+        raise UsageError("a mixture-of-experts or hybrid file runs through the C++ step only, which is not built here")
     if not isinstance(build.model, torch.jit.ScriptModule):  # the C++ path's build: compiled on first need
         build.model = _script(build.model)
     with torch.jit.optimized_execution(False), torch.inference_mode():
@@ -280,11 +291,25 @@ def batch_step(build: LeanBuild, tokens: list[int], positions: list[int], sequen
     for r, p in enumerate(positions):
         if p >= caches[sequences[r]].capacity:
             raise ValueError(f"position {p} is past its sequence's KV cache ({caches[sequences[r]].capacity})")
+    for s, c in enumerate(caches):  # a sequence's rows run in order from where its recurrent state is
+        mine = [p for r, p in enumerate(positions) if sequences[r] == s]
+        check_position(c.state, mine[0])
+        if mine != list(range(mine[0], mine[0] + len(mine))):
+            raise ValueError(f"a sequence's rows must be consecutive positions, not {mine}")
     with torch.inference_mode():
         x = _embed_rows(build, step, torch.tensor(tokens))
         local = torch.view_as_real(m.rope_local) if m.rope_local.numel() else torch.empty(0)
-        return _bound(build, step).batch(x, positions, sequences, [c.k for c in caches], [c.v for c in caches],
-                                         torch.view_as_real(m.rope_global), local)
+        out = _bound(build, step).batch(x, positions, sequences, [c.k for c in caches], [c.v for c in caches],
+                                        [_state_values(c.state) for c in caches], torch.view_as_real(m.rope_global),
+                                        local)
+    for s, c in enumerate(caches):
+        if c.state is not None:
+            c.state.at = 1 + max(p for r, p in enumerate(positions) if sequences[r] == s)
+    return out
+
+
+def _state_values(state: State | None) -> torch.Tensor:
+    return state.values if state is not None else torch.empty(0)
 
 
 def _bound(build: LeanBuild, step):
@@ -306,18 +331,24 @@ def _native(build: LeanBuild, step, ids: torch.Tensor, pos: int, all_logits: boo
     LeanLM.forward, without TorchScript's interpreter or the Python calls into the extension in between)."""
     m = build.model
     k, v = (cache.k, cache.v) if cache is not None else (m.k_cache, m.v_cache)
+    state = cache.state if cache is not None else build.state
     capacity = int(k.shape[3]) if k.dim() == 5 else 0
     if pos + ids.numel() > capacity:
         raise ValueError(f"position {pos + ids.numel() - 1} is past the KV cache ({capacity}); call "
                          "reset_cache first")
+    check_position(state, pos)
     with torch.jit.optimized_execution(False), torch.inference_mode():
         x = _embed_rows(build, step, ids)
         local = torch.view_as_real(m.rope_local) if m.rope_local.numel() else torch.empty(0)
         bound = _bound(build, step)
         if ids.numel() == 1 and not panel_rows:
-            return bound.run(x, pos, k, v, torch.view_as_real(m.rope_global), local)
-        return bound.prefill(x, pos, k, v, torch.view_as_real(m.rope_global), local, build.int8_prefill, all_logits,
-                             panel_rows)
+            out = bound.run(x, pos, k, v, _state_values(state), torch.view_as_real(m.rope_global), local)
+        else:
+            out = bound.prefill(x, pos, k, v, _state_values(state), torch.view_as_real(m.rope_global), local,
+                                build.int8_prefill, all_logits, panel_rows)
+    if state is not None:
+        state.at = pos + ids.numel()
+    return out
 
 
 def _embed_rows(build: LeanBuild, step, ids: torch.Tensor) -> torch.Tensor:

@@ -1,6 +1,7 @@
 """A sequence's KV cache on the engine: float32, float16 (the default) or Q8_0 rows (catalog/kv_cache.py says which
 and why; engine/kernels/kv_cache.h reads and writes them). Each is a pair of tensors [layers, 1, kv heads, positions,
-width]: float32 / float16 elements (width = head size) or Q8_0 bytes (width = head size / 32 * 34).
+width]: float32 / float16 elements (width = head size) or Q8_0 bytes (width = head size / 32 * 34), over the layers
+that attend (a hybrid's recurrent layers keep a fixed state instead, engine/recurrent.py, which the cache carries).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from .recipe import rotary_table
+from .recurrent import State, empty_state
 
 Q8_BLOCK, Q8_BYTES = 32, 34
 DTYPES = {"f32": torch.float32, "f16": torch.float16, "q8_0": torch.uint8}
@@ -21,6 +23,7 @@ class KvCache:
     """One sequence's keys and values."""
     k: torch.Tensor
     v: torch.Tensor
+    state: State | None = None  # the recurrent layers' (None: the model has none)
 
     @property
     def capacity(self) -> int:
@@ -28,7 +31,7 @@ class KvCache:
 
     @property
     def nbytes(self) -> int:
-        return 2 * self.k.numel() * self.k.element_size()
+        return 2 * self.k.numel() * self.k.element_size() + (self.state.nbytes if self.state is not None else 0)
 
 
 def row_width(kind: str, head_dim: int) -> int:
@@ -36,9 +39,9 @@ def row_width(kind: str, head_dim: int) -> int:
 
 
 def empty(cfg, kind: str, positions: int) -> KvCache:
-    """A zeroed cache pair for `positions` tokens of the recipe's layers and heads."""
-    shape = (cfg.layers, 1, cfg.kv_heads, positions, row_width(kind, cfg.head_dim))
-    return KvCache(torch.zeros(shape, dtype=DTYPES[kind]), torch.zeros(shape, dtype=DTYPES[kind]))
+    """A zeroed cache pair for `positions` tokens of the recipe's attention layers and heads, and a zeroed state."""
+    shape = (cfg.kv_layers, 1, cfg.kv_heads, positions, row_width(kind, cfg.head_dim))
+    return KvCache(torch.zeros(shape, dtype=DTYPES[kind]), torch.zeros(shape, dtype=DTYPES[kind]), empty_state(cfg))
 
 
 def grown(build, cache: KvCache | None, positions: int) -> KvCache:
@@ -56,6 +59,7 @@ def grown(build, cache: KvCache | None, positions: int) -> KvCache:
     if old:
         new.k[:, :, :, :old] = cache.k
         new.v[:, :, :, :old] = cache.v
+        new.state = cache.state  # the same object: its holder's checkpoints and position stay true
     if m.rope_global.shape[0] < positions:  # shared by every sequence: as long as the longest cache
         m.rope_global = rotary_table(cfg.rotary, cfg.head_dim, positions)
         m.rope_local = rotary_table(cfg.local_rotary, cfg.head_dim, positions) if cfg.local_rotary else \
@@ -67,12 +71,17 @@ def reset_cache(build, positions: int) -> None:
     """The build's own KV cache (the runner's one sequence) grown to at least `positions` tokens: a cache that must
     grow keeps what it holds (a chat's earlier turns, engine/runner.py LeanRunner.start)."""
     m = build.model
-    old = KvCache(m.k_cache, m.v_cache) if kv_capacity(build) else None
+    old = KvCache(m.k_cache, m.v_cache, build.state) if kv_capacity(build) else None
     new = grown(build, old, positions)
     if new is not old:
         m.k_cache = m.v_cache = torch.empty(0)
         del old  # the old cache is freed once copied
-        m.k_cache, m.v_cache = new.k, new.v
+        m.k_cache, m.v_cache, build.state = new.k, new.v, new.state
+
+
+def own_cache(build) -> KvCache:
+    """The build's own cache (the runner's one sequence) as a KvCache."""
+    return KvCache(build.model.k_cache, build.model.v_cache, build.state)
 
 
 def kv_capacity(build) -> int:
@@ -80,4 +89,4 @@ def kv_capacity(build) -> int:
 
 
 def kv_bytes(build) -> int:
-    return KvCache(build.model.k_cache, build.model.v_cache).nbytes
+    return own_cache(build).nbytes

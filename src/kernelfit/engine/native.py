@@ -27,7 +27,7 @@ KERNELS = Path(__file__).with_name("kernels")
 SOURCE = KERNELS / "step.cpp"
 HEADERS = tuple(KERNELS / h for h in ("dot_kernels.h", "gemm_kernels.h", "rows_kernels.h", "unpack_kernels.h",
                                       "panel_gemm.h", "panel_attention.h", "decode_attention.h",
-                                      "bf16_rows.h", "kv_cache.h", "repack_kernels.h"))
+                                      "bf16_rows.h", "kv_cache.h", "repack_kernels.h", "short_conv.h"))
 # The dot products are compiled for this machine's vector ISA (-march=native on x86-64, where AVX2/VNNI decide
 # their speed; elsewhere they are scalar and the loader keeps torch's kernels, and some compilers refuse the flag),
 # so a build is keyed by the CPU too: a cache folder shared by machines of different CPUs keeps one build each.
@@ -255,6 +255,7 @@ class NativeArgs:
 
 
 NO_ROTARY = 2  # a layer flag beside sliding (1) in NativeArgs.sliding: Q and K not rotated (step.cpp LAYER_NO_ROTARY)
+SHORT_CONV = 4  # and a short-convolution layer, no keys and values (step.cpp LAYER_CONV)
 
 
 def native_args(model) -> NativeArgs:
@@ -286,8 +287,8 @@ def native_args(model) -> NativeArgs:
         norms.append([blk.attn_norm, blk.ffn_norm, blk.qkv_bias if blk.has_bias else empty,
                       blk.q_norm if blk.has_qk_norm else empty, blk.k_norm if blk.has_qk_norm else empty,
                       blk.post_attn_norm if blk.has_post_norms else empty,
-                      blk.post_ffn_norm if blk.has_post_norms else empty, blk.shared_gate])
-        sliding.append(int(blk.sliding) | (0 if blk.rotary else NO_ROTARY))  # step.cpp reads the two flags
+                      blk.post_ffn_norm if blk.has_post_norms else empty, blk.shared_gate, blk.conv])
+        sliding.append(int(blk.sliding) | (0 if blk.rotary else NO_ROTARY) | (SHORT_CONV if blk.conv.numel() else 0))
         routers.append(blk.router)
     h = model.head
     e = model.embed_dot

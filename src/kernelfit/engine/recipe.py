@@ -47,6 +47,13 @@ YARN_BETA_FAST = 32.0
 YARN_BETA_SLOW = 1.0
 
 
+class LayerKind(Enum):
+    """What a decoder layer runs before its feed-forward block."""
+    ATTENTION = "attention"
+    SHORT_CONV = "short_conv"  # LFM2: in_proj -> B, C, x; y = C * causal depthwise conv(B * x); out_proj. Its state:
+    # the last conv_kernel - 1 values of B * x (engine/recurrent.py), not a KV cache
+
+
 class RotaryKind(Enum):
     PLAIN = "plain"
     LINEAR = "linear"
@@ -139,6 +146,20 @@ class Recipe:
     top_k: int = 0
     expert_ffn: int = 0
     norm_topk: bool = False  # the chosen experts' weights renormalised to sum 1 (Qwen3-MoE's norm_topk_prob)
+    layer_kinds: tuple[LayerKind, ...] = ()  # per layer; empty: every layer attention
+    conv_kernel: int = 0  # LFM2's short convolution: taps a channel (its L_cache, 3)
+
+    def kind(self, layer: int) -> LayerKind:
+        return self.layer_kinds[layer] if self.layer_kinds else LayerKind.ATTENTION
+
+    @property
+    def kv_layers(self) -> int:
+        """Layers that keep keys and values (the KV cache holds these only)."""
+        return sum(self.kind(i) is LayerKind.ATTENTION for i in range(self.layers))
+
+    @property
+    def conv_layers(self) -> int:
+        return sum(self.kind(i) is LayerKind.SHORT_CONV for i in range(self.layers))
 
     def sliding(self, layer: int) -> bool:
         return bool(self.sliding_window and self.sliding_pattern and (layer + 1) % self.sliding_pattern)
@@ -173,8 +194,9 @@ def rotary_from_gguf(h, rope_freqs: torch.Tensor | None) -> Rotary:
                          f"runner (--quantization none runs the dequantized model)")
     rotary = _scaled_rotary(h, scaling, rope_freqs)
     dims = int(h.arch_key("rope.dimension_count") or 0)
-    head = int(h.arch_key("attention.key_length") or 0) or \
-        int(h.arch_key("embedding_length")) // int(h.arch_key("attention.head_count"))
+    heads = h.arch_key("attention.head_count")
+    heads = max(heads) if isinstance(heads, (list, tuple)) else heads  # a hybrid's per-layer counts (0: no attention)
+    head = int(h.arch_key("attention.key_length") or 0) or int(h.arch_key("embedding_length")) // int(heads)
     if dims and dims < head:
         if dims % 2:
             raise UsageError(f"{Path(h.path).name}: a rotary over {dims} dimensions (odd) is not one the packed CPU "
@@ -217,18 +239,19 @@ def recipe_from_gguf(h, rope_freqs: torch.Tensor | None = None) -> Recipe:
     if arch == "olmo2" and h.arch_key("attention.sliding_window"):  # OLMo 3's windows: not this recipe's pattern
         raise UsageError(f"{Path(h.path).name}: an olmo2 file with a sliding window (OLMo 3) is not run by the packed "
                          "CPU runner yet")
-    heads = int(h.arch_key("attention.head_count"))
     hidden = int(h.arch_key("embedding_length"))
+    layers = int(h.arch_key("block_count"))
+    heads, kv_heads, kinds = _heads_per_layer(h, layers)
     tokens = h.metadata.get("tokenizer.ggml.tokens")
     gemma = arch in ("gemma", "gemma2", "gemma3")
     window = h.arch_key("attention.sliding_window") if gemma else None
-    layers = int(h.arch_key("block_count"))
     scales = granite_scales(h) if arch == "granite" else {}
     pattern = GEMMA2_SLIDING_PATTERN if arch == "gemma2" else \
         int(h.arch_key("attention.sliding_window_pattern", GEMMA3_SLIDING_PATTERN))
     return Recipe(
         family="gemma" if gemma else "llama", arch=arch, hidden=hidden, layers=layers,
-        heads=heads, kv_heads=int(h.arch_key("attention.head_count_kv", heads)),
+        heads=heads, kv_heads=kv_heads, layer_kinds=kinds,
+        conv_kernel=int(h.arch_key("shortconv.l_cache") or 0) if arch == "lfm2" else 0,
         head_dim=int(h.arch_key("attention.key_length") or hidden // heads),
         ffn=int(h.arch_key("feed_forward_length")),
         vocab=int(getattr(tokens, "count", None) or h.arch_key("vocab_size")),
@@ -253,6 +276,30 @@ def recipe_from_gguf(h, rope_freqs: torch.Tensor | None = None) -> Recipe:
         # LongRoPE runs its short table: positions past the original context would need the long one
         max_positions=int(h.arch_key("rope.scaling.original_context_length") if h.rope_scaling == "longrope" else
                           h.arch_key("context_length") or 4096))
+
+
+def _heads_per_layer(h, layers: int) -> tuple[int, int, tuple[LayerKind, ...]]:
+    """Query and KV heads, and each layer's kind. A hybrid's file stores head counts per layer (llama.cpp's LFM2
+    converter: head_count_kv 0 on its short-convolution layers, which llama.cpp's hparams.is_recurrent reads)."""
+    def per_layer(key: str, default=None) -> list[int]:
+        v = h.arch_key(key, default)
+        values = [int(x) for x in v] if isinstance(v, (list, tuple)) else [int(v)] * layers
+        if len(values) != layers:
+            raise UsageError(f"{Path(h.path).name}: {h.architecture}.{key} has {len(values)} entries for {layers} "
+                             "layers; the file is damaged")
+        return values
+
+    q = per_layer("attention.head_count")
+    kv = per_layer("attention.head_count_kv", q if isinstance(h.arch_key("attention.head_count"), (list, tuple))
+                   else h.arch_key("attention.head_count"))
+    if h.architecture != "lfm2":
+        return q[0], kv[0], ()
+    attention = [i for i in range(layers) if kv[i] > 0]
+    if not attention or len({q[i] for i in attention}) != 1 or len({kv[i] for i in attention}) != 1:
+        raise UsageError(f"{Path(h.path).name}: an LFM2 file whose attention layers differ in head counts (or has "
+                         "none) is not one the packed CPU runner runs")
+    kinds = tuple(LayerKind.ATTENTION if kv[i] > 0 else LayerKind.SHORT_CONV for i in range(layers))
+    return q[attention[0]], kv[attention[0]], kinds
 
 
 def llama3_factors(base: float, dim: int, rope: dict) -> tuple[float, ...]:

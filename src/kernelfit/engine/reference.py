@@ -227,7 +227,7 @@ class Block(nn.Module):
     def __init__(self, attn_norm, qkv: Products, qkv_bias, o: Product, ffn_norm, gate_up: Products, down: Product,
                  q_norm, k_norm, post_attn_norm, post_ffn_norm, sliding: bool, rotary: bool = True,
                  router: Optional[torch.Tensor] = None, shared: Optional[List[Product]] = None,
-                 shared_gate: Optional[torch.Tensor] = None):
+                 shared_gate: Optional[torch.Tensor] = None, conv: Optional[torch.Tensor] = None):
         super().__init__()
         empty = torch.empty(0)
         self.attn_norm, self.ffn_norm = attn_norm, ffn_norm
@@ -251,6 +251,9 @@ class Block(nn.Module):
         # Qwen2-MoE's shared expert (gate, up, down products) and its sigmoid gate's weights: the C++ step only too
         self.shared = nn.ModuleList(shared or [])
         self.shared_gate = shared_gate if shared_gate is not None else empty
+        # a short-convolution layer's taps float32 [hidden, L] (LFM2; qkv is then its in_proj, o its out_proj): the
+        # C++ step only
+        self.conv = conv if conv is not None else empty
 
 
 class LeanLM(nn.Module):

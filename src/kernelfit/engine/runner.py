@@ -25,6 +25,7 @@ from .safetensors.tokenizer import json_tokenizer
 from .gguf.tokenizer import gguf_tokenizer
 from .native import native_status
 from .reference import DOT_MAX_ROWS
+from .recurrent import Checkpoints
 from .speculative import DraftGate, PromptLookup, accepted_tokens
 
 TOKENIZER_FORMAT = 1
@@ -42,6 +43,8 @@ class LeanRunner:
     # prompt that starts with them (the usual next chat turn) prefills only the rest (start)
     cached: list[int] = field(default_factory=list)
     steps: int = 0  # decode steps the last greedy() took (fewer than its tokens where drafts were kept)
+    # a hybrid's recurrent state where prompts' prefills ended: a next prompt resumes from one (engine/recurrent.py)
+    checkpoints: Checkpoints = field(default_factory=Checkpoints)
 
     def report(self) -> dict:
         """What each tensor became, by GGUF type: layout, count, worst and mean measured error."""
@@ -77,6 +80,7 @@ class LeanRunner:
             limit = min(len(self.cached), n - 1)  # the last prompt token always runs: its logits are wanted
             while same < limit and self.cached[same] == prompt_ids[same]:
                 same += 1
+        same = self.checkpoints.restore(self.build.state, same)  # a hybrid: back to where its state was saved
         logits = self.prompt_logits(prompt_ids, same)
         self.cached = list(prompt_ids[:-1])
         return logits, same
@@ -90,6 +94,7 @@ class LeanRunner:
         ids = torch.tensor(prompt_ids)
         if len(prompt_ids) - 1 > start:
             self.logits(ids[start:-1], start)
+            self.checkpoints.take(self.build.state)
         return self.logits(ids[-1:], len(prompt_ids) - 1)[-1]
 
     def generate_ids(self, prompt_ids: list[int], max_new_tokens: int, on_token=None,
@@ -112,8 +117,9 @@ class LeanRunner:
     @property
     def can_speculate(self) -> bool:
         """Drafts are checked in one multi-row step whose logits equal the decode step's: the C++ step with the
-        file's groups in every product and a dot-group head (forward's all-logits path)."""
-        return native_all_logits(self.build)
+        file's groups in every product and a dot-group head (forward's all-logits path). Not on a hybrid: its
+        recurrent state cannot be moved back past a rejected draft (engine/recurrent.py)."""
+        return native_all_logits(self.build) and not self.build.cfg.conv_layers
 
     def greedy(self, prompt_ids: list[int], first: int, pos: int, max_new: int, speculative: bool = True):
         """Yield greedy tokens from `first` (the token after the prompt, not yet in the cache, at position `pos`)

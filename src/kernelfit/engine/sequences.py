@@ -12,6 +12,10 @@ Positions written by decode steps are never reused (their exact products differ 
 When a sequence is taken for an unrelated prompt, what its prompts wrote is copied into a bounded RAM store first
 (PrefixStore, llama-server's `--cache-ram`), and a later request that starts like a stored prefix gets it copied back
 instead of prefilling it again: more conversations keep their history than there are sequences.
+
+A hybrid model's sequence also carries a recurrent state (engine/recurrent.py), which holds only the latest
+position: a reused prefix resumes from a copy of the state taken where a prefill ended (a sequence's checkpoints, a
+stored prefix's own copy at its end), and is shortened to one; never from another sequence's state.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import torch
 
 from .build import LeanBuild, batch_ready, batch_step, forward
 from .kv_cache import KvCache, grown
+from .recurrent import Checkpoints, State
 from .reference import DOT_MAX_ROWS
 
 STEP_ROWS = DOT_MAX_ROWS  # rows a step takes: up to here each row's logits equal its own decode step's (Step.batch)
@@ -39,6 +44,7 @@ class Sequence:
     prefilled: list[int] = field(default_factory=list)  # tokens at positions 0.. that prompt prefills wrote
     busy: bool = False
     used: float = 0.0  # when it was last acquired (the least recently used free one is reused first)
+    checkpoints: Checkpoints = field(default_factory=Checkpoints)  # a hybrid's state where prefills ended
 
 
 @dataclass
@@ -52,7 +58,14 @@ class Row:
 @dataclass
 class Stored:
     tokens: list[int]
-    cache: KvCache  # a copy of the sequence's cache rows of positions 0..len(tokens) - 1
+    cache: KvCache  # a copy of the sequence's cache rows of positions 0..len(tokens) - 1 (and a hybrid's state there)
+
+    def usable(self, n: int) -> int:
+        """How much of a shared prefix of n tokens can be copied back: all of it, or for a hybrid, the whole stored
+        prefix (its state is the one at its end) or nothing."""
+        if self.cache.state is None:
+            return n
+        return n if n == self.cache.state.at else 0
 
     @property
     def nbytes(self) -> int:
@@ -69,12 +82,15 @@ class PrefixStore:
     def nbytes(self) -> int:
         return sum(e.nbytes for e in self.entries)
 
-    def put(self, tokens: list[int], cache: KvCache) -> None:
+    def put(self, tokens: list[int], cache: KvCache, state: State | None = None) -> None:
+        """`state`: a hybrid's recurrent state at len(tokens) (a checkpoint); without one such a prefix is not kept."""
         n = len(tokens)
-        rows = KvCache(cache.k[:, :, :, :n], cache.v[:, :, :, :n])
+        if cache.state is not None and (state is None or state.at != n):
+            return
+        rows = KvCache(cache.k[:, :, :, :n], cache.v[:, :, :, :n], state)
         if rows.nbytes > self.budget:  # before copying them
             return
-        entry = Stored(list(tokens), KvCache(rows.k.clone(), rows.v.clone()))
+        entry = Stored(list(tokens), KvCache(rows.k.clone(), rows.v.clone(), state.copy() if state else None))
         # a stored prefix of this one holds nothing this one does not: dropped
         self.entries = [e for e in self.entries if _common(e.tokens, tokens, len(e.tokens)) < len(e.tokens)]
         self.entries.append(entry)
@@ -85,7 +101,7 @@ class PrefixStore:
         """The stored prefix sharing the most tokens with `prompt` (its last token excluded: it always runs)."""
         found, most = None, 0
         for e in self.entries:
-            n = _common(e.tokens, prompt, len(prompt) - 1)
+            n = e.usable(_common(e.tokens, prompt, len(prompt) - 1))
             if n > most:
                 found, most = e, n
         if found is not None:  # the most recently used last
@@ -126,14 +142,19 @@ class SequencePool:
             best = min(free, key=lambda s: s.used)
         same = shared[best.index]
         if len(best.prefilled) - same >= STORE_MIN_TOKENS and self.store.budget:  # about to be overwritten: kept
-            self.store.put(best.prefilled, best.cache)
+            self.store.put(best.prefilled, best.cache, best.checkpoints.at(len(best.prefilled)))
         best.busy, best.used = True, time.monotonic()
+        if best.cache is not None:  # a hybrid: back to the state saved at or before the shared prefix
+            same = best.checkpoints.restore(best.cache.state, same)
         del best.prefilled[same:]
         self.reserve(best, len(prompt) + GROW_AHEAD)
         stored, n = self.store.best(prompt)
         if stored is not None and n > same and n >= STORE_MIN_TOKENS:  # a longer prefix in RAM: copied back
             best.cache.k[:, :, :, :n] = stored.cache.k[:, :, :, :n]
             best.cache.v[:, :, :, :n] = stored.cache.v[:, :, :, :n]
+            if stored.cache.state is not None:
+                best.cache.state.load(stored.cache.state)
+                best.checkpoints.take(best.cache.state)
             best.prefilled[:] = stored.tokens[:n]
             same = n
         return best, same
@@ -151,6 +172,7 @@ class SequencePool:
         del seq.prefilled[start:]
         forward(self.build, torch.tensor(prompt[start:end]), start, cache=seq.cache, panel_rows=True)
         seq.prefilled.extend(prompt[start:end])
+        seq.checkpoints.take(seq.cache.state)
 
     def step(self, rows: list[Row]) -> torch.Tensor:
         """Logits float32 [len(rows), vocab]: each row's token through the model at its position (a sequence's rows

@@ -16,6 +16,20 @@ def head_dim_of(cfg: dict) -> int:
     return int(cfg["hidden_size"]) // int(cfg["num_attention_heads"])
 
 
+def ffn_size(cfg: dict) -> int:
+    """The feed-forward rows a layer has: intermediate_size, or LFM2's adjusted size (transformers' Lfm2MLP: 2/3 of
+    it, times block_ffn_dim_multiplier, rounded up to block_multiple_of, where block_auto_adjust_ff_dim)."""
+    inter = int(cfg["intermediate_size"])
+    if not cfg.get("block_auto_adjust_ff_dim"):
+        return inter
+    inter = int(2 * inter / 3)
+    if cfg.get("block_ffn_dim_multiplier") is not None:
+        inter = int(float(cfg["block_ffn_dim_multiplier"]) * inter)
+        step = int(cfg.get("block_multiple_of") or 256)
+        inter = step * ((inter + step - 1) // step)
+    return inter
+
+
 def decoder_params(cfg: dict, model_type: str) -> int:
     fam = DECODERS[model_type]
     h = int(cfg["hidden_size"])
@@ -23,7 +37,7 @@ def decoder_params(cfg: dict, model_type: str) -> int:
     nh = int(cfg["num_attention_heads"])
     nkv = int(cfg.get("num_key_value_heads") or nh)
     hd = head_dim_of(cfg)
-    inter = int(cfg["intermediate_size"])
+    inter = ffn_size(cfg)
     vocab = int(cfg["vocab_size"])
     q, kv = nh * hd, nkv * hd
     attn = h * q + 2 * h * kv + q * h
@@ -49,6 +63,11 @@ def decoder_params(cfg: dict, model_type: str) -> int:
     per_layer = attn + mlp + fam.norms_per_layer * norm_params
     tied = fam.always_tied or bool(cfg.get("tie_word_embeddings", False))
     embeddings = vocab * h * (1 if tied else 2)
+    conv = 0
+    if fam.short_conv:  # LFM2's conv layers: in_proj (3h x h), out_proj (h x h), the depthwise taps, no attention
+        conv = sum(t == "conv" for t in cfg.get("layer_types") or [])
+        conv_layer = 4 * h * h + h * int(cfg.get("conv_L_cache") or 3) + mlp + fam.norms_per_layer * norm_params
+        return (layers - conv) * per_layer + conv * conv_layer + embeddings + norm_params
     return layers * per_layer + embeddings + norm_params
 
 

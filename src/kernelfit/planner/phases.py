@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ..catalog.packed_kernels import (DECODE_KERNELS, DENSE_VS_PANEL, FLOAT, GGUF_DECODE, INT8_PREFILL_GAIN,
+from ..catalog.packed_kernels import (HYBRID_DECODE, DECODE_KERNELS, DENSE_VS_PANEL, FLOAT, GGUF_DECODE, INT8_PREFILL_GAIN,
                                       INT8_PREFILL_ISA, INT8_PREFILL_LOSS, INT8_PREFILL_SOURCES, INT8_VS_PANEL,
                                       PANEL_PREFILL_GAIN, PANEL_PREFILL_ISA, PANEL_PREFILL_SOURCES, PREFILL_DENSE,
                                       PREFILL_INT8, PREFILL_PACKED, PREFILL_PANEL, ROPE_SCALING_SOURCES, SOURCES)
@@ -74,6 +74,8 @@ def phase_kernels(model: ModelSpec, prefs: Preferences, q, memory: MemoryEstimat
     if q is None or not q.packed:
         return {}, memory
     kernels = GGUF_DECODE if q.bits is None else DECODE_KERNELS[f"int{q.bits}"]
+    if model.text.recurrent_layers and q.bits is None:  # a hybrid's state keeps a rejected draft (engine/recurrent.py)
+        kernels = GGUF_DECODE.split("; decoding checks")[0] + HYBRID_DECODE
     # a scaled rotary (Llama 3.x's rope_freqs, YaRN, linear) runs the maths its sources define (engine/recipe.py)
     scaled = q.bits is None and model.extra.get("gguf_rope_scaling") is not None
     decode = Choice("packed", ChoiceKind.PRIORITY,
@@ -157,7 +159,18 @@ def kv_cache_choice(model: ModelSpec, prefs: Preferences) -> Choice:
            f"long contexts; {f16.loss} (float32 where kernelfit's C++ step is not built: the TorchScript fallback's "
            "bf16 products leave near-ties that float16 keys can turn)")
     if asked == "f16":
-        return Choice("f16", ChoiceKind.REQUESTED, f"--kv-cache f16: {why}", (f32_alt, q8_alt), KV_SOURCES)
+        return Choice("f16", ChoiceKind.REQUESTED, f"--kv-cache f16: {why}{hybrid_state(model)}", (f32_alt, q8_alt),
+                      KV_SOURCES)
     if asked == "q8_0":
         why = f"--kv-cache q8_0 cannot run here ({no_q8}): {why}"
-    return Choice("f16", ChoiceKind.PRIORITY, why, (f32_alt, q8_alt), KV_SOURCES)
+    return Choice("f16", ChoiceKind.PRIORITY, why + hybrid_state(model), (f32_alt, q8_alt), KV_SOURCES)
+
+
+def hybrid_state(model: ModelSpec) -> str:
+    """What a hybrid's recurrent layers keep instead of keys and values ("" for a transformer)."""
+    t = model.text
+    if not t.recurrent_layers:
+        return ""
+    return (f"; only its {t.num_layers - t.recurrent_layers} attention layers keep keys and values: its "
+            f"{t.recurrent_layers} short-convolution layers keep a state of {t.state_values * 4 / 1024:.0f} KiB a "
+            "sequence, whatever the context")

@@ -81,7 +81,8 @@ class Batcher:
                 continue
             seq, same = self.pool.acquire(job.prompt_ids)
             job.cached = same
-            drafts = job.matcher is None  # drafts: unconstrained rows, greedy or sampled
+            # drafts: unconstrained rows, greedy or sampled; not a hybrid's (its recurrent state keeps rejected drafts)
+            drafts = job.matcher is None and not self.pool.build.cfg.conv_layers
             self.active.append(Active(job, seq, same, len(job.prompt_ids) - 1, job.prompt_ids[-1],
                                       self.engine._generator(job.sampling, "cpu"),
                                       PromptLookup(job.prompt_ids) if drafts else None, DraftGate()))

@@ -23,6 +23,7 @@
 #include "decode_attention.h"
 #include "bf16_rows.h"
 #include "repack_kernels.h"
+#include "short_conv.h"
 
 using at::Tensor;
 
@@ -81,7 +82,8 @@ void head_vector(const float* src, const float* bias, const float* w, const floa
   }
 }
 
-constexpr int64_t LAYER_SLIDING = 1, LAYER_NO_ROTARY = 2;  // a layer's flags (native.py NativeArgs.sliding)
+constexpr int64_t LAYER_SLIDING = 1, LAYER_NO_ROTARY = 2, LAYER_CONV = 4;  // a layer's flags (native.py
+// NativeArgs.sliding); LAYER_CONV: a short-convolution layer (short_conv.h), no keys and values
 constexpr int64_t DOT_MAX_ROWS = 12;  // lean_lm.py's: calls of up to 12 rows take the exact dot products
 constexpr int64_t PROMPT_BLOCK = 128;  // lean_lm.py's: a prompt's attention in blocks of 128 queries
 
@@ -92,8 +94,10 @@ constexpr int64_t PROMPT_BLOCK = 128;  // lean_lm.py's: a prompt's attention in 
 // (reset_cache replaces them).
 // run: x float32 [1, hidden] (the token's embedding, already scaled) -> float32 logits [1, vocab].
 // Per layer li, in order: its QKV products (n_qkv[li] of them), O, gate/up parts (n_gu[li]), down.
-// norms[li]: {attn_norm, ffn_norm, qkv_bias, q_norm, k_norm, post_attn_norm, post_ffn_norm, shared_expert_gate}
-// (empty = absent).
+// norms[li]: {attn_norm, ffn_norm, qkv_bias, q_norm, k_norm, post_attn_norm, post_ffn_norm, shared_expert_gate,
+// conv taps} (empty = absent). A short-convolution layer (LAYER_CONV) has one "QKV" product, its in_proj, and O is its
+// out_proj; the KV cache holds the attention layers only (slot kl: the layer's rank among them), and `state` a
+// sequence's convolution states, float32 [conv layers, L - 1, hidden] (slot cl), empty without such layers.
 struct Step {
   std::vector<int64_t> kinds;
   std::vector<Tensor> as, bs, mins;
@@ -193,27 +197,74 @@ struct Step {
     return rows_products(x.to(at::kBFloat16), w, first, count, false, false).to(at::kFloat);
   }
 
-  Tensor run(Tensor x, int64_t pos, Tensor k_cache, Tensor v_cache, Tensor rope_global, Tensor rope_local) const {
+  bool conv_layer(int64_t li) const { return (sliding[li] & LAYER_CONV) != 0; }
+
+  int64_t count_layers(bool conv) const {
+    int64_t n = 0;
+    for (size_t li = 0; li < norms.size(); ++li) n += conv_layer(static_cast<int64_t>(li)) == conv;
+    return n;
+  }
+
+  // a sequence's convolution states: float32 [conv layers, L - 1, hidden], contiguous (empty where there are none)
+  void check_state(const Tensor& state) const {
+    const int64_t n = count_layers(true);
+    if (n == 0) return;
+    const int64_t taps = norms[first_conv()][8].size(1);
+    TORCH_CHECK(state.dim() == 3 && state.size(0) == n && state.size(1) == taps - 1 && state.size(2) == hidden() &&
+                    state.scalar_type() == at::kFloat && state.is_contiguous(),
+                "recurrent state: float32 [conv layers, L - 1, hidden] for this model");
+  }
+
+  int64_t first_conv() const {
+    for (size_t li = 0; li < norms.size(); ++li)
+      if (conv_layer(static_cast<int64_t>(li))) return static_cast<int64_t>(li);
+    return -1;
+  }
+
+  int64_t hidden() const { return final_norm.numel(); }
+
+  // layer li's short convolution over in_proj's rows bcx [t, 3 hidden] (any float type), its state at `st` (updated)
+  // -> float32 [t, hidden], the input of its out_proj
+  Tensor short_conv(const Tensor& bcx_in, int64_t li, float* st) const {
+    const Tensor bcx = bcx_in.to(at::kFloat).contiguous(), taps = norms[li][8];
+    const int64_t t = bcx.size(0), h = hidden();
+    Tensor y = at::empty({t, h}, bcx.options());
+    shortconv::run(bcx.data_ptr<float>(), t, h, taps.data_ptr<float>(), taps.size(1), st, y.data_ptr<float>());
+    return y;
+  }
+
+  float* state_of(const Tensor& state, int64_t cl) const {
+    return state.data_ptr<float>() + cl * state.size(1) * state.size(2);
+  }
+
+  Tensor run(Tensor x, int64_t pos, Tensor k_cache, Tensor v_cache, Tensor state, Tensor rope_global,
+             Tensor rope_local) const {
     at::NoGradGuard no_grad;
     const Weights w{kinds, as, bs, mins, ns};
     x = x.contiguous().clone();
     const int64_t layers = static_cast<int64_t>(norms.size());
     const kv::View cache = cache_view(k_cache, v_cache);
+    check_state(state);
     std::vector<float> q(nq * d), att(nq * d), scores;
-    int64_t idx = 0;
+    int64_t idx = 0, kl = 0, cl = 0;
     for (int64_t li = 0; li < layers; ++li) {
       const auto& nm = norms[li];
-      bool slide = (sliding[li] & LAYER_SLIDING) != 0;
-      const Tensor& rope = (slide && rope_local.numel() > 0) ? rope_local : rope_global;
-      const float* cs = rope.data_ptr<float>() + pos * d;  // [cap, d/2, 2]
       auto qkv = products(pre_norm(x, nm[0], false), w, idx, n_qkv[li]);
       idx += n_qkv[li];
-      position_heads(qkv.data_ptr<float>(), nm, cs, li, pos, q.data(), cache);
-      attend(q.data(), cache, li, nq, nkv, d, window_start(slide, pos), pos + 1, scaling, att.data(), scores,
-             attn_cap);
-      auto o = product(torch::from_blob(att.data(), {1, nq * d}, x.options()), w, idx);
+      if (conv_layer(li)) {
+        rows::residual_add(x, product(short_conv(qkv, li, state_of(state, cl++)), w, idx), nm[5], eps,
+                           residual_scale);
+      } else {
+        bool slide = (sliding[li] & LAYER_SLIDING) != 0;
+        const Tensor& rope = (slide && rope_local.numel() > 0) ? rope_local : rope_global;
+        const float* cs = rope.data_ptr<float>() + pos * d;  // [cap, d/2, 2]
+        position_heads(qkv.data_ptr<float>(), nm, cs, li, kl, pos, q.data(), cache);
+        attend(q.data(), cache, kl++, nq, nkv, d, window_start(slide, pos), pos + 1, scaling, att.data(), scores,
+               attn_cap);
+        auto o = product(torch::from_blob(att.data(), {1, nq * d}, x.options()), w, idx);
+        rows::residual_add(x, o, nm[5], eps, residual_scale);
+      }
       idx += 1;
-      rows::residual_add(x, o, nm[5], eps, residual_scale);
       if (routers[li].numel()) {
         rows::residual_add(x, moe(pre_norm(x, nm[1], false), w, li, idx), nm[6], eps, residual_scale);
         idx += moe_products(li);
@@ -242,16 +293,17 @@ struct Step {
   // a sequence's K and V caches (kv_cache.h: float32, float16 or Q8_0 rows) for this model's layers and heads
   kv::View cache_view(const Tensor& k, const Tensor& v) const {
     const kv::View c = kv::View::of(k, v);
-    TORCH_CHECK(k.size(0) == static_cast<int64_t>(norms.size()) && k.size(2) == nkv && kv::head_size(k) == d &&
+    TORCH_CHECK(k.size(0) == count_layers(false) && k.size(2) == nkv && kv::head_size(k) == d &&
                     c.width == kv::width(c.kind, d),
                 "KV cache: [layers, 1, kv heads, positions, width] for this model");
     return c;
   }
 
   // One position p's fused Q/K/V product row src: bias, the head norms and rotary with that position's cos/sin
-  // (cs); its query heads into q, its K and V into layer li's rows of the cache c (stored as its rows are)
-  void position_heads(const float* src, const std::vector<Tensor>& nm, const float* cs, int64_t li, int64_t p,
-                      float* q, const kv::View& c) const {
+  // (cs); its query heads into q, its K and V into the rows of layer li (cache slot kl) of the cache c (stored as its
+  // rows are)
+  void position_heads(const float* src, const std::vector<Tensor>& nm, const float* cs, int64_t li, int64_t kl,
+                      int64_t p, float* q, const kv::View& c) const {
     const float* bias = nm[2].numel() ? nm[2].data_ptr<float>() : nullptr;
     const float* qn = nm[3].numel() ? nm[3].data_ptr<float>() : nullptr;
     const float* kn = nm[4].numel() ? nm[4].data_ptr<float>() : nullptr;
@@ -272,7 +324,7 @@ struct Step {
       head_vector(src + hq * d, bias ? bias + hq * d : nullptr, qn, cs, rotate, d, eps, q + hq * d);
     std::vector<float> kv_row(d);
     for (int64_t hk = 0; hk < nkv; ++hk) {
-      const int64_t o = nq + hk, at = c.row(li, nkv, hk, p);
+      const int64_t o = nq + hk, at = c.row(kl, nkv, hk, p);
       head_vector(src + o * d, bias ? bias + o * d : nullptr, kn, cs, rotate, d, eps, kv_row.data());
       kv::store(c.kind, c.k, at, kv_row.data(), d);
       head_vector(src + (o + nkv) * d, bias ? bias + (o + nkv) * d : nullptr, nullptr, cs, false, d, eps,
@@ -336,8 +388,8 @@ struct Step {
   // LeanLM.forward for a prompt, in C++ (lean_lm.py's TorchScript forward is the reference and the fallback): x
   // float32 [t, hidden] (the tokens' embeddings, scaled) at positions pos.. -> float32 logits of the last row, or of
   // every row (all_logits; the head must then be the file's groups). Every layer product must be the file's groups.
-  Tensor prefill(Tensor x, int64_t pos, Tensor k_cache, Tensor v_cache, Tensor rope_global, Tensor rope_local,
-                 bool int8, bool all_logits, bool panel_rows) const {
+  Tensor prefill(Tensor x, int64_t pos, Tensor k_cache, Tensor v_cache, Tensor state, Tensor rope_global,
+                 Tensor rope_local, bool int8, bool all_logits, bool panel_rows) const {
     at::NoGradGuard no_grad;
     const Weights w{kinds, as, bs, mins, ns};
     x = x.contiguous().clone();
@@ -345,8 +397,9 @@ struct Step {
     const kv::View cache = cache_view(k_cache, v_cache);
     TORCH_CHECK(pos + t <= cache.cap, "prefill: positions beyond the KV cache");
     TORCH_CHECK(!all_logits || head_kind >= 4, "prefill: all logits need a dot-group or bf16-rows head");
+    check_state(state);
     Tensor q = at::empty({t, nq, d}, x.options());
-    int64_t idx = 0;
+    int64_t idx = 0, kl = 0, cl = 0;
     for (int64_t li = 0; li < layers; ++li) {
       const auto& nm = norms[li];
       const bool slide = (sliding[li] & LAYER_SLIDING) != 0;
@@ -356,39 +409,47 @@ struct Step {
       const Tensor qkv =
           rows_products(pre_norm(x, nm[0], bf), w, idx, n_qkv[li], int8, panel_rows).contiguous();
       idx += n_qkv[li];
-      const int64_t width = (nq + 2 * nkv) * d;
-      float* qp = q.data_ptr<float>();
-      at::parallel_for(0, t, 8, [&](int64_t r0, int64_t r1) {  // the decode step's per-head work, a row at a time
-        std::vector<float> buf;
-        for (int64_t r = r0; r < r1; ++r)
-          position_heads(rows::row_floats(qkv, r, width, buf), nm, rope.data_ptr<float>() + (pos + r) * d, li,
-                         pos + r, qp + r * nq * d, cache);
-      });
-      Tensor att;
-      std::vector<float> last_att, scores;
-      if (!all_logits && li == layers - 1 && t > 1) {
-        // Past the last layer's keys and values only the last row is read (llama.cpp's inp_out_ids does the
-        // same): its attention, output product and feed-forward run for that row alone, as in the decode step
-        const int64_t p = pos + t - 1;
-        last_att.resize(nq * d);
-        attend(qp + (t - 1) * nq * d, cache, li, nq, nkv, d, window_start(slide, p), p + 1, scaling,
-               last_att.data(), scores, attn_cap);
-        att = torch::from_blob(last_att.data(), {1, nq * d}, x.options());
-        x = x.narrow(0, t - 1, 1);
-      } else if (few_rows(t, panel_rows)) {
-        // A few rows (a speculative step's drafted tokens, a short prompt): each row's attention as the decode step
-        // computes it, after every row's keys and values are in the cache — with the exact dot products of these
-        // row counts, the rows' logits equal one decode step a token, bit for bit (runner.py verifies drafts so)
-        att = at::empty({t, nq * d}, x.options());
-        for (int64_t r = 0; r < t; ++r)
-          attend(qp + r * nq * d, cache, li, nq, nkv, d, window_start(slide, pos + r), pos + r + 1, scaling,
-                 att.data_ptr<float>() + r * nq * d, scores, attn_cap);
+      if (conv_layer(li)) {  // every row through the convolution (its state), then past the last layer only the last
+        Tensor y = short_conv(qkv, li, state_of(state, cl++));
+        if (!all_logits && li == layers - 1 && t > 1) y = y.narrow(0, t - 1, 1), x = x.narrow(0, t - 1, 1);
+        if (bf16_inputs(y.size(0), int8, panel_rows)) y = y.to(at::kBFloat16);
+        rows::residual_add(x, rows_products(y, w, idx, 1, int8, panel_rows), nm[5], eps, residual_scale);
       } else {
-        att = panel::prompt_attention(q, k_cache.select(0, li).select(0, 0), v_cache.select(0, li).select(0, 0),
-                                      pos, window_start(slide, pos), slide ? window : 0, scaling, PROMPT_BLOCK, bf,
-                                      attn_cap);
+        const int64_t width = (nq + 2 * nkv) * d;
+        float* qp = q.data_ptr<float>();
+        at::parallel_for(0, t, 8, [&](int64_t r0, int64_t r1) {  // the decode step's per-head work, a row at a time
+          std::vector<float> buf;
+          for (int64_t r = r0; r < r1; ++r)
+            position_heads(rows::row_floats(qkv, r, width, buf), nm, rope.data_ptr<float>() + (pos + r) * d, li,
+                           kl, pos + r, qp + r * nq * d, cache);
+        });
+        Tensor att;
+        std::vector<float> last_att, scores;
+        if (!all_logits && li == layers - 1 && t > 1) {
+          // Past the last layer's keys and values only the last row is read (llama.cpp's inp_out_ids does the
+          // same): its attention, output product and feed-forward run for that row alone, as in the decode step
+          const int64_t p = pos + t - 1;
+          last_att.resize(nq * d);
+          attend(qp + (t - 1) * nq * d, cache, kl, nq, nkv, d, window_start(slide, p), p + 1, scaling,
+                 last_att.data(), scores, attn_cap);
+          att = torch::from_blob(last_att.data(), {1, nq * d}, x.options());
+          x = x.narrow(0, t - 1, 1);
+        } else if (few_rows(t, panel_rows)) {
+          // A few rows (a speculative step's drafted tokens, a short prompt): each row's attention as the decode step
+          // computes it, after every row's keys and values are in the cache — with the exact dot products of these
+          // row counts, the rows' logits equal one decode step a token, bit for bit (runner.py verifies drafts so)
+          att = at::empty({t, nq * d}, x.options());
+          for (int64_t r = 0; r < t; ++r)
+            attend(qp + r * nq * d, cache, kl, nq, nkv, d, window_start(slide, pos + r), pos + r + 1, scaling,
+                   att.data_ptr<float>() + r * nq * d, scores, attn_cap);
+        } else {
+          att = panel::prompt_attention(q, k_cache.select(0, kl).select(0, 0), v_cache.select(0, kl).select(0, 0),
+                                        pos, window_start(slide, pos), slide ? window : 0, scaling, PROMPT_BLOCK, bf,
+                                        attn_cap);
+        }
+        rows::residual_add(x, rows_products(att, w, idx, 1, int8, panel_rows), nm[5], eps, residual_scale);
+        ++kl;
       }
-      rows::residual_add(x, rows_products(att, w, idx, 1, int8, panel_rows), nm[5], eps, residual_scale);
       idx += 1;
       if (routers[li].numel()) {
         rows::residual_add(x, moe(pre_norm(x, nm[1], false), w, li, idx), nm[6], eps, residual_scale);
@@ -414,17 +475,21 @@ struct Step {
   // DOT_MAX_ROWS rows the products are the exact dot products, which compute each row alone: a row's logits equal
   // one decode step of its sequence (run), bit for bit, whatever else shares the step. -> float32 logits [R, vocab]
   Tensor batch(Tensor x, const std::vector<int64_t>& pos, const std::vector<int64_t>& seq,
-               const std::vector<Tensor>& k_caches, const std::vector<Tensor>& v_caches, Tensor rope_global,
-               Tensor rope_local) const {
+               const std::vector<Tensor>& k_caches, const std::vector<Tensor>& v_caches,
+               const std::vector<Tensor>& states, Tensor rope_global, Tensor rope_local) const {
     at::NoGradGuard no_grad;
     const Weights w{kinds, as, bs, mins, ns};
     x = x.contiguous().clone();
     const int64_t t = x.size(0), layers = static_cast<int64_t>(norms.size());
     TORCH_CHECK(t >= 1 && t <= DOT_MAX_ROWS && static_cast<int64_t>(pos.size()) == t &&
-                    static_cast<int64_t>(seq.size()) == t && k_caches.size() == v_caches.size(),
-                "batch: 1 to 12 rows, a position and a sequence each, a K and a V cache a sequence");
+                    static_cast<int64_t>(seq.size()) == t && k_caches.size() == v_caches.size() &&
+                    states.size() == k_caches.size(),
+                "batch: 1 to 12 rows, a position and a sequence each, a K and a V cache and a state a sequence");
     std::vector<kv::View> caches;
-    for (size_t s = 0; s < k_caches.size(); ++s) caches.push_back(cache_view(k_caches[s], v_caches[s]));
+    for (size_t s = 0; s < k_caches.size(); ++s) {
+      caches.push_back(cache_view(k_caches[s], v_caches[s]));
+      check_state(states[s]);
+    }
     for (int64_t r = 0; r < t; ++r)
       TORCH_CHECK(seq[r] >= 0 && seq[r] < static_cast<int64_t>(caches.size()) && pos[r] >= 0 &&
                       pos[r] < caches[seq[r]].cap && pos[r] < rope_global.size(0),
@@ -432,20 +497,30 @@ struct Step {
     std::vector<float> q(t * nq * d), scores;
     Tensor att = at::empty({t, nq * d}, x.options());
     const int64_t width = (nq + 2 * nkv) * d;
-    int64_t idx = 0;
+    int64_t idx = 0, kl = 0, cl = 0;
     for (int64_t li = 0; li < layers; ++li) {
       const auto& nm = norms[li];
       const bool slide = (sliding[li] & LAYER_SLIDING) != 0;
       const Tensor& rope = (slide && rope_local.numel() > 0) ? rope_local : rope_global;
       const Tensor qkv = products(pre_norm(x, nm[0], false), w, idx, n_qkv[li]).contiguous();
       idx += n_qkv[li];
-      for (int64_t r = 0; r < t; ++r)
-        position_heads(qkv.data_ptr<float>() + r * width, nm, rope.data_ptr<float>() + pos[r] * d, li, pos[r],
-                       q.data() + r * nq * d, caches[seq[r]]);
-      for (int64_t r = 0; r < t; ++r)
-        attend(q.data() + r * nq * d, caches[seq[r]], li, nq, nkv, d, window_start(slide, pos[r]), pos[r] + 1,
-               scaling, att.data_ptr<float>() + r * nq * d, scores, attn_cap);
-      rows::residual_add(x, products(att, w, idx, 1), nm[5], eps, residual_scale);
+      if (conv_layer(li)) {  // a row at a time through its sequence's state, in order (a sequence's rows follow on)
+        const int64_t h = hidden();
+        Tensor y = at::empty({t, h}, x.options());
+        for (int64_t r = 0; r < t; ++r)
+          y[r].copy_(short_conv(qkv.narrow(0, r, 1), li, state_of(states[seq[r]], cl))[0]);
+        ++cl;
+        rows::residual_add(x, products(y, w, idx, 1), nm[5], eps, residual_scale);
+      } else {
+        for (int64_t r = 0; r < t; ++r)
+          position_heads(qkv.data_ptr<float>() + r * width, nm, rope.data_ptr<float>() + pos[r] * d, li, kl, pos[r],
+                         q.data() + r * nq * d, caches[seq[r]]);
+        for (int64_t r = 0; r < t; ++r)
+          attend(q.data() + r * nq * d, caches[seq[r]], kl, nq, nkv, d, window_start(slide, pos[r]), pos[r] + 1,
+                 scaling, att.data_ptr<float>() + r * nq * d, scores, attn_cap);
+        rows::residual_add(x, products(att, w, idx, 1), nm[5], eps, residual_scale);
+        ++kl;
+      }
       idx += 1;
       if (routers[li].numel()) {
         rows::residual_add(x, moe(pre_norm(x, nm[1], false), w, li, idx), nm[6], eps, residual_scale);
