@@ -36,7 +36,12 @@ SHAPES = {
     "qwen2.5-1.5b": ("qwen2", 1536, 28, 12, 2, 8960, 151936, 1e6, None),
     "qwen2.5-3b": ("qwen2", 2048, 36, 16, 2, 11008, 151936, 1e6, None),
     "llama3.2-1b": ("llama", 2048, 16, 32, 8, 8192, 128256, 5e5, (32.0, 1.0, 4.0, 8192)),
+    # LFM2-1.2B: 10 short-convolution layers and 6 attention layers (full_attn_idxs), its feed-forward 12288 adjusted
+    # to 8192 (block_auto_adjust_ff_dim), tied head
+    "lfm2-1.2b": ("lfm2", 2048, 16, 32, 8, 8192, 65536, 1e6, None),
 }
+LFM2_ATTENTION = {"lfm2-1.2b": (2, 5, 8, 10, 12, 14)}  # its config.json's full_attn_idxs
+CONV_TAPS = 3  # LFM2's conv_L_cache
 
 
 def llama3_factors(head_dim: int, base: float, factor: float, low: float, high: float, original: int) -> np.ndarray:
@@ -69,10 +74,13 @@ def write_f16(name: str, path: Path) -> None:
     w.add_block_count(layers)
     w.add_feed_forward_length(ffn)
     w.add_head_count(heads)
-    w.add_head_count_kv(kv)
+    attention = LFM2_ATTENTION.get(name, range(layers))
+    w.add_head_count_kv([kv if i in attention else 0 for i in range(layers)] if arch == "lfm2" else kv)
     w.add_layer_norm_rms_eps(1e-6)
     w.add_rope_freq_base(base)
     w.add_rope_dimension_count(hd)
+    if arch == "lfm2":
+        w.add_shortconv_l_cache(CONV_TAPS)
     w.add_file_type(1)  # MOSTLY_F16
     w.add_tokenizer_model("gpt2")
     w.add_token_list(["a", "b", "ab"] + [f"t{i}" for i in range(3, vocab)])
@@ -93,6 +101,15 @@ def write_f16(name: str, path: Path) -> None:
     for i in range(layers):
         b = f"blk.{i}."
         norm(b + "attn_norm.weight", hidden)
+        if i not in attention:  # an LFM2 short-convolution layer: in_proj (B, C, x), taps (float32), out_proj
+            w.add_tensor(b + "shortconv.conv.weight", (0.3 * rng.standard_normal((hidden, CONV_TAPS))).astype(np.float32))
+            t(b + "shortconv.in_proj.weight", (3 * hidden, hidden))
+            t(b + "shortconv.out_proj.weight", (hidden, hidden))
+            norm(b + "ffn_norm.weight", hidden)
+            t(b + "ffn_gate.weight", (ffn, hidden))
+            t(b + "ffn_up.weight", (ffn, hidden))
+            t(b + "ffn_down.weight", (hidden, ffn))
+            continue
         t(b + "attn_q.weight", (heads * hd, hidden))
         t(b + "attn_k.weight", (kv * hd, hidden))
         t(b + "attn_v.weight", (kv * hd, hidden))
@@ -100,11 +117,15 @@ def write_f16(name: str, path: Path) -> None:
             for x, n in (("q", heads), ("k", kv), ("v", kv)):
                 w.add_tensor(b + f"attn_{x}.bias", (0.02 * rng.standard_normal(n * hd)).astype(np.float32))
         t(b + "attn_output.weight", (hidden, heads * hd))
+        if arch == "lfm2":
+            norm(b + "attn_q_norm.weight", hd)
+            norm(b + "attn_k_norm.weight", hd)
         norm(b + "ffn_norm.weight", hidden)
         t(b + "ffn_gate.weight", (ffn, hidden))
         t(b + "ffn_up.weight", (ffn, hidden))
         t(b + "ffn_down.weight", (hidden, ffn))
-    norm("output_norm.weight", hidden)  # tied output head: the token table
+    norm("token_embd_norm.weight" if arch == "lfm2" else "output_norm.weight", hidden)  # tied output head: the token
+    # table (LFM2's final norm keeps llama.cpp's name for transformers' embedding_norm)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

@@ -53,7 +53,7 @@ def test_lfm2_prompt_and_decode_agree_with_transformers(lfm2):
         top1, cos = _agree(want, got)
         assert top1 >= 0.99 and cos >= 0.999, (top1, cos)
     assert _agree(without, prompt)[1] < 0.99  # the convolutions shape the answer
-    assert b.cfg.kv_layers == LFM2_KINDS.count("attention") and b.cfg.conv_layers == LFM2_KINDS.count("conv")
+    assert b.cfg.kv_layers == LFM2_KINDS.count("attention") and b.cfg.recurrent_layers == LFM2_KINDS.count("conv")
     assert b.model.k_cache.shape[0] == b.cfg.kv_layers  # keys and values for the attention layers only
 
 

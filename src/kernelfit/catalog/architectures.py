@@ -26,6 +26,8 @@ class DecoderFamily:
     sliding_every_other: bool = False  # sliding window on alternate layers only (Gemma-2)
     short_conv: bool = False  # LFM2: layer_types "conv" layers run a gated short convolution (in_proj 3h x h, a
     # depthwise conv of conv_L_cache taps, out_proj h x h) instead of attention; their state does not grow with context
+    gated_delta: bool = False  # Qwen3.5: layer_types "linear_attention" layers run a Gated DeltaNet (linear_* sizes),
+    # the others gated attention (q_proj 2x: a gate a head); a fixed state a layer, no keys and values
 
 
 DECODERS: dict[str, DecoderFamily] = {
@@ -46,6 +48,7 @@ DECODERS: dict[str, DecoderFamily] = {
     "qwen2_moe": DecoderFamily(qkv_bias=True, attention_bias_key=None, moe=True,
                                shared_expert_key="shared_expert_intermediate_size"),
     "lfm2": DecoderFamily(qk_norm="head", attention_bias_key=None, short_conv=True),
+    "qwen3_5_text": DecoderFamily(qk_norm="head", attention_bias_key=None, gated_delta=True),
     "starcoder2": DecoderFamily(gated_mlp=False, attention_bias_key="use_bias", mlp_bias_key="use_bias",
                                 layer_norm=True),
     # the language models inside vision-language models
@@ -92,7 +95,8 @@ TRANSFORMERS_GGUF_ARCHS = ("bloom", "deci", "falcon", "gemma2", "gemma3", "gemma
 GGUF_ARCH_TO_MODEL_TYPE = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "qwen3": "qwen3",
                            "gemma": "gemma", "gemma2": "gemma2", "gemma3": "gemma3_text", "phi3": "phi3",
                            "olmo2": "olmo2", "smollm3": "smollm3", "granite": "granite", "glm4": "glm4",
-                           "qwen3moe": "qwen3_moe", "qwen2moe": "qwen2_moe", "lfm2": "lfm2"}
+                           "qwen3moe": "qwen3_moe", "qwen2moe": "qwen2_moe", "lfm2": "lfm2",
+                           "qwen35": "qwen3_5_text"}
 
 
 def supported_model_types() -> list[str]:

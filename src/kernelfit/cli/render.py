@@ -77,7 +77,7 @@ def render_plan(p: Plan) -> str:
     out = [f"kernelfit plan — {m.name} on {p.machine.name} ({p.machine.origin})", "",
            _wrap(f"Model     {m.architecture} ({m.model_type}), {m.params / 1e9:.3f} B params,{quant or ' ' + m.format}; "
                  f"{s.num_layers} layers"
-                 + (f" ({s.num_layers - s.recurrent_layers} attention, {s.recurrent_layers} short-convolution)"
+                 + (f" ({s.num_layers - s.recurrent_layers} attention, {s.recurrent_layers} {s.recurrent_kind})"
                     if s.recurrent_layers else "")
                  + f", {s.num_heads} heads / {s.num_kv_heads} KV heads, head_dim {s.head_dim}"
                  + (f", sliding window {s.sliding_window}" if s.sliding_window else ""), "")]

@@ -100,14 +100,21 @@ def build_lean(path: str | Path, prefill_dense: bool = False, progress=None, pre
 
     for i in range(cfg.layers):
         b = f"blk.{i}."
-        conv = None
-        if cfg.kind(i) is LayerKind.SHORT_CONV:  # LFM2: in_proj's B, C, x rows take the Q/K/V slot, out_proj O's
-            if not exact:
-                raise UsageError(f"{Path(path).name}: a hybrid model's short convolutions run in kernelfit's C++ step "
-                                 "only, which no C++ compiler builds here (--quantization none runs the dequantized "
-                                 "model)")
+        conv = delta = None
+        kind = cfg.kind(i)
+        if kind is not LayerKind.ATTENTION and not exact:
+            raise UsageError(f"{Path(path).name}: a hybrid model's recurrent layers run in kernelfit's C++ step only, "
+                             "which no C++ compiler builds here (--quantization none runs the dequantized model)")
+        if kind is LayerKind.SHORT_CONV:  # LFM2: in_proj's B, C, x rows take the Q/K/V slot, out_proj O's
             names, orders = [b + "shortconv.in_proj.weight"], {}
             conv = t.float_tensor(b + "shortconv.conv.weight").reshape(cfg.hidden, cfg.conv_kernel).contiguous()
+        elif kind is LayerKind.GATED_DELTA_NET:  # Qwen3.5: qkv, gate (z), beta and alpha take the Q/K/V slot
+            names, orders = [b + x for x in ("attn_qkv.weight", "attn_gate.weight", "ssm_beta.weight",
+                                             "ssm_alpha.weight")], {}
+            conv, delta = delta_tensors(t, b, cfg)
+        elif cfg.attention_gate:  # Qwen3.5's attention: Q's rows [q_h, gate_h] a head -> all q (paired), all gates
+            names = [b + "attn_q.weight", b + "attn_k.weight", b + "attn_v.weight"]
+            orders = {names[0]: gated_q_order(cfg, q_order), names[1]: k_order} if interleave else {}
         elif t.has(b + "attn_qkv.weight"):  # phi3: Q, K and V rows in one tensor, in that order
             names = [b + "attn_qkv.weight"]
             v_rows = np.arange(cfg.kv_heads * cfg.head_dim) + (cfg.heads + cfg.kv_heads) * cfg.head_dim
@@ -144,8 +151,8 @@ def build_lean(path: str | Path, prefill_dense: bool = False, progress=None, pre
             gate_up = linear(t, [b + "ffn_gate.weight", b + "ffn_up.weight"] if t.has(b + "ffn_gate.weight") else
                              [b + "ffn_up.weight"], exact=exact)
             down = linear(t, [b + "ffn_down.weight"], exact=exact)[0]
-        o = linear(t, [b + ("shortconv.out_proj.weight" if conv is not None else "attn_output.weight")],
-                   exact=exact)[0]
+        o = linear(t, [b + {LayerKind.SHORT_CONV: "shortconv.out_proj.weight", LayerKind.GATED_DELTA_NET:
+                            "ssm_out.weight"}.get(kind, "attn_output.weight")], exact=exact)[0]
         packed += [*qkv, o, *gate_up, down, *shared]
         qn = kn = None
         if t.has(b + "attn_q_norm.weight"):  # gemma3, qwen3: RMSNorm of each head's Q and K; olmo2: of all of Q, K
@@ -155,13 +162,18 @@ def build_lean(path: str | Path, prefill_dense: bool = False, progress=None, pre
                 qn, kn = qn[torch.from_numpy(q_order)], kn[torch.from_numpy(k_order)]
             elif interleave:
                 qn, kn = qn[norm_order], kn[norm_order]
+        # Qwen3.5's norm before the FFN is the file's post_attention_norm (llama.cpp's name for HF's
+        # post_attention_layernorm), not a norm of the attention's output as in Gemma 2/3
+        ffn_norm, post_attn = ((optional(b + "post_attention_norm.weight"), None) if cfg.arch == "qwen35" else
+                               (optional(b + "ffn_norm.weight"), optional(b + "post_attention_norm.weight")))
         blocks.append(Block(
             optional(b + "attn_norm.weight"), Products([product(w, prefill_dense, False, int8) for w in qkv]),
-            bias, product(o, prefill_dense, False, int8), optional(b + "ffn_norm.weight"),
+            bias, product(o, prefill_dense, False, int8), ffn_norm,
             Products([product(w, prefill_dense, False, int8) for w in gate_up]),
             product(down, prefill_dense, False, int8), qn, kn,
-            optional(b + "post_attention_norm.weight"), optional(b + "post_ffw_norm.weight"), cfg.sliding(i),
-            cfg.rotary_layer(i), router, [product(w) for w in shared], shared_gate, conv))
+            post_attn, optional(b + "post_ffw_norm.weight"), cfg.sliding(i),
+            cfg.rotary_layer(i), router, [product(w) for w in shared], shared_gate, conv, delta,
+            cfg.attention_gate and kind is LayerKind.ATTENTION))
     table = "token_embd.weight"
     embed = linear(t, [table], exact=True)[0] if exact and t.qtype(table) not in FLOAT_TYPES else regridded(t, table)
     head = linear(t, ["output.weight"], exact=exact)[0] if t.has("output.weight") else embed
@@ -192,6 +204,25 @@ def build_lean(path: str | Path, prefill_dense: bool = False, progress=None, pre
     release_free_memory()
     return LeanBuild(cfg, runner, t.conversions, nbytes, time.perf_counter() - t0, native, t.problems,
                      int8 and not prefill_dense, kv_cache)
+
+
+def delta_tensors(t, b: str, cfg: Recipe) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """A Gated DeltaNet layer's float tensors as llama.cpp's converter stores them: the conv taps [channels, K], ssm_a
+    (already -exp(A_log)), the dt bias, and the gated norm's weights (without Qwen3.5's +1: that norm has none)."""
+    nk, dk, nv, dv = cfg.delta_heads
+    channels = 2 * nk * dk + nv * dv
+    conv = t.float_tensor(b + "ssm_conv1d.weight").reshape(channels, cfg.conv_kernel).contiguous()
+    return conv, [t.float_tensor(b + "ssm_a").reshape(nv), t.float_tensor(b + "ssm_dt.bias").reshape(nv),
+                  t.float_tensor(b + "ssm_norm.weight").reshape(dv)]
+
+
+def gated_q_order(cfg: Recipe, q_order: np.ndarray | None) -> np.ndarray:
+    """Qwen3.5's Q rows [q_h (head size), gate_h (head size)] a head, re-ordered to every head's q (each head's rotary
+    halves paired as q_order pairs them) then every head's gate."""
+    d = cfg.head_dim
+    q_rows = np.concatenate([np.arange(h * 2 * d, h * 2 * d + d) for h in range(cfg.heads)])
+    gate_rows = q_rows + d
+    return np.concatenate([q_rows[q_order] if q_order is not None else q_rows, gate_rows])
 
 
 def q8_0_cache_refusal(prefill_dense: bool) -> str | None:
@@ -256,7 +287,7 @@ def forward(build: LeanBuild, ids: torch.Tensor, pos: int, all_logits: bool = Fa
         return _native(build, step, ids, pos, all_logits, cache, panel_rows)
     if cache is not None:
         raise ValueError("a sequence's own cache needs the C++ step (batch_ready)")
-    if build.cfg.experts or build.cfg.conv_layers:  # the reference model has neither routers nor convolutions
+    if build.cfg.experts or build.cfg.recurrent_layers:  # the reference model has no routers, no recurrent layers
         raise UsageError("a mixture-of-experts or hybrid file runs through the C++ step only, which is not built here")
     if not isinstance(build.model, torch.jit.ScriptModule):  # the C++ path's build: compiled on first need
         build.model = _script(build.model)
@@ -321,7 +352,8 @@ def _bound(build: LeanBuild, step):
                             *n.head, c.heads, c.kv_heads, c.head_dim, c.ffn, float(c.eps), m.scaling,
                             int(c.sliding_window or 0), c.family == "gemma", m.head.top_exact,
                             float(c.attn_softcap), float(c.final_softcap), float(c.residual_scale),
-                            float(c.logit_scale), n.routers, int(c.top_k), int(c.expert_ffn), bool(c.norm_topk))
+                            float(c.logit_scale), n.routers, int(c.top_k), int(c.expert_ffn), bool(c.norm_topk),
+                            int(c.delta_heads[0]), int(c.delta_heads[1]))
     return n.bound
 
 

@@ -27,7 +27,8 @@ KERNELS = Path(__file__).with_name("kernels")
 SOURCE = KERNELS / "step.cpp"
 HEADERS = tuple(KERNELS / h for h in ("dot_kernels.h", "gemm_kernels.h", "rows_kernels.h", "unpack_kernels.h",
                                       "panel_gemm.h", "panel_attention.h", "decode_attention.h",
-                                      "bf16_rows.h", "kv_cache.h", "repack_kernels.h", "short_conv.h"))
+                                      "bf16_rows.h", "kv_cache.h", "repack_kernels.h", "short_conv.h",
+                                      "delta_net.h"))
 # The dot products are compiled for this machine's vector ISA (-march=native on x86-64, where AVX2/VNNI decide
 # their speed; elsewhere they are scalar and the loader keeps torch's kernels, and some compilers refuse the flag),
 # so a build is keyed by the CPU too: a cache folder shared by machines of different CPUs keeps one build each.
@@ -255,7 +256,8 @@ class NativeArgs:
 
 
 NO_ROTARY = 2  # a layer flag beside sliding (1) in NativeArgs.sliding: Q and K not rotated (step.cpp LAYER_NO_ROTARY)
-SHORT_CONV = 4  # and a short-convolution layer, no keys and values (step.cpp LAYER_CONV)
+SHORT_CONV, DELTA_NET, GATED = 4, 8, 16  # a short-convolution layer, a Gated DeltaNet layer (neither keeps keys and
+# values), attention with an output gate (step.cpp LAYER_CONV, LAYER_DELTA, LAYER_GATED)
 
 
 def native_args(model) -> NativeArgs:
@@ -272,7 +274,7 @@ def native_args(model) -> NativeArgs:
         n.append(int(p.out_features))
 
     for blk in model.blocks:
-        parts = [blk.qkv.p0, blk.qkv.p1, blk.qkv.p2][:blk.qkv.n]
+        parts = list(blk.qkv.parts)
         for p in parts:
             add(p)
         add(blk.o)
@@ -287,8 +289,10 @@ def native_args(model) -> NativeArgs:
         norms.append([blk.attn_norm, blk.ffn_norm, blk.qkv_bias if blk.has_bias else empty,
                       blk.q_norm if blk.has_qk_norm else empty, blk.k_norm if blk.has_qk_norm else empty,
                       blk.post_attn_norm if blk.has_post_norms else empty,
-                      blk.post_ffn_norm if blk.has_post_norms else empty, blk.shared_gate, blk.conv])
-        sliding.append(int(blk.sliding) | (0 if blk.rotary else NO_ROTARY) | (SHORT_CONV if blk.conv.numel() else 0))
+                      blk.post_ffn_norm if blk.has_post_norms else empty, blk.shared_gate, blk.conv,
+                      *(blk.delta or [empty] * 3)])
+        kind = (DELTA_NET if blk.delta else SHORT_CONV) if blk.conv.numel() else 0
+        sliding.append(int(blk.sliding) | (0 if blk.rotary else NO_ROTARY) | kind | (GATED if blk.gated else 0))
         routers.append(blk.router)
     h = model.head
     e = model.embed_dot

@@ -52,6 +52,7 @@ class LayerKind(Enum):
     ATTENTION = "attention"
     SHORT_CONV = "short_conv"  # LFM2: in_proj -> B, C, x; y = C * causal depthwise conv(B * x); out_proj. Its state:
     # the last conv_kernel - 1 values of B * x (engine/recurrent.py), not a KV cache
+    GATED_DELTA_NET = "gated_delta_net"  # Qwen3.5: a gated delta-rule linear attention (engine/kernels/delta_net.h)
 
 
 class RotaryKind(Enum):
@@ -147,7 +148,9 @@ class Recipe:
     expert_ffn: int = 0
     norm_topk: bool = False  # the chosen experts' weights renormalised to sum 1 (Qwen3-MoE's norm_topk_prob)
     layer_kinds: tuple[LayerKind, ...] = ()  # per layer; empty: every layer attention
-    conv_kernel: int = 0  # LFM2's short convolution: taps a channel (its L_cache, 3)
+    conv_kernel: int = 0  # taps a channel of a recurrent layer's convolution (LFM2's L_cache 3, Qwen3.5's 4)
+    delta_heads: tuple[int, int, int, int] = (0, 0, 0, 0)  # Gated DeltaNet: key heads, key size, value heads, size
+    attention_gate: bool = False  # Qwen3.5: the Q product also gives a gate a query head; output * sigmoid(gate)
 
     def kind(self, layer: int) -> LayerKind:
         return self.layer_kinds[layer] if self.layer_kinds else LayerKind.ATTENTION
@@ -158,8 +161,9 @@ class Recipe:
         return sum(self.kind(i) is LayerKind.ATTENTION for i in range(self.layers))
 
     @property
-    def conv_layers(self) -> int:
-        return sum(self.kind(i) is LayerKind.SHORT_CONV for i in range(self.layers))
+    def recurrent_layers(self) -> int:
+        """Layers that keep a fixed recurrent state instead of keys and values."""
+        return self.layers - self.kv_layers
 
     def sliding(self, layer: int) -> bool:
         return bool(self.sliding_window and self.sliding_pattern and (layer + 1) % self.sliding_pattern)
@@ -240,7 +244,8 @@ def recipe_from_gguf(h, rope_freqs: torch.Tensor | None = None) -> Recipe:
         raise UsageError(f"{Path(h.path).name}: an olmo2 file with a sliding window (OLMo 3) is not run by the packed "
                          "CPU runner yet")
     hidden = int(h.arch_key("embedding_length"))
-    layers = int(h.arch_key("block_count"))
+    # Qwen3.5's multi-token-prediction blocks follow the model's own (llama.cpp runs them only to draft): not run here
+    layers = int(h.arch_key("block_count")) - int(h.arch_key("nextn_predict_layers") or 0)
     heads, kv_heads, kinds = _heads_per_layer(h, layers)
     tokens = h.metadata.get("tokenizer.ggml.tokens")
     gemma = arch in ("gemma", "gemma2", "gemma3")
@@ -251,7 +256,9 @@ def recipe_from_gguf(h, rope_freqs: torch.Tensor | None = None) -> Recipe:
     return Recipe(
         family="gemma" if gemma else "llama", arch=arch, hidden=hidden, layers=layers,
         heads=heads, kv_heads=kv_heads, layer_kinds=kinds,
-        conv_kernel=int(h.arch_key("shortconv.l_cache") or 0) if arch == "lfm2" else 0,
+        conv_kernel=int(h.arch_key("shortconv.l_cache") or 0) if arch == "lfm2" else
+        int(h.arch_key("ssm.conv_kernel") or 0) if arch == "qwen35" else 0,
+        **(_delta_heads(h) if arch == "qwen35" else {}),
         head_dim=int(h.arch_key("attention.key_length") or hidden // heads),
         ffn=int(h.arch_key("feed_forward_length")),
         vocab=int(getattr(tokens, "count", None) or h.arch_key("vocab_size")),
@@ -292,6 +299,15 @@ def _heads_per_layer(h, layers: int) -> tuple[int, int, tuple[LayerKind, ...]]:
     q = per_layer("attention.head_count")
     kv = per_layer("attention.head_count_kv", q if isinstance(h.arch_key("attention.head_count"), (list, tuple))
                    else h.arch_key("attention.head_count"))
+    if h.architecture == "qwen35":  # llama.cpp's converter: a flag a layer (its MTP blocks' last), else every Nth
+        # layer attends (full_attention_interval, 4)
+        flags = h.arch_key("attention.recurrent_layers")
+        if isinstance(flags, (list, tuple)):
+            recurrent = [bool(x) for x in flags[:layers]]
+        else:
+            every = int(h.arch_key("full_attention_interval") or 4)
+            recurrent = [(i + 1) % every != 0 for i in range(layers)]
+        return q[0], kv[0], tuple(LayerKind.GATED_DELTA_NET if r else LayerKind.ATTENTION for r in recurrent)
     if h.architecture != "lfm2":
         return q[0], kv[0], ()
     attention = [i for i in range(layers) if kv[i] > 0]
@@ -300,6 +316,18 @@ def _heads_per_layer(h, layers: int) -> tuple[int, int, tuple[LayerKind, ...]]:
                          "none) is not one the packed CPU runner runs")
     kinds = tuple(LayerKind.ATTENTION if kv[i] > 0 else LayerKind.SHORT_CONV for i in range(layers))
     return q[attention[0]], kv[attention[0]], kinds
+
+
+def _delta_heads(h) -> dict:
+    """Qwen3.5's Gated DeltaNet sizes as llama.cpp's converter stores them (ssm.group_count: key heads, ssm.state_size:
+    their size, ssm.time_step_rank: value heads, ssm.inner_size: all value heads' size), and its gated attention."""
+    nk, dk = int(h.arch_key("ssm.group_count")), int(h.arch_key("ssm.state_size"))
+    nv = int(h.arch_key("ssm.time_step_rank"))
+    inner = int(h.arch_key("ssm.inner_size"))
+    if nv <= 0 or inner % nv or nv % nk:
+        raise UsageError(f"{Path(h.path).name}: ssm.inner_size {inner} is not whole heads of ssm.time_step_rank {nv} "
+                         f"over ssm.group_count {nk} key heads; the file is damaged")
+    return {"delta_heads": (nk, dk, nv, inner // nv), "attention_gate": True}
 
 
 def llama3_factors(base: float, dim: int, rope: dict) -> tuple[float, ...]:

@@ -1,6 +1,7 @@
 """A sequence's recurrent state: what a hybrid model's non-attention layers carry from one position to the next
-(LFM2's short convolutions: the last L - 1 values of B * x a channel, engine/kernels/short_conv.h), beside the KV
-cache of its attention layers. Its size does not depend on the context.
+(LFM2's short convolutions: the last L - 1 values of B * x a channel, engine/kernels/short_conv.h; Qwen3.5's Gated
+DeltaNet: its convolution's last inputs and a [key size, value size] matrix a head, engine/kernels/delta_net.h),
+beside the KV cache of its attention layers. Its size does not depend on the context.
 
 Unlike keys and values, the state cannot be cut back to an earlier position: it holds the latest position's only.
 So every call checks that the state is at the position it starts from (forward in engine/build.py), and a caller
@@ -17,12 +18,13 @@ from dataclasses import dataclass, field
 
 import torch
 
-CHECKPOINTS = 8  # copies a sequence keeps (llama-server's --ctx-checkpoints default); LFM2-1.2B's: 160 KiB each
+CHECKPOINTS = 8  # copies a sequence keeps (llama-server's --ctx-checkpoints default); LFM2-1.2B's: 160 KiB each,
+# Qwen3.5-0.8B's ~19 MiB
 
 
 @dataclass
 class State:
-    values: torch.Tensor  # float32 [conv layers, L - 1, hidden]
+    values: torch.Tensor  # float32, every recurrent layer's state one after another (state_floats)
     at: int = 0  # the position the next call starts at: what positions before it left in the layers
 
     @property
@@ -39,13 +41,29 @@ class State:
 
 def empty_state(cfg) -> State | None:
     """A zeroed state for the recipe's recurrent layers (the state before position 0), or None without any."""
-    if not cfg.conv_layers:
-        return None
-    return State(torch.zeros(cfg.conv_layers, cfg.conv_kernel - 1, cfg.hidden))
+    n = state_floats(cfg)
+    return State(torch.zeros(n)) if n else None
+
+
+def state_floats(cfg) -> int:
+    """Values a sequence's state holds, layer after layer (step.cpp state_offsets): a short convolution's last L - 1
+    inputs; a Gated DeltaNet layer's conv inputs and its [value heads, key size, value size] matrix."""
+    return sum(layer_state_floats(cfg, cfg.kind(i)) for i in range(cfg.layers))
+
+
+def layer_state_floats(cfg, kind) -> int:
+    from .recipe import LayerKind
+
+    if kind is LayerKind.SHORT_CONV:
+        return (cfg.conv_kernel - 1) * cfg.hidden
+    if kind is LayerKind.GATED_DELTA_NET:
+        nk, dk, nv, dv = cfg.delta_heads
+        return (cfg.conv_kernel - 1) * (2 * nk * dk + nv * dv) + nv * dk * dv
+    return 0
 
 
 def state_bytes(cfg) -> int:
-    return cfg.conv_layers * (cfg.conv_kernel - 1) * cfg.hidden * 4
+    return 4 * state_floats(cfg)
 
 
 def check_position(state: State | None, pos: int) -> None:

@@ -185,8 +185,8 @@ class Product(nn.Module):
 
 
 class Products(nn.Module):
-    """Up to three products over the same input, concatenated (Q, K and V or gate and up, when their
-    layouts differ and cannot be one fused product)."""
+    """Products over the same input, concatenated (Q, K and V or gate and up, when their layouts differ and cannot be
+    one fused product)."""
 
     def __init__(self, parts: List[Product]):
         super().__init__()
@@ -194,6 +194,9 @@ class Products(nn.Module):
         self.p0 = parts[0]
         self.p1 = parts[1] if len(parts) > 1 else parts[0]
         self.p2 = parts[2] if len(parts) > 2 else parts[0]
+        # every part, for the C++ step (Qwen3.5's Gated DeltaNet has four: qkv, gate, beta, alpha; such a layer never
+        # runs here, whose forward concatenates up to three)
+        self.parts = nn.ModuleList(parts)
         # all parts on the int8 GEMM: one call quantizes the input once and writes each part's columns (no cat);
         # all on the bf16 path: one call too (_bf16_parts)
         self.int8_parts = all(p.kind in (DOT4, DOT8) and p.int8_prefill for p in parts)
@@ -227,7 +230,8 @@ class Block(nn.Module):
     def __init__(self, attn_norm, qkv: Products, qkv_bias, o: Product, ffn_norm, gate_up: Products, down: Product,
                  q_norm, k_norm, post_attn_norm, post_ffn_norm, sliding: bool, rotary: bool = True,
                  router: Optional[torch.Tensor] = None, shared: Optional[List[Product]] = None,
-                 shared_gate: Optional[torch.Tensor] = None, conv: Optional[torch.Tensor] = None):
+                 shared_gate: Optional[torch.Tensor] = None, conv: Optional[torch.Tensor] = None,
+                 delta: Optional[List[torch.Tensor]] = None, gated: bool = False):
         super().__init__()
         empty = torch.empty(0)
         self.attn_norm, self.ffn_norm = attn_norm, ffn_norm
@@ -251,9 +255,12 @@ class Block(nn.Module):
         # Qwen2-MoE's shared expert (gate, up, down products) and its sigmoid gate's weights: the C++ step only too
         self.shared = nn.ModuleList(shared or [])
         self.shared_gate = shared_gate if shared_gate is not None else empty
-        # a short-convolution layer's taps float32 [hidden, L] (LFM2; qkv is then its in_proj, o its out_proj): the
-        # C++ step only
+        # a recurrent layer's convolution taps float32 [channels, L] (the C++ step only): LFM2's short convolution (qkv
+        # is then its in_proj, o its out_proj), or with `delta` ([ssm_a, ssm_dt bias, ssm_norm]) Qwen3.5's Gated
+        # DeltaNet (qkv: its qkv, gate, beta and alpha products; o: ssm_out)
         self.conv = conv if conv is not None else empty
+        self.delta = delta or []
+        self.gated = gated  # Qwen3.5's attention: Q's product also gives the gates of its output
 
 
 class LeanLM(nn.Module):

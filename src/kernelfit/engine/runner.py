@@ -119,7 +119,7 @@ class LeanRunner:
         """Drafts are checked in one multi-row step whose logits equal the decode step's: the C++ step with the
         file's groups in every product and a dot-group head (forward's all-logits path). Not on a hybrid: its
         recurrent state cannot be moved back past a rejected draft (engine/recurrent.py)."""
-        return native_all_logits(self.build) and not self.build.cfg.conv_layers
+        return native_all_logits(self.build) and not self.build.cfg.recurrent_layers
 
     def greedy(self, prompt_ids: list[int], first: int, pos: int, max_new: int, speculative: bool = True):
         """Yield greedy tokens from `first` (the token after the prompt, not yet in the cache, at position `pos`)

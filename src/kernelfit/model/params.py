@@ -63,6 +63,17 @@ def decoder_params(cfg: dict, model_type: str) -> int:
     per_layer = attn + mlp + fam.norms_per_layer * norm_params
     tied = fam.always_tied or bool(cfg.get("tie_word_embeddings", False))
     embeddings = vocab * h * (1 if tied else 2)
+    if fam.gated_delta:  # Qwen3.5: gated attention's q_proj is twice the queries; Gated DeltaNet layers instead
+        attn += q * h
+        lin = sum(t == "linear_attention" for t in cfg.get("layer_types") or [])
+        nk, dk = int(cfg.get("linear_num_key_heads") or 16), int(cfg.get("linear_key_head_dim") or 128)
+        nv, dv = int(cfg.get("linear_num_value_heads") or 32), int(cfg.get("linear_value_head_dim") or 128)
+        channels = 2 * nk * dk + nv * dv
+        delta = (h * channels + h * nv * dv + 2 * h * nv + channels * int(cfg.get("linear_conv_kernel_dim") or 4)
+                 + 2 * nv + dv + nv * dv * h)  # in_proj_qkv, z, b, a; conv; dt_bias, A_log; norm; out_proj
+        per_delta = delta + mlp + fam.norms_per_layer * norm_params
+        return (layers - lin) * (attn + mlp + fam.norms_per_layer * norm_params) + lin * per_delta + embeddings + \
+            norm_params
     conv = 0
     if fam.short_conv:  # LFM2's conv layers: in_proj (3h x h), out_proj (h x h), the depthwise taps, no attention
         conv = sum(t == "conv" for t in cfg.get("layer_types") or [])

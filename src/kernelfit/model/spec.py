@@ -43,6 +43,7 @@ class SubModel:
     sliding_window: int | None = None
     sliding_layers: int = 0  # layers that use the sliding window
     recurrent_layers: int = 0  # layers without keys and values (LFM2's short convolutions): no KV cache
+    recurrent_kind: str = ""  # what they are, for people: "short-convolution", "Gated DeltaNet"
     state_values: int = 0  # float32 values a sequence's recurrent layers keep, whatever its length
     tie_embeddings: bool = False
     causal: bool = True
@@ -146,13 +147,15 @@ def _decoder(cfg: dict, model_type: str, role: str, key: str | None, where: str)
     sliding_layers = 0 if window is None else (layers // 2 if fam.sliding_every_other else layers)
     if window is not None and isinstance(cfg.get("layer_types"), list):  # Gemma-3: 5 local layers : 1 global
         sliding_layers = sum(t == "sliding_attention" for t in cfg["layer_types"])
-    recurrent = 0
-    if fam.short_conv:
+    recurrent = state = 0
+    if fam.short_conv or fam.gated_delta:
         types = cfg.get("layer_types")
+        kind = "conv" if fam.short_conv else "linear_attention"
         if not isinstance(types, list) or len(types) != layers:
-            raise UsageError(f"{where}: an {model_type} config needs layer_types, one per layer (\"conv\" or "
+            raise UsageError(f"{where}: a {model_type} config needs layer_types, one per layer (\"{kind}\" or "
                              "\"full_attention\")")
-        recurrent = sum(t == "conv" for t in types)
+        recurrent = sum(t == kind for t in types)
+        state = recurrent * recurrent_state_values(cfg, fam.short_conv)
     features = []
     if window:
         features.append(SLIDING_WINDOW)
@@ -166,10 +169,22 @@ def _decoder(cfg: dict, model_type: str, role: str, key: str | None, where: str)
         head_dim=head_dim_of(cfg), intermediate_size=ffn_size(cfg),
         vocab_size=int(cfg["vocab_size"]), max_positions=cfg.get("max_position_embeddings"),
         sliding_window=window, sliding_layers=sliding_layers, recurrent_layers=recurrent,
-        state_values=recurrent * (int(cfg.get("conv_L_cache") or 3) - 1) * int(cfg["hidden_size"]),
+        recurrent_kind=("short-convolution" if fam.short_conv else "Gated DeltaNet") if recurrent else "",
+        state_values=state,
         tie_embeddings=fam.always_tied or bool(cfg.get("tie_word_embeddings", False)),
         features=tuple(features),
     )
+
+
+def recurrent_state_values(cfg: dict, short_conv: bool) -> int:
+    """float32 values one recurrent layer keeps a sequence (engine/recurrent.py layer_state_floats): LFM2's last L - 1
+    convolution inputs; a Gated DeltaNet's last K - 1 convolution inputs and a [key size, value size] matrix a value
+    head."""
+    if short_conv:
+        return (int(cfg.get("conv_L_cache") or 3) - 1) * int(cfg["hidden_size"])
+    nk, dk = int(cfg.get("linear_num_key_heads") or 16), int(cfg.get("linear_key_head_dim") or 128)
+    nv, dv = int(cfg.get("linear_num_value_heads") or 32), int(cfg.get("linear_value_head_dim") or 128)
+    return (int(cfg.get("linear_conv_kernel_dim") or 4) - 1) * (2 * nk * dk + nv * dv) + nv * dk * dv
 
 
 def _vision(cfg: dict, where: str) -> SubModel:
@@ -259,6 +274,16 @@ def spec_from_gguf(path: Path, name: str, model_dir: str | None = None) -> Model
         cfg["sliding_window"] = h.arch_key("attention.sliding_window")
         cfg["layer_types"] = ["full_attention" if (i + 1) % 6 == 0 else "sliding_attention"
                               for i in range(int(cfg["num_hidden_layers"]))]
+    if model_type == "qwen3_5_text":  # llama.cpp's converter: the MTP blocks after the model's, a flag a recurrent layer
+        cfg["num_hidden_layers"] -= int(h.arch_key("nextn_predict_layers") or 0)
+        flags = h.arch_key("attention.recurrent_layers")
+        every = int(h.arch_key("full_attention_interval") or 4)
+        cfg["layer_types"] = ["linear_attention" if (flags[i] if isinstance(flags, (list, tuple)) else (i + 1) % every)
+                              else "full_attention" for i in range(cfg["num_hidden_layers"])]
+        nv = int(h.arch_key("ssm.time_step_rank"))
+        cfg.update(linear_conv_kernel_dim=h.arch_key("ssm.conv_kernel"), linear_key_head_dim=h.arch_key("ssm.state_size"),
+                   linear_num_key_heads=h.arch_key("ssm.group_count"), linear_num_value_heads=nv,
+                   linear_value_head_dim=int(h.arch_key("ssm.inner_size")) // nv)
     if model_type == "lfm2":  # llama.cpp's converter: head_count_kv 0 on the short-convolution layers
         cfg["layer_types"] = ["full_attention" if n else "conv" for n in (per_layer or [1] * cfg["num_hidden_layers"])]
         cfg["conv_L_cache"] = h.arch_key("shortconv.l_cache", 3)

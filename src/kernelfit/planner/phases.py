@@ -172,5 +172,5 @@ def hybrid_state(model: ModelSpec) -> str:
     if not t.recurrent_layers:
         return ""
     return (f"; only its {t.num_layers - t.recurrent_layers} attention layers keep keys and values: its "
-            f"{t.recurrent_layers} short-convolution layers keep a state of {t.state_values * 4 / 1024:.0f} KiB a "
+            f"{t.recurrent_layers} {t.recurrent_kind} layers keep a state of {t.state_values * 4 / 1024:.0f} KiB a "
             "sequence, whatever the context")

@@ -82,7 +82,7 @@ class Batcher:
             seq, same = self.pool.acquire(job.prompt_ids)
             job.cached = same
             # drafts: unconstrained rows, greedy or sampled; not a hybrid's (its recurrent state keeps rejected drafts)
-            drafts = job.matcher is None and not self.pool.build.cfg.conv_layers
+            drafts = job.matcher is None and not self.pool.build.cfg.recurrent_layers
             self.active.append(Active(job, seq, same, len(job.prompt_ids) - 1, job.prompt_ids[-1],
                                       self.engine._generator(job.sampling, "cpu"),
                                       PromptLookup(job.prompt_ids) if drafts else None, DraftGate()))

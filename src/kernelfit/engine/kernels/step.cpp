@@ -24,6 +24,7 @@
 #include "bf16_rows.h"
 #include "repack_kernels.h"
 #include "short_conv.h"
+#include "delta_net.h"
 
 using at::Tensor;
 
@@ -82,8 +83,10 @@ void head_vector(const float* src, const float* bias, const float* w, const floa
   }
 }
 
-constexpr int64_t LAYER_SLIDING = 1, LAYER_NO_ROTARY = 2, LAYER_CONV = 4;  // a layer's flags (native.py
-// NativeArgs.sliding); LAYER_CONV: a short-convolution layer (short_conv.h), no keys and values
+// a layer's flags (native.py NativeArgs.sliding). LAYER_CONV: a short-convolution layer (short_conv.h), LAYER_DELTA a
+// Gated DeltaNet layer (delta_net.h): neither keeps keys and values. LAYER_GATED: attention whose Q product also
+// gives a gate a query head (Qwen3.5: its rows [q, gate] after K and V... see attention_row), output * sigmoid(gate)
+constexpr int64_t LAYER_SLIDING = 1, LAYER_NO_ROTARY = 2, LAYER_CONV = 4, LAYER_DELTA = 8, LAYER_GATED = 16;
 constexpr int64_t DOT_MAX_ROWS = 12;  // lean_lm.py's: calls of up to 12 rows take the exact dot products
 constexpr int64_t PROMPT_BLOCK = 128;  // lean_lm.py's: a prompt's attention in blocks of 128 queries
 
@@ -95,9 +98,10 @@ constexpr int64_t PROMPT_BLOCK = 128;  // lean_lm.py's: a prompt's attention in 
 // run: x float32 [1, hidden] (the token's embedding, already scaled) -> float32 logits [1, vocab].
 // Per layer li, in order: its QKV products (n_qkv[li] of them), O, gate/up parts (n_gu[li]), down.
 // norms[li]: {attn_norm, ffn_norm, qkv_bias, q_norm, k_norm, post_attn_norm, post_ffn_norm, shared_expert_gate,
-// conv taps} (empty = absent). A short-convolution layer (LAYER_CONV) has one "QKV" product, its in_proj, and O is its
-// out_proj; the KV cache holds the attention layers only (slot kl: the layer's rank among them), and `state` a
-// sequence's convolution states, float32 [conv layers, L - 1, hidden] (slot cl), empty without such layers.
+// conv taps, ssm_a, ssm_dt bias, ssm_norm} (empty = absent). A short-convolution layer (LAYER_CONV) has one "QKV"
+// product, its in_proj, and O is its out_proj; a Gated DeltaNet layer (LAYER_DELTA) its qkv, gate (z), beta and alpha
+// products, and O its ssm_out. The KV cache holds the attention layers only (slot kl: the layer's rank among them), and
+// `state` a sequence's recurrent layers' states, float32, one after another (state_offsets), empty without them.
 struct Step {
   std::vector<int64_t> kinds;
   std::vector<Tensor> as, bs, mins;
@@ -119,6 +123,7 @@ struct Step {
   std::vector<Tensor> routers;
   int64_t top_k = 0, expert_ffn = 0;
   bool norm_topk = false;
+  int64_t lin_nk = 0, lin_dk = 0;  // Gated DeltaNet: key heads and their size (value heads: ssm_a, size: ssm_norm)
 
   // One expert's rows of product i (its tiles: the expert's rows are whole tiles) over x: the exact dot products up
   // to DOT_MAX_ROWS rows (each row alone, as the decode step), else the bf16 panels
@@ -198,30 +203,42 @@ struct Step {
   }
 
   bool conv_layer(int64_t li) const { return (sliding[li] & LAYER_CONV) != 0; }
+  bool delta_layer(int64_t li) const { return (sliding[li] & LAYER_DELTA) != 0; }
+  bool attention_layer(int64_t li) const { return !conv_layer(li) && !delta_layer(li); }
+  bool gated(int64_t li) const { return (sliding[li] & LAYER_GATED) != 0; }
 
-  int64_t count_layers(bool conv) const {
+  int64_t kv_layers() const {
     int64_t n = 0;
-    for (size_t li = 0; li < norms.size(); ++li) n += conv_layer(static_cast<int64_t>(li)) == conv;
+    for (size_t li = 0; li < norms.size(); ++li) n += attention_layer(static_cast<int64_t>(li));
     return n;
   }
 
-  // a sequence's convolution states: float32 [conv layers, L - 1, hidden], contiguous (empty where there are none)
-  void check_state(const Tensor& state) const {
-    const int64_t n = count_layers(true);
-    if (n == 0) return;
-    const int64_t taps = norms[first_conv()][8].size(1);
-    TORCH_CHECK(state.dim() == 3 && state.size(0) == n && state.size(1) == taps - 1 && state.size(2) == hidden() &&
-                    state.scalar_type() == at::kFloat && state.is_contiguous(),
-                "recurrent state: float32 [conv layers, L - 1, hidden] for this model");
-  }
-
-  int64_t first_conv() const {
-    for (size_t li = 0; li < norms.size(); ++li)
-      if (conv_layer(static_cast<int64_t>(li))) return static_cast<int64_t>(li);
-    return -1;
-  }
-
   int64_t hidden() const { return final_norm.numel(); }
+
+  delta::Dims dims(int64_t li) const {
+    return {lin_nk, lin_dk, norms[li][9].numel(), norms[li][11].numel(), norms[li][8].size(1)};
+  }
+
+  // where each layer's state starts in a sequence's state (the last entry: its size)
+  std::vector<int64_t> state_offsets() const {
+    std::vector<int64_t> off(norms.size() + 1, 0);
+    for (size_t li = 0; li < norms.size(); ++li) {
+      const int64_t l = static_cast<int64_t>(li);
+      const int64_t n = conv_layer(l) ? (norms[l][8].size(1) - 1) * hidden() : delta_layer(l) ? dims(l).state_floats()
+                                                                                               : 0;
+      off[li + 1] = off[li] + n;
+    }
+    return off;
+  }
+
+  // a sequence's recurrent state: float32, contiguous, the size state_offsets gives (empty where there is none)
+  std::vector<int64_t> checked_offsets(const Tensor& state) const {
+    auto off = state_offsets();
+    if (off.back() > 0)
+      TORCH_CHECK(state.numel() == off.back() && state.scalar_type() == at::kFloat && state.is_contiguous(),
+                  "recurrent state: ", off.back(), " float32 values for this model");
+    return off;
+  }
 
   // layer li's short convolution over in_proj's rows bcx [t, 3 hidden] (any float type), its state at `st` (updated)
   // -> float32 [t, hidden], the input of its out_proj
@@ -233,8 +250,48 @@ struct Step {
     return y;
   }
 
-  float* state_of(const Tensor& state, int64_t cl) const {
-    return state.data_ptr<float>() + cl * state.size(1) * state.size(2);
+  // layer li's Gated DeltaNet over its products' rows [t, inputs] (any float type), a row at a time through its
+  // state at `st` -> float32 [t, value_dim], the input of its ssm_out
+  Tensor delta_rows(const Tensor& p_in, int64_t li, float* st) const {
+    const Tensor p = p_in.to(at::kFloat).contiguous();
+    const auto& nm = norms[li];
+    const delta::Dims m = dims(li);
+    TORCH_CHECK(p.size(1) == m.inputs(), "Gated DeltaNet: the layer's products give ", p.size(1), " values a row, its sizes ",
+                m.inputs());
+    Tensor y = at::empty({p.size(0), m.value_dim()}, p.options());
+    for (int64_t r = 0; r < p.size(0); ++r)
+      delta::step(p.data_ptr<float>() + r * p.size(1), m, nm[8].data_ptr<float>(), nm[9].data_ptr<float>(),
+                  nm[10].data_ptr<float>(), nm[11].data_ptr<float>(), eps, st, y.data_ptr<float>() + r * m.value_dim());
+    return y;
+  }
+
+  // A recurrent layer's rows through its state: rows [t, inputs] -> float32 [t, width of its output product]
+  Tensor recurrent_rows(const Tensor& rows, int64_t li, float* st) const {
+    return conv_layer(li) ? short_conv(rows, li, st) : delta_rows(rows, li, st);
+  }
+
+  // One position's attention products src as position_heads reads them, [Q | K | V]: a gated layer's Q product rows
+  // are [q, gate] (Qwen3.5's per-head [q_h, gate_h] rows, re-ordered at load to all q then all gates: build.py)
+  const float* attention_row(const float* src, int64_t li, std::vector<float>& buf) const {
+    if (!gated(li)) return src;
+    buf.resize((nq + 2 * nkv) * d);
+    std::copy(src, src + nq * d, buf.begin());
+    std::copy(src + 2 * nq * d, src + 2 * nq * d + 2 * nkv * d, buf.begin() + nq * d);
+    return buf.data();
+  }
+
+  // a gated layer's attention output rows att [r, nq d] times sigmoid of the gates of its products' rows first..
+  // -> float32 (att itself where the layer has no gate)
+  Tensor gate_output(const Tensor& att, int64_t li, const Tensor& qkv, int64_t first) const {
+    if (!gated(li)) return att;
+    Tensor out = att.to(at::kFloat).contiguous().clone();
+    std::vector<float> buf;
+    for (int64_t r = 0; r < out.size(0); ++r) {
+      const float* g = rows::row_floats(qkv, first + r, qkv.size(1), buf) + nq * d;
+      float* o = out.data_ptr<float>() + r * nq * d;
+      for (int64_t i = 0; i < nq * d; ++i) o[i] *= 1.f / (1.f + std::exp(-g[i]));
+    }
+    return out;
   }
 
   Tensor run(Tensor x, int64_t pos, Tensor k_cache, Tensor v_cache, Tensor state, Tensor rope_global,
@@ -244,24 +301,24 @@ struct Step {
     x = x.contiguous().clone();
     const int64_t layers = static_cast<int64_t>(norms.size());
     const kv::View cache = cache_view(k_cache, v_cache);
-    check_state(state);
-    std::vector<float> q(nq * d), att(nq * d), scores;
-    int64_t idx = 0, kl = 0, cl = 0;
+    const auto offs = checked_offsets(state);
+    std::vector<float> q(nq * d), att(nq * d), scores, row;
+    int64_t idx = 0, kl = 0;
     for (int64_t li = 0; li < layers; ++li) {
       const auto& nm = norms[li];
       auto qkv = products(pre_norm(x, nm[0], false), w, idx, n_qkv[li]);
       idx += n_qkv[li];
-      if (conv_layer(li)) {
-        rows::residual_add(x, product(short_conv(qkv, li, state_of(state, cl++)), w, idx), nm[5], eps,
-                           residual_scale);
+      if (!attention_layer(li)) {
+        rows::residual_add(x, product(recurrent_rows(qkv, li, state.data_ptr<float>() + offs[li]), w, idx), nm[5],
+                           eps, residual_scale);
       } else {
         bool slide = (sliding[li] & LAYER_SLIDING) != 0;
         const Tensor& rope = (slide && rope_local.numel() > 0) ? rope_local : rope_global;
         const float* cs = rope.data_ptr<float>() + pos * d;  // [cap, d/2, 2]
-        position_heads(qkv.data_ptr<float>(), nm, cs, li, kl, pos, q.data(), cache);
+        position_heads(attention_row(qkv.data_ptr<float>(), li, row), nm, cs, li, kl, pos, q.data(), cache);
         attend(q.data(), cache, kl++, nq, nkv, d, window_start(slide, pos), pos + 1, scaling, att.data(), scores,
                attn_cap);
-        auto o = product(torch::from_blob(att.data(), {1, nq * d}, x.options()), w, idx);
+        auto o = product(gate_output(torch::from_blob(att.data(), {1, nq * d}, x.options()), li, qkv, 0), w, idx);
         rows::residual_add(x, o, nm[5], eps, residual_scale);
       }
       idx += 1;
@@ -293,7 +350,7 @@ struct Step {
   // a sequence's K and V caches (kv_cache.h: float32, float16 or Q8_0 rows) for this model's layers and heads
   kv::View cache_view(const Tensor& k, const Tensor& v) const {
     const kv::View c = kv::View::of(k, v);
-    TORCH_CHECK(k.size(0) == count_layers(false) && k.size(2) == nkv && kv::head_size(k) == d &&
+    TORCH_CHECK(k.size(0) == kv_layers() && k.size(2) == nkv && kv::head_size(k) == d &&
                     c.width == kv::width(c.kind, d),
                 "KV cache: [layers, 1, kv heads, positions, width] for this model");
     return c;
@@ -397,9 +454,9 @@ struct Step {
     const kv::View cache = cache_view(k_cache, v_cache);
     TORCH_CHECK(pos + t <= cache.cap, "prefill: positions beyond the KV cache");
     TORCH_CHECK(!all_logits || head_kind >= 4, "prefill: all logits need a dot-group or bf16-rows head");
-    check_state(state);
+    const auto offs = checked_offsets(state);
     Tensor q = at::empty({t, nq, d}, x.options());
-    int64_t idx = 0, kl = 0, cl = 0;
+    int64_t idx = 0, kl = 0;
     for (int64_t li = 0; li < layers; ++li) {
       const auto& nm = norms[li];
       const bool slide = (sliding[li] & LAYER_SLIDING) != 0;
@@ -409,19 +466,19 @@ struct Step {
       const Tensor qkv =
           rows_products(pre_norm(x, nm[0], bf), w, idx, n_qkv[li], int8, panel_rows).contiguous();
       idx += n_qkv[li];
-      if (conv_layer(li)) {  // every row through the convolution (its state), then past the last layer only the last
-        Tensor y = short_conv(qkv, li, state_of(state, cl++));
+      if (!attention_layer(li)) {  // every row through the layer's state, then past the last layer only the last
+        Tensor y = recurrent_rows(qkv, li, state.data_ptr<float>() + offs[li]);
         if (!all_logits && li == layers - 1 && t > 1) y = y.narrow(0, t - 1, 1), x = x.narrow(0, t - 1, 1);
         if (bf16_inputs(y.size(0), int8, panel_rows)) y = y.to(at::kBFloat16);
         rows::residual_add(x, rows_products(y, w, idx, 1, int8, panel_rows), nm[5], eps, residual_scale);
       } else {
-        const int64_t width = (nq + 2 * nkv) * d;
+        const int64_t width = qkv.size(1);
         float* qp = q.data_ptr<float>();
         at::parallel_for(0, t, 8, [&](int64_t r0, int64_t r1) {  // the decode step's per-head work, a row at a time
-          std::vector<float> buf;
+          std::vector<float> buf, row;
           for (int64_t r = r0; r < r1; ++r)
-            position_heads(rows::row_floats(qkv, r, width, buf), nm, rope.data_ptr<float>() + (pos + r) * d, li,
-                           kl, pos + r, qp + r * nq * d, cache);
+            position_heads(attention_row(rows::row_floats(qkv, r, width, buf), li, row), nm,
+                           rope.data_ptr<float>() + (pos + r) * d, li, kl, pos + r, qp + r * nq * d, cache);
         });
         Tensor att;
         std::vector<float> last_att, scores;
@@ -446,6 +503,10 @@ struct Step {
           att = panel::prompt_attention(q, k_cache.select(0, kl).select(0, 0), v_cache.select(0, kl).select(0, 0),
                                         pos, window_start(slide, pos), slide ? window : 0, scaling, PROMPT_BLOCK, bf,
                                         attn_cap);
+        }
+        if (gated(li)) {
+          att = gate_output(att, li, qkv, att.size(0) == t ? 0 : t - 1);
+          if (bf16_inputs(att.size(0), int8, panel_rows)) att = att.to(at::kBFloat16);
         }
         rows::residual_add(x, rows_products(att, w, idx, 1, int8, panel_rows), nm[5], eps, residual_scale);
         ++kl;
@@ -486,9 +547,10 @@ struct Step {
                     states.size() == k_caches.size(),
                 "batch: 1 to 12 rows, a position and a sequence each, a K and a V cache and a state a sequence");
     std::vector<kv::View> caches;
+    std::vector<int64_t> offs;
     for (size_t s = 0; s < k_caches.size(); ++s) {
       caches.push_back(cache_view(k_caches[s], v_caches[s]));
-      check_state(states[s]);
+      offs = checked_offsets(states[s]);
     }
     for (int64_t r = 0; r < t; ++r)
       TORCH_CHECK(seq[r] >= 0 && seq[r] < static_cast<int64_t>(caches.size()) && pos[r] >= 0 &&
@@ -496,29 +558,28 @@ struct Step {
                   "batch: row ", r, "'s sequence or position is outside its cache");
     std::vector<float> q(t * nq * d), scores;
     Tensor att = at::empty({t, nq * d}, x.options());
-    const int64_t width = (nq + 2 * nkv) * d;
-    int64_t idx = 0, kl = 0, cl = 0;
+    int64_t idx = 0, kl = 0;
+    std::vector<float> row;
     for (int64_t li = 0; li < layers; ++li) {
       const auto& nm = norms[li];
       const bool slide = (sliding[li] & LAYER_SLIDING) != 0;
       const Tensor& rope = (slide && rope_local.numel() > 0) ? rope_local : rope_global;
       const Tensor qkv = products(pre_norm(x, nm[0], false), w, idx, n_qkv[li]).contiguous();
+      const int64_t width = qkv.size(1);
       idx += n_qkv[li];
-      if (conv_layer(li)) {  // a row at a time through its sequence's state, in order (a sequence's rows follow on)
-        const int64_t h = hidden();
-        Tensor y = at::empty({t, h}, x.options());
+      if (!attention_layer(li)) {  // a row at a time through its sequence's state, in order (its rows follow on)
+        std::vector<Tensor> ys;
         for (int64_t r = 0; r < t; ++r)
-          y[r].copy_(short_conv(qkv.narrow(0, r, 1), li, state_of(states[seq[r]], cl))[0]);
-        ++cl;
-        rows::residual_add(x, products(y, w, idx, 1), nm[5], eps, residual_scale);
+          ys.push_back(recurrent_rows(qkv.narrow(0, r, 1), li, states[seq[r]].data_ptr<float>() + offs[li]));
+        rows::residual_add(x, products(at::cat(ys, 0), w, idx, 1), nm[5], eps, residual_scale);
       } else {
         for (int64_t r = 0; r < t; ++r)
-          position_heads(qkv.data_ptr<float>() + r * width, nm, rope.data_ptr<float>() + pos[r] * d, li, kl, pos[r],
-                         q.data() + r * nq * d, caches[seq[r]]);
+          position_heads(attention_row(qkv.data_ptr<float>() + r * width, li, row), nm,
+                         rope.data_ptr<float>() + pos[r] * d, li, kl, pos[r], q.data() + r * nq * d, caches[seq[r]]);
         for (int64_t r = 0; r < t; ++r)
           attend(q.data() + r * nq * d, caches[seq[r]], kl, nq, nkv, d, window_start(slide, pos[r]), pos[r] + 1,
                  scaling, att.data_ptr<float>() + r * nq * d, scores, attn_cap);
-        rows::residual_add(x, products(att, w, idx, 1), nm[5], eps, residual_scale);
+        rows::residual_add(x, products(gate_output(att, li, qkv, 0), w, idx, 1), nm[5], eps, residual_scale);
         ++kl;
       }
       idx += 1;
@@ -546,7 +607,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
                           std::vector<int64_t>, std::vector<int64_t>, std::vector<int64_t>,
                           std::vector<std::vector<Tensor>>, std::vector<int64_t>, Tensor, int64_t, Tensor, Tensor,
                           Tensor, int64_t, int64_t, int64_t, int64_t, int64_t, double, double, int64_t, bool,
-                          int64_t, double, double, double, double, std::vector<Tensor>, int64_t, int64_t, bool>())
+                          int64_t, double, double, double, double, std::vector<Tensor>, int64_t, int64_t, bool,
+                          int64_t, int64_t>())
       // the GIL is released while a step or a prompt runs: `kernelfit serve`'s event loop keeps answering meanwhile
       .def("run", &Step::run, "one decode step", pybind11::call_guard<pybind11::gil_scoped_release>())
       .def("prefill", &Step::prefill, "a prompt's forward", pybind11::call_guard<pybind11::gil_scoped_release>())

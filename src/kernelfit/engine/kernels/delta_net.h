@@ -1,0 +1,98 @@
+// Qwen3.5's Gated DeltaNet layer (transformers Qwen3_5GatedDeltaNet with torch_recurrent_gated_delta_rule; llama.cpp
+// src/models/qwen35.cpp and delta-net-base.cpp), between its input products and ssm_out, one position at a time:
+//   qkv = causal depthwise conv (K taps) of the qkv product, then SiLU; q, k L2-normed per key head, q / sqrt(dk);
+//   per value head j (key head j % nk: llama.cpp's converter stores value heads tiled over the key heads):
+//     beta = sigmoid(b_j), decay = exp(a_j * softplus(alpha_j + dt_bias_j))    (a = -exp(A_log), as the file stores)
+//     S_j *= decay;  delta = (v_j - S_j^T k) * beta;  S_j += k delta^T;  o_j = S_j^T q
+//     out_j = rmsnorm(o_j) * norm_w * silu(z_j)
+// A prompt runs the same step a row at a time: the state is [dk, dv] a head, so the recurrence costs ~4 dk dv
+// multiply-adds a head and token — 1.2 M for Qwen3.5-0.8B's 18 such layers' heads against its ~0.8 G of products
+// a token — and the chunked form transformers and llama.cpp use for long prompts on GPUs is not needed here; a row
+// gets what a decode step gets, bit for bit.
+//
+// State a layer, float32: the conv's last K - 1 inputs [(K - 1), conv_dim] (oldest row first), then S [nv, dk, dv].
+#pragma once
+
+#include <ATen/Parallel.h>
+
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+namespace delta {
+
+struct Dims {
+  int64_t nk, dk, nv, dv, taps;
+  int64_t key_dim() const { return nk * dk; }
+  int64_t value_dim() const { return nv * dv; }
+  int64_t conv_dim() const { return 2 * nk * dk + nv * dv; }
+  int64_t inputs() const { return conv_dim() + value_dim() + 2 * nv; }  // qkv, z, beta, alpha
+  int64_t state_floats() const { return (taps - 1) * conv_dim() + nv * dk * dv; }
+};
+
+constexpr float L2_EPS = 1e-6f;  // transformers' l2norm (llama.cpp takes rms_norm_eps, 1e-6 in Qwen3.5's configs)
+
+inline float silu(float x) { return x / (1.f + std::exp(-x)); }
+inline float softplus(float x) { return x > 20.f ? x : std::log1p(std::exp(x)); }
+
+// p: one row of the layer's products [qkv (conv_dim) | z (value_dim) | beta logits (nv) | alpha (nv)];
+// taps float32 [conv_dim, K]; a, dt_bias [nv]; norm_w [dv]; state (updated); out [value_dim]
+inline void step(const float* p, const Dims& m, const float* taps, const float* a, const float* dt_bias,
+                 const float* norm_w, double eps, float* state, float* out) {
+  const int64_t C = m.conv_dim(), K = m.taps, kd = m.key_dim(), vd = m.value_dim();
+  std::vector<float> mixed(C);
+  float* conv = state;
+  for (int64_t c = 0; c < C; ++c) {  // the conv's taps oldest first, the current input last; the state keeps inputs
+    const float* w = taps + c * K;
+    float acc = 0.f;
+    for (int64_t j = 0; j < K - 1; ++j) acc += w[j] * conv[j * C + c];
+    acc += w[K - 1] * p[c];
+    for (int64_t j = 0; j + 1 < K - 1; ++j) conv[j * C + c] = conv[(j + 1) * C + c];
+    if (K > 1) conv[(K - 2) * C + c] = p[c];
+    mixed[c] = silu(acc);
+  }
+  const float qscale = 1.f / std::sqrt(static_cast<float>(m.dk));
+  for (int64_t h = 0; h < 2 * m.nk; ++h) {  // q heads then k heads: L2 norm (q also scaled)
+    float* x = mixed.data() + h * m.dk;
+    float ss = 0.f;
+    for (int64_t i = 0; i < m.dk; ++i) ss += x[i] * x[i];
+    const float s = 1.f / std::sqrt(ss + L2_EPS) * (h < m.nk ? qscale : 1.f);
+    for (int64_t i = 0; i < m.dk; ++i) x[i] *= s;
+  }
+  float* states = state + (K - 1) * C;
+  at::parallel_for(0, m.nv, 1, [&](int64_t j0, int64_t j1) {
+    std::vector<float> kv(m.dv), o(m.dv);
+    for (int64_t j = j0; j < j1; ++j) {
+      const float* q = mixed.data() + (j % m.nk) * m.dk;
+      const float* k = mixed.data() + kd + (j % m.nk) * m.dk;
+      const float* v = mixed.data() + 2 * kd + j * m.dv;
+      const float beta = 1.f / (1.f + std::exp(-p[C + vd + j]));
+      const float decay = std::exp(a[j] * softplus(p[C + vd + m.nv + j] + dt_bias[j]));
+      float* S = states + j * m.dk * m.dv;
+      std::fill(kv.begin(), kv.end(), 0.f);
+      for (int64_t i = 0; i < m.dk; ++i) {  // S *= decay; kv = S^T k
+        float* row = S + i * m.dv;
+        for (int64_t e = 0; e < m.dv; ++e) {
+          row[e] *= decay;
+          kv[e] += row[e] * k[i];
+        }
+      }
+      for (int64_t e = 0; e < m.dv; ++e) kv[e] = (v[e] - kv[e]) * beta;  // delta
+      std::fill(o.begin(), o.end(), 0.f);
+      for (int64_t i = 0; i < m.dk; ++i) {  // S += k delta^T; o = S^T q
+        float* row = S + i * m.dv;
+        for (int64_t e = 0; e < m.dv; ++e) {
+          row[e] += k[i] * kv[e];
+          o[e] += row[e] * q[i];
+        }
+      }
+      float ss = 0.f;
+      for (int64_t e = 0; e < m.dv; ++e) ss += o[e] * o[e];
+      const float r = 1.f / std::sqrt(ss / m.dv + static_cast<float>(eps));
+      const float* z = p + C + j * m.dv;
+      for (int64_t e = 0; e < m.dv; ++e) out[j * m.dv + e] = o[e] * r * norm_w[e] * silu(z[e]);
+    }
+  });
+}
+
+}  // namespace delta

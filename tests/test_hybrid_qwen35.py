@@ -1,0 +1,106 @@
+"""Qwen3.5 on the packed engine: Gated DeltaNet layers (engine/kernels/delta_net.h) beside gated attention with a
+partial rotary, checked against transformers' own Qwen3_5 modeling code on the same weights. transformers reads no
+qwen35 GGUF file: the tests write one from the model as llama.cpp's converter does (tests/gguf_qwen35.py), value heads
+in llama.cpp's tiled order (2 key heads, 4 value heads)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gguf_qwen35 import LAYER_TYPES, tiny_model, write_qwen35
+from kernelfit.engine.build import build_lean, forward
+from kernelfit.engine.kv_cache import empty, reset_cache
+from kernelfit.engine.recipe import LayerKind
+from kernelfit.engine.weights import dot_available
+from test_packed_gguf import _tokens
+
+pytestmark = pytest.mark.skipif(not dot_available(), reason="a hybrid runs in the C++ step only (no compiler here)")
+N = 300
+
+
+@pytest.fixture(scope="module")
+def qwen35(tmp_path_factory):
+    d = tmp_path_factory.mktemp("qwen35")
+    model = tiny_model()
+    path = write_qwen35(d / "m.gguf", model)
+    ids = _tokens(N)
+    with torch.no_grad():
+        want = model(ids[None], use_cache=False).logits[0]
+        for layer in model.model.layers:  # the recurrence's decay at 0 a token: another model, which the test can tell
+            if hasattr(layer, "linear_attn"):
+                layer.linear_attn.A_log.fill_(10.0)
+        other = model(ids[None], use_cache=False).logits[0]
+    b = build_lean(path)
+    reset_cache(b, N + 8)
+    return path, ids, want, other, b
+
+
+def _agree(want: torch.Tensor, got: torch.Tensor) -> tuple[float, float]:
+    cos = torch.nn.functional.cosine_similarity(want, got, dim=-1)
+    return float((want.argmax(-1) == got.argmax(-1)).float().mean()), float(cos.min())
+
+
+def test_qwen35_prompt_and_decode_agree_with_transformers(qwen35):
+    """300 positions, teacher-forced: one prompt (every row's logits), and 100 prompt tokens then 200 decode steps (the
+    conv inputs and each value head's [32, 32] state carried a token at a time): top-1 >= 99%, cosine >= 0.999."""
+    _, ids, want, other, b = qwen35
+    assert b.cfg.layer_kinds == tuple(LayerKind.GATED_DELTA_NET if t == "linear_attention" else LayerKind.ATTENTION
+                                      for t in LAYER_TYPES)
+    assert b.cfg.delta_heads == (2, 32, 4, 32) and b.cfg.rotary.dims == 16 and b.cfg.attention_gate
+    prompt = forward(b, ids, 0, True)
+    forward(b, ids[:100], 0)
+    steps = torch.cat([forward(b, ids[i:i + 1], i) for i in range(100, N)])
+    for got in (prompt, torch.cat([prompt[:100], steps])):
+        top1, cos = _agree(want, got)
+        assert top1 >= 0.99 and cos >= 0.999, (top1, cos)
+    assert _agree(other, prompt)[1] < 0.99  # the recurrence's decay matters
+    assert b.model.k_cache.shape[0] == LAYER_TYPES.count("full_attention")
+
+
+def test_decode_steps_equal_a_few_row_prompt_and_chunks_carry_the_state(qwen35):
+    """Up to 12 rows a prompt call gives one decode step a token's logits bit for bit; the server's prompt kernels
+    (panel_rows) in chunks leave the state one prefill leaves, bit for bit."""
+    _, ids, _, _, b = qwen35
+    forward(b, ids[:60], 0)
+    few = forward(b, ids[60:66], 60, True)
+    forward(b, ids[:60], 0)
+    assert torch.equal(few, torch.cat([forward(b, ids[i:i + 1], i) for i in range(60, 66)]))
+    one, parts = empty(b.cfg, b.kv_cache, 64), empty(b.cfg, b.kv_cache, 64)
+    whole = forward(b, ids[:50], 0, cache=one, panel_rows=True)
+    for start, end in ((0, 3), (3, 30), (30, 50)):
+        last = forward(b, ids[start:end], start, cache=parts, panel_rows=True)
+    assert torch.equal(whole, last) and torch.equal(one.state.values, parts.state.values)
+
+
+def test_server_sequences_resume_from_the_prefills_state(qwen35):
+    """A reused sequence resumes from the state its prompt's prefill left (not its decode steps'): the next turn's
+    logits equal a cold sequence's, bit for bit."""
+    from kernelfit.engine.sequences import Row, SequencePool
+
+    _, ids, _, _, b = qwen35
+    first, more = ids[:70].tolist(), ids[70:120].tolist()
+    pool = SequencePool(b, 1)
+    seq, _ = pool.acquire(first)
+    pool.prefill(seq, first, 0, len(first) - 1)
+    for i, t in enumerate(first[-1:] + more[:5]):
+        pool.step([Row(seq, t, len(first) - 1 + i)])
+    pool.release(seq)
+    turn = first + more
+    seq, same = pool.acquire(turn)
+    assert same == len(first) - 1
+    pool.prefill(seq, turn, same, len(turn) - 1)
+    got = pool.step([Row(seq, turn[-1], len(turn) - 1)])
+    cold = SequencePool(b, 1)
+    c, _ = cold.acquire(turn)
+    cold.prefill(c, turn, 0, len(turn) - 1)
+    assert torch.equal(got, cold.step([Row(c, turn[-1], len(turn) - 1)]))
+
+
+def test_plan_counts_the_state_not_keys_and_values(qwen35):
+    from kernelfit.model.spec import spec_from_gguf
+
+    path, _, _, _, b = qwen35
+    s = spec_from_gguf(path, "qwen35").text
+    assert (s.num_layers, s.recurrent_layers, s.recurrent_kind) == (6, 4, "Gated DeltaNet")
+    assert s.state_values == b.state.values.numel()
