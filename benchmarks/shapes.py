@@ -39,7 +39,13 @@ SHAPES = {
     # LFM2-1.2B: 10 short-convolution layers and 6 attention layers (full_attn_idxs), its feed-forward 12288 adjusted
     # to 8192 (block_auto_adjust_ff_dim), tied head
     "lfm2-1.2b": ("lfm2", 2048, 16, 32, 8, 8192, 65536, 1e6, None),
+    # Qwen3.5-0.8B (its model card): 24 layers, every 4th gated attention (8 heads, 2 KV, head size 256, rotary over
+    # 64), the others Gated DeltaNet (16 key and 16 value heads of 128, conv of 4); FFN 3584; tied head
+    "qwen3.5-0.8b": ("qwen35", 1024, 24, 8, 2, 3584, 248320, 1e7, None),
 }
+# Qwen3.5's sizes beyond the common ones: head size, Gated DeltaNet key heads, key size, value heads, value size, conv
+# taps, full-attention interval, rotary dimensions
+QWEN35 = {"qwen3.5-0.8b": (256, 16, 128, 16, 128, 4, 4, 64)}
 LFM2_ATTENTION = {"lfm2-1.2b": (2, 5, 8, 10, 12, 14)}  # its config.json's full_attn_idxs
 CONV_TAPS = 3  # LFM2's conv_L_cache
 
@@ -65,7 +71,7 @@ def write_f16(name: str, path: Path) -> None:
     from gguf import GGUFWriter
 
     arch, hidden, layers, heads, kv, ffn, vocab, base, llama3 = SHAPES[name]
-    hd = hidden // heads
+    hd = QWEN35[name][0] if arch == "qwen35" else hidden // heads
     rng = np.random.default_rng(0)
     w = GGUFWriter(str(path), arch)
     w.add_name(f"{name} shape, random weights")
@@ -78,9 +84,21 @@ def write_f16(name: str, path: Path) -> None:
     w.add_head_count_kv([kv if i in attention else 0 for i in range(layers)] if arch == "lfm2" else kv)
     w.add_layer_norm_rms_eps(1e-6)
     w.add_rope_freq_base(base)
-    w.add_rope_dimension_count(hd)
+    w.add_rope_dimension_count(QWEN35[name][7] if arch == "qwen35" else hd)
     if arch == "lfm2":
         w.add_shortconv_l_cache(CONV_TAPS)
+    if arch == "qwen35":  # as llama.cpp's converter writes them (conversion/qwen.py)
+        _, nk, dk, nv, dv, taps, every, _ = QWEN35[name]
+        w.add_key_length(hd)
+        w.add_value_length(hd)
+        w.add_rope_dimension_sections([11, 11, 10, 0])
+        w.add_ssm_conv_kernel(taps)
+        w.add_ssm_state_size(dk)
+        w.add_ssm_group_count(nk)
+        w.add_ssm_time_step_rank(nv)
+        w.add_ssm_inner_size(nv * dv)
+        w.add_uint32("qwen35.full_attention_interval", every)
+        attention = [i for i in range(layers) if (i + 1) % every == 0]
     w.add_file_type(1)  # MOSTLY_F16
     w.add_tokenizer_model("gpt2")
     w.add_token_list(["a", "b", "ab"] + [f"t{i}" for i in range(3, vocab)])
@@ -101,6 +119,9 @@ def write_f16(name: str, path: Path) -> None:
     for i in range(layers):
         b = f"blk.{i}."
         norm(b + "attn_norm.weight", hidden)
+        if arch == "qwen35":
+            write_qwen35_layer(w, t, norm, b, i in attention, name, hidden, heads, kv, ffn, rng)
+            continue
         if i not in attention:  # an LFM2 short-convolution layer: in_proj (B, C, x), taps (float32), out_proj
             w.add_tensor(b + "shortconv.conv.weight", (0.3 * rng.standard_normal((hidden, CONV_TAPS))).astype(np.float32))
             t(b + "shortconv.in_proj.weight", (3 * hidden, hidden))
@@ -130,6 +151,36 @@ def write_f16(name: str, path: Path) -> None:
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
+
+
+def write_qwen35_layer(w, t, norm, b: str, attends: bool, name: str, hidden: int, heads: int, kv: int, ffn: int,
+                       rng) -> None:
+    """One Qwen3.5 layer under llama.cpp's names: gated attention (attn_q of a query and a gate a head) or a Gated
+    DeltaNet (attn_qkv, attn_gate, ssm_beta/alpha, float32 conv taps, ssm_a, dt bias and norm, ssm_out); its FFN's norm
+    is post_attention_norm."""
+    hd, nk, dk, nv, dv, taps, _, _ = QWEN35[name]
+    if attends:
+        t(b + "attn_q.weight", (2 * heads * hd, hidden))
+        t(b + "attn_k.weight", (kv * hd, hidden))
+        t(b + "attn_v.weight", (kv * hd, hidden))
+        t(b + "attn_output.weight", (hidden, heads * hd))
+        norm(b + "attn_q_norm.weight", hd)
+        norm(b + "attn_k_norm.weight", hd)
+    else:
+        channels = 2 * nk * dk + nv * dv
+        t(b + "attn_qkv.weight", (channels, hidden))
+        t(b + "attn_gate.weight", (nv * dv, hidden))
+        t(b + "ssm_beta.weight", (nv, hidden))
+        t(b + "ssm_alpha.weight", (nv, hidden))
+        w.add_tensor(b + "ssm_conv1d.weight", (0.3 * rng.standard_normal((channels, taps))).astype(np.float32))
+        w.add_tensor(b + "ssm_dt.bias", rng.standard_normal(nv).astype(np.float32))
+        w.add_tensor(b + "ssm_a", (-np.exp(rng.uniform(-2, 2, nv))).astype(np.float32))
+        norm(b + "ssm_norm.weight", dv)
+        t(b + "ssm_out.weight", (hidden, nv * dv))
+    norm(b + "post_attention_norm.weight", hidden)
+    t(b + "ffn_gate.weight", (ffn, hidden))
+    t(b + "ffn_up.weight", (ffn, hidden))
+    t(b + "ffn_down.weight", (hidden, ffn))
 
 
 def make(name: str, qtype: str) -> Path:

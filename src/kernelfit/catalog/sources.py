@@ -152,6 +152,14 @@ SOURCES: dict[str, Source] = {s.id: s for s in (
            "theta_base / freq_factors[i0/2] (the rope_freqs tensor); rope_yarn: ramp_mix between theta_interp and "
            "theta_extrap, mscale *= 1 + 0.1 ln(1 / freq_scale); keys rope.scaling.type, factor, "
            "original_context_length, yarn_beta_fast/slow, attn_factor, yarn_log_multiplier"),
+    Source("hybrid-layers", "LFM2's short convolution and Qwen3.5's Gated DeltaNet as transformers and llama.cpp run them",
+           "https://github.com/huggingface/transformers/blob/main/src/transformers/models/lfm2/modeling_lfm2.py ; "
+           "https://github.com/huggingface/transformers/blob/main/src/transformers/models/qwen3_5/modeling_qwen3_5.py ; "
+           "https://github.com/ggml-org/llama.cpp/blob/master/src/models/lfm2.cpp ; "
+           "https://github.com/ggml-org/llama.cpp/blob/master/src/models/qwen35.cpp",
+           "Lfm2ShortConv: B, C, x = in_proj(h).chunk(3); y = C * conv1d(B * x) (conv_L_cache taps, causal); "
+           "torch_recurrent_gated_delta_rule: S = S * exp(g); delta = (v - S^T k) * beta; S += k delta^T; o = S^T q; "
+           "qwen35.cpp: the state of recurrent layers is kept per sequence beside the attention layers' KV cache"),
     Source("llama-cpp-cache-type", "llama.cpp's KV cache types (--cache-type-k / --cache-type-v) and block_q8_0",
            "https://github.com/ggml-org/llama.cpp/blob/master/tools/server/README.md ; "
            "https://github.com/ggml-org/llama.cpp/blob/master/ggml/src/ggml-common.h ; "

@@ -80,7 +80,8 @@ def phase_kernels(model: ModelSpec, prefs: Preferences, q, memory: MemoryEstimat
     scaled = q.bits is None and model.extra.get("gguf_rope_scaling") is not None
     decode = Choice("packed", ChoiceKind.PRIORITY,
                     f"one-row products read the packed weights: {kernels} — 2.4-3.2x faster than bf16 at one row "
-                    "on the reference CPU", sources=SOURCES + (ROPE_SCALING_SOURCES if scaled else ()))
+                    "on the reference CPU", sources=SOURCES + (ROPE_SCALING_SOURCES if scaled else ()) +
+                    (("hybrid-layers",) if model.text.recurrent_layers else ()))
     # a GGUF file's groups on an AVX512-BF16 CPU: the bf16 panel GEMM, which the copy and the int8 GEMM do not beat
     panel = panel_prefill(q, cpu)
     packed_how, packed_sources = (PREFILL_PANEL, PANEL_PREFILL_SOURCES) if panel else (PREFILL_PACKED, SOURCES)
