@@ -38,6 +38,21 @@ GOALS = {"decode": 1.2, "prefill": 3.0, "rss": 1.5, "roofline": 0.70}
 RESULTS = ROOT / "benchmarks" / "results" / "llamacpp-report.md"
 
 
+# On an AMX CPU (Sapphire Rapids and later) the vendored llama.cpp's AMX matmul (ggml-cpu/amx) killed llama-bench on
+# its first product (SIGSEGV / SIGILL in ggml_backend_amx_mul_mat, session 15's Xeon, where oneDNN's AMX kernels run):
+# there it is built for the same CPU's AVX-512 set without the AMX backend.
+NO_AMX = ["-DGGML_NATIVE=OFF", "-DGGML_AVX=ON", "-DGGML_AVX2=ON", "-DGGML_FMA=ON", "-DGGML_F16C=ON", "-DGGML_BMI2=ON",
+          "-DGGML_AVX512=ON", "-DGGML_AVX512_VBMI=ON", "-DGGML_AVX512_VNNI=ON", "-DGGML_AVX512_BF16=ON"]
+
+
+def isa_flags() -> list[str]:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    return NO_AMX if " amx_tile" in flags and " avx512_bf16" in flags else []
+
+
 def build_llama_bench() -> Path:
     if BENCH_BIN.is_file() and QUANTIZE_BIN.is_file():
         return BENCH_BIN
@@ -52,7 +67,8 @@ def build_llama_bench() -> Path:
     src = next(ENGINE.glob("llama_cpp_python-*/vendor/llama.cpp"))
     subprocess.run(["cmake", "-S", str(src), "-B", str(ENGINE / "build"), "-G", "Ninja", "-DCMAKE_BUILD_TYPE=Release",
                     "-DLLAMA_CURL=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF",
-                    "-DLLAMA_BUILD_SERVER=OFF", "-DLLAMA_OPENSSL=OFF"], check=True, stdout=subprocess.DEVNULL)
+                    "-DLLAMA_BUILD_SERVER=OFF", "-DLLAMA_OPENSSL=OFF", *isa_flags()], check=True,
+                   stdout=subprocess.DEVNULL)
     subprocess.run(["cmake", "--build", str(ENGINE / "build"), "--target", "llama-bench", "llama-quantize", "-j",
                     str(os.cpu_count())], check=True, stdout=subprocess.DEVNULL)
     return BENCH_BIN

@@ -29,21 +29,31 @@ SHAPE = dict(vocab_size=512, hidden_size=256, intermediate_size=512, num_hidden_
                               "mrope_section": [3, 3, 2]})
 
 
-def tiny_model(seed: int = 0):
-    """A random Qwen3.5 text model whose weights are on Q8_0's grid (its norms, taps, decays and biases random too)."""
-    from transformers import Qwen3_5ForCausalLM, Qwen3_5TextConfig
+MOE = dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=256, shared_expert_intermediate_size=256)
+
+
+def tiny_model(seed: int = 0, moe: bool = False):
+    """A random Qwen3.5 text model (or Qwen3.5-MoE: 4 experts, 2 a token, a shared expert) whose weights are on Q8_0's
+    grid (its norms, taps, decays and biases random too)."""
+    from transformers import Qwen3_5ForCausalLM, Qwen3_5MoeForCausalLM, Qwen3_5MoeTextConfig, Qwen3_5TextConfig
 
     torch.manual_seed(seed)
-    model = Qwen3_5ForCausalLM(Qwen3_5TextConfig(**SHAPE)).eval()
+    if moe:
+        shape = {k: v for k, v in SHAPE.items() if k != "intermediate_size"}
+        model = Qwen3_5MoeForCausalLM(Qwen3_5MoeTextConfig(**shape, **MOE)).eval()
+    else:
+        model = Qwen3_5ForCausalLM(Qwen3_5TextConfig(**SHAPE)).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith("norm.weight"):
                 p.copy_(0.1 * torch.randn_like(p))  # (1 + w); the gated norm's w alone is set below
-            elif p.dim() == 2:
+            elif p.dim() in (2, 3) and "conv1d" not in name and not name.endswith("mlp.gate.weight"):
                 std = 1.0 if "embed_tokens" in name else 0.03 if ("o_proj" in name or "out_proj" in name or
                                                                    "down_proj" in name) else 0.08
                 p.copy_(torch.from_numpy(_q8_grid(std * np.random.default_rng(zlib.crc32(name.encode()))
                                                   .standard_normal(tuple(p.shape)).astype(np.float32))))
+            elif p.dim() == 2:  # a router: float32 in the file (llama-quantize leaves it so)
+                p.copy_(0.3 * torch.randn_like(p))
             elif "conv1d" in name:
                 p.copy_(0.3 * torch.randn_like(p))
             elif "dt_bias" in name:
@@ -75,11 +85,18 @@ def write_qwen35(path: Path, model) -> Path:
     def v_rows(x: np.ndarray, size: int) -> np.ndarray:  # rows in blocks of `size` a value head, re-ordered
         return x.reshape(nv, size, *x.shape[1:])[heads].reshape(x.shape)
 
-    w = GGUFWriter(str(path), "qwen35")
+    moe = getattr(c, "num_experts", 0)
+    w = GGUFWriter(str(path), "qwen35moe" if moe else "qwen35")
     w.add_context_length(c.max_position_embeddings)
     w.add_embedding_length(c.hidden_size)
     w.add_block_count(c.num_hidden_layers)
-    w.add_feed_forward_length(c.intermediate_size)
+    if moe:
+        w.add_expert_count(c.num_experts)
+        w.add_expert_used_count(c.num_experts_per_tok)
+        w.add_expert_feed_forward_length(c.moe_intermediate_size)
+        w.add_expert_shared_feed_forward_length(c.shared_expert_intermediate_size)
+    else:
+        w.add_feed_forward_length(c.intermediate_size)
     w.add_head_count(c.num_attention_heads)
     w.add_head_count_kv(c.num_key_value_heads)
     w.add_key_length(c.head_dim)
@@ -93,8 +110,8 @@ def write_qwen35(path: Path, model) -> Path:
     w.add_ssm_group_count(nk)
     w.add_ssm_time_step_rank(nv)
     w.add_ssm_inner_size(dv * nv)
-    w.add_array("qwen35.attention.recurrent_layers", [t == "linear_attention" for t in c.layer_types])
-    w.add_uint32("qwen35.full_attention_interval", 3)
+    w.add_array(f"{w.arch}.attention.recurrent_layers", [t == "linear_attention" for t in c.layer_types])
+    w.add_uint32(f"{w.arch}.full_attention_interval", 3)
     w.add_vocab_size(c.vocab_size)
     w.add_tokenizer_model("gpt2")
     w.add_token_list([f"t{i}" for i in range(c.vocab_size)])
@@ -117,8 +134,20 @@ def write_qwen35(path: Path, model) -> Path:
         p, b = f"model.layers.{i}.", f"blk.{i}."
         f32(b + "attn_norm.weight", sd[p + "input_layernorm.weight"] + 1)
         f32(b + "post_attention_norm.weight", sd[p + "post_attention_layernorm.weight"] + 1)
-        for x in ("gate", "up", "down"):
-            q8(b + f"ffn_{x}.weight", sd[p + f"mlp.{x}_proj.weight"])
+        if moe:  # the router, every expert's gate, up and down (3-D), the shared expert and its one-row gate
+            f32(b + "ffn_gate_inp.weight", sd[p + "mlp.gate.weight"])
+            gate_up, ffn = sd[p + "mlp.experts.gate_up_proj"], c.moe_intermediate_size
+            for x, data in (("gate", gate_up[:, :ffn]), ("up", gate_up[:, ffn:]), ("down", sd[p + "mlp.experts.down_proj"])):
+                e, rows, cols = data.shape
+                packed = quants.quantize(np.ascontiguousarray(data.reshape(e * rows, cols), dtype=np.float32),
+                                         GGMLQuantizationType.Q8_0)
+                w.add_tensor(b + f"ffn_{x}_exps.weight", packed.reshape(e, rows, -1), raw_dtype=GGMLQuantizationType.Q8_0)
+            for x in ("gate", "up", "down"):
+                q8(b + f"ffn_{x}_shexp.weight", sd[p + f"mlp.shared_expert.{x}_proj.weight"])
+            f32(b + "ffn_gate_inp_shexp.weight", sd[p + "mlp.shared_expert_gate.weight"].reshape(-1))
+        else:
+            for x in ("gate", "up", "down"):
+                q8(b + f"ffn_{x}.weight", sd[p + f"mlp.{x}_proj.weight"])
         if kind == "full_attention":
             a = p + "self_attn."
             q8(b + "attn_q.weight", sd[a + "q_proj.weight"])

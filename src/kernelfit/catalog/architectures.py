@@ -49,6 +49,8 @@ DECODERS: dict[str, DecoderFamily] = {
                                shared_expert_key="shared_expert_intermediate_size"),
     "lfm2": DecoderFamily(qk_norm="head", attention_bias_key=None, short_conv=True),
     "qwen3_5_text": DecoderFamily(qk_norm="head", attention_bias_key=None, gated_delta=True),
+    "qwen3_5_moe_text": DecoderFamily(qk_norm="head", attention_bias_key=None, gated_delta=True, moe=True,
+                                      shared_expert_key="shared_expert_intermediate_size"),
     "starcoder2": DecoderFamily(gated_mlp=False, attention_bias_key="use_bias", mlp_bias_key="use_bias",
                                 layer_norm=True),
     # the language models inside vision-language models
@@ -96,7 +98,7 @@ GGUF_ARCH_TO_MODEL_TYPE = {"llama": "llama", "mistral": "mistral", "qwen2": "qwe
                            "gemma": "gemma", "gemma2": "gemma2", "gemma3": "gemma3_text", "phi3": "phi3",
                            "olmo2": "olmo2", "smollm3": "smollm3", "granite": "granite", "glm4": "glm4",
                            "qwen3moe": "qwen3_moe", "qwen2moe": "qwen2_moe", "lfm2": "lfm2",
-                           "qwen35": "qwen3_5_text"}
+                           "qwen35": "qwen3_5_text", "qwen35moe": "qwen3_5_moe_text"}
 
 
 def supported_model_types() -> list[str]:

@@ -22,7 +22,7 @@ from ..model.quantization import parse_quantization
 from ..model.gguf_header import read_gguf_header
 from . import glibc
 from .gguf.blocks import FLOAT_TYPES
-from .recipe import LayerKind, Recipe, recipe_from_config, recipe_from_gguf
+from .recipe import QWEN35, LayerKind, Recipe, recipe_from_config, recipe_from_gguf
 from .gguf.reader import Conversion, GgufTensors, interleave_order, linear, regridded
 from .safetensors.reader import SafetensorsTensors
 from .kv_cache import KvCache
@@ -164,7 +164,7 @@ def build_lean(path: str | Path, prefill_dense: bool = False, progress=None, pre
                 qn, kn = qn[norm_order], kn[norm_order]
         # Qwen3.5's norm before the FFN is the file's post_attention_norm (llama.cpp's name for HF's
         # post_attention_layernorm), not a norm of the attention's output as in Gemma 2/3
-        ffn_norm, post_attn = ((optional(b + "post_attention_norm.weight"), None) if cfg.arch == "qwen35" else
+        ffn_norm, post_attn = ((optional(b + "post_attention_norm.weight"), None) if cfg.arch in QWEN35 else
                                (optional(b + "ffn_norm.weight"), optional(b + "post_attention_norm.weight")))
         blocks.append(Block(
             optional(b + "attn_norm.weight"), Products([product(w, prefill_dense, False, int8) for w in qkv]),

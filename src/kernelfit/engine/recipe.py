@@ -42,6 +42,7 @@ GEMMA2_SLIDING_PATTERN = 2
 # hard-coded; transformers SmolLM3Config no_rope_layer_interval 4)
 SMOLLM3_NO_ROTARY_STEP = 4
 GEMMA2_27B_LAYERS = 46
+QWEN35 = ("qwen35", "qwen35moe")  # Qwen3.5 / 3.6, dense and MoE: Gated DeltaNet and gated attention
 # YaRN's defaults where a file does not store them (transformers' rope_config_validation, llama.cpp hparams)
 YARN_BETA_FAST = 32.0
 YARN_BETA_SLOW = 1.0
@@ -257,10 +258,11 @@ def recipe_from_gguf(h, rope_freqs: torch.Tensor | None = None) -> Recipe:
         family="gemma" if gemma else "llama", arch=arch, hidden=hidden, layers=layers,
         heads=heads, kv_heads=kv_heads, layer_kinds=kinds,
         conv_kernel=int(h.arch_key("shortconv.l_cache") or 0) if arch == "lfm2" else
-        int(h.arch_key("ssm.conv_kernel") or 0) if arch == "qwen35" else 0,
-        **(_delta_heads(h) if arch == "qwen35" else {}),
+        int(h.arch_key("ssm.conv_kernel") or 0) if arch in QWEN35 else 0,
+        **(_delta_heads(h) if arch in QWEN35 else {}),
         head_dim=int(h.arch_key("attention.key_length") or hidden // heads),
-        ffn=int(h.arch_key("feed_forward_length")),
+        # an MoE file without dense layers (Qwen3.5-MoE) stores its experts' size only
+        ffn=int(h.arch_key("feed_forward_length") or h.arch_key("expert_feed_forward_length")),
         vocab=int(getattr(tokens, "count", None) or h.arch_key("vocab_size")),
         eps=float(h.arch_key("attention.layer_norm_rms_epsilon", 1e-6)),
         rotary=rotary_from_gguf(h, rope_freqs),
@@ -278,8 +280,8 @@ def recipe_from_gguf(h, rope_freqs: torch.Tensor | None = None) -> Recipe:
         # Qwen3-MoE renormalises its chosen experts' weights; Qwen2-MoE does not, and adds a shared expert whose
         # output a sigmoid gate scales (llama.cpp build_moe_ffn norm_w; transformers' norm_topk_prob)
         **({"experts": int(h.arch_key("expert_count")), "top_k": int(h.arch_key("expert_used_count")),
-            "expert_ffn": int(h.arch_key("expert_feed_forward_length")), "norm_topk": arch == "qwen3moe"}
-           if arch in ("qwen3moe", "qwen2moe") else {}),  # (a shared expert's size is its products' rows: step.cpp)
+            "expert_ffn": int(h.arch_key("expert_feed_forward_length")), "norm_topk": arch in ("qwen3moe", "qwen35moe")}
+           if arch in ("qwen3moe", "qwen2moe", "qwen35moe") else {}),  # (a shared expert's size is its products' rows: step.cpp)
         # LongRoPE runs its short table: positions past the original context would need the long one
         max_positions=int(h.arch_key("rope.scaling.original_context_length") if h.rope_scaling == "longrope" else
                           h.arch_key("context_length") or 4096))
@@ -299,7 +301,7 @@ def _heads_per_layer(h, layers: int) -> tuple[int, int, tuple[LayerKind, ...]]:
     q = per_layer("attention.head_count")
     kv = per_layer("attention.head_count_kv", q if isinstance(h.arch_key("attention.head_count"), (list, tuple))
                    else h.arch_key("attention.head_count"))
-    if h.architecture == "qwen35":  # llama.cpp's converter: a flag a layer (its MTP blocks' last), else every Nth
+    if h.architecture in QWEN35:  # llama.cpp's converter: a flag a layer (its MTP blocks' last), else every Nth
         # layer attends (full_attention_interval, 4)
         flags = h.arch_key("attention.recurrent_layers")
         if isinstance(flags, (list, tuple)):

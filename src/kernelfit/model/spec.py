@@ -263,7 +263,7 @@ def spec_from_gguf(path: Path, name: str, model_dir: str | None = None) -> Model
         "num_hidden_layers": h.arch_key("block_count"),
         "num_attention_heads": heads,
         "num_key_value_heads": max(per_layer) if per_layer else kv_heads,
-        "intermediate_size": h.arch_key("feed_forward_length"),
+        "intermediate_size": h.arch_key("feed_forward_length") or h.arch_key("expert_feed_forward_length"),
         "vocab_size": getattr(tokens, "count", None) or h.arch_key("vocab_size"),
         "max_position_embeddings": h.arch_key("context_length"),
         "tie_word_embeddings": not any(t.name == "output.weight" for t in h.tensors),
@@ -274,7 +274,7 @@ def spec_from_gguf(path: Path, name: str, model_dir: str | None = None) -> Model
         cfg["sliding_window"] = h.arch_key("attention.sliding_window")
         cfg["layer_types"] = ["full_attention" if (i + 1) % 6 == 0 else "sliding_attention"
                               for i in range(int(cfg["num_hidden_layers"]))]
-    if model_type == "qwen3_5_text":  # llama.cpp's converter: the MTP blocks after the model's, a flag a recurrent layer
+    if model_type in ("qwen3_5_text", "qwen3_5_moe_text"):  # llama.cpp's converter: the MTP blocks after the model's, a flag a recurrent layer
         cfg["num_hidden_layers"] -= int(h.arch_key("nextn_predict_layers") or 0)
         flags = h.arch_key("attention.recurrent_layers")
         every = int(h.arch_key("full_attention_interval") or 4)
