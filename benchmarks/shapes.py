@@ -42,10 +42,14 @@ SHAPES = {
     # Qwen3.5-0.8B (its model card): 24 layers, every 4th gated attention (8 heads, 2 KV, head size 256, rotary over
     # 64), the others Gated DeltaNet (16 key and 16 value heads of 128, conv of 4); FFN 3584; tied head
     "qwen3.5-0.8b": ("qwen35", 1024, 24, 8, 2, 3584, 248320, 1e7, None),
+    # Qwen3.6-35B-A3B (Qwen3.5-35B-A3B's shape), its first 4 of 40 layers (3 Gated DeltaNet, 1 attention): 256 experts
+    # of 512, 8 a token, a shared expert of 512; 16 key and 32 value heads of 128
+    "qwen3.6-35b-a3b-4l": ("qwen35moe", 2048, 4, 16, 2, 512, 248320, 1e7, None),
 }
+MOE = {"qwen3.6-35b-a3b-4l": (256, 8, 512)}  # experts, a token's, the shared expert's size
 # Qwen3.5's sizes beyond the common ones: head size, Gated DeltaNet key heads, key size, value heads, value size, conv
 # taps, full-attention interval, rotary dimensions
-QWEN35 = {"qwen3.5-0.8b": (256, 16, 128, 16, 128, 4, 4, 64)}
+QWEN35 = {"qwen3.5-0.8b": (256, 16, 128, 16, 128, 4, 4, 64), "qwen3.6-35b-a3b-4l": (256, 16, 128, 32, 128, 4, 4, 64)}
 LFM2_ATTENTION = {"lfm2-1.2b": (2, 5, 8, 10, 12, 14)}  # its config.json's full_attn_idxs
 CONV_TAPS = 3  # LFM2's conv_L_cache
 
@@ -71,7 +75,7 @@ def write_f16(name: str, path: Path) -> None:
     from gguf import GGUFWriter
 
     arch, hidden, layers, heads, kv, ffn, vocab, base, llama3 = SHAPES[name]
-    hd = QWEN35[name][0] if arch == "qwen35" else hidden // heads
+    hd = QWEN35[name][0] if name in QWEN35 else hidden // heads
     rng = np.random.default_rng(0)
     w = GGUFWriter(str(path), arch)
     w.add_name(f"{name} shape, random weights")
@@ -84,10 +88,15 @@ def write_f16(name: str, path: Path) -> None:
     w.add_head_count_kv([kv if i in attention else 0 for i in range(layers)] if arch == "lfm2" else kv)
     w.add_layer_norm_rms_eps(1e-6)
     w.add_rope_freq_base(base)
-    w.add_rope_dimension_count(QWEN35[name][7] if arch == "qwen35" else hd)
+    w.add_rope_dimension_count(QWEN35[name][7] if name in QWEN35 else hd)
     if arch == "lfm2":
         w.add_shortconv_l_cache(CONV_TAPS)
-    if arch == "qwen35":  # as llama.cpp's converter writes them (conversion/qwen.py)
+    if name in MOE:
+        w.add_expert_count(MOE[name][0])
+        w.add_expert_used_count(MOE[name][1])
+        w.add_expert_feed_forward_length(ffn)
+        w.add_expert_shared_feed_forward_length(MOE[name][2])
+    if name in QWEN35:  # as llama.cpp's converter writes them (conversion/qwen.py)
         _, nk, dk, nv, dv, taps, every, _ = QWEN35[name]
         w.add_key_length(hd)
         w.add_value_length(hd)
@@ -97,7 +106,7 @@ def write_f16(name: str, path: Path) -> None:
         w.add_ssm_group_count(nk)
         w.add_ssm_time_step_rank(nv)
         w.add_ssm_inner_size(nv * dv)
-        w.add_uint32("qwen35.full_attention_interval", every)
+        w.add_uint32(f"{arch}.full_attention_interval", every)
         attention = [i for i in range(layers) if (i + 1) % every == 0]
     w.add_file_type(1)  # MOSTLY_F16
     w.add_tokenizer_model("gpt2")
@@ -119,7 +128,7 @@ def write_f16(name: str, path: Path) -> None:
     for i in range(layers):
         b = f"blk.{i}."
         norm(b + "attn_norm.weight", hidden)
-        if arch == "qwen35":
+        if name in QWEN35:
             write_qwen35_layer(w, t, norm, b, i in attention, name, hidden, heads, kv, ffn, rng)
             continue
         if i not in attention:  # an LFM2 short-convolution layer: in_proj (B, C, x), taps (float32), out_proj
@@ -178,6 +187,17 @@ def write_qwen35_layer(w, t, norm, b: str, attends: bool, name: str, hidden: int
         norm(b + "ssm_norm.weight", dv)
         t(b + "ssm_out.weight", (hidden, nv * dv))
     norm(b + "post_attention_norm.weight", hidden)
+    if name in MOE:  # the router (float32), every expert's gate, up and down, the shared expert and its gate
+        experts, _, shared = MOE[name]
+        w.add_tensor(b + "ffn_gate_inp.weight", (0.02 * rng.standard_normal((experts, hidden))).astype(np.float32))
+        t(b + "ffn_gate_exps.weight", (experts, ffn, hidden))
+        t(b + "ffn_up_exps.weight", (experts, ffn, hidden))
+        t(b + "ffn_down_exps.weight", (experts, hidden, ffn))
+        w.add_tensor(b + "ffn_gate_inp_shexp.weight", (0.02 * rng.standard_normal(hidden)).astype(np.float32))
+        t(b + "ffn_gate_shexp.weight", (shared, hidden))
+        t(b + "ffn_up_shexp.weight", (shared, hidden))
+        t(b + "ffn_down_shexp.weight", (hidden, shared))
+        return
     t(b + "ffn_gate.weight", (ffn, hidden))
     t(b + "ffn_up.weight", (ffn, hidden))
     t(b + "ffn_down.weight", (hidden, ffn))

@@ -174,3 +174,16 @@ def test_chat_runner_next_turn_restores_its_checkpoint(lfm2):
     assert same == len(first) - 1
     cold, same = runner.start(turn, 32, reuse=False)
     assert same == 0 and torch.equal(warm, cold)
+
+
+def test_without_the_cpp_step_a_hybrid_is_refused_in_one_line(lfm2, monkeypatch, capsys):
+    """Where kernelfit's C++ step does not run (KERNELFIT_DOT=0 stands in for no compiler), a hybrid's recurrent layers
+    cannot run: one line, exit 2, before the plan is shown — not after packing."""
+    from kernelfit.cli import main
+
+    path = lfm2[0]
+    monkeypatch.setenv("KERNELFIT_DOT", "0")
+    capsys.readouterr()
+    rc = main(["run", str(path), "--prompt", "t1"])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert rc == 2 and len(err) == 1 and "recurrent layers run in kernelfit's C++ step only" in err[0], err

@@ -38,6 +38,8 @@ LEAN_GGUF_ARCHS = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "ph
                    "olmo2", "glm4", "gemma", "qwen3moe", "qwen2moe", "lfm2", "qwen35",
                    "qwen35moe")
 
+MOE_GGUF_ARCHS = ("qwen3moe", "qwen2moe", "qwen35moe")  # their routers and experts run in the C++ step only
+
 # A re-gridded tensor (Q8_0/Q6_K -> int8 per row) whose relative weight error exceeds this is unpacked to bf16
 # instead. At 2% the logits of SmolLM2 and Gemma 3 270M keep a cosine above 0.9999 with the file's own
 # values (tests/test_packed_gguf.py measures the real files: SmolLM2's Q8_0 table re-grids at 1.1%).

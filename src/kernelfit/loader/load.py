@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 from ..catalog.architectures import COMPOSITES
 from ..catalog.kernel_errors import cannot_run_here
+from ..catalog.packed_kernels import MOE_GGUF_ARCHS
 from ..errors import UsageError
 from ..model.spec import ModelSpec
 from ..planner.hf_args import attn_implementation, from_pretrained_kwargs, lean_runner
@@ -63,6 +64,15 @@ def check_loadable(plan: Plan, allow_pickle: bool = False) -> None:
         from ..engine.build import open_model
 
         open_model(Path(spec.model_dir), engine_requant(q))
+    if lean_runner(plan) and (spec.text.recurrent_layers or spec.extra.get("gguf_arch") in MOE_GGUF_ARCHS):
+        from ..engine.weights import dot_available
+
+        if not dot_available():  # before the plan is shown, not after packing
+            from ..engine.native import native_status
+
+            raise UsageError(f"{spec.name}'s {'recurrent' if spec.text.recurrent_layers else 'mixture-of-experts'} "
+                             f"layers run in kernelfit's C++ step only, which does not run here ({native_status()}"
+                             "); --quantization none runs the dequantized model where transformers reads the file")
     kv = plan.kernels.get("kv_cache")
     if kv is not None and kv.value == "q8_0":  # refused here, before the plan is shown, rather than after packing
         from ..engine.build import q8_0_cache_refusal
