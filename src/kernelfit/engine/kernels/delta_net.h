@@ -69,20 +69,21 @@ inline void step(const float* p, const Dims& m, const float* taps, const float* 
       const float beta = 1.f / (1.f + std::exp(-p[C + vd + j]));
       const float decay = std::exp(a[j] * softplus(p[C + vd + m.nv + j] + dt_bias[j]));
       float* S = states + j * m.dk * m.dv;
+      // two passes over the head's state, the first only reading it: kv = (decay S)^T k; then S = decay S + k delta^T
+      // and o = S^T q in one read and write (the state, 64 KiB a head, is most of what the layer touches besides its
+      // weights; a decay pass of its own wrote it once more)
       std::fill(kv.begin(), kv.end(), 0.f);
-      for (int64_t i = 0; i < m.dk; ++i) {  // S *= decay; kv = S^T k
-        float* row = S + i * m.dv;
-        for (int64_t e = 0; e < m.dv; ++e) {
-          row[e] *= decay;
-          kv[e] += row[e] * k[i];
-        }
+      for (int64_t i = 0; i < m.dk; ++i) {
+        const float* row = S + i * m.dv;
+        const float ki = k[i] * decay;
+        for (int64_t e = 0; e < m.dv; ++e) kv[e] += row[e] * ki;
       }
       for (int64_t e = 0; e < m.dv; ++e) kv[e] = (v[e] - kv[e]) * beta;  // delta
       std::fill(o.begin(), o.end(), 0.f);
-      for (int64_t i = 0; i < m.dk; ++i) {  // S += k delta^T; o = S^T q
+      for (int64_t i = 0; i < m.dk; ++i) {
         float* row = S + i * m.dv;
         for (int64_t e = 0; e < m.dv; ++e) {
-          row[e] += k[i] * kv[e];
+          row[e] = row[e] * decay + k[i] * kv[e];
           o[e] += row[e] * q[i];
         }
       }
