@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from gguf import GGMLQuantizationType, GGUFWriter, quants
+from gguf_tiny import finish
 
 LAYER_TYPES = ("linear_attention", "linear_attention", "full_attention", "linear_attention", "linear_attention",
                "full_attention")
@@ -171,8 +172,4 @@ def write_qwen35(path: Path, model) -> Path:
         f32(b + "ssm_norm.weight", sd[a + "norm.weight"])
         out = sd[a + "out_proj.weight"]  # its input columns, a value head's dv at a time
         q8(b + "ssm_out.weight", out.reshape(out.shape[0], nv, dv)[:, heads].reshape(out.shape))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
+    return finish(w, path)

@@ -18,6 +18,15 @@ SHARED_FFN = 512  # qwen2moe's shared expert
 HEAD_DIM = HIDDEN // HEADS
 
 
+def finish(w: GGUFWriter, path: Path) -> Path:
+    """Write a GGUFWriter's header, keys and tensors to `path` and close it."""
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
 def _f16(x: np.ndarray) -> np.ndarray:
     return x.astype(np.float16).view(np.uint8).reshape(*x.shape, 2)
 
@@ -261,11 +270,7 @@ def write_tiny(path: Path, qtype: str, arch: str = "llama", seed: int = 0, embed
         w.add_tensor("output_norm.weight", np.full(HIDDEN, np.nan, dtype=np.float32))
     else:
         tensor("output_norm.weight", (HIDDEN,), "norm")
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
+    return finish(w, path)
 
 
 LFM2_KINDS = ("conv", "conv", "attention", "conv", "attention", "conv")  # LFM2-1.2B's order, shortened
@@ -326,8 +331,4 @@ def write_tiny_lfm2(path: Path, qtype: str, seed: int = 0, kinds: tuple[str, ...
         tensor(b + "ffn_up.weight", (FFN, HIDDEN), qtype)
         tensor(b + "ffn_down.weight", (HIDDEN, FFN), qtype, std=OUT_STD)
     tensor("token_embd_norm.weight", (HIDDEN,), "norm")
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
+    return finish(w, path)

@@ -37,22 +37,31 @@ def lfm2(tmp_path_factory):
     return path, ids, want, without, b
 
 
-def _agree(want: torch.Tensor, got: torch.Tensor) -> tuple[float, float]:
+def agree(want: torch.Tensor, got: torch.Tensor) -> tuple[float, float]:
+    """Teacher-forced top-1 agreement and the lowest logit cosine over the rows."""
     cos = torch.nn.functional.cosine_similarity(want, got, dim=-1)
     return float((want.argmax(-1) == got.argmax(-1)).float().mean()), float(cos.min())
 
 
+def prompt_and_decode_agree(b, ids: torch.Tensor, want: torch.Tensor, prompted: int = 100) -> torch.Tensor:
+    """One prompt of every id (every row's logits), and `prompted` prompt tokens then a decode step a token (the state
+    carried a token at a time): each top-1 >= 99% and cosine >= 0.999 at every row against `want`. Returns the
+    prompt's logits."""
+    prompt = forward(b, ids, 0, True)
+    forward(b, ids[:prompted], 0)
+    steps = torch.cat([forward(b, ids[i:i + 1], i) for i in range(prompted, len(ids))])
+    for got in (prompt, torch.cat([prompt[:prompted], steps])):
+        top1, cos = agree(want, got)
+        assert top1 >= 0.99 and cos >= 0.999, (top1, cos)
+    return prompt
+
+
 def test_lfm2_prompt_and_decode_agree_with_transformers(lfm2):
     """Teacher-forced over 300 positions: one prompt (the bf16 panels, every row's logits), and 100 prompt tokens then
-    200 decode steps (the state carried a token at a time): top-1 >= 99%, logit cosine >= 0.999 at every position."""
+    200 decode steps: top-1 >= 99%, logit cosine >= 0.999 at every position."""
     _, ids, want, without, b = lfm2
-    prompt = forward(b, ids, 0, True)
-    forward(b, ids[:100], 0)
-    steps = torch.cat([forward(b, ids[i:i + 1], i) for i in range(100, N)])
-    for got in (prompt, torch.cat([prompt[:100], steps])):
-        top1, cos = _agree(want, got)
-        assert top1 >= 0.99 and cos >= 0.999, (top1, cos)
-    assert _agree(without, prompt)[1] < 0.99  # the convolutions shape the answer
+    prompt = prompt_and_decode_agree(b, ids, want)
+    assert agree(without, prompt)[1] < 0.99  # the convolutions shape the answer
     assert b.cfg.kv_layers == LFM2_KINDS.count("attention") and b.cfg.recurrent_layers == LFM2_KINDS.count("conv")
     assert b.model.k_cache.shape[0] == b.cfg.kv_layers  # keys and values for the attention layers only
 

@@ -13,6 +13,7 @@ from kernelfit.engine.build import build_lean, forward
 from kernelfit.engine.kv_cache import empty, reset_cache
 from kernelfit.engine.recipe import LayerKind
 from kernelfit.engine.weights import dot_available
+from test_hybrid_lfm2 import agree, prompt_and_decode_agree
 from test_packed_gguf import _tokens
 
 pytestmark = pytest.mark.skipif(not dot_available(), reason="a hybrid runs in the C++ step only (no compiler here)")
@@ -36,11 +37,6 @@ def qwen35(tmp_path_factory):
     return path, ids, want, other, b
 
 
-def _agree(want: torch.Tensor, got: torch.Tensor) -> tuple[float, float]:
-    cos = torch.nn.functional.cosine_similarity(want, got, dim=-1)
-    return float((want.argmax(-1) == got.argmax(-1)).float().mean()), float(cos.min())
-
-
 def test_qwen35_prompt_and_decode_agree_with_transformers(qwen35):
     """300 positions, teacher-forced: one prompt (every row's logits), and 100 prompt tokens then 200 decode steps (the
     conv inputs and each value head's [32, 32] state carried a token at a time): top-1 >= 99%, cosine >= 0.999."""
@@ -48,13 +44,8 @@ def test_qwen35_prompt_and_decode_agree_with_transformers(qwen35):
     assert b.cfg.layer_kinds == tuple(LayerKind.GATED_DELTA_NET if t == "linear_attention" else LayerKind.ATTENTION
                                       for t in LAYER_TYPES)
     assert b.cfg.delta_heads == (2, 32, 4, 32) and b.cfg.rotary.dims == 16 and b.cfg.attention_gate
-    prompt = forward(b, ids, 0, True)
-    forward(b, ids[:100], 0)
-    steps = torch.cat([forward(b, ids[i:i + 1], i) for i in range(100, N)])
-    for got in (prompt, torch.cat([prompt[:100], steps])):
-        top1, cos = _agree(want, got)
-        assert top1 >= 0.99 and cos >= 0.999, (top1, cos)
-    assert _agree(other, prompt)[1] < 0.99  # the recurrence's decay matters
+    prompt = prompt_and_decode_agree(b, ids, want)
+    assert agree(other, prompt)[1] < 0.99  # the recurrence's decay matters
     assert b.model.k_cache.shape[0] == LAYER_TYPES.count("full_attention")
 
 
@@ -133,8 +124,8 @@ def test_qwen35_moe_agrees_with_transformers(tmp_path):
     prompt = forward(b, ids, 0, True)
     forward(b, ids[:1], 0)
     steps = torch.cat([prompt[:1]] + [forward(b, ids[i:i + 1], i) for i in range(1, N)])
-    top1, cos = _agree(want, steps)
+    top1, cos = agree(want, steps)
     assert top1 >= 0.99 and cos >= 0.999, (top1, cos)
-    top1, _ = _agree(want, prompt)
+    top1, _ = agree(want, prompt)
     low = torch.nn.functional.cosine_similarity(want, prompt, dim=-1) < 0.999
     assert top1 >= 0.99 and bool(near_tie[low].all()) and int(low.sum()) <= 0.02 * N, (top1, low.nonzero().tolist())

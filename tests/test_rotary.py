@@ -172,6 +172,19 @@ def test_new_architectures_plan_packed(tmp_path, arch):
 GGUF_ARCHS = sorted(__import__("kernelfit.catalog.architectures", fromlist=["x"]).GGUF_ARCH_TO_MODEL_TYPE)
 
 
+def _tiny_of(path, arch: str):
+    """A tiny file of `arch`: the hybrids' own writers (their layers' tensors and keys), else gguf_tiny's."""
+    if arch == "lfm2":
+        from gguf_tiny import write_tiny_lfm2
+
+        return write_tiny_lfm2(path, "Q4_0")
+    if arch in ("qwen35", "qwen35moe"):
+        from gguf_qwen35 import tiny_model, write_qwen35
+
+        return write_qwen35(path, tiny_model(moe=arch == "qwen35moe"))
+    return write_tiny(path, "Q4_0", arch)
+
+
 @pytest.mark.parametrize("arch", GGUF_ARCHS)
 def test_every_admitted_gguf_architecture_loads_or_is_refused_at_plan_time(tmp_path, arch):
     """Each GGUF architecture the model stage admits, on a CPU: the plan runs it packed (and the engine builds it),
@@ -182,7 +195,7 @@ def test_every_admitted_gguf_architecture_loads_or_is_refused_at_plan_time(tmp_p
 
     from kernelfit.errors import PlanError
 
-    path = write_tiny(tmp_path / f"{arch}.gguf", "Q4_0", arch)
+    path = _tiny_of(tmp_path / f"{arch}.gguf", arch)
     try:
         p = plan(load_profile("cpu-spr-amx"), load_model_spec(str(path)), Preferences())
     except PlanError:
