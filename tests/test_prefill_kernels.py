@@ -258,3 +258,30 @@ def test_the_c_prompt_forward_is_the_torchscript_one(tmp_path, arch, qtype, int8
         assert float((c - ts).abs().max()) <= 3e-3 * scale and float((c - ts).abs().mean()) <= 1e-4 * scale
     cos = F.cosine_similarity(out["c all"], out["torchscript all"], -1)
     assert out["c all"].shape == (60, out["c"][0].shape[-1]) and float(cos.min()) > 0.9999
+
+
+@pytest.mark.skipif(not dot_available(), reason="no C++ compiler here")
+def test_a_long_prompt_is_prefilled_a_chunk_at_a_time(tmp_path, monkeypatch):
+    """`kernelfit run`'s prompt goes through the prefill PROMPT_CHUNK tokens a call (its activations bounded, not
+    growing with the prompt), and gives the first token one call gives (a short last chunk takes the exact products,
+    so the logits differ in the last digits, not in their pick)."""
+    from kernelfit.engine import runner as runner_mod
+    from kernelfit.engine.runner import LeanRunner
+
+    monkeypatch.setattr(runner_mod, "PROMPT_CHUNK", 16)
+    path = write_tiny(tmp_path / "m.gguf", "Q4_K", "llama")
+    ids = _tokens(60).tolist()
+    b = build_lean(path)
+    run = LeanRunner(b, None)
+    calls = []
+    real = run.logits
+    monkeypatch.setattr(run, "logits", lambda x, pos, all_logits=False: calls.append((pos, len(x))) or
+                        real(x, pos, all_logits))
+    reset_cache(b, 64)
+    got = run.prompt_logits(ids)
+    assert calls == [(0, 16), (16, 16), (32, 16), (48, 11), (59, 1)]
+    reset_cache(b, 64)
+    forward(b, torch.tensor(ids[:-1]), 0)
+    one = forward(b, torch.tensor(ids[-1:]), 59)[-1]
+    assert int(got.argmax()) == int(one.argmax())
+    assert float(torch.nn.functional.cosine_similarity(got, one, dim=0)) > 0.9999
