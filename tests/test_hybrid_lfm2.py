@@ -196,3 +196,39 @@ def test_without_the_cpp_step_a_hybrid_is_refused_in_one_line(lfm2, monkeypatch,
     rc = main(["run", str(path), "--prompt", "t1"])
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert rc == 2 and len(err) == 1 and "recurrent layers run in kernelfit's C++ step only" in err[0], err
+
+
+def test_lfm2_moe_agrees_with_transformers(tmp_path):
+    """LFM2-MoE (lfm2moe): a dense first layer, then experts weighed by their sigmoid and chosen by it plus a selection
+    bias, renormalised — against transformers' Lfm2Moe on the same weights. Decode steps (exact products): top-1 >=
+    99%, cosine >= 0.999 everywhere. The prompt's bf16 panels can flip a routing near-tie (the chosen 2nd and the
+    3rd expert's scores within 0.01), and the convolution carries a flipped row into the next two: every prompt row
+    below 0.999 must be within two positions after such a near-tie."""
+    from gguf_lfm2moe import tiny_model, write_lfm2moe
+
+    model = tiny_model()
+    path = write_lfm2moe(tmp_path / "moe.gguf", model)
+    ids = _tokens(N)
+    inputs = []
+    hooks = [layer.feed_forward.gate.register_forward_hook(lambda m, i, o: inputs.append((m, i[0].detach())))
+             for layer in model.model.layers if hasattr(layer.feed_forward, "gate")]
+    with torch.no_grad():
+        want = model(ids[None], use_cache=False).logits[0]
+    for h in hooks:
+        h.remove()
+    near_tie = torch.zeros(N, dtype=torch.bool)
+    for layer, (router, x) in zip([la for la in model.model.layers if hasattr(la.feed_forward, "gate")], inputs):
+        score = torch.sigmoid(x.reshape(N, -1) @ router.weight.detach().T) + layer.feed_forward.expert_bias
+        top = score.topk(3, -1).values
+        near_tie |= (top[:, 1] - top[:, 2]) < 0.01
+    reach = near_tie | torch.roll(near_tie, 1) | torch.roll(near_tie, 2)
+    b = build_lean(path)
+    assert (b.cfg.arch, b.cfg.router, b.cfg.experts, b.cfg.top_k, b.cfg.norm_topk) == ("lfm2moe", "sigmoid", 4, 2, True)
+    reset_cache(b, N + 8)
+    prompt = forward(b, ids, 0, True)
+    forward(b, ids[:1], 0)
+    steps = torch.cat([prompt[:1]] + [forward(b, ids[i:i + 1], i) for i in range(1, N)])
+    top1, cos = agree(want, steps)
+    assert top1 >= 0.99 and cos >= 0.999, (top1, cos)
+    low = torch.nn.functional.cosine_similarity(want, prompt, dim=-1) < 0.999
+    assert agree(want, prompt)[0] >= 0.99 and bool(reach[low].all()), low.nonzero().flatten().tolist()

@@ -178,6 +178,10 @@ def _tiny_of(path, arch: str):
         from gguf_tiny import write_tiny_lfm2
 
         return write_tiny_lfm2(path, "Q4_0")
+    if arch == "lfm2moe":
+        from gguf_lfm2moe import tiny_model as lfm2moe_model, write_lfm2moe
+
+        return write_lfm2moe(path, lfm2moe_model())
     if arch in ("qwen35", "qwen35moe"):
         from gguf_qwen35 import tiny_model, write_qwen35
 

@@ -48,6 +48,7 @@ DECODERS: dict[str, DecoderFamily] = {
     "qwen2_moe": DecoderFamily(qkv_bias=True, attention_bias_key=None, moe=True,
                                shared_expert_key="shared_expert_intermediate_size"),
     "lfm2": DecoderFamily(qk_norm="head", attention_bias_key=None, short_conv=True),
+    "lfm2_moe": DecoderFamily(qk_norm="head", attention_bias_key=None, short_conv=True, moe=True),
     "qwen3_5_text": DecoderFamily(qk_norm="head", attention_bias_key=None, gated_delta=True),
     "qwen3_5_moe_text": DecoderFamily(qk_norm="head", attention_bias_key=None, gated_delta=True, moe=True,
                                       shared_expert_key="shared_expert_intermediate_size"),
@@ -97,7 +98,7 @@ TRANSFORMERS_GGUF_ARCHS = ("bloom", "deci", "falcon", "gemma2", "gemma3", "gemma
 GGUF_ARCH_TO_MODEL_TYPE = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "qwen3": "qwen3",
                            "gemma": "gemma", "gemma2": "gemma2", "gemma3": "gemma3_text", "phi3": "phi3",
                            "olmo2": "olmo2", "smollm3": "smollm3", "granite": "granite", "glm4": "glm4",
-                           "qwen3moe": "qwen3_moe", "qwen2moe": "qwen2_moe", "lfm2": "lfm2",
+                           "qwen3moe": "qwen3_moe", "qwen2moe": "qwen2_moe", "lfm2": "lfm2", "lfm2moe": "lfm2_moe",
                            "qwen35": "qwen3_5_text", "qwen35moe": "qwen3_5_moe_text"}
 
 

@@ -134,7 +134,7 @@ def build_lean(path: str | Path, prefill_dense: bool = False, progress=None, pre
                 qb, kb = qb[torch.from_numpy(q_order)], kb[torch.from_numpy(k_order)]
             bias = torch.cat([qb, kb, vb])
         qkv = linear(t, names, orders, exact)
-        router = shared_gate = None
+        router = shared_gate = expert_bias = None
         shared = []
         if t.has(b + "ffn_gate_inp.weight"):  # MoE: every expert's gate, up and down rows, one product each
             if not exact:
@@ -146,6 +146,8 @@ def build_lean(path: str | Path, prefill_dense: bool = False, progress=None, pre
             if t.has(b + "ffn_gate_shexp.weight"):  # Qwen2-MoE's shared expert: gate, up, down, and its sigmoid gate
                 shared = [linear(t, [b + f"ffn_{x}_shexp.weight"], exact=True)[0] for x in ("gate", "up", "down")]
                 shared_gate = t.float_tensor(b + "ffn_gate_inp_shexp.weight").reshape(cfg.hidden)
+            if t.has(b + "exp_probs_b.bias"):  # LFM2-MoE: a bias on each expert's score, for choosing only
+                expert_bias = t.float_tensor(b + "exp_probs_b.bias").reshape(cfg.experts)
         else:
             # phi3 stores gate and up as one ffn_up of 2 x ffn rows, gate first: the layout the fused product gives
             gate_up = linear(t, [b + "ffn_gate.weight", b + "ffn_up.weight"] if t.has(b + "ffn_gate.weight") else
@@ -173,7 +175,7 @@ def build_lean(path: str | Path, prefill_dense: bool = False, progress=None, pre
             product(down, prefill_dense, False, int8), qn, kn,
             post_attn, optional(b + "post_ffw_norm.weight"), cfg.sliding(i),
             cfg.rotary_layer(i), router, [product(w) for w in shared], shared_gate, conv, delta,
-            cfg.attention_gate and kind is LayerKind.ATTENTION))
+            cfg.attention_gate and kind is LayerKind.ATTENTION, expert_bias))
     table = "token_embd.weight"
     embed = linear(t, [table], exact=True)[0] if exact and t.qtype(table) not in FLOAT_TYPES else regridded(t, table)
     head = linear(t, ["output.weight"], exact=exact)[0] if t.has("output.weight") else embed
@@ -353,7 +355,7 @@ def _bound(build: LeanBuild, step):
                             int(c.sliding_window or 0), c.family == "gemma", m.head.top_exact,
                             float(c.attn_softcap), float(c.final_softcap), float(c.residual_scale),
                             float(c.logit_scale), n.routers, int(c.top_k), int(c.expert_ffn), bool(c.norm_topk),
-                            int(c.delta_heads[0]), int(c.delta_heads[1]))
+                            int(c.delta_heads[0]), int(c.delta_heads[1]), c.router == "sigmoid")
     return n.bound
 
 

@@ -43,6 +43,8 @@ GEMMA2_SLIDING_PATTERN = 2
 SMOLLM3_NO_ROTARY_STEP = 4
 GEMMA2_27B_LAYERS = 46
 QWEN35 = ("qwen35", "qwen35moe")  # Qwen3.5 / 3.6, dense and MoE: Gated DeltaNet and gated attention
+LFM2 = ("lfm2", "lfm2moe")  # LFM2 and LFM2-MoE: short convolutions and attention
+MOE_ARCHS = ("qwen3moe", "qwen2moe", "qwen35moe", "lfm2moe")
 # YaRN's defaults where a file does not store them (transformers' rope_config_validation, llama.cpp hparams)
 YARN_BETA_FAST = 32.0
 YARN_BETA_SLOW = 1.0
@@ -148,6 +150,7 @@ class Recipe:
     top_k: int = 0
     expert_ffn: int = 0
     norm_topk: bool = False  # the chosen experts' weights renormalised to sum 1 (Qwen3-MoE's norm_topk_prob)
+    router: str = "softmax"  # the experts' weights: "softmax" over all, or each one's "sigmoid" (LFM2-MoE)
     layer_kinds: tuple[LayerKind, ...] = ()  # per layer; empty: every layer attention
     conv_kernel: int = 0  # taps a channel of a recurrent layer's convolution (LFM2's L_cache 3, Qwen3.5's 4)
     delta_heads: tuple[int, int, int, int] = (0, 0, 0, 0)  # Gated DeltaNet: key heads, key size, value heads, size
@@ -257,7 +260,7 @@ def recipe_from_gguf(h, rope_freqs: torch.Tensor | None = None) -> Recipe:
     return Recipe(
         family="gemma" if gemma else "llama", arch=arch, hidden=hidden, layers=layers,
         heads=heads, kv_heads=kv_heads, layer_kinds=kinds,
-        conv_kernel=int(h.arch_key("shortconv.l_cache") or 0) if arch == "lfm2" else
+        conv_kernel=int(h.arch_key("shortconv.l_cache") or 0) if arch in LFM2 else
         int(h.arch_key("ssm.conv_kernel") or 0) if arch in QWEN35 else 0,
         **(_delta_heads(h) if arch in QWEN35 else {}),
         head_dim=int(h.arch_key("attention.key_length") or hidden // heads),
@@ -280,8 +283,11 @@ def recipe_from_gguf(h, rope_freqs: torch.Tensor | None = None) -> Recipe:
         # Qwen3-MoE renormalises its chosen experts' weights; Qwen2-MoE does not, and adds a shared expert whose
         # output a sigmoid gate scales (llama.cpp build_moe_ffn norm_w; transformers' norm_topk_prob)
         **({"experts": int(h.arch_key("expert_count")), "top_k": int(h.arch_key("expert_used_count")),
-            "expert_ffn": int(h.arch_key("expert_feed_forward_length")), "norm_topk": arch in ("qwen3moe", "qwen35moe")}
-           if arch in ("qwen3moe", "qwen2moe", "qwen35moe") else {}),  # (a shared expert's size is its products' rows: step.cpp)
+            "expert_ffn": int(h.arch_key("expert_feed_forward_length")),
+            "norm_topk": arch in ("qwen3moe", "qwen35moe", "lfm2moe")}
+           if arch in MOE_ARCHS else {}),
+        # LFM2-MoE: sigmoid scores (llama.cpp's expert_gating_func 2), renormalised over the chosen (norm_topk_prob)
+        **({"router": "sigmoid"} if arch in MOE_ARCHS and int(h.arch_key("expert_gating_func") or 1) == 2 else {}),  # (a shared expert's size is its products' rows: step.cpp)
         # LongRoPE runs its short table: positions past the original context would need the long one
         max_positions=int(h.arch_key("rope.scaling.original_context_length") if h.rope_scaling == "longrope" else
                           h.arch_key("context_length") or 4096))
@@ -310,7 +316,7 @@ def _heads_per_layer(h, layers: int) -> tuple[int, int, tuple[LayerKind, ...]]:
             every = int(h.arch_key("full_attention_interval") or 4)
             recurrent = [(i + 1) % every != 0 for i in range(layers)]
         return q[0], kv[0], tuple(LayerKind.GATED_DELTA_NET if r else LayerKind.ATTENTION for r in recurrent)
-    if h.architecture != "lfm2":
+    if h.architecture not in LFM2:
         return q[0], kv[0], ()
     attention = [i for i in range(layers) if kv[i] > 0]
     if not attention or len({q[i] for i in attention}) != 1 or len({kv[i] for i in attention}) != 1:

@@ -231,7 +231,8 @@ class Block(nn.Module):
                  q_norm, k_norm, post_attn_norm, post_ffn_norm, sliding: bool, rotary: bool = True,
                  router: Optional[torch.Tensor] = None, shared: Optional[List[Product]] = None,
                  shared_gate: Optional[torch.Tensor] = None, conv: Optional[torch.Tensor] = None,
-                 delta: Optional[List[torch.Tensor]] = None, gated: bool = False):
+                 delta: Optional[List[torch.Tensor]] = None, gated: bool = False,
+                 expert_bias: Optional[torch.Tensor] = None):
         super().__init__()
         empty = torch.empty(0)
         self.attn_norm, self.ffn_norm = attn_norm, ffn_norm
@@ -261,6 +262,7 @@ class Block(nn.Module):
         self.conv = conv if conv is not None else empty
         self.delta = delta or []
         self.gated = gated  # Qwen3.5's attention: Q's product also gives the gates of its output
+        self.expert_bias = expert_bias if expert_bias is not None else empty  # LFM2-MoE: added to choose experts
 
 
 class LeanLM(nn.Module):

@@ -284,7 +284,7 @@ def spec_from_gguf(path: Path, name: str, model_dir: str | None = None) -> Model
         cfg.update(linear_conv_kernel_dim=h.arch_key("ssm.conv_kernel"), linear_key_head_dim=h.arch_key("ssm.state_size"),
                    linear_num_key_heads=h.arch_key("ssm.group_count"), linear_num_value_heads=nv,
                    linear_value_head_dim=int(h.arch_key("ssm.inner_size")) // nv)
-    if model_type == "lfm2":  # llama.cpp's converter: head_count_kv 0 on the short-convolution layers
+    if model_type in ("lfm2", "lfm2_moe"):  # llama.cpp's converter: head_count_kv 0 on the short-convolution layers
         cfg["layer_types"] = ["full_attention" if n else "conv" for n in (per_layer or [1] * cfg["num_hidden_layers"])]
         cfg["conv_L_cache"] = h.arch_key("shortconv.l_cache", 3)
         cfg["block_auto_adjust_ff_dim"] = False  # the file's feed_forward_length is the size itself

@@ -124,6 +124,7 @@ struct Step {
   int64_t top_k = 0, expert_ffn = 0;
   bool norm_topk = false;
   int64_t lin_nk = 0, lin_dk = 0;  // Gated DeltaNet: key heads and their size (value heads: ssm_a, size: ssm_norm)
+  bool sigmoid_router = false;  // experts weighed by sigmoid, not softmax (LFM2-MoE; norms[li][12]: selection bias)
 
   // One expert's rows of product i (its tiles: the expert's rows are whole tiles) over x: the exact dot products up
   // to DOT_MAX_ROWS rows (each row alone, as the decode step), else the bf16 panels
@@ -145,18 +146,25 @@ struct Step {
     // routing a row at a time in plain loops (a GEMM's blocking would depend on how many rows share the call, and
     // a row's answer must not): logits, softmax, the top_k (ties to the lower expert), renormalised where asked
     std::vector<int64_t> chosen(t * top_k);
-    std::vector<float> top(t * top_k), p(experts);
+    std::vector<float> top(t * top_k), p(experts), sel(experts);
     const float* rw = routers[li].data_ptr<float>();
     for (int64_t r = 0; r < t; ++r) {
       const float* x = h.data_ptr<float>() + r * hidden;
       for (int64_t e = 0; e < experts; ++e) p[e] = decode::dot16(x, rw + e * hidden, hidden);
-      const float m = *std::max_element(p.begin(), p.end());
-      float sum = 0;
-      for (int64_t e = 0; e < experts; ++e) sum += (p[e] = std::exp(p[e] - m));
+      float sum = 1;
+      if (sigmoid_router) {  // LFM2-MoE: each expert's sigmoid, chosen by it plus the layer's selection bias
+        for (int64_t e = 0; e < experts; ++e) p[e] = 1.f / (1.f + std::exp(-p[e]));
+      } else {
+        const float m = *std::max_element(p.begin(), p.end());
+        sum = 0;
+        for (int64_t e = 0; e < experts; ++e) sum += (p[e] = std::exp(p[e] - m));
+      }
+      const float* bias = norms[li].size() > 12 && norms[li][12].numel() ? norms[li][12].data_ptr<float>() : nullptr;
+      for (int64_t e = 0; e < experts; ++e) sel[e] = p[e] + (bias ? bias[e] : 0.f);
       std::vector<int64_t> order(experts);
       for (int64_t e = 0; e < experts; ++e) order[e] = e;
       std::partial_sort(order.begin(), order.begin() + top_k, order.end(),
-                        [&](int64_t a, int64_t b) { return p[a] > p[b] || (p[a] == p[b] && a < b); });
+                        [&](int64_t a, int64_t b) { return sel[a] > sel[b] || (sel[a] == sel[b] && a < b); });
       float kept = 0;
       for (int64_t j = 0; j < top_k; ++j) kept += p[order[j]] / sum;
       for (int64_t j = 0; j < top_k; ++j) {
@@ -608,7 +616,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
                           std::vector<std::vector<Tensor>>, std::vector<int64_t>, Tensor, int64_t, Tensor, Tensor,
                           Tensor, int64_t, int64_t, int64_t, int64_t, int64_t, double, double, int64_t, bool,
                           int64_t, double, double, double, double, std::vector<Tensor>, int64_t, int64_t, bool,
-                          int64_t, int64_t>())
+                          int64_t, int64_t, bool>())
       // the GIL is released while a step or a prompt runs: `kernelfit serve`'s event loop keeps answering meanwhile
       .def("run", &Step::run, "one decode step", pybind11::call_guard<pybind11::gil_scoped_release>())
       .def("prefill", &Step::prefill, "a prompt's forward", pybind11::call_guard<pybind11::gil_scoped_release>())
