@@ -7,13 +7,14 @@ first (as tests/gguf_qwen35.py does), so the model and the file hold the same va
 from __future__ import annotations
 
 import zlib
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
-from gguf import GGMLQuantizationType, GGUFWriter, quants
+from gguf import GGUFWriter
 from gguf_qwen35 import _q8_grid
-from gguf_tiny import finish
+from gguf_tiny import add_f32, add_q8, finish, tiny_vocab
 
 KINDS = ("conv", "conv", "full_attention", "conv", "full_attention", "conv")
 SHAPE = dict(vocab_size=512, hidden_size=256, intermediate_size=512, moe_intermediate_size=256,
@@ -65,20 +66,8 @@ def write_lfm2moe(path: Path, model) -> Path:
     w.add_uint32("lfm2moe.expert_gating_func", 2)  # sigmoid
     w.add_vocab_size(c.vocab_size)
     w.add_shortconv_l_cache(c.conv_L_cache)
-    w.add_tokenizer_model("gpt2")
-    w.add_token_list([f"t{i}" for i in range(c.vocab_size)])
-    w.add_token_types([1] * c.vocab_size)
-    w.add_token_scores([0.0] * c.vocab_size)
-    w.add_token_merges([])
-    w.add_bos_token_id(1)
-    w.add_eos_token_id(2)
-    q8t = GGMLQuantizationType.Q8_0
-
-    def q8(name: str, x: np.ndarray) -> None:
-        w.add_tensor(name, quants.quantize(np.ascontiguousarray(x, dtype=np.float32), q8t), raw_dtype=q8t)
-
-    def f32(name: str, x: np.ndarray) -> None:
-        w.add_tensor(name, np.ascontiguousarray(x, dtype=np.float32))
+    tiny_vocab(w, c.vocab_size)
+    q8, f32 = partial(add_q8, w), partial(add_f32, w)
 
     q8("token_embd.weight", sd["model.embed_tokens.weight"])
     f32("token_embd_norm.weight", sd["model.embedding_norm.weight"])
@@ -104,7 +93,5 @@ def write_lfm2moe(path: Path, model) -> Path:
         f32(b + "exp_probs_b.bias", sd[f + "expert_bias"])
         gate_up, ffn = sd[f + "experts.gate_up_proj"], c.moe_intermediate_size
         for x, data in (("gate", gate_up[:, :ffn]), ("up", gate_up[:, ffn:]), ("down", sd[f + "experts.down_proj"])):
-            e, rows, cols = data.shape
-            packed = quants.quantize(np.ascontiguousarray(data.reshape(e * rows, cols), dtype=np.float32), q8t)
-            w.add_tensor(b + f"ffn_{x}_exps.weight", packed.reshape(e, rows, -1), raw_dtype=q8t)
+            q8(b + f"ffn_{x}_exps.weight", data)
     return finish(w, path)

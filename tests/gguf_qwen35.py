@@ -12,12 +12,13 @@ the file hold the same values and the comparison measures the engine alone.
 from __future__ import annotations
 
 import zlib
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 from gguf import GGMLQuantizationType, GGUFWriter, quants
-from gguf_tiny import finish
+from gguf_tiny import add_f32, add_q8, finish, tiny_vocab
 
 LAYER_TYPES = ("linear_attention", "linear_attention", "full_attention", "linear_attention", "linear_attention",
                "full_attention")
@@ -114,20 +115,8 @@ def write_qwen35(path: Path, model) -> Path:
     w.add_array(f"{w.arch}.attention.recurrent_layers", [t == "linear_attention" for t in c.layer_types])
     w.add_uint32(f"{w.arch}.full_attention_interval", 3)
     w.add_vocab_size(c.vocab_size)
-    w.add_tokenizer_model("gpt2")
-    w.add_token_list([f"t{i}" for i in range(c.vocab_size)])
-    w.add_token_types([1] * c.vocab_size)
-    w.add_token_scores([0.0] * c.vocab_size)
-    w.add_token_merges([])
-    w.add_bos_token_id(1)
-    w.add_eos_token_id(2)
-
-    def q8(name: str, x: np.ndarray) -> None:
-        w.add_tensor(name, quants.quantize(np.ascontiguousarray(x, dtype=np.float32), GGMLQuantizationType.Q8_0),
-                     raw_dtype=GGMLQuantizationType.Q8_0)
-
-    def f32(name: str, x: np.ndarray) -> None:
-        w.add_tensor(name, np.ascontiguousarray(x, dtype=np.float32))
+    tiny_vocab(w, c.vocab_size)
+    q8, f32 = partial(add_q8, w), partial(add_f32, w)
 
     q8("token_embd.weight", sd["model.embed_tokens.weight"])
     f32("output_norm.weight", sd["model.norm.weight"] + 1)
@@ -139,10 +128,7 @@ def write_qwen35(path: Path, model) -> Path:
             f32(b + "ffn_gate_inp.weight", sd[p + "mlp.gate.weight"])
             gate_up, ffn = sd[p + "mlp.experts.gate_up_proj"], c.moe_intermediate_size
             for x, data in (("gate", gate_up[:, :ffn]), ("up", gate_up[:, ffn:]), ("down", sd[p + "mlp.experts.down_proj"])):
-                e, rows, cols = data.shape
-                packed = quants.quantize(np.ascontiguousarray(data.reshape(e * rows, cols), dtype=np.float32),
-                                         GGMLQuantizationType.Q8_0)
-                w.add_tensor(b + f"ffn_{x}_exps.weight", packed.reshape(e, rows, -1), raw_dtype=GGMLQuantizationType.Q8_0)
+                q8(b + f"ffn_{x}_exps.weight", data)
             for x in ("gate", "up", "down"):
                 q8(b + f"ffn_{x}_shexp.weight", sd[p + f"mlp.shared_expert.{x}_proj.weight"])
             f32(b + "ffn_gate_inp_shexp.weight", sd[p + "mlp.shared_expert_gate.weight"].reshape(-1))

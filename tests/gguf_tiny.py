@@ -27,6 +27,27 @@ def finish(w: GGUFWriter, path: Path) -> Path:
     return path
 
 
+def tiny_vocab(w: GGUFWriter, n: int) -> None:
+    """A byte-level BPE vocabulary of n tokens "t0".. with scores, no merges, bos 1 and eos 2."""
+    w.add_tokenizer_model("gpt2")
+    w.add_token_list([f"t{i}" for i in range(n)])
+    w.add_token_types([1] * n)
+    w.add_token_scores([0.0] * n)
+    w.add_token_merges([])
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+
+
+def add_q8(w: GGUFWriter, name: str, x: np.ndarray) -> None:
+    """x (float32, any rank: rows along its last dimension) as Q8_0 blocks."""
+    q = quants.quantize(np.ascontiguousarray(x.reshape(-1, x.shape[-1]), dtype=np.float32), GGMLQuantizationType.Q8_0)
+    w.add_tensor(name, q.reshape(*x.shape[:-1], -1), raw_dtype=GGMLQuantizationType.Q8_0)
+
+
+def add_f32(w: GGUFWriter, name: str, x: np.ndarray) -> None:
+    w.add_tensor(name, np.ascontiguousarray(x, dtype=np.float32))
+
+
 def _f16(x: np.ndarray) -> np.ndarray:
     return x.astype(np.float16).view(np.uint8).reshape(*x.shape, 2)
 
@@ -296,13 +317,7 @@ def write_tiny_lfm2(path: Path, qtype: str, seed: int = 0, kinds: tuple[str, ...
     w.add_rope_freq_base(1000000.0)
     w.add_vocab_size(VOCAB)
     w.add_shortconv_l_cache(CONV_TAPS)
-    w.add_tokenizer_model("gpt2")
-    w.add_token_list([f"t{i}" for i in range(VOCAB)])
-    w.add_token_types([1] * VOCAB)
-    w.add_token_scores([0.0] * VOCAB)
-    w.add_token_merges([])
-    w.add_bos_token_id(1)
-    w.add_eos_token_id(2)
+    tiny_vocab(w, VOCAB)
 
     def tensor(name, shape, kind, std=0.08):
         if kind == "norm":

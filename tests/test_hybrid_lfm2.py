@@ -56,6 +56,14 @@ def prompt_and_decode_agree(b, ids: torch.Tensor, want: torch.Tensor, prompted: 
     return prompt
 
 
+def prompt_and_steps(b, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every row's logits of one prompt, and of a decode step a token from position 0 (the first row the prompt's)."""
+    reset_cache(b, len(ids) + 8)
+    prompt = forward(b, ids, 0, True)
+    forward(b, ids[:1], 0)
+    return prompt, torch.cat([prompt[:1]] + [forward(b, ids[i:i + 1], i) for i in range(1, len(ids))])
+
+
 def test_lfm2_prompt_and_decode_agree_with_transformers(lfm2):
     """Teacher-forced over 300 positions: one prompt (the bf16 panels, every row's logits), and 100 prompt tokens then
     200 decode steps: top-1 >= 99%, logit cosine >= 0.999 at every position."""
@@ -224,10 +232,7 @@ def test_lfm2_moe_agrees_with_transformers(tmp_path):
     reach = near_tie | torch.roll(near_tie, 1) | torch.roll(near_tie, 2)
     b = build_lean(path)
     assert (b.cfg.arch, b.cfg.router, b.cfg.experts, b.cfg.top_k, b.cfg.norm_topk) == ("lfm2moe", "sigmoid", 4, 2, True)
-    reset_cache(b, N + 8)
-    prompt = forward(b, ids, 0, True)
-    forward(b, ids[:1], 0)
-    steps = torch.cat([prompt[:1]] + [forward(b, ids[i:i + 1], i) for i in range(1, N)])
+    prompt, steps = prompt_and_steps(b, ids)
     top1, cos = agree(want, steps)
     assert top1 >= 0.99 and cos >= 0.999, (top1, cos)
     low = torch.nn.functional.cosine_similarity(want, prompt, dim=-1) < 0.999

@@ -13,7 +13,7 @@ from kernelfit.engine.build import build_lean, forward
 from kernelfit.engine.kv_cache import empty, reset_cache
 from kernelfit.engine.recipe import LayerKind
 from kernelfit.engine.weights import dot_available
-from test_hybrid_lfm2 import agree, prompt_and_decode_agree
+from test_hybrid_lfm2 import agree, prompt_and_decode_agree, prompt_and_steps
 from test_packed_gguf import _tokens
 
 pytestmark = pytest.mark.skipif(not dot_available(), reason="a hybrid runs in the C++ step only (no compiler here)")
@@ -120,10 +120,7 @@ def test_qwen35_moe_agrees_with_transformers(tmp_path):
         near_tie |= (top[:, 1] - top[:, 2]) < 0.01
     b = build_lean(path)
     assert b.cfg.arch == "qwen35moe" and (b.cfg.experts, b.cfg.top_k, b.cfg.norm_topk) == (4, 2, True)
-    reset_cache(b, N + 8)
-    prompt = forward(b, ids, 0, True)
-    forward(b, ids[:1], 0)
-    steps = torch.cat([prompt[:1]] + [forward(b, ids[i:i + 1], i) for i in range(1, N)])
+    prompt, steps = prompt_and_steps(b, ids)
     top1, cos = agree(want, steps)
     assert top1 >= 0.99 and cos >= 0.999, (top1, cos)
     top1, _ = agree(want, prompt)
