@@ -126,3 +126,17 @@ def test_qwen35_moe_agrees_with_transformers(tmp_path):
     top1, _ = agree(want, prompt)
     low = torch.nn.functional.cosine_similarity(want, prompt, dim=-1) < 0.999
     assert top1 >= 0.99 and bool(near_tie[low].all()) and int(low.sum()) <= 0.02 * N, (top1, low.nonzero().tolist())
+
+
+def test_checkpoints_keep_within_their_byte_budget():
+    """A sequence keeps at most 8 state copies and at most 64 MiB of them, the newest: Qwen3.5-0.8B's ~19 MiB state
+    keeps 3, a small one 8."""
+    from kernelfit.engine.recurrent import CHECKPOINT_BYTES, Checkpoints, State
+
+    for floats, kept in ((19 << 18, 3), (1000, 8)):
+        c, s = Checkpoints(), State(torch.zeros(floats))
+        for at in range(1, 11):
+            s.at = at
+            c.take(s)
+        assert [x.at for x in c.saved] == list(range(11 - kept, 11))
+        assert sum(x.nbytes for x in c.saved) <= max(CHECKPOINT_BYTES, s.nbytes)

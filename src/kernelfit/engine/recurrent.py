@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-CHECKPOINTS = 8  # copies a sequence keeps (llama-server's --ctx-checkpoints default); LFM2-1.2B's: 160 KiB each,
-# Qwen3.5-0.8B's ~19 MiB
+CHECKPOINTS = 8  # copies a sequence keeps at most (llama-server's --ctx-checkpoints default)...
+CHECKPOINT_BYTES = 64 << 20  # ...and within this many bytes (at least the newest): LFM2-1.2B's copies are 160 KiB
+# (8 kept), Qwen3.5-0.8B's ~19 MiB (3 kept) — a server holds them for each of its sequences
 
 
 @dataclass
@@ -88,6 +89,8 @@ class Checkpoints:
         if state is None:
             return
         self.saved = [s for s in self.saved if s.at != state.at][-(self.keep - 1):] if self.keep > 1 else []
+        while self.saved and (len(self.saved) + 1) * state.nbytes > CHECKPOINT_BYTES:
+            self.saved.pop(0)  # the oldest first
         self.saved.append(state.copy())
 
     def at(self, n: int) -> State | None:
