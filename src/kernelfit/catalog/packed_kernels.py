@@ -84,15 +84,17 @@ DECODE_KERNELS = {
 # 79.4); over a whole model (benchmarks/results/llamacpp-report.md) SmolLM2 decodes at 352.5 vs 221.6 tok/s and
 # Gemma 3 270M at 141.1 vs 114.6, without the re-grid's loss. At 256 rows each product is unpacked to bf16 for
 # oneDNN: 1,102 us for 3072x576 against oneDNN on a kept bf16 copy 937 and int4 2,680.
-GGUF_DECODE = ("the file's own 4/8-bit groups, exact, through kernelfit's C++ group dot products (torch's "
+GGUF_GROUPS = ("the file's own 4/8-bit groups, exact, through kernelfit's C++ group dot products (torch's "
                "_weight_int4pack_mm_for_cpu / _weight_int8pack_mm with re-gridded int8 where no C++ compiler "
-               "builds them); decoding checks prompt-lookup drafts several tokens a step where the C++ step runs "
-               "(greedy, and sampled in the server: the same tokens, the same seeded samples; paused where it "
-               "measures slower)")
-# A hybrid (LFM2): its recurrent state holds only the latest position, so a rejected draft cannot be taken back out of
-# it (engine/recurrent.py); llama.cpp likewise keeps speculative decoding off recurrent models without a draft model
-HYBRID_DECODE = ("; one token a step: a hybrid's recurrent state cannot be moved back past a rejected draft, so "
-                 "prompt-lookup drafts are off")
+               "builds them)")
+GGUF_DECODE = GGUF_GROUPS + ("; decoding checks prompt-lookup drafts several tokens a step where the C++ step runs "
+                             "(greedy, and sampled in the server: the same tokens, the same seeded samples; paused "
+                             "where it measures slower)")
+# A hybrid (LFM2, Qwen3.5): its recurrent state holds only the latest position, so a rejected draft cannot be taken
+# back out of it (engine/recurrent.py); llama.cpp likewise keeps speculative decoding off recurrent models without a
+# draft model
+HYBRID_DECODE = GGUF_GROUPS + ("; one token a step: a hybrid's recurrent state cannot be moved back past a rejected "
+                               "draft, so prompt-lookup drafts are off")
 PREFILL_PACKED = "same packed weights as decode (each layer's products unpacked to bf16 for that call, oneDNN matmuls)"
 PREFILL_DENSE = "bf16 copy (oneDNN matmul)"
 # The bf16 panel GEMM (engine/kernels/panel_gemm.h): a GGUF file's groups unpacked 32 output columns at a time into a bf16

@@ -324,8 +324,8 @@ def batch_step(build: LeanBuild, tokens: list[int], positions: list[int], sequen
     for r, p in enumerate(positions):
         if p >= caches[sequences[r]].capacity:
             raise ValueError(f"position {p} is past its sequence's KV cache ({caches[sequences[r]].capacity})")
-    for s, c in enumerate(caches):  # a sequence's rows run in order from where its recurrent state is
-        mine = [p for r, p in enumerate(positions) if sequences[r] == s]
+    rows_of = [[p for r, p in enumerate(positions) if sequences[r] == s] for s in range(len(caches))]
+    for c, mine in zip(caches, rows_of):  # a sequence's rows run in order from where its recurrent state is
         check_position(c.state, mine[0])
         if mine != list(range(mine[0], mine[0] + len(mine))):
             raise ValueError(f"a sequence's rows must be consecutive positions, not {mine}")
@@ -335,9 +335,9 @@ def batch_step(build: LeanBuild, tokens: list[int], positions: list[int], sequen
         out = _bound(build, step).batch(x, positions, sequences, [c.k for c in caches], [c.v for c in caches],
                                         [_state_values(c.state) for c in caches], torch.view_as_real(m.rope_global),
                                         local)
-    for s, c in enumerate(caches):
+    for c, mine in zip(caches, rows_of):
         if c.state is not None:
-            c.state.at = 1 + max(p for r, p in enumerate(positions) if sequences[r] == s)
+            c.state.at = mine[-1] + 1
     return out
 
 

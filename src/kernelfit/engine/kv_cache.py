@@ -71,7 +71,7 @@ def reset_cache(build, positions: int) -> None:
     """The build's own KV cache (the runner's one sequence) grown to at least `positions` tokens: a cache that must
     grow keeps what it holds (a chat's earlier turns, engine/runner.py LeanRunner.start)."""
     m = build.model
-    old = KvCache(m.k_cache, m.v_cache, build.state) if kv_capacity(build) else None
+    old = own_cache(build) if kv_capacity(build) else None
     new = grown(build, old, positions)
     if new is not old:
         m.k_cache = m.v_cache = torch.empty(0)

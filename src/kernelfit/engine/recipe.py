@@ -28,6 +28,7 @@ import torch
 
 from ..catalog.packed_kernels import LEAN_GGUF_ARCHS, LEAN_ROPE_SCALINGS
 from ..errors import UsageError
+from ..model.spec import qwen35_recurrent_layers
 
 # Gemma 3 facts llama.cpp hard-codes rather than stores: sliding layers use rotary base 10000 and every 6th layer
 # is global (llama.cpp src/llama-model.cpp LLM_ARCH_GEMMA3; transformers Gemma3TextConfig defaults
@@ -285,9 +286,9 @@ def recipe_from_gguf(h, rope_freqs: torch.Tensor | None = None) -> Recipe:
         **({"experts": int(h.arch_key("expert_count")), "top_k": int(h.arch_key("expert_used_count")),
             "expert_ffn": int(h.arch_key("expert_feed_forward_length")),
             "norm_topk": arch in ("qwen3moe", "qwen35moe", "lfm2moe")}
-           if arch in MOE_ARCHS else {}),
+           if arch in MOE_ARCHS else {}),  # (a shared expert's size is its products' rows: step.cpp)
         # LFM2-MoE: sigmoid scores (llama.cpp's expert_gating_func 2), renormalised over the chosen (norm_topk_prob)
-        **({"router": "sigmoid"} if arch in MOE_ARCHS and int(h.arch_key("expert_gating_func") or 1) == 2 else {}),  # (a shared expert's size is its products' rows: step.cpp)
+        **({"router": "sigmoid"} if arch in MOE_ARCHS and int(h.arch_key("expert_gating_func") or 1) == 2 else {}),
         # LongRoPE runs its short table: positions past the original context would need the long one
         max_positions=int(h.arch_key("rope.scaling.original_context_length") if h.rope_scaling == "longrope" else
                           h.arch_key("context_length") or 4096))
@@ -305,17 +306,10 @@ def _heads_per_layer(h, layers: int) -> tuple[int, int, tuple[LayerKind, ...]]:
         return values
 
     q = per_layer("attention.head_count")
-    kv = per_layer("attention.head_count_kv", q if isinstance(h.arch_key("attention.head_count"), (list, tuple))
-                   else h.arch_key("attention.head_count"))
-    if h.architecture in QWEN35:  # llama.cpp's converter: a flag a layer (its MTP blocks' last), else every Nth
-        # layer attends (full_attention_interval, 4)
-        flags = h.arch_key("attention.recurrent_layers")
-        if isinstance(flags, (list, tuple)):
-            recurrent = [bool(x) for x in flags[:layers]]
-        else:
-            every = int(h.arch_key("full_attention_interval") or 4)
-            recurrent = [(i + 1) % every != 0 for i in range(layers)]
-        return q[0], kv[0], tuple(LayerKind.GATED_DELTA_NET if r else LayerKind.ATTENTION for r in recurrent)
+    kv = per_layer("attention.head_count_kv", q)
+    if h.architecture in QWEN35:
+        return q[0], kv[0], tuple(LayerKind.GATED_DELTA_NET if r else LayerKind.ATTENTION
+                                  for r in qwen35_recurrent_layers(h, layers))
     if h.architecture not in LFM2:
         return q[0], kv[0], ()
     attention = [i for i in range(layers) if kv[i] > 0]

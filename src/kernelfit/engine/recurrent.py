@@ -53,13 +53,13 @@ def state_floats(cfg) -> int:
 
 
 def layer_state_floats(cfg, kind) -> int:
+    from ..model.params import delta_net_state, short_conv_state
     from .recipe import LayerKind
 
     if kind is LayerKind.SHORT_CONV:
-        return (cfg.conv_kernel - 1) * cfg.hidden
+        return short_conv_state(cfg.conv_kernel, cfg.hidden)
     if kind is LayerKind.GATED_DELTA_NET:
-        nk, dk, nv, dv = cfg.delta_heads
-        return (cfg.conv_kernel - 1) * (2 * nk * dk + nv * dv) + nv * dk * dv
+        return delta_net_state(cfg.conv_kernel, *cfg.delta_heads)
     return 0
 
 

