@@ -301,7 +301,8 @@ OUT_STD = 0.03  # a block's output products: each layer adds to the residual rat
 # logits of std 16, turned on it)
 
 
-def write_tiny_lfm2(path: Path, qtype: str, seed: int = 0, kinds: tuple[str, ...] = LFM2_KINDS) -> Path:
+def write_tiny_lfm2(path: Path, qtype: str, seed: int = 0, kinds: tuple[str, ...] = LFM2_KINDS,
+                    head_count_kv: list[int] | None = None) -> Path:
     """A small LFM2 file as llama.cpp's converter writes one: head_count_kv per layer (0 on the short-convolution
     layers), shortconv.l_cache, the conv taps float32 [hidden, L], in_proj (B, C, x rows) and out_proj, per-head Q/K
     norms, and the final norm under token_embd_norm (transformers' embedding_norm)."""
@@ -312,7 +313,7 @@ def write_tiny_lfm2(path: Path, qtype: str, seed: int = 0, kinds: tuple[str, ...
     w.add_block_count(len(kinds))
     w.add_feed_forward_length(FFN)
     w.add_head_count(HEADS)
-    w.add_head_count_kv([KV_HEADS if k == "attention" else 0 for k in kinds])
+    w.add_head_count_kv(head_count_kv or [KV_HEADS if k == "attention" else 0 for k in kinds])  # (a damaged one)
     w.add_layer_norm_rms_eps(1e-5)
     w.add_rope_freq_base(1000000.0)
     w.add_vocab_size(VOCAB)

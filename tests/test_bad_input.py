@@ -200,7 +200,27 @@ def _inputs(tmp: Path) -> dict:
     from gguf_tiny import write_tiny  # a GGUF file whose tokenizer metadata transformers cannot read
 
     made["gguf no tokenizer scores"] = str(write_tiny(d / "no-scores.gguf", "Q4_0", tokenizer=False))
+    from gguf_tiny import write_tiny_lfm2  # hybrids whose per-layer keys are damaged
+
+    made["lfm2 short head table"] = str(write_tiny_lfm2(d / "lfm2-heads.gguf", "Q8_0", head_count_kv=[0, 2, 0]))
+    made["qwen35 odd value heads"] = str(_qwen35_header(d / "qwen35-sizes.gguf"))
     return made
+
+
+def _qwen35_header(path: Path) -> Path:
+    """A qwen35 file's keys alone (no tensors) whose ssm.inner_size is not whole value heads."""
+    from gguf import GGUFWriter
+    from gguf_tiny import finish, tiny_vocab
+
+    w = GGUFWriter(str(path), "qwen35")
+    for add, value in (("add_context_length", 1024), ("add_embedding_length", 256), ("add_block_count", 4),
+                       ("add_feed_forward_length", 512), ("add_head_count", 4), ("add_head_count_kv", 2),
+                       ("add_key_length", 64), ("add_value_length", 64), ("add_ssm_conv_kernel", 4),
+                       ("add_ssm_state_size", 32), ("add_ssm_group_count", 2), ("add_ssm_time_step_rank", 4),
+                       ("add_ssm_inner_size", 7), ("add_vocab_size", 512)):
+        getattr(w, add)(value)
+    tiny_vocab(w, 512)
+    return finish(w, path)
 
 
 CLI_CASES: list[tuple[str, callable, str]] = []
@@ -227,6 +247,10 @@ for _name in ("garbage", "truncated data"):
     case(f"run gguf: {_name}", "GGUF")(lambda m, n=_name: ["run", m[("gguf", n)], "--prompt", "hi"])
 case("run gguf: tokenizer metadata transformers cannot read", "tokenizer")(
     lambda m: ["run", m["gguf no tokenizer scores"], "--prompt", "hi"])
+for _what, _expect in (("lfm2 short head table", "has 3 entries for 6 layers"),
+                       ("qwen35 odd value heads", "is not whole heads")):
+    case(f"plan {_what}", _expect)(lambda m, w=_what: ["plan", m[w]])
+    case(f"run {_what}", _expect)(lambda m, w=_what: ["run", m[w], "--prompt", "hi"])
 for _name in BAD_SAFETENSORS:
     case(f"plan safetensors: {_name}", "damaged")(lambda m, n=_name: ["plan", m[("safetensors", n)]])
     case(f"run safetensors: {_name}", "damaged")(lambda m, n=_name: ["run", m[("safetensors", n)], "--prompt", "hi"])

