@@ -97,3 +97,37 @@ def test_panel_attention_keeps_a_nan_to_its_own_row_and_head():
     assert torch.isfinite(got[~bad]).all()
     ref = _ops().blocked_attention(q, k, v, 0, 0, 0, d ** -0.5, 64).view(t, nq, d)
     assert float((got[~bad] - ref[~bad]).abs().max()) < 0.03
+
+
+def _cpu_has(flag: str) -> bool:
+    try:
+        return any(flag in line.split() for line in open("/proc/cpuinfo") if line.startswith("flags"))
+    except OSError:
+        return False
+
+
+@needs_panel
+def test_the_panels_run_on_amx_tiles_where_the_cpu_has_them(monkeypatch):
+    """On a CPU with AMX-BF16 the panel GEMM takes the tiles (amx_tiles.h), and KERNELFIT_AMX=0 takes them away."""
+    assert bool(_ops().panel_tiles()) == _cpu_has("amx_bf16")
+    monkeypatch.setenv("KERNELFIT_AMX", "0")
+    assert not _ops().panel_tiles()
+
+
+@needs_panel
+@pytest.mark.parametrize("qtype", ["Q4_K", "Q6_K", "Q8_0"])
+def test_a_prompt_split_into_calls_gets_the_same_bits_and_both_kernels_agree(qtype, monkeypatch):
+    """Each row is computed alone: rows split into calls of 1, 16, 17 and 33 rows give one call's bits (the server's
+    cached prefixes rely on it); the tile kernel and the AVX512-BF16 one are the same sums to float32 rounding."""
+    rows, cols = 77, 1024
+    w, _ = _weight(qtype, rows, cols, 5)
+    torch.manual_seed(2)
+    x = torch.randn(67, cols)
+    args = ([w.codes], [w.scale], [w.mins], [w.bits], [rows])
+    one = _ops().panel_gemm_parts(x, *args)
+    cuts = [0, 1, 17, 50, 67]
+    parts = torch.cat([_ops().panel_gemm_parts(x[a:b], *args) for a, b in zip(cuts, cuts[1:])])
+    assert torch.equal(one, parts)
+    monkeypatch.setenv("KERNELFIT_AMX", "0")
+    other = _ops().panel_gemm_parts(x, *args)
+    assert float((one - other).abs().max()) <= 1e-5 * float(other.abs().max())

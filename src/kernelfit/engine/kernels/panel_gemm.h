@@ -12,6 +12,7 @@
 // broadcasts of a row's two bf16 inputs feed 24 vdpbf16ps.
 #pragma once
 
+#include "amx_tiles.h"
 #include "unpack_kernels.h"
 
 #include <cstdlib>
@@ -95,11 +96,12 @@ inline void rows_micro(int64_t rows, const uint16_t* x, int64_t ldx, int64_t k, 
   }
 }
 
-// One part's panels [first, last): unpack each, run all rows past it; its columns start at y's column col0
+// One part's panels [first, last): unpack each, run all rows past it; its columns start at y's column col0.
+// tiles: on AMX (amx_tiles.h; x then padded with zero rows to a multiple of 16, the worker's tiles configured)
 template <int BITS, int G, typename T>
 void part_panels(const at::Tensor& codes, const at::Tensor& scale, const at::Tensor& mins, const dot::Layout& L,
                  int64_t n, const uint16_t* x, int64_t m, float* y, int64_t ldy, int64_t first, int64_t last,
-                 std::vector<uint32_t>& panel) {
+                 std::vector<uint32_t>& panel, bool tiles) {
   const auto* cp = codes.data_ptr<uint8_t>();
   const dot::TileScales<T> ts(scale, mins, L);
   const int64_t k = L.k, per_panel = COLS / TILE;
@@ -110,6 +112,13 @@ void part_panels(const at::Tensor& codes, const at::Tensor& scale, const at::Ten
     build_panel<BITS, G, T>(cp + t0 * k * L.bits, ts, t0, k, std::min(per_panel, L.tiles - t0), panel.data(),
                             buf.data());
     const int64_t valid = std::min(COLS, n - col0);
+#if defined(KF_AMX)
+    if (tiles) {
+      alignas(64) float tmp[32 * 32];
+      amx::rows(x, k, m, k, panel.data(), COLS, y + col0, ldy, valid, tmp);
+      continue;
+    }
+#endif
     for (int64_t r0 = 0; r0 < m; r0 += MR)
       rows_micro(std::min(MR, m - r0), x + r0 * k, k, k, panel.data(), y + r0 * ldy + col0, ldy, valid);
   }
@@ -142,8 +151,15 @@ inline at::Tensor gemm_parts(const at::Tensor& x_in, const std::vector<at::Tenso
   for (size_t i = 0; i < parts; ++i) first_panel.push_back(first_panel.back() + (n[i] + COLS - 1) / COLS);
   auto y = at::empty({x.size(0), total}, x.options().dtype(at::kFloat));
 #if defined(KF_PANEL_GEMM)
-  const auto* xp = reinterpret_cast<const uint16_t*>(x.data_ptr<at::BFloat16>());
+  // the tiles read 16 rows at a time: x padded with zero rows (whose outputs are not stored)
+  const bool tiles = amx::ready() && x.size(1) % 32 == 0;
+  const int64_t padded = tiles ? (x.size(0) + amx::ROWS - 1) / amx::ROWS * amx::ROWS : x.size(0);
+  const at::Tensor xs = padded == x.size(0) ? x : at::constant_pad_nd(x, {0, 0, 0, padded - x.size(0)});
+  const auto* xp = reinterpret_cast<const uint16_t*>(xs.data_ptr<at::BFloat16>());
   at::parallel_for(0, first_panel.back(), 1, [&](int64_t begin, int64_t end) {
+#if defined(KF_AMX)
+    if (tiles) amx::configure();
+#endif
     std::vector<uint32_t> panel;
     int64_t col = 0;
     for (size_t i = 0; i < parts; ++i) {
@@ -151,9 +167,12 @@ inline at::Tensor gemm_parts(const at::Tensor& x_in, const std::vector<at::Tenso
       const int64_t hi = std::min(end, first_panel[i + 1]) - first_panel[i];
       if (lo < hi)
         KF_DOT_DISPATCH(layouts[i], scale[i].scalar_type(), part_panels, codes[i], scale[i], mins[i], layouts[i], n[i],
-                        xp, x.size(0), y.data_ptr<float>() + col, total, lo, hi, panel);
+                        xp, x.size(0), y.data_ptr<float>() + col, total, lo, hi, panel, tiles);
       col += n[i];
     }
+#if defined(KF_AMX)
+    if (tiles) amx::release();
+#endif
   });
 #endif
   return y;

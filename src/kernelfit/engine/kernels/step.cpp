@@ -673,4 +673,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("fast_gemm", &gemm::fast_gemm, "whether the int8 VNNI GEMM is built here");
   m.def("panel_gemm_parts", &panel::gemm_parts, "several weights' products over one input, bf16 panels (precise)");
   m.def("panel_available", &panel::available, "whether the AVX512-BF16 panel GEMM is built here");
+  m.def("panel_tiles", &amx::ready, "whether the panel GEMM runs on AMX tiles here (amx_tiles.h)");
 }
