@@ -131,3 +131,19 @@ def test_a_prompt_split_into_calls_gets_the_same_bits_and_both_kernels_agree(qty
     monkeypatch.setenv("KERNELFIT_AMX", "0")
     other = _ops().panel_gemm_parts(x, *args)
     assert float((one - other).abs().max()) <= 1e-5 * float(other.abs().max())
+
+
+@needs_panel
+def test_bf16_weights_prompt_products_are_split_alike_and_agree_across_kernels(monkeypatch):
+    """A bf16 checkpoint's prompt products (bf16_rows.h through the same panels, tiles where present): calls of any
+    rows give one call's bits, and the tile and AVX512-BF16 kernels agree to float32 rounding."""
+    torch.manual_seed(4)
+    w = torch.randn(100, 512).to(torch.bfloat16)
+    x = torch.randn(45, 512)
+    one = _ops().bf16_rows_mm(x, w)
+    want = x.bfloat16().double() @ w.double().T
+    assert float((one.double() - want).abs().max()) <= 1e-5 * float(want.abs().max())
+    assert torch.equal(torch.cat([_ops().bf16_rows_mm(x[:13], w), _ops().bf16_rows_mm(x[13:], w)]), one)
+    monkeypatch.setenv("KERNELFIT_AMX", "0")
+    other = _ops().bf16_rows_mm(x, w)
+    assert float((one - other).abs().max()) <= 1e-5 * float(other.abs().max())

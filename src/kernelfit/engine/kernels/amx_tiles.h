@@ -14,6 +14,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 
 #if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__linux__)
@@ -104,6 +105,10 @@ inline void rows(const uint16_t* x, int64_t ldx, int64_t m, int64_t k, const uin
       for (int64_t i = 0; i < stored; ++i) std::memcpy(y + (r0 + i) * ldy, tmp + i * 32, valid * sizeof(float));
   }
 }
+
+#else
+inline void configure() {}
+inline void release() {}
 #endif
 
 // Whether the tile kernel runs here: built for it (-march=native on such a CPU), the kernel lends the tiles, and

@@ -141,20 +141,21 @@ inline at::Tensor rows_mm(const at::Tensor& x_in, const at::Tensor& w) {
   }
 #if defined(KF_PANEL_GEMM)
   if (panel::available() && k % 2 == 0) {
-    const at::Tensor x = x_in.to(at::kBFloat16).contiguous().view({m, k});
+    const bool tiles = amx::ready() && k % 32 == 0;
+    const at::Tensor x = panel::tile_rows(x_in.to(at::kBFloat16).contiguous().view({m, k}), tiles);
     at::Tensor y = at::empty({m, n}, x.options().dtype(at::kFloat));
     const auto* xp = reinterpret_cast<const uint16_t*>(x.data_ptr<at::BFloat16>());
     float* yp = y.data_ptr<float>();
     at::parallel_for(0, (n + panel::COLS - 1) / panel::COLS, 1, [&](int64_t p0, int64_t p1) {
+      if (tiles) amx::configure();
       std::vector<uint32_t> pan(k / 2 * panel::COLS);
       std::vector<uint16_t> tmp;
       for (int64_t p = p0; p < p1; ++p) {
         rows_panel(wp, n, k, p * panel::COLS, pan.data(), f16, tmp);
         const int64_t valid = std::min(panel::COLS, n - p * panel::COLS);
-        for (int64_t r0 = 0; r0 < m; r0 += panel::MR)
-          panel::rows_micro(std::min(panel::MR, m - r0), xp + r0 * k, k, k, pan.data(), yp + r0 * n + p * panel::COLS,
-                            n, valid);
+        panel::panel_rows(tiles, xp, m, k, pan.data(), yp + p * panel::COLS, n, valid);
       }
+      if (tiles) amx::release();
     });
     return y;
   }

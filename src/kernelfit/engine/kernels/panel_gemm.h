@@ -96,6 +96,25 @@ inline void rows_micro(int64_t rows, const uint16_t* x, int64_t ldx, int64_t k, 
   }
 }
 
+// x's m rows past one panel into y's first `valid` columns: on the tiles (x padded to a multiple of amx::ROWS rows,
+// the worker's tiles configured) or 12 rows at a time
+inline void panel_rows(bool tiles, const uint16_t* x, int64_t m, int64_t k, const uint32_t* panel, float* y,
+                       int64_t ldy, int64_t valid) {
+#if defined(KF_AMX)
+  if (tiles) {
+    alignas(64) float tmp[32 * 32];
+    return amx::rows(x, k, m, k, panel, COLS, y, ldy, valid, tmp);
+  }
+#endif
+  for (int64_t r0 = 0; r0 < m; r0 += MR) rows_micro(std::min(MR, m - r0), x + r0 * k, k, k, panel, y + r0 * ldy, ldy, valid);
+}
+
+// x as bf16 rows for panel_rows: padded with zero rows (whose outputs are not stored) where the tiles run
+inline at::Tensor tile_rows(const at::Tensor& x, bool tiles) {
+  if (!tiles || x.size(0) % amx::ROWS == 0) return x;
+  return at::constant_pad_nd(x, {0, 0, 0, amx::ROWS - x.size(0) % amx::ROWS});
+}
+
 // One part's panels [first, last): unpack each, run all rows past it; its columns start at y's column col0.
 // tiles: on AMX (amx_tiles.h; x then padded with zero rows to a multiple of 16, the worker's tiles configured)
 template <int BITS, int G, typename T>
@@ -112,15 +131,7 @@ void part_panels(const at::Tensor& codes, const at::Tensor& scale, const at::Ten
     build_panel<BITS, G, T>(cp + t0 * k * L.bits, ts, t0, k, std::min(per_panel, L.tiles - t0), panel.data(),
                             buf.data());
     const int64_t valid = std::min(COLS, n - col0);
-#if defined(KF_AMX)
-    if (tiles) {
-      alignas(64) float tmp[32 * 32];
-      amx::rows(x, k, m, k, panel.data(), COLS, y + col0, ldy, valid, tmp);
-      continue;
-    }
-#endif
-    for (int64_t r0 = 0; r0 < m; r0 += MR)
-      rows_micro(std::min(MR, m - r0), x + r0 * k, k, k, panel.data(), y + r0 * ldy + col0, ldy, valid);
+    panel_rows(tiles, x, m, k, panel.data(), y + col0, ldy, valid);
   }
 }
 #endif
@@ -153,13 +164,10 @@ inline at::Tensor gemm_parts(const at::Tensor& x_in, const std::vector<at::Tenso
 #if defined(KF_PANEL_GEMM)
   // the tiles read 16 rows at a time: x padded with zero rows (whose outputs are not stored)
   const bool tiles = amx::ready() && x.size(1) % 32 == 0;
-  const int64_t padded = tiles ? (x.size(0) + amx::ROWS - 1) / amx::ROWS * amx::ROWS : x.size(0);
-  const at::Tensor xs = padded == x.size(0) ? x : at::constant_pad_nd(x, {0, 0, 0, padded - x.size(0)});
+  const at::Tensor xs = tile_rows(x, tiles);
   const auto* xp = reinterpret_cast<const uint16_t*>(xs.data_ptr<at::BFloat16>());
   at::parallel_for(0, first_panel.back(), 1, [&](int64_t begin, int64_t end) {
-#if defined(KF_AMX)
     if (tiles) amx::configure();
-#endif
     std::vector<uint32_t> panel;
     int64_t col = 0;
     for (size_t i = 0; i < parts; ++i) {
@@ -170,9 +178,7 @@ inline at::Tensor gemm_parts(const at::Tensor& x_in, const std::vector<at::Tenso
                         xp, x.size(0), y.data_ptr<float>() + col, total, lo, hi, panel, tiles);
       col += n[i];
     }
-#if defined(KF_AMX)
     if (tiles) amx::release();
-#endif
   });
 #endif
   return y;
