@@ -147,3 +147,24 @@ def test_bf16_weights_prompt_products_are_split_alike_and_agree_across_kernels(m
     monkeypatch.setenv("KERNELFIT_AMX", "0")
     other = _ops().bf16_rows_mm(x, w)
     assert float((one - other).abs().max()) <= 1e-5 * float(other.abs().max())
+
+
+@needs_panel
+@pytest.mark.parametrize("group", [1, 4])
+def test_panel_attention_split_into_calls_gets_the_same_bits_and_both_kernels_agree(group, monkeypatch):
+    """A prompt's attention in two calls (the second at its position, over the keys the first wrote) equals one call
+    bit for bit, on the tiles and on the AVX512-BF16 micro-kernel; the two kernels agree to the bf16 rounding of the
+    softmax weights (a score's last float32 bit can move a weight by one bf16 step)."""
+    nkv, d, t = 2, 64, 80
+    torch.manual_seed(5)
+    k, v = torch.randn(nkv, 96, d), torch.randn(nkv, 96, d)
+    q = torch.randn(t, nkv * group, d)
+    out = {}
+    for mode in ("1", "0"):
+        monkeypatch.setenv("KERNELFIT_AMX", mode)
+        one = _ops().prompt_attention(q, k, v, 0, 0, 0, d ** -0.5, 64)
+        two = torch.cat([_ops().prompt_attention(q[:33], k, v, 0, 0, 0, d ** -0.5, 64),
+                         _ops().prompt_attention(q[33:], k, v, 33, 0, 0, d ** -0.5, 64)])
+        assert torch.equal(one, two)
+        out[mode] = one
+    assert float((out["1"] - out["0"]).abs().max()) <= 1e-4 * float(out["0"].abs().max())

@@ -1,5 +1,5 @@
 // A prompt's attention for one layer on panel_gemm.h's microkernel (AVX512-BF16): the layer's keys and values
-// written once into bf16 panels, then each block of 12 query rows multiplies only the key panels its rows see,
+// written once into bf16 panels, then each block of 12 query rows (32 on AMX tiles) multiplies only the key panels its rows see,
 // takes a float32 softmax of its scores in place, and multiplies the weights by the value panels.
 //
 // Why: the blocked path (rows_kernels.h's prompt_attention) runs two oneDNN bf16 GEMMs per block of 128 queries
@@ -22,6 +22,19 @@ inline __m512 load512(const typename R::T* row, int64_t i) {
   __m512 r;
   std::memcpy(&r, &v, sizeof r);
   return r;
+}
+
+// rows x [rn, k] (ldx apart) past a panel's 32 columns into y (ldy apart): on the tiles (rn up to 32; the rows past
+// rn up to the next 16 readable, their outputs not stored) or the 12-row micro-kernel (rn up to MR)
+inline void block_rows(bool tiles, int64_t rn, const uint16_t* x, int64_t ldx, int64_t k, const uint32_t* panel,
+                       float* y, int64_t ldy) {
+#if defined(KF_AMX)
+  if (tiles) {
+    alignas(64) float tmp[32 * 32];
+    return amx::rows(x, ldx, rn, k, panel, COLS, y, ldy, COLS, tmp);
+  }
+#endif
+  rows_micro(rn, x, ldx, k, panel, y, ldy, COLS);
 }
 
 // q float32 [t, nq, d] at positions pos.., the layer's cache k, v [nkv, cap, width] (kv_cache.h: float32, float16 or
@@ -79,25 +92,31 @@ inline at::Tensor attention_rows(const at::Tensor& q_in, const at::Tensor& k, co
   });
   // queries as bf16 rows, the heads of a kv head query-major: row r = i * group + g is position pos + i, head
   // h * group + g
-  const at::Tensor qb = q.view({t, nkv, group, d}).transpose(0, 1).to(at::kBFloat16).contiguous();
+  // On AMX (amx_tiles.h) blocks of 32 rows, the tiles reading 16 at a time: the last head's rows padded with zeros
+  // (the other heads' tails read the next head's rows, whose outputs there are not stored: each row is alone)
+  const bool tiles = amx::ready();
+  const int64_t br = tiles ? 32 : MR;
+  at::Tensor qb = q.view({t, nkv, group, d}).transpose(0, 1).to(at::kBFloat16).contiguous().view({-1, d});
+  if (tiles) qb = at::constant_pad_nd(qb, {0, 0, 0, br});
   const auto* qp = reinterpret_cast<const uint16_t*>(qb.data_ptr<at::BFloat16>());
   at::Tensor res = at::empty({t, nq * d}, q.options().dtype(bf16_out ? at::kBFloat16 : at::kFloat));
-  const int64_t rows_h = t * group, blocks = (rows_h + MR - 1) / MR;
+  const int64_t rows_h = t * group, blocks = (rows_h + br - 1) / br;
   at::parallel_for(0, nkv * blocks, 1, [&](int64_t b, int64_t e) {
-    std::vector<float> s(MR * lpad), o(MR * d);
-    std::vector<uint16_t> w(MR * lpad);
+    if (tiles) amx::configure();
+    std::vector<float> s(br * lpad), o(br * d);
+    std::vector<uint16_t> w(br * lpad);  // weights; a padded row's are whatever is there (its output is not kept)
     for (int64_t z = b; z < e; ++z) {
       // zigzag: a causal block's work grows with its position, so the first and the last alternate and each
       // thread's contiguous range gets light and heavy blocks alike
       const int64_t n = nkv * blocks, u = z % 2 == 0 ? z / 2 : n - 1 - z / 2;
-      const int64_t h = u / blocks, r0 = (u % blocks) * MR, rn = std::min(MR, rows_h - r0);
+      const int64_t h = u / blocks, r0 = (u % blocks) * br, rn = std::min(br, rows_h - r0);
       const int64_t first = r0 / group, last = (r0 + rn - 1) / group;  // the block's query positions - pos
       const int64_t lo = window > 0 ? std::max<int64_t>(0, pos + first - window + 1 - start) : 0;
       const int64_t hi = pos + last + 1 - start;  // keys [lo, hi) seen by some row of the block
       const int64_t p0 = lo / COLS, p1 = (hi + COLS - 1) / COLS, k0 = p0 * COLS, kn = p1 * COLS - k0;
       const uint16_t* x = qp + (h * rows_h + r0) * d;
       for (int64_t p = p0; p < p1; ++p)
-        rows_micro(rn, x, d, d, kp.data() + (h * kpanels + p) * (d / 2) * COLS, s.data() + p * COLS, lpad, COLS);
+        block_rows(tiles, rn, x, d, d, kp.data() + (h * kpanels + p) * (d / 2) * COLS, s.data() + p * COLS, lpad);
       for (int64_t r = 0; r < rn; ++r) {  // each row's own window: scale, mask, softmax -> bf16 weights
         const int64_t i = (r0 + r) / group;
         const int64_t rlo = window > 0 ? std::max<int64_t>(0, pos + i - window + 1 - start) : 0;
@@ -109,8 +128,8 @@ inline at::Tensor attention_rows(const at::Tensor& q_in, const at::Tensor& k, co
         rows::softmax_weights(sr, rlo, rhi, rows::lanes_max(sr + rlo, rhi - rlo), wr, k0, k0 + kn);
       }
       for (int64_t c = 0; c < dp; ++c)
-        rows_micro(rn, w.data() + k0, lpad, kn, vp.data() + ((h * dp + c) * (lpad / 2) + k0 / 2) * COLS,
-                   o.data() + c * COLS, d, COLS);
+        block_rows(tiles, rn, w.data() + k0, lpad, kn, vp.data() + ((h * dp + c) * (lpad / 2) + k0 / 2) * COLS,
+                   o.data() + c * COLS, d);
       for (int64_t r = 0; r < rn; ++r) {
         const int64_t i = (r0 + r) / group, head = h * group + (r0 + r) % group;
         const float* src = o.data() + r * d;
@@ -122,6 +141,7 @@ inline at::Tensor attention_rows(const at::Tensor& q_in, const at::Tensor& k, co
         }
       }
     }
+    if (tiles) amx::release();
   });
   return res;
 }
