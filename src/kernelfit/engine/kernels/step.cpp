@@ -258,7 +258,7 @@ struct Step {
     return y;
   }
 
-  // layer li's Gated DeltaNet over its products' rows [t, inputs] (any float type), a row at a time through its
+  // layer li's Gated DeltaNet over its products' rows [t, inputs] (any float type), each row in turn through its
   // state at `st` -> float32 [t, value_dim], the input of its ssm_out
   Tensor delta_rows(const Tensor& p_in, int64_t li, float* st) const {
     const Tensor p = p_in.to(at::kFloat).contiguous();
@@ -267,9 +267,8 @@ struct Step {
     TORCH_CHECK(p.size(1) == m.inputs(), "Gated DeltaNet: the layer's products give ", p.size(1), " values a row, its sizes ",
                 m.inputs());
     Tensor y = at::empty({p.size(0), m.value_dim()}, p.options());
-    for (int64_t r = 0; r < p.size(0); ++r)
-      delta::step(p.data_ptr<float>() + r * p.size(1), m, nm[8].data_ptr<float>(), nm[9].data_ptr<float>(),
-                  nm[10].data_ptr<float>(), nm[11].data_ptr<float>(), eps, st, y.data_ptr<float>() + r * m.value_dim());
+    delta::rows(p.data_ptr<float>(), p.size(0), p.size(1), m, nm[8].data_ptr<float>(), nm[9].data_ptr<float>(),
+                nm[10].data_ptr<float>(), nm[11].data_ptr<float>(), eps, st, y.data_ptr<float>());
     return y;
   }
 
