@@ -510,14 +510,23 @@ def test_cpu_plan_runs_the_file_packed_and_names_both_kernels():
     assert "_weight_int8pack_mm" in p.kernels["decode"].reason  # the Q8_0 output table
     pre = p.kernels["prefill"]
     assert pre.value == "packed" and pre.kind is ChoiceKind.PRIORITY
-    # AVX512-BF16: the panel GEMM, which the bf16 copy (more memory) and the int8 GEMM (lossy) do not beat here
-    assert "panel" in pre.reason and "x86-avx512-bf16" in pre.sources
-    assert [(r.name, r.kind) for r in pre.rejected] == [("dense", RejectKind.SLOWER_HERE),
+    # AMX (Sapphire Rapids): the panels on the tiles; the int8 GEMM is slower, a bf16 copy's products are faster but
+    # it costs memory (a trade-off the user takes)
+    assert "panel" in pre.reason and "AMX" in pre.reason and {"x86-avx512-bf16", "x86-amx"} <= set(pre.sources)
+    assert [(r.name, r.kind) for r in pre.rejected] == [("dense", RejectKind.TRADE_OFF),
                                                         ("int8", RejectKind.SLOWER_HERE)]
+    # AVX512-BF16 without AMX (Zen 4, Cooper Lake): the panel GEMM, which the bf16 copy (more memory) and the int8
+    # GEMM (lossy) do not beat there
+    spr = load_profile("cpu-spr-amx")
+    zen4 = replace(spr, cpu=replace(spr.cpu, isa=tuple(f for f in spr.cpu.isa if not f.startswith("amx"))))
+    pre_zen4 = plan(zen4, SMOL, Preferences()).kernels["prefill"]
+    assert "panel" in pre_zen4.reason and "AMX" not in pre_zen4.reason and "x86-amx" not in pre_zen4.sources
+    assert [(r.name, r.kind) for r in pre_zen4.rejected] == [("dense", RejectKind.SLOWER_HERE),
+                                                             ("int8", RejectKind.SLOWER_HERE)]
     # AVX512-VNNI without BF16 (Ice Lake, Cascade Lake): unpack + oneDNN, so the copy and the int8 GEMM are
     # trade-offs the user takes, never auto; AVX2 only: no int8 GEMM
-    spr = load_profile("cpu-spr-amx")
-    vnni = replace(spr, cpu=replace(spr.cpu, isa=tuple(f for f in spr.cpu.isa if "bf16" not in f)))
+    vnni = replace(spr, cpu=replace(spr.cpu, isa=tuple(f for f in spr.cpu.isa if "bf16" not in f and
+                                                        not f.startswith("amx"))))
     pre_vnni = plan(vnni, SMOL, Preferences()).kernels["prefill"]
     assert "panel" not in pre_vnni.reason and "x86-avx512-bf16" not in pre_vnni.sources
     assert [(r.name, r.kind) for r in pre_vnni.rejected] == [("dense", RejectKind.TRADE_OFF),

@@ -116,6 +116,22 @@ PANEL_PREFILL_GAIN = ("256-token prefill 1.09x (Gemma 3 270M) and 1.10x (SmolLM2
 DENSE_VS_PANEL = "256-token prefill 0.92-0.98x (Gemma 3 270M) and 0.85-0.93x (SmolLM2) of the panels'"
 INT8_VS_PANEL = ("no faster than the bf16 panels here (256-token prefill 0.93-0.95x Gemma 3 270M, 0.99-1.06x "
                  "SmolLM2)")
+# The same panels on AMX tiles (engine/kernels/amx_tiles.h: TDPBF16PS, 16 x 16 x 32 multiply-adds an instruction, the
+# panel already TDPBF16PS's operand layout; float32 sums and outputs, each row computed alone) where the CPU has
+# AMX-BF16 (Sapphire Rapids and newer) and Linux lends the tiles (arch_prctl ARCH_REQ_XCOMP_PERM; refused: the
+# AVX512-BF16 kernel). Measured on a 2-core Intel Xeon with AMX (benchmarks/results/shapes-amx.md), the same build,
+# KERNELFIT_AMX=0 for the AVX512-BF16 kernel, 3 interleaved rounds: AMX_PREFILL_GAIN; a 256 x 2048 x 4096 Q4_K product
+# 2.95 ms on the tiles, 7.85 ms through the int8 GEMM (AMX_VS_INT8).
+AMX_PREFILL_ISA = "amx_bf16"
+PREFILL_PANEL_AMX = ("same packed weights as decode, each product's weights unpacked 32 columns at a time into a bf16 "
+                     "panel in cache and multiplied there on AMX tiles, the attention on the same tiles (kernelfit's "
+                     "AMX-BF16 GEMM, float32 sums)")
+AMX_PREFILL_SOURCES = PANEL_PREFILL_SOURCES + ("x86-amx",)
+AMX_PREFILL_GAIN = ("256-token prefill 6.2x (LFM2-1.2B shape), 5.9x (Qwen2.5-1.5B shape) and 3.9x (Qwen3.5-0.8B "
+                    "shape) the speed of the AVX512-BF16 panels on a 2-core Xeon with AMX")
+AMX_VS_INT8 = "2.7x slower than the AMX panels here (a 256 x 2048 x 4096 Q4_K product, 7.85 ms against 2.95)"
+# a kept bf16 copy's oneDNN product (itself on AMX: brg_matmul amx) skips the panels' unpacking
+AMX_DENSE_GAIN = "its products ~1.2x faster than the AMX panels' here (a 256 x 2048 x 4096 product, 2.35 ms against 2.82)"
 # --prefill int8 (engine/kernels/gemm_kernels.h): a GGUF file's codes straight into an int8 GEMM (vpdpbusd, 16 weight rows x
 # 12 activation rows a block), the activations quantized per group of 32 to one int8 digit — llama.cpp's own
 # precision (ggml_vec_dot_q4_1_q8_1), below a bf16 product's. No bf16 copy per call, no oneDNN. Measured on the

@@ -119,6 +119,14 @@ SOURCES: dict[str, Source] = {s.id: s for s in (
            "_mm512_dpbf16_ps -> __builtin_ia32_dpbf16ps_512 (pairs of bf16 multiplied and summed into each float32 "
            "lane), _mm512_cvtneps_pbh (float32 to bf16, round to nearest even), __target__(\"avx512bf16\"): compiled "
            "only for, and run only on, CPUs with avx512_bf16"),
+    Source("x86-amx", "Linux's permission for the AMX tile registers, and the AMX-BF16 tile instruction the prompt's "
+           "panels run on where present",
+           "https://docs.kernel.org/arch/x86/xstate.html ; "
+           "https://clang.llvm.org/doxygen/amxintrin_8h_source.html",
+           "a process must call arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) before its first tile instruction "
+           "(else SIGILL); _tile_loadconfig (palette 1: 8 tiles of up to 16 rows x 64 bytes), _tile_loadd/_tile_stored, "
+           "_tile_dpbf16ps (dst float32 += pairs of bf16 of a row of A times the pairs of a column of B, B laid out "
+           "as rows of 16 columns x 2 bf16): compiled only for, and run only on, CPUs with amx_tile and amx_bf16"),
     Source("torch-int4pack-cpu", "PyTorch's CPU weight-only int4/int8 kernels",
            "https://github.com/pytorch/pytorch/blob/main/aten/src/ATen/native/cpu/int4mm_kernel.cpp ; "
            "https://github.com/pytorch/pytorch/blob/main/aten/src/ATen/native/cpu/int8mm_kernel.cpp",

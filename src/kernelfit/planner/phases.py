@@ -20,6 +20,8 @@ from dataclasses import replace
 from ..catalog.packed_kernels import (DECODE_KERNELS, DENSE_VS_PANEL, FLOAT, GGUF_DECODE, HYBRID_DECODE,
                                       INT8_PREFILL_GAIN, INT8_PREFILL_ISA, INT8_PREFILL_LOSS, INT8_PREFILL_SOURCES, INT8_VS_PANEL,
                                       PANEL_PREFILL_GAIN, PANEL_PREFILL_ISA, PANEL_PREFILL_SOURCES, PREFILL_DENSE,
+                                      AMX_DENSE_GAIN, AMX_PREFILL_GAIN, AMX_PREFILL_ISA, AMX_PREFILL_SOURCES, AMX_VS_INT8,
+                                      PREFILL_PANEL_AMX,
                                       PREFILL_INT8, PREFILL_PACKED, PREFILL_PANEL, ROPE_SCALING_SOURCES, SOURCES)
 from ..catalog.kv_cache import KV_CACHE_KINDS, why_not_kv_cache
 from ..catalog.kv_cache import SOURCES as KV_SOURCES
@@ -67,6 +69,12 @@ def panel_prefill(q, cpu: Cpu | None) -> bool:
     return q.bits is None and cpu is not None and cpu.has(PANEL_PREFILL_ISA)
 
 
+def amx_prefill(cpu: Cpu | None) -> bool:
+    """Whether the panels run on AMX tiles (the engine asks Linux for them at run time; refused, it keeps the
+    AVX512-BF16 kernel)."""
+    return cpu is not None and cpu.has(AMX_PREFILL_ISA) and cpu.has("amx_tile")
+
+
 def phase_kernels(model: ModelSpec, prefs: Preferences, q, memory: MemoryEstimate,
                   cpu: Cpu | None = None) -> tuple[dict[str, Choice], MemoryEstimate]:
     """{"decode": Choice, "prefill": Choice} for a packed plan (and its memory with a prefill copy); ({}, memory)
@@ -84,9 +92,12 @@ def phase_kernels(model: ModelSpec, prefs: Preferences, q, memory: MemoryEstimat
                     (("hybrid-layers",) if model.text.recurrent_layers else ()))
     # a GGUF file's groups on an AVX512-BF16 CPU: the bf16 panel GEMM, which the copy and the int8 GEMM do not beat
     panel = panel_prefill(q, cpu)
-    packed_how, packed_sources = (PREFILL_PANEL, PANEL_PREFILL_SOURCES) if panel else (PREFILL_PACKED, SOURCES)
+    tiles = panel and amx_prefill(cpu)
+    packed_how, packed_sources = ((PREFILL_PANEL_AMX, AMX_PREFILL_SOURCES) if tiles else
+                                  (PREFILL_PANEL, PANEL_PREFILL_SOURCES) if panel else (PREFILL_PACKED, SOURCES))
+    panel_gain = f"{PANEL_PREFILL_GAIN}; {AMX_PREFILL_GAIN}" if tiles else PANEL_PREFILL_GAIN
     no_int8 = int8_prefill_rejection(q, cpu)
-    int8_gain = INT8_VS_PANEL if panel else INT8_PREFILL_GAIN
+    int8_gain = AMX_VS_INT8 if tiles else INT8_VS_PANEL if panel else INT8_PREFILL_GAIN
     int8_alt = no_int8 or Rejected("int8", RejectKind.SLOWER_HERE if panel else RejectKind.TRADE_OFF,
                                    f"{PREFILL_INT8}: {int8_gain}, and lossy ({INT8_PREFILL_LOSS})" if panel else
                                    f"{PREFILL_INT8}: {int8_gain}, but lossy ({INT8_PREFILL_LOSS}): "
@@ -102,19 +113,20 @@ def phase_kernels(model: ModelSpec, prefs: Preferences, q, memory: MemoryEstimat
     with_copy = replace(memory, weights=memory.weights + copy)
     copy_fits = with_copy.fits
     need, budget = gib(with_copy.total), gib(memory.budget)
-    dense_gain = DENSE_VS_PANEL if panel else DENSE_GAIN
+    dense_gain = AMX_DENSE_GAIN if tiles else DENSE_VS_PANEL if panel else DENSE_GAIN
     if prefs.prefill == "dense" and copy_fits:
         prefill = Choice("dense", ChoiceKind.REQUESTED,
                          f"--prefill dense: {PREFILL_DENSE} of the layer weights (+{gib(copy):.2f} GiB), "
                          f"{dense_gain}", (Rejected("packed", RejectKind.RUNS_BUT_LOWER_PRIORITY,
-                                                    f"{packed_how}: less memory" + (", faster prompts here" if panel
+                                                    f"{packed_how}: less memory" + (", faster prompts here"
+                                                                                    if panel and not tiles
                                                                                     else ", slower prompts")),
                                            int8_alt), SOURCES)
         return {"decode": decode, "prefill": prefill}, with_copy
     if not copy_fits:
         alt = Rejected("dense", RejectKind.DOES_NOT_FIT, f"a {PREFILL_DENSE} needs {need:.2f} GiB, budget "
                        f"{budget:.2f} GiB", needs_gib=need, budget_gib=budget)
-    elif panel:  # more memory and slower prompts: nothing to trade
+    elif panel and not tiles:  # more memory and slower prompts: nothing to trade
         alt = Rejected("dense", RejectKind.SLOWER_HERE, f"a {PREFILL_DENSE} of the layer weights adds {gib(copy):.2f} "
                        f"GiB and is slower here ({dense_gain})", needs_gib=need, budget_gib=budget)
     else:
@@ -122,7 +134,7 @@ def phase_kernels(model: ModelSpec, prefs: Preferences, q, memory: MemoryEstimat
                        f"a {PREFILL_DENSE} of the layer weights skips the per-call unpacking ({dense_gain}) but adds "
                        f"{gib(copy):.2f} GiB (--prefill dense, or `kernelfit bench` to measure it)",
                        needs_gib=need, budget_gib=budget)
-    why = f"{packed_how}: memory stays that of the file" + (f"; {PANEL_PREFILL_GAIN}" if panel else "")
+    why = f"{packed_how}: memory stays that of the file" + (f"; {panel_gain}" if panel else "")
     kind = ChoiceKind.PRIORITY
     if prefs.prefill == "packed":
         kind, why = ChoiceKind.REQUESTED, f"--prefill packed: {why}"
