@@ -817,3 +817,22 @@ def test_k_quants_keep_the_files_two_level_scales(qtype):
     assert torch.equal(two.mm(x), flat.mm(x))
     assert torch.equal(two.dequantize(), flat.dequantize())
     assert torch.equal(two.dequantize(), torch.from_numpy(gb.dequantize(raw, qtype, rows, cols)))
+
+
+@pytest.mark.parametrize("arch", ["qwen3moe", "qwen2moe"])
+def test_moe_server_prompts_in_chunks_write_one_prefills_bits(tmp_path, arch):
+    """The server's prompt kernels (panel_rows) through MoE layers: a prompt in chunks of 3, 27 and 50 rows leaves the
+    KV cache and the last logits one 80-row prefill leaves, bit for bit — an expert's rows (and a shared expert's)
+    take one kernel whatever their count, as the dense products do (its kernel chosen by rows, a chunk of few rows
+    took the dot products and the whole prompt the panels)."""
+    from kernelfit.engine.kv_cache import empty
+
+    b = build_lean(write_tiny(tmp_path / "moe.gguf", "Q8_0", arch))
+    ids = _tokens(80)
+    reset_cache(b, 96)  # the rotary tables
+    one, parts = empty(b.cfg, b.kv_cache, 96), empty(b.cfg, b.kv_cache, 96)
+    whole = forward(b, ids, 0, cache=one, panel_rows=True)
+    for start, end in ((0, 3), (3, 30), (30, 80)):
+        last = forward(b, ids[start:end], start, cache=parts, panel_rows=True)
+    assert torch.equal(whole, last)
+    assert all(torch.equal(x, y) for x, y in zip((one.k, one.v), (parts.k, parts.v)))

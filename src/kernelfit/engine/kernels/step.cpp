@@ -126,21 +126,30 @@ struct Step {
   int64_t lin_nk = 0, lin_dk = 0;  // Gated DeltaNet: key heads and their size (value heads: ssm_a, size: ssm_norm)
   bool sigmoid_router = false;  // experts weighed by sigmoid, not softmax (LFM2-MoE; norms[li][12]: selection bias)
 
+  // How an MoE layer's products pick their kernel: by their rows (a local prompt: the exact dot products up to
+  // DOT_MAX_ROWS, the panels past it); the server's prompts (a row's answer must not depend on how the prompt was
+  // split into calls: experts on the dot products, the shared expert on the panels, each row alone on either); a
+  // (batched) decode step (the dot products: every sequence's row gets what its own decode step gives)
+  enum class MoeRows { BY_COUNT, SERVER_PROMPT, STEP };
+
   // One expert's rows of product i (its tiles: the expert's rows are whole tiles) over x: the exact dot products up
-  // to DOT_MAX_ROWS rows (each row alone, as the decode step), else the bf16 panels
-  Tensor expert_product(const Tensor& x, const Weights& w, int64_t i, int64_t e, int64_t rows) const {
+  // to DOT_MAX_ROWS rows (each row alone, as the decode step), else the bf16 panels; the dot products whatever the
+  // rows for the server's prompts and the steps (MoeRows) — an expert's rows are few (a 256-token prompt over 128
+  // experts, 8 a token: 16 on average), where the dot products cost about what the panels' unpacking does
+  Tensor expert_product(const Tensor& x, const Weights& w, int64_t i, int64_t e, int64_t rows, MoeRows how) const {
     const int64_t tiles = rows / dot::TILE;
     const Tensor a = w.a[i].narrow(0, e * tiles, tiles), b = w.b[i].narrow(0, e * tiles, tiles);
     const Tensor c = w.c[i].dim() ? w.c[i].narrow(0, e * tiles, tiles) : w.c[i];
     const int64_t bits = w.kinds[i] == 4 ? 4 : 8;
-    if (x.size(0) <= DOT_MAX_ROWS || !panel::available()) return dot::dot_mm(x, a, b, c, bits, rows);
+    if (x.size(0) <= DOT_MAX_ROWS || how != MoeRows::BY_COUNT || !panel::available())
+      return dot::dot_mm(x, a, b, c, bits, rows);
     return panel::gemm_parts(x.to(at::kBFloat16), {a}, {b}, {c}, {bits}, {rows});
   }
 
   // The FFN of MoE layer li over h float32 [t, hidden] (its normed input); products idx (gate), idx + 1 (up),
   // idx + 2 (down): softmax over the router's logits, the top_k experts (their weights renormalised where the model
   // does), each expert's SwiGLU over the rows that chose it, weighted into the rows. Only chosen experts are read.
-  Tensor moe(const Tensor& h_in, const Weights& w, int64_t li, int64_t idx) const {
+  Tensor moe(const Tensor& h_in, const Weights& w, int64_t li, int64_t idx, MoeRows how) const {
     const Tensor h = h_in.contiguous();
     const int64_t t = h.size(0), experts = routers[li].size(0), hidden = h.size(1);
     // routing a row at a time in plain loops (a GEMM's blocking would depend on how many rows share the call, and
@@ -181,14 +190,14 @@ struct Step {
           if (chosen[r * top_k + j] == e) rows.push_back(r), weights.push_back(top[r * top_k + j]);
       if (rows.empty()) continue;
       const Tensor ids = at::tensor(rows, at::kLong), xe = h.index_select(0, ids).contiguous();
-      const Tensor gu = at::cat({expert_product(xe, w, idx, e, expert_ffn), expert_product(xe, w, idx + 1, e,
-                                                                                           expert_ffn)}, 1);
-      const Tensor y = expert_product(rows::gated(gu, expert_ffn, false), w, idx + 2, e, hidden);
+      const Tensor gu = at::cat({expert_product(xe, w, idx, e, expert_ffn, how),
+                                 expert_product(xe, w, idx + 1, e, expert_ffn, how)}, 1);
+      const Tensor y = expert_product(rows::gated(gu, expert_ffn, false), w, idx + 2, e, hidden, how);
       out.index_add_(0, ids, y * at::tensor(weights, h.options()).unsqueeze(1));
     }
     if (has_shared(li)) {  // Qwen2-MoE: the shared expert's SwiGLU on every row, scaled by sigmoid(h . gate)
       const int64_t s = idx + 3;
-      const Tensor y = shared_rows(rows::gated(shared_rows(h, w, s, 2), w.n[s], false), w, s + 2, 1);
+      const Tensor y = shared_rows(rows::gated(shared_rows(h, w, s, 2, how), w.n[s], false), w, s + 2, 1, how);
       const float* g = norms[li][7].data_ptr<float>();
       std::vector<float> gate(t);
       for (int64_t r = 0; r < t; ++r)
@@ -204,10 +213,12 @@ struct Step {
   int64_t moe_products(int64_t li) const { return n_gu[li] + 1 + (has_shared(li) ? 3 : 0); }
 
   // products [first, first + count) over every row (a shared expert's): the exact dot products up to DOT_MAX_ROWS
-  // rows (each row alone, as the decode step), else the prompt kernels; float32 out
-  Tensor shared_rows(const Tensor& x, const Weights& w, int64_t first, int64_t count) const {
-    if (x.size(0) <= DOT_MAX_ROWS || !panel::available()) return products(x, w, first, count);
-    return rows_products(x.to(at::kBFloat16), w, first, count, false, false).to(at::kFloat);
+  // rows (each row alone, as the decode step), else the prompt kernels; always those for the server's prompts (as
+  // their dense products), always the dot products for a step (MoeRows); float32 out
+  Tensor shared_rows(const Tensor& x, const Weights& w, int64_t first, int64_t count, MoeRows how) const {
+    const bool dots = how == MoeRows::STEP || (how == MoeRows::BY_COUNT && x.size(0) <= DOT_MAX_ROWS);
+    if (dots || !panel::available()) return products(x, w, first, count);
+    return rows_products(x.to(at::kBFloat16), w, first, count, false, how == MoeRows::SERVER_PROMPT).to(at::kFloat);
   }
 
   bool conv_layer(int64_t li) const { return (sliding[li] & LAYER_CONV) != 0; }
@@ -330,7 +341,7 @@ struct Step {
       }
       idx += 1;
       if (routers[li].numel()) {
-        rows::residual_add(x, moe(pre_norm(x, nm[1], false), w, li, idx), nm[6], eps, residual_scale);
+        rows::residual_add(x, moe(pre_norm(x, nm[1], false), w, li, idx, MoeRows::STEP), nm[6], eps, residual_scale);
         idx += moe_products(li);
         continue;
       }
@@ -520,7 +531,8 @@ struct Step {
       }
       idx += 1;
       if (routers[li].numel()) {
-        rows::residual_add(x, moe(pre_norm(x, nm[1], false), w, li, idx), nm[6], eps, residual_scale);
+        const MoeRows how = panel_rows ? MoeRows::SERVER_PROMPT : MoeRows::BY_COUNT;
+        rows::residual_add(x, moe(pre_norm(x, nm[1], false), w, li, idx, how), nm[6], eps, residual_scale);
         idx += moe_products(li);
         continue;
       }
@@ -591,7 +603,7 @@ struct Step {
       }
       idx += 1;
       if (routers[li].numel()) {
-        rows::residual_add(x, moe(pre_norm(x, nm[1], false), w, li, idx), nm[6], eps, residual_scale);
+        rows::residual_add(x, moe(pre_norm(x, nm[1], false), w, li, idx, MoeRows::STEP), nm[6], eps, residual_scale);
         idx += moe_products(li);
         continue;
       }
