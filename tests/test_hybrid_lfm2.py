@@ -10,6 +10,7 @@ import torch
 from gguf_tiny import LFM2_KINDS, write_tiny_lfm2
 from kernelfit.engine.build import build_lean, forward
 from kernelfit.engine.kv_cache import empty, reset_cache
+from kernelfit.engine.recipe import RouterKind
 from kernelfit.engine.weights import dot_available
 from test_packed_gguf import _tokens
 
@@ -231,7 +232,8 @@ def test_lfm2_moe_agrees_with_transformers(tmp_path):
         near_tie |= (top[:, 1] - top[:, 2]) < 0.01
     reach = near_tie | torch.roll(near_tie, 1) | torch.roll(near_tie, 2)
     b = build_lean(path)
-    assert (b.cfg.arch, b.cfg.router, b.cfg.experts, b.cfg.top_k, b.cfg.norm_topk) == ("lfm2moe", "sigmoid", 4, 2, True)
+    assert (b.cfg.arch, b.cfg.router, b.cfg.experts, b.cfg.top_k, b.cfg.norm_topk) == ("lfm2moe", RouterKind.SIGMOID,
+                                                                                       4, 2, True)
     prompt, steps = prompt_and_steps(b, ids)
     top1, cos = agree(want, steps)
     assert top1 >= 0.99 and cos >= 0.999, (top1, cos)

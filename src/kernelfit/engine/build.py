@@ -22,7 +22,7 @@ from ..model.quantization import parse_quantization
 from ..model.gguf_header import read_gguf_header
 from . import glibc
 from .gguf.blocks import FLOAT_TYPES
-from .recipe import QWEN35, LayerKind, Recipe, recipe_from_config, recipe_from_gguf
+from .recipe import QWEN35, LayerKind, Recipe, RouterKind, recipe_from_config, recipe_from_gguf
 from .gguf.reader import Conversion, GgufTensors, interleave_order, linear, regridded
 from .safetensors.reader import SafetensorsTensors
 from .kv_cache import KvCache
@@ -355,7 +355,7 @@ def _bound(build: LeanBuild, step):
                             int(c.sliding_window or 0), c.family == "gemma", m.head.top_exact,
                             float(c.attn_softcap), float(c.final_softcap), float(c.residual_scale),
                             float(c.logit_scale), n.routers, int(c.top_k), int(c.expert_ffn), bool(c.norm_topk),
-                            int(c.delta_heads[0]), int(c.delta_heads[1]), c.router == "sigmoid")
+                            int(c.delta_heads[0]), int(c.delta_heads[1]), c.router is RouterKind.SIGMOID)
     return n.bound
 
 

@@ -59,6 +59,12 @@ class LayerKind(Enum):
     GATED_DELTA_NET = "gated_delta_net"  # Qwen3.5: a gated delta-rule linear attention (engine/kernels/delta_net.h)
 
 
+class RouterKind(Enum):
+    """How an MoE layer weighs its experts (llama.cpp's expert_gating_func: 1 softmax, 2 sigmoid)."""
+    SOFTMAX = "softmax"  # a softmax over every expert's logit, the top k taken (Qwen3-MoE, Qwen3.5-MoE)
+    SIGMOID = "sigmoid"  # each expert's own sigmoid, chosen by it plus a selection bias (LFM2-MoE)
+
+
 class RotaryKind(Enum):
     PLAIN = "plain"
     LINEAR = "linear"
@@ -151,7 +157,7 @@ class Recipe:
     top_k: int = 0
     expert_ffn: int = 0
     norm_topk: bool = False  # the chosen experts' weights renormalised to sum 1 (Qwen3-MoE's norm_topk_prob)
-    router: str = "softmax"  # the experts' weights: "softmax" over all, or each one's "sigmoid" (LFM2-MoE)
+    router: RouterKind = RouterKind.SOFTMAX  # how the experts are weighed
     layer_kinds: tuple[LayerKind, ...] = ()  # per layer; empty: every layer attention
     conv_kernel: int = 0  # taps a channel of a recurrent layer's convolution (LFM2's L_cache 3, Qwen3.5's 4)
     delta_heads: tuple[int, int, int, int] = (0, 0, 0, 0)  # Gated DeltaNet: key heads, key size, value heads, size
@@ -288,7 +294,7 @@ def recipe_from_gguf(h, rope_freqs: torch.Tensor | None = None) -> Recipe:
             "norm_topk": arch in ("qwen3moe", "qwen35moe", "lfm2moe")}
            if arch in MOE_ARCHS else {}),  # (a shared expert's size is its products' rows: step.cpp)
         # LFM2-MoE: sigmoid scores (llama.cpp's expert_gating_func 2), renormalised over the chosen (norm_topk_prob)
-        **({"router": "sigmoid"} if arch in MOE_ARCHS and int(h.arch_key("expert_gating_func") or 1) == 2 else {}),
+        **({"router": RouterKind.SIGMOID} if arch in MOE_ARCHS and int(h.arch_key("expert_gating_func") or 1) == 2 else {}),
         # LongRoPE runs its short table: positions past the original context would need the long one
         max_positions=int(h.arch_key("rope.scaling.original_context_length") if h.rope_scaling == "longrope" else
                           h.arch_key("context_length") or 4096))

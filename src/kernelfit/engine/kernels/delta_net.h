@@ -91,11 +91,11 @@ inline void columns64(float* S, int64_t dv, int64_t dk, const float* q, const fl
 
 // p: t rows of the layer's products [qkv (conv_dim) | z (value_dim) | beta logits (nv) | alpha (nv)], `ld` floats
 // apart; taps float32 [conv_dim, K]; a, dt_bias [nv]; norm_w [dv]; state (updated); out [t, value_dim].
-// A prompt's rows go through one call: the convolution a range of channels a thread, row after row, then each block of 64 of
-// a value head's state columns over all rows on one thread (a column's recurrence reads no other column: only the
-// output's RMS norm, a last pass, needs the whole head), its 32 KiB staying in L1 — a call a row read and wrote the
-// 64 KiB head twice a row from L2. Each row's
-// arithmetic is a one-row call's, in the same order: a prompt gets what decode steps get, bit for bit.
+// A prompt's rows go through one call: the convolution a range of channels a thread, row after row, then each block
+// of 64 of a value head's state columns over all rows on one thread (a column's recurrence reads no other column:
+// only the output's RMS norm, a last pass, needs the whole head), its 32 KiB staying in L1 — a call a row read and
+// wrote the 64 KiB head twice a row from L2. Each row's arithmetic is a one-row call's, in the same order: a prompt
+// gets what decode steps get, bit for bit.
 inline void rows(const float* p, int64_t t, int64_t ld, const Dims& m, const float* taps, const float* a,
                  const float* dt_bias, const float* norm_w, double eps, float* state, float* out) {
   const int64_t C = m.conv_dim(), K = m.taps, kd = m.key_dim(), vd = m.value_dim(), nv = m.nv, dv = m.dv;

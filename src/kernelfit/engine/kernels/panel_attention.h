@@ -1,11 +1,11 @@
-// A prompt's attention for one layer on panel_gemm.h's microkernel (AVX512-BF16): the layer's keys and values
-// written once into bf16 panels, then each block of 12 query rows (32 on AMX tiles) multiplies only the key panels its rows see,
-// takes a float32 softmax of its scores in place, and multiplies the weights by the value panels.
+// A prompt's attention for one layer on panel_gemm.h's microkernel (AVX512-BF16): the layer's keys and values written
+// once into bf16 panels, then each block of 12 query rows (32 on AMX tiles) multiplies only the key panels its rows
+// see, takes a float32 softmax of its scores in place, and multiplies the weights by the value panels.
 //
-// Why: the blocked path (rows_kernels.h's prompt_attention) runs two oneDNN bf16 GEMMs per block of 128 queries
-// over every key the block's last query sees — 75% of the 256 x 256 square at 256 tokens — with bf16 scores and
-// casts between the passes (Gemma 3 270M: ~0.4 ms a layer). Here the causal skip is 32 keys fine (~53% of the
-// square), the scores stay float32 and the output is written where the next product reads it.
+// Why: the blocked path (rows_kernels.h's prompt_attention) runs two oneDNN bf16 GEMMs per block of 128 queries over
+// every key the block's last query sees — 75% of the 256 x 256 square at 256 tokens — with bf16 scores and casts
+// between the passes (Gemma 3 270M: ~0.4 ms a layer). Here the causal skip is 32 keys fine (~53% of the square), the
+// scores stay float32 and the output is written where the next product reads it.
 #pragma once
 
 #include "kv_cache.h"

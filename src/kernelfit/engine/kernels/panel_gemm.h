@@ -106,7 +106,8 @@ inline void panel_rows(bool tiles, const uint16_t* x, int64_t m, int64_t k, cons
     return amx::rows(x, k, m, k, panel, COLS, y, ldy, valid, tmp);
   }
 #endif
-  for (int64_t r0 = 0; r0 < m; r0 += MR) rows_micro(std::min(MR, m - r0), x + r0 * k, k, k, panel, y + r0 * ldy, ldy, valid);
+  for (int64_t r0 = 0; r0 < m; r0 += MR)
+    rows_micro(std::min(MR, m - r0), x + r0 * k, k, k, panel, y + r0 * ldy, ldy, valid);
 }
 
 // x as bf16 rows for panel_rows: padded with zero rows (whose outputs are not stored) where the tiles run
