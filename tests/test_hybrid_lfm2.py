@@ -111,7 +111,9 @@ def test_a_call_away_from_the_state_position_is_refused(lfm2):
 
 
 def test_state_bytes_do_not_grow_with_the_context(lfm2):
-    """The memory model: a 32k context costs the attention layers' keys and values only, plus a fixed state."""
+    """The memory model: a 32k context costs the attention layers' keys and values only, plus a fixed state and the
+    engine's copies of it (8 checkpoints of this small one, as the engine keeps them)."""
+    from kernelfit.model.params import checkpoints_kept
     from kernelfit.model.spec import spec_from_gguf
     from kernelfit.planner.memory import kv_cache_bytes
 
@@ -121,8 +123,11 @@ def test_state_bytes_do_not_grow_with_the_context(lfm2):
     assert s.state_values == b.state.values.numel()
     kv_layers = len(LFM2_KINDS) - s.recurrent_layers
     for context in (1024, 32768):
-        want = 2 * s.num_kv_heads * s.head_dim * kv_layers * context * 2 + 4 * s.state_values
+        want = 2 * s.num_kv_heads * s.head_dim * kv_layers * context * 2 + 4 * s.state_values * (1 + 8)
+        assert checkpoints_kept(4 * s.state_values) == 8
         assert kv_cache_bytes(s, context, 1, "bfloat16", value_bytes=2.0) == want
+        # transformers' caches keep no checkpoints
+        assert kv_cache_bytes(s, context, 1, "bfloat16") == want - 8 * 4 * s.state_values
 
 
 def _cold(b, prompt: list[int], decode: list[int]) -> torch.Tensor:

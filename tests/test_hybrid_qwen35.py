@@ -133,10 +133,12 @@ def test_qwen35_moe_agrees_with_transformers(tmp_path):
 
 def test_checkpoints_keep_within_their_byte_budget():
     """A sequence keeps at most 8 state copies and at most 64 MiB of them, the newest: Qwen3.5-0.8B's ~19 MiB state
-    keeps 3, a small one 8."""
+    keeps 3, a small one 8, one over 64 MiB itself 1 — what the plan's memory counts (checkpoints_kept)."""
     from kernelfit.engine.recurrent import CHECKPOINT_BYTES, Checkpoints, State
+    from kernelfit.model.params import checkpoints_kept
 
-    for floats, kept in ((19 << 18, 3), (1000, 8)):
+    for floats, kept in ((19 << 18, 3), (1000, 8), (17 << 20, 1)):
+        assert checkpoints_kept(4 * floats) == kept
         c, s = Checkpoints(), State(torch.zeros(floats))
         for at in range(1, 11):
             s.at = at

@@ -18,9 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-CHECKPOINTS = 8  # copies a sequence keeps at most (llama-server's --ctx-checkpoints default)...
-CHECKPOINT_BYTES = 64 << 20  # ...and within this many bytes (at least the newest): LFM2-1.2B's copies are 160 KiB
-# (8 kept), Qwen3.5-0.8B's ~19 MiB (3 kept) — a server holds them for each of its sequences
+from ..model.params import CHECKPOINT_BYTES, CHECKPOINTS  # noqa: F401 - the plan's memory counts them too
 
 
 @dataclass

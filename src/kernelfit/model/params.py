@@ -41,6 +41,20 @@ def delta_net_state(taps: int, nk: int, dk: int, nv: int, dv: int) -> int:
     return (taps - 1) * (2 * nk * dk + nv * dv) + nv * dk * dv
 
 
+# A sequence's state checkpoints (engine/recurrent.py: copies of the state where a prompt's prefill ended, which a
+# next turn or a shared prefix resumes from): at most CHECKPOINTS copies (llama-server's --ctx-checkpoints default)...
+CHECKPOINTS = 8
+CHECKPOINT_BYTES = 64 << 20  # ...and within this many bytes (at least the newest): LFM2-1.2B's copies are 160 KiB
+# (8 kept), Qwen3.5-0.8B's ~19 MiB (3 kept) — a server holds them for each of its sequences
+
+
+def checkpoints_kept(state_bytes: int) -> int:
+    """How many copies of a state of `state_bytes` a sequence keeps at most."""
+    if state_bytes <= 0:
+        return 0
+    return max(1, min(CHECKPOINTS, CHECKPOINT_BYTES // state_bytes))
+
+
 def decoder_params(cfg: dict, model_type: str) -> int:
     fam = DECODERS[model_type]
     h = int(cfg["hidden_size"])

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from ..catalog.dtypes import BYTES
 from ..hardware.machine import Device
+from ..model.params import checkpoints_kept
 from ..model.spec import ModelSpec, SubModel
 
 GIB = 1024**3
@@ -72,14 +73,16 @@ def kv_cache_bytes(sub: SubModel, context: int, batch: int, dtype: str, kv_bits:
     quantized cache, with a scale and zero point per group of 64 and a full-precision residual.
     `value_bytes`: kernelfit's engine cache, whose elements are not `dtype`'s (catalog/kv_cache.py) and whose
     sliding-window layers hold every position as the others do (engine/kv_cache.py: one [layers, ...] tensor).
-    Recurrent layers (a hybrid's) keep no keys and values, only a fixed state a sequence (sub.state_values)."""
+    Recurrent layers (a hybrid's) keep no keys and values, only a fixed state a sequence (sub.state_values) — and in
+    kernelfit's engine (value_bytes given) up to checkpoints_kept copies of it a sequence (engine/recurrent.py)."""
     if not sub.causal:
         return 0
     values = 2 * sub.num_kv_heads * sub.head_dim * batch  # per token per layer
     state = sub.state_values * 4 * batch  # recurrent layers (LFM2's convolutions): float32, the same at any context
     kv_layers = sub.num_layers - sub.recurrent_layers
     if value_bytes is not None:
-        return int(values * kv_layers * context * value_bytes) + state
+        copies = checkpoints_kept(sub.state_values * 4) * sub.state_values * 4 * batch
+        return int(values * kv_layers * context * value_bytes) + state + copies
     full_layers = kv_layers - sub.sliding_layers
     window_tokens = min(context, sub.sliding_window) if sub.sliding_window else context
     tokens = full_layers * context + sub.sliding_layers * window_tokens

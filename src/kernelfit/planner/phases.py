@@ -26,6 +26,7 @@ from ..catalog.packed_kernels import (DECODE_KERNELS, DENSE_VS_PANEL, FLOAT, GGU
 from ..catalog.kv_cache import KV_CACHE_KINDS, why_not_kv_cache
 from ..catalog.kv_cache import SOURCES as KV_SOURCES
 from ..hardware.machine import Cpu
+from ..model.params import checkpoints_kept
 from ..model.spec import ModelSpec
 from .memory import MemoryEstimate, gib
 from .types import Choice, ChoiceKind, Preferences, RejectKind, Rejected
@@ -184,6 +185,9 @@ def hybrid_state(model: ModelSpec) -> str:
     t = model.text
     if not t.recurrent_layers:
         return ""
+    state = t.state_values * 4
+    kept = checkpoints_kept(state)
     return (f"; only its {t.num_layers - t.recurrent_layers} attention layers keep keys and values: its "
-            f"{t.recurrent_layers} {t.recurrent_kind} layers keep a state of {t.state_values * 4 / 1024:.0f} KiB a "
-            "sequence, whatever the context")
+            f"{t.recurrent_layers} {t.recurrent_kind} layers keep a state of {state / 1024:.0f} KiB a "
+            f"sequence, whatever the context, and up to {kept} copies of it where prompts ended (checkpoints a next "
+            f"turn or a shared prefix resumes from, {kept * state / 2**20:.1f} MiB; counted in the memory)")

@@ -88,6 +88,11 @@ void head_vector(const float* src, const float* bias, const float* w, const floa
 // gives a gate a query head (Qwen3.5: its rows [q, gate] after K and V... see attention_row), output * sigmoid(gate)
 constexpr int64_t LAYER_SLIDING = 1, LAYER_NO_ROTARY = 2, LAYER_CONV = 4, LAYER_DELTA = 8, LAYER_GATED = 16;
 constexpr int64_t DOT_MAX_ROWS = 12;  // lean_lm.py's: calls of up to 12 rows take the exact dot products
+// An expert's rows in a local prompt: up to this many the dot products, past it the panels — measured on a 512 x 2048
+// Q4_K expert product with the panels on AMX tiles (two-tile unpacking): 4 rows 121 us panels / 107 dots, 8 rows
+// 132 / 221, 16 rows 99 / 318. Where the panels run on AVX512-BF16 alone, DOT_MAX_ROWS; in a call of up to
+// DOT_MAX_ROWS rows, the dot products (what decode steps give).
+constexpr int64_t EXPERT_DOT_ROWS_AMX = 5;
 constexpr int64_t PROMPT_BLOCK = 128;  // lean_lm.py's: a prompt's attention in blocks of 128 queries
 
 }  // namespace
@@ -136,13 +141,15 @@ struct Step {
   // to DOT_MAX_ROWS rows (each row alone, as the decode step), else the bf16 panels; the dot products whatever the
   // rows for the server's prompts and the steps (MoeRows) — an expert's rows are few (a 256-token prompt over 128
   // experts, 8 a token: 16 on average), where the dot products cost about what the panels' unpacking does
-  Tensor expert_product(const Tensor& x, const Weights& w, int64_t i, int64_t e, int64_t rows, MoeRows how) const {
+  Tensor expert_product(const Tensor& x, const Weights& w, int64_t i, int64_t e, int64_t rows, MoeRows how,
+                        int64_t call_rows) const {
     const int64_t tiles = rows / dot::TILE;
     const Tensor a = w.a[i].narrow(0, e * tiles, tiles), b = w.b[i].narrow(0, e * tiles, tiles);
     const Tensor c = w.c[i].dim() ? w.c[i].narrow(0, e * tiles, tiles) : w.c[i];
     const int64_t bits = w.kinds[i] == 4 ? 4 : 8;
-    if (x.size(0) <= DOT_MAX_ROWS || how != MoeRows::BY_COUNT || !panel::available())
-      return dot::dot_mm(x, a, b, c, bits, rows);
+    // a call of up to DOT_MAX_ROWS rows gives what decode steps give (every product on the dot products)
+    const int64_t few = amx::ready() && call_rows > DOT_MAX_ROWS ? EXPERT_DOT_ROWS_AMX : DOT_MAX_ROWS;
+    if (x.size(0) <= few || how != MoeRows::BY_COUNT || !panel::available()) return dot::dot_mm(x, a, b, c, bits, rows);
     return panel::gemm_parts(x.to(at::kBFloat16), {a}, {b}, {c}, {bits}, {rows});
   }
 
@@ -190,9 +197,9 @@ struct Step {
           if (chosen[r * top_k + j] == e) rows.push_back(r), weights.push_back(top[r * top_k + j]);
       if (rows.empty()) continue;
       const Tensor ids = at::tensor(rows, at::kLong), xe = h.index_select(0, ids).contiguous();
-      const Tensor gu = at::cat({expert_product(xe, w, idx, e, expert_ffn, how),
-                                 expert_product(xe, w, idx + 1, e, expert_ffn, how)}, 1);
-      const Tensor y = expert_product(rows::gated(gu, expert_ffn, false), w, idx + 2, e, hidden, how);
+      const Tensor gu = at::cat({expert_product(xe, w, idx, e, expert_ffn, how, t),
+                                 expert_product(xe, w, idx + 1, e, expert_ffn, how, t)}, 1);
+      const Tensor y = expert_product(rows::gated(gu, expert_ffn, false), w, idx + 2, e, hidden, how, t);
       out.index_add_(0, ids, y * at::tensor(weights, h.options()).unsqueeze(1));
     }
     if (has_shared(li)) {  // Qwen2-MoE: the shared expert's SwiGLU on every row, scaled by sigmoid(h . gate)
