@@ -96,7 +96,7 @@ def phase_kernels(model: ModelSpec, prefs: Preferences, q, memory: MemoryEstimat
     tiles = panel and amx_prefill(cpu)
     packed_how, packed_sources = ((PREFILL_PANEL_AMX, AMX_PREFILL_SOURCES) if tiles else
                                   (PREFILL_PANEL, PANEL_PREFILL_SOURCES) if panel else (PREFILL_PACKED, SOURCES))
-    panel_gain = f"{PANEL_PREFILL_GAIN}; {AMX_PREFILL_GAIN}" if tiles else PANEL_PREFILL_GAIN
+    panel_gain = AMX_PREFILL_GAIN if tiles else PANEL_PREFILL_GAIN
     no_int8 = int8_prefill_rejection(q, cpu)
     int8_gain = AMX_VS_INT8 if tiles else INT8_VS_PANEL if panel else INT8_PREFILL_GAIN
     int8_alt = no_int8 or Rejected("int8", RejectKind.SLOWER_HERE if panel else RejectKind.TRADE_OFF,
