@@ -2,11 +2,12 @@
 // CPU has them and Linux lends them: the panel (panel_gemm.h) is already laid out as TDPBF16PS's B operand — a row
 // per pair of k, 16 columns x 2 bf16 = 64 bytes a tile row — so a tile load reads it as is.
 //
-// Why: the AVX512-BF16 micro-kernel (vdpbf16ps, 12 rows x 32 columns) runs at ~476 G multiply-adds/s on 2 cores;
-// one TDPBF16PS is 16 x 16 x 32 = 8,192 multiply-adds, and the LFM2-1.2B-shaped prompt's products ran ~3x faster
-// through these tiles (benchmarks/results/prefill-amx.md). The arithmetic is the same: bf16 inputs, float32 sums
-// and output; every row is computed alone (a row's sums do not depend on the other rows of its tile), so a prompt
-// split into calls writes the same bits as one call — what the server's cached prefixes rely on.
+// Why: one TDPBF16PS is 16 x 16 x 32 = 8,192 multiply-adds; on a 2-core Xeon with AMX a 512 x 2048 x 4096 Q4_K
+// product ran at 609 G multiply-adds/s on the tiles against 91 on the AVX512-BF16 micro-kernel (vdpbf16ps, 12 rows x
+// 32 columns; the EPYC's: 476), and 256-token prompts 3.9-6.2x faster (benchmarks/results/shapes-amx.md). The
+// arithmetic is the same: bf16 inputs, float32 sums and output; every row is computed alone (a row's sums do not
+// depend on the other rows of its tile), so a prompt split into calls writes the same bits as one call — what the
+// server's cached prefixes rely on.
 //
 // Blocking: 4 accumulator tiles (32 rows x 32 columns), 2 row tiles and 2 panel tiles; per 32 k, 4 tile loads feed 4
 // TDPBF16PS. Rows come in blocks of 32, the last of 16 when 16 or fewer are left; the caller pads x with zero rows to
@@ -88,10 +89,11 @@ inline void block(const uint16_t* x, int64_t ldx, int64_t k, const uint32_t* pan
   }
 }
 
-// All of x's m rows (x holds them padded to a multiple of 16 with zero rows) past one 32-column panel into y's
-// first `valid` columns; tmp: 32 x 32 floats for the blocks whose rows or columns are not all stored
+// All of x's m rows (the rows past m up to the next multiple of 16 readable: zero padding, or rows whose outputs
+// are not wanted) past one 32-column panel into y's first `valid` columns
 inline void rows(const uint16_t* x, int64_t ldx, int64_t m, int64_t k, const uint32_t* panel, int64_t cols, float* y,
-                 int64_t ldy, int64_t valid, float* tmp) {
+                 int64_t ldy, int64_t valid) {
+  alignas(64) float tmp[32 * 32];  // the blocks whose rows or columns are not all stored
   for (int64_t r0 = 0; r0 < m; r0 += 32) {
     const int64_t left = m - r0, r = left > 16 ? 32 : 16, stored = left < r ? left : r;
     const bool whole = stored == r && valid == 32;

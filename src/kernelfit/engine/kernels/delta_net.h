@@ -182,16 +182,14 @@ inline void rows(const float* p, int64_t t, int64_t ld, const Dims& m, const flo
     }
   });
   at::parallel_for(0, t * nv, t > 1 ? 16 : t * nv, [&](int64_t u0, int64_t u1) {
-    std::vector<float> gate;
-    for (int64_t u = u0; u < u1; ++u) {  // each head's output: RMS norm, times norm_w and silu(z)
+    for (int64_t u = u0; u < u1; ++u) {  // each head's output: RMS norm, times norm_w, times silu(z) (gated_row)
       const int64_t r = u / nv, j = u % nv;
       float* o = out + r * vd + j * dv;
       float ss = 0.f;
       for (int64_t e = 0; e < dv; ++e) ss += o[e] * o[e];
       const float rs = 1.f / std::sqrt(ss / dv + static_cast<float>(eps));
-      gate.assign(p + r * ld + C + j * dv, p + r * ld + C + (j + 1) * dv);
-      silu(gate.data(), dv);
-      for (int64_t e = 0; e < dv; ++e) o[e] = o[e] * rs * norm_w[e] * gate[e];
+      for (int64_t e = 0; e < dv; ++e) o[e] = o[e] * rs * norm_w[e];
+      rows::gated_row(p + r * ld + C + j * dv, o, o, dv, false);
     }
   });
 }

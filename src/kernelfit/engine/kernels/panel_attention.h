@@ -24,19 +24,6 @@ inline __m512 load512(const typename R::T* row, int64_t i) {
   return r;
 }
 
-// rows x [rn, k] (ldx apart) past a panel's 32 columns into y (ldy apart): on the tiles (rn up to 32; the rows past
-// rn up to the next 16 readable, their outputs not stored) or the 12-row micro-kernel (rn up to MR)
-inline void block_rows(bool tiles, int64_t rn, const uint16_t* x, int64_t ldx, int64_t k, const uint32_t* panel,
-                       float* y, int64_t ldy) {
-#if defined(KF_AMX)
-  if (tiles) {
-    alignas(64) float tmp[32 * 32];
-    return amx::rows(x, ldx, rn, k, panel, COLS, y, ldy, COLS, tmp);
-  }
-#endif
-  rows_micro(rn, x, ldx, k, panel, y, ldy, COLS);
-}
-
 // q float32 [t, nq, d] at positions pos.., the layer's cache k, v [nkv, cap, width] (kv_cache.h: float32, float16 or
 // Q8_0 rows, R) holding positions start..pos+t -> [t, nq * d], float32 or bf16 (bf16_out). window > 0: a query sees
 // the last `window` positions.
@@ -116,7 +103,8 @@ inline at::Tensor attention_rows(const at::Tensor& q_in, const at::Tensor& k, co
       const int64_t p0 = lo / COLS, p1 = (hi + COLS - 1) / COLS, k0 = p0 * COLS, kn = p1 * COLS - k0;
       const uint16_t* x = qp + (h * rows_h + r0) * d;
       for (int64_t p = p0; p < p1; ++p)
-        block_rows(tiles, rn, x, d, d, kp.data() + (h * kpanels + p) * (d / 2) * COLS, s.data() + p * COLS, lpad);
+        panel_rows(tiles, x, d, rn, d, kp.data() + (h * kpanels + p) * (d / 2) * COLS, s.data() + p * COLS, lpad,
+                   COLS);
       for (int64_t r = 0; r < rn; ++r) {  // each row's own window: scale, mask, softmax -> bf16 weights
         const int64_t i = (r0 + r) / group;
         const int64_t rlo = window > 0 ? std::max<int64_t>(0, pos + i - window + 1 - start) : 0;
@@ -128,8 +116,8 @@ inline at::Tensor attention_rows(const at::Tensor& q_in, const at::Tensor& k, co
         rows::softmax_weights(sr, rlo, rhi, rows::lanes_max(sr + rlo, rhi - rlo), wr, k0, k0 + kn);
       }
       for (int64_t c = 0; c < dp; ++c)
-        block_rows(tiles, rn, w.data() + k0, lpad, kn, vp.data() + ((h * dp + c) * (lpad / 2) + k0 / 2) * COLS,
-                   o.data() + c * COLS, d);
+        panel_rows(tiles, w.data() + k0, lpad, rn, kn, vp.data() + ((h * dp + c) * (lpad / 2) + k0 / 2) * COLS,
+                   o.data() + c * COLS, d, COLS);
       for (int64_t r = 0; r < rn; ++r) {
         const int64_t i = (r0 + r) / group, head = h * group + (r0 + r) % group;
         const float* src = o.data() + r * d;

@@ -63,10 +63,7 @@ inline void pair_columns(const uint8_t* c0, const uint8_t* c1, const T* s0, cons
           _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_and_si512(_mm512_srli_epi32(quads[h], 8 * b), byte)), s, m);
 }
 
-// Panel layout: for each pair of k (kp), 32 lanes of two bf16 (k = 2 kp, 2 kp + 1), lane j = output column j —
-// vdpbf16ps's operand order. Tiles past the weight's last (a part of fewer than 32 columns) are zeros.
-// codes: the panel's first tile's; ts.get(t0 + t) its scales (buf: ts.buf_floats() floats)
-// the tile pair t, t + 1 of a panel (pair_columns)
+// the tile pair t, t + 1 of a panel (pair_columns); arguments as build_panel's, buf2 the second tile's buffer
 template <int BITS, int G, typename T>
 void build_pair(const uint8_t* codes, const dot::TileScales<T>& ts, int64_t t0, int64_t t, int64_t k,
                 uint32_t* panel, float* buf, float* buf2) {
@@ -89,6 +86,9 @@ void build_pair(const uint8_t* codes, const dot::TileScales<T>& ts, int64_t t0, 
   }
 }
 
+// Panel layout: for each pair of k (kp), 32 lanes of two bf16 (k = 2 kp, 2 kp + 1), lane j = output column j —
+// vdpbf16ps's operand order. Tiles past the weight's last (a part of fewer than 32 columns) are zeros.
+// codes: the panel's first tile's; ts.get(t0 + t) its scales (buf, buf2: ts.buf_floats() floats each)
 template <int BITS, int G, typename T>
 void build_panel(const uint8_t* codes, const dot::TileScales<T>& ts, int64_t t0, int64_t k, int64_t tiles,
                  uint32_t* panel, float* buf, float* buf2) {
@@ -158,18 +158,15 @@ inline void rows_micro(int64_t rows, const uint16_t* x, int64_t ldx, int64_t k, 
   }
 }
 
-// x's m rows past one panel into y's first `valid` columns: on the tiles (x padded to a multiple of amx::ROWS rows,
-// the worker's tiles configured) or 12 rows at a time
-inline void panel_rows(bool tiles, const uint16_t* x, int64_t m, int64_t k, const uint32_t* panel, float* y,
-                       int64_t ldy, int64_t valid) {
+// x's m rows (ldx apart) past one panel over k into y's first `valid` columns: on the tiles (the rows past m up to
+// the next multiple of amx::ROWS readable, the worker's tiles configured) or 12 rows at a time
+inline void panel_rows(bool tiles, const uint16_t* x, int64_t ldx, int64_t m, int64_t k, const uint32_t* panel,
+                       float* y, int64_t ldy, int64_t valid) {
 #if defined(KF_AMX)
-  if (tiles) {
-    alignas(64) float tmp[32 * 32];
-    return amx::rows(x, k, m, k, panel, COLS, y, ldy, valid, tmp);
-  }
+  if (tiles) return amx::rows(x, ldx, m, k, panel, COLS, y, ldy, valid);
 #endif
   for (int64_t r0 = 0; r0 < m; r0 += MR)
-    rows_micro(std::min(MR, m - r0), x + r0 * k, k, k, panel, y + r0 * ldy, ldy, valid);
+    rows_micro(std::min(MR, m - r0), x + r0 * ldx, ldx, k, panel, y + r0 * ldy, ldy, valid);
 }
 
 // x as bf16 rows for panel_rows: padded with zero rows (whose outputs are not stored) where the tiles run
@@ -194,7 +191,7 @@ void part_panels(const at::Tensor& codes, const at::Tensor& scale, const at::Ten
     build_panel<BITS, G, T>(cp + t0 * k * L.bits, ts, t0, k, std::min(per_panel, L.tiles - t0), panel.data(),
                             buf.data(), buf2.data());
     const int64_t valid = std::min(COLS, n - col0);
-    panel_rows(tiles, x, m, k, panel.data(), y + col0, ldy, valid);
+    panel_rows(tiles, x, k, m, k, panel.data(), y + col0, ldy, valid);
   }
 }
 #endif

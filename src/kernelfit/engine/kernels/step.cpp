@@ -137,19 +137,22 @@ struct Step {
   // (batched) decode step (the dot products: every sequence's row gets what its own decode step gives)
   enum class MoeRows { BY_COUNT, SERVER_PROMPT, STEP };
 
+  // The most rows an expert's products take the exact dot products for (the panels past it), in a call of t rows:
+  // any, for the server's prompts and the steps (MoeRows: each row alone and exact, whatever the split); a local
+  // prompt of up to DOT_MAX_ROWS rows gives what decode steps give; past it, EXPERT_DOT_ROWS_AMX on AMX tiles
+  int64_t expert_dot_rows(MoeRows how, int64_t t) const {
+    if (how != MoeRows::BY_COUNT || !panel::available()) return INT64_MAX;
+    return amx::ready() && t > DOT_MAX_ROWS ? EXPERT_DOT_ROWS_AMX : DOT_MAX_ROWS;
+  }
+
   // One expert's rows of product i (its tiles: the expert's rows are whole tiles) over x: the exact dot products up
-  // to DOT_MAX_ROWS rows (each row alone, as the decode step), else the bf16 panels; the dot products whatever the
-  // rows for the server's prompts and the steps (MoeRows) — an expert's rows are few (a 256-token prompt over 128
-  // experts, 8 a token: 16 on average), where the dot products cost about what the panels' unpacking does
-  Tensor expert_product(const Tensor& x, const Weights& w, int64_t i, int64_t e, int64_t rows, MoeRows how,
-                        int64_t call_rows) const {
+  // to dot_rows rows (expert_dot_rows), else the bf16 panels
+  Tensor expert_product(const Tensor& x, const Weights& w, int64_t i, int64_t e, int64_t rows, int64_t dot_rows) const {
     const int64_t tiles = rows / dot::TILE;
     const Tensor a = w.a[i].narrow(0, e * tiles, tiles), b = w.b[i].narrow(0, e * tiles, tiles);
     const Tensor c = w.c[i].dim() ? w.c[i].narrow(0, e * tiles, tiles) : w.c[i];
     const int64_t bits = w.kinds[i] == 4 ? 4 : 8;
-    // a call of up to DOT_MAX_ROWS rows gives what decode steps give (every product on the dot products)
-    const int64_t few = amx::ready() && call_rows > DOT_MAX_ROWS ? EXPERT_DOT_ROWS_AMX : DOT_MAX_ROWS;
-    if (x.size(0) <= few || how != MoeRows::BY_COUNT || !panel::available()) return dot::dot_mm(x, a, b, c, bits, rows);
+    if (x.size(0) <= dot_rows) return dot::dot_mm(x, a, b, c, bits, rows);
     return panel::gemm_parts(x.to(at::kBFloat16), {a}, {b}, {c}, {bits}, {rows});
   }
 
@@ -189,6 +192,7 @@ struct Step {
       }
     }
     Tensor out = at::zeros({t, hidden}, h.options());
+    const int64_t dot_rows = expert_dot_rows(how, t);
     for (int64_t e = 0; e < experts; ++e) {
       std::vector<int64_t> rows;
       std::vector<float> weights;
@@ -197,9 +201,9 @@ struct Step {
           if (chosen[r * top_k + j] == e) rows.push_back(r), weights.push_back(top[r * top_k + j]);
       if (rows.empty()) continue;
       const Tensor ids = at::tensor(rows, at::kLong), xe = h.index_select(0, ids).contiguous();
-      const Tensor gu = at::cat({expert_product(xe, w, idx, e, expert_ffn, how, t),
-                                 expert_product(xe, w, idx + 1, e, expert_ffn, how, t)}, 1);
-      const Tensor y = expert_product(rows::gated(gu, expert_ffn, false), w, idx + 2, e, hidden, how, t);
+      const Tensor gu = at::cat({expert_product(xe, w, idx, e, expert_ffn, dot_rows),
+                                 expert_product(xe, w, idx + 1, e, expert_ffn, dot_rows)}, 1);
+      const Tensor y = expert_product(rows::gated(gu, expert_ffn, false), w, idx + 2, e, hidden, dot_rows);
       out.index_add_(0, ids, y * at::tensor(weights, h.options()).unsqueeze(1));
     }
     if (has_shared(li)) {  // Qwen2-MoE: the shared expert's SwiGLU on every row, scaled by sigmoid(h . gate)
