@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..model.params import CHECKPOINT_BYTES, CHECKPOINTS  # noqa: F401 - the plan's memory counts them too
+from ..model.params import CHECKPOINT_BYTES, CHECKPOINTS  # shared with the plan's memory (checkpoints_kept)
 
 
 @dataclass

@@ -81,7 +81,7 @@ def kv_cache_bytes(sub: SubModel, context: int, batch: int, dtype: str, kv_bits:
     state = sub.state_values * 4 * batch  # recurrent layers (LFM2's convolutions): float32, the same at any context
     kv_layers = sub.num_layers - sub.recurrent_layers
     if value_bytes is not None:
-        copies = checkpoints_kept(sub.state_values * 4) * sub.state_values * 4 * batch
+        copies = checkpoints_kept(sub.state_values * 4) * state
         return int(values * kv_layers * context * value_bytes) + state + copies
     full_layers = kv_layers - sub.sliding_layers
     window_tokens = min(context, sub.sliding_window) if sub.sliding_window else context

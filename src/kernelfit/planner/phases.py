@@ -91,7 +91,8 @@ def phase_kernels(model: ModelSpec, prefs: Preferences, q, memory: MemoryEstimat
                     f"one-row products read the packed weights: {kernels} — 2.4-3.2x faster than bf16 at one row "
                     "on the reference CPU", sources=SOURCES + (ROPE_SCALING_SOURCES if scaled else ()) +
                     (("hybrid-layers",) if model.text.recurrent_layers else ()))
-    # a GGUF file's groups on an AVX512-BF16 CPU: the bf16 panel GEMM, which the copy and the int8 GEMM do not beat
+    # a GGUF file's groups on an AVX512-BF16 CPU: the bf16 panel GEMM, which the copy and the int8 GEMM do not beat;
+    # on AMX the panels run on the tiles, where a bf16 copy's products are faster (a memory trade-off)
     panel = panel_prefill(q, cpu)
     tiles = panel and amx_prefill(cpu)
     packed_how, packed_sources = ((PREFILL_PANEL_AMX, AMX_PREFILL_SOURCES) if tiles else
