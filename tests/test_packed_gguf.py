@@ -53,7 +53,8 @@ def test_blocks_decode_exactly_like_gguf_py(qtype):
 
 
 needs_dot = pytest.mark.skipif(not dot_available(), reason="no C++ compiler here: torch's packed kernels run")
-EXACT_LAYOUT = {t: f"{4 if t in gb.INT4_TYPES + ('Q2_K', 'Q3_K') else 8}-bit groups (exact)" for t in TYPES}
+EXACT_LAYOUT = {t: f"{4 if t in gb.INT4_TYPES + ('Q2_K', 'Q3_K') else 6 if t == 'Q6_K' else 8}-bit groups (exact)"
+                for t in TYPES}
 
 
 @needs_dot
@@ -797,7 +798,8 @@ def test_a_rotary_scaling_the_runner_lacks_plans_the_dequantized_model(tmp_path)
 @pytest.mark.parametrize("qtype", ["Q4_K", "Q5_K", "Q6_K"])
 def test_k_quants_keep_the_files_two_level_scales(qtype):
     """A K-quant weight holds the file's float16 d per 256 and its integer sub-scales (Q4_K: 4.625 bits a weight
-    against the file's 4.5; float32 scales per group made it 6, so a token read 1.38x the file of a Q4_K_M model),
+    against the file's 4.5; float32 scales per group made it 6, so a token read 1.38x the file of a Q4_K_M model;
+    Q6_K: the file's 6.5625 bits, its codes in 6 bits),
     the bytes the memory model plans with; and the products are unchanged: equal to the float32-scale layout's
     bit for bit."""
     from kernelfit.catalog.packed_kernels import PACKED_BYTES_PER_VALUE
@@ -810,6 +812,8 @@ def test_k_quants_keep_the_files_two_level_scales(qtype):
     assert two.nbytes() == rows * cols * PACKED_BYTES_PER_VALUE[qtype]
     if qtype == "Q4_K":
         assert two.nbytes() / raw.nbytes == pytest.approx(4.625 / 4.5)
+    if qtype == "Q6_K":  # 6-bit codes: exactly the file's 210 bytes a 256 weights (8-bit codes read 1.3x them)
+        assert g.bits == 6 and two.nbytes() == raw.nbytes
     scale, mins = g.float_scales()
     flat = DotWeight.from_groups(gb.DotGroups(g.codes, scale, mins, g.bits, g.group))
     assert not flat.two_level and flat.nbytes() > two.nbytes()

@@ -49,15 +49,16 @@ REGRID_MAX_ERROR = 0.02
 # scalar reference loop otherwise (aten/src/ATen/native/cpu/int4mm_kernel.cpp, int8mm_kernel.cpp).
 FAST_ISA = ("avx512_bf16", "avx512f", "avx2")
 
-# bytes per weight once packed, as the C++ dot products hold them (engine/weights.py): the codes (4 or 8 bits)
+# bytes per weight once packed, as the C++ dot products hold them (engine/weights.py): the codes (4, 6 or 8 bits)
 # plus a float16 scale per 32 and a minimum alike where the type has one (Q4_1, Q5_1; the symmetric types' is a fixed
 # multiple of the scale). Q4_K, Q5_K and Q6_K keep the file's two levels (engine/kernels/dot_kernels.h TileScales):
 # a float16 d (and dmin) per 256 and a one-byte sub-scale (and sub-minimum) per group — Q4_K 4.625 bits against the
-# file's 4.5 (float32 scales per group made it 6: 1.33x the file's bytes a token). Q2_K/Q3_K keep float32 per 16.
+# file's 4.5 (float32 scales per group made it 6: 1.33x the file's bytes a token); Q6_K's codes keep their 6 bits
+# (8-bit codes made its 6.56 bits 8.56). Q2_K/Q3_K keep float32 per 16.
 # torch's layouts (no compiler) are int4 + bf16 scale/zero (Q4_K 5 bits) and int8 per row.
 TWO_LEVEL = 2 / 256  # a float16 per superblock of 256
 PACKED_BYTES_PER_VALUE = {"Q4_0": 0.5 + 2 / 32, "Q4_1": 0.5 + 4 / 32, "Q4_K": 0.5 + 2 * (1 / 32 + TWO_LEVEL),
-                          "Q5_0": 1 + 2 / 32, "Q5_1": 1 + 4 / 32, "Q8_0": 1 + 2 / 32, "Q6_K": 1 + 1 / 16 + TWO_LEVEL,
+                          "Q5_0": 1 + 2 / 32, "Q5_1": 1 + 4 / 32, "Q8_0": 1 + 2 / 32, "Q6_K": 0.75 + 1 / 16 + TWO_LEVEL,
                           "Q2_K": 0.5 + 8 / 16, "Q3_K": 0.5 + 4 / 16, "Q5_K": 1 + 2 * (1 / 32 + TWO_LEVEL),
                           "F32": 4.0, "F16": 2.0, "BF16": 2.0}
 

@@ -28,7 +28,8 @@ from .safetensors.reader import SafetensorsTensors
 from .kv_cache import KvCache
 from .recurrent import State, check_position
 from .weights import DotWeight, dot_available, gemm_available
-from .reference import BF16_ROWS, DENSE, DOT4, DOT8, INT4, INT8, INT8_EXACT, Block, LeanLM, Product, Products
+from .reference import (BF16_ROWS, DENSE, DOT_KINDS, INT4, INT8, INT8_EXACT, Block, LeanLM, Product, Products,
+                        dot_bits)
 from .torch_weights import DenseWeight, Int4Weight, Int8Weight, PackedWeight
 
 @dataclass
@@ -52,7 +53,7 @@ def product(w: PackedWeight, prefill_dense: bool = False, head: bool = False, in
     if prefill_dense and not isinstance(w, DenseWeight):
         copy = w.dequantize(bf16=True) if isinstance(w, DotWeight) else w.dequantize().to(torch.bfloat16)
     if isinstance(w, DotWeight):
-        return Product(DOT4 if w.bits == 4 else DOT8, w.codes, w.scale, w.out_features, copy, w.mins,
+        return Product(DOT_KINDS[w.bits], w.codes, w.scale, w.out_features, copy, w.mins,
                        int8_prefill=int8_prefill and copy is None and w.group <= 32)
     if isinstance(w, Int4Weight):
         return Product(INT4, w.packed, w.scales_zeros, w.out_features, copy)
@@ -307,7 +308,7 @@ def native_all_logits(build: LeanBuild) -> bool:
     """Whether the C++ prompt forward gives every row's logits (forward's all_logits): every product the file's
     groups (or bf16 rows) and such a head — up to DOT_MAX_ROWS rows, equal to one decode step a row (runner.py's drafts)."""
     n = build.native
-    return n is not None and n.prefill_ok and n.head[0] in (DOT4, DOT8, BF16_ROWS)
+    return n is not None and n.prefill_ok and n.head[0] in (*DOT_KINDS.values(), BF16_ROWS)
 
 
 def batch_ready(build: LeanBuild) -> bool:
@@ -392,7 +393,7 @@ def _embed_rows(build: LeanBuild, step, ids: torch.Tensor) -> torch.Tensor:
     if n.embed is None:
         return m._embed(ids)
     kind, a, b, c, rows = n.embed
-    x = step.dot_dequant(a, b, c, 4 if kind == DOT4 else 8, rows, ids, False)
+    x = step.dot_dequant(a, b, c, dot_bits(kind), rows, ids, False)
     return x * m.embed_mult if m.embed_mult != 1.0 else x
 
 

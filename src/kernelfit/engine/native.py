@@ -260,6 +260,9 @@ SHORT_CONV, DELTA_NET, GATED = 4, 8, 16  # a short-convolution layer, a Gated De
 # values), attention with an output gate (step.cpp LAYER_CONV, LAYER_DELTA, LAYER_GATED)
 
 
+C_KINDS = (4, 5, 6, 7)  # reference.py DOT4, DOT8, BF16_ROWS, DOT6: the products the C++ prompt forward runs
+
+
 def native_args(model) -> NativeArgs:
     empty = torch.empty(0)
     kinds, a, b, c, n, n_qkv, n_gu, norms, sliding, routers = [], [], [], [], [], [], [], [], [], []
@@ -297,6 +300,6 @@ def native_args(model) -> NativeArgs:
     h = model.head
     e = model.embed_dot
     embed = (int(e.kind), e.a, e.b, e.c, int(e.out_features)) if model.has_embed_dot else None
-    prefill_ok = all(k in (4, 5, 6) for k in kinds) and not any(copies)
+    prefill_ok = all(k in C_KINDS for k in kinds) and not any(copies)
     return NativeArgs(kinds, a, b, c, n, n_qkv, n_gu, norms, sliding, (int(h.kind), h.a, h.b, h.c, int(h.out_features)),
                       embed, prefill_ok, routers=routers)

@@ -29,10 +29,11 @@ from torch import nn
 
 from .native import native_module
 
-INT4, INT8, DENSE, INT8_EXACT, DOT4, DOT8, BF16_ROWS = 0, 1, 2, 3, 4, 5, 6  # Product.kind
+INT4, INT8, DENSE, INT8_EXACT, DOT4, DOT8, BF16_ROWS, DOT6 = 0, 1, 2, 3, 4, 5, 6, 7  # Product.kind
+DOT_KINDS = {4: DOT4, 6: DOT6, 8: DOT8}  # a dot weight's code bits -> its kind
 # BF16_ROWS: bf16 weight rows as stored (a safetensors checkpoint; a GGUF file's float tensors) through the C++
 # products of kernels/bf16_rows.h: float32 in and out (DENSE, torch's bf16 linear, rounds both to bf16)
-# DOT4 / DOT8: the file's own groups read by kernelfit's C++ dot products (engine/weights.py): float32 in and
+# DOT4 / DOT6 / DOT8: the file's own groups read by kernelfit's C++ dot products (engine/weights.py): float32 in and
 # out, exact weights. A call of more than DOT_MAX_ROWS rows (prefill) multiplies a bf16 copy made for that call
 # with oneDNN instead: integer dot products are compute-bound there, oneDNN's bf16 GEMM is not. Or, asked for
 # (--prefill int8), the int8 GEMM over the codes: faster, at llama.cpp's activation precision (lossy).
@@ -58,12 +59,17 @@ GROUP = 32
 # The C++ extension's calls (a pybind module: TorchScript calls them through Python). Free functions taking every
 # tensor as an argument: a method reading its ScriptModule's attributes from Python cost ~50 us a call here (a 256-row
 # RMS norm is 14 us), ~10 ms over a Gemma 3 270M prompt's ~250 calls.
+def dot_bits(kind: int) -> int:
+    """A dot kind's code bits (kernels/step.cpp dot_bits)."""
+    return 4 if kind == 4 else 6 if kind == 7 else 8  # DOT4, DOT6, DOT8 (TorchScript reads no module-level ints)
+
+
 @torch.jit.ignore
 def _dot(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, kind: int, n: int,
          int8_prefill: bool) -> torch.Tensor:
-    """x @ W^T over a dot weight's groups (DOT4 / DOT8): float32, or bf16 from the unpack + oneDNN path."""
+    """x @ W^T over a dot weight's groups (DOT4 / DOT6 / DOT8): float32, or bf16 from the unpack + oneDNN path."""
     ops = native_module()
-    bits = 4 if kind == DOT4 else 8
+    bits = dot_bits(kind)
     if x.shape[0] <= DOT_MAX_ROWS:
         return ops.dot_mm(x, a, b, c, bits, n)
     if int8_prefill:  # --prefill int8: the codes through the int8 GEMM, one activation digit
@@ -77,7 +83,7 @@ def _dot(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, kin
 def _gemm_parts(x: torch.Tensor, a: List[torch.Tensor], b: List[torch.Tensor], c: List[torch.Tensor], kind: List[int],
                 n: List[int]) -> torch.Tensor:
     """Several dot weights' products over one input through the int8 GEMM, side by side."""
-    return native_module().gemm_parts(x, a, b, c, [4 if k == DOT4 else 8 for k in kind], n)
+    return native_module().gemm_parts(x, a, b, c, [dot_bits(k) for k in kind], n)
 
 
 @torch.jit.ignore
@@ -87,7 +93,7 @@ def _bf16_parts(x: torch.Tensor, a: List[torch.Tensor], b: List[torch.Tensor], c
     decides the same way): the bf16 panel GEMM where built (panel_gemm.h, float32 out), else the parts unpacked into
     one bf16 matrix for one oneDNN product (bf16 out: the C++ glue reads it as is, other callers cast)."""
     ops = native_module()
-    bits = [4 if k == DOT4 else 8 for k in kind]
+    bits = [dot_bits(k) for k in kind]
     if ops.panel_available():
         return ops.panel_gemm_parts(x, a, b, c, bits, n)
     return F.linear(x.to(torch.bfloat16), ops.dot_dequant_parts(a, b, c, bits, n))
@@ -102,7 +108,7 @@ def _bf16_rows(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 @torch.jit.ignore
 def _dot_rows(ids: torch.Tensor, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, kind: int, n: int) -> torch.Tensor:
     """float32 rows `ids` of a dot weight (the token table's lookup)."""
-    return native_module().dot_dequant(a, b, c, 4 if kind == DOT4 else 8, n, ids, False)
+    return native_module().dot_dequant(a, b, c, dot_bits(kind), n, ids, False)
 
 
 @torch.jit.ignore
@@ -199,9 +205,9 @@ class Products(nn.Module):
         self.parts = nn.ModuleList(parts)
         # all parts on the int8 GEMM: one call quantizes the input once and writes each part's columns (no cat);
         # all on the bf16 path: one call too (_bf16_parts)
-        self.int8_parts = all(p.kind in (DOT4, DOT8) and p.int8_prefill for p in parts)
-        self.bf16_parts = all(p.kind in (DOT4, DOT8) and not p.int8_prefill and not p.has_prefill for p in parts) and \
-            sum(p.out_features for p in parts) * parts[0].a.shape[1] // (4 if parts[0].kind == DOT4 else 8) \
+        self.int8_parts = all(p.kind in (DOT4, DOT6, DOT8) and p.int8_prefill for p in parts)
+        self.bf16_parts = all(p.kind in (DOT4, DOT6, DOT8) and not p.int8_prefill and not p.has_prefill for p in parts) and \
+            sum(p.out_features for p in parts) * parts[0].a.shape[1] // dot_bits(parts[0].kind) \
             <= DOT_MAX_COPY_WEIGHTS
         # the parts' tensors and shapes as the extension's one-call functions take them
         self.part_a: List[torch.Tensor] = [p.a for p in parts]

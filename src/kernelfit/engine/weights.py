@@ -32,9 +32,17 @@ def tile_codes(codes: np.ndarray, bits: int) -> np.ndarray:
     c[:n] = codes
     if bits == 8:  # per 4 columns: 8 rows x 4 bytes
         return np.ascontiguousarray(c.reshape(t, TILE, k // 4, 4).transpose(0, 2, 1, 3)).reshape(t, k * 8)
-    c = c.reshape(t, TILE, k // 8, 2, 4)  # per 8 columns: 8 rows x 4 bytes, columns c+b low and c+4+b high nibble
-    b = c[:, :, :, 0, :] | (c[:, :, :, 1, :] << 4)
-    return np.ascontiguousarray(b.transpose(0, 2, 1, 3)).reshape(t, k * 4)
+    low = (c & 0x0F).reshape(t, TILE, k // 8, 2, 4)  # per 8 columns: 8 rows x 4 bytes, columns c+b low, c+4+b high
+    b = low[:, :, :, 0, :] | (low[:, :, :, 1, :] << 4)
+    nibbles = np.ascontiguousarray(b.transpose(0, 2, 1, 3))  # [t, k/8, 8 rows, 4]
+    if bits == 4:
+        return nibbles.reshape(t, k * 4)
+    # 6 bits: per 16 columns the two 8 columns' nibbles (64 bytes), then 8 rows x 4 bytes of high bit pairs, columns
+    # c+b+4j at bits 2j
+    h = (c >> 4).reshape(t, TILE, k // 16, 4, 4)
+    p = h[:, :, :, 0, :] | (h[:, :, :, 1, :] << 2) | (h[:, :, :, 2, :] << 4) | (h[:, :, :, 3, :] << 6)
+    pairs = np.ascontiguousarray(p.transpose(0, 2, 1, 3)).reshape(t, k // 16, 32)
+    return np.concatenate([nibbles.reshape(t, k // 16, 64), pairs], axis=2).reshape(t, k * 6)
 
 
 def tile_groups(values: np.ndarray) -> np.ndarray:

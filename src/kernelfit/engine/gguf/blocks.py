@@ -145,7 +145,8 @@ def dequantize(raw: np.ndarray, qtype: str, rows: int, cols: int) -> np.ndarray:
 @dataclass
 class DotGroups:
     """w[n, k] = scale[n, k // group] * codes[n, k] + mins[n, k // group], every value exactly the file's.
-    codes unsigned (an int8 code c is stored as c + 128 with the minimum -128 * scale); bits 4 (0..15) or 8.
+    codes unsigned (an int8 code c is stored as c + 128 with the minimum -128 * scale); bits 4 (0..15), 6 (Q6_K's
+    0..63, held as the file's 6 bits a weight) or 8.
     mins is a number f for the symmetric types (every minimum is f * its scale: Q4_0 -8, Q5_0 -16, Q8_0 -128,
     Q6_K -32).
 
@@ -249,7 +250,7 @@ def dot_groups(raw: np.ndarray, qtype: str, rows: int, cols: int, native=None) -
         codes = _native_codes(native.q6_k_codes, b, rows, cols) if native is not None else _q6_k(b)[0]
         sc = np.ascontiguousarray(b[:, 192:208]).view(np.int8).reshape(rows, -1)
         d = np.ascontiguousarray(b[:, 208:210]).view(np.float16).reshape(rows, -1)
-        return DotGroups(codes.reshape(rows, cols), sc, -32.0, 8, 16, d)
+        return DotGroups(codes.reshape(rows, cols), sc, -32.0, 6, 16, d)
     if qtype == "Q5_K":
         sc, mn = k_scale_min(b[:, 4:16])
         qh, qs = b[:, 16:48], b[:, 48:176]

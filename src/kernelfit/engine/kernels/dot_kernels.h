@@ -1,5 +1,5 @@
-// Weight-only products that read GGUF-style groups as stored: 4-bit codes (Q4_0, Q4_1, Q4_K, Q2_K, Q3_K) or 8-bit
-// codes (Q8_0, Q5_0, Q5_1, Q5_K, Q6_K) with a scale (and a minimum) per group of 32 or 16 weights, the scales exactly
+// Weight-only products that read GGUF-style groups as stored: 4-bit codes (Q4_0, Q4_1, Q4_K, Q2_K, Q3_K), 6-bit
+// (Q6_K) or 8-bit codes (Q8_0, Q5_0, Q5_1, Q5_K) with a scale (and a minimum) per group of 32 or 16 weights, the scales exactly
 // the file's (float16 where the file's are, float32 where a K-quant multiplies two of them).
 //
 // Why not torch's packed kernels: `_weight_int4pack_mm_for_cpu` and `_weight_int8pack_mm` take bf16 only
@@ -83,11 +83,26 @@ inline void quantize(const float* x, int64_t k, Act& a) {
 
 // Layout of one tile (8 rows): BITS 8: for each 4 columns c..c+3, 32 bytes = row r's 4 codes at 4r..4r+3.
 // BITS 4: for each 8 columns c..c+7, 32 bytes; byte 4r+b holds column c+b (low nibble) and c+4+b (high) of row r.
+// BITS 6 (Q6_K's codes 0..63, the file's 6 bits a weight; they were held as 8-bit codes, 1.22x those tensors' bytes
+// a token): for each 16 columns c..c+15, 96 bytes: the low 4 bits of c..c+7 and of c+8..c+15 as BITS 4 (32 bytes
+// each), then the high bit pairs (32 bytes; byte 4r+b holds columns c+b, c+4+b, c+8+b, c+12+b of row r at bits 0, 2,
+// 4, 6) — so a nibble vector's high bits are one shift and mask of the pairs' vector (add_high_bits), and a tile is
+// one stream, as the other layouts (the pairs as a second plane after the nibbles read at ~29 GB/s here, one stream
+// at ~35: the prefetchers follow one stream a tile better).
 // scale and mins: [K / G][8] per tile. mins may instead be one number f (a 0-d tensor): every group's minimum is
 // f * its scale (the symmetric types: Q4_0 -8, Q5_0 -16, Q8_0 -128, Q6_K -32), which saves their bytes.
-inline int64_t code_index(int bits, int64_t k, int64_t row, int64_t col) {  // byte of (row, col) in a tile
-  if (bits == 8) return (col / 4) * 32 + row * 4 + col % 4;
-  return (col / 8) * 32 + row * 4 + col % 4;
+// the byte offset in a tile of the 32 nibble bytes of columns c..c+7 (c a multiple of 8), BITS 4 or 6
+constexpr int64_t nibble_offset(int bits, int64_t c) { return bits == 6 ? (c / 16) * 96 + (c % 16) / 8 * 32 : c * 4; }
+// BITS 6: the byte offset of the high bit pairs of the 16 columns holding c
+constexpr int64_t pairs_offset(int64_t c) { return (c / 16) * 96 + 64; }
+
+inline int32_t code_at(int bits, const uint8_t* codes, int64_t row, int64_t col) {  // (row, col) of a tile
+  if (bits == 8) return codes[(col / 4) * 32 + row * 4 + col % 4];
+  const uint8_t b = codes[nibble_offset(bits, col - col % 8) + row * 4 + col % 4];
+  const int32_t low = (col % 8) < 4 ? (b & 0x0F) : (b >> 4);
+  if (bits == 4) return low;
+  const uint8_t h = codes[pairs_offset(col) + row * 4 + col % 4];
+  return low | (((h >> (2 * ((col % 16) / 4))) & 3) << 4);
 }
 
 #if defined(KF_DOT_AVX2)
@@ -110,6 +125,23 @@ inline __m256i bcast4(const int8_t* p) {  // 4 activation bytes in every int32 l
   std::memcpy(&w, p, 4);
   return _mm256_set1_epi32(w);
 }
+
+// BITS 6: the high 2 bits into the nibble vectors lo (columns c..c+3) and hi (c+4..c+7) of a 16-column block's first
+// half (second false) or second half, from the block's vector of high bit pairs h
+inline void add_high_bits(__m256i h, bool second, __m256i& lo, __m256i& hi) {
+  const __m256i two = _mm256_set1_epi8(0x30);
+  const __m256i q = second ? h : _mm256_slli_epi16(h, 4);
+  lo = _mm256_or_si256(lo, _mm256_and_si256(q, two));
+  hi = _mm256_or_si256(hi, _mm256_and_si256(_mm256_srli_epi16(q, 2), two));
+}
+#if defined(__AVX512BW__)
+inline void add_high_bits(__m512i h, bool second, __m512i& lo, __m512i& hi) {  // the same on two tiles
+  const __m512i two = _mm512_set1_epi8(0x30);
+  const __m512i q = second ? h : _mm512_slli_epi16(h, 4);
+  lo = _mm512_or_si512(lo, _mm512_and_si512(q, two));
+  hi = _mm512_or_si512(hi, _mm512_and_si512(_mm512_srli_epi16(q, 2), two));
+}
+#endif
 
 inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
 inline __m256 load8(const at::Half* p) {
@@ -138,6 +170,29 @@ inline __m256 int_dot(const uint8_t* codes, const Act& a, int64_t cb, int64_t ce
       h1 = dot_u8s8(h1, hi, bcast4(ah + c + 4));
       l0 = dot_u8s8(l0, lo, bcast4(al + c));
       l1 = dot_u8s8(l1, hi, bcast4(al + c + 4));
+    }
+  } else if (BITS == 6) {  // 16 columns a step: two nibble vectors and their high bit pairs (96 bytes, 8 rows)
+    const __m256i nib = _mm256_set1_epi8(0x0F);
+#pragma GCC unroll 2
+    for (int64_t c = cb; c < ce; c += 16) {
+      const uint8_t* p = codes + c * 6;
+      _mm_prefetch(reinterpret_cast<const char*>(p + PREFETCH_BYTES), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(p + PREFETCH_BYTES + 64), _MM_HINT_T0);
+      const __m256i v0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+      const __m256i v1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 32));
+      const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 64));
+      __m256i lo0 = _mm256_and_si256(v0, nib), hi0 = _mm256_and_si256(_mm256_srli_epi16(v0, 4), nib);
+      __m256i lo1 = _mm256_and_si256(v1, nib), hi1 = _mm256_and_si256(_mm256_srli_epi16(v1, 4), nib);
+      add_high_bits(h, false, lo0, hi0);
+      add_high_bits(h, true, lo1, hi1);
+      h0 = dot_u8s8(h0, lo0, bcast4(ah + c));
+      h1 = dot_u8s8(h1, hi0, bcast4(ah + c + 4));
+      l0 = dot_u8s8(l0, lo0, bcast4(al + c));
+      l1 = dot_u8s8(l1, hi0, bcast4(al + c + 4));
+      h0 = dot_u8s8(h0, lo1, bcast4(ah + c + 8));
+      h1 = dot_u8s8(h1, hi1, bcast4(ah + c + 12));
+      l0 = dot_u8s8(l0, lo1, bcast4(al + c + 8));
+      l1 = dot_u8s8(l1, hi1, bcast4(al + c + 12));
     }
   } else {
 #pragma GCC unroll 8
@@ -199,8 +254,7 @@ void tile_dot(const uint8_t* codes, const T* scale, const T* mins, float factor,
       for (int64_t c1 = g * G; c1 < (g + 1) * G; c1 += std::min<int64_t>(G, QK)) {
         int32_t ih = 0, il = 0;
         for (int64_t c = c1; c < c1 + std::min<int64_t>(G, QK); ++c) {
-          const uint8_t b = codes[code_index(BITS, k, r, c)];
-          const int32_t u = BITS == 8 ? b : ((c % 8) < 4 ? (b & 0x0F) : (b >> 4));
+          const int32_t u = code_at(BITS, codes, r, c);
           ih += u * a.hi[c];
           il += u * a.lo[c];
         }
@@ -234,7 +288,7 @@ constexpr int64_t SUPER = 256, SUPER_BYTES = TILE * 2;
 inline bool compact_type(at::ScalarType t) { return t == at::kByte || t == at::kChar; }
 
 inline Layout check(const at::Tensor& codes, const at::Tensor& scale, const at::Tensor& mins, int64_t bits) {
-  TORCH_CHECK(bits == 4 || bits == 8, "dot: bits must be 4 or 8");
+  TORCH_CHECK(bits == 4 || bits == 6 || bits == 8, "dot: bits must be 4, 6 or 8");
   TORCH_CHECK(codes.dim() == 2 && codes.scalar_type() == at::kByte && codes.is_contiguous(),
               "dot: codes must be contiguous uint8 [N/8, K*bits]");
   const int64_t k = codes.size(1) / bits, tiles = codes.size(0);
@@ -248,6 +302,7 @@ inline Layout check(const at::Tensor& codes, const at::Tensor& scale, const at::
     TORCH_CHECK((mins.dim() == 0 && mins.scalar_type() == at::kFloat) ||
                     (mins.sizes() == scale.sizes() && mins.scalar_type() == at::kByte && mins.is_contiguous()),
                 "dot: two-level minimums must be shaped as the scales (uint8), or one float32 factor of them");
+    TORCH_CHECK(bits != 6 || k / groups == 16, "dot: 6-bit codes (Q6_K) take one sub-scale per 16 weights");
     return {bits, k, k / groups, tiles, true};
   }
   TORCH_CHECK(scale.dim() == 3 && scale.size(0) == tiles && scale.size(2) == TILE && scale.is_contiguous(),
@@ -256,6 +311,8 @@ inline Layout check(const at::Tensor& codes, const at::Tensor& scale, const at::
   TORCH_CHECK(g * scale.size(1) == k && (g == 32 || g == 16 || g == 128), "dot: one scale per 128, 32 or 16 weights");
   TORCH_CHECK(scale.scalar_type() == at::kFloat || scale.scalar_type() == at::kHalf, "dot: float32/16 scales");
   TORCH_CHECK(g != 128 || scale.scalar_type() == at::kHalf, "dot: one scale per 128 weights must be float16");
+  TORCH_CHECK(bits != 6 || (g == 16 && scale.scalar_type() == at::kFloat),
+              "dot: 6-bit codes (Q6_K) take one float32 scale per 16 weights");
   TORCH_CHECK((mins.dim() == 0 && mins.scalar_type() == at::kFloat) ||
                   (mins.sizes() == scale.sizes() && mins.scalar_type() == scale.scalar_type() && mins.is_contiguous()),
               "dot: mins must be shaped and typed as the scales, or one float32 factor of them");
@@ -368,7 +425,8 @@ inline std::vector<Layout> check_parts(const std::vector<at::Tensor>& codes, con
       else if ((L).g == 32) FN<8, 32, at::Half>(__VA_ARGS__);            \
       else FN<8, 16, at::Half>(__VA_ARGS__);                             \
     } else {                                                             \
-      if ((L).bits == 4 && (L).g == 32) FN<4, 32, float>(__VA_ARGS__);    \
+      if ((L).bits == 6) FN<6, 16, float>(__VA_ARGS__);                  \
+      else if ((L).bits == 4 && (L).g == 32) FN<4, 32, float>(__VA_ARGS__); \
       else if ((L).bits == 4) FN<4, 16, float>(__VA_ARGS__);             \
       else if ((L).g == 32) FN<8, 32, float>(__VA_ARGS__);               \
       else FN<8, 16, float>(__VA_ARGS__);                                \

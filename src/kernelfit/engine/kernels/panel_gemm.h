@@ -49,10 +49,12 @@ inline void pair_columns(const uint8_t* c0, const uint8_t* c1, const T* s0, cons
                               _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b)), 1);
   };
   __m512i quads[2];
-  if (BITS == 4) {
-    const __m512i v = both(c0 + c * 4, c1 + c * 4);
+  if (BITS == 4 || BITS == 6) {
+    const __m512i v = both(c0 + dot::nibble_offset(BITS, c), c1 + dot::nibble_offset(BITS, c));
     quads[0] = _mm512_and_si512(v, nib);
     quads[1] = _mm512_and_si512(_mm512_srli_epi16(v, 4), nib);
+    if (BITS == 6)
+      dot::add_high_bits(both(c0 + dot::pairs_offset(c), c1 + dot::pairs_offset(c)), c % 16 != 0, quads[0], quads[1]);
   } else {
     quads[0] = both(c0 + c * 8, c1 + c * 8);
     quads[1] = both(c0 + c * 8 + 32, c1 + c * 8 + 32);

@@ -17,14 +17,16 @@ namespace repack {
 constexpr int64_t TILE = 8;
 
 // uint8 codes [n, k] (each < 2^bits) -> tiles [tile0, tile0 + ceil(n / 8)) of dst [tiles, k * bits] in
-// dot_kernels.h's order (code_index): 8 bits, per 4 columns the 8 rows' 4 bytes; 4 bits, per 8 columns the 8 rows' 4
-// bytes, column c + b in the low nibble of byte b and c + 4 + b in its high one. Rows past n are written as zeros.
+// dot_kernels.h's order (code_at): 8 bits, per 4 columns the 8 rows' 4 bytes; 4 bits, per 8 columns the 8 rows' 4
+// bytes, column c + b in the low nibble of byte b and c + 4 + b in its high one; 6 bits, per 16 columns the low 4
+// bits so (64 bytes), then the 8 rows' 4 bytes of high bit pairs (columns c + b + 4j at bits 2j of byte b). Rows past
+// n are written as zeros.
 inline void tile_codes(const at::Tensor& codes, at::Tensor dst, int64_t tile0, int64_t bits) {
   TORCH_CHECK(codes.dim() == 2 && codes.scalar_type() == at::kByte && codes.is_contiguous() && dst.dim() == 2 &&
-                  dst.scalar_type() == at::kByte && dst.is_contiguous() && (bits == 4 || bits == 8),
-              "tile_codes: uint8 codes [n, k] and tiles [tiles, k * bits], 4 or 8 bits");
+                  dst.scalar_type() == at::kByte && dst.is_contiguous() && (bits == 4 || bits == 6 || bits == 8),
+              "tile_codes: uint8 codes [n, k] and tiles [tiles, k * bits], 4, 6 or 8 bits");
   const int64_t n = codes.size(0), k = codes.size(1), tiles = (n + TILE - 1) / TILE;
-  TORCH_CHECK(dst.size(1) == k * bits && k % 8 == 0 && tile0 >= 0 && tile0 + tiles <= dst.size(0),
+  TORCH_CHECK(dst.size(1) == k * bits && k % (bits == 6 ? 16 : 8) == 0 && tile0 >= 0 && tile0 + tiles <= dst.size(0),
               "tile_codes: shapes do not match");
   const uint8_t* src = codes.data_ptr<uint8_t>();
   uint8_t* out = dst.data_ptr<uint8_t>() + tile0 * k * bits;
@@ -37,9 +39,16 @@ inline void tile_codes(const at::Tensor& codes, at::Tensor dst, int64_t tile0, i
         for (int64_t c = 0; c < k; c += 4) std::memcpy(tile + (c / 4) * 32 + r * 4, row + c, 4);
       } else {
         for (int64_t c = 0; c < k; c += 8) {
-          uint8_t* b = tile + (c / 8) * 32 + r * 4;
-          for (int j = 0; j < 4; ++j) b[j] = static_cast<uint8_t>((row[c + j] & 0x0F) | (row[c + 4 + j] << 4));
+          uint8_t* b = tile + (bits == 6 ? (c / 16) * 96 + (c % 16) / 8 * 32 : c * 4) + r * 4;  // dot::nibble_offset
+          for (int j = 0; j < 4; ++j) b[j] = static_cast<uint8_t>((row[c + j] & 0x0F) | ((row[c + 4 + j] & 0x0F) << 4));
         }
+        if (bits == 6)
+          for (int64_t c = 0; c < k; c += 16) {
+            uint8_t* b = tile + (c / 16) * 96 + 64 + r * 4;  // dot::pairs_offset
+            for (int j = 0; j < 4; ++j)
+              b[j] = static_cast<uint8_t>((row[c + j] >> 4) | ((row[c + 4 + j] >> 4) << 2) |
+                                          ((row[c + 8 + j] >> 4) << 4) | ((row[c + 12 + j] >> 4) << 6));
+          }
       }
     }
   }

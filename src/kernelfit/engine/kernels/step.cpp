@@ -32,8 +32,8 @@ namespace {
 
 using decode::attend;
 
-// The weight products of a step: lean_lm.py Product kinds 0 int4, 1 int8, 2 dense (torch's kernels, bf16 in and
-// out), 4 and 5 the file's 4- and 8-bit groups (dot_kernels.h, float32 in and out), 6 bf16 rows as stored
+// The weight products of a step: reference.py Product kinds 0 int4, 1 int8, 2 dense (torch's kernels, bf16 in and
+// out), 4, 5 and 7 the file's 4-, 8- and 6-bit groups (dot_kernels.h, float32 in and out), 6 bf16 rows as stored
 // (bf16_rows.h, float32 in and out); n: each one's output rows.
 struct Weights {
   const std::vector<int64_t>& kinds;
@@ -43,9 +43,12 @@ struct Weights {
   const std::vector<int64_t>& n;
 };
 
+bool dot_kind(int64_t kind) { return kind == 4 || kind == 5 || kind == 7; }
+int64_t dot_bits(int64_t kind) { return kind == 4 ? 4 : kind == 7 ? 6 : 8; }  // a dot kind's code bits
+
 // float32 [1, N] = x @ W^T for x float32 [1, K]
 Tensor product(const Tensor& x, int64_t kind, const Tensor& a, const Tensor& b, const Tensor& c, int64_t n) {
-  if (kind == 4 || kind == 5) return dot::dot_mm(x, a, b, c, kind == 4 ? 4 : 8, n);
+  if (dot_kind(kind)) return dot::dot_mm(x, a, b, c, dot_bits(kind), n);
   if (kind == 6) return bf16rows::rows_mm(x, a);
   const Tensor xb = x.to(at::kBFloat16);
   if (kind == 0) return at::_weight_int4pack_mm_for_cpu(xb, a, 32, b).to(at::kFloat);
@@ -151,7 +154,7 @@ struct Step {
     const int64_t tiles = rows / dot::TILE;
     const Tensor a = w.a[i].narrow(0, e * tiles, tiles), b = w.b[i].narrow(0, e * tiles, tiles);
     const Tensor c = w.c[i].dim() ? w.c[i].narrow(0, e * tiles, tiles) : w.c[i];
-    const int64_t bits = w.kinds[i] == 4 ? 4 : 8;
+    const int64_t bits = dot_bits(w.kinds[i]);
     if (x.size(0) <= dot_rows) return dot::dot_mm(x, a, b, c, bits, rows);
     return panel::gemm_parts(x.to(at::kBFloat16), {a}, {b}, {c}, {bits}, {rows});
   }
@@ -465,7 +468,7 @@ struct Step {
     std::vector<Tensor> a(as.begin() + first, as.begin() + first + count),
         b(bs.begin() + first, bs.begin() + first + count), c(mins.begin() + first, mins.begin() + first + count);
     std::vector<int64_t> bits, n(ns.begin() + first, ns.begin() + first + count);
-    for (int64_t i = first; i < first + count; ++i) bits.push_back(kinds[i] == 4 ? 4 : 8);
+    for (int64_t i = first; i < first + count; ++i) bits.push_back(dot_bits(kinds[i]));
     if (int8) return gemm::gemm_parts(x, a, b, c, bits, n);
     if (panel::available()) return panel::gemm_parts(x, a, b, c, bits, n);  // float32 out
     return at::linear(x.to(at::kBFloat16), dot::dot_dequant_parts(a, b, c, bits, n));

@@ -54,10 +54,13 @@ inline void tile_columns(const uint8_t* codes, const T* scale, const T* mins, fl
   const __m256 s = load8(scale + g * TILE);
   const __m256 m = mins ? load8(mins + g * TILE) : _mm256_mul_ps(s, _mm256_set1_ps(factor));
   __m256i quads[2];  // columns c..c+3 and c+4..c+7, 4 bytes (columns) per row lane
-  if (BITS == 4) {
-    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + c * 4));
+  if (BITS == 4 || BITS == 6) {
+    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + nibble_offset(BITS, c)));
     quads[0] = _mm256_and_si256(v, nib);
     quads[1] = _mm256_and_si256(_mm256_srli_epi16(v, 4), nib);
+    if (BITS == 6)
+      add_high_bits(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + pairs_offset(c))), c % 16 != 0,
+                    quads[0], quads[1]);
   } else {
     quads[0] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + c * 8));
     quads[1] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + c * 8 + 32));
@@ -72,8 +75,7 @@ inline void tile_columns(const uint8_t* codes, const T* scale, const T* mins, fl
 template <int BITS, int G, typename T>
 inline float tile_value(const uint8_t* codes, const T* scale, const T* mins, float factor, int64_t k, int64_t r,
                         int64_t c) {
-  const uint8_t b = codes[code_index(BITS, k, r, c)];
-  const int32_t u = BITS == 8 ? b : ((c % 8) < 4 ? (b & 0x0F) : (b >> 4));
+  const int32_t u = code_at(BITS, codes, r, c);
   const int64_t g = c / G;
   const float s = to_f32(scale[g * TILE + r]);
   return s * float(u) + (mins ? to_f32(mins[g * TILE + r]) : factor * s);
