@@ -61,7 +61,8 @@ EXACT_LAYOUT = {t: f"{4 if t in gb.INT4_TYPES + ('Q2_K', 'Q3_K') else 6 if t == 
 @pytest.mark.parametrize("qtype", ["Q4_K", "Q6_K", "Q4_0", "Q8_0", "Q5_K"])
 def test_the_c_repack_equals_numpys_reference(qtype):
     """kernels/repack_kernels.h decodes Q4_K/Q6_K codes and tiles every type's codes in one pass each: the same bytes
-    as blocks.py's and weights.py's numpy (the reference and the no-compiler path), for a partial last tile too."""
+    as blocks.py's and weights.py's numpy (the reference and the no-compiler path), for a partial last tile too; and
+    its block_tiles (the reader's path: Q4_K/Q6_K blocks straight into the tiles) writes those bytes too."""
     from kernelfit.engine.native import native_module
     from kernelfit.engine.weights import tile_codes
 
@@ -74,6 +75,13 @@ def test_the_c_repack_equals_numpys_reference(qtype):
     m.tile_codes(torch.from_numpy(np.ascontiguousarray(ref.codes)), tiles, 1, ref.bits)
     assert np.array_equal(tiles[1:3].numpy(), tile_codes(ref.codes, ref.bits))
     assert bool((tiles[0] == 7).all() and (tiles[3] == 7).all())
+    if qtype in ("Q4_K", "Q6_K"):  # the reader's path: the blocks decoded straight into the tiles, the same bytes
+        fused = gb.dot_groups(raw, qtype, rows, 512, m, tiles=True)
+        assert fused.codes is None and fused.blocks is not None
+        direct = torch.full((4, 512 * ref.bits), 7, dtype=torch.uint8)
+        m.block_tiles(fused.blocks.ctypes.data, rows, 512, direct, 1, fused.bits)
+        assert torch.equal(direct, tiles)
+        assert torch.equal(DotWeight.from_groups(fused).codes, DotWeight.from_groups(fast).codes)
     w = DotWeight.from_groups(fast)  # the builder's path: the products read what the numpy tiles held
     x = torch.randn(2, 512, generator=torch.Generator().manual_seed(0))
     want = x.double() @ torch.from_numpy(gb.dequantize(raw, qtype, rows, 512)).double().T

@@ -199,13 +199,13 @@ def load_tokenizer(spec: ModelSpec, progress=None):
     """The file's own tokenizer tables where they reproduce transformers' tokenizer (engine/gguf/tokenizer.py:
     57 -> 9 MiB resident for SmolLM2, 331 -> 22 MiB for Gemma 3), else transformers' tokenizer built from the file.
     A transformers checkpoint: its own tokenizer.json and chat template read the same way where their kind is covered
-    (engine/safetensors/tokenizer.py), else through transformers."""
-    from transformers import AutoTokenizer
-
+    (engine/safetensors/tokenizer.py), else through transformers (imported only then: ~0.7 s of a load here)."""
     if not spec.gguf_file:
         tok = json_tokenizer(spec.model_dir)
         if tok is not None:
             return tok
+        from transformers import AutoTokenizer
+
         try:
             return AutoTokenizer.from_pretrained(spec.model_dir)
         except (OSError, ValueError) as exc:
@@ -213,6 +213,8 @@ def load_tokenizer(spec: ModelSpec, progress=None):
     tok = gguf_tokenizer(Path(spec.model_dir) / spec.gguf_file)
     if tok is not None:
         return tok
+    from transformers import AutoTokenizer
+
     return AutoTokenizer.from_pretrained(str(tokenizer_dir(spec, progress)))
 
 

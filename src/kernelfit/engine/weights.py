@@ -132,7 +132,7 @@ class DotWeight(PackedWeight):
 
     @classmethod
     def from_groups(cls, g: DotGroups) -> "DotWeight":
-        n, k = g.codes.shape
+        n, k = g.rows, g.scale.shape[1] * g.group
         w = cls.empty(n, k, g.bits, g.group, g.scale.dtype, g.mins if isinstance(g.mins, float) else None)
         w.fill(0, g)
         return w
@@ -156,15 +156,19 @@ class DotWeight(PackedWeight):
 
     def fill(self, tile0: int, g: DotGroups) -> int:
         """Write groups `g` (whole tiles, or the weight's last rows) from tile `tile0`; returns the tiles written."""
-        n = -(-len(g.codes) // TILE)
+        n = -(-g.rows // TILE)
         two = g.super_scale is not None
         if two != self.two_level:
             raise ValueError("a weight filled with another type's groups")
-        # the codes in one C++ pass (kernels/repack_kernels.h; tile_codes above is its reference), the GIL released;
+        # the codes in one C++ pass (kernels/repack_kernels.h; tile_codes above is its reference), the GIL released
+        # (K-quant blocks decoded and tiled in that pass: DotGroups.blocks);
         # the scales as numpy copies into the tensors' memory, no torch op: the reader fills chunks from worker threads,
         # and a torch copy there starts an OpenMP team of that thread's, which then competed with the decode step's
         # (4x slower)
-        _ops().tile_codes(torch.from_numpy(np.ascontiguousarray(g.codes)), self.codes, tile0, g.bits)
+        if g.codes is None:  # Q4_K / Q6_K blocks decoded straight into the tiles
+            _ops().block_tiles(g.blocks.ctypes.data, g.rows, self.in_features, self.codes, tile0, g.bits)
+        else:
+            _ops().tile_codes(torch.from_numpy(np.ascontiguousarray(g.codes)), self.codes, tile0, g.bits)
         self.scale[tile0:tile0 + n].numpy()[...] = tile_two_level(g.super_scale, g.scale) if two else \
             tile_groups(g.scale)
         if self.mins.dim():

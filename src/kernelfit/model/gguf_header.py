@@ -84,6 +84,9 @@ class GgufHeader:
         return self.metadata.get(f"{self.architecture}.{key}", default)
 
 
+_U64 = struct.Struct("<Q")
+
+
 class _Reader:
     def __init__(self, data: bytes):
         self.data, self.pos = data, 0
@@ -105,15 +108,21 @@ class _Reader:
         return s.decode("utf-8", errors="replace")
 
     def strings(self, count: int) -> StringArray:
-        begin, starts, lengths = self.pos, array("I"), array("I")  # a header prefix is <= 64 MiB
+        # one loop of locals (a 152k-token vocabulary and its 151k merges: 0.45 s through take(), ~3x less so)
+        data, pos, end, unpack = self.data, self.pos, len(self.data), _U64.unpack_from
+        begin, starts, lengths = pos, array("I"), array("I")  # a header prefix is <= 64 MiB
         for _ in range(count):
-            n = self.take("<Q")
-            if self.pos + n > len(self.data):
+            if pos + 8 > end:
                 raise EOFError
-            starts.append(self.pos - begin)
+            n = unpack(data, pos)[0]
+            pos += 8
+            if pos + n > end:
+                raise EOFError
+            starts.append(pos - begin)
             lengths.append(n)
-            self.pos += n
-        return StringArray(self.data[begin:self.pos], starts, lengths)
+            pos += n
+        self.pos = pos
+        return StringArray(self.data[begin:pos], starts, lengths)
 
     def value(self, vtype: int, depth: int = 0, keep: bool = False):
         """`keep`: an array is returned whole (a list) instead of as its count."""

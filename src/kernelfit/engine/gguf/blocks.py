@@ -155,13 +155,20 @@ class DotGroups:
     scale = d * sub, minimum = -(dmin * sub_min), in float32 (float_scales) — 4.6 bits a Q4_K weight in the
     kernels' layout instead of 6 with float32 scales (engine/kernels/dot_kernels.h TileScales)."""
 
-    codes: np.ndarray  # uint8 [N, K]
+    codes: np.ndarray | None  # uint8 [N, K]; None where `blocks` are tiled by the C++ decoder instead
     scale: np.ndarray  # float16 (the file's own scales), or the K-quants' integer sub-scales [N, K/group]
     mins: np.ndarray | float  # same dtype and shape as scale, or the factor f
     bits: int
     group: int
     super_scale: np.ndarray | None = None  # float16 [N, K/256]: a K-quant's d
     super_min: np.ndarray | None = None  # float16 [N, K/256]: its dmin (None where mins is a factor)
+    # the file's Q4_K / Q6_K blocks [N, bytes] (contiguous) where codes is None: kernels/repack_kernels.h block_tiles
+    # decodes them straight into the weight's tiles (no [N, K] array of codes: a byte a weight)
+    blocks: np.ndarray | None = None
+
+    @property
+    def rows(self) -> int:
+        return len(self.codes) if self.codes is not None else len(self.blocks)
 
     @property
     def layout(self) -> tuple:
@@ -212,10 +219,15 @@ def _native_codes(decode, b: np.ndarray, rows: int, cols: int) -> np.ndarray:
     return codes
 
 
-def dot_groups(raw: np.ndarray, qtype: str, rows: int, cols: int, native=None) -> DotGroups:
+def dot_groups(raw: np.ndarray, qtype: str, rows: int, cols: int, native=None, tiles: bool = False) -> DotGroups:
     """The codes, scales and minimums of a quantized tensor [rows, cols] for engine/kernels/dot_kernels.h. native:
-    the C++ module, whose decoders unpack Q4_K's and Q6_K's codes in one pass (numpy's below are the reference)."""
+    the C++ module, whose decoders unpack Q4_K's and Q6_K's codes in one pass (numpy's below are the reference);
+    tiles (with native): Q4_K's and Q6_K's codes left in their blocks (DotGroups.blocks) for DotWeight.fill to decode
+    straight into its tiles."""
     b = _blocks(raw, qtype, rows)
+    tiles = tiles and native is not None and qtype in ("Q4_K", "Q6_K")
+    if tiles:
+        b = np.ascontiguousarray(b)  # [rows * blocks a row, bytes a block]
     if qtype in ("Q4_0", "Q4_1"):
         d = _f16(b[:, 0:2])[:, 0]
         codes = _nibbles32(b[:, 2:18] if qtype == "Q4_0" else b[:, 4:20]).reshape(rows, cols)
@@ -225,12 +237,15 @@ def dot_groups(raw: np.ndarray, qtype: str, rows: int, cols: int, native=None) -
         return DotGroups(codes, scale.reshape(rows, -1), mins.reshape(rows, -1), 4, QK)
     if qtype == "Q4_K":
         sc, mn = k_scale_min(b[:, 4:16])
-        if native is not None:
+        if tiles:
+            codes = None
+        elif native is not None:
             codes = _native_codes(native.q4_k_codes, b, rows, cols)
         else:
             qs = b[:, 16:144].reshape(-1, 4, 32)
             codes = np.stack([qs & 0x0F, qs >> 4], axis=2).reshape(rows, cols)
-        return DotGroups(codes, sc.reshape(rows, -1), mn.reshape(rows, -1), 4, QK, *_supers(b, rows, True))
+        return DotGroups(codes, sc.reshape(rows, -1), mn.reshape(rows, -1), 4, QK, *_supers(b, rows, True),
+                         blocks=b.reshape(rows, -1) if tiles else None)
     if qtype in ("Q5_0", "Q5_1"):
         off = 2 if qtype == "Q5_0" else 4
         d = _f16(b[:, 0:2])[:, 0]
@@ -247,10 +262,11 @@ def dot_groups(raw: np.ndarray, qtype: str, rows: int, cols: int, native=None) -
         return DotGroups(codes.reshape(rows, cols), _scales(d, exact_f16=True)[0].reshape(rows, -1), -128.0, 8, QK)
     if qtype == "Q6_K":
         # w = d * sc * (q - 32)
-        codes = _native_codes(native.q6_k_codes, b, rows, cols) if native is not None else _q6_k(b)[0]
+        codes = None if tiles else \
+            (_native_codes(native.q6_k_codes, b, rows, cols) if native is not None else _q6_k(b)[0]).reshape(rows, cols)
         sc = np.ascontiguousarray(b[:, 192:208]).view(np.int8).reshape(rows, -1)
         d = np.ascontiguousarray(b[:, 208:210]).view(np.float16).reshape(rows, -1)
-        return DotGroups(codes.reshape(rows, cols), sc, -32.0, 6, 16, d)
+        return DotGroups(codes, sc, -32.0, 6, 16, d, blocks=b.reshape(rows, -1) if tiles else None)
     if qtype == "Q5_K":
         sc, mn = k_scale_min(b[:, 4:16])
         qh, qs = b[:, 16:48], b[:, 48:176]

@@ -112,7 +112,7 @@ class GgufTensors:
         rows, cols = self.shape(name)
         stop = rows if stop is None else stop
         raw = self._raw_rows(name, 0, rows)[order[start:stop]] if order is not None else self._raw_rows(name, start, stop)
-        return gb.dot_groups(raw, self.qtype(name), stop - start, cols, _native())
+        return gb.dot_groups(raw, self.qtype(name), stop - start, cols, _native(), tiles=True)
 
     def dot_layout(self, name: str) -> tuple:
         """(bits, group, scale dtype) of a tensor's dot groups, from its first row."""

@@ -694,6 +694,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         pybind11::call_guard<pybind11::gil_scoped_release>());
   m.def("q6_k_codes", &repack::q6_k_codes, "Q6_K blocks at an address -> codes 0..63",
         pybind11::call_guard<pybind11::gil_scoped_release>());
+  m.def("block_tiles", &repack::block_tiles, "Q4_K / Q6_K blocks at an address straight into a dot weight's tiles",
+        pybind11::call_guard<pybind11::gil_scoped_release>());
   m.def("gemm_parts", &gemm::gemm_parts, "several weights' products over one input, side by side (int8 VNNI)");
   m.def("fast_gemm", &gemm::fast_gemm, "whether the int8 VNNI GEMM is built here");
   m.def("panel_gemm_parts", &panel::gemm_parts, "several weights' products over one input, bf16 panels (precise)");
