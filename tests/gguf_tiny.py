@@ -144,7 +144,36 @@ def q2_k(w: np.ndarray) -> np.ndarray:
     return np.concatenate([sc | (mn << 4), _pack2(q.reshape(-1, 256)), _f16(d), _f16(dmin)], axis=1).reshape(rows, -1)
 
 
-K_ENCODERS = {"Q2_K": q2_k, "Q3_K": q3_k, "Q5_K": q5_k}
+IQ4_VALUES = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], np.float32)
+
+
+def _nearest_iq4(b: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """Codes 0..15 of the IQ4_NL grid value nearest each b / scale; [..., 32] -> 16 bytes a 32 (low nibbles first)."""
+    q = np.abs(b[..., None] / np.where(scale == 0, 1, scale)[..., None, None] - IQ4_VALUES).argmin(-1).astype(np.uint8)
+    return q[..., :16] | (q[..., 16:] << 4)
+
+
+def iq4_nl(w: np.ndarray) -> np.ndarray:
+    """float32 [rows, cols] -> IQ4_NL blocks (a float16 d and 16 bytes of grid codes a 32) [rows, cols/32*18]."""
+    b = w.reshape(-1, 32).astype(np.float32)
+    d = (np.abs(b).max(-1) / 127).astype(np.float16).astype(np.float32)
+    return np.concatenate([_f16(d), _nearest_iq4(b, d)], axis=1).reshape(w.shape[0], -1)
+
+
+def iq4_xs(w: np.ndarray) -> np.ndarray:
+    """float32 [rows, cols] -> IQ4_XS blocks (a float16 d, 6-bit scales - 32 a 32, 128 bytes of codes a 256)."""
+    b = w.reshape(-1, 8, 32).astype(np.float32)
+    s = np.abs(b).max(-1) / 127
+    d = (np.maximum(s.max(-1), 1e-8) / 31).astype(np.float16).astype(np.float32)
+    ls = (np.clip(np.round(s / d[:, None]), 1, 31) + 32).astype(np.uint16)  # stored ls; the scale is d * (ls - 32)
+    qs = _nearest_iq4(b, d[:, None] * (ls.astype(np.float32) - 32)).reshape(-1, 128)
+    low = (ls[:, 0::2] & 15) | ((ls[:, 1::2] & 15) << 4)
+    high = ((ls >> 4) << (2 * np.arange(8, dtype=np.uint16))).sum(-1, dtype=np.uint16)
+    return np.concatenate([_f16(d), high[:, None].view(np.uint8), low.astype(np.uint8), qs], axis=1).reshape(
+        w.shape[0], -1)
+
+
+K_ENCODERS = {"Q2_K": q2_k, "Q3_K": q3_k, "Q5_K": q5_k, "IQ4_NL": iq4_nl, "IQ4_XS": iq4_xs}
 
 
 def encode(w: np.ndarray, qtype: str):

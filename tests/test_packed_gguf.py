@@ -26,14 +26,17 @@ from kernelfit.probe import probe_machine
 from kernelfit.profiles import load_profile
 
 PROSE = Path(__file__).parent / "data" / "prose.txt"
-TYPES = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q6_K", "Q2_K", "Q3_K", "Q5_K")
+TYPES = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q6_K", "Q2_K", "Q3_K", "Q5_K", "IQ4_NL", "IQ4_XS", "MXFP4")
 D_OFFSETS = {"Q6_K": (208,), "Q2_K": (80, 82), "Q3_K": (108,), "Q4_1": (0, 2), "Q5_1": (0, 2), "Q4_K": (0, 2),
              "Q5_K": (0, 2)}  # where each block's float16 scales sit (default: the first two bytes)
 
 
 def _random_blocks(qtype: str, rows: int, cols: int, rng) -> np.ndarray:
-    raw = rng.integers(0, 256, (rows * cols // (256 if qtype.endswith("K") else 32), gb.BLOCK_BYTES[qtype]),
-                       dtype=np.uint8)
+    raw = rng.integers(0, 256, (rows * cols // (256 if qtype.endswith("K") or qtype == "IQ4_XS" else 32),
+                                gb.BLOCK_BYTES[qtype]), dtype=np.uint8)
+    if qtype == "MXFP4":  # an e8m0 exponent a block: scales 2^-10..2^-1
+        raw[:, 0] = rng.integers(117, 127, len(raw))
+        return raw.reshape(rows, -1)
     for i, off in enumerate(D_OFFSETS.get(qtype, (0,))):  # finite scales (random bytes could be NaN)
         low = 1e-3 if i == 0 or qtype.endswith("K") else -1e-2
         d = np.frombuffer(np.float16(rng.uniform(low, 1e-2, len(raw))).tobytes(), np.uint8).reshape(-1, 2)
@@ -54,7 +57,7 @@ def test_blocks_decode_exactly_like_gguf_py(qtype):
 
 needs_dot = pytest.mark.skipif(not dot_available(), reason="no C++ compiler here: torch's packed kernels run")
 EXACT_LAYOUT = {t: f"{4 if t in gb.INT4_TYPES + ('Q2_K', 'Q3_K') else 6 if t == 'Q6_K' else 8}-bit groups (exact)"
-                for t in TYPES}
+                for t in TYPES} | {t: "4-bit grid groups (exact)" for t in gb.GRIDS}
 
 
 @needs_dot

@@ -31,7 +31,7 @@ def test_the_panel_gemm_is_a_float_sum_of_bf16_products(qtype, rows, m):
     w, ref = _weight(qtype, rows, cols, 7)
     torch.manual_seed(1)
     x = torch.randn(m, cols) * torch.linspace(0.01, 3, cols)
-    got = _ops().panel_gemm_parts(x, [w.codes], [w.scale], [w.mins], [w.bits], [rows]).double().numpy()
+    got = _ops().panel_gemm_parts(x, [w.codes], [w.scale], [w.mins], [w.format], [rows]).double().numpy()
     assert got.shape == (m, rows)
     w16 = w.dequantize(bf16=True).double().numpy()[:rows]
     same = x.bfloat16().double().numpy() @ w16.T
@@ -46,14 +46,14 @@ def test_panel_gemm_parts_write_each_weights_columns_and_carry_a_nan():
     x = torch.randn(30, 256)
     x[7, 100] = float("nan")
     got = _ops().panel_gemm_parts(x, [w.codes for w in ws], [w.scale for w in ws], [w.mins for w in ws],
-                                  [w.bits for w in ws], ns)
-    want = torch.cat([_ops().panel_gemm_parts(x, [w.codes], [w.scale], [w.mins], [w.bits], [n])
+                                  [w.format for w in ws], ns)
+    want = torch.cat([_ops().panel_gemm_parts(x, [w.codes], [w.scale], [w.mins], [w.format], [n])
                       for w, n in zip(ws, ns)], 1)
     assert got.shape == (30, 77) and got.dtype == torch.float32
     assert torch.equal(got[torch.arange(30) != 7], want[torch.arange(30) != 7])
     assert torch.isnan(got[7]).all() and torch.isfinite(got[torch.arange(30) != 7]).all()
     with pytest.raises(RuntimeError, match="shapes do not match"):
-        _ops().panel_gemm_parts(torch.randn(3, 128), [wq.codes], [wq.scale], [wq.mins], [wq.bits], [24])
+        _ops().panel_gemm_parts(torch.randn(3, 128), [wq.codes], [wq.scale], [wq.mins], [wq.format], [24])
 
 @needs_panel
 @pytest.mark.parametrize("arch,qtype", [("llama", "Q4_1"), ("gemma3", "Q4_K"), ("qwen2", "Q8_0")])
@@ -123,7 +123,7 @@ def test_a_prompt_split_into_calls_gets_the_same_bits_and_both_kernels_agree(qty
     w, _ = _weight(qtype, rows, cols, 5)
     torch.manual_seed(2)
     x = torch.randn(67, cols)
-    args = ([w.codes], [w.scale], [w.mins], [w.bits], [rows])
+    args = ([w.codes], [w.scale], [w.mins], [w.format], [rows])
     one = _ops().panel_gemm_parts(x, *args)
     cuts = [0, 1, 17, 50, 67]
     parts = torch.cat([_ops().panel_gemm_parts(x[a:b], *args) for a, b in zip(cuts, cuts[1:])])

@@ -44,7 +44,7 @@ def test_int8_gemm_is_the_file_values_times_one_digit_activations(qtype, rows, m
     w, ref = _weight(qtype, rows, cols, 7)
     torch.manual_seed(1)
     x = torch.randn(m, cols) * torch.linspace(0.01, 3, cols)
-    got = _ops().gemm_mm(x, w.codes, w.scale, w.mins, w.bits, rows).double().numpy()
+    got = _ops().gemm_mm(x, w.codes, w.scale, w.mins, w.format, rows).double().numpy()
     want = x.double().numpy() @ ref.T
     assert got.shape == (m, rows)
     assert np.linalg.norm(got - want) / np.linalg.norm(want) < 1.5e-2
@@ -60,10 +60,10 @@ def test_int8_gemm_carries_a_non_finite_activation_and_refuses_bad_shapes():
     w, _ = _weight("Q4_K", 16, 256, 4)
     x = torch.randn(14, 256)
     x[5, 70] = float("nan")
-    y = _ops().gemm_mm(x, w.codes, w.scale, w.mins, w.bits, 16)
+    y = _ops().gemm_mm(x, w.codes, w.scale, w.mins, w.format, 16)
     assert torch.isnan(y[5]).all() and torch.isfinite(y[torch.arange(14) != 5]).all()
     with pytest.raises(RuntimeError, match="shapes do not match"):
-        _ops().gemm_mm(torch.randn(14, 128), w.codes, w.scale, w.mins, w.bits, 16)
+        _ops().gemm_mm(torch.randn(14, 128), w.codes, w.scale, w.mins, w.format, 16)
 
 
 @pytest.mark.skipif(not dot_available(), reason="no C++ compiler here")
@@ -210,8 +210,8 @@ def test_int8_gemm_parts_write_each_weights_columns_from_one_quantized_input():
     (wq, _), (wk, _), (wv, _) = _weight("Q5_0", 24, 256, 1), _weight("Q4_K", 13, 256, 2), _weight("Q6_K", 8, 256, 3)
     x = torch.randn(30, 256)
     got = _ops().gemm_parts(x, [w.codes for w in (wq, wk, wv)], [w.scale for w in (wq, wk, wv)],
-                            [w.mins for w in (wq, wk, wv)], [w.bits for w in (wq, wk, wv)], [24, 13, 8])
-    want = torch.cat([_ops().gemm_mm(x, w.codes, w.scale, w.mins, w.bits, n) for w, n in ((wq, 24), (wk, 13), (wv, 8))],
+                            [w.mins for w in (wq, wk, wv)], [w.format for w in (wq, wk, wv)], [24, 13, 8])
+    want = torch.cat([_ops().gemm_mm(x, w.codes, w.scale, w.mins, w.format, n) for w, n in ((wq, 24), (wk, 13), (wv, 8))],
                      1)
     assert got.shape == (30, 45) and torch.equal(got, want)
 
@@ -220,10 +220,10 @@ def test_int8_gemm_parts_write_each_weights_columns_from_one_quantized_input():
 def test_dot_weights_unpack_into_one_bf16_matrix():
     parts = [_weight("Q5_0", 24, 256, 1)[0], _weight("Q4_K", 13, 256, 2)[0], _weight("Q6_K", 8, 256, 3)[0]]
     got = _ops().dot_dequant_parts([w.codes for w in parts], [w.scale for w in parts], [w.mins for w in parts],
-                                   [w.bits for w in parts], [24, 13, 8])
+                                   [w.format for w in parts], [24, 13, 8])
     assert torch.equal(got, torch.cat([w.dequantize(bf16=True) for w in parts]))
     with pytest.raises(RuntimeError, match="shapes do not match"):
-        _ops().dot_dequant_parts([parts[0].codes], [parts[0].scale], [parts[0].mins], [parts[0].bits], [30])
+        _ops().dot_dequant_parts([parts[0].codes], [parts[0].scale], [parts[0].mins], [parts[0].format], [30])
 
 
 @pytest.mark.skipif(not dot_available(), reason="no C++ compiler here")

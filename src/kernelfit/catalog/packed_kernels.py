@@ -30,7 +30,7 @@ SOURCES = ("kernelfit-packed-kernels", "torch-int4pack-cpu", "llama-cpp-vec-dot"
 # GGUF tensor types the packed path reads (engine/gguf/blocks.py), by the layout they get
 INT4_EXACT = ("Q4_0", "Q4_1", "Q4_K")  # group-32 asymmetric int4: the file's grid, scales rounded to bf16
 # no torch kernel with their grid: int8 per row (measured loss) or bf16 (the C++ dot products read them as stored)
-REGRID = ("Q5_0", "Q5_1", "Q8_0", "Q6_K", "Q2_K", "Q3_K", "Q5_K")
+REGRID = ("Q5_0", "Q5_1", "Q8_0", "Q6_K", "Q2_K", "Q3_K", "Q5_K", "IQ4_NL", "IQ4_XS", "MXFP4")
 FLOAT = ("F32", "F16", "BF16")
 PACKED_GGUF_TYPES = INT4_EXACT + REGRID + FLOAT
 # GGUF architectures engine/reference.py runs
@@ -54,12 +54,15 @@ FAST_ISA = ("avx512_bf16", "avx512f", "avx2")
 # multiple of the scale). Q4_K, Q5_K and Q6_K keep the file's two levels (engine/kernels/dot_kernels.h TileScales):
 # a float16 d (and dmin) per 256 and a one-byte sub-scale (and sub-minimum) per group — Q4_K 4.625 bits against the
 # file's 4.5 (float32 scales per group made it 6: 1.33x the file's bytes a token); Q6_K's codes keep their 6 bits
-# (8-bit codes made its 6.56 bits 8.56). Q2_K/Q3_K keep float32 per 16.
+# (8-bit codes made its 6.56 bits 8.56). Q2_K/Q3_K keep float32 per 16. IQ4_NL / IQ4_XS / MXFP4: their 4-bit codes
+# (looked up in the type's grid), IQ4_NL's float16 scale per 32, IQ4_XS's two levels (4.28 bits, the file's 4.25),
+# MXFP4's power of two as a float32 per 32 (5 bits against the file's 4.25).
 # torch's layouts (no compiler) are int4 + bf16 scale/zero (Q4_K 5 bits) and int8 per row.
 TWO_LEVEL = 2 / 256  # a float16 per superblock of 256
 PACKED_BYTES_PER_VALUE = {"Q4_0": 0.5 + 2 / 32, "Q4_1": 0.5 + 4 / 32, "Q4_K": 0.5 + 2 * (1 / 32 + TWO_LEVEL),
                           "Q5_0": 1 + 2 / 32, "Q5_1": 1 + 4 / 32, "Q8_0": 1 + 2 / 32, "Q6_K": 0.75 + 1 / 16 + TWO_LEVEL,
                           "Q2_K": 0.5 + 8 / 16, "Q3_K": 0.5 + 4 / 16, "Q5_K": 1 + 2 * (1 / 32 + TWO_LEVEL),
+                          "IQ4_NL": 0.5 + 2 / 32, "IQ4_XS": 0.5 + 1 / 32 + TWO_LEVEL, "MXFP4": 0.5 + 4 / 32,
                           "F32": 4.0, "F16": 2.0, "BF16": 2.0}
 
 

@@ -53,7 +53,7 @@ def product(w: PackedWeight, prefill_dense: bool = False, head: bool = False, in
     if prefill_dense and not isinstance(w, DenseWeight):
         copy = w.dequantize(bf16=True) if isinstance(w, DotWeight) else w.dequantize().to(torch.bfloat16)
     if isinstance(w, DotWeight):
-        return Product(DOT_KINDS[w.bits], w.codes, w.scale, w.out_features, copy, w.mins,
+        return Product(DOT_KINDS[w.format], w.codes, w.scale, w.out_features, copy, w.mins,
                        int8_prefill=int8_prefill and copy is None and w.group <= 32)
     if isinstance(w, Int4Weight):
         return Product(INT4, w.packed, w.scales_zeros, w.out_features, copy)

@@ -260,7 +260,7 @@ SHORT_CONV, DELTA_NET, GATED = 4, 8, 16  # a short-convolution layer, a Gated De
 # values), attention with an output gate (step.cpp LAYER_CONV, LAYER_DELTA, LAYER_GATED)
 
 
-C_KINDS = (4, 5, 6, 7)  # reference.py DOT4, DOT8, BF16_ROWS, DOT6: the products the C++ prompt forward runs
+C_KINDS = (4, 5, 6, 7, 8, 9)  # reference.py DOT4, DOT8, BF16_ROWS, DOT6, DOT_IQ4, DOT_MXFP4: the C++ prompt forward's
 
 
 def native_args(model) -> NativeArgs:

@@ -29,8 +29,9 @@ from torch import nn
 
 from .native import native_module
 
-INT4, INT8, DENSE, INT8_EXACT, DOT4, DOT8, BF16_ROWS, DOT6 = 0, 1, 2, 3, 4, 5, 6, 7  # Product.kind
-DOT_KINDS = {4: DOT4, 6: DOT6, 8: DOT8}  # a dot weight's code bits -> its kind
+INT4, INT8, DENSE, INT8_EXACT, DOT4, DOT8, BF16_ROWS, DOT6, DOT_IQ4, DOT_MXFP4 = range(10)  # Product.kind
+# a dot weight's code format (engine/weights.py DotWeight.format: bits | grid << 8) -> its kind
+DOT_KINDS = {4: DOT4, 6: DOT6, 8: DOT8, 4 | 1 << 8: DOT_IQ4, 4 | 2 << 8: DOT_MXFP4}
 # BF16_ROWS: bf16 weight rows as stored (a safetensors checkpoint; a GGUF file's float tensors) through the C++
 # products of kernels/bf16_rows.h: float32 in and out (DENSE, torch's bf16 linear, rounds both to bf16)
 # DOT4 / DOT6 / DOT8: the file's own groups read by kernelfit's C++ dot products (engine/weights.py): float32 in and
@@ -60,8 +61,8 @@ GROUP = 32
 # tensor as an argument: a method reading its ScriptModule's attributes from Python cost ~50 us a call here (a 256-row
 # RMS norm is 14 us), ~10 ms over a Gemma 3 270M prompt's ~250 calls.
 def dot_bits(kind: int) -> int:
-    """A dot kind's code bits (kernels/step.cpp dot_bits)."""
-    return 4 if kind == 4 else 6 if kind == 7 else 8  # DOT4, DOT6, DOT8 (TorchScript reads no module-level ints)
+    """A dot kind's code format (kernels/step.cpp dot_bits; TorchScript reads no module-level ints)."""
+    return {4: 4, 7: 6, 8: 4 | 1 << 8, 9: 4 | 2 << 8}.get(kind, 8)
 
 
 @torch.jit.ignore
@@ -205,8 +206,8 @@ class Products(nn.Module):
         self.parts = nn.ModuleList(parts)
         # all parts on the int8 GEMM: one call quantizes the input once and writes each part's columns (no cat);
         # all on the bf16 path: one call too (_bf16_parts)
-        self.int8_parts = all(p.kind in (DOT4, DOT6, DOT8) and p.int8_prefill for p in parts)
-        self.bf16_parts = all(p.kind in (DOT4, DOT6, DOT8) and not p.int8_prefill and not p.has_prefill for p in parts) and \
+        self.int8_parts = all(p.kind in DOT_KINDS.values() and p.int8_prefill for p in parts)
+        self.bf16_parts = all(p.kind in DOT_KINDS.values() and not p.int8_prefill and not p.has_prefill for p in parts) and \
             sum(p.out_features for p in parts) * parts[0].a.shape[1] // dot_bits(parts[0].kind) \
             <= DOT_MAX_COPY_WEIGHTS
         # the parts' tensors and shapes as the extension's one-call functions take them

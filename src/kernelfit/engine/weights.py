@@ -116,15 +116,22 @@ class DotWeight(PackedWeight):
     codes: torch.Tensor  # uint8 [N/8, K*bits]
     scale: torch.Tensor  # float16 / float32 [N/8, K/G, 8], or a K-quant's two levels: uint8/int8 [N/8, bytes]
     mins: torch.Tensor  # as scale, or a 0-d float32 factor of the scales (symmetric types)
-    bits: int
+    bits: int  # a code's bits: 4, 6 or 8
     out_features: int
     in_features: int
     group: int = 32
+    grid: int = 0  # 4-bit codes of a non-uniform grid: 1 IQ4_NL's values, 2 MXFP4's (kernels/dot_kernels.h Grid)
+
+    @property
+    def format(self) -> int:
+        """The kernels' code format: bits | grid << 8."""
+        return self.bits | self.grid << 8
 
     @property
     def kernel(self) -> str:
         levels = ", the file's two-level scales" if self.two_level else ""
-        return f"{self.bits}-bit group-{self.group} dot (kernelfit C++, two int8 activation digits{levels})"
+        grid = {1: " IQ4_NL-grid", 2: " MXFP4-grid"}.get(self.grid, "")
+        return f"{self.bits}-bit{grid} group-{self.group} dot (kernelfit C++, two int8 activation digits{levels})"
 
     @property
     def two_level(self) -> bool:
@@ -133,13 +140,13 @@ class DotWeight(PackedWeight):
     @classmethod
     def from_groups(cls, g: DotGroups) -> "DotWeight":
         n, k = g.rows, g.scale.shape[1] * g.group
-        w = cls.empty(n, k, g.bits, g.group, g.scale.dtype, g.mins if isinstance(g.mins, float) else None)
+        w = cls.empty(n, k, g.bits, g.group, g.scale.dtype, g.mins if isinstance(g.mins, float) else None, grid=g.grid)
         w.fill(0, g)
         return w
 
     @classmethod
     def empty(cls, rows: int, cols: int, bits: int, group: int, dtype: np.dtype, factor: float | None = None,
-              arena: HugeArena | None = None) -> "DotWeight":
+              arena: HugeArena | None = None, grid: int = 0) -> "DotWeight":
         """A weight to be filled tile by tile (fill); factor: the minimums are factor * scale (no array). dtype: the
         groups' scale dtype — uint8 / int8 are a K-quant's integer sub-scales (two levels, dot_kernels.h)."""
         t = -(-rows // TILE)
@@ -152,13 +159,14 @@ class DotWeight(PackedWeight):
             sdt = mdt = torch.float16 if dtype == np.float16 else torch.float32
         # every tile is written whole by fill (the reader fills all of a weight's rows, padding rows as zeros)
         mins = torch.tensor(factor, dtype=torch.float32) if factor is not None else arena.empty(shape, mdt)
-        return cls(arena.empty((t, cols * bits), torch.uint8), arena.empty(shape, sdt), mins, bits, rows, cols, group)
+        return cls(arena.empty((t, cols * bits), torch.uint8), arena.empty(shape, sdt), mins, bits, rows, cols, group,
+                   grid)
 
     def fill(self, tile0: int, g: DotGroups) -> int:
         """Write groups `g` (whole tiles, or the weight's last rows) from tile `tile0`; returns the tiles written."""
         n = -(-g.rows // TILE)
         two = g.super_scale is not None
-        if two != self.two_level:
+        if two != self.two_level or g.grid != self.grid:
             raise ValueError("a weight filled with another type's groups")
         # the codes in one C++ pass (kernels/repack_kernels.h; tile_codes above is its reference), the GIL released
         # (K-quant blocks decoded and tiled in that pass: DotGroups.blocks);
@@ -179,15 +187,15 @@ class DotWeight(PackedWeight):
         return n
 
     def mm(self, x: torch.Tensor) -> torch.Tensor:  # x: [M, K] any float -> [M, N] float32
-        return _ops().dot_mm(x, self.codes, self.scale, self.mins, self.bits, self.out_features)
+        return _ops().dot_mm(x, self.codes, self.scale, self.mins, self.format, self.out_features)
 
     def rows(self, ids: torch.Tensor) -> torch.Tensor:
         """float32 [len(ids), K]: the weight's rows `ids` (an embedding lookup)."""
-        return _ops().dot_dequant(self.codes, self.scale, self.mins, self.bits, self.out_features, ids, False)
+        return _ops().dot_dequant(self.codes, self.scale, self.mins, self.format, self.out_features, ids, False)
 
     def dequantize(self, bf16: bool = False) -> torch.Tensor:
         """[N, K] float32 (bf16: a prefill copy) of exactly what the products compute with."""
-        return _ops().dot_dequant(self.codes, self.scale, self.mins, self.bits, self.out_features,
+        return _ops().dot_dequant(self.codes, self.scale, self.mins, self.format, self.out_features,
                                   torch.empty(0, dtype=torch.long), bf16)
 
     def nbytes(self) -> int:

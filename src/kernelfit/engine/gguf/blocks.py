@@ -30,10 +30,15 @@ import numpy as np
 QK = 32  # values per Q4_0/Q4_1/Q8_0 block; also the int4 group size used for every int4 type
 QK_K = 256  # values per K-quant super-block
 BLOCK_BYTES = {"Q4_0": 18, "Q4_1": 20, "Q5_0": 22, "Q5_1": 24, "Q8_0": 34, "Q4_K": 144, "Q6_K": 210,
-               "Q2_K": 84, "Q3_K": 110, "Q5_K": 176}
+               "Q2_K": 84, "Q3_K": 110, "Q5_K": 176, "IQ4_NL": 18, "IQ4_XS": 136, "MXFP4": 17}
+# 4-bit codes of a non-uniform grid (kernels/dot_kernels.h Grid): ggml-common.h kvalues_iq4nl, kvalues_mxfp4 (e2m1
+# values, doubled); the kernels read them as unsigned bytes value + 128 with the minimum -128 * scale
+GRIDS = {"IQ4_NL": 1, "IQ4_XS": 1, "MXFP4": 2}
+GRID_VALUES = {1: np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], np.int16),
+               2: np.array([0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12], np.int16)}
 INT4_TYPES = ("Q4_0", "Q4_1", "Q4_K")  # exactly group-32 asymmetric int4
 # no torch kernel with their grid: int8 per row, or unpacked (the C++ dot products read them all as stored)
-REGRID_TYPES = ("Q5_0", "Q5_1", "Q8_0", "Q6_K", "Q2_K", "Q3_K", "Q5_K")
+REGRID_TYPES = ("Q5_0", "Q5_1", "Q8_0", "Q6_K", "Q2_K", "Q3_K", "Q5_K", "IQ4_NL", "IQ4_XS", "MXFP4")
 FLOAT_TYPES = ("F32", "F16", "BF16")
 SUPPORTED = INT4_TYPES + REGRID_TYPES + FLOAT_TYPES
 PACKED_CHECKPOINT_TYPES = ("AWQ", "GPTQ")  # a safetensors checkpoint's packed linears (engine/safetensors/packed.py)
@@ -132,6 +137,10 @@ def dequantize(raw: np.ndarray, qtype: str, rows: int, cols: int) -> np.ndarray:
         codes, scale = _q6_k(b)
         q = codes.astype(np.int8) - 32
         return (scale.reshape(-1, 16, 1) * q.reshape(-1, 16, 16).astype(np.float32)).reshape(rows, cols)
+    if qtype in GRIDS:  # d * value, as gguf-py (scale * (value + 128) - 128 * scale rounds differently)
+        g = dot_groups(raw, qtype, rows, cols)
+        values = GRID_VALUES[g.grid][g.codes].reshape(rows, -1, g.group).astype(np.float32)
+        return (g.float_scales()[0][..., None] * values).reshape(rows, cols)
     if qtype in ("Q2_K", "Q3_K", "Q5_K"):
         g = dot_groups(raw, qtype, rows, cols)
         codes = g.codes.reshape(rows, -1, g.group).astype(np.float32)
@@ -165,6 +174,7 @@ class DotGroups:
     # the file's Q4_K / Q6_K blocks [N, bytes] (contiguous) where codes is None: kernels/repack_kernels.h block_tiles
     # decodes them straight into the weight's tiles (no [N, K] array of codes: a byte a weight)
     blocks: np.ndarray | None = None
+    grid: int = 0  # codes of a non-uniform grid (GRIDS): w = scale * (GRID_VALUES[grid][code] + 128) + mins
 
     @property
     def rows(self) -> int:
@@ -173,7 +183,8 @@ class DotGroups:
     @property
     def layout(self) -> tuple:
         """Weights with equal layouts can be one fused product."""
-        return self.bits, self.group, self.scale.dtype.str, self.mins if isinstance(self.mins, float) else "per group"
+        return (self.bits, self.group, self.scale.dtype.str, self.mins if isinstance(self.mins, float) else "per group",
+                self.grid)
 
     def float_scales(self) -> tuple[np.ndarray, np.ndarray | float]:
         """(scale, mins) as float32 per group (the factor stays a number): what the kernels compute with."""
@@ -219,6 +230,26 @@ def _native_codes(decode, b: np.ndarray, rows: int, cols: int) -> np.ndarray:
     return codes
 
 
+def _grid_groups(b: np.ndarray, qtype: str, rows: int, cols: int) -> DotGroups:
+    """IQ4_NL (a float16 d and 16 bytes of nibbles a 32), MXFP4 (an e8m0 exponent and 16 bytes a 32) and IQ4_XS (a
+    float16 d, 6-bit sub-scales a 32, 128 bytes of nibbles a 256) as grid codes: gguf-py quants.py's layouts, each 32
+    values' low nibbles first."""
+    if qtype == "IQ4_NL":
+        codes = _nibbles32(b[:, 2:18]).reshape(rows, cols)
+        return DotGroups(codes, _f16(b[:, 0:2])[:, 0].astype(np.float16).reshape(rows, -1), -128.0, 4, QK, grid=1)
+    if qtype == "MXFP4":
+        e = b[:, 0].astype(np.uint32)  # ggml_e8m0_to_fp32_half: 2^(e - 128), denormal below e = 2
+        half = np.where(e < 2, np.uint32(0x00200000) << e, (e - 1) << np.uint32(23)).view(np.float32)
+        codes = _nibbles32(b[:, 1:17]).reshape(rows, cols)
+        return DotGroups(codes, half.reshape(rows, -1), -128.0, 4, QK, grid=2)
+    scales_h = np.ascontiguousarray(b[:, 2:4]).view(np.uint16)  # IQ4_XS
+    low = (b[:, 4:8, None] >> np.array([0, 4], dtype=np.uint8)).reshape(-1, 8) & 0x0F
+    high = (scales_h >> (2 * np.arange(8, dtype=np.uint16))).astype(np.uint8) & 0x03
+    sub = ((low | (high << 4)).astype(np.int16) - 32).astype(np.int8).reshape(rows, -1)
+    codes = _nibbles32(b[:, 8:136].reshape(-1, 16)).reshape(rows, cols)
+    return DotGroups(codes, sub, -128.0, 4, QK, _f16(b[:, 0:2]).astype(np.float16).reshape(rows, -1), grid=1)
+
+
 def dot_groups(raw: np.ndarray, qtype: str, rows: int, cols: int, native=None, tiles: bool = False) -> DotGroups:
     """The codes, scales and minimums of a quantized tensor [rows, cols] for engine/kernels/dot_kernels.h. native:
     the C++ module, whose decoders unpack Q4_K's and Q6_K's codes in one pass (numpy's below are the reference);
@@ -256,6 +287,8 @@ def dot_groups(raw: np.ndarray, qtype: str, rows: int, cols: int, native=None, t
             return DotGroups(codes.reshape(rows, cols), _scales(d, exact_f16=True)[0].reshape(rows, -1), -16.0, 8, QK)
         scale, mins = _scales(d, _f16(b[:, 2:4])[:, 0], exact_f16=True)
         return DotGroups(codes.reshape(rows, cols), scale.reshape(rows, -1), mins.reshape(rows, -1), 8, QK)
+    if qtype in GRIDS:
+        return _grid_groups(b, qtype, rows, cols)
     if qtype == "Q8_0":
         d = _f16(b[:, 0:2])[:, 0]
         codes = b[:, 2:34] ^ np.uint8(0x80)  # int8 c -> c + 128, without an int16 copy of the table

@@ -89,9 +89,10 @@ class GgufTensors:
             first, last = t.offset + rows[0] * row_bytes, t.offset + rows[1] * row_bytes
         drop_pages(self.data, first, last)
 
-    def conversion(self, name: str, bits: int) -> Conversion:
-        """What a tensor packed into dot groups became: the file's own groups, exact."""
-        return Conversion(name, self.qtype(name), f"{bits}-bit groups (exact)", 0.0)
+    def conversion(self, name: str, bits: int, grid: int = 0) -> Conversion:
+        """What a tensor packed into dot groups became: the file's own groups, exact (grid: codes of IQ4_NL's or
+        MXFP4's non-uniform values)."""
+        return Conversion(name, self.qtype(name), f"{bits}-bit {'grid ' if grid else ''}groups (exact)", 0.0)
 
     def float_tensor(self, name: str) -> torch.Tensor:
         """A small float tensor (norms, biases) as float32, flat."""
@@ -229,16 +230,16 @@ def dot(t: GgufTensors, names: list[str], orders: dict) -> list[PackedWeight]:
     """The file's own groups for the C++ dot products: one fused product where the layouts agree, else one each.
     Tiled CHUNK_ROWS rows at a time into the product's arrays, so the transient memory is a chunk (the token
     table's codes were held three times over: decoded, padded, tiled)."""
-    layouts = {n: t.dot_layout(n) for n in names}  # (bits, group, scale dtype, minimums or their factor)
+    layouts = {n: t.dot_layout(n) for n in names}  # (bits, group, scale dtype, minimums or their factor, grid)
     fused = len(set(layouts.values())) == 1 and not (len(names) > 1 and any(t.shape(n)[0] % TILE for n in names))
     parts = [names] if fused else [[n] for n in names]  # fused parts must be whole tiles, to be stacked as tiles
     out = []
     for part in parts:
         rows = sum(t.shape(n)[0] for n in part)
         cols = t.shape(part[0])[1]
-        bits, group, dtype, mins = layouts[part[0]]
+        bits, group, dtype, mins, grid = layouts[part[0]]
         factor = mins if isinstance(mins, float) else None
-        w = DotWeight.empty(rows, cols, bits, group, np.dtype(dtype), factor, t.arena)
+        w = DotWeight.empty(rows, cols, bits, group, np.dtype(dtype), factor, t.arena, grid=grid)
         tile0 = 0
         for n in part:
             n_rows = t.shape(n)[0]
@@ -259,7 +260,7 @@ def dot(t: GgufTensors, names: list[str], orders: dict) -> list[PackedWeight]:
             tile0 += -(-n_rows // TILE)
             if not finite:  # a NaN scale in Q does not even reach the logits: torch's CPU SDPA drops NaN scores
                 t.problems.append(f"{n}: non-finite block scales in the file")
-            t.conversions.append(t.conversion(n, bits))
+            t.conversions.append(t.conversion(n, bits, grid))
             t.release(n)
         out.append(w)
     return out

@@ -91,16 +91,31 @@ inline void quantize(const float* x, int64_t k, Act& a) {
 // at ~35: the prefetchers follow one stream a tile better).
 // scale and mins: [K / G][8] per tile. mins may instead be one number f (a 0-d tensor): every group's minimum is
 // f * its scale (the symmetric types: Q4_0 -8, Q5_0 -16, Q8_0 -128, Q6_K -32), which saves their bytes.
+// A weight's code format (the kernels' BITS, the Python side's `bits` argument): its bits a code (4, 6 or 8) | its grid
+// << 8. 4-bit codes of a non-uniform grid (IQ4_NL / IQ4_XS's 16 int8 values; MXFP4's e2m1 values, doubled) are
+// looked up (one vpshufb a vector) as unsigned bytes value + 128: w = scale * (u - 128), a symmetric type's factor
+// -128 (Q8_0's), so the integer dot products, the panels and the GEMM are the linear codes' with one lookup more.
+enum Grid { LINEAR = 0, GRID_IQ4 = 1, GRID_MXFP4 = 2 };
+constexpr int code_bits(int format) { return format & 0xFF; }
+constexpr int grid_of(int format) { return format >> 8; }
+constexpr int IQ4_CODES = 4 | GRID_IQ4 << 8, MXFP4_CODES = 4 | GRID_MXFP4 << 8;
+// ggml-common.h kvalues_iq4nl and kvalues_mxfp4, + 128
+alignas(16) static const uint8_t GRID_BYTES[3][16] = {
+    {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15},
+    {1, 24, 45, 63, 79, 93, 106, 118, 129, 141, 153, 166, 181, 197, 217, 241},
+    {128, 129, 130, 131, 132, 134, 136, 140, 128, 127, 126, 125, 124, 122, 120, 116}};
+
 // the byte offset in a tile of the 32 nibble bytes of columns c..c+7 (c a multiple of 8), BITS 4 or 6
 constexpr int64_t nibble_offset(int bits, int64_t c) { return bits == 6 ? (c / 16) * 96 + (c % 16) / 8 * 32 : c * 4; }
 // BITS 6: the byte offset of the high bit pairs of the 16 columns holding c
 constexpr int64_t pairs_offset(int64_t c) { return (c / 16) * 96 + 64; }
 
-inline int32_t code_at(int bits, const uint8_t* codes, int64_t row, int64_t col) {  // (row, col) of a tile
+inline int32_t code_at(int format, const uint8_t* codes, int64_t row, int64_t col) {  // (row, col) of a tile
+  const int bits = code_bits(format);
   if (bits == 8) return codes[(col / 4) * 32 + row * 4 + col % 4];
   const uint8_t b = codes[nibble_offset(bits, col - col % 8) + row * 4 + col % 4];
   const int32_t low = (col % 8) < 4 ? (b & 0x0F) : (b >> 4);
-  if (bits == 4) return low;
+  if (bits == 4) return GRID_BYTES[grid_of(format)][low];
   const uint8_t h = codes[pairs_offset(col) + row * 4 + col % 4];
   return low | (((h >> (2 * ((col % 16) / 4))) & 3) << 4);
 }
@@ -143,6 +158,24 @@ inline void add_high_bits(__m512i h, bool second, __m512i& lo, __m512i& hi) {  /
 }
 #endif
 
+// a grid's bytes for 32 nibbles (each in 0..15)
+template <int FORMAT>
+inline __m256i grid_bytes(__m256i nibbles) {
+  if (grid_of(FORMAT) == LINEAR) return nibbles;
+  const __m256i table =
+      _mm256_broadcastsi128_si256(_mm_load_si128(reinterpret_cast<const __m128i*>(GRID_BYTES[grid_of(FORMAT)])));
+  return _mm256_shuffle_epi8(table, nibbles);
+}
+#if defined(__AVX512BW__)
+template <int FORMAT>
+inline __m512i grid_bytes(__m512i nibbles) {
+  if (grid_of(FORMAT) == LINEAR) return nibbles;
+  const __m512i table =
+      _mm512_broadcast_i32x4(_mm_load_si128(reinterpret_cast<const __m128i*>(GRID_BYTES[grid_of(FORMAT)])));
+  return _mm512_shuffle_epi8(table, nibbles);
+}
+#endif
+
 inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
 inline __m256 load8(const at::Half* p) {
   return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
@@ -159,13 +192,14 @@ inline __m256 int_dot(const uint8_t* codes, const Act& a, int64_t cb, int64_t ce
   __m256i h0 = _mm256_setzero_si256(), h1 = h0, l0 = h0, l1 = h0;
   const int8_t* ah = a.hi.data();
   const int8_t* al = a.lo.data();
-  if (BITS == 4) {
+  if (code_bits(BITS) == 4) {
     const __m256i nib = _mm256_set1_epi8(0x0F);
 #pragma GCC unroll 4
     for (int64_t c = cb; c < ce; c += 8) {
       _mm_prefetch(reinterpret_cast<const char*>(codes + c * 4 + PREFETCH_BYTES), _MM_HINT_T0);
       const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + c * 4));
-      const __m256i lo = _mm256_and_si256(v, nib), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), nib);
+      const __m256i lo = grid_bytes<BITS>(_mm256_and_si256(v, nib));
+      const __m256i hi = grid_bytes<BITS>(_mm256_and_si256(_mm256_srli_epi16(v, 4), nib));
       h0 = dot_u8s8(h0, lo, bcast4(ah + c));
       h1 = dot_u8s8(h1, hi, bcast4(ah + c + 4));
       l0 = dot_u8s8(l0, lo, bcast4(al + c));
@@ -272,8 +306,9 @@ void tile_dot(const uint8_t* codes, const T* scale, const T* mins, float factor,
 }
 
 struct Layout {
-  int64_t bits, k, g, tiles;
+  int64_t bits, k, g, tiles;  // bits: a code's (the tile's bytes are k * bits)
   bool compact = false;  // the scales are a K-quant's two levels (TileScales), not one float a group
+  int64_t format = bits;  // bits | grid << 8 (code_bits, grid_of): what the kernels are instantiated for
 };
 
 // A K-quant's scales as the file stores them (Q4_K, Q5_K: a float16 d and dmin per 256 weights, an unsigned 6-bit
@@ -287,8 +322,12 @@ constexpr int64_t SUPER = 256, SUPER_BYTES = TILE * 2;
 
 inline bool compact_type(at::ScalarType t) { return t == at::kByte || t == at::kChar; }
 
-inline Layout check(const at::Tensor& codes, const at::Tensor& scale, const at::Tensor& mins, int64_t bits) {
-  TORCH_CHECK(bits == 4 || bits == 6 || bits == 8, "dot: bits must be 4, 6 or 8");
+inline Layout check(const at::Tensor& codes, const at::Tensor& scale, const at::Tensor& mins, int64_t format) {
+  TORCH_CHECK(format == 4 || format == 6 || format == 8 || format == IQ4_CODES || format == MXFP4_CODES,
+              "dot: bits must be 4, 6 or 8 (or a grid's 4-bit codes)");
+  const int64_t bits = code_bits(format);
+  TORCH_CHECK(grid_of(format) == LINEAR || (mins.dim() == 0 && mins.item<float>() == -128.f),
+              "dot: a grid's codes take the factor -128");
   TORCH_CHECK(codes.dim() == 2 && codes.scalar_type() == at::kByte && codes.is_contiguous(),
               "dot: codes must be contiguous uint8 [N/8, K*bits]");
   const int64_t k = codes.size(1) / bits, tiles = codes.size(0);
@@ -303,7 +342,8 @@ inline Layout check(const at::Tensor& codes, const at::Tensor& scale, const at::
                     (mins.sizes() == scale.sizes() && mins.scalar_type() == at::kByte && mins.is_contiguous()),
                 "dot: two-level minimums must be shaped as the scales (uint8), or one float32 factor of them");
     TORCH_CHECK(bits != 6 || k / groups == 16, "dot: 6-bit codes (Q6_K) take one sub-scale per 16 weights");
-    return {bits, k, k / groups, tiles, true};
+    TORCH_CHECK(grid_of(format) == LINEAR || k / groups == 32, "dot: a grid's codes take one scale per 32 weights");
+    return {bits, k, k / groups, tiles, true, format};
   }
   TORCH_CHECK(scale.dim() == 3 && scale.size(0) == tiles && scale.size(2) == TILE && scale.is_contiguous(),
               "dot: scales must be [N/8, K/G, 8]");
@@ -316,7 +356,9 @@ inline Layout check(const at::Tensor& codes, const at::Tensor& scale, const at::
   TORCH_CHECK((mins.dim() == 0 && mins.scalar_type() == at::kFloat) ||
                   (mins.sizes() == scale.sizes() && mins.scalar_type() == scale.scalar_type() && mins.is_contiguous()),
               "dot: mins must be shaped and typed as the scales, or one float32 factor of them");
-  return {bits, k, g, tiles};
+  TORCH_CHECK(grid_of(format) == LINEAR || (g == 32 && (scale.scalar_type() == at::kHalf) == (format == IQ4_CODES)),
+              "dot: IQ4_NL's codes take float16 scales per 32, MXFP4's float32 ones");
+  return {bits, k, g, tiles, false, format};
 }
 
 // A weight's scales and minimums a tile at a time: pointers into the stored arrays, or (two-level scales) the tile's
@@ -416,7 +458,12 @@ inline std::vector<Layout> check_parts(const std::vector<at::Tensor>& codes, con
 // Runs FN<BITS, G, T>(args...) for a layout (C++17: no templated lambdas).
 #define KF_DOT_DISPATCH(L, st, FN, ...)                                  \
   do {                                                                   \
-    if ((st) == at::kHalf) {                                             \
+    if ((L).format == dot::IQ4_CODES) {                                  \
+      if ((st) == at::kHalf) FN<dot::IQ4_CODES, 32, at::Half>(__VA_ARGS__); \
+      else FN<dot::IQ4_CODES, 32, float>(__VA_ARGS__);                   \
+    } else if ((L).format == dot::MXFP4_CODES) {                         \
+      FN<dot::MXFP4_CODES, 32, float>(__VA_ARGS__);                      \
+    } else if ((st) == at::kHalf) {                                      \
       if ((L).bits == 4 && (L).g == 32) FN<4, 32, at::Half>(__VA_ARGS__); \
       else if ((L).g == 128) {                                           \
         if ((L).bits == 4) FN<4, 128, at::Half>(__VA_ARGS__);            \
@@ -456,7 +503,7 @@ void mm_tiles(const at::Tensor& codes, const at::Tensor& scale, const at::Tensor
 // y[m, n] = sum_k x[m, k] * w[n, k]: x float [M, K] -> float32 [M, n] (n: the rows before tile padding)
 inline at::Tensor dot_mm(const at::Tensor& x_in, const at::Tensor& codes, const at::Tensor& scale,
                          const at::Tensor& mins, int64_t bits, int64_t n) {
-  const Layout L = check(codes, scale, mins, bits);
+  const Layout L = check(codes, scale, mins, bits);  // bits: the code format (Layout::format)
   const at::Tensor x = x_in.to(at::kFloat).contiguous().view({-1, x_in.size(-1)});
   TORCH_CHECK(x.size(1) == L.k && n <= L.tiles * TILE && n > (L.tiles - 1) * TILE, "dot: shapes do not match");
   std::vector<Act> acts;

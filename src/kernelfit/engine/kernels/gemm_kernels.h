@@ -96,11 +96,12 @@ void block(const uint8_t* c0, const uint8_t* c1, const T* s0, const T* s1, const
     __m512i acc[R];
     for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_si512();
     const int64_t cb = g * G;
-    if (BITS == 4 || BITS == 6) {
+    if (dot::code_bits(BITS) == 4 || BITS == 6) {
 #pragma GCC unroll 4
       for (int64_t c = cb; c < cb + G; c += 8) {
         const __m512i v = pair(c0 + dot::nibble_offset(BITS, c), c1 + dot::nibble_offset(BITS, c));
-        __m512i lo = _mm512_and_si512(v, nib), hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), nib);
+        __m512i lo = dot::grid_bytes<BITS>(_mm512_and_si512(v, nib));
+        __m512i hi = dot::grid_bytes<BITS>(_mm512_and_si512(_mm512_srli_epi16(v, 4), nib));
         if (BITS == 6)
           dot::add_high_bits(pair(c0 + dot::pairs_offset(c), c1 + dot::pairs_offset(c)), c % 16 != 0, lo, hi);
         for (int r = 0; r < R; ++r) {

@@ -49,10 +49,10 @@ inline void pair_columns(const uint8_t* c0, const uint8_t* c1, const T* s0, cons
                               _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b)), 1);
   };
   __m512i quads[2];
-  if (BITS == 4 || BITS == 6) {
+  if (dot::code_bits(BITS) == 4 || BITS == 6) {
     const __m512i v = both(c0 + dot::nibble_offset(BITS, c), c1 + dot::nibble_offset(BITS, c));
-    quads[0] = _mm512_and_si512(v, nib);
-    quads[1] = _mm512_and_si512(_mm512_srli_epi16(v, 4), nib);
+    quads[0] = dot::grid_bytes<BITS>(_mm512_and_si512(v, nib));
+    quads[1] = dot::grid_bytes<BITS>(_mm512_and_si512(_mm512_srli_epi16(v, 4), nib));
     if (BITS == 6)
       dot::add_high_bits(both(c0 + dot::pairs_offset(c), c1 + dot::pairs_offset(c)), c % 16 != 0, quads[0], quads[1]);
   } else {
@@ -72,8 +72,8 @@ void build_pair(const uint8_t* codes, const dot::TileScales<T>& ts, int64_t t0, 
   const T *s0, *m0, *s1, *m1;
   ts.get(t0 + t, s0, m0, buf);
   ts.get(t0 + t + 1, s1, m1, buf2);
-  const uint8_t* c0 = codes + t * k * BITS;
-  const uint8_t* c1 = c0 + k * BITS;
+  const uint8_t* c0 = codes + t * k * dot::code_bits(BITS);
+  const uint8_t* c1 = c0 + k * dot::code_bits(BITS);
   // uint16 j of a pair row: even k of row j / 2 (the conversion's low half), odd k of it (its high half)
   alignas(64) static const uint16_t order[32] = {0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23,
                                                  8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
@@ -104,7 +104,7 @@ void build_panel(const uint8_t* codes, const dot::TileScales<T>& ts, int64_t t0,
       for (int64_t kp = 0; kp < k / 2; ++kp) std::memset(panel + kp * COLS + t * TILE, 0, TILE * sizeof(uint32_t));
       continue;
     }
-    const uint8_t* c = codes + t * k * BITS;
+    const uint8_t* c = codes + t * k * dot::code_bits(BITS);
     const T *s, *m;
     ts.get(t0 + t, s, m, buf);
     for (int64_t col = 0; col < k; col += 8) {

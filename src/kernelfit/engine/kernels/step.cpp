@@ -33,8 +33,9 @@ namespace {
 using decode::attend;
 
 // The weight products of a step: reference.py Product kinds 0 int4, 1 int8, 2 dense (torch's kernels, bf16 in and
-// out), 4, 5 and 7 the file's 4-, 8- and 6-bit groups (dot_kernels.h, float32 in and out), 6 bf16 rows as stored
-// (bf16_rows.h, float32 in and out); n: each one's output rows.
+// out), 4, 5 and 7 the file's 4-, 8- and 6-bit groups, 8 and 9 its 4-bit codes of IQ4_NL's and MXFP4's grids
+// (dot_kernels.h, float32 in and out), 6 bf16 rows as stored (bf16_rows.h, float32 in and out); n: each one's output
+// rows.
 struct Weights {
   const std::vector<int64_t>& kinds;
   const std::vector<Tensor>& a;
@@ -43,8 +44,11 @@ struct Weights {
   const std::vector<int64_t>& n;
 };
 
-bool dot_kind(int64_t kind) { return kind == 4 || kind == 5 || kind == 7; }
-int64_t dot_bits(int64_t kind) { return kind == 4 ? 4 : kind == 7 ? 6 : 8; }  // a dot kind's code bits
+bool dot_kind(int64_t kind) { return kind == 4 || kind == 5 || kind >= 7; }
+// a dot kind's code format (dot_kernels.h Layout::format): 4, 8 or 6 bits, or 4-bit codes of IQ4_NL's or MXFP4's grid
+int64_t dot_bits(int64_t kind) {
+  return kind == 4 ? 4 : kind == 7 ? 6 : kind == 8 ? dot::IQ4_CODES : kind == 9 ? dot::MXFP4_CODES : 8;
+}
 
 // float32 [1, N] = x @ W^T for x float32 [1, K]
 Tensor product(const Tensor& x, int64_t kind, const Tensor& a, const Tensor& b, const Tensor& c, int64_t n) {

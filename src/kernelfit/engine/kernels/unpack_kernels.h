@@ -54,10 +54,10 @@ inline void tile_columns(const uint8_t* codes, const T* scale, const T* mins, fl
   const __m256 s = load8(scale + g * TILE);
   const __m256 m = mins ? load8(mins + g * TILE) : _mm256_mul_ps(s, _mm256_set1_ps(factor));
   __m256i quads[2];  // columns c..c+3 and c+4..c+7, 4 bytes (columns) per row lane
-  if (BITS == 4 || BITS == 6) {
+  if (code_bits(BITS) == 4 || BITS == 6) {
     const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + nibble_offset(BITS, c)));
-    quads[0] = _mm256_and_si256(v, nib);
-    quads[1] = _mm256_and_si256(_mm256_srli_epi16(v, 4), nib);
+    quads[0] = grid_bytes<BITS>(_mm256_and_si256(v, nib));
+    quads[1] = grid_bytes<BITS>(_mm256_and_si256(_mm256_srli_epi16(v, 4), nib));
     if (BITS == 6)
       add_high_bits(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + pairs_offset(c))), c % 16 != 0,
                     quads[0], quads[1]);

@@ -112,8 +112,9 @@ def dot_group(p: PackedLinear) -> int:
 
 
 def layout(p: PackedLinear) -> tuple:
-    """(bits, group, scale dtype, minimum) of the dot groups (engine/gguf/blocks.py DotGroups.layout)."""
-    return p.bits, dot_group(p), np.dtype(np.float16).str, -float(1 << (p.bits - 1)) if symmetric(p) else "per group"
+    """(bits, group, scale dtype, minimum, grid) of the dot groups (engine/gguf/blocks.py DotGroups.layout)."""
+    return (p.bits, dot_group(p), np.dtype(np.float16).str, -float(1 << (p.bits - 1)) if symmetric(p) else "per group",
+            0)
 
 
 def dot_groups(p: PackedLinear, rows: np.ndarray) -> tuple[gb.DotGroups, float, float]:

@@ -109,7 +109,7 @@ class SafetensorsTensors:
         """Q8_0's dot layout (engine/gguf/blocks.py dot_groups): 8-bit codes, float16 scale per 32, minimum -128; a
         packed linear's own (engine/safetensors/packed.py layout)."""
         t = self.by_name[name]
-        return pk.layout(t) if isinstance(t, pk.PackedLinear) else (8, gb.QK, np.dtype(np.float16).str, -128.0)
+        return pk.layout(t) if isinstance(t, pk.PackedLinear) else (8, gb.QK, np.dtype(np.float16).str, -128.0, 0)
 
     def dot_groups(self, name: str, order: np.ndarray | None = None, start: int = 0,
                    stop: int | None = None) -> gb.DotGroups:
@@ -130,8 +130,9 @@ class SafetensorsTensors:
         self.requant_error.setdefault(name, []).append((float(((back - w) ** 2).sum()), float((w ** 2).sum())))
         return gb.dot_groups(raw, "Q8_0", stop - start, cols)
 
-    def conversion(self, name: str, bits: int) -> Conversion:
-        """What a weight packed into dot groups became (engine/gguf/reader.py dot): Q8_0 made here, its error."""
+    def conversion(self, name: str, bits: int, grid: int = 0) -> Conversion:
+        """What a weight packed into dot groups became (engine/gguf/reader.py dot): Q8_0 made here, its error (grid:
+        always 0 here, the GGUF reader's signature)."""
         parts = self.requant_error.get(name, [])
         err2, norm2 = sum(e for e, _ in parts), sum(n for _, n in parts)
         rel = (err2 / norm2) ** 0.5 if norm2 > 0 else 0.0
