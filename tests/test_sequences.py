@@ -129,8 +129,10 @@ def test_a_conversation_whose_sequence_was_taken_finds_its_prompt_in_the_ram_sto
     pool.prefill(seq, other, 0, len(other) - 1)
     pool.release(seq)
     turn = story + tok(" Then a ship came.")["input_ids"]
+    assert (pool.store.hits, pool.store.hit_tokens) == (0, 0)
     seq, same = pool.acquire(turn)
     assert same == len(story) - 1 and seq.prefilled == story[:-1]
+    assert pool.store.hits == 1 and len(story) - 2 <= pool.store.hit_tokens <= len(story) - 1  # past what it shared
     pool.prefill(seq, turn, same, len(turn) - 1)
     fresh = SequencePool(runner.build, 1)
     c, _ = fresh.acquire(turn)

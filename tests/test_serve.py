@@ -458,6 +458,8 @@ def test_metrics_parse_as_prometheus_text_and_their_counters_move(server, client
     assert after["kernelfit_max_batch{}"] == 8 and after["kernelfit_requests_running{}"] == 0
     assert after["kernelfit_kv_cache_bytes{}"] > 0
     assert moved("kernelfit_prefix_cache_hits_total{}") == (1 if r.usage.prompt_tokens_details.cached_tokens else 0)
+    # the RAM store's own (a prompt found there is counted in both): nothing evicted by one short request
+    assert moved("kernelfit_prefix_store_hits_total{}") == 0 and "kernelfit_prefix_store_bytes{}" in after
 
 
 def test_sigterm_drains_running_requests_then_exits():

@@ -77,6 +77,7 @@ class PrefixStore:
 
     def __init__(self, budget: int):
         self.budget, self.entries = budget, []
+        self.hits = self.hit_tokens = 0  # prompts that found a prefix here, and the tokens copied back (/metrics)
 
     @property
     def nbytes(self) -> int:
@@ -156,6 +157,8 @@ class SequencePool:
                 best.cache.state.load(stored.cache.state)
                 best.checkpoints.take(best.cache.state)
             best.prefilled[:] = stored.tokens[:n]
+            self.store.hits += 1
+            self.store.hit_tokens += n - same
             same = n
         return best, same
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE  # noqa: F401 - app.py's response type
 
 # seconds: a first token comes after a prompt's prefill (ms to tens of s on a CPU); tokens come 2-100 ms apart here
@@ -44,6 +45,8 @@ class Metrics:
             lambda: engine.max_batch)
         Gauge("kernelfit_kv_cache_bytes", "bytes held by the packed engine's KV caches", registry=r).set_function(
             lambda: engine.kv_bytes())
+        if engine.batcher is not None:
+            r.register(_StoreCollector(engine.batcher.pool.store))
 
     def token(self, job, now: float | None = None) -> None:
         now = time.perf_counter() if now is None else now
@@ -63,3 +66,21 @@ class Metrics:
 
     def text(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _StoreCollector:
+    """The RAM store of evicted prefixes (--cache-ram; engine/sequences.py PrefixStore): what it holds and the
+    prompts it served (the prefix-cache counters above count a sequence's own cache and the store together)."""
+
+    def __init__(self, store):
+        self.store = store
+
+    def collect(self):
+        s = self.store
+        yield CounterMetricFamily("kernelfit_prefix_store_hits", "prompts whose prefix was copied back from the RAM "
+                                  "store", value=s.hits)
+        yield CounterMetricFamily("kernelfit_prefix_store_hit_tokens", "prompt tokens copied back from the RAM store",
+                                  value=s.hit_tokens)
+        yield GaugeMetricFamily("kernelfit_prefix_store_prompts", "prefixes held in the RAM store",
+                                value=len(s.entries))
+        yield GaugeMetricFamily("kernelfit_prefix_store_bytes", "bytes the RAM store holds", value=s.nbytes)
