@@ -546,6 +546,11 @@ def test_cpu_plan_runs_the_file_packed_and_names_both_kernels():
     pre_avx2 = plan(load_profile("cpu-avx2"), SMOL, Preferences()).kernels["prefill"]
     assert [(r.name, r.kind) for r in pre_avx2.rejected] == [("dense", RejectKind.TRADE_OFF),
                                                              ("int8", RejectKind.NOT_RUNNABLE)]
+    # the weights' reason names the codes the C++ dot products keep: Q6_K's 6 bits, IQ4_XS's grid codes
+    assert "4-bit (Q4_1)" in p.quantization.reason and "8-bit (Q8_0)" in p.quantization.reason
+    mixed = replace(SMOL, extra={**SMOL.extra, "gguf_numel_by_type": {"Q4_K": 10**8, "Q6_K": 10**7, "IQ4_XS": 10**7}})
+    why = plan(load_profile("cpu-spr-amx"), mixed, Preferences()).quantization.reason
+    assert "6-bit (Q6_K)" in why and "4-bit grid (IQ4_XS)" in why and "4-bit (Q4_K)" in why
     # memory: the packed file, not a float32 or bf16 copy of 135M parameters
     assert p.memory.weights < 1.2 * SMOL.quantization.file_bytes
     dense = plan(load_profile("cpu-spr-amx"), SMOL, Preferences(prefill="dense"))

@@ -88,7 +88,7 @@ DECODE_KERNELS = {
 # 79.4); over a whole model (benchmarks/results/llamacpp-report.md) SmolLM2 decodes at 352.5 vs 221.6 tok/s and
 # Gemma 3 270M at 141.1 vs 114.6, without the re-grid's loss. At 256 rows each product is unpacked to bf16 for
 # oneDNN: 1,102 us for 3072x576 against oneDNN on a kept bf16 copy 937 and int4 2,680.
-GGUF_GROUPS = ("the file's own 4/8-bit groups, exact, through kernelfit's C++ group dot products (torch's "
+GGUF_GROUPS = ("the file's own 4/6/8-bit groups, exact, through kernelfit's C++ group dot products (torch's "
                "_weight_int4pack_mm_for_cpu / _weight_int8pack_mm with re-gridded int8 where no C++ compiler "
                "builds them)")
 GGUF_DECODE = GGUF_GROUPS + ("; decoding checks prompt-lookup drafts several tokens a step where the C++ step runs "
@@ -165,8 +165,21 @@ def packed_cpu(devices: list[Device], cpu: Cpu) -> str | None:
 
 
 def packed_layout(gguf_type: str) -> str:
-    """The layout a GGUF tensor type gets on the packed path: "int4", "int8" (re-gridded) or "float"."""
+    """The layout a GGUF tensor type gets on torch's packed kernels (no C++ compiler): "int4", "int8" (re-gridded)
+    or "float"."""
     return "int4" if gguf_type in INT4_EXACT else "float" if gguf_type in FLOAT else "int8"
+
+
+# the codes a GGUF tensor type keeps in kernelfit's C++ dot products (engine/kernels/code_formats.h)
+DOT_CODES = {"Q4_0": "4-bit", "Q4_1": "4-bit", "Q4_K": "4-bit", "Q2_K": "4-bit", "Q3_K": "4-bit", "Q6_K": "6-bit",
+             "Q5_0": "8-bit", "Q5_1": "8-bit", "Q8_0": "8-bit", "Q5_K": "8-bit", "IQ4_NL": "4-bit grid",
+             "IQ4_XS": "4-bit grid", "MXFP4": "4-bit grid"}
+
+
+def dot_codes(gguf_type: str) -> str:
+    """How the C++ dot products hold a GGUF tensor type's values: "4-bit", "6-bit", "8-bit", "4-bit grid" (codes of a
+    non-uniform grid) or "float" (bf16 rows)."""
+    return "float" if gguf_type in FLOAT else DOT_CODES[gguf_type]
 
 
 # rotary scalings the packed runner implements (engine/recipe.py; None: plain rotary; "rope_freqs": Llama 3.x's

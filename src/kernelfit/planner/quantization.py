@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from ..catalog.architectures import TRANSFORMERS_GGUF_ARCHS
 from ..catalog.engine_checkpoints import ENGINE_Q8_0_LOSS, why_not_engine_checkpoint
 from ..catalog.packages import install_hint
-from ..catalog.packed_kernels import REGRID_MAX_ERROR, packed_cpu, packed_layout, why_not_packed_gguf
+from ..catalog.packed_kernels import REGRID_MAX_ERROR, dot_codes, packed_cpu, why_not_packed_gguf
 from ..catalog.quantization import ON_THE_FLY, PREQUANTIZED, hf_backend_name, missing_packages, why_not_backend
 from ..hardware.machine import Device, Machine
 from ..model.quantization import PREQUANTIZED_METHODS
@@ -283,8 +283,7 @@ def _packed(level: Level, model: ModelSpec, devices: list[Device], machine: Mach
         if reasons:
             return Rejected(name, RejectKind.NOT_RUNNABLE, "; ".join(reasons) + "; the file is dequantized instead",
                             method="gguf", backend="packed-cpu")
-        label = {"int4": "4-bit", "int8": "8-bit", "float": "float"}
-        layouts = sorted({f"{label[packed_layout(t)]} ({t})" for t in types})
+        layouts = sorted({f"{dot_codes(t)} ({t})" for t in types})
         return QuantOption("gguf", None, "packed-cpu", 32, None,
                            f"the {model.quantization.format} file runs as stored on the {isa}: no float copy, no cache; "
                            f"its own groups, exact ({', '.join(layouts)}) — where no C++ compiler builds the dot "

@@ -9,6 +9,8 @@
 
 #include <torch/extension.h>
 
+#include "code_formats.h"
+
 #include <cstdint>
 #include <cstring>
 #include <vector>
@@ -27,12 +29,12 @@ inline void tile_row(const uint8_t* row, uint8_t* tile, int64_t r, int64_t k, in
     return;
   }
   for (int64_t c = 0; c < k; c += 8) {
-    uint8_t* b = tile + (bits == 6 ? (c / 16) * 96 + (c % 16) / 8 * 32 : c * 4) + r * 4;  // dot::nibble_offset
+    uint8_t* b = tile + dot::nibble_offset(int(bits), c) + r * 4;
     for (int j = 0; j < 4; ++j) b[j] = static_cast<uint8_t>((row[c + j] & 0x0F) | ((row[c + 4 + j] & 0x0F) << 4));
   }
   if (bits == 6)
     for (int64_t c = 0; c < k; c += 16) {
-      uint8_t* b = tile + (c / 16) * 96 + 64 + r * 4;  // dot::pairs_offset
+      uint8_t* b = tile + dot::pairs_offset(c) + r * 4;
       for (int j = 0; j < 4; ++j)
         b[j] = static_cast<uint8_t>((row[c + j] >> 4) | ((row[c + 4 + j] >> 4) << 2) | ((row[c + 8 + j] >> 4) << 4) |
                                     ((row[c + 12 + j] >> 4) << 6));
