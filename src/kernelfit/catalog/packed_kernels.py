@@ -164,12 +164,6 @@ def packed_cpu(devices: list[Device], cpu: Cpu) -> str | None:
     return f"{isa} CPU" if isa else None
 
 
-def packed_layout(gguf_type: str) -> str:
-    """The layout a GGUF tensor type gets on torch's packed kernels (no C++ compiler): "int4", "int8" (re-gridded)
-    or "float"."""
-    return "int4" if gguf_type in INT4_EXACT else "float" if gguf_type in FLOAT else "int8"
-
-
 # the codes a GGUF tensor type keeps in kernelfit's C++ dot products (engine/kernels/code_formats.h)
 DOT_CODES = {"Q4_0": "4-bit", "Q4_1": "4-bit", "Q4_K": "4-bit", "Q2_K": "4-bit", "Q3_K": "4-bit", "Q6_K": "6-bit",
              "Q5_0": "8-bit", "Q5_1": "8-bit", "Q8_0": "8-bit", "Q5_K": "8-bit", "IQ4_NL": "4-bit grid",

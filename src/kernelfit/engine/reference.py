@@ -32,6 +32,13 @@ from .native import native_module
 INT4, INT8, DENSE, INT8_EXACT, DOT4, DOT8, BF16_ROWS, DOT6, DOT_IQ4, DOT_MXFP4 = range(10)  # Product.kind
 # a dot weight's code format (engine/weights.py DotWeight.format: bits | grid << 8) -> its kind
 DOT_KINDS = {4: DOT4, 6: DOT6, 8: DOT8, 4 | 1 << 8: DOT_IQ4, 4 | 2 << 8: DOT_MXFP4}
+DOT_FORMATS = {kind: fmt for fmt, kind in DOT_KINDS.items()}
+
+
+def dot_bits(kind: int) -> int:
+    """A dot kind's code format (kernels/step.cpp dot_bits): for the extension's calls, which run in Python."""
+    return DOT_FORMATS[kind]
+
 # BF16_ROWS: bf16 weight rows as stored (a safetensors checkpoint; a GGUF file's float tensors) through the C++
 # products of kernels/bf16_rows.h: float32 in and out (DENSE, torch's bf16 linear, rounds both to bf16)
 # DOT4 / DOT6 / DOT8: the file's own groups read by kernelfit's C++ dot products (engine/weights.py): float32 in and
@@ -60,11 +67,6 @@ GROUP = 32
 # The C++ extension's calls (a pybind module: TorchScript calls them through Python). Free functions taking every
 # tensor as an argument: a method reading its ScriptModule's attributes from Python cost ~50 us a call here (a 256-row
 # RMS norm is 14 us), ~10 ms over a Gemma 3 270M prompt's ~250 calls.
-def dot_bits(kind: int) -> int:
-    """A dot kind's code format (kernels/step.cpp dot_bits; TorchScript reads no module-level ints)."""
-    return {4: 4, 7: 6, 8: 4 | 1 << 8, 9: 4 | 2 << 8}.get(kind, 8)
-
-
 @torch.jit.ignore
 def _dot(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, kind: int, n: int,
          int8_prefill: bool) -> torch.Tensor:

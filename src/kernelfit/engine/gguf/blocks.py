@@ -215,7 +215,7 @@ def _scales(*arrays: np.ndarray, exact_f16: bool) -> list[np.ndarray]:
 
 
 def _supers(b: np.ndarray, rows: int, with_min: bool) -> tuple[np.ndarray, np.ndarray | None]:
-    """Q4_K / Q5_K blocks' d and dmin (their first 4 bytes) as float16 [rows, blocks a row]."""
+    """Q4_K / Q5_K blocks' d and dmin (their first 4 bytes; IQ4_XS's d) as float16 [rows, blocks a row]."""
     d = np.ascontiguousarray(b[:, 0:2]).view(np.float16).reshape(rows, -1)
     return d, np.ascontiguousarray(b[:, 2:4]).view(np.float16).reshape(rows, -1) if with_min else None
 
@@ -236,7 +236,8 @@ def _grid_groups(b: np.ndarray, qtype: str, rows: int, cols: int) -> DotGroups:
     values' low nibbles first."""
     if qtype == "IQ4_NL":
         codes = _nibbles32(b[:, 2:18]).reshape(rows, cols)
-        return DotGroups(codes, _f16(b[:, 0:2])[:, 0].astype(np.float16).reshape(rows, -1), -128.0, 4, QK, grid=1)
+        return DotGroups(codes, _scales(_f16(b[:, 0:2])[:, 0], exact_f16=True)[0].reshape(rows, -1), -128.0, 4, QK,
+                         grid=1)
     if qtype == "MXFP4":
         e = b[:, 0].astype(np.uint32)  # ggml_e8m0_to_fp32_half: 2^(e - 128), denormal below e = 2
         half = np.where(e < 2, np.uint32(0x00200000) << e, (e - 1) << np.uint32(23)).view(np.float32)
@@ -247,7 +248,7 @@ def _grid_groups(b: np.ndarray, qtype: str, rows: int, cols: int) -> DotGroups:
     high = (scales_h >> (2 * np.arange(8, dtype=np.uint16))).astype(np.uint8) & 0x03
     sub = ((low | (high << 4)).astype(np.int16) - 32).astype(np.int8).reshape(rows, -1)
     codes = _nibbles32(b[:, 8:136].reshape(-1, 16)).reshape(rows, cols)
-    return DotGroups(codes, sub, -128.0, 4, QK, _f16(b[:, 0:2]).astype(np.float16).reshape(rows, -1), grid=1)
+    return DotGroups(codes, sub, -128.0, 4, QK, _supers(b, rows, False)[0], grid=1)
 
 
 def dot_groups(raw: np.ndarray, qtype: str, rows: int, cols: int, native=None, tiles: bool = False) -> DotGroups:

@@ -136,12 +136,12 @@ inline __m256 int_dot(const uint8_t* codes, const Act& a, int64_t cb, int64_t ce
     const __m256i nib = _mm256_set1_epi8(0x0F);
 #pragma GCC unroll 2
     for (int64_t c = cb; c < ce; c += 16) {
-      const uint8_t* p = codes + c * 6;
+      const uint8_t* p = codes + nibble_offset(6, c);  // the block's 96 bytes (code_formats.h)
       _mm_prefetch(reinterpret_cast<const char*>(p + PREFETCH_BYTES), _MM_HINT_T0);
       _mm_prefetch(reinterpret_cast<const char*>(p + PREFETCH_BYTES + 64), _MM_HINT_T0);
       const __m256i v0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-      const __m256i v1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 32));
-      const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 64));
+      const __m256i v1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + nibble_offset(6, c + 8)));
+      const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + pairs_offset(c)));
       __m256i lo0 = _mm256_and_si256(v0, nib), hi0 = _mm256_and_si256(_mm256_srli_epi16(v0, 4), nib);
       __m256i lo1 = _mm256_and_si256(v1, nib), hi1 = _mm256_and_si256(_mm256_srli_epi16(v1, 4), nib);
       add_high_bits(h, false, lo0, hi0);
