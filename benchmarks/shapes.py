@@ -45,8 +45,13 @@ SHAPES = {
     # Qwen3.6-35B-A3B (Qwen3.5-35B-A3B's shape), its first 4 of 40 layers (3 Gated DeltaNet, 1 attention): 256 experts
     # of 512, 8 a token, a shared expert of 512; 16 key and 32 value heads of 128
     "qwen3.6-35b-a3b-4l": ("qwen35moe", 2048, 4, 16, 2, 512, 248320, 1e7, None),
+    # gpt-oss-20b (its config.json), its first 4 of 24 layers (2 sliding over 128, 2 global): 64 heads of 64, 8 KV
+    # heads, 32 experts of 2880, 4 a token, YaRN 32x over 4096; untied head. Quantize it as MXFP4_MOE (llama-quantize:
+    # the experts MXFP4, as gpt-oss ships them, the rest Q8_0)
+    "gpt-oss-20b-4l": ("gpt-oss", 2880, 4, 64, 8, 2880, 201088, 150000.0, None),
 }
-MOE = {"qwen3.6-35b-a3b-4l": (256, 8, 512)}  # experts, a token's, the shared expert's size
+MOE = {"qwen3.6-35b-a3b-4l": (256, 8, 512), "gpt-oss-20b-4l": (32, 4, 0)}  # experts, a token's, the shared expert's
+GPT_OSS_HEAD, GPT_OSS_WINDOW = 64, 128
 # Qwen3.5's sizes beyond the common ones: head size, Gated DeltaNet key heads, key size, value heads, value size, conv
 # taps, full-attention interval, rotary dimensions
 QWEN35 = {"qwen3.5-0.8b": (256, 16, 128, 16, 128, 4, 4, 64), "qwen3.6-35b-a3b-4l": (256, 16, 128, 32, 128, 4, 4, 64)}
@@ -75,7 +80,7 @@ def write_f16(name: str, path: Path) -> None:
     from gguf import GGUFWriter
 
     arch, hidden, layers, heads, kv, ffn, vocab, base, llama3 = SHAPES[name]
-    hd = QWEN35[name][0] if name in QWEN35 else hidden // heads
+    hd = QWEN35[name][0] if name in QWEN35 else GPT_OSS_HEAD if arch == "gpt-oss" else hidden // heads
     rng = np.random.default_rng(0)
     w = GGUFWriter(str(path), arch)
     w.add_name(f"{name} shape, random weights")
@@ -95,7 +100,17 @@ def write_f16(name: str, path: Path) -> None:
         w.add_expert_count(MOE[name][0])
         w.add_expert_used_count(MOE[name][1])
         w.add_expert_feed_forward_length(ffn)
-        w.add_expert_shared_feed_forward_length(MOE[name][2])
+        if MOE[name][2]:
+            w.add_expert_shared_feed_forward_length(MOE[name][2])
+    if arch == "gpt-oss":  # as llama.cpp's converter writes them (conversion/gpt_oss.py)
+        from gguf import RopeScalingType
+
+        w.add_key_length(hd)
+        w.add_value_length(hd)
+        w.add_sliding_window(GPT_OSS_WINDOW)
+        w.add_rope_scaling_type(RopeScalingType.YARN)
+        w.add_rope_scaling_factor(32.0)
+        w.add_rope_scaling_orig_ctx_len(4096)
     if name in QWEN35:  # as llama.cpp's converter writes them (conversion/qwen.py)
         _, nk, dk, nv, dv, taps, every, _ = QWEN35[name]
         w.add_key_length(hd)
@@ -131,6 +146,9 @@ def write_f16(name: str, path: Path) -> None:
         if name in QWEN35:
             write_qwen35_layer(w, t, norm, b, i in attention, name, hidden, heads, kv, ffn, rng)
             continue
+        if arch == "gpt-oss":
+            write_gptoss_layer(w, t, norm, b, hidden, heads, kv, hd, ffn, MOE[name][0], rng)
+            continue
         if i not in attention:  # an LFM2 short-convolution layer: in_proj (B, C, x), taps (float32), out_proj
             w.add_tensor(b + "shortconv.conv.weight", (0.3 * rng.standard_normal((hidden, CONV_TAPS))).astype(np.float32))
             t(b + "shortconv.in_proj.weight", (3 * hidden, hidden))
@@ -154,12 +172,35 @@ def write_f16(name: str, path: Path) -> None:
         t(b + "ffn_gate.weight", (ffn, hidden))
         t(b + "ffn_up.weight", (ffn, hidden))
         t(b + "ffn_down.weight", (hidden, ffn))
+    if arch == "gpt-oss":
+        t("output.weight", (vocab, hidden))
     norm("token_embd_norm.weight" if arch == "lfm2" else "output_norm.weight", hidden)  # tied output head: the token
     # table (LFM2's final norm keeps llama.cpp's name for transformers' embedding_norm)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
+
+
+def write_gptoss_layer(w, t, norm, b: str, hidden: int, heads: int, kv: int, hd: int, ffn: int, experts: int,
+                       rng) -> None:
+    """A gpt-oss layer under llama.cpp's names: biased Q/K/V/O, sinks, the router and its bias, the experts'
+    gate/up/down [experts, rows, cols] and their biases; post_attention_norm is the norm before the experts."""
+    def f32(n, shape, std=0.02):
+        w.add_tensor(n, (std * rng.standard_normal(shape)).astype(np.float32))
+
+    for x, rows in (("q", heads * hd), ("k", kv * hd), ("v", kv * hd)):
+        t(b + f"attn_{x}.weight", (rows, hidden))
+        f32(b + f"attn_{x}.bias", rows)
+    t(b + "attn_output.weight", (hidden, heads * hd))
+    f32(b + "attn_output.bias", hidden)
+    f32(b + "attn_sinks.weight", heads, 1.0)
+    norm(b + "post_attention_norm.weight", hidden)
+    f32(b + "ffn_gate_inp.weight", (experts, hidden))
+    f32(b + "ffn_gate_inp.bias", experts)
+    for x, shape in (("gate", (experts, ffn, hidden)), ("up", (experts, ffn, hidden)), ("down", (experts, hidden, ffn))):
+        t(b + f"ffn_{x}_exps.weight", shape)
+        f32(b + f"ffn_{x}_exps.bias", shape[:2])
 
 
 def write_qwen35_layer(w, t, norm, b: str, attends: bool, name: str, hidden: int, heads: int, kv: int, ffn: int,

@@ -182,6 +182,10 @@ def _tiny_of(path, arch: str):
         from gguf_lfm2moe import tiny_model as lfm2moe_model, write_lfm2moe
 
         return write_lfm2moe(path, lfm2moe_model())
+    if arch == "gpt-oss":
+        from gguf_gptoss import tiny_model as gptoss_model, write_gptoss
+
+        return write_gptoss(path, gptoss_model())
     if arch in ("qwen35", "qwen35moe"):
         from gguf_qwen35 import tiny_model, write_qwen35
 

@@ -17,6 +17,7 @@ class DecoderFamily:
     norms_per_layer: int = 2
     gated_mlp: bool = True  # gate/up/down (3 matrices) vs up/down (2)
     mlp_bias_key: str | None = None  # config key that adds biases to the MLP
+    mlp_bias: bool = False  # the MLP (each expert) always has biases (gpt-oss)
     layer_norm: bool = False  # LayerNorm (weight + bias) rather than RMSNorm (weight only)
     moe: bool = False
     shared_expert_key: str | None = None  # config key of a shared expert's size beside the routed ones (Qwen2-MoE)
@@ -45,6 +46,8 @@ DECODERS: dict[str, DecoderFamily] = {
     "smollm3": DecoderFamily(),
     "glm4": DecoderFamily(qkv_bias=True, attention_bias_key=None, norms_per_layer=4),
     "qwen3_moe": DecoderFamily(qk_norm="head", moe=True),
+    # gpt-oss: biases on every projection and expert, sinks, every other layer sliding (transformers GptOssConfig)
+    "gpt_oss": DecoderFamily(moe=True, mlp_bias=True, sliding_every_other=True),
     "qwen2_moe": DecoderFamily(qkv_bias=True, attention_bias_key=None, moe=True,
                                shared_expert_key="shared_expert_intermediate_size"),
     "lfm2": DecoderFamily(qk_norm="head", attention_bias_key=None, short_conv=True),
@@ -99,7 +102,7 @@ GGUF_ARCH_TO_MODEL_TYPE = {"llama": "llama", "mistral": "mistral", "qwen2": "qwe
                            "gemma": "gemma", "gemma2": "gemma2", "gemma3": "gemma3_text", "phi3": "phi3",
                            "olmo2": "olmo2", "smollm3": "smollm3", "granite": "granite", "glm4": "glm4",
                            "qwen3moe": "qwen3_moe", "qwen2moe": "qwen2_moe", "lfm2": "lfm2", "lfm2moe": "lfm2_moe",
-                           "qwen35": "qwen3_5_text", "qwen35moe": "qwen3_5_moe_text"}
+                           "qwen35": "qwen3_5_text", "qwen35moe": "qwen3_5_moe_text", "gpt-oss": "gpt_oss"}
 
 
 def supported_model_types() -> list[str]:

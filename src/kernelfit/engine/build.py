@@ -22,7 +22,7 @@ from ..model.quantization import parse_quantization
 from ..model.gguf_header import read_gguf_header
 from . import glibc
 from .gguf.blocks import FLOAT_TYPES
-from .recipe import QWEN35, LayerKind, Recipe, RouterKind, recipe_from_config, recipe_from_gguf
+from .recipe import FFN_NORM_NAMED_POST_ATTENTION, LayerKind, Recipe, RouterKind, recipe_from_config, recipe_from_gguf
 from .gguf.reader import Conversion, GgufTensors, interleave_order, linear, regridded
 from .safetensors.reader import SafetensorsTensors
 from .kv_cache import KvCache
@@ -167,7 +167,8 @@ def build_lean(path: str | Path, prefill_dense: bool = False, progress=None, pre
                 qn, kn = qn[norm_order], kn[norm_order]
         # Qwen3.5's norm before the FFN is the file's post_attention_norm (llama.cpp's name for HF's
         # post_attention_layernorm), not a norm of the attention's output as in Gemma 2/3
-        ffn_norm, post_attn = ((optional(b + "post_attention_norm.weight"), None) if cfg.arch in QWEN35 else
+        ffn_norm, post_attn = ((optional(b + "post_attention_norm.weight"), None)
+                               if cfg.arch in FFN_NORM_NAMED_POST_ATTENTION else
                                (optional(b + "ffn_norm.weight"), optional(b + "post_attention_norm.weight")))
         blocks.append(Block(
             optional(b + "attn_norm.weight"), Products([product(w, prefill_dense, False, int8) for w in qkv]),
@@ -176,7 +177,8 @@ def build_lean(path: str | Path, prefill_dense: bool = False, progress=None, pre
             product(down, prefill_dense, False, int8), qn, kn,
             post_attn, optional(b + "post_ffw_norm.weight"), cfg.sliding(i),
             cfg.rotary_layer(i), router, [product(w) for w in shared], shared_gate, conv, delta,
-            cfg.attention_gate and kind is LayerKind.ATTENTION, expert_bias))
+            cfg.attention_gate and kind is LayerKind.ATTENTION, expert_bias,
+            gpt_oss_tensors(t, b, cfg) if cfg.attention_sinks else None))
     table = "token_embd.weight"
     embed = linear(t, [table], exact=True)[0] if exact and t.qtype(table) not in FLOAT_TYPES else regridded(t, table)
     head = linear(t, ["output.weight"], exact=exact)[0] if t.has("output.weight") else embed
@@ -207,6 +209,20 @@ def build_lean(path: str | Path, prefill_dense: bool = False, progress=None, pre
     release_free_memory()
     return LeanBuild(cfg, runner, t.conversions, nbytes, time.perf_counter() - t0, native, t.problems,
                      int8 and not prefill_dense, kv_cache)
+
+
+def gpt_oss_tensors(t, b: str, cfg: Recipe) -> list[torch.Tensor]:
+    """gpt-oss's float tensors of layer `b` as llama.cpp's converter stores them (conversion/gpt_oss.py): the attention
+    output's bias, the sinks (attn_sinks.weight, one a query head), the router's bias and the experts' gate, up and down
+    biases [experts, rows] — step.cpp's norms slots O_BIAS.. in that order."""
+    def bias(name: str, rows: int) -> torch.Tensor:
+        return t.float_tensor(b + name).reshape(cfg.experts, rows).contiguous()
+
+    return [t.float_tensor(b + "attn_output.bias").reshape(cfg.hidden),
+            t.float_tensor(b + "attn_sinks.weight").reshape(cfg.heads),
+            t.float_tensor(b + "ffn_gate_inp.bias").reshape(cfg.experts),
+            bias("ffn_gate_exps.bias", cfg.expert_ffn), bias("ffn_up_exps.bias", cfg.expert_ffn),
+            bias("ffn_down_exps.bias", cfg.hidden)]
 
 
 def delta_tensors(t, b: str, cfg: Recipe) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -356,7 +372,8 @@ def _bound(build: LeanBuild, step):
                             int(c.sliding_window or 0), c.family == "gemma", m.head.top_exact,
                             float(c.attn_softcap), float(c.final_softcap), float(c.residual_scale),
                             float(c.logit_scale), n.routers, int(c.top_k), int(c.expert_ffn), bool(c.norm_topk),
-                            int(c.delta_heads[0]), int(c.delta_heads[1]), c.router is RouterKind.SIGMOID)
+                            int(c.delta_heads[0]), int(c.delta_heads[1]), c.router is RouterKind.SIGMOID,
+                            *(c.clamped_swiglu or (1.0, 0.0)))
     return n.bound
 
 

@@ -293,7 +293,7 @@ def native_args(model) -> NativeArgs:
                       blk.q_norm if blk.has_qk_norm else empty, blk.k_norm if blk.has_qk_norm else empty,
                       blk.post_attn_norm if blk.has_post_norms else empty,
                       blk.post_ffn_norm if blk.has_post_norms else empty, blk.shared_gate, blk.conv,
-                      *(blk.delta or [empty] * 3), blk.expert_bias])
+                      *(blk.delta or [empty] * 3), blk.expert_bias, *blk.gpt_oss])
         kind = (DELTA_NET if blk.delta else SHORT_CONV) if blk.conv.numel() else 0
         sliding.append(int(blk.sliding) | (0 if blk.rotary else NO_ROTARY) | kind | (GATED if blk.gated else 0))
         routers.append(blk.router)

@@ -14,7 +14,8 @@ kernel change:
   factor) to extrapolated between the correction dimensions of beta_fast/beta_slow over the original context,
   and the table's magnitude is the attention factor 0.1 ln(factor) + 1 — on Q and K both, so scores scale by its
   square, as transformers' `_compute_yarn_parameters` (cos and sin times attention_factor) and ggml's rope_yarn
-  (mscale) do.
+  (mscale) do. gpt-oss's YaRN keeps the correction dimensions as computed (transformers' rope_parameters
+  "truncate": false, GptOssConfig's default; OpenAI's reference rotary), where the others floor and ceil them.
 """
 
 from __future__ import annotations
@@ -45,7 +46,16 @@ SMOLLM3_NO_ROTARY_STEP = 4
 GEMMA2_27B_LAYERS = 46
 QWEN35 = ("qwen35", "qwen35moe")  # Qwen3.5 / 3.6, dense and MoE: Gated DeltaNet and gated attention
 LFM2 = ("lfm2", "lfm2moe")  # LFM2 and LFM2-MoE: short convolutions and attention
-MOE_ARCHS = ("qwen3moe", "qwen2moe", "qwen35moe", "lfm2moe")
+GPT_OSS = "gpt-oss"
+MOE_ARCHS = ("qwen3moe", "qwen2moe", "qwen35moe", "lfm2moe", GPT_OSS)
+# Architectures whose file names the norm before the FFN post_attention_norm (llama.cpp's name for transformers'
+# post_attention_layernorm), not a norm of the attention's output as in Gemma 2/3
+FFN_NORM_NAMED_POST_ATTENTION = QWEN35 + (GPT_OSS,)
+# gpt-oss: every other layer slides over 128 positions, the first does (llama.cpp llama_model_openai_moe
+# load_swa_pattern(ml, 2); transformers GptOssConfig layer_types); its experts' clamped SwiGLU (GptOssConfig
+# swiglu_alpha, swiglu_limit; llama.cpp hard-codes the same in ggml_swiglu_oai's call)
+GPT_OSS_SLIDING_PATTERN = 2
+GPT_OSS_SWIGLU = (1.702, 7.0)
 # YaRN's defaults where a file does not store them (transformers' rope_config_validation, llama.cpp hparams)
 YARN_BETA_FAST = 32.0
 YARN_BETA_SLOW = 1.0
@@ -83,6 +93,7 @@ class Rotary:
     beta_slow: float = YARN_BETA_SLOW
     attention_factor: float = 1.0  # LongRoPE: the table's magnitude
     dims: int = 0  # the dimensions of a head it rotates (Phi-4-mini, StableLM: part of each head); 0: all
+    truncate: bool = True  # YaRN: the correction dimensions floored and ceiled (gpt-oss: not)
 
     @property
     def magnitude(self) -> float:
@@ -107,8 +118,10 @@ def inverse_frequencies(r: Rotary, dim: int) -> torch.Tensor:
         def correction(rotations: float) -> float:
             return dim * math.log(r.original_context / (rotations * 2 * math.pi)) / (2 * math.log(r.base))
 
-        low = max(math.floor(correction(r.beta_fast)), 0)
-        high = min(math.ceil(correction(r.beta_slow)), dim - 1)
+        low, high = correction(r.beta_fast), correction(r.beta_slow)
+        if r.truncate:
+            low, high = math.floor(low), math.ceil(high)
+        low, high = max(low, 0), min(high, dim - 1)
         ramp = ((torch.arange(dim // 2, dtype=torch.float64) - low) / max(high - low, 0.001)).clamp(0, 1)
         keep = 1 - ramp  # 1: extrapolate (high frequencies), 0: interpolate (low frequencies)
         return extrapolated / r.factor * (1 - keep) + extrapolated * keep
@@ -162,6 +175,10 @@ class Recipe:
     conv_kernel: int = 0  # taps a channel of a recurrent layer's convolution (LFM2's L_cache 3, Qwen3.5's 4)
     delta_heads: tuple[int, int, int, int] = (0, 0, 0, 0)  # Gated DeltaNet: key heads, key size, value heads, size
     attention_gate: bool = False  # Qwen3.5: the Q product also gives a gate a query head; output * sigmoid(gate)
+    # The experts' activation where it is not SwiGLU: gpt-oss's clamped one, (alpha, limit): x = min(gate, limit),
+    # x * sigmoid(alpha x) * (clamp(up, -limit, limit) + 1)
+    clamped_swiglu: tuple[float, float] | None = None
+    attention_sinks: bool = False  # gpt-oss: a logit a head in the softmax's denominator (the attn_sinks tensors)
 
     def kind(self, layer: int) -> LayerKind:
         return self.layer_kinds[layer] if self.layer_kinds else LayerKind.ATTENTION
@@ -208,6 +225,8 @@ def rotary_from_gguf(h, rope_freqs: torch.Tensor | None) -> Rotary:
         raise UsageError(f"{Path(h.path).name}: rotary scaling '{scaling}' is not implemented by the packed CPU "
                          f"runner (--quantization none runs the dequantized model)")
     rotary = _scaled_rotary(h, scaling, rope_freqs)
+    if h.architecture == GPT_OSS:
+        rotary = replace(rotary, truncate=False)
     dims = int(h.arch_key("rope.dimension_count") or 0)
     heads = h.arch_key("attention.head_count")
     heads = max(heads) if isinstance(heads, (list, tuple)) else heads  # a hybrid's per-layer counts (0: no attention)
@@ -260,10 +279,11 @@ def recipe_from_gguf(h, rope_freqs: torch.Tensor | None = None) -> Recipe:
     heads, kv_heads, kinds = _heads_per_layer(h, layers)
     tokens = h.metadata.get("tokenizer.ggml.tokens")
     gemma = arch in ("gemma", "gemma2", "gemma3")
-    window = h.arch_key("attention.sliding_window") if gemma else None
+    window = h.arch_key("attention.sliding_window") if gemma or arch == GPT_OSS else None
     scales = granite_scales(h) if arch == "granite" else {}
     pattern = GEMMA2_SLIDING_PATTERN if arch == "gemma2" else \
-        int(h.arch_key("attention.sliding_window_pattern", GEMMA3_SLIDING_PATTERN))
+        int(h.arch_key("attention.sliding_window_pattern",
+                       GPT_OSS_SLIDING_PATTERN if arch == GPT_OSS else GEMMA3_SLIDING_PATTERN))
     return Recipe(
         family="gemma" if gemma else "llama", arch=arch, hidden=hidden, layers=layers,
         heads=heads, kv_heads=kv_heads, layer_kinds=kinds,
@@ -278,7 +298,7 @@ def recipe_from_gguf(h, rope_freqs: torch.Tensor | None = None) -> Recipe:
         rotary=rotary_from_gguf(h, rope_freqs),
         local_rotary=Rotary(GEMMA3_LOCAL_ROPE_THETA) if arch == "gemma3" else None,  # gemma2: one base for all
         sliding_window=int(window) if window else None,
-        sliding_pattern=pattern if gemma else 0,
+        sliding_pattern=pattern if window else 0,
         attn_softcap=float(h.arch_key("attn_logit_softcapping") or 0.0) if arch == "gemma2" else 0.0,
         final_softcap=float(h.arch_key("final_logit_softcapping") or 0.0) if arch == "gemma2" else 0.0,
         # llama.cpp (LLM_ARCH_GEMMA2) and transformers (query_pre_attn_scalar): 27B scales by hidden / heads
@@ -291,10 +311,12 @@ def recipe_from_gguf(h, rope_freqs: torch.Tensor | None = None) -> Recipe:
         # output a sigmoid gate scales (llama.cpp build_moe_ffn norm_w; transformers' norm_topk_prob)
         **({"experts": int(h.arch_key("expert_count")), "top_k": int(h.arch_key("expert_used_count")),
             "expert_ffn": int(h.arch_key("expert_feed_forward_length")),
-            "norm_topk": arch in ("qwen3moe", "qwen35moe", "lfm2moe")}
+            # gpt-oss: a softmax over the top k logits, the same weights as this renormalisation of all the experts'
+            "norm_topk": arch in ("qwen3moe", "qwen35moe", "lfm2moe", GPT_OSS)}
            if arch in MOE_ARCHS else {}),  # (a shared expert's size is its products' rows: step.cpp)
         # LFM2-MoE: sigmoid scores (llama.cpp's expert_gating_func 2), renormalised over the chosen (norm_topk_prob)
         **({"router": RouterKind.SIGMOID} if arch in MOE_ARCHS and int(h.arch_key("expert_gating_func") or 1) == 2 else {}),
+        **({"clamped_swiglu": GPT_OSS_SWIGLU, "attention_sinks": True} if arch == GPT_OSS else {}),
         # LongRoPE runs its short table: positions past the original context would need the long one
         max_positions=int(h.arch_key("rope.scaling.original_context_length") if h.rope_scaling == "longrope" else
                           h.arch_key("context_length") or 4096))
@@ -355,7 +377,7 @@ def rotary_from_config(cfg: dict, head_dim: int, where: str) -> Rotary:
         return Rotary(base, RotaryKind.YARN, float(rope["factor"]), None,
                       int(rope.get("original_max_position_embeddings") or cfg["max_position_embeddings"]),
                       float(rope.get("beta_fast") or YARN_BETA_FAST), float(rope.get("beta_slow") or YARN_BETA_SLOW),
-                      dims=dims)
+                      dims=dims, truncate=bool(rope.get("truncate", True)))
     return Rotary(base, dims=dims)
 
 

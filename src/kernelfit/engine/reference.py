@@ -241,7 +241,7 @@ class Block(nn.Module):
                  router: Optional[torch.Tensor] = None, shared: Optional[List[Product]] = None,
                  shared_gate: Optional[torch.Tensor] = None, conv: Optional[torch.Tensor] = None,
                  delta: Optional[List[torch.Tensor]] = None, gated: bool = False,
-                 expert_bias: Optional[torch.Tensor] = None):
+                 expert_bias: Optional[torch.Tensor] = None, gpt_oss: Optional[List[torch.Tensor]] = None):
         super().__init__()
         empty = torch.empty(0)
         self.attn_norm, self.ffn_norm = attn_norm, ffn_norm
@@ -272,6 +272,9 @@ class Block(nn.Module):
         self.delta = delta or []
         self.gated = gated  # Qwen3.5's attention: Q's product also gives the gates of its output
         self.expert_bias = expert_bias if expert_bias is not None else empty  # LFM2-MoE: added to choose experts
+        # gpt-oss's: the attention output's bias, the sinks, the router's bias and the experts' gate, up and down
+        # biases (step.cpp O_BIAS..; the C++ step only, as its routers)
+        self.gpt_oss: List[torch.Tensor] = gpt_oss or []
 
 
 class LeanLM(nn.Module):

@@ -74,6 +74,9 @@ class LeanRunner:
         prefill wrote are kept for reuse, never the decode step's (its exact products differ from a prefill's in the
         last bits, and a cold run prefills them), so a reused prefix gives the logits a cold prefill gives."""
         n = len(prompt_ids)
+        if not n:  # a vocabulary without the text's pieces (or bytes) and a file that adds no BOS token
+            raise UsageError("the prompt gives no tokens with this model's tokenizer (nothing of its text is in the "
+                             "vocabulary, and the file adds no BOS token); give a prompt the tokenizer can encode")
         reset_cache(self.build, n + max_new_tokens)  # a cache that grows keeps what it holds
         cap = kv_capacity(self.build)
         if n + max_new_tokens > cap:

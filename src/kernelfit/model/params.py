@@ -77,7 +77,7 @@ def decoder_params(cfg: dict, model_type: str) -> int:
         attn += q + kv
     mlp_matrices = 3 if fam.gated_mlp else 2
     mlp = mlp_matrices * h * inter
-    if cfg.get("mlp_bias") or (fam.mlp_bias_key and cfg.get(fam.mlp_bias_key)):
+    if fam.mlp_bias or cfg.get("mlp_bias") or (fam.mlp_bias_key and cfg.get(fam.mlp_bias_key)):
         mlp += (mlp_matrices - 1) * inter + h
     if fam.moe:
         experts = int(cfg.get("num_local_experts") or cfg.get("num_experts") or 1)

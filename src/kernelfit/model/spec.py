@@ -327,6 +327,9 @@ def spec_from_gguf(path: Path, name: str, model_dir: str | None = None) -> Model
         cfg["sliding_window"] = h.arch_key("attention.sliding_window")
         cfg["layer_types"] = ["full_attention" if (i + 1) % 6 == 0 else "sliding_attention"
                               for i in range(int(cfg["num_hidden_layers"]))]
+    if model_type == "gpt_oss":  # every other layer slides, the first does (engine/recipe.py GPT_OSS_SLIDING_PATTERN)
+        cfg["sliding_window"] = h.arch_key("attention.sliding_window")
+        cfg["num_local_experts"] = h.arch_key("expert_count")
     if model_type in ("qwen3_5_text", "qwen3_5_moe_text"):
         cfg["layer_types"] = ["full_attention" if a else "linear_attention" for a in attends]
         nk, dk, nv, dv = qwen35_delta_sizes(h)
@@ -340,7 +343,14 @@ def spec_from_gguf(path: Path, name: str, model_dir: str | None = None) -> Model
     params = sum(t.numel for t in h.tensors)  # exact: the file's own tensor table
     text = spec.text
     ftype = h.metadata.get("general.file_type")
-    quant = gguf_quantization(GGUF_FILE_TYPES.get(ftype, str(ftype)), sum(t.nbytes for t in h.tensors))
+    if ftype is None:  # a file without general.file_type (gguf-py's writer leaves it out): its largest tensor type
+        by_bytes: dict[str, int] = {}
+        for t in h.tensors:
+            by_bytes[t.type_name] = by_bytes.get(t.type_name, 0) + t.nbytes
+        label = max(by_bytes, key=by_bytes.get) if by_bytes else "unknown"
+    else:
+        label = GGUF_FILE_TYPES.get(ftype, str(ftype))
+    quant = gguf_quantization(label, sum(t.nbytes for t in h.tensors))
     from dataclasses import replace
 
     return replace(spec, params=params, sub_models=(replace(text, params=params),), quantization=quant,

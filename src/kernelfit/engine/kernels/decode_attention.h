@@ -89,10 +89,11 @@ void weighted16(const float* p, const typename R::T* v, int64_t d, int64_t w, in
 }
 
 // One query head over cached positions t < len (k, v: rows w elements apart): softmax(q . k[t] * scaling) . v -> out;
-// s: len floats of scratch. A head size that is not a multiple of 16 takes the scalar loops.
+// s: len floats of scratch. A head size that is not a multiple of 16 takes the scalar loops. sink: the head's
+// attention sink (gpt-oss), a logit in the softmax's denominator with no value (-inf: none)
 template <class R>
 void attend_head(const float* q, const typename R::T* k, const typename R::T* v, int64_t d, int64_t w, int64_t len,
-                 float scaling, float* s, float* out, float cap = 0.f) {
+                 float scaling, float* s, float* out, float cap = 0.f, float sink = -INFINITY) {
   const bool vec = d % 16 == 0;
   if (vec) {
     scores16<R>(q, k, d, w, len, scaling, s);
@@ -104,7 +105,8 @@ void attend_head(const float* q, const typename R::T* k, const typename R::T* v,
     }
   }
   rows::softcap(s, len, cap);  // Gemma 2's attention soft-capping (cap 0: none)
-  const float inv = 1.f / exp_shifted(s, len, *std::max_element(s, s + len));
+  const float m = std::max(*std::max_element(s, s + len), sink);
+  const float inv = 1.f / (exp_shifted(s, len, m) + rows::sink_weight(sink, m));
   for (int64_t t = 0; t < len; ++t) s[t] *= inv;
   if (vec) {
     weighted16<R>(s, v, d, w, len, out);
@@ -116,11 +118,13 @@ void attend_head(const float* q, const typename R::T* k, const typename R::T* v,
 }
 
 // One query's attention over cached positions [start, end) of layer li of a cache (kv_cache.h View: float32, float16
-// or Q8_0 rows; score_cap: Gemma 2's soft-cap, 0 for none); query head h reads kv head h / (nq / nkv). Plain loops,
+// or Q8_0 rows; score_cap: Gemma 2's soft-cap, 0 for none; sinks: a logit a query head, or null — gpt-oss); query
+// head h reads kv head h / (nq / nkv). Plain loops,
 // the heads split between threads: at::scaled_dot_product_attention cost ~10 us of dispatch a layer for a few us of
 // arithmetic at SmolLM2's sizes, on one thread.
 inline void attend(const float* q, const kv::View& c, int64_t li, int64_t nq, int64_t nkv, int64_t d, int64_t start,
-                   int64_t end, double scaling, float* out, std::vector<float>& scores, double score_cap = 0) {
+                   int64_t end, double scaling, float* out, std::vector<float>& scores, double score_cap = 0,
+                   const float* sinks = nullptr) {
   const int64_t len = end - start, group = nq / nkv;
   scores.resize(nq * len);
   kv::visit(c.kind, [&](auto rows) {
@@ -131,7 +135,7 @@ inline void attend(const float* q, const kv::View& c, int64_t li, int64_t nq, in
       for (int64_t h = h0; h < h1; ++h) {
         const int64_t at = c.row(li, nkv, h / group, start);
         attend_head<R>(q + h * d, k + at, v + at, d, c.width, len, float(scaling), scores.data() + h * len,
-                       out + h * d, float(score_cap));
+                       out + h * d, float(score_cap), sinks ? sinks[h] : -INFINITY);
       }
     });
   });

@@ -29,7 +29,8 @@ inline __m512 load512(const typename R::T* row, int64_t i) {
 // the last `window` positions.
 template <class R>
 inline at::Tensor attention_rows(const at::Tensor& q_in, const at::Tensor& k, const at::Tensor& v, int64_t pos,
-                                 int64_t start, int64_t window, double scale, bool bf16_out, double score_cap) {
+                                 int64_t start, int64_t window, double scale, bool bf16_out, double score_cap,
+                                 const float* sinks) {
   const at::Tensor q = q_in.contiguous();
   const int64_t t = q.size(0), nq = q.size(1), d = q.size(2), nkv = k.size(0), group = nq / nkv, cap = k.size(1);
   const int64_t w = k.size(2);
@@ -113,7 +114,8 @@ inline at::Tensor attention_rows(const at::Tensor& q_in, const at::Tensor& k, co
         uint16_t* wr = w.data() + r * lpad;
         for (int64_t j = rlo; j < rhi; ++j) sr[j] *= float(scale);
         rows::softcap(sr + rlo, rhi - rlo, float(score_cap));  // Gemma 2: cap * tanh(score / cap); none at 0
-        rows::softmax_weights(sr, rlo, rhi, rows::lanes_max(sr + rlo, rhi - rlo), wr, k0, k0 + kn);
+        rows::softmax_weights(sr, rlo, rhi, rows::lanes_max(sr + rlo, rhi - rlo), wr, k0, k0 + kn,
+                              sinks ? sinks[h * group + (r0 + r) % group] : -INFINITY);
       }
       for (int64_t c = 0; c < dp; ++c)
         panel_rows(tiles, w.data() + k0, lpad, rn, kn, vp.data() + ((h * dp + c) * (lpad / 2) + k0 / 2) * COLS,
@@ -135,22 +137,24 @@ inline at::Tensor attention_rows(const at::Tensor& q_in, const at::Tensor& k, co
 }
 
 inline at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t pos, int64_t start,
-                            int64_t window, double scale, bool bf16_out, double score_cap = 0) {
+                            int64_t window, double scale, bool bf16_out, double score_cap = 0,
+                            const float* sinks = nullptr) {
   return kv::visit(kv::kind_of(k), [&](auto rows) {
-    return attention_rows<decltype(rows)>(q, k, v, pos, start, window, scale, bf16_out, score_cap);
+    return attention_rows<decltype(rows)>(q, k, v, pos, start, window, scale, bf16_out, score_cap, sinks);
   });
 }
 #endif
 
 // The prompt's attention through the panels where they are built (and not turned off), else rows_kernels.h's
-// blocked oneDNN path (`block` queries a block)
+// blocked oneDNN path (`block` queries a block). sinks: a logit a query head (gpt-oss), or null
 inline at::Tensor prompt_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t pos,
                                    int64_t start, int64_t window, double scale, int64_t block, bool bf16_out,
-                                   double score_cap = 0) {
+                                   double score_cap = 0, const float* sinks = nullptr) {
 #if defined(KF_PANEL_GEMM)
-  if (available() && q.size(2) % COLS == 0) return attention(q, k, v, pos, start, window, scale, bf16_out, score_cap);
+  if (available() && q.size(2) % COLS == 0)
+    return attention(q, k, v, pos, start, window, scale, bf16_out, score_cap, sinks);
 #endif
-  return rows::prompt_attention_to(q, k, v, pos, start, window, scale, block, bf16_out, score_cap);
+  return rows::prompt_attention_to(q, k, v, pos, start, window, scale, block, bf16_out, score_cap, sinks);
 }
 
 }  // namespace panel

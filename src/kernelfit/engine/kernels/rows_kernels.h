@@ -226,6 +226,17 @@ inline void gated_row(const float* g, const float* u, float* o, int64_t n, bool 
     for (; i < n; ++i) o[i] = g[i] * sigmoid(g[i]) * u[i];
 }
 
+// gpt-oss's clamped SwiGLU: x = min(g, limit); o = x sigmoid(alpha x) (clamp(u, -limit, limit) + 1) (transformers
+// GptOssExperts._apply_gate; llama.cpp ggml_swiglu_oai). g and u are overwritten (the clamped values); the product
+// is gated_row's silu over the scaled gate, so one vector loop serves both: silu(alpha x) / alpha = x sigmoid(alpha x)
+inline void clamped_swiglu_row(float* g, float* u, float* o, int64_t n, float alpha, float limit) {
+  for (int64_t i = 0; i < n; ++i) {
+    g[i] = alpha * std::min(g[i], limit);
+    u[i] = (std::min(std::max(u[i], -limit), limit) + 1.f) / alpha;
+  }
+  gated_row(g, u, o, n, false);
+}
+
 // the sum and the maximum of n floats through 16 partial lanes, so that the loops vectorise; a NaN in x gives NaN
 inline float lanes_sum(const float* x, int64_t n) {
   float acc[16] = {0};
@@ -252,11 +263,20 @@ inline float lanes_max(const float* x, int64_t n) {
   return nan ? NAN : m;
 }
 
+// An attention sink's term in its softmax's denominator, e^(sink - m) (m: the maximum over the scores and the sink),
+// 0 for no sink (-inf). gpt-oss: a learned logit a head that takes part in the softmax and has no value, so that a
+// query can attend to nothing (transformers' eager_attention_forward: the sinks concatenated to the scores, dropped
+// after the softmax; llama.cpp ggml_soft_max_add_sinks)
+inline float sink_weight(float sink, float m) { return sink == -INFINITY ? 0.f : std::exp(sink - m); }
+
 // A softmax row's weights from its scaled scores e[lo, hi) (m: their maximum, NaN if one is NaN; e is overwritten):
-// o[j] for j in [from, to) in bf16, the softmax inside [lo, hi) and 0 outside. A NaN score makes the row NaN.
-inline void softmax_weights(float* e, int64_t lo, int64_t hi, float m, uint16_t* o, int64_t from, int64_t to) {
+// o[j] for j in [from, to) in bf16, the softmax inside [lo, hi) and 0 outside. A NaN score makes the row NaN. sink:
+// the row's attention sink (sink_weight), -inf for none
+inline void softmax_weights(float* e, int64_t lo, int64_t hi, float m, uint16_t* o, int64_t from, int64_t to,
+                            float sink = -INFINITY) {
+  m = m == m ? std::max(m, sink) : m;
   exp_shifted(e + lo, m, e + lo, hi - lo);
-  const float inv = 1.f / lanes_sum(e + lo, hi - lo);
+  const float inv = 1.f / (lanes_sum(e + lo, hi - lo) + sink_weight(sink, m));
   std::memset(o + from, 0, sizeof(uint16_t) * (lo - from));
   int64_t j = lo;
 #if defined(KF_ROWS_AVX512)
@@ -275,7 +295,7 @@ inline void softmax_weights(float* e, int64_t lo, int64_t hi, float m, uint16_t*
 // One row of masked_softmax: o[lo, hi) = softmax(s[lo, hi) * scale) in bf16, 0 elsewhere; e: len floats of scratch.
 // A NaN score makes the row NaN, as in ATen.
 inline void softmax_row(const uint16_t* s, uint16_t* o, int64_t lo, int64_t hi, int64_t len, float scale, float* e,
-                        float cap = 0.f) {
+                        float cap = 0.f, float sink = -INFINITY) {
   int64_t j = lo;
   float m = -INFINITY;
 #if defined(KF_ROWS_AVX512)
@@ -301,15 +321,16 @@ inline void softmax_row(const uint16_t* s, uint16_t* o, int64_t lo, int64_t hi, 
     softcap(e + lo, hi - lo, cap);
     softcap(&m, 1, cap);
   }
-  softmax_weights(e, lo, hi, m, o, 0, len);
+  softmax_weights(e, lo, hi, m, o, 0, len, sink);
 }
 
 // A prompt's attention weights from its bf16 scores [H, R, L]: row r of each H is query position q0 + r / per (the
 // query heads that share a kv head side by side), column j key position key0 + j. One pass a row: scale, the
 // causal (and sliding-window) mask from the positions, a float32 softmax, bf16 out — where ATen took six (cast,
-// scale, masked_fill, softmax, cast, and the mask built per layer).
+// scale, masked_fill, softmax, cast, and the mask built per layer). sinks: a logit a query head (head H * per + the
+// row's place among its `per`), or null
 inline at::Tensor masked_softmax(const at::Tensor& scores, double scale, int64_t q0, int64_t per, int64_t key0,
-                                 int64_t window, double cap = 0) {
+                                 int64_t window, double cap = 0, const float* sinks = nullptr) {
   TORCH_CHECK(scores.scalar_type() == at::kBFloat16 && scores.dim() == 3 && scores.is_contiguous() && per >= 1,
               "masked_softmax: contiguous bf16 [H, R, L] scores");
   const int64_t per_head = scores.size(1);
@@ -325,27 +346,33 @@ inline at::Tensor masked_softmax(const at::Tensor& scores, double scale, int64_t
       const int64_t hi = std::max(lo, std::min(len, q + 1 - key0));
       const uint16_t* s = sp + r * len;
       uint16_t* o = op + r * len;
-      softmax_row(s, o, lo, hi, len, float(scale), e.data(), float(cap));
+      softmax_row(s, o, lo, hi, len, float(scale), e.data(), float(cap),
+                  sinks ? sinks[(r / per_head) * per + (r % per_head) % per] : -INFINITY);
     }
   });
   return out;
 }
 
 // act(gate) * up for gu float32 or bf16 [T, 2F] (gate then up; gated_row's activations) -> float32 [T, F]
-// bf16_out: the product written as bf16 (see rms_norm_to)
-inline at::Tensor gated_to(const at::Tensor& gu_in, int64_t ffn, bool gelu, bool bf16_out) {
+// bf16_out: the product written as bf16 (see rms_norm_to). limit > 0: gpt-oss's clamped SwiGLU (clamped_swiglu_row)
+inline at::Tensor gated_to(const at::Tensor& gu_in, int64_t ffn, bool gelu, bool bf16_out, float alpha = 1.f,
+                           float limit = 0.f) {
   const at::Tensor gu = rows_of(gu_in, true);
   TORCH_CHECK(gu.size(1) == 2 * ffn, "gated: gate and up of ffn columns each");
   auto out = at::empty({gu.size(0), ffn}, gu.options().dtype(bf16_out ? at::kBFloat16 : at::kFloat));
   float* op = bf16_out ? nullptr : out.data_ptr<float>();
   auto* ob = bf16_out ? reinterpret_cast<uint16_t*>(out.data_ptr<at::BFloat16>()) : nullptr;
   at::parallel_for(0, gu.size(0), 4, [&](int64_t begin, int64_t end) {
-    std::vector<float> buf, row(bf16_out ? ffn : 0);
+    std::vector<float> buf, row(bf16_out ? ffn : 0), clamped(limit > 0 ? 2 * ffn : 0);
     for (int64_t r = begin; r < end; ++r) {
       const float* g = row_floats(gu, r, 2 * ffn, buf);
-      const float* u = g + ffn;
       float* o = ob ? row.data() : op + r * ffn;
-      gated_row(g, u, o, ffn, gelu);
+      if (limit > 0) {
+        std::copy(g, g + 2 * ffn, clamped.begin());
+        clamped_swiglu_row(clamped.data(), clamped.data() + ffn, o, ffn, alpha, limit);
+      } else {
+        gated_row(g, g + ffn, o, ffn, gelu);
+      }
       if (ob)
         for (int64_t i = 0; i < ffn; ++i) ob[r * ffn + i] = f32_to_bf16(o[i]);
     }
@@ -364,7 +391,7 @@ inline at::Tensor gated(const at::Tensor& gu_in, int64_t ffn, bool gelu) { retur
 // square, measured ~10% slower: more, smaller oneDNN calls.)
 inline at::Tensor prompt_attention_to(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t pos,
                                       int64_t start, int64_t window, double scale, int64_t block, bool bf16_out,
-                                      double cap = 0) {
+                                      double cap = 0, const float* sinks = nullptr) {
   TORCH_CHECK(q.dim() == 3 && k.dim() == 3 && v.sizes() == k.sizes() && q.size(2) == kv::head_size(k) &&
                   q.size(1) % k.size(0) == 0 && block >= 1 && start >= 0 && start <= pos,
               "prompt_attention: q [t, nq, d], k and v [nkv, cap, width] (kv_cache.h)");
@@ -385,7 +412,7 @@ inline at::Tensor prompt_attention_to(const at::Tensor& q, const at::Tensor& k, 
     const int64_t lo = window > 0 ? std::max<int64_t>(0, pos + b0 - window + 1 - start) : 0, hi = pos + b1 - start;
     const at::Tensor qs = qb.narrow(1, b0 * group, (b1 - b0) * group);
     const at::Tensor p = masked_softmax(at::bmm(qs, kb.narrow(1, lo, hi - lo).transpose(1, 2)), scale, pos + b0, group,
-                                        start + lo, window, cap);
+                                        start + lo, window, cap, sinks);
     at::Tensor dst = out.narrow(1, b0 * group, (b1 - b0) * group);
     if (dst.is_contiguous()) at::bmm_out(dst, p, vb.narrow(1, lo, hi - lo));  // one kv head: straight into place
     else dst.copy_(at::bmm(p, vb.narrow(1, lo, hi - lo)));

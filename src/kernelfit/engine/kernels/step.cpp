@@ -101,6 +101,17 @@ constexpr int64_t DOT_MAX_ROWS = 12;  // lean_lm.py's: calls of up to 12 rows ta
 // DOT_MAX_ROWS rows, the dot products (what decode steps give).
 constexpr int64_t EXPERT_DOT_ROWS_AMX = 5;
 constexpr int64_t PROMPT_BLOCK = 128;  // lean_lm.py's: a prompt's attention in blocks of 128 queries
+// gpt-oss's tensors in a layer's norms (native.py native_args): the attention output's bias [hidden], the sinks [nq],
+// the router's bias [experts], and the experts' gate, up and down biases [experts, rows] (absent: empty)
+constexpr size_t O_BIAS = 13, SINKS = 14, ROUTER_BIAS = 15, EXPERT_BIASES = 16;
+
+// the attention sinks of the kernels' bindings: float32 [heads] or undefined/empty (none)
+const float* sink_ptr(const Tensor& sinks, int64_t heads) {
+  if (!sinks.defined() || !sinks.numel()) return nullptr;
+  TORCH_CHECK(sinks.scalar_type() == at::kFloat && sinks.is_contiguous() && sinks.numel() == heads,
+              "sinks: float32, one a query head");
+  return sinks.data_ptr<float>();
+}
 
 }  // namespace
 
@@ -110,7 +121,8 @@ constexpr int64_t PROMPT_BLOCK = 128;  // lean_lm.py's: a prompt's attention in 
 // run: x float32 [1, hidden] (the token's embedding, already scaled) -> float32 logits [1, vocab].
 // Per layer li, in order: its QKV products (n_qkv[li] of them), O, gate/up parts (n_gu[li]), down.
 // norms[li]: {attn_norm, ffn_norm, qkv_bias, q_norm, k_norm, post_attn_norm, post_ffn_norm, shared_expert_gate,
-// conv taps, ssm_a, ssm_dt bias, ssm_norm} (empty = absent). A short-convolution layer (LAYER_CONV) has one "QKV"
+// conv taps, ssm_a, ssm_dt bias, ssm_norm, expert selection bias, o bias, sinks, router bias, expert gate, up and
+// down biases} (empty = absent). A short-convolution layer (LAYER_CONV) has one "QKV"
 // product, its in_proj, and O is its out_proj; a Gated DeltaNet layer (LAYER_DELTA) its qkv, gate (z), beta and alpha
 // products, and O its ssm_out. The KV cache holds the attention layers only (slot kl: the layer's rank among them), and
 // `state` a sequence's recurrent layers' states, float32, one after another (state_offsets), empty without them.
@@ -137,6 +149,17 @@ struct Step {
   bool norm_topk = false;
   int64_t lin_nk = 0, lin_dk = 0;  // Gated DeltaNet: key heads and their size (value heads: ssm_a, size: ssm_norm)
   bool sigmoid_router = false;  // experts weighed by sigmoid, not softmax (LFM2-MoE; norms[li][12]: selection bias)
+  double act_alpha = 1, act_limit = 0;  // the experts' activation: gpt-oss's clamped SwiGLU where act_limit > 0
+
+  // layer li's tensor in norms slot i as floats, or null where the layer has none
+  const float* slot(int64_t li, size_t i) const {
+    return norms[li].size() > i && norms[li][i].numel() ? norms[li][i].data_ptr<float>() : nullptr;
+  }
+
+  // y + layer li's bias in slot i (a row vector) where it has one, float32; y itself otherwise
+  Tensor biased(const Tensor& y, int64_t li, size_t i) const {
+    return slot(li, i) ? y.to(at::kFloat) + norms[li][i] : y;
+  }
 
   // How an MoE layer's products pick their kernel: by their rows (a local prompt: the exact dot products up to
   // DOT_MAX_ROWS, the panels past it); the server's prompts (a row's answer must not depend on how the prompt was
@@ -176,7 +199,9 @@ struct Step {
     const float* rw = routers[li].data_ptr<float>();
     for (int64_t r = 0; r < t; ++r) {
       const float* x = h.data_ptr<float>() + r * hidden;
-      for (int64_t e = 0; e < experts; ++e) p[e] = decode::dot16(x, rw + e * hidden, hidden);
+      const float* logit_bias = slot(li, ROUTER_BIAS);  // gpt-oss
+      for (int64_t e = 0; e < experts; ++e)
+        p[e] = decode::dot16(x, rw + e * hidden, hidden) + (logit_bias ? logit_bias[e] : 0.f);
       float sum = 1;
       if (sigmoid_router) {  // LFM2-MoE: each expert's sigmoid, chosen by it plus the layer's selection bias
         for (int64_t e = 0; e < experts; ++e) p[e] = 1.f / (1.f + std::exp(-p[e]));
@@ -208,9 +233,7 @@ struct Step {
           if (chosen[r * top_k + j] == e) rows.push_back(r), weights.push_back(top[r * top_k + j]);
       if (rows.empty()) continue;
       const Tensor ids = at::tensor(rows, at::kLong), xe = h.index_select(0, ids).contiguous();
-      const Tensor gu = at::cat({expert_product(xe, w, idx, e, expert_ffn, dot_rows),
-                                 expert_product(xe, w, idx + 1, e, expert_ffn, dot_rows)}, 1);
-      const Tensor y = expert_product(rows::gated(gu, expert_ffn, false), w, idx + 2, e, hidden, dot_rows);
+      const Tensor y = expert_ffn_rows(xe, w, li, idx, e, dot_rows);
       out.index_add_(0, ids, y * at::tensor(weights, h.options()).unsqueeze(1));
     }
     if (has_shared(li)) {  // Qwen2-MoE: the shared expert's SwiGLU on every row, scaled by sigmoid(h . gate)
@@ -223,6 +246,17 @@ struct Step {
       out.add_(y * at::tensor(gate, h.options()).unsqueeze(1));
     }
     return out;
+  }
+
+  // expert e's feed-forward over its rows xe [r, hidden] (MoE layer li, products idx..idx + 2: gate, up, down), with
+  // the expert's biases where the layer has them (gpt-oss) -> float32 [r, hidden]
+  Tensor expert_ffn_rows(const Tensor& xe, const Weights& w, int64_t li, int64_t idx, int64_t e, int64_t dot_rows) const {
+    Tensor g = expert_product(xe, w, idx, e, expert_ffn, dot_rows), u = expert_product(xe, w, idx + 1, e, expert_ffn, dot_rows);
+    const bool bias = slot(li, EXPERT_BIASES) != nullptr;
+    if (bias) g = g.to(at::kFloat) + norms[li][EXPERT_BIASES][e], u = u.to(at::kFloat) + norms[li][EXPERT_BIASES + 1][e];
+    const Tensor act = rows::gated_to(at::cat({g, u}, 1), expert_ffn, false, false, float(act_alpha), float(act_limit));
+    const Tensor y = expert_product(act, w, idx + 2, e, hidden(), dot_rows);
+    return bias ? y.to(at::kFloat) + norms[li][EXPERT_BIASES + 2][e] : y;
   }
 
   // whether MoE layer li has a shared expert (norms[li][7]: its gate's weights), and the products the layer takes:
@@ -353,9 +387,9 @@ struct Step {
         const float* cs = rope.data_ptr<float>() + pos * d;  // [cap, d/2, 2]
         position_heads(attention_row(qkv.data_ptr<float>(), li, row), nm, cs, li, kl, pos, q.data(), cache);
         attend(q.data(), cache, kl++, nq, nkv, d, window_start(slide, pos), pos + 1, scaling, att.data(), scores,
-               attn_cap);
+               attn_cap, slot(li, SINKS));
         auto o = product(gate_output(torch::from_blob(att.data(), {1, nq * d}, x.options()), li, qkv, 0), w, idx);
-        rows::residual_add(x, o, nm[5], eps, residual_scale);
+        rows::residual_add(x, biased(o, li, O_BIAS), nm[5], eps, residual_scale);
       }
       idx += 1;
       if (routers[li].numel()) {
@@ -524,7 +558,7 @@ struct Step {
           const int64_t p = pos + t - 1;
           last_att.resize(nq * d);
           attend(qp + (t - 1) * nq * d, cache, kl, nq, nkv, d, window_start(slide, p), p + 1, scaling,
-                 last_att.data(), scores, attn_cap);
+                 last_att.data(), scores, attn_cap, slot(li, SINKS));
           att = torch::from_blob(last_att.data(), {1, nq * d}, x.options());
           x = x.narrow(0, t - 1, 1);
         } else if (few_rows(t, panel_rows)) {
@@ -534,17 +568,18 @@ struct Step {
           att = at::empty({t, nq * d}, x.options());
           for (int64_t r = 0; r < t; ++r)
             attend(qp + r * nq * d, cache, kl, nq, nkv, d, window_start(slide, pos + r), pos + r + 1, scaling,
-                   att.data_ptr<float>() + r * nq * d, scores, attn_cap);
+                   att.data_ptr<float>() + r * nq * d, scores, attn_cap, slot(li, SINKS));
         } else {
           att = panel::prompt_attention(q, k_cache.select(0, kl).select(0, 0), v_cache.select(0, kl).select(0, 0),
                                         pos, window_start(slide, pos), slide ? window : 0, scaling, PROMPT_BLOCK, bf,
-                                        attn_cap);
+                                        attn_cap, slot(li, SINKS));
         }
         if (gated(li)) {
           att = gate_output(att, li, qkv, att.size(0) == t ? 0 : t - 1);
           if (bf16_inputs(att.size(0), int8, panel_rows)) att = att.to(at::kBFloat16);
         }
-        rows::residual_add(x, rows_products(att, w, idx, 1, int8, panel_rows), nm[5], eps, residual_scale);
+        rows::residual_add(x, biased(rows_products(att, w, idx, 1, int8, panel_rows), li, O_BIAS), nm[5], eps,
+                           residual_scale);
         ++kl;
       }
       idx += 1;
@@ -615,8 +650,9 @@ struct Step {
                          rope.data_ptr<float>() + pos[r] * d, li, kl, pos[r], q.data() + r * nq * d, caches[seq[r]]);
         for (int64_t r = 0; r < t; ++r)
           attend(q.data() + r * nq * d, caches[seq[r]], kl, nq, nkv, d, window_start(slide, pos[r]), pos[r] + 1,
-                 scaling, att.data_ptr<float>() + r * nq * d, scores, attn_cap);
-        rows::residual_add(x, products(gate_output(att, li, qkv, 0), w, idx, 1), nm[5], eps, residual_scale);
+                 scaling, att.data_ptr<float>() + r * nq * d, scores, attn_cap, slot(li, SINKS));
+        rows::residual_add(x, biased(products(gate_output(att, li, qkv, 0), w, idx, 1), li, O_BIAS), nm[5], eps,
+                           residual_scale);
         ++kl;
       }
       idx += 1;
@@ -645,7 +681,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
                           std::vector<std::vector<Tensor>>, std::vector<int64_t>, Tensor, int64_t, Tensor, Tensor,
                           Tensor, int64_t, int64_t, int64_t, int64_t, int64_t, double, double, int64_t, bool,
                           int64_t, double, double, double, double, std::vector<Tensor>, int64_t, int64_t, bool,
-                          int64_t, int64_t, bool>())
+                          int64_t, int64_t, bool, double, double>())
       // the GIL is released while a step or a prompt runs: `kernelfit serve`'s event loop keeps answering meanwhile
       .def("run", &Step::run, "one decode step", pybind11::call_guard<pybind11::gil_scoped_release>())
       .def("prefill", &Step::prefill, "a prompt's forward", pybind11::call_guard<pybind11::gil_scoped_release>())
@@ -662,22 +698,29 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         pybind11::arg("x"), pybind11::arg("y"), pybind11::arg("post"), pybind11::arg("eps"),
         pybind11::arg("scale") = 1.0);
   m.def("gated", &rows::gated, "gelu-tanh or silu of the gate times up");
-  m.def("masked_softmax", &rows::masked_softmax, "a prompt's attention weights from bf16 scores, masked by position",
+  m.def("masked_softmax", [](const Tensor& scores, double scale, int64_t q0, int64_t per, int64_t key0, int64_t window,
+                             double cap) { return rows::masked_softmax(scores, scale, q0, per, key0, window, cap); },
+        "a prompt's attention weights from bf16 scores, masked by position",
         pybind11::arg("scores"), pybind11::arg("scale"), pybind11::arg("q0"), pybind11::arg("per"),
         pybind11::arg("key0"), pybind11::arg("window"), pybind11::arg("cap") = 0.0);
   m.def("prompt_attention", [](const Tensor& q, const Tensor& k, const Tensor& v, int64_t pos, int64_t start,
-                               int64_t window, double scale, int64_t block, double cap) {
-    return panel::prompt_attention(q, k, v, pos, start, window, scale, block, false, cap);
+                               int64_t window, double scale, int64_t block, double cap, const Tensor& sinks) {
+    return panel::prompt_attention(q, k, v, pos, start, window, scale, block, false, cap, sink_ptr(sinks, q.size(1)));
   }, "a prompt's attention for one layer: bf16 panels where built, else oneDNN in query blocks",
         pybind11::arg("q"), pybind11::arg("k"), pybind11::arg("v"), pybind11::arg("pos"), pybind11::arg("start"),
-        pybind11::arg("window"), pybind11::arg("scale"), pybind11::arg("block"), pybind11::arg("cap") = 0.0);
-  m.def("blocked_attention", &rows::prompt_attention, "a prompt's attention for one layer, oneDNN in query blocks",
+        pybind11::arg("window"), pybind11::arg("scale"), pybind11::arg("block"), pybind11::arg("cap") = 0.0,
+        pybind11::arg("sinks") = Tensor());
+  m.def("blocked_attention", [](const Tensor& q, const Tensor& k, const Tensor& v, int64_t pos, int64_t start,
+                                int64_t window, double scale, int64_t block, double cap, const Tensor& sinks) {
+    return rows::prompt_attention_to(q, k, v, pos, start, window, scale, block, false, cap, sink_ptr(sinks, q.size(1)));
+  }, "a prompt's attention for one layer, oneDNN in query blocks",
         pybind11::arg("q"), pybind11::arg("k"), pybind11::arg("v"), pybind11::arg("pos"), pybind11::arg("start"),
-        pybind11::arg("window"), pybind11::arg("scale"), pybind11::arg("block"), pybind11::arg("cap") = 0.0);
+        pybind11::arg("window"), pybind11::arg("scale"), pybind11::arg("block"), pybind11::arg("cap") = 0.0,
+        pybind11::arg("sinks") = Tensor());
   m.def("kv_rows", &kv::from_float, "float32 rows [..., d] as KV cache rows of a kind (0 f32, 1 f16, 2 q8_0)");
   m.def("kv_float", &kv::to_float, "KV cache rows [..., width] as float32 [..., d]");
   m.def("decode_attention", [](const Tensor& q, const Tensor& k, const Tensor& v, int64_t li, int64_t start,
-                               int64_t end, double scale, double cap) {
+                               int64_t end, double scale, double cap, const Tensor& sinks) {
     // one query's attention over layer li of a cache pair [layers, 1, nkv, positions, width], as the steps run it
     const Tensor qc = q.to(at::kFloat).contiguous();
     const int64_t nq = qc.size(0), d = qc.size(1);
@@ -688,9 +731,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     Tensor out = at::empty({nq, d}, qc.options());
     std::vector<float> scores;
     decode::attend(qc.data_ptr<float>(), c, li, nq, k.size(2), d, start, end, scale, out.data_ptr<float>(), scores,
-                   cap);
+                   cap, sink_ptr(sinks, nq));
     return out;
-  }, "one query's attention over a KV cache (decode_attention.h)");
+  }, "one query's attention over a KV cache (decode_attention.h)", pybind11::arg("q"), pybind11::arg("k"),
+        pybind11::arg("v"), pybind11::arg("li"), pybind11::arg("start"), pybind11::arg("end"), pybind11::arg("scale"),
+        pybind11::arg("cap") = 0.0, pybind11::arg("sinks") = Tensor());
   // load-time repacking, called from the reader's threads: the GIL released, no ATen op inside
   m.def("tile_codes", &repack::tile_codes, "codes [n, k] into a dot weight's tiles from tile0 (repack_kernels.h)",
         pybind11::call_guard<pybind11::gil_scoped_release>());
