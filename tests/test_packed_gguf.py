@@ -856,3 +856,30 @@ def test_moe_server_prompts_in_chunks_write_one_prefills_bits(tmp_path, arch):
         last = forward(b, ids[start:end], start, cache=parts, panel_rows=True)
     assert torch.equal(whole, last)
     assert all(torch.equal(x, y) for x, y in zip((one.k, one.v), (parts.k, parts.v)))
+
+
+@needs_dot
+def test_mxfp4_keeps_the_file_s_exponent_bytes():
+    """MXFP4's scales stay the file's e8m0 bytes: the packed weight is the file's 17 bytes a 32 weights (float32
+    scales made it 1.18x), its products, rows and panels equal those of float32 scales of the same values, and both
+    decode as gguf-py does."""
+    from kernelfit.catalog.packed_kernels import PACKED_BYTES_PER_VALUE
+
+    rows, cols = 24, 512
+    raw = _random_blocks("MXFP4", rows, cols, np.random.default_rng(7))
+    g = gb.dot_groups(raw, "MXFP4", rows, cols)
+    w = DotWeight.from_groups(g)
+    wf = DotWeight.from_groups(gb.DotGroups(g.codes, gb.e8m0_half(g.scale), g.mins, g.bits, g.group, grid=g.grid))
+    assert w.scale.dtype == torch.uint8 and w.nbytes() == raw.nbytes == rows * cols * PACKED_BYTES_PER_VALUE["MXFP4"]
+    assert wf.nbytes() / raw.nbytes == pytest.approx(5 / 4.25)
+    x = torch.randn(3, cols)
+    assert torch.equal(w.mm(x), wf.mm(x))
+    ref = torch.from_numpy(quants.dequantize(raw, GGMLQuantizationType.MXFP4))
+    assert torch.equal(w.dequantize(), ref) and torch.equal(wf.dequantize(), ref)
+    from kernelfit.engine.native import native_module
+
+    m = native_module()
+    if m.panel_available():
+        xs = torch.randn(40, cols).to(torch.bfloat16)
+        assert torch.equal(m.panel_gemm_parts(xs, [w.codes], [w.scale], [w.mins], [w.format], [rows]),
+                           m.panel_gemm_parts(xs, [wf.codes], [wf.scale], [wf.mins], [wf.format], [rows]))

@@ -56,13 +56,13 @@ FAST_ISA = ("avx512_bf16", "avx512f", "avx2")
 # file's 4.5 (float32 scales per group made it 6: 1.33x the file's bytes a token); Q6_K's codes keep their 6 bits
 # (8-bit codes made its 6.56 bits 8.56). Q2_K/Q3_K keep float32 per 16. IQ4_NL / IQ4_XS / MXFP4: their 4-bit codes
 # (looked up in the type's grid), IQ4_NL's float16 scale per 32, IQ4_XS's two levels (4.28 bits, the file's 4.25),
-# MXFP4's power of two as a float32 per 32 (5 bits against the file's 4.25).
+# MXFP4's exponent byte per 32 as stored (4.25 bits; a float32 per 32 made them 5).
 # torch's layouts (no compiler) are int4 + bf16 scale/zero (Q4_K 5 bits) and int8 per row.
 TWO_LEVEL = 2 / 256  # a float16 per superblock of 256
 PACKED_BYTES_PER_VALUE = {"Q4_0": 0.5 + 2 / 32, "Q4_1": 0.5 + 4 / 32, "Q4_K": 0.5 + 2 * (1 / 32 + TWO_LEVEL),
                           "Q5_0": 1 + 2 / 32, "Q5_1": 1 + 4 / 32, "Q8_0": 1 + 2 / 32, "Q6_K": 0.75 + 1 / 16 + TWO_LEVEL,
                           "Q2_K": 0.5 + 8 / 16, "Q3_K": 0.5 + 4 / 16, "Q5_K": 1 + 2 * (1 / 32 + TWO_LEVEL),
-                          "IQ4_NL": 0.5 + 2 / 32, "IQ4_XS": 0.5 + 1 / 32 + TWO_LEVEL, "MXFP4": 0.5 + 4 / 32,
+                          "IQ4_NL": 0.5 + 2 / 32, "IQ4_XS": 0.5 + 1 / 32 + TWO_LEVEL, "MXFP4": 0.5 + 1 / 32,
                           "F32": 4.0, "F16": 2.0, "BF16": 2.0}
 
 

@@ -114,7 +114,8 @@ def _huge_region(nbytes: int) -> torch.Tensor:
 @dataclass(eq=False)
 class DotWeight(PackedWeight):
     codes: torch.Tensor  # uint8 [N/8, K*bits]
-    scale: torch.Tensor  # float16 / float32 [N/8, K/G, 8], or a K-quant's two levels: uint8/int8 [N/8, bytes]
+    scale: torch.Tensor  # float16 / float32 [N/8, K/G, 8] (MXFP4: its exponent bytes, uint8), or a K-quant's two
+    # levels: uint8/int8 [N/8, bytes]
     mins: torch.Tensor  # as scale, or a 0-d float32 factor of the scales (symmetric types)
     bits: int  # a code's bits: 4, 6 or 8
     out_features: int
@@ -135,7 +136,7 @@ class DotWeight(PackedWeight):
 
     @property
     def two_level(self) -> bool:
-        return self.scale.dtype in (torch.uint8, torch.int8)
+        return self.scale.dtype in (torch.uint8, torch.int8) and self.scale.dim() == 2
 
     @classmethod
     def from_groups(cls, g: DotGroups) -> "DotWeight":
@@ -151,12 +152,13 @@ class DotWeight(PackedWeight):
         groups' scale dtype — uint8 / int8 are a K-quant's integer sub-scales (two levels, dot_kernels.h)."""
         t = -(-rows // TILE)
         arena = arena or HugeArena()
-        if np.dtype(dtype) in (np.dtype(np.uint8), np.dtype(np.int8)):
+        if np.dtype(dtype) in (np.dtype(np.uint8), np.dtype(np.int8)) and grid != 2:
             shape = (t, cols // SUPER * SUPER_BYTES + cols // group * TILE)
             sdt, mdt = (torch.uint8 if np.dtype(dtype) == np.uint8 else torch.int8), torch.uint8
         else:
             shape = (t, cols // group, TILE)
-            sdt = mdt = torch.float16 if dtype == np.float16 else torch.float32
+            sdt = mdt = torch.float16 if dtype == np.float16 else \
+                torch.uint8 if np.dtype(dtype) == np.uint8 else torch.float32  # MXFP4: its exponent bytes
         # every tile is written whole by fill (the reader fills all of a weight's rows, padding rows as zeros)
         mins = torch.tensor(factor, dtype=torch.float32) if factor is not None else arena.empty(shape, mdt)
         return cls(arena.empty((t, cols * bits), torch.uint8), arena.empty(shape, sdt), mins, bits, rows, cols, group,

@@ -188,6 +188,8 @@ class DotGroups:
 
     def float_scales(self) -> tuple[np.ndarray, np.ndarray | float]:
         """(scale, mins) as float32 per group (the factor stays a number): what the kernels compute with."""
+        if self.grid == GRIDS["MXFP4"]:
+            return e8m0_half(self.scale), self.mins
         if self.super_scale is None:
             return self.scale.astype(np.float32), self.mins if isinstance(self.mins, float) else \
                 self.mins.astype(np.float32)
@@ -230,6 +232,13 @@ def _native_codes(decode, b: np.ndarray, rows: int, cols: int) -> np.ndarray:
     return codes
 
 
+def e8m0_half(e: np.ndarray) -> np.ndarray:
+    """MXFP4's exponent bytes as float32 scales of the doubled grid (ggml_e8m0_to_fp32_half: 2^(e - 128), denormal
+    below e = 2; kernels/dot_kernels.h e8m0_half)."""
+    e = e.astype(np.uint32)
+    return np.where(e < 2, np.uint32(0x00200000) << e, (e - 1) << np.uint32(23)).view(np.float32)
+
+
 def _grid_groups(b: np.ndarray, qtype: str, rows: int, cols: int) -> DotGroups:
     """IQ4_NL (a float16 d and 16 bytes of nibbles a 32), MXFP4 (an e8m0 exponent and 16 bytes a 32) and IQ4_XS (a
     float16 d, 6-bit sub-scales a 32, 128 bytes of nibbles a 256) as grid codes: gguf-py quants.py's layouts, each 32
@@ -238,11 +247,9 @@ def _grid_groups(b: np.ndarray, qtype: str, rows: int, cols: int) -> DotGroups:
         codes = _nibbles32(b[:, 2:18]).reshape(rows, cols)
         return DotGroups(codes, _scales(_f16(b[:, 0:2])[:, 0], exact_f16=True)[0].reshape(rows, -1), -128.0, 4, QK,
                          grid=1)
-    if qtype == "MXFP4":
-        e = b[:, 0].astype(np.uint32)  # ggml_e8m0_to_fp32_half: 2^(e - 128), denormal below e = 2
-        half = np.where(e < 2, np.uint32(0x00200000) << e, (e - 1) << np.uint32(23)).view(np.float32)
+    if qtype == "MXFP4":  # the scales stay the file's exponent bytes (e8m0_half: what they mean)
         codes = _nibbles32(b[:, 1:17]).reshape(rows, cols)
-        return DotGroups(codes, half.reshape(rows, -1), -128.0, 4, QK, grid=2)
+        return DotGroups(codes, np.ascontiguousarray(b[:, 0]).reshape(rows, -1), -128.0, 4, QK, grid=2)
     scales_h = np.ascontiguousarray(b[:, 2:4]).view(np.uint16)  # IQ4_XS
     low = (b[:, 4:8, None] >> np.array([0, 4], dtype=np.uint8)).reshape(-1, 8) & 0x0F
     high = (scales_h >> (2 * np.arange(8, dtype=np.uint16))).astype(np.uint8) & 0x03
