@@ -709,14 +709,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   }, "a prompt's attention for one layer: bf16 panels where built, else oneDNN in query blocks",
         pybind11::arg("q"), pybind11::arg("k"), pybind11::arg("v"), pybind11::arg("pos"), pybind11::arg("start"),
         pybind11::arg("window"), pybind11::arg("scale"), pybind11::arg("block"), pybind11::arg("cap") = 0.0,
-        pybind11::arg("sinks") = Tensor());
+        pybind11::arg("sinks") = at::empty({0}));
   m.def("blocked_attention", [](const Tensor& q, const Tensor& k, const Tensor& v, int64_t pos, int64_t start,
                                 int64_t window, double scale, int64_t block, double cap, const Tensor& sinks) {
     return rows::prompt_attention_to(q, k, v, pos, start, window, scale, block, false, cap, sink_ptr(sinks, q.size(1)));
   }, "a prompt's attention for one layer, oneDNN in query blocks",
         pybind11::arg("q"), pybind11::arg("k"), pybind11::arg("v"), pybind11::arg("pos"), pybind11::arg("start"),
         pybind11::arg("window"), pybind11::arg("scale"), pybind11::arg("block"), pybind11::arg("cap") = 0.0,
-        pybind11::arg("sinks") = Tensor());
+        pybind11::arg("sinks") = at::empty({0}));
   m.def("kv_rows", &kv::from_float, "float32 rows [..., d] as KV cache rows of a kind (0 f32, 1 f16, 2 q8_0)");
   m.def("kv_float", &kv::to_float, "KV cache rows [..., width] as float32 [..., d]");
   m.def("decode_attention", [](const Tensor& q, const Tensor& k, const Tensor& v, int64_t li, int64_t start,
@@ -735,7 +735,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     return out;
   }, "one query's attention over a KV cache (decode_attention.h)", pybind11::arg("q"), pybind11::arg("k"),
         pybind11::arg("v"), pybind11::arg("li"), pybind11::arg("start"), pybind11::arg("end"), pybind11::arg("scale"),
-        pybind11::arg("cap") = 0.0, pybind11::arg("sinks") = Tensor());
+        pybind11::arg("cap") = 0.0, pybind11::arg("sinks") = at::empty({0}));
   // load-time repacking, called from the reader's threads: the GIL released, no ATen op inside
   m.def("tile_codes", &repack::tile_codes, "codes [n, k] into a dot weight's tiles from tile0 (repack_kernels.h)",
         pybind11::call_guard<pybind11::gil_scoped_release>());
