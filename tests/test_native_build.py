@@ -189,3 +189,35 @@ def test_the_temp_fallback_is_created_private_and_a_link_is_refused(tmp_path, mo
     root.symlink_to(target)
     with pytest.raises(UsageError, match="symbolic link"):
         paths.writable_cache_root()
+
+
+@pytest.mark.parametrize("relinked", [False, True])
+def test_compiled_is_said_only_when_the_library_was_built(tmp_path, monkeypatch, capsys, relinked):
+    """A cached build whose load takes over 5 s (a busy machine) is not reported as compiled — it was, and then the
+    killed-build test's "built once" check failed at random in the suite; a relinked library is."""
+    import itertools
+    import json
+    import types
+
+    import torch.utils.cpp_extension as cpp
+
+    from kernelfit.engine import native
+
+    build = tmp_path / "torch-extensions" / "lean_step-test"
+    build.mkdir(parents=True, mode=0o700)
+    lib = build / "k.so"
+    lib.write_bytes(b"a library")
+    (build / native.MANIFEST).write_text(json.dumps({"library": lib.name, "sha256": native._digest(lib)}))
+
+    def load(**kwargs):
+        if relinked:
+            lib.write_bytes(b"a library")
+            os.utime(lib, ns=(lib.stat().st_atime_ns, lib.stat().st_mtime_ns + 10**9))
+        return types.SimpleNamespace(__file__=str(lib))
+
+    monkeypatch.setattr(cpp, "load", load)
+    clock = itertools.count(0.0, 10.0)  # every reading 10 s after the last: a slow load
+    monkeypatch.setattr(time, "monotonic", lambda: next(clock))
+    native._build(build, [])
+    said = "compiled the CPU kernels" in capsys.readouterr().err
+    assert said == relinked
