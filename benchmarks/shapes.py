@@ -283,7 +283,8 @@ def main() -> int:
                     llamacpp.python_worker(k, path, a.threads, a.depth)
                 runs[(m, k)].append(res)
                 print(f"round {r + 1}: {m:<22} {k:<17} prefill {res['prefill']:7.1f} tok/s  decode "
-                      f"{res['decode']:6.1f} tok/s  peak RSS {res['peak_rss_mib']:7.1f} MiB", flush=True)
+                      f"{res['decode']:6.1f} tok/s  peak RSS {res['peak_rss_mib']:7.1f} MiB  load "
+                      f"{res.get('load_s', 0):5.1f} s", flush=True)
     bandwidth = statistics.median(bw)
     depth = f", after {a.depth} cached tokens (plain decode steps)" if a.depth else ""
     print(f"\n{a.rounds} interleaved rounds, {a.threads} threads, medians; read bandwidth {bandwidth:.1f} GB/s; "

@@ -16,6 +16,8 @@ DATA = Path(__file__).parent / "data"
 # Tests never read or write the user's autotune cache (a measured winner would change the plans
 # they assert on); subprocesses inherit this. The GGUF conversion cache stays shared: it is slow.
 os.environ["KERNELFIT_TUNE_CACHE"] = str(Path(tempfile.mkdtemp(prefix="kernelfit-tune-")) / "tune.json")
+# the packed tiles of the suite's many temporary GGUF files: a folder of the run's own (engine/tile_cache.py)
+os.environ["KERNELFIT_TILE_CACHE_DIR"] = tempfile.mkdtemp(prefix="kernelfit-tiles-")
 CONFIGS = sorted((DATA / "model-configs").glob("*.json"))
 
 # Published parameter counts (shared/model-configs/README.md), in billions.
@@ -80,3 +82,10 @@ def run_json(*args: str) -> dict:
     r = run_cli(*args, "--json")
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """The run's tile cache (above) removed with it."""
+    import shutil
+
+    shutil.rmtree(os.environ["KERNELFIT_TILE_CACHE_DIR"], ignore_errors=True)

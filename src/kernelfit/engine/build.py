@@ -24,6 +24,7 @@ from . import glibc
 from .gguf.blocks import FLOAT_TYPES
 from .recipe import FFN_NORM_NAMED_POST_ATTENTION, LayerKind, Recipe, RouterKind, recipe_from_config, recipe_from_gguf
 from .gguf.reader import Conversion, GgufTensors, interleave_order, linear, regridded
+from .tile_cache import FileArena, TileCacheMismatch, open_arena
 from .safetensors.reader import SafetensorsTensors
 from .kv_cache import KvCache
 from .recurrent import State, check_position
@@ -69,7 +70,15 @@ def build_lean(path: str | Path, prefill_dense: bool = False, progress=None, pre
     "Q8_0": a safetensors checkpoint's weights re-quantized at load (--quantization q8_0). kv_cache: the KV cache's
     element kind (catalog/kv_cache.py; Q8_0 rows are read by the C++ kernels only); "auto": float16 where the C++
     step runs, float32 on the TorchScript fallback (SmolLM2's answer to the bundled question turned on float16 keys
-    there: its bf16 int4 products leave the top two within rounding)."""
+    there: its bf16 int4 products leave the top two within rounding). A GGUF file's tiles are mapped from the user's
+    tile cache where an earlier load left them (engine/tile_cache.py), else built into it."""
+    try:
+        return _build_lean(path, prefill_dense, progress, prefill_int8, requant, kv_cache, cached=True)
+    except TileCacheMismatch:  # removed; never expected (the key holds the layout's code): build it again
+        return _build_lean(path, prefill_dense, progress, prefill_int8, requant, kv_cache, cached=False)
+
+
+def _build_lean(path, prefill_dense, progress, prefill_int8, requant, kv_cache, cached: bool) -> LeanBuild:
     t0 = time.perf_counter()
     map_large_allocations()
     exact = dot_available()
@@ -88,8 +97,11 @@ def build_lean(path: str | Path, prefill_dense: bool = False, progress=None, pre
     if why_kv:
         raise UsageError(why_kv)
     int8 = prefill_int8 and exact and gemm_available()
+    if cached and exact and isinstance(t, GgufTensors):
+        t.arena = open_arena(Path(path))
+    replay = getattr(t.arena, "replay", False)
     if progress is not None:
-        progress(f"packing {Path(path).name} for the CPU ({cfg.layers} layers)")
+        progress(f"{'mapping' if replay else 'packing'} {Path(path).name} for the CPU ({cfg.layers} layers)")
     rot = cfg.rotary.dims  # a partial rotary: only the first rot dimensions of a head are paired
     q_order = interleave_order(cfg.heads * cfg.head_dim, cfg.head_dim, rot) if interleave else None
     k_order = interleave_order(cfg.kv_heads * cfg.head_dim, cfg.head_dim, rot) if interleave else None
@@ -205,6 +217,13 @@ def build_lean(path: str | Path, prefill_dense: bool = False, progress=None, pre
     if kv_cache == "q8_0" and not native.prefill_ok:  # a product the C++ kernels do not run (a fused float one)
         raise UsageError(f"--kv-cache q8_0 is read by kernelfit's C++ kernels, which do not run every call for this "
                          f"model here ({native_status()}); use --kv-cache {DEFAULT_KV_CACHE}")
+    if isinstance(t.arena, FileArena):  # the tiles as built (or mapped): the cache written, or its record restored
+        if replay:
+            t.arena.finish_replay()
+            t.conversions = [Conversion(**c) for c in t.arena.index["conversions"]]
+            t.problems = list(t.arena.index["problems"])
+        else:
+            t.arena.commit(t.conversions, t.problems)
     del packed, blocks, model, embed, head
     release_free_memory()
     return LeanBuild(cfg, runner, t.conversions, nbytes, time.perf_counter() - t0, native, t.problems,

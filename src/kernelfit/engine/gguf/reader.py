@@ -162,7 +162,10 @@ def dense(t: GgufTensors, name: str, order: np.ndarray | None = None, f16: bool 
     rows, cols = t.shape(name)
     qtype = t.qtype(name)
     as_stored = qtype == "BF16" or (f16 and qtype == "F16")
-    out = t.arena.zeros((rows, cols), torch.float16 if as_stored and qtype == "F16" else torch.bfloat16)
+    dtype = torch.float16 if as_stored and qtype == "F16" else torch.bfloat16
+    if getattr(t.arena, "replay", False):  # its rows are already in the mapped cache (engine/tile_cache.py)
+        return DenseWeight(t.arena.empty((rows, cols), dtype), rows, cols)
+    out = t.arena.zeros((rows, cols), dtype)
     dst = out.view(torch.int16).numpy()
     err2 = norm2 = 0.0
     for start in range(0, rows, CHUNK_ROWS):
@@ -240,6 +243,9 @@ def dot(t: GgufTensors, names: list[str], orders: dict) -> list[PackedWeight]:
         bits, group, dtype, mins, grid = layouts[part[0]]
         factor = mins if isinstance(mins, float) else None
         w = DotWeight.empty(rows, cols, bits, group, np.dtype(dtype), factor, t.arena, grid=grid)
+        out.append(w)
+        if getattr(t.arena, "replay", False):  # its tiles are already in the mapped cache (engine/tile_cache.py)
+            continue
         tile0 = 0
         for n in part:
             n_rows = t.shape(n)[0]
@@ -262,7 +268,6 @@ def dot(t: GgufTensors, names: list[str], orders: dict) -> list[PackedWeight]:
                 t.problems.append(f"{n}: non-finite block scales in the file")
             t.conversions.append(t.conversion(n, bits, grid))
             t.release(n)
-        out.append(w)
     return out
 
 

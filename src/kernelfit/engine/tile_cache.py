@@ -1,0 +1,204 @@
+"""A GGUF file's packed weights kept in a file of the user's cache, mapped on later loads instead of built again.
+
+Why: the dot products read a file's blocks re-laid into tiles (same bytes, another order: kernels/code_formats.h),
+and building them costs the fresh memory they are written into — on this project's VMs the first touch of new
+memory ran at ~2.9 s a GiB (anonymous huge pages and new page-cache pages alike), so a 0.94 GiB Qwen2.5-1.5B file
+loaded in ~4.5 s. llama.cpp maps the file and pays nothing where its pages are already in the page cache. The tiles
+are built once into a file here (its pages are the arena the weights are carved from: no second copy), and a later
+load maps that file: its pages come from the page cache, no rebuild. Decode reads mapped tiles at the speed of
+tiles on anonymous huge pages (a 150 MB Q4_K product: 23.5 GB/s either way, measured).
+
+The cache is keyed by the GGUF file (resolved path, size, mtime, inode) and by the code that lays the tiles out (the
+reader, the block decoders, the tile formats), kept in a private folder (paths.private_dir: never another user's),
+written to a temporary name and renamed into place with its index last, so a killed build leaves nothing that maps.
+A cache file whose size is not its index's is removed, never mapped (a short file would end in SIGBUS). One cache a
+source file: building a new one removes the others of that path. KERNELFIT_TILE_CACHE=0 turns it off; so does a disk
+without room for the tiles (the file's size, plus 10%, plus 1 GiB free); KERNELFIT_TILE_CACHE_DIR moves it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import mmap
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .weights import HugeArena
+
+FORMAT = 1  # the index's layout
+HEADROOM_BYTES = 1 << 30  # left free on the disk after the cache is written
+ALIGN = mmap.ALLOCATIONGRANULARITY  # a region's offset in the file: mmap's granularity
+# the code whose output the cache holds: a change to any of these builds the tiles again
+LAYOUT_SOURCES = ("weights.py", "gguf/blocks.py", "gguf/reader.py", "build.py", "recipe.py", "kernels/code_formats.h",
+                  "kernels/repack_kernels.h")
+
+
+class TileCacheMismatch(Exception):
+    """A replay asked for other regions than the cache recorded (the cache is removed; build_lean builds afresh)."""
+
+
+def enabled() -> bool:
+    return os.environ.get("KERNELFIT_TILE_CACHE", "1") != "0"
+
+
+def cache_dir() -> Path:
+    """The cache's private folder: KERNELFIT_TILE_CACHE_DIR, else `tiles` in kernelfit's cache."""
+    from ..paths import private_dir, writable_cache_root
+
+    chosen = os.environ.get("KERNELFIT_TILE_CACHE_DIR")
+    return private_dir(Path(chosen) if chosen else writable_cache_root() / "tiles")
+
+
+def cache_key(path: Path) -> str:
+    """The file's identity and the tile layout's code, hashed."""
+    st = path.stat()
+    h = hashlib.sha256(f"{FORMAT}|{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}|{torch.__version__}".encode())
+    here = Path(__file__).parent
+    for name in LAYOUT_SOURCES:
+        h.update((here / name).read_bytes())
+    return h.hexdigest()[:20]
+
+
+class FileArena(HugeArena):
+    """HugeArena's carving over regions of a file: writing (the first load: each region a shared mapping of a
+    growing temporary file) or replaying (a later load: the same sequence of regions, mapped copy-on-write from the
+    finished file, nothing to fill). The regions' sizes are recorded in order; a replay whose requests differ from
+    the record raises (the caller then builds without the cache)."""
+
+    def __init__(self, folder: Path, key: str, source: Path, index: dict | None = None):
+        super().__init__()
+        self.folder, self.key, self.source = folder, key, source
+        self.replay = index is not None
+        self.index = index
+        self.regions: list[int] = []
+        self.size = 0
+        if self.replay:
+            self.file = folder / f"{key}.tiles"
+            self.fd = os.open(self.file, os.O_RDONLY)
+        else:
+            self.file = folder / f".{key}.{os.getpid()}.tmp"
+            self.fd = os.open(self.file, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+
+    def _region(self, nbytes: int) -> torch.Tensor:
+        n = len(self.regions)
+        if self.replay:
+            sizes = self.index["regions"]
+            if n >= len(sizes) or sizes[n] != nbytes:
+                self.discard()
+                raise TileCacheMismatch(self.key)
+        offset = self.size
+        self.regions.append(nbytes)
+        self.size += -(-nbytes // ALIGN) * ALIGN
+        if not self.replay:
+            os.ftruncate(self.fd, self.size)
+        m = np.memmap(self.file, np.uint8, mode="c" if self.replay else "r+", offset=offset, shape=(nbytes,))
+        return torch.from_numpy(m)
+
+    def empty(self, shape: tuple, dtype: torch.dtype) -> torch.Tensor:
+        nbytes = int(np.prod(shape)) * torch.empty(0, dtype=dtype).element_size()
+        nbytes_aligned = -(-nbytes // 64) * 64
+        if nbytes_aligned > self.CHUNK // 4:  # large: a region of its own
+            return self._region(nbytes)[:nbytes].view(dtype).view(shape)
+        if self.buf is None or self.used + nbytes_aligned > len(self.buf):
+            self.buf, self.used = self._region(self.CHUNK), 0
+        out = self.buf[self.used:self.used + nbytes].view(dtype).view(shape)
+        self.used += nbytes_aligned
+        return out
+
+    def commit(self, conversions: list, problems: list[str]) -> None:
+        """The first load's build is whole: the file renamed into place, then its index (what a replay needs)."""
+        from dataclasses import asdict
+
+        from ..paths import write_atomic
+
+        os.close(self.fd)
+        final = self.folder / f"{self.key}.tiles"
+        os.replace(self.file, final)
+        self.file = final
+        write_atomic(self.folder / f"{self.key}.json", json.dumps({
+            "format": FORMAT, "source": str(self.source.resolve()), "regions": self.regions, "bytes": self.size,
+            "conversions": [asdict(c) for c in conversions], "problems": problems}))
+        prune(self.folder, self.source, keep=self.key)
+
+    def finish_replay(self) -> None:
+        os.close(self.fd)
+        if len(self.regions) != len(self.index["regions"]):
+            self.discard()
+            raise TileCacheMismatch(self.key)
+
+    def discard(self) -> None:
+        """This key's cache removed (a replay that did not match it)."""
+        (self.folder / f"{self.key}.json").unlink(missing_ok=True)
+        (self.folder / f"{self.key}.tiles").unlink(missing_ok=True)
+
+    def abandon(self) -> None:
+        """A build that failed or will not be cached: its temporary file removed (the mappings stay valid)."""
+        try:
+            os.close(self.fd)
+        except OSError:
+            pass
+        if not self.replay:
+            self.file.unlink(missing_ok=True)
+
+
+def open_arena(path: Path) -> HugeArena:
+    """A FileArena replaying this file's cache where a whole one exists, else one writing it where caching is on and
+    the disk has room, else a plain HugeArena."""
+    if not enabled():
+        return HugeArena()
+    try:
+        folder = cache_dir()
+        key = cache_key(path)
+        index = _read_index(folder, key)
+        if index is not None:
+            return FileArena(folder, key, path, index)
+        need = int(path.stat().st_size * 1.1) + HEADROOM_BYTES
+        if shutil.disk_usage(folder).free < need:
+            return HugeArena()
+        return FileArena(folder, key, path)
+    except OSError:
+        return HugeArena()  # an unreadable or unwritable cache: build in memory, as without it
+
+
+def _read_index(folder: Path, key: str) -> dict | None:
+    """The index of a whole cache, or None; a cache whose file does not have the index's size is removed."""
+    index_file, tiles = folder / f"{key}.json", folder / f"{key}.tiles"
+    if not index_file.is_file():
+        return None
+    try:
+        index = json.loads(index_file.read_text())
+        if index.get("format") == FORMAT and tiles.is_file() and tiles.stat().st_size == index["bytes"]:
+            return index
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    index_file.unlink(missing_ok=True)
+    tiles.unlink(missing_ok=True)
+    return None
+
+
+def prune(folder: Path, source: Path, keep: str) -> None:
+    """Remove the caches of `source` other than `keep` (an earlier version of the file, or of the code), those of
+    files that no longer exist, and the temporary files of builds whose process is gone (killed mid-build)."""
+    for tmp in folder.glob(".*.tmp"):
+        try:
+            os.kill(int(tmp.name.split(".")[-2]), 0)
+        except (ValueError, IndexError, ProcessLookupError):
+            tmp.unlink(missing_ok=True)
+        except PermissionError:
+            pass
+    for index_file in folder.glob("*.json"):
+        key = index_file.stem
+        if key == keep:
+            continue
+        try:
+            src = Path(json.loads(index_file.read_text()).get("source", ""))
+        except (OSError, ValueError, AttributeError):
+            continue
+        if src == source.resolve() or not src.exists():
+            index_file.unlink(missing_ok=True)
+            (folder / f"{key}.tiles").unlink(missing_ok=True)
