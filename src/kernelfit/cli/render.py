@@ -127,8 +127,9 @@ def render_plan(p: Plan) -> str:
         out.append(_wrap(f"Load      kernelfit's CPU engine: the safetensors shards are mapped and {read} (no "
                          "from_pretrained); --quantization none loads it through transformers instead", ""))
     elif lean_runner(p):
-        out.append(_wrap("Load      kernelfit's packed CPU runner: the GGUF file is mapped and its tensors packed "
-                         "(no from_pretrained, no converted cache); --quantization none loads it dequantized instead", ""))
+        out.append(_wrap("Load      kernelfit's packed CPU runner: the GGUF file is mapped and its tensors tiled "
+                         "once into the user's tile cache, mapped on later loads (no from_pretrained); --quantization "
+                         "none loads it dequantized instead", ""))
     else:
         kw = from_pretrained_kwargs(p)
         if "max_memory" in kw:  # bytes for accelerate; GiB for people
