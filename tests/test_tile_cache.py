@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -95,3 +96,22 @@ def test_caching_off_or_no_room_writes_nothing(tmp_path, cache, monkeypatch):
     monkeypatch.setattr(tile_cache, "HEADROOM_BYTES", 1 << 62)  # a disk without room for the tiles
     _logits(path)
     assert not any(cache.iterdir())
+
+
+def test_the_least_recently_used_caches_go_past_the_size_limit(tmp_path, cache, monkeypatch):
+    """Three files cached under a limit that holds two: the one used longest ago is removed, the one just mapped
+    stays; the one just written stays whatever the limit."""
+    paths = [write_tiny(tmp_path / f"m{i}.gguf", "Q8_0", seed=i) for i in range(3)]
+    _logits(paths[0])
+    _logits(paths[1])
+    one = sum(p.stat().st_blocks * 512 for p in cache.glob("*.tiles")) / 2
+    time.sleep(0.01)
+    _logits(paths[0])  # mapped again: now the most recently used
+    monkeypatch.setenv("KERNELFIT_TILE_CACHE_GIB", str(2.5 * one / 2**30))
+    _logits(paths[2])
+    sources = {json.loads(p.read_text())["source"] for p in cache.glob("*.json")}
+    assert sources == {str(paths[0].resolve()), str(paths[2].resolve())}
+    assert len(list(cache.glob("*.tiles"))) == 2
+    monkeypatch.setenv("KERNELFIT_TILE_CACHE_GIB", "0")
+    _logits(paths[1])
+    assert {json.loads(p.read_text())["source"] for p in cache.glob("*.json")} == {str(paths[1].resolve())}

@@ -12,8 +12,10 @@ The cache is keyed by the GGUF file (resolved path, size, mtime, inode) and by t
 reader, the block decoders, the tile formats), kept in a private folder (paths.private_dir: never another user's),
 written to a temporary name and renamed into place with its index last, so a killed build leaves nothing that maps.
 A cache file whose size is not its index's is removed, never mapped (a short file would end in SIGBUS). One cache a
-source file: building a new one removes the others of that path. KERNELFIT_TILE_CACHE=0 turns it off; so does a disk
-without room for the tiles (the file's size, plus 10%, plus 1 GiB free); KERNELFIT_TILE_CACHE_DIR moves it.
+source file: building a new one removes the others of that path, and the least recently used caches go while the
+folder holds more than KERNELFIT_TILE_CACHE_GIB (default 32) — a user's collection of models does not pile up a
+second copy on disk. KERNELFIT_TILE_CACHE=0 turns it off; so does a disk without room for the tiles (the file's
+size, plus 10%, plus 1 GiB free); KERNELFIT_TILE_CACHE_DIR moves it.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from .weights import HugeArena
 
 FORMAT = 1  # the index's layout
 HEADROOM_BYTES = 1 << 30  # left free on the disk after the cache is written
+DEFAULT_LIMIT_GIB = 32.0  # the folder's size past which the least recently used caches are removed
 ALIGN = mmap.ALLOCATIONGRANULARITY  # a region's offset in the file: mmap's granularity
 # the code whose output the cache holds: a change to any of these builds the tiles again
 LAYOUT_SOURCES = ("weights.py", "gguf/blocks.py", "gguf/reader.py", "build.py", "recipe.py", "kernels/code_formats.h",
@@ -124,6 +127,7 @@ class FileArena(HugeArena):
             "format": FORMAT, "source": str(self.source.resolve()), "regions": self.regions, "bytes": self.size,
             "conversions": [asdict(c) for c in conversions], "problems": problems}))
         prune(self.folder, self.source, keep=self.key)
+        evict(self.folder, keep=self.key)
 
     def finish_replay(self) -> None:
         os.close(self.fd)
@@ -156,6 +160,7 @@ def open_arena(path: Path) -> HugeArena:
         key = cache_key(path)
         index = _read_index(folder, key)
         if index is not None:
+            os.utime(folder / f"{key}.json")  # used now: the last to go (evict)
             return FileArena(folder, key, path, index)
         need = int(path.stat().st_size * 1.1) + HEADROOM_BYTES
         if shutil.disk_usage(folder).free < need:
@@ -202,3 +207,32 @@ def prune(folder: Path, source: Path, keep: str) -> None:
         if src == source.resolve() or not src.exists():
             index_file.unlink(missing_ok=True)
             (folder / f"{key}.tiles").unlink(missing_ok=True)
+
+
+def limit_bytes() -> int:
+    try:
+        gib = float(os.environ.get("KERNELFIT_TILE_CACHE_GIB", DEFAULT_LIMIT_GIB))
+    except ValueError:
+        gib = DEFAULT_LIMIT_GIB
+    return int(max(gib, 0.0) * (1 << 30))
+
+
+def evict(folder: Path, keep: str) -> None:
+    """The least recently used caches (their index's mtime: written or mapped) removed while the folder's tiles hold
+    more than limit_bytes(); `keep`, the one just written, stays whatever its size."""
+    caches = []
+    for index_file in folder.glob("*.json"):
+        tiles = folder / f"{index_file.stem}.tiles"
+        try:
+            caches.append((index_file.stat().st_mtime_ns, index_file.stem, tiles.stat().st_blocks * 512))
+        except OSError:
+            continue
+    total = sum(size for _, _, size in caches)
+    for _, key, size in sorted(caches):
+        if total <= limit_bytes():
+            break
+        if key == keep:
+            continue
+        (folder / f"{key}.json").unlink(missing_ok=True)
+        (folder / f"{key}.tiles").unlink(missing_ok=True)
+        total -= size
