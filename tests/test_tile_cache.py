@@ -26,6 +26,7 @@ def cache(tmp_path, monkeypatch) -> Path:
     folder = tmp_path / "tiles"
     monkeypatch.setenv("KERNELFIT_TILE_CACHE_DIR", str(folder))
     monkeypatch.setenv("KERNELFIT_TILE_CACHE", "1")
+    monkeypatch.setattr(tile_cache, "HEADROOM_BYTES", 0)  # these tiny files fit whatever the machine's disk holds
     return folder
 
 
@@ -115,3 +116,26 @@ def test_the_least_recently_used_caches_go_past_the_size_limit(tmp_path, cache, 
     monkeypatch.setenv("KERNELFIT_TILE_CACHE_GIB", "0")
     _logits(paths[1])
     assert {json.loads(p.read_text())["source"] for p in cache.glob("*.json")} == {str(paths[1].resolve())}
+
+
+def test_a_disk_that_fills_up_mid_build_leaves_no_cache(tmp_path, cache, monkeypatch):
+    """The regions are reserved (posix_fallocate) before they are mapped: one that cannot be (ENOSPC) sends the rest of
+    the build to memory — the same logits, no cache committed, its temporary file removed — instead of a SIGBUS when a
+    write through the mapping finds no block."""
+    path = write_tiny(tmp_path / "m.gguf", "Q4_K")
+    monkeypatch.setenv("KERNELFIT_TILE_CACHE", "0")
+    want = _logits(path)[0]
+    monkeypatch.setenv("KERNELFIT_TILE_CACHE", "1")
+    calls = []
+
+    def full(fd, offset, length):
+        calls.append(offset)
+        if len(calls) > 1:
+            raise OSError(28, "No space left on device")
+        return real(fd, offset, length)
+
+    real = os.posix_fallocate
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    monkeypatch.setattr(tile_cache.FileArena, "CHUNK", 1 << 16)  # regions of 64 KiB: several for this tiny model
+    assert torch.equal(_logits(path)[0], want) and len(calls) == 2
+    assert not any(cache.iterdir())

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .weights import HugeArena
+from .weights import HugeArena, _huge_region
 
 FORMAT = 1  # the index's layout
 HEADROOM_BYTES = 1 << 30  # left free on the disk after the cache is written
@@ -78,6 +78,7 @@ class FileArena(HugeArena):
         self.folder, self.key, self.source = folder, key, source
         self.replay = index is not None
         self.index = index
+        self.spilled = False  # the disk filled up mid-build: the rest went to memory, nothing is committed
         self.regions: list[int] = []
         self.size = 0
         if self.replay:
@@ -94,11 +95,19 @@ class FileArena(HugeArena):
             if n >= len(sizes) or sizes[n] != nbytes:
                 self.discard()
                 raise TileCacheMismatch(self.key)
+        if self.spilled:
+            return _huge_region(nbytes)
         offset = self.size
+        if not self.replay:
+            # the blocks reserved before they are mapped: a shared mapping written over a disk that filled up
+            # ends in SIGBUS, a reservation that fails is an OSError (ENOSPC) here
+            try:
+                os.posix_fallocate(self.fd, offset, -(-nbytes // ALIGN) * ALIGN)
+            except OSError:
+                self.spilled = True
+                return _huge_region(nbytes)
         self.regions.append(nbytes)
         self.size += -(-nbytes // ALIGN) * ALIGN
-        if not self.replay:
-            os.ftruncate(self.fd, self.size)
         m = np.memmap(self.file, np.uint8, mode="c" if self.replay else "r+", offset=offset, shape=(nbytes,))
         return torch.from_numpy(m)
 
@@ -119,6 +128,9 @@ class FileArena(HugeArena):
 
         from ..paths import write_atomic
 
+        if self.spilled:
+            self.abandon()
+            return
         os.close(self.fd)
         final = self.folder / f"{self.key}.tiles"
         os.replace(self.file, final)
