@@ -99,7 +99,7 @@ def _build_lean(path, prefill_dense, progress, prefill_int8, requant, kv_cache, 
     int8 = prefill_int8 and exact and gemm_available()
     if cached and exact and isinstance(t, GgufTensors):
         t.arena = open_arena(Path(path))
-    replay = getattr(t.arena, "replay", False)
+    replay = t.arena.replay
     if progress is not None:
         progress(f"{'mapping' if replay else 'packing'} {Path(path).name} for the CPU ({cfg.layers} layers)")
     rot = cfg.rotary.dims  # a partial rotary: only the first rot dimensions of a head are paired

@@ -60,7 +60,8 @@ def cache_dir() -> Path:
 def cache_key(path: Path) -> str:
     """The file's identity and the tile layout's code, hashed."""
     st = path.stat()
-    h = hashlib.sha256(f"{FORMAT}|{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}|{torch.__version__}".encode())
+    identity = f"{FORMAT}|{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}|{torch.__version__}"
+    h = hashlib.sha256(identity.encode())
     here = Path(__file__).parent
     for name in LAYOUT_SOURCES:
         h.update((here / name).read_bytes())
@@ -81,9 +82,8 @@ class FileArena(HugeArena):
         self.spilled = False  # the disk filled up mid-build: the rest went to memory, nothing is committed
         self.regions: list[int] = []
         self.size = 0
-        if self.replay:
-            self.file = folder / f"{key}.tiles"
-            self.fd = os.open(self.file, os.O_RDONLY)
+        if self.replay:  # mapped by path: no descriptor to hold
+            self.file, self.fd = folder / f"{key}.tiles", None
         else:
             self.file = folder / f".{key}.{os.getpid()}.tmp"
             self.fd = os.open(self.file, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -97,30 +97,19 @@ class FileArena(HugeArena):
                 raise TileCacheMismatch(self.key)
         if self.spilled:
             return _huge_region(nbytes)
-        offset = self.size
+        offset, span = self.size, -(-nbytes // ALIGN) * ALIGN
         if not self.replay:
             # the blocks reserved before they are mapped: a shared mapping written over a disk that filled up
             # ends in SIGBUS, a reservation that fails is an OSError (ENOSPC) here
             try:
-                os.posix_fallocate(self.fd, offset, -(-nbytes // ALIGN) * ALIGN)
+                os.posix_fallocate(self.fd, offset, span)
             except OSError:
                 self.spilled = True
                 return _huge_region(nbytes)
         self.regions.append(nbytes)
-        self.size += -(-nbytes // ALIGN) * ALIGN
+        self.size += span
         m = np.memmap(self.file, np.uint8, mode="c" if self.replay else "r+", offset=offset, shape=(nbytes,))
         return torch.from_numpy(m)
-
-    def empty(self, shape: tuple, dtype: torch.dtype) -> torch.Tensor:
-        nbytes = int(np.prod(shape)) * torch.empty(0, dtype=dtype).element_size()
-        nbytes_aligned = -(-nbytes // 64) * 64
-        if nbytes_aligned > self.CHUNK // 4:  # large: a region of its own
-            return self._region(nbytes)[:nbytes].view(dtype).view(shape)
-        if self.buf is None or self.used + nbytes_aligned > len(self.buf):
-            self.buf, self.used = self._region(self.CHUNK), 0
-        out = self.buf[self.used:self.used + nbytes].view(dtype).view(shape)
-        self.used += nbytes_aligned
-        return out
 
     def commit(self, conversions: list, problems: list[str]) -> None:
         """The first load's build is whole: the file renamed into place, then its index (what a replay needs)."""
@@ -142,7 +131,6 @@ class FileArena(HugeArena):
         evict(self.folder, keep=self.key)
 
     def finish_replay(self) -> None:
-        os.close(self.fd)
         if len(self.regions) != len(self.index["regions"]):
             self.discard()
             raise TileCacheMismatch(self.key)
@@ -154,10 +142,11 @@ class FileArena(HugeArena):
 
     def abandon(self) -> None:
         """A build that failed or will not be cached: its temporary file removed (the mappings stay valid)."""
-        try:
-            os.close(self.fd)
-        except OSError:
-            pass
+        if self.fd is not None:
+            try:
+                os.close(self.fd)
+            except OSError:
+                pass
         if not self.replay:
             self.file.unlink(missing_ok=True)
 

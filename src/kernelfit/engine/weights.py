@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from . import glibc
-from .gguf.blocks import DotGroups
+from .gguf.blocks import GRIDS, DotGroups
 from .torch_weights import PackedWeight
 
 TILE = 8  # dot_kernels.h TILE
@@ -74,9 +74,14 @@ class HugeArena:
     resident; a chunk lives as long as any tensor carved from it."""
 
     CHUNK = 32 << 20
+    replay = False  # its tensors already hold their values (a FileArena mapping the tile cache): nothing to fill
 
     def __init__(self):
         self.buf, self.used = None, 0
+
+    def _region(self, nbytes: int) -> torch.Tensor:
+        """Where a chunk or a large tensor comes from (engine/tile_cache.py FileArena: a file's region)."""
+        return _huge_region(nbytes)
 
     def zeros(self, shape: tuple, dtype: torch.dtype) -> torch.Tensor:
         return self.empty(shape, dtype).zero_()
@@ -88,9 +93,9 @@ class HugeArena:
         nbytes = int(np.prod(shape)) * torch.empty(0, dtype=dtype).element_size()
         nbytes_aligned = -(-nbytes // 64) * 64
         if nbytes_aligned > self.CHUNK // 4:  # large: a region of its own
-            return _huge_region(nbytes)[:nbytes].view(dtype).view(shape)
+            return self._region(nbytes)[:nbytes].view(dtype).view(shape)
         if self.buf is None or self.used + nbytes_aligned > len(self.buf):
-            self.buf, self.used = _huge_region(self.CHUNK), 0
+            self.buf, self.used = self._region(self.CHUNK), 0
         out = self.buf[self.used:self.used + nbytes].view(dtype).view(shape)
         self.used += nbytes_aligned
         return out
@@ -152,7 +157,7 @@ class DotWeight(PackedWeight):
         groups' scale dtype — uint8 / int8 are a K-quant's integer sub-scales (two levels, dot_kernels.h)."""
         t = -(-rows // TILE)
         arena = arena or HugeArena()
-        if np.dtype(dtype) in (np.dtype(np.uint8), np.dtype(np.int8)) and grid != 2:
+        if np.dtype(dtype) in (np.dtype(np.uint8), np.dtype(np.int8)) and grid != GRIDS["MXFP4"]:
             shape = (t, cols // SUPER * SUPER_BYTES + cols // group * TILE)
             sdt, mdt = (torch.uint8 if np.dtype(dtype) == np.uint8 else torch.int8), torch.uint8
         else:

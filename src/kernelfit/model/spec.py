@@ -344,9 +344,7 @@ def spec_from_gguf(path: Path, name: str, model_dir: str | None = None) -> Model
     text = spec.text
     ftype = h.metadata.get("general.file_type")
     if ftype is None:  # a file without general.file_type (gguf-py's writer leaves it out): its largest tensor type
-        by_bytes: dict[str, int] = {}
-        for t in h.tensors:
-            by_bytes[t.type_name] = by_bytes.get(t.type_name, 0) + t.nbytes
+        by_bytes = _sum_by_type(h, "nbytes")
         label = max(by_bytes, key=by_bytes.get) if by_bytes else "unknown"
     else:
         label = GGUF_FILE_TYPES.get(ftype, str(ftype))
@@ -358,14 +356,14 @@ def spec_from_gguf(path: Path, name: str, model_dir: str | None = None) -> Model
                    model_dir=model_dir or str(path.parent),
                    chat_template="tokenizer.chat_template" in h.metadata,
                    extra={"gguf_name": h.metadata.get("general.name"), "gguf_arch": arch,
-                          "gguf_numel_by_type": _numel_by_type(h), "gguf_rope_scaling": h.rope_scaling})
+                          "gguf_numel_by_type": _sum_by_type(h, "numel"), "gguf_rope_scaling": h.rope_scaling})
 
 
-def _numel_by_type(h) -> dict[str, int]:
-    """Values per GGUF tensor type (the packed CPU path sizes its weights from this)."""
+def _sum_by_type(h, field: str) -> dict[str, int]:
+    """A tensor field (numel: values, which the packed CPU path sizes its weights from; nbytes) per GGUF tensor type."""
     out: dict[str, int] = {}
     for t in h.tensors:
-        out[t.type_name] = out.get(t.type_name, 0) + t.numel
+        out[t.type_name] = out.get(t.type_name, 0) + getattr(t, field)
     return dict(sorted(out.items()))
 
 

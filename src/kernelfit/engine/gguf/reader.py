@@ -164,7 +164,7 @@ def dense(t: GgufTensors, name: str, order: np.ndarray | None = None, f16: bool 
     qtype = t.qtype(name)
     as_stored = qtype == "BF16" or (f16 and qtype == "F16")
     dtype = torch.float16 if as_stored and qtype == "F16" else torch.bfloat16
-    if getattr(t.arena, "replay", False):  # its rows are already in the mapped cache (engine/tile_cache.py)
+    if t.arena.replay:  # its rows are already in the mapped cache (engine/tile_cache.py)
         return DenseWeight(t.arena.empty((rows, cols), dtype), rows, cols)
     out = t.arena.zeros((rows, cols), dtype)
     dst = out.view(torch.int16).numpy()
@@ -245,7 +245,7 @@ def dot(t: GgufTensors, names: list[str], orders: dict) -> list[PackedWeight]:
         factor = mins if isinstance(mins, float) else None
         w = DotWeight.empty(rows, cols, bits, group, np.dtype(dtype), factor, t.arena, grid=grid)
         out.append(w)
-        if getattr(t.arena, "replay", False):  # its tiles are already in the mapped cache (engine/tile_cache.py)
+        if t.arena.replay:  # its tiles are already in the mapped cache (engine/tile_cache.py)
             continue
         tile0 = 0
         for n in part:

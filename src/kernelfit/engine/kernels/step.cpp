@@ -104,6 +104,8 @@ constexpr int64_t PROMPT_BLOCK = 128;  // lean_lm.py's: a prompt's attention in 
 // gpt-oss's tensors in a layer's norms (native.py native_args): the attention output's bias [hidden], the sinks [nq],
 // the router's bias [experts], and the experts' gate, up and down biases [experts, rows] (absent: empty)
 constexpr size_t O_BIAS = 13, SINKS = 14, ROUTER_BIAS = 15, EXPERT_BIASES = 16;
+// and the MoE layers' others: a shared expert's sigmoid gate (Qwen2-MoE), the experts' selection bias (LFM2-MoE)
+constexpr size_t SHARED_GATE = 7, SELECTION_BIAS = 12;
 
 // the attention sinks of the kernels' bindings: float32 [heads] or undefined/empty (none)
 const float* sink_ptr(const Tensor& sinks, int64_t heads) {
@@ -148,7 +150,7 @@ struct Step {
   int64_t top_k = 0, expert_ffn = 0;
   bool norm_topk = false;
   int64_t lin_nk = 0, lin_dk = 0;  // Gated DeltaNet: key heads and their size (value heads: ssm_a, size: ssm_norm)
-  bool sigmoid_router = false;  // experts weighed by sigmoid, not softmax (LFM2-MoE; norms[li][12]: selection bias)
+  bool sigmoid_router = false;  // experts weighed by sigmoid, not softmax (LFM2-MoE; norms slot SELECTION_BIAS)
   double act_alpha = 1, act_limit = 0;  // the experts' activation: gpt-oss's clamped SwiGLU where act_limit > 0
 
   // layer li's tensor in norms slot i as floats, or null where the layer has none
@@ -197,9 +199,10 @@ struct Step {
     std::vector<int64_t> chosen(t * top_k);
     std::vector<float> top(t * top_k), p(experts), sel(experts);
     const float* rw = routers[li].data_ptr<float>();
+    const float* logit_bias = slot(li, ROUTER_BIAS);  // gpt-oss: added to the logits
+    const float* bias = slot(li, SELECTION_BIAS);  // LFM2-MoE: added to the scores, for choosing only
     for (int64_t r = 0; r < t; ++r) {
       const float* x = h.data_ptr<float>() + r * hidden;
-      const float* logit_bias = slot(li, ROUTER_BIAS);  // gpt-oss
       for (int64_t e = 0; e < experts; ++e)
         p[e] = decode::dot16(x, rw + e * hidden, hidden) + (logit_bias ? logit_bias[e] : 0.f);
       float sum = 1;
@@ -210,7 +213,6 @@ struct Step {
         sum = 0;
         for (int64_t e = 0; e < experts; ++e) sum += (p[e] = std::exp(p[e] - m));
       }
-      const float* bias = norms[li].size() > 12 && norms[li][12].numel() ? norms[li][12].data_ptr<float>() : nullptr;
       for (int64_t e = 0; e < experts; ++e) sel[e] = p[e] + (bias ? bias[e] : 0.f);
       std::vector<int64_t> order(experts);
       for (int64_t e = 0; e < experts; ++e) order[e] = e;
@@ -239,7 +241,7 @@ struct Step {
     if (has_shared(li)) {  // Qwen2-MoE: the shared expert's SwiGLU on every row, scaled by sigmoid(h . gate)
       const int64_t s = idx + 3;
       const Tensor y = shared_rows(rows::gated(shared_rows(h, w, s, 2, how), w.n[s], false), w, s + 2, 1, how);
-      const float* g = norms[li][7].data_ptr<float>();
+      const float* g = slot(li, SHARED_GATE);
       std::vector<float> gate(t);
       for (int64_t r = 0; r < t; ++r)
         gate[r] = 1.f / (1.f + std::exp(-decode::dot16(h.data_ptr<float>() + r * hidden, g, hidden)));
@@ -250,18 +252,24 @@ struct Step {
 
   // expert e's feed-forward over its rows xe [r, hidden] (MoE layer li, products idx..idx + 2: gate, up, down), with
   // the expert's biases where the layer has them (gpt-oss) -> float32 [r, hidden]
-  Tensor expert_ffn_rows(const Tensor& xe, const Weights& w, int64_t li, int64_t idx, int64_t e, int64_t dot_rows) const {
-    Tensor g = expert_product(xe, w, idx, e, expert_ffn, dot_rows), u = expert_product(xe, w, idx + 1, e, expert_ffn, dot_rows);
+  Tensor expert_ffn_rows(const Tensor& xe, const Weights& w, int64_t li, int64_t idx, int64_t e,
+                         int64_t dot_rows) const {
+    Tensor g = expert_product(xe, w, idx, e, expert_ffn, dot_rows);
+    Tensor u = expert_product(xe, w, idx + 1, e, expert_ffn, dot_rows);
     const bool bias = slot(li, EXPERT_BIASES) != nullptr;
-    if (bias) g = g.to(at::kFloat) + norms[li][EXPERT_BIASES][e], u = u.to(at::kFloat) + norms[li][EXPERT_BIASES + 1][e];
+    if (bias) {
+      g = g.to(at::kFloat) + norms[li][EXPERT_BIASES][e];
+      u = u.to(at::kFloat) + norms[li][EXPERT_BIASES + 1][e];
+    }
     const Tensor act = rows::gated_to(at::cat({g, u}, 1), expert_ffn, false, false, float(act_alpha), float(act_limit));
     const Tensor y = expert_product(act, w, idx + 2, e, hidden(), dot_rows);
     return bias ? y.to(at::kFloat) + norms[li][EXPERT_BIASES + 2][e] : y;
   }
 
-  // whether MoE layer li has a shared expert (norms[li][7]: its gate's weights), and the products the layer takes:
+  // whether MoE layer li has a shared expert (norms slot SHARED_GATE: its gate's weights), and the products the layer
+  // takes:
   // the routed experts' gate, up and down (n_gu[li] + 1), then the shared expert's gate, up and down
-  bool has_shared(int64_t li) const { return norms[li].size() > 7 && norms[li][7].numel() > 0; }
+  bool has_shared(int64_t li) const { return slot(li, SHARED_GATE) != nullptr; }
   int64_t moe_products(int64_t li) const { return n_gu[li] + 1 + (has_shared(li) ? 3 : 0); }
 
   // products [first, first + count) over every row (a shared expert's): the exact dot products up to DOT_MAX_ROWS
