@@ -66,7 +66,7 @@ def _ref(path: Path):
     return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
 
 
-@pytest.mark.parametrize("kind", ["smollm", "llama3", "qwen2", "gemma"])
+@pytest.mark.parametrize("kind", ["smollm", "llama3", "qwen2", "gemma", "tekken", "gpt-4o", "qwen35"])
 def test_tiny_files_tokenize_like_transformers(tmp_path, kind):
     path = tmp_path / f"{kind}.gguf"
     tv.write_gemma(path) if kind == "gemma" else tv.write_byte_level(path, pre=kind)
@@ -86,6 +86,17 @@ def test_tiny_files_tokenize_like_transformers(tmp_path, kind):
             assert a["input_ids"].tolist() == b["input_ids"].tolist()
             assert ours.apply_chat_template(chat, add_generation_prompt=gen, tokenize=False) == \
                 ref.apply_chat_template(chat, add_generation_prompt=gen, tokenize=False)
+
+
+def test_the_split_patterns_are_transformers():
+    """Every `tokenizer.ggml.pre` transformers' GGUF tokenizer splits by is held here with the same pattern: the files
+    of architectures transformers does not load (Qwen3.5's qwen35, Ministral 3's tekken, LFM2-MoE's lfm2) have no
+    other tokenizer."""
+    from transformers.integrations.gguf.gguf_tokenizer_mapping import GGUF_PRE_TOKENIZER_SPLITS
+
+    from kernelfit.engine.gguf.tokenizer import SPLITS
+
+    assert {k: SPLITS.get(k) for k in GGUF_PRE_TOKENIZER_SPLITS} == GGUF_PRE_TOKENIZER_SPLITS
 
 
 def test_space_runs_and_byte_fallback_in_gemma_files(tmp_path):
@@ -129,7 +140,7 @@ def test_kinds_it_does_not_reproduce_are_left_to_transformers(tmp_path):
         return tmp_path / name
 
     assert gguf_tokenizer(file("sp.gguf", "llama", "llama", merges=False)) is None  # sentencepiece scores (Llama 2)
-    assert gguf_tokenizer(file("tk.gguf", "llama", "gpt2", pre="tekken")) is None  # a split pattern not held here
+    assert gguf_tokenizer(file("sb.gguf", "llama", "gpt2", pre="superbpe")) is None  # a split pattern not held here
     assert gguf_tokenizer(file("t5.gguf", "t5", "t5", merges=False)) is None
     assert gguf_tokenizer(file("ok.gguf", "llama", "gpt2", pre="smollm")).encode("ab") == [2]
 

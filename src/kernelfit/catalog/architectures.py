@@ -44,6 +44,7 @@ DECODERS: dict[str, DecoderFamily] = {
     "granite": DecoderFamily(),
     "olmo2": DecoderFamily(qk_norm="full", attention_bias_key=None),
     "smollm3": DecoderFamily(),
+    "ministral3": DecoderFamily(),  # Ministral 3: Llama's block, YaRN, a query temperature (engine/recipe.py)
     "glm4": DecoderFamily(qkv_bias=True, attention_bias_key=None, norms_per_layer=4),
     "qwen3_moe": DecoderFamily(qk_norm="head", moe=True),
     # gpt-oss: biases on every projection and expert, sinks, every other layer sliding (transformers GptOssConfig)
@@ -102,7 +103,8 @@ GGUF_ARCH_TO_MODEL_TYPE = {"llama": "llama", "mistral": "mistral", "qwen2": "qwe
                            "gemma": "gemma", "gemma2": "gemma2", "gemma3": "gemma3_text", "phi3": "phi3",
                            "olmo2": "olmo2", "smollm3": "smollm3", "granite": "granite", "glm4": "glm4",
                            "qwen3moe": "qwen3_moe", "qwen2moe": "qwen2_moe", "lfm2": "lfm2", "lfm2moe": "lfm2_moe",
-                           "qwen35": "qwen3_5_text", "qwen35moe": "qwen3_5_moe_text", "gpt-oss": "gpt_oss"}
+                           "qwen35": "qwen3_5_text", "qwen35moe": "qwen3_5_moe_text", "gpt-oss": "gpt_oss",
+                           "mistral3": "ministral3"}
 
 
 def supported_model_types() -> list[str]:

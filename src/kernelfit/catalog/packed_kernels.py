@@ -36,7 +36,7 @@ PACKED_GGUF_TYPES = INT4_EXACT + REGRID + FLOAT
 # GGUF architectures engine/reference.py runs
 LEAN_GGUF_ARCHS = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "phi3", "smollm3", "granite",
                    "olmo2", "glm4", "gemma", "qwen3moe", "qwen2moe", "lfm2", "qwen35",
-                   "qwen35moe", "lfm2moe", "gpt-oss")
+                   "qwen35moe", "lfm2moe", "gpt-oss", "mistral3")
 
 MOE_GGUF_ARCHS = ("qwen3moe", "qwen2moe", "qwen35moe", "lfm2moe", "gpt-oss")  # their routers and experts run in the C++ step only
 
@@ -180,10 +180,10 @@ def dot_codes(gguf_type: str) -> str:
 # per-frequency factors, llama.cpp's converter writes them as a tensor for rope_scaling "llama3")
 LEAN_ROPE_SCALINGS = (None, "linear", "yarn", "rope_freqs", "longrope")
 ROPE_SCALING_SOURCES = ("transformers-rope-utils", "ggml-rope")  # the maths engine/recipe.py implements
-# YaRN keys whose non-default values change the maths beyond the rotary table (DeepSeek's log multiplier, explicit
-# attention factors): such a file is not run packed (model/gguf_header.py names the key in its scaling)
-YARN_UNSUPPORTED_KEYS = ("rope.scaling.attn_factor", "rope.scaling.yarn_attn_factor", "rope.scaling.yarn_ext_factor",
-                         "rope.scaling.yarn_log_multiplier")
+# YaRN keys whose non-default values change the maths beyond the rotary table (explicit attention factors, a partial
+# extrapolation): such a file is not run packed (model/gguf_header.py names the key in its scaling). The log
+# multiplier (Mistral 3's mscale_all_dim) is the table's magnitude (engine/recipe.py Rotary.magnitude).
+YARN_UNSUPPORTED_KEYS = ("rope.scaling.attn_factor", "rope.scaling.yarn_attn_factor", "rope.scaling.yarn_ext_factor")
 
 
 def why_not_packed_gguf(gguf_arch: str | None, tensor_types: tuple[str, ...], rope_scaling: str | None = None) -> list[str]:

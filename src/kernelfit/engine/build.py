@@ -297,9 +297,9 @@ def open_model(path: Path, requant: str | None = None) -> tuple[Recipe, GgufTens
     t = GgufTensors.open(path, header)
     factors = next((n for n in ("rope_freqs.weight", "rope_factors_short.weight") if t.has(n)), None)  # per pair
     cfg = recipe_from_gguf(header, t.float_tensor(factors) if factors else None)
-    # Llama/Mistral/SmolLM3/Granite/GLM-4 files already pair rotary dims side by side; qwen2, qwen3, gemma, phi3 and
-    # olmo2 files keep halves
-    return cfg, t, cfg.arch not in ("llama", "mistral", "smollm3", "granite", "glm4")
+    # Llama/Mistral/Mistral 3/SmolLM3/Granite/GLM-4 files already pair rotary dims side by side (llama.cpp's
+    # converter permutes their Q and K rows); qwen2, qwen3, gemma, phi3 and olmo2 files keep halves
+    return cfg, t, cfg.arch not in ("llama", "mistral", "mistral3", "smollm3", "granite", "glm4")
 
 
 def _script(model: LeanLM) -> torch.jit.ScriptModule:
@@ -392,7 +392,7 @@ def _bound(build: LeanBuild, step):
                             float(c.attn_softcap), float(c.final_softcap), float(c.residual_scale),
                             float(c.logit_scale), n.routers, int(c.top_k), int(c.expert_ffn), bool(c.norm_topk),
                             int(c.delta_heads[0]), int(c.delta_heads[1]), c.router is RouterKind.SIGMOID,
-                            *(c.clamped_swiglu or (1.0, 0.0)))
+                            *(c.clamped_swiglu or (1.0, 0.0)), *(c.query_temperature or (0.0, 0)))
     return n.bound
 
 

@@ -16,6 +16,14 @@ kernel change:
   square, as transformers' `_compute_yarn_parameters` (cos and sin times attention_factor) and ggml's rope_yarn
   (mscale) do. gpt-oss's YaRN keeps the correction dimensions as computed (transformers' rope_parameters
   "truncate": false, GptOssConfig's default; OpenAI's reference rotary), where the others floor and ceil them.
+  A log multiplier (the file's rope.scaling.yarn_log_multiplier, config.json's mscale_all_dim; Mistral 3 stores 1)
+  makes the attention factor mscale(factor, 1) / mscale(factor, multiplier), mscale(s, m) = 0.1 m ln(s) + 1 — 1.0 for
+  Mistral 3 (transformers' _compute_yarn_parameters with mscale = mscale_all_dim = 1; llama.cpp llama_context's
+  yarn_attn_factor from rope_yarn_log_mul).
+
+Mistral 3 (Ministral 3) also scales each query by Llama 4's attention temperature, 1 + beta ln(1 + floor(pos / L))
+with L the original context (`Recipe.query_temperature`; transformers get_llama_4_attn_scale, llama.cpp
+llm_graph_input_attn_temp): 1 below L, so it matters only past the context the model was trained at.
 """
 
 from __future__ import annotations
@@ -56,6 +64,7 @@ FFN_NORM_NAMED_POST_ATTENTION = QWEN35 + (GPT_OSS,)
 # swiglu_alpha, swiglu_limit; llama.cpp hard-codes the same in ggml_swiglu_oai's call)
 GPT_OSS_SLIDING_PATTERN = 2
 GPT_OSS_SWIGLU = (1.702, 7.0)
+MISTRAL3 = "mistral3"  # Ministral 3: a Llama block with YaRN and the query temperature
 # YaRN's defaults where a file does not store them (transformers' rope_config_validation, llama.cpp hparams)
 YARN_BETA_FAST = 32.0
 YARN_BETA_SLOW = 1.0
@@ -94,13 +103,17 @@ class Rotary:
     attention_factor: float = 1.0  # LongRoPE: the table's magnitude
     dims: int = 0  # the dimensions of a head it rotates (Phi-4-mini, StableLM: part of each head); 0: all
     truncate: bool = True  # YaRN: the correction dimensions floored and ceiled (gpt-oss: not)
+    log_multiplier: float = 0.0  # YaRN: mscale_all_dim (the file's yarn_log_multiplier); 0: none
 
     @property
     def magnitude(self) -> float:
         """What the table's entries are scaled by (YaRN's and LongRoPE's attention factor), 1 otherwise."""
         if self.kind is RotaryKind.LONGROPE:
             return self.attention_factor
-        return 0.1 * math.log(self.factor) + 1.0 if self.kind is RotaryKind.YARN and self.factor > 1 else 1.0
+        if self.kind is not RotaryKind.YARN or self.factor <= 1:
+            return 1.0
+        mscale = 0.1 * math.log(self.factor) + 1.0
+        return mscale / (0.1 * self.log_multiplier * math.log(self.factor) + 1.0) if self.log_multiplier else mscale
 
 
 def inverse_frequencies(r: Rotary, dim: int) -> torch.Tensor:
@@ -179,6 +192,15 @@ class Recipe:
     # x * sigmoid(alpha x) * (clamp(up, -limit, limit) + 1)
     clamped_swiglu: tuple[float, float] | None = None
     attention_sinks: bool = False  # gpt-oss: a logit a head in the softmax's denominator (the attn_sinks tensors)
+    # Mistral 3: (beta, L), each query times 1 + beta ln(1 + floor(pos / L)) (Llama 4's attention temperature)
+    query_temperature: tuple[float, int] | None = None
+
+    def temperature(self, pos: int) -> float:
+        """The query's multiplier at a position (1 without a temperature)."""
+        if not self.query_temperature:
+            return 1.0
+        beta, length = self.query_temperature
+        return 1.0 + beta * math.log(1 + pos // length)
 
     def kind(self, layer: int) -> LayerKind:
         return self.layer_kinds[layer] if self.layer_kinds else LayerKind.ATTENTION
@@ -251,7 +273,8 @@ def _scaled_rotary(h, scaling: str | None, rope_freqs: torch.Tensor | None) -> R
     if kind == "yarn":
         return Rotary(base, RotaryKind.YARN, factor, factors, int(h.arch_key("rope.scaling.original_context_length")),
                       float(h.arch_key("rope.scaling.yarn_beta_fast") or YARN_BETA_FAST),
-                      float(h.arch_key("rope.scaling.yarn_beta_slow") or YARN_BETA_SLOW))
+                      float(h.arch_key("rope.scaling.yarn_beta_slow") or YARN_BETA_SLOW),
+                      log_multiplier=float(h.arch_key("rope.scaling.yarn_log_multiplier") or 0.0))
     return Rotary(base, RotaryKind.PLAIN, 1.0, factors)
 
 
@@ -317,9 +340,23 @@ def recipe_from_gguf(h, rope_freqs: torch.Tensor | None = None) -> Recipe:
         # LFM2-MoE: sigmoid scores (llama.cpp's expert_gating_func 2), renormalised over the chosen (norm_topk_prob)
         **({"router": RouterKind.SIGMOID} if arch in MOE_ARCHS and int(h.arch_key("expert_gating_func") or 1) == 2 else {}),
         **({"clamped_swiglu": GPT_OSS_SWIGLU, "attention_sinks": True} if arch == GPT_OSS else {}),
+        **({"query_temperature": _query_temperature(h)} if arch == MISTRAL3 else {}),
         # LongRoPE runs its short table: positions past the original context would need the long one
         max_positions=int(h.arch_key("rope.scaling.original_context_length") if h.rope_scaling == "longrope" else
                           h.arch_key("context_length") or 4096))
+
+
+def _query_temperature(h) -> tuple[float, int] | None:
+    """Mistral 3's query temperature: the file's attention.temperature_scale over its original context, as
+    llama.cpp's llama_model_mistral3 reads them (None where the scale is 0 or absent)."""
+    beta = float(h.arch_key("attention.temperature_scale") or 0.0)
+    if not beta:
+        return None
+    length = int(h.arch_key("rope.scaling.original_context_length") or 0)
+    if length <= 0:
+        raise UsageError(f"{Path(h.path).name}: an attention temperature without rope.scaling.original_context_length; "
+                         "the file is incomplete")
+    return beta, length
 
 
 def _heads_per_layer(h, layers: int) -> tuple[int, int, tuple[LayerKind, ...]]:
@@ -371,13 +408,17 @@ def rotary_from_config(cfg: dict, head_dim: int, where: str) -> Rotary:
     if kind == "llama3":
         return Rotary(base, freq_factors=llama3_factors(base, dims or head_dim, rope), dims=dims)
     if kind == "yarn":
-        if any(rope.get(k) for k in ("attention_factor", "mscale", "mscale_all_dim")):  # DeepSeek's variants
-            raise UsageError(f"{where}: YaRN with an explicit attention factor or mscale is not implemented by the "
-                             "engine (--quantization none loads it through transformers)")
+        mscale, mscale_all_dim = rope.get("mscale"), rope.get("mscale_all_dim")
+        # transformers' _compute_yarn_parameters: mscale(f, mscale) / mscale(f, mscale_all_dim) where both are set
+        # (Mistral 3: both 1), the plain factor otherwise; DeepSeek's mscale != 1 and explicit factors: not here
+        if rope.get("attention_factor") or (mscale and mscale_all_dim and float(mscale) != 1.0):
+            raise UsageError(f"{where}: YaRN with an explicit attention factor or an mscale other than 1 is not "
+                             "implemented by the engine (--quantization none loads it through transformers)")
         return Rotary(base, RotaryKind.YARN, float(rope["factor"]), None,
                       int(rope.get("original_max_position_embeddings") or cfg["max_position_embeddings"]),
                       float(rope.get("beta_fast") or YARN_BETA_FAST), float(rope.get("beta_slow") or YARN_BETA_SLOW),
-                      dims=dims, truncate=bool(rope.get("truncate", True)))
+                      dims=dims, truncate=bool(rope.get("truncate", True)),
+                      log_multiplier=float(mscale_all_dim) if mscale and mscale_all_dim else 0.0)
     return Rotary(base, dims=dims)
 
 

@@ -294,6 +294,8 @@ class LeanLM(nn.Module):
         self.residual_scale, self.logit_scale = float(cfg.residual_scale), float(cfg.logit_scale)
         self.scaling = float(cfg.query_scale or cfg.head_dim ** -0.5)
         self.attn_cap, self.final_cap = float(cfg.attn_softcap), float(cfg.final_softcap)
+        self.temp_beta, self.temp_length = float((cfg.query_temperature or (0.0, 1))[0]), \
+            int((cfg.query_temperature or (0.0, 1))[1])  # Mistral 3's query temperature (recipe.py)
         self.window = int(cfg.sliding_window or 0)
         self.ffn = int(cfg.ffn)
         self.embed_weight = embed_weight  # int8 [V, hidden] (with embed_scale) or bf16
@@ -346,6 +348,12 @@ class LeanLM(nn.Module):
         f = table[pos:pos + t].unsqueeze(1)
         z = torch.view_as_complex(qk.reshape(t, qk.shape[1], -1, 2)) * f
         return torch.view_as_real(z).reshape(qk.shape)
+
+    def _temperature(self, qk: torch.Tensor, pos: int, t: int, nq: int) -> torch.Tensor:
+        """The query heads of [t, heads, head_dim] times 1 + beta ln(1 + floor(p / L)) at their positions p."""
+        p = torch.arange(pos, pos + t, dtype=torch.float64)
+        s = (1.0 + self.temp_beta * torch.log1p(torch.floor(p / self.temp_length))).float().view(t, 1, 1)
+        return torch.cat([qk[:, :nq] * s, qk[:, nq:]], 1)
 
     def _window_start(self, pos: int, sliding: bool) -> int:
         return max(0, pos - self.window + 1) if sliding else 0
@@ -422,6 +430,8 @@ class LeanLM(nn.Module):
             table = self.rope_local if blk.sliding and self.rope_local.numel() > 0 else self.rope_global
             if blk.rotary:
                 qk = self._rotary(qk, table, pos, t)
+            if self.temp_beta != 0.0:
+                qk = self._temperature(qk, pos, t, nq)
             self.k_cache[li, 0, :, pos:pos + t] = qk[:, nq:].transpose(0, 1)
             self.v_cache[li, 0, :, pos:pos + t] = qkv[:, nq + nkv:].transpose(0, 1)
             if not all_logits and t > 1 and li == self.layers - 1:

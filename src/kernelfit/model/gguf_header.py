@@ -66,7 +66,7 @@ class GgufHeader:
     @property
     def rope_scaling(self) -> str | None:
         """The rotary scaling ("linear", "yarn", ...; "rope_freqs" for a per-frequency table), None when plain; a
-        YaRN with keys beyond the plain maths names them ("yarn with rope.scaling.yarn_log_multiplier")."""
+        YaRN with keys beyond the plain maths names them ("yarn with rope.scaling.yarn_attn_factor")."""
         from ..catalog.packed_kernels import YARN_UNSUPPORTED_KEYS
 
         kind = self.arch_key("rope.scaling.type")

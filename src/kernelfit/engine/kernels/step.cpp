@@ -152,6 +152,10 @@ struct Step {
   int64_t lin_nk = 0, lin_dk = 0;  // Gated DeltaNet: key heads and their size (value heads: ssm_a, size: ssm_norm)
   bool sigmoid_router = false;  // experts weighed by sigmoid, not softmax (LFM2-MoE; norms slot SELECTION_BIAS)
   double act_alpha = 1, act_limit = 0;  // the experts' activation: gpt-oss's clamped SwiGLU where act_limit > 0
+  // Mistral 3's query temperature: a query at position p times 1 + temp_beta ln(1 + floor(p / temp_length))
+  // (engine/recipe.py Recipe.query_temperature); temp_beta 0: none
+  double temp_beta = 0;
+  int64_t temp_length = 0;
 
   // layer li's tensor in norms slot i as floats, or null where the layer has none
   const float* slot(int64_t li, size_t i) const {
@@ -457,6 +461,10 @@ struct Step {
     }
     for (int64_t hq = 0; hq < nq; ++hq)
       head_vector(src + hq * d, bias ? bias + hq * d : nullptr, qn, cs, rotate, d, eps, q + hq * d);
+    if (temp_beta != 0 && p >= temp_length) {  // below the original context the temperature is 1
+      const float t = float(1.0 + temp_beta * std::log(1.0 + double(p / temp_length)));
+      for (int64_t i = 0; i < nq * d; ++i) q[i] *= t;
+    }
     std::vector<float> kv_row(d);
     for (int64_t hk = 0; hk < nkv; ++hk) {
       const int64_t o = nq + hk, at = c.row(kl, nkv, hk, p);
@@ -689,7 +697,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
                           std::vector<std::vector<Tensor>>, std::vector<int64_t>, Tensor, int64_t, Tensor, Tensor,
                           Tensor, int64_t, int64_t, int64_t, int64_t, int64_t, double, double, int64_t, bool,
                           int64_t, double, double, double, double, std::vector<Tensor>, int64_t, int64_t, bool,
-                          int64_t, int64_t, bool, double, double>())
+                          int64_t, int64_t, bool, double, double, double, int64_t>())
       // the GIL is released while a step or a prompt runs: `kernelfit serve`'s event loop keeps answering meanwhile
       .def("run", &Step::run, "one decode step", pybind11::call_guard<pybind11::gil_scoped_release>())
       .def("prefill", &Step::prefill, "a prompt's forward", pybind11::call_guard<pybind11::gil_scoped_release>())
