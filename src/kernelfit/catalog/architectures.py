@@ -47,6 +47,8 @@ DECODERS: dict[str, DecoderFamily] = {
     "ministral3": DecoderFamily(),  # Ministral 3: Llama's block, YaRN, a query temperature (engine/recipe.py)
     "glm4": DecoderFamily(qkv_bias=True, attention_bias_key=None, norms_per_layer=4),
     "qwen3_moe": DecoderFamily(qk_norm="head", moe=True),
+    # GLM-4.5: Q/K/V biases, sigmoid-routed experts beside an ungated shared one (transformers Glm4MoeConfig)
+    "glm4_moe": DecoderFamily(qkv_bias=True, attention_bias_key=None, moe=True),
     # gpt-oss: biases on every projection and expert, sinks, every other layer sliding (transformers GptOssConfig)
     "gpt_oss": DecoderFamily(moe=True, mlp_bias=True, sliding_every_other=True),
     "qwen2_moe": DecoderFamily(qkv_bias=True, attention_bias_key=None, moe=True,
@@ -104,7 +106,7 @@ GGUF_ARCH_TO_MODEL_TYPE = {"llama": "llama", "mistral": "mistral", "qwen2": "qwe
                            "olmo2": "olmo2", "smollm3": "smollm3", "granite": "granite", "glm4": "glm4",
                            "qwen3moe": "qwen3_moe", "qwen2moe": "qwen2_moe", "lfm2": "lfm2", "lfm2moe": "lfm2_moe",
                            "qwen35": "qwen3_5_text", "qwen35moe": "qwen3_5_moe_text", "gpt-oss": "gpt_oss",
-                           "mistral3": "ministral3"}
+                           "mistral3": "ministral3", "glm4moe": "glm4_moe"}
 
 
 def supported_model_types() -> list[str]:

@@ -156,10 +156,12 @@ def _build_lean(path, prefill_dense, progress, prefill_int8, requant, kv_cache, 
             router = t.float_tensor(b + "ffn_gate_inp.weight").reshape(cfg.experts, cfg.hidden)
             gate_up = [linear(t, [b + f"ffn_{x}_exps.weight"], exact=True)[0] for x in ("gate", "up")]
             down = linear(t, [b + "ffn_down_exps.weight"], exact=True)[0]
-            if t.has(b + "ffn_gate_shexp.weight"):  # Qwen2-MoE's shared expert: gate, up, down, and its sigmoid gate
+            if t.has(b + "ffn_gate_shexp.weight"):  # a shared expert: gate, up, down, and its sigmoid gate where it
+                # has one (Qwen2-MoE, Qwen3.5-MoE; GLM-4.5's is added ungated)
                 shared = [linear(t, [b + f"ffn_{x}_shexp.weight"], exact=True)[0] for x in ("gate", "up", "down")]
-                shared_gate = t.float_tensor(b + "ffn_gate_inp_shexp.weight").reshape(cfg.hidden)
-            if t.has(b + "exp_probs_b.bias"):  # LFM2-MoE: a bias on each expert's score, for choosing only
+                if t.has(b + "ffn_gate_inp_shexp.weight"):
+                    shared_gate = t.float_tensor(b + "ffn_gate_inp_shexp.weight").reshape(cfg.hidden)
+            if t.has(b + "exp_probs_b.bias"):  # LFM2-MoE, GLM-4.5: a bias on each expert's score, for choosing only
                 expert_bias = t.float_tensor(b + "exp_probs_b.bias").reshape(cfg.experts)
         else:
             # phi3 stores gate and up as one ffn_up of 2 x ffn rows, gate first: the layout the fused product gives
@@ -392,7 +394,8 @@ def _bound(build: LeanBuild, step):
                             float(c.attn_softcap), float(c.final_softcap), float(c.residual_scale),
                             float(c.logit_scale), n.routers, int(c.top_k), int(c.expert_ffn), bool(c.norm_topk),
                             int(c.delta_heads[0]), int(c.delta_heads[1]), c.router is RouterKind.SIGMOID,
-                            *(c.clamped_swiglu or (1.0, 0.0)), *(c.query_temperature or (0.0, 0)))
+                            *(c.clamped_swiglu or (1.0, 0.0)), *(c.query_temperature or (0.0, 0)),
+                            float(c.routed_scale))
     return n.bound
 
 

@@ -259,8 +259,9 @@ class NativeArgs:
 
 
 NO_ROTARY = 2  # a layer flag beside sliding (1) in NativeArgs.sliding: Q and K not rotated (step.cpp LAYER_NO_ROTARY)
-SHORT_CONV, DELTA_NET, GATED = 4, 8, 16  # a short-convolution layer, a Gated DeltaNet layer (neither keeps keys and
-# values), attention with an output gate (step.cpp LAYER_CONV, LAYER_DELTA, LAYER_GATED)
+SHORT_CONV, DELTA_NET, GATED, SHARED_EXPERT = 4, 8, 16, 32  # a short-convolution layer, a Gated DeltaNet layer
+# (neither keeps keys and values), attention with an output gate, an MoE layer with a shared expert (step.cpp
+# LAYER_CONV, LAYER_DELTA, LAYER_GATED, LAYER_SHARED)
 
 
 C_KINDS = (4, 5, 6, 7, 8, 9)  # reference.py DOT4, DOT8, BF16_ROWS, DOT6, DOT_IQ4, DOT_MXFP4: the C++ prompt forward's
@@ -288,7 +289,7 @@ def native_args(model) -> NativeArgs:
         for p in gu:
             add(p)
         add(blk.down)
-        for p in blk.shared:  # Qwen2-MoE's shared expert: gate, up, down after the routed experts' products
+        for p in blk.shared:  # a shared expert: gate, up, down after the routed experts' products
             add(p)
         n_qkv.append(len(parts))
         n_gu.append(len(gu))
@@ -298,7 +299,8 @@ def native_args(model) -> NativeArgs:
                       blk.post_ffn_norm if blk.has_post_norms else empty, blk.shared_gate, blk.conv,
                       *(blk.delta or [empty] * 3), blk.expert_bias, *blk.gpt_oss])
         kind = (DELTA_NET if blk.delta else SHORT_CONV) if blk.conv.numel() else 0
-        sliding.append(int(blk.sliding) | (0 if blk.rotary else NO_ROTARY) | kind | (GATED if blk.gated else 0))
+        sliding.append(int(blk.sliding) | (0 if blk.rotary else NO_ROTARY) | kind | (GATED if blk.gated else 0)
+                       | (SHARED_EXPERT if len(blk.shared) else 0))
         routers.append(blk.router)
     h = model.head
     e = model.embed_dot

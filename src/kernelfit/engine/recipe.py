@@ -55,10 +55,12 @@ GEMMA2_27B_LAYERS = 46
 QWEN35 = ("qwen35", "qwen35moe")  # Qwen3.5 / 3.6, dense and MoE: Gated DeltaNet and gated attention
 LFM2 = ("lfm2", "lfm2moe")  # LFM2 and LFM2-MoE: short convolutions and attention
 GPT_OSS = "gpt-oss"
-MOE_ARCHS = ("qwen3moe", "qwen2moe", "qwen35moe", "lfm2moe", GPT_OSS)
+GLM4_MOE = "glm4moe"  # GLM-4.5 / 4.6 / 4.5-Air: sigmoid-routed experts with a selection bias and a routed scale,
+# an ungated shared expert, leading dense layers, half of each head rotated
+MOE_ARCHS = ("qwen3moe", "qwen2moe", "qwen35moe", "lfm2moe", GPT_OSS, GLM4_MOE)
 # Architectures whose file names the norm before the FFN post_attention_norm (llama.cpp's name for transformers'
 # post_attention_layernorm), not a norm of the attention's output as in Gemma 2/3
-FFN_NORM_NAMED_POST_ATTENTION = QWEN35 + (GPT_OSS,)
+FFN_NORM_NAMED_POST_ATTENTION = QWEN35 + (GPT_OSS, GLM4_MOE)
 # gpt-oss: every other layer slides over 128 positions, the first does (llama.cpp llama_model_openai_moe
 # load_swa_pattern(ml, 2); transformers GptOssConfig layer_types); its experts' clamped SwiGLU (GptOssConfig
 # swiglu_alpha, swiglu_limit; llama.cpp hard-codes the same in ggml_swiglu_oai's call)
@@ -183,6 +185,7 @@ class Recipe:
     top_k: int = 0
     expert_ffn: int = 0
     norm_topk: bool = False  # the chosen experts' weights renormalised to sum 1 (Qwen3-MoE's norm_topk_prob)
+    routed_scale: float = 1.0  # the chosen experts' weights times this (GLM-4.5's routed_scaling_factor 2.5)
     router: RouterKind = RouterKind.SOFTMAX  # how the experts are weighed
     layer_kinds: tuple[LayerKind, ...] = ()  # per layer; empty: every layer attention
     conv_kernel: int = 0  # taps a channel of a recurrent layer's convolution (LFM2's L_cache 3, Qwen3.5's 4)
@@ -296,8 +299,11 @@ def recipe_from_gguf(h, rope_freqs: torch.Tensor | None = None) -> Recipe:
     if arch == "olmo2" and h.arch_key("attention.sliding_window"):  # OLMo 3's windows: not this recipe's pattern
         raise UsageError(f"{Path(h.path).name}: an olmo2 file with a sliding window (OLMo 3) is not run by the packed "
                          "CPU runner yet")
+    if arch == GLM4_MOE and not any(t.name == "blk.0.attn_norm.weight" for t in h.tensors):
+        raise UsageError(f"{Path(h.path).name}: a GLM-4.5 file of its multi-token-prediction block alone (a draft "
+                         "model's half); run the model's own file")
     hidden = int(h.arch_key("embedding_length"))
-    # Qwen3.5's multi-token-prediction blocks follow the model's own (llama.cpp runs them only to draft): not run here
+    # Qwen3.5's and GLM-4.5's multi-token-prediction blocks follow the model's own (llama.cpp runs them only to draft): not run here
     layers = int(h.arch_key("block_count")) - int(h.arch_key("nextn_predict_layers") or 0)
     heads, kv_heads, kinds = _heads_per_layer(h, layers)
     tokens = h.metadata.get("tokenizer.ggml.tokens")
@@ -334,11 +340,16 @@ def recipe_from_gguf(h, rope_freqs: torch.Tensor | None = None) -> Recipe:
         # output a sigmoid gate scales (llama.cpp build_moe_ffn norm_w; transformers' norm_topk_prob)
         **({"experts": int(h.arch_key("expert_count")), "top_k": int(h.arch_key("expert_used_count")),
             "expert_ffn": int(h.arch_key("expert_feed_forward_length")),
-            # gpt-oss: a softmax over the top k logits, the same weights as this renormalisation of all the experts'
-            "norm_topk": arch in ("qwen3moe", "qwen35moe", "lfm2moe", GPT_OSS)}
+            # gpt-oss: a softmax over the top k logits, the same weights as this renormalisation of all the experts';
+            # GLM-4.5: the file's expert_weights_norm (its norm_topk_prob) and expert_weights_scale
+            "norm_topk": bool(h.arch_key("expert_weights_norm")) if arch == GLM4_MOE else
+            arch in ("qwen3moe", "qwen35moe", "lfm2moe", GPT_OSS),
+            "routed_scale": float(h.arch_key("expert_weights_scale") or 1.0) if arch == GLM4_MOE else 1.0}
            if arch in MOE_ARCHS else {}),  # (a shared expert's size is its products' rows: step.cpp)
-        # LFM2-MoE: sigmoid scores (llama.cpp's expert_gating_func 2), renormalised over the chosen (norm_topk_prob)
-        **({"router": RouterKind.SIGMOID} if arch in MOE_ARCHS and int(h.arch_key("expert_gating_func") or 1) == 2 else {}),
+        # LFM2-MoE, GLM-4.5: sigmoid scores (llama.cpp's expert_gating_func 2; GLM-4.5's default), renormalised over
+        # the chosen where the model does
+        **({"router": RouterKind.SIGMOID} if arch in MOE_ARCHS and int(
+            h.arch_key("expert_gating_func") or (2 if arch == GLM4_MOE else 1)) == 2 else {}),
         **({"clamped_swiglu": GPT_OSS_SWIGLU, "attention_sinks": True} if arch == GPT_OSS else {}),
         **({"query_temperature": _query_temperature(h)} if arch == MISTRAL3 else {}),
         # LongRoPE runs its short table: positions past the original context would need the long one

@@ -307,8 +307,9 @@ def spec_from_gguf(path: Path, name: str, model_dir: str | None = None) -> Model
     tokens = h.metadata.get("tokenizer.ggml.tokens")
     heads, layers = h.arch_key("attention.head_count"), h.arch_key("block_count")
     kv_heads, attends = h.arch_key("attention.head_count_kv", heads), None
-    if arch in HYBRID_GGUF_ARCHS:  # Qwen3.5's MTP blocks follow the model's own: not run
-        layers = int(layers or 0) - int(h.arch_key("nextn_predict_layers") or 0)
+    # Qwen3.5's and GLM-4.5's multi-token-prediction blocks follow the model's own: not run
+    layers = int(layers or 0) - int(h.arch_key("nextn_predict_layers") or 0)
+    if arch in HYBRID_GGUF_ARCHS:
         heads, kv_heads, attends = hybrid_layers(h, layers)
     cfg = {
         "model_type": model_type,
@@ -329,6 +330,7 @@ def spec_from_gguf(path: Path, name: str, model_dir: str | None = None) -> Model
                               for i in range(int(cfg["num_hidden_layers"]))]
     if model_type == "gpt_oss":  # every other layer slides, the first does (engine/recipe.py GPT_OSS_SLIDING_PATTERN)
         cfg["sliding_window"] = h.arch_key("attention.sliding_window")
+    if model_type in ("gpt_oss", "glm4_moe"):
         cfg["num_local_experts"] = h.arch_key("expert_count")
     if model_type in ("qwen3_5_text", "qwen3_5_moe_text"):
         cfg["layer_types"] = ["full_attention" if a else "linear_attention" for a in attends]

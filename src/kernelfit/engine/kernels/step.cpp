@@ -93,7 +93,9 @@ void head_vector(const float* src, const float* bias, const float* w, const floa
 // a layer's flags (native.py NativeArgs.sliding). LAYER_CONV: a short-convolution layer (short_conv.h), LAYER_DELTA a
 // Gated DeltaNet layer (delta_net.h): neither keeps keys and values. LAYER_GATED: attention whose Q product also
 // gives a gate a query head (Qwen3.5: its rows [q, gate] after K and V... see attention_row), output * sigmoid(gate)
-constexpr int64_t LAYER_SLIDING = 1, LAYER_NO_ROTARY = 2, LAYER_CONV = 4, LAYER_DELTA = 8, LAYER_GATED = 16;
+// LAYER_SHARED: an MoE layer with a shared expert (its sigmoid gate in norms slot SHARED_GATE where it has one)
+constexpr int64_t LAYER_SLIDING = 1, LAYER_NO_ROTARY = 2, LAYER_CONV = 4, LAYER_DELTA = 8, LAYER_GATED = 16,
+                  LAYER_SHARED = 32;
 constexpr int64_t DOT_MAX_ROWS = 12;  // lean_lm.py's: calls of up to 12 rows take the exact dot products
 // An expert's rows in a local prompt: up to this many the dot products, past it the panels — measured on a 512 x 2048
 // Q4_K expert product with the panels on AMX tiles (two-tile unpacking): 4 rows 121 us panels / 107 dots, 8 rows
@@ -156,6 +158,7 @@ struct Step {
   // (engine/recipe.py Recipe.query_temperature); temp_beta 0: none
   double temp_beta = 0;
   int64_t temp_length = 0;
+  double routed_scale = 1;  // the chosen experts' weights times this (GLM-4.5's routed_scaling_factor)
 
   // layer li's tensor in norms slot i as floats, or null where the layer has none
   const float* slot(int64_t li, size_t i) const {
@@ -226,7 +229,7 @@ struct Step {
       for (int64_t j = 0; j < top_k; ++j) kept += p[order[j]] / sum;
       for (int64_t j = 0; j < top_k; ++j) {
         chosen[r * top_k + j] = order[j];
-        top[r * top_k + j] = norm_topk ? (p[order[j]] / sum) / kept : p[order[j]] / sum;
+        top[r * top_k + j] = float(routed_scale) * (norm_topk ? (p[order[j]] / sum) / kept : p[order[j]] / sum);
       }
     }
     Tensor out = at::zeros({t, hidden}, h.options());
@@ -242,10 +245,15 @@ struct Step {
       const Tensor y = expert_ffn_rows(xe, w, li, idx, e, dot_rows);
       out.index_add_(0, ids, y * at::tensor(weights, h.options()).unsqueeze(1));
     }
-    if (has_shared(li)) {  // Qwen2-MoE: the shared expert's SwiGLU on every row, scaled by sigmoid(h . gate)
+    if (has_shared(li)) {  // the shared expert's SwiGLU on every row, scaled by sigmoid(h . gate) where it has a
+      // gate (Qwen2-MoE, Qwen3.5-MoE), added as it is where not (GLM-4.5)
       const int64_t s = idx + 3;
       const Tensor y = shared_rows(rows::gated(shared_rows(h, w, s, 2, how), w.n[s], false), w, s + 2, 1, how);
       const float* g = slot(li, SHARED_GATE);
+      if (!g) {
+        out.add_(y);
+        return out;
+      }
       std::vector<float> gate(t);
       for (int64_t r = 0; r < t; ++r)
         gate[r] = 1.f / (1.f + std::exp(-decode::dot16(h.data_ptr<float>() + r * hidden, g, hidden)));
@@ -270,10 +278,9 @@ struct Step {
     return bias ? y.to(at::kFloat) + norms[li][EXPERT_BIASES + 2][e] : y;
   }
 
-  // whether MoE layer li has a shared expert (norms slot SHARED_GATE: its gate's weights), and the products the layer
-  // takes:
-  // the routed experts' gate, up and down (n_gu[li] + 1), then the shared expert's gate, up and down
-  bool has_shared(int64_t li) const { return slot(li, SHARED_GATE) != nullptr; }
+  // whether MoE layer li has a shared expert (LAYER_SHARED), and the products the layer takes: the routed experts'
+  // gate, up and down (n_gu[li] + 1), then the shared expert's gate, up and down
+  bool has_shared(int64_t li) const { return (sliding[li] & LAYER_SHARED) != 0; }
   int64_t moe_products(int64_t li) const { return n_gu[li] + 1 + (has_shared(li) ? 3 : 0); }
 
   // products [first, first + count) over every row (a shared expert's): the exact dot products up to DOT_MAX_ROWS
@@ -697,7 +704,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
                           std::vector<std::vector<Tensor>>, std::vector<int64_t>, Tensor, int64_t, Tensor, Tensor,
                           Tensor, int64_t, int64_t, int64_t, int64_t, int64_t, double, double, int64_t, bool,
                           int64_t, double, double, double, double, std::vector<Tensor>, int64_t, int64_t, bool,
-                          int64_t, int64_t, bool, double, double, double, int64_t>())
+                          int64_t, int64_t, bool, double, double, double, int64_t, double>())
       // the GIL is released while a step or a prompt runs: `kernelfit serve`'s event loop keeps answering meanwhile
       .def("run", &Step::run, "one decode step", pybind11::call_guard<pybind11::gil_scoped_release>())
       .def("prefill", &Step::prefill, "a prompt's forward", pybind11::call_guard<pybind11::gil_scoped_release>())
