@@ -4,6 +4,7 @@ bundled model answers through the packed runner by default."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -883,3 +884,25 @@ def test_mxfp4_keeps_the_file_s_exponent_bytes():
         xs = torch.randn(40, cols).to(torch.bfloat16)
         assert torch.equal(m.panel_gemm_parts(xs, [w.codes], [w.scale], [w.mins], [w.format], [rows]),
                            m.panel_gemm_parts(xs, [wf.codes], [wf.scale], [wf.mins], [wf.format], [rows]))
+
+
+def test_the_reference_model_runs_eagerly_where_torchscript_cannot_compile_it(tmp_path, monkeypatch):
+    """The no-compiler path scripts the reference model with TorchScript (deprecated in this torch, 1.33x faster
+    decode than eager here); a torch that cannot script it gets the same module run eagerly, with a warning, and the
+    same logits."""
+    path = write_tiny(tmp_path / "m.gguf", "Q8_0")
+    ids = torch.arange(1, 40)
+    logits = []
+    for broken in (False, True):
+        b = build_lean(path, kv_cache="f32")
+        b.native = None  # as where no C++ compiler built the step
+        if broken:
+            def refuse(*a, **k):
+                raise RuntimeError("TorchScript is not available")
+
+            monkeypatch.setattr(torch.jit, "script", refuse)
+        reset_cache(b, 64)
+        with pytest.warns(RuntimeWarning, match="running it eagerly") if broken else contextlib.nullcontext():
+            logits.append(forward(b, ids, 0, True))
+        assert isinstance(b.model, torch.jit.ScriptModule) != broken
+    assert torch.allclose(logits[0], logits[1], atol=1e-4)
