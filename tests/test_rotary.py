@@ -186,6 +186,14 @@ def _tiny_of(path, arch: str):
         from gguf_gptoss import tiny_model as gptoss_model, write_gptoss
 
         return write_gptoss(path, gptoss_model())
+    if arch == "glm4moe":
+        from gguf_glm4moe import tiny_model as glm_model, write_glm4moe
+
+        return write_glm4moe(path, glm_model())
+    if arch == "mistral3":
+        from gguf_mistral3 import tiny_model as mistral3_model, write_mistral3
+
+        return write_mistral3(path, mistral3_model())
     if arch in ("qwen35", "qwen35moe"):
         from gguf_qwen35 import tiny_model, write_qwen35
 
