@@ -107,3 +107,16 @@ def test_a_gguf_header_is_parsed_once_per_file_version(tmp_path, monkeypatch):
     data[4:8] = (3).to_bytes(4, "little")  # the version field: same size, same inode
     path.write_bytes(bytes(data))
     assert gh.read_gguf_header(path).version == 3 and len(calls) == 2
+
+
+def test_a_gguf_file_names_transformers_class_for_its_architecture():
+    """The plan's Model line names the class transformers has for the file's architecture (it said
+    "Gpt_ossForCausalLM" and "Qwen3_moeForCausalLM")."""
+    import transformers
+
+    from kernelfit.catalog.architectures import GGUF_ARCH_TO_MODEL_TYPE
+    from kernelfit.model.spec import causal_lm_class
+
+    for model_type in set(GGUF_ARCH_TO_MODEL_TYPE.values()):
+        assert hasattr(transformers, causal_lm_class(model_type)), model_type
+    assert causal_lm_class("gpt_oss") == "GptOssForCausalLM"

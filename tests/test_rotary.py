@@ -190,6 +190,10 @@ def _tiny_of(path, arch: str):
         from gguf_glm4moe import tiny_model as glm_model, write_glm4moe
 
         return write_glm4moe(path, glm_model())
+    if arch == "deepseek2":
+        from gguf_deepseek2 import tiny_model as deepseek_model, write_deepseek2
+
+        return write_deepseek2(path, deepseek_model())
     if arch == "mistral3":
         from gguf_mistral3 import tiny_model as mistral3_model, write_mistral3
 

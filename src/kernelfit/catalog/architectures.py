@@ -49,6 +49,9 @@ DECODERS: dict[str, DecoderFamily] = {
     "qwen3_moe": DecoderFamily(qk_norm="head", moe=True),
     # GLM-4.5: Q/K/V biases, sigmoid-routed experts beside an ungated shared one (transformers Glm4MoeConfig)
     "glm4_moe": DecoderFamily(qkv_bias=True, attention_bias_key=None, moe=True),
+    # DeepSeek-V2/V3 (and the models llama.cpp writes as deepseek2: Moonlight, Kimi, GLM-4.7-Flash): latent attention
+    # (a GGUF file states its one KV head of kv_lora_rank + rope values), sigmoid- or softmax-routed experts
+    "deepseek_v2": DecoderFamily(moe=True, attention_bias_key=None),
     # gpt-oss: biases on every projection and expert, sinks, every other layer sliding (transformers GptOssConfig)
     "gpt_oss": DecoderFamily(moe=True, mlp_bias=True, sliding_every_other=True),
     "qwen2_moe": DecoderFamily(qkv_bias=True, attention_bias_key=None, moe=True,
@@ -106,7 +109,7 @@ GGUF_ARCH_TO_MODEL_TYPE = {"llama": "llama", "mistral": "mistral", "qwen2": "qwe
                            "olmo2": "olmo2", "smollm3": "smollm3", "granite": "granite", "glm4": "glm4",
                            "qwen3moe": "qwen3_moe", "qwen2moe": "qwen2_moe", "lfm2": "lfm2", "lfm2moe": "lfm2_moe",
                            "qwen35": "qwen3_5_text", "qwen35moe": "qwen3_5_moe_text", "gpt-oss": "gpt_oss",
-                           "mistral3": "ministral3", "glm4moe": "glm4_moe"}
+                           "mistral3": "ministral3", "glm4moe": "glm4_moe", "deepseek2": "deepseek_v2"}
 
 
 def supported_model_types() -> list[str]:

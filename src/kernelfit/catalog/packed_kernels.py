@@ -36,9 +36,9 @@ PACKED_GGUF_TYPES = INT4_EXACT + REGRID + FLOAT
 # GGUF architectures engine/reference.py runs
 LEAN_GGUF_ARCHS = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "phi3", "smollm3", "granite",
                    "olmo2", "glm4", "gemma", "qwen3moe", "qwen2moe", "lfm2", "qwen35",
-                   "qwen35moe", "lfm2moe", "gpt-oss", "mistral3", "glm4moe")
+                   "qwen35moe", "lfm2moe", "gpt-oss", "mistral3", "glm4moe", "deepseek2")
 
-MOE_GGUF_ARCHS = ("qwen3moe", "qwen2moe", "qwen35moe", "lfm2moe", "gpt-oss", "glm4moe")  # their routers and experts run in the C++ step only
+MOE_GGUF_ARCHS = ("qwen3moe", "qwen2moe", "qwen35moe", "lfm2moe", "gpt-oss", "glm4moe", "deepseek2")  # their routers and experts run in the C++ step only
 
 # A re-gridded tensor (Q8_0/Q6_K -> int8 per row) whose relative weight error exceeds this is unpacked to bf16
 # instead. At 2% the logits of SmolLM2 and Gemma 3 270M keep a cosine above 0.9999 with the file's own

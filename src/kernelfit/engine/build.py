@@ -129,6 +129,9 @@ def _build_lean(path, prefill_dense, progress, prefill_int8, requant, kv_cache, 
         elif cfg.attention_gate:  # Qwen3.5's attention: Q's rows [q_h, gate_h] a head -> all q (paired), all gates
             names = [b + "attn_q.weight", b + "attn_k.weight", b + "attn_v.weight"]
             orders = {names[0]: gated_q_order(cfg, q_order), names[1]: k_order} if interleave else {}
+        elif cfg.latent:  # DeepSeek's MLA: Q (or q_a) and kv_a over the normed input; q_b, k_b, v_b after (latent)
+            names = [b + ("attn_q_a.weight" if cfg.latent.q_rank else "attn_q.weight"), b + "attn_kv_a_mqa.weight"]
+            orders = {}
         elif t.has(b + "attn_qkv.weight"):  # phi3: Q, K and V rows in one tensor, in that order
             names = [b + "attn_qkv.weight"]
             v_rows = np.arange(cfg.kv_heads * cfg.head_dim) + (cfg.heads + cfg.kv_heads) * cfg.head_dim
@@ -148,6 +151,7 @@ def _build_lean(path, prefill_dense, progress, prefill_int8, requant, kv_cache, 
                 qb, kb = qb[torch.from_numpy(q_order)], kb[torch.from_numpy(k_order)]
             bias = torch.cat([qb, kb, vb])
         qkv = linear(t, names, orders, exact)
+        latent, latent_norms = latent_products(t, b, cfg, exact) if cfg.latent else ([], [])
         router = shared_gate = expert_bias = None
         shared = []
         if t.has(b + "ffn_gate_inp.weight"):  # MoE: every expert's gate, up and down rows, one product each
@@ -171,7 +175,7 @@ def _build_lean(path, prefill_dense, progress, prefill_int8, requant, kv_cache, 
             down = linear(t, [b + "ffn_down.weight"], exact=exact)[0]
         o = linear(t, [b + {LayerKind.SHORT_CONV: "shortconv.out_proj.weight", LayerKind.GATED_DELTA_NET:
                             "ssm_out.weight"}.get(kind, "attn_output.weight")], exact=exact)[0]
-        packed += [*qkv, o, *gate_up, down, *shared]
+        packed += [*qkv, *latent, o, *gate_up, down, *shared]
         qn = kn = None
         if t.has(b + "attn_q_norm.weight"):  # gemma3, qwen3: RMSNorm of each head's Q and K; olmo2: of all of Q, K
             qn, kn = t.float_tensor(b + "attn_q_norm.weight"), t.float_tensor(b + "attn_k_norm.weight")
@@ -193,7 +197,8 @@ def _build_lean(path, prefill_dense, progress, prefill_int8, requant, kv_cache, 
             post_attn, optional(b + "post_ffw_norm.weight"), cfg.sliding(i),
             cfg.rotary_layer(i), router, [product(w) for w in shared], shared_gate, conv, delta,
             cfg.attention_gate and kind is LayerKind.ATTENTION, expert_bias,
-            gpt_oss_tensors(t, b, cfg) if cfg.attention_sinks else None))
+            gpt_oss_tensors(t, b, cfg) if cfg.attention_sinks else None,
+            [product(w) for w in latent], latent_norms))
     table = "token_embd.weight"
     embed = linear(t, [table], exact=True)[0] if exact and t.qtype(table) not in FLOAT_TYPES else regridded(t, table)
     head = linear(t, ["output.weight"], exact=exact)[0] if t.has("output.weight") else embed
@@ -231,6 +236,20 @@ def _build_lean(path, prefill_dense, progress, prefill_int8, requant, kv_cache, 
     release_free_memory()
     return LeanBuild(cfg, runner, t.conversions, nbytes, time.perf_counter() - t0, native, t.problems,
                      int8 and not prefill_dense, kv_cache, scripted=not native.prefill_ok)
+
+
+def latent_products(t, b: str, cfg: Recipe, exact: bool) -> tuple[list[PackedWeight], list[torch.Tensor]]:
+    """An MLA layer's products after its Q (or q_a) and kv_a ones — q_b where Q is low-rank, then k_b [heads x
+    kv_rank rows, nope] and v_b [heads x value rows, kv_rank], each head's rows a block the step takes alone — and its
+    norms [q_a's (empty where none), kv_a's] (step.cpp's norms slots 3 and 4 in an MLA layer)."""
+    if not exact:
+        raise UsageError(f"{Path(t.path).name}: multi-head latent attention runs in kernelfit's C++ step only, which no "
+                         "C++ compiler builds here")
+    lat = cfg.latent
+    names = ([b + "attn_q_b.weight"] if lat.q_rank else []) + [b + "attn_k_b.weight", b + "attn_v_b.weight"]
+    products = [linear(t, [n], exact=True)[0] for n in names]
+    q_norm = t.float_tensor(b + "attn_q_a_norm.weight").reshape(lat.q_rank) if lat.q_rank else torch.empty(0)
+    return products, [q_norm, t.float_tensor(b + "attn_kv_a_norm.weight").reshape(lat.kv_rank)]
 
 
 def gpt_oss_tensors(t, b: str, cfg: Recipe) -> list[torch.Tensor]:
@@ -301,8 +320,9 @@ def open_model(path: Path, requant: str | None = None) -> tuple[Recipe, GgufTens
     factors = next((n for n in ("rope_freqs.weight", "rope_factors_short.weight") if t.has(n)), None)  # per pair
     cfg = recipe_from_gguf(header, t.float_tensor(factors) if factors else None)
     # Llama/Mistral/Mistral 3/SmolLM3/Granite/GLM-4 files already pair rotary dims side by side (llama.cpp's
-    # converter permutes their Q and K rows); qwen2, qwen3, gemma, phi3 and olmo2 files keep halves
-    return cfg, t, cfg.arch not in ("llama", "mistral", "mistral3", "smollm3", "granite", "glm4")
+    # converter permutes their Q and K rows), DeepSeek's as trained; qwen2, qwen3, gemma, phi3 and olmo2 files keep
+    # halves
+    return cfg, t, cfg.arch not in ("llama", "mistral", "mistral3", "smollm3", "granite", "glm4", "deepseek2")
 
 
 def _script(model: LeanLM) -> torch.jit.ScriptModule | LeanLM:
@@ -337,8 +357,10 @@ def forward(build: LeanBuild, ids: torch.Tensor, pos: int, all_logits: bool = Fa
         return _native(build, step, ids, pos, all_logits, cache, panel_rows)
     if cache is not None:
         raise ValueError("a sequence's own cache needs the C++ step (batch_ready)")
-    if build.cfg.experts or build.cfg.recurrent_layers:  # the reference model has no routers, no recurrent layers
-        raise UsageError("a mixture-of-experts or hybrid file runs through the C++ step only, which is not built here")
+    if build.cfg.experts or build.cfg.recurrent_layers or build.cfg.latent:  # the reference model has no routers,
+        # no recurrent layers, no latent attention
+        raise UsageError("a mixture-of-experts, hybrid or latent-attention file runs through the C++ step only, which is "
+                         "not built here")
     if not build.scripted:  # the C++ path's build: compiled (or left eager) on first need
         build.model, build.scripted = _script(build.model), True
     with torch.jit.optimized_execution(False), torch.inference_mode():
@@ -405,8 +427,14 @@ def _bound(build: LeanBuild, step):
                             float(c.logit_scale), n.routers, int(c.top_k), int(c.expert_ffn), bool(c.norm_topk),
                             int(c.delta_heads[0]), int(c.delta_heads[1]), c.router is RouterKind.SIGMOID,
                             *(c.clamped_swiglu or (1.0, 0.0)), *(c.query_temperature or (0.0, 0)),
-                            float(c.routed_scale))
+                            float(c.routed_scale), _latent_dims(c))
     return n.bound
+
+
+def _latent_dims(c: Recipe) -> list[int]:
+    """step.cpp Step::lat: MLA's q_rank, kv_rank, nope, rope, value (empty without it)."""
+    lat = c.latent
+    return [lat.q_rank, lat.kv_rank, lat.nope, lat.rope, lat.value] if lat else []
 
 
 def _native(build: LeanBuild, step, ids: torch.Tensor, pos: int, all_logits: bool, cache: KvCache | None,

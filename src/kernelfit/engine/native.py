@@ -259,9 +259,9 @@ class NativeArgs:
 
 
 NO_ROTARY = 2  # a layer flag beside sliding (1) in NativeArgs.sliding: Q and K not rotated (step.cpp LAYER_NO_ROTARY)
-SHORT_CONV, DELTA_NET, GATED, SHARED_EXPERT = 4, 8, 16, 32  # a short-convolution layer, a Gated DeltaNet layer
-# (neither keeps keys and values), attention with an output gate, an MoE layer with a shared expert (step.cpp
-# LAYER_CONV, LAYER_DELTA, LAYER_GATED, LAYER_SHARED)
+SHORT_CONV, DELTA_NET, GATED, SHARED_EXPERT, LATENT = 4, 8, 16, 32, 64  # a short-convolution layer, a Gated DeltaNet
+# layer (neither keeps keys and values), attention with an output gate, an MoE layer with a shared expert, DeepSeek's
+# latent attention (step.cpp LAYER_CONV, LAYER_DELTA, LAYER_GATED, LAYER_SHARED, LAYER_LATENT)
 
 
 C_KINDS = (4, 5, 6, 7, 8, 9)  # reference.py DOT4, DOT8, BF16_ROWS, DOT6, DOT_IQ4, DOT_MXFP4: the C++ prompt forward's
@@ -284,6 +284,8 @@ def native_args(model) -> NativeArgs:
         parts = list(blk.qkv.parts)
         for p in parts:
             add(p)
+        for p in blk.latent:  # MLA: q_b, k_b, v_b between its Q/kv_a products and O
+            add(p)
         add(blk.o)
         gu = [blk.gate_up.p0, blk.gate_up.p1][:blk.gate_up.n]
         for p in gu:
@@ -293,14 +295,14 @@ def native_args(model) -> NativeArgs:
             add(p)
         n_qkv.append(len(parts))
         n_gu.append(len(gu))
-        norms.append([blk.attn_norm, blk.ffn_norm, blk.qkv_bias if blk.has_bias else empty,
-                      blk.q_norm if blk.has_qk_norm else empty, blk.k_norm if blk.has_qk_norm else empty,
+        qk = blk.latent_norms or ([blk.q_norm, blk.k_norm] if blk.has_qk_norm else [empty, empty])  # MLA: q_a's, kv_a's
+        norms.append([blk.attn_norm, blk.ffn_norm, blk.qkv_bias if blk.has_bias else empty, *qk,
                       blk.post_attn_norm if blk.has_post_norms else empty,
                       blk.post_ffn_norm if blk.has_post_norms else empty, blk.shared_gate, blk.conv,
                       *(blk.delta or [empty] * 3), blk.expert_bias, *blk.gpt_oss])
         kind = (DELTA_NET if blk.delta else SHORT_CONV) if blk.conv.numel() else 0
         sliding.append(int(blk.sliding) | (0 if blk.rotary else NO_ROTARY) | kind | (GATED if blk.gated else 0)
-                       | (SHARED_EXPERT if len(blk.shared) else 0))
+                       | (SHARED_EXPERT if len(blk.shared) else 0) | (LATENT if len(blk.latent) else 0))
         routers.append(blk.router)
     h = model.head
     e = model.embed_dot

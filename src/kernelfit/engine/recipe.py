@@ -57,7 +57,8 @@ LFM2 = ("lfm2", "lfm2moe")  # LFM2 and LFM2-MoE: short convolutions and attentio
 GPT_OSS = "gpt-oss"
 GLM4_MOE = "glm4moe"  # GLM-4.5 / 4.6 / 4.5-Air: sigmoid-routed experts with a selection bias and a routed scale,
 # an ungated shared expert, leading dense layers, half of each head rotated
-MOE_ARCHS = ("qwen3moe", "qwen2moe", "qwen35moe", "lfm2moe", GPT_OSS, GLM4_MOE)
+DEEPSEEK2 = "deepseek2"  # DeepSeek-V2/V2-Lite/V3, Moonlight, Kimi, GLM-4.7-Flash: multi-head latent attention (Latent)
+MOE_ARCHS = ("qwen3moe", "qwen2moe", "qwen35moe", "lfm2moe", GPT_OSS, GLM4_MOE, DEEPSEEK2)
 # Architectures whose file names the norm before the FFN post_attention_norm (llama.cpp's name for transformers'
 # post_attention_layernorm), not a norm of the attention's output as in Gemma 2/3
 FFN_NORM_NAMED_POST_ATTENTION = QWEN35 + (GPT_OSS, GLM4_MOE)
@@ -86,6 +87,20 @@ class RouterKind(Enum):
     SIGMOID = "sigmoid"  # each expert's own sigmoid, chosen by it plus a selection bias (LFM2-MoE)
 
 
+@dataclass(frozen=True)
+class Latent:
+    """DeepSeek's multi-head latent attention (MLA), as llama.cpp runs it absorbed (src/models/deepseek2.cpp): a token
+    keeps one latent row a layer, [k_pe (rope, rotated), kv_a_norm(c_kv) (kv_rank)] — the KV cache's one head of
+    head_dim = rope + kv_rank, its keys and its values alike — and each query head is [rotated q_pe, k_b[h] q_nope[h]]
+    (q_nope absorbed into the latent's space); a head's output is v_b[h] times the latent part of its attention over
+    those rows. Q is one product (DeepSeek-V2-Lite) or q_a, its norm and q_b (q_rank > 0)."""
+    q_rank: int  # 0: no low-rank Q
+    kv_rank: int
+    nope: int  # a head's query/key dimensions without rotary (qk_nope_head_dim)
+    rope: int  # the rotated ones (qk_rope_head_dim), one key part shared by every head
+    value: int  # a head's value size (v_head_dim)
+
+
 class RotaryKind(Enum):
     PLAIN = "plain"
     LINEAR = "linear"
@@ -106,6 +121,7 @@ class Rotary:
     dims: int = 0  # the dimensions of a head it rotates (Phi-4-mini, StableLM: part of each head); 0: all
     truncate: bool = True  # YaRN: the correction dimensions floored and ceiled (gpt-oss: not)
     log_multiplier: float = 0.0  # YaRN: mscale_all_dim (the file's yarn_log_multiplier); 0: none
+    mscale: float = 1.0  # YaRN: the attention factor's numerator's (DeepSeek-V2's mscale: its mscale_all_dim)
 
     @property
     def magnitude(self) -> float:
@@ -114,8 +130,16 @@ class Rotary:
             return self.attention_factor
         if self.kind is not RotaryKind.YARN or self.factor <= 1:
             return 1.0
-        mscale = 0.1 * math.log(self.factor) + 1.0
+        mscale = 0.1 * self.mscale * math.log(self.factor) + 1.0
         return mscale / (0.1 * self.log_multiplier * math.log(self.factor) + 1.0) if self.log_multiplier else mscale
+
+    @property
+    def score_scale(self) -> float:
+        """MLA's extra factor on the scores: mscale(factor, mscale_all_dim)^2 (transformers' yarn_apply_mscale;
+        llama.cpp deepseek2's kq_scale), 1 otherwise."""
+        if self.kind is not RotaryKind.YARN or self.factor <= 1 or not self.log_multiplier:
+            return 1.0
+        return (0.1 * self.log_multiplier * math.log(self.factor) + 1.0) ** 2
 
 
 def inverse_frequencies(r: Rotary, dim: int) -> torch.Tensor:
@@ -197,6 +221,7 @@ class Recipe:
     attention_sinks: bool = False  # gpt-oss: a logit a head in the softmax's denominator (the attn_sinks tensors)
     # Mistral 3: (beta, L), each query times 1 + beta ln(1 + floor(pos / L)) (Llama 4's attention temperature)
     query_temperature: tuple[float, int] | None = None
+    latent: Latent | None = None  # DeepSeek's MLA: kv_heads 1 and head_dim rope + kv_rank (the latent row)
 
     def temperature(self, pos: int) -> float:
         """The query's multiplier at a position (1 without a temperature)."""
@@ -252,6 +277,11 @@ def rotary_from_gguf(h, rope_freqs: torch.Tensor | None) -> Rotary:
     rotary = _scaled_rotary(h, scaling, rope_freqs)
     if h.architecture == GPT_OSS:
         rotary = replace(rotary, truncate=False)
+    if h.architecture == DEEPSEEK2 and rotary.log_multiplier:
+        # llama.cpp's TAG_DEEPSEEK2_YARN_LOG_MUL_FIX: the converter stores 0.1 x mscale_all_dim, and DeepSeek-V2's
+        # mscale equals its mscale_all_dim (transformers: get_mscale(f, mscale) / get_mscale(f, mscale_all_dim) = 1)
+        m = rotary.log_multiplier / 0.1
+        rotary = replace(rotary, log_multiplier=m, mscale=m)
     dims = int(h.arch_key("rope.dimension_count") or 0)
     heads = h.arch_key("attention.head_count")
     heads = max(heads) if isinstance(heads, (list, tuple)) else heads  # a hybrid's per-layer counts (0: no attention)
@@ -299,8 +329,10 @@ def recipe_from_gguf(h, rope_freqs: torch.Tensor | None = None) -> Recipe:
     if arch == "olmo2" and h.arch_key("attention.sliding_window"):  # OLMo 3's windows: not this recipe's pattern
         raise UsageError(f"{Path(h.path).name}: an olmo2 file with a sliding window (OLMo 3) is not run by the packed "
                          "CPU runner yet")
-    if arch == GLM4_MOE and not any(t.name == "blk.0.attn_norm.weight" for t in h.tensors):
-        raise UsageError(f"{Path(h.path).name}: a GLM-4.5 file of its multi-token-prediction block alone (a draft "
+    if arch == DEEPSEEK2:
+        _check_deepseek2(h)
+    if arch in (GLM4_MOE, DEEPSEEK2) and not any(t.name == "blk.0.attn_norm.weight" for t in h.tensors):
+        raise UsageError(f"{Path(h.path).name}: a file of the multi-token-prediction block alone (a draft "
                          "model's half); run the model's own file")
     hidden = int(h.arch_key("embedding_length"))
     # Qwen3.5's and GLM-4.5's multi-token-prediction blocks follow the model's own (llama.cpp runs them only to draft): not run here
@@ -332,7 +364,8 @@ def recipe_from_gguf(h, rope_freqs: torch.Tensor | None = None) -> Recipe:
         final_softcap=float(h.arch_key("final_logit_softcapping") or 0.0) if arch == "gemma2" else 0.0,
         # llama.cpp (LLM_ARCH_GEMMA2) and transformers (query_pre_attn_scalar): 27B scales by hidden / heads
         query_scale=scales.pop("query_scale", None) or (
-            (hidden / heads) ** -0.5 if arch == "gemma2" and layers == GEMMA2_27B_LAYERS else None),
+            (hidden / heads) ** -0.5 if arch == "gemma2" and layers == GEMMA2_27B_LAYERS else None) or (
+            _latent_scale(h) if arch == DEEPSEEK2 else None),
         no_rotary_step=SMOLLM3_NO_ROTARY_STEP if arch == "smollm3" else (
             1 if arch == "granite" and h.arch_key("rope.scaling.finetuned") is False else 0),  # Granite's no-rope switch
         **scales,
@@ -342,19 +375,70 @@ def recipe_from_gguf(h, rope_freqs: torch.Tensor | None = None) -> Recipe:
             "expert_ffn": int(h.arch_key("expert_feed_forward_length")),
             # gpt-oss: a softmax over the top k logits, the same weights as this renormalisation of all the experts';
             # GLM-4.5: the file's expert_weights_norm (its norm_topk_prob) and expert_weights_scale
-            "norm_topk": bool(h.arch_key("expert_weights_norm")) if arch == GLM4_MOE else
+            "norm_topk": bool(h.arch_key("expert_weights_norm")) if arch in (GLM4_MOE, DEEPSEEK2) else
             arch in ("qwen3moe", "qwen35moe", "lfm2moe", GPT_OSS),
-            "routed_scale": float(h.arch_key("expert_weights_scale") or 1.0) if arch == GLM4_MOE else 1.0}
+            "routed_scale": float(h.arch_key("expert_weights_scale") or 1.0) if arch in (GLM4_MOE, DEEPSEEK2) else 1.0}
            if arch in MOE_ARCHS else {}),  # (a shared expert's size is its products' rows: step.cpp)
         # LFM2-MoE, GLM-4.5: sigmoid scores (llama.cpp's expert_gating_func 2; GLM-4.5's default), renormalised over
         # the chosen where the model does
         **({"router": RouterKind.SIGMOID} if arch in MOE_ARCHS and int(
-            h.arch_key("expert_gating_func") or (2 if arch == GLM4_MOE else 1)) == 2 else {}),
+            h.arch_key("expert_gating_func") or _default_gating(h)) == 2 else {}),
         **({"clamped_swiglu": GPT_OSS_SWIGLU, "attention_sinks": True} if arch == GPT_OSS else {}),
         **({"query_temperature": _query_temperature(h)} if arch == MISTRAL3 else {}),
+        **(_latent(h) if arch == DEEPSEEK2 else {}),
         # LongRoPE runs its short table: positions past the original context would need the long one
         max_positions=int(h.arch_key("rope.scaling.original_context_length") if h.rope_scaling == "longrope" else
                           h.arch_key("context_length") or 4096))
+
+
+def _default_gating(h) -> int:
+    """llama.cpp's expert_gating_func where a file stores none: GLM-4.5's sigmoid (2); DeepSeek-V2/V2.5's softmax (1),
+    but GLM-4.7-Flash's early files (47 or 48 layers, a 154,880-token vocabulary) sigmoid (llama_model_deepseek2)."""
+    if h.architecture == GLM4_MOE:
+        return 2
+    if h.architecture == DEEPSEEK2:
+        tokens = h.metadata.get("tokenizer.ggml.tokens")
+        vocab = int(getattr(tokens, "count", None) or h.arch_key("vocab_size") or 0)
+        return 2 if int(h.arch_key("block_count") or 0) - int(h.arch_key("nextn_predict_layers") or 0) in (47, 48) \
+            and vocab == 154880 else 1
+    return 1
+
+
+def _check_deepseek2(h) -> None:
+    """What the engine's MLA does not run, refused in one line: the legacy unsplit attn_kv_b (reconvert), group-limited
+    routing, the attention temperature (llama.cpp reads it for Mistral Large)."""
+    name = Path(h.path).name
+    names = {t.name for t in h.tensors}
+    if "blk.0.attn_kv_b.weight" in names and "blk.0.attn_k_b.weight" not in names:
+        raise UsageError(f"{name}: an old deepseek2 file with attn_kv_b (not split into attn_k_b / attn_v_b); "
+                         "reconvert it with a current llama.cpp convert_hf_to_gguf.py")
+    if int(h.arch_key("expert_group_count") or 1) > 1:
+        raise UsageError(f"{name}: experts chosen within groups (expert_group_count "
+                         f"{h.arch_key('expert_group_count')}) are not run by the packed CPU engine yet")
+    if h.arch_key("attention.temperature_scale"):
+        raise UsageError(f"{name}: a deepseek2 file with an attention temperature is not run by the packed CPU engine")
+
+
+def _latent(h) -> dict:
+    """DeepSeek's MLA sizes from the file's keys (convert_hf_to_gguf's DeepseekV2Model: key_length = kv_rank + rope,
+    key_length_mla = nope + rope, value_length_mla = v_head_dim, one KV head)."""
+    rope = int(h.arch_key("rope.dimension_count"))
+    kv_rank = int(h.arch_key("attention.kv_lora_rank"))
+    lat = Latent(int(h.arch_key("attention.q_lora_rank") or 0), kv_rank,
+                 int(h.arch_key("attention.key_length_mla")) - rope, rope, int(h.arch_key("attention.value_length_mla")))
+    if int(h.arch_key("attention.key_length") or 0) != kv_rank + rope:
+        raise UsageError(f"{Path(h.path).name}: attention.key_length is not kv_lora_rank + the rotary size; the file is "
+                         "damaged")
+    if int(h.arch_key("attention.head_count_kv") or 0) != 1:
+        raise UsageError(f"{Path(h.path).name}: a deepseek2 file whose latent attention is not one KV head (an old or "
+                         "unabsorbed conversion); reconvert it with a current llama.cpp convert_hf_to_gguf.py")
+    return {"latent": lat}
+
+
+def _latent_scale(h) -> float:
+    """MLA's scores' scale: (nope + rope)^-0.5 (a head's query/key size before absorption) times YaRN's
+    mscale(factor, mscale_all_dim)^2."""
+    return int(h.arch_key("attention.key_length_mla")) ** -0.5 * rotary_from_gguf(h, None).score_scale
 
 
 def _query_temperature(h) -> tuple[float, int] | None:

@@ -241,7 +241,8 @@ class Block(nn.Module):
                  router: Optional[torch.Tensor] = None, shared: Optional[List[Product]] = None,
                  shared_gate: Optional[torch.Tensor] = None, conv: Optional[torch.Tensor] = None,
                  delta: Optional[List[torch.Tensor]] = None, gated: bool = False,
-                 expert_bias: Optional[torch.Tensor] = None, gpt_oss: Optional[List[torch.Tensor]] = None):
+                 expert_bias: Optional[torch.Tensor] = None, gpt_oss: Optional[List[torch.Tensor]] = None,
+                 latent: Optional[List[Product]] = None, latent_norms: Optional[List[torch.Tensor]] = None):
         super().__init__()
         empty = torch.empty(0)
         self.attn_norm, self.ffn_norm = attn_norm, ffn_norm
@@ -275,6 +276,10 @@ class Block(nn.Module):
         # gpt-oss's: the attention output's bias, the sinks, the router's bias and the experts' gate, up and down
         # biases (step.cpp O_BIAS..; the C++ step only, as its routers)
         self.gpt_oss: List[torch.Tensor] = gpt_oss or []
+        # DeepSeek's MLA (the C++ step only): q_b (where Q is low-rank), k_b and v_b products, and the q_a and kv_a
+        # norms (build.py latent_products)
+        self.latent = nn.ModuleList(latent or [])
+        self.latent_norms: List[torch.Tensor] = latent_norms or []
 
 
 class LeanLM(nn.Module):

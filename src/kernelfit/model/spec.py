@@ -330,7 +330,7 @@ def spec_from_gguf(path: Path, name: str, model_dir: str | None = None) -> Model
                               for i in range(int(cfg["num_hidden_layers"]))]
     if model_type == "gpt_oss":  # every other layer slides, the first does (engine/recipe.py GPT_OSS_SLIDING_PATTERN)
         cfg["sliding_window"] = h.arch_key("attention.sliding_window")
-    if model_type in ("gpt_oss", "glm4_moe"):
+    if model_type in ("gpt_oss", "glm4_moe", "deepseek_v2"):
         cfg["num_local_experts"] = h.arch_key("expert_count")
     if model_type in ("qwen3_5_text", "qwen3_5_moe_text"):
         cfg["layer_types"] = ["full_attention" if a else "linear_attention" for a in attends]
@@ -354,11 +354,23 @@ def spec_from_gguf(path: Path, name: str, model_dir: str | None = None) -> Model
     from dataclasses import replace
 
     return replace(spec, params=params, sub_models=(replace(text, params=params),), quantization=quant,
-                   architecture=f"{model_type.capitalize()}ForCausalLM", gguf_file=path.name,
+                   architecture=causal_lm_class(model_type), gguf_file=path.name,
                    model_dir=model_dir or str(path.parent),
                    chat_template="tokenizer.chat_template" in h.metadata,
                    extra={"gguf_name": h.metadata.get("general.name"), "gguf_arch": arch,
                           "gguf_numel_by_type": _sum_by_type(h, "numel"), "gguf_rope_scaling": h.rope_scaling})
+
+
+def causal_lm_class(model_type: str) -> str:
+    """transformers' causal-LM class name for a model type ("gpt_oss" -> GptOssForCausalLM, "deepseek_v2" ->
+    DeepseekV2ForCausalLM); a text config inside a multimodal one names its family's (gemma3_text -> Gemma3, qwen3_5_text
+    -> Qwen3_5, as transformers spells them)."""
+    base = model_type.removesuffix("_text")
+    if base == "smollm3":
+        return "SmolLM3ForCausalLM"
+    if base.startswith("qwen3_5"):  # transformers keeps this one's underscore: Qwen3_5ForCausalLM, Qwen3_5MoeForCausalLM
+        return "Qwen3_5" + "".join(p.capitalize() for p in base.removeprefix("qwen3_5").split("_")) + "ForCausalLM"
+    return "".join(p.capitalize() for p in base.split("_")) + "ForCausalLM"
 
 
 def _sum_by_type(h, field: str) -> dict[str, int]:

@@ -93,9 +93,10 @@ void head_vector(const float* src, const float* bias, const float* w, const floa
 // a layer's flags (native.py NativeArgs.sliding). LAYER_CONV: a short-convolution layer (short_conv.h), LAYER_DELTA a
 // Gated DeltaNet layer (delta_net.h): neither keeps keys and values. LAYER_GATED: attention whose Q product also
 // gives a gate a query head (Qwen3.5: its rows [q, gate] after K and V... see attention_row), output * sigmoid(gate)
-// LAYER_SHARED: an MoE layer with a shared expert (its sigmoid gate in norms slot SHARED_GATE where it has one)
+// LAYER_SHARED: an MoE layer with a shared expert (its sigmoid gate in norms slot SHARED_GATE where it has one).
+// LAYER_LATENT: DeepSeek's multi-head latent attention (latent_heads; its q_a and kv_a norms in norms slots 3 and 4)
 constexpr int64_t LAYER_SLIDING = 1, LAYER_NO_ROTARY = 2, LAYER_CONV = 4, LAYER_DELTA = 8, LAYER_GATED = 16,
-                  LAYER_SHARED = 32;
+                  LAYER_SHARED = 32, LAYER_LATENT = 64;
 constexpr int64_t DOT_MAX_ROWS = 12;  // lean_lm.py's: calls of up to 12 rows take the exact dot products
 // An expert's rows in a local prompt: up to this many the dot products, past it the panels — measured on a 512 x 2048
 // Q4_K expert product with the panels on AMX tiles (two-tile unpacking): 4 rows 121 us panels / 107 dots, 8 rows
@@ -159,6 +160,9 @@ struct Step {
   double temp_beta = 0;
   int64_t temp_length = 0;
   double routed_scale = 1;  // the chosen experts' weights times this (GLM-4.5's routed_scaling_factor)
+  // MLA (engine/recipe.py Latent): q_rank (0: Q one product), kv_rank, nope, rope, value; empty without it. Its layers'
+  // cache rows are one head of d = rope + kv_rank: [k_pe rotated, the normed latent], keys and values alike
+  std::vector<int64_t> lat;
 
   // layer li's tensor in norms slot i as floats, or null where the layer has none
   const float* slot(int64_t li, size_t i) const {
@@ -184,9 +188,12 @@ struct Step {
     return amx::ready() && t > DOT_MAX_ROWS ? EXPERT_DOT_ROWS_AMX : DOT_MAX_ROWS;
   }
 
-  // One expert's rows of product i (its tiles: the expert's rows are whole tiles) over x: the exact dot products up
-  // to dot_rows rows (expert_dot_rows), else the bf16 panels
-  Tensor expert_product(const Tensor& x, const Weights& w, int64_t i, int64_t e, int64_t rows, int64_t dot_rows) const {
+  // Block e of product i's rows (`rows` each, whole tiles) over x: an expert's rows, an MLA head's k_b or v_b rows.
+  // The exact dot products up to dot_rows rows (expert_dot_rows), else the bf16 panels; float rows as stored
+  Tensor block_product(const Tensor& x, const Weights& w, int64_t i, int64_t e, int64_t rows, int64_t dot_rows) const {
+    if (w.kinds[i] == 6) return bf16rows::rows_mm(x, w.a[i].narrow(0, e * rows, rows));
+    TORCH_CHECK(dot_kind(w.kinds[i]) && rows % dot::TILE == 0, "a block of a product's rows: whole tiles of a dot "
+                "weight, or float rows");
     const int64_t tiles = rows / dot::TILE;
     const Tensor a = w.a[i].narrow(0, e * tiles, tiles), b = w.b[i].narrow(0, e * tiles, tiles);
     const Tensor c = w.c[i].dim() ? w.c[i].narrow(0, e * tiles, tiles) : w.c[i];
@@ -266,15 +273,15 @@ struct Step {
   // the expert's biases where the layer has them (gpt-oss) -> float32 [r, hidden]
   Tensor expert_ffn_rows(const Tensor& xe, const Weights& w, int64_t li, int64_t idx, int64_t e,
                          int64_t dot_rows) const {
-    Tensor g = expert_product(xe, w, idx, e, expert_ffn, dot_rows);
-    Tensor u = expert_product(xe, w, idx + 1, e, expert_ffn, dot_rows);
+    Tensor g = block_product(xe, w, idx, e, expert_ffn, dot_rows);
+    Tensor u = block_product(xe, w, idx + 1, e, expert_ffn, dot_rows);
     const bool bias = slot(li, EXPERT_BIASES) != nullptr;
     if (bias) {
       g = g.to(at::kFloat) + norms[li][EXPERT_BIASES][e];
       u = u.to(at::kFloat) + norms[li][EXPERT_BIASES + 1][e];
     }
     const Tensor act = rows::gated_to(at::cat({g, u}, 1), expert_ffn, false, false, float(act_alpha), float(act_limit));
-    const Tensor y = expert_product(act, w, idx + 2, e, hidden(), dot_rows);
+    const Tensor y = block_product(act, w, idx + 2, e, hidden(), dot_rows);
     return bias ? y.to(at::kFloat) + norms[li][EXPERT_BIASES + 2][e] : y;
   }
 
@@ -290,6 +297,65 @@ struct Step {
     const bool dots = how == MoeRows::STEP || (how == MoeRows::BY_COUNT && x.size(0) <= DOT_MAX_ROWS);
     if (dots || !panel::available()) return products(x, w, first, count);
     return rows_products(x.to(at::kBFloat16), w, first, count, false, how == MoeRows::SERVER_PROMPT).to(at::kFloat);
+  }
+
+  bool latent(int64_t li) const { return (sliding[li] & LAYER_LATENT) != 0; }
+  // the products an MLA layer takes between its Q (or q_a) and kv_a products and O: q_b where Q is low-rank, k_b, v_b
+  int64_t latent_products(int64_t li) const { return latent(li) ? (lat[0] ? 3 : 2) : 0; }
+
+  // MLA layer li over its first products' rows qkv [t, Q (or q_a) | kv_a] (lat0: its q_b/k_b/v_b products' index):
+  // each row's latent row [k_pe rotated, kv_a_norm(c_kv)] stored as its key and its value in cache_of(r) (slot kl) at
+  // pos[r], and its query heads [q_pe rotated, k_b[h] q_nope[h]] into q (float32 [t, nq, d]) — llama.cpp's absorbed
+  // MLA (src/models/deepseek2.cpp). prod(x, i): product i over rows x; dot_rows: as block_product's
+  template <class CacheOf, class Prod>
+  void latent_heads(const Tensor& qkv_in, const Weights& w, int64_t li, int64_t lat0, const Tensor& rope,
+                    const std::vector<int64_t>& pos, int64_t kl, float* q, CacheOf cache_of, Prod prod,
+                    int64_t dot_rows) const {
+    const Tensor qkv = qkv_in.to(at::kFloat).contiguous();
+    const int64_t t = qkv.size(0), qr = lat[0], kr = lat[1], nope = lat[2], rp = lat[3], hd = nope + rp;
+    const int64_t qw = qr ? qr : nq * hd;
+    TORCH_CHECK(d == rp + kr && qkv.size(1) == qw + kr + rp, "latent attention: the layer's products give ",
+                qkv.size(1), " values a row for its sizes");
+    const Tensor qh = (qr ? prod(rows::rms_norm_to(qkv.narrow(1, 0, qr).contiguous(), norms[li][3], eps, false), lat0)
+                          : qkv.narrow(1, 0, qw)).to(at::kFloat).contiguous().view({t, nq, hd});
+    const Tensor c = rows::rms_norm_to(qkv.narrow(1, qw, kr).contiguous(), norms[li][4], eps, false);
+    const float* rp0 = rope.data_ptr<float>();
+    std::vector<float> row(d);
+    for (int64_t r = 0; r < t; ++r) {
+      const float* src = qkv.data_ptr<float>() + r * qkv.size(1) + qw + kr;  // k_pe
+      std::copy(src, src + rp, row.begin());
+      std::copy(c.data_ptr<float>() + r * kr, c.data_ptr<float>() + (r + 1) * kr, row.begin() + rp);
+      std::vector<float> out(d);
+      head_vector(row.data(), nullptr, nullptr, rp0 + pos[r] * d, true, d, eps, out.data());
+      const kv::View& cache = cache_of(r);
+      const int64_t at = cache.row(kl, 1, 0, pos[r]);
+      kv::store(cache.kind, cache.k, at, out.data(), d);
+      kv::store(cache.kind, cache.v, at, out.data(), d);
+    }
+    const int64_t kb = lat0 + (qr ? 1 : 0);
+    for (int64_t h = 0; h < nq; ++h) {
+      const Tensor absorbed =
+          block_product(qh.select(1, h).narrow(1, 0, nope).contiguous(), w, kb, h, kr, dot_rows).to(at::kFloat)
+              .contiguous();
+      for (int64_t r = 0; r < t; ++r) {
+        const float* qp = qh.data_ptr<float>() + (r * nq + h) * hd + nope;  // q_pe
+        std::copy(qp, qp + rp, row.begin());
+        std::copy(absorbed.data_ptr<float>() + r * kr, absorbed.data_ptr<float>() + (r + 1) * kr, row.begin() + rp);
+        head_vector(row.data(), nullptr, nullptr, rp0 + pos[r] * d, true, d, eps, q + (r * nq + h) * d);
+      }
+    }
+  }
+
+  // MLA: attention rows att [r, nq d] (each head's [rope part, latent part] over the cached rows) -> float32
+  // [r, nq value]: v_b[h] times head h's latent part, the heads side by side (O's input)
+  Tensor latent_values(const Tensor& att_in, const Weights& w, int64_t lat0, int64_t dot_rows) const {
+    const Tensor att = att_in.to(at::kFloat).contiguous();
+    const int64_t r = att.size(0), kr = lat[1], rp = lat[3], vd = lat[4], vb = lat0 + (lat[0] ? 2 : 1);
+    std::vector<Tensor> parts;
+    for (int64_t h = 0; h < nq; ++h)
+      parts.push_back(block_product(att.view({r, nq, d}).select(1, h).narrow(1, rp, kr).contiguous(), w, vb, h, vd,
+                                    dot_rows).to(at::kFloat));
+    return at::cat(parts, 1);
   }
 
   bool conv_layer(int64_t li) const { return (sliding[li] & LAYER_CONV) != 0; }
@@ -404,10 +470,18 @@ struct Step {
         bool slide = (sliding[li] & LAYER_SLIDING) != 0;
         const Tensor& rope = (slide && rope_local.numel() > 0) ? rope_local : rope_global;
         const float* cs = rope.data_ptr<float>() + pos * d;  // [cap, d/2, 2]
-        position_heads(attention_row(qkv.data_ptr<float>(), li, row), nm, cs, li, kl, pos, q.data(), cache);
+        const int64_t lat0 = idx;
+        idx += latent_products(li);
+        if (latent(li))
+          latent_heads(qkv, w, li, lat0, rope, {pos}, kl, q.data(), [&](int64_t) -> const kv::View& { return cache; },
+                       [&](const Tensor& a, int64_t i) { return product(a, w, i); }, INT64_MAX);
+        else
+          position_heads(attention_row(qkv.data_ptr<float>(), li, row), nm, cs, li, kl, pos, q.data(), cache);
         attend(q.data(), cache, kl++, nq, nkv, d, window_start(slide, pos), pos + 1, scaling, att.data(), scores,
                attn_cap, slot(li, SINKS));
-        auto o = product(gate_output(torch::from_blob(att.data(), {1, nq * d}, x.options()), li, qkv, 0), w, idx);
+        Tensor a = torch::from_blob(att.data(), {1, nq * d}, x.options());
+        if (latent(li)) a = latent_values(a, w, lat0, INT64_MAX);
+        auto o = product(gate_output(a, li, qkv, 0), w, idx);
         rows::residual_add(x, biased(o, li, O_BIAS), nm[5], eps, residual_scale);
       }
       idx += 1;
@@ -567,12 +641,25 @@ struct Step {
       } else {
         const int64_t width = qkv.size(1);
         float* qp = q.data_ptr<float>();
-        at::parallel_for(0, t, 8, [&](int64_t r0, int64_t r1) {  // the decode step's per-head work, a row at a time
-          std::vector<float> buf, row;
-          for (int64_t r = r0; r < r1; ++r)
-            position_heads(attention_row(rows::row_floats(qkv, r, width, buf), li, row), nm,
-                           rope.data_ptr<float>() + (pos + r) * d, li, kl, pos + r, qp + r * nq * d, cache);
-        });
+        const int64_t lat0 = idx;
+        idx += latent_products(li);
+        const int64_t dot_rows = expert_dot_rows(panel_rows ? MoeRows::SERVER_PROMPT : MoeRows::BY_COUNT, t);
+        if (latent(li)) {
+          std::vector<int64_t> at_pos(t);
+          for (int64_t r = 0; r < t; ++r) at_pos[r] = pos + r;
+          latent_heads(qkv, w, li, lat0, rope, at_pos, kl, qp, [&](int64_t) -> const kv::View& { return cache; },
+                       [&](const Tensor& a, int64_t i) {
+                         return rows_products(bf16_inputs(t, int8, panel_rows) ? a.to(at::kBFloat16) : a, w, i, 1,
+                                              int8, panel_rows);
+                       }, dot_rows);
+        } else {
+          at::parallel_for(0, t, 8, [&](int64_t r0, int64_t r1) {  // the decode step's per-head work, a row at a time
+            std::vector<float> buf, row;
+            for (int64_t r = r0; r < r1; ++r)
+              position_heads(attention_row(rows::row_floats(qkv, r, width, buf), li, row), nm,
+                             rope.data_ptr<float>() + (pos + r) * d, li, kl, pos + r, qp + r * nq * d, cache);
+          });
+        }
         Tensor att;
         std::vector<float> last_att, scores;
         if (!all_logits && li == layers - 1 && t > 1) {
@@ -597,8 +684,8 @@ struct Step {
                                         pos, window_start(slide, pos), slide ? window : 0, scaling, PROMPT_BLOCK, bf,
                                         attn_cap, slot(li, SINKS));
         }
-        if (gated(li)) {
-          att = gate_output(att, li, qkv, att.size(0) == t ? 0 : t - 1);
+        if (gated(li) || latent(li)) {
+          att = latent(li) ? latent_values(att, w, lat0, dot_rows) : gate_output(att, li, qkv, att.size(0) == t ? 0 : t - 1);
           if (bf16_inputs(att.size(0), int8, panel_rows)) att = att.to(at::kBFloat16);
         }
         rows::residual_add(x, biased(rows_products(att, w, idx, 1, int8, panel_rows), li, O_BIAS), nm[5], eps,
@@ -668,14 +755,21 @@ struct Step {
           ys.push_back(recurrent_rows(qkv.narrow(0, r, 1), li, states[seq[r]].data_ptr<float>() + offs[li]));
         rows::residual_add(x, products(at::cat(ys, 0), w, idx, 1), nm[5], eps, residual_scale);
       } else {
-        for (int64_t r = 0; r < t; ++r)
-          position_heads(attention_row(qkv.data_ptr<float>() + r * width, li, row), nm,
-                         rope.data_ptr<float>() + pos[r] * d, li, kl, pos[r], q.data() + r * nq * d, caches[seq[r]]);
+        const int64_t lat0 = idx;
+        idx += latent_products(li);
+        if (latent(li))
+          latent_heads(qkv, w, li, lat0, rope, pos, kl, q.data(),
+                       [&](int64_t r) -> const kv::View& { return caches[seq[r]]; },
+                       [&](const Tensor& a, int64_t i) { return products(a, w, i, 1); }, INT64_MAX);
+        else
+          for (int64_t r = 0; r < t; ++r)
+            position_heads(attention_row(qkv.data_ptr<float>() + r * width, li, row), nm,
+                           rope.data_ptr<float>() + pos[r] * d, li, kl, pos[r], q.data() + r * nq * d, caches[seq[r]]);
         for (int64_t r = 0; r < t; ++r)
           attend(q.data() + r * nq * d, caches[seq[r]], kl, nq, nkv, d, window_start(slide, pos[r]), pos[r] + 1,
                  scaling, att.data_ptr<float>() + r * nq * d, scores, attn_cap, slot(li, SINKS));
-        rows::residual_add(x, biased(products(gate_output(att, li, qkv, 0), w, idx, 1), li, O_BIAS), nm[5], eps,
-                           residual_scale);
+        const Tensor a = latent(li) ? latent_values(att, w, lat0, INT64_MAX) : gate_output(att, li, qkv, 0);
+        rows::residual_add(x, biased(products(a, w, idx, 1), li, O_BIAS), nm[5], eps, residual_scale);
         ++kl;
       }
       idx += 1;
@@ -704,7 +798,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
                           std::vector<std::vector<Tensor>>, std::vector<int64_t>, Tensor, int64_t, Tensor, Tensor,
                           Tensor, int64_t, int64_t, int64_t, int64_t, int64_t, double, double, int64_t, bool,
                           int64_t, double, double, double, double, std::vector<Tensor>, int64_t, int64_t, bool,
-                          int64_t, int64_t, bool, double, double, double, int64_t, double>())
+                          int64_t, int64_t, bool, double, double, double, int64_t, double, std::vector<int64_t>>())
       // the GIL is released while a step or a prompt runs: `kernelfit serve`'s event loop keeps answering meanwhile
       .def("run", &Step::run, "one decode step", pybind11::call_guard<pybind11::gil_scoped_release>())
       .def("prefill", &Step::prefill, "a prompt's forward", pybind11::call_guard<pybind11::gil_scoped_release>())
