@@ -49,8 +49,14 @@ SHAPES = {
     # heads, 32 experts of 2880, 4 a token, YaRN 32x over 4096; untied head. Quantize it as MXFP4_MOE (llama-quantize:
     # the experts MXFP4, as gpt-oss ships them, the rest Q8_0)
     "gpt-oss-20b-4l": ("gpt-oss", 2880, 4, 64, 8, 2880, 201088, 150000.0, None),
+    # GLM-4.7-Flash (transformers' Glm4MoeLiteConfig; llama.cpp writes it as deepseek2), its first 4 of 47 layers (the
+    # dense one, 3 MoE): 20 heads of latent attention (q_lora 768, kv_lora 512, nope 192, rope 64, value 256), 64
+    # experts of 1536, 4 a token, a shared expert of 1536, sigmoid routing with a selection bias; untied head
+    "glm-4.7-flash-4l": ("deepseek2", 2048, 4, 20, 1, 10240, 154880, 1e6, None),
 }
-MOE = {"qwen3.6-35b-a3b-4l": (256, 8, 512), "gpt-oss-20b-4l": (32, 4, 0)}  # experts, a token's, the shared expert's
+MOE = {"qwen3.6-35b-a3b-4l": (256, 8, 512), "gpt-oss-20b-4l": (32, 4, 0),  # experts, a token's, the shared expert's
+       "glm-4.7-flash-4l": (64, 4, 1536)}
+LATENT = {"glm-4.7-flash-4l": (768, 512, 192, 64, 256, 1536)}  # q_lora, kv_lora, nope, rope, value, expert ffn
 GPT_OSS_HEAD, GPT_OSS_WINDOW = 64, 128
 # Qwen3.5's sizes beyond the common ones: head size, Gated DeltaNet key heads, key size, value heads, value size, conv
 # taps, full-attention interval, rotary dimensions
@@ -80,7 +86,8 @@ def write_f16(name: str, path: Path) -> None:
     from gguf import GGUFWriter
 
     arch, hidden, layers, heads, kv, ffn, vocab, base, llama3 = SHAPES[name]
-    hd = QWEN35[name][0] if name in QWEN35 else GPT_OSS_HEAD if arch == "gpt-oss" else hidden // heads
+    hd = QWEN35[name][0] if name in QWEN35 else GPT_OSS_HEAD if arch == "gpt-oss" else \
+        LATENT[name][1] + LATENT[name][3] if name in LATENT else hidden // heads
     rng = np.random.default_rng(0)
     w = GGUFWriter(str(path), arch)
     w.add_name(f"{name} shape, random weights")
@@ -93,15 +100,30 @@ def write_f16(name: str, path: Path) -> None:
     w.add_head_count_kv([kv if i in attention else 0 for i in range(layers)] if arch == "lfm2" else kv)
     w.add_layer_norm_rms_eps(1e-6)
     w.add_rope_freq_base(base)
-    w.add_rope_dimension_count(QWEN35[name][7] if name in QWEN35 else hd)
+    w.add_rope_dimension_count(QWEN35[name][7] if name in QWEN35 else LATENT[name][3] if name in LATENT else hd)
     if arch == "lfm2":
         w.add_shortconv_l_cache(CONV_TAPS)
     if name in MOE:
         w.add_expert_count(MOE[name][0])
         w.add_expert_used_count(MOE[name][1])
-        w.add_expert_feed_forward_length(ffn)
-        if MOE[name][2]:
+        w.add_expert_feed_forward_length(LATENT[name][5] if name in LATENT else ffn)
+        if MOE[name][2] and name not in LATENT:
             w.add_expert_shared_feed_forward_length(MOE[name][2])
+    if name in LATENT:  # as llama.cpp's converter writes them (conversion/deepseek.py DeepseekV2Model)
+        from gguf import ExpertGatingFuncType
+
+        q_rank, kv_rank, nope, rope, value, _ = LATENT[name]
+        w.add_key_length(kv_rank + rope)
+        w.add_value_length(kv_rank)
+        w.add_key_length_mla(nope + rope)
+        w.add_value_length_mla(value)
+        w.add_q_lora_rank(q_rank)
+        w.add_kv_lora_rank(kv_rank)
+        w.add_leading_dense_block_count(1)
+        w.add_expert_shared_count(1)
+        w.add_expert_weights_scale(1.8)
+        w.add_expert_weights_norm(True)
+        w.add_expert_gating_func(ExpertGatingFuncType.SIGMOID)
     if arch == "gpt-oss":  # as llama.cpp's converter writes them (conversion/gpt_oss.py)
         from gguf import RopeScalingType
 
@@ -149,6 +171,9 @@ def write_f16(name: str, path: Path) -> None:
         if arch == "gpt-oss":
             write_gptoss_layer(w, t, norm, b, hidden, heads, kv, hd, ffn, MOE[name][0], rng)
             continue
+        if name in LATENT:
+            write_latent_layer(w, t, norm, b, i, name, hidden, heads, ffn, rng)
+            continue
         if i not in attention:  # an LFM2 short-convolution layer: in_proj (B, C, x), taps (float32), out_proj
             w.add_tensor(b + "shortconv.conv.weight", (0.3 * rng.standard_normal((hidden, CONV_TAPS))).astype(np.float32))
             t(b + "shortconv.in_proj.weight", (3 * hidden, hidden))
@@ -172,7 +197,7 @@ def write_f16(name: str, path: Path) -> None:
         t(b + "ffn_gate.weight", (ffn, hidden))
         t(b + "ffn_up.weight", (ffn, hidden))
         t(b + "ffn_down.weight", (hidden, ffn))
-    if arch == "gpt-oss":
+    if arch in ("gpt-oss", "deepseek2"):
         t("output.weight", (vocab, hidden))
     norm("token_embd_norm.weight" if arch == "lfm2" else "output_norm.weight", hidden)  # tied output head: the token
     # table (LFM2's final norm keeps llama.cpp's name for transformers' embedding_norm)
@@ -201,6 +226,36 @@ def write_gptoss_layer(w, t, norm, b: str, hidden: int, heads: int, kv: int, hd:
     for x, shape in (("gate", (experts, ffn, hidden)), ("up", (experts, ffn, hidden)), ("down", (experts, hidden, ffn))):
         t(b + f"ffn_{x}_exps.weight", shape)
         f32(b + f"ffn_{x}_exps.bias", shape[:2])
+
+
+def write_latent_layer(w, t, norm, b: str, i: int, name: str, hidden: int, heads: int, ffn: int, rng) -> None:
+    """One deepseek2 layer under llama.cpp's names: q_a, its norm, q_b, kv_a_mqa, its norm, k_b [heads, kv_rank,
+    nope], v_b [heads, value, kv_rank], the output; the first layer a dense FFN, the others the router (float32), its
+    selection bias, the experts and the shared expert."""
+    q_rank, kv_rank, nope, rope, value, expert_ffn = LATENT[name]
+    t(b + "attn_q_a.weight", (q_rank, hidden))
+    norm(b + "attn_q_a_norm.weight", q_rank)
+    t(b + "attn_q_b.weight", (heads * (nope + rope), q_rank))
+    t(b + "attn_kv_a_mqa.weight", (kv_rank + rope, hidden))
+    norm(b + "attn_kv_a_norm.weight", kv_rank)
+    t(b + "attn_k_b.weight", (heads, kv_rank, nope))
+    t(b + "attn_v_b.weight", (heads, value, kv_rank))
+    t(b + "attn_output.weight", (hidden, heads * value))
+    norm(b + "ffn_norm.weight", hidden)
+    if i == 0:
+        t(b + "ffn_gate.weight", (ffn, hidden))
+        t(b + "ffn_up.weight", (ffn, hidden))
+        t(b + "ffn_down.weight", (hidden, ffn))
+        return
+    experts = MOE[name][0]
+    w.add_tensor(b + "ffn_gate_inp.weight", (0.02 * rng.standard_normal((experts, hidden))).astype(np.float32))
+    w.add_tensor(b + "exp_probs_b.bias", (0.01 * rng.standard_normal(experts)).astype(np.float32))
+    t(b + "ffn_gate_exps.weight", (experts, expert_ffn, hidden))
+    t(b + "ffn_up_exps.weight", (experts, expert_ffn, hidden))
+    t(b + "ffn_down_exps.weight", (experts, hidden, expert_ffn))
+    t(b + "ffn_gate_shexp.weight", (expert_ffn, hidden))
+    t(b + "ffn_up_shexp.weight", (expert_ffn, hidden))
+    t(b + "ffn_down_shexp.weight", (hidden, expert_ffn))
 
 
 def write_qwen35_layer(w, t, norm, b: str, attends: bool, name: str, hidden: int, heads: int, kv: int, ffn: int,

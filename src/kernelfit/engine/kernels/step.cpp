@@ -333,16 +333,31 @@ struct Step {
       kv::store(cache.kind, cache.v, at, out.data(), d);
     }
     const int64_t kb = lat0 + (qr ? 1 : 0);
-    for (int64_t h = 0; h < nq; ++h) {
+    heads_in_turn(t, dot_rows, [&](int64_t h) {
       const Tensor absorbed =
           block_product(qh.select(1, h).narrow(1, 0, nope).contiguous(), w, kb, h, kr, dot_rows).to(at::kFloat)
               .contiguous();
+      std::vector<float> part(d);
       for (int64_t r = 0; r < t; ++r) {
         const float* qp = qh.data_ptr<float>() + (r * nq + h) * hd + nope;  // q_pe
-        std::copy(qp, qp + rp, row.begin());
-        std::copy(absorbed.data_ptr<float>() + r * kr, absorbed.data_ptr<float>() + (r + 1) * kr, row.begin() + rp);
-        head_vector(row.data(), nullptr, nullptr, rp0 + pos[r] * d, true, d, eps, q + (r * nq + h) * d);
+        std::copy(qp, qp + rp, part.begin());
+        std::copy(absorbed.data_ptr<float>() + r * kr, absorbed.data_ptr<float>() + (r + 1) * kr, part.begin() + rp);
+        head_vector(part.data(), nullptr, nullptr, rp0 + pos[r] * d, true, d, eps, q + (r * nq + h) * d);
       }
+    });
+  }
+
+  // f(h) for every query head: side by side on the threads where each head's products are the dot products of a
+  // few rows (a head's k_b or v_b block is ~0.1 MB: one call a head on all threads spent more in starting them than
+  // in reading it), one after another where they are panel GEMMs (each on all threads)
+  template <class F>
+  void heads_in_turn(int64_t t, int64_t dot_rows, F f) const {
+    if (t <= dot_rows) {
+      at::parallel_for(0, nq, 1, [&](int64_t h0, int64_t h1) {
+        for (int64_t h = h0; h < h1; ++h) f(h);
+      });
+    } else {
+      for (int64_t h = 0; h < nq; ++h) f(h);
     }
   }
 
@@ -351,10 +366,11 @@ struct Step {
   Tensor latent_values(const Tensor& att_in, const Weights& w, int64_t lat0, int64_t dot_rows) const {
     const Tensor att = att_in.to(at::kFloat).contiguous();
     const int64_t r = att.size(0), kr = lat[1], rp = lat[3], vd = lat[4], vb = lat0 + (lat[0] ? 2 : 1);
-    std::vector<Tensor> parts;
-    for (int64_t h = 0; h < nq; ++h)
-      parts.push_back(block_product(att.view({r, nq, d}).select(1, h).narrow(1, rp, kr).contiguous(), w, vb, h, vd,
-                                    dot_rows).to(at::kFloat));
+    std::vector<Tensor> parts(nq);
+    heads_in_turn(r, dot_rows, [&](int64_t h) {
+      parts[h] = block_product(att.view({r, nq, d}).select(1, h).narrow(1, rp, kr).contiguous(), w, vb, h, vd,
+                               dot_rows).to(at::kFloat);
+    });
     return at::cat(parts, 1);
   }
 
