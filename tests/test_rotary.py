@@ -190,6 +190,10 @@ def _tiny_of(path, arch: str):
         from gguf_glm4moe import tiny_model as glm_model, write_glm4moe
 
         return write_glm4moe(path, glm_model())
+    if arch == "granitehybrid":
+        from gguf_granitehybrid import tiny_model as granite_model, write_granitehybrid
+
+        return write_granitehybrid(path, granite_model())
     if arch == "deepseek2":
         from gguf_deepseek2 import tiny_model as deepseek_model, write_deepseek2
 

@@ -29,6 +29,7 @@ class DecoderFamily:
     # depthwise conv of conv_L_cache taps, out_proj h x h) instead of attention; their state does not grow with context
     gated_delta: bool = False  # Qwen3.5: layer_types "linear_attention" layers run a Gated DeltaNet (linear_* sizes),
     # the others gated attention (q_proj 2x: a gate a head); a fixed state a layer, no keys and values
+    mamba2: bool = False  # Granite 4.0-H: layer_types "mamba" layers run a Mamba-2 mixer (mamba_* sizes); a fixed state
 
 
 DECODERS: dict[str, DecoderFamily] = {
@@ -52,6 +53,8 @@ DECODERS: dict[str, DecoderFamily] = {
     # DeepSeek-V2/V3 (and the models llama.cpp writes as deepseek2: Moonlight, Kimi, GLM-4.7-Flash): latent attention
     # (a GGUF file states its one KV head of kv_lora_rank + rope values), sigmoid- or softmax-routed experts
     "deepseek_v2": DecoderFamily(moe=True, attention_bias_key=None),
+    # Granite 4.0-H (Micro/1B/350M dense; its Tiny/Small MoE files run too): Mamba-2 layers and NoPE attention
+    "granitemoehybrid": DecoderFamily(mamba2=True),
     # gpt-oss: biases on every projection and expert, sinks, every other layer sliding (transformers GptOssConfig)
     "gpt_oss": DecoderFamily(moe=True, mlp_bias=True, sliding_every_other=True),
     "qwen2_moe": DecoderFamily(qkv_bias=True, attention_bias_key=None, moe=True,
@@ -109,7 +112,8 @@ GGUF_ARCH_TO_MODEL_TYPE = {"llama": "llama", "mistral": "mistral", "qwen2": "qwe
                            "olmo2": "olmo2", "smollm3": "smollm3", "granite": "granite", "glm4": "glm4",
                            "qwen3moe": "qwen3_moe", "qwen2moe": "qwen2_moe", "lfm2": "lfm2", "lfm2moe": "lfm2_moe",
                            "qwen35": "qwen3_5_text", "qwen35moe": "qwen3_5_moe_text", "gpt-oss": "gpt_oss",
-                           "mistral3": "ministral3", "glm4moe": "glm4_moe", "deepseek2": "deepseek_v2"}
+                           "mistral3": "ministral3", "glm4moe": "glm4_moe", "deepseek2": "deepseek_v2",
+                           "granitehybrid": "granitemoehybrid"}
 
 
 def supported_model_types() -> list[str]:

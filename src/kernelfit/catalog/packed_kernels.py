@@ -36,7 +36,7 @@ PACKED_GGUF_TYPES = INT4_EXACT + REGRID + FLOAT
 # GGUF architectures engine/reference.py runs
 LEAN_GGUF_ARCHS = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "phi3", "smollm3", "granite",
                    "olmo2", "glm4", "gemma", "qwen3moe", "qwen2moe", "lfm2", "qwen35",
-                   "qwen35moe", "lfm2moe", "gpt-oss", "mistral3", "glm4moe", "deepseek2")
+                   "qwen35moe", "lfm2moe", "gpt-oss", "mistral3", "glm4moe", "deepseek2", "granitehybrid")
 
 MOE_GGUF_ARCHS = ("qwen3moe", "qwen2moe", "qwen35moe", "lfm2moe", "gpt-oss", "glm4moe", "deepseek2")  # their routers and experts run in the C++ step only
 

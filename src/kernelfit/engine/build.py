@@ -114,7 +114,7 @@ def _build_lean(path, prefill_dense, progress, prefill_int8, requant, kv_cache, 
 
     for i in range(cfg.layers):
         b = f"blk.{i}."
-        conv = delta = None
+        conv = delta = mamba = None
         kind = cfg.kind(i)
         if kind is not LayerKind.ATTENTION and not exact:
             raise UsageError(f"{Path(path).name}: a hybrid model's recurrent layers run in kernelfit's C++ step only, "
@@ -122,6 +122,9 @@ def _build_lean(path, prefill_dense, progress, prefill_int8, requant, kv_cache, 
         if kind is LayerKind.SHORT_CONV:  # LFM2: in_proj's B, C, x rows take the Q/K/V slot, out_proj O's
             names, orders = [b + "shortconv.in_proj.weight"], {}
             conv = t.float_tensor(b + "shortconv.conv.weight").reshape(cfg.hidden, cfg.conv_kernel).contiguous()
+        elif kind is LayerKind.MAMBA2:  # Granite 4.0-H: in_proj [z | xBC | dt] takes the Q/K/V slot, out_proj O's
+            names, orders = [b + "ssm_in.weight"], {}
+            conv, delta, mamba = mamba_tensors(t, b, cfg)
         elif kind is LayerKind.GATED_DELTA_NET:  # Qwen3.5: qkv, gate (z), beta and alpha take the Q/K/V slot
             names, orders = [b + x for x in ("attn_qkv.weight", "attn_gate.weight", "ssm_beta.weight",
                                              "ssm_alpha.weight")], {}
@@ -174,7 +177,8 @@ def _build_lean(path, prefill_dense, progress, prefill_int8, requant, kv_cache, 
                              [b + "ffn_up.weight"], exact=exact)
             down = linear(t, [b + "ffn_down.weight"], exact=exact)[0]
         o = linear(t, [b + {LayerKind.SHORT_CONV: "shortconv.out_proj.weight", LayerKind.GATED_DELTA_NET:
-                            "ssm_out.weight"}.get(kind, "attn_output.weight")], exact=exact)[0]
+                            "ssm_out.weight", LayerKind.MAMBA2: "ssm_out.weight"}.get(kind, "attn_output.weight")],
+                   exact=exact)[0]
         packed += [*qkv, *latent, o, *gate_up, down, *shared]
         qn = kn = None
         if t.has(b + "attn_q_norm.weight"):  # gemma3, qwen3: RMSNorm of each head's Q and K; olmo2: of all of Q, K
@@ -198,7 +202,7 @@ def _build_lean(path, prefill_dense, progress, prefill_int8, requant, kv_cache, 
             cfg.rotary_layer(i), router, [product(w) for w in shared], shared_gate, conv, delta,
             cfg.attention_gate and kind is LayerKind.ATTENTION, expert_bias,
             gpt_oss_tensors(t, b, cfg) if cfg.attention_sinks else None,
-            [product(w) for w in latent], latent_norms))
+            [product(w) for w in latent], latent_norms, mamba))
     table = "token_embd.weight"
     embed = linear(t, [table], exact=True)[0] if exact and t.qtype(table) not in FLOAT_TYPES else regridded(t, table)
     head = linear(t, ["output.weight"], exact=exact)[0] if t.has("output.weight") else embed
@@ -274,6 +278,22 @@ def delta_tensors(t, b: str, cfg: Recipe) -> tuple[torch.Tensor, list[torch.Tens
     conv = t.float_tensor(b + "ssm_conv1d.weight").reshape(channels, cfg.conv_kernel).contiguous()
     return conv, [t.float_tensor(b + "ssm_a").reshape(nv), t.float_tensor(b + "ssm_dt.bias").reshape(nv),
                   t.float_tensor(b + "ssm_norm.weight").reshape(dv)]
+
+
+def mamba_tensors(t, b: str, cfg: Recipe) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+    """A Mamba-2 layer's float tensors as llama.cpp's converter stores them (conversion/mamba.py Mamba2Model): the conv
+    taps [channels, K], [ssm_a (already -exp(A_log)), the dt bias, the gated norm's weights [groups, inner / groups]]
+    (step.cpp's norms slots 9-11) and [D, the conv's bias] (MAMBA_D, MAMBA_CONV_BIAS; a zero bias where the file
+    has none)."""
+    heads, head_dim, groups, _ = cfg.mamba
+    inner = heads * head_dim
+    taps = t.float_tensor(b + "ssm_conv1d.weight")
+    taps = taps.reshape(-1, cfg.conv_kernel).contiguous()
+    bias = t.float_tensor(b + "ssm_conv1d.bias").reshape(-1) if t.has(b + "ssm_conv1d.bias") else \
+        torch.zeros(taps.shape[0])
+    return taps, [t.float_tensor(b + "ssm_a").reshape(heads), t.float_tensor(b + "ssm_dt.bias").reshape(heads),
+                  t.float_tensor(b + "ssm_norm.weight").reshape(groups, inner // groups).contiguous()], \
+        [t.float_tensor(b + "ssm_d").reshape(heads), bias]
 
 
 def gated_q_order(cfg: Recipe, q_order: np.ndarray | None) -> np.ndarray:

@@ -28,7 +28,7 @@ SOURCE = KERNELS / "step.cpp"
 HEADERS = tuple(KERNELS / h for h in ("dot_kernels.h", "gemm_kernels.h", "rows_kernels.h", "unpack_kernels.h",
                                       "panel_gemm.h", "panel_attention.h", "decode_attention.h",
                                       "bf16_rows.h", "kv_cache.h", "repack_kernels.h", "short_conv.h",
-                                      "delta_net.h", "amx_tiles.h", "code_formats.h"))
+                                      "delta_net.h", "amx_tiles.h", "code_formats.h", "mamba2.h"))
 # The dot products are compiled for this machine's vector ISA (-march=native on x86-64, where AVX2/VNNI decide
 # their speed; elsewhere they are scalar and the loader keeps torch's kernels, and some compilers refuse the flag),
 # so a build is keyed by the CPU too: a cache folder shared by machines of different CPUs keeps one build each.
@@ -259,9 +259,11 @@ class NativeArgs:
 
 
 NO_ROTARY = 2  # a layer flag beside sliding (1) in NativeArgs.sliding: Q and K not rotated (step.cpp LAYER_NO_ROTARY)
-SHORT_CONV, DELTA_NET, GATED, SHARED_EXPERT, LATENT = 4, 8, 16, 32, 64  # a short-convolution layer, a Gated DeltaNet
-# layer (neither keeps keys and values), attention with an output gate, an MoE layer with a shared expert, DeepSeek's
-# latent attention (step.cpp LAYER_CONV, LAYER_DELTA, LAYER_GATED, LAYER_SHARED, LAYER_LATENT)
+SHORT_CONV, DELTA_NET, GATED, SHARED_EXPERT, LATENT, MAMBA = 4, 8, 16, 32, 64, 128  # a short-convolution layer, a
+# Gated DeltaNet layer (neither keeps keys and values), attention with an output gate, an MoE layer with a shared
+# expert, DeepSeek's latent attention, a Mamba-2 layer (step.cpp LAYER_CONV, LAYER_DELTA, LAYER_GATED, LAYER_SHARED,
+# LAYER_LATENT, LAYER_MAMBA)
+MAMBA_SLOTS = 19  # step.cpp MAMBA_D: where a Mamba-2 layer's D and conv bias go in its norms
 
 
 C_KINDS = (4, 5, 6, 7, 8, 9)  # reference.py DOT4, DOT8, BF16_ROWS, DOT6, DOT_IQ4, DOT_MXFP4: the C++ prompt forward's
@@ -300,7 +302,9 @@ def native_args(model) -> NativeArgs:
                       blk.post_attn_norm if blk.has_post_norms else empty,
                       blk.post_ffn_norm if blk.has_post_norms else empty, blk.shared_gate, blk.conv,
                       *(blk.delta or [empty] * 3), blk.expert_bias, *blk.gpt_oss])
-        kind = (DELTA_NET if blk.delta else SHORT_CONV) if blk.conv.numel() else 0
+        if blk.mamba:
+            norms[-1] += [empty] * (MAMBA_SLOTS - len(norms[-1])) + list(blk.mamba)
+        kind = (MAMBA if blk.mamba else DELTA_NET if blk.delta else SHORT_CONV) if blk.conv.numel() else 0
         sliding.append(int(blk.sliding) | (0 if blk.rotary else NO_ROTARY) | kind | (GATED if blk.gated else 0)
                        | (SHARED_EXPERT if len(blk.shared) else 0) | (LATENT if len(blk.latent) else 0))
         routers.append(blk.router)

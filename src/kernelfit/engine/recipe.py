@@ -54,6 +54,7 @@ SMOLLM3_NO_ROTARY_STEP = 4
 GEMMA2_27B_LAYERS = 46
 QWEN35 = ("qwen35", "qwen35moe")  # Qwen3.5 / 3.6, dense and MoE: Gated DeltaNet and gated attention
 LFM2 = ("lfm2", "lfm2moe")  # LFM2 and LFM2-MoE: short convolutions and attention
+GRANITE_HYBRID = "granitehybrid"  # Granite 4.0-H: Mamba-2 layers and attention (NoPE), Granite's multipliers
 GPT_OSS = "gpt-oss"
 GLM4_MOE = "glm4moe"  # GLM-4.5 / 4.6 / 4.5-Air: sigmoid-routed experts with a selection bias and a routed scale,
 # an ungated shared expert, leading dense layers, half of each head rotated
@@ -79,6 +80,7 @@ class LayerKind(Enum):
     SHORT_CONV = "short_conv"  # LFM2: in_proj -> B, C, x; y = C * causal depthwise conv(B * x); out_proj. Its state:
     # the last conv_kernel - 1 values of B * x (engine/recurrent.py), not a KV cache
     GATED_DELTA_NET = "gated_delta_net"  # Qwen3.5: a gated delta-rule linear attention (engine/kernels/delta_net.h)
+    MAMBA2 = "mamba2"  # Granite 4.0-H: a Mamba-2 mixer (engine/kernels/mamba2.h)
 
 
 class RouterKind(Enum):
@@ -214,6 +216,7 @@ class Recipe:
     layer_kinds: tuple[LayerKind, ...] = ()  # per layer; empty: every layer attention
     conv_kernel: int = 0  # taps a channel of a recurrent layer's convolution (LFM2's L_cache 3, Qwen3.5's 4)
     delta_heads: tuple[int, int, int, int] = (0, 0, 0, 0)  # Gated DeltaNet: key heads, key size, value heads, size
+    mamba: tuple[int, int, int, int] = (0, 0, 0, 0)  # Mamba-2: heads, head size, groups, state size
     attention_gate: bool = False  # Qwen3.5: the Q product also gives a gate a query head; output * sigmoid(gate)
     # The experts' activation where it is not SwiGLU: gpt-oss's clamped one, (alpha, limit): x = min(gate, limit),
     # x * sigmoid(alpha x) * (clamp(up, -limit, limit) + 1)
@@ -341,7 +344,7 @@ def recipe_from_gguf(h, rope_freqs: torch.Tensor | None = None) -> Recipe:
     tokens = h.metadata.get("tokenizer.ggml.tokens")
     gemma = arch in ("gemma", "gemma2", "gemma3")
     window = h.arch_key("attention.sliding_window") if gemma or arch == GPT_OSS else None
-    scales = granite_scales(h) if arch == "granite" else {}
+    scales = granite_scales(h) if arch in ("granite", GRANITE_HYBRID) else {}
     pattern = GEMMA2_SLIDING_PATTERN if arch == "gemma2" else \
         int(h.arch_key("attention.sliding_window_pattern",
                        GPT_OSS_SLIDING_PATTERN if arch == GPT_OSS else GEMMA3_SLIDING_PATTERN))
@@ -349,8 +352,9 @@ def recipe_from_gguf(h, rope_freqs: torch.Tensor | None = None) -> Recipe:
         family="gemma" if gemma else "llama", arch=arch, hidden=hidden, layers=layers,
         heads=heads, kv_heads=kv_heads, layer_kinds=kinds,
         conv_kernel=int(h.arch_key("shortconv.l_cache") or 0) if arch in LFM2 else
-        int(h.arch_key("ssm.conv_kernel") or 0) if arch in QWEN35 else 0,
+        int(h.arch_key("ssm.conv_kernel") or 0) if arch in QWEN35 + (GRANITE_HYBRID,) else 0,
         **(_delta_heads(h) if arch in QWEN35 else {}),
+        **({"mamba": mamba_sizes(h)} if arch == GRANITE_HYBRID else {}),
         head_dim=int(h.arch_key("attention.key_length") or hidden // heads),
         # an MoE file without dense layers (Qwen3.5-MoE) stores its experts' size only
         ffn=int(h.arch_key("feed_forward_length") or h.arch_key("expert_feed_forward_length")),
@@ -367,7 +371,8 @@ def recipe_from_gguf(h, rope_freqs: torch.Tensor | None = None) -> Recipe:
             (hidden / heads) ** -0.5 if arch == "gemma2" and layers == GEMMA2_27B_LAYERS else None) or (
             _latent_scale(h) if arch == DEEPSEEK2 else None),
         no_rotary_step=SMOLLM3_NO_ROTARY_STEP if arch == "smollm3" else (
-            1 if arch == "granite" and h.arch_key("rope.scaling.finetuned") is False else 0),  # Granite's no-rope switch
+            1 if arch in ("granite", GRANITE_HYBRID) and h.arch_key("rope.scaling.finetuned") is False else 0),  # Granite's
+        # no-rope switch (Granite 4.0-H: no rotary at all)
         **scales,
         # Qwen3-MoE renormalises its chosen experts' weights; Qwen2-MoE does not, and adds a shared expert whose
         # output a sigmoid gate scales (llama.cpp build_moe_ffn norm_w; transformers' norm_topk_prob)
@@ -376,9 +381,10 @@ def recipe_from_gguf(h, rope_freqs: torch.Tensor | None = None) -> Recipe:
             # gpt-oss: a softmax over the top k logits, the same weights as this renormalisation of all the experts';
             # GLM-4.5: the file's expert_weights_norm (its norm_topk_prob) and expert_weights_scale
             "norm_topk": bool(h.arch_key("expert_weights_norm")) if arch in (GLM4_MOE, DEEPSEEK2) else
-            arch in ("qwen3moe", "qwen35moe", "lfm2moe", GPT_OSS),
+            arch in ("qwen3moe", "qwen35moe", "lfm2moe", GPT_OSS, GRANITE_HYBRID),
             "routed_scale": float(h.arch_key("expert_weights_scale") or 1.0) if arch in (GLM4_MOE, DEEPSEEK2) else 1.0}
-           if arch in MOE_ARCHS else {}),  # (a shared expert's size is its products' rows: step.cpp)
+           if arch in MOE_ARCHS or (arch == GRANITE_HYBRID and h.arch_key("expert_count")) else {}),  # (a shared
+        # expert's size is its products' rows: step.cpp; Granite 4.0-H-Tiny's experts: a softmax over the top k)
         # LFM2-MoE, GLM-4.5: sigmoid scores (llama.cpp's expert_gating_func 2; GLM-4.5's default), renormalised over
         # the chosen where the model does
         **({"router": RouterKind.SIGMOID} if arch in MOE_ARCHS and int(
@@ -457,10 +463,22 @@ def _query_temperature(h) -> tuple[float, int] | None:
 def _heads_per_layer(h, layers: int) -> tuple[int, int, tuple[LayerKind, ...]]:
     """Query and KV heads, and each layer's kind (model/spec.py hybrid_layers reads and checks them)."""
     q, kv, attends = hybrid_layers(h, layers)
-    if h.architecture not in QWEN35 + LFM2:
+    if h.architecture not in QWEN35 + LFM2 + (GRANITE_HYBRID,):
         return q, kv, ()
-    recurrent = LayerKind.GATED_DELTA_NET if h.architecture in QWEN35 else LayerKind.SHORT_CONV
+    recurrent = LayerKind.GATED_DELTA_NET if h.architecture in QWEN35 else \
+        LayerKind.MAMBA2 if h.architecture == GRANITE_HYBRID else LayerKind.SHORT_CONV
     return q, kv, tuple(LayerKind.ATTENTION if a else recurrent for a in attends)
+
+
+def mamba_sizes(h) -> tuple[int, int, int, int]:
+    """Granite 4.0-H's Mamba-2 sizes as llama.cpp's converter stores them (ssm.time_step_rank: heads, ssm.inner_size:
+    all heads' values, ssm.group_count, ssm.state_size): (heads, head size, groups, state size)."""
+    heads, inner = int(h.arch_key("ssm.time_step_rank") or 0), int(h.arch_key("ssm.inner_size") or 0)
+    groups, state = int(h.arch_key("ssm.group_count") or 0), int(h.arch_key("ssm.state_size") or 0)
+    if heads <= 0 or groups <= 0 or state <= 0 or inner % heads or heads % groups:
+        raise UsageError(f"{Path(h.path).name}: ssm.inner_size {inner} is not whole heads of ssm.time_step_rank {heads} "
+                         f"in ssm.group_count {groups} groups; the file is damaged")
+    return heads, inner // heads, groups, state
 
 
 def _delta_heads(h) -> dict:

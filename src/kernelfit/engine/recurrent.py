@@ -1,6 +1,7 @@
 """A sequence's recurrent state: what a hybrid model's non-attention layers carry from one position to the next
 (LFM2's short convolutions: the last L - 1 values of B * x a channel, engine/kernels/short_conv.h; Qwen3.5's Gated
-DeltaNet: its convolution's last inputs and a [key size, value size] matrix a head, engine/kernels/delta_net.h),
+DeltaNet: its convolution's last inputs and a [key size, value size] matrix a head, engine/kernels/delta_net.h;
+Granite 4.0-H's Mamba-2: its convolution's last inputs and a [head size, state size] matrix a head, mamba2.h),
 beside the KV cache of its attention layers. Its size does not depend on the context.
 
 Unlike keys and values, the state cannot be cut back to an earlier position: it holds the latest position's only.
@@ -51,13 +52,15 @@ def state_floats(cfg) -> int:
 
 
 def layer_state_floats(cfg, kind) -> int:
-    from ..model.params import delta_net_state, short_conv_state
+    from ..model.params import delta_net_state, mamba2_state, short_conv_state
     from .recipe import LayerKind
 
     if kind is LayerKind.SHORT_CONV:
         return short_conv_state(cfg.conv_kernel, cfg.hidden)
     if kind is LayerKind.GATED_DELTA_NET:
         return delta_net_state(cfg.conv_kernel, *cfg.delta_heads)
+    if kind is LayerKind.MAMBA2:
+        return mamba2_state(cfg.conv_kernel, *cfg.mamba)
     return 0
 
 

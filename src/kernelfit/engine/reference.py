@@ -242,7 +242,8 @@ class Block(nn.Module):
                  shared_gate: Optional[torch.Tensor] = None, conv: Optional[torch.Tensor] = None,
                  delta: Optional[List[torch.Tensor]] = None, gated: bool = False,
                  expert_bias: Optional[torch.Tensor] = None, gpt_oss: Optional[List[torch.Tensor]] = None,
-                 latent: Optional[List[Product]] = None, latent_norms: Optional[List[torch.Tensor]] = None):
+                 latent: Optional[List[Product]] = None, latent_norms: Optional[List[torch.Tensor]] = None,
+                 mamba: Optional[List[torch.Tensor]] = None):
         super().__init__()
         empty = torch.empty(0)
         self.attn_norm, self.ffn_norm = attn_norm, ffn_norm
@@ -280,6 +281,8 @@ class Block(nn.Module):
         # norms (build.py latent_products)
         self.latent = nn.ModuleList(latent or [])
         self.latent_norms: List[torch.Tensor] = latent_norms or []
+        # a Mamba-2 layer's D and conv bias (the C++ step only; its taps in conv, A, dt bias and norm in delta)
+        self.mamba: List[torch.Tensor] = mamba or []
 
 
 class LeanLM(nn.Module):

@@ -41,6 +41,19 @@ def delta_net_state(taps: int, nk: int, dk: int, nv: int, dv: int) -> int:
     return (taps - 1) * (2 * nk * dk + nv * dv) + nv * dk * dv
 
 
+def mamba2_sizes(cfg: dict) -> tuple[int, int, int, int, int]:
+    """A Granite 4.0-H config's Mamba-2 sizes: (taps, heads, head size, groups, state size) (transformers'
+    GraniteMoeHybridConfig defaults where a key is missing)."""
+    return (int(cfg.get("mamba_d_conv") or 4), int(cfg.get("mamba_n_heads") or 128), int(cfg.get("mamba_d_head") or 32),
+            int(cfg.get("mamba_n_groups") or 1), int(cfg.get("mamba_d_state") or 256))
+
+
+def mamba2_state(taps: int, heads: int, head_dim: int, groups: int, state: int) -> int:
+    """float32 values a Mamba-2 layer keeps a sequence: its convolution's last taps - 1 inputs (x, B and C channels) and
+    a [head size, state size] matrix a head (engine/kernels/mamba2.h)."""
+    return (taps - 1) * (heads * head_dim + 2 * groups * state) + heads * head_dim * state
+
+
 # A sequence's state checkpoints (engine/recurrent.py: copies of the state where a prompt's prefill ended, which a
 # next turn or a shared prefix resumes from): at most CHECKPOINTS copies (llama-server's --ctx-checkpoints default)...
 CHECKPOINTS = 8
@@ -99,6 +112,13 @@ def decoder_params(cfg: dict, model_type: str) -> int:
         per_delta = delta + mlp + fam.norms_per_layer * norm_params
         return (layers - lin) * (attn + mlp + fam.norms_per_layer * norm_params) + lin * per_delta + embeddings + \
             norm_params
+    if fam.mamba2:  # Granite 4.0-H's Mamba-2 layers: in_proj, the taps and their bias, A, D, dt bias, norm, out_proj
+        taps, heads, head_dim, groups, state = mamba2_sizes(cfg)
+        inner, mixers = heads * head_dim, sum(t in ("mamba", "linear_attention") for t in cfg.get("layer_types") or [])
+        channels = inner + 2 * groups * state
+        mixer = h * (inner + channels + heads) + channels * (taps + 1) + 3 * heads + inner + inner * h
+        per_mixer = mixer + mlp + fam.norms_per_layer * norm_params
+        return (layers - mixers) * per_layer + mixers * per_mixer + embeddings + norm_params
     conv = 0
     if fam.short_conv:  # LFM2's conv layers: in_proj (3h x h), out_proj (h x h), the depthwise taps, no attention
         conv = sum(t == "conv" for t in cfg.get("layer_types") or [])

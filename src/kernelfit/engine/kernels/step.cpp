@@ -25,6 +25,7 @@
 #include "repack_kernels.h"
 #include "short_conv.h"
 #include "delta_net.h"
+#include "mamba2.h"
 
 using at::Tensor;
 
@@ -94,9 +95,11 @@ void head_vector(const float* src, const float* bias, const float* w, const floa
 // Gated DeltaNet layer (delta_net.h): neither keeps keys and values. LAYER_GATED: attention whose Q product also
 // gives a gate a query head (Qwen3.5: its rows [q, gate] after K and V... see attention_row), output * sigmoid(gate)
 // LAYER_SHARED: an MoE layer with a shared expert (its sigmoid gate in norms slot SHARED_GATE where it has one).
-// LAYER_LATENT: DeepSeek's multi-head latent attention (latent_heads; its q_a and kv_a norms in norms slots 3 and 4)
+// LAYER_LATENT: DeepSeek's multi-head latent attention (latent_heads; its q_a and kv_a norms in norms slots 3 and 4).
+// LAYER_MAMBA: a Mamba-2 layer (mamba2.h): its taps in slot 8, A, dt bias and norm [groups, inner / groups] in 9-11, D
+// and the conv's bias in MAMBA_D, MAMBA_CONV_BIAS; in_proj takes the Q/K/V slot and out_proj O's
 constexpr int64_t LAYER_SLIDING = 1, LAYER_NO_ROTARY = 2, LAYER_CONV = 4, LAYER_DELTA = 8, LAYER_GATED = 16,
-                  LAYER_SHARED = 32, LAYER_LATENT = 64;
+                  LAYER_SHARED = 32, LAYER_LATENT = 64, LAYER_MAMBA = 128;
 constexpr int64_t DOT_MAX_ROWS = 12;  // lean_lm.py's: calls of up to 12 rows take the exact dot products
 // An expert's rows in a local prompt: up to this many the dot products, past it the panels — measured on a 512 x 2048
 // Q4_K expert product with the panels on AMX tiles (two-tile unpacking): 4 rows 121 us panels / 107 dots, 8 rows
@@ -109,6 +112,7 @@ constexpr int64_t PROMPT_BLOCK = 128;  // lean_lm.py's: a prompt's attention in 
 constexpr size_t O_BIAS = 13, SINKS = 14, ROUTER_BIAS = 15, EXPERT_BIASES = 16;
 // and the MoE layers' others: a shared expert's sigmoid gate (Qwen2-MoE), the experts' selection bias (LFM2-MoE)
 constexpr size_t SHARED_GATE = 7, SELECTION_BIAS = 12;
+constexpr size_t MAMBA_D = 19, MAMBA_CONV_BIAS = 20;  // a Mamba-2 layer's D [heads] and conv bias [conv channels]
 
 // the attention sinks of the kernels' bindings: float32 [heads] or undefined/empty (none)
 const float* sink_ptr(const Tensor& sinks, int64_t heads) {
@@ -376,7 +380,31 @@ struct Step {
 
   bool conv_layer(int64_t li) const { return (sliding[li] & LAYER_CONV) != 0; }
   bool delta_layer(int64_t li) const { return (sliding[li] & LAYER_DELTA) != 0; }
-  bool attention_layer(int64_t li) const { return !conv_layer(li) && !delta_layer(li); }
+  bool mamba_layer(int64_t li) const { return (sliding[li] & LAYER_MAMBA) != 0; }
+  bool attention_layer(int64_t li) const { return !conv_layer(li) && !delta_layer(li) && !mamba_layer(li); }
+
+  // a Mamba-2 layer's sizes from its tensors: heads (A's), groups (the norm's rows), the conv's channels and taps
+  mamba::Dims mamba_dims(int64_t li) const {
+    const int64_t heads = norms[li][9].numel(), inner = norms[li][11].numel(), groups = norms[li][11].size(0);
+    const int64_t channels = norms[li][8].size(0);
+    return {heads, inner / heads, groups, (channels - inner) / (2 * groups), norms[li][8].size(1)};
+  }
+
+  // layer li's Mamba-2 mixer over its in_proj rows [t, inputs] (any float type), its state at `st` (updated) ->
+  // float32 [t, inner], the input of its out_proj
+  Tensor mamba_rows(const Tensor& p_in, int64_t li, float* st) const {
+    const Tensor p = p_in.to(at::kFloat).contiguous();
+    const auto& nm = norms[li];
+    const mamba::Dims m = mamba_dims(li);
+    TORCH_CHECK(p.size(1) == m.inputs() && slot(li, MAMBA_D), "Mamba-2: in_proj gives ", p.size(1),
+                " values a row, its sizes ", m.inputs(), " (and D)");
+    Tensor y = at::empty({p.size(0), m.inner()}, p.options());
+    mamba::rows(p.data_ptr<float>(), p.size(0), p.size(1), m, nm[8].data_ptr<float>(), slot(li, MAMBA_CONV_BIAS),
+                nm[9].data_ptr<float>(), nm[10].data_ptr<float>(), slot(li, MAMBA_D), nm[11].data_ptr<float>(), eps, st,
+                y.data_ptr<float>());
+    return y;
+  }
+
   bool gated(int64_t li) const { return (sliding[li] & LAYER_GATED) != 0; }
 
   int64_t kv_layers() const {
@@ -397,6 +425,7 @@ struct Step {
     for (size_t li = 0; li < norms.size(); ++li) {
       const int64_t l = static_cast<int64_t>(li);
       const int64_t n = conv_layer(l) ? (norms[l][8].size(1) - 1) * hidden() : delta_layer(l) ? dims(l).state_floats()
+                        : mamba_layer(l) ? mamba_dims(l).state_floats()
                                                                                                : 0;
       off[li + 1] = off[li] + n;
     }
@@ -438,7 +467,7 @@ struct Step {
 
   // A recurrent layer's rows through its state: rows [t, inputs] -> float32 [t, width of its output product]
   Tensor recurrent_rows(const Tensor& rows, int64_t li, float* st) const {
-    return conv_layer(li) ? short_conv(rows, li, st) : delta_rows(rows, li, st);
+    return conv_layer(li) ? short_conv(rows, li, st) : mamba_layer(li) ? mamba_rows(rows, li, st) : delta_rows(rows, li, st);
   }
 
   // One position's attention products src as position_heads reads them, [Q | K | V]: a gated layer's Q product rows

@@ -1,0 +1,105 @@
+"""Granite 4.0-H on the packed engine: Mamba-2 layers (engine/kernels/mamba2.h) beside attention without rotary, with
+Granite's multipliers, checked against transformers' own GraniteMoeHybrid modeling code on the same weights.
+transformers reads no granitehybrid GGUF file: the tests write one from the model as llama.cpp's converter does
+(tests/gguf_granitehybrid.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gguf_granitehybrid import LAYER_TYPES, SHAPE, tiny_model, write_granitehybrid
+from kernelfit.engine.build import build_lean, forward
+from kernelfit.engine.kv_cache import empty, reset_cache
+from kernelfit.engine.recipe import LayerKind
+from kernelfit.engine.weights import dot_available
+from test_hybrid_lfm2 import agree, prompt_and_decode_agree
+from test_packed_gguf import _tokens
+
+pytestmark = pytest.mark.skipif(not dot_available(), reason="a hybrid runs in the C++ step only (no compiler here)")
+N = 300
+
+
+@pytest.fixture(scope="module")
+def granite(tmp_path_factory):
+    d = tmp_path_factory.mktemp("granitehybrid")
+    model = tiny_model()
+    path = write_granitehybrid(d / "m.gguf", model)
+    ids = _tokens(N)
+    with torch.no_grad():
+        want = model(ids[None], use_cache=False).logits[0]
+        for layer in model.model.layers:  # without D (the skip term): another model, which the test can tell
+            if getattr(layer, "mamba", None) is not None:
+                layer.mamba.D.zero_()
+        other = model(ids[None], use_cache=False).logits[0]
+    b = build_lean(path)
+    reset_cache(b, N + 8)
+    return path, ids, want, other, b
+
+
+def test_granite_hybrid_prompt_and_decode_agree_with_transformers(granite):
+    """300 positions, teacher-forced: one prompt (every row's logits), and 100 prompt tokens then 200 decode steps (each
+    Mamba-2 head's [64, 32] state and the conv's last 3 inputs carried a token at a time): top-1 >= 99%, cosine >=
+    0.999; no rotary anywhere, Granite's four multipliers."""
+    _, ids, want, other, b = granite
+    c = b.cfg
+    assert c.layer_kinds == tuple(LayerKind.MAMBA2 if t == "mamba" else LayerKind.ATTENTION for t in LAYER_TYPES)
+    assert (c.mamba, c.conv_kernel, c.no_rotary_step) == ((8, 64, 2, 32), 4, 1)
+    assert (c.embed_scale, c.logit_scale, c.query_scale) == (12.0, 8.0, 0.015625)
+    prompt = prompt_and_decode_agree(b, ids, want)
+    assert agree(other, prompt)[1] < 0.99  # D matters
+    assert b.model.k_cache.shape[0] == LAYER_TYPES.count("attention")
+
+
+def test_decode_steps_equal_a_few_row_prompt_and_chunks_carry_the_state(granite):
+    """Up to 12 rows a prompt call gives one decode step a token's logits bit for bit; the server's prompt kernels
+    (panel_rows) in chunks leave the state one prefill leaves, bit for bit."""
+    _, ids, _, _, b = granite
+    forward(b, ids[:60], 0)
+    few = forward(b, ids[60:66], 60, True)
+    forward(b, ids[:60], 0)
+    assert torch.equal(few, torch.cat([forward(b, ids[i:i + 1], i) for i in range(60, 66)]))
+    one, parts = empty(b.cfg, b.kv_cache, 64), empty(b.cfg, b.kv_cache, 64)
+    whole = forward(b, ids[:50], 0, cache=one, panel_rows=True)
+    for start, end in ((0, 3), (3, 30), (30, 50)):
+        last = forward(b, ids[start:end], start, cache=parts, panel_rows=True)
+    assert torch.equal(whole, last) and torch.equal(one.state.values, parts.state.values)
+
+
+def test_server_sequences_resume_from_the_prefills_state(granite):
+    """A reused sequence resumes from the state its prompt's prefill left: the next turn's logits equal a cold
+    sequence's, bit for bit."""
+    from kernelfit.engine.sequences import Row, SequencePool
+
+    _, ids, _, _, b = granite
+    first, more = ids[:70].tolist(), ids[70:120].tolist()
+    pool = SequencePool(b, 1)
+    seq, _ = pool.acquire(first)
+    pool.prefill(seq, first, 0, len(first) - 1)
+    for i, t in enumerate(first[-1:] + more[:5]):
+        pool.step([Row(seq, t, len(first) - 1 + i)])
+    pool.release(seq)
+    turn = first + more
+    seq, same = pool.acquire(turn)
+    assert same == len(first) - 1
+    pool.prefill(seq, turn, same, len(turn) - 1)
+    got = pool.step([Row(seq, turn[-1], len(turn) - 1)])
+    cold = SequencePool(b, 1)
+    c, _ = cold.acquire(turn)
+    cold.prefill(c, turn, 0, len(turn) - 1)
+    assert torch.equal(got, cold.step([Row(c, turn[-1], len(turn) - 1)]))
+
+
+def test_plan_counts_the_state_not_keys_and_values(granite):
+    """The plan's model: 4 Mamba-2 layers whose state (conv inputs and [heads, 64, 32] a layer) does not grow with the
+    context, 2 attention layers with keys and values; the file plans packed."""
+    from kernelfit import Preferences, load_profile, plan
+    from kernelfit.model.spec import spec_from_gguf
+
+    path, _, _, _, b = granite
+    s = spec_from_gguf(path, "granite-h")
+    t = s.text
+    assert (t.model_type, t.num_layers, t.recurrent_layers, t.recurrent_kind) == ("granitemoehybrid", 6, 4, "Mamba-2")
+    assert t.state_values == b.state.values.numel() == 4 * (3 * (512 + 2 * 2 * 32) + 8 * 64 * 32)
+    assert plan(load_profile("cpu-spr-amx"), s, Preferences()).quantization.method == "gguf"
+    assert SHAPE["num_local_experts"] == 0
