@@ -53,7 +53,13 @@ SHAPES = {
     # dense one, 3 MoE): 20 heads of latent attention (q_lora 768, kv_lora 512, nope 192, rope 64, value 256), 64
     # experts of 1536, 4 a token, a shared expert of 1536, sigmoid routing with a selection bias; untied head
     "glm-4.7-flash-4l": ("deepseek2", 2048, 4, 20, 1, 10240, 154880, 1e6, None),
+    # Granite 4.0-H-Micro's kind (3B dense: hidden 2048, 32 heads / 8 KV, FFN 8192, Mamba-2 of 64 heads x 64, one
+    # group, state 128, conv 4; its sizes as recalled, not read from its config.json), its first 10 layers with one
+    # attention layer (the 5th, about its 1-in-10 ratio); tied head
+    "granite-4.0-h-10l": ("granitehybrid", 2048, 10, 32, 8, 8192, 100352, 10000.0, None),
 }
+GRANITE_ATTENTION = {"granite-4.0-h-10l": (4,)}
+GRANITE_MAMBA = {"granite-4.0-h-10l": (64, 64, 1, 128, 4)}  # heads, head size, groups, state size, conv taps
 MOE = {"qwen3.6-35b-a3b-4l": (256, 8, 512), "gpt-oss-20b-4l": (32, 4, 0),  # experts, a token's, the shared expert's
        "glm-4.7-flash-4l": (64, 4, 1536)}
 LATENT = {"glm-4.7-flash-4l": (768, 512, 192, 64, 256, 1536)}  # q_lora, kv_lora, nope, rope, value, expert ffn
@@ -96,13 +102,26 @@ def write_f16(name: str, path: Path) -> None:
     w.add_block_count(layers)
     w.add_feed_forward_length(ffn)
     w.add_head_count(heads)
-    attention = LFM2_ATTENTION.get(name, range(layers))
-    w.add_head_count_kv([kv if i in attention else 0 for i in range(layers)] if arch == "lfm2" else kv)
+    attention = LFM2_ATTENTION.get(name, GRANITE_ATTENTION.get(name, range(layers)))
+    w.add_head_count_kv([kv if i in attention else 0 for i in range(layers)] if arch in ("lfm2", "granitehybrid")
+                        else kv)
     w.add_layer_norm_rms_eps(1e-6)
     w.add_rope_freq_base(base)
     w.add_rope_dimension_count(QWEN35[name][7] if name in QWEN35 else LATENT[name][3] if name in LATENT else hd)
     if arch == "lfm2":
         w.add_shortconv_l_cache(CONV_TAPS)
+    if name in GRANITE_MAMBA:  # as llama.cpp's converter writes them (conversion/granite.py GraniteHybridModel)
+        heads_m, head_m, groups_m, state_m, taps_m = GRANITE_MAMBA[name]
+        w.add_ssm_conv_kernel(taps_m)
+        w.add_ssm_state_size(state_m)
+        w.add_ssm_group_count(groups_m)
+        w.add_ssm_inner_size(heads_m * head_m)
+        w.add_ssm_time_step_rank(heads_m)
+        w.add_rope_scaling_finetuned(False)
+        w.add_embedding_scale(12.0)
+        w.add_residual_scale(0.22)
+        w.add_logit_scale(8.0)
+        w.add_attention_scale(0.0078125)
     if name in MOE:
         w.add_expert_count(MOE[name][0])
         w.add_expert_used_count(MOE[name][1])
@@ -174,6 +193,9 @@ def write_f16(name: str, path: Path) -> None:
         if name in LATENT:
             write_latent_layer(w, t, norm, b, i, name, hidden, heads, ffn, rng)
             continue
+        if name in GRANITE_MAMBA and i not in attention:
+            write_mamba_layer(w, t, norm, b, name, hidden, ffn, rng)
+            continue
         if i not in attention:  # an LFM2 short-convolution layer: in_proj (B, C, x), taps (float32), out_proj
             w.add_tensor(b + "shortconv.conv.weight", (0.3 * rng.standard_normal((hidden, CONV_TAPS))).astype(np.float32))
             t(b + "shortconv.in_proj.weight", (3 * hidden, hidden))
@@ -226,6 +248,26 @@ def write_gptoss_layer(w, t, norm, b: str, hidden: int, heads: int, kv: int, hd:
     for x, shape in (("gate", (experts, ffn, hidden)), ("up", (experts, ffn, hidden)), ("down", (experts, hidden, ffn))):
         t(b + f"ffn_{x}_exps.weight", shape)
         f32(b + f"ffn_{x}_exps.bias", shape[:2])
+
+
+def write_mamba_layer(w, t, norm, b: str, name: str, hidden: int, ffn: int, rng) -> None:
+    """One Granite 4.0-H Mamba-2 layer under llama.cpp's names: ssm_in [z | xBC | dt], the conv taps [channels, K] and
+    bias, dt bias, A (negative), D, the grouped norm, ssm_out; then its FFN."""
+    heads, head, groups, state, taps = GRANITE_MAMBA[name]
+    inner = heads * head
+    channels = inner + 2 * groups * state
+    t(b + "ssm_in.weight", (inner + channels + heads, hidden))
+    w.add_tensor(b + "ssm_conv1d.weight", (0.3 * rng.standard_normal((channels, taps))).astype(np.float32))
+    w.add_tensor(b + "ssm_conv1d.bias", (0.1 * rng.standard_normal(channels)).astype(np.float32))
+    w.add_tensor(b + "ssm_dt.bias", rng.standard_normal(heads).astype(np.float32))
+    w.add_tensor(b + "ssm_a", (-np.exp(rng.uniform(-1, 1.5, (heads, 1)))).astype(np.float32))
+    w.add_tensor(b + "ssm_d", rng.standard_normal((heads, 1)).astype(np.float32))
+    norm(b + "ssm_norm.weight", (groups, inner // groups))
+    t(b + "ssm_out.weight", (hidden, inner))
+    norm(b + "ffn_norm.weight", hidden)
+    t(b + "ffn_gate.weight", (ffn, hidden))
+    t(b + "ffn_up.weight", (ffn, hidden))
+    t(b + "ffn_down.weight", (hidden, ffn))
 
 
 def write_latent_layer(w, t, norm, b: str, i: int, name: str, hidden: int, heads: int, ffn: int, rng) -> None:

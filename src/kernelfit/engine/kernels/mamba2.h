@@ -17,6 +17,10 @@
 
 #include <ATen/Parallel.h>
 
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -31,6 +35,28 @@ struct Dims {
   int64_t inputs() const { return inner() + conv_dim() + heads; }  // z, xBC, dt
   int64_t state_floats() const { return (taps - 1) * conv_dim() + heads * head_dim * state; }
 };
+
+// One row of a head's state S[i] ([N]) through a step: S[i] = decay S[i] + xi B; returns S[i] . C. On 16 lanes where
+// AVX-512 is (the scalar loop's sum is one chain the compiler keeps in order: ~6% of a Granite 4.0-H decode step)
+inline float state_row(float* row, int64_t N, float decay, float xi, const float* B, const float* C) {
+  int64_t n = 0;
+  float acc = 0.f;
+#if defined(__AVX512F__)
+  __m512 sum = _mm512_setzero_ps();
+  const __m512 vd = _mm512_set1_ps(decay), vx = _mm512_set1_ps(xi);
+  for (; n + 16 <= N; n += 16) {
+    const __m512 s = _mm512_fmadd_ps(vx, _mm512_loadu_ps(B + n), _mm512_mul_ps(_mm512_loadu_ps(row + n), vd));
+    _mm512_storeu_ps(row + n, s);
+    sum = _mm512_fmadd_ps(s, _mm512_loadu_ps(C + n), sum);
+  }
+  acc = _mm512_reduce_add_ps(sum);
+#endif
+  for (; n < N; ++n) {
+    row[n] = row[n] * decay + xi * B[n];
+    acc += row[n] * C[n];
+  }
+  return acc;
+}
 
 // p: t rows of in_proj's products [z (inner) | xBC (conv_dim) | dt (heads)], `ld` floats apart; taps float32
 // [conv_dim, K], conv_bias [conv_dim] (or null); a (A = -exp(A_log), as the file stores it), dt_bias, d [heads];
@@ -78,16 +104,7 @@ inline void rows(const float* p, int64_t t, int64_t ld, const Dims& m, const flo
         const float dt = delta::softplus(p[r * ld + in + C + h] + dt_bias[h]);
         const float decay = std::exp(dt * a[h]);
         float* y = out + r * in + h * P;
-        for (int64_t i = 0; i < P; ++i) {
-          float* row = S + i * N;
-          const float xi = dt * x[i];
-          float acc = 0.f;
-          for (int64_t n = 0; n < N; ++n) {
-            row[n] = row[n] * decay + xi * B[n];
-            acc += row[n] * Cg[n];
-          }
-          y[i] = acc + d[h] * x[i];
-        }
+        for (int64_t i = 0; i < P; ++i) y[i] = state_row(S + i * N, N, decay, dt * x[i], B, Cg) + d[h] * x[i];
       }
     }
   });
