@@ -35,11 +35,14 @@ def _q8_grid(x: np.ndarray) -> np.ndarray:
     return quants.dequantize(quants.quantize(x, t), t).reshape(x.shape).astype(np.float32)
 
 
-def tiny_model(seed: int = 0):
+MOE = dict(num_local_experts=4, num_experts_per_tok=2)  # Granite 4.0-H-Tiny's kind: experts beside the shared MLP
+
+
+def tiny_model(seed: int = 0, moe: bool = False):
     from transformers import GraniteMoeHybridConfig, GraniteMoeHybridForCausalLM
 
     torch.manual_seed(seed)
-    model = GraniteMoeHybridForCausalLM(GraniteMoeHybridConfig(**SHAPE)).eval()
+    model = GraniteMoeHybridForCausalLM(GraniteMoeHybridConfig(**{**SHAPE, **(MOE if moe else {})})).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
             rng = np.random.default_rng(zlib.crc32(name.encode()))
@@ -50,6 +53,8 @@ def tiny_model(seed: int = 0):
             elif name.endswith((".D", "dt_bias")):
                 p.copy_(torch.randn_like(p))
             elif "conv1d" in name:
+                p.copy_(0.3 * torch.randn_like(p))
+            elif name.endswith("router.weight"):  # float32 in the file (llama-quantize leaves it so)
                 p.copy_(0.3 * torch.randn_like(p))
             else:
                 std = 0.1 if "embed_tokens" in name else 0.03 if ("o_proj" in name or "out_proj" in name or
@@ -84,6 +89,11 @@ def write_granitehybrid(path: Path, model) -> Path:
     w.add_ssm_group_count(groups)
     w.add_ssm_inner_size(inner)
     w.add_ssm_time_step_rank(heads)
+    if c.num_local_experts:  # llama.cpp's GraniteMoe keys: the experts' size is intermediate_size, the shared one's
+        w.add_expert_count(c.num_local_experts)
+        w.add_expert_used_count(c.num_experts_per_tok)
+        w.add_expert_feed_forward_length(c.intermediate_size)
+        w.add_expert_shared_feed_forward_length(c.shared_intermediate_size)
     w.add_vocab_size(c.vocab_size)
     tiny_vocab(w, c.vocab_size)
     q8, f32 = partial(add_q8, w), partial(add_f32, w)
@@ -109,7 +119,15 @@ def write_granitehybrid(path: Path, model) -> Path:
                 q8(b + f"attn_{x}.weight", sd[p + f"self_attn.{x}_proj.weight"])
             q8(b + "attn_output.weight", sd[p + "self_attn.o_proj.weight"])
         gate_up = sd[p + "shared_mlp.input_linear.weight"]  # [gate rows | up rows]
-        q8(b + "ffn_gate.weight", gate_up[:c.shared_intermediate_size])
-        q8(b + "ffn_up.weight", gate_up[c.shared_intermediate_size:])
-        q8(b + "ffn_down.weight", sd[p + "shared_mlp.output_linear.weight"])
+        shared = "_shexp" if c.num_local_experts else ""  # beside experts the shared MLP is a shared expert
+        q8(b + f"ffn_gate{shared}.weight", gate_up[:c.shared_intermediate_size])
+        q8(b + f"ffn_up{shared}.weight", gate_up[c.shared_intermediate_size:])
+        q8(b + f"ffn_down{shared}.weight", sd[p + "shared_mlp.output_linear.weight"])
+        if c.num_local_experts:
+            e = p + "block_sparse_moe."
+            f32(b + "ffn_gate_inp.weight", sd[e + "router.weight"])
+            experts = sd[e + "experts.gate_up_proj"]  # [experts, 2 ffn, hidden]: the gate's rows, then the up's
+            q8(b + "ffn_gate_exps.weight", experts[:, :c.intermediate_size])
+            q8(b + "ffn_up_exps.weight", experts[:, c.intermediate_size:])
+            q8(b + "ffn_down_exps.weight", sd[e + "experts.down_proj"])
     return finish(w, path)

@@ -5,6 +5,8 @@ transformers reads no granitehybrid GGUF file: the tests write one from the mode
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -13,7 +15,7 @@ from kernelfit.engine.build import build_lean, forward
 from kernelfit.engine.kv_cache import empty, reset_cache
 from kernelfit.engine.recipe import LayerKind
 from kernelfit.engine.weights import dot_available
-from test_hybrid_lfm2 import agree, prompt_and_decode_agree
+from test_hybrid_lfm2 import agree, prompt_and_decode_agree, prompt_and_steps
 from test_packed_gguf import _tokens
 
 pytestmark = pytest.mark.skipif(not dot_available(), reason="a hybrid runs in the C++ step only (no compiler here)")
@@ -103,3 +105,29 @@ def test_plan_counts_the_state_not_keys_and_values(granite):
     assert t.state_values == b.state.values.numel() == 4 * (3 * (512 + 2 * 2 * 32) + 8 * 64 * 32)
     assert plan(load_profile("cpu-spr-amx"), s, Preferences()).quantization.method == "gguf"
     assert SHAPE["num_local_experts"] == 0
+
+
+def test_granite_hybrid_moe_agrees_with_transformers(tmp_path):
+    """Granite 4.0-H-Tiny's kind: 4 experts, 2 a token (a softmax over their top-2 logits) beside the shared MLP (an
+    ungated shared expert), on every layer. One prompt and decode steps: top-1 >= 99%, and a row's logit cosine below
+    0.999 only where a layer's second and third router logits were within 0.05 (the engine's rounding can choose the
+    other expert there)."""
+    model = tiny_model(moe=True)
+    path = write_granitehybrid(tmp_path / "moe.gguf", model)
+    ids = _tokens(N)
+    inputs = []
+    hooks = [layer.block_sparse_moe.router.register_forward_hook(lambda m, i, o: inputs.append((m, i[0].detach())))
+             for layer in model.model.layers]
+    with torch.no_grad():
+        want = model(ids[None], use_cache=False).logits[0]
+    for h in hooks:
+        h.remove()
+    gap = torch.full((N,), math.inf)
+    for router, x in inputs:
+        top = (x.reshape(N, -1) @ router.weight.detach().T).topk(3, -1).values
+        gap = torch.minimum(gap, top[:, 1] - top[:, 2])
+    b = build_lean(path)
+    assert (b.cfg.experts, b.cfg.top_k, b.cfg.norm_topk) == (4, 2, True)
+    for got in prompt_and_steps(b, ids):
+        cos = torch.nn.functional.cosine_similarity(want, got, dim=-1)
+        assert agree(want, got)[0] >= 0.99 and bool((gap[cos < 0.999] < 0.05).all())
