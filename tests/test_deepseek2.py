@@ -15,7 +15,8 @@ import torch
 from gguf_deepseek2 import SHAPE, tiny_model, write_deepseek2
 from kernelfit.engine.build import batch_step, build_lean, forward
 from kernelfit.engine.kv_cache import grown, reset_cache
-from kernelfit.engine.recipe import Latent, RouterKind, recipe_from_gguf
+from kernelfit.engine.recipe import Latent, RouterKind
+from kernelfit.engine.recipe_gguf import recipe_from_gguf
 from kernelfit.engine.weights import dot_available
 from kernelfit.errors import UsageError
 from test_packed_gguf import _tokens

@@ -14,7 +14,8 @@ import torch
 from gguf_glm4moe import SHAPE, tiny_model, write_glm4moe
 from kernelfit.engine.build import batch_step, build_lean, forward
 from kernelfit.engine.kv_cache import grown, reset_cache
-from kernelfit.engine.recipe import RouterKind, recipe_from_gguf
+from kernelfit.engine.recipe import RouterKind
+from kernelfit.engine.recipe_gguf import recipe_from_gguf
 from kernelfit.engine.weights import dot_available
 from kernelfit.errors import UsageError
 from test_packed_gguf import _tokens

@@ -22,7 +22,8 @@ from ..model.quantization import parse_quantization
 from ..model.gguf_header import read_gguf_header
 from . import glibc
 from .gguf.blocks import FLOAT_TYPES
-from .recipe import FFN_NORM_NAMED_POST_ATTENTION, LayerKind, Recipe, RouterKind, recipe_from_config, recipe_from_gguf
+from .recipe import FFN_NORM_NAMED_POST_ATTENTION, LayerKind, Recipe, RouterKind, recipe_from_config
+from .recipe_gguf import recipe_from_gguf
 from .gguf.reader import Conversion, GgufTensors, interleave_order, linear, regridded
 from .tile_cache import FileArena, TileCacheMismatch, open_arena
 from .safetensors.reader import SafetensorsTensors

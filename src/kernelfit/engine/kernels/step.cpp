@@ -194,100 +194,17 @@ struct Step {
 
   // Block e of product i's rows (`rows` each, whole tiles) over x: an expert's rows, an MLA head's k_b or v_b rows.
   // The exact dot products up to dot_rows rows (expert_dot_rows), else the bf16 panels; float rows as stored
-  Tensor block_product(const Tensor& x, const Weights& w, int64_t i, int64_t e, int64_t rows, int64_t dot_rows) const {
-    if (w.kinds[i] == 6) return bf16rows::rows_mm(x, w.a[i].narrow(0, e * rows, rows));
-    TORCH_CHECK(dot_kind(w.kinds[i]) && rows % dot::TILE == 0, "a block of a product's rows: whole tiles of a dot "
-                "weight, or float rows");
-    const int64_t tiles = rows / dot::TILE;
-    const Tensor a = w.a[i].narrow(0, e * tiles, tiles), b = w.b[i].narrow(0, e * tiles, tiles);
-    const Tensor c = w.c[i].dim() ? w.c[i].narrow(0, e * tiles, tiles) : w.c[i];
-    const int64_t bits = dot_bits(w.kinds[i]);
-    if (x.size(0) <= dot_rows) return dot::dot_mm(x, a, b, c, bits, rows);
-    return panel::gemm_parts(x.to(at::kBFloat16), {a}, {b}, {c}, {bits}, {rows});
-  }
+  Tensor block_product(const Tensor& x, const Weights& w, int64_t i, int64_t e, int64_t rows, int64_t dot_rows) const;
 
   // The FFN of MoE layer li over h float32 [t, hidden] (its normed input); products idx (gate), idx + 1 (up),
   // idx + 2 (down): softmax over the router's logits, the top_k experts (their weights renormalised where the model
   // does), each expert's SwiGLU over the rows that chose it, weighted into the rows. Only chosen experts are read.
-  Tensor moe(const Tensor& h_in, const Weights& w, int64_t li, int64_t idx, MoeRows how) const {
-    const Tensor h = h_in.contiguous();
-    const int64_t t = h.size(0), experts = routers[li].size(0), hidden = h.size(1);
-    // routing a row at a time in plain loops (a GEMM's blocking would depend on how many rows share the call, and
-    // a row's answer must not): logits, softmax, the top_k (ties to the lower expert), renormalised where asked
-    std::vector<int64_t> chosen(t * top_k);
-    std::vector<float> top(t * top_k), p(experts), sel(experts);
-    const float* rw = routers[li].data_ptr<float>();
-    const float* logit_bias = slot(li, ROUTER_BIAS);  // gpt-oss: added to the logits
-    const float* bias = slot(li, SELECTION_BIAS);  // LFM2-MoE: added to the scores, for choosing only
-    for (int64_t r = 0; r < t; ++r) {
-      const float* x = h.data_ptr<float>() + r * hidden;
-      for (int64_t e = 0; e < experts; ++e)
-        p[e] = decode::dot16(x, rw + e * hidden, hidden) + (logit_bias ? logit_bias[e] : 0.f);
-      float sum = 1;
-      if (sigmoid_router) {  // LFM2-MoE: each expert's sigmoid, chosen by it plus the layer's selection bias
-        for (int64_t e = 0; e < experts; ++e) p[e] = 1.f / (1.f + std::exp(-p[e]));
-      } else {
-        const float m = *std::max_element(p.begin(), p.end());
-        sum = 0;
-        for (int64_t e = 0; e < experts; ++e) sum += (p[e] = std::exp(p[e] - m));
-      }
-      for (int64_t e = 0; e < experts; ++e) sel[e] = p[e] + (bias ? bias[e] : 0.f);
-      std::vector<int64_t> order(experts);
-      for (int64_t e = 0; e < experts; ++e) order[e] = e;
-      std::partial_sort(order.begin(), order.begin() + top_k, order.end(),
-                        [&](int64_t a, int64_t b) { return sel[a] > sel[b] || (sel[a] == sel[b] && a < b); });
-      float kept = 0;
-      for (int64_t j = 0; j < top_k; ++j) kept += p[order[j]] / sum;
-      for (int64_t j = 0; j < top_k; ++j) {
-        chosen[r * top_k + j] = order[j];
-        top[r * top_k + j] = float(routed_scale) * (norm_topk ? (p[order[j]] / sum) / kept : p[order[j]] / sum);
-      }
-    }
-    Tensor out = at::zeros({t, hidden}, h.options());
-    const int64_t dot_rows = expert_dot_rows(how, t);
-    for (int64_t e = 0; e < experts; ++e) {
-      std::vector<int64_t> rows;
-      std::vector<float> weights;
-      for (int64_t r = 0; r < t; ++r)
-        for (int64_t j = 0; j < top_k; ++j)
-          if (chosen[r * top_k + j] == e) rows.push_back(r), weights.push_back(top[r * top_k + j]);
-      if (rows.empty()) continue;
-      const Tensor ids = at::tensor(rows, at::kLong), xe = h.index_select(0, ids).contiguous();
-      const Tensor y = expert_ffn_rows(xe, w, li, idx, e, dot_rows);
-      out.index_add_(0, ids, y * at::tensor(weights, h.options()).unsqueeze(1));
-    }
-    if (has_shared(li)) {  // the shared expert's SwiGLU on every row, scaled by sigmoid(h . gate) where it has a
-      // gate (Qwen2-MoE, Qwen3.5-MoE), added as it is where not (GLM-4.5)
-      const int64_t s = idx + 3;
-      const Tensor y = shared_rows(rows::gated(shared_rows(h, w, s, 2, how), w.n[s], false), w, s + 2, 1, how);
-      const float* g = slot(li, SHARED_GATE);
-      if (!g) {
-        out.add_(y);
-        return out;
-      }
-      std::vector<float> gate(t);
-      for (int64_t r = 0; r < t; ++r)
-        gate[r] = 1.f / (1.f + std::exp(-decode::dot16(h.data_ptr<float>() + r * hidden, g, hidden)));
-      out.add_(y * at::tensor(gate, h.options()).unsqueeze(1));
-    }
-    return out;
-  }
+  Tensor moe(const Tensor& h_in, const Weights& w, int64_t li, int64_t idx, MoeRows how) const;
 
   // expert e's feed-forward over its rows xe [r, hidden] (MoE layer li, products idx..idx + 2: gate, up, down), with
   // the expert's biases where the layer has them (gpt-oss) -> float32 [r, hidden]
   Tensor expert_ffn_rows(const Tensor& xe, const Weights& w, int64_t li, int64_t idx, int64_t e,
-                         int64_t dot_rows) const {
-    Tensor g = block_product(xe, w, idx, e, expert_ffn, dot_rows);
-    Tensor u = block_product(xe, w, idx + 1, e, expert_ffn, dot_rows);
-    const bool bias = slot(li, EXPERT_BIASES) != nullptr;
-    if (bias) {
-      g = g.to(at::kFloat) + norms[li][EXPERT_BIASES][e];
-      u = u.to(at::kFloat) + norms[li][EXPERT_BIASES + 1][e];
-    }
-    const Tensor act = rows::gated_to(at::cat({g, u}, 1), expert_ffn, false, false, float(act_alpha), float(act_limit));
-    const Tensor y = block_product(act, w, idx + 2, e, hidden(), dot_rows);
-    return bias ? y.to(at::kFloat) + norms[li][EXPERT_BIASES + 2][e] : y;
-  }
+                         int64_t dot_rows) const;
 
   // whether MoE layer li has a shared expert (LAYER_SHARED), and the products the layer takes: the routed experts'
   // gate, up and down (n_gu[li] + 1), then the shared expert's gate, up and down
@@ -297,11 +214,7 @@ struct Step {
   // products [first, first + count) over every row (a shared expert's): the exact dot products up to DOT_MAX_ROWS
   // rows (each row alone, as the decode step), else the prompt kernels; always those for the server's prompts (as
   // their dense products), always the dot products for a step (MoeRows); float32 out
-  Tensor shared_rows(const Tensor& x, const Weights& w, int64_t first, int64_t count, MoeRows how) const {
-    const bool dots = how == MoeRows::STEP || (how == MoeRows::BY_COUNT && x.size(0) <= DOT_MAX_ROWS);
-    if (dots || !panel::available()) return products(x, w, first, count);
-    return rows_products(x.to(at::kBFloat16), w, first, count, false, how == MoeRows::SERVER_PROMPT).to(at::kFloat);
-  }
+  Tensor shared_rows(const Tensor& x, const Weights& w, int64_t first, int64_t count, MoeRows how) const;
 
   bool latent(int64_t li) const { return (sliding[li] & LAYER_LATENT) != 0; }
   // the products an MLA layer takes between its Q (or q_a) and kv_a products and O: q_b where Q is low-rank, k_b, v_b
@@ -314,69 +227,17 @@ struct Step {
   template <class CacheOf, class Prod>
   void latent_heads(const Tensor& qkv_in, const Weights& w, int64_t li, int64_t lat0, const Tensor& rope,
                     const std::vector<int64_t>& pos, int64_t kl, float* q, CacheOf cache_of, Prod prod,
-                    int64_t dot_rows) const {
-    const Tensor qkv = qkv_in.to(at::kFloat).contiguous();
-    const int64_t t = qkv.size(0), qr = lat[0], kr = lat[1], nope = lat[2], rp = lat[3], hd = nope + rp;
-    const int64_t qw = qr ? qr : nq * hd;
-    TORCH_CHECK(d == rp + kr && qkv.size(1) == qw + kr + rp, "latent attention: the layer's products give ",
-                qkv.size(1), " values a row for its sizes");
-    const Tensor qh = (qr ? prod(rows::rms_norm_to(qkv.narrow(1, 0, qr).contiguous(), norms[li][3], eps, false), lat0)
-                          : qkv.narrow(1, 0, qw)).to(at::kFloat).contiguous().view({t, nq, hd});
-    const Tensor c = rows::rms_norm_to(qkv.narrow(1, qw, kr).contiguous(), norms[li][4], eps, false);
-    const float* rp0 = rope.data_ptr<float>();
-    std::vector<float> row(d);
-    for (int64_t r = 0; r < t; ++r) {
-      const float* src = qkv.data_ptr<float>() + r * qkv.size(1) + qw + kr;  // k_pe
-      std::copy(src, src + rp, row.begin());
-      std::copy(c.data_ptr<float>() + r * kr, c.data_ptr<float>() + (r + 1) * kr, row.begin() + rp);
-      std::vector<float> out(d);
-      head_vector(row.data(), nullptr, nullptr, rp0 + pos[r] * d, true, d, eps, out.data());
-      const kv::View& cache = cache_of(r);
-      const int64_t at = cache.row(kl, 1, 0, pos[r]);
-      kv::store(cache.kind, cache.k, at, out.data(), d);
-      kv::store(cache.kind, cache.v, at, out.data(), d);
-    }
-    const int64_t kb = lat0 + (qr ? 1 : 0);
-    heads_in_turn(t, dot_rows, [&](int64_t h) {
-      const Tensor absorbed =
-          block_product(qh.select(1, h).narrow(1, 0, nope).contiguous(), w, kb, h, kr, dot_rows).to(at::kFloat)
-              .contiguous();
-      std::vector<float> part(d);
-      for (int64_t r = 0; r < t; ++r) {
-        const float* qp = qh.data_ptr<float>() + (r * nq + h) * hd + nope;  // q_pe
-        std::copy(qp, qp + rp, part.begin());
-        std::copy(absorbed.data_ptr<float>() + r * kr, absorbed.data_ptr<float>() + (r + 1) * kr, part.begin() + rp);
-        head_vector(part.data(), nullptr, nullptr, rp0 + pos[r] * d, true, d, eps, q + (r * nq + h) * d);
-      }
-    });
-  }
+                    int64_t dot_rows) const;
 
   // f(h) for every query head: side by side on the threads where each head's products are the dot products of a
   // few rows (a head's k_b or v_b block is ~0.1 MB: one call a head on all threads spent more in starting them than
   // in reading it), one after another where they are panel GEMMs (each on all threads)
   template <class F>
-  void heads_in_turn(int64_t t, int64_t dot_rows, F f) const {
-    if (t <= dot_rows) {
-      at::parallel_for(0, nq, 1, [&](int64_t h0, int64_t h1) {
-        for (int64_t h = h0; h < h1; ++h) f(h);
-      });
-    } else {
-      for (int64_t h = 0; h < nq; ++h) f(h);
-    }
-  }
+  void heads_in_turn(int64_t t, int64_t dot_rows, F f) const;
 
   // MLA: attention rows att [r, nq d] (each head's [rope part, latent part] over the cached rows) -> float32
   // [r, nq value]: v_b[h] times head h's latent part, the heads side by side (O's input)
-  Tensor latent_values(const Tensor& att_in, const Weights& w, int64_t lat0, int64_t dot_rows) const {
-    const Tensor att = att_in.to(at::kFloat).contiguous();
-    const int64_t r = att.size(0), kr = lat[1], rp = lat[3], vd = lat[4], vb = lat0 + (lat[0] ? 2 : 1);
-    std::vector<Tensor> parts(nq);
-    heads_in_turn(r, dot_rows, [&](int64_t h) {
-      parts[h] = block_product(att.view({r, nq, d}).select(1, h).narrow(1, rp, kr).contiguous(), w, vb, h, vd,
-                               dot_rows).to(at::kFloat);
-    });
-    return at::cat(parts, 1);
-  }
+  Tensor latent_values(const Tensor& att_in, const Weights& w, int64_t lat0, int64_t dot_rows) const;
 
   bool conv_layer(int64_t li) const { return (sliding[li] & LAYER_CONV) != 0; }
   bool delta_layer(int64_t li) const { return (sliding[li] & LAYER_DELTA) != 0; }
@@ -392,18 +253,7 @@ struct Step {
 
   // layer li's Mamba-2 mixer over its in_proj rows [t, inputs] (any float type), its state at `st` (updated) ->
   // float32 [t, inner], the input of its out_proj
-  Tensor mamba_rows(const Tensor& p_in, int64_t li, float* st) const {
-    const Tensor p = p_in.to(at::kFloat).contiguous();
-    const auto& nm = norms[li];
-    const mamba::Dims m = mamba_dims(li);
-    TORCH_CHECK(p.size(1) == m.inputs() && slot(li, MAMBA_D), "Mamba-2: in_proj gives ", p.size(1),
-                " values a row, its sizes ", m.inputs(), " (and D)");
-    Tensor y = at::empty({p.size(0), m.inner()}, p.options());
-    mamba::rows(p.data_ptr<float>(), p.size(0), p.size(1), m, nm[8].data_ptr<float>(), slot(li, MAMBA_CONV_BIAS),
-                nm[9].data_ptr<float>(), nm[10].data_ptr<float>(), slot(li, MAMBA_D), nm[11].data_ptr<float>(), eps, st,
-                y.data_ptr<float>());
-    return y;
-  }
+  Tensor mamba_rows(const Tensor& p_in, int64_t li, float* st) const;
 
   bool gated(int64_t li) const { return (sliding[li] & LAYER_GATED) != 0; }
 
@@ -420,17 +270,7 @@ struct Step {
   }
 
   // where each layer's state starts in a sequence's state (the last entry: its size)
-  std::vector<int64_t> state_offsets() const {
-    std::vector<int64_t> off(norms.size() + 1, 0);
-    for (size_t li = 0; li < norms.size(); ++li) {
-      const int64_t l = static_cast<int64_t>(li);
-      const int64_t n = conv_layer(l) ? (norms[l][8].size(1) - 1) * hidden() : delta_layer(l) ? dims(l).state_floats()
-                        : mamba_layer(l) ? mamba_dims(l).state_floats()
-                                                                                               : 0;
-      off[li + 1] = off[li] + n;
-    }
-    return off;
-  }
+  std::vector<int64_t> state_offsets() const;
 
   // a sequence's recurrent state: float32, contiguous, the size state_offsets gives (empty where there is none)
   std::vector<int64_t> checked_offsets(const Tensor& state) const {
@@ -443,31 +283,16 @@ struct Step {
 
   // layer li's short convolution over in_proj's rows bcx [t, 3 hidden] (any float type), its state at `st` (updated)
   // -> float32 [t, hidden], the input of its out_proj
-  Tensor short_conv(const Tensor& bcx_in, int64_t li, float* st) const {
-    const Tensor bcx = bcx_in.to(at::kFloat).contiguous(), taps = norms[li][8];
-    const int64_t t = bcx.size(0), h = hidden();
-    Tensor y = at::empty({t, h}, bcx.options());
-    shortconv::run(bcx.data_ptr<float>(), t, h, taps.data_ptr<float>(), taps.size(1), st, y.data_ptr<float>());
-    return y;
-  }
+  Tensor short_conv(const Tensor& bcx_in, int64_t li, float* st) const;
 
   // layer li's Gated DeltaNet over its products' rows [t, inputs] (any float type), each row in turn through its
   // state at `st` -> float32 [t, value_dim], the input of its ssm_out
-  Tensor delta_rows(const Tensor& p_in, int64_t li, float* st) const {
-    const Tensor p = p_in.to(at::kFloat).contiguous();
-    const auto& nm = norms[li];
-    const delta::Dims m = dims(li);
-    TORCH_CHECK(p.size(1) == m.inputs(), "Gated DeltaNet: the layer's products give ", p.size(1), " values a row, its sizes ",
-                m.inputs());
-    Tensor y = at::empty({p.size(0), m.value_dim()}, p.options());
-    delta::rows(p.data_ptr<float>(), p.size(0), p.size(1), m, nm[8].data_ptr<float>(), nm[9].data_ptr<float>(),
-                nm[10].data_ptr<float>(), nm[11].data_ptr<float>(), eps, st, y.data_ptr<float>());
-    return y;
-  }
+  Tensor delta_rows(const Tensor& p_in, int64_t li, float* st) const;
 
   // A recurrent layer's rows through its state: rows [t, inputs] -> float32 [t, width of its output product]
   Tensor recurrent_rows(const Tensor& rows, int64_t li, float* st) const {
-    return conv_layer(li) ? short_conv(rows, li, st) : mamba_layer(li) ? mamba_rows(rows, li, st) : delta_rows(rows, li, st);
+    if (conv_layer(li)) return short_conv(rows, li, st);
+    return mamba_layer(li) ? mamba_rows(rows, li, st) : delta_rows(rows, li, st);
   }
 
   // One position's attention products src as position_heads reads them, [Q | K | V]: a gated layer's Q product rows
@@ -730,7 +555,8 @@ struct Step {
                                         attn_cap, slot(li, SINKS));
         }
         if (gated(li) || latent(li)) {
-          att = latent(li) ? latent_values(att, w, lat0, dot_rows) : gate_output(att, li, qkv, att.size(0) == t ? 0 : t - 1);
+          att = latent(li) ? latent_values(att, w, lat0, dot_rows)
+                           : gate_output(att, li, qkv, att.size(0) == t ? 0 : t - 1);
           if (bf16_inputs(att.size(0), int8, panel_rows)) att = att.to(at::kBFloat16);
         }
         rows::residual_add(x, biased(rows_products(att, w, idx, 1, int8, panel_rows), li, O_BIAS), nm[5], eps,
@@ -835,6 +661,10 @@ struct Step {
     return at::cat(rows_out, 0);
   }
 };
+
+#include "step_experts.h"
+#include "step_latent.h"
+#include "step_recurrent.h"
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   pybind11::class_<Step>(m, "Step", pybind11::module_local())  // local: two builds may share a process
