@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from gguf_glm4moe import SHAPE, tiny_model, write_glm4moe
-from kernelfit.engine.build import batch_step, build_lean, forward
-from kernelfit.engine.kv_cache import grown, reset_cache
+from engine_checks import batched_steps_equal_alone
+from kernelfit.engine.build import build_lean, forward
+from kernelfit.engine.kv_cache import reset_cache
 from kernelfit.engine.recipe import RouterKind
 from kernelfit.engine.recipe_gguf import recipe_from_gguf
 from kernelfit.engine.weights import dot_available
@@ -79,21 +80,7 @@ def test_glm4moe_agrees_with_transformers(glm):
 
 
 def test_batched_steps_equal_each_sequence_alone(glm):
-    _, path, ids, _, _ = glm
-    b = build_lean(path)
-    reset_cache(b, 96)
-    lengths = (20, 53, 61)
-    caches, alone = [], []
-    for n in lengths:
-        c = grown(b, None, 64)
-        forward(b, ids[:n], 0, False, cache=c, panel_rows=True)
-        caches.append(c)
-        c2 = grown(b, None, 64)
-        forward(b, ids[:n], 0, False, cache=c2, panel_rows=True)
-        alone.append(forward(b, ids[n:n + 1], n, False, cache=c2)[-1])
-    got = batch_step(b, [int(ids[n]) for n in lengths], list(lengths), [0, 1, 2], caches)
-    for s in range(3):
-        assert torch.equal(got[s], alone[s])
+    batched_steps_equal_alone(build_lean(glm[1]), glm[2])
 
 
 def test_a_glm4moe_file_plans_packed_without_its_mtp_block(glm):

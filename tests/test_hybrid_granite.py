@@ -10,9 +10,10 @@ import math
 import pytest
 import torch
 
+from engine_checks import few_rows_and_chunks_carry_the_state, resumes_from_the_prefills_state
 from gguf_granitehybrid import LAYER_TYPES, SHAPE, tiny_model, write_granitehybrid
-from kernelfit.engine.build import build_lean, forward
-from kernelfit.engine.kv_cache import empty, reset_cache
+from kernelfit.engine.build import build_lean
+from kernelfit.engine.kv_cache import reset_cache
 from kernelfit.engine.recipe import LayerKind
 from kernelfit.engine.weights import dot_available
 from test_hybrid_lfm2 import agree, prompt_and_decode_agree, prompt_and_steps
@@ -54,42 +55,11 @@ def test_granite_hybrid_prompt_and_decode_agree_with_transformers(granite):
 
 
 def test_decode_steps_equal_a_few_row_prompt_and_chunks_carry_the_state(granite):
-    """Up to 12 rows a prompt call gives one decode step a token's logits bit for bit; the server's prompt kernels
-    (panel_rows) in chunks leave the state one prefill leaves, bit for bit."""
-    _, ids, _, _, b = granite
-    forward(b, ids[:60], 0)
-    few = forward(b, ids[60:66], 60, True)
-    forward(b, ids[:60], 0)
-    assert torch.equal(few, torch.cat([forward(b, ids[i:i + 1], i) for i in range(60, 66)]))
-    one, parts = empty(b.cfg, b.kv_cache, 64), empty(b.cfg, b.kv_cache, 64)
-    whole = forward(b, ids[:50], 0, cache=one, panel_rows=True)
-    for start, end in ((0, 3), (3, 30), (30, 50)):
-        last = forward(b, ids[start:end], start, cache=parts, panel_rows=True)
-    assert torch.equal(whole, last) and torch.equal(one.state.values, parts.state.values)
+    few_rows_and_chunks_carry_the_state(granite[4], granite[1])
 
 
 def test_server_sequences_resume_from_the_prefills_state(granite):
-    """A reused sequence resumes from the state its prompt's prefill left: the next turn's logits equal a cold
-    sequence's, bit for bit."""
-    from kernelfit.engine.sequences import Row, SequencePool
-
-    _, ids, _, _, b = granite
-    first, more = ids[:70].tolist(), ids[70:120].tolist()
-    pool = SequencePool(b, 1)
-    seq, _ = pool.acquire(first)
-    pool.prefill(seq, first, 0, len(first) - 1)
-    for i, t in enumerate(first[-1:] + more[:5]):
-        pool.step([Row(seq, t, len(first) - 1 + i)])
-    pool.release(seq)
-    turn = first + more
-    seq, same = pool.acquire(turn)
-    assert same == len(first) - 1
-    pool.prefill(seq, turn, same, len(turn) - 1)
-    got = pool.step([Row(seq, turn[-1], len(turn) - 1)])
-    cold = SequencePool(b, 1)
-    c, _ = cold.acquire(turn)
-    cold.prefill(c, turn, 0, len(turn) - 1)
-    assert torch.equal(got, cold.step([Row(c, turn[-1], len(turn) - 1)]))
+    resumes_from_the_prefills_state(granite[4], granite[1])
 
 
 def test_plan_counts_the_state_not_keys_and_values(granite):

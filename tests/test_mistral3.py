@@ -12,8 +12,9 @@ import torch
 
 from gguf_mistral3 import BETA, ORIGINAL, rope, tiny_model, write_mistral3
 from kernelfit import Preferences, load_model_spec, load_profile, plan
-from kernelfit.engine.build import batch_step, build_lean, forward
-from kernelfit.engine.kv_cache import grown, reset_cache
+from engine_checks import batched_steps_equal_alone
+from kernelfit.engine.build import build_lean, forward
+from kernelfit.engine.kv_cache import reset_cache
 from kernelfit.engine.recipe import Rotary, RotaryKind
 from kernelfit.engine.weights import dot_available
 from test_packed_gguf import _tokens
@@ -78,21 +79,7 @@ def test_mistral3_agrees_with_transformers(mistral3):
 def test_batched_steps_scale_each_query_at_its_own_position(mistral3):
     """Sequences at different positions in one batched step (below the original context and past it twice) give
     what each one's own decode step gives, bit for bit."""
-    path, ids, _, _ = mistral3
-    b = build_lean(path)
-    reset_cache(b, N + 8)
-    lengths = (30, 70, 200)
-    caches, alone = [], []
-    for n in lengths:
-        c = grown(b, None, 256)
-        forward(b, ids[:n], 0, False, cache=c, panel_rows=True)
-        caches.append(c)
-        c2 = grown(b, None, 256)
-        forward(b, ids[:n], 0, False, cache=c2, panel_rows=True)
-        alone.append(forward(b, ids[n:n + 1], n, False, cache=c2)[-1])
-    got = batch_step(b, [int(ids[n]) for n in lengths], list(lengths), [0, 1, 2], caches)
-    for s in range(3):
-        assert torch.equal(got[s], alone[s])
+    batched_steps_equal_alone(build_lean(mistral3[0]), mistral3[1], (30, 70, 200), 256)
 
 
 def test_the_reference_model_runs_the_temperature(mistral3):

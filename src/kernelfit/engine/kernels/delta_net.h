@@ -89,19 +89,12 @@ inline void columns64(float* S, int64_t dv, int64_t dk, const float* q, const fl
 }
 #endif
 
-// p: t rows of the layer's products [qkv (conv_dim) | z (value_dim) | beta logits (nv) | alpha (nv)], `ld` floats
-// apart; taps float32 [conv_dim, K]; a, dt_bias [nv]; norm_w [dv]; state (updated); out [t, value_dim].
-// A prompt's rows go through one call: the convolution a range of channels a thread, row after row, then each block
-// of 64 of a value head's state columns over all rows on one thread (a column's recurrence reads no other column:
-// only the output's RMS norm, a last pass, needs the whole head), its 32 KiB staying in L1 — a call a row read and
-// wrote the 64 KiB head twice a row from L2. Each row's arithmetic is a one-row call's, in the same order: a prompt
-// gets what decode steps get, bit for bit.
-inline void rows(const float* p, int64_t t, int64_t ld, const Dims& m, const float* taps, const float* a,
-                 const float* dt_bias, const float* norm_w, double eps, float* state, float* out) {
-  const int64_t C = m.conv_dim(), K = m.taps, kd = m.key_dim(), vd = m.value_dim(), nv = m.nv, dv = m.dv;
-  std::vector<float> mixed(t * C);
-  float* conv = state;
-  // channels in ranges a thread, the rows in order inside one (a row's channels are contiguous in p and in mixed)
+// The causal depthwise convolution both recurrent mixers open with (Qwen3.5's over q, k, v; Mamba-2's over x, B, C):
+// C channels of t input rows (`ld` floats apart, the channels contiguous from p) through K taps a channel (float32 [C,
+// K]), plus a bias (or none), then SiLU, into mixed [t, C]; conv (the channels' last K - 1 inputs [(K - 1), C], oldest
+// first) is read and updated. Channels in ranges a thread, the rows in order inside one.
+inline void causal_conv(const float* p, int64_t t, int64_t ld, int64_t C, int64_t K, const float* taps,
+                        const float* bias, float* conv, float* mixed) {
   at::parallel_for(0, C, t > 1 ? CONV_GRAIN : C, [&](int64_t c0, int64_t c1) {
     const int64_t n = c1 - c0;
     std::vector<float> win((K - 1) * n), w(K * n);  // the range's state rows and taps, tap-major
@@ -111,8 +104,8 @@ inline void rows(const float* p, int64_t t, int64_t ld, const Dims& m, const flo
     }
     for (int64_t r = 0; r < t; ++r) {  // the taps oldest first, the current input last; the state keeps inputs
       const float* x = p + r * ld + c0;
-      float* mo = mixed.data() + r * C + c0;
-      std::fill(mo, mo + n, 0.f);
+      float* mo = mixed + r * C + c0;
+      for (int64_t i = 0; i < n; ++i) mo[i] = bias ? bias[c0 + i] : 0.f;
       for (int64_t j = 0; j < K - 1; ++j)
         for (int64_t i = 0; i < n; ++i) mo[i] += w[j * n + i] * win[j * n + i];
       for (int64_t i = 0; i < n; ++i) mo[i] += w[(K - 1) * n + i] * x[i];
@@ -125,6 +118,20 @@ inline void rows(const float* p, int64_t t, int64_t ld, const Dims& m, const flo
     for (int64_t i = 0; i < n; ++i)
       for (int64_t j = 0; j < K - 1; ++j) conv[j * C + c0 + i] = win[j * n + i];
   });
+}
+
+// p: t rows of the layer's products [qkv (conv_dim) | z (value_dim) | beta logits (nv) | alpha (nv)], `ld` floats
+// apart; taps float32 [conv_dim, K]; a, dt_bias [nv]; norm_w [dv]; state (updated); out [t, value_dim].
+// A prompt's rows go through one call: the convolution a range of channels a thread, row after row, then each block
+// of 64 of a value head's state columns over all rows on one thread (a column's recurrence reads no other column:
+// only the output's RMS norm, a last pass, needs the whole head), its 32 KiB staying in L1 — a call a row read and
+// wrote the 64 KiB head twice a row from L2. Each row's arithmetic is a one-row call's, in the same order: a prompt
+// gets what decode steps get, bit for bit.
+inline void rows(const float* p, int64_t t, int64_t ld, const Dims& m, const float* taps, const float* a,
+                 const float* dt_bias, const float* norm_w, double eps, float* state, float* out) {
+  const int64_t C = m.conv_dim(), K = m.taps, kd = m.key_dim(), vd = m.value_dim(), nv = m.nv, dv = m.dv;
+  std::vector<float> mixed(t * C);
+  causal_conv(p, t, ld, C, K, taps, nullptr, state, mixed.data());
   const float qscale = 1.f / std::sqrt(static_cast<float>(m.dk));
   std::vector<float> beta(t * nv), decay(t * nv);
   for (int64_t r = 0; r < t; ++r) {

@@ -66,30 +66,7 @@ inline void rows(const float* p, int64_t t, int64_t ld, const Dims& m, const flo
                  float* out) {
   const int64_t C = m.conv_dim(), K = m.taps, in = m.inner(), H = m.heads, P = m.head_dim, N = m.state;
   std::vector<float> mixed(t * C);
-  float* conv = state;
-  at::parallel_for(0, C, t > 1 ? delta::CONV_GRAIN : C, [&](int64_t c0, int64_t c1) {
-    const int64_t n = c1 - c0;
-    std::vector<float> win((K - 1) * n), w(K * n);  // the range's state rows and taps, tap-major
-    for (int64_t i = 0; i < n; ++i) {
-      for (int64_t j = 0; j < K; ++j) w[j * n + i] = taps[(c0 + i) * K + j];
-      for (int64_t j = 0; j < K - 1; ++j) win[j * n + i] = conv[j * C + c0 + i];
-    }
-    for (int64_t r = 0; r < t; ++r) {  // the taps oldest first, the current input last; the state keeps inputs
-      const float* x = p + r * ld + in + c0;
-      float* mo = mixed.data() + r * C + c0;
-      for (int64_t i = 0; i < n; ++i) mo[i] = conv_bias ? conv_bias[c0 + i] : 0.f;
-      for (int64_t j = 0; j < K - 1; ++j)
-        for (int64_t i = 0; i < n; ++i) mo[i] += w[j * n + i] * win[j * n + i];
-      for (int64_t i = 0; i < n; ++i) mo[i] += w[(K - 1) * n + i] * x[i];
-      if (K > 1) {
-        std::copy(win.begin() + n, win.end(), win.begin());
-        std::copy(x, x + n, win.begin() + (K - 2) * n);
-      }
-      delta::silu(mo, n);
-    }
-    for (int64_t i = 0; i < n; ++i)
-      for (int64_t j = 0; j < K - 1; ++j) conv[j * C + c0 + i] = win[j * n + i];
-  });
+  delta::causal_conv(p + in, t, ld, C, K, taps, conv_bias, state, mixed.data());
   float* states = state + (K - 1) * C;
   const int64_t per_group = H / m.groups;
   at::parallel_for(0, H, 1, [&](int64_t h0, int64_t h1) {
