@@ -57,11 +57,15 @@ SHAPES = {
     # group, state 128, conv 4; its sizes as recalled, not read from its config.json), its first 10 layers with one
     # attention layer (the 5th, about its 1-in-10 ratio); tied head
     "granite-4.0-h-10l": ("granitehybrid", 2048, 10, 32, 8, 8192, 100352, 10000.0, None),
+    # Qwen3-30B-A3B (its config.json), its first 4 of 48 layers: 32 heads of 128 / 4 KV with per-head QK norms, 128
+    # experts of 768, 8 a token, no shared expert; untied head
+    "qwen3-30b-a3b-4l": ("qwen3moe", 2048, 4, 32, 4, 768, 151936, 1e6, None),
 }
+HEAD_DIM = {"qwen3-30b-a3b-4l": 128}  # where a head is not hidden / heads
 GRANITE_ATTENTION = {"granite-4.0-h-10l": (4,)}
 GRANITE_MAMBA = {"granite-4.0-h-10l": (64, 64, 1, 128, 4)}  # heads, head size, groups, state size, conv taps
 MOE = {"qwen3.6-35b-a3b-4l": (256, 8, 512), "gpt-oss-20b-4l": (32, 4, 0),  # experts, a token's, the shared expert's
-       "glm-4.7-flash-4l": (64, 4, 1536)}
+       "glm-4.7-flash-4l": (64, 4, 1536), "qwen3-30b-a3b-4l": (128, 8, 0)}
 LATENT = {"glm-4.7-flash-4l": (768, 512, 192, 64, 256, 1536)}  # q_lora, kv_lora, nope, rope, value, expert ffn
 GPT_OSS_HEAD, GPT_OSS_WINDOW = 64, 128
 # Qwen3.5's sizes beyond the common ones: head size, Gated DeltaNet key heads, key size, value heads, value size, conv
@@ -93,7 +97,7 @@ def write_f16(name: str, path: Path) -> None:
 
     arch, hidden, layers, heads, kv, ffn, vocab, base, llama3 = SHAPES[name]
     hd = QWEN35[name][0] if name in QWEN35 else GPT_OSS_HEAD if arch == "gpt-oss" else \
-        LATENT[name][1] + LATENT[name][3] if name in LATENT else hidden // heads
+        LATENT[name][1] + LATENT[name][3] if name in LATENT else HEAD_DIM.get(name, hidden // heads)
     rng = np.random.default_rng(0)
     w = GGUFWriter(str(path), arch)
     w.add_name(f"{name} shape, random weights")
@@ -143,6 +147,9 @@ def write_f16(name: str, path: Path) -> None:
         w.add_expert_weights_scale(1.8)
         w.add_expert_weights_norm(True)
         w.add_expert_gating_func(ExpertGatingFuncType.SIGMOID)
+    if name in HEAD_DIM:
+        w.add_key_length(hd)
+        w.add_value_length(hd)
     if arch == "gpt-oss":  # as llama.cpp's converter writes them (conversion/gpt_oss.py)
         from gguf import RopeScalingType
 
@@ -212,14 +219,21 @@ def write_f16(name: str, path: Path) -> None:
             for x, n in (("q", heads), ("k", kv), ("v", kv)):
                 w.add_tensor(b + f"attn_{x}.bias", (0.02 * rng.standard_normal(n * hd)).astype(np.float32))
         t(b + "attn_output.weight", (hidden, heads * hd))
-        if arch == "lfm2":
+        if arch in ("lfm2", "qwen3moe"):
             norm(b + "attn_q_norm.weight", hd)
             norm(b + "attn_k_norm.weight", hd)
         norm(b + "ffn_norm.weight", hidden)
+        if arch == "qwen3moe":  # the router (float32) and every expert's gate, up and down [experts, rows, cols]
+            experts = MOE[name][0]
+            w.add_tensor(b + "ffn_gate_inp.weight", (0.02 * rng.standard_normal((experts, hidden))).astype(np.float32))
+            t(b + "ffn_gate_exps.weight", (experts, ffn, hidden))
+            t(b + "ffn_up_exps.weight", (experts, ffn, hidden))
+            t(b + "ffn_down_exps.weight", (experts, hidden, ffn))
+            continue
         t(b + "ffn_gate.weight", (ffn, hidden))
         t(b + "ffn_up.weight", (ffn, hidden))
         t(b + "ffn_down.weight", (hidden, ffn))
-    if arch in ("gpt-oss", "deepseek2"):
+    if arch in ("gpt-oss", "deepseek2", "qwen3moe"):
         t("output.weight", (vocab, hidden))
     norm("token_embd_norm.weight" if arch == "lfm2" else "output_norm.weight", hidden)  # tied output head: the token
     # table (LFM2's final norm keeps llama.cpp's name for transformers' embedding_norm)

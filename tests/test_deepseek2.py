@@ -98,13 +98,21 @@ def test_latent_attention_agrees_with_transformers(variant, request):
 
 
 def test_the_cache_holds_one_latent_row_a_token_and_layer(v3):
-    """The KV cache of an MLA model is [layers, 1, 1 head, positions, rope + kv_rank]: 160 values a token a layer
-    here, where transformers' decompressed heads hold 4 x (64 + 64) keys and 4 x 64 values (768)."""
-    from kernelfit.engine.kv_cache import empty
+    """The KV cache of an MLA model is one tensor [layers, 1, 1 head, positions, rope + kv_rank] under both names (a
+    token's latent row is its key and its value, as llama.cpp holds it): 160 values a token a layer here, where
+    transformers' decompressed heads hold 4 x (64 + 64) keys and 4 x 64 values (768); the plan's memory counts it
+    once (it counted a key and a value: twice the cache)."""
+    from kernelfit.engine.kv_cache import empty, grown
+    from kernelfit.model.spec import spec_from_gguf
+    from kernelfit.planner.memory import kv_cache_bytes
 
     b = build_lean(v3[0])
     cache = empty(b.cfg, "f16", 64)
-    assert tuple(cache.k.shape) == (SHAPE["num_hidden_layers"], 1, 1, 64, 160)
+    assert tuple(cache.k.shape) == (SHAPE["num_hidden_layers"], 1, 1, 64, 160) and cache.v is cache.k
+    assert cache.nbytes == SHAPE["num_hidden_layers"] * 64 * 160 * 2
+    assert kv_cache_bytes(spec_from_gguf(v3[0], "v3").text, 64, 1, "bfloat16", value_bytes=2) == cache.nbytes
+    bigger = grown(b, cache, 128)
+    assert bigger.v is bigger.k and bigger.capacity == 128
 
 
 def test_batched_steps_equal_each_sequence_alone(v3):

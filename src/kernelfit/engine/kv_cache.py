@@ -2,6 +2,7 @@
 and why; engine/kernels/kv_cache.h reads and writes them). Each is a pair of tensors [layers, 1, kv heads, positions,
 width]: float32 / float16 elements (width = head size) or Q8_0 bytes (width = head size / 32 * 34), over the layers
 that attend (a hybrid's recurrent layers keep a fixed state instead, engine/recurrent.py, which the cache carries).
+DeepSeek's latent attention keeps one tensor under both names: a token's latent row is its key and its value.
 """
 
 from __future__ import annotations
@@ -30,8 +31,23 @@ class KvCache:
         return int(self.k.shape[3]) if self.k.dim() == 5 else 0
 
     @property
+    def latent(self) -> bool:
+        """Keys and values are one tensor (DeepSeek's latent rows: a token's row is its key and its value)."""
+        return self.v is self.k
+
+    @property
     def nbytes(self) -> int:
-        return 2 * self.k.numel() * self.k.element_size() + (self.state.nbytes if self.state is not None else 0)
+        tensors = 1 if self.latent else 2
+        return tensors * self.k.numel() * self.k.element_size() + (self.state.nbytes if self.state is not None else 0)
+
+    def rows_nbytes(self, n: int) -> int:
+        """The bytes of its keys and values at n positions."""
+        return (1 if self.latent else 2) * self.k[:, :, :, :1].numel() * self.k.element_size() * n
+
+    def copy_rows(self, n: int) -> KvCache:
+        """A copy of its first n positions (keys and values still one tensor where they are), the state as it is."""
+        k = self.k[:, :, :, :n].clone()
+        return KvCache(k, k if self.latent else self.v[:, :, :, :n].clone(), self.state)
 
 
 def row_width(kind: str, head_dim: int) -> int:
@@ -41,7 +57,9 @@ def row_width(kind: str, head_dim: int) -> int:
 def empty(cfg, kind: str, positions: int) -> KvCache:
     """A zeroed cache pair for `positions` tokens of the recipe's attention layers and heads, and a zeroed state."""
     shape = (cfg.kv_layers, 1, cfg.kv_heads, positions, row_width(kind, cfg.head_dim))
-    return KvCache(torch.zeros(shape, dtype=DTYPES[kind]), torch.zeros(shape, dtype=DTYPES[kind]), empty_state(cfg))
+    k = torch.zeros(shape, dtype=DTYPES[kind])
+    # MLA: a token's latent row is its key and its value (llama.cpp's cache holds it once too): one tensor, both names
+    return KvCache(k, k if cfg.latent else torch.zeros(shape, dtype=DTYPES[kind]), empty_state(cfg))
 
 
 def grown(build, cache: KvCache | None, positions: int) -> KvCache:
@@ -58,7 +76,8 @@ def grown(build, cache: KvCache | None, positions: int) -> KvCache:
     new = empty(cfg, build.kv_cache, positions)
     if old:
         new.k[:, :, :, :old] = cache.k
-        new.v[:, :, :, :old] = cache.v
+        if not new.latent:
+            new.v[:, :, :, :old] = cache.v
         new.state = cache.state  # the same object: its holder's checkpoints and position stay true
     if m.rope_global.shape[0] < positions:  # shared by every sequence: as long as the longest cache
         m.rope_global = rotary_table(cfg.rotary, cfg.head_dim, positions)

@@ -88,10 +88,10 @@ class PrefixStore:
         n = len(tokens)
         if cache.state is not None and (state is None or state.at != n):
             return
-        rows = KvCache(cache.k[:, :, :, :n], cache.v[:, :, :, :n], state)
-        if rows.nbytes > self.budget:  # before copying them
+        if cache.rows_nbytes(n) > self.budget:  # before copying them
             return
-        entry = Stored(list(tokens), KvCache(rows.k.clone(), rows.v.clone(), state.copy() if state else None))
+        kept = cache.copy_rows(n)
+        entry = Stored(list(tokens), KvCache(kept.k, kept.v, state.copy() if state else None))
         # a stored prefix of this one holds nothing this one does not: dropped
         self.entries = [e for e in self.entries if _common(e.tokens, tokens, len(e.tokens)) < len(e.tokens)]
         self.entries.append(entry)

@@ -49,6 +49,7 @@ class SubModel:
     recurrent_layers: int = 0  # layers without keys and values (LFM2's short convolutions): no KV cache
     recurrent_kind: str = ""  # what they are, for people: "short-convolution", "Gated DeltaNet"
     state_values: int = 0  # float32 values a sequence's recurrent layers keep, whatever its length
+    latent_kv: bool = False  # DeepSeek's MLA: a token's cached row (its one KV head) is its key and its value
     tie_embeddings: bool = False
     causal: bool = True
     features: tuple[str, ...] = ()  # catalog.attention feature names this model needs
@@ -364,7 +365,8 @@ def spec_from_gguf(path: Path, name: str, model_dir: str | None = None) -> Model
     quant = gguf_quantization(label, sum(t.nbytes for t in h.tensors))
     from dataclasses import replace
 
-    return replace(spec, params=params, sub_models=(replace(text, params=params),), quantization=quant,
+    return replace(spec, params=params, sub_models=(replace(text, params=params, latent_kv=arch == "deepseek2"),),
+                   quantization=quant,
                    architecture=causal_lm_class(model_type), gguf_file=path.name,
                    model_dir=model_dir or str(path.parent),
                    chat_template="tokenizer.chat_template" in h.metadata,

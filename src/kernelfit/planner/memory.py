@@ -77,7 +77,8 @@ def kv_cache_bytes(sub: SubModel, context: int, batch: int, dtype: str, kv_bits:
     kernelfit's engine (value_bytes given) up to checkpoints_kept copies of it a sequence (engine/recurrent.py)."""
     if not sub.causal:
         return 0
-    values = 2 * sub.num_kv_heads * sub.head_dim * batch  # per token per layer
+    # per token per layer: a key and a value a KV head; DeepSeek's latent row once (it is both)
+    values = (1 if sub.latent_kv else 2) * sub.num_kv_heads * sub.head_dim * batch
     state = sub.state_values * 4 * batch  # recurrent layers (LFM2's convolutions): float32, the same at any context
     kv_layers = sub.num_layers - sub.recurrent_layers
     if value_bytes is not None:
