@@ -128,7 +128,8 @@ def render_plan(p: Plan) -> str:
                          "from_pretrained); --quantization none loads it through transformers instead", ""))
     elif lean_runner(p):
         out.append(_wrap("Load      kernelfit's packed CPU runner: the GGUF file is mapped and its tensors tiled "
-                         "once into the user's tile cache, mapped on later loads (no from_pretrained); --quantization "
+                         "once into the user's tile cache, read from it on later loads (no from_pretrained); "
+                         "--quantization "
                          "none loads it dequantized instead", ""))
     else:
         kw = from_pretrained_kwargs(p)

@@ -103,7 +103,8 @@ def _build_lean(path, prefill_dense, progress, prefill_int8, requant, kv_cache, 
         t.arena = open_arena(Path(path))
     replay = t.arena.replay
     if progress is not None:
-        progress(f"{'mapping' if replay else 'packing'} {Path(path).name} for the CPU ({cfg.layers} layers)")
+        progress(f"{'reading the packed tiles of' if replay else 'packing'} {Path(path).name} for the CPU "
+                 f"({cfg.layers} layers)")
     rot = cfg.rotary.dims  # a partial rotary: only the first rot dimensions of a head are paired
     q_order = interleave_order(cfg.heads * cfg.head_dim, cfg.head_dim, rot) if interleave else None
     k_order = interleave_order(cfg.kv_heads * cfg.head_dim, cfg.head_dim, rot) if interleave else None

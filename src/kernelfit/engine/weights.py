@@ -74,7 +74,7 @@ class HugeArena:
     resident; a chunk lives as long as any tensor carved from it."""
 
     CHUNK = 32 << 20
-    replay = False  # its tensors already hold their values (a FileArena mapping the tile cache): nothing to fill
+    replay = False  # its tensors already hold their values (a FileArena reading the tile cache): nothing to fill
 
     def __init__(self):
         self.buf, self.used = None, 0

@@ -286,7 +286,7 @@ def _packed(level: Level, model: ModelSpec, devices: list[Device], machine: Mach
         layouts = sorted({f"{dot_codes(t)} ({t})" for t in types})
         return QuantOption("gguf", None, "packed-cpu", 32, None,
                            f"the {model.quantization.format} file runs as stored on the {isa}: no float copy; its blocks "
-                           "tiled once into the user's cache and mapped on later loads; "
+                           "tiled once into the user's cache and read from it on later loads; "
                            f"its own groups, exact ({', '.join(layouts)}) — where no C++ compiler builds the dot "
                            f"products, torch's int4 kernel and int8 per row re-gridded (bf16 over "
                            f"{REGRID_MAX_ERROR:.0%} error)")

@@ -1,5 +1,5 @@
-"""A GGUF file's weights, packed for the CPU straight from its memory map (no float32 copy; the tiles land in the tile
-cache's file where engine/tile_cache.py keeps them, and a later load maps them instead).
+"""A GGUF file's weights, packed for the CPU straight from its memory map (no float32 copy; engine/tile_cache.py keeps
+the tiles in a file of the user's cache, and a later load reads them from it instead).
 
 Linear weights of an int4 type (Q4_0, Q4_1, Q4_K) become torch int4 weights group for group; Q8_0
 and Q6_K weights are re-gridded to int8 per row when the measured error of doing so is within
