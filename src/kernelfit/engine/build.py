@@ -72,8 +72,8 @@ def build_lean(path: str | Path, prefill_dense: bool = False, progress=None, pre
     "Q8_0": a safetensors checkpoint's weights re-quantized at load (--quantization q8_0). kv_cache: the KV cache's
     element kind (catalog/kv_cache.py; Q8_0 rows are read by the C++ kernels only); "auto": float16 where the C++
     step runs, float32 on the TorchScript fallback (SmolLM2's answer to the bundled question turned on float16 keys
-    there: its bf16 int4 products leave the top two within rounding). A GGUF file's tiles are mapped from the user's
-    tile cache where an earlier load left them (engine/tile_cache.py), else built into it."""
+    there: its bf16 int4 products leave the top two within rounding). A GGUF file's tiles are read from the user's
+    tile cache where an earlier load left them (engine/tile_cache.py), else built and written into it."""
     try:
         return _build_lean(path, prefill_dense, progress, prefill_int8, requant, kv_cache, cached=True)
     except TileCacheMismatch:  # removed; never expected (the key holds the layout's code): build it again

@@ -105,10 +105,12 @@ def recipe_from_gguf(h, rope_freqs: torch.Tensor | None = None) -> Recipe:
         raise UsageError(f"{Path(h.path).name}: a file of the multi-token-prediction block alone (a draft "
                          "model's half); run the model's own file")
     hidden = int(h.arch_key("embedding_length"))
-    # Qwen3.5's and GLM-4.5's multi-token-prediction blocks follow the model's own (llama.cpp runs them only to draft): not run here
+    # Qwen3.5's, GLM-4.5's and DeepSeek's multi-token-prediction blocks follow the model's own (llama.cpp runs them
+    # only to draft): not run here
     layers = int(h.arch_key("block_count")) - int(h.arch_key("nextn_predict_layers") or 0)
     heads, kv_heads, kinds = _heads_per_layer(h, layers)
     tokens = h.metadata.get("tokenizer.ggml.tokens")
+    rotary = rotary_from_gguf(h, rope_freqs)
     gemma = arch in ("gemma", "gemma2", "gemma3")
     window = h.arch_key("attention.sliding_window") if gemma or arch == GPT_OSS else None
     scales = granite_scales(h) if arch in ("granite", GRANITE_HYBRID) else {}
@@ -127,7 +129,7 @@ def recipe_from_gguf(h, rope_freqs: torch.Tensor | None = None) -> Recipe:
         ffn=int(h.arch_key("feed_forward_length") or h.arch_key("expert_feed_forward_length")),
         vocab=int(getattr(tokens, "count", None) or h.arch_key("vocab_size")),
         eps=float(h.arch_key("attention.layer_norm_rms_epsilon", 1e-6)),
-        rotary=rotary_from_gguf(h, rope_freqs),
+        rotary=rotary,
         local_rotary=Rotary(GEMMA3_LOCAL_ROPE_THETA) if arch == "gemma3" else None,  # gemma2: one base for all
         sliding_window=int(window) if window else None,
         sliding_pattern=pattern if window else 0,
@@ -136,10 +138,10 @@ def recipe_from_gguf(h, rope_freqs: torch.Tensor | None = None) -> Recipe:
         # llama.cpp (LLM_ARCH_GEMMA2) and transformers (query_pre_attn_scalar): 27B scales by hidden / heads
         query_scale=scales.pop("query_scale", None) or (
             (hidden / heads) ** -0.5 if arch == "gemma2" and layers == GEMMA2_27B_LAYERS else None) or (
-            _latent_scale(h) if arch == DEEPSEEK2 else None),
+            _latent_scale(h, rotary) if arch == DEEPSEEK2 else None),
         no_rotary_step=SMOLLM3_NO_ROTARY_STEP if arch == "smollm3" else (
-            1 if arch in ("granite", GRANITE_HYBRID) and h.arch_key("rope.scaling.finetuned") is False else 0),  # Granite's
-        # no-rope switch (Granite 4.0-H: no rotary at all)
+            # Granite's no-rope switch (Granite 4.0-H: no rotary at all)
+            1 if arch in ("granite", GRANITE_HYBRID) and h.arch_key("rope.scaling.finetuned") is False else 0),
         **scales,
         # Qwen3-MoE renormalises its chosen experts' weights; Qwen2-MoE does not, and adds a shared expert whose
         # output a sigmoid gate scales (llama.cpp build_moe_ffn norm_w; transformers' norm_topk_prob)
@@ -198,20 +200,21 @@ def _latent(h) -> dict:
     rope = int(h.arch_key("rope.dimension_count"))
     kv_rank = int(h.arch_key("attention.kv_lora_rank"))
     lat = Latent(int(h.arch_key("attention.q_lora_rank") or 0), kv_rank,
-                 int(h.arch_key("attention.key_length_mla")) - rope, rope, int(h.arch_key("attention.value_length_mla")))
+                 int(h.arch_key("attention.key_length_mla")) - rope, rope,
+                 int(h.arch_key("attention.value_length_mla")))
     if int(h.arch_key("attention.key_length") or 0) != kv_rank + rope:
-        raise UsageError(f"{Path(h.path).name}: attention.key_length is not kv_lora_rank + the rotary size; the file is "
-                         "damaged")
+        raise UsageError(f"{Path(h.path).name}: attention.key_length is not kv_lora_rank + the rotary size; the file "
+                         "is damaged")
     if int(h.arch_key("attention.head_count_kv") or 0) != 1:
         raise UsageError(f"{Path(h.path).name}: a deepseek2 file whose latent attention is not one KV head (an old or "
                          "unabsorbed conversion); reconvert it with a current llama.cpp convert_hf_to_gguf.py")
     return {"latent": lat}
 
 
-def _latent_scale(h) -> float:
+def _latent_scale(h, rotary: Rotary) -> float:
     """MLA's scores' scale: (nope + rope)^-0.5 (a head's query/key size before absorption) times YaRN's
     mscale(factor, mscale_all_dim)^2."""
-    return int(h.arch_key("attention.key_length_mla")) ** -0.5 * rotary_from_gguf(h, None).score_scale
+    return int(h.arch_key("attention.key_length_mla")) ** -0.5 * rotary.score_scale
 
 
 def _query_temperature(h) -> tuple[float, int] | None:
@@ -243,8 +246,8 @@ def mamba_sizes(h) -> tuple[int, int, int, int]:
     heads, inner = int(h.arch_key("ssm.time_step_rank") or 0), int(h.arch_key("ssm.inner_size") or 0)
     groups, state = int(h.arch_key("ssm.group_count") or 0), int(h.arch_key("ssm.state_size") or 0)
     if heads <= 0 or groups <= 0 or state <= 0 or inner % heads or heads % groups:
-        raise UsageError(f"{Path(h.path).name}: ssm.inner_size {inner} is not whole heads of ssm.time_step_rank {heads} "
-                         f"in ssm.group_count {groups} groups; the file is damaged")
+        raise UsageError(f"{Path(h.path).name}: ssm.inner_size {inner} is not whole heads of ssm.time_step_rank "
+                         f"{heads} in ssm.group_count {groups} groups; the file is damaged")
     return heads, inner // heads, groups, state
 
 

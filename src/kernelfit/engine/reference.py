@@ -302,8 +302,8 @@ class LeanLM(nn.Module):
         self.residual_scale, self.logit_scale = float(cfg.residual_scale), float(cfg.logit_scale)
         self.scaling = float(cfg.query_scale or cfg.head_dim ** -0.5)
         self.attn_cap, self.final_cap = float(cfg.attn_softcap), float(cfg.final_softcap)
-        self.temp_beta, self.temp_length = float((cfg.query_temperature or (0.0, 1))[0]), \
-            int((cfg.query_temperature or (0.0, 1))[1])  # Mistral 3's query temperature (recipe.py)
+        beta, length = cfg.query_temperature or (0.0, 1)  # Mistral 3's query temperature (recipe.py)
+        self.temp_beta, self.temp_length = float(beta), int(length)
         self.window = int(cfg.sliding_window or 0)
         self.ffn = int(cfg.ffn)
         self.embed_weight = embed_weight  # int8 [V, hidden] (with embed_scale) or bf16

@@ -11,8 +11,8 @@ product alone had measured the same speed either way).
 
 The cache is keyed by the GGUF file (resolved path, size, mtime, inode) and by the code that lays the tiles out (the
 reader, the block decoders, the tile formats), kept in a private folder (paths.private_dir: never another user's),
-written to a temporary name and renamed into place with its index last, so a killed build leaves nothing that maps.
-A cache file whose size is not its index's is removed, never mapped (a short file would end in SIGBUS). One cache a
+written to a temporary name and renamed into place with its index last, so a killed build leaves nothing to read.
+A cache file whose size is not its index's is removed, never read. One cache a
 source file: building a new one removes the others of that path, and the least recently used caches go while the
 folder holds more than KERNELFIT_TILE_CACHE_GIB (default 32) — a user's collection of models does not pile up a
 second copy on disk. KERNELFIT_TILE_CACHE=0 turns it off; so does a disk without room for the tiles (the file's
@@ -35,7 +35,7 @@ from .weights import HugeArena, _huge_region
 FORMAT = 1  # the index's layout
 HEADROOM_BYTES = 1 << 30  # left free on the disk after the cache is written
 DEFAULT_LIMIT_GIB = 32.0  # the folder's size past which the least recently used caches are removed
-ALIGN = mmap.ALLOCATIONGRANULARITY  # a region's offset in the file: mmap's granularity
+ALIGN = mmap.ALLOCATIONGRANULARITY  # a region's offset in the file (FORMAT 1's layout, from when regions were mapped)
 # the code whose output the cache holds: a change to any of these builds the tiles again
 LAYOUT_SOURCES = ("weights.py", "gguf/blocks.py", "gguf/reader.py", "build.py", "recipe.py", "kernels/code_formats.h",
                   "kernels/repack_kernels.h")
@@ -85,8 +85,9 @@ class FileArena(HugeArena):
         self.regions: list[int] = []
         self.pending: list[tuple[int, torch.Tensor]] = []  # a build's regions and their offsets in the file
         self.size = 0
-        if self.replay:  # mapped by path: no descriptor to hold
+        if self.replay:  # one reader for every region (closed when the replay ends, or with this arena)
             self.file, self.fd = folder / f"{key}.tiles", None
+            self.reader = open(self.file, "rb", buffering=0)
         else:
             self.file = folder / f".{key}.{os.getpid()}.tmp"
             self.fd = os.open(self.file, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -113,11 +114,10 @@ class FileArena(HugeArena):
         self.size += span
         out = _huge_region(nbytes)  # the weights' memory is anonymous huge pages either way (below)
         if self.replay:
-            with open(self.file, "rb", buffering=0) as f:
-                f.seek(offset)
-                if f.readinto(memoryview(out.numpy())) != nbytes:
-                    self.discard()
-                    raise TileCacheMismatch(self.key)
+            self.reader.seek(offset)
+            if self.reader.readinto(memoryview(out.numpy())) != nbytes:
+                self.discard()
+                raise TileCacheMismatch(self.key)
         else:
             self.pending.append((offset, out))  # written to the file once built (commit)
         return out
@@ -151,17 +151,19 @@ class FileArena(HugeArena):
         evict(self.folder, keep=self.key)
 
     def finish_replay(self) -> None:
+        self.reader.close()
         if len(self.regions) != len(self.index["regions"]):
             self.discard()
             raise TileCacheMismatch(self.key)
 
     def discard(self) -> None:
         """This key's cache removed (a replay that did not match it)."""
+        self.reader.close()
         (self.folder / f"{self.key}.json").unlink(missing_ok=True)
         (self.folder / f"{self.key}.tiles").unlink(missing_ok=True)
 
     def abandon(self) -> None:
-        """A build that failed or will not be cached: its temporary file removed (the mappings stay valid)."""
+        """A build that failed or will not be cached: its temporary file removed (its weights are in memory)."""
         if self.fd is not None:
             try:
                 os.close(self.fd)

@@ -21,12 +21,11 @@ void Step::latent_heads(const Tensor& qkv_in, const Weights& w, int64_t li, int6
     const float* src = qkv.data_ptr<float>() + r * qkv.size(1) + qw + kr;  // k_pe
     std::copy(src, src + rp, row.begin());
     std::copy(c.data_ptr<float>() + r * kr, c.data_ptr<float>() + (r + 1) * kr, row.begin() + rp);
-    std::vector<float> out(d);
-    head_vector(row.data(), nullptr, nullptr, rp0 + pos[r] * d, true, d, eps, out.data());
+    head_vector(row.data(), nullptr, nullptr, rp0 + pos[r] * d, true, d, eps, row.data());  // rotated in place
     const kv::View& cache = cache_of(r);
     const int64_t at = cache.row(kl, 1, 0, pos[r]);
-    kv::store(cache.kind, cache.k, at, out.data(), d);
-    kv::store(cache.kind, cache.v, at, out.data(), d);
+    kv::store(cache.kind, cache.k, at, row.data(), d);
+    if (cache.v != cache.k) kv::store(cache.kind, cache.v, at, row.data(), d);  // engine/kv_cache.py: one tensor
   }
   const int64_t kb = lat0 + (qr ? 1 : 0);
   heads_in_turn(t, dot_rows, [&](int64_t h) {
