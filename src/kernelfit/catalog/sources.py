@@ -154,6 +154,14 @@ SOURCES: dict[str, Source] = {s.id: s for s in (
            "https://github.com/ggml-org/llama.cpp/blob/master/convert_hf_to_gguf.py",
            "MODEL_TENSOR.ATTN_Q <- model.layers.{bid}.self_attn.q_proj ...; LlamaModel.permute pairs Q/K rotary "
            "dimensions; llama3 rope_scaling becomes the rope_freqs tensor (generate_extra_tensors)"),
+    Source("llama-cpp-convert-hybrids", "llama.cpp's converters of the hybrid models (Qwen3.5, LFM2, Granite 4.0-H)",
+           "https://github.com/ggml-org/llama.cpp/blob/master/conversion/qwen.py ; "
+           "https://github.com/ggml-org/llama.cpp/blob/master/conversion/lfm2.py ; "
+           "https://github.com/ggml-org/llama.cpp/blob/master/conversion/granite.py",
+           "Qwen3_5TextModel: norms + 1 (not linear_attn.norm), A_log -> -exp(A_log), conv1d squeezed, value heads "
+           "re-ordered grouped -> tiled (_LinearAttentionVReorderBase); LFM2Model: conv.conv squeezed, head_count_kv 0 "
+           "on conv layers, ff dim from block_auto_adjust_ff_dim; GraniteHybridModel: input_linear split into gate/up, "
+           "Mamba-2 keys ssm.* (conversion/mamba.py)"),
     Source("ggml-rope", "llama.cpp's rotary embedding (freq_factors, YaRN) and its GGUF rope keys",
            "https://github.com/ggml-org/llama.cpp/blob/master/ggml/src/ggml-cpu/ops.cpp ; "
            "https://github.com/ggml-org/llama.cpp/blob/master/gguf-py/gguf/constants.py",

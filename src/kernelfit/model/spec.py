@@ -485,7 +485,7 @@ def _spec_from_dir(directory: Path, name: str) -> ModelSpec:
         names = tensor_names(directory)
         spec.extra["engine_tensors"] = "its shards are unreadable" if names is None else tensor_problem(
             names, spec.model_type, int(cfg.get("num_hidden_layers") or 0), bool(spec.text.tie_embeddings),
-            spec.quantization is not None and spec.quantization.method in ENGINE_PACKED_METHODS)
+            spec.quantization is not None and spec.quantization.method in ENGINE_PACKED_METHODS, cfg)
     return with_checkpoint_params(spec, directory)
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from ..catalog.architectures import TRANSFORMERS_GGUF_ARCHS
 from ..catalog.engine_checkpoints import ENGINE_Q8_0_LOSS, why_not_engine_checkpoint
+from ..catalog.hybrid_checkpoints import HYBRID_CHECKPOINT_ARCHS
 from ..catalog.packages import install_hint
 from ..catalog.packed_kernels import REGRID_MAX_ERROR, dot_codes, packed_cpu, why_not_packed_gguf
 from ..catalog.quantization import ON_THE_FLY, PREQUANTIZED, hf_backend_name, missing_packages, why_not_backend
@@ -339,6 +340,9 @@ def _engine(level: Level, model: ModelSpec, devices: list[Device], machine: Mach
     return QuantOption("engine", None, "kernelfit-cpu", None, None,
                        f"the checkpoint's {model.checkpoint_dtype} weights run on kernelfit's CPU engine ({isa}): "
                        "read from the safetensors shards as bf16 / float16 rows exactly as stored (float32 rounded "
-                       "to bf16 once), the architecture from config.json, float32 activations, the KV cache of the plan's "
-                       "KV cache row; "
+                       "to bf16 once), the architecture from config.json"
+                       + (f" as the GGUF keys and tensors of llama.cpp's {HYBRID_CHECKPOINT_ARCHS[model.model_type]} "
+                          "(its converter's layout, read in place: no file written)"
+                          if model.model_type in HYBRID_CHECKPOINT_ARCHS else "")
+                       + ", float32 activations, the KV cache of the plan's KV cache row; "
                        "--quantization none loads it through transformers instead")

@@ -24,6 +24,7 @@ from ..gguf import blocks as gb
 from ..gguf.reader import Conversion, drop_pages
 from ..weights import HugeArena
 from . import packed as pk
+from ...catalog.hybrid_checkpoints import HYBRID_CHECKPOINT_ARCHS, Fix, Source, layout
 
 DTYPES = {"BF16": np.uint16, "F16": np.float16, "F32": np.float32}  # safetensors' names, GGUF's float types too
 
@@ -53,43 +54,35 @@ class SafetensorsTensors:
     requant_error: dict = field(default_factory=dict)
 
     @classmethod
-    def open(cls, directory: str | Path, requant: str | None = None, quant=None) -> "SafetensorsTensors":
-        """quant: the checkpoint's model.quantization.CheckpointQuant (AWQ / GPTQ: its linears are packed)."""
+    def open(cls, directory: str | Path, requant: str | None = None, quant=None,
+             config: dict | None = None) -> "SafetensorsTensors":
+        """quant: the checkpoint's model.quantization.CheckpointQuant (AWQ / GPTQ: its linears are packed); config:
+        its config.json, whose model_type picks the names' mapping (a hybrid's: engine/safetensors/layout.py)."""
         directory = Path(directory)
+        model_type = (config or {}).get("model_type")
+        if model_type in HYBRID_CHECKPOINT_ARCHS:
+            if quant is not None:
+                raise UsageError(f"{directory.name}: a {quant.method} {model_type} checkpoint is not read by the "
+                                 "engine (it reads this architecture's bf16/fp16/fp32 weights); --quantization none "
+                                 "loads it through transformers")
+            stored = _stored(directory)
+            sources = layout(model_type, config, set(stored), directory.name)
+            return cls(str(directory), {ours: _joined(stored, s, ours, directory.name) for ours, s in sources.items()},
+                       requant)
         by_name, parts = {}, {}
-        files = shard_files(directory)
-        if files is None:
-            raise UsageError(f"{directory / 'model.safetensors.index.json'} is not a readable checkpoint index; "
-                             "re-download or re-save the checkpoint")
-        for shard in files:
-            header = read_header(shard)
-            if header is None:
-                raise UsageError(f"{shard} is not a readable safetensors file; re-download or re-save the checkpoint")
-            with shard.open("rb") as f:
-                start = 8 + int.from_bytes(f.read(8), "little")  # the tensors' bytes follow the JSON header
-            data = np.memmap(shard, dtype=np.uint8, mode="r")
-            for name, info in header.items():
-                if name == "__metadata__" or name.endswith(IGNORED_SUFFIXES):
-                    continue
-                prefix, _, leaf = name.rpartition(".")
-                if quant is not None and leaf in PACKED_SUFFIXES:  # an AWQ / GPTQ linear's part (across shards)
-                    begin, end = info["data_offsets"]
-                    parts.setdefault(prefix, {})[leaf] = Stored(data, start + begin, end - begin, info["dtype"],
-                                                                tuple(info["shape"]))
-                    continue
-                if quant is not None and name.endswith("_proj.weight"):
-                    raise UsageError(f"{directory.name}: {name} is dense but config.json declares {quant.method} "
-                                     "weights; fix the config (--quantization none loads it through transformers)")
-                ours = llama_cpp_name(name)
-                if ours is None:
-                    raise UsageError(f"{directory.name}: tensor {name} is not one the engine's recipe reads (a bias "
-                                     "or layer it does not model); --quantization none loads it through transformers")
-                if info["dtype"] not in DTYPES:
-                    raise UsageError(f"{directory.name}: tensor {name} is {info['dtype']}; the engine reads "
-                                     f"{', '.join(DTYPES)} safetensors (--quantization none loads it through "
-                                     "transformers)")
-                begin, end = info["data_offsets"]
-                by_name[ours] = Stored(data, start + begin, end - begin, info["dtype"], tuple(info["shape"]))
+        for name, tensor in _stored(directory).items():
+            prefix, _, leaf = name.rpartition(".")
+            if quant is not None and leaf in PACKED_SUFFIXES:  # an AWQ / GPTQ linear's part (across shards)
+                parts.setdefault(prefix, {})[leaf] = tensor
+                continue
+            if quant is not None and name.endswith("_proj.weight"):
+                raise UsageError(f"{directory.name}: {name} is dense but config.json declares {quant.method} "
+                                 "weights; fix the config (--quantization none loads it through transformers)")
+            ours = llama_cpp_name(name)
+            if ours is None:
+                raise UsageError(f"{directory.name}: tensor {name} is not one the engine's recipe reads (a bias "
+                                 "or layer it does not model); --quantization none loads it through transformers")
+            by_name[ours] = _float(directory, name, tensor)
         for prefix, p in parts.items():
             by_name[_packed_name(directory, prefix)] = _packed_linear(directory, prefix, p, quant)
         return cls(str(directory), by_name, requant)
@@ -103,7 +96,8 @@ class SafetensorsTensors:
 
     def _requantized(self, name: str) -> bool:
         t = self.by_name[name]
-        return self.requant == "Q8_0" and isinstance(t, Stored) and len(t.shape) == 2 and self.shape(name)[1] % gb.QK == 0
+        return self.requant == "Q8_0" and isinstance(t, (Stored, Joined)) and len(t.shape) == 2 and \
+            self.shape(name)[1] % gb.QK == 0
 
     def dot_layout(self, name: str) -> tuple:
         """Q8_0's dot layout (engine/gguf/blocks.py dot_groups): 8-bit codes, float16 scale per 32, minimum -128; a
@@ -148,12 +142,18 @@ class SafetensorsTensors:
 
     def _raw_rows(self, name: str, start: int, stop: int) -> np.ndarray:
         t = self.by_name[name]
+        if isinstance(t, Joined):
+            return t.gather(start, stop)
         rows, cols = self.shape(name)
         return t.data[t.offset:t.offset + t.nbytes].view(DTYPES[t.type_name]).reshape(rows, cols)[start:stop]
 
     def release(self, name: str, rows: tuple[int, int] | None = None) -> None:
         """Drop a converted tensor's pages from this process's resident set (GgufTensors.release)."""
         t = self.by_name[name]
+        if isinstance(t, Joined):  # its parts' pages, once the whole tensor is read
+            for part in t.parts if rows is None else []:
+                drop_pages(part.data, part.offset, part.offset + part.nbytes)
+            return
         if rows is not None and isinstance(t, Stored):  # rows start..stop of a tensor copied chunk by chunk
             row_bytes = t.nbytes // self.shape(name)[0]
             drop_pages(t.data, t.offset + rows[0] * row_bytes, t.offset + rows[1] * row_bytes)
@@ -162,6 +162,12 @@ class SafetensorsTensors:
             drop_pages(part.data, part.offset, part.offset + part.nbytes)
 
     def float_tensor(self, name: str) -> torch.Tensor:
+        t = self.by_name[name]
+        if isinstance(t, Joined):  # a small tensor whole, the converter's fix applied
+            raw = t.gather(0, t.shape[0])
+            w = gb.dequantize(raw, t.type_name, *raw.shape).astype(np.float32).reshape(-1)
+            w = w + 1 if t.fix is Fix.PLUS_ONE else -np.exp(w) if t.fix is Fix.NEG_EXP else w
+            return torch.from_numpy(np.ascontiguousarray(w))
         rows, cols = self.shape(name)
         w = gb.dequantize(self._raw_rows(name, 0, rows), self.by_name[name].type_name, rows, cols)
         return torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32)).reshape(-1)
@@ -176,6 +182,89 @@ class SafetensorsTensors:
             self._raw_rows(name, start, stop)
         stored = self.by_name[name].type_name
         return torch.from_numpy(np.ascontiguousarray(gb.dequantize(raw, stored, stop - start, cols)))
+
+
+@dataclass
+class Joined:
+    """A llama.cpp tensor made from the checkpoint's (engine/safetensors/layout.py Source): `parts` stacked by rows,
+    each viewed as [rows, its last dimension] (a 1-D tensor as [n, 1]), then `rows` / `cols` picked; `fix` changes
+    the values of a small tensor read whole (float_tensor)."""
+
+    parts: list[Stored]
+    rows: np.ndarray | None
+    cols: np.ndarray | None
+    fix: Fix | None
+    type_name: str
+    shape: tuple[int, ...]  # (rows, cols) after picking; (n,) for a vector
+
+    def views(self) -> list[np.ndarray]:
+        return [p.data[p.offset:p.offset + p.nbytes].view(DTYPES[p.type_name]).reshape(
+            -1, p.shape[-1] if len(p.shape) > 1 else 1) for p in self.parts]
+
+    def gather(self, start: int, stop: int) -> np.ndarray:
+        """Rows start..stop as stored (bf16 as uint16, f16, f32)."""
+        views = self.views()
+        if self.rows is None and len(views) == 1:
+            out = views[0][start:stop]
+        else:
+            idx = self.rows[start:stop] if self.rows is not None else np.arange(start, stop)
+            offsets = np.cumsum([0] + [len(v) for v in views])
+            which = np.searchsorted(offsets, idx, side="right") - 1
+            out = np.empty((len(idx), views[0].shape[1]), views[0].dtype)
+            for k, v in enumerate(views):
+                mine = which == k
+                if mine.any():
+                    out[mine] = v[idx[mine] - offsets[k]]
+        return out[:, self.cols] if self.cols is not None else out
+
+
+def _joined(stored: dict[str, Stored], source: Source, ours: str, where: str) -> Joined:
+    parts = [stored[n] for n in source.parts]
+    kinds = {p.type_name for p in parts}
+    if len(kinds) != 1 or next(iter(kinds)) not in DTYPES:
+        raise UsageError(f"{where}: {', '.join(source.parts[:2])} are {'/'.join(sorted(kinds))}; the engine reads "
+                         f"{', '.join(DTYPES)} safetensors of one type a tensor (--quantization none loads it through "
+                         "transformers)")
+    lasts = {p.shape[-1] if len(p.shape) > 1 else 1 for p in parts}
+    if len(lasts) != 1:
+        raise UsageError(f"{where}: the tensors making {ours} differ in their last dimension; re-save the checkpoint")
+    total = sum(int(np.prod(p.shape)) // next(iter(lasts)) for p in parts)
+    rows = len(source.rows) if source.rows is not None else total
+    cols = len(source.cols) if source.cols is not None else next(iter(lasts))
+    if (source.rows is not None and int(source.rows.max(initial=-1)) >= total) or \
+            (source.cols is not None and int(source.cols.max(initial=-1)) >= next(iter(lasts))):
+        raise UsageError(f"{where}: {source.parts[0]} is smaller than config.json's sizes say; fix the config or "
+                         "re-save the checkpoint")
+    vector = len(parts) == 1 and len(parts[0].shape) == 1
+    return Joined(parts, source.rows, source.cols, source.fix, parts[0].type_name, (rows,) if vector else (rows, cols))
+
+
+def _stored(directory: Path) -> dict[str, Stored]:
+    """Every tensor of the checkpoint's shards by its own name, over read-only memory maps."""
+    files = shard_files(directory)
+    if files is None:
+        raise UsageError(f"{directory / 'model.safetensors.index.json'} is not a readable checkpoint index; "
+                         "re-download or re-save the checkpoint")
+    out = {}
+    for shard in files:
+        header = read_header(shard)
+        if header is None:
+            raise UsageError(f"{shard} is not a readable safetensors file; re-download or re-save the checkpoint")
+        with shard.open("rb") as f:
+            start = 8 + int.from_bytes(f.read(8), "little")  # the tensors' bytes follow the JSON header
+        data = np.memmap(shard, dtype=np.uint8, mode="r")
+        for name, info in header.items():
+            if name != "__metadata__" and not name.endswith(IGNORED_SUFFIXES):
+                begin, end = info["data_offsets"]
+                out[name] = Stored(data, start + begin, end - begin, info["dtype"], tuple(info["shape"]))
+    return out
+
+
+def _float(directory: Path, name: str, t: Stored) -> Stored:
+    if t.type_name not in DTYPES:
+        raise UsageError(f"{directory.name}: tensor {name} is {t.type_name}; the engine reads {', '.join(DTYPES)} "
+                         "safetensors (--quantization none loads it through transformers)")
+    return t
 
 
 def _packed_name(directory: Path, prefix: str) -> str:

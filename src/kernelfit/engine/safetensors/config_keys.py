@@ -1,0 +1,109 @@
+"""A hybrid checkpoint's config.json as the GGUF keys llama.cpp's converter writes from it (convert_hf_to_gguf.py
+set_gguf_parameters: conversion/qwen.py Qwen3_5TextModel, conversion/lfm2.py, conversion/granite.py
+GraniteHybridModel), so that recipe_from_gguf fills the recipe from a checkpoint exactly as from its GGUF file: one
+reading of each architecture's facts, not two."""
+
+from __future__ import annotations
+
+from ...errors import UsageError
+from ...model.spec import rope_type
+from ...catalog.hybrid_checkpoints import HYBRID_CHECKPOINT_ARCHS, layer_types
+
+
+class ConfigHeader:
+    """The header interface recipe_from_gguf reads (model/gguf_header.py GgufHeader): architecture, path, metadata,
+    tensors, rope_scaling, arch_key."""
+
+    def __init__(self, architecture: str, keys: dict, path: str):
+        self.architecture, self.path = architecture, path
+        self.metadata = {f"{architecture}.{k}": v for k, v in keys.items()}
+        self.tensors = ()
+        self.rope_scaling = None  # hybrids_keys refuses any other
+
+    def arch_key(self, key: str, default=None):
+        return self.metadata.get(f"{self.architecture}.{key}", default)
+
+
+def config_header(cfg: dict, shapes: dict[str, tuple[int, ...]], where: str) -> ConfigHeader:
+    """`shapes`: the checkpoint's (rows, cols) by llama.cpp's tensor name (LFM2's feed-forward size is its w1's rows:
+    the converter recomputes it from block_auto_adjust_ff_dim)."""
+    model_type = cfg.get("model_type")
+    arch = HYBRID_CHECKPOINT_ARCHS[model_type]
+    kind = rope_type(cfg) or "default"
+    if kind != "default":
+        raise UsageError(f"{where}: rotary scaling '{kind}' on a {model_type} checkpoint is not implemented by the "
+                         "engine (--quantization none loads it through transformers)")
+    layers = int(cfg["num_hidden_layers"])
+    rope = cfg.get("rope_parameters") or {}
+    keys = {"context_length": int(cfg.get("max_position_embeddings") or 4096),
+            "embedding_length": int(cfg["hidden_size"]), "block_count": layers,
+            "attention.head_count": int(cfg["num_attention_heads"]),
+            "rope.freq_base": float(rope.get("rope_theta") or cfg.get("rope_theta") or 10000.0),
+            "vocab_size": int(cfg["vocab_size"])}
+    keys.update({"qwen35": _qwen35, "qwen35moe": _qwen35, "lfm2": _lfm2, "lfm2moe": _lfm2,
+                 "granitehybrid": _granite}[arch](cfg, layers, shapes))
+    return ConfigHeader(arch, keys, where)
+
+
+def _moe(cfg: dict, experts: str, used: str, size: str) -> dict:
+    return {"expert_count": int(cfg[experts]), "expert_used_count": int(cfg[used]),
+            "expert_feed_forward_length": int(cfg[size])}
+
+
+def _qwen35(cfg: dict, layers: int, shapes: dict) -> dict:
+    rope = cfg.get("rope_parameters") or {}
+    head = int(cfg.get("head_dim") or int(cfg["hidden_size"]) // int(cfg["num_attention_heads"]))
+    partial = float(rope.get("partial_rotary_factor") or cfg.get("partial_rotary_factor") or 1.0)
+    nv, dv = int(cfg["linear_num_value_heads"]), int(cfg["linear_value_head_dim"])
+    keys = {"attention.head_count_kv": int(cfg["num_key_value_heads"]), "attention.key_length": head,
+            "attention.value_length": head, "attention.layer_norm_rms_epsilon": float(cfg.get("rms_norm_eps", 1e-6)),
+            "rope.dimension_count": int(head * partial), "ssm.conv_kernel": int(cfg["linear_conv_kernel_dim"]),
+            "ssm.state_size": int(cfg["linear_key_head_dim"]), "ssm.group_count": int(cfg["linear_num_key_heads"]),
+            "ssm.time_step_rank": nv, "ssm.inner_size": nv * dv,
+            "attention.recurrent_layers": [not a for a in layer_types(cfg, "full_attention", "linear_attention",
+                                                                      layers)]}
+    if cfg.get("num_experts"):
+        keys.update(_moe(cfg, "num_experts", "num_experts_per_tok", "moe_intermediate_size"))
+        keys["expert_shared_feed_forward_length"] = int(cfg["shared_expert_intermediate_size"])
+    else:
+        keys["feed_forward_length"] = int(cfg["intermediate_size"])
+    return keys
+
+
+def _lfm2(cfg: dict, layers: int, shapes: dict) -> dict:
+    attends = layer_types(cfg, "full_attention", "conv", layers)
+    dense = next((shapes[n] for n in (f"blk.{i}.ffn_gate.weight" for i in range(layers)) if n in shapes), None)
+    keys = {"attention.head_count_kv": [int(cfg["num_key_value_heads"]) if a else 0 for a in attends],
+            "attention.layer_norm_rms_epsilon": float(cfg.get("norm_eps", 1e-5)),
+            "shortconv.l_cache": int(cfg["conv_L_cache"]),
+            "feed_forward_length": int(dense[0]) if dense else int(cfg["intermediate_size"])}
+    if cfg.get("num_experts"):
+        keys.update(_moe(cfg, "num_experts", "num_experts_per_tok", "moe_intermediate_size"))
+        keys["leading_dense_block_count"] = int(cfg.get("num_dense_layers") or 0)
+        keys["expert_gating_func"] = 2  # sigmoid (conversion/lfm2.py LFM2MoeModel)
+    return keys
+
+
+def _granite(cfg: dict, layers: int, shapes: dict) -> dict:
+    attends = layer_types(cfg, "attention", "mamba", layers)
+    hidden, heads = int(cfg["hidden_size"]), int(cfg["mamba_n_heads"])
+    head = cfg.get("mamba_d_head")
+    head = int(head) if isinstance(head, int) else int(cfg.get("mamba_expand", 2)) * hidden // heads
+    keys = {"attention.head_count_kv": [int(cfg["num_key_value_heads"]) if a else 0 for a in attends],
+            "attention.key_length": hidden // int(cfg["num_attention_heads"]),
+            "attention.value_length": hidden // int(cfg["num_attention_heads"]),
+            "attention.layer_norm_rms_epsilon": float(cfg.get("rms_norm_eps", 1e-6)),
+            "feed_forward_length": int(cfg["shared_intermediate_size"]),
+            "embedding_scale": float(cfg.get("embedding_multiplier") or 1.0),
+            "residual_scale": float(cfg.get("residual_multiplier") or 1.0),
+            "logit_scale": float(cfg.get("logits_scaling") or 1.0),
+            "attention.scale": float(cfg.get("attention_multiplier") or 0.0) or None,
+            "ssm.conv_kernel": int(cfg["mamba_d_conv"]), "ssm.state_size": int(cfg["mamba_d_state"]),
+            "ssm.group_count": int(cfg["mamba_n_groups"]), "ssm.inner_size": heads * head,
+            "ssm.time_step_rank": heads}
+    if cfg.get("position_embedding_type") != "rope":  # Granite 4.0-H: no rotary (NoPE)
+        keys["rope.scaling.finetuned"] = False
+    if cfg.get("num_local_experts"):
+        keys.update(_moe(cfg, "num_local_experts", "num_experts_per_tok", "intermediate_size"))
+        keys["expert_shared_feed_forward_length"] = int(cfg["shared_intermediate_size"])
+    return keys
