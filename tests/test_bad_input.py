@@ -547,3 +547,56 @@ def test_run_a_packed_checkpoint_the_engine_cannot_read(name, change, desc_act, 
                                                          capsys):
     d = _packed_folder(tmp_path / "ck", change, desc_act)
     _one_case(lambda m: ["run", str(d), "--prompt", "w5 w6"], expect, tmp_path, monkeypatch, capsys)
+
+
+def _edited_file(module, path: Path, arch: str, extra: dict | None = None, replace: dict | None = None,
+                 skip: tuple[str, ...] = (), rename: dict | None = None) -> Path:
+    """A tiny real file written by a test writer (tests/gguf_<arch>.py, its model random) with keys added (`extra`),
+    given other values (`replace`: a GGUFWriter add_ method -> its value; None leaves the key out) and tensors left
+    out (`skip`) or renamed (`rename`)."""
+    base = module.GGUFWriter
+
+    class Edited(base):
+        def __init__(self, *args, **kw):
+            super().__init__(*args, **kw)
+            for key, value in (extra or {}).items():
+                self.add_uint32(f"{self.arch}.{key}", value)
+
+        def add_tensor(self, name, *args, **kw):
+            if name not in skip:
+                super().add_tensor((rename or {}).get(name, name), *args, **kw)
+
+    for method, value in (replace or {}).items():
+        setattr(Edited, method, (lambda self, *a, m=method, v=value: None if v is None else
+                                 getattr(base, m)(self, v)))
+    module.GGUFWriter = Edited
+    try:
+        return getattr(module, f"write_{arch}")(path, module.tiny_model())
+    finally:
+        module.GGUFWriter = base
+
+
+ENGINE_REFUSALS = [  # what the packed engine does not run, found when its recipe is read (after the plan is made)
+    ("deepseek2 experts chosen within groups", "deepseek2", dict(extra={"expert_group_count": 8}), "within groups"),
+    ("deepseek2 unsplit attn_kv_b", "deepseek2", dict(rename={"blk.0.attn_k_b.weight": "blk.0.attn_kv_b.weight"}),
+     "reconvert"),
+    ("glm4moe the MTP block alone", "glm4moe", dict(skip=("blk.0.attn_norm.weight",)),
+     "multi-token-prediction block alone"),
+    ("mistral3 a temperature without its original context", "mistral3",
+     dict(replace={"add_rope_scaling_type": None, "add_rope_scaling_orig_ctx_len": None}),
+     "temperature without rope.scaling.original_context_length"),
+    ("granitehybrid Mamba-2 sizes not whole heads", "granitehybrid", dict(replace={"add_ssm_inner_size": 7}),
+     "damaged"),
+]
+
+
+@pytest.mark.parametrize("name,arch,edit,expect", ENGINE_REFUSALS, ids=[c[0] for c in ENGINE_REFUSALS])
+def test_run_a_gguf_file_the_engine_refuses_ends_in_one_line(name, arch, edit, expect, tmp_path, monkeypatch,
+                                                             capsys):
+    """Each refusal (tested as a UsageError in its architecture's tests) from the CLI: exit 2, one line, nothing
+    written."""
+    import importlib
+
+    (tmp_path / "files").mkdir()
+    path = _edited_file(importlib.import_module(f"gguf_{arch}"), tmp_path / "files" / f"{arch}.gguf", arch, **edit)
+    _one_case(lambda m: ["run", str(path), "--prompt", "hi"], expect, tmp_path, monkeypatch, capsys)

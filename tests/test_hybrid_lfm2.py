@@ -182,13 +182,13 @@ def test_server_sequences_resume_a_shared_prefix_from_its_state_never_anothers(l
 
 def test_chat_runner_next_turn_restores_its_checkpoint(lfm2):
     """`kernelfit run`'s chat: the next turn reuses the prompt the last one prefilled (its state saved there, before
-    the reply's decode steps moved it) and gives a cold start's logits; drafts are off on a hybrid."""
+    the reply's decode steps — drafted ones among them — moved it) and gives a cold start's logits."""
     from kernelfit.engine.runner import LeanRunner
     from kernelfit.model.spec import spec_from_gguf
 
     path, ids, _, _, b = lfm2
     runner = LeanRunner(b, spec_from_gguf(path, "lfm2"))
-    assert not runner.can_speculate
+    assert runner.can_speculate  # drafts run on hybrids (the state copied before them: tests/test_hybrid_qwen35.py)
     first = ids[:60].tolist()
     logits, _ = runner.start(first, 32)
     reply = list(runner.greedy(first, int(logits.argmax()), len(first), 8))

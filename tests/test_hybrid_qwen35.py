@@ -115,3 +115,35 @@ def test_checkpoints_keep_within_their_byte_budget():
             c.take(s)
         assert [x.at for x in c.saved] == list(range(11 - kept, 11))
         assert sum(x.nbytes for x in c.saved) <= max(CHECKPOINT_BYTES, s.nbytes)
+
+
+def test_speculative_greedy_on_a_hybrid_gives_the_plain_tokens_in_fewer_steps(qwen35, monkeypatch):
+    """Prompt-lookup drafts on Qwen3.5 (before: never drafted on a hybrid): the recurrent state is copied before each
+    drafted step and, where a draft is rejected, the kept rows run again from the copy — the greedy tokens equal one
+    step a token's, in fewer steps. This random model repeats its last token, so drafts of the text are all kept;
+    drafts whose last token is wrong (three repeats, then another) are rejected at every step: the same tokens and
+    the same final state bit for bit; without the copy put back a rejected token stays in the DeltaNet state (the
+    test can tell; this model's tokens hardly depend on it)."""
+    from kernelfit.engine.recurrent import State
+    from kernelfit.engine.runner import LeanRunner
+    from kernelfit.engine.speculative import PromptLookup
+
+    _, ids, _, _, b = qwen35
+    r = LeanRunner(b, None)
+    prompt = ids[:24].tolist() * 4  # text that repeats, as an edit repeats its source
+
+    def run(speculative: bool) -> tuple[list[int], int, torch.Tensor]:  # the tokens, and the state they left
+        tokens = r.generate_ids(prompt, 80, stop_at_eos=False, speculative=speculative)[0]
+        return tokens, b.state.at, b.state.values.clone()
+
+    plain = run(False)
+    plain_steps = r.steps
+    fast = run(True)
+    assert fast[0] == plain[0] and r.steps < plain_steps
+    monkeypatch.setattr(PromptLookup, "draft", lambda self, limit: (self.tokens[-1:] * 3 + [self.tokens[-1] ^ 1])[
+        :max(limit, 0)])
+    rejected = run(True)
+    assert rejected[0] == plain[0] and rejected[1] == plain[1] and torch.equal(rejected[2], plain[2])
+    monkeypatch.setattr(State, "load", lambda self, other: setattr(self, "at", other.at))  # the position, not values
+    kept_in = run(True)
+    assert kept_in[1] == plain[1] and not torch.equal(kept_in[2], plain[2])

@@ -94,11 +94,12 @@ GGUF_GROUPS = ("the file's own 4/6/8-bit groups, exact, through kernelfit's C++ 
 GGUF_DECODE = GGUF_GROUPS + ("; decoding checks prompt-lookup drafts several tokens a step where the C++ step runs "
                              "(greedy, and sampled in the server: the same tokens, the same seeded samples; paused "
                              "where it measures slower)")
-# A hybrid (LFM2, Qwen3.5): its recurrent state holds only the latest position, so a rejected draft cannot be taken
-# back out of it (engine/recurrent.py); llama.cpp likewise keeps speculative decoding off recurrent models without a
-# draft model
-HYBRID_DECODE = GGUF_GROUPS + ("; one token a step: a hybrid's recurrent state cannot be moved back past a rejected "
-                               "draft, so prompt-lookup drafts are off")
+# A hybrid (LFM2, Qwen3.5, Granite 4.0-H): its recurrent state holds only the latest position, so a rejected draft
+# cannot be taken back out of it (engine/recurrent.py): `run` copies the state before a drafted step and runs the
+# kept rows again from the copy where a draft is rejected; the server's batched steps do not draft on it yet
+HYBRID_DECODE = GGUF_GROUPS + ("; `run` checks prompt-lookup drafts several tokens a step (greedy: the state copied "
+                               "before them, the kept rows run again where a draft is rejected — the same tokens); "
+                               "the server decodes a hybrid one token a step")
 PREFILL_PACKED = "same packed weights as decode (each layer's products unpacked to bf16 for that call, oneDNN matmuls)"
 PREFILL_DENSE = "bf16 copy (oneDNN matmul)"
 # The bf16 panel GEMM (engine/kernels/panel_gemm.h): a GGUF file's groups unpacked 32 output columns at a time into a bf16

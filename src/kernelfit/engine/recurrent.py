@@ -9,8 +9,9 @@ So every call checks that the state is at the position it starts from (forward i
 that moves a sequence back — a next chat turn that shares only part of what ran, a server slot reused for a prompt
 sharing a prefix — restores a checkpoint: a copy taken where a prompt's prefill ended, as llama-server's
 `--ctx-checkpoints` does for recurrent and hybrid models. With no checkpoint at or before the shared prefix, the
-prompt is prefilled from the start. Speculative drafts are not run on such models: a rejected draft's tokens would
-stay in the state.
+prompt is prefilled from the start. Speculative drafts (engine/runner.py greedy) copy the state before the drafted
+rows and, where a draft is rejected, run the kept rows again from the copy: a rejected draft's tokens never stay in
+the state. The server's batched steps do not draft on such models yet.
 """
 
 from __future__ import annotations

@@ -125,9 +125,10 @@ class LeanRunner:
     @property
     def can_speculate(self) -> bool:
         """Drafts are checked in one multi-row step whose logits equal the decode step's: the C++ step with the
-        file's groups in every product and a dot-group head (forward's all-logits path). Not on a hybrid: its
-        recurrent state cannot be moved back past a rejected draft (engine/recurrent.py)."""
-        return native_all_logits(self.build) and not self.build.cfg.recurrent_layers
+        file's groups in every product and a dot-group head (forward's all-logits path). A hybrid's too: its recurrent
+        state, which cannot be moved back past a rejected draft, is copied before the drafted rows and the kept rows
+        run again from the copy (greedy)."""
+        return native_all_logits(self.build)
 
     def greedy(self, prompt_ids: list[int], first: int, pos: int, max_new: int, speculative: bool = True):
         """Yield greedy tokens from `first` (the token after the prompt, not yet in the cache, at position `pos`)
@@ -153,9 +154,14 @@ class LeanRunner:
                 if lookup:
                     lookup.extend([last])
                 continue
+            state = self.build.state  # a hybrid's recurrent state: the drafted rows run it past a rejected draft
+            before = state.copy() if state is not None else None
             tokens = accepted_tokens(draft, self.logits(torch.tensor([last] + draft), pos, all_logits=True))
             kept = len(tokens) - 1
-            gate.drafted(kept + 1, time.perf_counter() - t)
+            if before is not None and kept < len(draft):  # back to before the drafts, then the kept rows again (up
+                state.load(before)  # to DOT_MAX_ROWS rows run the decode step's arithmetic: the same state bit
+                self.logits(torch.tensor([last] + draft[:kept]), pos)  # for bit as a step a token)
+            gate.drafted(kept + 1, time.perf_counter() - t)  # the re-run counted: the gate weighs what drafts cost
             lookup.accepted(len(draft), kept)
             for token in tokens[:-1]:
                 yield token

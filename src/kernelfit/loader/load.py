@@ -60,10 +60,13 @@ def check_loadable(plan: Plan, allow_pickle: bool = False) -> None:
     if q is not None and q.install:
         raise UsageError(f"the plan for {spec.name} needs a package that is not installed: {q.install} "
                          f"(or choose another way with --quantization / --context)")
-    if lean_runner(plan) and not spec.gguf_file:  # the engine's reader refuses a damaged packed checkpoint here
+    if lean_runner(plan):  # the engine's reader refuses a damaged packed checkpoint here, and its recipe what the
+        # engine does not run (grouped routing, an MTP block alone, ...): before the tokenizer, whose own refusal of
+        # an architecture transformers does not read would hide the reason
         from ..engine.build import open_model
 
-        open_model(Path(spec.model_dir), engine_requant(q))
+        open_model(Path(spec.model_dir) / spec.gguf_file if spec.gguf_file else Path(spec.model_dir),
+                   engine_requant(q))
     if lean_runner(plan) and (spec.text.recurrent_layers or spec.extra.get("gguf_arch") in MOE_GGUF_ARCHS):
         from ..engine.weights import dot_available
 
