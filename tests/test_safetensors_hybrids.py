@@ -195,3 +195,24 @@ def test_what_the_engine_does_not_run_on_a_hybrid_is_said_before_loading(tmp_pat
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(UsageError, match="rotary scaling 'yarn' on a granitemoehybrid checkpoint"):
         build_lean(tmp_path)
+
+
+@pytest.mark.parametrize("kind,key", [("lfm2", "conv_L_cache"), ("qwen3_5_text", "linear_num_key_heads")])
+def test_a_config_without_a_size_the_engine_reads_is_refused_in_one_line(tmp_path, kind, key):
+    """A key the converter's keys need (conv_L_cache) or the layout needs (the DeltaNet's key heads): one line that
+    names it, not a KeyError."""
+    from kernelfit.catalog.engine_checkpoints import tensor_problem
+
+    _saved(tmp_path, kind)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    del cfg[key]
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(UsageError, match=f"config.json lacks or mistypes '{key}'") as e:
+        build_lean(tmp_path)
+    assert "\n" not in str(e.value)
+    if kind == "qwen3_5_text":  # the plan's check reads the same layout: the reason, not an exception
+        from safetensors import safe_open
+
+        with safe_open(tmp_path / "model.safetensors", "pt") as f:
+            names = set(f.keys())
+        assert tensor_problem(names, kind, 6, True, cfg=cfg) == f"config.json lacks or mistypes '{key}'"

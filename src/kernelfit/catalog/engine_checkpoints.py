@@ -8,7 +8,7 @@ loads through transformers, which the plan says with the reason.
 
 from __future__ import annotations
 
-from .hybrid_checkpoints import HYBRID_CHECKPOINT_ARCHS, HYBRID_CHECKPOINT_SOURCES, layout
+from .hybrid_checkpoints import HYBRID_CHECKPOINT_ARCHS, HYBRID_CHECKPOINT_SOURCES, LayoutError, layout
 
 # model_type -> what its modeling file adds to the llama block (transformers models/<type>/modeling_<type>.py); the
 # hybrids' (Qwen3.5, LFM2, Granite 4.0-H) tensors and keys are catalog/hybrid_checkpoints.py's
@@ -95,13 +95,10 @@ def tensor_problem(names: set[str], model_type: str, layers: int, tied: bool, pa
     projection is damage (a checkpoint saved after dequantizing, with the old config). A hybrid's (`cfg`: its
     config.json) are checked by the layout the engine's reader uses."""
     if model_type in HYBRID_CHECKPOINT_ARCHS:
-        from ..errors import UsageError
-
         try:
             layout(model_type, cfg or {}, names, "the checkpoint")
-        except (UsageError, KeyError, TypeError, ValueError) as exc:
-            why = str(exc) if isinstance(exc, UsageError) else f"config.json lacks or mistypes {exc}"
-            return why.removeprefix("the checkpoint: ").split("; ")[0]
+        except LayoutError as exc:
+            return exc.problem
         return None
     dense = sorted(n for n in names if packed and n.endswith("_proj.weight"))
     if dense:

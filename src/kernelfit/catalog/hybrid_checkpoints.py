@@ -46,24 +46,34 @@ class Source:
     cols: np.ndarray | None = None
     fix: Fix | None = None
 
-    def __hash__(self) -> int:
-        return hash(self.parts)
+
+class LayoutError(UsageError):
+    """A checkpoint the layout cannot read: `problem` says why (the plan's reason), the message adds where and what
+    to do (the reader's one line)."""
+
+    def __init__(self, where: str, problem: str, todo: str):
+        super().__init__(f"{where}: {problem}; {todo}")
+        self.problem = problem
 
 
 def layout(model_type: str, cfg: dict, names: set[str], where: str) -> dict[str, Source]:
     """llama.cpp's tensor name -> its Source, for a checkpoint of `model_type` (HYBRID_CHECKPOINT_ARCHS) with these
-    tensor names; refuses one it would not read or one it lacks."""
+    tensor names; a LayoutError for one it would not read, one it lacks, or a config.json without the sizes it
+    needs."""
     out: dict[str, Source] = {}
     take = _Taker(names, where, out)
     take("token_embd.weight", "model.embed_tokens.weight")
     if "lm_head.weight" in names:
         take("output.weight", "lm_head.weight")
-    _ARCH_LAYOUTS[model_type](cfg, take)
+    try:
+        _ARCH_LAYOUTS[model_type](cfg, take)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise LayoutError(where, f"config.json lacks or mistypes {exc}", "fix the config") from None
     unused = sorted(n for n in names - take.used if not n.startswith(SKIPPED_PREFIXES))
     if unused:
-        raise UsageError(f"{where}: tensor {unused[0]} is not one the engine's recipe reads"
-                         + (f" (+{len(unused) - 1} more)" if len(unused) > 1 else "")
-                         + "; --quantization none loads it through transformers")
+        raise LayoutError(where, f"tensor {unused[0]} is not one the engine's recipe reads"
+                          + (f" (+{len(unused) - 1} more)" if len(unused) > 1 else ""),
+                          "--quantization none loads it through transformers")
     return out
 
 
@@ -76,7 +86,7 @@ class _Taker:
     def __call__(self, ours: str, *parts: str, rows=None, cols=None, fix: Fix | None = None) -> None:
         missing = [p for p in parts if p not in self.names]
         if missing:
-            raise UsageError(f"{self.where}: tensor {missing[0]} is missing from the checkpoint; re-save it")
+            raise LayoutError(self.where, f"tensor {missing[0]} is missing from the checkpoint", "re-save it")
         self.used.update(parts)
         self.out[ours] = Source(tuple(parts), rows, cols, fix)
 
@@ -88,7 +98,7 @@ class _Taker:
         transformers saves them) or transformers' fused [experts, 2 size, hidden] gate|up and [experts, hidden, size]
         down (`fused`: their leaves) — stacked by rows as llama.cpp's 3-D ffn_*_exps."""
         gate_up, down = (p + x for x in fused)
-        if self.has(gate_up):
+        if self.has(gate_up) or not names:  # (neither: the fused tensors are named missing)
             rows = np.arange(n)[:, None] * 2 * size
             self(b + "ffn_gate_exps.weight", gate_up, rows=(rows + np.arange(size)).reshape(-1))
             self(b + "ffn_up_exps.weight", gate_up, rows=(rows + size + np.arange(size)).reshape(-1))
@@ -107,8 +117,8 @@ def layer_types(cfg: dict, attention: str, recurrent: str, layers: int) -> list[
         attends, recurs = {attention, "full_attention"}, {recurrent, "linear_attention"}
         odd = sorted({t for t in types if t not in attends | recurs})
         if odd or len(types) != layers:
-            raise UsageError(f"config.json's layer_types {odd or len(types)} are not {layers} of '{attention}' / "
-                             f"'{recurrent}'; fix the config")
+            raise LayoutError("config.json", f"layer_types {odd or len(types)} are not {layers} of '{attention}' / "
+                              f"'{recurrent}'", "fix the config")
         return [t in attends for t in types]
     if "full_attn_idxs" in cfg:
         return [i in set(cfg["full_attn_idxs"]) for i in range(layers)]

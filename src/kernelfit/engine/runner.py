@@ -137,6 +137,8 @@ class LeanRunner:
         own argmax disagrees with, plus that argmax: the same tokens as one step a token."""
         lookup = PromptLookup(list(prompt_ids) + [first]) if speculative and self.can_speculate else None
         gate = DraftGate()
+        state = self.build.state
+        before = state.copy() if lookup and state is not None else None  # one buffer for the state before drafts
         last, out = first, 0
         self.steps = 0
         while True:
@@ -154,8 +156,8 @@ class LeanRunner:
                 if lookup:
                     lookup.extend([last])
                 continue
-            state = self.build.state  # a hybrid's recurrent state: the drafted rows run it past a rejected draft
-            before = state.copy() if state is not None else None
+            if state is not None:  # a hybrid's recurrent state, which the drafted rows run past a rejected draft
+                before.load(state)
             tokens = accepted_tokens(draft, self.logits(torch.tensor([last] + draft), pos, all_logits=True))
             kept = len(tokens) - 1
             if before is not None and kept < len(draft):  # back to before the drafts, then the kept rows again (up

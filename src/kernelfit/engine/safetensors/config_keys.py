@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from ...errors import UsageError
 from ...model.spec import rope_type
+from ...catalog.engine_checkpoints import why_not_engine_checkpoint
 from ...catalog.hybrid_checkpoints import HYBRID_CHECKPOINT_ARCHS, layer_types
 
 
@@ -26,13 +27,20 @@ class ConfigHeader:
 
 def config_header(cfg: dict, shapes: dict[str, tuple[int, ...]], where: str) -> ConfigHeader:
     """`shapes`: the checkpoint's (rows, cols) by llama.cpp's tensor name (LFM2's feed-forward size is its w1's rows:
-    the converter recomputes it from block_auto_adjust_ff_dim)."""
+    the converter recomputes it from block_auto_adjust_ff_dim). What the plan rejects (another rotary scaling) is
+    refused here too, by the same rule (catalog/engine_checkpoints.py)."""
     model_type = cfg.get("model_type")
+    why = why_not_engine_checkpoint(model_type, "bfloat16", rope_type(cfg), None)  # the weights: the reader's check
+    if why:
+        raise UsageError(f"{where}: {'; '.join(why)} (--quantization none loads it through transformers)")
+    try:
+        return _header(cfg, model_type, shapes, where)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UsageError(f"{where}: config.json lacks or mistypes {exc}; fix the config") from None
+
+
+def _header(cfg: dict, model_type: str, shapes: dict, where: str) -> ConfigHeader:
     arch = HYBRID_CHECKPOINT_ARCHS[model_type]
-    kind = rope_type(cfg) or "default"
-    if kind != "default":
-        raise UsageError(f"{where}: rotary scaling '{kind}' on a {model_type} checkpoint is not implemented by the "
-                         "engine (--quantization none loads it through transformers)")
     layers = int(cfg["num_hidden_layers"])
     rope = cfg.get("rope_parameters") or {}
     keys = {"context_length": int(cfg.get("max_position_embeddings") or 4096),
