@@ -600,3 +600,19 @@ def test_run_a_gguf_file_the_engine_refuses_ends_in_one_line(name, arch, edit, e
     (tmp_path / "files").mkdir()
     path = _edited_file(importlib.import_module(f"gguf_{arch}"), tmp_path / "files" / f"{arch}.gguf", arch, **edit)
     _one_case(lambda m: ["run", str(path), "--prompt", "hi"], expect, tmp_path, monkeypatch, capsys)
+
+
+def test_run_a_hybrid_checkpoint_whose_config_lacks_a_size_ends_in_one_line(tmp_path, monkeypatch, capsys):
+    """An LFM2 checkpoint whose config.json lacks conv_L_cache (the converter's shortconv key): planned for the engine,
+    refused by its reader before the plan is shown — one line that names the key, exit 2."""
+    from test_safetensors_engine import _word_tokenizer
+    from test_safetensors_hybrids import _saved
+
+    d = tmp_path / "ck"
+    _saved(d, "lfm2")
+    _word_tokenizer(d)
+    cfg = json.loads((d / "config.json").read_text())
+    del cfg["conv_L_cache"]
+    (d / "config.json").write_text(json.dumps(cfg))
+    _one_case(lambda m: ["run", str(d), "--prompt", "w5 w6"], "config.json lacks or mistypes 'conv_L_cache'",
+              tmp_path, monkeypatch, capsys)
