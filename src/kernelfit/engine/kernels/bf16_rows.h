@@ -153,7 +153,7 @@ inline at::Tensor rows_mm(const at::Tensor& x_in, const at::Tensor& w) {
       for (int64_t p = p0; p < p1; ++p) {
         rows_panel(wp, n, k, p * panel::COLS, pan.data(), f16, tmp);
         const int64_t valid = std::min(panel::COLS, n - p * panel::COLS);
-        panel::panel_rows(tiles, xp, k, m, k, pan.data(), yp + p * panel::COLS, n, valid);
+        panel::panel_rows(tiles, xp, x.size(1), m, k, pan.data(), yp + p * panel::COLS, n, valid);
       }
       if (tiles) amx::release();
     });

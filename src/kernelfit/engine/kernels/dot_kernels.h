@@ -448,9 +448,10 @@ inline std::vector<Layout> check_parts(const std::vector<at::Tensor>& codes, con
     }                                                                    \
   } while (0)
 
+// y (rows ldy apart) = the quantized rows . one part's tiles (n rows)
 template <int BITS, int G, typename T>
 void mm_tiles(const at::Tensor& codes, const at::Tensor& scale, const at::Tensor& mins, const std::vector<Act>& acts,
-              const Layout& L, int64_t n, float* yp) {
+              const Layout& L, int64_t n, float* yp, int64_t ldy) {
   const auto* cp = codes.data_ptr<uint8_t>();
   const TileScales<T> ts(scale, mins, L);
   at::parallel_for(0, L.tiles, 8, [&](int64_t begin, int64_t end) {
@@ -462,26 +463,39 @@ void mm_tiles(const at::Tensor& codes, const at::Tensor& scale, const at::Tensor
       for (size_t m = 0; m < acts.size(); ++m) {
         tile_dot<BITS, G, T>(cp + t * L.k * L.bits, s, mn, ts.factor, acts[m], L.k, out);
         const int64_t rows = std::min<int64_t>(TILE, n - t * TILE);
-        std::memcpy(yp + m * n + t * TILE, out, rows * sizeof(float));
+        std::memcpy(yp + m * ldy + t * TILE, out, rows * sizeof(float));
       }
     }
   });
 }
 
-// y[m, n] = sum_k x[m, k] * w[n, k]: x float [M, K] -> float32 [M, n] (n: the rows before tile padding)
-inline at::Tensor dot_mm(const at::Tensor& x_in, const at::Tensor& codes, const at::Tensor& scale,
-                         const at::Tensor& mins, int64_t bits, int64_t n) {
-  const Layout L = check(codes, scale, mins, bits);  // bits: the code format (Layout::format)
+// [x @ W_0^T, x @ W_1^T, ...]: x float [M, K] -> float32 [M, sum n] for weights over the same input (gate and up):
+// its rows quantized once for all the parts (n: each part's rows before tile padding)
+inline at::Tensor dot_mm_parts(const at::Tensor& x_in, const std::vector<at::Tensor>& codes,
+                               const std::vector<at::Tensor>& scale, const std::vector<at::Tensor>& mins,
+                               const std::vector<int64_t>& bits, const std::vector<int64_t>& n) {
   const at::Tensor x = x_in.to(at::kFloat).contiguous().view({-1, x_in.size(-1)});
-  TORCH_CHECK(x.size(1) == L.k && n <= L.tiles * TILE && n > (L.tiles - 1) * TILE, "dot: shapes do not match");
+  int64_t total = 0;
+  const std::vector<Layout> layouts = check_parts(codes, scale, mins, bits, n, x.size(1), "dot", total);
   std::vector<Act> acts;
   for (int64_t m = 0; m < x.size(0); ++m) {
-    acts.emplace_back(L.k);
-    quantize(x.data_ptr<float>() + m * L.k, L.k, acts.back());
+    acts.emplace_back(x.size(1));
+    quantize(x.data_ptr<float>() + m * x.size(1), x.size(1), acts.back());
   }
-  auto y = at::empty({x.size(0), n}, x.options());
-  KF_DOT_DISPATCH(L, scale.scalar_type(), mm_tiles, codes, scale, mins, acts, L, n, y.data_ptr<float>());
+  auto y = at::empty({x.size(0), total}, x.options());
+  int64_t col = 0;
+  for (size_t i = 0; i < codes.size(); ++i) {
+    KF_DOT_DISPATCH(layouts[i], scale[i].scalar_type(), mm_tiles, codes[i], scale[i], mins[i], acts, layouts[i], n[i],
+                    y.data_ptr<float>() + col, total);
+    col += n[i];
+  }
   return y;
+}
+
+// y[m, n] = sum_k x[m, k] * w[n, k]: x float [M, K] -> float32 [M, n] (n: the rows before tile padding)
+inline at::Tensor dot_mm(const at::Tensor& x, const at::Tensor& codes, const at::Tensor& scale, const at::Tensor& mins,
+                         int64_t bits, int64_t n) {
+  return dot_mm_parts(x, {codes}, {scale}, {mins}, {bits}, {n});
 }
 
 inline bool fast_dot() {

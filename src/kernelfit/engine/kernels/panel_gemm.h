@@ -171,29 +171,55 @@ inline void panel_rows(bool tiles, const uint16_t* x, int64_t ldx, int64_t m, in
     rows_micro(std::min(MR, m - r0), x + r0 * ldx, ldx, k, panel, y + r0 * ldy, ldy, valid);
 }
 
-// x as bf16 rows for panel_rows: padded with zero rows (whose outputs are not stored) where the tiles run
+// x as bf16 rows for panel_rows: padded with zero rows (whose outputs are not stored) where the tiles run, and its
+// rows TILE_ROW_PAD columns longer (read x's row stride, size(1), as ldx). Why: a tile load reads 16 rows ldx apart;
+// at k = 2048 they sit 4 KiB apart, all in one L1 set — 16 x 2048 panels past 256 rows ran at 283 G multiply-adds/s
+// unpadded, 341 padded (32 rows: 276, 302).
+constexpr int64_t TILE_ROW_PAD = 32;
 inline at::Tensor tile_rows(const at::Tensor& x, bool tiles) {
-  if (!tiles || x.size(0) % amx::ROWS == 0) return x;
-  return at::constant_pad_nd(x, {0, 0, 0, amx::ROWS - x.size(0) % amx::ROWS});
+  if (!tiles) return x;
+  const int64_t rows = (amx::ROWS - x.size(0) % amx::ROWS) % amx::ROWS;
+  return at::constant_pad_nd(x, {0, TILE_ROW_PAD, 0, rows});
 }
 
 // One part's panels [first, last): unpack each, run all rows past it; its columns start at y's column col0.
-// tiles: on AMX (amx_tiles.h; x then padded with zero rows to a multiple of 16, the worker's tiles configured)
+// x's rows ldx apart. tiles: on AMX (amx_tiles.h; x then tile_rows', the worker's tiles configured)
 template <int BITS, int G, typename T>
 void part_panels(const at::Tensor& codes, const at::Tensor& scale, const at::Tensor& mins, const dot::Layout& L,
-                 int64_t n, const uint16_t* x, int64_t m, float* y, int64_t ldy, int64_t first, int64_t last,
-                 std::vector<uint32_t>& panel, bool tiles) {
+                 int64_t n, const uint16_t* x, int64_t ldx, int64_t m, float* y, int64_t ldy, int64_t first,
+                 int64_t last, std::vector<uint32_t>& panel, bool tiles) {
   const auto* cp = codes.data_ptr<uint8_t>();
   const dot::TileScales<T> ts(scale, mins, L);
   const int64_t k = L.k, per_panel = COLS / TILE;
   std::vector<float> buf(ts.buf_floats()), buf2(ts.buf_floats());
+#if defined(KF_AMX)
+  if (tiles && m <= amx::ROWS) {  // one row tile: two panels a pass (amx::rows_two)
+    panel.resize(k * COLS);
+    uint32_t* second = panel.data() + k / 2 * COLS;
+    for (int64_t p = first; p < last; p += 2) {
+      const int64_t t0 = p * per_panel, col0 = p * COLS;
+      build_panel<BITS, G, T>(cp + t0 * k * L.bits, ts, t0, k, std::min(per_panel, L.tiles - t0), panel.data(),
+                              buf.data(), buf2.data());
+      if (p + 1 == last) {
+        amx::rows(x, ldx, m, k, panel.data(), COLS, y + col0, ldy, std::min(COLS, n - col0));
+        break;
+      }
+      const int64_t t1 = t0 + per_panel;
+      build_panel<BITS, G, T>(cp + t1 * k * L.bits, ts, t1, k, std::min(per_panel, L.tiles - t1), second, buf.data(),
+                              buf2.data());
+      amx::rows_two(x, ldx, m, k, panel.data(), second, COLS, y + col0, ldy, std::min(COLS, n - col0),
+                    std::min(COLS, n - col0 - COLS));
+    }
+    return;
+  }
+#endif
   panel.resize(k / 2 * COLS);
   for (int64_t p = first; p < last; ++p) {
     const int64_t t0 = p * per_panel, col0 = p * COLS;
     build_panel<BITS, G, T>(cp + t0 * k * L.bits, ts, t0, k, std::min(per_panel, L.tiles - t0), panel.data(),
                             buf.data(), buf2.data());
     const int64_t valid = std::min(COLS, n - col0);
-    panel_rows(tiles, x, k, m, k, panel.data(), y + col0, ldy, valid);
+    panel_rows(tiles, x, ldx, m, k, panel.data(), y + col0, ldy, valid);
   }
 }
 #endif
@@ -224,7 +250,7 @@ inline at::Tensor gemm_parts(const at::Tensor& x_in, const std::vector<at::Tenso
   for (size_t i = 0; i < parts; ++i) first_panel.push_back(first_panel.back() + (n[i] + COLS - 1) / COLS);
   auto y = at::empty({x.size(0), total}, x.options().dtype(at::kFloat));
 #if defined(KF_PANEL_GEMM)
-  // the tiles read 16 rows at a time: x padded with zero rows (whose outputs are not stored)
+  // the tiles read 16 rows at a time: x padded with zero rows (whose outputs are not stored), and columns (tile_rows)
   const bool tiles = amx::ready() && x.size(1) % 32 == 0;
   const at::Tensor xs = tile_rows(x, tiles);
   const auto* xp = reinterpret_cast<const uint16_t*>(xs.data_ptr<at::BFloat16>());
@@ -237,7 +263,7 @@ inline at::Tensor gemm_parts(const at::Tensor& x_in, const std::vector<at::Tenso
       const int64_t hi = std::min(end, first_panel[i + 1]) - first_panel[i];
       if (lo < hi)
         KF_DOT_DISPATCH(layouts[i], scale[i].scalar_type(), part_panels, codes[i], scale[i], mins[i], layouts[i], n[i],
-                        xp, x.size(0), y.data_ptr<float>() + col, total, lo, hi, panel, tiles);
+                        xp, xs.size(1), x.size(0), y.data_ptr<float>() + col, total, lo, hi, panel, tiles);
       col += n[i];
     }
     if (tiles) amx::release();

@@ -106,6 +106,9 @@ constexpr int64_t DOT_MAX_ROWS = 12;  // lean_lm.py's: calls of up to 12 rows ta
 // 132 / 221, 16 rows 99 / 318. Where the panels run on AVX512-BF16 alone, DOT_MAX_ROWS; in a call of up to
 // DOT_MAX_ROWS rows, the dot products (what decode steps give).
 constexpr int64_t EXPERT_DOT_ROWS_AMX = 5;
+// The router's experts a thread takes at a time: 32 rows of a 2048-wide router (256 KiB) stay in L2 while the rows
+// pass (a Qwen3.6-35B-A3B router is 2 MiB: read whole for each row, it was 5% of a 256-token prompt)
+constexpr int64_t ROUTER_BLOCK = 32;
 constexpr int64_t PROMPT_BLOCK = 128;  // lean_lm.py's: a prompt's attention in blocks of 128 queries
 // gpt-oss's tensors in a layer's norms (native.py native_args): the attention output's bias [hidden], the sinks [nq],
 // the router's bias [experts], and the experts' gate, up and down biases [experts, rows] (absent: empty)
@@ -200,6 +203,11 @@ struct Step {
   // idx + 2 (down): softmax over the router's logits, the top_k experts (their weights renormalised where the model
   // does), each expert's SwiGLU over the rows that chose it, weighted into the rows. Only chosen experts are read.
   Tensor moe(const Tensor& h_in, const Weights& w, int64_t li, int64_t idx, MoeRows how) const;
+  // MoE layer li's choice for each row of h: its top_k experts (chosen [t, top_k]) and their weights (top)
+  void route(const Tensor& h, int64_t li, std::vector<int64_t>& chosen, std::vector<float>& top) const;
+  // expert e's gate and up products over its rows xe side by side, float32 [r, 2 expert_ffn] (one call where both
+  // are dot weights: the rows quantized or rounded to bf16 once)
+  Tensor expert_gate_up(const Tensor& xe, const Weights& w, int64_t idx, int64_t e, int64_t dot_rows) const;
 
   // expert e's feed-forward over its rows xe [r, hidden] (MoE layer li, products idx..idx + 2: gate, up, down), with
   // the expert's biases where the layer has them (gpt-oss) -> float32 [r, hidden]

@@ -17,52 +17,85 @@ inline Tensor Step::block_product(const Tensor& x, const Weights& w, int64_t i, 
   return panel::gemm_parts(x.to(at::kBFloat16), {a}, {b}, {c}, {bits}, {rows});
 }
 
+inline void Step::route(const Tensor& h, int64_t li, std::vector<int64_t>& chosen, std::vector<float>& top) const {
+  const int64_t t = h.size(0), experts = routers[li].size(0), hidden = h.size(1);
+  // routing a row at a time in plain loops (a GEMM's blocking would depend on how many rows share the call, and
+  // a row's answer must not): each logit one dot16, the work split by blocks of ROUTER_BLOCK experts (their rows
+  // stay in L2 while every row passes) so that a decode step's row and a prompt's rows all run on every thread
+  std::vector<float> logits(t * experts);
+  const float* rw = routers[li].data_ptr<float>();
+  const float* hp = h.data_ptr<float>();
+  const float* logit_bias = slot(li, ROUTER_BIAS);  // gpt-oss: added to the logits
+  const int64_t blocks = (experts + ROUTER_BLOCK - 1) / ROUTER_BLOCK;
+  at::parallel_for(0, blocks * t, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t r = i % t, e0 = (i / t) * ROUTER_BLOCK, e1 = std::min(experts, e0 + ROUTER_BLOCK);
+      for (int64_t e = e0; e < e1; ++e)
+        logits[r * experts + e] =
+            decode::dot16(hp + r * hidden, rw + e * hidden, hidden) + (logit_bias ? logit_bias[e] : 0.f);
+    }
+  });
+  const float* bias = slot(li, SELECTION_BIAS);  // LFM2-MoE: added to the scores, for choosing only
+  at::parallel_for(0, t, 16, [&](int64_t r0, int64_t r1) {
+    std::vector<float> sel(experts);
+    std::vector<int64_t> order(experts);
+    for (int64_t r = r0; r < r1; ++r) {
+      float* p = logits.data() + r * experts;
+      float sum = 1;
+      if (sigmoid_router) {  // LFM2-MoE: each expert's sigmoid, chosen by it plus the layer's selection bias
+        for (int64_t e = 0; e < experts; ++e) p[e] = 1.f / (1.f + std::exp(-p[e]));
+      } else {
+        const float m = *std::max_element(p, p + experts);
+        sum = 0;
+        for (int64_t e = 0; e < experts; ++e) sum += (p[e] = std::exp(p[e] - m));
+      }
+      for (int64_t e = 0; e < experts; ++e) sel[e] = p[e] + (bias ? bias[e] : 0.f), order[e] = e;
+      std::partial_sort(order.begin(), order.begin() + top_k, order.end(),
+                        [&](int64_t a, int64_t b) { return sel[a] > sel[b] || (sel[a] == sel[b] && a < b); });
+      float kept = 0;
+      for (int64_t j = 0; j < top_k; ++j) kept += p[order[j]] / sum;
+      for (int64_t j = 0; j < top_k; ++j) {
+        chosen[r * top_k + j] = order[j];
+        top[r * top_k + j] = float(routed_scale) * (norm_topk ? (p[order[j]] / sum) / kept : p[order[j]] / sum);
+      }
+    }
+  });
+}
+
 inline Tensor Step::moe(const Tensor& h_in, const Weights& w, int64_t li, int64_t idx, MoeRows how) const {
   const Tensor h = h_in.contiguous();
   const int64_t t = h.size(0), experts = routers[li].size(0), hidden = h.size(1);
-  // routing a row at a time in plain loops (a GEMM's blocking would depend on how many rows share the call, and
-  // a row's answer must not): logits, softmax, the top_k (ties to the lower expert), renormalised where asked
   std::vector<int64_t> chosen(t * top_k);
-  std::vector<float> top(t * top_k), p(experts), sel(experts);
-  const float* rw = routers[li].data_ptr<float>();
-  const float* logit_bias = slot(li, ROUTER_BIAS);  // gpt-oss: added to the logits
-  const float* bias = slot(li, SELECTION_BIAS);  // LFM2-MoE: added to the scores, for choosing only
-  for (int64_t r = 0; r < t; ++r) {
-    const float* x = h.data_ptr<float>() + r * hidden;
-    for (int64_t e = 0; e < experts; ++e)
-      p[e] = decode::dot16(x, rw + e * hidden, hidden) + (logit_bias ? logit_bias[e] : 0.f);
-    float sum = 1;
-    if (sigmoid_router) {  // LFM2-MoE: each expert's sigmoid, chosen by it plus the layer's selection bias
-      for (int64_t e = 0; e < experts; ++e) p[e] = 1.f / (1.f + std::exp(-p[e]));
-    } else {
-      const float m = *std::max_element(p.begin(), p.end());
-      sum = 0;
-      for (int64_t e = 0; e < experts; ++e) sum += (p[e] = std::exp(p[e] - m));
-    }
-    for (int64_t e = 0; e < experts; ++e) sel[e] = p[e] + (bias ? bias[e] : 0.f);
-    std::vector<int64_t> order(experts);
-    for (int64_t e = 0; e < experts; ++e) order[e] = e;
-    std::partial_sort(order.begin(), order.begin() + top_k, order.end(),
-                      [&](int64_t a, int64_t b) { return sel[a] > sel[b] || (sel[a] == sel[b] && a < b); });
-    float kept = 0;
-    for (int64_t j = 0; j < top_k; ++j) kept += p[order[j]] / sum;
+  std::vector<float> top(t * top_k);
+  route(h, li, chosen, top);
+  // each expert's rows in ascending order and their weights, expert after expert (a counting sort of the choices)
+  std::vector<int64_t> first(experts + 1, 0), at_row(t * top_k);
+  std::vector<float> weight(t * top_k);
+  for (const int64_t e : chosen) ++first[e + 1];
+  for (int64_t e = 0; e < experts; ++e) first[e + 1] += first[e];
+  std::vector<int64_t> fill(first.begin(), first.end() - 1);
+  for (int64_t r = 0; r < t; ++r)
     for (int64_t j = 0; j < top_k; ++j) {
-      chosen[r * top_k + j] = order[j];
-      top[r * top_k + j] = float(routed_scale) * (norm_topk ? (p[order[j]] / sum) / kept : p[order[j]] / sum);
+      const int64_t k = fill[chosen[r * top_k + j]]++;
+      at_row[k] = r, weight[k] = top[r * top_k + j];
     }
-  }
   Tensor out = at::zeros({t, hidden}, h.options());
+  float* op = out.data_ptr<float>();
+  const float* hp = h.data_ptr<float>();
   const int64_t dot_rows = expert_dot_rows(how, t);
   for (int64_t e = 0; e < experts; ++e) {
-    std::vector<int64_t> rows;
-    std::vector<float> weights;
-    for (int64_t r = 0; r < t; ++r)
-      for (int64_t j = 0; j < top_k; ++j)
-        if (chosen[r * top_k + j] == e) rows.push_back(r), weights.push_back(top[r * top_k + j]);
-    if (rows.empty()) continue;
-    const Tensor ids = at::tensor(rows, at::kLong), xe = h.index_select(0, ids).contiguous();
-    const Tensor y = expert_ffn_rows(xe, w, li, idx, e, dot_rows);
-    out.index_add_(0, ids, y * at::tensor(weights, h.options()).unsqueeze(1));
+    const int64_t n = first[e + 1] - first[e];
+    if (!n) continue;
+    const Tensor xe = at::empty({n, hidden}, h.options());
+    for (int64_t i = 0; i < n; ++i)
+      std::memcpy(xe.data_ptr<float>() + i * hidden, hp + at_row[first[e] + i] * hidden, hidden * sizeof(float));
+    const Tensor y = expert_ffn_rows(xe, w, li, idx, e, dot_rows).to(at::kFloat).contiguous();
+    const float* yp = y.data_ptr<float>();
+    for (int64_t i = 0; i < n; ++i) {  // a row's experts added in ascending order, whatever rows share the call
+      float* o = op + at_row[first[e] + i] * hidden;
+      const float wt = weight[first[e] + i];
+      for (int64_t c = 0; c < hidden; ++c) o[c] += wt * yp[i * hidden + c];
+    }
   }
   if (has_shared(li)) {  // the shared expert's SwiGLU on every row, scaled by sigmoid(h . gate) where it has a
     // gate (Qwen2-MoE, Qwen3.5-MoE), added as it is where not (GLM-4.5)
@@ -81,18 +114,37 @@ inline Tensor Step::moe(const Tensor& h_in, const Weights& w, int64_t li, int64_
   return out;
 }
 
+inline Tensor Step::expert_gate_up(const Tensor& xe, const Weights& w, int64_t idx, int64_t e, int64_t dot_rows) const {
+  const int64_t rows = expert_ffn;
+  if (!dot_kind(w.kinds[idx]) || !dot_kind(w.kinds[idx + 1]))
+    return at::cat({block_product(xe, w, idx, e, rows, dot_rows), block_product(xe, w, idx + 1, e, rows, dot_rows)}, 1);
+  TORCH_CHECK(rows % dot::TILE == 0, "an expert's gate and up: whole tiles of a dot weight");
+  std::vector<Tensor> a, b, c;
+  std::vector<int64_t> bits, n{rows, rows};
+  const int64_t tiles = rows / dot::TILE;
+  for (const int64_t i : {idx, idx + 1}) {
+    a.push_back(w.a[i].narrow(0, e * tiles, tiles));
+    b.push_back(w.b[i].narrow(0, e * tiles, tiles));
+    c.push_back(w.c[i].dim() ? w.c[i].narrow(0, e * tiles, tiles) : w.c[i]);
+    bits.push_back(dot_bits(w.kinds[i]));
+  }
+  if (xe.size(0) <= dot_rows) return dot::dot_mm_parts(xe, a, b, c, bits, n);
+  return panel::gemm_parts(xe.to(at::kBFloat16), a, b, c, bits, n);
+}
+
 inline Tensor Step::expert_ffn_rows(const Tensor& xe, const Weights& w, int64_t li, int64_t idx, int64_t e,
                                     int64_t dot_rows) const {
-  Tensor g = block_product(xe, w, idx, e, expert_ffn, dot_rows);
-  Tensor u = block_product(xe, w, idx + 1, e, expert_ffn, dot_rows);
-  const bool bias = slot(li, EXPERT_BIASES) != nullptr;
-  if (bias) {
-    g = g.to(at::kFloat) + norms[li][EXPERT_BIASES][e];
-    u = u.to(at::kFloat) + norms[li][EXPERT_BIASES + 1][e];
+  Tensor gu = expert_gate_up(xe, w, idx, e, dot_rows);
+  if (slot(li, EXPERT_BIASES)) {  // gpt-oss: the experts' gate, up and down biases
+    gu = gu.to(at::kFloat).contiguous();
+    gu.narrow(1, 0, expert_ffn).add_(norms[li][EXPERT_BIASES][e]);
+    gu.narrow(1, expert_ffn, expert_ffn).add_(norms[li][EXPERT_BIASES + 1][e]);
   }
-  const Tensor act = rows::gated_to(at::cat({g, u}, 1), expert_ffn, false, false, float(act_alpha), float(act_limit));
+  // bf16 out where the down product reads bf16 (the panels): the rounding .to(bf16) would do, without its pass
+  const bool bf16 = xe.size(0) > dot_rows && dot_kind(w.kinds[idx + 2]);
+  const Tensor act = rows::gated_to(gu, expert_ffn, false, bf16, float(act_alpha), float(act_limit));
   const Tensor y = block_product(act, w, idx + 2, e, hidden(), dot_rows);
-  return bias ? y.to(at::kFloat) + norms[li][EXPERT_BIASES + 2][e] : y;
+  return slot(li, EXPERT_BIASES) ? y.to(at::kFloat) + norms[li][EXPERT_BIASES + 2][e] : y;
 }
 
 inline Tensor Step::shared_rows(const Tensor& x, const Weights& w, int64_t first, int64_t count, MoeRows how) const {
