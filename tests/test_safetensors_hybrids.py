@@ -178,6 +178,56 @@ def test_kernelfit_run_on_a_hybrid_checkpoint_uses_the_engine_and_says_the_layou
     assert d["packing"]["tensors"][0]["gguf_type"] == "BF16"
 
 
+def _multimodal(path, text):
+    """`text` (a Qwen3.5 / Qwen3.5-MoE text model) inside Qwen3_5(Moe)ForConditionalGeneration with a 1-layer vision
+    tower, saved in bf16 as Qwen3.5 ships: config.json model_type qwen3_5 with text_config and vision_config, the
+    text model under model.language_model.*, the vision tower under model.visual.*."""
+    import transformers
+
+    moe = "Moe" in type(text).__name__
+    kind = "Qwen3_5Moe" if moe else "Qwen3_5"
+    cfg = getattr(transformers, kind + "Config")(
+        text_config=text.config.to_dict(), tie_word_embeddings=text.config.tie_word_embeddings,
+        vision_config={"depth": 1, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "patch_size": 14,
+                       "out_hidden_size": text.config.hidden_size, "num_position_embeddings": 16})
+    vlm = getattr(transformers, kind + "ForConditionalGeneration")(cfg).eval()
+    vlm.model.language_model.load_state_dict(text.model.state_dict())
+    vlm.lm_head.load_state_dict(text.lm_head.state_dict())
+    vlm.to(torch.bfloat16).save_pretrained(path)
+
+
+@pytest.mark.parametrize("moe", [False, True])
+def test_a_qwen35_multimodal_checkpoint_runs_its_text_model_on_the_engine(tmp_path, moe):
+    """Qwen3.5 and Qwen3.6 ship only as Qwen3_5(Moe)ForConditionalGeneration: the engine reads their text model
+    alone (transformers' AutoModelForCausalLM does the same; llama.cpp's converter writes it as the GGUF file) — the
+    logits of the text checkpoint of the same weights, bit for bit — and the plan says the vision tower is not run.
+    Before, kernelfit refused the folder (model_type 'qwen3_5' is not one its planner reads)."""
+    from safetensors import safe_open
+
+    text = gguf_qwen35.tiny_model(moe=moe)
+    text.to(torch.bfloat16).save_pretrained(tmp_path / "text")
+    _multimodal(tmp_path / "vlm", text)
+    with safe_open(tmp_path / "vlm" / "model.safetensors", "pt") as f:
+        names = set(f.keys())
+    assert any(n.startswith("model.visual.") for n in names) and "model.language_model.norm.weight" in names
+    spec = load_model_spec(str(tmp_path / "vlm"))
+    assert spec.model_type == ("qwen3_5_moe" if moe else "qwen3_5") and len(spec.sub_models) == 1
+    # a Qwen3.5-MoE text config has no intermediate_size (its experts' moe_intermediate_size): read, not refused
+    assert load_model_spec(str(tmp_path / "text")).text.intermediate_size == text.config.to_dict().get(
+        "intermediate_size", text.config.to_dict().get("moe_intermediate_size"))
+    assert spec.text.recurrent_layers == 4
+    p = plan(load_profile("cpu-spr-amx"), spec, Preferences())
+    assert p.quantization.method == "engine", p.quantization_rejected
+    assert "llama.cpp's qwen35" in p.quantization.reason and "vision tower is not run" in p.quantization.reason
+    ids = _tokens(40)
+    out = []
+    for d in ("text", "vlm"):
+        b = build_lean(tmp_path / d, kv_cache="f32")
+        reset_cache(b, 48)
+        out.append(forward(b, ids, 0, True))
+    assert torch.equal(out[0], out[1])
+
+
 def test_what_the_engine_does_not_run_on_a_hybrid_is_said_before_loading(tmp_path):
     """A rotary scaling beside the hybrids' plain one, and a packed (AWQ/GPTQ) hybrid: rejected by the plan with the
     reason, refused by the reader in one line."""

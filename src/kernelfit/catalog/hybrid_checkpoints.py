@@ -24,6 +24,14 @@ from ..errors import UsageError
 HYBRID_CHECKPOINT_ARCHS = {"qwen3_5_text": "qwen35", "qwen3_5_moe_text": "qwen35moe", "lfm2": "lfm2",
                            "lfm2_moe": "lfm2moe", "granitemoehybrid": "granitehybrid"}
 HYBRID_CHECKPOINT_SOURCES = ("llama-cpp-convert-hybrids", "llama-cpp-tensor-mapping")
+# Multimodal configs whose text model the engine reads alone: model_type -> (the text model's config key, its tensors'
+# prefix in place of "model.", the vision tower's prefix). Qwen3.5 and Qwen3.6 ship only as these
+# (Qwen3_5ForConditionalGeneration); transformers' AutoModelForCausalLM loads their text model alone the same way
+# (modeling_auto.py's "VLM compatibility" rows: qwen3_5 -> Qwen3_5ForCausalLM), and llama.cpp's converter writes it
+# to the GGUF file, the vision tower to a separate mmproj file. The vision tower is not read: such a checkpoint
+# answers text.
+TEXT_OF_VLM = {"qwen3_5": ("text_config", "model.language_model.", "model.visual."),
+               "qwen3_5_moe": ("text_config", "model.language_model.", "model.visual.")}
 # tensors of the checkpoint no GGUF text model holds: Qwen3.5's multi-token-prediction block (llama.cpp keeps it for
 # drafting; the engine does not run it)
 SKIPPED_PREFIXES = ("mtp.",)
@@ -54,6 +62,27 @@ class LayoutError(UsageError):
     def __init__(self, where: str, problem: str, todo: str):
         super().__init__(f"{where}: {problem}; {todo}")
         self.problem = problem
+
+
+def text_config(cfg: dict) -> dict:
+    """The config a checkpoint's text model is read from: a TEXT_OF_VLM config's text object (the top level's
+    tie_word_embeddings over its own: transformers ties the wrapper's head by it), any other config as it is."""
+    if not isinstance(cfg, dict) or cfg.get("model_type") not in TEXT_OF_VLM:
+        return cfg
+    text = cfg.get(TEXT_OF_VLM[cfg["model_type"]][0])
+    if not isinstance(text, dict):
+        raise UsageError(f"a {cfg['model_type']} config.json needs its `{TEXT_OF_VLM[cfg['model_type']][0]}` object; "
+                         "fix the config")
+    return {**text, **({"tie_word_embeddings": cfg["tie_word_embeddings"]} if "tie_word_embeddings" in cfg else {})}
+
+
+def text_tensors(names, model_type: str | None) -> dict[str, str]:
+    """The text model's tensor names -> the checkpoint's own: for a TEXT_OF_VLM checkpoint its language model's
+    tensors as model.* (as a text checkpoint names them), its vision tower's left out; any other's as they are."""
+    if model_type not in TEXT_OF_VLM:
+        return {n: n for n in names}
+    _, text, vision = TEXT_OF_VLM[model_type]
+    return {("model." + n[len(text):] if n.startswith(text) else n): n for n in names if not n.startswith(vision)}
 
 
 def layout(model_type: str, cfg: dict, names: set[str], where: str) -> dict[str, Source]:

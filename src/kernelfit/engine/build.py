@@ -27,7 +27,7 @@ from .recipe_gguf import recipe_from_gguf
 from .gguf.reader import Conversion, GgufTensors, interleave_order, linear, regridded
 from .tile_cache import FileArena, TileCacheMismatch, open_arena
 from .safetensors.config_keys import config_header
-from ..catalog.hybrid_checkpoints import HYBRID_CHECKPOINT_ARCHS
+from ..catalog.hybrid_checkpoints import HYBRID_CHECKPOINT_ARCHS, text_config
 from .safetensors.reader import SafetensorsTensors
 from .kv_cache import KvCache
 from .recurrent import State, check_position
@@ -338,9 +338,10 @@ def open_model(path: Path, requant: str | None = None) -> tuple[Recipe, GgufTens
                                                   else [])
             if why:
                 raise UsageError(f"{path.name}: {'; '.join(why)} (--quantization none loads it through transformers)")
-        if cfg.get("model_type") in HYBRID_CHECKPOINT_ARCHS:  # config.json as the GGUF keys its converter writes
+        if text_config(cfg).get("model_type") in HYBRID_CHECKPOINT_ARCHS:  # config.json as the GGUF keys its
+            # converter writes (a multimodal config's text model: catalog/hybrid_checkpoints.py TEXT_OF_VLM)
             t = SafetensorsTensors.open(path, requant, quant, cfg)
-            header = config_header(cfg, {n: t.shape(n) for n in t.by_name}, path.name)
+            header = config_header(text_config(cfg), {n: t.shape(n) for n in t.by_name}, path.name)
             return recipe_from_gguf(header), t, True
         return recipe_from_config(cfg, path.name), SafetensorsTensors.open(path, requant, quant), True  # keeps halves
     header = read_gguf_header(path)  # once: a 262k-token vocabulary takes ~0.4 s to parse

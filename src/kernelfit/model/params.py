@@ -18,8 +18,9 @@ def head_dim_of(cfg: dict) -> int:
 
 def ffn_size(cfg: dict) -> int:
     """The feed-forward rows a layer has: intermediate_size, or LFM2's adjusted size (transformers' Lfm2MLP: 2/3 of
-    it, times block_ffn_dim_multiplier, rounded up to block_multiple_of, where block_auto_adjust_ff_dim)."""
-    inter = int(cfg["intermediate_size"])
+    it, times block_ffn_dim_multiplier, rounded up to block_multiple_of, where block_auto_adjust_ff_dim); an MoE
+    config with no dense layer (Qwen3.5-MoE's has no intermediate_size) its experts' moe_intermediate_size."""
+    inter = int(cfg.get("intermediate_size") or cfg["moe_intermediate_size"])
     if not cfg.get("block_auto_adjust_ff_dim"):
         return inter
     inter = int(2 * inter / 3)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ..catalog.attention import NON_CAUSAL, SLIDING_WINDOW, SOFTCAP
 from ..catalog.architectures import COMPOSITES, DECODERS, GGUF_ARCH_TO_MODEL_TYPE, VISION, supported_model_types
+from ..catalog.hybrid_checkpoints import TEXT_OF_VLM, text_config, text_tensors
 from ..errors import UsageError
 from .gguf_header import read_gguf_header
 from .quantization import CheckpointQuant, gguf_quantization, parse_quantization
@@ -141,9 +142,10 @@ def _decoder(cfg: dict, model_type: str, role: str, key: str | None, where: str)
             f"model_type '{model_type}' ({where}) is not supported by kernelfit's planner yet; "
             f"supported: {', '.join(supported_model_types())}"
         )
-    _require(cfg, ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size"), where)
-    _check_attention_shape(cfg, where)
     fam = DECODERS[model_type]
+    ffn = "moe_intermediate_size" if fam.moe and "intermediate_size" not in cfg else "intermediate_size"
+    _require(cfg, ("hidden_size", "num_hidden_layers", "num_attention_heads", ffn, "vocab_size"), where)
+    _check_attention_shape(cfg, where)
     layers = int(cfg["num_hidden_layers"])
     window = cfg.get("sliding_window")
     if fam.sliding_window_flag and not cfg.get(fam.sliding_window_flag):
@@ -284,13 +286,19 @@ def spec_from_config(cfg: dict, name: str, source: str, fmt: str = "config-only"
         subs = (text, vision)
         params = text.params + vision.params + projector_params(model_type, vision.hidden_size, text.hidden_size, cfg)
         dtype = _dtype_name(cfg.get("torch_dtype") or cfg.get("dtype") or tcfg.get("torch_dtype"))
+    elif model_type in TEXT_OF_VLM:  # its text model alone (catalog/hybrid_checkpoints.py): the vision tower unread
+        key = TEXT_OF_VLM[model_type][0]
+        tcfg = text_config(cfg)
+        text = _decoder(tcfg, tcfg.get("model_type"), "text", key, f"{source} {key}")
+        subs, params = (text,), text.params
+        dtype = _dtype_name(cfg.get("torch_dtype") or cfg.get("dtype") or tcfg.get("torch_dtype") or tcfg.get("dtype"))
     else:
         text = _decoder(cfg, model_type, "text", None, source)
         subs, params = (text,), text.params
         dtype = _dtype_name(cfg.get("torch_dtype") or cfg.get("dtype"))
     quant = parse_quantization(cfg.get("quantization_config"), source)
     if model_type not in COMPOSITES:  # what the engine's recipe would run (catalog/engine_checkpoints.py)
-        extra["extra"] = {**extra.get("extra", {}), "rope_type": rope_type(cfg)}
+        extra["extra"] = {**extra.get("extra", {}), "rope_type": rope_type(text_config(cfg))}
     return ModelSpec(name=name, source=source, format=fmt, architecture=architecture, model_type=model_type,
                      params=params, checkpoint_dtype=dtype, quantization=quant,
                      sub_models=subs, **extra)
@@ -482,10 +490,11 @@ def _spec_from_dir(directory: Path, name: str) -> ModelSpec:
         from ..catalog.engine_checkpoints import ENGINE_PACKED_METHODS, tensor_problem
         from .safetensors_header import tensor_names
 
-        names = tensor_names(directory)
+        names, tcfg = tensor_names(directory), text_config(cfg)
         spec.extra["engine_tensors"] = "its shards are unreadable" if names is None else tensor_problem(
-            names, spec.model_type, int(cfg.get("num_hidden_layers") or 0), bool(spec.text.tie_embeddings),
-            spec.quantization is not None and spec.quantization.method in ENGINE_PACKED_METHODS, cfg)
+            set(text_tensors(names, spec.model_type)), spec.text.model_type, int(tcfg.get("num_hidden_layers") or 0),
+            bool(spec.text.tie_embeddings),
+            spec.quantization is not None and spec.quantization.method in ENGINE_PACKED_METHODS, tcfg)
     return with_checkpoint_params(spec, directory)
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from ..catalog.architectures import TRANSFORMERS_GGUF_ARCHS
 from ..catalog.engine_checkpoints import ENGINE_Q8_0_LOSS, why_not_engine_checkpoint
-from ..catalog.hybrid_checkpoints import HYBRID_CHECKPOINT_ARCHS
+from ..catalog.hybrid_checkpoints import HYBRID_CHECKPOINT_ARCHS, TEXT_OF_VLM
 from ..catalog.packages import install_hint
 from ..catalog.packed_kernels import REGRID_MAX_ERROR, dot_codes, packed_cpu, why_not_packed_gguf
 from ..catalog.quantization import ON_THE_FLY, PREQUANTIZED, hf_backend_name, missing_packages, why_not_backend
@@ -315,7 +315,9 @@ def _engine(level: Level, model: ModelSpec, devices: list[Device], machine: Mach
         on = "a GPU" if any(d.is_accelerator for d in devices) else f"{where} (no AVX2/AVX-512)"
         return Rejected(name, RejectKind.NOT_RUNNABLE, f"kernelfit's engine runs on CPUs with AVX2; on {on} "
                         "transformers loads the checkpoint", method="engine", backend="kernelfit-cpu")
-    reasons = why_not_engine_checkpoint(model.model_type, model.checkpoint_dtype, model.extra.get("rope_type"),
+    # a multimodal config whose text model the engine reads alone (TEXT_OF_VLM) is judged by that model's type
+    kind = model.text.model_type if model.model_type in TEXT_OF_VLM else model.model_type
+    reasons = why_not_engine_checkpoint(kind, model.checkpoint_dtype, model.extra.get("rope_type"),
                                         model.quantization, model.extra.get("engine_tensors"))
     if reasons:
         return Rejected(name, RejectKind.NOT_RUNNABLE, "; ".join(reasons) + "; transformers loads it instead",
@@ -341,8 +343,10 @@ def _engine(level: Level, model: ModelSpec, devices: list[Device], machine: Mach
                        f"the checkpoint's {model.checkpoint_dtype} weights run on kernelfit's CPU engine ({isa}): "
                        "read from the safetensors shards as bf16 / float16 rows exactly as stored (float32 rounded "
                        "to bf16 once), the architecture from config.json"
-                       + (f" as the GGUF keys and tensors of llama.cpp's {HYBRID_CHECKPOINT_ARCHS[model.model_type]} "
-                          "(its converter's layout, read in place: no file written)"
-                          if model.model_type in HYBRID_CHECKPOINT_ARCHS else "")
+                       + (f" as the GGUF keys and tensors of llama.cpp's {HYBRID_CHECKPOINT_ARCHS[kind]} "
+                          "(its converter's layout, read in place: no file written)" if kind in HYBRID_CHECKPOINT_ARCHS
+                          else "")
+                       + (f" (its {model.text.config_key} alone: the vision tower is not run, images are not read)"
+                          if model.model_type in TEXT_OF_VLM else "")
                        + ", float32 activations, the KV cache of the plan's KV cache row; "
                        "--quantization none loads it through transformers instead")

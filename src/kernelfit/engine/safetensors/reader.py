@@ -24,7 +24,8 @@ from ..gguf import blocks as gb
 from ..gguf.reader import Conversion, drop_pages
 from ..weights import HugeArena
 from . import packed as pk
-from ...catalog.hybrid_checkpoints import HYBRID_CHECKPOINT_ARCHS, Fix, Source, layout
+from ...catalog.hybrid_checkpoints import (HYBRID_CHECKPOINT_ARCHS, Fix, Source, layout, text_config,
+                                           text_tensors)
 
 DTYPES = {"BF16": np.uint16, "F16": np.float16, "F32": np.float32}  # safetensors' names, GGUF's float types too
 
@@ -57,16 +58,18 @@ class SafetensorsTensors:
     def open(cls, directory: str | Path, requant: str | None = None, quant=None,
              config: dict | None = None) -> "SafetensorsTensors":
         """quant: the checkpoint's model.quantization.CheckpointQuant (AWQ / GPTQ: its linears are packed); config:
-        its config.json, whose model_type picks the names' mapping (a hybrid's: engine/safetensors/layout.py)."""
+        its config.json, whose model_type picks the names' mapping (a hybrid's: catalog/hybrid_checkpoints.py; a
+        multimodal config's text model: its tensors as a text checkpoint names them)."""
         directory = Path(directory)
-        model_type = (config or {}).get("model_type")
+        model_type = text_config(config or {}).get("model_type")
         if model_type in HYBRID_CHECKPOINT_ARCHS:
             if quant is not None:
                 raise UsageError(f"{directory.name}: a {quant.method} {model_type} checkpoint is not read by the "
                                  "engine (it reads this architecture's bf16/fp16/fp32 weights); --quantization none "
                                  "loads it through transformers")
-            stored = _stored(directory)
-            sources = layout(model_type, config, set(stored), directory.name)
+            own = _stored(directory)
+            stored = {ours: own[name] for ours, name in text_tensors(own, config.get("model_type")).items()}
+            sources = layout(model_type, text_config(config), set(stored), directory.name)
             return cls(str(directory), {ours: _joined(stored, s, ours, directory.name) for ours, s in sources.items()},
                        requant)
         by_name, parts = {}, {}
