@@ -285,3 +285,25 @@ def test_a_long_prompt_is_prefilled_a_chunk_at_a_time(tmp_path, monkeypatch):
     one = forward(b, torch.tensor(ids[-1:]), 59)[-1]
     assert int(got.argmax()) == int(one.argmax())
     assert float(torch.nn.functional.cosine_similarity(got, one, dim=0)) > 0.9999
+
+
+@pytest.mark.skipif(not dot_available(), reason="no C++ compiler here")
+@pytest.mark.parametrize("qtype", TYPES)
+def test_tiles_taken_two_at_a_time_give_one_tiles_bits(qtype):
+    """The dot products take two tiles (16 rows) in one 512-bit register where the CPU has AVX-512 VNNI
+    (kernels/dot_pairs.h): a tile's rows taken in a pair equal, bit for bit, the same tile taken alone. A weight of
+    3 tiles runs tiles 0-1 as a pair and tile 2 alone; its tiles 1-2 as a weight of their own run as a pair."""
+    rows, cols = 24, 512
+    w, _ = _weight(qtype, rows, cols, 11)
+    torch.manual_seed(3)
+    x = torch.randn(5, cols)
+    m = _ops()
+
+    def tiles(t, first, n):
+        return t.narrow(0, first, n) if t.dim() else t
+
+    full = m.dot_mm(x, w.codes, w.scale, w.mins, w.format, rows)
+    tail = m.dot_mm(x, tiles(w.codes, 1, 2), tiles(w.scale, 1, 2), tiles(w.mins, 1, 2), w.format, 16)
+    assert torch.equal(full[:, 16:], tail[:, 8:]) and torch.equal(full[:, 8:16], tail[:, :8])
+    ref = x.double().numpy() @ w.dequantize().double().numpy()[:rows].T
+    assert np.abs(full.double().numpy() - ref).max() <= 1e-3 * np.abs(ref).max()

@@ -232,6 +232,8 @@ void tile_dot(const uint8_t* codes, const T* scale, const T* mins, float factor,
 #endif
 }
 
+#include "dot_pairs.h"
+
 struct Layout {
   int64_t bits, k, g, tiles;  // bits: a code's (the tile's bytes are k * bits)
   bool compact = false;  // the scales are bytes the kernels expand (TileScales), not one float a group
@@ -448,17 +450,31 @@ inline std::vector<Layout> check_parts(const std::vector<at::Tensor>& codes, con
     }                                                                    \
   } while (0)
 
-// y (rows ldy apart) = the quantized rows . one part's tiles (n rows)
+// y (rows ldy apart) = the quantized rows . one part's tiles (n rows): two tiles at a time where dot_pairs.h runs
 template <int BITS, int G, typename T>
 void mm_tiles(const at::Tensor& codes, const at::Tensor& scale, const at::Tensor& mins, const std::vector<Act>& acts,
               const Layout& L, int64_t n, float* yp, int64_t ldy) {
   const auto* cp = codes.data_ptr<uint8_t>();
   const TileScales<T> ts(scale, mins, L);
   at::parallel_for(0, L.tiles, 8, [&](int64_t begin, int64_t end) {
-    float out[TILE];
-    std::vector<float> buf(ts.buf_floats());
+    float out[2 * TILE];
+    std::vector<float> buf(ts.buf_floats()), buf2(ts.buf_floats());
     const T *s, *mn;
-    for (int64_t t = begin; t < end; ++t) {
+    int64_t t = begin;
+#if defined(KF_DOT_PAIRS)
+    const T *s1, *mn1;
+    for (; t + 1 < end; t += 2) {
+      ts.get(t, s, mn, buf.data());
+      ts.get(t + 1, s1, mn1, buf2.data());
+      const uint8_t* c0 = cp + t * L.k * L.bits;
+      for (size_t m = 0; m < acts.size(); ++m) {
+        tile_dot_pair<BITS, G, T>(c0, c0 + L.k * L.bits, s, mn, s1, mn1, ts.factor, acts[m], L.k, out);
+        const int64_t rows = std::min<int64_t>(2 * TILE, n - t * TILE);
+        std::memcpy(yp + m * ldy + t * TILE, out, rows * sizeof(float));
+      }
+    }
+#endif
+    for (; t < end; ++t) {
       ts.get(t, s, mn, buf.data());
       for (size_t m = 0; m < acts.size(); ++m) {
         tile_dot<BITS, G, T>(cp + t * L.k * L.bits, s, mn, ts.factor, acts[m], L.k, out);
