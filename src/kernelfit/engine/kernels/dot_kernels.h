@@ -110,104 +110,137 @@ inline __m256 load8(const at::Half* p) {
 #endif
 
 #if defined(KF_DOT_AVX2)
-// The 8 rows' integer dot products over columns cb..ce (at most one activation block) as float lanes: codes times the
-// activation's two digits, high digit first (hi * DIGIT_BASE + lo)
-template <int BITS>
-inline __m256 int_dot(const uint8_t* codes, const Act& a, int64_t cb, int64_t ce) {
+// The registers the products run on: Ymm holds one tile's 8 rows (256 bits); Zmm (dot_pairs.h, AVX-512 VNNI) two
+// tiles' 16. int_dot and tile_dot are written once over them: the same integer sums and float operations a lane.
+struct Ymm {
+  using I = __m256i;
+  using F = __m256;
+  static constexpr int64_t ROWS = TILE;
+  static I zero() { return _mm256_setzero_si256(); }
+  static I codes(const uint8_t* c0, const uint8_t*, int64_t at) {
+    return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c0 + at));
+  }
+  static void prefetch(const uint8_t* c0, const uint8_t*, int64_t at) {
+    _mm_prefetch(reinterpret_cast<const char*>(c0 + at), _MM_HINT_T0);
+  }
+  static I nibbles(I v, bool high) {
+    const I nib = _mm256_set1_epi8(0x0F);
+    return _mm256_and_si256(high ? _mm256_srli_epi16(v, 4) : v, nib);
+  }
+  static I dot(I acc, I u, const int8_t* p) { return dot_u8s8(acc, u, bcast4(p)); }
+  static F to_float(I h0, I h1, I l0, I l1) {
+    const I ih = _mm256_add_epi32(h0, h1), il = _mm256_add_epi32(l0, l1);
+    return _mm256_cvtepi32_ps(_mm256_add_epi32(_mm256_slli_epi32(ih, 7), il));
+  }
+  template <typename T>
+  static F floats(const T* p0, const T*, int64_t at) { return load8(p0 + at); }
+  static F fzero() { return _mm256_setzero_ps(); }
+  static F set1(float v) { return _mm256_set1_ps(v); }
+  static F fmadd(F a, F b, F c) { return _mm256_fmadd_ps(a, b, c); }
+  static F mul(F a, F b) { return _mm256_mul_ps(a, b); }
+  static void store(float* out, F a, F b) { _mm256_storeu_ps(out, _mm256_add_ps(a, b)); }
+};
+#endif
+
+#include "dot_pairs.h"
+
+#if defined(KF_DOT_AVX2)
+// The V::ROWS rows' integer dot products over columns cb..ce (at most one activation block) as float lanes, tile c0
+// (and c1 where V holds two): codes times the activation's two digits, high digit first (hi * DIGIT_BASE + lo)
+template <int BITS, typename V>
+inline typename V::F int_dot(const uint8_t* c0, const uint8_t* c1, const Act& a, int64_t cb, int64_t ce) {
   // four independent accumulators (high / low activation digit x two column halves): vpdpbusd's latency would
   // otherwise chain every product of the group
-  __m256i h0 = _mm256_setzero_si256(), h1 = h0, l0 = h0, l1 = h0;
+  typename V::I h0 = V::zero(), h1 = h0, l0 = h0, l1 = h0;
   const int8_t* ah = a.hi.data();
   const int8_t* al = a.lo.data();
   if (code_bits(BITS) == 4) {
-    const __m256i nib = _mm256_set1_epi8(0x0F);
 #pragma GCC unroll 4
     for (int64_t c = cb; c < ce; c += 8) {
-      _mm_prefetch(reinterpret_cast<const char*>(codes + c * 4 + PREFETCH_BYTES), _MM_HINT_T0);
-      const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + c * 4));
-      const __m256i lo = grid_bytes<BITS>(_mm256_and_si256(v, nib));
-      const __m256i hi = grid_bytes<BITS>(_mm256_and_si256(_mm256_srli_epi16(v, 4), nib));
-      h0 = dot_u8s8(h0, lo, bcast4(ah + c));
-      h1 = dot_u8s8(h1, hi, bcast4(ah + c + 4));
-      l0 = dot_u8s8(l0, lo, bcast4(al + c));
-      l1 = dot_u8s8(l1, hi, bcast4(al + c + 4));
+      V::prefetch(c0, c1, c * 4 + PREFETCH_BYTES);
+      const typename V::I v = V::codes(c0, c1, c * 4);
+      const typename V::I lo = grid_bytes<BITS>(V::nibbles(v, false)), hi = grid_bytes<BITS>(V::nibbles(v, true));
+      h0 = V::dot(h0, lo, ah + c);
+      h1 = V::dot(h1, hi, ah + c + 4);
+      l0 = V::dot(l0, lo, al + c);
+      l1 = V::dot(l1, hi, al + c + 4);
     }
   } else if (BITS == 6) {  // 16 columns a step: two nibble vectors and their high bit pairs (96 bytes, 8 rows)
-    const __m256i nib = _mm256_set1_epi8(0x0F);
 #pragma GCC unroll 2
     for (int64_t c = cb; c < ce; c += 16) {
-      const uint8_t* p = codes + nibble_offset(6, c);  // the block's 96 bytes (code_formats.h)
-      _mm_prefetch(reinterpret_cast<const char*>(p + PREFETCH_BYTES), _MM_HINT_T0);
-      _mm_prefetch(reinterpret_cast<const char*>(p + PREFETCH_BYTES + 64), _MM_HINT_T0);
-      const __m256i v0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-      const __m256i v1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + nibble_offset(6, c + 8)));
-      const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + pairs_offset(c)));
-      __m256i lo0 = _mm256_and_si256(v0, nib), hi0 = _mm256_and_si256(_mm256_srli_epi16(v0, 4), nib);
-      __m256i lo1 = _mm256_and_si256(v1, nib), hi1 = _mm256_and_si256(_mm256_srli_epi16(v1, 4), nib);
+      const int64_t n0 = nibble_offset(6, c);  // the block's 96 bytes (code_formats.h)
+      V::prefetch(c0, c1, n0 + PREFETCH_BYTES);
+      V::prefetch(c0, c1, n0 + PREFETCH_BYTES + 64);
+      const typename V::I v0 = V::codes(c0, c1, n0), v1 = V::codes(c0, c1, nibble_offset(6, c + 8));
+      const typename V::I h = V::codes(c0, c1, pairs_offset(c));
+      typename V::I lo0 = V::nibbles(v0, false), hi0 = V::nibbles(v0, true);
+      typename V::I lo1 = V::nibbles(v1, false), hi1 = V::nibbles(v1, true);
       add_high_bits(h, false, lo0, hi0);
       add_high_bits(h, true, lo1, hi1);
-      h0 = dot_u8s8(h0, lo0, bcast4(ah + c));
-      h1 = dot_u8s8(h1, hi0, bcast4(ah + c + 4));
-      l0 = dot_u8s8(l0, lo0, bcast4(al + c));
-      l1 = dot_u8s8(l1, hi0, bcast4(al + c + 4));
-      h0 = dot_u8s8(h0, lo1, bcast4(ah + c + 8));
-      h1 = dot_u8s8(h1, hi1, bcast4(ah + c + 12));
-      l0 = dot_u8s8(l0, lo1, bcast4(al + c + 8));
-      l1 = dot_u8s8(l1, hi1, bcast4(al + c + 12));
+      h0 = V::dot(h0, lo0, ah + c);
+      h1 = V::dot(h1, hi0, ah + c + 4);
+      l0 = V::dot(l0, lo0, al + c);
+      l1 = V::dot(l1, hi0, al + c + 4);
+      h0 = V::dot(h0, lo1, ah + c + 8);
+      h1 = V::dot(h1, hi1, ah + c + 12);
+      l0 = V::dot(l0, lo1, al + c + 8);
+      l1 = V::dot(l1, hi1, al + c + 12);
     }
   } else {
 #pragma GCC unroll 8
     for (int64_t c = cb; c < ce; c += 8) {
-      _mm_prefetch(reinterpret_cast<const char*>(codes + c * 8 + PREFETCH_BYTES), _MM_HINT_T0);
-      const __m256i v0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + c * 8));
-      const __m256i v1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + c * 8 + 32));
-      h0 = dot_u8s8(h0, v0, bcast4(ah + c));
-      h1 = dot_u8s8(h1, v1, bcast4(ah + c + 4));
-      l0 = dot_u8s8(l0, v0, bcast4(al + c));
-      l1 = dot_u8s8(l1, v1, bcast4(al + c + 4));
+      V::prefetch(c0, c1, c * 8 + PREFETCH_BYTES);
+      const typename V::I v0 = V::codes(c0, c1, c * 8), v1 = V::codes(c0, c1, c * 8 + 32);
+      h0 = V::dot(h0, v0, ah + c);
+      h1 = V::dot(h1, v1, ah + c + 4);
+      l0 = V::dot(l0, v0, al + c);
+      l1 = V::dot(l1, v1, al + c + 4);
     }
   }
-  const __m256i ih = _mm256_add_epi32(h0, h1), il = _mm256_add_epi32(l0, l1);
-  return _mm256_cvtepi32_ps(_mm256_add_epi32(_mm256_slli_epi32(ih, 7), il));
+  return V::to_float(h0, h1, l0, l1);
 }
-#endif
 
-// out[0..8) = sum_k w[row, k] * x[k] for the 8 rows of one tile. (One activation digit, llama.cpp's precision,
-// was measured for Gemma 3's 262k-row output head too: 5% faster, since the table is read from DRAM at that
-// speed either way; not kept.)
-template <int BITS, int G, typename T>
-void tile_dot(const uint8_t* codes, const T* scale, const T* mins, float factor, const Act& a, int64_t k, float* out) {
+// out[0..V::ROWS) = sum_k w[row, k] * x[k] for the rows of tile c0 (scales s0, minimums m0) and, where V holds two,
+// tile c1 (s1, m1). (One activation digit, llama.cpp's precision, was measured for Gemma 3's 262k-row output head
+// too: 5% faster, since the table is read from DRAM at that speed either way; not kept.)
+template <int BITS, int G, typename T, typename V>
+void tile_dot(const uint8_t* c0, const uint8_t* c1, const T* s0, const T* m0, const T* s1, const T* m1, float factor,
+              const Act& a, int64_t k, float* out) {
   const int64_t groups = k / G;
   const float* sums = a.sum.data();
-#if defined(KF_DOT_AVX2)
-  // the next tile's scales and minimums: two more streams beside the codes
+  // the next tiles' scales and minimums: two more streams beside the codes
   const int64_t scale_bytes = groups * TILE * static_cast<int64_t>(sizeof(T));
-  for (int64_t b = 0; b < scale_bytes; b += 64) {
-    _mm_prefetch(reinterpret_cast<const char*>(scale + groups * TILE) + b, _MM_HINT_T0);
-    if (mins) _mm_prefetch(reinterpret_cast<const char*>(mins + groups * TILE) + b, _MM_HINT_T0);
-  }
-#endif
-#if defined(KF_DOT_AVX2)
-  __m256 acc = _mm256_setzero_ps(), acc_min = _mm256_setzero_ps();  // two chains of FMAs, not one
-  for (int64_t g = 0; g < groups; ++g) {
-    const int64_t c0 = g * G;
-    const __m256 s = load8(scale + g * TILE);
-    if constexpr (G <= QK) {
-      acc = _mm256_fmadd_ps(int_dot<BITS>(codes, a, c0, c0 + G), _mm256_mul_ps(s, _mm256_set1_ps(a.scale[c0 / QK])),
-                            acc);
-    } else {  // a group of several activation blocks (AWQ / GPTQ's 128): each block's integers at its own scale
-      __m256 part = _mm256_setzero_ps();
-      for (int64_t c1 = c0; c1 < c0 + G; c1 += QK)
-        part = _mm256_fmadd_ps(int_dot<BITS>(codes, a, c1, c1 + QK), _mm256_set1_ps(a.scale[c1 / QK]), part);
-      acc = _mm256_fmadd_ps(part, s, acc);
+  for (int64_t i = 1; i <= V::ROWS / TILE; ++i)
+    for (int64_t b = 0; b < scale_bytes; b += 64) {
+      _mm_prefetch(reinterpret_cast<const char*>(s1 + i * groups * TILE) + b, _MM_HINT_T0);
+      if (m0) _mm_prefetch(reinterpret_cast<const char*>(m1 + i * groups * TILE) + b, _MM_HINT_T0);
     }
-    float sum = sums[c0 / SUB];
-    for (int64_t j = 1; j < G / SUB; ++j) sum += sums[c0 / SUB + j];
-    if (mins) acc_min = _mm256_fmadd_ps(load8(mins + g * TILE), _mm256_set1_ps(sum), acc_min);
-    else acc_min = _mm256_fmadd_ps(s, _mm256_set1_ps(factor * sum), acc_min);
+  typename V::F acc = V::fzero(), acc_min = V::fzero();  // two chains of FMAs, not one
+  for (int64_t g = 0; g < groups; ++g) {
+    const int64_t c = g * G;
+    const typename V::F s = V::floats(s0, s1, g * TILE);
+    if constexpr (G <= QK) {
+      acc = V::fmadd(int_dot<BITS, V>(c0, c1, a, c, c + G), V::mul(s, V::set1(a.scale[c / QK])), acc);
+    } else {  // a group of several activation blocks (AWQ / GPTQ's 128): each block's integers at its own scale
+      typename V::F part = V::fzero();
+      for (int64_t q = c; q < c + G; q += QK)
+        part = V::fmadd(int_dot<BITS, V>(c0, c1, a, q, q + QK), V::set1(a.scale[q / QK]), part);
+      acc = V::fmadd(part, s, acc);
+    }
+    float sum = sums[c / SUB];
+    for (int64_t j = 1; j < G / SUB; ++j) sum += sums[c / SUB + j];
+    if (m0) acc_min = V::fmadd(V::floats(m0, m1, g * TILE), V::set1(sum), acc_min);
+    else acc_min = V::fmadd(s, V::set1(factor * sum), acc_min);
   }
-  _mm256_storeu_ps(out, _mm256_add_ps(acc, acc_min));
+  V::store(out, acc, acc_min);
+}
 #else
+// out[0..8) = sum_k w[row, k] * x[k] for the 8 rows of one tile, in plain loops (no AVX2 here)
+template <int BITS, int G, typename T>
+void tile_dot_scalar(const uint8_t* codes, const T* scale, const T* mins, float factor, const Act& a, int64_t k,
+                     float* out) {
+  const int64_t groups = k / G;
+  const float* sums = a.sum.data();
   for (int64_t r = 0; r < TILE; ++r) {
     float total = 0.f;
     for (int64_t g = 0; g < groups; ++g) {
@@ -229,10 +262,8 @@ void tile_dot(const uint8_t* codes, const T* scale, const T* mins, float factor,
     }
     out[r] = total;
   }
-#endif
 }
-
-#include "dot_pairs.h"
+#endif
 
 struct Layout {
   int64_t bits, k, g, tiles;  // bits: a code's (the tile's bytes are k * bits)
@@ -468,7 +499,7 @@ void mm_tiles(const at::Tensor& codes, const at::Tensor& scale, const at::Tensor
       ts.get(t + 1, s1, mn1, buf2.data());
       const uint8_t* c0 = cp + t * L.k * L.bits;
       for (size_t m = 0; m < acts.size(); ++m) {
-        tile_dot_pair<BITS, G, T>(c0, c0 + L.k * L.bits, s, mn, s1, mn1, ts.factor, acts[m], L.k, out);
+        tile_dot<BITS, G, T, Zmm>(c0, c0 + L.k * L.bits, s, mn, s1, mn1, ts.factor, acts[m], L.k, out);
         const int64_t rows = std::min<int64_t>(2 * TILE, n - t * TILE);
         std::memcpy(yp + m * ldy + t * TILE, out, rows * sizeof(float));
       }
@@ -477,7 +508,11 @@ void mm_tiles(const at::Tensor& codes, const at::Tensor& scale, const at::Tensor
     for (; t < end; ++t) {
       ts.get(t, s, mn, buf.data());
       for (size_t m = 0; m < acts.size(); ++m) {
-        tile_dot<BITS, G, T>(cp + t * L.k * L.bits, s, mn, ts.factor, acts[m], L.k, out);
+#if defined(KF_DOT_AVX2)
+        tile_dot<BITS, G, T, Ymm>(cp + t * L.k * L.bits, nullptr, s, mn, s, mn, ts.factor, acts[m], L.k, out);
+#else
+        tile_dot_scalar<BITS, G, T>(cp + t * L.k * L.bits, s, mn, ts.factor, acts[m], L.k, out);
+#endif
         const int64_t rows = std::min<int64_t>(TILE, n - t * TILE);
         std::memcpy(yp + m * ldy + t * TILE, out, rows * sizeof(float));
       }
