@@ -291,7 +291,7 @@ def test_a_long_prompt_is_prefilled_a_chunk_at_a_time(tmp_path, monkeypatch):
 @pytest.mark.parametrize("qtype", TYPES)
 def test_tiles_taken_two_at_a_time_give_one_tiles_bits(qtype):
     """The dot products take two tiles (16 rows) in one 512-bit register where the CPU has AVX-512 VNNI
-    (kernels/dot_pairs.h): a tile's rows taken in a pair equal, bit for bit, the same tile taken alone. A weight of
+    (kernels/dot_tiles.h Zmm): a tile's rows taken in a pair equal, bit for bit, the same tile taken alone. A weight of
     3 tiles runs tiles 0-1 as a pair and tile 2 alone; its tiles 1-2 as a weight of their own run as a pair."""
     rows, cols = 24, 512
     w, _ = _weight(qtype, rows, cols, 11)

@@ -29,7 +29,7 @@ HEADERS = tuple(KERNELS / h for h in ("dot_kernels.h", "gemm_kernels.h", "rows_k
                                       "panel_gemm.h", "panel_attention.h", "decode_attention.h",
                                       "bf16_rows.h", "kv_cache.h", "repack_kernels.h", "short_conv.h",
                                       "delta_net.h", "amx_tiles.h", "code_formats.h", "mamba2.h", "step_experts.h",
-                                      "step_latent.h", "step_recurrent.h", "dot_pairs.h"))
+                                      "step_latent.h", "step_recurrent.h", "dot_tiles.h"))
 # The dot products are compiled for this machine's vector ISA (-march=native on x86-64, where AVX2/VNNI decide
 # their speed; elsewhere they are scalar and the loader keeps torch's kernels, and some compilers refuse the flag),
 # so a build is keyed by the CPU too: a cache folder shared by machines of different CPUs keeps one build each.
