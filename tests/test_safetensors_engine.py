@@ -158,12 +158,12 @@ def test_the_plan_puts_covered_checkpoints_on_the_engine_and_says_why_not_elsewh
     on_gpu = plan(gpu, load_model_spec(str(ok)), Preferences())
     assert on_gpu.quantization.method != "engine"
     assert any(r.method == "engine" and r.kind is RejectKind.NOT_RUNNABLE for r in on_gpu.quantization_rejected)
-    other = tmp_path / "phi3"
-    _checkpoint(other, "phi3", pad_token_id=0)
+    other = tmp_path / "olmo2"
+    _checkpoint(other, "olmo2", pad_token_id=0)
     p = plan(cpu, load_model_spec(str(other)), Preferences())
     assert p.quantization is None or p.quantization.method != "engine"
     why = next(r for r in p.quantization_rejected if r.method == "engine")
-    assert "model type 'phi3'" in why.reason
+    assert "model type 'olmo2'" in why.reason
 
 
 def _word_tokenizer(path) -> None:

@@ -8,12 +8,15 @@ loads through transformers, which the plan says with the reason.
 
 from __future__ import annotations
 
-from .hybrid_checkpoints import HYBRID_CHECKPOINT_ARCHS, HYBRID_CHECKPOINT_SOURCES, LayoutError, layout
+from .checkpoint_layout import LayoutError
+from .converted_checkpoints import (BLOCK_ROPE_TYPES, CONVERTED_CHECKPOINT_ARCHS, CONVERTED_CHECKPOINT_SOURCES,
+                                    layout)
+from .hybrid_checkpoints import HYBRID_CHECKPOINT_ARCHS
 
 # model_type -> what its modeling file adds to the llama block (transformers models/<type>/modeling_<type>.py); the
-# hybrids' (Qwen3.5, LFM2, Granite 4.0-H) tensors and keys are catalog/hybrid_checkpoints.py's
+# others' (the hybrids, Gemma 2/3, Phi-3, Qwen2/3-MoE) tensors and keys are catalog/converted_checkpoints.py's
 LLAMA_CONFIG_ARCHS = ("llama", "mistral", "qwen2", "qwen3")
-ENGINE_CONFIG_ARCHS = LLAMA_CONFIG_ARCHS + tuple(HYBRID_CHECKPOINT_ARCHS)
+ENGINE_CONFIG_ARCHS = LLAMA_CONFIG_ARCHS + tuple(CONVERTED_CHECKPOINT_ARCHS)
 # safetensors dtypes the engine reads: bf16 and fp16 products as stored (exact: kernels/bf16_rows.h widens either);
 # fp32, and an fp16 token table, rounded to bf16 once at load, the error reported per tensor (`run --json`)
 ENGINE_CHECKPOINT_DTYPES = ("bfloat16", "float16", "float32")
@@ -31,7 +34,7 @@ ENGINE_PACKED_BITS = {"awq": (4,), "gptq": (4, 8)}
 ENGINE_PACKED_FORMATS = {"awq": ("gemm",), "gptq": ("gptq", "gptq_v2")}
 PACKED_SUFFIXES = ("qweight", "qzeros", "scales", "g_idx")  # one packed linear's tensors (AutoAWQ / AutoGPTQ names)
 ENGINE_CHECKPOINT_SOURCES = ("transformers-modeling-llama", "llama-cpp-tensor-mapping", "transformers-rope-utils",
-                             "gptqmodel-packing") + HYBRID_CHECKPOINT_SOURCES
+                             "gptqmodel-packing") + CONVERTED_CHECKPOINT_SOURCES
 
 # transformers' tensor names -> llama.cpp's (gguf-py tensor_mapping.py), the names the engine's builder reads
 GLOBAL_NAMES = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
@@ -92,9 +95,9 @@ def tensor_problem(names: set[str], model_type: str, layers: int, tied: bool, pa
     """Why the engine cannot build from these checkpoint tensors (one it would not read, one it needs and the
     checkpoint lacks), or None. Such a checkpoint goes to transformers, whose health check names the damage.
     Packed linears (AWQ / GPTQ) count as the weights they stand for; `packed`: the config declares them, so a dense
-    projection is damage (a checkpoint saved after dequantizing, with the old config). A hybrid's (`cfg`: its
-    config.json) are checked by the layout the engine's reader uses."""
-    if model_type in HYBRID_CHECKPOINT_ARCHS:
+    projection is damage (a checkpoint saved after dequantizing, with the old config). A converted architecture's
+    (`cfg`: its config.json) are checked by the layout the engine's reader uses."""
+    if model_type in CONVERTED_CHECKPOINT_ARCHS:
         try:
             layout(model_type, cfg or {}, names, "the checkpoint")
         except LayoutError as exc:
@@ -146,7 +149,7 @@ def why_not_engine_checkpoint(model_type: str, dtype: str | None, rope_type: str
         reasons.append(f"model type '{model_type}' is not one the engine reads from config.json "
                        f"({', '.join(ENGINE_CONFIG_ARCHS)})")
     hybrid = model_type in HYBRID_CHECKPOINT_ARCHS
-    if quant is not None and hybrid:
+    if quant is not None and model_type in CONVERTED_CHECKPOINT_ARCHS:
         reasons.append(f"a {quant.method} {model_type} checkpoint (the engine reads this architecture's bf16, fp16 "
                        "and fp32 weights)")
     elif quant is not None:
@@ -155,6 +158,8 @@ def why_not_engine_checkpoint(model_type: str, dtype: str | None, rope_type: str
         reasons.append(f"weights in {dtype or 'an unstated dtype'} (the engine reads "
                        f"{', '.join(ENGINE_CHECKPOINT_DTYPES)})")
     if hybrid and (rope_type or "default") != "default":
+        reasons.append(f"rotary scaling '{rope_type}' on a {model_type} checkpoint is not implemented by the engine")
+    elif model_type in CONVERTED_CHECKPOINT_ARCHS and (rope_type or "default") not in BLOCK_ROPE_TYPES:
         reasons.append(f"rotary scaling '{rope_type}' on a {model_type} checkpoint is not implemented by the engine")
     elif (rope_type or "default") not in ENGINE_ROPE_TYPES:
         reasons.append(f"rotary scaling '{rope_type}' is not implemented by the engine")

@@ -6,135 +6,20 @@ safetensors Qwen3.5, LFM2 or Granite 4.0-H exactly as it reads their GGUF files.
 
 A llama.cpp tensor is a `Source`: the checkpoint tensors it is made of (the experts' one each, stacked by rows), the
 rows and columns picked from them (Qwen3.5's value heads from transformers' grouped order to llama.cpp's tiled one, a
-fused gate|up split), and a fix of its values (the norms stored as 1 + w, A stored as -exp(A_log)). `layout` is a pure
-function of config.json and the checkpoint's tensor names; a tensor it does not use, or one it needs and the
-checkpoint lacks, refuses the checkpoint in one line.
+fused gate|up split), and a fix of its values (the norms stored as 1 + w, A stored as -exp(A_log)): the machinery is
+catalog/checkpoint_layout.py's, the other architectures' functions catalog/converted_checkpoints.py's.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from enum import Enum
-
 import numpy as np
 
-from ..errors import UsageError
+from .checkpoint_layout import Fix, LayoutError, Taker
 
 # config.json model_type -> llama.cpp's architecture (the GGUF files these checkpoints convert to)
 HYBRID_CHECKPOINT_ARCHS = {"qwen3_5_text": "qwen35", "qwen3_5_moe_text": "qwen35moe", "lfm2": "lfm2",
                            "lfm2_moe": "lfm2moe", "granitemoehybrid": "granitehybrid"}
 HYBRID_CHECKPOINT_SOURCES = ("llama-cpp-convert-hybrids", "llama-cpp-tensor-mapping")
-# Multimodal configs whose text model the engine reads alone: model_type -> (the text model's config key, its tensors'
-# prefix in place of "model.", the vision tower's prefix). Qwen3.5 and Qwen3.6 ship only as these
-# (Qwen3_5ForConditionalGeneration); transformers' AutoModelForCausalLM loads their text model alone the same way
-# (modeling_auto.py's "VLM compatibility" rows: qwen3_5 -> Qwen3_5ForCausalLM), and llama.cpp's converter writes it
-# to the GGUF file, the vision tower to a separate mmproj file. The vision tower is not read: such a checkpoint
-# answers text.
-TEXT_OF_VLM = {"qwen3_5": ("text_config", "model.language_model.", "model.visual."),
-               "qwen3_5_moe": ("text_config", "model.language_model.", "model.visual.")}
-# tensors of the checkpoint no GGUF text model holds: Qwen3.5's multi-token-prediction block (llama.cpp keeps it for
-# drafting; the engine does not run it)
-SKIPPED_PREFIXES = ("mtp.",)
-
-
-class Fix(Enum):
-    """A change of a small tensor's values the converter makes."""
-
-    PLUS_ONE = "plus_one"  # Qwen3.5's RMSNorms multiply by (1 + w): stored as 1 + w
-    NEG_EXP = "neg_exp"  # Gated DeltaNet's and Mamba-2's decay: stored as A = -exp(A_log)
-
-
-@dataclass(frozen=True)
-class Source:
-    """One llama.cpp tensor from the checkpoint's: `parts` stacked by rows (each viewed as [rows, last dim]; a 1-D
-    tensor as [n, 1]), then `rows` and `cols` picked (None: all, in order), then `fix`."""
-
-    parts: tuple[str, ...]
-    rows: np.ndarray | None = None
-    cols: np.ndarray | None = None
-    fix: Fix | None = None
-
-
-class LayoutError(UsageError):
-    """A checkpoint the layout cannot read: `problem` says why (the plan's reason), the message adds where and what
-    to do (the reader's one line)."""
-
-    def __init__(self, where: str, problem: str, todo: str):
-        super().__init__(f"{where}: {problem}; {todo}")
-        self.problem = problem
-
-
-def text_config(cfg: dict) -> dict:
-    """The config a checkpoint's text model is read from: a TEXT_OF_VLM config's text object (the top level's
-    tie_word_embeddings over its own: transformers ties the wrapper's head by it), any other config as it is."""
-    if not isinstance(cfg, dict) or cfg.get("model_type") not in TEXT_OF_VLM:
-        return cfg
-    text = cfg.get(TEXT_OF_VLM[cfg["model_type"]][0])
-    if not isinstance(text, dict):
-        raise UsageError(f"a {cfg['model_type']} config.json needs its `{TEXT_OF_VLM[cfg['model_type']][0]}` object; "
-                         "fix the config")
-    return {**text, **({"tie_word_embeddings": cfg["tie_word_embeddings"]} if "tie_word_embeddings" in cfg else {})}
-
-
-def text_tensors(names, model_type: str | None) -> dict[str, str]:
-    """The text model's tensor names -> the checkpoint's own: for a TEXT_OF_VLM checkpoint its language model's
-    tensors as model.* (as a text checkpoint names them), its vision tower's left out; any other's as they are."""
-    if model_type not in TEXT_OF_VLM:
-        return {n: n for n in names}
-    _, text, vision = TEXT_OF_VLM[model_type]
-    return {("model." + n[len(text):] if n.startswith(text) else n): n for n in names if not n.startswith(vision)}
-
-
-def layout(model_type: str, cfg: dict, names: set[str], where: str) -> dict[str, Source]:
-    """llama.cpp's tensor name -> its Source, for a checkpoint of `model_type` (HYBRID_CHECKPOINT_ARCHS) with these
-    tensor names; a LayoutError for one it would not read, one it lacks, or a config.json without the sizes it
-    needs."""
-    out: dict[str, Source] = {}
-    take = _Taker(names, where, out)
-    take("token_embd.weight", "model.embed_tokens.weight")
-    if "lm_head.weight" in names:
-        take("output.weight", "lm_head.weight")
-    try:
-        _ARCH_LAYOUTS[model_type](cfg, take)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise LayoutError(where, f"config.json lacks or mistypes {exc}", "fix the config") from None
-    unused = sorted(n for n in names - take.used if not n.startswith(SKIPPED_PREFIXES))
-    if unused:
-        raise LayoutError(where, f"tensor {unused[0]} is not one the engine's recipe reads"
-                          + (f" (+{len(unused) - 1} more)" if len(unused) > 1 else ""),
-                          "--quantization none loads it through transformers")
-    return out
-
-
-class _Taker:
-    """Records each llama.cpp tensor's Source and the checkpoint names it used."""
-
-    def __init__(self, names: set[str], where: str, out: dict):
-        self.names, self.where, self.out, self.used = names, where, out, set()
-
-    def __call__(self, ours: str, *parts: str, rows=None, cols=None, fix: Fix | None = None) -> None:
-        missing = [p for p in parts if p not in self.names]
-        if missing:
-            raise LayoutError(self.where, f"tensor {missing[0]} is missing from the checkpoint", "re-save it")
-        self.used.update(parts)
-        self.out[ours] = Source(tuple(parts), rows, cols, fix)
-
-    def has(self, name: str) -> bool:
-        return name in self.names
-
-    def experts(self, b: str, p: str, n: int, size: int, names: dict[str, str], fused: tuple[str, str]) -> None:
-        """A layer's experts: one tensor each (`names`: llama.cpp's gate/up/down -> the expert's own leaf, as
-        transformers saves them) or transformers' fused [experts, 2 size, hidden] gate|up and [experts, hidden, size]
-        down (`fused`: their leaves) — stacked by rows as llama.cpp's 3-D ffn_*_exps."""
-        gate_up, down = (p + x for x in fused)
-        if self.has(gate_up) or not names:  # (neither: the fused tensors are named missing)
-            rows = np.arange(n)[:, None] * 2 * size
-            self(b + "ffn_gate_exps.weight", gate_up, rows=(rows + np.arange(size)).reshape(-1))
-            self(b + "ffn_up_exps.weight", gate_up, rows=(rows + size + np.arange(size)).reshape(-1))
-            self(b + "ffn_down_exps.weight", down)
-            return
-        for ours, leaf in names.items():
-            self(b + f"ffn_{ours}_exps.weight", *(p + f"{e}.{leaf}.weight" for e in range(n)))
 
 
 def layer_types(cfg: dict, attention: str, recurrent: str, layers: int) -> list[bool]:
@@ -155,7 +40,7 @@ def layer_types(cfg: dict, attention: str, recurrent: str, layers: int) -> list[
     return [(i + 1) % every == 0 for i in range(layers)]
 
 
-def _qwen35(cfg: dict, take: _Taker) -> None:
+def _qwen35(cfg: dict, take: Taker) -> None:
     """conversion/qwen.py: every norm but the Gated DeltaNet's own stored + 1; A as -exp(A_log); the conv taps [channels,
     K]; q_proj kept whole ([q_h, gate_h] a head); value-head tensors from transformers' grouped order (value head j of
     key head j // r) to llama.cpp's tiled one (GGUF head j = transformers' (j % nk) r + j // nk)."""
@@ -204,7 +89,7 @@ def _qwen35(cfg: dict, take: _Taker) -> None:
                 take(b + f"ffn_{x}.weight", m + f"{x}_proj.weight")
 
 
-def _lfm2(cfg: dict, take: _Taker) -> None:
+def _lfm2(cfg: dict, take: Taker) -> None:
     """conversion/lfm2.py: norms as they are (the final one, transformers' embedding_norm, under token_embd_norm), the
     short convolution's taps [channels, K]; LFM2-MoE's first num_dense_layers dense, then sigmoid-routed experts with
     their selection bias."""
@@ -234,7 +119,7 @@ def _lfm2(cfg: dict, take: _Taker) -> None:
                 take(b + f"ffn_{ours}.weight", f + leaf + ".weight")
 
 
-def _granite(cfg: dict, take: _Taker) -> None:
+def _granite(cfg: dict, take: Taker) -> None:
     """conversion/granite.py GraniteHybridModel: the shared MLP's input_linear split into gate and up (a shared expert's
     where the layer has experts), a Mamba-2 layer's in_proj as ssm_in, its conv taps [channels, K] and bias, A as
     -exp(A_log), D, the gated norm, out_proj."""

@@ -162,6 +162,14 @@ SOURCES: dict[str, Source] = {s.id: s for s in (
            "re-ordered grouped -> tiled (_LinearAttentionVReorderBase); LFM2Model: conv.conv squeezed, head_count_kv 0 "
            "on conv layers, ff dim from block_auto_adjust_ff_dim; GraniteHybridModel: input_linear split into gate/up, "
            "Mamba-2 keys ssm.* (conversion/mamba.py)"),
+    Source("llama-cpp-convert-blocks", "llama.cpp's converters of Gemma 2/3, Phi-3 and the Qwen MoE models; its "
+           "Gemma 3 build", "https://github.com/ggml-org/llama.cpp/blob/master/conversion/gemma.py ; "
+           "https://github.com/ggml-org/llama.cpp/blob/master/conversion/phi.py ; "
+           "https://github.com/ggml-org/llama.cpp/blob/master/conversion/qwen.py ; "
+           "https://github.com/ggml-org/llama.cpp/blob/master/src/models/gemma3.cpp",
+           "Gemma2Model / Gemma3Model: norm.weight + 1; Phi3MiniModel: qkv_proj, gate_up_proj kept fused; "
+           "Qwen2MoeModel: experts stacked into ffn_*_exps; llama_model_gemma3: rope.freq_base_swa, f_attention_scale "
+           "(hidden / heads)^-0.5 for the 27B model"),
     Source("ggml-rope", "llama.cpp's rotary embedding (freq_factors, YaRN) and its GGUF rope keys",
            "https://github.com/ggml-org/llama.cpp/blob/master/ggml/src/ggml-cpu/ops.cpp ; "
            "https://github.com/ggml-org/llama.cpp/blob/master/gguf-py/gguf/constants.py",

@@ -27,7 +27,8 @@ from .recipe_gguf import recipe_from_gguf
 from .gguf.reader import Conversion, GgufTensors, interleave_order, linear, regridded
 from .tile_cache import FileArena, TileCacheMismatch, open_arena
 from .safetensors.config_keys import config_header
-from ..catalog.hybrid_checkpoints import HYBRID_CHECKPOINT_ARCHS, text_config
+from ..catalog.checkpoint_layout import text_config
+from ..catalog.converted_checkpoints import CONVERTED_CHECKPOINT_ARCHS
 from .safetensors.reader import SafetensorsTensors
 from .kv_cache import KvCache
 from .recurrent import State, check_position
@@ -338,8 +339,8 @@ def open_model(path: Path, requant: str | None = None) -> tuple[Recipe, GgufTens
                                                   else [])
             if why:
                 raise UsageError(f"{path.name}: {'; '.join(why)} (--quantization none loads it through transformers)")
-        if text_config(cfg).get("model_type") in HYBRID_CHECKPOINT_ARCHS:  # config.json as the GGUF keys its
-            # converter writes (a multimodal config's text model: catalog/hybrid_checkpoints.py TEXT_OF_VLM)
+        if text_config(cfg).get("model_type") in CONVERTED_CHECKPOINT_ARCHS:  # config.json as the GGUF keys its
+            # converter writes (a multimodal config's text model: catalog/checkpoint_layout.py TEXT_OF_VLM)
             t = SafetensorsTensors.open(path, requant, quant, cfg)
             header = config_header(text_config(cfg), {n: t.shape(n) for n in t.by_name}, path.name)
             return recipe_from_gguf(header), t, True

@@ -37,11 +37,13 @@ import torch
 
 from ..errors import UsageError
 
-# Gemma 3 facts llama.cpp hard-codes rather than stores: sliding layers use rotary base 10000 and every 6th layer
-# is global (llama.cpp src/llama-model.cpp LLM_ARCH_GEMMA3; transformers Gemma3TextConfig defaults
-# rope_local_base_freq=10000, sliding_window_pattern=6).
+# Gemma 3 facts llama.cpp defaults where a file stores none: sliding layers use rotary base 10000 (rope.freq_base_swa
+# where stored) and every 6th layer is global; its 27B model (62 layers) scales queries by (hidden/heads)^-0.5
+# (llama.cpp src/models/gemma3.cpp; transformers Gemma3TextConfig defaults rope_local_base_freq=10000,
+# sliding_window_pattern=6, Gemma 3 27B's query_pre_attn_scalar 168 = 5376 / 32).
 GEMMA3_LOCAL_ROPE_THETA = 10000.0
 GEMMA3_SLIDING_PATTERN = 6
+GEMMA3_27B_LAYERS = 62
 # Gemma 2: every other layer slides (the first does), its 27B model (46 layers) scales queries by (hidden/heads)^-0.5
 # (llama.cpp LLM_ARCH_GEMMA2: n_swa_pattern 2, f_attention_scale by model type; transformers Gemma2Config layer_types,
 # query_pre_attn_scalar)

@@ -14,7 +14,8 @@ import torch
 from ..catalog.packed_kernels import LEAN_GGUF_ARCHS, LEAN_ROPE_SCALINGS
 from ..errors import UsageError
 from ..model.spec import hybrid_layers, qwen35_delta_sizes
-from .recipe import (DEEPSEEK2, GEMMA2_27B_LAYERS, GEMMA2_SLIDING_PATTERN, GEMMA3_LOCAL_ROPE_THETA,
+from .recipe import (DEEPSEEK2, GEMMA2_27B_LAYERS, GEMMA2_SLIDING_PATTERN, GEMMA3_27B_LAYERS,
+                     GEMMA3_LOCAL_ROPE_THETA,
                      GEMMA3_SLIDING_PATTERN, GLM4_MOE, GPT_OSS, GPT_OSS_SLIDING_PATTERN, GPT_OSS_SWIGLU, GRANITE_HYBRID,
                      LFM2, MISTRAL3, MOE_ARCHS, QWEN35, SMOLLM3_NO_ROTARY_STEP, YARN_BETA_FAST, YARN_BETA_SLOW, Latent,
                      LayerKind, Recipe, RouterKind, Rotary, RotaryKind)
@@ -130,14 +131,16 @@ def recipe_from_gguf(h, rope_freqs: torch.Tensor | None = None) -> Recipe:
         vocab=int(getattr(tokens, "count", None) or h.arch_key("vocab_size")),
         eps=float(h.arch_key("attention.layer_norm_rms_epsilon", 1e-6)),
         rotary=rotary,
-        local_rotary=Rotary(GEMMA3_LOCAL_ROPE_THETA) if arch == "gemma3" else None,  # gemma2: one base for all
+        local_rotary=Rotary(float(h.arch_key("rope.freq_base_swa") or GEMMA3_LOCAL_ROPE_THETA))
+        if arch == "gemma3" else None,  # gemma2: one base for all
         sliding_window=int(window) if window else None,
         sliding_pattern=pattern if window else 0,
         attn_softcap=float(h.arch_key("attn_logit_softcapping") or 0.0) if arch == "gemma2" else 0.0,
-        final_softcap=float(h.arch_key("final_logit_softcapping") or 0.0) if arch == "gemma2" else 0.0,
-        # llama.cpp (LLM_ARCH_GEMMA2) and transformers (query_pre_attn_scalar): 27B scales by hidden / heads
-        query_scale=scales.pop("query_scale", None) or (
-            (hidden / heads) ** -0.5 if arch == "gemma2" and layers == GEMMA2_27B_LAYERS else None) or (
+        final_softcap=float(h.arch_key("final_logit_softcapping") or 0.0) if arch in ("gemma2", "gemma3") else 0.0,
+        # llama.cpp (gemma2, gemma3) and transformers (query_pre_attn_scalar): the 27B models scale by hidden / heads;
+        # a checkpoint's config.json states its scale (engine/safetensors/config_keys.py writes it as attention.scale)
+        query_scale=scales.pop("query_scale", None) or (_gemma_query_scale(h, hidden, heads, layers) if gemma
+                                                        else None) or (
             _latent_scale(h, rotary) if arch == DEEPSEEK2 else None),
         no_rotary_step=SMOLLM3_NO_ROTARY_STEP if arch == "smollm3" else (
             # Granite's no-rope switch (Granite 4.0-H: no rotary at all)
@@ -164,6 +167,16 @@ def recipe_from_gguf(h, rope_freqs: torch.Tensor | None = None) -> Recipe:
         # LongRoPE runs its short table: positions past the original context would need the long one
         max_positions=int(h.arch_key("rope.scaling.original_context_length") if h.rope_scaling == "longrope" else
                           h.arch_key("context_length") or 4096))
+
+
+def _gemma_query_scale(h, hidden: int, heads: int, layers: int) -> float | None:
+    """The scores' scale of a Gemma file: its attention.scale where stored, else (hidden / heads)^-0.5 for the 27B
+    models (None: head_dim^-0.5)."""
+    stored = h.arch_key("attention.scale")
+    if stored:
+        return float(stored)
+    big = {"gemma2": GEMMA2_27B_LAYERS, "gemma3": GEMMA3_27B_LAYERS}.get(h.architecture)
+    return (hidden / heads) ** -0.5 if layers == big else None
 
 
 def _default_gating(h) -> int:

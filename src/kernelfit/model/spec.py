@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..catalog.attention import NON_CAUSAL, SLIDING_WINDOW, SOFTCAP
 from ..catalog.architectures import COMPOSITES, DECODERS, GGUF_ARCH_TO_MODEL_TYPE, VISION, supported_model_types
-from ..catalog.hybrid_checkpoints import TEXT_OF_VLM, text_config, text_tensors
+from ..catalog.checkpoint_layout import TEXT_OF_VLM, text_config, text_tensors
 from ..errors import UsageError
 from .gguf_header import read_gguf_header
 from .quantization import CheckpointQuant, gguf_quantization, parse_quantization
@@ -286,7 +286,7 @@ def spec_from_config(cfg: dict, name: str, source: str, fmt: str = "config-only"
         subs = (text, vision)
         params = text.params + vision.params + projector_params(model_type, vision.hidden_size, text.hidden_size, cfg)
         dtype = _dtype_name(cfg.get("torch_dtype") or cfg.get("dtype") or tcfg.get("torch_dtype"))
-    elif model_type in TEXT_OF_VLM:  # its text model alone (catalog/hybrid_checkpoints.py): the vision tower unread
+    elif model_type in TEXT_OF_VLM:  # its text model alone (catalog/checkpoint_layout.py): the vision tower unread
         key = TEXT_OF_VLM[model_type][0]
         tcfg = text_config(cfg)
         text = _decoder(tcfg, tcfg.get("model_type"), "text", key, f"{source} {key}")

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 
 from ..catalog.architectures import TRANSFORMERS_GGUF_ARCHS
 from ..catalog.engine_checkpoints import ENGINE_Q8_0_LOSS, why_not_engine_checkpoint
-from ..catalog.hybrid_checkpoints import HYBRID_CHECKPOINT_ARCHS, TEXT_OF_VLM
+from ..catalog.checkpoint_layout import TEXT_OF_VLM
+from ..catalog.converted_checkpoints import CONVERTED_CHECKPOINT_ARCHS
 from ..catalog.packages import install_hint
 from ..catalog.packed_kernels import REGRID_MAX_ERROR, dot_codes, packed_cpu, why_not_packed_gguf
 from ..catalog.quantization import ON_THE_FLY, PREQUANTIZED, hf_backend_name, missing_packages, why_not_backend
@@ -343,8 +344,8 @@ def _engine(level: Level, model: ModelSpec, devices: list[Device], machine: Mach
                        f"the checkpoint's {model.checkpoint_dtype} weights run on kernelfit's CPU engine ({isa}): "
                        "read from the safetensors shards as bf16 / float16 rows exactly as stored (float32 rounded "
                        "to bf16 once), the architecture from config.json"
-                       + (f" as the GGUF keys and tensors of llama.cpp's {HYBRID_CHECKPOINT_ARCHS[kind]} "
-                          "(its converter's layout, read in place: no file written)" if kind in HYBRID_CHECKPOINT_ARCHS
+                       + (f" as the GGUF keys and tensors of llama.cpp's {CONVERTED_CHECKPOINT_ARCHS[kind]} "
+                          "(its converter's layout, read in place: no file written)" if kind in CONVERTED_CHECKPOINT_ARCHS
                           else "")
                        + (f" (its {model.text.config_key} alone: the vision tower is not run, images are not read)"
                           if model.model_type in TEXT_OF_VLM else "")

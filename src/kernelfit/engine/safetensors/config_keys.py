@@ -1,14 +1,16 @@
-"""A hybrid checkpoint's config.json as the GGUF keys llama.cpp's converter writes from it (convert_hf_to_gguf.py
-set_gguf_parameters: conversion/qwen.py Qwen3_5TextModel, conversion/lfm2.py, conversion/granite.py
-GraniteHybridModel), so that recipe_from_gguf fills the recipe from a checkpoint exactly as from its GGUF file: one
-reading of each architecture's facts, not two."""
+"""A checkpoint's config.json as the GGUF keys llama.cpp's converter writes from it (convert_hf_to_gguf.py
+set_gguf_parameters: conversion/qwen.py Qwen3_5TextModel and Qwen2MoeModel, conversion/lfm2.py, conversion/granite.py
+GraniteHybridModel, conversion/gemma.py, conversion/phi.py; the rotary scaling keys of conversion/base.py
+TextModel), so that recipe_from_gguf fills the recipe from a checkpoint exactly as from its GGUF file: one reading of
+each architecture's facts, not two. The architectures are catalog/converted_checkpoints.py's."""
 
 from __future__ import annotations
 
 from ...errors import UsageError
 from ...model.spec import rope_type
 from ...catalog.engine_checkpoints import why_not_engine_checkpoint
-from ...catalog.hybrid_checkpoints import HYBRID_CHECKPOINT_ARCHS, layer_types
+from ...catalog.converted_checkpoints import CONVERTED_CHECKPOINT_ARCHS, sliding_pattern
+from ...catalog.hybrid_checkpoints import layer_types
 
 
 class ConfigHeader:
@@ -19,7 +21,7 @@ class ConfigHeader:
         self.architecture, self.path = architecture, path
         self.metadata = {f"{architecture}.{k}": v for k, v in keys.items()}
         self.tensors = ()
-        self.rope_scaling = None  # hybrids_keys refuses any other
+        self.rope_scaling = None  # (LongRoPE's verdict: refused before, by why_not_engine_checkpoint)
 
     def arch_key(self, key: str, default=None):
         return self.metadata.get(f"{self.architecture}.{key}", default)
@@ -40,7 +42,7 @@ def config_header(cfg: dict, shapes: dict[str, tuple[int, ...]], where: str) -> 
 
 
 def _header(cfg: dict, model_type: str, shapes: dict, where: str) -> ConfigHeader:
-    arch = HYBRID_CHECKPOINT_ARCHS[model_type]
+    arch = CONVERTED_CHECKPOINT_ARCHS[model_type]
     layers = int(cfg["num_hidden_layers"])
     rope = cfg.get("rope_parameters") or {}
     keys = {"context_length": int(cfg.get("max_position_embeddings") or 4096),
@@ -49,8 +51,84 @@ def _header(cfg: dict, model_type: str, shapes: dict, where: str) -> ConfigHeade
             "rope.freq_base": float(rope.get("rope_theta") or cfg.get("rope_theta") or 10000.0),
             "vocab_size": int(cfg["vocab_size"])}
     keys.update({"qwen35": _qwen35, "qwen35moe": _qwen35, "lfm2": _lfm2, "lfm2moe": _lfm2,
-                 "granitehybrid": _granite}[arch](cfg, layers, shapes))
+                 "granitehybrid": _granite, "gemma2": _gemma, "gemma3": _gemma, "phi3": _phi3,
+                 "qwen2moe": _qwen_moe, "qwen3moe": _qwen_moe}[arch](cfg, layers, shapes))
     return ConfigHeader(arch, keys, where)
+
+
+def _rope_scaling(rope: dict) -> dict:
+    """conversion/base.py TextModel: a linear or YaRN scaling's keys (the plan refused the others)."""
+    kind = rope.get("rope_type") or rope.get("type")
+    if kind not in ("linear", "yarn") or rope.get("factor") is None:
+        return {}
+    keys = {"rope.scaling.type": kind, "rope.scaling.factor": float(rope["factor"])}
+    if kind == "yarn":
+        if rope.get("attention_factor") or rope.get("attn_factor") or rope.get("extrapolation_factor"):
+            raise ValueError("'attention_factor' (a YaRN attention or extrapolation factor the engine does not take)")
+        keys["rope.scaling.original_context_length"] = int(rope["original_max_position_embeddings"])
+        keys.update({f"rope.scaling.yarn_{k}": float(rope[k]) for k in ("beta_fast", "beta_slow") if k in rope})
+    return keys
+
+
+def _attention_keys(cfg: dict, head: int) -> dict:
+    return {"attention.head_count_kv": int(cfg.get("num_key_value_heads") or cfg["num_attention_heads"]),
+            "attention.key_length": head, "attention.value_length": head,
+            "attention.layer_norm_rms_epsilon": float(cfg.get("rms_norm_eps", 1e-6)),
+            "feed_forward_length": int(cfg["intermediate_size"])}
+
+
+def _head(cfg: dict) -> int:
+    return int(cfg.get("head_dim") or int(cfg["hidden_size"]) // int(cfg["num_attention_heads"]))
+
+
+def _gemma(cfg: dict, layers: int, shapes: dict) -> dict:
+    """conversion/gemma.py; query_pre_attn_scalar as the scores' scale (llama.cpp derives it from the model's size)."""
+    keys = _attention_keys(cfg, _head(cfg))
+    keys["attention.scale"] = float(cfg.get("query_pre_attn_scalar") or _head(cfg)) ** -0.5
+    gemma3 = cfg["model_type"] == "gemma3_text"
+    if gemma3:
+        rope = cfg.get("rope_parameters") or {}
+        full, local = rope.get("full_attention") or {}, rope.get("sliding_attention") or {}
+        keys["rope.freq_base"] = float(full.get("rope_theta") or cfg.get("rope_theta") or 1_000_000.0)
+        keys["rope.freq_base_swa"] = float(local.get("rope_theta") or cfg.get("rope_local_base_freq") or 10000.0)
+        keys.update(_rope_scaling(full or cfg.get("rope_scaling") or {}))
+    else:
+        keys["attn_logit_softcapping"] = float(cfg.get("attn_logit_softcapping") or 0.0)
+    keys["final_logit_softcapping"] = float(cfg.get("final_logit_softcapping") or 0.0)
+    pattern = sliding_pattern(cfg, _refuse) if gemma3 else 2
+    if pattern and cfg.get("sliding_window"):
+        keys["attention.sliding_window"] = int(cfg["sliding_window"])
+        keys["attention.sliding_window_pattern"] = pattern
+    return keys
+
+
+def _refuse(problem: str) -> None:  # (the reader's layout refused such a checkpoint before: catalog/converted_checkpoints)
+    raise UsageError(f"config.json: {problem}")
+
+
+def _phi3(cfg: dict, layers: int, shapes: dict) -> dict:
+    """conversion/phi.py Phi3MiniModel: the rotary over partial_rotary_factor of a head; a sliding window caps the
+    context at the window (each query then sees every earlier key, as transformers' windowed mask lets it)."""
+    rope = cfg.get("rope_parameters") or {}
+    keys = _attention_keys(cfg, _head(cfg))
+    keys["attention.layer_norm_rms_epsilon"] = float(cfg.get("rms_norm_eps", 1e-5))
+    partial = float(rope.get("partial_rotary_factor") or cfg.get("partial_rotary_factor") or 1.0)
+    keys["rope.dimension_count"] = int(_head(cfg) * partial)
+    keys.update(_rope_scaling(rope or cfg.get("rope_scaling") or {}))
+    if cfg.get("sliding_window"):
+        keys["context_length"] = min(int(cfg.get("max_position_embeddings") or 4096), int(cfg["sliding_window"]))
+    return keys
+
+
+def _qwen_moe(cfg: dict, layers: int, shapes: dict) -> dict:
+    """conversion/qwen.py Qwen2MoeModel: the experts' and the shared expert's sizes."""
+    keys = _attention_keys(cfg, _head(cfg))
+    keys.update(_rope_scaling(cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}))
+    keys.update(_moe(cfg, "num_experts" if cfg.get("num_experts") else "num_local_experts", "num_experts_per_tok",
+                     "moe_intermediate_size"))
+    if cfg.get("shared_expert_intermediate_size"):
+        keys["expert_shared_feed_forward_length"] = int(cfg["shared_expert_intermediate_size"])
+    return keys
 
 
 def _moe(cfg: dict, experts: str, used: str, size: str) -> dict:

@@ -24,8 +24,8 @@ from ..gguf import blocks as gb
 from ..gguf.reader import Conversion, drop_pages
 from ..weights import HugeArena
 from . import packed as pk
-from ...catalog.hybrid_checkpoints import (HYBRID_CHECKPOINT_ARCHS, Fix, Source, layout, text_config,
-                                           text_tensors)
+from ...catalog.checkpoint_layout import Fix, Source, text_config, text_tensors
+from ...catalog.converted_checkpoints import CONVERTED_CHECKPOINT_ARCHS, layout
 
 DTYPES = {"BF16": np.uint16, "F16": np.float16, "F32": np.float32}  # safetensors' names, GGUF's float types too
 
@@ -58,11 +58,11 @@ class SafetensorsTensors:
     def open(cls, directory: str | Path, requant: str | None = None, quant=None,
              config: dict | None = None) -> "SafetensorsTensors":
         """quant: the checkpoint's model.quantization.CheckpointQuant (AWQ / GPTQ: its linears are packed); config:
-        its config.json, whose model_type picks the names' mapping (a hybrid's: catalog/hybrid_checkpoints.py; a
+        its config.json, whose model_type picks the names' mapping (catalog/converted_checkpoints.py's layouts; a
         multimodal config's text model: its tensors as a text checkpoint names them)."""
         directory = Path(directory)
         model_type = text_config(config or {}).get("model_type")
-        if model_type in HYBRID_CHECKPOINT_ARCHS:
+        if model_type in CONVERTED_CHECKPOINT_ARCHS:
             if quant is not None:
                 raise UsageError(f"{directory.name}: a {quant.method} {model_type} checkpoint is not read by the "
                                  "engine (it reads this architecture's bf16/fp16/fp32 weights); --quantization none "
