@@ -67,6 +67,8 @@ BAD_CONFIGS = {
     "bits true": json.dumps(_cfg(quantization_config={"quant_method": "awq", "bits": True})),
     "group_size string": json.dumps(_cfg(quantization_config={"quant_method": "awq", "bits": 4, "group_size": "128"})),
     "fp8 block bad": json.dumps(_cfg(quantization_config={"quant_method": "fp8", "weight_block_size": [0, 128]})),
+    "qwen3_5 without text_config": json.dumps({"model_type": "qwen3_5", "vision_config": {}}),
+    "qwen3_5 text_config not object": json.dumps({"model_type": "qwen3_5", "text_config": [1]}),
     "llava without vision": json.dumps({"model_type": "llava", "text_config": _cfg()}),
     "llava text not object": json.dumps({"model_type": "llava", "text_config": 3, "vision_config": {}}),
     "vision incomplete": json.dumps({"model_type": "llava", "text_config": _cfg(),
