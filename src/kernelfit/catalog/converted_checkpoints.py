@@ -23,6 +23,10 @@ CONVERTED_CHECKPOINT_SOURCES = HYBRID_CHECKPOINT_SOURCES + ("llama-cpp-convert-b
 # .factor, .original_context_length); the hybrids' only the plain one. Gemma 3's per-layer-type rope_parameters are
 # checked by its layout (its global layers may scale linearly)
 BLOCK_ROPE_TYPES = ("default", "linear", "yarn")
+# LongRoPE (Phi-3.5-mini, Phi-4-mini, Phi-3's 128k models; "su" its first name), run as the GGUF path runs it: the
+# short factors within the original context, which becomes the runner's limit (engine/recipe_gguf.py longrope)
+LONGROPE_NAMES = ("longrope", "su")
+ROPE_TYPES_BY_ARCH = {"phi3": BLOCK_ROPE_TYPES + LONGROPE_NAMES}
 # Gemma 2's layers alternate, the first sliding (llama.cpp's llama_model_gemma2 builds no other pattern); Gemma 3's
 # every sliding_window_pattern-th layer attends globally (llama_model_gemma3: load_swa_pattern)
 GEMMA2_PATTERN = 2

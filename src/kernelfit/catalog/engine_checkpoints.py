@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from .checkpoint_layout import LayoutError
 from .converted_checkpoints import (BLOCK_ROPE_TYPES, CONVERTED_CHECKPOINT_ARCHS, CONVERTED_CHECKPOINT_SOURCES,
-                                    layout)
+                                    ROPE_TYPES_BY_ARCH, layout)
 from .hybrid_checkpoints import HYBRID_CHECKPOINT_ARCHS
 
 # model_type -> what its modeling file adds to the llama block (transformers models/<type>/modeling_<type>.py); the
@@ -157,10 +157,11 @@ def why_not_engine_checkpoint(model_type: str, dtype: str | None, rope_type: str
     elif dtype not in ENGINE_CHECKPOINT_DTYPES:
         reasons.append(f"weights in {dtype or 'an unstated dtype'} (the engine reads "
                        f"{', '.join(ENGINE_CHECKPOINT_DTYPES)})")
-    if hybrid and (rope_type or "default") != "default":
-        reasons.append(f"rotary scaling '{rope_type}' on a {model_type} checkpoint is not implemented by the engine")
-    elif model_type in CONVERTED_CHECKPOINT_ARCHS and (rope_type or "default") not in BLOCK_ROPE_TYPES:
-        reasons.append(f"rotary scaling '{rope_type}' on a {model_type} checkpoint is not implemented by the engine")
-    elif (rope_type or "default") not in ENGINE_ROPE_TYPES:
-        reasons.append(f"rotary scaling '{rope_type}' is not implemented by the engine")
+    kind = rope_type or "default"
+    allowed = (("default",) if hybrid else ROPE_TYPES_BY_ARCH.get(model_type, BLOCK_ROPE_TYPES)) \
+        if model_type in CONVERTED_CHECKPOINT_ARCHS else ENGINE_ROPE_TYPES
+    if kind not in allowed:
+        reasons.append(f"rotary scaling '{rope_type}' " + (f"on a {model_type} checkpoint " if model_type in
+                                                           CONVERTED_CHECKPOINT_ARCHS else "")
+                       + "is not implemented by the engine")
     return reasons

@@ -343,7 +343,7 @@ def open_model(path: Path, requant: str | None = None) -> tuple[Recipe, GgufTens
             # converter writes (a multimodal config's text model: catalog/checkpoint_layout.py TEXT_OF_VLM)
             t = SafetensorsTensors.open(path, requant, quant, cfg)
             header = config_header(text_config(cfg), {n: t.shape(n) for n in t.by_name}, path.name)
-            return recipe_from_gguf(header), t, True
+            return recipe_from_gguf(header, header.rope_factors), t, True
         return recipe_from_config(cfg, path.name), SafetensorsTensors.open(path, requant, quant), True  # keeps halves
     header = read_gguf_header(path)  # once: a 262k-token vocabulary takes ~0.4 s to parse
     t = GgufTensors.open(path, header)

@@ -199,6 +199,13 @@ struct Step {
   // Block e of product i's rows (`rows` each, whole tiles) over x: an expert's rows, an MLA head's k_b or v_b rows.
   // The exact dot products up to dot_rows rows (expert_dot_rows), else the bf16 panels; float rows as stored
   Tensor block_product(const Tensor& x, const Weights& w, int64_t i, int64_t e, int64_t rows, int64_t dot_rows) const;
+  // Block e of dot weight i's codes, scales and minimums (`rows` rows each, whole tiles): what block_product and
+  // expert_gate_up multiply
+  struct DotBlock {
+    Tensor a, b, c;
+    int64_t bits;
+  };
+  DotBlock dot_block(const Weights& w, int64_t i, int64_t e, int64_t rows) const;
 
   // The FFN of MoE layer li over h float32 [t, hidden] (its normed input); products idx (gate), idx + 1 (up),
   // idx + 2 (down): softmax over the router's logits, the top_k experts (their weights renormalised where the model

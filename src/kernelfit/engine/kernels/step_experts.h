@@ -4,17 +4,20 @@
 // expert's products over its rows, the shared expert, and a block of a product's rows (an expert's; an MLA head's).
 // Included by step.cpp after Step, so that file stays the layer loop.
 
-inline Tensor Step::block_product(const Tensor& x, const Weights& w, int64_t i, int64_t e, int64_t rows,
-                                  int64_t dot_rows) const {
-  if (w.kinds[i] == 6) return bf16rows::rows_mm(x, w.a[i].narrow(0, e * rows, rows));
+inline Step::DotBlock Step::dot_block(const Weights& w, int64_t i, int64_t e, int64_t rows) const {
   TORCH_CHECK(dot_kind(w.kinds[i]) && rows % dot::TILE == 0, "a block of a product's rows: whole tiles of a dot "
               "weight, or float rows");
   const int64_t tiles = rows / dot::TILE;
-  const Tensor a = w.a[i].narrow(0, e * tiles, tiles), b = w.b[i].narrow(0, e * tiles, tiles);
-  const Tensor c = w.c[i].dim() ? w.c[i].narrow(0, e * tiles, tiles) : w.c[i];
-  const int64_t bits = dot_bits(w.kinds[i]);
-  if (x.size(0) <= dot_rows) return dot::dot_mm(x, a, b, c, bits, rows);
-  return panel::gemm_parts(x.to(at::kBFloat16), {a}, {b}, {c}, {bits}, {rows});
+  return {w.a[i].narrow(0, e * tiles, tiles), w.b[i].narrow(0, e * tiles, tiles),
+          w.c[i].dim() ? w.c[i].narrow(0, e * tiles, tiles) : w.c[i], dot_bits(w.kinds[i])};
+}
+
+inline Tensor Step::block_product(const Tensor& x, const Weights& w, int64_t i, int64_t e, int64_t rows,
+                                  int64_t dot_rows) const {
+  if (w.kinds[i] == 6) return bf16rows::rows_mm(x, w.a[i].narrow(0, e * rows, rows));
+  const DotBlock d = dot_block(w, i, e, rows);
+  if (x.size(0) <= dot_rows) return dot::dot_mm(x, d.a, d.b, d.c, d.bits, rows);
+  return panel::gemm_parts(x.to(at::kBFloat16), {d.a}, {d.b}, {d.c}, {d.bits}, {rows});
 }
 
 // o += w * y over n floats: one compiled body for both of moe()'s orders of work, so that they write the same bits
@@ -155,15 +158,14 @@ inline Tensor Step::expert_gate_up(const Tensor& xe, const Weights& w, int64_t i
   const int64_t rows = expert_ffn;
   if (!dot_kind(w.kinds[idx]) || !dot_kind(w.kinds[idx + 1]))
     return at::cat({block_product(xe, w, idx, e, rows, dot_rows), block_product(xe, w, idx + 1, e, rows, dot_rows)}, 1);
-  TORCH_CHECK(rows % dot::TILE == 0, "an expert's gate and up: whole tiles of a dot weight");
   std::vector<Tensor> a, b, c;
   std::vector<int64_t> bits, n{rows, rows};
-  const int64_t tiles = rows / dot::TILE;
   for (const int64_t i : {idx, idx + 1}) {
-    a.push_back(w.a[i].narrow(0, e * tiles, tiles));
-    b.push_back(w.b[i].narrow(0, e * tiles, tiles));
-    c.push_back(w.c[i].dim() ? w.c[i].narrow(0, e * tiles, tiles) : w.c[i]);
-    bits.push_back(dot_bits(w.kinds[i]));
+    const DotBlock d = dot_block(w, i, e, rows);
+    a.push_back(d.a);
+    b.push_back(d.b);
+    c.push_back(d.c);
+    bits.push_back(d.bits);
   }
   if (xe.size(0) <= dot_rows) return dot::dot_mm_parts(xe, a, b, c, bits, n);
   return panel::gemm_parts(xe.to(at::kBFloat16), a, b, c, bits, n);

@@ -6,10 +6,12 @@ each architecture's facts, not two. The architectures are catalog/converted_chec
 
 from __future__ import annotations
 
+import math
+
 from ...errors import UsageError
 from ...model.spec import rope_type
 from ...catalog.engine_checkpoints import why_not_engine_checkpoint
-from ...catalog.converted_checkpoints import CONVERTED_CHECKPOINT_ARCHS, sliding_pattern
+from ...catalog.converted_checkpoints import CONVERTED_CHECKPOINT_ARCHS, LONGROPE_NAMES, sliding_pattern
 from ...catalog.hybrid_checkpoints import layer_types
 
 
@@ -21,7 +23,8 @@ class ConfigHeader:
         self.architecture, self.path = architecture, path
         self.metadata = {f"{architecture}.{k}": v for k, v in keys.items()}
         self.tensors = ()
-        self.rope_scaling = None  # (LongRoPE's verdict: refused before, by why_not_engine_checkpoint)
+        self.rope_scaling = None  # the header's verdict: "longrope" for a LongRoPE config (Phi-3), else None
+        self.rope_factors = None  # LongRoPE's short factors: the GGUF file's rope_factors_short tensor
 
     def arch_key(self, key: str, default=None):
         return self.metadata.get(f"{self.architecture}.{key}", default)
@@ -44,7 +47,7 @@ def config_header(cfg: dict, shapes: dict[str, tuple[int, ...]], where: str) -> 
 def _header(cfg: dict, model_type: str, shapes: dict, where: str) -> ConfigHeader:
     arch = CONVERTED_CHECKPOINT_ARCHS[model_type]
     layers = int(cfg["num_hidden_layers"])
-    rope = cfg.get("rope_parameters") or {}
+    rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
     keys = {"context_length": int(cfg.get("max_position_embeddings") or 4096),
             "embedding_length": int(cfg["hidden_size"]), "block_count": layers,
             "attention.head_count": int(cfg["num_attention_heads"]),
@@ -53,8 +56,30 @@ def _header(cfg: dict, model_type: str, shapes: dict, where: str) -> ConfigHeade
     keys.update({"qwen35": _qwen35, "qwen35moe": _qwen35, "lfm2": _lfm2, "lfm2moe": _lfm2,
                  "granitehybrid": _granite, "gemma2": _gemma, "gemma3": _gemma, "phi3": _phi3,
                  "qwen2moe": _qwen_moe, "qwen3moe": _qwen_moe}[arch](cfg, layers, shapes))
-    return ConfigHeader(arch, keys, where)
+    longrope = (rope.get("rope_type") or rope.get("type")) in LONGROPE_NAMES  # (the plan lets Phi-3's through only)
+    factors = _longrope(cfg, rope, keys) if longrope else None
+    header = ConfigHeader(arch, keys, where)
+    header.rope_scaling, header.rope_factors = ("longrope" if longrope else None), factors
+    return header
 
+
+def _longrope(cfg: dict, rope: dict, keys: dict):
+    """LongRoPE (Phi-3.5, Phi-4-mini) as transformers' _compute_longrope_parameters runs it within the original
+    context: the short factors, and its attention factor (the stated one, else sqrt(1 + ln f / ln original) with f
+    the stated factor or max_position_embeddings / original) as the file's attn_factor key; past the original context
+    the long factors would apply, which the recipe makes the runner's limit."""
+    import torch
+
+    original = int(rope.get("original_max_position_embeddings") or cfg["original_max_position_embeddings"])
+    factor = float(rope.get("factor") or int(cfg.get("max_position_embeddings") or original) / original)
+    attention = rope.get("attention_factor")
+    keys_attention = float(attention) if attention is not None else (
+        math.sqrt(1 + math.log(factor) / math.log(original)) if factor > 1 else 1.0)
+    short = [float(x) for x in rope["short_factor"]]
+    if len(short) != int(keys.get("rope.dimension_count") or _head(cfg)) // 2:
+        raise ValueError("'short_factor' (one factor per rotated pair of a head)")
+    keys.update({"rope.scaling.original_context_length": original, "rope.scaling.attn_factor": keys_attention})
+    return torch.tensor(short, dtype=torch.float32)
 
 def _rope_scaling(rope: dict) -> dict:
     """conversion/base.py TextModel: a linear or YaRN scaling's keys (the plan refused the others)."""
