@@ -124,6 +124,19 @@ def test_bf16_rows_products_compute_each_row_alone_and_in_float32():
     assert torch.allclose(got.double(), bf, rtol=1e-3, atol=1e-3)
 
 
+def test_bf16_row_parts_in_one_call_equal_each_part_s_own_call():
+    """Q, K and V (gate and up) over one input in one parallel region, threads taking the next block of rows: each
+    output the bits of the part's own call (float16 and bf16 parts mixed, rows not whole blocks), for 1 and 12 rows."""
+    from kernelfit.engine.native import native_module
+
+    ops = native_module()
+    torch.manual_seed(1)
+    ws = [torch.randn(200, 328).to(torch.bfloat16), torch.randn(72, 328).half(), torch.randn(5, 328).to(torch.bfloat16)]
+    for rows in (1, 12):
+        x = torch.randn(rows, 328)
+        assert torch.equal(ops.bf16_rows_mm_parts(x, ws), torch.cat([ops.bf16_rows_mm(x, w) for w in ws], 1))
+
+
 def test_a_batched_step_equals_each_sequence_s_decode_step(tmp_path):
     _checkpoint(tmp_path, "qwen2")
     b = build_lean(tmp_path)

@@ -6,10 +6,12 @@
 // (margin 0.1; transformers' float32 load says "The capital ...", the bf16 output "L'Étoile ...") — and it streamed
 // 12-21 GB/s here where this CPU reads 28-30 GB/s. Here a call of up to DECODE_ROWS rows widens each weight to
 // float32 (exact: bf16 is float32's upper half) and multiplies it with the float32 activation (FMA, 16 lanes a
-// row, lanes summed in a fixed order), each row alone whatever else shares the call — so a batched step equals one
+// row in two chains, summed in a fixed order), each row alone whatever else shares the call — so a batched step equals one
 // decode step a row, bit for bit, as with the dot products. Larger calls (a prompt) take panel_gemm.h's bf16
 // microkernel over panels transposed from the rows (bf16 inputs, float32 sums and output), or oneDNN without it.
 #pragma once
+
+#include <algorithm>
 
 #include "panel_gemm.h"
 
@@ -33,14 +35,37 @@ inline float widen(uint16_t b) {
 
 // y[r, n] for rows r < R of x (float32, K apart) and weight rows [n0, n1); F16: the rows are float16 (a float16
 // checkpoint's weights as stored: vcvtph2ps widens them exactly, as the shift widens bf16)
+// software prefetch: the rows PREFETCH_ROWS ahead of the one multiplied, the first ones all at the start
+constexpr int64_t PREFETCH_ROWS = 6;
+
+inline void prefetch_row(const uint16_t* row, int64_t k) {
+  const char* p = reinterpret_cast<const char*>(row);
+  for (int64_t off = 0; off < 2 * k; off += 64) __builtin_prefetch(p + off, 0, 3);
+}
+
 template <int R, bool F16>
 void dot_rows(const float* x, int64_t k, const uint16_t* w, int64_t n0, int64_t n1, float* y, int64_t ldy) {
+  for (int64_t n = n0; n < std::min(n1, n0 + PREFETCH_ROWS); ++n) prefetch_row(w + n * k, k);
   for (int64_t n = n0; n < n1; ++n) {
     const uint16_t* wr = w + n * k;
+    if (n + PREFETCH_ROWS < n1) prefetch_row(w + (n + PREFETCH_ROWS) * k, k);
     int64_t i = 0;
 #if defined(__AVX512F__)
-    __m512 acc[R];
-    for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
+    // two chains a row (even and odd vectors of 16), added before the lanes: a one-row call is bound by the FMA's
+    // latency with one chain, and then also issues the weights' loads too slowly to stream from DRAM
+    __m512 acc[R], odd[R];
+    for (int r = 0; r < R; ++r) acc[r] = odd[r] = _mm512_setzero_ps();
+    for (; i + 32 <= k; i += 32) {
+      const __m256i h0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr + i));
+      const __m256i h1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr + i + 16));
+      const __m512 w0 = F16 ? _mm512_cvtph_ps(h0) : _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h0), 16));
+      const __m512 w1 = F16 ? _mm512_cvtph_ps(h1) : _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h1), 16));
+#pragma GCC unroll 12
+      for (int r = 0; r < R; ++r) {
+        acc[r] = _mm512_fmadd_ps(_mm512_loadu_ps(x + r * k + i), w0, acc[r]);
+        odd[r] = _mm512_fmadd_ps(_mm512_loadu_ps(x + r * k + i + 16), w1, odd[r]);
+      }
+    }
     for (; i + 16 <= k; i += 16) {
       const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr + i));
       const __m512 wf = F16 ? _mm512_cvtph_ps(h) : _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
@@ -48,7 +73,7 @@ void dot_rows(const float* x, int64_t k, const uint16_t* w, int64_t n0, int64_t 
       for (int r = 0; r < R; ++r) acc[r] = _mm512_fmadd_ps(_mm512_loadu_ps(x + r * k + i), wf, acc[r]);
     }
     float sums[R];
-    for (int r = 0; r < R; ++r) sums[r] = _mm512_reduce_add_ps(acc[r]);
+    for (int r = 0; r < R; ++r) sums[r] = _mm512_reduce_add_ps(_mm512_add_ps(acc[r], odd[r]));
 #elif defined(KF_DOT_AVX2)
     __m256 acc[R];
     for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
@@ -118,6 +143,40 @@ inline void rows_panel(const uint16_t* w, int64_t n, int64_t k, int64_t n0, uint
 }
 #endif
 
+// y float32 [M, sum N] = x @ [W_0; W_1; ...]^T for M <= DECODE_ROWS: several weights over one input (Q, K and V;
+// gate and up) in one parallel region — a small model's products are ~1 MB each, and each region's start and its
+// threads' last wait cost a fixed ~20 us of DRAM streaming (SmolLM2-135M's 7 products a layer streamed 14.5 GB/s one
+// call each, where one 57 MB product streams 22). Each output is dot_rows' as in rows_mm: the same bits.
+inline at::Tensor rows_mm_parts(const at::Tensor& x_in, const std::vector<at::Tensor>& ws) {
+  const int64_t k = ws[0].size(1), m = x_in.numel() / k;
+  TORCH_CHECK(m <= DECODE_ROWS && x_in.size(-1) == k, "bf16 row parts: at most DECODE_ROWS rows of K columns");
+  std::vector<int64_t> first_block{0}, column{0};
+  for (const auto& w : ws) {
+    TORCH_CHECK((w.scalar_type() == at::kHalf || w.scalar_type() == at::kBFloat16) && w.dim() == 2 &&
+                    w.is_contiguous() && w.size(1) == k, "bf16 row parts: bf16 or float16 [N, K] weights");
+    first_block.push_back(first_block.back() + (w.size(0) + ROW_BLOCK - 1) / ROW_BLOCK);
+    column.push_back(column.back() + w.size(0));
+  }
+  const at::Tensor x = x_in.to(at::kFloat).contiguous().view({m, k});
+  at::Tensor y = at::empty({m, column.back()}, x.options());
+  if (m == 0) return y;
+  const float* xp = x.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  const int64_t ldy = column.back();
+  at::parallel_for(0, first_block.back(), 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1;) {  // a thread's blocks, one part at a time
+      const size_t p = std::upper_bound(first_block.begin(), first_block.end(), b) - first_block.begin() - 1;
+      const int64_t end = std::min(b1, first_block[p + 1]), n = ws[p].size(0);
+      const int64_t n0 = (b - first_block[p]) * ROW_BLOCK, n1 = std::min(n, (end - first_block[p]) * ROW_BLOCK);
+      const auto* wp = static_cast<const uint16_t*>(ws[p].data_ptr());
+      if (ws[p].scalar_type() == at::kHalf) dot_block<true>(m, xp, k, wp, n0, n1, yp + column[p], ldy);
+      else dot_block<false>(m, xp, k, wp, n0, n1, yp + column[p], ldy);
+      b = end;
+    }
+  });
+  return y;
+}
+
 // y float32 [M, N] = x @ W^T; x float32 or bf16 [M, K], w bf16 [N, K] contiguous
 inline at::Tensor rows_mm(const at::Tensor& x_in, const at::Tensor& w) {
   const bool f16 = w.scalar_type() == at::kHalf;
@@ -127,18 +186,7 @@ inline at::Tensor rows_mm(const at::Tensor& x_in, const at::Tensor& w) {
   TORCH_CHECK(x_in.size(-1) == k, "bf16 rows: x has ", x_in.size(-1), " columns, W ", k);
   const auto* wp = static_cast<const uint16_t*>(w.data_ptr());
   const int64_t m = x_in.numel() / k;
-  if (m <= DECODE_ROWS) {
-    const at::Tensor x = x_in.to(at::kFloat).contiguous().view({m, k});
-    at::Tensor y = at::empty({m, n}, x.options());
-    if (m == 0) return y;
-    const float* xp = x.data_ptr<float>();
-    float* yp = y.data_ptr<float>();
-    at::parallel_for(0, (n + ROW_BLOCK - 1) / ROW_BLOCK, 1, [&](int64_t b0, int64_t b1) {
-      if (f16) dot_block<true>(m, xp, k, wp, b0 * ROW_BLOCK, std::min(n, b1 * ROW_BLOCK), yp, n);
-      else dot_block<false>(m, xp, k, wp, b0 * ROW_BLOCK, std::min(n, b1 * ROW_BLOCK), yp, n);
-    });
-    return y;
-  }
+  if (m <= DECODE_ROWS) return rows_mm_parts(x_in, {w});
 #if defined(KF_PANEL_GEMM)
   if (panel::available() && k % 2 == 0) {
     const bool tiles = amx::ready() && k % 32 == 0;

@@ -66,9 +66,12 @@ Tensor product(const Tensor& x, const Weights& w, int64_t i) {
   return product(x, w.kinds[i], w.a[i], w.b[i], w.c[i], w.n[i]);
 }
 
-// several products over the same input, side by side (float32 [1, sum N])
+// several products over the same input, side by side (float32 [1, sum N]); bf16 rows in one parallel region
 Tensor products(const Tensor& x, const Weights& w, int64_t first, int64_t count) {
   if (count == 1) return product(x, w, first);
+  bool rows = x.size(0) <= bf16rows::DECODE_ROWS;
+  for (int64_t i = first; i < first + count; ++i) rows = rows && w.kinds[i] == 6;
+  if (rows) return bf16rows::rows_mm_parts(x, std::vector<Tensor>(w.a.begin() + first, w.a.begin() + first + count));
   std::vector<Tensor> parts;
   for (int64_t i = 0; i < count; ++i) parts.push_back(product(x, w, first + i));
   return at::cat(parts, 1);
@@ -699,6 +702,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("dot_dequant", &dot::dot_dequant, "a dot weight's rows as float32 or bf16");
   m.def("dot_dequant_parts", &dot::dot_dequant_parts, "several dot weights unpacked into one bf16 matrix");
   m.def("bf16_rows_mm", &bf16rows::rows_mm, "x @ W^T over bf16 weight rows as stored, float32 out (bf16_rows.h)");
+  m.def("bf16_rows_mm_parts", &bf16rows::rows_mm_parts, "x @ [W_0; W_1; ...]^T for up to 12 rows in one parallel "
+        "region (bf16_rows.h)");
   m.def("fast_dot", &dot::fast_dot, "whether the dot products are vectorised here");
   m.def("gemm_mm", &gemm::gemm_mm, "a prompt's x @ W^T over a weight's file groups, int8 VNNI (gemm_kernels.h)");
   m.def("rms_norm", &rows::rms_norm, "rmsnorm(x) * w over the last dimension (rows_kernels.h)");
