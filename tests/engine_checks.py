@@ -1,5 +1,6 @@
 """Checks every architecture's engine tests share: a batched decode step equals each sequence's own step bit for bit,
-and a server sequence reused for a longer turn resumes from the state its prompt's prefill left."""
+a server sequence reused for a longer turn resumes from the state its prompt's prefill left, and a model's logits
+teacher-forced against a reference's (decode steps after a prompt, and one prompt of all the tokens)."""
 
 from __future__ import annotations
 
@@ -63,3 +64,19 @@ def few_rows_and_chunks_carry_the_state(b, ids: torch.Tensor) -> None:
     for start, end in ((0, 3), (3, 30), (30, 50)):
         last = forward(b, ids[start:end], start, cache=parts, panel_rows=True)
     assert torch.equal(whole, last) and torch.equal(one.state.values, parts.state.values)
+
+
+def agreement(want: torch.Tensor, got: torch.Tensor) -> tuple[float, torch.Tensor]:
+    """Top-1 agreement and the cosine at each position of two [positions, vocab] logit tables."""
+    return (float((want.argmax(-1) == got.argmax(-1)).float().mean()),
+            torch.nn.functional.cosine_similarity(want, got, dim=-1))
+
+
+def steps_and_prompt(b, ids: torch.Tensor, want: torch.Tensor, prompt: int = 100):
+    """The agreement with `want` (the reference's logits over `ids`) of the decode steps after a `prompt`-token
+    prefill (float32 activations), and of one prefill of all of `ids` (the prompt kernels)."""
+    reset_cache(b, len(ids) + 8)
+    forward(b, ids[:prompt], 0)
+    steps = agreement(want[prompt:], torch.cat([forward(b, ids[i:i + 1], i) for i in range(prompt, len(ids))]))
+    reset_cache(b, len(ids) + 8)
+    return steps, agreement(want, forward(b, ids, 0, True))

@@ -15,8 +15,8 @@ import torch
 from gguf_tiny import VOCAB
 from kernelfit import Preferences, load_model_spec, load_profile, plan
 from kernelfit.engine.build import build_lean, forward
-from kernelfit.engine.kv_cache import reset_cache
 from kernelfit.errors import UsageError
+from engine_checks import agreement, steps_and_prompt
 from test_packed_gguf import _tokens
 
 N = 300  # positions compared (>= 256), past the sliding windows (32) of the Gemma models below
@@ -89,11 +89,6 @@ def _saved(path, kind: str):
     return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
 
 
-def _agree(want: torch.Tensor, got: torch.Tensor) -> tuple[float, torch.Tensor]:
-    return (float((want.argmax(-1) == got.argmax(-1)).float().mean()),
-            torch.nn.functional.cosine_similarity(want, got, dim=-1))
-
-
 ARCHS = {"gemma2": "gemma2", "gemma3_text": "gemma3", "phi3": "phi3", "phi3-longrope": "phi3", "qwen3_moe": "qwen3moe",
          "qwen2_moe": "qwen2moe"}
 
@@ -116,15 +111,10 @@ def test_block_checkpoints_agree_with_transformers_on_the_same_weights(tmp_path,
         # them, or without the attention factor, cosine measured 0.927 / 0.997 here)
         assert b.cfg.max_positions == 512
     assert {c.layout for c in b.conversions} == {"bf16"} and all(c.rel_error == 0 for c in b.conversions)
-    reset_cache(b, N + 8)
-    forward(b, ids[:100], 0)
-    steps = torch.cat([forward(b, ids[i:i + 1], i) for i in range(100, N)])
-    top1, cos = _agree(want[100:], steps)
+    (top1, cos), (prompt_top1, prompt_cos) = steps_and_prompt(b, ids, want)
     assert top1 >= 0.99 and float(cos.min()) >= 0.99999, (top1, float(cos.min()))
-    reset_cache(b, N + 8)
-    top1, cos = _agree(want, forward(b, ids, 0, True))
-    assert top1 >= (0.98 if b.cfg.experts else 0.99), top1
-    assert float(cos.mean() if b.cfg.experts else cos.min()) >= 0.999, float(cos.min())
+    assert prompt_top1 >= (0.98 if b.cfg.experts else 0.99), prompt_top1
+    assert float(prompt_cos.mean() if b.cfg.experts else prompt_cos.min()) >= 0.999, float(prompt_cos.min())
 
 
 @pytest.mark.parametrize("kind", ["gemma3_text", "qwen3_moe"])

@@ -19,6 +19,7 @@ from kernelfit.engine.build import build_lean, forward
 from kernelfit.engine.kv_cache import reset_cache
 from kernelfit.engine.weights import dot_available
 from kernelfit.errors import UsageError
+from engine_checks import agreement, steps_and_prompt
 from test_packed_gguf import _tokens
 from test_safetensors_engine import _word_tokenizer
 
@@ -60,11 +61,6 @@ def _saved(path, kind: str):
     return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
 
 
-def _agree(want: torch.Tensor, got: torch.Tensor) -> tuple[float, torch.Tensor]:
-    return (float((want.argmax(-1) == got.argmax(-1)).float().mean()),
-            torch.nn.functional.cosine_similarity(want, got, dim=-1))
-
-
 @pytest.mark.parametrize("kind", list(MODELS))
 def test_hybrid_checkpoints_agree_with_transformers_on_the_same_weights(tmp_path, kind):
     """300 positions teacher-forced: decode steps after a 100-token prompt (the exact float32-activation rows) top-1
@@ -80,14 +76,10 @@ def test_hybrid_checkpoints_agree_with_transformers_on_the_same_weights(tmp_path
     b = build_lean(tmp_path, kv_cache="f32")
     assert b.cfg.arch == ARCHS[kind] and b.cfg.recurrent_layers == 4
     assert {c.layout for c in b.conversions} == {"bf16"} and all(c.rel_error == 0 for c in b.conversions)
-    reset_cache(b, N + 8)
-    forward(b, ids[:100], 0)
-    steps = torch.cat([forward(b, ids[i:i + 1], i) for i in range(100, N)])
-    top1, cos = _agree(want[100:], steps)
+    (top1, cos), (prompt_top1, prompt_cos) = steps_and_prompt(b, ids, want)
     assert top1 >= 0.99 and float(cos.min()) >= 0.999, (top1, float(cos.min()))
-    reset_cache(b, N + 8)
-    top1, cos = _agree(want, forward(b, ids, 0, True))
-    assert top1 >= 0.99 and float(cos.mean() if b.cfg.experts else cos.min()) >= 0.999, (top1, float(cos.min()))
+    assert prompt_top1 >= 0.99 and float(prompt_cos.mean() if b.cfg.experts else prompt_cos.min()) >= 0.999, \
+        (prompt_top1, float(prompt_cos.min()))
 
 
 def test_fused_experts_read_as_the_per_expert_tensors(tmp_path):
@@ -133,7 +125,7 @@ def test_value_heads_are_re_ordered_as_llama_cpp_tiles_them(tmp_path, monkeypatc
     monkeypatch.setitem(hc._ARCH_LAYOUTS, "qwen3_5_text", grouped)
     b = build_lean(tmp_path, kv_cache="f32")
     reset_cache(b, 64)
-    _, cos = _agree(want, forward(b, ids, 0, True))
+    _, cos = agreement(want, forward(b, ids, 0, True))
     assert float(cos.min()) < 0.99
 
 

@@ -81,6 +81,7 @@ def _longrope(cfg: dict, rope: dict, keys: dict):
     keys.update({"rope.scaling.original_context_length": original, "rope.scaling.attn_factor": keys_attention})
     return torch.tensor(short, dtype=torch.float32)
 
+
 def _rope_scaling(rope: dict) -> dict:
     """conversion/base.py TextModel: a linear or YaRN scaling's keys (the plan refused the others)."""
     kind = rope.get("rope_type") or rope.get("type")
