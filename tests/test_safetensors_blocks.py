@@ -49,6 +49,12 @@ def _config(kind: str):
                              "original_max_position_embeddings": 512,
                              "short_factor": [1.0 + 0.05 * i for i in range(24)],
                              "long_factor": [2.0 + 0.5 * i for i in range(24)]}),
+        # every 4th layer without rotary (layer 3)
+        "smollm3": lambda: tf.SmolLM3Config(**{k: v for k, v in SHAPE.items() if k != "head_dim"}, num_hidden_layers=4),
+        # Granite 3's multipliers (its 8B's embedding and logit scales; a residual and attention scale)
+        "granite": lambda: tf.GraniteConfig(**{k: v for k, v in SHAPE.items() if k != "head_dim"}, num_hidden_layers=3,
+                                            embedding_multiplier=12.0, residual_multiplier=0.22, logits_scaling=8.0,
+                                            attention_multiplier=0.03),
         # a dense layer among the MoE ones (mlp_only_layers)
         "qwen3_moe": lambda: tf.Qwen3MoeConfig(**SHAPE, num_hidden_layers=3, moe_intermediate_size=256,
                                                num_experts=4, num_experts_per_tok=2, norm_topk_prob=True,
@@ -90,7 +96,7 @@ def _saved(path, kind: str):
 
 
 ARCHS = {"gemma2": "gemma2", "gemma3_text": "gemma3", "phi3": "phi3", "phi3-longrope": "phi3", "qwen3_moe": "qwen3moe",
-         "qwen2_moe": "qwen2moe"}
+         "qwen2_moe": "qwen2moe", "smollm3": "smollm3", "granite": "granite"}
 
 
 @pytest.mark.parametrize("kind", list(ARCHS))
@@ -178,3 +184,17 @@ def test_gemma3_27b_files_scale_queries_by_hidden_over_heads_as_llama_cpp_does()
     assert recipe_from_gguf(header(48)).query_scale is None  # head_dim^-0.5
     assert recipe_from_gguf(header(48)).local_rotary.base == 10000.0
     assert recipe_from_gguf(header(48, **{"rope.freq_base_swa": 20000.0})).local_rotary.base == 20000.0
+
+
+def test_a_smollm3_whose_rotary_free_layers_are_not_every_4th_is_refused(tmp_path):
+    """llama.cpp's smollm3 build hard-codes every 4th layer without rotary (the recipe too): a config whose
+    no_rope_layers say otherwise would answer differently on the engine, so the plan keeps transformers and the reader
+    refuses it (without its NoPE layers the tiny SmolLM3 above measured cosine 0.986)."""
+    tiny_model("smollm3").to(torch.bfloat16).save_pretrained(tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**cfg, "no_rope_layers": [1, 1, 1, 1]}))
+    p = plan(load_profile("cpu-spr-amx"), load_model_spec(str(tmp_path)), Preferences())
+    assert p.quantization.method != "engine"
+    assert "no_rope_layers are not every 4th" in next(r for r in p.quantization_rejected if r.method == "engine").reason
+    with pytest.raises(UsageError, match="no_rope_layers are not every 4th"):
+        build_lean(tmp_path, kv_cache="f32")

@@ -1,9 +1,11 @@
 """Every transformers checkpoint the engine reads through llama.cpp's converter's layout (catalog/checkpoint_layout.py):
 the hybrids (catalog/hybrid_checkpoints.py) and the transformer blocks the GGUF engine runs beyond the llama rows of
-catalog/engine_checkpoints.py — Gemma 2, Gemma 3 (its text model), Phi-3, Qwen2-MoE and Qwen3-MoE — each as
+catalog/engine_checkpoints.py — Gemma 2, Gemma 3 (its text model), Phi-3, Qwen2-MoE, Qwen3-MoE, SmolLM3 and Granite
+(dense) — each as
 convert_hf_to_gguf.py's modify_tensors treats it (conversion/gemma.py Gemma2Model / Gemma3Model: every RMSNorm stored
 as 1 + w; conversion/phi.py Phi3MiniModel: qkv_proj and gate_up_proj kept fused; conversion/qwen.py Qwen2MoeModel /
-Qwen3MoeModel: the experts stacked into 3-D tensors), read in place. The config.json facts an architecture's llama.cpp
+Qwen3MoeModel: the experts stacked into 3-D tensors; SmolLM3 and Granite: the llama block's tensors, their facts in
+the keys), read in place. The config.json facts an architecture's llama.cpp
 build does not run (Qwen3-MoE without renormalised experts, a sliding-window pattern llama.cpp does not build, ...)
 refuse the checkpoint here, so the plan keeps transformers and says why.
 """
@@ -16,7 +18,7 @@ from .hybrid_checkpoints import HYBRID_CHECKPOINT_ARCHS, HYBRID_CHECKPOINT_SOURC
 
 # config.json model_type -> llama.cpp's architecture (the GGUF files these checkpoints convert to)
 BLOCK_CHECKPOINT_ARCHS = {"gemma2": "gemma2", "gemma3_text": "gemma3", "phi3": "phi3", "qwen2_moe": "qwen2moe",
-                          "qwen3_moe": "qwen3moe"}
+                          "qwen3_moe": "qwen3moe", "smollm3": "smollm3", "granite": "granite"}
 CONVERTED_CHECKPOINT_ARCHS = {**HYBRID_CHECKPOINT_ARCHS, **BLOCK_CHECKPOINT_ARCHS}
 CONVERTED_CHECKPOINT_SOURCES = HYBRID_CHECKPOINT_SOURCES + ("llama-cpp-convert-blocks",)
 # rotary scalings the engine runs for these checkpoints (as the GGUF keys the converter writes: rope.scaling.type,
@@ -151,5 +153,24 @@ def _qwen_moe(cfg: dict, take: Taker) -> None:
             take(b + "ffn_gate_inp_shexp.weight", m + "shared_expert_gate.weight")
 
 
+def _llama_block(cfg: dict, take: Taker) -> None:
+    """SmolLM3 and Granite: the llama block's tensors (an o_proj or MLP bias is not read: refused by name). SmolLM3's
+    layers without rotary must be llama.cpp's every 4th (llama_model_smollm3: n_no_rope_layer_step, hard-coded);
+    transformers' no_rope_layers marks them 0."""
+    if cfg.get("model_type") == "smollm3":
+        nope = cfg.get("no_rope_layers")
+        if nope is not None and [int(x) for x in nope] != [int((i + 1) % 4 != 0) for i in range(len(nope))]:
+            take.refuse("its no_rope_layers are not every 4th layer (the one pattern llama.cpp's smollm3 build runs)")
+        if cfg.get("use_sliding_window"):
+            take.refuse("use_sliding_window on a SmolLM3 model (llama.cpp's build has no window)")
+    take("output_norm.weight", "model.norm.weight")
+    for i in range(int(cfg["num_hidden_layers"])):
+        p, b = f"model.layers.{i}.", f"blk.{i}."
+        take(b + "attn_norm.weight", p + "input_layernorm.weight")
+        take(b + "ffn_norm.weight", p + "post_attention_layernorm.weight")
+        _attention(take, p, b, False)
+        _mlp(take, p, b)
+
+
 _BLOCK_LAYOUTS = {"gemma2": _gemma, "gemma3_text": _gemma, "phi3": _phi3, "qwen2_moe": _qwen_moe,
-                  "qwen3_moe": _qwen_moe}
+                  "qwen3_moe": _qwen_moe, "smollm3": _llama_block, "granite": _llama_block}

@@ -55,7 +55,8 @@ def _header(cfg: dict, model_type: str, shapes: dict, where: str) -> ConfigHeade
             "vocab_size": int(cfg["vocab_size"])}
     keys.update({"qwen35": _qwen35, "qwen35moe": _qwen35, "lfm2": _lfm2, "lfm2moe": _lfm2,
                  "granitehybrid": _granite, "gemma2": _gemma, "gemma3": _gemma, "phi3": _phi3,
-                 "qwen2moe": _qwen_moe, "qwen3moe": _qwen_moe}[arch](cfg, layers, shapes))
+                 "qwen2moe": _qwen_moe, "qwen3moe": _qwen_moe, "smollm3": _llama_keys,
+                 "granite": _llama_keys}[arch](cfg, layers, shapes))
     longrope = (rope.get("rope_type") or rope.get("type")) in LONGROPE_NAMES  # (the plan lets Phi-3's through only)
     factors = _longrope(cfg, rope, keys) if longrope else None
     header = ConfigHeader(arch, keys, where)
@@ -218,4 +219,17 @@ def _granite(cfg: dict, layers: int, shapes: dict) -> dict:
     if cfg.get("num_local_experts"):
         keys.update(_moe(cfg, "num_local_experts", "num_experts_per_tok", "intermediate_size"))
         keys["expert_shared_feed_forward_length"] = int(cfg["shared_intermediate_size"])
+    return keys
+
+
+def _llama_keys(cfg: dict, layers: int, shapes: dict) -> dict:
+    """SmolLM3 (its NoPE layers: the recipe's every 4th, checked by the layout) and Granite (its four multipliers, as
+    conversion/granite.py GraniteModel writes them)."""
+    keys = _attention_keys(cfg, _head(cfg))
+    keys.update(_rope_scaling(cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}))
+    if cfg["model_type"] == "granite":
+        keys.update({"embedding_scale": float(cfg.get("embedding_multiplier") or 1.0),
+                     "residual_scale": float(cfg.get("residual_multiplier") or 1.0),
+                     "logit_scale": float(cfg.get("logits_scaling") or 1.0),
+                     "attention.scale": float(cfg.get("attention_multiplier") or 0.0) or None})
     return keys
