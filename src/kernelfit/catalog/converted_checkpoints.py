@@ -74,6 +74,15 @@ def _attention(take: Taker, p: str, b: str, norms: bool, fix: Fix | None = None)
         take(b + "attn_k_norm.weight", a + "k_norm.weight", fix=fix)
 
 
+def _llama_layer(take: Taker, i: int, qk_norms: bool) -> tuple[str, str]:
+    """Layer i's two pre-norms and attention as the llama block names them; its prefixes (transformers', llama.cpp's)."""
+    p, b = f"model.layers.{i}.", f"blk.{i}."
+    take(b + "attn_norm.weight", p + "input_layernorm.weight")
+    take(b + "ffn_norm.weight", p + "post_attention_layernorm.weight")
+    _attention(take, p, b, qk_norms)
+    return p, b
+
+
 def _mlp(take: Taker, p: str, b: str) -> None:
     for x in ("gate", "up", "down"):
         take(b + f"ffn_{x}.weight", p + f"mlp.{x}_proj.weight")
@@ -136,10 +145,7 @@ def _qwen_moe(cfg: dict, take: Taker) -> None:
     experts = int(cfg.get("num_experts") or cfg["num_local_experts"])
     take("output_norm.weight", "model.norm.weight")
     for i in range(int(cfg["num_hidden_layers"])):
-        p, b = f"model.layers.{i}.", f"blk.{i}."
-        take(b + "attn_norm.weight", p + "input_layernorm.weight")
-        take(b + "ffn_norm.weight", p + "post_attention_layernorm.weight")
-        _attention(take, p, b, qwen3)
+        p, b = _llama_layer(take, i, qwen3)
         m = p + "mlp."
         if not take.has(m + "gate.weight"):
             _mlp(take, p, b)
@@ -165,11 +171,7 @@ def _llama_block(cfg: dict, take: Taker) -> None:
             take.refuse("use_sliding_window on a SmolLM3 model (llama.cpp's build has no window)")
     take("output_norm.weight", "model.norm.weight")
     for i in range(int(cfg["num_hidden_layers"])):
-        p, b = f"model.layers.{i}.", f"blk.{i}."
-        take(b + "attn_norm.weight", p + "input_layernorm.weight")
-        take(b + "ffn_norm.weight", p + "post_attention_layernorm.weight")
-        _attention(take, p, b, False)
-        _mlp(take, p, b)
+        _mlp(take, *_llama_layer(take, i, False))
 
 
 _BLOCK_LAYOUTS = {"gemma2": _gemma, "gemma3_text": _gemma, "phi3": _phi3, "qwen2_moe": _qwen_moe,
