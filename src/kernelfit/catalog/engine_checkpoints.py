@@ -148,8 +148,8 @@ def why_not_engine_checkpoint(model_type: str, dtype: str | None, rope_type: str
     if model_type not in ENGINE_CONFIG_ARCHS:
         reasons.append(f"model type '{model_type}' is not one the engine reads from config.json "
                        f"({', '.join(ENGINE_CONFIG_ARCHS)})")
-    hybrid = model_type in HYBRID_CHECKPOINT_ARCHS
-    if quant is not None and model_type in CONVERTED_CHECKPOINT_ARCHS:
+    hybrid, converted = model_type in HYBRID_CHECKPOINT_ARCHS, model_type in CONVERTED_CHECKPOINT_ARCHS
+    if quant is not None and converted:
         reasons.append(f"a {quant.method} {model_type} checkpoint (the engine reads this architecture's bf16, fp16 "
                        "and fp32 weights)")
     elif quant is not None:
@@ -157,11 +157,11 @@ def why_not_engine_checkpoint(model_type: str, dtype: str | None, rope_type: str
     elif dtype not in ENGINE_CHECKPOINT_DTYPES:
         reasons.append(f"weights in {dtype or 'an unstated dtype'} (the engine reads "
                        f"{', '.join(ENGINE_CHECKPOINT_DTYPES)})")
-    kind = rope_type or "default"
-    allowed = (("default",) if hybrid else ROPE_TYPES_BY_ARCH.get(model_type, BLOCK_ROPE_TYPES)) \
-        if model_type in CONVERTED_CHECKPOINT_ARCHS else ENGINE_ROPE_TYPES
-    if kind not in allowed:
-        reasons.append(f"rotary scaling '{rope_type}' " + (f"on a {model_type} checkpoint " if model_type in
-                                                           CONVERTED_CHECKPOINT_ARCHS else "")
-                       + "is not implemented by the engine")
+    if not converted:
+        allowed = ENGINE_ROPE_TYPES
+    else:  # the hybrids: the plain rotary only
+        allowed = ("default",) if hybrid else ROPE_TYPES_BY_ARCH.get(model_type, BLOCK_ROPE_TYPES)
+    if (rope_type or "default") not in allowed:
+        where = f"on a {model_type} checkpoint " if converted else ""
+        reasons.append(f"rotary scaling '{rope_type}' {where}is not implemented by the engine")
     return reasons

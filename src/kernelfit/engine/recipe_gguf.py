@@ -14,8 +14,7 @@ import torch
 from ..catalog.packed_kernels import LEAN_GGUF_ARCHS, LEAN_ROPE_SCALINGS
 from ..errors import UsageError
 from ..model.spec import hybrid_layers, qwen35_delta_sizes
-from .recipe import (DEEPSEEK2, GEMMA2_27B_LAYERS, GEMMA2_SLIDING_PATTERN, GEMMA3_27B_LAYERS,
-                     GEMMA3_LOCAL_ROPE_THETA,
+from .recipe import (DEEPSEEK2, GEMMA2_27B_LAYERS, GEMMA2_SLIDING_PATTERN, GEMMA3_27B_LAYERS, GEMMA3_LOCAL_ROPE_THETA,
                      GEMMA3_SLIDING_PATTERN, GLM4_MOE, GPT_OSS, GPT_OSS_SLIDING_PATTERN, GPT_OSS_SWIGLU, GRANITE_HYBRID,
                      LFM2, MISTRAL3, MOE_ARCHS, QWEN35, SMOLLM3_NO_ROTARY_STEP, YARN_BETA_FAST, YARN_BETA_SLOW, Latent,
                      LayerKind, Recipe, RouterKind, Rotary, RotaryKind)

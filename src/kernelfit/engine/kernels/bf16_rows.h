@@ -6,8 +6,8 @@
 // (margin 0.1; transformers' float32 load says "The capital ...", the bf16 output "L'Étoile ...") — and it streamed
 // 12-21 GB/s here where this CPU reads 28-30 GB/s. Here a call of up to DECODE_ROWS rows widens each weight to
 // float32 (exact: bf16 is float32's upper half) and multiplies it with the float32 activation (FMA, 16 lanes a
-// row in two chains, summed in a fixed order), each row alone whatever else shares the call — so a batched step equals one
-// decode step a row, bit for bit, as with the dot products. Larger calls (a prompt) take panel_gemm.h's bf16
+// row in two chains, summed in a fixed order), each row alone whatever else shares the call — so a batched step
+// equals one decode step a row, bit for bit, as with the dot products. Larger calls (a prompt) take panel_gemm.h's bf16
 // microkernel over panels transposed from the rows (bf16 inputs, float32 sums and output), or oneDNN without it.
 #pragma once
 
@@ -33,8 +33,6 @@ inline float widen(uint16_t b) {
   return f;
 }
 
-// y[r, n] for rows r < R of x (float32, K apart) and weight rows [n0, n1); F16: the rows are float16 (a float16
-// checkpoint's weights as stored: vcvtph2ps widens them exactly, as the shift widens bf16)
 // software prefetch: the rows PREFETCH_ROWS ahead of the one multiplied, the first ones all at the start
 constexpr int64_t PREFETCH_ROWS = 6;
 
@@ -43,6 +41,17 @@ inline void prefetch_row(const uint16_t* row, int64_t k) {
   for (int64_t off = 0; off < 2 * k; off += 64) __builtin_prefetch(p + off, 0, 3);
 }
 
+#if defined(__AVX512F__)
+// 16 weights as stored, widened to float32 exactly (float16: vcvtph2ps; bf16: the upper half of a float32)
+template <bool F16>
+inline __m512 widen16(const uint16_t* w) {
+  const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w));
+  return F16 ? _mm512_cvtph_ps(h) : _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+#endif
+
+// y[r, n] for rows r < R of x (float32, K apart) and weight rows [n0, n1); F16: the rows are float16 (a float16
+// checkpoint's weights as stored: vcvtph2ps widens them exactly, as the shift widens bf16)
 template <int R, bool F16>
 void dot_rows(const float* x, int64_t k, const uint16_t* w, int64_t n0, int64_t n1, float* y, int64_t ldy) {
   for (int64_t n = n0; n < std::min(n1, n0 + PREFETCH_ROWS); ++n) prefetch_row(w + n * k, k);
@@ -56,10 +65,7 @@ void dot_rows(const float* x, int64_t k, const uint16_t* w, int64_t n0, int64_t 
     __m512 acc[R], odd[R];
     for (int r = 0; r < R; ++r) acc[r] = odd[r] = _mm512_setzero_ps();
     for (; i + 32 <= k; i += 32) {
-      const __m256i h0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr + i));
-      const __m256i h1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr + i + 16));
-      const __m512 w0 = F16 ? _mm512_cvtph_ps(h0) : _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h0), 16));
-      const __m512 w1 = F16 ? _mm512_cvtph_ps(h1) : _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h1), 16));
+      const __m512 w0 = widen16<F16>(wr + i), w1 = widen16<F16>(wr + i + 16);
 #pragma GCC unroll 12
       for (int r = 0; r < R; ++r) {
         acc[r] = _mm512_fmadd_ps(_mm512_loadu_ps(x + r * k + i), w0, acc[r]);
@@ -67,8 +73,7 @@ void dot_rows(const float* x, int64_t k, const uint16_t* w, int64_t n0, int64_t 
       }
     }
     for (; i + 16 <= k; i += 16) {
-      const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr + i));
-      const __m512 wf = F16 ? _mm512_cvtph_ps(h) : _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+      const __m512 wf = widen16<F16>(wr + i);
 #pragma GCC unroll 12
       for (int r = 0; r < R; ++r) acc[r] = _mm512_fmadd_ps(_mm512_loadu_ps(x + r * k + i), wf, acc[r]);
     }
