@@ -67,6 +67,11 @@ BAD_CONFIGS = {
     "bits true": json.dumps(_cfg(quantization_config={"quant_method": "awq", "bits": True})),
     "group_size string": json.dumps(_cfg(quantization_config={"quant_method": "awq", "bits": 4, "group_size": "128"})),
     "fp8 block bad": json.dumps(_cfg(quantization_config={"quant_method": "fp8", "weight_block_size": [0, 128]})),
+    "compressed-tensors without config_groups": json.dumps(_cfg(quantization_config={
+        "quant_method": "compressed-tensors", "format": "pack-quantized"})),
+    "compressed-tensors block_structure bad": json.dumps(_cfg(quantization_config={
+        "quant_method": "compressed-tensors", "config_groups": {"g": {"targets": ["Linear"], "weights": {
+            "num_bits": 8, "type": "float", "strategy": "block", "block_structure": [128]}}}})),
     "qwen3_5 without text_config": json.dumps({"model_type": "qwen3_5", "vision_config": {}}),
     "qwen3_5 text_config not object": json.dumps({"model_type": "qwen3_5", "text_config": [1]}),
     "llava without vision": json.dumps({"model_type": "llava", "text_config": _cfg()}),
@@ -549,6 +554,20 @@ def test_run_a_packed_checkpoint_the_engine_cannot_read(name, change, desc_act, 
                                                          capsys):
     d = _packed_folder(tmp_path / "ck", change, desc_act)
     _one_case(lambda m: ["run", str(d), "--prompt", "w5 w6"], expect, tmp_path, monkeypatch, capsys)
+
+
+def test_run_a_compressed_tensors_checkpoint_whose_linear_lacks_its_scale(tmp_path, monkeypatch, capsys):
+    from safetensors.torch import load_file, save_file
+    from test_compressed_checkpoints_engine import _ct_checkpoint
+    from test_safetensors_engine import _word_tokenizer
+
+    d = tmp_path / "ck"
+    _ct_checkpoint(d)
+    _word_tokenizer(d)
+    tensors = load_file(d / "model.safetensors")
+    tensors.pop("model.layers.1.self_attn.k_proj.weight_scale")
+    save_file(tensors, d / "model.safetensors", metadata={"format": "pt"})
+    _one_case(lambda m: ["run", str(d), "--prompt", "w5 w6"], "has no weight_scale", tmp_path, monkeypatch, capsys)
 
 
 def _edited_file(module, path: Path, arch: str, extra: dict | None = None, replace: dict | None = None,

@@ -12,6 +12,7 @@ from .checkpoint_layout import LayoutError
 from .converted_checkpoints import (BLOCK_ROPE_TYPES, CONVERTED_CHECKPOINT_ARCHS, CONVERTED_CHECKPOINT_SOURCES,
                                     ROPE_TYPES_BY_ARCH, layout)
 from .hybrid_checkpoints import HYBRID_CHECKPOINT_ARCHS
+from ..model.quantization import CT_FORMATS, CT_MIXED
 
 # model_type -> what its modeling file adds to the llama block (transformers models/<type>/modeling_<type>.py); the
 # others' (the hybrids, Gemma 2/3, Phi-3, Qwen2/3-MoE) tensors and keys are catalog/converted_checkpoints.py's
@@ -26,15 +27,33 @@ ENGINE_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
 # safetensors SmolLM2 (benchmarks/checkpoints.py writes it) against its own bf16 weights on the engine
 ENGINE_Q8_0_LOSS = ("SmolLM2-135M, 300 positions of prose teacher-forced against its bf16 weights: top-1 97.3% "
                     "(prompt) / 97.7% (decode steps), logit cosine mean 0.9997; 0.55% relative weight error")
-# pre-quantized checkpoints whose packed weights the engine runs as stored (engine/safetensors/packed.py): the codes,
+# pre-quantized checkpoints whose integer codes the engine runs as stored (engine/safetensors/packed.py): the codes,
 # scales and zeros become the dot products' groups of 32 — AWQ's GEMM packing (4-bit, a zero per group), GPTQ 4/8-bit
-# (v1 zeros stored minus one, v2 as they are) with its groups in input order; a group size splits into 32s
-ENGINE_PACKED_METHODS = ("awq", "gptq")
-ENGINE_PACKED_BITS = {"awq": (4,), "gptq": (4, 8)}
-ENGINE_PACKED_FORMATS = {"awq": ("gemm",), "gptq": ("gptq", "gptq_v2")}
+# (v1 zeros stored minus one, v2 as they are) with its groups in input order, compressed-tensors' int weights (4/8-bit
+# codes packed in int32 words or one an int8; a scale per group, channel or tensor; zero points where asymmetric);
+# a group size splits into 32s
+ENGINE_PACKED_METHODS = ("awq", "gptq", "compressed-tensors")
+ENGINE_PACKED_BITS = {"awq": (4,), "gptq": (4, 8), "compressed-tensors": (4, 8)}
+ENGINE_PACKED_FORMATS = {"awq": ("gemm",), "gptq": ("gptq", "gptq_v2"), "compressed-tensors": CT_FORMATS}
+CT_INT_STRATEGIES = ("group", "channel", "tensor")  # a scale per group of columns, per row, per matrix
+# every linear of these is packed: a dense projection in such a checkpoint is damage (a compressed-tensors
+# checkpoint keeps its config's `ignore` modules dense)
+ALL_PACKED_METHODS = ("awq", "gptq")
+# fp8 weights (transformers' block fp8 "quant_method": "fp8", compressed-tensors' float-quantized): each value times
+# its scale, rounded to bf16 once at load (engine/safetensors/widened.py) — what transformers does where no fp8
+# kernel runs (its FP8 quantizer: "We will default to dequantizing the model to bf16")
+ENGINE_FP8_NOTE = ("its fp8 weights are widened to bf16 at load (each value times its block's scale, rounded "
+                   "once: 2 bytes a weight, no CPU runs fp8 products) and run as bf16 rows")
 PACKED_SUFFIXES = ("qweight", "qzeros", "scales", "g_idx")  # one packed linear's tensors (AutoAWQ / AutoGPTQ names)
+# compressed-tensors' (compressors/pack_quantized): codes, scales, zero points, the dense shape, the act-order map
+CT_PACKED_SUFFIXES = ("weight_packed", "weight_scale", "weight_zero_point", "weight_shape", "weight_g_idx")
+# beside a quantized linear's .weight of int8 / fp8 values: its scales (compressed-tensors' weight_scale, transformers'
+# block fp8 weight_scale_inv), zero points, and the input scales of static activation quantization
+SCALED_SUFFIXES = ("weight_scale", "weight_scale_inv", "weight_zero_point", "weight_g_idx", "input_scale",
+                   "input_zero_point")
+CODE_LEAVES = ("qweight", "weight_packed")  # the tensor that holds a packed linear's codes
 ENGINE_CHECKPOINT_SOURCES = ("transformers-modeling-llama", "llama-cpp-tensor-mapping", "transformers-rope-utils",
-                             "gptqmodel-packing") + CONVERTED_CHECKPOINT_SOURCES
+                             "gptqmodel-packing", "compressed-tensors-formats") + CONVERTED_CHECKPOINT_SOURCES
 
 # transformers' tensor names -> llama.cpp's (gguf-py tensor_mapping.py), the names the engine's builder reads
 GLOBAL_NAMES = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
@@ -77,16 +96,17 @@ def packed_bytes_per_weight(bits: int, symmetric: bool, group: int | None) -> fl
 
 
 def dense_names(names: set[str]) -> set[str]:
-    """The names with each packed linear (prefix.qweight, .qzeros, .scales, .g_idx) as the dense prefix.weight it
-    stands for."""
-    packed = {n[:-len(".qweight")] for n in names if n.endswith(".qweight")}
+    """The names with each quantized linear as the dense prefix.weight it stands for: its codes (qweight,
+    weight_packed) under that name, its scales, zeros and act-order map (PACKED_SUFFIXES, CT_PACKED_SUFFIXES,
+    SCALED_SUFFIXES) dropped."""
+    linears = {n.rpartition(".")[0] for n in names if n.rpartition(".")[2] in CODE_LEAVES + ("weight",)}
     out = set()
     for n in names:
         prefix, _, leaf = n.rpartition(".")
-        if prefix not in packed or leaf not in PACKED_SUFFIXES:
-            out.add(n)
-        elif leaf == "qweight":
+        if leaf in CODE_LEAVES:
             out.add(prefix + ".weight")
+        elif prefix not in linears or leaf not in PACKED_SUFFIXES + CT_PACKED_SUFFIXES + SCALED_SUFFIXES:
+            out.add(n)
     return out
 
 
@@ -119,12 +139,25 @@ def tensor_problem(names: set[str], model_type: str, layers: int, tied: bool, pa
 
 
 def why_not_engine_quant(q) -> list[str]:
-    """Why the engine cannot run a pre-quantized checkpoint's packed weights as stored (empty: it can); `q`: the
-    checkpoint's model.quantization.CheckpointQuant (method, bits, group_size, format, raw)."""
+    """Why the engine cannot run a pre-quantized checkpoint's weights (empty: it can); `q`: the checkpoint's
+    model.quantization.CheckpointQuant (method, bits, group_size, format, ...). fp8 weights are widened to bf16."""
+    if q.method == "fp8":
+        return []
     if q.method not in ENGINE_PACKED_METHODS:
         return [f"its {q.method} weights have no engine reader yet (the engine runs "
-                f"{' and '.join(m.upper() for m in ENGINE_PACKED_METHODS)} checkpoints as stored)"]
+                f"{', '.join(m.upper() for m in ENGINE_PACKED_METHODS)} and fp8 checkpoints)"]
     name, reasons = q.method.upper(), []
+    if q.method == "compressed-tensors":
+        name = "compressed-tensors"
+        if q.format == CT_MIXED:
+            return ["a compressed-tensors checkpoint whose config groups differ in weight scheme or format (the "
+                    "engine reads one scheme a checkpoint)"]
+        if q.float_values:
+            return [] if q.bits == 8 and q.format in CT_FORMATS else \
+                [f"{q.bits}-bit float compressed-tensors '{q.format}' weights (the engine widens 8-bit fp8 ones)"]
+        if q.strategy not in CT_INT_STRATEGIES:
+            reasons.append(f"compressed-tensors int weights with a scale per {q.strategy} (the engine reads a scale "
+                           f"per {', '.join(CT_INT_STRATEGIES)})")
     if q.bits not in ENGINE_PACKED_BITS[q.method]:
         reasons.append(f"{q.bits}-bit {name} (the engine runs {', '.join(map(str, ENGINE_PACKED_BITS[q.method]))}-bit)")
     if q.format not in ENGINE_PACKED_FORMATS[q.method]:
@@ -133,9 +166,9 @@ def why_not_engine_quant(q) -> list[str]:
         reasons.append(f"{name} groups of {q.group_size} weights (the engine's dot products take multiples of 32)")
     if q.method == "awq" and q.raw.get("zero_point") is False:
         reasons.append("AWQ without zero points (the engine reads zero_point=True checkpoints)")
-    if q.method == "gptq" and q.raw.get("desc_act"):
-        reasons.append("GPTQ desc_act=True: g_idx puts the input columns' groups out of order (the engine reads "
-                       "groups in input order)")
+    if q.act_order:
+        reasons.append(f"{name} act-order (desc_act / actorder 'group'): g_idx puts the input columns' groups out of "
+                       "order (the engine reads groups in input order)")
     return reasons
 
 

@@ -86,6 +86,12 @@ PREQUANTIZED: tuple[QuantBackend, ...] = (
     QuantBackend("fp8", "finegrained_fp8", frozenset({"cuda", "xpu"}), frozenset({8}), 100, SM89_FP8, None, None,
                  False, HALF, None, "kernels", ("vllm-fp8", "hf-fp8-quantizer"),
                  "FP8Linear with kernels-community/finegrained-fp8 (fetched from the hub on first use)"),
+    # compressed-tensors checkpoints (llm-compressor's W4A16, W8A8, FP8): transformers' CompressedTensorsHfQuantizer
+    # installs the library's CompressedLinear, which decompresses each weight in plain torch on any device
+    QuantBackend("compressed-tensors", "compressed_tensors", frozenset({"cuda", "rocm", "cpu", "mps", "xpu"}),
+                 frozenset({4, 8}), 10, dtypes=ANY_DTYPE, package="compressed-tensors",
+                 sources=("compressed-tensors-formats", "hf-compressed-tensors-quantizer"),
+                 note="CompressedLinear: each weight decompressed in plain torch (no fused kernel)"),
 )
 
 # On-the-fly quantizers for unquantized checkpoints that do not fit (transformers
@@ -131,6 +137,9 @@ def effective_bits(method: str, bits: int, group_size: int | None) -> float:
         return bits + (32 / 128 if bits == 4 else 16 / 4096)  # int4: scale+shift per group of 128
     if method == "fp8":
         return bits + 32 / (group_size or 128 * 128)  # one fp32 scale per weight block
+    if method == "compressed-tensors":
+        g = group_size if group_size and group_size > 0 else 4096  # per channel / tensor: one scale per row or less
+        return bits + 16 / g
     if method == "packed":
         from .packed_kernels import packed_dense_bits
 

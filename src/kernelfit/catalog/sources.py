@@ -227,6 +227,15 @@ SOURCES: dict[str, Source] = {s.id: s for s in (
            "AWQ gemm: qweight [in, out/8] and qzeros [in/g, out/8], 8 nibbles a word in AWQ_ORDER 0 2 4 6 1 3 5 7, "
            "w = (q - z) * s; GPTQ: qweight [in*bits/32, out] packed along the input, qzeros along the output, stored "
            "minus one in the v1 format, g_idx [in] a column's group"),
+    Source("compressed-tensors-formats", "compressed-tensors' quantized checkpoint formats (llm-compressor's output)",
+           "neuralmagic/compressed-tensors@52792be:src/compressed_tensors/compressors/quantized_compressors/"
+           "pack_quantized.py ; .../naive_quantized.py ; src/compressed_tensors/quantization/quant_args.py ; "
+           "src/compressed_tensors/quantization/lifecycle/forward.py",
+           "pack-quantized: weight_packed int32 [out, in*bits/32], codes q + 2^(bits-1) packed along the input, low "
+           "bits first; weight_scale [out, in/g] (group), [out, 1] (channel), [1] (tensor); weight_zero_point packed "
+           "along the output (packed_dim=0) and saved only when asymmetric; weight_g_idx for actorder 'group'; "
+           "naive/int/float-quantized: weight as int8 or float8_e4m3fn values; W = (q - zp) * scale; a scheme's "
+           "format per config group, 'mixed-precision' when they differ"),
     Source("gptqmodel-kernels", "gptqmodel quantized-linear kernel declarations",
            "ModelCloud/GPTQModel@f4c327a:gptqmodel/nn_modules/qlinear/*.py",
            "SUPPORTS_DEVICES/_BITS/_GROUP_SIZE/_SYM/_DTYPES per kernel; SUPPORTS_FORMATS priorities: machete 100, "
@@ -250,6 +259,11 @@ SOURCES: dict[str, Source] = {s.id: s for s in (
            "https://github.com/huggingface/transformers/blob/main/src/transformers/quantizers/quantizer_finegrained_fp8.py",
            "'FP8 quantized models is only supported on GPUs with compute capability >= 8.9 (e.g 4090/H100) ... "
            "We will default to dequantizing the model to bf16'; the matmul comes from kernels-community/finegrained-fp8"),
+    Source("hf-compressed-tensors-quantizer", "transformers' compressed-tensors quantizer",
+           "https://github.com/huggingface/transformers/blob/main/src/transformers/quantizers/"
+           "quantizer_compressed_tensors.py",
+           "requires the compressed-tensors package; run_compressed installs its CompressedLinear, which "
+           "decompresses the weight in plain torch (compressed_tensors/linear/compressed_linear.py)"),
     Source("bnb-int8-speed", "bitsandbytes maintainers on LLM.int8() inference speed",
            "https://github.com/bitsandbytes-foundation/bitsandbytes/issues/490 ; https://github.com/bigscience-workshop/petals/pull/340",
            "'4-bit is faster now ... no plan to improve 8-bit inference performance' (T. Dettmers); "

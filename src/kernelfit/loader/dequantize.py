@@ -13,7 +13,10 @@ scales [in/group, out]. GPTQ stores qweight [in*bits/32, out] packed along the i
 qzeros [groups, out*bits/32] along the output axis, scales [groups, out] and g_idx [in]; the
 original ("gptq", v1) format saves zero - 1, "gptq_v2" saves the zero itself. fp8 ("quant_method":
 "fp8") stores float8_e4m3fn weights with one fp32 `weight_scale_inv` per weight_block_size block;
-they are unpacked to bf16.
+they are unpacked to bf16. compressed-tensors (compressed_tensors/compressors/pack_quantized and naive_quantized)
+stores weight_packed [out, in*bits/32] int32 (codes + 2^(bits-1), packed along the input, low bits first), or the
+codes as an int8 / float8 weight, with weight_scale per group [out, in/g], channel [out, 1], tensor [1] or block,
+weight_zero_point (asymmetric: packed along the output, or int8) and weight_g_idx (actorder); W = (q - zp) * scale.
 """
 
 from __future__ import annotations
@@ -87,6 +90,64 @@ def fp8_block_weight(weight: torch.Tensor, scale_inv: torch.Tensor, block: tuple
     return (weight.float() * s).to(dtype)
 
 
+def _broadcast(scale: torch.Tensor, shape: tuple[int, int], block: tuple[int, int] | None,
+               g_idx: torch.Tensor | None = None) -> torch.Tensor:
+    """A compressed-tensors scale (or zero point) [rows', cols'] spread over a [out, in] weight: per tensor, channel,
+    group (by g_idx where given) or block."""
+    out_f, in_f = shape
+    s = scale.reshape(1, 1) if scale.numel() == 1 else scale.reshape(scale.shape[0], -1)
+    if g_idx is not None:
+        return s[:, g_idx.long()].expand(out_f, in_f)
+    rows = block[0] if block else -(-out_f // s.shape[0])
+    cols = block[1] if block else -(-in_f // s.shape[1])
+    return s.repeat_interleave(rows, 0).repeat_interleave(cols, 1)[:out_f, :in_f]
+
+
+def compressed_tensors_weight(t: dict, q: CheckpointQuant) -> torch.Tensor:
+    """Dense [out, in] weight of one compressed-tensors linear from its tensors `t` (weight_packed or weight,
+    weight_scale, and where saved weight_zero_point, weight_shape, weight_g_idx), in the scale's dtype."""
+    scale = t["weight_scale"]
+    block = q.block if q.strategy == "block" else None
+    if q.float_values:
+        w = t["weight"].float()
+        return (w * _broadcast(scale.float(), tuple(w.shape), block)).to(scale.dtype)
+    offset = 1 << (q.bits - 1)
+    if t.get("weight_packed") is not None:
+        codes = _codes(t["weight_packed"], q.bits, dim=1)
+        shape = tuple(int(v) for v in t["weight_shape"]) if t.get("weight_shape") is not None else tuple(codes.shape)
+        w = codes[:shape[0], :shape[1]] - offset
+    else:
+        w = t["weight"].to(torch.int32)
+    zp = t.get("weight_zero_point")
+    if zp is not None and zp.dtype == torch.int32:  # packed along the output axis, offset as the codes
+        zp = _codes(zp, q.bits, dim=0)[: w.shape[0]] - offset
+    g_idx = t.get("weight_g_idx")
+    g_idx = g_idx if g_idx is not None and bool((g_idx >= 0).all()) else None
+    dense = w.float()
+    if zp is not None:
+        dense = dense - _broadcast(zp.float(), tuple(w.shape), block, g_idx)
+    return (dense * _broadcast(scale.float(), tuple(w.shape), block, g_idx)).to(scale.dtype)
+
+
+CT_PARTS = ("weight_packed", "weight_scale", "weight_zero_point", "weight_shape", "weight_g_idx")
+CT_DROPPED = ("input_scale", "input_zero_point")  # static activation scales: the dense model runs unquantized
+
+
+def _dense_ct(f, names: set[str], q: CheckpointQuant) -> dict[str, torch.Tensor]:
+    prefixes = {n.rpartition(".")[0] for n in names if n.endswith((".weight_scale", ".weight_packed"))}
+    dense = {}
+    for name in sorted(names):
+        prefix, _, leaf = name.rpartition(".")
+        if prefix in prefixes and leaf in CT_PARTS + CT_DROPPED + ("weight",):
+            if leaf == "weight_scale":
+                t = {k: f.get_tensor(f"{prefix}.{k}") if f"{prefix}.{k}" in names else None
+                     for k in CT_PARTS + ("weight",)}
+                dense[f"{prefix}.weight"] = compressed_tensors_weight(t, q)
+            continue
+        dense[name] = f.get_tensor(name)
+    return dense
+
+
 def _shards(model_dir: Path) -> list[Path]:
     return sorted(model_dir.glob("*.safetensors"))
 
@@ -98,7 +159,8 @@ def _convert_shard(path: Path, out: Path, q: CheckpointQuant) -> list[str]:
     if q.method == "awq" and q.format != "gemm":
         raise UsageError(f"dequantizing AWQ '{q.format}' checkpoints is not supported (only 'gemm')")
     with safe_open(str(path), framework="pt") as f:
-        dense = (_dense_fp8 if q.method == "fp8" else _dense_packed)(f, set(f.keys()), q)
+        unpack = {"fp8": _dense_fp8, "compressed-tensors": _dense_ct}.get(q.method, _dense_packed)
+        dense = unpack(f, set(f.keys()), q)
         meta = f.metadata() or {}
     save_file(dense, str(out / path.name), metadata={**meta, "format": "pt"})
     return list(dense)
@@ -143,7 +205,8 @@ def dequantized_dir(spec: ModelSpec, progress=print) -> Path:
     q = spec.quantization
     method = q.method if q else None
     if q is None or not q.prequantized:
-        raise UsageError(f"--allow-dequantize handles AWQ, GPTQ and fp8 checkpoints; {spec.name} is '{method}'")
+        raise UsageError(f"--allow-dequantize handles AWQ, GPTQ, fp8 and compressed-tensors checkpoints; {spec.name} is "
+                         f"'{method}'")
     src = Path(spec.model_dir or "")
     shards = _shards(src)
     if not shards:

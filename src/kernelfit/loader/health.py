@@ -24,6 +24,7 @@ QUANTIZED_MODULES = {
     "quanto": ("qlinear",),
     "gguf": ("gguf",),
     "fp8": ("fp8",),
+    "compressed-tensors": ("compressedlinear",),
 }
 MAX_LISTED = 12
 

@@ -487,14 +487,14 @@ def _spec_from_dir(directory: Path, name: str) -> ModelSpec:
     spec = spec_from_config(cfg, name, str(config), fmt=fmt, model_dir=str(directory), chat_template=chat,
                             extra={"custom_code": True} if isinstance(cfg, dict) and cfg.get("auto_map") else {})
     if fmt == "safetensors" and len(spec.sub_models) == 1:  # what the engine would read (catalog/engine_checkpoints)
-        from ..catalog.engine_checkpoints import ENGINE_PACKED_METHODS, tensor_problem
+        from ..catalog.engine_checkpoints import ALL_PACKED_METHODS, tensor_problem
         from .safetensors_header import tensor_names
 
         names, tcfg = tensor_names(directory), text_config(cfg)
         spec.extra["engine_tensors"] = "its shards are unreadable" if names is None else tensor_problem(
             set(text_tensors(names, spec.model_type)), spec.text.model_type, int(tcfg.get("num_hidden_layers") or 0),
             bool(spec.text.tie_embeddings),
-            spec.quantization is not None and spec.quantization.method in ENGINE_PACKED_METHODS, tcfg)
+            spec.quantization is not None and spec.quantization.method in ALL_PACKED_METHODS, tcfg)
     return with_checkpoint_params(spec, directory)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..catalog.architectures import TRANSFORMERS_GGUF_ARCHS
-from ..catalog.engine_checkpoints import ENGINE_Q8_0_LOSS, why_not_engine_checkpoint
+from ..catalog.engine_checkpoints import ENGINE_FP8_NOTE, ENGINE_Q8_0_LOSS, why_not_engine_checkpoint
 from ..catalog.checkpoint_layout import TEXT_OF_VLM
 from ..catalog.converted_checkpoints import CONVERTED_CHECKPOINT_ARCHS
 from ..catalog.packages import install_hint
@@ -227,8 +227,8 @@ def quantization_config(q: QuantOption, dtype: str) -> dict | None:
                 "bnb_4bit_use_double_quant": True, "bnb_4bit_compute_dtype": dtype}
     if q.method == "quanto":
         return {"quant_method": "quanto", "weights": f"int{q.bits}"}
-    if q.method == "fp8":
-        return None  # the checkpoint's own quantization_config drives transformers' FP8Linear
+    if q.method in ("fp8", "compressed-tensors"):
+        return None  # the checkpoint's own quantization_config drives transformers' FP8Linear / CompressedLinear
     if q.method in PREQUANTIZED_METHODS:
         return {"quant_method": q.method, "backend": hf_backend_name(q.method, q.backend)}
     return None
@@ -301,6 +301,14 @@ def _packed(level: Level, model: ModelSpec, devices: list[Device], machine: Mach
                        + f" for torch's weight-only CPU kernels on the {isa}; a quality loss you asked for")
 
 
+def _activations(pre) -> str:
+    """What the engine does with activations a compressed-tensors checkpoint was calibrated to quantize."""
+    if not pre.activations:
+        return ""
+    return (f" (its config quantizes activations, {pre.activations}; the engine keeps them as its products always "
+            "do: float32, in 8-bit digits per 32 for the dot products)")
+
+
 def _engine(level: Level, model: ModelSpec, devices: list[Device], machine: Machine,
             where: str) -> QuantOption | Rejected:
     """A transformers safetensors checkpoint on kernelfit's CPU engine (engine/safetensors/reader.py), as stored or
@@ -330,16 +338,24 @@ def _engine(level: Level, model: ModelSpec, devices: list[Device], machine: Mach
                            f"exact dot products on the {isa}; lossy, a quality loss you asked for "
                            f"({ENGINE_Q8_0_LOSS})")
     pre = prequantized(model)
+    if pre is not None and pre.float_values:
+        return QuantOption("engine", None, "kernelfit-cpu", None, None,
+                           f"the checkpoint's {pre.label()} weights on kernelfit's CPU engine ({isa}): "
+                           f"{ENGINE_FP8_NOTE}; the architecture from config.json" + _activations(pre)
+                           + "; --quantization none loads it through transformers instead")
     if pre is not None:
-        sym = pre.method == "gptq" and bool(pre.sym)
+        sym = pre.method in ("gptq", "compressed-tensors") and bool(pre.sym)
         return QuantOption("engine", None, "kernelfit-cpu", pre.group_size, None,
                            f"the checkpoint's {pre.label()} weights run as stored on kernelfit's CPU engine ({isa}): "
-                           f"its codes and float16 scales become the exact dot products' groups (of 128 where its "
+                           f"its codes and scales (float16; float32 where float16 cannot hold them) become the exact dot products' groups (of 128 where its "
                            f"groups split into 128s, else of 32) — no dequantization"
                            + (" (symmetric: exact)" if sym else
                               "; each group's zero x scale is kept as a float16 minimum, its rounding measured per "
-                              "tensor") + "; the architecture from config.json; --quantization none runs it on "
-                           "gptqmodel's kernels through transformers instead")
+                              "tensor") + "; the architecture from config.json" + _activations(pre)
+                           + "; --quantization none runs it " + ("through transformers" if pre.method ==
+                                                                  "compressed-tensors" else
+                                                                  "on gptqmodel's kernels through transformers")
+                           + " instead")
     return QuantOption("engine", None, "kernelfit-cpu", None, None,
                        f"the checkpoint's {model.checkpoint_dtype} weights run on kernelfit's CPU engine ({isa}): "
                        "read from the safetensors shards as bf16 / float16 rows exactly as stored (float32 rounded "

@@ -140,7 +140,8 @@ def _try(model: ModelSpec, machine: Machine, prefs: Preferences, place: Place, o
 
 def _engine_weight_bytes(model: ModelSpec, quant: QuantOption) -> int:
     """The engine's weights: bf16 / float16 rows, Q8_0 blocks (--quantization q8_0, every matrix), or an AWQ / GPTQ
-    checkpoint's dot groups (catalog/engine_checkpoints.py packed_bytes_per_weight) beside 16-bit embeddings."""
+    checkpoint's dot groups (catalog/engine_checkpoints.py packed_bytes_per_weight), fp8 weights widened to bf16, beside
+    16-bit embeddings."""
     if quant.bits:
         return model.params * 34 // 32
     pre = model.quantization if model.quantization is not None and model.quantization.prequantized else None
@@ -148,7 +149,8 @@ def _engine_weight_bytes(model: ModelSpec, quant: QuantOption) -> int:
         return model.params * 2
     t = model.text
     embed = min(model.params, t.vocab_size * t.hidden_size * (1 if t.tie_embeddings else 2)) if t.vocab_size else 0
-    per = packed_bytes_per_weight(pre.bits, pre.method == "gptq" and bool(pre.sym), pre.group_size)
+    per = 2 if pre.float_values else \
+        packed_bytes_per_weight(pre.bits, pre.method in ("gptq", "compressed-tensors") and bool(pre.sym), pre.group_size)
     return int(embed * 2 + (model.params - embed) * per)
 
 

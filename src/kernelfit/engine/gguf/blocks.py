@@ -41,7 +41,9 @@ INT4_TYPES = ("Q4_0", "Q4_1", "Q4_K")  # exactly group-32 asymmetric int4
 REGRID_TYPES = ("Q5_0", "Q5_1", "Q8_0", "Q6_K", "Q2_K", "Q3_K", "Q5_K", "IQ4_NL", "IQ4_XS", "MXFP4")
 FLOAT_TYPES = ("F32", "F16", "BF16")
 SUPPORTED = INT4_TYPES + REGRID_TYPES + FLOAT_TYPES
-PACKED_CHECKPOINT_TYPES = ("AWQ", "GPTQ")  # a safetensors checkpoint's packed linears (engine/safetensors/packed.py)
+PACKED_CHECKPOINT_TYPES = ("AWQ", "GPTQ", "CT-INT")  # a safetensors checkpoint's packed linears (safetensors/packed.py)
+WIDENED_TYPES = ("FP8",)  # a safetensors checkpoint's fp8 linears, widened to bf16 rows (engine/safetensors/widened.py)
+DENSE_TYPES = FLOAT_TYPES + WIDENED_TYPES  # tensors the engine runs as 16-bit rows
 
 
 @dataclass

@@ -191,7 +191,7 @@ def dense(t: GgufTensors, name: str, order: np.ndarray | None = None, f16: bool 
 def regrid(t: GgufTensors, name: str, order: np.ndarray | None = None, keep_dense: bool = False,
            f16: bool = False) -> PackedWeight:
     """int8 per row when its measured error is small enough, else bf16; built chunk by chunk. f16: see dense()."""
-    if keep_dense and t.qtype(name) in gb.FLOAT_TYPES:
+    if keep_dense and t.qtype(name) in gb.DENSE_TYPES:
         return dense(t, name, order, f16)
     rows, cols = t.shape(name)
     chunks, err2, norm2 = [], 0.0, 0.0
@@ -216,7 +216,7 @@ def regrid(t: GgufTensors, name: str, order: np.ndarray | None = None, keep_dens
 def regridded(t: GgufTensors, name: str, order: np.ndarray | None = None, f16: bool = False) -> PackedWeight:
     """A tensor no int4 product takes (a float, Q5/Q8/Q6_K type, or a shape off the int4 tiles), and the token
     table (its rows are looked up, and a tied output product reads it): float tensors bf16, others re-gridded."""
-    return regrid(t, name, order, keep_dense=t.qtype(name) in gb.FLOAT_TYPES, f16=f16)
+    return regrid(t, name, order, keep_dense=t.qtype(name) in gb.DENSE_TYPES, f16=f16)
 
 
 def _int4(t: GgufTensors, names: list[str], orders: dict) -> Int4Weight:
@@ -287,10 +287,10 @@ def linear(t: GgufTensors, names: list[str], orders: dict[str, np.ndarray] | Non
     kernels: one fused int4 product where all are int4 and tile-aligned, else one each."""
     orders = orders or {}
     for n in names:
-        if t.qtype(n) not in gb.SUPPORTED + gb.PACKED_CHECKPOINT_TYPES:
+        if t.qtype(n) not in gb.SUPPORTED + gb.PACKED_CHECKPOINT_TYPES + gb.WIDENED_TYPES:
             raise UsageError(f"GGUF tensor {n} has type {t.qtype(n)}; the packed CPU path runs "
                              f"{', '.join(gb.SUPPORTED)} (--quantization none runs the dequantized model)")
-    if exact and not any(t.qtype(n) in gb.FLOAT_TYPES for n in names):
+    if exact and not any(t.qtype(n) in gb.DENSE_TYPES for n in names):
         return dot(t, names, orders)
     int4 = {n: t.qtype(n) in gb.INT4_TYPES and can_int4(*t.shape(n)) for n in names}
     if all(int4.values()):

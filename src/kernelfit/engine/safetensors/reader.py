@@ -17,13 +17,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ...catalog.engine_checkpoints import ENGINE_PACKED_METHODS, IGNORED_SUFFIXES, PACKED_SUFFIXES, llama_cpp_name
+from ...catalog.engine_checkpoints import ALL_PACKED_METHODS, ENGINE_PACKED_METHODS, IGNORED_SUFFIXES, llama_cpp_name
 from ...errors import UsageError
 from ...model.safetensors_header import read_header, shard_files
 from ..gguf import blocks as gb
 from ..gguf.reader import Conversion, drop_pages
 from ..weights import HugeArena
 from . import packed as pk
+from . import widened as wd
+from .quantized import linear_leaves, quantized_linear, quantized_prefixes
 from ...catalog.checkpoint_layout import Fix, Source, text_config, text_tensors
 from ...catalog.converted_checkpoints import CONVERTED_CHECKPOINT_ARCHS, layout
 
@@ -73,12 +75,15 @@ class SafetensorsTensors:
             return cls(str(directory), {ours: _joined(stored, s, ours, directory.name) for ours, s in sources.items()},
                        requant)
         by_name, parts = {}, {}
-        for name, tensor in _stored(directory).items():
+        stored = _stored(directory)
+        leaves = linear_leaves(quant) if quant is not None else ()
+        linears = quantized_prefixes(stored, quant) if quant is not None else set()
+        for name, tensor in stored.items():
             prefix, _, leaf = name.rpartition(".")
-            if quant is not None and leaf in PACKED_SUFFIXES:  # an AWQ / GPTQ linear's part (across shards)
+            if prefix in linears and leaf in leaves:  # a quantized linear's part (across shards)
                 parts.setdefault(prefix, {})[leaf] = tensor
                 continue
-            if quant is not None and name.endswith("_proj.weight"):
+            if quant is not None and quant.method in ALL_PACKED_METHODS and name.endswith("_proj.weight"):
                 raise UsageError(f"{directory.name}: {name} is dense but config.json declares {quant.method} "
                                  "weights; fix the config (--quantization none loads it through transformers)")
             ours = llama_cpp_name(name)
@@ -86,8 +91,11 @@ class SafetensorsTensors:
                 raise UsageError(f"{directory.name}: tensor {name} is not one the engine's recipe reads (a bias "
                                  "or layer it does not model); --quantization none loads it through transformers")
             by_name[ours] = _float(directory, name, tensor)
+        if parts and (quant.method not in ENGINE_PACKED_METHODS + ("fp8",)):
+            raise UsageError(f"{directory.name}: its {quant.method} linears have no engine reader (--quantization "
+                             "none loads it through transformers)")
         for prefix, p in parts.items():
-            by_name[_packed_name(directory, prefix)] = _packed_linear(directory, prefix, p, quant)
+            by_name[_packed_name(directory, prefix)] = quantized_linear(directory, prefix, p, quant)
         return cls(str(directory), by_name, requant)
 
     def has(self, name: str) -> bool:
@@ -161,7 +169,7 @@ class SafetensorsTensors:
             row_bytes = t.nbytes // self.shape(name)[0]
             drop_pages(t.data, t.offset + rows[0] * row_bytes, t.offset + rows[1] * row_bytes)
             return
-        for part in t.parts() if isinstance(t, pk.PackedLinear) else [t]:
+        for part in t.parts() if isinstance(t, (pk.PackedLinear, wd.WidenedLinear)) else [t]:
             drop_pages(part.data, part.offset, part.offset + part.nbytes)
 
     def float_tensor(self, name: str) -> torch.Tensor:
@@ -176,11 +184,14 @@ class SafetensorsTensors:
         return torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32)).reshape(-1)
 
     def dequantized(self, name: str, start: int, stop: int, order: np.ndarray | None = None) -> torch.Tensor:
-        """float32 rows as stored (before any re-quantization); a packed linear's (q - z) * s."""
+        """float32 rows as stored (before any re-quantization); a packed linear's (q - z) * s, an fp8 one's value *
+        scale."""
         rows, cols = self.shape(name)
         t = self.by_name[name]
-        if isinstance(t, pk.PackedLinear):
-            return torch.from_numpy(pk.dense_rows(t, np.arange(start, stop) if order is None else order[start:stop]))
+        if isinstance(t, (pk.PackedLinear, wd.WidenedLinear)):
+            rows_of = np.arange(start, stop) if order is None else order[start:stop]
+            dense_rows = pk.dense_rows if isinstance(t, pk.PackedLinear) else wd.dense_rows
+            return torch.from_numpy(np.ascontiguousarray(dense_rows(t, rows_of), dtype=np.float32))
         raw = self._raw_rows(name, 0, rows)[order[start:stop]] if order is not None else \
             self._raw_rows(name, start, stop)
         stored = self.by_name[name].type_name
@@ -276,33 +287,3 @@ def _packed_name(directory: Path, prefix: str) -> str:
         raise UsageError(f"{directory.name}: packed linear {prefix} is not one the engine's recipe reads; "
                          "--quantization none loads it through transformers")
     return ours
-
-
-def _packed_linear(directory: Path, prefix: str, parts: dict, quant) -> pk.PackedLinear:
-    """One AWQ / GPTQ linear from its tensors, checked against the format (engine/safetensors/packed.py)."""
-    where = f"{directory.name}: {prefix}"
-    missing = [p for p in ("qweight", "qzeros", "scales") if p not in parts]
-    if missing:
-        raise UsageError(f"{where} has no {missing[0]}; re-save the checkpoint (--quantization none loads it "
-                         "through transformers)")
-    if quant is None or quant.method not in ENGINE_PACKED_METHODS:
-        raise UsageError(f"{where} is packed but config.json names no AWQ/GPTQ quantization_config")
-    qw, qz, sc = parts["qweight"], parts["qzeros"], parts["scales"]
-    if qw.type_name != "I32" or qz.type_name != "I32" or sc.type_name not in ("F16", "BF16", "F32") or \
-            len(qw.shape) != 2 or len(sc.shape) != 2:
-        raise UsageError(f"{where}: qweight/qzeros must be int32 and scales float ({qw.type_name}, {qz.type_name}, "
-                         f"{sc.type_name}); re-save the checkpoint")
-    bits, per = quant.bits, 32 // quant.bits
-    rows, cols = (qw.shape[1] * per, qw.shape[0]) if quant.method == "awq" else (qw.shape[1], qw.shape[0] * per)
-    group = cols if quant.group_size in (None, -1) else quant.group_size
-    if sc.shape != (cols // group, rows) or cols % group or group % gb.QK:
-        raise UsageError(f"{where}: scales {list(sc.shape)} do not fit a [{rows}, {cols}] weight in groups of "
-                         f"{group}; re-save the checkpoint")
-    p = pk.PackedLinear(quant.method, bits, group, quant.format == "gptq_v2", qw, qz, sc, rows, cols)
-    if "g_idx" in parts:
-        g = parts["g_idx"]
-        idx = g.data[g.offset:g.offset + g.nbytes].view(np.int32)
-        if len(idx) != cols or not np.array_equal(idx, np.arange(cols, dtype=np.int32) // group):
-            raise UsageError(f"{where}: g_idx puts the input columns' groups out of order (desc_act); the engine "
-                             "reads groups in input order (--quantization none runs it on gptqmodel)")
-    return p
