@@ -764,7 +764,7 @@ def test_a_measured_dense_prefill_winner_is_applied_and_a_dequantized_one_too(tm
     assert {c.prefill for c in runner} == {"packed", "dense"} and static_candidate(p) in runner
     assert candidate_plan(p, runner[1]).kernels["prefill"].value == runner[1].prefill
     assert any(c.quantization == "none" for c in cands)  # the dequantized model is measured beside the runner
-    base = {"attention": "sdpa", "dtype": "bfloat16", "cache": "static", "compile": False,
+    base = {"attention": "sdpa", "dtype": "float32", "cache": "static", "compile": False,
             "prefill_tokens_per_s": 1900.0, "decode_tokens_per_s": 220.0}
     save_winner(p.machine, p.model, p.placement.devices, dict(base, quantization="gguf", prefill="dense"), [])
     tuned = with_cached_winner(p)

@@ -153,7 +153,9 @@ def test_int4_kv_cache_rung_loads_and_generates_with_a_quantized_cache(tmp_path)
     dense = ref.plan.memory
     # a budget 1 MiB short of the dense plan: the full-precision KV cache (4-8 MiB) no longer fits, an int4 one
     # does; no smaller native dtype comes first (the plan's dtype is already this CPU's smallest native one)
-    tight = load(d, context=4096, max_memory={"cpu": (dense.total - 2**20) / 2**30})
+    # the same dtype as the dense plan: on a CPU without native bf16 that is float32, which keeps the engine (bf16 rows,
+    # half the weights) out of the ladder, as bf16 weights that no longer fit do on one with it
+    tight = load(d, context=4096, dtype=ref.plan.dtype.value, max_memory={"cpu": (dense.total - 2**20) / 2**30})
     q = tight.plan.quantization
     assert (q.method, q.kv_bits) == ("none", 4) and tight.plan.memory.kv_cache < dense.kv_cache / 2
     assert tight.plan.dtype.value == ref.plan.dtype.value

@@ -12,7 +12,7 @@ from .checkpoint_layout import LayoutError
 from .converted_checkpoints import (BLOCK_ROPE_TYPES, CONVERTED_CHECKPOINT_ARCHS, CONVERTED_CHECKPOINT_SOURCES,
                                     ROPE_TYPES_BY_ARCH, layout)
 from .hybrid_checkpoints import HYBRID_CHECKPOINT_ARCHS
-from ..model.quantization import CT_FORMATS, CT_MIXED
+from .quantization import CT_FORMATS, CT_MIXED
 
 # model_type -> what its modeling file adds to the llama block (transformers models/<type>/modeling_<type>.py); the
 # others' (the hybrids, Gemma 2/3, Phi-3, Qwen2/3-MoE) tensors and keys are catalog/converted_checkpoints.py's

@@ -19,6 +19,11 @@ from .dtypes import DTYPES, HALF
 from .gates import hardware_gate
 
 ANY_DTYPE = frozenset(DTYPES)
+# compressed-tensors' weight formats (compressed_tensors/config/base.py CompressionFormat) whose tensors kernelfit
+# reads: int codes packed 32/bits an int32 word (pack-quantized), int8 / float8 values one a byte (naive-, int-,
+# float-quantized); "mixed-precision": config groups of different formats or schemes
+CT_FORMATS = ("pack-quantized", "naive-quantized", "int-quantized", "float-quantized")
+CT_MIXED = "mixed-precision"
 GROUPS = frozenset({-1, 32, 64, 128})
 GROUPS_16 = frozenset({-1, 16, 32, 64, 128})
 

@@ -229,8 +229,10 @@ SOURCES: dict[str, Source] = {s.id: s for s in (
            "minus one in the v1 format, g_idx [in] a column's group"),
     Source("compressed-tensors-formats", "compressed-tensors' quantized checkpoint formats (llm-compressor's output)",
            "neuralmagic/compressed-tensors@52792be:src/compressed_tensors/compressors/quantized_compressors/"
-           "pack_quantized.py ; .../naive_quantized.py ; src/compressed_tensors/quantization/quant_args.py ; "
-           "src/compressed_tensors/quantization/lifecycle/forward.py",
+           "pack_quantized.py ; neuralmagic/compressed-tensors@52792be:src/compressed_tensors/compressors/"
+           "quantized_compressors/naive_quantized.py ; neuralmagic/compressed-tensors@52792be:src/compressed_tensors/"
+           "quantization/quant_args.py ; neuralmagic/compressed-tensors@52792be:src/compressed_tensors/quantization/"
+           "lifecycle/forward.py",
            "pack-quantized: weight_packed int32 [out, in*bits/32], codes q + 2^(bits-1) packed along the input, low "
            "bits first; weight_scale [out, in/g] (group), [out, 1] (channel), [1] (tensor); weight_zero_point packed "
            "along the output (packed_dim=0) and saved only when asymmetric; weight_g_idx for actorder 'group'; "

@@ -94,12 +94,13 @@ def _bf16_parts(x: torch.Tensor, a: List[torch.Tensor], b: List[torch.Tensor], c
                 n: List[int]) -> torch.Tensor:
     """Several dot weights' products over one input with bf16 inputs, side by side (kernels/step.cpp's rows_products
     decides the same way): the bf16 panel GEMM where built (panel_gemm.h, float32 out), else the parts unpacked into
-    one bf16 matrix for one oneDNN product (bf16 out: the C++ glue reads it as is, other callers cast)."""
+    one float32 matrix for one float32 product (a CPU without AVX512-BF16 runs no faster bf16 one: kernels/step.cpp
+    rows_products)."""
     ops = native_module()
     bits = [dot_bits(k) for k in kind]
     if ops.panel_available():
         return ops.panel_gemm_parts(x, a, b, c, bits, n)
-    return F.linear(x.to(torch.bfloat16), ops.dot_dequant_parts(a, b, c, bits, n))
+    return F.linear(x.float(), ops.dot_dequant_parts(a, b, c, bits, n, False))
 
 
 @torch.jit.ignore

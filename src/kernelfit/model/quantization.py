@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..catalog.quantization import CT_MIXED
 from ..errors import UsageError
 
 # AutoAWQ's GEMM packing: nibble i of an int32 word holds output column AWQ_ORDER[i] of its 8 (the dequantizer for
@@ -14,11 +15,6 @@ AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)
 # Methods the planner can place (it quantizes dense checkpoints itself); GGUF files are converted.
 PREQUANTIZED_METHODS = ("awq", "gptq", "fp8", "compressed-tensors")
 FP8_DEFAULT_BLOCK = (128, 128)
-# compressed-tensors' weight formats (compressed_tensors/config/base.py CompressionFormat) whose tensors kernelfit
-# reads: int codes packed 32/bits an int32 word (pack-quantized), int8 / float8 values one a byte (naive-, int-,
-# float-quantized); "mixed-precision": groups of different formats
-CT_FORMATS = ("pack-quantized", "naive-quantized", "int-quantized", "float-quantized")
-CT_MIXED = "mixed-precision"
 
 
 @dataclass(frozen=True)

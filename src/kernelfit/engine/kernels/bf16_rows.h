@@ -8,7 +8,8 @@
 // float32 (exact: bf16 is float32's upper half) and multiplies it with the float32 activation (FMA, 16 lanes a
 // row in two chains, summed in a fixed order), each row alone whatever else shares the call — so a batched step
 // equals one decode step a row, bit for bit, as with the dot products. Larger calls (a prompt) take panel_gemm.h's bf16
-// microkernel over panels transposed from the rows (bf16 inputs, float32 sums and output), or oneDNN without it.
+// microkernel over panels transposed from the rows (bf16 inputs, float32 sums and output), or a float32 product
+// without it (a CPU without AVX512-BF16 has no faster bf16 product, and oneDNN's rounds the output to bf16).
 #pragma once
 
 #include <algorithm>
@@ -213,7 +214,8 @@ inline at::Tensor rows_mm(const at::Tensor& x_in, const at::Tensor& w) {
     return y;
   }
 #endif
-  return at::linear(x_in.to(w.scalar_type()).view({m, k}), w).to(at::kFloat);
+  // no AVX512-BF16: float32 (exact; oneDNN converts a bf16 product there anyway, and rounds its output to bf16)
+  return at::linear(x_in.to(at::kFloat).view({m, k}), w.to(at::kFloat));
 }
 
 }  // namespace bf16rows

@@ -478,13 +478,18 @@ struct Step {
   // a prompt prefilled in chunks between decode steps hold what one cold prefill writes, bit for bit
   static bool few_rows(int64_t rows, bool panel_rows) { return rows <= DOT_MAX_ROWS && !panel_rows; }
 
-  // whether rows_products takes a call of `rows` rows to a bf16 product (its input then best made bf16)
-  static bool bf16_inputs(int64_t rows, bool int8, bool panel_rows) { return !few_rows(rows, panel_rows) && !int8; }
+  // whether rows_products takes a call of `rows` rows to a bf16 product (its input then best made bf16): the bf16
+  // panels; without them (no AVX512-BF16) the products are float32 and so stay their inputs
+  static bool bf16_inputs(int64_t rows, bool int8, bool panel_rows) {
+    return !few_rows(rows, panel_rows) && !int8 && panel::available();
+  }
 
   // A prompt's products over t rows for parts [first, first + count) (all of them the file's groups): up to
   // DOT_MAX_ROWS rows the exact dot products; then the int8 GEMM (--prefill int8); else the bf16 panel GEMM
-  // (panel_gemm.h, AVX512-BF16), or the parts unpacked into one bf16 matrix for one oneDNN product (bf16 out: the
-  // glue reads it as is)
+  // (panel_gemm.h, AVX512-BF16), or — a CPU without AVX512-BF16, where oneDNN converts bf16 matmuls to float32 and
+  // runs them slower than float32 (catalog source torch-cpu-bf16) — the parts unpacked into one float32 matrix
+  // (exact) for one float32 product: a bf16 product there also rounded every output to bf16, which flipped 1.7% of a
+  // tiny model's prompt answers against transformers' float32 on the same weights (tests/test_safetensors_engine.py)
   Tensor rows_products(const Tensor& x, const Weights& w, int64_t first, int64_t count, bool int8,
                       bool panel_rows) const {
     if (few_rows(x.size(0), panel_rows) || kinds[first] == 6) return products(x, w, first, count);  // bf16 rows:
@@ -495,7 +500,7 @@ struct Step {
     for (int64_t i = first; i < first + count; ++i) bits.push_back(dot_bits(kinds[i]));
     if (int8) return gemm::gemm_parts(x, a, b, c, bits, n);
     if (panel::available()) return panel::gemm_parts(x, a, b, c, bits, n);  // float32 out
-    return at::linear(x.to(at::kBFloat16), dot::dot_dequant_parts(a, b, c, bits, n));
+    return at::linear(x.to(at::kFloat), dot::dot_dequant_parts(a, b, c, bits, n, false));
   }
 
   // LeanLM.forward for a prompt, in C++ (lean_lm.py's TorchScript forward is the reference and the fallback): x
@@ -700,7 +705,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
            pybind11::call_guard<pybind11::gil_scoped_release>());
   m.def("dot_mm", &dot::dot_mm, "x @ W^T over a weight's file groups (dot_kernels.h)");
   m.def("dot_dequant", &dot::dot_dequant, "a dot weight's rows as float32 or bf16");
-  m.def("dot_dequant_parts", &dot::dot_dequant_parts, "several dot weights unpacked into one bf16 matrix");
+  m.def("dot_dequant_parts", &dot::dot_dequant_parts, "several dot weights unpacked into one bf16 (or float32) matrix",
+        pybind11::arg("codes"), pybind11::arg("scale"), pybind11::arg("mins"), pybind11::arg("bits"), pybind11::arg("n"),
+        pybind11::arg("bf16") = true);
   m.def("bf16_rows_mm", &bf16rows::rows_mm, "x @ W^T over bf16 weight rows as stored, float32 out (bf16_rows.h)");
   m.def("bf16_rows_mm_parts", &bf16rows::rows_mm_parts, "x @ [W_0; W_1; ...]^T for up to 12 rows in one parallel "
         "region (bf16_rows.h)");

@@ -151,14 +151,14 @@ inline at::Tensor dot_dequant(const at::Tensor& codes, const at::Tensor& scale, 
   return out;
 }
 
-// Several dot weights over the same input (Q, K, V or gate and up of mixed types) unpacked into one bf16 [sum n, K]:
-// a prompt's one oneDNN product instead of one a part and a cat
+// Several dot weights over the same input (Q, K, V or gate and up of mixed types) unpacked into one bf16 (or float32)
+// [sum n, K]: a prompt's one oneDNN product instead of one a part and a cat
 inline at::Tensor dot_dequant_parts(const std::vector<at::Tensor>& codes, const std::vector<at::Tensor>& scale,
                                     const std::vector<at::Tensor>& mins, const std::vector<int64_t>& bits,
-                                    const std::vector<int64_t>& n) {
+                                    const std::vector<int64_t>& n, bool bf16 = true) {
   int64_t total = 0;
   const std::vector<Layout> layouts = check_parts(codes, scale, mins, bits, n, -1, "dot", total);  // k: the first's
-  at::Tensor out = at::empty({total, layouts[0].k}, codes[0].options().dtype(at::kBFloat16));
+  at::Tensor out = at::empty({total, layouts[0].k}, codes[0].options().dtype(bf16 ? at::kBFloat16 : at::kFloat));
   const at::Tensor all_rows = at::empty({0}, codes[0].options().dtype(at::kLong));
   int64_t row = 0;
   for (size_t i = 0; i < codes.size(); ++i) {
