@@ -546,8 +546,16 @@ def _packed_folder(path: Path, change, desc_act: bool) -> Path:
     return path
 
 
+def _one_group(tensors: dict, name: str) -> None:
+    """An act-order g_idx that puts every column in group 0 (GPTQ's groups each hold group_size columns)."""
+    import torch
+
+    tensors[name] = torch.zeros(len(tensors[name]), dtype=torch.int32)
+
+
 @pytest.mark.parametrize("name,change,desc_act,expect", [
-    ("g_idx out of order", lambda t: None, True, "g_idx"),
+    ("g_idx groups of unequal sizes", lambda t: _one_group(t, "model.layers.0.self_attn.o_proj.g_idx"), True,
+     "g_idx does not give each"),
     ("a linear without scales", lambda t: t.pop("model.layers.1.mlp.up_proj.scales"), False, "has no scales"),
 ])
 def test_run_a_packed_checkpoint_the_engine_cannot_read(name, change, desc_act, expect, tmp_path, monkeypatch,

@@ -59,7 +59,7 @@ def _scheme(bits: int, kind: str, strategy: str, group, sym: bool, fmt: str, act
 
 
 def _ct_checkpoint(path, bits: int = 4, group: int | None = 128, sym: bool = True, fmt: str = "pack-quantized",
-                   scale_by: float = 1.0, act: dict | None = None):
+                   scale_by: float = 1.0, act: dict | None = None, act_order: bool = False):
     """A tiny Llama written as a compressed-tensors int checkpoint (group None: a scale per channel); returns
     transformers' float32 model on the dense weights the codes stand for. scale_by: the projections' weights times
     this (1e-4: scales below float16's normal range)."""
@@ -72,9 +72,18 @@ def _ct_checkpoint(path, bits: int = 4, group: int | None = 128, sym: bool = Tru
             stored[name], dense[name] = w, w.float()
             continue
         w = w.float() * scale_by
-        q, zp, s, d = _int_codes(w, bits, group or w.shape[1], sym)
+        cols = w.shape[1]
+        # actorder "group" (GPTQ's act-order): groups of columns in another order, weight_g_idx a column's group
+        order = torch.randperm(cols, generator=torch.Generator().manual_seed(sum(name.encode()))) if act_order else \
+            torch.arange(cols)
+        q, zp, s, d = _int_codes(w[:, order], bits, group or cols, sym)
+        q, d = q.clone(), d.clone()
+        q[:, order], d[:, order] = q.clone(), d.clone()
         prefix = name[: -len("weight")]
         dense[name] = d
+        if act_order:
+            stored[prefix + "weight_g_idx"] = torch.empty(cols, dtype=torch.int32)
+            stored[prefix + "weight_g_idx"][order] = torch.arange(cols, dtype=torch.int32) // group
         if fmt == "pack-quantized":
             stored[prefix + "weight_packed"] = pack_gptq_rows((q + (1 << (bits - 1))).t().contiguous(), bits).t() \
                 .contiguous()
@@ -88,8 +97,9 @@ def _ct_checkpoint(path, bits: int = 4, group: int | None = 128, sym: bool = Tru
         stored[prefix + "weight_scale"] = s
     save_file(stored, f, metadata={"format": "pt"})
     cfg = json.loads((path / "config.json").read_text())
-    cfg["quantization_config"] = _scheme(bits, "int", "group" if group else "channel", group,
-                                         sym, fmt, act)
+    cfg["quantization_config"] = _scheme(bits, "int", "group" if group else "channel", group, sym, fmt, act)
+    if act_order:
+        cfg["quantization_config"]["config_groups"]["group_0"]["weights"]["actorder"] = "group"
     (path / "config.json").write_text(json.dumps(cfg, indent=2))
     with torch.no_grad():
         for name, p in ref.named_parameters():
@@ -253,14 +263,23 @@ def test_compressed_tensors_schemes_the_engine_does_not_read_are_refused_with_th
         build_lean(tmp_path)
 
 
-def test_act_order_g_idx_out_of_order_is_refused_in_one_line(tmp_path):
-    _ct_checkpoint(tmp_path)
+def test_act_order_checkpoints_run_as_stored_with_each_product_s_input_gathered(tmp_path):
+    """actorder "group": weight_g_idx puts the groups out of input order (before: refused, "g_idx puts the input
+    columns' groups out of order"); the codes are read in group order and each product gathers its input so."""
+    ref = _ct_checkpoint(tmp_path, act_order=True)
+    spec = load_model_spec(str(tmp_path))
+    assert spec.quantization.act_order
+    assert "act-order" in plan(load_profile("cpu-spr-amx"), spec, Preferences()).quantization.reason
+    b = build_lean(tmp_path)
+    n = b.native  # every layer product's input gathered: one order a product (Q, K, V apart: each its own)
+    layer = [i for i, k in enumerate(n.kinds) if k == 4]
+    assert len(layer) == 2 * 7 and all(n.perms[i].numel() == n.a[i].shape[1] // 4 for i in layer)
+    _run_and_agree(tmp_path, ref)
     f = tmp_path / "model.safetensors"
     t = load_file(f)
-    name = "model.layers.0.mlp.up_proj.weight_g_idx"
-    t[name] = (torch.arange(256, dtype=torch.int32) // 128).flip(0)
+    t["model.layers.0.mlp.up_proj.weight_g_idx"] = torch.zeros(256, dtype=torch.int32)  # every column in group 0
     save_file(t, f, metadata={"format": "pt"})
-    with pytest.raises(UsageError, match="g_idx puts the input columns' groups out of order"):
+    with pytest.raises(UsageError, match="g_idx does not give each of the 2 groups 128 columns"):
         build_lean(tmp_path)
 
 

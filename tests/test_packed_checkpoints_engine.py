@@ -52,7 +52,7 @@ def _quantize8(w: torch.Tensor, group: int):
 
 
 def _packed_checkpoint(path, method: str, group: int = 128, sym: bool = False, bits: int = 4, v2: bool = False,
-                       desc_act: bool = False):
+                       desc_act: bool = False, one_order: bool = True):
     """A tiny Llama written as an AWQ (gemm) or GPTQ checkpoint; returns transformers' float32 model on the dense
     weights the packed ones stand for. The other tensors are float16 holding bf16 values, as the engine keeps them
     (a float16 embedding is rounded to bf16 rows, tests/test_safetensors_engine.py measures that alone): what is
@@ -66,7 +66,15 @@ def _packed_checkpoint(path, method: str, group: int = 128, sym: bool = False, b
             dense[name] = w.float()
             continue
         w = w.half()
-        q, zero, scale, d = _quantize8(w, group) if bits == 8 else quantize(w, group=group, sym=sym)
+        cols = w.shape[1]
+        # desc_act: GPTQ's act-order — groups of columns in another order (its Hessian's), g_idx a column's group;
+        # one_order: Q, K and V (gate and up) share theirs, as GPTQ's do (the same input, so the same Hessian)
+        seed = len(name) if one_order else sum(name.encode())
+        order = torch.randperm(cols, generator=torch.Generator().manual_seed(seed)) if desc_act else torch.arange(cols)
+        q, zero, scale, d = _quantize8(w[:, order], group) if bits == 8 else \
+            quantize(w[:, order], group=group, sym=sym)
+        q, d = q.clone(), d.clone()
+        q[:, order], d[:, order] = q.clone(), d.clone()
         prefix = name[: -len("weight")]
         dense[name] = d  # (q - z) * s in float32: exact
         if method == "awq":
@@ -76,8 +84,9 @@ def _packed_checkpoint(path, method: str, group: int = 128, sym: bool = False, b
             stored = zero.t().contiguous() - (0 if v2 else 1)  # the original GPTQ format saves zero - 1
             packed[prefix + "qweight"] = pack_gptq_rows(q.t().contiguous(), bits)
             packed[prefix + "qzeros"] = pack_awq_cols_plain(stored, bits)
-            g_idx = torch.arange(w.shape[1], dtype=torch.int32) // group
-            packed[prefix + "g_idx"] = g_idx.flip(0) if desc_act else g_idx
+            g_idx = torch.empty(cols, dtype=torch.int32)
+            g_idx[order] = torch.arange(cols, dtype=torch.int32) // group
+            packed[prefix + "g_idx"] = g_idx
         packed[prefix + "scales"] = scale.t().contiguous()
     save_file(packed, f, metadata={"format": "pt"})
     declare(path, method, group, bits, sym, desc_act, v2)
@@ -93,6 +102,8 @@ def _packed_checkpoint(path, method: str, group: int = 128, sym: bool = False, b
     ("gptq", {"sym": True}, True),  # v1 format, zeros saved minus one: Q4_0's layout
     ("gptq", {"v2": True, "group": 32}, False),  # asymmetric, zeros as they are
     ("gptq", {"bits": 8, "sym": True}, True),  # Q8_0's layout
+    ("gptq", {"sym": True, "desc_act": True}, True),  # act-order: Q/K/V and gate/up share a column order
+    ("gptq", {"v2": True, "group": 32, "desc_act": True, "one_order": False}, False),  # a column order a product
 ])
 def test_awq_and_gptq_checkpoints_run_as_stored_and_agree_with_transformers(tmp_path, method, kw, exact):
     """300 positions teacher-forced, prompt logits and decode steps: top-1 >= 99%, cosine >= 0.999 against
@@ -118,7 +129,10 @@ def test_awq_and_gptq_checkpoints_run_as_stored_and_agree_with_transformers(tmp_
     w = ref.model.layers[0].mlp.down_proj.weight.detach().double()
     down = next(i for i, a in enumerate(b.native.a) if b.native.n[i] == w.shape[0] and a.shape[1] == w.shape[1] * bits)
     x = torch.randn(1, w.shape[1])
-    got = native_module().dot_mm(x, b.native.a[down], b.native.b[down], b.native.c[down], bits, w.shape[0])
+    perm = b.native.perms[down]  # act-order: the codes hold the columns in group order, the input is gathered so
+    assert perm.numel() == (w.shape[1] if kw.get("desc_act") else 0)
+    got = native_module().dot_mm(x.index_select(1, perm) if perm.numel() else x, b.native.a[down], b.native.b[down],
+                                 b.native.c[down], bits, w.shape[0])
     want = x.double() @ w.T
     assert float((got.double() - want).norm() / want.norm()) < (2e-4 if exact else 2e-3)
     ids = _tokens()
@@ -146,11 +160,10 @@ def test_the_plan_runs_awq_and_gptq_on_the_engine_and_says_why_not_elsewhere(tmp
     on_gpu = plan(load_profile("t4"), spec, Preferences())
     assert on_gpu.quantization.method == "awq"
     assert any(r.method == "engine" and r.kind is RejectKind.NOT_RUNNABLE for r in on_gpu.quantization_rejected)
-    # desc_act: refused at plan time, with the reason; the checkpoint goes to gptqmodel
+    # desc_act: on the engine too (was refused: "g_idx puts the input columns' groups out of order")
     _packed_checkpoint(tmp_path / "act", "gptq", sym=True, desc_act=True)
     p = plan(cpu, load_model_spec(str(tmp_path / "act")), Preferences())
-    assert p.quantization.method == "gptq"
-    assert "desc_act" in next(r for r in p.quantization_rejected if r.method == "engine").reason
+    assert p.quantization.method == "engine" and "act-order" in p.quantization.reason
     from kernelfit.errors import PlanError
 
     with pytest.raises(PlanError, match="already quantized"):
@@ -159,10 +172,10 @@ def test_the_plan_runs_awq_and_gptq_on_the_engine_and_says_why_not_elsewhere(tmp
 
 def test_a_packed_checkpoint_the_engine_cannot_read_is_refused_in_one_line(tmp_path):
     _packed_checkpoint(tmp_path / "act", "gptq", sym=True, desc_act=True)
-    cfg = json.loads((tmp_path / "act" / "config.json").read_text())
-    cfg["quantization_config"]["desc_act"] = False  # the config hides it: g_idx still says so
-    (tmp_path / "act" / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(UsageError, match="g_idx puts the input columns' groups out of order"):
+    tensors = load_file(tmp_path / "act" / "model.safetensors")
+    tensors["model.layers.1.mlp.up_proj.g_idx"] = torch.zeros(256, dtype=torch.int32)  # one group of 256 columns
+    save_file(tensors, tmp_path / "act" / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(UsageError, match="g_idx does not give each of the 2 groups 128 columns"):
         build_lean(tmp_path / "act")
     _packed_checkpoint(tmp_path / "gemv", "awq")
     cfg = json.loads((tmp_path / "gemv" / "config.json").read_text())

@@ -29,7 +29,8 @@ ENGINE_Q8_0_LOSS = ("SmolLM2-135M, 300 positions of prose teacher-forced against
                     "(prompt) / 97.7% (decode steps), logit cosine mean 0.9997; 0.55% relative weight error")
 # pre-quantized checkpoints whose integer codes the engine runs as stored (engine/safetensors/packed.py): the codes,
 # scales and zeros become the dot products' groups of 32 — AWQ's GEMM packing (4-bit, a zero per group), GPTQ 4/8-bit
-# (v1 zeros stored minus one, v2 as they are) with its groups in input order, compressed-tensors' int weights (4/8-bit
+# (v1 zeros stored minus one, v2 as they are; act-order's columns read in group order, each product's input gathered
+# so), compressed-tensors' int weights (4/8-bit
 # codes packed in int32 words or one an int8; a scale per group, channel or tensor; zero points where asymmetric);
 # a group size splits into 32s
 ENGINE_PACKED_METHODS = ("awq", "gptq", "compressed-tensors")
@@ -166,9 +167,6 @@ def why_not_engine_quant(q) -> list[str]:
         reasons.append(f"{name} groups of {q.group_size} weights (the engine's dot products take multiples of 32)")
     if q.method == "awq" and q.raw.get("zero_point") is False:
         reasons.append("AWQ without zero points (the engine reads zero_point=True checkpoints)")
-    if q.act_order:
-        reasons.append(f"{name} act-order (desc_act / actorder 'group'): g_idx puts the input columns' groups out of "
-                       "order (the engine reads groups in input order)")
     return reasons
 
 

@@ -60,7 +60,7 @@ def product(w: PackedWeight, prefill_dense: bool = False, head: bool = False, in
         copy = w.dequantize(bf16=True) if isinstance(w, DotWeight) else w.dequantize().to(torch.bfloat16)
     if isinstance(w, DotWeight):
         return Product(DOT_KINDS[w.format], w.codes, w.scale, w.out_features, copy, w.mins,
-                       int8_prefill=int8_prefill and copy is None and w.group <= 32)
+                       int8_prefill=int8_prefill and copy is None and w.group <= 32, perm=w.perm)
     if isinstance(w, Int4Weight):
         return Product(INT4, w.packed, w.scales_zeros, w.out_features, copy)
     if isinstance(w, Int8Weight):
@@ -457,7 +457,7 @@ def _bound(build: LeanBuild, step):
                             float(c.logit_scale), n.routers, int(c.top_k), int(c.expert_ffn), bool(c.norm_topk),
                             int(c.delta_heads[0]), int(c.delta_heads[1]), c.router is RouterKind.SIGMOID,
                             *(c.clamped_swiglu or (1.0, 0.0)), *(c.query_temperature or (0.0, 0)),
-                            float(c.routed_scale), _latent_dims(c))
+                            float(c.routed_scale), _latent_dims(c), n.perms)
     return n.bound
 
 

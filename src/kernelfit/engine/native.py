@@ -257,6 +257,7 @@ class NativeArgs:
     prefill_ok: bool = False  # every layer product is the file's groups, no bf16 copy: Step.prefill runs prompts
     bound: object = None  # the extension's Step holding these, made on the first call (lean_build._native)
     routers: list = None  # per layer: an MoE layer's router weights, or an empty tensor
+    perms: list = None  # per product: its input's column order (an act-order checkpoint's dot weight), or empty
 
 
 NO_ROTARY = 2  # a layer flag beside sliding (1) in NativeArgs.sliding: Q and K not rotated (step.cpp LAYER_NO_ROTARY)
@@ -272,7 +273,7 @@ C_KINDS = (4, 5, 6, 7, 8, 9)  # reference.py DOT4, DOT8, BF16_ROWS, DOT6, DOT_IQ
 
 def native_args(model) -> NativeArgs:
     empty = torch.empty(0)
-    kinds, a, b, c, n, n_qkv, n_gu, norms, sliding, routers = [], [], [], [], [], [], [], [], [], []
+    kinds, a, b, c, n, n_qkv, n_gu, norms, sliding, routers, perms = [], [], [], [], [], [], [], [], [], [], []
     copies = []
 
     def add(p):
@@ -282,6 +283,7 @@ def native_args(model) -> NativeArgs:
         b.append(p.b if p.b.numel() else empty)
         c.append(p.c)
         n.append(int(p.out_features))
+        perms.append(p.perm)
 
     for blk in model.blocks:
         parts = list(blk.qkv.parts)
@@ -314,4 +316,4 @@ def native_args(model) -> NativeArgs:
     embed = (int(e.kind), e.a, e.b, e.c, int(e.out_features)) if model.has_embed_dot else None
     prefill_ok = all(k in C_KINDS for k in kinds) and not any(copies)
     return NativeArgs(kinds, a, b, c, n, n_qkv, n_gu, norms, sliding, (int(h.kind), h.a, h.b, h.c, int(h.out_features)),
-                      embed, prefill_ok, routers=routers)
+                      embed, prefill_ok, routers=routers, perms=perms)

@@ -148,9 +148,12 @@ class Product(nn.Module):
     with an optional bf16 copy used for multi-row (prefill) calls. x: float32 or bf16."""
 
     def __init__(self, kind: int, a: torch.Tensor, b: torch.Tensor, out_features: int, prefill: Optional[torch.Tensor],
-                 c: Optional[torch.Tensor] = None, int8_prefill: bool = False):
+                 c: Optional[torch.Tensor] = None, int8_prefill: bool = False, perm: Optional[torch.Tensor] = None):
         super().__init__()
         self.kind = kind
+        # an act-order checkpoint's dot weight: its codes' columns are the input's in this order (engine/safetensors/
+        # packed.py PackedLinear.perm), gathered before every product; empty: as stored
+        self.perm = perm if perm is not None else torch.empty(0, dtype=torch.long)
         # int4: packed, scales_zeros; int8: weight, scale; dense: weight, unused; dot: codes, scales (c: minimums)
         self.a, self.b = a, b
         self.c = c if c is not None else torch.empty(0)
@@ -164,6 +167,8 @@ class Product(nn.Module):
         self.int8_prefill = int8_prefill
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.perm.numel() > 0:
+            x = x.index_select(-1, self.perm)
         if self.kind == 6:  # BF16_ROWS (TorchScript reads no module-level ints)
             return _bf16_rows(x, self.a)
         if self.kind >= 4:
@@ -209,8 +214,11 @@ class Products(nn.Module):
         self.parts = nn.ModuleList(parts)
         # all parts on the int8 GEMM: one call quantizes the input once and writes each part's columns (no cat);
         # all on the bf16 path: one call too (_bf16_parts)
-        self.int8_parts = all(p.kind in DOT_KINDS.values() and p.int8_prefill for p in parts)
-        self.bf16_parts = all(p.kind in DOT_KINDS.values() and not p.int8_prefill and not p.has_prefill for p in parts) and \
+        # (parts whose inputs are gathered in their own column order, act-order ones, each run alone)
+        plain = all(p.perm.numel() == 0 for p in parts)
+        self.int8_parts = plain and all(p.kind in DOT_KINDS.values() and p.int8_prefill for p in parts)
+        self.bf16_parts = plain and all(p.kind in DOT_KINDS.values() and not p.int8_prefill and not p.has_prefill
+                                        for p in parts) and \
             sum(p.out_features for p in parts) * parts[0].a.shape[1] // dot_bits(parts[0].kind) \
             <= DOT_MAX_COPY_WEIGHTS
         # the parts' tensors and shapes as the extension's one-call functions take them

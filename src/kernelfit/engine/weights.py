@@ -127,6 +127,7 @@ class DotWeight(PackedWeight):
     in_features: int
     group: int = 32
     grid: int = 0  # 4-bit codes of a non-uniform grid: 1 IQ4_NL's values, 2 MXFP4's (kernels/dot_kernels.h Grid)
+    perm: torch.Tensor | None = None  # int64 [K]: the input's columns in the codes' order (an act-order checkpoint's)
 
     @property
     def format(self) -> int:
@@ -194,6 +195,7 @@ class DotWeight(PackedWeight):
         return n
 
     def mm(self, x: torch.Tensor) -> torch.Tensor:  # x: [M, K] any float -> [M, N] float32
+        x = x if self.perm is None else x.index_select(-1, self.perm)
         return _ops().dot_mm(x, self.codes, self.scale, self.mins, self.format, self.out_features)
 
     def rows(self, ids: torch.Tensor) -> torch.Tensor:

@@ -351,7 +351,10 @@ def _engine(level: Level, model: ModelSpec, devices: list[Device], machine: Mach
                            f"groups split into 128s, else of 32) — no dequantization"
                            + (" (symmetric: exact)" if sym else
                               "; each group's zero x scale is kept as a float16 minimum, its rounding measured per "
-                              "tensor") + "; the architecture from config.json" + _activations(pre)
+                              "tensor")
+                           + ("; act-order (g_idx): each product's codes read in group order and its input gathered "
+                              "the same way, exact" if pre.act_order else "")
+                           + "; the architecture from config.json" + _activations(pre)
                            + "; --quantization none runs it " + ("through transformers" if pre.method ==
                                                                   "compressed-tensors" else
                                                                   "on gptqmodel's kernels through transformers")

@@ -116,6 +116,10 @@ class GgufTensors:
         raw = self._raw_rows(name, 0, rows)[order[start:stop]] if order is not None else self._raw_rows(name, start, stop)
         return gb.dot_groups(raw, self.qtype(name), stop - start, cols, _native(), tiles=True)
 
+    def column_order(self, name: str) -> np.ndarray | None:
+        """A GGUF file's columns are as stored (SafetensorsTensors.column_order: an act-order checkpoint's are not)."""
+        return None
+
     def dot_layout(self, name: str) -> tuple:
         """(bits, group, scale dtype) of a tensor's dot groups, from its first row."""
         return self.dot_groups(name, None, 0, 1).layout
@@ -235,7 +239,11 @@ def dot(t: GgufTensors, names: list[str], orders: dict) -> list[PackedWeight]:
     Tiled CHUNK_ROWS rows at a time into the product's arrays, so the transient memory is a chunk (the token
     table's codes were held three times over: decoded, padded, tiled)."""
     layouts = {n: t.dot_layout(n) for n in names}  # (bits, group, scale dtype, minimums or their factor, grid)
-    fused = len(set(layouts.values())) == 1 and not (len(names) > 1 and any(t.shape(n)[0] % TILE for n in names))
+    columns = {n: t.column_order(n) for n in names}  # act-order: each product gathers its input in its columns' order
+    same_columns = all(c is None for c in columns.values()) or \
+        all(c is not None and np.array_equal(c, columns[names[0]]) for c in columns.values())
+    fused = len(set(layouts.values())) == 1 and same_columns and \
+        not (len(names) > 1 and any(t.shape(n)[0] % TILE for n in names))
     parts = [names] if fused else [[n] for n in names]  # fused parts must be whole tiles, to be stacked as tiles
     out = []
     for part in parts:
@@ -244,6 +252,8 @@ def dot(t: GgufTensors, names: list[str], orders: dict) -> list[PackedWeight]:
         bits, group, dtype, mins, grid = layouts[part[0]]
         factor = mins if isinstance(mins, float) else None
         w = DotWeight.empty(rows, cols, bits, group, np.dtype(dtype), factor, t.arena, grid=grid)
+        if columns[part[0]] is not None:
+            w.perm = torch.from_numpy(columns[part[0]])
         out.append(w)
         if t.arena.replay:  # its tiles are already in the mapped cache (engine/tile_cache.py)
             continue

@@ -37,13 +37,19 @@ using decode::attend;
 // The weight products of a step: reference.py Product kinds 0 int4, 1 int8, 2 dense (torch's kernels, bf16 in and
 // out), 4, 5 and 7 the file's 4-, 8- and 6-bit groups, 8 and 9 its 4-bit codes of IQ4_NL's and MXFP4's grids
 // (dot_kernels.h, float32 in and out), 6 bf16 rows as stored (bf16_rows.h, float32 in and out); n: each one's output
-// rows.
+// rows; perm: each one's input column order where its codes hold the columns in another order (an act-order GPTQ /
+// compressed-tensors checkpoint's groups side by side: engine/safetensors/packed.py), empty where as stored.
 struct Weights {
   const std::vector<int64_t>& kinds;
   const std::vector<Tensor>& a;
   const std::vector<Tensor>& b;
   const std::vector<Tensor>& c;
   const std::vector<int64_t>& n;
+  const std::vector<Tensor>& perm;
+
+  bool permuted(int64_t i) const { return perm[i].numel() > 0; }
+  // x with its columns in product i's order (x itself where it has none)
+  Tensor input(const Tensor& x, int64_t i) const { return permuted(i) ? x.index_select(1, perm[i]) : x; }
 };
 
 bool dot_kind(int64_t kind) { return kind == 4 || kind == 5 || kind >= 7; }
@@ -63,7 +69,7 @@ Tensor product(const Tensor& x, int64_t kind, const Tensor& a, const Tensor& b, 
 }
 
 Tensor product(const Tensor& x, const Weights& w, int64_t i) {
-  return product(x, w.kinds[i], w.a[i], w.b[i], w.c[i], w.n[i]);
+  return product(w.input(x, i), w.kinds[i], w.a[i], w.b[i], w.c[i], w.n[i]);
 }
 
 // several products over the same input, side by side (float32 [1, sum N]); bf16 rows in one parallel region
@@ -174,6 +180,7 @@ struct Step {
   // MLA (engine/recipe.py Latent): q_rank (0: Q one product), kv_rank, nope, rope, value; empty without it. Its layers'
   // cache rows are one head of d = rope + kv_rank: [k_pe rotated, the normed latent], keys and values alike
   std::vector<int64_t> lat;
+  std::vector<Tensor> perms;  // per product: its input's column order, or empty (Weights::perm)
 
   // layer li's tensor in norms slot i as floats, or null where the layer has none
   const float* slot(int64_t li, size_t i) const {
@@ -341,7 +348,7 @@ struct Step {
   Tensor run(Tensor x, int64_t pos, Tensor k_cache, Tensor v_cache, Tensor state, Tensor rope_global,
              Tensor rope_local) const {
     at::NoGradGuard no_grad;
-    const Weights w{kinds, as, bs, mins, ns};
+    const Weights w{kinds, as, bs, mins, ns, perms};
     x = x.contiguous().clone();
     const int64_t layers = static_cast<int64_t>(norms.size());
     const kv::View cache = cache_view(k_cache, v_cache);
@@ -494,6 +501,17 @@ struct Step {
                       bool panel_rows) const {
     if (few_rows(x.size(0), panel_rows) || kinds[first] == 6) return products(x, w, first, count);  // bf16 rows:
     // rows_mm picks its own kernel by rows
+    bool permuted = false;
+    for (int64_t i = first; i < first + count; ++i) permuted = permuted || w.permuted(i);
+    if (!permuted) return prompt_products(x, first, count, int8);
+    std::vector<Tensor> parts;  // act-order parts: each over its own column order, alone
+    for (int64_t i = first; i < first + count; ++i)
+      parts.push_back(prompt_products(w.input(x, i), i, 1, int8).to(at::kFloat));
+    return at::cat(parts, 1);
+  }
+
+  // rows_products' kernels for parts [first, first + count) over the same input, in the codes' column order
+  Tensor prompt_products(const Tensor& x, int64_t first, int64_t count, bool int8) const {
     std::vector<Tensor> a(as.begin() + first, as.begin() + first + count),
         b(bs.begin() + first, bs.begin() + first + count), c(mins.begin() + first, mins.begin() + first + count);
     std::vector<int64_t> bits, n(ns.begin() + first, ns.begin() + first + count);
@@ -509,7 +527,7 @@ struct Step {
   Tensor prefill(Tensor x, int64_t pos, Tensor k_cache, Tensor v_cache, Tensor state, Tensor rope_global,
                  Tensor rope_local, bool int8, bool all_logits, bool panel_rows) const {
     at::NoGradGuard no_grad;
-    const Weights w{kinds, as, bs, mins, ns};
+    const Weights w{kinds, as, bs, mins, ns, perms};
     x = x.contiguous().clone();
     const int64_t t = x.size(0), layers = static_cast<int64_t>(norms.size());
     const kv::View cache = cache_view(k_cache, v_cache);
@@ -616,7 +634,7 @@ struct Step {
                const std::vector<Tensor>& k_caches, const std::vector<Tensor>& v_caches,
                const std::vector<Tensor>& states, Tensor rope_global, Tensor rope_local) const {
     at::NoGradGuard no_grad;
-    const Weights w{kinds, as, bs, mins, ns};
+    const Weights w{kinds, as, bs, mins, ns, perms};
     x = x.contiguous().clone();
     const int64_t t = x.size(0), layers = static_cast<int64_t>(norms.size());
     TORCH_CHECK(t >= 1 && t <= DOT_MAX_ROWS && static_cast<int64_t>(pos.size()) == t &&
@@ -697,7 +715,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
                           std::vector<std::vector<Tensor>>, std::vector<int64_t>, Tensor, int64_t, Tensor, Tensor,
                           Tensor, int64_t, int64_t, int64_t, int64_t, int64_t, double, double, int64_t, bool,
                           int64_t, double, double, double, double, std::vector<Tensor>, int64_t, int64_t, bool,
-                          int64_t, int64_t, bool, double, double, double, int64_t, double, std::vector<int64_t>>())
+                          int64_t, int64_t, bool, double, double, double, int64_t, double, std::vector<int64_t>,
+                          std::vector<Tensor>>())
       // the GIL is released while a step or a prompt runs: `kernelfit serve`'s event loop keeps answering meanwhile
       .def("run", &Step::run, "one decode step", pybind11::call_guard<pybind11::gil_scoped_release>())
       .def("prefill", &Step::prefill, "a prompt's forward", pybind11::call_guard<pybind11::gil_scoped_release>())

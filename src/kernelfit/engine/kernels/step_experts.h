@@ -5,6 +5,7 @@
 // Included by step.cpp after Step, so that file stays the layer loop.
 
 inline Step::DotBlock Step::dot_block(const Weights& w, int64_t i, int64_t e, int64_t rows) const {
+  TORCH_CHECK(!w.permuted(i), "a block of a product's rows: its input in the stored column order (no act-order)");
   TORCH_CHECK(dot_kind(w.kinds[i]) && rows % dot::TILE == 0, "a block of a product's rows: whole tiles of a dot "
               "weight, or float rows");
   const int64_t tiles = rows / dot::TILE;

@@ -6,7 +6,8 @@ Layouts (AutoAWQ's WQLinear_GEMM and AutoGPTQ's QuantLinear, as loader/dequantiz
   qzeros [in/g, out/8] packed the same; scales [in/g, out] float16; w = (q - z) * s.
 - GPTQ: qweight [in*bits/32, out] packed along the input axis (low bits first); qzeros [in/g, out*bits/32] along the
   output axis, stored minus one in the original format ("gptq"), as they are in "gptq_v2"; scales [in/g, out]; g_idx
-  [in], which must put the groups in input order (i // g: desc_act=False).
+  [in], a column's group: in input order (i // g) unless desc_act, whose columns are then read in group order and
+  the product's input gathered the same way (PackedLinear.perm).
 - compressed-tensors (compressors/pack_quantized, naive_quantized): weight_packed [out, in*bits/32] int32 packed along
   the input axis (low bits first), each code stored as q + 2^(bits-1) — or weight [out, in] int8 holding q itself
   (naive-/int-quantized); weight_scale [out, in/g] (group), [out, 1] (channel) or [1] (tensor); weight_zero_point,
@@ -48,6 +49,7 @@ class PackedLinear:
     scales: object
     rows: int  # output features
     cols: int  # input features
+    perm: np.ndarray | None = None  # act-order: the input columns in group order (codes() gives them so), else None
     _symmetric: bool | None = None
     _f16_scales: bool | None = None
 
@@ -97,7 +99,12 @@ def _ct_codes(p: PackedLinear, rows: np.ndarray) -> np.ndarray:
 
 
 def codes(p: PackedLinear, rows: np.ndarray) -> np.ndarray:
-    """uint8 codes [len(rows), in]."""
+    """uint8 codes [len(rows), in], in group order (p.perm's, where act-order put the groups out of input order)."""
+    c = _stored_codes(p, rows)
+    return c if p.perm is None else np.ascontiguousarray(c[:, p.perm])
+
+
+def _stored_codes(p: PackedLinear, rows: np.ndarray) -> np.ndarray:
     if p.method == "compressed-tensors":
         return _ct_codes(p, rows)
     w = words(p.qweight)
@@ -191,10 +198,20 @@ def dot_groups(p: PackedLinear, rows: np.ndarray) -> tuple[gb.DotGroups, float, 
 
 def dense_rows(p: PackedLinear, rows: np.ndarray, c: np.ndarray | None = None, s: np.ndarray | None = None,
                mins: np.ndarray | None = None) -> np.ndarray:
-    """float32 [len(rows), in]: (q - z) * s exactly, the weights the checkpoint stands for."""
+    """float32 [len(rows), in]: (q - z) * s exactly, the weights the checkpoint stands for — in group order (p.perm's
+    columns: input_order() puts them back)."""
     c = codes(p, rows) if c is None else c
     s = scales(p, rows) if s is None else s
     mins = -(zeros(p, rows).astype(np.float32) * s) if mins is None else mins
     n = len(rows)
     g = c.reshape(n, -1, p.group).astype(np.float32)
     return (g * s[:, :, None] + mins[:, :, None]).reshape(n, p.cols)
+
+
+def input_order(p: PackedLinear, w: np.ndarray) -> np.ndarray:
+    """Rows of dense_rows (group order) with their columns back in input order."""
+    if p.perm is None:
+        return w
+    out = np.empty_like(w)
+    out[:, p.perm] = w
+    return out

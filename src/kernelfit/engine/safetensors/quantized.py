@@ -33,11 +33,18 @@ def quantized_prefixes(names, quant) -> set[str]:
     return {n.rpartition(".")[0] for n in names if n.rpartition(".")[2] in marks}
 
 
-def _in_order(where: str, g, cols: int, group: int) -> None:
+def _column_order(where: str, g, cols: int, group: int) -> np.ndarray | None:
+    """The input columns in group order where g_idx (GPTQ's desc_act, compressed-tensors' actorder "group") puts them
+    out of it — each group's `group` columns then side by side, the product's input gathered the same way (the
+    C++ step's per-product permutation): exact, no dequantization. None where the groups are already in input order."""
     idx = g.data[g.offset:g.offset + g.nbytes].view(np.int32)
-    if len(idx) != cols or not np.array_equal(idx, np.arange(cols, dtype=np.int32) // group):
-        raise UsageError(f"{where}: g_idx puts the input columns' groups out of order (act-order); the engine reads "
-                         f"groups in input order ({NONE_HINT})")
+    if len(idx) == cols and np.array_equal(idx, np.arange(cols, dtype=np.int32) // group):
+        return None
+    if len(idx) != cols or idx.min(initial=0) < 0 or idx.max(initial=0) >= cols // group or \
+            not (np.bincount(idx, minlength=cols // group) == group).all():
+        raise UsageError(f"{where}: g_idx does not give each of the {cols // group} groups {group} columns; re-save the "
+                         f"checkpoint ({NONE_HINT})")
+    return np.argsort(idx, kind="stable").astype(np.int64)
 
 
 def _awq_gptq(where: str, parts: dict, quant) -> pk.PackedLinear:
@@ -55,9 +62,8 @@ def _awq_gptq(where: str, parts: dict, quant) -> pk.PackedLinear:
     if sc.shape != (cols // group, rows) or cols % group or group % gb.QK:
         raise UsageError(f"{where}: scales {list(sc.shape)} do not fit a [{rows}, {cols}] weight in groups of "
                          f"{group}; re-save the checkpoint")
-    if "g_idx" in parts:
-        _in_order(where, parts["g_idx"], cols, group)
-    return pk.PackedLinear(quant.method, bits, group, quant.format == "gptq_v2", qw, qz, sc, rows, cols)
+    order = _column_order(where, parts["g_idx"], cols, group) if "g_idx" in parts else None
+    return pk.PackedLinear(quant.method, bits, group, quant.format == "gptq_v2", qw, qz, sc, rows, cols, perm=order)
 
 
 def _dense_shape(where: str, s) -> tuple[int, int]:
@@ -98,9 +104,8 @@ def _ct_int(where: str, parts: dict, quant) -> pk.PackedLinear:
     if zp is not None and tuple(zp.shape) not in ((-(-rows // per), groups), (rows, groups)):
         raise UsageError(f"{where}: weight_zero_point {list(zp.shape)} does not fit {rows} rows in {groups} groups; "
                          "re-save the checkpoint")
-    if "weight_g_idx" in parts:
-        _in_order(where, parts["weight_g_idx"], cols, group)
-    return pk.PackedLinear("compressed-tensors", quant.bits, group, False, codes, zp, scale, rows, cols)
+    order = _column_order(where, parts["weight_g_idx"], cols, group) if "weight_g_idx" in parts else None
+    return pk.PackedLinear("compressed-tensors", quant.bits, group, False, codes, zp, scale, rows, cols, perm=order)
 
 
 def quantized_linear(directory: Path, prefix: str, parts: dict, quant) -> pk.PackedLinear | WidenedLinear:

@@ -135,6 +135,12 @@ class SafetensorsTensors:
         self.requant_error.setdefault(name, []).append((float(((back - w) ** 2).sum()), float((w ** 2).sum())))
         return gb.dot_groups(raw, "Q8_0", stop - start, cols)
 
+    def column_order(self, name: str) -> np.ndarray | None:
+        """The order dot_groups gives a weight's input columns in (an act-order GPTQ / compressed-tensors linear's
+        groups side by side), or None: as stored. The product gathers its input the same way."""
+        t = self.by_name[name]
+        return t.perm if isinstance(t, pk.PackedLinear) else None
+
     def conversion(self, name: str, bits: int, grid: int = 0) -> Conversion:
         """What a weight packed into dot groups became (engine/gguf/reader.py dot): Q8_0 made here, its error (grid:
         always 0 here, the GGUF reader's signature)."""
@@ -190,8 +196,9 @@ class SafetensorsTensors:
         t = self.by_name[name]
         if isinstance(t, (pk.PackedLinear, wd.WidenedLinear)):
             rows_of = np.arange(start, stop) if order is None else order[start:stop]
-            dense_rows = pk.dense_rows if isinstance(t, pk.PackedLinear) else wd.dense_rows
-            return torch.from_numpy(np.ascontiguousarray(dense_rows(t, rows_of), dtype=np.float32))
+            w = pk.input_order(t, pk.dense_rows(t, rows_of)) if isinstance(t, pk.PackedLinear) else \
+                wd.dense_rows(t, rows_of)
+            return torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32))
         raw = self._raw_rows(name, 0, rows)[order[start:stop]] if order is not None else \
             self._raw_rows(name, start, stop)
         stored = self.by_name[name].type_name
