@@ -94,12 +94,14 @@ def _bf16_parts(x: torch.Tensor, a: List[torch.Tensor], b: List[torch.Tensor], c
                 n: List[int]) -> torch.Tensor:
     """Several dot weights' products over one input with bf16 inputs, side by side (kernels/step.cpp's rows_products
     decides the same way): the bf16 panel GEMM where built (panel_gemm.h, float32 out), else the parts unpacked into
-    one float32 matrix for one float32 product (a CPU without AVX512-BF16 runs no faster bf16 one: kernels/step.cpp
-    rows_products)."""
+    one bf16 matrix for oneDNN (KERNELFIT_PANEL_GEMM=0), or on a CPU without AVX512-BF16 into one float32 matrix for
+    one float32 product (no faster bf16 one runs there: kernels/step.cpp rows_products)."""
     ops = native_module()
     bits = [dot_bits(k) for k in kind]
     if ops.panel_available():
         return ops.panel_gemm_parts(x, a, b, c, bits, n)
+    if ops.bf16_native():  # KERNELFIT_PANEL_GEMM=0: oneDNN's bf16 product (bf16 out: callers cast)
+        return F.linear(x.to(torch.bfloat16), ops.dot_dequant_parts(a, b, c, bits, n))
     return F.linear(x.float(), ops.dot_dequant_parts(a, b, c, bits, n, False))
 
 

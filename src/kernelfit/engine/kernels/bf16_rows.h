@@ -184,6 +184,16 @@ inline at::Tensor rows_mm_parts(const at::Tensor& x_in, const std::vector<at::Te
 }
 
 // y float32 [M, N] = x @ W^T; x float32 or bf16 [M, K], w bf16 [N, K] contiguous
+// rows_mm_parts over any number of rows, DECODE_ROWS at a time: each row's outputs whatever else shares the call (the
+// server's prompts on a CPU without the panels, whose float32 GEMM's sums depend on the rows in the call)
+inline at::Tensor rows_mm_exact(const at::Tensor& x_in, const std::vector<at::Tensor>& ws) {
+  const at::Tensor x = x_in.reshape({-1, x_in.size(-1)});
+  std::vector<at::Tensor> chunks;
+  for (int64_t r = 0; r < x.size(0); r += DECODE_ROWS)
+    chunks.push_back(rows_mm_parts(x.narrow(0, r, std::min(DECODE_ROWS, x.size(0) - r)), ws));
+  return at::cat(chunks, 0);
+}
+
 inline at::Tensor rows_mm(const at::Tensor& x_in, const at::Tensor& w) {
   const bool f16 = w.scalar_type() == at::kHalf;
   TORCH_CHECK((f16 || w.scalar_type() == at::kBFloat16) && w.dim() == 2 && w.is_contiguous(),
@@ -214,6 +224,7 @@ inline at::Tensor rows_mm(const at::Tensor& x_in, const at::Tensor& w) {
     return y;
   }
 #endif
+  if (panel::bf16_native()) return at::linear(x_in.to(w.scalar_type()).view({m, k}), w).to(at::kFloat);
   // no AVX512-BF16: float32 (exact; oneDNN converts a bf16 product there anyway, and rounds its output to bf16)
   return at::linear(x_in.to(at::kFloat).view({m, k}), w.to(at::kFloat));
 }

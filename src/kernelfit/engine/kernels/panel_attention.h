@@ -154,7 +154,10 @@ inline at::Tensor prompt_attention(const at::Tensor& q, const at::Tensor& k, con
   if (available() && q.size(2) % COLS == 0)
     return attention(q, k, v, pos, start, window, scale, bf16_out, score_cap, sinks);
 #endif
-  return rows::prompt_attention_to(q, k, v, pos, start, window, scale, block, bf16_out, score_cap, sinks);
+  // without the bf16 panels: oneDNN in query blocks, in bf16 where the CPU has AVX512-BF16 (a head size off the
+  // panels' columns, KERNELFIT_PANEL_GEMM=0), else in float32 (no faster bf16 product there)
+  return rows::prompt_attention_to(q, k, v, pos, start, window, scale, block, bf16_out, score_cap, sinks,
+                                   bf16_native());
 }
 
 }  // namespace panel

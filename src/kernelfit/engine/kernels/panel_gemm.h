@@ -224,6 +224,17 @@ void part_panels(const at::Tensor& codes, const at::Tensor& scale, const at::Ten
 }
 #endif
 
+// Whether this build runs bf16 products natively (AVX512-BF16, the panels' own condition), whatever
+// KERNELFIT_PANEL_GEMM says: where not, oneDNN converts a bf16 product to float32 and rounds its output to bf16, so
+// the fallbacks multiply in float32 instead (exact weights, float32 outputs)
+inline bool bf16_native() {
+#if defined(KF_PANEL_GEMM)
+  return true;
+#else
+  return false;
+#endif
+}
+
 // Built here, and not turned off by KERNELFIT_PANEL_GEMM=0 (read at each call: the unpack + oneDNN path can be
 // compared with it in one process)
 inline bool available() {

@@ -353,6 +353,48 @@ inline at::Tensor masked_softmax(const at::Tensor& scores, double scale, int64_t
   return out;
 }
 
+// masked_softmax over float32 scores, float32 out: the prompt attention of a CPU without AVX512-BF16 (no faster bf16
+// product there, and bf16 scores and weights moved the keys and values a prompt writes ~1e-3 from the decode step's)
+inline at::Tensor masked_softmax_f32(const at::Tensor& scores, double scale, int64_t q0, int64_t per, int64_t key0,
+                                     int64_t window, double cap = 0, const float* sinks = nullptr) {
+  TORCH_CHECK(scores.scalar_type() == at::kFloat && scores.dim() == 3 && scores.is_contiguous() && per >= 1,
+              "masked_softmax_f32: contiguous float32 [H, R, L] scores");
+  const int64_t per_head = scores.size(1);
+  const int64_t rows = scores.size(0) * scores.size(1), len = scores.size(2);
+  auto out = at::empty_like(scores);
+  const float* sp = scores.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
+    std::vector<float> e(len);
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t q = q0 + (r % per_head) / per;  // as masked_softmax
+      const int64_t lo = std::min(len, std::max<int64_t>(0, window > 0 ? q - window + 1 - key0 : 0));
+      const int64_t hi = std::max(lo, std::min(len, q + 1 - key0));
+      const float sink = sinks ? sinks[(r / per_head) * per + (r % per_head) % per] : -INFINITY;
+      float m = -INFINITY;
+      bool nan = false;
+      for (int64_t j = lo; j < hi; ++j) {
+        e[j] = sp[r * len + j] * float(scale);
+        nan = nan || e[j] != e[j];
+        m = std::max(m, e[j]);
+      }
+      m = nan ? NAN : m;
+      if (cap > 0 && hi > lo) {
+        softcap(e.data() + lo, hi - lo, float(cap));
+        softcap(&m, 1, float(cap));
+      }
+      m = m == m ? std::max(m, sink) : m;
+      exp_shifted(e.data() + lo, m, e.data() + lo, hi - lo);
+      const float inv = 1.f / (lanes_sum(e.data() + lo, hi - lo) + sink_weight(sink, m));
+      float* o = op + r * len;
+      std::fill(o, o + lo, 0.f);
+      for (int64_t j = lo; j < hi; ++j) o[j] = e[j] * inv;
+      std::fill(o + hi, o + len, 0.f);
+    }
+  });
+  return out;
+}
+
 // act(gate) * up for gu float32 or bf16 [T, 2F] (gate then up; gated_row's activations) -> float32 [T, F]
 // bf16_out: the product written as bf16 (see rms_norm_to). limit > 0: gpt-oss's clamped SwiGLU (clamped_swiglu_row)
 inline at::Tensor gated_to(const at::Tensor& gu_in, int64_t ffn, bool gelu, bool bf16_out, float alpha = 1.f,
@@ -389,35 +431,37 @@ inline at::Tensor gated(const at::Tensor& gu_in, int64_t ffn, bool gelu) { retur
 // square's products; Gemma 3 270M's 256 x 256 scores at ~400 GFLOP/s were ~0.6 ms a layer), the query heads of a kv
 // head stacked query-major so that a block is a slice, and masked_softmax between them. (Blocks of 64, 62% of the
 // square, measured ~10% slower: more, smaller oneDNN calls.)
+// bf16_math false (a CPU without AVX512-BF16): the same in float32 — two float32 GEMMs and masked_softmax_f32.
 inline at::Tensor prompt_attention_to(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t pos,
                                       int64_t start, int64_t window, double scale, int64_t block, bool bf16_out,
-                                      double cap = 0, const float* sinks = nullptr) {
+                                      double cap = 0, const float* sinks = nullptr, bool bf16_math = true) {
   TORCH_CHECK(q.dim() == 3 && k.dim() == 3 && v.sizes() == k.sizes() && q.size(2) == kv::head_size(k) &&
                   q.size(1) % k.size(0) == 0 && block >= 1 && start >= 0 && start <= pos,
               "prompt_attention: q [t, nq, d], k and v [nkv, cap, width] (kv_cache.h)");
   const int64_t t = q.size(0), nq = q.size(1), d = q.size(2), nkv = k.size(0), group = nq / nkv;
   const int64_t len = pos + t - start;
   TORCH_CHECK(pos + t <= k.size(1), "prompt_attention: positions beyond the cache");
-  const at::Tensor qb =
-      q.reshape({t, nkv, group, d}).transpose(0, 1).to(at::kBFloat16).contiguous().view({nkv, t * group, d});
+  const at::ScalarType math = bf16_math ? at::kBFloat16 : at::kFloat;
+  const at::Tensor qb = q.reshape({t, nkv, group, d}).transpose(0, 1).to(math).contiguous().view({nkv, t * group, d});
   // float32 and float16 caches convert straight to bf16; Q8_0 rows are widened first
   const bool q8 = kv::kind_of(k) == kv::Kind::Q8_0;
   const at::Tensor ks = k.narrow(1, start, len), vs = v.narrow(1, start, len);
-  const at::Tensor kb = (q8 ? kv::to_float(ks) : ks).to(at::kBFloat16).contiguous();
-  const at::Tensor vb = (q8 ? kv::to_float(vs) : vs).to(at::kBFloat16).contiguous();
+  const at::Tensor kb = (q8 ? kv::to_float(ks) : ks).to(math).contiguous();
+  const at::Tensor vb = (q8 ? kv::to_float(vs) : vs).to(math).contiguous();
   at::Tensor out = at::empty({nkv, t * group, d}, qb.options());
   for (int64_t b0 = 0; b0 < t; b0 += block) {
     const int64_t b1 = std::min(t, b0 + block);
     // keys seen by queries pos + b0 .. pos + b1 - 1
     const int64_t lo = window > 0 ? std::max<int64_t>(0, pos + b0 - window + 1 - start) : 0, hi = pos + b1 - start;
     const at::Tensor qs = qb.narrow(1, b0 * group, (b1 - b0) * group);
-    const at::Tensor p = masked_softmax(at::bmm(qs, kb.narrow(1, lo, hi - lo).transpose(1, 2)), scale, pos + b0, group,
-                                        start + lo, window, cap, sinks);
+    const at::Tensor scores = at::bmm(qs, kb.narrow(1, lo, hi - lo).transpose(1, 2));
+    const at::Tensor p = bf16_math ? masked_softmax(scores, scale, pos + b0, group, start + lo, window, cap, sinks)
+                                   : masked_softmax_f32(scores, scale, pos + b0, group, start + lo, window, cap, sinks);
     at::Tensor dst = out.narrow(1, b0 * group, (b1 - b0) * group);
     if (dst.is_contiguous()) at::bmm_out(dst, p, vb.narrow(1, lo, hi - lo));  // one kv head: straight into place
     else dst.copy_(at::bmm(p, vb.narrow(1, lo, hi - lo)));
   }
-  if (bf16_out && nkv == 1) return out.view({t, nq * d});  // one kv head: query-major is already [t, nq, d]
+  if (bf16_out && bf16_math && nkv == 1) return out.view({t, nq * d});  // one kv head: already [t, nq, d]
   at::Tensor res = at::empty({t, nq * d}, q.options().dtype(bf16_out ? at::kBFloat16 : at::kFloat));
   res.view({t, nkv, group, d}).copy_(out.view({nkv, t, group, d}).transpose(0, 1));  // one pass: reorder and widen
   return res;

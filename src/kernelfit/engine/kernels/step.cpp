@@ -488,19 +488,23 @@ struct Step {
   // whether rows_products takes a call of `rows` rows to a bf16 product (its input then best made bf16): the bf16
   // panels; without them (no AVX512-BF16) the products are float32 and so stay their inputs
   static bool bf16_inputs(int64_t rows, bool int8, bool panel_rows) {
-    return !few_rows(rows, panel_rows) && !int8 && panel::available();
+    return !few_rows(rows, panel_rows) && !int8 && panel::bf16_native();
   }
 
   // A prompt's products over t rows for parts [first, first + count) (all of them the file's groups): up to
   // DOT_MAX_ROWS rows the exact dot products; then the int8 GEMM (--prefill int8); else the bf16 panel GEMM
-  // (panel_gemm.h, AVX512-BF16), or — a CPU without AVX512-BF16, where oneDNN converts bf16 matmuls to float32 and
-  // runs them slower than float32 (catalog source torch-cpu-bf16) — the parts unpacked into one float32 matrix
-  // (exact) for one float32 product: a bf16 product there also rounded every output to bf16, which flipped 1.7% of a
-  // tiny model's prompt answers against transformers' float32 on the same weights (tests/test_safetensors_engine.py)
+  // (panel_gemm.h, AVX512-BF16), or the parts unpacked into one bf16 matrix for oneDNN (KERNELFIT_PANEL_GEMM=0) —
+  // and on a CPU without AVX512-BF16, where oneDNN converts bf16 matmuls to float32 and runs them slower than float32
+  // (catalog source torch-cpu-bf16), into one float32 matrix (exact) for one float32 product: a bf16 product there
+  // also rounded every output to bf16, which flipped 1.7% of a tiny model's prompt answers against transformers'
+  // float32 on the same weights (tests/test_safetensors_engine.py). The server's prompts (panel_rows) there take the
+  // exact dot products: a float32 GEMM's sums depend on how many rows share the call.
   Tensor rows_products(const Tensor& x, const Weights& w, int64_t first, int64_t count, bool int8,
                       bool panel_rows) const {
-    if (few_rows(x.size(0), panel_rows) || kinds[first] == 6) return products(x, w, first, count);  // bf16 rows:
-    // rows_mm picks its own kernel by rows
+    if (kinds[first] == 6 && panel_rows && !panel::available())
+      return bf16rows::rows_mm_exact(x, std::vector<Tensor>(as.begin() + first, as.begin() + first + count));
+    if (few_rows(x.size(0), panel_rows) || kinds[first] == 6 || (panel_rows && !panel::available()))
+      return products(x, w, first, count);  // bf16 rows: rows_mm picks its own kernel by rows
     bool permuted = false;
     for (int64_t i = first; i < first + count; ++i) permuted = permuted || w.permuted(i);
     if (!permuted) return prompt_products(x, first, count, int8);
@@ -518,6 +522,7 @@ struct Step {
     for (int64_t i = first; i < first + count; ++i) bits.push_back(dot_bits(kinds[i]));
     if (int8) return gemm::gemm_parts(x, a, b, c, bits, n);
     if (panel::available()) return panel::gemm_parts(x, a, b, c, bits, n);  // float32 out
+    if (panel::bf16_native()) return at::linear(x.to(at::kBFloat16), dot::dot_dequant_parts(a, b, c, bits, n));
     return at::linear(x.to(at::kFloat), dot::dot_dequant_parts(a, b, c, bits, n, false));
   }
 
@@ -583,10 +588,11 @@ struct Step {
                  last_att.data(), scores, attn_cap, slot(li, SINKS));
           att = torch::from_blob(last_att.data(), {1, nq * d}, x.options());
           x = x.narrow(0, t - 1, 1);
-        } else if (few_rows(t, panel_rows)) {
+        } else if (few_rows(t, panel_rows) || (panel_rows && !panel::available())) {
           // A few rows (a speculative step's drafted tokens, a short prompt): each row's attention as the decode step
           // computes it, after every row's keys and values are in the cache — with the exact dot products of these
-          // row counts, the rows' logits equal one decode step a token, bit for bit (runner.py verifies drafts so)
+          // row counts, the rows' logits equal one decode step a token, bit for bit (runner.py verifies drafts so).
+          // So too the server's prompts where no panels run: a float32 GEMM's sums depend on the rows in the call
           att = at::empty({t, nq * d}, x.options());
           for (int64_t r = 0; r < t; ++r)
             attend(qp + r * nq * d, cache, kl, nq, nkv, d, window_start(slide, pos + r), pos + r + 1, scaling,
@@ -724,6 +730,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
            pybind11::call_guard<pybind11::gil_scoped_release>());
   m.def("dot_mm", &dot::dot_mm, "x @ W^T over a weight's file groups (dot_kernels.h)");
   m.def("dot_dequant", &dot::dot_dequant, "a dot weight's rows as float32 or bf16");
+  m.def("bf16_native", &panel::bf16_native, "whether this build multiplies bf16 natively (AVX512-BF16)");
   m.def("dot_dequant_parts", &dot::dot_dequant_parts, "several dot weights unpacked into one bf16 (or float32) matrix",
         pybind11::arg("codes"), pybind11::arg("scale"), pybind11::arg("mins"), pybind11::arg("bits"), pybind11::arg("n"),
         pybind11::arg("bf16") = true);
