@@ -200,7 +200,12 @@ def test_the_first_token_comes_from_the_exact_step_after_the_prompts_prefill(tmp
     prefill_row = forward(b, torch.tensor(ids), 0)[-1]
     reset_cache(b, 64)
     got = runner.prompt_logits(ids)
-    assert (got - exact).abs().max() < 0.8 * (prefill_row - exact).abs().max()  # 0.42 vs 0.70 here
+    from kernelfit.engine.native import native_module
+
+    if native_module().bf16_native():
+        assert (got - exact).abs().max() < 0.8 * (prefill_row - exact).abs().max()  # 0.42 vs 0.70 here
+    else:  # no AVX512-BF16: float32 prompt products, as close as the step's (0.016 and 0.015 on an AVX2 EPYC)
+        assert (got - exact).abs().max() < 0.05 and (prefill_row - exact).abs().max() < 0.05
     tokens, _, _ = runner.generate_ids(ids, 3, stop_at_eos=False)
     assert tokens[0] == int(got.argmax())
 

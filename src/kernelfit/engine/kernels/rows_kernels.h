@@ -6,6 +6,8 @@
 // Plain float loops that GCC vectorises (-O3 -march=native), the rows split between threads.
 #pragma once
 
+#include <array>
+
 #include <ATen/Parallel.h>
 #include <torch/extension.h>
 
@@ -324,6 +326,25 @@ inline void softmax_row(const uint16_t* s, uint16_t* o, int64_t lo, int64_t hi, 
   softmax_weights(e, lo, hi, m, o, 0, len, sink);
 }
 
+// A prompt's scores [H, R, L] of `type`, checked: (H * R rows, R, L)
+inline std::array<int64_t, 3> score_dims(const at::Tensor& scores, at::ScalarType type, int64_t per, const char* what) {
+  TORCH_CHECK(scores.scalar_type() == type && scores.dim() == 3 && scores.is_contiguous() && per >= 1, what, " [H, R, L]");
+  return {scores.size(0) * scores.size(1), scores.size(1), scores.size(2)};
+}
+
+// Row r of a prompt's scores [H, R, L] (as masked_softmax reads them): the keys [lo, hi) its query sees, and its sink
+struct ScoreRow {
+  int64_t lo, hi;
+  float sink;
+  ScoreRow(int64_t r, int64_t per_head, int64_t per, int64_t q0, int64_t key0, int64_t window, int64_t len,
+           const float* sinks) {
+    const int64_t q = q0 + (r % per_head) / per;  // the query's position
+    lo = std::min(len, std::max<int64_t>(0, window > 0 ? q - window + 1 - key0 : 0));
+    hi = std::max(lo, std::min(len, q + 1 - key0));
+    sink = sinks ? sinks[(r / per_head) * per + (r % per_head) % per] : -INFINITY;
+  }
+};
+
 // A prompt's attention weights from its bf16 scores [H, R, L]: row r of each H is query position q0 + r / per (the
 // query heads that share a kv head side by side), column j key position key0 + j. One pass a row: scale, the
 // causal (and sliding-window) mask from the positions, a float32 softmax, bf16 out — where ATen took six (cast,
@@ -331,23 +352,15 @@ inline void softmax_row(const uint16_t* s, uint16_t* o, int64_t lo, int64_t hi, 
 // row's place among its `per`), or null
 inline at::Tensor masked_softmax(const at::Tensor& scores, double scale, int64_t q0, int64_t per, int64_t key0,
                                  int64_t window, double cap = 0, const float* sinks = nullptr) {
-  TORCH_CHECK(scores.scalar_type() == at::kBFloat16 && scores.dim() == 3 && scores.is_contiguous() && per >= 1,
-              "masked_softmax: contiguous bf16 [H, R, L] scores");
-  const int64_t per_head = scores.size(1);
-  const int64_t rows = scores.size(0) * scores.size(1), len = scores.size(2);
+  const auto [rows, per_head, len] = score_dims(scores, at::kBFloat16, per, "masked_softmax: contiguous bf16 scores");
   auto out = at::empty_like(scores);
   const auto* sp = reinterpret_cast<const uint16_t*>(scores.data_ptr<at::BFloat16>());
   auto* op = reinterpret_cast<uint16_t*>(out.data_ptr<at::BFloat16>());
   at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
     std::vector<float> e(len);
     for (int64_t r = begin; r < end; ++r) {
-      const int64_t q = q0 + (r % per_head) / per;  // the query's position; keys [lo, hi) are visible to it
-      const int64_t lo = std::min(len, std::max<int64_t>(0, window > 0 ? q - window + 1 - key0 : 0));
-      const int64_t hi = std::max(lo, std::min(len, q + 1 - key0));
-      const uint16_t* s = sp + r * len;
-      uint16_t* o = op + r * len;
-      softmax_row(s, o, lo, hi, len, float(scale), e.data(), float(cap),
-                  sinks ? sinks[(r / per_head) * per + (r % per_head) % per] : -INFINITY);
+      const ScoreRow row(r, per_head, per, q0, key0, window, len, sinks);
+      softmax_row(sp + r * len, op + r * len, row.lo, row.hi, len, float(scale), e.data(), float(cap), row.sink);
     }
   });
   return out;
@@ -357,20 +370,16 @@ inline at::Tensor masked_softmax(const at::Tensor& scores, double scale, int64_t
 // product there, and bf16 scores and weights moved the keys and values a prompt writes ~1e-3 from the decode step's)
 inline at::Tensor masked_softmax_f32(const at::Tensor& scores, double scale, int64_t q0, int64_t per, int64_t key0,
                                      int64_t window, double cap = 0, const float* sinks = nullptr) {
-  TORCH_CHECK(scores.scalar_type() == at::kFloat && scores.dim() == 3 && scores.is_contiguous() && per >= 1,
-              "masked_softmax_f32: contiguous float32 [H, R, L] scores");
-  const int64_t per_head = scores.size(1);
-  const int64_t rows = scores.size(0) * scores.size(1), len = scores.size(2);
+  const auto [rows, per_head, len] = score_dims(scores, at::kFloat, per, "masked_softmax_f32: contiguous float scores");
   auto out = at::empty_like(scores);
   const float* sp = scores.data_ptr<float>();
   float* op = out.data_ptr<float>();
   at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
     std::vector<float> e(len);
     for (int64_t r = begin; r < end; ++r) {
-      const int64_t q = q0 + (r % per_head) / per;  // as masked_softmax
-      const int64_t lo = std::min(len, std::max<int64_t>(0, window > 0 ? q - window + 1 - key0 : 0));
-      const int64_t hi = std::max(lo, std::min(len, q + 1 - key0));
-      const float sink = sinks ? sinks[(r / per_head) * per + (r % per_head) % per] : -INFINITY;
+      const ScoreRow row(r, per_head, per, q0, key0, window, len, sinks);
+      const int64_t lo = row.lo, hi = row.hi;
+      const float sink = row.sink;
       float m = -INFINITY;
       bool nan = false;
       for (int64_t j = lo; j < hi; ++j) {

@@ -588,11 +588,13 @@ struct Step {
                  last_att.data(), scores, attn_cap, slot(li, SINKS));
           att = torch::from_blob(last_att.data(), {1, nq * d}, x.options());
           x = x.narrow(0, t - 1, 1);
-        } else if (few_rows(t, panel_rows) || (panel_rows && !panel::available())) {
+        } else if (few_rows(t, panel_rows) || (panel_rows && !panel::available()) || !panel::bf16_native()) {
           // A few rows (a speculative step's drafted tokens, a short prompt): each row's attention as the decode step
           // computes it, after every row's keys and values are in the cache — with the exact dot products of these
           // row counts, the rows' logits equal one decode step a token, bit for bit (runner.py verifies drafts so).
-          // So too the server's prompts where no panels run: a float32 GEMM's sums depend on the rows in the call
+          // So too the server's prompts where no panels run, and every prompt on a CPU without AVX512-BF16: a float32
+          // GEMM over a block of queries sums in an order that depends on the block, and a reused prefix (runner.py)
+          // must give the keys and values a cold prefill writes
           att = at::empty({t, nq * d}, x.options());
           for (int64_t r = 0; r < t; ++r)
             attend(qp + r * nq * d, cache, kl, nq, nkv, d, window_start(slide, pos + r), pos + r + 1, scaling,
