@@ -528,9 +528,8 @@ def test_the_suite_is_large(capsys):
 
 
 def _packed_folder(path: Path, change, desc_act: bool) -> Path:
-    """A tiny GPTQ checkpoint (tests/test_packed_checkpoints_engine.py) with a tokenizer, damaged by `change` (or with
-    g_idx out of order where its config says desc_act false), which the plan still sends to the engine: its reader
-    refuses it before the plan is shown."""
+    """A tiny GPTQ checkpoint (tests/test_packed_checkpoints_engine.py; act-order where desc_act) with a tokenizer,
+    damaged by `change`, which the plan still sends to the engine: its reader refuses it before the plan is shown."""
     from safetensors.torch import load_file, save_file
     from test_packed_checkpoints_engine import _packed_checkpoint
     from test_safetensors_engine import _word_tokenizer
