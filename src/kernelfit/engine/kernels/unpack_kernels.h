@@ -1,6 +1,6 @@
 // A dot weight's rows unpacked to float32 or bf16: the token table's lookup, and a prompt's products on the precise
-// path (the layer's weights unpacked to bf16 for that call and multiplied by oneDNN; gemm_kernels.h's int8 GEMM is
-// the lossy alternative). The layout is dot_kernels.h's (tiles of 8 rows).
+// path (the layer's weights unpacked to bf16 — float32 without AVX512-BF16 — for that call and multiplied by oneDNN;
+// gemm_kernels.h's int8 GEMM is the lossy alternative). The layout is dot_kernels.h's (tiles of 8 rows).
 #pragma once
 
 #include "dot_kernels.h"
