@@ -30,9 +30,8 @@ ENGINE_Q8_0_LOSS = ("SmolLM2-135M, 300 positions of prose teacher-forced against
 # pre-quantized checkpoints whose integer codes the engine runs as stored (engine/safetensors/packed.py): the codes,
 # scales and zeros become the dot products' groups of 32 — AWQ's GEMM packing (4-bit, a zero per group), GPTQ 4/8-bit
 # (v1 zeros stored minus one, v2 as they are; act-order's columns read in group order, each product's input gathered
-# so), compressed-tensors' int weights (4/8-bit
-# codes packed in int32 words or one an int8; a scale per group, channel or tensor; zero points where asymmetric);
-# a group size splits into 32s
+# so), compressed-tensors' int weights (4/8-bit codes packed in int32 words or one an int8; a scale per group, channel
+# or tensor; zero points where asymmetric); a group size splits into 32s
 ENGINE_PACKED_METHODS = ("awq", "gptq", "compressed-tensors")
 ENGINE_PACKED_BITS = {"awq": (4,), "gptq": (4, 8), "compressed-tensors": (4, 8)}
 ENGINE_PACKED_FORMATS = {"awq": ("gemm",), "gptq": ("gptq", "gptq_v2"), "compressed-tensors": CT_FORMATS}

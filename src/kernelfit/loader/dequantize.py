@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from ..catalog.engine_checkpoints import CT_PACKED_SUFFIXES
 from ..errors import UsageError
 from ..model.quantization import AWQ_ORDER, CheckpointQuant
 from ..model.spec import ModelSpec
@@ -81,13 +82,12 @@ def gptq_weight(qweight, qzeros, scales, g_idx, group_size: int, bits: int, v2: 
     return dense.t().contiguous().to(scales.dtype)
 
 
-def fp8_block_weight(weight: torch.Tensor, scale_inv: torch.Tensor, block: tuple[int, int],
+def fp8_block_weight(weight: torch.Tensor, scale_inv: torch.Tensor, block: tuple[int, int] | None,
                      dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
-    """Dense [out, in] weight of a block-wise fp8 layer: each block of `block` fp8 values times its
-    fp32 `weight_scale_inv` (transformers' FineGrainedFP8 layout)."""
-    out_f, in_f = weight.shape
-    s = scale_inv.float().repeat_interleave(block[0], 0).repeat_interleave(block[1], 1)[:out_f, :in_f]
-    return (weight.float() * s).to(dtype)
+    """Dense [out, in] weight of an fp8 layer: each block of `block` fp8 values times its scale (transformers'
+    FineGrainedFP8 `weight_scale_inv`; block None: compressed-tensors' per tensor / channel / group `weight_scale`, the
+    block read from its shape)."""
+    return (weight.float() * _broadcast(scale_inv.float(), tuple(weight.shape), block)).to(dtype)
 
 
 def _broadcast(scale: torch.Tensor, shape: tuple[int, int], block: tuple[int, int] | None,
@@ -109,8 +109,7 @@ def compressed_tensors_weight(t: dict, q: CheckpointQuant) -> torch.Tensor:
     scale = t["weight_scale"]
     block = q.block if q.strategy == "block" else None
     if q.float_values:
-        w = t["weight"].float()
-        return (w * _broadcast(scale.float(), tuple(w.shape), block)).to(scale.dtype)
+        return fp8_block_weight(t["weight"], scale, block, scale.dtype)
     offset = 1 << (q.bits - 1)
     if t.get("weight_packed") is not None:
         codes = _codes(t["weight_packed"], q.bits, dim=1)
@@ -129,7 +128,6 @@ def compressed_tensors_weight(t: dict, q: CheckpointQuant) -> torch.Tensor:
     return (dense * _broadcast(scale.float(), tuple(w.shape), block, g_idx)).to(scale.dtype)
 
 
-CT_PARTS = ("weight_packed", "weight_scale", "weight_zero_point", "weight_shape", "weight_g_idx")
 CT_DROPPED = ("input_scale", "input_zero_point")  # static activation scales: the dense model runs unquantized
 
 
@@ -138,10 +136,10 @@ def _dense_ct(f, names: set[str], q: CheckpointQuant) -> dict[str, torch.Tensor]
     dense = {}
     for name in sorted(names):
         prefix, _, leaf = name.rpartition(".")
-        if prefix in prefixes and leaf in CT_PARTS + CT_DROPPED + ("weight",):
+        if prefix in prefixes and leaf in CT_PACKED_SUFFIXES + CT_DROPPED + ("weight",):
             if leaf == "weight_scale":
                 t = {k: f.get_tensor(f"{prefix}.{k}") if f"{prefix}.{k}" in names else None
-                     for k in CT_PARTS + ("weight",)}
+                     for k in CT_PACKED_SUFFIXES + ("weight",)}
                 dense[f"{prefix}.weight"] = compressed_tensors_weight(t, q)
             continue
         dense[name] = f.get_tensor(name)

@@ -485,6 +485,13 @@ struct Step {
   // a prompt prefilled in chunks between decode steps hold what one cold prefill writes, bit for bit
   static bool few_rows(int64_t rows, bool panel_rows) { return rows <= DOT_MAX_ROWS && !panel_rows; }
 
+  // whether a prompt call computes each row alone with the decode step's kernels (its dot products, bf16 rows a few at
+  // a time, its attention): a few rows, and the server's prompts where no panels run (a float32 or oneDNN GEMM's sums
+  // depend on the rows in the call)
+  static bool rows_alone(int64_t rows, bool panel_rows) {
+    return few_rows(rows, panel_rows) || (panel_rows && !panel::available());
+  }
+
   // whether rows_products takes a call of `rows` rows to a bf16 product (its input then best made bf16): the bf16
   // panels; without them (no AVX512-BF16) the products are float32 and so stay their inputs
   static bool bf16_inputs(int64_t rows, bool int8, bool panel_rows) {
@@ -501,10 +508,10 @@ struct Step {
   // exact dot products: a float32 GEMM's sums depend on how many rows share the call.
   Tensor rows_products(const Tensor& x, const Weights& w, int64_t first, int64_t count, bool int8,
                       bool panel_rows) const {
-    if (kinds[first] == 6 && panel_rows && !panel::available())
+    const bool alone = rows_alone(x.size(0), panel_rows);
+    if (alone && kinds[first] == 6)
       return bf16rows::rows_mm_exact(x, std::vector<Tensor>(as.begin() + first, as.begin() + first + count));
-    if (few_rows(x.size(0), panel_rows) || kinds[first] == 6 || (panel_rows && !panel::available()))
-      return products(x, w, first, count);  // bf16 rows: rows_mm picks its own kernel by rows
+    if (alone || kinds[first] == 6) return products(x, w, first, count);  // bf16 rows: rows_mm picks by rows
     bool permuted = false;
     for (int64_t i = first; i < first + count; ++i) permuted = permuted || w.permuted(i);
     if (!permuted) return prompt_products(x, first, count, int8);
@@ -588,7 +595,7 @@ struct Step {
                  last_att.data(), scores, attn_cap, slot(li, SINKS));
           att = torch::from_blob(last_att.data(), {1, nq * d}, x.options());
           x = x.narrow(0, t - 1, 1);
-        } else if (few_rows(t, panel_rows) || (panel_rows && !panel::available()) || !panel::bf16_native()) {
+        } else if (rows_alone(t, panel_rows) || !panel::bf16_native()) {
           // A few rows (a speculative step's drafted tokens, a short prompt): each row's attention as the decode step
           // computes it, after every row's keys and values are in the cache — with the exact dot products of these
           // row counts, the rows' logits equal one decode step a token, bit for bit (runner.py verifies drafts so).

@@ -19,8 +19,9 @@ activations in blocks of 32 either way): a group of 128m weights becomes m group
 4.125 bits a 4-bit weight — and other multiples of 32 groups of 32 (4.5 bits). A symmetric GPTQ tensor (every zero
 2^(bits-1)) has the minimum -2^(bits-1) * scale: exact. A zero per group (AWQ, asymmetric GPTQ) becomes a float16
 minimum -z * s: z * s can need 15 significant bits and float16 keeps 11, so the minimum is rounded (measured per
-tensor and reported, ~4e-4 relative on the tests' weights); 4.25 bits a 4-bit weight in groups of 128. A tensor whose scales float16 cannot hold exactly (bf16 scales below
-float16's normal range, or float32 ones) keeps float32 scales per 32 instead (5 bits a 4-bit weight, exact).
+tensor and reported, ~4e-4 relative on the tests' weights); 4.25 bits a 4-bit weight in groups of 128. A tensor
+whose scales float16 cannot hold exactly (bf16 scales below float16's normal range, or float32 ones) keeps float32
+scales per 32 instead (5 bits a 4-bit weight, exact).
 """
 
 from __future__ import annotations
@@ -70,7 +71,8 @@ def words(s) -> np.ndarray:
     return s.data[s.offset:s.offset + s.nbytes].view(np.uint32).reshape(s.shape)
 
 
-def _scales(s) -> np.ndarray:
+def floats(s) -> np.ndarray:
+    """A Stored float tensor (bf16, float16, float32) as float values, shaped as stored."""
     raw = s.data[s.offset:s.offset + s.nbytes]
     if s.type_name == "BF16":
         return (raw.view(np.uint16).astype(np.uint32) << 16).view(np.float32).reshape(s.shape)
@@ -140,17 +142,17 @@ def zeros(p: PackedLinear, rows: np.ndarray) -> np.ndarray:
 def scales(p: PackedLinear, rows: np.ndarray) -> np.ndarray:
     """float32 scales [len(rows), in/g], the checkpoint's values."""
     if p.method == "compressed-tensors":  # [out, groups], or one for the tensor
-        s = _scales(p.scales).astype(np.float32)
+        s = floats(p.scales).astype(np.float32)
         if s.size == 1:
             return np.full((len(rows), 1), s.reshape(-1)[0], np.float32)
         return np.ascontiguousarray(s.reshape(p.rows, -1)[rows])
-    return np.ascontiguousarray(_scales(p.scales)[:, rows].T.astype(np.float32))
+    return np.ascontiguousarray(floats(p.scales)[:, rows].T.astype(np.float32))
 
 
 def symmetric(p: PackedLinear) -> bool:
     """Every zero is 2^(bits-1) (GPTQ sym=True): the minimum is a fixed factor of the scale."""
     if p._symmetric is None:
-        p._symmetric = p.qzeros is None or bool((zeros(p, np.arange(p.rows)) == 1 << (p.bits - 1)).all())
+        p._symmetric = p.qzeros is None or bool((zeros(p, np.arange(p.rows)) == _offset(p)).all())
     return p._symmetric
 
 
@@ -175,7 +177,7 @@ def _scale_dtype(p: PackedLinear) -> np.dtype:
 
 def layout(p: PackedLinear) -> tuple:
     """(bits, group, scale dtype, minimum, grid) of the dot groups (engine/gguf/blocks.py DotGroups.layout)."""
-    return (p.bits, dot_group(p), _scale_dtype(p).str, -float(1 << (p.bits - 1)) if symmetric(p) else "per group", 0)
+    return (p.bits, dot_group(p), _scale_dtype(p).str, -float(_offset(p)) if symmetric(p) else "per group", 0)
 
 
 def dot_groups(p: PackedLinear, rows: np.ndarray) -> tuple[gb.DotGroups, float, float]:
@@ -188,7 +190,7 @@ def dot_groups(p: PackedLinear, rows: np.ndarray) -> tuple[gb.DotGroups, float, 
     dtype = _scale_dtype(p)
     scale = np.repeat(s.astype(dtype), per, axis=1)
     if symmetric(p):
-        return gb.DotGroups(c, scale, -float(1 << (p.bits - 1)), p.bits, group), 0.0, 0.0
+        return gb.DotGroups(c, scale, -float(_offset(p)), p.bits, group), 0.0, 0.0
     exact = -(zeros(p, rows).astype(np.float32) * s)  # z * s: exact in float32 (bits + 11 significant bits)
     m16 = exact.astype(dtype)
     err2 = float(((m16.astype(np.float32) - exact) ** 2).sum()) * p.group

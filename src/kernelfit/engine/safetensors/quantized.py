@@ -111,14 +111,12 @@ def _ct_int(where: str, parts: dict, quant) -> pk.PackedLinear:
 def quantized_linear(directory: Path, prefix: str, parts: dict, quant) -> pk.PackedLinear | WidenedLinear:
     """One quantized linear from its tensors, checked against the checkpoint's format."""
     where = f"{directory.name}: {prefix}"
-    if quant.method == "fp8":
-        if "weight_scale_inv" not in parts or "weight" not in parts:
-            raise UsageError(f"{where} has no weight or weight_scale_inv; re-save the checkpoint ({NONE_HINT})")
-        return widened(where, parts["weight"], parts["weight_scale_inv"], quant.block)
-    if quant.method == "compressed-tensors" and quant.float_values:
-        if "weight_scale" not in parts or "weight" not in parts:
-            raise UsageError(f"{where} has no weight or weight_scale; re-save the checkpoint ({NONE_HINT})")
-        return widened(where, parts["weight"], parts["weight_scale"], quant.block if quant.strategy == "block" else None)
+    if quant.float_values:  # transformers' block fp8 (weight_scale_inv), compressed-tensors' float (weight_scale)
+        scale = "weight_scale_inv" if quant.method == "fp8" else "weight_scale"
+        if scale not in parts or "weight" not in parts:
+            raise UsageError(f"{where} has no weight or {scale}; re-save the checkpoint ({NONE_HINT})")
+        block = quant.block if quant.method == "fp8" or quant.strategy == "block" else None
+        return widened(where, parts["weight"], parts[scale], block)
     if quant.method == "compressed-tensors":
         return _ct_int(where, parts, quant)
     return _awq_gptq(where, parts, quant)

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ...errors import UsageError
+from .packed import floats
 
 FP8_STORED = "F8_E4M3"  # safetensors' name for float8_e4m3fn
 SCALE_TYPES = ("F32", "BF16", "F16")
@@ -39,13 +40,6 @@ class WidenedLinear:
         return [self.weight, self.scale]
 
 
-def _floats(s) -> np.ndarray:
-    raw = s.data[s.offset:s.offset + s.nbytes]
-    if s.type_name == "BF16":
-        return (raw.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
-    return raw.view(np.float16 if s.type_name == "F16" else np.float32).astype(np.float32)
-
-
 def widened(where: str, weight, scale, block: tuple[int, int] | None) -> WidenedLinear:
     """The linear `where` (its fp8 weight and scale tensors), checked; block: the config's block size, None where the
     scale's shape gives it (per tensor, channel or group: the rows and columns must divide evenly)."""
@@ -66,6 +60,6 @@ def dense_rows(w: WidenedLinear, rows: np.ndarray) -> np.ndarray:
     """float32 [len(rows), in]: each fp8 value times its block's scale, the weights the checkpoint stands for."""
     rows_n, cols = w.shape
     values = E4M3_VALUES[w.weight.data[w.weight.offset:w.weight.offset + w.weight.nbytes].reshape(rows_n, cols)[rows]]
-    scale = _floats(w.scale).reshape(-1, w.scale.shape[-1] if len(w.scale.shape) == 2 else 1)
+    scale = floats(w.scale).astype(np.float32).reshape(-1, w.scale.shape[-1] if len(w.scale.shape) == 2 else 1)
     full = np.repeat(scale[np.asarray(rows) // w.block[0]], w.block[1], axis=1)[:, :cols]  # [n, in]
     return values * full
