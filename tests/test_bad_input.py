@@ -577,6 +577,21 @@ def test_run_a_compressed_tensors_checkpoint_whose_linear_lacks_its_scale(tmp_pa
     _one_case(lambda m: ["run", str(d), "--prompt", "w5 w6"], "has no weight_scale", tmp_path, monkeypatch, capsys)
 
 
+def test_run_an_fp8_checkpoint_whose_scale_does_not_tile_its_weight(tmp_path, monkeypatch, capsys):
+    from safetensors.torch import load_file, save_file
+    from test_compressed_checkpoints_engine import _fp8_checkpoint
+    from test_safetensors_engine import _word_tokenizer
+
+    d = tmp_path / "ck"
+    _fp8_checkpoint(d, "hf")
+    _word_tokenizer(d)
+    tensors = load_file(d / "model.safetensors")
+    name = "model.layers.0.mlp.down_proj.weight_scale_inv"
+    tensors[name] = tensors[name][:, :1].contiguous()  # one column of blocks for a weight of 16
+    save_file(tensors, d / "model.safetensors", metadata={"format": "pt"})
+    _one_case(lambda m: ["run", str(d), "--prompt", "w5 w6"], "does not tile", tmp_path, monkeypatch, capsys)
+
+
 def _edited_file(module, path: Path, arch: str, extra: dict | None = None, replace: dict | None = None,
                  skip: tuple[str, ...] = (), rename: dict | None = None) -> Path:
     """A tiny real file written by a test writer (tests/gguf_<arch>.py, its model random) with keys added (`extra`),
