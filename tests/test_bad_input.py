@@ -342,6 +342,16 @@ OTHER = [
     ("plan pickle is fine to plan, run is not", lambda m: ["run", m["pickle"], "--prompt", "x", "--no-health-check"],
      "pickle"),
 ]
+DRAFTS = [  # --draft-model: refused from the plans and headers, before either model loads
+    ("run draft model missing", lambda m: ["run", "--prompt", "x", "--draft-model", m["dir"] + "/none.gguf"],
+     "--draft-model: no model at"),
+    ("run draft model of another vocabulary", lambda m: ["run", "--prompt", "x", "--draft-model",
+                                                         m["gguf no tokenizer scores"]], "does not share"),
+    ("serve draft model with vllm", lambda m: ["serve", "--engine", "vllm", "--draft-model",
+                                               m["gguf no tokenizer scores"]], "vLLM's own speculative"),
+]
+for _name, _build, _expect in DRAFTS:
+    case(_name, _expect)(_build)
 for _name, _build, _expect in OTHER:
     case(_name, _expect)(_build)
 

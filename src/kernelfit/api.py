@@ -4,6 +4,7 @@ ModelSpec inside it), never a model string to resolve again."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Callable
 
 from .bench.cache import with_cached_winner
@@ -24,6 +25,25 @@ def make_plan(model: str, prefs: Preferences | None = None, machine: Machine | N
         machine = probe_machine()
     plan = plan_for(machine, spec, prefs or Preferences())
     return with_cached_winner(plan) if use_tune_cache else plan
+
+
+def make_draft_plan(plan: Plan) -> Plan | None:
+    """The plan of `plan`'s draft model (Preferences.draft_model; None without one) on the same machine with the same
+    preferences, checked against `plan` (both on kernelfit's engine, one tokenizer) before either model loads."""
+    name = plan.preferences.draft_model
+    if not name:
+        return None
+    from .errors import UsageError
+    from .loader.draft import check_draft_plans
+
+    try:
+        # its own context (None: its default): past its positions the draft stops drafting (engine/draft_model.py)
+        draft = make_plan(name, replace(plan.preferences, draft_model=None, context=None), plan.machine,
+                          use_tune_cache=False)
+    except UsageError as exc:  # which of the two models the message is about
+        raise UsageError(f"--draft-model: {exc}") from None
+    check_draft_plans(plan, draft, name)
+    return draft
 
 
 def memory_in_gib(max_memory) -> dict[str, float] | None:
@@ -70,7 +90,7 @@ def device_preference(device: str, device_map) -> str:
 def load(model: str = "smollm2-135m", *, dtype: str = "auto", attention: str = "auto", context: int | None = None,
          batch: int = 1, device: str = "auto", max_memory: dict | None = None, quantization: str = "auto",
          allow_dequantize: bool = False, prefill: str = "auto", kv_cache: str = "auto", machine: Machine | None = None,
-         plan: Plan | None = None,
+         plan: Plan | None = None, draft_model: str | None = None,
          dispatch: bool = True, use_tune_cache: bool = True, health_check: bool = True,
          trust_remote_code: bool = False, allow_pickle: bool = False,
          progress: Callable[[str], None] | None = None, device_map=None, attn_implementation: str | None = None):
@@ -89,7 +109,13 @@ def load(model: str = "smollm2-135m", *, dtype: str = "auto", attention: str = "
         prefs = Preferences(dtype=str(dtype).removeprefix("torch."), attention=attention, context=context, batch=batch,
                             device=device_preference(device, device_map), max_memory=memory_in_gib(max_memory),
                             quantization=quantization, allow_dequantize=allow_dequantize, prefill=prefill,
-                            kv_cache=kv_cache)
+                            kv_cache=kv_cache, draft_model=draft_model)
         plan = make_plan(model, prefs, machine, use_tune_cache)
-    return load_plan(plan, dispatch=dispatch, health_check=health_check, trust_remote_code=trust_remote_code,
-                     allow_pickle=allow_pickle, progress=progress)
+    draft = make_draft_plan(plan)
+    loaded = load_plan(plan, dispatch=dispatch, health_check=health_check, trust_remote_code=trust_remote_code,
+                       allow_pickle=allow_pickle, progress=progress)
+    if draft is not None:
+        from .loader.draft import attach_draft
+
+        attach_draft(loaded, draft, plan.preferences.draft_model, progress)
+    return loaded

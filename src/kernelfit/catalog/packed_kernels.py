@@ -94,6 +94,11 @@ GGUF_GROUPS = ("the file's own 4/6/8-bit groups, exact, through kernelfit's C++ 
 GGUF_DECODE = GGUF_GROUPS + ("; decoding checks prompt-lookup drafts several tokens a step where the C++ step runs "
                              "(greedy, and sampled in the server: the same tokens, the same seeded samples; paused "
                              "where it measures slower)")
+# --draft-model: a small model of the same tokenizer drafts instead of prompt lookup (engine/draft_model.py), checked the
+# same way, so the output is unchanged; llama.cpp's p_min 0.75 stops a draft where the draft model is unsure
+DRAFT_MODEL_DECODE = ("; decoding checks drafts from the draft model {name} (the same tokenizer; it decodes ahead "
+                      "while it gives its next token at least 75%) several tokens a step (greedy, and sampled in the "
+                      "server alone: the same tokens, the same seeded samples; paused where it measures slower)")
 # A hybrid (LFM2, Qwen3.5, Granite 4.0-H): its recurrent state holds only the latest position, so a rejected draft
 # cannot be taken back out of it (engine/recurrent.py): `run` copies the state before a drafted step and runs the
 # kept rows again from the copy where a draft is rejected; the server's batched steps do not draft on it yet

@@ -48,12 +48,18 @@ def add_quant_args(p: argparse.ArgumentParser) -> None:
                    help="unpack a quantized checkpoint when no kernel for it runs here")
 
 
+def add_draft_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--draft-model", metavar="PATH", help="kernelfit's engine: a small model of the same tokenizer "
+                   "(e.g. SmolLM2-135M for a larger SmolLM2) that drafts tokens the model checks several a step "
+                   "(the same output; instead of prompt lookup)")
+
+
 def preferences(args, **fixed) -> "Preferences":  # noqa: F821
     """The plan preferences a command's flags ask for (`fixed` for flags a command does not have)."""
     from ..planner.types import Preferences
 
     names = ("dtype", "attention", "context", "batch", "device", "max_memory", "quantization", "allow_dequantize",
-             "prefill", "kv_cache")
+             "prefill", "kv_cache", "draft_model")
     given = {n: getattr(args, "attn" if n == "attention" else n) for n in names
              if hasattr(args, "attn" if n == "attention" else n)}
     return Preferences(**{**given, **fixed})

@@ -15,7 +15,7 @@ from .render import KERNEL_TITLES
 
 
 def add_run_parser(sub) -> None:
-    from .args import add_quant_args, positive_int
+    from .args import add_draft_args, add_quant_args, positive_int
 
     p = sub.add_parser("run", help="load a model with its plan and generate (default: the bundled SmolLM2)")
     p.add_argument("model", nargs="?", default="smollm2-135m", help="model (default: smollm2-135m, bundled)")
@@ -29,6 +29,7 @@ def add_run_parser(sub) -> None:
     p.add_argument("--context", type=positive_int("--context"), default=None)
     p.add_argument("--device", default="auto")
     add_quant_args(p)
+    add_draft_args(p)
     p.add_argument("--no-chat-template", action="store_true", help="send the prompt as raw text")
     p.add_argument("--no-health-check", action="store_true", help="skip the post-load health check")
     p.add_argument("--no-dispatch", action="store_true", help="pass the plan's attention to transformers directly")
@@ -116,7 +117,7 @@ def cmd_run(args) -> int:
         raise UsageError(f"unknown attention implementation '{args.attn}'; choose one of {', '.join(attention_names())}")
     quiet = args.json
     say = (lambda m: None) if quiet else (lambda m: _err(f"kernelfit: {m}"))
-    from ..api import make_plan
+    from ..api import make_draft_plan, make_plan
     from .args import preferences
 
     images = []
@@ -132,6 +133,7 @@ def cmd_run(args) -> int:
     from ..loader.load import check_loadable
 
     check_loadable(plan, args.allow_pickle)  # no weights, or pickle not allowed: say so before the plan
+    draft_plan = make_draft_plan(plan)
     if args.tune:
         plan = run_bench(plan, quiet, save=True)[2] or plan
     if not quiet:
@@ -148,6 +150,10 @@ def cmd_run(args) -> int:
     with warnings.catch_warnings(record=quiet):
         loaded = load_plan(plan, dispatch=not args.no_dispatch, health_check=not args.no_health_check,
                            trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle, progress=say)
+        if draft_plan is not None:
+            from ..loader.draft import attach_draft
+
+            attach_draft(loaded, draft_plan, args.draft_model, say)
         say(f"loaded in {loaded.load_seconds:.1f} s; generating")
         stream = None if quiet else (lambda t: (sys.stdout.write(t), sys.stdout.flush()))
         gen = generate(loaded.model, loaded.tokenizer, args.prompt, args.max_new_tokens, stream, args.system,
@@ -161,6 +167,7 @@ def cmd_run(args) -> int:
                           "prefill_tokens_per_s": round(gen.prefill_tokens_per_s, 2),
                           "decode_tokens_per_s": round(gen.decode_tokens_per_s, 2),
                           "load_seconds": round(loaded.load_seconds, 2), "packing": loaded.packing,
+                          "draft": _draft_report(loaded.model),
                           "peak_rss_mib": peak_rss_mib(), "peak_gpu_mib": peak_gpu_mib()}, indent=2))
     else:
         sys.stdout.write("\n")
@@ -172,6 +179,14 @@ def cmd_run(args) -> int:
              f"{', '.join(loaded.plan.placement.devices)}), peak RSS {peak_rss_mib():.0f} MiB"
              + "".join(f", peak {d} {mib:.0f} MiB" for d, mib in peak_gpu_mib().items()))
     return 0
+
+
+def _draft_report(model) -> dict | None:
+    """What the draft model did: tokens it proposed, the ones kept, the target's decode steps."""
+    d = getattr(model, "draft", None)
+    if d is None:
+        return None
+    return {"model": d.name, "proposed": d.proposed, "kept": d.kept, "decode_steps": model.steps}
 
 
 def run_bench(plan, quiet: bool, save: bool, context: int = 256, new_tokens: int = 32, trials: int = 3,

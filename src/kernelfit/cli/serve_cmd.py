@@ -10,7 +10,7 @@ from ..errors import UsageError
 
 
 def add_serve_parser(sub) -> None:
-    from .args import add_quant_args, positive_int
+    from .args import add_draft_args, add_quant_args, positive_int
 
     p = sub.add_parser("serve", help="an OpenAI-compatible HTTP endpoint for a model, loaded with its plan")
     p.add_argument("model", nargs="?", default="smollm2-135m", help="model (default: smollm2-135m, bundled)")
@@ -37,6 +37,7 @@ def add_serve_parser(sub) -> None:
     p.add_argument("--context", type=positive_int("--context"), default=None, help="the longest prompt + answer")
     p.add_argument("--device", default="auto")
     add_quant_args(p)
+    add_draft_args(p)
     p.add_argument("--no-cache", action="store_true", help="ignore a cached bench winner")
     p.add_argument("--trust-remote-code", action="store_true")
     p.add_argument("--allow-pickle", action="store_true")
@@ -45,7 +46,7 @@ def add_serve_parser(sub) -> None:
 def cmd_serve(args) -> int:
     if args.port > 65535:
         raise UsageError(f"--port must be at most 65535, not {args.port}")
-    from ..api import make_plan
+    from ..api import make_draft_plan, make_plan
     from ..loader.load import check_loadable
     from .args import preferences
     from .run_cmd import _err, _summary
@@ -53,12 +54,16 @@ def cmd_serve(args) -> int:
     plan = make_plan(args.model, preferences(args), use_tune_cache=not args.no_cache)  # one sequence's KV cache
     check_loadable(plan, args.allow_pickle)
     if args.engine == "vllm":
+        if args.draft_model:
+            raise UsageError("--draft-model is kernelfit's engine's; with --engine vllm pass vLLM's own "
+                             "speculative config, or leave it out")
         return _serve_with_vllm(args, plan)
     try:
         import fastapi  # noqa: F401
         import uvicorn
     except ImportError:
         raise UsageError("kernelfit serve needs fastapi and uvicorn: pip install 'kernelfit[serve]'") from None
+    draft_plan = make_draft_plan(plan)
     _err(_summary(plan))
     slots = _slots(plan, args.max_batch)  # the sequences served at once: as many as fit, up to --max-batch
     from ..loader.load import load_plan
@@ -67,6 +72,10 @@ def cmd_serve(args) -> int:
 
     loaded = load_plan(plan, trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle,
                        progress=lambda m: _err(f"kernelfit: {m}"))
+    if draft_plan is not None:
+        from ..loader.draft import attach_draft
+
+        attach_draft(loaded, draft_plan, args.draft_model, lambda m: _err(f"kernelfit: draft: {m}"))
     model_id = args.served_model_name or plan.model.name
     engine = Engine(loaded.model, loaded.tokenizer, max_batch=slots, queue_size=args.queue_size,
                     background=False, request_timeout=args.request_timeout,

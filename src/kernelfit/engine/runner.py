@@ -26,6 +26,7 @@ from .gguf.tokenizer import gguf_tokenizer
 from .native import native_status
 from .reference import DOT_MAX_ROWS
 from .recurrent import Checkpoints
+from .draft_model import DraftModel, ModelDrafter
 from .speculative import DraftGate, PromptLookup, accepted_tokens
 
 TOKENIZER_FORMAT = 1
@@ -49,6 +50,8 @@ class LeanRunner:
     steps: int = 0  # decode steps the last greedy() took (fewer than its tokens where drafts were kept)
     # a hybrid's recurrent state where prompts' prefills ended: a next prompt resumes from one (engine/recurrent.py)
     checkpoints: Checkpoints = field(default_factory=Checkpoints)
+    # a draft model of the same tokenizer (--draft-model): it drafts instead of prompt lookup (engine/draft_model.py)
+    draft: DraftModel | None = None
 
     def report(self) -> dict:
         """What each tensor became, by GGUF type: layout, count, worst and mean measured error."""
@@ -130,12 +133,20 @@ class LeanRunner:
         run again from the copy (greedy)."""
         return native_all_logits(self.build)
 
+    def drafter(self, tokens: list[int]):
+        """What proposes drafts for a sequence of `tokens` (its last not yet in the cache): the draft model, else
+        prompt lookup."""
+        if self.draft is not None:
+            return ModelDrafter(self.draft, tokens, self.build.cfg.vocab)
+        return PromptLookup(tokens)
+
     def greedy(self, prompt_ids: list[int], first: int, pos: int, max_new: int, speculative: bool = True):
         """Yield greedy tokens from `first` (the token after the prompt, not yet in the cache, at position `pos`)
         until `max_new` are out; the caller stops early at an end token. With `speculative` (and can_speculate), each
         step feeds the last token plus a prompt-lookup draft and keeps the draft up to the first token the model's
-        own argmax disagrees with, plus that argmax: the same tokens as one step a token."""
-        lookup = PromptLookup(list(prompt_ids) + [first]) if speculative and self.can_speculate else None
+        own argmax disagrees with, plus that argmax: the same tokens as one step a token. A draft model
+        (`draft`) drafts instead of the lookup; the gate counts its time in the drafted steps'."""
+        lookup = self.drafter(list(prompt_ids) + [first]) if speculative and self.can_speculate else None
         gate = DraftGate()
         state = self.build.state
         before = state.copy() if lookup and state is not None else None  # one buffer for the state before drafts
@@ -146,12 +157,16 @@ class LeanRunner:
             out += 1
             if out >= max_new:
                 return
-            draft = lookup.draft(min(DOT_MAX_ROWS - 1, max_new - out - 1)) if lookup and gate.allow() else []
-            self.steps += 1
             t = time.perf_counter()
+            asked = lookup is not None and gate.allow()
+            draft = lookup.draft(min(DOT_MAX_ROWS - 1, max_new - out - 1)) if asked else []
+            self.steps += 1
             if not draft:
                 last = int(self.logits(torch.tensor([last]), pos)[-1].argmax())
-                gate.plain(time.perf_counter() - t)
+                if asked and lookup.costly:  # a draft model asked in vain: its steps are this step's cost too
+                    gate.drafted(1, time.perf_counter() - t)
+                else:
+                    gate.plain(time.perf_counter() - t)
                 pos += 1
                 if lookup:
                     lookup.extend([last])

@@ -18,7 +18,10 @@ DRAFT_MIN, DRAFT_START, DRAFT_MAX = 2, 4, 10  # tokens proposed a step: adapted 
 
 class PromptLookup:
     """The sequence so far, indexed by its n-grams (n = NGRAM_MIN..NGRAM_MAX: where each last started), so a
-    draft costs a few dictionary lookups however long the prompt."""
+    draft costs a few dictionary lookups however long the prompt (not `costly`: a step it proposes nothing for is a
+    plain step)."""
+
+    costly = False
 
     def __init__(self, tokens: list[int]):
         self.tokens: list[int] = []

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ..catalog.packed_kernels import (DECODE_KERNELS, DENSE_VS_PANEL, FLOAT, GGUF_DECODE, HYBRID_DECODE,
+from ..catalog.packed_kernels import (DECODE_KERNELS, DENSE_VS_PANEL, DRAFT_MODEL_DECODE, FLOAT, GGUF_DECODE,
+                                      GGUF_GROUPS, HYBRID_DECODE,
                                       INT8_PREFILL_GAIN, INT8_PREFILL_ISA, INT8_PREFILL_LOSS, INT8_PREFILL_SOURCES, INT8_VS_PANEL,
                                       PANEL_PREFILL_GAIN, PANEL_PREFILL_ISA, PANEL_PREFILL_SOURCES, PREFILL_DENSE,
                                       AMX_DENSE_GAIN, AMX_PREFILL_GAIN, AMX_PREFILL_ISA, AMX_PREFILL_SOURCES, AMX_VS_INT8,
@@ -85,6 +86,8 @@ def phase_kernels(model: ModelSpec, prefs: Preferences, q, memory: MemoryEstimat
     kernels = GGUF_DECODE if q.bits is None else DECODE_KERNELS[f"int{q.bits}"]
     if model.text.recurrent_layers and q.bits is None:  # a hybrid's state keeps a rejected draft (engine/recurrent.py)
         kernels = HYBRID_DECODE
+    if prefs.draft_model and q.bits is None:
+        kernels = GGUF_GROUPS + DRAFT_MODEL_DECODE.format(name=prefs.draft_model)
     # a scaled rotary (Llama 3.x's rope_freqs, YaRN, linear) runs the maths its sources define (engine/recipe.py)
     scaled = q.bits is None and model.extra.get("gguf_rope_scaling") is not None
     decode = Choice("packed", ChoiceKind.PRIORITY,

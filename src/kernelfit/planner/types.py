@@ -61,6 +61,7 @@ class Preferences:
     allow_dequantize: bool = False  # a quantized checkpoint no kernel here runs may be unpacked
     prefill: str = "auto"  # packed weights: "packed" (memory of the file), "dense" (a bf16 copy), "auto"
     kv_cache: str = "auto"  # kernelfit's engine: "f16" (auto), "f32", "q8_0" (catalog/kv_cache.py)
+    draft_model: str | None = None  # kernelfit's engine: a draft model of the same tokenizer (engine/draft_model.py)
 
 
 @dataclass(frozen=True)

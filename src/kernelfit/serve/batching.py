@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from ..engine.sequences import STEP_ROWS, Row, Sequence, SequencePool
-from ..engine.speculative import DraftGate, PromptLookup, accepted_tokens
+from ..engine.speculative import DraftGate, accepted_tokens
 
 # Prompt tokens prefilled between two decode steps while other requests decode: SmolLM2 prefills ~1,500 tok/s on
 # 2 cores here, so a 256-token chunk holds the others' next token ~0.15-0.2 s; alone, a prompt runs in one call
@@ -37,7 +37,7 @@ class Active:
     pos: int  # where `token` goes
     token: int  # the next token to feed: the prompt's last, then each new one
     gen: torch.Generator | None
-    lookup: PromptLookup | None
+    lookup: object | None  # its drafter: prompt lookup, or the draft model (LeanRunner.drafter)
     gate: DraftGate
 
     @property
@@ -85,7 +85,8 @@ class Batcher:
             drafts = job.matcher is None and not self.pool.build.cfg.recurrent_layers
             self.active.append(Active(job, seq, same, len(job.prompt_ids) - 1, job.prompt_ids[-1],
                                       self.engine._generator(job.sampling, "cpu"),
-                                      PromptLookup(job.prompt_ids) if drafts else None, DraftGate()))
+                                      self.engine.model.drafter(job.prompt_ids) if drafts else None,
+                                      DraftGate()))
 
     def _drop_cancelled(self) -> None:
         for a in self.active:
@@ -118,13 +119,13 @@ class Batcher:
 
     def _step(self, decoding: list[Active], alone: bool) -> None:
         rows, drafts = [], []
+        t0 = time.perf_counter()  # a draft model's drafting counts in the drafted step's time (the gate weighs it)
         for a in decoding:
             draft = []
             if alone and a.lookup is not None and a.gate.allow():
                 draft = a.lookup.draft(min(STEP_ROWS - 1, a.job.max_new - len(a.job.tokens) - 1))
             drafts.append(draft)
             rows += [Row(a.seq, a.token, a.pos)] + [Row(a.seq, t, a.pos + 1 + i) for i, t in enumerate(draft)]
-        t0 = time.perf_counter()
         logits = self.pool.step(rows)
         seconds = time.perf_counter() - t0
         self.steps += 1
@@ -137,7 +138,9 @@ class Batcher:
                 a.lookup.accepted(len(draft), len(tokens) - 1)
             else:
                 tokens = [self.engine.choose(a.job, logits[first], a.gen)]
-                if alone and a.lookup is not None:
+                if alone and a.lookup is not None and a.lookup.costly and a.gate.allow():
+                    a.gate.drafted(1, seconds)  # a draft model asked in vain: its steps are this step's cost too
+                elif alone and a.lookup is not None:
                     a.gate.plain(seconds)
             first += len(draft) + 1
             for token in tokens:
