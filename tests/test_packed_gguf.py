@@ -116,6 +116,31 @@ def test_dot_products_are_the_file_values_times_float32_activations(qtype, rows)
     assert np.linalg.norm(got - want) < np.linalg.norm(bf16 - want) / 10
 
 
+@needs_dot
+@pytest.mark.parametrize("qtype,fill", [("Q8_0", 0x80), ("Q8_0", 0x7F), ("Q4_0", 0xFF), ("Q4_1", 0xFF),
+                                        ("Q6_K", 0xFF), ("Q5_0", 0xFF), ("Q4_K", 0xFF)])
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_extreme_codes_times_full_scale_activations_do_not_saturate(qtype, fill, sign):
+    """Every code at its extreme (Q8_0's -128 and 127, the 4/5/6-bit types' largest) against activations whose digits
+    are all +-127: the integer products' pair sums are at their largest (AVX2's vpmaddubsw saturates at 2^15, which
+    the kernels' code paths must never reach), and the product is still the float64 one."""
+    cols, rows = 512, 16
+    raw = _random_blocks(qtype, rows, cols, np.random.default_rng(5))
+    offsets = D_OFFSETS.get(qtype, (0,))
+    blocks = raw.reshape(-1, gb.BLOCK_BYTES[qtype])
+    scales = {off: blocks[:, off:off + 2].copy() for off in offsets}
+    blocks[:] = fill
+    for off, d in scales.items():
+        blocks[:, off:off + 2] = d
+    ref_w = quants.dequantize(raw, getattr(GGMLQuantizationType, qtype)).astype(np.float64)
+    w = DotWeight.from_groups(gb.dot_groups(raw, qtype, rows, cols))
+    x = torch.full((2, cols), sign)
+    x[1, ::2] = -sign  # and alternating signs
+    want = x.double().numpy() @ ref_w.T
+    got = w.mm(x).double().numpy()
+    assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max() + 1e-6, (got[0, :4], want[0, :4])
+
+
 def test_huge_arena_carves_zeroed_aligned_tensors_across_chunks(monkeypatch):
     """Dot weights are carved from 32 MiB chunks advised onto huge pages: every tensor zeroed, 64-byte aligned,
     none overlapping, a new chunk when one is full, a region of its own for a large one."""

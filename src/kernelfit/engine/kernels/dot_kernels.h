@@ -46,7 +46,8 @@ inline float to_f32(at::Half v) { return static_cast<float>(v); }
 struct Act {
   std::vector<int8_t> hi, lo;
   std::vector<float> scale, sum;
-  explicit Act(int64_t k) : hi(k), lo(k), scale(k / QK), sum(k / SUB) {}
+  std::vector<int32_t> hi_sum, lo_sum;  // each digit's integer sum per SUB inputs (8-bit codes without VNNI: dot_tiles.h)
+  explicit Act(int64_t k) : hi(k), lo(k), scale(k / QK), sum(k / SUB), hi_sum(k / SUB), lo_sum(k / SUB) {}
 };
 
 inline void quantize(const float* x, int64_t k, Act& a) {
@@ -72,9 +73,10 @@ inline void quantize(const float* x, int64_t k, Act& a) {
   // sum code * a, and a symmetric type stored with an offset (Q8_0's c + 128, min -128 * d) loses nothing to it
   // (with float sums, the activation's rounding would meet codes of up to 255 instead of |c|: ~2-3x the error).
   for (int64_t j = 0; j < k / SUB; ++j) {
-    int32_t total = 0;
-    for (int64_t i = j * SUB; i < (j + 1) * SUB; ++i) total += int32_t(a.hi[i]) * int32_t(DIGIT_BASE) + a.lo[i];
-    a.sum[j] = float(total) * a.scale[j * SUB / QK];
+    int32_t h = 0, l = 0;
+    for (int64_t i = j * SUB; i < (j + 1) * SUB; ++i) h += a.hi[i], l += a.lo[i];
+    a.hi_sum[j] = h, a.lo_sum[j] = l;
+    a.sum[j] = float(h * int32_t(DIGIT_BASE) + l) * a.scale[j * SUB / QK];
   }
 }
 
@@ -94,6 +96,18 @@ inline __m256i dot_u8s8(__m256i acc, __m256i u, __m256i s) {  // acc + 8 lanes o
   const __m256i p = _mm256_add_epi32(_mm256_madd_epi16(_mm256_maddubs_epi16(lo_u, s), ones),
                                      _mm256_slli_epi32(_mm256_madd_epi16(_mm256_maddubs_epi16(hi_u, s), ones), 4));
   return _mm256_add_epi32(acc, p);
+#endif
+}
+
+// u8 codes below 128 (4-bit linear codes, Q6_K's 6-bit ones): vpmaddubsw's pair sums (2 * 127 * 128 < 2^15) cannot
+// saturate, so without VNNI one vpmaddubsw and one vpmaddwd do what dot_u8s8 splits into two nibbles for — the same
+// integers in about half the instructions (a verification step's or a batched step's rows are bound by them: measured
+// on a 2-core AVX2 EPYC with the note in dot_tiles.h)
+inline __m256i dot_u7s8(__m256i acc, __m256i u, __m256i s) {
+#if (defined(__AVX512VNNI__) && defined(__AVX512VL__)) || defined(__AVXVNNI__)
+  return dot_u8s8(acc, u, s);
+#else
+  return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)));
 #endif
 }
 
