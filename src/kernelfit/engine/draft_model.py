@@ -75,6 +75,11 @@ class ModelDrafter:
     step for the gate (speculative.DraftGate), which compares them with target steps alone."""
 
     costly = True
+    # A draft model that measures slower once keeps doing so (its cost is the pair's and the CPU's, not the text's, as a
+    # lookup's hits are), and each resumption prefills the tokens it missed: the gate pauses it 8x as long. Measured
+    # (SmolLM2 F16 drafted by its Q4_1 file, 2-core AVX2 EPYC, 128 tokens): with a lookup's 32-step pause drafting cost
+    # 0.5 s of ~2 s in catch-up prefills and vain asks
+    cooldown = 256
 
     def __init__(self, model: DraftModel, tokens: list[int], vocab: int):
         self.model, self.tokens, self.vocab = model, list(tokens), vocab

@@ -147,7 +147,7 @@ class LeanRunner:
         own argmax disagrees with, plus that argmax: the same tokens as one step a token. A draft model
         (`draft`) drafts instead of the lookup; the gate counts its time in the drafted steps'."""
         lookup = self.drafter(list(prompt_ids) + [first]) if speculative and self.can_speculate else None
-        gate = DraftGate()
+        gate = DraftGate(lookup.cooldown) if lookup is not None else DraftGate()
         state = self.build.state
         before = state.copy() if lookup and state is not None else None  # one buffer for the state before drafts
         last, out = first, 0

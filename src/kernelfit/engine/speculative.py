@@ -14,6 +14,7 @@ from __future__ import annotations
 
 NGRAM_MAX, NGRAM_MIN = 3, 2  # longest / shortest suffix looked up (1-grams propose too often and are mostly wrong)
 DRAFT_MIN, DRAFT_START, DRAFT_MAX = 2, 4, 10  # tokens proposed a step: adapted to how many were accepted
+DRAFT_COOLDOWN = 32  # DraftGate's first pause, in steps
 
 
 class PromptLookup:
@@ -22,6 +23,7 @@ class PromptLookup:
     plain step)."""
 
     costly = False
+    cooldown = DRAFT_COOLDOWN  # plain steps after drafting measured slower (DraftGate)
 
     def __init__(self, tokens: list[int]):
         self.tokens: list[int] = []
@@ -69,12 +71,12 @@ class DraftGate:
     stops drafting for COOLDOWN steps (then twice as long) when it is behind (SmolLM2: 0.90-0.94x with drafting
     always on, here)."""
 
-    ALPHA, COOLDOWN, JUDGE_AFTER = 0.3, 32, 4  # drafted steps measured before the gate may close
+    ALPHA, COOLDOWN, JUDGE_AFTER = 0.3, DRAFT_COOLDOWN, 4  # drafted steps measured before the gate may close
 
-    def __init__(self):
+    def __init__(self, cooldown: int = COOLDOWN):
         self.plain_s: float | None = None  # seconds a plain step (running average)
         self.draft_rate: float | None = None  # tokens a second of drafted steps
-        self.step, self.resume, self.drafts, self.cooldown = 0, 0, 0, self.COOLDOWN
+        self.step, self.resume, self.drafts, self.cooldown = 0, 0, 0, cooldown
 
     def allow(self) -> bool:
         return self.plain_s is not None and self.step >= self.resume

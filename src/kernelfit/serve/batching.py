@@ -83,10 +83,10 @@ class Batcher:
             job.cached = same
             # drafts: unconstrained rows, greedy or sampled; not a hybrid's (its recurrent state keeps rejected drafts)
             drafts = job.matcher is None and not self.pool.build.cfg.recurrent_layers
+            drafter = self.engine.model.drafter(job.prompt_ids) if drafts else None
             self.active.append(Active(job, seq, same, len(job.prompt_ids) - 1, job.prompt_ids[-1],
-                                      self.engine._generator(job.sampling, "cpu"),
-                                      self.engine.model.drafter(job.prompt_ids) if drafts else None,
-                                      DraftGate()))
+                                      self.engine._generator(job.sampling, "cpu"), drafter,
+                                      DraftGate(drafter.cooldown) if drafter is not None else DraftGate()))
 
     def _drop_cancelled(self) -> None:
         for a in self.active:
