@@ -257,7 +257,7 @@ def main() -> int:
              f"Measured read bandwidth: {bandwidth:.1f} GB/s.", "",
              "`kernelfit` is the default plan (the file's own groups through kernelfit's C++ dot products for decode; "
              "prompts through kernelfit's bf16 panel GEMM on AVX512-BF16, each weight unpacked 32 columns at a time "
-             "in cache — elsewhere unpacked whole to bf16 for oneDNN); `kernelfit-dense-prefill` is "
+             "in cache — elsewhere each layer unpacked exactly to float32 for one float32 GEMM); `kernelfit-dense-prefill` is "
              "`--prefill dense` (a bf16 copy of the layer weights kept for prefill, for oneDNN: a memory trade-off "
              "where the panels do not run, slower where they do); `kernelfit-int8-prefill` is `--prefill int8` (the "
              "file's codes through kernelfit's int8 GEMM on "
