@@ -111,22 +111,12 @@ def test_a_draft_stops_before_a_token_it_gives_less_than_p_min(tiny):
 
 
 def _served(r, tok, ids, sampling, draft, monkeypatch):
-    import asyncio
-
-    from kernelfit.serve.engine import Engine, Job
+    """One request through the server's engine with `draft` as the runner's draft model (None: no drafts at all)."""
+    from test_speculative import _served as served
 
     r.draft = draft
     try:
-        with monkeypatch.context() as m:
-            if draft is None:
-                m.setattr(PromptLookup, "draft", lambda self, limit: [])
-            engine = Engine(r, tok, background=False)
-            if engine.batcher is None:
-                pytest.skip("no C++ step here: the server does not batch or draft")
-            job = Job(list(ids), sampling, 64, asyncio.new_event_loop(), asyncio.Queue())
-            engine.submit(job)
-            engine.serve(until=lambda: job.done)
-        return job.tokens, engine.batcher.steps
+        return served(r, tok, ids, sampling, draft is not None, monkeypatch, tokens=64)
     finally:
         r.draft = None
 

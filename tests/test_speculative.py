@@ -62,7 +62,7 @@ def test_speculative_greedy_tokens_equal_plain_greedy_in_fewer_steps(runner):
     assert r.steps < plain_steps  # some drafts were kept
 
 
-def _served(r, tok, ids: list[int], sampling, drafts: bool, monkeypatch) -> tuple[list[int], int]:
+def _served(r, tok, ids: list[int], sampling, drafts: bool, monkeypatch, tokens: int = 96) -> tuple[list[int], int]:
     """One request through the server's engine (serve/batching.py), in this thread: its tokens and decode steps."""
     import asyncio
 
@@ -74,7 +74,7 @@ def _served(r, tok, ids: list[int], sampling, drafts: bool, monkeypatch) -> tupl
         engine = Engine(r, tok, background=False)
         if engine.batcher is None:
             pytest.skip("no C++ step here: the server does not batch or draft")
-        job = Job(list(ids), sampling, 96, asyncio.new_event_loop(), asyncio.Queue())
+        job = Job(list(ids), sampling, tokens, asyncio.new_event_loop(), asyncio.Queue())
         engine.submit(job)
         engine.serve(until=lambda: job.done)
     return job.tokens, engine.batcher.steps
