@@ -99,10 +99,9 @@ inline __m256i dot_u8s8(__m256i acc, __m256i u, __m256i s) {  // acc + 8 lanes o
 #endif
 }
 
-// u8 codes below 128 (4-bit linear codes, Q6_K's 6-bit ones): vpmaddubsw's pair sums (2 * 127 * 128 < 2^15) cannot
-// saturate, so without VNNI one vpmaddubsw and one vpmaddwd do what dot_u8s8 splits into two nibbles for — the same
-// integers in about half the instructions (a verification step's or a batched step's rows are bound by them: measured
-// on a 2-core AVX2 EPYC with the note in dot_tiles.h)
+// u8 codes below 128 (Q6_K's 6-bit ones; 4-bit linear codes take dot_tiles.h's 16-bit block sums): vpmaddubsw's pair
+// sums (2 * 127 * 128 < 2^15) cannot saturate, so without VNNI one vpmaddubsw and one vpmaddwd do what dot_u8s8 splits
+// into two nibbles for — the same integers in about half the instructions
 inline __m256i dot_u7s8(__m256i acc, __m256i u, __m256i s) {
 #if (defined(__AVX512VNNI__) && defined(__AVX512VL__)) || defined(__AVXVNNI__)
   return dot_u8s8(acc, u, s);

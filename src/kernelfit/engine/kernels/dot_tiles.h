@@ -97,8 +97,8 @@ inline typename V::F int_dot(const uint8_t* c0, const uint8_t* c1, const Act& a,
   if constexpr (code_bits(BITS) == 4 && grid_of(BITS) == LINEAR && std::is_same<V, Ymm>::value) {
     // without VNNI, codes 0..15: each vpmaddubsw pair sum is at most 2 * 15 * 127 = 3810, so a block's (at most 32
     // columns: 8 of them per digit) add up in int16 lanes (<= 30480 < 2^15) and widen once — the same integers as a
-    // vpmaddwd per product, 2 instructions a product instead of 3 (one-row decode of a 1.3 GB Q4_K_M file on a
-    // 2-core AVX2 EPYC: 88.5 ms a token with the nibble-split products, 53.5 with dot_small, see the note)
+    // vpmaddwd per product, and each code byte no longer split into two nibbles as dot_u8s8 does (one-row step of a
+    // 1.3 GB Q4_K_M file on a 2-core AVX2 EPYC: 88.5 ms with the nibble-split products, 50-64 ms this way, noisy)
     __m256i sh = _mm256_setzero_si256(), sl = sh;
 #pragma GCC unroll 4
     for (int64_t c = cb; c < ce; c += 8) {
@@ -114,18 +114,7 @@ inline typename V::F int_dot(const uint8_t* c0, const uint8_t* c1, const Act& a,
     return V::to_float(_mm256_madd_epi16(sh, ones), h1, _mm256_madd_epi16(sl, ones), l1);
   }
 #endif
-  if (code_bits(BITS) == 4 && grid_of(BITS) == LINEAR) {  // codes 0..15: no saturation to guard against
-#pragma GCC unroll 4
-    for (int64_t c = cb; c < ce; c += 8) {
-      V::prefetch(c0, c1, c * 4 + PREFETCH_BYTES);
-      const typename V::I v = V::codes(c0, c1, c * 4);
-      const typename V::I lo = V::nibbles(v, false), hi = V::nibbles(v, true);
-      h0 = V::dot_small(h0, lo, ah + c);
-      h1 = V::dot_small(h1, hi, ah + c + 4);
-      l0 = V::dot_small(l0, lo, al + c);
-      l1 = V::dot_small(l1, hi, al + c + 4);
-    }
-  } else if (code_bits(BITS) == 4) {  // a grid's bytes reach 241
+  if (code_bits(BITS) == 4) {  // a grid's bytes reach 241 (a VNNI build's linear codes take this loop too)
 #pragma GCC unroll 4
     for (int64_t c = cb; c < ce; c += 8) {
       V::prefetch(c0, c1, c * 4 + PREFETCH_BYTES);
