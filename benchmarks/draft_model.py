@@ -16,7 +16,6 @@ read bandwidth (benchmarks/llamacpp.py's probe) beside them.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import subprocess
@@ -27,7 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 import llamacpp  # noqa: E402
 from serve import _port, _wait  # noqa: E402
-from speculative import PROMPTS, prompt_ids  # noqa: E402
+from speculative import PROMPTS, prompt_ids, setup  # noqa: E402
 
 STORY = "Write a short story about a robot who learns to paint."
 ALL_PROMPTS = {**PROMPTS, "story": STORY}
@@ -72,18 +71,10 @@ def llama_server_spec(target: Path, draft: Path, threads: int, ids: dict[str, li
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--tokens", type=int, default=128)
-    ap.add_argument("--threads", type=int, default=2)
-    a = ap.parse_args()
-    import torch
-
+    a = setup()
     import kernelfit
     from kernelfit.engine.draft_model import DraftModel
 
-    torch.set_num_threads(a.threads)
-    llamacpp.build_llama_bench()
     q4 = llamacpp.model_files(["smollm2"])["SmolLM2-135M Q4_1"]
     target = f16_target(q4)
     runner, tok, _ = kernelfit.load(str(target), progress=lambda m: None)

@@ -33,7 +33,9 @@ def prompt_ids(tok, text: str) -> list[int]:
     return tok(text + "\n\n")["input_ids"]
 
 
-def main() -> int:
+def setup() -> argparse.Namespace:
+    """The flags of a speculative-decoding benchmark (this one, draft_model.py), torch's threads set from them and
+    llama.cpp's build made."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--tokens", type=int, default=128)
@@ -41,10 +43,15 @@ def main() -> int:
     a = ap.parse_args()
     import torch
 
-    import kernelfit
-
     torch.set_num_threads(a.threads)
     llamacpp.build_llama_bench()
+    return a
+
+
+def main() -> int:
+    a = setup()
+    import kernelfit
+
     files = llamacpp.model_files(["smollm2", "gemma3"])
     print(f"{a.rounds} interleaved rounds, {a.threads} threads, {a.tokens} new tokens (greedy), medians\n")
     print("| model | prompt | llama.cpp plain decode tok/s | kernelfit plain | kernelfit speculative | tokens a step | "

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .kv_cache import kv_capacity, reset_cache
+from .kv_cache import reset_cache
 
 # llama.cpp common/common.h common_params_speculative: p_min 0.75 ("minimum speculative decoding probability
 # (greedy)"); SPEC_VOCAB_MAX_SIZE_DIFFERENCE 128 and SPEC_VOCAB_CHECK_START_TOKEN_ID 5 (common/speculative.cpp
@@ -49,8 +49,7 @@ class DraftModel:
         same, top = 0, min(len(self.held), len(tokens) - 1)  # the last token always runs: its logits are wanted
         while same < top and self.held[same] == tokens[same]:
             same += 1
-        if kv_capacity(build) < len(tokens) + limit:
-            reset_cache(build, len(tokens) + limit)  # a cache that grows keeps what it holds
+        reset_cache(build, len(tokens) + limit)  # grown where it lacks room, keeping what it holds
         del self.held[same:]
         logits = self.runner.prompt_logits(tokens, same)
         self.held = list(tokens)
@@ -101,13 +100,18 @@ def _vocabulary(tok) -> list:
     return tok.convert_ids_to_tokens(list(range(len(tok))))
 
 
+def size_mismatch(target: int, draft: int) -> str | None:
+    """Why vocabularies of these sizes cannot share ids (None: they may), as llama.cpp allows VOCAB_SIZE_SLACK."""
+    return f"its vocabulary has {draft} tokens, the model's {target}" if abs(target - draft) > VOCAB_SIZE_SLACK else None
+
+
 def vocabulary_mismatch(target, draft) -> str | None:
     """Why the draft tokenizer's ids do not mean the target's (None: they do) — as llama.cpp checks a draft model:
     the same kind of vocabulary, sizes within VOCAB_SIZE_SLACK, the same BOS / EOS and every common token from
     VOCAB_CHECK_FROM on spelled alike."""
     a, b = _vocabulary(target), _vocabulary(draft)
-    if abs(len(a) - len(b)) > VOCAB_SIZE_SLACK:
-        return f"its vocabulary has {len(b)} tokens, the model's {len(a)}"
+    if (why := size_mismatch(len(a), len(b))) is not None:
+        return why
     for what in ("bos_token_id", "eos_token_id"):
         if getattr(target, what, None) != getattr(draft, what, None):
             return f"its {what} is {getattr(draft, what, None)}, the model's {getattr(target, what, None)}"

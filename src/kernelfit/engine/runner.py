@@ -147,7 +147,7 @@ class LeanRunner:
         own argmax disagrees with, plus that argmax: the same tokens as one step a token. A draft model
         (`draft`) drafts instead of the lookup; the gate counts its time in the drafted steps'."""
         lookup = self.drafter(list(prompt_ids) + [first]) if speculative and self.can_speculate else None
-        gate = DraftGate(lookup.cooldown) if lookup is not None else DraftGate()
+        gate = DraftGate.of(lookup)
         state = self.build.state
         before = state.copy() if lookup and state is not None else None  # one buffer for the state before drafts
         last, out = first, 0
@@ -163,10 +163,7 @@ class LeanRunner:
             self.steps += 1
             if not draft:
                 last = int(self.logits(torch.tensor([last]), pos)[-1].argmax())
-                if asked and lookup.costly:  # a draft model asked in vain: its steps are this step's cost too
-                    gate.drafted(1, time.perf_counter() - t)
-                else:
-                    gate.plain(time.perf_counter() - t)
+                gate.undrafted(time.perf_counter() - t, asked)
                 pos += 1
                 if lookup:
                     lookup.extend([last])

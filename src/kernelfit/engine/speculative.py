@@ -73,10 +73,17 @@ class DraftGate:
 
     ALPHA, COOLDOWN, JUDGE_AFTER = 0.3, DRAFT_COOLDOWN, 4  # drafted steps measured before the gate may close
 
-    def __init__(self, cooldown: int = COOLDOWN):
+    def __init__(self, cooldown: int = COOLDOWN, costly: bool = False):
         self.plain_s: float | None = None  # seconds a plain step (running average)
         self.draft_rate: float | None = None  # tokens a second of drafted steps
         self.step, self.resume, self.drafts, self.cooldown = 0, 0, 0, cooldown
+        self.costly = costly  # asking the drafter costs steps of its own (a draft model)
+
+    @classmethod
+    def of(cls, drafter) -> "DraftGate":
+        """The gate of a drafter (PromptLookup, draft_model.ModelDrafter; None: a gate that never drafts anyway),
+        with its first pause and whether asking it costs."""
+        return cls(drafter.cooldown, drafter.costly) if drafter is not None else cls()
 
     def allow(self) -> bool:
         return self.plain_s is not None and self.step >= self.resume
@@ -84,6 +91,14 @@ class DraftGate:
     def plain(self, seconds: float) -> None:
         self.step += 1
         self.plain_s = seconds if self.plain_s is None else self.plain_s + self.ALPHA * (seconds - self.plain_s)
+
+    def undrafted(self, seconds: float, asked: bool) -> None:
+        """A step that checked no draft: a plain step — or, where a costly drafter was asked in vain (its steps ran
+        within this one), a drafted step of one token."""
+        if asked and self.costly:
+            self.drafted(1, seconds)
+        else:
+            self.plain(seconds)
 
     def drafted(self, tokens: int, seconds: float) -> None:
         self.step += 1

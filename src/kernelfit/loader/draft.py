@@ -5,7 +5,7 @@ and the tokenizers (check_draft_plans), so bad input fails before any weights ar
 
 from __future__ import annotations
 
-from ..engine.draft_model import VOCAB_SIZE_SLACK, DraftModel, vocabulary_mismatch
+from ..engine.draft_model import DraftModel, size_mismatch, vocabulary_mismatch
 from ..errors import UsageError
 from ..planner.hf_args import lean_runner
 from ..planner.types import Plan
@@ -23,9 +23,8 @@ def check_draft_plans(target: Plan, draft: Plan, name: str) -> None:
         raise UsageError(f"the draft model {name} has recurrent layers, whose state cannot be taken back past a "
                          f"rejected draft; give an attention-only draft model, or leave out --draft-model")
     a, b = target.model.text.vocab_size, draft.model.text.vocab_size
-    if a and b and abs(a - b) > VOCAB_SIZE_SLACK:  # from the headers: no tokenizer read for a plain mismatch
-        why = f"its vocabulary has {b} tokens, the model's {a}"
-    else:
+    why = size_mismatch(a, b) if a and b else None  # from the headers: no tokenizer read for a plain mismatch
+    if why is None:
         from ..engine.runner import load_tokenizer
 
         why = vocabulary_mismatch(load_tokenizer(target.model), load_tokenizer(draft.model))

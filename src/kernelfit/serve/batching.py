@@ -85,8 +85,7 @@ class Batcher:
             drafts = job.matcher is None and not self.pool.build.cfg.recurrent_layers
             drafter = self.engine.model.drafter(job.prompt_ids) if drafts else None
             self.active.append(Active(job, seq, same, len(job.prompt_ids) - 1, job.prompt_ids[-1],
-                                      self.engine._generator(job.sampling, "cpu"), drafter,
-                                      DraftGate(drafter.cooldown) if drafter is not None else DraftGate()))
+                                      self.engine._generator(job.sampling, "cpu"), drafter, DraftGate.of(drafter)))
 
     def _drop_cancelled(self) -> None:
         for a in self.active:
@@ -118,11 +117,12 @@ class Batcher:
         self._retire()
 
     def _step(self, decoding: list[Active], alone: bool) -> None:
-        rows, drafts = [], []
+        rows, drafts, asked = [], [], []
         t0 = time.perf_counter()  # a draft model's drafting counts in the drafted step's time (the gate weighs it)
         for a in decoding:
             draft = []
-            if alone and a.lookup is not None and a.gate.allow():
+            asked.append(alone and a.lookup is not None and a.gate.allow())
+            if asked[-1]:
                 draft = a.lookup.draft(min(STEP_ROWS - 1, a.job.max_new - len(a.job.tokens) - 1))
             drafts.append(draft)
             rows += [Row(a.seq, a.token, a.pos)] + [Row(a.seq, t, a.pos + 1 + i) for i, t in enumerate(draft)]
@@ -130,7 +130,7 @@ class Batcher:
         seconds = time.perf_counter() - t0
         self.steps += 1
         first = 0
-        for a, draft in zip(decoding, drafts):
+        for a, draft, ask in zip(decoding, drafts, asked):
             if draft:
                 pick = lambda row, a=a: self.engine.choose(a.job, row, a.gen)  # noqa: E731 - as a plain step picks
                 tokens = accepted_tokens(draft, logits[first:first + len(draft) + 1], pick)
@@ -138,10 +138,8 @@ class Batcher:
                 a.lookup.accepted(len(draft), len(tokens) - 1)
             else:
                 tokens = [self.engine.choose(a.job, logits[first], a.gen)]
-                if alone and a.lookup is not None and a.lookup.costly and a.gate.allow():
-                    a.gate.drafted(1, seconds)  # a draft model asked in vain: its steps are this step's cost too
-                elif alone and a.lookup is not None:
-                    a.gate.plain(seconds)
+                if alone and a.lookup is not None:
+                    a.gate.undrafted(seconds, ask)
             first += len(draft) + 1
             for token in tokens:
                 self.engine._advance(a.job, token)
