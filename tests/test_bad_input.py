@@ -349,6 +349,9 @@ DRAFTS = [  # --draft-model: refused from the plans and headers, before either m
                                                          m["gguf no tokenizer scores"]], "does not share"),
     ("serve draft model with vllm", lambda m: ["serve", "--engine", "vllm", "--draft-model",
                                                m["gguf no tokenizer scores"]], "vLLM's own speculative"),
+    ("run draft model for a model on transformers", lambda m: ["run", "--prompt", "x", "--quantization", "none",
+                                                               "--draft-model", m["gguf no tokenizer scores"]],
+     "needs kernelfit's engine"),
 ]
 for _name, _build, _expect in DRAFTS:
     case(_name, _expect)(_build)
